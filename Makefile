@@ -1,0 +1,116 @@
+# Build, check and test hotpatch on every supported Python.
+#
+#   make demo     create the 3.12 virtual environment, install, run the demo
+#   make test     create all virtual environments, lint, type-check, and run
+#                 the test suite on Python 3.11, 3.12 and 3.13
+#
+# Interpreters come from pyenv (the newest installed patch release of each
+# minor version), falling back to pythonX.Y on PATH. Override any of them:
+#   make test PY313=/usr/local/bin/python3.13
+# Extra pytest arguments go through PYTEST_ARGS:
+#   make test-312 PYTEST_ARGS='-k registry -x'
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+.DELETE_ON_ERROR:
+
+VERSIONS := 311 312 313
+VENV_ROOT := .venv
+PYTEST_ARGS ?=
+
+# --- interpreters -------------------------------------------------------------
+
+PYENV_ROOT_DIR := $(shell pyenv root 2>/dev/null)
+
+# $(call find_python,3.11): pyenv's newest 3.11.x if installed, else python3.11.
+find_python = $(or $(if $(PYENV_ROOT_DIR),$(wildcard $(PYENV_ROOT_DIR)/versions/$(shell \
+	pyenv latest $(1) 2>/dev/null)/bin/python)),python$(1))
+
+# Evaluated once, and only when not given on the command line or environment.
+ifeq ($(origin PY311),undefined)
+PY311 := $(call find_python,3.11)
+endif
+ifeq ($(origin PY312),undefined)
+PY312 := $(call find_python,3.12)
+endif
+ifeq ($(origin PY313),undefined)
+PY313 := $(call find_python,3.13)
+endif
+
+# --- virtual environments -----------------------------------------------------
+
+# .venv/pyNNN/.installed marks a venv holding an up-to-date editable install;
+# it is rebuilt whenever pyproject.toml changes.
+stamp = $(VENV_ROOT)/py$(1)/.installed
+STAMPS := $(foreach v,$(VERSIONS),$(call stamp,$(v)))
+
+# The tools for lint, types, demo and bench run from the 3.12 venv.
+TOOLS_BIN := $(VENV_ROOT)/py312/bin
+
+# Only the source trees that exist yet (ruff fails on a missing path).
+LINT_PATHS = $(wildcard hotpatch plugins tests benchmarks demos)
+BENCHMARKS = $(sort $(wildcard benchmarks/*.py))
+
+header = @printf '\n==> %s\n' "$(1)"
+
+# A venv whose interpreter has gone away (say, after a pyenv upgrade) is rebuilt.
+$(VENV_ROOT)/py%/.installed: pyproject.toml
+	$(call header,venv $(VENV_ROOT)/py$* ($(PY$*)))
+	@"$(PY$*)" -c 'import sys; print("    Python " + sys.version.split()[0])'
+	@"$(VENV_ROOT)/py$*/bin/python" -c '' 2>/dev/null || "$(PY$*)" -m venv --clear "$(VENV_ROOT)/py$*"
+	"$(VENV_ROOT)/py$*/bin/python" -m pip install --quiet --upgrade pip
+	"$(VENV_ROOT)/py$*/bin/python" -m pip install --quiet --editable '.[dev]'
+	@touch "$@"
+
+# --- targets --------------------------------------------------------------------
+
+.PHONY: help venv lint types check test test-311 test-312 test-313 demo bench clean
+
+help:
+	@echo 'make demo       venv (3.12), install, run demos/quickstart.py'
+	@echo 'make test       venv (3.11-3.13), check, pytest on every Python'
+	@echo 'make venv       create .venv/py311 .venv/py312 .venv/py313'
+	@echo 'make check      lint + types'
+	@echo 'make lint       ruff check and ruff format --check'
+	@echo 'make types      mypy --strict'
+	@echo 'make test-3NN   pytest on one Python (PYTEST_ARGS=... passes through)'
+	@echo 'make bench      run every benchmarks/*.py'
+	@echo 'make clean      remove venvs, caches and build output'
+
+venv: $(STAMPS)
+
+# Both ruff passes always run, so one go reports every lint and format problem.
+lint: $(call stamp,312)
+	$(call header,lint (ruff check + ruff format --check))
+	@status=0; \
+	$(TOOLS_BIN)/ruff check $(LINT_PATHS) || status=1; \
+	$(TOOLS_BIN)/ruff format --check $(LINT_PATHS) || status=1; \
+	exit $$status
+
+types: $(call stamp,312)
+	$(call header,types (mypy --strict))
+	$(TOOLS_BIN)/mypy
+
+check: lint types
+
+# A static pattern rule: implicit (plain pattern) rules never apply to .PHONY targets.
+$(addprefix test-,$(VERSIONS)): test-%: $(call stamp,%)
+	$(call header,tests on Python $(patsubst 3%,3.%,$*))
+	$(VENV_ROOT)/py$*/bin/python -m pytest $(PYTEST_ARGS)
+
+test: venv check $(addprefix test-,$(VERSIONS))
+
+demo: $(call stamp,312)
+	$(call header,demo)
+	$(TOOLS_BIN)/python demos/quickstart.py
+
+bench: $(call stamp,312)
+	$(call header,benchmarks)
+	@$(if $(BENCHMARKS),,echo 'no benchmarks/*.py yet')
+	@for b in $(BENCHMARKS); do echo "--- $$b"; $(TOOLS_BIN)/python "$$b"; done
+
+clean:
+	$(call header,clean)
+	rm -rf $(VENV_ROOT) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

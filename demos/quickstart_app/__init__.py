@@ -1,0 +1,1 @@
+"""A tiny pricing service for the quickstart demo (baseline 2.3)."""

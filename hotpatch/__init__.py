@@ -1,0 +1,55 @@
+"""hotpatch: function-level hot patching for running Python services.
+
+Layers, each importing only from those above it:
+
+1. ``_errors``, ``_patch``            -- the error tree; ``Patch``, plain data
+2. ``_loader``, ``_targets``          -- patch file -> ``Patch``; ``module:qualname`` -> function
+3. ``_validate``, ``_codegen``        -- checks; code objects built with ``bytecode``
+4. ``_switch``                        -- the atomic switch and the quiescence check
+5. ``_hookspecs``, ``_plugins``       -- pluggy hooks and the plugin host
+6. ``_journal``, ``_registry``        -- the durable level; ``Registry`` drives 2-5
+
+This module only re-exports.
+"""
+
+from hotpatch._errors import (
+    BaselineMismatch,
+    JournalError,
+    MigrationFailed,
+    NameConflict,
+    NotPatchable,
+    PatchError,
+    QuiescenceTimeout,
+    RestartRequired,
+    SignatureIncompatible,
+    TargetNotFound,
+    VerificationFailed,
+    VersionConflict,
+)
+from hotpatch._hookspecs import hookimpl
+from hotpatch._loader import load_patch
+from hotpatch._patch import Patch
+from hotpatch._registry import ApplyResult, CheckReport, HistoryEntry, Registry, RollbackResult
+
+__all__ = [
+    "ApplyResult",
+    "BaselineMismatch",
+    "CheckReport",
+    "HistoryEntry",
+    "JournalError",
+    "MigrationFailed",
+    "NameConflict",
+    "NotPatchable",
+    "Patch",
+    "PatchError",
+    "QuiescenceTimeout",
+    "Registry",
+    "RestartRequired",
+    "RollbackResult",
+    "SignatureIncompatible",
+    "TargetNotFound",
+    "VerificationFailed",
+    "VersionConflict",
+    "hookimpl",
+    "load_patch",
+]

@@ -1,0 +1,395 @@
+"""Code objects installed into patched functions, built with ``bytecode``.
+
+Two ways, best first:
+
+* **inline** -- the replacement's own code, adapted to the original's argument
+  layout, flags and free variables, is installed into the original function:
+  no extra frame, so a patched call costs what the replacement costs.
+* **forward** -- where the layouts differ (a widened signature, a replacement
+  with its own closure) a trampoline with the original's exact layout calls the
+  replacement; one extra frame. Built once per shape, then specialised per
+  replacement by swapping one constant.
+
+Either way the installed code keeps the original's argument layout and flags:
+specialised call sites assume the layout they saw (CPython gh-122712).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import itertools
+import linecache
+import sys
+import types
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from bytecode import Bytecode, Instr
+from bytecode.instr import FreeVar
+
+__all__ = [
+    "ABSENT",
+    "FUNC_ATTRS",
+    "Built",
+    "build",
+    "capture",
+    "function_kind",
+    "rebind",
+    "reference_function",
+]
+
+_ARG_FLAGS = inspect.CO_VARARGS | inspect.CO_VARKEYWORDS
+_KIND_FLAGS = (
+    inspect.CO_GENERATOR
+    | inspect.CO_COROUTINE
+    | inspect.CO_ASYNC_GENERATOR
+    | inspect.CO_ITERABLE_COROUTINE
+)
+_IMPL = "__hotpatch_impl__"
+_PY313 = sys.version_info >= (3, 13)
+
+
+class _Absent:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "ABSENT"
+
+
+ABSENT: Any = _Absent()
+"""Stands for 'attribute not set' in a recorded state (deleting restores it)."""
+
+# What a version of a function is: these attributes, swapped together.
+FUNC_ATTRS = (
+    "__code__",
+    "__defaults__",
+    "__kwdefaults__",
+    "__doc__",
+    "__annotations__",
+    "__signature__",
+)
+
+
+def capture(func: types.FunctionType) -> dict[str, Any]:
+    """The current version of ``func``, as the attributes a switch sets."""
+    state = {a: getattr(func, a) for a in FUNC_ATTRS[:-1]}
+    state["__signature__"] = func.__dict__.get("__signature__", ABSENT)
+    return state
+
+
+def function_kind(code: types.CodeType) -> str:
+    flags = code.co_flags
+    if flags & inspect.CO_ASYNC_GENERATOR:
+        return "async generator"
+    if flags & inspect.CO_COROUTINE:
+        return "coroutine function"
+    if flags & (inspect.CO_GENERATOR | inspect.CO_ITERABLE_COROUTINE):
+        return "generator function"
+    return "function"
+
+
+def reference_function(state: dict[str, Any], name: str) -> types.FunctionType:
+    """A throwaway function with a recorded state, for ``inspect.signature``."""
+    code: types.CodeType = state["__code__"]
+    closure = tuple(types.CellType() for _ in code.co_freevars) or None
+    ref = types.FunctionType(code, {}, name, state["__defaults__"], closure)
+    ref.__kwdefaults__ = state["__kwdefaults__"]
+    ref.__annotations__ = state["__annotations__"]
+    return ref
+
+
+@dataclass(frozen=True, slots=True)
+class Built:
+    """A prepared version of one function: the attributes to set, and how it runs."""
+
+    state: dict[str, Any]
+    mode: Literal["inline", "forward"]
+    why: str  # why forward (empty for inline)
+
+
+def _nargs(code: types.CodeType) -> int:
+    flags = code.co_flags
+    return (
+        code.co_argcount
+        + code.co_kwonlyargcount
+        + bool(flags & inspect.CO_VARARGS)
+        + bool(flags & inspect.CO_VARKEYWORDS)
+    )
+
+
+def _layout(code: types.CodeType) -> tuple[object, ...]:
+    return (
+        code.co_argcount,
+        code.co_posonlyargcount,
+        code.co_kwonlyargcount,
+        code.co_flags & (_ARG_FLAGS | _KIND_FLAGS),
+        code.co_varnames[: _nargs(code)],
+    )
+
+
+def _why_not_inline(new: types.CodeType, old: types.CodeType) -> str:
+    if _layout(new) != _layout(old):
+        return "the argument layout differs from the original's"
+    extra = set(new.co_freevars) - set(old.co_freevars)
+    if extra:
+        return f"the replacement has its own closure ({', '.join(sorted(extra))})"
+    clash = set(old.co_freevars) & (set(new.co_varnames) | set(new.co_cellvars))
+    if clash:
+        return f"the replacement uses {', '.join(sorted(clash))} as a local"
+    return ""
+
+
+def build(
+    function: types.FunctionType,
+    original: dict[str, Any],
+    replacement: types.FunctionType,
+    *,
+    globals_: dict[str, Any],
+    owner: type | None,
+) -> Built:
+    """Prepare the version of ``function`` that runs ``replacement``."""
+    old: types.CodeType = original["__code__"]
+    why = _why_not_inline(replacement.__code__, old)
+    if not why:
+        new = replacement.__code__
+        code = _inline(new, old, new.co_filename, old.co_qualname)
+        state = {
+            "__code__": code,
+            "__defaults__": replacement.__defaults__,
+            "__kwdefaults__": _copy(replacement.__kwdefaults__),
+            "__doc__": replacement.__doc__
+            if replacement.__doc__ is not None
+            else original["__doc__"],
+            "__annotations__": dict(replacement.__annotations__),
+            "__signature__": ABSENT,
+        }
+        return Built(state, "inline", "")
+    impl = rebind(replacement, globals_, owner)
+    template = _forward_template(old, old.co_qualname)
+    code = template.replace(
+        co_consts=tuple(impl if c is _PLACEHOLDER else c for c in template.co_consts)
+    )
+    signature = inspect.signature(impl)
+    state = {
+        "__code__": code,
+        "__defaults__": _forward_defaults(old, original, signature),
+        "__kwdefaults__": _forward_kwdefaults(original, signature),
+        "__doc__": impl.__doc__ if impl.__doc__ is not None else original["__doc__"],
+        "__annotations__": dict(impl.__annotations__),
+        "__signature__": signature,
+    }
+    return Built(state, "forward", why)
+
+
+def _copy(value: dict[str, Any] | None) -> dict[str, Any] | None:
+    return None if value is None else dict(value)
+
+
+def rebind(
+    func: types.FunctionType, globals_: dict[str, Any], owner: type | None
+) -> types.FunctionType:
+    """``func`` as if written in the target module: its globals, ``__class__`` = ``owner``."""
+    cells = list(func.__closure__ or ())
+    if owner is not None and "__class__" in func.__code__.co_freevars:
+        cells[func.__code__.co_freevars.index("__class__")] = types.CellType(owner)
+    new = types.FunctionType(
+        func.__code__, globals_, func.__name__, func.__defaults__, tuple(cells) or None
+    )
+    new.__kwdefaults__ = _copy(func.__kwdefaults__)
+    new.__doc__ = func.__doc__
+    new.__annotations__ = dict(func.__annotations__)
+    new.__dict__.update(func.__dict__)
+    new.__qualname__ = func.__qualname__
+    new.__module__ = globals_.get("__name__", func.__module__)
+    return new
+
+
+# -- inline ---------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=4096)
+def _inline(
+    new: types.CodeType,
+    old: types.CodeType,
+    filename: str,  # code equality ignores these two: they are part of the key
+    qualname: str,
+) -> types.CodeType:
+    """``new`` adapted to run inside a function whose closure is ``old``'s.
+
+    The original's free variables are appended to the replacement's (so its
+    cells line up), and global lookups of those names become cell lookups: a
+    replacement of a closure reads and writes the closure's variables by name,
+    and a zero-argument ``super()`` finds the original's ``__class__`` cell.
+    """
+    freevars = old.co_freevars
+    if new.co_freevars == freevars and not set(freevars) & _global_ops(new):
+        return new.replace(co_name=old.co_name, co_qualname=qualname)
+
+    def to_cell(ins: Instr, arg: Any) -> list[Any] | None:
+        if ins.name == "COPY_FREE_VARS":
+            return []  # put back below, with the new count
+        if ins.name == "LOAD_GLOBAL" and arg[1] in freevars:
+            load = Instr("LOAD_DEREF", FreeVar(arg[1]), location=ins.location)
+            return _with_null(load, push_null=arg[0])
+        if ins.name in ("STORE_GLOBAL", "DELETE_GLOBAL") and arg in freevars:
+            op = ins.name.replace("GLOBAL", "DEREF")
+            return [Instr(op, FreeVar(arg), location=ins.location)]
+        return None
+
+    return _rewrite(new, to_cell, freevars).replace(co_name=old.co_name, co_qualname=qualname)
+
+
+def _with_null(load: Instr, *, push_null: bool) -> list[Instr]:
+    """``load`` as a call target: LOAD_GLOBAL's NULL goes first before 3.13, after since."""
+    if not push_null:
+        return [load]
+    null = Instr("PUSH_NULL", location=load.location)
+    return [load, null] if _PY313 else [null, load]
+
+
+def _rewrite(
+    code: types.CodeType,
+    replace: Callable[[Instr, Any], list[Any] | None],
+    freevars: tuple[str, ...],
+) -> types.CodeType:
+    """``code`` with instructions replaced (``None`` keeps one) and ``freevars`` as its cells."""
+    bc = Bytecode.from_code(code)
+    body: list[Any] = []
+    for ins in bc:
+        new = replace(ins, ins.arg) if isinstance(ins, Instr) else None
+        body.extend([ins] if new is None else new)
+    bc.freevars = list(freevars)
+    bc[:] = [Instr("COPY_FREE_VARS", len(freevars)), *body] if freevars else body
+    return bc.to_code()
+
+
+def _global_ops(code: types.CodeType) -> set[str]:
+    names: set[str] = set()
+    for ins in Bytecode.from_code(code):
+        arg: Any = getattr(ins, "arg", None)
+        if isinstance(ins, Instr) and ins.name == "LOAD_GLOBAL":
+            names.add(arg[1])
+        elif isinstance(ins, Instr) and ins.name in ("STORE_GLOBAL", "DELETE_GLOBAL"):
+            names.add(arg)
+    return names
+
+
+# -- forward --------------------------------------------------------------------
+
+
+class _Placeholder:
+    __slots__ = ()
+
+
+_PLACEHOLDER = _Placeholder()
+_counter = itertools.count()
+
+
+def _params(code: types.CodeType) -> tuple[str, str]:
+    """(parameter list, call arguments) reproducing ``code``'s layout exactly."""
+    names = code.co_varnames
+    pos = names[: code.co_argcount]
+    kwonly = names[code.co_argcount : code.co_argcount + code.co_kwonlyargcount]
+    rest = code.co_argcount + code.co_kwonlyargcount
+    star = names[rest] if code.co_flags & inspect.CO_VARARGS else None
+    rest += bool(star)
+    dstar = names[rest] if code.co_flags & inspect.CO_VARKEYWORDS else None
+    params: list[str] = list(pos)
+    if code.co_posonlyargcount:
+        params.insert(code.co_posonlyargcount, "/")
+    args: list[str] = list(pos)
+    if star:
+        params.append("*" + star)
+        args.append("*" + star)
+    elif kwonly:
+        params.append("*")
+    params.extend(kwonly)
+    args.extend(f"{n}={n}" for n in kwonly)
+    if dstar:
+        params.append("**" + dstar)
+        args.append("**" + dstar)
+    return ", ".join(params), ", ".join(args)
+
+
+_ASYNC_GEN_BODY = """\
+    __hp_it = {impl}({args})
+    try:
+        __hp_value = await __hp_it.__anext__()
+    except StopAsyncIteration:
+        return
+    while True:
+        try:
+            __hp_sent = yield __hp_value
+        except GeneratorExit:
+            await __hp_it.aclose()
+            raise
+        except BaseException as __hp_exc:
+            try:
+                __hp_value = await __hp_it.athrow(__hp_exc)
+            except StopAsyncIteration:
+                return
+        else:
+            try:
+                __hp_value = await __hp_it.asend(__hp_sent)
+            except StopAsyncIteration:
+                return
+"""
+
+
+@functools.lru_cache(maxsize=1024)
+def _forward_template(old: types.CodeType, qualname: str) -> types.CodeType:
+    """A trampoline with ``old``'s layout that calls a placeholder constant."""
+    params, args = _params(old)
+    kind = function_kind(old)
+    if kind == "async generator":
+        head, body = "async def", _ASYNC_GEN_BODY.format(impl=_IMPL, args=args)
+    elif kind == "coroutine function":
+        head, body = "async def", f"    return await {_IMPL}({args})\n"
+    elif kind == "generator function":
+        head, body = "def", f"    return (yield from {_IMPL}({args}))\n"
+    else:
+        head, body = "def", f"    return {_IMPL}({args})\n"
+    source = f"{head} {old.co_name}({params}):\n{body}"
+    filename = f"<hotpatch trampoline {qualname} #{next(_counter)}>"
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    module_code = compile(source, filename, "exec", dont_inherit=True)
+    code = next(c for c in module_code.co_consts if isinstance(c, types.CodeType))
+
+    def to_const(ins: Instr, arg: Any) -> list[Any] | None:
+        if ins.name == "LOAD_GLOBAL" and arg[1] == _IMPL:
+            load = Instr("LOAD_CONST", _PLACEHOLDER, location=ins.location)
+            return _with_null(load, push_null=arg[0])
+        return None
+
+    built = _rewrite(code, to_const, old.co_freevars)
+    flags = (built.co_flags & ~_KIND_FLAGS) | (old.co_flags & _KIND_FLAGS)
+    return built.replace(co_flags=flags, co_name=old.co_name, co_qualname=qualname)
+
+
+def _forward_defaults(
+    old: types.CodeType, original: dict[str, Any], signature: inspect.Signature
+) -> tuple[Any, ...] | None:
+    """Defaults for the trampoline's optional positionals: the replacement's, by name."""
+    defaults: tuple[Any, ...] | None = original["__defaults__"]
+    if not defaults:
+        return defaults
+    names = old.co_varnames[old.co_argcount - len(defaults) : old.co_argcount]
+    return tuple(_default_for(signature, n, d) for n, d in zip(names, defaults, strict=True))
+
+
+def _forward_kwdefaults(
+    original: dict[str, Any], signature: inspect.Signature
+) -> dict[str, Any] | None:
+    kwdefaults: dict[str, Any] | None = original["__kwdefaults__"]
+    if not kwdefaults:
+        return _copy(kwdefaults)
+    return {n: _default_for(signature, n, d) for n, d in kwdefaults.items()}
+
+
+def _default_for(signature: inspect.Signature, name: str, fallback: Any) -> Any:
+    param = signature.parameters.get(name)
+    if param is None or param.default is inspect.Parameter.empty:
+        return fallback
+    return param.default

@@ -1,0 +1,117 @@
+"""Patch file -> ``Patch``: executed in a module of its own, never among the service's modules."""
+
+from __future__ import annotations
+
+import linecache
+import os
+import re
+import sys
+import types
+from collections.abc import Iterable
+from pathlib import Path
+
+from hotpatch._errors import VerificationFailed
+from hotpatch._patch import Patch, PatchSource
+
+__all__ = ["DEFAULT_MAX_BYTES", "load_patch", "load_patch_source"]
+
+DEFAULT_MAX_BYTES = 10 * 1024 * 1024
+# Patch modules live under this prefix in sys.modules (pickle and dataclasses look
+# a module up there); nothing real can be imported under it.
+MODULE_PREFIX = "hotpatch._patches."
+
+
+def load_patch(path: str | os.PathLike[str], *, max_bytes: int = DEFAULT_MAX_BYTES) -> Patch:
+    """Load the one ``Patch`` a patch file declares.
+
+    Raises ``VerificationFailed`` naming the file and the cause when it is empty,
+    too large, not UTF-8, does not compile or import, or declares no ``Patch``
+    or more than one.
+    """
+    file = Path(path)
+    try:
+        size = file.stat().st_size
+        if size > max_bytes:
+            msg = (
+                f"patch file {file}: {size} bytes is over the limit of {max_bytes}; "
+                "a patch is source code, so this is almost certainly not one "
+                "(raise the limit if it really is)"
+            )
+            raise VerificationFailed(msg)
+        data = file.read_bytes()
+    except OSError as exc:
+        msg = f"patch file {file} cannot be read: {exc.strerror or exc}"
+        raise VerificationFailed(msg) from exc
+    return load_patch_source(data, path=str(file))
+
+
+def load_patch_source(data: bytes, *, path: str) -> Patch:
+    """Load a patch from its bytes; ``path`` names it in messages and tracebacks."""
+    name = Path(path).name
+    if not data.strip():
+        msg = f"patch file {name} is empty: write a Patch(...) declaration into it"
+        raise VerificationFailed(msg)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        msg = f"patch file {name} is not UTF-8 text ({exc.reason} at byte {exc.start})"
+        raise VerificationFailed(msg) from None
+    sha = PatchSource.digest(data)
+    filename = f"<hotpatch {name} {sha[:12]}>"
+    try:
+        code = compile(text, filename, "exec", dont_inherit=True)
+    except SyntaxError as exc:
+        msg = f"patch file {name} has a syntax error at line {exc.lineno}: {exc.msg}"
+        raise VerificationFailed(msg) from None
+    # Tracebacks and debuggers show the patch's own lines, even after the file moves.
+    linecache.cache[filename] = (len(text), None, text.splitlines(True), filename)
+
+    module_name = MODULE_PREFIX + _safe(name) + "_" + sha[:16]
+    module = types.ModuleType(module_name, f"hotpatch patch file {name}")
+    module.__file__ = path
+    previous = sys.modules.get(module_name)
+    sys.modules[module_name] = module
+    try:
+        exec(code, module.__dict__)
+    except SystemExit as exc:
+        _forget(module_name, previous)
+        msg = f"patch file {name} calls sys.exit({exc.code!r}) while importing; remove it"
+        raise VerificationFailed(msg) from None
+    except Exception as exc:
+        _forget(module_name, previous)
+        msg = f"patch file {name} failed to import: {type(exc).__name__}: {exc}"
+        raise VerificationFailed(msg) from exc
+    except BaseException:
+        _forget(module_name, previous)
+        raise
+
+    patches = _unique(v for v in module.__dict__.values() if isinstance(v, Patch))
+    if len(patches) != 1:
+        _forget(module_name, previous)
+        found = "no Patch" if not patches else f"{len(patches)} Patch objects"
+        msg = (
+            f"patch file {name} declares {found}: a patch file holds exactly one "
+            "`patch = Patch(version=..., baseline=...)`"
+        )
+        raise VerificationFailed(msg)
+    patch = patches[0]
+    patch.source = PatchSource(path=path, text=text, sha256=sha, filename=filename)
+    return patch
+
+
+def _unique(items: Iterable[Patch]) -> list[Patch]:
+    seen: dict[int, Patch] = {}
+    for item in items:
+        seen.setdefault(id(item), item)
+    return list(seen.values())
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"\W", "_", name.removesuffix(".py")) or "patch"
+
+
+def _forget(module_name: str, previous: types.ModuleType | None) -> None:
+    if previous is None:
+        sys.modules.pop(module_name, None)
+    else:
+        sys.modules[module_name] = previous

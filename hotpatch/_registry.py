@@ -1,0 +1,689 @@
+"""``Registry``: the patch level of one baseline -- apply, check, rollback, stacking, history."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import threading
+import time
+import types
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from packaging.version import Version
+
+from hotpatch._codegen import ABSENT, FUNC_ATTRS, build, capture, function_kind, rebind
+from hotpatch._codegen import reference_function as _reference
+from hotpatch._errors import (
+    BaselineMismatch,
+    JournalError,
+    MigrationFailed,
+    NameConflict,
+    PatchError,
+    QuiescenceTimeout,
+    RestartRequired,
+    SignatureIncompatible,
+    VerificationFailed,
+    VersionConflict,
+)
+from hotpatch._journal import Journal, JournalEntry, JournalState
+from hotpatch._loader import load_patch_source
+from hotpatch._patch import Migration, Patch, parse_version
+from hotpatch._plugins import PluginHost
+from hotpatch._switch import Change, Key, busy_threads, current, key, switch, wait_quiescent
+from hotpatch._targets import Kind, Target, accessor_of, import_module, resolve, resolve_class
+from hotpatch._validate import CLASS_BOILERPLATE, class_reasons, global_names, signature_problems
+
+__all__ = ["ApplyResult", "CheckReport", "HistoryEntry", "Registry", "RollbackResult"]
+
+log = logging.getLogger("hotpatch")
+
+
+@dataclass(frozen=True, slots=True)
+class CheckReport:
+    """What ``check()`` found: whether the patch goes in hot, and if not, why."""
+
+    version: str
+    hot: bool
+    reasons: tuple[str, ...]
+    targets: tuple[str, ...]
+    modes: Mapping[str, str]  # target -> "inline", or "forward (why)"
+    names: tuple[str, ...]  # globals the patch adds to its target modules
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyResult:
+    version: str
+    hot: bool
+    targets: tuple[str, ...]
+    elapsed_s: float  # the whole apply, validation included
+    switch_s: float  # the step during which calls could observe a change
+    modes: Mapping[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class RollbackResult:
+    versions: tuple[str, ...]  # rolled back, newest first
+    level: tuple[str, ...]  # the level afterwards
+    elapsed_s: float
+    switch_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    time: float
+    action: str  # "apply", "replay", "rollback"
+    version: str
+    level: tuple[str, ...]
+    elapsed_s: float
+    who: str = "api"
+
+
+@dataclass(slots=True)
+class _Plan:
+    patch: Patch
+    changes: dict[Key, Change] = field(default_factory=dict)
+    injected: set[Key] = field(default_factory=set)
+    modes: dict[str, str] = field(default_factory=dict)
+    names: list[str] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)
+    codes: list[types.CodeType] = field(default_factory=list)
+    functions: list[types.FunctionType] = field(default_factory=list)
+    migrations: list[tuple[Migration, types.ModuleType]] = field(default_factory=list)
+    unmigrations: list[tuple[Migration, types.ModuleType]] = field(default_factory=list)
+    # (module, names, namespace the names come from, target) for the namespace rule
+    needs: list[tuple[types.ModuleType, frozenset[str], dict[str, Any], str]] = field(
+        default_factory=list
+    )
+
+
+@dataclass(slots=True)
+class _Entry:
+    """One applied patch: what it set, what was there before, what it replaced."""
+
+    patch: Patch
+    before: dict[Key, Change]
+    after: dict[Key, Change]
+    injected: set[Key]
+    unmigrations: list[tuple[Migration, types.ModuleType]]
+    replaced: list[_Entry]
+
+
+class Registry:
+    """The hot patches applied on top of one baseline, in version order.
+
+    ``apply`` validates, decides hot or not, then switches every target in one
+    step; ``rollback`` undoes; with ``journal=`` the level survives a restart.
+    """
+
+    def __init__(
+        self,
+        baseline: str,
+        *,
+        journal: str | Any | None = None,
+        plugins: Iterable[object] = (),
+    ):
+        self.baseline = str(baseline)
+        self._baseline_version = parse_version(self.baseline, "baseline")
+        self._lock = threading.RLock()
+        self._stack: list[_Entry] = []
+        self._originals: dict[int, tuple[types.FunctionType, dict[str, Any]]] = {}
+        self._history: list[HistoryEntry] = []
+        self.plugins = PluginHost(plugins)
+        self.journal_report: str | None = None
+        self._journal = Journal(journal) if journal is not None else None
+        if self._journal is not None:
+            self._replay(self._journal)
+
+    # -- queries ---------------------------------------------------------------------
+
+    @property
+    def level(self) -> tuple[str, ...]:
+        """The applied hot patches' versions, oldest first."""
+        return tuple(e.patch.version for e in self._stack)
+
+    @property
+    def version(self) -> str:
+        """The top of the level, or the baseline."""
+        return self._stack[-1].patch.version if self._stack else self.baseline
+
+    @property
+    def history(self) -> tuple[HistoryEntry, ...]:
+        return tuple(self._history)
+
+    @property
+    def patches(self) -> tuple[Patch, ...]:
+        """The applied patches, oldest first."""
+        return tuple(e.patch for e in self._stack)
+
+    def __repr__(self) -> str:
+        return f"<Registry baseline={self.baseline} level={list(self.level)}>"
+
+    # -- check / apply ----------------------------------------------------------------
+
+    def check(self, patch: Patch) -> CheckReport:
+        """Dry run: validate, and say whether ``patch`` would go in hot. Changes nothing.
+
+        Raises the same errors as ``apply`` for an invalid patch.
+        """
+        with self._lock:
+            plan = self._prepare(patch)
+            reasons = list(plan.reasons)
+            if patch.quiescence == "strict" and (busy := busy_threads(plan.codes)):
+                reasons.append(f"strict quiescence not reached now: {'; '.join(busy)}")
+            report = self._report(plan, reasons)
+            self._veto(patch, report)
+            return report
+
+    def apply(self, patch: Patch, *, who: str = "api") -> ApplyResult:
+        """Validate and switch ``patch`` in, all targets at once, or change nothing."""
+        start = time.perf_counter()
+        with self._lock:
+            try:
+                plan = self._prepare(patch)
+                self._veto(patch, self._report(plan, plan.reasons))
+                if plan.reasons:
+                    msg = (
+                        f"patch {patch.version} cannot be applied hot: {'; '.join(plan.reasons)}. "
+                        "Nothing changed; apply it through the supervisor (`hotpatch run`), "
+                        "which uses a memory-preserving restart"
+                    )
+                    raise RestartRequired(msg, reasons=plan.reasons, patch=patch.version)
+                return self._commit(plan, start, action="apply", who=who)
+            except PatchError as exc:
+                log.warning("rejected patch %s: %s", patch.version, exc)
+                source = patch.source.path if patch.source else "<api>"
+                self.plugins.notify(
+                    "hotpatch_rejected",
+                    version=patch.version,
+                    source=source,
+                    reason=str(exc),
+                    who=who,
+                )
+                raise
+
+    def _report(self, plan: _Plan, reasons: list[str]) -> CheckReport:
+        return CheckReport(
+            version=plan.patch.version,
+            hot=not reasons,
+            reasons=tuple(reasons),
+            targets=plan.patch.targets,
+            modes=dict(plan.modes),
+            names=tuple(plan.names),
+        )
+
+    def _veto(self, patch: Patch, report: CheckReport) -> None:
+        vetoes = self.plugins.vetoes(patch=patch, report=report)
+        if vetoes:
+            msg = (
+                f"patch {patch.version} was vetoed: {'; '.join(vetoes)}. "
+                "Nothing changed; fix what the plugin names, or remove the plugin"
+            )
+            raise VerificationFailed(msg, patch=patch.version)
+
+    # -- planning ---------------------------------------------------------------------
+
+    def _prepare(self, patch: Patch) -> _Plan:
+        """Validate ``patch`` and build every value the switch will set. Changes nothing."""
+        v = patch.version
+        plan = _Plan(patch)
+        if patch.kind != "hot":
+            plan.reasons.append(
+                f"patch {v} is a {patch.kind} patch: a baseline replaces the code and "
+                "always needs a restart"
+            )
+            return plan
+        if Version(patch.baseline) != self._baseline_version:
+            msg = (
+                f"patch {v} is for baseline {patch.baseline}, but this process runs baseline "
+                f"{self.baseline}; rebuild the patch against {self.baseline}"
+            )
+            raise BaselineMismatch(msg, patch=v)
+        self._check_version(patch)
+        if self._journal is not None and patch.source is None:
+            msg = (
+                f"patch {v} was not loaded from a file, so the journal cannot record its "
+                "content; load it with hotpatch.load_patch(path)"
+            )
+            raise JournalError(msg, patch=v)
+        if not patch.replacements and not patch.migrations:
+            msg = f"patch {v} replaces nothing; add @patch.replace(...) functions to it"
+            raise VerificationFailed(msg, patch=v)
+
+        replaced = self._stack if patch.cumulative else []
+        pristine = self._pristine(replaced)
+
+        def base(obj: Any, attr: str) -> Any:
+            change = pristine.get(key(obj, attr))
+            return change[2] if change is not None else current(obj, attr)
+
+        for replacement in patch.replacements:
+            if replacement.is_class:
+                self._plan_class(plan, replacement.target, replacement.new, base)
+            else:
+                target = resolve(replacement.target, patch=v)
+                self._plan_function(plan, target, replacement.new, base)
+        self._plan_names(plan, base, replaced)
+        for k, change in pristine.items():  # cumulative: what it does not touch goes back
+            plan.changes.setdefault(k, change)
+        for migration in patch.migrations:
+            module = import_module(migration.module, patch=v, target=migration.module)
+            plan.migrations.append((migration, module))
+        for migration in patch.unmigrations:
+            module = import_module(migration.module, patch=v, target=migration.module)
+            plan.unmigrations.append((migration, module))
+        if patch.restart:
+            plan.reasons.append(f"patch {v} asks for a restart (restart=True)")
+        return plan
+
+    def _check_version(self, patch: Patch) -> None:
+        v = patch.version
+        if any(e.patch.parsed_version == patch.parsed_version for e in self._stack):
+            msg = (
+                f"patch {v} is already applied (level {', '.join(self.level)}); "
+                "to change it, publish it again under a newer version"
+            )
+            raise VersionConflict(msg, patch=v)
+        top = self._stack[-1].patch.parsed_version if self._stack else self._baseline_version
+        if patch.parsed_version <= top:
+            msg = (
+                f"patch {v} is not newer than the current level {self.version}; "
+                f"give it a version above {self.version}"
+            )
+            raise VersionConflict(msg, patch=v)
+
+    def _pristine(self, entries: list[_Entry]) -> dict[Key, Change]:
+        """The values from before ``entries`` for everything they touched (oldest wins)."""
+        values: dict[Key, Change] = {}
+        for entry in reversed(entries):
+            values.update(entry.before)
+        return values
+
+    def _original(self, function: types.FunctionType) -> dict[str, Any]:
+        known = self._originals.get(id(function))
+        return known[1] if known is not None else capture(function)
+
+    def _plan_function(
+        self, plan: _Plan, target: Target, new_obj: Any, base: Callable[[Any, str], Any]
+    ) -> None:
+        v, spec, func = plan.patch.version, target.spec, target.function
+        new = accessor_of(new_obj, target.accessor)
+        if not isinstance(new, types.FunctionType):
+            msg = (
+                f"patch {v}: the replacement for {spec} is a {type(new).__name__}, "
+                "not a Python function; decorate a def with @patch.replace"
+            )
+            raise VerificationFailed(msg, patch=v, target=spec)
+        original = self._original(func)
+        old_code: types.CodeType = original["__code__"]
+        old_kind, new_kind = function_kind(old_code), function_kind(new.__code__)
+        if old_kind != new_kind:
+            msg = (
+                f"patch {v}: {spec} is a {old_kind} but its replacement is a {new_kind}; "
+                f"callers would break. Keep it a {old_kind}, or ship the change as a baseline"
+            )
+            raise SignatureIncompatible(msg, patch=v, target=spec)
+        if not plan.patch.signature_change:
+            old_sig = inspect.signature(_reference(original, func.__name__))
+            problems = signature_problems(old_sig, inspect.signature(new))
+            if problems:
+                msg = (
+                    f"patch {v}: the replacement for {spec} cannot accept every call the "
+                    f"original {spec.partition(':')[2]}{old_sig} accepted: {'; '.join(problems)}. "
+                    "Keep the original's parameters (new ones need defaults), or set "
+                    "Patch(signature_change=True) if every caller is patched too"
+                )
+                raise SignatureIncompatible(msg, patch=v, target=spec)
+        built = build(func, original, new, globals_=target.module.__dict__, owner=target.owner)
+        for attr in FUNC_ATTRS:
+            plan.changes[key(func, attr)] = (func, attr, built.state[attr])
+        plan.modes[spec] = built.mode + (f" ({built.why})" if built.why else "")
+        plan.functions.append(func)
+        plan.codes.extend(
+            (old_code, base(func, "__code__"), func.__code__, built.state["__code__"])
+        )
+        plan.needs.append(
+            (
+                target.module,
+                global_names(new.__code__) - set(old_code.co_freevars),
+                new.__globals__,
+                spec,
+            )
+        )
+
+    def _plan_class(
+        self, plan: _Plan, spec: str, new_cls: type, base: Callable[[Any, str], Any]
+    ) -> None:
+        v = plan.patch.version
+        module, old = resolve_class(spec, patch=v)
+        plan.reasons.extend(class_reasons(old, new_cls))
+        for attr, value in vars(new_cls).items():
+            if attr in CLASS_BOILERPLATE:
+                continue
+            member = f"{spec}.{attr}"
+            existing = base(old, attr)
+            pairs = _function_pairs(existing, value)
+            if pairs is not None:
+                for accessor, func, new in pairs:
+                    kind: Kind = "property" if accessor else "method"
+                    target = Target(member, module, func, old, kind, accessor)
+                    self._plan_function(plan, target, new, base)
+                continue
+            if existing is value or (existing is not ABSENT and _equal(existing, value)):
+                continue
+            rebound = _rebind_member(value, module.__dict__, old)
+            plan.changes[key(old, attr)] = (old, attr, rebound)
+            for func in _member_functions(value):
+                names = global_names(func.__code__)
+                plan.needs.append((module, names, func.__globals__, member))
+
+    def _plan_names(
+        self, plan: _Plan, base: Callable[[Any, str], Any], replaced: list[_Entry]
+    ) -> None:
+        """The namespace rule: bring what the replacements need, refuse to shadow."""
+        patch = plan.patch
+        exempt = {id(patch)} | {id(r.new) for r in patch.replacements}
+        exempt |= {id(f) for r in patch.replacements for f in _member_functions(r.new)}
+        ours = [e for e in self._stack if e not in replaced]
+        for module, names, namespace, spec in plan.needs:
+            for name in sorted(names):
+                if name not in namespace:
+                    continue  # the module's own, or a builtin
+                value = namespace[name]
+                if id(value) in exempt or module.__dict__.get(name) is namespace:
+                    continue
+                k = key(module, name)
+                existing = base(module, name)
+                if existing is value:
+                    continue
+                injected_here = any(k in e.injected and e.after[k][2] is existing for e in ours)
+                if existing is not ABSENT and not injected_here and k not in plan.injected:
+                    msg = (
+                        f"patch {patch.version}: {spec} needs {name!r} from the patch file, but "
+                        f"module {module.__name__} already has a different {name!r} "
+                        f"({type(existing).__name__}); rename it in the patch file, or use the "
+                        "module's own"
+                    )
+                    raise NameConflict(msg, patch=patch.version, target=spec)
+                if k not in plan.injected:
+                    plan.names.append(f"{module.__name__}.{name}")
+                plan.changes[k] = (module, name, value)
+                plan.injected.add(k)
+
+    # -- commit ---------------------------------------------------------------------
+
+    def _commit(self, plan: _Plan, start: float, *, action: str, who: str) -> ApplyResult:
+        patch = plan.patch
+        before = {k: (obj, attr, current(obj, attr)) for k, (obj, attr, _) in plan.changes.items()}
+        entry = _Entry(
+            patch,
+            before,
+            dict(plan.changes),
+            set(plan.injected),
+            plan.unmigrations,
+            list(self._stack) if patch.cumulative else [],
+        )
+        stack = [entry] if patch.cumulative else [*self._stack, entry]
+        undo: list[Callable[[], object]] = []
+        try:
+            self.plugins.notify("hotpatch_before_apply", patch=patch, registry=self)
+            for migration, module in plan.migrations:
+                try:
+                    migration.func(module)
+                except Exception as exc:
+                    msg = (
+                        f"patch {patch.version}: migration {migration.func.__name__} of "
+                        f"{migration.module} raised {type(exc).__name__}: {exc}; the apply was "
+                        "undone. Fix the migration and publish a newer version"
+                    )
+                    raise MigrationFailed(
+                        msg, patch=patch.version, target=migration.module
+                    ) from exc
+                undo.extend(
+                    _call(m.func, mod)
+                    for m, mod in plan.unmigrations
+                    if m.module == migration.module
+                )
+            elapsed = time.perf_counter() - start
+            record = HistoryEntry(
+                time.time(), action, patch.version, _versions(stack), elapsed, who
+            )
+            if self._journal is not None and action != "replay":
+                self._write_journal(stack, [*self._history, record])
+                undo.append(lambda: self._write_journal(self._stack, self._history))
+            if patch.quiescence == "strict":
+                busy = wait_quiescent(plan.codes, patch.quiescence_timeout)
+                if busy:
+                    reason = (
+                        f"strict quiescence not reached in {patch.quiescence_timeout}s: "
+                        + "; ".join(busy)
+                    )
+                    msg = (
+                        f"patch {patch.version}: {reason}. Nothing changed; retry when the service "
+                        "is quieter, raise quiescence_timeout, or apply it with a restart"
+                    )
+                    raise QuiescenceTimeout(msg, reasons=[reason], patch=patch.version)
+            switch_s = switch(plan.changes.values(), before)
+        except BaseException:
+            for step in reversed(undo):
+                try:
+                    step()
+                except Exception:
+                    log.exception("undoing patch %s: a step of the undo failed", patch.version)
+            raise
+        for func in plan.functions:
+            self._originals.setdefault(id(func), (func, capture_before(func, before)))
+        self._stack = stack
+        elapsed = time.perf_counter() - start
+        self._history.append(
+            HistoryEntry(time.time(), action, patch.version, self.level, elapsed, who)
+        )
+        log.info(
+            "%s patch %s: %d targets (%s) in %.2f ms",
+            "replayed" if action == "replay" else "applied",
+            patch.version,
+            len(patch.targets),
+            ", ".join(patch.targets),
+            elapsed * 1e3,
+        )
+        result = ApplyResult(
+            patch.version, True, patch.targets, elapsed, switch_s, dict(plan.modes)
+        )
+        self.plugins.notify("hotpatch_after_apply", patch=patch, registry=self, result=result)
+        return result
+
+    # -- rollback ---------------------------------------------------------------------
+
+    def rollback(self, to: str | None = None, *, who: str = "api") -> RollbackResult:
+        """Undo the last apply, or go back to level ``to`` (in the level, or the baseline)."""
+        start = time.perf_counter()
+        with self._lock:
+            stack, popped = self._unwind(to)
+            final: dict[Key, Change] = {}
+            for entry in popped:  # newest first: the oldest popped entry's values win
+                final.update(entry.before)
+            undo = {k: (obj, attr, current(obj, attr)) for k, (obj, attr, _) in final.items()}
+            elapsed = time.perf_counter() - start
+            versions = tuple(e.patch.version for e in popped)
+            record = HistoryEntry(
+                time.time(), "rollback", ", ".join(versions), _versions(stack), elapsed, who
+            )
+            if self._journal is not None and popped:
+                self._write_journal(stack, [*self._history, record])
+            switch_s = switch(final.values(), undo) if final else 0.0
+            self._stack = stack
+            for entry in popped:
+                for migration, module in entry.unmigrations:
+                    try:
+                        migration.func(module)
+                    except Exception:
+                        log.exception(
+                            "rollback of %s: unmigrate %s of %s raised; the code is rolled back, "
+                            "the migrated state may not be",
+                            entry.patch.version,
+                            migration.func.__name__,
+                            migration.module,
+                        )
+            elapsed = time.perf_counter() - start
+            if popped:
+                self._history.append(
+                    HistoryEntry(
+                        time.time(), "rollback", ", ".join(versions), self.level, elapsed, who
+                    )
+                )
+                log.info(
+                    "rolled back %s in %.2f ms; level now %s",
+                    ", ".join(versions),
+                    elapsed * 1e3,
+                    ", ".join(self.level) or f"baseline {self.baseline}",
+                )
+            result = RollbackResult(versions, self.level, elapsed, switch_s)
+        if popped:
+            self.plugins.notify("hotpatch_after_rollback", registry=self, result=result)
+        return result
+
+    def _unwind(self, to: str | None) -> tuple[list[_Entry], list[_Entry]]:
+        """(stack afterwards, entries popped newest first); raises before changing anything."""
+        stack = list(self._stack)
+        if not stack:
+            msg = f"nothing to roll back: the process runs baseline {self.baseline} with no patches"
+            raise VersionConflict(msg)
+        goal = parse_version(str(to), "rollback target") if to is not None else None
+        popped: list[_Entry] = []
+        while stack:
+            if goal is not None and stack[-1].patch.parsed_version == goal:
+                break
+            entry = stack.pop()
+            popped.append(entry)
+            stack.extend(entry.replaced)
+            if goal is None:
+                break
+        if goal is not None and goal != self._baseline_version and not stack:
+            msg = (
+                f"cannot roll back to {to}: it is neither in the level ({', '.join(self.level)}) "
+                f"nor the baseline {self.baseline}"
+            )
+            raise VersionConflict(msg, patch=str(to))
+        return stack, popped
+
+    # -- journal ----------------------------------------------------------------------
+
+    def _write_journal(self, stack: list[_Entry], history: list[HistoryEntry]) -> None:
+        assert self._journal is not None
+        level = []
+        for entry in stack:
+            source = entry.patch.source
+            assert source is not None  # checked in _prepare
+            level.append(
+                JournalEntry(
+                    entry.patch.version,
+                    source.sha256,
+                    source.path,
+                    source.text,
+                    entry.patch.summary,
+                )
+            )
+        history_rows = [dict(asdict(h), level=list(h.level)) for h in history]
+        self._journal.write(JournalState(self.baseline, level, history_rows))
+
+    def _replay(self, journal: Journal) -> None:
+        state = journal.read()
+        if state is None:
+            return
+        if parse_version(state.baseline, "journal baseline") != self._baseline_version:
+            moved = journal.set_aside(f"baseline-{state.baseline}")
+            self.journal_report = (
+                f"journal {journal.path} was written for baseline {state.baseline}, not "
+                f"{self.baseline}: not replayed (kept as {moved.name}); starting at the baseline"
+            )
+            log.warning("%s", self.journal_report)
+            return
+        self._history = [
+            HistoryEntry(**dict(row, level=tuple(row["level"]))) for row in state.history
+        ]
+        for entry in state.level:
+            try:
+                patch = load_patch_source(entry.text.encode(), path=entry.path)
+                plan = self._prepare(patch)
+                if plan.reasons:
+                    raise RestartRequired("; ".join(plan.reasons), reasons=plan.reasons)
+                self._commit(plan, time.perf_counter(), action="replay", who="journal")
+            except PatchError as exc:
+                if self._stack:
+                    self.rollback(to=self.baseline, who="journal")
+                msg = (
+                    f"journal {journal.path}: patch {entry.version} cannot be replayed ({exc}); "
+                    f"the process runs baseline {self.baseline} with no patches. Fix the cause or "
+                    "move the journal aside"
+                )
+                raise JournalError(msg, patch=entry.version) from exc
+        self.journal_report = f"replayed {len(state.level)} patches from {journal.path}"
+
+
+def capture_before(func: types.FunctionType, before: Mapping[Key, Change]) -> dict[str, Any]:
+    """``func``'s state as recorded just before a switch."""
+    return {attr: before[key(func, attr)][2] for attr in FUNC_ATTRS}
+
+
+def _versions(stack: list[_Entry]) -> tuple[str, ...]:
+    return tuple(e.patch.version for e in stack)
+
+
+def _call(func: Callable[[Any], object], arg: Any) -> Callable[[], object]:
+    return lambda: func(arg)
+
+
+def _equal(a: Any, b: Any) -> bool:
+    try:
+        return bool(a == b)
+    except Exception:
+        return False
+
+
+def _member_functions(value: Any) -> list[types.FunctionType]:
+    if isinstance(value, types.FunctionType):
+        return [value]
+    if isinstance(value, classmethod | staticmethod):
+        return _member_functions(value.__func__)
+    if isinstance(value, property):
+        return [
+            f for f in (value.fget, value.fset, value.fdel) if isinstance(f, types.FunctionType)
+        ]
+    if isinstance(value, type):
+        return [f for member in vars(value).values() for f in _member_functions(member)]
+    return []
+
+
+def _function_pairs(old: Any, new: Any) -> list[tuple[str, types.FunctionType, Any]] | None:
+    """(accessor, function to patch, replacement) when ``new`` can patch ``old`` in place."""
+    if isinstance(old, types.FunctionType) and isinstance(new, types.FunctionType):
+        return [("", inspect.unwrap(old), new)]
+    for wrapper in (classmethod, staticmethod):
+        if isinstance(old, wrapper) and isinstance(new, wrapper):
+            return [("", inspect.unwrap(old.__func__), new.__func__)]
+    if isinstance(old, property) and isinstance(new, property):
+        accessors = ("fget", "fset", "fdel")
+        if [getattr(old, a) is None for a in accessors] != [
+            getattr(new, a) is None for a in accessors
+        ]:
+            return None  # accessors added or removed: the property is swapped whole
+        return [
+            (a, getattr(old, a), getattr(new, a)) for a in accessors if getattr(old, a) is not None
+        ]
+    return None
+
+
+def _rebind_member(value: Any, globals_: dict[str, Any], owner: type) -> Any:
+    """A new class member as if defined in the target module and class."""
+    if isinstance(value, types.FunctionType):
+        return rebind(value, globals_, owner)
+    if isinstance(value, classmethod | staticmethod):
+        return type(value)(_rebind_member(value.__func__, globals_, owner))
+    if isinstance(value, property):
+        parts = [
+            _rebind_member(f, globals_, owner) if f else None
+            for f in (value.fget, value.fset, value.fdel)
+        ]
+        return property(parts[0], parts[1], parts[2], value.__doc__)
+    return value

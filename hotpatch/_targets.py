@@ -1,0 +1,152 @@
+"""``module:qualname`` -> the function object to patch (methods, properties, ``__wrapped__``)."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import sys
+import types
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from hotpatch._errors import NotPatchable, TargetNotFound
+
+__all__ = ["Kind", "Target", "accessor_of", "import_module", "resolve", "resolve_class"]
+
+Kind = Literal["function", "method", "classmethod", "staticmethod", "property"]
+_ACCESSORS = {"getter": "fget", "setter": "fset", "deleter": "fdel"}
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A resolved target: the function whose code is swapped, and where it lives."""
+
+    spec: str
+    module: types.ModuleType
+    function: types.FunctionType
+    owner: type | None  # the class it was found in, if any
+    kind: Kind
+    accessor: str  # "fget"/"fset"/"fdel" for properties, else ""
+
+
+def import_module(name: str, *, patch: str, target: str) -> types.ModuleType:
+    """The named module: already imported, or imported now."""
+    module = sys.modules.get(name)
+    if module is not None:
+        return module
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name == name or (exc.name and name.startswith(exc.name + ".")):
+            msg = (
+                f"patch {patch}: target {target}: module {name!r} does not exist in this "
+                "process; check the module name and that the patch targets this service"
+            )
+            raise TargetNotFound(msg, patch=patch, target=target) from None
+        msg = f"patch {patch}: target {target}: importing {name!r} failed: {exc}"
+        raise TargetNotFound(msg, patch=patch, target=target) from exc
+    except Exception as exc:
+        msg = (
+            f"patch {patch}: target {target}: importing {name!r} raised {type(exc).__name__}: {exc}"
+        )
+        raise TargetNotFound(msg, patch=patch, target=target) from exc
+
+
+def _lookup(spec: str, patch: str) -> tuple[types.ModuleType, Any, type | None, str]:
+    """Walk ``module:a.b.c`` through ``__dict__``s; returns (module, obj, owner, accessor)."""
+    modname, _, qualname = spec.partition(":")
+    module = import_module(modname, patch=patch, target=spec)
+    obj: Any = module
+    owner: type | None = None
+    parts = qualname.split(".")
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if isinstance(obj, property) and last and part in _ACCESSORS:
+            return module, obj, owner, _ACCESSORS[part]
+        namespace = getattr(obj, "__dict__", None)
+        if not isinstance(namespace, types.MappingProxyType | dict) or part not in namespace:
+            where = ".".join(parts[:i]) or modname
+            hint = ""
+            if isinstance(obj, type) and any(part in vars(b) for b in obj.__mro__[1:]):
+                base = next(b for b in obj.__mro__[1:] if part in vars(b))
+                hint = f" (it is inherited: target {base.__module__}:{base.__qualname__}.{part})"
+            msg = (
+                f"patch {patch}: target {spec}: {where!r} has no attribute {part!r}{hint}; "
+                "check the qualname against the running code"
+            )
+            raise TargetNotFound(msg, patch=patch, target=spec)
+        if isinstance(obj, type):
+            owner = obj
+        obj = namespace[part]
+    return module, obj, owner, "fget" if isinstance(obj, property) else ""
+
+
+def resolve(spec: str, *, patch: str) -> Target:
+    """Resolve a function target; ``NotPatchable`` for anything but Python functions."""
+    module, obj, owner, accessor = _lookup(spec, patch)
+    kind: Kind
+    if isinstance(obj, classmethod):
+        kind, obj = "classmethod", obj.__func__
+    elif isinstance(obj, staticmethod):
+        kind, obj = "staticmethod", obj.__func__
+    elif isinstance(obj, property):
+        kind, obj = "property", getattr(obj, accessor)
+        if obj is None:
+            msg = (
+                f"patch {patch}: target {spec}: the property has no {accessor[1:]}ter; "
+                "a missing accessor cannot be patched in place (use replace_class)"
+            )
+            raise TargetNotFound(msg, patch=patch, target=spec)
+    elif isinstance(obj, types.MethodType):
+        kind, obj = "method", obj.__func__
+    else:
+        kind = "method" if owner is not None else "function"
+    function = _unwrap(obj, spec, patch)
+    return Target(spec, module, function, owner, kind, accessor)
+
+
+def resolve_class(spec: str, *, patch: str) -> tuple[types.ModuleType, type]:
+    module, obj, _, _ = _lookup(spec, patch)
+    if not isinstance(obj, type):
+        msg = (
+            f"patch {patch}: target {spec} is a {type(obj).__name__}, not a class; "
+            "use patch.replace for functions"
+        )
+        raise NotPatchable(msg, patch=patch, target=spec)
+    return module, obj
+
+
+def _unwrap(obj: Any, spec: str, patch: str) -> types.FunctionType:
+    """Follow ``__wrapped__`` to the innermost Python function (the decorator keeps applying)."""
+    if isinstance(obj, types.FunctionType) and not hasattr(obj, "__wrapped__"):
+        return obj
+    try:
+        inner = inspect.unwrap(obj)
+    except ValueError:
+        inner = obj
+    if isinstance(inner, types.FunctionType):
+        return inner
+    if isinstance(inner, type):
+        what = "a class; patch a class with patch.replace_class"
+    elif isinstance(inner, types.BuiltinFunctionType | types.MethodDescriptorType):
+        what = "a builtin or C-extension function, which has no Python code to replace"
+    elif isinstance(inner, types.WrapperDescriptorType | types.MethodWrapperType):
+        what = "a slot wrapper of a C type, which has no Python code to replace"
+    elif callable(inner):
+        what = f"a callable {type(inner).__name__} object, not a Python function"
+    else:
+        what = f"a {type(inner).__name__}, not a function"
+    msg = (
+        f"patch {patch}: target {spec} is {what}; patch the Python function that "
+        "calls it instead, or ship the change as a baseline"
+    )
+    raise NotPatchable(msg, patch=patch, target=spec)
+
+
+def accessor_of(obj: Any, accessor: str) -> Any:
+    """The plain function a replacement declares, for any way the user wrote it."""
+    if isinstance(obj, classmethod | staticmethod):
+        return obj.__func__
+    if isinstance(obj, property):
+        return getattr(obj, accessor or "fget") or obj.fget
+    return obj

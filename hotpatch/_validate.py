@@ -1,0 +1,135 @@
+"""Checks on a patch before anything changes: signatures, names it brings, what is not hot."""
+
+from __future__ import annotations
+
+import dis
+import functools
+import inspect
+import types
+from typing import Any
+
+__all__ = ["CLASS_BOILERPLATE", "class_reasons", "global_names", "signature_problems"]
+
+_P = inspect.Parameter
+_POSITIONAL = (_P.POSITIONAL_ONLY, _P.POSITIONAL_OR_KEYWORD)
+_LOOKUPS = frozenset({"LOAD_GLOBAL", "LOAD_NAME", "STORE_GLOBAL", "DELETE_GLOBAL"})
+
+# Members every class body makes; they say nothing about behaviour.
+CLASS_BOILERPLATE = frozenset(
+    {
+        "__module__",
+        "__qualname__",
+        "__dict__",
+        "__weakref__",
+        "__doc__",
+        "__firstlineno__",
+        "__static_attributes__",
+        "__slots__",
+        "__annotations__",
+        "__orig_bases__",
+        "__parameters__",
+    }
+)
+
+
+@functools.lru_cache(maxsize=4096)
+def global_names(code: types.CodeType) -> frozenset[str]:
+    """Global names ``code`` and the code nested in it look up."""
+    names = {i.argval for i in dis.get_instructions(code) if i.opname in _LOOKUPS}
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= global_names(const)
+    return frozenset(names)
+
+
+def signature_problems(  # noqa: PLR0912 - one rule per branch reads best
+    old: inspect.Signature, new: inspect.Signature
+) -> list[str]:
+    """Why ``new`` cannot accept every call ``old`` accepted (empty: it can)."""
+    problems: list[str] = []
+    old_params = list(old.parameters.values())
+    new_params = list(new.parameters.values())
+    new_by_name = new.parameters
+    new_pos = [p for p in new_params if p.kind in _POSITIONAL]
+    new_star = any(p.kind is _P.VAR_POSITIONAL for p in new_params)
+    new_dstar = any(p.kind is _P.VAR_KEYWORD for p in new_params)
+
+    old_pos = [p for p in old_params if p.kind in _POSITIONAL]
+    for index, param in enumerate(old_pos):
+        if index < len(new_pos):
+            other = new_pos[index]
+            if param.kind is _P.POSITIONAL_OR_KEYWORD and (
+                other.name != param.name or other.kind is not _P.POSITIONAL_OR_KEYWORD
+            ):
+                problems.append(
+                    f"argument {index + 1} {param.name!r} can be passed by name, "
+                    f"but the replacement has {other.name!r} there"
+                )
+            elif param.default is not _P.empty and other.default is _P.empty:
+                problems.append(
+                    f"argument {param.name!r} is optional, but required in the replacement"
+                )
+        elif not new_star:
+            problems.append(
+                f"argument {index + 1} {param.name!r} is not accepted by the replacement"
+            )
+    for param in old_params:
+        if param.kind is _P.VAR_POSITIONAL and not new_star:
+            problems.append(f"*{param.name} (extra positional arguments) is not accepted")
+        elif param.kind is _P.VAR_KEYWORD and not new_dstar:
+            problems.append(f"**{param.name} (extra keyword arguments) is not accepted")
+        elif param.kind is _P.KEYWORD_ONLY:
+            named = new_by_name.get(param.name)
+            if named is None or named.kind not in (_P.KEYWORD_ONLY, _P.POSITIONAL_OR_KEYWORD):
+                if not new_dstar:
+                    problems.append(f"keyword argument {param.name!r} is not accepted")
+            elif param.default is not _P.empty and named.default is _P.empty:
+                problems.append(
+                    f"keyword {param.name!r} is optional, but required in the replacement"
+                )
+    old_names = {p.name for p in old_params}
+    for index, param in enumerate(new_params):
+        if param.default is not _P.empty or param.kind in (_P.VAR_POSITIONAL, _P.VAR_KEYWORD):
+            continue
+        if param.kind in _POSITIONAL and index < len(old_pos):
+            continue
+        if param.kind is _P.KEYWORD_ONLY and param.name in old_names:
+            continue
+        problems.append(f"the replacement requires {param.name!r}, which callers do not pass")
+    return problems
+
+
+def class_reasons(old: type, new: type) -> list[str]:
+    """Why replacing ``old``'s members with ``new``'s cannot be done hot."""
+    reasons: list[str] = []
+    name = f"{old.__module__}:{old.__qualname__}"
+    if tuple(new.__bases__) != tuple(old.__bases__):
+        reasons.append(
+            f"class {name}: bases change from {_names(old.__bases__)} to {_names(new.__bases__)}"
+        )
+    if type(new) is not type(old):
+        reasons.append(
+            f"class {name}: metaclass changes from {type(old).__name__} to {type(new).__name__}"
+        )
+    if vars(old).get("__slots__") != vars(new).get("__slots__"):
+        reasons.append(f"class {name}: __slots__ change (instance layout cannot change hot)")
+    for attr, value in vars(new).items():
+        if attr in CLASS_BOILERPLATE or attr not in vars(old):
+            continue
+        before = _member_kind(vars(old)[attr])
+        after = _member_kind(value)
+        if before != after:
+            reasons.append(f"class {name}: {attr} changes from a {before} to a {after}")
+    return reasons
+
+
+def _names(classes: tuple[type, ...]) -> str:
+    return "(" + ", ".join(c.__qualname__ for c in classes) + ")"
+
+
+def _member_kind(value: Any) -> str:
+    if isinstance(value, types.FunctionType):
+        return "function"
+    if isinstance(value, classmethod | staticmethod | property):
+        return type(value).__name__
+    return "value"

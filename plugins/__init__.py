@@ -1,0 +1,1 @@
+"""Built-in hotpatch plugins, installed as the ``hotpatch_plugins`` package."""
