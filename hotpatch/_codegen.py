@@ -48,6 +48,7 @@ _KIND_FLAGS = (
     | inspect.CO_ITERABLE_COROUTINE
 )
 _IMPL = "__hotpatch_impl__"
+_ANY_CALL = "*__hp_args, **__hp_kwargs"  # a trampoline that passes every call on
 _PY313 = sys.version_info >= (3, 13)
 
 
@@ -129,7 +130,7 @@ def _layout(code: types.CodeType) -> tuple[object, ...]:
     )
 
 
-def _why_not_inline(new: types.CodeType, old: types.CodeType) -> str:
+def _why_not_inline(new: types.CodeType, old: types.CodeType, owner: type | None) -> str:
     if _layout(new) != _layout(old):
         return "the argument layout differs from the original's"
     extra = set(new.co_freevars) - set(old.co_freevars)
@@ -138,7 +139,13 @@ def _why_not_inline(new: types.CodeType, old: types.CodeType) -> str:
     clash = set(old.co_freevars) & (set(new.co_varnames) | set(new.co_cellvars))
     if clash:
         return f"the replacement uses {', '.join(sorted(clash))} as a local"
+    if owner is not None and "__class__" not in old.co_freevars and _calls_super(new):
+        return "the replacement calls super(), and the original has no __class__ cell"
     return ""
+
+
+def _calls_super(code: types.CodeType) -> bool:
+    return "super" in code.co_names and "super" in _global_ops(code)
 
 
 def build(
@@ -148,10 +155,22 @@ def build(
     *,
     globals_: dict[str, Any],
     owner: type | None,
+    any_call: bool = False,
 ) -> Built:
-    """Prepare the version of ``function`` that runs ``replacement``."""
+    """Prepare the version of ``function`` that runs ``replacement``.
+
+    Where the parameters differ (a widened signature, or ``signature_change=True``
+    -- ``any_call``), the trampoline takes ``(*args, **kwargs)`` and the
+    replacement's own signature decides, so new parameters are reachable. That
+    is a layout change, but a safe one: its ``co_argcount`` is 0, and CPython's
+    weakest guard on a specialised call (``CALL_ALLOC_AND_ENTER_INIT``, the
+    gh-122712 crash: same argcount, other flags) requires ``argcount == nargs + 1``,
+    so every specialised site deoptimises. Otherwise the trampoline keeps the
+    original's exact layout.
+    """
     old: types.CodeType = original["__code__"]
-    why = _why_not_inline(replacement.__code__, old)
+    any_call = any_call or _layout(replacement.__code__) != _layout(old)
+    why = _why_not_inline(replacement.__code__, old, owner)
     if not why:
         new = replacement.__code__
         code = _inline(new, old, new.co_filename, old.co_qualname)
@@ -166,19 +185,21 @@ def build(
             "__signature__": ABSENT,
         }
         return Built(state, "inline", "")
-    impl = rebind(replacement, globals_, owner)
-    template = _forward_template(old, old.co_qualname)
+    impl = _borrow_cells(rebind(replacement, globals_, owner), old, function.__closure__, owner)
+    template = _forward_template(old, old.co_qualname, any_call=any_call)
     code = template.replace(
         co_consts=tuple(impl if c is _PLACEHOLDER else c for c in template.co_consts)
     )
     signature = inspect.signature(impl)
     state = {
         "__code__": code,
-        "__defaults__": _forward_defaults(old, original, signature),
-        "__kwdefaults__": _forward_kwdefaults(original, signature),
+        "__defaults__": None if any_call else _forward_defaults(old, original, signature),
+        "__kwdefaults__": None if any_call else _forward_kwdefaults(original, signature),
         "__doc__": impl.__doc__ if impl.__doc__ is not None else original["__doc__"],
         "__annotations__": dict(impl.__annotations__),
-        "__signature__": signature,
+        # Only an any-call trampoline takes what the replacement takes; otherwise the
+        # code and defaults already tell inspect.signature the truth.
+        "__signature__": signature if any_call else ABSENT,
     }
     return Built(state, "forward", why)
 
@@ -206,6 +227,44 @@ def rebind(
     return new
 
 
+def _borrow_cells(
+    impl: types.FunctionType,
+    old: types.CodeType,
+    closure: tuple[types.CellType, ...] | None,
+    owner: type | None,
+) -> types.FunctionType:
+    """``impl`` sharing the original's cells it names as globals, like an inline replacement.
+
+    A forward replacement of a closure reads and writes the closure's variables
+    by name, and a zero-argument ``super()`` in a replaced method finds the
+    class (the original's ``__class__`` cell, or a new one holding ``owner``).
+    """
+    code = impl.__code__
+    cells = dict(zip(old.co_freevars, closure or (), strict=True))
+    named = set(cells) & set(code.co_names) - set(code.co_freevars)
+    borrowed = [n for n in cells if n in named and n in _global_ops(code)] if named else []
+    if owner is not None and "__class__" not in code.co_freevars and _calls_super(code):
+        cells.setdefault("__class__", types.CellType(owner))
+        borrowed.append("__class__")
+    if not borrowed:
+        return impl
+    freevars = (*code.co_freevars, *borrowed)
+    new = types.FunctionType(
+        _to_cells(code, freevars),
+        impl.__globals__,
+        impl.__name__,
+        impl.__defaults__,
+        (*(impl.__closure__ or ()), *(cells[n] for n in borrowed)),
+    )
+    new.__kwdefaults__ = impl.__kwdefaults__
+    new.__doc__ = impl.__doc__
+    new.__annotations__ = impl.__annotations__
+    new.__dict__.update(impl.__dict__)
+    new.__qualname__ = impl.__qualname__
+    new.__module__ = impl.__module__
+    return new
+
+
 # -- inline ---------------------------------------------------------------------
 
 
@@ -224,8 +283,15 @@ def _inline(
     and a zero-argument ``super()`` finds the original's ``__class__`` cell.
     """
     freevars = old.co_freevars
-    if new.co_freevars == freevars and not set(freevars) & _global_ops(new):
+    # co_names is a cheap superset of the global names: disassemble only if it hits.
+    rebinds = set(freevars) & set(new.co_names) and set(freevars) & _global_ops(new)
+    if new.co_freevars == freevars and not rebinds:
         return new.replace(co_name=old.co_name, co_qualname=qualname)
+    return _to_cells(new, freevars).replace(co_name=old.co_name, co_qualname=qualname)
+
+
+def _to_cells(code: types.CodeType, freevars: tuple[str, ...]) -> types.CodeType:
+    """``code`` with ``freevars`` as its cells; global uses of those names become cell uses."""
 
     def to_cell(ins: Instr, arg: Any) -> list[Any] | None:
         if ins.name == "COPY_FREE_VARS":
@@ -238,7 +304,7 @@ def _inline(
             return [Instr(op, FreeVar(arg), location=ins.location)]
         return None
 
-    return _rewrite(new, to_cell, freevars).replace(co_name=old.co_name, co_qualname=qualname)
+    return _rewrite(code, to_cell, freevars)
 
 
 def _with_null(load: Instr, *, push_null: bool) -> list[Instr]:
@@ -339,9 +405,11 @@ _ASYNC_GEN_BODY = """\
 
 
 @functools.lru_cache(maxsize=1024)
-def _forward_template(old: types.CodeType, qualname: str) -> types.CodeType:
-    """A trampoline with ``old``'s layout that calls a placeholder constant."""
-    params, args = _params(old)
+def _forward_template(
+    old: types.CodeType, qualname: str, *, any_call: bool = False
+) -> types.CodeType:
+    """A trampoline with ``old``'s layout (or any arguments) that calls a placeholder constant."""
+    params, args = (_ANY_CALL, _ANY_CALL) if any_call else _params(old)
     kind = function_kind(old)
     if kind == "async generator":
         head, body = "async def", _ASYNC_GEN_BODY.format(impl=_IMPL, args=args)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from hotpatch._errors import JournalError
+from hotpatch._patch import parse_version
 
 __all__ = ["FORMAT", "Journal", "JournalEntry", "JournalState"]
 
@@ -53,13 +54,15 @@ class Journal:
             msg = f"journal {self.path} cannot be read: {exc.strerror or exc}"
             raise JournalError(msg) from exc
         try:
-            data = json.loads(raw)
-            if data.get("format") != FORMAT:
-                msg = f"format {data.get('format')!r}, expected {FORMAT}"
-                raise ValueError(msg)
-            level = [JournalEntry(**entry) for entry in data["level"]]
-            state = JournalState(str(data["baseline"]), level, list(data.get("history", [])))
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            state = _parse(json.loads(raw))
+        except _Unsupported as exc:
+            msg = (
+                f"journal {self.path} was written in format {exc}, and this hotpatch reads "
+                f"format {FORMAT}; nothing was applied. Upgrade hotpatch to replay it, or move "
+                "it aside to start at the baseline"
+            )
+            raise JournalError(msg) from None
+        except (ValueError, TypeError) as exc:
             msg = (
                 f"journal {self.path} is corrupt ({exc}); nothing was applied. Move it aside "
                 "to start at the baseline, or restore it from a backup"
@@ -70,7 +73,7 @@ class Journal:
                 msg = (
                     f"journal {self.path}: the content of patch {entry.version} does not match "
                     "its sha256; nothing was applied. Move the journal aside to start at the "
-                    "baseline"
+                    "baseline, or restore it from a backup"
                 )
                 raise JournalError(msg, patch=entry.version)
         return state
@@ -114,5 +117,93 @@ class Journal:
         while target.exists():
             n += 1
             target = self.path.with_name(f"{self.path.name}.{reason}.{n}")
-        os.replace(self.path, target)
+        try:
+            os.replace(self.path, target)
+        except OSError as exc:
+            msg = (
+                f"journal {self.path} cannot be moved aside to {target.name}: "
+                f"{exc.strerror or exc}; move it yourself, then start again"
+            )
+            raise JournalError(msg) from exc
         return target
+
+
+class _Unsupported(Exception):
+    """A journal format this version does not read (its number is the message)."""
+
+
+_TOP = ("format", "baseline", "level", "history")
+_ENTRY_FIELDS = {"version": True, "sha256": True, "path": True, "text": True, "summary": False}
+_HISTORY_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "time": (int, float),
+    "action": str,
+    "version": str,
+    "level": list,
+    "elapsed_s": (int, float),
+    "who": str,
+}
+
+
+def _fields(row: Any, what: str, required: set[str], allowed: set[str]) -> dict[str, Any]:
+    if not isinstance(row, dict):
+        msg = f"{what} is a {type(row).__name__}, not an object"
+        raise TypeError(msg)
+    if missing := required - row.keys():
+        msg = f"{what} lacks {', '.join(sorted(missing))}"
+        raise ValueError(msg)
+    if unknown := row.keys() - allowed:
+        msg = f"{what} has unknown fields {', '.join(sorted(unknown))}"
+        raise ValueError(msg)
+    return row
+
+
+def _text(value: Any, what: str) -> str:
+    if not isinstance(value, str):
+        msg = f"{what} is a {type(value).__name__}, not a string"
+        raise TypeError(msg)
+    return value
+
+
+def _parse(data: Any) -> JournalState:
+    """Check the JSON document field by field; raise ValueError/KeyError/TypeError naming it."""
+    top = _fields(data, "the document", {"format", "baseline", "level"}, {*_TOP})
+    number = top["format"]
+    if type(number) is not int:
+        msg = f"format {number!r} is not a format number"
+        raise TypeError(msg)
+    if number > FORMAT:
+        raise _Unsupported(str(number))
+    if number != FORMAT:
+        msg = f"format {number} does not exist (expected {FORMAT})"
+        raise ValueError(msg)
+    baseline = _text(top["baseline"], "baseline")
+    parse_version(baseline, "baseline")
+    rows = top["level"]
+    if not isinstance(rows, list):
+        msg = f"level is a {type(rows).__name__}, not a list"
+        raise TypeError(msg)
+    level = []
+    for i, row in enumerate(rows):
+        what = f"level[{i}]"
+        required = {k for k, needed in _ENTRY_FIELDS.items() if needed}
+        _fields(row, what, required, set(_ENTRY_FIELDS))
+        for name, value in row.items():
+            _text(value, f"{what}.{name}")
+        parse_version(row["version"], f"{what}.version")
+        level.append(JournalEntry(**row))
+    history = top.get("history", [])
+    if not isinstance(history, list):
+        msg = f"history is a {type(history).__name__}, not a list"
+        raise TypeError(msg)
+    for i, row in enumerate(history):
+        what = f"history[{i}]"
+        _fields(row, what, set(_HISTORY_FIELDS) - {"who"}, set(_HISTORY_FIELDS))
+        for name, value in row.items():
+            expected = _HISTORY_FIELDS[name]
+            if not isinstance(value, expected) or isinstance(value, bool):
+                msg = f"{what}.{name} is a {type(value).__name__}"
+                raise TypeError(msg)
+        if not all(isinstance(v, str) for v in row["level"]):
+            msg = f"{what}.level holds something other than versions"
+            raise TypeError(msg)
+    return JournalState(baseline, level, list(history))

@@ -32,7 +32,10 @@ class PluginHost:
         return list(reversed(caller.get_hookimpls()))
 
     def _name(self, impl: pluggy.HookImpl) -> str:
-        return impl.plugin_name or type(impl.plugin).__name__
+        # pluggy names a plugin registered without a name str(id(plugin)): say its class.
+        if not impl.plugin_name or impl.plugin_name == str(id(impl.plugin)):
+            return type(impl.plugin).__name__
+        return impl.plugin_name
 
     def notify(self, hook: str, **kwargs: Any) -> list[Any]:
         """Call ``hook`` on every plugin; a raising plugin is logged and skipped."""

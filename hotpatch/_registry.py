@@ -33,7 +33,13 @@ from hotpatch._patch import Migration, Patch, parse_version
 from hotpatch._plugins import PluginHost
 from hotpatch._switch import Change, Key, busy_threads, current, key, switch, wait_quiescent
 from hotpatch._targets import Kind, Target, accessor_of, import_module, resolve, resolve_class
-from hotpatch._validate import CLASS_BOILERPLATE, class_reasons, global_names, signature_problems
+from hotpatch._validate import (
+    CLASS_BOILERPLATE,
+    accepts_same_calls,
+    class_reasons,
+    global_names,
+    signature_problems,
+)
 
 __all__ = ["ApplyResult", "CheckReport", "HistoryEntry", "Registry", "RollbackResult"]
 
@@ -298,6 +304,8 @@ class Registry:
         values: dict[Key, Change] = {}
         for entry in reversed(entries):
             values.update(entry.before)
+            # a cumulative's "before" is the level it replaced: go under that level too
+            values.update(self._pristine(entry.replaced))
         return values
 
     def _original(self, function: types.FunctionType) -> dict[str, Any]:
@@ -324,24 +332,38 @@ class Registry:
                 f"callers would break. Keep it a {old_kind}, or ship the change as a baseline"
             )
             raise SignatureIncompatible(msg, patch=v, target=spec)
-        if not plan.patch.signature_change:
+        # The usual patch keeps the parameters: no need to build and compare signatures.
+        old_sig = None
+        problems: list[str] = []
+        if not accepts_same_calls(original, new):
             old_sig = inspect.signature(_reference(original, func.__name__))
             problems = signature_problems(old_sig, inspect.signature(new))
-            if problems:
-                msg = (
-                    f"patch {v}: the replacement for {spec} cannot accept every call the "
-                    f"original {spec.partition(':')[2]}{old_sig} accepted: {'; '.join(problems)}. "
-                    "Keep the original's parameters (new ones need defaults), or set "
-                    "Patch(signature_change=True) if every caller is patched too"
-                )
-                raise SignatureIncompatible(msg, patch=v, target=spec)
-        built = build(func, original, new, globals_=target.module.__dict__, owner=target.owner)
+        if problems and not plan.patch.signature_change:
+            msg = (
+                f"patch {v}: the replacement for {spec} cannot accept every call the "
+                f"original {spec.partition(':')[2]}{old_sig} accepted: {'; '.join(problems)}. "
+                "Keep the original's parameters (new ones need defaults), or set "
+                "Patch(signature_change=True) if every caller is patched too"
+            )
+            raise SignatureIncompatible(msg, patch=v, target=spec)
+        # A changed signature (signature_change=True): calls follow the replacement's.
+        built = build(
+            func,
+            original,
+            new,
+            globals_=target.module.__dict__,
+            owner=target.owner,
+            any_call=bool(problems),
+        )
         for attr in FUNC_ATTRS:
             plan.changes[key(func, attr)] = (func, attr, built.state[attr])
         plan.modes[spec] = built.mode + (f" ({built.why})" if built.why else "")
         plan.functions.append(func)
+        # Strict quiescence looks for every version a thread could still be running.
+        code_key = key(func, "__code__")
+        plan.codes.extend((old_code, func.__code__, built.state["__code__"]))
         plan.codes.extend(
-            (old_code, base(func, "__code__"), func.__code__, built.state["__code__"])
+            change[2] for e in self._stack for change in (e.before.get(code_key),) if change
         )
         plan.needs.append(
             (
@@ -426,8 +448,20 @@ class Registry:
         )
         stack = [entry] if patch.cumulative else [*self._stack, entry]
         undo: list[Callable[[], object]] = []
+        # The order keeps failures away from what cannot be undone: wait for strict
+        # quiescence, write the journal, and only then run the migrations (a migration
+        # without an unmigrate cannot be taken back), right before the switch.
+        deadline = time.monotonic() + patch.quiescence_timeout
         try:
             self.plugins.notify("hotpatch_before_apply", patch=patch, registry=self)
+            self._quiesce(plan, deadline)
+            elapsed = time.perf_counter() - start
+            record = HistoryEntry(
+                time.time(), action, patch.version, _versions(stack), elapsed, who
+            )
+            if self._journal is not None and action != "replay":
+                undo.append(self._journal_undo())
+                self._write_journal(stack, [*self._history, record])
             for migration, module in plan.migrations:
                 try:
                     migration.func(module)
@@ -445,25 +479,8 @@ class Registry:
                     for m, mod in plan.unmigrations
                     if m.module == migration.module
                 )
-            elapsed = time.perf_counter() - start
-            record = HistoryEntry(
-                time.time(), action, patch.version, _versions(stack), elapsed, who
-            )
-            if self._journal is not None and action != "replay":
-                self._write_journal(stack, [*self._history, record])
-                undo.append(lambda: self._write_journal(self._stack, self._history))
-            if patch.quiescence == "strict":
-                busy = wait_quiescent(plan.codes, patch.quiescence_timeout)
-                if busy:
-                    reason = (
-                        f"strict quiescence not reached in {patch.quiescence_timeout}s: "
-                        + "; ".join(busy)
-                    )
-                    msg = (
-                        f"patch {patch.version}: {reason}. Nothing changed; retry when the service "
-                        "is quieter, raise quiescence_timeout, or apply it with a restart"
-                    )
-                    raise QuiescenceTimeout(msg, reasons=[reason], patch=patch.version)
+            if plan.migrations:  # a thread may have entered a target meanwhile
+                self._quiesce(plan, deadline)
             switch_s = switch(plan.changes.values(), before)
         except BaseException:
             for step in reversed(undo):
@@ -493,6 +510,34 @@ class Registry:
         self.plugins.notify("hotpatch_after_apply", patch=patch, registry=self, result=result)
         return result
 
+    def _quiesce(self, plan: _Plan, deadline: float) -> None:
+        """``quiescence="strict"``: wait until no thread runs a target, up to ``deadline``."""
+        patch = plan.patch
+        if patch.quiescence != "strict":
+            return
+        busy = wait_quiescent(plan.codes, max(0.0, deadline - time.monotonic()))
+        if busy:
+            who = "; ".join(busy)
+            reason = f"strict quiescence not reached in {patch.quiescence_timeout}s: {who}"
+            msg = (
+                f"patch {patch.version}: {reason}. Nothing changed; retry when the service "
+                "is quieter, raise quiescence_timeout, or apply it with a restart"
+            )
+            raise QuiescenceTimeout(msg, reasons=[reason], patch=patch.version)
+
+    def _journal_undo(self) -> Callable[[], None]:
+        """What puts the journal back as it is now, if a later step fails."""
+        assert self._journal is not None
+        journal = self._journal
+        try:
+            prior = journal.read()
+        except JournalError:  # unreadable now: put back the level held in memory instead
+            stack, history = list(self._stack), list(self._history)
+            return lambda: self._write_journal(stack, history)
+        if prior is None:
+            return lambda: journal.path.unlink(missing_ok=True)
+        return lambda: journal.write(prior)
+
     # -- rollback ---------------------------------------------------------------------
 
     def rollback(self, to: str | None = None, *, who: str = "api") -> RollbackResult:
@@ -509,9 +554,16 @@ class Registry:
             record = HistoryEntry(
                 time.time(), "rollback", ", ".join(versions), _versions(stack), elapsed, who
             )
+            journal_undo: Callable[[], None] | None = None
             if self._journal is not None and popped:
+                journal_undo = self._journal_undo()
                 self._write_journal(stack, [*self._history, record])
-            switch_s = switch(final.values(), undo) if final else 0.0
+            try:
+                switch_s = switch(final.values(), undo) if final else 0.0
+            except BaseException:  # the switch put the code back; the journal follows
+                if journal_undo is not None:
+                    journal_undo()
+                raise
             self._stack = stack
             for entry in popped:
                 for migration, module in entry.unmigrations:
@@ -611,6 +663,9 @@ class Registry:
                 self._commit(plan, time.perf_counter(), action="replay", who="journal")
             except PatchError as exc:
                 if self._stack:
+                    # roll back in memory only: the journal keeps the level it recorded,
+                    # so the cause can be fixed and the level replayed
+                    self._journal = None
                     self.rollback(to=self.baseline, who="journal")
                 msg = (
                     f"journal {journal.path}: patch {entry.version} cannot be replayed ({exc}); "

@@ -8,11 +8,18 @@ import inspect
 import types
 from typing import Any
 
-__all__ = ["CLASS_BOILERPLATE", "class_reasons", "global_names", "signature_problems"]
+__all__ = [
+    "CLASS_BOILERPLATE",
+    "accepts_same_calls",
+    "class_reasons",
+    "global_names",
+    "signature_problems",
+]
 
 _P = inspect.Parameter
 _POSITIONAL = (_P.POSITIONAL_ONLY, _P.POSITIONAL_OR_KEYWORD)
 _LOOKUPS = frozenset({"LOAD_GLOBAL", "LOAD_NAME", "STORE_GLOBAL", "DELETE_GLOBAL"})
+_VAR_FLAGS = inspect.CO_VARARGS | inspect.CO_VARKEYWORDS
 
 # Members every class body makes; they say nothing about behaviour.
 CLASS_BOILERPLATE = frozenset(
@@ -40,6 +47,34 @@ def global_names(code: types.CodeType) -> frozenset[str]:
         if isinstance(const, types.CodeType):
             names |= global_names(const)
     return frozenset(names)
+
+
+def accepts_same_calls(original: dict[str, Any], new: types.FunctionType) -> bool:
+    """True if ``new`` has the recorded ``original``'s parameters, optional where it is.
+
+    Then ``signature_problems`` would find nothing: this is its fast path for the
+    usual patch, without building two ``inspect.Signature`` objects. False means
+    "look closer", not "incompatible".
+    """
+    if "__wrapped__" in new.__dict__ or "__signature__" in new.__dict__:
+        return False  # inspect.signature would not read the code
+    old: types.CodeType = original["__code__"]
+    code = new.__code__
+    if (
+        code.co_argcount != old.co_argcount
+        or code.co_posonlyargcount != old.co_posonlyargcount
+        or code.co_kwonlyargcount != old.co_kwonlyargcount
+        or (code.co_flags ^ old.co_flags) & _VAR_FLAGS
+    ):
+        return False
+    count = code.co_argcount + code.co_kwonlyargcount
+    count += bool(code.co_flags & inspect.CO_VARARGS) + bool(code.co_flags & inspect.CO_VARKEYWORDS)
+    if code.co_varnames[:count] != old.co_varnames[:count]:
+        return False
+    old_defaults: tuple[Any, ...] = original["__defaults__"] or ()
+    if not len(old_defaults) <= len(new.__defaults__ or ()) <= code.co_argcount:
+        return False
+    return set(original["__kwdefaults__"] or ()) <= set(new.__kwdefaults__ or ())
 
 
 def signature_problems(  # noqa: PLR0912 - one rule per branch reads best

@@ -29,7 +29,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 @pytest.fixture
 def hotpatch_registry(request: pytest.FixtureRequest) -> Iterator[Registry]:
     """A fresh registry; everything it applied is rolled back at teardown."""
-    registry = Registry(str(request.config.getini("hotpatch_baseline")))
+    baseline = str(request.config.getini("hotpatch_baseline"))
+    try:
+        registry = Registry(baseline)
+    except ValueError as exc:
+        msg = f"ini option hotpatch_baseline: {exc}"
+        raise pytest.UsageError(msg) from None
     yield registry
     if registry.level:
         registry.rollback(to=registry.baseline, who="pytest teardown")
@@ -87,6 +92,9 @@ def check_patch_file(path: str | os.PathLike[str], *, baseline: str | None = Non
                 raise AssertionError(msg)
         elif set(was) != set(now) or any(was[k] is not now[k] for k in was):
             diff = sorted(set(was) ^ set(now)) or sorted(k for k in was if was[k] is not now[k])
-            msg = f"patch {patch.version}: rollback left {name} changed: {', '.join(diff)}"
+            msg = (
+                f"patch {patch.version}: rollback left {name} changed: {', '.join(diff)}; "
+                "if a migration set it, add a @patch.unmigrate that undoes it"
+            )
             raise AssertionError(msg)
     return report
