@@ -429,6 +429,10 @@ def _forward_template(
         if ins.name == "LOAD_GLOBAL" and arg[1] == _IMPL:
             load = Instr("LOAD_CONST", _PLACEHOLDER, location=ins.location)
             return _with_null(load, push_null=arg[0])
+        if any_call and ins.name in ("BUILD_MAP", "DICT_MERGE"):
+            # impl(*a, **k) first copies k into a new dict. This k is the trampoline's
+            # own fresh, exact dict, and the call only reads it: pass it as it is.
+            return []
         return None
 
     built = _rewrite(code, to_const, old.co_freevars)

@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,21 +39,33 @@ class JournalState:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
+class _Unknown:
+    __slots__ = ()
+
+
+_UNKNOWN = _Unknown()
+
+
 class Journal:
     """A JSON file replaced atomically (temporary file, fsync, rename, fsync of the folder)."""
 
     def __init__(self, path: str | os.PathLike[str]):
         self.path = Path(path)
+        # The bytes on disk as this process last read or wrote them (None: no file),
+        # so an undo point costs nothing on the apply path.
+        self._on_disk: bytes | _Unknown | None = _UNKNOWN
 
     def read(self) -> JournalState | None:
         """The recorded state, ``None`` if there is no journal yet."""
         try:
             raw = self.path.read_bytes()
         except FileNotFoundError:
+            self._on_disk = None
             return None
         except OSError as exc:
             msg = f"journal {self.path} cannot be read: {exc.strerror or exc}"
             raise JournalError(msg) from exc
+        self._on_disk = raw
         try:
             state = _parse(json.loads(raw))
         except _Unsupported as exc:
@@ -86,7 +99,28 @@ class Journal:
             "level": [asdict(entry) for entry in state.level],
             "history": state.history[-HISTORY_KEPT:],
         }
-        payload = json.dumps(data, indent=1).encode()
+        self._write_bytes(json.dumps(data, indent=1).encode())
+
+    def undo_point(self) -> Callable[[], None]:
+        """A function that puts the journal back exactly as it is now (or removes it)."""
+        if isinstance(self._on_disk, _Unknown):
+            try:
+                self._on_disk = self.path.read_bytes()
+            except FileNotFoundError:
+                self._on_disk = None
+            except OSError as exc:
+                msg = f"journal {self.path} cannot be read: {exc.strerror or exc}"
+                raise JournalError(msg) from exc
+        prior = self._on_disk
+        if prior is None:
+            return self._remove
+        return lambda: self._write_bytes(prior)
+
+    def _remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+        self._on_disk = None
+
+    def _write_bytes(self, payload: bytes) -> None:
         folder = self.path.parent
         try:
             folder.mkdir(parents=True, exist_ok=True)
@@ -107,8 +141,10 @@ class Journal:
             finally:
                 os.close(dir_fd)
         except OSError as exc:
+            self._on_disk = _UNKNOWN  # the rename may or may not have happened
             msg = f"journal {self.path} cannot be written: {exc.strerror or exc}"
             raise JournalError(msg) from exc
+        self._on_disk = payload
 
     def set_aside(self, reason: str) -> Path:
         """Move the journal out of the way (kept for inspection); returns where it went."""

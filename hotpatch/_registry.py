@@ -528,15 +528,7 @@ class Registry:
     def _journal_undo(self) -> Callable[[], None]:
         """What puts the journal back as it is now, if a later step fails."""
         assert self._journal is not None
-        journal = self._journal
-        try:
-            prior = journal.read()
-        except JournalError:  # unreadable now: put back the level held in memory instead
-            stack, history = list(self._stack), list(self._history)
-            return lambda: self._write_journal(stack, history)
-        if prior is None:
-            return lambda: journal.path.unlink(missing_ok=True)
-        return lambda: journal.write(prior)
+        return self._journal.undo_point()
 
     # -- rollback ---------------------------------------------------------------------
 

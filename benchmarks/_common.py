@@ -1,0 +1,94 @@
+"""Shared helpers for the benchmarks: command line, statistics, the table and the JSON file."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+PY = f"py{sys.version_info.major}{sys.version_info.minor}"
+
+
+def parse_args(name: str, doc: str | None, argv: Sequence[str] | None) -> argparse.Namespace:
+    """``--quick`` (tiny counts, for the smoke test) and ``--json PATH``."""
+    parser = argparse.ArgumentParser(
+        prog=f"benchmarks/{name}.py",
+        description=(doc or "").split("\n\n")[0],
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny iteration counts: checks it runs, not speed"
+    )
+    parser.add_argument(
+        "--json",
+        type=Path,
+        default=RESULTS / f"{name}-{PY}.json",
+        metavar="PATH",
+        help=f"where the results go (default: benchmarks/results/{name}-{PY}.json)",
+    )
+    return parser.parse_args(argv)
+
+
+def median(samples: Sequence[float]) -> float:
+    return statistics.median(samples)
+
+
+def p99(samples: Sequence[float]) -> float:
+    """The 99th percentile, nearest rank (with few samples: the largest)."""
+    ordered = sorted(samples)
+    return ordered[max(0, math.ceil(0.99 * len(ordered)) - 1)]
+
+
+def print_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    """A plain-text table: figures right-aligned, text left-aligned."""
+    cells = [[str(h) for h in headers], *[[_cell(v) for v in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    right = [all(_numeric(row[i]) for row in rows) for i in range(len(headers))]
+
+    def line(row: list[str]) -> str:
+        return "  ".join(
+            c.rjust(w) if r else c.ljust(w) for c, w, r in zip(row, widths, right, strict=True)
+        )
+
+    print(f"\n{title}")
+    print(line(cells[0]))
+    print("  ".join("-" * w for w in widths))
+    for row in cells[1:]:
+        print(line(row))
+
+
+def _numeric(value: object) -> bool:
+    return isinstance(value, int | float) or (isinstance(value, str) and value[:1].isdigit())
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.2f}" if abs(value) < 100 else f"{value:.0f}"
+    return str(value)
+
+
+def environment() -> dict[str, Any]:
+    return {
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "machine": platform.machine(),
+        "system": platform.system(),
+        "cpus": os.cpu_count(),
+        "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }
+
+
+def write_json(path: Path, name: str, quick: bool, results: dict[str, Any]) -> None:
+    """Write ``results`` (with the environment) to ``path``, creating its folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    document = {"benchmark": name, "quick": quick, "environment": environment(), **results}
+    path.write_text(json.dumps(document, indent=2) + "\n")
+    print(f"\nresults written to {path}")

@@ -1,0 +1,139 @@
+"""Smoke runs of the benchmarks: each runs with tiny counts, prints its table and writes its JSON.
+
+Only the shape of the output is checked, never a timing.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def run(name: str, tmp_path: Path) -> tuple[str, dict[str, Any]]:
+    """Run ``benchmarks/<name>.py --quick``; returns (stdout, the JSON it wrote)."""
+    out = tmp_path / "results" / f"{name}.json"  # a folder that does not exist yet
+    proc = subprocess.run(
+        [sys.executable, str(BENCHMARKS / f"{name}.py"), "--quick", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    return proc.stdout, json.loads(out.read_text())
+
+
+def check_environment(data: dict[str, Any], name: str) -> None:
+    assert data["benchmark"] == name
+    assert data["quick"] is True
+    assert data["environment"]["python"] == ".".join(map(str, sys.version_info[:3]))
+
+
+def test_call_overhead(tmp_path: Path) -> None:
+    stdout, data = run("call_overhead", tmp_path)
+    check_environment(data, "call_overhead")
+    cases = data["cases"]
+    assert list(cases) == ["trivial f(x)", "f(a, b, c=3) as f(1, 2)", "method box.m(x)"]
+    for name, forms in cases.items():
+        assert list(forms) == ["inline", "closure", "widened", "swap"], name
+        # The benchmark forces each mode; it must have got it.
+        assert forms["inline"]["mode"] == "inline", name
+        assert forms["closure"]["mode"].startswith("forward (the replacement has its own"), name
+        assert forms["widened"]["mode"].startswith("forward (the argument layout"), name
+        assert forms["swap"]["mode"] == "none (by hand)", name
+        for form, figures in forms.items():
+            for value in ("patched_ns", "unpatched_ns", "ratio"):
+                assert figures[value] > 0, (name, form, value)
+        rows = [line for line in stdout.splitlines() if line.startswith(name)]
+        assert [row[len(name) :].split()[0] for row in rows] == [
+            "inline",
+            "forward,",
+            "forward,",
+            "plain",
+        ]
+    assert data["loop_ns"] > 0
+    goal = data["goal"]
+    assert goal["limit"] == (1.35 if sys.version_info >= (3, 13) else 1.05)
+    assert goal["ratio"] == cases["trivial f(x)"]["inline"]["ratio"]
+    assert isinstance(goal["met"], bool)
+    header = next(line for line in stdout.splitlines() if line.startswith("case"))
+    assert header.split() == ["case", "form", "patched", "unpatched", "twin", "ratio"]
+    assert "goal: inline ratio of the trivial function" in stdout
+    assert f"results written to {tmp_path / 'results'}" in stdout
+
+
+def test_apply_latency(tmp_path: Path) -> None:
+    stdout, data = run("apply_latency", tmp_path)
+    check_environment(data, "apply_latency")
+    assert data["sizes"] == [1, 10]
+    heap = data["heap_objects"]
+    assert heap > 0
+    runs = {(r["targets"], r["heap_objects"], r["kind"]): r for r in data["runs"]}
+    assert set(runs) == {
+        (n, h, k) for n in (1, 10) for h in (0, heap) for k in ("first apply", "re-apply")
+    }
+    for key, row in runs.items():
+        assert row["samples"] == 4, key
+        assert 0 <= row["full_gc"] <= 4, key
+        for metric in (
+            "apply_us",
+            "apply_cpu_us",
+            "switch_us",
+            "rollback_us",
+            "rollback_switch_us",
+        ):
+            assert 0 < row[metric]["median"] <= row[metric]["p99"], (key, metric)
+        # The switch is one step of the apply.
+        assert row["switch_us"]["median"] < row["apply_us"]["median"], key
+    goals = {g["what"]: g for g in data["goals"]}
+    assert set(goals) == {
+        "switch, 10 targets (worst median)",
+        "whole apply, 10 targets (worst median)",
+        "apply CPU with the big heap / without (worst ratio)",
+    }  # the linearity goal needs sizes above 10, which --quick does not run
+    for goal in goals.values():
+        assert isinstance(goal["met"], bool)
+        assert goal["value"] > 0
+    header = next(line for line in stdout.splitlines() if line.startswith("targets"))
+    assert header.split() == [
+        "targets",
+        "extra",
+        "heap",
+        "kind",
+        "apply",
+        "p99",
+        "cpu",
+        "cpu/target",
+        "switch",
+        "p99",
+        "rollback",
+        "p99",
+        "rb",
+        "switch",
+        "full",
+        "gc",
+        "n",
+    ]
+    assert sum(line.lstrip().startswith(("1 ", "10 ")) for line in stdout.splitlines()) == 8
+    assert stdout.count("goal: ") == 3
+
+
+@pytest.mark.parametrize("name", ["call_overhead", "apply_latency"])
+def test_help_names_the_options(name: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(BENCHMARKS / f"{name}.py"), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert "--quick" in proc.stdout
+    assert "--json PATH" in proc.stdout
