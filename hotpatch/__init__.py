@@ -8,10 +8,13 @@ Layers, each importing only from those above it:
 4. ``_switch``                        -- the atomic switch and the quiescence check
 5. ``_hookspecs``, ``_plugins``       -- pluggy hooks and the plugin host
 6. ``_journal``, ``_registry``        -- the durable level; ``Registry`` drives 2-5
+7. ``_signing``, ``_verify``, ``_control`` -- signatures; the verification child; the socket
+8. ``_folder``, ``_agent``            -- the watched folder; ``install()`` drives 6 and 7
 
 This module only re-exports.
 """
 
+from hotpatch._agent import Agent, install
 from hotpatch._errors import (
     BaselineMismatch,
     JournalError,
@@ -32,6 +35,7 @@ from hotpatch._patch import Patch
 from hotpatch._registry import ApplyResult, CheckReport, HistoryEntry, Registry, RollbackResult
 
 __all__ = [
+    "Agent",
     "ApplyResult",
     "BaselineMismatch",
     "CheckReport",
@@ -51,5 +55,6 @@ __all__ = [
     "VerificationFailed",
     "VersionConflict",
     "hookimpl",
+    "install",
     "load_patch",
 ]
