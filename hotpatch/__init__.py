@@ -10,6 +10,7 @@ Layers, each importing only from those above it:
 6. ``_journal``, ``_registry``        -- the durable level; ``Registry`` drives 2-5
 7. ``_signing``, ``_verify``, ``_control`` -- signatures; the verification child; the socket
 8. ``_folder``, ``_agent``            -- the watched folder; ``install()`` drives 6 and 7
+9. ``_service``                       -- the service side of ``supervisor/`` (sockets, state)
 
 This module only re-exports.
 """
@@ -33,6 +34,7 @@ from hotpatch._hookspecs import hookimpl
 from hotpatch._loader import load_patch
 from hotpatch._patch import Patch
 from hotpatch._registry import ApplyResult, CheckReport, HistoryEntry, Registry, RollbackResult
+from hotpatch._service import PreservedDict, listen_socket, preserved, ready
 
 __all__ = [
     "Agent",
@@ -46,6 +48,7 @@ __all__ = [
     "NotPatchable",
     "Patch",
     "PatchError",
+    "PreservedDict",
     "QuiescenceTimeout",
     "Registry",
     "RestartRequired",
@@ -56,5 +59,8 @@ __all__ = [
     "VersionConflict",
     "hookimpl",
     "install",
+    "listen_socket",
     "load_patch",
+    "preserved",
+    "ready",
 ]

@@ -74,6 +74,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
+    commands.add_parser(
+        "run",
+        add_help=False,
+        help="supervise a service: sockets kept, memory-preserving restarts (hotpatch run --help)",
+    )
     status = commands.add_parser(
         "status", parents=[agent], help="baseline, patch level and last outcome"
     )
@@ -132,6 +137,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``hotpatch`` command; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["run"]:  # the supervisor has a command line of its own
+        from hotpatch.supervisor import main as supervise  # noqa: PLC0415 - only for `run`
+
+        return supervise(argv)
     parser = _parser()
     try:
         args = parser.parse_args(argv)

@@ -412,3 +412,32 @@ def test_sign_errors_are_exit_2(tmp_path: Path, patch_file) -> None:
     assert loose.returncode == 2
     assert "chmod 600" in loose.stderr
     assert not Path(f"{path}.sig").exists()
+
+
+def test_run_is_the_supervisor_command_line():
+    run = subprocess.run(
+        [sys.executable, "-m", "hotpatch", "run", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "--bind" in run.stdout
+    missing = subprocess.run(
+        [sys.executable, "-m", "hotpatch", "run", "--bind", "http=127.0.0.1:0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert missing.returncode == 2
+    assert "give the service's command after --" in missing.stderr
+    listed = subprocess.run(
+        [sys.executable, "-m", "hotpatch", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert "run" in listed.stdout

@@ -1,0 +1,7 @@
+"""``python -m hotpatch.supervisor run --bind NAME=HOST:PORT ... -- CMD...``."""
+
+import sys
+
+from hotpatch.supervisor import main
+
+sys.exit(main())

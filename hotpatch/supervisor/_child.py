@@ -1,0 +1,250 @@
+"""One service process under the supervisor: started with the sockets; its channel; its exit."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import ctypes
+import itertools
+import logging
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from hotpatch._service import ENV_CONTROL, ENV_SOCKETS, ServiceError, recv_message, send_message
+
+__all__ = ["Child", "ChildExited", "ChildSpec", "Message", "describe_exit"]
+
+log = logging.getLogger("hotpatch.supervisor")
+
+_PR_SET_PDEATHSIG = 1
+_EXIT_AFTER_EOF = 1.0  # how long a closed channel waits for the exit status
+
+
+@dataclass(frozen=True, slots=True)
+class ChildSpec:
+    """How to start the service: its command, extra environment, working directory.
+
+    A restart starts ``spec`` again; a baseline restart will start another spec
+    (the new code tree) and fall back to the previous one if it fails.
+    """
+
+    argv: tuple[str, ...]
+    env: Mapping[str, str] = field(default_factory=dict)
+    cwd: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A control message from the service, with the fds it carried."""
+
+    op: str
+    body: dict[str, Any]
+    fds: list[int]
+
+    def close_fds(self) -> None:
+        for fd in self.fds:
+            os.close(fd)
+
+
+class ChildExited(Exception):
+    """The process exited (or closed its control channel) before saying what was expected."""
+
+
+def describe_exit(returncode: int | None) -> str:
+    """``"exited with status 3"``, ``"was killed by SIGKILL"``."""
+    if returncode is None:
+        return "closed its control channel"
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return f"was killed by {name}"
+    return f"exited with status {returncode}"
+
+
+def _die_with_parent(parent: int) -> Callable[[], None]:
+    """A ``preexec_fn``: the service gets SIGKILL if the supervisor dies, so none is orphaned."""
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def preexec() -> None:
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:  # the supervisor died before prctl
+            os._exit(1)
+
+    return preexec
+
+
+class Child:
+    """A running service process, seen from the supervisor's event loop."""
+
+    _ids = itertools.count(1)
+
+    def __init__(
+        self, process: subprocess.Popen[bytes], channel: socket.socket, generation: int
+    ) -> None:
+        self.process = process
+        self.pid = process.pid
+        self.channel = channel
+        self.generation = generation
+        self.started = time.monotonic()
+        self.ready_at: float | None = None
+        self.exited_at: float | None = None
+        self.retiring = False  # told to drain or stop: its exit is expected
+        self.lock = asyncio.Lock()  # one request/reply exchange at a time
+        self.exited: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._loop = asyncio.get_running_loop()
+        self._inbox: collections.deque[Message] = collections.deque()
+        self._wakeup: asyncio.Future[None] | None = None
+        self._eof = False
+        self._pidfd = os.pidfd_open(self.pid)
+        self._loop.add_reader(self.channel.fileno(), self._read)
+        self._loop.add_reader(self._pidfd, self._reap)
+
+    @classmethod
+    def spawn(
+        cls, spec: ChildSpec, listeners: Mapping[str, socket.socket], generation: int
+    ) -> Child:
+        """Start ``spec`` with the listening sockets and a control channel (inherited fds)."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            env = {**os.environ, **spec.env}
+            env[ENV_SOCKETS] = ",".join(f"{n}={s.fileno()}" for n, s in listeners.items())
+            env[ENV_CONTROL] = str(theirs.fileno())
+            process = subprocess.Popen(
+                spec.argv,
+                env=env,
+                cwd=spec.cwd,
+                pass_fds=[*(s.fileno() for s in listeners.values()), theirs.fileno()],
+                preexec_fn=_die_with_parent(os.getpid()),  # noqa: PLW1509 -- single-threaded parent
+                process_group=0,  # terminal signals go to the supervisor, which decides
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        ours.setblocking(False)
+        return cls(process, ours, generation)
+
+    def __repr__(self) -> str:
+        return f"<Child pid={self.pid} generation={self.generation}>"
+
+    @property
+    def alive(self) -> bool:
+        return not self.exited.done()
+
+    @property
+    def returncode(self) -> int | None:
+        return self.process.returncode
+
+    # -- messages
+
+    def send(self, message: Mapping[str, Any], fds: Iterable[int] = ()) -> None:
+        """Send a control message (it is small: the socket buffer takes it at once)."""
+        try:
+            send_message(self.channel, message, fds)
+        except (BlockingIOError, BrokenPipeError, ConnectionError) as exc:
+            msg = f"process {self.pid} cannot be told {message['op']!r}: {exc}"
+            raise ChildExited(msg) from exc
+
+    async def expect(self, *ops: str, timeout: float, request: int | None = None) -> Message:
+        """The next message among ``ops`` (others are logged and dropped).
+
+        Raises ``ChildExited`` if the process exits first, ``TimeoutError``
+        after ``timeout`` seconds. With ``request``, only the reply carrying
+        that id counts (a late reply to an abandoned request is dropped).
+        """
+        async with asyncio.timeout(max(timeout, 0.0)):
+            while True:
+                while self._inbox:
+                    message = self._inbox.popleft()
+                    if message.op in ops and (request is None or message.body.get("id") == request):
+                        return message
+                    log.debug("process %d: dropping unexpected %r", self.pid, message.op)
+                    message.close_fds()
+                if self._eof or not self.alive:
+                    if self.alive:  # the channel closes just before the exit is seen
+                        await self.wait_exit(_EXIT_AFTER_EOF)
+                    msg = f"process {self.pid} {describe_exit(self.returncode)}"
+                    raise ChildExited(msg)
+                self._wakeup = self._loop.create_future()
+                await self._wakeup
+
+    @staticmethod
+    def request_id() -> int:
+        return next(Child._ids)
+
+    def _wake(self) -> None:
+        if self._wakeup is not None and not self._wakeup.done():
+            self._wakeup.set_result(None)
+
+    def _read(self) -> None:
+        while not self._eof:
+            try:
+                received = recv_message(self.channel)
+            except BlockingIOError:
+                return
+            except (OSError, ServiceError, ValueError) as exc:
+                log.warning("process %d: bad control message (%s)", self.pid, exc)
+                received = None
+            if received is None:
+                self._eof = True
+                self._loop.remove_reader(self.channel.fileno())
+            else:
+                message, fds = received
+                self._inbox.append(Message(message["op"], message, fds))
+            self._wake()
+
+    def _reap(self) -> None:
+        self._loop.remove_reader(self._pidfd)
+        os.close(self._pidfd)
+        self._pidfd = -1
+        returncode = self.process.wait()
+        self.exited_at = time.monotonic()
+        self._read()  # what it said just before exiting still counts
+        self.exited.set_result(returncode)
+        self._wake()
+
+    # -- ending
+
+    def signal(self, signum: int) -> None:
+        if self.alive:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signum)
+
+    async def wait_exit(self, timeout: float) -> int | None:
+        """The exit status, or ``None`` if it is still running after ``timeout`` seconds."""
+        try:
+            return await asyncio.wait_for(asyncio.shield(self.exited), max(timeout, 0.0))
+        except TimeoutError:
+            return None
+
+    async def terminate(self, grace: float) -> int:
+        """SIGTERM, then SIGKILL after ``grace`` seconds; wait until it is gone."""
+        self.signal(signal.SIGTERM)
+        if (returncode := await self.wait_exit(grace)) is not None:
+            return returncode
+        return await self.kill()
+
+    async def kill(self) -> int:
+        """SIGKILL, and wait until it is gone."""
+        self.signal(signal.SIGKILL)
+        return await asyncio.shield(self.exited)
+
+    def close(self) -> None:
+        """Release the channel (after the process exited)."""
+        if not self._eof:
+            self._eof = True
+            self._loop.remove_reader(self.channel.fileno())
+        self.channel.close()
+        for message in self._inbox:
+            message.close_fds()
+        self._inbox.clear()

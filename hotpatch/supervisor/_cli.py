@@ -1,0 +1,182 @@
+"""``python -m hotpatch.supervisor run ...`` (``hotpatch run``): options -> a supervisor."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from hotpatch._service import parse_bind
+from hotpatch.supervisor._child import ChildSpec
+from hotpatch.supervisor._supervisor import Supervisor, SupervisorConfig
+
+__all__ = ["build_parser", "main"]
+
+log = logging.getLogger("hotpatch.supervisor")
+
+
+def _bind(text: str) -> tuple[str, tuple[str, int]]:
+    try:
+        return parse_bind(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hotpatch",
+        description="Run a service under the hotpatch supervisor.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser(
+        "run",
+        help="start the service and restart it keeping its sockets and memory",
+        description=(
+            "Start CMD (given after --) with the listening sockets, restart it on SIGHUP "
+            "without refusing a connection or losing its preserved state, bring it back "
+            "if it dies, drain and stop it on SIGTERM."
+        ),
+    )
+    run.add_argument(
+        "--bind",
+        metavar="NAME=HOST:PORT",
+        type=_bind,
+        action="append",
+        default=[],
+        help="a listening socket the supervisor owns; the service takes it with "
+        "hotpatch.listen_socket(NAME) (repeatable; port 0 picks a free one)",
+    )
+    run.add_argument(
+        "--state-mb",
+        type=int,
+        default=1024,
+        metavar="N",
+        help="largest state round the service may hand over, in MB (default 1024)",
+    )
+    run.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="time the old process gets to finish in-flight work (default 5)",
+    )
+    run.add_argument(
+        "--ready-timeout",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="time a new process gets to load its state and call ready() (default 30)",
+    )
+    run.add_argument(
+        "--status-file",
+        type=Path,
+        metavar="PATH",
+        help="keep the supervisor's status here as JSON (replaced atomically)",
+    )
+    run.add_argument(
+        "--snapshot-interval",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="take a state round this often, so a killed process comes back with "
+        "recent state (0: only at restarts; default 5)",
+    )
+    run.add_argument(
+        "--max-restarts",
+        type=int,
+        default=5,
+        metavar="N",
+        help="give up after N restarts of a dying service within --restart-period (default 5)",
+    )
+    run.add_argument(
+        "--restart-period",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="the window of --max-restarts, in seconds (default 60)",
+    )
+    run.add_argument(
+        "--backoff-initial",
+        type=float,
+        default=0.1,
+        metavar="S",
+        help="delay before bringing back a dead service; doubles per recent restart (default 0.1)",
+    )
+    run.add_argument(
+        "--backoff-max",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="longest delay before bringing back a dead service (default 30)",
+    )
+    run.add_argument(
+        "--restart-mode",
+        choices=("preserving", "plain"),
+        default="preserving",
+        help="what SIGHUP does: a memory-preserving restart (default) or a plain "
+        "stop-then-start where the service keeps state its own way",
+    )
+    return parser
+
+
+def _config(args: argparse.Namespace, command: list[str]) -> SupervisorConfig:
+    names = [name for name, _ in args.bind]
+    if len(set(names)) != len(names):
+        msg = f"--bind names must be unique, got {', '.join(names)}"
+        raise ValueError(msg)
+    for option in ("state_mb", "max_restarts"):
+        if getattr(args, option) < 1:
+            msg = f"--{option.replace('_', '-')} must be at least 1"
+            raise ValueError(msg)
+    for option in ("drain_timeout", "ready_timeout", "restart_period", "backoff_max"):
+        if getattr(args, option) <= 0:
+            msg = f"--{option.replace('_', '-')} must be positive"
+            raise ValueError(msg)
+    return SupervisorConfig(
+        spec=ChildSpec(tuple(command)),
+        binds=tuple(args.bind),
+        state_limit=args.state_mb * 2**20,
+        drain_timeout=args.drain_timeout,
+        ready_timeout=args.ready_timeout,
+        status_file=args.status_file.resolve() if args.status_file else None,
+        snapshot_interval=max(args.snapshot_interval, 0.0),
+        max_restarts=args.max_restarts,
+        restart_period=args.restart_period,
+        backoff_initial=max(args.backoff_initial, 0.0),
+        backoff_max=args.backoff_max,
+        restart_mode=args.restart_mode,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``run [options] -- CMD...``: supervise CMD; 0 after SIGTERM, 1 on failure, 2 on misuse."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if "--" in argv:
+        split = argv.index("--")
+        options, command = argv[:split], argv[split + 1 :]
+    else:
+        options, command = argv, []
+    args = parser.parse_args(options)
+    if not command:
+        parser.error("give the service's command after --, e.g. run --bind ... -- python -m shop")
+    try:
+        config = _config(args, command)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if not logging.getLogger().handlers:
+        logging.basicConfig(
+            level=logging.INFO,
+            format="%(asctime)s hotpatch[%(process)d] %(levelname)s %(message)s",
+            stream=sys.stderr,
+        )
+    supervisor = Supervisor(config)
+    try:
+        supervisor.open_sockets()
+    except OSError as exc:
+        log.error("%s", exc.strerror or exc)  # noqa: TRY400 -- the message says it all
+        return 1
+    return asyncio.run(supervisor.run())

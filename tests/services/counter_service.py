@@ -1,0 +1,217 @@
+"""A small threaded HTTP service whose counters (and optional payload) are preserved state.
+
+Run under ``hotpatch run --bind http=HOST:PORT -- python counter_service.py`` or
+alone (``--default-bind``). Endpoints (one request per connection, HTTP/1.0):
+
+- ``/inc?c=ID``  add one to ``hits`` and to client ``ID``'s counter; with a
+  payload, also rewrite one element of one payload list (``touch``-ed)
+- ``/get``       the counters, and the pauses this process was told about
+- ``/slow?ms=N`` answer after N ms (in-flight work for drain tests)
+
+Every answer carries the process id and ``time.monotonic()`` when it was
+handled, so a client can measure the pause across processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+import random
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import hotpatch
+
+KEYS_PER_MB = 100  # payload: lists of ~10 KB pickled per key
+ITEMS_PER_KEY = 180
+
+
+class Server(ThreadingHTTPServer):
+    """Serves on a socket it is given, and can drain: stop accepting, finish in-flight work."""
+
+    daemon_threads = True
+    block_on_close = False
+
+    def __init__(self, sock: Any, handler: type[BaseHTTPRequestHandler]) -> None:
+        super().__init__(sock.getsockname()[:2], handler, bind_and_activate=False)
+        self.socket.close()
+        self.socket = sock
+        self.server_address = sock.getsockname()[:2]
+        self.inflight = 0
+        self.idle = threading.Condition()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self.idle:
+            self.inflight += 1  # counted from accept, so a drain cannot miss it
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self.idle:
+                self.inflight -= 1
+                self.idle.notify_all()
+
+    def wait_idle(self, timeout: float) -> None:
+        with self.idle:
+            self.idle.wait_for(lambda: self.inflight == 0, timeout)
+
+    def drain(self, timeout: float) -> None:
+        self.shutdown()  # serve_forever returns: nothing accepts here any more
+        self.wait_idle(timeout)
+
+
+def build_payload(megabytes: int) -> dict[str, list[str]]:
+    return {
+        f"k{k:06d}": [f"{k:06d}-{i:04d}-{'x' * 40}" for i in range(ITEMS_PER_KEY)]
+        for k in range(megabytes * KEYS_PER_MB)
+    }
+
+
+class Plugin:
+    """hotpatch hooks: carries the list of process ids across restarts, records pauses."""
+
+    def __init__(self) -> None:
+        self.pids: list[int] = []
+        self.resumed: list[float] = []
+
+    @hotpatch.hookimpl
+    def hotpatch_save_state(self) -> dict[str, Any]:
+        return {"pids": [*self.pids, os.getpid()]}
+
+    @hotpatch.hookimpl
+    def hotpatch_restore_state(self, state: dict[str, Any]) -> None:
+        self.pids = state["pids"]
+
+    @hotpatch.hookimpl
+    def hotpatch_resumed(self, paused_s: float) -> None:
+        self.resumed.append(paused_s)
+
+
+def handler_class(
+    counters: dict[str, int],
+    payload: dict[str, list[str]] | None,
+    lock: threading.Lock,
+    resumed: list[float],
+    plugin: Plugin,
+) -> type[BaseHTTPRequestHandler]:
+    keys = sorted(payload) if payload else []
+    touch: Callable[[str], None] = getattr(payload, "touch", lambda key: None)
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            url = urlsplit(self.path)
+            query = parse_qs(url.query)
+            body: dict[str, Any] = {"pid": os.getpid()}
+            if url.path == "/inc":
+                client = f"c{query.get('c', ['anon'])[0]}"
+                with lock:
+                    counters["hits"] += 1
+                    counters[client] = counters.get(client, 0) + 1
+                    body["hits"] = counters["hits"]
+                    if payload is not None and keys:
+                        key = random.choice(keys)
+                        items = payload[key]
+                        items[random.randrange(len(items))] = f"{body['hits']:010d}-{'y' * 40}"
+                        touch(key)
+            elif url.path == "/get":
+                with lock:
+                    body["counters"] = dict(counters)
+                    body["resumed"] = list(resumed)
+                    body["payload_keys"] = len(payload) if payload is not None else None
+                    body["plugin"] = {"pids": plugin.pids, "resumed": plugin.resumed}
+                    body["inflight"] = getattr(self.server, "inflight", None)
+            elif url.path == "/slow":
+                time.sleep(int(query.get("ms", ["100"])[0]) / 1000)
+            else:
+                self.send_error(404)
+                return
+            body["t"] = time.monotonic()
+            data = json.dumps(body).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    return Handler
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--tag", default="", help="ignored; lets tests find their processes")
+    parser.add_argument("--default-bind", default=None)
+    parser.add_argument("--crash-if-exists", type=Path)
+    parser.add_argument("--hang-if-exists", type=Path)
+    parser.add_argument("--drain", choices=("callback", "sigterm"), default="callback")
+    parser.add_argument("--state-mb", type=int, default=0)
+    parser.add_argument("--cold-file", type=Path, help="keep state in this file, not in memory")
+    parser.add_argument("--poll", type=float, default=0.005)
+    parser.add_argument("--plugin", action="store_true", help="use the hotpatch hooks too")
+    args = parser.parse_args()
+
+    sock = hotpatch.listen_socket("http", default=args.default_bind)
+    if args.crash_if_exists and args.crash_if_exists.exists():
+        print(f"counter_service: {args.crash_if_exists} exists, crashing", file=sys.stderr)
+        return 3
+    if args.hang_if_exists and args.hang_if_exists.exists():
+        time.sleep(3600)
+
+    counters: dict[str, int]
+    payload: dict[str, list[str]] | None
+    if args.cold_file is not None:
+        # The cold way: a file, written when stopping, read when starting.
+        if args.cold_file.exists():
+            counters, payload = pickle.loads(args.cold_file.read_bytes())
+        else:
+            counters, payload = {"hits": 0}, build_payload(args.state_mb)
+    else:
+        counters = hotpatch.preserved("counters", lambda: {"hits": 0})
+        payload = None
+        if args.state_mb:
+            payload = hotpatch.preserved("payload", lambda: build_payload(args.state_mb))
+
+    lock = threading.Lock()
+    resumed: list[float] = []
+    plugin = Plugin()
+    plugins = [plugin] if args.plugin else []
+    server = Server(sock, handler_class(counters, payload, lock, resumed, plugin))
+
+    def save(timeout: float) -> None:
+        server.drain(timeout)
+        if args.cold_file is not None:
+            tmp = args.cold_file.with_suffix(".tmp")
+            tmp.write_bytes(pickle.dumps((counters, payload), protocol=5))
+            tmp.replace(args.cold_file)
+
+    if args.drain == "sigterm":
+
+        def on_sigterm(signum: int, frame: Any) -> None:
+            threading.Thread(target=server.shutdown, daemon=True).start()
+
+        signal.signal(signal.SIGTERM, on_sigterm)
+        hotpatch.ready(resumed=resumed.append, plugins=plugins)
+    else:
+        hotpatch.ready(drain=save, resumed=resumed.append, plugins=plugins)
+    host, port = sock.getsockname()[:2]
+    print(f"serving on {host}:{port} pid {os.getpid()}", flush=True)
+    server.serve_forever(poll_interval=args.poll)
+    server.wait_idle(30.0)  # in-flight requests finish before the process exits
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
