@@ -108,6 +108,13 @@ def signature_problems(  # noqa: PLR0912 - one rule per branch reads best
             problems.append(
                 f"argument {index + 1} {param.name!r} is not accepted by the replacement"
             )
+        elif param.kind is _P.POSITIONAL_OR_KEYWORD and not (
+            new_dstar or _by_name(new_by_name.get(param.name))
+        ):
+            problems.append(
+                f"argument {index + 1} {param.name!r} can be passed by name, but the "
+                "replacement takes it only by position (in *args)"
+            )
     for param in old_params:
         if param.kind is _P.VAR_POSITIONAL and not new_star:
             problems.append(f"*{param.name} (extra positional arguments) is not accepted")
@@ -122,16 +129,54 @@ def signature_problems(  # noqa: PLR0912 - one rule per branch reads best
                 problems.append(
                     f"keyword {param.name!r} is optional, but required in the replacement"
                 )
-    old_names = {p.name for p in old_params}
+    problems.extend(_bound_twice(old, old_pos, new_pos))
+    old_keyword_only = {p.name for p in old_params if p.kind is _P.KEYWORD_ONLY}
     for index, param in enumerate(new_params):
         if param.default is not _P.empty or param.kind in (_P.VAR_POSITIONAL, _P.VAR_KEYWORD):
             continue
         if param.kind in _POSITIONAL and index < len(old_pos):
             continue
-        if param.kind is _P.KEYWORD_ONLY and param.name in old_names:
+        if param.kind is _P.KEYWORD_ONLY and param.name in old_keyword_only:
             continue
         problems.append(f"the replacement requires {param.name!r}, which callers do not pass")
     return problems
+
+
+def _bound_twice(
+    old: inspect.Signature, old_pos: list[inspect.Parameter], new_pos: list[inspect.Parameter]
+) -> list[str]:
+    """Names callers pass after more positional arguments than the replacement has before them.
+
+    Such a name would get two values. Where the original has a positional-or-keyword
+    parameter at that place, ``signature_problems``'s first rule has spoken.
+    """
+    problems: list[str] = []
+    kinds = {p.kind for p in old.parameters.values()}
+    old_at = {p.name: index for index, p in enumerate(old_pos)}
+    for index, other in enumerate(new_pos):
+        if other.kind is not _P.POSITIONAL_OR_KEYWORD or (
+            index < len(old_pos) and old_pos[index].kind is _P.POSITIONAL_OR_KEYWORD
+        ):
+            continue
+        mine = old.parameters.get(other.name)
+        if mine is not None and mine.kind is _P.POSITIONAL_OR_KEYWORD:
+            twice = old_at[mine.name] > index
+        elif _by_name(mine) or _P.VAR_KEYWORD in kinds:  # keyword-only, or taken by **kwargs
+            twice = _P.VAR_POSITIONAL in kinds or len(old_pos) > index
+        else:
+            twice = False
+        if twice:
+            count = f"{index + 1} positional argument{'s' if index else ''}"
+            problems.append(
+                f"a call with {count} and {other.name}=... would give the replacement's "
+                f"{other.name!r} two values"
+            )
+    return problems
+
+
+def _by_name(param: inspect.Parameter | None) -> bool:
+    """Can a call pass ``param`` by name?"""
+    return param is not None and param.kind in (_P.KEYWORD_ONLY, _P.POSITIONAL_OR_KEYWORD)
 
 
 def class_reasons(old: type, new: type) -> list[str]:
