@@ -45,8 +45,11 @@ endif
 stamp = $(VENV_ROOT)/py$(1)/.installed
 STAMPS := $(foreach v,$(VERSIONS),$(call stamp,$(v)))
 
-# The tools for lint, types, demo and bench run from the 3.12 venv.
+# The tools for lint, types, demo and bench run from the 3.12 venv, which also
+# gets the `demo` extra (matplotlib, for the headline demo's latency plot).
 TOOLS_BIN := $(VENV_ROOT)/py312/bin
+extras = dev$(if $(filter 312,$(1)),$(comma)demo)
+comma := ,
 
 # Only the source trees that exist yet (ruff fails on a missing path).
 LINT_PATHS = $(wildcard hotpatch plugins tests benchmarks demos)
@@ -60,7 +63,7 @@ $(VENV_ROOT)/py%/.installed: pyproject.toml
 	@"$(PY$*)" -c 'import sys; print("    Python " + sys.version.split()[0])'
 	@"$(VENV_ROOT)/py$*/bin/python" -c '' 2>/dev/null || "$(PY$*)" -m venv --clear "$(VENV_ROOT)/py$*"
 	"$(VENV_ROOT)/py$*/bin/python" -m pip install --quiet --upgrade pip
-	"$(VENV_ROOT)/py$*/bin/python" -m pip install --quiet --editable '.[dev]'
+	"$(VENV_ROOT)/py$*/bin/python" -m pip install --quiet --editable '.[$(call extras,$*)]'
 	@touch "$@"
 
 # --- targets --------------------------------------------------------------------
@@ -68,7 +71,7 @@ $(VENV_ROOT)/py%/.installed: pyproject.toml
 .PHONY: help venv lint types check test test-311 test-312 test-313 demo bench clean
 
 help:
-	@echo 'make demo       venv (3.12), install, run demos/quickstart.py'
+	@echo 'make demo       venv (3.12), install, run demos/shop_under_load.py'
 	@echo 'make test       venv (3.11-3.13), check, pytest on every Python'
 	@echo 'make venv       create .venv/py311 .venv/py312 .venv/py313'
 	@echo 'make check      lint + types'
@@ -103,7 +106,7 @@ test: venv check $(addprefix test-,$(VERSIONS))
 
 demo: $(call stamp,312)
 	$(call header,demo)
-	$(TOOLS_BIN)/python demos/quickstart.py
+	$(TOOLS_BIN)/python demos/shop_under_load.py
 
 bench: $(call stamp,312)
 	$(call header,benchmarks)

@@ -193,10 +193,8 @@ class Agent:
             if self.watch is not None:
                 check_folder(self.watch)  # refuse an unsafe folder before anything runs
                 self._lock_folder(self.watch)
-            self.registry = Registry(
-                self.baseline, journal=self.journal, plugins=self._all_plugins()
-            )
-            if self.registry.journal_report:
+            self.registry = self._make_registry()
+            if self.registry is not None and self.registry.journal_report:
                 log.info("%s", self.registry.journal_report)
             self._open_staging()
             if self.socket is not None:
@@ -218,7 +216,7 @@ class Agent:
         log.info(
             "hotpatch agent started: baseline %s, level %s, folder %s, socket %s",
             self.baseline,
-            ", ".join(self.registry.level) or "-",
+            ", ".join(self._level()) or "-",
             self.watch or "-",
             self.socket or "-",
         )
@@ -263,6 +261,42 @@ class Agent:
     def running(self) -> bool:
         """Started and not stopped."""
         return self._running
+
+    # -- what a subclass (the supervisor's pipeline) replaces --------------------------
+
+    def _make_registry(self) -> Registry | None:
+        """The registry patches are applied to; ``None`` when they are applied elsewhere."""
+        return Registry(self.baseline, journal=self.journal, plugins=self._all_plugins())
+
+    def _level(self) -> tuple[str, ...]:
+        assert self.registry is not None
+        return self.registry.level
+
+    def _verify_sys_path(self) -> list[str]:
+        """The ``sys.path`` the verification child gets: the service's."""
+        return list(sys.path)
+
+    def _notify_rejected(self, outcome: Outcome, path: Path, who: str) -> None:
+        assert self.registry is not None
+        self.registry.plugins.notify(
+            "hotpatch_rejected",
+            version=outcome.version,
+            source=str(path),
+            reason=outcome.reason or "",
+            who=who,
+        )
+
+    def _deliver(self, data: bytes, path: Path, outcome: Outcome) -> None:
+        """Step 4: load the verified bytes and apply them.
+
+        Sets ``outcome.notified`` once the registry has the patch: from then on
+        it reports a rejection to the plugins itself.
+        """
+        patch = self._load_source(data, path, outcome)
+        if patch is None:
+            return
+        outcome.notified = True
+        self._apply(patch, outcome)
 
     def _socket_path(self, option: PathLike | bool | None) -> Path | None:
         """``None``: the default when watching; ``True``: the default; ``False``: none."""
@@ -352,13 +386,11 @@ class Agent:
         """
         start = time.perf_counter()
         outcome = Outcome(name=path.name, who=who)
-        notified = False
         try:
             with self._lock:
-                patch = self._load(path, outcome)
-                if patch is not None:
-                    notified = True  # from here on the registry reports rejections
-                    self._apply(patch, outcome)
+                data = self._checked(path, outcome)
+                if data is not None:
+                    self._deliver(data, path, outcome)
         except Vanished:
             raise
         except PatchError as exc:
@@ -373,22 +405,22 @@ class Agent:
             )
         outcome.timings["total_s"] = time.perf_counter() - start
         outcome.time = now_iso()
-        assert self.registry is not None
-        outcome.level = self.registry.level
-        if outcome.outcome == "rejected" and not notified:
-            self.registry.plugins.notify(
-                "hotpatch_rejected",
-                version=outcome.version,
-                source=str(path),
-                reason=outcome.reason or "",
-                who=who,
-            )
+        outcome.level = self._level()
+        if outcome.outcome == "rejected" and not outcome.notified:
+            self._notify_rejected(outcome, path, who)
         self._log(outcome)
         self._last = outcome.record()
         return outcome
 
     def _load(self, path: Path, outcome: Outcome) -> Patch | None:
         """Steps 1-3 and the in-process load; ``None`` when the outcome is already decided."""
+        data = self._checked(path, outcome)
+        if data is None:
+            return None
+        return self._load_source(data, path, outcome)
+
+    def _checked(self, path: Path, outcome: Outcome) -> bytes | None:
+        """Steps 1-3: the verified bytes; ``None`` when the outcome is already decided."""
         data = self._read(path, outcome)
         if data is None:
             return None
@@ -408,14 +440,18 @@ class Agent:
             try:
                 verify_in_child(
                     staged,
-                    sys_path=list(sys.path),
+                    sys_path=self._verify_sys_path(),
                     timeout=self.verify_timeout,
                     max_bytes=self.max_bytes,
                 )
             finally:
                 shutil.rmtree(staged.parent, ignore_errors=True)
         timings["verify_s"] = time.perf_counter() - t
+        return data
 
+    def _load_source(self, data: bytes, path: Path, outcome: Outcome) -> Patch | None:
+        """Load verified bytes in this process; ``None`` when the version is applied already."""
+        name = path.name
         t = time.perf_counter()
         try:
             patch = load_patch_source(data, path=str(path))
@@ -426,7 +462,7 @@ class Agent:
             # thread they would end the agent, not the service. A rejection.
             msg = f"patch file {name} raised {type(exc).__name__} while importing; remove it"
             raise VerificationFailed(msg) from exc
-        timings["load_s"] = time.perf_counter() - t
+        outcome.timings["load_s"] = time.perf_counter() - t
         outcome.version, outcome.targets = patch.version, patch.targets
         if self._same_version(patch.version, outcome):
             return None

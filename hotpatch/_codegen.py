@@ -38,6 +38,7 @@ __all__ = [
     "function_kind",
     "rebind",
     "reference_function",
+    "trampoline",
 ]
 
 _ARG_FLAGS = inspect.CO_VARARGS | inspect.CO_VARKEYWORDS
@@ -186,10 +187,7 @@ def build(
         }
         return Built(state, "inline", "")
     impl = _borrow_cells(rebind(replacement, globals_, owner), old, function.__closure__, owner)
-    template = _forward_template(old, old.co_qualname, any_call=any_call)
-    code = template.replace(
-        co_consts=tuple(impl if c is _PLACEHOLDER else c for c in template.co_consts)
-    )
+    code = trampoline(old, impl, any_call=any_call)
     signature = inspect.signature(impl)
     state = {
         "__code__": code,
@@ -202,6 +200,19 @@ def build(
         "__signature__": signature if any_call else ABSENT,
     }
     return Built(state, "forward", why)
+
+
+def trampoline(
+    old: types.CodeType, target: Callable[..., Any], *, any_call: bool = False
+) -> types.CodeType:
+    """Code with ``old``'s layout (``any_call``: any arguments) that calls ``target``.
+
+    Built once per shape; each target only swaps one constant. One extra frame.
+    """
+    template = _forward_template(old, old.co_qualname, any_call=any_call)
+    return template.replace(
+        co_consts=tuple(target if c is _PLACEHOLDER else c for c in template.co_consts)
+    )
 
 
 def _copy(value: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -359,6 +359,8 @@ class Outcome:
     ino: tuple[int, int] | None = None
     data: bytes | None = None
     error_type: str | None = None  # the PatchError subclass behind a refusal
+    notified: bool = False  # the registry had it: it told the plugins of a refusal itself
+    via: str | None = None  # under the supervisor: "hot" or "restart"
 
     def record(self) -> dict[str, Any]:
         return {
@@ -373,6 +375,7 @@ class Outcome:
             "time": self.time,
             "who": self.who,
             "key_id": self.key_id,
+            **({"via": self.via} if self.via is not None else {}),
         }
 
 

@@ -13,7 +13,15 @@ from typing import Any
 
 from packaging.version import Version
 
-from hotpatch._codegen import ABSENT, FUNC_ATTRS, build, capture, function_kind, rebind
+from hotpatch._codegen import (
+    ABSENT,
+    FUNC_ATTRS,
+    build,
+    capture,
+    function_kind,
+    rebind,
+    trampoline,
+)
 from hotpatch._codegen import reference_function as _reference
 from hotpatch._errors import (
     BaselineMismatch,
@@ -114,6 +122,7 @@ class _Entry:
     injected: set[Key]
     unmigrations: list[tuple[Migration, types.ModuleType]]
     replaced: list[_Entry]
+    functions: list[types.FunctionType] = field(default_factory=list)  # whose code it built
 
 
 class Registry:
@@ -135,6 +144,8 @@ class Registry:
         self._lock = threading.RLock()
         self._stack: list[_Entry] = []
         self._originals: dict[int, tuple[types.FunctionType, dict[str, Any]]] = {}
+        # id(function) -> (trampoline installed by wrap(), the code it stands for)
+        self._wrapped: dict[int, tuple[types.CodeType, types.CodeType]] = {}
         self._history: list[HistoryEntry] = []
         self.plugins = PluginHost(plugins)
         self.journal_report: str | None = None
@@ -182,14 +193,19 @@ class Registry:
             self._veto(patch, report)
             return report
 
-    def apply(self, patch: Patch, *, who: str = "api") -> ApplyResult:
-        """Validate and switch ``patch`` in, all targets at once, or change nothing."""
+    def apply(self, patch: Patch, *, who: str = "api", restarting: bool = False) -> ApplyResult:
+        """Validate and switch ``patch`` in, all targets at once, or change nothing.
+
+        ``restarting=True``: this process has not started serving yet (the new
+        process of a memory-preserving restart), so what would need a restart
+        does not stop the patch.
+        """
         start = time.perf_counter()
         with self._lock:
             try:
                 plan = self._prepare(patch)
                 self._veto(patch, self._report(plan, plan.reasons))
-                if plan.reasons:
+                if plan.reasons and not restarting:
                     msg = (
                         f"patch {patch.version} cannot be applied hot: {'; '.join(plan.reasons)}. "
                         "Nothing changed; apply it through the supervisor (`hotpatch run`), "
@@ -361,7 +377,7 @@ class Registry:
         plan.functions.append(func)
         # Strict quiescence looks for every version a thread could still be running.
         code_key = key(func, "__code__")
-        plan.codes.extend((old_code, func.__code__, built.state["__code__"]))
+        plan.codes.extend((old_code, func.__code__, self._code_of(func), built.state["__code__"]))
         plan.codes.extend(
             change[2] for e in self._stack for change in (e.before.get(code_key),) if change
         )
@@ -437,7 +453,8 @@ class Registry:
 
     def _commit(self, plan: _Plan, start: float, *, action: str, who: str) -> ApplyResult:
         patch = plan.patch
-        before = {k: (obj, attr, current(obj, attr)) for k, (obj, attr, _) in plan.changes.items()}
+        live = {k: (obj, attr, current(obj, attr)) for k, (obj, attr, _) in plan.changes.items()}
+        before = self._see_through(live)  # a wrapped function's own code, not the wrapper
         entry = _Entry(
             patch,
             before,
@@ -445,6 +462,7 @@ class Registry:
             set(plan.injected),
             plan.unmigrations,
             list(self._stack) if patch.cumulative else [],
+            list(plan.functions),
         )
         stack = [entry] if patch.cumulative else [*self._stack, entry]
         undo: list[Callable[[], object]] = []
@@ -481,7 +499,7 @@ class Registry:
                 )
             if plan.migrations:  # a thread may have entered a target meanwhile
                 self._quiesce(plan, deadline)
-            switch_s = switch(plan.changes.values(), before)
+            switch_s = switch(plan.changes.values(), live)
         except BaseException:
             for step in reversed(undo):
                 try:
@@ -489,6 +507,7 @@ class Registry:
                 except Exception:
                     log.exception("undoing patch %s: a step of the undo failed", patch.version)
             raise
+        self._forget_wrapped(plan.changes)
         for func in plan.functions:
             self._originals.setdefault(id(func), (func, capture_before(func, before)))
         self._stack = stack
@@ -556,6 +575,7 @@ class Registry:
                 if journal_undo is not None:
                     journal_undo()
                 raise
+            self._forget_wrapped(final)
             self._stack = stack
             for entry in popped:
                 for migration, module in entry.unmigrations:
@@ -611,6 +631,103 @@ class Registry:
             raise VersionConflict(msg, patch=str(to))
         return stack, popped
 
+    # -- wrapping (e.g. counting calls during a probation) ---------------------------
+
+    @property
+    def lock(self) -> threading.RLock:
+        """The registry's re-entrant lock: hold it to read the level and act on it in one
+        step (check that a version is still applied, then roll it back). Applies and
+        rollbacks wait meanwhile, so hold it briefly."""
+        return self._lock
+
+    def installed(self, version: str) -> tuple[tuple[types.FunctionType, types.CodeType], ...]:
+        """The functions patch ``version`` patched, each with the code it installed.
+
+        A function whose ``__code__`` is not that code runs a patch stacked on
+        top, or a ``wrap()`` trampoline. ``VersionConflict`` if not applied.
+        """
+        with self._lock:
+            entry = self._applied(version)
+            return tuple((f, entry.after[key(f, "__code__")][2]) for f in entry.functions)
+
+    def wrap(
+        self,
+        version: str,
+        wrapper: Callable[[types.FunctionType, types.FunctionType], Callable[..., Any]],
+    ) -> Callable[[], None]:
+        """Send new calls of patch ``version``'s functions through ``wrapper`` until undone.
+
+        For each function ``version`` patched that still runs its code (not a
+        patch stacked on top, not already wrapped), ``wrapper(function, impl)``
+        returns what calls go to; ``impl`` runs the version's code, and what it
+        returns must be returned (a generator, coroutine or async generator
+        function's wrapper returns such an object). Only ``__code__`` changes,
+        to a trampoline with the same parameters, for all functions in one
+        switch. Applies and rollbacks see through it: a patch stacked on top
+        records the version's own code, so rolling that patch back never brings
+        the wrapper back; rolling ``version`` back removes it. The returned
+        ``unwrap()`` puts the version's code back wherever the trampoline still
+        is (calls then cost what they did before); calling it again does nothing.
+        ``VersionConflict`` if ``version`` is not applied.
+        """
+        with self._lock:
+            entry = self._applied(version)
+            done: list[tuple[types.FunctionType, types.CodeType, types.CodeType]] = []
+            for func in entry.functions:
+                code = entry.after[key(func, "__code__")][2]
+                if func.__code__ is not code:
+                    continue
+                target = wrapper(func, _running(func, code))
+                done.append((func, trampoline(code, target), code))
+            switch((func, "__code__", wrapped) for func, wrapped, _ in done)
+            for func, wrapped, code in done:
+                self._wrapped[id(func)] = (wrapped, code)
+
+        def unwrap() -> None:
+            with self._lock:
+                back: list[Change] = []
+                for func, wrapped, code in done:
+                    if self._wrapped.get(id(func), (None,))[0] is wrapped:
+                        del self._wrapped[id(func)]
+                        if func.__code__ is wrapped:
+                            back.append((func, "__code__", code))
+                switch(back)
+
+        return unwrap
+
+    def _applied(self, version: str) -> _Entry:
+        wanted = parse_version(str(version), "version")
+        for entry in self._stack:
+            if entry.patch.parsed_version == wanted:
+                return entry
+        msg = (
+            f"patch {version} is not applied (level: {', '.join(self.level) or 'none'}); "
+            "name a version of the level"
+        )
+        raise VersionConflict(msg, patch=str(version))
+
+    def _code_of(self, func: types.FunctionType) -> types.CodeType:
+        """``func``'s code, or the code its ``wrap()`` trampoline stands for."""
+        wrapped = self._wrapped.get(id(func))
+        return wrapped[1] if wrapped is not None and wrapped[0] is func.__code__ else func.__code__
+
+    def _see_through(self, values: dict[Key, Change]) -> dict[Key, Change]:
+        """``values`` recorded live, with each ``wrap()`` trampoline replaced by its code."""
+        if not self._wrapped:
+            return values
+        seen = dict(values)
+        for k, (obj, attr, value) in values.items():
+            if attr == "__code__" and isinstance(obj, types.FunctionType):
+                seen[k] = (obj, attr, self._code_of(obj) if value is obj.__code__ else value)
+        return seen
+
+    def _forget_wrapped(self, changed: Iterable[Key]) -> None:
+        """A switch set these: the trampolines it replaced are gone."""
+        if self._wrapped:
+            for obj_id, attr in changed:
+                if attr == "__code__":
+                    self._wrapped.pop(obj_id, None)
+
     # -- journal ----------------------------------------------------------------------
 
     def _write_journal(self, stack: list[_Entry], history: list[HistoryEntry]) -> None:
@@ -649,9 +766,9 @@ class Registry:
         for entry in state.level:
             try:
                 patch = load_patch_source(entry.text.encode(), path=entry.path)
+                # A replay runs as the process starts, before it serves: what would
+                # need a restart (why the patch went in through one) does not apply.
                 plan = self._prepare(patch)
-                if plan.reasons:
-                    raise RestartRequired("; ".join(plan.reasons), reasons=plan.reasons)
                 self._commit(plan, time.perf_counter(), action="replay", who="journal")
             except PatchError as exc:
                 if self._stack:
@@ -679,6 +796,18 @@ def _versions(stack: list[_Entry]) -> tuple[str, ...]:
 
 def _call(func: Callable[[Any], object], arg: Any) -> Callable[[], object]:
     return lambda: func(arg)
+
+
+def _running(func: types.FunctionType, code: types.CodeType) -> types.FunctionType:
+    """A function that runs ``code`` as ``func`` would: same globals, cells and defaults."""
+    impl = types.FunctionType(
+        code, func.__globals__, func.__name__, func.__defaults__, func.__closure__
+    )
+    impl.__kwdefaults__ = func.__kwdefaults__
+    impl.__qualname__ = func.__qualname__
+    impl.__module__ = func.__module__
+    impl.__doc__ = func.__doc__
+    return impl
 
 
 def _equal(a: Any, b: Any) -> bool:

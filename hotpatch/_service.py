@@ -50,8 +50,10 @@ from typing import Any, BinaryIO, Self
 from hotpatch._plugins import PluginHost
 
 __all__ = [
+    "ENV_BASELINE",
     "ENV_BIND",
     "ENV_CONTROL",
+    "ENV_JOURNAL",
     "ENV_SOCKETS",
     "PreservedDict",
     "ServiceError",
@@ -62,6 +64,7 @@ __all__ = [
     "parse_bind",
     "preserved",
     "ready",
+    "ready_for_baseline",
     "recv_message",
     "send_message",
 ]
@@ -71,6 +74,10 @@ log = logging.getLogger("hotpatch.service")
 ENV_SOCKETS = "HOTPATCH_SOCKETS"  # "http=3,admin=4": listening sockets the supervisor passed
 ENV_CONTROL = "HOTPATCH_CONTROL"  # fd of the control channel to the supervisor
 ENV_BIND = "HOTPATCH_BIND"  # "http=127.0.0.1:8000,...": addresses when running alone
+# Under the supervisor with --watch: the process keeps a Registry on this
+# baseline and journal, replayed before it says it is loaded.
+ENV_BASELINE = "HOTPATCH_BASELINE"
+ENV_JOURNAL = "HOTPATCH_JOURNAL"
 
 DEFAULT_BACKLOG = 1024
 MAX_MESSAGE = 1 << 16
@@ -345,9 +352,15 @@ class _Runtime:
             self.passed[name] = int(fd)
             os.set_inheritable(int(fd), False)
         self.channel: socket.socket | None = None
+        self.baseline: str | None = None
+        self.journal: str | None = None
         if control:
             self.channel = socket.socket(fileno=int(control))
             self.channel.set_inheritable(False)
+            self.baseline = environ.pop(ENV_BASELINE, None) or None
+            self.journal = environ.pop(ENV_JOURNAL, None) or None
+        self.registry: Any = None  # a hotpatch.Registry, under the supervisor with a baseline
+        self.start_patch: tuple[dict[str, Any], bytes] | None = None  # to apply before serving
         self.listeners: dict[str, socket.socket] = {}
         self.lock = threading.RLock()
         self.names: dict[str, PreservedDict] = {}
@@ -520,9 +533,14 @@ class _Runtime:
 
     def _receive_rounds(self, until: str) -> dict[str, Any]:
         while True:
-            message, fds = self._recv("state", until)
+            message, fds = self._recv("state", "start-patch", until)
             if message["op"] == until:
+                for fd in fds:
+                    os.close(fd)
                 return message
+            if message["op"] == "start-patch":
+                self.start_patch = (message, _read_memfd(fds))
+                continue
             self.apply_round(fds[0], int(message["size"]))
 
     def _load(self) -> None:
@@ -555,7 +573,10 @@ class _Runtime:
                 self.phase = "ready"
                 return
             self._load()
-            self._send({"op": "loaded"})
+            loaded = self._patch_level()
+            self._send({"op": "loaded", **loaded})
+            if loaded.get("error"):
+                raise ServiceError(loaded["error"])
             handover = self._receive_rounds(until="handover")
             self.limit = int(handover.get("limit", self.limit))
             if self.extra:
@@ -576,6 +597,96 @@ class _Runtime:
                 log.exception("resumed callback %r failed; carrying on", callback)
         self.plugins.notify("hotpatch_resumed", paused_s=paused_s)
 
+    # -- patches, under the supervisor
+
+    def _patch_level(self) -> dict[str, Any]:
+        """Replay the journal, apply the patch this restart is for; what the supervisor learns."""
+        import sys  # noqa: PLC0415
+
+        info: dict[str, Any] = {"sys_path": list(sys.path)}
+        if self.baseline is None:
+            return info
+        from hotpatch._registry import Registry  # noqa: PLC0415 -- only under the supervisor
+
+        try:
+            self.registry = Registry(
+                self.baseline, journal=self.journal, plugins=self._plugin_objects()
+            )
+        except Exception as exc:
+            log.exception("cannot replay the journal %s", self.journal)
+            return {**info, "error": f"{type(exc).__name__}: {exc}"}
+        info["journal_report"] = self.registry.journal_report
+        if self.start_patch is not None:
+            message, data = self.start_patch
+            self.start_patch = None
+            result = self.apply_patch(message, data, restarting=True)
+            info["start_patch"] = result
+            if result["outcome"] not in ("applied", "unchanged"):
+                info["error"] = (
+                    f"the new process could not apply patch {result.get('version') or '?'}: "
+                    f"{result.get('reason')}"
+                )
+        return {**info, **self._level_info()}
+
+    def _plugin_objects(self) -> list[object]:
+        return [p for _, p in self.plugins.manager.list_name_plugin() if p is not None]
+
+    def _level_info(self) -> dict[str, Any]:
+        registry = self.registry
+        if registry is None:
+            return {}
+        return {
+            "baseline": registry.baseline,
+            "level": list(registry.level),
+            "patches": [
+                [p.version, p.source.sha256 if p.source else None] for p in registry.patches
+            ],
+        }
+
+    def apply_patch(
+        self, message: Mapping[str, Any], data: bytes, *, restarting: bool = False
+    ) -> dict[str, Any]:
+        """Load and apply a patch the supervisor verified; the outcome, never an exception."""
+        from packaging.version import Version  # noqa: PLC0415
+
+        from hotpatch._errors import PatchError, RestartRequired  # noqa: PLC0415
+        from hotpatch._loader import load_patch_source  # noqa: PLC0415
+
+        who = str(message.get("who") or "supervisor")
+        result: dict[str, Any] = {"outcome": "rejected", "reason": None, "timings": {}}
+        start = time.perf_counter()
+        if self.registry is None:
+            result["reason"] = (
+                "this process keeps no patch registry: start hotpatch run with --watch and "
+                "--baseline (or $HOTPATCH_BASELINE)"
+            )
+            return result
+        try:
+            patch = load_patch_source(data, path=str(message.get("path") or "<supervisor>"))
+            result["timings"]["load_s"] = time.perf_counter() - start
+            result["version"], result["targets"] = patch.version, list(patch.targets)
+            sha = patch.source.sha256 if patch.source else None
+            same = [p for p in self.registry.patches if p.parsed_version == Version(patch.version)]
+            if same and same[0].source is not None and same[0].source.sha256 == sha:
+                result["outcome"] = "unchanged"
+                result["reason"] = f"patch {patch.version} is already applied with this content"
+            else:
+                t = time.perf_counter()
+                applied = self.registry.apply(patch, who=who, restarting=restarting)
+                result["timings"]["apply_s"] = time.perf_counter() - t
+                result["outcome"], result["targets"] = "applied", list(applied.targets)
+        except RestartRequired as exc:
+            result["outcome"], result["reason"] = "restart", str(exc)
+            result["reasons"], result["error_type"] = list(exc.reasons), type(exc).__name__
+        except PatchError as exc:
+            result["reason"], result["error_type"] = str(exc), type(exc).__name__
+        except BaseException as exc:  # a patch raising SystemExit must not end the service
+            log.exception("applying a patch failed unexpectedly")
+            result["reason"] = f"{type(exc).__name__} while loading or applying: {exc}"
+            result["error_type"] = "VerificationFailed"
+        result["timings"]["total_s"] = time.perf_counter() - start
+        return {**result, **self._level_info()}
+
     # -- the control thread, once serving
 
     def _serve(self) -> None:
@@ -591,6 +702,12 @@ class _Runtime:
                 self._stop(5.0)
                 return
             message, fds = received
+            if message["op"] == "patch":
+                data = _read_memfd(fds)
+                with self.exchange:
+                    reply = self.apply_patch(message, data)
+                    self._send({**reply, "op": "patched", "id": message.get("id")})
+                continue
             for fd in fds:
                 os.close(fd)
             with self.exchange:
@@ -605,6 +722,15 @@ class _Runtime:
             self._drain(float(message["timeout"]))
         elif op == "stop":
             self._stop(float(message["timeout"]))
+        elif op == "announce":
+            log.info("restart scheduled: %s", "; ".join(message.get("reasons", [])))
+            self.plugins.notify(
+                "hotpatch_restart_scheduled",
+                version=str(message.get("version")),
+                kind=str(message.get("kind")),
+                reasons=list(message.get("reasons", [])),
+                when=float(message.get("when", 0.0)),
+            )
         else:
             log.warning("ignoring unknown control message %r", op)
 
@@ -668,6 +794,18 @@ class _Runtime:
         if self.handover_at_exit is not None:
             self._handover(self.handover_at_exit)
             self.handover_at_exit = None
+
+
+def _read_memfd(fds: list[int]) -> bytes:
+    """The whole content of the first fd (a memfd the supervisor wrote); closes them all."""
+    try:
+        if not fds:
+            return b""
+        size = os.fstat(fds[0]).st_size
+        return os.pread(fds[0], size, 0) if size else b""
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
 _runtime: _Runtime | None = None
@@ -744,3 +882,16 @@ def ready(
     normally, so the service must handle SIGTERM by returning from its main.
     """
     _get_runtime().ready(drain, resumed, plugins)
+
+
+def ready_for_baseline() -> None:
+    """Tell the supervisor that now is a good moment for a planned baseline restart.
+
+    A planned baseline restarts at the maintenance window, at its deadline, or
+    as soon as the service calls this -- whichever comes first. Call it when
+    the service is quiet (a batch finished, no long request running). It does
+    nothing without a supervisor, or when no baseline is pending.
+    """
+    runtime = _get_runtime()
+    if runtime.channel is not None and runtime.phase == "ready":
+        runtime._send({"op": "baseline-ready"})

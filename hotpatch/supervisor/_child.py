@@ -98,6 +98,8 @@ class Child:
         self.ready_at: float | None = None
         self.exited_at: float | None = None
         self.retiring = False  # told to drain or stop: its exit is expected
+        self.info: dict[str, Any] = {}  # what it said when loaded: sys.path, baseline, level
+        self.baseline_ready = False  # it called hotpatch.ready_for_baseline()
         self.lock = asyncio.Lock()  # one request/reply exchange at a time
         self.exited: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._loop = asyncio.get_running_loop()
@@ -200,6 +202,11 @@ class Child:
                 self._loop.remove_reader(self.channel.fileno())
             else:
                 message, fds = received
+                if message["op"] == "baseline-ready":  # unsolicited: a flag, not a reply
+                    self.baseline_ready = True
+                    for fd in fds:
+                        os.close(fd)
+                    continue
                 self._inbox.append(Message(message["op"], message, fds))
             self._wake()
 

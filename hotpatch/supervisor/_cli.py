@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from hotpatch._service import parse_bind
+from hotpatch._service import ENV_BASELINE, parse_bind
 from hotpatch.supervisor._child import ChildSpec
 from hotpatch.supervisor._supervisor import Supervisor, SupervisorConfig
 
@@ -23,6 +25,17 @@ def _bind(text: str) -> tuple[str, tuple[str, int]]:
         return parse_bind(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _window(text: str) -> tuple[datetime.time, datetime.time]:
+    start, sep, end = text.partition("-")
+    try:
+        if not sep:
+            raise ValueError(text)
+        return datetime.time.fromisoformat(start.strip()), datetime.time.fromisoformat(end.strip())
+    except ValueError:
+        msg = f"{text!r} is not a window HH:MM-HH:MM (UTC), e.g. 02:00-04:00"
+        raise argparse.ArgumentTypeError(msg) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -119,6 +132,56 @@ def build_parser() -> argparse.ArgumentParser:
         help="what SIGHUP does: a memory-preserving restart (default) or a plain "
         "stop-then-start where the service keeps state its own way",
     )
+    patches = run.add_argument_group("patches")
+    patches.add_argument(
+        "--watch",
+        type=Path,
+        metavar="DIR",
+        help="the patch folder: the supervisor watches it, verifies each drop and applies "
+        "it in the service process (hot, or through a memory-preserving restart)",
+    )
+    patches.add_argument(
+        "--baseline",
+        default=os.environ.get(ENV_BASELINE),
+        metavar="V",
+        help=f"the service's baseline version (default ${ENV_BASELINE}); needed with --watch",
+    )
+    patches.add_argument(
+        "--journal",
+        type=Path,
+        metavar="PATH",
+        help="where the service processes keep the patch level (default DIR/.journal.json)",
+    )
+    patches.add_argument(
+        "--trusted-keys",
+        type=Path,
+        metavar="DIR",
+        help="public keys (.pub, from `hotpatch keygen`) a patch's NAME.sig must verify with",
+    )
+    patches.add_argument(
+        "--allow-unsigned",
+        action="store_true",
+        help="apply patches without a signature (signatures are required by default)",
+    )
+    patches.add_argument(
+        "--releases",
+        type=Path,
+        metavar="DIR",
+        help="where baseline bundles are unpacked, one folder per version (default DIR/.releases)",
+    )
+    patches.add_argument(
+        "--window",
+        type=_window,
+        metavar="HH:MM-HH:MM",
+        help="daily maintenance window (UTC) in which a planned baseline restarts",
+    )
+    patches.add_argument(
+        "--verify-timeout",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="time the verification child gets to import a patch (default 10)",
+    )
     return parser
 
 
@@ -131,12 +194,37 @@ def _config(args: argparse.Namespace, command: list[str]) -> SupervisorConfig:
         if getattr(args, option) < 1:
             msg = f"--{option.replace('_', '-')} must be at least 1"
             raise ValueError(msg)
-    for option in ("drain_timeout", "ready_timeout", "restart_period", "backoff_max"):
+    for option in (
+        "drain_timeout",
+        "ready_timeout",
+        "restart_period",
+        "backoff_max",
+        "verify_timeout",
+    ):
         if getattr(args, option) <= 0:
             msg = f"--{option.replace('_', '-')} must be positive"
             raise ValueError(msg)
+    watch = args.watch.absolute() if args.watch else None
+    if watch is not None and not args.baseline:
+        msg = f"--watch needs the service's baseline: --baseline V (or ${ENV_BASELINE})"
+        raise ValueError(msg)
+    if watch is not None and not args.allow_unsigned and args.trusted_keys is None:
+        msg = (
+            "--watch requires signed patches: give --trusted-keys DIR (public keys from "
+            "`hotpatch keygen`), or --allow-unsigned to apply unsigned patches"
+        )
+        raise ValueError(msg)
+    journal = args.journal or (watch / ".journal.json" if watch else None)
     return SupervisorConfig(
         spec=ChildSpec(tuple(command)),
+        watch=watch,
+        baseline=args.baseline or None,
+        journal=journal.absolute() if journal else None,
+        require_signature=not args.allow_unsigned,
+        trusted_keys=args.trusted_keys.absolute() if args.trusted_keys else None,
+        verify_timeout=args.verify_timeout,
+        releases=args.releases.absolute() if args.releases else None,
+        window=args.window,
         binds=tuple(args.bind),
         state_limit=args.state_mb * 2**20,
         drain_timeout=args.drain_timeout,

@@ -25,17 +25,20 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import datetime
 import logging
 import os
 import signal
 import socket
+import threading
 import time
 from collections.abc import Coroutine
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from hotpatch._service import format_address, open_listener
+from hotpatch._service import ENV_BASELINE, ENV_JOURNAL, format_address, open_listener
+from hotpatch.supervisor._bundle import Release
 from hotpatch.supervisor._child import Child, ChildExited, ChildSpec, describe_exit
 from hotpatch.supervisor._state import Chunk, StateChain
 from hotpatch.supervisor._status import utc_now, write_status
@@ -71,6 +74,16 @@ class SupervisorConfig:
     backoff_initial: float = 0.1
     backoff_max: float = 30.0
     restart_mode: RestartMode = "preserving"
+    # Patches (--watch): the folder, the service's baseline and journal, signatures.
+    watch: Path | None = None
+    baseline: str | None = None
+    journal: Path | None = None
+    require_signature: bool = True
+    trusted_keys: Path | None = None
+    verify_timeout: float = 10.0
+    patch_timeout: float = 120.0  # for a serving process to take a patch
+    releases: Path | None = None  # where baseline bundles are unpacked
+    window: tuple[datetime.time, datetime.time] | None = None  # maintenance window, UTC
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +123,64 @@ class _BringUpFailed(Exception):
         self.old_drained = old_drained
         self.stopped_at = stopped_at
         self.new_pid = new_pid
+
+
+@dataclass(slots=True)
+class PatchJob:
+    """A verified patch on its way to the service process (from the folder's thread)."""
+
+    name: str
+    path: str
+    data: bytes
+    who: str
+    done: asyncio.Future[dict[str, Any]]
+
+
+@dataclass(slots=True)
+class BaselineJob:
+    """A baseline bundle, unpacked, waiting for its restart."""
+
+    name: str
+    release: Release
+    who: str
+    done: asyncio.Future[dict[str, Any]]
+    announced: str = field(default_factory=utc_now)
+    due: str | None = None  # why it is due now: "unplanned", "window", "ready", "deadline"
+
+    def describe(self) -> dict[str, Any]:
+        bundle = self.release.bundle
+        return {
+            "file": self.name,
+            "version": bundle.version,
+            "kind": bundle.kind,
+            "summary": bundle.summary,
+            "deadline": bundle.deadline.isoformat() if bundle.deadline else None,
+            "announced": self.announced,
+            "due": self.due,
+        }
+
+
+def in_window(window: tuple[datetime.time, datetime.time], now: datetime.datetime) -> bool:
+    """Is ``now`` (UTC) inside the daily window ``start-end`` (which may cross midnight)?"""
+    start, end = window
+    t = now.astimezone(datetime.UTC).time().replace(tzinfo=None)
+    if start <= end:
+        return start <= t < end
+    return t >= start or t < end
+
+
+class _StartRefused(Exception):
+    """The new process said it cannot run: its journal, or the patch it was started for."""
+
+
+def _memfd(data: bytes, name: str = "hotpatch-patch") -> int:
+    fd = os.memfd_create(name, os.MFD_CLOEXEC)
+    try:
+        os.pwrite(fd, data, 0)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +235,17 @@ class Supervisor:
         self._pulls: set[asyncio.Task[Any]] = set()  # abandoned by a failed start, still running
         self._retiring: set[asyncio.Task[None]] = set()
         self._exit_code = 0
+        self._patch_jobs: collections.deque[PatchJob] = collections.deque()
+        self.patch_log: collections.deque[dict[str, Any]] = collections.deque(maxlen=20)
+        self.service_sys_path: list[str] | None = None
+        self.sys_path_known = threading.Event()
+        self.pipeline: Any = None  # the watched folder's pipeline (supervisor._patches)
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.release: Release | None = None  # the code the processes run (None: as started)
+        self.baseline = config.baseline
+        self._planned: BaselineJob | None = None  # announced, waiting for its moment
+        self._planned_task: asyncio.Task[None] | None = None
+        self._baseline_due: BaselineJob | None = None
 
     # -- sockets and status
 
@@ -209,6 +291,7 @@ class Supervisor:
             "restarts": dict(self.counts),
             "last_restart": asdict(self.last_restart) if self.last_restart else None,
             "pauses_s": list(self.pauses),
+            "patches": self._patch_status(),
             "snapshot": {
                 "count": self.snapshots,
                 "last": self.snapshot_at,
@@ -218,6 +301,32 @@ class Supervisor:
             },
             "updated": utc_now(),
         }
+
+    def _patch_status(self) -> dict[str, Any] | None:
+        if self.config.watch is None and self.config.baseline is None:
+            return None
+        current = self.current if self.current is not None and self.current.alive else None
+        info = current.info if current is not None else {}
+        return {
+            "watch": str(self.config.watch) if self.config.watch else None,
+            "journal": str(self.config.journal) if self.config.journal else None,
+            "baseline": info.get("baseline", self.config.baseline),
+            "level": info.get("level", []),
+            "code_root": str(self.release.code_root) if self.release else None,
+            "baseline_pending": self._planned.describe() if self._planned else None,
+            "queued": [job.name for job in self._patch_jobs],
+            "pending": self.pipeline.pending() if self.pipeline is not None else [],
+            "last": self.patch_log[-1] if self.patch_log else None,
+            "recent": list(self.patch_log),
+        }
+
+    @property
+    def applied_patches(self) -> list[tuple[str, str | None]]:
+        """``(version, sha256)`` of the current process's level, as it last said."""
+        current = self.current
+        if current is None:
+            return []
+        return [(str(v), sha) for v, sha in current.info.get("patches", [])]
 
     def _write_status(self) -> None:
         if self.config.status_file is not None:
@@ -231,6 +340,7 @@ class Supervisor:
     async def run(self) -> int:
         """Supervise until SIGTERM/SIGINT (0) or until the restart budget is spent (1)."""
         loop = asyncio.get_running_loop()
+        self.loop = loop
         self._stopping = asyncio.Event()
         self.open_sockets()
         handlers = {
@@ -247,6 +357,15 @@ class Supervisor:
             os.getpid(),
         )
         self._start_work(self._recover("start", first=True))
+        if self.config.watch is not None:
+            from hotpatch.supervisor._patches import SupervisedPipeline  # noqa: PLC0415
+
+            self.pipeline = SupervisedPipeline(self)
+            try:
+                await asyncio.to_thread(self.pipeline.start)
+            except Exception as exc:
+                self.pipeline = None
+                self._fail(f"cannot watch {self.config.watch}: {exc}")
         snapshots = None
         if self.config.snapshot_interval > 0:
             snapshots = asyncio.create_task(self._snapshot_loop())
@@ -261,6 +380,270 @@ class Supervisor:
                     await snapshots
             await self._shutdown()
         return self._exit_code
+
+    # -- patches
+
+    async def submit_patch(self, name: str, path: str, data: bytes, who: str) -> dict[str, Any]:
+        """Apply verified patch bytes to the serving process (or through a restart)."""
+        job = PatchJob(name, path, data, who, asyncio.get_running_loop().create_future())
+        assert self._stopping is not None
+        if self._stopping.is_set():
+            return _not_now(job, "the supervisor is stopping")
+        self._patch_jobs.append(job)
+        self._schedule()
+        self._write_status()
+        try:
+            async with asyncio.timeout(self.config.patch_timeout):
+                return await asyncio.shield(job.done)
+        except TimeoutError:
+            if job in self._patch_jobs:
+                self._patch_jobs.remove(job)
+                return _not_now(job, f"no process took it within {self.config.patch_timeout:g}s")
+            return await job.done  # being applied: its outcome comes
+
+    async def submit_baseline(self, name: str, release: Release, who: str) -> dict[str, Any]:
+        """Restart onto a new baseline: now (unplanned) or at its moment (planned)."""
+        job = BaselineJob(name, release, who, asyncio.get_running_loop().create_future())
+        assert self._stopping is not None
+        if self._stopping.is_set():
+            return _not_now(job, "the supervisor is stopping")
+        for older in (self._planned, self._baseline_due):
+            if older is not None and not older.done.done():
+                older.done.set_result(
+                    {
+                        "outcome": "rejected",
+                        "version": older.release.version,
+                        "reason": f"superseded by baseline {release.version} ({name})",
+                        "error_type": "VersionConflict",
+                        "via": None,
+                    }
+                )
+        self._planned = self._baseline_due = None
+        if self._planned_task is not None:
+            self._planned_task.cancel()
+            self._planned_task = None
+        bundle = release.bundle
+        when = self._when(bundle.deadline)
+        self._announce(job, when)
+        if bundle.planned:
+            self._planned = job
+            self._planned_task = asyncio.create_task(self._wait_for_moment(job))
+        else:
+            job.due = "unplanned"
+            self._baseline_due = job
+            self._schedule()
+        self._write_status()
+        return await asyncio.shield(job.done)
+
+    def _when(self, deadline: datetime.datetime | None) -> float:
+        return deadline.timestamp() if deadline is not None else 0.0
+
+    def _announce(self, job: BaselineJob, when: float) -> None:
+        bundle = job.release.bundle
+        reasons = [f"baseline {bundle.version}: {bundle.summary or 'new code'}"]
+        if bundle.planned:
+            moments = []
+            if self.config.window is not None:
+                start, end = self.config.window
+                moments.append(f"the window {start:%H:%M}-{end:%H:%M} UTC")
+            moments.append("when the service says it is ready")
+            if bundle.deadline is not None:
+                moments.append(f"at the latest {bundle.deadline.isoformat()}")
+            log.info(
+                "planned baseline %s announced: restart at %s", bundle.version, ", ".join(moments)
+            )
+        else:
+            log.info("unplanned baseline %s: restarting as soon as possible", bundle.version)
+        current = self.current
+        if current is not None and current.alive and current.ready_at is not None:
+            with contextlib.suppress(ChildExited):
+                current.send(
+                    {
+                        "op": "announce",
+                        "version": bundle.version,
+                        "kind": bundle.kind,
+                        "reasons": reasons,
+                        "when": when,
+                    }
+                )
+
+    async def _wait_for_moment(self, job: BaselineJob) -> None:
+        """Poll the three moments of a planned baseline; the first one makes it due."""
+        deadline = job.release.bundle.deadline
+        while True:
+            now = datetime.datetime.now(datetime.UTC)
+            current = self.current
+            if deadline is not None and now >= deadline:
+                job.due = "deadline"
+            elif self.config.window is not None and in_window(self.config.window, now):
+                job.due = "window"
+            elif current is not None and current.alive and current.baseline_ready:
+                job.due = "ready"
+            if job.due is not None:
+                log.info("planned baseline %s is due (%s)", job.release.version, job.due)
+                self._planned, self._planned_task = None, None
+                self._baseline_due = job
+                self._schedule()
+                self._write_status()
+                return
+            await asyncio.sleep(0.05)
+
+    async def _apply_baseline(self, job: BaselineJob) -> None:
+        release = job.release
+        version = release.version
+        superseded = list(self._patch_jobs)
+        self._patch_jobs.clear()
+        for hot in superseded:
+            hot.done.set_result(
+                {
+                    "outcome": "rejected",
+                    "reason": f"superseded by baseline {version}: hot patches of the old "
+                    "baseline no longer apply",
+                    "error_type": "BaselineMismatch",
+                    "via": None,
+                }
+            )
+        old = self.current
+        assert old is not None
+        self.state = "restarting"
+        self._write_status()
+        reason = f"baseline {version} ({release.bundle.kind}, {job.due})"
+        outcome: RestartOutcome | None = None
+        try:
+            outcome = await self._restart_preserving(old, reason, release=release)
+        finally:
+            if outcome is None:
+                outcome = RestartOutcome("preserving", reason, ok=False, error="interrupted")
+            self._record(outcome)
+            result: dict[str, Any] = {
+                "version": version,
+                "via": "restart",
+                "restart": asdict(outcome),
+            }
+            if outcome.ok:
+                self.release, self.baseline = release, version
+                level = self.current.info.get("level", []) if self.current else []
+                pause = (outcome.paused_s or 0.0) * 1e3
+                result.update(
+                    outcome="applied",
+                    level=level,
+                    reason=f"baseline {version} runs from {release.code_root} "
+                    f"({job.due}; paused {pause:.1f} ms)",
+                )
+            else:
+                result.update(
+                    outcome="rejected",
+                    error_type="RestartRequired",
+                    reason=f"baseline {version}: the restart failed: {outcome.error}",
+                )
+            self.patch_log.append(
+                {
+                    "file": job.name,
+                    "version": version,
+                    "outcome": result["outcome"],
+                    "via": "restart",
+                    "reason": result["reason"],
+                    "time": utc_now(),
+                }
+            )
+            if not job.done.done():
+                job.done.set_result(result)
+            self._write_status()
+
+    async def _deliver(self, job: PatchJob) -> None:
+        current = self.current
+        assert current is not None
+        result: dict[str, Any]
+        try:
+            result = await self._send_patch(current, job)
+            result["via"] = "hot"
+            if result.get("outcome") == "restart":
+                result = await self._restart_for(current, job, result)
+        except ChildExited as exc:
+            result = _not_now(job, f"the service process ended while taking it ({exc})")
+        except BaseException:
+            if not job.done.done():
+                job.done.set_result(_not_now(job, "the supervisor stopped meanwhile"))
+            raise
+        result.setdefault("version", None)
+        entry = {
+            "file": job.name,
+            "version": result.get("version"),
+            "outcome": result.get("outcome"),
+            "via": result.get("via"),
+            "reason": result.get("reason"),
+            "time": utc_now(),
+        }
+        self.patch_log.append(entry)
+        if not job.done.done():
+            job.done.set_result(result)
+        self._write_status()
+
+    async def _send_patch(self, child: Child, job: PatchJob) -> dict[str, Any]:
+        async with child.lock:
+            request = Child.request_id()
+            fd = _memfd(job.data)
+            try:
+                body = {"op": "patch", "id": request, "name": job.name, "path": job.path}
+                child.send({**body, "who": job.who}, [fd])
+            finally:
+                os.close(fd)
+            message = await child.expect(
+                "patched", timeout=self.config.patch_timeout, request=request
+            )
+        answer = dict(message.body)
+        for k in ("baseline", "level", "patches"):
+            if k in answer:
+                child.info[k] = answer[k]
+        return answer
+
+    async def _restart_for(
+        self, old: Child, job: PatchJob, answer: dict[str, Any]
+    ) -> dict[str, Any]:
+        """A patch the service cannot take hot: a memory-preserving restart applies it."""
+        version = answer.get("version") or job.name
+        why = "; ".join(answer.get("reasons") or []) or answer.get("reason") or "not hot"
+        reason = f"patch {version} needs a restart: {why}"
+        self.state = "restarting"
+        self._write_status()
+        log.info("applying patch %s through a memory-preserving restart (%s)", version, why)
+        with contextlib.suppress(ChildExited):
+            old.send(
+                {
+                    "op": "announce",
+                    "version": version,
+                    "kind": "hot",
+                    "reasons": list(answer.get("reasons") or [why]),
+                    "when": time.time(),
+                }
+            )
+        outcome = await self._restart_preserving(old, reason, start_patch=job)
+        self._record(outcome)
+        result: dict[str, Any] = {
+            "version": version,
+            "targets": answer.get("targets", []),
+            "via": "restart",
+            "restart_reason": why,
+            "restart": asdict(outcome),
+            "timings": answer.get("timings", {}),
+        }
+        if outcome.ok and self.current is not None:
+            started = self.current.info.get("start_patch") or {}
+            result.update(
+                outcome=started.get("outcome", "applied"),
+                reason=f"applied through a memory-preserving restart because {why}"
+                f" (paused {(outcome.paused_s or 0.0) * 1e3:.1f} ms)",
+                targets=started.get("targets", result["targets"]),
+                level=self.current.info.get("level", []),
+            )
+        else:
+            result.update(
+                outcome="rejected",
+                error_type="RestartRequired",
+                reason=f"patch {version} needs a restart ({why}), and the restart failed: "
+                f"{outcome.error}",
+            )
+        return result
 
     def request_restart(
         self, reason: str, *, mode: RestartMode | None = None
@@ -334,6 +717,11 @@ class Supervisor:
             reason, mode, waiters = self._pending
             self._pending = None
             self._start_work(self._restart(reason, mode, waiters))
+        elif self._baseline_due is not None and current.ready_at is not None:
+            job, self._baseline_due = self._baseline_due, None
+            self._start_work(self._apply_baseline(job))
+        elif self._patch_jobs and current.ready_at is not None:
+            self._start_work(self._deliver(self._patch_jobs.popleft()))
 
     def _on_exit(self, child: Child) -> None:
         if child is self.current and not child.retiring:
@@ -434,9 +822,18 @@ class Supervisor:
                     waiter.set_result(result)
         self._record(result)
 
-    async def _restart_preserving(self, old: Child, reason: str) -> RestartOutcome:
+    async def _restart_preserving(
+        self,
+        old: Child,
+        reason: str,
+        *,
+        start_patch: PatchJob | None = None,
+        release: Release | None = None,
+    ) -> RestartOutcome:
         try:
-            new, handover = await self._bring_up(old, down_since=None, carry_state=True)
+            new, handover = await self._bring_up(
+                old, down_since=None, carry_state=True, start_patch=start_patch, release=release
+            )
         except _BringUpFailed as exc:
             if exc.old_drained or not old.alive:
                 # Nobody serves any more: the work that follows brings up a
@@ -491,10 +888,24 @@ class Supervisor:
         )
 
     async def _bring_up(
-        self, old: Child | None, *, down_since: float | None, carry_state: bool
+        self,
+        old: Child | None,
+        *,
+        down_since: float | None,
+        carry_state: bool,
+        start_patch: PatchJob | None = None,
+        release: Release | None = None,
     ) -> tuple[Child, _Handover]:
         """Start a process, give it the state, drain ``old`` (if any) into it; until ready."""
-        new = self._start_child(down_since)
+        new = self._start_child(down_since, release)
+        if start_patch is not None:
+            fd = _memfd(start_patch.data)
+            try:
+                body = {"op": "start-patch", "name": start_patch.name, "path": start_patch.path}
+                with contextlib.suppress(ChildExited):  # seen as an exit below
+                    new.send({**body, "who": start_patch.who}, [fd])
+            finally:
+                os.close(fd)
         source = old if carry_state else None
         # Freshen the chain while the new process starts and imports.
         refresh = asyncio.create_task(self._pull(source)) if source is not None else None
@@ -514,7 +925,7 @@ class Supervisor:
             handover = {"stopped_at": stopped_at, "limit": self.config.state_limit, "state": state}
             new.send({"op": "handover", **handover})
             message = await new.expect("ready", timeout=self.config.ready_timeout)
-        except (ChildExited, TimeoutError, StateError) as exc:
+        except (ChildExited, TimeoutError, StateError, _StartRefused) as exc:
             await self._discard(new)
             raise _BringUpFailed(
                 self._why(new, exc), old_drained=drained, stopped_at=stopped_at, new_pid=new.pid
@@ -533,10 +944,28 @@ class Supervisor:
         paused = None if stopped_at is None else max(new.ready_at - stopped_at, 0.0)
         return new, _Handover(paused, state)
 
-    def _start_child(self, down_since: float | None) -> Child:
+    def _child_spec(self, release: Release | None = None) -> ChildSpec:
+        """The command, with the baseline and journal, and a release's code first on sys.path."""
+        spec = self.config.spec
+        env = dict(spec.env)
+        release = release or self.release
+        baseline = release.version if release is not None else self.config.baseline
+        if baseline is not None:
+            env[ENV_BASELINE] = baseline
+            if self.config.journal is not None:
+                env[ENV_JOURNAL] = str(self.config.journal)
+        if release is not None:
+            # Safe path: neither the script's folder nor the working directory goes
+            # before the new code tree (which would run the old code again).
+            inherited = env.get("PYTHONPATH", os.environ.get("PYTHONPATH", ""))
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(release.code_root), inherited]))
+            env["PYTHONSAFEPATH"] = "1"
+        return ChildSpec(spec.argv, env, spec.cwd)
+
+    def _start_child(self, down_since: float | None, release: Release | None = None) -> Child:
         self._generation += 1
         try:
-            new = Child.spawn(self.config.spec, self.listeners, self._generation)
+            new = Child.spawn(self._child_spec(release), self.listeners, self._generation)
         except OSError as exc:
             msg = f"cannot start {self.config.spec.argv[0]!r}: {exc.strerror or exc}"
             raise _BringUpFailed(msg, old_drained=False, stopped_at=down_since) from exc
@@ -560,6 +989,12 @@ class Supervisor:
         while True:
             message = await new.expect("pull", "loaded", timeout=deadline - loop.time())
             if message.op == "loaded":
+                new.info = dict(message.body)
+                if (sys_path := message.body.get("sys_path")) is not None:
+                    self.service_sys_path = list(sys_path)
+                    self.sys_path_known.set()
+                if error := message.body.get("error"):
+                    raise _StartRefused(f"the new process {new.pid} cannot start: {error}")
                 return
             if source is not None and source.alive:
                 pull = refresh if rounds == 0 and refresh else self._pull(source, full=False)
@@ -576,6 +1011,8 @@ class Supervisor:
             return f"the new process {new.pid} was not ready within {self.config.ready_timeout:g}s"
         if isinstance(exc, StateError):
             return f"the state could not be handed over: {exc}"
+        if isinstance(exc, _StartRefused):
+            return str(exc)
         if new.alive:
             return f"the new process {new.pid} closed its control channel"
         return f"the new process {new.pid} {describe_exit(new.returncode)} before it was ready"
@@ -708,10 +1145,27 @@ class Supervisor:
                 self.snapshot_error = str(exc)
             self._write_status()
 
+    def _drop_patch_jobs(self) -> None:
+        if self._planned_task is not None:
+            self._planned_task.cancel()
+            self._planned_task = None
+        for pending in (self._planned, self._baseline_due):
+            if pending is not None and not pending.done.done():
+                pending.done.set_result(_not_now(pending, "the supervisor stopped before it"))
+        while self._patch_jobs:
+            job = self._patch_jobs.popleft()
+            if not job.done.done():
+                job.done.set_result(_not_now(job, "the supervisor stopped before applying it"))
+
     async def _shutdown(self) -> None:
         if self.state != "failed":
             self.state = "stopping"
         self._write_status()
+        self._drop_patch_jobs()
+        self.sys_path_known.set()  # a drop waiting for the first process: on with it
+        # The folder's thread may be waiting for this loop: stop it from another thread.
+        pipeline = self.pipeline
+        stopping = asyncio.create_task(asyncio.to_thread(pipeline.stop)) if pipeline else None
         if self._work is not None:
             self._work.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -736,9 +1190,22 @@ class Supervisor:
                         )
                     )
             self._pending = None
+        if stopping is not None:
+            self._drop_patch_jobs()
+            await stopping
+            self.pipeline = None
         self.close_sockets()
         self.chain.clear()
         if self.state != "failed":
             self.state = "stopped"
         self._write_status()
         log.info("stopped")
+
+
+def _not_now(job: PatchJob | BaselineJob, why: str) -> dict[str, Any]:
+    return {
+        "outcome": "pending",
+        "reason": f"{why}; drop it again to apply it",
+        "error_type": "RestartRequired",
+        "via": None,
+    }

@@ -29,7 +29,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import counter_logic  # type: ignore[import-not-found]  # beside this file
+
 import hotpatch
+import hotpatch._service
 
 KEYS_PER_MB = 100  # payload: lists of ~10 KB pickled per key
 ITEMS_PER_KEY = 180
@@ -84,6 +87,13 @@ class Plugin:
     def __init__(self) -> None:
         self.pids: list[int] = []
         self.resumed: list[float] = []
+        self.scheduled: list[dict[str, Any]] = []
+
+    @hotpatch.hookimpl
+    def hotpatch_restart_scheduled(
+        self, version: str, kind: str, reasons: list[str], when: float
+    ) -> None:
+        self.scheduled.append({"version": version, "kind": kind, "reasons": reasons, "when": when})
 
     @hotpatch.hookimpl
     def hotpatch_save_state(self) -> dict[str, Any]:
@@ -112,7 +122,7 @@ def handler_class(
         def do_GET(self) -> None:
             url = urlsplit(self.path)
             query = parse_qs(url.query)
-            body: dict[str, Any] = {"pid": os.getpid()}
+            body: dict[str, Any] = {"pid": os.getpid(), "tag": counter_logic.tag()}
             if url.path == "/inc":
                 client = f"c{query.get('c', ['anon'])[0]}"
                 with lock:
@@ -129,8 +139,14 @@ def handler_class(
                     body["counters"] = dict(counters)
                     body["resumed"] = list(resumed)
                     body["payload_keys"] = len(payload) if payload is not None else None
-                    body["plugin"] = {"pids": plugin.pids, "resumed": plugin.resumed}
+                    body["plugin"] = {
+                        "pids": plugin.pids,
+                        "resumed": plugin.resumed,
+                        "scheduled": plugin.scheduled,
+                    }
                     body["inflight"] = getattr(self.server, "inflight", None)
+            elif url.path == "/baseline-ready":
+                hotpatch._service.ready_for_baseline()
             elif url.path == "/slow":
                 time.sleep(int(query.get("ms", ["100"])[0]) / 1000)
             else:

@@ -1,0 +1,271 @@
+"""Patches under the supervisor: the registry side of a patch applied through a restart."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import time
+import types
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_supervisor import WAIT, Load, Supervised, request, supervise, wait_for
+
+import hotpatch
+from hotpatch import RestartRequired, load_patch
+
+__all__ = ["supervise"]  # the fixture, shared with test_supervisor
+
+
+def restart_patch(mod: types.ModuleType, write_patch: Callable[..., Path]) -> Path:
+    return write_patch(
+        f"""
+        from hotpatch import Patch
+        patch = Patch(version="1.0.1", baseline="1.0", restart=True)
+
+        @patch.replace("{mod.__name__}:answer")
+        def answer():
+            return "patched"
+        """
+    )
+
+
+def test_a_patch_needing_a_restart_applies_in_a_process_not_serving_yet(
+    make_module: Callable[[str], types.ModuleType],
+    write_patch: Callable[..., Path],
+    tmp_path: Path,
+) -> None:
+    mod = make_module("def answer():\n    return 'base'\n")
+    path = restart_patch(mod, write_patch)
+    journal = tmp_path / "journal.json"
+    registry = hotpatch.Registry("1.0", journal=journal)
+    with pytest.raises(RestartRequired):
+        registry.apply(load_patch(path))
+    assert mod.answer() == "base"
+    result = registry.apply(load_patch(path), restarting=True)
+    try:
+        assert registry.level == ("1.0.1",)
+        assert result.version == "1.0.1"
+        assert mod.answer() == "patched"
+    finally:
+        registry.rollback(to="1.0")
+    assert mod.answer() == "base"
+
+
+def test_the_journal_replays_a_patch_that_was_applied_through_a_restart(
+    make_module: Callable[[str], types.ModuleType],
+    write_patch: Callable[..., Path],
+    tmp_path: Path,
+) -> None:
+    # A journal is replayed by a process starting up, before it serves: what a
+    # restart is for. A restart=True patch in it must come back, not fail the replay.
+    mod = make_module("def answer():\n    return 'base'\n")
+    path = restart_patch(mod, write_patch)
+    journal = tmp_path / "journal.json"
+    first = hotpatch.Registry("1.0", journal=journal)
+    first.apply(load_patch(path), restarting=True)
+    first._journal = None  # this "process" ends; its code is undone in memory only
+    first.rollback(to="1.0")
+    assert mod.answer() == "base"
+    second = hotpatch.Registry("1.0", journal=journal)
+    try:
+        assert second.level == ("1.0.1",)
+        assert mod.answer() == "patched"
+    finally:
+        second.rollback(to="1.0")
+
+
+# -- end to end: a real HTTP service under `hotpatch run --watch` -----------------------
+
+BASE_OPTIONS = ("--baseline", "1.0", "--allow-unsigned")
+
+
+def logic_patch(version: str, tag: str, *, extra: str = "", head: str = "") -> str:
+    return textwrap.dedent(
+        f"""
+        from hotpatch import Patch
+        patch = Patch(version="{version}", baseline="1.0"{head})
+
+        @patch.replace("counter_logic:tag")
+        def tag():
+            return "{tag}"
+        """
+    ) + textwrap.dedent(extra)
+
+
+def drop(folder: Path, name: str, text: str) -> None:
+    """The documented way: write under a temporary name, then rename into the folder."""
+    tmp = folder / f".{name}.part"
+    tmp.write_text(text)
+    tmp.rename(folder / name)
+
+
+def result_of(folder: Path, name: str, supervised: Supervised) -> dict[str, Any]:
+    def find() -> dict[str, Any] | None:
+        for outcome in ("applied", "rejected", "pending"):
+            path = folder / outcome / f"{name}.result.json"
+            if path.exists():
+                result: dict[str, Any] = json.loads(path.read_text())
+                result["dir"] = outcome
+                return result
+        return None
+
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        if (found := find()) is not None:
+            return found
+        if supervised.process.poll() is not None:
+            pytest.fail(f"the supervisor exited before {name} had an outcome:\n{supervised.log()}")
+        time.sleep(0.02)
+    pytest.fail(f"no outcome for {name}:\n{supervised.log()[-5000:]}")
+
+
+def journal_level(path: Path) -> list[str]:
+    return [row["version"] for row in json.loads(path.read_text())["level"]]
+
+
+def test_a_dropped_patch_goes_into_the_serving_process_and_survives_a_restart(
+    supervise: Callable[..., Supervised], tmp_path: Path
+) -> None:
+    folder = tmp_path / "patches"
+    supervised = supervise(options=("--watch", str(folder), *BASE_OPTIONS))
+    first = supervised.child_pid
+    with Load(supervised.address) as load:
+        wait_for(lambda: load.served_by(first), "a request to the service")
+        assert request(supervised.address, "/get")["tag"] == "base"
+        drop(folder, "fix-1.0.1.py", logic_patch("1.0.1", "fixed"))
+        result = result_of(folder, "fix-1.0.1.py", supervised)
+        assert result["dir"] == "applied", result
+        assert result["outcome"] == "applied"
+        assert result["via"] == "hot"
+        assert result["level"] == ["1.0.1"]
+        assert result["targets"] == ["counter_logic:tag"]
+        assert (folder / "applied" / "fix-1.0.1.py").exists()
+        answer = request(supervised.address, "/get")
+        assert answer["tag"] == "fixed"
+        assert answer["pid"] == first  # hot: the same process
+        assert journal_level(folder / ".journal.json") == ["1.0.1"]
+        status = supervised.status()
+        assert status["patches"]["level"] == ["1.0.1"]
+        assert status["patches"]["last"]["via"] == "hot"
+        # Same content again: unchanged, decided without bothering the service.
+        drop(folder, "again.py", logic_patch("1.0.1", "fixed"))
+        assert result_of(folder, "again.py", supervised)["outcome"] == "unchanged"
+
+        outcome = supervised.restart()
+        assert outcome["ok"], outcome
+        wait_for(lambda: load.served_by(outcome["new_pid"]), "a request to the new process")
+        answer = request(supervised.address, "/get")
+        assert answer["pid"] == outcome["new_pid"] != first
+        assert answer["tag"] == "fixed"  # the journal was replayed before it served
+        assert supervised.status()["patches"]["level"] == ["1.0.1"]
+    load.check(request(supervised.address, "/get")["counters"])
+
+
+def test_a_patch_that_fails_verification_never_reaches_the_service(
+    supervise: Callable[..., Supervised], tmp_path: Path
+) -> None:
+    folder = tmp_path / "patches"
+    supervised = supervise(options=("--watch", str(folder), *BASE_OPTIONS))
+    drop(folder, "bad.py", logic_patch("1.0.1", "x").replace("counter_logic:tag", "nowhere:tag"))
+    result = result_of(folder, "bad.py", supervised)
+    assert result["dir"] == "rejected"
+    assert "nowhere" in result["reason"]
+    assert supervised.status()["patches"]["level"] == []
+    assert request(supervised.address, "/get")["tag"] == "base"
+
+
+def test_signatures_are_required_unless_allowed(tmp_path: Path) -> None:
+    folder = tmp_path / "patches"
+    command = [sys.executable, "-m", "hotpatch.supervisor", "run", "--watch", str(folder)]
+    result = subprocess.run(
+        [*command, "--baseline", "1.0", "--", "true"], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 2
+    assert "--trusted-keys" in result.stderr
+    result = subprocess.run([*command, "--", "true"], capture_output=True, text=True, check=False)
+    assert result.returncode == 2
+    assert "--baseline" in result.stderr
+
+
+# -- step 2: a patch that cannot go in hot goes in through a restart --------------------
+
+
+def test_a_patch_needing_a_restart_is_applied_by_a_memory_preserving_restart(
+    supervise: Callable[..., Supervised], tmp_path: Path
+) -> None:
+    folder = tmp_path / "patches"
+    supervised = supervise(options=("--watch", str(folder), *BASE_OPTIONS))
+    first = supervised.child_pid
+    with Load(supervised.address) as load:
+        wait_for(lambda: load.served_by(first), "a request to the service")
+        drop(folder, "big-1.0.1.py", logic_patch("1.0.1", "restarted", head=", restart=True"))
+        result = result_of(folder, "big-1.0.1.py", supervised)
+        assert result["dir"] == "applied", result
+        assert result["via"] == "restart"
+        assert "restart=True" in result["reason"]
+        status = supervised.status()
+        restart = status["last_restart"]
+        assert restart["ok"]
+        assert restart["kind"] == "preserving"
+        assert restart["state"] == "complete"
+        assert restart["old_pid"] == first
+        assert "1.0.1" in restart["reason"]
+        assert status["patches"]["last"]["via"] == "restart"
+        assert status["patches"]["level"] == ["1.0.1"]
+        wait_for(lambda: load.served_by(restart["new_pid"]), "a request to the new process")
+        answer = request(supervised.address, "/get")
+        assert answer["tag"] == "restarted"
+        assert answer["pid"] == restart["new_pid"]
+        assert journal_level(folder / ".journal.json") == ["1.0.1"]
+        # A hot patch on top, then a plain SIGHUP restart: the journal (with the
+        # restart=True patch in it) is replayed.
+        drop(folder, "small-1.0.2.py", logic_patch("1.0.2", "hot-on-top"))
+        assert result_of(folder, "small-1.0.2.py", supervised)["via"] == "hot"
+        outcome = supervised.restart()
+        assert outcome["ok"], outcome
+        wait_for(lambda: load.served_by(outcome["new_pid"]), "a request to the third process")
+        assert request(supervised.address, "/get")["tag"] == "hot-on-top"
+        assert supervised.status()["patches"]["level"] == ["1.0.1", "1.0.2"]
+    load.check(request(supervised.address, "/get")["counters"])
+
+
+def test_when_the_new_process_cannot_apply_it_the_old_one_keeps_serving(
+    supervise: Callable[..., Supervised], tmp_path: Path
+) -> None:
+    folder = tmp_path / "patches"
+    supervised = supervise(options=("--watch", str(folder), *BASE_OPTIONS))
+    first = supervised.child_pid
+    broken = logic_patch(
+        "1.0.1",
+        "never",
+        head=", restart=True",
+        extra="""
+        @patch.migrate("counter_logic")
+        def upgrade(module):
+            raise RuntimeError("the data cannot be upgraded")
+        """,
+    )
+    with Load(supervised.address) as load:
+        wait_for(lambda: load.served_by(first), "a request to the service")
+        drop(folder, "broken-1.0.1.py", broken)
+        result = result_of(folder, "broken-1.0.1.py", supervised)
+        assert result["dir"] == "rejected", result
+        assert result["via"] == "restart"
+        assert "the data cannot be upgraded" in result["reason"]
+        assert "restart failed" in result["reason"]
+        status = supervised.status()
+        assert status["child"]["pid"] == first
+        assert status["last_restart"]["ok"] is False
+        assert "keeps serving" in status["last_restart"]["error"]
+        answer = request(supervised.address, "/get")
+        assert answer["pid"] == first
+        assert answer["tag"] == "base"
+        assert (
+            not (folder / ".journal.json").exists() or journal_level(folder / ".journal.json") == []
+        )
+    load.check(request(supervised.address, "/get")["counters"])
