@@ -34,7 +34,7 @@ from hotpatch._hookspecs import hookimpl
 from hotpatch._loader import load_patch
 from hotpatch._patch import Patch
 from hotpatch._registry import ApplyResult, CheckReport, HistoryEntry, Registry, RollbackResult
-from hotpatch._service import PreservedDict, listen_socket, preserved, ready
+from hotpatch._service import PreservedDict, listen_socket, preserved, ready, ready_for_baseline
 
 __all__ = [
     "Agent",
@@ -63,4 +63,5 @@ __all__ = [
     "load_patch",
     "preserved",
     "ready",
+    "ready_for_baseline",
 ]

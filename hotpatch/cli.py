@@ -400,7 +400,66 @@ def _show_verify(answer: Answer, out: TextIO) -> None:
 
 
 def _status(args: argparse.Namespace) -> int:
+    supervised = _supervisor_status(args)
+    if supervised is not None:
+        return _finish(args, supervised, _show_supervisor)
     return _finish(args, _ask(args, {"cmd": "status"}), _show_status)
+
+
+def _supervisor_status(args: argparse.Namespace) -> Answer | None:
+    """The status file of the supervisor owning --folder (or ./), ``None`` for an agent."""
+    if getattr(args, "socket", None):
+        return None
+    folder = Path(args.folder) if getattr(args, "folder", None) else Path.cwd()
+    try:
+        info = json.loads((folder / PIDFILE).read_bytes())
+    except (OSError, ValueError):
+        return None  # not there or unreadable: the agent path reports it
+    if not isinstance(info, dict) or not info.get("supervisor"):
+        return None
+    from hotpatch.supervisor import read_status  # noqa: PLC0415 - supervisors only
+
+    path = info.get("status_file")
+    if not isinstance(path, str) or not path:
+        msg = (
+            f"the supervisor watching {folder} writes no status file: start "
+            "`hotpatch run` with --status-file PATH"
+        )
+        raise UsageError(msg)
+    try:
+        status = read_status(Path(path))
+    except (OSError, ValueError, TypeError) as exc:
+        msg = f"the supervisor's status file {path} cannot be read: {exc}"
+        raise UsageError(msg) from None
+    if status is None:
+        msg = f"the supervisor has not written {path} yet; try again in a moment"
+        raise UsageError(msg)
+    return {"ok": True, "supervisor": True, **status}
+
+
+def _show_supervisor(answer: Answer, out: TextIO) -> None:
+    patches = answer.get("patches") or {}
+    child = answer.get("child") or {}
+    pauses = [p for p in answer.get("pauses_s") or [] if isinstance(p, int | float)]
+    last = answer.get("last_restart") or {}
+    rows = [
+        ("supervisor", f"pid {answer.get('pid')}, {answer.get('state')}"),
+        ("service", f"pid {child.get('pid')}" if isinstance(child, dict) and child else None),
+        ("baseline", patches.get("baseline")),
+        ("level", patches.get("level") or f"baseline only ({patches.get('baseline')})"),
+        ("pending baseline", patches.get("baseline_pending")),
+        ("restarts", answer.get("restarts")),
+        (
+            "last restart",
+            f"{last.get('kind')} {'ok' if last.get('ok') else 'failed'}"
+            + (f", paused {last['paused_s'] * 1e3:.1f} ms" if last.get("paused_s") else "")
+            if last
+            else None,
+        ),
+        ("pauses", f"{len(pauses)}, max {max(pauses) * 1e3:.1f} ms" if pauses else None),
+        ("error", answer.get("error")),
+    ]
+    print(table([r for r in rows if r[1] not in (None, {}, [])]), file=out)
 
 
 def _patch_path(file: str) -> str:
