@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import queue
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -109,6 +110,22 @@ def _parser() -> argparse.ArgumentParser:
     )
     verify.add_argument("file", metavar="FILE", help="the patch file")
     verify.set_defaults(run=_verify)
+
+    watch = commands.add_parser(
+        "watch",
+        parents=[json_opt],
+        help="follow a patch folder's outcomes as they happen (a line each; Ctrl-C ends)",
+    )
+    watch.add_argument(
+        "folder", nargs="?", default=".", metavar="DIR", help="the patch folder (default: .)"
+    )
+    watch.add_argument(
+        "--count",
+        type=int,
+        metavar="N",
+        help="end after N outcomes (default: follow until interrupted)",
+    )
+    watch.set_defaults(run=_watch)
 
     keygen = commands.add_parser(
         "keygen", parents=[json_opt], help="make an ed25519 key pair for signing patches"
@@ -460,6 +477,69 @@ def _show_supervisor(answer: Answer, out: TextIO) -> None:
         ("error", answer.get("error")),
     ]
     print(table([r for r in rows if r[1] not in (None, {}, [])]), file=out)
+
+
+OUTCOME_DIRS = ("applied", "rejected", "pending")
+
+
+def _watch(args: argparse.Namespace) -> int:
+    """Print each ``NAME.result.json`` that appears in the folder's outcome directories."""
+    from watchdog.events import FileSystemEvent, FileSystemEventHandler  # noqa: PLC0415
+    from watchdog.observers import Observer  # noqa: PLC0415
+
+    folder = Path(args.folder)
+    if not folder.is_dir():
+        msg = f"{folder} is not a folder: give the patch folder an agent or supervisor watches"
+        raise UsageError(msg)
+    seen: queue.Queue[Path] = queue.Queue()
+
+    class Results(FileSystemEventHandler):
+        def on_any_event(self, event: FileSystemEvent) -> None:
+            # result files are written under a temporary name and renamed into place
+            path = str(getattr(event, "dest_path", "") or event.src_path)
+            if event.event_type in ("moved", "closed", "created") and path.endswith(".result.json"):
+                seen.put(Path(path))
+
+    observer = Observer()
+    for name in OUTCOME_DIRS:
+        (folder / name).mkdir(exist_ok=True)
+        observer.schedule(Results(), str(folder / name), recursive=False)
+    observer.start()
+    # On stderr even with --json: it says the follower is listening (stdout stays JSON lines).
+    print(f"watching {folder} for outcomes (Ctrl-C to stop)", file=sys.stderr, flush=True)
+    shown: set[Path] = set()
+    try:
+        while args.count is None or len(shown) < args.count:
+            path = seen.get()
+            if path in shown:
+                continue
+            try:
+                record = json.loads(path.read_bytes())
+            except (OSError, ValueError):
+                continue  # not complete yet: its rename will be seen
+            shown.add(path)
+            _show_watched(args, path.parent.name, record)
+    finally:
+        observer.stop()
+        observer.join()
+    return EXIT_OK
+
+
+def _show_watched(args: argparse.Namespace, where: str, record: Answer) -> None:
+    if getattr(args, "json", False):
+        print(json.dumps({"dir": where, **record}, ensure_ascii=False), flush=True)
+        return
+    timings = record.get("timings") or {}
+    total = timings.get("total_s")
+    parts = [
+        str(record.get("time") or ""),
+        f"{record.get('version') or '?'}",
+        str(record.get("outcome") or where),
+        f"via {record['via']}" if record.get("via") else "",
+        f"{total * 1e3:.1f} ms" if isinstance(total, int | float) else "",
+        str(record.get("reason") or "") if record.get("outcome") != "applied" else "",
+    ]
+    print("  ".join(p for p in parts if p), flush=True)
 
 
 def _patch_path(file: str) -> str:

@@ -432,3 +432,46 @@ def test_run_is_the_supervisor_command_line():
     )
     assert missing.returncode == 2
     assert "give the service's command after --" in missing.stderr
+
+
+# -- watch ----------------------------------------------------------------------------------
+
+
+def _drop(folder: Path, source: Path, name: str) -> None:
+    """The documented way: a temporary name, then a rename into the folder."""
+    staged = folder / f".{name}.part"
+    staged.write_bytes(source.read_bytes())
+    staged.rename(folder / name)
+
+
+def test_watch_follows_outcomes_as_they_happen(agent, watched, patch_file, target) -> None:
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "hotpatch", "watch", str(watched), "--count", "2", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert follower.stderr is not None
+        assert "watching" in follower.stderr.readline()  # its observer is running
+        _drop(watched, patch_file("1.0.1", 3), "fix.py")
+        broken = watched.parent / "broken.py"
+        broken.write_text('from hotpatch import Patch\npatch = Patch(version="1.0.2", baseline=')
+        _drop(watched, broken, "broken.py")
+        out, err = follower.communicate(timeout=120)
+    finally:
+        follower.kill()
+    assert follower.returncode == 0, err
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert [(r["version"], r["outcome"], r["dir"]) for r in lines] == [
+        ("1.0.1", "applied", "applied"),
+        (None, "rejected", "rejected"),  # a file that does not parse has no version
+    ]
+    assert "syntax error" in lines[1]["reason"]
+    assert target.price(2) == 6
+
+
+def test_watch_needs_a_folder(tmp_path: Path) -> None:
+    result = run_cli("watch", str(tmp_path / "missing"))
+    assert result.returncode == 2
+    assert "is not a folder" in result.stderr

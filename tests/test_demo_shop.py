@@ -7,6 +7,7 @@ import json
 import re
 import subprocess
 import sys
+import zipfile
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -36,7 +37,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.Completed
         [sys.executable, str(DEMOS / "shop_under_load.py"), "--out", str(out)],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=600,  # a bound for a stuck demo: its steps have their own deadlines
         check=False,
         cwd=DEMOS.parent,
     )
@@ -170,16 +171,78 @@ def test_the_bad_patch_passes_every_check_and_raises_for_silver_members(
     assert shop.loyalty_discount("m7") == Decimal("0.05")
 
 
-def test_the_bundle_is_release_1_1_with_the_fix_folded_in() -> None:
+@pytest.fixture
+def demo_module() -> Iterator[ModuleType]:
+    """``demos/shop_under_load.py`` imported as a module (its ``main`` is not run)."""
+    name = "shop_under_load_under_test"
+    spec = importlib.util.spec_from_file_location(name, DEMOS / "shop_under_load.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        del sys.modules[name]
+
+
+def test_the_repository_keeps_only_what_release_1_1_changes() -> None:
+    overrides = sorted(
+        p.relative_to(BUNDLE).as_posix()
+        for p in BUNDLE.rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts
+    )
+    assert overrides == ["overrides/shop/__init__.py", "overrides/shop/pricing.py", "patch.toml"]
+    for name in ("__init__.py", "pricing.py"):  # each override changes the file it replaces
+        assert (BUNDLE / "overrides" / "shop" / name).read_text() != (
+            DEMOS / "shop" / name
+        ).read_text(), name
+
+
+def test_the_built_bundle_is_the_shop_with_release_1_1_laid_over_it(
+    demo_module: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import tomllib
 
-    toml = tomllib.loads((BUNDLE / "patch.toml").read_text())
+    archive = tmp_path / "shop-1.1.zip"
+    changed = demo_module.build_bundle(BUNDLE, DEMOS / "shop", archive)
+    assert changed == ["shop/__init__.py", "shop/pricing.py"]
+    with zipfile.ZipFile(archive) as bundle:
+        names = bundle.namelist()
+        assert len(names) == len(set(names))
+        contents = {name: bundle.read(name) for name in names}
+    toml = tomllib.loads(contents["patch.toml"].decode())
+    assert contents["patch.toml"] == (BUNDLE / "patch.toml").read_bytes()
     assert toml["patch"]["version"] == "1.1"
     assert toml["patch"]["kind"] == "unplanned-baseline"
-    src = BUNDLE / toml["code"]["root"] / "shop"
-    # Only the release number and the pricing change; the service is the same code.
-    for name in ("service.py", "__main__.py"):
-        assert (src / name).read_text() == (DEMOS / "shop" / name).read_text(), name
-    assert 'CODE = "1.1"' in (src / "__init__.py").read_text()
-    assert "qty >= BULK_QTY" in (src / "pricing.py").read_text()
-    assert "qty > BULK_QTY" in (DEMOS / "shop" / "pricing.py").read_text()
+    root = toml["code"]["root"]
+    # The whole code tree: every file of demos/shop, the changed ones from overrides/.
+    shop = {
+        p.relative_to(DEMOS).as_posix(): p
+        for p in (DEMOS / "shop").rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"
+    }
+    assert {"shop/service.py", "shop/__main__.py"} <= set(shop)
+    assert set(names) == {"patch.toml", *(f"{root}/{name}" for name in shop)}
+    for name, path in shop.items():
+        override = BUNDLE / "overrides" / name
+        expected = override if name in changed else path
+        assert contents[f"{root}/{name}"] == expected.read_bytes(), name
+    # Unpacked, it is release 1.1: the fix in the shipped code.
+    with zipfile.ZipFile(archive) as bundle:
+        bundle.extractall(tmp_path / "bundle")
+    monkeypatch.syspath_prepend(str(tmp_path / "bundle" / root))
+    try:
+        import shop as released
+        import shop.pricing
+
+        assert released.__file__ is not None
+        assert Path(released.__file__).is_relative_to(tmp_path)
+        assert released.CODE == "1.1"
+        assert shop.pricing.quote("widget", 10, Decimal(0)) == Decimal("89.91")
+        assert shop.pricing.quote("widget", 9, Decimal(0)) == Decimal("89.91")
+    finally:
+        for name in [m for m in sys.modules if m == "shop" or m.startswith("shop.")]:
+            del sys.modules[name]
+    assert "qty > BULK_QTY" in (DEMOS / "shop" / "pricing.py").read_text()  # 1.0: the bug
