@@ -47,6 +47,7 @@ import time
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, MutableMapping
 from typing import Any, BinaryIO, Self
 
+from hotpatch._hookspecs import hookimpl
 from hotpatch._plugins import PluginHost
 
 __all__ = [
@@ -373,6 +374,10 @@ class _Runtime:
         self.resumed: list[Callable[[float], object]] = []
         self.plugins = PluginHost()
         self.handover_at_exit: float | None = None
+        # Every level report carries a number taken under this lock: the
+        # supervisor keeps the newest, whichever way it came (reply or report).
+        self.level_lock = threading.Lock()
+        self.level_seq = 0
         # Held while the control thread answers the supervisor: the
         # interpreter's exit waits for it, so a service whose main returns as
         # soon as it stops serving cannot cut the final round short.
@@ -610,7 +615,9 @@ class _Runtime:
 
         try:
             self.registry = Registry(
-                self.baseline, journal=self.journal, plugins=self._plugin_objects()
+                self.baseline,
+                journal=self.journal,
+                plugins=[*self._plugin_objects(), _LevelReporter(self)],
             )
         except Exception as exc:
             log.exception("cannot replay the journal %s", self.journal)
@@ -635,13 +642,31 @@ class _Runtime:
         registry = self.registry
         if registry is None:
             return {}
+        with self.level_lock:
+            return self._level_info_locked(registry)
+
+    def _level_info_locked(self, registry: Any) -> dict[str, Any]:
+        self.level_seq += 1
         return {
             "baseline": registry.baseline,
             "level": list(registry.level),
             "patches": [
                 [p.version, p.source.sha256 if p.source else None] for p in registry.patches
             ],
+            "level_seq": self.level_seq,
         }
+
+    def report_level(self) -> None:
+        """Tell the supervisor the registry's level changed (a plugin, or the service's code)."""
+        registry, channel = self.registry, self.channel
+        if registry is None or channel is None:
+            return
+        with self.level_lock:  # sent in the order taken: the newest report arrives last
+            info = self._level_info_locked(registry)
+            try:
+                send_message(channel, {"op": "level", **info})
+            except OSError as exc:
+                log.warning("cannot report the patch level to the supervisor: %s", exc)
 
     def apply_patch(
         self, message: Mapping[str, Any], data: bytes, *, restarting: bool = False
@@ -722,6 +747,10 @@ class _Runtime:
             self._drain(float(message["timeout"]))
         elif op == "stop":
             self._stop(float(message["timeout"]))
+        elif op == "health":
+            self._send({"op": "health", "id": message.get("id"), **self._health(message)})
+        elif op == "rollback":
+            self._send({"op": "rolled-back", "id": message.get("id"), **self._rollback(message)})
         elif op == "announce":
             log.info("restart scheduled: %s", "; ".join(message.get("reasons", [])))
             self.plugins.notify(
@@ -733,6 +762,55 @@ class _Runtime:
             )
         else:
             log.warning("ignoring unknown control message %r", op)
+
+    def _health(self, message: Mapping[str, Any]) -> dict[str, Any]:
+        """The ``hotpatch_health_check`` hooks (and the HTTP probe, if asked), run here."""
+        answers = self.plugins.notify("hotpatch_health_check", registry=self.registry)
+        reasons = [f"{answers.count(False)} hotpatch_health_check hook(s) answered False"]
+        if False not in answers:
+            reasons = []
+        url = message.get("url")
+        if url:
+            reasons.extend(self._probe(str(url), float(message.get("timeout", 5.0))))
+        return {"ok": not reasons, "reasons": reasons, **self._level_info()}
+
+    def _probe(self, path: str, timeout: float) -> list[str]:
+        """GET ``path`` on the first listening socket's address, from inside this worker.
+
+        The listening sockets are shared by every worker, so whichever worker
+        accepts answers the probe: it checks that the service answers. What a
+        single worker says about itself is its ``hotpatch_health_check`` hooks.
+        """
+        import http.client  # noqa: PLC0415
+        from http import HTTPStatus  # noqa: PLC0415
+
+        if not self.listeners:
+            return [f"HTTP probe {path}: this process listens on no socket"]
+        host, port = next(iter(self.listeners.values())).getsockname()[:2]
+        connection = http.client.HTTPConnection(host, port, timeout=timeout)
+        try:
+            connection.request("GET", path)
+            status = connection.getresponse().status
+        except OSError as exc:
+            return [f"HTTP probe GET {path} failed: {exc}"]
+        finally:
+            connection.close()
+        return (
+            []
+            if HTTPStatus.OK <= status < HTTPStatus.BAD_REQUEST
+            else [f"HTTP probe GET {path} answered {status}"]
+        )
+
+    def _rollback(self, message: Mapping[str, Any]) -> dict[str, Any]:
+        """Roll the registry back to level ``to`` (a halted rollout); the outcome, never raises."""
+        if self.registry is None:
+            return {"ok": False, "error": "this process keeps no patch registry"}
+        try:
+            self.registry.rollback(to=str(message["to"]), who=str(message.get("who", "supervisor")))
+        except Exception as exc:
+            log.exception("rollback to %s failed", message.get("to"))
+            return {"ok": False, "error": f"{type(exc).__name__}: {exc}", **self._level_info()}
+        return {"ok": True, **self._level_info()}
 
     def _pull(self, message: Mapping[str, Any]) -> None:
         reply: dict[str, Any] = {"id": message.get("id")}
@@ -794,6 +872,27 @@ class _Runtime:
         if self.handover_at_exit is not None:
             self._handover(self.handover_at_exit)
             self.handover_at_exit = None
+
+
+class _LevelReporter:
+    """A registry plugin of the runtime: every apply and rollback is reported to the supervisor.
+
+    The supervisor learns of the patches it delivered from the replies, but a
+    plugin (the health gate) or the service's own code may change the level
+    too; without this the supervisor's status and its ``unchanged`` decisions
+    would follow a level the process no longer has.
+    """
+
+    def __init__(self, runtime: _Runtime) -> None:
+        self.runtime = runtime
+
+    @hookimpl
+    def hotpatch_after_apply(self, patch: Any, registry: Any, result: Any) -> None:
+        self.runtime.report_level()
+
+    @hookimpl
+    def hotpatch_after_rollback(self, registry: Any, result: Any) -> None:
+        self.runtime.report_level()
 
 
 def _read_memfd(fds: list[int]) -> bytes:
@@ -858,6 +957,10 @@ def preserved(name: str, factory: Callable[[], Mapping[Any, Any]] = dict) -> Pre
     (first start, or no supervisor) a new :class:`PreservedDict` holding
     ``factory()``. See :class:`PreservedDict` for which changes are tracked.
     Calling it again with the same name returns the same object.
+
+    With ``hotpatch run --workers N`` the state is per worker: each worker
+    process has its own, handed to its own successor; workers share nothing
+    but the listening sockets (keep what must be shared in a database).
     """
     return _get_runtime().preserved(name, factory)
 

@@ -269,3 +269,48 @@ def test_when_the_new_process_cannot_apply_it_the_old_one_keeps_serving(
             not (folder / ".journal.json").exists() or journal_level(folder / ".journal.json") == []
         )
     load.check(request(supervised.address, "/get")["counters"])
+
+
+# -- the supervisor follows the level the service has, whoever changed it ---------------
+
+
+def raising_patch(version: str) -> str:
+    return logic_patch(version, "x").replace('return "x"', 'raise RuntimeError("bad patch")')
+
+
+def test_a_rollback_by_the_health_gate_in_the_service_reaches_the_supervisor(
+    supervise: Callable[..., Supervised], tmp_path: Path
+) -> None:
+    folder = tmp_path / "patches"
+    supervised = supervise("--health-gate", "3", options=("--watch", str(folder), *BASE_OPTIONS))
+    drop(folder, "bad-1.0.1.py", raising_patch("1.0.1"))
+    result = result_of(folder, "bad-1.0.1.py", supervised)
+    assert result["outcome"] == "applied", result
+    assert supervised.status()["patches"]["level"] == ["1.0.1"]
+
+    failed = 0
+
+    def rolled_back() -> bool:
+        nonlocal failed
+        try:
+            return request(supervised.address, "/get")["tag"] == "base"
+        except Exception:
+            failed += 1  # the patched function raised: the request failed
+            return False
+
+    wait_for(rolled_back, "the health gate to roll the patch back")
+    assert failed >= 3
+    # The supervisor heard it from the service, not from a reply of its own.
+    status = supervised.wait(
+        lambda s: s["patches"]["level"] == [], "the status to show the rollback"
+    )
+    assert status["child"]["pid"] == supervised.child_pid
+    assert journal_level(folder / ".journal.json") == []
+    assert "reports its patch level" in supervised.log()
+
+    # The same version again is not `unchanged`: the service no longer has it.
+    drop(folder, "bad-again.py", raising_patch("1.0.1"))
+    again = result_of(folder, "bad-again.py", supervised)
+    assert again["outcome"] == "applied", again
+    assert again["level"] == ["1.0.1"]
+    assert supervised.status()["patches"]["level"] == ["1.0.1"]

@@ -25,6 +25,7 @@ log = logging.getLogger("hotpatch.supervisor")
 
 _PR_SET_PDEATHSIG = 1
 _EXIT_AFTER_EOF = 1.0  # how long a closed channel waits for the exit status
+LEVEL_KEYS = ("baseline", "level", "patches")  # what a level report updates in ``info``
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +101,7 @@ class Child:
         self.retiring = False  # told to drain or stop: its exit is expected
         self.info: dict[str, Any] = {}  # what it said when loaded: sys.path, baseline, level
         self.baseline_ready = False  # it called hotpatch.ready_for_baseline()
+        self.on_level: Callable[[Child], None] | None = None  # told of an unsolicited level
         self.lock = asyncio.Lock()  # one request/reply exchange at a time
         self.exited: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._loop = asyncio.get_running_loop()
@@ -180,6 +182,18 @@ class Child:
                 self._wakeup = self._loop.create_future()
                 await self._wakeup
 
+    def update_level(self, report: Mapping[str, Any]) -> bool:
+        """Take the level a reply or report carries, unless a newer one was seen; changed?"""
+        seq = report.get("level_seq")
+        known = self.info.get("level_seq")
+        if seq is not None and known is not None and int(seq) <= int(known):
+            return False
+        before = {k: self.info.get(k) for k in LEVEL_KEYS}
+        for key in (*LEVEL_KEYS, "level_seq"):
+            if key in report:
+                self.info[key] = report[key]
+        return before != {k: self.info.get(k) for k in LEVEL_KEYS}
+
     @staticmethod
     def request_id() -> int:
         return next(Child._ids)
@@ -206,6 +220,12 @@ class Child:
                     self.baseline_ready = True
                     for fd in fds:
                         os.close(fd)
+                    continue
+                if message["op"] == "level":  # unsolicited: the level changed in the process
+                    for fd in fds:
+                        os.close(fd)
+                    if self.update_level(message) and self.on_level is not None:
+                        self.on_level(self)
                     continue
                 self._inbox.append(Message(message["op"], message, fds))
             self._wake()

@@ -14,6 +14,7 @@ from pathlib import Path
 from hotpatch._service import ENV_BASELINE, parse_bind
 from hotpatch.supervisor._child import ChildSpec
 from hotpatch.supervisor._supervisor import Supervisor, SupervisorConfig
+from hotpatch.supervisor._workers import Fleet
 
 __all__ = ["build_parser", "main"]
 
@@ -61,6 +62,28 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         help="a listening socket the supervisor owns; the service takes it with "
         "hotpatch.listen_socket(NAME) (repeatable; port 0 picks a free one)",
+    )
+    run.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run N worker processes sharing the sockets, each with its own preserved state "
+        "and journal; patches and restarts roll through them in update domains of at most "
+        "20%% of the workers, each batch health-checked (default 1)",
+    )
+    run.add_argument(
+        "--health-url",
+        metavar="PATH",
+        help="with --workers: after each batch, also GET PATH from inside each changed worker "
+        "(the sockets are shared, so any worker may answer: it checks the service answers)",
+    )
+    run.add_argument(
+        "--settle",
+        type=float,
+        default=1.0,
+        metavar="S",
+        help="with --workers: seconds a batch serves before its health check (default 1)",
     )
     run.add_argument(
         "--state-mb",
@@ -190,7 +213,7 @@ def _config(args: argparse.Namespace, command: list[str]) -> SupervisorConfig:
     if len(set(names)) != len(names):
         msg = f"--bind names must be unique, got {', '.join(names)}"
         raise ValueError(msg)
-    for option in ("state_mb", "max_restarts"):
+    for option in ("state_mb", "max_restarts", "workers"):
         if getattr(args, option) < 1:
             msg = f"--{option.replace('_', '-')} must be at least 1"
             raise ValueError(msg)
@@ -261,10 +284,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             format="%(asctime)s hotpatch[%(process)d] %(levelname)s %(message)s",
             stream=sys.stderr,
         )
-    supervisor = Supervisor(config)
+    runner: Supervisor | Fleet
+    if args.workers > 1:
+        runner = Fleet(config, args.workers, health_url=args.health_url, settle=args.settle)
+    else:
+        runner = Supervisor(config)
     try:
-        supervisor.open_sockets()
+        runner.open_sockets()
     except OSError as exc:
         log.error("%s", exc.strerror or exc)  # noqa: TRY400 -- the message says it all
         return 1
-    return asyncio.run(supervisor.run())
+    return asyncio.run(runner.run())

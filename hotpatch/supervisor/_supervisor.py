@@ -32,7 +32,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -210,9 +210,21 @@ class _Feed:
 class Supervisor:
     """Runs one service process at a time and restarts it without dropping connections."""
 
-    def __init__(self, config: SupervisorConfig) -> None:
+    def __init__(
+        self,
+        config: SupervisorConfig,
+        *,
+        listeners: dict[str, socket.socket] | None = None,
+        index: int | None = None,
+        on_status: Callable[[], None] | None = None,
+    ) -> None:
         self.config = config
-        self.listeners: dict[str, socket.socket] = {}
+        # A worker of a fleet (``--workers N``): the fleet owns the sockets, the
+        # signals, the folder and the status file; this one runs one process.
+        self.index = index
+        self.shared_sockets = listeners is not None
+        self.listeners: dict[str, socket.socket] = dict(listeners or {})
+        self.on_status = on_status
         self.chain = StateChain()
         self.current: Child | None = None
         self.starting: Child | None = None
@@ -264,8 +276,9 @@ class Supervisor:
                 raise OSError(exc.errno, msg) from exc
 
     def close_sockets(self) -> None:
-        for sock in self.listeners.values():
-            sock.close()
+        if not self.shared_sockets:  # shared ones are the fleet's to close
+            for sock in self.listeners.values():
+                sock.close()
         self.listeners.clear()
 
     @property
@@ -329,6 +342,8 @@ class Supervisor:
         return [(str(v), sha) for v, sha in current.info.get("patches", [])]
 
     def _write_status(self) -> None:
+        if self.on_status is not None:
+            self.on_status()
         if self.config.status_file is not None:
             try:
                 write_status(self.config.status_file, self.status())
@@ -343,11 +358,13 @@ class Supervisor:
         self.loop = loop
         self._stopping = asyncio.Event()
         self.open_sockets()
-        handlers = {
+        handlers: dict[int, Callable[[], object]] = {
             signal.SIGHUP: lambda: self.request_restart("SIGHUP"),
             signal.SIGTERM: lambda: self.request_stop("SIGTERM"),
             signal.SIGINT: lambda: self.request_stop("SIGINT"),
         }
+        if self.index is not None:
+            handlers = {}  # the fleet hears the signals
         for signum, handler in handlers.items():
             loop.add_signal_handler(signum, handler)
         log.info(
@@ -592,10 +609,32 @@ class Supervisor:
                 "patched", timeout=self.config.patch_timeout, request=request
             )
         answer = dict(message.body)
-        for k in ("baseline", "level", "patches"):
-            if k in answer:
-                child.info[k] = answer[k]
+        child.update_level(answer)
         return answer
+
+    async def ask(self, body: dict[str, Any], reply: str, timeout: float) -> dict[str, Any]:
+        """Ask the serving process (``health``, ``rollback``) and return its reply.
+
+        Raises ``ChildExited`` if no process serves or it ends meanwhile.
+        """
+        child = self.current
+        if child is None or not child.alive or child.ready_at is None:
+            msg = f"worker {self.index}: no process is serving"
+            raise ChildExited(msg)
+        async with child.lock:
+            request = Child.request_id()
+            child.send({**body, "id": request})
+            message = await child.expect(reply, timeout=timeout, request=request)
+        answer = dict(message.body)
+        if child.update_level(answer):
+            self._write_status()
+        return answer
+
+    @property
+    def serving(self) -> Child | None:
+        """The process serving now, if any."""
+        child = self.current
+        return child if child is not None and child.alive and child.ready_at is not None else None
 
     async def _restart_for(
         self, old: Child, job: PatchJob, answer: dict[str, Any]
@@ -722,6 +761,12 @@ class Supervisor:
             self._start_work(self._apply_baseline(job))
         elif self._patch_jobs and current.ready_at is not None:
             self._start_work(self._deliver(self._patch_jobs.popleft()))
+
+    def _on_level(self, child: Child) -> None:
+        """The process changed its level by itself (a plugin's rollback, its own code)."""
+        level = ", ".join(child.info.get("level") or []) or "none"
+        log.info("process %d reports its patch level: %s", child.pid, level)
+        self._write_status()
 
     def _on_exit(self, child: Child) -> None:
         if child is self.current and not child.retiring:
@@ -971,6 +1016,7 @@ class Supervisor:
             raise _BringUpFailed(msg, old_drained=False, stopped_at=down_since) from exc
         self.children.add(new)
         new.exited.add_done_callback(lambda _: self._on_exit(new))
+        new.on_level = self._on_level
         self.starting = new
         self._write_status()
         return new

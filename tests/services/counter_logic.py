@@ -5,3 +5,8 @@ from __future__ import annotations
 
 def tag() -> str:
     return "base"
+
+
+def healthy() -> bool:
+    """What the service's ``hotpatch_health_check`` hook answers (a test patch may say no)."""
+    return True

@@ -96,6 +96,10 @@ class Plugin:
         self.scheduled.append({"version": version, "kind": kind, "reasons": reasons, "when": when})
 
     @hotpatch.hookimpl
+    def hotpatch_health_check(self, registry: Any) -> bool:
+        return bool(counter_logic.healthy())
+
+    @hotpatch.hookimpl
     def hotpatch_save_state(self) -> dict[str, Any]:
         return {"pids": [*self.pids, os.getpid()]}
 
@@ -166,7 +170,16 @@ def handler_class(
     return Handler
 
 
-def main() -> int:
+def service_plugins(args: argparse.Namespace, plugin: Plugin) -> list[object]:
+    plugins: list[object] = [plugin] if args.plugin else []
+    if args.health_gate:
+        from hotpatch_plugins.health_gate import HealthGate
+
+        plugins.append(HealthGate(window_s=600.0, min_calls=10**6, max_errors=args.health_gate))
+    return plugins
+
+
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tag", default="", help="ignored; lets tests find their processes")
     parser.add_argument("--default-bind", default=None)
@@ -177,7 +190,17 @@ def main() -> int:
     parser.add_argument("--cold-file", type=Path, help="keep state in this file, not in memory")
     parser.add_argument("--poll", type=float, default=0.005)
     parser.add_argument("--plugin", action="store_true", help="use the hotpatch hooks too")
-    args = parser.parse_args()
+    parser.add_argument(
+        "--health-gate",
+        type=int,
+        metavar="ERRORS",
+        help="put patches on probation: roll one back at this many errors of its functions",
+    )
+    return parser.parse_args()
+
+
+def main() -> int:
+    args = parse_args()
 
     sock = hotpatch.listen_socket("http", default=args.default_bind)
     if args.crash_if_exists and args.crash_if_exists.exists():
@@ -203,7 +226,7 @@ def main() -> int:
     lock = threading.Lock()
     resumed: list[float] = []
     plugin = Plugin()
-    plugins = [plugin] if args.plugin else []
+    plugins = service_plugins(args, plugin)
     server = Server(sock, handler_class(counters, payload, lock, resumed, plugin))
 
     def save(timeout: float) -> None:

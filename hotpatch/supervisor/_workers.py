@@ -1,0 +1,497 @@
+"""``hotpatch run --workers N``: N worker processes on shared sockets, changed in update domains.
+
+Each worker is a ``Supervisor`` of its own (its process, its state chain,
+its journal, its restarts) sharing the fleet's listening sockets; the kernel
+spreads the connections. Preserved state is per worker: each process hands
+its own state to its own successor. The fleet owns the signals, the watched
+folder and the status file, and rolls every change -- a hot patch, a
+memory-preserving restart (SIGHUP), a baseline -- through the workers in
+update domains: at most 20% of them (at least one) at a time. After each
+batch the changed workers are asked for their health (the
+``hotpatch_health_check`` hooks, run inside each worker, and the HTTP probe
+of ``--health-url``); if more than 20% of the workers are unhealthy the
+rollout halts and the workers it already patched are rolled back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import math
+import os
+import signal
+import socket
+import threading
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from hotpatch._service import format_address, open_listener
+from hotpatch.supervisor._bundle import Release
+from hotpatch.supervisor._child import ChildExited
+from hotpatch.supervisor._status import utc_now, write_status
+from hotpatch.supervisor._supervisor import Supervisor, SupervisorConfig
+
+__all__ = ["DOMAIN_SHARE", "Fleet", "domains"]
+
+log = logging.getLogger("hotpatch.supervisor")
+
+DOMAIN_SHARE = 0.2  # of the workers changed at once, and allowed to be unhealthy
+HEALTH_TIMEOUT = 30.0
+ROLLOUTS_KEPT = 20
+OK = ("applied", "unchanged")
+
+
+def domains(count: int, share: float = DOMAIN_SHARE) -> list[list[int]]:
+    """The workers ``0..count-1`` in update domains of at most ``share`` of them (at least 1)."""
+    size = max(1, math.floor(count * share + 1e-9))
+    return [list(range(i, min(i + size, count))) for i in range(0, count, size)]
+
+
+def worker_journal(journal: Path | None, index: int) -> Path | None:
+    """Each worker keeps its own journal: ``.journal.json`` -> ``.journal.worker2.json``."""
+    if journal is None:
+        return None
+    return journal.with_name(f"{journal.stem}.worker{index}{journal.suffix}")
+
+
+class Fleet:
+    """N ``Supervisor`` workers on one event loop, sharing sockets, changed domain by domain.
+
+    It offers what the watched folder's pipeline asks of a supervisor
+    (``config``, ``loop``, ``baseline``, ``applied_patches``, ``submit_patch``,
+    ``submit_baseline``, ``sys_path_known``, ``service_sys_path``).
+    """
+
+    def __init__(
+        self,
+        config: SupervisorConfig,
+        workers: int,
+        *,
+        health_url: str | None = None,
+        settle: float = 1.0,
+    ) -> None:
+        if workers < 1:
+            msg = f"--workers must be at least 1, not {workers}"
+            raise ValueError(msg)
+        self.config = config
+        self.health_url = health_url
+        self.settle = settle
+        self.listeners: dict[str, socket.socket] = {}
+        self.members: list[Supervisor] = []
+        self.count = workers
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.pipeline: Any = None
+        self.sys_path_known = threading.Event()
+        self.rollout: dict[str, Any] | None = None  # the one running, or the last one
+        self.rollouts: list[dict[str, Any]] = []
+        self.state = "starting"
+        self._lock: asyncio.Lock | None = None  # one rollout at a time
+        self._stopping: asyncio.Event | None = None
+        self._exit_code = 0
+
+    # -- what the pipeline reads
+
+    @property
+    def baseline(self) -> str | None:
+        return self.members[0].baseline if self.members else self.config.baseline
+
+    @property
+    def service_sys_path(self) -> list[str] | None:
+        for member in self.members:
+            if member.service_sys_path is not None:
+                return member.service_sys_path
+        return None
+
+    @property
+    def applied_patches(self) -> list[tuple[str, str | None]]:
+        """Patches every worker has with one content; a content differing anywhere shows that.
+
+        A version some workers lack is left out, so it is delivered again (the
+        workers that have it answer ``unchanged``).
+        """
+        levels = [dict(m.applied_patches) for m in self.members]
+        if not levels:
+            return []
+        result: list[tuple[str, str | None]] = []
+        for version in {v for level in levels for v in level}:
+            shas = {level[version] for level in levels if version in level}
+            if len(shas) > 1 or (len(shas) == 1 and all(version in lv for lv in levels)):
+                result.append((version, sorted(shas, key=str)[-1]))
+        return result
+
+    # -- sockets, status
+
+    def open_sockets(self) -> None:
+        for name, (host, port) in self.config.binds:
+            try:
+                self.listeners[name] = open_listener(host, port)
+            except OSError as exc:
+                self.close_sockets()
+                msg = (
+                    f"cannot listen on {name}={format_address((host, port))}: {exc.strerror or exc}"
+                )
+                raise OSError(exc.errno, msg) from exc
+
+    def close_sockets(self) -> None:
+        for sock in self.listeners.values():
+            sock.close()
+        self.listeners.clear()
+
+    def status(self) -> dict[str, Any]:
+        """The fleet's status: every worker's process, baseline and level, and the rollouts."""
+        workers = []
+        for member in self.members:
+            own = member.status()
+            child = member.serving
+            info = child.info if child is not None else {}
+            workers.append(
+                {
+                    "index": member.index,
+                    "state": own["state"],
+                    "pid": child.pid if child is not None else None,
+                    "baseline": info.get("baseline", member.baseline),
+                    "level": list(info.get("level", [])),
+                    "restarts": own["restarts"],
+                    "last_restart": own["last_restart"],
+                    "journal": str(member.config.journal) if member.config.journal else None,
+                }
+            )
+        first = self.members[0].status() if self.members else {}
+        patches = None
+        if self.config.watch is not None or self.config.baseline is not None:
+            patches = {
+                "watch": str(self.config.watch) if self.config.watch else None,
+                "baseline": self.baseline,
+                "level": sorted(
+                    {v for w in workers for v in w["level"]},
+                    key=lambda v: next(
+                        (w["level"].index(v) for w in workers if v in w["level"]), 0
+                    ),
+                ),
+                "pending": self.pipeline.pending() if self.pipeline is not None else [],
+            }
+        return {
+            "pid": os.getpid(),
+            "state": self.state,
+            "command": list(self.config.spec.argv),
+            "sockets": {n: format_address(s.getsockname()) for n, s in self.listeners.items()},
+            "workers": workers,
+            "domains": domains(self.count),
+            "child": first.get("child"),
+            "restarts": {
+                k: sum(w["restarts"].get(k, 0) for w in workers)
+                for k in {k for w in workers for k in w["restarts"]}
+            },
+            "last_restart": first.get("last_restart"),
+            "pauses_s": [p for m in self.members for p in m.pauses],
+            "error": next((m.error for m in self.members if m.error), None),
+            "patches": patches,
+            "rollout": self.rollout,
+            "rollouts": self.rollouts,
+            "updated": utc_now(),
+        }
+
+    def write_status(self) -> None:
+        if self.config.status_file is not None and self.members:
+            try:
+                write_status(self.config.status_file, self.status())
+            except OSError as exc:
+                log.warning("cannot write the status file %s: %s", self.config.status_file, exc)
+
+    # -- running
+
+    async def run(self) -> int:
+        """Run the workers until SIGTERM/SIGINT (0) or until one of them fails for good (1)."""
+        loop = asyncio.get_running_loop()
+        self.loop = loop
+        self._lock = asyncio.Lock()
+        self._stopping = asyncio.Event()
+        if not self.listeners:
+            self.open_sockets()
+        for index in range(self.count):
+            config = dataclasses.replace(
+                self.config,
+                status_file=None,
+                watch=None,
+                journal=worker_journal(self.config.journal, index),
+            )
+            self.members.append(
+                Supervisor(
+                    config, listeners=self.listeners, index=index, on_status=self.write_status
+                )
+            )
+        handlers: dict[int, Callable[[], object]] = {
+            signal.SIGHUP: lambda: self._spawn(self.restart("SIGHUP")),
+            signal.SIGTERM: lambda: self.request_stop("SIGTERM"),
+            signal.SIGINT: lambda: self.request_stop("SIGINT"),
+        }
+        for signum, handler in handlers.items():
+            loop.add_signal_handler(signum, handler)
+        log.info(
+            "running %d workers of %s on %s, update domains %s",
+            self.count,
+            " ".join(self.config.spec.argv),
+            ", ".join(f"{n}={format_address(s.getsockname())}" for n, s in self.listeners.items()),
+            domains(self.count),
+        )
+        tasks = [asyncio.create_task(member.run()) for member in self.members]
+        watcher = asyncio.create_task(self._watch_members(tasks))
+        started = asyncio.create_task(self._when_serving())
+        try:
+            await self._stopping.wait()
+        finally:
+            for signum in handlers:
+                loop.remove_signal_handler(signum)
+            started.cancel()
+            self.state = "stopping"
+            self.write_status()
+            if self.pipeline is not None:
+                await asyncio.to_thread(self.pipeline.stop)
+                self.pipeline = None
+            for member in self.members:
+                if member._stopping is not None:
+                    member.request_stop("the fleet stops")
+            codes = await asyncio.gather(*tasks, return_exceptions=True)
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+            self.close_sockets()
+            self.state = "stopped" if self._exit_code == 0 else "failed"
+            self.write_status()
+        if any(code != 0 for code in codes):
+            self._exit_code = 1
+        return self._exit_code
+
+    def _spawn(self, work: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(work)
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    async def _when_serving(self) -> None:
+        """Once the first worker serves, its ``sys.path`` is known: watch the folder."""
+        while self.service_sys_path is None:
+            await asyncio.sleep(0.05)
+        self.sys_path_known.set()
+        self.state = "running"
+        if self.config.watch is not None:
+            from hotpatch.supervisor._patches import SupervisedPipeline  # noqa: PLC0415
+
+            self.pipeline = SupervisedPipeline(self)  # type: ignore[arg-type]
+            try:
+                await asyncio.to_thread(self.pipeline.start)
+            except Exception as exc:
+                self.pipeline = None
+                log.error("cannot watch %s: %s", self.config.watch, exc)  # noqa: TRY400
+                self._exit_code = 1
+                self.request_stop("the folder cannot be watched")
+        self.write_status()
+
+    async def _watch_members(self, tasks: list[asyncio.Task[int]]) -> None:
+        """A worker that gives up (its restart budget spent) stops the fleet."""
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            if not task.cancelled() and task.exception() is None and task.result() != 0:
+                self._exit_code = 1
+        self.request_stop("a worker stopped")
+
+    def request_stop(self, reason: str = "request") -> None:
+        assert self._stopping is not None
+        if not self._stopping.is_set():
+            log.info("stopping %d workers (%s)", self.count, reason)
+            self._stopping.set()
+
+    # -- rollouts
+
+    def _progress(self, rollout: dict[str, Any], message: str) -> None:
+        rollout["progress"].append(f"{utc_now()} {message}")
+        log.info("rollout %s: %s", rollout["what"], message)
+        self.write_status()
+
+    def _begin(self, what: str) -> dict[str, Any]:
+        rollout: dict[str, Any] = {
+            "what": what,
+            "state": "running",
+            "domains": domains(self.count),
+            "batches": [],
+            "changed": [],
+            "unhealthy": [],
+            "progress": [],
+            "started": utc_now(),
+            "finished": None,
+        }
+        self.rollout = rollout
+        self.rollouts.append(rollout)
+        del self.rollouts[:-ROLLOUTS_KEPT]
+        return rollout
+
+    async def _health(
+        self, member: Supervisor, still: Callable[[Supervisor], str | None] | None
+    ) -> tuple[bool, list[str]]:
+        body: dict[str, Any] = {"op": "health"}
+        if self.health_url:
+            body["url"] = self.health_url
+        try:
+            answer = await member.ask(body, "health", HEALTH_TIMEOUT)
+        except (ChildExited, TimeoutError) as exc:
+            return False, [f"no health answer: {exc}"]
+        reasons = list(answer.get("reasons") or [])
+        if still is not None and (gone := still(member)) is not None:
+            reasons.append(gone)
+        return bool(answer.get("ok")) and not reasons, reasons
+
+    async def _rollout(
+        self,
+        what: str,
+        change: Callable[[Supervisor], Awaitable[tuple[bool, str]]],
+        undo: Callable[[Supervisor], Awaitable[str]] | None,
+        still: Callable[[Supervisor], str | None] | None = None,
+    ) -> dict[str, Any]:
+        """Apply ``change`` domain by domain, health-checked; halt and ``undo`` on failure.
+
+        A batch passes when every worker in it took the change and answers
+        healthy; the workers changed before are checked again, and once more
+        than 20% of all workers are unhealthy the rollout halts too.
+        ``still(member)`` says why a changed worker lost the change (a plugin
+        rolled it back), or ``None``.
+        """
+        assert self._lock is not None
+        async with self._lock:
+            rollout = self._begin(what)
+            allowed = math.floor(self.count * DOMAIN_SHARE + 1e-9)
+            plan = rollout["domains"]
+            for number, batch in enumerate(plan, 1):
+                entry: dict[str, Any] = {
+                    "batch": number,
+                    "workers": batch,
+                    "started": utc_now(),
+                    "results": {},
+                }
+                rollout["batches"].append(entry)
+                self._progress(rollout, f"batch {number}/{len(plan)}: workers {batch}")
+                results = await asyncio.gather(*(change(self.members[i]) for i in batch))
+                for index, (ok, text) in zip(batch, results, strict=True):
+                    entry["results"][str(index)] = text
+                    if ok:
+                        rollout["changed"].append(index)
+                    else:
+                        rollout["unhealthy"].append(index)
+                if self.settle > 0:
+                    await asyncio.sleep(self.settle)
+                checks = await asyncio.gather(
+                    *(self._health(self.members[i], still) for i in rollout["changed"])
+                )
+                for index, (healthy, reasons) in zip(rollout["changed"], checks, strict=True):
+                    if not healthy and index not in rollout["unhealthy"]:
+                        rollout["unhealthy"].append(index)
+                        entry["results"][str(index)] = "unhealthy: " + "; ".join(reasons)
+                entry["finished"] = utc_now()
+                bad = rollout["unhealthy"]
+                self._progress(
+                    rollout,
+                    f"batch {number}/{len(plan)} done: {len(rollout['changed'])}/{self.count} "
+                    f"changed, {len(bad)} unhealthy",
+                )
+                if len(bad) > allowed or any(i in bad for i in batch):
+                    await self._halt(rollout, undo, allowed)
+                    return rollout
+            rollout["state"] = "done"
+            rollout["finished"] = utc_now()
+            self._progress(rollout, f"done: all {self.count} workers changed")
+            return rollout
+
+    async def _halt(
+        self,
+        rollout: dict[str, Any],
+        undo: Callable[[Supervisor], Awaitable[str]] | None,
+        allowed: int,
+    ) -> None:
+        bad = rollout["unhealthy"]
+        self._progress(
+            rollout,
+            f"halted: unhealthy workers {bad} (a batch must pass; at most {allowed} of "
+            f"{self.count} may be unhealthy)",
+        )
+        rollout["state"] = "halted"
+        if undo is not None:
+            touched = sorted({*rollout["changed"], *bad})
+            undone = await asyncio.gather(*(undo(self.members[i]) for i in touched))
+            rollout["rolled_back"] = dict(zip(map(str, touched), undone, strict=True))
+            rollout["state"] = "rolled-back"
+            self._progress(rollout, f"rolled back workers {touched}")
+        rollout["finished"] = utc_now()
+        self.write_status()
+
+    async def submit_patch(self, name: str, path: str, data: bytes, who: str) -> dict[str, Any]:
+        """Roll a verified patch through the workers; the outcome the folder files."""
+        before: dict[int, str] = {}
+        answers: dict[int, dict[str, Any]] = {}
+
+        async def change(member: Supervisor) -> tuple[bool, str]:
+            assert member.index is not None
+            level = [v for v, _ in member.applied_patches]
+            before[member.index] = level[-1] if level else (member.baseline or "0")
+            answer = await member.submit_patch(name, path, data, who)
+            answers[member.index] = answer
+            outcome = str(answer.get("outcome"))
+            return outcome in OK, f"{outcome} ({answer.get('via')})"
+
+        async def undo(member: Supervisor) -> str:
+            assert member.index is not None
+            body = {"op": "rollback", "to": before[member.index], "who": "rollout"}
+            try:
+                answer = await member.ask(body, "rolled-back", HEALTH_TIMEOUT)
+            except (ChildExited, TimeoutError) as exc:
+                return f"not rolled back: {exc}"
+            return "rolled back" if answer.get("ok") else f"not rolled back: {answer.get('error')}"
+
+        def still(member: Supervisor) -> str | None:
+            version = answers.get(member.index or 0, {}).get("version")
+            if version is None or version in [v for v, _ in member.applied_patches]:
+                return None
+            return f"patch {version} is no longer applied (rolled back in the worker)"
+
+        rollout = await self._rollout(f"patch {name}", change, undo, still)
+        first = answers.get(0) or next(iter(answers.values()), {})
+        result = dict(first)
+        result["rollout"] = {k: rollout[k] for k in ("state", "batches", "changed", "unhealthy")}
+        if rollout["state"] != "done":
+            bad = ", ".join(
+                f"worker {i}: {rollout['batches'][-1]['results'].get(str(i), 'unhealthy')}"
+                for i in rollout["unhealthy"]
+            )
+            result.update(
+                outcome="rejected",
+                error_type="VerificationFailed",
+                reason=f"the rollout halted after batch {len(rollout['batches'])} "
+                f"({bad}); the changed workers were rolled back",
+            )
+        return result
+
+    async def submit_baseline(self, name: str, release: Release, who: str) -> dict[str, Any]:
+        """Restart the workers onto a new baseline, domain by domain."""
+        answers: dict[int, dict[str, Any]] = {}
+
+        async def change(member: Supervisor) -> tuple[bool, str]:
+            assert member.index is not None
+            answer = await member.submit_baseline(name, release, who)
+            answers[member.index] = answer
+            outcome = str(answer.get("outcome"))
+            return outcome in OK, outcome
+
+        rollout = await self._rollout(f"baseline {release.version}", change, None)
+        result = dict(answers.get(0) or {})
+        result["rollout"] = {k: rollout[k] for k in ("state", "batches", "changed", "unhealthy")}
+        if rollout["state"] != "done":
+            result.update(outcome="rejected", reason="the baseline rollout halted")
+        return result
+
+    async def restart(self, reason: str) -> dict[str, Any]:
+        """A memory-preserving restart of every worker, domain by domain (SIGHUP)."""
+
+        async def change(member: Supervisor) -> tuple[bool, str]:
+            outcome = await member.request_restart(reason)
+            return outcome.ok, f"{outcome.kind} pid {outcome.old_pid} -> {outcome.new_pid}"
+
+        return await self._rollout(f"restart ({reason})", change, None)
