@@ -476,7 +476,31 @@ def _show_supervisor(answer: Answer, out: TextIO) -> None:
         ("pauses", f"{len(pauses)}, max {max(pauses) * 1e3:.1f} ms" if pauses else None),
         ("error", answer.get("error")),
     ]
+    rollout = answer.get("rollout") or {}
+    if rollout:
+        progress = rollout.get("progress") or []
+        rows.append(("rollout", f"{rollout.get('what')}: {rollout.get('state')}"))
+        rows.append(("progress", progress[-1] if progress else None))
     print(table([r for r in rows if r[1] not in (None, {}, [])]), file=out)
+    workers = answer.get("workers") or []
+    if workers:
+        print(file=out)
+        print(
+            table(
+                [
+                    (
+                        w.get("index"),
+                        w.get("pid"),
+                        w.get("state"),
+                        w.get("baseline"),
+                        w.get("level"),
+                    )
+                    for w in workers
+                ],
+                header=("worker", "pid", "state", "baseline", "level"),
+            ),
+            file=out,
+        )
 
 
 OUTCOME_DIRS = ("applied", "rejected", "pending")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -129,6 +131,21 @@ def test_a_good_patch_reaches_every_worker_one_domain_at_a_time(
     progress = supervised.log()
     assert "batch 1/5: workers [0]" in progress
     assert "done: all 5 workers changed" in progress
+    # What an operator sees: `hotpatch status` on the folder lists every worker.
+    shown = subprocess.run(
+        [sys.executable, "-m", "hotpatch", "status", "--folder", str(folder)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    assert any(line.startswith("rollout") and line.endswith("done") for line in lines)
+    rows = [line.split() for line in lines[lines.index("") + 2 :]]
+    assert [(int(r[0]), int(r[1]), r[-1]) for r in rows] == [
+        (w["index"], w["pid"], "1.0.1") for w in status["workers"]
+    ]
 
 
 @slow
