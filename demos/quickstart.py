@@ -41,6 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from _narrate import T0, DemoFailed, aliases, check, hotpatch_cli, ms, say, wrap
+
 HERE = Path(__file__).resolve().parent
 PATCHES = HERE / "patches"
 FIX = PATCHES / "quickstart-2.3.1.py"
@@ -52,33 +54,6 @@ QUERY = "/price?amount=0.99&pct=50"
 BUG, FIXED = "0.49", "0.50"
 LOAD_THREADS = 2
 TIMEOUT_S = 30.0  # for any one step; the whole demo takes a few seconds
-
-T0 = time.perf_counter()
-_print_lock = threading.Lock()
-_aliases: dict[str, str] = {}  # long temporary paths, shown by a short name
-
-
-class DemoFailed(Exception):
-    """Something the demo shows did not hold."""
-
-
-def say(text: str) -> None:
-    """Print ``text`` stamped with the time since the demo started."""
-    stamp = f"[+{time.perf_counter() - T0:6.3f}s] "
-    for path, alias in _aliases.items():
-        text = text.replace(path, alias)
-    body = text.replace("\n", "\n" + " " * len(stamp))
-    with _print_lock:
-        print(stamp + body, flush=True)
-
-
-def check(condition: bool, what: str) -> None:
-    if not condition:
-        raise DemoFailed(what)
-
-
-def wrap(text: str, indent: str = "    ") -> str:
-    return textwrap.fill(text, width=96, initial_indent=indent, subsequent_indent=indent)
 
 
 # -- the service, run as its own process ------------------------------------------------
@@ -241,27 +216,10 @@ def wait_outcome(folder: Path, name: str) -> dict[str, Any]:
     raise DemoFailed(f"no outcome for {name} after {TIMEOUT_S:.0f} s")
 
 
-def ms(seconds: float) -> str:
-    return f"{seconds * 1e3:.1f} ms"
-
-
 def show_timings(timings: dict[str, float]) -> str:
     names = {"read_s": "read", "verify_s": "verified in a child", "load_s": "loaded"}
     names |= {"apply_s": "switched", "total_s": "total"}
     return ", ".join(f"{names.get(k, k)} {ms(v)}" for k, v in timings.items())
-
-
-def hotpatch_cli(*args: str) -> str:
-    """Run the real ``hotpatch`` command, as an operator would; its output."""
-    run = subprocess.run(
-        [sys.executable, "-m", "hotpatch", *args],
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT_S,
-        check=False,
-    )
-    check(run.returncode == 0, f"hotpatch {' '.join(args)} exited {run.returncode}: {run.stderr}")
-    return run.stdout.rstrip()
 
 
 # -- the demo -----------------------------------------------------------------------------
@@ -408,7 +366,7 @@ def main() -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="hotpatch-quickstart-") as tmp:
             say(f"working in TMP={tmp} (removed at the end)")
-            _aliases[tmp] = "$TMP"
+            aliases[tmp] = "$TMP"
             folder = Path(tmp) / "patches"
             folder.mkdir(mode=0o700)  # the agent refuses a folder others can write
             run(folder, Path(tmp) / "hotpatch.journal")

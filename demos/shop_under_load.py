@@ -61,6 +61,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from _narrate import WALL0, DemoFailed, aliases, check, hotpatch_cli, ms, now, say, wrap
+
 HERE = Path(__file__).resolve().parent
 PATCHES = HERE / "shop_patches"
 FIX = PATCHES / "shop-1.0.1.py"
@@ -88,40 +90,11 @@ BUG, FIXED = "99.90", "89.91"
 RIGHT = {QUOTE: {BUG, FIXED}, GOLD: {"46.55"}, SILVER: {"102.50"}}
 WITHOUT_LOYALTY = {GOLD: "49.00", SILVER: "107.89"}  # when the loyalty discount failed
 
-T0 = time.perf_counter()
-WALL0 = time.time()  # the same instant, on the wall clock
-_print_lock = threading.Lock()
-_aliases: dict[str, str] = {}  # long temporary paths, shown by a short name
-
-
-class DemoFailed(Exception):
-    """Something the demo shows did not hold."""
-
-
-def now() -> float:
-    """Seconds since the demo started."""
-    return time.perf_counter() - T0
-
 
 def demo_time(iso: str) -> float:
     """A UTC timestamp of the supervisor's (``2026-11-25T10:00:00.123Z``) in demo time."""
     stamp = datetime.datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
     return stamp - WALL0
-
-
-def say(text: str) -> None:
-    """Print ``text`` stamped with the time since the demo started."""
-    stamp = f"[+{now():6.3f}s] "
-    for path, alias in _aliases.items():
-        text = text.replace(path, alias)
-    body = text.replace("\n", "\n" + " " * len(stamp))
-    with _print_lock:
-        print(stamp + body, flush=True)
-
-
-def check(condition: bool, what: str) -> None:
-    if not condition:
-        raise DemoFailed(what)
 
 
 def wait_until(condition: Callable[[], Any], what: str, timeout: float = TIMEOUT_S) -> Any:
@@ -131,14 +104,6 @@ def wait_until(condition: Callable[[], Any], what: str, timeout: float = TIMEOUT
             return value
         time.sleep(0.02)
     raise DemoFailed(f"{what}: not within {timeout:.0f} s")
-
-
-def ms(seconds: float) -> str:
-    return f"{seconds * 1e3:.1f} ms"
-
-
-def wrap(text: str, indent: str = "    ") -> str:
-    return textwrap.fill(text, width=96, initial_indent=indent, subsequent_indent=indent)
 
 
 # -- the supervisor, and the shop under it ---------------------------------------------------
@@ -431,19 +396,6 @@ def build_bundle(release: Path, base: Path, archive: Path) -> list[str]:
         for name, path in sorted(tree.items()):
             bundle.write(path, f"{root}/{name}")
     return sorted(overrides)
-
-
-def hotpatch_cli(*args: str) -> str:
-    """Run the real ``hotpatch`` command, as an operator would; its output."""
-    run = subprocess.run(
-        [sys.executable, "-m", "hotpatch", *args],
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT_S,
-        check=False,
-    )
-    check(run.returncode == 0, f"hotpatch {' '.join(args)} exited {run.returncode}: {run.stderr}")
-    return run.stdout.rstrip()
 
 
 def drop(source: Path, folder: Path) -> float:
@@ -856,7 +808,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="hotpatch-shop-") as tmp:
             say(f"working in TMP={tmp} (removed at the end)")
-            _aliases[tmp] = "$TMP"
+            aliases[tmp] = "$TMP"
             folder = Path(tmp) / "patches"
             folder.mkdir(mode=0o700)  # the watcher refuses a folder others can write
             load = run(Path(tmp), folder, story)

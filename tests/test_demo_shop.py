@@ -172,8 +172,9 @@ def test_the_bad_patch_passes_every_check_and_raises_for_silver_members(
 
 
 @pytest.fixture
-def demo_module() -> Iterator[ModuleType]:
+def demo_module(monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
     """``demos/shop_under_load.py`` imported as a module (its ``main`` is not run)."""
+    monkeypatch.syspath_prepend(str(DEMOS))  # as when run as a script: its helpers import
     name = "shop_under_load_under_test"
     spec = importlib.util.spec_from_file_location(name, DEMOS / "shop_under_load.py")
     assert spec is not None
