@@ -14,22 +14,12 @@ import time
 import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
+from drops import WAIT_S, DropFolder
 
 import hotpatch
 from hotpatch._control import request
-
-WAIT_S = 60.0  # a bound so a broken build fails instead of hanging; never a measurement
-
-
-def wait_for(predicate: Callable[[], object], what: str) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"gave up waiting for {what}")
-        time.sleep(0.005)
 
 
 def patch_text(mod: str, version: str, value: int | str, *, extra: str = "") -> str:
@@ -42,35 +32,9 @@ def patch_text(mod: str, version: str, value: int | str, *, extra: str = "") -> 
     )
 
 
-class Paths:
-    def __init__(self, root: Path):
-        self.root = root
-        self.folder = root / "patches"
-        self.folder.mkdir(mode=0o700)
-        self.outbox = root / "outbox"
-        self.outbox.mkdir()
-        self.journal = root / "state" / "journal.json"
-
-    def write(self, name: str, text: str) -> Path:
-        path = self.outbox / name
-        path.write_text(text)
-        return path
-
-    def drop(self, name: str, text: str) -> None:
-        os.rename(self.write(name, text), self.folder / name)
-
-    def filed(self, name: str, where: str = "applied") -> dict[str, Any]:
-        wait_for(
-            lambda: (self.folder / where / name).exists() and not (self.folder / name).exists(),
-            f"{name} to move to {where}/",
-        )
-        data: dict[str, Any] = json.loads((self.folder / where / f"{name}.result.json").read_text())
-        return data
-
-
 @pytest.fixture
-def paths(tmp_path: Path) -> Paths:
-    return Paths(tmp_path)
+def paths(tmp_path: Path) -> DropFolder:
+    return DropFolder(tmp_path)
 
 
 @pytest.fixture
@@ -95,9 +59,9 @@ def agents() -> Iterator[list[hotpatch.Agent]]:
 
 
 @pytest.fixture
-def agent(paths: Paths, agents: list[hotpatch.Agent]) -> hotpatch.Agent:
-    """An agent watching ``paths.folder`` with its control socket, verifying in a child."""
-    started = hotpatch.install("1.0", watch=paths.folder, journal=paths.journal)
+def agent(paths: DropFolder, agents: list[hotpatch.Agent]) -> hotpatch.Agent:
+    """An agent watching ``paths.path`` with its control socket, verifying in a child."""
+    started = hotpatch.install("1.0", watch=paths.path, journal=paths.journal)
     agents.append(started)
     return started
 
@@ -114,16 +78,16 @@ def agent_threads() -> list[str]:
 
 
 def test_install_starts_in_the_background_and_stop_ends_it_cleanly(
-    paths: Paths, target: types.ModuleType
+    paths: DropFolder, target: types.ModuleType
 ) -> None:
     before = set(threading.enumerate())
-    agent = hotpatch.install("1.0", watch=paths.folder, verify=False)
+    agent = hotpatch.install("1.0", watch=paths.path, verify=False)
     try:
-        socket_path = paths.folder / ".hotpatch.sock"
+        socket_path = paths.path / ".hotpatch.sock"
         assert agent.running
         assert stat.S_ISSOCK(socket_path.lstat().st_mode)
         assert stat.S_IMODE(socket_path.lstat().st_mode) == 0o600
-        pidfile = json.loads((paths.folder / ".hotpatch.json").read_text())
+        pidfile = json.loads((paths.path / ".hotpatch.json").read_text())
         assert pidfile["pid"] == os.getpid()
         assert pidfile["socket"] == str(socket_path)
         assert agent_threads()
@@ -133,52 +97,52 @@ def test_install_starts_in_the_background_and_stop_ends_it_cleanly(
     finally:
         agent.stop()
     assert not agent.running
-    assert not os.path.lexists(paths.folder / ".hotpatch.sock")
-    assert not (paths.folder / ".hotpatch.json").exists()
+    assert not os.path.lexists(paths.path / ".hotpatch.sock")
+    assert not (paths.path / ".hotpatch.json").exists()
     assert set(threading.enumerate()) <= before  # observer, worker, socket threads all joined
     agent.stop()  # idempotent
     # Stopped means stopped: a new drop stays where it is; the patch applied stays applied.
     paths.drop("later.py", patch_text(target.__name__, "1.0.2", 2))
     time.sleep(0.2)
-    assert (paths.folder / "later.py").exists()
+    assert (paths.path / "later.py").exists()
     assert target.f() == 1
     assert agent.registry is not None
     agent.registry.rollback()
 
 
-def test_the_agent_is_a_context_manager(paths: Paths, target: types.ModuleType) -> None:
-    with hotpatch.install("1.0", watch=paths.folder, verify=False) as agent:
+def test_the_agent_is_a_context_manager(paths: DropFolder, target: types.ModuleType) -> None:
+    with hotpatch.install("1.0", watch=paths.path, verify=False) as agent:
         paths.drop("fix.py", patch_text(target.__name__, "1.0.1", 1))
         paths.filed("fix.py")
         assert agent.status()["level"] == ["1.0.1"]
     assert not agent.running
-    assert not os.path.lexists(paths.folder / ".hotpatch.sock")
+    assert not os.path.lexists(paths.path / ".hotpatch.sock")
     assert agent.registry is not None
     agent.registry.rollback()
     # Agent(...) without install() starts when entered.
-    with hotpatch.Agent("1.0", watch=paths.folder, verify=False) as again:
+    with hotpatch.Agent("1.0", watch=paths.path, verify=False) as again:
         assert again.running
     assert not again.running
 
 
 def test_a_failed_start_leaves_nothing_running(
-    paths: Paths, agent: hotpatch.Agent, agents: list[hotpatch.Agent]
+    paths: DropFolder, agent: hotpatch.Agent, agents: list[hotpatch.Agent]
 ) -> None:
     before = set(threading.enumerate())
     with pytest.raises(FileExistsError, match="already watched by another agent") as info:
-        hotpatch.install("1.0", watch=paths.folder, journal=paths.root / "other.json")
+        hotpatch.install("1.0", watch=paths.path, journal=paths.root / "other.json")
     assert f"(pid {os.getpid()})" in str(info.value)
     assert set(threading.enumerate()) <= before
     assert not (paths.root / "other.json").exists()  # refused before anything else ran
-    assert json.loads((paths.folder / ".hotpatch.json").read_text())["pid"] == os.getpid()
+    assert json.loads((paths.path / ".hotpatch.json").read_text())["pid"] == os.getpid()
     # The first agent still answers.
-    assert request(paths.folder / ".hotpatch.sock", {"cmd": "status"})["ok"] is True
+    assert request(paths.path / ".hotpatch.sock", {"cmd": "status"})["ok"] is True
 
 
-def test_the_service_keeps_its_main_loop(paths: Paths, target: types.ModuleType) -> None:
+def test_the_service_keeps_its_main_loop(paths: DropFolder, target: types.ModuleType) -> None:
     # install() returns at once; the service's own loop runs on, and sees the patch.
     seen: list[object] = []
-    with hotpatch.install("1.0", watch=paths.folder, verify=False):
+    with hotpatch.install("1.0", watch=paths.path, verify=False):
         paths.drop("fix.py", patch_text(target.__name__, "1.0.1", 1))
         deadline = time.monotonic() + WAIT_S
         while time.monotonic() < deadline:  # the "main loop"
@@ -201,9 +165,9 @@ def test_a_stopped_agent_does_not_start_again(agents: list[hotpatch.Agent]) -> N
         agent.start()
 
 
-def test_bad_options_are_refused(paths: Paths) -> None:
+def test_bad_options_are_refused(paths: DropFolder) -> None:
     with pytest.raises(ValueError, match="verify_timeout must be positive"):
-        hotpatch.install("1.0", watch=paths.folder, verify_timeout=0)
+        hotpatch.install("1.0", watch=paths.path, verify_timeout=0)
     with pytest.raises(ValueError, match="control_socket=True needs watch"):
         hotpatch.install("1.0", control_socket=True)
 
@@ -212,10 +176,10 @@ def test_bad_options_are_refused(paths: Paths) -> None:
 
 
 def test_journal_replay_then_catch_up_in_version_order(
-    paths: Paths, target: types.ModuleType, agents: list[hotpatch.Agent]
+    paths: DropFolder, target: types.ModuleType, agents: list[hotpatch.Agent]
 ) -> None:
     name = target.__name__
-    first = hotpatch.install("1.0", watch=paths.folder, journal=paths.journal, verify=False)
+    first = hotpatch.install("1.0", watch=paths.path, journal=paths.journal, verify=False)
     paths.drop("one.py", patch_text(name, "1.0.1", 1))
     paths.filed("one.py")
     first.stop()
@@ -229,7 +193,7 @@ def test_journal_replay_then_catch_up_in_version_order(
     paths.drop("a.py", patch_text(name, "1.0.3", 3))
     paths.drop("b.py", patch_text(name, "1.0.2", 2))
 
-    second = hotpatch.install("1.0", watch=paths.folder, journal=paths.journal, verify=False)
+    second = hotpatch.install("1.0", watch=paths.path, journal=paths.journal, verify=False)
     agents.append(second)
     paths.filed("a.py")
     paths.filed("b.py")
@@ -255,7 +219,7 @@ while True:  # the service's own main loop, untouched by the agent
 
 @pytest.mark.e2e
 def test_a_restarted_service_replays_its_journal_then_catches_up(
-    paths: Paths, make_module: Callable[[str], types.ModuleType]
+    paths: DropFolder, make_module: Callable[[str], types.ModuleType]
 ) -> None:
     module = make_module("def f():\n    return 0\n")
     modules = str(Path(module.__file__ or "").parent)
@@ -264,11 +228,11 @@ def test_a_restarted_service_replays_its_journal_then_catches_up(
         SERVICE.format(
             modules=modules,
             module=module.__name__,
-            folder=str(paths.folder),
+            folder=str(paths.path),
             journal=str(paths.journal),
         )
     )
-    sock = paths.folder / ".hotpatch.sock"
+    sock = paths.path / ".hotpatch.sock"
 
     def run_service() -> subprocess.Popen[str]:
         proc = subprocess.Popen(
@@ -312,26 +276,26 @@ def test_a_restarted_service_replays_its_journal_then_catches_up(
 # -- the control socket ---------------------------------------------------------------------
 
 
-def test_status_over_the_socket(paths: Paths, agent: hotpatch.Agent) -> None:
-    answer = request(paths.folder / ".hotpatch.sock", {"cmd": "status"})
+def test_status_over_the_socket(paths: DropFolder, agent: hotpatch.Agent) -> None:
+    answer = request(paths.path / ".hotpatch.sock", {"cmd": "status"})
     assert answer == {
         "ok": True,
         "baseline": "1.0",
         "version": "1.0",
         "level": [],
         "pid": os.getpid(),
-        "watch": str(paths.folder),
+        "watch": str(paths.path),
         "journal": str(paths.journal),
-        "socket": str(paths.folder / ".hotpatch.sock"),
+        "socket": str(paths.path / ".hotpatch.sock"),
         "pending": [],
         "last": None,
     }
 
 
 def test_apply_over_the_socket_goes_through_the_same_pipeline(
-    paths: Paths, agent: hotpatch.Agent, target: types.ModuleType
+    paths: DropFolder, agent: hotpatch.Agent, target: types.ModuleType
 ) -> None:
-    sock = paths.folder / ".hotpatch.sock"
+    sock = paths.path / ".hotpatch.sock"
     path = paths.write("fix.py", patch_text(target.__name__, "1.0.1", 1))
     answer = request(sock, {"cmd": "apply", "path": str(path)})
     assert answer["ok"] is True
@@ -360,9 +324,9 @@ def test_apply_over_the_socket_goes_through_the_same_pipeline(
 
 
 def test_apply_over_the_socket_refuses_with_the_reason(
-    paths: Paths, agent: hotpatch.Agent, target: types.ModuleType
+    paths: DropFolder, agent: hotpatch.Agent, target: types.ModuleType
 ) -> None:
-    sock = paths.folder / ".hotpatch.sock"
+    sock = paths.path / ".hotpatch.sock"
     bad = paths.write("bad.py", "import sys\nsys.exit(2)\n")
     answer = request(sock, {"cmd": "apply", "path": str(bad)})
     assert answer["ok"] is False
@@ -392,9 +356,9 @@ def test_apply_over_the_socket_refuses_with_the_reason(
 
 
 def test_verify_over_the_socket_is_a_dry_run(
-    paths: Paths, agent: hotpatch.Agent, target: types.ModuleType
+    paths: DropFolder, agent: hotpatch.Agent, target: types.ModuleType
 ) -> None:
-    sock = paths.folder / ".hotpatch.sock"
+    sock = paths.path / ".hotpatch.sock"
     good = paths.write("good.py", patch_text(target.__name__, "1.0.1", 1))
     answer = request(sock, {"cmd": "verify", "path": str(good)})
     assert answer == {
@@ -421,9 +385,9 @@ def test_verify_over_the_socket_is_a_dry_run(
 
 
 def test_rollback_and_history_over_the_socket(
-    paths: Paths, agent: hotpatch.Agent, target: types.ModuleType
+    paths: DropFolder, agent: hotpatch.Agent, target: types.ModuleType
 ) -> None:
-    sock = paths.folder / ".hotpatch.sock"
+    sock = paths.path / ".hotpatch.sock"
     for n in (1, 2, 3):
         paths.drop(f"p{n}.py", patch_text(target.__name__, f"1.0.{n}", n))
         paths.filed(f"p{n}.py")
@@ -444,9 +408,9 @@ def test_rollback_and_history_over_the_socket(
     assert request(sock, {"cmd": "rollback", "to": 3})["error_type"] == "BadRequest"
     history = request(sock, {"cmd": "history"})["history"]
     assert [(h["action"], h["who"]) for h in history] == [
-        ("apply", f"folder:{paths.folder}"),
-        ("apply", f"folder:{paths.folder}"),
-        ("apply", f"folder:{paths.folder}"),
+        ("apply", f"folder:{paths.path}"),
+        ("apply", f"folder:{paths.path}"),
+        ("apply", f"folder:{paths.path}"),
         ("rollback", f"uid:{os.getuid()}"),
         ("rollback", f"uid:{os.getuid()}"),
     ]
@@ -454,8 +418,8 @@ def test_rollback_and_history_over_the_socket(
     assert json.loads(paths.journal.read_text())["level"] == []
 
 
-def test_unknown_requests_are_bad_requests(paths: Paths, agent: hotpatch.Agent) -> None:
-    sock = paths.folder / ".hotpatch.sock"
+def test_unknown_requests_are_bad_requests(paths: DropFolder, agent: hotpatch.Agent) -> None:
+    sock = paths.path / ".hotpatch.sock"
     for payload in ({"cmd": "reboot"}, {}, {"cmd": ["status"]}):
         answer = request(sock, payload)
         assert (answer["ok"], answer["error_type"]) == (False, "BadRequest"), payload
@@ -502,12 +466,10 @@ class Exploding:
 
 
 def test_explicit_plugins_see_applies_and_rejections_and_a_raising_one_is_contained(
-    paths: Paths, target: types.ModuleType, agents: list[hotpatch.Agent]
+    paths: DropFolder, target: types.ModuleType, agents: list[hotpatch.Agent]
 ) -> None:
     recorder = Recorder()
-    agent = hotpatch.install(
-        "1.0", watch=paths.folder, plugins=[Exploding(), recorder], verify=False
-    )
+    agent = hotpatch.install("1.0", watch=paths.path, plugins=[Exploding(), recorder], verify=False)
     agents.append(agent)
     paths.drop("good.py", patch_text(target.__name__, "1.0.1", 1))
     paths.filed("good.py")
@@ -521,20 +483,20 @@ def test_explicit_plugins_see_applies_and_rejections_and_a_raising_one_is_contai
 
 
 def test_audit_log_records_who_did_what(
-    paths: Paths, target: types.ModuleType, agents: list[hotpatch.Agent]
+    paths: DropFolder, target: types.ModuleType, agents: list[hotpatch.Agent]
 ) -> None:
     audit = paths.root / "audit.jsonl"
-    agent = hotpatch.install("1.0", watch=paths.folder, audit_log=audit, verify=False)
+    agent = hotpatch.install("1.0", watch=paths.path, audit_log=audit, verify=False)
     agents.append(agent)
     paths.drop("good.py", patch_text(target.__name__, "1.0.1", 1))
     paths.filed("good.py")
     paths.drop("bad.py", "")
     paths.filed("bad.py", "rejected")
-    request(paths.folder / ".hotpatch.sock", {"cmd": "rollback"})
+    request(paths.path / ".hotpatch.sock", {"cmd": "rollback"})
     lines = [json.loads(line) for line in audit.read_text().splitlines()]
     assert [(r["action"], r["outcome"], r["version"], r["who"]) for r in lines] == [
-        ("apply", "applied", "1.0.1", f"folder:{paths.folder}"),
-        ("reject", "rejected", None, f"folder:{paths.folder}"),
+        ("apply", "applied", "1.0.1", f"folder:{paths.path}"),
+        ("reject", "rejected", None, f"folder:{paths.path}"),
         ("rollback", "rolled-back", "1.0.1", f"uid:{os.getuid()}"),
     ]
     assert "is empty" in lines[1]["reason"]
@@ -569,12 +531,12 @@ def entry_point_plugin(tmp_path: Path) -> Iterator[str]:
 
 
 def test_plugins_load_from_entry_points(
-    paths: Paths,
+    paths: DropFolder,
     target: types.ModuleType,
     agents: list[hotpatch.Agent],
     entry_point_plugin: str,
 ) -> None:
-    agent = hotpatch.install("1.0", watch=paths.folder, verify=False)
+    agent = hotpatch.install("1.0", watch=paths.path, verify=False)
     agents.append(agent)
     paths.drop("fix.py", patch_text(target.__name__, "1.0.1", 1))
     paths.filed("fix.py")
@@ -583,7 +545,7 @@ def test_plugins_load_from_entry_points(
     assert agent.registry is not None
     agent.registry.rollback()
     # entry_points=False: only the plugins passed explicitly.
-    quiet = hotpatch.install("1.0", watch=paths.folder, verify=False, entry_points=False)
+    quiet = hotpatch.install("1.0", watch=paths.path, verify=False, entry_points=False)
     agents.append(quiet)
     paths.drop("fix2.py", patch_text(target.__name__, "1.0.2", 2))
     assert paths.filed("fix2.py")["outcome"] == "applied"
@@ -591,7 +553,7 @@ def test_plugins_load_from_entry_points(
 
 
 def test_a_broken_entry_point_does_not_stop_the_agent(
-    paths: Paths,
+    paths: DropFolder,
     target: types.ModuleType,
     agents: list[hotpatch.Agent],
     entry_point_plugin: str,
@@ -600,7 +562,7 @@ def test_a_broken_entry_point_does_not_stop_the_agent(
     site = next(Path(p) for p in sys.path if (Path(p) / f"{entry_point_plugin}.py").exists())
     (site / f"{entry_point_plugin}.py").write_text("raise ImportError('plugin is broken')\n")
     with caplog.at_level(logging.ERROR, logger="hotpatch"):
-        agent = hotpatch.install("1.0", watch=paths.folder, verify=False)
+        agent = hotpatch.install("1.0", watch=paths.path, verify=False)
     agents.append(agent)
     assert "entry points failed" in caplog.text
     paths.drop("fix.py", patch_text(target.__name__, "1.0.1", 1))
@@ -608,23 +570,23 @@ def test_a_broken_entry_point_does_not_stop_the_agent(
 
 
 def test_one_log_line_per_outcome_with_version_targets_and_time(
-    paths: Paths,
+    paths: DropFolder,
     target: types.ModuleType,
     agents: list[hotpatch.Agent],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="hotpatch")
-    agent = hotpatch.install("1.0", watch=paths.folder, verify=False)
+    agent = hotpatch.install("1.0", watch=paths.path, verify=False)
     agents.append(agent)
     spec = f"{target.__name__}:f"
     paths.drop("good.py", patch_text(target.__name__, "1.0.1", 1))
     paths.filed("good.py")
     paths.drop("old.py", patch_text(target.__name__, "1.0.0", 1))
     paths.filed("old.py", "rejected")
-    request(paths.folder / ".hotpatch.sock", {"cmd": "rollback"})
+    request(paths.path / ".hotpatch.sock", {"cmd": "rollback"})
     outcomes = [r.getMessage() for r in caplog.records if " good.py: " in r.getMessage()]
     assert len(outcomes) == 1
-    assert outcomes[0].startswith(f"folder:{paths.folder} good.py: applied patch 1.0.1, ")
+    assert outcomes[0].startswith(f"folder:{paths.path} good.py: applied patch 1.0.1, ")
     assert f"targets {spec}, in " in outcomes[0]
     assert outcomes[0].endswith(" ms")
     rejections = [r for r in caplog.records if " old.py: " in r.getMessage()]

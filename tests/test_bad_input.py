@@ -8,11 +8,9 @@ level unchanged. (An unsafe folder is refused when the agent starts.)
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import subprocess
-import textwrap
 import threading
 import time
 import tracemalloc
@@ -22,20 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from drops import DropFolder, wait_for
 
 import hotpatch
 from hotpatch._signing import generate_keypair, sign_file
 
-WAIT_S = 60.0  # a bound so a broken build fails instead of hanging; never a measurement
 NOBODY = 65534
-
-
-def wait_for(predicate: Callable[[], object], what: str) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"gave up waiting for {what}")
-        time.sleep(0.005)
 
 
 class Service:
@@ -70,41 +60,9 @@ class Service:
         self.thread.join()
 
 
-class Folder:
-    def __init__(self, root: Path):
-        self.path = root / "patches"
-        self.path.mkdir(mode=0o700)
-        self.outbox = root / "outbox"
-        self.outbox.mkdir()
-
-    def write(self, name: str, content: str | bytes) -> Path:
-        path = self.outbox / name
-        data = textwrap.dedent(content).encode() if isinstance(content, str) else content
-        path.write_bytes(data)
-        return path
-
-    def put(self, path: Path) -> None:
-        """Rename ``path`` (file, link, directory) into the folder: a drop."""
-        os.rename(path, self.path / path.name)
-
-    def drop(self, name: str, content: str | bytes) -> None:
-        self.put(self.write(name, content))
-
-    def outcome(self, name: str, where: str = "rejected") -> dict[str, Any]:
-        result = self.path / where / f"{name}.result.json"
-        wait_for(
-            lambda: (
-                os.path.lexists(self.path / where / name) and not os.path.lexists(self.path / name)
-            ),
-            f"{name} to move to {where}/",
-        )
-        data: dict[str, Any] = json.loads(result.read_text())
-        return data
-
-
 @pytest.fixture
-def folder(tmp_path: Path) -> Folder:
-    return Folder(tmp_path)
+def folder(tmp_path: Path) -> DropFolder:
+    return DropFolder(tmp_path)
 
 
 @pytest.fixture
@@ -125,7 +83,7 @@ def service(target: types.ModuleType) -> Iterator[Service]:
 
 
 @pytest.fixture
-def start(folder: Folder) -> Iterator[Callable[..., hotpatch.Agent]]:
+def start(folder: DropFolder) -> Iterator[Callable[..., hotpatch.Agent]]:
     agents: list[hotpatch.Agent] = []
 
     def start_agent(**options: Any) -> hotpatch.Agent:
@@ -155,10 +113,10 @@ def patch_text(
 
 
 def rejected(
-    folder: Folder, agent: hotpatch.Agent, service: Service, name: str, level: tuple[str, ...]
+    folder: DropFolder, agent: hotpatch.Agent, service: Service, name: str, level: tuple[str, ...]
 ) -> str:
     """The common ending: filed as rejected, serving, level unchanged; returns the reason."""
-    result = folder.outcome(name)
+    result = folder.filed(name, "rejected")
     assert result["outcome"] == "rejected"
     assert not (folder.path / name).exists()
     service.assert_serving()
@@ -229,7 +187,7 @@ CONTENT_CASES: dict[str, tuple[Callable[[str], str | bytes], list[str]]] = {
 @pytest.mark.parametrize("case", sorted(CONTENT_CASES))
 def test_bad_content_is_rejected(
     case: str,
-    folder: Folder,
+    folder: DropFolder,
     target: types.ModuleType,
     service: Service,
     start: Callable[..., hotpatch.Agent],
@@ -244,7 +202,10 @@ def test_bad_content_is_rejected(
 
 
 def test_bad_content_never_reaches_the_service_without_verification_either(
-    folder: Folder, target: types.ModuleType, service: Service, start: Callable[..., hotpatch.Agent]
+    folder: DropFolder,
+    target: types.ModuleType,
+    service: Service,
+    start: Callable[..., hotpatch.Agent],
 ) -> None:
     # Without the child, the in-process loader refuses the same files (sys.exit included).
     agent = start(verify=False)
@@ -261,7 +222,10 @@ def test_bad_content_never_reaches_the_service_without_verification_either(
 
 
 def test_hang_at_import_is_killed_after_verify_timeout(
-    folder: Folder, target: types.ModuleType, service: Service, start: Callable[..., hotpatch.Agent]
+    folder: DropFolder,
+    target: types.ModuleType,
+    service: Service,
+    start: Callable[..., hotpatch.Agent],
 ) -> None:
     agent = start(verify_timeout=1.0)
     marker = folder.outbox / "still-running"
@@ -285,17 +249,17 @@ def test_hang_at_import_is_killed_after_verify_timeout(
 
 @pytest.fixture
 def at_105(
-    folder: Folder, target: types.ModuleType, start: Callable[..., hotpatch.Agent]
+    folder: DropFolder, target: types.ModuleType, start: Callable[..., hotpatch.Agent]
 ) -> hotpatch.Agent:
     """An agent whose level is 1.0.5 (dropped and applied through the folder)."""
     agent = start()
     folder.drop("base.py", patch_text(f"{target.__name__}:f", version="1.0.5", body="return 5"))
-    assert folder.outcome("base.py", "applied")["outcome"] == "applied"
+    assert folder.filed("base.py", "applied")["outcome"] == "applied"
     return agent
 
 
 def test_version_not_newer_is_rejected(
-    folder: Folder, target: types.ModuleType, service: Service, at_105: hotpatch.Agent
+    folder: DropFolder, target: types.ModuleType, service: Service, at_105: hotpatch.Agent
 ) -> None:
     folder.drop("old.py", patch_text(f"{target.__name__}:f", version="1.0.3", body="return 3"))
     reason = rejected(folder, at_105, service, "old.py", ("1.0.5",))
@@ -304,7 +268,7 @@ def test_version_not_newer_is_rejected(
 
 
 def test_same_version_other_content_is_rejected(
-    folder: Folder, target: types.ModuleType, service: Service, at_105: hotpatch.Agent
+    folder: DropFolder, target: types.ModuleType, service: Service, at_105: hotpatch.Agent
 ) -> None:
     folder.drop("again.py", patch_text(f"{target.__name__}:f", version="1.0.5", body="return 55"))
     reason = rejected(folder, at_105, service, "again.py", ("1.0.5",))
@@ -316,7 +280,10 @@ def test_same_version_other_content_is_rejected(
 
 
 def test_a_50_mb_file_is_rejected_without_being_read(
-    folder: Folder, target: types.ModuleType, service: Service, start: Callable[..., hotpatch.Agent]
+    folder: DropFolder,
+    target: types.ModuleType,
+    service: Service,
+    start: Callable[..., hotpatch.Agent],
 ) -> None:
     agent = start()
     big = folder.write("big.py", patch_text(f"{target.__name__}:f"))
@@ -334,7 +301,10 @@ def test_a_50_mb_file_is_rejected_without_being_read(
 
 
 def test_the_size_limit_is_configurable(
-    folder: Folder, target: types.ModuleType, service: Service, start: Callable[..., hotpatch.Agent]
+    folder: DropFolder,
+    target: types.ModuleType,
+    service: Service,
+    start: Callable[..., hotpatch.Agent],
 ) -> None:
     agent = start(max_bytes=100)
     folder.drop("fix.py", patch_text(f"{target.__name__}:f"))
@@ -343,7 +313,10 @@ def test_the_size_limit_is_configurable(
 
 
 def test_a_symlink_is_rejected(
-    folder: Folder, target: types.ModuleType, service: Service, start: Callable[..., hotpatch.Agent]
+    folder: DropFolder,
+    target: types.ModuleType,
+    service: Service,
+    start: Callable[..., hotpatch.Agent],
 ) -> None:
     agent = start()
     real = folder.write("real.py", patch_text(f"{target.__name__}:f"))
@@ -357,7 +330,10 @@ def test_a_symlink_is_rejected(
 
 
 def test_a_file_owned_by_another_user_is_rejected(
-    folder: Folder, target: types.ModuleType, service: Service, start: Callable[..., hotpatch.Agent]
+    folder: DropFolder,
+    target: types.ModuleType,
+    service: Service,
+    start: Callable[..., hotpatch.Agent],
 ) -> None:
     agent = start()
     path = folder.write("theirs.py", patch_text(f"{target.__name__}:f"))
@@ -368,7 +344,7 @@ def test_a_file_owned_by_another_user_is_rejected(
     assert "another user" in reason
 
 
-def test_a_folder_writable_by_others_is_refused_at_start(folder: Folder) -> None:
+def test_a_folder_writable_by_others_is_refused_at_start(folder: DropFolder) -> None:
     folder.path.chmod(0o777)
     with pytest.raises(PermissionError, match="writable by other users") as info:
         hotpatch.install("1.0", watch=folder.path, control_socket=False)
@@ -377,13 +353,13 @@ def test_a_folder_writable_by_others_is_refused_at_start(folder: Folder) -> None
     assert f"chmod go-w {folder.path}" in message
 
 
-def test_a_group_writable_folder_is_refused_at_start(folder: Folder) -> None:
+def test_a_group_writable_folder_is_refused_at_start(folder: DropFolder) -> None:
     folder.path.chmod(0o770)
     with pytest.raises(PermissionError, match="chmod go-w"):
         hotpatch.install("1.0", watch=folder.path, control_socket=False)
 
 
-def test_a_folder_owned_by_another_user_is_refused_at_start(folder: Folder) -> None:
+def test_a_folder_owned_by_another_user_is_refused_at_start(folder: DropFolder) -> None:
     os.chown(folder.path, NOBODY, NOBODY)
     with pytest.raises(PermissionError, match=f"owned by uid {NOBODY}") as info:
         hotpatch.install("1.0", watch=folder.path, control_socket=False)
@@ -406,7 +382,7 @@ def keys(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def test_an_unsigned_patch_is_rejected_when_signatures_are_required(
-    folder: Folder,
+    folder: DropFolder,
     target: types.ModuleType,
     service: Service,
     start: Callable[..., hotpatch.Agent],
@@ -420,7 +396,7 @@ def test_an_unsigned_patch_is_rejected_when_signatures_are_required(
 
 
 def test_a_tampered_patch_is_rejected(
-    folder: Folder,
+    folder: DropFolder,
     target: types.ModuleType,
     service: Service,
     start: Callable[..., hotpatch.Agent],
@@ -438,7 +414,7 @@ def test_a_tampered_patch_is_rejected(
 
 
 def test_a_signature_by_an_untrusted_key_is_rejected(
-    folder: Folder,
+    folder: DropFolder,
     target: types.ModuleType,
     service: Service,
     start: Callable[..., hotpatch.Agent],
@@ -454,7 +430,7 @@ def test_a_signature_by_an_untrusted_key_is_rejected(
 
 
 def test_a_properly_signed_patch_goes_in(
-    folder: Folder,
+    folder: DropFolder,
     target: types.ModuleType,
     service: Service,
     start: Callable[..., hotpatch.Agent],
@@ -465,7 +441,7 @@ def test_a_properly_signed_patch_goes_in(
     sig = sign_file(path, keys[1])
     folder.put(path)  # the patch first, its signature just after: the folder waits for it
     folder.put(sig)
-    result = folder.outcome("fix.py", "applied")
+    result = folder.filed("fix.py", "applied")
     assert result["outcome"] == "applied", result["reason"]
     assert result["key_id"]
     wait_for(lambda: service.last == 1, "the service to run the patch")
@@ -474,7 +450,7 @@ def test_a_properly_signed_patch_goes_in(
     assert (folder.path / "applied" / "fix.py.sig").exists()
 
 
-def test_signatures_need_trusted_keys(folder: Folder) -> None:
+def test_signatures_need_trusted_keys(folder: DropFolder) -> None:
     with pytest.raises(ValueError, match="require_signature=True needs trusted_keys"):
         hotpatch.install("1.0", watch=folder.path, require_signature=True, control_socket=False)
 
@@ -483,7 +459,10 @@ def test_signatures_need_trusted_keys(folder: Folder) -> None:
 
 
 def test_200_valid_patches_dropped_at_once_are_all_applied_in_order(
-    folder: Folder, target: types.ModuleType, service: Service, start: Callable[..., hotpatch.Agent]
+    folder: DropFolder,
+    target: types.ModuleType,
+    service: Service,
+    start: Callable[..., hotpatch.Agent],
 ) -> None:
     versions = [f"1.0.{n}" for n in range(1, 201)]
     staged = [
@@ -495,7 +474,7 @@ def test_200_valid_patches_dropped_at_once_are_all_applied_in_order(
     # One `mv`, as an operator would: the files arrive one by one, versions shuffled.
     subprocess.run(["mv", *map(str, staged), str(folder.path)], check=True)
     for path in staged:
-        assert folder.outcome(path.name, "applied")["outcome"] == "applied"
+        assert folder.filed(path.name, "applied")["outcome"] == "applied"
     assert agent.registry is not None
     assert agent.registry.level == tuple(versions)
     assert os.listdir(folder.path / "rejected") == []

@@ -16,21 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from drops import WAIT_S, DropFolder, wait_for
 
 import hotpatch
 from hotpatch import _folder
 from hotpatch._folder import is_ignored, peek_targets, peek_version
 
-WAIT_S = 30.0  # a bound so a broken build fails instead of hanging; never a measurement
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
-
-
-def wait_for(predicate: Callable[[], object], what: str) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"gave up waiting for {what}")
-        time.sleep(0.005)
 
 
 def patch_source(mod: types.ModuleType, version: str, value: int, baseline: str = "1.0") -> str:
@@ -47,48 +39,9 @@ def patch_source(mod: types.ModuleType, version: str, value: int, baseline: str 
     )
 
 
-class Drops:
-    """Writes patch files outside the folder and renames them in (the documented way)."""
-
-    def __init__(self, root: Path):
-        self.folder = root / "patches"
-        self.folder.mkdir(mode=0o700)
-        self.outbox = root / "outbox"
-        self.outbox.mkdir()
-
-    def write(self, name: str, text: str | bytes) -> Path:
-        path = self.outbox / name
-        path.write_bytes(text.encode() if isinstance(text, str) else text)
-        return path
-
-    def drop(self, name: str, text: str | bytes) -> Path:
-        target = self.folder / name
-        os.rename(self.write(name, text), target)
-        return target
-
-    def result(self, outcome_dir: str, name: str) -> dict[str, Any]:
-        path = self.folder / outcome_dir / f"{name}{_folder.RESULT_SUFFIX}"
-        wait_for(path.exists, f"{path}")
-        data: dict[str, Any] = json.loads(path.read_text())
-        return data
-
-    def filed(self, outcome_dir: str, name: str) -> dict[str, Any]:
-        """Wait until ``name`` is filed under ``outcome_dir`` (result and file); its result."""
-        wait_for(
-            lambda: (
-                (self.folder / outcome_dir / name).exists() and not (self.folder / name).exists()
-            ),
-            f"{name} to move to {outcome_dir}/",
-        )
-        return self.result(outcome_dir, name)
-
-    def listing(self, outcome_dir: str) -> list[str]:
-        return sorted(os.listdir(self.folder / outcome_dir))
-
-
 @pytest.fixture
-def drops(tmp_path: Path) -> Drops:
-    return Drops(tmp_path)
+def drops(tmp_path: Path) -> DropFolder:
+    return DropFolder(tmp_path)
 
 
 @pytest.fixture
@@ -102,13 +55,13 @@ def target(make_module: Callable[[str], types.ModuleType]) -> types.ModuleType:
 
 
 @pytest.fixture
-def start_agent(drops: Drops) -> Iterator[Callable[..., hotpatch.Agent]]:
+def start_agent(drops: DropFolder) -> Iterator[Callable[..., hotpatch.Agent]]:
     agents: list[hotpatch.Agent] = []
 
     def start(**options: Any) -> hotpatch.Agent:
         options.setdefault("control_socket", False)
         options.setdefault("verify", False)
-        agent = hotpatch.install("1.0", watch=drops.folder, **options)
+        agent = hotpatch.install("1.0", watch=drops.path, **options)
         agents.append(agent)
         return agent
 
@@ -189,12 +142,12 @@ def test_peek_version_does_not_execute_the_file(tmp_path: Path) -> None:
 
 
 def test_renamed_in_patch_is_applied_and_filed(
-    drops: Drops, target: types.ModuleType, start_agent: Callable[..., hotpatch.Agent]
+    drops: DropFolder, target: types.ModuleType, start_agent: Callable[..., hotpatch.Agent]
 ) -> None:
     agent = start_agent()
     text = patch_source(target, "1.0.1", 1)
     drops.drop("fix.py", text)
-    result = drops.filed("applied", "fix.py")
+    result = drops.filed("fix.py", "applied")
     assert target.f() == 1
     assert agent.registry is not None
     assert agent.registry.level == ("1.0.1",)
@@ -205,45 +158,45 @@ def test_renamed_in_patch_is_applied_and_filed(
     assert result["targets"] == [f"{target.__name__}:f"]
     assert result["level"] == ["1.0.1"]
     assert result["file"] == "fix.py"
-    assert result["who"] == f"folder:{drops.folder}"
+    assert result["who"] == f"folder:{drops.path}"
     assert result["time"].endswith("+00:00")
     timings = result["timings"]
     assert {"read_s", "verify_s", "load_s", "apply_s", "total_s"} <= set(timings)
     assert all(value >= 0 for value in timings.values())
     assert timings["total_s"] >= timings["apply_s"]
     # The drop left the folder, and its file content is what was applied.
-    assert not (drops.folder / "fix.py").exists()
-    assert (drops.folder / "applied" / "fix.py").read_text() == text
+    assert not (drops.path / "fix.py").exists()
+    assert (drops.path / "applied" / "fix.py").read_text() == text
 
 
 def test_file_written_slowly_in_place_is_taken_only_after_close(
-    drops: Drops, target: types.ModuleType, start_agent: Callable[..., hotpatch.Agent]
+    drops: DropFolder, target: types.ModuleType, start_agent: Callable[..., hotpatch.Agent]
 ) -> None:
     start_agent()
     text = patch_source(target, "1.0.6", 6)
     half = len(text) // 2
-    slow = drops.folder / "slow.py"
+    slow = drops.path / "slow.py"
     with slow.open("w") as out:
         out.write(text[:half])  # a truncated patch: a syntax error if it were taken now
         out.flush()
         # Another drop goes all the way through while slow.py is still open.
         drops.drop("other.py", patch_source(target, "1.0.5", 5))
-        drops.filed("applied", "other.py")
+        drops.filed("other.py", "applied")
         assert slow.exists()
-        assert not (drops.folder / "rejected" / "slow.py.result.json").exists()
+        assert not (drops.path / "rejected" / "slow.py.result.json").exists()
         for _ in range(3):  # more chunks, more writes
             out.write(text[half : half + 10])
             out.flush()
             half += 10
             time.sleep(0.02)
         out.write(text[half:])
-    result = drops.filed("applied", "slow.py")
+    result = drops.filed("slow.py", "applied")
     assert result["outcome"] == "applied"
     assert target.f() == 6
 
 
 def test_temporary_names_wait_for_their_rename(
-    drops: Drops, target: types.ModuleType, start_agent: Callable[..., hotpatch.Agent]
+    drops: DropFolder, target: types.ModuleType, start_agent: Callable[..., hotpatch.Agent]
 ) -> None:
     start_agent()
     waiting = {
@@ -253,31 +206,31 @@ def test_temporary_names_wait_for_their_rename(
         ".fix4.py": "1.0.5",
     }
     for name, version in waiting.items():
-        (drops.folder / name).write_text(patch_source(target, version, 9))
+        (drops.path / name).write_text(patch_source(target, version, 9))
     # A normal drop goes through while the temporary files sit there untouched.
     drops.drop("first.py", patch_source(target, "1.0.1", 1))
-    drops.filed("applied", "first.py")
+    drops.filed("first.py", "applied")
     for name in waiting:
-        assert (drops.folder / name).exists(), name
+        assert (drops.path / name).exists(), name
     assert drops.listing("rejected") == []
     # Renamed to a real name inside the folder, the file is taken.
-    os.rename(drops.folder / "fix.py.tmp", drops.folder / "fix.py")
-    assert drops.filed("applied", "fix.py")["version"] == "1.0.2"
+    os.rename(drops.path / "fix.py.tmp", drops.path / "fix.py")
+    assert drops.filed("fix.py", "applied")["version"] == "1.0.2"
     assert target.f() == 9
     for name in ("fix2.py.part", "fix3.py~", ".fix4.py"):
-        assert (drops.folder / name).exists(), name
+        assert (drops.path / name).exists(), name
 
 
 def test_reading_a_file_in_the_folder_does_not_take_it(
-    drops: Drops, target: types.ModuleType, start_agent: Callable[..., hotpatch.Agent]
+    drops: DropFolder, target: types.ModuleType, start_agent: Callable[..., hotpatch.Agent]
 ) -> None:
     start_agent()
     # A hard link appears without a close-after-write or a rename: not announced.
-    os.link(drops.write("later.py", patch_source(target, "1.0.9", 9)), drops.folder / "later.py")
-    (drops.folder / "later.py").read_text()  # closing after a read is not a drop either
+    os.link(drops.write("later.py", patch_source(target, "1.0.9", 9)), drops.path / "later.py")
+    (drops.path / "later.py").read_text()  # closing after a read is not a drop either
     drops.drop("b.py", patch_source(target, "1.0.2", 2))
-    assert drops.filed("applied", "b.py")["outcome"] == "applied"
-    assert (drops.folder / "later.py").exists()
+    assert drops.filed("b.py", "applied")["outcome"] == "applied"
+    assert (drops.path / "later.py").exists()
     assert drops.listing("applied") == ["b.py", "b.py.result.json"]
     assert drops.listing("rejected") == []
 
@@ -286,15 +239,15 @@ def test_reading_a_file_in_the_folder_does_not_take_it(
 
 
 def test_a_burst_is_processed_in_version_order(
-    drops: Drops, target: types.ModuleType, start_agent: Callable[..., hotpatch.Agent]
+    drops: DropFolder, target: types.ModuleType, start_agent: Callable[..., hotpatch.Agent]
 ) -> None:
     agent = start_agent()
     versions = [f"1.0.{n}" for n in (9, 3, 12, 1, 7, 10, 2)]
     staged = [drops.write(f"p{i}.py", patch_source(target, v, i)) for i, v in enumerate(versions)]
     # One `mv` renames them in, one after the other, in this (unsorted) order.
-    subprocess.run(["mv", *map(str, staged), str(drops.folder)], check=True)
+    subprocess.run(["mv", *map(str, staged), str(drops.path)], check=True)
     for path in staged:
-        drops.filed("applied", path.name)
+        drops.filed(path.name, "applied")
     assert agent.registry is not None
     assert list(agent.registry.level) == sorted(versions, key=_v)
     assert drops.listing("rejected") == []
@@ -305,27 +258,27 @@ def _v(version: str) -> tuple[int, ...]:
 
 
 def test_catch_up_applies_files_already_there_in_version_order(
-    drops: Drops, target: types.ModuleType, start_agent: Callable[..., hotpatch.Agent]
+    drops: DropFolder, target: types.ModuleType, start_agent: Callable[..., hotpatch.Agent]
 ) -> None:
     # Names in the opposite order of the versions: the version decides.
-    (drops.folder / "a.py").write_text(patch_source(target, "1.0.3", 3))
-    (drops.folder / "b.py").write_text(patch_source(target, "1.0.2", 2))
-    (drops.folder / "c.py").write_text(patch_source(target, "1.0.1", 1))
-    (drops.folder / "d.py").write_text("this is not python (\n")  # unreadable: last
-    (drops.folder / "e.py.tmp").write_text(patch_source(target, "1.0.4", 4))
+    (drops.path / "a.py").write_text(patch_source(target, "1.0.3", 3))
+    (drops.path / "b.py").write_text(patch_source(target, "1.0.2", 2))
+    (drops.path / "c.py").write_text(patch_source(target, "1.0.1", 1))
+    (drops.path / "d.py").write_text("this is not python (\n")  # unreadable: last
+    (drops.path / "e.py.tmp").write_text(patch_source(target, "1.0.4", 4))
     agent = start_agent()
     for name in ("a.py", "b.py", "c.py"):
-        drops.filed("applied", name)
-    drops.filed("rejected", "d.py")
+        drops.filed(name, "applied")
+    drops.filed("d.py", "rejected")
     assert agent.registry is not None
     assert agent.registry.level == ("1.0.1", "1.0.2", "1.0.3")
     assert [h.version for h in agent.registry.history] == ["1.0.1", "1.0.2", "1.0.3"]
     assert target.f() == 3
-    assert (drops.folder / "e.py.tmp").exists()
+    assert (drops.path / "e.py.tmp").exists()
 
 
 def test_a_lower_version_not_yet_complete_is_waited_for(
-    drops: Drops,
+    drops: DropFolder,
     target: types.ModuleType,
     start_agent: Callable[..., hotpatch.Agent],
     monkeypatch: pytest.MonkeyPatch,
@@ -333,32 +286,32 @@ def test_a_lower_version_not_yet_complete_is_waited_for(
     monkeypatch.setattr(_folder, "HOLD_BACK_S", WAIT_S)
     agent = start_agent()
     # 1.0.1 is in the folder, whole, but still open: not announced yet.
-    with (drops.folder / "low.py").open("w") as low:
+    with (drops.path / "low.py").open("w") as low:
         low.write(patch_source(target, "1.0.1", 1))
         low.flush()
         drops.drop("high.py", patch_source(target, "1.0.2", 2))
         wait_for(lambda: "high.py" in agent.status()["pending"], "high.py to be announced")
         assert agent.registry is not None
         assert agent.registry.level == ()
-    drops.filed("applied", "low.py")
-    drops.filed("applied", "high.py")
+    drops.filed("low.py", "applied")
+    drops.filed("high.py", "applied")
     assert agent.registry.level == ("1.0.1", "1.0.2")
 
 
 def test_the_wait_for_a_lower_version_is_bounded(
-    drops: Drops,
+    drops: DropFolder,
     target: types.ModuleType,
     start_agent: Callable[..., hotpatch.Agent],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(_folder, "HOLD_BACK_S", 0.1)
     agent = start_agent()
-    with (drops.folder / "low.py").open("w") as low:
+    with (drops.path / "low.py").open("w") as low:
         low.write(patch_source(target, "1.0.1", 1))
         low.flush()
         drops.drop("high.py", patch_source(target, "1.0.2", 2))
-        drops.filed("applied", "high.py")  # not held up for ever by a file left open
-    result = drops.filed("rejected", "low.py")
+        drops.filed("high.py", "applied")  # not held up for ever by a file left open
+    result = drops.filed("low.py", "rejected")
     assert "not newer" in result["reason"]
     assert agent.registry is not None
     assert agent.registry.level == ("1.0.2",)
@@ -368,13 +321,13 @@ def test_the_wait_for_a_lower_version_is_bounded(
 
 
 def test_a_name_taken_in_the_outcome_folder_gets_a_suffix(
-    drops: Drops, target: types.ModuleType, start_agent: Callable[..., hotpatch.Agent]
+    drops: DropFolder, target: types.ModuleType, start_agent: Callable[..., hotpatch.Agent]
 ) -> None:
     start_agent()
     for n in (1, 2, 3):
         drops.drop("fix.py", patch_source(target, f"1.0.{n}", n))
         name = "fix.py" if n == 1 else f"fix.{n - 1}.py"
-        assert drops.filed("applied", name)["version"] == f"1.0.{n}"
+        assert drops.filed(name, "applied")["version"] == f"1.0.{n}"
     assert drops.listing("applied") == [
         "fix.1.py",
         "fix.1.py.result.json",
@@ -387,7 +340,7 @@ def test_a_name_taken_in_the_outcome_folder_gets_a_suffix(
 
 
 def test_the_result_is_complete_before_the_file_moves(
-    drops: Drops,
+    drops: DropFolder,
     target: types.ModuleType,
     start_agent: Callable[..., hotpatch.Agent],
     monkeypatch: pytest.MonkeyPatch,
@@ -403,21 +356,21 @@ def test_the_result_is_complete_before_the_file_moves(
     monkeypatch.setattr(_folder, "_move", checking_move)
     start_agent()
     drops.drop("fix.py", patch_source(target, "1.0.1", 1))
-    drops.filed("applied", "fix.py")
+    drops.filed("fix.py", "applied")
     assert [r["version"] for r in seen] == ["1.0.1"]
     # No temporary file is left beside the results.
     assert drops.listing("applied") == ["fix.py", "fix.py.result.json"]
 
 
 def test_same_version_same_content_is_unchanged(
-    drops: Drops, target: types.ModuleType, start_agent: Callable[..., hotpatch.Agent]
+    drops: DropFolder, target: types.ModuleType, start_agent: Callable[..., hotpatch.Agent]
 ) -> None:
     agent = start_agent()
     text = patch_source(target, "1.0.1", 1)
     drops.drop("fix.py", text)
-    drops.filed("applied", "fix.py")
+    drops.filed("fix.py", "applied")
     drops.drop("again.py", text)
-    result = drops.filed("applied", "again.py")
+    result = drops.filed("again.py", "applied")
     assert result["outcome"] == "unchanged"
     assert result["version"] == "1.0.1"
     assert "already applied" in result["reason"]
@@ -427,13 +380,13 @@ def test_same_version_same_content_is_unchanged(
 
 
 def test_same_version_other_content_is_rejected(
-    drops: Drops, target: types.ModuleType, start_agent: Callable[..., hotpatch.Agent]
+    drops: DropFolder, target: types.ModuleType, start_agent: Callable[..., hotpatch.Agent]
 ) -> None:
     agent = start_agent()
     drops.drop("fix.py", patch_source(target, "1.0.1", 1))
-    drops.filed("applied", "fix.py")
+    drops.filed("fix.py", "applied")
     drops.drop("other.py", patch_source(target, "1.0.1", 99))
-    result = drops.filed("rejected", "other.py")
+    result = drops.filed("other.py", "rejected")
     assert result["outcome"] == "rejected"
     assert "1.0.1 is already applied with other content" in result["reason"]
     assert "newer version" in result["reason"]
@@ -443,7 +396,7 @@ def test_same_version_other_content_is_rejected(
 
 
 def test_bundles_wait_in_pending_for_the_supervisor(
-    drops: Drops, start_agent: Callable[..., hotpatch.Agent]
+    drops: DropFolder, start_agent: Callable[..., hotpatch.Agent]
 ) -> None:
     import zipfile
 
@@ -452,45 +405,45 @@ def test_bundles_wait_in_pending_for_the_supervisor(
     bundle = drops.outbox / "release-2.0"
     (bundle / "src").mkdir(parents=True)
     (bundle / "patch.toml").write_text(toml)
-    os.rename(bundle, drops.folder / "release-2.0")
-    result = drops.filed("pending", "release-2.0")
+    os.rename(bundle, drops.path / "release-2.0")
+    result = drops.filed("release-2.0", "pending")
     assert result["outcome"] == "pending"
     assert result["reason"] == "baseline bundles need the supervisor (hotpatch run)"
     assert result["version"] == "2.0"
-    assert (drops.folder / "pending" / "release-2.0" / "patch.toml").exists()
+    assert (drops.path / "pending" / "release-2.0" / "patch.toml").exists()
 
     archive = drops.outbox / "release-2.1.zip"
     with zipfile.ZipFile(archive, "w") as zf:
         zf.writestr("patch.toml", toml.replace("2.0", "2.1"))
-    os.rename(archive, drops.folder / archive.name)
-    result = drops.filed("pending", "release-2.1.zip")
+    os.rename(archive, drops.path / archive.name)
+    result = drops.filed("release-2.1.zip", "pending")
     assert result["version"] == "2.1"
     assert result["outcome"] == "pending"
 
 
 def test_a_file_that_is_not_a_patch_is_rejected(
-    drops: Drops, start_agent: Callable[..., hotpatch.Agent]
+    drops: DropFolder, start_agent: Callable[..., hotpatch.Agent]
 ) -> None:
     start_agent()
     drops.drop("notes.txt", "remember the milk\n")
-    result = drops.filed("rejected", "notes.txt")
+    result = drops.filed("notes.txt", "rejected")
     assert result["outcome"] == "rejected"
     assert "notes.txt is not a patch" in result["reason"]
 
 
 def test_a_signature_waits_beside_its_patch_and_moves_with_it(
-    drops: Drops, target: types.ModuleType, start_agent: Callable[..., hotpatch.Agent]
+    drops: DropFolder, target: types.ModuleType, start_agent: Callable[..., hotpatch.Agent]
 ) -> None:
     start_agent()
     drops.drop("fix.py.sig", "not checked: signatures are not required here\n")
     drops.drop("fix.py", patch_source(target, "1.0.1", 1))
-    drops.filed("applied", "fix.py")
-    wait_for((drops.folder / "applied" / "fix.py.sig").exists, "the .sig to move")
-    assert not (drops.folder / "fix.py.sig").exists()
+    drops.filed("fix.py", "applied")
+    wait_for((drops.path / "applied" / "fix.py.sig").exists, "the .sig to move")
+    assert not (drops.path / "fix.py.sig").exists()
 
 
 def test_an_unexpected_error_becomes_a_rejection_and_the_folder_goes_on(
-    drops: Drops,
+    drops: DropFolder,
     target: types.ModuleType,
     start_agent: Callable[..., hotpatch.Agent],
     monkeypatch: pytest.MonkeyPatch,
@@ -506,18 +459,18 @@ def test_an_unexpected_error_becomes_a_rejection_and_the_folder_goes_on(
     monkeypatch.setattr(_agent, "load_patch_source", failing_once)
     agent = start_agent()
     drops.drop("first.py", patch_source(target, "1.0.1", 1))
-    result = drops.filed("rejected", "first.py")
+    result = drops.filed("first.py", "rejected")
     assert (
         "internal error while processing first.py: RuntimeError: disk on fire" in (result["reason"])
     )
     drops.drop("second.py", patch_source(target, "1.0.2", 2))
-    assert drops.filed("applied", "second.py")["outcome"] == "applied"
+    assert drops.filed("second.py", "applied")["outcome"] == "applied"
     assert agent.registry is not None
     assert agent.registry.level == ("1.0.2",)
 
 
 def test_a_drop_replaced_while_processed_files_the_bytes_that_were_processed(
-    drops: Drops,
+    drops: DropFolder,
     target: types.ModuleType,
     start_agent: Callable[..., hotpatch.Agent],
     monkeypatch: pytest.MonkeyPatch,
@@ -530,21 +483,21 @@ def test_a_drop_replaced_while_processed_files_the_bytes_that_were_processed(
 
     def replace_then_load(data: bytes, *, path: str) -> hotpatch.Patch:
         if data == first.encode():  # the writer swaps the file under the agent's feet
-            os.rename(drops.write("fix.py", second), drops.folder / "fix.py")
+            os.rename(drops.write("fix.py", second), drops.path / "fix.py")
         return real(data, path=path)
 
     monkeypatch.setattr(_agent, "load_patch_source", replace_then_load)
     start_agent()
     drops.drop("fix.py", first)
-    assert drops.filed("applied", "fix.py")["version"] == "1.0.1"
-    assert (drops.folder / "applied" / "fix.py").read_text() == first
-    assert drops.filed("applied", "fix.1.py")["version"] == "1.0.2"
-    assert (drops.folder / "applied" / "fix.1.py").read_text() == second
+    assert drops.filed("fix.py", "applied")["version"] == "1.0.1"
+    assert (drops.path / "applied" / "fix.py").read_text() == first
+    assert drops.filed("fix.1.py", "applied")["version"] == "1.0.2"
+    assert (drops.path / "applied" / "fix.1.py").read_text() == second
     assert target.f() == 2
 
 
 def test_status_lists_drops_waiting_for_the_worker(
-    drops: Drops,
+    drops: DropFolder,
     target: types.ModuleType,
     start_agent: Callable[..., hotpatch.Agent],
     monkeypatch: pytest.MonkeyPatch,
@@ -564,7 +517,7 @@ def test_status_lists_drops_waiting_for_the_worker(
     drops.drop("b.py", patch_source(target, "1.0.2", 2))
     wait_for(lambda: agent.status()["pending"] == ["a.py", "b.py"], "both drops to be seen")
     gate.set()
-    drops.filed("applied", "b.py")
+    drops.filed("b.py", "applied")
     wait_for(lambda: agent.status()["pending"] == [], "the queue to empty")
     assert agent.status()["last"]["version"] == "1.0.2"
 

@@ -1,0 +1,72 @@
+"""Test helpers shared by the watched-folder tests: bounded waits and a folder to drop into."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hotpatch._folder import RESULT_SUFFIX
+
+WAIT_S = 60.0  # a bound so a broken build fails instead of hanging; never a measurement
+
+
+def wait_for(predicate: Callable[[], object], what: str, timeout: float = WAIT_S) -> None:
+    """Poll ``predicate`` until it is true; fail the test naming ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"gave up waiting for {what}")
+        time.sleep(0.005)
+
+
+class DropFolder:
+    """A watched folder (0700) and an outbox: files are written outside, then renamed in."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.path = root / "patches"
+        self.path.mkdir(mode=0o700)
+        self.outbox = root / "outbox"
+        self.outbox.mkdir()
+        self.journal = root / "state" / "journal.json"
+
+    def write(self, name: str, content: str | bytes) -> Path:
+        """``name`` in the outbox, ready to be renamed in."""
+        path = self.outbox / name
+        path.write_bytes(content.encode() if isinstance(content, str) else content)
+        return path
+
+    def put(self, path: Path) -> Path:
+        """Rename ``path`` (file, link, directory) into the folder: a drop."""
+        target = self.path / path.name
+        os.rename(path, target)
+        return target
+
+    def drop(self, name: str, content: str | bytes) -> Path:
+        return self.put(self.write(name, content))
+
+    def result(self, name: str, where: str) -> dict[str, Any]:
+        """The result file of ``name`` under ``where``, once it exists."""
+        path = self.path / where / f"{name}{RESULT_SUFFIX}"
+        wait_for(path.exists, str(path))
+        data: dict[str, Any] = json.loads(path.read_text())
+        return data
+
+    def filed(self, name: str, where: str = "applied") -> dict[str, Any]:
+        """Wait until ``name`` is filed under ``where`` (result and file); its result."""
+        wait_for(
+            lambda: (
+                os.path.lexists(self.path / where / name) and not os.path.lexists(self.path / name)
+            ),
+            f"{name} to move to {where}/",
+        )
+        return self.result(name, where)
+
+    def listing(self, where: str) -> list[str]:
+        return sorted(os.listdir(self.path / where))
