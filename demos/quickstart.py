@@ -27,9 +27,7 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import re
-import signal
 import subprocess
 import sys
 import tempfile
@@ -39,9 +37,23 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from _narrate import T0, DemoFailed, aliases, check, hotpatch_cli, ms, say, wrap
+from _narrate import (
+    TIMEOUT_S,
+    DemoFailed,
+    aliases,
+    check,
+    drop,
+    hotpatch_cli,
+    ms,
+    now,
+    say,
+    show_timings,
+    stop_process,
+    wait_outcome,
+    wait_until,
+    wrap,
+)
 
 HERE = Path(__file__).resolve().parent
 PATCHES = HERE / "patches"
@@ -53,7 +65,6 @@ BAD_PATCHES = (
 QUERY = "/price?amount=0.99&pct=50"
 BUG, FIXED = "0.49", "0.50"
 LOAD_THREADS = 2
-TIMEOUT_S = 30.0  # for any one step; the whole demo takes a few seconds
 
 
 # -- the service, run as its own process ------------------------------------------------
@@ -105,15 +116,7 @@ class Service:
 
     def stop(self) -> int:
         """SIGTERM (the service shuts down cleanly), then its exit code."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            code = self.process.wait(TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            code = self.process.wait()
-        self._relay.join(TIMEOUT_S)
-        return code
+        return stop_process(self.process, self._relay)
 
 
 # -- the load generator -------------------------------------------------------------------
@@ -150,12 +153,12 @@ class Load:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            started = time.perf_counter()
+            started = now()
             try:
                 price, error = self._ask(), None
             except Exception as exc:  # any failure is counted, none stops the load
                 price, error = None, f"{type(exc).__name__}: {exc}"
-            self.answers.append(Answer(started, time.perf_counter(), price, error))
+            self.answers.append(Answer(started, now(), price, error))
             time.sleep(0.002)  # steady, not flat out: the machine is shared
 
     def _ask(self) -> str:
@@ -177,13 +180,11 @@ class Load:
 
     def wait_for(self, count: int, after: float) -> list[Answer]:
         """Wait until ``count`` requests started after ``after`` have been answered."""
-        deadline = time.perf_counter() + TIMEOUT_S
-        while time.perf_counter() < deadline:
-            answers = self.started_after(after)
-            if len(answers) >= count:
-                return answers
-            time.sleep(0.01)
-        raise DemoFailed(f"the load got fewer than {count} answers in {TIMEOUT_S:.0f} s")
+        answers: list[Answer] = wait_until(
+            lambda: len(a := self.started_after(after)) >= count and a,
+            f"{count} answers from the load",
+        )
+        return answers
 
     @property
     def failed(self) -> list[Answer]:
@@ -191,35 +192,6 @@ class Load:
 
 
 # -- dropping patches ---------------------------------------------------------------------
-
-
-def drop(patch: Path, folder: Path) -> float:
-    """Drop ``patch`` the documented way: write under a temporary name, then rename."""
-    temporary = folder / f"{patch.name}.tmp"  # *.tmp is ignored by the agent
-    temporary.write_bytes(patch.read_bytes())
-    dropped = time.perf_counter()
-    os.rename(temporary, folder / patch.name)
-    return dropped
-
-
-def wait_outcome(folder: Path, name: str) -> dict[str, Any]:
-    """The drop's ``NAME.result.json``, once the file has moved beside it."""
-    deadline = time.perf_counter() + TIMEOUT_S
-    while time.perf_counter() < deadline:
-        for where in ("applied", "rejected", "pending"):
-            result = folder / where / f"{name}.result.json"
-            # The result is written completely, then the file moves beside it.
-            if result.exists() and (folder / where / name).exists():
-                record: dict[str, Any] = json.loads(result.read_text())
-                return record
-        time.sleep(0.005)
-    raise DemoFailed(f"no outcome for {name} after {TIMEOUT_S:.0f} s")
-
-
-def show_timings(timings: dict[str, float]) -> str:
-    names = {"read_s": "read", "verify_s": "verified in a child", "load_s": "loaded"}
-    names |= {"apply_s": "switched", "total_s": "total"}
-    return ", ".join(f"{names.get(k, k)} {ms(v)}" for k, v in timings.items())
 
 
 # -- the demo -----------------------------------------------------------------------------
@@ -247,7 +219,7 @@ def run(folder: Path, journal: Path) -> None:
         load = Load(port)
         load.start()
         say(f"load: {LOAD_THREADS} threads sending GET http://127.0.0.1:{port}{QUERY}")
-        before = load.wait_for(40, after=T0)
+        before = load.wait_for(40, after=0.0)
         prices = Counter(a.price for a in before)
         check(set(prices) == {BUG}, f"before the fix, the service answered {dict(prices)}")
         say(f"the service answers {BUG}: the bug (0.99 at 50% off should be {FIXED})")
@@ -266,9 +238,9 @@ def run(folder: Path, journal: Path) -> None:
 def fix_the_bug(load: Load, folder: Path, story: Story) -> None:
     """Drop the fix; the answers change live, and no request fails."""
     say(f"dropping the fix: {FIX.name}.tmp written in the folder, renamed to {FIX.name}")
-    story.dropped = drop(FIX, folder)
+    story.dropped = drop([FIX], folder)
     record = wait_outcome(folder, FIX.name)
-    story.seen = time.perf_counter()
+    story.seen = now()
     check(record["outcome"] == "applied", f"the fix was {record['outcome']}: {record['reason']}")
     story.fix_version, story.fix_timings = record["version"], record["timings"]
     say(
@@ -299,9 +271,9 @@ def refuse_bad_patches(load: Load, folder: Path, story: Story) -> None:
     """Drop the bad patches: each is refused with its reason; the service keeps serving."""
     for bad in BAD_PATCHES:
         say(f"dropping a bad patch: {bad.name}")
-        drop(bad, folder)
+        drop([bad], folder)
         record = wait_outcome(folder, bad.name)
-        seen = time.perf_counter()
+        seen = now()
         check(record["outcome"] == "rejected", f"{bad.name} was {record['outcome']}, not rejected")
         check(bool(record["reason"]), f"{bad.name} was rejected without a reason")
         story.refused.append(f"{record['version']} ({bad.stem.rsplit('-', 1)[-1]})")

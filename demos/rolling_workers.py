@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _narrate import read_json, say
+
 WORKERS = 5
 WAIT = 40.0
 
@@ -103,10 +105,6 @@ def healthy():
 """
 
 
-def say(text: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
-
-
 class Load:
     """Client threads, a new connection per request, counting what happened."""
 
@@ -151,19 +149,11 @@ class Load:
             thread.join(WAIT)
 
 
-def read_status(path: Path) -> dict[str, Any]:
-    try:
-        data: dict[str, Any] = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data
-
-
 def wait_result(folder: Path, name: str, status_file: Path, shown: set[str]) -> dict[str, Any]:
     """The drop's outcome; meanwhile print the rollout's progress lines as they come."""
     deadline = time.monotonic() + WAIT
     while time.monotonic() < deadline:
-        rollout = read_status(status_file).get("rollout") or {}
+        rollout = read_json(status_file).get("rollout") or {}
         for line in rollout.get("progress", []):
             if line not in shown:
                 shown.add(line)
@@ -212,7 +202,7 @@ def main() -> int:  # noqa: PLR0915 -- a script, told as it happens
             deadline = time.monotonic() + WAIT
             status: dict[str, Any] = {}
             while time.monotonic() < deadline:
-                status = read_status(status_file)
+                status = read_json(status_file)
                 workers = status.get("workers", [])
                 if len(workers) == WORKERS and all(w["pid"] for w in workers):
                     break
@@ -234,7 +224,7 @@ def main() -> int:  # noqa: PLR0915 -- a script, told as it happens
             say("dropping fix-1.0.1.py (the right price)")
             drop(folder, "fix-1.0.1.py", GOOD)
             good = wait_result(folder, "fix-1.0.1.py", status_file, shown)
-            status = read_status(status_file)
+            status = read_json(status_file)
             say(f"outcome: {good['outcome']} -> {good['dir']}/; worker levels {levels(status)}")
             batches = status["rollout"]["batches"]
             checks.append(("the good patch applied", good["outcome"] == "applied"))
@@ -245,7 +235,7 @@ def main() -> int:  # noqa: PLR0915 -- a script, told as it happens
             say("dropping sick-1.0.2.py (its health check fails)")
             drop(folder, "sick-1.0.2.py", BAD)
             bad = wait_result(folder, "sick-1.0.2.py", status_file, shown)
-            status = read_status(status_file)
+            status = read_json(status_file)
             rollout = status["rollout"]
             say(f"outcome: {bad['outcome']} -> {bad['dir']}/: {bad['reason']}")
             say(f"worker levels {levels(status)}")

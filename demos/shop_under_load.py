@@ -45,7 +45,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -56,12 +55,28 @@ import time
 import tomllib
 import zipfile
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from _narrate import WALL0, DemoFailed, aliases, check, hotpatch_cli, ms, now, say, wrap
+from _narrate import (
+    TIMEOUT_S,
+    WALL0,
+    DemoFailed,
+    aliases,
+    check,
+    drop,
+    hotpatch_cli,
+    ms,
+    now,
+    read_json,
+    say,
+    show_timings,
+    stop_process,
+    wait_outcome,
+    wait_until,
+    wrap,
+)
 
 HERE = Path(__file__).resolve().parent
 PATCHES = HERE / "shop_patches"
@@ -72,12 +87,12 @@ SHOP = HERE / "shop"  # release 1.0's code: the bundle's code tree is this, over
 BASELINE = "1.0"
 PROBATION_S = 5.0  # the health gate's probation window, in the service
 LOAD_THREADS = 4
-TIMEOUT_S = 30.0  # for any one step; the whole demo takes about 12 s
 # The supervisor imports each drop in a fresh child first (its default limit: 10 s).
 # On a loaded machine -- CI's 2 cores running test suites beside this demo and
 # its own load -- that child can take longer, and the drop would be rejected as
 # a patch that blocks at import: the demo gives it more (bounded) time.
 VERIFY_TIMEOUT_S = 60.0
+OUTCOME_TIMEOUT_S = VERIFY_TIMEOUT_S + TIMEOUT_S  # verification, then the shop applies
 REQUEST_GAP_S = 0.02  # each load thread's pause between requests: steady, not flat out
 STEADY_S = 2.0  # how long the load runs between phases, for the plot and the eye
 
@@ -95,15 +110,6 @@ def demo_time(iso: str) -> float:
     """A UTC timestamp of the supervisor's (``2026-11-25T10:00:00.123Z``) in demo time."""
     stamp = datetime.datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
     return stamp - WALL0
-
-
-def wait_until(condition: Callable[[], Any], what: str, timeout: float = TIMEOUT_S) -> Any:
-    deadline = time.perf_counter() + timeout
-    while time.perf_counter() < deadline:
-        if value := condition():
-            return value
-        time.sleep(0.02)
-    raise DemoFailed(f"{what}: not within {timeout:.0f} s")
 
 
 # -- the supervisor, and the shop under it ---------------------------------------------------
@@ -169,11 +175,7 @@ class Supervised:
             say(f"  log | {line if len(line) <= 120 else line[:117] + '...'}")
 
     def status(self) -> dict[str, Any]:
-        try:
-            data: dict[str, Any] = json.loads(self.status_file.read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
-            return {}
-        return data
+        return read_json(self.status_file)
 
     def port(self) -> int:
         def serving() -> int | None:
@@ -196,15 +198,7 @@ class Supervised:
 
     def stop(self) -> int:
         """SIGTERM: the supervisor drains the shop and exits; its exit code."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            code = self.process.wait(TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            code = self.process.wait()
-        self._relay.join(TIMEOUT_S)
-        return code
+        return stop_process(self.process, self._relay)
 
 
 def ask(port: int, request: str) -> dict[str, Any]:
@@ -344,6 +338,11 @@ def tally(answers: list[Answer]) -> str:
 # -- dropping patches ---------------------------------------------------------------------
 
 
+def signed(path: Path) -> list[Path]:
+    """A signed drop: its ``.sig`` goes in first, then the file itself."""
+    return [path.with_name(path.name + ".sig"), path]
+
+
 def sign_patches(work: Path) -> tuple[Path, dict[Path, Path]]:
     """A key for the demo, and the patches signed with it, as an operator would.
 
@@ -396,46 +395,6 @@ def build_bundle(release: Path, base: Path, archive: Path) -> list[str]:
         for name, path in sorted(tree.items()):
             bundle.write(path, f"{root}/{name}")
     return sorted(overrides)
-
-
-def drop(source: Path, folder: Path) -> float:
-    """Drop a signed patch the documented way: its ``.sig`` first, then the patch, each
-    copied under a temporary name and renamed in; the time of the patch's rename."""
-    dropped = 0.0
-    for path in (source.with_name(source.name + ".sig"), source):
-        temporary = folder / f"{path.name}.tmp"  # *.tmp is ignored by the watcher
-        temporary.write_bytes(path.read_bytes())
-        dropped = now()
-        os.rename(temporary, folder / path.name)
-    return dropped
-
-
-def wait_outcome(folder: Path, name: str) -> dict[str, Any]:
-    """The drop's ``NAME.result.json``, once the drop has moved beside it."""
-
-    def found() -> dict[str, Any] | None:
-        for where in ("applied", "rejected", "pending"):
-            result = folder / where / f"{name}.result.json"
-            if result.exists() and (folder / where / name).exists():
-                record: dict[str, Any] = json.loads(result.read_text())
-                record["folder"] = where
-                return record
-        return None
-
-    # Verification alone may take up to VERIFY_TIMEOUT_S; then the shop applies it.
-    record: dict[str, Any] = wait_until(
-        found, f"an outcome for {name}", timeout=VERIFY_TIMEOUT_S + TIMEOUT_S
-    )
-    return record
-
-
-def show_timings(timings: dict[str, float]) -> str:
-    names = {"read_s": "read", "verify_s": "verified in a child", "load_s": "loaded"}
-    names |= {"signature_s": "signature checked"}
-    names |= {"apply_s": "switched", "total_s": "total", "service_apply_s": "switched"}
-    names |= {"service_load_s": "loaded in the shop", "service_total_s": "in the shop"}
-    shown = {names.get(k, k): v for k, v in timings.items()}
-    return ", ".join(f"{k} {ms(v)}" for k, v in shown.items())
 
 
 # -- the story ------------------------------------------------------------------------------
@@ -521,8 +480,8 @@ def fix_the_bug(fix: Path, load: Load, folder: Path, supervised: Supervised, sto
         f"dropping the fix: {fix.name}.sig, then {fix.name} (each written as NAME.tmp in the "
         "folder, then renamed)"
     )
-    dropped = story.mark("fix dropped", drop(fix, folder))
-    record = wait_outcome(folder, fix.name)
+    dropped = story.mark("fix dropped", drop(signed(fix), folder))
+    record = wait_outcome(folder, fix.name, OUTCOME_TIMEOUT_S)
     seen = now()
     check(record["outcome"] == "applied", f"the fix was {record['outcome']}: {record['reason']}")
     story.mark("1.0.1 applied", switched(supervised, "1.0.1", dropped))
@@ -554,8 +513,8 @@ def bad_patch_rolled_back(
         f"dropping a bad patch: {bad.name} (it passes every check, then raises KeyError for "
         f"silver members); health gate probation {PROBATION_S:g} s"
     )
-    dropped = story.mark("bad patch dropped", drop(bad, folder))
-    record = wait_outcome(folder, bad.name)
+    dropped = story.mark("bad patch dropped", drop(signed(bad), folder))
+    record = wait_outcome(folder, bad.name, OUTCOME_TIMEOUT_S)
     check(record["outcome"] == "applied", f"{bad.name} was {record['outcome']}: {record['reason']}")
     applied = story.mark("1.0.2 applied", switched(supervised, "1.0.2", dropped))
     story.versions.append(record["version"])
@@ -594,8 +553,8 @@ def restart(bundle: Path, load: Load, folder: Path, supervised: Supervised, stor
         f"dropping release 1.1, an unplanned baseline bundle: {bundle.name} (patch.toml and "
         "src/, zipped and signed) and its .sig"
     )
-    dropped = story.mark("1.1 bundle dropped", drop(bundle, folder))
-    record = wait_outcome(folder, bundle.name)
+    dropped = story.mark("1.1 bundle dropped", drop(signed(bundle), folder))
+    record = wait_outcome(folder, bundle.name, OUTCOME_TIMEOUT_S)
     reason = record.get("reason") or "no reason given"
     check(record["outcome"] == "applied", f"the bundle was {record['outcome']}: {reason}")
     say(
