@@ -748,6 +748,50 @@ class Registry:
         history_rows = [dict(asdict(h), level=list(h.level)) for h in history]
         self._journal.write(JournalState(self.baseline, level, history_rows))
 
+    def resync(self) -> bool:
+        """Bring the level to what the journal records now; ``True`` if anything changed.
+
+        A new process replays the journal early, while the old one still serves;
+        the old one may change the level meanwhile (a plugin's rollback). Called
+        again at the hand-over, this catches up: if the journal's level (versions
+        and contents) is not this registry's, the patches are undone in memory and
+        the journal's level is applied again. The journal is read, never written.
+        """
+        journal = self._journal
+        if journal is None:
+            return False
+        with self._lock:
+            state = journal.read()
+            if state is not None and state.baseline != self.baseline:
+                log.warning(
+                    "journal %s is now for baseline %s, not %s: not followed",
+                    journal.path,
+                    state.baseline,
+                    self.baseline,
+                )
+                return False
+            recorded = [] if state is None else [(e.version, e.sha256) for e in state.level]
+            running = [
+                (e.patch.version, e.patch.source.sha256 if e.patch.source else None)
+                for e in self._stack
+            ]
+            if recorded == running:
+                return False
+            log.warning(
+                "journal %s changed since it was replayed (level %s, running %s): catching up",
+                journal.path,
+                ", ".join(v for v, _ in recorded) or "none",
+                ", ".join(v for v, _ in running) or "none",
+            )
+            self._journal = None  # undo in memory only: the journal stays as recorded
+            try:
+                if self._stack:
+                    self.rollback(to=self.baseline, who="journal")
+                self._replay(journal)
+            finally:
+                self._journal = journal
+            return True
+
     def _replay(self, journal: Journal) -> None:
         state = journal.read()
         if state is None:

@@ -583,6 +583,7 @@ class _Runtime:
             if loaded.get("error"):
                 raise ServiceError(loaded["error"])
             handover = self._receive_rounds(until="handover")
+            self._resync_journal()
             self.limit = int(handover.get("limit", self.limit))
             if self.extra:
                 self.plugins.notify("hotpatch_restore_state", state=dict(self.extra))
@@ -593,6 +594,16 @@ class _Runtime:
         stopped_at = handover.get("stopped_at")
         if stopped_at is not None:
             self._resumed(time.monotonic() - float(stopped_at))
+
+    def _resync_journal(self) -> None:
+        """At the hand-over: the journal was replayed early; follow what the old process
+        changed since (a plugin's rollback). Never fatal: the level is reported either way."""
+        if self.registry is None:
+            return
+        try:
+            self.registry.resync()
+        except Exception:
+            log.exception("cannot follow the journal %s at the hand-over", self.journal)
 
     def _resumed(self, paused_s: float) -> None:
         for callback in self.resumed:

@@ -479,3 +479,60 @@ def test_sigkill_during_a_burst_of_applies_leaves_a_replayable_prefix(service, t
     # and the burst resumes cleanly from where it stopped
     finished = service.run(paths[len(level) :])
     assert finished[-1] == {"event": "done", "level": burst}
+
+
+# -- following a journal another process changed ------------------------------------------
+
+
+def test_resync_follows_the_journal_another_process_changed(target, write_patch, tmp_path):
+    """The level another process recorded is taken up: applied, replaced, rolled back."""
+    ours, theirs = tmp_path / "ours.json", tmp_path / "theirs.json"
+    p1, p2 = _write_chain(write_patch, target.__name__, 2)
+    p3 = write_patch(_patch_source(target.__name__, "1.0.3", "x * 100"), name="p3.py")
+    registry = hotpatch.Registry("1.0", journal=ours)
+    assert registry.resync() is False  # no journal yet, no patches: nothing to do
+    # The "other process": a registry on a second journal, whose bytes we copy over.
+    other = hotpatch.Registry("1.0", journal=theirs)
+    other.apply(hotpatch.load_patch(p1))
+    other.apply(hotpatch.load_patch(p2))
+    recorded = theirs.read_bytes()
+    other.rollback(to="1.0.1")
+    other.apply(hotpatch.load_patch(p3))
+    diverged = theirs.read_bytes()
+    other.rollback(to="1.0")
+    emptied = theirs.read_bytes()
+    assert target.price(10) == 10
+
+    ours.write_bytes(recorded)
+    assert registry.resync() is True
+    assert registry.level == ("1.0.1", "1.0.2")
+    assert target.price(10) == 12
+    assert registry.resync() is False  # in step now
+    assert ours.read_bytes() == recorded  # read, never written
+
+    ours.write_bytes(diverged)  # same first patch, a different second one
+    assert registry.resync() is True
+    assert registry.level == ("1.0.1", "1.0.3")
+    assert target.price(10) == 1000
+    # The history is the journal's (the other process's applies), then this catch-up.
+    assert ("apply", "1.0.3") in [(h.action, h.version) for h in registry.history]
+    assert (registry.history[-1].action, registry.history[-1].who) == ("replay", "journal")
+
+    ours.write_bytes(emptied)
+    assert registry.resync() is True
+    assert registry.level == ()
+    assert target.price(10) == 10
+    assert ours.read_bytes() == emptied
+
+
+def test_resync_ignores_a_journal_of_another_baseline(target, write_patch, tmp_path):
+    journal = tmp_path / "journal.json"
+    registry = hotpatch.Registry("1.0", journal=journal)
+    registry.apply(hotpatch.load_patch(_write_chain(write_patch, target.__name__, 1)[0]))
+    data = json.loads(journal.read_text())
+    data["baseline"] = "2.0"
+    journal.write_text(json.dumps(data))
+    assert registry.resync() is False
+    assert registry.level == ("1.0.1",)
+    assert journal.exists()  # not set aside: it is the new baseline's
+    registry.rollback(to="1.0")
