@@ -90,6 +90,7 @@ def install(
     max_bytes: int = DEFAULT_MAX_BYTES,
     audit_log: PathLike | None = None,
     entry_points: bool = True,
+    workers: bool = False,
 ) -> Agent:
     """Start a hotpatch agent in the background of this process and return it.
 
@@ -98,7 +99,34 @@ def install(
     and serves the control socket. ``control_socket``: a path; ``None`` means
     ``<watch>/.hotpatch.sock`` when watching (none otherwise); ``False``, none.
     Stop it with ``agent.stop()``, or use it as a context manager.
+
+    ``workers=True``: this process is one of several worker processes sharing
+    ``watch`` (gunicorn, uvicorn --workers): each drop is verified once and
+    applied in every worker, with one result file (see ``hotpatch._fanout``).
     """
+    if workers:
+        # Imported here: _fanout builds on this module.
+        from hotpatch._fanout import WorkerAgent  # noqa: PLC0415
+
+        if watch is None or journal is not None or control_socket not in (None, True):
+            msg = (
+                "install(workers=True) needs watch=DIR and takes no journal or control_socket: "
+                "each worker serves DIR/.workers/<pid>.sock and a new worker copies the level "
+                "of the live ones"
+            )
+            raise ValueError(msg)
+        return WorkerAgent(
+            baseline,
+            watch=watch,
+            plugins=list(plugins),
+            require_signature=require_signature,
+            trusted_keys=trusted_keys,
+            verify_timeout=verify_timeout,
+            verify=verify,
+            max_bytes=max_bytes,
+            audit_log=audit_log,
+            entry_points=entry_points,
+        ).start()
     agent = Agent(
         baseline,
         watch=watch,

@@ -361,6 +361,7 @@ class Outcome:
     error_type: str | None = None  # the PatchError subclass behind a refusal
     notified: bool = False  # the registry had it: it told the plugins of a refusal itself
     via: str | None = None  # under the supervisor: "hot" or "restart"
+    workers: list[dict[str, Any]] | None = None  # install(workers=True): each worker's result
 
     def record(self) -> dict[str, Any]:
         return {
@@ -376,6 +377,7 @@ class Outcome:
             "who": self.who,
             "key_id": self.key_id,
             **({"via": self.via} if self.via is not None else {}),
+            **({"workers": self.workers} if self.workers is not None else {}),
         }
 
 

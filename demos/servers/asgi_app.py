@@ -11,8 +11,9 @@ import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import hotpatch
 import tax
+
+import hotpatch
 
 # The one line, the same as under gunicorn.
 agent = hotpatch.install("1.0", watch=os.environ.get("HOTPATCH_FOLDER", "patches"), workers=True)
@@ -24,10 +25,13 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 async def app(scope: dict[str, Any], receive: Receive, send: Send) -> None:
     """``GET /`` -> ``{"pid": ..., "vat": vat(1999), "level": [...]}``."""
     if scope["type"] == "lifespan":
-        while (await receive())["type"] != "lifespan.shutdown":
-            await send({"type": "lifespan.startup.complete"})
-        await send({"type": "lifespan.shutdown.complete"})
-        return
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
     body = json.dumps(
         {"pid": os.getpid(), "vat": tax.vat(1999), "level": list(agent.registry.level)}
     ).encode()

@@ -11,8 +11,9 @@ import os
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import hotpatch
 import tax
+
+import hotpatch
 
 # The one line: each worker process registers; one of them watches the folder and
 # every worker applies each patch.

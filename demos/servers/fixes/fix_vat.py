@@ -1,5 +1,7 @@
 """Round VAT half up instead of truncating: vat(1999) is 400, not 399."""
 
+from tax import RATE_PERCENT
+
 from hotpatch import Patch
 
 patch = Patch(version="1.0.1", baseline="1.0", summary="Round VAT half up")

@@ -1,0 +1,544 @@
+"""``install(..., workers=True)``: one watched folder shared by the processes of a pre-fork server.
+
+Under gunicorn or uvicorn every worker process imports the app, so every one
+calls ``install()``. Each worker serves its own control socket,
+``DIR/.workers/<pid>.sock`` (mode 0600, peer uid checked), which is how the
+others find it. Exactly one worker at a time *owns* the folder (the flock on
+``.hotpatch.lock``, taken without blocking); the others try again every
+``OWNER_RETRY_S``, so when the owner exits another one takes over.
+
+The owner does the once-per-drop work (read once, signature, verification
+child), applies the verified bytes itself, then sends them with their sha256
+to every other live worker (the ``deliver`` command, accepted only from this
+uid). When every worker applied the patch, the drop is ``applied``; when one
+refused, the workers that applied it roll it back and the drop is
+``rejected``. The single ``NAME.result.json`` lists each worker's result. A
+socket whose process is gone is removed, never waited on.
+
+A worker that starts later (a replaced worker) copies the level of a live
+worker -- the owner's when there is one -- before ``install()`` returns, so
+it serves patched code from its first request.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import stat
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from hotpatch._agent import LOCKFILE_NAME, PIDFILE_NAME, Agent, PathLike, TrustedKeys
+from hotpatch._control import ControlServer, request
+from hotpatch._errors import PatchError, VerificationFailed
+from hotpatch._folder import (
+    SIGNATURE_WAIT_S,
+    Folder,
+    Outcome,
+    check_folder,
+    peek_version,
+    write_result,
+)
+from hotpatch._loader import DEFAULT_MAX_BYTES
+
+__all__ = ["WORKERS_DIR", "WorkerAgent", "live_workers"]
+
+log = logging.getLogger("hotpatch")
+
+WORKERS_DIR = ".workers"
+OWNER_RETRY_S = 0.5
+DELIVER_TIMEOUT_S = 60.0
+PEER_TIMEOUT_S = 10.0
+
+
+def live_workers(folder: Path) -> dict[int, Path]:
+    """``pid -> socket`` of the workers registered in ``folder``; stale sockets are removed."""
+    found: dict[int, Path] = {}
+    try:
+        entries = list((folder / WORKERS_DIR).iterdir())
+    except FileNotFoundError:
+        return found
+    for path in entries:
+        if path.suffix != ".sock" or not path.stem.isdigit():
+            continue
+        pid = int(path.stem)
+        if pid != os.getpid() and not _alive(pid):
+            _remove_stale(path)
+            continue
+        found[pid] = path
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process reuses the pid: not ours, but alive
+    return True
+
+
+def _remove_stale(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        if stat.S_ISSOCK(path.lstat().st_mode):
+            path.unlink()
+            log.info("removed the control socket %s of a worker that is gone", path)
+
+
+class WorkerAgent(Agent):
+    """One worker of a pre-fork server: its own socket; the folder while it owns the lock."""
+
+    def __init__(
+        self,
+        baseline: str,
+        *,
+        watch: PathLike,
+        plugins: tuple[object, ...] | list[object] = (),
+        require_signature: bool = False,
+        trusted_keys: TrustedKeys | None = None,
+        verify_timeout: float = 10.0,
+        verify: bool = True,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        audit_log: PathLike | None = None,
+        entry_points: bool = True,
+        owner_retry: float = OWNER_RETRY_S,
+    ):
+        folder = Path(watch).absolute()
+        super().__init__(
+            baseline,
+            watch=folder,
+            journal=None,
+            plugins=plugins,
+            require_signature=require_signature,
+            trusted_keys=trusted_keys,
+            control_socket=folder / WORKERS_DIR / f"{os.getpid()}.sock",
+            verify_timeout=verify_timeout,
+            verify=verify,
+            max_bytes=max_bytes,
+            audit_log=audit_log,
+            entry_points=entry_points,
+        )
+        self.owner_retry = owner_retry
+        self._stopping = threading.Event()
+        self._retry: threading.Thread | None = None
+
+    # -- life cycle ---------------------------------------------------------------------
+
+    @property
+    def owner(self) -> bool:
+        """Does this worker own the folder (process the drops) right now?"""
+        return self._lock_fd is not None
+
+    def start(self) -> WorkerAgent:
+        """Register this worker, copy the level of a live one, then own the folder or wait."""
+        if self._started:
+            if self.running:
+                return self
+            msg = "this agent was stopped; start a new one (hotpatch.install(...))"
+            raise RuntimeError(msg)
+        self._started = True
+        assert self.watch is not None
+        assert self.socket is not None
+        try:
+            check_folder(self.watch)
+            workers = self.watch / WORKERS_DIR
+            if not workers.exists() and not workers.is_symlink():
+                with contextlib.suppress(FileExistsError):  # another worker made it first
+                    workers.mkdir(mode=0o700)
+            st = workers.lstat()
+            if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+                msg = (
+                    f"{workers} must be a directory owned by this service's user "
+                    f"(uid {os.geteuid()}), not a link or a file; remove it and start again"
+                )
+                raise PermissionError(msg)
+            self.registry = self._make_registry()
+            self._server = ControlServer(self.socket, self.handle)
+            with self._lock:  # deliveries wait until this worker has caught up
+                self._server.start()
+                self._catch_up()
+            self._try_to_own()
+            self._retry = threading.Thread(
+                target=self._retry_loop, name="hotpatch-workers owner", daemon=True
+            )
+            self._retry.start()
+        except BaseException:
+            self.stop()
+            raise
+        self._running = True
+        log.info(
+            "hotpatch worker %d started: baseline %s, level %s, folder %s (%s)",
+            os.getpid(),
+            self.baseline,
+            ", ".join(self._level()) or "-",
+            self.watch,
+            "owner" if self.owner else "waiting to own it",
+        )
+        return self
+
+    def stop(self) -> None:
+        """Stop owning and serving; the patches applied stay applied. Idempotent."""
+        self._stopping.set()
+        if self._retry is not None and self._retry is not threading.current_thread():
+            self._retry.join()
+        self._retry = None
+        super().stop()
+
+    def _retry_loop(self) -> None:
+        while not self._stopping.wait(self.owner_retry):
+            try:
+                self._try_to_own()
+            except Exception:
+                log.exception("worker %d: taking over the patch folder failed", os.getpid())
+
+    def _try_to_own(self) -> None:
+        """Take the folder's lock if it is free, and start watching it."""
+        if self.owner or self._stopping.is_set():
+            return
+        assert self.watch is not None
+        fd = os.open(
+            self.watch / LOCKFILE_NAME,
+            os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+            0o600,
+        )
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return
+        with self._lock:
+            if self._stopping.is_set():
+                os.close(fd)
+                return
+            self._lock_fd = fd
+            self._open_staging()
+            self._write_pidfile(self.watch)
+            self._folder = Folder(
+                self.watch,
+                self._process_drop,
+                signature_wait=SIGNATURE_WAIT_S if self.require_signature else 0.0,
+                max_bytes=self.max_bytes,
+            )
+            self._folder.start()
+        log.info("worker %d now owns the patch folder %s", os.getpid(), self.watch)
+
+    def _write_pidfile(self, folder: Path) -> None:
+        """``.hotpatch.json``: the owner's socket (``hotpatch status --folder`` talks to it)."""
+        write_result(
+            folder / PIDFILE_NAME,
+            {
+                "pid": os.getpid(),
+                "socket": str(self.socket),
+                "baseline": self.baseline,
+                "folder": str(folder),
+                "workers": str(folder / WORKERS_DIR),
+            },
+        )
+        self._pidfile_written = True
+
+    # -- a new worker catches up ------------------------------------------------------------
+
+    def _peers(self) -> dict[int, Path]:
+        assert self.watch is not None
+        peers = live_workers(self.watch)
+        peers.pop(os.getpid(), None)
+        return peers
+
+    def _catch_up(self) -> None:
+        """Apply the level of a live worker (the owner first): a replaced worker starts patched."""
+        assert self.watch is not None
+        assert self.registry is not None
+        peers = self._peers()
+        owner = _owner_pid(self.watch)
+        order = sorted(peers, key=lambda pid: (pid != owner, pid))
+        for pid in order:
+            try:
+                answer = request(peers[pid], {"cmd": "patches"}, timeout=PEER_TIMEOUT_S)
+            except (FileNotFoundError, ConnectionRefusedError):
+                _remove_stale(peers[pid])
+                continue
+            except OSError as exc:
+                log.warning("worker %d did not give its level (%s); asking another", pid, exc)
+                continue
+            if not answer.get("ok") or answer.get("baseline") != self.baseline:
+                continue
+            for item in answer.get("patches", []):
+                record = self._accept(item, who=f"worker:{pid} (catch-up)")
+                if record["outcome"] not in ("applied", "unchanged"):
+                    log.error(
+                        "worker %d could not apply patch %s that worker %d runs: %s",
+                        os.getpid(),
+                        record.get("version"),
+                        pid,
+                        record.get("reason"),
+                    )
+                    return
+            if answer.get("patches"):
+                log.info(
+                    "worker %d caught up with worker %d: level %s",
+                    os.getpid(),
+                    pid,
+                    ", ".join(self._level()),
+                )
+            return
+
+    # -- the owner fans a verified patch out ------------------------------------------------
+
+    def _deliver(self, data: bytes, path: Path, outcome: Outcome) -> None:
+        """Apply the verified bytes here, then in every other live worker; all or none."""
+        item = {
+            "name": path.name,
+            "path": str(path),
+            "text": data.decode("utf-8"),
+            "sha256": hashlib.sha256(data).hexdigest(),
+        }
+        mine = self._accept(item, who=outcome.who)
+        results = [mine]
+        if mine["outcome"] == "applied":
+            for pid, sock in sorted(self._peers().items()):
+                results.append(
+                    self._send(pid, sock, {"cmd": "deliver", **item, "who": outcome.who})
+                )
+        outcome.notified = True
+        outcome.workers = results
+        outcome.version = mine.get("version") or outcome.version
+        outcome.targets = tuple(mine.get("targets") or outcome.targets)
+        outcome.timings["workers_s"] = sum(
+            r.get("timings", {}).get("total_s", 0.0) for r in results
+        )
+        answered = [r for r in results if r["outcome"] != "gone"]
+        kinds = {r["outcome"] for r in answered}
+        if kinds <= {"applied", "unchanged"}:
+            outcome.outcome = "unchanged" if kinds == {"unchanged"} else "applied"
+            outcome.reason = mine.get("reason") if outcome.outcome == "unchanged" else None
+            return
+        failed = [r for r in answered if r["outcome"] not in ("applied", "unchanged")]
+        if kinds == {"pending"}:
+            outcome.outcome, outcome.reason = "pending", mine.get("reason")
+            outcome.error_type = mine.get("error_type")
+            return
+        undone = self._undo(str(outcome.version), failed={r["pid"] for r in failed})
+        outcome.outcome = "rejected"
+        outcome.error_type = failed[0].get("error_type") or "VerificationFailed"
+        reasons = "; ".join(f"worker {r['pid']}: {r.get('reason')}" for r in failed)
+        outcome.reason = (
+            f"patch {outcome.version} failed in {len(failed)} of {len(answered)} workers and was "
+            f"rolled back in the {undone} that had applied it ({reasons}); fix the patch and "
+            "drop a newer version"
+        )
+
+    def _call(self, pid: int, sock: Path, payload: dict[str, Any]) -> dict[str, Any] | None:
+        """One worker's answer to ``payload``; ``None`` when it exited meanwhile."""
+        try:
+            return request(sock, payload, timeout=DELIVER_TIMEOUT_S)
+        except (FileNotFoundError, ConnectionRefusedError):
+            _remove_stale(sock)
+            return None
+        except OSError as exc:
+            if not _alive(pid):
+                _remove_stale(sock)
+                return None
+            return {"ok": False, "error": f"no answer from worker {pid}: {exc}"}
+
+    def _send(self, pid: int, sock: Path, payload: dict[str, Any]) -> dict[str, Any]:
+        """One worker's result for a delivery; outcome ``gone`` when it exited meanwhile."""
+        answer = self._call(pid, sock, payload)
+        if answer is None:
+            return {"pid": pid, "outcome": "gone", "reason": "the worker exited"}
+        if "outcome" not in answer:  # refused before it was applied (uid, size, no answer)
+            return {
+                "pid": pid,
+                "outcome": "rejected",
+                "reason": answer.get("error"),
+                "error_type": answer.get("error_type") or "VerificationFailed",
+            }
+        answer.pop("ok", None)
+        return answer
+
+    def _undo(self, version: str, *, failed: set[int]) -> int:
+        """Roll ``version`` back in every worker but those that refused it; how many did."""
+        undone = 0
+        local = self._handle_undo({"version": version}, "owner")
+        undone += bool(local.get("undone"))
+        for pid, sock in sorted(self._peers().items()):
+            if pid in failed:
+                continue
+            answer = self._call(pid, sock, {"cmd": "undo", "version": version})
+            undone += bool(answer and answer.get("undone"))
+        return undone
+
+    # -- what every worker answers ----------------------------------------------------------
+
+    def _accept(self, item: dict[str, Any], *, who: str) -> dict[str, Any]:
+        """Load and apply verified patch text in this worker; its result, never an exception."""
+        start = time.perf_counter()
+        text = item.get("text")
+        name = str(item.get("name") or "patch.py")
+        outcome = Outcome(name=name, who=who)
+        try:
+            if not isinstance(text, str):
+                msg = f"delivery of {name} carries no patch text"
+                raise VerificationFailed(msg)
+            data = text.encode("utf-8")
+            outcome.sha256 = hashlib.sha256(data).hexdigest()
+            if outcome.sha256 != item.get("sha256"):
+                msg = (
+                    f"delivery of {name} arrived damaged (sha256 {outcome.sha256[:16]}, "
+                    f"announced {str(item.get('sha256'))[:16]}); drop it again"
+                )
+                raise VerificationFailed(msg)
+            outcome.version = peek_version(data)
+            with self._lock:
+                if outcome.version is None or not self._same_version(outcome.version, outcome):
+                    path = Path(str(item.get("path") or name))
+                    patch = self._load_source(data, path, outcome)
+                    if patch is not None:
+                        self._apply(patch, outcome)
+        except PatchError as exc:
+            outcome.outcome, outcome.reason = "rejected", str(exc)
+            outcome.error_type = type(exc).__name__
+        except Exception as exc:
+            log.exception("worker %d: applying %s failed unexpectedly", os.getpid(), name)
+            outcome.outcome, outcome.error_type = "rejected", "Error"
+            outcome.reason = f"internal error in worker {os.getpid()}: {type(exc).__name__}: {exc}"
+        outcome.timings["total_s"] = time.perf_counter() - start
+        outcome.level = self._level()
+        if outcome.outcome != "applied":
+            self._log(outcome)
+        return {
+            "pid": os.getpid(),
+            "outcome": outcome.outcome,
+            "version": outcome.version,
+            "level": list(outcome.level),
+            "reason": outcome.reason,
+            "error_type": outcome.error_type,
+            "targets": list(outcome.targets),
+            "timings": {k: round(v, 6) for k, v in outcome.timings.items()},
+        }
+
+    def handle(self, request: dict[str, Any], peer_uid: int) -> dict[str, Any]:
+        cmd = request.get("cmd") if isinstance(request, dict) else None
+        local: dict[str, Callable[[dict[str, Any], str], dict[str, Any]]] = {
+            "deliver": self._handle_deliver,
+            "undo": self._handle_undo,
+            "patches": lambda _r, _w: self._handle_patches(),
+            "worker": lambda _r, _w: self._worker_state(),
+        }
+        command = local.get(cmd) if isinstance(cmd, str) else None
+        if command is None:
+            return super().handle(request, peer_uid)
+        if peer_uid != os.getuid():  # code only from the workers' own user, not even root
+            return {
+                "ok": False,
+                "error": f"uid {peer_uid} may not send {cmd!r}; only the workers' uid may",
+                "error_type": "PermissionDenied",
+            }
+        try:
+            return command(request, f"uid:{peer_uid}")
+        except Exception as exc:
+            log.exception("worker control request %r failed", cmd)
+            return {"ok": False, "error": f"{type(exc).__name__}: {exc}", "error_type": "Error"}
+
+    def _handle_deliver(self, request: dict[str, Any], who: str) -> dict[str, Any]:
+        record = self._accept(request, who=str(request.get("who") or who))
+        record["ok"] = record["outcome"] in ("applied", "unchanged")
+        return record
+
+    def _handle_undo(self, request: dict[str, Any], who: str) -> dict[str, Any]:
+        version = request.get("version")
+        assert self.registry is not None
+        with self._lock:
+            level = self.registry.level
+            if version not in level:
+                return {"ok": True, "pid": os.getpid(), "undone": False, "level": list(level)}
+            if level[-1] != version:
+                msg = f"patch {version} is not the last one applied here (level {list(level)})"
+                return {"ok": False, "pid": os.getpid(), "error": msg, "error_type": "Conflict"}
+            self.registry.rollback(who=f"{who} (undo: another worker refused {version})")
+            return {"ok": True, "pid": os.getpid(), "undone": True, "level": list(self._level())}
+
+    def _handle_patches(self) -> dict[str, Any]:
+        """The level with each patch's text: what a new worker applies to catch up."""
+        assert self.registry is not None
+        items = []
+        for patch in self.registry.patches:
+            if patch.source is None:
+                continue
+            items.append(
+                {
+                    "version": patch.version,
+                    "name": Path(patch.source.path).name,
+                    "path": patch.source.path,
+                    "text": patch.source.text,
+                    "sha256": patch.source.sha256,
+                }
+            )
+        return {"ok": True, "baseline": self.baseline, "patches": items}
+
+    def _worker_state(self) -> dict[str, Any]:
+        return {
+            "ok": True,
+            "pid": os.getpid(),
+            "baseline": self.baseline,
+            "level": list(self._level()),
+            "owner": self.owner,
+            "state": "owner" if self.owner else "serving",
+        }
+
+    # -- status and rollback across the workers -----------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """The agent's status, plus ``workers``: each live worker's pid, level and ownership."""
+        answer = super().status()
+        workers = [self._worker_state()]
+        for _pid, sock in sorted(self._peers().items()):
+            try:
+                state = request(sock, {"cmd": "worker"}, timeout=PEER_TIMEOUT_S)
+            except OSError:
+                continue
+            workers.append(state)
+        # The keys `hotpatch status` shows for the workers of `hotpatch run --workers N` too.
+        answer["workers"] = [
+            {"index": i, **{k: w.get(k) for k in ("pid", "state", "baseline", "level", "owner")}}
+            for i, w in enumerate(workers)
+        ]
+        return answer
+
+    def _handle_rollback(self, request: dict[str, Any], who: str) -> dict[str, Any]:
+        """Roll back here, then bring every other worker to the same level."""
+        assert self.registry is not None
+        level_now = self.registry.level
+        if request.get("local") and request.get("to") == (level_now[-1:] or (self.baseline,))[0]:
+            return {"ok": True, "versions": [], "level": list(level_now)}  # there already
+        answer = super()._handle_rollback(request, who)
+        if not answer.get("ok") or request.get("local"):
+            return answer
+        level = answer["level"]
+        to = level[-1] if level else self.baseline
+        # The keys `hotpatch rollback` shows for the workers of `hotpatch run --workers N` too.
+        results = [
+            {"index": os.getpid(), "ok": True, "versions": answer["versions"], "level": level}
+        ]
+        for pid, sock in sorted(self._peers().items()):
+            result = self._call(pid, sock, {"cmd": "rollback", "to": to, "local": True})
+            if result is None:
+                continue
+            fields = ("ok", "versions", "level", "error")
+            results.append({"index": pid, **{k: result.get(k) for k in fields}})
+        answer["workers"] = results
+        return answer
+
+
+def _owner_pid(folder: Path) -> int | None:
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        pid = json.loads((folder / PIDFILE_NAME).read_bytes()).get("pid")
+        return pid if isinstance(pid, int) else None
+    return None
