@@ -707,20 +707,7 @@ class Agent:
 
     def _handle_history(self) -> dict[str, Any]:
         assert self.registry is not None
-        return {
-            "ok": True,
-            "history": [
-                {
-                    "time": h.time,
-                    "action": h.action,
-                    "version": h.version,
-                    "level": list(h.level),
-                    "elapsed_s": h.elapsed_s,
-                    "who": h.who,
-                }
-                for h in self.registry.history
-            ],
-        }
+        return {"ok": True, "history": [h.record() for h in self.registry.history]}
 
 
 def _bad(message: str) -> dict[str, Any]:

@@ -93,6 +93,10 @@ class HistoryEntry:
     elapsed_s: float
     who: str = "api"
 
+    def record(self) -> dict[str, Any]:
+        """The entry as JSON-ready data (the journal's history rows, the control protocol)."""
+        return dict(asdict(self), level=list(self.level))
+
 
 @dataclass(slots=True)
 class _Plan:
@@ -745,7 +749,7 @@ class Registry:
                     entry.patch.summary,
                 )
             )
-        history_rows = [dict(asdict(h), level=list(h.level)) for h in history]
+        history_rows = [h.record() for h in history]
         self._journal.write(JournalState(self.baseline, level, history_rows))
 
     def resync(self) -> bool:

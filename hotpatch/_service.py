@@ -744,6 +744,12 @@ class _Runtime:
                     reply = self.apply_patch(message, data)
                     self._send({**reply, "op": "patched", "id": message.get("id")})
                 continue
+            if message["op"] == "check":  # `hotpatch verify` through the supervisor
+                data = _read_memfd(fds)
+                with self.exchange:
+                    reply = self.check_patch(message, data)
+                    self._send({**reply, "op": "checked", "id": message.get("id")})
+                continue
             for fd in fds:
                 os.close(fd)
             with self.exchange:
@@ -762,6 +768,8 @@ class _Runtime:
             self._send({"op": "health", "id": message.get("id"), **self._health(message)})
         elif op == "rollback":
             self._send({"op": "rolled-back", "id": message.get("id"), **self._rollback(message)})
+        elif op == "history":
+            self._send({"op": "history", "id": message.get("id"), **self._history(message)})
         elif op == "announce":
             log.info("restart scheduled: %s", "; ".join(message.get("reasons", [])))
             self.plugins.notify(
@@ -813,15 +821,57 @@ class _Runtime:
         )
 
     def _rollback(self, message: Mapping[str, Any]) -> dict[str, Any]:
-        """Roll the registry back to level ``to`` (a halted rollout); the outcome, never raises."""
+        """Roll back to level ``to``, or the last patch if ``to`` is null; never raises."""
+        from hotpatch._errors import PatchError  # noqa: PLC0415
+
+        if self.registry is None:
+            return {"ok": False, "error": "this process keeps no patch registry"}
+        to = message.get("to")
+        try:
+            result = self.registry.rollback(
+                to=None if to is None else str(to), who=str(message.get("who", "supervisor"))
+            )
+        except PatchError as exc:  # nothing to roll back, a version not in the level
+            error = {"error": str(exc), "error_type": type(exc).__name__}
+            return {"ok": False, **error, **self._level_info()}
+        except Exception as exc:
+            log.exception("rollback to %s failed", to)
+            return {"ok": False, "error": f"{type(exc).__name__}: {exc}", **self._level_info()}
+        return {"ok": True, "versions": list(result.versions), **self._level_info()}
+
+    def _history(self, message: Mapping[str, Any]) -> dict[str, Any]:
+        """The registry's applies and rollbacks, oldest first (the last ``entries`` of them)."""
+        if self.registry is None:
+            return {"ok": False, "error": "this process keeps no patch registry"}
+        entries = list(self.registry.history)[-max(int(message.get("entries", 200)), 0) :]
+        history = [h.record() for h in entries]
+        return {"ok": True, "history": history, **self._level_info()}
+
+    def check_patch(self, message: Mapping[str, Any], data: bytes) -> dict[str, Any]:
+        """``Registry.check`` of patch bytes the supervisor verified: hot or not, and why."""
+        from hotpatch._errors import PatchError  # noqa: PLC0415
+        from hotpatch._loader import load_patch_source  # noqa: PLC0415
+
         if self.registry is None:
             return {"ok": False, "error": "this process keeps no patch registry"}
         try:
-            self.registry.rollback(to=str(message["to"]), who=str(message.get("who", "supervisor")))
-        except Exception as exc:
-            log.exception("rollback to %s failed", message.get("to"))
-            return {"ok": False, "error": f"{type(exc).__name__}: {exc}", **self._level_info()}
-        return {"ok": True, **self._level_info()}
+            patch = load_patch_source(data, path=str(message.get("path") or "<supervisor>"))
+            report = self.registry.check(patch)
+        except PatchError as exc:
+            return {"ok": False, "error": str(exc), "error_type": type(exc).__name__}
+        except BaseException as exc:  # a patch raising SystemExit must not end the service
+            log.exception("checking a patch failed unexpectedly")
+            error = f"{type(exc).__name__} while loading or checking the patch: {exc}"
+            return {"ok": False, "error": error, "error_type": "VerificationFailed"}
+        return {
+            "ok": True,
+            "version": report.version,
+            "hot": report.hot,
+            "reasons": list(report.reasons),
+            "targets": list(report.targets),
+            "modes": dict(report.modes),
+            **self._level_info(),
+        }
 
     def _pull(self, message: Mapping[str, Any]) -> None:
         reply: dict[str, Any] = {"id": message.get("id")}

@@ -1,4 +1,9 @@
-"""The ``hotpatch`` command: talk to a running agent over its control socket; keys and signatures.
+"""The ``hotpatch`` command: talk to an agent or supervisor over its control socket; keys.
+
+The same commands work whether the service embeds the agent or runs under
+``hotpatch run`` (one process or ``--workers N``): the supervisor serves the
+folder's control socket too. While an ``apply`` waits for a supervisor, its
+rollout through the workers is shown as it goes (read from its status file).
 
 Exit codes: 0 done; 1 refused (the agent said no -- a ``PatchError`` -- or
 ``verify`` found the patch cannot go in hot); 2 usage or connection errors.
@@ -11,6 +16,7 @@ import json
 import os
 import queue
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -68,7 +74,7 @@ def _parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="hotpatch",
-        description="Hot-patch a running Python service through its hotpatch agent.",
+        description="Hot-patch a running Python service through its hotpatch agent or supervisor.",
         epilog="exit codes: 0 done, 1 refused by the agent (or not hot, for verify), "
         "2 usage or connection error",
         parents=[agent],
@@ -360,12 +366,34 @@ def _show_outcome(answer: Answer, out: TextIO) -> None:
         ("level", answer.get("level")),
         ("sha256", answer.get("sha256")),
         ("signed by", answer.get("key_id")),
+        ("rollout", _rollout_summary(answer.get("rollout"))),
         ("timings", ", ".join(f"{k.removesuffix('_s')} {_ms(v)}" for k, v in timings.items())),
     ]
-    print(table([r for r in rows if r[0] != "signed by" or r[1]]), file=out)
+    print(table([r for r in rows if r[0] not in ("signed by", "rollout") or r[1]]), file=out)
+
+
+def _rollout_summary(rollout: object) -> str | None:
+    if not isinstance(rollout, dict):
+        return None
+    unhealthy = rollout.get("unhealthy") or []
+    return f"{rollout.get('state')}: workers changed {rollout.get('changed') or []}" + (
+        f", unhealthy {unhealthy}" if unhealthy else ""
+    )
 
 
 def _show_rollback(answer: Answer, out: TextIO) -> None:
+    workers = answer.get("workers") or []
+    if workers:  # under `hotpatch run --workers N`: each worker rolled back
+        rows = [
+            (
+                w.get("index"),
+                w.get("versions") if w.get("ok") else "failed",
+                (w.get("level") or "baseline only") if w.get("ok") else w.get("error"),
+            )
+            for w in workers
+        ]
+        print(table(rows, header=("WORKER", "ROLLED BACK", "LEVEL NOW")), file=out)
+        return
     level = answer.get("level") or []
     print(
         table(
@@ -383,7 +411,8 @@ def _show_history(answer: Answer, out: TextIO) -> None:
     if not entries:
         print("no patches applied or rolled back yet", file=out)
         return
-    rows = [
+    header: tuple[str, ...] = ("TIME", "ACTION", "VERSION", "LEVEL", "ELAPSED", "WHO")
+    rows: list[tuple[object, ...]] = [
         (
             _when(e.get("time")),
             e.get("action"),
@@ -394,7 +423,10 @@ def _show_history(answer: Answer, out: TextIO) -> None:
         )
         for e in entries
     ]
-    print(table(rows, header=("TIME", "ACTION", "VERSION", "LEVEL", "ELAPSED", "WHO")), file=out)
+    if any("worker" in e for e in entries):  # under `hotpatch run --workers N`
+        header = ("WORKER", *header)
+        rows = [(e.get("worker"), *row) for e, row in zip(entries, rows, strict=True)]
+    print(table(rows, header=header), file=out)
 
 
 def _show_verify(answer: Answer, out: TextIO) -> None:
@@ -411,6 +443,13 @@ def _show_verify(answer: Answer, out: TextIO) -> None:
     if targets:
         print(file=out)
         print(table([(t, modes.get(t)) for t in targets], header=("TARGET", "MODE")), file=out)
+    workers = answer.get("workers") or []
+    if workers:  # under `hotpatch run --workers N`: checked in each worker
+        worker_rows = [
+            (w.get("index"), "yes" if w.get("hot") else "no", w.get("level")) for w in workers
+        ]
+        print(file=out)
+        print(table(worker_rows, header=("WORKER", "HOT", "LEVEL")), file=out)
 
 
 # -- commands ------------------------------------------------------------------------------
@@ -420,7 +459,8 @@ def _status(args: argparse.Namespace) -> int:
     supervised = _supervisor_status(args)
     if supervised is not None:
         return _finish(args, supervised, _show_supervisor)
-    return _finish(args, _ask(args, {"cmd": "status"}), _show_status)
+    answer = _ask(args, {"cmd": "status"})
+    return _finish(args, answer, _show_supervisor if answer.get("supervisor") else _show_status)
 
 
 def _supervisor_status(args: argparse.Namespace) -> Answer | None:
@@ -434,6 +474,8 @@ def _supervisor_status(args: argparse.Namespace) -> Answer | None:
         return None  # not there or unreadable: the agent path reports it
     if not isinstance(info, dict) or not info.get("supervisor"):
         return None
+    if info.get("socket"):
+        return None  # it serves a control socket: ask it
     from hotpatch.supervisor import read_status  # noqa: PLC0415 - supervisors only
 
     path = info.get("status_file")
@@ -575,8 +617,140 @@ def _patch_path(file: str) -> str:
 
 
 def _apply(args: argparse.Namespace) -> int:
-    answer = _ask(args, {"cmd": "apply", "path": _patch_path(args.file)})
+    payload = {"cmd": "apply", "path": _patch_path(args.file)}
+    status_file = None if getattr(args, "json", False) else _rollout_status_file(args)
+    if status_file is None:
+        answer = _ask(args, payload)
+    else:  # a supervisor: show its rollout while the apply runs
+        answer = _ask_following(args, payload, status_file, sys.stdout)
     return _finish(args, answer, _show_outcome)
+
+
+# -- rollout progress, while an apply runs under `hotpatch run --workers N` ---------------
+
+FOLLOW_POLL_S = 0.1
+BAR_WIDTH = 20
+
+
+def _rollout_status_file(args: argparse.Namespace) -> Path | None:
+    """The status file of the supervisor this command talks to; ``None`` for an agent."""
+    if getattr(args, "socket", None):
+        folder = Path(args.socket).absolute().parent
+    elif getattr(args, "folder", None):
+        folder = Path(args.folder)
+    elif os.environ.get(ENV_SOCKET):
+        folder = Path(os.environ[ENV_SOCKET]).absolute().parent
+    else:
+        folder = Path.cwd()
+    try:
+        info = json.loads((folder / PIDFILE).read_bytes())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(info, dict) or not info.get("supervisor"):
+        return None
+    path = info.get("status_file")
+    return Path(path) if isinstance(path, str) and path else None
+
+
+def render_rollout(rollout: Answer, elapsed_s: float) -> str:
+    """One line saying how far a rollout is: what, a bar, batch k/n, workers, elapsed."""
+    plan = rollout.get("domains") or []
+    total = sum(len(batch) for batch in plan) or 1
+    changed = len(rollout.get("changed") or [])
+    unhealthy = list(rollout.get("unhealthy") or [])
+    filled = round(BAR_WIDTH * min(changed, total) / total)
+    parts = [
+        f"{rollout.get('what') or 'rollout'}",
+        f"[{'#' * filled}{'.' * (BAR_WIDTH - filled)}]",
+        f"batch {len(rollout.get('batches') or [])}/{len(plan)}",
+        f"{changed}/{total} workers changed",
+        f"{len(unhealthy)} unhealthy" + (f" {unhealthy}" if unhealthy else ""),
+        f"{elapsed_s:.1f}s",
+    ]
+    if rollout.get("state") not in (None, "running"):
+        parts.append(str(rollout["state"]))
+    return "  ".join(parts)
+
+
+class RolloutFollower:
+    """Shows the rollouts a supervisor starts after it was made, from its status file.
+
+    On a terminal one line is redrawn in place (``render_rollout``); elsewhere
+    each new ``rollout.progress`` entry is printed as a line of its own.
+    """
+
+    def __init__(self, status_file: Path, out: TextIO, *, tty: bool | None = None) -> None:
+        self.status_file = status_file
+        self.out = out
+        self.tty = out.isatty() if tty is None else tty
+        self.started = time.monotonic()
+        self.shown: dict[tuple[str, str], int] = {}  # rollout -> progress entries shown
+        self.drawn = False
+        self._before = {_key(r) for r in self._rollouts()}  # someone else's: not ours
+
+    def _rollouts(self) -> list[Answer]:
+        try:
+            status = json.loads(self.status_file.read_bytes())
+        except (OSError, ValueError):
+            return []  # not written yet, or being replaced: the next poll sees it
+        rollouts = status.get("rollouts") if isinstance(status, dict) else None
+        return [r for r in rollouts or [] if isinstance(r, dict)]
+
+    def poll(self) -> None:
+        """Show what changed since the last poll."""
+        for rollout in self._rollouts():
+            key = _key(rollout)
+            if key in self._before:
+                continue
+            progress = [str(p) for p in rollout.get("progress") or []]
+            new = progress[self.shown.get(key, 0) :]
+            self.shown[key] = len(progress)
+            if self.tty:
+                line = render_rollout(rollout, time.monotonic() - self.started)
+                self.out.write(f"\r\x1b[K{line}")
+                self.drawn = True
+            else:
+                for entry in new:
+                    self.out.write(f"{entry}\n")
+            self.out.flush()
+
+    def finish(self) -> None:
+        """The last poll; on a terminal, end the redrawn line."""
+        self.poll()
+        if self.drawn:
+            self.out.write("\n")
+            self.out.flush()
+
+
+def _key(rollout: Answer) -> tuple[str, str]:
+    return str(rollout.get("what")), str(rollout.get("started"))
+
+
+def _ask_following(
+    args: argparse.Namespace, payload: dict[str, Any], status_file: Path, out: TextIO
+) -> Answer:
+    """``_ask`` in a thread, showing the supervisor's rollout progress until it answers."""
+    follower = RolloutFollower(status_file, out)
+    answers: queue.Queue[Answer | UsageError] = queue.Queue()
+
+    def ask() -> None:
+        try:
+            answers.put(_ask(args, payload))
+        except UsageError as exc:
+            answers.put(exc)
+
+    thread = threading.Thread(target=ask, name="hotpatch-apply", daemon=True)
+    thread.start()
+    while True:
+        try:
+            answer = answers.get(timeout=FOLLOW_POLL_S)
+            break
+        except queue.Empty:
+            follower.poll()
+    follower.finish()
+    if isinstance(answer, UsageError):
+        raise answer
+    return answer
 
 
 def _rollback(args: argparse.Namespace) -> int:
