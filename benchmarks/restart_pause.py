@@ -14,7 +14,15 @@ SIGHUP restarts it, again and again.
   file: when told to stop it drains, pickles everything to the file and
   exits; the new process starts, unpickles the file and serves.
 
-The sockets stay open in both modes, so connections wait in the backlog.
+Then, at one state size (10 MB, or the largest given), a few restarts of
+the other kinds, each a memory-preserving restart started another way:
+
+* **patch** -- a hot patch that cannot go in hot (``restart=True``) dropped
+  into the watched folder: the new process applies it before it serves;
+* **baseline** -- an unplanned baseline bundle dropped into the folder: the
+  new process runs the new code.
+
+The sockets stay open in every mode, so connections wait in the backlog.
 The pause of one restart is measured on the service's side: from the last
 request handled by the old process to the first handled by the new one
 (both stamp their answers with ``time.monotonic()``, one clock for the
@@ -24,8 +32,11 @@ failed requests (the goal: none), and whether the counters came through.
 
 Goal (issue 6): p99 under 100 ms at every size, flat in state size.
 
+With matplotlib installed (the ``demo`` extra), a plot of every pause is
+written next to the JSON (same name, ``.png``).
+
 Usage: ``python benchmarks/restart_pause.py [--quick] [--restarts N] [--sizes 0,10,100]
-[--json PATH]``.
+[--cold-restarts N] [--kind-restarts N] [--json PATH]``.
 """
 
 from __future__ import annotations
@@ -33,6 +44,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -48,6 +60,9 @@ from _common import PY, RESULTS, median, p99, print_table, write_json
 NAME = "restart_pause"
 REPO = Path(__file__).resolve().parents[1]
 SERVICE = REPO / "tests" / "services" / "counter_service.py"
+LOGIC = SERVICE.with_name("counter_logic.py")
+BASELINE = "1.0"
+KINDS = ("patch", "baseline")  # restarts caused by a drop into the watched folder
 CLIENTS = 3
 SETTLE_S = 0.3  # after each restart: the new process serves, the service keeps writing
 WAIT_S = 300.0
@@ -123,6 +138,10 @@ class Supervised:
         if mode == "cold":
             service += ["--cold-file", str(folder / f"state-{state_mb}.pickle")]
             options += ["--restart-mode", "plain"]
+        self.watch = folder / f"{mode}-{state_mb}.patches"
+        if mode in KINDS:
+            self.watch.mkdir()
+            options += ["--watch", str(self.watch), "--baseline", BASELINE, "--allow-unsigned"]
         command = [sys.executable, "-m", "hotpatch.supervisor", "run"]
         command += ["--bind", "http=127.0.0.1:0", "--status-file", str(self.status_file)]
         command += [*options, "--", *service]
@@ -157,6 +176,28 @@ class Supervised:
             self.process.kill()
             self.process.wait()
 
+    def trigger(self, mode: str, number: int, staging: Path) -> None:
+        """Start restart ``number`` (1, 2, ...): SIGHUP, or a drop that needs a restart."""
+        if mode == "patch":
+            source = staging / f"big-{number}.py"
+            source.write_text(
+                "from hotpatch import Patch\n"
+                f"patch = Patch(version='{BASELINE}.{number}', baseline='{BASELINE}', "
+                "restart=True)\n\n"
+                "@patch.replace('counter_logic:tag')\n"
+                f"def tag():\n    return 'restart-patch-{number}'\n"
+            )
+        elif mode == "baseline":
+            source = staging / f"release-{number}"
+            (source / "src").mkdir(parents=True)
+            toml = f'[patch]\nversion = "{BASELINE}.{number}"\nkind = "unplanned-baseline"\n'
+            (source / "patch.toml").write_text(toml + '[code]\nroot = "src"\n')
+            shutil.copy(LOGIC, source / "src" / LOGIC.name)
+        else:
+            self.process.send_signal(signal.SIGHUP)
+            return
+        source.rename(self.watch / source.name)  # appears whole, as the folder requires
+
 
 def run(mode: str, state_mb: int, restarts: int, folder: Path) -> dict[str, Any]:
     supervised = Supervised(folder, mode, state_mb)
@@ -170,13 +211,15 @@ def run(mode: str, state_mb: int, restarts: int, folder: Path) -> dict[str, Any]
         address = (host, int(port))
         load = Load(address)
         pauses, supervisor_pauses, latencies = [], [], []
-        for _ in range(restarts):
+        staging = folder / f"{mode}-{state_mb}.staging"
+        staging.mkdir()
+        for number in range(1, restarts + 1):
             old = supervised.status()["child"]["pid"]
             _wait_for(lambda o=old: load.served_by(o), "a request to the old process")  # type: ignore[misc]
             time.sleep(SETTLE_S)
             count = sum(supervised.status()["restarts"].values())
             started = time.monotonic()
-            supervised.process.send_signal(signal.SIGHUP)
+            supervised.trigger(mode, number, staging)
             status = supervised.wait(
                 lambda s, c=count: sum(s["restarts"].values()) > c and s["state"] == "running",
                 "the restart",
@@ -201,6 +244,7 @@ def run(mode: str, state_mb: int, restarts: int, folder: Path) -> dict[str, Any]
         return {
             "mode": mode,
             "state_mb": state_mb,
+            "restarts_run": restarts,
             "pauses_s": pauses,
             "supervisor_pauses_s": supervisor_pauses,
             "worst_latency_s": latencies,
@@ -234,8 +278,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--quick", action="store_true", help="3 restarts at 0 and 1 MB: runs, not speed"
     )
-    parser.add_argument("--restarts", type=int, default=30)
+    parser.add_argument("--restarts", type=int, default=30, help="memory-preserving (default 30)")
+    parser.add_argument(
+        "--cold-restarts",
+        type=int,
+        default=10,
+        metavar="N",
+        help="cold restarts: seconds each, and steady (default 10)",
+    )
     parser.add_argument("--sizes", default="0,10,100", help="state sizes in MB (default 0,10,100)")
+    parser.add_argument(
+        "--kind-restarts",
+        type=int,
+        default=5,
+        metavar="N",
+        help="restarts by a patch needing one, and by a baseline bundle (default 5 each)",
+    )
     parser.add_argument(
         "--json",
         type=Path,
@@ -246,12 +304,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     restarts = 3 if args.quick else args.restarts
     sizes = [0, 1] if args.quick else [int(s) for s in args.sizes.split(",")]
-    runs = []
+    kind_restarts = 2 if args.quick else args.kind_restarts
+    kind_mb = 10 if 10 in sizes else max(sizes)
+    runs, kinds = [], []
     with tempfile.TemporaryDirectory(prefix="restart-pause-") as folder:
         for state_mb in sizes:
             for mode in ("preserving", "cold"):
                 print(f"{mode} restarts with {state_mb} MB of state ...", flush=True)
-                runs.append(run(mode, state_mb, restarts, Path(folder)))
+                count = restarts if mode == "preserving" or args.quick else args.cold_restarts
+                runs.append(run(mode, state_mb, count, Path(folder)))
+        for mode in KINDS if kind_restarts > 0 else ():
+            print(f"{mode} restarts with {kind_mb} MB of state ...", flush=True)
+            kinds.append(run(mode, kind_mb, kind_restarts, Path(folder)))
     rows = [
         [
             result["mode"],
@@ -265,11 +329,11 @@ def main(argv: list[str] | None = None) -> int:
             result["failed"],
             "yes" if result["state_carried"] else "NO",
         ]
-        for result in runs
+        for result in (*runs, *kinds)
     ]
     ratios = []
     for state_mb in sizes:
-        hot, cold = (r for r in runs if r["state_mb"] == state_mb)
+        hot, cold = (r for r in runs if r["state_mb"] == state_mb)  # in that order
         ratios.append(
             {
                 "state_mb": state_mb,
@@ -278,7 +342,9 @@ def main(argv: list[str] | None = None) -> int:
             }
         )
     print_table(
-        f"Restart pause ({restarts} restarts each, {CLIENTS} client threads; times in ms)",
+        f"Restart pause (restarts: {restarts} preserving, {runs[1]['restarts_run']} cold, "
+        f"{kind_restarts} by patch and by baseline; "
+        f"{CLIENTS} client threads; times in ms)",
         [
             "mode",
             "MB",
@@ -298,9 +364,11 @@ def main(argv: list[str] | None = None) -> int:
         ["MB", "median x", "p99 x"],
         [[r["state_mb"], r["median"], r["p99"]] for r in ratios],
     )
-    met = all(r["p99_s"] < GOAL_P99_S for r in runs if r["mode"] == "preserving")
+    met = all(r["p99_s"] < GOAL_P99_S for r in (*runs, *kinds) if r["mode"] != "cold")
     verdict = "met" if met else "NOT met"
-    print(f"\ngoal: preserving p99 < {GOAL_P99_S * 1e3:.0f} ms at every size: {verdict}")
+    print(
+        f"\ngoal: memory-preserving p99 < {GOAL_P99_S * 1e3:.0f} ms, every size and kind: {verdict}"
+    )
     write_json(
         args.json,
         NAME,
@@ -313,9 +381,72 @@ def main(argv: list[str] | None = None) -> int:
             "goal_met": met,
             "runs": runs,
             "cold_over_preserving": ratios,
+            "kind_restarts": kind_restarts,
+            "kind_state_mb": kind_mb,
+            "kinds": kinds,
         },
     )
+    plot(args.json.with_suffix(".png"), runs, kinds, quick=args.quick)
     return 0
+
+
+def plot(
+    path: Path, runs: list[dict[str, Any]], kinds: list[dict[str, Any]], *, quick: bool
+) -> None:
+    """Every pause, restart by restart, on a log scale: a line per mode and size."""
+    try:
+        import matplotlib as mpl  # optional: the demo extra
+
+        mpl.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("plot skipped: matplotlib is not installed (pip install 'hotpatch[demo]')")
+        return
+    figure, axes = plt.subplots(figsize=(9, 5), layout="constrained")
+    colours = plt.get_cmap("viridis")
+    sizes = sorted({r["state_mb"] for r in runs})
+    for result in (*runs, *kinds):
+        mb = result["state_mb"]
+        pauses = [max(p, 1e-5) * 1e3 for p in result["pauses_s"]]
+        numbers = range(1, len(pauses) + 1)
+        if result["mode"] in KINDS:
+            marker = "s" if result["mode"] == "patch" else "D"
+            label = f"{result['mode']} restart, {mb} MB"
+            axes.plot(
+                numbers,
+                pauses,
+                marker,
+                color="tab:red" if marker == "s" else "tab:orange",
+                label=label,
+                markersize=6,
+            )
+            continue
+        colour = colours(sizes.index(mb) / max(1, len(sizes) - 1) * 0.8)
+        style = "-" if result["mode"] == "preserving" else "--"
+        axes.plot(
+            numbers, pauses, style, marker=".", color=colour, label=f"{result['mode']}, {mb} MB"
+        )
+    axes.axhline(GOAL_P99_S * 1e3, color="grey", linewidth=0.8, linestyle=":")
+    axes.annotate(
+        "goal: p99 < 100 ms",
+        (1, GOAL_P99_S * 1e3),
+        textcoords="offset points",
+        xytext=(2, 3),
+        fontsize=8,
+        color="grey",
+    )
+    axes.set_yscale("log")
+    axes.xaxis.set_major_locator(mpl.ticker.MaxNLocator(integer=True))
+    axes.set_xlabel("restart")
+    axes.set_ylabel("pause (ms): old process's last request to new one's first")
+    title = "Restart pause: memory-preserving against cold"
+    axes.set_title(title + (" (quick run: not a measurement)" if quick else ""))
+    axes.legend(fontsize=8, ncols=2)
+    axes.grid(True, which="both", alpha=0.3)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    print(f"plot written to {path}")
 
 
 if __name__ == "__main__":

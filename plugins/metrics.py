@@ -7,8 +7,9 @@ the hooks: ``hotpatch_patch_level``, ``hotpatch_version_info{baseline,version}``
 ``hotpatch_rejections_total`` (each by ``source``: ``api``, ``folder``,
 ``control``, ``journal`` or ``other``), ``hotpatch_restarts_scheduled_total{kind}``,
 the ``hotpatch_apply_seconds`` and ``hotpatch_restart_pause_seconds`` histograms,
-and, set by the supervisor, ``hotpatch_worker_level{worker}`` and
-``hotpatch_worker_version_info{worker,version}``. Needs the ``metrics`` extra:
+and, set by the supervisor (``hotpatch run --metrics``), ``hotpatch_worker_level{worker}``,
+``hotpatch_worker_version_info{worker,version,baseline}`` and
+``hotpatch_restarts_total{kind,cause,outcome}``. Needs the ``metrics`` extra:
 ``pip install 'hotpatch[metrics]'``.
 """
 
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
     from prometheus_client.registry import Collector
 
-__all__ = ["APPLY_BUCKETS", "PAUSE_BUCKETS", "SOURCES", "Metrics"]
+__all__ = ["APPLY_BUCKETS", "CAUSES", "PAUSE_BUCKETS", "SOURCES", "Metrics"]
 
 # An apply takes well under a millisecond to a few (validation included); strict
 # quiescence can stretch it to its timeout.
@@ -38,6 +39,9 @@ PAUSE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2
 # The ``source`` label: who asked, reduced to its channel so the label stays
 # low-cardinality (``who`` itself holds uids and folder paths).
 SOURCES = ("api", "folder", "control", "journal", "other")
+# Why the supervisor (re)started a service process: the ``cause`` label of
+# ``hotpatch_restarts_total``, next to its ``kind`` (start, preserving, plain, recovery).
+CAUSES = ("start", "signal", "patch", "baseline", "crash", "other")
 
 _MAX_PORT = 65535
 _INSTALL_HINT = "pip install 'hotpatch[metrics]'"
@@ -151,7 +155,18 @@ class Metrics:
             registry=reg,
         )
         self.worker_version_info = prom.Info(
-            "hotpatch_worker_version", "Version running, per worker", ["worker"], registry=reg
+            "hotpatch_worker_version",
+            "Version (and baseline) running, per worker",
+            ["worker"],
+            registry=reg,
+        )
+        self.restarts = prom.Counter(
+            "hotpatch_restarts",
+            "Service processes started by the supervisor, by kind (start, preserving, plain, "
+            "recovery), cause (start, signal, patch, baseline, crash, other) and outcome "
+            "(ok, failed)",
+            ["kind", "cause", "outcome"],
+            registry=reg,
         )
         for source in SOURCES:  # every series exists from the first scrape, at 0
             for counter in (self.applies, self.rollbacks, self.rejections):
@@ -218,16 +233,32 @@ class Metrics:
             {"version": registry.version}
         )
 
-    def set_worker_level(self, worker: str, level: int, version: str) -> None:
+    def set_worker_level(
+        self, worker: str, level: int, version: str, *, baseline: str | None = None
+    ) -> None:
         """Record that ``worker`` runs ``level`` hot patches, topped by ``version``.
 
         Called by the supervisor for each worker after it changes (and at start).
         ``worker`` names a worker slot (``"0"``, ``"1"``, ...), not a pid, so the
         series survive a worker's restart; ``version`` is the top of its level, or
-        its baseline.
+        its baseline; ``baseline``, if given, becomes a label of the version series.
         """
         self.worker_level.labels(worker=worker).set(level)
-        self.worker_version_info.labels(worker=worker).info({"version": version})
+        info = (
+            {"version": version} if baseline is None else {"version": version, "baseline": baseline}
+        )
+        self.worker_version_info.labels(worker=worker).info(info)
+
+    def record_restart(self, kind: str, cause: str, *, ok: bool, paused_s: float | None) -> None:
+        """Count a start or restart of a service process; a successful one's pause is observed.
+
+        ``kind`` is how (``start``, ``preserving``, ``plain``, ``recovery``),
+        ``cause`` why (one of ``CAUSES``); ``paused_s`` the pause clients saw, if
+        the supervisor measured one.
+        """
+        self.restarts.labels(kind=kind, cause=cause, outcome="ok" if ok else "failed").inc()
+        if ok and paused_s is not None:
+            self.restart_pause_seconds.observe(paused_s)
 
     def remove_worker(self, worker: str) -> None:
         """Drop ``worker``'s series (the supervisor runs fewer workers now)."""
@@ -247,6 +278,7 @@ class Metrics:
             self.restart_pause_seconds,
             self.worker_level,
             self.worker_version_info,
+            self.restarts,
         )
 
     # -- hooks ------------------------------------------------------------------------

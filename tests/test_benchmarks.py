@@ -5,6 +5,7 @@ Only the shape of the output is checked, never a timing.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -16,14 +17,14 @@ import pytest
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
-def run(name: str, tmp_path: Path) -> tuple[str, dict[str, Any]]:
+def run(name: str, tmp_path: Path, timeout: float = 120) -> tuple[str, dict[str, Any]]:
     """Run ``benchmarks/<name>.py --quick``; returns (stdout, the JSON it wrote)."""
     out = tmp_path / "results" / f"{name}.json"  # a folder that does not exist yet
     proc = subprocess.run(
         [sys.executable, str(BENCHMARKS / f"{name}.py"), "--quick", "--json", str(out)],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout,
         check=False,
     )
     assert proc.returncode == 0, proc.stderr
@@ -124,6 +125,30 @@ def test_apply_latency(tmp_path: Path) -> None:
     ]
     assert sum(line.lstrip().startswith(("1 ", "10 ")) for line in stdout.splitlines()) == 8
     assert stdout.count("goal: ") == 3
+
+
+@pytest.mark.slow  # eight real supervisors, restarted 2-3 times each: about 35 s
+def test_restart_pause_with_every_kind_and_its_plot(tmp_path: Path) -> None:
+    stdout, data = run("restart_pause", tmp_path, timeout=600)
+    check_environment(data, "restart_pause")
+    assert {(r["mode"], r["state_mb"]) for r in data["runs"]} == {
+        (mode, mb) for mode in ("preserving", "cold") for mb in (0, 1)
+    }
+    assert [(r["mode"], r["state_mb"]) for r in data["kinds"]] == [("patch", 1), ("baseline", 1)]
+    for result in (*data["runs"], *data["kinds"]):
+        assert len(result["pauses_s"]) == len(result["supervisor_pauses_s"])
+        assert len(result["pauses_s"]) == (2 if result["mode"] in ("patch", "baseline") else 3)
+        assert (result["refused"], result["failed"]) == (0, 0), result["failures"]
+        assert result["state_carried"], result["mode"]
+    rows = [line.split()[0] for line in stdout.splitlines() if line.split()[1:2] == ["1"]]
+    assert rows == ["preserving", "cold", "patch", "baseline"]
+    png = tmp_path / "results" / "restart_pause.png"  # next to its JSON
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert png.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+        assert f"plot written to {png}" in stdout
+    else:
+        assert not png.exists()
+        assert "plot skipped: matplotlib is not installed" in stdout
 
 
 @pytest.mark.parametrize("name", ["call_overhead", "apply_latency"])

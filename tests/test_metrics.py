@@ -134,6 +134,7 @@ def test_a_fresh_endpoint_exposes_every_metric_at_zero(metrics: Metrics) -> None
         "hotpatch_restart_pause_seconds": "histogram",
         "hotpatch_worker_level": "gauge",
         "hotpatch_worker_version_info": "gauge",
+        "hotpatch_restarts": "counter",
     }
     assert scrape("hotpatch_patch_level") == 0
     for counter in ("hotpatch_applies_total", "hotpatch_rollbacks_total"):
@@ -150,6 +151,7 @@ def test_a_fresh_endpoint_exposes_every_metric_at_zero(metrics: Metrics) -> None
         float("inf"),
     ]
     assert scrape.labelled("hotpatch_worker_level") == {}
+    assert scrape.labelled("hotpatch_restarts_total") == {}  # labelled by what happened
     # A private registry: nothing of the process (gc, platform) leaks into it.
     assert not [name for name in scrape.types if not name.startswith("hotpatch_")]
 
@@ -265,11 +267,36 @@ def test_worker_levels_set_by_the_supervisor(metrics: Metrics) -> None:
         frozenset({("worker", "1"), ("version", "1.0.2")}),
         frozenset({("worker", "2"), ("version", "1.0")}),
     }
+    metrics.set_worker_level("3", 0, "1.1", baseline="1.1")
+    labels = frozenset({("worker", "3"), ("version", "1.1"), ("baseline", "1.1")})
+    assert Scrape(metrics.url)("hotpatch_worker_version_info", **dict(labels)) == 1
+    metrics.remove_worker("3")
     metrics.remove_worker("2")
     metrics.remove_worker("never-reported")
     scrape = Scrape(metrics.url)
     assert {dict(k)["worker"] for k in scrape.labelled("hotpatch_worker_level")} == {"0", "1"}
     assert len(scrape.labelled("hotpatch_worker_version_info")) == 2
+
+
+def test_restarts_by_kind_cause_and_outcome_and_their_pauses(metrics: Metrics) -> None:
+    metrics.record_restart("start", "start", ok=True, paused_s=None)
+    metrics.record_restart("preserving", "signal", ok=True, paused_s=0.004)
+    metrics.record_restart("preserving", "patch", ok=True, paused_s=0.02)
+    metrics.record_restart("preserving", "patch", ok=False, paused_s=0.5)  # failed: no pause
+    scrape = Scrape(metrics.url)
+    assert {
+        (labels["kind"], labels["cause"], labels["outcome"]): value
+        for labels, value in (
+            (dict(k), v) for k, v in scrape.labelled("hotpatch_restarts_total").items()
+        )
+    } == {
+        ("start", "start", "ok"): 1,
+        ("preserving", "signal", "ok"): 1,
+        ("preserving", "patch", "ok"): 1,
+        ("preserving", "patch", "failed"): 1,
+    }
+    assert scrape("hotpatch_restart_pause_seconds_count") == 2
+    assert _bucket_counts(scrape, "hotpatch_restart_pause_seconds")[0.005] == 1
 
 
 def test_track_shows_the_baseline_before_any_patch(metrics: Metrics) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import datetime
 import logging
 import os
@@ -13,6 +12,8 @@ from pathlib import Path
 
 from hotpatch._service import ENV_BASELINE, parse_bind
 from hotpatch.supervisor._child import ChildSpec
+from hotpatch.supervisor._metrics import parse_metrics_address
+from hotpatch.supervisor._metrics import run as run_supervised
 from hotpatch.supervisor._supervisor import Supervisor, SupervisorConfig
 from hotpatch.supervisor._workers import Fleet
 
@@ -75,15 +76,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--health-url",
         metavar="PATH",
-        help="with --workers: after each batch, also GET PATH from inside each changed worker "
-        "(the sockets are shared, so any worker may answer: it checks the service answers)",
+        help="health-check the service also by GET PATH from inside the process: after a "
+        "restart that changes the code (a new process failing it is rolled back to the previous "
+        "code, state carried across), and with --workers after each batch (the sockets are "
+        "shared, so any worker may answer: it checks the service answers)",
     )
     run.add_argument(
         "--settle",
         type=float,
-        default=1.0,
+        default=None,
         metavar="S",
-        help="with --workers: seconds a batch serves before its health check (default 1)",
+        help="seconds new code serves before its health check (default 0; 1 with --workers)",
     )
     run.add_argument(
         "--state-mb",
@@ -154,6 +157,15 @@ def build_parser() -> argparse.ArgumentParser:
         default="preserving",
         help="what SIGHUP does: a memory-preserving restart (default) or a plain "
         "stop-then-start where the service keeps state its own way",
+    )
+    run.add_argument(
+        "--metrics",
+        type=parse_metrics_address,
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics of every worker (levels, applies, rejections, "
+        "rollbacks, restarts, pauses) at http://HOST:PORT/metrics; loopback only, port 0 "
+        "picks a free one (logged and in the status file); needs: pip install "
+        "'hotpatch[metrics]'",
     )
     patches = run.add_argument_group("patches")
     patches.add_argument(
@@ -259,6 +271,8 @@ def _config(args: argparse.Namespace, command: list[str]) -> SupervisorConfig:
         backoff_initial=max(args.backoff_initial, 0.0),
         backoff_max=args.backoff_max,
         restart_mode=args.restart_mode,
+        health_url=args.health_url or None,
+        settle=max(args.settle if args.settle is not None else float(args.workers > 1), 0.0),
     )
 
 
@@ -284,14 +298,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             format="%(asctime)s hotpatch[%(process)d] %(levelname)s %(message)s",
             stream=sys.stderr,
         )
-    runner: Supervisor | Fleet
-    if args.workers > 1:
-        runner = Fleet(config, args.workers, health_url=args.health_url, settle=args.settle)
-    else:
-        runner = Supervisor(config)
+    runner: Supervisor | Fleet = (
+        Fleet(config, args.workers) if args.workers > 1 else Supervisor(config)
+    )
     try:
         runner.open_sockets()
     except OSError as exc:
         log.error("%s", exc.strerror or exc)  # noqa: TRY400 -- the message says it all
         return 1
-    return asyncio.run(runner.run())
+    return run_supervised(runner, args.metrics)

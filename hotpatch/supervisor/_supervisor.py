@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import datetime
 import logging
 import os
@@ -42,6 +43,7 @@ from hotpatch.supervisor._bundle import Release
 from hotpatch.supervisor._child import Child, ChildExited, ChildSpec, describe_exit
 from hotpatch.supervisor._state import Chunk, StateChain
 from hotpatch.supervisor._status import utc_now, write_status
+from hotpatch.supervisor._takeover import HEALTH_TIMEOUT, CodePoint, describe_level, health_of
 
 __all__ = ["RestartOutcome", "StateError", "Supervisor", "SupervisorConfig"]
 
@@ -84,6 +86,11 @@ class SupervisorConfig:
     patch_timeout: float = 120.0  # for a serving process to take a patch
     releases: Path | None = None  # where baseline bundles are unpacked
     window: tuple[datetime.time, datetime.time] | None = None  # maintenance window, UTC
+    # After a restart that changes the code: serve ``settle`` seconds, then the new
+    # process's health (hooks, and GET ``health_url``); unhealthy -> back to the old code.
+    health_url: str | None = None
+    settle: float = 0.0
+    check_takeover: bool = True  # a fleet's workers: off, the fleet checks each batch
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +110,8 @@ class RestartOutcome:
     new_pid: int | None = None
     paused_s: float | None = None
     state: str | None = None
+    health: list[str] | None = None  # why the new process was found unhealthy
+    rolled_back: str | None = None  # what it was rolled back to: ``baseline 1.0 at level 1.0.1``
     finished: str = field(default_factory=utc_now)
 
 
@@ -252,12 +261,15 @@ class Supervisor:
         self.service_sys_path: list[str] | None = None
         self.sys_path_known = threading.Event()
         self.pipeline: Any = None  # the watched folder's pipeline (supervisor._patches)
+        self.metrics_url: str | None = None  # where --metrics serves (supervisor._metrics)
         self.loop: asyncio.AbstractEventLoop | None = None
         self.release: Release | None = None  # the code the processes run (None: as started)
         self.baseline = config.baseline
         self._planned: BaselineJob | None = None  # announced, waiting for its moment
         self._planned_task: asyncio.Task[None] | None = None
         self._baseline_due: BaselineJob | None = None
+        self.previous: CodePoint | None = None  # before the last baseline restart
+        self._revert: tuple[CodePoint, str, asyncio.Future[RestartOutcome]] | None = None
 
     # -- sockets and status
 
@@ -299,6 +311,7 @@ class Supervisor:
             "error": self.error,
             "command": list(self.config.spec.argv),
             "sockets": self.addresses,
+            "metrics": self.metrics_url,
             "child": child(self.current if self.current and self.current.alive else None),
             "starting": child(self.starting),
             "restarts": dict(self.counts),
@@ -526,8 +539,9 @@ class Supervisor:
         self._write_status()
         reason = f"baseline {version} ({release.bundle.kind}, {job.due})"
         outcome: RestartOutcome | None = None
+        before = CodePoint.keep(self.release, self.baseline, self.config.journal)
         try:
-            outcome = await self._restart_preserving(old, reason, release=release)
+            outcome = await self._restart_preserving(old, reason, release=release, before=before)
         finally:
             if outcome is None:
                 outcome = RestartOutcome("preserving", reason, ok=False, error="interrupted")
@@ -538,7 +552,7 @@ class Supervisor:
                 "restart": asdict(outcome),
             }
             if outcome.ok:
-                self.release, self.baseline = release, version
+                self.release, self.baseline, self.previous = release, version, before
                 level = self.current.info.get("level", []) if self.current else []
                 pause = (outcome.paused_s or 0.0) * 1e3
                 result.update(
@@ -546,6 +560,14 @@ class Supervisor:
                     level=level,
                     reason=f"baseline {version} runs from {release.code_root} "
                     f"({job.due}; paused {pause:.1f} ms)",
+                )
+            elif outcome.health is not None:
+                result.update(
+                    outcome="rejected",
+                    error_type="VerificationFailed",
+                    reason=f"baseline {version}: {outcome.error}",
+                    health=outcome.health,
+                    rolled_back=outcome.rolled_back,
                 )
             else:
                 result.update(
@@ -561,6 +583,7 @@ class Supervisor:
                     "via": "restart",
                     "reason": result["reason"],
                     "time": utc_now(),
+                    **{k: result[k] for k in ("health", "rolled_back") if k in result},
                 }
             )
             if not job.done.done():
@@ -583,13 +606,14 @@ class Supervisor:
                 job.done.set_result(_not_now(job, "the supervisor stopped meanwhile"))
             raise
         result.setdefault("version", None)
-        entry = {
+        entry: dict[str, Any] = {
             "file": job.name,
             "version": result.get("version"),
             "outcome": result.get("outcome"),
             "via": result.get("via"),
             "reason": result.get("reason"),
             "time": utc_now(),
+            **{k: result[k] for k in ("health", "rolled_back") if k in result},
         }
         self.patch_log.append(entry)
         if not job.done.done():
@@ -656,7 +680,8 @@ class Supervisor:
                     "when": time.time(),
                 }
             )
-        outcome = await self._restart_preserving(old, reason, start_patch=job)
+        before = CodePoint.keep(self.release, self.baseline, self.config.journal)
+        outcome = await self._restart_preserving(old, reason, start_patch=job, before=before)
         self._record(outcome)
         result: dict[str, Any] = {
             "version": version,
@@ -674,6 +699,15 @@ class Supervisor:
                 f" (paused {(outcome.paused_s or 0.0) * 1e3:.1f} ms)",
                 targets=started.get("targets", result["targets"]),
                 level=self.current.info.get("level", []),
+            )
+        elif outcome.health is not None:
+            result.update(
+                outcome="rejected",
+                error_type="VerificationFailed",
+                reason=f"patch {version} was applied through a restart ({why}), and "
+                f"{outcome.error}",
+                health=outcome.health,
+                rolled_back=outcome.rolled_back,
             )
         else:
             result.update(
@@ -752,6 +786,9 @@ class Supervisor:
             else:
                 reason = self._down_reason
             self._start_work(self._recover(reason))
+        elif self._revert is not None and current.ready_at is not None:
+            (to, reason, done), self._revert = self._revert, None
+            self._start_work(self._revert_work(to, reason, done))
         elif self._pending is not None:
             reason, mode, waiters = self._pending
             self._pending = None
@@ -874,12 +911,21 @@ class Supervisor:
         *,
         start_patch: PatchJob | None = None,
         release: Release | None = None,
+        before: CodePoint | None = None,
     ) -> RestartOutcome:
+        """Hand ``old``'s work and state to a new process; with ``before``, a code change.
+
+        A code change (a new baseline, or a patch applied at start) may have
+        written the journal: if it fails, ``before``'s journal is put back, and
+        once it has taken over the new process must pass its health check.
+        """
         try:
             new, handover = await self._bring_up(
                 old, down_since=None, carry_state=True, start_patch=start_patch, release=release
             )
         except _BringUpFailed as exc:
+            if before is not None:  # before a recovery starts from it, or the old one goes on
+                before.restore_journal()
             if exc.old_drained or not old.alive:
                 # Nobody serves any more: the work that follows brings up a
                 # replacement from the chain (which holds the final round, if
@@ -897,7 +943,7 @@ class Supervisor:
             )
         self.current = new
         self._retire_later(old)
-        return RestartOutcome(
+        outcome = RestartOutcome(
             "preserving",
             reason,
             ok=True,
@@ -906,6 +952,104 @@ class Supervisor:
             paused_s=handover.paused_s,
             state=handover.state,
         )
+        if before is None or not self.config.check_takeover:
+            return outcome
+        return await self._check_takeover(new, outcome, before)
+
+    async def _check_takeover(
+        self, new: Child, outcome: RestartOutcome, before: CodePoint
+    ) -> RestartOutcome:
+        """Let the new code serve ``--settle`` seconds, ask its health; unhealthy: roll back."""
+        if self.config.settle > 0:
+            await new.wait_exit(self.config.settle)
+        healthy, reasons = await health_of(new, self.config.health_url, HEALTH_TIMEOUT)
+        if healthy:
+            return outcome
+        if outcome.paused_s is not None:
+            self.pauses.append(outcome.paused_s)
+        why = (
+            f"the new process {new.pid} took over and failed its health check "
+            f"({'; '.join(reasons)})"
+        )
+        log.error("%s (%s); rolling back to the previous code", why, outcome.reason)
+        rolled = await self._roll_back(new, before, f"rollback: {why}")
+        if rolled.ok:
+            error = f"{why}; rolled back to {rolled.rolled_back}: process {rolled.new_pid} serves"
+        else:
+            error = f"{why}; the rollback failed too ({rolled.error})"
+        return dataclasses.replace(
+            rolled,
+            kind="preserving",
+            reason=outcome.reason,
+            ok=False,
+            error=error,
+            old_pid=outcome.old_pid,
+            health=reasons,
+        )
+
+    async def _roll_back(self, bad: Child, to: CodePoint, reason: str) -> RestartOutcome:
+        """A memory-preserving restart from ``bad`` back to ``to``'s code and journal.
+
+        If that fails, ``bad`` is drained into the chain (if it still serves)
+        and the recovery that follows starts ``to``'s code from it.
+        """
+        self.release, self.baseline = to.release, to.baseline
+        to.restore_journal()
+        self.state = "rolling-back"
+        self._write_status()
+        try:
+            new, handover = await self._bring_up(bad, down_since=None, carry_state=True)
+        except _BringUpFailed as exc:
+            stopped_at = exc.stopped_at
+            if bad.alive and not exc.old_drained:
+                stopped_at, _ = await self._drain(bad)
+            if bad.alive:
+                self._retire_later(bad)
+            self.current = None
+            self._down_since = stopped_at
+            self._down_reason = f"rollback failed: {exc}"
+            error = f"{exc}; starting the previous code again from the last state round"
+            return RestartOutcome(
+                "rollback", reason, ok=False, error=error, old_pid=bad.pid, new_pid=exc.new_pid
+            )
+        self.current = new
+        self._retire_later(bad)
+        return RestartOutcome(
+            "rollback",
+            reason,
+            ok=True,
+            old_pid=bad.pid,
+            new_pid=new.pid,
+            paused_s=handover.paused_s,
+            state=handover.state,
+            rolled_back=describe_level(new.info),
+        )
+
+    def request_revert(self, to: CodePoint, reason: str) -> asyncio.Future[RestartOutcome]:
+        """Go back to ``to``'s code and journal (a fleet's halted baseline rollout)."""
+        future: asyncio.Future[RestartOutcome] = asyncio.get_running_loop().create_future()
+        if self._revert is not None and not self._revert[2].done():
+            self._revert[2].set_result(
+                RestartOutcome("rollback", self._revert[1], ok=False, error="superseded")
+            )
+        self._revert = (to, reason, future)
+        self._schedule()
+        return future
+
+    async def _revert_work(
+        self, to: CodePoint, reason: str, done: asyncio.Future[RestartOutcome]
+    ) -> None:
+        old = self.current
+        assert old is not None
+        self.previous = None
+        outcome: RestartOutcome | None = None
+        try:
+            outcome = await self._roll_back(old, to, reason)
+        finally:
+            result = outcome or RestartOutcome("rollback", reason, ok=False, error="interrupted")
+            if not done.done():
+                done.set_result(result)
+        self._record(result)
 
     async def _restart_plain(self, old: Child, reason: str) -> RestartOutcome:
         """Stop, then start: the service keeps its state its own way (the sockets stay open)."""
@@ -1202,6 +1346,11 @@ class Supervisor:
             job = self._patch_jobs.popleft()
             if not job.done.done():
                 job.done.set_result(_not_now(job, "the supervisor stopped before applying it"))
+        if self._revert is not None:
+            _, reason, done = self._revert
+            self._revert = None
+            if not done.done():
+                done.set_result(RestartOutcome("rollback", reason, ok=False, error="stopped"))
 
     async def _shutdown(self) -> None:
         if self.state != "failed":

@@ -33,13 +33,13 @@ from hotpatch.supervisor._bundle import Release
 from hotpatch.supervisor._child import ChildExited
 from hotpatch.supervisor._status import utc_now, write_status
 from hotpatch.supervisor._supervisor import Supervisor, SupervisorConfig
+from hotpatch.supervisor._takeover import HEALTH_TIMEOUT, describe_level
 
 __all__ = ["DOMAIN_SHARE", "Fleet", "domains"]
 
 log = logging.getLogger("hotpatch.supervisor")
 
 DOMAIN_SHARE = 0.2  # of the workers changed at once, and allowed to be unhealthy
-HEALTH_TIMEOUT = 30.0
 ROLLOUTS_KEPT = 20
 OK = ("applied", "unchanged")
 
@@ -69,21 +69,19 @@ class Fleet:
         self,
         config: SupervisorConfig,
         workers: int,
-        *,
-        health_url: str | None = None,
-        settle: float = 1.0,
     ) -> None:
         if workers < 1:
             msg = f"--workers must be at least 1, not {workers}"
             raise ValueError(msg)
         self.config = config
-        self.health_url = health_url
-        self.settle = settle
+        self.health_url = config.health_url
+        self.settle = config.settle
         self.listeners: dict[str, socket.socket] = {}
         self.members: list[Supervisor] = []
         self.count = workers
         self.loop: asyncio.AbstractEventLoop | None = None
         self.pipeline: Any = None
+        self.metrics_url: str | None = None  # where --metrics serves (supervisor._metrics)
         self.sys_path_known = threading.Event()
         self.rollout: dict[str, Any] | None = None  # the one running, or the last one
         self.rollouts: list[dict[str, Any]] = []
@@ -178,6 +176,7 @@ class Fleet:
             "state": self.state,
             "command": list(self.config.spec.argv),
             "sockets": {n: format_address(s.getsockname()) for n, s in self.listeners.items()},
+            "metrics": self.metrics_url,
             "workers": workers,
             "domains": domains(self.count),
             "child": first.get("child"),
@@ -217,6 +216,7 @@ class Fleet:
                 status_file=None,
                 watch=None,
                 journal=worker_journal(self.config.journal, index),
+                check_takeover=False,  # the fleet checks each batch, and undoes it
             )
             self.members.append(
                 Supervisor(
@@ -480,11 +480,36 @@ class Fleet:
             outcome = str(answer.get("outcome"))
             return outcome in OK, outcome
 
-        rollout = await self._rollout(f"baseline {release.version}", change, None)
+        async def undo(member: Supervisor) -> str:
+            previous = member.previous
+            if member.release is not release or previous is None:
+                return "not changed"
+            reason = f"baseline {release.version}: the rollout halted"
+            outcome = await member.request_revert(previous, reason)
+            if outcome.ok:
+                serving = member.serving
+                where = describe_level(serving.info) if serving else outcome.rolled_back
+                return f"rolled back to {where}"
+            return f"not rolled back: {outcome.error}"
+
+        rollout = await self._rollout(f"baseline {release.version}", change, undo)
         result = dict(answers.get(0) or {})
-        result["rollout"] = {k: rollout[k] for k in ("state", "batches", "changed", "unhealthy")}
+        keys = ("state", "batches", "changed", "unhealthy", "rolled_back")
+        result["rollout"] = {k: rollout[k] for k in keys if k in rollout}
         if rollout["state"] != "done":
-            result.update(outcome="rejected", reason="the baseline rollout halted")
+            bad = ", ".join(
+                f"worker {i}: {rollout['batches'][-1]['results'].get(str(i), 'unhealthy')}"
+                for i in rollout["unhealthy"]
+            )
+            undone = ", ".join(
+                f"worker {i}: {t}" for i, t in rollout.get("rolled_back", {}).items()
+            )
+            result.update(
+                outcome="rejected",
+                error_type="VerificationFailed",
+                reason=f"the baseline {release.version} rollout halted after batch "
+                f"{len(rollout['batches'])} ({bad}); {undone or 'no worker was changed'}",
+            )
         return result
 
     async def restart(self, reason: str) -> dict[str, Any]:

@@ -1,0 +1,86 @@
+"""After a restart that changes the code: what to go back to, and the new process's health."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hotpatch._errors import JournalError
+from hotpatch._journal import Journal
+from hotpatch.supervisor._bundle import Release
+from hotpatch.supervisor._child import Child, ChildExited
+
+__all__ = ["HEALTH_TIMEOUT", "CodePoint", "describe_level", "health_of"]
+
+log = logging.getLogger("hotpatch.supervisor")
+
+HEALTH_TIMEOUT = 30.0  # for a process to answer ``health`` (its HTTP probe has 5 s of it)
+
+
+@dataclass(frozen=True, slots=True)
+class CodePoint:
+    """The code a supervisor runs (release, baseline) and its journal's bytes, kept for undo.
+
+    The new process of a baseline restart sets the old baseline's journal
+    aside, and a patch applied through a restart is written to the journal:
+    going back to the previous code means putting the journal back too.
+    """
+
+    release: Release | None
+    baseline: str | None
+    journal: Path | None
+    put_back: Callable[[], None] | None
+
+    @classmethod
+    def keep(cls, release: Release | None, baseline: str | None, journal: Path | None) -> CodePoint:
+        """The code and journal as they are now (the journal's bytes read once, here)."""
+        put_back = None
+        if journal is not None:
+            try:
+                put_back = Journal(journal).undo_point()
+            except JournalError as exc:
+                log.warning("%s; a rollback will not restore it", exc)
+        return cls(release, baseline, journal, put_back)
+
+    def restore_journal(self) -> str | None:
+        """Write the kept journal back atomically (or remove one that did not exist); an error."""
+        if self.put_back is None:
+            return None
+        try:
+            self.put_back()
+        except JournalError as exc:
+            log.error("cannot restore the journal: %s", exc)  # noqa: TRY400 -- says it all
+            return str(exc)
+        return None
+
+
+def describe_level(info: Mapping[str, Any]) -> str:
+    """``baseline 1.0 at level 1.0.1, 1.0.2`` from what a process said about itself."""
+    level = ", ".join(str(v) for v in info.get("level") or []) or "none"
+    return f"baseline {info.get('baseline') or '?'} at level {level}"
+
+
+async def health_of(child: Child, url: str | None, timeout: float) -> tuple[bool, list[str]]:
+    """Ask ``child`` for its health (hooks, and the HTTP probe of ``url``): ``(ok, reasons)``."""
+    request = Child.request_id()
+    body: dict[str, Any] = {"op": "health", "id": request}
+    if url:
+        body["url"] = url
+    try:
+        async with child.lock:
+            child.send(body)
+            message = await child.expect("health", timeout=timeout, request=request)
+    except ChildExited as exc:
+        return False, [f"no health answer: {exc}"]
+    except TimeoutError:
+        return False, [f"process {child.pid} gave no health answer within {timeout:g}s"]
+    answer = dict(message.body)
+    child.update_level(answer)
+    reasons = [str(r) for r in answer.get("reasons") or []]
+    ok = bool(answer.get("ok")) and not reasons
+    if not ok and not reasons:
+        reasons = [f"process {child.pid} answered unhealthy"]
+    return ok, reasons
