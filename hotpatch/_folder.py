@@ -362,6 +362,8 @@ class Outcome:
     notified: bool = False  # the registry had it: it told the plugins of a refusal itself
     via: str | None = None  # under the supervisor: "hot" or "restart"
     workers: list[dict[str, Any]] | None = None  # install(workers=True): each worker's result
+    # Under the supervisor: how it went in (``restart``, ``health``, ``rolled_back``, ``rollout``).
+    details: dict[str, Any] = field(default_factory=dict)
 
     def record(self) -> dict[str, Any]:
         return {
@@ -378,6 +380,7 @@ class Outcome:
             "key_id": self.key_id,
             **({"via": self.via} if self.via is not None else {}),
             **({"workers": self.workers} if self.workers is not None else {}),
+            **self.details,
         }
 
 

@@ -105,6 +105,8 @@ def test_a_baseline_whose_new_process_fails_its_health_check_is_rolled_back(
         assert "failed its health check" in result["reason"]
         assert SICK_HOOK in result["reason"]
         assert "rolled back to baseline 1.0 at level 1.0.1" in result["reason"]
+        assert result["health"] == [SICK_HOOK]  # the details, for machines
+        assert result["rolled_back"] == "baseline 1.0 at level 1.0.1"
         status = assert_back_on_the_old_code(supervised, folder)
         restart = status["last_restart"]
         assert restart["ok"] is False
@@ -161,6 +163,8 @@ def test_a_patch_applied_through_a_restart_whose_process_is_unhealthy_is_rolled_
         assert SICK_HOOK in result["reason"]
         assert "patch 1.0.2 was applied through a restart" in result["reason"]
         assert "rolled back to baseline 1.0 at level 1.0.1" in result["reason"]
+        assert result["health"] == [SICK_HOOK]
+        assert result["restart"]["rolled_back"] == result["rolled_back"]
         status = assert_back_on_the_old_code(supervised, folder)
         assert status["last_restart"]["state"] == "complete"
         assert status["last_restart"]["health"] == [SICK_HOOK]

@@ -208,6 +208,8 @@ def test_a_patch_needing_a_restart_is_applied_by_a_memory_preserving_restart(
         assert result["dir"] == "applied", result
         assert result["via"] == "restart"
         assert "restart=True" in result["reason"]
+        assert result["restart"]["new_pid"] != first  # which processes, and the pause
+        assert result["restart"]["paused_s"] > 0
         status = supervised.status()
         restart = status["last_restart"]
         assert restart["ok"]

@@ -159,6 +159,8 @@ def test_a_bad_patch_halts_in_the_first_domain_and_is_rolled_back(
         result = result_of(folder, "sick-1.0.1.py", supervised)
     assert result["dir"] == "rejected", result
     assert "halted after batch 1" in result["reason"]
+    assert result["rollout"]["state"] == "rolled-back"  # each batch's results, for machines
+    assert result["rollout"]["unhealthy"] == [0]
     assert load.refused == 0
     assert load.failed == []
     status = supervised.status()

@@ -53,6 +53,9 @@ __all__ = ["SupervisedPipeline"]
 
 log = logging.getLogger("hotpatch.supervisor")
 
+# What the supervisor's answer adds to NAME.result.json: the restart it went through
+# (pids, pause), the failed health check and what was rolled back to, the rollout.
+RESULT_DETAILS = ("restart", "health", "rolled_back", "rollout")
 SYS_PATH_WAIT = 60.0  # for the first process to say its sys.path
 ASK_TIMEOUT = 60.0  # for a serving process to roll back, check a patch, list its history
 HISTORY_ENTRIES = 200  # per process: a control message holds at most 64 KiB
@@ -231,6 +234,7 @@ class SupervisedPipeline(Agent):
         outcome.targets = tuple(answer.get("targets") or outcome.targets)
         for name, seconds in (answer.get("timings") or {}).items():
             outcome.timings[f"service_{name}"] = float(seconds)
+        outcome.details = {k: answer[k] for k in RESULT_DETAILS if answer.get(k) is not None}
         self._local.rollout = answer.get("rollout")
 
     def _deliver(self, data: bytes, path: Path, outcome: Outcome) -> None:
