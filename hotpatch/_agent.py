@@ -102,22 +102,25 @@ def install(
 
     ``workers=True``: this process is one of several worker processes sharing
     ``watch`` (gunicorn, uvicorn --workers): each drop is verified once and
-    applied in every worker, with one result file (see ``hotpatch._fanout``).
+    applied in every worker, with one result file (see ``hotpatch._fanout``); the
+    folder's owner records the level in ``journal`` (default
+    ``<watch>/.workers/journal.json``), which a worker that starts alone replays.
     """
     if workers:
         # Imported here: _fanout builds on this module.
         from hotpatch._fanout import WorkerAgent  # noqa: PLC0415
 
-        if watch is None or journal is not None or control_socket not in (None, True):
+        if watch is None or control_socket not in (None, True):
             msg = (
-                "install(workers=True) needs watch=DIR and takes no journal or control_socket: "
-                "each worker serves DIR/.workers/<pid>.sock and a new worker copies the level "
-                "of the live ones"
+                "install(workers=True) needs watch=DIR and takes no control_socket: each "
+                "worker serves DIR/.workers/<pid>.sock (the journal defaults to "
+                "DIR/.workers/journal.json)"
             )
             raise ValueError(msg)
         return WorkerAgent(
             baseline,
             watch=watch,
+            journal=journal,
             plugins=list(plugins),
             require_signature=require_signature,
             trusted_keys=trusted_keys,

@@ -17,7 +17,11 @@ socket whose process is gone is removed, never waited on.
 
 A worker that starts later (a replaced worker) copies the level of a live
 worker -- the owner's when there is one -- before ``install()`` returns, so
-it serves patched code from its first request.
+it serves patched code from its first request. Workers start one at a time
+(the flock on ``.workers/start.lock``), so a peer a new worker sees has
+finished starting. A worker that starts with no live peer (the whole server
+restarted) replays the group's journal instead (``hotpatch._fanout_journal``):
+the level survives a restart of every worker.
 """
 
 from __future__ import annotations
@@ -25,10 +29,8 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
-import json
 import logging
 import os
-import stat
 import threading
 import time
 from collections.abc import Callable
@@ -37,7 +39,17 @@ from typing import Any
 
 from hotpatch._agent import LOCKFILE_NAME, PIDFILE_NAME, Agent, PathLike, TrustedKeys
 from hotpatch._control import ControlServer, request
-from hotpatch._errors import PatchError, VerificationFailed
+from hotpatch._errors import JournalError, PatchError, VerificationFailed
+from hotpatch._fanout_journal import JOURNAL_NAME, GroupJournal
+from hotpatch._fanout_peers import (
+    WORKERS_DIR,
+    alive,
+    live_workers,
+    owner_pid,
+    remove_stale,
+    start_lock,
+    workers_dir,
+)
 from hotpatch._folder import (
     SIGNATURE_WAIT_S,
     Folder,
@@ -46,51 +58,17 @@ from hotpatch._folder import (
     peek_version,
     write_result,
 )
+from hotpatch._journal import Journal
 from hotpatch._loader import DEFAULT_MAX_BYTES
+from hotpatch._registry import Registry
 
 __all__ = ["WORKERS_DIR", "WorkerAgent", "live_workers"]
 
 log = logging.getLogger("hotpatch")
 
-WORKERS_DIR = ".workers"
 OWNER_RETRY_S = 0.5
 DELIVER_TIMEOUT_S = 60.0
 PEER_TIMEOUT_S = 10.0
-
-
-def live_workers(folder: Path) -> dict[int, Path]:
-    """``pid -> socket`` of the workers registered in ``folder``; stale sockets are removed."""
-    found: dict[int, Path] = {}
-    try:
-        entries = list((folder / WORKERS_DIR).iterdir())
-    except FileNotFoundError:
-        return found
-    for path in entries:
-        if path.suffix != ".sock" or not path.stem.isdigit():
-            continue
-        pid = int(path.stem)
-        if pid != os.getpid() and not _alive(pid):
-            _remove_stale(path)
-            continue
-        found[pid] = path
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's process reuses the pid: not ours, but alive
-    return True
-
-
-def _remove_stale(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        if stat.S_ISSOCK(path.lstat().st_mode):
-            path.unlink()
-            log.info("removed the control socket %s of a worker that is gone", path)
 
 
 class WorkerAgent(Agent):
@@ -101,6 +79,7 @@ class WorkerAgent(Agent):
         baseline: str,
         *,
         watch: PathLike,
+        journal: PathLike | None = None,
         plugins: tuple[object, ...] | list[object] = (),
         require_signature: bool = False,
         trusted_keys: TrustedKeys | None = None,
@@ -127,6 +106,11 @@ class WorkerAgent(Agent):
             entry_points=entry_points,
         )
         self.owner_retry = owner_retry
+        self.journal = (
+            Path(journal).absolute() if journal is not None else folder / WORKERS_DIR / JOURNAL_NAME
+        )
+        self._journal = GroupJournal(self.journal, self.baseline)
+        self._plugin_objects: list[object] | None = None
         self._stopping = threading.Event()
         self._retry: threading.Thread | None = None
 
@@ -149,23 +133,22 @@ class WorkerAgent(Agent):
         assert self.socket is not None
         try:
             check_folder(self.watch)
-            workers = self.watch / WORKERS_DIR
-            if not workers.exists() and not workers.is_symlink():
-                with contextlib.suppress(FileExistsError):  # another worker made it first
-                    workers.mkdir(mode=0o700)
-            st = workers.lstat()
-            if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
-                msg = (
-                    f"{workers} must be a directory owned by this service's user "
-                    f"(uid {os.geteuid()}), not a link or a file; remove it and start again"
-                )
-                raise PermissionError(msg)
-            self.registry = self._make_registry()
-            self._server = ControlServer(self.socket, self.handle)
-            with self._lock:  # deliveries wait until this worker has caught up
-                self._server.start()
-                self._catch_up()
-            self._try_to_own()
+            workers = workers_dir(self.watch)
+            with start_lock(workers):  # one worker at a time, to the end
+                peers = self._peers()
+                # Alone: the whole server (re)starts, the journal has the level. Else the
+                # live workers have it (they finished starting: they held this lock).
+                self.registry = self._make_registry() if peers else self._replayed()
+                self._server = ControlServer(self.socket, self.handle)
+                with self._lock:  # deliveries wait until this worker has caught up
+                    self._server.start()
+                    if peers and not self._catch_up():
+                        log.warning(
+                            "worker %d: no live worker gave its level; replaying the journal",
+                            os.getpid(),
+                        )
+                        self.registry = self._replayed()
+                self._try_to_own()
             self._retry = threading.Thread(
                 target=self._retry_loop, name="hotpatch-workers owner", daemon=True
             )
@@ -183,6 +166,19 @@ class WorkerAgent(Agent):
             "owner" if self.owner else "waiting to own it",
         )
         return self
+
+    def _make_registry(self) -> Registry:
+        """A registry at the baseline (this worker copies its level from a live one)."""
+        return self._registry_with(None)
+
+    def _registry_with(self, journal: Path | None) -> Registry:
+        if self._plugin_objects is None:
+            self._plugin_objects = self._all_plugins()
+        return Registry(self.baseline, journal=journal, plugins=self._plugin_objects)
+
+    def _replayed(self) -> Registry:
+        """A registry at the journal's level (the baseline when it cannot be replayed)."""
+        return self._journal.replay(self._registry_with)
 
     def stop(self) -> None:
         """Stop owning and serving; the patches applied stay applied. Idempotent."""
@@ -219,6 +215,8 @@ class WorkerAgent(Agent):
                 os.close(fd)
                 return
             self._lock_fd = fd
+            assert self.registry is not None
+            self._journal.take_over(self.registry, who=f"worker:{os.getpid()} (took the folder)")
             self._open_staging()
             self._write_pidfile(self.watch)
             self._folder = Folder(
@@ -252,24 +250,28 @@ class WorkerAgent(Agent):
         peers.pop(os.getpid(), None)
         return peers
 
-    def _catch_up(self) -> None:
-        """Apply the level of a live worker (the owner first): a replaced worker starts patched."""
+    def _catch_up(self) -> bool:
+        """Apply the level of a live worker (the owner first): a replaced worker starts patched.
+
+        ``False`` when no live worker of this baseline gave its level."""
         assert self.watch is not None
         assert self.registry is not None
         peers = self._peers()
-        owner = _owner_pid(self.watch)
+        owner = owner_pid(self.watch)
         order = sorted(peers, key=lambda pid: (pid != owner, pid))
         for pid in order:
             try:
                 answer = request(peers[pid], {"cmd": "patches"}, timeout=PEER_TIMEOUT_S)
             except (FileNotFoundError, ConnectionRefusedError):
-                _remove_stale(peers[pid])
+                remove_stale(peers[pid])
                 continue
             except OSError as exc:
                 log.warning("worker %d did not give its level (%s); asking another", pid, exc)
                 continue
             if not answer.get("ok") or answer.get("baseline") != self.baseline:
                 continue
+            if isinstance(answer.get("journal_error"), str):  # it refuses patches: so do we
+                self._journal.refuse(answer["journal_error"])
             for item in answer.get("patches", []):
                 record = self._accept(item, who=f"worker:{pid} (catch-up)")
                 if record["outcome"] not in ("applied", "unchanged"):
@@ -280,7 +282,7 @@ class WorkerAgent(Agent):
                         pid,
                         record.get("reason"),
                     )
-                    return
+                    return True
             if answer.get("patches"):
                 log.info(
                     "worker %d caught up with worker %d: level %s",
@@ -288,12 +290,23 @@ class WorkerAgent(Agent):
                     pid,
                     ", ".join(self._level()),
                 )
-            return
+            return True
+        return False
 
     # -- the owner fans a verified patch out ------------------------------------------------
 
     def _deliver(self, data: bytes, path: Path, outcome: Outcome) -> None:
-        """Apply the verified bytes here, then in every other live worker; all or none."""
+        """Apply the verified bytes here, then in every other live worker; all or none.
+
+        The group's journal records the level once every worker has applied it."""
+        if not self.owner:  # `hotpatch apply` sent to another worker's socket
+            msg = (
+                f"worker {os.getpid()} does not own the patch folder {self.watch}, so it cannot "
+                "record the patch in the workers' journal; send it to the owner "
+                f"(hotpatch apply --folder {self.watch} ...)"
+            )
+            raise JournalError(msg)
+        self._journal.check()  # a journal that could not be replayed refuses new levels
         item = {
             "name": path.name,
             "path": str(path),
@@ -319,6 +332,8 @@ class WorkerAgent(Agent):
         if kinds <= {"applied", "unchanged"}:
             outcome.outcome = "unchanged" if kinds == {"unchanged"} else "applied"
             outcome.reason = mine.get("reason") if outcome.outcome == "unchanged" else None
+            if outcome.outcome == "applied":
+                self._record_apply(outcome)
             return
         failed = [r for r in answered if r["outcome"] not in ("applied", "unchanged")]
         if kinds == {"pending"}:
@@ -326,6 +341,8 @@ class WorkerAgent(Agent):
             outcome.error_type = mine.get("error_type")
             return
         undone = self._undo(str(outcome.version), failed={r["pid"] for r in failed})
+        if undone:
+            self._record("undo", str(outcome.version), f"{outcome.who} (another worker refused)")
         outcome.outcome = "rejected"
         outcome.error_type = failed[0].get("error_type") or "VerificationFailed"
         reasons = "; ".join(f"worker {r['pid']}: {r.get('reason')}" for r in failed)
@@ -335,16 +352,43 @@ class WorkerAgent(Agent):
             "drop a newer version"
         )
 
+    def _record_apply(self, outcome: Outcome) -> None:
+        """Journal an applied drop; if that fails, undo it everywhere: it would not survive."""
+        assert self.registry is not None
+        version = str(outcome.version)
+        try:
+            self._journal.record(
+                self.registry, "apply", version, outcome.who, outcome.timings.get("workers_s", 0.0)
+            )
+        except JournalError as exc:
+            undone = self._undo(version, failed=set())
+            outcome.outcome, outcome.error_type = "rejected", type(exc).__name__
+            outcome.reason = (
+                f"{exc}; patch {version} was rolled back in the {undone} workers that had "
+                "applied it, since a restart would lose it. Fix the journal and drop it again"
+            )
+
+    def _record(self, action: str, version: str, who: str) -> str | None:
+        """Add a history row to the journal (the level as it is); the error, if any."""
+        assert self.registry is not None
+        try:
+            self._journal.check()
+            self._journal.record(self.registry, action, version, who)
+        except JournalError as exc:
+            log.warning("worker %d: %s %s not recorded: %s", os.getpid(), action, version, exc)
+            return str(exc)
+        return None
+
     def _call(self, pid: int, sock: Path, payload: dict[str, Any]) -> dict[str, Any] | None:
         """One worker's answer to ``payload``; ``None`` when it exited meanwhile."""
         try:
             return request(sock, payload, timeout=DELIVER_TIMEOUT_S)
         except (FileNotFoundError, ConnectionRefusedError):
-            _remove_stale(sock)
+            remove_stale(sock)
             return None
         except OSError as exc:
-            if not _alive(pid):
-                _remove_stale(sock)
+            if not alive(pid):
+                remove_stale(sock)
                 return None
             return {"ok": False, "error": f"no answer from worker {pid}: {exc}"}
 
@@ -481,7 +525,28 @@ class WorkerAgent(Agent):
                     "sha256": patch.source.sha256,
                 }
             )
-        return {"ok": True, "baseline": self.baseline, "patches": items}
+        return {
+            "ok": True,
+            "baseline": self.baseline,
+            "patches": items,
+            "journal_error": self._journal.problem,
+        }
+
+    def _handle_apply(self, request: dict[str, Any], who: str) -> dict[str, Any]:
+        """``hotpatch apply`` sent to a worker that does not own the folder: to the owner."""
+        if not self.owner:
+            forwarded = self._to_owner(request)
+            if forwarded is not None:
+                return forwarded
+        return super()._handle_apply(request, who)
+
+    def _handle_history(self) -> dict[str, Any]:
+        """The group's history, as the journal records it across owners and restarts."""
+        with contextlib.suppress(JournalError):
+            state = Journal(self.journal).read() if self.journal is not None else None
+            if state is not None and state.baseline == self.baseline:
+                return {"ok": True, "history": state.history}
+        return super()._handle_history()
 
     def _worker_state(self) -> dict[str, Any]:
         return {
@@ -498,6 +563,8 @@ class WorkerAgent(Agent):
     def status(self) -> dict[str, Any]:
         """The agent's status, plus ``workers``: each live worker's pid, level and ownership."""
         answer = super().status()
+        answer["journal_report"] = self._journal.report
+        answer["journal_error"] = self._journal.problem
         workers = [self._worker_state()]
         for _pid, sock in sorted(self._peers().items()):
             try:
@@ -513,11 +580,28 @@ class WorkerAgent(Agent):
         return answer
 
     def _handle_rollback(self, request: dict[str, Any], who: str) -> dict[str, Any]:
-        """Roll back here, then bring every other worker to the same level."""
+        """Roll back here, then bring every other worker to the same level; the owner
+        records it in the journal (another worker passes the request to the owner)."""
         assert self.registry is not None
         level_now = self.registry.level
         if request.get("local") and request.get("to") == (level_now[-1:] or (self.baseline,))[0]:
             return {"ok": True, "versions": [], "level": list(level_now)}  # there already
+        if not request.get("local") and not self.owner:
+            forwarded = self._to_owner(request)
+            if forwarded is not None:
+                return forwarded
+        with self._lock:  # no drop is delivered meanwhile
+            return self._group_rollback(request, who)
+
+    def _to_owner(self, request: dict[str, Any]) -> dict[str, Any] | None:
+        """The owner's answer to ``request``; ``None`` when there is no owner to ask."""
+        assert self.watch is not None
+        owner = owner_pid(self.watch)
+        if owner is None or owner == os.getpid():
+            return None
+        return self._call(owner, self.watch / WORKERS_DIR / f"{owner}.sock", request)
+
+    def _group_rollback(self, request: dict[str, Any], who: str) -> dict[str, Any]:
         answer = super()._handle_rollback(request, who)
         if not answer.get("ok") or request.get("local"):
             return answer
@@ -534,11 +618,8 @@ class WorkerAgent(Agent):
             fields = ("ok", "versions", "level", "error")
             results.append({"index": pid, **{k: result.get(k) for k in fields}})
         answer["workers"] = results
+        if answer["versions"] and self.owner:
+            error = self._record("rollback", ", ".join(answer["versions"]), who)
+            if error is not None:
+                answer["journal_error"] = error
         return answer
-
-
-def _owner_pid(folder: Path) -> int | None:
-    with contextlib.suppress(OSError, ValueError, AttributeError):
-        pid = json.loads((folder / PIDFILE_NAME).read_bytes()).get("pid")
-        return pid if isinstance(pid, int) else None
-    return None

@@ -752,6 +752,12 @@ class Registry:
         history_rows = [h.record() for h in history]
         self._journal.write(JournalState(self.baseline, level, history_rows))
 
+    def detach_journal(self) -> None:
+        """Stop recording to the journal, which stays as written: after the replay,
+        another process records the level (the folder's owner among pre-fork workers)."""
+        with self._lock:
+            self._journal = None
+
     def resync(self) -> bool:
         """Bring the level to what the journal records now; ``True`` if anything changed.
 

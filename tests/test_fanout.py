@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -16,6 +17,7 @@ import pytest
 
 from hotpatch._control import request
 from hotpatch._fanout import WORKERS_DIR
+from hotpatch._journal import Journal, JournalEntry, JournalState
 
 WAIT_S = 60.0  # a bound so a broken build fails instead of hanging; never a measurement
 
@@ -26,7 +28,9 @@ import app_mod
 if os.environ.get("POISON"):
     app_mod.CACHE["bad"] = object()  # state the 1.2 migration cannot convert
 import hotpatch
-agent = hotpatch.install("1.0", watch=sys.argv[1], workers=True, entry_points=False)
+agent = hotpatch.install(
+    "1.0", watch=sys.argv[1], workers=True, entry_points=False, journal=os.environ.get("JOURNAL")
+)
 print("ready", os.getpid(), flush=True)
 sys.stdin.read()  # until the test closes stdin
 agent.stop()
@@ -82,10 +86,12 @@ class Workers:
         self.script.write_text(WORKER)
         self.procs: list[subprocess.Popen[str]] = []
 
-    def start(self, *, poison: bool = False) -> int:
-        env = {k: v for k, v in os.environ.items() if k != "POISON"}
+    def start(self, *, poison: bool = False, journal: Path | None = None) -> int:
+        env = {k: v for k, v in os.environ.items() if k not in ("POISON", "JOURNAL")}
         if poison:
             env["POISON"] = "1"
+        if journal is not None:
+            env["JOURNAL"] = str(journal)
         proc = subprocess.Popen(
             [sys.executable, str(self.script), str(self.folder), str(self.modules)],
             stdin=subprocess.PIPE,
@@ -124,6 +130,25 @@ class Workers:
         data: dict[str, Any] = json.loads(result.read_text())
         return data
 
+    def status(self, pid: int) -> dict[str, Any]:
+        answer: dict[str, Any] = request(self.socket(pid), {"cmd": "status"})
+        assert answer["ok"], answer
+        return answer
+
+    @property
+    def journal(self) -> Path:
+        return self.folder / WORKERS_DIR / "journal.json"
+
+    def recorded(self, journal: Path | None = None) -> JournalState:
+        state = Journal(journal or self.journal).read()
+        assert state is not None, "no journal"
+        return state
+
+    def restart_all(self, n: int, **options: Any) -> list[int]:
+        """Every worker stops at once (a deploy, a reboot); ``n`` new ones start."""
+        self.stop_all()
+        return [self.start(**options) for _ in range(n)]
+
     def stop_all(self) -> None:
         for proc in self.procs:
             if proc.poll() is None:
@@ -144,7 +169,7 @@ def workers(tmp_path: Path) -> Iterator[Workers]:
 def test_one_drop_reaches_every_worker_and_one_result_lists_them(workers: Workers) -> None:
     pids = [workers.start() for _ in range(3)]
     assert workers.owner() == pids[0]
-    assert sorted(p.name for p in (workers.folder / WORKERS_DIR).iterdir()) == sorted(
+    assert sorted(p.name for p in (workers.folder / WORKERS_DIR).glob("*.sock")) == sorted(
         f"{pid}.sock" for pid in pids
     )
     workers.drop("fix.py", patch_text("1.1", 1))
@@ -238,3 +263,173 @@ def test_a_damaged_delivery_is_refused(workers: Workers) -> None:
     assert answer["outcome"] == "rejected"
     assert "arrived damaged" in answer["reason"]
     assert workers.level(pid) == []
+
+
+# -- the group's journal: the level survives a restart of every worker ---------------------
+
+
+def levels(state: JournalState) -> list[str]:
+    return [entry.version for entry in state.level]
+
+
+def test_the_level_survives_a_restart_of_every_worker(workers: Workers) -> None:
+    workers.start()
+    workers.start()
+    workers.drop("fix.py", patch_text("1.1", 1))
+    workers.filed("fix.py", "applied")
+    workers.drop("next.py", patch_text("1.2", 2))
+    workers.filed("next.py", "applied")
+    state = workers.recorded()
+    assert levels(state) == ["1.1", "1.2"]
+    assert state.level[1].text == patch_text("1.2", 2)  # the content, not just a path
+    assert [(row["action"], row["version"]) for row in state.history] == [
+        ("apply", "1.1"),
+        ("apply", "1.2"),
+    ]
+
+    first, second = workers.restart_all(2)
+    assert workers.level(first) == workers.level(second) == ["1.1", "1.2"]
+    assert "replayed 2 patches" in workers.status(first)["journal_report"]
+    assert workers.status(first)["journal"] == str(workers.journal)
+    # Nothing was dropped again: the outcome folder holds the two drops only.
+    assert sorted(p.name for p in (workers.folder / "applied").glob("*.py")) == [
+        "fix.py",
+        "next.py",
+    ]
+
+
+def test_a_rollback_and_an_all_or_none_undo_are_recorded(workers: Workers, tmp_path: Path) -> None:
+    journal = tmp_path / "state" / "workers.json"  # an explicit journal= path
+    owner = workers.start(journal=journal)
+    other = workers.start(journal=journal)
+    poisoned = workers.start(poison=True, journal=journal)
+    for name, version in (("a.py", "1.1"), ("b.py", "1.2")):
+        workers.drop(name, patch_text(version, 1))
+        workers.filed(name, "applied")
+
+    # Sent to a worker that does not own the folder: it passes it to the owner.
+    answer = request(workers.socket(other), {"cmd": "rollback"})
+    assert answer["ok"], answer
+    assert answer["versions"] == ["1.2"]
+    assert all(workers.level(pid) == ["1.1"] for pid in (owner, other, poisoned))
+    assert levels(workers.recorded(journal)) == ["1.1"]
+
+    workers.drop("ints.py", patch_text("1.3", 3, migrate=True))
+    assert workers.filed("ints.py", "rejected")["outcome"] == "rejected"
+    state = workers.recorded(journal)
+    assert levels(state) == ["1.1"]
+    assert [(row["action"], row["version"], row["level"]) for row in state.history[-2:]] == [
+        ("rollback", "1.2", ["1.1"]),
+        ("undo", "1.3", ["1.1"]),
+    ]
+    assert not workers.journal.exists()  # the default place is not used
+
+    # `hotpatch history` shows the group's history, from any worker.
+    history = request(workers.socket(other), {"cmd": "history"})["history"]
+    assert [row["action"] for row in history] == ["apply", "apply", "rollback", "undo"]
+
+    restarted = workers.restart_all(2, journal=journal)
+    assert all(workers.level(pid) == ["1.1"] for pid in restarted)
+    # `hotpatch apply` sent to a worker that does not own the folder: the owner records it.
+    newer = workers.outbox / "c.py"
+    newer.write_text(patch_text("1.4", 4))
+    answer = request(workers.socket(restarted[1]), {"cmd": "apply", "path": str(newer)})
+    assert answer["ok"], answer
+    assert all(workers.level(pid) == ["1.1", "1.4"] for pid in restarted)
+    assert levels(workers.recorded(journal)) == ["1.1", "1.4"]
+
+
+def test_a_journal_of_another_baseline_is_set_aside_and_reported(workers: Workers) -> None:
+    text = patch_text("0.9.1", 1).replace("baseline='1.0'", "baseline='0.9'")
+    old = JournalEntry("0.9.1", hashlib.sha256(text.encode()).hexdigest(), "old.py", text)
+    workers.journal.parent.mkdir(mode=0o700)
+    Journal(workers.journal).write(JournalState("0.9", [old]))
+
+    pid = workers.start()
+    assert workers.level(pid) == []
+    report = workers.status(pid)["journal_report"]
+    assert "baseline 0.9, not 1.0" in report
+    aside = workers.journal.with_name("journal.json.baseline-0.9")
+    assert aside.name in report
+    assert Journal(aside).read() is not None  # kept for inspection, as it was
+
+    workers.drop("fix.py", patch_text("1.1", 1))
+    workers.filed("fix.py", "applied")
+    state = workers.recorded()
+    assert (state.baseline, levels(state)) == ("1.0", ["1.1"])
+
+
+def test_a_corrupt_journal_is_reported_and_the_workers_serve_the_baseline(
+    workers: Workers,
+) -> None:
+    workers.journal.parent.mkdir(mode=0o700)
+    workers.journal.write_text('{"format": 1, "baseline": "1.0", "level": [')
+    pids = [workers.start(), workers.start()]
+    assert all(workers.level(pid) == [] for pid in pids)
+    error = workers.status(workers.owner())["journal_error"]
+    assert "is corrupt" in error
+    assert "moved aside" in error
+
+    # A drop would write a new level over the recorded one: refused, saying why.
+    workers.drop("fix.py", patch_text("1.1", 1))
+    result = workers.filed("fix.py", "rejected")
+    assert "is corrupt" in result["reason"]
+    assert "moved aside" in result["reason"]
+    assert all(workers.level(pid) == [] for pid in pids)
+    assert workers.journal.read_text() == '{"format": 1, "baseline": "1.0", "level": ['
+
+    # The fix the message names: move it aside; the next drop starts a new journal.
+    workers.journal.rename(workers.journal.with_name("journal.json.broken"))
+    workers.drop("fix2.py", patch_text("1.2", 2))
+    assert workers.filed("fix2.py", "applied")["outcome"] == "applied"
+    assert levels(workers.recorded()) == ["1.2"]
+    assert all(workers.level(pid) == ["1.2"] for pid in pids)
+
+
+def test_a_journal_that_cannot_be_replayed_keeps_refusing_after_an_owner_change(
+    workers: Workers,
+) -> None:
+    text = patch_text("1.1", 1).replace("app_mod:f", "app_mod:gone")  # the code changed
+    entry = JournalEntry("1.1", hashlib.sha256(text.encode()).hexdigest(), "old.py", text)
+    workers.journal.parent.mkdir(mode=0o700)
+    Journal(workers.journal).write(JournalState("1.0", [entry]))
+    first, second = workers.start(), workers.start()
+    assert workers.level(first) == workers.level(second) == []
+    assert "cannot be replayed" in workers.status(first)["journal_error"]
+
+    os.killpg(first, signal.SIGKILL)
+    workers.procs[0].wait()
+    wait_for(lambda: workers.owner() == second, "the second worker to own the folder")
+    workers.drop("fix.py", patch_text("1.2", 2))
+    assert "cannot be replayed" in workers.filed("fix.py", "rejected")["reason"]
+    assert levels(workers.recorded()) == ["1.1"]  # the recorded level, not overwritten
+
+
+def test_an_owner_change_keeps_one_journal_consistent(workers: Workers) -> None:
+    first, second = workers.start(), workers.start()
+    assert workers.owner() == first
+    workers.drop("a.py", patch_text("1.1", 1))
+    workers.filed("a.py", "applied")
+    before = workers.journal.read_bytes()
+    workers.drop("b.py", patch_text("1.2", 2))
+    workers.filed("b.py", "applied")
+    # The owner dies after every worker applied 1.2 and before the journal said so.
+    workers.journal.write_bytes(before)
+    os.killpg(first, signal.SIGKILL)
+    workers.procs[0].wait()
+
+    wait_for(lambda: workers.owner() == second, "the second worker to own the folder")
+    wait_for(lambda: levels(workers.recorded()) == ["1.1", "1.2"], "the new owner's level")
+    assert workers.recorded().history[-1]["action"] == "resync"
+    workers.drop("c.py", patch_text("1.3", 3))
+    workers.filed("c.py", "applied")
+    state = workers.recorded()
+    assert levels(state) == ["1.1", "1.2", "1.3"]
+    assert [(row["action"], row["version"]) for row in state.history] == [
+        ("apply", "1.1"),
+        ("resync", "1.1, 1.2"),
+        ("apply", "1.3"),
+    ]
+
+    restarted = workers.restart_all(2)
+    assert all(workers.level(pid) == ["1.1", "1.2", "1.3"] for pid in restarted)

@@ -80,9 +80,9 @@ class Server:
     def __init__(self, name: str, root: Path):
         self.name = name
         self.folder = root / "patches"
-        self.folder.mkdir(mode=0o700)
+        self.folder.mkdir(mode=0o700, exist_ok=True)  # a restarted server: the same folder
         self.port = free_port()
-        self.log = (root / f"{name}.log").open("w")
+        self.log = (root / f"{name}.log").open("a")
         env = {**os.environ, "HOTPATCH_FOLDER": str(self.folder), "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(
             command(name, self.port),
@@ -204,3 +204,32 @@ def test_one_drop_patches_every_worker_and_a_replaced_worker_comes_up_patched(
     assert set(seen.values()) == {400}
     # The dead worker's socket was removed when the newcomer looked for its peers.
     assert not (server.folder / WORKERS_DIR / f"{victim}.sock").exists()
+
+
+def test_the_level_survives_a_restart_of_the_whole_server(tmp_path: Path) -> None:
+    first = Server("gunicorn", tmp_path)
+    try:
+        before = first.ready()
+        first.drop(SERVERS / "fixes" / "fix_vat.py")
+        result_file = first.folder / "applied" / "fix_vat.py.result.json"
+        wait_for(result_file.exists, "the result of fix_vat.py")
+        assert json.loads(result_file.read_text())["outcome"] == "applied"
+        assert set(first.answers(lambda seen: before <= set(seen)).values()) == {400}
+    finally:
+        first.stop()  # every worker at once, as a deploy or a reboot does
+
+    again = Server("gunicorn", tmp_path)
+    try:
+        pids = again.ready()
+        assert not pids & before  # new processes, and nothing dropped since
+        for pid in pids:
+            state = request(again.folder / WORKERS_DIR / f"{pid}.sock", {"cmd": "worker"})
+            assert state["level"] == ["1.0.1"]
+        seen = again.answers(lambda seen: pids <= set(seen))
+        assert set(seen.values()) == {400}
+        assert sorted(p.name for p in (again.folder / "applied").iterdir()) == [
+            "fix_vat.py",
+            "fix_vat.py.result.json",
+        ]
+    finally:
+        again.stop()
