@@ -236,6 +236,35 @@ def test_a_patch_needing_a_restart_is_applied_by_a_memory_preserving_restart(
     load.check(request(supervised.address, "/get")["counters"])
 
 
+def test_the_new_process_follows_a_rollback_the_old_one_made_while_draining(
+    supervise: Callable[..., Supervised], tmp_path: Path
+) -> None:
+    """The journal is replayed early; a change the old process makes later is caught up."""
+    folder, flag = tmp_path / "patches", tmp_path / "roll-back-while-draining"
+    supervised = supervise(
+        "--plugin",
+        "--rollback-on-drain-if-exists",
+        str(flag),
+        options=("--watch", str(folder), *BASE_OPTIONS),
+    )
+    with Load(supervised.address) as load:
+        drop(folder, "fix-1.0.1.py", logic_patch("1.0.1", "patched"))
+        assert result_of(folder, "fix-1.0.1.py", supervised)["outcome"] == "applied"
+        assert request(supervised.address, "/get")["tag"] == "patched"
+        flag.touch()
+        outcome = supervised.restart()
+        assert outcome["ok"], outcome
+        wait_for(lambda: load.served_by(outcome["new_pid"]), "a request to the new process")
+        # The old process rolled 1.0.1 back after the new one had replayed it:
+        # the new one caught up at the hand-over, before it served.
+        answer = request(supervised.address, "/get")
+        assert (answer["pid"], answer["tag"]) == (outcome["new_pid"], "base")
+        assert journal_level(folder / ".journal.json") == []
+        supervised.wait(lambda s: s["patches"]["level"] == [], "the level the new process reports")
+        assert "changed since it was replayed" in supervised.log()
+    load.check(request(supervised.address, "/get")["counters"])
+
+
 def test_when_the_new_process_cannot_apply_it_the_old_one_keeps_serving(
     supervise: Callable[..., Supervised], tmp_path: Path
 ) -> None:

@@ -88,6 +88,11 @@ class Plugin:
         self.pids: list[int] = []
         self.resumed: list[float] = []
         self.scheduled: list[dict[str, Any]] = []
+        self.registry: Any = None  # the registry patches reach this process through
+
+    @hotpatch.hookimpl
+    def hotpatch_after_apply(self, patch: Any, registry: Any, result: Any) -> None:
+        self.registry = registry
 
     @hotpatch.hookimpl
     def hotpatch_restart_scheduled(
@@ -191,6 +196,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--poll", type=float, default=0.005)
     parser.add_argument("--plugin", action="store_true", help="use the hotpatch hooks too")
     parser.add_argument(
+        "--rollback-on-drain-if-exists",
+        type=Path,
+        metavar="FLAG",
+        help="with --plugin: while draining, roll the last patch back (as a plugin might)",
+    )
+    parser.add_argument(
         "--health-gate",
         type=int,
         metavar="ERRORS",
@@ -231,6 +242,9 @@ def main() -> int:
 
     def save(timeout: float) -> None:
         server.drain(timeout)
+        flag = args.rollback_on_drain_if_exists
+        if flag is not None and flag.exists() and plugin.registry is not None:
+            plugin.registry.rollback(who="drain")  # after the new process replayed the journal
         if args.cold_file is not None:
             tmp = args.cold_file.with_suffix(".tmp")
             tmp.write_bytes(pickle.dumps((counters, payload), protocol=5))
