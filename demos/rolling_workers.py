@@ -6,8 +6,10 @@ listening socket, each with its own state and journal. A load generator
 sends requests all along. A good patch is dropped into the watched folder
 and rolls through the workers one update domain (here one worker, 20%) at a
 time, each batch health-checked before the next. Then a bad patch -- its
-``healthy()`` says no -- fails the health check of the first batch: the
-rollout halts and that worker is rolled back; the other four never see it.
+``healthy()`` says no -- is given to ``hotpatch apply``, which shows the
+rollout as it goes: it fails the health check of the first batch, the
+rollout halts and that worker is rolled back (the other four never see it),
+and the command exits 1 saying why.
 Exit status 0 only if all of that held and no request failed.
 """
 
@@ -169,6 +171,17 @@ def wait_result(folder: Path, name: str, status_file: Path, shown: set[str]) -> 
     raise TimeoutError(msg)
 
 
+def apply_with_cli(folder: Path, patch: Path) -> int:
+    """``hotpatch apply`` through the supervisor, its output relayed as it comes (in a pipe
+    the rollout's progress is a line per step); its exit code."""
+    command = [sys.executable, "-m", "hotpatch", "apply", "--folder", str(folder), str(patch)]
+    cli = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert cli.stdout is not None
+    for line in cli.stdout:
+        say(f"  hotpatch | {line.rstrip()}")
+    return cli.wait(WAIT)
+
+
 def drop(folder: Path, name: str, text: str) -> None:
     tmp = folder / f".{name}.part"
     tmp.write_text(textwrap.dedent(text))
@@ -232,14 +245,14 @@ def main() -> int:  # noqa: PLR0915 -- a script, told as it happens
             checks.append(("one worker per batch", all(len(b["workers"]) == 1 for b in batches)))
             time.sleep(0.5)
 
-            say("dropping sick-1.0.2.py (its health check fails)")
-            drop(folder, "sick-1.0.2.py", BAD)
-            bad = wait_result(folder, "sick-1.0.2.py", status_file, shown)
+            sick = root / "sick-1.0.2.py"
+            sick.write_text(textwrap.dedent(BAD))
+            say("$ hotpatch apply --folder patches/ sick-1.0.2.py   (its health check fails)")
+            code = apply_with_cli(folder, sick)
             status = read_json(status_file)
             rollout = status["rollout"]
-            say(f"outcome: {bad['outcome']} -> {bad['dir']}/: {bad['reason']}")
-            say(f"worker levels {levels(status)}")
-            checks.append(("the bad patch was rejected", bad["outcome"] == "rejected"))
+            say(f"hotpatch apply exited {code}; worker levels {levels(status)}")
+            checks.append(("the bad patch was refused (exit 1)", code == 1))
             checks.append(("halted in the first batch", len(rollout["batches"]) == 1))
             checks.append(("rolled back", rollout["state"] == "rolled-back"))
             checks.append(("every worker at 1.0.1", levels(status) == [["1.0.1"]] * WORKERS))
