@@ -1,0 +1,135 @@
+"""The supervisor channel's wire: environment names, addresses, listening sockets, messages."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+__all__ = [
+    "DEFAULT_BACKLOG",
+    "ENV_BASELINE",
+    "ENV_BIND",
+    "ENV_CONTROL",
+    "ENV_JOURNAL",
+    "ENV_SOCKETS",
+    "MAX_FDS",
+    "MAX_MESSAGE",
+    "ServiceError",
+    "format_address",
+    "open_listener",
+    "parse_address",
+    "parse_bind",
+    "read_memfd",
+    "recv_message",
+    "send_message",
+]
+
+ENV_SOCKETS = "HOTPATCH_SOCKETS"  # "http=3,admin=4": listening sockets the supervisor passed
+ENV_CONTROL = "HOTPATCH_CONTROL"  # fd of the control channel to the supervisor
+ENV_BIND = "HOTPATCH_BIND"  # "http=127.0.0.1:8000,...": addresses when running alone
+# Under the supervisor with --watch: the process keeps a Registry on this
+# baseline and journal, replayed before it says it is loaded.
+ENV_BASELINE = "HOTPATCH_BASELINE"
+ENV_JOURNAL = "HOTPATCH_JOURNAL"
+
+DEFAULT_BACKLOG = 1024
+MAX_MESSAGE = 1 << 16
+MAX_FDS = 4
+_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+class ServiceError(RuntimeError):
+    """The service side cannot do what was asked: no such socket, state not picklable, ..."""
+
+
+# -- addresses and listening sockets ------------------------------------------------
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """``"127.0.0.1:8000"`` or ``"[::1]:8000"`` -> ``(host, port)``."""
+    host, sep, port = text.strip().rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit() or int(port) > 65535:  # noqa: PLR2004
+        msg = f"{text!r} is not HOST:PORT; write e.g. 127.0.0.1:8000 or [::1]:8000"
+        raise ValueError(msg)
+    return host, int(port)
+
+
+def parse_bind(text: str) -> tuple[str, tuple[str, int]]:
+    """``"http=127.0.0.1:8000"`` -> ``("http", ("127.0.0.1", 8000))``."""
+    name, sep, address = text.partition("=")
+    if not sep or not _NAME.fullmatch(name):
+        msg = f"{text!r} is not NAME=HOST:PORT; write e.g. http=127.0.0.1:8000"
+        raise ValueError(msg)
+    return name, parse_address(address)
+
+
+def format_address(address: Any) -> str:
+    """A socket address as ``host:port`` (``[host]:port`` for IPv6)."""
+    host, port = address[0], address[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def open_listener(host: str, port: int, *, backlog: int = DEFAULT_BACKLOG) -> socket.socket:
+    """A TCP socket listening on ``host:port``, with ``SO_REUSEADDR`` and a large backlog.
+
+    The backlog matters: connections that arrive while no process accepts (a
+    restart's pause) wait in it; once it is full, clients fall back to SYN
+    retries of a second or more.
+    """
+    family, kind, proto, _, sockaddr = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(sockaddr)
+        sock.listen(backlog)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+# -- control messages -----------------------------------------------------------------
+
+
+def send_message(sock: socket.socket, message: Mapping[str, Any], fds: Iterable[int] = ()) -> None:
+    """Send one JSON message, with ``fds`` attached, on a ``SOCK_SEQPACKET`` socket."""
+    socket.send_fds(sock, [json.dumps(message).encode()], list(fds))
+
+
+def recv_message(sock: socket.socket) -> tuple[dict[str, Any], list[int]] | None:
+    """Receive one message and its fds; ``None`` when the peer has closed the channel."""
+    data, fds, flags, _ = socket.recv_fds(sock, MAX_MESSAGE, MAX_FDS)
+    if flags & (socket.MSG_CTRUNC | socket.MSG_TRUNC):
+        for fd in fds:
+            os.close(fd)
+        msg = "a control message was truncated (too large or too many fds)"
+        raise ServiceError(msg)
+    if not data:
+        return None
+    message = json.loads(data)
+    if not isinstance(message, dict) or not isinstance(message.get("op"), str):
+        for fd in fds:
+            os.close(fd)
+        msg = f"malformed control message {data[:200]!r}"
+        raise ServiceError(msg)
+    return message, fds
+
+
+def read_memfd(fds: list[int]) -> bytes:
+    """The whole content of the first fd (a memfd the supervisor wrote); closes them all."""
+    try:
+        if not fds:
+            return b""
+        size = os.fstat(fds[0]).st_size
+        return os.pread(fds[0], size, 0) if size else b""
+    finally:
+        for fd in fds:
+            os.close(fd)

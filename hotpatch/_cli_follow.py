@@ -1,0 +1,215 @@
+"""Following as it happens: a supervisor's rollout during an apply; a folder's outcomes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import queue
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+from hotpatch._cli_agent import ENV_SOCKET, EXIT_OK, PIDFILE, Answer, UsageError, ask
+
+__all__ = [
+    "OUTCOME_DIRS",
+    "RolloutFollower",
+    "ask_following",
+    "render_rollout",
+    "rollout_status_file",
+    "watch_folder",
+]
+
+# -- rollout progress, while an apply runs under `hotpatch run --workers N` ---------------
+
+FOLLOW_POLL_S = 0.1
+BAR_WIDTH = 20
+
+
+def rollout_status_file(args: argparse.Namespace) -> Path | None:
+    """The status file of the supervisor this command talks to; ``None`` for an agent."""
+    if getattr(args, "socket", None):
+        folder = Path(args.socket).absolute().parent
+    elif getattr(args, "folder", None):
+        folder = Path(args.folder)
+    elif os.environ.get(ENV_SOCKET):
+        folder = Path(os.environ[ENV_SOCKET]).absolute().parent
+    else:
+        folder = Path.cwd()
+    try:
+        info = json.loads((folder / PIDFILE).read_bytes())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(info, dict) or not info.get("supervisor"):
+        return None
+    path = info.get("status_file")
+    return Path(path) if isinstance(path, str) and path else None
+
+
+def render_rollout(rollout: Answer, elapsed_s: float) -> str:
+    """One line saying how far a rollout is: what, a bar, batch k/n, workers, elapsed."""
+    plan = rollout.get("domains") or []
+    total = sum(len(batch) for batch in plan) or 1
+    changed = len(rollout.get("changed") or [])
+    unhealthy = list(rollout.get("unhealthy") or [])
+    filled = round(BAR_WIDTH * min(changed, total) / total)
+    parts = [
+        f"{rollout.get('what') or 'rollout'}",
+        f"[{'#' * filled}{'.' * (BAR_WIDTH - filled)}]",
+        f"batch {len(rollout.get('batches') or [])}/{len(plan)}",
+        f"{changed}/{total} workers changed",
+        f"{len(unhealthy)} unhealthy" + (f" {unhealthy}" if unhealthy else ""),
+        f"{elapsed_s:.1f}s",
+    ]
+    if rollout.get("state") not in (None, "running"):
+        parts.append(str(rollout["state"]))
+    return "  ".join(parts)
+
+
+class RolloutFollower:
+    """Shows the rollouts a supervisor starts after it was made, from its status file.
+
+    On a terminal one line is redrawn in place (``render_rollout``); elsewhere
+    each new ``rollout.progress`` entry is printed as a line of its own.
+    """
+
+    def __init__(self, status_file: Path, out: TextIO, *, tty: bool | None = None) -> None:
+        self.status_file = status_file
+        self.out = out
+        self.tty = out.isatty() if tty is None else tty
+        self.started = time.monotonic()
+        self.shown: dict[tuple[str, str], int] = {}  # rollout -> progress entries shown
+        self.drawn = False
+        self._before = {_key(r) for r in self._rollouts()}  # someone else's: not ours
+
+    def _rollouts(self) -> list[Answer]:
+        try:
+            status = json.loads(self.status_file.read_bytes())
+        except (OSError, ValueError):
+            return []  # not written yet, or being replaced: the next poll sees it
+        rollouts = status.get("rollouts") if isinstance(status, dict) else None
+        return [r for r in rollouts or [] if isinstance(r, dict)]
+
+    def poll(self) -> None:
+        """Show what changed since the last poll."""
+        for rollout in self._rollouts():
+            key = _key(rollout)
+            if key in self._before:
+                continue
+            progress = [str(p) for p in rollout.get("progress") or []]
+            new = progress[self.shown.get(key, 0) :]
+            self.shown[key] = len(progress)
+            if self.tty:
+                line = render_rollout(rollout, time.monotonic() - self.started)
+                self.out.write(f"\r\x1b[K{line}")
+                self.drawn = True
+            else:
+                for entry in new:
+                    self.out.write(f"{entry}\n")
+            self.out.flush()
+
+    def finish(self) -> None:
+        """The last poll; on a terminal, end the redrawn line."""
+        self.poll()
+        if self.drawn:
+            self.out.write("\n")
+            self.out.flush()
+
+
+def _key(rollout: Answer) -> tuple[str, str]:
+    return str(rollout.get("what")), str(rollout.get("started"))
+
+
+def ask_following(
+    args: argparse.Namespace, payload: dict[str, Any], status_file: Path, out: TextIO
+) -> Answer:
+    """``ask`` in a thread, showing the supervisor's rollout progress until it answers."""
+    follower = RolloutFollower(status_file, out)
+    answers: queue.Queue[Answer | UsageError] = queue.Queue()
+
+    def ask_in_thread() -> None:
+        try:
+            answers.put(ask(args, payload))
+        except UsageError as exc:
+            answers.put(exc)
+
+    thread = threading.Thread(target=ask_in_thread, name="hotpatch-apply", daemon=True)
+    thread.start()
+    while True:
+        try:
+            answer = answers.get(timeout=FOLLOW_POLL_S)
+            break
+        except queue.Empty:
+            follower.poll()
+    follower.finish()
+    if isinstance(answer, UsageError):
+        raise answer
+    return answer
+
+
+# -- hotpatch watch: a folder's outcomes, a line each ------------------------------------
+
+OUTCOME_DIRS = ("applied", "rejected", "pending")
+
+
+def watch_folder(args: argparse.Namespace) -> int:
+    """Print each ``NAME.result.json`` that appears in the folder's outcome directories."""
+    from watchdog.events import FileSystemEvent, FileSystemEventHandler  # noqa: PLC0415
+    from watchdog.observers import Observer  # noqa: PLC0415
+
+    folder = Path(args.folder)
+    if not folder.is_dir():
+        msg = f"{folder} is not a folder: give the patch folder an agent or supervisor watches"
+        raise UsageError(msg)
+    seen: queue.Queue[Path] = queue.Queue()
+
+    class Results(FileSystemEventHandler):
+        def on_any_event(self, event: FileSystemEvent) -> None:
+            # result files are written under a temporary name and renamed into place
+            path = str(getattr(event, "dest_path", "") or event.src_path)
+            if event.event_type in ("moved", "closed", "created") and path.endswith(".result.json"):
+                seen.put(Path(path))
+
+    observer = Observer()
+    for name in OUTCOME_DIRS:
+        (folder / name).mkdir(exist_ok=True)
+        observer.schedule(Results(), str(folder / name), recursive=False)
+    observer.start()
+    # On stderr even with --json: it says the follower is listening (stdout stays JSON lines).
+    print(f"watching {folder} for outcomes (Ctrl-C to stop)", file=sys.stderr, flush=True)
+    shown: set[Path] = set()
+    try:
+        while args.count is None or len(shown) < args.count:
+            path = seen.get()
+            if path in shown:
+                continue
+            try:
+                record = json.loads(path.read_bytes())
+            except (OSError, ValueError):
+                continue  # not complete yet: its rename will be seen
+            shown.add(path)
+            _show_watched(args, path.parent.name, record)
+    finally:
+        observer.stop()
+        observer.join()
+    return EXIT_OK
+
+
+def _show_watched(args: argparse.Namespace, where: str, record: Answer) -> None:
+    if getattr(args, "json", False):
+        print(json.dumps({"dir": where, **record}, ensure_ascii=False), flush=True)
+        return
+    timings = record.get("timings") or {}
+    total = timings.get("total_s")
+    parts = [
+        str(record.get("time") or ""),
+        f"{record.get('version') or '?'}",
+        str(record.get("outcome") or where),
+        f"via {record['via']}" if record.get("via") else "",
+        f"{total * 1e3:.1f} ms" if isinstance(total, int | float) else "",
+        str(record.get("reason") or "") if record.get("outcome") != "applied" else "",
+    ]
+    print("  ".join(p for p in parts if p), flush=True)

@@ -1,0 +1,225 @@
+"""The human side of the ``hotpatch`` command's answers: aligned tables, one renderer each."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import TextIO
+
+from hotpatch._cli_agent import Answer
+
+__all__ = [
+    "show_history",
+    "show_outcome",
+    "show_rollback",
+    "show_status",
+    "show_supervisor",
+    "show_verify",
+    "table",
+]
+
+
+# -- rendering ---------------------------------------------------------------------------
+
+
+def table(rows: Sequence[Sequence[object]], header: Sequence[str] | None = None) -> str:
+    """Rows as aligned columns (the last one unpadded); ``None`` and empty show as ``-``."""
+    cells = [[_cell(c) for c in row] for row in ([header] if header else []) + list(rows)]
+    if not cells:
+        return ""
+    widths = [max(len(row[i]) for row in cells if i < len(row)) for i in range(len(cells[0]))]
+    lines = []
+    for row in cells:
+        padded = [c.ljust(widths[i]) for i, c in enumerate(row[:-1])] + [row[-1]]
+        lines.append("  ".join(padded).rstrip())
+    return "\n".join(lines)
+
+
+def _cell(value: object) -> str:
+    if value is None or (isinstance(value, str | list | tuple) and not value):
+        return "-"
+    if isinstance(value, list | tuple):
+        return ", ".join(str(v) for v in value)
+    return str(value)
+
+
+def _ms(seconds: object) -> str:
+    return f"{float(seconds) * 1e3:.1f} ms" if isinstance(seconds, int | float) else "-"
+
+
+def _when(timestamp: object) -> str:
+    if isinstance(timestamp, int | float):
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
+    return _cell(timestamp)
+
+
+def show_status(answer: Answer, out: TextIO) -> None:
+    last = answer.get("last")
+    last_text = None
+    if isinstance(last, dict):
+        last_text = f"{last.get('version') or '?'} {last.get('outcome') or '?'}"
+        if last.get("file"):
+            last_text += f" ({last['file']})"
+        if last.get("time"):
+            last_text += f" at {last['time']}"
+        if last.get("reason") and last.get("outcome") not in ("applied", "unchanged"):
+            last_text += f": {last['reason']}"
+    level = answer.get("level") or []
+    rows = [
+        ("baseline", answer.get("baseline")),
+        ("version", answer.get("version")),
+        ("level", level if level else f"baseline only ({answer.get('baseline')})"),
+        ("pid", answer.get("pid")),
+        ("watch", answer.get("watch")),
+        ("journal", answer.get("journal")),
+        ("socket", answer.get("socket")),
+        ("pending", answer.get("pending")),
+        ("last", last_text),
+    ]
+    print(table([r for r in rows if r[0] != "socket" or "socket" in answer]), file=out)
+
+
+def show_outcome(answer: Answer, out: TextIO) -> None:
+    timings = answer.get("timings") or {}
+    rows = [
+        ("file", answer.get("file")),
+        ("version", answer.get("version")),
+        ("outcome", answer.get("outcome")),
+        ("reason", answer.get("reason")),
+        ("targets", answer.get("targets")),
+        ("level", answer.get("level")),
+        ("sha256", answer.get("sha256")),
+        ("signed by", answer.get("key_id")),
+        ("rollout", _rollout_summary(answer.get("rollout"))),
+        ("timings", ", ".join(f"{k.removesuffix('_s')} {_ms(v)}" for k, v in timings.items())),
+    ]
+    print(table([r for r in rows if r[0] not in ("signed by", "rollout") or r[1]]), file=out)
+
+
+def _rollout_summary(rollout: object) -> str | None:
+    if not isinstance(rollout, dict):
+        return None
+    unhealthy = rollout.get("unhealthy") or []
+    return f"{rollout.get('state')}: workers changed {rollout.get('changed') or []}" + (
+        f", unhealthy {unhealthy}" if unhealthy else ""
+    )
+
+
+def show_rollback(answer: Answer, out: TextIO) -> None:
+    workers = answer.get("workers") or []
+    if workers:  # under `hotpatch run --workers N`: each worker rolled back
+        rows = [
+            (
+                w.get("index"),
+                w.get("versions") if w.get("ok") else "failed",
+                (w.get("level") or "baseline only") if w.get("ok") else w.get("error"),
+            )
+            for w in workers
+        ]
+        print(table(rows, header=("WORKER", "ROLLED BACK", "LEVEL NOW")), file=out)
+        return
+    level = answer.get("level") or []
+    print(
+        table(
+            [
+                ("rolled back", answer.get("versions")),
+                ("level now", level if level else "baseline only"),
+            ]
+        ),
+        file=out,
+    )
+
+
+def show_history(answer: Answer, out: TextIO) -> None:
+    entries = answer.get("history") or []
+    if not entries:
+        print("no patches applied or rolled back yet", file=out)
+        return
+    header: tuple[str, ...] = ("TIME", "ACTION", "VERSION", "LEVEL", "ELAPSED", "WHO")
+    rows: list[tuple[object, ...]] = [
+        (
+            _when(e.get("time")),
+            e.get("action"),
+            e.get("version"),
+            e.get("level") or "baseline",
+            _ms(e.get("elapsed_s")),
+            e.get("who"),
+        )
+        for e in entries
+    ]
+    if any("worker" in e for e in entries):  # under `hotpatch run --workers N`
+        header = ("WORKER", *header)
+        rows = [(e.get("worker"), *row) for e, row in zip(entries, rows, strict=True)]
+    print(table(rows, header=header), file=out)
+
+
+def show_verify(answer: Answer, out: TextIO) -> None:
+    rows: list[tuple[str, object]] = [
+        ("version", answer.get("version")),
+        ("hot", "yes" if answer.get("hot") else "no: needs a restart"),
+    ]
+    rows += [("reason", reason) for reason in answer.get("reasons") or []]
+    if answer.get("note") and answer.get("note") not in (answer.get("reasons") or []):
+        rows.append(("note", answer.get("note")))
+    print(table(rows), file=out)
+    modes = answer.get("modes") or {}
+    targets = answer.get("targets") or []
+    if targets:
+        print(file=out)
+        print(table([(t, modes.get(t)) for t in targets], header=("TARGET", "MODE")), file=out)
+    workers = answer.get("workers") or []
+    if workers:  # under `hotpatch run --workers N`: checked in each worker
+        worker_rows = [
+            (w.get("index"), "yes" if w.get("hot") else "no", w.get("level")) for w in workers
+        ]
+        print(file=out)
+        print(table(worker_rows, header=("WORKER", "HOT", "LEVEL")), file=out)
+
+
+def show_supervisor(answer: Answer, out: TextIO) -> None:
+    patches = answer.get("patches") or {}
+    child = answer.get("child") or {}
+    pauses = [p for p in answer.get("pauses_s") or [] if isinstance(p, int | float)]
+    last = answer.get("last_restart") or {}
+    rows = [
+        ("supervisor", f"pid {answer.get('pid')}, {answer.get('state')}"),
+        ("service", f"pid {child.get('pid')}" if isinstance(child, dict) and child else None),
+        ("baseline", patches.get("baseline")),
+        ("level", patches.get("level") or f"baseline only ({patches.get('baseline')})"),
+        ("pending baseline", patches.get("baseline_pending")),
+        ("restarts", answer.get("restarts")),
+        (
+            "last restart",
+            f"{last.get('kind')} {'ok' if last.get('ok') else 'failed'}"
+            + (f", paused {last['paused_s'] * 1e3:.1f} ms" if last.get("paused_s") else "")
+            if last
+            else None,
+        ),
+        ("pauses", f"{len(pauses)}, max {max(pauses) * 1e3:.1f} ms" if pauses else None),
+        ("error", answer.get("error")),
+    ]
+    rollout = answer.get("rollout") or {}
+    if rollout:
+        progress = rollout.get("progress") or []
+        rows.append(("rollout", f"{rollout.get('what')}: {rollout.get('state')}"))
+        rows.append(("progress", progress[-1] if progress else None))
+    print(table([r for r in rows if r[1] not in (None, {}, [])]), file=out)
+    workers = answer.get("workers") or []
+    if workers:
+        print(file=out)
+        print(
+            table(
+                [
+                    (
+                        w.get("index"),
+                        w.get("pid"),
+                        w.get("state"),
+                        w.get("baseline"),
+                        w.get("level"),
+                    )
+                    for w in workers
+                ],
+                header=("worker", "pid", "state", "baseline", "level"),
+            ),
+            file=out,
+        )

@@ -1,0 +1,273 @@
+"""Preserved state and its rounds: dirty-tracking dicts, framed pickles in sealed memfds."""
+
+from __future__ import annotations
+
+import fcntl
+import gc
+import mmap
+import os
+import pickle
+import struct
+import threading
+import time
+from collections.abc import Hashable, Iterable, Iterator, Mapping
+from typing import Any, BinaryIO, Self
+
+from hotpatch._channel import ServiceError
+
+__all__ = ["PreservedDict", "PreservedState", "RoundWriter", "read_round", "seal"]
+
+# A round is a stream of records, each an 8-byte length and a pickle (the
+# record kinds are listed in hotpatch._service's docstring).
+_FRAME = struct.Struct("<Q")
+_RETRIES = 3
+# A round is written by the control thread while the service serves: every
+# this much pickling it lets the serving threads have the GIL, so their
+# requests do not queue behind it (the interpreter would only switch every
+# sys.getswitchinterval(), once per blocking call of theirs).
+_YIELD_EVERY_S = 0.002
+
+
+class PreservedDict(dict[Any, Any]):
+    """A dict whose changes since the last hand-over round are known, per top-level key.
+
+    Tracked: assignment, ``del``, ``pop``, ``popitem``, ``setdefault``,
+    ``update``, ``|=`` and ``clear``; ``d[k] += 1`` is an assignment, so it
+    is tracked too. **Not tracked**: changing a value in place (``d[k].append(x)``,
+    ``d[k]["field"] = 1``): call ``d.touch(k)`` afterwards, or assign the
+    changed value again. A change that is neither tracked nor touched reaches
+    the new process only if a later round carries that key for another reason.
+
+    The unit that crosses is a whole top-level value, pickled on its own:
+    keep values moderate in size (a restart re-sends every value changed
+    since the last round), and do not rely on two values sharing one object
+    (after a restart each has its own copy). Keys and values must pickle.
+    """
+
+    __slots__ = ("_dirty", "name")
+
+    def __init__(self, name: str, contents: Mapping[Any, Any] | None = None, /) -> None:
+        dict.__init__(self, contents or {})
+        self.name = name
+        self._dirty: set[Any] = set()
+
+    # Mutate first, then mark: a round that swaps the dirty set in between
+    # sees the new value, and the late mark only re-sends it.
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        dict.__setitem__(self, key, value)
+        self._dirty.add(key)
+
+    def __delitem__(self, key: Any) -> None:
+        dict.__delitem__(self, key)
+        self._dirty.add(key)
+
+    def pop(self, key: Any, *default: Any) -> Any:
+        value = dict.pop(self, key, *default)
+        self._dirty.add(key)
+        return value
+
+    def popitem(self) -> tuple[Any, Any]:
+        key, value = dict.popitem(self)
+        self._dirty.add(key)
+        return key, value
+
+    def setdefault(self, key: Any, default: Any = None) -> Any:
+        value = dict.setdefault(self, key, default)
+        self._dirty.add(key)  # conservatively: the caller may be about to change it
+        return value
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        for key, value in dict(*args, **kwargs).items():
+            self[key] = value
+
+    def __ior__(self, other: Any) -> Self:  # type: ignore[misc]
+        self.update(other)
+        return self
+
+    def clear(self) -> None:
+        while True:
+            try:
+                key, _ = dict.popitem(self)
+            except KeyError:
+                return
+            self._dirty.add(key)
+
+    def touch(self, *keys: Hashable) -> None:
+        """Declare that the values under ``keys`` were changed in place."""
+        self._dirty.update(keys)
+
+    def copy(self) -> dict[Any, Any]:
+        """A plain ``dict`` copy (copies are not preserved)."""
+        return dict(self)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (dict, (dict(self),))
+
+    def __repr__(self) -> str:
+        return f"PreservedDict({self.name!r}, {dict.__repr__(self)})"
+
+    def _take_dirty(self) -> set[Any]:
+        dirty, self._dirty = self._dirty, set()
+        return dirty
+
+
+class RoundWriter:
+    """Writes framed pickled records into a memfd, within a size limit."""
+
+    def __init__(self, out: BinaryIO, limit: int) -> None:
+        self.out = out
+        self.limit = limit
+        self.size = 0
+        self.records = 0
+        self.since_yield = time.perf_counter()
+
+    def write(self, record: tuple[Any, ...]) -> None:
+        self._frame(pickle.dumps(record, protocol=5))
+
+    def entry(self, state: PreservedDict, key: Any) -> None:
+        for _ in range(_RETRIES):
+            try:
+                value = dict.__getitem__(state, key)
+            except KeyError:
+                self.write(("d", state.name, key))
+                return
+            try:
+                payload = pickle.dumps(("s", state.name, key, value), protocol=5)
+            except RuntimeError:
+                continue  # another thread changed the value while it was pickled; again
+            except Exception as exc:
+                msg = (
+                    f"preserved({state.name!r}) key {key!r} cannot be pickled "
+                    f"({type(exc).__name__}: {exc}); keep only picklable values in preserved state"
+                )
+                raise ServiceError(msg) from exc
+            self._frame(payload)
+            return
+        state.touch(key)  # changing faster than it pickles: the next round carries it
+
+    def _frame(self, payload: bytes) -> None:
+        self.size += _FRAME.size + len(payload)
+        if self.size > self.limit:
+            msg = (
+                f"the preserved state is larger than the hand-over limit "
+                f"({self.limit / 2**20:.0f} MB); raise --state-mb or keep less state"
+            )
+            raise ServiceError(msg)
+        self.out.write(_FRAME.pack(len(payload)))
+        self.out.write(payload)
+        self.records += 1
+        if time.perf_counter() - self.since_yield > _YIELD_EVERY_S:
+            time.sleep(0)
+            self.since_yield = time.perf_counter()
+
+
+def read_round(fd: int, size: int) -> Iterator[tuple[Any, ...]]:
+    """The records of a round, read straight from the shared memory (no copy)."""
+    if size == 0:
+        return
+    with mmap.mmap(fd, size, prot=mmap.PROT_READ) as mapped:
+        view = memoryview(mapped)
+        try:
+            position = 0
+            while position < size:
+                (length,) = _FRAME.unpack_from(view, position)
+                position += _FRAME.size
+                with view[position : position + length] as payload:
+                    yield pickle.loads(payload)
+                position += length
+        finally:
+            view.release()
+
+
+def seal(fd: int) -> None:
+    """Seal a memfd against any further change of its size or content."""
+    seals = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL
+    fcntl.fcntl(fd, fcntl.F_ADD_SEALS, seals)
+
+
+class PreservedState:
+    """The runtime's preserved mappings, written out and read back as rounds.
+
+    A mix-in of the runtime, which sets these attributes in its ``__init__``.
+    """
+
+    lock: threading.RLock
+    names: dict[str, PreservedDict]
+    unsent: set[str]  # declared since the last round
+    pending: dict[str, dict[Any, Any]]  # received, not declared yet
+    extra: dict[str, Any]
+    limit: int
+
+    def take_round(
+        self, *, full: bool, extra: Mapping[str, Any] | None = None
+    ) -> tuple[int, int, int]:
+        """Write a round into a new sealed memfd: ``(fd, size, records)``."""
+        fd = os.memfd_create("hotpatch-state", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        with self.lock:
+            names = list(self.names.items())
+            unsent, self.unsent = self.unsent, set()
+            pending = [(name, list(entries.items())) for name, entries in self.pending.items()]
+        taken: list[tuple[PreservedDict, set[Any]]] = []
+        try:
+            with open(fd, "wb", buffering=1 << 20, closefd=False) as out:
+                writer = RoundWriter(out, self.limit)
+                if full:
+                    writer.write(("full",))
+                for name, state in names:
+                    dirty = state._take_dirty()
+                    taken.append((state, dirty))
+                    if full or name in unsent:
+                        writer.write(("n", name))
+                        keys: Iterable[Any] = list(state)
+                    else:
+                        keys = dirty
+                    for key in keys:
+                        writer.entry(state, key)
+                if full:
+                    for name, items in pending:
+                        writer.write(("n", name))
+                        for key, value in items:
+                            writer.write(("s", name, key, value))
+                if extra:
+                    writer.write(("x", dict(extra)))
+            seal(fd)
+        except BaseException:
+            os.close(fd)
+            for state, dirty in taken:  # nothing was sent: still dirty
+                state.touch(*dirty)
+            with self.lock:
+                self.unsent |= unsent
+            raise
+        return fd, writer.size, writer.records
+
+    def apply_round(self, fd: int, size: int) -> None:
+        """Apply a received round (and close its fd)."""
+        collecting = gc.isenabled()
+        gc.disable()  # loading makes no garbage cycles; collections would only slow it down
+        try:
+            for record in read_round(fd, size):
+                self._apply(record)
+        finally:
+            os.close(fd)
+            if collecting:
+                gc.enable()
+
+    def _apply(self, record: tuple[Any, ...]) -> None:
+        op = record[0]
+        with self.lock:
+            if op == "full":
+                for state in self.names.values():
+                    dict.clear(state)
+                self.pending.clear()
+            elif op == "x":
+                self.extra.update(record[1])
+            else:
+                name = record[1]
+                target: dict[Any, Any] | None = self.names.get(name)
+                if target is None:
+                    target = self.pending.setdefault(name, {})
+                if op == "s":
+                    dict.__setitem__(target, record[2], record[3])
+                elif op == "d":
+                    dict.pop(target, record[2], None)

@@ -1,0 +1,425 @@
+"""The service side of the supervisor's channel: one runtime per process, its control thread."""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
+from typing import Any
+
+from hotpatch._channel import (
+    ENV_BASELINE,
+    ENV_BIND,
+    ENV_CONTROL,
+    ENV_JOURNAL,
+    ENV_SOCKETS,
+    ServiceError,
+    open_listener,
+    parse_address,
+    parse_bind,
+    read_memfd,
+    recv_message,
+    send_message,
+)
+from hotpatch._plugins import PluginHost
+from hotpatch._rounds import PreservedDict, PreservedState
+from hotpatch._service_patches import PatchLevels
+
+__all__ = ["Runtime", "get_runtime", "reset"]
+
+log = logging.getLogger("hotpatch.service")
+
+_EXIT_WAIT = 60.0  # longest the interpreter's exit waits for a hand-over in progress
+
+
+class Runtime(PreservedState, PatchLevels):
+    """What this process knows about its supervisor, sockets and preserved state."""
+
+    def __init__(self, environ: MutableMapping[str, str]) -> None:
+        # Taken out of the environment, so that processes the service starts
+        # do not believe they were started by the supervisor.
+        control = environ.pop(ENV_CONTROL, "")
+        passed = environ.pop(ENV_SOCKETS, "")
+        self.binds = dict(parse_bind(item) for item in environ.get(ENV_BIND, "").split(",") if item)
+        self.passed: dict[str, int] = {}
+        for item in filter(None, passed.split(",")):
+            name, _, fd = item.partition("=")
+            self.passed[name] = int(fd)
+            os.set_inheritable(int(fd), False)
+        self.channel: socket.socket | None = None
+        self.baseline: str | None = None
+        self.journal: str | None = None
+        if control:
+            self.channel = socket.socket(fileno=int(control))
+            self.channel.set_inheritable(False)
+            self.baseline = environ.pop(ENV_BASELINE, None) or None
+            self.journal = environ.pop(ENV_JOURNAL, None) or None
+        self.registry: Any = None  # a hotpatch.Registry, under the supervisor with a baseline
+        self.start_patch: tuple[dict[str, Any], bytes] | None = None  # to apply before serving
+        self.listeners: dict[str, socket.socket] = {}
+        self.lock = threading.RLock()
+        self.names: dict[str, PreservedDict] = {}
+        self.unsent: set[str] = set()  # declared since the last round
+        self.pending: dict[str, dict[Any, Any]] = {}  # received, not declared yet
+        self.extra: dict[str, Any] = {}
+        self.phase = "start"  # -> "loaded" (chain received) -> "ready"
+        self.limit = 1 << 40
+        self.drain: Callable[[float], object] | None = None
+        self.resumed: list[Callable[[float], object]] = []
+        self.plugins = PluginHost()
+        self.handover_at_exit: float | None = None
+        # Every level report carries a number taken under this lock: the
+        # supervisor keeps the newest, whichever way it came (reply or report).
+        self.level_lock = threading.Lock()
+        self.level_seq = 0
+        # Held while the control thread answers the supervisor: the
+        # interpreter's exit waits for it, so a service whose main returns as
+        # soon as it stops serving cannot cut the final round short.
+        self.exchange = threading.Lock()
+
+    # -- sockets
+
+    def listen_socket(self, name: str, default: str | tuple[str, int] | None) -> socket.socket:
+        with self.lock:
+            if name in self.listeners:
+                return self.listeners[name]
+            if self.channel is not None:
+                if name not in self.passed:
+                    have = ", ".join(sorted(self.passed)) or "none"
+                    msg = (
+                        f"listen_socket({name!r}): the supervisor passed no socket named "
+                        f"{name!r} (it passed: {have}); add --bind {name}=HOST:PORT to hotpatch run"
+                    )
+                    raise ServiceError(msg)
+                sock = socket.socket(fileno=self.passed[name])
+            else:
+                address = self.binds.get(name)
+                if address is None and default is not None:
+                    address = parse_address(default) if isinstance(default, str) else default
+                if address is None:
+                    msg = (
+                        f"listen_socket({name!r}): no supervisor passed a socket and no address "
+                        f"is known; pass default='127.0.0.1:8000' or set "
+                        f"{ENV_BIND}={name}=HOST:PORT"
+                    )
+                    raise ServiceError(msg)
+                sock = open_listener(*address)
+            self.listeners[name] = sock
+            return sock
+
+    # -- state
+
+    def preserved(self, name: str, factory: Callable[[], Mapping[Any, Any]]) -> PreservedDict:
+        with self.lock:
+            if name in self.names:
+                return self.names[name]
+        if self.channel is not None and self.phase == "start":
+            self._load()
+        with self.lock:
+            if name in self.names:
+                return self.names[name]
+            restored = self.pending.pop(name, None)
+            if restored is not None:  # already in the chain: nothing to send
+                state = self.names[name] = PreservedDict(name, restored)
+                return state
+        contents: object = factory()  # outside the lock: it may take a while
+        if not isinstance(contents, Mapping):
+            msg = (
+                f"preserved({name!r}, factory): the factory returned a "
+                f"{type(contents).__name__}, not a mapping; preserved state is a dict "
+                f"(put other objects under a key)"
+            )
+            raise TypeError(msg)
+        with self.lock:
+            if name in self.names:  # another thread declared it meanwhile
+                return self.names[name]
+            state = self.names[name] = PreservedDict(name, contents)
+            self.unsent.add(name)
+        return state
+
+    # -- the hand-over, in the new process
+
+    def _send(self, message: Mapping[str, Any], fds: Iterable[int] = ()) -> None:
+        assert self.channel is not None
+        send_message(self.channel, message, fds)
+
+    def _recv(self, *ops: str) -> tuple[dict[str, Any], list[int]]:
+        assert self.channel is not None
+        received = recv_message(self.channel)
+        if received is None:
+            msg = "the supervisor closed the control channel during the hand-over"
+            raise ServiceError(msg)
+        message, fds = received
+        if message["op"] not in ops:
+            for fd in fds:
+                os.close(fd)
+            msg = f"unexpected {message['op']!r} from the supervisor (expected {', '.join(ops)})"
+            raise ServiceError(msg)
+        return message, fds
+
+    def _receive_rounds(self, until: str) -> dict[str, Any]:
+        while True:
+            message, fds = self._recv("state", "start-patch", until)
+            if message["op"] == until:
+                for fd in fds:
+                    os.close(fd)
+                return message
+            if message["op"] == "start-patch":
+                self.start_patch = (message, read_memfd(fds))
+                continue
+            self.apply_round(fds[0], int(message["size"]))
+
+    def _load(self) -> None:
+        """Pull the snapshot and its rounds while the old process still serves."""
+        with self.lock:
+            if self.phase != "start":
+                return
+            while True:
+                self._send({"op": "pull"})
+                if not self._receive_rounds(until="pulled")["more"]:
+                    break
+            self.phase = "loaded"
+
+    def ready(
+        self,
+        drain: Callable[[float], object] | None,
+        resumed: Callable[[float], object] | None,
+        plugins: Iterable[object],
+    ) -> None:
+        with self.lock:
+            if self.phase == "ready":
+                msg = "hotpatch.ready() was already called in this process"
+                raise ServiceError(msg)
+            self.drain = drain
+            if resumed is not None:
+                self.resumed.append(resumed)
+            for plugin in plugins:
+                self.plugins.manager.register(plugin)
+            if self.channel is None:
+                self.phase = "ready"
+                return
+            self._load()
+            loaded = self._patch_level()
+            self._send({"op": "loaded", **loaded})
+            if loaded.get("error"):
+                raise ServiceError(loaded["error"])
+            handover = self._receive_rounds(until="handover")
+            self._resync_journal()
+            self.limit = int(handover.get("limit", self.limit))
+            if self.extra:
+                self.plugins.notify("hotpatch_restore_state", state=dict(self.extra))
+            self._send({"op": "ready", "at": time.monotonic(), "pid": os.getpid()})
+            self.phase = "ready"
+        atexit.register(self._at_exit)
+        threading.Thread(target=self._serve, name="hotpatch-control", daemon=True).start()
+        stopped_at = handover.get("stopped_at")
+        if stopped_at is not None:
+            self._resumed(time.monotonic() - float(stopped_at))
+
+    def _resync_journal(self) -> None:
+        """At the hand-over: the journal was replayed early; follow what the old process
+        changed since (a plugin's rollback). Never fatal: the level is reported either way."""
+        if self.registry is None:
+            return
+        try:
+            self.registry.resync()
+        except Exception:
+            log.exception("cannot follow the journal %s at the hand-over", self.journal)
+
+    def _resumed(self, paused_s: float) -> None:
+        for callback in self.resumed:
+            try:
+                callback(paused_s)
+            except Exception:
+                log.exception("resumed callback %r failed; carrying on", callback)
+        self.plugins.notify("hotpatch_resumed", paused_s=paused_s)
+
+    # -- the control thread, once serving
+
+    def _serve(self) -> None:
+        assert self.channel is not None
+        while True:
+            try:
+                received = recv_message(self.channel)
+            except (OSError, ServiceError):
+                log.exception("the control channel failed; stopping the service")
+                received = None
+            if received is None:
+                log.warning("the supervisor went away; stopping the service")
+                self._stop(5.0)
+                return
+            message, fds = received
+            if message["op"] == "patch":
+                data = read_memfd(fds)
+                with self.exchange:
+                    reply = self.apply_patch(message, data)
+                    self._send({**reply, "op": "patched", "id": message.get("id")})
+                continue
+            if message["op"] == "check":  # `hotpatch verify` through the supervisor
+                data = read_memfd(fds)
+                with self.exchange:
+                    reply = self.check_patch(message, data)
+                    self._send({**reply, "op": "checked", "id": message.get("id")})
+                continue
+            for fd in fds:
+                os.close(fd)
+            with self.exchange:
+                self._answer(message)
+
+    def _answer(self, message: Mapping[str, Any]) -> None:
+        op = message["op"]
+        self.limit = int(message.get("limit", self.limit))
+        if op == "pull":
+            self._pull(message)
+        elif op == "drain":
+            self._drain(float(message["timeout"]))
+        elif op == "stop":
+            self._stop(float(message["timeout"]))
+        elif op == "health":
+            self._send({"op": "health", "id": message.get("id"), **self._health(message)})
+        elif op == "rollback":
+            self._send({"op": "rolled-back", "id": message.get("id"), **self._rollback(message)})
+        elif op == "history":
+            self._send({"op": "history", "id": message.get("id"), **self._history(message)})
+        elif op == "announce":
+            log.info("restart scheduled: %s", "; ".join(message.get("reasons", [])))
+            self.plugins.notify(
+                "hotpatch_restart_scheduled",
+                version=str(message.get("version")),
+                kind=str(message.get("kind")),
+                reasons=list(message.get("reasons", [])),
+                when=float(message.get("when", 0.0)),
+            )
+        else:
+            log.warning("ignoring unknown control message %r", op)
+
+    def _health(self, message: Mapping[str, Any]) -> dict[str, Any]:
+        """The ``hotpatch_health_check`` hooks (and the HTTP probe, if asked), run here."""
+        answers = self.plugins.notify("hotpatch_health_check", registry=self.registry)
+        reasons = [f"{answers.count(False)} hotpatch_health_check hook(s) answered False"]
+        if False not in answers:
+            reasons = []
+        url = message.get("url")
+        if url:
+            reasons.extend(self._probe(str(url), float(message.get("timeout", 5.0))))
+        return {"ok": not reasons, "reasons": reasons, **self._level_info()}
+
+    def _probe(self, path: str, timeout: float) -> list[str]:
+        """GET ``path`` on the first listening socket's address, from inside this worker.
+
+        The listening sockets are shared by every worker, so whichever worker
+        accepts answers the probe: it checks that the service answers. What a
+        single worker says about itself is its ``hotpatch_health_check`` hooks.
+        """
+        import http.client  # noqa: PLC0415
+        from http import HTTPStatus  # noqa: PLC0415
+
+        if not self.listeners:
+            return [f"HTTP probe {path}: this process listens on no socket"]
+        host, port = next(iter(self.listeners.values())).getsockname()[:2]
+        connection = http.client.HTTPConnection(host, port, timeout=timeout)
+        try:
+            connection.request("GET", path)
+            status = connection.getresponse().status
+        except OSError as exc:
+            return [f"HTTP probe GET {path} failed: {exc}"]
+        finally:
+            connection.close()
+        return (
+            []
+            if HTTPStatus.OK <= status < HTTPStatus.BAD_REQUEST
+            else [f"HTTP probe GET {path} answered {status}"]
+        )
+
+    def _pull(self, message: Mapping[str, Any]) -> None:
+        reply: dict[str, Any] = {"id": message.get("id")}
+        start = time.monotonic()
+        try:
+            fd, size, records = self.take_round(full=bool(message.get("full")))
+        except Exception as exc:
+            log.exception("cannot write a state round")
+            self._send({**reply, "op": "state-error", "error": str(exc)})
+            return
+        try:
+            reply.update(op="state", size=size, records=records, seconds=time.monotonic() - start)
+            self._send(reply, [fd])
+        finally:
+            os.close(fd)
+
+    def _drain(self, timeout: float) -> None:
+        stopped_at = time.monotonic()
+        if self.drain is None:
+            # The convention: SIGTERM; the state goes when the interpreter exits.
+            self.handover_at_exit = stopped_at
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        try:
+            self.drain(timeout)
+        except Exception:
+            log.exception("drain callback failed; handing over the state anyway")
+        self._handover(stopped_at)
+
+    def _handover(self, stopped_at: float) -> None:
+        extra: dict[str, Any] = {}
+        for part in self.plugins.notify("hotpatch_save_state"):
+            extra.update(part)
+        reply: dict[str, Any] = {"op": "handover", "stopped_at": stopped_at}
+        try:
+            fd, size, records = self.take_round(full=False, extra=extra)
+        except Exception as exc:
+            log.exception("cannot write the final state round")
+            self._send({**reply, "error": str(exc), "drained_at": time.monotonic()})
+            return
+        try:
+            reply.update(size=size, records=records, drained_at=time.monotonic())
+            self._send(reply, [fd])
+        finally:
+            os.close(fd)
+
+    def _stop(self, timeout: float) -> None:
+        if self.drain is None:
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        try:
+            self.drain(timeout)
+        except Exception:
+            log.exception("drain callback failed while stopping")
+
+    def _at_exit(self) -> None:
+        if self.exchange.acquire(timeout=_EXIT_WAIT):
+            self.exchange.release()
+        if self.handover_at_exit is not None:
+            self._handover(self.handover_at_exit)
+            self.handover_at_exit = None
+
+
+_runtime: Runtime | None = None
+_runtime_lock = threading.Lock()
+
+
+def get_runtime() -> Runtime:
+    global _runtime  # noqa: PLW0603 -- one runtime per process, by design
+    with _runtime_lock:
+        if _runtime is None:
+            _runtime = Runtime(os.environ)
+        return _runtime
+
+
+def reset() -> None:
+    """Forget the runtime (tests): close the sockets it opened itself."""
+    global _runtime  # noqa: PLW0603
+    with _runtime_lock:
+        if _runtime is not None:
+            atexit.unregister(_runtime._at_exit)
+            for sock in _runtime.listeners.values():
+                with contextlib.suppress(OSError):
+                    sock.close()
+            if _runtime.channel is not None:
+                _runtime.channel.close()
+        _runtime = None

@@ -1,0 +1,218 @@
+"""The patch registry of a supervised process: apply, check, roll back, report the level."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from hotpatch._channel import send_message
+from hotpatch._hookspecs import hookimpl
+from hotpatch._plugins import PluginHost
+
+__all__ = ["LevelReporter", "PatchLevels"]
+
+log = logging.getLogger("hotpatch.service")
+
+
+class PatchLevels:
+    """The runtime's registry, driven by the supervisor's patch messages.
+
+    A mix-in of the runtime, which sets these attributes in its ``__init__``.
+    """
+
+    channel: socket.socket | None
+    baseline: str | None
+    journal: str | None
+    registry: Any  # a hotpatch.Registry, under the supervisor with a baseline
+    start_patch: tuple[dict[str, Any], bytes] | None  # to apply before serving
+    plugins: PluginHost
+    # Every level report carries a number taken under this lock: the
+    # supervisor keeps the newest, whichever way it came (reply or report).
+    level_lock: threading.Lock
+    level_seq: int
+
+    def _patch_level(self) -> dict[str, Any]:
+        """Replay the journal, apply the patch this restart is for; what the supervisor learns."""
+        import sys  # noqa: PLC0415
+
+        info: dict[str, Any] = {"sys_path": list(sys.path)}
+        if self.baseline is None:
+            return info
+        from hotpatch._registry import Registry  # noqa: PLC0415 -- only under the supervisor
+
+        try:
+            self.registry = Registry(
+                self.baseline,
+                journal=self.journal,
+                plugins=[*self._plugin_objects(), LevelReporter(self)],
+            )
+        except Exception as exc:
+            log.exception("cannot replay the journal %s", self.journal)
+            return {**info, "error": f"{type(exc).__name__}: {exc}"}
+        info["journal_report"] = self.registry.journal_report
+        if self.start_patch is not None:
+            message, data = self.start_patch
+            self.start_patch = None
+            result = self.apply_patch(message, data, restarting=True)
+            info["start_patch"] = result
+            if result["outcome"] not in ("applied", "unchanged"):
+                info["error"] = (
+                    f"the new process could not apply patch {result.get('version') or '?'}: "
+                    f"{result.get('reason')}"
+                )
+        return {**info, **self._level_info()}
+
+    def _plugin_objects(self) -> list[object]:
+        return [p for _, p in self.plugins.manager.list_name_plugin() if p is not None]
+
+    def _level_info(self) -> dict[str, Any]:
+        registry = self.registry
+        if registry is None:
+            return {}
+        with self.level_lock:
+            return self._level_info_locked(registry)
+
+    def _level_info_locked(self, registry: Any) -> dict[str, Any]:
+        self.level_seq += 1
+        return {
+            "baseline": registry.baseline,
+            "level": list(registry.level),
+            "patches": [
+                [p.version, p.source.sha256 if p.source else None] for p in registry.patches
+            ],
+            "level_seq": self.level_seq,
+        }
+
+    def report_level(self) -> None:
+        """Tell the supervisor the registry's level changed (a plugin, or the service's code)."""
+        registry, channel = self.registry, self.channel
+        if registry is None or channel is None:
+            return
+        with self.level_lock:  # sent in the order taken: the newest report arrives last
+            info = self._level_info_locked(registry)
+            try:
+                send_message(channel, {"op": "level", **info})
+            except OSError as exc:
+                log.warning("cannot report the patch level to the supervisor: %s", exc)
+
+    def apply_patch(
+        self, message: Mapping[str, Any], data: bytes, *, restarting: bool = False
+    ) -> dict[str, Any]:
+        """Load and apply a patch the supervisor verified; the outcome, never an exception."""
+        from packaging.version import Version  # noqa: PLC0415
+
+        from hotpatch._errors import PatchError, RestartRequired  # noqa: PLC0415
+        from hotpatch._loader import load_patch_source  # noqa: PLC0415
+
+        who = str(message.get("who") or "supervisor")
+        result: dict[str, Any] = {"outcome": "rejected", "reason": None, "timings": {}}
+        start = time.perf_counter()
+        if self.registry is None:
+            result["reason"] = (
+                "this process keeps no patch registry: start hotpatch run with --watch and "
+                "--baseline (or $HOTPATCH_BASELINE)"
+            )
+            return result
+        try:
+            patch = load_patch_source(data, path=str(message.get("path") or "<supervisor>"))
+            result["timings"]["load_s"] = time.perf_counter() - start
+            result["version"], result["targets"] = patch.version, list(patch.targets)
+            sha = patch.source.sha256 if patch.source else None
+            same = [p for p in self.registry.patches if p.parsed_version == Version(patch.version)]
+            if same and same[0].source is not None and same[0].source.sha256 == sha:
+                result["outcome"] = "unchanged"
+                result["reason"] = f"patch {patch.version} is already applied with this content"
+            else:
+                t = time.perf_counter()
+                applied = self.registry.apply(patch, who=who, restarting=restarting)
+                result["timings"]["apply_s"] = time.perf_counter() - t
+                result["outcome"], result["targets"] = "applied", list(applied.targets)
+        except RestartRequired as exc:
+            result["outcome"], result["reason"] = "restart", str(exc)
+            result["reasons"], result["error_type"] = list(exc.reasons), type(exc).__name__
+        except PatchError as exc:
+            result["reason"], result["error_type"] = str(exc), type(exc).__name__
+        except BaseException as exc:  # a patch raising SystemExit must not end the service
+            log.exception("applying a patch failed unexpectedly")
+            result["reason"] = f"{type(exc).__name__} while loading or applying: {exc}"
+            result["error_type"] = "VerificationFailed"
+        result["timings"]["total_s"] = time.perf_counter() - start
+        return {**result, **self._level_info()}
+
+    def _rollback(self, message: Mapping[str, Any]) -> dict[str, Any]:
+        """Roll back to level ``to``, or the last patch if ``to`` is null; never raises."""
+        from hotpatch._errors import PatchError  # noqa: PLC0415
+
+        if self.registry is None:
+            return {"ok": False, "error": "this process keeps no patch registry"}
+        to = message.get("to")
+        try:
+            result = self.registry.rollback(
+                to=None if to is None else str(to), who=str(message.get("who", "supervisor"))
+            )
+        except PatchError as exc:  # nothing to roll back, a version not in the level
+            error = {"error": str(exc), "error_type": type(exc).__name__}
+            return {"ok": False, **error, **self._level_info()}
+        except Exception as exc:
+            log.exception("rollback to %s failed", to)
+            return {"ok": False, "error": f"{type(exc).__name__}: {exc}", **self._level_info()}
+        return {"ok": True, "versions": list(result.versions), **self._level_info()}
+
+    def _history(self, message: Mapping[str, Any]) -> dict[str, Any]:
+        """The registry's applies and rollbacks, oldest first (the last ``entries`` of them)."""
+        if self.registry is None:
+            return {"ok": False, "error": "this process keeps no patch registry"}
+        entries = list(self.registry.history)[-max(int(message.get("entries", 200)), 0) :]
+        history = [h.record() for h in entries]
+        return {"ok": True, "history": history, **self._level_info()}
+
+    def check_patch(self, message: Mapping[str, Any], data: bytes) -> dict[str, Any]:
+        """``Registry.check`` of patch bytes the supervisor verified: hot or not, and why."""
+        from hotpatch._errors import PatchError  # noqa: PLC0415
+        from hotpatch._loader import load_patch_source  # noqa: PLC0415
+
+        if self.registry is None:
+            return {"ok": False, "error": "this process keeps no patch registry"}
+        try:
+            patch = load_patch_source(data, path=str(message.get("path") or "<supervisor>"))
+            report = self.registry.check(patch)
+        except PatchError as exc:
+            return {"ok": False, "error": str(exc), "error_type": type(exc).__name__}
+        except BaseException as exc:  # a patch raising SystemExit must not end the service
+            log.exception("checking a patch failed unexpectedly")
+            error = f"{type(exc).__name__} while loading or checking the patch: {exc}"
+            return {"ok": False, "error": error, "error_type": "VerificationFailed"}
+        return {
+            "ok": True,
+            "version": report.version,
+            "hot": report.hot,
+            "reasons": list(report.reasons),
+            "targets": list(report.targets),
+            "modes": dict(report.modes),
+            **self._level_info(),
+        }
+
+
+class LevelReporter:
+    """A registry plugin of the runtime: every apply and rollback is reported to the supervisor.
+
+    The supervisor learns of the patches it delivered from the replies, but a
+    plugin (the health gate) or the service's own code may change the level
+    too; without this the supervisor's status and its ``unchanged`` decisions
+    would follow a level the process no longer has.
+    """
+
+    def __init__(self, runtime: PatchLevels) -> None:
+        self.runtime = runtime
+
+    @hookimpl
+    def hotpatch_after_apply(self, patch: Any, registry: Any, result: Any) -> None:
+        self.runtime.report_level()
+
+    @hookimpl
+    def hotpatch_after_rollback(self, registry: Any, result: Any) -> None:
+        self.runtime.report_level()
