@@ -5,8 +5,14 @@ the service side of the same protocol):
 
 1. ``_state``, ``_status``  -- the chain of state rounds; the status file
 2. ``_child``               -- one service process: spawn, control channel, exit
-3. ``_supervisor``          -- ``Supervisor``: start, restart, recover, stop
-4. ``_cli``                 -- ``main(argv)``: ``run --bind ... -- CMD``
+3. ``_records``             -- ``SupervisorConfig``, ``RestartOutcome``, patch/baseline jobs
+4. ``_handover``            -- bring a process up with the state, drain the old one, retire it
+5. ``_restarts``, ``_jobs`` -- the work: each kind of restart; patches and baselines
+6. ``_supervisor``          -- ``Supervisor``: sockets, status, scheduling the work, stop
+7. ``_cli``                 -- ``main(argv)``: ``run --bind ... -- CMD``
+
+(``_restarts`` and ``_jobs`` act on the ``Supervisor`` they are given; they name
+its class only for type checking.)
 
 This module only re-exports.
 """

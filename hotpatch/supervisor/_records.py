@@ -1,0 +1,139 @@
+"""The supervisor's records: its configuration, restart outcomes, patch and baseline jobs."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from hotpatch.supervisor._bundle import Release
+from hotpatch.supervisor._child import ChildSpec
+from hotpatch.supervisor._status import utc_now
+
+__all__ = [
+    "BaselineJob",
+    "PatchJob",
+    "RestartMode",
+    "RestartOutcome",
+    "StateError",
+    "SupervisorConfig",
+    "in_window",
+    "not_now",
+]
+
+RestartMode = Literal["preserving", "plain"]
+
+
+@dataclass(frozen=True, slots=True)
+class SupervisorConfig:
+    """Everything ``hotpatch run`` is told (see ``python -m hotpatch.supervisor run --help``)."""
+
+    spec: ChildSpec
+    binds: tuple[tuple[str, tuple[str, int]], ...] = ()
+    state_limit: int = 1024 * 2**20
+    drain_timeout: float = 5.0
+    ready_timeout: float = 30.0
+    status_file: Path | None = None
+    snapshot_interval: float = 5.0
+    max_restarts: int = 5
+    restart_period: float = 60.0
+    backoff_initial: float = 0.1
+    backoff_max: float = 30.0
+    restart_mode: RestartMode = "preserving"
+    # Patches (--watch): the folder, the service's baseline and journal, signatures.
+    watch: Path | None = None
+    baseline: str | None = None
+    journal: Path | None = None
+    require_signature: bool = True
+    trusted_keys: Path | None = None
+    verify_timeout: float = 10.0
+    patch_timeout: float = 120.0  # for a serving process to take a patch
+    releases: Path | None = None  # where baseline bundles are unpacked
+    window: tuple[datetime.time, datetime.time] | None = None  # maintenance window, UTC
+    # After a restart that changes the code: serve ``settle`` seconds, then the new
+    # process's health (hooks, and GET ``health_url``); unhealthy -> back to the old code.
+    health_url: str | None = None
+    settle: float = 0.0
+    check_takeover: bool = True  # a fleet's workers: off, the fleet checks each batch
+
+
+@dataclass(frozen=True, slots=True)
+class RestartOutcome:
+    """How a start or restart went.
+
+    ``kind``: ``start``, ``preserving``, ``plain`` or ``recovery`` (after the
+    process died). ``state``: ``complete`` (handed over up to the pause),
+    ``from-snapshot`` (changes since the last round were lost), ``fresh``.
+    """
+
+    kind: str
+    reason: str
+    ok: bool
+    error: str | None = None
+    old_pid: int | None = None
+    new_pid: int | None = None
+    paused_s: float | None = None
+    state: str | None = None
+    health: list[str] | None = None  # why the new process was found unhealthy
+    rolled_back: str | None = None  # what it was rolled back to: ``baseline 1.0 at level 1.0.1``
+    finished: str = field(default_factory=utc_now)
+
+
+class StateError(Exception):
+    """The service could not write its state (not picklable, over ``--state-mb``, no reply)."""
+
+
+@dataclass(slots=True)
+class PatchJob:
+    """A verified patch on its way to the service process (from the folder's thread)."""
+
+    name: str
+    path: str
+    data: bytes
+    who: str
+    done: asyncio.Future[dict[str, Any]]
+
+
+@dataclass(slots=True)
+class BaselineJob:
+    """A baseline bundle, unpacked, waiting for its restart."""
+
+    name: str
+    release: Release
+    who: str
+    done: asyncio.Future[dict[str, Any]]
+    announced: str = field(default_factory=utc_now)
+    due: str | None = None  # why it is due now: "unplanned", "window", "ready", "deadline"
+
+    def describe(self) -> dict[str, Any]:
+        bundle = self.release.bundle
+        return {
+            "file": self.name,
+            "version": bundle.version,
+            "kind": bundle.kind,
+            "summary": bundle.summary,
+            "deadline": bundle.deadline.isoformat() if bundle.deadline else None,
+            "announced": self.announced,
+            "due": self.due,
+        }
+
+
+def in_window(window: tuple[datetime.time, datetime.time], now: datetime.datetime) -> bool:
+    """Is ``now`` (UTC) inside the daily window ``start-end`` (which may cross midnight)?"""
+    start, end = window
+    t = now.astimezone(datetime.UTC).time().replace(tzinfo=None)
+    if start <= end:
+        return start <= t < end
+    return t >= start or t < end
+
+
+def not_now(job: PatchJob | BaselineJob, why: str) -> dict[str, Any]:
+    """The answer for a job that was not applied: ``pending``, to be dropped again."""
+    return {
+        "outcome": "pending",
+        "reason": f"{why}; drop it again to apply it",
+        "error_type": "RestartRequired",
+        "via": None,
+    }
