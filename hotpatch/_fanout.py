@@ -10,13 +10,15 @@ others find it. Exactly one worker at a time *owns* the folder (the flock on
 The owner does the once-per-drop work (read once, signature, verification
 child), applies the verified bytes itself, then sends them with their sha256
 to every other live worker (the ``deliver`` command, accepted only from this
-uid). When every worker applied the patch, the drop is ``applied``; when one
-refused, the workers that applied it roll it back and the drop is
-``rejected``. The single ``NAME.result.json`` lists each worker's result. A
-socket whose process is gone is removed, never waited on.
+uid): ``hotpatch._fanout_owner``. When every worker applied the patch, the
+drop is ``applied``; when one refused, the workers that applied it roll it
+back and the drop is ``rejected``. The single ``NAME.result.json`` lists each
+worker's result. A socket whose process is gone is removed, never waited on
+(``hotpatch._fanout_peers``).
 
 A worker that starts later (a replaced worker) copies the level of a live
-worker -- the owner's when there is one -- before ``install()`` returns, so
+worker (``hotpatch._fanout_worker``) -- the owner's when there is one --
+before ``install()`` returns, so
 it serves patched code from its first request. Workers start one at a time
 (the flock on ``.workers/start.lock``), so a peer a new worker sees has
 finished starting. A worker that starts with no live peer (the whole server
@@ -28,38 +30,34 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import logging
 import os
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from hotpatch._agent import LOCKFILE_NAME, PIDFILE_NAME, Agent, PathLike, TrustedKeys
+from hotpatch._agent import LOCKFILE_NAME, PIDFILE_NAME, Agent
 from hotpatch._control import ControlServer, request
-from hotpatch._errors import JournalError, PatchError, VerificationFailed
+from hotpatch._errors import JournalError
 from hotpatch._fanout_journal import JOURNAL_NAME, GroupJournal
+from hotpatch._fanout_owner import Fanout
 from hotpatch._fanout_peers import (
+    PEER_TIMEOUT_S,
     WORKERS_DIR,
-    alive,
+    ask_owner,
+    call,
     live_workers,
-    owner_pid,
-    remove_stale,
+    other_workers,
     start_lock,
     workers_dir,
 )
-from hotpatch._folder import (
-    SIGNATURE_WAIT_S,
-    Folder,
-    Outcome,
-    check_folder,
-    peek_version,
-    write_result,
-)
+from hotpatch._fanout_worker import accept, catch_up, level_with_texts, undo
+from hotpatch._folder import SIGNATURE_WAIT_S, Folder
 from hotpatch._journal import Journal
 from hotpatch._loader import DEFAULT_MAX_BYTES
+from hotpatch._outcome import Outcome, check_folder, write_result
+from hotpatch._pipeline import PathLike, TrustedKeys
 from hotpatch._registry import Registry
 
 __all__ = ["WORKERS_DIR", "WorkerAgent", "live_workers"]
@@ -67,8 +65,6 @@ __all__ = ["WORKERS_DIR", "WorkerAgent", "live_workers"]
 log = logging.getLogger("hotpatch")
 
 OWNER_RETRY_S = 0.5
-DELIVER_TIMEOUT_S = 60.0
-PEER_TIMEOUT_S = 10.0
 
 
 class WorkerAgent(Agent):
@@ -113,6 +109,7 @@ class WorkerAgent(Agent):
         self._plugin_objects: list[object] | None = None
         self._stopping = threading.Event()
         self._retry: threading.Thread | None = None
+        self._fanout = Fanout(self, folder, self._journal)
 
     # -- life cycle ---------------------------------------------------------------------
 
@@ -142,7 +139,7 @@ class WorkerAgent(Agent):
                 self._server = ControlServer(self.socket, self.handle)
                 with self._lock:  # deliveries wait until this worker has caught up
                     self._server.start()
-                    if peers and not self._catch_up():
+                    if peers and not catch_up(self, self.watch, self._journal):
                         log.warning(
                             "worker %d: no live worker gave its level; replaying the journal",
                             os.getpid(),
@@ -242,63 +239,14 @@ class WorkerAgent(Agent):
         )
         self._pidfile_written = True
 
-    # -- a new worker catches up ------------------------------------------------------------
-
     def _peers(self) -> dict[int, Path]:
         assert self.watch is not None
-        peers = live_workers(self.watch)
-        peers.pop(os.getpid(), None)
-        return peers
+        return other_workers(self.watch)
 
-    def _catch_up(self) -> bool:
-        """Apply the level of a live worker (the owner first): a replaced worker starts patched.
-
-        ``False`` when no live worker of this baseline gave its level."""
-        assert self.watch is not None
-        assert self.registry is not None
-        peers = self._peers()
-        owner = owner_pid(self.watch)
-        order = sorted(peers, key=lambda pid: (pid != owner, pid))
-        for pid in order:
-            try:
-                answer = request(peers[pid], {"cmd": "patches"}, timeout=PEER_TIMEOUT_S)
-            except (FileNotFoundError, ConnectionRefusedError):
-                remove_stale(peers[pid])
-                continue
-            except OSError as exc:
-                log.warning("worker %d did not give its level (%s); asking another", pid, exc)
-                continue
-            if not answer.get("ok") or answer.get("baseline") != self.baseline:
-                continue
-            if isinstance(answer.get("journal_error"), str):  # it refuses patches: so do we
-                self._journal.refuse(answer["journal_error"])
-            for item in answer.get("patches", []):
-                record = self._accept(item, who=f"worker:{pid} (catch-up)")
-                if record["outcome"] not in ("applied", "unchanged"):
-                    log.error(
-                        "worker %d could not apply patch %s that worker %d runs: %s",
-                        os.getpid(),
-                        record.get("version"),
-                        pid,
-                        record.get("reason"),
-                    )
-                    return True
-            if answer.get("patches"):
-                log.info(
-                    "worker %d caught up with worker %d: level %s",
-                    os.getpid(),
-                    pid,
-                    ", ".join(self._level()),
-                )
-            return True
-        return False
-
-    # -- the owner fans a verified patch out ------------------------------------------------
+    # -- the owner fans a verified patch out (hotpatch._fanout_owner) ------------------------
 
     def _deliver(self, data: bytes, path: Path, outcome: Outcome) -> None:
-        """Apply the verified bytes here, then in every other live worker; all or none.
-
-        The group's journal records the level once every worker has applied it."""
+        """Apply the verified bytes in every live worker (``Fanout.deliver``): the owner only."""
         if not self.owner:  # `hotpatch apply` sent to another worker's socket
             msg = (
                 f"worker {os.getpid()} does not own the patch folder {self.watch}, so it cannot "
@@ -306,174 +254,16 @@ class WorkerAgent(Agent):
                 f"(hotpatch apply --folder {self.watch} ...)"
             )
             raise JournalError(msg)
-        self._journal.check()  # a journal that could not be replayed refuses new levels
-        item = {
-            "name": path.name,
-            "path": str(path),
-            "text": data.decode("utf-8"),
-            "sha256": hashlib.sha256(data).hexdigest(),
-        }
-        mine = self._accept(item, who=outcome.who)
-        results = [mine]
-        if mine["outcome"] == "applied":
-            for pid, sock in sorted(self._peers().items()):
-                results.append(
-                    self._send(pid, sock, {"cmd": "deliver", **item, "who": outcome.who})
-                )
-        outcome.notified = True
-        outcome.workers = results
-        outcome.version = mine.get("version") or outcome.version
-        outcome.targets = tuple(mine.get("targets") or outcome.targets)
-        outcome.timings["workers_s"] = sum(
-            r.get("timings", {}).get("total_s", 0.0) for r in results
-        )
-        answered = [r for r in results if r["outcome"] != "gone"]
-        kinds = {r["outcome"] for r in answered}
-        if kinds <= {"applied", "unchanged"}:
-            outcome.outcome = "unchanged" if kinds == {"unchanged"} else "applied"
-            outcome.reason = mine.get("reason") if outcome.outcome == "unchanged" else None
-            if outcome.outcome == "applied":
-                self._record_apply(outcome)
-            return
-        failed = [r for r in answered if r["outcome"] not in ("applied", "unchanged")]
-        if kinds == {"pending"}:
-            outcome.outcome, outcome.reason = "pending", mine.get("reason")
-            outcome.error_type = mine.get("error_type")
-            return
-        undone = self._undo(str(outcome.version), failed={r["pid"] for r in failed})
-        if undone:
-            self._record("undo", str(outcome.version), f"{outcome.who} (another worker refused)")
-        outcome.outcome = "rejected"
-        outcome.error_type = failed[0].get("error_type") or "VerificationFailed"
-        reasons = "; ".join(f"worker {r['pid']}: {r.get('reason')}" for r in failed)
-        outcome.reason = (
-            f"patch {outcome.version} failed in {len(failed)} of {len(answered)} workers and was "
-            f"rolled back in the {undone} that had applied it ({reasons}); fix the patch and "
-            "drop a newer version"
-        )
-
-    def _record_apply(self, outcome: Outcome) -> None:
-        """Journal an applied drop; if that fails, undo it everywhere: it would not survive."""
-        assert self.registry is not None
-        version = str(outcome.version)
-        try:
-            self._journal.record(
-                self.registry, "apply", version, outcome.who, outcome.timings.get("workers_s", 0.0)
-            )
-        except JournalError as exc:
-            undone = self._undo(version, failed=set())
-            outcome.outcome, outcome.error_type = "rejected", type(exc).__name__
-            outcome.reason = (
-                f"{exc}; patch {version} was rolled back in the {undone} workers that had "
-                "applied it, since a restart would lose it. Fix the journal and drop it again"
-            )
-
-    def _record(self, action: str, version: str, who: str) -> str | None:
-        """Add a history row to the journal (the level as it is); the error, if any."""
-        assert self.registry is not None
-        try:
-            self._journal.check()
-            self._journal.record(self.registry, action, version, who)
-        except JournalError as exc:
-            log.warning("worker %d: %s %s not recorded: %s", os.getpid(), action, version, exc)
-            return str(exc)
-        return None
-
-    def _call(self, pid: int, sock: Path, payload: dict[str, Any]) -> dict[str, Any] | None:
-        """One worker's answer to ``payload``; ``None`` when it exited meanwhile."""
-        try:
-            return request(sock, payload, timeout=DELIVER_TIMEOUT_S)
-        except (FileNotFoundError, ConnectionRefusedError):
-            remove_stale(sock)
-            return None
-        except OSError as exc:
-            if not alive(pid):
-                remove_stale(sock)
-                return None
-            return {"ok": False, "error": f"no answer from worker {pid}: {exc}"}
-
-    def _send(self, pid: int, sock: Path, payload: dict[str, Any]) -> dict[str, Any]:
-        """One worker's result for a delivery; outcome ``gone`` when it exited meanwhile."""
-        answer = self._call(pid, sock, payload)
-        if answer is None:
-            return {"pid": pid, "outcome": "gone", "reason": "the worker exited"}
-        if "outcome" not in answer:  # refused before it was applied (uid, size, no answer)
-            return {
-                "pid": pid,
-                "outcome": "rejected",
-                "reason": answer.get("error"),
-                "error_type": answer.get("error_type") or "VerificationFailed",
-            }
-        answer.pop("ok", None)
-        return answer
-
-    def _undo(self, version: str, *, failed: set[int]) -> int:
-        """Roll ``version`` back in every worker but those that refused it; how many did."""
-        undone = 0
-        local = self._handle_undo({"version": version}, "owner")
-        undone += bool(local.get("undone"))
-        for pid, sock in sorted(self._peers().items()):
-            if pid in failed:
-                continue
-            answer = self._call(pid, sock, {"cmd": "undo", "version": version})
-            undone += bool(answer and answer.get("undone"))
-        return undone
+        self._fanout.deliver(data, path, outcome)
 
     # -- what every worker answers ----------------------------------------------------------
-
-    def _accept(self, item: dict[str, Any], *, who: str) -> dict[str, Any]:
-        """Load and apply verified patch text in this worker; its result, never an exception."""
-        start = time.perf_counter()
-        text = item.get("text")
-        name = str(item.get("name") or "patch.py")
-        outcome = Outcome(name=name, who=who)
-        try:
-            if not isinstance(text, str):
-                msg = f"delivery of {name} carries no patch text"
-                raise VerificationFailed(msg)
-            data = text.encode("utf-8")
-            outcome.sha256 = hashlib.sha256(data).hexdigest()
-            if outcome.sha256 != item.get("sha256"):
-                msg = (
-                    f"delivery of {name} arrived damaged (sha256 {outcome.sha256[:16]}, "
-                    f"announced {str(item.get('sha256'))[:16]}); drop it again"
-                )
-                raise VerificationFailed(msg)
-            outcome.version = peek_version(data)
-            with self._lock:
-                if outcome.version is None or not self._same_version(outcome.version, outcome):
-                    path = Path(str(item.get("path") or name))
-                    patch = self._load_source(data, path, outcome)
-                    if patch is not None:
-                        self._apply(patch, outcome)
-        except PatchError as exc:
-            outcome.outcome, outcome.reason = "rejected", str(exc)
-            outcome.error_type = type(exc).__name__
-        except Exception as exc:
-            log.exception("worker %d: applying %s failed unexpectedly", os.getpid(), name)
-            outcome.outcome, outcome.error_type = "rejected", "Error"
-            outcome.reason = f"internal error in worker {os.getpid()}: {type(exc).__name__}: {exc}"
-        outcome.timings["total_s"] = time.perf_counter() - start
-        outcome.level = self._level()
-        if outcome.outcome != "applied":
-            self._log(outcome)
-        return {
-            "pid": os.getpid(),
-            "outcome": outcome.outcome,
-            "version": outcome.version,
-            "level": list(outcome.level),
-            "reason": outcome.reason,
-            "error_type": outcome.error_type,
-            "targets": list(outcome.targets),
-            "timings": {k: round(v, 6) for k, v in outcome.timings.items()},
-        }
 
     def handle(self, request: dict[str, Any], peer_uid: int) -> dict[str, Any]:
         cmd = request.get("cmd") if isinstance(request, dict) else None
         local: dict[str, Callable[[dict[str, Any], str], dict[str, Any]]] = {
             "deliver": self._handle_deliver,
             "undo": self._handle_undo,
-            "patches": lambda _r, _w: self._handle_patches(),
+            "patches": lambda _r, _w: level_with_texts(self, self._journal),
             "worker": lambda _r, _w: self._worker_state(),
         }
         command = local.get(cmd) if isinstance(cmd, str) else None
@@ -492,45 +282,12 @@ class WorkerAgent(Agent):
             return {"ok": False, "error": f"{type(exc).__name__}: {exc}", "error_type": "Error"}
 
     def _handle_deliver(self, request: dict[str, Any], who: str) -> dict[str, Any]:
-        record = self._accept(request, who=str(request.get("who") or who))
+        record = accept(self, request, who=str(request.get("who") or who))
         record["ok"] = record["outcome"] in ("applied", "unchanged")
         return record
 
     def _handle_undo(self, request: dict[str, Any], who: str) -> dict[str, Any]:
-        version = request.get("version")
-        assert self.registry is not None
-        with self._lock:
-            level = self.registry.level
-            if version not in level:
-                return {"ok": True, "pid": os.getpid(), "undone": False, "level": list(level)}
-            if level[-1] != version:
-                msg = f"patch {version} is not the last one applied here (level {list(level)})"
-                return {"ok": False, "pid": os.getpid(), "error": msg, "error_type": "Conflict"}
-            self.registry.rollback(who=f"{who} (undo: another worker refused {version})")
-            return {"ok": True, "pid": os.getpid(), "undone": True, "level": list(self._level())}
-
-    def _handle_patches(self) -> dict[str, Any]:
-        """The level with each patch's text: what a new worker applies to catch up."""
-        assert self.registry is not None
-        items = []
-        for patch in self.registry.patches:
-            if patch.source is None:
-                continue
-            items.append(
-                {
-                    "version": patch.version,
-                    "name": Path(patch.source.path).name,
-                    "path": patch.source.path,
-                    "text": patch.source.text,
-                    "sha256": patch.source.sha256,
-                }
-            )
-        return {
-            "ok": True,
-            "baseline": self.baseline,
-            "patches": items,
-            "journal_error": self._journal.problem,
-        }
+        return undo(self, request.get("version"), who)
 
     def _handle_apply(self, request: dict[str, Any], who: str) -> dict[str, Any]:
         """``hotpatch apply`` sent to a worker that does not own the folder: to the owner."""
@@ -596,10 +353,7 @@ class WorkerAgent(Agent):
     def _to_owner(self, request: dict[str, Any]) -> dict[str, Any] | None:
         """The owner's answer to ``request``; ``None`` when there is no owner to ask."""
         assert self.watch is not None
-        owner = owner_pid(self.watch)
-        if owner is None or owner == os.getpid():
-            return None
-        return self._call(owner, self.watch / WORKERS_DIR / f"{owner}.sock", request)
+        return ask_owner(self.watch, request)
 
     def _group_rollback(self, request: dict[str, Any], who: str) -> dict[str, Any]:
         answer = super()._handle_rollback(request, who)
@@ -612,14 +366,14 @@ class WorkerAgent(Agent):
             {"index": os.getpid(), "ok": True, "versions": answer["versions"], "level": level}
         ]
         for pid, sock in sorted(self._peers().items()):
-            result = self._call(pid, sock, {"cmd": "rollback", "to": to, "local": True})
+            result = call(pid, sock, {"cmd": "rollback", "to": to, "local": True})
             if result is None:
                 continue
             fields = ("ok", "versions", "level", "error")
             results.append({"index": pid, **{k: result.get(k) for k in fields}})
         answer["workers"] = results
         if answer["versions"] and self.owner:
-            error = self._record("rollback", ", ".join(answer["versions"]), who)
+            error = self._fanout.record("rollback", ", ".join(answer["versions"]), who)
             if error is not None:
                 answer["journal_error"] = error
         return answer

@@ -1,4 +1,4 @@
-"""The workers sharing a patch folder: their directory, who is alive, who owns it, start order."""
+"""The workers sharing a patch folder: who is alive, who owns it, start order, asking one."""
 
 from __future__ import annotations
 
@@ -11,15 +11,23 @@ import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from hotpatch._agent import PIDFILE_NAME
+from hotpatch._control import request
 
 __all__ = [
+    "DELIVER_TIMEOUT_S",
+    "PEER_TIMEOUT_S",
     "WORKERS_DIR",
     "alive",
+    "ask_owner",
+    "call",
     "live_workers",
+    "other_workers",
     "owner_pid",
     "remove_stale",
+    "send",
     "start_lock",
     "workers_dir",
 ]
@@ -29,6 +37,8 @@ log = logging.getLogger("hotpatch")
 WORKERS_DIR = ".workers"
 START_LOCK = "start.lock"
 START_WAIT_S = 120.0  # past it a worker starts anyway (a peer hangs in its start-up)
+DELIVER_TIMEOUT_S = 60.0
+PEER_TIMEOUT_S = 10.0
 
 
 def workers_dir(folder: Path) -> Path:
@@ -114,3 +124,48 @@ def owner_pid(folder: Path) -> int | None:
         pid = json.loads((folder / PIDFILE_NAME).read_bytes()).get("pid")
         return pid if isinstance(pid, int) else None
     return None
+
+
+def other_workers(folder: Path) -> dict[int, Path]:
+    """``pid -> socket`` of the live workers of ``folder`` but this one."""
+    peers = live_workers(folder)
+    peers.pop(os.getpid(), None)
+    return peers
+
+
+def call(pid: int, sock: Path, payload: dict[str, Any]) -> dict[str, Any] | None:
+    """One worker's answer to ``payload``; ``None`` when it exited meanwhile."""
+    try:
+        return request(sock, payload, timeout=DELIVER_TIMEOUT_S)
+    except (FileNotFoundError, ConnectionRefusedError):
+        remove_stale(sock)
+        return None
+    except OSError as exc:
+        if not alive(pid):
+            remove_stale(sock)
+            return None
+        return {"ok": False, "error": f"no answer from worker {pid}: {exc}"}
+
+
+def send(pid: int, sock: Path, payload: dict[str, Any]) -> dict[str, Any]:
+    """One worker's result for a delivery; outcome ``gone`` when it exited meanwhile."""
+    answer = call(pid, sock, payload)
+    if answer is None:
+        return {"pid": pid, "outcome": "gone", "reason": "the worker exited"}
+    if "outcome" not in answer:  # refused before it was applied (uid, size, no answer)
+        return {
+            "pid": pid,
+            "outcome": "rejected",
+            "reason": answer.get("error"),
+            "error_type": answer.get("error_type") or "VerificationFailed",
+        }
+    answer.pop("ok", None)
+    return answer
+
+
+def ask_owner(folder: Path, payload: dict[str, Any]) -> dict[str, Any] | None:
+    """The answer of the worker that owns ``folder``; ``None`` when there is no other owner."""
+    owner = owner_pid(folder)
+    if owner is None or owner == os.getpid():
+        return None
+    return call(owner, folder / WORKERS_DIR / f"{owner}.sock", payload)

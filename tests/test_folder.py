@@ -19,7 +19,7 @@ import pytest
 from drops import WAIT_S, DropFolder, wait_for
 
 import hotpatch
-from hotpatch import _folder
+from hotpatch import _folder, _outcome
 from hotpatch._folder import is_ignored, peek_targets, peek_version
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
@@ -346,14 +346,14 @@ def test_the_result_is_complete_before_the_file_moves(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     seen: list[dict[str, Any]] = []
-    move = _folder._move
+    move = _outcome._move
 
     def checking_move(source: Path, destination: Path) -> None:
         result = destination.with_name(destination.name + _folder.RESULT_SUFFIX)
         seen.append(json.loads(result.read_text()))  # there, and whole JSON
         move(source, destination)
 
-    monkeypatch.setattr(_folder, "_move", checking_move)
+    monkeypatch.setattr(_outcome, "_move", checking_move)
     start_agent()
     drops.drop("fix.py", patch_source(target, "1.0.1", 1))
     drops.filed("fix.py", "applied")
@@ -448,15 +448,15 @@ def test_an_unexpected_error_becomes_a_rejection_and_the_folder_goes_on(
     start_agent: Callable[..., hotpatch.Agent],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from hotpatch import _agent
+    from hotpatch import _pipeline
 
-    real = _agent.load_patch_source
+    real = _pipeline.load_patch_source
 
     def failing_once(data: bytes, *, path: str) -> hotpatch.Patch:
-        monkeypatch.setattr(_agent, "load_patch_source", real)
+        monkeypatch.setattr(_pipeline, "load_patch_source", real)
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(_agent, "load_patch_source", failing_once)
+    monkeypatch.setattr(_pipeline, "load_patch_source", failing_once)
     agent = start_agent()
     drops.drop("first.py", patch_source(target, "1.0.1", 1))
     result = drops.filed("first.py", "rejected")
@@ -475,18 +475,18 @@ def test_a_drop_replaced_while_processed_files_the_bytes_that_were_processed(
     start_agent: Callable[..., hotpatch.Agent],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from hotpatch import _agent
+    from hotpatch import _pipeline
 
     first = patch_source(target, "1.0.1", 1)
     second = patch_source(target, "1.0.2", 2)
-    real = _agent.load_patch_source
+    real = _pipeline.load_patch_source
 
     def replace_then_load(data: bytes, *, path: str) -> hotpatch.Patch:
         if data == first.encode():  # the writer swaps the file under the agent's feet
             os.rename(drops.write("fix.py", second), drops.path / "fix.py")
         return real(data, path=path)
 
-    monkeypatch.setattr(_agent, "load_patch_source", replace_then_load)
+    monkeypatch.setattr(_pipeline, "load_patch_source", replace_then_load)
     start_agent()
     drops.drop("fix.py", first)
     assert drops.filed("fix.py", "applied")["version"] == "1.0.1"
@@ -502,16 +502,16 @@ def test_status_lists_drops_waiting_for_the_worker(
     start_agent: Callable[..., hotpatch.Agent],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from hotpatch import _agent
+    from hotpatch import _pipeline
 
     gate = threading.Event()
-    real = _agent.load_patch_source
+    real = _pipeline.load_patch_source
 
     def held(data: bytes, *, path: str) -> hotpatch.Patch:
         gate.wait(WAIT_S)
         return real(data, path=path)
 
-    monkeypatch.setattr(_agent, "load_patch_source", held)
+    monkeypatch.setattr(_pipeline, "load_patch_source", held)
     agent = start_agent()
     drops.drop("a.py", patch_source(target, "1.0.1", 1))
     drops.drop("b.py", patch_source(target, "1.0.2", 2))

@@ -1,0 +1,156 @@
+"""What every pre-fork worker does with its peers' patches: accept, undo, list, catch up.
+
+These work on a worker's pipeline (``hotpatch._pipeline``): the owner has
+verified the bytes already, so a worker only checks they arrived whole, then
+loads and applies them with the pipeline's own steps.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from hotpatch._control import request
+from hotpatch._drops import peek_version
+from hotpatch._errors import PatchError, VerificationFailed
+from hotpatch._fanout_journal import GroupJournal
+from hotpatch._fanout_peers import PEER_TIMEOUT_S, other_workers, owner_pid, remove_stale
+from hotpatch._outcome import Outcome
+from hotpatch._pipeline import DropPipeline
+
+__all__ = ["accept", "catch_up", "level_with_texts", "undo"]
+
+log = logging.getLogger("hotpatch")
+
+
+def accept(pipeline: DropPipeline, item: dict[str, Any], *, who: str) -> dict[str, Any]:
+    """Load and apply verified patch text in this worker; its result, never an exception."""
+    start = time.perf_counter()
+    text = item.get("text")
+    name = str(item.get("name") or "patch.py")
+    outcome = Outcome(name=name, who=who)
+    try:
+        if not isinstance(text, str):
+            msg = f"delivery of {name} carries no patch text"
+            raise VerificationFailed(msg)
+        data = text.encode("utf-8")
+        outcome.sha256 = hashlib.sha256(data).hexdigest()
+        if outcome.sha256 != item.get("sha256"):
+            msg = (
+                f"delivery of {name} arrived damaged (sha256 {outcome.sha256[:16]}, "
+                f"announced {str(item.get('sha256'))[:16]}); drop it again"
+            )
+            raise VerificationFailed(msg)
+        outcome.version = peek_version(data)
+        with pipeline._lock:
+            if outcome.version is None or not pipeline._same_version(outcome.version, outcome):
+                path = Path(str(item.get("path") or name))
+                patch = pipeline._load_source(data, path, outcome)
+                if patch is not None:
+                    pipeline._apply(patch, outcome)
+    except PatchError as exc:
+        outcome.outcome, outcome.reason = "rejected", str(exc)
+        outcome.error_type = type(exc).__name__
+    except Exception as exc:
+        log.exception("worker %d: applying %s failed unexpectedly", os.getpid(), name)
+        outcome.outcome, outcome.error_type = "rejected", "Error"
+        outcome.reason = f"internal error in worker {os.getpid()}: {type(exc).__name__}: {exc}"
+    outcome.timings["total_s"] = time.perf_counter() - start
+    outcome.level = pipeline._level()
+    if outcome.outcome != "applied":
+        pipeline._log(outcome)
+    return {
+        "pid": os.getpid(),
+        "outcome": outcome.outcome,
+        "version": outcome.version,
+        "level": list(outcome.level),
+        "reason": outcome.reason,
+        "error_type": outcome.error_type,
+        "targets": list(outcome.targets),
+        "timings": {k: round(v, 6) for k, v in outcome.timings.items()},
+    }
+
+
+def undo(pipeline: DropPipeline, version: object, who: str) -> dict[str, Any]:
+    """Roll ``version`` back here if it is the last patch applied (another worker refused it)."""
+    assert pipeline.registry is not None
+    with pipeline._lock:
+        level = pipeline.registry.level
+        if version not in level:
+            return {"ok": True, "pid": os.getpid(), "undone": False, "level": list(level)}
+        if level[-1] != version:
+            msg = f"patch {version} is not the last one applied here (level {list(level)})"
+            return {"ok": False, "pid": os.getpid(), "error": msg, "error_type": "Conflict"}
+        pipeline.registry.rollback(who=f"{who} (undo: another worker refused {version})")
+        return {"ok": True, "pid": os.getpid(), "undone": True, "level": list(pipeline._level())}
+
+
+def level_with_texts(pipeline: DropPipeline, journal: GroupJournal) -> dict[str, Any]:
+    """The level with each patch's text: what a new worker applies to catch up."""
+    assert pipeline.registry is not None
+    items = []
+    for patch in pipeline.registry.patches:
+        if patch.source is None:
+            continue
+        items.append(
+            {
+                "version": patch.version,
+                "name": Path(patch.source.path).name,
+                "path": patch.source.path,
+                "text": patch.source.text,
+                "sha256": patch.source.sha256,
+            }
+        )
+    return {
+        "ok": True,
+        "baseline": pipeline.baseline,
+        "patches": items,
+        "journal_error": journal.problem,
+    }
+
+
+def catch_up(pipeline: DropPipeline, folder: Path, journal: GroupJournal) -> bool:
+    """Apply the level of a live worker (the owner first): a replaced worker starts patched.
+
+    ``False`` when no live worker of this baseline gave its level."""
+    assert pipeline.registry is not None
+    peers = other_workers(folder)
+    owner = owner_pid(folder)
+    order = sorted(peers, key=lambda pid: (pid != owner, pid))
+    for pid in order:
+        try:
+            answer = request(peers[pid], {"cmd": "patches"}, timeout=PEER_TIMEOUT_S)
+        except (FileNotFoundError, ConnectionRefusedError):
+            remove_stale(peers[pid])
+            continue
+        except OSError as exc:
+            log.warning("worker %d did not give its level (%s); asking another", pid, exc)
+            continue
+        if not answer.get("ok") or answer.get("baseline") != pipeline.baseline:
+            continue
+        if isinstance(answer.get("journal_error"), str):  # it refuses patches: so do we
+            journal.refuse(answer["journal_error"])
+        for item in answer.get("patches", []):
+            record = accept(pipeline, item, who=f"worker:{pid} (catch-up)")
+            if record["outcome"] not in ("applied", "unchanged"):
+                log.error(
+                    "worker %d could not apply patch %s that worker %d runs: %s",
+                    os.getpid(),
+                    record.get("version"),
+                    pid,
+                    record.get("reason"),
+                )
+                return True
+        if answer.get("patches"):
+            log.info(
+                "worker %d caught up with worker %d: level %s",
+                os.getpid(),
+                pid,
+                ", ".join(pipeline._level()),
+            )
+        return True
+    return False

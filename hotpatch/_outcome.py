@@ -1,0 +1,237 @@
+"""Filing a drop's outcome: ``NAME.result.json`` and the move to applied/, rejected/ or pending/."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import errno
+import itertools
+import json
+import os
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from hotpatch._drops import SIGNATURE_SUFFIX
+
+__all__ = [
+    "OUTCOME_DIRS",
+    "RESULT_SUFFIX",
+    "STAGING",
+    "Outcome",
+    "OutcomeKind",
+    "check_folder",
+    "file_outcome",
+    "now_iso",
+    "write_result",
+]
+
+OutcomeKind = Literal["applied", "unchanged", "rejected", "pending"]
+# Where each outcome files the drop.
+OUTCOME_DIRS: dict[str, str] = {
+    "applied": "applied",
+    "unchanged": "applied",
+    "rejected": "rejected",
+    "pending": "pending",
+}
+STAGING = ".staging"
+RESULT_SUFFIX = ".result.json"
+
+# -- the folder itself ------------------------------------------------------------------
+
+
+def check_folder(folder: Path) -> Path:
+    """Create the folder (mode 0700) if needed; refuse one others could write or do not own."""
+    folder = Path(folder).absolute()
+    if not folder.exists() and not folder.is_symlink():
+        folder.mkdir(mode=0o700, parents=True)
+    try:
+        st = folder.lstat()
+    except OSError as exc:
+        msg = f"patch folder {folder} cannot be read: {exc.strerror or exc}"
+        raise PermissionError(msg) from exc
+    if stat.S_ISLNK(st.st_mode):
+        msg = (
+            f"patch folder {folder} is a symbolic link; watch the real directory "
+            f"({folder.resolve()}) instead"
+        )
+        raise PermissionError(msg)
+    if not stat.S_ISDIR(st.st_mode):
+        msg = f"patch folder {folder} is not a directory"
+        raise NotADirectoryError(msg)
+    if st.st_uid != os.geteuid():
+        msg = (
+            f"patch folder {folder} is owned by uid {st.st_uid}, not by this service's user "
+            f"(uid {os.geteuid()}): whoever owns it controls the service's code. Run "
+            f"`chown {os.geteuid()} {folder}` (or use a folder the service's user owns)"
+        )
+        raise PermissionError(msg)
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        msg = (
+            f"patch folder {folder} is writable by other users (mode "
+            f"{stat.S_IMODE(st.st_mode):04o}), so anyone could drop code into this service. "
+            f"Run `chmod go-w {folder}` (chmod o-w, and g-w too) and start again"
+        )
+        raise PermissionError(msg)
+    for sub in (*sorted(set(OUTCOME_DIRS.values())), STAGING):
+        path = folder / sub
+        if not path.exists() and not path.is_symlink():
+            path.mkdir(mode=0o700)
+        sub_st = path.lstat()
+        if not stat.S_ISDIR(sub_st.st_mode) or sub_st.st_uid != os.geteuid():
+            msg = (
+                f"{path} must be a directory owned by this service's user (uid {os.geteuid()}), "
+                "not a link or a file; remove it and start again"
+            )
+            raise PermissionError(msg)
+    return folder
+
+
+# -- outcomes ---------------------------------------------------------------------------
+
+
+def now_iso() -> str:
+    """The current time, ISO 8601 in UTC, to the millisecond."""
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds")
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What became of one patch: the content of ``NAME.result.json``."""
+
+    name: str
+    who: str
+    version: str | None = None
+    outcome: OutcomeKind = "rejected"
+    reason: str | None = None
+    sha256: str | None = None
+    targets: tuple[str, ...] = ()
+    level: tuple[str, ...] = ()
+    timings: dict[str, float] = field(default_factory=dict)
+    time: str = field(default_factory=now_iso)
+    key_id: str | None = None
+    # What was examined, so the folder moves that inode and no other (not in the record).
+    ino: tuple[int, int] | None = None
+    data: bytes | None = None
+    error_type: str | None = None  # the PatchError subclass behind a refusal
+    notified: bool = False  # the registry had it: it told the plugins of a refusal itself
+    via: str | None = None  # under the supervisor: "hot" or "restart"
+    workers: list[dict[str, Any]] | None = None  # install(workers=True): each worker's result
+    # Under the supervisor: how it went in (``restart``, ``health``, ``rolled_back``, ``rollout``).
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "file": self.name,
+            "version": self.version,
+            "outcome": self.outcome,
+            "reason": self.reason,
+            "sha256": self.sha256,
+            "targets": list(self.targets),
+            "level": list(self.level),
+            "timings": {k: round(v, 6) for k, v in self.timings.items()},
+            "time": self.time,
+            "who": self.who,
+            "key_id": self.key_id,
+            **({"via": self.via} if self.via is not None else {}),
+            **({"workers": self.workers} if self.workers is not None else {}),
+            **self.details,
+        }
+
+
+def write_result(path: Path, record: dict[str, Any]) -> None:
+    """Write ``record`` as JSON at ``path`` completely: temporary file, fsync, rename."""
+    payload = (json.dumps(record, indent=2) + "\n").encode()
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    try:
+        try:
+            os.write(fd, payload)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _free_name(directory: Path, name: str, *, is_dir: bool) -> str:
+    """``name``, or ``stem.N.suffix`` when it (or its result or signature) is taken."""
+
+    def taken(candidate: str) -> bool:
+        return any(
+            os.path.lexists(directory / f"{candidate}{extra}")
+            for extra in ("", RESULT_SUFFIX, SIGNATURE_SUFFIX)
+        )
+
+    if not taken(name):
+        return name
+    stem, dot, suffix = name.rpartition(".")
+    if is_dir or not dot or not stem:
+        stem, suffix = name, ""
+    for n in itertools.count(1):
+        candidate = f"{stem}.{n}.{suffix}" if suffix else f"{stem}.{n}"
+        if not taken(candidate):
+            return candidate
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _move(source: Path, target: Path) -> None:
+    """Move ``source`` to ``target`` without overwriting anything.
+
+    Regular files move by hard link then unlink, not by rename: inotify reports
+    a rename out of the watched folder as ``IN_MOVED_FROM``, which watchdog
+    holds back 0.5 s to pair it with an ``IN_MOVED_TO`` -- and every event
+    behind it waits too, so the next drop would be seen half a second late.
+    A link and an unlink are reported at once. Directories, symlinks, and
+    filesystems without hard links fall back to a rename.
+    """
+    try:
+        os.link(source, target, follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno == errno.EEXIST:
+            raise
+        if os.path.lexists(target):
+            raise FileExistsError(errno.EEXIST, "exists", str(target)) from exc
+        os.rename(source, target)
+        return
+    os.unlink(source)
+
+
+def file_outcome(path: Path, outcome: Outcome) -> bool:
+    """Write the result file, then move the drop (and its signature) beside it.
+
+    ``True`` when ``path`` now holds another file than the one processed (replaced
+    while it was worked on): the caller announces that newcomer again.
+    """
+    directory = path.parent / OUTCOME_DIRS[outcome.outcome]
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        st = None
+    if st is None:
+        same = False
+    elif outcome.ino is None:
+        same = True  # nothing was read (refused as it stood): file what is there
+    else:
+        same = (st.st_ino, st.st_dev) == outcome.ino
+    is_dir = st is not None and stat.S_ISDIR(st.st_mode)
+    final = _free_name(directory, path.name, is_dir=is_dir)
+    write_result(directory / (final + RESULT_SUFFIX), outcome.record())
+    newcomer = False
+    if same:
+        _move(path, directory / final)
+    elif outcome.data is not None:
+        # The name now holds another file (replaced while we worked): file the
+        # bytes we processed, and leave the newcomer to its own event.
+        fd = os.open(directory / final, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(outcome.data)
+        newcomer = st is not None
+    sig = path.with_name(path.name + SIGNATURE_SUFFIX)
+    if os.path.lexists(sig):
+        _move(sig, directory / (final + SIGNATURE_SUFFIX))
+    return newcomer
