@@ -9,8 +9,12 @@ Layers, each importing only from those above it:
 5. ``_hookspecs``, ``_plugins``       -- pluggy hooks and the plugin host
 6. ``_journal``, ``_registry``        -- the durable level; ``Registry`` drives 2-5
 7. ``_signing``, ``_verify``, ``_control`` -- signatures; the verification child; the socket
-8. ``_folder``, ``_agent``            -- the watched folder; ``install()`` drives 6 and 7
-9. ``_service``                       -- the service side of ``supervisor/`` (sockets, state)
+8. ``_drops``, ``_outcome``, ``_folder`` -- reading a drop; result files; watching the folder
+9. ``_pipeline``, ``_commands``, ``_agent`` -- a drop's steps; the socket's commands; ``install()``
+10. ``_fanout_*``, ``_fanout``        -- pre-fork workers sharing one folder (``workers=True``)
+11. ``_channel``, ``_rounds``, ``_service_patches``, ``_runtime``, ``_service``
+                                      -- the service side of ``supervisor/`` (wire, state, patches)
+12. ``_cli_agent``, ``_cli_show``, ``_cli_follow``, ``cli`` -- the ``hotpatch`` command
 
 This module only re-exports.
 """
