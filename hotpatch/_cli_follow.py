@@ -73,13 +73,17 @@ class RolloutFollower:
     """Shows the rollouts a supervisor starts after it was made, from its status file.
 
     On a terminal one line is redrawn in place (``render_rollout``); elsewhere
-    each new ``rollout.progress`` entry is printed as a line of its own.
+    each new ``rollout.progress`` entry is printed as a line of its own, with
+    the rollout's name if ``named`` (several rollouts follow each other).
     """
 
-    def __init__(self, status_file: Path, out: TextIO, *, tty: bool | None = None) -> None:
+    def __init__(
+        self, status_file: Path, out: TextIO, *, tty: bool | None = None, named: bool = False
+    ) -> None:
         self.status_file = status_file
         self.out = out
         self.tty = out.isatty() if tty is None else tty
+        self.named = named
         self.started = time.monotonic()
         self.shown: dict[tuple[str, str], int] = {}  # rollout -> progress entries shown
         self.drawn = False
@@ -108,7 +112,9 @@ class RolloutFollower:
                 self.drawn = True
             else:
                 for entry in new:
-                    self.out.write(f"{entry}\n")
+                    stamp, _, message = entry.partition(" ")
+                    named = f"{stamp}  rollout {rollout.get('what')}: {message}"
+                    self.out.write(f"{named if self.named else entry}\n")
             self.out.flush()
 
     def finish(self) -> None:
@@ -156,7 +162,8 @@ OUTCOME_DIRS = ("applied", "rejected", "pending")
 
 
 def watch_folder(args: argparse.Namespace) -> int:
-    """Print each ``NAME.result.json`` that appears in the folder's outcome directories."""
+    """Print each ``NAME.result.json`` that appears in the folder's outcome directories,
+    and, for a supervisor's folder (not with ``--json``), its rollouts' progress lines."""
     from watchdog.events import FileSystemEvent, FileSystemEventHandler  # noqa: PLC0415
     from watchdog.observers import Observer  # noqa: PLC0415
 
@@ -178,12 +185,23 @@ def watch_folder(args: argparse.Namespace) -> int:
         (folder / name).mkdir(exist_ok=True)
         observer.schedule(Results(), str(folder / name), recursive=False)
     observer.start()
+    status_file = None if getattr(args, "json", False) else rollout_status_file(args)
+    rollouts = (
+        RolloutFollower(status_file, sys.stdout, tty=False, named=True) if status_file else None
+    )
     # On stderr even with --json: it says the follower is listening (stdout stays JSON lines).
     print(f"watching {folder} for outcomes (Ctrl-C to stop)", file=sys.stderr, flush=True)
     shown: set[Path] = set()
     try:
         while args.count is None or len(shown) < args.count:
-            path = seen.get()
+            try:
+                path = seen.get(timeout=FOLLOW_POLL_S)
+            except queue.Empty:
+                if rollouts is not None:
+                    rollouts.poll()
+                continue
+            if rollouts is not None:
+                rollouts.poll()  # a rollout's last steps come before its outcome
             if path in shown:
                 continue
             try:

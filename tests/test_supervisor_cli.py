@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from test_baselines import make_bundle
 from test_supervisor import Supervised, request, supervise
-from test_supervisor_patches import BASE_OPTIONS, logic_patch
+from test_supervisor_patches import BASE_OPTIONS, drop, logic_patch
 from test_supervisor_patches import journal_level as journal_file_level
 from test_workers import all_serving, journal_level, unhealthy_patch
 
@@ -249,6 +249,28 @@ def test_an_apply_rolls_through_the_workers_and_shows_its_progress(
     nothing = hotpatch("rollback", *where)
     assert nothing.returncode == 1
     assert "refused: every worker: nothing to roll back" in nothing.stderr
+
+    assert_watch_follows_a_rollout(folder)
+
+
+def assert_watch_follows_a_rollout(folder: Path) -> None:
+    """`hotpatch watch` follows a drop: the rollout's steps as they happen, then the outcome."""
+    watching = subprocess.Popen(
+        [sys.executable, "-m", "hotpatch", "watch", str(folder), "--count", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert watching.stderr is not None
+    assert "watching" in watching.stderr.readline()  # it listens before the drop
+    drop(folder, "fix-1.0.3.py", logic_patch("1.0.3", "fixed-again"))
+    watched, _ = watching.communicate(timeout=60)
+    assert watching.returncode == 0
+    steps = [line.split("  ", 1)[1] for line in watched.splitlines() if "  rollout " in line]
+    assert steps[0] == "rollout patch fix-1.0.3.py: batch 1/3: workers [0]", watched
+    assert steps[-1] == "rollout patch fix-1.0.3.py: done: all 3 workers changed", watched
+    assert len(steps) == 7, watched
+    assert "1.0.3  applied  via hot" in watched.splitlines()[-1], watched
 
 
 def test_the_progress_line_follows_a_real_status_file_on_a_terminal(tmp_path: Path) -> None:
