@@ -75,8 +75,12 @@ def show_status(answer: Answer, out: TextIO) -> None:
         ("socket", answer.get("socket")),
         ("pending", answer.get("pending")),
         ("last", last_text),
+        ("journal report", answer.get("journal_report")),  # pre-fork workers' group journal
+        ("journal error", answer.get("journal_error")),
     ]
-    print(table([r for r in rows if r[0] != "socket" or "socket" in answer]), file=out)
+    optional = ("socket", "journal report", "journal error")
+    print(table([r for r in rows if r[0] not in optional or r[1]]), file=out)
+    _show_workers(answer.get("workers") or [], out)
 
 
 def show_outcome(answer: Answer, out: TextIO) -> None:
@@ -192,10 +196,12 @@ def show_supervisor(answer: Answer, out: TextIO) -> None:
             "last restart",
             f"{last.get('kind')} {'ok' if last.get('ok') else 'failed'}"
             + (f", paused {last['paused_s'] * 1e3:.1f} ms" if last.get("paused_s") else "")
+            + (f", rolled back to {last['rolled_back']}" if last.get("rolled_back") else "")
             if last
             else None,
         ),
         ("pauses", f"{len(pauses)}, max {max(pauses) * 1e3:.1f} ms" if pauses else None),
+        ("metrics", answer.get("metrics")),
         ("error", answer.get("error")),
     ]
     rollout = answer.get("rollout") or {}
@@ -204,22 +210,16 @@ def show_supervisor(answer: Answer, out: TextIO) -> None:
         rows.append(("rollout", f"{rollout.get('what')}: {rollout.get('state')}"))
         rows.append(("progress", progress[-1] if progress else None))
     print(table([r for r in rows if r[1] not in (None, {}, [])]), file=out)
-    workers = answer.get("workers") or []
-    if workers:
-        print(file=out)
-        print(
-            table(
-                [
-                    (
-                        w.get("index"),
-                        w.get("pid"),
-                        w.get("state"),
-                        w.get("baseline"),
-                        w.get("level"),
-                    )
-                    for w in workers
-                ],
-                header=("worker", "pid", "state", "baseline", "level"),
-            ),
-            file=out,
-        )
+    _show_workers(answer.get("workers") or [], out)
+
+
+def _show_workers(workers: Sequence[Answer], out: TextIO) -> None:
+    """A row per worker (``hotpatch run --workers N``, or pre-fork ``workers=True``)."""
+    if not workers:
+        return
+    rows = [
+        (w.get("index"), w.get("pid"), w.get("state"), w.get("baseline"), w.get("level"))
+        for w in workers
+    ]
+    print(file=out)
+    print(table(rows, header=("worker", "pid", "state", "baseline", "level")), file=out)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import signal
 import socket
 import subprocess
@@ -119,6 +120,14 @@ def test_two_workers_levels_applies_rejections_rollbacks_and_restart_pauses(
     assert url.endswith("/metrics")
     assert not url.endswith(":0/metrics")
     assert f"serving metrics on {url}" in supervised.log()
+    shown = subprocess.run(
+        [sys.executable, "-m", "hotpatch", "status", "--folder", str(folder)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    assert re.search(rf"^metrics +{re.escape(url)}$", shown, re.MULTILINE), shown
 
     scrape = scrape_until(supervised, lambda s: len(workers(s)) == 2, "both workers")
     assert workers(scrape) == {"0": 0, "1": 0}
