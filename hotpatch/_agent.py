@@ -22,6 +22,7 @@ import shutil
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TypedDict
 
 from hotpatch._commands import AgentCommands
 from hotpatch._control import ControlServer
@@ -48,6 +49,20 @@ log = logging.getLogger("hotpatch")
 SOCKET_NAME = ".hotpatch.sock"
 PIDFILE_NAME = ".hotpatch.json"
 LOCKFILE_NAME = ".hotpatch.lock"
+
+
+class _Options(TypedDict):
+    """What ``install()`` passes on alike to an ``Agent`` and a ``WorkerAgent``."""
+
+    journal: PathLike | None
+    plugins: list[object]
+    require_signature: bool
+    trusted_keys: TrustedKeys | None
+    verify_timeout: float
+    verify: bool
+    max_bytes: int
+    audit_log: PathLike | None
+    entry_points: bool
 
 
 def install(
@@ -80,6 +95,17 @@ def install(
     folder's owner records the level in ``journal`` (default
     ``<watch>/.workers/journal.json``), which a worker that starts alone replays.
     """
+    options = _Options(
+        journal=journal,
+        plugins=list(plugins),
+        require_signature=require_signature,
+        trusted_keys=trusted_keys,
+        verify_timeout=verify_timeout,
+        verify=verify,
+        max_bytes=max_bytes,
+        audit_log=audit_log,
+        entry_points=entry_points,
+    )
     if workers:
         # Imported here: _fanout builds on this module.
         from hotpatch._fanout import WorkerAgent  # noqa: PLC0415
@@ -91,35 +117,8 @@ def install(
                 "DIR/.workers/journal.json)"
             )
             raise ValueError(msg)
-        return WorkerAgent(
-            baseline,
-            watch=watch,
-            journal=journal,
-            plugins=list(plugins),
-            require_signature=require_signature,
-            trusted_keys=trusted_keys,
-            verify_timeout=verify_timeout,
-            verify=verify,
-            max_bytes=max_bytes,
-            audit_log=audit_log,
-            entry_points=entry_points,
-        ).start()
-    agent = Agent(
-        baseline,
-        watch=watch,
-        journal=journal,
-        plugins=plugins,
-        require_signature=require_signature,
-        trusted_keys=trusted_keys,
-        control_socket=control_socket,
-        verify_timeout=verify_timeout,
-        verify=verify,
-        max_bytes=max_bytes,
-        audit_log=audit_log,
-        entry_points=entry_points,
-    )
-    agent.start()
-    return agent
+        return WorkerAgent(baseline, watch=watch, **options).start()
+    return Agent(baseline, watch=watch, control_socket=control_socket, **options).start()
 
 
 class Agent(AgentCommands):
@@ -168,12 +167,8 @@ class Agent(AgentCommands):
 
     def start(self) -> Agent:
         """Replay the journal, open the folder and the socket, catch up, then watch."""
-        if self._started:
-            if self.running:
-                return self
-            msg = "this agent was stopped; start a new one (hotpatch.install(...))"
-            raise RuntimeError(msg)
-        self._started = True
+        if not self._first_start():
+            return self
         try:
             if self.watch is not None:
                 check_folder(self.watch)  # refuse an unsafe folder before anything runs
@@ -186,14 +181,7 @@ class Agent(AgentCommands):
                 self._server = ControlServer(self.socket, self.handle)
                 self._server.start()
             if self.watch is not None:
-                self._write_pidfile(self.watch)
-                self._folder = Folder(
-                    self.watch,
-                    self._process_drop,
-                    signature_wait=SIGNATURE_WAIT_S if self.require_signature else 0.0,
-                    max_bytes=self.max_bytes,
-                )
-                self._folder.start()
+                self._watch_folder(self.watch)
         except BaseException:
             self.stop()
             raise
@@ -206,6 +194,27 @@ class Agent(AgentCommands):
             self.socket or "-",
         )
         return self
+
+    def _first_start(self) -> bool:
+        """Mark this agent started: ``False`` when it runs already (``start()`` is idempotent)."""
+        if self._started:
+            if self.running:
+                return False
+            msg = "this agent was stopped; start a new one (hotpatch.install(...))"
+            raise RuntimeError(msg)
+        self._started = True
+        return True
+
+    def _watch_folder(self, folder: Path) -> None:
+        """Write the pidfile, then watch ``folder`` for drops."""
+        self._write_pidfile(folder)
+        self._folder = Folder(
+            folder,
+            self._process_drop,
+            signature_wait=SIGNATURE_WAIT_S if self.require_signature else 0.0,
+            max_bytes=self.max_bytes,
+        )
+        self._folder.start()
 
     def stop(self) -> None:
         """Stop watching and serving; the patches applied stay applied. Idempotent.

@@ -115,14 +115,7 @@ class AgentCommands(DropPipeline):
                 report = self.registry.check(patch)
         except Vanished:
             return _bad(f"no such file: {path}")
-        return {
-            "ok": True,
-            "version": report.version,
-            "hot": report.hot,
-            "reasons": list(report.reasons),
-            "targets": list(report.targets),
-            "modes": dict(report.modes),
-        }
+        return {"ok": True, **report.record()}
 
     def _handle_rollback(self, request: dict[str, Any], who: str) -> dict[str, Any]:
         to = request.get("to")

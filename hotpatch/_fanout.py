@@ -53,7 +53,6 @@ from hotpatch._fanout_peers import (
     workers_dir,
 )
 from hotpatch._fanout_worker import accept, catch_up, level_with_texts, undo
-from hotpatch._folder import SIGNATURE_WAIT_S, Folder
 from hotpatch._journal import Journal
 from hotpatch._loader import DEFAULT_MAX_BYTES
 from hotpatch._outcome import Outcome, check_folder, write_result
@@ -120,12 +119,8 @@ class WorkerAgent(Agent):
 
     def start(self) -> WorkerAgent:
         """Register this worker, copy the level of a live one, then own the folder or wait."""
-        if self._started:
-            if self.running:
-                return self
-            msg = "this agent was stopped; start a new one (hotpatch.install(...))"
-            raise RuntimeError(msg)
-        self._started = True
+        if not self._first_start():
+            return self
         assert self.watch is not None
         assert self.socket is not None
         try:
@@ -215,14 +210,7 @@ class WorkerAgent(Agent):
             assert self.registry is not None
             self._journal.take_over(self.registry, who=f"worker:{os.getpid()} (took the folder)")
             self._open_staging()
-            self._write_pidfile(self.watch)
-            self._folder = Folder(
-                self.watch,
-                self._process_drop,
-                signature_wait=SIGNATURE_WAIT_S if self.require_signature else 0.0,
-                max_bytes=self.max_bytes,
-            )
-            self._folder.start()
+            self._watch_folder(self.watch)
         log.info("worker %d now owns the patch folder %s", os.getpid(), self.watch)
 
     def _write_pidfile(self, folder: Path) -> None:

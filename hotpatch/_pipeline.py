@@ -277,18 +277,22 @@ class DropPipeline:
             out.write(data)
         return staged
 
+    def _applied(self) -> list[tuple[str, str | None, tuple[str, ...] | None]]:
+        """Each patch applied: its version, its sha256 and (``None``: unknown) its targets."""
+        assert self.registry is not None
+        return [(p.version, p.sha256, p.targets) for p in self.registry.patches]
+
     def _same_version(self, version: str, outcome: Outcome) -> bool:
         """Is ``version`` applied already? Same content: unchanged; other content: refused."""
-        assert self.registry is not None
         wanted = Version(version)
-        for applied in self.registry.patches:
-            if applied.parsed_version != wanted:
+        for applied, sha, targets in self._applied():
+            if Version(applied) != wanted:
                 continue
-            sha = applied.sha256
             if sha == outcome.sha256:
                 outcome.outcome = "unchanged"
-                outcome.reason = f"patch {applied.version} is already applied with this content"
-                outcome.targets = applied.targets
+                outcome.reason = f"patch {applied} is already applied with this content"
+                if targets is not None:
+                    outcome.targets = targets
                 return True
             msg = (
                 f"patch {version} is already applied with other content (applied sha256 "

@@ -65,6 +65,16 @@ class CheckReport:
     modes: Mapping[str, str]  # target -> "inline", or "forward (why)"
     names: tuple[str, ...]  # globals the patch adds to its target modules
 
+    def record(self) -> dict[str, Any]:
+        """The report as JSON-ready data, ``names`` aside (the control protocol, the channel)."""
+        return {
+            "version": self.version,
+            "hot": self.hot,
+            "reasons": list(self.reasons),
+            "targets": list(self.targets),
+            "modes": dict(self.modes),
+        }
+
 
 @dataclass(frozen=True, slots=True)
 class ApplyResult:

@@ -186,15 +186,7 @@ class PatchLevels:
             log.exception("checking a patch failed unexpectedly")
             error = f"{type(exc).__name__} while loading or checking the patch: {exc}"
             return {"ok": False, "error": error, "error_type": "VerificationFailed"}
-        return {
-            "ok": True,
-            "version": report.version,
-            "hot": report.hot,
-            "reasons": list(report.reasons),
-            "targets": list(report.targets),
-            "modes": dict(report.modes),
-            **self._level_info(),
-        }
+        return {"ok": True, **report.record(), **self._level_info()}
 
 
 class LevelReporter:

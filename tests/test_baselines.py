@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_supervisor import Load, Supervised, request, supervise, wait_for
-from test_supervisor_patches import BASE_OPTIONS, drop, logic_patch, result_of
+from test_supervisor import Supervised, request, supervise, wait_for
+from test_supervisor_patches import BASE_OPTIONS, drop, logic_patch, result_of, under_load, watching
 
 from hotpatch import VerificationFailed
 from hotpatch._signing import generate_keypair, sign_file
@@ -141,11 +141,9 @@ def answer_tag(supervised: Supervised) -> str:
 def test_an_unplanned_baseline_restarts_onto_the_new_code_at_once(
     supervise: Callable[..., Supervised], tmp_path: Path
 ) -> None:
-    folder = tmp_path / "patches"
-    supervised = supervise(options=("--watch", str(folder), *BASE_OPTIONS))
+    folder, supervised = watching(supervise, tmp_path)
     first = supervised.child_pid
-    with Load(supervised.address) as load:
-        wait_for(lambda: load.served_by(first), "a request to the service")
+    with under_load(supervised) as load:
         drop(folder, "fix-1.0.1.py", logic_patch("1.0.1", "hot-on-1.0"))
         assert result_of(folder, "fix-1.0.1.py", supervised)["outcome"] == "applied"
         assert answer_tag(supervised) == "hot-on-1.0"
@@ -204,12 +202,9 @@ def wait_pending(supervised: Supervised) -> dict[str, Any]:
 def test_a_planned_baseline_is_announced_and_restarts_at_its_deadline(
     supervise: Callable[..., Supervised], tmp_path: Path
 ) -> None:
-    folder = tmp_path / "patches"
-    supervised = supervise("--plugin", options=("--watch", str(folder), *BASE_OPTIONS))
-    first = supervised.child_pid
+    folder, supervised = watching(supervise, tmp_path, "--plugin")
     deadline = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=4)
-    with Load(supervised.address) as load:
-        wait_for(lambda: load.served_by(first), "a request to the service")
+    with under_load(supervised) as load:
         drop_bundle(
             folder,
             make_bundle(
@@ -242,8 +237,7 @@ def test_a_planned_baseline_is_announced_and_restarts_at_its_deadline(
 def test_a_planned_baseline_restarts_when_the_service_says_it_is_ready(
     supervise: Callable[..., Supervised], tmp_path: Path
 ) -> None:
-    folder = tmp_path / "patches"
-    supervised = supervise(options=("--watch", str(folder), *BASE_OPTIONS))
+    folder, supervised = watching(supervise, tmp_path)
     far = (datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=7)).isoformat()
     drop_bundle(
         folder, make_bundle(tmp_path, "2.0", "ready", kind="planned-baseline", deadline=far)

@@ -8,18 +8,16 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from drops import wait_for
 
 from hotpatch._control import request
 from hotpatch._fanout import WORKERS_DIR
 from hotpatch._journal import Journal, JournalEntry, JournalState
-
-WAIT_S = 60.0  # a bound so a broken build fails instead of hanging; never a measurement
 
 WORKER = """\
 import os, sys
@@ -59,14 +57,6 @@ def patch_text(version: str, value: int, *, migrate: bool = False) -> str:
             "    module.CACHE = {k: int(v) for k, v in module.CACHE.items()}\n"
         )
     return text
-
-
-def wait_for(predicate: Callable[[], object], what: str) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"gave up waiting for {what}")
-        time.sleep(0.01)
 
 
 class Workers:
@@ -166,6 +156,19 @@ def workers(tmp_path: Path) -> Iterator[Workers]:
     group.stop_all()
 
 
+def hotpatch_cli(*args: str) -> str:
+    """The real ``hotpatch`` command, as an operator would run it; its output."""
+    run = subprocess.run(
+        [sys.executable, "-m", "hotpatch", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    return run.stdout
+
+
 def test_one_drop_reaches_every_worker_and_one_result_lists_them(workers: Workers) -> None:
     pids = [workers.start() for _ in range(3)]
     assert workers.owner() == pids[0]
@@ -244,6 +247,10 @@ def test_status_lists_the_workers_and_rollback_reaches_them_all(workers: Workers
     assert sorted(w["pid"] for w in status["workers"]) == sorted(pids)
     assert [w["owner"] for w in status["workers"]].count(True) == 1
     assert all(w["level"] == ["1.1"] for w in status["workers"])
+    shown = hotpatch_cli("status", "--folder", str(workers.folder))
+    rows = [line.split() for line in shown.splitlines()[shown.splitlines().index("") + 2 :]]
+    assert sorted(int(row[1]) for row in rows) == sorted(pids), shown  # worker pid state ...
+    assert sorted(row[2] for row in rows) == ["owner", "serving", "serving"], shown
 
     answer = request(owner_socket, {"cmd": "rollback"})
     assert answer["ok"], answer
@@ -369,6 +376,7 @@ def test_a_corrupt_journal_is_reported_and_the_workers_serve_the_baseline(
     error = workers.status(workers.owner())["journal_error"]
     assert "is corrupt" in error
     assert "moved aside" in error
+    assert "journal error  journal " in hotpatch_cli("status", "--folder", str(workers.folder))
 
     # A drop would write a new level over the recorded one: refused, saying why.
     workers.drop("fix.py", patch_text("1.1", 1))

@@ -11,13 +11,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
+from drops import wait_for
 
 from hotpatch._control import request
 from hotpatch._fanout import WORKERS_DIR
@@ -26,14 +26,6 @@ SERVERS = Path(__file__).resolve().parents[1] / "demos" / "servers"
 WAIT_S = 90.0  # a bound so a broken build fails instead of hanging; never a measurement
 WORKERS = 3
 MAX_REQUESTS = 3000  # enough for every worker to answer; bounds the loop
-
-
-def wait_for(predicate: Callable[[], object], what: str) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"gave up waiting for {what}")
-        time.sleep(0.02)
 
 
 def free_port() -> int:
@@ -136,8 +128,9 @@ class Server:
         wait_for(
             lambda: self.proc.poll() is None and len(self.workers()) == WORKERS,
             f"{self.name} to start {WORKERS} workers (log: {self.log.name})",
+            WAIT_S,
         )
-        wait_for(self.get, f"{self.name} to answer on port {self.port}")
+        wait_for(self.get, f"{self.name} to answer on port {self.port}", WAIT_S)
         return self.workers()
 
     def drop(self, source: Path) -> None:
@@ -176,7 +169,7 @@ def test_one_drop_patches_every_worker_and_a_replaced_worker_comes_up_patched(
 
     server.drop(SERVERS / "fixes" / "fix_vat.py")
     result_file = server.folder / "applied" / "fix_vat.py.result.json"
-    wait_for(result_file.exists, "the result of fix_vat.py")
+    wait_for(result_file.exists, "the result of fix_vat.py", WAIT_S)
     result = json.loads(result_file.read_text())
     assert result["outcome"] == "applied", result
     assert result["version"] == "1.0.1"
@@ -195,6 +188,7 @@ def test_one_drop_patches_every_worker_and_a_replaced_worker_comes_up_patched(
     wait_for(
         lambda: len(server.workers() - pids) == 1 and len(server.workers()) == WORKERS,
         f"{server.name} to replace worker {victim}",
+        WAIT_S,
     )
     (newcomer,) = server.workers() - pids
     state = request(server.folder / WORKERS_DIR / f"{newcomer}.sock", {"cmd": "worker"})
@@ -212,7 +206,7 @@ def test_the_level_survives_a_restart_of_the_whole_server(tmp_path: Path) -> Non
         before = first.ready()
         first.drop(SERVERS / "fixes" / "fix_vat.py")
         result_file = first.folder / "applied" / "fix_vat.py.result.json"
-        wait_for(result_file.exists, "the result of fix_vat.py")
+        wait_for(result_file.exists, "the result of fix_vat.py", WAIT_S)
         assert json.loads(result_file.read_text())["outcome"] == "applied"
         assert set(first.answers(lambda seen: before <= set(seen)).values()) == {400}
     finally:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
@@ -10,8 +12,8 @@ from typing import Any
 
 import pytest
 from test_baselines import drop_bundle, make_bundle
-from test_supervisor import Load, Supervised, request, supervise, wait_for
-from test_supervisor_patches import BASE_OPTIONS, drop, logic_patch, result_of
+from test_supervisor import Supervised, request, supervise, wait_for
+from test_supervisor_patches import drop, logic_patch, result_of, under_load, watching
 from test_workers import all_serving
 
 pytestmark = pytest.mark.e2e
@@ -22,11 +24,12 @@ HOT = "hot-on-1.0"
 SICK_HOOK = "1 hotpatch_health_check hook(s) answered False"
 
 
-def bundle_with(tmp_path: Path, version: str, logic: str) -> Path:
-    """A baseline bundle whose ``counter_logic`` is ``logic``."""
-    bundle = make_bundle(tmp_path, version, "unused")
+def drop_release(supervised: Supervised, folder: Path, logic: str) -> dict[str, Any]:
+    """Drop baseline 2.0, whose ``counter_logic`` is ``logic``, into ``folder``; its result."""
+    bundle = make_bundle(folder.parent, "2.0", "unused")
     (bundle / "src" / "counter_logic.py").write_text(textwrap.dedent(logic))
-    return bundle
+    drop_bundle(folder, bundle)
+    return result_of(folder, "release-2.0", supervised)
 
 
 SICK_LOGIC = """
@@ -91,15 +94,11 @@ def assert_back_on_the_old_code(supervised: Supervised, folder: Path) -> dict[st
 def test_a_baseline_whose_new_process_fails_its_health_check_is_rolled_back(
     supervise: Callable[..., Supervised], tmp_path: Path
 ) -> None:
-    folder = tmp_path / "patches"
-    options = ("--watch", str(folder), "--health-url", "/get", *BASE_OPTIONS)
-    supervised = supervise("--plugin", options=options)
+    folder, supervised = watching(supervise, tmp_path, "--plugin", options=("--health-url", "/get"))
     first = supervised.child_pid
-    with Load(supervised.address) as load:
-        wait_for(lambda: load.served_by(first), "a request to the service")
+    with under_load(supervised) as load:
         with_hot_patch(supervised, folder)
-        drop_bundle(folder, bundle_with(tmp_path, "2.0", SICK_LOGIC))
-        result = result_of(folder, "release-2.0", supervised)
+        result = drop_release(supervised, folder, SICK_LOGIC)
         assert result["dir"] == "rejected", result
         assert result["outcome"] == "rejected"
         assert "failed its health check" in result["reason"]
@@ -112,6 +111,15 @@ def test_a_baseline_whose_new_process_fails_its_health_check_is_rolled_back(
         assert restart["ok"] is False
         assert restart["health"] == [SICK_HOOK]
         assert restart["rolled_back"] == "baseline 1.0 at level 1.0.1"
+        shown = subprocess.run(
+            [sys.executable, "-m", "hotpatch", "status", "--folder", str(folder)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
+        assert "preserving failed, paused" in shown
+        assert "rolled back to baseline 1.0 at level 1.0.1" in shown
         assert restart["old_pid"] == first
         assert restart["new_pid"] == status["child"]["pid"]
         assert restart["state"] == "complete"
@@ -139,9 +147,7 @@ def test_a_baseline_whose_new_process_fails_its_health_check_is_rolled_back(
 def test_a_patch_applied_through_a_restart_whose_process_is_unhealthy_is_rolled_back(
     supervise: Callable[..., Supervised], tmp_path: Path
 ) -> None:
-    folder = tmp_path / "patches"
-    options = ("--watch", str(folder), "--settle", "0.2", *BASE_OPTIONS)
-    supervised = supervise("--plugin", options=options)
+    folder, supervised = watching(supervise, tmp_path, "--plugin", options=("--settle", "0.2"))
     first = supervised.child_pid
     sick = logic_patch(
         "1.0.2",
@@ -153,8 +159,7 @@ def test_a_patch_applied_through_a_restart_whose_process_is_unhealthy_is_rolled_
             return False
         """,
     )
-    with Load(supervised.address) as load:
-        wait_for(lambda: load.served_by(first), "a request to the service")
+    with under_load(supervised) as load:
         with_hot_patch(supervised, folder)
         drop(folder, "big-1.0.2.py", sick)
         result = result_of(folder, "big-1.0.2.py", supervised)
@@ -185,14 +190,11 @@ def test_a_patch_applied_through_a_restart_whose_process_is_unhealthy_is_rolled_
 def test_a_baseline_whose_new_process_dies_after_the_handover_keeps_the_old_hot_patches(
     supervise: Callable[..., Supervised], tmp_path: Path
 ) -> None:
-    folder = tmp_path / "patches"
-    supervised = supervise(options=("--watch", str(folder), *BASE_OPTIONS))
+    folder, supervised = watching(supervise, tmp_path)
     first = supervised.child_pid
-    with Load(supervised.address) as load:
-        wait_for(lambda: load.served_by(first), "a request to the service")
+    with under_load(supervised) as load:
         with_hot_patch(supervised, folder)
-        drop_bundle(folder, bundle_with(tmp_path, "2.0", DIES_AFTER_HANDOVER))
-        result = result_of(folder, "release-2.0", supervised)
+        result = drop_release(supervised, folder, DIES_AFTER_HANDOVER)
         assert result["dir"] == "rejected", result
         assert "exited with status 9 before it was ready" in result["reason"]
         assert "no longer serves" in result["reason"]
@@ -221,13 +223,11 @@ DIES_WHEN_ASKED = """
 def test_new_code_that_dies_in_its_health_check_is_rolled_back_from_the_last_round(
     supervise: Callable[..., Supervised], tmp_path: Path
 ) -> None:
-    folder = tmp_path / "patches"
-    supervised = supervise("--plugin", options=("--watch", str(folder), *BASE_OPTIONS))
+    folder, supervised = watching(supervise, tmp_path, "--plugin")
     with_hot_patch(supervised, folder)
     for _ in range(5):
         request(supervised.address, "/inc?c=0")
-    drop_bundle(folder, bundle_with(tmp_path, "2.0", DIES_WHEN_ASKED))
-    result = result_of(folder, "release-2.0", supervised)
+    result = drop_release(supervised, folder, DIES_WHEN_ASKED)
     assert result["dir"] == "rejected", result
     assert "no health answer" in result["reason"]
     assert "exited with status 7" in result["reason"]
@@ -260,18 +260,15 @@ COUNTED_LOGIC = """
 def test_a_halted_baseline_rollout_rolls_the_changed_workers_back(
     supervise: Callable[..., Supervised], tmp_path: Path
 ) -> None:
-    folder = tmp_path / "patches"
-    options = ("--workers", "3", "--settle", "0", "--watch", str(folder), *BASE_OPTIONS)
-    supervised = supervise("--plugin", options=options, serving=False)
+    folder, supervised = watching(
+        supervise, tmp_path, "--plugin", options=("--workers", "3", "--settle", "0"), serving=False
+    )
     all_serving(supervised, 3)
     marks = tmp_path / "marks"
-    with Load(supervised.address) as load:
-        wait_for(lambda: len(load.pids) >= 2, "requests served by several workers")
+    with under_load(supervised, workers=True) as load:
         drop(folder, "fix-1.0.1.py", logic_patch("1.0.1", HOT))
         assert result_of(folder, "fix-1.0.1.py", supervised)["outcome"] == "applied"
-        bundle = bundle_with(tmp_path, "2.0", COUNTED_LOGIC.format(marks=str(marks)))
-        drop_bundle(folder, bundle)
-        result = result_of(folder, "release-2.0", supervised)
+        result = drop_release(supervised, folder, COUNTED_LOGIC.format(marks=str(marks)))
     assert load.refused == 0
     assert load.failed == []
     assert result["dir"] == "rejected", result

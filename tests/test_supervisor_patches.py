@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
 import textwrap
 import time
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -128,14 +129,37 @@ def journal_level(path: Path) -> list[str]:
     return [row["version"] for row in json.loads(path.read_text())["level"]]
 
 
+def watching(
+    supervise: Callable[..., Supervised],
+    tmp_path: Path,
+    *service_args: str,
+    options: tuple[str, ...] = (),
+    serving: bool = True,
+) -> tuple[Path, Supervised]:
+    """A supervisor of the counter service watching ``tmp_path/patches``, unsigned allowed."""
+    folder = tmp_path / "patches"
+    options = ("--watch", str(folder), *options, *BASE_OPTIONS)
+    return folder, supervise(*service_args, options=options, serving=serving)
+
+
+@contextlib.contextmanager
+def under_load(supervised: Supervised, *, workers: bool = False) -> Iterator[Load]:
+    """Clients sending requests, once the service (``workers``: two workers) answered one."""
+    first = None if workers else supervised.child_pid
+    with Load(supervised.address) as load:
+        if first is None:
+            wait_for(lambda: len(load.pids) >= 2, "requests served by several workers")
+        else:
+            wait_for(lambda: load.served_by(first), "a request to the service")
+        yield load
+
+
 def test_a_dropped_patch_goes_into_the_serving_process_and_survives_a_restart(
     supervise: Callable[..., Supervised], tmp_path: Path
 ) -> None:
-    folder = tmp_path / "patches"
-    supervised = supervise(options=("--watch", str(folder), *BASE_OPTIONS))
+    folder, supervised = watching(supervise, tmp_path)
     first = supervised.child_pid
-    with Load(supervised.address) as load:
-        wait_for(lambda: load.served_by(first), "a request to the service")
+    with under_load(supervised) as load:
         assert request(supervised.address, "/get")["tag"] == "base"
         drop(folder, "fix-1.0.1.py", logic_patch("1.0.1", "fixed"))
         result = result_of(folder, "fix-1.0.1.py", supervised)
@@ -169,8 +193,7 @@ def test_a_dropped_patch_goes_into_the_serving_process_and_survives_a_restart(
 def test_a_patch_that_fails_verification_never_reaches_the_service(
     supervise: Callable[..., Supervised], tmp_path: Path
 ) -> None:
-    folder = tmp_path / "patches"
-    supervised = supervise(options=("--watch", str(folder), *BASE_OPTIONS))
+    folder, supervised = watching(supervise, tmp_path)
     drop(folder, "bad.py", logic_patch("1.0.1", "x").replace("counter_logic:tag", "nowhere:tag"))
     result = result_of(folder, "bad.py", supervised)
     assert result["dir"] == "rejected"
@@ -198,11 +221,9 @@ def test_signatures_are_required_unless_allowed(tmp_path: Path) -> None:
 def test_a_patch_needing_a_restart_is_applied_by_a_memory_preserving_restart(
     supervise: Callable[..., Supervised], tmp_path: Path
 ) -> None:
-    folder = tmp_path / "patches"
-    supervised = supervise(options=("--watch", str(folder), *BASE_OPTIONS))
+    folder, supervised = watching(supervise, tmp_path)
     first = supervised.child_pid
-    with Load(supervised.address) as load:
-        wait_for(lambda: load.served_by(first), "a request to the service")
+    with under_load(supervised) as load:
         drop(folder, "big-1.0.1.py", logic_patch("1.0.1", "restarted", head=", restart=True"))
         result = result_of(folder, "big-1.0.1.py", supervised)
         assert result["dir"] == "applied", result
@@ -268,8 +289,7 @@ def test_the_new_process_follows_a_rollback_the_old_one_made_while_draining(
 def test_when_the_new_process_cannot_apply_it_the_old_one_keeps_serving(
     supervise: Callable[..., Supervised], tmp_path: Path
 ) -> None:
-    folder = tmp_path / "patches"
-    supervised = supervise(options=("--watch", str(folder), *BASE_OPTIONS))
+    folder, supervised = watching(supervise, tmp_path)
     first = supervised.child_pid
     broken = logic_patch(
         "1.0.1",
@@ -281,8 +301,7 @@ def test_when_the_new_process_cannot_apply_it_the_old_one_keeps_serving(
             raise RuntimeError("the data cannot be upgraded")
         """,
     )
-    with Load(supervised.address) as load:
-        wait_for(lambda: load.served_by(first), "a request to the service")
+    with under_load(supervised) as load:
         drop(folder, "broken-1.0.1.py", broken)
         result = result_of(folder, "broken-1.0.1.py", supervised)
         assert result["dir"] == "rejected", result
@@ -312,8 +331,7 @@ def raising_patch(version: str) -> str:
 def test_a_rollback_by_the_health_gate_in_the_service_reaches_the_supervisor(
     supervise: Callable[..., Supervised], tmp_path: Path
 ) -> None:
-    folder = tmp_path / "patches"
-    supervised = supervise("--health-gate", "3", options=("--watch", str(folder), *BASE_OPTIONS))
+    folder, supervised = watching(supervise, tmp_path, "--health-gate", "3")
     drop(folder, "bad-1.0.1.py", raising_patch("1.0.1"))
     result = result_of(folder, "bad-1.0.1.py", supervised)
     assert result["outcome"] == "applied", result

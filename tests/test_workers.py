@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from test_supervisor import Load, Supervised, request, supervise, wait_for
-from test_supervisor_patches import BASE_OPTIONS, drop, logic_patch, result_of
+from test_supervisor_patches import drop, logic_patch, result_of, under_load, watching
 
 from hotpatch.supervisor._workers import domains
 
@@ -91,10 +91,9 @@ class Watcher:
 
 @pytest.fixture
 def fleet(supervise: Callable[..., Supervised], tmp_path: Path) -> tuple[Supervised, Path]:
-    folder = tmp_path / "patches"
-    options = ("--workers", str(WORKERS), "--settle", "0.2", "--watch", str(folder))
+    options = ("--workers", str(WORKERS), "--settle", "0.2")
     options = (*options, "--health-url", "/get")  # probed from inside each changed worker
-    supervised = supervise("--plugin", options=(*options, *BASE_OPTIONS), serving=False)
+    folder, supervised = watching(supervise, tmp_path, "--plugin", options=options, serving=False)
     all_serving(supervised, WORKERS)
     return supervised, folder
 
@@ -153,8 +152,7 @@ def test_a_bad_patch_halts_in_the_first_domain_and_is_rolled_back(
     fleet: tuple[Supervised, Path],
 ) -> None:
     supervised, folder = fleet
-    with Load(supervised.address, clients=4) as load:
-        wait_for(lambda: len(load.pids) >= 2, "requests served by several workers")
+    with under_load(supervised, workers=True) as load:
         drop(folder, "sick-1.0.1.py", unhealthy_patch("1.0.1"))
         result = result_of(folder, "sick-1.0.1.py", supervised)
     assert result["dir"] == "rejected", result
@@ -204,8 +202,7 @@ def test_sighup_restarts_the_workers_one_domain_at_a_time(
 ) -> None:
     supervised, _ = fleet
     before = [w["pid"] for w in supervised.status()["workers"]]
-    with Load(supervised.address, clients=4) as load:
-        wait_for(lambda: len(load.pids) >= 2, "requests served by several workers")
+    with under_load(supervised, workers=True) as load:
         supervised.process.send_signal(signal.SIGHUP)
         status = supervised.wait(
             lambda s: (
@@ -233,9 +230,13 @@ def test_soak_patches_applied_and_rolled_back_under_load_fail_no_request(
     the long run (CI: 10).
     """
     count = int(os.environ.get("HOTPATCH_SOAK", "10"))
-    folder = tmp_path / "patches"
-    options = ("--workers", "3", "--settle", "0.05", "--watch", str(folder), *BASE_OPTIONS)
-    supervised = supervise("--plugin", options=options, serving=False)
+    folder, supervised = watching(
+        supervise,
+        tmp_path,
+        "--plugin",
+        options=("--workers", "3", "--settle", "0.05"),
+        serving=False,
+    )
     all_serving(supervised, 3)
     good: list[str] = []
     with Load(supervised.address, clients=8) as load:
@@ -264,11 +265,8 @@ def test_soak_patches_applied_and_rolled_back_under_load_fail_no_request(
 def test_a_failing_health_url_halts_the_rollout(
     supervise: Callable[..., Supervised], tmp_path: Path
 ) -> None:
-    folder = tmp_path / "patches"
     options = ("--workers", "2", "--settle", "0", "--health-url", "/missing")
-    supervised = supervise(
-        "--plugin", options=(*options, "--watch", str(folder), *BASE_OPTIONS), serving=False
-    )
+    folder, supervised = watching(supervise, tmp_path, "--plugin", options=options, serving=False)
     all_serving(supervised, 2)
     drop(folder, "fix-1.0.1.py", logic_patch("1.0.1", "fixed"))
     result = result_of(folder, "fix-1.0.1.py", supervised)
@@ -283,12 +281,11 @@ def test_a_failing_health_url_halts_the_rollout(
 def test_a_patch_needing_a_restart_restarts_the_workers_one_domain_at_a_time(
     supervise: Callable[..., Supervised], tmp_path: Path
 ) -> None:
-    folder = tmp_path / "patches"
-    options = ("--workers", "3", "--settle", "0", "--watch", str(folder), *BASE_OPTIONS)
-    supervised = supervise("--plugin", options=options, serving=False)
+    folder, supervised = watching(
+        supervise, tmp_path, "--plugin", options=("--workers", "3", "--settle", "0"), serving=False
+    )
     before = [w["pid"] for w in all_serving(supervised, 3)["workers"]]
-    with Load(supervised.address, clients=4) as load:
-        wait_for(lambda: len(load.pids) >= 2, "requests served by several workers")
+    with under_load(supervised, workers=True) as load:
         drop(folder, "big-1.0.1.py", logic_patch("1.0.1", "restarted", head=", restart=True"))
         result = result_of(folder, "big-1.0.1.py", supervised)
     assert result["outcome"] == "applied", result

@@ -198,20 +198,13 @@ class Jobs:
                 targets=started.get("targets", result["targets"]),
                 level=sup.current.info.get("level", []),
             )
-        elif outcome.health is not None:
-            result.update(
-                outcome="rejected",
-                error_type="VerificationFailed",
-                reason=f"patch {version} was applied through a restart ({why}), and "
-                f"{outcome.error}",
-                health=outcome.health,
-                rolled_back=outcome.rolled_back,
-            )
         else:
-            result.update(
-                outcome="rejected",
-                error_type="RestartRequired",
-                reason=f"patch {version} needs a restart ({why}), and the restart failed: "
+            _refused(
+                result,
+                outcome,
+                unhealthy=f"patch {version} was applied through a restart ({why}), and "
+                f"{outcome.error}",
+                failed=f"patch {version} needs a restart ({why}), and the restart failed: "
                 f"{outcome.error}",
             )
         return result
@@ -346,19 +339,12 @@ class Jobs:
                     reason=f"baseline {version} runs from {release.code_root} "
                     f"({job.due}; paused {pause:.1f} ms)",
                 )
-            elif outcome.health is not None:
-                result.update(
-                    outcome="rejected",
-                    error_type="VerificationFailed",
-                    reason=f"baseline {version}: {outcome.error}",
-                    health=outcome.health,
-                    rolled_back=outcome.rolled_back,
-                )
             else:
-                result.update(
-                    outcome="rejected",
-                    error_type="RestartRequired",
-                    reason=f"baseline {version}: the restart failed: {outcome.error}",
+                _refused(
+                    result,
+                    outcome,
+                    unhealthy=f"baseline {version}: {outcome.error}",
+                    failed=f"baseline {version}: the restart failed: {outcome.error}",
                 )
             self.log.append(
                 {
@@ -374,3 +360,19 @@ class Jobs:
             if not job.done.done():
                 job.done.set_result(result)
             sup.write_status()
+
+
+def _refused(
+    result: dict[str, Any], outcome: RestartOutcome, *, unhealthy: str, failed: str
+) -> None:
+    """Reject the change whose restart went wrong: its new code was unhealthy, or it failed."""
+    if outcome.health is not None:
+        result.update(
+            outcome="rejected",
+            error_type="VerificationFailed",
+            reason=unhealthy,
+            health=outcome.health,
+            rolled_back=outcome.rolled_back,
+        )
+    else:
+        result.update(outcome="rejected", error_type="RestartRequired", reason=failed)

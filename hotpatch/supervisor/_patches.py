@@ -45,6 +45,7 @@ from hotpatch._registry import Registry
 from hotpatch._signing import bundle_digest, verify_signature
 from hotpatch.supervisor._bundle import MAX_BUNDLE_BYTES, read_bundle, unpack_bundle
 from hotpatch.supervisor._child import Child, ChildExited
+from hotpatch.supervisor._handover import memfd
 
 if TYPE_CHECKING:
     from hotpatch.supervisor._supervisor import Supervisor
@@ -107,22 +108,8 @@ class SupervisedPipeline(Agent):
             raise VerificationFailed(msg)
         return list(self.supervisor.service_sys_path or sys.path)
 
-    def _same_version(self, version: str, outcome: Outcome) -> bool:
-        wanted = Version(version)
-        for applied, sha in self.supervisor.applied_patches:
-            if Version(applied) != wanted:
-                continue
-            if sha == outcome.sha256:
-                outcome.outcome = "unchanged"
-                outcome.reason = f"patch {applied} is already applied with this content"
-                return True
-            msg = (
-                f"patch {version} is already applied with other content (applied sha256 "
-                f"{(sha or '?')[:16]}, this file {(outcome.sha256 or '?')[:16]}); publish the "
-                "change under a newer version"
-            )
-            raise VerificationFailed(msg, patch=version)
-        return False
+    def _applied(self) -> list[tuple[str, str | None, tuple[str, ...] | None]]:
+        return [(v, sha, None) for v, sha in self.supervisor.applied_patches]
 
     # -- baseline bundles
 
@@ -390,7 +377,7 @@ class SupervisedPipeline(Agent):
                     raise ChildExited(msg)
                 async with child.lock:
                     request = Child.request_id()
-                    fd = _memfd(data)
+                    fd = memfd(data, "hotpatch-check")
                     try:
                         child.send({"op": "check", "id": request, "path": str(path)}, [fd])
                     finally:
@@ -444,17 +431,6 @@ def _worker(answer: dict[str, Any], *keys: str) -> dict[str, Any]:
         "ok": bool(answer.get("ok")),
         **{k: answer.get(k) for k in keys if k in answer},
     }
-
-
-def _memfd(data: bytes) -> int:
-    """``data`` in an anonymous in-memory file, to pass to the service with the message."""
-    fd = os.memfd_create("hotpatch-check", os.MFD_CLOEXEC)
-    try:
-        os.pwrite(fd, data, 0)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
 
 
 def _bad(message: str) -> dict[str, Any]:

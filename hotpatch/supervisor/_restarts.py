@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from hotpatch.supervisor._bundle import Release
 from hotpatch.supervisor._child import Child
-from hotpatch.supervisor._handover import BringUpFailed
+from hotpatch.supervisor._handover import BringUpFailed, HandedOver
 from hotpatch.supervisor._records import PatchJob, RestartMode, RestartOutcome
 from hotpatch.supervisor._takeover import HEALTH_TIMEOUT, CodePoint, describe_level, health_of
 
@@ -76,18 +76,9 @@ class Restarts:
                 )
                 reason = str(exc)
                 continue
-            sup.current = new
+            outcome = self._now_serving(kind, reason, new, handover)
             self.down_since = None
-            sup.record(
-                RestartOutcome(
-                    kind,
-                    reason,
-                    ok=True,
-                    new_pid=new.pid,
-                    paused_s=handover.paused_s,
-                    state=handover.state,
-                )
-            )
+            sup.record(outcome)
             return
 
     async def restart(
@@ -145,27 +136,16 @@ class Restarts:
                 # replacement from the chain (which holds the final round, if
                 # the old process handed it over).
                 error = f"{exc}; the old process {old.pid} no longer serves, starting another"
-                if old.alive:
-                    self.handover.retire_later(old)
-                sup.current = None
-                self.down_since = exc.stopped_at
-                self.down_reason = f"restart failed after the hand-over: {exc}"
+                self._nobody_serves(
+                    old, exc.stopped_at, f"restart failed after the hand-over: {exc}"
+                )
             else:
                 error = f"{exc}; the old process {old.pid} keeps serving"
             return RestartOutcome(
                 "preserving", reason, ok=False, error=error, old_pid=old.pid, new_pid=exc.new_pid
             )
-        sup.current = new
+        outcome = self._now_serving("preserving", reason, new, handover, old_pid=old.pid)
         self.handover.retire_later(old)
-        outcome = RestartOutcome(
-            "preserving",
-            reason,
-            ok=True,
-            old_pid=old.pid,
-            new_pid=new.pid,
-            paused_s=handover.paused_s,
-            state=handover.state,
-        )
         if before is None or not self.config.check_takeover:
             return outcome
         return await self._check_takeover(new, outcome, before)
@@ -220,26 +200,47 @@ class Restarts:
             stopped_at = exc.stopped_at
             if bad.alive and not exc.old_drained:
                 stopped_at, _ = await self.handover.drain(bad)
-            if bad.alive:
-                self.handover.retire_later(bad)
-            sup.current = None
-            self.down_since = stopped_at
-            self.down_reason = f"rollback failed: {exc}"
+            self._nobody_serves(bad, stopped_at, f"rollback failed: {exc}")
             error = f"{exc}; starting the previous code again from the last state round"
             return RestartOutcome(
                 "rollback", reason, ok=False, error=error, old_pid=bad.pid, new_pid=exc.new_pid
             )
-        sup.current = new
+        rolled_back = describe_level(new.info)
+        outcome = self._now_serving(
+            "rollback", reason, new, handover, old_pid=bad.pid, rolled_back=rolled_back
+        )
         self.handover.retire_later(bad)
+        return outcome
+
+    def _nobody_serves(self, old: Child, since: float | None, why: str) -> None:
+        """``old`` no longer serves (it retires if it still runs) and no process replaced it."""
+        if old.alive:
+            self.handover.retire_later(old)
+        self.supervisor.current = None
+        self.down_since = since
+        self.down_reason = why
+
+    def _now_serving(
+        self,
+        kind: str,
+        reason: str,
+        new: Child,
+        handover: HandedOver,
+        *,
+        old_pid: int | None = None,
+        rolled_back: str | None = None,
+    ) -> RestartOutcome:
+        """``new`` serves now: the outcome of a start or restart that went well."""
+        self.supervisor.current = new
         return RestartOutcome(
-            "rollback",
+            kind,
             reason,
             ok=True,
-            old_pid=bad.pid,
+            old_pid=old_pid,
             new_pid=new.pid,
             paused_s=handover.paused_s,
             state=handover.state,
-            rolled_back=describe_level(new.info),
+            rolled_back=rolled_back,
         )
 
     async def revert(
@@ -276,13 +277,4 @@ class Restarts:
             return RestartOutcome(
                 "plain", reason, ok=False, error=str(exc), old_pid=old.pid, new_pid=exc.new_pid
             )
-        sup.current = new
-        return RestartOutcome(
-            "plain",
-            reason,
-            ok=True,
-            old_pid=old.pid,
-            new_pid=new.pid,
-            paused_s=handover.paused_s,
-            state=handover.state,
-        )
+        return self._now_serving("plain", reason, new, handover, old_pid=old.pid)
