@@ -103,6 +103,23 @@ def test_the_supervisor_serves_a_private_control_socket_named_in_its_folder(
     assert "no control socket" in gone.stderr
 
 
+def test_the_control_socket_can_live_elsewhere(
+    supervise: Callable[..., Supervised], tmp_path: Path
+) -> None:
+    folder, sock = tmp_path / "patches", tmp_path / "run" / "hotpatch.sock"
+    sock.parent.mkdir(mode=0o700)
+    options = ("--watch", str(folder), "--control-socket", str(sock), *BASE_OPTIONS)
+    supervised = supervise(options=options)
+    assert json.loads((folder / ".hotpatch.json").read_text())["socket"] == str(sock)
+    assert stat.S_IMODE(sock.lstat().st_mode) == 0o600
+    assert not (folder / ".hotpatch.sock").exists()
+    for where in (("--folder", str(folder)), ("--socket", str(sock))):
+        status = as_json("status", *where)
+        assert status["child"]["pid"] == supervised.child_pid, status
+    supervised.stop()
+    assert not sock.exists()
+
+
 def test_apply_verify_history_and_rollback_through_the_supervisor(
     single: tuple[Supervised, Path], tmp_path: Path
 ) -> None:

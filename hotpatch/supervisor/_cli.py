@@ -211,6 +211,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="daily maintenance window (UTC) in which a planned baseline restarts",
     )
     patches.add_argument(
+        "--control-socket",
+        type=Path,
+        metavar="PATH",
+        help="the control socket `hotpatch apply|rollback|history|verify|status` talk to "
+        "(default DIR/.hotpatch.sock; either way named in DIR/.hotpatch.json)",
+    )
+    patches.add_argument(
         "--verify-timeout",
         type=float,
         default=10.0,
@@ -260,6 +267,7 @@ def _config(args: argparse.Namespace, command: list[str]) -> SupervisorConfig:
         verify_timeout=args.verify_timeout,
         releases=args.releases.absolute() if args.releases else None,
         window=args.window,
+        control_socket=args.control_socket.absolute() if args.control_socket else None,
         binds=tuple(args.bind),
         state_limit=args.state_mb * 2**20,
         drain_timeout=args.drain_timeout,

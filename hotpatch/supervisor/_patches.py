@@ -76,7 +76,8 @@ class SupervisedPipeline(Agent):
             journal=None,
             require_signature=config.require_signature,
             trusted_keys=config.trusted_keys,
-            control_socket=True,  # DIR/.hotpatch.sock, named in DIR/.hotpatch.json
+            # --control-socket, or DIR/.hotpatch.sock; named in DIR/.hotpatch.json either way
+            control_socket=config.control_socket or True,
             verify_timeout=config.verify_timeout,
             entry_points=False,
         )

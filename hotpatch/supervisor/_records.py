@@ -52,6 +52,7 @@ class SupervisorConfig:
     patch_timeout: float = 120.0  # for a serving process to take a patch
     releases: Path | None = None  # where baseline bundles are unpacked
     window: tuple[datetime.time, datetime.time] | None = None  # maintenance window, UTC
+    control_socket: Path | None = None  # the folder's control socket (None: DIR/.hotpatch.sock)
     # After a restart that changes the code: serve ``settle`` seconds, then the new
     # process's health (hooks, and GET ``health_url``); unhealthy -> back to the old code.
     health_url: str | None = None
