@@ -8,14 +8,17 @@ patch, and whatever was stacked on it since, is rolled back (``who`` is
 ``health-gate``), a warning is logged, and ``hotpatch_rejected`` is fired with
 source ``health-gate``. At the end of the window the patch is confirmed.
 
-Counting costs only during probation. On Python 3.12+ it uses
+Counting costs only during probation. On Python 3.13+ it uses
 ``sys.monitoring``: a local ``PY_START`` event on exactly the code objects the
 patch installed, and the global ``PY_UNWIND`` event while some patch is on
 probation (filtered by code object); every event is turned off and the tool
-id freed when the last probation ends. On 3.11 (or when no tool id is free),
-the registry's ``wrap()`` routes the functions through a counting trampoline,
-and ``unwrap()`` puts the patch's own code back. Either way, after the window
-the functions run exactly as they would without the gate.
+id freed when the last probation ends. On 3.11 and 3.12 (or when no tool id
+is free), the registry's ``wrap()`` routes the functions through a counting
+trampoline, and ``unwrap()`` puts the patch's own code back. (On 3.12, giving a
+code object local events strips its superinstructions -- ``LOAD_FAST__LOAD_FAST``
+and the like, which only code creation makes -- for good: the patch's code
+would stay about 5-10% slower after probation. 3.13 compiles them in.) Either
+way, after the window the functions run exactly as they would without the gate.
 
 An error is an ``Exception`` leaving the function (a generator's or
 coroutine's too, when it is resumed); ``GeneratorExit``, cancellation and
@@ -98,10 +101,11 @@ class _Counts:
             self._wake.set()
 
 
-# -- Python 3.12+: sys.monitoring ---------------------------------------------------------
+# -- Python 3.13+: sys.monitoring ---------------------------------------------------------
 
-# None before 3.12. Typed Any: mypy checks this module as 3.11 code.
-_MON: Any = getattr(sys, "monitoring", None)
+# None before 3.13 (see the module's docstring for 3.12). Typed Any: mypy checks this
+# module as 3.11 code.
+_MON: Any = getattr(sys, "monitoring", None) if sys.version_info >= (3, 13) else None
 # 3 and 4 are the ids sys.monitoring leaves to other tools (0-2 and 5 are reserved
 # for debuggers, coverage, profilers and optimizers).
 _TOOL_IDS = (3, 4)
@@ -204,7 +208,7 @@ class _Monitor:
 _MONITOR = _Monitor()
 
 
-# -- Python 3.11, or no free tool id: a counting wrapper through Registry.wrap ------------
+# -- Python 3.11-3.12, or no free tool id: a counting wrapper through Registry.wrap -------
 
 
 def _counting(impl: types.FunctionType, counts: _Counts) -> Callable[..., Any]:

@@ -127,6 +127,42 @@ def test_apply_latency(tmp_path: Path) -> None:
     assert stdout.count("goal: ") == 3
 
 
+def test_health_gate(tmp_path: Path) -> None:
+    stdout, data = run("health_gate", tmp_path)
+    check_environment(data, "health_gate")
+    # The mechanism the gate counts through on this Python, named in the table.
+    mechanism = "wrapper" if sys.version_info < (3, 13) else "sys.monitoring"
+    assert data["mechanism"] == {"after": mechanism, "probation": mechanism}
+    assert f"counting through {mechanism}" in stdout
+    cases = data["cases"]
+    assert list(cases) == ["trivial f(x)", "work (8-step loop)", "raises 1 call in 8"]
+    for name, case in cases.items():
+        assert case["modes"] == {"plain": "inline", "probation": "inline", "after": "inline"}
+        assert list(case["during"]) == ["plain", "probation", "after"], name
+        assert list(case["quiet"]) == ["plain", "after"], name
+        for phase in ("during", "quiet"):
+            assert case[phase]["plain"]["ratio"] == 1.0, (name, phase)
+            for form, figures in case[phase].items():
+                assert figures["ns"] > 0, (name, phase, form)
+                assert figures["ratio"] > 0, (name, phase, form)
+        rows = [line for line in stdout.splitlines() if line.startswith(name)]
+        assert len(rows) == 1, name
+        ratios = [cell for cell in rows[0][len(name) :].split() if cell.endswith("x")]
+        assert len(ratios) == 3, rows[0]
+    # The probation counted the calls made during it, and the raising case's errors.
+    counted = data["probation_counted"]
+    assert counted["calls"] > counted["errors"] > 0
+    assert data["loop_ns"]["during"] > 0
+    assert data["loop_ns"]["quiet"] > 0
+    goal = data["goal"]
+    assert goal["ratio"] == max(c["quiet"]["after"]["ratio"] for c in cases.values())
+    assert isinstance(goal["met"], bool)
+    header = next(line for line in stdout.splitlines() if line.startswith("case"))
+    assert header.split()[:4] == ["case", "(a)plain", "(b)probation", "(b)/(a)"]
+    assert "goal: after probation / plain" in stdout
+    assert f"results written to {tmp_path / 'results'}" in stdout
+
+
 @pytest.mark.slow  # eight real supervisors, restarted 2-3 times each: about 35 s
 def test_restart_pause_with_every_kind_and_its_plot(tmp_path: Path) -> None:
     stdout, data = run("restart_pause", tmp_path, timeout=600)
@@ -151,7 +187,7 @@ def test_restart_pause_with_every_kind_and_its_plot(tmp_path: Path) -> None:
         assert "plot skipped: matplotlib is not installed" in stdout
 
 
-@pytest.mark.parametrize("name", ["call_overhead", "apply_latency"])
+@pytest.mark.parametrize("name", ["call_overhead", "apply_latency", "health_gate"])
 def test_help_names_the_options(name: str) -> None:
     proc = subprocess.run(
         [sys.executable, str(BENCHMARKS / f"{name}.py"), "--help"],

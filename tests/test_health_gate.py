@@ -90,7 +90,7 @@ def label(x):
     return f"item #{x}"
 """
 
-MECHANISMS = ["wrapper", *(["sys.monitoring"] if sys.version_info >= (3, 12) else [])]
+MECHANISMS = ["wrapper", *(["sys.monitoring"] if sys.version_info >= (3, 13) else [])]
 
 
 # -- fixtures and helpers -------------------------------------------------------------
@@ -117,10 +117,10 @@ def make_patch(write_patch: Callable[..., Path], mod: types.ModuleType) -> Calla
 
 @pytest.fixture(params=MECHANISMS)
 def mechanism(request: pytest.FixtureRequest) -> Iterator[str]:
-    """How the gate counts. On 3.12+ "wrapper" is what it falls back to when every
+    """How the gate counts. On 3.13+ "wrapper" is what it falls back to when every
     sys.monitoring tool id it may use is taken, so the test takes them (for real)."""
     taken: list[int] = []
-    if request.param == "wrapper" and sys.version_info >= (3, 12):
+    if request.param == "wrapper" and sys.version_info >= (3, 13):
         for tool in health_gate._TOOL_IDS:
             if sys.monitoring.get_tool(tool) is None:
                 sys.monitoring.use_tool_id(tool, "test: taken")
@@ -541,6 +541,29 @@ def test_after_the_window_errors_are_not_counted(gated, make_patch, mod):
     assert g.registry.level == ("1.1",)
     assert mod.price.__code__ is installed[mod.price]
     counting_is_off(g, tool, installed.values())
+
+
+def warmed_instructions(function: Callable[[int], object]) -> list[str]:
+    """``function``'s instructions as the interpreter runs them after 200 calls."""
+    for x in range(200):
+        function(x)
+    return [i.opname for i in dis.get_instructions(function.__code__, adaptive=True)]
+
+
+def test_after_probation_the_code_runs_as_if_never_watched(gated, make_patch, mod):
+    # On 3.12, a code object ever given a local sys.monitoring event loses its
+    # superinstructions for good (LOAD_FAST__LOAD_FAST of `x + x` here): the gate must
+    # leave the patch's code as a never-watched copy of it runs, specialised the same way.
+    g = gated(window_s=0.3)
+    installed = g.apply(make_patch("1.1", GOOD_PRICE))
+    assert [mod.price(x) for x in range(4)] == [0, 2, 4, 6]
+    assert g.gate.wait(5)  # confirmed
+    assert g.gate.status() == {}
+    code = mod.price.__code__
+    assert code is installed[mod.price]
+    fresh = types.FunctionType(code.replace(), mod.price.__globals__)
+    assert fresh.__code__ is not code
+    assert warmed_instructions(mod.price) == warmed_instructions(fresh)
 
 
 def test_close_ends_every_probation(gated, make_patch, mod):
