@@ -65,6 +65,14 @@ def print_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[obje
         print(line(row))
 
 
+def print_goal(goal: dict[str, Any], prefix: str = "\n") -> None:
+    """``goal: WHAT <= LIMITx: RATIOx, met`` (or MISSED) from a results' ``goal``."""
+    print(
+        f"{prefix}goal: {goal['what']} <= {goal['limit']:.2f}x: {goal['ratio']:.3f}x, "
+        f"{'met' if goal['met'] else 'MISSED'}"
+    )
+
+
 def _numeric(value: object) -> bool:
     return isinstance(value, int | float) or (isinstance(value, str) and value[:1].isdigit())
 

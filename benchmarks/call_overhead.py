@@ -64,7 +64,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from _common import median, parse_args, print_table, write_json
+from _common import median, parse_args, print_goal, print_table, write_json
 
 NAME = "call_overhead"
 MODULE = "bench_call_target"
@@ -259,11 +259,7 @@ def report(results: dict[str, Any]) -> None:
         ["case", "form", "patched", "unpatched twin", "ratio"],
         rows,
     )
-    goal = results["goal"]
-    print(
-        f"\ngoal: {goal['what']} <= {goal['limit']:.2f}x: {goal['ratio']:.3f}x, "
-        f"{'met' if goal['met'] else 'MISSED'}"
-    )
+    print_goal(results["goal"])
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -45,7 +45,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from _common import median, parse_args, print_table, write_json
+from _common import median, parse_args, print_goal, print_table, write_json
 
 NAME = "health_gate"
 MODULE = "bench_health_gate_target"
@@ -305,11 +305,7 @@ def report(results: dict[str, Any]) -> None:
         f"\nduring: a patch on probation in the process ({counted['calls']:,} calls and "
         f"{counted['errors']:,} errors counted); quiet: none on probation"
     )
-    goal = results["goal"]
-    print(
-        f"goal: {goal['what']} <= {goal['limit']:.2f}x: {goal['ratio']:.3f}x, "
-        f"{'met' if goal['met'] else 'MISSED'}"
-    )
+    print_goal(results["goal"], prefix="")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
@@ -13,6 +11,7 @@ from typing import Any
 import pytest
 from test_baselines import drop_bundle, make_bundle
 from test_supervisor import Supervised, request, supervise, wait_for
+from test_supervisor_cli import hotpatch
 from test_supervisor_patches import drop, logic_patch, result_of, under_load, watching
 from test_workers import all_serving
 
@@ -111,13 +110,7 @@ def test_a_baseline_whose_new_process_fails_its_health_check_is_rolled_back(
         assert restart["ok"] is False
         assert restart["health"] == [SICK_HOOK]
         assert restart["rolled_back"] == "baseline 1.0 at level 1.0.1"
-        shown = subprocess.run(
-            [sys.executable, "-m", "hotpatch", "status", "--folder", str(folder)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-        ).stdout
+        shown = hotpatch("status", "--folder", str(folder)).stdout
         assert "preserving failed, paused" in shown
         assert "rolled back to baseline 1.0 at level 1.0.1" in shown
         assert restart["old_pid"] == first

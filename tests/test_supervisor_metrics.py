@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from test_metrics import Scrape
 from test_supervisor import REPO, SERVICE, WAIT, Supervised, supervise
+from test_supervisor_cli import hotpatch
 from test_supervisor_patches import BASE_OPTIONS, drop, logic_patch, result_of
 from test_workers import all_serving, unhealthy_patch
 
@@ -120,13 +121,7 @@ def test_two_workers_levels_applies_rejections_rollbacks_and_restart_pauses(
     assert url.endswith("/metrics")
     assert not url.endswith(":0/metrics")
     assert f"serving metrics on {url}" in supervised.log()
-    shown = subprocess.run(
-        [sys.executable, "-m", "hotpatch", "status", "--folder", str(folder)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    ).stdout
+    shown = hotpatch("status", "--folder", str(folder)).stdout
     assert re.search(rf"^metrics +{re.escape(url)}$", shown, re.MULTILINE), shown
 
     scrape = scrape_until(supervised, lambda s: len(workers(s)) == 2, "both workers")
