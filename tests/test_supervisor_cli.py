@@ -278,10 +278,15 @@ def assert_watch_follows_a_rollout(folder: Path) -> None:
         stderr=subprocess.PIPE,
         text=True,
     )
-    assert watching.stderr is not None
-    assert "watching" in watching.stderr.readline()  # it listens before the drop
-    drop(folder, "fix-1.0.3.py", logic_patch("1.0.3", "fixed-again"))
-    watched, _ = watching.communicate(timeout=60)
+    try:
+        assert watching.stderr is not None
+        assert "watching" in watching.stderr.readline()  # it listens before the drop
+        drop(folder, "fix-1.0.3.py", logic_patch("1.0.3", "fixed-again"))
+        watched, _ = watching.communicate(timeout=COMMAND_TIMEOUT)
+    finally:  # a failed wait leaves no process behind
+        if watching.poll() is None:
+            watching.kill()
+            watching.communicate()
     assert watching.returncode == 0
     steps = [line.split("  ", 1)[1] for line in watched.splitlines() if "  rollout " in line]
     assert steps[0] == "rollout patch fix-1.0.3.py: batch 1/3: workers [0]", watched
