@@ -5,12 +5,15 @@ from __future__ import annotations
 import contextlib
 import datetime
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
 
 __all__ = ["read_status", "utc_now", "write_status"]
+
+log = logging.getLogger("hotpatch.supervisor")
 
 
 def utc_now() -> str:
@@ -24,17 +27,25 @@ def write_status(path: Path, status: dict[str, Any]) -> None:
 
     No fsync: the status describes a running process and is rewritten on
     every change; after a machine crash there is nothing left to describe.
+    Best effort: a file that cannot be written is logged, never raised into
+    the supervisor (the next change writes it again).
     """
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        log.warning("cannot write the status file %s: %s", path, exc)
+        return
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as out:
             json.dump(status, out, indent=2, sort_keys=True)
             out.write("\n")
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        raise
+        if not isinstance(exc, OSError):
+            raise
+        log.warning("cannot write the status file %s: %s", path, exc)
 
 
 def read_status(path: Path) -> dict[str, Any] | None:

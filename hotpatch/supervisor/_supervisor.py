@@ -188,10 +188,7 @@ class Supervisor:
         if self.on_status is not None:
             self.on_status()
         if self.config.status_file is not None:
-            try:
-                write_status(self.config.status_file, self.status())
-            except OSError as exc:
-                log.warning("cannot write the status file %s: %s", self.config.status_file, exc)
+            write_status(self.config.status_file, self.status())
 
     # -- running
 

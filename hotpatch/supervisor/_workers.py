@@ -195,10 +195,7 @@ class Fleet:
 
     def write_status(self) -> None:
         if self.config.status_file is not None and self.members:
-            try:
-                write_status(self.config.status_file, self.status())
-            except OSError as exc:
-                log.warning("cannot write the status file %s: %s", self.config.status_file, exc)
+            write_status(self.config.status_file, self.status())
 
     # -- running
 
