@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 T0 = time.perf_counter()  # the demo's start
 WALL0 = time.time()  # the same instant, on the wall clock
@@ -144,3 +144,63 @@ def stop_process(process: subprocess.Popen[str], relay: threading.Thread) -> int
         code = process.wait()
     relay.join(TIMEOUT_S)
     return code
+
+
+class Timed(Protocol):
+    """An answer the load recorded: when its request started and ended (demo time)."""
+
+    @property
+    def started(self) -> float: ...
+
+    @property
+    def ended(self) -> float: ...
+
+
+A = TypeVar("A", bound=Timed)
+
+
+class Load(Generic[A]):
+    """Client threads sending requests continuously, a new connection each, every answer
+    (or failure) recorded in ``answers``; a demo says what one request is (``_one``)."""
+
+    gap_s = 0.002  # each thread's pause between requests: steady, not flat out
+
+    def __init__(self, port: int, threads: int) -> None:
+        self.port = port
+        self.answers: list[A] = []  # list.append is atomic: no lock needed
+        self._stop = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._run, args=(i,), name=f"load-{i}", daemon=True)
+            for i in range(threads)
+        ]
+
+    def start(self) -> None:
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(TIMEOUT_S)
+
+    def _run(self, turn: int) -> None:
+        while not self._stop.is_set():
+            self.answers.append(self._one(turn))  # never raises: failures are answers too
+            turn += 1
+            time.sleep(self.gap_s)  # the machine is shared
+
+    def _one(self, turn: int) -> A:
+        """Send this thread's ``turn``-th request; its answer, or the failure, recorded."""
+        raise NotImplementedError
+
+    def between(self, start: float, end: float = float("inf")) -> list[A]:
+        """Answers to requests started after ``start`` and ended before ``end``."""
+        return [a for a in list(self.answers) if a.started >= start and a.ended <= end]
+
+    def wait_for(self, count: int, after: float) -> list[A]:
+        """Wait until ``count`` requests started after ``after`` have been answered."""
+        answers: list[A] = wait_until(
+            lambda: len(a := self.between(after)) >= count and a,
+            f"{count} answers from the load",
+        )
+        return answers

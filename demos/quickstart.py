@@ -38,6 +38,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import _narrate as narrate
 from _narrate import (
     TIMEOUT_S,
     DemoFailed,
@@ -51,7 +52,6 @@ from _narrate import (
     show_timings,
     stop_process,
     wait_outcome,
-    wait_until,
     wrap,
 )
 
@@ -130,36 +130,16 @@ class Answer:
     error: str | None = None
 
 
-class Load:
+class Load(narrate.Load[Answer]):
     """Threads sending ``GET /price`` continuously, one new connection per request."""
 
-    def __init__(self, port: int, threads: int = LOAD_THREADS) -> None:
-        self.port = port
-        self.answers: list[Answer] = []  # list.append is atomic: no lock needed
-        self._stop = threading.Event()
-        self._threads = [
-            threading.Thread(target=self._run, name=f"load-{i}", daemon=True)
-            for i in range(threads)
-        ]
-
-    def start(self) -> None:
-        for thread in self._threads:
-            thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(TIMEOUT_S)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            started = now()
-            try:
-                price, error = self._ask(), None
-            except Exception as exc:  # any failure is counted, none stops the load
-                price, error = None, f"{type(exc).__name__}: {exc}"
-            self.answers.append(Answer(started, now(), price, error))
-            time.sleep(0.002)  # steady, not flat out: the machine is shared
+    def _one(self, turn: int) -> Answer:
+        started = now()
+        try:
+            price, error = self._ask(), None
+        except Exception as exc:  # any failure is counted, none stops the load
+            price, error = None, f"{type(exc).__name__}: {exc}"
+        return Answer(started, now(), price, error)
 
     def _ask(self) -> str:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
@@ -174,17 +154,6 @@ class Load:
         price = json.loads(body)["price"]
         assert isinstance(price, str)
         return price
-
-    def started_after(self, t: float) -> list[Answer]:
-        return [a for a in list(self.answers) if a.started > t]
-
-    def wait_for(self, count: int, after: float) -> list[Answer]:
-        """Wait until ``count`` requests started after ``after`` have been answered."""
-        answers: list[Answer] = wait_until(
-            lambda: len(a := self.started_after(after)) >= count and a,
-            f"{count} answers from the load",
-        )
-        return answers
 
     @property
     def failed(self) -> list[Answer]:
@@ -216,7 +185,7 @@ def run(folder: Path, journal: Path) -> None:
     load: Load | None = None
     try:
         port = service.wait_listening()
-        load = Load(port)
+        load = Load(port, LOAD_THREADS)
         load.start()
         say(f"load: {LOAD_THREADS} threads sending GET http://127.0.0.1:{port}{QUERY}")
         before = load.wait_for(40, after=0.0)

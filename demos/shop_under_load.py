@@ -59,6 +59,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import _narrate as narrate
 from _narrate import (
     TIMEOUT_S,
     WALL0,
@@ -238,72 +239,36 @@ class Answer:
         return self.ended - self.started
 
 
-class Load:
+class Load(narrate.Load[Answer]):
     """Threads sending the request mix continuously, one new connection per request."""
 
-    def __init__(self, port: int, threads: int = LOAD_THREADS) -> None:
-        self.port = port
-        self.answers: list[Answer] = []  # list.append is atomic: no lock needed
-        self._stop = threading.Event()
-        self._threads = [
-            threading.Thread(target=self._run, args=(i,), name=f"load-{i}", daemon=True)
-            for i in range(threads)
-        ]
+    gap_s = REQUEST_GAP_S  # the machine is shared: leave the supervisor CPU
 
-    def start(self) -> None:
-        for thread in self._threads:
-            thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(TIMEOUT_S)
-
-    def _run(self, index: int) -> None:
-        turn = index
-        while not self._stop.is_set():
-            request = REQUESTS[turn % len(REQUESTS)]
-            turn += 1
-            started = now()
-            try:
-                body = ask(self.port, request)
-            except ConnectionRefusedError as exc:
-                self.answers.append(Answer(request, started, now(), error=str(exc), refused=True))
-            except Exception as exc:  # any failure is counted, none stops the load
-                error = f"{type(exc).__name__}: {exc}"
-                self.answers.append(Answer(request, started, now(), error=error))
-            else:
-                self.answers.append(
-                    Answer(
-                        request,
-                        started,
-                        now(),
-                        total=body.get("total"),
-                        loyalty=body.get("loyalty"),
-                        code=body.get("code"),
-                        pid=body.get("pid"),
-                        order=body.get("order"),
-                    )
-                )
-            time.sleep(REQUEST_GAP_S)  # the machine is shared: leave the supervisor CPU
-
-    def between(self, start: float, end: float = float("inf")) -> list[Answer]:
-        """Answers to requests started after ``start`` and ended before ``end``."""
-        return [a for a in list(self.answers) if a.started >= start and a.ended <= end]
+    def _one(self, turn: int) -> Answer:
+        request = REQUESTS[turn % len(REQUESTS)]
+        started = now()
+        try:
+            body = ask(self.port, request)
+        except ConnectionRefusedError as exc:
+            return Answer(request, started, now(), error=str(exc), refused=True)
+        except Exception as exc:  # any failure is counted, none stops the load
+            return Answer(request, started, now(), error=f"{type(exc).__name__}: {exc}")
+        return Answer(
+            request,
+            started,
+            now(),
+            total=body.get("total"),
+            loyalty=body.get("loyalty"),
+            code=body.get("code"),
+            pid=body.get("pid"),
+            order=body.get("order"),
+        )
 
     def steady(self, seconds: float = STEADY_S) -> list[Answer]:
         """Let the load run for ``seconds``; the answers to requests started meanwhile."""
         start = now()
         time.sleep(seconds)
         return self.between(start, now())
-
-    def wait_for(self, count: int, after: float) -> list[Answer]:
-        """Wait until ``count`` requests started after ``after`` have been answered."""
-        answers: list[Answer] = wait_until(
-            lambda: len(a := self.between(after)) >= count and a,
-            f"{count} answers from the load",
-        )
-        return answers
 
     @property
     def failed(self) -> list[Answer]:
@@ -432,7 +397,7 @@ def run(work: Path, folder: Path, story: Story) -> Load:
     try:
         port = supervised.port()
         story.mark("serving")
-        load = Load(port)
+        load = Load(port, LOAD_THREADS)
         load.start()
         say(
             f"load: {LOAD_THREADS} threads, a new connection per request, to "
