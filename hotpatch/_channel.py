@@ -21,6 +21,7 @@ __all__ = [
     "ServiceError",
     "format_address",
     "open_listener",
+    "open_listeners",
     "parse_address",
     "parse_bind",
     "read_memfd",
@@ -94,6 +95,24 @@ def open_listener(host: str, port: int, *, backlog: int = DEFAULT_BACKLOG) -> so
         sock.close()
         raise
     return sock
+
+
+def open_listeners(
+    binds: Iterable[tuple[str, tuple[str, int]]], into: dict[str, socket.socket]
+) -> None:
+    """Open every bind not yet in ``into`` and add it there (``hotpatch run --bind``).
+
+    A failure raises ``OSError`` naming the bind; the sockets already in
+    ``into`` are the caller's to close.
+    """
+    for name, (host, port) in binds:
+        if name in into:
+            continue
+        try:
+            into[name] = open_listener(host, port)
+        except OSError as exc:
+            msg = f"cannot listen on {name}={format_address((host, port))}: {exc.strerror or exc}"
+            raise OSError(exc.errno, msg) from exc
 
 
 # -- control messages -----------------------------------------------------------------

@@ -22,7 +22,8 @@ from collections.abc import Callable, Coroutine
 from dataclasses import asdict
 from typing import Any
 
-from hotpatch._service import format_address, open_listener
+from hotpatch._channel import open_listeners
+from hotpatch._service import format_address
 from hotpatch.supervisor._bundle import Release
 from hotpatch.supervisor._child import Child, ChildExited, describe_exit
 from hotpatch.supervisor._handover import Handover
@@ -105,17 +106,11 @@ class Supervisor:
 
     def open_sockets(self) -> None:
         """Bind every ``--bind`` now, so an address in use is reported before anything starts."""
-        for name, (host, port) in self.config.binds:
-            if name in self.listeners:
-                continue
-            try:
-                self.listeners[name] = open_listener(host, port)
-            except OSError as exc:
-                self.close_sockets()
-                msg = (
-                    f"cannot listen on {name}={format_address((host, port))}: {exc.strerror or exc}"
-                )
-                raise OSError(exc.errno, msg) from exc
+        try:
+            open_listeners(self.config.binds, self.listeners)  # a fleet's shared ones are in
+        except OSError:
+            self.close_sockets()
+            raise
 
     def close_sockets(self) -> None:
         if not self.shared_sockets:  # shared ones are the fleet's to close

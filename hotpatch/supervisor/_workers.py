@@ -28,7 +28,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from hotpatch._service import format_address, open_listener
+from hotpatch._channel import open_listeners
+from hotpatch._service import format_address
 from hotpatch.supervisor._bundle import Release
 from hotpatch.supervisor._child import ChildExited
 from hotpatch.supervisor._status import utc_now, write_status
@@ -123,15 +124,11 @@ class Fleet:
     # -- sockets, status
 
     def open_sockets(self) -> None:
-        for name, (host, port) in self.config.binds:
-            try:
-                self.listeners[name] = open_listener(host, port)
-            except OSError as exc:
-                self.close_sockets()
-                msg = (
-                    f"cannot listen on {name}={format_address((host, port))}: {exc.strerror or exc}"
-                )
-                raise OSError(exc.errno, msg) from exc
+        try:
+            open_listeners(self.config.binds, self.listeners)
+        except OSError:
+            self.close_sockets()
+            raise
 
     def close_sockets(self) -> None:
         for sock in self.listeners.values():
