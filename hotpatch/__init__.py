@@ -1,25 +1,18 @@
 """hotpatch: function-level hot patching for running Python services.
 
-Layers, each importing only from those above it:
-
-1. ``_errors``, ``_patch``            -- the error tree; ``Patch``, plain data
-2. ``_loader``, ``_targets``          -- patch file -> ``Patch``; ``module:qualname`` -> function
-3. ``_validate``, ``_codegen``        -- checks; code objects built with ``bytecode``
-4. ``_switch``                        -- the atomic switch and the quiescence check
-5. ``_hookspecs``, ``_plugins``       -- pluggy hooks and the plugin host
-6. ``_journal``, ``_registry``        -- the durable level; ``Registry`` drives 2-5
-7. ``_signing``, ``_verify``, ``_control`` -- signatures; the verification child; the socket
-8. ``_drops``, ``_outcome``, ``_folder`` -- reading a drop; result files; watching the folder
-9. ``_pipeline``, ``_commands``, ``_agent`` -- a drop's steps; the socket's commands; ``install()``
-10. ``_fanout_*``, ``_fanout``        -- pre-fork workers sharing one folder (``workers=True``)
-11. ``_channel``, ``_rounds``, ``_service_patches``, ``_runtime``, ``_service``
-                                      -- the service side of ``supervisor/`` (wire, state, patches)
-12. ``_cli_agent``, ``_cli_show``, ``_cli_follow``, ``cli`` -- the ``hotpatch`` command
+The core is flat, in the order a patch goes through it: ``_patch`` (a ``Patch``,
+plain data) -> ``_loader`` (patch file -> ``Patch``) -> ``_targets`` and
+``_validate`` (``module:qualname`` -> function; the checks) -> ``_codegen``
+(trampolines) -> ``_switch`` (the atomic switch) -> ``_registry`` and
+``_journal`` (the level, durable), with ``_hookspecs``/``_plugins`` and
+``_errors`` beside it. The wings sit on the core and never the reverse:
+``agent/`` (``install()``, the watched folder, verification, the control
+socket), ``service/`` (what a supervised process imports), ``supervisor/``
+(``hotpatch run``) and ``cli/`` (the ``hotpatch`` command).
 
 This module only re-exports.
 """
 
-from hotpatch._agent import Agent, install
 from hotpatch._errors import (
     BaselineMismatch,
     JournalError,
@@ -38,7 +31,8 @@ from hotpatch._hookspecs import hookimpl
 from hotpatch._loader import load_patch
 from hotpatch._patch import Patch
 from hotpatch._registry import ApplyResult, CheckReport, HistoryEntry, Registry, RollbackResult
-from hotpatch._service import PreservedDict, listen_socket, preserved, ready, ready_for_baseline
+from hotpatch.agent._agent import Agent, install
+from hotpatch.service._api import PreservedDict, listen_socket, preserved, ready, ready_for_baseline
 
 __all__ = [
     "Agent",

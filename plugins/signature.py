@@ -15,7 +15,7 @@ from typing import Any
 
 import hotpatch
 from hotpatch._patch import PatchSource
-from hotpatch._signing import signature_path, verify_signature
+from hotpatch.agent._signing import signature_path, verify_signature
 
 __all__ = ["SignatureCheck"]
 

@@ -19,7 +19,7 @@ import pytest
 from drops import WAIT_S, DropFolder
 
 import hotpatch
-from hotpatch._control import request
+from hotpatch.agent._control import request
 
 
 def patch_text(mod: str, version: str, value: int | str, *, extra: str = "") -> str:

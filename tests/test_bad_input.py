@@ -23,7 +23,7 @@ import pytest
 from drops import DropFolder, wait_for
 
 import hotpatch
-from hotpatch._signing import generate_keypair, sign_file
+from hotpatch.agent._signing import generate_keypair, sign_file
 
 NOBODY = 65534
 

@@ -17,7 +17,7 @@ from test_supervisor import Supervised, request, supervise, wait_for
 from test_supervisor_patches import BASE_OPTIONS, drop, logic_patch, result_of, under_load, watching
 
 from hotpatch import VerificationFailed
-from hotpatch._signing import generate_keypair, sign_file
+from hotpatch.agent._signing import generate_keypair, sign_file
 from hotpatch.supervisor._bundle import read_bundle, unpack_bundle
 from hotpatch.supervisor._cli import _window
 from hotpatch.supervisor._supervisor import in_window

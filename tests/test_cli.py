@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 import hotpatch
-from hotpatch._control import ControlServer
+from hotpatch.agent._control import ControlServer
 
 pytestmark = pytest.mark.e2e
 

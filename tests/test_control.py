@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from hotpatch import VersionConflict
-from hotpatch._control import MAX_REQUEST_BYTES, ControlServer, request
+from hotpatch.agent._control import MAX_REQUEST_BYTES, ControlServer, request
 
 
 @pytest.fixture

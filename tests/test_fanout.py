@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 from drops import wait_for
 
-from hotpatch._control import request
-from hotpatch._fanout import WORKERS_DIR
 from hotpatch._journal import Journal, JournalEntry, JournalState
+from hotpatch.agent._control import request
+from hotpatch.agent.fanout._agent import WORKERS_DIR
 
 WORKER = """\
 import os, sys

@@ -19,8 +19,8 @@ import pytest
 from drops import WAIT_S, DropFolder, wait_for
 
 import hotpatch
-from hotpatch import _folder, _outcome
-from hotpatch._folder import is_ignored, peek_targets, peek_version
+from hotpatch.agent import _folder, _outcome
+from hotpatch.agent._folder import is_ignored, peek_targets, peek_version
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
@@ -448,7 +448,7 @@ def test_an_unexpected_error_becomes_a_rejection_and_the_folder_goes_on(
     start_agent: Callable[..., hotpatch.Agent],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from hotpatch import _pipeline
+    from hotpatch.agent import _pipeline
 
     real = _pipeline.load_patch_source
 
@@ -475,7 +475,7 @@ def test_a_drop_replaced_while_processed_files_the_bytes_that_were_processed(
     start_agent: Callable[..., hotpatch.Agent],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from hotpatch import _pipeline
+    from hotpatch.agent import _pipeline
 
     first = patch_source(target, "1.0.1", 1)
     second = patch_source(target, "1.0.2", 2)
@@ -502,7 +502,7 @@ def test_status_lists_drops_waiting_for_the_worker(
     start_agent: Callable[..., hotpatch.Agent],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from hotpatch import _pipeline
+    from hotpatch.agent import _pipeline
 
     gate = threading.Event()
     real = _pipeline.load_patch_source

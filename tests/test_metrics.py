@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 import hotpatch
-from hotpatch._control import request
+from hotpatch.agent._control import request
 from hotpatch_plugins.metrics import APPLY_BUCKETS, PAUSE_BUCKETS, SOURCES, Metrics, source_of
 
 WAIT_S = 60.0  # a bound so a broken build fails instead of hanging; never a measurement

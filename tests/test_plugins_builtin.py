@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 import hotpatch
-from hotpatch._signing import generate_keypair, sign_file
+from hotpatch.agent._signing import generate_keypair, sign_file
 from hotpatch_plugins.audit import AuditLog
 from hotpatch_plugins.signature import SignatureCheck
 

@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 from drops import wait_for
 
-from hotpatch._control import request
-from hotpatch._fanout import WORKERS_DIR
+from hotpatch.agent._control import request
+from hotpatch.agent.fanout._agent import WORKERS_DIR
 
 SERVERS = Path(__file__).resolve().parents[1] / "demos" / "servers"
 WAIT_S = 90.0  # a bound so a broken build fails instead of hanging; never a measurement

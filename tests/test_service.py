@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 
 import hotpatch
-from hotpatch import _service
-from hotpatch._service import (
+from hotpatch.service import _api as _service
+from hotpatch.service._api import (
     ENV_BIND,
     PreservedDict,
     ServiceError,

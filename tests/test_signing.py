@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from hotpatch import VerificationFailed
-from hotpatch._signing import (
+from hotpatch.agent._signing import (
     bundle_digest,
     generate_keypair,
     key_id,

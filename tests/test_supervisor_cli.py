@@ -20,7 +20,7 @@ from test_supervisor_patches import BASE_OPTIONS, drop, logic_patch
 from test_supervisor_patches import journal_level as journal_file_level
 from test_workers import all_serving, journal_level, unhealthy_patch
 
-from hotpatch.cli import RolloutFollower, render_rollout
+from hotpatch.cli._follow import RolloutFollower, render_rollout
 
 pytestmark = pytest.mark.e2e
 

@@ -44,7 +44,7 @@ SICK_LOGIC = """
 DIES_AFTER_HANDOVER = """
     import os
 
-    import hotpatch._service as service
+    import hotpatch.service._api as service
 
     _receive = service._Runtime._receive_rounds
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from hotpatch import VerificationFailed
-from hotpatch._verify import VerifyReport, verify_in_child
+from hotpatch.agent._verify import VerifyReport, verify_in_child
 
 pytestmark = pytest.mark.e2e
 

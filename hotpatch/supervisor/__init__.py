@@ -1,6 +1,6 @@
 """The supervisor: the parent process that owns the sockets and restarts the service.
 
-Layers, each importing only from those above it (and from ``hotpatch._service``,
+Layers, each importing only from those above it (and from ``hotpatch.service._api``,
 the service side of the same protocol):
 
 1. ``_state``, ``_status``  -- the chain of state rounds; the status file

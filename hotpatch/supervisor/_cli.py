@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from hotpatch._service import ENV_BASELINE, parse_bind
+from hotpatch.service._api import ENV_BASELINE, parse_bind
 from hotpatch.supervisor._child import ChildSpec
 from hotpatch.supervisor._metrics import parse_metrics_address
 from hotpatch.supervisor._metrics import run as run_supervised

@@ -36,8 +36,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hotpatch._folder import OUTCOME_DIRS, RESULT_SUFFIX
-from hotpatch._service import parse_address
+from hotpatch.agent._folder import OUTCOME_DIRS, RESULT_SUFFIX
+from hotpatch.service._api import parse_address
 
 if TYPE_CHECKING:
     from hotpatch.supervisor._supervisor import RestartOutcome, Supervisor

@@ -31,9 +31,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from packaging.version import Version
 
-from hotpatch._agent import PIDFILE_NAME, Agent
 from hotpatch._errors import VerificationFailed
-from hotpatch._folder import (
+from hotpatch._registry import Registry
+from hotpatch.agent._agent import PIDFILE_NAME, Agent
+from hotpatch.agent._folder import (
     Outcome,
     Vanished,
     is_bundle_name,
@@ -41,8 +42,7 @@ from hotpatch._folder import (
     read_signature,
     write_result,
 )
-from hotpatch._registry import Registry
-from hotpatch._signing import bundle_digest, verify_signature
+from hotpatch.agent._signing import bundle_digest, verify_signature
 from hotpatch.supervisor._bundle import MAX_BUNDLE_BYTES, read_bundle, unpack_bundle
 from hotpatch.supervisor._child import Child, ChildExited
 from hotpatch.supervisor._handover import memfd

@@ -22,8 +22,8 @@ from collections.abc import Callable, Coroutine
 from dataclasses import asdict
 from typing import Any
 
-from hotpatch._channel import open_listeners
-from hotpatch._service import format_address
+from hotpatch.service._api import format_address
+from hotpatch.service._channel import open_listeners
 from hotpatch.supervisor._bundle import Release
 from hotpatch.supervisor._child import Child, ChildExited, describe_exit
 from hotpatch.supervisor._handover import Handover

@@ -28,8 +28,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from hotpatch._channel import open_listeners
-from hotpatch._service import format_address
+from hotpatch.service._api import format_address
+from hotpatch.service._channel import open_listeners
 from hotpatch.supervisor._bundle import Release
 from hotpatch.supervisor._child import ChildExited
 from hotpatch.supervisor._status import utc_now, write_status

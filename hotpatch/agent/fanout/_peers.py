@@ -13,8 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from hotpatch._agent import PIDFILE_NAME
-from hotpatch._control import request
+from hotpatch.agent._agent import PIDFILE_NAME
+from hotpatch.agent._control import request
 
 __all__ = [
     "DELIVER_TIMEOUT_S",

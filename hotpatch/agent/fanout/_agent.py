@@ -10,19 +10,19 @@ others find it. Exactly one worker at a time *owns* the folder (the flock on
 The owner does the once-per-drop work (read once, signature, verification
 child), applies the verified bytes itself, then sends them with their sha256
 to every other live worker (the ``deliver`` command, accepted only from this
-uid): ``hotpatch._fanout_owner``. When every worker applied the patch, the
+uid): ``hotpatch.agent.fanout._owner``. When every worker applied the patch, the
 drop is ``applied``; when one refused, the workers that applied it roll it
 back and the drop is ``rejected``. The single ``NAME.result.json`` lists each
 worker's result. A socket whose process is gone is removed, never waited on
-(``hotpatch._fanout_peers``).
+(``hotpatch.agent.fanout._peers``).
 
 A worker that starts later (a replaced worker) copies the level of a live
-worker (``hotpatch._fanout_worker``) -- the owner's when there is one --
+worker (``hotpatch.agent.fanout._worker``) -- the owner's when there is one --
 before ``install()`` returns, so
 it serves patched code from its first request. Workers start one at a time
 (the flock on ``.workers/start.lock``), so a peer a new worker sees has
 finished starting. A worker that starts with no live peer (the whole server
-restarted) replays the group's journal instead (``hotpatch._fanout_journal``):
+restarted) replays the group's journal instead (``hotpatch.agent.fanout._journal``):
 the level survives a restart of every worker.
 """
 
@@ -37,12 +37,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from hotpatch._agent import LOCKFILE_NAME, PIDFILE_NAME, Agent
-from hotpatch._control import ControlServer, request
 from hotpatch._errors import JournalError
-from hotpatch._fanout_journal import JOURNAL_NAME, GroupJournal
-from hotpatch._fanout_owner import Fanout
-from hotpatch._fanout_peers import (
+from hotpatch._journal import Journal
+from hotpatch._loader import DEFAULT_MAX_BYTES
+from hotpatch._registry import Registry
+from hotpatch.agent._agent import LOCKFILE_NAME, PIDFILE_NAME, Agent
+from hotpatch.agent._control import ControlServer, request
+from hotpatch.agent._outcome import Outcome, check_folder, write_result
+from hotpatch.agent._pipeline import PathLike, TrustedKeys
+from hotpatch.agent.fanout._journal import JOURNAL_NAME, GroupJournal
+from hotpatch.agent.fanout._owner import Fanout
+from hotpatch.agent.fanout._peers import (
     PEER_TIMEOUT_S,
     WORKERS_DIR,
     ask_owner,
@@ -52,12 +57,7 @@ from hotpatch._fanout_peers import (
     start_lock,
     workers_dir,
 )
-from hotpatch._fanout_worker import accept, catch_up, level_with_texts, undo
-from hotpatch._journal import Journal
-from hotpatch._loader import DEFAULT_MAX_BYTES
-from hotpatch._outcome import Outcome, check_folder, write_result
-from hotpatch._pipeline import PathLike, TrustedKeys
-from hotpatch._registry import Registry
+from hotpatch.agent.fanout._worker import accept, catch_up, level_with_texts, undo
 
 __all__ = ["WORKERS_DIR", "WorkerAgent", "live_workers"]
 
@@ -231,7 +231,7 @@ class WorkerAgent(Agent):
         assert self.watch is not None
         return other_workers(self.watch)
 
-    # -- the owner fans a verified patch out (hotpatch._fanout_owner) ------------------------
+    # -- the owner fans a verified patch out (hotpatch.agent.fanout._owner) ------------------------
 
     def _deliver(self, data: bytes, path: Path, outcome: Outcome) -> None:
         """Apply the verified bytes in every live worker (``Fanout.deliver``): the owner only."""

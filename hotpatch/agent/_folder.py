@@ -22,7 +22,7 @@ Protocol of the folder, as an operator sees it:
 
 The folder only finds drops and files their outcomes; deciding the outcome is
 the ``process`` callable's job (the agent's pipeline). Reading a drop safely is
-``hotpatch._drops``; filing its outcome, ``hotpatch._outcome``. Their public
+``hotpatch.agent._drops``; filing its outcome, ``hotpatch.agent._outcome``. Their public
 names are importable from here too.
 """
 
@@ -47,7 +47,8 @@ from watchdog.events import (
 )
 from watchdog.observers.inotify import InotifyObserver
 
-from hotpatch._drops import (
+from hotpatch._errors import VerificationFailed
+from hotpatch.agent._drops import (
     SIGNATURE_SUFFIX,
     PatchBytes,
     Vanished,
@@ -59,8 +60,7 @@ from hotpatch._drops import (
     read_patch_file,
     read_signature,
 )
-from hotpatch._errors import VerificationFailed
-from hotpatch._outcome import (
+from hotpatch.agent._outcome import (
     OUTCOME_DIRS,
     RESULT_SUFFIX,
     STAGING,
@@ -344,7 +344,7 @@ class Folder:
                 self._cond.wait(remaining)
 
     def _file(self, path: Path, outcome: Outcome) -> None:
-        """File the drop with its result (``hotpatch._outcome``); a newcomer in its place waits."""
+        """File the drop with its result (``_outcome``); a newcomer in its place waits."""
         if file_outcome(path, outcome):
             self.announce(path.name)
         with self._cond:

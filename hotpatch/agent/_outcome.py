@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from hotpatch._drops import SIGNATURE_SUFFIX
+from hotpatch.agent._drops import SIGNATURE_SUFFIX
 
 __all__ = [
     "OUTCOME_DIRS",

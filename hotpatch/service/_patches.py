@@ -9,9 +9,9 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from hotpatch._channel import send_message
 from hotpatch._hookspecs import hookimpl
 from hotpatch._plugins import PluginHost
+from hotpatch.service._channel import send_message
 
 __all__ = ["LevelReporter", "PatchLevels"]
 

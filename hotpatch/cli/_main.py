@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from hotpatch import _errors
-from hotpatch._cli_agent import (
+from hotpatch.cli._ask import (
     DEFAULT_TIMEOUT,
     ENV_SOCKET,
     EXIT_OK,
@@ -37,14 +37,14 @@ from hotpatch._cli_agent import (
     finish,
     print_json,
 )
-from hotpatch._cli_follow import (
+from hotpatch.cli._follow import (
     RolloutFollower,
     ask_following,
     render_rollout,
     rollout_status_file,
     watch_folder,
 )
-from hotpatch._cli_show import (
+from hotpatch.cli._show import (
     show_history,
     show_outcome,
     show_rollback,
@@ -283,7 +283,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _keygen(args: argparse.Namespace) -> int:
-    from hotpatch._signing import generate_keypair, public_key_id  # noqa: PLC0415
+    from hotpatch.agent._signing import generate_keypair, public_key_id  # noqa: PLC0415
 
     try:
         private, public = generate_keypair(Path(args.dir), args.name)
@@ -307,7 +307,7 @@ def _keygen(args: argparse.Namespace) -> int:
 
 
 def _sign(args: argparse.Namespace) -> int:
-    from hotpatch._signing import sign_file  # noqa: PLC0415
+    from hotpatch.agent._signing import sign_file  # noqa: PLC0415
 
     if not args.key:
         msg = f"sign needs --key PRIVATE (or ${ENV_KEY}): the private key from `hotpatch keygen`"
@@ -330,7 +330,3 @@ def _sign(args: argparse.Namespace) -> int:
             )
         )
     return EXIT_OK
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -15,11 +15,11 @@ import os
 from pathlib import Path
 
 from hotpatch._errors import JournalError
-from hotpatch._fanout_journal import GroupJournal
-from hotpatch._fanout_peers import call, other_workers, send
-from hotpatch._fanout_worker import accept, undo
-from hotpatch._outcome import Outcome
-from hotpatch._pipeline import DropPipeline
+from hotpatch.agent._outcome import Outcome
+from hotpatch.agent._pipeline import DropPipeline
+from hotpatch.agent.fanout._journal import GroupJournal
+from hotpatch.agent.fanout._peers import call, other_workers, send
+from hotpatch.agent.fanout._worker import accept, undo
 
 __all__ = ["Fanout"]
 

@@ -1,6 +1,6 @@
 """What every pre-fork worker does with its peers' patches: accept, undo, list, catch up.
 
-These work on a worker's pipeline (``hotpatch._pipeline``): the owner has
+These work on a worker's pipeline (``hotpatch.agent._pipeline``): the owner has
 verified the bytes already, so a worker only checks they arrived whole, then
 loads and applies them with the pipeline's own steps.
 """
@@ -14,13 +14,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hotpatch._control import request
-from hotpatch._drops import peek_version
 from hotpatch._errors import PatchError, VerificationFailed
-from hotpatch._fanout_journal import GroupJournal
-from hotpatch._fanout_peers import PEER_TIMEOUT_S, other_workers, owner_pid, remove_stale
-from hotpatch._outcome import Outcome
-from hotpatch._pipeline import DropPipeline
+from hotpatch.agent._control import request
+from hotpatch.agent._drops import peek_version
+from hotpatch.agent._outcome import Outcome
+from hotpatch.agent._pipeline import DropPipeline
+from hotpatch.agent.fanout._journal import GroupJournal
+from hotpatch.agent.fanout._peers import PEER_TIMEOUT_S, other_workers, owner_pid, remove_stale
 
 __all__ = ["accept", "catch_up", "level_with_texts", "undo"]
 

@@ -37,7 +37,7 @@ import socket
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from hotpatch._channel import (
+from hotpatch.service._channel import (
     ENV_BASELINE,
     ENV_BIND,
     ENV_CONTROL,
@@ -51,8 +51,8 @@ from hotpatch._channel import (
     recv_message,
     send_message,
 )
-from hotpatch._rounds import PreservedDict
-from hotpatch._runtime import Runtime, get_runtime, reset
+from hotpatch.service._rounds import PreservedDict
+from hotpatch.service._runtime import Runtime, get_runtime, reset
 
 __all__ = [
     "ENV_BASELINE",

@@ -2,9 +2,9 @@
 
 The agent runs beside the service, in background threads: the service's own
 main loop does not change. It replays the journal, then serves the control
-socket (``hotpatch._commands``) and watches the folder (``hotpatch._folder``).
+socket (``hotpatch.agent._commands``) and watches the folder (``hotpatch.agent._folder``).
 Every patch -- dropped into the folder or sent with ``hotpatch apply`` -- goes
-through one pipeline (``hotpatch._pipeline``): read once, signature,
+through one pipeline (``hotpatch.agent._pipeline``): read once, signature,
 verification child, load, apply. The outcome (applied, unchanged, rejected,
 pending) is logged in one line and, for a folder drop, filed with its
 ``NAME.result.json``.
@@ -24,14 +24,14 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TypedDict
 
-from hotpatch._commands import AgentCommands
-from hotpatch._control import ControlServer
-from hotpatch._folder import SIGNATURE_WAIT_S, Folder
 from hotpatch._loader import DEFAULT_MAX_BYTES
-from hotpatch._outcome import STAGING, check_folder, write_result
-from hotpatch._pipeline import BUNDLE_REASON, PathLike, TrustedKeys
 from hotpatch._plugins import PluginHost
 from hotpatch._registry import Registry
+from hotpatch.agent._commands import AgentCommands
+from hotpatch.agent._control import ControlServer
+from hotpatch.agent._folder import SIGNATURE_WAIT_S, Folder
+from hotpatch.agent._outcome import STAGING, check_folder, write_result
+from hotpatch.agent._pipeline import BUNDLE_REASON, PathLike, TrustedKeys
 
 __all__ = [
     "BUNDLE_REASON",
@@ -91,7 +91,7 @@ def install(
 
     ``workers=True``: this process is one of several worker processes sharing
     ``watch`` (gunicorn, uvicorn --workers): each drop is verified once and
-    applied in every worker, with one result file (see ``hotpatch._fanout``); the
+    applied in every worker, with one result file (see ``hotpatch.agent.fanout._agent``); the
     folder's owner records the level in ``journal`` (default
     ``<watch>/.workers/journal.json``), which a worker that starts alone replays.
     """
@@ -108,7 +108,7 @@ def install(
     )
     if workers:
         # Imported here: _fanout builds on this module.
-        from hotpatch._fanout import WorkerAgent  # noqa: PLC0415
+        from hotpatch.agent.fanout._agent import WorkerAgent  # noqa: PLC0415
 
         if watch is None or control_socket not in (None, True):
             msg = (

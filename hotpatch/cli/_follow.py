@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from hotpatch._cli_agent import ENV_SOCKET, EXIT_OK, PIDFILE, Answer, UsageError, ask
+from hotpatch.cli._ask import ENV_SOCKET, EXIT_OK, PIDFILE, Answer, UsageError, ask
 
 __all__ = [
     "OUTCOME_DIRS",

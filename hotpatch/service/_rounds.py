@@ -13,12 +13,12 @@ import time
 from collections.abc import Hashable, Iterable, Iterator, Mapping
 from typing import Any, BinaryIO, Self
 
-from hotpatch._channel import ServiceError
+from hotpatch.service._channel import ServiceError
 
 __all__ = ["PreservedDict", "PreservedState", "RoundWriter", "read_round", "seal"]
 
 # A round is a stream of records, each an 8-byte length and a pickle (the
-# record kinds are listed in hotpatch._service's docstring).
+# record kinds are listed in hotpatch.service._api's docstring).
 _FRAME = struct.Struct("<Q")
 _RETRIES = 3
 # A round is written by the control thread while the service serves: every

@@ -6,7 +6,7 @@ import time
 from collections.abc import Sequence
 from typing import TextIO
 
-from hotpatch._cli_agent import Answer
+from hotpatch.cli._ask import Answer
 
 __all__ = [
     "show_history",

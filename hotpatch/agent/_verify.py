@@ -39,7 +39,7 @@ _BOOTSTRAP = (
     "import json, sys\n"
     "config = json.loads(sys.argv[1])\n"
     "sys.path.insert(0, config['root'])\n"
-    "from hotpatch._verify import _child_main\n"
+    "from hotpatch.agent._verify import _child_main\n"
     "_child_main(config)\n"
 )
 _ROOT = str(Path(__file__).resolve().parent.parent)

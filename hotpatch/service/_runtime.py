@@ -13,7 +13,8 @@ import time
 from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from typing import Any
 
-from hotpatch._channel import (
+from hotpatch._plugins import PluginHost
+from hotpatch.service._channel import (
     ENV_BASELINE,
     ENV_BIND,
     ENV_CONTROL,
@@ -27,9 +28,8 @@ from hotpatch._channel import (
     recv_message,
     send_message,
 )
-from hotpatch._plugins import PluginHost
-from hotpatch._rounds import PreservedDict, PreservedState
-from hotpatch._service_patches import PatchLevels
+from hotpatch.service._patches import PatchLevels
+from hotpatch.service._rounds import PreservedDict, PreservedState
 
 __all__ = ["Runtime", "get_runtime", "reset"]
 

@@ -8,11 +8,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from hotpatch._drops import Vanished
 from hotpatch._errors import PatchError
-from hotpatch._folder import Folder
-from hotpatch._outcome import Outcome
-from hotpatch._pipeline import DropPipeline
+from hotpatch.agent._drops import Vanished
+from hotpatch.agent._folder import Folder
+from hotpatch.agent._outcome import Outcome
+from hotpatch.agent._pipeline import DropPipeline
 
 __all__ = ["AgentCommands"]
 
@@ -20,9 +20,9 @@ log = logging.getLogger("hotpatch")
 
 
 class AgentCommands(DropPipeline):
-    """``handle()`` for the control socket (``hotpatch._control``), over the drop pipeline."""
+    """``handle()`` for the control socket (``hotpatch.agent._control``), over the drop pipeline."""
 
-    # Set by the agent (``hotpatch._agent.Agent``), which owns the folder and the socket.
+    # Set by the agent (``hotpatch.agent._agent.Agent``), which owns the folder and the socket.
     watch: Path | None
     journal: Path | None
     socket: Path | None

@@ -95,7 +95,7 @@ def _alive(pid: int) -> bool:
 
 
 def ask(args: argparse.Namespace, payload: dict[str, Any]) -> Answer:
-    from hotpatch._control import request  # noqa: PLC0415 -- keygen/sign do not need it
+    from hotpatch.agent._control import request  # noqa: PLC0415 -- keygen/sign do not need it
 
     path = socket_path(args)
     try:

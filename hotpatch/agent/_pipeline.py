@@ -11,7 +11,7 @@
 
 Each step is a method a subclass may replace: the supervisor's pipeline
 (``hotpatch.supervisor._patches``) applies in the serving process instead, and
-the pre-fork workers (``hotpatch._fanout``) apply in every worker.
+the pre-fork workers (``hotpatch.agent.fanout._agent``) apply in every worker.
 """
 
 from __future__ import annotations
@@ -31,7 +31,11 @@ from typing import Any
 
 from packaging.version import Version
 
-from hotpatch._drops import (
+from hotpatch._errors import PatchError, RestartRequired, VerificationFailed
+from hotpatch._loader import load_patch_source
+from hotpatch._patch import Patch
+from hotpatch._registry import Registry
+from hotpatch.agent._drops import (
     Vanished,
     bundle_version,
     is_bundle_name,
@@ -40,13 +44,9 @@ from hotpatch._drops import (
     read_patch_file,
     read_signature,
 )
-from hotpatch._errors import PatchError, RestartRequired, VerificationFailed
-from hotpatch._loader import load_patch_source
-from hotpatch._outcome import Outcome, now_iso
-from hotpatch._patch import Patch
-from hotpatch._registry import Registry
-from hotpatch._signing import verify_signature
-from hotpatch._verify import verify_in_child
+from hotpatch.agent._outcome import Outcome, now_iso
+from hotpatch.agent._signing import verify_signature
+from hotpatch.agent._verify import verify_in_child
 
 __all__ = ["BUNDLE_REASON", "DropPipeline", "PathLike", "TrustedKeys"]
 
@@ -59,7 +59,7 @@ BUNDLE_REASON = "baseline bundles need the supervisor (hotpatch run)"
 
 
 class DropPipeline:
-    """Verifies and applies one patch at a time; the agent (``hotpatch._agent``) builds on it."""
+    """Verifies and applies one patch at a time; the agent (``_agent``) builds on it."""
 
     def __init__(
         self,
