@@ -68,7 +68,7 @@ $(VENV_ROOT)/py%/.installed: pyproject.toml
 
 # --- targets --------------------------------------------------------------------
 
-.PHONY: help venv lint types check test test-311 test-312 test-313 demo bench clean
+.PHONY: help venv lint types imports check test test-311 test-312 test-313 demo bench clean
 
 help:
 	@echo 'make demo       venv (3.12), install, run demos/shop_under_load.py'
@@ -77,6 +77,7 @@ help:
 	@echo 'make check      lint + types'
 	@echo 'make lint       ruff check and ruff format --check'
 	@echo 'make types      mypy --strict'
+	@echo 'make imports    import-linter: the layering contracts in pyproject.toml'
 	@echo 'make test-3NN   pytest on one Python (PYTEST_ARGS=... passes through)'
 	@echo 'make bench      run every benchmarks/*.py'
 	@echo 'make clean      remove venvs, caches and build output'
@@ -95,7 +96,11 @@ types: $(call stamp,312)
 	$(call header,types (mypy --strict))
 	$(TOOLS_BIN)/mypy
 
-check: lint types
+imports: $(call stamp,312)
+	$(call header,imports (import-linter contracts))
+	$(TOOLS_BIN)/lint-imports --no-cache
+
+check: lint types imports
 
 # A static pattern rule: implicit (plain pattern) rules never apply to .PHONY targets.
 $(addprefix test-,$(VERSIONS)): test-%: $(call stamp,%)
