@@ -9,7 +9,10 @@ the service side of the same protocol):
 4. ``_handover``            -- bring a process up with the state, drain the old one, retire it
 5. ``_restarts``, ``_jobs`` -- the work: each kind of restart; patches and baselines
 6. ``_supervisor``          -- ``Supervisor``: sockets, status, scheduling the work, stop
-7. ``_cli``                 -- ``main(argv)``: ``run --bind ... -- CMD``
+7. ``_workers``             -- ``Fleet``: N supervisors on shared sockets, in update domains
+8. ``_runner``              -- ``Runner``: what a ``Supervisor`` and a ``Fleet`` both offer
+9. ``_patches``, ``_metrics`` -- the watched folder's pipeline; ``--metrics``; each on a ``Runner``
+10. ``_cli``                -- ``main(argv)``: ``run --bind ... -- CMD``
 
 (``_restarts`` and ``_jobs`` act on the ``Supervisor`` they are given; they name
 its class only for type checking.)

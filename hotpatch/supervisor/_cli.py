@@ -14,7 +14,9 @@ from hotpatch.service._api import ENV_BASELINE, parse_bind
 from hotpatch.supervisor._child import ChildSpec
 from hotpatch.supervisor._metrics import parse_metrics_address
 from hotpatch.supervisor._metrics import run as run_supervised
-from hotpatch.supervisor._supervisor import Supervisor, SupervisorConfig
+from hotpatch.supervisor._records import SupervisorConfig
+from hotpatch.supervisor._runner import Runner
+from hotpatch.supervisor._supervisor import Supervisor
 from hotpatch.supervisor._workers import Fleet
 
 __all__ = ["build_parser", "main"]
@@ -306,9 +308,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             format="%(asctime)s hotpatch[%(process)d] %(levelname)s %(message)s",
             stream=sys.stderr,
         )
-    runner: Supervisor | Fleet = (
-        Fleet(config, args.workers) if args.workers > 1 else Supervisor(config)
-    )
+    runner: Runner = Fleet(config, args.workers) if args.workers > 1 else Supervisor(config)
     try:
         runner.open_sockets()
     except OSError as exc:

@@ -34,14 +34,13 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from hotpatch.agent._folder import OUTCOME_DIRS, RESULT_SUFFIX
 from hotpatch.service._api import parse_address
-
-if TYPE_CHECKING:
-    from hotpatch.supervisor._supervisor import RestartOutcome, Supervisor
-    from hotpatch.supervisor._workers import Fleet
+from hotpatch.supervisor._records import RestartOutcome
+from hotpatch.supervisor._runner import Runner
+from hotpatch.supervisor._supervisor import Supervisor
 
 __all__ = [
     "MetricsBridge",
@@ -116,7 +115,7 @@ def cause_of(outcome: RestartOutcome) -> str:
 class MetricsBridge:
     """Feeds ``metrics`` from ``runner``: call ``sync()`` (or run ``run()``) on its loop."""
 
-    def __init__(self, runner: Supervisor | Fleet, metrics: Metrics) -> None:
+    def __init__(self, runner: Runner, metrics: Metrics) -> None:
         self.runner = runner
         self.metrics = metrics
         self._hooked: set[int] = set()  # id() of the members whose on_status we hear
@@ -132,12 +131,6 @@ class MetricsBridge:
         )
         self._scan_results(count=False)  # earlier runs' outcomes are not this run's
 
-    def _members(self) -> list[Supervisor]:
-        members = getattr(self.runner, "members", None)
-        if members is None:  # a single Supervisor is its own only worker
-            return [self.runner]  # type: ignore[list-item]
-        return list(members)
-
     # -- the periodic look
 
     async def run(self, interval: float = INTERVAL) -> None:
@@ -149,7 +142,7 @@ class MetricsBridge:
     def sync(self) -> None:
         """Feed the metrics what changed since the last look; never raises."""
         try:
-            for member in self._members():
+            for member in self.runner.members:
                 self._hook(member)
                 self._restarted(member)
                 self._level(member)
@@ -272,9 +265,7 @@ class MetricsBridge:
         return True
 
 
-async def serve_with_metrics(
-    runner: Supervisor | Fleet, metrics: Metrics, interval: float = INTERVAL
-) -> int:
+async def serve_with_metrics(runner: Runner, metrics: Metrics, interval: float = INTERVAL) -> int:
     """``runner.run()`` with ``metrics`` fed all along; closes ``metrics`` at the end."""
     bridge = MetricsBridge(runner, metrics)
     bridge.sync()  # hooks a single supervisor before its first start
@@ -289,7 +280,7 @@ async def serve_with_metrics(
         await asyncio.to_thread(metrics.close)
 
 
-def run(runner: Supervisor | Fleet, metrics_address: tuple[str, int] | None) -> int:
+def run(runner: Runner, metrics_address: tuple[str, int] | None) -> int:
     """Run ``runner`` to its end, serving metrics on ``metrics_address`` if given.
 
     1 (after logging why) if the metrics cannot be served: prometheus_client

@@ -27,7 +27,7 @@ import tempfile
 import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from packaging.version import Version
 
@@ -46,9 +46,8 @@ from hotpatch.agent._signing import bundle_digest, verify_signature
 from hotpatch.supervisor._bundle import MAX_BUNDLE_BYTES, read_bundle, unpack_bundle
 from hotpatch.supervisor._child import Child, ChildExited
 from hotpatch.supervisor._handover import memfd
-
-if TYPE_CHECKING:
-    from hotpatch.supervisor._supervisor import Supervisor
+from hotpatch.supervisor._runner import Runner
+from hotpatch.supervisor._supervisor import Supervisor
 
 __all__ = ["SupervisedPipeline"]
 
@@ -67,7 +66,7 @@ T = TypeVar("T")
 class SupervisedPipeline(Agent):
     """An ``Agent`` without a registry of its own: the serving process applies."""
 
-    def __init__(self, supervisor: Supervisor) -> None:
+    def __init__(self, supervisor: Runner) -> None:
         config = supervisor.config
         assert config.watch is not None
         super().__init__(
@@ -239,12 +238,12 @@ class SupervisedPipeline(Agent):
 
     def _members(self) -> list[Supervisor]:
         """The supervisors whose processes serve: the fleet's workers, or the one supervisor."""
-        members: list[Supervisor] | None = getattr(self.supervisor, "members", None)
-        return list(members) if members else [self.supervisor]
+        return list(self.supervisor.members)
 
     @property
     def _fleet(self) -> bool:
-        return getattr(self.supervisor, "members", None) is not None
+        """Answers name each worker: the runner is a fleet of several."""
+        return len(self.supervisor.members) > 1
 
     def _on_loop(self, work: Callable[[], Awaitable[T]]) -> T:
         """Run ``work()`` on the supervisor's event loop and wait for its result."""

@@ -155,6 +155,11 @@ class Supervisor:
         }
 
     @property
+    def members(self) -> list[Supervisor]:
+        """A single supervisor is its own only worker (a ``Fleet`` has N)."""
+        return [self]
+
+    @property
     def applied_patches(self) -> list[tuple[str, str | None]]:
         """``(version, sha256)`` of the current process's level, as it last said."""
         current = self.current

@@ -32,8 +32,9 @@ from hotpatch.service._api import format_address
 from hotpatch.service._channel import open_listeners
 from hotpatch.supervisor._bundle import Release
 from hotpatch.supervisor._child import ChildExited
+from hotpatch.supervisor._records import SupervisorConfig
 from hotpatch.supervisor._status import utc_now, write_status
-from hotpatch.supervisor._supervisor import Supervisor, SupervisorConfig
+from hotpatch.supervisor._supervisor import Supervisor
 from hotpatch.supervisor._takeover import HEALTH_TIMEOUT, describe_level
 
 __all__ = ["DOMAIN_SHARE", "Fleet", "domains"]
@@ -61,9 +62,8 @@ def worker_journal(journal: Path | None, index: int) -> Path | None:
 class Fleet:
     """N ``Supervisor`` workers on one event loop, sharing sockets, changed domain by domain.
 
-    It offers what the watched folder's pipeline asks of a supervisor
-    (``config``, ``loop``, ``baseline``, ``applied_patches``, ``submit_patch``,
-    ``submit_baseline``, ``sys_path_known``, ``service_sys_path``).
+    Like a single ``Supervisor``, it is a ``Runner`` (``_runner``): what the
+    watched folder's pipeline, the metrics bridge and ``hotpatch run`` use.
     """
 
     def __init__(
@@ -272,7 +272,7 @@ class Fleet:
         if self.config.watch is not None:
             from hotpatch.supervisor._patches import SupervisedPipeline  # noqa: PLC0415
 
-            self.pipeline = SupervisedPipeline(self)  # type: ignore[arg-type]
+            self.pipeline = SupervisedPipeline(self)
             try:
                 await asyncio.to_thread(self.pipeline.start)
             except Exception as exc:
