@@ -107,3 +107,10 @@ class RestartRequired(PatchError):
 
 class QuiescenceTimeout(RestartRequired):
     """``quiescence="strict"``: a target was still running when the timeout expired."""
+
+
+# Tracebacks, pytest's reports and reprs name each error the way users import and
+# catch it (hotpatch.BaselineMismatch), not by this private module.
+for _name in __all__:
+    globals()[_name].__module__ = "hotpatch"
+del _name

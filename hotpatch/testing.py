@@ -1,7 +1,11 @@
-"""pytest plugin (entry point ``pytest11``): fixtures and helpers to test a patch.
+"""pytest plugin (entry point ``pytest11``): test a patch against the code it patches.
 
-* ``hotpatch_registry`` -- a fresh ``Registry`` (baseline from the ``hotpatch_baseline``
-  ini option, default ``"0"``); whatever it applied is rolled back at teardown.
+* ``pytest --hotpatch-apply FILE`` (repeatable) -- runs the session against the code
+  with the patch(es) applied: they are applied when the session starts, after pytest
+  read its configuration and the conftest files of the rootdir and test paths, and
+  before any test module is collected (imported); rolled back when pytest ends.
+* ``hotpatch_registry`` -- a fresh ``Registry`` on the ``hotpatch_baseline`` ini
+  option; whatever it applied is rolled back at teardown.
 * ``check_patch_file(path)`` -- asserts that a patch file applies hot against the
   code it targets and rolls back leaving every target exactly as it was.
 """
@@ -9,31 +13,168 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
+from packaging.version import Version
 
 from hotpatch._codegen import capture
+from hotpatch._errors import PatchError
 from hotpatch._loader import load_patch
+from hotpatch._patch import Patch
 from hotpatch._registry import CheckReport, Registry
 from hotpatch._targets import resolve, resolve_class
 
 __all__ = ["check_patch_file", "hotpatch_registry"]
 
+_BASELINE_INI = "hotpatch_baseline"
+_WHO = "pytest --hotpatch-apply"
+
+
+@dataclass(frozen=True, slots=True)
+class _Applied:
+    """The patches ``--hotpatch-apply`` put in for the session, and the registry holding them."""
+
+    registry: Registry
+    patches: tuple[Patch, ...]
+
+
+_SESSION = pytest.StashKey[_Applied]()
+
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addini("hotpatch_baseline", "baseline of the hotpatch_registry fixture", default="0")
+    parser.addini(
+        _BASELINE_INI,
+        "baseline (PEP 440 version of the code under test) of the hotpatch_registry fixture",
+    )
+    group = parser.getgroup("hotpatch", "hotpatch: test code with patches applied")
+    group.addoption(
+        "--hotpatch-apply",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help=(
+            "apply the hot patch FILE before the tests are collected, so they run against "
+            "the patched code (repeatable; applied in version order, rolled back at exit)"
+        ),
+    )
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Apply every ``--hotpatch-apply`` file, all or none, before collection imports a test."""
+    config = session.config
+    files: list[str] = config.getoption("hotpatch_apply")
+    if not files:
+        return
+    patches = sorted((_load(f) for f in files), key=lambda p: Version(p.version))
+    baseline = _ini_baseline(config) or patches[0].baseline or ""
+    try:
+        registry = Registry(baseline)
+    except ValueError as exc:
+        msg = f"--hotpatch-apply: {exc}"
+        raise pytest.UsageError(msg) from None
+    for patch in patches:
+        try:
+            report = registry.check(patch)
+            if not report.hot:
+                msg = (
+                    f"patch {patch.version} cannot go in hot "
+                    f"({'; '.join(report.reasons)}): it needs a restart, so it cannot be "
+                    "applied to a test session; test the code it would restart into instead"
+                )
+                raise pytest.UsageError(_refusal(patch, msg))
+            registry.apply(patch, who=_WHO)
+        except PatchError as exc:
+            _undo(registry)
+            raise pytest.UsageError(_refusal(patch, _describe(exc))) from None
+        except BaseException:
+            _undo(registry)
+            raise
+    config.stash[_SESSION] = _Applied(registry, tuple(patches))
+    config.add_cleanup(lambda: _undo(registry))
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    applied = config.stash.get(_SESSION, None)
+    if applied is None:
+        return []
+    return [
+        f"hotpatch: baseline {applied.registry.baseline}, applied "
+        + ", ".join(f"{p.version} ({p.source.path if p.source else '?'})" for p in applied.patches)
+    ]
+
+
+def _load(file: str) -> Patch:
+    path = Path(file)
+    if path.is_dir() or path.suffix == ".zip":
+        msg = (
+            f"--hotpatch-apply {file}: this is a baseline bundle, which replaces the code "
+            "and needs a restart; run the tests on its code tree instead "
+            "(PYTHONPATH=BUNDLE/ROOT pytest, ROOT being [code] root in its patch.toml)"
+        )
+        raise pytest.UsageError(msg)
+    try:
+        return load_patch(path)
+    except PatchError as exc:
+        msg = f"--hotpatch-apply {file}: {_describe(exc)}"
+        raise pytest.UsageError(msg) from None
+
+
+def _refusal(patch: Patch, reason: str) -> str:
+    file = patch.source.path if patch.source else patch.version
+    return f"--hotpatch-apply {file}: {reason}; no patch was applied"
+
+
+def _describe(exc: PatchError) -> str:
+    """``hotpatch.TargetNotFound: ...``, with a hint when a module did not import."""
+    text = f"hotpatch.{type(exc).__name__}: {exc}"
+    module = (exc.target or "").partition(":")[0]
+    if module and module not in sys.modules:
+        text += (
+            f" (the patch is applied before the tests are collected, so {module!r} must be "
+            "importable then: install the project, or add its folder to `pythonpath` in the "
+            "pytest configuration)"
+        )
+    return text
+
+
+def _undo(registry: Registry) -> None:
+    if registry.level:
+        registry.rollback(to=registry.baseline, who=_WHO)
+
+
+def _ini_baseline(config: pytest.Config) -> str:
+    return str(config.getini(_BASELINE_INI) or "").strip()
 
 
 @pytest.fixture
 def hotpatch_registry(request: pytest.FixtureRequest) -> Iterator[Registry]:
-    """A fresh registry; everything it applied is rolled back at teardown."""
-    baseline = str(request.config.getini("hotpatch_baseline"))
+    """A fresh registry; everything it applied is rolled back at teardown.
+
+    Its baseline is the ``hotpatch_baseline`` ini option, or under
+    ``--hotpatch-apply`` the applied patches' baseline (the registry then starts on
+    top of them, at its own empty level).
+    """
+    baseline = _ini_baseline(request.config)
+    applied = request.config.stash.get(_SESSION, None)
+    if not baseline and applied is not None:
+        baseline = applied.registry.baseline
+    if not baseline:
+        pytest.fail(
+            f"the hotpatch_registry fixture needs the baseline of the code under test: set "
+            f"the ini option {_BASELINE_INI} (in pyproject.toml, under "
+            f'[tool.pytest.ini_options]: {_BASELINE_INI} = "2.3")',
+            pytrace=False,
+        )
     try:
         registry = Registry(baseline)
     except ValueError as exc:
-        msg = f"ini option hotpatch_baseline: {exc}"
+        msg = f"ini option {_BASELINE_INI}: {exc}"
         raise pytest.UsageError(msg) from None
     yield registry
     if registry.level:
@@ -58,8 +199,9 @@ def check_patch_file(path: str | os.PathLike[str], *, baseline: str | None = Non
     """Apply the patch at ``path`` to a fresh registry, check it went in hot and
     that rolling it back restores every target and module namespace exactly.
 
-    Returns the ``CheckReport``; raises ``AssertionError`` naming what is wrong,
-    or the ``PatchError`` that refused the patch.
+    The registry's baseline is ``baseline``, else the patch's own. Returns the
+    ``CheckReport``; raises ``AssertionError`` naming what is wrong, or the
+    ``PatchError`` that refused the patch.
     """
     patch = load_patch(path)
     registry = Registry(baseline or patch.baseline or "0")

@@ -1,4 +1,4 @@
-"""The pytest plugin: the ``hotpatch_registry`` fixture, its ini option, ``check_patch_file``."""
+"""The pytest plugin: ``--hotpatch-apply``, the ``hotpatch_registry`` fixture, check_patch_file."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import itertools
 import sys
 import textwrap
 from importlib.metadata import entry_points
+from pathlib import Path
 
 import pytest
 
@@ -54,6 +55,7 @@ def _patch_file(pytester, module, version: str, baseline: str, **options: str) -
 
 def test_fixture_applies_and_rolls_back_at_teardown(pytester, inner):
     original = inner.price.__code__
+    pytester.makeini("[pytest]\nhotpatch_baseline = 0\n")
     patch = _patch_file(pytester, inner, "0.1", "0")
     pytester.makepyfile(
         test_inner=f"""
@@ -61,7 +63,7 @@ def test_fixture_applies_and_rolls_back_at_teardown(pytester, inner):
         import {inner.__name__} as target
 
         def test_apply(hotpatch_registry):
-            assert hotpatch_registry.baseline == "0"  # the default
+            assert hotpatch_registry.baseline == "0"
             result = hotpatch_registry.apply(hotpatch.load_patch({patch!r}))
             assert result.hot
             assert hotpatch_registry.level == ("0.1",)
@@ -87,6 +89,7 @@ def test_fixture_applies_and_rolls_back_at_teardown(pytester, inner):
 
 
 def test_fixture_with_nothing_applied_tears_down_quietly(pytester):
+    pytester.makeini("[pytest]\nhotpatch_baseline = 1.0\n")
     pytester.makepyfile(
         test_inner="""
         def test_nothing(hotpatch_registry):
@@ -123,6 +126,41 @@ def test_baseline_ini_option_sets_the_registry_baseline(pytester, inner):
     assert "hotpatch_baseline" in pytester.runpytest_inprocess("--help").stdout.str()
 
 
+def test_missing_baseline_ini_option_is_reported_as_such(pytester):
+    pytester.makepyfile(
+        test_inner="""
+        def test_uses(hotpatch_registry):
+            pass
+
+        def test_does_not_use():
+            pass
+        """
+    )
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(
+        ["*hotpatch_registry fixture needs the baseline*set the ini option hotpatch_baseline*"]
+    )
+    assert "against 0" not in result.stdout.str()
+
+
+def test_errors_are_shown_under_their_public_names(pytester, inner):
+    pytester.makeini("[pytest]\nhotpatch_baseline = 2.0\n")
+    other = _patch_file(pytester, inner, "1.0.1", "1.0")
+    pytester.makepyfile(
+        test_inner=f"""
+        import hotpatch
+
+        def test_apply(hotpatch_registry):
+            hotpatch_registry.apply(hotpatch.load_patch({other!r}))
+        """
+    )
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["E *hotpatch.BaselineMismatch: patch 1.0.1 is for baseline 1.0*"])
+    assert "hotpatch._errors" not in result.stdout.str()
+
+
 def test_invalid_baseline_ini_option_is_named(pytester):
     pytester.makeini("[pytest]\nhotpatch_baseline = next\n")
     pytester.makepyfile(
@@ -149,6 +187,7 @@ def test_fixture_comes_from_the_plugin(pytester):
 
 
 def test_fixture_in_a_subprocess_session(pytester, inner):
+    pytester.makeini("[pytest]\nhotpatch_baseline = 0\n")
     patch = _patch_file(pytester, inner, "0.1", "0")
     pytester.makepyfile(
         test_inner=f"""
@@ -353,3 +392,182 @@ def test_check_patch_file_in_an_inner_session(pytester, inner):
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(["*AssertionError: patch 0.2 would not go in hot*restart=True*"])
+
+
+# -- pytest --hotpatch-apply ------------------------------------------------------------
+
+
+def _project(pytester) -> str:
+    """A package at release 1.0 whose 1.0.1 tests fail on it; returns its name."""
+    name = f"shop_{next(_names)}"
+    pytester.makeini("[pytest]\npythonpath = .\n")
+    pkg = pytester.mkpydir(name)
+    (pkg / "pricing.py").write_text(
+        "def discount(price, pct):\n    return price * (100 - pct) // 100\n"
+    )
+    pytester.makepyfile(
+        test_pricing=f"""
+        from {name}.pricing import CURRENCY, discount  # CURRENCY is new in 1.0.1
+
+        def test_rounds_half_up():
+            assert discount(999, 50) == 500
+
+        def test_currency():
+            assert CURRENCY == "EUR"
+
+        def test_round_numbers_unchanged():
+            assert discount(1000, 10) == 900
+        """
+    )
+    (pytester.path / "fix.py").write_text(
+        textwrap.dedent(
+            f"""
+            from hotpatch import Patch
+            patch = Patch(version="1.0.1", baseline="1.0", summary="round discounts")
+
+            @patch.replace("{name}.pricing:discount")
+            def discount(price, pct):
+                return round(price * (100 - pct) / 100)
+
+            @patch.migrate("{name}.pricing")
+            def add_currency(module):
+                module.CURRENCY = "EUR"
+
+            @patch.unmigrate("{name}.pricing")
+            def drop_currency(module):
+                del module.CURRENCY
+            """
+        )
+    )
+    return name
+
+
+def test_apply_runs_the_new_tests_against_the_patched_code(pytester):
+    _project(pytester)
+    # the old code fails the new version's tests (the module-level import, even)
+    before = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    assert before.ret != 0
+    before.stdout.fnmatch_lines(["*ImportError*CURRENCY*"])
+    # applied before collection: the tests' module-level import sees the migration
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--hotpatch-apply", "fix.py")
+    result.assert_outcomes(passed=3)
+    result.stdout.fnmatch_lines(["hotpatch: baseline 1.0, applied 1.0.1 (fix.py)"])
+
+
+def test_apply_is_rolled_back_when_the_session_ends(pytester, inner):
+    original = inner.price.__code__
+    patch = _patch_file(pytester, inner, "0.1", "0")
+    pytester.makepyfile(
+        test_inner=f"""
+        import {inner.__name__} as target
+
+        def test_patched():
+            assert target.price(10) == 20
+        """
+    )
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "--hotpatch-apply", patch)
+    result.assert_outcomes(passed=1)
+    assert inner.price.__code__ is original
+    assert inner.price(10) == 10
+
+
+def test_apply_several_files_in_version_order(pytester, inner):
+    first = _patch_file(pytester, inner, "0.1", "0")
+    second = Path(_patch_file(pytester, inner, "0.2", "0"))
+    second.write_text(second.read_text().replace("x * 2", "x * 3"))
+    pytester.makepyfile(
+        test_inner=f"""
+        import {inner.__name__} as target
+
+        def test_both():
+            assert target.price(10) == 30
+        """
+    )
+    args = ["--hotpatch-apply", str(second), "--hotpatch-apply", first]
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", *args)
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["hotpatch: baseline 0, applied 0.1 (*), 0.2 (*)"])
+    assert inner.price(10) == 10
+
+
+def test_fixture_under_apply_builds_on_the_applied_patches(pytester, inner):
+    first = _patch_file(pytester, inner, "0.1", "0")
+    second = Path(_patch_file(pytester, inner, "0.2", "0"))
+    second.write_text(second.read_text().replace("x * 2", "x * 3"))
+    pytester.makepyfile(
+        test_inner=f"""
+        import hotpatch
+        import {inner.__name__} as target
+
+        def test_fixture(hotpatch_registry):
+            assert hotpatch_registry.baseline == "0"
+            hotpatch_registry.apply(hotpatch.load_patch({str(second)!r}))
+            assert target.price(10) == 30
+
+        def test_after_teardown_the_session_patch_is_still_in():
+            assert target.price(10) == 20
+        """
+    )
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "--hotpatch-apply", first)
+    result.assert_outcomes(passed=2)
+    assert inner.price(10) == 10
+
+
+@pytest.mark.parametrize(
+    ("second", "expected"),
+    [
+        (
+            'patch = Patch(version="0.2", baseline="0")\n'
+            '@patch.replace("{mod}:nope")\ndef nope(x):\n    return x\n',
+            "hotpatch.TargetNotFound: patch 0.2: target {mod}:nope*",
+        ),
+        (
+            'patch = Patch(version="0.2", baseline="0", restart=True)\n'
+            '@patch.replace("{mod}:price")\ndef price(x):\n    return x\n',
+            "patch 0.2 cannot go in hot (*restart=True*): it needs a restart*",
+        ),
+        (
+            'patch = Patch(version="0.2", baseline="9")\n'
+            '@patch.replace("{mod}:price")\ndef price(x):\n    return x\n',
+            "hotpatch.BaselineMismatch: patch 0.2 is for baseline 9*",
+        ),
+        ("patch = Patch(", "hotpatch.VerificationFailed: patch file bad.py has a syntax error*"),
+    ],
+    ids=["unknown-target", "not-hot", "other-baseline", "syntax-error"],
+)
+def test_apply_refuses_a_patch_that_cannot_apply_and_applies_none(
+    pytester, inner, second, expected
+):
+    original = inner.price.__code__
+    good = _patch_file(pytester, inner, "0.1", "0")
+    bad = pytester.path / "bad.py"
+    bad.write_text("from hotpatch import Patch\n" + second.format(mod=inner.__name__))
+    pytester.makepyfile(test_inner="def test_never_runs():\n    raise AssertionError\n")
+    args = ["--hotpatch-apply", good, "--hotpatch-apply", str(bad)]
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", *args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        [f"ERROR: --hotpatch-apply *bad.py: {expected.format(mod=inner.__name__)}"]
+    )
+    assert "hotpatch._errors" not in result.stderr.str()
+    assert inner.price.__code__ is original
+
+
+def test_apply_refuses_a_baseline_bundle(pytester):
+    bundle = pytester.mkdir("1.1")
+    (bundle / "patch.toml").write_text('[patch]\nversion = "1.1"\nkind = "unplanned-baseline"\n')
+    pytester.makepyfile(test_inner="def test_never_runs():\n    raise AssertionError\n")
+    result = pytester.runpytest_inprocess("--hotpatch-apply", str(bundle))
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: --hotpatch-apply *1.1: this is a baseline bundle*"])
+
+
+def test_apply_says_the_target_must_be_importable_when_the_session_starts(pytester):
+    name = _project(pytester)
+    (pytester.path / "src").mkdir()
+    (pytester.path / name).rename(pytester.path / "src" / name)  # not importable from "."
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--hotpatch-apply", "fix.py")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        [f"*hotpatch.TargetNotFound*'{name}.pricing' must be importable then: install the project*"]
+    )
