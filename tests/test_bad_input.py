@@ -227,7 +227,7 @@ def test_hang_at_import_is_killed_after_verify_timeout(
     service: Service,
     start: Callable[..., hotpatch.Agent],
 ) -> None:
-    agent = start(verify_timeout=1.0)
+    agent = start(verify_timeout=2.0)
     marker = folder.outbox / "still-running"
     head = (
         "import os, time\n"
@@ -237,10 +237,11 @@ def test_hang_at_import_is_killed_after_verify_timeout(
     )
     folder.drop("hang.py", patch_text(f"{target.__name__}:f", head=head))
     reason = rejected(folder, agent, service, "hang.py", ())
-    assert "did not finish importing within 1 s: killed" in reason
-    # The child is gone: nothing touches the marker any more.
-    marker.unlink()
-    time.sleep(0.3)
+    assert "did not finish importing within 2 s: killed" in reason
+    # The child is gone: nothing touches the marker any more. (On a loaded machine
+    # the child may have been killed before its loop first ran: no marker then.)
+    marker.unlink(missing_ok=True)
+    time.sleep(0.5)
     assert not marker.exists()
 
 
