@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from hotpatch.agent._folder import RESULT_SUFFIX
+from hotpatch.agent._outcome import RESULT_SUFFIX
 
 WAIT_S = 60.0  # a bound so a broken build fails instead of hanging; never a measurement
 

@@ -17,7 +17,7 @@ from drops import wait_for
 
 from hotpatch._journal import Journal, JournalEntry, JournalState
 from hotpatch.agent._control import request
-from hotpatch.agent.fanout._agent import WORKERS_DIR
+from hotpatch.agent._names import WORKERS_DIR
 
 WORKER = """\
 import os, sys

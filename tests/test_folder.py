@@ -20,7 +20,7 @@ from drops import WAIT_S, DropFolder, wait_for
 
 import hotpatch
 from hotpatch.agent import _folder, _outcome
-from hotpatch.agent._folder import is_ignored, peek_targets, peek_version
+from hotpatch.agent._drops import is_ignored, peek_targets, peek_version
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
@@ -349,7 +349,7 @@ def test_the_result_is_complete_before_the_file_moves(
     move = _outcome._move
 
     def checking_move(source: Path, destination: Path) -> None:
-        result = destination.with_name(destination.name + _folder.RESULT_SUFFIX)
+        result = destination.with_name(destination.name + _outcome.RESULT_SUFFIX)
         seen.append(json.loads(result.read_text()))  # there, and whole JSON
         move(source, destination)
 

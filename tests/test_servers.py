@@ -20,7 +20,7 @@ import pytest
 from drops import wait_for
 
 from hotpatch.agent._control import request
-from hotpatch.agent.fanout._agent import WORKERS_DIR
+from hotpatch.agent._names import WORKERS_DIR
 
 SERVERS = Path(__file__).resolve().parents[1] / "demos" / "servers"
 WAIT_S = 90.0  # a bound so a broken build fails instead of hanging; never a measurement

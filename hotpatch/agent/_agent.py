@@ -30,25 +30,13 @@ from hotpatch._registry import Registry
 from hotpatch.agent._commands import AgentCommands
 from hotpatch.agent._control import ControlServer
 from hotpatch.agent._folder import SIGNATURE_WAIT_S, Folder
-from hotpatch.agent._outcome import STAGING, check_folder, write_result
-from hotpatch.agent._pipeline import BUNDLE_REASON, PathLike, TrustedKeys
+from hotpatch.agent._names import LOCKFILE_NAME, PIDFILE_NAME, SOCKET_NAME, STAGING
+from hotpatch.agent._outcome import check_folder, write_result
+from hotpatch.agent._pipeline import PathLike, TrustedKeys
 
-__all__ = [
-    "BUNDLE_REASON",
-    "LOCKFILE_NAME",
-    "PIDFILE_NAME",
-    "SOCKET_NAME",
-    "Agent",
-    "PathLike",
-    "TrustedKeys",
-    "install",
-]
+__all__ = ["Agent", "install"]
 
 log = logging.getLogger("hotpatch")
-
-SOCKET_NAME = ".hotpatch.sock"
-PIDFILE_NAME = ".hotpatch.json"
-LOCKFILE_NAME = ".hotpatch.lock"
 
 
 class _Options(TypedDict):

@@ -15,10 +15,10 @@ from pathlib import Path
 from packaging.version import InvalidVersion, Version
 
 from hotpatch._errors import VerificationFailed
+from hotpatch.agent._signing import SIGNATURE_SUFFIX
 
 __all__ = [
     "MAX_SIGNATURE_BYTES",
-    "SIGNATURE_SUFFIX",
     "TEMPORARY_SUFFIXES",
     "PatchBytes",
     "Vanished",
@@ -31,7 +31,6 @@ __all__ = [
     "read_signature",
 ]
 
-SIGNATURE_SUFFIX = ".sig"
 TEMPORARY_SUFFIXES = (".tmp", ".part", "~")
 MAX_SIGNATURE_BYTES = 64 * 1024
 _MAX_TOML_BYTES = 64 * 1024

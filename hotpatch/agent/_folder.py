@@ -22,8 +22,7 @@ Protocol of the folder, as an operator sees it:
 
 The folder only finds drops and files their outcomes; deciding the outcome is
 the ``process`` callable's job (the agent's pipeline). Reading a drop safely is
-``hotpatch.agent._drops``; filing its outcome, ``hotpatch.agent._outcome``. Their public
-names are importable from here too.
+``hotpatch.agent._drops``; filing its outcome, ``hotpatch.agent._outcome``.
 """
 
 from __future__ import annotations
@@ -49,52 +48,17 @@ from watchdog.observers.inotify import InotifyObserver
 
 from hotpatch._errors import VerificationFailed
 from hotpatch.agent._drops import (
-    SIGNATURE_SUFFIX,
-    PatchBytes,
     Vanished,
     bundle_version,
     is_bundle_name,
     is_ignored,
-    peek_targets,
     peek_version,
     read_patch_file,
-    read_signature,
 )
-from hotpatch.agent._outcome import (
-    OUTCOME_DIRS,
-    RESULT_SUFFIX,
-    STAGING,
-    Outcome,
-    OutcomeKind,
-    check_folder,
-    file_outcome,
-    now_iso,
-    write_result,
-)
+from hotpatch.agent._outcome import OUTCOME_DIRS, Outcome, file_outcome
+from hotpatch.agent._signing import SIGNATURE_SUFFIX
 
-__all__ = [
-    "HOLD_BACK_S",
-    "OUTCOME_DIRS",
-    "RESULT_SUFFIX",
-    "SETTLE_S",
-    "SIGNATURE_WAIT_S",
-    "STAGING",
-    "Folder",
-    "Outcome",
-    "OutcomeKind",
-    "PatchBytes",
-    "Vanished",
-    "bundle_version",
-    "check_folder",
-    "is_bundle_name",
-    "is_ignored",
-    "now_iso",
-    "peek_targets",
-    "peek_version",
-    "read_patch_file",
-    "read_signature",
-    "write_result",
-]
+__all__ = ["HOLD_BACK_S", "SETTLE_S", "SIGNATURE_WAIT_S", "Folder"]
 
 log = logging.getLogger("hotpatch")
 

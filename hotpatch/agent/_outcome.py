@@ -13,12 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from hotpatch.agent._drops import SIGNATURE_SUFFIX
+from hotpatch.agent._names import STAGING
+from hotpatch.agent._signing import SIGNATURE_SUFFIX
 
 __all__ = [
     "OUTCOME_DIRS",
     "RESULT_SUFFIX",
-    "STAGING",
     "Outcome",
     "OutcomeKind",
     "check_folder",
@@ -35,7 +35,6 @@ OUTCOME_DIRS: dict[str, str] = {
     "rejected": "rejected",
     "pending": "pending",
 }
-STAGING = ".staging"
 RESULT_SUFFIX = ".result.json"
 
 # -- the folder itself ------------------------------------------------------------------

@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hotpatch.agent._folder import OUTCOME_DIRS, RESULT_SUFFIX
+from hotpatch.agent._outcome import OUTCOME_DIRS, RESULT_SUFFIX
 from hotpatch.service._api import parse_address
 from hotpatch.supervisor._records import RestartOutcome
 from hotpatch.supervisor._runner import Runner

@@ -33,15 +33,10 @@ from packaging.version import Version
 
 from hotpatch._errors import VerificationFailed
 from hotpatch._registry import Registry
-from hotpatch.agent._agent import PIDFILE_NAME, Agent
-from hotpatch.agent._folder import (
-    Outcome,
-    Vanished,
-    is_bundle_name,
-    read_patch_file,
-    read_signature,
-    write_result,
-)
+from hotpatch.agent._agent import Agent
+from hotpatch.agent._drops import Vanished, is_bundle_name, read_patch_file, read_signature
+from hotpatch.agent._names import PIDFILE_NAME
+from hotpatch.agent._outcome import Outcome, write_result
 from hotpatch.agent._signing import bundle_digest, verify_signature
 from hotpatch.supervisor._bundle import MAX_BUNDLE_BYTES, read_bundle, unpack_bundle
 from hotpatch.supervisor._child import Child, ChildExited

@@ -41,25 +41,24 @@ from hotpatch._errors import JournalError
 from hotpatch._journal import Journal
 from hotpatch._loader import DEFAULT_MAX_BYTES
 from hotpatch._registry import Registry
-from hotpatch.agent._agent import LOCKFILE_NAME, PIDFILE_NAME, Agent
+from hotpatch.agent._agent import Agent
 from hotpatch.agent._control import ControlServer, request
+from hotpatch.agent._names import LOCKFILE_NAME, PIDFILE_NAME, WORKERS_DIR
 from hotpatch.agent._outcome import Outcome, check_folder, write_result
 from hotpatch.agent._pipeline import PathLike, TrustedKeys
 from hotpatch.agent.fanout._journal import JOURNAL_NAME, GroupJournal
 from hotpatch.agent.fanout._owner import Fanout
 from hotpatch.agent.fanout._peers import (
     PEER_TIMEOUT_S,
-    WORKERS_DIR,
     ask_owner,
     call,
-    live_workers,
     other_workers,
     start_lock,
     workers_dir,
 )
 from hotpatch.agent.fanout._worker import accept, catch_up, level_with_texts, undo
 
-__all__ = ["WORKERS_DIR", "WorkerAgent", "live_workers"]
+__all__ = ["WorkerAgent"]
 
 log = logging.getLogger("hotpatch")
 

@@ -13,13 +13,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from hotpatch.agent._agent import PIDFILE_NAME
 from hotpatch.agent._control import request
+from hotpatch.agent._names import PIDFILE_NAME, WORKERS_DIR
 
 __all__ = [
     "DELIVER_TIMEOUT_S",
     "PEER_TIMEOUT_S",
-    "WORKERS_DIR",
     "alive",
     "ask_owner",
     "call",
@@ -34,7 +33,6 @@ __all__ = [
 
 log = logging.getLogger("hotpatch")
 
-WORKERS_DIR = ".workers"
 START_LOCK = "start.lock"
 START_WAIT_S = 120.0  # past it a worker starts anyway (a peer hangs in its start-up)
 DELIVER_TIMEOUT_S = 60.0
