@@ -44,6 +44,7 @@ from hotpatch.cli._follow import (
     rollout_status_file,
     watch_folder,
 )
+from hotpatch.cli._make import add_make_parser
 from hotpatch.cli._show import (
     show_history,
     show_outcome,
@@ -175,6 +176,7 @@ def _parser() -> argparse.ArgumentParser:
         help=f"the private key from `hotpatch keygen` (default: ${ENV_KEY})",
     )
     sign.set_defaults(run=_sign)
+    add_make_parser(commands)
     return parser
 
 

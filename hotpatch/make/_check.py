@@ -1,0 +1,143 @@
+"""A written patch, checked against the old code before ``hotpatch make`` calls it hot.
+
+Two short-lived children, both with the old tree's import roots first on
+``sys.path``: the folder's own verification (``verify_in_child``: the patch
+imports and its targets resolve), then a dry run of ``Registry.check`` whose
+report -- hot or not, the reasons, inline or forward per target -- is the
+verdict. The second child also says which function each target resolved
+to, so a decorator without ``__wrapped__`` (whose wrapper would be patched
+instead of the function) is named rather than patched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hotpatch._errors import PatchError
+from hotpatch._loader import load_patch
+from hotpatch._registry import Registry
+from hotpatch._targets import resolve
+from hotpatch.agent._verify import verify_in_child
+
+__all__ = ["Verdict", "check_patch"]
+
+_BOOTSTRAP = (
+    "import json, sys\n"
+    "config = json.loads(sys.argv[1])\n"
+    "sys.path.insert(0, config['root'])\n"
+    "from hotpatch.make._check import _child_main\n"
+    "_child_main(config)\n"
+)
+_ROOT = str(Path(__file__).resolve().parent.parent.parent)
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The registry's word on the patch, against the old code."""
+
+    hot: bool
+    reasons: tuple[str, ...]  # why not hot (restart), or why it failed (error)
+    modes: dict[str, str] = field(default_factory=dict)  # target -> "inline"/"forward (why)"
+    error: str = ""  # the patch did not load or was refused: the message
+    error_target: str = ""
+    wrappers: dict[str, str] = field(default_factory=dict)  # target -> the wrapper patched
+
+
+def check_patch(
+    path: Path,
+    *,
+    baseline: str,
+    sys_path: Sequence[str],
+    expected: dict[str, str],
+    timeout: float,
+) -> Verdict:
+    """Verify ``path`` against the code on ``sys_path``, as the folder would, then dry-run it.
+
+    ``expected`` maps each replacement target to the ``__qualname__`` of the
+    function it must resolve to.
+    """
+    try:
+        verify_in_child(path, sys_path=sys_path, timeout=timeout)
+    except PatchError as exc:
+        return Verdict(False, (), error=str(exc), error_target=exc.target or "")
+    config = {
+        "root": _ROOT,
+        "path": str(path.absolute()),
+        "sys_path": list(sys_path),
+        "baseline": baseline,
+        "expected": expected,
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-I", "-B", "-c", _BOOTSTRAP, json.dumps(config)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        msg = f"the registry's dry run of {path.name} did not finish within {timeout:g} s"
+        return Verdict(False, (), error=msg)
+    finally:
+        if proc.poll() is None:  # pragma: no cover - only when communicate itself failed
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    try:
+        data = json.loads(out)
+    except ValueError:
+        tail = err.decode("utf-8", "replace").strip()[-2000:]
+        msg = f"the registry's dry run of {path.name} ended with status {proc.returncode}: {tail}"
+        return Verdict(False, (), error=msg)
+    if not data["ok"]:
+        return Verdict(False, (), error=data["error"], error_target=data.get("target") or "")
+    return Verdict(
+        hot=bool(data["hot"]) and not data["wrappers"],
+        reasons=tuple(data["reasons"]),
+        modes=dict(data["modes"]),
+        wrappers=dict(data["wrappers"]),
+    )
+
+
+# -- in the child ----------------------------------------------------------------------
+
+
+def _child_main(config: dict[str, Any]) -> None:  # pragma: no cover - runs in the child
+    sys.dont_write_bytecode = True
+    sys.path[:] = config["sys_path"]
+    report_fd = os.dup(1)
+    os.dup2(2, 1)  # the code's prints go to stderr; stdout carries only the report
+    try:
+        report = _dry_run(Path(config["path"]), config["baseline"], config["expected"])
+    except PatchError as exc:
+        report = {"ok": False, "error": str(exc), "target": exc.target}
+    except Exception as exc:
+        report = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+    data = json.dumps(report).encode()
+    while data:
+        data = data[os.write(report_fd, data) :]
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def _dry_run(path: Path, baseline: str, expected: dict[str, str]) -> dict[str, Any]:
+    patch = load_patch(path)
+    wrappers: dict[str, str] = {}
+    for target, qualname in expected.items():
+        function = resolve(target, patch=patch.version).function
+        if function.__qualname__ != qualname:
+            wrappers[target] = function.__qualname__
+    if wrappers:  # the registry would judge the wrapper: say what it is instead
+        return {"ok": True, "hot": False, "reasons": [], "modes": {}, "wrappers": wrappers}
+    report = Registry(baseline).check(patch)
+    return {"ok": True, **report.record(), "wrappers": wrappers}

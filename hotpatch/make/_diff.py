@@ -1,0 +1,826 @@
+"""Two versions of the service's code -> a plan: what changed, definition by definition, and how.
+
+Each changed Python module is compared with ``ast``: top-level functions and
+classes, methods, nested functions, module-level statements. Every change
+gets a verdict: a replaced function (``replace``; the registry later says
+``inline`` or ``forward``), a new definition (``added``), a constant set
+again (``migration``), something removed that can stay (``left``), or a
+change that cannot go in hot (``baseline``), with the reason.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections import Counter
+from dataclasses import dataclass, field
+
+from hotpatch._validate import signature_problems
+from hotpatch.make._sources import MakeError, Tree, classify
+from hotpatch.make._syntax import (
+    Binding,
+    accessor,
+    bindings,
+    call_names,
+    def_time_names,
+    dotted,
+    function_kind,
+    is_pure,
+    nested_functions,
+    outlives,
+    segment,
+    signature,
+    string_lines,
+)
+
+__all__ = [
+    "Assignment",
+    "Change",
+    "Helper",
+    "Members",
+    "ModulePlan",
+    "Plan",
+    "Replacement",
+    "compare",
+]
+
+_Def = ast.FunctionDef | ast.AsyncFunctionDef
+_SHOWN = 60  # characters of a statement quoted in a reason
+_LAYOUT_BASES = frozenset(
+    {"Enum", "IntEnum", "StrEnum", "Flag", "IntFlag", "NamedTuple", "TypedDict", "Structure"}
+)
+
+
+@dataclass(slots=True)
+class Change:
+    """One changed definition (or file) and what becomes of it."""
+
+    name: str  # "shop.pricing:apply_discount", "shop.pricing:RATE", "src/shop/rates.json"
+    what: str  # "function", "method", "class", "constant", "statement", "module", "file", ...
+    verdict: str  # replace/inline/forward/added/migration/restart/baseline/left/ignored
+    why: str
+
+    def record(self) -> dict[str, str]:
+        return {"name": self.name, "what": self.what, "verdict": self.verdict, "why": self.why}
+
+
+@dataclass(slots=True)
+class Replacement:
+    """A changed function or method: ``@patch.replace(target)`` with its new source."""
+
+    target: str
+    qualname: str  # the function's own __qualname__ (a property's accessors share it)
+    source: str
+    def_name: str
+    defaults: set[str]  # names its defaults read, when the patch file defines it
+    change: Change
+
+
+@dataclass(slots=True)
+class Helper:
+    """A new top-level function or class, defined in the patch file."""
+
+    name: str
+    source: str
+    names: set[str]  # every global name it reads, when defined and when called
+    change: Change
+
+
+@dataclass(slots=True)
+class Members:
+    """New methods of an existing class: ``@patch.replace_class(target)``."""
+
+    target: str
+    header: str  # "class Cart(Base):"
+    sources: list[str]
+    names: set[str]  # names its header reads (bases, keywords)
+    changes: list[Change]
+
+
+@dataclass(slots=True)
+class Assignment:
+    """A module or class attribute set by a migration; ``old`` ``None``: it is new."""
+
+    owner: str  # "" for the module, else a class qualname
+    name: str
+    new: ast.expr
+    old: ast.expr | None
+    change: Change
+    new_text: str = ""  # the value's source, as written
+    old_text: str = ""
+
+
+@dataclass(slots=True)
+class ModulePlan:
+    """What the patch does to one module."""
+
+    name: str
+    path: str
+    imports: dict[str, Binding]
+    old_imports: dict[str, Binding]
+    old_names: set[str]  # module-level names the old version binds
+    new_names: set[str]
+    replacements: list[Replacement] = field(default_factory=list)
+    helpers: list[Helper] = field(default_factory=list)
+    members: list[Members] = field(default_factory=list)
+    assignments: list[Assignment] = field(default_factory=list)
+    class_scopes: dict[str, set[str]] = field(default_factory=dict)  # class -> its attributes
+
+    @property
+    def empty(self) -> bool:
+        return not (self.replacements or self.helpers or self.members or self.assignments)
+
+
+@dataclass(slots=True)
+class Plan:
+    """Every change between the two versions, and the modules the patch touches."""
+
+    modules: list[ModulePlan]
+    changes: list[Change]
+    ignored: list[Change]
+
+    @property
+    def baseline_reasons(self) -> list[Change]:
+        return [c for c in self.changes if c.verdict == "baseline"]
+
+
+# -- the two trees ------------------------------------------------------------------------
+
+
+def compare(old: Tree, new: Tree, roots: tuple[str, ...]) -> Plan:
+    """Compare ``old`` and ``new`` file by file, then module by module."""
+    changes: list[Change] = []
+    ignored: list[Change] = []
+    modules: list[ModulePlan] = []
+    for path in sorted(old.files.keys() | new.files.keys()):
+        before, after = old.files.get(path), new.files.get(path)
+        if before == after:
+            continue
+        place = classify(path, roots)
+        state = "added" if before is None else "removed" if after is None else "changed"
+        if place.kind == "ignored":
+            ignored.append(Change(path, "file", "ignored", f"{place.why} ({state})"))
+        elif place.kind == "data":
+            why = (
+                f"a non-Python file under the import root {place.root} is {state}; the code "
+                "may read it, and a running process cannot be given a new file: it needs a "
+                "baseline"
+            )
+            changes.append(Change(path, "file", "baseline", why))
+        elif before is None or after is None:
+            why = (
+                f"the module is {state}; modules are imported once, so a new or removed "
+                "module needs a baseline"
+            )
+            changes.append(Change(f"{place.module} ({path})", "module", "baseline", why))
+        else:
+            plan = _ModuleDiff(place.module, path, before, after).run(changes)
+            if not plan.empty:
+                modules.append(plan)
+    _stale_imports(old, roots, modules, changes)
+    return Plan(modules, changes, ignored)
+
+
+def _stale_imports(
+    old: Tree, roots: tuple[str, ...], modules: list[ModulePlan], changes: list[Change]
+) -> None:
+    """Constants another module copied at import (``from m import RATE``) would go stale."""
+    changed = {(m.name, a.name) for m in modules for a in m.assignments if not a.owner and a.old}
+    if not changed:
+        return
+    for path, data in sorted(old.files.items()):
+        place = classify(path, roots)
+        if place.kind != "module":
+            continue
+        try:
+            tree = ast.parse(data)
+        except (SyntaxError, ValueError):
+            continue
+        is_package = path.endswith("__init__.py")
+        for binding in bindings(tree, place.module, is_package).values():
+            if (binding.module, binding.attr) in changed:
+                why = (
+                    f"{place.module} copies {binding.attr} from {binding.module} when it is "
+                    "imported; the copy would keep the old value after a migration"
+                )
+                changes.append(Change(f"{place.module}:{binding.name}", "import", "baseline", why))
+
+
+# -- one module ---------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Version:
+    """One version of a module, split into what the comparison needs."""
+
+    tree: ast.Module
+    lines: list[str]
+    keep: set[int]
+    defs: dict[str, list[ast.stmt]] = field(default_factory=dict)
+    assigns: dict[str, ast.stmt] = field(default_factory=dict)
+    statements: list[ast.stmt] = field(default_factory=list)
+    script: list[ast.stmt] = field(default_factory=list)  # under `if __name__ == "__main__":`
+    imports: dict[str, Binding] = field(default_factory=dict)
+
+    @property
+    def names(self) -> set[str]:
+        return set(self.defs) | set(self.assigns) | set(self.imports)
+
+    def text(self, node: ast.expr | None) -> str:
+        """The source of an expression as written (one line), or ""."""
+        if node is None or node.end_lineno != node.lineno or node.end_col_offset is None:
+            return ""
+        return self.lines[node.lineno - 1][node.col_offset : node.end_col_offset]
+
+
+def _parse(module: str, path: str, data: bytes, which: str) -> _Version:
+    try:
+        text = data.decode("utf-8")
+        tree = ast.parse(text, filename=path)
+    except UnicodeDecodeError:
+        msg = f"the {which} version of {path} is not UTF-8 text"
+        raise MakeError(msg) from None
+    except SyntaxError as exc:
+        msg = f"the {which} version of {path} does not parse (line {exc.lineno}: {exc.msg})"
+        raise MakeError(msg) from None
+    version = _Version(tree, text.splitlines(True), string_lines(tree))
+    version.imports = bindings(tree, module, path.endswith("__init__.py"))
+    body = list(tree.body)
+    if body and _is_docstring(body[0]):
+        body = body[1:]
+    for node in body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            version.defs.setdefault(node.name, []).append(node)
+        elif isinstance(node, ast.Import | ast.ImportFrom) and not _star(node):
+            continue  # in version.imports
+        elif (target := _assigned_name(node)) is not None and target not in version.assigns:
+            version.assigns[target] = node
+        elif isinstance(node, ast.If) and _type_checking(node.test):
+            continue  # typing only: never runs
+        elif isinstance(node, ast.If) and _main_guard(node.test):
+            version.script.append(node)
+        elif isinstance(node, ast.AnnAssign) and node.value is None:
+            continue  # an annotation only
+        else:
+            version.statements.append(node)
+    for name in [n for n in version.assigns if n in version.defs]:
+        version.statements.append(version.assigns.pop(name))
+    return version
+
+
+def _is_docstring(node: ast.stmt) -> bool:
+    return (
+        isinstance(node, ast.Expr)
+        and isinstance(node.value, ast.Constant)
+        and isinstance(node.value.value, str)
+    )
+
+
+def _star(node: ast.Import | ast.ImportFrom) -> bool:
+    return any(alias.name == "*" for alias in node.names)
+
+
+def _assigned_name(node: ast.stmt) -> str | None:
+    if isinstance(node, ast.Assign) and len(node.targets) == 1:
+        target = node.targets[0]
+        return target.id if isinstance(target, ast.Name) else None
+    if isinstance(node, ast.AnnAssign) and node.value is not None:
+        return node.target.id if isinstance(node.target, ast.Name) else None
+    return None
+
+
+def _value(node: ast.stmt) -> ast.expr:
+    assert isinstance(node, ast.Assign | ast.AnnAssign)
+    assert node.value is not None
+    return node.value
+
+
+def _type_checking(test: ast.expr) -> bool:
+    return dotted(test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING")
+
+
+def _main_guard(test: ast.expr) -> bool:
+    return (
+        isinstance(test, ast.Compare)
+        and dotted(test.left) == "__name__"
+        and len(test.comparators) == 1
+        and isinstance(test.comparators[0], ast.Constant)
+        and test.comparators[0].value == "__main__"
+    )
+
+
+def _dump(node: ast.AST) -> str:
+    return ast.dump(node)
+
+
+def _first_line(version: _Version, node: ast.stmt) -> str:
+    text = version.lines[node.lineno - 1].strip()
+    return text if len(text) <= _SHOWN else text[: _SHOWN - 3] + "..."
+
+
+class _ModuleDiff:
+    """The comparison of one module's two versions."""
+
+    def __init__(self, module: str, path: str, old: bytes, new: bytes) -> None:
+        self.module = module
+        self.path = path
+        self.old = _parse(module, path, old, "old")
+        self.new = _parse(module, path, new, "new")
+        self.plan = ModulePlan(
+            module,
+            path,
+            self.new.imports,
+            self.old.imports,
+            self.old.names,
+            self.new.names,
+        )
+        self.changes: list[Change] = []
+        self.replaced: set[str] = set()  # module-level functions this patch replaces
+
+    def name(self, qualname: str) -> str:
+        return f"{self.module}:{qualname}"
+
+    def add(self, qualname: str, what: str, verdict: str, why: str) -> Change:
+        change = Change(self.name(qualname), what, verdict, why)
+        self.changes.append(change)
+        return change
+
+    def baseline(self, qualname: str, what: str, why: str) -> None:
+        self.add(qualname, what, "baseline", why)
+
+    def run(self, out: list[Change]) -> ModulePlan:
+        self._imports()
+        self._statements()
+        self._constants()
+        self._definitions()
+        self._names()
+        out.extend(self.changes)
+        return self.plan
+
+    # -- module-level statements ----------------------------------------------------------
+
+    def _imports(self) -> None:
+        for name, binding in sorted(self.new.imports.items()):
+            before = self.old.imports.get(name)
+            if before is not None and before.statement != binding.statement:
+                why = (
+                    f"the import changes from `{before.statement}` to `{binding.statement}`; "
+                    "the module keeps the object it imported"
+                )
+                self.baseline(name, "import", why)
+            elif before is None and name in self.old.names:
+                why = (
+                    f"{name} was defined in the module; now it is imported (`{binding.statement}`)"
+                )
+                self.baseline(name, "import", why)
+
+    def _statements(self) -> None:
+        old = Counter(_dump(n) for n in self.old.statements)
+        new = Counter(_dump(n) for n in self.new.statements)
+        for version, other, state in ((self.new, old, "added"), (self.old, new, "removed")):
+            seen = Counter(other)
+            for node in version.statements:
+                dump = _dump(node)
+                if seen[dump] > 0:
+                    seen[dump] -= 1
+                    continue
+                where = f"line {node.lineno}"
+                why = (
+                    f"module body statement {state} ({where}: `{_first_line(version, node)}`): "
+                    "it runs when the module is imported, which a running process did long ago"
+                )
+                self.baseline(f"<module body, {where}>", "statement", why)
+        if [_dump(n) for n in self.old.script] != [_dump(n) for n in self.new.script]:
+            why = "runs only when the module is run as a script, never in the service"
+            self.add("<if __name__ == '__main__'>", "statement", "left", why)
+
+    def _constants(self) -> None:
+        changed: set[str] = set()
+        for name, node in self.new.assigns.items():
+            before = self.old.assigns.get(name)
+            value = _value(node)
+            if before is not None and _dump(_value(before)) == _dump(value):
+                if not (_names_in(value) & changed):
+                    continue
+                read = ", ".join(sorted(_names_in(value) & changed))
+                why = f"its value is computed from {read}, which change"
+            elif before is None:
+                why = "a new module-level value, set by the migration (deleted on rollback)"
+            else:
+                why = "the module-level value changes; the migration sets it (and back on rollback)"
+            if name in self.old.defs or name in self.old.imports:
+                self.baseline(name, "constant", f"{name} changes from a definition to a value")
+                continue
+            old_value = _value(before) if before is not None else None
+            if not is_pure(value) or (old_value is not None and not is_pure(old_value)):
+                text = _first_line(self.new, node)
+                self.baseline(
+                    name,
+                    "statement",
+                    f"module body statement `{text}` calls code when the module is imported "
+                    "(not a plain value a migration can set again)",
+                )
+                continue
+            changed.add(name)
+            change = self.add(name, "constant", "migration", why)
+            self.plan.assignments.append(
+                Assignment(
+                    "",
+                    name,
+                    value,
+                    old_value,
+                    change,
+                    self.new.text(value),
+                    self.old.text(old_value),
+                )
+            )
+        for name in self.old.assigns.keys() - self.new.assigns.keys():
+            if name not in self.new.defs:
+                self.add(name, "constant", "left", "removed in the new code; left in the process")
+
+    # -- definitions ------------------------------------------------------------------------
+
+    def _definitions(self) -> None:  # noqa: PLR0912 - one case per branch reads best
+        for name in sorted(self.old.defs.keys() | self.new.defs.keys()):
+            olds, news = self.old.defs.get(name, []), self.new.defs.get(name, [])
+            if not news:
+                if name not in self.new.assigns and name not in self.new.imports:
+                    self.add(
+                        name,
+                        _what(olds[-1]),
+                        "left",
+                        "removed in the new code; left in the process",
+                    )
+                else:
+                    self.baseline(name, _what(olds[-1]), "changes from a definition to a value")
+                continue
+            if not olds:
+                if name in self.old.assigns or name in self.old.imports:
+                    self.baseline(name, _what(news[-1]), "changes from a value to a definition")
+                else:
+                    self._helper(news[-1])
+                continue
+            if [_dump(n) for n in olds[:-1]] != [_dump(n) for n in news[:-1]] and not all(
+                _overload(n) for n in olds[:-1] + news[:-1]
+            ):
+                self.baseline(
+                    name, _what(news[-1]), "defined more than once, and a definition changes"
+                )
+                continue
+            old, new = olds[-1], news[-1]
+            if _dump(old) == _dump(new):
+                continue
+            if isinstance(old, ast.ClassDef) and isinstance(new, ast.ClassDef):
+                self._class(old, new, name)
+            elif isinstance(old, _Def) and isinstance(new, _Def):
+                if self._function(old, new, name, name, "function"):
+                    self.replaced.add(name)
+            else:
+                why = f"changes from a {_what(old)} to a {_what(new)}"
+                self.baseline(name, _what(new), why)
+
+    def _helper(self, node: ast.stmt) -> None:
+        assert isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
+        source = segment(self.new.lines, node, self.new.keep, decorators=True)
+        names = call_names(source) | def_time_names(node)
+        what = _what(node)
+        change = self.add(node.name, what, "added", f"a new {what}, defined in the patch file")
+        self.plan.helpers.append(Helper(node.name, source, names, change))
+        if any(isinstance(n, ast.Global) for n in ast.walk(node)):
+            why = (
+                f"the new {what} assigns module globals (`global`); defined in the patch file, "
+                "it would assign the patch file's globals, not the module's"
+            )
+            change.verdict, change.why = "baseline", why
+
+    def _function(self, old: _Def, new: _Def, qualname: str, target: str, what: str) -> bool:
+        """Compare two versions of a function; True when it becomes a replacement."""
+        decorators = (
+            [_dump(d) for d in old.decorator_list],
+            [_dump(d) for d in new.decorator_list],
+        )
+        if decorators[0] != decorators[1]:
+            before = ", ".join("@" + ast.unparse(d) for d in old.decorator_list) or "none"
+            after = ", ".join("@" + ast.unparse(d) for d in new.decorator_list) or "none"
+            why = (
+                f"its decorators change ({before} -> {after}); a decorator runs when the "
+                "function is defined, which a running process did long ago"
+            )
+            self.baseline(target, what, why)
+            return False
+        kinds = function_kind(old), function_kind(new)
+        if kinds[0] != kinds[1]:
+            why = f"it changes from a {kinds[0]} to a {kinds[1]}; its callers would break"
+            self.baseline(target, what, why)
+            return False
+        problems = signature_problems(signature(old.args), signature(new.args))
+        if problems:
+            why = f"its signature changes so that old callers cannot call it: {'; '.join(problems)}"
+            self.baseline(target, what, why)
+            return False
+        old_nested, new_nested = nested_functions(old), nested_functions(new)
+        for inner, node in new_nested.items():
+            earlier = old_nested.get(inner)
+            if earlier is not None and _dump(earlier) == _dump(node):
+                continue
+            name = inner.rpartition(".")[2]
+            if outlives(new, name) or (earlier is not None and outlives(old, name)):
+                why = (
+                    f"the nested function {inner} changes and may outlive a call of "
+                    f"{qualname} (it is returned, stored, passed on or decorated): function "
+                    "objects already made from it would keep the old code"
+                )
+                local = inner.partition(".<locals>.")[2]
+                self.baseline(f"{qualname}.<locals>.{local}", "nested function", why)
+                return False
+        source = segment(self.new.lines, new, self.new.keep)
+        defaults = def_time_names(new) - {
+            n.id for d in new.decorator_list for n in ast.walk(d) if isinstance(n, ast.Name)
+        }
+        change = self.add(target, what, "replace", "changed; replaced")
+        self.plan.replacements.append(
+            Replacement(self.name(target), qualname, source, new.name, defaults, change)
+        )
+        return True
+
+    def _class(self, old: ast.ClassDef, new: ast.ClassDef, qualname: str) -> None:
+        checks = (
+            (old.decorator_list, new.decorator_list, "its decorators change"),
+            (
+                [*old.bases, *old.keywords],
+                [*new.bases, *new.keywords],
+                "its bases or metaclass change",
+            ),
+        )
+        for before, after, why in checks:
+            if [_dump(n) for n in before] != [_dump(n) for n in after]:
+                self.baseline(
+                    qualname,
+                    "class",
+                    f"class layout: {why} (instances and subclasses keep the old layout)",
+                )
+                return
+        layout = bool(new.decorator_list or new.keywords) or any(
+            dotted(b).rpartition(".")[2] in _LAYOUT_BASES for b in new.bases
+        )
+        old_body, new_body = _ClassBody(old), _ClassBody(new)
+        self.plan.class_scopes[qualname] = set(new_body.assigns) | set(new_body.members)
+        if _dump_slots(old_body) != _dump_slots(new_body):
+            self.baseline(
+                f"{qualname}.__slots__",
+                "class",
+                "class layout: __slots__ change (instance layout cannot change hot)",
+            )
+            return
+        for node in _diff_statements(old_body.statements, new_body.statements):
+            why = f"class layout: class body statement `{ast.unparse(node)[:60]}` changes"
+            self.baseline(qualname, "class", why)
+            return
+        added: list[tuple[str, ast.stmt]] = []
+        for name in sorted(old_body.members.keys() | new_body.members.keys()):
+            self._member(
+                qualname, name, old_body.members.get(name), new_body.members.get(name), added
+            )
+        for name in sorted(old_body.assigns.keys() | new_body.assigns.keys()):
+            self._class_value(
+                qualname, name, old_body.assigns.get(name), new_body.assigns.get(name), layout
+            )
+        if added:
+            header = (
+                f"class {new.name}"
+                + (
+                    "(" + ", ".join(ast.unparse(n) for n in [*new.bases, *new.keywords]) + ")"
+                    if new.bases or new.keywords
+                    else ""
+                )
+                + ":"
+            )
+            names = {
+                n.id
+                for part in (*new.bases, *(k.value for k in new.keywords))
+                for n in ast.walk(part)
+                if isinstance(n, ast.Name)
+            }
+            sources = [
+                segment(self.new.lines, node, self.new.keep, decorators=True) for _, node in added
+            ]
+            changes = [
+                self.add(
+                    f"{qualname}.{name}",
+                    "method",
+                    "added",
+                    f"a new method of {qualname}, added by replace_class",
+                )
+                for name, _ in added
+            ]
+            self.plan.members.append(Members(self.name(qualname), header, sources, names, changes))
+
+    def _member(
+        self,
+        cls: str,
+        name: str,
+        old: list[ast.stmt] | None,
+        new: list[ast.stmt] | None,
+        added: list[tuple[str, ast.stmt]],
+    ) -> None:
+        qual = f"{cls}.{name}"
+        if new is None:
+            self.add(qual, "method", "left", "removed in the new code; left in the class")
+            return
+        if old is None:
+            if (
+                len(new) == 1
+                and isinstance(new[0], _Def)
+                and accessor(new[0])[0] != "cached_property"
+            ):
+                added.append((name, new[0]))
+            else:
+                self.baseline(
+                    qual,
+                    "member",
+                    "a new member that is not a plain method, classmethod or staticmethod",
+                )
+            return
+        old_kinds = [_member_kind(n) for n in old]
+        new_kinds = [_member_kind(n) for n in new]
+        if old_kinds != new_kinds:
+            kinds = ", ".join(k for k, _ in old_kinds), ", ".join(k for k, _ in new_kinds)
+            why = f"class layout: a member changes kind ({kinds[0]} -> {kinds[1]})"
+            self.baseline(qual, "member", why)
+            return
+        for (kind, acc), before, after in zip(new_kinds, old, new, strict=True):
+            if _dump(before) == _dump(after):
+                continue
+            if isinstance(before, ast.ClassDef) and isinstance(after, ast.ClassDef):
+                self._class(before, after, qual)
+                continue
+            assert isinstance(before, _Def)
+            assert isinstance(after, _Def)
+            target = qual if acc in ("", "getter") else f"{qual}.{acc}"
+            what = {"property": f"property {acc}", "function": "method"}.get(kind, kind)
+            self._function(before, after, qual, target, what)
+
+    def _class_value(
+        self, cls: str, name: str, old: ast.stmt | None, new: ast.stmt | None, layout: bool
+    ) -> None:
+        qual = f"{cls}.{name}"
+        if old is not None and new is not None and _dump(old) == _dump(new):
+            return
+        if new is None:
+            self.add(qual, "class attribute", "left", "removed in the new code; left in the class")
+            return
+        if layout:
+            why = "class layout: a field or member of a dataclass, enum or similar class changes"
+            self.baseline(qual, "class attribute", why)
+            return
+        value, before = _value(new), _value(old) if old is not None else None
+        if not is_pure(value) or (before is not None and not is_pure(before)):
+            self.baseline(
+                qual,
+                "class attribute",
+                "class body statement that calls code when the class is made",
+            )
+            return
+        why = (
+            "a new class attribute, set by the migration"
+            if old is None
+            else "the class attribute changes; the migration sets it (and back on rollback)"
+        )
+        change = self.add(qual, "class attribute", "migration", why)
+        self.plan.assignments.append(
+            Assignment(
+                cls, name, value, before, change, self.new.text(value), self.old.text(before)
+            )
+        )
+
+    # -- names the patch file must provide --------------------------------------------------
+
+    def _names(self) -> None:
+        """Refuse what the patch file's own namespace cannot serve faithfully."""
+        migrated = {a.name for a in self.plan.assignments if not a.owner}
+        new_values = {a.name for a in self.plan.assignments if not a.owner and a.old is None}
+        helpers = {h.name for h in self.plan.helpers}
+        for helper in self.plan.helpers:
+            stale = sorted(helper.names & (migrated | self.replaced) - helpers)
+            if stale and helper.change.verdict != "baseline":
+                helper.change.verdict = "baseline"
+                helper.change.why = (
+                    f"the new {helper.change.what} reads {', '.join(stale)}, which this change "
+                    "also changes; defined in the patch file, it would see the old one"
+                )
+        for replacement in self.plan.replacements:
+            stale = sorted(replacement.defaults & (migrated | new_values | self.replaced))
+            if stale:
+                replacement.change.verdict = "baseline"
+                replacement.change.why = (
+                    f"a default value reads {', '.join(stale)}, which this change also changes; "
+                    "defaults are computed when the function is defined"
+                )
+        for name, nodes in self.new.defs.items():
+            if name in helpers:
+                continue
+            stale = sorted(_definition_reads(nodes[-1]) & migrated)
+            if stale:
+                why = (
+                    f"its definition reads {', '.join(stale)} (a default, a decorator or the "
+                    "class body) when it is made; a migration would not reach that copy"
+                )
+                self.baseline(name, _what(nodes[-1]), why)
+        for name, binding in self.new.imports.items():
+            if name in self.old.imports or self._used(name):
+                continue
+            why = (
+                f"`{binding.statement}` is new and nothing in the module uses {name}: it is "
+                "imported for its side effects, which happen at import"
+            )
+            self.baseline(name, "import", why)
+
+    def _used(self, name: str) -> bool:
+        tree = self.new.tree
+        return any(
+            (isinstance(n, ast.Name) and n.id == name)
+            or (isinstance(n, ast.Attribute) and dotted(n).partition(".")[0] == name)
+            for n in ast.walk(tree)
+        )
+
+
+class _ClassBody:
+    """A class body split into members (by name), plain values, and other statements."""
+
+    def __init__(self, node: ast.ClassDef) -> None:
+        self.members: dict[str, list[ast.stmt]] = {}
+        self.assigns: dict[str, ast.stmt] = {}
+        self.statements: list[ast.stmt] = []
+        self.slots: ast.stmt | None = None
+        body = node.body[1:] if node.body and _is_docstring(node.body[0]) else node.body
+        for item in body:
+            if isinstance(item, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+                self.members.setdefault(item.name, []).append(item)
+            elif (name := _assigned_name(item)) == "__slots__":
+                self.slots = item
+            elif name is not None and name not in self.assigns:
+                self.assigns[name] = item
+            elif isinstance(item, ast.Pass) or (
+                isinstance(item, ast.AnnAssign) and item.value is None
+            ):
+                self.statements.append(item)  # a field declaration (dataclass) or nothing
+            else:
+                self.statements.append(item)
+        for name in [n for n in self.assigns if n in self.members]:
+            self.statements.append(self.assigns.pop(name))
+
+
+def _dump_slots(body: _ClassBody) -> str:
+    return _dump(body.slots) if body.slots is not None else ""
+
+
+def _diff_statements(old: list[ast.stmt], new: list[ast.stmt]) -> list[ast.stmt]:
+    before = Counter(_dump(n) for n in old)
+    out: list[ast.stmt] = []
+    for node in new:
+        if before[_dump(node)] > 0:
+            before[_dump(node)] -= 1
+        else:
+            out.append(node)
+    after = Counter(_dump(n) for n in new)
+    for node in old:
+        if after[_dump(node)] > 0:
+            after[_dump(node)] -= 1
+        else:
+            out.append(node)
+    return out
+
+
+def _member_kind(node: ast.stmt) -> tuple[str, str]:
+    if isinstance(node, ast.ClassDef):
+        return "class", ""
+    assert isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+    return accessor(node)
+
+
+def _definition_reads(node: ast.AST) -> set[str]:
+    """Names a definition reads when it is made (not when its functions are called)."""
+    reads: set[str] = set()
+    if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+        return def_time_names(node)
+    if isinstance(node, ast.ClassDef):
+        reads |= def_time_names(node)
+        for item in node.body:
+            reads |= _definition_reads(item)
+        return reads
+    return _names_in(node)
+
+
+def _names_in(node: ast.AST) -> set[str]:
+    return {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
+
+
+def _what(node: ast.stmt) -> str:
+    if isinstance(node, ast.ClassDef):
+        return "class"
+    return "function"
+
+
+def _overload(node: ast.stmt) -> bool:
+    return isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and any(
+        dotted(d) in ("overload", "typing.overload") for d in node.decorator_list
+    )

@@ -1,0 +1,223 @@
+"""``make``: two versions -> a verified hot patch file, a baseline bundle, or nothing to patch."""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from hotpatch._patch import parse_version
+from hotpatch.agent._signing import sign_file
+from hotpatch.make._bundle import bundle_files, patch_toml, write_bundle
+from hotpatch.make._check import Verdict, check_patch
+from hotpatch.make._diff import Change, Plan, compare
+from hotpatch.make._render import Header, generator, render
+from hotpatch.make._sources import MakeError, Tree, commit_subject, read_git, read_tree
+
+__all__ = ["MakeResult", "Request", "make"]
+
+Outcome = Literal["hot", "baseline", "nothing"]
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """What to compare and what to write. Either ``from_rev``/``to_rev`` or the two trees."""
+
+    baseline: str
+    version: str
+    repo: Path = Path()
+    from_rev: str | None = None
+    to_rev: str | None = None
+    old_tree: Path | None = None
+    new_tree: Path | None = None
+    roots: tuple[str, ...] = (".",)
+    output: Path | None = None  # default: VERSION.py (a bundle: VERSION.zip)
+    summary: str | None = None
+    planned: bool = False
+    sign_key: Path | None = None
+    timeout: float = 30.0  # for each verification child
+
+
+@dataclass(frozen=True, slots=True)
+class MakeResult:
+    """What ``make`` did, and every change with its verdict."""
+
+    outcome: Outcome
+    path: Path | None
+    signature: Path | None
+    origin: str
+    changes: tuple[Change, ...]
+    ignored: tuple[Change, ...]
+    reasons: tuple[Change, ...]  # what forced the baseline
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "outcome": self.outcome,
+            "path": str(self.path) if self.path else None,
+            "signature": str(self.signature) if self.signature else None,
+            "from": self.origin,
+            "changes": [c.record() for c in self.changes],
+            "ignored": [c.record() for c in self.ignored],
+            "reasons": [c.record() for c in self.reasons],
+            "timings": {k: round(v, 4) for k, v in self.timings.items()},
+        }
+
+
+def make(request: Request, progress: Callable[[str], None] | None = None) -> MakeResult:
+    """Compare the two versions; write a hot patch or a baseline bundle (see ``MakeResult``)."""
+    say = progress or (lambda _: None)
+    for value, what in ((request.version, "--version"), (request.baseline, "--baseline")):
+        try:
+            parse_version(value, what)
+        except ValueError as exc:
+            raise MakeError(str(exc)) from None
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    old, new, origin, summary = _read(request, say)
+    timings["read_s"] = time.perf_counter() - start
+    roots = tuple(dict.fromkeys(r.strip("/") or "." for r in request.roots))
+    for root in roots:
+        if root != "." and not any(p.startswith(root + "/") for p in (*old.files, *new.files)):
+            msg = f"import root {root!r} holds no file in either version; check --root"
+            raise MakeError(msg)
+    step = time.perf_counter()
+    plan = compare(old, new, roots)
+    timings["compare_s"] = time.perf_counter() - step
+    say(f"compared: {len(plan.changes)} changed definitions, {len(plan.ignored)} files ignored")
+
+    def result(outcome: Outcome, path: Path | None, sig: Path | None = None) -> MakeResult:
+        timings["total_s"] = time.perf_counter() - start
+        return MakeResult(
+            outcome,
+            path,
+            sig,
+            origin,
+            tuple(plan.changes),
+            tuple(plan.ignored),
+            tuple(plan.baseline_reasons + [c for c in plan.changes if c.verdict == "restart"]),
+            timings,
+        )
+
+    active = [c for c in plan.changes if c.verdict not in ("left", "ignored")]
+    if not active:
+        return result("nothing", None)
+    output = (request.output or Path(f"{request.version}.py")).absolute()
+    header = Header(request.version, request.baseline, summary, origin, output.name)
+    if not plan.baseline_reasons:
+        step = time.perf_counter()
+        verdict = _verify(plan, header, old=old, roots=roots, request=request, say=say)
+        timings["verify_s"] = time.perf_counter() - step
+        if verdict is not None and verdict.hot:
+            text = render(plan, header, verdict.modes)
+            output.parent.mkdir(parents=True, exist_ok=True)
+            _write(output, text)
+            sig = sign_file(output, request.sign_key) if request.sign_key else None
+            return result("hot", output, sig)
+    bundle = _bundle_path(output)
+    kind = "planned-baseline" if request.planned else "unplanned-baseline"
+    toml = patch_toml(
+        version=request.version,
+        kind=kind,
+        summary=summary,
+        root=roots[0],
+        origin=origin,
+        generator=generator(),
+        reasons=plan.baseline_reasons + [c for c in plan.changes if c.verdict == "restart"],
+    )
+    say(f"writing the baseline bundle {bundle}")
+    write_bundle(bundle, toml, bundle_files(new, roots))
+    sig = sign_file(bundle, request.sign_key) if request.sign_key else None
+    return result("baseline", bundle, sig)
+
+
+def _read(request: Request, say: Callable[[str], None]) -> tuple[Tree, Tree, str, str]:
+    if request.from_rev is not None and request.to_rev is not None:
+        repo = request.repo.absolute()
+        say(f"reading {request.from_rev} and {request.to_rev} from git in {repo}")
+        old, new = read_git(repo, request.from_rev), read_git(repo, request.to_rev)
+        summary = request.summary or commit_subject(repo, request.to_rev)
+        return old, new, f"git {old.label}..{new.label} in {repo}", summary
+    if request.old_tree is not None and request.new_tree is not None:
+        say(f"reading the trees {request.old_tree} and {request.new_tree}")
+        old, new = read_tree(request.old_tree.absolute()), read_tree(request.new_tree.absolute())
+        summary = request.summary or f"Changes from {request.old_tree} to {request.new_tree}"
+        return old, new, f"the trees {old.label} (old) and {new.label} (new)", summary
+    msg = "give --from REV and --to REV (a git range), or OLD_TREE NEW_TREE"
+    raise MakeError(msg)
+
+
+def _verify(
+    plan: Plan,
+    header: Header,
+    *,
+    old: Tree,
+    roots: tuple[str, ...],
+    request: Request,
+    say: Callable[[str], None],
+) -> Verdict | None:
+    """Check the patch against the old code in children; mark the changes with the verdict."""
+    text = render(plan, header)
+    expected = {r.target: r.qualname for m in plan.modules for r in m.replacements}
+    with tempfile.TemporaryDirectory(prefix="hotpatch-make-") as tmp:
+        code = Path(tmp, "old")
+        for path, data in bundle_files(old, roots).items():
+            file = code / path
+            file.parent.mkdir(parents=True, exist_ok=True)
+            file.write_bytes(data)
+        patch_file = Path(tmp, header.name)
+        _write(patch_file, text)
+        sys_path = [str(code / r) if r != "." else str(code) for r in roots]
+        sys_path += [p for p in sys.path if p and p not in sys_path]
+        say(f"checking the patch against the old code ({len(expected)} targets, child processes)")
+        verdict = check_patch(
+            patch_file,
+            baseline=request.baseline,
+            sys_path=sys_path,
+            expected=expected,
+            timeout=request.timeout,
+        )
+    by_name = {c.name: c for c in plan.changes}
+    if verdict.error:
+        name = verdict.error_target or "the patch"
+        why = f"the generated patch does not go in against the old code: {verdict.error}"
+        failed = by_name.get(name)
+        if failed is not None:
+            failed.verdict, failed.why = "baseline", why
+        else:
+            plan.changes.append(Change(name, "patch", "baseline", why))
+        return verdict
+    for target, wrapper in verdict.wrappers.items():
+        wrapped = by_name[target]
+        wrapped.verdict = "baseline"
+        wrapped.why = (
+            f"it is wrapped by {wrapper}, a decorator without __wrapped__: the wrapper, not the "
+            "function, would be patched"
+        )
+    for reason in verdict.reasons:
+        plan.changes.append(Change("the patch", "patch", "restart", reason))
+    for target, mode in verdict.modes.items():
+        replaced = by_name.get(target)
+        if replaced is not None and replaced.verdict == "replace":
+            kind, _, why = mode.partition(" ")
+            replaced.verdict = kind
+            replaced.why = (
+                "changed; replaced in place (the new code runs in the function's own frame)"
+                if kind == "inline"
+                else f"changed; replaced, calls forwarded to the new code {why}".rstrip()
+            )
+    return verdict
+
+
+def _bundle_path(output: Path) -> Path:
+    return output.with_suffix(".zip") if output.suffix == ".py" else output
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)

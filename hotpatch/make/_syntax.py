@@ -1,0 +1,303 @@
+"""What the comparison needs to know of Python source: definitions, imports, names, signatures.
+
+Everything here reads ``ast`` trees and source text; nothing is imported or run.
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import inspect
+import types
+from dataclasses import dataclass
+
+from hotpatch._validate import global_names
+
+__all__ = [
+    "Binding",
+    "accessor",
+    "bindings",
+    "call_names",
+    "def_time_names",
+    "function_kind",
+    "is_pure",
+    "nested_functions",
+    "outlives",
+    "segment",
+    "signature",
+    "string_lines",
+]
+
+BUILTINS = frozenset(dir(builtins)) | {"__name__", "__file__", "__doc__", "__spec__", "__package__"}
+
+# Calls that build a value and do nothing else: a constant made with them can be
+# set again by a migration.
+_PURE_CALLS = frozenset(
+    {
+        "bool",
+        "bytes",
+        "complex",
+        "dict",
+        "float",
+        "frozenset",
+        "int",
+        "list",
+        "range",
+        "set",
+        "str",
+        "tuple",
+        "object",
+        "re.compile",
+        "Decimal",
+        "decimal.Decimal",
+        "Fraction",
+        "fractions.Fraction",
+        "timedelta",
+        "datetime.timedelta",
+        "Path",
+        "pathlib.Path",
+        "PurePosixPath",
+        "logging.getLogger",
+        "getLogger",
+        "TypeVar",
+        "typing.TypeVar",
+        "MappingProxyType",
+        "types.MappingProxyType",
+    }
+)
+_PURE_NODES = (
+    ast.Constant,
+    ast.Tuple,
+    ast.List,
+    ast.Set,
+    ast.Dict,
+    ast.Name,
+    ast.Attribute,
+    ast.BinOp,
+    ast.UnaryOp,
+    ast.BoolOp,
+    ast.Compare,
+    ast.JoinedStr,
+    ast.FormattedValue,
+    ast.Subscript,
+    ast.Slice,
+    ast.IfExp,
+    ast.Starred,
+    ast.keyword,
+    ast.expr_context,
+    ast.operator,
+    ast.unaryop,
+    ast.boolop,
+    ast.cmpop,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Binding:
+    """A name a top-level import binds, and the statement that binds it (absolute)."""
+
+    name: str
+    statement: str  # "import os.path", "from decimal import Decimal as D"
+    module: str  # "os.path", "decimal"
+    attr: str  # "" for ``import x``
+    asname: str
+
+
+def dotted(node: ast.expr) -> str:
+    """``a.b.c`` for a chain of attributes on a name, else ""."""
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        base = dotted(node.value)
+        return f"{base}.{node.attr}" if base else ""
+    return ""
+
+
+def is_pure(node: ast.expr) -> bool:
+    """Does evaluating ``node`` only build a value (no call with effects, no lambda)?"""
+    for sub in ast.walk(node):
+        if isinstance(sub, ast.Call):
+            if dotted(sub.func) not in _PURE_CALLS:
+                return False
+            continue
+        if not isinstance(sub, _PURE_NODES):
+            return False
+    return True
+
+
+def bindings(tree: ast.Module, module: str, is_package: bool) -> dict[str, Binding]:
+    """The names the module's top-level imports bind (relative imports made absolute)."""
+    found: dict[str, Binding] = {}
+    package = module if is_package else module.rpartition(".")[0]
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                name = alias.asname or alias.name.partition(".")[0]
+                text = f"import {alias.name}" + (f" as {alias.asname}" if alias.asname else "")
+                found[name] = Binding(name, text, alias.name, "", alias.asname or "")
+        elif isinstance(node, ast.ImportFrom) and node.module != "__future__":
+            base = _absolute(package, node.module or "", node.level)
+            for alias in node.names:
+                if alias.name == "*":
+                    continue
+                name = alias.asname or alias.name
+                text = f"from {base} import {alias.name}" + (
+                    f" as {alias.asname}" if alias.asname else ""
+                )
+                found[name] = Binding(name, text, base, alias.name, alias.asname or "")
+    return found
+
+
+def _absolute(package: str, name: str, level: int) -> str:
+    if level == 0:
+        return name
+    parts = package.split(".") if package else []
+    if level > 1:
+        parts = parts[: len(parts) - (level - 1)]
+    return ".".join([*parts, name] if name else parts)
+
+
+def accessor(node: ast.FunctionDef | ast.AsyncFunctionDef) -> tuple[str, str]:
+    """(member kind, accessor) from a method's decorators: ("property", "setter"), ..."""
+    for deco in node.decorator_list:
+        name = dotted(deco)
+        if name in ("property", "builtins.property"):
+            return "property", "getter"
+        if name in (f"{node.name}.setter", f"{node.name}.deleter", f"{node.name}.getter"):
+            return "property", name.rpartition(".")[2]
+        if name in ("classmethod", "staticmethod"):
+            return name, ""
+        if name in ("cached_property", "functools.cached_property"):
+            return "cached_property", ""
+    return "function", ""
+
+
+def function_kind(node: ast.FunctionDef | ast.AsyncFunctionDef) -> str:
+    """ "function", "generator", "coroutine" or "async generator" (its own body only)."""
+    yields = any(isinstance(n, ast.Yield | ast.YieldFrom) for n in _own_scope(node))
+    if isinstance(node, ast.AsyncFunctionDef):
+        return "async generator" if yields else "coroutine"
+    return "generator" if yields else "function"
+
+
+def _own_scope(node: ast.AST) -> list[ast.AST]:
+    """The nodes of ``node``'s body, not descending into nested functions, lambdas or classes."""
+    out: list[ast.AST] = []
+    stack = list(ast.iter_child_nodes(node))
+    while stack:
+        sub = stack.pop()
+        out.append(sub)
+        if isinstance(sub, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda | ast.ClassDef):
+            continue
+        stack.extend(ast.iter_child_nodes(sub))
+    return out
+
+
+_HAS_DEFAULT = object()
+
+
+def signature(args: ast.arguments) -> inspect.Signature:
+    """The call signature an ``ast.arguments`` declares (defaults stand for "optional")."""
+    p = inspect.Parameter
+    params: list[inspect.Parameter] = []
+    positional = [*args.posonlyargs, *args.args]
+    defaults = [None] * (len(positional) - len(args.defaults)) + list(args.defaults)
+    for index, (arg, default) in enumerate(zip(positional, defaults, strict=True)):
+        kind = p.POSITIONAL_ONLY if index < len(args.posonlyargs) else p.POSITIONAL_OR_KEYWORD
+        params.append(p(arg.arg, kind, default=p.empty if default is None else _HAS_DEFAULT))
+    if args.vararg:
+        params.append(p(args.vararg.arg, p.VAR_POSITIONAL))
+    for arg, kw_default in zip(args.kwonlyargs, args.kw_defaults, strict=True):
+        optional = p.empty if kw_default is None else _HAS_DEFAULT
+        params.append(p(arg.arg, p.KEYWORD_ONLY, default=optional))
+    if args.kwarg:
+        params.append(p(args.kwarg.arg, p.VAR_KEYWORD))
+    return inspect.Signature(params)
+
+
+def nested_functions(node: ast.FunctionDef | ast.AsyncFunctionDef) -> dict[str, ast.AST]:
+    """Nested functions of ``node`` by qualname (``outer.<locals>.inner``).
+
+    Whether one may outlive a call of the function (returned, stored, passed
+    on, decorated) is ``outlives``'s to say.
+    """
+    found: dict[str, ast.AST] = {}
+
+    def visit(scope: ast.AST, prefix: str) -> None:
+        for sub in _own_scope(scope):
+            if isinstance(sub, ast.FunctionDef | ast.AsyncFunctionDef):
+                qual = f"{prefix}.<locals>.{sub.name}"
+                found[qual] = sub
+                visit(sub, qual)
+
+    visit(node, node.name)
+    return found
+
+
+def outlives(scope: ast.FunctionDef | ast.AsyncFunctionDef, name: str) -> bool:
+    """May the nested function ``name`` defined in ``scope`` outlive a call of it?"""
+    calls: set[int] = set()
+    for sub in ast.walk(scope):
+        if isinstance(sub, ast.Call) and isinstance(sub.func, ast.Name):
+            calls.add(id(sub.func))
+        if (
+            isinstance(sub, ast.FunctionDef | ast.AsyncFunctionDef)
+            and sub.name == name
+            and sub.decorator_list
+        ):
+            return True  # the decorator is given it
+    return any(
+        isinstance(sub, ast.Name) and sub.id == name and id(sub) not in calls
+        for sub in ast.walk(scope)
+    )
+
+
+def def_time_names(node: ast.AST) -> set[str]:
+    """Names read when a definition is made: decorators, defaults, bases, keywords."""
+    parts: list[ast.AST] = []
+    if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+        parts += node.decorator_list + node.args.defaults
+        parts += [d for d in node.args.kw_defaults if d is not None]
+    elif isinstance(node, ast.ClassDef):
+        parts += node.decorator_list + node.bases + [k.value for k in node.keywords]
+    return {n.id for part in parts for n in ast.walk(part) if isinstance(n, ast.Name)}
+
+
+def call_names(source: str) -> set[str]:
+    """Global names the code of a definition's functions (and a class body) reads."""
+    code = compile("from __future__ import annotations\n" + source, "<hotpatch make>", "exec")
+    names: set[str] = set()
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= global_names(const)
+    return names
+
+
+def string_lines(tree: ast.Module) -> set[int]:
+    """Line numbers that continue a string literal started on an earlier line."""
+    lines: set[int] = set()
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Constant | ast.JoinedStr) or not node.end_lineno:
+            continue
+        if isinstance(node, ast.JoinedStr) or isinstance(node.value, str | bytes):
+            lines.update(range(node.lineno + 1, node.end_lineno + 1))
+    return lines
+
+
+def segment(lines: list[str], node: ast.stmt, keep: set[int], *, decorators: bool = False) -> str:
+    """The source of ``node`` moved to column 0, string contents left exactly as they are."""
+    first = node.lineno
+    if decorators and isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+        first = min([first, *(d.lineno for d in node.decorator_list)])
+    last = node.end_lineno or node.lineno
+    col = node.col_offset
+    out: list[str] = []
+    for number in range(first, last + 1):
+        line = lines[number - 1]
+        if not line.strip():
+            out.append("\n")
+        elif number in keep or not line[:col].isspace():
+            out.append(line)  # inside a string or a bracket: as it is
+        else:
+            out.append(line[col:])
+    return "".join(out).rstrip() + "\n"

@@ -1,0 +1,492 @@
+"""``hotpatch make`` on real git repositories: every kind of change gets the right verdict."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from gitrepo import GitRepo, run_patched
+
+from hotpatch.make import MakeError, MakeResult, Request, make
+
+PRICING = '''\
+"""Prices."""
+
+import functools
+from decimal import Decimal
+
+RATE = Decimal("0.20")
+LIMIT = 10
+
+
+def apply_discount(price, pct):
+    return price * (100 - pct) // 100
+
+
+def traced(func):
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        return func(*args, **kwargs)
+
+    return wrapper
+
+
+def bare(func):
+    def wrapper(*args, **kwargs):
+        return func(*args, **kwargs)
+
+    return wrapper
+
+
+@traced
+def shipping(weight):
+    return weight * 2
+
+
+@bare
+def handling(weight):
+    return weight + 1
+
+
+def count_up(n):
+    return list(range(n))
+
+
+def outer(x):
+    def inner(y):
+        return y + 1
+
+    return inner(x)
+
+
+def limit():
+    return LIMIT
+
+
+class Base:
+    pass
+
+
+class Cart(Base):
+    MAX = 5
+
+    def __init__(self):
+        self.lines = []
+
+    def total(self):
+        return sum(self.lines)
+
+    @property
+    def size(self):
+        return len(self.lines)
+
+    @classmethod
+    def empty(cls):
+        return cls()
+
+    @staticmethod
+    def unit(value):
+        return value
+
+
+class Slotted:
+    __slots__ = ("a",)
+
+    def get(self):
+        return self.a
+'''
+
+BASE_FILES = {
+    "src/shop/__init__.py": "",
+    "src/shop/pricing.py": PRICING,
+    "src/shop/legacy.py": "def old():\n    return 1\n",
+    "src/shop/rates.json": '{"vat": 20}\n',
+    "tests/test_pricing.py": "def test_it():\n    pass\n",
+    "README.md": "# shop\n",
+    "pyproject.toml": "[project]\nname = 'shop'\n",
+}
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> GitRepo:
+    repo = GitRepo(tmp_path / "repo")
+    repo.commit("the baseline", dict(BASE_FILES))
+    repo.git("tag", "v1")
+    return repo
+
+
+def edit(repo: GitRepo, *pairs: tuple[str, str], files: dict[str, str | None] | None = None) -> str:
+    """Commit ``pricing.py`` with each (old, new) text replaced, and ``files`` written."""
+    text = (repo.path / "src/shop/pricing.py").read_text()
+    for old, new in pairs:
+        assert old in text, old
+        text = text.replace(old, new, 1)
+    return repo.commit("the fix", {"src/shop/pricing.py": text, **(files or {})})
+
+
+def run(repo: GitRepo, tmp_path: Path, **options: object) -> MakeResult:
+    request = Request(
+        baseline="1.0",
+        version="1.0.1",
+        repo=repo.path,
+        from_rev="v1",
+        to_rev="HEAD",
+        roots=("src",),
+        output=tmp_path / "out" / "1.0.1.py",
+        **options,  # type: ignore[arg-type]
+    )
+    return make(request)
+
+
+def verdicts(result: MakeResult) -> dict[str, str]:
+    return {c.name: c.verdict for c in result.changes}
+
+
+# -- hot ------------------------------------------------------------------------------------
+
+
+def test_a_function_fix_becomes_a_patch_that_works_through_old_references(
+    repo: GitRepo, tmp_path: Path
+) -> None:
+    edit(
+        repo,
+        ("from decimal import Decimal\n", "from decimal import ROUND_HALF_UP, Decimal\n"),
+        (
+            "def apply_discount(price, pct):\n    return price * (100 - pct) // 100\n",
+            "def _half_up(value):\n"
+            '    return value.quantize(Decimal("1"), rounding=ROUND_HALF_UP)\n\n\n'
+            "def apply_discount(price, pct):\n"
+            "    return int(_half_up(Decimal(price) * (100 - pct) / 100))\n",
+        ),
+    )
+    result = run(repo, tmp_path)
+    assert result.outcome == "hot", result.record()
+    assert verdicts(result) == {
+        "shop.pricing:_half_up": "added",
+        "shop.pricing:apply_discount": "inline",
+    }
+    text = result.path.read_text() if result.path else ""
+    assert "from decimal import Decimal, ROUND_HALF_UP" in text
+    assert '@patch.replace("shop.pricing:apply_discount")' in text
+    assert "git v1" in text
+    assert "shop.pricing:apply_discount" in text.split('"""')[1]
+    compile(text, "patch", "exec")
+    seen = run_patched(
+        roots=[repo_at(repo, "v1", tmp_path)],
+        module="shop.pricing",
+        patch=result.path,  # type: ignore[arg-type]
+        baseline="1.0",
+        before="from shop.pricing import apply_discount as early",
+        probe="early(5, 50)",
+    )
+    assert (seen["before"], seen["after"], seen["rolled_back"]) == (2, 3, 2)
+
+
+def repo_at(repo: GitRepo, rev: str, tmp_path: Path) -> Path:
+    """The import root of ``rev``, exported (the user's work tree stays untouched)."""
+    dest = tmp_path / f"export-{rev}"
+    if not dest.exists():
+        dest.mkdir()
+        repo.git("worktree", "add", "-q", "--detach", str(dest), rev)
+    return dest / "src"
+
+
+def test_methods_properties_classmethods_staticmethods_and_new_methods(
+    repo: GitRepo, tmp_path: Path
+) -> None:
+    edit(
+        repo,
+        ("        return sum(self.lines)\n", "        return sum(self.lines) * 2\n"),
+        ("        return len(self.lines)\n", "        return self.count() + 100\n"),
+        (
+            "        return cls()\n",
+            "        made = cls()\n        made.lines.append(7)\n        return made\n",
+        ),
+        ("        return value\n", "        return value * 10\n"),
+        (
+            "    @property\n    def size",
+            "    def count(self):\n        return len(self.lines)\n\n    @property\n    def size",
+        ),
+    )
+    result = run(repo, tmp_path)
+    assert result.outcome == "hot", result.record()
+    assert verdicts(result) == {
+        "shop.pricing:Cart.total": "inline",
+        "shop.pricing:Cart.size": "inline",
+        "shop.pricing:Cart.empty": "inline",
+        "shop.pricing:Cart.unit": "inline",
+        "shop.pricing:Cart.count": "added",
+    }
+    seen = run_patched(
+        roots=[repo_at(repo, "v1", tmp_path)],
+        module="shop.pricing",
+        patch=result.path,  # type: ignore[arg-type]
+        baseline="1.0",
+        before="cart = module.Cart(); cart.lines[:] = [1, 2]; total = cart.total; "
+        "unit = module.Cart.unit",
+        probe="[total(), cart.size, len(module.Cart.empty().lines), unit(3)]",
+    )
+    assert seen["before"] == [3, 2, 0, 3]
+    assert seen["after"] == [6, 102, 1, 30]
+    assert seen["rolled_back"] == seen["before"]
+
+
+def test_a_changed_constant_is_carried_by_a_migration_with_its_undo(
+    repo: GitRepo, tmp_path: Path
+) -> None:
+    edit(repo, ("LIMIT = 10\n", "LIMIT = 12\nEXTRA = LIMIT + 1\n"))
+    result = run(repo, tmp_path)
+    assert result.outcome == "hot", result.record()
+    assert verdicts(result) == {
+        "shop.pricing:LIMIT": "migration",
+        "shop.pricing:EXTRA": "migration",
+    }
+    seen = run_patched(
+        roots=[repo_at(repo, "v1", tmp_path)],
+        module="shop.pricing",
+        patch=result.path,  # type: ignore[arg-type]
+        baseline="1.0",
+        before="from shop.pricing import limit",
+        probe="[limit(), getattr(module, 'EXTRA', None)]",
+    )
+    assert (seen["before"], seen["after"], seen["rolled_back"]) == (
+        [10, None],
+        [12, 13],
+        [10, None],
+    )
+
+
+def test_a_function_under_a_wraps_decorator_is_patched_inside_it(
+    repo: GitRepo, tmp_path: Path
+) -> None:
+    edit(repo, ("    return weight * 2\n", "    return weight * 3\n"))
+    result = run(repo, tmp_path)
+    assert verdicts(result) == {"shop.pricing:shipping": "inline"}
+    seen = run_patched(
+        roots=[repo_at(repo, "v1", tmp_path)],
+        module="shop.pricing",
+        patch=result.path,  # type: ignore[arg-type]
+        baseline="1.0",
+        before="from shop.pricing import shipping as wrapped",
+        probe="[wrapped(5), wrapped.__wrapped__(5)]",
+    )
+    assert (seen["before"], seen["after"]) == ([10, 10], [15, 15])
+
+
+def test_a_nested_helper_that_never_leaves_its_function_goes_in_with_it(
+    repo: GitRepo, tmp_path: Path
+) -> None:
+    edit(repo, ("        return y + 1\n", "        return y + 2\n"))
+    result = run(repo, tmp_path)
+    assert verdicts(result) == {"shop.pricing:outer": "inline"}
+
+
+def test_nothing_to_patch_when_only_comments_tests_docs_and_packaging_change(
+    repo: GitRepo, tmp_path: Path
+) -> None:
+    edit(
+        repo,
+        ("def limit():\n", "# A comment only.\ndef limit():\n"),
+        files={
+            "tests/test_pricing.py": "def test_it():\n    assert True\n",
+            "tests/conftest.py": "",
+            "src/shop/test_inline.py": "",
+            "src/shop/pricing.pyi": "def limit() -> int: ...\n",
+            "docs/index.md": "# docs\n",
+            "README.md": "# shop, documented\n",
+            "pyproject.toml": "[project]\nname = 'shop'\nversion = '2'\n",
+        },
+    )
+    result = run(repo, tmp_path)
+    assert result.outcome == "nothing"
+    assert result.path is None
+    ignored = {c.name: c.why for c in result.ignored}
+    assert set(ignored) == {
+        "tests/test_pricing.py",
+        "tests/conftest.py",
+        "src/shop/test_inline.py",
+        "src/shop/pricing.pyi",
+        "docs/index.md",
+        "README.md",
+        "pyproject.toml",
+    }
+    assert ignored["src/shop/pricing.pyi"].startswith("a type stub")
+    assert not (tmp_path / "out").exists()
+
+
+# -- not hot: a baseline bundle -------------------------------------------------------------
+
+BASELINE_CASES = {
+    "bases": ([("class Cart(Base):", "class Cart:")], None, "shop.pricing:Cart", "bases"),
+    "metaclass": (
+        [("class Base:", "class Base(metaclass=type):")],
+        None,
+        "shop.pricing:Base",
+        "metaclass",
+    ),
+    "slots": ([('("a",)', '("a", "b")')], None, "shop.pricing:Slotted.__slots__", "__slots__"),
+    "member kind": (
+        [("    def total(self):", "    @property\n    def total(self):")],
+        None,
+        "shop.pricing:Cart.total",
+        "changes kind",
+    ),
+    "module statement": (
+        [("LIMIT = 10\n", "LIMIT = 10\nprint('imported')\n")],
+        None,
+        "shop.pricing:<module body, line 8>",
+        "module body statement added",
+    ),
+    "side-effect constant": (
+        [("LIMIT = 10\n", "LIMIT = int(open('/dev/null').read() or 10)\n")],
+        None,
+        "shop.pricing:LIMIT",
+        "calls code",
+    ),
+    "new module": ([], {"src/shop/extra.py": "X = 1\n"}, "shop.extra (src/shop/extra.py)", "added"),
+    "removed module": (
+        [],
+        {"src/shop/legacy.py": None},
+        "shop.legacy (src/shop/legacy.py)",
+        "removed",
+    ),
+    "data file": (
+        [],
+        {"src/shop/rates.json": '{"vat": 21}\n'},
+        "src/shop/rates.json",
+        "non-Python",
+    ),
+    "generator": (
+        [("    return list(range(n))\n", "    yield from range(n)\n")],
+        None,
+        "shop.pricing:count_up",
+        "to a generator",
+    ),
+    "signature": (
+        [("def apply_discount(price, pct):", "def apply_discount(price, pct, currency):")],
+        None,
+        "shop.pricing:apply_discount",
+        "old callers cannot call it",
+    ),
+    "decorator": (
+        [("@traced\ndef shipping", "def shipping")],
+        None,
+        "shop.pricing:shipping",
+        "decorators change",
+    ),
+    "escaping closure": (
+        [
+            (
+                "        return func(*args, **kwargs)\n\n    return wrapper\n\n\ndef bare",
+                "        return func(*args, **kwargs) or 0\n\n    return wrapper\n\n\ndef bare",
+            )
+        ],
+        None,
+        "shop.pricing:traced.<locals>.wrapper",
+        "may outlive a call",
+    ),
+    "wrapper without __wrapped__": (
+        [("    return weight + 1\n", "    return weight + 2\n")],
+        None,
+        "shop.pricing:handling",
+        "wrapped by bare.<locals>.wrapper",
+    ),
+    "changed import": (
+        [("from decimal import Decimal\n", "from fractions import Fraction as Decimal\n")],
+        None,
+        "shop.pricing:Decimal",
+        "the import changes",
+    ),
+    "import for side effects": (
+        [("import functools\n", "import functools\nimport json\n")],
+        None,
+        "shop.pricing:json",
+        "side effects",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BASELINE_CASES))
+def test_what_cannot_go_hot_makes_a_baseline_bundle_naming_why(
+    repo: GitRepo, tmp_path: Path, case: str
+) -> None:
+    pairs, files, name, why = BASELINE_CASES[case]
+    edit(repo, *pairs, files=files)
+    result = run(repo, tmp_path)
+    assert result.outcome == "baseline", result.record()
+    assert result.path == tmp_path / "out" / "1.0.1.zip"
+    reasons = {c.name: c.why for c in result.reasons}
+    assert name in reasons, reasons
+    assert why in reasons[name]
+    assert not (tmp_path / "out" / "1.0.1.py").exists()
+
+
+def test_the_registry_has_the_last_word_a_restart_it_asks_for_is_a_bundle(
+    repo: GitRepo, tmp_path: Path
+) -> None:
+    # A new method on a class with __slots__: the diff allows it, the registry does not.
+    edit(
+        repo,
+        (
+            "        return self.a\n",
+            "        return self.a\n\n    def twice(self):\n        return 2 * self.a\n",
+        ),
+    )
+    result = run(repo, tmp_path)
+    assert result.outcome == "baseline"
+    assert [c.verdict for c in result.reasons] == ["restart"]
+    assert "__slots__" in result.reasons[0].why
+
+
+def test_a_removed_function_is_left_in_place(repo: GitRepo, tmp_path: Path) -> None:
+    edit(
+        repo,
+        ("def limit():\n    return LIMIT\n", ""),
+        ("    return weight * 2\n", "    return weight * 4\n"),
+    )
+    result = run(repo, tmp_path)
+    assert result.outcome == "hot"
+    assert verdicts(result) == {"shop.pricing:limit": "left", "shop.pricing:shipping": "inline"}
+
+
+def test_two_trees_instead_of_a_git_range(tmp_path: Path) -> None:
+    old, new = tmp_path / "old", tmp_path / "new"
+    for tree, factor in ((old, 2), (new, 3)):
+        (tree / "pkg").mkdir(parents=True)
+        (tree / "pkg" / "__init__.py").write_text("")
+        (tree / "pkg" / "calc.py").write_text(f"def triple(x):\n    return x * {factor}\n")
+    result = make(
+        Request(
+            baseline="3.0",
+            version="3.0.1",
+            old_tree=old,
+            new_tree=new,
+            output=tmp_path / "3.0.1.py",
+        )
+    )
+    assert result.outcome == "hot"
+    assert verdicts(result) == {"pkg.calc:triple": "inline"}
+    assert f"the trees {old} (old) and {new} (new)" in result.origin
+
+
+def test_unreadable_input_is_refused_with_what_to_do(repo: GitRepo, tmp_path: Path) -> None:
+    with pytest.raises(MakeError, match="'nope' is not a commit"):
+        make(
+            Request(baseline="1.0", version="1.0.1", repo=repo.path, from_rev="nope", to_rev="HEAD")
+        )
+    repo.commit("broken", {"src/shop/pricing.py": "def broken(:\n"})
+    with pytest.raises(MakeError, match=r"new version of src/shop/pricing\.py does not parse"):
+        run(repo, tmp_path)
+    with pytest.raises(MakeError, match="import root 'lib' holds no file"):
+        make(
+            Request(
+                baseline="1.0",
+                version="1.0.1",
+                repo=repo.path,
+                from_rev="v1",
+                to_rev="HEAD",
+                roots=("lib",),
+            )
+        )
+    with pytest.raises(MakeError, match="not a PEP 440 version"):
+        make(Request(baseline="1.0", version="one", repo=repo.path, from_rev="v1", to_rev="HEAD"))
