@@ -87,3 +87,32 @@ def test_quickstart_exits_1_when_what_it_shows_does_not_hold():
     tmp = re.search(r"working in TMP=(\S+)", run.stdout)
     assert tmp, run.stdout
     assert not Path(tmp[1]).exists()
+
+
+def test_make_fix_turns_a_commit_into_a_live_fix_and_a_layout_change_into_a_bundle():
+    run = run_demo("make_fix.py")
+    out = run.stdout
+    assert run.returncode == 0, out + run.stderr
+    assert "demo OK" in out
+    assert "FAILED" not in out
+    assert "-> 0.49: the bug" in out
+    # The commit became a patch: checked, signed, with its changes named.
+    assert re.search(r"tips\.money:tip\s+function\s+inline", out), out
+    assert re.search(r"tips\.money:to_cents\s+function\s+added", out), out
+    assert "tests/test_money.py  file      ignored" in out
+    assert "signed: $TMP/outbox/tips-1.0.1.py.sig" in out
+    assert '| @patch.replace("tips.money:tip")' in out
+    # Dropped, applied in the running service, the answer fixed, no request lost.
+    assert "outcome: applied 1.0.1 -> applied/tips-1.0.1.py.result.json" in out
+    assert "-> 0.50: fixed, in the same process" in out
+    requests = re.search(r"requests\s+(\d+) sent, (\d+) answered, (\d+) failed", out)
+    assert requests, out
+    assert int(requests[1]) == int(requests[2]) > 0
+    assert int(requests[3]) == 0
+    # What cannot go hot: a bundle, exit 3, the data file named.
+    assert "not hot: wrote the baseline bundle $TMP/outbox/tips-1.1.zip instead" in out
+    assert "tips/presets.json: a non-Python file" in out
+    assert "exit status 3" in out
+    tmp = re.search(r"working in TMP=(\S+)", out)
+    assert tmp, out
+    assert not Path(tmp[1]).exists()

@@ -88,7 +88,9 @@ def _docstring(plan: Plan, header: Header, modes: dict[str, str]) -> str:
     width = max((len(n) for n, _ in rows), default=0)
     lines += [f"    {name.ljust(width)}  {verdict}" for name, verdict in rows]
     if plan.ignored:
-        lines.append(f"    ({len(plan.ignored)} changed files left out: tests, docs, packaging)")
+        count = len(plan.ignored)
+        files = "file" if count == 1 else "files"
+        lines.append(f"    ({count} changed {files} left out: tests, docs, packaging)")
     lines += [
         "",
         "Before dropping it, run the new version's tests against the running version's",
@@ -143,6 +145,10 @@ def _module(
     """The section of the patch file for one module."""
     title = f"# -- {module.name} ({module.path}) "
     out = [title + "-" * max(4, _RULE - len(title))]
+    if module.replacements or module.members:
+        out.append(
+            f"# Replacements run in {module.name}'s namespace: its own names need no import."
+        )
     helpers = {h.name for h in module.helpers}
     migrated = {a.name for a in module.assignments if not a.owner}
     replaced = {r.qualname for r in module.replacements if "." not in r.qualname}
@@ -151,10 +157,8 @@ def _module(
         """Make ``names`` resolvable: in the target module, or (``in_patch``) in this file."""
         for name in names:
             binding = module.imports.get(name)
-            if binding is not None:
-                old = module.old_imports.get(name)
-                if in_patch or old is None or old.statement != binding.statement:
-                    imports[name] = binding
+            if binding is not None:  # from where the new code gets it: reads as written
+                imports[name] = binding
             elif (
                 in_patch
                 and name in module.old_names
