@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import zipfile
@@ -173,3 +174,38 @@ def test_usage_errors_say_what_to_give(
     assert "OLD_TREE NEW_TREE" in capsys.readouterr().err
     assert main([*base, "--from", "v9", "--to", "HEAD", "--repo", str(repo.path)]) == 2
     assert "'v9' is not a commit" in capsys.readouterr().err
+
+
+def test_the_new_tests_pass_against_the_old_code_with_the_patch_applied(
+    repo: GitRepo, tmp_path: Path
+) -> None:
+    test = "from app.fees import fee\n\n\ndef test_fee_rounds_up():\n    assert fee(25) == 3\n"
+    repo.commit(
+        "Fees round up",
+        {
+            "app/fees.py": SOURCE.replace("amount // 10", "-(-amount // 10)"),
+            "tests/test_fees.py": test,
+        },
+    )
+    out = tmp_path / "1.0.1.py"
+    assert main(hotpatch_make(repo, out)) == 0
+    old = tmp_path / "old"
+    repo.git("worktree", "add", "-q", "--detach", str(old), "v1")
+    (old / "tests").mkdir()
+    (old / "tests" / "test_fees.py").write_text(test)  # the new test, the old code
+
+    def pytest(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *extra, "tests"],
+            cwd=old,
+            env={**os.environ, "PYTHONPATH": str(old)},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    assert pytest().returncode == 1  # the old code fails the fix's test
+    patched = pytest("--hotpatch-apply", str(out))
+    assert patched.returncode == 0, patched.stdout + patched.stderr
+    assert "1 passed" in patched.stdout
