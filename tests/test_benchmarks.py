@@ -198,3 +198,37 @@ def test_help_names_the_options(name: str) -> None:
     )
     assert "--quick" in proc.stdout
     assert "--json PATH" in proc.stdout
+
+
+@pytest.mark.slow  # three commits, each made, verified and tested twice
+def test_make_commits_on_a_generated_repository(tmp_path: Path) -> None:
+    out = tmp_path / "results" / "make_commits.json"
+    proc = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "make_commits.py"), "--quick", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "[3/3]" in proc.stderr  # progress, one line per commit
+    data = json.loads(out.read_text())
+    check_environment(data, "make_commits")
+    assert data["totals"] == {
+        "commits": 3,
+        "hot": 2,
+        "baseline": 1,
+        "nothing": 0,
+        "error": 0,
+        "tests_failing_before": 2,
+        "tests_fixed": 2,
+        "regressions": 0,
+    }
+    fixed = [c["fixed"] for c in data["commits"]]
+    assert fixed == [
+        ["tests.test_money::test_cents_round"],
+        ["tests.test_money::test_refunds_not_counted"],
+        [],
+    ]
+    assert "calc/currencies.json" in data["commits"][2]["reasons"][0]
+    assert "generated: 3 commits, 2 hot, 1 baseline" in proc.stdout

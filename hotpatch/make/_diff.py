@@ -11,6 +11,7 @@ change that cannot go in hot (``baseline``), with the reason.
 from __future__ import annotations
 
 import ast
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -235,7 +236,9 @@ class _Version:
 def _parse(module: str, path: str, data: bytes, which: str) -> _Version:
     try:
         text = data.decode("utf-8")
-        tree = ast.parse(text, filename=path)
+        with warnings.catch_warnings():  # the project's own warnings (escapes...) are not ours
+            warnings.simplefilter("ignore", SyntaxWarning)
+            tree = ast.parse(text, filename=path)
     except UnicodeDecodeError:
         msg = f"the {which} version of {path} is not UTF-8 text"
         raise MakeError(msg) from None

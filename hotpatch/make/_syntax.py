@@ -9,6 +9,7 @@ import ast
 import builtins
 import inspect
 import types
+import warnings
 from dataclasses import dataclass
 
 from hotpatch._validate import global_names
@@ -265,7 +266,9 @@ def def_time_names(node: ast.AST) -> set[str]:
 
 def call_names(source: str) -> set[str]:
     """Global names the code of a definition's functions (and a class body) reads."""
-    code = compile("from __future__ import annotations\n" + source, "<hotpatch make>", "exec")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SyntaxWarning)
+        code = compile("from __future__ import annotations\n" + source, "<hotpatch make>", "exec")
     names: set[str] = set()
     for const in code.co_consts:
         if isinstance(const, types.CodeType):
