@@ -12,6 +12,7 @@ from hotpatch.make import MakeError, MakeResult, Request, make
 PRICING = '''\
 """Prices."""
 
+import dataclasses
 import functools
 from decimal import Decimal
 
@@ -94,6 +95,23 @@ class Slotted:
 
     def get(self):
         return self.a
+
+
+@dataclasses.dataclass
+class Line:
+    sku: str
+    qty: int = 1
+
+    def cost(self):
+        return self.qty
+
+
+async def fetch(n):
+    return n
+
+
+def numbers(n):
+    yield from range(n)
 '''
 
 BASE_FILES = {
@@ -334,7 +352,7 @@ BASELINE_CASES = {
     "module statement": (
         [("LIMIT = 10\n", "LIMIT = 10\nprint('imported')\n")],
         None,
-        "shop.pricing:<module body, line 8>",
+        "shop.pricing:<module body, line 9>",
         "module body statement added",
     ),
     "side-effect constant": (
@@ -396,6 +414,12 @@ BASELINE_CASES = {
         None,
         "shop.pricing:Decimal",
         "the import changes",
+    ),
+    "dataclass field": (
+        [("    qty: int = 1\n", "    qty: int = 2\n")],
+        None,
+        "shop.pricing:Line.qty",
+        "class layout",
     ),
     "import for side effects": (
         [("import functools\n", "import functools\nimport json\n")],
@@ -490,3 +514,57 @@ def test_unreadable_input_is_refused_with_what_to_do(repo: GitRepo, tmp_path: Pa
         )
     with pytest.raises(MakeError, match="not a PEP 440 version"):
         make(Request(baseline="1.0", version="one", repo=repo.path, from_rev="v1", to_rev="HEAD"))
+
+
+def test_async_functions_generators_dataclass_methods_and_class_values(
+    repo: GitRepo, tmp_path: Path
+) -> None:
+    edit(
+        repo,
+        ("    return n\n", "    return n * 2\n"),
+        ("    yield from range(n)\n", "    yield from range(1, n + 1)\n"),
+        ("        return self.qty\n", "        return self.qty * 10\n"),
+        ("    MAX = 5\n", "    MAX = 6\n    MIN = MAX - 6\n"),
+    )
+    result = run(repo, tmp_path)
+    assert result.outcome == "hot", result.record()
+    assert verdicts(result) == {
+        "shop.pricing:fetch": "inline",
+        "shop.pricing:numbers": "inline",
+        "shop.pricing:Line.cost": "inline",
+        "shop.pricing:Cart.MAX": "migration",
+        "shop.pricing:Cart.MIN": "migration",
+    }
+    seen = run_patched(
+        roots=[repo_at(repo, "v1", tmp_path)],
+        module="shop.pricing",
+        patch=result.path,  # type: ignore[arg-type]
+        baseline="1.0",
+        before="import asyncio; line = module.Line('x', 2); numbers = module.numbers",
+        probe="[asyncio.run(module.fetch(2)), list(numbers(2)), line.cost(), "
+        "module.Cart.MAX, getattr(module.Cart, 'MIN', None)]",
+    )
+    assert seen["before"] == [2, [0, 1], 2, 5, None]
+    assert seen["after"] == [4, [1, 2], 20, 6, 0]
+    assert seen["rolled_back"] == seen["before"]
+
+
+def test_a_new_re_export_is_set_on_the_module_by_the_migration(
+    repo: GitRepo, tmp_path: Path
+) -> None:
+    repo.commit(
+        "Offer the discount from the package",
+        {"src/shop/__init__.py": "from shop.pricing import apply_discount\n"},
+    )
+    result = run(repo, tmp_path)
+    assert result.outcome == "hot", result.record()
+    assert verdicts(result) == {"shop:apply_discount": "migration"}
+    seen = run_patched(
+        roots=[repo_at(repo, "v1", tmp_path)],
+        module="shop",
+        patch=result.path,  # type: ignore[arg-type]
+        baseline="1.0",
+        before="import shop.pricing",
+        probe="getattr(module, 'apply_discount', None) is shop.pricing.apply_discount",
+    )
+    assert (seen["before"], seen["after"], seen["rolled_back"]) == (False, True, False)

@@ -731,6 +731,15 @@ class _ModuleDiff:
         for name, binding in self.new.imports.items():
             if name in self.old.imports or self._used(name):
                 continue
+            if binding.attr and name not in self.old.names:  # a name the module now offers
+                why = (
+                    f"a new name of the module (`{binding.statement}`, a re-export), set by the "
+                    "migration (deleted on rollback)"
+                )
+                change = self.add(name, "import", "migration", why)
+                value = ast.Name(id=name, ctx=ast.Load())
+                self.plan.assignments.append(Assignment("", name, value, None, change, name))
+                continue
             why = (
                 f"`{binding.statement}` is new and nothing in the module uses {name}: it is "
                 "imported for its side effects, which happen at import"

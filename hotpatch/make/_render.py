@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import json
+import textwrap
 from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import metadata
@@ -76,7 +77,7 @@ def render(plan: Plan, header: Header, modes: dict[str, str] | None = None) -> s
 def _docstring(plan: Plan, header: Header, modes: dict[str, str]) -> str:
     title = f"Hot patch {header.version} for baseline {header.baseline}"
     lines = [f"{title}: {header.summary}" if header.summary else f"{title}.", ""]
-    lines.append(f"Made by {generator()} from {header.origin}.")
+    lines += textwrap.wrap(f"Made by {generator()} from {header.origin}.", _RULE)
     lines += ["", "Changed definitions:"]
     rows: list[tuple[str, str]] = []
     for change in plan.changes:

@@ -36,6 +36,7 @@ _SKIP_DIRS = frozenset({".git", "__pycache__", ".venv", "venv", ".tox", ".nox", 
 _PACKAGING = frozenset(
     {
         "setup.py",
+        "versioneer.py",
         "setup.cfg",
         "pyproject.toml",
         "MANIFEST.in",
