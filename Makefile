@@ -63,6 +63,10 @@ $(VENV_ROOT)/py%/.installed: pyproject.toml
 	@"$(PY$*)" -c 'import sys; print("    Python " + sys.version.split()[0])'
 	@"$(VENV_ROOT)/py$*/bin/python" -c '' 2>/dev/null || "$(PY$*)" -m venv --clear "$(VENV_ROOT)/py$*"
 	"$(VENV_ROOT)/py$*/bin/python" -m pip install --quiet --upgrade pip
+	@# Before 0.1.0 the distribution was called hotpatch: a venv (or an egg-info left
+	@# in the tree) holding both would register the command and the pytest plugin twice.
+	"$(VENV_ROOT)/py$*/bin/python" -m pip uninstall --quiet --yes hotpatch 2>/dev/null || true
+	rm -rf hotpatch.egg-info
 	"$(VENV_ROOT)/py$*/bin/python" -m pip install --quiet --editable '.[$(call extras,$*)]'
 	@touch "$@"
 

@@ -400,7 +400,7 @@ def plot(
         mpl.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        print("plot skipped: matplotlib is not installed (pip install 'hotpatch[demo]')")
+        print("plot skipped: matplotlib is not installed (pip install 'pyhotpatch[demo]')")
         return
     figure, axes = plt.subplots(figsize=(9, 5), layout="constrained")
     colours = plt.get_cmap("viridis")

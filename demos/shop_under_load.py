@@ -651,7 +651,7 @@ def draw(answers: list[Answer], story: Story, path: Path) -> str:
         matplotlib.use("Agg")
         from matplotlib import pyplot  # noqa: PLC0415
     except ImportError:
-        return "none: matplotlib is not installed (pip install 'hotpatch[demo]')"
+        return "none: matplotlib is not installed (pip install 'pyhotpatch[demo]')"
     figure, axes = pyplot.subplots(figsize=(12, 5.5), dpi=100)
     for request, colour in zip(dict.fromkeys(REQUESTS), ("C0", "C1", "C2"), strict=True):
         mine = [a for a in answers if a.request == request]

@@ -10,7 +10,7 @@ plain data) -> ``_loader`` (patch file -> ``Patch``) -> ``_targets`` and
 socket), ``service/`` (what a supervised process imports), ``supervisor/``
 (``hotpatch run``) and ``cli/`` (the ``hotpatch`` command).
 
-This module only re-exports.
+This module only re-exports (``__version__`` from ``_version``, its one source).
 """
 
 from hotpatch._errors import (
@@ -31,6 +31,7 @@ from hotpatch._hookspecs import hookimpl
 from hotpatch._loader import load_patch
 from hotpatch._patch import Patch
 from hotpatch._registry import ApplyResult, CheckReport, HistoryEntry, Registry, RollbackResult
+from hotpatch._version import __version__ as __version__
 from hotpatch.agent._agent import Agent, install
 from hotpatch.service._api import PreservedDict, listen_socket, preserved, ready, ready_for_baseline
 

@@ -10,7 +10,7 @@ the ``hotpatch_apply_seconds`` and ``hotpatch_restart_pause_seconds`` histograms
 and, set by the supervisor (``hotpatch run --metrics``), ``hotpatch_worker_level{worker}``,
 ``hotpatch_worker_version_info{worker,version,baseline}`` and
 ``hotpatch_restarts_total{kind,cause,outcome}``. Needs the ``metrics`` extra:
-``pip install 'hotpatch[metrics]'``.
+``pip install 'pyhotpatch[metrics]'``.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ SOURCES = ("api", "folder", "control", "journal", "other")
 CAUSES = ("start", "signal", "patch", "baseline", "crash", "other")
 
 _MAX_PORT = 65535
-_INSTALL_HINT = "pip install 'hotpatch[metrics]'"
+_INSTALL_HINT = "pip install 'pyhotpatch[metrics]'"
 
 
 def source_of(who: str) -> str:

@@ -480,7 +480,7 @@ def test_without_prometheus_client_the_error_says_what_to_install(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setitem(sys.modules, "prometheus_client", None)  # as if not installed
-    with pytest.raises(ImportError, match=r"pip install 'hotpatch\[metrics\]'") as info:
+    with pytest.raises(ImportError, match=r"pip install 'pyhotpatch\[metrics\]'") as info:
         Metrics(0)
     assert info.value.name == "prometheus_client"
 

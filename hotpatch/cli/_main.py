@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from hotpatch import _errors
+from hotpatch._version import __version__
 from hotpatch.cli._ask import (
     DEFAULT_TIMEOUT,
     ENV_SOCKET,
@@ -100,6 +101,7 @@ def _parser() -> argparse.ArgumentParser:
         "2 usage or connection error",
         parents=[agent],
     )
+    parser.add_argument("--version", action="version", version=f"hotpatch {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     commands.add_parser(

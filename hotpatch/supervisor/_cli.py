@@ -167,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve Prometheus metrics of every worker (levels, applies, rejections, "
         "rollbacks, restarts, pauses) at http://HOST:PORT/metrics; loopback only, port 0 "
         "picks a free one (logged and in the status file); needs: pip install "
-        "'hotpatch[metrics]'",
+        "'pyhotpatch[metrics]'",
     )
     patches = run.add_argument_group("patches")
     patches.add_argument(

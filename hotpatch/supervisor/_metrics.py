@@ -59,7 +59,7 @@ Metrics = Any
 
 INTERVAL = 0.25  # seconds between looks at the runner
 RESCAN_WINDOW_NS = 2_000_000_000  # a folder changed this recently is listed again
-INSTALL_HINT = "pip install 'hotpatch[metrics]'"
+INSTALL_HINT = "pip install 'pyhotpatch[metrics]'"
 
 
 def parse_metrics_address(text: str) -> tuple[str, int]:
