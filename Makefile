@@ -1,6 +1,7 @@
 # Build, check and test hotpatch on every supported Python.
 #
-#   make demo     create the 3.12 virtual environment, install, run the demo
+#   make demo     create the 3.12 virtual environment, install the package and
+#                 the demo extra (not the development tools), run the demo
 #   make test     create all virtual environments, lint, type-check, and run
 #                 the test suite on Python 3.11, 3.12 and 3.13
 #
@@ -40,10 +41,13 @@ endif
 
 # --- virtual environments -----------------------------------------------------
 
-# .venv/pyNNN/.installed marks a venv holding an up-to-date editable install;
-# it is rebuilt whenever pyproject.toml changes.
+# .venv/pyNNN/.installed marks a venv holding an up-to-date editable install with
+# the `dev` extra (what `make test` needs); .venv/py312/.installed-demo one with
+# only the `demo` extra (what `make demo` needs: no linters, type checker or test
+# servers to download). Both are redone whenever pyproject.toml changes.
 stamp = $(VENV_ROOT)/py$(1)/.installed
 STAMPS := $(foreach v,$(VERSIONS),$(call stamp,$(v)))
+DEMO_STAMP := $(VENV_ROOT)/py312/.installed-demo
 
 # The tools for lint, types, demo and bench run from the 3.12 venv, which also
 # gets the `demo` extra (matplotlib, for the headline demo's latency plot).
@@ -57,25 +61,33 @@ BENCHMARKS = $(sort $(wildcard benchmarks/*.py))
 
 header = @printf '\n==> %s\n' "$(1)"
 
-# A venv whose interpreter has gone away (say, after a pyenv upgrade) is rebuilt.
-$(VENV_ROOT)/py%/.installed: pyproject.toml
-	$(call header,venv $(VENV_ROOT)/py$* ($(PY$*)))
-	@"$(PY$*)" -c 'import sys; print("    Python " + sys.version.split()[0])'
-	@"$(VENV_ROOT)/py$*/bin/python" -c '' 2>/dev/null || "$(PY$*)" -m venv --clear "$(VENV_ROOT)/py$*"
-	"$(VENV_ROOT)/py$*/bin/python" -m pip install --quiet --upgrade pip
+# $(call install,NNN,EXTRAS): .venv/pyNNN (created if missing, or if its
+# interpreter has gone away, say after a pyenv upgrade), then an editable install
+# of the package with EXTRAS.
+define install
+	$(call header,venv $(VENV_ROOT)/py$(1) ($(PY$(1))) with [$(2)])
+	@"$(PY$(1))" -c 'import sys; print("    Python " + sys.version.split()[0])'
+	@"$(VENV_ROOT)/py$(1)/bin/python" -c '' 2>/dev/null || "$(PY$(1))" -m venv --clear "$(VENV_ROOT)/py$(1)"
 	@# Before 0.1.0 the distribution was called hotpatch: a venv (or an egg-info left
 	@# in the tree) holding both would register the command and the pytest plugin twice.
-	"$(VENV_ROOT)/py$*/bin/python" -m pip uninstall --quiet --yes hotpatch 2>/dev/null || true
+	"$(VENV_ROOT)/py$(1)/bin/python" -m pip uninstall --quiet --yes hotpatch 2>/dev/null || true
 	rm -rf hotpatch.egg-info
-	"$(VENV_ROOT)/py$*/bin/python" -m pip install --quiet --editable '.[$(call extras,$*)]'
+	"$(VENV_ROOT)/py$(1)/bin/python" -m pip install --quiet --editable '.[$(2)]'
 	@touch "$@"
+endef
+
+$(VENV_ROOT)/py%/.installed: pyproject.toml
+	$(call install,$*,$(call extras,$*))
+
+$(DEMO_STAMP): pyproject.toml
+	$(call install,312,demo)
 
 # --- targets --------------------------------------------------------------------
 
 .PHONY: help venv lint types imports check test test-311 test-312 test-313 demo bench clean
 
 help:
-	@echo 'make demo       venv (3.12), install, run demos/shop_under_load.py'
+	@echo 'make demo       venv (3.12) with the package and matplotlib, run demos/shop_under_load.py'
 	@echo 'make test       venv (3.11-3.13), check, pytest on every Python'
 	@echo 'make venv       create .venv/py311 .venv/py312 .venv/py313'
 	@echo 'make check      lint + types'
@@ -113,7 +125,7 @@ $(addprefix test-,$(VERSIONS)): test-%: $(call stamp,%)
 
 test: venv check $(addprefix test-,$(VERSIONS))
 
-demo: $(call stamp,312)
+demo: $(DEMO_STAMP)
 	$(call header,demo)
 	$(TOOLS_BIN)/python demos/shop_under_load.py
 

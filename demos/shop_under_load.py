@@ -27,8 +27,9 @@ recorded), this demo
    over, connections wait in the socket's backlog;
 4. checks that the ledger counted every order exactly once across all of it;
 5. prints a report -- requests sent, failed, refused, the pause, the versions
-   -- and writes the latency over time as a PNG with the events marked (with
-   matplotlib, the ``demo`` extra; without it the demo says so and goes on).
+   -- and draws the story over time as a PNG: the events, the price each
+   request was answered, the latency (with matplotlib, the ``demo`` extra;
+   without it the demo says so and goes on).
 
 It exits 0 only if no request failed, none was refused, and every phase did
 what it should. Run it with ``make demo`` or ``python demos/shop_under_load.py
@@ -644,7 +645,7 @@ def report(load: Load, story: Story, out: Path) -> None:
 
 
 def draw(answers: list[Answer], story: Story, path: Path) -> str:
-    """Latency over time, events marked; the path, or why there is no plot."""
+    """The story over time: events, the price each request got, latency; the path, or why not."""
     try:
         import matplotlib  # noqa: PLC0415 -- optional: the `demo` extra
 
@@ -652,36 +653,71 @@ def draw(answers: list[Answer], story: Story, path: Path) -> str:
         from matplotlib import pyplot  # noqa: PLC0415
     except ImportError:
         return "none: matplotlib is not installed (pip install 'pyhotpatch[demo]')"
-    figure, axes = pyplot.subplots(figsize=(12, 5.5), dpi=100)
+    figure, (timeline, prices, latency) = pyplot.subplots(
+        3,
+        1,
+        sharex=True,
+        figsize=(12, 9),
+        dpi=100,
+        layout="constrained",
+        gridspec_kw={"height_ratios": [1.4, 2, 3]},
+    )
+    failed = [a for a in answers if a.total is None]
+    figure.suptitle(
+        f"shop under load: {len(answers)} requests, {len(failed)} failed, "
+        f"restart pause {', '.join(ms(p) for p in story.pauses_s) or 'none'}"
+    )
+    shown = [
+        (at, label) for at, label in story.events if label not in ("stopping", "ledger checked")
+    ]
+    _draw_timeline(timeline, shown, answers)
+    served = [a for a in answers if a.total is not None]
     for request, colour in zip(dict.fromkeys(REQUESTS), ("C0", "C1", "C2"), strict=True):
-        mine = [a for a in answers if a.request == request]
-        method, _, rest = request.partition(" ")
-        who = rest.rpartition("customer=")[2]
-        axes.scatter(
+        mine = [a for a in served if a.request == request]
+        label = _request_label(request)
+        prices.scatter(
+            [a.started for a in mine],
+            [float(a.total or 0) for a in mine],
+            s=6,
+            color=colour,
+            label=label,
+        )
+        latency.scatter(
             [a.started for a in mine],
             [a.latency * 1e3 for a in mine],
             s=4,
             color=colour,
             alpha=0.45,
-            label=f"{method} {rest.split('?')[0]} ({who})",
+            label=label,
         )
-    fallbacks = [a for a in answers if a.loyalty == "unavailable"]
+    fallbacks = [a for a in served if a.loyalty == "unavailable"]
     if fallbacks:
-        axes.scatter(
+        prices.scatter(
+            [a.started for a in fallbacks],
+            [float(a.total or 0) for a in fallbacks],
+            s=30,
+            color="red",
+            marker="x",
+            label="priced without loyalty (1.0.2 live)",
+        )
+        latency.scatter(
             [a.started for a in fallbacks],
             [a.latency * 1e3 for a in fallbacks],
             s=14,
             color="red",
             marker="x",
-            label="priced without loyalty (bad patch live)",
+            label="priced without loyalty",
         )
+    _mark_quote_prices(prices, served)
+    prices.set_ylabel("price answered")
+    prices.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, markerscale=2)
     # The slowest request of every 100 ms: where a pause would show.
     buckets: dict[int, float] = {}
     for a in answers:
         key = int(a.started * 10)
         buckets[key] = max(buckets.get(key, 0.0), a.latency * 1e3)
     keys = sorted(buckets)
-    axes.step(
+    latency.step(
         [k / 10 for k in keys],
         [buckets[k] for k in keys],
         where="post",
@@ -689,34 +725,60 @@ def draw(answers: list[Answer], story: Story, path: Path) -> str:
         linewidth=0.8,
         label="slowest per 100 ms",
     )
-    failed = [a for a in answers if a.total is None]
-    axes.set_yscale("log")
-    axes.set_xlabel("seconds since the demo started")
-    axes.set_ylabel("latency, ms (log scale)")
-    axes.set_title(
-        f"shop under load: {len(answers)} requests, {len(failed)} failed "
-        f"(pauses: {', '.join(ms(p) for p in story.pauses_s) or 'none'})"
-    )
-    shown = [
-        (at, label) for at, label in story.events if label not in ("stopping", "ledger checked")
-    ]
-    for index, (at, label) in enumerate(shown):
-        axes.axvline(at, color="grey", linestyle="--", linewidth=0.8)
-        axes.text(
-            at,
-            0.99,
-            f"{label} ",
-            transform=axes.get_xaxis_transform(),
-            rotation=90,
-            fontsize=8,
-            va="top",
-            ha="right" if index % 2 == 0 else "left",
-        )
-    axes.legend(loc="lower right", fontsize=8, markerscale=3)
-    figure.tight_layout()
+    latency.set_yscale("log")
+    latency.set_xlabel("seconds since the demo started")
+    latency.set_ylabel("latency, ms (log scale)")
+    latency.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, markerscale=3)
+    for axes in (timeline, prices, latency):
+        for at, _ in shown:
+            axes.axvline(at, color="grey", linestyle="--", linewidth=0.8)
     figure.savefig(path)
     pyplot.close(figure)
     return str(path)
+
+
+def _request_label(request: str) -> str:
+    method, _, rest = request.partition(" ")
+    return f"{method} {rest.split('?')[0]} ({rest.rpartition('customer=')[2]})"
+
+
+def _draw_timeline(axes: Any, shown: list[tuple[float, str]], answers: list[Answer]) -> None:
+    """One row per event, oldest on top, so no two labels overlap however close in time."""
+    start = min((a.started for a in answers), default=0.0)
+    end = max((a.ended for a in answers), default=1.0)
+    for row, (at, label) in enumerate(shown):
+        y = len(shown) - row
+        late = at > start + 0.7 * (end - start)  # write the label leftwards near the right edge
+        axes.plot([at], [y], marker="o", color="black", markersize=4)
+        axes.annotate(
+            label,
+            (at, y),
+            xytext=(-6 if late else 6, 0),
+            textcoords="offset points",
+            ha="right" if late else "left",
+            va="center",
+            fontsize=9,
+        )
+    axes.set_ylim(0.3, len(shown) + 0.7)
+    axes.set_yticks([])
+    axes.set_ylabel("events")
+    for side in ("left", "right", "top"):
+        axes.spines[side].set_visible(False)
+
+
+def _mark_quote_prices(axes: Any, served: list[Answer]) -> None:
+    """Name the two prices of the quote: the bug's, then the fix's."""
+    for total, text in ((BUG, "bulk-discount bug"), (FIXED, "fixed by 1.0.1")):
+        first = next((a for a in served if a.request == QUOTE and a.total == total), None)
+        if first is not None:
+            axes.annotate(
+                f"{total}: {text}",
+                (first.started, float(total)),
+                xytext=(0, -14),
+                textcoords="offset points",
+                fontsize=9,
+            )
+    axes.margins(y=0.25)
 
 
 def main(argv: list[str] | None = None) -> int:
