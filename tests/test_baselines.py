@@ -20,7 +20,7 @@ from hotpatch import VerificationFailed
 from hotpatch.agent._signing import generate_keypair, sign_file
 from hotpatch.supervisor._bundle import read_bundle, unpack_bundle
 from hotpatch.supervisor._cli import _window
-from hotpatch.supervisor._supervisor import in_window
+from hotpatch.supervisor._records import in_window
 
 __all__ = ["supervise"]  # the fixture, shared with test_supervisor
 

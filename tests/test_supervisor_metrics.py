@@ -19,7 +19,8 @@ from test_supervisor_cli import hotpatch
 from test_supervisor_patches import BASE_OPTIONS, drop, logic_patch, result_of
 from test_workers import all_serving, unhealthy_patch
 
-from hotpatch.supervisor._metrics import open_metrics, parse_metrics_address
+from hotpatch.supervisor._cli import parse_metrics_address
+from hotpatch.supervisor._metrics import open_metrics
 
 pytestmark = pytest.mark.e2e
 

@@ -22,8 +22,9 @@ This module only re-exports.
 
 from hotpatch.supervisor._child import ChildSpec
 from hotpatch.supervisor._cli import main
+from hotpatch.supervisor._records import RestartOutcome, StateError, SupervisorConfig
 from hotpatch.supervisor._status import read_status
-from hotpatch.supervisor._supervisor import RestartOutcome, StateError, Supervisor, SupervisorConfig
+from hotpatch.supervisor._supervisor import Supervisor
 
 __all__ = [
     "ChildSpec",

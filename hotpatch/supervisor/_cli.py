@@ -1,25 +1,31 @@
-"""``python -m hotpatch.supervisor run ...`` (``hotpatch run``): options -> a supervisor."""
+"""``python -m hotpatch.supervisor run ...`` (``hotpatch run``): options -> a runner, run.
+
+The composition root: it makes a ``Supervisor`` (or a ``Fleet`` of them),
+gives it the watched folder's pipeline with ``--watch``, and runs it, through
+the metrics bridge only with ``--metrics``.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import datetime
+import ipaddress
 import logging
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from hotpatch.service._api import ENV_BASELINE, parse_bind
+from hotpatch.service._channel import ENV_BASELINE, parse_address, parse_bind
 from hotpatch.supervisor._child import ChildSpec
-from hotpatch.supervisor._metrics import parse_metrics_address
-from hotpatch.supervisor._metrics import run as run_supervised
+from hotpatch.supervisor._patches import SupervisedPipeline
 from hotpatch.supervisor._records import SupervisorConfig
 from hotpatch.supervisor._runner import Runner
 from hotpatch.supervisor._supervisor import Supervisor
 from hotpatch.supervisor._workers import Fleet
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "main", "parse_metrics_address"]
 
 log = logging.getLogger("hotpatch.supervisor")
 
@@ -40,6 +46,26 @@ def _window(text: str) -> tuple[datetime.time, datetime.time]:
     except ValueError:
         msg = f"{text!r} is not a window HH:MM-HH:MM (UTC), e.g. 02:00-04:00"
         raise argparse.ArgumentTypeError(msg) from None
+
+
+def parse_metrics_address(text: str) -> tuple[str, int]:
+    """``"127.0.0.1:9100"`` -> ``("127.0.0.1", 9100)``; loopback only (the endpoint is open)."""
+    try:
+        host, port = parse_address(text)
+    except ValueError:
+        msg = f"{text!r} is not HOST:PORT; write e.g. 127.0.0.1:9100 (port 0 picks a free one)"
+        raise argparse.ArgumentTypeError(msg) from None
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        msg = (
+            f"{host} is not a loopback address: the metrics endpoint has no authentication, "
+            "so it is served on 127.0.0.1 or ::1 only; scrape it through a proxy"
+        )
+        raise argparse.ArgumentTypeError(msg)
+    return host, port
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -308,10 +334,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             format="%(asctime)s hotpatch[%(process)d] %(levelname)s %(message)s",
             stream=sys.stderr,
         )
-    runner: Runner = Fleet(config, args.workers) if args.workers > 1 else Supervisor(config)
+    pipeline = SupervisedPipeline if config.watch is not None else None
+    runner: Runner = (
+        Fleet(config, args.workers, pipeline=pipeline)
+        if args.workers > 1
+        else Supervisor(config, pipeline=pipeline)
+    )
     try:
         runner.open_sockets()
     except OSError as exc:
         log.error("%s", exc.strerror or exc)  # noqa: TRY400 -- the message says it all
         return 1
-    return run_supervised(runner, args.metrics)
+    if args.metrics is None:
+        return asyncio.run(runner.run())
+    # The metrics bridge (and prometheus_client) only for a run that serves metrics.
+    from hotpatch.supervisor._metrics import run_with_metrics  # noqa: PLC0415
+
+    return run_with_metrics(runner, args.metrics)

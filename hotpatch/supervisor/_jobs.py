@@ -9,19 +9,24 @@ import datetime
 import logging
 import os
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from hotpatch.supervisor._bundle import Release
 from hotpatch.supervisor._child import Child, ChildExited
 from hotpatch.supervisor._handover import memfd
-from hotpatch.supervisor._records import BaselineJob, PatchJob, RestartOutcome, in_window, not_now
+from hotpatch.supervisor._records import (
+    BaselineJob,
+    PatchJob,
+    RestartOutcome,
+    Running,
+    SupervisorConfig,
+    in_window,
+    not_now,
+)
+from hotpatch.supervisor._restarts import Restarts
 from hotpatch.supervisor._status import utc_now
-from hotpatch.supervisor._takeover import CodePoint
-
-if TYPE_CHECKING:
-    from hotpatch.supervisor._supervisor import Supervisor
 
 __all__ = ["Jobs"]
 
@@ -38,33 +43,49 @@ class Jobs:
     announced, then restarted onto at once (unplanned) or at its moment
     (planned: the window, the service ready, or the deadline). The supervisor
     runs each as its work (``next_work``), one at a time.
+
+    It is given the supervisor's ``Running`` record (the process it sends to,
+    the code a baseline replaces), its ``Restarts`` (for the restarts a patch
+    or a baseline needs), and two callbacks: there is work to schedule, and
+    something the status shows changed.
     """
 
-    def __init__(self, supervisor: Supervisor) -> None:
-        self.supervisor = supervisor
-        self.config = supervisor.config
+    def __init__(
+        self,
+        config: SupervisorConfig,
+        running: Running,
+        restarts: Restarts,
+        *,
+        on_work: Callable[[], None],
+        on_change: Callable[[], None],
+    ) -> None:
+        self.config = config
+        self.running = running
+        self.restarts = restarts
+        self.on_work = on_work
+        self.on_change = on_change
         self.queue: collections.deque[PatchJob] = collections.deque()
         self.log: collections.deque[dict[str, Any]] = collections.deque(maxlen=PATCH_LOG_KEPT)
         self.planned: BaselineJob | None = None  # announced, waiting for its moment
         self._planned_task: asyncio.Task[None] | None = None
         self.due: BaselineJob | None = None
 
-    def status(self) -> dict[str, Any] | None:
-        """The ``patches`` part of the supervisor's status."""
+    def status(self, pending: list[str]) -> dict[str, Any] | None:
+        """The ``patches`` part of the supervisor's status (``pending``: drops in the folder)."""
         if self.config.watch is None and self.config.baseline is None:
             return None
-        sup = self.supervisor
-        current = sup.current if sup.current is not None and sup.current.alive else None
+        running = self.running
+        current = running.current if running.current is not None and running.current.alive else None
         info = current.info if current is not None else {}
         return {
             "watch": str(self.config.watch) if self.config.watch else None,
             "journal": str(self.config.journal) if self.config.journal else None,
             "baseline": info.get("baseline", self.config.baseline),
             "level": info.get("level", []),
-            "code_root": str(sup.release.code_root) if sup.release else None,
+            "code_root": str(running.release.code_root) if running.release else None,
             "baseline_pending": self.planned.describe() if self.planned else None,
             "queued": [job.name for job in self.queue],
-            "pending": sup.pipeline.pending() if sup.pipeline is not None else [],
+            "pending": pending,
             "last": self.log[-1] if self.log else None,
             "recent": list(self.log),
         }
@@ -85,34 +106,31 @@ class Jobs:
             self._planned_task = None
         for pending in (self.planned, self.due):
             if pending is not None and not pending.done.done():
-                pending.done.set_result(not_now(pending, "the supervisor stopped before it"))
+                pending.done.set_result(not_now("the supervisor stopped before it"))
         while self.queue:
             job = self.queue.popleft()
             if not job.done.done():
-                job.done.set_result(not_now(job, "the supervisor stopped before applying it"))
+                job.done.set_result(not_now("the supervisor stopped before applying it"))
 
     # -- hot patches
 
     async def submit_patch(self, name: str, path: str, data: bytes, who: str) -> dict[str, Any]:
         """Apply verified patch bytes to the serving process (or through a restart)."""
-        sup = self.supervisor
         job = PatchJob(name, path, data, who, asyncio.get_running_loop().create_future())
-        if sup.stopping:
-            return not_now(job, "the supervisor is stopping")
         self.queue.append(job)
-        sup.schedule()
-        sup.write_status()
+        self.on_work()
+        self.on_change()
         try:
             async with asyncio.timeout(self.config.patch_timeout):
                 return await asyncio.shield(job.done)
         except TimeoutError:
             if job in self.queue:
                 self.queue.remove(job)
-                return not_now(job, f"no process took it within {self.config.patch_timeout:g}s")
+                return not_now(f"no process took it within {self.config.patch_timeout:g}s")
             return await job.done  # being applied: its outcome comes
 
     async def _deliver(self, job: PatchJob) -> None:
-        current = self.supervisor.current
+        current = self.running.current
         assert current is not None
         result: dict[str, Any]
         try:
@@ -121,10 +139,10 @@ class Jobs:
             if result.get("outcome") == "restart":
                 result = await self._restart_for(current, job, result)
         except ChildExited as exc:
-            result = not_now(job, f"the service process ended while taking it ({exc})")
+            result = not_now(f"the service process ended while taking it ({exc})")
         except BaseException:
             if not job.done.done():
-                job.done.set_result(not_now(job, "the supervisor stopped meanwhile"))
+                job.done.set_result(not_now("the supervisor stopped meanwhile"))
             raise
         result.setdefault("version", None)
         entry: dict[str, Any] = {
@@ -139,7 +157,7 @@ class Jobs:
         self.log.append(entry)
         if not job.done.done():
             job.done.set_result(result)
-        self.supervisor.write_status()
+        self.on_change()
 
     async def _send_patch(self, child: Child, job: PatchJob) -> dict[str, Any]:
         async with child.lock:
@@ -161,12 +179,12 @@ class Jobs:
         self, old: Child, job: PatchJob, answer: dict[str, Any]
     ) -> dict[str, Any]:
         """A patch the service cannot take hot: a memory-preserving restart applies it."""
-        sup = self.supervisor
+        running = self.running
         version = answer.get("version") or job.name
         why = "; ".join(answer.get("reasons") or []) or answer.get("reason") or "not hot"
         reason = f"patch {version} needs a restart: {why}"
-        sup.state = "restarting"
-        sup.write_status()
+        running.state = "restarting"
+        self.on_change()
         log.info("applying patch %s through a memory-preserving restart (%s)", version, why)
         with contextlib.suppress(ChildExited):
             old.send(
@@ -178,9 +196,9 @@ class Jobs:
                     "when": time.time(),
                 }
             )
-        before = CodePoint.keep(sup.release, sup.baseline, self.config.journal)
-        outcome = await sup.restarts.preserving(old, reason, start_patch=job, before=before)
-        sup.record(outcome)
+        before = running.code_point(self.config.journal)
+        outcome = await self.restarts.preserving(old, reason, start_patch=job, before=before)
+        self.restarts.record(outcome)
         result: dict[str, Any] = {
             "version": version,
             "targets": answer.get("targets", []),
@@ -189,14 +207,14 @@ class Jobs:
             "restart": asdict(outcome),
             "timings": answer.get("timings", {}),
         }
-        if outcome.ok and sup.current is not None:
-            started = sup.current.info.get("start_patch") or {}
+        if outcome.ok and running.current is not None:
+            started = running.current.info.get("start_patch") or {}
             result.update(
                 outcome=started.get("outcome", "applied"),
                 reason=f"applied through a memory-preserving restart because {why}"
                 f" (paused {(outcome.paused_s or 0.0) * 1e3:.1f} ms)",
                 targets=started.get("targets", result["targets"]),
-                level=sup.current.info.get("level", []),
+                level=running.current.info.get("level", []),
             )
         else:
             _refused(
@@ -213,10 +231,7 @@ class Jobs:
 
     async def submit_baseline(self, name: str, release: Release, who: str) -> dict[str, Any]:
         """Restart onto a new baseline: now (unplanned) or at its moment (planned)."""
-        sup = self.supervisor
         job = BaselineJob(name, release, who, asyncio.get_running_loop().create_future())
-        if sup.stopping:
-            return not_now(job, "the supervisor is stopping")
         for older in (self.planned, self.due):
             if older is not None and not older.done.done():
                 older.done.set_result(
@@ -241,8 +256,8 @@ class Jobs:
         else:
             job.due = "unplanned"
             self.due = job
-            sup.schedule()
-        sup.write_status()
+            self.on_work()
+        self.on_change()
         return await asyncio.shield(job.done)
 
     def _announce(self, job: BaselineJob, when: float) -> None:
@@ -261,8 +276,8 @@ class Jobs:
             )
         else:
             log.info("unplanned baseline %s: restarting as soon as possible", bundle.version)
-        current = self.supervisor.current
-        if current is not None and current.alive and current.ready_at is not None:
+        current = self.running.serving
+        if current is not None:
             with contextlib.suppress(ChildExited):
                 current.send(
                     {
@@ -279,7 +294,7 @@ class Jobs:
         deadline = job.release.bundle.deadline
         while True:
             now = datetime.datetime.now(datetime.UTC)
-            current = self.supervisor.current
+            current = self.running.current
             if deadline is not None and now >= deadline:
                 job.due = "deadline"
             elif self.config.window is not None and in_window(self.config.window, now):
@@ -290,13 +305,13 @@ class Jobs:
                 log.info("planned baseline %s is due (%s)", job.release.version, job.due)
                 self.planned, self._planned_task = None, None
                 self.due = job
-                self.supervisor.schedule()
-                self.supervisor.write_status()
+                self.on_work()
+                self.on_change()
                 return
             await asyncio.sleep(0.05)
 
     async def _apply_baseline(self, job: BaselineJob) -> None:
-        sup = self.supervisor
+        running = self.running
         release = job.release
         version = release.version
         superseded = list(self.queue)
@@ -311,27 +326,27 @@ class Jobs:
                     "via": None,
                 }
             )
-        old = sup.current
+        old = running.current
         assert old is not None
-        sup.state = "restarting"
-        sup.write_status()
+        running.state = "restarting"
+        self.on_change()
         reason = f"baseline {version} ({release.bundle.kind}, {job.due})"
         outcome: RestartOutcome | None = None
-        before = CodePoint.keep(sup.release, sup.baseline, self.config.journal)
+        before = running.code_point(self.config.journal)
         try:
-            outcome = await sup.restarts.preserving(old, reason, release=release, before=before)
+            outcome = await self.restarts.preserving(old, reason, release=release, before=before)
         finally:
             if outcome is None:
                 outcome = RestartOutcome("preserving", reason, ok=False, error="interrupted")
-            sup.record(outcome)
+            self.restarts.record(outcome)
             result: dict[str, Any] = {
                 "version": version,
                 "via": "restart",
                 "restart": asdict(outcome),
             }
             if outcome.ok:
-                sup.release, sup.baseline, sup.previous = release, version, before
-                level = sup.current.info.get("level", []) if sup.current else []
+                running.release, running.baseline, running.previous = release, version, before
+                level = running.current.info.get("level", []) if running.current else []
                 pause = (outcome.paused_s or 0.0) * 1e3
                 result.update(
                     outcome="applied",
@@ -359,7 +374,7 @@ class Jobs:
             )
             if not job.done.done():
                 job.done.set_result(result)
-            sup.write_status()
+            self.on_change()
 
 
 def _refused(

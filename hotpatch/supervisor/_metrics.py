@@ -24,11 +24,9 @@ the supervisor.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import importlib
-import ipaddress
 import json
 import logging
 import os
@@ -37,7 +35,6 @@ from pathlib import Path
 from typing import Any
 
 from hotpatch.agent._outcome import OUTCOME_DIRS, RESULT_SUFFIX
-from hotpatch.service._api import parse_address
 from hotpatch.supervisor._records import RestartOutcome
 from hotpatch.supervisor._runner import Runner
 from hotpatch.supervisor._supervisor import Supervisor
@@ -46,8 +43,7 @@ __all__ = [
     "MetricsBridge",
     "cause_of",
     "open_metrics",
-    "parse_metrics_address",
-    "run",
+    "run_with_metrics",
     "serve_with_metrics",
 ]
 
@@ -60,26 +56,6 @@ Metrics = Any
 INTERVAL = 0.25  # seconds between looks at the runner
 RESCAN_WINDOW_NS = 2_000_000_000  # a folder changed this recently is listed again
 INSTALL_HINT = "pip install 'pyhotpatch[metrics]'"
-
-
-def parse_metrics_address(text: str) -> tuple[str, int]:
-    """``"127.0.0.1:9100"`` -> ``("127.0.0.1", 9100)``; loopback only (the endpoint is open)."""
-    try:
-        host, port = parse_address(text)
-    except ValueError:
-        msg = f"{text!r} is not HOST:PORT; write e.g. 127.0.0.1:9100 (port 0 picks a free one)"
-        raise argparse.ArgumentTypeError(msg) from None
-    try:
-        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback:
-        msg = (
-            f"{host} is not a loopback address: the metrics endpoint has no authentication, "
-            "so it is served on 127.0.0.1 or ::1 only; scrape it through a proxy"
-        )
-        raise argparse.ArgumentTypeError(msg)
-    return host, port
 
 
 def open_metrics(host: str, port: int) -> Metrics:
@@ -280,14 +256,12 @@ async def serve_with_metrics(runner: Runner, metrics: Metrics, interval: float =
         await asyncio.to_thread(metrics.close)
 
 
-def run(runner: Runner, metrics_address: tuple[str, int] | None) -> int:
-    """Run ``runner`` to its end, serving metrics on ``metrics_address`` if given.
+def run_with_metrics(runner: Runner, metrics_address: tuple[str, int]) -> int:
+    """Run ``runner`` to its end, serving metrics on ``metrics_address``.
 
     1 (after logging why) if the metrics cannot be served: prometheus_client
     missing, or the port taken.
     """
-    if metrics_address is None:
-        return asyncio.run(runner.run())
     try:
         metrics = open_metrics(*metrics_address)
     except (ImportError, OSError) as exc:

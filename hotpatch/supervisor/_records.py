@@ -1,4 +1,4 @@
-"""The supervisor's records: its configuration, restart outcomes, patch and baseline jobs."""
+"""The supervisor's records: its configuration, what it runs, restart outcomes, jobs."""
 
 from __future__ import annotations
 
@@ -6,17 +6,20 @@ import asyncio
 import datetime
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from hotpatch.supervisor._bundle import Release
-from hotpatch.supervisor._child import ChildSpec
+from hotpatch.supervisor._child import Child, ChildSpec
 from hotpatch.supervisor._status import utc_now
+from hotpatch.supervisor._takeover import CodePoint
 
 __all__ = [
     "BaselineJob",
+    "FolderPipeline",
     "PatchJob",
     "RestartMode",
     "RestartOutcome",
+    "Running",
     "StateError",
     "SupervisorConfig",
     "in_window",
@@ -82,6 +85,44 @@ class RestartOutcome:
     finished: str = field(default_factory=utc_now)
 
 
+@dataclass(slots=True)
+class Running:
+    """What one supervisor runs now; the work it schedules (restarts, jobs) changes it.
+
+    The supervisor owns it and hands it to its ``Restarts`` and ``Jobs``: these
+    fields are all they change of it.
+    """
+
+    baseline: str | None  # the code's version: --baseline, then each baseline restarted onto
+    release: Release | None = None  # the code the processes run (None: as started)
+    previous: CodePoint | None = None  # the code before the last baseline restart
+    current: Child | None = None  # the process serving, or about to
+    state: str = "starting"  # what the status says: starting, running, restarting, ...
+
+    @property
+    def serving(self) -> Child | None:
+        """The process serving now, if any (alive, and it said it is ready)."""
+        child = self.current
+        return child if child is not None and child.alive and child.ready_at is not None else None
+
+    def code_point(self, journal: Path | None) -> CodePoint:
+        """The code it runs now and ``journal``'s bytes: what a code change may go back to."""
+        return CodePoint.keep(self.release, self.baseline, journal)
+
+
+class FolderPipeline(Protocol):
+    """What a supervisor asks of the watched folder's pipeline it is given (``_patches``)."""
+
+    def start(self) -> object:
+        """Open the folder and its control socket, catch up, then watch (raises if it cannot)."""
+
+    def stop(self) -> None:
+        """Stop watching and serving; the drop being processed finishes first."""
+
+    def pending(self) -> list[str]:
+        """The drops waiting in the folder."""
+
+
 class StateError(Exception):
     """The service could not write its state (not picklable, over ``--state-mb``, no reply)."""
 
@@ -130,7 +171,7 @@ def in_window(window: tuple[datetime.time, datetime.time], now: datetime.datetim
     return t >= start or t < end
 
 
-def not_now(job: PatchJob | BaselineJob, why: str) -> dict[str, Any]:
+def not_now(why: str) -> dict[str, Any]:
     """The answer for a job that was not applied: ``pending``, to be dropped again."""
     return {
         "outcome": "pending",

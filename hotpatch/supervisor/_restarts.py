@@ -7,42 +7,96 @@ import collections
 import dataclasses
 import logging
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 from hotpatch.supervisor._bundle import Release
-from hotpatch.supervisor._child import Child
-from hotpatch.supervisor._handover import BringUpFailed, HandedOver
-from hotpatch.supervisor._records import PatchJob, RestartMode, RestartOutcome
+from hotpatch.supervisor._child import Child, describe_exit
+from hotpatch.supervisor._handover import BringUpFailed, HandedOver, Handover
+from hotpatch.supervisor._records import (
+    PatchJob,
+    RestartMode,
+    RestartOutcome,
+    Running,
+    SupervisorConfig,
+)
 from hotpatch.supervisor._takeover import HEALTH_TIMEOUT, CodePoint, describe_level, health_of
-
-if TYPE_CHECKING:
-    from hotpatch.supervisor._supervisor import Supervisor
 
 __all__ = ["Restarts"]
 
 log = logging.getLogger("hotpatch.supervisor")
 
+PAUSES_KEPT = 100
+
 
 class Restarts:
     """Each kind of restart of one supervisor's process, run as the supervisor's work.
 
-    It sets the supervisor's ``current`` process, ``state`` and code
-    (``release``, ``baseline``) as it goes, and keeps what only restarts need:
-    the recent restarts that the back-off and the restart budget count, and
-    since when (and why) no process serves.
+    It is given the supervisor's ``Running`` record, whose process, state and
+    code (``release``, ``baseline``) it sets as it goes, the ``Handover`` that
+    brings processes up, and two callbacks: something the status shows
+    changed, and the restart budget is spent (the supervisor gives up). It
+    keeps what only restarts need: what they did (``record``), the recent
+    restarts that the back-off and the budget count, and since when (and
+    why) no process serves.
     """
 
-    def __init__(self, supervisor: Supervisor) -> None:
-        self.supervisor = supervisor
-        self.config = supervisor.config
-        self.handover = supervisor.handover
+    def __init__(
+        self,
+        config: SupervisorConfig,
+        running: Running,
+        handover: Handover,
+        *,
+        on_change: Callable[[], None],
+        on_give_up: Callable[[str], None],
+    ) -> None:
+        self.config = config
+        self.running = running
+        self.handover = handover
+        self.on_change = on_change
+        self.on_give_up = on_give_up
+        self.last: RestartOutcome | None = None
+        self.counts: collections.Counter[str] = collections.Counter()
+        self.pauses: collections.deque[float] = collections.deque(maxlen=PAUSES_KEPT)
         self.down_since: float | None = None
         self.down_reason = "no process is serving"
         self._recent: collections.deque[float] = collections.deque()
 
+    def record(self, outcome: RestartOutcome) -> None:
+        """Count and log a start or restart, and show it in the status."""
+        self.last = outcome
+        self.counts[outcome.kind if outcome.ok else "failed"] += 1
+        if outcome.ok and outcome.paused_s is not None:
+            self.pauses.append(outcome.paused_s)
+        current = self.running.current
+        if current is not None and current.alive:
+            self.running.state = "running"
+        if outcome.ok:
+            pause = "" if outcome.paused_s is None else f", paused {outcome.paused_s * 1e3:.1f} ms"
+            log.info(
+                "%s (%s): process %s serving, state %s%s",
+                outcome.kind,
+                outcome.reason,
+                outcome.new_pid,
+                outcome.state,
+                pause,
+            )
+        else:
+            log.error("%s (%s) failed: %s", outcome.kind, outcome.reason, outcome.error)
+        self.on_change()
+
+    def lost(self) -> str:
+        """No process serves (the last one died, or none was left): forget it; say why."""
+        current = self.running.current
+        if current is None:
+            return self.down_reason
+        self.down_since = current.exited_at
+        self.handover.forget(current)
+        self.running.current = None
+        return f"process {current.pid} {describe_exit(current.returncode)}"
+
     async def recover(self, reason: str, *, first: bool = False) -> None:
         """Start a process from the last state round: at start-up, or after one died."""
-        sup = self.supervisor
+        running = self.running
         kind = "start" if first else "recovery"
         while True:
             if not first:
@@ -50,7 +104,7 @@ class Restarts:
                 while self._recent and self._recent[0] < now - self.config.restart_period:
                     self._recent.popleft()
                 if len(self._recent) >= self.config.max_restarts:
-                    sup.fail(
+                    self.on_give_up(
                         f"the service was restarted {len(self._recent)} times within "
                         f"{self.config.restart_period:g}s and failed again ({reason}); giving up "
                         f"(raise --max-restarts/--restart-period, or fix the service)"
@@ -59,37 +113,36 @@ class Restarts:
                 delay = min(
                     self.config.backoff_initial * 2 ** len(self._recent), self.config.backoff_max
                 )
-                sup.state = "backing-off"
-                sup.write_status()
+                running.state = "backing-off"
+                self.on_change()
                 log.warning("restarting the service in %.2fs (%s)", delay, reason)
                 await asyncio.sleep(delay)
                 self._recent.append(time.monotonic())
             first = False
-            sup.state = "starting" if kind == "start" else "recovering"
+            running.state = "starting" if kind == "start" else "recovering"
             try:
                 new, handover = await self.handover.bring_up(
-                    None, down_since=self.down_since, carry_state=True, release=sup.release
+                    None, down_since=self.down_since, carry_state=True, release=running.release
                 )
             except BringUpFailed as exc:
-                sup.record(
+                self.record(
                     RestartOutcome(kind, reason, ok=False, error=str(exc), new_pid=exc.new_pid)
                 )
                 reason = str(exc)
                 continue
             outcome = self._now_serving(kind, reason, new, handover)
             self.down_since = None
-            sup.record(outcome)
+            self.record(outcome)
             return
 
     async def restart(
         self, reason: str, mode: RestartMode, waiters: list[asyncio.Future[RestartOutcome]]
     ) -> None:
         """A requested restart (SIGHUP, a fleet's rollout); ``waiters`` get its outcome."""
-        sup = self.supervisor
-        old = sup.current
+        old = self.running.current
         assert old is not None
-        sup.state = "restarting"
-        sup.write_status()
+        self.running.state = "restarting"
+        self.on_change()
         log.info("%s restart (%s) of process %d", mode, reason, old.pid)
         outcome: RestartOutcome | None = None
         try:
@@ -102,7 +155,7 @@ class Restarts:
             for waiter in waiters:
                 if not waiter.done():
                     waiter.set_result(result)
-        sup.record(result)
+        self.record(result)
 
     async def preserving(
         self,
@@ -119,14 +172,13 @@ class Restarts:
         written the journal: if it fails, ``before``'s journal is put back, and
         once it has taken over the new process must pass its health check.
         """
-        sup = self.supervisor
         try:
             new, handover = await self.handover.bring_up(
                 old,
                 down_since=None,
                 carry_state=True,
                 start_patch=start_patch,
-                release=release or sup.release,
+                release=release or self.running.release,
             )
         except BringUpFailed as exc:
             if before is not None:  # before a recovery starts from it, or the old one goes on
@@ -160,7 +212,7 @@ class Restarts:
         if healthy:
             return outcome
         if outcome.paused_s is not None:
-            self.supervisor.pauses.append(outcome.paused_s)
+            self.pauses.append(outcome.paused_s)
         why = (
             f"the new process {new.pid} took over and failed its health check "
             f"({'; '.join(reasons)})"
@@ -187,14 +239,14 @@ class Restarts:
         If that fails, ``bad`` is drained into the chain (if it still serves)
         and the recovery that follows starts ``to``'s code from it.
         """
-        sup = self.supervisor
-        sup.release, sup.baseline = to.release, to.baseline
+        running = self.running
+        running.release, running.baseline = to.release, to.baseline
         to.restore_journal()
-        sup.state = "rolling-back"
-        sup.write_status()
+        running.state = "rolling-back"
+        self.on_change()
         try:
             new, handover = await self.handover.bring_up(
-                bad, down_since=None, carry_state=True, release=sup.release
+                bad, down_since=None, carry_state=True, release=running.release
             )
         except BringUpFailed as exc:
             stopped_at = exc.stopped_at
@@ -216,7 +268,7 @@ class Restarts:
         """``old`` no longer serves (it retires if it still runs) and no process replaced it."""
         if old.alive:
             self.handover.retire_later(old)
-        self.supervisor.current = None
+        self.running.current = None
         self.down_since = since
         self.down_reason = why
 
@@ -231,7 +283,7 @@ class Restarts:
         rolled_back: str | None = None,
     ) -> RestartOutcome:
         """``new`` serves now: the outcome of a start or restart that went well."""
-        self.supervisor.current = new
+        self.running.current = new
         return RestartOutcome(
             kind,
             reason,
@@ -247,10 +299,9 @@ class Restarts:
         self, to: CodePoint, reason: str, done: asyncio.Future[RestartOutcome]
     ) -> None:
         """Go back to ``to``'s code and journal (a fleet's halted baseline rollout)."""
-        sup = self.supervisor
-        old = sup.current
+        old = self.running.current
         assert old is not None
-        sup.previous = None
+        self.running.previous = None
         outcome: RestartOutcome | None = None
         try:
             outcome = await self._roll_back(old, to, reason)
@@ -258,18 +309,17 @@ class Restarts:
             result = outcome or RestartOutcome("rollback", reason, ok=False, error="interrupted")
             if not done.done():
                 done.set_result(result)
-        sup.record(result)
+        self.record(result)
 
     async def _plain(self, old: Child, reason: str) -> RestartOutcome:
         """Stop, then start: the service keeps its state its own way (the sockets stay open)."""
-        sup = self.supervisor
-        sup.current = None
+        self.running.current = None
         stopped_at = time.monotonic()
         await self.handover.stop_child(old)
         self.handover.chain.clear()
         try:
             new, handover = await self.handover.bring_up(
-                None, down_since=stopped_at, carry_state=False, release=sup.release
+                None, down_since=stopped_at, carry_state=False, release=self.running.release
             )
         except BringUpFailed as exc:
             self.down_since = stopped_at

@@ -11,7 +11,6 @@ itself lives beside it: ``_handover`` (a process brought up with the state),
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 import os
@@ -22,48 +21,41 @@ from collections.abc import Callable, Coroutine
 from dataclasses import asdict
 from typing import Any
 
-from hotpatch.service._api import format_address
-from hotpatch.service._channel import open_listeners
+from hotpatch.service._channel import format_address, open_listeners
 from hotpatch.supervisor._bundle import Release
 from hotpatch.supervisor._child import Child, ChildExited, describe_exit
 from hotpatch.supervisor._handover import Handover
 from hotpatch.supervisor._jobs import Jobs
 from hotpatch.supervisor._records import (
-    BaselineJob,
-    PatchJob,
+    FolderPipeline,
     RestartMode,
     RestartOutcome,
+    Running,
     StateError,
     SupervisorConfig,
-    in_window,
+    not_now,
 )
 from hotpatch.supervisor._restarts import Restarts
 from hotpatch.supervisor._status import utc_now, write_status
 from hotpatch.supervisor._takeover import CodePoint
 
-__all__ = [
-    "BaselineJob",
-    "PatchJob",
-    "RestartMode",
-    "RestartOutcome",
-    "StateError",
-    "Supervisor",
-    "SupervisorConfig",
-    "in_window",
-]
+__all__ = ["Supervisor"]
 
 log = logging.getLogger("hotpatch.supervisor")
 
-PAUSES_KEPT = 100
-
 
 class Supervisor:
-    """Runs one service process at a time and restarts it without dropping connections."""
+    """Runs one service process at a time and restarts it without dropping connections.
+
+    ``pipeline``, if given, makes the watched folder's pipeline once the
+    supervisor runs (``hotpatch run --watch`` gives ``_patches.SupervisedPipeline``).
+    """
 
     def __init__(
         self,
         config: SupervisorConfig,
         *,
+        pipeline: Callable[[Supervisor], FolderPipeline] | None = None,
         listeners: dict[str, socket.socket] | None = None,
         index: int | None = None,
         on_status: Callable[[], None] | None = None,
@@ -75,18 +67,12 @@ class Supervisor:
         self.shared_sockets = listeners is not None
         self.listeners: dict[str, socket.socket] = dict(listeners or {})
         self.on_status = on_status
-        self.current: Child | None = None
-        self.state = "starting"
+        self.running = Running(config.baseline)
         self.error: str | None = None
-        self.last_restart: RestartOutcome | None = None
-        self.counts: collections.Counter[str] = collections.Counter()
-        self.pauses: collections.deque[float] = collections.deque(maxlen=PAUSES_KEPT)
-        self.pipeline: Any = None  # the watched folder's pipeline (supervisor._patches)
+        self.make_pipeline = pipeline
+        self.pipeline: FolderPipeline | None = None  # the watched folder's, while it runs
         self.metrics_url: str | None = None  # where --metrics serves (supervisor._metrics)
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.release: Release | None = None  # the code the processes run (None: as started)
-        self.baseline = config.baseline
-        self.previous: CodePoint | None = None  # before the last baseline restart
         self.handover = Handover(
             config,
             self.listeners,
@@ -94,12 +80,24 @@ class Supervisor:
             on_level=self._on_level,
             on_change=self.write_status,
         )
-        self.restarts = Restarts(self)
-        self.jobs = Jobs(self)
+        self.restarts = Restarts(
+            config,
+            self.running,
+            self.handover,
+            on_change=self.write_status,
+            on_give_up=self.fail,
+        )
+        self.jobs = Jobs(
+            config,
+            self.running,
+            self.restarts,
+            on_work=self.schedule,
+            on_change=self.write_status,
+        )
         self._work: asyncio.Task[None] | None = None
         self._pending: tuple[str, RestartMode, list[asyncio.Future[RestartOutcome]]] | None = None
         self._revert: tuple[CodePoint, str, asyncio.Future[RestartOutcome]] | None = None
-        self._stopping: asyncio.Event | None = None
+        self._stopping = asyncio.Event()
         self._exit_code = 0
 
     # -- sockets and status
@@ -130,20 +128,20 @@ class Supervisor:
                 return None
             return {"pid": c.pid, "generation": c.generation, "ready": c.ready_at is not None}
 
-        handover = self.handover
+        handover, restarts, current = self.handover, self.restarts, self.running.current
         return {
             "pid": os.getpid(),
-            "state": self.state,
+            "state": self.running.state,
             "error": self.error,
             "command": list(self.config.spec.argv),
             "sockets": self.addresses,
             "metrics": self.metrics_url,
-            "child": child(self.current if self.current and self.current.alive else None),
+            "child": child(current if current and current.alive else None),
             "starting": child(handover.starting),
-            "restarts": dict(self.counts),
-            "last_restart": asdict(self.last_restart) if self.last_restart else None,
-            "pauses_s": list(self.pauses),
-            "patches": self.jobs.status(),
+            "restarts": dict(restarts.counts),
+            "last_restart": asdict(restarts.last) if restarts.last else None,
+            "pauses_s": list(restarts.pauses),
+            "patches": self.jobs.status(self.pipeline.pending() if self.pipeline else []),
             "snapshot": {
                 "count": handover.snapshots,
                 "last": handover.snapshot_at,
@@ -160,9 +158,19 @@ class Supervisor:
         return [self]
 
     @property
+    def baseline(self) -> str | None:
+        """The baseline the service runs: ``--baseline``, then each one restarted onto."""
+        return self.running.baseline
+
+    @property
+    def last_restart(self) -> RestartOutcome | None:
+        """How the last start or restart went."""
+        return self.restarts.last
+
+    @property
     def applied_patches(self) -> list[tuple[str, str | None]]:
         """``(version, sha256)`` of the current process's level, as it last said."""
-        current = self.current
+        current = self.running.current
         if current is None:
             return []
         return [(str(v), sha) for v, sha in current.info.get("patches", [])]
@@ -180,7 +188,6 @@ class Supervisor:
     @property
     def stopping(self) -> bool:
         """Has the supervisor been asked to stop (``run()`` is ending)?"""
-        assert self._stopping is not None
         return self._stopping.is_set()
 
     def write_status(self) -> None:
@@ -196,7 +203,6 @@ class Supervisor:
         """Supervise until SIGTERM/SIGINT (0) or until the restart budget is spent (1)."""
         loop = asyncio.get_running_loop()
         self.loop = loop
-        self._stopping = asyncio.Event()
         self.open_sockets()
         handlers: dict[int, Callable[[], object]] = {
             signal.SIGHUP: lambda: self.request_restart("SIGHUP"),
@@ -214,10 +220,8 @@ class Supervisor:
             os.getpid(),
         )
         self._start_work(self.restarts.recover("start", first=True))
-        if self.config.watch is not None:
-            from hotpatch.supervisor._patches import SupervisedPipeline  # noqa: PLC0415
-
-            self.pipeline = SupervisedPipeline(self)
+        if self.make_pipeline is not None:
+            self.pipeline = self.make_pipeline(self)
             try:
                 await asyncio.to_thread(self.pipeline.start)
             except Exception as exc:
@@ -242,10 +246,14 @@ class Supervisor:
 
     async def submit_patch(self, name: str, path: str, data: bytes, who: str) -> dict[str, Any]:
         """Apply verified patch bytes to the serving process (or through a restart)."""
+        if self.stopping:
+            return not_now("the supervisor is stopping")
         return await self.jobs.submit_patch(name, path, data, who)
 
     async def submit_baseline(self, name: str, release: Release, who: str) -> dict[str, Any]:
         """Restart onto a new baseline: now (unplanned) or at its moment (planned)."""
+        if self.stopping:
+            return not_now("the supervisor is stopping")
         return await self.jobs.submit_baseline(name, release, who)
 
     async def ask(self, body: dict[str, Any], reply: str, timeout: float) -> dict[str, Any]:
@@ -253,8 +261,8 @@ class Supervisor:
 
         Raises ``ChildExited`` if no process serves or it ends meanwhile.
         """
-        child = self.current
-        if child is None or not child.alive or child.ready_at is None:
+        child = self.running.serving
+        if child is None:
             msg = f"worker {self.index}: no process is serving"
             raise ChildExited(msg)
         async with child.lock:
@@ -269,8 +277,7 @@ class Supervisor:
     @property
     def serving(self) -> Child | None:
         """The process serving now, if any."""
-        child = self.current
-        return child if child is not None and child.alive and child.ready_at is not None else None
+        return self.running.serving
 
     def request_restart(
         self, reason: str, *, mode: RestartMode | None = None
@@ -302,7 +309,6 @@ class Supervisor:
 
     def request_stop(self, reason: str = "request") -> None:
         """Drain and stop the service, then return from ``run()``."""
-        assert self._stopping is not None
         if not self._stopping.is_set():
             log.info("stopping (%s)", reason)
             self._stopping.set()
@@ -311,10 +317,9 @@ class Supervisor:
         """Give up: log ``message``, status ``failed``, and stop with exit code 1."""
         log.error("%s", message)
         self.error = message
-        self.state = "failed"
+        self.running.state = "failed"
         self._exit_code = 1
         self.write_status()
-        assert self._stopping is not None
         self._stopping.set()
 
     # -- scheduling the work
@@ -335,19 +340,11 @@ class Supervisor:
 
     def schedule(self) -> None:
         """Start the next work, if none runs: recovery, revert, restart, baseline, patch."""
-        assert self._stopping is not None
         if self._stopping.is_set() or self._work is not None:
             return
-        current = self.current
+        current = self.running.current
         if current is None or not current.alive:
-            if current is not None:
-                self.restarts.down_since = current.exited_at
-                reason = f"process {current.pid} {describe_exit(current.returncode)}"
-                self.handover.forget(current)
-                self.current = None
-            else:
-                reason = self.restarts.down_reason
-            self._start_work(self.restarts.recover(reason))
+            self._start_work(self.restarts.recover(self.restarts.lost()))
         elif self._revert is not None and current.ready_at is not None:
             (to, reason, done), self._revert = self._revert, None
             self._start_work(self.restarts.revert(to, reason, done))
@@ -365,31 +362,9 @@ class Supervisor:
         self.write_status()
 
     def _on_exit(self, child: Child) -> None:
-        if child is self.current and not child.retiring:
+        if child is self.running.current and not child.retiring:
             log.error("service process %d %s", child.pid, describe_exit(child.returncode))
             self.schedule()
-        self.write_status()
-
-    def record(self, outcome: RestartOutcome) -> None:
-        """Count and log a start or restart, and show it in the status."""
-        self.last_restart = outcome
-        self.counts[outcome.kind if outcome.ok else "failed"] += 1
-        if outcome.ok and outcome.paused_s is not None:
-            self.pauses.append(outcome.paused_s)
-        if self.current is not None and self.current.alive:
-            self.state = "running"
-        if outcome.ok:
-            pause = "" if outcome.paused_s is None else f", paused {outcome.paused_s * 1e3:.1f} ms"
-            log.info(
-                "%s (%s): process %s serving, state %s%s",
-                outcome.kind,
-                outcome.reason,
-                outcome.new_pid,
-                outcome.state,
-                pause,
-            )
-        else:
-            log.error("%s (%s) failed: %s", outcome.kind, outcome.reason, outcome.error)
         self.write_status()
 
     # -- between the work, and the end
@@ -398,8 +373,8 @@ class Supervisor:
         """Keep the chain fresh, so a process killed outright comes back with recent state."""
         while True:
             await asyncio.sleep(self.config.snapshot_interval)
-            child = self.current
-            if self._work is not None or child is None or not child.alive or child.ready_at is None:
+            child = self.running.serving
+            if self._work is not None or child is None:
                 continue
             try:
                 await self.handover.pull(child)
@@ -419,8 +394,9 @@ class Supervisor:
                 done.set_result(RestartOutcome("rollback", reason, ok=False, error="stopped"))
 
     async def _shutdown(self) -> None:
-        if self.state != "failed":
-            self.state = "stopping"
+        running = self.running
+        if running.state != "failed":
+            running.state = "stopping"
         self.write_status()
         self._drop_jobs()
         self.sys_path_known.set()  # a drop waiting for the first process: on with it
@@ -431,9 +407,9 @@ class Supervisor:
             self._work.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._work
-        if self.current is not None:
-            await self.handover.stop_child(self.current)
-            self.current = None
+        if running.current is not None:
+            await self.handover.stop_child(running.current)
+            running.current = None
         await self.handover.end_all()
         if self._pending is not None:
             for waiter in self._pending[2]:
@@ -450,7 +426,7 @@ class Supervisor:
             self.pipeline = None
         self.close_sockets()
         self.handover.chain.clear()
-        if self.state != "failed":
-            self.state = "stopped"
+        if running.state != "failed":
+            running.state = "stopped"
         self.write_status()
         log.info("stopped")

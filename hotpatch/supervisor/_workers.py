@@ -28,11 +28,10 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from hotpatch.service._api import format_address
-from hotpatch.service._channel import open_listeners
+from hotpatch.service._channel import format_address, open_listeners
 from hotpatch.supervisor._bundle import Release
 from hotpatch.supervisor._child import ChildExited
-from hotpatch.supervisor._records import SupervisorConfig
+from hotpatch.supervisor._records import FolderPipeline, SupervisorConfig
 from hotpatch.supervisor._status import utc_now, write_status
 from hotpatch.supervisor._supervisor import Supervisor
 from hotpatch.supervisor._takeover import HEALTH_TIMEOUT, describe_level
@@ -70,6 +69,8 @@ class Fleet:
         self,
         config: SupervisorConfig,
         workers: int,
+        *,
+        pipeline: Callable[[Fleet], FolderPipeline] | None = None,
     ) -> None:
         if workers < 1:
             msg = f"--workers must be at least 1, not {workers}"
@@ -81,14 +82,15 @@ class Fleet:
         self.members: list[Supervisor] = []
         self.count = workers
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.pipeline: Any = None
+        self.make_pipeline = pipeline
+        self.pipeline: FolderPipeline | None = None  # the watched folder's, while it runs
         self.metrics_url: str | None = None  # where --metrics serves (supervisor._metrics)
         self.sys_path_known = threading.Event()
         self.rollout: dict[str, Any] | None = None  # the one running, or the last one
         self.rollouts: list[dict[str, Any]] = []
         self.state = "starting"
-        self._lock: asyncio.Lock | None = None  # one rollout at a time
-        self._stopping: asyncio.Event | None = None
+        self._lock = asyncio.Lock()  # one rollout at a time
+        self._stopping = asyncio.Event()
         self._exit_code = 0
 
     # -- what the pipeline reads
@@ -182,7 +184,7 @@ class Fleet:
                 for k in {k for w in workers for k in w["restarts"]}
             },
             "last_restart": first.get("last_restart"),
-            "pauses_s": [p for m in self.members for p in m.pauses],
+            "pauses_s": [p for m in self.members for p in m.restarts.pauses],
             "error": next((m.error for m in self.members if m.error), None),
             "patches": patches,
             "rollout": self.rollout,
@@ -200,8 +202,6 @@ class Fleet:
         """Run the workers until SIGTERM/SIGINT (0) or until one of them fails for good (1)."""
         loop = asyncio.get_running_loop()
         self.loop = loop
-        self._lock = asyncio.Lock()
-        self._stopping = asyncio.Event()
         if not self.listeners:
             self.open_sockets()
         for index in range(self.count):
@@ -246,8 +246,7 @@ class Fleet:
                 await asyncio.to_thread(self.pipeline.stop)
                 self.pipeline = None
             for member in self.members:
-                if member._stopping is not None:
-                    member.request_stop("the fleet stops")
+                member.request_stop("the fleet stops")
             codes = await asyncio.gather(*tasks, return_exceptions=True)
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -269,10 +268,8 @@ class Fleet:
             await asyncio.sleep(0.05)
         self.sys_path_known.set()
         self.state = "running"
-        if self.config.watch is not None:
-            from hotpatch.supervisor._patches import SupervisedPipeline  # noqa: PLC0415
-
-            self.pipeline = SupervisedPipeline(self)
+        if self.make_pipeline is not None:
+            self.pipeline = self.make_pipeline(self)
             try:
                 await asyncio.to_thread(self.pipeline.start)
             except Exception as exc:
@@ -291,7 +288,6 @@ class Fleet:
         self.request_stop("a worker stopped")
 
     def request_stop(self, reason: str = "request") -> None:
-        assert self._stopping is not None
         if not self._stopping.is_set():
             log.info("stopping %d workers (%s)", self.count, reason)
             self._stopping.set()
@@ -350,7 +346,6 @@ class Fleet:
         ``still(member)`` says why a changed worker lost the change (a plugin
         rolled it back), or ``None``.
         """
-        assert self._lock is not None
         async with self._lock:
             rollout = self._begin(what)
             allowed = math.floor(self.count * DOMAIN_SHARE + 1e-9)
@@ -475,8 +470,8 @@ class Fleet:
             return outcome in OK, outcome
 
         async def undo(member: Supervisor) -> str:
-            previous = member.previous
-            if member.release is not release or previous is None:
+            previous = member.running.previous
+            if member.running.release is not release or previous is None:
                 return "not changed"
             reason = f"baseline {release.version}: the rollout halted"
             outcome = await member.request_revert(previous, reason)
