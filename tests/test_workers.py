@@ -249,7 +249,8 @@ def test_soak_patches_applied_and_rolled_back_under_load_fail_no_request(
             result = result_of(folder, name, supervised)
             if sick:
                 assert result["dir"] == "rejected", result
-                assert supervised.status()["rollout"]["state"] == "rolled-back"
+                rollout = supervised.status()["rollout"]
+                assert rollout["state"] == "rolled-back", (result, rollout)
             else:
                 assert result["outcome"] == "applied", result
                 good.append(version)
