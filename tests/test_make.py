@@ -568,3 +568,46 @@ def test_a_new_re_export_is_set_on_the_module_by_the_migration(
         probe="getattr(module, 'apply_discount', None) is shop.pricing.apply_discount",
     )
     assert (seen["before"], seen["after"], seen["rolled_back"]) == (False, True, False)
+
+
+def test_private_names_are_mangled_as_in_their_class_and_strings_keep_their_text(
+    repo: GitRepo, tmp_path: Path
+) -> None:
+    repo.commit(
+        "A private counter",
+        {
+            "src/shop/counter.py": """\
+                class _Counter:
+                    def __init__(self):
+                        self.__n = 0
+
+                    def bump(self):
+                        self.__n += 1
+                        return self.__n
+                """,
+        },
+    )
+    repo.git("tag", "-f", "v1")
+    text = (repo.path / "src/shop/counter.py").read_text()
+    repo.commit(
+        "Count by two, and say so",
+        {
+            "src/shop/counter.py": text.replace(
+                "        self.__n += 1\n",
+                '        self.__n += 2\n        note = """counted\n  by two"""\n'
+                "        assert note.endswith('\\n  by two')\n",
+            )
+        },
+    )
+    result = run(repo, tmp_path)
+    assert result.outcome == "hot", result.record()
+    assert "class Counter:" in (result.path.read_text() if result.path else "")
+    seen = run_patched(
+        roots=[repo_at(repo, "v1", tmp_path)],
+        module="shop.counter",
+        patch=result.path,  # type: ignore[arg-type]
+        baseline="1.0",
+        before="counter = module._Counter(); bump = counter.bump",
+        probe="bump()",
+    )
+    assert (seen["before"], seen["after"], seen["rolled_back"]) == (1, 3, 4)

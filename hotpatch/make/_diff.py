@@ -74,6 +74,7 @@ class Replacement:
     def_name: str
     defaults: set[str]  # names its defaults read, when the patch file defines it
     change: Change
+    mangled: str = ""  # a class whose name mangles private names: source indented in it
 
 
 @dataclass(slots=True)
@@ -245,7 +246,7 @@ def _parse(module: str, path: str, data: bytes, which: str) -> _Version:
     except SyntaxError as exc:
         msg = f"the {which} version of {path} does not parse (line {exc.lineno}: {exc.msg})"
         raise MakeError(msg) from None
-    version = _Version(tree, text.splitlines(True), string_lines(tree))
+    version = _Version(tree, text.splitlines(True), string_lines(text, tree))
     version.imports = bindings(tree, module, path.endswith("__init__.py"))
     body = list(tree.body)
     if body and _is_docstring(body[0]):
@@ -536,12 +537,16 @@ class _ModuleDiff:
                 self.baseline(f"{qualname}.<locals>.{local}", "nested function", why)
                 return False
         source = segment(self.new.lines, new, self.new.keep)
+        mangled = ""  # the class whose name mangles its private names (self.__x)
+        if what != "function" and _private_names(new):
+            mangled = qualname.rpartition(".")[0].rpartition(".")[2]
+            source = segment(self.new.lines, new, self.new.keep, indent=4)
         defaults = def_time_names(new) - {
             n.id for d in new.decorator_list for n in ast.walk(d) if isinstance(n, ast.Name)
         }
         change = self.add(target, what, "replace", "changed; replaced")
         self.plan.replacements.append(
-            Replacement(self.name(target), qualname, source, new.name, defaults, change)
+            Replacement(self.name(target), qualname, source, new.name, defaults, change, mangled)
         )
         return True
 
@@ -604,7 +609,8 @@ class _ModuleDiff:
                 if isinstance(n, ast.Name)
             }
             sources = [
-                segment(self.new.lines, node, self.new.keep, decorators=True) for _, node in added
+                segment(self.new.lines, node, self.new.keep, decorators=True, indent=4)
+                for _, node in added
             ]
             changes = [
                 self.add(
@@ -820,6 +826,22 @@ def _definition_reads(node: ast.AST) -> set[str]:
             reads |= _definition_reads(item)
         return reads
     return _names_in(node)
+
+
+def _private_names(node: ast.AST) -> bool:
+    """Does ``node`` use a name Python mangles in a class body (``__x``, not ``__x__``)?"""
+
+    def private(name: str) -> bool:
+        return name.startswith("__") and not name.endswith("__")
+
+    for sub in ast.walk(node):
+        if (
+            (isinstance(sub, ast.Attribute) and private(sub.attr))
+            or (isinstance(sub, ast.Name) and private(sub.id))
+            or (isinstance(sub, ast.arg) and private(sub.arg))
+        ):
+            return True
+    return False
 
 
 def _names_in(node: ast.AST) -> set[str]:

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import metadata
 
-from hotpatch.make._diff import Assignment, Change, ModulePlan, Plan
+from hotpatch.make._diff import Assignment, Change, ModulePlan, Plan, Replacement
 from hotpatch.make._syntax import BUILTINS, Binding, call_names
 
 __all__ = ["Header", "generator", "render"]
@@ -174,7 +174,11 @@ def _module(
         need(helper.names, in_patch=True)
         out += ["", "", *helper.source.rstrip().splitlines()]
     taken = set(imports) | helpers | {patch_name}
+    holders: dict[str, list[Replacement]] = {}
     for replacement in module.replacements:
+        if replacement.mangled:
+            holders.setdefault(replacement.mangled, []).append(replacement)
+            continue
         need(call_names(replacement.source), in_patch=False)
         need(replacement.defaults, in_patch=True)
         name = replacement.def_name
@@ -190,17 +194,39 @@ def _module(
             f"@{patch_name}.replace({_q(replacement.target)})",
             *source.rstrip().splitlines(),
         ]
+    for cls, replacements in holders.items():
+        holder = cls.lstrip("_") if cls.startswith("_") else "_" + cls
+        out += [
+            "",
+            "",
+            f"class {holder}:",
+            f'    """Holds replacements of {cls} methods: their private names (self.__x) are',
+            f'    mangled as in {cls} itself, which a class of this name does too."""',
+        ]
+        for replacement in replacements:
+            need(call_names(_in_class(replacement.source)), in_patch=False)
+            need(replacement.defaults, in_patch=True)
+            out += [
+                "",
+                f"    @{patch_name}.replace({_q(replacement.target)})",
+                *replacement.source.rstrip().splitlines(),
+            ]
     for members in module.members:
         need(members.names, in_patch=True)
         body: list[str] = []
         for source in members.sources:
-            need(call_names(source), in_patch=False)
-            body += ["", *("    " + line if line else "" for line in source.rstrip().splitlines())]
+            need(call_names(_in_class(source)), in_patch=False)
+            body += ["", *source.rstrip().splitlines()]
         out += ["", "", f"@{patch_name}.replace_class({_q(members.target)})", members.header]
         out += body[1:]
     if module.assignments:
         out += _migrations(module, patch_name, need)
     return out
+
+
+def _in_class(source: str) -> str:
+    """Source indented for a class body, made compilable on its own."""
+    return "class _:\n" + source
 
 
 def _rename(source: str, old: str, new: str) -> str:

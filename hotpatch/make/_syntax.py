@@ -8,6 +8,8 @@ from __future__ import annotations
 import ast
 import builtins
 import inspect
+import io
+import tokenize
 import types
 import warnings
 from dataclasses import dataclass
@@ -276,10 +278,24 @@ def call_names(source: str) -> set[str]:
     return names
 
 
-def string_lines(tree: ast.Module) -> set[int]:
+def string_lines(text: str, tree: ast.Module) -> set[int]:
     """Line numbers that continue a string literal started on an earlier line."""
     lines: set[int] = set()
-    for node in ast.walk(tree):
+    try:
+        starts: list[int] = []  # open f-strings (3.12+ tokenizes their parts)
+        for token in tokenize.generate_tokens(io.StringIO(text).readline):
+            kind = tokenize.tok_name[token.type]
+            if kind == "FSTRING_START":
+                starts.append(token.start[0])
+            elif kind == "FSTRING_END" and starts:
+                lines.update(range(starts.pop() + 1, token.end[0] + 1))
+            elif kind == "STRING" and token.end[0] > token.start[0]:
+                lines.update(range(token.start[0] + 1, token.end[0] + 1))
+    except (tokenize.TokenError, SyntaxError):
+        pass
+    else:
+        return lines
+    for node in ast.walk(tree):  # a conservative fallback: whole implicit concatenations
         if not isinstance(node, ast.Constant | ast.JoinedStr) or not node.end_lineno:
             continue
         if isinstance(node, ast.JoinedStr) or isinstance(node.value, str | bytes):
@@ -287,8 +303,10 @@ def string_lines(tree: ast.Module) -> set[int]:
     return lines
 
 
-def segment(lines: list[str], node: ast.stmt, keep: set[int], *, decorators: bool = False) -> str:
-    """The source of ``node`` moved to column 0, string contents left exactly as they are."""
+def segment(
+    lines: list[str], node: ast.stmt, keep: set[int], *, decorators: bool = False, indent: int = 0
+) -> str:
+    """The source of ``node`` moved to column ``indent``, string contents exactly as they are."""
     first = node.lineno
     if decorators and isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
         first = min([first, *(d.lineno for d in node.decorator_list)])
@@ -297,10 +315,12 @@ def segment(lines: list[str], node: ast.stmt, keep: set[int], *, decorators: boo
     out: list[str] = []
     for number in range(first, last + 1):
         line = lines[number - 1]
-        if not line.strip():
+        if number in keep:
+            out.append(line)  # inside a string: as it is
+        elif not line.strip():
             out.append("\n")
-        elif number in keep or not line[:col].isspace():
-            out.append(line)  # inside a string or a bracket: as it is
+        elif col and not line[:col].isspace():
+            out.append(line)  # less indented: inside brackets, where it does not matter
         else:
-            out.append(line[col:])
+            out.append(" " * indent + line[col:])
     return "".join(out).rstrip() + "\n"
