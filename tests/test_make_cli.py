@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from gitrepo import GitRepo
 
-from hotpatch import VerificationFailed
+from hotpatch import VerificationFailed, __version__
 from hotpatch.agent._signing import generate_keypair, verify_file
 from hotpatch.cli import main
 from hotpatch.supervisor._bundle import read_bundle
@@ -72,7 +72,7 @@ def test_explain_lists_each_change_with_its_verdict_and_why(
     text = out.read_text()
     assert text.startswith('"""Hot patch 1.0.1 for baseline 1.0: Fees round up')
     assert "app.fees:fee" in text.split('"""')[1]
-    assert "hotpatch make (hotpatch " in text
+    assert f"hotpatch make (hotpatch {__version__})" in text
 
 
 def test_json_says_the_same_for_tools(

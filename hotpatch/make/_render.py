@@ -14,8 +14,8 @@ import json
 import textwrap
 from collections.abc import Iterable
 from dataclasses import dataclass
-from importlib import metadata
 
+from hotpatch._version import __version__
 from hotpatch.make._diff import Assignment, Change, ModulePlan, Plan, Replacement
 from hotpatch.make._syntax import BUILTINS, Binding, call_names
 
@@ -37,11 +37,7 @@ class Header:
 
 def generator() -> str:
     """``hotpatch make`` and the version of hotpatch that ran it."""
-    try:
-        version = metadata.version("hotpatch")
-    except metadata.PackageNotFoundError:  # pragma: no cover - running from a source tree
-        version = "unknown"
-    return f"hotpatch make (hotpatch {version})"
+    return f"hotpatch make (hotpatch {__version__})"
 
 
 def render(plan: Plan, header: Header, modes: dict[str, str] | None = None) -> str:
