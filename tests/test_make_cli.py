@@ -75,6 +75,15 @@ def test_explain_lists_each_change_with_its_verdict_and_why(
     assert f"hotpatch make (hotpatch {__version__})" in text
 
 
+def test_cumulative_patches_replace_the_earlier_ones(
+    repo: GitRepo, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    repo.commit("Fees", {"app/fees.py": SOURCE.replace("// 10", "// 20")})
+    out = tmp_path / "1.0.2.py"
+    assert main([*hotpatch_make(repo, out), "--cumulative"]) == 0
+    assert "    cumulative=True," in out.read_text()
+
+
 def test_json_says_the_same_for_tools(
     repo: GitRepo, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -75,6 +75,12 @@ def add_make_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser
         help=f"sign what is written with this private key (default: ${ENV_KEY}, if set)",
     )
     make_cmd.add_argument(
+        "--cumulative",
+        action="store_true",
+        help="the patch replaces the earlier hot patches of its baseline in one step "
+        "(for a patch made from the baseline's commit, carrying every fix since)",
+    )
+    make_cmd.add_argument(
         "--planned",
         action="store_true",
         help="a bundle, if one is needed, is a planned baseline (default: unplanned)",
@@ -129,6 +135,7 @@ def _request(args: argparse.Namespace) -> Request:
         output=Path(args.output) if args.output else None,
         summary=args.summary,
         planned=args.planned,
+        cumulative=args.cumulative,
         sign_key=Path(args.sign) if args.sign else None,
         timeout=args.timeout,
     )

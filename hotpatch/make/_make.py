@@ -38,6 +38,7 @@ class Request:
     output: Path | None = None  # default: VERSION.py (a bundle: VERSION.zip)
     summary: str | None = None
     planned: bool = False
+    cumulative: bool = False  # the patch replaces the earlier hot patches of its baseline
     sign_key: Path | None = None
     timeout: float = 30.0  # for each verification child
 
@@ -107,7 +108,9 @@ def make(request: Request, progress: Callable[[str], None] | None = None) -> Mak
     if not active:
         return result("nothing", None)
     output = (request.output or Path(f"{request.version}.py")).absolute()
-    header = Header(request.version, request.baseline, summary, origin, output.name)
+    header = Header(
+        request.version, request.baseline, summary, origin, output.name, request.cumulative
+    )
     if not plan.baseline_reasons:
         step = time.perf_counter()
         verdict = _verify(plan, header, old=old, roots=roots, request=request, say=say)

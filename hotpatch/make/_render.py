@@ -33,6 +33,7 @@ class Header:
     summary: str
     origin: str  # "git v2.3 (1a2b3c4d5e)..fix (9f8e7d6c5b) in /repo", or two trees
     name: str  # the file's name, for the pytest line
+    cumulative: bool = False
 
 
 def generator() -> str:
@@ -63,6 +64,11 @@ def render(plan: Plan, header: Header, modes: dict[str, str] | None = None) -> s
         f"    version={_q(header.version)},",
         f"    baseline={_q(header.baseline)},",
         f"    summary={_q(header.summary)},",
+        *(
+            ["    cumulative=True,  # replaces the earlier hot patches of the baseline"]
+            if header.cumulative
+            else []
+        ),
         ")",
     ]
     for section in sections:
