@@ -1,9 +1,10 @@
 """The smallest complete service for ``hotpatch run``: the standard library's HTTP server.
 
 It serves on the socket the supervisor owns, keeps a hit counter across
-memory-preserving restarts, and drains when a new process takes over::
+memory-preserving restarts (``kill -HUP`` the supervisor), and drains when a
+new process takes over::
 
-    hotpatch run --bind http=127.0.0.1:8000 --pid-file run.pid -- python demos/minimal_service.py
+    hotpatch run --bind http=127.0.0.1:8000 -- python demos/minimal_service.py
 
 Alone (``python demos/minimal_service.py``) it binds 127.0.0.1:8000 itself.
 """

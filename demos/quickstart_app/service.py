@@ -47,7 +47,7 @@ class PriceHandler(BaseHTTPRequestHandler):
         self._answer(200, {"price": str(pricing.apply_discount(amount, pct))})
 
     def _answer(self, status: int, body: dict[str, str]) -> None:
-        payload = json.dumps(body).encode()
+        payload = json.dumps(body).encode() + b"\n"  # a line, for curl
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(payload)))

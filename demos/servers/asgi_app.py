@@ -32,9 +32,12 @@ async def app(scope: dict[str, Any], receive: Receive, send: Send) -> None:
             elif message["type"] == "lifespan.shutdown":
                 await send({"type": "lifespan.shutdown.complete"})
                 return
-    body = json.dumps(
-        {"pid": os.getpid(), "vat": tax.vat(1999), "level": list(agent.registry.level)}
-    ).encode()
+    body = (
+        json.dumps(
+            {"pid": os.getpid(), "vat": tax.vat(1999), "level": list(agent.registry.level)}
+        ).encode()
+        + b"\n"
+    )
     await send(
         {
             "type": "http.response.start",

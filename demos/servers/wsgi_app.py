@@ -22,9 +22,12 @@ agent = hotpatch.install("1.0", watch=os.environ.get("HOTPATCH_FOLDER", "patches
 
 def app(environ: dict[str, Any], start_response: Callable[..., object]) -> Iterable[bytes]:
     """``GET /`` -> ``{"pid": ..., "vat": vat(1999), "level": [...]}``."""
-    body = json.dumps(
-        {"pid": os.getpid(), "vat": tax.vat(1999), "level": list(agent.registry.level)}
-    ).encode()
+    body = (
+        json.dumps(
+            {"pid": os.getpid(), "vat": tax.vat(1999), "level": list(agent.registry.level)}
+        ).encode()
+        + b"\n"
+    )
     start_response(
         "200 OK",
         [
