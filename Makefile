@@ -3,7 +3,8 @@
 #   make demo     create the 3.12 virtual environment, install the package and
 #                 the demo extra (not the development tools), run the demo
 #   make test     create all virtual environments, lint, type-check, and run
-#                 the test suite on Python 3.11, 3.12 and 3.13
+#                 the test suite on Python 3.11, 3.12 and 3.13, and the fleet
+#                 tests (Ansible over network-namespace hosts) once, on 3.12
 #
 # Interpreters come from pyenv (the newest installed patch release of each
 # minor version), falling back to pythonX.Y on PATH. Override any of them:
@@ -56,7 +57,7 @@ extras = dev$(if $(filter 312,$(1)),$(comma)demo)
 comma := ,
 
 # Only the source trees that exist yet (ruff fails on a missing path).
-LINT_PATHS = $(wildcard hotpatch plugins tests benchmarks demos)
+LINT_PATHS = $(wildcard hotpatch plugins tests benchmarks demos ansible_collections)
 BENCHMARKS = $(sort $(wildcard benchmarks/*.py))
 
 header = @printf '\n==> %s\n' "$(1)"
@@ -84,7 +85,7 @@ $(DEMO_STAMP): pyproject.toml
 
 # --- targets --------------------------------------------------------------------
 
-.PHONY: help venv lint types imports check test test-311 test-312 test-313 demo bench clean
+.PHONY: help venv lint types imports check test test-311 test-312 test-313 test-fleet demo bench clean
 
 help:
 	@echo 'make demo       venv (3.12) with the package and matplotlib, run demos/shop_under_load.py'
@@ -94,7 +95,8 @@ help:
 	@echo 'make lint       ruff check and ruff format --check'
 	@echo 'make types      mypy --strict'
 	@echo 'make imports    import-linter: the layering contracts in pyproject.toml'
-	@echo 'make test-3NN   pytest on one Python (PYTEST_ARGS=... passes through)'
+	@echo 'make test-3NN   pytest on one Python, fleet tests aside (PYTEST_ARGS=... passes through)'
+	@echo 'make test-fleet the fleet tests: Ansible rollouts across namespace hosts (root)'
 	@echo 'make bench      run every benchmarks/*.py'
 	@echo 'make clean      remove venvs, caches and build output'
 
@@ -119,11 +121,16 @@ imports: $(call stamp,312)
 check: lint types imports
 
 # A static pattern rule: implicit (plain pattern) rules never apply to .PHONY targets.
+# The fleet tests (a few minutes of Ansible over SSH) run once, in test-fleet.
 $(addprefix test-,$(VERSIONS)): test-%: $(call stamp,%)
 	$(call header,tests on Python $(patsubst 3%,3.%,$*))
-	$(VENV_ROOT)/py$*/bin/python -m pytest $(PYTEST_ARGS)
+	$(VENV_ROOT)/py$*/bin/python -m pytest -m 'not fleet' $(PYTEST_ARGS)
 
-test: venv check $(addprefix test-,$(VERSIONS))
+test-fleet: $(call stamp,312)
+	$(call header,fleet tests on Python 3.12 (Ansible, network-namespace hosts))
+	$(TOOLS_BIN)/python -m pytest -m fleet tests/test_fleet.py $(PYTEST_ARGS)
+
+test: venv check $(addprefix test-,$(VERSIONS)) test-fleet
 
 demo: $(DEMO_STAMP)
 	$(call header,demo)

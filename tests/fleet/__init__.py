@@ -1,0 +1,1 @@
+"""Fleet test hosts: network namespaces with sshd and a service under hotpatch run."""
