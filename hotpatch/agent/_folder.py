@@ -39,15 +39,19 @@ from pathlib import Path
 
 from packaging.version import Version
 from watchdog.events import (
+    DirCreatedEvent,
     DirMovedEvent,
     FileClosedEvent,
+    FileCreatedEvent,
     FileMovedEvent,
     FileSystemEventHandler,
 )
 from watchdog.observers.inotify import InotifyObserver
 
 from hotpatch._errors import VerificationFailed
+from hotpatch.agent._configmap import DATA, Taken, is_configmap_link, resolve
 from hotpatch.agent._drops import (
+    MAX_SIGNATURE_BYTES,
     Vanished,
     bundle_version,
     is_bundle_name,
@@ -87,7 +91,18 @@ class _Handler(FileSystemEventHandler):
         if event.dest_path:
             dest = os.fsdecode(event.dest_path)
             if os.path.dirname(dest) == str(self.folder.path):
-                self.folder.announce(os.path.basename(dest))
+                if os.path.basename(dest) == DATA:
+                    self.folder.configmap_swapped()  # the kubelet's new version
+                else:
+                    self.folder.announce(os.path.basename(dest))
+
+    def on_created(self, event: DirCreatedEvent | FileCreatedEvent) -> None:
+        # A symlink is complete once made: the kubelet's link of a new key
+        # (``NAME -> ..data/NAME``) is taken, any other refused. A created regular
+        # file is announced when it is closed, not before.
+        path = os.fsdecode(event.src_path)
+        if os.path.dirname(path) == str(self.folder.path) and os.path.islink(path):
+            self.folder.announce(os.path.basename(path))
 
 
 class Folder:
@@ -121,6 +136,7 @@ class Folder:
         self._stopping = False
         self._observer: InotifyObserver | None = None
         self._worker: threading.Thread | None = None
+        self._configmap = Taken(self.path)  # ConfigMap files taken, by name and sha256
 
     # -- life cycle -----------------------------------------------------------------
 
@@ -131,13 +147,14 @@ class Folder:
             _Handler(self),
             str(self.path),
             recursive=False,
-            event_filter=[FileClosedEvent, FileMovedEvent, DirMovedEvent],
+            event_filter=[FileClosedEvent, FileCreatedEvent, FileMovedEvent, DirMovedEvent],
         )
         observer.daemon = True
         observer.start()
         self._observer = observer
         # Watching first, listing second: a file that arrives in between is seen
         # twice (harmless) rather than never.
+        self._configmap.load()
         for name in sorted(os.listdir(self.path)):
             self.announce(name)
         self._worker = threading.Thread(target=self._run, name="hotpatch-folder", daemon=True)
@@ -177,6 +194,16 @@ class Folder:
                 self._given_up.discard(name)
                 self._last_announced = time.monotonic()
             self._cond.notify_all()
+
+    def configmap_swapped(self) -> None:
+        """``..data`` names a new version of a ConfigMap: any visible link may show new content."""
+        try:
+            names = sorted(os.listdir(self.path))
+        except OSError:
+            return
+        for name in names:
+            if is_configmap_link(self.path, name):
+                self.announce(name)
 
     # -- the worker -----------------------------------------------------------------
 
@@ -250,10 +277,13 @@ class Folder:
             and not is_ignored(n)
             and not n.endswith(SIGNATURE_SUFFIX)
             and n not in OUTCOME_DIRS.values()
+            and not is_configmap_link(self.path, n)  # announced by the kubelet's swap
         ]
 
     def _key(self, name: str) -> SortKey:
         """Sort key of a drop: its version when it can be read without importing, else last."""
+        if is_configmap_link(self.path, name):
+            return self._configmap_key(name)
         path = self.path / name
         try:
             st = path.lstat()
@@ -276,6 +306,14 @@ class Folder:
         self._keys[name] = (identity, key)
         return key
 
+    def _configmap_key(self, name: str) -> SortKey:
+        """A ConfigMap file's sort key (read through its link each time: ``..data`` swaps)."""
+        version: str | None = None
+        if name.endswith(".py"):
+            with contextlib.suppress(OSError, Vanished, VerificationFailed):
+                version = peek_version(resolve(self.path, name, max_bytes=self._max_bytes).data)
+        return (0, Version(version), name) if version else (1, _UNKNOWN, name)
+
     def _handle(self, name: str) -> None:
         path = self.path / name
         if not os.path.lexists(path):
@@ -284,6 +322,9 @@ class Folder:
             self._wait_for_signature(name + SIGNATURE_SUFFIX)
             if self._stopping:
                 return  # left in the folder for the next start
+        if is_configmap_link(self.path, name):
+            self._handle_configmap(name)
+            return
         try:
             outcome = self._process(path)
         except Vanished:
@@ -291,6 +332,45 @@ class Folder:
             return
         self._keys.pop(name, None)
         self._file(path, outcome)
+
+    def _handle_configmap(self, name: str) -> None:
+        """A file the kubelet delivered: processed once per content, from a private copy."""
+        try:
+            drop = resolve(self.path, name, max_bytes=self._max_bytes)
+        except (FileNotFoundError, Vanished):
+            return  # swapped meanwhile: the next swap's event brings the name back
+        except VerificationFailed as exc:
+            # Not the layout as the service's user made it: a symlink like any other.
+            link = self.path / name
+            try:
+                outcome = self._process(link)
+            except Vanished:
+                return
+            if outcome.outcome == "rejected":
+                outcome.reason = str(exc)
+            self._file(link, outcome)
+            return
+        if (name, drop.sha256) in self._configmap:
+            return  # this content was taken already: its result file tells the outcome
+        sig_name = name + SIGNATURE_SUFFIX
+        signature = None
+        if is_configmap_link(self.path, sig_name):
+            with contextlib.suppress(OSError, Vanished, VerificationFailed):
+                signature = resolve(self.path, sig_name, max_bytes=MAX_SIGNATURE_BYTES).data
+        copy = self._configmap.stage(drop, signature)
+        try:
+            outcome = self._process(copy)
+        except Vanished:
+            return
+        outcome.details["configmap"] = {
+            "file": name,
+            "sha256": drop.sha256,
+            "data": drop.version_dir,
+        }
+        file_outcome(copy, outcome, into=self.path)
+        self._configmap.add(name, drop.sha256)
+        with self._cond:
+            self._signatures.discard(sig_name)
 
     def _wait_for_signature(self, sig: str) -> None:
         deadline = time.monotonic() + self._signature_wait

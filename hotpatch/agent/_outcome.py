@@ -200,13 +200,15 @@ def _move(source: Path, target: Path) -> None:
     os.unlink(source)
 
 
-def file_outcome(path: Path, outcome: Outcome) -> bool:
+def file_outcome(path: Path, outcome: Outcome, *, into: Path | None = None) -> bool:
     """Write the result file, then move the drop (and its signature) beside it.
 
-    ``True`` when ``path`` now holds another file than the one processed (replaced
-    while it was worked on): the caller announces that newcomer again.
+    ``into``: the patch folder whose outcome folders receive it (default the
+    drop's own folder; a ConfigMap drop is a private copy elsewhere). ``True``
+    when ``path`` now holds another file than the one processed (replaced while
+    it was worked on): the caller announces that newcomer again.
     """
-    directory = path.parent / OUTCOME_DIRS[outcome.outcome]
+    directory = (into or path.parent) / OUTCOME_DIRS[outcome.outcome]
     try:
         st = path.lstat()
     except FileNotFoundError:
