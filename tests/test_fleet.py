@@ -143,7 +143,7 @@ def explain(run: subprocess.CompletedProcess[str]) -> str:
     return f"ansible-playbook exited {run.returncode}\n{run.stdout[-6000:]}\n{run.stderr[-3000:]}"
 
 
-def test_good_patch_goes_through_in_batches_of_one_under_load(
+def test_good_patch_goes_through_in_batches_of_one_under_load_and_again_changes_nothing(
     fleet: Fleet, hosts: list[Host], good: Path, tmp_path: Path
 ) -> None:
     events = tmp_path / "timeline.jsonl"
@@ -159,6 +159,18 @@ def test_good_patch_goes_through_in_batches_of_one_under_load(
         assert load.served[host.name] > 0
         assert load.prices[host.name][120] > 0  # the fixed price, served while it rolled
         assert host.get("/price")[1]["price"] == 120
+
+    # The same rollout again changes nothing: no host changed, no file dropped.
+    files = {h.name: sorted(p.name for p in h.folder.rglob("*")) for h in hosts}
+    again = tmp_path / "again.jsonl"
+    rerun = fleet.playbook(good, timeline=again, hotpatch_batch="100%")
+    assert rerun.returncode == 0, explain(rerun)
+    end = next(e for e in timeline(again) if e["event"] == "end")
+    assert {h: s["changed"] for h, s in end["hosts"].items()} == {h.name: 0 for h in hosts}
+    assert sorted(outcomes(timeline(again), "hotpatch.fleet.patch")) == [
+        (1, f"host{i}", "ok") for i in range(1, 6)
+    ]
+    assert {h.name: sorted(p.name for p in h.folder.rglob("*")) for h in hosts} == files
 
 
 def test_bad_patch_stops_after_the_first_batch_and_is_rolled_back(
@@ -224,23 +236,6 @@ def test_within_max_fail_percentage_a_down_host_does_not_stop_the_rollout(
     fleet.bring_up(hosts[3])
     fleet.bring_up(hosts[4])
     assert levels(hosts) == {**{h.name: ["1.0.1"] for h in hosts[:4]}, "host5": []}
-
-
-def test_a_rerun_changes_nothing(
-    fleet: Fleet, hosts: list[Host], good: Path, tmp_path: Path
-) -> None:
-    first = fleet.playbook(good, hotpatch_batch="100%")
-    assert first.returncode == 0, explain(first)
-    files = {h.name: sorted(p.name for p in h.folder.rglob("*")) for h in hosts}
-    events = tmp_path / "timeline.jsonl"
-    again = fleet.playbook(good, timeline=events, hotpatch_batch="100%")
-    assert again.returncode == 0, explain(again)
-    end = next(e for e in timeline(events) if e["event"] == "end")
-    assert {h: s["changed"] for h, s in end["hosts"].items()} == {h.name: 0 for h in hosts}
-    assert sorted(outcomes(timeline(events), "hotpatch.fleet.patch")) == [
-        (1, f"host{i}", "ok") for i in range(1, 6)
-    ]
-    assert {h.name: sorted(p.name for p in h.folder.rglob("*")) for h in hosts} == files
 
 
 def test_check_mode_verifies_and_changes_nothing(
