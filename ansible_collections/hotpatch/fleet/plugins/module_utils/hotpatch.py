@@ -138,7 +138,23 @@ def identity(path: str) -> dict[str, Any]:
             "directory or .zip holding patch.toml"
         )
         raise HostError(msg)
-    return {"kind": "file", "version": None, "sha256": _sha256(path)}
+    return {"kind": "file", "version": peek_version(path), "sha256": _sha256(path)}
+
+
+_PATCH_CALL = re.compile(r"\bPatch\(([^)]*)\)", re.DOTALL)
+_VERSION_ARG = re.compile(r"""(?:\bversion\s*=\s*|^\s*)["']([^"']+)["']""")
+
+
+def peek_version(path: str) -> str | None:
+    """The version of a patch file's one ``Patch(version="...")``, read without running it;
+    ``None`` when there is not exactly one (then the host's ``hotpatch verify`` says)."""
+    try:
+        with open(path, encoding="utf-8") as source:
+            text = source.read()
+    except (OSError, UnicodeDecodeError):
+        return None
+    found = [m.group(1) for call in _PATCH_CALL.findall(text) if (m := _VERSION_ARG.search(call))]
+    return found[0] if len(found) == 1 else None
 
 
 def _bundle_version(path: str) -> str:

@@ -138,11 +138,17 @@ def run(module: AnsibleModule) -> dict[str, Any]:
         signature = src + SIGNATURE_SUFFIX
     before = status(module)
 
-    _, verdict = ask(module, "verify", src)
-    if not verdict.get("ok"):
-        msg = f"{name}: the service on this host would refuse it: {verdict.get('error')}"
-        raise HostError(msg, outcome="rejected", verify=verdict, before=before)
-    patch["version"] = verdict.get("version") or patch["version"]
+    # The host's `hotpatch verify` is asked in check mode, when the version cannot be
+    # read from the file, and when that version is applied already (same content:
+    # unchanged; other content: refused). Otherwise the drop goes straight in: the
+    # service verifies it anyway, and its outcome is the verdict.
+    verdict: dict[str, Any] = {}
+    if module.check_mode or patch["version"] is None or _already(before, patch):
+        _, verdict = ask(module, "verify", src)
+        if not verdict.get("ok"):
+            msg = f"{name}: the service on this host would refuse it: {verdict.get('error')}"
+            raise HostError(msg, outcome="rejected", verify=verdict, before=before)
+        patch["version"] = verdict.get("version") or patch["version"]
     version = patch["version"]
     common = {"version": version, "kind": patch["kind"], "before": before}
 
@@ -184,8 +190,8 @@ def run(module: AnsibleModule) -> dict[str, Any]:
     drop(src, folder, name, signature)
     record = wait_outcome(folder, name, seen, patch, params["timeout"])
     elapsed = time.monotonic() - start
-    after = status(module)
     outcome = record.get("outcome")
+    after = _after(before, record, patch)
     answer = {
         **common,
         "outcome": outcome,
@@ -235,6 +241,18 @@ def _already(before: dict[str, Any], patch: dict[str, Any]) -> bool:
     if patch["kind"] == "bundle":
         return bool(before["baseline"] == patch["version"])
     return patch["version"] in before["level"]
+
+
+def _after(before: dict[str, Any], record: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """The host's level as the outcome left it (the result file records it)."""
+    after = dict(before)
+    if record.get("outcome") in ("applied", "unchanged"):
+        if patch["kind"] == "bundle":
+            after.update(baseline=record.get("version") or patch["version"], level=[])
+        else:
+            after.update(level=list(record.get("level") or before["level"]))
+    after["version"] = after["level"][-1] if after["level"] else after["baseline"]
+    return after
 
 
 def _diff(before: dict[str, Any], after: dict[str, Any]) -> dict[str, str]:
