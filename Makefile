@@ -128,7 +128,7 @@ $(addprefix test-,$(VERSIONS)): test-%: $(call stamp,%)
 
 test-fleet: $(call stamp,312)
 	$(call header,fleet tests on Python 3.12 (Ansible, network-namespace hosts))
-	$(TOOLS_BIN)/python -m pytest -m fleet tests/test_fleet.py $(PYTEST_ARGS)
+	$(TOOLS_BIN)/python -m pytest -m fleet tests/test_fleet.py tests/test_fleet_modules.py $(PYTEST_ARGS)
 
 test: venv check $(addprefix test-,$(VERSIONS)) test-fleet
 

@@ -40,6 +40,7 @@ APP = Path(__file__).resolve().parent / "app"
 PORT = 8000
 BASELINE = "1.0"
 SSHD = Path("/usr/sbin/sshd")
+SSH = Path("/usr/bin/ssh")
 WAIT_S = 60.0
 
 
@@ -57,8 +58,8 @@ def ensure_tools() -> None:
     Never starts the system's ssh service: while it installs, a ``policy-rc.d`` that
     refuses service starts is in place (unless the machine has one already).
     """
-    missing = [pkg for pkg, path in (("iproute2", "/usr/sbin/ip"), ("openssh-server", SSHD))
-               if not Path(path).exists()]  # fmt: skip
+    wanted = (("iproute2", "/usr/sbin/ip"), ("openssh-server", SSHD), ("openssh-client", SSH))
+    missing = [pkg for pkg, path in wanted if not Path(path).exists()]
     if not missing:
         return
     if os.geteuid() != 0:
@@ -170,8 +171,10 @@ class Fleet:
         self.close()
 
     def start(self) -> None:
-        probe_namespaces()
+        if os.geteuid() != 0:
+            raise CannotMakeHosts("network namespaces need root (run the fleet tests as root)")
         ensure_tools()
+        probe_namespaces()
         self._network()
         self._ssh_keys()
         self._signing_keys()

@@ -12,10 +12,12 @@ description:
     copied under a temporary dotted name the folder ignores, then renamed in), and waits
     for the outcome the service files (C(NAME.result.json) in C(applied/), C(rejected/)
     or C(pending/)).
-  - Before anything is dropped the host's C(hotpatch verify --json) is asked: a patch it
-    refuses fails without being dropped; a patch already applied with the same content
-    (or a bundle whose version is the running baseline) changes nothing.
-  - Check mode only verifies. Diff mode shows the host's baseline and level before and after.
+  - A patch already applied with the same content (or a bundle whose version is the running
+    baseline) changes nothing, and nothing is dropped; the host's C(hotpatch verify --json)
+    tells same content from other content, and a version it cannot read from the file.
+    Any other patch is dropped, and the service's own verification decides.
+  - Check mode only verifies (C(hotpatch verify --json)), so a patch the service would
+    refuse fails there. Diff mode shows the host's baseline and level before and after.
   - I(src) is on the controller (sent to a temporary directory on the host, a bundle
     directory as one tar archive, with C(NAME.sig) when it is beside it), or on the host
     with I(remote_src).

@@ -6,10 +6,10 @@ DOCUMENTATION = r"""
 module: rollback
 short_description: Roll a running service's hot patches back to a level
 description:
-  - Runs the host's C(hotpatch rollback --to V --json): the hot patches above level I(to)
-    are undone (I(to) is a version in the level, or the baseline for none).
+  - Runs the host's C(hotpatch rollback --to V --json), which undoes the hot patches above
+    level I(to) (I(to) is a version in the level, or the baseline for none).
   - Changes nothing when the service is at I(to) already. A baseline cannot be rolled back
-    this way (a baseline bundle replaced the code): that fails, saying so.
+    this way (a baseline bundle replaced the code); that fails, saying so.
   - Check mode tells what would be rolled back. Diff mode shows the level before and after.
 options:
   folder:
