@@ -13,7 +13,7 @@ from fleet.netns import Host
 class Load:
     """``GET /price`` on every host until ``stop()``; ``served``/``failed`` per host."""
 
-    def __init__(self, hosts: list[Host], pause: float = 0.01) -> None:
+    def __init__(self, hosts: list[Host], pause: float = 0.02) -> None:
         self.pause = pause
         self.served: Counter[str] = Counter()
         self.failed: Counter[str] = Counter()

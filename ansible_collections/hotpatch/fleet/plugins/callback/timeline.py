@@ -66,7 +66,7 @@ class CallbackModule(CallbackBase):  # type: ignore[misc]  # ansible ships no ty
     def _result(self, status: str, result: Any) -> None:
         data = result._result
         fields = {k: data[k] for k in _KEEP if k in data}
-        after = data.get("after") or {}
+        after = data.get("after") or (data.get("ansible_facts") or {}).get("hotpatch") or {}
         if after:
             fields["level"] = after.get("level")
             fields["baseline"] = after.get("baseline")
