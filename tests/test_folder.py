@@ -448,15 +448,15 @@ def test_an_unexpected_error_becomes_a_rejection_and_the_folder_goes_on(
     start_agent: Callable[..., hotpatch.Agent],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from hotpatch.agent import _pipeline
+    from hotpatch.agent import _local
 
-    real = _pipeline.load_patch_source
+    real = _local.load_patch_source
 
     def failing_once(data: bytes, *, path: str) -> hotpatch.Patch:
-        monkeypatch.setattr(_pipeline, "load_patch_source", real)
+        monkeypatch.setattr(_local, "load_patch_source", real)
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(_pipeline, "load_patch_source", failing_once)
+    monkeypatch.setattr(_local, "load_patch_source", failing_once)
     agent = start_agent()
     drops.drop("first.py", patch_source(target, "1.0.1", 1))
     result = drops.filed("first.py", "rejected")
@@ -475,18 +475,18 @@ def test_a_drop_replaced_while_processed_files_the_bytes_that_were_processed(
     start_agent: Callable[..., hotpatch.Agent],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from hotpatch.agent import _pipeline
+    from hotpatch.agent import _local
 
     first = patch_source(target, "1.0.1", 1)
     second = patch_source(target, "1.0.2", 2)
-    real = _pipeline.load_patch_source
+    real = _local.load_patch_source
 
     def replace_then_load(data: bytes, *, path: str) -> hotpatch.Patch:
         if data == first.encode():  # the writer swaps the file under the agent's feet
             os.rename(drops.write("fix.py", second), drops.path / "fix.py")
         return real(data, path=path)
 
-    monkeypatch.setattr(_pipeline, "load_patch_source", replace_then_load)
+    monkeypatch.setattr(_local, "load_patch_source", replace_then_load)
     start_agent()
     drops.drop("fix.py", first)
     assert drops.filed("fix.py", "applied")["version"] == "1.0.1"
@@ -502,16 +502,16 @@ def test_status_lists_drops_waiting_for_the_worker(
     start_agent: Callable[..., hotpatch.Agent],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from hotpatch.agent import _pipeline
+    from hotpatch.agent import _local
 
     gate = threading.Event()
-    real = _pipeline.load_patch_source
+    real = _local.load_patch_source
 
     def held(data: bytes, *, path: str) -> hotpatch.Patch:
         gate.wait(WAIT_S)
         return real(data, path=path)
 
-    monkeypatch.setattr(_pipeline, "load_patch_source", held)
+    monkeypatch.setattr(_local, "load_patch_source", held)
     agent = start_agent()
     drops.drop("a.py", patch_source(target, "1.0.1", 1))
     drops.drop("b.py", patch_source(target, "1.0.2", 2))

@@ -1,8 +1,26 @@
-"""The agent: ``install()`` in the service's own process, the watched folder and its drop
-pipeline, the verification child, signatures, the control socket; ``fanout/`` shares one
-folder among the workers of a pre-fork server.
+"""The agent: how patches get into a running service, from a watched folder or a control socket.
 
-It sits on the core (``hotpatch._registry`` and below) and never imports a wing above it.
+``install()`` starts an ``Agent`` in the service's own process; ``fanout/``
+shares one folder among the workers of a pre-fork server; the supervisor
+(``hotpatch run``) runs the same parts around an applier of its own.
+
+How the parts fit. A ``DropPipeline`` (``_pipeline``) takes one patch at a time
+through the checks every patch passes -- read once (``_drops``), signature
+(``_signing``), the verification child (``_verify``, on a ``_staging`` copy) --
+and hands what passed to the ``Applier`` it was given (``_applier``, a
+``Protocol``): ``LocalApplier`` (``_local``, a ``Registry`` in this process),
+``FanoutApplier`` (``fanout/``, every worker) or the supervisor's.
+``Commands`` (``_commands``) answers the control socket (``_control``) over
+that pipeline. A running agent opens its life-cycle parts -- the folder's
+lock, staging, the socket, the folder's watch with its pidfile
+(``_lifecycle``; ``_folder`` finds the drops, ``_outcome`` files them) -- in
+an ``ExitStack``, in that order, and closes them in reverse: ``Solo``
+(``_solo``) alone on its folder, or ``Worker`` (``fanout/``) one of several.
+``Agent`` (``_agent``) is the public face and picks which one runs;
+``_settings`` holds its options and ``_names`` the folder's file names.
+
+Imports run one way, ``_agent`` -> ``fanout`` -> ``_solo`` -> ``_commands`` ->
+``_pipeline`` -> the rest, down to the core; no wing above is imported.
 """
 
 from hotpatch.agent._agent import Agent, install

@@ -1,4 +1,4 @@
-"""Filing a drop's outcome: ``NAME.result.json`` and the move to applied/, rejected/ or pending/."""
+"""A drop's outcome: its record, its log line, ``NAME.result.json`` and the move beside it."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import datetime
 import errno
 import itertools
 import json
+import logging
 import os
 import stat
 from dataclasses import dataclass, field
@@ -23,9 +24,12 @@ __all__ = [
     "OutcomeKind",
     "check_folder",
     "file_outcome",
+    "log_outcome",
     "now_iso",
     "write_result",
 ]
+
+log = logging.getLogger("hotpatch")
 
 OutcomeKind = Literal["applied", "unchanged", "rejected", "pending"]
 # Where each outcome files the drop.
@@ -137,6 +141,22 @@ class Outcome:
             **({"workers": self.workers} if self.workers is not None else {}),
             **self.details,
         }
+
+
+def log_outcome(outcome: Outcome) -> None:
+    """Log ``outcome`` in one line: who, which file, what became of it, how long it took."""
+    level = logging.INFO if outcome.outcome in ("applied", "unchanged") else logging.WARNING
+    log.log(
+        level,
+        "%s %s: %s patch %s, targets %s, in %.1f ms%s",
+        outcome.who,
+        outcome.name,
+        outcome.outcome,
+        outcome.version or "?",
+        ", ".join(outcome.targets) or "-",
+        outcome.timings.get("total_s", 0.0) * 1e3,
+        f": {outcome.reason}" if outcome.reason and outcome.outcome != "unchanged" else "",
+    )
 
 
 def write_result(path: Path, record: dict[str, Any]) -> None:

@@ -9,22 +9,22 @@ and the ``check`` of ``verify`` are asked of every worker's serving process.
 Each drop goes through the agent's pipeline -- read once, signature, the
 verification child with the *service's* ``sys.path`` -- and the verified
 bytes then go to the serving process over its control channel, where its
-``Registry`` loads and applies them. A patch the process answers with
-``RestartRequired`` goes in through a memory-preserving restart whose new
-process applies it before it serves.
+``Registry`` loads and applies them (``SupervisorApplier``). A patch the
+process answers with ``RestartRequired`` goes in through a memory-preserving
+restart whose new process applies it before it serves.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import hashlib
 import logging
 import os
 import shutil
 import stat
 import sys
-import tempfile
-import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -32,19 +32,25 @@ from typing import Any, TypeVar
 from packaging.version import Version
 
 from hotpatch._errors import VerificationFailed
-from hotpatch._registry import Registry
-from hotpatch.agent._agent import Agent
-from hotpatch.agent._drops import Vanished, is_bundle_name, read_patch_file, read_signature
-from hotpatch.agent._names import PIDFILE_NAME
-from hotpatch.agent._outcome import Outcome, write_result
+from hotpatch._loader import DEFAULT_MAX_BYTES
+from hotpatch.agent._applier import AppliedPatch
+from hotpatch.agent._commands import Commands, dispatch
+from hotpatch.agent._control import ControlServer
+from hotpatch.agent._drops import read_patch_file, read_signature
+from hotpatch.agent._lifecycle import FolderLock, FolderWatch
+from hotpatch.agent._names import SOCKET_NAME
+from hotpatch.agent._outcome import Outcome, check_folder
+from hotpatch.agent._pipeline import DropPipeline
+from hotpatch.agent._settings import Checks
 from hotpatch.agent._signing import bundle_digest, verify_signature
-from hotpatch.supervisor._bundle import MAX_BUNDLE_BYTES, read_bundle, unpack_bundle
+from hotpatch.agent._staging import Staging
+from hotpatch.supervisor._bundle import MAX_BUNDLE_BYTES, Release, read_bundle, unpack_bundle
 from hotpatch.supervisor._child import Child, ChildExited
 from hotpatch.supervisor._handover import memfd
 from hotpatch.supervisor._runner import Runner
 from hotpatch.supervisor._supervisor import Supervisor
 
-__all__ = ["SupervisedPipeline"]
+__all__ = ["SupervisedPipeline", "SupervisorApplier"]
 
 log = logging.getLogger("hotpatch.supervisor")
 
@@ -58,154 +64,181 @@ HISTORY_ENTRIES = 200  # per process: a control message holds at most 64 KiB
 T = TypeVar("T")
 
 
-class SupervisedPipeline(Agent):
-    """An ``Agent`` without a registry of its own: the serving process applies."""
+class SupervisedPipeline:
+    """The folder and control socket of ``hotpatch run --watch DIR``: ``start()``, ``stop()``.
+
+    The agent's parts, opened in the agent's order: the folder's lock, staging,
+    the socket, the folder's watch; the patches go to ``SupervisorApplier``.
+    """
 
     def __init__(self, supervisor: Runner) -> None:
         config = supervisor.config
-        assert config.watch is not None
-        super().__init__(
-            config.baseline or "0",
-            watch=config.watch,
-            journal=None,
+        if config.watch is None:
+            msg = "the supervisor's pipeline needs a watched folder (--watch DIR)"
+            raise ValueError(msg)
+        self.supervisor = supervisor
+        self.watch = config.watch.absolute()
+        # --control-socket, or DIR/.hotpatch.sock; named in DIR/.hotpatch.json either way
+        self.socket = (config.control_socket or self.watch / SOCKET_NAME).absolute()
+        self.checks = Checks.of(
             require_signature=config.require_signature,
             trusted_keys=config.trusted_keys,
-            # --control-socket, or DIR/.hotpatch.sock; named in DIR/.hotpatch.json either way
-            control_socket=config.control_socket or True,
             verify_timeout=config.verify_timeout,
-            entry_points=False,
+            verify=True,
+            max_bytes=DEFAULT_MAX_BYTES,
         )
-        self.supervisor = supervisor
-        self._who_folder = f"folder:{self.watch} (supervisor)"
-        self._local = threading.local()  # the rollout of the apply this thread runs
+        self.staging = Staging(self.watch)
+        releases = config.releases or self.watch / ".releases"
+        self.applier = SupervisorApplier(supervisor, self.checks, self.staging, releases)
+        self.pipeline = DropPipeline(self.applier, self.checks, self.staging)
+        self._handle = dispatch(Commands(self.pipeline, self.status).table())
+        self._watch: FolderWatch | None = None
+        self._stack: contextlib.ExitStack[bool | None] | None = None
+
+    def start(self) -> SupervisedPipeline:
+        """Take the folder, serve the socket, then watch (the files already there first)."""
+        if self._stack is not None:
+            return self
+        with contextlib.ExitStack() as stack:
+            check_folder(self.watch)  # refuse an unsafe folder before anything runs
+            stack.enter_context(FolderLock(self.watch))
+            stack.enter_context(self.staging)
+            stack.enter_context(ControlServer(self.socket, self._handle))
+            process = functools.partial(
+                self.pipeline.process, who=f"folder:{self.watch} (supervisor)"
+            )
+            watch = FolderWatch(self.watch, process, checks=self.checks, pidfile=self._pidfile)
+            self._watch = stack.enter_context(watch)
+            self._stack = stack.pop_all()
+        log.info(
+            "hotpatch agent started: baseline %s, level %s, folder %s, socket %s",
+            self.supervisor.config.baseline or "0",
+            ", ".join(self.applier.level()) or "-",
+            self.watch,
+            self.socket,
+        )
+        return self
+
+    def stop(self) -> None:
+        """Stop watching and serving, release the folder. Idempotent."""
+        if self._stack is not None:
+            self._stack.close()
 
     def pending(self) -> list[str]:
         """Drops in the folder waiting to be processed."""
-        return self._folder.pending if self._folder is not None else []
+        return self._watch.pending if self._watch is not None else []
 
-    # -- the parts of the agent's pipeline that happen elsewhere
+    def status(self) -> dict[str, Any]:
+        """The supervisor's status (the fleet's, workers included), as its status file holds."""
 
-    def _make_registry(self) -> Registry | None:
-        return None
+        async def read() -> dict[str, Any]:
+            return self.supervisor.status()
 
-    def _level(self) -> tuple[str, ...]:
-        return tuple(v for v, _ in self.supervisor.applied_patches)
+        return {"ok": True, "supervisor": True, **on_loop(self.supervisor, read)}
 
-    def _notify_rejected(self, outcome: Outcome, path: Path, who: str) -> None:
-        pass  # the service's plugins hear of what reached its registry
+    def _pidfile(self) -> dict[str, Any]:
+        """``.hotpatch.json``: who owns the folder, and where its status is (for the CLI)."""
+        status = self.supervisor.config.status_file
+        return {
+            "pid": os.getpid(),
+            "socket": str(self.socket),
+            "baseline": self.supervisor.baseline,
+            "folder": str(self.watch),
+            "supervisor": True,
+            "status_file": str(status) if status else None,
+        }
 
-    def _verify_sys_path(self) -> list[str]:
-        if not self.supervisor.sys_path_known.wait(SYS_PATH_WAIT):
+
+class SupervisorApplier:
+    """Applies through the serving process of every member of ``runner``; has no registry.
+
+    Baseline bundles are unpacked under ``releases`` and restarted into.
+    """
+
+    def __init__(self, runner: Runner, checks: Checks, staging: Staging, releases: Path) -> None:
+        self.runner = runner
+        self.checks = checks
+        self.staging = staging
+        self.releases = releases
+
+    def level(self) -> tuple[str, ...]:
+        return tuple(v for v, _ in self.runner.applied_patches)
+
+    def applied(self) -> list[AppliedPatch]:
+        return [AppliedPatch(v, sha, None) for v, sha in self.runner.applied_patches]
+
+    def sys_path(self) -> list[str]:
+        """The serving process's ``sys.path`` (it may not have said it yet)."""
+        if not self.runner.sys_path_known.wait(SYS_PATH_WAIT):
             msg = (
                 f"the service has not started within {SYS_PATH_WAIT:g}s, so its sys.path is "
                 "unknown and the patch cannot be verified; drop it again once it serves"
             )
             raise VerificationFailed(msg)
-        return list(self.supervisor.service_sys_path or sys.path)
+        return list(self.runner.service_sys_path or sys.path)
 
-    def _applied(self) -> list[tuple[str, str | None, tuple[str, ...] | None]]:
-        return [(v, sha, None) for v, sha in self.supervisor.applied_patches]
+    def rejected(self, outcome: Outcome, path: Path) -> None:
+        pass  # the service's plugins hear of what reached its registry
 
-    # -- baseline bundles
-
-    def _read(self, path: Path, outcome: Outcome) -> bytes | None:
-        try:
-            st = path.lstat()
-        except FileNotFoundError:
-            raise Vanished(str(path)) from None
-        if not (
-            stat.S_ISDIR(st.st_mode) or (stat.S_ISREG(st.st_mode) and is_bundle_name(path.name))
-        ):
-            return super()._read(path, outcome)
-        outcome.ino = (st.st_ino, st.st_dev)
-        if st.st_uid != os.geteuid():
-            msg = (
-                f"{path.name} is owned by uid {st.st_uid}, not by this service's user "
-                f"(uid {os.geteuid()}); hotpatch refuses files owned by another user"
-            )
-            raise VerificationFailed(msg)
-        self._baseline(path, outcome, is_dir=stat.S_ISDIR(st.st_mode))
-        return None
-
-    def _write_pidfile(self, folder: Path) -> None:
-        """``.hotpatch.json``: who owns the folder, and where its status is (for the CLI)."""
-        status = self.supervisor.config.status_file
-        write_result(
-            folder / PIDFILE_NAME,
-            {
-                "pid": os.getpid(),
-                "socket": str(self.socket) if self.socket else None,
-                "baseline": self.supervisor.baseline,
-                "folder": str(folder),
-                "supervisor": True,
-                "status_file": str(status) if status else None,
-            },
+    def deliver(self, data: bytes, path: Path, outcome: Outcome) -> None:
+        answer = on_loop(
+            self.runner, lambda: self.runner.submit_patch(path.name, str(path), data, outcome.who)
         )
-        self._pidfile_written = True
+        outcome.notified = True
+        self._fill(outcome, answer)
 
-    def _baseline(self, path: Path, outcome: Outcome, *, is_dir: bool) -> None:
-        """Check, unpack and hand a bundle to the supervisor; fills ``outcome``."""
-        config = self.supervisor.config
-        assert self.watch is not None
-        staged: Path | None = None
-        try:
-            source = path
-            if not is_dir:
+    def deliver_bundle(self, path: Path, outcome: Outcome) -> None:
+        """Check and unpack a baseline bundle, then restart the service onto it."""
+        release = self._unpack(path, outcome)
+        if release is None:
+            return
+        answer = on_loop(
+            self.runner, lambda: self.runner.submit_baseline(path.name, release, outcome.who)
+        )
+        self._fill(outcome, answer)
+
+    def _unpack(self, path: Path, outcome: Outcome) -> Release | None:
+        """The bundle's release, unpacked; ``None`` when it runs already. Refusals raise."""
+        with self.staging.directory() as staged:
+            source = staged / path.name
+            if not stat.S_ISDIR(path.lstat().st_mode):
                 # Read once: the signature, the checks and the unpacking see these bytes.
                 read = read_patch_file(path, max_bytes=MAX_BUNDLE_BYTES, owners={os.geteuid()})
-                outcome.ino, outcome.sha256 = (
-                    (read.ino, read.dev),
-                    hashlib.sha256(read.data).hexdigest(),
-                )
-                if self.require_signature:
+                outcome.ino = (read.ino, read.dev)
+                outcome.sha256 = hashlib.sha256(read.data).hexdigest()
+                if self.checks.require_signature:
                     signature = read_signature(path, owners={os.geteuid()})
                     outcome.key_id = verify_signature(
-                        read.data, signature, self.trusted_keys, name=path.name
+                        read.data, signature, self.checks.trusted_keys, name=path.name
                     )
-                assert self._staging is not None
-                staged = Path(tempfile.mkdtemp(dir=self._staging))
-                source = staged / path.name
                 source.write_bytes(read.data)
             else:
-                bundle = read_bundle(path)  # no links, nothing escaping: safe to copy
+                read_bundle(path)  # no links, nothing escaping: safe to copy
                 # Copied once: the signature, the checks and the unpacking see the copy.
-                assert self._staging is not None
-                staged = Path(tempfile.mkdtemp(dir=self._staging))
-                source = staged / path.name
                 shutil.copytree(path, source, symlinks=True)
-                if self.require_signature:
+                if self.checks.require_signature:
                     signature = read_signature(path, owners={os.geteuid()})
                     outcome.key_id = verify_signature(
                         bundle_digest(source),
                         signature,
-                        self.trusted_keys,
+                        self.checks.trusted_keys,
                         name=path.name,
                         kind="bundle",
                     )
             bundle = read_bundle(source)
             outcome.version = bundle.version
-            current = self.supervisor.baseline
+            current = self.runner.baseline
             if current is not None and Version(bundle.version) <= Version(current):
                 if Version(bundle.version) == Version(current):
                     outcome.outcome = "unchanged"
                     outcome.reason = f"baseline {current} is already running"
-                    return
+                    return None
                 msg = (
                     f"baseline {bundle.version} is not newer than the running baseline "
                     f"{current}; publish the new code under a newer version"
                 )
                 raise VerificationFailed(msg, patch=bundle.version)
-            releases = config.releases or self.watch / ".releases"
-            release = unpack_bundle(source, bundle, releases)
-        finally:
-            if staged is not None:
-                shutil.rmtree(staged, ignore_errors=True)
-        loop = self.supervisor.loop
-        assert loop is not None
-        answer: dict[str, Any] = asyncio.run_coroutine_threadsafe(
-            self.supervisor.submit_baseline(path.name, release, outcome.who), loop
-        ).result()
-        self._fill(outcome, answer)
+            return unpack_bundle(source, bundle, self.releases)
 
     def _fill(self, outcome: Outcome, answer: dict[str, Any]) -> None:
         outcome.outcome = answer.get("outcome", "rejected")
@@ -217,130 +250,12 @@ class SupervisedPipeline(Agent):
         for name, seconds in (answer.get("timings") or {}).items():
             outcome.timings[f"service_{name}"] = float(seconds)
         outcome.details = {k: answer[k] for k in RESULT_DETAILS if answer.get(k) is not None}
-        self._local.rollout = answer.get("rollout")
 
-    def _deliver(self, data: bytes, path: Path, outcome: Outcome) -> None:
-        loop = self.supervisor.loop
-        assert loop is not None
-        submitted = asyncio.run_coroutine_threadsafe(
-            self.supervisor.submit_patch(path.name, str(path), data, outcome.who), loop
-        )
-        answer: dict[str, Any] = submitted.result()
-        outcome.notified = True
-        self._fill(outcome, answer)
+    # -- the answers of the serving processes
 
-    # -- the control socket: what `hotpatch status|apply|rollback|history|verify` ask
-
-    def _members(self) -> list[Supervisor]:
-        """The supervisors whose processes serve: the fleet's workers, or the one supervisor."""
-        return list(self.supervisor.members)
-
-    @property
-    def _fleet(self) -> bool:
-        """Answers name each worker: the runner is a fleet of several."""
-        return len(self.supervisor.members) > 1
-
-    def _on_loop(self, work: Callable[[], Awaitable[T]]) -> T:
-        """Run ``work()`` on the supervisor's event loop and wait for its result."""
-        loop = self.supervisor.loop
-        assert loop is not None
-
-        async def run() -> T:
-            return await work()
-
-        return asyncio.run_coroutine_threadsafe(run(), loop).result()
-
-    def _ask_all(self, body: dict[str, Any], reply: str) -> list[dict[str, Any]]:
-        """``body`` asked of every serving process at once; an answer per worker, in order."""
-
-        async def one(member: Supervisor) -> dict[str, Any]:
-            try:
-                answer = await member.ask(dict(body), reply, ASK_TIMEOUT)
-            except (ChildExited, TimeoutError) as exc:
-                answer = {"ok": False, "error": f"no answer: {exc}", "error_type": "Error"}
-            return {"index": member.index, **answer}
-
-        async def everyone() -> list[dict[str, Any]]:
-            return list(await asyncio.gather(*(one(m) for m in self._members())))
-
-        return self._on_loop(everyone)
-
-    def status(self) -> dict[str, Any]:
-        """The supervisor's status (the fleet's, workers included), as its status file holds."""
-
-        async def read() -> dict[str, Any]:
-            return self.supervisor.status()
-
-        return {"ok": True, "supervisor": True, **self._on_loop(read)}
-
-    def _handle_apply(self, request: dict[str, Any], who: str) -> dict[str, Any]:
-        self._local.rollout = None
-        answer = super()._handle_apply(request, who)
-        if self._local.rollout is not None:
-            answer["rollout"] = self._local.rollout
-        return answer
-
-    def _handle_rollback(self, request: dict[str, Any], who: str) -> dict[str, Any]:
-        to = request.get("to")
-        if to is not None and not isinstance(to, str):
-            return _bad("'to' is a version string, or null for the last patch")
-        with self._lock:
-            answers = self._ask_all({"op": "rollback", "to": to, "who": who}, "rolled-back")
-        first = answers[0]
-        result: dict[str, Any] = {
-            "ok": all(a.get("ok") for a in answers),
-            "versions": first.get("versions", []),
-            "level": first.get("level", []),
-        }
-        failed = [a for a in answers if not a.get("ok")]
-        if failed:
-            result["error"] = self._failures(failed, len(answers))
-            types = {a.get("error_type") for a in failed}
-            result["error_type"] = types.pop() if len(types) == 1 else "Error"
-        if self._fleet:
-            result["workers"] = [_worker(a, "versions", "level", "error") for a in answers]
-        return result
-
-    def _handle_history(self) -> dict[str, Any]:
-        answers = self._ask_all({"op": "history", "entries": HISTORY_ENTRIES}, "history")
-        failed = [a for a in answers if not a.get("ok")]
-        if failed:
-            error = self._failures(failed, len(answers))
-            return {"ok": False, "error": error, "error_type": "Error"}
-        if not self._fleet:
-            return {"ok": True, "history": answers[0].get("history", [])}
-        merged = [{**entry, "worker": a["index"]} for a in answers for entry in a["history"]]
-        merged.sort(key=lambda e: (e.get("time") or 0, e["worker"]))
-        return {"ok": True, "history": merged}
-
-    def _handle_verify(self, request: dict[str, Any], who: str) -> dict[str, Any]:
-        """The verification child here, then ``Registry.check`` in every serving process."""
-        path = self._request_path(request)
-        if isinstance(path, dict):
-            return path
-        if (bundle := _verify_bundle(path)) is not None:
-            return bundle
-        outcome = Outcome(name=path.name, who=who)
-        with self._lock:
-            try:
-                data = self._checked(path, outcome)
-            except Vanished:
-                return _bad(f"no such file: {path}")
-            if data is None:  # the same version with the same content: already in
-                return {
-                    "ok": True,
-                    "version": outcome.version,
-                    "hot": True,
-                    "reasons": [],
-                    "targets": list(outcome.targets),
-                    "modes": {},
-                    "note": outcome.reason,
-                }
-            answers = self._on_loop(lambda: self._check_everywhere(path, data))
-        return self._combine_checks(answers)
-
-    def _combine_checks(self, answers: list[dict[str, Any]]) -> dict[str, Any]:
-        """Hot if hot in every worker; the reasons of all of them."""
+    def check(self, data: bytes, path: Path, outcome: Outcome) -> dict[str, Any]:
+        """``Registry.check`` in every serving process: hot if hot in every worker."""
+        answers = on_loop(self.runner, lambda: self._check_everywhere(path, data))
         failed = [a for a in answers if not a.get("ok")]
         if failed:
             types = {a.get("error_type") for a in failed}
@@ -363,6 +278,69 @@ class SupervisedPipeline(Agent):
             result["workers"] = [_worker(a, "hot", "reasons", "level") for a in answers]
         return result
 
+    def check_bundle(self, path: Path, outcome: Outcome) -> dict[str, Any]:
+        """A baseline bundle is never hot; a bad one raises ``VerificationFailed``."""
+        version = read_bundle(path).version
+        return {
+            "ok": True,
+            "version": version,
+            "hot": False,
+            "reasons": [
+                f"baseline bundle {version} replaces the code: it goes in through a restart"
+            ],
+            "targets": [],
+            "modes": {},
+        }
+
+    def rollback(self, to: str | None, who: str) -> dict[str, Any]:
+        answers = self._ask_all({"op": "rollback", "to": to, "who": who}, "rolled-back")
+        first = answers[0]
+        result: dict[str, Any] = {
+            "ok": all(a.get("ok") for a in answers),
+            "versions": first.get("versions", []),
+            "level": first.get("level", []),
+        }
+        failed = [a for a in answers if not a.get("ok")]
+        if failed:
+            result["error"] = self._failures(failed, len(answers))
+            types = {a.get("error_type") for a in failed}
+            result["error_type"] = types.pop() if len(types) == 1 else "Error"
+        if self._fleet:
+            result["workers"] = [_worker(a, "versions", "level", "error") for a in answers]
+        return result
+
+    def history(self) -> dict[str, Any]:
+        answers = self._ask_all({"op": "history", "entries": HISTORY_ENTRIES}, "history")
+        failed = [a for a in answers if not a.get("ok")]
+        if failed:
+            error = self._failures(failed, len(answers))
+            return {"ok": False, "error": error, "error_type": "Error"}
+        if not self._fleet:
+            return {"ok": True, "history": answers[0].get("history", [])}
+        merged = [{**entry, "worker": a["index"]} for a in answers for entry in a["history"]]
+        merged.sort(key=lambda e: (e.get("time") or 0, e["worker"]))
+        return {"ok": True, "history": merged}
+
+    @property
+    def _fleet(self) -> bool:
+        """Answers name each worker: the runner is a fleet of several."""
+        return len(self.runner.members) > 1
+
+    def _ask_all(self, body: dict[str, Any], reply: str) -> list[dict[str, Any]]:
+        """``body`` asked of every serving process at once; an answer per worker, in order."""
+
+        async def one(member: Supervisor) -> dict[str, Any]:
+            try:
+                answer = await member.ask(dict(body), reply, ASK_TIMEOUT)
+            except (ChildExited, TimeoutError) as exc:
+                answer = {"ok": False, "error": f"no answer: {exc}", "error_type": "Error"}
+            return {"index": member.index, **answer}
+
+        async def everyone() -> list[dict[str, Any]]:
+            return list(await asyncio.gather(*(one(m) for m in self.runner.members)))
+
+        return on_loop(self.runner, everyone)
+
     async def _check_everywhere(self, path: Path, data: bytes) -> list[dict[str, Any]]:
         async def one(member: Supervisor) -> dict[str, Any]:
             child = member.serving
@@ -383,7 +361,7 @@ class SupervisedPipeline(Agent):
                 answer = {"ok": False, "error": f"no answer: {exc}", "error_type": "Error"}
             return {"index": member.index, **answer}
 
-        return list(await asyncio.gather(*(one(m) for m in self._members())))
+        return list(await asyncio.gather(*(one(m) for m in self.runner.members)))
 
     def _failures(self, failed: list[dict[str, Any]], asked: int) -> str:
         """The errors of ``failed`` answers, each said once with the workers that gave it."""
@@ -400,23 +378,17 @@ class SupervisedPipeline(Agent):
         )
 
 
-def _verify_bundle(path: Path) -> dict[str, Any] | None:
-    """``verify`` of a baseline bundle: never hot; ``None`` for anything else."""
-    try:
-        st = path.lstat()
-    except FileNotFoundError:
-        return _bad(f"no such file: {path}")
-    if not (stat.S_ISDIR(st.st_mode) or (stat.S_ISREG(st.st_mode) and is_bundle_name(path.name))):
-        return None
-    version = read_bundle(path).version  # a bad bundle raises VerificationFailed: refused
-    return {
-        "ok": True,
-        "version": version,
-        "hot": False,
-        "reasons": [f"baseline bundle {version} replaces the code: it goes in through a restart"],
-        "targets": [],
-        "modes": {},
-    }
+def on_loop(runner: Runner, work: Callable[[], Awaitable[T]]) -> T:
+    """Run ``work()`` on the runner's event loop and wait for its result (from another thread)."""
+    loop = runner.loop
+    if loop is None:
+        msg = "the supervisor is not running (no event loop yet)"
+        raise RuntimeError(msg)
+
+    async def run() -> T:
+        return await work()
+
+    return asyncio.run_coroutine_threadsafe(run(), loop).result()
 
 
 def _worker(answer: dict[str, Any], *keys: str) -> dict[str, Any]:
@@ -426,7 +398,3 @@ def _worker(answer: dict[str, Any], *keys: str) -> dict[str, Any]:
         "ok": bool(answer.get("ok")),
         **{k: answer.get(k) for k in keys if k in answer},
     }
-
-
-def _bad(message: str) -> dict[str, Any]:
-    return {"ok": False, "error": message, "error_type": "BadRequest"}

@@ -16,10 +16,9 @@ from pathlib import Path
 
 from hotpatch._errors import JournalError
 from hotpatch.agent._outcome import Outcome
-from hotpatch.agent._pipeline import DropPipeline
 from hotpatch.agent.fanout._journal import GroupJournal
 from hotpatch.agent.fanout._peers import call, other_workers, send
-from hotpatch.agent.fanout._worker import accept, undo
+from hotpatch.agent.fanout._worker import Replica
 
 __all__ = ["Fanout"]
 
@@ -29,8 +28,8 @@ log = logging.getLogger("hotpatch")
 class Fanout:
     """Delivers the owner's verified patches to the workers of ``folder``; keeps ``journal``."""
 
-    def __init__(self, pipeline: DropPipeline, folder: Path, journal: GroupJournal):
-        self.pipeline = pipeline
+    def __init__(self, replica: Replica, folder: Path, journal: GroupJournal) -> None:
+        self.replica = replica
         self.folder = folder
         self.journal = journal
 
@@ -45,7 +44,7 @@ class Fanout:
             "text": data.decode("utf-8"),
             "sha256": hashlib.sha256(data).hexdigest(),
         }
-        mine = accept(self.pipeline, item, who=outcome.who)
+        mine = self.replica.accept(item, who=outcome.who)
         results = [mine]
         if mine["outcome"] == "applied":
             for pid, sock in sorted(other_workers(self.folder).items()):
@@ -84,11 +83,10 @@ class Fanout:
 
     def _record_apply(self, outcome: Outcome) -> None:
         """Journal an applied drop; if that fails, undo it everywhere: it would not survive."""
-        assert self.pipeline.registry is not None
         version = str(outcome.version)
         try:
             self.journal.record(
-                self.pipeline.registry,
+                self.replica.local.registry,
                 "apply",
                 version,
                 outcome.who,
@@ -104,10 +102,9 @@ class Fanout:
 
     def record(self, action: str, version: str, who: str) -> str | None:
         """Add a history row to the journal (the level as it is); the error, if any."""
-        assert self.pipeline.registry is not None
         try:
             self.journal.check()
-            self.journal.record(self.pipeline.registry, action, version, who)
+            self.journal.record(self.replica.local.registry, action, version, who)
         except JournalError as exc:
             log.warning("worker %d: %s %s not recorded: %s", os.getpid(), action, version, exc)
             return str(exc)
@@ -116,7 +113,7 @@ class Fanout:
     def _undo(self, version: str, *, failed: set[int]) -> int:
         """Roll ``version`` back in every worker but those that refused it; how many did."""
         undone = 0
-        local = undo(self.pipeline, version, "owner")
+        local = self.replica.undo(version, "owner")
         undone += bool(local.get("undone"))
         for pid, sock in sorted(other_workers(self.folder).items()):
             if pid in failed:

@@ -1,8 +1,8 @@
-"""What every pre-fork worker does with its peers' patches: accept, undo, list, catch up.
+"""A worker's copy of the group's level: patches verified by the owner applied here, undone, listed.
 
-These work on a worker's pipeline (``hotpatch.agent._pipeline``): the owner has
-verified the bytes already, so a worker only checks they arrived whole, then
-loads and applies them with the pipeline's own steps.
+The owner has verified the bytes already, so a worker only checks they arrived
+whole, then loads and applies them in this process (``LocalApplier``), under
+the pipeline's lock: one patch operation at a time, as for a drop.
 """
 
 from __future__ import annotations
@@ -10,93 +10,98 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from hotpatch._errors import PatchError, VerificationFailed
+from hotpatch.agent._applier import already_applied
 from hotpatch.agent._control import request
 from hotpatch.agent._drops import peek_version
-from hotpatch.agent._outcome import Outcome
-from hotpatch.agent._pipeline import DropPipeline
+from hotpatch.agent._local import LocalApplier
+from hotpatch.agent._outcome import Outcome, log_outcome
 from hotpatch.agent.fanout._journal import GroupJournal
 from hotpatch.agent.fanout._peers import PEER_TIMEOUT_S, other_workers, owner_pid, remove_stale
 
-__all__ = ["accept", "catch_up", "level_with_texts", "undo"]
+__all__ = ["Replica"]
 
 log = logging.getLogger("hotpatch")
 
 
-def accept(pipeline: DropPipeline, item: dict[str, Any], *, who: str) -> dict[str, Any]:
-    """Load and apply verified patch text in this worker; its result, never an exception."""
-    start = time.perf_counter()
-    text = item.get("text")
-    name = str(item.get("name") or "patch.py")
-    outcome = Outcome(name=name, who=who)
-    try:
-        if not isinstance(text, str):
-            msg = f"delivery of {name} carries no patch text"
-            raise VerificationFailed(msg)
-        data = text.encode("utf-8")
-        outcome.sha256 = hashlib.sha256(data).hexdigest()
-        if outcome.sha256 != item.get("sha256"):
-            msg = (
-                f"delivery of {name} arrived damaged (sha256 {outcome.sha256[:16]}, "
-                f"announced {str(item.get('sha256'))[:16]}); drop it again"
-            )
-            raise VerificationFailed(msg)
-        outcome.version = peek_version(data)
-        with pipeline._lock:
-            if outcome.version is None or not pipeline._same_version(outcome.version, outcome):
-                path = Path(str(item.get("path") or name))
-                patch = pipeline._load_source(data, path, outcome)
-                if patch is not None:
-                    pipeline._apply(patch, outcome)
-    except PatchError as exc:
-        outcome.outcome, outcome.reason = "rejected", str(exc)
-        outcome.error_type = type(exc).__name__
-    except Exception as exc:
-        log.exception("worker %d: applying %s failed unexpectedly", os.getpid(), name)
-        outcome.outcome, outcome.error_type = "rejected", "Error"
-        outcome.reason = f"internal error in worker {os.getpid()}: {type(exc).__name__}: {exc}"
-    outcome.timings["total_s"] = time.perf_counter() - start
-    outcome.level = pipeline._level()
-    if outcome.outcome != "applied":
-        pipeline._log(outcome)
-    return {
-        "pid": os.getpid(),
-        "outcome": outcome.outcome,
-        "version": outcome.version,
-        "level": list(outcome.level),
-        "reason": outcome.reason,
-        "error_type": outcome.error_type,
-        "targets": list(outcome.targets),
-        "timings": {k: round(v, 6) for k, v in outcome.timings.items()},
-    }
+class Replica:
+    """This worker's level, kept equal to the group's: ``local`` changed under ``lock``."""
 
+    def __init__(self, local: LocalApplier, lock: threading.RLock) -> None:
+        self.local = local
+        self.lock = lock
 
-def undo(pipeline: DropPipeline, version: object, who: str) -> dict[str, Any]:
-    """Roll ``version`` back here if it is the last patch applied (another worker refused it)."""
-    assert pipeline.registry is not None
-    with pipeline._lock:
-        level = pipeline.registry.level
-        if version not in level:
-            return {"ok": True, "pid": os.getpid(), "undone": False, "level": list(level)}
-        if level[-1] != version:
-            msg = f"patch {version} is not the last one applied here (level {list(level)})"
-            return {"ok": False, "pid": os.getpid(), "error": msg, "error_type": "Conflict"}
-        pipeline.registry.rollback(who=f"{who} (undo: another worker refused {version})")
-        return {"ok": True, "pid": os.getpid(), "undone": True, "level": list(pipeline._level())}
+    def accept(self, item: dict[str, Any], *, who: str) -> dict[str, Any]:
+        """Load and apply verified patch text in this worker; its result, never an exception."""
+        start = time.perf_counter()
+        text = item.get("text")
+        name = str(item.get("name") or "patch.py")
+        outcome = Outcome(name=name, who=who)
+        try:
+            if not isinstance(text, str):
+                msg = f"delivery of {name} carries no patch text"
+                raise VerificationFailed(msg)
+            data = text.encode("utf-8")
+            outcome.sha256 = hashlib.sha256(data).hexdigest()
+            if outcome.sha256 != item.get("sha256"):
+                msg = (
+                    f"delivery of {name} arrived damaged (sha256 {outcome.sha256[:16]}, "
+                    f"announced {str(item.get('sha256'))[:16]}); drop it again"
+                )
+                raise VerificationFailed(msg)
+            outcome.version = peek_version(data)
+            with self.lock:
+                if outcome.version is None or not already_applied(
+                    self.local.applied(), outcome.version, outcome
+                ):
+                    path = Path(str(item.get("path") or name))
+                    patch = self.local.load(data, path, outcome)
+                    if patch is not None:
+                        self.local.apply(patch, outcome)
+        except PatchError as exc:
+            outcome.outcome, outcome.reason = "rejected", str(exc)
+            outcome.error_type = type(exc).__name__
+        except Exception as exc:
+            log.exception("worker %d: applying %s failed unexpectedly", os.getpid(), name)
+            outcome.outcome, outcome.error_type = "rejected", "Error"
+            outcome.reason = f"internal error in worker {os.getpid()}: {type(exc).__name__}: {exc}"
+        outcome.timings["total_s"] = time.perf_counter() - start
+        outcome.level = self.local.level()
+        if outcome.outcome != "applied":
+            log_outcome(outcome)
+        return {
+            "pid": os.getpid(),
+            "outcome": outcome.outcome,
+            "version": outcome.version,
+            "level": list(outcome.level),
+            "reason": outcome.reason,
+            "error_type": outcome.error_type,
+            "targets": list(outcome.targets),
+            "timings": {k: round(v, 6) for k, v in outcome.timings.items()},
+        }
 
+    def undo(self, version: object, who: str) -> dict[str, Any]:
+        """Roll ``version`` back here if it is the last patch here (another worker refused it)."""
+        registry = self.local.registry
+        with self.lock:
+            level = registry.level
+            if version not in level:
+                return {"ok": True, "pid": os.getpid(), "undone": False, "level": list(level)}
+            if level[-1] != version:
+                msg = f"patch {version} is not the last one applied here (level {list(level)})"
+                return {"ok": False, "pid": os.getpid(), "error": msg, "error_type": "Conflict"}
+            registry.rollback(who=f"{who} (undo: another worker refused {version})")
+            return {"ok": True, "pid": os.getpid(), "undone": True, "level": list(registry.level)}
 
-def level_with_texts(pipeline: DropPipeline, journal: GroupJournal) -> dict[str, Any]:
-    """The level with each patch's text: what a new worker applies to catch up."""
-    assert pipeline.registry is not None
-    items = []
-    for patch in pipeline.registry.patches:
-        if patch.source is None:
-            continue
-        items.append(
+    def texts(self, journal: GroupJournal) -> dict[str, Any]:
+        """The level with each patch's text: what a new worker applies to catch up."""
+        registry = self.local.registry
+        items = [
             {
                 "version": patch.version,
                 "name": Path(patch.source.path).name,
@@ -104,53 +109,53 @@ def level_with_texts(pipeline: DropPipeline, journal: GroupJournal) -> dict[str,
                 "text": patch.source.text,
                 "sha256": patch.source.sha256,
             }
-        )
-    return {
-        "ok": True,
-        "baseline": pipeline.baseline,
-        "patches": items,
-        "journal_error": journal.problem,
-    }
+            for patch in registry.patches
+            if patch.source is not None
+        ]
+        return {
+            "ok": True,
+            "baseline": registry.baseline,
+            "patches": items,
+            "journal_error": journal.problem,
+        }
 
+    def catch_up(self, folder: Path, journal: GroupJournal) -> bool:
+        """Apply the level of a live worker (the owner first): a replaced worker starts patched.
 
-def catch_up(pipeline: DropPipeline, folder: Path, journal: GroupJournal) -> bool:
-    """Apply the level of a live worker (the owner first): a replaced worker starts patched.
-
-    ``False`` when no live worker of this baseline gave its level."""
-    assert pipeline.registry is not None
-    peers = other_workers(folder)
-    owner = owner_pid(folder)
-    order = sorted(peers, key=lambda pid: (pid != owner, pid))
-    for pid in order:
-        try:
-            answer = request(peers[pid], {"cmd": "patches"}, timeout=PEER_TIMEOUT_S)
-        except (FileNotFoundError, ConnectionRefusedError):
-            remove_stale(peers[pid])
-            continue
-        except OSError as exc:
-            log.warning("worker %d did not give its level (%s); asking another", pid, exc)
-            continue
-        if not answer.get("ok") or answer.get("baseline") != pipeline.baseline:
-            continue
-        if isinstance(answer.get("journal_error"), str):  # it refuses patches: so do we
-            journal.refuse(answer["journal_error"])
-        for item in answer.get("patches", []):
-            record = accept(pipeline, item, who=f"worker:{pid} (catch-up)")
-            if record["outcome"] not in ("applied", "unchanged"):
-                log.error(
-                    "worker %d could not apply patch %s that worker %d runs: %s",
+        ``False`` when no live worker of this baseline gave its level."""
+        baseline = self.local.registry.baseline
+        peers = other_workers(folder)
+        owner = owner_pid(folder)
+        for pid in sorted(peers, key=lambda pid: (pid != owner, pid)):
+            try:
+                answer = request(peers[pid], {"cmd": "patches"}, timeout=PEER_TIMEOUT_S)
+            except (FileNotFoundError, ConnectionRefusedError):
+                remove_stale(peers[pid])
+                continue
+            except OSError as exc:
+                log.warning("worker %d did not give its level (%s); asking another", pid, exc)
+                continue
+            if not answer.get("ok") or answer.get("baseline") != baseline:
+                continue
+            if isinstance(answer.get("journal_error"), str):  # it refuses patches: so do we
+                journal.refuse(answer["journal_error"])
+            for item in answer.get("patches", []):
+                record = self.accept(item, who=f"worker:{pid} (catch-up)")
+                if record["outcome"] not in ("applied", "unchanged"):
+                    log.error(
+                        "worker %d could not apply patch %s that worker %d runs: %s",
+                        os.getpid(),
+                        record.get("version"),
+                        pid,
+                        record.get("reason"),
+                    )
+                    return True
+            if answer.get("patches"):
+                log.info(
+                    "worker %d caught up with worker %d: level %s",
                     os.getpid(),
-                    record.get("version"),
                     pid,
-                    record.get("reason"),
+                    ", ".join(self.local.level()),
                 )
-                return True
-        if answer.get("patches"):
-            log.info(
-                "worker %d caught up with worker %d: level %s",
-                os.getpid(),
-                pid,
-                ", ".join(pipeline._level()),
-            )
-        return True
-    return False
+            return True
+        return False

@@ -1,0 +1,109 @@
+"""What an agent is configured with: the checks every patch passes, its plugins, its paths."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from hotpatch._loader import DEFAULT_MAX_BYTES
+from hotpatch._plugins import PluginHost
+from hotpatch.agent._signing import TrustedKeys
+
+__all__ = ["Checks", "PathLike", "PluginChoice", "Settings"]
+
+log = logging.getLogger("hotpatch")
+
+PathLike = str | os.PathLike[str]
+
+
+@dataclass(frozen=True, slots=True)
+class Checks:
+    """What the drop pipeline checks every patch with, before the service imports it."""
+
+    require_signature: bool = False
+    trusted_keys: Path | tuple[Path, ...] | None = None  # a directory or file, or a list
+    verify_timeout: float = 10.0  # for the verification child
+    verify: bool = True  # load the patch in a child process first
+    max_bytes: int = DEFAULT_MAX_BYTES
+
+    @classmethod
+    def of(
+        cls,
+        *,
+        require_signature: bool,
+        trusted_keys: TrustedKeys | None,
+        verify_timeout: float,
+        verify: bool,
+        max_bytes: int,
+    ) -> Checks:
+        """The checks ``install()`` was asked for; ``ValueError`` names a bad option."""
+        if require_signature and trusted_keys is None:
+            msg = (
+                "require_signature=True needs trusted_keys: a directory of .pub files "
+                "(made with `hotpatch keygen`), or a list of them"
+            )
+            raise ValueError(msg)
+        if verify_timeout <= 0:
+            msg = f"verify_timeout must be positive, not {verify_timeout!r}"
+            raise ValueError(msg)
+        if max_bytes <= 0:
+            msg = f"max_bytes must be positive, not {max_bytes!r}"
+            raise ValueError(msg)
+        return cls(
+            require_signature=require_signature,
+            trusted_keys=(
+                None
+                if trusted_keys is None
+                else Path(trusted_keys)
+                if isinstance(trusted_keys, str | os.PathLike)
+                else tuple(Path(p) for p in trusted_keys)
+            ),
+            verify_timeout=verify_timeout,
+            verify=verify,
+            max_bytes=max_bytes,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PluginChoice:
+    """The plugins of an agent's registry: explicit ones, built-in ones asked for, entry points."""
+
+    explicit: tuple[object, ...] = ()
+    audit_log: Path | None = None  # the audit-log plugin, writing there
+    entry_points: bool = True  # also those of the ``hotpatch`` entry-point group
+
+    def load(self, checks: Checks) -> list[object]:
+        """The plugin objects, in pluggy's registration order (entry points, then explicit ones)."""
+        explicit = list(self.explicit)
+        # The built-in plugins are imported when asked for, by name: they import
+        # hotpatch (a cycle at import time), and type checkers see them under
+        # their source directory, plugins/, rather than their installed name.
+        if self.audit_log is not None:
+            audit = importlib.import_module("hotpatch_plugins.audit")
+            explicit.append(audit.AuditLog(self.audit_log))
+        if checks.require_signature:
+            signature = importlib.import_module("hotpatch_plugins.signature")
+            explicit.append(signature.SignatureCheck(checks.trusted_keys))
+        if not self.entry_points:
+            return explicit
+        try:
+            host = PluginHost(explicit, entry_points=True)
+        except Exception:
+            log.exception("loading plugins from the 'hotpatch' entry points failed; skipping them")
+            return explicit
+        return [plugin for _, plugin in host.manager.list_name_plugin() if plugin is not None]
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """What an agent was asked for, resolved: paths absolute, defaults filled in."""
+
+    baseline: str
+    watch: Path | None  # the patch folder, if it watches one
+    journal: Path | None  # where the level is recorded, if anywhere
+    socket: Path | None  # the control socket, if it serves one
+    checks: Checks
+    plugins: PluginChoice

@@ -1,0 +1,109 @@
+"""One agent alone on its folder: lock, registry, staging, socket and watch, opened in order."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+from typing import Any
+
+from hotpatch._registry import Registry
+from hotpatch.agent._commands import Commands, dispatch
+from hotpatch.agent._control import ControlServer
+from hotpatch.agent._lifecycle import FolderLock, FolderWatch
+from hotpatch.agent._local import LocalApplier
+from hotpatch.agent._outcome import check_folder
+from hotpatch.agent._pipeline import DropPipeline
+from hotpatch.agent._settings import Settings
+from hotpatch.agent._staging import Staging
+
+__all__ = ["Solo", "agent_status"]
+
+log = logging.getLogger("hotpatch")
+
+
+class Solo:
+    """A running agent that applies in this process and is alone on its folder, if it has one.
+
+    Opening takes the folder's lock, replays the journal into a ``Registry``,
+    opens staging, serves the control socket, then watches the folder (files
+    already there first); ``close()`` undoes each in reverse, and so does a
+    failure half-way.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._watch: FolderWatch | None = None
+        with contextlib.ExitStack() as stack:
+            if settings.watch is not None:
+                check_folder(settings.watch)  # refuse an unsafe folder before anything runs
+                stack.enter_context(FolderLock(settings.watch))
+            self.registry = Registry(
+                settings.baseline,
+                journal=settings.journal,
+                plugins=settings.plugins.load(settings.checks),
+            )
+            if self.registry.journal_report:
+                log.info("%s", self.registry.journal_report)
+            staging = stack.enter_context(Staging(settings.watch))
+            self.pipeline = DropPipeline(LocalApplier(self.registry), settings.checks, staging)
+            self._handle = dispatch(Commands(self.pipeline, self.status).table())
+            if settings.socket is not None:
+                stack.enter_context(ControlServer(settings.socket, self._handle))
+            if settings.watch is not None:
+                process = functools.partial(self.pipeline.process, who=f"folder:{settings.watch}")
+                watch = FolderWatch(
+                    settings.watch, process, checks=settings.checks, pidfile=self._pidfile
+                )
+                self._watch = stack.enter_context(watch)
+            self._stack = stack.pop_all()
+        log.info(
+            "hotpatch agent started: baseline %s, level %s, folder %s, socket %s",
+            settings.baseline,
+            ", ".join(self.registry.level) or "-",
+            settings.watch or "-",
+            settings.socket or "-",
+        )
+
+    def close(self) -> None:
+        """Stop watching and serving, release the folder; the patches applied stay applied."""
+        self._stack.close()
+
+    def handle(self, request: dict[str, Any], peer_uid: int) -> dict[str, Any]:
+        return self._handle(request, peer_uid)
+
+    def status(self) -> dict[str, Any]:
+        return agent_status(
+            self.settings,
+            self.registry,
+            pending=self._watch.pending if self._watch is not None else [],
+            last=self.pipeline.last,
+        )
+
+    def _pidfile(self) -> dict[str, Any]:
+        settings = self.settings
+        return {
+            "pid": os.getpid(),
+            "socket": str(settings.socket) if settings.socket else None,
+            "baseline": settings.baseline,
+            "folder": str(settings.watch),
+        }
+
+
+def agent_status(
+    settings: Settings, registry: Registry, *, pending: list[str], last: dict[str, Any] | None
+) -> dict[str, Any]:
+    """What ``hotpatch status`` shows of an agent that applies in this process."""
+    return {
+        "ok": True,
+        "baseline": registry.baseline,
+        "version": registry.version,
+        "level": list(registry.level),
+        "pid": os.getpid(),
+        "watch": str(settings.watch) if settings.watch else None,
+        "journal": str(settings.journal) if settings.journal else None,
+        "socket": str(settings.socket) if settings.socket else None,
+        "pending": pending,
+        "last": last,
+    }
