@@ -2,13 +2,15 @@
 
 The core is flat, in the order a patch goes through it: ``_patch`` (a ``Patch``,
 plain data) -> ``_loader`` (patch file -> ``Patch``) -> ``_targets`` and
-``_validate`` (``module:qualname`` -> function; the checks) -> ``_codegen``
-(trampolines) -> ``_switch`` (the atomic switch) -> ``_registry`` and
-``_journal`` (the level, durable), with ``_hookspecs``/``_plugins`` and
-``_errors`` beside it. The wings sit on the core and never the reverse:
-``agent/`` (``install()``, the watched folder, verification, the control
-socket), ``service/`` (what a supervised process imports), ``supervisor/``
-(``hotpatch run``) and ``cli/`` (the ``hotpatch`` command).
+``_validate`` (``module:qualname`` -> function; the checks) -> ``_plan`` (the
+values a switch will set, built with ``_codegen``'s trampolines) -> ``_switch``
+(the atomic switch) -> ``_registry`` (commit, rollback, level, history; its
+journal through ``_recording`` and ``_journal``, ``wrap()`` through ``_wrap``),
+with ``_results``, ``_hookspecs``/``_plugins`` and ``_errors`` beside it. The
+wings sit on the core and never the reverse: ``agent/`` (``install()``, the
+watched folder, verification, the control socket), ``service/`` (what a
+supervised process imports), ``supervisor/`` (``hotpatch run``) and ``cli/``
+(the ``hotpatch`` command).
 
 This module only re-exports (``__version__`` from ``_version``, its one source).
 """
@@ -30,7 +32,8 @@ from hotpatch._errors import (
 from hotpatch._hookspecs import hookimpl
 from hotpatch._loader import load_patch
 from hotpatch._patch import Patch
-from hotpatch._registry import ApplyResult, CheckReport, HistoryEntry, Registry, RollbackResult
+from hotpatch._registry import Registry
+from hotpatch._results import ApplyResult, CheckReport, HistoryEntry, RollbackResult
 from hotpatch._version import __version__ as __version__
 from hotpatch.agent._agent import Agent, install
 from hotpatch.service._api import PreservedDict, listen_socket, preserved, ready, ready_for_baseline

@@ -29,15 +29,15 @@ from typing import Any, Literal
 from bytecode import Bytecode, Instr
 from bytecode.instr import FreeVar
 
+from hotpatch._validate import function_kind
+
 __all__ = [
     "ABSENT",
     "FUNC_ATTRS",
     "Built",
     "build",
     "capture",
-    "function_kind",
     "rebind",
-    "reference_function",
     "trampoline",
 ]
 
@@ -79,27 +79,6 @@ def capture(func: types.FunctionType) -> dict[str, Any]:
     state = {a: getattr(func, a) for a in FUNC_ATTRS[:-1]}
     state["__signature__"] = func.__dict__.get("__signature__", ABSENT)
     return state
-
-
-def function_kind(code: types.CodeType) -> str:
-    flags = code.co_flags
-    if flags & inspect.CO_ASYNC_GENERATOR:
-        return "async generator"
-    if flags & inspect.CO_COROUTINE:
-        return "coroutine function"
-    if flags & (inspect.CO_GENERATOR | inspect.CO_ITERABLE_COROUTINE):
-        return "generator function"
-    return "function"
-
-
-def reference_function(state: dict[str, Any], name: str) -> types.FunctionType:
-    """A throwaway function with a recorded state, for ``inspect.signature``."""
-    code: types.CodeType = state["__code__"]
-    closure = tuple(types.CellType() for _ in code.co_freevars) or None
-    ref = types.FunctionType(code, {}, name, state["__defaults__"], closure)
-    ref.__kwdefaults__ = state["__kwdefaults__"]
-    ref.__annotations__ = state["__annotations__"]
-    return ref
 
 
 @dataclass(frozen=True, slots=True)

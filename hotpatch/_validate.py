@@ -1,4 +1,10 @@
-"""Checks on a patch before anything changes: signatures, names it brings, what is not hot."""
+"""Checks on a patch before anything changes: baseline, version, signatures, what is not hot.
+
+Each check either passes, raises the ``PatchError`` that names the cause, or
+(``class_reasons``) says why a valid patch cannot go in hot. The planner
+(``_plan``) calls them; the agent asks ``applied_as`` whether a dropped file is
+a patch the process runs already.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +12,30 @@ import dis
 import functools
 import inspect
 import types
+from collections.abc import Iterable, Sequence
 from typing import Any
+
+from packaging.version import Version
+
+from hotpatch._errors import (
+    BaselineMismatch,
+    SignatureIncompatible,
+    VerificationFailed,
+    VersionConflict,
+)
+from hotpatch._patch import Patch
 
 __all__ = [
     "CLASS_BOILERPLATE",
     "accepts_same_calls",
+    "applied_as",
+    "check_baseline",
+    "check_replacement",
+    "check_version",
     "class_reasons",
+    "function_kind",
     "global_names",
+    "reference_function",
     "signature_problems",
 ]
 
@@ -37,6 +60,126 @@ CLASS_BOILERPLATE = frozenset(
         "__parameters__",
     }
 )
+
+
+# -- the patch as a whole ----------------------------------------------------------
+
+
+def check_baseline(patch: Patch, baseline: Version, text: str) -> None:
+    """``BaselineMismatch`` unless ``patch`` was built for the baseline ``text`` (``baseline``)."""
+    if Version(patch.baseline) != baseline:
+        msg = (
+            f"patch {patch.version} is for baseline {patch.baseline}, but this process runs "
+            f"baseline {text}; rebuild the patch against {text}"
+        )
+        raise BaselineMismatch(msg, patch=patch.version)
+
+
+def check_version(patch: Patch, level: Sequence[Patch], current: str, baseline: Version) -> None:
+    """``VersionConflict`` unless ``patch`` is newer than the ``level`` (or the baseline)."""
+    v = patch.version
+    if any(p.parsed_version == patch.parsed_version for p in level):
+        msg = (
+            f"patch {v} is already applied (level {', '.join(p.version for p in level)}); "
+            "to change it, publish it again under a newer version"
+        )
+        raise VersionConflict(msg, patch=v)
+    top = level[-1].parsed_version if level else baseline
+    if patch.parsed_version <= top:
+        msg = (
+            f"patch {v} is not newer than the current level {current}; "
+            f"give it a version above {current}"
+        )
+        raise VersionConflict(msg, patch=v)
+
+
+def applied_as(patches: Iterable[Patch], version: str, sha256: str | None) -> Patch | None:
+    """The applied patch ``version`` if its content is ``sha256``; ``None`` if not applied.
+
+    Same version, other content: ``VerificationFailed`` (a version names one content).
+    """
+    wanted = Version(version)
+    for applied in patches:
+        if applied.parsed_version != wanted:
+            continue
+        if applied.sha256 == sha256:
+            return applied
+        msg = (
+            f"patch {version} is already applied with other content (applied sha256 "
+            f"{(applied.sha256 or '?')[:16]}, this file {(sha256 or '?')[:16]}); publish the "
+            "change under a newer version"
+        )
+        raise VerificationFailed(msg, patch=version)
+    return None
+
+
+# -- one replacement ------------------------------------------------------------------
+
+
+def function_kind(code: types.CodeType) -> str:
+    """What calling code of this shape returns: a value, a generator, a coroutine, ..."""
+    flags = code.co_flags
+    if flags & inspect.CO_ASYNC_GENERATOR:
+        return "async generator"
+    if flags & inspect.CO_COROUTINE:
+        return "coroutine function"
+    if flags & (inspect.CO_GENERATOR | inspect.CO_ITERABLE_COROUTINE):
+        return "generator function"
+    return "function"
+
+
+def reference_function(state: dict[str, Any], name: str) -> types.FunctionType:
+    """A throwaway function with a recorded state, for ``inspect.signature``."""
+    code: types.CodeType = state["__code__"]
+    closure = tuple(types.CellType() for _ in code.co_freevars) or None
+    ref = types.FunctionType(code, {}, name, state["__defaults__"], closure)
+    ref.__kwdefaults__ = state["__kwdefaults__"]
+    ref.__annotations__ = state["__annotations__"]
+    return ref
+
+
+def check_replacement(
+    patch: Patch, spec: str, original: dict[str, Any], name: str, new: object
+) -> tuple[types.FunctionType, bool]:
+    """Can ``new`` stand in for the function whose original state is ``original``?
+
+    ``VerificationFailed`` if ``new`` is not a Python function;
+    ``SignatureIncompatible`` if it is another kind of function (a generator for
+    a function, ...) or cannot accept every call the original accepted, unless
+    the patch says ``signature_change=True``. Returns the replacement and
+    whether the signatures differ (then calls follow the replacement's).
+    """
+    v = patch.version
+    if not isinstance(new, types.FunctionType):
+        msg = (
+            f"patch {v}: the replacement for {spec} is a {type(new).__name__}, "
+            "not a Python function; decorate a def with @patch.replace"
+        )
+        raise VerificationFailed(msg, patch=v, target=spec)
+    old_kind, new_kind = function_kind(original["__code__"]), function_kind(new.__code__)
+    if old_kind != new_kind:
+        msg = (
+            f"patch {v}: {spec} is a {old_kind} but its replacement is a {new_kind}; "
+            f"callers would break. Keep it a {old_kind}, or ship the change as a baseline"
+        )
+        raise SignatureIncompatible(msg, patch=v, target=spec)
+    # The usual patch keeps the parameters: no need to build and compare signatures.
+    if accepts_same_calls(original, new):
+        return new, False
+    old_sig = inspect.signature(reference_function(original, name))
+    problems = signature_problems(old_sig, inspect.signature(new))
+    if problems and not patch.signature_change:
+        msg = (
+            f"patch {v}: the replacement for {spec} cannot accept every call the "
+            f"original {spec.partition(':')[2]}{old_sig} accepted: {'; '.join(problems)}. "
+            "Keep the original's parameters (new ones need defaults), or set "
+            "Patch(signature_change=True) if every caller is patched too"
+        )
+        raise SignatureIncompatible(msg, patch=v, target=spec)
+    return new, bool(problems)
+
+
+# -- the rules ------------------------------------------------------------------------
 
 
 @functools.lru_cache(maxsize=4096)

@@ -26,7 +26,8 @@ from hotpatch._codegen import capture
 from hotpatch._errors import PatchError
 from hotpatch._loader import load_patch
 from hotpatch._patch import Patch
-from hotpatch._registry import CheckReport, Registry
+from hotpatch._registry import Registry
+from hotpatch._results import CheckReport
 from hotpatch._targets import resolve, resolve_class
 
 __all__ = ["check_patch_file", "hotpatch_registry"]

@@ -22,7 +22,7 @@ import pytest
 
 import hotpatch
 import hotpatch._journal
-import hotpatch._registry
+import hotpatch._plan
 
 MODULE_A = '''
 EVENTS = []
@@ -291,7 +291,7 @@ def test_trampoline_build_failure_changes_nothing(
 ) -> None:
     w = world()
     patch = w.failing_patch()
-    real_build = hotpatch._registry.build
+    real_build = hotpatch._plan.build
     calls: list[str] = []
 
     def failing_build(function: types.FunctionType, *args: Any, **kwargs: Any) -> Any:
@@ -301,7 +301,7 @@ def test_trampoline_build_failure_changes_nothing(
         return real_build(function, *args, **kwargs)
 
     before = w.snapshot()
-    monkeypatch.setattr(hotpatch._registry, "build", failing_build)
+    monkeypatch.setattr(hotpatch._plan, "build", failing_build)
     with pytest.raises(RuntimeError, match="cannot build the trampoline"):
         w.registry.apply(patch)
     assert calls == ["f", "g", "h", "C.m"][:nth]

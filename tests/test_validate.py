@@ -18,6 +18,7 @@ from hotpatch._codegen import capture
 from hotpatch._validate import (
     CLASS_BOILERPLATE,
     accepts_same_calls,
+    applied_as,
     class_reasons,
     global_names,
     signature_problems,
@@ -419,3 +420,21 @@ def test_class_reasons_ignores_boilerplate_and_removed_members() -> None:
     assert {"__doc__", "__module__", "__qualname__", "__dict__"} <= CLASS_BOILERPLATE
     if sys.version_info >= (3, 13):
         assert {"__firstlineno__", "__static_attributes__"} <= CLASS_BOILERPLATE
+
+
+# -- applied_as: is a dropped file a patch the process runs already? ---------------------
+
+
+def test_applied_as_same_version_same_content_other_content_and_absent(write_patch):
+    import hotpatch
+
+    path = write_patch(
+        "from hotpatch import Patch\npatch = Patch(version='1.0.1', baseline='1.0')\n"
+    )
+    patch = hotpatch.load_patch(path)
+    assert applied_as([patch], "1.0.1", patch.sha256) is patch
+    assert applied_as([patch], "1.0.1.0", patch.sha256) is patch  # PEP 440 equality
+    assert applied_as([patch], "1.0.2", patch.sha256) is None
+    assert applied_as([], "1.0.1", patch.sha256) is None
+    with pytest.raises(hotpatch.VerificationFailed, match="already applied with other content"):
+        applied_as([patch], "1.0.1", "0" * 64)

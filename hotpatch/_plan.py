@@ -1,0 +1,306 @@
+"""Planning: a ``Patch`` checked against the running code and the level, turned into a ``Plan``.
+
+A plan is every value the switch will set (function versions, module globals the
+patch brings, class members), why the patch is not hot if it is not, and what
+a strict quiescence has to wait for. Planning changes nothing: ``check()`` is a
+plan; ``apply()`` is a plan committed by the registry.
+"""
+
+from __future__ import annotations
+
+import inspect
+import types
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from packaging.version import Version
+
+from hotpatch._codegen import ABSENT, FUNC_ATTRS, build, capture, rebind
+from hotpatch._errors import JournalError, NameConflict, VerificationFailed
+from hotpatch._patch import Migration, Patch
+from hotpatch._switch import Change, Key, current, key
+from hotpatch._targets import Kind, Target, accessor_of, import_module, resolve, resolve_class
+from hotpatch._validate import (
+    CLASS_BOILERPLATE,
+    check_baseline,
+    check_replacement,
+    check_version,
+    class_reasons,
+    global_names,
+)
+
+__all__ = ["Applied", "Level", "Plan", "make_plan", "member_functions"]
+
+
+@dataclass(slots=True)
+class Plan:
+    """What applying ``patch`` would do; built by ``make_plan``, committed by the registry."""
+
+    patch: Patch
+    changes: dict[Key, Change] = field(default_factory=dict)
+    injected: set[Key] = field(default_factory=set)
+    modes: dict[str, str] = field(default_factory=dict)
+    names: list[str] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)
+    codes: list[types.CodeType] = field(default_factory=list)
+    functions: list[types.FunctionType] = field(default_factory=list)
+    migrations: list[tuple[Migration, types.ModuleType]] = field(default_factory=list)
+    unmigrations: list[tuple[Migration, types.ModuleType]] = field(default_factory=list)
+    # (module, names, namespace the names come from, target) for the namespace rule
+    needs: list[tuple[types.ModuleType, frozenset[str], dict[str, Any], str]] = field(
+        default_factory=list
+    )
+
+
+@dataclass(slots=True)
+class Applied:
+    """One applied patch: what it set, what was there before, what it replaced."""
+
+    patch: Patch
+    before: dict[Key, Change]
+    after: dict[Key, Change]
+    injected: set[Key]
+    unmigrations: list[tuple[Migration, types.ModuleType]]
+    replaced: list[Applied]
+    functions: list[types.FunctionType] = field(default_factory=list)  # whose code it built
+
+
+@dataclass(frozen=True, slots=True)
+class Level:
+    """What a plan is made against: the registry's baseline and applied patches."""
+
+    baseline: str
+    baseline_version: Version
+    stack: Sequence[Applied]
+    # id(function) -> (function, its state before hotpatch first touched it)
+    originals: Mapping[int, tuple[types.FunctionType, dict[str, Any]]]
+    code_of: Callable[[types.FunctionType], types.CodeType]  # sees through wrap()
+    journaled: bool  # the level is recorded: a patch must carry its source
+
+    @property
+    def version(self) -> str:
+        return self.stack[-1].patch.version if self.stack else self.baseline
+
+
+def make_plan(patch: Patch, level: Level) -> Plan:
+    """Validate ``patch`` against ``level`` and build every value the switch will set.
+
+    Raises the ``PatchError`` of an invalid patch; changes nothing.
+    """
+    v = patch.version
+    plan = Plan(patch)
+    if patch.kind != "hot":
+        plan.reasons.append(
+            f"patch {v} is a {patch.kind} patch: a baseline replaces the code and "
+            "always needs a restart"
+        )
+        return plan
+    check_baseline(patch, level.baseline_version, level.baseline)
+    check_version(patch, [e.patch for e in level.stack], level.version, level.baseline_version)
+    if level.journaled and patch.source is None:
+        msg = (
+            f"patch {v} was not loaded from a file, so the journal cannot record its "
+            "content; load it with hotpatch.load_patch(path)"
+        )
+        raise JournalError(msg, patch=v)
+    if not patch.replacements and not patch.migrations:
+        msg = f"patch {v} replaces nothing; add @patch.replace(...) functions to it"
+        raise VerificationFailed(msg, patch=v)
+
+    replaced = list(level.stack) if patch.cumulative else []
+    planner = _Planner(plan, level, _pristine(replaced))
+    for replacement in patch.replacements:
+        if replacement.is_class:
+            planner.add_class(replacement.target, replacement.new)
+        else:
+            planner.add_function(resolve(replacement.target, patch=v), replacement.new)
+    planner.add_names([e for e in level.stack if e not in replaced])
+    for k, change in planner.pristine.items():  # cumulative: what it does not touch goes back
+        plan.changes.setdefault(k, change)
+    for migration in patch.migrations:
+        module = import_module(migration.module, patch=v, target=migration.module)
+        plan.migrations.append((migration, module))
+    for migration in patch.unmigrations:
+        module = import_module(migration.module, patch=v, target=migration.module)
+        plan.unmigrations.append((migration, module))
+    if patch.restart:
+        plan.reasons.append(f"patch {v} asks for a restart (restart=True)")
+    return plan
+
+
+def _pristine(entries: Sequence[Applied]) -> dict[Key, Change]:
+    """The values from before ``entries`` for everything they touched (oldest wins)."""
+    values: dict[Key, Change] = {}
+    for entry in reversed(entries):
+        values.update(entry.before)
+        # a cumulative's "before" is the level it replaced: go under that level too
+        values.update(_pristine(entry.replaced))
+    return values
+
+
+class _Planner:
+    """Fills one plan, target by target; ``base`` is what a target holds under the patch."""
+
+    def __init__(self, plan: Plan, level: Level, pristine: dict[Key, Change]):
+        self.plan = plan
+        self.level = level
+        self.pristine = pristine
+
+    def base(self, obj: Any, attr: str) -> Any:
+        """The value the patch builds on: from under a level it replaces, else the live one."""
+        change = self.pristine.get(key(obj, attr))
+        return change[2] if change is not None else current(obj, attr)
+
+    def original(self, function: types.FunctionType) -> dict[str, Any]:
+        known = self.level.originals.get(id(function))
+        return known[1] if known is not None else capture(function)
+
+    def add_function(self, target: Target, new_obj: Any) -> None:
+        plan, spec, func = self.plan, target.spec, target.function
+        new = accessor_of(new_obj, target.accessor)
+        original = self.original(func)
+        new, widened = check_replacement(plan.patch, spec, original, func.__name__, new)
+        old_code: types.CodeType = original["__code__"]
+        # A changed signature (signature_change=True): calls follow the replacement's.
+        built = build(
+            func,
+            original,
+            new,
+            globals_=target.module.__dict__,
+            owner=target.owner,
+            any_call=widened,
+        )
+        for attr in FUNC_ATTRS:
+            plan.changes[key(func, attr)] = (func, attr, built.state[attr])
+        plan.modes[spec] = built.mode + (f" ({built.why})" if built.why else "")
+        plan.functions.append(func)
+        # Strict quiescence looks for every version a thread could still be running.
+        code_key = key(func, "__code__")
+        plan.codes.extend(
+            (old_code, func.__code__, self.level.code_of(func), built.state["__code__"])
+        )
+        plan.codes.extend(
+            change[2] for e in self.level.stack for change in (e.before.get(code_key),) if change
+        )
+        plan.needs.append(
+            (
+                target.module,
+                global_names(new.__code__) - set(old_code.co_freevars),
+                new.__globals__,
+                spec,
+            )
+        )
+
+    def add_class(self, spec: str, new_cls: type) -> None:
+        plan = self.plan
+        module, old = resolve_class(spec, patch=plan.patch.version)
+        plan.reasons.extend(class_reasons(old, new_cls))
+        for attr, value in vars(new_cls).items():
+            if attr in CLASS_BOILERPLATE:
+                continue
+            member = f"{spec}.{attr}"
+            existing = self.base(old, attr)
+            pairs = _function_pairs(existing, value)
+            if pairs is not None:
+                for accessor, func, new in pairs:
+                    kind: Kind = "property" if accessor else "method"
+                    self.add_function(Target(member, module, func, old, kind, accessor), new)
+                continue
+            if existing is value or (existing is not ABSENT and _equal(existing, value)):
+                continue
+            rebound = _rebind_member(value, module.__dict__, old)
+            plan.changes[key(old, attr)] = (old, attr, rebound)
+            for func in member_functions(value):
+                names = global_names(func.__code__)
+                plan.needs.append((module, names, func.__globals__, member))
+
+    def add_names(self, ours: Sequence[Applied]) -> None:
+        """The namespace rule: bring what the replacements need, refuse to shadow.
+
+        ``ours`` are the applied patches the plan stacks on (not those it replaces).
+        """
+        plan = self.plan
+        patch = plan.patch
+        exempt = {id(patch)} | {id(r.new) for r in patch.replacements}
+        exempt |= {id(f) for r in patch.replacements for f in member_functions(r.new)}
+        for module, names, namespace, spec in plan.needs:
+            for name in sorted(names):
+                if name not in namespace:
+                    continue  # the module's own, or a builtin
+                value = namespace[name]
+                if id(value) in exempt or module.__dict__.get(name) is namespace:
+                    continue
+                k = key(module, name)
+                existing = self.base(module, name)
+                if existing is value:
+                    continue
+                injected_here = any(k in e.injected and e.after[k][2] is existing for e in ours)
+                if existing is not ABSENT and not injected_here and k not in plan.injected:
+                    msg = (
+                        f"patch {patch.version}: {spec} needs {name!r} from the patch file, but "
+                        f"module {module.__name__} already has a different {name!r} "
+                        f"({type(existing).__name__}); rename it in the patch file, or use the "
+                        "module's own"
+                    )
+                    raise NameConflict(msg, patch=patch.version, target=spec)
+                if k not in plan.injected:
+                    plan.names.append(f"{module.__name__}.{name}")
+                plan.changes[k] = (module, name, value)
+                plan.injected.add(k)
+
+
+def _equal(a: Any, b: Any) -> bool:
+    try:
+        return bool(a == b)
+    except Exception:
+        return False
+
+
+def member_functions(value: Any) -> list[types.FunctionType]:
+    """The Python functions a class member (or a whole class) is made of."""
+    if isinstance(value, types.FunctionType):
+        return [value]
+    if isinstance(value, classmethod | staticmethod):
+        return member_functions(value.__func__)
+    if isinstance(value, property):
+        return [
+            f for f in (value.fget, value.fset, value.fdel) if isinstance(f, types.FunctionType)
+        ]
+    if isinstance(value, type):
+        return [f for member in vars(value).values() for f in member_functions(member)]
+    return []
+
+
+def _function_pairs(old: Any, new: Any) -> list[tuple[str, types.FunctionType, Any]] | None:
+    """(accessor, function to patch, replacement) when ``new`` can patch ``old`` in place."""
+    if isinstance(old, types.FunctionType) and isinstance(new, types.FunctionType):
+        return [("", inspect.unwrap(old), new)]
+    for wrapper in (classmethod, staticmethod):
+        if isinstance(old, wrapper) and isinstance(new, wrapper):
+            return [("", inspect.unwrap(old.__func__), new.__func__)]
+    if isinstance(old, property) and isinstance(new, property):
+        accessors = ("fget", "fset", "fdel")
+        if [getattr(old, a) is None for a in accessors] != [
+            getattr(new, a) is None for a in accessors
+        ]:
+            return None  # accessors added or removed: the property is swapped whole
+        return [
+            (a, getattr(old, a), getattr(new, a)) for a in accessors if getattr(old, a) is not None
+        ]
+    return None
+
+
+def _rebind_member(value: Any, globals_: dict[str, Any], owner: type) -> Any:
+    """A new class member as if defined in the target module and class."""
+    if isinstance(value, types.FunctionType):
+        return rebind(value, globals_, owner)
+    if isinstance(value, classmethod | staticmethod):
+        return type(value)(_rebind_member(value.__func__, globals_, owner))
+    if isinstance(value, property):
+        parts = [
+            _rebind_member(f, globals_, owner) if f else None
+            for f in (value.fget, value.fset, value.fdel)
+        ]
+        return property(parts[0], parts[1], parts[2], value.__doc__)
+    return value

@@ -1,0 +1,117 @@
+"""A registry's journal: each level recorded, read back for a replay, followed for a resync."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterator, Sequence
+
+from hotpatch._errors import JournalError, PatchError
+from hotpatch._journal import Journal, JournalEntry, JournalState
+from hotpatch._patch import Patch, parse_version
+from hotpatch._results import HistoryEntry
+
+__all__ = ["Recording"]
+
+log = logging.getLogger("hotpatch")
+
+
+class Recording:
+    """Writes every level the registry reaches; gives back the level to replay.
+
+    While ``muted()``, the registry changes its level in memory only (undoing a
+    replay that failed, catching up with the journal): the journal keeps what
+    it recorded.
+    """
+
+    def __init__(self, journal: Journal, baseline: str):
+        self.journal = journal
+        self.baseline = baseline
+        self._baseline_version = parse_version(baseline, "baseline")
+        self._muted = 0
+        self.report: str | None = None  # what the replay did, for the log and status
+
+    @property
+    def on(self) -> bool:
+        return not self._muted
+
+    @contextlib.contextmanager
+    def muted(self) -> Iterator[None]:
+        self._muted += 1
+        try:
+            yield
+        finally:
+            self._muted -= 1
+
+    def undo_point(self) -> Callable[[], None]:
+        """What puts the journal back as it is now, if a later step fails."""
+        return self.journal.undo_point()
+
+    def record(self, patches: Sequence[Patch], history: Sequence[HistoryEntry]) -> None:
+        """Write ``patches`` (each with its content) as the level, and the history."""
+        level = []
+        for patch in patches:
+            source = patch.source
+            assert source is not None  # the planner refuses a patch without one
+            level.append(
+                JournalEntry(patch.version, source.sha256, source.path, source.text, patch.summary)
+            )
+        rows = [h.record() for h in history]
+        self.journal.write(JournalState(self.baseline, level, rows))
+
+    def to_replay(self) -> JournalState | None:
+        """The recorded level, if there is one for this baseline.
+
+        A journal of another baseline is set aside (kept for inspection) and
+        said so in ``report``: the process starts at the baseline.
+        """
+        state = self.journal.read()
+        if state is None:
+            return None
+        if parse_version(state.baseline, "journal baseline") != self._baseline_version:
+            moved = self.journal.set_aside(f"baseline-{state.baseline}")
+            self.report = (
+                f"journal {self.journal.path} was written for baseline {state.baseline}, not "
+                f"{self.baseline}: not replayed (kept as {moved.name}); starting at the baseline"
+            )
+            log.warning("%s", self.report)
+            return None
+        return state
+
+    def replayed(self, state: JournalState) -> None:
+        self.report = f"replayed {len(state.level)} patches from {self.journal.path}"
+
+    def failed(self, entry: JournalEntry, exc: PatchError) -> JournalError:
+        """The error of a level that cannot be replayed (the registry is back at the baseline)."""
+        msg = (
+            f"journal {self.journal.path}: patch {entry.version} cannot be replayed ({exc}); "
+            f"the process runs baseline {self.baseline} with no patches. Fix the cause or "
+            "move the journal aside"
+        )
+        return JournalError(msg, patch=entry.version)
+
+    def moved_on(self, running: Sequence[Patch]) -> bool:
+        """Does the journal now record another level than ``running`` (versions, contents)?
+
+        A journal rewritten for another baseline is logged and not followed.
+        """
+        state = self.journal.read()
+        if state is not None and state.baseline != self.baseline:
+            log.warning(
+                "journal %s is now for baseline %s, not %s: not followed",
+                self.journal.path,
+                state.baseline,
+                self.baseline,
+            )
+            return False
+        recorded = [] if state is None else [(e.version, e.sha256) for e in state.level]
+        now = [(p.version, p.sha256) for p in running]
+        if recorded == now:
+            return False
+        log.warning(
+            "journal %s changed since it was replayed (level %s, running %s): catching up",
+            self.journal.path,
+            ", ".join(v for v, _ in recorded) or "none",
+            ", ".join(v for v, _ in now) or "none",
+        )
+        return True
