@@ -4,13 +4,22 @@ Project name ``hotpatch``; plugins are found in the ``hotpatch`` entry-point
 group or passed explicitly. Implement a hook with ``@hotpatch.hookimpl``. A
 plugin that raises is logged and never takes the service down; only
 ``hotpatch_validate`` can stop a patch (by returning a reason or raising).
+
+The parameters are typed with the real classes, so a plugin annotated the
+same way is checked by mypy against what hotpatch passes (the classes are
+imported for type checking only: the registry imports this module).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pluggy
+
+if TYPE_CHECKING:
+    from hotpatch._patch import Patch
+    from hotpatch._registry import Registry
+    from hotpatch._results import ApplyResult, CheckReport, RollbackResult
 
 __all__ = ["PROJECT", "hookimpl", "hookspec"]
 
@@ -23,7 +32,7 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 
 @hookspec
-def hotpatch_validate(patch: Any, report: Any) -> str | None:
+def hotpatch_validate(patch: Patch, report: CheckReport) -> str | None:
     """Veto a patch before it changes anything.
 
     ``report`` is the ``CheckReport`` of the dry run. Return a reason (a
@@ -36,17 +45,17 @@ def hotpatch_validate(patch: Any, report: Any) -> str | None:
 
 
 @hookspec
-def hotpatch_before_apply(patch: Any, registry: Any) -> None:
+def hotpatch_before_apply(patch: Patch, registry: Registry) -> None:
     """A valid patch is about to be applied (migrations and switch follow)."""
 
 
 @hookspec
-def hotpatch_after_apply(patch: Any, registry: Any, result: Any) -> None:
+def hotpatch_after_apply(patch: Patch, registry: Registry, result: ApplyResult) -> None:
     """A patch is active; ``result`` is its ``ApplyResult``."""
 
 
 @hookspec
-def hotpatch_after_rollback(registry: Any, result: Any) -> None:
+def hotpatch_after_rollback(registry: Registry, result: RollbackResult) -> None:
     """Patches were rolled back; ``result`` is the ``RollbackResult``."""
 
 
@@ -59,7 +68,7 @@ def hotpatch_rejected(version: str | None, source: str, reason: str, who: str) -
 
 
 @hookspec
-def hotpatch_health_check(registry: Any) -> bool | None:
+def hotpatch_health_check(registry: Registry) -> bool | None:
     """Is the service healthy after a change? Return ``False`` for unhealthy."""
 
 

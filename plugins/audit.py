@@ -41,7 +41,9 @@ class AuditLog:
     # -- hooks ------------------------------------------------------------------------
 
     @hotpatch.hookimpl
-    def hotpatch_after_apply(self, patch: Any, registry: Any, result: Any) -> None:
+    def hotpatch_after_apply(
+        self, patch: hotpatch.Patch, registry: hotpatch.Registry, result: hotpatch.ApplyResult
+    ) -> None:
         last = _last(registry, ("apply", "replay"), patch.version)
         self._sha256[patch.version] = patch.sha256
         self.write(
@@ -56,7 +58,9 @@ class AuditLog:
         )
 
     @hotpatch.hookimpl
-    def hotpatch_after_rollback(self, registry: Any, result: Any) -> None:
+    def hotpatch_after_rollback(
+        self, registry: hotpatch.Registry, result: hotpatch.RollbackResult
+    ) -> None:
         last = _last(registry, ("rollback",), ", ".join(result.versions))
         for version in result.versions:
             self.write(
@@ -111,7 +115,9 @@ class AuditLog:
                     os.close(dir_fd)
 
 
-def _last(registry: Any, actions: tuple[str, ...], version: str) -> Any:
+def _last(
+    registry: hotpatch.Registry, actions: tuple[str, ...], version: str
+) -> hotpatch.HistoryEntry | None:
     """The newest history entry for this action (another may have followed meanwhile)."""
     for entry in reversed(registry.history):
         if entry.action in actions and entry.version == version:

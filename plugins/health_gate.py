@@ -293,7 +293,7 @@ class _CountedAsyncGen:
 
 @dataclass(eq=False)
 class _Probation:
-    registry: Any
+    registry: hotpatch.Registry
     version: str
     below: str  # what rolling it back goes to: the level's top before it was applied
     counts: _Counts
@@ -447,12 +447,14 @@ class HealthGate:
     # -- hooks ------------------------------------------------------------------------
 
     @hotpatch.hookimpl
-    def hotpatch_before_apply(self, patch: Any, registry: Any) -> None:
+    def hotpatch_before_apply(self, patch: hotpatch.Patch, registry: hotpatch.Registry) -> None:
         # Applies of one registry are serialised by its lock: one slot per registry.
         self._below[id(registry)] = registry.version
 
     @hotpatch.hookimpl
-    def hotpatch_after_apply(self, patch: Any, registry: Any, result: Any) -> None:
+    def hotpatch_after_apply(
+        self, patch: hotpatch.Patch, registry: hotpatch.Registry, result: hotpatch.ApplyResult
+    ) -> None:
         version = patch.version
         below = self._below.pop(id(registry), None)
         history = registry.history
@@ -498,7 +500,9 @@ class HealthGate:
         )
 
     @hotpatch.hookimpl
-    def hotpatch_after_rollback(self, registry: Any, result: Any) -> None:
+    def hotpatch_after_rollback(
+        self, registry: hotpatch.Registry, result: hotpatch.RollbackResult
+    ) -> None:
         ended: list[_Probation] = []
         level = registry.level  # a version applied again meanwhile is on a new probation
         with self._lock:
@@ -530,7 +534,7 @@ class HealthGate:
             p.rewrap()
 
     @hotpatch.hookimpl
-    def hotpatch_health_check(self, registry: Any) -> bool:
+    def hotpatch_health_check(self, registry: hotpatch.Registry) -> bool:
         """``False`` while a patch on probation in ``registry`` breaks the rule."""
         with self._lock:
             watched = [*self._probations.values(), *self._stuck.values()]

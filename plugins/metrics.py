@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import hotpatch
 
@@ -226,7 +226,7 @@ class Metrics:
 
     # -- what the supervisor and the service report -------------------------------
 
-    def track(self, registry: Any) -> None:
+    def track(self, registry: hotpatch.Registry) -> None:
         """Show ``registry``'s baseline, version and level now (the hooks keep them current)."""
         self.patch_level.set(len(registry.level))
         self.version_info.labels(baseline=str(registry.baseline)).info(
@@ -284,14 +284,18 @@ class Metrics:
     # -- hooks ------------------------------------------------------------------------
 
     @hotpatch.hookimpl
-    def hotpatch_after_apply(self, patch: Any, registry: Any, result: Any) -> None:
+    def hotpatch_after_apply(
+        self, patch: hotpatch.Patch, registry: hotpatch.Registry, result: hotpatch.ApplyResult
+    ) -> None:
         last = _last(registry, ("apply", "replay"), patch.version)
         self.applies.labels(source=source_of(last.who if last is not None else "api")).inc()
         self.apply_seconds.observe(result.elapsed_s)
         self.track(registry)
 
     @hotpatch.hookimpl
-    def hotpatch_after_rollback(self, registry: Any, result: Any) -> None:
+    def hotpatch_after_rollback(
+        self, registry: hotpatch.Registry, result: hotpatch.RollbackResult
+    ) -> None:
         last = _last(registry, ("rollback",), ", ".join(result.versions))
         source = source_of(last.who if last is not None else "api")
         self.rollbacks.labels(source=source).inc(len(result.versions))
@@ -321,7 +325,9 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _last(registry: Any, actions: tuple[str, ...], version: str) -> Any:
+def _last(
+    registry: hotpatch.Registry, actions: tuple[str, ...], version: str
+) -> hotpatch.HistoryEntry | None:
     """The newest history entry for this action and version."""
     for entry in reversed(registry.history):
         if entry.action in actions and entry.version == version:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import hotpatch
 from hotpatch._patch import PatchSource
@@ -34,7 +33,7 @@ class SignatureCheck:
         return f"<SignatureCheck trusted_keys={self.trusted_keys!r}>"
 
     @hotpatch.hookimpl
-    def hotpatch_validate(self, patch: Any, report: Any) -> str | None:
+    def hotpatch_validate(self, patch: hotpatch.Patch, report: hotpatch.CheckReport) -> str | None:
         source = patch.source
         if source is None:
             return (
