@@ -19,6 +19,14 @@ Every error keeps its context as attributes: ``.patch`` (the patch version, or
 ``None``), ``.target`` (``module:qualname``, or ``None``) and, for
 ``RestartRequired``, ``.reasons``. The message says what happened, to what, and
 what to do next.
+
+Beside the tree, one error is about no patch at all: what a supervised service
+calls (``listen_socket``, ``preserved``, ``ready``) failing. It is a
+``RuntimeError``, so ``except PatchError`` keeps meaning "a patch was refused"::
+
+    RuntimeError
+    +-- ServiceError                a service-side call cannot be done: no such socket,
+                                    state that cannot be pickled, a broken supervisor channel
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ __all__ = [
     "PatchError",
     "QuiescenceTimeout",
     "RestartRequired",
+    "ServiceError",
     "SignatureIncompatible",
     "TargetNotFound",
     "VerificationFailed",
@@ -107,6 +116,15 @@ class RestartRequired(PatchError):
 
 class QuiescenceTimeout(RestartRequired):
     """``quiescence="strict"``: a target was still running when the timeout expired."""
+
+
+class ServiceError(RuntimeError):
+    """A supervised service's call cannot be done: no such socket, state not picklable, ...
+
+    Not a ``PatchError``: no patch is involved. Raised by ``listen_socket``,
+    ``preserved`` and the channel to the supervisor; the message names the
+    socket, state or message, and what to do.
+    """
 
 
 # Tracebacks, pytest's reports and reprs name each error the way users import and

@@ -21,6 +21,8 @@ ERROR_NAMES = sorted(
     for name, value in vars(_errors).items()
     if isinstance(value, type) and issubclass(value, hotpatch.PatchError)
 )
+# Errors a user can meet that are not about a patch: documented beside the tree.
+BESIDE = ("ServiceError",)
 
 
 @pytest.fixture
@@ -66,7 +68,31 @@ def test_every_error_is_exported_and_is_a_patch_error():
         assert issubclass(cls, Exception)
         assert cls.__doc__, f"{name} has no docstring"
     assert set(ERROR_NAMES) <= set(hotpatch.__all__)
-    assert set(ERROR_NAMES) == set(_errors.__all__)
+    assert set(ERROR_NAMES) | set(BESIDE) == set(_errors.__all__)
+
+
+def test_the_errors_beside_the_tree_are_exported_and_documented():
+    for name in BESIDE:
+        cls = getattr(hotpatch, name)
+        assert cls is getattr(_errors, name)
+        assert not issubclass(cls, hotpatch.PatchError)
+        assert cls.__doc__, f"{name} has no docstring"
+        assert name in hotpatch.__all__
+
+
+def test_service_error_is_the_one_listen_socket_raises(monkeypatch):
+    """What a user meets through ``hotpatch.listen_socket`` is ``hotpatch.ServiceError``."""
+    from hotpatch.service import _runtime
+
+    monkeypatch.delenv("HOTPATCH_SOCKETS", raising=False)
+    monkeypatch.delenv("HOTPATCH_BIND", raising=False)
+    _runtime.reset()
+    try:
+        with pytest.raises(hotpatch.ServiceError, match="HOTPATCH_BIND") as info:
+            hotpatch.listen_socket("http")
+    finally:
+        _runtime.reset()
+    assert isinstance(info.value, RuntimeError)
 
 
 def test_the_tree_in_the_docstring_draws_every_error_with_its_parent():
@@ -75,18 +101,24 @@ def test_the_tree_in_the_docstring_draws_every_error_with_its_parent():
     drawn: dict[str, str | None] = {}  # class -> parent, as drawn
     stack: list[tuple[int, str]] = []
     for line in doc.splitlines():
-        match = re.match(r"^(\s*)(?:\+-- )?([A-Z]\w+)\s{2,}\S", line)
-        if not match or match.group(2) not in ERROR_NAMES:
+        match = re.match(r"^(\s*)(?:\+-- )?([A-Z]\w+)(?:\s{2,}\S|$)", line)
+        if not match or match.group(2) not in (*ERROR_NAMES, *BESIDE, "RuntimeError"):
             continue
         depth, name = match.start(2), match.group(2)
         while stack and stack[-1][0] >= depth:
             stack.pop()
         drawn[name] = stack[-1][1] if stack else None
         stack.append((depth, name))
-    assert sorted(drawn) == ERROR_NAMES
+    assert sorted(drawn) == sorted([*ERROR_NAMES, *BESIDE, "RuntimeError"])
     for name, parent in drawn.items():
+        if name == "RuntimeError":
+            continue
         bases = getattr(_errors, name).__bases__
-        assert bases == ((getattr(_errors, parent),) if parent else (Exception,)), name
+        if parent is None:
+            assert bases == (Exception,), name
+        else:
+            expected = RuntimeError if parent == "RuntimeError" else getattr(_errors, parent)
+            assert bases == (expected,), name
 
 
 # -- validation errors -----------------------------------------------------------------------

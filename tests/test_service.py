@@ -18,11 +18,11 @@ from typing import Any
 import pytest
 
 import hotpatch
+from hotpatch import ServiceError
 from hotpatch.service import _api as _service
 from hotpatch.service._api import (
     ENV_BIND,
     PreservedDict,
-    ServiceError,
     parse_address,
     parse_bind,
     recv_message,

@@ -9,6 +9,8 @@ import socket
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from hotpatch._errors import ServiceError
+
 __all__ = [
     "DEFAULT_BACKLOG",
     "ENV_BASELINE",
@@ -18,7 +20,6 @@ __all__ = [
     "ENV_SOCKETS",
     "MAX_FDS",
     "MAX_MESSAGE",
-    "ServiceError",
     "format_address",
     "open_listener",
     "open_listeners",
@@ -41,10 +42,6 @@ DEFAULT_BACKLOG = 1024
 MAX_MESSAGE = 1 << 16
 MAX_FDS = 4
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
-
-
-class ServiceError(RuntimeError):
-    """The service side cannot do what was asked: no such socket, state not picklable, ..."""
 
 
 # -- addresses and listening sockets ------------------------------------------------

@@ -13,7 +13,7 @@ import time
 from collections.abc import Hashable, Iterable, Iterator, Mapping
 from typing import Any, BinaryIO, Self
 
-from hotpatch.service._channel import ServiceError
+from hotpatch._errors import ServiceError
 
 __all__ = ["PreservedDict", "PreservedState", "RoundWriter", "read_round", "seal"]
 

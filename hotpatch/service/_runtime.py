@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from typing import Any
 
+from hotpatch._errors import ServiceError
 from hotpatch._plugins import PluginHost
 from hotpatch.service._channel import (
     ENV_BASELINE,
@@ -20,7 +21,6 @@ from hotpatch.service._channel import (
     ENV_CONTROL,
     ENV_JOURNAL,
     ENV_SOCKETS,
-    ServiceError,
     open_listener,
     parse_address,
     parse_bind,

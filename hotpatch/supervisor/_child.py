@@ -17,7 +17,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from hotpatch.service._api import ENV_CONTROL, ENV_SOCKETS, ServiceError, recv_message, send_message
+from hotpatch._errors import ServiceError
+from hotpatch.service._api import ENV_CONTROL, ENV_SOCKETS, recv_message, send_message
 
 __all__ = ["Child", "ChildExited", "ChildSpec", "Message", "describe_exit"]
 
