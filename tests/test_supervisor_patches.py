@@ -69,7 +69,7 @@ def test_the_journal_replays_a_patch_that_was_applied_through_a_restart(
     journal = tmp_path / "journal.json"
     first = hotpatch.Registry("1.0", journal=journal)
     first.apply(load_patch(path), restarting=True)
-    first._journal = None  # this "process" ends; its code is undone in memory only
+    first.detach_journal()  # this "process" ends; its code is undone in memory only
     first.rollback(to="1.0")
     assert mod.answer() == "base"
     second = hotpatch.Registry("1.0", journal=journal)
