@@ -177,6 +177,10 @@ def test_one_drop_patches_every_worker_and_a_replaced_worker_comes_up_patched(
     assert [w["outcome"] for w in result["workers"]] == ["applied"] * WORKERS
     assert (server.folder / "applied" / "fix_vat.py").exists()
     assert list((server.folder / "rejected").iterdir()) == []
+    # hotpatch's own lines are in the server's log, from every worker, with nothing set up
+    log = Path(server.log.name).read_text()
+    for pid in pids:
+        assert f"hotpatch[{pid}] INFO applied patch 1.0.1" in log, log
 
     # Every worker serves the fix; none still serves the bug.
     seen = server.answers(lambda seen: pids <= set(seen))
@@ -227,3 +231,52 @@ def test_the_level_survives_a_restart_of_the_whole_server(tmp_path: Path) -> Non
         ]
     finally:
         again.stop()
+
+
+def test_forgetting_workers_true_says_what_to_do(tmp_path: Path) -> None:
+    # uvicorn --workers 2 imports the app twice; without workers=True the second
+    # worker finds the folder taken: its error must name the fix.
+    (tmp_path / "single_app.py").write_text(
+        "import os\n"
+        "import hotpatch\n"
+        'agent = hotpatch.install("1.0", watch=os.environ["HOTPATCH_FOLDER"])\n'
+        "async def app(scope, receive, send):\n"
+        "    pass\n"
+    )
+    folder = tmp_path / "patches"
+    folder.mkdir(mode=0o700)
+    log_path = tmp_path / "uvicorn.log"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "single_app:app",
+                "--workers",
+                "2",
+                "--port",
+                str(free_port()),
+                "--app-dir",
+                str(tmp_path),
+            ],
+            cwd=tmp_path,
+            env={**os.environ, "HOTPATCH_FOLDER": str(folder), "PYTHONUNBUFFERED": "1"},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        wait_for(
+            lambda: "already watched" in log_path.read_text(), "the second worker's error", WAIT_S
+        )
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    text = log_path.read_text()
+    assert "every worker must call hotpatch.install(..., workers=True)" in text, text

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from hotpatch._loader import DEFAULT_MAX_BYTES
+from hotpatch._logging import show_log_lines
 from hotpatch._registry import Registry
 from hotpatch.agent._names import SOCKET_NAME
 from hotpatch.agent._settings import Checks, PathLike, PluginChoice, Settings
@@ -56,6 +57,7 @@ def install(
     folder's owner records the level in ``journal`` (default
     ``<watch>/.workers/journal.json``), which a worker that starts alone replays.
     """
+    show_log_lines()  # a service's agent: its lines in the service's log (HOTPATCH_LOG)
     return Agent(
         baseline,
         watch=watch,

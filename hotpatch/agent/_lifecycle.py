@@ -60,7 +60,9 @@ class FolderLock:
                 owner = f"another agent (pid {pid})"
             msg = (
                 f"patch folder {self.folder} is already watched by {owner}; stop it first, "
-                "or give this service a folder of its own"
+                "or give this service a folder of its own; under a pre-fork server "
+                "(gunicorn -w N, uvicorn --workers N) every worker must call "
+                "hotpatch.install(..., workers=True) to share the folder"
             )
             raise FileExistsError(msg)
         return self

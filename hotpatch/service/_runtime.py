@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from typing import Any
 
 from hotpatch._errors import ServiceError
+from hotpatch._logging import show_log_lines
 from hotpatch._plugins import PluginHost
 from hotpatch.service._channel import (
     ENV_BASELINE,
@@ -407,6 +408,7 @@ def get_runtime() -> Runtime:
     global _runtime  # noqa: PLW0603 -- one runtime per process, by design
     with _runtime_lock:
         if _runtime is None:
+            show_log_lines(os.environ)  # a supervised service: its lines in the log too
             _runtime = Runtime(os.environ)
         return _runtime
 

@@ -17,6 +17,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from hotpatch._logging import show_log_lines
 from hotpatch.service._channel import ENV_BASELINE, parse_address, parse_bind
 from hotpatch.supervisor._child import ChildSpec
 from hotpatch.supervisor._patches import SupervisedPipeline
@@ -326,14 +327,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("give the service's command after --, e.g. run --bind ... -- python -m shop")
     try:
         config = _config(args, command)
+        show_log_lines()  # the supervisor's lines on stderr, as HOTPATCH_LOG says
     except ValueError as exc:
         parser.error(str(exc))
-    if not logging.getLogger().handlers:
-        logging.basicConfig(
-            level=logging.INFO,
-            format="%(asctime)s hotpatch[%(process)d] %(levelname)s %(message)s",
-            stream=sys.stderr,
-        )
     pipeline = SupervisedPipeline if config.watch is not None else None
     runner: Runner = (
         Fleet(config, args.workers, pipeline=pipeline)
