@@ -323,6 +323,24 @@ def test_apply_over_the_socket_goes_through_the_same_pipeline(
     assert set(history[0]) == {"time", "action", "version", "level", "elapsed_s", "who"}
 
 
+def test_a_file_name_that_is_not_utf8_is_shown_escaped(
+    paths: DropFolder, agent: hotpatch.Agent, target: types.ModuleType
+) -> None:
+    name = os.fsdecode(b"fix-\xff\xfe.py")  # not UTF-8: held with surrogate escapes
+    paths.drop(name, patch_text(target.__name__, "1.0.1", 1))
+    result = paths.filed(name)
+    assert result["file"] == "fix-\\xff\\xfe.py"  # printable, and valid UTF-8 JSON
+    assert target.f() == 1
+    status = request(paths.path / ".hotpatch.sock", {"cmd": "status"})
+    assert status["ok"] is True
+    assert status["last"]["file"] == "fix-\\xff\\xfe.py"
+    # A rejected one too, and the raw bytes of the name are kept on disk.
+    paths.drop(os.fsdecode(b"bad-\xff.py"), "import sys\nsys.exit(2)\n")
+    assert paths.filed(os.fsdecode(b"bad-\xff.py"), "rejected")["file"] == "bad-\\xff.py"
+    assert b"bad-\xff.py" in os.listdir(os.fsencode(paths.path / "rejected"))
+    assert request(paths.path / ".hotpatch.sock", {"cmd": "status"})["ok"] is True
+
+
 def test_apply_over_the_socket_refuses_with_the_reason(
     paths: DropFolder, agent: hotpatch.Agent, target: types.ModuleType
 ) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import stat
 import subprocess
 import sys
@@ -194,6 +195,33 @@ def test_a_refused_peer_is_exit_2(tmp_path: Path) -> None:
             result = run_cli("status", "--socket", str(path))
     assert result.returncode == 2
     assert "may not control this process" in result.stderr
+
+
+def test_an_agent_whose_backlog_is_full_is_reported_busy() -> None:
+    with tempfile.TemporaryDirectory(prefix="hp-") as folder:
+        path = Path(folder) / "stuck.sock"
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as stuck:
+            stuck.bind(str(path))
+            stuck.listen(0)  # a process that no longer accepts
+            waiting = []
+            try:
+                while True:
+                    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                    s.setblocking(False)
+                    waiting.append(s)
+                    try:
+                        s.connect(str(path))
+                    except BlockingIOError:
+                        break
+                result = run_cli("status", "--socket", str(path), "--timeout", "1")
+            finally:
+                for s in waiting:
+                    s.close()
+    assert result.returncode == 2
+    assert "is busy" in result.stderr
+    assert "retry" in result.stderr
+    assert "BlockingIOError" not in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from hotpatch import VersionConflict
-from hotpatch.agent._control import MAX_REQUEST_BYTES, ControlServer, request
+from hotpatch.agent._control import MAX_REQUEST_BYTES, AgentBusy, ControlServer, request
 
 
 @pytest.fixture
@@ -235,18 +235,13 @@ def test_concurrent_clients_are_served_at_the_same_time(sock_dir: Path) -> None:
     assert {n: a["n"] for n, a in answers.items()} == {n: n for n in range(clients)}
 
 
-def test_too_many_clients_get_busy(sock_dir: Path) -> None:
-    with ControlServer(sock_dir / "c.sock", Recorder(), max_clients=1) as server:
-        with _raw(server.path) as first:
-            assert _exchange(first, b'{"cmd": "status"}\n')["ok"] is True
-            assert request(server.path, {"cmd": "status"})["error_type"] == "Busy"
-        # The slot is free again once the first client leaves.
-        answer: dict[str, Any] = {}
-        for _ in range(500):  # bounded: the server notices the close asynchronously
-            answer = request(server.path, {"cmd": "status"})
-            if answer["ok"]:
-                break
-        assert answer["ok"] is True
+def test_a_connected_client_holds_no_handler_between_requests(sock_dir: Path) -> None:
+    server = ControlServer(sock_dir / "c.sock", Recorder(), max_clients=1)
+    with server, _raw(server.path) as first:
+        assert _exchange(first, b'{"cmd": "status"}\n')["ok"] is True
+        # The first client stays connected, idle: the one handler is free for others.
+        assert request(server.path, {"cmd": "status"})["ok"] is True
+        assert _exchange(first, b'{"cmd": "history"}\n')["ok"] is True
 
 
 def test_a_socket_path_longer_than_sun_path_works(tmp_path: Path) -> None:
@@ -304,3 +299,155 @@ def test_the_client_reports_a_missing_or_dead_socket(sock_dir: Path) -> None:
     dead.close()
     with pytest.raises(ConnectionRefusedError):
         request(sock_dir / "dead.sock", {"cmd": "status"})
+
+
+# -- idle, slow and crowding clients -------------------------------------------------------
+
+
+def test_idle_clients_never_block_a_request(sock_dir: Path) -> None:
+    with ControlServer(sock_dir / "c.sock", Recorder()) as server:
+        idle = [_raw(server.path) for _ in range(40)]  # connected, never sending
+        try:
+            answer = request(server.path, {"cmd": "status"}, timeout=10)
+        finally:
+            for client in idle:
+                client.close()
+    assert answer["ok"] is True
+
+
+def test_an_idle_client_is_disconnected_after_the_idle_timeout(sock_dir: Path) -> None:
+    with ControlServer(sock_dir / "c.sock", Recorder(), idle_timeout=0.3) as server:
+        with _raw(server.path) as idle:
+            idle.settimeout(30)  # a bound for a broken build; the server closes far sooner
+            data = idle.makefile("rb").read()
+        assert b"idle" in data  # told why, then closed
+        assert request(server.path, {"cmd": "status"})["ok"] is True
+
+
+def test_a_client_dribbling_bytes_is_disconnected_at_the_deadline(sock_dir: Path) -> None:
+    with ControlServer(sock_dir / "c.sock", Recorder(), idle_timeout=0.5) as server:
+        with _raw(server.path) as slow:
+            closed = threading.Event()
+
+            def dribble() -> None:
+                for _ in range(3000):  # 1 byte every 10 ms: never idle for long, never done
+                    try:
+                        slow.sendall(b"x")
+                    except OSError:
+                        closed.set()
+                        return
+                    if closed.wait(0.01):
+                        return
+
+            writer = threading.Thread(target=dribble)
+            writer.start()
+            slow.settimeout(30)
+            data = slow.makefile("rb").read()
+            closed.set()
+            writer.join()
+        assert b"did not send a complete request" in data
+
+
+def test_a_request_after_an_answer_gets_a_fresh_deadline(sock_dir: Path) -> None:
+    server = ControlServer(sock_dir / "c.sock", Recorder(), idle_timeout=5)
+    with server, _raw(server.path) as client:
+        for n in range(3):
+            assert _exchange(client, b'{"cmd": "status", "n": %d}\n' % n)["echo"]["n"] == n
+
+
+def test_requests_beyond_the_handlers_at_work_get_busy(sock_dir: Path) -> None:
+    release = threading.Event()
+    entered = threading.Event()
+
+    def handler(req: dict[str, Any], uid: int) -> dict[str, Any]:
+        if req["cmd"] == "slow":
+            entered.set()
+            release.wait(30)
+        return {"ok": True, "cmd": req["cmd"]}
+
+    with ControlServer(sock_dir / "c.sock", handler, max_clients=1) as server:
+        slow: dict[str, Any] = {}
+        thread = threading.Thread(target=lambda: slow.update(request(server.path, {"cmd": "slow"})))
+        thread.start()
+        assert entered.wait(30)
+        busy = request(server.path, {"cmd": "status"})
+        assert busy["error_type"] == "Busy"
+        assert "retry" in busy["error"]
+        release.set()
+        thread.join()
+        assert slow == {"ok": True, "cmd": "slow"}
+        assert request(server.path, {"cmd": "status"})["ok"] is True
+
+
+def test_hundreds_of_concurrent_clients_all_get_an_answer(sock_dir: Path) -> None:
+    answers: list[dict[str, Any]] = []
+    errors: list[BaseException] = []
+    start = threading.Barrier(200, timeout=60)
+
+    def client() -> None:
+        try:
+            start.wait()
+            answers.append(request(path, {"cmd": "status"}, timeout=60))
+        except BaseException as exc:
+            errors.append(exc)
+
+    path = sock_dir / "c.sock"
+    with ControlServer(path, Recorder()):
+        threads = [threading.Thread(target=client) for _ in range(200)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert errors == []
+    assert len(answers) == 200
+    assert all(a["ok"] is True or a["error_type"] == "Busy" for a in answers)
+
+
+def test_a_full_backlog_is_reported_as_busy(sock_dir: Path) -> None:
+    path = sock_dir / "stuck.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as stuck:
+        stuck.bind(str(path))
+        stuck.listen(0)  # never accepts: a wedged process
+        waiting = []
+        try:
+            while True:  # fill the backlog until the kernel says so
+                s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                s.setblocking(False)
+                waiting.append(s)
+                try:
+                    s.connect(str(path))
+                except BlockingIOError:
+                    break
+            with pytest.raises(AgentBusy, match="busy") as info:
+                request(path, {"cmd": "status"}, timeout=1.0)
+            assert isinstance(info.value, ConnectionError)
+            assert "retry" in str(info.value)
+        finally:
+            for s in waiting:
+                s.close()
+
+
+def test_stop_closes_idle_connections_and_answers_the_one_at_work(sock_dir: Path) -> None:
+    entered, release = threading.Event(), threading.Event()
+
+    def handler(req: dict[str, Any], uid: int) -> dict[str, Any]:
+        if req["cmd"] == "slow":
+            entered.set()
+            release.wait(30)
+        return {"ok": True}
+
+    server = ControlServer(sock_dir / "c.sock", handler)
+    server.start()
+    idle = _raw(server.path)
+    answer: dict[str, Any] = {}
+    worker = threading.Thread(target=lambda: answer.update(request(server.path, {"cmd": "slow"})))
+    worker.start()
+    assert entered.wait(30)
+    stopper = threading.Thread(target=server.stop)
+    stopper.start()
+    assert idle.recv(1) == b""
+    release.set()
+    worker.join()
+    stopper.join()
+    idle.close()
+    assert answer == {"ok": True}

@@ -10,6 +10,7 @@ and is disconnected before anything it sent is read.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import json
@@ -21,14 +22,16 @@ import socket
 import stat
 import struct
 import threading
+import time
 from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from hotpatch._errors import PatchError
 
-__all__ = ["ControlServer", "Handler", "request"]
+__all__ = ["AgentBusy", "ControlServer", "Handler", "request"]
 
 log = logging.getLogger("hotpatch")
 
@@ -36,12 +39,26 @@ Handler = Callable[[dict[str, Any], int], dict[str, Any]]
 
 MAX_REQUEST_BYTES = 1 << 20
 MAX_RESPONSE_BYTES = 64 << 20
+IDLE_TIMEOUT_S = 5.0  # to send each complete request, from connecting or the last answer
+ANSWER_TIMEOUT_S = 30.0  # for a client to take its answer
+ACCEPT_PAUSE_S = 0.1  # out of descriptors: accepting waits this long before trying again
+BACKLOG = 512  # connections the kernel queues while the serving thread catches up
+BUSY_WAIT_S = 5.0  # how long the client keeps trying a backlog that is full
 _SUN_PATH_MAX = 107  # sockaddr_un.sun_path is 108 bytes with the terminating NUL
 _PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 
 class ControlServer:
-    """Serves ``handler(request, peer_uid) -> response`` on a Unix socket, in daemon threads."""
+    """Serves ``handler(request, peer_uid) -> response`` on a Unix socket, in daemon threads.
+
+    One thread accepts connections and reads requests for all of them (a
+    selector): a connection costs a descriptor, not a thread, so idle clients
+    never keep another one out. A complete request line goes to a thread of
+    its own, at most ``max_clients`` at a time (beyond that: ``Busy``, retry).
+    A connection must send each complete request within ``idle_timeout`` of
+    connecting or of its last answer, or it is told so and closed; beyond
+    ``max_connections`` the connection closest to that deadline makes room.
+    """
 
     def __init__(
         self,
@@ -50,18 +67,23 @@ class ControlServer:
         *,
         allowed_uids: Collection[int] | None = None,
         max_clients: int = 16,
-        idle_timeout: float = 60.0,
+        max_connections: int = 256,
+        idle_timeout: float = IDLE_TIMEOUT_S,
     ) -> None:
         self.path = Path(path).absolute()
         self.handler = handler
         self.allowed_uids = frozenset({os.getuid(), 0} if allowed_uids is None else allowed_uids)
         self.idle_timeout = idle_timeout
+        self.max_connections = max_connections
         self._slots = threading.BoundedSemaphore(max_clients)
+        self._max_clients = max_clients
         self._listener: socket.socket | None = None
         self._wakeup: tuple[socket.socket, socket.socket] | None = None
         self._thread: threading.Thread | None = None
         self._identity: tuple[int, int] | None = None
-        self._clients: set[socket.socket] = set()
+        self._idle: dict[socket.socket, _Connection] = {}  # waiting for a request (serve thread)
+        self._working: set[socket.socket] = set()  # a handler thread answers them
+        self._returned: collections.deque[_Connection] = collections.deque()
         self._lock = threading.Lock()
         self._stopping = threading.Event()
 
@@ -98,7 +120,7 @@ class ControlServer:
             _with_address(tmp, listener.bind)
             try:
                 os.chmod(tmp, 0o600)
-                listener.listen(64)
+                listener.listen(BACKLOG)
                 try:
                     os.link(tmp, self.path)
                 except FileExistsError:
@@ -110,6 +132,7 @@ class ControlServer:
         except BaseException:
             listener.close()
             raise
+        listener.setblocking(False)
         self._identity = (st.st_dev, st.st_ino)
         self._listener = listener
         self._wakeup = socket.socketpair()
@@ -121,18 +144,23 @@ class ControlServer:
         log.info("control socket listening at %s", self.path)
 
     def stop(self) -> None:
-        """Stop accepting, disconnect idle clients, close and unlink the socket. Idempotent."""
+        """Stop accepting, disconnect idle clients, close and unlink the socket. Idempotent.
+
+        A request being handled is still answered; its connection closes after.
+        """
         thread, wakeup, listener = self._thread, self._wakeup, self._listener
         if thread is None or wakeup is None or listener is None:
             return
         self._stopping.set()
-        with contextlib.suppress(OSError):
-            wakeup[1].send(b"x")
+        self._wake()
         thread.join()
         with self._lock:
-            for client in self._clients:
+            for returned in self._returned:  # answered while the serving thread ended
+                returned.sock.close()
+            self._returned.clear()
+            for conn in self._working:
                 with contextlib.suppress(OSError):
-                    client.shutdown(socket.SHUT_RD)  # a running handler still answers
+                    conn.shutdown(socket.SHUT_RD)  # its handler still answers
         listener.close()
         for end in wakeup:
             end.close()
@@ -142,25 +170,78 @@ class ControlServer:
                 self.path.unlink()
         self._thread = self._wakeup = self._listener = None
 
-    # -- serving ----------------------------------------------------------------------
+    @property
+    def serving(self) -> bool:
+        """Started, and ``path`` still names this server's socket (not removed or replaced)."""
+        if self._thread is None:
+            return False
+        try:
+            st = self.path.lstat()
+        except OSError:
+            return False
+        return (st.st_dev, st.st_ino) == self._identity
+
+    # -- the serving thread: accept, read, time out -------------------------------------
 
     def _serve(self) -> None:
         assert self._listener is not None
         assert self._wakeup is not None
+        listener, wakeup = self._listener, self._wakeup[0]
+        wakeup.setblocking(False)
+        paused_until: float | None = None  # accept() ran out of descriptors: wait a little
         with selectors.DefaultSelector() as selector:
-            selector.register(self._listener, selectors.EVENT_READ)
-            selector.register(self._wakeup[0], selectors.EVENT_READ)
-            while not self._stopping.is_set():
-                for key, _ in selector.select():
-                    if key.fileobj is not self._listener or self._stopping.is_set():
-                        continue
-                    try:
-                        conn, _ = self._listener.accept()
-                    except OSError:
-                        continue
-                    self._admit(conn)
+            selector.register(listener, selectors.EVENT_READ)
+            selector.register(wakeup, selectors.EVENT_READ)
+            try:
+                while not self._stopping.is_set():
+                    now = time.monotonic()
+                    if paused_until is not None and now >= paused_until:
+                        selector.register(listener, selectors.EVENT_READ)
+                        paused_until = None
+                    for key, _ in selector.select(self._timeout(now, paused_until)):
+                        if self._stopping.is_set():
+                            break
+                        if key.fileobj is listener:
+                            if not self._accept(listener, selector):
+                                selector.unregister(listener)
+                                paused_until = time.monotonic() + ACCEPT_PAUSE_S
+                        elif key.fileobj is wakeup:
+                            with contextlib.suppress(OSError):
+                                wakeup.recv(4096)
+                        else:
+                            self._read(key.data, selector)
+                    self._take_back(selector)
+                    self._expire(selector)
+            finally:
+                for conn in list(self._idle.values()):
+                    self._close(conn, selector)
 
-    def _admit(self, conn: socket.socket) -> None:
+    def _timeout(self, now: float, paused_until: float | None) -> float | None:
+        deadlines = [c.deadline for c in self._idle.values()]
+        if paused_until is not None:
+            deadlines.append(paused_until)
+        return max(0.0, min(deadlines) - now) if deadlines else None
+
+    def _accept(self, listener: socket.socket, selector: selectors.BaseSelector) -> bool:
+        """Admit every waiting connection; ``False`` when out of descriptors (pause accepting)."""
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except BlockingIOError:
+                return True
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    log.error(  # noqa: TRY400 -- the reason is the message; no traceback
+                        "control socket %s: cannot accept a connection: %s; "
+                        "clients wait in the backlog meanwhile",
+                        self.path,
+                        exc.strerror or exc,
+                    )
+                    return False
+                return True
+            self._admit(conn, selector)
+
+    def _admit(self, conn: socket.socket, selector: selectors.BaseSelector) -> None:
         try:
             pid, uid, _ = _PEERCRED.unpack(
                 conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
@@ -168,51 +249,137 @@ class ControlServer:
         except OSError:
             conn.close()
             return
+        conn.setblocking(False)
         if uid not in self.allowed_uids:
             log.warning(
                 "control socket %s: refused a connection from uid %d (pid %d)", self.path, uid, pid
             )
-            _send_quietly(
-                conn,
-                _error(
-                    f"uid {uid} may not control this process; connect as uid "
-                    f"{os.getuid()} (the service's user) or root",
-                    "PermissionDenied",
-                ),
+            message = (
+                f"uid {uid} may not control this process; connect as uid "
+                f"{os.getuid()} (the service's user) or root"
             )
+            _send_now(conn, _error(message, "PermissionDenied"))
             conn.close()
             return
+        if len(self._idle) >= self.max_connections:  # make room: the nearest deadline goes
+            oldest = min(self._idle.values(), key=lambda c: c.deadline)
+            _send_now(oldest.sock, _error("too many control connections; closed", "Busy"))
+            self._close(oldest, selector)
+        self._wait_for_request(_Connection(conn, uid), selector)
+
+    def _wait_for_request(self, conn: _Connection, selector: selectors.BaseSelector) -> None:
+        conn.deadline = time.monotonic() + self.idle_timeout
+        self._idle[conn.sock] = conn
+        selector.register(conn.sock, selectors.EVENT_READ, conn)
+        self._next_request(conn, selector)  # a pipelined request may be there already
+
+    def _read(self, conn: _Connection, selector: selectors.BaseSelector) -> None:
+        try:
+            chunk = conn.sock.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""
+        if not chunk:
+            self._close(conn, selector)
+            return
+        conn.buffer += chunk
+        self._next_request(conn, selector)
+
+    def _next_request(self, conn: _Connection, selector: selectors.BaseSelector) -> None:
+        """Hand a complete request line to a handler thread, or refuse an oversized one."""
+        buffer = conn.buffer
+        blank = len(buffer) - len(buffer.lstrip())  # blank lines are skipped
+        del buffer[:blank]
+        end = buffer.find(b"\n")
+        if end < 0:
+            if len(buffer) > MAX_REQUEST_BYTES:
+                msg = f"request longer than {MAX_REQUEST_BYTES} bytes"
+                _send_now(conn.sock, _error(msg, "BadRequest"))
+                self._close(conn, selector)
+            return
+        if end > MAX_REQUEST_BYTES:
+            msg = f"request longer than {MAX_REQUEST_BYTES} bytes"
+            _send_now(conn.sock, _error(msg, "BadRequest"))
+            self._close(conn, selector)
+            return
+        line = bytes(buffer[: end + 1])
+        del buffer[: end + 1]
         if not self._slots.acquire(blocking=False):
-            _send_quietly(conn, _error("too many control connections; retry shortly", "Busy"))
-            conn.close()
+            message = (
+                f"the agent is busy: {self._max_clients} control requests are being handled; "
+                "retry shortly"
+            )
+            if not _send_now(conn.sock, _error(message, "Busy")):
+                self._close(conn, selector)
+            else:
+                conn.deadline = time.monotonic() + self.idle_timeout
             return
+        selector.unregister(conn.sock)
+        del self._idle[conn.sock]
         with self._lock:
-            self._clients.add(conn)
+            self._working.add(conn.sock)
         threading.Thread(
-            target=self._client, args=(conn, uid), name="hotpatch-control client", daemon=True
+            target=self._handle, args=(conn, line), name="hotpatch-control request", daemon=True
         ).start()
 
-    def _client(self, conn: socket.socket, uid: int) -> None:
+    def _expire(self, selector: selectors.BaseSelector) -> None:
+        now = time.monotonic()
+        for conn in [c for c in self._idle.values() if c.deadline <= now]:
+            if conn.buffer:
+                why = f"did not send a complete request within {self.idle_timeout:g} s"
+            else:
+                why = f"idle for {self.idle_timeout:g} s"
+            _send_now(conn.sock, _error(f"{why}: closed; connect again to ask", "Timeout"))
+            self._close(conn, selector)
+
+    def _take_back(self, selector: selectors.BaseSelector) -> None:
+        """Connections whose answer was sent wait for their next request again."""
+        while True:
+            with self._lock:
+                if not self._returned:
+                    return
+                conn = self._returned.popleft()
+            if self._stopping.is_set():
+                conn.sock.close()
+            else:
+                self._wait_for_request(conn, selector)
+
+    def _close(self, conn: _Connection, selector: selectors.BaseSelector) -> None:
+        if self._idle.pop(conn.sock, None) is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                selector.unregister(conn.sock)
+        conn.sock.close()
+
+    def _wake(self) -> None:
+        if self._wakeup is not None:
+            with contextlib.suppress(OSError):
+                self._wakeup[1].send(b"x")
+
+    # -- a handler thread ---------------------------------------------------------------
+
+    def _handle(self, conn: _Connection, line: bytes) -> None:
+        keep = False
         try:
-            conn.settimeout(self.idle_timeout)
-            with conn, conn.makefile("rb") as lines:
-                while True:
-                    line = lines.readline(MAX_REQUEST_BYTES + 1)
-                    if not line:
-                        return
-                    if len(line) > MAX_REQUEST_BYTES:
-                        msg = f"request longer than {MAX_REQUEST_BYTES} bytes"
-                        _send_quietly(conn, _error(msg, "BadRequest"))
-                        return
-                    if not line.strip():
-                        continue
-                    conn.sendall(_encode(self._answer(line, uid)))
+            try:
+                answer = _encode(self._answer(line, conn.uid))
+            finally:
+                self._slots.release()  # answered: the next request may start
+            conn.sock.settimeout(ANSWER_TIMEOUT_S)  # a client that never reads its answer
+            conn.sock.sendall(answer)
+            keep = not self._stopping.is_set()
         except OSError:
-            return  # the client went away or idled out
+            pass  # the client went away
         finally:
             with self._lock:
-                self._clients.discard(conn)
-            self._slots.release()
+                self._working.discard(conn.sock)
+                if keep:
+                    conn.sock.setblocking(False)
+                    self._returned.append(conn)
+            if keep:
+                self._wake()
+            else:
+                conn.sock.close()
 
     def _answer(self, line: bytes, uid: int) -> dict[str, Any]:
         try:
@@ -234,21 +401,38 @@ class ControlServer:
         return response
 
 
+@dataclass(slots=True, eq=False)
+class _Connection:
+    """A client's connection: its uid, what it sent of its next request, and by when."""
+
+    sock: socket.socket
+    uid: int
+    buffer: bytearray = field(default_factory=bytearray)
+    deadline: float = 0.0
+
+
 def _error(message: str, error_type: str) -> dict[str, Any]:
     return {"ok": False, "error": message, "error_type": error_type}
 
 
 def _encode(response: dict[str, Any]) -> bytes:
     try:
-        return (json.dumps(response, ensure_ascii=False, default=str) + "\n").encode()
+        text = json.dumps(response, ensure_ascii=False, default=str)
     except (TypeError, ValueError) as exc:
         return _encode(_error(f"internal error: response is not JSON: {exc}", "InternalError"))
+    try:
+        return (text + "\n").encode()
+    except UnicodeEncodeError:  # a name that is not UTF-8 (surrogate escapes): \\u escapes
+        return (json.dumps(response, default=str) + "\n").encode()
 
 
-def _send_quietly(conn: socket.socket, response: dict[str, Any]) -> None:
-    with contextlib.suppress(OSError):
-        conn.settimeout(1.0)
+def _send_now(conn: socket.socket, response: dict[str, Any]) -> bool:
+    """Send a short answer without waiting (the serving thread never blocks on a client)."""
+    try:
         conn.sendall(_encode(response))
+    except OSError:
+        return False
+    return True
 
 
 # -- paths ------------------------------------------------------------------------------
@@ -305,18 +489,21 @@ def _clear_stale(path: Path) -> None:
 # -- client -----------------------------------------------------------------------------
 
 
+class AgentBusy(ConnectionError):
+    """The control socket's backlog is full: the agent is too busy to take the connection."""
+
+
 def request(
     path: str | os.PathLike[str], payload: dict[str, Any], *, timeout: float = 30.0
 ) -> dict[str, Any]:
     """Send one request to the control socket at ``path`` and return its answer.
 
     Raises ``OSError`` (``FileNotFoundError``, ``ConnectionRefusedError``,
-    ``TimeoutError``, ``ConnectionError`` for a missing or unreadable answer).
+    ``TimeoutError``, ``ConnectionError`` for a missing or unreadable answer,
+    ``AgentBusy`` when its backlog stays full for ``BUSY_WAIT_S``).
     """
     target = Path(path)
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(timeout)
-        _with_address(target, sock.connect)
+    with _connect(target, timeout) as sock:
         # Refused before it read anything (uid, busy): its answer may still be waiting.
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             sock.sendall((json.dumps(payload) + "\n").encode())
@@ -334,3 +521,29 @@ def request(
         msg = f"the process at {target} answered a JSON {type(response).__name__}, not an object"
         raise ConnectionError(msg)
     return response
+
+
+def _connect(target: Path, timeout: float) -> socket.socket:
+    """A connected socket; a full backlog (``EAGAIN``) is tried again for a while, then busy."""
+    give_up = time.monotonic() + min(timeout, BUSY_WAIT_S)
+    pause = 0.005
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        try:
+            _with_address(target, sock.connect)
+        except BlockingIOError:
+            sock.close()
+            if time.monotonic() + pause > give_up:
+                msg = (
+                    f"the agent at {target} is busy: its connection backlog stayed full for "
+                    f"{min(timeout, BUSY_WAIT_S):g} s; retry shortly"
+                )
+                raise AgentBusy(errno.EAGAIN, msg) from None
+            time.sleep(pause)
+            pause = min(pause * 2, 0.2)
+            continue
+        except BaseException:
+            sock.close()
+            raise
+        return sock

@@ -15,6 +15,7 @@ from pathlib import Path
 from packaging.version import InvalidVersion, Version
 
 from hotpatch._errors import VerificationFailed
+from hotpatch.agent._names import shown
 from hotpatch.agent._signing import SIGNATURE_SUFFIX
 
 __all__ = [
@@ -71,7 +72,7 @@ def read_patch_file(path: Path, *, max_bytes: int, owners: Iterable[int]) -> Pat
     is never read into memory. Raises ``VerificationFailed`` with the reason,
     or ``Vanished`` when the file is gone.
     """
-    name = path.name
+    name = shown(path.name)
     flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     try:
         fd = os.open(path, flags)

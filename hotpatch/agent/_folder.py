@@ -59,6 +59,7 @@ from hotpatch.agent._drops import (
     peek_version,
     read_patch_file,
 )
+from hotpatch.agent._names import shown
 from hotpatch.agent._outcome import OUTCOME_DIRS, Outcome, file_outcome
 from hotpatch.agent._signing import SIGNATURE_SUFFIX
 
@@ -178,7 +179,8 @@ class Folder:
         """Drops waiting to be processed (the current one first)."""
         with self._cond:
             names = sorted(self._queue, key=self._queue.__getitem__)
-            return [self._current, *names] if self._current else names
+            names = [self._current, *names] if self._current else names
+        return [shown(name) for name in names]
 
     # -- announcements (watchdog thread, and catch-up) ----------------------------------
 

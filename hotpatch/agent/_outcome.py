@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from hotpatch.agent._names import STAGING
+from hotpatch.agent._names import STAGING, shown
 from hotpatch.agent._signing import SIGNATURE_SUFFIX
 
 __all__ = [
@@ -126,7 +126,7 @@ class Outcome:
 
     def record(self) -> dict[str, Any]:
         return {
-            "file": self.name,
+            "file": shown(self.name),
             "version": self.version,
             "outcome": self.outcome,
             "reason": self.reason,
@@ -150,7 +150,7 @@ def log_outcome(outcome: Outcome) -> None:
         level,
         "%s %s: %s patch %s, targets %s, in %.1f ms%s",
         outcome.who,
-        outcome.name,
+        shown(outcome.name),
         outcome.outcome,
         outcome.version or "?",
         ", ".join(outcome.targets) or "-",

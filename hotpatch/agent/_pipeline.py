@@ -34,6 +34,7 @@ from hotpatch.agent._drops import (
     read_patch_file,
     read_signature,
 )
+from hotpatch.agent._names import shown
 from hotpatch.agent._outcome import Outcome, log_outcome, now_iso
 from hotpatch.agent._settings import Checks
 from hotpatch.agent._signing import verify_signature
@@ -114,7 +115,7 @@ class DropPipeline:
 
     def _read(self, path: Path, outcome: Outcome) -> bytes | None:
         """The file's bytes, read once; ``None`` for a baseline bundle. Refusals raise."""
-        name = path.name
+        name = shown(path.name)
         t = time.perf_counter()
         try:
             st = path.lstat()

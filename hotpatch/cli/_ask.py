@@ -95,11 +95,14 @@ def _alive(pid: int) -> bool:
 
 
 def ask(args: argparse.Namespace, payload: dict[str, Any]) -> Answer:
-    from hotpatch.agent._control import request  # noqa: PLC0415 -- keygen/sign do not need it
+    # keygen/sign do not need the control client
+    from hotpatch.agent._control import AgentBusy, request  # noqa: PLC0415
 
     path = socket_path(args)
     try:
         return request(path, payload, timeout=getattr(args, "timeout", DEFAULT_TIMEOUT))
+    except AgentBusy as exc:
+        raise UsageError(exc.strerror or str(exc)) from None
     except FileNotFoundError:
         msg = f"no control socket at {path}: is the service running with a hotpatch agent?"
         raise UsageError(msg) from None
