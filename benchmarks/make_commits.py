@@ -23,6 +23,8 @@ smoke test run.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import os
 import shlex
 import shutil
@@ -331,6 +333,34 @@ def generated_repo(path: Path) -> tuple[Path, list[str]]:
     return path, [f"{base}..{fix1}", f"{fix1}..{fix2}", f"{fix2}..{fix3}"]
 
 
+def _totals(outcomes: list[Outcome]) -> dict[str, int]:
+    return {
+        "commits": len(outcomes),
+        **{
+            v: sum(o.verdict == v for o in outcomes)
+            for v in ("hot", "baseline", "nothing", "error")
+        },
+        "tests_failing_before": sum(len(o.failing_before) for o in outcomes),
+        "tests_fixed": sum(len(o.fixed) for o in outcomes),
+        "regressions": sum(len(o.regressions) for o in outcomes),
+    }
+
+
+def _save(path: Path, name: str, outcomes: list[Outcome], *, quick: bool, complete: bool) -> None:
+    """The results so far (after each commit: a run cut short keeps what it measured)."""
+    results: dict[str, Any] = {
+        "project": name,
+        "complete": complete,
+        "totals": _totals(outcomes),
+        "commits": [asdict(o) for o in outcomes],
+    }
+    if complete:
+        write_json(path, NAME, quick, results)
+        return
+    with contextlib.redirect_stdout(io.StringIO()):  # write_json says where; once is enough
+        write_json(path, NAME, quick, results)
+
+
 # -- main -------------------------------------------------------------------------------------
 
 
@@ -369,6 +399,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not ranges:
             parser.error("no commit ranges: give --range OLD..NEW or --pick N")
         command = shlex.split(args.test_command)
+        path = args.json or RESULTS / f"{NAME}-{name}-{PY}.json"
         outcomes: list[Outcome] = []
         for index, spec in enumerate(ranges, 1):
             print(f"[{index}/{len(ranges)}] {spec}", file=sys.stderr, flush=True)
@@ -376,6 +407,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 repo, spec, roots=roots, test_command=command, work=work, timeout=args.timeout
             )
             outcomes.append(outcome)
+            _save(path, name, outcomes, quick=args.quick or args.repo is None, complete=False)
             print(
                 f"    {outcome.verdict}: fixed {len(outcome.fixed)}/{len(outcome.failing_before)}"
                 f", regressions {len(outcome.regressions)}, make {outcome.make_s:.2f} s"
@@ -401,29 +433,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("range", "subject", "verdict", "fixed", "regressions", "make s"),
         rows,
     )
-    totals = {
-        "commits": len(outcomes),
-        **{
-            v: sum(o.verdict == v for o in outcomes)
-            for v in ("hot", "baseline", "nothing", "error")
-        },
-        "tests_failing_before": sum(len(o.failing_before) for o in outcomes),
-        "tests_fixed": sum(len(o.fixed) for o in outcomes),
-        "regressions": sum(len(o.regressions) for o in outcomes),
-    }
+    totals = _totals(outcomes)
     print(
         f"\n{name}: {totals['commits']} commits, {totals['hot']} hot, {totals['baseline']} "
         f"baseline, {totals['nothing']} nothing to patch, {totals['error']} errors; "
         f"{totals['tests_fixed']} of {totals['tests_failing_before']} failing tests fixed, "
         f"{totals['regressions']} regressions"
     )
-    path = args.json or RESULTS / f"{NAME}-{name}-{PY}.json"
-    results: dict[str, Any] = {
-        "project": name,
-        "totals": totals,
-        "commits": [asdict(o) for o in outcomes],
-    }
-    write_json(path, NAME, args.quick or args.repo is None, results)
+    _save(path, name, outcomes, quick=args.quick or args.repo is None, complete=True)
     return 1 if totals["error"] and args.repo is None else 0
 
 

@@ -214,6 +214,7 @@ def test_make_commits_on_a_generated_repository(tmp_path: Path) -> None:
     assert "[3/3]" in proc.stderr  # progress, one line per commit
     data = json.loads(out.read_text())
     check_environment(data, "make_commits")
+    assert data["complete"] is True
     assert data["totals"] == {
         "commits": 3,
         "hot": 2,
