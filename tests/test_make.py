@@ -611,3 +611,33 @@ def test_private_names_are_mangled_as_in_their_class_and_strings_keep_their_text
         probe="bump()",
     )
     assert (seen["before"], seen["after"], seen["rolled_back"]) == (1, 3, 4)
+
+
+def test_a_new_public_function_reaches_its_module_and_the_package_that_re_exports_it(
+    repo: GitRepo, tmp_path: Path
+) -> None:
+    text = (repo.path / "src/shop/pricing.py").read_text()
+    repo.commit(
+        "Offer a surcharge",
+        {
+            "src/shop/pricing.py": text + "\n\ndef surcharge(price):\n    return price + LIMIT\n",
+            "src/shop/__init__.py": "from shop.pricing import surcharge\n",
+        },
+    )
+    result = run(repo, tmp_path)
+    assert result.outcome == "hot", result.record()
+    assert verdicts(result) == {"shop.pricing:surcharge": "added", "shop:surcharge": "migration"}
+    seen = run_patched(
+        roots=[repo_at(repo, "v1", tmp_path)],
+        module="shop",
+        patch=result.path,  # type: ignore[arg-type]
+        baseline="1.0",
+        before="import shop.pricing as pricing",
+        probe="[hasattr(pricing, 'surcharge') and pricing.surcharge(1), "
+        "getattr(module, 'surcharge', None) is getattr(pricing, 'surcharge', 0)]",
+    )
+    assert (seen["before"], seen["after"], seen["rolled_back"]) == (
+        [False, False],
+        [11, True],
+        [False, False],
+    )

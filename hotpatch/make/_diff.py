@@ -109,6 +109,7 @@ class Assignment:
     change: Change
     new_text: str = ""  # the value's source, as written
     old_text: str = ""
+    helper: bool = False  # a new definition of the patch file (which replacements may use too)
 
 
 @dataclass(slots=True)
@@ -487,8 +488,13 @@ class _ModuleDiff:
         source = segment(self.new.lines, node, self.new.keep, decorators=True)
         names = call_names(source) | def_time_names(node)
         what = _what(node)
-        change = self.add(node.name, what, "added", f"a new {what}, defined in the patch file")
+        why = f"a new {what}, defined in the patch file and set on the module by the migration"
+        change = self.add(node.name, what, "added", why)
         self.plan.helpers.append(Helper(node.name, source, names, change))
+        value = ast.Name(id=node.name, ctx=ast.Load())
+        self.plan.assignments.append(
+            Assignment("", node.name, value, None, change, node.name, helper=True)
+        )
         if any(isinstance(n, ast.Global) for n in ast.walk(node)):
             why = (
                 f"the new {what} assigns module globals (`global`); defined in the patch file, "
@@ -705,8 +711,10 @@ class _ModuleDiff:
 
     def _names(self) -> None:
         """Refuse what the patch file's own namespace cannot serve faithfully."""
-        migrated = {a.name for a in self.plan.assignments if not a.owner}
-        new_values = {a.name for a in self.plan.assignments if not a.owner and a.old is None}
+        migrated = {a.name for a in self.plan.assignments if not a.owner and not a.helper}
+        new_values = {
+            a.name for a in self.plan.assignments if not a.owner and a.old is None and not a.helper
+        }
         helpers = {h.name for h in self.plan.helpers}
         for helper in self.plan.helpers:
             stale = sorted(helper.names & (migrated | self.replaced) - helpers)

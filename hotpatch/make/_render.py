@@ -48,8 +48,24 @@ def render(plan: Plan, header: Header, modes: dict[str, str] | None = None) -> s
     patch_class = "Patch" if "Patch" not in used else "HotPatch"
     imports: dict[str, Binding] = {}
     own: dict[str, set[str]] = {}  # module -> names imported from the module itself
+    defined = {(m.name, h.name) for m in plan.modules for h in m.helpers}
+    reexports = {
+        (m.name, a.name): m.imports[a.name]
+        for m in plan.modules
+        for a in m.assignments
+        if not a.owner and not a.helper and a.old is None and a.name in m.imports
+    }
+    for key, binding in sorted(reexports.items()):  # a re-export of a re-export of a new function
+        seen = {key}
+        where = (binding.module, binding.attr)
+        while where in reexports and where not in seen:
+            seen.add(where)
+            where = (reexports[where].module, reexports[where].attr)
+        if where in defined and where[1] == key[1]:
+            defined.add(key)
     sections = [
-        _module(m, patch_name, imports, own.setdefault(m.name, set()), used) for m in plan.modules
+        _module(m, patch_name, imports, own.setdefault(m.name, set()), used=used, defined=defined)
+        for m in plan.modules
     ]
     lines = [_docstring(plan, header, modes or {}), "", "from __future__ import annotations", ""]
     if imports:
@@ -143,7 +159,9 @@ def _module(
     patch_name: str,
     imports: dict[str, Binding],
     own: set[str],
+    *,
     used: set[str],
+    defined: set[tuple[str, str]],
 ) -> list[str]:
     """The section of the patch file for one module."""
     title = f"# -- {module.name} ({module.path}) "
@@ -153,13 +171,15 @@ def _module(
             f"# Replacements run in {module.name}'s namespace: its own names need no import."
         )
     helpers = {h.name for h in module.helpers}
-    migrated = {a.name for a in module.assignments if not a.owner}
+    migrated = {a.name for a in module.assignments if not a.owner and not a.helper}
     replaced = {r.qualname for r in module.replacements if "." not in r.qualname}
 
     def need(names: set[str], *, in_patch: bool) -> None:
         """Make ``names`` resolvable: in the target module, or (``in_patch``) in this file."""
         for name in names:
             binding = module.imports.get(name)
+            if binding is not None and binding.attr == name and (binding.module, name) in defined:
+                continue  # a new definition of this patch (the same name): already here
             if binding is not None:  # from where the new code gets it: reads as written
                 imports[name] = binding
             elif (
@@ -243,10 +263,18 @@ def _migrations(module: ModulePlan, patch_name: str, need: object) -> list[str]:
     backward: list[str] = []
     for assignment in module.assignments:
         place = "module." + (f"{assignment.owner}." if assignment.owner else "") + assignment.name
-        new = _expression(assignment, assignment.new, assignment.new_text, module, module.new_names)
+        new = (
+            assignment.name  # the patch file's own definition
+            if assignment.helper
+            else _expression(
+                assignment, assignment.new, assignment.new_text, module, module.new_names
+            )
+        )
         need(_imported(assignment.new, module), in_patch=True)
         forward.append(f"    {place} = {new}")
-        if assignment.old is None:
+        if assignment.helper:  # the registry may have put it there too, for a replacement
+            backward.append(f"    vars(module).pop({_q(assignment.name)}, None)")
+        elif assignment.old is None:
             backward.append(f"    del {place}")
         else:
             old = _expression(
