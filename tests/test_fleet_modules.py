@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import tarfile
 import textwrap
 import types
 from collections.abc import Callable, Iterator
@@ -194,3 +195,29 @@ def test_every_plugin_documents_itself(tmp_path: Path) -> None:
         )
         assert run.returncode == 0, run.stderr
         assert sorted(json.loads(run.stdout)) == sorted(names), run.stdout[:2000]
+
+
+def test_the_collection_builds(tmp_path: Path) -> None:
+    """``ansible-galaxy collection build`` takes galaxy.yml and packs every plugin."""
+    run = subprocess.run(
+        [
+            str(BIN / "ansible-galaxy"),
+            "collection",
+            "build",
+            str(REPO / "ansible_collections" / "hotpatch" / "fleet"),
+            "--output-path",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "ANSIBLE_HOME": str(tmp_path / "ansible")},
+        timeout=120,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    with tarfile.open(tmp_path / "hotpatch-fleet-0.1.0.tar.gz") as built:
+        names = set(built.getnames())
+    plugins = ["modules/patch.py", "modules/status.py", "modules/rollback.py", "action/patch.py"]
+    plugins += ["callback/timeline.py", "module_utils/hotpatch.py"]
+    assert {f"plugins/{plugin}" for plugin in plugins} <= names
+    assert {"README.md", "playbooks/rollout.yml", "roles/rollout/tasks/main.yml"} <= names
