@@ -226,7 +226,7 @@ def test_an_agent_whose_backlog_is_full_is_reported_busy() -> None:
 
 @pytest.mark.parametrize(
     "args",
-    [[], ["frobnicate"], ["apply"], ["rollback", "--to"], ["history", "--limit", "x"]],
+    [["frobnicate"], ["apply"], ["rollback", "--to"], ["history", "--limit", "x"]],
 )
 def test_bad_usage_is_exit_2(args: list[str]) -> None:
     result = run_cli(*args)

@@ -94,7 +94,13 @@ class Solo:
 def agent_status(
     settings: Settings, registry: Registry, *, pending: list[str], last: dict[str, Any] | None
 ) -> dict[str, Any]:
-    """What ``hotpatch status`` shows of an agent that applies in this process."""
+    """What ``hotpatch status`` shows of an agent that applies in this process.
+
+    The last outcome of a patch rolled back since (``hotpatch rollback``, the health
+    gate) says so: it is not what runs.
+    """
+    if last is not None and last.get("outcome") in ("applied", "unchanged"):
+        last = {**last, "rolled_back": last.get("version") not in registry.level}
     return {
         "ok": True,
         "baseline": registry.baseline,

@@ -60,6 +60,9 @@ from hotpatch.cli._show import (
 __all__ = ["RolloutFollower", "main", "render_rollout"]
 
 ENV_KEY = "HOTPATCH_SIGNING_KEY"
+# The options every command accepts before or after it; each command says which it uses,
+# and one it does not use is refused rather than ignored.
+AGENT_OPTIONS = ("socket", "folder", "timeout")
 
 # -- parser -------------------------------------------------------------------------------
 
@@ -102,7 +105,7 @@ def _parser() -> argparse.ArgumentParser:
         parents=[agent],
     )
     parser.add_argument("--version", action="version", version=f"hotpatch {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     commands.add_parser(
         "run",
@@ -110,43 +113,69 @@ def _parser() -> argparse.ArgumentParser:
         help="supervise a service: sockets kept, memory-preserving restarts (hotpatch run --help)",
     )
     status = commands.add_parser(
-        "status", parents=[agent], help="baseline, patch level and last outcome"
+        "status",
+        parents=[agent],
+        help="baseline, patch level and last outcome",
+        description="Show the baseline, the patch level, the drops waiting and the last "
+        "outcome of an agent; for a supervisor, its service, restarts and workers.",
     )
-    status.set_defaults(run=_status)
+    status.set_defaults(run=_status, uses=AGENT_OPTIONS)
 
     apply = commands.add_parser(
-        "apply", parents=[agent], help="verify and apply a patch file (hot)"
+        "apply",
+        parents=[agent],
+        help="verify and apply a patch file (hot)",
+        description="Send FILE through the agent's pipeline, as if dropped into its folder: "
+        "signature, verification in a child process, then apply (under a supervisor: hot, or "
+        "through a memory-preserving restart). Prints the outcome.",
     )
     apply.add_argument("file", metavar="FILE", help="the patch file")
-    apply.set_defaults(run=_apply)
+    apply.set_defaults(run=_apply, uses=AGENT_OPTIONS)
 
     rollback = commands.add_parser(
-        "rollback", parents=[agent], help="undo the last patch, or go back to a level"
+        "rollback",
+        parents=[agent],
+        help="undo the last patch, or go back to a level",
+        description="Undo the last patch, or go back to level V (a version in the level, or "
+        "the baseline), in every worker the agent or supervisor reaches.",
     )
     rollback.add_argument(
         "--to", metavar="V", help="the version to go back to (a level, or the baseline)"
     )
-    rollback.set_defaults(run=_rollback)
+    rollback.set_defaults(run=_rollback, uses=AGENT_OPTIONS)
 
     history = commands.add_parser(
-        "history", parents=[agent], help="applies and rollbacks, oldest first"
+        "history",
+        parents=[agent],
+        help="applies and rollbacks, oldest first",
+        description="List the applies, replays and rollbacks the agent recorded, oldest first.",
     )
     history.add_argument("-n", "--limit", type=int, metavar="N", help="only the last N entries")
-    history.set_defaults(run=_history)
+    history.set_defaults(run=_history, uses=AGENT_OPTIONS)
 
     verify = commands.add_parser(
-        "verify", parents=[agent], help="dry run: would this patch go in hot, and if not, why"
+        "verify",
+        parents=[agent],
+        help="dry run: would this patch go in hot, and if not, why",
+        description="Check FILE as an apply would (signature, verification child, the "
+        "registry's dry run) and say whether it goes in hot; nothing changes. Exit 1 if not.",
     )
     verify.add_argument("file", metavar="FILE", help="the patch file")
-    verify.set_defaults(run=_verify)
+    verify.set_defaults(run=_verify, uses=AGENT_OPTIONS)
 
     watch = commands.add_parser(
         "watch",
-        parents=[json_opt],
+        parents=[agent],
         help="follow a patch folder's outcomes as they happen (a line each; Ctrl-C ends)",
+        description="Print a line for each outcome filed in the patch folder DIR (or "
+        "--folder DIR) as it happens, and a supervisor's rollout steps; Ctrl-C or --count ends.",
     )
     watch.add_argument(
-        "folder", nargs="?", default=".", metavar="DIR", help="the patch folder (default: .)"
+        "dir",
+        nargs="?",
+        default=argparse.SUPPRESS,
+        metavar="DIR",
+        help="the patch folder, the same as --folder DIR (default: .)",
     )
     watch.add_argument(
         "--count",
@@ -154,10 +183,14 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help="end after N outcomes (default: follow until interrupted)",
     )
-    watch.set_defaults(run=watch_folder)
+    watch.set_defaults(run=_watch, uses=("folder",))
 
     keygen = commands.add_parser(
-        "keygen", parents=[json_opt], help="make an ed25519 key pair for signing patches"
+        "keygen",
+        parents=[agent],
+        help="make an ed25519 key pair for signing patches",
+        description="Write NAME.key (the private key, mode 0600) and NAME.pub (the public "
+        "key, for the service's trusted keys directory) into DIR.",
     )
     keygen.add_argument(
         "--dir", default=".", metavar="D", help="where to write the keys (default: .)"
@@ -165,10 +198,14 @@ def _parser() -> argparse.ArgumentParser:
     keygen.add_argument(
         "--name", default="hotpatch", metavar="N", help="writes N.key and N.pub (default: hotpatch)"
     )
-    keygen.set_defaults(run=_keygen)
+    keygen.set_defaults(run=_keygen, uses=())
 
     sign = commands.add_parser(
-        "sign", parents=[json_opt], help="write a detached signature FILE.sig"
+        "sign",
+        parents=[agent],
+        help="write a detached signature FILE.sig",
+        description="Sign each patch file or bundle directory with the private key from "
+        "`hotpatch keygen`, writing FILE.sig beside it.",
     )
     sign.add_argument("files", nargs="+", metavar="FILE", help="patch files or bundle directories")
     sign.add_argument(
@@ -177,7 +214,7 @@ def _parser() -> argparse.ArgumentParser:
         default=os.environ.get(ENV_KEY),
         help=f"the private key from `hotpatch keygen` (default: ${ENV_KEY})",
     )
-    sign.set_defaults(run=_sign)
+    sign.set_defaults(run=_sign, uses=())
     add_make_parser(commands)
     return parser
 
@@ -194,8 +231,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help (0) or a usage error (2)
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    if getattr(args, "command", None) is None:  # a bare `hotpatch`: what it can do
+        parser.print_help()
+        return EXIT_USAGE
     run: Callable[[argparse.Namespace], int] = args.run
     try:
+        _refuse_unused(args)
         return run(args)
     except UsageError as exc:
         return fail(args, str(exc), "UsageError")
@@ -203,7 +244,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def _refuse_unused(args: argparse.Namespace) -> None:
+    """An option the command has no use for is an error, not silently ignored."""
+    # make (registered by hotpatch.cli._make) has a --timeout of its own
+    uses = getattr(args, "uses", ("timeout",))
+    unused = [f"--{name}" for name in AGENT_OPTIONS if hasattr(args, name) and name not in uses]
+    if unused:
+        what = (
+            "it follows a folder, given as DIR or --folder DIR"
+            if args.command == "watch"
+            else "it does not talk to an agent"
+        )
+        msg = f"`hotpatch {args.command}` takes no {', '.join(unused)}: {what}"
+        raise UsageError(msg)
+
+
 # -- commands ------------------------------------------------------------------------------
+
+
+def _watch(args: argparse.Namespace) -> int:
+    """``watch DIR`` and ``watch --folder DIR`` (before or after ``watch``) are one thing."""
+    given = {str(f) for f in (getattr(args, "dir", None), getattr(args, "folder", None)) if f}
+    if len(given) > 1:
+        msg = f"watch got two folders ({' and '.join(sorted(given))}): give one"
+        raise UsageError(msg)
+    args.folder = given.pop() if given else "."
+    return watch_folder(args)
 
 
 def _status(args: argparse.Namespace) -> int:

@@ -64,6 +64,8 @@ def show_status(answer: Answer, out: TextIO) -> None:
             last_text += f" at {last['time']}"
         if last.get("reason") and last.get("outcome") not in ("applied", "unchanged"):
             last_text += f": {last['reason']}"
+        if last.get("rolled_back"):
+            last_text += ", rolled back since"
     level = answer.get("level") or []
     rows = [
         ("baseline", answer.get("baseline")),
