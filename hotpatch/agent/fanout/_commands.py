@@ -1,5 +1,8 @@
-"""A worker's control socket: the agent's commands, passed to the owner where only it can answer,
-and the workers' own (``deliver``, ``undo``, ``patches``, ``worker``), from their uid only."""
+"""A worker's control socket: the agent's commands, the owner's where only it can answer, its own.
+
+The workers' own commands (``deliver``, ``undo``, ``patches``, ``worker``) are
+taken from the workers' uid only.
+"""
 
 from __future__ import annotations
 
