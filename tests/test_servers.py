@@ -175,7 +175,8 @@ def test_one_drop_patches_every_worker_and_a_replaced_worker_comes_up_patched(
     assert result["version"] == "1.0.1"
     assert sorted(w["pid"] for w in result["workers"]) == sorted(pids)
     assert [w["outcome"] for w in result["workers"]] == ["applied"] * WORKERS
-    assert (server.folder / "applied" / "fix_vat.py").exists()
+    # The result file is written first, then the drop is moved beside it.
+    wait_for((server.folder / "applied" / "fix_vat.py").exists, "fix_vat.py filed", WAIT_S)
     assert list((server.folder / "rejected").iterdir()) == []
     # hotpatch's own lines are in the server's log, from every worker, with nothing set up
     log = Path(server.log.name).read_text()
