@@ -543,6 +543,7 @@ def test_folder_latency_benchmark_quick_run(tmp_path: Path) -> None:
         "watchdog alone",
         "without verification",
         "without verification, GIL-bound poller",
+        "with verification, a new Python per patch (before)",
         "with verification",
     }
     for row in modes.values():
@@ -550,11 +551,20 @@ def test_folder_latency_benchmark_quick_run(tmp_path: Path) -> None:
         assert 0 < row["median_ms"] <= row["p99_ms"]
     for key in ("without verification", "with verification"):
         assert modes[key]["processing_median_ms"] > 0
-    assert modes["with verification"]["child_median_ms"] > 0
+    one_shot = modes["with verification, a new Python per patch (before)"]
+    verified = modes["with verification"]
+    assert verified["child_median_ms"] > 0
+    assert one_shot["child_median_ms"] > 0
     assert isinstance(data["goal"]["met"], bool)
     assert data["verification_cost_ms"] == (
-        modes["with verification"]["median_ms"] - modes["without verification"]["median_ms"]
+        verified["median_ms"] - modes["without verification"]["median_ms"]
     )
+    goal = data["verified_goal"]
+    assert (goal["limit_median_ms"], goal["limit_p99_ms"]) == (30.0, 100.0)
+    assert (goal["median_ms"], goal["p99_ms"]) == (verified["median_ms"], verified["p99_ms"])
+    assert isinstance(goal["met"], bool)
+    assert data["speedup_over_one_shot"] == one_shot["median_ms"] / verified["median_ms"]
     header = next(line for line in proc.stdout.splitlines() if line.startswith("mode"))
-    assert header.split() == ["mode", "drops", "median", "p99", "max", "agent", "child"]
+    assert header.split() == ["mode", "drops", "median", "p99", "max", "agent", "verify"]
     assert "goal: median without verification under 10 ms" in proc.stdout
+    assert "goal: with verification median <= 30 ms, p99 <= 100 ms" in proc.stdout

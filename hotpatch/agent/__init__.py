@@ -6,7 +6,9 @@ shares one folder among the workers of a pre-fork server; the supervisor
 
 How the parts fit. A ``DropPipeline`` (``_pipeline``) takes one patch at a time
 through the checks every patch passes -- read once (``_drops``), signature
-(``_signing``), the verification child (``_verify``, on a ``_staging`` copy) --
+(``_signing``), verification (``_verify``: a verifier process started ahead,
+``_verifier``, forks a child per patch, on a ``_staging`` copy; ``_proctree``
+kills what the child left) --
 and hands what passed to the ``Applier`` it was given (``_applier``, a
 ``Protocol``): ``LocalApplier`` (``_local``, a ``Registry`` in this process),
 ``FanoutApplier`` (``fanout/``, every worker) or the supervisor's.

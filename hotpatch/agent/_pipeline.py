@@ -4,9 +4,10 @@
    the size limit); a baseline bundle goes to the applier as it is;
 2. check its detached signature on those bytes (``require_signature``);
 3. refuse or settle a version applied already (same content: ``unchanged``);
-4. write those bytes to a private staging file and load it in a short-lived
-   child process (``verify_in_child``) with the applier's ``sys.path``: it
-   must import, resolve its targets, and neither exit nor hang;
+4. write those bytes to a private staging file and load it in a fresh child
+   of the pre-started verifier (``Verifier``; without one, ``verify_in_child``)
+   with the applier's ``sys.path``: it must import, resolve its targets, and
+   neither exit nor hang;
 5. hand the verified bytes to the ``Applier`` (``hotpatch.agent._applier``).
 
 What applies them is the applier's business: this process's registry, every
@@ -15,12 +16,14 @@ pre-fork worker, or the supervisor's serving process.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import stat
 import threading
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +42,7 @@ from hotpatch.agent._outcome import Outcome, log_outcome, now_iso
 from hotpatch.agent._settings import Checks
 from hotpatch.agent._signing import verify_signature
 from hotpatch.agent._staging import Staging
-from hotpatch.agent._verify import verify_in_child
+from hotpatch.agent._verify import Verifier, module_of, verify_in_child
 
 __all__ = ["DropPipeline"]
 
@@ -60,9 +63,36 @@ class DropPipeline:
         self.applier = applier
         self.checks = checks
         self.staging = staging
+        # The verifier started ahead of need (``verifying``); without one, each patch
+        # is checked in a verification process of its own: slower, as isolated.
+        self.verifier: Verifier | None = None
         # One patch operation at a time; shared with whatever else changes the level.
         self.lock = lock if lock is not None else threading.RLock()
         self.last: dict[str, Any] | None = None  # the record of the last outcome
+
+    @contextlib.contextmanager
+    def verifying(self, *, warm: Iterable[str] = ()) -> Iterator[Verifier | None]:
+        """While this lasts, a verifier started now checks the patches; it ends on leaving.
+
+        It warms ``warm`` and the modules the applied patches target; it starts
+        once the applier knows its ``sys.path`` (at once for this process's).
+        Nothing without ``checks.verify``.
+        """
+        if not self.checks.verify:
+            yield None
+            return
+        with Verifier(warm=warm) as verifier:
+            verifier.learn(
+                module_of(target)
+                for patch in self.applier.applied()
+                for target in patch.targets or ()
+            )
+            verifier.prepare_from(self.applier.sys_path)
+            self.verifier = verifier
+            try:
+                yield verifier
+            finally:
+                self.verifier = None
 
     def process(self, path: Path, *, who: str) -> Outcome:
         """Check and apply the patch at ``path``; the outcome, never an exception.
@@ -166,8 +196,9 @@ class DropPipeline:
 
         t = time.perf_counter()
         if checks.verify:
+            verify = self.verifier.check if self.verifier is not None else verify_in_child
             with self.staging.copy(name, data) as staged:
-                verify_in_child(
+                verify(
                     staged,
                     sys_path=self.applier.sys_path(),
                     timeout=checks.verify_timeout,

@@ -17,6 +17,7 @@ from hotpatch.agent._outcome import check_folder
 from hotpatch.agent._pipeline import DropPipeline
 from hotpatch.agent._settings import Settings
 from hotpatch.agent._staging import Staging
+from hotpatch.agent._verify import library_modules
 
 __all__ = ["Solo", "agent_status"]
 
@@ -27,9 +28,9 @@ class Solo:
     """A running agent that applies in this process and is alone on its folder, if it has one.
 
     Opening takes the folder's lock, replays the journal into a ``Registry``,
-    opens staging, serves the control socket, then watches the folder (files
-    already there first); ``close()`` undoes each in reverse, and so does a
-    failure half-way.
+    opens staging, starts the verifier, serves the control socket, then
+    watches the folder (files already there first); ``close()`` undoes each in
+    reverse, and so does a failure half-way.
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -48,6 +49,7 @@ class Solo:
                 log.info("%s", self.registry.journal_report)
             staging = stack.enter_context(Staging(settings.watch))
             self.pipeline = DropPipeline(LocalApplier(self.registry), settings.checks, staging)
+            stack.enter_context(self.pipeline.verifying(warm=library_modules()))
             self._handle = dispatch(Commands(self.pipeline, self.status).table())
             if settings.socket is not None:
                 stack.enter_context(ControlServer(settings.socket, self._handle))

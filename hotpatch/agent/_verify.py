@@ -1,200 +1,464 @@
-"""The throwaway child process that imports a patch before the service does.
+"""Verification before the service imports a patch: a pre-started verifier that forks per patch.
 
-``verify_in_child`` runs ``sys.executable`` in isolated mode (``-I -B``: no
-environment variables, no user site, no ``.pyc`` written) in a new session, so
-its whole process group can be killed. The child sets ``sys.path`` to the
-service's, loads the patch file, resolves every target and migration module
-against that code -- applying nothing -- and writes a JSON report to its
-original stdout (the patch's own prints go to stderr). It must neither exit
-nor outlive the timeout; whatever it started is killed with it.
+A ``Verifier`` starts the verification process (``hotpatch.agent._verifier``)
+ahead of need with the service's ``sys.path``, has it import the modules
+patches are likely to target, and sends it each patch: the verifier forks a
+fresh child that imports the patch and resolves its targets, so a check costs
+a fork rather than a new interpreter. The patch's code runs only in that
+child; the verifier and the service are untouched by what it does (exits,
+loops, daemons, changed global state), and whatever it started is killed when
+its check ends. The verifier is started again when the ``sys.path`` it is
+asked for changes, when the code it imported changes on disk, and after it
+died; it ends with the service (it watches its socket) and with ``close()``.
+
+``verify_in_child`` is the one-off form: a verifier for one patch.
 
 This is a safety net against patches that break the process at import, not a
-sandbox: the child runs with the service's user and rights. Signatures decide
-who may patch.
+sandbox: the verifier runs with the service's user and rights. Signatures
+decide who may patch.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
-import selectors
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Sequence
+import weakref
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
-from hotpatch._errors import PatchError, VerificationFailed
-from hotpatch._loader import DEFAULT_MAX_BYTES, load_patch
-from hotpatch._targets import import_module, resolve, resolve_class
+from hotpatch._errors import VerificationFailed
+from hotpatch._loader import DEFAULT_MAX_BYTES
+from hotpatch.agent._verifier import BOOTSTRAP, pack, unpack_size
 
-__all__ = ["VerifyReport", "verify_in_child"]
+__all__ = ["Verifier", "VerifyReport", "library_modules", "verify_in_child"]
 
-# The child finds hotpatch where this process did, then switches to the service's sys.path.
-_BOOTSTRAP = (
-    "import json, sys\n"
-    "config = json.loads(sys.argv[1])\n"
-    "sys.path.insert(0, config['root'])\n"
-    "from hotpatch.agent._verify import _child_main\n"
-    "_child_main(config)\n"
-)
-_ROOT = str(Path(__file__).resolve().parent.parent)
-_MAX_REPORT = 1 << 20
+log = logging.getLogger("hotpatch")
+
+_ROOT = str(Path(__file__).resolve().parent.parent.parent)
+START_TIMEOUT_S = 60.0  # for the verifier to start and warm what it was asked to
+DEATHS_TOLERATED = 2  # verifiers dying during one check before the patch is blamed
+GRACE_S = 5.0  # past a check's timeout, before the verifier itself is given up on
 _STDERR_TAIL = 2000
-_POLL_S = 0.05  # only without pidfd_open (not Linux)
 
 
 @dataclass(frozen=True, slots=True)
 class VerifyReport:
-    """What the child found: the patch imports and these targets resolve."""
+    """What the check found: the patch imports and these targets resolve."""
 
     version: str
     baseline: str
     targets: tuple[str, ...]
     elapsed_s: float
+    imported: tuple[str, ...] = ()  # modules the check imported (not the patch's own)
 
 
-def verify_in_child(
-    path: str | os.PathLike[str],
-    *,
-    sys_path: Sequence[str],
-    timeout: float = 10.0,
-    max_bytes: int = DEFAULT_MAX_BYTES,
-) -> VerifyReport:
-    """Load the patch at ``path`` in a short-lived child whose ``sys.path`` is ``sys_path``.
+class _Gone(Exception):
+    """The verification process ended or stopped answering (the message says how)."""
 
-    Raises ``VerificationFailed`` with a reason a person understands when the
-    patch fails to load, a target or migration module does not resolve, the
-    child exits or dies at import, or it does not finish within ``timeout``
-    seconds (its process group is killed).
+
+class Verifier:
+    """A verification process started ahead of need and used for every check, one at a time.
+
+    ``prepare(sys_path)`` starts it (returns at once); ``check()`` starts it if
+    needed, or again if ``sys_path`` changed. ``warm`` names modules to import
+    into it at every start; the modules of the targets of each patch that
+    passes are added. Thread-safe; a context manager (``close()`` ends it).
     """
-    start = time.perf_counter()
-    file = Path(path).absolute()
-    name = file.name
-    config = {
-        "root": _ROOT,
-        "path": str(file),
-        "sys_path": [str(p) for p in sys_path],
-        "max_bytes": max_bytes,
-    }
-    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
-    try:
-        proc = subprocess.Popen(
-            [sys.executable, "-I", "-B", "-c", _BOOTSTRAP, json.dumps(config)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=env,
-            start_new_session=True,  # its own process group: killed as a whole
-            close_fds=True,
+
+    def __init__(self, *, warm: Iterable[str] = ()) -> None:
+        self._lock = threading.Lock()
+        self._warm: dict[str, None] = dict.fromkeys(warm)  # ordered set
+        self._skip: set[str] = set()  # modules that made a verifier unusable: never warmed
+        self._process: _Process | None = None
+        self._closed = False
+        self.starts = 0  # how many verification processes were started (for tests, stats)
+        _forget_after_fork.add(self)
+
+    @property
+    def pid(self) -> int | None:
+        """The running verifier's process id, ``None`` when none runs."""
+        process = self._process
+        return process.pid if process is not None and process.alive() else None
+
+    @property
+    def warmed(self) -> tuple[str, ...]:
+        """The modules each verifier imports as it starts (those found unsafe left out)."""
+        with self._lock:
+            return tuple(m for m in self._warm if m not in self._skip)
+
+    @property
+    def loaded(self) -> frozenset[str]:
+        """The modules the running verifier said it imported when asked to (so far)."""
+        process = self._process
+        return frozenset(process.loaded) if process is not None else frozenset()
+
+    def prepare(self, sys_path: Sequence[str]) -> None:
+        """Start the verifier for ``sys_path`` unless it runs already; does not wait for it."""
+        with self._lock:
+            if not self._closed:
+                self._ensure(tuple(sys_path))
+
+    def prepare_from(self, sys_path: Callable[[], Sequence[str]]) -> None:
+        """``prepare(sys_path())`` in a thread of its own: ``sys_path`` may wait (for a
+        service to start); a failure is left for the first check to meet."""
+
+        def run() -> None:
+            try:
+                self.prepare(sys_path())
+            except Exception as exc:
+                log.debug("the verifier was not started ahead: %s", exc)
+
+        threading.Thread(target=run, name="hotpatch-verifier-start", daemon=True).start()
+
+    def learn(self, modules: Iterable[str]) -> None:
+        """Warm ``modules`` too, now and at every later start."""
+        with self._lock:
+            new = [m for m in dict.fromkeys(modules) if m not in self._warm and m not in self._skip]
+            self._warm.update(dict.fromkeys(new))
+            if new and self._process is not None and self._process.alive():
+                self._process.warm(new)
+
+    def check(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        sys_path: Sequence[str],
+        timeout: float = 10.0,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+    ) -> VerifyReport:
+        """Load the patch at ``path`` in a fresh child of the verifier, whose ``sys.path`` is
+        ``sys_path``.
+
+        Raises ``VerificationFailed`` with a reason a person understands when the
+        patch fails to load, a target or migration module does not resolve, the
+        child exits or dies at import, or it does not finish within ``timeout``
+        seconds (it is killed, with whatever it started).
+        """
+        file = Path(path).absolute()
+        with self._lock:
+            if self._closed:
+                msg = "the verifier is closed: this agent no longer takes patches"
+                raise VerificationFailed(msg)
+            report = self._check(file, tuple(sys_path), timeout, max_bytes)
+        # What this patch needed, the next one (of the same targets) will need again.
+        self.learn([*(module_of(t) for t in report.targets), *report.imported])
+        return report
+
+    def close(self) -> None:
+        """End the verifier (and a check it runs). Idempotent."""
+        with self._lock:
+            self._closed = True
+            if self._process is not None:
+                self._process.stop()
+                self._process = None
+
+    def __enter__(self) -> Verifier:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- under the lock -----------------------------------------------------------------
+
+    def _ensure(self, sys_path: tuple[str, ...]) -> _Process:
+        process = self._process
+        if process is not None and process.alive() and process.sys_path == sys_path:
+            return process
+        if process is not None:
+            process.stop()
+        self._process = None
+        process = _Process(sys_path)
+        self.starts += 1
+        self._process = process
+        process.warm([m for m in self._warm if m not in self._skip])
+        return process
+
+    def _check(
+        self, file: Path, sys_path: tuple[str, ...], timeout: float, max_bytes: int
+    ) -> VerifyReport:
+        """One check; a verifier that turns out stale or unusable is replaced (bounded)."""
+        died = 0
+        why = "?"
+        for _ in range(8):
+            process = self._ensure(sys_path)
+            try:
+                unsafe = process.settle()
+            except _Gone as exc:
+                why = f"it {exc}"
+                self._replace(process, why, skip=process.unacknowledged())
+                continue
+            if unsafe is not None:
+                why = f"module {unsafe} starts a thread at import"
+                self._replace(process, why, skip=[unsafe])
+                continue
+            try:
+                answer = process.check(file, timeout, max_bytes)
+            except _Gone as exc:
+                # Perhaps the patch ended it (it runs with the same rights), perhaps not:
+                # once more with a fresh verifier, then the patch is refused.
+                died += 1
+                self._replace(process, f"it {exc} while checking {file.name}")
+                if died < DEATHS_TOLERATED:
+                    continue
+                msg = (
+                    f"patch file {file.name}: the verification process {exc} while checking "
+                    "it, twice; a patch must not signal or kill other processes at import"
+                )
+                raise VerificationFailed(msg) from None
+            if answer.get("op") == "stale":
+                why = f"{answer.get('file')} changed on disk"
+                self._replace(process, why)
+                continue
+            return _interpret(answer, file.name, timeout)
+        msg = (
+            f"patch file {file.name}: no usable verification process could be started (the "
+            f"last one: {why}); the patch was not imported anywhere"
         )
-    except OSError as exc:
-        msg = f"patch file {name}: the verification child could not start: {exc}"
-        raise VerificationFailed(msg) from exc
-    try:
-        out, err, timed_out = _collect(proc, timeout)
-    finally:
-        _kill_group(proc)
-    elapsed = time.perf_counter() - start
-    if timed_out:
+        raise VerificationFailed(msg)
+
+    def _replace(self, process: _Process, why: str, *, skip: Iterable[str] = ()) -> None:
+        self._skip.update(skip)
+        log.info("verification process %s restarted: %s", process.pid, why)
+        process.stop()
+        if self._process is process:
+            self._process = None
+
+    def _after_fork(self) -> None:
+        """In a forked child of the service: the verifier is the parent's, not this one's."""
+        self._lock = threading.Lock()
+        process, self._process = self._process, None
+        if process is not None:
+            process.abandon()
+
+
+_forget_after_fork: weakref.WeakSet[Verifier] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for verifier in list(_forget_after_fork):
+        verifier._after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class _Process:
+    """One verification process and its socket: the messages of the protocol, with deadlines."""
+
+    def __init__(self, sys_path: tuple[str, ...]) -> None:
+        self.sys_path = sys_path
+        self._sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        config = {"root": _ROOT, "fd": theirs.fileno(), "sys_path": list(sys_path)}
+        try:
+            self._popen: subprocess.Popen[bytes] | None = subprocess.Popen(
+                [sys.executable, "-I", "-B", "-c", BOOTSTRAP, json.dumps(config)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,  # read only if it fails to start
+                env=dict(os.environ, PYTHONDONTWRITEBYTECODE="1"),
+                pass_fds=(theirs.fileno(),),
+                start_new_session=True,  # no terminal's signals; its own process group
+            )
+        except OSError as exc:
+            self._sock.close()
+            self._popen = None
+            msg = f"the verification process could not start: {exc}"
+            raise VerificationFailed(msg) from exc
+        finally:
+            theirs.close()
+        self.pid = self._popen.pid
+        self._ready = False
+        self._pending: list[list[str]] = []  # warm batches not acknowledged yet
+        self.loaded: set[str] = set()  # what it said it imported
+        self._buffer = bytearray()
+
+    def alive(self) -> bool:
+        return self._popen is not None and self._popen.poll() is None
+
+    def warm(self, modules: list[str]) -> None:
+        if modules and self._popen is not None:
+            with contextlib.suppress(OSError):  # gone: noticed by the next check
+                self._sock.sendall(pack({"op": "warm", "modules": modules}))
+                self._pending.append(modules)
+
+    def unacknowledged(self) -> list[str]:
+        return [m for batch in self._pending for m in batch]
+
+    def settle(self) -> str | None:
+        """Wait until it is ready and has warmed what it was asked to; a module found unsafe."""
+        deadline = time.monotonic() + START_TIMEOUT_S
+        if not self._ready:
+            message = self._receive(deadline, "starting")
+            if message.get("op") != "ready":
+                raise _Gone(f"sent {message.get('op')!r} instead of starting")
+            self._ready = True
+            if self._popen is not None and self._popen.stderr is not None:
+                self._popen.stderr.close()
+        while self._pending:
+            message = self._receive(deadline, "warming modules")
+            self._pending.pop(0)
+            self.loaded.update(str(m) for m in message.get("done", ()))
+            if message.get("unsafe"):
+                return str(message["unsafe"])
+        return None
+
+    def check(self, file: Path, timeout: float, max_bytes: int) -> dict[str, Any]:
+        """Send one check; the ``stale`` or ``result`` answer. ``_Gone`` if it stops answering."""
+        request = {"op": "check", "path": str(file), "timeout": timeout, "max_bytes": max_bytes}
+        try:
+            self._sock.sendall(pack(request))
+        except OSError as exc:
+            raise _Gone(f"could not be reached ({exc})") from None
+        deadline = time.monotonic() + timeout + GRACE_S
+        child: int | None = None
+        try:
+            answer = self._receive(deadline, f"checking {file.name}")
+            if answer.get("op") != "started":
+                return answer
+            child = int(answer["pid"])
+            return self._receive(deadline, f"checking {file.name}")
+        except _Gone:
+            if child is not None:  # it dies with the verifier; its process group with it
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(child, signal.SIGKILL)
+            raise
+
+    def _receive(self, deadline: float, doing: str) -> dict[str, Any]:
+        try:
+            header = self._exactly(4, deadline)
+            body = self._exactly(unpack_size(header), deadline)
+            message = json.loads(body)
+        except TimeoutError:
+            raise _Gone(f"did not answer while {doing}") from None
+        except EOFError:
+            raise _Gone(self._ended(doing)) from None
+        except (OSError, ValueError) as exc:
+            raise _Gone(f"could not be read while {doing} ({exc})") from None
+        if not isinstance(message, dict):
+            raise _Gone(f"sent something other than a message while {doing}")
+        return message
+
+    def _exactly(self, size: int, deadline: float) -> bytes:
+        while len(self._buffer) < size:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError
+            self._sock.settimeout(remaining)
+            chunk = self._sock.recv(max(65536, size - len(self._buffer)))
+            if not chunk:
+                raise EOFError
+            self._buffer += chunk
+        data = bytes(self._buffer[:size])
+        del self._buffer[:size]
+        return data
+
+    def _ended(self, doing: str) -> str:
+        """How it ended (waits a moment for its status), with what it printed at start."""
+        popen = self._popen
+        if popen is None:
+            return f"ended while {doing}"
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            popen.wait(GRACE_S)
+        code = popen.returncode
+        how = (
+            f"was killed by {_signal_name(-code)}"
+            if code is not None and code < 0
+            else f"ended with status {code}"
+        )
+        tail = ""
+        if not self._ready and popen.stderr is not None and not popen.stderr.closed:
+            with contextlib.suppress(OSError, ValueError):
+                tail = _tail(popen.stderr.read())
+        return f"{how} while {doing}{tail}"
+
+    def stop(self) -> None:
+        """Close the socket (the verifier ends with its check), then make sure and reap it."""
+        self._sock.close()
+        popen, self._popen = self._popen, None
+        if popen is None:
+            return
+        try:
+            popen.wait(0.5)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(popen.pid, signal.SIGKILL)
+            popen.wait()
+        if popen.stderr is not None:
+            popen.stderr.close()
+
+    def abandon(self) -> None:
+        """Let go without a word (in a forked child of the service: the parent's verifier)."""
+        self._sock.close()
+        if self._popen is not None:
+            if self._popen.stderr is not None:
+                self._popen.stderr.close()
+            self._popen.returncode = 0  # not this process's child to wait for
+            self._popen = None
+
+
+# -- answers -> reports and refusals -----------------------------------------------------
+
+
+def _interpret(answer: dict[str, Any], name: str, timeout: float) -> VerifyReport:
+    if answer.get("timed_out"):
         msg = (
             f"patch file {name} did not finish importing within {timeout:g} s: killed. "
             "A patch must not block, wait or loop at import; move that work into a function"
         )
         raise VerificationFailed(msg)
-    code = proc.returncode
-    tail = _tail(err)
-    if code == 0 and out:
-        return _report(out, name, elapsed)
-    if code is not None and code < 0:
+    report, status, signum = answer.get("report"), answer.get("status"), answer.get("signal")
+    tail = _tail(str(answer.get("output", "")).encode())
+    elapsed = float(answer.get("elapsed_s", 0.0))
+    if isinstance(report, dict) and status == 0:
         try:
-            signame = signal.Signals(-code).name
-        except ValueError:
-            signame = f"signal {-code}"
-        msg = f"patch file {name} killed the verification child at import ({signame}){tail}"
+            if report["ok"]:
+                return VerifyReport(
+                    version=str(report["version"]),
+                    baseline=str(report["baseline"]),
+                    targets=tuple(str(t) for t in report["targets"]),
+                    elapsed_s=elapsed,
+                    imported=tuple(str(m) for m in report.get("imported", ())),
+                )
+            error, patch, target = str(report["error"]), report.get("patch"), report.get("target")
+        except (KeyError, TypeError):
+            msg = f"patch file {name}: the verification child wrote no readable report"
+            raise VerificationFailed(msg) from None
+        raise VerificationFailed(error, patch=patch, target=target)
+    if signum is not None:
+        msg = (
+            f"patch file {name} killed the verification child at import "
+            f"({_signal_name(int(signum))}){tail}"
+        )
         raise VerificationFailed(msg)
     msg = (
-        f"patch file {name} exits at import (os._exit({code}) or equivalent: the verification "
-        f"child ended with status {code} before reporting); a patch must not end the "
+        f"patch file {name} exits at import (os._exit({status}) or equivalent: the verification "
+        f"child ended with status {status} before reporting); a patch must not end the "
         f"process{tail}"
     )
     raise VerificationFailed(msg)
 
 
-def _collect(proc: subprocess.Popen[bytes], timeout: float) -> tuple[bytes, bytes, bool]:
-    """Read the child's output until it exits or the timeout; (stdout, stderr, timed out).
-
-    The child is left unreaped (a zombie keeps its pid, so its process group
-    cannot be reused before ``_kill_group``).
-    """
-    assert proc.stdout is not None
-    assert proc.stderr is not None
-    deadline = time.monotonic() + timeout
-    out, err = bytearray(), bytearray()
-    buffers = {proc.stdout.fileno(): out, proc.stderr.fileno(): err}
-    pidfd: int | None = None
-    with selectors.DefaultSelector() as selector:
-        for fd in buffers:
-            os.set_blocking(fd, False)
-            selector.register(fd, selectors.EVENT_READ)
-        if hasattr(os, "pidfd_open"):
-            with contextlib.suppress(OSError):
-                pidfd = os.pidfd_open(proc.pid)
-                selector.register(pidfd, selectors.EVENT_READ)
-        try:
-            while not _exited(proc.pid):
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return bytes(out), bytes(err), True
-                wait = remaining if pidfd is not None else min(remaining, _POLL_S)
-                for key, _ in selector.select(wait):
-                    if key.fd in buffers and not _drain(key.fd, buffers[key.fd]):
-                        selector.unregister(key.fd)
-        finally:
-            if pidfd is not None:
-                os.close(pidfd)
-    for fd, buffer in buffers.items():  # what it wrote just before exiting
-        _drain(fd, buffer)
-    return bytes(out), bytes(err), False
-
-
-def _exited(pid: int) -> bool:
-    """Has ``pid`` exited? Does not reap it."""
+def _signal_name(signum: int) -> str:
     try:
-        info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-    except ChildProcessError:
-        return True
-    return info is not None
-
-
-def _drain(fd: int, buffer: bytearray) -> bool:
-    """Read what is available; False at end of file. Keeps only a bounded amount."""
-    while True:
-        try:
-            chunk = os.read(fd, 65536)
-        except BlockingIOError:
-            return True
-        except OSError:
-            return False
-        if not chunk:
-            return False
-        buffer += chunk
-        if len(buffer) > _MAX_REPORT * 2:
-            del buffer[: len(buffer) - _MAX_REPORT]
-
-
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    """Kill the child's process group (grandchildren included), then reap the child."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    for stream in (proc.stdout, proc.stderr):
-        if stream is not None:
-            stream.close()
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
 
 
 def _tail(err: bytes) -> str:
@@ -206,70 +470,46 @@ def _tail(err: bytes) -> str:
     return f"; its last output: {text}"
 
 
-def _report(out: bytes, name: str, elapsed: float) -> VerifyReport:
-    try:
-        data = json.loads(out)
-        if data["ok"]:
-            return VerifyReport(
-                version=str(data["version"]),
-                baseline=str(data["baseline"]),
-                targets=tuple(str(t) for t in data["targets"]),
-                elapsed_s=elapsed,
-            )
-        error, patch, target = str(data["error"]), data.get("patch"), data.get("target")
-    except (ValueError, KeyError, TypeError):
-        msg = f"patch file {name}: the verification child wrote no readable report"
-        raise VerificationFailed(msg) from None
-    raise VerificationFailed(error, patch=patch, target=target)
+def module_of(target: str) -> str:
+    """The module part of a ``module:qualname`` target."""
+    return target.partition(":")[0]
 
 
-# -- in the child ----------------------------------------------------------------------
+def library_modules() -> list[str]:
+    """The modules this process has loaded from the standard library and installed packages.
+
+    Cheap to import again elsewhere and free of the service's own start-up side
+    effects; the service's own modules are warmed once a patch targets them.
+    """
+    import sysconfig  # noqa: PLC0415 - only when an agent starts
+
+    paths = sysconfig.get_paths()
+    roots = tuple(
+        os.path.join(os.path.realpath(paths[k]), "")
+        for k in ("stdlib", "platstdlib", "purelib", "platlib")
+        if k in paths
+    )
+    names = []
+    for name, module in list(sys.modules.items()):
+        if name == "hotpatch" or name.startswith(("hotpatch.", "__")):
+            continue
+        file = getattr(module, "__file__", None)
+        if isinstance(file, str) and os.path.realpath(file).startswith(roots):
+            names.append(name)
+    return names
 
 
-def _child_main(config: dict[str, Any]) -> None:  # pragma: no cover - runs in the child
-    """Entry point of the verification child: report on stdout, then end at once."""
-    sys.dont_write_bytecode = True
-    sys.path[:] = config["sys_path"]
-    report_fd = os.dup(1)
-    os.dup2(2, 1)  # the patch's prints go to stderr; stdout carries only the report
-    try:
-        report = _check(Path(config["path"]), int(config["max_bytes"]))
-    except PatchError as exc:
-        report = {
-            "ok": False,
-            "error": str(exc),
-            "error_type": type(exc).__name__,
-            "patch": exc.patch,
-            "target": exc.target,
-        }
-    except Exception as exc:  # anything the loader did not expect
-        report = {
-            "ok": False,
-            "error": f"verification of {config['path']} failed: {type(exc).__name__}: {exc}",
-            "error_type": "VerificationFailed",
-        }
-    data = json.dumps(report).encode()
-    while data:
-        data = data[os.write(report_fd, data) :]
-    sys.stderr.flush()
-    # Non-daemon threads or atexit handlers the patch started must not keep it alive.
-    os._exit(0)
-
-
-def _check(path: Path, max_bytes: int) -> dict[str, Any]:
-    """Load the patch and resolve what it names, changing nothing."""
-    patch = load_patch(path, max_bytes=max_bytes)
-    version = patch.version
-    for replacement in patch.replacements:
-        if replacement.is_class:
-            resolve_class(replacement.target, patch=version)
-        else:
-            resolve(replacement.target, patch=version)
-    for migration in (*patch.migrations, *patch.unmigrations):
-        import_module(migration.module, patch=version, target=migration.module)
-    return {
-        "ok": True,
-        "version": version,
-        "baseline": patch.baseline,
-        "targets": list(patch.targets),
-    }
+def verify_in_child(
+    path: str | os.PathLike[str],
+    *,
+    sys_path: Sequence[str],
+    timeout: float = 10.0,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> VerifyReport:
+    """Check one patch in a verifier of its own, ended afterwards (see ``Verifier.check``)."""
+    start = time.perf_counter()
+    with Verifier() as verifier:
+        report = verifier.check(path, sys_path=sys_path, timeout=timeout, max_bytes=max_bytes)
+    return VerifyReport(
+        report.version, report.baseline, report.targets, time.perf_counter() - start
+    )

@@ -103,6 +103,7 @@ class SupervisedPipeline:
             check_folder(self.watch)  # refuse an unsafe folder before anything runs
             stack.enter_context(FolderLock(self.watch))
             stack.enter_context(self.staging)
+            stack.enter_context(self.pipeline.verifying())  # once the service says its sys.path
             stack.enter_context(ControlServer(self.socket, self._handle))
             process = functools.partial(
                 self.pipeline.process, who=f"folder:{self.watch} (supervisor)"

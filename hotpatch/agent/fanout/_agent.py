@@ -45,6 +45,7 @@ from hotpatch.agent._outcome import check_folder
 from hotpatch.agent._pipeline import DropPipeline
 from hotpatch.agent._settings import Settings
 from hotpatch.agent._staging import Staging
+from hotpatch.agent._verify import library_modules
 from hotpatch.agent.fanout._applier import FanoutApplier
 from hotpatch.agent.fanout._commands import WorkerCommands
 from hotpatch.agent.fanout._journal import JOURNAL_NAME, GroupJournal
@@ -149,10 +150,11 @@ class Worker:
         return self.journal.replay(self._registry)
 
     def _take(self, stack: contextlib.ExitStack[bool | None]) -> None:
-        """Now the owner: record the running level, open staging, watch the folder."""
+        """Now the owner: record the running level, open staging, start the verifier, watch."""
         folder = self.ownership.folder
         self.journal.take_over(self.registry, who=f"worker:{os.getpid()} (took the folder)")
         stack.enter_context(self.pipeline.staging)
+        stack.enter_context(self.pipeline.verifying(warm=library_modules()))
         process = functools.partial(self.pipeline.process, who=f"folder:{folder}")
         watch = FolderWatch(folder, process, checks=self.settings.checks, pidfile=self._pidfile)
         self._watch = stack.enter_context(watch)
