@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -171,11 +172,27 @@ def test_restart_pause_with_every_kind_and_its_plot(tmp_path: Path) -> None:
         (mode, mb) for mode in ("preserving", "cold") for mb in (0, 1)
     }
     assert [(r["mode"], r["state_mb"]) for r in data["kinds"]] == [("patch", 1), ("baseline", 1)]
+    # The big state, in both shapes, at 2 MB in a quick run.
+    assert data["big_mb"] == 2
+    assert [(r["mode"], r["state_mb"], r["shape"]) for r in data["big"]] == [
+        (mode, 2, shape) for shape in ("small", "large") for mode in ("preserving", "cold")
+    ]
+    for result in data["big"]:
+        assert len(result["pauses_s"]) == (2 if result["mode"] == "preserving" else 1)
     for result in (*data["runs"], *data["kinds"]):
-        assert len(result["pauses_s"]) == len(result["supervisor_pauses_s"])
+        assert result["shape"] == "lists"
         assert len(result["pauses_s"]) == (2 if result["mode"] in ("patch", "baseline") else 3)
+    for result in (*data["runs"], *data["big"], *data["kinds"]):
+        assert len(result["pauses_s"]) == len(result["supervisor_pauses_s"])
+        assert len(result["load_s"]) == len(result["pauses_s"])
+        assert result["load_median_s"] == statistics.median(result["load_s"])
         assert (result["refused"], result["failed"]) == (0, 0), result["failures"]
-        assert result["state_carried"], result["mode"]
+        assert result["state_carried"], (result["mode"], result["shape"])
+    assert [(g["what"], g["limit"]) for g in data["flat"]] == [
+        ("2 MB small / 0 MB, median pause", 2.0),
+        ("2 MB large / 0 MB, median pause", 2.0),
+    ]
+    assert "goal: 2 MB small / 0 MB, median pause <= 2.00x" in stdout
     rows = [line.split()[0] for line in stdout.splitlines() if line.split()[1:2] == ["1"]]
     assert rows == ["preserving", "cold", "patch", "baseline"]
     png = tmp_path / "results" / "restart_pause.png"  # next to its JSON
@@ -187,7 +204,32 @@ def test_restart_pause_with_every_kind_and_its_plot(tmp_path: Path) -> None:
         assert "plot skipped: matplotlib is not installed" in stdout
 
 
-@pytest.mark.parametrize("name", ["call_overhead", "apply_latency", "health_gate"])
+def test_burst(tmp_path: Path) -> None:
+    stdout, data = run("burst", tmp_path)
+    check_environment(data, "burst")
+    assert [(r["size"], r["verify"]) for r in data["runs"]] == [
+        (4, False),
+        (20, False),
+        (4, True),
+        (20, True),
+    ]
+    for row in data["runs"]:
+        assert row["in_version_order"], row
+        assert row["active"], row
+        assert 0 < row["rename_s"] < row["elapsed_s"]
+        assert row["per_drop_ms"] == row["elapsed_s"] / row["size"] * 1e3
+    assert data["in_order"] is True
+    assert [g["what"] for g in data["goals"]] == [
+        "20 drops / 4 drops, verification off",
+        "20 drops / 4 drops, verification on",
+    ]
+    for goal in data["goals"]:
+        assert goal["limit"] == 5.0
+        assert isinstance(goal["met"], bool)
+    assert "every burst applied in version order: yes" in stdout
+
+
+@pytest.mark.parametrize("name", ["call_overhead", "apply_latency", "health_gate", "burst"])
 def test_help_names_the_options(name: str) -> None:
     proc = subprocess.run(
         [sys.executable, str(BENCHMARKS / f"{name}.py"), "--help"],

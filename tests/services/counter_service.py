@@ -36,6 +36,9 @@ import hotpatch.service._api
 
 KEYS_PER_MB = 100  # payload: lists of ~10 KB pickled per key
 ITEMS_PER_KEY = 180
+SMALL_BYTES = 1024  # --state-shape small: many small keys, 1 KiB values (1,024 a MiB)
+LARGE_BYTES = 16 * 2**20  # --state-shape large: few large values, 16 MiB each
+SHAPES = ("lists", "small", "large")
 
 
 class Server(ThreadingHTTPServer):
@@ -74,11 +77,27 @@ class Server(ThreadingHTTPServer):
         self.wait_idle(timeout)
 
 
-def build_payload(megabytes: int) -> dict[str, list[str]]:
+def build_payload(megabytes: int, shape: str = "lists") -> dict[str, Any]:
+    """``megabytes`` of state: lists of strings, many small values, or a few large ones."""
+    if shape == "small":
+        filler = b"s" * (SMALL_BYTES - 8)
+        return {f"s{k:07d}": b"%08d" % k + filler for k in range(megabytes * 2**20 // SMALL_BYTES)}
+    if shape == "large":
+        size = min(LARGE_BYTES, megabytes * 2**20)
+        return {f"l{k:03d}": bytes([k % 256]) * size for k in range(payload_keys(megabytes, shape))}
     return {
         f"k{k:06d}": [f"{k:06d}-{i:04d}-{'x' * 40}" for i in range(ITEMS_PER_KEY)]
         for k in range(megabytes * KEYS_PER_MB)
     }
+
+
+def payload_keys(megabytes: int, shape: str) -> int:
+    """How many keys ``build_payload`` makes."""
+    if shape == "small":
+        return megabytes * 2**20 // SMALL_BYTES
+    if shape == "large":
+        return max(1, megabytes * 2**20 // LARGE_BYTES) if megabytes else 0
+    return megabytes * KEYS_PER_MB
 
 
 class Plugin:
@@ -119,10 +138,12 @@ class Plugin:
 
 def handler_class(
     counters: dict[str, int],
-    payload: dict[str, list[str]] | None,
+    payload: dict[str, Any] | None,
     lock: threading.Lock,
     resumed: list[float],
     plugin: Plugin,
+    *,
+    expected_keys: int = 0,
 ) -> type[BaseHTTPRequestHandler]:
     keys = sorted(payload) if payload else []
     touch: Callable[[str], None] = getattr(payload, "touch", lambda key: None)
@@ -140,14 +161,19 @@ def handler_class(
                     body["hits"] = counters["hits"]
                     if payload is not None and keys:
                         key = random.choice(keys)
-                        items = payload[key]
-                        items[random.randrange(len(items))] = f"{body['hits']:010d}-{'y' * 40}"
-                        touch(key)
+                        value = payload[key]
+                        if isinstance(value, list):
+                            value[random.randrange(len(value))] = f"{body['hits']:010d}-{'y' * 40}"
+                            touch(key)
+                        elif len(value) <= SMALL_BYTES:  # a small value: replaced (tracked)
+                            payload[key] = b"%08d" % body["hits"] + value[8:]
+                        # a large value is only read: changed, it would cross whole
             elif url.path == "/get":
                 with lock:
                     body["counters"] = dict(counters)
                     body["resumed"] = list(resumed)
                     body["payload_keys"] = len(payload) if payload is not None else None
+                    body["payload_expected"] = expected_keys
                     body["plugin"] = {
                         "pids": plugin.pids,
                         "resumed": plugin.resumed,
@@ -192,6 +218,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--hang-if-exists", type=Path)
     parser.add_argument("--drain", choices=("callback", "sigterm"), default="callback")
     parser.add_argument("--state-mb", type=int, default=0)
+    parser.add_argument("--state-shape", choices=SHAPES, default="lists")
     parser.add_argument("--cold-file", type=Path, help="keep state in this file, not in memory")
     parser.add_argument("--poll", type=float, default=0.005)
     parser.add_argument("--plugin", action="store_true", help="use the hotpatch hooks too")
@@ -221,24 +248,27 @@ def main() -> int:
         time.sleep(3600)
 
     counters: dict[str, int]
-    payload: dict[str, list[str]] | None
+    payload: dict[str, Any] | None
+    shape = args.state_shape
     if args.cold_file is not None:
         # The cold way: a file, written when stopping, read when starting.
         if args.cold_file.exists():
             counters, payload = pickle.loads(args.cold_file.read_bytes())
         else:
-            counters, payload = {"hits": 0}, build_payload(args.state_mb)
+            counters, payload = {"hits": 0}, build_payload(args.state_mb, shape)
     else:
         counters = hotpatch.preserved("counters", lambda: {"hits": 0})
         payload = None
         if args.state_mb:
-            payload = hotpatch.preserved("payload", lambda: build_payload(args.state_mb))
+            payload = hotpatch.preserved("payload", lambda: build_payload(args.state_mb, shape))
 
     lock = threading.Lock()
     resumed: list[float] = []
     plugin = Plugin()
     plugins = service_plugins(args, plugin)
-    server = Server(sock, handler_class(counters, payload, lock, resumed, plugin))
+    expected_keys = payload_keys(args.state_mb, shape)
+    handler = handler_class(counters, payload, lock, resumed, plugin, expected_keys=expected_keys)
+    server = Server(sock, handler)
 
     def save(timeout: float) -> None:
         server.drain(timeout)
