@@ -89,7 +89,7 @@ $(DEMO_STAMP): pyproject.toml
 
 help:
 	@echo 'make demo       venv (3.12) with the package and matplotlib, run demos/shop_under_load.py'
-	@echo 'make test       venv (3.11-3.13), check, pytest on every Python'
+	@echo 'make test       venv (3.11-3.13), check, pytest on every Python and the fleet (TEST_JOBS=2 at a time)'
 	@echo 'make venv       create .venv/py311 .venv/py312 .venv/py313'
 	@echo 'make check      lint + types'
 	@echo 'make lint       ruff check and ruff format --check'
@@ -130,7 +130,15 @@ test-fleet: $(call stamp,312)
 	$(call header,fleet tests on Python 3.12 (Ansible, network-namespace hosts))
 	$(TOOLS_BIN)/python -m pytest -m fleet tests/test_fleet.py tests/test_fleet_modules.py $(PYTEST_ARGS)
 
-test: venv check $(addprefix test-,$(VERSIONS)) test-fleet
+# The suites run TEST_JOBS at a time: each keeps about one core busy starting and
+# talking to real processes, so two fill a 2-core machine and halve the wall time.
+# A suite's output is shown whole when it ends (make -O), so they never interleave.
+TEST_JOBS ?= 2
+SUITES := $(addprefix test-,$(VERSIONS)) test-fleet
+
+test: venv check
+	$(call header,suites: $(SUITES) ($(TEST_JOBS) at a time; each shown when it ends))
+	@$(MAKE) --no-print-directory -j$(TEST_JOBS) -O $(SUITES)
 
 demo: $(DEMO_STAMP)
 	$(call header,demo)
