@@ -228,6 +228,8 @@ class _Planner:
             for name in sorted(names):
                 if name not in namespace:
                     continue  # the module's own, or a builtin
+                if _is_dunder(name) and name in module.__dict__:
+                    continue  # the module's own attribute (a class body reads __name__)
                 value = namespace[name]
                 if id(value) in exempt or module.__dict__.get(name) is namespace:
                     continue
@@ -248,6 +250,10 @@ class _Planner:
                     plan.names.append(f"{module.__name__}.{name}")
                 plan.changes[k] = (module, name, value)
                 plan.injected.add(k)
+
+
+def _is_dunder(name: str) -> bool:
+    return len(name) > 4 and name.startswith("__") and name.endswith("__")
 
 
 def _equal(a: Any, b: Any) -> bool:

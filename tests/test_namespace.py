@@ -305,3 +305,35 @@ def test_helpers_keep_running_in_the_patch_files_namespace(make_module, write_pa
     assert mod.SCALE == 1
     registry.rollback()
     assert mod.price(2) == 2
+
+
+def test_a_class_statement_in_a_replacement_reads_the_modules_own_name(
+    make_module, write_patch, registry
+):
+    # A class body looks up ``__name__`` (for its ``__module__``): the module's own
+    # attribute, never a name to bring from the patch file nor a conflict with it.
+    mod = make_module(
+        """
+        def line(total):
+            return total
+        """
+    )
+    registry.apply(
+        load(
+            write_patch,
+            f"""
+            @patch.replace("{mod.__name__}:line")
+            def line(total):
+                class Line:
+                    def __init__(self, total):
+                        self.total = total
+                return Line(total)
+            """,
+        )
+    )
+    made = mod.line(3)
+    assert made.total == 3
+    assert type(made).__module__ == mod.__name__
+    assert vars(mod)["__name__"] == mod.__name__
+    registry.rollback()
+    assert mod.line(3) == 3
