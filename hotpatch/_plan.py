@@ -253,7 +253,7 @@ class _Planner:
 
 
 def _is_dunder(name: str) -> bool:
-    return len(name) > 4 and name.startswith("__") and name.endswith("__")
+    return name.startswith("__") and name.endswith("__") and name.strip("_") != ""
 
 
 def _equal(a: Any, b: Any) -> bool:
