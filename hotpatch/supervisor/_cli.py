@@ -13,9 +13,12 @@ import datetime
 import ipaddress
 import logging
 import os
+import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+
+from packaging.version import InvalidVersion, Version
 
 from hotpatch._logging import show_log_lines
 from hotpatch.service._channel import ENV_BASELINE, parse_address, parse_bind
@@ -70,13 +73,16 @@ def parse_metrics_address(text: str) -> tuple[str, int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    usage = "hotpatch run [options] -- CMD [ARG ...]"  # argparse's own leaves out the CMD
     parser = argparse.ArgumentParser(
         prog="hotpatch",
+        usage=usage,
         description="Run a service under the hotpatch supervisor.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser(
         "run",
+        usage=usage,
         help="start the service and restart it keeping its sockets and memory",
         description=(
             "Start CMD (given after --) with the listening sockets, restart it on SIGHUP "
@@ -256,6 +262,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_paths(args: argparse.Namespace, command: list[str]) -> None:
+    """What would fail later -- the first signed drop, every status write, the first
+    start -- refused now, naming the option and the fix."""
+    if args.baseline:
+        try:
+            Version(args.baseline)
+        except InvalidVersion:
+            msg = f"--baseline {args.baseline!r} is not a PEP 440 version (write it like 2.3)"
+            raise ValueError(msg) from None
+    if args.trusted_keys is not None and not args.trusted_keys.is_dir():
+        msg = (
+            f"--trusted-keys {args.trusted_keys}: no such directory; create it and copy the "
+            "public keys (.pub, from `hotpatch keygen`) into it"
+        )
+        raise ValueError(msg)
+    for option in ("status_file", "journal", "control_socket"):
+        path = getattr(args, option)
+        if path is not None and not path.absolute().parent.is_dir():
+            msg = (
+                f"--{option.replace('_', '-')} {path}: its folder {path.absolute().parent} "
+                "does not exist; create it first"
+            )
+            raise ValueError(msg)
+    program = command[0]
+    if shutil.which(program) is None:
+        where = "is not an executable file" if os.sep in program else "is not found on PATH"
+        msg = f"the service's command {program!r} {where}: give the command after --"
+        raise ValueError(msg)
+
+
 def _config(args: argparse.Namespace, command: list[str]) -> SupervisorConfig:
     names = [name for name, _ in args.bind]
     if len(set(names)) != len(names):
@@ -285,6 +321,7 @@ def _config(args: argparse.Namespace, command: list[str]) -> SupervisorConfig:
             "`hotpatch keygen`), or --allow-unsigned to apply unsigned patches"
         )
         raise ValueError(msg)
+    _check_paths(args, command)
     journal = args.journal or (watch / ".journal.json" if watch else None)
     return SupervisorConfig(
         spec=ChildSpec(tuple(command)),
