@@ -337,13 +337,13 @@ def test_new_process_not_ready_in_time_is_killed_and_the_old_one_keeps_serving(
     supervise: Callable[..., Supervised], tmp_path: Path
 ) -> None:
     flag = tmp_path / "hang"
-    supervised = supervise("--hang-if-exists", str(flag), options=("--ready-timeout", "1.5"))
+    supervised = supervise("--hang-if-exists", str(flag), options=("--ready-timeout", "4"))
     old = supervised.child_pid
     with Load(supervised.address, clients=2) as load:
         flag.touch()
         outcome = supervised.restart()
         assert not outcome["ok"]
-        assert "was not ready within 1.5s" in outcome["error"]
+        assert "was not ready within 4s" in outcome["error"]
         assert not running(outcome["new_pid"])
         assert supervised.child_pid == old
         served = load.pids[old]
