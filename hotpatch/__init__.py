@@ -37,7 +37,8 @@ from hotpatch._registry import Registry
 from hotpatch._results import ApplyResult, CheckReport, HistoryEntry, RollbackResult
 from hotpatch._version import __version__ as __version__
 from hotpatch.agent._agent import Agent, install
-from hotpatch.service._api import PreservedDict, listen_socket, preserved, ready, ready_for_baseline
+from hotpatch.service._api import listen_socket, preserved, ready, ready_for_baseline
+from hotpatch.service._rounds import PreservedDict
 
 __all__ = [
     "Agent",

@@ -18,16 +18,18 @@ from typing import Any
 import pytest
 
 import hotpatch
-from hotpatch import ServiceError
-from hotpatch.service import _api as _service
-from hotpatch.service._api import (
+from hotpatch import PreservedDict, ServiceError
+from hotpatch.service._channel import (
     ENV_BIND,
-    PreservedDict,
+    ENV_CONTROL,
+    ENV_SOCKETS,
     parse_address,
     parse_bind,
     recv_message,
     send_message,
 )
+from hotpatch.service._rounds import PreservedState
+from hotpatch.service._runtime import reset
 
 SERVICE = Path(__file__).parent / "services" / "counter_service.py"
 
@@ -35,25 +37,21 @@ SERVICE = Path(__file__).parent / "services" / "counter_service.py"
 @pytest.fixture(autouse=True)
 def fresh_runtime(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Each test starts unsupervised, with no runtime; what it opened is closed after."""
-    for name in (_service.ENV_SOCKETS, _service.ENV_CONTROL, ENV_BIND):
+    for name in (ENV_SOCKETS, ENV_CONTROL, ENV_BIND):
         monkeypatch.delenv(name, raising=False)
-    _service._reset()
+    reset()
     yield
-    _service._reset()
+    reset()
 
 
-def runtime() -> _service._Runtime:
-    return _service._Runtime({})
-
-
-def transfer(source: _service._Runtime, target: _service._Runtime, *, full: bool) -> int:
+def transfer(source: PreservedState, target: PreservedState, *, full: bool) -> int:
     """One round from ``source`` into ``target``, through a real memfd; its size."""
     fd, size, _ = source.take_round(full=full)
     target.apply_round(fd, size)
     return size
 
 
-def contents(rt: _service._Runtime) -> dict[str, dict[Any, Any]]:
+def contents(rt: PreservedState) -> dict[str, dict[Any, Any]]:
     state = {name: dict(d) for name, d in rt.names.items()}
     state.update({name: dict(d) for name, d in rt.pending.items()})
     return state
@@ -104,7 +102,7 @@ def test_a_preserved_dict_pickles_and_copies_as_a_plain_dict() -> None:
 
 
 def test_a_full_round_then_increments_rebuild_the_state_exactly() -> None:
-    old, new = runtime(), runtime()
+    old, new = PreservedState(), PreservedState()
     counters = old.preserved("counters", lambda: {"hits": 0})
     sessions = old.preserved("sessions", dict)
     sessions.update({f"s{i}": {"user": i} for i in range(50)})
@@ -126,7 +124,7 @@ def test_a_full_round_then_increments_rebuild_the_state_exactly() -> None:
 
 
 def test_declared_state_is_taken_from_what_was_received() -> None:
-    old, new = runtime(), runtime()
+    old, new = PreservedState(), PreservedState()
     old.preserved("counters", dict)["hits"] = 3
     old.preserved("empty", dict)
     transfer(old, new, full=True)
@@ -137,7 +135,7 @@ def test_declared_state_is_taken_from_what_was_received() -> None:
     assert new.preserved("empty", lambda: {"not": "used"}) == {}
     assert new.preserved("counters", dict) is restored
     # Received but never declared: still carried by the next full round.
-    other = runtime()
+    other = PreservedState()
     new.pending["undeclared"] = {"x": 1}
     transfer(new, other, full=True)
     assert other.pending["undeclared"] == {"x": 1}
@@ -178,7 +176,7 @@ class Midway:
 def test_a_round_landing_in_the_middle_of_a_change_loses_nothing(
     change: Callable[[PreservedDict, Midway], object],
 ) -> None:
-    old, new = runtime(), runtime()
+    old, new = PreservedState(), PreservedState()
     key = Midway("key")
     state = old.preserved("state", lambda: {key: "old"})
     transfer(old, new, full=True)
@@ -190,7 +188,7 @@ def test_a_round_landing_in_the_middle_of_a_change_loses_nothing(
 
 
 def test_rounds_taken_while_threads_write_lose_nothing() -> None:
-    old, new = runtime(), runtime()
+    old, new = PreservedState(), PreservedState()
     state = old.preserved("state", lambda: {i: [i] for i in range(200)})
     stop = threading.Event()
 
@@ -226,7 +224,7 @@ def test_rounds_taken_while_threads_write_lose_nothing() -> None:
 
 
 def test_a_value_that_cannot_be_pickled_is_named_and_kept_dirty() -> None:
-    old, new = runtime(), runtime()
+    old, new = PreservedState(), PreservedState()
     state = old.preserved("state", dict)
     state["ok"] = 1
     transfer(old, new, full=True)
@@ -239,7 +237,7 @@ def test_a_value_that_cannot_be_pickled_is_named_and_kept_dirty() -> None:
 
 
 def test_a_round_over_the_limit_is_refused() -> None:
-    old = runtime()
+    old = PreservedState()
     old.limit = 1000
     old.preserved("big", lambda: {"blob": "x" * 5000})
     with pytest.raises(ServiceError, match=r"larger than the hand-over limit.*--state-mb"):
@@ -247,7 +245,7 @@ def test_a_round_over_the_limit_is_refused() -> None:
 
 
 def test_a_round_is_sealed_shared_memory_not_a_file() -> None:
-    old = runtime()
+    old = PreservedState()
     old.preserved("state", lambda: {"a": 1})
     fd, size, records = old.take_round(full=True)
     try:

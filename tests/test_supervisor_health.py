@@ -44,9 +44,9 @@ SICK_LOGIC = """
 DIES_AFTER_HANDOVER = """
     import os
 
-    import hotpatch.service._api as service
+    from hotpatch.service._runtime import Runtime
 
-    _receive = service._Runtime._receive_rounds
+    _receive = Runtime._receive_rounds
 
     def _receive_then_die(self, until):
         message = _receive(self, until)
@@ -54,7 +54,7 @@ DIES_AFTER_HANDOVER = """
             os._exit(9)
         return message
 
-    service._Runtime._receive_rounds = _receive_then_die
+    Runtime._receive_rounds = _receive_then_die
 
     def tag():
         return "never-served"

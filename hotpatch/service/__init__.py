@@ -1,15 +1,14 @@
 """What a supervised service imports: its listening sockets, its preserved state, and the
-hand-over protocol it speaks with ``hotpatch run`` (the wire is ``_channel``).
+hand-over protocol it speaks with ``hotpatch run``.
 
-It sits on the core and never imports the agent, the supervisor or the CLI.
+``_api`` is what a service calls; ``_runtime`` answers the supervisor, made of
+``_rounds`` (preserved state, handed over in rounds) and ``_patches`` (the
+registry the supervisor's patches go into); ``_channel`` is the wire, the only
+part the supervisor imports. It sits on the core and never imports the agent,
+the supervisor or the CLI.
 """
 
-from hotpatch.service._api import (
-    PreservedDict,
-    listen_socket,
-    preserved,
-    ready,
-    ready_for_baseline,
-)
+from hotpatch.service._api import listen_socket, preserved, ready, ready_for_baseline
+from hotpatch.service._rounds import PreservedDict
 
 __all__ = ["PreservedDict", "listen_socket", "preserved", "ready", "ready_for_baseline"]

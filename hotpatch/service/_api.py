@@ -28,7 +28,7 @@ message, with the memfds attached (``SCM_RIGHTS``).
 
 This module holds what a service calls; the wire is in ``_channel``, the
 rounds in ``_rounds``, the runtime answering the supervisor in ``_runtime``
-(its patch registry in ``_service_patches``).
+(its patch registry in ``_patches``).
 """
 
 from __future__ import annotations
@@ -37,46 +37,10 @@ import socket
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from hotpatch.service._channel import (
-    ENV_BASELINE,
-    ENV_BIND,
-    ENV_CONTROL,
-    ENV_JOURNAL,
-    ENV_SOCKETS,
-    format_address,
-    open_listener,
-    parse_address,
-    parse_bind,
-    recv_message,
-    send_message,
-)
 from hotpatch.service._rounds import PreservedDict
-from hotpatch.service._runtime import Runtime, get_runtime, reset
+from hotpatch.service._runtime import get_runtime
 
-__all__ = [
-    "ENV_BASELINE",
-    "ENV_BIND",
-    "ENV_CONTROL",
-    "ENV_JOURNAL",
-    "ENV_SOCKETS",
-    "PreservedDict",
-    "format_address",
-    "listen_socket",
-    "open_listener",
-    "parse_address",
-    "parse_bind",
-    "preserved",
-    "ready",
-    "ready_for_baseline",
-    "recv_message",
-    "send_message",
-]
-
-# The runtime under its former names: tests reset it and inject faults into it.
-_Runtime = Runtime
-_reset = reset
-
-# -- public API ----------------------------------------------------------------------------
+__all__ = ["listen_socket", "preserved", "ready", "ready_for_baseline"]
 
 
 def listen_socket(name: str, *, default: str | tuple[str, int] | None = None) -> socket.socket:
@@ -138,6 +102,4 @@ def ready_for_baseline() -> None:
     the service is quiet (a batch finished, no long request running). It does
     nothing without a supervisor, or when no baseline is pending.
     """
-    runtime = get_runtime()
-    if runtime.channel is not None and runtime.phase == "ready":
-        runtime._send({"op": "baseline-ready"})
+    get_runtime().baseline_ready()

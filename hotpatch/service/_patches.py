@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import logging
 import socket
+import sys
 import threading
 import time
 from collections.abc import Mapping
 from typing import Any
 
+from packaging.version import Version
+
+from hotpatch._errors import PatchError, RestartRequired
 from hotpatch._hookspecs import hookimpl
+from hotpatch._loader import load_patch_source
+from hotpatch._patch import Patch
 from hotpatch._plugins import PluginHost
+from hotpatch._registry import Registry
+from hotpatch._results import ApplyResult, RollbackResult
 from hotpatch.service._channel import send_message
 
 __all__ = ["LevelReporter", "PatchLevels"]
@@ -19,31 +27,38 @@ log = logging.getLogger("hotpatch.service")
 
 
 class PatchLevels:
-    """The runtime's registry, driven by the supervisor's patch messages.
+    """A supervised process's registry, driven by the supervisor's patch messages.
 
-    A mix-in of the runtime, which sets these attributes in its ``__init__``.
+    Under ``hotpatch run --watch`` the process is given a ``baseline`` and a
+    ``journal``; ``load`` then makes the ``registry`` (with the ``plugins``
+    the service passed to ``ready()``) and every change of its level is
+    reported on ``channel``. Without a baseline there is no registry, and the
+    patch messages are answered with why.
     """
 
-    channel: socket.socket | None
-    baseline: str | None
-    journal: str | None
-    registry: Any  # a hotpatch.Registry, under the supervisor with a baseline
-    start_patch: tuple[dict[str, Any], bytes] | None  # to apply before serving
-    plugins: PluginHost
-    # Every level report carries a number taken under this lock: the
-    # supervisor keeps the newest, whichever way it came (reply or report).
-    level_lock: threading.Lock
-    level_seq: int
+    def __init__(
+        self,
+        channel: socket.socket | None,
+        baseline: str | None,
+        journal: str | None,
+        plugins: PluginHost,
+    ) -> None:
+        self.channel = channel
+        self.baseline = baseline
+        self.journal = journal
+        self.plugins = plugins
+        self.registry: Registry | None = None
+        # Every level report carries a number taken under this lock: the
+        # supervisor keeps the newest, whichever way it came (reply or report).
+        self.level_lock = threading.Lock()
+        self.level_seq = 0
 
-    def _patch_level(self) -> dict[str, Any]:
-        """Replay the journal, apply the patch this restart is for; what the supervisor learns."""
-        import sys  # noqa: PLC0415
-
+    def load(self, start_patch: tuple[Mapping[str, Any], bytes] | None) -> dict[str, Any]:
+        """Replay the journal, apply ``start_patch`` (the patch this restart is for), and say
+        what the supervisor learns: ``sys.path``, the level, or why the process cannot run."""
         info: dict[str, Any] = {"sys_path": list(sys.path)}
         if self.baseline is None:
             return info
-        from hotpatch._registry import Registry  # noqa: PLC0415 -- only under the supervisor
-
         try:
             self.registry = Registry(
                 self.baseline,
@@ -54,9 +69,8 @@ class PatchLevels:
             log.exception("cannot replay the journal %s", self.journal)
             return {**info, "error": f"{type(exc).__name__}: {exc}"}
         info["journal_report"] = self.registry.journal_report
-        if self.start_patch is not None:
-            message, data = self.start_patch
-            self.start_patch = None
+        if start_patch is not None:
+            message, data = start_patch
             result = self.apply_patch(message, data, restarting=True)
             info["start_patch"] = result
             if result["outcome"] not in ("applied", "unchanged"):
@@ -64,19 +78,30 @@ class PatchLevels:
                     f"the new process could not apply patch {result.get('version') or '?'}: "
                     f"{result.get('reason')}"
                 )
-        return {**info, **self._level_info()}
+        return {**info, **self.level_info()}
 
     def _plugin_objects(self) -> list[object]:
         return [p for _, p in self.plugins.manager.list_name_plugin() if p is not None]
 
-    def _level_info(self) -> dict[str, Any]:
+    def resync(self) -> None:
+        """At the hand-over: the journal was replayed early; follow what the old process
+        changed since (a plugin's rollback). Never fatal: the level is reported either way."""
+        if self.registry is None:
+            return
+        try:
+            self.registry.resync()
+        except Exception:
+            log.exception("cannot follow the journal %s at the hand-over", self.journal)
+
+    def level_info(self) -> dict[str, Any]:
+        """The registry's baseline, level and patches, numbered for the supervisor."""
         registry = self.registry
         if registry is None:
             return {}
         with self.level_lock:
             return self._level_info_locked(registry)
 
-    def _level_info_locked(self, registry: Any) -> dict[str, Any]:
+    def _level_info_locked(self, registry: Registry) -> dict[str, Any]:
         self.level_seq += 1
         return {
             "baseline": registry.baseline,
@@ -103,11 +128,6 @@ class PatchLevels:
         self, message: Mapping[str, Any], data: bytes, *, restarting: bool = False
     ) -> dict[str, Any]:
         """Load and apply a patch the supervisor verified; the outcome, never an exception."""
-        from packaging.version import Version  # noqa: PLC0415
-
-        from hotpatch._errors import PatchError, RestartRequired  # noqa: PLC0415
-        from hotpatch._loader import load_patch_source  # noqa: PLC0415
-
         who = str(message.get("who") or "supervisor")
         result: dict[str, Any] = {"outcome": "rejected", "reason": None, "timings": {}}
         start = time.perf_counter()
@@ -141,12 +161,10 @@ class PatchLevels:
             result["reason"] = f"{type(exc).__name__} while loading or applying: {exc}"
             result["error_type"] = "VerificationFailed"
         result["timings"]["total_s"] = time.perf_counter() - start
-        return {**result, **self._level_info()}
+        return {**result, **self.level_info()}
 
-    def _rollback(self, message: Mapping[str, Any]) -> dict[str, Any]:
+    def rollback(self, message: Mapping[str, Any]) -> dict[str, Any]:
         """Roll back to level ``to``, or the last patch if ``to`` is null; never raises."""
-        from hotpatch._errors import PatchError  # noqa: PLC0415
-
         if self.registry is None:
             return {"ok": False, "error": "this process keeps no patch registry"}
         to = message.get("to")
@@ -156,25 +174,22 @@ class PatchLevels:
             )
         except PatchError as exc:  # nothing to roll back, a version not in the level
             error = {"error": str(exc), "error_type": type(exc).__name__}
-            return {"ok": False, **error, **self._level_info()}
+            return {"ok": False, **error, **self.level_info()}
         except Exception as exc:
             log.exception("rollback to %s failed", to)
-            return {"ok": False, "error": f"{type(exc).__name__}: {exc}", **self._level_info()}
-        return {"ok": True, "versions": list(result.versions), **self._level_info()}
+            return {"ok": False, "error": f"{type(exc).__name__}: {exc}", **self.level_info()}
+        return {"ok": True, "versions": list(result.versions), **self.level_info()}
 
-    def _history(self, message: Mapping[str, Any]) -> dict[str, Any]:
+    def history(self, message: Mapping[str, Any]) -> dict[str, Any]:
         """The registry's applies and rollbacks, oldest first (the last ``entries`` of them)."""
         if self.registry is None:
             return {"ok": False, "error": "this process keeps no patch registry"}
         entries = list(self.registry.history)[-max(int(message.get("entries", 200)), 0) :]
         history = [h.record() for h in entries]
-        return {"ok": True, "history": history, **self._level_info()}
+        return {"ok": True, "history": history, **self.level_info()}
 
     def check_patch(self, message: Mapping[str, Any], data: bytes) -> dict[str, Any]:
         """``Registry.check`` of patch bytes the supervisor verified: hot or not, and why."""
-        from hotpatch._errors import PatchError  # noqa: PLC0415
-        from hotpatch._loader import load_patch_source  # noqa: PLC0415
-
         if self.registry is None:
             return {"ok": False, "error": "this process keeps no patch registry"}
         try:
@@ -186,7 +201,7 @@ class PatchLevels:
             log.exception("checking a patch failed unexpectedly")
             error = f"{type(exc).__name__} while loading or checking the patch: {exc}"
             return {"ok": False, "error": error, "error_type": "VerificationFailed"}
-        return {"ok": True, **report.record(), **self._level_info()}
+        return {"ok": True, **report.record(), **self.level_info()}
 
 
 class LevelReporter:
@@ -198,13 +213,13 @@ class LevelReporter:
     would follow a level the process no longer has.
     """
 
-    def __init__(self, runtime: PatchLevels) -> None:
-        self.runtime = runtime
+    def __init__(self, levels: PatchLevels) -> None:
+        self.levels = levels
 
     @hookimpl
-    def hotpatch_after_apply(self, patch: Any, registry: Any, result: Any) -> None:
-        self.runtime.report_level()
+    def hotpatch_after_apply(self, patch: Patch, registry: Registry, result: ApplyResult) -> None:
+        self.levels.report_level()
 
     @hookimpl
-    def hotpatch_after_rollback(self, registry: Any, result: Any) -> None:
-        self.runtime.report_level()
+    def hotpatch_after_rollback(self, registry: Registry, result: RollbackResult) -> None:
+        self.levels.report_level()

@@ -10,7 +10,7 @@ import pickle
 import struct
 import threading
 import time
-from collections.abc import Hashable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from typing import Any, BinaryIO, Self
 
 from hotpatch._errors import ServiceError
@@ -187,17 +187,48 @@ def seal(fd: int) -> None:
 
 
 class PreservedState:
-    """The runtime's preserved mappings, written out and read back as rounds.
+    """A process's preserved mappings, written out and read back as rounds.
 
-    A mix-in of the runtime, which sets these attributes in its ``__init__``.
+    ``lock`` guards them; the runtime shares it (a hand-over in progress
+    holds it). ``limit`` is the largest round it writes (``--state-mb``).
     """
 
-    lock: threading.RLock
-    names: dict[str, PreservedDict]
-    unsent: set[str]  # declared since the last round
-    pending: dict[str, dict[Any, Any]]  # received, not declared yet
-    extra: dict[str, Any]
-    limit: int
+    def __init__(self, lock: threading.RLock | None = None, *, limit: int = 1 << 40) -> None:
+        self.lock = lock if lock is not None else threading.RLock()
+        self.limit = limit
+        self.names: dict[str, PreservedDict] = {}
+        self.unsent: set[str] = set()  # declared since the last round
+        self.pending: dict[str, dict[Any, Any]] = {}  # received, not declared yet
+        self.extra: dict[str, Any] = {}  # what the ``hotpatch_save_state`` hooks handed over
+
+    def declared(self, name: str) -> PreservedDict | None:
+        """The mapping ``name`` if it is declared already (``preserved`` returns it again)."""
+        with self.lock:
+            return self.names.get(name)
+
+    def preserved(self, name: str, factory: Callable[[], Mapping[Any, Any]]) -> PreservedDict:
+        """Declare ``name``: what the rounds received hold for it, else ``factory()``."""
+        with self.lock:
+            if name in self.names:
+                return self.names[name]
+            restored = self.pending.pop(name, None)
+            if restored is not None:  # already in the chain: nothing to send
+                state = self.names[name] = PreservedDict(name, restored)
+                return state
+        contents: object = factory()  # outside the lock: it may take a while
+        if not isinstance(contents, Mapping):
+            msg = (
+                f"preserved({name!r}, factory): the factory returned a "
+                f"{type(contents).__name__}, not a mapping; preserved state is a dict "
+                f"(put other objects under a key)"
+            )
+            raise TypeError(msg)
+        with self.lock:
+            if name in self.names:  # another thread declared it meanwhile
+                return self.names[name]
+            state = self.names[name] = PreservedDict(name, contents)
+            self.unsent.add(name)
+        return state
 
     def take_round(
         self, *, full: bool, extra: Mapping[str, Any] | None = None

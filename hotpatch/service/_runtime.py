@@ -1,4 +1,10 @@
-"""The service side of the supervisor's channel: one runtime per process, its control thread."""
+"""The service side of the supervisor's channel: one runtime per process, its control thread.
+
+The runtime holds the process's sockets and its hand-over phase, and is
+made of two parts: its ``PreservedState`` (``_rounds``: the mappings and
+their rounds) and its ``PatchLevels`` (``_patches``: the registry the
+supervisor's patch messages drive).
+"""
 
 from __future__ import annotations
 
@@ -39,7 +45,7 @@ log = logging.getLogger("hotpatch.service")
 _EXIT_WAIT = 60.0  # longest the interpreter's exit waits for a hand-over in progress
 
 
-class Runtime(PreservedState, PatchLevels):
+class Runtime:
     """What this process knows about its supervisor, sockets and preserved state."""
 
     def __init__(self, environ: MutableMapping[str, str]) -> None:
@@ -54,31 +60,23 @@ class Runtime(PreservedState, PatchLevels):
             self.passed[name] = int(fd)
             os.set_inheritable(int(fd), False)
         self.channel: socket.socket | None = None
-        self.baseline: str | None = None
-        self.journal: str | None = None
+        baseline: str | None = None
+        journal: str | None = None
         if control:
             self.channel = socket.socket(fileno=int(control))
             self.channel.set_inheritable(False)
-            self.baseline = environ.pop(ENV_BASELINE, None) or None
-            self.journal = environ.pop(ENV_JOURNAL, None) or None
-        self.registry: Any = None  # a hotpatch.Registry, under the supervisor with a baseline
+            baseline = environ.pop(ENV_BASELINE, None) or None
+            journal = environ.pop(ENV_JOURNAL, None) or None
         self.start_patch: tuple[dict[str, Any], bytes] | None = None  # to apply before serving
         self.listeners: dict[str, socket.socket] = {}
         self.lock = threading.RLock()
-        self.names: dict[str, PreservedDict] = {}
-        self.unsent: set[str] = set()  # declared since the last round
-        self.pending: dict[str, dict[Any, Any]] = {}  # received, not declared yet
-        self.extra: dict[str, Any] = {}
+        self.state = PreservedState(self.lock)
+        self.plugins = PluginHost()
+        self.patches = PatchLevels(self.channel, baseline, journal, self.plugins)
         self.phase = "start"  # -> "loaded" (chain received) -> "ready"
-        self.limit = 1 << 40
         self.drain: Callable[[float], object] | None = None
         self.resumed: list[Callable[[float], object]] = []
-        self.plugins = PluginHost()
         self.handover_at_exit: float | None = None
-        # Every level report carries a number taken under this lock: the
-        # supervisor keeps the newest, whichever way it came (reply or report).
-        self.level_lock = threading.Lock()
-        self.level_seq = 0
         # Held while the control thread answers the supervisor: the
         # interpreter's exit waits for it, so a service whose main returns as
         # soon as it stops serving cannot cut the final round short.
@@ -117,32 +115,13 @@ class Runtime(PreservedState, PatchLevels):
     # -- state
 
     def preserved(self, name: str, factory: Callable[[], Mapping[Any, Any]]) -> PreservedDict:
-        with self.lock:
-            if name in self.names:
-                return self.names[name]
+        """The mapping ``name``: the old process's (the chain is pulled first), or ``factory()``."""
+        declared = self.state.declared(name)
+        if declared is not None:
+            return declared
         if self.channel is not None and self.phase == "start":
             self._load()
-        with self.lock:
-            if name in self.names:
-                return self.names[name]
-            restored = self.pending.pop(name, None)
-            if restored is not None:  # already in the chain: nothing to send
-                state = self.names[name] = PreservedDict(name, restored)
-                return state
-        contents: object = factory()  # outside the lock: it may take a while
-        if not isinstance(contents, Mapping):
-            msg = (
-                f"preserved({name!r}, factory): the factory returned a "
-                f"{type(contents).__name__}, not a mapping; preserved state is a dict "
-                f"(put other objects under a key)"
-            )
-            raise TypeError(msg)
-        with self.lock:
-            if name in self.names:  # another thread declared it meanwhile
-                return self.names[name]
-            state = self.names[name] = PreservedDict(name, contents)
-            self.unsent.add(name)
-        return state
+        return self.state.preserved(name, factory)
 
     # -- the hand-over, in the new process
 
@@ -174,7 +153,7 @@ class Runtime(PreservedState, PatchLevels):
             if message["op"] == "start-patch":
                 self.start_patch = (message, read_memfd(fds))
                 continue
-            self.apply_round(fds[0], int(message["size"]))
+            self.state.apply_round(fds[0], int(message["size"]))
 
     def _load(self) -> None:
         """Pull the snapshot and its rounds while the old process still serves."""
@@ -206,15 +185,16 @@ class Runtime(PreservedState, PatchLevels):
                 self.phase = "ready"
                 return
             self._load()
-            loaded = self._patch_level()
+            start_patch, self.start_patch = self.start_patch, None
+            loaded = self.patches.load(start_patch)
             self._send({"op": "loaded", **loaded})
             if loaded.get("error"):
                 raise ServiceError(loaded["error"])
             handover = self._receive_rounds(until="handover")
-            self._resync_journal()
-            self.limit = int(handover.get("limit", self.limit))
-            if self.extra:
-                self.plugins.notify("hotpatch_restore_state", state=dict(self.extra))
+            self.patches.resync()
+            self.state.limit = int(handover.get("limit", self.state.limit))
+            if self.state.extra:
+                self.plugins.notify("hotpatch_restore_state", state=dict(self.state.extra))
             self._send({"op": "ready", "at": time.monotonic(), "pid": os.getpid()})
             self.phase = "ready"
         atexit.register(self._at_exit)
@@ -223,15 +203,10 @@ class Runtime(PreservedState, PatchLevels):
         if stopped_at is not None:
             self._resumed(time.monotonic() - float(stopped_at))
 
-    def _resync_journal(self) -> None:
-        """At the hand-over: the journal was replayed early; follow what the old process
-        changed since (a plugin's rollback). Never fatal: the level is reported either way."""
-        if self.registry is None:
-            return
-        try:
-            self.registry.resync()
-        except Exception:
-            log.exception("cannot follow the journal %s at the hand-over", self.journal)
+    def baseline_ready(self) -> None:
+        """Tell the supervisor now suits a planned baseline (nothing without one, or not ready)."""
+        if self.channel is not None and self.phase == "ready":
+            self._send({"op": "baseline-ready"})
 
     def _resumed(self, paused_s: float) -> None:
         for callback in self.resumed:
@@ -259,13 +234,13 @@ class Runtime(PreservedState, PatchLevels):
             if message["op"] == "patch":
                 data = read_memfd(fds)
                 with self.exchange:
-                    reply = self.apply_patch(message, data)
+                    reply = self.patches.apply_patch(message, data)
                     self._send({**reply, "op": "patched", "id": message.get("id")})
                 continue
             if message["op"] == "check":  # `hotpatch verify` through the supervisor
                 data = read_memfd(fds)
                 with self.exchange:
-                    reply = self.check_patch(message, data)
+                    reply = self.patches.check_patch(message, data)
                     self._send({**reply, "op": "checked", "id": message.get("id")})
                 continue
             for fd in fds:
@@ -275,7 +250,7 @@ class Runtime(PreservedState, PatchLevels):
 
     def _answer(self, message: Mapping[str, Any]) -> None:
         op = message["op"]
-        self.limit = int(message.get("limit", self.limit))
+        self.state.limit = int(message.get("limit", self.state.limit))
         if op == "pull":
             self._pull(message)
         elif op == "drain":
@@ -285,9 +260,10 @@ class Runtime(PreservedState, PatchLevels):
         elif op == "health":
             self._send({"op": "health", "id": message.get("id"), **self._health(message)})
         elif op == "rollback":
-            self._send({"op": "rolled-back", "id": message.get("id"), **self._rollback(message)})
+            reply = self.patches.rollback(message)
+            self._send({"op": "rolled-back", "id": message.get("id"), **reply})
         elif op == "history":
-            self._send({"op": "history", "id": message.get("id"), **self._history(message)})
+            self._send({"op": "history", "id": message.get("id"), **self.patches.history(message)})
         elif op == "announce":
             log.info("restart scheduled: %s", "; ".join(message.get("reasons", [])))
             self.plugins.notify(
@@ -302,14 +278,14 @@ class Runtime(PreservedState, PatchLevels):
 
     def _health(self, message: Mapping[str, Any]) -> dict[str, Any]:
         """The ``hotpatch_health_check`` hooks (and the HTTP probe, if asked), run here."""
-        answers = self.plugins.notify("hotpatch_health_check", registry=self.registry)
+        answers = self.plugins.notify("hotpatch_health_check", registry=self.patches.registry)
         reasons = [f"{answers.count(False)} hotpatch_health_check hook(s) answered False"]
         if False not in answers:
             reasons = []
         url = message.get("url")
         if url:
             reasons.extend(self._probe(str(url), float(message.get("timeout", 5.0))))
-        return {"ok": not reasons, "reasons": reasons, **self._level_info()}
+        return {"ok": not reasons, "reasons": reasons, **self.patches.level_info()}
 
     def _probe(self, path: str, timeout: float) -> list[str]:
         """GET ``path`` on the first listening socket's address, from inside this worker.
@@ -342,7 +318,7 @@ class Runtime(PreservedState, PatchLevels):
         reply: dict[str, Any] = {"id": message.get("id")}
         start = time.monotonic()
         try:
-            fd, size, records = self.take_round(full=bool(message.get("full")))
+            fd, size, records = self.state.take_round(full=bool(message.get("full")))
         except Exception as exc:
             log.exception("cannot write a state round")
             self._send({**reply, "op": "state-error", "error": str(exc)})
@@ -372,7 +348,7 @@ class Runtime(PreservedState, PatchLevels):
             extra.update(part)
         reply: dict[str, Any] = {"op": "handover", "stopped_at": stopped_at}
         try:
-            fd, size, records = self.take_round(full=False, extra=extra)
+            fd, size, records = self.state.take_round(full=False, extra=extra)
         except Exception as exc:
             log.exception("cannot write the final state round")
             self._send({**reply, "error": str(exc), "drained_at": time.monotonic()})

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hotpatch._errors import ServiceError
-from hotpatch.service._api import ENV_CONTROL, ENV_SOCKETS, recv_message, send_message
+from hotpatch.service._channel import ENV_CONTROL, ENV_SOCKETS, recv_message, send_message
 
 __all__ = ["Child", "ChildExited", "ChildSpec", "Message", "describe_exit"]
 

@@ -30,7 +30,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from hotpatch.service._api import ENV_BASELINE, ENV_JOURNAL
+from hotpatch.service._channel import ENV_BASELINE, ENV_JOURNAL
 from hotpatch.supervisor._bundle import Release
 from hotpatch.supervisor._child import Child, ChildExited, ChildSpec, describe_exit
 from hotpatch.supervisor._records import PatchJob, StateError, SupervisorConfig

@@ -32,7 +32,6 @@ from urllib.parse import parse_qs, urlsplit
 import counter_logic  # type: ignore[import-not-found]  # beside this file
 
 import hotpatch
-import hotpatch.service._api
 
 KEYS_PER_MB = 100  # payload: lists of ~10 KB pickled per key
 ITEMS_PER_KEY = 180
@@ -181,7 +180,7 @@ def handler_class(
                     }
                     body["inflight"] = getattr(self.server, "inflight", None)
             elif url.path == "/baseline-ready":
-                hotpatch.service._api.ready_for_baseline()
+                hotpatch.ready_for_baseline()
             elif url.path == "/slow":
                 time.sleep(int(query.get("ms", ["100"])[0]) / 1000)
             else:
