@@ -16,7 +16,7 @@ import pytest
 from test_supervisor import Load, Supervised, request, supervise, wait_for
 from test_supervisor_patches import drop, logic_patch, result_of, under_load, watching
 
-from hotpatch.supervisor._workers import domains
+from hotpatch.supervisor._rollout import domains
 
 pytestmark = pytest.mark.e2e
 slow = pytest.mark.slow  # five real workers each: over the per-file budget together

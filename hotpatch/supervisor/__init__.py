@@ -1,21 +1,26 @@
-"""The supervisor: the parent process that owns the sockets and restarts the service.
+"""The supervisor (``hotpatch run``): the parent process that owns the listening sockets
+and restarts the service without dropping a connection or its state.
 
-Layers, each importing only from those above it (and from ``hotpatch.service._api``,
-the service side of the same protocol):
+Layers, each importing only from those above it (of the service side, only its
+wire ``hotpatch.service._channel``); the ``supervisor`` contract in
+pyproject.toml checks them:
 
-1. ``_state``, ``_status``  -- the chain of state rounds; the status file
-2. ``_child``               -- one service process: spawn, control channel, exit
-3. ``_records``             -- ``SupervisorConfig``, ``RestartOutcome``, patch/baseline jobs
-4. ``_handover``            -- bring a process up with the state, drain the old one, retire it
-5. ``_restarts``, ``_jobs`` -- the work: each kind of restart; patches and baselines
-6. ``_supervisor``          -- ``Supervisor``: sockets, status, scheduling the work, stop
-7. ``_workers``             -- ``Fleet``: N supervisors on shared sockets, in update domains
-8. ``_runner``              -- ``Runner``: what a ``Supervisor`` and a ``Fleet`` both offer
-9. ``_patches``, ``_metrics`` -- the watched folder's pipeline; ``--metrics``; each on a ``Runner``
-10. ``_cli``                -- ``main(argv)``: ``run --bind ... -- CMD``
+1. ``_status``, ``_state``, ``_bundle`` -- the status file; the chain of state rounds; bundles
+2. ``_child``                  -- one service process: spawn, control channel, exit
+3. ``_takeover``               -- the code to go back to; a new process's health
+4. ``_records``                -- ``SupervisorConfig``, ``Running``, ``RestartOutcome``, jobs
+5. ``_handover``               -- bring a process up with the state, drain the old one
+6. ``_restarts``, then ``_jobs`` -- the work: each kind of restart; patches and baselines
+7. ``_supervisor``             -- ``Supervisor``: sockets, status, scheduling the work, stop
+8. ``_rollout``, then ``_workers`` -- update domains; ``Fleet``: N supervisors, shared sockets
+9. ``_runner``                 -- ``Runner``: what a ``Supervisor`` and a ``Fleet`` both offer
+10. ``_patches``, ``_metrics``  -- the watched folder's pipeline; ``--metrics``; on a ``Runner``
+11. ``_cli``                   -- ``main(argv)``: composes them for ``run --bind ... -- CMD``
 
-(``_restarts`` and ``_jobs`` act on the ``Supervisor`` they are given; they name
-its class only for type checking.)
+Nothing writes into another's fields: the supervisor hands its ``Running``
+record and callbacks to its ``Handover``, ``Restarts`` and ``Jobs``; the
+fleet hands its workers and a callback to its ``Rollouts``; ``_cli`` gives a
+runner its folder pipeline.
 
 This module only re-exports.
 """

@@ -5,7 +5,10 @@ the first start, a restart, bringing back a process that died, a patch or a
 baseline -- and everything else (SIGHUP, SIGTERM, a child's exit, the
 periodic snapshot) is an event that starts or interrupts that work. The work
 itself lives beside it: ``_handover`` (a process brought up with the state),
-``_restarts`` (each kind of restart), ``_jobs`` (patches and baselines).
+``_restarts`` (each kind of restart), ``_jobs`` (patches and baselines). They
+change only the ``Running`` record the supervisor hands them, and tell it
+through callbacks: the status changed, work is waiting, the restart budget is
+spent.
 """
 
 from __future__ import annotations

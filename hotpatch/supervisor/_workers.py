@@ -6,7 +6,7 @@ spreads the connections. Preserved state is per worker: each process hands
 its own state to its own successor. The fleet owns the signals, the watched
 folder and the status file, and rolls every change -- a hot patch, a
 memory-preserving restart (SIGHUP), a baseline -- through the workers in
-update domains: at most 20% of them (at least one) at a time. After each
+update domains (``_rollout``): at most 20% of them (at least one) at a time. After each
 batch the changed workers are asked for their health (the
 ``hotpatch_health_check`` hooks, run inside each worker, and the HTTP probe
 of ``--health-url``); if more than 20% of the workers are unhealthy the
@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import math
 import os
 import signal
 import socket
@@ -32,23 +31,16 @@ from hotpatch.service._channel import format_address, open_listeners
 from hotpatch.supervisor._bundle import Release
 from hotpatch.supervisor._child import ChildExited
 from hotpatch.supervisor._records import FolderPipeline, SupervisorConfig
+from hotpatch.supervisor._rollout import Rollouts, domains
 from hotpatch.supervisor._status import utc_now, write_status
 from hotpatch.supervisor._supervisor import Supervisor
 from hotpatch.supervisor._takeover import HEALTH_TIMEOUT, describe_level
 
-__all__ = ["DOMAIN_SHARE", "Fleet", "domains"]
+__all__ = ["Fleet", "worker_journal"]
 
 log = logging.getLogger("hotpatch.supervisor")
 
-DOMAIN_SHARE = 0.2  # of the workers changed at once, and allowed to be unhealthy
-ROLLOUTS_KEPT = 20
 OK = ("applied", "unchanged")
-
-
-def domains(count: int, share: float = DOMAIN_SHARE) -> list[list[int]]:
-    """The workers ``0..count-1`` in update domains of at most ``share`` of them (at least 1)."""
-    size = max(1, math.floor(count * share + 1e-9))
-    return [list(range(i, min(i + size, count))) for i in range(0, count, size)]
 
 
 def worker_journal(journal: Path | None, index: int) -> Path | None:
@@ -76,8 +68,6 @@ class Fleet:
             msg = f"--workers must be at least 1, not {workers}"
             raise ValueError(msg)
         self.config = config
-        self.health_url = config.health_url
-        self.settle = config.settle
         self.listeners: dict[str, socket.socket] = {}
         self.members: list[Supervisor] = []
         self.count = workers
@@ -86,10 +76,13 @@ class Fleet:
         self.pipeline: FolderPipeline | None = None  # the watched folder's, while it runs
         self.metrics_url: str | None = None  # where --metrics serves (supervisor._metrics)
         self.sys_path_known = threading.Event()
-        self.rollout: dict[str, Any] | None = None  # the one running, or the last one
-        self.rollouts: list[dict[str, Any]] = []
+        self.rollouts = Rollouts(
+            self.members,
+            health_url=config.health_url,
+            settle=config.settle,
+            on_change=self.write_status,
+        )
         self.state = "starting"
-        self._lock = asyncio.Lock()  # one rollout at a time
         self._stopping = asyncio.Event()
         self._exit_code = 0
 
@@ -187,8 +180,8 @@ class Fleet:
             "pauses_s": [p for m in self.members for p in m.restarts.pauses],
             "error": next((m.error for m in self.members if m.error), None),
             "patches": patches,
-            "rollout": self.rollout,
-            "rollouts": self.rollouts,
+            "rollout": self.rollouts.current,
+            "rollouts": self.rollouts.history,
             "updated": utc_now(),
         }
 
@@ -292,125 +285,7 @@ class Fleet:
             log.info("stopping %d workers (%s)", self.count, reason)
             self._stopping.set()
 
-    # -- rollouts
-
-    def _progress(self, rollout: dict[str, Any], message: str) -> None:
-        rollout["progress"].append(f"{utc_now()} {message}")
-        log.info("rollout %s: %s", rollout["what"], message)
-        self.write_status()
-
-    def _begin(self, what: str) -> dict[str, Any]:
-        rollout: dict[str, Any] = {
-            "what": what,
-            "state": "running",
-            "domains": domains(self.count),
-            "batches": [],
-            "changed": [],
-            "unhealthy": [],
-            "progress": [],
-            "started": utc_now(),
-            "finished": None,
-        }
-        self.rollout = rollout
-        self.rollouts.append(rollout)
-        del self.rollouts[:-ROLLOUTS_KEPT]
-        return rollout
-
-    async def _health(
-        self, member: Supervisor, still: Callable[[Supervisor], str | None] | None
-    ) -> tuple[bool, list[str]]:
-        body: dict[str, Any] = {"op": "health"}
-        if self.health_url:
-            body["url"] = self.health_url
-        try:
-            answer = await member.ask(body, "health", HEALTH_TIMEOUT)
-        except (ChildExited, TimeoutError) as exc:
-            return False, [f"no health answer: {exc}"]
-        reasons = list(answer.get("reasons") or [])
-        if still is not None and (gone := still(member)) is not None:
-            reasons.append(gone)
-        return bool(answer.get("ok")) and not reasons, reasons
-
-    async def _rollout(
-        self,
-        what: str,
-        change: Callable[[Supervisor], Awaitable[tuple[bool, str]]],
-        undo: Callable[[Supervisor], Awaitable[str]] | None,
-        still: Callable[[Supervisor], str | None] | None = None,
-    ) -> dict[str, Any]:
-        """Apply ``change`` domain by domain, health-checked; halt and ``undo`` on failure.
-
-        A batch passes when every worker in it took the change and answers
-        healthy; the workers changed before are checked again, and once more
-        than 20% of all workers are unhealthy the rollout halts too.
-        ``still(member)`` says why a changed worker lost the change (a plugin
-        rolled it back), or ``None``.
-        """
-        async with self._lock:
-            rollout = self._begin(what)
-            allowed = math.floor(self.count * DOMAIN_SHARE + 1e-9)
-            plan = rollout["domains"]
-            for number, batch in enumerate(plan, 1):
-                entry: dict[str, Any] = {
-                    "batch": number,
-                    "workers": batch,
-                    "started": utc_now(),
-                    "results": {},
-                }
-                rollout["batches"].append(entry)
-                self._progress(rollout, f"batch {number}/{len(plan)}: workers {batch}")
-                results = await asyncio.gather(*(change(self.members[i]) for i in batch))
-                for index, (ok, text) in zip(batch, results, strict=True):
-                    entry["results"][str(index)] = text
-                    if ok:
-                        rollout["changed"].append(index)
-                    else:
-                        rollout["unhealthy"].append(index)
-                if self.settle > 0:
-                    await asyncio.sleep(self.settle)
-                checks = await asyncio.gather(
-                    *(self._health(self.members[i], still) for i in rollout["changed"])
-                )
-                for index, (healthy, reasons) in zip(rollout["changed"], checks, strict=True):
-                    if not healthy and index not in rollout["unhealthy"]:
-                        rollout["unhealthy"].append(index)
-                        entry["results"][str(index)] = "unhealthy: " + "; ".join(reasons)
-                entry["finished"] = utc_now()
-                bad = rollout["unhealthy"]
-                self._progress(
-                    rollout,
-                    f"batch {number}/{len(plan)} done: {len(rollout['changed'])}/{self.count} "
-                    f"changed, {len(bad)} unhealthy",
-                )
-                if len(bad) > allowed or any(i in bad for i in batch):
-                    await self._halt(rollout, undo, allowed)
-                    return rollout
-            rollout["state"] = "done"
-            rollout["finished"] = utc_now()
-            self._progress(rollout, f"done: all {self.count} workers changed")
-            return rollout
-
-    async def _halt(
-        self,
-        rollout: dict[str, Any],
-        undo: Callable[[Supervisor], Awaitable[str]] | None,
-        allowed: int,
-    ) -> None:
-        bad = rollout["unhealthy"]
-        self._progress(
-            rollout,
-            f"halted: unhealthy workers {bad} (a batch must pass; at most {allowed} of "
-            f"{self.count} may be unhealthy)",
-        )
-        rollout["state"] = "halted"
-        if undo is not None:
-            touched = sorted({*rollout["changed"], *bad})
-            undone = await asyncio.gather(*(undo(self.members[i]) for i in touched))
-            rollout["rolled_back"] = dict(zip(map(str, touched), undone, strict=True))
-            rollout["state"] = "rolled-back"
-            self._progress(rollout, f"rolled back workers {touched}")
-        rollout["finished"] = utc_now()
-        self.write_status()
+    # -- what is rolled through the workers
 
     async def submit_patch(self, name: str, path: str, data: bytes, who: str) -> dict[str, Any]:
         """Roll a verified patch through the workers; the outcome the folder files."""
@@ -441,7 +316,7 @@ class Fleet:
                 return None
             return f"patch {version} is no longer applied (rolled back in the worker)"
 
-        rollout = await self._rollout(f"patch {name}", change, undo, still)
+        rollout = await self.rollouts.run(f"patch {name}", change, undo, still)
         first = answers.get(0) or next(iter(answers.values()), {})
         result = dict(first)
         result["rollout"] = {k: rollout[k] for k in ("state", "batches", "changed", "unhealthy")}
@@ -481,7 +356,7 @@ class Fleet:
                 return f"rolled back to {where}"
             return f"not rolled back: {outcome.error}"
 
-        rollout = await self._rollout(f"baseline {release.version}", change, undo)
+        rollout = await self.rollouts.run(f"baseline {release.version}", change, undo)
         result = dict(answers.get(0) or {})
         keys = ("state", "batches", "changed", "unhealthy", "rolled_back")
         result["rollout"] = {k: rollout[k] for k in keys if k in rollout}
@@ -508,4 +383,4 @@ class Fleet:
             outcome = await member.request_restart(reason)
             return outcome.ok, f"{outcome.kind} pid {outcome.old_pid} -> {outcome.new_pid}"
 
-        return await self._rollout(f"restart ({reason})", change, None)
+        return await self.rollouts.run(f"restart ({reason})", change, None)
