@@ -13,9 +13,9 @@ only what is new since it last looked:
 - starts and restarts by kind, cause and outcome, and the pauses the
   supervisor measured.
 
-Restarts and level changes are heard through each ``Supervisor``'s
-``on_status`` callback, which it calls on every recorded restart and every
-level a process reports, so none is missed however quickly they follow.
+Restarts and level changes are heard as each ``Supervisor`` calls its
+observers (``Supervisor.observe``), on every recorded restart and every level
+a process reports, so none is missed however quickly they follow.
 
 A periodic task on the runner's event loop does the rest; nothing here runs
 on another thread, and a failure in the bridge is logged, never raised into
@@ -94,7 +94,7 @@ class MetricsBridge:
     def __init__(self, runner: Runner, metrics: Metrics) -> None:
         self.runner = runner
         self.metrics = metrics
-        self._hooked: set[int] = set()  # id() of the members whose on_status we hear
+        self._hooked: set[int] = set()  # id() of the members we observe
         self._restarts: dict[str, RestartOutcome | None] = {}  # per worker, the last counted
         self._levels: dict[str, tuple[int, str, tuple[str, ...]]] = {}  # pid, baseline, level
         self._service: tuple[str, tuple[str, ...]] | None = None
@@ -132,24 +132,21 @@ class MetricsBridge:
             self._failed = True
             log.exception("metrics: cannot read the supervisor's state; the metrics may lag")
 
-    # -- restarts, heard through on_status
+    # -- restarts, heard as each member's status changes
 
     def _hook(self, member: Supervisor) -> None:
         if id(member) in self._hooked:
             return
         self._hooked.add(id(member))
-        previous = member.on_status
 
-        def on_status() -> None:
+        def changed() -> None:
             try:
                 self._restarted(member)
                 self._level(member)
             except Exception:
                 self._log_failure()
-            if previous is not None:
-                previous()
 
-        member.on_status = on_status
+        member.observe(changed)
 
     def _restarted(self, member: Supervisor) -> None:
         outcome = member.last_restart

@@ -70,6 +70,7 @@ class Supervisor:
         self.shared_sockets = listeners is not None
         self.listeners: dict[str, socket.socket] = dict(listeners or {})
         self.on_status = on_status
+        self._observers: list[Callable[[], None]] = []  # see observe()
         self.running = Running(config.baseline)
         self.error: str | None = None
         self.make_pipeline = pipeline
@@ -193,8 +194,15 @@ class Supervisor:
         """Has the supervisor been asked to stop (``run()`` is ending)?"""
         return self._stopping.is_set()
 
+    def observe(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` on every status change (a restart recorded, a level reported),
+        before the fleet hears of it and the status file is rewritten (the metrics bridge)."""
+        self._observers.append(callback)
+
     def write_status(self) -> None:
-        """Tell the fleet (``on_status``) and rewrite the status file, if there is one."""
+        """Tell the observers and the fleet (``on_status``); rewrite the status file, if any."""
+        for observer in self._observers:
+            observer()
         if self.on_status is not None:
             self.on_status()
         if self.config.status_file is not None:
