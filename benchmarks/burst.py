@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import logging
 import os
 import random
 import sys
@@ -145,6 +146,8 @@ def wait_filed(folder: Path, size: int) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse(argv)
+    # Thousands of "applied patch" lines would drown the figures: warnings only.
+    logging.getLogger("hotpatch").setLevel(logging.WARNING)
     sizes = [4, 20] if args.quick else sorted(int(s) for s in args.sizes.split(","))
     runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="hotpatch-burst-") as tmp:

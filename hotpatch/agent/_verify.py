@@ -156,12 +156,21 @@ class Verifier:
         return report
 
     def close(self) -> None:
-        """End the verifier (and a check it runs). Idempotent."""
-        with self._lock:
+        """End the verifier (and a check it runs). Idempotent.
+
+        At interpreter exit (an agent never stopped) the lock may be held by a
+        thread the interpreter has frozen for good: then it is not waited for
+        (the verification process dies with this one anyway).
+        """
+        locked = self._lock.acquire(blocking=not sys.is_finalizing())
+        try:
             self._closed = True
-            if self._process is not None:
-                self._process.stop()
-                self._process = None
+            process, self._process = self._process, None
+        finally:
+            if locked:
+                self._lock.release()
+        if process is not None:
+            process.stop()
 
     def __enter__(self) -> Verifier:
         return self
