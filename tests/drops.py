@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -70,3 +72,44 @@ class DropFolder:
 
     def listing(self, where: str) -> list[str]:
         return sorted(os.listdir(self.path / where))
+
+
+class Watching:
+    """``hotpatch watch FOLDER --json --count N`` running in a process of its own.
+
+    Started on entering (once it says it is listening); ``records()`` waits for
+    its N lines; leaving kills it if it is still running.
+    """
+
+    def __init__(self, folder: Path, count: int, *, plain: bool = False) -> None:
+        self.folder, self.count, self.plain = folder, count, plain
+        self.process: subprocess.Popen[str] | None = None
+        self.stderr = ""
+
+    def __enter__(self) -> Watching:
+        command = [sys.executable, "-m", "hotpatch", "watch", str(self.folder)]
+        json_flag = [] if self.plain else ["--json"]
+        self.process = subprocess.Popen(
+            [*command, "--count", str(self.count), *json_flag],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert self.process.stderr is not None
+        assert "watching" in self.process.stderr.readline()  # it follows from here on
+        return self
+
+    def output(self) -> str:
+        """Its whole output, once it has shown ``count`` lines and ended."""
+        assert self.process is not None
+        out, self.stderr = self.process.communicate(timeout=WAIT_S * 2)
+        assert self.process.returncode == 0, self.stderr
+        return out
+
+    def records(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.output().splitlines()]
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.communicate()

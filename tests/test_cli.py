@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from drops import Watching, wait_for
 
 import hotpatch
 from hotpatch.agent._control import ControlServer
@@ -497,6 +498,53 @@ def test_watch_follows_outcomes_as_they_happen(agent, watched, patch_file, targe
     ]
     assert "syntax error" in lines[1]["reason"]
     assert target.price(2) == 6
+
+
+def test_watch_shows_applies_and_rollbacks_sent_through_the_socket(
+    agent, watched, patch_file, target
+) -> None:
+    """Not only drops: `hotpatch apply` and `hotpatch rollback` show too, with who asked."""
+    uid = f"uid:{os.getuid()}"
+    with Watching(watched, 4) as watching:
+        _drop(watched, patch_file("1.0.1", 3), "fix.py")
+        wait_for((watched / "applied" / "fix.py").exists, "fix.py filed")
+        applied = run_cli("apply", str(patch_file("1.0.2", 5)), "--folder", str(watched))
+        assert applied.returncode == 0, applied.stderr
+        refused = run_cli("apply", str(patch_file("1.0.2", 7)), "--folder", str(watched))
+        assert refused.returncode == 1, refused.stdout
+        rolled = run_cli("rollback", "--folder", str(watched))
+        assert rolled.returncode == 0, rolled.stderr
+        records = watching.records()
+    assert [(r["event"], r.get("version"), r.get("outcome"), r["dir"]) for r in records] == [
+        ("outcome", "1.0.1", "applied", "applied"),
+        ("outcome", "1.0.2", "applied", None),
+        ("outcome", "1.0.2", "rejected", None),
+        ("rollback", None, None, None),
+    ]
+    assert [r["source"] for r in records] == [
+        "folder",
+        f"{uid} via hotpatch apply",
+        f"{uid} via hotpatch apply",
+        f"{uid} via hotpatch rollback",
+    ]
+    assert "already applied with other content" in records[2]["reason"]
+    assert (records[3]["versions"], records[3]["level"]) == (["1.0.2"], ["1.0.1"])
+    assert target.price(2) == 6
+
+
+def test_watch_prints_a_line_per_outcome_naming_its_source(agent, watched, patch_file) -> None:
+    with Watching(watched, 2, plain=True) as watching:
+        assert (
+            run_cli("apply", str(patch_file("1.0.1", 3)), "--folder", str(watched)).returncode == 0
+        )
+        assert run_cli("rollback", "--folder", str(watched)).returncode == 0
+        lines = watching.output().splitlines()
+    uid = f"uid:{os.getuid()}"
+    assert "  1.0.1  applied  " in lines[0], lines
+    assert lines[0].endswith(f"  from {uid} via hotpatch apply"), lines
+    assert lines[1].endswith(
+        f"  1.0.1  rolled back  level now the baseline  from {uid} via hotpatch rollback"
+    ), lines
 
 
 def test_watch_needs_a_folder(tmp_path: Path) -> None:

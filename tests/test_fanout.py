@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from drops import wait_for
+from drops import Watching, wait_for
 
 from hotpatch._journal import Journal, JournalEntry, JournalState
 from hotpatch.agent._control import request
@@ -257,6 +257,36 @@ def test_status_lists_the_workers_and_rollback_reaches_them_all(workers: Workers
     assert sorted(w["index"] for w in answer["workers"]) == sorted(pids)
     assert all(w["ok"] and w["versions"] == ["1.1"] for w in answer["workers"])
     assert all(workers.level(pid) == [] for pid in pids)
+
+
+def test_watch_shows_each_outcome_of_the_group_once_however_it_was_asked(
+    workers: Workers,
+) -> None:
+    """A drop, `hotpatch apply` to a worker that does not own the folder, a rollback."""
+    pids = [workers.start() for _ in range(3)]
+    owner = workers.owner()
+    other = next(pid for pid in pids if pid != owner)
+    uid = f"uid:{os.getuid()}"
+    with Watching(workers.folder, 3) as watching:
+        workers.drop("fix.py", patch_text("1.1", 1))
+        workers.filed("fix.py", "applied")
+        newer = workers.outbox / "newer.py"
+        newer.write_text(patch_text("1.2", 2))
+        hotpatch_cli("apply", str(newer), "--socket", str(workers.socket(other)))
+        hotpatch_cli("rollback", "--socket", str(workers.socket(other)))
+        records = watching.records()
+    assert [(r["event"], r["source"], r["dir"]) for r in records] == [
+        ("outcome", "folder", "applied"),
+        ("outcome", f"{uid} via hotpatch apply", None),
+        ("rollback", f"{uid} via hotpatch rollback", None),
+    ]
+    assert [(r["version"], r["outcome"]) for r in records[:2]] == [
+        ("1.1", "applied"),
+        ("1.2", "applied"),
+    ]
+    assert sorted(w["pid"] for w in records[1]["workers"]) == sorted(pids)
+    assert (records[2]["versions"], records[2]["level"]) == (["1.2"], ["1.1"])
+    assert all(workers.level(pid) == ["1.1"] for pid in pids)
 
 
 def test_a_damaged_delivery_is_refused(workers: Workers) -> None:

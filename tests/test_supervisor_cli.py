@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from drops import Watching
 from test_baselines import make_bundle
 from test_supervisor import Supervised, request, supervise
 from test_supervisor_patches import BASE_OPTIONS, drop, logic_patch
@@ -133,34 +134,46 @@ def test_apply_verify_history_and_rollback_through_the_supervisor(
     assert checked["targets"] == ["counter_logic:tag"]
     assert tag(supervised) == "base"  # verify changed nothing
 
-    applied = hotpatch("apply", hot, *where)
-    assert applied.returncode == 0, applied.stderr
-    assert "applied" in applied.stdout
-    assert tag(supervised) == "fixed"
+    with Watching(folder, 4) as watching:  # each apply shows in `hotpatch watch` too
+        applied = hotpatch("apply", hot, *where)
+        assert applied.returncode == 0, applied.stderr
+        assert "applied" in applied.stdout
+        assert tag(supervised) == "fixed"
 
-    big = write(files, "big-1.0.2.py", logic_patch("1.0.2", "restarted", head=", restart=True"))
-    not_hot = hotpatch("verify", big, *where)
-    assert not_hot.returncode == 1, not_hot.stderr
-    assert "restart=True" in not_hot.stdout
-    assert "not hot" in not_hot.stderr
-    first = supervised.child_pid
-    through_restart = as_json("apply", big, *where)
-    assert through_restart["exit"] == 0, through_restart
-    assert through_restart["via"] == "restart"
-    assert through_restart["level"] == ["1.0.1", "1.0.2"]
-    assert supervised.child_pid != first
-    assert tag(supervised) == "restarted"
+        big = write(files, "big-1.0.2.py", logic_patch("1.0.2", "restarted", head=", restart=True"))
+        not_hot = hotpatch("verify", big, *where)
+        assert not_hot.returncode == 1, not_hot.stderr
+        assert "restart=True" in not_hot.stdout
+        assert "not hot" in not_hot.stderr
+        first = supervised.child_pid
+        through_restart = as_json("apply", big, *where)
+        assert through_restart["exit"] == 0, through_restart
+        assert through_restart["via"] == "restart"
+        assert through_restart["level"] == ["1.0.1", "1.0.2"]
+        assert supervised.child_pid != first
+        assert tag(supervised) == "restarted"
 
-    top = write(files, "top-1.0.3.py", logic_patch("1.0.3", "on-top"))
-    assert hotpatch("apply", top, *where).returncode == 0
-    assert tag(supervised) == "on-top"
+        top = write(files, "top-1.0.3.py", logic_patch("1.0.3", "on-top"))
+        assert hotpatch("apply", top, *where).returncode == 0
+        assert tag(supervised) == "on-top"
 
-    refused = write(files, "bad.py", logic_patch("1.0.4", "x").replace("counter_logic", "nowhere"))
-    bad = hotpatch("apply", refused, *where)
-    assert bad.returncode == 1
-    assert "refused" in bad.stderr
-    assert "nowhere" in bad.stderr
-    assert tag(supervised) == "on-top"
+        refused = write(
+            files, "bad.py", logic_patch("1.0.4", "x").replace("counter_logic", "nowhere")
+        )
+        bad = hotpatch("apply", refused, *where)
+        assert bad.returncode == 1
+        assert "refused" in bad.stderr
+        assert "nowhere" in bad.stderr
+        assert tag(supervised) == "on-top"
+
+        watched = watching.records()
+    uid = f"uid:{os.getuid()}"
+    assert [(r["version"], r["outcome"], r.get("via"), r["source"]) for r in watched] == [
+        ("1.0.1", "applied", "hot", f"{uid} via hotpatch apply"),
+        ("1.0.2", "applied", "restart", f"{uid} via hotpatch apply"),
+        ("1.0.3", "applied", "hot", f"{uid} via hotpatch apply"),
+        ("1.0.4", "rejected", None, f"{uid} via hotpatch apply"),
+    ]
 
     assert_history_and_rollbacks(supervised, folder)
 

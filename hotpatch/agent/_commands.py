@@ -43,7 +43,7 @@ class Commands:
         if isinstance(path, dict):
             return path
         try:
-            outcome = self.pipeline.process(path, who=who)
+            outcome = self.pipeline.process(path, who=who, source=f"{who} via hotpatch apply")
         except Vanished:
             return bad_request(f"no such file: {path}")
         record = outcome.record()
@@ -64,7 +64,10 @@ class Commands:
             return bad_request(f"no such file: {path}")
 
     def rollback(self, request: dict[str, Any], who: str) -> dict[str, Any]:
-        return rollback_answer(self.pipeline, self.pipeline.applier, request, who)
+        """Roll back the last patch, or to the request's ``to``; logged in the outcome log."""
+        answer = rollback_answer(self.pipeline, self.pipeline.applier, request, who)
+        self.pipeline.rolled_back(answer, who=who, source=f"{who} via hotpatch rollback")
+        return answer
 
 
 def dispatch(table: Mapping[str, Command]) -> Handler:

@@ -10,6 +10,9 @@
    neither exit nor hang;
 5. hand the verified bytes to the ``Applier`` (``hotpatch.agent._applier``).
 
+Every outcome is made here, whichever way the patch came (a drop, ``hotpatch
+apply``), so here it is added to the folder's outcome log (``_outcome_log``).
+
 What applies them is the applier's business: this process's registry, every
 pre-fork worker, or the supervisor's serving process.
 """
@@ -38,7 +41,8 @@ from hotpatch.agent._drops import (
     read_signature,
 )
 from hotpatch.agent._names import shown
-from hotpatch.agent._outcome import Outcome, log_outcome, now_iso
+from hotpatch.agent._outcome import OUTCOME_DIRS, Outcome, log_outcome, now_iso
+from hotpatch.agent._outcome_log import FOLDER, OutcomeLog
 from hotpatch.agent._settings import Checks
 from hotpatch.agent._signing import verify_signature
 from hotpatch.agent._staging import Staging
@@ -59,6 +63,7 @@ class DropPipeline:
         staging: Staging,
         *,
         lock: threading.RLock | None = None,
+        outcome_log: OutcomeLog | None = None,
     ) -> None:
         self.applier = applier
         self.checks = checks
@@ -69,6 +74,7 @@ class DropPipeline:
         # One patch operation at a time; shared with whatever else changes the level.
         self.lock = lock if lock is not None else threading.RLock()
         self.last: dict[str, Any] | None = None  # the record of the last outcome
+        self.outcome_log = outcome_log  # the folder's, where ``hotpatch watch`` sees them
 
     @contextlib.contextmanager
     def verifying(self, *, warm: Iterable[str] = ()) -> Iterator[Verifier | None]:
@@ -94,10 +100,12 @@ class DropPipeline:
             finally:
                 self.verifier = None
 
-    def process(self, path: Path, *, who: str) -> Outcome:
+    def process(self, path: Path, *, who: str, source: str = FOLDER) -> Outcome:
         """Check and apply the patch at ``path``; the outcome, never an exception.
 
-        Raises only ``Vanished`` (the file is gone before it could be read).
+        ``source``: how it came, for the outcome log -- ``FOLDER`` (a drop, which
+        the folder files), or e.g. ``"uid:0 via hotpatch apply"``. Raises only
+        ``Vanished`` (the file is gone before it could be read).
         """
         start = time.perf_counter()
         outcome = Outcome(name=path.name, who=who)
@@ -127,7 +135,28 @@ class DropPipeline:
             self.applier.rejected(outcome, path)
         log_outcome(outcome)
         self.last = outcome.record()
+        if self.outcome_log is not None:
+            filed = OUTCOME_DIRS[outcome.outcome] if source == FOLDER else None
+            self.outcome_log.append(
+                {"event": "outcome", "source": source, "dir": filed, **self.last}
+            )
         return outcome
+
+    def rolled_back(self, answer: dict[str, Any], *, who: str, source: str) -> None:
+        """Add a rollback's answer to the outcome log, if it rolled anything back."""
+        if self.outcome_log is None or not answer.get("ok") or not answer.get("versions"):
+            return
+        self.outcome_log.append(
+            {
+                "event": "rollback",
+                "source": source,
+                "dir": None,
+                "versions": list(answer["versions"]),
+                "level": list(answer.get("level") or ()),
+                "time": now_iso(),
+                "who": who,
+            }
+        )
 
     def check(self, path: Path, *, who: str) -> dict[str, Any]:
         """``hotpatch verify``: the checks, then the applier's dry run; nothing is applied.

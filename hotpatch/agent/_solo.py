@@ -14,6 +14,7 @@ from hotpatch.agent._control import ControlServer
 from hotpatch.agent._lifecycle import FolderLock, FolderWatch
 from hotpatch.agent._local import LocalApplier
 from hotpatch.agent._outcome import check_folder
+from hotpatch.agent._outcome_log import OutcomeLog
 from hotpatch.agent._pipeline import DropPipeline
 from hotpatch.agent._settings import Settings
 from hotpatch.agent._staging import Staging
@@ -48,7 +49,12 @@ class Solo:
             if self.registry.journal_report:
                 log.info("%s", self.registry.journal_report)
             staging = stack.enter_context(Staging(settings.watch))
-            self.pipeline = DropPipeline(LocalApplier(self.registry), settings.checks, staging)
+            self.pipeline = DropPipeline(
+                LocalApplier(self.registry),
+                settings.checks,
+                staging,
+                outcome_log=OutcomeLog(settings.watch) if settings.watch is not None else None,
+            )
             stack.enter_context(self.pipeline.verifying(warm=library_modules()))
             self._handle = dispatch(Commands(self.pipeline, self.status).table())
             if settings.socket is not None:

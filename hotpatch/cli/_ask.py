@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from hotpatch import _errors
+from hotpatch.agent._names import PIDFILE_NAME
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -18,7 +19,6 @@ __all__ = [
     "EXIT_OK",
     "EXIT_REFUSED",
     "EXIT_USAGE",
-    "PIDFILE",
     "Answer",
     "UsageError",
     "ask",
@@ -31,7 +31,6 @@ __all__ = [
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE = 0, 1, 2
 ENV_SOCKET = "HOTPATCH_SOCKET"
-PIDFILE = ".hotpatch.json"
 DEFAULT_TIMEOUT = 120.0  # an apply includes the child verification
 
 Answer = dict[str, Any]
@@ -52,7 +51,7 @@ def socket_path(args: argparse.Namespace) -> Path:
         return _from_pidfile(Path(args.folder))
     if os.environ.get(ENV_SOCKET):
         return Path(os.environ[ENV_SOCKET])
-    if Path(PIDFILE).is_file():
+    if Path(PIDFILE_NAME).is_file():
         return _from_pidfile(Path.cwd())
     msg = (
         "no agent to talk to: pass --socket PATH or --folder DIR (the agent's watched "
@@ -62,7 +61,7 @@ def socket_path(args: argparse.Namespace) -> Path:
 
 
 def _from_pidfile(folder: Path) -> Path:
-    pidfile = folder / PIDFILE
+    pidfile = folder / PIDFILE_NAME
     try:
         info = json.loads(pidfile.read_bytes())
     except FileNotFoundError:

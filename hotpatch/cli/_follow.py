@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import queue
@@ -12,7 +13,9 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from hotpatch.cli._ask import ENV_SOCKET, EXIT_OK, PIDFILE, Answer, UsageError, ask
+from hotpatch.agent._names import PIDFILE_NAME
+from hotpatch.agent._outcome_log import FOLDER, LogTail
+from hotpatch.cli._ask import ENV_SOCKET, EXIT_OK, Answer, UsageError, ask
 
 __all__ = [
     "OUTCOME_DIRS",
@@ -40,7 +43,7 @@ def rollout_status_file(args: argparse.Namespace) -> Path | None:
     else:
         folder = Path.cwd()
     try:
-        info = json.loads((folder / PIDFILE).read_bytes())
+        info = json.loads((folder / PIDFILE_NAME).read_bytes())
     except (OSError, ValueError):
         return None
     if not isinstance(info, dict) or not info.get("supervisor"):
@@ -162,8 +165,14 @@ OUTCOME_DIRS = ("applied", "rejected", "pending")
 
 
 def watch_folder(args: argparse.Namespace) -> int:
-    """Print each ``NAME.result.json`` that appears in the folder's outcome directories,
-    and, for a supervisor's folder (not with ``--json``), its rollouts' progress lines."""
+    """Print each outcome of the folder's agent or supervisor, and each rollback, as it happens.
+
+    Every outcome and rollback is read from the folder's outcome log, however
+    it was asked for (a drop, ``hotpatch apply``, ``hotpatch rollback``); the
+    result files that appear in the outcome directories are shown too (an
+    agent of an earlier release writes no log), each outcome once. For a
+    supervisor's folder (not with ``--json``), its rollouts' progress lines.
+    """
     from watchdog.events import FileSystemEvent, FileSystemEventHandler  # noqa: PLC0415
     from watchdog.observers import Observer  # noqa: PLC0415
 
@@ -180,6 +189,7 @@ def watch_folder(args: argparse.Namespace) -> int:
             if event.event_type in ("moved", "closed", "created") and path.endswith(".result.json"):
                 seen.put(Path(path))
 
+    tail = LogTail(folder)  # from here on: what the log holds already is not new
     observer = Observer()
     for name in OUTCOME_DIRS:
         (folder / name).mkdir(exist_ok=True)
@@ -191,43 +201,102 @@ def watch_folder(args: argparse.Namespace) -> int:
     )
     # On stderr even with --json: it says the follower is listening (stdout stays JSON lines).
     print(f"watching {folder} for outcomes (Ctrl-C to stop)", file=sys.stderr, flush=True)
-    shown: set[Path] = set()
     try:
-        while args.count is None or len(shown) < args.count:
-            try:
-                path = seen.get(timeout=FOLLOW_POLL_S)
-            except queue.Empty:
-                if rollouts is not None:
-                    rollouts.poll()
-                continue
-            if rollouts is not None:
-                rollouts.poll()  # a rollout's last steps come before its outcome
-            if path in shown:
-                continue
-            try:
-                record = json.loads(path.read_bytes())
-            except (OSError, ValueError):
-                continue  # not complete yet: its rename will be seen
-            shown.add(path)
-            _show_watched(args, path.parent.name, record)
+        _follow(args, seen, tail, rollouts)
     finally:
         observer.stop()
         observer.join()
+        tail.close()
     return EXIT_OK
 
 
-def _show_watched(args: argparse.Namespace, where: str, record: Answer) -> None:
+def _follow(
+    args: argparse.Namespace,
+    results: queue.Queue[Path],
+    tail: LogTail,
+    rollouts: RolloutFollower | None,
+) -> None:
+    """Show the log's records and the result files as they come, each outcome once."""
+    shown = _Shown(args.count)
+    filed: set[Path] = set()
+    while not shown.enough:
+        try:
+            path: Path | None = results.get(timeout=FOLLOW_POLL_S)
+        except queue.Empty:
+            path = None
+        if rollouts is not None:
+            rollouts.poll()  # a rollout's last steps come before its outcome
+        for record in tail.read():  # written before the result file: seen first
+            if not shown.enough and shown.first(record):
+                _show_watched(args, record)
+        if path is None or path in filed:
+            continue
+        try:
+            record = json.loads(path.read_bytes())
+        except (OSError, ValueError):
+            continue  # not complete yet: its rename will be seen
+        filed.add(path)
+        if isinstance(record, dict) and not shown.enough:
+            record = {"event": "outcome", "source": FOLDER, "dir": path.parent.name, **record}
+            if shown.first(record):
+                _show_watched(args, record)
+
+
+class _Shown:
+    """The outcomes shown so far, by identity: the log's line and the result file are one."""
+
+    KEPT = 4096
+
+    def __init__(self, count: int | None) -> None:
+        self.wanted = count
+        self.count = 0
+        self._keys: set[tuple[object, ...]] = set()
+        self._order: collections.deque[tuple[object, ...]] = collections.deque()
+
+    @property
+    def enough(self) -> bool:
+        return self.wanted is not None and self.count >= self.wanted
+
+    def first(self, record: Answer) -> bool:
+        """Is ``record`` new? Counts it if so."""
+        key = tuple(
+            str(record.get(k)) for k in ("event", "file", "time", "sha256", "outcome", "who")
+        )
+        if key in self._keys:
+            return False
+        self._keys.add(key)
+        self._order.append(key)
+        if len(self._order) > self.KEPT:
+            self._keys.discard(self._order.popleft())
+        self.count += 1
+        return True
+
+
+def _show_watched(args: argparse.Namespace, record: Answer) -> None:
     if getattr(args, "json", False):
-        print(json.dumps({"dir": where, **record}, ensure_ascii=False), flush=True)
+        print(json.dumps(record, ensure_ascii=False), flush=True)
+        return
+    source = f"from {record['source']}" if record.get("source") else ""
+    if record.get("event") == "rollback":
+        level = [str(v) for v in record.get("level") or []]
+        parts = [
+            str(record.get("time") or ""),
+            ", ".join(str(v) for v in record.get("versions") or []),
+            "rolled back",
+            f"level now {', '.join(level)}" if level else "level now the baseline",
+            source,
+        ]
+        print("  ".join(p for p in parts if p), flush=True)
         return
     timings = record.get("timings") or {}
     total = timings.get("total_s")
     parts = [
         str(record.get("time") or ""),
         f"{record.get('version') or '?'}",
-        str(record.get("outcome") or where),
+        str(record.get("outcome") or record.get("dir") or ""),
         f"via {record['via']}" if record.get("via") else "",
         f"{total * 1e3:.1f} ms" if isinstance(total, int | float) else "",
         str(record.get("reason") or "") if record.get("outcome") != "applied" else "",
+        source,
     ]
     print("  ".join(p for p in parts if p), flush=True)

@@ -9,8 +9,8 @@ Exit codes: 0 done; 1 refused (the agent said no -- a ``PatchError`` -- or
 ``verify`` found the patch cannot go in hot); 2 usage or connection errors.
 
 This module holds the parser and the commands; finding and asking the agent
-is in ``_cli_agent``, the tables in ``_cli_show``, following a rollout or a
-folder in ``_cli_follow``.
+is in ``_ask``, the tables in ``_show``, following a rollout or a folder in
+``_follow``.
 """
 
 from __future__ import annotations
@@ -24,13 +24,13 @@ from pathlib import Path
 
 from hotpatch import _errors
 from hotpatch._version import __version__
+from hotpatch.agent._names import PIDFILE_NAME
 from hotpatch.cli._ask import (
     DEFAULT_TIMEOUT,
     ENV_SOCKET,
     EXIT_OK,
     EXIT_REFUSED,
     EXIT_USAGE,
-    PIDFILE,
     Answer,
     UsageError,
     ask,
@@ -56,7 +56,7 @@ from hotpatch.cli._show import (
     table,
 )
 
-# RolloutFollower and render_rollout live in _cli_follow; tests import them from here.
+# RolloutFollower and render_rollout live in _follow; tests import them from here.
 __all__ = ["RolloutFollower", "main", "render_rollout"]
 
 ENV_KEY = "HOTPATCH_SIGNING_KEY"
@@ -86,8 +86,8 @@ def _parser() -> argparse.ArgumentParser:
         "--folder",
         metavar="DIR",
         default=argparse.SUPPRESS,
-        help=f"the agent's watched folder: its socket is read from DIR/{PIDFILE} "
-        f"(default: the current directory, when it holds {PIDFILE})",
+        help=f"the agent's watched folder: its socket is read from DIR/{PIDFILE_NAME} "
+        f"(default: the current directory, when it holds {PIDFILE_NAME})",
     )
     where.add_argument(
         "--timeout",
@@ -166,9 +166,11 @@ def _parser() -> argparse.ArgumentParser:
     watch = commands.add_parser(
         "watch",
         parents=[agent],
-        help="follow a patch folder's outcomes as they happen (a line each; Ctrl-C ends)",
-        description="Print a line for each outcome filed in the patch folder DIR (or "
-        "--folder DIR) as it happens, and a supervisor's rollout steps; Ctrl-C or --count ends.",
+        help="follow a patch folder's outcomes and rollbacks as they happen (a line each)",
+        description="Print a line for each outcome and rollback of the agent or supervisor "
+        "of the patch folder DIR (or --folder DIR) as it happens, however it was asked for "
+        "(a drop, hotpatch apply, hotpatch rollback), and a supervisor's rollout steps; "
+        "Ctrl-C or --count ends.",
     )
     watch.add_argument(
         "dir",
@@ -181,7 +183,7 @@ def _parser() -> argparse.ArgumentParser:
         "--count",
         type=int,
         metavar="N",
-        help="end after N outcomes (default: follow until interrupted)",
+        help="end after N outcomes and rollbacks (default: follow until interrupted)",
     )
     watch.set_defaults(run=_watch, uses=("folder",))
 
@@ -286,7 +288,7 @@ def _supervisor_status(args: argparse.Namespace) -> Answer | None:
         return None
     folder = Path(args.folder) if getattr(args, "folder", None) else Path.cwd()
     try:
-        info = json.loads((folder / PIDFILE).read_bytes())
+        info = json.loads((folder / PIDFILE_NAME).read_bytes())
     except (OSError, ValueError):
         return None  # not there or unreadable: the agent path reports it
     if not isinstance(info, dict) or not info.get("supervisor"):

@@ -40,6 +40,7 @@ from hotpatch.agent._drops import read_patch_file, read_signature
 from hotpatch.agent._lifecycle import FolderLock, FolderWatch
 from hotpatch.agent._names import SOCKET_NAME
 from hotpatch.agent._outcome import Outcome, check_folder
+from hotpatch.agent._outcome_log import OutcomeLog
 from hotpatch.agent._pipeline import DropPipeline
 from hotpatch.agent._settings import Checks
 from hotpatch.agent._signing import bundle_digest, verify_signature
@@ -90,7 +91,9 @@ class SupervisedPipeline:
         self.staging = Staging(self.watch)
         releases = config.releases or self.watch / ".releases"
         self.applier = SupervisorApplier(supervisor, self.checks, self.staging, releases)
-        self.pipeline = DropPipeline(self.applier, self.checks, self.staging)
+        self.pipeline = DropPipeline(
+            self.applier, self.checks, self.staging, outcome_log=OutcomeLog(self.watch)
+        )
         self._handle = dispatch(Commands(self.pipeline, self.status).table())
         self._watch: FolderWatch | None = None
         self._stack: contextlib.ExitStack[bool | None] | None = None

@@ -42,6 +42,7 @@ from hotpatch.agent._lifecycle import FolderWatch
 from hotpatch.agent._local import LocalApplier
 from hotpatch.agent._names import WORKERS_DIR
 from hotpatch.agent._outcome import check_folder
+from hotpatch.agent._outcome_log import OutcomeLog
 from hotpatch.agent._pipeline import DropPipeline
 from hotpatch.agent._settings import Settings
 from hotpatch.agent._staging import Staging
@@ -96,7 +97,13 @@ class Worker:
                 self.ownership = Ownership(folder, take=self._take, guard=lock)
                 fanout = Fanout(self.replica, folder, self.journal)
                 applier = FanoutApplier(local, fanout, self.ownership, self.journal)
-                self.pipeline = DropPipeline(applier, settings.checks, Staging(folder), lock=lock)
+                self.pipeline = DropPipeline(
+                    applier,
+                    settings.checks,
+                    Staging(folder),
+                    lock=lock,
+                    outcome_log=OutcomeLog(folder),
+                )
                 self.commands = WorkerCommands(
                     settings,
                     pipeline=self.pipeline,
