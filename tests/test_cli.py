@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -461,6 +462,55 @@ def test_run_is_the_supervisor_command_line():
     )
     assert missing.returncode == 2
     assert "give the service's command after --" in missing.stderr
+
+
+# -- show -----------------------------------------------------------------------------------
+
+
+def test_show_prints_the_source_and_sha256_of_an_applied_patch(agent, patch_file) -> None:
+    fix = patch_file("1.0.1", 3, summary='"triple it"')
+    assert run_cli("apply", str(fix), *sock(agent)).returncode == 0
+    text = fix.read_text()
+    fix.unlink()  # files move: the registry keeps the text it applied
+
+    answer = as_json(run_cli("show", "1.0.1", "--json", *sock(agent)))
+    assert answer["ok"] is True
+    assert answer["source"] == text
+    assert answer["sha256"] == hashlib.sha256(text.encode()).hexdigest()
+    assert (answer["version"], answer["baseline"], answer["summary"]) == (
+        "1.0.1",
+        "1.0",
+        "triple it",
+    )
+    assert answer["path"] == str(fix)
+    assert answer["who"] == f"uid:{os.getuid()}"
+    assert len(answer["targets"]) == 1
+    assert answer["targets"][0].endswith(":price")
+
+    human = run_cli("show", "1.0.1", *sock(agent))
+    assert human.returncode == 0, human.stderr
+    head, _, source = human.stdout.partition("\n\n")
+    rows = dict(line.split(None, 1) for line in head.splitlines())
+    assert rows["sha256"] == answer["sha256"]
+    assert rows["summary"] == "triple it"
+    assert rows["applied"].endswith(f" by uid:{os.getuid()}")
+    assert source == text
+
+    # The same version given another way (PEP 440 equal) is the same patch.
+    assert as_json(run_cli("show", "1.0.1.0", "--json", *sock(agent)))["version"] == "1.0.1"
+
+
+def test_show_refuses_a_version_that_is_not_applied_and_a_bad_one(agent, patch_file) -> None:
+    assert run_cli("apply", str(patch_file("1.0.1", 3)), *sock(agent)).returncode == 0
+    assert run_cli("rollback", *sock(agent)).returncode == 0
+    gone = run_cli("show", "1.0.1", *sock(agent))
+    assert gone.returncode == 1
+    assert "patch 1.0.1 is not applied: the level is empty on baseline 1.0" in gone.stderr
+    assert "hotpatch history" in gone.stderr
+    bad = run_cli("show", "banana", "--json", *sock(agent))
+    assert bad.returncode == 2
+    assert as_json(bad)["error_type"] == "BadRequest"
+    assert "'banana' is not a version" in as_json(bad)["error"]
 
 
 # -- watch ----------------------------------------------------------------------------------

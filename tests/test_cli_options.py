@@ -18,12 +18,13 @@ def test_a_bare_hotpatch_prints_the_help() -> None:
     result = run_cli()
     assert result.returncode == 2
     assert result.stdout.startswith("usage: hotpatch")
-    for command in ("status", "apply", "rollback", "history", "verify", "watch", "keygen"):
+    for command in ("status", "apply", "rollback", "history", "show", "verify", "watch", "keygen"):
         assert f"    {command} " in result.stdout
 
 
 @pytest.mark.parametrize(
-    "command", ["status", "apply", "rollback", "history", "verify", "watch", "keygen", "sign"]
+    "command",
+    ["status", "apply", "rollback", "history", "show", "verify", "watch", "keygen", "sign"],
 )
 def test_every_command_has_a_description(command: str) -> None:
     result = run_cli(command, "--help")

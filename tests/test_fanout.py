@@ -288,6 +288,14 @@ def test_watch_shows_each_outcome_of_the_group_once_however_it_was_asked(
     assert (records[2]["versions"], records[2]["level"]) == (["1.2"], ["1.1"])
     assert all(workers.level(pid) == ["1.1"] for pid in pids)
 
+    # `hotpatch show` from any worker: every one runs the group's level.
+    for pid in pids:
+        shown = json.loads(
+            hotpatch_cli("show", "1.1", "--json", "--socket", str(workers.socket(pid)))
+        )
+        assert shown["source"] == patch_text("1.1", 1)
+        assert shown["path"] == str(workers.folder / "fix.py")
+
 
 def test_a_damaged_delivery_is_refused(workers: Workers) -> None:
     pid = workers.start()

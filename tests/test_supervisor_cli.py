@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pty
@@ -168,6 +169,19 @@ def test_apply_verify_history_and_rollback_through_the_supervisor(
 
         watched = watching.records()
     uid = f"uid:{os.getuid()}"
+    # `hotpatch show`: from the serving process's journal, also for a patch it replayed.
+    for version, path in (("1.0.1", hot), ("1.0.3", top)):
+        shown = as_json("show", version, *where)
+        assert shown["exit"] == 0, shown
+        text = Path(path).read_text()
+        assert (shown["source"], shown["path"]) == (text, path)
+        assert shown["sha256"] == hashlib.sha256(text.encode()).hexdigest()
+        assert shown["targets"] == ["counter_logic:tag"]
+    assert as_json("show", "1.0.1", *where)["action"] == "replay"  # by the restarted process
+    assert as_json("show", "1.0.3", *where)["who"] == uid
+    missing = hotpatch("show", "1.0.4", *where)
+    assert missing.returncode == 1
+    assert "patch 1.0.4 is not applied: the level is 1.0.1, 1.0.2, 1.0.3" in missing.stderr
     assert [(r["version"], r["outcome"], r.get("via"), r["source"]) for r in watched] == [
         ("1.0.1", "applied", "hot", f"{uid} via hotpatch apply"),
         ("1.0.2", "applied", "restart", f"{uid} via hotpatch apply"),
@@ -258,6 +272,11 @@ def test_an_apply_rolls_through_the_workers_and_shows_its_progress(
     history = as_json("history", *where)
     applies = [(e["worker"], e["version"]) for e in history["history"] if e["action"] == "apply"]
     assert sorted(applies) == [(0, "1.0.1"), (1, "1.0.1"), (2, "1.0.1")]
+
+    shown = as_json("show", "1.0.1", *where)
+    assert shown["exit"] == 0, shown
+    assert shown["source"] == Path(patch).read_text()
+    assert shown["workers"] == [0, 1, 2]
     assert "WORKER" in hotpatch("history", *where).stdout
 
     rolled = as_json("rollback", *where)

@@ -9,16 +9,25 @@ through a restart when the patch is not hot).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import datetime
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
 from packaging.version import Version
 
-from hotpatch._errors import VerificationFailed
+from hotpatch._errors import VerificationFailed, VersionConflict
 from hotpatch.agent._outcome import Outcome
 
-__all__ = ["AppliedPatch", "Applier", "already_applied", "settled_check"]
+__all__ = [
+    "AppliedPatch",
+    "Applier",
+    "PatchText",
+    "already_applied",
+    "not_applied",
+    "settled_check",
+    "show_answer",
+]
 
 
 class AppliedPatch(NamedTuple):
@@ -81,6 +90,61 @@ class Applier(Protocol):
     def history(self) -> dict[str, Any]:
         """The answer of ``hotpatch history``."""
         ...
+
+    def show(self, version: str) -> dict[str, Any]:
+        """The answer of ``hotpatch show``: the applied patch ``version``'s source and sha256.
+
+        ``VersionConflict`` when it is not applied; ``ValueError`` for a bad version.
+        """
+        ...
+
+
+class PatchText(NamedTuple):
+    """An applied patch as ``hotpatch show`` tells it: what it is and the text it runs."""
+
+    version: str
+    sha256: str
+    path: str  # where it was read from (files move: the text is the patch)
+    text: str
+    summary: str
+    targets: tuple[str, ...]
+
+
+def show_answer(
+    patch: PatchText, baseline: str, history: Iterable[Mapping[str, Any]]
+) -> dict[str, Any]:
+    """``hotpatch show``'s answer for ``patch``, with when and by whom it was applied."""
+    applied = None
+    for row in history:  # the newest apply (or replay, in a restarted process) wins
+        if row.get("version") == patch.version and row.get("action") in ("apply", "replay"):
+            applied = row
+    when = None
+    if applied is not None and isinstance(applied.get("time"), int | float):
+        stamp = datetime.datetime.fromtimestamp(float(applied["time"]), datetime.UTC)
+        when = stamp.isoformat(timespec="milliseconds")
+    return {
+        "ok": True,
+        "version": patch.version,
+        "baseline": baseline,
+        "summary": patch.summary,
+        "sha256": patch.sha256,
+        "path": patch.path,
+        "targets": list(patch.targets),
+        "applied": when,
+        "action": applied.get("action") if applied is not None else None,
+        "who": applied.get("who") if applied is not None else None,
+        "source": patch.text,
+    }
+
+
+def not_applied(version: str, level: Iterable[str], baseline: str) -> VersionConflict:
+    """The refusal of ``hotpatch show`` for a version that is not in the level."""
+    applied = ", ".join(level)
+    msg = (
+        f"patch {version} is not applied: the level is {applied or 'empty'} on baseline "
+        f"{baseline}; `hotpatch history` lists what was applied and rolled back"
+    )
+    return VersionConflict(msg, patch=version)
 
 
 def already_applied(applied: Iterable[AppliedPatch], version: str, outcome: Outcome) -> bool:

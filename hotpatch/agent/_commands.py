@@ -1,4 +1,4 @@
-"""The control socket's commands: status, apply, verify, rollback, history, over a drop pipeline."""
+"""The control socket's commands: status, apply, verify, rollback, history, show."""
 
 from __future__ import annotations
 
@@ -35,6 +35,7 @@ class Commands:
             "verify": self.verify,
             "rollback": self.rollback,
             "history": lambda _request, _who: self.pipeline.applier.history(),
+            "show": self.show,
         }
 
     def apply(self, request: dict[str, Any], who: str) -> dict[str, Any]:
@@ -62,6 +63,16 @@ class Commands:
             return self.pipeline.check(path, who=who)
         except Vanished:
             return bad_request(f"no such file: {path}")
+
+    def show(self, request: dict[str, Any], _who: str) -> dict[str, Any]:
+        """The applied patch ``version``: its source, sha256, targets, and when it was applied."""
+        version = request.get("version")
+        if not isinstance(version, str) or not version:
+            return bad_request("show needs 'version': the version of an applied patch")
+        try:  # no lock: a read, answered while an apply runs
+            return self.pipeline.applier.show(version)
+        except ValueError as exc:  # not a version at all
+            return bad_request(f"{version!r} is not a version: {exc}")
 
     def rollback(self, request: dict[str, Any], who: str) -> dict[str, Any]:
         """Roll back the last patch, or to the request's ``to``; logged in the outcome log."""

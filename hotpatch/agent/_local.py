@@ -7,11 +7,20 @@ import time
 from pathlib import Path
 from typing import Any
 
+from packaging.version import Version
+
 from hotpatch._errors import RestartRequired, VerificationFailed
 from hotpatch._loader import load_patch_source
 from hotpatch._patch import Patch
 from hotpatch._registry import Registry
-from hotpatch.agent._applier import AppliedPatch, already_applied, settled_check
+from hotpatch.agent._applier import (
+    AppliedPatch,
+    PatchText,
+    already_applied,
+    not_applied,
+    settled_check,
+    show_answer,
+)
 from hotpatch.agent._drops import bundle_version
 from hotpatch.agent._outcome import Outcome
 
@@ -74,6 +83,24 @@ class LocalApplier:
 
     def history(self) -> dict[str, Any]:
         return {"ok": True, "history": [h.record() for h in self.registry.history]}
+
+    def show(self, version: str) -> dict[str, Any]:
+        """The applied patch ``version`` as the registry holds it: its text and sha256."""
+        registry, wanted = self.registry, Version(version)
+        for patch in registry.patches:
+            if patch.parsed_version == wanted and patch.source is not None:
+                source = patch.source
+                text = PatchText(
+                    patch.version,
+                    source.sha256,
+                    source.path,
+                    source.text,
+                    patch.summary,
+                    patch.targets,
+                )
+                history = [h.record() for h in registry.history]
+                return show_answer(text, registry.baseline, history)
+        raise not_applied(version, registry.level, registry.baseline)
 
     # -- the two steps of ``deliver``, which a pre-fork worker also takes on its own ---------
 

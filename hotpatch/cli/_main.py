@@ -49,6 +49,7 @@ from hotpatch.cli._make import add_make_parser
 from hotpatch.cli._show import (
     show_history,
     show_outcome,
+    show_patch,
     show_rollback,
     show_status,
     show_supervisor,
@@ -152,6 +153,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     history.add_argument("-n", "--limit", type=int, metavar="N", help="only the last N entries")
     history.set_defaults(run=_history, uses=AGENT_OPTIONS)
+
+    show = commands.add_parser(
+        "show",
+        parents=[agent],
+        help="the source and sha256 of an applied patch",
+        description="Print what the applied patch VERSION is -- its summary, sha256, the "
+        "file it was read from, its targets, when and by whom it was applied -- and the "
+        "source it runs (from the agent's registry, or the journal of a supervised "
+        "service). Exit 1 if VERSION is not applied.",
+    )
+    show.add_argument("version", metavar="VERSION", help="the version of an applied patch")
+    show.set_defaults(run=_show, uses=AGENT_OPTIONS)
 
     verify = commands.add_parser(
         "verify",
@@ -342,6 +355,10 @@ def _history(args: argparse.Namespace) -> int:
     if args.limit is not None and isinstance(answer.get("history"), list):
         answer["history"] = answer["history"][-args.limit :] if args.limit > 0 else []
     return finish(args, answer, show_history)
+
+
+def _show(args: argparse.Namespace) -> int:
+    return finish(args, ask(args, {"cmd": "show", "version": args.version}), show_patch)
 
 
 def _verify(args: argparse.Namespace) -> int:

@@ -11,6 +11,7 @@ from hotpatch.cli._ask import Answer
 __all__ = [
     "show_history",
     "show_outcome",
+    "show_patch",
     "show_rollback",
     "show_status",
     "show_supervisor",
@@ -157,6 +158,29 @@ def show_history(answer: Answer, out: TextIO) -> None:
         header = ("WORKER", *header)
         rows = [(e.get("worker"), *row) for e, row in zip(entries, rows, strict=True)]
     print(table(rows, header=header), file=out)
+
+
+def show_patch(answer: Answer, out: TextIO) -> None:
+    """An applied patch, as ``kpatch info`` shows a module: what it is, then its source."""
+    applied = answer.get("applied")
+    if applied and answer.get("action") == "replay":
+        applied = f"{applied} (replayed from the journal)"
+    if applied and answer.get("who"):
+        applied = f"{applied} by {answer['who']}"
+    rows: list[tuple[str, object]] = [
+        ("version", answer.get("version")),
+        ("baseline", answer.get("baseline")),
+        ("summary", answer.get("summary")),
+        ("sha256", answer.get("sha256")),
+        ("file", answer.get("path")),
+        ("targets", answer.get("targets")),
+        ("applied", applied),
+    ]
+    if "workers" in answer:
+        rows.append(("workers", answer.get("workers")))
+    print(table(rows), file=out)
+    source = str(answer.get("source") or "")
+    print(f"\n{source}", end="" if source.endswith("\n") else "\n", file=out)
 
 
 def show_verify(answer: Answer, out: TextIO) -> None:

@@ -31,12 +31,13 @@ from typing import Any, TypeVar
 
 from packaging.version import Version
 
-from hotpatch._errors import VerificationFailed
+from hotpatch._errors import JournalError, VerificationFailed
+from hotpatch._journal import Journal, JournalEntry
 from hotpatch._loader import DEFAULT_MAX_BYTES
-from hotpatch.agent._applier import AppliedPatch
+from hotpatch.agent._applier import AppliedPatch, PatchText, not_applied, show_answer
 from hotpatch.agent._commands import Commands, dispatch
 from hotpatch.agent._control import ControlServer
-from hotpatch.agent._drops import read_patch_file, read_signature
+from hotpatch.agent._drops import peek_targets, read_patch_file, read_signature
 from hotpatch.agent._lifecycle import FolderLock, FolderWatch
 from hotpatch.agent._names import SOCKET_NAME
 from hotpatch.agent._outcome import Outcome, check_folder
@@ -312,6 +313,56 @@ class SupervisorApplier:
         if self._fleet:
             result["workers"] = [_worker(a, "versions", "level", "error") for a in answers]
         return result
+
+    def show(self, version: str) -> dict[str, Any]:
+        """The applied patch ``version`` from the journal of the first worker that runs it.
+
+        The serving process keeps each patch's text and sha256 in its journal;
+        the sha256 it reported to the supervisor must match it. With
+        ``--workers N``, ``workers`` lists the workers running that content.
+        """
+        wanted = Version(version)
+        sha = next((s for v, s in self.runner.applied_patches if Version(v) == wanted), None)
+        baseline = self.runner.baseline or "0"
+        if sha is None:
+            raise not_applied(version, self.level(), baseline)
+        answer: dict[str, Any] | None = None
+        running: list[int] = []
+        for member in self.runner.members:
+            entry, history = self._journal_entry(member, wanted)
+            if entry is None or entry.sha256 != sha:
+                continue
+            running.append(member.index or 0)
+            if answer is None:
+                text = PatchText(
+                    entry.version,
+                    entry.sha256,
+                    entry.path,
+                    entry.text,
+                    entry.summary,
+                    peek_targets(entry.text.encode()),
+                )
+                answer = show_answer(text, baseline, history)
+        if answer is None:
+            msg = (
+                f"patch {version} (sha256 {sha[:16] if sha else '?'}) is applied, but no "
+                "worker's journal holds that content; see the service's log for journal errors"
+            )
+            raise JournalError(msg, patch=version)
+        if self._fleet:
+            answer["workers"] = running
+        return answer
+
+    def _journal_entry(
+        self, member: Supervisor, wanted: Version
+    ) -> tuple[JournalEntry | None, list[dict[str, Any]]]:
+        """The journal entry of version ``wanted`` in ``member``'s journal, and its history."""
+        path = member.config.journal
+        state = Journal(path).read() if path is not None else None
+        if state is None:
+            return None, []
+        entry = next((e for e in state.level if Version(e.version) == wanted), None)
+        return entry, state.history
 
     def history(self) -> dict[str, Any]:
         answers = self._ask_all({"op": "history", "entries": HISTORY_ENTRIES}, "history")

@@ -95,6 +95,10 @@ class FanoutApplier:
                 answer["journal_error"] = error
         return answer
 
+    def show(self, version: str) -> dict[str, Any]:
+        """From this worker: every worker runs the group's level."""
+        return self.local.show(version)
+
     def history(self) -> dict[str, Any]:
         """The group's history, as the journal records it across owners and restarts."""
         with contextlib.suppress(JournalError):
