@@ -231,10 +231,9 @@ def _pytest(
 ) -> dict[str, str] | None:
     """Run the test command in ``tree``; test id -> passed/failed/skipped, from its JUnit XML."""
     report.unlink(missing_ok=True)
-    # --rootdir: pytest would take the patch's folder into the root it derives from paths.
-    extra = [f"--junitxml={report}", f"--rootdir={tree}", "-p", "no:cacheprovider", "-q"]
-    for patch in patches:
-        extra += ["--hotpatch-apply", str(patch)]
+    extra = [f"--junitxml={report}", "-p", "no:cacheprovider", "-q"]
+    # One argument each: pytest never counts the patch's folder when it picks the rootdir.
+    extra += [f"--hotpatch-apply={patch}" for patch in patches]
     try:
         subprocess.run(
             [*command, *extra],

@@ -4,6 +4,10 @@
   with the patch(es) applied: they are applied when the session starts, after pytest
   read its configuration and the conftest files of the rootdir and test paths, and
   before any test module is collected (imported); rolled back when pytest ends.
+  pytest chooses its rootdir before it loads plugins, so it takes the FILE of a
+  separate ``--hotpatch-apply FILE`` for a test path; where that changed the rootdir
+  or the configuration file, the session is refused (``--hotpatch-apply=FILE`` is
+  one argument and never counts).
 * ``hotpatch_registry`` -- a fresh ``Registry`` on the ``hotpatch_baseline`` ini
   option; whatever it applied is rolled back at teardown.
 * ``check_patch_file(path)`` -- asserts that a patch file applies hot against the
@@ -12,9 +16,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import os
+import shlex
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,6 +70,67 @@ def pytest_addoption(parser: pytest.Parser) -> None:
             "the patched code (repeatable; applied in version order, rolled back at exit)"
         ),
     )
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_load_initial_conftests(
+    early_config: pytest.Config, parser: pytest.Parser, args: list[str]
+) -> None:
+    """Refuse a separate ``--hotpatch-apply FILE`` whose FILE moved pytest's rootdir.
+
+    pytest chose its rootdir and configuration file before this plugin was
+    loaded, counting FILE as a test path. Where the choice would differ
+    without it, the session would run with other test ids and, worse, maybe
+    without the project's configuration: refused, naming the fix.
+    """
+    # What pytest parsed when it chose the rootdir: $PYTEST_ADDOPTS and the command
+    # line (the addopts of the configuration file came after it).
+    given = [
+        *shlex.split(os.environ.get("PYTEST_ADDOPTS", "")),
+        *map(str, early_config.invocation_params.args),
+    ]
+    separate = [given[i + 1] for i, arg in enumerate(given[:-1]) if arg == "--hotpatch-apply"]
+    if not separate:
+        return
+    known = parser.parse_known_args(given)
+    if known.rootdir:
+        return  # an explicit rootdir: no path counts
+    wanted = _setup_without(known, early_config.invocation_params.dir)
+    if wanted is None or wanted == (early_config.rootpath, early_config.inipath):
+        return
+    root, ini = wanted
+    file = separate[0]
+    chosen = f"{early_config.rootpath}, " + (
+        f"configfile {early_config.inipath}" if early_config.inipath else "no configfile"
+    )
+    msg = (
+        f"--hotpatch-apply {file}: pytest counted this file when it chose its rootdir "
+        f"({chosen}) instead of {root} ({f'configfile {ini}' if ini else 'no configfile'}), "
+        f"which changes test ids and the configuration; write --hotpatch-apply={file} "
+        "(one argument), or pass --rootdir"
+    )
+    raise pytest.UsageError(msg)
+
+
+def _setup_without(known: Any, invocation_dir: Path) -> tuple[Path, Path | None] | None:
+    """The rootdir and configuration file pytest chooses for the test paths in ``known``
+    alone; ``None`` if this pytest's way of choosing cannot be called."""
+    try:
+        from _pytest.config.findpaths import determine_setup  # noqa: PLC0415
+    except ImportError:  # pytest moved it: without it the choice cannot be checked
+        return None
+    given: dict[str, Any] = {
+        "inifile": known.inifilename,
+        "override_ini": known.override_ini,
+        "args": list(known.file_or_dir),
+        "rootdir_cmd_arg": None,
+        "invocation_dir": invocation_dir,
+    }
+    with contextlib.suppress(TypeError, ValueError):
+        accepted = inspect.signature(determine_setup).parameters
+        found: Sequence[Any] = determine_setup(**{k: v for k, v in given.items() if k in accepted})
+        return Path(found[0]), Path(found[1]) if found[1] is not None else None
+    return None
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -571,3 +571,36 @@ def test_apply_says_the_target_must_be_importable_when_the_session_starts(pytest
     result.stderr.fnmatch_lines(
         [f"*hotpatch.TargetNotFound*'{name}.pricing' must be importable then: install the project*"]
     )
+
+
+def test_the_file_of_apply_never_changes_the_rootdir(pytester, tmp_path_factory):
+    """pytest picks its rootdir before it loads plugins, so the FILE of a separate
+    ``--hotpatch-apply FILE`` looks like a test path to it: from another folder it
+    would move the rootdir (test ids) and lose the project's configuration."""
+    _project(pytester)
+    elsewhere = tmp_path_factory.mktemp("elsewhere") / "fix.py"
+    (pytester.path / "fix.py").rename(elsewhere)
+
+    joined = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", f"--hotpatch-apply={elsewhere}"
+    )
+    joined.assert_outcomes(passed=3)
+    joined.stdout.fnmatch_lines([f"rootdir: {pytester.path}", "configfile: tox.ini"])
+
+    separate = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "--hotpatch-apply", elsewhere
+    )
+    assert separate.ret == pytest.ExitCode.USAGE_ERROR
+    separate.stderr.fnmatch_lines(
+        [
+            f"ERROR: --hotpatch-apply {elsewhere}: pytest counted this file when it chose its "
+            f"rootdir ({elsewhere.parent.parent}, no configfile) instead of {pytester.path} "
+            f"(configfile {pytester.path / 'tox.ini'}), which changes test ids and the "
+            f"configuration; write --hotpatch-apply={elsewhere} (one argument), or pass --rootdir"
+        ]
+    )
+    # An explicit --rootdir settles it: the file counts for nothing then.
+    rooted = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", f"--rootdir={pytester.path}", "--hotpatch-apply", elsewhere
+    )
+    rooted.assert_outcomes(passed=3)
