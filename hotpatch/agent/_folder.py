@@ -60,6 +60,7 @@ from hotpatch.agent._drops import (
     read_patch_file,
 )
 from hotpatch.agent._names import shown
+from hotpatch.agent._observer import stop_observer
 from hotpatch.agent._outcome import OUTCOME_DIRS, Outcome, file_outcome
 from hotpatch.agent._signing import SIGNATURE_SUFFIX
 
@@ -167,8 +168,7 @@ class Folder:
             self._stopping = True
             self._cond.notify_all()
         if self._observer is not None:
-            self._observer.stop()
-            self._observer.join()
+            stop_observer(self._observer)
             self._observer = None
         if self._worker is not None:
             self._worker.join()

@@ -176,6 +176,8 @@ def watch_folder(args: argparse.Namespace) -> int:
     from watchdog.events import FileSystemEvent, FileSystemEventHandler  # noqa: PLC0415
     from watchdog.observers import Observer  # noqa: PLC0415
 
+    from hotpatch.agent._observer import stop_observer  # noqa: PLC0415 - imports watchdog
+
     folder = Path(args.folder)
     if not folder.is_dir():
         msg = f"{folder} is not a folder: give the patch folder an agent or supervisor watches"
@@ -204,8 +206,7 @@ def watch_folder(args: argparse.Namespace) -> int:
     try:
         _follow(args, seen, tail, rollouts)
     finally:
-        observer.stop()
-        observer.join()
+        stop_observer(observer)
         tail.close()
     return EXIT_OK
 
