@@ -192,3 +192,25 @@ def test_one_worker_is_worker_0_and_a_patch_needing_a_restart_is_a_restart_pause
     assert pauses(scrape) == 1
     assert scrape("hotpatch_applies_total", source="folder") == 1
     assert versions(scrape) == {"0": ("1.0.1", "1.0")}
+
+    # `hotpatch apply` and `hotpatch rollback` through the control socket count too.
+    files = tmp_path / "outbox"
+    files.mkdir()
+    (files / "fix-1.0.2.py").write_text(logic_patch("1.0.2", "fixed"))
+    bad = logic_patch("1.0.3", "x").replace("counter_logic:tag", "counter_logic:nothing_here")
+    (files / "bad-1.0.3.py").write_text(bad)
+    where = ("--folder", str(folder))
+    assert hotpatch("apply", str(files / "fix-1.0.2.py"), *where).returncode == 0
+    assert hotpatch("apply", str(files / "bad-1.0.3.py"), *where).returncode == 1
+    assert hotpatch("rollback", *where).returncode == 0
+    scrape = scrape_until(
+        supervised,
+        lambda s: (
+            s("hotpatch_applies_total", source="control") == 1
+            and s("hotpatch_rejections_total", source="control") == 1
+            and s("hotpatch_rollbacks_total", source="other") == 1
+        ),
+        "the control socket's apply, rejection and rollback",
+    )
+    assert scrape("hotpatch_applies_total", source="folder") == 1
+    assert workers(scrape) == {"0": 1}

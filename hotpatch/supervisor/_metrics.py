@@ -7,8 +7,9 @@ only what is new since it last looked:
 - every worker's baseline and patch level, from the level its serving
   process last reported (``hotpatch_worker_level``, ``..._worker_version_info``);
   the level all workers share is the service's (``hotpatch_patch_level``);
-- applies and rejections, one per drop, from the outcome files the watched
-  folder writes (``applied/``, ``rejected/``: the supervisor's only way in);
+- applies and rejections, one per outcome, from the folder's outcome log, which
+  the drop pipeline appends to however the patch came (``source="folder"`` for
+  a drop, ``"control"`` for ``hotpatch apply`` through the control socket);
 - rollbacks, per worker, from a serving process's level losing versions;
 - starts and restarts by kind, cause and outcome, and the pauses the
   supervisor measured.
@@ -27,14 +28,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
-import json
 import logging
-import os
-import time
-from pathlib import Path
 from typing import Any
 
-from hotpatch.agent._outcome import OUTCOME_DIRS, RESULT_SUFFIX
+from hotpatch.agent._outcome_log import FOLDER, LogTail
 from hotpatch.supervisor._records import RestartOutcome
 from hotpatch.supervisor._runner import Runner
 from hotpatch.supervisor._supervisor import Supervisor
@@ -54,7 +51,6 @@ log = logging.getLogger("hotpatch.supervisor")
 Metrics = Any
 
 INTERVAL = 0.25  # seconds between looks at the runner
-RESCAN_WINDOW_NS = 2_000_000_000  # a folder changed this recently is listed again
 INSTALL_HINT = "pip install 'pyhotpatch[metrics]'"
 
 
@@ -98,14 +94,10 @@ class MetricsBridge:
         self._restarts: dict[str, RestartOutcome | None] = {}  # per worker, the last counted
         self._levels: dict[str, tuple[int, str, tuple[str, ...]]] = {}  # pid, baseline, level
         self._service: tuple[str, tuple[str, ...]] | None = None
-        self._results: set[str] = set()  # outcome files counted (or there before we started)
-        self._scanned: dict[Path, int] = {}  # outcome folder -> its mtime at the last listing
         self._failed = False
         watch = runner.config.watch
-        self._folders = (
-            [watch / name for name in sorted(set(OUTCOME_DIRS.values()))] if watch else []
-        )
-        self._scan_results(count=False)  # earlier runs' outcomes are not this run's
+        # From here on: earlier runs' outcomes are not this run's.
+        self._outcomes = LogTail(watch) if watch is not None else None
 
     # -- the periodic look
 
@@ -123,7 +115,7 @@ class MetricsBridge:
                 self._restarted(member)
                 self._level(member)
             self._service_level()
-            self._scan_results(count=True)
+            self._count_outcomes()
         except Exception:
             self._log_failure()
 
@@ -194,48 +186,32 @@ class MetricsBridge:
             {"version": common[-1] if common else baseline}
         )
 
-    # -- applies and rejections, from the folder's outcome files
+    # -- applies and rejections, from the folder's outcome log
 
-    def _scan_results(self, *, count: bool) -> None:
-        now = time.time_ns()
-        for folder in self._folders:
-            try:
-                mtime = folder.stat().st_mtime_ns
-            except FileNotFoundError:
-                continue
-            if self._scanned.get(folder) == mtime and now - mtime > RESCAN_WINDOW_NS:
-                continue
-            with os.scandir(folder) as entries:
-                names = [
-                    e.name
-                    for e in entries
-                    if e.name.endswith(RESULT_SUFFIX) and not e.name.startswith(".")
-                ]
-            for name in names:
-                key = f"{folder.name}/{name}"
-                if key in self._results:
-                    continue
-                if count and not self._count(folder / name):
-                    continue  # unreadable for now: look again next time
-                self._results.add(key)
-            self._scanned[folder] = mtime
+    def _count_outcomes(self) -> None:
+        if self._outcomes is None:
+            return
+        for record in self._outcomes.read():
+            if record.get("event") == "outcome":
+                self._count(record)
 
-    def _count(self, path: Path) -> bool:
-        try:
-            record: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return False
+    def _count(self, record: dict[str, Any]) -> None:
+        source = "folder" if record.get("source") == FOLDER else "control"
         outcome = record.get("outcome")
         if outcome == "applied":
-            self.metrics.applies.labels(source="folder").inc()
+            self.metrics.applies.labels(source=source).inc()
             seconds = (record.get("timings") or {}).get("service_apply_s")
             if isinstance(seconds, int | float):
                 self.metrics.apply_seconds.observe(float(seconds))
         elif outcome == "rejected":
-            self.metrics.rejections.labels(source="folder").inc()
+            self.metrics.rejections.labels(source=source).inc()
         elif outcome == "pending":  # a planned baseline, announced
             self.metrics.restarts_scheduled.labels(kind="planned-baseline").inc()
-        return True
+
+    def close(self) -> None:
+        """Stop following the outcome log."""
+        if self._outcomes is not None:
+            self._outcomes.close()
 
 
 async def serve_with_metrics(runner: Runner, metrics: Metrics, interval: float = INTERVAL) -> int:
@@ -250,6 +226,7 @@ async def serve_with_metrics(runner: Runner, metrics: Metrics, interval: float =
         with contextlib.suppress(asyncio.CancelledError):
             await task
         bridge.sync()
+        bridge.close()
         await asyncio.to_thread(metrics.close)
 
 
