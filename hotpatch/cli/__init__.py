@@ -1,3 +1,4 @@
+# PYTHON_ARGCOMPLETE_OK (argcomplete's global completion looks for this marker)
 """The ``hotpatch`` command: one module per group of commands, over the agent's control socket
 and the supervisor's status file.
 """

@@ -38,6 +38,7 @@ from hotpatch.cli._ask import (
     finish,
     print_json,
 )
+from hotpatch.cli._completion import SHELLS, AppliedVersion, complete, shell_code
 from hotpatch.cli._follow import (
     RolloutFollower,
     ask_following,
@@ -163,7 +164,9 @@ def _parser() -> argparse.ArgumentParser:
         "source it runs (from the agent's registry, or the journal of a supervised "
         "service). Exit 1 if VERSION is not applied.",
     )
-    show.add_argument("version", metavar="VERSION", help="the version of an applied patch")
+    show.add_argument(
+        "version", metavar="VERSION", action=AppliedVersion, help="the version of an applied patch"
+    )
     show.set_defaults(run=_show, uses=AGENT_OPTIONS)
 
     verify = commands.add_parser(
@@ -230,6 +233,16 @@ def _parser() -> argparse.ArgumentParser:
         help=f"the private key from `hotpatch keygen` (default: ${ENV_KEY})",
     )
     sign.set_defaults(run=_sign, uses=())
+    completion = commands.add_parser(
+        "completion",
+        parents=[agent],
+        help="print the shell code that completes hotpatch's commands and options",
+        description="Print the code that registers shell completion of the hotpatch "
+        "command (by argcomplete: pip install 'pyhotpatch[completion]'). Load it from your "
+        'shell\'s start-up file, e.g. eval "$(hotpatch completion bash)" in ~/.bashrc.',
+    )
+    completion.add_argument("shell", choices=SHELLS, help="the shell to complete in")
+    completion.set_defaults(run=_completion, uses=())
     add_make_parser(commands)
     return parser
 
@@ -242,6 +255,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return supervise(argv)
     parser = _parser()
+    complete(parser)  # the shell asking for completions: answered, and the process ends
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help (0) or a usage error (2)
@@ -355,6 +369,11 @@ def _history(args: argparse.Namespace) -> int:
     if args.limit is not None and isinstance(answer.get("history"), list):
         answer["history"] = answer["history"][-args.limit :] if args.limit > 0 else []
     return finish(args, answer, show_history)
+
+
+def _completion(args: argparse.Namespace) -> int:
+    sys.stdout.write(shell_code(args.shell))
+    return EXIT_OK
 
 
 def _show(args: argparse.Namespace) -> int:
