@@ -22,6 +22,7 @@ from packaging.version import InvalidVersion, Version
 
 from hotpatch._logging import show_log_lines
 from hotpatch.service._channel import ENV_BASELINE, parse_address, parse_bind
+from hotpatch.supervisor._activation import passed_sockets
 from hotpatch.supervisor._child import ChildSpec
 from hotpatch.supervisor._patches import SupervisedPipeline
 from hotpatch.supervisor._records import SupervisorConfig
@@ -365,6 +366,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = _config(args, command)
         show_log_lines()  # the supervisor's lines on stderr, as HOTPATCH_LOG says
+        passed = passed_sockets(config.binds)  # systemd socket activation
     except ValueError as exc:
         parser.error(str(exc))
     pipeline = SupervisedPipeline if config.watch is not None else None
@@ -374,7 +376,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else Supervisor(config, pipeline=pipeline)
     )
     try:
-        runner.open_sockets()
+        runner.open_sockets(passed)
     except OSError as exc:
         log.error("%s", exc.strerror or exc)  # noqa: TRY400 -- the message says it all
         return 1

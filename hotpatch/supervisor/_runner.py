@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from hotpatch.supervisor._bundle import Release
@@ -63,8 +64,9 @@ class Runner(Protocol):
     async def submit_baseline(self, name: str, release: Release, who: str) -> dict[str, Any]:
         """Restart the service onto a new baseline; the outcome the folder files."""
 
-    def open_sockets(self) -> None:
-        """Bind every ``--bind`` now (raises ``OSError`` naming the one that failed)."""
+    def open_sockets(self, passed: Mapping[str, socket.socket] | None = None) -> None:
+        """Take the sockets ``passed`` by systemd, and bind every other ``--bind`` now
+        (raises ``OSError`` naming the one that failed)."""
 
     def close_sockets(self) -> None:
         """Close the sockets this runner owns."""

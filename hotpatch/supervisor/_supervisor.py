@@ -20,7 +20,7 @@ import os
 import signal
 import socket
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import asdict
 from typing import Any
 
@@ -106,8 +106,10 @@ class Supervisor:
 
     # -- sockets and status
 
-    def open_sockets(self) -> None:
-        """Bind every ``--bind`` now, so an address in use is reported before anything starts."""
+    def open_sockets(self, passed: Mapping[str, socket.socket] | None = None) -> None:
+        """Take the sockets systemd ``passed``, bind every other ``--bind`` now, so an
+        address in use is reported before anything starts."""
+        self.listeners.update(passed or {})
         try:
             open_listeners(self.config.binds, self.listeners)  # a fleet's shared ones are in
         except OSError:

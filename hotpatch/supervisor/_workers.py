@@ -23,7 +23,7 @@ import os
 import signal
 import socket
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -118,7 +118,8 @@ class Fleet:
 
     # -- sockets, status
 
-    def open_sockets(self) -> None:
+    def open_sockets(self, passed: Mapping[str, socket.socket] | None = None) -> None:
+        self.listeners.update(passed or {})  # systemd's, shared by every worker
         try:
             open_listeners(self.config.binds, self.listeners)
         except OSError:
