@@ -459,6 +459,11 @@ def test_cli_gives_up_on_a_command_that_cannot_start(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     status_file = tmp_path / "status.json"
+    # An executable file the kernel cannot run (no #! line, not a program): it passes
+    # the check at start (a missing command is refused there), then every start fails.
+    command = tmp_path / "not-a-program"
+    command.write_bytes(b"\x00\x01 not a program\n")
+    command.chmod(0o755)
     code = main(
         [
             "run",
@@ -469,7 +474,7 @@ def test_cli_gives_up_on_a_command_that_cannot_start(
             "--backoff-initial",
             "0.01",
             "--",
-            str(tmp_path / "no-such-command"),
+            str(command),
         ]
     )
     assert code == 1
