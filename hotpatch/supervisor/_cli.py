@@ -98,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         help="a listening socket the supervisor owns; the service takes it with "
-        "hotpatch.listen_socket(NAME) (repeatable; port 0 picks a free one)",
+        "hotpatch.listen_socket(NAME) (repeatable; port 0 picks a free one). Under systemd "
+        "socket activation, the socket passed as NAME (FileDescriptorName=) is used instead",
     )
     run.add_argument(
         "--workers",
