@@ -215,6 +215,6 @@ def test_the_new_tests_pass_against_the_old_code_with_the_patch_applied(
         )
 
     assert pytest().returncode == 1  # the old code fails the fix's test
-    patched = pytest("--hotpatch-apply", str(out))
+    patched = pytest(f"--hotpatch-apply={out}")  # as `hotpatch make` advises
     assert patched.returncode == 0, patched.stdout + patched.stderr
     assert "1 passed" in patched.stdout

@@ -167,7 +167,7 @@ def _show(result: MakeResult, *, explain: bool) -> None:
         if result.signature:
             print(f"signed: {result.signature}")
         print(
-            f"next: read it, run `pytest --hotpatch-apply {result.path}` with the new tests, "
+            f"next: read it, run `pytest --hotpatch-apply={result.path}` with the new tests, "
             "then drop it into the service's patch folder"
         )
         return

@@ -113,7 +113,7 @@ def _docstring(plan: Plan, header: Header, modes: dict[str, str]) -> str:
     lines += [
         "",
         "Before dropping it, run the new version's tests against the running version's",
-        f"code with this patch applied: pytest --hotpatch-apply {header.name}",
+        f"code with this patch applied: pytest --hotpatch-apply={header.name}",
     ]
     return '"""' + "\n".join(_escape(line) for line in lines) + '\n"""'
 
