@@ -5,7 +5,8 @@ Layers, each importing only from those above it (of the service side, only its
 wire ``hotpatch.service._channel``); the ``supervisor`` contract in
 pyproject.toml checks them:
 
-1. ``_status``, ``_state``, ``_bundle`` -- the status file; the chain of state rounds; bundles
+1. ``_status``, ``_state``, ``_bundle``, ``_activation`` -- the status file; the chain of state
+   rounds; bundles; the sockets systemd passes
 2. ``_child``                  -- one service process: spawn, control channel, exit
 3. ``_takeover``               -- the code to go back to; a new process's health
 4. ``_records``                -- ``SupervisorConfig``, ``Running``, ``RestartOutcome``, jobs
