@@ -30,7 +30,7 @@ from hotpatch._validate import (
     global_names,
 )
 
-__all__ = ["Applied", "Level", "Plan", "make_plan", "member_functions"]
+__all__ = ["Applied", "Level", "Plan", "caches_of", "make_plan", "member_functions"]
 
 
 @dataclass(slots=True)
@@ -47,6 +47,7 @@ class Plan:
     functions: list[types.FunctionType] = field(default_factory=list)
     migrations: list[tuple[Migration, types.ModuleType]] = field(default_factory=list)
     unmigrations: list[tuple[Migration, types.ModuleType]] = field(default_factory=list)
+    caches: list[Any] = field(default_factory=list)  # cleared in the switch (lru_cache, ...)
     # (module, names, namespace the names come from, target) for the namespace rule
     needs: list[tuple[types.ModuleType, frozenset[str], dict[str, Any], str]] = field(
         default_factory=list
@@ -64,6 +65,7 @@ class Applied:
     unmigrations: list[tuple[Migration, types.ModuleType]]
     replaced: list[Applied]
     functions: list[types.FunctionType] = field(default_factory=list)  # whose code it built
+    caches: list[Any] = field(default_factory=list)  # what caches its targets' answers
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +120,7 @@ def make_plan(patch: Patch, level: Level) -> Plan:
     planner.add_names([e for e in level.stack if e not in replaced])
     for k, change in planner.pristine.items():  # cumulative: what it does not touch goes back
         plan.changes.setdefault(k, change)
+    plan.caches = caches_of(replaced, plan.caches)
     for migration in patch.migrations:
         module = import_module(migration.module, patch=v, target=migration.module)
         plan.migrations.append((migration, module))
@@ -127,6 +130,15 @@ def make_plan(patch: Patch, level: Level) -> Plan:
     if patch.restart:
         plan.reasons.append(f"patch {v} asks for a restart (restart=True)")
     return plan
+
+
+def caches_of(entries: Sequence[Applied], also: Sequence[Any] = ()) -> list[Any]:
+    """``also`` and the caches whose answers go stale when ``entries`` (and what they
+    replaced) come or go, each once."""
+    found: dict[int, Any] = {id(c): c for c in also}
+    for entry in entries:
+        found.update((id(c), c) for c in caches_of(entry.replaced, entry.caches))
+    return list(found.values())
 
 
 def _pristine(entries: Sequence[Applied]) -> dict[Key, Change]:
@@ -175,6 +187,7 @@ class _Planner:
             plan.changes[key(func, attr)] = (func, attr, built.state[attr])
         plan.modes[spec] = built.mode + (f" ({built.why})" if built.why else "")
         plan.functions.append(func)
+        plan.caches.extend(target.caches)
         # Strict quiescence looks for every version a thread could still be running.
         code_key = key(func, "__code__")
         plan.codes.extend(

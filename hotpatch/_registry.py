@@ -28,7 +28,7 @@ from hotpatch._errors import (
 from hotpatch._journal import Journal
 from hotpatch._loader import load_patch_source
 from hotpatch._patch import Patch, parse_version
-from hotpatch._plan import Applied, Level, Plan, make_plan
+from hotpatch._plan import Applied, Level, Plan, caches_of, make_plan
 from hotpatch._plugins import PluginHost
 from hotpatch._recording import Recording
 from hotpatch._results import ApplyResult, CheckReport, HistoryEntry, RollbackResult
@@ -174,6 +174,7 @@ class Registry:
             plan.unmigrations,
             list(self._stack) if patch.cumulative else [],
             list(plan.functions),
+            list(plan.caches),
         )
         stack = [entry] if patch.cumulative else [*self._stack, entry]
         undo: list[Callable[[], object]] = []
@@ -211,7 +212,7 @@ class Registry:
                 )
             if plan.migrations:  # a thread may have entered a target meanwhile
                 self._quiesce(plan, deadline)
-            switch_s = switch(plan.changes.values(), live)
+            switch_s = switch(plan.changes.values(), live, plan.caches)
         except BaseException:
             for step in reversed(undo):
                 try:
@@ -278,7 +279,8 @@ class Registry:
                 journal_undo = recording.undo_point()
                 recording.record([e.patch for e in stack], [*self._history, record])
             try:
-                switch_s = switch(final.values(), undo) if final else 0.0
+                caches = caches_of(popped)
+                switch_s = switch(final.values(), undo, caches) if final or caches else 0.0
             except BaseException:  # the switch put the code back; the journal follows
                 if journal_undo is not None:
                     journal_undo()

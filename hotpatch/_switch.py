@@ -5,7 +5,9 @@ a patch brings, class members). They run as one uninterrupted sequence of C
 calls -- ``map`` over prepared ``functools.partial`` objects -- so no bytecode of
 another thread runs between the first and the last assignment: for new calls,
 every target switches in one step. Old values stay referenced by the undo
-record, so no finaliser can run in the middle.
+record, so no finaliser can run in the middle. Caches of the switched code
+(``lru_cache``'s ``cache_clear``) are cleared right after the last assignment,
+in the same sequence: no call that starts after the switch finds an old answer.
 """
 
 from __future__ import annotations
@@ -50,13 +52,19 @@ def _op(obj: Any, attr: str, value: Any) -> Callable[[], object]:
     return functools.partial(delattr, obj, attr)
 
 
-def switch(changes: Iterable[Change], undo: Mapping[Key, Change] | None = None) -> float:
-    """Set every change in one uninterrupted step; returns the seconds it took.
+def switch(
+    changes: Iterable[Change],
+    undo: Mapping[Key, Change] | None = None,
+    caches: Iterable[Any] = (),
+) -> float:
+    """Set every change in one uninterrupted step, then clear ``caches``; returns the
+    seconds it took.
 
     If an assignment fails (a class whose metaclass refuses it), the values in
     ``undo`` are put back before the error propagates: nothing is left half done.
     """
     ops = [_op(obj, attr, value) for obj, attr, value in changes]
+    ops.extend(cache.cache_clear for cache in caches)
     start = time.perf_counter()
     try:
         collections.deque(map(operator.call, ops), maxlen=0)

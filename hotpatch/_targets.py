@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
-import inspect
 import sys
 import types
 from dataclasses import dataclass
@@ -13,7 +13,7 @@ from hotpatch._errors import NotPatchable, TargetNotFound
 
 __all__ = ["Kind", "Target", "accessor_of", "import_module", "resolve", "resolve_class"]
 
-Kind = Literal["function", "method", "classmethod", "staticmethod", "property"]
+Kind = Literal["function", "method", "classmethod", "staticmethod", "property", "cached_property"]
 _ACCESSORS = {"getter": "fget", "setter": "fset", "deleter": "fdel"}
 
 
@@ -27,6 +27,9 @@ class Target:
     owner: type | None  # the class it was found in, if any
     kind: Kind
     accessor: str  # "fget"/"fset"/"fdel" for properties, else ""
+    # what caches the function's answers on the way to it (lru_cache, cache): cleared
+    # whenever its code changes
+    caches: tuple[Any, ...] = ()
 
 
 def import_module(name: str, *, patch: str, target: str) -> types.ModuleType:
@@ -97,12 +100,16 @@ def resolve(spec: str, *, patch: str) -> Target:
                 "a missing accessor cannot be patched in place (use replace_class)"
             )
             raise TargetNotFound(msg, patch=patch, target=spec)
+    elif isinstance(obj, functools.cached_property):
+        kind, obj = "cached_property", obj.func
     elif isinstance(obj, types.MethodType):
         kind, obj = "method", obj.__func__
     else:
         kind = "method" if owner is not None else "function"
-    function = _unwrap(obj, spec, patch)
-    return Target(spec, module, function, owner, kind, accessor)
+    chain = _wrapped_chain(obj)
+    function = _unwrap(chain[-1], spec, patch)
+    caches = tuple(w for w in chain if callable(getattr(w, "cache_clear", None)))
+    return Target(spec, module, function, owner, kind, accessor, caches)
 
 
 def resolve_class(spec: str, *, patch: str) -> tuple[types.ModuleType, type]:
@@ -116,14 +123,25 @@ def resolve_class(spec: str, *, patch: str) -> tuple[types.ModuleType, type]:
     return module, obj
 
 
-def _unwrap(obj: Any, spec: str, patch: str) -> types.FunctionType:
-    """Follow ``__wrapped__`` to the innermost Python function (the decorator keeps applying)."""
-    if isinstance(obj, types.FunctionType) and not hasattr(obj, "__wrapped__"):
-        return obj
-    try:
-        inner = inspect.unwrap(obj)
-    except ValueError:
-        inner = obj
+def _wrapped_chain(obj: Any) -> list[Any]:
+    """``obj``, then what its ``__wrapped__`` leads to, down to the innermost (no cycles)."""
+    chain = [obj]
+    seen = {id(obj)}
+    while True:
+        try:
+            inner = chain[-1].__wrapped__
+        except AttributeError:
+            return chain
+        except Exception:  # a __getattr__ that raises something else: no further
+            return chain
+        if id(inner) in seen:
+            return [obj]  # a cycle: none of it is the function
+        seen.add(id(inner))
+        chain.append(inner)
+
+
+def _unwrap(inner: Any, spec: str, patch: str) -> types.FunctionType:
+    """The innermost Python function of a ``__wrapped__`` chain (the decorators keep applying)."""
     if isinstance(inner, types.FunctionType):
         return inner
     if isinstance(inner, type):
@@ -149,4 +167,6 @@ def accessor_of(obj: Any, accessor: str) -> Any:
         return obj.__func__
     if isinstance(obj, property):
         return getattr(obj, accessor or "fget") or obj.fget
+    if isinstance(obj, functools.cached_property):
+        return obj.func
     return obj
