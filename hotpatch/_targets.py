@@ -108,6 +108,7 @@ def resolve(spec: str, *, patch: str) -> Target:
         kind = "method" if owner is not None else "function"
     chain = _wrapped_chain(obj)
     function = _unwrap(chain[-1], spec, patch)
+    _refuse_hidden(function, spec, patch)
     caches = tuple(w for w in chain if callable(getattr(w, "cache_clear", None)))
     return Target(spec, module, function, owner, kind, accessor, caches)
 
@@ -159,6 +160,54 @@ def _unwrap(inner: Any, spec: str, patch: str) -> types.FunctionType:
         "calls it instead, or ship the change as a baseline"
     )
     raise NotPatchable(msg, patch=patch, target=spec)
+
+
+def _refuse_hidden(function: types.FunctionType, spec: str, patch: str) -> None:
+    """``NotPatchable`` if ``function`` is a decorator's wrapper hiding the target's function.
+
+    A wrapper without ``__wrapped__`` (a decorator not using ``functools.wraps``)
+    is what the name leads to; the function the user means sits in its closure.
+    Replacing the wrapper's code would silently drop the decorators.
+    """
+    qualname = spec.partition(":")[2]
+    for suffix in (".setter", ".deleter", ".getter"):
+        qualname = qualname.removesuffix(suffix)
+    if function.__code__.co_qualname == qualname:
+        return
+    path = _path_to(function, qualname, depth=8)
+    if not path:
+        return  # a closure some factory made: patching it patches what the name holds
+    wrappers = [f"{f.__module__}:{f.__code__.co_qualname}" for f in path[:-1]]
+    name = qualname.rpartition(".")[2]
+    msg = (
+        f"patch {patch}: target {spec} is hidden by decorator wrappers that do not keep "
+        f"__wrapped__ (functools.wraps): {spec.partition(':')[0]}:{qualname} leads to "
+        f"{', around '.join(wrappers)}, around {name} itself. Replacing it would replace "
+        f"{wrappers[0]} and drop the decorators. The ways in: give those decorators "
+        f"functools.wraps (a baseline), then {name} is patched under them; or, to change "
+        f"what a wrapper does for every function it wrapped, target {wrappers[0]} "
+        "(a nested function)"
+    )
+    raise NotPatchable(msg, patch=patch, target=spec)
+
+
+def _path_to(function: types.FunctionType, qualname: str, depth: int) -> list[types.FunctionType]:
+    """Functions from ``function`` down closure cells to one whose code is ``qualname``."""
+    if function.__code__.co_qualname == qualname:
+        return [function]
+    if depth == 0:
+        return []
+    for cell in function.__closure__ or ():
+        try:
+            held = cell.cell_contents
+        except ValueError:  # an empty cell
+            continue
+        for inner in _wrapped_chain(held):
+            if isinstance(inner, types.FunctionType) and inner is not function:
+                path = _path_to(inner, qualname, depth - 1)
+                if path:
+                    return [function, *path]
+    return []
 
 
 def accessor_of(obj: Any, accessor: str) -> Any:

@@ -180,3 +180,186 @@ def test_cached_property_getter_patches_values_already_cached_stay(
     registry.rollback()
     assert mod.Order(3).total == 6
     assert unseen.total == 9  # cached under the patch; stays too
+
+
+# -- decorators ------------------------------------------------------------------------
+
+
+WRAPS = """
+import functools
+
+CALLS = []
+
+def logged(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        CALLS.append("logged")
+        return fn(*args, **kwargs)
+    return wrapper
+
+def timed(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        CALLS.append("timed")
+        return fn(*args, **kwargs)
+    return wrapper
+
+@logged
+@timed
+def crunch(x):
+    return x + 1
+
+class Mill:
+    @logged
+    @timed
+    def grind(self, x):
+        return x + 1
+
+HANDLERS = {"crunch": crunch}
+"""
+
+
+def test_stacked_wraps_decorators_keep_applying_for_every_old_reference(
+    make_module, write_patch, registry
+):
+    mod = make_module(WRAPS)
+    outer, inner = mod.crunch, mod.crunch.__wrapped__.__wrapped__
+    inner_code = inner.__code__
+    grind = mod.Mill().grind  # a bound method taken before the patch
+    held = [mod.crunch.__wrapped__]  # the middle wrapper, held on its own
+    patch = load(
+        write_patch,
+        f"""
+        @patch.replace("{mod.__name__}:crunch")
+        def crunch(x):
+            return x + 100
+
+        @patch.replace("{mod.__name__}:Mill.grind")
+        def grind(self, x):
+            return x + 100
+        """,
+    )
+    registry.apply(patch)
+    mod.CALLS.clear()
+    assert (outer(1), mod.HANDLERS["crunch"](1), held[0](1), grind(1)) == (101, 101, 101, 101)
+    assert mod.CALLS == ["logged", "timed", "logged", "timed", "timed", "logged", "timed"]
+    assert mod.crunch is outer
+    assert outer.__wrapped__.__wrapped__ is inner
+    registry.rollback()
+    assert inner.__code__ is inner_code
+    assert (outer(1), grind(1)) == (2, 2)
+    registry.apply(load(write_patch, patch_source(mod.__name__, "crunch", "x + 7"), "1.0.2"))
+    assert outer(1) == 8
+
+
+def patch_source(module: str, name: str, body: str) -> str:
+    return f'@patch.replace("{module}:{name}")\ndef {name}(x):\n    return {body}\n'
+
+
+NO_WRAPS = """
+CALLS = []
+
+def logged(fn):
+    def wrapper(*args):
+        CALLS.append("logged")
+        return fn(*args)
+    return wrapper
+
+def twice(fn):
+    def run(*args):
+        CALLS.append("twice")
+        return fn(*args) * 2
+    return run
+
+@twice
+@logged
+def munch(x):
+    return x + 1
+"""
+
+
+@pytest.mark.parametrize("params", ["x", "*args"])
+def test_wrapper_without_wrapped_is_refused_and_named(make_module, write_patch, registry, params):
+    mod = make_module(NO_WRAPS)
+    outer = mod.munch
+    code = outer.__code__
+    patch = load(
+        write_patch,
+        f"""
+        @patch.replace("{mod.__name__}:munch")
+        def munch({params}):
+            return 0
+        """,
+    )
+    for attempt in (registry.check, registry.apply):
+        with pytest.raises(hotpatch.NotPatchable) as info:
+            attempt(patch)
+        message = str(info.value)
+        assert info.value.target == f"{mod.__name__}:munch"
+        assert f"{mod.__name__}:twice.<locals>.run" in message  # what it is
+        assert f"{mod.__name__}:logged.<locals>.wrapper" in message
+        assert "functools.wraps" in message  # the ways in
+        assert f"target {mod.__name__}:twice.<locals>.run" in message
+        assert "def munch(*args)" not in message
+    assert outer.__code__ is code  # never dropped
+    assert outer(1) == 4
+    assert mod.CALLS == ["twice", "logged"]
+    assert registry.level == ()
+
+
+def test_wrapper_without_wrapped_under_one_with_it_is_refused(make_module, write_patch, registry):
+    mod = make_module(
+        """
+        import functools
+
+        def plain(fn):
+            def inner_wrapper(*args):
+                return fn(*args)
+            return inner_wrapper
+
+        def wrapping(fn):
+            @functools.wraps(fn)
+            def outer_wrapper(*args):
+                return fn(*args)
+            return outer_wrapper
+
+        class Kiln:
+            @wrapping
+            @plain
+            def fire(self, x):
+                return x
+        """
+    )
+    patch = load(
+        write_patch,
+        f"""
+        @patch.replace("{mod.__name__}:Kiln.fire")
+        def fire(self, x):
+            return 0
+        """,
+    )
+    with pytest.raises(hotpatch.NotPatchable, match=r"plain\.<locals>\.inner_wrapper") as info:
+        registry.apply(patch)
+    assert "Kiln.fire" in str(info.value)
+    assert "outer_wrapper" not in str(info.value)  # it keeps __wrapped__: not in the way
+
+
+def test_function_made_by_a_factory_is_still_a_target(make_module, write_patch, registry):
+    """A closure a factory returned is no wrapper: it holds no function of the target's name."""
+    mod = make_module(
+        """
+        def make_handler(callback):
+            def handler(x):
+                return callback(x) + 1
+            return handler
+
+        def double(x):
+            return x * 2
+
+        handle = make_handler(double)
+        """
+    )
+    registry.apply(load(write_patch, patch_source(mod.__name__, "handle", "callback(x) + 2")))
+    assert mod.handle(1) == 4
+    registry.rollback()
+    assert mod.handle(1) == 3
