@@ -27,7 +27,7 @@ from hotpatch._errors import (
 )
 from hotpatch._journal import Journal
 from hotpatch._loader import load_patch_source
-from hotpatch._patch import Patch, parse_version
+from hotpatch._patch import Migration, Patch, parse_version
 from hotpatch._plan import Applied, Level, Plan, caches_of, make_plan
 from hotpatch._plugins import PluginHost
 from hotpatch._recording import Recording
@@ -35,9 +35,11 @@ from hotpatch._results import ApplyResult, CheckReport, HistoryEntry, RollbackRe
 from hotpatch._switch import Change, Key, busy_threads, current, key, switch, wait_quiescent
 from hotpatch._wrap import Wrapper, Wrappers
 
-__all__ = ["Registry"]
+__all__ = ["MIGRATION_TIMEOUT_S", "Registry"]
 
 log = logging.getLogger("hotpatch")
+
+MIGRATION_TIMEOUT_S = 30.0  # for each migration to return, before its patch is refused
 
 
 class Registry:
@@ -53,7 +55,14 @@ class Registry:
         *,
         journal: str | Any | None = None,
         plugins: Iterable[object] = (),
+        migration_timeout: float = MIGRATION_TIMEOUT_S,
     ):
+        if not migration_timeout > 0:
+            msg = (
+                f"migration_timeout must be a positive number of seconds, not {migration_timeout!r}"
+            )
+            raise ValueError(msg)
+        self.migration_timeout = float(migration_timeout)
         self.baseline = str(baseline)
         self._baseline_version = parse_version(self.baseline, "baseline")
         self._lock = threading.RLock()
@@ -194,17 +203,7 @@ class Registry:
                 undo.append(recording.undo_point())
                 recording.record([e.patch for e in stack], [*self._history, record])
             for migration, module in plan.migrations:
-                try:
-                    migration.func(module)
-                except Exception as exc:
-                    msg = (
-                        f"patch {patch.version}: migration {migration.func.__name__} of "
-                        f"{migration.module} raised {type(exc).__name__}: {exc}; the apply was "
-                        "undone. Fix the migration and publish a newer version"
-                    )
-                    raise MigrationFailed(
-                        msg, patch=patch.version, target=migration.module
-                    ) from exc
+                run_migration(migration, module, patch.version, self.migration_timeout)
                 undo.extend(
                     _call(m.func, mod)
                     for m, mod in plan.unmigrations
@@ -441,6 +440,65 @@ class Registry:
                 raise recording.failed(entry, exc) from exc
         recording.replayed(state)
         self.journal_report = recording.report
+
+
+def run_migration(
+    migration: Migration, module: types.ModuleType, version: str, timeout: float
+) -> None:
+    """Run ``migration`` in a thread of its own; ``MigrationFailed`` if it raises or hangs.
+
+    A thread cannot be killed: past ``timeout`` the migration is abandoned where it
+    is (the caller undoes the apply, so the switch never follows it), and when it
+    returns at last that is logged, since what it changed meanwhile stays.
+    """
+    name = f"{migration.func.__name__} of {migration.module}"
+    outcome: list[BaseException | None] = []
+    lock = threading.Lock()  # the verdict (returned in time, or abandoned) is taken once
+    abandoned: list[bool] = []
+    started = time.monotonic()
+
+    def run() -> None:
+        try:
+            migration.func(module)
+        except BaseException as exc:  # SystemExit too: a patch never ends the process
+            result: BaseException | None = exc
+        else:
+            result = None
+        with lock:
+            outcome.append(result)
+            late = bool(abandoned)
+        if late:
+            log.error(
+                "patch %s: migration %s returned %.1f s after it was abandoned; its patch stays "
+                "refused, and what it changed in %s since stays as it is (no unmigrate ran)",
+                version,
+                name,
+                time.monotonic() - started,
+                migration.module,
+            )
+
+    thread = threading.Thread(target=run, name=f"hotpatch-migration-{version}", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    with lock:
+        if not outcome:
+            abandoned.append(True)
+    if abandoned:
+        msg = (
+            f"patch {version}: migration {name} did not return within {timeout:g} s "
+            f"(migration_timeout); the apply was undone and the migration abandoned in "
+            f"thread {thread.name!r}: it cannot be stopped, so whatever it still changes in "
+            f"{migration.module} stays. Make the migration quick, or raise migration_timeout"
+        )
+        log.error("%s", msg)
+        raise MigrationFailed(msg, patch=version, target=migration.module)
+    exc = outcome[0]
+    if exc is not None:
+        msg = (
+            f"patch {version}: migration {name} raised {type(exc).__name__}: {exc}; the apply "
+            "was undone. Fix the migration and publish a newer version"
+        )
+        raise MigrationFailed(msg, patch=version, target=migration.module) from exc
 
 
 def _report(plan: Plan, reasons: list[str]) -> CheckReport:

@@ -11,7 +11,19 @@ from typing import Any, Literal
 
 from hotpatch._errors import NotPatchable, TargetNotFound
 
-__all__ = ["Kind", "Target", "accessor_of", "import_module", "resolve", "resolve_class"]
+__all__ = [
+    "OWN_PACKAGES",
+    "Kind",
+    "Target",
+    "accessor_of",
+    "import_module",
+    "refuse_own",
+    "resolve",
+    "resolve_class",
+]
+
+# hotpatch's own code: never a target, so no patch can break the way to roll it back.
+OWN_PACKAGES = ("hotpatch", "hotpatch_plugins")
 
 Kind = Literal["function", "method", "classmethod", "staticmethod", "property", "cached_property"]
 _ACCESSORS = {"getter": "fget", "setter": "fset", "deleter": "fdel"}
@@ -32,8 +44,23 @@ class Target:
     caches: tuple[Any, ...] = ()
 
 
+def refuse_own(module: object, *, patch: str, target: str) -> None:
+    """``NotPatchable`` if ``module`` (a module name) is hotpatch's own code."""
+    if not isinstance(module, str) or not module.startswith(OWN_PACKAGES):
+        return
+    if module.split(".", 1)[0] not in OWN_PACKAGES:
+        return
+    msg = (
+        f"patch {patch}: target {target} is part of hotpatch itself (module {module}): a "
+        "patch must not change the agent that files its outcome and rolls it back; upgrade "
+        "hotpatch with a restart instead"
+    )
+    raise NotPatchable(msg, patch=patch, target=target)
+
+
 def import_module(name: str, *, patch: str, target: str) -> types.ModuleType:
-    """The named module: already imported, or imported now."""
+    """The named module: already imported, or imported now. Never one of hotpatch's own."""
+    refuse_own(name, patch=patch, target=target)
     module = sys.modules.get(name)
     if module is not None:
         return module
@@ -109,6 +136,7 @@ def resolve(spec: str, *, patch: str) -> Target:
     chain = _wrapped_chain(obj)
     function = _unwrap(chain[-1], spec, patch)
     _refuse_hidden(function, spec, patch)
+    refuse_own(function.__module__, patch=patch, target=spec)  # hotpatch's, imported elsewhere
     caches = tuple(w for w in chain if callable(getattr(w, "cache_clear", None)))
     return Target(spec, module, function, owner, kind, accessor, caches)
 
@@ -121,6 +149,7 @@ def resolve_class(spec: str, *, patch: str) -> tuple[types.ModuleType, type]:
             "use patch.replace for functions"
         )
         raise NotPatchable(msg, patch=patch, target=spec)
+    refuse_own(obj.__module__, patch=patch, target=spec)
     return module, obj
 
 

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 from hotpatch._loader import DEFAULT_MAX_BYTES
 from hotpatch._logging import show_log_lines
-from hotpatch._registry import Registry
+from hotpatch._registry import MIGRATION_TIMEOUT_S, Registry
 from hotpatch.agent._names import SOCKET_NAME
 from hotpatch.agent._settings import Checks, PathLike, PluginChoice, Settings
 from hotpatch.agent._signing import TrustedKeys
@@ -42,6 +42,7 @@ def install(
     audit_log: PathLike | None = None,
     entry_points: bool = True,
     workers: bool = False,
+    migration_timeout: float = MIGRATION_TIMEOUT_S,
 ) -> Agent:
     """Start a hotpatch agent in the background of this process and return it.
 
@@ -56,6 +57,10 @@ def install(
     applied in every worker, with one result file (see ``hotpatch.agent.fanout``); the
     folder's owner records the level in ``journal`` (default
     ``<watch>/.workers/journal.json``), which a worker that starts alone replays.
+
+    ``migration_timeout``: seconds each migration of a patch has to return
+    (default 30); past it the patch is refused and undone, and the agent goes
+    on (the migration's thread cannot be stopped: see README, Limits).
     """
     show_log_lines()  # a service's agent: its lines in the service's log (HOTPATCH_LOG)
     return Agent(
@@ -72,6 +77,7 @@ def install(
         audit_log=audit_log,
         entry_points=entry_points,
         workers=workers,
+        migration_timeout=migration_timeout,
     ).start()
 
 
@@ -110,7 +116,13 @@ class Agent:
         audit_log: PathLike | None = None,
         entry_points: bool = True,
         workers: bool = False,
+        migration_timeout: float = MIGRATION_TIMEOUT_S,
     ) -> None:
+        if not migration_timeout > 0:
+            msg = (
+                f"migration_timeout must be a positive number of seconds, not {migration_timeout!r}"
+            )
+            raise ValueError(msg)
         folder = Path(watch).absolute() if watch is not None else None
         journal_path = Path(journal).absolute() if journal is not None else None
         socket: Path | None
@@ -142,6 +154,7 @@ class Agent:
                 audit_log=Path(audit_log) if audit_log is not None else None,
                 entry_points=entry_points,
             ),
+            migration_timeout=migration_timeout,
         )
         self._workers = workers
         self._run: Running | None = None  # kept once stopped: its registry stays readable

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from hotpatch._loader import DEFAULT_MAX_BYTES
 from hotpatch._plugins import PluginHost
+from hotpatch._registry import MIGRATION_TIMEOUT_S
 from hotpatch.agent._signing import TrustedKeys
 
 __all__ = ["Checks", "PathLike", "PluginChoice", "Settings"]
@@ -107,3 +108,4 @@ class Settings:
     socket: Path | None  # the control socket, if it serves one
     checks: Checks
     plugins: PluginChoice
+    migration_timeout: float = MIGRATION_TIMEOUT_S  # for each migration of a patch to return

@@ -45,6 +45,7 @@ class Solo:
                 settings.baseline,
                 journal=settings.journal,
                 plugins=settings.plugins.load(settings.checks),
+                migration_timeout=settings.migration_timeout,
             )
             if self.registry.journal_report:
                 log.info("%s", self.registry.journal_report)

@@ -150,7 +150,12 @@ class Worker:
     # -- the parts ----------------------------------------------------------------------
 
     def _registry(self, journal: Path | None) -> Registry:
-        return Registry(self.settings.baseline, journal=journal, plugins=self._plugins)
+        return Registry(
+            self.settings.baseline,
+            journal=journal,
+            plugins=self._plugins,
+            migration_timeout=self.settings.migration_timeout,
+        )
 
     def _replayed(self) -> Registry:
         """A registry at the journal's level (the baseline when it cannot be replayed)."""

@@ -1,0 +1,213 @@
+"""Hostile or buggy patches (SPEC 11, last bullet): nothing of hotpatch is a target, no patch
+cuts off the way to roll it back, a migration has a deadline, verification leaves nothing."""
+
+from __future__ import annotations
+
+import textwrap
+import time
+import types
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from drops import DropFolder
+
+import hotpatch
+from hotpatch import NotPatchable
+from hotpatch.agent._control import request
+
+Write = Callable[..., Path]
+
+
+def _patch(body: str, version: str = "1.0.1") -> str:
+    header = f"from hotpatch import Patch\npatch = Patch(version={version!r}, baseline='1.0')\n"
+    return header + textwrap.dedent(body)
+
+
+# -- nothing of hotpatch is a target -------------------------------------------------------
+
+OWN_TARGETS = [
+    ("hotpatch._registry:Registry.apply", "replace", "hotpatch._registry"),
+    ("hotpatch.agent._outcome:write_result", "replace", "hotpatch.agent._outcome"),
+    ("hotpatch:load_patch", "replace", "hotpatch"),
+    ("hotpatch_plugins.audit:AuditLog.hotpatch_after_apply", "replace", "hotpatch_plugins.audit"),
+    ("hotpatch.agent._control:ControlServer", "replace_class", "hotpatch.agent._control"),
+    ("hotpatch.agent._pipeline", "migrate", "hotpatch.agent._pipeline"),
+]
+
+
+def _own_patch(target: str, how: str) -> str:
+    if how == "migrate":
+        return _patch(f"@patch.migrate({target!r})\ndef up(module):\n    module.BROKEN = True\n")
+    if how == "replace_class":
+        return _patch(
+            f"@patch.replace_class({target!r})\nclass ControlServer:\n"
+            "    def stop(self):\n        return None\n"
+        )
+    return _patch(f"@patch.replace({target!r})\ndef f(*args, **kwargs):\n    return None\n")
+
+
+@pytest.mark.parametrize(("target", "how", "module"), OWN_TARGETS)
+def test_a_target_inside_hotpatch_is_refused_by_check_and_apply(
+    registry: hotpatch.Registry, write_patch: Write, target: str, how: str, module: str
+) -> None:
+    patch = hotpatch.load_patch(write_patch(_own_patch(target, how)))
+    for attempt in (registry.check, registry.apply):
+        with pytest.raises(NotPatchable, match="part of hotpatch itself") as caught:
+            attempt(patch)
+        assert caught.value.target == target
+        assert module in str(caught.value)
+    assert registry.level == ()
+
+
+def test_a_function_of_hotpatch_reached_through_the_service_is_refused(
+    registry: hotpatch.Registry,
+    write_patch: Write,
+    make_module: Callable[[str], types.ModuleType],
+) -> None:
+    mod = make_module("from hotpatch import load_patch\n")
+    patch = hotpatch.load_patch(
+        write_patch(
+            _patch(
+                f"@patch.replace('{mod.__name__}:load_patch')\n"
+                "def load_patch(path, **kwargs):\n    return None\n"
+            )
+        )
+    )
+    with pytest.raises(NotPatchable, match="part of hotpatch itself") as caught:
+        registry.check(patch)
+    assert "hotpatch._loader" in str(caught.value)
+    assert caught.value.target == f"{mod.__name__}:load_patch"
+
+
+# -- a migration has a deadline ------------------------------------------------------------
+
+HANGING = """
+import threading
+RELEASE = threading.Event()
+RATE = 1
+TOUCHED = []
+
+def price(x):
+    return x * RATE
+"""
+
+
+def _hanging_patch(mod: types.ModuleType, version: str = "1.0.1", *, first: str = "") -> str:
+    return _patch(
+        f"""
+        @patch.replace('{mod.__name__}:price')
+        def price(x):
+            return (x * RATE, {version!r})
+        {first}
+        @patch.migrate({mod.__name__!r})
+        def hang(module):
+            module.TOUCHED.append('started')
+            module.RELEASE.wait()
+            module.TOUCHED.append('finished')
+        """,
+        version,
+    )
+
+
+def test_a_migration_past_its_deadline_refuses_the_patch_and_changes_nothing(
+    write_patch: Write,
+    make_module: Callable[[str], types.ModuleType],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    mod = make_module(HANGING)
+    other = make_module("STATE = []\n")
+    first = (
+        f"@patch.migrate({other.__name__!r})\ndef first(module):\n    module.STATE.append('up')\n"
+        f"@patch.unmigrate({other.__name__!r})\ndef first_down(module):\n"
+        "    module.STATE.append('down')\n"
+    )
+    journal = tmp_path / "journal.json"
+    registry = hotpatch.Registry("1.0", journal=journal, migration_timeout=0.5)
+    try:
+        patch = hotpatch.load_patch(
+            write_patch(_hanging_patch(mod, first=textwrap.indent(first, "        ").strip()))
+        )
+        with pytest.raises(
+            hotpatch.MigrationFailed, match=r"did not return within 0.5 s"
+        ) as caught:
+            registry.apply(patch)
+        assert caught.value.target == mod.__name__
+        assert registry.level == ()
+        assert mod.price(3) == 3  # the code never switched
+        assert other.STATE == ["up", "down"]  # the earlier migration was undone
+        assert not journal.exists()  # nor was the level recorded
+        # The registry goes on: a later patch applies and rolls back.
+        later = _patch(
+            f"@patch.replace('{mod.__name__}:price')\ndef price(x):\n    return -x\n", "1.0.2"
+        )
+        registry.apply(hotpatch.load_patch(write_patch(later)))
+        assert mod.price(3) == -3
+        registry.rollback()
+        assert mod.price(3) == 3
+    finally:
+        mod.RELEASE.set()
+    # The abandoned migration, returning at last, is told of in the log and changes no level.
+    assert _eventually(lambda: "returned" in caplog.text)
+    assert mod.TOUCHED == ["started", "finished"]
+    assert registry.level == ()
+    assert "abandoned" in caplog.text
+
+
+def test_the_migration_timeout_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="migration_timeout"):
+        hotpatch.Registry("1.0", migration_timeout=0)
+
+
+def test_a_migration_raising_systemexit_is_a_refusal_not_an_exit(
+    registry: hotpatch.Registry,
+    write_patch: Write,
+    make_module: Callable[[str], types.ModuleType],
+) -> None:
+    mod = make_module("RATE = 1\n")
+    patch = _patch(f"@patch.migrate({mod.__name__!r})\ndef up(module):\n    raise SystemExit(3)\n")
+    with pytest.raises(hotpatch.MigrationFailed, match="SystemExit"):
+        registry.apply(hotpatch.load_patch(write_patch(patch)))
+    assert registry.level == ()
+
+
+def _eventually(predicate: Callable[[], object], timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def test_an_agent_whose_migration_hangs_refuses_it_and_stays_responsive(
+    tmp_path: Path, make_module: Callable[[str], types.ModuleType]
+) -> None:
+    mod = make_module(HANGING)
+    folder = DropFolder(tmp_path)
+    agent = hotpatch.install(
+        "1.0", watch=folder.path, journal=folder.journal, migration_timeout=0.5
+    )
+    sock = folder.path / ".hotpatch.sock"
+    try:
+        folder.drop("hang.py", _hanging_patch(mod))
+        result = folder.filed("hang.py", "rejected")
+        assert result["outcome"] == "rejected"
+        assert "did not return within 0.5 s" in result["reason"]
+        assert "migration_timeout" in result["reason"]
+        assert request(sock, {"cmd": "status"})["level"] == []
+        # Later drops apply, the socket answers, rollback works.
+        folder.drop(
+            "next.py",
+            _patch(
+                f"@patch.replace('{mod.__name__}:price')\ndef price(x):\n    return -x\n", "1.0.2"
+            ),
+        )
+        assert folder.filed("next.py")["outcome"] == "applied"
+        assert mod.price(2) == -2
+        assert request(sock, {"cmd": "rollback"})["versions"] == ["1.0.2"]
+        assert mod.price(2) == 2
+    finally:
+        mod.RELEASE.set()
+        agent.stop()
