@@ -272,18 +272,17 @@ class Registry:
             record = HistoryEntry(
                 time.time(), "rollback", ", ".join(versions), _versions(stack), elapsed, who
             )
-            journal_undo: Callable[[], None] | None = None
+            # The code first, then the journal: the patch being rolled back may have broken
+            # what writing the journal needs (json), and the code it brought must go anyway.
+            caches = caches_of(popped)
+            switch_s = switch(final.values(), undo, caches) if final or caches else 0.0
             recording = self._recording
             if recording is not None and recording.on and popped:
-                journal_undo = recording.undo_point()
-                recording.record([e.patch for e in stack], [*self._history, record])
-            try:
-                caches = caches_of(popped)
-                switch_s = switch(final.values(), undo, caches) if final or caches else 0.0
-            except BaseException:  # the switch put the code back; the journal follows
-                if journal_undo is not None:
-                    journal_undo()
-                raise
+                try:
+                    recording.record([e.patch for e in stack], [*self._history, record])
+                except BaseException:  # the journal could not follow: the code goes back too
+                    switch(undo.values(), None, caches)
+                    raise
             self._wrappers.forget(final)
             self._stack = stack
             for entry in popped:

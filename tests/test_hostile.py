@@ -3,11 +3,14 @@ cuts off the way to roll it back, a migration has a deadline, verification leave
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import textwrap
 import time
 import types
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from drops import DropFolder
@@ -211,3 +214,86 @@ def test_an_agent_whose_migration_hangs_refuses_it_and_stays_responsive(
     finally:
         mod.RELEASE.set()
         agent.stop()
+
+
+# -- no patch cuts off the way to roll it back -------------------------------------------
+
+SERVICE = """
+import sys, time
+import hotpatch
+agent = hotpatch.install("1.0", watch=sys.argv[1], journal=sys.argv[2])
+print("ready", flush=True)
+while True:
+    time.sleep(1)
+"""
+
+BREAKS = {
+    "raises": "raise RuntimeError('json is broken')",
+    "garbage": "return '{not json'",
+    "hangs": "import time; time.sleep(3600)",
+}
+
+
+def _json_patch(how: str, version: str = "1.0.1") -> str:
+    return _patch(
+        f"@patch.replace('json:dumps')\ndef dumps(obj, *args, **kwargs):\n    {BREAKS[how]}\n",
+        version,
+    )
+
+
+class Service:
+    """A real service process with an embedded agent on ``folder``."""
+
+    def __init__(self, folder: DropFolder) -> None:
+        self.folder = folder
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", SERVICE, str(folder.path), str(folder.journal)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.process.stdout is not None
+        assert self.process.stdout.readline().strip() == "ready"
+
+    def status(self) -> dict[str, Any]:
+        return request(self.folder.path / ".hotpatch.sock", {"cmd": "status"}, timeout=10.0)
+
+    def stop(self) -> None:
+        self.process.kill()
+        self.process.wait()
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+
+
+@pytest.mark.parametrize(
+    "how", ["raises", "garbage", pytest.param("hangs", marks=pytest.mark.slow)]
+)
+def test_a_patch_breaking_json_is_rolled_back_and_filed_rejected(tmp_path: Path, how: str) -> None:
+    folder = DropFolder(tmp_path)
+    service = Service(folder)
+    try:
+        folder.drop("json.py", _json_patch(how))
+        result = folder.filed("json.py", "rejected")
+        assert result["outcome"] == "rejected"
+        assert "rolled back" in result["reason"]
+        assert "json:dumps" not in result["reason"] or "vital" in result["reason"]
+        assert result["level"] == []
+        status = service.status()
+        assert status["level"] == []
+        history = request(folder.path / ".hotpatch.sock", {"cmd": "history"})["history"]
+        assert [(h["action"], h["version"]) for h in history] == [
+            ("apply", "1.0.1"),
+            ("rollback", "1.0.1"),
+        ]
+        # A later drop is applied and filed as usual.
+        folder.drop(
+            "fine.py", _patch("@patch.migrate('json')\ndef up(module):\n    pass\n", "1.0.2")
+        )
+        assert folder.filed("fine.py")["outcome"] == "applied"
+    finally:
+        service.stop()
+    # A restart does not replay the patch that was rolled back.
+    service = Service(folder)
+    try:
+        assert service.status()["level"] == ["1.0.2"]
+    finally:
+        service.stop()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,16 +26,29 @@ from hotpatch.agent._applier import (
 from hotpatch.agent._drops import bundle_version
 from hotpatch.agent._outcome import Outcome
 
-__all__ = ["BUNDLE_REASON", "LocalApplier"]
+__all__ = ["BUNDLE_REASON", "VITAL_WHO", "LocalApplier", "Vital"]
+
+log = logging.getLogger("hotpatch")
 
 BUNDLE_REASON = "baseline bundles need the supervisor (hotpatch run)"
+VITAL_WHO = "hotpatch (vital check)"  # who rolls back a patch that broke the agent
+
+# Given the record about to be filed: ``None`` when the agent can still file it and
+# answer its control socket, else what is broken (``hotpatch.agent._vital``).
+Vital = Callable[[dict[str, Any]], str | None]
 
 
 class LocalApplier:
-    """Loads verified bytes and applies them through ``registry``, in this process."""
+    """Loads verified bytes and applies them through ``registry``, in this process.
 
-    def __init__(self, registry: Registry) -> None:
+    ``vital``: tried after every apply; a patch with which the agent can no
+    longer file an outcome or answer its control socket is rolled back at once
+    and filed ``rejected`` (SPEC 11: no patch cuts off the way to roll it back).
+    """
+
+    def __init__(self, registry: Registry, *, vital: Vital | None = None) -> None:
         self.registry = registry
+        self.vital = vital
 
     def level(self) -> tuple[str, ...]:
         return self.registry.level
@@ -124,14 +139,64 @@ class LocalApplier:
 
     def apply(self, patch: Patch, outcome: Outcome) -> None:
         """Apply a loaded patch; ``RestartRequired`` leaves it ``pending``."""
+        registry = self.registry
+        with registry.lock:  # no other change of the level between the apply and its check
+            before = registry.level
+            t = time.perf_counter()
+            try:
+                result = registry.apply(patch, who=outcome.who)
+            except RestartRequired as exc:
+                outcome.outcome, outcome.reason = "pending", str(exc)
+                outcome.error_type = type(exc).__name__
+                return
+            finally:
+                outcome.timings["apply_s"] = time.perf_counter() - t
+            outcome.outcome, outcome.reason = "applied", None
+            outcome.targets = result.targets
+            if self.vital is not None:
+                self._check_vital(patch, outcome, before)
+
+    def _check_vital(self, patch: Patch, outcome: Outcome, before: tuple[str, ...]) -> None:
+        """Roll ``patch`` back if the agent can no longer file ``outcome`` or answer."""
+        assert self.vital is not None
+        registry = self.registry
         t = time.perf_counter()
-        try:
-            result = self.registry.apply(patch, who=outcome.who)
-        except RestartRequired as exc:
-            outcome.outcome, outcome.reason = "pending", str(exc)
-            outcome.error_type = type(exc).__name__
+        outcome.level = registry.level
+        broken = self.vital(outcome.record())
+        outcome.timings["vital_s"] = time.perf_counter() - t
+        if broken is None:
             return
-        finally:
-            outcome.timings["apply_s"] = time.perf_counter() - t
-        outcome.outcome, outcome.reason = "applied", None
-        outcome.targets = result.targets
+        log.error(
+            "patch %s broke what the agent needs to file outcomes and answer its control "
+            "socket (%s): rolling it back",
+            patch.version,
+            broken,
+        )
+        try:
+            registry.rollback(to=before[-1] if before else registry.baseline, who=VITAL_WHO)
+        except Exception as exc:
+            log.critical(
+                "patch %s could not be rolled back (%s: %s): the agent cannot file outcomes or "
+                "answer; restart the service",
+                patch.version,
+                type(exc).__name__,
+                exc,
+            )
+            outcome.reason = f"applied, but the agent is broken with it ({broken}) and rolling "
+            outcome.reason += f"it back failed ({type(exc).__name__}: {exc}); restart the service"
+            return
+        outcome.outcome, outcome.error_type = "rejected", "VerificationFailed"
+        outcome.notified = False  # the plugins saw an apply and a rollback: now a refusal
+        outcome.reason = (
+            f"patch {patch.version} was applied and rolled back at once: with it the agent could "
+            f"not file an outcome or answer its control socket ({broken}). A patch must not break "
+            "what hotpatch needs (json, files, sockets); fix it and publish a newer version"
+        )
+        still = self.vital(outcome.record())
+        if still is not None:
+            log.critical(
+                "the agent still cannot file outcomes or answer with patch %s rolled back (%s); "
+                "restart the service",
+                patch.version,
+                still,
+            )

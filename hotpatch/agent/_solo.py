@@ -19,6 +19,7 @@ from hotpatch.agent._pipeline import DropPipeline
 from hotpatch.agent._settings import Settings
 from hotpatch.agent._staging import Staging
 from hotpatch.agent._verify import library_modules
+from hotpatch.agent._vital import VitalCheck
 
 __all__ = ["Solo", "agent_status"]
 
@@ -50,8 +51,9 @@ class Solo:
             if self.registry.journal_report:
                 log.info("%s", self.registry.journal_report)
             staging = stack.enter_context(Staging(settings.watch))
+            vital = VitalCheck(stack.enter_context(staging.directory()), settings.socket)
             self.pipeline = DropPipeline(
-                LocalApplier(self.registry),
+                LocalApplier(self.registry, vital=vital),
                 settings.checks,
                 staging,
                 outcome_log=OutcomeLog(settings.watch) if settings.watch is not None else None,

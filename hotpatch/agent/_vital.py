@@ -1,0 +1,120 @@
+"""The agent's vital path, tried after every apply: can it still file an outcome and answer?
+
+A patch may replace any Python function of the service's process, the
+standard library's included (``json.dumps``, ``socket.socket.accept``,
+``pathlib``). What the agent needs to file an outcome (serialise a record,
+write a file completely, read it back) and to answer its control socket (a
+``status`` request through the real socket: its reading, its handler, its
+answer) is tried once the patch is in, within ``VITAL_TIMEOUT_S``, in a
+thread of its own so that a patch that makes either hang cannot hang the
+agent. ``VitalCheck`` says what broke; the applier then rolls the patch back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+from hotpatch.agent._control import AgentBusy, request
+from hotpatch.agent._outcome import write_result
+
+__all__ = ["VITAL_TIMEOUT_S", "VitalCheck"]
+
+VITAL_TIMEOUT_S = 10.0  # for the whole check; a working agent takes milliseconds
+
+
+class VitalCheck:
+    """Tries the agent's vital path: a result file in ``scratch``, ``status`` on ``socket``.
+
+    ``scratch``: a private directory of the agent's (a result file is written
+    there and removed); ``socket``: its control socket, if it serves one.
+    """
+
+    def __init__(
+        self,
+        scratch: Path,
+        socket: Path | None,
+        *,
+        timeout: float = VITAL_TIMEOUT_S,
+    ) -> None:
+        self.scratch = scratch
+        self.socket = socket
+        self.timeout = timeout
+
+    def __call__(self, record: dict[str, Any]) -> str | None:
+        """``None`` when the agent can file ``record`` and answer; else what is broken."""
+        found: list[str | None] = []
+        done = threading.Event()
+
+        def run() -> None:
+            try:
+                found.append(self._try(record))
+            except BaseException as exc:
+                found.append(f"{type(exc).__name__}: {exc}")
+            done.set()
+
+        thread = threading.Thread(target=run, name="hotpatch-vital-check", daemon=True)
+        thread.start()
+        if not done.wait(self.timeout):
+            return (
+                "filing an outcome and answering the control socket did not finish within "
+                f"{self.timeout:g} s"
+            )
+        return found[0]
+
+    def _try(self, record: dict[str, Any]) -> str | None:
+        return self._file(record) or self._answer()
+
+    def _file(self, record: dict[str, Any]) -> str | None:
+        """Write ``record`` as a result file and read it back; what went wrong, if anything."""
+        expected = _plain(record)  # what a reader must find, worked out without json
+        path = self.scratch / f".vital-check.{os.getpid()}.{threading.get_ident()}.json"
+        try:
+            write_result(path, record)
+            try:
+                found = json.loads(path.read_bytes())
+            except ValueError as exc:
+                return f"a result file it wrote is not JSON ({exc})"
+        except OSError as exc:
+            if _resource(exc):
+                return None  # the disk, not the patch: filing reports it itself
+            return f"writing a result file failed: {type(exc).__name__}: {exc}"
+        finally:
+            with contextlib.suppress(OSError):
+                path.unlink()
+        if found != expected:
+            return "a result file it wrote does not read back as written"
+        return None
+
+    def _answer(self) -> str | None:
+        """Ask the control socket for ``status``; what went wrong, if anything."""
+        if self.socket is None:
+            return None
+        try:
+            answer = request(self.socket, {"cmd": "status"}, timeout=self.timeout)
+        except AgentBusy:
+            return None  # answered: the backlog is full of other clients
+        except (OSError, ValueError) as exc:
+            return f"the control socket did not answer status: {type(exc).__name__}: {exc}"
+        if answer.get("ok") is not True and answer.get("error_type") != "Busy":
+            return f"the control socket answered status with an error: {answer.get('error')}"
+        return None
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as JSON gives it back (tuples become lists), without using ``json``."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _resource(exc: OSError) -> bool:
+    """Out of disk space, quota or descriptors: not something a patch did to the code."""
+    return exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EMFILE, errno.ENFILE)
