@@ -14,10 +14,15 @@ from typing import Any
 
 import pytest
 from drops import DropFolder
+from test_supervisor import Supervised, supervise
+from test_supervisor import request as svc_request
+from test_supervisor_patches import drop, logic_patch, result_of, watching
 
 import hotpatch
 from hotpatch import NotPatchable
 from hotpatch.agent._control import request
+
+__all__ = ["supervise"]  # the fixture, shared with test_supervisor
 
 Write = Callable[..., Path]
 
@@ -297,3 +302,20 @@ def test_a_patch_breaking_json_is_rolled_back_and_filed_rejected(tmp_path: Path,
         assert service.status()["level"] == ["1.0.2"]
     finally:
         service.stop()
+
+
+def test_under_the_supervisor_a_patch_breaking_json_is_rolled_back_in_the_service(
+    supervise: Callable[..., Supervised], tmp_path: Path
+) -> None:
+    folder, supervised = watching(supervise, tmp_path)
+    drop(folder, "json.py", _json_patch("raises"))
+    result = result_of(folder, "json.py", supervised)
+    assert result["dir"] == "rejected", result
+    assert "rolled back" in result["reason"]
+    assert supervised.status()["patches"]["level"] == []
+    assert svc_request(supervised.address, "/get")["tag"] == "base"  # json works again
+    drop(folder, "fix.py", logic_patch("1.0.2", "fixed"))
+    assert result_of(folder, "fix.py", supervised)["dir"] == "applied"
+    outcome = supervised.restart()  # the journal does not bring it back
+    assert outcome["ok"], outcome
+    assert supervised.status()["patches"]["level"] == ["1.0.2"]

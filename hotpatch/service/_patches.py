@@ -19,11 +19,14 @@ from hotpatch._patch import Patch
 from hotpatch._plugins import PluginHost
 from hotpatch._registry import Registry
 from hotpatch._results import ApplyResult, RollbackResult
-from hotpatch.service._channel import send_message
+from hotpatch.service._channel import recv_message, send_message
 
-__all__ = ["LevelReporter", "PatchLevels"]
+__all__ = ["VITAL_TIMEOUT_S", "VITAL_WHO", "LevelReporter", "PatchLevels", "wire_check"]
 
 log = logging.getLogger("hotpatch.service")
+
+VITAL_TIMEOUT_S = 10.0  # for a reply to cross a channel and back; a working process: ~1 ms
+VITAL_WHO = "hotpatch (vital check)"  # who rolls back a patch that broke the channel
 
 
 class PatchLevels:
@@ -147,10 +150,7 @@ class PatchLevels:
                 result["outcome"] = "unchanged"
                 result["reason"] = f"patch {patch.version} is already applied with this content"
             else:
-                t = time.perf_counter()
-                applied = self.registry.apply(patch, who=who, restarting=restarting)
-                result["timings"]["apply_s"] = time.perf_counter() - t
-                result["outcome"], result["targets"] = "applied", list(applied.targets)
+                self._apply(patch, who, restarting, result)
         except RestartRequired as exc:
             result["outcome"], result["reason"] = "restart", str(exc)
             result["reasons"], result["error_type"] = list(exc.reasons), type(exc).__name__
@@ -162,6 +162,36 @@ class PatchLevels:
             result["error_type"] = "VerificationFailed"
         result["timings"]["total_s"] = time.perf_counter() - start
         return {**result, **self.level_info()}
+
+    def _apply(self, patch: Patch, who: str, restarting: bool, result: dict[str, Any]) -> None:
+        """Apply ``patch``, then make sure a reply still crosses the channel; else roll back.
+
+        A patch may break what the channel needs (``json.dumps``): then the
+        supervisor could neither hear of it nor roll it back (SPEC 11).
+        """
+        registry = self.registry
+        assert registry is not None
+        with registry.lock:  # no other change of the level between the apply and its check
+            before = registry.level
+            t = time.perf_counter()
+            applied = registry.apply(patch, who=who, restarting=restarting)
+            result["timings"]["apply_s"] = time.perf_counter() - t
+            result["outcome"], result["targets"] = "applied", list(applied.targets)
+            broken = wire_check({"op": "patched", **result, **self.level_info()})
+            if broken is None:
+                return
+            log.error(
+                "patch %s broke the channel to the supervisor (%s): rolling it back",
+                patch.version,
+                broken,
+            )
+            registry.rollback(to=before[-1] if before else registry.baseline, who=VITAL_WHO)
+        result["outcome"], result["error_type"] = "rejected", "VerificationFailed"
+        result["reason"] = (
+            f"patch {patch.version} was applied and rolled back at once: with it the service "
+            f"could no longer answer the supervisor ({broken}). A patch must not break what "
+            "hotpatch needs (json, sockets); fix it and publish a newer version"
+        )
 
     def rollback(self, message: Mapping[str, Any]) -> dict[str, Any]:
         """Roll back to level ``to``, or the last patch if ``to`` is null; never raises."""
@@ -202,6 +232,47 @@ class PatchLevels:
             error = f"{type(exc).__name__} while loading or checking the patch: {exc}"
             return {"ok": False, "error": error, "error_type": "VerificationFailed"}
         return {"ok": True, **report.record(), **self.level_info()}
+
+
+def wire_check(message: Mapping[str, Any], timeout: float = VITAL_TIMEOUT_S) -> str | None:
+    """Send ``message`` through a channel of the supervisor's kind and read it back.
+
+    ``None`` when it arrives as sent; else what went wrong. Bounded by
+    ``timeout`` (in a thread of its own: a patch may make it hang).
+    """
+    found: list[str | None] = []
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            found.append(_round_trip(message))
+        except BaseException as exc:  # whatever the patch made it raise
+            found.append(f"{type(exc).__name__}: {exc}")
+        done.set()
+
+    threading.Thread(target=run, name="hotpatch-vital-check", daemon=True).start()
+    if not done.wait(timeout):
+        return f"a message to the supervisor did not cross a channel within {timeout:g} s"
+    return found[0]
+
+
+def _round_trip(message: Mapping[str, Any]) -> str | None:
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with ours, theirs:
+        send_message(ours, message)
+        received = recv_message(theirs)
+    if received is None or received[0] != _plain(message):
+        return "a message to the supervisor does not arrive as it was sent"
+    return None
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as JSON gives it back (tuples become lists), without using ``json``."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
 
 
 class LevelReporter:
