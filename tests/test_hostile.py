@@ -3,6 +3,7 @@ cuts off the way to roll it back, a migration has a deadline, verification leave
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import textwrap
@@ -14,7 +15,7 @@ from typing import Any
 
 import pytest
 from drops import DropFolder
-from test_supervisor import Supervised, supervise
+from test_supervisor import Supervised, running, supervise
 from test_supervisor import request as svc_request
 from test_supervisor_patches import drop, logic_patch, result_of, watching
 
@@ -319,3 +320,91 @@ def test_under_the_supervisor_a_patch_breaking_json_is_rolled_back_in_the_servic
     outcome = supervised.restart()  # the journal does not bring it back
     assert outcome["ok"], outcome
     assert supervised.status()["patches"]["level"] == ["1.0.2"]
+
+
+# -- verification leaves nothing behind ------------------------------------------------------
+
+
+def _spinning_patch(pids: Path, *, spin: bool) -> str:
+    """A patch whose import, in the verification child (``python -I``) only, starts a
+    double-forked daemon spinning the CPU, then spins itself if ``spin``."""
+    return _patch(
+        f"""
+        import os, sys
+        def _note(name):
+            tmp = os.path.join({str(pids)!r}, name + ".tmp")
+            with open(tmp, "w") as f:
+                f.write(str(os.getpid()))
+            os.replace(tmp, os.path.join({str(pids)!r}, name))
+        if sys.flags.isolated:
+            if os.fork() == 0:
+                os.setsid()
+                if os.fork() == 0:
+                    _note("daemon")
+                    while True:
+                        pass
+                os._exit(0)
+            while not os.path.exists(os.path.join({str(pids)!r}, "daemon")):
+                pass
+            _note("check")
+            while {spin!r}:
+                pass
+        @patch.migrate("json")
+        def nothing(module):
+            pass
+        """
+    )
+
+
+def _pids(folder: Path) -> dict[str, int]:
+    return {name: int((folder / name).read_text()) for name in ("check", "daemon")}
+
+
+def _gone(pids: dict[str, int], timeout: float = 20.0) -> list[str]:
+    """The processes of ``pids`` still alive after ``timeout`` (zombies count as gone)."""
+    _eventually(lambda: not any(running(p) for p in pids.values()), timeout)
+    return [f"{name} {pid}" for name, pid in pids.items() if running(pid)]
+
+
+def test_a_daemon_a_patch_starts_at_import_dies_with_its_check(tmp_path: Path) -> None:
+    folder, pids = DropFolder(tmp_path), tmp_path / "pids"
+    pids.mkdir()
+    service = Service(folder)
+    try:
+        folder.drop("daemon.py", _spinning_patch(pids, spin=False))
+        assert folder.filed("daemon.py")["outcome"] == "applied"
+        assert not _gone(_pids(pids))
+    finally:
+        service.stop()
+
+
+def test_sigkill_of_the_service_during_a_spinning_check_leaves_no_process(
+    tmp_path: Path,
+) -> None:
+    folder, pids = DropFolder(tmp_path), tmp_path / "pids"
+    pids.mkdir()
+    service = Service(folder)
+    try:
+        folder.drop("spin.py", _spinning_patch(pids, spin=True))
+        assert _eventually((pids / "check").exists, 60.0)
+        found = _pids(pids)
+        assert all(running(p) for p in found.values())
+        service.process.send_signal(signal.SIGKILL)  # no chance to clean up
+        service.process.wait()
+        assert not _gone(found), "a verification process outlived the service"
+    finally:
+        service.stop()
+
+
+def test_sigkill_of_hotpatch_run_during_a_spinning_check_leaves_no_check_process(
+    supervise: Callable[..., Supervised], tmp_path: Path
+) -> None:
+    folder, supervised = watching(supervise, tmp_path)
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    drop(folder, "spin.py", _spinning_patch(pids, spin=True))
+    assert _eventually((pids / "check").exists, 60.0)
+    found = _pids(pids)
+    supervised.process.send_signal(signal.SIGKILL)
+    supervised.process.wait()
+    assert not _gone(found), "a verification process outlived hotpatch run"
