@@ -18,9 +18,29 @@ from packaging.version import Version
 
 from hotpatch._codegen import ABSENT, FUNC_ATTRS, build, capture, rebind
 from hotpatch._errors import JournalError, NameConflict, VerificationFailed
+from hotpatch._heap import made_from
+from hotpatch._nested import (
+    Nested,
+    Settle,
+    check_made,
+    going_back,
+    plan_code,
+    settle_changes,
+    with_code,
+)
 from hotpatch._patch import Migration, Patch
 from hotpatch._switch import Change, Key, current, key
-from hotpatch._targets import Kind, Target, accessor_of, import_module, resolve, resolve_class
+from hotpatch._targets import (
+    Kind,
+    NestedTarget,
+    Target,
+    accessor_of,
+    import_module,
+    is_nested,
+    resolve,
+    resolve_class,
+    resolve_nested,
+)
 from hotpatch._validate import (
     CLASS_BOILERPLATE,
     check_baseline,
@@ -30,7 +50,15 @@ from hotpatch._validate import (
     global_names,
 )
 
-__all__ = ["Applied", "Level", "Plan", "caches_of", "make_plan", "member_functions"]
+__all__ = [
+    "Applied",
+    "Level",
+    "Plan",
+    "caches_of",
+    "make_plan",
+    "member_functions",
+    "nested_of",
+]
 
 
 @dataclass(slots=True)
@@ -48,6 +76,9 @@ class Plan:
     migrations: list[tuple[Migration, types.ModuleType]] = field(default_factory=list)
     unmigrations: list[tuple[Migration, types.ModuleType]] = field(default_factory=list)
     caches: list[Any] = field(default_factory=list)  # cleared in the switch (lru_cache, ...)
+    nested: list[Nested] = field(default_factory=list)  # nested function targets
+    settles: list[Settle] = field(default_factory=list)  # for functions made meanwhile
+    patched: dict[str, int] = field(default_factory=dict)  # target -> function objects
     # (module, names, namespace the names come from, target) for the namespace rule
     needs: list[tuple[types.ModuleType, frozenset[str], dict[str, Any], str]] = field(
         default_factory=list
@@ -66,6 +97,7 @@ class Applied:
     replaced: list[Applied]
     functions: list[types.FunctionType] = field(default_factory=list)  # whose code it built
     caches: list[Any] = field(default_factory=list)  # what caches its targets' answers
+    nested: list[Nested] = field(default_factory=list)  # its nested function targets
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,11 +147,15 @@ def make_plan(patch: Patch, level: Level) -> Plan:
     for replacement in patch.replacements:
         if replacement.is_class:
             planner.add_class(replacement.target, replacement.new)
+        elif is_nested(replacement.target):
+            planner.add_nested(resolve_nested(replacement.target, patch=v), replacement.new)
         else:
             planner.add_function(resolve(replacement.target, patch=v), replacement.new)
     planner.add_names([e for e in level.stack if e not in replaced])
+    planner.scan_nested()  # the heap scan: only for nested targets
     for k, change in planner.pristine.items():  # cumulative: what it does not touch goes back
         plan.changes.setdefault(k, change)
+    planner.nested_back(replaced)
     plan.caches = caches_of(replaced, plan.caches)
     for migration in patch.migrations:
         module = import_module(migration.module, patch=v, target=migration.module)
@@ -141,6 +177,11 @@ def caches_of(entries: Sequence[Applied], also: Sequence[Any] = ()) -> list[Any]
     return list(found.values())
 
 
+def nested_of(entries: Sequence[Applied]) -> list[Nested]:
+    """The nested targets of ``entries`` and of what they replaced, in their order."""
+    return [n for e in entries for n in (*e.nested, *nested_of(e.replaced))]
+
+
 def _pristine(entries: Sequence[Applied]) -> dict[Key, Change]:
     """The values from before ``entries`` for everything they touched (oldest wins)."""
     values: dict[Key, Change] = {}
@@ -158,6 +199,9 @@ class _Planner:
         self.plan = plan
         self.level = level
         self.pristine = pristine
+        # id(enclosing function) -> its code with the nested targets replaced so far
+        self.enclosing: dict[int, types.CodeType] = {}
+        self.pending: list[tuple[NestedTarget, types.CodeType, types.CodeType]] = []
 
     def base(self, obj: Any, attr: str) -> Any:
         """The value the patch builds on: from under a level it replaces, else the live one."""
@@ -168,8 +212,15 @@ class _Planner:
         known = self.level.originals.get(id(function))
         return known[1] if known is not None else capture(function)
 
+    def code_base(self, func: types.FunctionType) -> types.CodeType:
+        """The code ``func`` runs under the patch's level (under a wrap(), the wrapped code)."""
+        change = self.pristine.get(key(func, "__code__"))
+        return change[2] if change is not None else self.level.code_of(func)
+
     def add_function(self, target: Target, new_obj: Any) -> None:
         plan, spec, func = self.plan, target.spec, target.function
+        if id(func) in self.enclosing:
+            _both(plan.patch, spec)
         new = accessor_of(new_obj, target.accessor)
         original = self.original(func)
         new, widened = check_replacement(plan.patch, spec, original, func.__name__, new)
@@ -188,6 +239,7 @@ class _Planner:
         plan.modes[spec] = built.mode + (f" ({built.why})" if built.why else "")
         plan.functions.append(func)
         plan.caches.extend(target.caches)
+        plan.patched[spec] = 1
         # Strict quiescence looks for every version a thread could still be running.
         code_key = key(func, "__code__")
         plan.codes.extend(
@@ -204,6 +256,68 @@ class _Planner:
                 spec,
             )
         )
+
+    def add_nested(self, target: NestedTarget, new_obj: Any) -> None:
+        """A nested function: the enclosing code's constant now; the made ones in scan_nested."""
+        plan, outer = self.plan, target.enclosing
+        if any(f is outer for f in plan.functions):
+            _both(plan.patch, target.spec)
+        base = self.enclosing.get(id(outer)) or self.code_base(outer)
+        old, code, new = plan_code(plan.patch, target, base, accessor_of(new_obj, ""))
+        self.enclosing[id(outer)] = with_code(base, target.qualname, code)
+        plan.changes[key(outer, "__code__")] = (outer, "__code__", self.enclosing[id(outer)])
+        plan.modes[target.spec] = "inline"
+        plan.codes.extend((old, code))
+        names = global_names(new.__code__) - set(old.co_freevars)
+        plan.needs.append((target.module, names, new.__globals__, target.spec))
+        self.pending.append((target, old, code))
+
+    def scan_nested(self) -> None:
+        """Every function already made from a nested target's code: one heap scan per module."""
+        if not self.pending:
+            return
+        plan = self.plan
+        modules: dict[int, tuple[dict[str, Any], list[str]]] = {}
+        for target, _, _ in self.pending:
+            namespace = target.module.__dict__
+            modules.setdefault(id(namespace), (namespace, []))[1].append(target.qualname)
+        found: dict[tuple[int, str], list[types.FunctionType]] = {}
+        for namespace, qualnames in modules.values():
+            for qualname, made in made_from(namespace, qualnames).items():
+                found[id(namespace), qualname] = made
+        for target, old, code in self.pending:
+            namespace = target.module.__dict__
+            made = found[id(namespace), target.qualname]
+            seen = check_made(plan.patch, target.spec, old, made)
+            for func in made:
+                plan.changes[key(func, "__code__")] = (func, "__code__", code)
+            plan.codes.extend(seen)
+            plan.patched[target.spec] = len(made)
+            plan.nested.append(Nested(target.spec, namespace, target.enclosing, old, code, seen))
+            plan.settles.append(Settle(target.spec, namespace, (old, *seen), code))
+
+    def nested_back(self, replaced: Sequence[Applied]) -> None:
+        """Cumulative: the nested targets it replaces and does not patch again go back."""
+        plan = self.plan
+        mine = {n.spec for n in plan.nested}
+        gone = [n for n in nested_of(replaced) if n.spec not in mine]
+        if not gone:
+            return
+
+        def code_of(func: types.FunctionType) -> types.CodeType:
+            change = plan.changes.get(key(func, "__code__"))
+            return change[2] if change is not None else self.level.code_of(func)
+
+        settles = going_back(gone, code_of)
+        for k, (func, attr, value) in list(plan.changes.items()):
+            for settle in settles:
+                if attr == "__code__" and any(value is c for c in settle.codes):
+                    plan.changes[k] = (func, attr, settle.target)
+        plan.changes.update(
+            (key(func, attr), (func, attr, value))
+            for func, attr, value in settle_changes(settles, plan.changes)
+        )
+        plan.settles.extend(settles)
 
     def add_class(self, spec: str, new_cls: type) -> None:
         plan = self.plan
@@ -263,6 +377,14 @@ class _Planner:
                     plan.names.append(f"{module.__name__}.{name}")
                 plan.changes[k] = (module, name, value)
                 plan.injected.add(k)
+
+
+def _both(patch: Patch, spec: str) -> None:
+    msg = (
+        f"patch {patch.version}: {spec} is nested in a function the patch also replaces, "
+        "whose replacement brings its own nested functions; keep one of the two targets"
+    )
+    raise VerificationFailed(msg, patch=patch.version, target=spec)
 
 
 def _is_dunder(name: str) -> bool:

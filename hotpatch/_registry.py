@@ -27,8 +27,9 @@ from hotpatch._errors import (
 )
 from hotpatch._journal import Journal
 from hotpatch._loader import load_patch_source
+from hotpatch._nested import going_back, settle_changes
 from hotpatch._patch import Migration, Patch, parse_version
-from hotpatch._plan import Applied, Level, Plan, caches_of, make_plan
+from hotpatch._plan import Applied, Level, Plan, caches_of, make_plan, nested_of
 from hotpatch._plugins import PluginHost
 from hotpatch._recording import Recording
 from hotpatch._results import ApplyResult, CheckReport, HistoryEntry, RollbackResult
@@ -184,6 +185,7 @@ class Registry:
             list(self._stack) if patch.cumulative else [],
             list(plan.functions),
             list(plan.caches),
+            list(plan.nested),
         )
         stack = [entry] if patch.cumulative else [*self._stack, entry]
         undo: list[Callable[[], object]] = []
@@ -219,6 +221,14 @@ class Registry:
                 except Exception:
                     log.exception("undoing patch %s: a step of the undo failed", patch.version)
             raise
+        patched = dict(plan.patched)
+        if plan.settles:  # functions made from an old nested code while the switch was prepared
+            late = settle_changes(plan.settles, plan.changes)
+            entry.before.update((key(o, a), (o, a, current(o, a))) for o, a, _ in late)
+            entry.after.update((key(o, a), (o, a, v)) for o, a, v in late)
+            switch(late)
+            for spec in (s.spec for s in plan.settles for o, _, v in late if v is s.target):
+                patched[spec] = patched.get(spec, 0) + 1
         self._wrappers.forget(plan.changes)
         for func in plan.functions:
             self._originals.setdefault(id(func), (func, _state_before(func, before)))
@@ -236,7 +246,7 @@ class Registry:
             elapsed * 1e3,
         )
         result = ApplyResult(
-            patch.version, True, patch.targets, elapsed, switch_s, dict(plan.modes)
+            patch.version, True, patch.targets, elapsed, switch_s, dict(plan.modes), patched
         )
         self.plugins.notify("hotpatch_after_apply", patch=patch, registry=self, result=result)
         return result
@@ -266,6 +276,12 @@ class Registry:
             final: dict[Key, Change] = {}
             for entry in popped:  # newest first: the oldest popped entry's values win
                 final.update(entry.before)
+            # Nested targets: every function made from their code goes back too, those
+            # made after the apply included (what the enclosing code makes once rolled back).
+            settles = going_back(
+                nested_of(popped), lambda f: final.get(key(f, "__code__"), (f, "", f.__code__))[2]
+            )
+            final.update((key(o, a), (o, a, v)) for o, a, v in settle_changes(settles, ()))
             undo = {k: (obj, attr, current(obj, attr)) for k, (obj, attr, _) in final.items()}
             elapsed = time.perf_counter() - start
             versions = tuple(e.patch.version for e in popped)
@@ -283,6 +299,8 @@ class Registry:
                 except BaseException:  # the journal could not follow: the code goes back too
                     switch(undo.values(), None, caches)
                     raise
+            if settles:  # made from the rolled-back code while the switch was prepared
+                switch(settle_changes(settles, final))
             self._wrappers.forget(final)
             self._stack = stack
             for entry in popped:

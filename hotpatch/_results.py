@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 __all__ = ["ApplyResult", "CheckReport", "HistoryEntry", "RollbackResult"]
@@ -41,6 +41,9 @@ class ApplyResult:
     elapsed_s: float  # the whole apply, validation included
     switch_s: float  # the step during which calls could observe a change
     modes: Mapping[str, str]
+    # target -> how many function objects run its new code: 1 for a function; for a
+    # nested function (mod:outer.<locals>.inner), every one made from its code so far
+    patched: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,12 +14,15 @@ from hotpatch._errors import NotPatchable, TargetNotFound
 __all__ = [
     "OWN_PACKAGES",
     "Kind",
+    "NestedTarget",
     "Target",
     "accessor_of",
     "import_module",
+    "is_nested",
     "refuse_own",
     "resolve",
     "resolve_class",
+    "resolve_nested",
 ]
 
 # hotpatch's own code: never a target, so no patch can break the way to roll it back.
@@ -56,6 +59,35 @@ def refuse_own(module: object, *, patch: str, target: str) -> None:
         "hotpatch with a restart instead"
     )
     raise NotPatchable(msg, patch=patch, target=target)
+
+
+@dataclass(frozen=True, slots=True)
+class NestedTarget:
+    """A nested function (``mod:outer.<locals>.inner``): its code lives in ``enclosing``'s."""
+
+    spec: str
+    module: types.ModuleType
+    enclosing: types.FunctionType  # the module-level function or method it is nested in
+    qualname: str  # the code's co_qualname
+
+
+_LOCALS = ".<locals>."
+
+
+def is_nested(spec: str) -> bool:
+    return _LOCALS in spec.partition(":")[2]
+
+
+def resolve_nested(spec: str, *, patch: str) -> NestedTarget:
+    """The function whose code holds the nested function's; the code is found by the plan."""
+    modname, _, qualname = spec.partition(":")
+    head = qualname.partition(_LOCALS)[0]
+    try:
+        outer = resolve(f"{modname}:{head}", patch=patch)
+    except (TargetNotFound, NotPatchable) as exc:
+        msg = f"patch {patch}: target {spec}: the function it is nested in: {exc}"
+        raise type(exc)(msg, patch=patch, target=spec) from None
+    return NestedTarget(spec, outer.module, outer.function, qualname)
 
 
 def import_module(name: str, *, patch: str, target: str) -> types.ModuleType:

@@ -1,0 +1,67 @@
+"""Finding the function objects already made from a nested function's code: heap scans.
+
+Only a nested target (``mod:outer.<locals>.inner``) needs them, and they run
+before a switch, never inside it: ordinary targets never walk the heap.
+``made_from`` walks every object the garbage collector tracks (every function
+is tracked) and matches by code name and module namespace, so it finds what
+any version of the enclosing function made; ``carrying`` asks the collector
+which objects refer to given code objects, a cheaper walk in C, for the
+functions made while a switch was being prepared.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import types
+from collections.abc import Collection, Iterator
+
+__all__ = ["carrying", "made_from"]
+
+_FUNCTION = types.FunctionType
+
+
+@contextlib.contextmanager
+def _visible() -> Iterator[None]:
+    """Objects ``gc.freeze()`` moved out of the collector's generations, back in view.
+
+    Neither ``gc.get_objects`` nor ``gc.get_referrers`` sees frozen objects; a
+    pre-fork server freezes what its workers inherit. They are frozen again
+    afterwards (with what was made since the freeze: ``gc.freeze`` takes all).
+    """
+    frozen = gc.get_freeze_count()
+    if frozen:
+        gc.unfreeze()
+    try:
+        yield
+    finally:
+        if frozen:
+            gc.freeze()
+
+
+def made_from(
+    namespace: dict[str, object], qualnames: Collection[str]
+) -> dict[str, list[types.FunctionType]]:
+    """Every live function running in ``namespace`` whose code is named one of ``qualnames``.
+
+    One walk of the heap, whatever the number of names.
+    """
+    found: dict[str, list[types.FunctionType]] = {name: [] for name in qualnames}
+    with _visible():
+        functions = [obj for obj in gc.get_objects() if type(obj) is _FUNCTION]
+    for func in functions:
+        if func.__globals__ is namespace:
+            bucket = found.get(func.__code__.co_qualname)
+            if bucket is not None:
+                bucket.append(func)
+    return found
+
+
+def carrying(codes: Collection[types.CodeType]) -> list[types.FunctionType]:
+    """Every live function whose ``__code__`` is one of ``codes``."""
+    if not codes:
+        return []
+    wanted = {id(code) for code in codes}
+    with _visible():
+        referrers = gc.get_referrers(*codes)
+    return [obj for obj in referrers if type(obj) is _FUNCTION and id(obj.__code__) in wanted]

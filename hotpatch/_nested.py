@@ -1,0 +1,259 @@
+"""Nested function targets (``mod:outer.<locals>.inner``): their code, the functions made from it.
+
+A nested function's code is a constant of the enclosing function's code; every
+call of the enclosing function makes a new function object from it (a closure,
+or the wrapper a decorator returns). Patching one means: every such object
+already made runs the new code (found by a heap scan before the switch), and
+the enclosing code's constant is replaced so that those made later do too.
+Both go back on rollback. The new code must fit every existing object as it
+is -- same parameters, same closure -- or the target is refused.
+"""
+
+from __future__ import annotations
+
+import inspect
+import types
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from hotpatch._codegen import ABSENT, build
+from hotpatch._errors import NotPatchable, SignatureIncompatible, TargetNotFound
+from hotpatch._heap import carrying
+from hotpatch._patch import Patch
+from hotpatch._switch import Change, Key, key
+from hotpatch._targets import NestedTarget
+from hotpatch._validate import check_replacement, global_names, reference_function
+
+__all__ = [
+    "Nested",
+    "Settle",
+    "check_made",
+    "going_back",
+    "plan_code",
+    "settle_changes",
+    "with_code",
+]
+
+_SHAPE_FLAGS = (
+    inspect.CO_VARARGS
+    | inspect.CO_VARKEYWORDS
+    | inspect.CO_GENERATOR
+    | inspect.CO_COROUTINE
+    | inspect.CO_ASYNC_GENERATOR
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Nested:
+    """A planned nested target: the code the enclosing function made, and the new one."""
+
+    spec: str
+    namespace: dict[str, Any]  # the module's: functions made from the code run in it
+    enclosing: types.FunctionType
+    old: types.CodeType  # what the enclosing code made before the patch
+    new: types.CodeType  # what runs after it
+    seen: tuple[types.CodeType, ...]  # the codes of the functions found before the switch
+
+
+def _named(code: types.CodeType, qualname: str) -> list[tuple[types.CodeType, ...]]:
+    """Paths (``code`` first) to every code object named ``qualname`` among its constants."""
+    paths: list[tuple[types.CodeType, ...]] = []
+    for const in code.co_consts:
+        if not isinstance(const, types.CodeType):
+            continue
+        if const.co_qualname == qualname:
+            paths.append((code, const))
+        elif qualname.startswith(const.co_qualname + "."):
+            paths.extend((code, *path) for path in _named(const, qualname))
+    return paths
+
+
+def _nested_names(code: types.CodeType) -> list[str]:
+    names: list[str] = []
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names.append(const.co_qualname)
+            names.extend(_nested_names(const))
+    return names
+
+
+def with_code(code: types.CodeType, qualname: str, new: types.CodeType) -> types.CodeType:
+    """``code`` with its nested code named ``qualname`` replaced by ``new`` (at any depth)."""
+    consts = list(code.co_consts)
+    for i, const in enumerate(consts):
+        if not isinstance(const, types.CodeType):
+            continue
+        if const.co_qualname == qualname:
+            consts[i] = new
+        elif qualname.startswith(const.co_qualname + "."):
+            consts[i] = with_code(const, qualname, new)
+    return code.replace(co_consts=tuple(consts))
+
+
+def _shape(code: types.CodeType) -> tuple[object, ...]:
+    """What a function object made from ``code`` fixes: its parameters and its closure."""
+    return (
+        code.co_argcount,
+        code.co_posonlyargcount,
+        code.co_kwonlyargcount,
+        code.co_flags & _SHAPE_FLAGS,
+        code.co_varnames[: code.co_argcount + code.co_kwonlyargcount],
+        code.co_freevars,
+    )
+
+
+def plan_code(
+    patch: Patch, target: NestedTarget, base: types.CodeType, new: object
+) -> tuple[types.CodeType, types.CodeType, types.FunctionType]:
+    """(the nested code in ``base``, the code to run instead, the checked replacement).
+
+    ``base`` is the code the enclosing function runs under the patch. Raises the
+    ``PatchError`` that says why the replacement cannot run in the functions
+    already made.
+    """
+    v, spec, qualname = patch.version, target.spec, target.qualname
+    outer = f"{target.module.__name__}:{target.enclosing.__code__.co_qualname}"
+    paths = _named(base, qualname)
+    if not paths:
+        known = ", ".join(_nested_names(base)) or "none"
+        msg = (
+            f"patch {v}: target {spec}: the code {outer} runs now has no nested function "
+            f"{qualname!r} (it has: {known}); check the qualname against the running code"
+        )
+        raise TargetNotFound(msg, patch=v, target=spec)
+    if len(paths) > 1:
+        msg = (
+            f"patch {v}: target {spec}: {outer} defines {len(paths)} nested functions named "
+            f"{qualname!r} (lambdas, or a def in each branch), so the name does not say which; "
+            f"patch {outer} itself (new calls only), or ship the change as a baseline"
+        )
+        raise NotPatchable(msg, patch=v, target=spec)
+    path = paths[0]
+    old = path[-1]
+    original: dict[str, Any] = {
+        "__code__": old,
+        "__defaults__": None,
+        "__kwdefaults__": None,
+        "__doc__": None,
+        "__annotations__": {},
+        "__signature__": ABSENT,
+    }
+    name = old.co_name
+    replacement, _ = check_replacement(patch, spec, original, name, new)
+    keep = (
+        "every function already made keeps its own parameters, defaults and closure: "
+        f"patch {outer} instead (functions it makes from then on), or ship the change as a "
+        "baseline"
+    )
+    if _shape(replacement.__code__)[:5] != _shape(old)[:5]:
+        msg = (
+            f"patch {v}: the replacement for nested function {spec} must keep its parameters "
+            f"exactly (names and kinds); {keep}"
+        )
+        raise SignatureIncompatible(msg, patch=v, target=spec)
+    enclosing = {n for code in path[:-1] for n in (*code.co_varnames, *code.co_cellvars)}
+    wanted = (global_names(replacement.__code__) & enclosing) - set(old.co_freevars)
+    if wanted:
+        msg = (
+            f"patch {v}: the replacement for nested function {spec} reads "
+            f"{', '.join(sorted(wanted))}, local to {outer}, which the functions already made "
+            f"do not hold (their closure: {', '.join(old.co_freevars) or 'none'}). A changed "
+            f"closure shape is not hot: {keep}"
+        )
+        raise NotPatchable(msg, patch=v, target=spec)
+    built = build(
+        reference_function(original, name),
+        original,
+        replacement,
+        globals_=target.module.__dict__,
+        owner=None,
+    )
+    if built.mode != "inline":
+        msg = (
+            f"patch {v}: the replacement for nested function {spec} cannot run in the "
+            f"functions already made: {built.why}. Read the closure's variables by name "
+            f"({', '.join(old.co_freevars) or 'none'}); {keep}"
+        )
+        raise NotPatchable(msg, patch=v, target=spec)
+    code: types.CodeType = built.state["__code__"]
+    return old, code, replacement
+
+
+def check_made(
+    patch: Patch, spec: str, old: types.CodeType, made: Sequence[types.FunctionType]
+) -> tuple[types.CodeType, ...]:
+    """The distinct codes of ``made``; ``NotPatchable`` if one has another shape than ``old``."""
+    codes = {id(f.__code__): f.__code__ for f in made}
+    for code in codes.values():
+        if _shape(code) != _shape(old):
+            count = sum(f.__code__ is code for f in made)
+            msg = (
+                f"patch {patch.version}: target {spec}: {count} function(s) made from it "
+                f"by an earlier version of the enclosing code have other parameters or another "
+                f"closure ({', '.join(code.co_freevars) or 'none'}, not "
+                f"{', '.join(old.co_freevars) or 'none'}), so the new code cannot run in them; "
+                "apply it through a restart"
+            )
+            raise NotPatchable(msg, patch=patch.version, target=spec)
+    return tuple(codes.values())
+
+
+@dataclass(frozen=True, slots=True)
+class Settle:
+    """Every function in ``namespace`` made from one of ``codes`` is to run ``target``."""
+
+    spec: str
+    namespace: dict[str, Any]
+    codes: tuple[types.CodeType, ...]
+    target: types.CodeType
+
+
+def settle_changes(settles: Sequence[Settle], done: Container[Key]) -> list[Change]:
+    """The changes that make each settle true, for the functions ``done`` does not set.
+
+    A walk of what refers to the settles' codes (cheap: no scan of every object).
+    """
+    if not settles:
+        return []
+    wanted = {id(c): s for s in settles for c in s.codes if c is not s.target}
+    changes: list[Change] = []
+    for func in carrying([c for s in settles for c in s.codes if c is not s.target]):
+        settle = wanted.get(id(func.__code__))
+        if settle is None or func.__globals__ is not settle.namespace:
+            continue
+        if key(func, "__code__") not in done:
+            changes.append((func, "__code__", settle.target))
+    return changes
+
+
+def going_back(
+    nested: Sequence[Nested], code_of: Callable[[types.FunctionType], types.CodeType]
+) -> list[Settle]:
+    """Nested patches going away (newest first): each target back to what its enclosing
+    function's code (``code_of``, as it will be) makes."""
+    groups: dict[tuple[int, str], list[Nested]] = {}
+    for n in nested:
+        groups.setdefault((id(n.namespace), n.spec), []).append(n)
+    back = restorer(nested)
+    settles: list[Settle] = []
+    for group in groups.values():
+        newest = group[0]
+        paths = _named(code_of(newest.enclosing), newest.old.co_qualname)
+        target = paths[0][-1] if len(paths) == 1 else back[id(newest.new)]
+        codes = {id(c): c for n in group for c in (n.old, n.new, *n.seen)}
+        settles.append(Settle(newest.spec, newest.namespace, tuple(codes.values()), target))
+    return settles
+
+
+def restorer(nested: Iterable[Nested]) -> Mapping[int, types.CodeType]:
+    """id(code a patch installed) -> the code to go back to, through stacked patches."""
+    back = {id(n.new): n.old for n in nested}
+    resolved: dict[int, types.CodeType] = {}
+    for code_id, first in back.items():
+        code, seen = first, {code_id}
+        while id(code) in back and id(code) not in seen:
+            seen.add(id(code))
+            code = back[id(code)]
+        resolved[code_id] = code
+    return resolved

@@ -1,0 +1,452 @@
+"""Nested function targets (``mod:outer.<locals>.inner``, a decorator's wrapper code):
+every function object already made from the code runs the new code, and so do
+those made afterwards; rollback puts both back."""
+
+from __future__ import annotations
+
+import gc
+import textwrap
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+import hotpatch
+
+PatchWriter = Callable[..., Path]
+HEADER = "from hotpatch import Patch\npatch = Patch(version={version!r}, baseline='1.0'{extra})\n"
+
+
+def load(
+    write_patch: PatchWriter, body: str, version: str = "1.0.1", extra: str = ""
+) -> hotpatch.Patch:
+    """A real patch file: the standard header, then ``body`` (dedented)."""
+    header = HEADER.format(version=version, extra=extra)
+    return hotpatch.load_patch(write_patch(header + textwrap.dedent(body)))
+
+
+ADDERS = """
+def make_adder(n):
+    def add(x):
+        return x + n
+    return add
+
+add2 = make_adder(2)
+ADDERS = [make_adder(i) for i in range(3)]
+"""
+
+
+def adder_patch(mod_name: str, body: str = "x + n * 10") -> str:
+    return f"""
+        @patch.replace("{mod_name}:make_adder.<locals>.add")
+        def add(x):
+            return {body}
+        """
+
+
+def test_closures_made_before_and_after_run_the_new_code(make_module, write_patch, registry):
+    mod = make_module(ADDERS)
+    held = mod.add2  # a reference taken before the patch
+    old_code, outer_code = held.__code__, mod.make_adder.__code__
+    patch = load(write_patch, adder_patch(mod.__name__))
+    report = registry.check(patch)
+    assert report.hot
+    assert held.__code__ is old_code  # check changes nothing
+    result = registry.apply(patch)
+    spec = f"{mod.__name__}:make_adder.<locals>.add"
+    assert result.patched == {spec: 4}  # add2 and the three in ADDERS
+    assert held(1) == 21
+    assert [f(1) for f in mod.ADDERS] == [1, 11, 21]
+    later = mod.make_adder(5)  # made after the patch: the enclosing code's constant
+    assert later(1) == 51
+    assert held.__closure__[0].cell_contents == 2  # each keeps its own closure
+
+    registry.rollback()
+    assert held.__code__ is old_code
+    assert mod.make_adder.__code__ is outer_code
+    assert later.__code__ is old_code  # made under the patch, back too
+    assert (held(1), later(1), mod.make_adder(7)(1)) == (3, 6, 8)
+    assert [f(1) for f in mod.ADDERS] == [1, 2, 3]
+
+    registry.apply(load(write_patch, adder_patch(mod.__name__, "x - n"), version="1.0.2"))
+    assert (held(1), later(1), mod.make_adder(7)(1)) == (-1, -4, -6)
+
+
+RETRY = """
+import functools
+
+def retry(times):
+    def deco(fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            for _ in range(times - 1):
+                try:
+                    return fn(*args, **kwargs)
+                except ValueError:
+                    pass
+            return None  # the bug: the last attempt is never made
+        return wrapper
+    return deco
+
+ATTEMPTS = []
+
+@retry(3)
+def crunch(x):
+    ATTEMPTS.append(x)
+    if len(ATTEMPTS) < 3:
+        raise ValueError("flaky")
+    return x * 2
+
+@retry(2)
+def steady(x):
+    return x
+"""
+
+
+def test_a_decorators_wrapper_code_is_fixed_for_every_function_it_wrapped(
+    make_module, write_patch, registry
+):
+    mod = make_module(RETRY)
+    crunch, steady = mod.crunch, mod.steady
+    wrapper_code = crunch.__code__
+    spec = f"{mod.__name__}:retry.<locals>.deco.<locals>.wrapper"
+    patch = load(
+        write_patch,
+        f"""
+        @patch.replace("{spec}")
+        def wrapper(*args, **kwargs):
+            for _ in range(times - 1):
+                try:
+                    return fn(*args, **kwargs)
+                except ValueError:
+                    pass
+            return fn(*args, **kwargs)  # the last attempt, its error passes
+        """,
+    )
+    result = registry.apply(patch)
+    assert result.patched[spec] == 2
+    assert crunch(4) == 8  # the wrapper made at import now makes the third attempt
+    assert mod.ATTEMPTS == [4, 4, 4]
+    assert steady(1) == 1
+    assert crunch.__wrapped__.__name__ == "crunch"  # the decorator's wraps() kept
+
+    @mod.retry(2)
+    def fresh() -> int:
+        raise ValueError("always")
+
+    with pytest.raises(ValueError, match="always"):
+        fresh()
+    registry.rollback()
+    assert crunch.__code__ is wrapper_code
+    assert fresh.__code__ is wrapper_code
+    assert fresh() is None
+
+
+def test_a_function_under_the_fixed_wrapper_is_still_its_own_target(
+    make_module, write_patch, registry
+):
+    mod = make_module(RETRY)
+    registry.apply(
+        load(
+            write_patch,
+            f"""
+            @patch.replace("{mod.__name__}:steady")
+            def steady(x):
+                return x + 1
+
+            @patch.replace("{mod.__name__}:retry.<locals>.deco.<locals>.wrapper")
+            def wrapper(*args, **kwargs):
+                return fn(*args, **kwargs) * 10
+            """,
+        )
+    )
+    assert mod.steady(1) == 20
+    registry.rollback()
+    assert mod.steady(1) == 1
+
+
+def test_stacked_and_cumulative_nested_patches_roll_back_exactly(
+    make_module, write_patch, registry
+):
+    mod = make_module(ADDERS)
+    first = mod.add2
+    code = first.__code__
+    registry.apply(load(write_patch, adder_patch(mod.__name__, "x + n * 10")))
+    between = mod.make_adder(3)  # made under 1.0.1
+    registry.apply(load(write_patch, adder_patch(mod.__name__, "x + n * 100"), version="1.0.2"))
+    assert (first(0), between(0), mod.make_adder(4)(0)) == (200, 300, 400)
+    registry.rollback()  # back to 1.0.1
+    assert (first(0), between(0), mod.make_adder(4)(0)) == (20, 30, 40)
+    registry.rollback()
+    assert first.__code__ is code
+    assert between.__code__ is code
+    assert (first(0), between(0), mod.make_adder(4)(0)) == (2, 3, 4)
+
+    registry.apply(load(write_patch, adder_patch(mod.__name__, "x + n * 10"), version="1.0.3"))
+    made = mod.make_adder(5)
+    other = f'@patch.replace("{mod.__name__}:make_adder")\ndef make_adder(n):\n'
+    other += "    def add(x):\n        return x + n\n    return add\n"
+    path = write_patch(HEADER.format(version="1.0.4", extra=", cumulative=True") + other)
+    registry.apply(hotpatch.load_patch(path))  # replaces 1.0.3: the nested patch goes
+    assert (first(0), made(0)) == (2, 5)
+    registry.rollback()  # 1.0.3 comes back
+    assert (first(0), made(0), mod.make_adder(6)(0)) == (20, 50, 60)
+    registry.rollback(to="1.0")
+    assert (first.__code__, made.__code__) == (code, code)
+
+
+def test_rollback_to_baseline_over_many_levels(make_module, write_patch, registry):
+    mod = make_module(ADDERS)
+    code = mod.add2.__code__
+    made = []
+    for i, scale in enumerate((10, 100, 1000)):
+        body = adder_patch(mod.__name__, f"x + n * {scale}")
+        registry.apply(load(write_patch, body, version=f"1.0.{i + 1}"))
+        made.append(mod.make_adder(1))
+    registry.rollback(to="1.0")
+    assert all(f.__code__ is code for f in (*made, mod.add2, *mod.ADDERS))
+
+
+def test_method_of_a_class_made_inside_a_function(make_module, write_patch, registry):
+    mod = make_module(
+        """
+        def make_shape(side):
+            class Square:
+                def area(self):
+                    return side * side
+            return Square
+
+        Small = make_shape(2)
+        small = Small()
+        """
+    )
+    spec = f"{mod.__name__}:make_shape.<locals>.Square.area"
+    registry.apply(
+        load(
+            write_patch,
+            f"""
+            @patch.replace("{spec}")
+            def area(self):
+                return side * side + 1
+            """,
+        )
+    )
+    assert mod.small.area() == 5
+    assert mod.make_shape(3)().area() == 10
+    registry.rollback()
+    assert mod.small.area() == 4
+
+
+def test_nested_generator_and_async(make_module, write_patch, registry):
+    mod = make_module(
+        """
+        import asyncio
+
+        def make(n):
+            def count():
+                yield from range(n)
+            async def fetch():
+                return n
+            return count, fetch
+
+        count, fetch = make(2)
+        """
+    )
+    registry.apply(
+        load(
+            write_patch,
+            f"""
+            @patch.replace("{mod.__name__}:make.<locals>.count")
+            def count():
+                yield from range(n, n + 2)
+
+            @patch.replace("{mod.__name__}:make.<locals>.fetch")
+            async def fetch():
+                return n * 10
+            """,
+        )
+    )
+    import asyncio
+
+    assert list(mod.count()) == [2, 3]
+    assert asyncio.run(mod.fetch()) == 20
+    registry.rollback()
+    assert list(mod.count()) == [0, 1]
+
+
+def test_functions_made_by_another_thread_during_the_apply(make_module, write_patch, registry):
+    """Functions made while the switch is prepared are not left on the old code.
+
+    Another thread makes closures all the time. Those whose making started after
+    ``apply()`` (or ``rollback()``) returned run the new code; of those made
+    before, only one whose making was already running at the switch may not (a
+    call already running finishes on the code it started with).
+    """
+    mod = make_module(ADDERS)
+    made: list[tuple[int, Callable[[int], int]]] = []
+    epoch = [0]
+    stop = threading.Event()
+
+    def keep_making() -> None:
+        while not stop.is_set():
+            started = epoch[0]
+            made.append((started, mod.make_adder(1)))
+            if len(made) > 20_000:
+                time.sleep(0.001)
+
+    thread = threading.Thread(target=keep_making)
+    thread.start()
+    try:
+        for i in range(4):
+            time.sleep(0.01)
+            registry.apply(load(write_patch, adder_patch(mod.__name__), version=f"1.0.{i + 1}"))
+            epoch[0] += 1
+            time.sleep(0.01)
+            old = [e for e, f in made if f(0) != 10]
+            assert len(old) <= 1, old[:3]
+            assert all(e < epoch[0] for e in old)
+            registry.rollback()
+            epoch[0] += 1
+            time.sleep(0.01)
+            new = [e for e, f in made if f(0) != 1]
+            assert len(new) <= 1, new[:3]
+            assert all(e < epoch[0] for e in new)
+            made.clear()
+    finally:
+        stop.set()
+        thread.join()
+
+
+def test_gc_frozen_functions_are_found(make_module, write_patch, registry):
+    """A pre-fork server freezes what its workers inherit; the scan sees it."""
+    mod = make_module(ADDERS)
+    gc.freeze()
+    try:
+        result = registry.apply(load(write_patch, adder_patch(mod.__name__)))
+        assert mod.add2(0) == 20
+        assert gc.get_freeze_count() > 0
+        assert result.patched[f"{mod.__name__}:make_adder.<locals>.add"] == 4
+        registry.rollback()
+        assert mod.add2(0) == 2
+    finally:
+        gc.unfreeze()
+
+
+# -- refused, naming the target, the reason and the way in ---------------------------------
+
+
+def refused(registry: hotpatch.Registry, patch: hotpatch.Patch, error: type, match: str) -> str:
+    for attempt in (registry.check, registry.apply):
+        with pytest.raises(error, match=match) as info:
+            attempt(patch)
+        assert info.value.target is not None
+    assert registry.level == ()
+    return str(info.value)
+
+
+def test_a_changed_closure_shape_is_refused(make_module, write_patch, registry):
+    mod = make_module(
+        """
+        def make_adder(n, scale=1):
+            def add(x):
+                return x + n
+            return add
+
+        add2 = make_adder(2)
+        """
+    )
+    code = mod.add2.__code__
+    patch = load(
+        write_patch,
+        f"""
+        @patch.replace("{mod.__name__}:make_adder.<locals>.add")
+        def add(x):
+            return (x + n) * scale
+        """,
+    )
+    message = refused(registry, patch, hotpatch.NotPatchable, "scale")
+    assert "closure" in message
+    assert f"patch {mod.__name__}:make_adder" in message  # the way in
+    assert mod.add2.__code__ is code
+
+
+def test_changed_parameters_are_refused(make_module, write_patch, registry):
+    mod = make_module(ADDERS)
+    patch = load(
+        write_patch,
+        f"""
+        @patch.replace("{mod.__name__}:make_adder.<locals>.add")
+        def add(x, y=0):
+            return x + n + y
+        """,
+    )
+    refused(registry, patch, hotpatch.SignatureIncompatible, "parameters")
+    assert mod.add2(1) == 3
+
+
+def test_a_replacement_with_its_own_closure_is_refused(make_module, write_patch, registry):
+    mod = make_module(ADDERS)
+    patch = load(
+        write_patch,
+        f"""
+        def factory():
+            k = 3
+
+            @patch.replace("{mod.__name__}:make_adder.<locals>.add")
+            def add(x):
+                return x + n + k
+
+        factory()
+        """,
+    )
+    refused(registry, patch, hotpatch.NotPatchable, "own closure")
+
+
+def test_unknown_and_ambiguous_nested_names(make_module, write_patch, registry):
+    mod = make_module(
+        """
+        def outer():
+            def inner():
+                return 1
+            first = lambda: 1  # noqa: E731
+            second = lambda: 2  # noqa: E731
+            return inner, first, second
+        """
+    )
+    missing = load(
+        write_patch,
+        f'@patch.replace("{mod.__name__}:outer.<locals>.iner")\ndef iner():\n    return 0\n',
+    )
+    message = refused(registry, missing, hotpatch.TargetNotFound, "no nested function")
+    assert "outer.<locals>.inner" in message  # what there is
+    lam = load(
+        write_patch,
+        f'@patch.replace("{mod.__name__}:outer.<locals>.<lambda>")\ndef f():\n    return 0\n',
+    )
+    refused(registry, lam, hotpatch.NotPatchable, "2 nested functions")
+    no_outer = load(
+        write_patch,
+        f'@patch.replace("{mod.__name__}:nope.<locals>.inner")\ndef inner():\n    return 0\n',
+    )
+    refused(registry, no_outer, hotpatch.TargetNotFound, "nested in")
+
+
+def test_the_enclosing_function_and_its_nested_one_in_one_patch(make_module, write_patch, registry):
+    mod = make_module(ADDERS)
+    patch = load(
+        write_patch,
+        f"""
+        @patch.replace("{mod.__name__}:make_adder.<locals>.add")
+        def add(x):
+            return x
+
+        @patch.replace("{mod.__name__}:make_adder")
+        def make_adder(n):
+            def add(x):
+                return x
+            return add
+        """,
+    )
+    refused(registry, patch, hotpatch.VerificationFailed, "keep one of the two")
