@@ -229,7 +229,47 @@ def test_burst(tmp_path: Path) -> None:
     assert "every burst applied in version order: yes" in stdout
 
 
-@pytest.mark.parametrize("name", ["call_overhead", "apply_latency", "health_gate", "burst"])
+def test_heap_scan(tmp_path: Path) -> None:
+    stdout, data = run("heap_scan", tmp_path)
+    check_environment(data, "heap_scan")
+    heap = data["heap_objects"]
+    assert heap > 0
+    whats = (
+        "scan",
+        "late scan",
+        "nested apply",
+        "nested rollback",
+        "ordinary apply",
+        "ordinary rollback",
+    )
+    runs = {(r["what"], r["heap_objects"]): r for r in data["runs"]}
+    assert set(runs) == {(w, h) for w in whats for h in (0, heap)}
+    for key, row in runs.items():
+        assert row["samples"] == 4, key
+        for metric in ("wall_us", "cpu_us"):
+            assert 0 < row[metric]["median"] <= row[metric]["p99"], (key, metric)
+    assert data["nested_patched"] == data["closures"] == 100
+    # The nested target walks the heap; ordinary patches never do.
+    assert data["heap_walks"]["nested"] > 0
+    assert data["heap_walks"]["ordinary"] == 0
+    goals = {g["what"]: g for g in data["goals"]}
+    assert set(goals) == {
+        "ordinary apply CPU, 10 targets, with the big heap / without",
+        "heap walks during ordinary applies and rollbacks",
+    }
+    assert goals["heap walks during ordinary applies and rollbacks"]["met"] is True
+    assert isinstance(
+        goals["ordinary apply CPU, 10 targets, with the big heap / without"]["met"], bool
+    )
+    header = next(line for line in stdout.splitlines() if line.startswith("what"))
+    assert header.split() == ["what", "extra", "heap", "wall", "p99", "cpu", "n"]
+    assert "0 during ordinary ones; the nested patch patched 100 objects" in stdout
+    assert stdout.count("goal: ") == 2
+
+
+@pytest.mark.parametrize(
+    "name", ["call_overhead", "apply_latency", "health_gate", "burst", "heap_scan"]
+)
 def test_help_names_the_options(name: str) -> None:
     proc = subprocess.run(
         [sys.executable, str(BENCHMARKS / f"{name}.py"), "--help"],
