@@ -78,8 +78,12 @@ def is_nested(spec: str) -> bool:
     return _LOCALS in spec.partition(":")[2]
 
 
-def resolve_nested(spec: str, *, patch: str) -> NestedTarget:
-    """The function whose code holds the nested function's; the code is found by the plan."""
+def resolve_nested(spec: str, *, patch: str, in_code: bool = False) -> NestedTarget:
+    """The function whose code holds the nested function's; the code is found by the plan.
+
+    ``in_code``: also check that the enclosing function's code, as it runs now,
+    holds a nested function of that name (the verifier's check of a fresh import).
+    """
     modname, _, qualname = spec.partition(":")
     head = qualname.partition(_LOCALS)[0]
     try:
@@ -87,7 +91,25 @@ def resolve_nested(spec: str, *, patch: str) -> NestedTarget:
     except (TargetNotFound, NotPatchable) as exc:
         msg = f"patch {patch}: target {spec}: the function it is nested in: {exc}"
         raise type(exc)(msg, patch=patch, target=spec) from None
+    if in_code and not _holds(outer.function.__code__, qualname):
+        msg = (
+            f"patch {patch}: target {spec}: {modname}:{head} has no nested function "
+            f"{qualname!r}; check the qualname against the running code"
+        )
+        raise TargetNotFound(msg, patch=patch, target=spec)
     return NestedTarget(spec, outer.module, outer.function, qualname)
+
+
+def _holds(code: types.CodeType, qualname: str) -> bool:
+    """Whether ``code``'s constants hold, at any depth, code named ``qualname``."""
+    return any(
+        isinstance(c, types.CodeType)
+        and (
+            c.co_qualname == qualname
+            or (qualname.startswith(c.co_qualname + ".") and _holds(c, qualname))
+        )
+        for c in code.co_consts
+    )
 
 
 def import_module(name: str, *, patch: str, target: str) -> types.ModuleType:

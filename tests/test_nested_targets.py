@@ -5,6 +5,7 @@ those made afterwards; rollback puts both back."""
 from __future__ import annotations
 
 import gc
+import sys
 import textwrap
 import threading
 import time
@@ -450,3 +451,22 @@ def test_the_enclosing_function_and_its_nested_one_in_one_patch(make_module, wri
         """,
     )
     refused(registry, patch, hotpatch.VerificationFailed, "keep one of the two")
+
+
+def test_the_verifier_resolves_a_nested_target(make_module, write_patch):
+    """A dropped patch is checked in a child first: a nested target passes, a wrong name not."""
+    from hotpatch.agent._verify import verify_in_child
+
+    mod = make_module(ADDERS)
+    good = write_patch(
+        HEADER.format(version="1.0.1", extra="") + textwrap.dedent(adder_patch(mod.__name__))
+    )
+    report = verify_in_child(good, sys_path=list(sys.path), timeout=30)
+    assert report.targets == (f"{mod.__name__}:make_adder.<locals>.add",)
+    bad = write_patch(
+        HEADER.format(version="1.0.1", extra="")
+        + f'@patch.replace("{mod.__name__}:make_adder.<locals>.sub")\ndef sub(x):\n    return x\n'
+    )
+    with pytest.raises(hotpatch.VerificationFailed, match="no nested function") as info:
+        verify_in_child(bad, sys_path=list(sys.path), timeout=30)
+    assert info.value.target == f"{mod.__name__}:make_adder.<locals>.sub"

@@ -57,7 +57,7 @@ from typing import Any
 
 from hotpatch._errors import PatchError
 from hotpatch._loader import MODULE_PREFIX, load_patch
-from hotpatch._targets import import_module, resolve, resolve_class
+from hotpatch._targets import import_module, is_nested, resolve, resolve_class, resolve_nested
 from hotpatch.agent._proctree import become_subreaper, die_with_parent, kill_children
 
 __all__ = ["BOOTSTRAP", "MAX_MESSAGE", "pack", "serve", "unpack_size"]
@@ -446,6 +446,8 @@ def _check_patch(path: Path, max_bytes: int) -> dict[str, Any]:
     for replacement in patch.replacements:
         if replacement.is_class:
             resolve_class(replacement.target, patch=version)
+        elif is_nested(replacement.target):
+            resolve_nested(replacement.target, patch=version, in_code=True)
         else:
             resolve(replacement.target, patch=version)
     for migration in (*patch.migrations, *patch.unmigrations):
