@@ -470,3 +470,21 @@ def test_the_verifier_resolves_a_nested_target(make_module, write_patch):
     with pytest.raises(hotpatch.VerificationFailed, match="no nested function") as info:
         verify_in_child(bad, sys_path=list(sys.path), timeout=30)
     assert info.value.target == f"{mod.__name__}:make_adder.<locals>.sub"
+
+
+def test_a_dropped_nested_patch_is_verified_applied_and_counted(make_module, tmp_path):
+    """Through the watched folder: the verifier child, the apply, the result file."""
+    from drops import DropFolder
+
+    mod = make_module(ADDERS)
+    held = mod.add2
+    folder = DropFolder(tmp_path)
+    source = HEADER.format(version="1.0.1", extra="") + textwrap.dedent(adder_patch(mod.__name__))
+    with hotpatch.install("1.0", watch=folder.path, journal=folder.journal) as agent:
+        folder.drop("fix.py", source)
+        result = folder.filed("fix.py")
+        assert result["patched"] == {f"{mod.__name__}:make_adder.<locals>.add": 4}
+        assert held(1) == 21
+        assert agent.registry is not None
+        agent.registry.rollback()
+    assert held(1) == 3

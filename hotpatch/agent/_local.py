@@ -15,6 +15,7 @@ from hotpatch._errors import RestartRequired, VerificationFailed
 from hotpatch._loader import load_patch_source
 from hotpatch._patch import Patch
 from hotpatch._registry import Registry
+from hotpatch._targets import is_nested
 from hotpatch.agent._applier import (
     AppliedPatch,
     PatchText,
@@ -153,6 +154,9 @@ class LocalApplier:
                 outcome.timings["apply_s"] = time.perf_counter() - t
             outcome.outcome, outcome.reason = "applied", None
             outcome.targets = result.targets
+            nested = {t: n for t, n in result.patched.items() if is_nested(t)}
+            if nested:  # how many function objects each nested target patched
+                outcome.details["patched"] = nested
             if self.vital is not None:
                 self._check_vital(patch, outcome, before)
 
