@@ -8,7 +8,6 @@ plan; ``apply()`` is a plan committed by the registry.
 
 from __future__ import annotations
 
-import inspect
 import types
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +39,7 @@ from hotpatch._targets import (
     resolve,
     resolve_class,
     resolve_nested,
+    unwrap,
 )
 from hotpatch._validate import (
     CLASS_BOILERPLATE,
@@ -330,9 +330,11 @@ class _Planner:
             existing = self.base(old, attr)
             pairs = _function_pairs(existing, value)
             if pairs is not None:
-                for accessor, func, new in pairs:
+                for accessor, wrapped, new in pairs:
                     kind: Kind = "property" if accessor else "method"
-                    self.add_function(Target(member, module, func, old, kind, accessor), new)
+                    func, caches = unwrap(wrapped, member, patch=plan.patch.version)
+                    target = Target(member, module, func, old, kind, accessor, caches)
+                    self.add_function(target, new)
                 continue
             if existing is value or (existing is not ABSENT and _equal(existing, value)):
                 continue
@@ -413,13 +415,13 @@ def member_functions(value: Any) -> list[types.FunctionType]:
     return []
 
 
-def _function_pairs(old: Any, new: Any) -> list[tuple[str, types.FunctionType, Any]] | None:
+def _function_pairs(old: Any, new: Any) -> list[tuple[str, Any, Any]] | None:
     """(accessor, function to patch, replacement) when ``new`` can patch ``old`` in place."""
     if isinstance(old, types.FunctionType) and isinstance(new, types.FunctionType):
-        return [("", inspect.unwrap(old), new)]
+        return [("", old, new)]  # unwrapped by the caller
     for wrapper in (classmethod, staticmethod):
         if isinstance(old, wrapper) and isinstance(new, wrapper):
-            return [("", inspect.unwrap(old.__func__), new.__func__)]
+            return [("", old.__func__, new.__func__)]
     if isinstance(old, property) and isinstance(new, property):
         accessors = ("fget", "fset", "fdel")
         if [getattr(old, a) is None for a in accessors] != [

@@ -23,6 +23,7 @@ __all__ = [
     "resolve",
     "resolve_class",
     "resolve_nested",
+    "unwrap",
 ]
 
 # hotpatch's own code: never a target, so no patch can break the way to roll it back.
@@ -187,12 +188,22 @@ def resolve(spec: str, *, patch: str) -> Target:
         kind, obj = "method", obj.__func__
     else:
         kind = "method" if owner is not None else "function"
+    function, caches = unwrap(obj, spec, patch=patch)
+    refuse_own(function.__module__, patch=patch, target=spec)  # hotpatch's, imported elsewhere
+    return Target(spec, module, function, owner, kind, accessor, caches)
+
+
+def unwrap(obj: Any, spec: str, *, patch: str) -> tuple[types.FunctionType, tuple[Any, ...]]:
+    """The Python function at the end of ``obj``'s ``__wrapped__`` chain, and the caches
+    on the way (what has a ``cache_clear``).
+
+    ``NotPatchable`` if there is none, or if it is a decorator's wrapper hiding the
+    function ``spec`` names (no ``__wrapped__``).
+    """
     chain = _wrapped_chain(obj)
     function = _unwrap(chain[-1], spec, patch)
     _refuse_hidden(function, spec, patch)
-    refuse_own(function.__module__, patch=patch, target=spec)  # hotpatch's, imported elsewhere
-    caches = tuple(w for w in chain if callable(getattr(w, "cache_clear", None)))
-    return Target(spec, module, function, owner, kind, accessor, caches)
+    return function, tuple(w for w in chain if callable(getattr(w, "cache_clear", None)))
 
 
 def resolve_class(spec: str, *, patch: str) -> tuple[types.ModuleType, type]:

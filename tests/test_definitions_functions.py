@@ -363,3 +363,68 @@ def test_function_made_by_a_factory_is_still_a_target(make_module, write_patch, 
     assert mod.handle(1) == 4
     registry.rollback()
     assert mod.handle(1) == 3
+
+
+# -- the same rules for the methods of a replace_class -------------------------------------
+
+
+def test_replace_class_clears_caches_and_refuses_hidden_wrappers(
+    make_module, write_patch, registry
+):
+    mod = make_module(
+        """
+        import functools
+
+        def plain(fn):
+            def wrapper(*args):
+                return fn(*args)
+            return wrapper
+
+        def keep(fn):
+            @functools.wraps(fn)
+            def wrapper(*args):
+                return fn(*args)
+            return wrapper
+
+        class Till:
+            @keep
+            @functools.lru_cache(maxsize=None)
+            def rate(self, n):
+                return n
+
+        class Drawer:
+            @plain
+            def count(self, n):
+                return n
+        """
+    )
+    till = mod.Till()
+    assert till.rate(2) == 2
+    registry.apply(
+        load(
+            write_patch,
+            f"""
+            @patch.replace_class("{mod.__name__}:Till")
+            class Till:
+                def rate(self, n):
+                    return n * 10
+            """,
+        )
+    )
+    assert till.rate(2) == 20  # not the cached 2
+    registry.rollback()
+    assert till.rate(2) == 2
+    hidden = load(
+        write_patch,
+        f"""
+        @patch.replace_class("{mod.__name__}:Drawer")
+        class Drawer:
+            def count(self, n):
+                return 0
+        """,
+        version="1.0.2",
+    )
+    for attempt in (registry.check, registry.apply):
+        with pytest.raises(hotpatch.NotPatchable, match=r"plain\.<locals>\.wrapper"):
+            attempt(hidden)
+    assert mod.Drawer().count(3) == 3
