@@ -225,14 +225,51 @@ def test_reading_a_file_in_the_folder_does_not_take_it(
     drops: DropFolder, target: types.ModuleType, start_agent: Callable[..., hotpatch.Agent]
 ) -> None:
     start_agent()
-    # A hard link appears without a close-after-write or a rename: not announced.
-    os.link(drops.write("later.py", patch_source(target, "1.0.9", 9)), drops.path / "later.py")
-    (drops.path / "later.py").read_text()  # closing after a read is not a drop either
-    drops.drop("b.py", patch_source(target, "1.0.2", 2))
-    assert drops.filed("b.py", "applied")["outcome"] == "applied"
-    assert (drops.path / "later.py").exists()
-    assert drops.listing("applied") == ["b.py", "b.py.result.json"]
-    assert drops.listing("rejected") == []
+    later = drops.path / "later.py"
+    with later.open("w") as writer:  # still being written: not announced
+        writer.write(patch_source(target, "1.0.9", 9))
+        writer.flush()
+        later.read_text()  # closing after a read is not a drop either
+        drops.drop("b.py", patch_source(target, "1.0.2", 2))
+        assert drops.filed("b.py", "applied")["outcome"] == "applied"
+        assert later.exists()
+        assert drops.listing("applied") == ["b.py", "b.py.result.json"]
+        assert drops.listing("rejected") == []
+    assert drops.filed("later.py", "applied")["version"] == "1.0.9"
+
+
+def test_a_hard_link_made_in_the_folder_is_taken(
+    drops: DropFolder, target: types.ModuleType, start_agent: Callable[..., hotpatch.Agent]
+) -> None:
+    start_agent()
+    original = drops.write("fix.py", patch_source(target, "1.0.1", 1))
+    os.link(original, drops.path / "fix.py")  # complete when made: no close, no rename
+    assert drops.filed("fix.py", "applied")["version"] == "1.0.1"
+    assert target.f() == 1
+    assert original.exists()  # the other name stays where it was
+
+
+@pytest.mark.parametrize("points_to", ["a patch", "nothing", "a directory"])
+def test_a_symlink_made_in_the_folder_is_refused_not_ignored(
+    drops: DropFolder,
+    target: types.ModuleType,
+    start_agent: Callable[..., hotpatch.Agent],
+    points_to: str,
+) -> None:
+    agent = start_agent()
+    source = {
+        "a patch": drops.write("real.py", patch_source(target, "1.0.1", 1)),
+        "nothing": drops.outbox / "missing.py",
+        "a directory": drops.outbox,
+    }[points_to]
+    os.symlink(source, drops.path / "link.py")
+    result = drops.filed("link.py", "rejected")
+    assert "link.py is a symbolic link" in result["reason"]
+    assert "refuses symlinks" in result["reason"]
+    assert os.path.islink(drops.path / "rejected" / "link.py")
+    assert agent.registry is not None
+    assert agent.registry.level == ()
+    assert target.f() == 0
 
 
 # -- version order --------------------------------------------------------------------------

@@ -3,8 +3,10 @@
 Protocol of the folder, as an operator sees it:
 
 * A file is taken once complete: when it is closed after writing (inotify's
-  ``IN_CLOSE_WRITE``), or when it is renamed into the folder. Dotfiles and
-  temporary names (``*.tmp``, ``*.part``, ``*~``) are ignored until renamed.
+  ``IN_CLOSE_WRITE``), when it is renamed into the folder, or when a link to it
+  is made there (a hard link is taken; a symlink other than a ConfigMap's is
+  refused). Dotfiles and temporary names (``*.tmp``, ``*.part``, ``*~``) are
+  ignored until renamed.
 * ``NAME.sig`` is the detached signature of ``NAME``. When signatures are
   required and ``NAME.sig`` is not there yet, the folder waits up to
   ``SIGNATURE_WAIT_S`` (2 s) for it; drop the ``.sig`` first to never wait.
@@ -59,6 +61,7 @@ from hotpatch.agent._drops import (
     peek_version,
     read_patch_file,
 )
+from hotpatch.agent._guard import GUARD_INTERVAL_S
 from hotpatch.agent._names import shown
 from hotpatch.agent._observer import stop_observer
 from hotpatch.agent._outcome import OUTCOME_DIRS, Outcome, file_outcome
@@ -99,11 +102,18 @@ class _Handler(FileSystemEventHandler):
                     self.folder.announce(os.path.basename(dest))
 
     def on_created(self, event: DirCreatedEvent | FileCreatedEvent) -> None:
-        # A symlink is complete once made: the kubelet's link of a new key
-        # (``NAME -> ..data/NAME``) is taken, any other refused. A created regular
-        # file is announced when it is closed, not before.
+        # A link is complete once made. A symlink: the kubelet's link of a new key
+        # (``NAME -> ..data/NAME``) is taken, any other refused. A hard link (``ln``,
+        # a regular file with more than one name): taken. A regular file created
+        # here is announced when it is closed after writing, not before.
         path = os.fsdecode(event.src_path)
-        if os.path.dirname(path) == str(self.folder.path) and os.path.islink(path):
+        if os.path.dirname(path) != str(self.folder.path):
+            return
+        try:
+            st = os.lstat(path)
+        except OSError:
+            return  # gone already
+        if stat.S_ISLNK(st.st_mode) or (stat.S_ISREG(st.st_mode) and st.st_nlink > 1):
             self.folder.announce(os.path.basename(path))
 
 
@@ -122,9 +132,11 @@ class Folder:
         *,
         signature_wait: float = 0.0,
         max_bytes: int,
+        ready: Callable[[], bool] = lambda: True,
     ):
         self.path = Path(path)
         self._process = process
+        self._ready = ready  # is the folder safe to take a drop from (and file it in) now?
         self._signature_wait = signature_wait
         self._max_bytes = max_bytes
         self._cond = threading.Condition()
@@ -144,6 +156,24 @@ class Folder:
 
     def start(self) -> None:
         """Watch, queue what is already there (catch-up), then start the worker."""
+        self._observer = self._watch()
+        self._configmap.load()
+        self._catch_up()
+        self._worker = threading.Thread(target=self._run, name="hotpatch-folder", daemon=True)
+        self._worker.start()
+
+    def rewatch(self) -> None:
+        """The directory at the path was replaced: watch the new one and take what it holds.
+
+        Raises ``OSError`` when the new one cannot be watched (the old watch is kept).
+        """
+        observer = self._watch()
+        old, self._observer = self._observer, observer
+        if old is not None:
+            stop_observer(old)
+        self._catch_up()
+
+    def _watch(self) -> InotifyObserver:
         observer = InotifyObserver(generate_full_events=True)
         observer.schedule(
             _Handler(self),
@@ -153,14 +183,13 @@ class Folder:
         )
         observer.daemon = True
         observer.start()
-        self._observer = observer
+        return observer
+
+    def _catch_up(self) -> None:
         # Watching first, listing second: a file that arrives in between is seen
         # twice (harmless) rather than never.
-        self._configmap.load()
         for name in sorted(os.listdir(self.path)):
             self.announce(name)
-        self._worker = threading.Thread(target=self._run, name="hotpatch-folder", daemon=True)
-        self._worker.start()
 
     def stop(self) -> None:
         """Stop watching; the drop being processed finishes, queued ones wait for the next start."""
@@ -219,6 +248,11 @@ class Folder:
             try:
                 name = self._next()
                 if name is None:
+                    continue
+                if not self._ready():  # unsafe now: the drop waits in the folder, first in line
+                    with self._cond:
+                        self._queue.setdefault(name, -1)
+                        self._cond.wait(GUARD_INTERVAL_S)
                     continue
                 self._handle(name)
             except Exception:
@@ -390,7 +424,24 @@ class Folder:
                 self._cond.wait(remaining)
 
     def _file(self, path: Path, outcome: Outcome) -> None:
-        """File the drop with its result (``_outcome``); a newcomer in its place waits."""
+        """File the drop with its result (``_outcome``); a newcomer in its place waits.
+
+        Filed once the folder is safe (its outcome folders there): an unsafe
+        folder holds the outcome back, never loses it, unless the agent stops.
+        """
+        while not self._ready():
+            with self._cond:
+                if self._stopping:
+                    log.warning(
+                        "patch folder %s: stopped before %s %s could be filed; it stays in "
+                        "the folder (the next start finds it %s)",
+                        self.path,
+                        shown(path.name),
+                        outcome.outcome,
+                        "unchanged" if outcome.outcome == "applied" else "again",
+                    )
+                    return
+                self._cond.wait(GUARD_INTERVAL_S)
         if file_outcome(path, outcome):
             self.announce(path.name)
         with self._cond:

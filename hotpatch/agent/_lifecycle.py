@@ -1,4 +1,4 @@
-"""The parts an agent's life cycle is made of: the folder's lock, and its watch with the pidfile.
+"""The parts an agent's life cycle is made of: the folder's lock, its watch, pidfile and guard.
 
 Each part is a context manager, so an agent opens them in order in an
 ``ExitStack`` and closes them in reverse, also when opening fails half-way.
@@ -9,18 +9,23 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from hotpatch.agent._control import ControlServer
 from hotpatch.agent._folder import SIGNATURE_WAIT_S, Folder
+from hotpatch.agent._guard import FolderGuard
 from hotpatch.agent._names import LOCKFILE_NAME, PIDFILE_NAME
 from hotpatch.agent._outcome import Outcome, write_result
 from hotpatch.agent._settings import Checks
 
 __all__ = ["FolderLock", "FolderWatch"]
+
+log = logging.getLogger("hotpatch")
 
 
 class FolderLock:
@@ -86,7 +91,15 @@ class FolderLock:
 
 
 class FolderWatch:
-    """The pidfile (``DIR/.hotpatch.json``: who watches) and the ``Folder`` feeding ``process``."""
+    """The pidfile (``DIR/.hotpatch.json``: who watches), the ``Folder`` feeding ``process``,
+    and its ``FolderGuard``.
+
+    The guard is asked before each drop is taken and filed. A replaced folder
+    is taken over: ``lock`` (the folder's, when this watch owns it) taken on
+    the new directory, the pidfile written there, the watch moved to it. The
+    pidfile, and the control socket ``server`` if its file is gone (it lived in
+    the folder), are made again while the folder is safe.
+    """
 
     def __init__(
         self,
@@ -95,12 +108,17 @@ class FolderWatch:
         *,
         checks: Checks,
         pidfile: Callable[[], dict[str, Any]],
+        lock: FolderLock | None = None,
+        server: ControlServer | None = None,
     ) -> None:
         self.folder = folder
         self._process = process
         self._checks = checks
         self._pidfile = pidfile
+        self._lock = lock
+        self._server = server
         self._watcher: Folder | None = None
+        self._guard: FolderGuard | None = None
         self._pidfile_written = False
 
     @property
@@ -108,27 +126,36 @@ class FolderWatch:
         """Drops waiting to be processed (the current one first)."""
         return self._watcher.pending if self._watcher is not None else []
 
+    @property
+    def problem(self) -> str | None:
+        """Why the folder takes no drop now (what is wrong and the fix); ``None``: it does."""
+        return self._guard.problem if self._guard is not None else None
+
     def start(self) -> FolderWatch:
         """Write the pidfile, then watch: the files already there are taken first."""
-        write_result(self.folder / PIDFILE_NAME, self._pidfile())
-        self._pidfile_written = True
+        self._write_pidfile()
+        guard = FolderGuard(self.folder, retake=self._retake, upkeep=self._upkeep)
         watcher = Folder(
             self.folder,
             self._process,
             signature_wait=SIGNATURE_WAIT_S if self._checks.require_signature else 0.0,
             max_bytes=self._checks.max_bytes,
+            ready=lambda: guard.check() is None,
         )
+        self._watcher, self._guard = watcher, guard
         try:
+            guard.start()
             watcher.start()
         except BaseException:
-            watcher.stop()
             self.stop()
             raise
-        self._watcher = watcher
         return self
 
     def stop(self) -> None:
         """Stop watching (the drop being processed is finished first); remove the pidfile."""
+        if self._guard is not None:
+            self._guard.stop()
+            self._guard = None
         if self._watcher is not None:
             self._watcher.stop()
             self._watcher = None
@@ -136,6 +163,45 @@ class FolderWatch:
             with contextlib.suppress(OSError):
                 (self.folder / PIDFILE_NAME).unlink()
             self._pidfile_written = False
+
+    def _write_pidfile(self) -> None:
+        write_result(self.folder / PIDFILE_NAME, self._pidfile())
+        self._pidfile_written = True
+
+    def _retake(self) -> str | None:
+        """The folder was replaced: take the new one over, or say why not."""
+        if self._lock is not None:
+            self._lock.release()  # the old directory's, gone or elsewhere now
+            if not self._lock.try_acquire():
+                return (
+                    f"patch folder {self.folder} was replaced, and another agent watches the "
+                    "new one; this agent takes nothing from it: stop one of them"
+                )
+        try:
+            self._write_pidfile()
+            if self._watcher is not None:
+                self._watcher.rewatch()
+        except OSError as exc:
+            return f"patch folder {self.folder} was replaced and cannot be watched: {exc}"
+        return None
+
+    def _upkeep(self) -> None:
+        """Make the pidfile and the control socket again if they went missing."""
+        if not os.path.lexists(self.folder / PIDFILE_NAME):
+            self._write_pidfile()
+        server = self._server
+        if server is not None and not os.path.lexists(server.path):
+            server.stop()
+            try:
+                server.start()
+            except OSError as exc:
+                log.error(  # noqa: TRY400 -- the reason is the message
+                    "control socket %s was removed and cannot be made again: %s",
+                    server.path,
+                    exc,
+                )
+            else:
+                log.warning("control socket %s was removed; made it again", server.path)
 
     def __enter__(self) -> FolderWatch:
         return self.start()

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from hotpatch.agent._names import STAGING, shown
+from hotpatch.agent._names import shown
 from hotpatch.agent._signing import SIGNATURE_SUFFIX
 
 __all__ = [
@@ -22,7 +22,6 @@ __all__ = [
     "RESULT_SUFFIX",
     "Outcome",
     "OutcomeKind",
-    "check_folder",
     "file_outcome",
     "log_outcome",
     "now_iso",
@@ -40,56 +39,6 @@ OUTCOME_DIRS: dict[str, str] = {
     "pending": "pending",
 }
 RESULT_SUFFIX = ".result.json"
-
-# -- the folder itself ------------------------------------------------------------------
-
-
-def check_folder(folder: Path) -> Path:
-    """Create the folder (mode 0700) if needed; refuse one others could write or do not own."""
-    folder = Path(folder).absolute()
-    if not folder.exists() and not folder.is_symlink():
-        folder.mkdir(mode=0o700, parents=True)
-    try:
-        st = folder.lstat()
-    except OSError as exc:
-        msg = f"patch folder {folder} cannot be read: {exc.strerror or exc}"
-        raise PermissionError(msg) from exc
-    if stat.S_ISLNK(st.st_mode):
-        msg = (
-            f"patch folder {folder} is a symbolic link; watch the real directory "
-            f"({folder.resolve()}) instead"
-        )
-        raise PermissionError(msg)
-    if not stat.S_ISDIR(st.st_mode):
-        msg = f"patch folder {folder} is not a directory"
-        raise NotADirectoryError(msg)
-    if st.st_uid != os.geteuid():
-        msg = (
-            f"patch folder {folder} is owned by uid {st.st_uid}, not by this service's user "
-            f"(uid {os.geteuid()}): whoever owns it controls the service's code. Run "
-            f"`chown {os.geteuid()} {folder}` (or use a folder the service's user owns)"
-        )
-        raise PermissionError(msg)
-    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        msg = (
-            f"patch folder {folder} is writable by other users (mode "
-            f"{stat.S_IMODE(st.st_mode):04o}), so anyone could drop code into this service. "
-            f"Run `chmod go-w {folder}` (chmod o-w, and g-w too) and start again"
-        )
-        raise PermissionError(msg)
-    for sub in (*sorted(set(OUTCOME_DIRS.values())), STAGING):
-        path = folder / sub
-        if not path.exists() and not path.is_symlink():
-            path.mkdir(mode=0o700)
-        sub_st = path.lstat()
-        if not stat.S_ISDIR(sub_st.st_mode) or sub_st.st_uid != os.geteuid():
-            msg = (
-                f"{path} must be a directory owned by this service's user (uid {os.geteuid()}), "
-                "not a link or a file; remove it and start again"
-            )
-            raise PermissionError(msg)
-    return folder
-
 
 # -- outcomes ---------------------------------------------------------------------------
 

@@ -11,9 +11,9 @@ from typing import Any
 from hotpatch._registry import Registry
 from hotpatch.agent._commands import Commands, dispatch
 from hotpatch.agent._control import ControlServer
+from hotpatch.agent._guard import check_folder, folder_status
 from hotpatch.agent._lifecycle import FolderLock, FolderWatch
 from hotpatch.agent._local import LocalApplier
-from hotpatch.agent._outcome import check_folder
 from hotpatch.agent._outcome_log import OutcomeLog
 from hotpatch.agent._pipeline import DropPipeline
 from hotpatch.agent._settings import Settings
@@ -38,10 +38,12 @@ class Solo:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._watch: FolderWatch | None = None
+        lock: FolderLock | None = None
+        server: ControlServer | None = None
         with contextlib.ExitStack() as stack:
             if settings.watch is not None:
                 check_folder(settings.watch)  # refuse an unsafe folder before anything runs
-                stack.enter_context(FolderLock(settings.watch))
+                lock = stack.enter_context(FolderLock(settings.watch))
             self.registry = Registry(
                 settings.baseline,
                 journal=settings.journal,
@@ -61,11 +63,16 @@ class Solo:
             stack.enter_context(self.pipeline.verifying(warm=library_modules()))
             self._handle = dispatch(Commands(self.pipeline, self.status).table())
             if settings.socket is not None:
-                stack.enter_context(ControlServer(settings.socket, self._handle))
+                server = stack.enter_context(ControlServer(settings.socket, self._handle))
             if settings.watch is not None:
                 process = functools.partial(self.pipeline.process, who=f"folder:{settings.watch}")
                 watch = FolderWatch(
-                    settings.watch, process, checks=settings.checks, pidfile=self._pidfile
+                    settings.watch,
+                    process,
+                    checks=settings.checks,
+                    pidfile=self._pidfile,
+                    lock=lock,
+                    server=server,
                 )
                 self._watch = stack.enter_context(watch)
             self._stack = stack.pop_all()
@@ -90,6 +97,7 @@ class Solo:
             self.registry,
             pending=self._watch.pending if self._watch is not None else [],
             last=self.pipeline.last,
+            problem=self._watch.problem if self._watch is not None else None,
         )
 
     def _pidfile(self) -> dict[str, Any]:
@@ -103,12 +111,17 @@ class Solo:
 
 
 def agent_status(
-    settings: Settings, registry: Registry, *, pending: list[str], last: dict[str, Any] | None
+    settings: Settings,
+    registry: Registry,
+    *,
+    pending: list[str],
+    last: dict[str, Any] | None,
+    problem: str | None = None,
 ) -> dict[str, Any]:
     """What ``hotpatch status`` shows of an agent that applies in this process.
 
     The last outcome of a patch rolled back since (``hotpatch rollback``, the health
-    gate) says so: it is not what runs.
+    gate) says so: it is not what runs. ``problem``: why the folder takes no drop now.
     """
     if last is not None and last.get("outcome") in ("applied", "unchanged"):
         last = {**last, "rolled_back": last.get("version") not in registry.level}
@@ -123,4 +136,5 @@ def agent_status(
         "socket": str(settings.socket) if settings.socket else None,
         "pending": pending,
         "last": last,
+        "folder": folder_status(problem),
     }

@@ -75,6 +75,8 @@ class VitalCheck:
         expected = _plain(record)  # what a reader must find, worked out without json
         path = self.scratch / f".vital-check.{os.getpid()}.{threading.get_ident()}.json"
         try:
+            # Made again if it went (the folder's staging deleted, or the folder replaced).
+            self.scratch.mkdir(mode=0o700, exist_ok=True)
             write_result(path, record)
             try:
                 found = json.loads(path.read_bytes())

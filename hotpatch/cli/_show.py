@@ -77,13 +77,22 @@ def show_status(answer: Answer, out: TextIO) -> None:
         ("journal", answer.get("journal")),
         ("socket", answer.get("socket")),
         ("pending", answer.get("pending")),
+        ("folder", _folder_problem(answer)),
         ("last", last_text),
         ("journal report", answer.get("journal_report")),  # pre-fork workers' group journal
         ("journal error", answer.get("journal_error")),
     ]
-    optional = ("socket", "journal report", "journal error")
+    optional = ("socket", "folder", "journal report", "journal error")
     print(table([r for r in rows if r[0] not in optional or r[1]]), file=out)
     _show_workers(answer.get("workers") or [], out)
+
+
+def _folder_problem(answer: Answer) -> str | None:
+    """Why the watched folder takes no drop now (what is wrong, the fix); ``None``: it does."""
+    folder = answer.get("folder")
+    if isinstance(folder, dict) and folder.get("problem"):
+        return f"UNSAFE, no drop is taken: {folder['problem']}"
+    return None
 
 
 def show_outcome(answer: Answer, out: TextIO) -> None:
@@ -228,6 +237,7 @@ def show_supervisor(answer: Answer, out: TextIO) -> None:
         ),
         ("pauses", f"{len(pauses)}, max {max(pauses) * 1e3:.1f} ms" if pauses else None),
         ("metrics", answer.get("metrics")),
+        ("folder", _folder_problem(answer)),
         ("error", answer.get("error")),
     ]
     rollout = answer.get("rollout") or {}

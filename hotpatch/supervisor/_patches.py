@@ -38,9 +38,10 @@ from hotpatch.agent._applier import AppliedPatch, PatchText, not_applied, show_a
 from hotpatch.agent._commands import Commands, dispatch
 from hotpatch.agent._control import ControlServer
 from hotpatch.agent._drops import peek_targets, read_patch_file, read_signature
+from hotpatch.agent._guard import check_folder, folder_status
 from hotpatch.agent._lifecycle import FolderLock, FolderWatch
 from hotpatch.agent._names import SOCKET_NAME
-from hotpatch.agent._outcome import Outcome, check_folder
+from hotpatch.agent._outcome import Outcome
 from hotpatch.agent._outcome_log import OutcomeLog
 from hotpatch.agent._pipeline import DropPipeline
 from hotpatch.agent._settings import Checks
@@ -105,14 +106,21 @@ class SupervisedPipeline:
             return self
         with contextlib.ExitStack() as stack:
             check_folder(self.watch)  # refuse an unsafe folder before anything runs
-            stack.enter_context(FolderLock(self.watch))
+            lock = stack.enter_context(FolderLock(self.watch))
             stack.enter_context(self.staging)
             stack.enter_context(self.pipeline.verifying())  # once the service says its sys.path
-            stack.enter_context(ControlServer(self.socket, self._handle))
+            server = stack.enter_context(ControlServer(self.socket, self._handle))
             process = functools.partial(
                 self.pipeline.process, who=f"folder:{self.watch} (supervisor)"
             )
-            watch = FolderWatch(self.watch, process, checks=self.checks, pidfile=self._pidfile)
+            watch = FolderWatch(
+                self.watch,
+                process,
+                checks=self.checks,
+                pidfile=self._pidfile,
+                lock=lock,
+                server=server,
+            )
             self._watch = stack.enter_context(watch)
             self._stack = stack.pop_all()
         log.info(
@@ -139,7 +147,13 @@ class SupervisedPipeline:
         async def read() -> dict[str, Any]:
             return self.supervisor.status()
 
-        return {"ok": True, "supervisor": True, **on_loop(self.supervisor, read)}
+        problem = self._watch.problem if self._watch is not None else None
+        return {
+            "ok": True,
+            "supervisor": True,
+            **on_loop(self.supervisor, read),
+            "folder": folder_status(problem),
+        }
 
     def _pidfile(self) -> dict[str, Any]:
         """``.hotpatch.json``: who owns the folder, and where its status is (for the CLI)."""

@@ -38,10 +38,10 @@ from typing import Any
 
 from hotpatch._registry import Registry
 from hotpatch.agent._control import ControlServer
+from hotpatch.agent._guard import check_folder
 from hotpatch.agent._lifecycle import FolderWatch
 from hotpatch.agent._local import LocalApplier
 from hotpatch.agent._names import WORKERS_DIR
-from hotpatch.agent._outcome import check_folder
 from hotpatch.agent._outcome_log import OutcomeLog
 from hotpatch.agent._pipeline import DropPipeline
 from hotpatch.agent._settings import Settings
@@ -111,6 +111,7 @@ class Worker:
                     journal=self.journal,
                     ownership=self.ownership,
                     pending=self._pending,
+                    problem=lambda: self._watch.problem if self._watch is not None else None,
                 )
                 with lock:  # deliveries wait until this worker has caught up
                     stack.enter_context(ControlServer(socket, self.commands.handle))

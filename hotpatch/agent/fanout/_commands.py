@@ -38,6 +38,7 @@ class WorkerCommands:
         journal: GroupJournal,
         ownership: Ownership,
         pending: Callable[[], list[str]],
+        problem: Callable[[], str | None],
     ) -> None:
         self.settings = settings
         self.pipeline = pipeline
@@ -45,6 +46,7 @@ class WorkerCommands:
         self.journal = journal
         self.ownership = ownership
         self.pending = pending
+        self.problem = problem  # why the folder takes no drop now, if this worker owns it
         self.commands = Commands(pipeline, self.status)
         self._public = dispatch(
             {**self.commands.table(), "apply": self.apply, "rollback": self.rollback}
@@ -94,6 +96,7 @@ class WorkerCommands:
             self.replica.local.registry,
             pending=self.pending(),
             last=self.pipeline.last,
+            problem=self.problem(),
         )
         answer["journal_report"] = self.journal.report
         answer["journal_error"] = self.journal.problem

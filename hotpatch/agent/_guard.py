@@ -1,0 +1,221 @@
+"""The watched folder's safety: checked at start, for each drop and every ``GUARD_INTERVAL_S``.
+
+A folder is safe to take drops from when it is a real directory (not a link)
+owned by the service's user and writable by no one else, and so are its
+outcome folders and staging (``applied/``, ``rejected/``, ``pending/``,
+``.staging``), which are made again (mode 0700) when missing.
+
+``check_folder`` refuses an unsafe folder at start. ``FolderGuard`` keeps
+judging it while the agent runs: the folder deleted, replaced (deleted and
+made again, or another renamed into its place), given to another user or made
+writable by others is said once at ERROR (the folder, what is wrong, the fix),
+shown by ``problem`` (``hotpatch status``), and no drop is taken meanwhile; once
+it is safe again the guard says so, and a replaced folder is taken over
+(``retake``: its lock, the pidfile, a new watch on the new directory) before
+any drop in it is.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from hotpatch.agent._names import STAGING
+from hotpatch.agent._outcome import OUTCOME_DIRS
+
+__all__ = ["GUARD_INTERVAL_S", "FolderGuard", "check_folder", "folder_problem", "folder_status"]
+
+log = logging.getLogger("hotpatch")
+
+GUARD_INTERVAL_S = 0.25  # between two looks at the folder while nothing else asks
+SUBFOLDERS = (*sorted(set(OUTCOME_DIRS.values())), STAGING)
+
+Problem = tuple[type[OSError], str]  # the error a start raises, and its message
+
+
+def check_folder(folder: Path) -> Path:
+    """Create the folder (mode 0700) if needed; refuse one others could write or do not own.
+
+    Raises ``PermissionError`` or ``NotADirectoryError`` naming the folder, the
+    problem and the fix. Returns the folder's absolute path.
+    """
+    folder = Path(folder).absolute()
+    if not folder.exists() and not folder.is_symlink():
+        folder.mkdir(mode=0o700, parents=True)
+    found = folder_problem(folder, first=True)
+    if found is not None:
+        error, msg = found
+        raise error(msg)
+    return folder
+
+
+def folder_problem(folder: Path, *, first: bool = False) -> Problem | None:
+    """What makes ``folder`` unsafe to take drops from, naming the fix; ``None``: safe.
+
+    An outcome folder (or staging) that is missing is made, mode 0700, once
+    the folder itself is found safe (said in a warning, unless ``first``: at start).
+    """
+    found = _the_folder(folder)
+    for sub in SUBFOLDERS:
+        if found is not None:
+            return found
+        found = _subfolder(folder, sub, first=first)
+    return found
+
+
+def _the_folder(folder: Path) -> Problem | None:
+    try:
+        st = folder.lstat()
+    except FileNotFoundError:
+        return FileNotFoundError, (
+            f"patch folder {folder} is gone (deleted, or renamed away); make it again "
+            f"(`mkdir -m 0700 {folder}` as uid {os.geteuid()}) and the agent watches it "
+            "by itself"
+        )
+    except OSError as exc:
+        return PermissionError, f"patch folder {folder} cannot be read: {exc.strerror or exc}"
+    if stat.S_ISLNK(st.st_mode):
+        return PermissionError, (
+            f"patch folder {folder} is a symbolic link; watch the real directory "
+            f"({folder.resolve()}) instead"
+        )
+    if not stat.S_ISDIR(st.st_mode):
+        return NotADirectoryError, f"patch folder {folder} is not a directory"
+    return _owned_and_closed(folder, st, what="patch folder ")
+
+
+def _subfolder(folder: Path, sub: str, *, first: bool) -> Problem | None:
+    path = folder / sub
+    try:
+        try:
+            st = path.lstat()
+        except FileNotFoundError:
+            path.mkdir(mode=0o700)
+            st = path.lstat()
+            if not first:
+                log.warning("patch folder %s: %s was missing; made it again", folder, sub)
+    except OSError as exc:
+        return PermissionError, f"{path} cannot be made or read: {exc.strerror or exc}"
+    if not stat.S_ISDIR(st.st_mode):
+        return PermissionError, (
+            f"{path} must be a directory owned by this service's user (uid {os.geteuid()}), "
+            "not a link or a file; remove it (the agent makes it again)"
+        )
+    return _owned_and_closed(path, st, what="")
+
+
+def _owned_and_closed(path: Path, st: os.stat_result, *, what: str) -> Problem | None:
+    euid = os.geteuid()
+    if st.st_uid != euid:
+        return PermissionError, (
+            f"{what}{path} is owned by uid {st.st_uid}, not by this service's user "
+            f"(uid {euid}): whoever owns it controls the service's code. Run "
+            f"`chown {euid} {path}` (or use a folder the service's user owns)"
+        )
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return PermissionError, (
+            f"{what}{path} is writable by other users (mode "
+            f"{stat.S_IMODE(st.st_mode):04o}), so anyone could drop code into this service. "
+            f"Run `chmod go-w {path}` (chmod o-w, and g-w too)"
+        )
+    return None
+
+
+def folder_status(problem: str | None) -> dict[str, object]:
+    """The ``folder`` of ``hotpatch status``: does it take drops, and if not, why."""
+    return {"safe": problem is None, "problem": problem}
+
+
+class FolderGuard:
+    """Judges a watched folder while the agent runs; ``check()`` before each drop.
+
+    ``retake()`` is called when the folder at the path is another directory
+    than the one watched (and is safe): it takes the new one over and returns
+    ``None``, or says why it cannot. ``upkeep()`` runs on every look at a safe
+    folder (the pidfile, the control socket made again if they went missing).
+    """
+
+    def __init__(
+        self,
+        folder: Path,
+        *,
+        retake: Callable[[], str | None],
+        upkeep: Callable[[], None],
+        interval: float = GUARD_INTERVAL_S,
+    ) -> None:
+        self.folder = folder
+        self.interval = interval
+        self._retake = retake
+        self._upkeep = upkeep
+        self._lock = threading.Lock()
+        self._problem: str | None = None
+        self._identity: tuple[int, int] | None = None
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def problem(self) -> str | None:
+        """Why no drop is taken now (the folder, what is wrong, the fix); ``None``: safe."""
+        return self._problem
+
+    def start(self) -> FolderGuard:
+        """Remember the directory watched now, then look at it every ``interval``."""
+        st = self.folder.lstat()
+        self._identity = (st.st_dev, st.st_ino)
+        self._stopping.clear()
+        self._thread = threading.Thread(
+            target=self._run, name=f"hotpatch-guard {self.folder.name}", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join()
+        self._thread = None
+
+    def _run(self) -> None:
+        while not self._stopping.wait(self.interval):
+            try:
+                self.check()
+            except Exception:
+                log.exception("patch folder %s: checking it failed; trying again", self.folder)
+
+    def check(self) -> str | None:
+        """Judge the folder now (taking over a replaced one); why it is unsafe, or ``None``."""
+        with self._lock:
+            found = self._judge()
+            if found != self._problem:
+                if found is not None:
+                    log.error("%s; no drop is taken until then", found)
+                else:
+                    log.warning("patch folder %s is safe again: drops are taken again", self.folder)
+            self._problem = found
+            return found
+
+    def _judge(self) -> str | None:
+        found = folder_problem(self.folder)
+        if found is not None:
+            return found[1]
+        try:
+            st = self.folder.lstat()
+        except OSError:
+            return None  # gone just now: the next look says so
+        identity = (st.st_dev, st.st_ino)
+        if identity != self._identity:
+            refused = self._retake()
+            if refused is not None:
+                return refused
+            self._identity = identity
+            log.warning(
+                "patch folder %s was replaced (deleted and made again, or another folder "
+                "renamed into its place); watching the new one",
+                self.folder,
+            )
+        self._upkeep()
+        return None

@@ -1,0 +1,266 @@
+"""The watched folder's life cycle: deleted, replaced, re-permissioned while an agent watches it.
+
+A real agent on a real folder: the folder (or a subfolder) is changed under
+it, and the agent must say so loudly, take no drop while the folder is unsafe,
+and carry on by itself once it is safe again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import types
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from drops import DropFolder, wait_for
+
+import hotpatch
+from hotpatch.agent._control import request
+from hotpatch.agent._names import LOCKFILE_NAME, PIDFILE_NAME, SOCKET_NAME
+
+OTHER_UID = 54321  # a user that owns nothing here
+
+
+def patch_text(mod: types.ModuleType, version: str, value: int) -> str:
+    return (
+        "from hotpatch import Patch\n\n"
+        f"patch = Patch(version={version!r}, baseline='1.0')\n\n"
+        f"@patch.replace('{mod.__name__}:f')\n"
+        "def f():\n"
+        f"    return {value!r}\n"
+    )
+
+
+@pytest.fixture
+def drops(tmp_path: Path) -> DropFolder:
+    return DropFolder(tmp_path)
+
+
+@pytest.fixture
+def target(make_module: Callable[[str], types.ModuleType]) -> types.ModuleType:
+    return make_module(
+        """\
+        def f():
+            return 0
+        """
+    )
+
+
+@pytest.fixture
+def start_agent(drops: DropFolder) -> Iterator[Callable[..., hotpatch.Agent]]:
+    agents: list[hotpatch.Agent] = []
+
+    def start(**options: Any) -> hotpatch.Agent:
+        options.setdefault("control_socket", False)
+        options.setdefault("verify", False)
+        agent = hotpatch.install("1.0", watch=drops.path, **options)
+        agents.append(agent)
+        return agent
+
+    yield start
+    for agent in agents:
+        agent.stop()
+        if agent.registry is not None and agent.registry.level:
+            agent.registry.rollback(to="1.0")
+
+
+def problem(agent: hotpatch.Agent) -> str | None:
+    folder = agent.status()["folder"]
+    assert folder["safe"] is (folder["problem"] is None)
+    text: str | None = folder["problem"]
+    return text
+
+
+def held(agent: hotpatch.Agent, name: str) -> None:
+    """``name`` was seen and is waiting, not applied, while the folder is unsafe."""
+    wait_for(lambda: name in agent.status()["pending"], f"{name} to be seen")
+    wait_for(lambda: problem(agent) is not None, "the folder to be found unsafe")
+    assert agent.registry is not None
+    assert agent.registry.level == ()
+
+
+def errors(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+# -- re-permissioned -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o770, 0o702])
+def test_a_folder_made_writable_by_others_takes_no_drop_until_it_is_fixed(
+    drops: DropFolder,
+    target: types.ModuleType,
+    start_agent: Callable[..., hotpatch.Agent],
+    caplog: pytest.LogCaptureFixture,
+    mode: int,
+) -> None:
+    caplog.set_level(logging.INFO, logger="hotpatch")
+    agent = start_agent()
+    assert problem(agent) is None
+    drops.path.chmod(mode)
+    # Dropped at once: the folder is checked for this drop, not only now and then.
+    drops.drop("fix.py", patch_text(target, "1.0.1", 1))
+    held(agent, "fix.py")
+    text = problem(agent)
+    assert text is not None
+    assert str(drops.path) in text
+    assert "writable by other users" in text
+    assert f"chmod go-w {drops.path}" in text
+    assert any(str(drops.path) in e and "chmod go-w" in e for e in errors(caplog))
+    assert target.f() == 0
+    assert os.path.exists(drops.path / "fix.py")
+
+    drops.path.chmod(0o700)
+    assert drops.filed("fix.py", "applied")["version"] == "1.0.1"
+    assert target.f() == 1
+    assert problem(agent) is None
+    assert "is safe again" in caplog.text
+
+
+def test_a_folder_given_to_another_user_takes_no_drop_until_it_is_given_back(
+    drops: DropFolder,
+    target: types.ModuleType,
+    start_agent: Callable[..., hotpatch.Agent],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    agent = start_agent()
+    os.chown(drops.path, OTHER_UID, -1)
+    drops.drop("fix.py", patch_text(target, "1.0.1", 1))
+    held(agent, "fix.py")
+    text = problem(agent)
+    assert text is not None
+    assert f"owned by uid {OTHER_UID}" in text
+    assert f"chown {os.geteuid()} {drops.path}" in text
+    assert any(f"owned by uid {OTHER_UID}" in e for e in errors(caplog))
+
+    os.chown(drops.path, os.geteuid(), -1)
+    drops.filed("fix.py", "applied")
+    assert target.f() == 1
+    assert problem(agent) is None
+
+
+@pytest.mark.parametrize("sub", ["applied", "rejected", ".staging"])
+def test_a_subfolder_made_writable_by_others_stops_the_drops(
+    drops: DropFolder,
+    target: types.ModuleType,
+    start_agent: Callable[..., hotpatch.Agent],
+    sub: str,
+) -> None:
+    agent = start_agent()
+    (drops.path / sub).chmod(0o777)
+    drops.drop("fix.py", patch_text(target, "1.0.1", 1))
+    held(agent, "fix.py")
+    text = problem(agent)
+    assert text is not None
+    assert str(drops.path / sub) in text
+    assert "writable by other users" in text
+
+    (drops.path / sub).chmod(0o700)
+    drops.filed("fix.py", "applied")
+    assert problem(agent) is None
+
+
+# -- deleted, replaced -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sub", ["applied", "rejected", ".staging"])
+def test_a_deleted_outcome_folder_is_made_again(
+    drops: DropFolder,
+    target: types.ModuleType,
+    start_agent: Callable[..., hotpatch.Agent],
+    sub: str,
+) -> None:
+    agent = start_agent(verify=True)
+    shutil.rmtree(drops.path / sub)
+    drops.drop("fix.py", patch_text(target, "1.0.1", 1))
+    assert drops.filed("fix.py", "applied")["outcome"] == "applied"
+    drops.drop("bad.py", "this is not python (\n")
+    assert drops.filed("bad.py", "rejected")["outcome"] == "rejected"
+    assert (drops.path / sub).is_dir()
+    assert (drops.path / sub).stat().st_mode & 0o777 == 0o700
+    assert problem(agent) is None
+
+
+def test_a_folder_deleted_then_made_again_is_watched_again_with_its_socket(
+    drops: DropFolder,
+    target: types.ModuleType,
+    start_agent: Callable[..., hotpatch.Agent],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="hotpatch")
+    agent = start_agent(control_socket=None)  # the default: DIR/.hotpatch.sock
+    socket = drops.path / SOCKET_NAME
+    assert request(socket, {"cmd": "status"})["ok"]
+    shutil.rmtree(drops.path)
+    wait_for(lambda: problem(agent) is not None, "the agent to notice")
+    text = problem(agent)
+    assert text is not None
+    assert str(drops.path) in text
+    assert "gone" in text
+    assert any(str(drops.path) in e and "gone" in e for e in errors(caplog))
+
+    drops.path.mkdir(mode=0o700)
+    wait_for(lambda: problem(agent) is None, "the agent to take the new folder")
+    assert "watching the new one" in caplog.text
+    wait_for(socket.exists, "the control socket to be made again")
+    assert request(socket, {"cmd": "status"})["folder"]["safe"] is True
+    assert (drops.path / PIDFILE_NAME).exists()
+    # The new folder is this agent's: its lock is held.
+    with pytest.raises(FileExistsError, match="already watched"):
+        hotpatch.install("1.0", watch=drops.path, control_socket=False, verify=False)
+    assert (drops.path / LOCKFILE_NAME).exists()
+
+    drops.drop("fix.py", patch_text(target, "1.0.1", 1))
+    assert drops.filed("fix.py", "applied")["version"] == "1.0.1"
+    assert target.f() == 1
+
+
+def test_a_folder_renamed_away_and_replaced_is_watched_in_its_new_form(
+    drops: DropFolder,
+    target: types.ModuleType,
+    start_agent: Callable[..., hotpatch.Agent],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="hotpatch")
+    agent = start_agent()
+    old = drops.root / "old-patches"
+    replacement = drops.root / "new-patches"
+    replacement.mkdir(mode=0o700)
+    (replacement / "waiting.py").write_text(patch_text(target, "1.0.1", 1))
+    os.rename(drops.path, old)
+    os.rename(replacement, drops.path)  # the new folder, with a drop already in it
+    drops.filed("waiting.py", "applied")
+    assert target.f() == 1
+    assert "replaced" in caplog.text
+    # The old folder is no longer watched: what lands there stays there.
+    (old / "stray.py").write_text(patch_text(target, "1.0.2", 2))
+    drops.drop("fix.py", patch_text(target, "1.0.3", 3))
+    drops.filed("fix.py", "applied")
+    assert (old / "stray.py").exists()
+    assert agent.registry is not None
+    assert agent.registry.level == ("1.0.1", "1.0.3")
+
+
+def test_a_replacement_folder_that_is_unsafe_is_not_taken(
+    drops: DropFolder,
+    target: types.ModuleType,
+    start_agent: Callable[..., hotpatch.Agent],
+) -> None:
+    agent = start_agent()
+    shutil.rmtree(drops.path)
+    drops.path.mkdir()
+    drops.path.chmod(0o777)
+    (drops.path / "planted.py").write_text(patch_text(target, "1.0.1", 1))
+    wait_for(
+        lambda: "writable by other users" in (problem(agent) or ""),
+        "the new folder to be judged",
+    )
+    assert agent.registry is not None
+    assert agent.registry.level == ()
+    drops.path.chmod(0o700)
+    drops.filed("planted.py", "applied")
+    assert target.f() == 1
