@@ -408,3 +408,18 @@ def test_sigkill_of_hotpatch_run_during_a_spinning_check_leaves_no_check_process
     supervised.process.send_signal(signal.SIGKILL)
     supervised.process.wait()
     assert not _gone(found), "a verification process outlived hotpatch run"
+
+
+def test_under_the_supervisor_a_hanging_migration_is_refused_at_the_services_deadline(
+    supervise: Callable[..., Supervised], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOTPATCH_MIGRATION_TIMEOUT", "0.5")  # hotpatch run passes it on
+    folder, supervised = watching(supervise, tmp_path)
+    hang = "@patch.migrate('counter_logic')\ndef hang(module):\n    import time; time.sleep(3600)\n"
+    drop(folder, "hang.py", logic_patch("1.0.1", "hung", extra=hang))
+    result = result_of(folder, "hang.py", supervised)
+    assert result["dir"] == "rejected", result
+    assert "did not return within 0.5 s" in result["reason"]
+    drop(folder, "fix.py", logic_patch("1.0.2", "fixed"))
+    assert result_of(folder, "fix.py", supervised)["dir"] == "applied"
+    assert svc_request(supervised.address, "/get")["tag"] == "fixed"

@@ -9,6 +9,7 @@ alone on its folder) or, with ``workers=True``, a ``Worker``
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Protocol
@@ -118,7 +119,7 @@ class Agent:
         workers: bool = False,
         migration_timeout: float = MIGRATION_TIMEOUT_S,
     ) -> None:
-        if not migration_timeout > 0:
+        if not 0 < migration_timeout < math.inf:
             msg = (
                 f"migration_timeout must be a positive number of seconds, not {migration_timeout!r}"
             )

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import math
+import os
 import socket
 import sys
 import threading
@@ -17,14 +19,24 @@ from hotpatch._hookspecs import hookimpl
 from hotpatch._loader import load_patch_source
 from hotpatch._patch import Patch
 from hotpatch._plugins import PluginHost
-from hotpatch._registry import Registry
+from hotpatch._registry import MIGRATION_TIMEOUT_S, Registry
 from hotpatch._results import ApplyResult, RollbackResult
 from hotpatch.service._channel import recv_message, send_message
 
-__all__ = ["VITAL_TIMEOUT_S", "VITAL_WHO", "LevelReporter", "PatchLevels", "wire_check"]
+__all__ = [
+    "ENV_MIGRATION_TIMEOUT",
+    "VITAL_TIMEOUT_S",
+    "VITAL_WHO",
+    "LevelReporter",
+    "PatchLevels",
+    "migration_timeout",
+    "wire_check",
+]
 
 log = logging.getLogger("hotpatch.service")
 
+# The serving process's migration deadline, from its environment (hotpatch run passes it on).
+ENV_MIGRATION_TIMEOUT = "HOTPATCH_MIGRATION_TIMEOUT"
 VITAL_TIMEOUT_S = 10.0  # for a reply to cross a channel and back; a working process: ~1 ms
 VITAL_WHO = "hotpatch (vital check)"  # who rolls back a patch that broke the channel
 
@@ -67,6 +79,7 @@ class PatchLevels:
                 self.baseline,
                 journal=self.journal,
                 plugins=[*self._plugin_objects(), LevelReporter(self)],
+                migration_timeout=migration_timeout(os.environ),
             )
         except Exception as exc:
             log.exception("cannot replay the journal %s", self.journal)
@@ -232,6 +245,26 @@ class PatchLevels:
             error = f"{type(exc).__name__} while loading or checking the patch: {exc}"
             return {"ok": False, "error": error, "error_type": "VerificationFailed"}
         return {"ok": True, **report.record(), **self.level_info()}
+
+
+def migration_timeout(environ: Mapping[str, str]) -> float:
+    """``$HOTPATCH_MIGRATION_TIMEOUT`` in seconds, or the default (a bad value is logged)."""
+    raw = environ.get(ENV_MIGRATION_TIMEOUT)
+    if not raw:
+        return MIGRATION_TIMEOUT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < math.inf:
+        log.warning(
+            "$%s=%r is not a positive number of seconds; migrations get the default %g s",
+            ENV_MIGRATION_TIMEOUT,
+            raw,
+            MIGRATION_TIMEOUT_S,
+        )
+        return MIGRATION_TIMEOUT_S
+    return value
 
 
 def wire_check(message: Mapping[str, Any], timeout: float = VITAL_TIMEOUT_S) -> str | None:
