@@ -15,7 +15,10 @@ faults of every class of issue 13 are injected at random:
   limit, a name that is not a patch, a name that is not UTF-8;
 * **the process**: SIGHUP (a memory-preserving restart), SIGKILL of the
   serving process;
-* **the folder**: made writable by others for a moment, then put back;
+* **the folder**: made writable by others for a moment, then put back; an
+  outcome folder deleted; the whole folder replaced by a new one (each renamed
+  away, so that what the fault took away can still be accounted for; the
+  journal lives outside the folder);
 * **control clients**: bursts of concurrent ``status`` requests, and idle
   connections that never send anything.
 
@@ -33,7 +36,8 @@ Then it stops injecting, lets the folder settle, stops the load and checks:
   is lost, by design: reported as ``reset by SIGKILL``), and the final
   counters equal each client's last answer;
 * no request failed unless a SIGKILL hit it while in flight;
-* every control request was answered (``Busy`` counts as an answer);
+* every control request was answered (``Busy`` counts as an answer), but
+  while the folder holding the socket was being replaced;
 * no process is left behind once ``hotpatch run`` stops.
 
 Disk-full faults need a filesystem of bounded size (a tmpfs mount, root):
@@ -75,6 +79,8 @@ SIGKILL_EVERY_S = 15.0  # at most one SIGKILL in this time (the supervisor's cra
 SETTLE_S = 120.0  # after the injecting: for the folder to file every drop
 WAIT_S = 60.0
 OUTCOMES = ("applied", "rejected", "pending")
+# A replaced folder's control socket is served again within this (the agent takes it over).
+REPLACED_EXCUSE_S = 10.0
 
 SERVICE = """
 import os, sys, threading
@@ -203,7 +209,7 @@ EXPECTED = dict.fromkeys(PATCHES, "rejected") | {"good": "applied"}
 
 DROPS = ("symlink", "fifo", "huge", "not a patch", "not UTF-8")
 PROCESS = ("SIGHUP restart", "SIGKILL service")
-FOLDER = ("folder writable by others",)
+FOLDER = ("folder writable by others", "outcome folder deleted", "folder replaced")
 CONTROL = ("control burst", "idle control clients")
 
 
@@ -227,7 +233,7 @@ class Service:
         command += ["--bind", "http=127.0.0.1:0", "--status-file", str(self.status_file)]
         command += ["--watch", str(self.folder), "--baseline", BASELINE, "--allow-unsigned"]
         command += ["--verify-timeout", str(VERIFY_TIMEOUT_S), "--max-restarts", "50"]
-        command += ["--snapshot-interval", "1"]
+        command += ["--snapshot-interval", "1", "--journal", str(root / "journal.json")]
         command += ["--", sys.executable, str(code / "chaos_service.py"), "--tag", self.tag]
         env = dict(os.environ, HOTPATCH_MIGRATION_TIMEOUT=str(MIGRATION_TIMEOUT_S))
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
@@ -375,7 +381,7 @@ class Control:
         self.lock = threading.Lock()
         self.answered = 0
         self.busy = 0
-        self.failed: list[str] = []
+        self.failed: list[tuple[float, str]] = []  # when, why
         self.stopping = threading.Event()
         self.threads = [
             threading.Thread(target=self._run, daemon=True) for _ in range(CONTROL_CLIENTS)
@@ -394,14 +400,14 @@ class Control:
             return
         except (OSError, ValueError) as exc:
             with self.lock:
-                self.failed.append(repr(exc))
+                self.failed.append((time.monotonic(), repr(exc)))
             return
         with self.lock:
             if answer.get("ok") or answer.get("error_type") == "Busy":
                 self.answered += 1
                 self.busy += answer.get("error_type") == "Busy"
             else:
-                self.failed.append(str(answer.get("error")))
+                self.failed.append((time.monotonic(), str(answer.get("error"))))
 
     def _run(self) -> None:
         while not self.stopping.is_set():
@@ -421,6 +427,14 @@ class Control:
 
         for _ in range(clients):
             threading.Thread(target=hold, daemon=True).start()
+
+    def unexcused(self, replaced: list[float]) -> list[str]:
+        """Failures, but for those while the folder (and its socket) was being replaced."""
+        return [
+            why
+            for when, why in self.failed
+            if not any(t <= when <= t + REPLACED_EXCUSE_S for t in replaced)
+        ]
 
     def stop(self) -> None:
         self.stopping.set()
@@ -443,6 +457,8 @@ class Chaos:
         self.faults: collections.Counter[str] = collections.Counter()
         self.drops: list[tuple[str, str, str | None]] = []  # (name, kind, version)
         self.kills: list[tuple[float, int]] = []
+        self.gone: list[Path] = []  # folders renamed away (deleted, for the agent): kept here
+        self.replaced: list[float] = []  # when the folder was replaced
         self.last_kill = -SIGKILL_EVERY_S
         self.serial = 0
         self.kinds = [*PATCHES, *DROPS, *PROCESS, *FOLDER, *CONTROL]
@@ -519,6 +535,25 @@ class Chaos:
         time.sleep(self.rng.uniform(0.05, 0.5))
         os.chmod(folder, 0o700)
 
+    def _outcome_folder_deleted(self, kind: str) -> None:
+        folder = self.service.folder
+        outcome = self.rng.choice(OUTCOMES)
+        away = self.service.root / f"gone-{len(self.gone)}"
+        away.mkdir()
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(folder / outcome, away / outcome)  # deleted, as far as the agent knows
+        self.gone.append(away)
+
+    def _folder_replaced(self, kind: str) -> None:
+        """The folder renamed away (deleted, for the agent), then made again after a moment."""
+        folder = self.service.folder
+        away = self.service.root / f"gone-{len(self.gone)}"
+        self.replaced.append(time.monotonic())
+        os.rename(folder, away)
+        self.gone.append(away)
+        time.sleep(self.rng.uniform(0.0, 0.5))
+        folder.mkdir(mode=0o700)
+
     def _control_burst(self, kind: str) -> None:
         self.control.burst(self.rng.randint(20, 60))
 
@@ -529,30 +564,38 @@ class Chaos:
 # -- the checks -----------------------------------------------------------------------------
 
 
-def filed(folder: Path, name: str) -> list[tuple[str, dict[str, Any] | None]]:
-    """Where ``name`` was filed: (outcome folder, its result) for each place it is."""
+def filed(folders: list[Path], name: str) -> list[tuple[str, dict[str, Any] | None]]:
+    """Where ``name`` was filed: (outcome folder, its result) for each place it is, in the
+    folder and in what was renamed away from it (a deleted folder, an outcome folder)."""
     places = []
-    for outcome in OUTCOMES:
-        path = folder / outcome / name
-        if os.path.lexists(path):
-            result = None
-            with contextlib.suppress(OSError, ValueError):
-                result = json.loads((folder / outcome / f"{name}.result.json").read_bytes())
-            places.append((outcome, result))
+    for folder in folders:
+        for outcome in OUTCOMES:
+            path = folder / outcome / name
+            if os.path.lexists(path):
+                result = None
+                with contextlib.suppress(OSError, ValueError):
+                    result = json.loads((folder / outcome / f"{name}.result.json").read_bytes())
+                places.append((outcome, result))
     return places
 
 
 def check_drops(chaos: Chaos) -> dict[str, Any]:
     folder = chaos.service.folder
+    folders = [folder, *chaos.gone]
+    unknown: list[str] = []  # versions whose drop was taken away with its folder
     by_outcome: collections.Counter[str] = collections.Counter()
     by_kind: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
     problems: list[str] = []
     applied: list[str] = []
     hit = 0  # patches the serving process took as it was SIGKILLed
     for name, kind, version in chaos.drops:
-        places = filed(folder, name)
+        places = filed(folders, name)
         if not places:
             where = "waiting" if os.path.lexists(folder / name) else "lost"
+            if where == "lost" and any(os.path.lexists(f / name) for f in chaos.gone):
+                where = "taken away"  # it waits in a folder the fault renamed away
+                if version is not None:
+                    unknown.append(version)
             by_outcome[where] += 1
             by_kind[kind][where] += 1
             if where == "lost":
@@ -577,19 +620,24 @@ def check_drops(chaos: Chaos) -> dict[str, Any]:
         "by_outcome": dict(by_outcome),
         "by_kind": {k: dict(v) for k, v in sorted(by_kind.items())},
         "applied": applied,
+        "unknown": unknown,
         "pending_by_sigkill": hit,
         "problems": problems,
     }
 
 
-def check_journal(folder: Path, applied: list[str]) -> dict[str, Any]:
+def check_journal(path: Path, applied: list[str], unknown: list[str]) -> dict[str, Any]:
+    """Is the journal's level a prefix of the patches applied, in order?
+
+    A drop taken away with its folder while it was applied has no result to say
+    so: its version may be in the journal or not.
+    """
     try:
-        level = [
-            row["version"] for row in json.loads((folder / ".journal.json").read_text())["level"]
-        ]
+        level = [row["version"] for row in json.loads(path.read_text())["level"]]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         return {"level": None, "prefix": False, "error": repr(exc)}
-    return {"level": level, "prefix": level == applied[: len(level)], "applied": len(applied)}
+    known = [v for v in level if v not in unknown]
+    return {"level": level, "prefix": known == applied[: len(known)], "applied": len(applied)}
 
 
 def leftovers(tag: str, root: Path) -> list[int]:
@@ -661,7 +709,8 @@ def run(seconds: float, seed: int) -> dict[str, Any]:
             control.stopping.set()
             code = service.stop()
         drops = check_drops(chaos)
-        journal = check_journal(service.folder, drops["applied"])
+        control_failed = control.unexcused(chaos.replaced)
+        journal = check_journal(root / "journal.json", drops["applied"], drops["unknown"])
         requests = load.verdict(counters)
         deadline = time.monotonic() + 20
         while (left := leftovers(service.tag, root)) and time.monotonic() < deadline:
@@ -675,7 +724,7 @@ def run(seconds: float, seed: int) -> dict[str, Any]:
                 if not journal["prefix"]
                 else []
             ),
-            *(f"control: {why}" for why in control.failed[:10]),
+            *(f"control: {why}" for why in control_failed[:10]),
             *([f"processes left behind: {left}"] if left else []),
             *([f"hotpatch run ended with status {code}"] if code != 0 else []),
         ]
@@ -691,7 +740,8 @@ def run(seconds: float, seed: int) -> dict[str, Any]:
             "control": {
                 "answered": control.answered,
                 "busy": control.busy,
-                "failed": len(control.failed),
+                "failed": len(control_failed),
+                "failed_folder_replaced": len(control.failed) - len(control_failed),
             },
             "left_behind": left,
             "violations": violations,
@@ -706,11 +756,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"chaos: {results['seconds']} s of faults under load, seed {seed}")
     print_table("faults injected", ["fault", "count"], sorted(results["faults"].items()))
     drops = results["drops"]
+    columns = (*OUTCOMES, "waiting", "taken away", "lost")
     rows = [
-        [kind, *(counts.get(o, 0) for o in (*OUTCOMES, "waiting", "lost"))]
-        for kind, counts in drops["by_kind"].items()
+        [kind, *(counts.get(o, 0) for o in columns)] for kind, counts in drops["by_kind"].items()
     ]
-    print_table("drops by outcome", ["drop", *OUTCOMES, "waiting", "lost"], rows)
+    print_table("drops by outcome", ["drop", *columns], rows)
     req, ctl, journal = results["requests"], results["control"], results["journal"]
     print_table(
         "checks",
@@ -729,6 +779,7 @@ def main(argv: list[str] | None = None) -> int:
             ["control requests answered", ctl["answered"]],
             ["control requests busy", ctl["busy"]],
             ["control requests failed", ctl["failed"]],
+            ["control requests failed, folder being replaced", ctl["failed_folder_replaced"]],
             ["processes left behind", len(results["left_behind"])],
         ],
     )
