@@ -28,6 +28,7 @@ from hotpatch.service._channel import (
     recv_message,
     send_message,
 )
+from hotpatch.service._listeners import Gate, Listener
 from hotpatch.service._rounds import PreservedState
 from hotpatch.service._runtime import reset
 
@@ -256,6 +257,83 @@ def test_a_round_is_sealed_shared_memory_not_a_file() -> None:
             os.write(fd, b"tamper")
     finally:
         os.close(fd)
+
+
+def test_after_the_final_round_every_change_is_refused_not_lost() -> None:
+    old = PreservedState()
+    state = old.preserved("state", lambda: {"a": 1, "b": [2]})
+    fd, _, _ = old.take_round(full=True)
+    os.close(fd)
+    old.seal("handed over to the next process")
+    changes: list[Callable[[], object]] = [
+        lambda: state.__setitem__("a", 2),
+        lambda: state.__delitem__("a"),
+        lambda: state.pop("a"),
+        state.popitem,
+        lambda: state.setdefault("new", 0),
+        lambda: state.update(a=3),
+        lambda: state.__ior__({"a": 4}),
+        state.clear,
+        lambda: state.touch("b"),
+    ]
+    for change in changes:
+        with pytest.raises(ServiceError, match=r"preserved\('state'\) key .* changed after"):
+            change()
+    assert state == {"a": 1, "b": [2]}
+    assert state.setdefault("a", 9) == 1  # reading through setdefault still works
+    late = old.preserved("late", dict)  # declared after the seal: sealed too
+    with pytest.raises(ServiceError, match="handed over"):
+        late["x"] = 1
+    fd, _, records = old.take_round(full=False)
+    os.close(fd)
+    assert records == 1  # only the late mapping's name: nothing changed
+    assert old.changed_since_sealed() == []
+
+
+# -- the passed sockets while a process stops -------------------------------------------------
+
+
+def test_a_closed_gate_holds_accepts_and_counts_connections_in_flight() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        gate = Gate()
+        listener = Listener(fileno=os.dup(server.fileno()))
+        listener.gate = gate
+        address = server.getsockname()
+        with listener, socket.create_connection(address) as first:
+            conn, _ = listener.accept()
+            assert gate.in_flight() == 1
+            assert not gate.wait_idle(0.05)
+            gate.close()
+            second = socket.create_connection(address)  # waits in the backlog
+            taken: list[object] = []
+
+            def accept() -> None:
+                try:
+                    taken.append(listener.accept())
+                except ConnectionAbortedError as exc:
+                    taken.append(exc)
+
+            thread = threading.Thread(target=accept)
+            thread.start()
+            thread.join(0.3)
+            assert thread.is_alive()  # held at the gate, the connection left queued
+            listener.setblocking(False)
+            with pytest.raises(BlockingIOError):  # an event loop's accept: at once
+                listener.accept()
+            listener.setblocking(True)
+            conn.close()
+            assert gate.wait_idle(5.0)
+            gate.end()
+            thread.join(5.0)
+            assert not thread.is_alive()
+            assert len(taken) == 1  # it gave up; the queued connection is still there
+            assert isinstance(taken[0], ConnectionAbortedError)
+            assert "handed its work over" in str(taken[0])
+            second.close()
+            first.close()
+        with socket.create_connection(address):
+            unrelated, _ = server.accept()  # the next process would take it
+            unrelated.close()
 
 
 # -- control messages -------------------------------------------------------------------------

@@ -2,8 +2,10 @@
 hand-over protocol it speaks with ``hotpatch run``.
 
 ``_api`` is what a service calls; ``_runtime`` answers the supervisor, made of
-``_rounds`` (preserved state, handed over in rounds) and ``_patches`` (the
-registry the supervisor's patches go into); ``_channel`` is the wire, the only
+``_rounds`` (preserved state, handed over in rounds), ``_patches`` (the
+registry the supervisor's patches go into) and ``_listeners`` (the passed
+sockets: accepts a stopping process no longer takes, connections in flight);
+``_channel`` is the wire, the only
 part the supervisor imports. It sits on the core and never imports the agent,
 the supervisor or the CLI.
 """

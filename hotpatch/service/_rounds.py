@@ -44,35 +44,48 @@ class PreservedDict(dict[Any, Any]):
     (after a restart each has its own copy). Keys and values must pickle.
     """
 
-    __slots__ = ("_dirty", "name")
+    __slots__ = ("_dirty", "_sealed", "name")
 
     def __init__(self, name: str, contents: Mapping[Any, Any] | None = None, /) -> None:
         dict.__init__(self, contents or {})
         self.name = name
         self._dirty: set[Any] = set()
+        self._sealed: str | None = None  # why it may no longer change (handed over)
 
     # Mutate first, then mark: a round that swaps the dirty set in between
     # sees the new value, and the late mark only re-sends it.
 
     def __setitem__(self, key: Any, value: Any) -> None:
+        if self._sealed is not None:
+            self._refuse(key)
         dict.__setitem__(self, key, value)
         self._dirty.add(key)
 
     def __delitem__(self, key: Any) -> None:
+        if self._sealed is not None:
+            self._refuse(key)
         dict.__delitem__(self, key)
         self._dirty.add(key)
 
     def pop(self, key: Any, *default: Any) -> Any:
+        if self._sealed is not None:
+            self._refuse(key)
         value = dict.pop(self, key, *default)
         self._dirty.add(key)
         return value
 
     def popitem(self) -> tuple[Any, Any]:
+        if self._sealed is not None:
+            self._refuse("(popitem)")
         key, value = dict.popitem(self)
         self._dirty.add(key)
         return key, value
 
     def setdefault(self, key: Any, default: Any = None) -> Any:
+        if self._sealed is not None:
+            if key not in self:
+                self._refuse(key)
+            return dict.__getitem__(self, key)  # a read: nothing to mark
         value = dict.setdefault(self, key, default)
         self._dirty.add(key)  # conservatively: the caller may be about to change it
         return value
@@ -86,6 +99,8 @@ class PreservedDict(dict[Any, Any]):
         return self
 
     def clear(self) -> None:
+        if self._sealed is not None and self:
+            self._refuse("(clear)")
         while True:
             try:
                 key, _ = dict.popitem(self)
@@ -95,7 +110,18 @@ class PreservedDict(dict[Any, Any]):
 
     def touch(self, *keys: Hashable) -> None:
         """Declare that the values under ``keys`` were changed in place."""
+        if self._sealed is not None and keys:
+            self._refuse(keys[0])
         self._dirty.update(keys)
+
+    def _refuse(self, key: Any) -> None:
+        msg = (
+            f"preserved({self.name!r}) key {key!r} changed after this process handed its "
+            f"state over ({self._sealed}); the change would be lost, so it is refused: "
+            f"finish work in flight before the drain callback returns (or before main "
+            f"returns, with SIGTERM), and take no new work after"
+        )
+        raise ServiceError(msg)
 
     def copy(self) -> dict[Any, Any]:
         """A plain ``dict`` copy (copies are not preserved)."""
@@ -200,6 +226,24 @@ class PreservedState:
         self.unsent: set[str] = set()  # declared since the last round
         self.pending: dict[str, dict[Any, Any]] = {}  # received, not declared yet
         self.extra: dict[str, Any] = {}  # what the ``hotpatch_save_state`` hooks handed over
+        self.sealed: str | None = None  # set by ``seal``: the final round was taken
+
+    def seal(self, why: str) -> None:
+        """The final round is taken: from now on a change to the mappings raises ``ServiceError``.
+
+        A change after it would never reach the new process; refusing it makes
+        the work that tried it fail where it can be seen (its request is not
+        answered as if it had counted).
+        """
+        with self.lock:
+            self.sealed = why
+            for state in self.names.values():
+                state._sealed = why
+
+    def changed_since_sealed(self) -> list[str]:
+        """``name[key]`` of changes that slipped in while the final round was taken (lost)."""
+        with self.lock:
+            return [f"{name}[{key!r}]" for name, s in self.names.items() for key in s._dirty]
 
     def declared(self, name: str) -> PreservedDict | None:
         """The mapping ``name`` if it is declared already (``preserved`` returns it again)."""
@@ -227,6 +271,7 @@ class PreservedState:
             if name in self.names:  # another thread declared it meanwhile
                 return self.names[name]
             state = self.names[name] = PreservedDict(name, contents)
+            state._sealed = self.sealed
             self.unsent.add(name)
         return state
 

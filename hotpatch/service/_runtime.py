@@ -35,6 +35,7 @@ from hotpatch.service._channel import (
     recv_message,
     send_message,
 )
+from hotpatch.service._listeners import Gate, Listener
 from hotpatch.service._patches import PatchLevels
 from hotpatch.service._rounds import PreservedDict, PreservedState
 
@@ -43,6 +44,7 @@ __all__ = ["Runtime", "get_runtime", "reset"]
 log = logging.getLogger("hotpatch.service")
 
 _EXIT_WAIT = 60.0  # longest the interpreter's exit waits for a hand-over in progress
+_DRAIN_TIMEOUT = 5.0  # until the supervisor says its --drain-timeout
 
 
 class Runtime:
@@ -77,6 +79,12 @@ class Runtime:
         self.drain: Callable[[float], object] | None = None
         self.resumed: list[Callable[[float], object]] = []
         self.handover_at_exit: float | None = None
+        # A service relying on SIGTERM with no handler of its own: hotpatch's
+        # handler stops it (``_wind_down``). ``stopping``: None, "stopping", "ended".
+        self.gate = Gate()
+        self.drain_timeout = _DRAIN_TIMEOUT
+        self.stopping: str | None = None
+        self._sigterm = self._on_sigterm  # the very object installed, to know it again
         # Held while the control thread answers the supervisor: the
         # interpreter's exit waits for it, so a service whose main returns as
         # soon as it stops serving cannot cut the final round short.
@@ -96,7 +104,9 @@ class Runtime:
                         f"{name!r} (it passed: {have}); add --bind {name}=HOST:PORT to hotpatch run"
                     )
                     raise ServiceError(msg)
-                sock = socket.socket(fileno=self.passed[name])
+                listener = Listener(fileno=self.passed[name])
+                listener.gate = self.gate
+                sock: socket.socket = listener
             else:
                 address = self.binds.get(name)
                 if address is None and default is not None:
@@ -177,6 +187,8 @@ class Runtime:
                 msg = "hotpatch.ready() was already called in this process"
                 raise ServiceError(msg)
             self.drain = drain
+            if drain is None and self.channel is not None:
+                self._take_sigterm()
             if resumed is not None:
                 self.resumed.append(resumed)
             for plugin in plugins:
@@ -193,6 +205,7 @@ class Runtime:
             handover = self._receive_rounds(until="handover")
             self.patches.resync()
             self.state.limit = int(handover.get("limit", self.state.limit))
+            self.drain_timeout = float(handover.get("drain_timeout", self.drain_timeout))
             if self.state.extra:
                 self.plugins.notify("hotpatch_restore_state", state=dict(self.state.extra))
             self._send({"op": "ready", "at": time.monotonic(), "pid": os.getpid()})
@@ -331,22 +344,29 @@ class Runtime:
 
     def _drain(self, timeout: float) -> None:
         stopped_at = time.monotonic()
-        if self.drain is None:
-            # The convention: SIGTERM; the state goes when the interpreter exits.
+        if self.drain is not None:
+            try:
+                self.drain(timeout)
+            except Exception:
+                log.exception("drain callback failed; handing over the state anyway")
+            self._handover(stopped_at)
+        elif self._handles_sigterm():
+            self._wind_down(timeout, handover_from=stopped_at)
+        else:
+            # The service's own SIGTERM handler stops it; the state goes when the
+            # interpreter exits, once the connections in flight are done.
             self.handover_at_exit = stopped_at
+            self.drain_timeout = timeout
             os.kill(os.getpid(), signal.SIGTERM)
-            return
-        try:
-            self.drain(timeout)
-        except Exception:
-            log.exception("drain callback failed; handing over the state anyway")
-        self._handover(stopped_at)
 
     def _handover(self, stopped_at: float) -> None:
         extra: dict[str, Any] = {}
         for part in self.plugins.notify("hotpatch_save_state"):
             extra.update(part)
         reply: dict[str, Any] = {"op": "handover", "stopped_at": stopped_at}
+        # Sealed first: a change from now on raises where it is made, instead of
+        # being lost with the process.
+        self.state.seal("handed over to the next process")
         try:
             fd, size, records = self.state.take_round(full=False, extra=extra)
         except Exception as exc:
@@ -358,22 +378,94 @@ class Runtime:
             self._send(reply, [fd])
         finally:
             os.close(fd)
+        if late := self.state.changed_since_sealed():
+            log.error(
+                "preserved state changed while its final round was taken, and the change is "
+                "lost: %s; finish work in flight before handing over",
+                ", ".join(late[:10]),
+            )
 
     def _stop(self, timeout: float) -> None:
-        if self.drain is None:
+        if self.drain is not None:
+            try:
+                self.drain(timeout)
+            except Exception:
+                log.exception("drain callback failed while stopping")
+        elif self._handles_sigterm():
+            self._wind_down(timeout, handover_from=None)
+        else:
             os.kill(os.getpid(), signal.SIGTERM)
-            return
-        try:
-            self.drain(timeout)
-        except Exception:
-            log.exception("drain callback failed while stopping")
 
     def _at_exit(self) -> None:
         if self.exchange.acquire(timeout=_EXIT_WAIT):
             self.exchange.release()
         if self.handover_at_exit is not None:
+            left = self.handover_at_exit + self.drain_timeout - time.monotonic()
+            self._wait_in_flight(left)
             self._handover(self.handover_at_exit)
             self.handover_at_exit = None
+
+    # -- SIGTERM, for a service relying on it without a handler of its own
+
+    def _take_sigterm(self) -> None:
+        """Install hotpatch's SIGTERM handler, unless the service has one (or cannot)."""
+        current = signal.getsignal(signal.SIGTERM)
+        if current is signal.SIG_IGN:
+            log.warning(
+                "SIGTERM is ignored in this process and hotpatch.ready() has no drain=: "
+                "a restart cannot stop it, and kills it after --drain-timeout (the changes "
+                "since the last round are lost); pass drain= to ready()"
+            )
+        if current is not signal.SIG_DFL:
+            return  # the service's own: it stops the service, the state goes at exit
+        if threading.current_thread() is not threading.main_thread():
+            log.warning(
+                "hotpatch.ready() without drain= was called outside the main thread, so "
+                "hotpatch cannot handle SIGTERM for the service: a restart would lose the "
+                "changes since the last round; call ready() from the main thread, or pass drain="
+            )
+            return
+        signal.signal(signal.SIGTERM, self._sigterm)
+
+    def _handles_sigterm(self) -> bool:
+        return signal.getsignal(signal.SIGTERM) is self._sigterm
+
+    def _on_sigterm(self, signum: int, frame: object) -> None:
+        """hotpatch's SIGTERM handler (main thread): stop gracefully, then end the process."""
+        if self.stopping == "ended":
+            raise SystemExit(0)  # the work is done and handed over: main unwinds
+        if self.stopping is None:  # someone else's SIGTERM: stop as the supervisor would
+            self.stopping = "stopping"
+            threading.Thread(
+                target=self._stop_on_signal, name="hotpatch-sigterm", daemon=True
+            ).start()
+
+    def _stop_on_signal(self) -> None:
+        with self.exchange:
+            if self.stopping != "ended":
+                self._wind_down(self.drain_timeout, handover_from=None)
+
+    def _wind_down(self, timeout: float, *, handover_from: float | None) -> None:
+        """Take no new connection, let those in flight finish, hand over, end the process."""
+        self.stopping = "stopping"
+        self.gate.close()
+        self._wait_in_flight(timeout)
+        if handover_from is not None:
+            self._handover(handover_from)
+        self.stopping = "ended"
+        self.gate.end()
+        main = threading.main_thread()
+        if main.is_alive() and main.ident is not None:
+            signal.pthread_kill(main.ident, signal.SIGTERM)  # the handler ends main now
+
+    def _wait_in_flight(self, timeout: float) -> None:
+        if not self.gate.wait_idle(max(timeout, 0.0)):
+            log.warning(
+                "%d connection(s) still in flight after the drain timeout (%gs); handing over "
+                "without them (a change they make to preserved state is refused)",
+                self.gate.in_flight(),
+                timeout,
+            )
 
 
 _runtime: Runtime | None = None

@@ -181,7 +181,12 @@ class Handover:
                 state = "from-snapshot" if feed and not self.chain.empty else "fresh"
             if feed is not None:
                 feed.send()
-            handover = {"stopped_at": stopped_at, "limit": self.config.state_limit, "state": state}
+            handover = {
+                "stopped_at": stopped_at,
+                "limit": self.config.state_limit,
+                "state": state,
+                "drain_timeout": self.config.drain_timeout,
+            }
             new.send({"op": "handover", **handover})
             message = await new.expect("ready", timeout=self.config.ready_timeout)
         except (ChildExited, TimeoutError, StateError, _StartRefused) as exc:

@@ -143,6 +143,7 @@ def handler_class(
     plugin: Plugin,
     *,
     expected_keys: int = 0,
+    started_from: str | None = None,
 ) -> type[BaseHTTPRequestHandler]:
     keys = sorted(payload) if payload else []
     touch: Callable[[str], None] = getattr(payload, "touch", lambda key: None)
@@ -152,6 +153,7 @@ def handler_class(
             url = urlsplit(self.path)
             query = parse_qs(url.query)
             body: dict[str, Any] = {"pid": os.getpid(), "tag": counter_logic.tag()}
+            body["started_from"] = started_from
             if url.path == "/inc":
                 client = f"c{query.get('c', ['anon'])[0]}"
                 with lock:
@@ -215,7 +217,22 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--default-bind", default=None)
     parser.add_argument("--crash-if-exists", type=Path)
     parser.add_argument("--hang-if-exists", type=Path)
-    parser.add_argument("--drain", choices=("callback", "sigterm"), default="callback")
+    parser.add_argument(
+        "--drain",
+        choices=("callback", "sigterm", "none"),
+        default="callback",
+        help="how it stops: a drain callback, its own SIGTERM handler, or neither "
+        "(Python's default SIGTERM, which hotpatch handles for it)",
+    )
+    parser.add_argument(
+        "--start-delay", type=float, default=0.0, help="seconds to wait before ready()"
+    )
+    parser.add_argument(
+        "--started-from",
+        type=Path,
+        metavar="FILE",
+        help="read FILE at start; /get answers what it held (code on disk, as a restart sees it)",
+    )
     parser.add_argument("--state-mb", type=int, default=0)
     parser.add_argument("--state-shape", choices=SHAPES, default="lists")
     parser.add_argument("--cold-file", type=Path, help="keep state in this file, not in memory")
@@ -261,12 +278,22 @@ def main() -> int:
         if args.state_mb:
             payload = hotpatch.preserved("payload", lambda: build_payload(args.state_mb, shape))
 
+    started_from = args.started_from.read_text() if args.started_from else None
+    time.sleep(args.start_delay)
     lock = threading.Lock()
     resumed: list[float] = []
     plugin = Plugin()
     plugins = service_plugins(args, plugin)
     expected_keys = payload_keys(args.state_mb, shape)
-    handler = handler_class(counters, payload, lock, resumed, plugin, expected_keys=expected_keys)
+    handler = handler_class(
+        counters,
+        payload,
+        lock,
+        resumed,
+        plugin,
+        expected_keys=expected_keys,
+        started_from=started_from,
+    )
     server = Server(sock, handler)
 
     def save(timeout: float) -> None:
@@ -285,6 +312,8 @@ def main() -> int:
             threading.Thread(target=server.shutdown, daemon=True).start()
 
         signal.signal(signal.SIGTERM, on_sigterm)
+        hotpatch.ready(resumed=resumed.append, plugins=plugins)
+    elif args.drain == "none":  # SIGTERM as Python leaves it: hotpatch handles it
         hotpatch.ready(resumed=resumed.append, plugins=plugins)
     else:
         hotpatch.ready(drain=save, resumed=resumed.append, plugins=plugins)
