@@ -254,6 +254,45 @@ def test_a_planned_baseline_restarts_when_the_service_says_it_is_ready(
 
 
 @pytest.mark.e2e
+def test_readiness_said_while_no_baseline_is_pending_is_not_remembered(
+    supervise: Callable[..., Supervised], tmp_path: Path
+) -> None:
+    # The window is hours away and the deadline days away: only the service's
+    # readiness can make the planned baseline due -- readiness said after it
+    # was announced, not before.
+    now = datetime.datetime.now(datetime.UTC)
+    start = now + datetime.timedelta(hours=3)
+    window = f"{start:%H:%M}-{start + datetime.timedelta(hours=1):%H:%M}"
+    folder, supervised = watching(supervise, tmp_path, options=("--window", window))
+    assert request(supervised.address, "/baseline-ready")["pid"] == supervised.child_pid
+    far = (now + datetime.timedelta(days=7)).isoformat()
+    drop_bundle(
+        folder, make_bundle(tmp_path, "2.0", "planned", kind="planned-baseline", deadline=far)
+    )
+    wait_pending(supervised)
+    time.sleep(1.0)  # the moments are looked at every 50 ms
+    assert answer_tag(supervised) == "base"
+    assert supervised.status()["patches"]["baseline_pending"]["version"] == "2.0"
+    assert not (folder / "applied" / "release-2.0.result.json").exists()
+    request(supervised.address, "/baseline-ready")  # now, with the baseline pending
+    result = result_of(folder, "release-2.0", supervised)
+    assert result["outcome"] == "applied", result
+    assert "ready" in result["reason"]
+    assert answer_tag(supervised) == "planned"
+    # The new process's readiness, with nothing pending, is not kept for the next one.
+    request(supervised.address, "/baseline-ready")
+    drop_bundle(
+        folder, make_bundle(tmp_path, "3.0", "planned-3", kind="planned-baseline", deadline=far)
+    )
+    wait_pending(supervised)
+    time.sleep(1.0)
+    assert answer_tag(supervised) == "planned"
+    request(supervised.address, "/baseline-ready")
+    assert result_of(folder, "release-3.0", supervised)["outcome"] == "applied"
+    assert answer_tag(supervised) == "planned-3"
+
+
+@pytest.mark.e2e
 def test_signatures_are_checked_for_hot_patches_and_directory_bundles(
     supervise: Callable[..., Supervised], tmp_path: Path
 ) -> None:

@@ -100,6 +100,8 @@ def ready_for_baseline() -> None:
     A planned baseline restarts at the maintenance window, at its deadline, or
     as soon as the service calls this -- whichever comes first. Call it when
     the service is quiet (a batch finished, no long request running). It does
-    nothing without a supervisor, or when no baseline is pending.
+    nothing without a supervisor, or when no baseline is pending: it is a
+    moment, not remembered, so a baseline announced later waits for its own
+    (call this again once the ``hotpatch_restart_scheduled`` hook announced it).
     """
     get_runtime().baseline_ready()

@@ -101,8 +101,10 @@ class Child:
         self.exited_at: float | None = None
         self.retiring = False  # told to drain or stop: its exit is expected
         self.info: dict[str, Any] = {}  # what it said when loaded: sys.path, baseline, level
-        self.baseline_ready = False  # it called hotpatch.ready_for_baseline()
         self.on_level: Callable[[Child], None] | None = None  # told of an unsolicited level
+        # told when it calls hotpatch.ready_for_baseline(): it counts for the planned
+        # baseline pending at that moment, and is not remembered for a later one
+        self.on_baseline_ready: Callable[[Child], None] | None = None
         self.lock = asyncio.Lock()  # one request/reply exchange at a time
         self.exited: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._loop = asyncio.get_running_loop()
@@ -217,10 +219,11 @@ class Child:
                 self._loop.remove_reader(self.channel.fileno())
             else:
                 message, fds = received
-                if message["op"] == "baseline-ready":  # unsolicited: a flag, not a reply
-                    self.baseline_ready = True
+                if message["op"] == "baseline-ready":  # unsolicited: an event, not a reply
                     for fd in fds:
                         os.close(fd)
+                    if self.on_baseline_ready is not None:
+                        self.on_baseline_ready(self)
                     continue
                 if message["op"] == "level":  # unsolicited: the level changed in the process
                     for fd in fds:

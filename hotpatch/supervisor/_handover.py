@@ -122,12 +122,14 @@ class Handover:
         *,
         on_exit: Callable[[Child], None],
         on_level: Callable[[Child], None],
+        on_baseline_ready: Callable[[Child], None],
         on_change: Callable[[], None],
     ) -> None:
         self.config = config
         self.listeners = listeners
         self.on_exit = on_exit
         self.on_level = on_level
+        self.on_baseline_ready = on_baseline_ready
         self.on_change = on_change
         self.chain = StateChain()
         self.starting: Child | None = None
@@ -235,6 +237,7 @@ class Handover:
         self.children.add(new)
         new.exited.add_done_callback(lambda _: self.on_exit(new))
         new.on_level = self.on_level
+        new.on_baseline_ready = self.on_baseline_ready
         self.starting = new
         self.on_change()
         return new

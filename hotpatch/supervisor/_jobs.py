@@ -290,25 +290,50 @@ class Jobs:
                 )
 
     async def _wait_for_moment(self, job: BaselineJob) -> None:
-        """Poll the three moments of a planned baseline; the first one makes it due."""
+        """Poll the window and the deadline of a planned baseline; the first one makes it due.
+
+        The third moment, the service saying it is ready, is an event
+        (``baseline_ready``).
+        """
         deadline = job.release.bundle.deadline
         while True:
             now = datetime.datetime.now(datetime.UTC)
-            current = self.running.current
             if deadline is not None and now >= deadline:
-                job.due = "deadline"
-            elif self.config.window is not None and in_window(self.config.window, now):
-                job.due = "window"
-            elif current is not None and current.alive and current.baseline_ready:
-                job.due = "ready"
-            if job.due is not None:
-                log.info("planned baseline %s is due (%s)", job.release.version, job.due)
-                self.planned, self._planned_task = None, None
-                self.due = job
-                self.on_work()
-                self.on_change()
+                self._make_due(job, "deadline")
+                return
+            if self.config.window is not None and in_window(self.config.window, now):
+                self._make_due(job, "window")
                 return
             await asyncio.sleep(0.05)
+
+    def baseline_ready(self, child: Child) -> None:
+        """``child`` called ``hotpatch.ready_for_baseline()``: the planned baseline pending
+        now is due. With none pending it is only logged: readiness is a moment, and a
+        baseline announced later waits for its own."""
+        job = self.planned
+        if child.retiring or not child.alive:
+            log.info(
+                "process %d said it is ready for a baseline while stopping; ignored", child.pid
+            )
+            return
+        if job is None:
+            log.info(
+                "process %d said it is ready for a baseline, but none is pending; "
+                "not remembered (a planned baseline announced later waits for its moment)",
+                child.pid,
+            )
+            return
+        if self._planned_task is not None:
+            self._planned_task.cancel()
+        self._make_due(job, "ready")
+
+    def _make_due(self, job: BaselineJob, why: str) -> None:
+        job.due = why
+        log.info("planned baseline %s is due (%s)", job.release.version, why)
+        self.planned, self._planned_task = None, None
+        self.due = job
+        self.on_work()
+        self.on_change()
 
     async def _apply_baseline(self, job: BaselineJob) -> None:
         running = self.running

@@ -82,6 +82,7 @@ class Supervisor:
             self.listeners,
             on_exit=self._on_exit,
             on_level=self._on_level,
+            on_baseline_ready=self._on_baseline_ready,
             on_change=self.write_status,
         )
         self.restarts = Restarts(
@@ -373,6 +374,11 @@ class Supervisor:
         level = ", ".join(child.info.get("level") or []) or "none"
         log.info("process %d reports its patch level: %s", child.pid, level)
         self.write_status()
+
+    def _on_baseline_ready(self, child: Child) -> None:
+        """The process called ``hotpatch.ready_for_baseline()`` (the jobs are made after
+        the hand-over, which is told of this method)."""
+        self.jobs.baseline_ready(child)
 
     def _on_exit(self, child: Child) -> None:
         if child is self.running.current and not child.retiring:
