@@ -253,6 +253,15 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
+def starting(args: argparse.Namespace) -> str | None:
+    """What ``--started-from`` holds (said in the log), after the ``--start-delay``."""
+    started_from = args.started_from.read_text() if args.started_from else None
+    if started_from is not None:
+        print(f"started from {started_from!r} pid {os.getpid()}", flush=True)
+    time.sleep(args.start_delay)
+    return started_from
+
+
 def main() -> int:
     args = parse_args()
 
@@ -278,8 +287,7 @@ def main() -> int:
         if args.state_mb:
             payload = hotpatch.preserved("payload", lambda: build_payload(args.state_mb, shape))
 
-    started_from = args.started_from.read_text() if args.started_from else None
-    time.sleep(args.start_delay)
+    started_from = starting(args)
     lock = threading.Lock()
     resumed: list[float] = []
     plugin = Plugin()
