@@ -144,6 +144,7 @@ def handler_class(
     *,
     expected_keys: int = 0,
     started_from: str | None = None,
+    inc_delay_s: float = 0.0,
 ) -> type[BaseHTTPRequestHandler]:
     keys = sorted(payload) if payload else []
     touch: Callable[[str], None] = getattr(payload, "touch", lambda key: None)
@@ -155,6 +156,7 @@ def handler_class(
             body: dict[str, Any] = {"pid": os.getpid(), "tag": counter_logic.tag()}
             body["started_from"] = started_from
             if url.path == "/inc":
+                time.sleep(inc_delay_s)
                 client = f"c{query.get('c', ['anon'])[0]}"
                 with lock:
                     counters["hits"] += 1
@@ -219,10 +221,14 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--hang-if-exists", type=Path)
     parser.add_argument(
         "--drain",
-        choices=("callback", "sigterm", "none"),
+        choices=("callback", "sigterm", "none", "hasty"),
         default="callback",
         help="how it stops: a drain callback, its own SIGTERM handler, or neither "
-        "(Python's default SIGTERM, which hotpatch handles for it)",
+        "(Python's default SIGTERM, which hotpatch handles for it), or a hasty callback "
+        "that returns before the work in flight is done",
+    )
+    parser.add_argument(
+        "--inc-delay-ms", type=float, default=0.0, help="/inc works this long before counting"
     )
     parser.add_argument(
         "--start-delay", type=float, default=0.0, help="seconds to wait before ready()"
@@ -260,6 +266,33 @@ def starting(args: argparse.Namespace) -> str | None:
         print(f"started from {started_from!r} pid {os.getpid()}", flush=True)
     time.sleep(args.start_delay)
     return started_from
+
+
+def declare_ready(
+    how: str,
+    server: Server,
+    save: Callable[[float], None],
+    resumed: list[float],
+    plugins: list[object],
+) -> None:
+    """``hotpatch.ready()``, with the way to stop that ``--drain`` names."""
+    if how == "sigterm":
+
+        def on_sigterm(signum: int, frame: Any) -> None:
+            threading.Thread(target=server.shutdown, daemon=True).start()
+
+        signal.signal(signal.SIGTERM, on_sigterm)
+        hotpatch.ready(resumed=resumed.append, plugins=plugins)
+    elif how == "none":  # SIGTERM as Python leaves it: hotpatch handles it
+        hotpatch.ready(resumed=resumed.append, plugins=plugins)
+    elif how == "hasty":  # stops accepting, but returns before in-flight work is done
+
+        def hasty(timeout: float) -> None:
+            threading.Thread(target=server.shutdown, daemon=True).start()
+
+        hotpatch.ready(drain=hasty, resumed=resumed.append, plugins=plugins)
+    else:
+        hotpatch.ready(drain=save, resumed=resumed.append, plugins=plugins)
 
 
 def main() -> int:
@@ -301,6 +334,7 @@ def main() -> int:
         plugin,
         expected_keys=expected_keys,
         started_from=started_from,
+        inc_delay_s=args.inc_delay_ms / 1000,
     )
     server = Server(sock, handler)
 
@@ -314,17 +348,7 @@ def main() -> int:
             tmp.write_bytes(pickle.dumps((counters, payload), protocol=5))
             tmp.replace(args.cold_file)
 
-    if args.drain == "sigterm":
-
-        def on_sigterm(signum: int, frame: Any) -> None:
-            threading.Thread(target=server.shutdown, daemon=True).start()
-
-        signal.signal(signal.SIGTERM, on_sigterm)
-        hotpatch.ready(resumed=resumed.append, plugins=plugins)
-    elif args.drain == "none":  # SIGTERM as Python leaves it: hotpatch handles it
-        hotpatch.ready(resumed=resumed.append, plugins=plugins)
-    else:
-        hotpatch.ready(drain=save, resumed=resumed.append, plugins=plugins)
+    declare_ready(args.drain, server, save, resumed, plugins)
     host, port = sock.getsockname()[:2]
     print(f"serving on {host}:{port} pid {os.getpid()}", flush=True)
     server.serve_forever(poll_interval=args.poll)
