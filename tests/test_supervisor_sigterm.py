@@ -114,20 +114,25 @@ def test_stopping_a_service_on_the_default_sigterm_finishes_its_requests(
     assert "did not stop in time" not in supervised.log()
 
 
-def test_a_sigterm_sent_to_the_service_itself_ends_it_cleanly(
+def test_a_sigterm_sent_to_the_service_itself_replaces_it_with_its_state(
     supervise: Callable[..., Supervised],
 ) -> None:
-    # Someone else's SIGTERM (kill PID): the process stops taking work, finishes
-    # what is in flight and exits; the supervisor brings up another one.
+    # Someone else's SIGTERM (kill PID): hotpatch's handler asks the supervisor
+    # to replace the process, which it does as for SIGHUP -- nothing lost.
     supervised = supervise("--drain", "none")
     old = supervised.child_pid
     with Load(supervised.address, clients=2) as load:
         wait_for(lambda: load.served_by(old), "a request to the first process")
         os.kill(old, signal.SIGTERM)
         status = supervised.wait(
-            lambda s: s["child"] and s["child"]["pid"] != old and s["child"]["ready"],
-            "another process",
+            lambda s: s["last_restart"]["old_pid"] == old and s["state"] == "running",
+            "the process to be replaced",
         )
-        wait_for(lambda: load.served_by(status["child"]["pid"]), "a request to it")
-    assert load.failed == []
-    assert "exited with status 0" in supervised.log()
+        outcome = status["last_restart"]
+        assert outcome["ok"], outcome
+        assert (outcome["kind"], outcome["state"]) == ("preserving", "complete")
+        assert outcome["reason"] == f"process {old} got SIGTERM"
+        wait_for(lambda: load.served_by(outcome["new_pid"]), "a request to the new process")
+    load.check(request(supervised.address, "/get")["counters"])
+    wait_for(lambda: not running(old), "the old process to exit")
+    assert "exited with status" not in supervised.log()  # replaced, not recovered

@@ -80,7 +80,8 @@ class Runtime:
         self.resumed: list[Callable[[float], object]] = []
         self.handover_at_exit: float | None = None
         # A service relying on SIGTERM with no handler of its own: hotpatch's
-        # handler stops it (``_wind_down``). ``stopping``: None, "stopping", "ended".
+        # handler stops it (``_wind_down``). ``stopping``: None, "asked" (an outside
+        # SIGTERM asked the supervisor for a restart), "stopping", "ended".
         self.gate = Gate()
         self.drain_timeout = _DRAIN_TIMEOUT
         self.stopping: str | None = None
@@ -431,10 +432,25 @@ class Runtime:
         return signal.getsignal(signal.SIGTERM) is self._sigterm
 
     def _on_sigterm(self, signum: int, frame: object) -> None:
-        """hotpatch's SIGTERM handler (main thread): stop gracefully, then end the process."""
+        """hotpatch's SIGTERM handler (main thread).
+
+        Sent by hotpatch once the work is handed over: end the main thread. Sent
+        by someone else to a serving process: ask the supervisor to replace it
+        by a memory-preserving restart (it drains this one as for any restart),
+        so nothing is lost; a second one, or one the supervisor cannot hear,
+        stops the process at once (its requests in flight still finish).
+        """
         if self.stopping == "ended":
             raise SystemExit(0)  # the work is done and handed over: main unwinds
-        if self.stopping is None:  # someone else's SIGTERM: stop as the supervisor would
+        if self.stopping is None and self.phase == "ready" and self.channel is not None:
+            self.stopping = "asked"
+            try:
+                self._send({"op": "restart", "reason": f"process {os.getpid()} got SIGTERM"})
+            except OSError:
+                pass  # no supervisor to ask: stop here
+            else:
+                return
+        if self.stopping in (None, "asked"):
             self.stopping = "stopping"
             threading.Thread(
                 target=self._stop_on_signal, name="hotpatch-sigterm", daemon=True

@@ -27,6 +27,7 @@ log = logging.getLogger("hotpatch.supervisor")
 _PR_SET_PDEATHSIG = 1
 _EXIT_AFTER_EOF = 1.0  # how long a closed channel waits for the exit status
 LEVEL_KEYS = ("baseline", "level", "patches")  # what a level report updates in ``info``
+_UNSOLICITED = frozenset({"baseline-ready", "restart", "level"})  # sent by the process itself
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +106,8 @@ class Child:
         # told when it calls hotpatch.ready_for_baseline(): it counts for the planned
         # baseline pending at that moment, and is not remembered for a later one
         self.on_baseline_ready: Callable[[Child], None] | None = None
+        # told when it asks to be replaced (hotpatch's handler got an outside SIGTERM)
+        self.on_restart_asked: Callable[[Child, str], None] | None = None
         self.lock = asyncio.Lock()  # one request/reply exchange at a time
         self.exited: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._loop = asyncio.get_running_loop()
@@ -219,20 +222,25 @@ class Child:
                 self._loop.remove_reader(self.channel.fileno())
             else:
                 message, fds = received
-                if message["op"] == "baseline-ready":  # unsolicited: an event, not a reply
+                if message["op"] in _UNSOLICITED:  # events, not replies
                     for fd in fds:
                         os.close(fd)
-                    if self.on_baseline_ready is not None:
-                        self.on_baseline_ready(self)
-                    continue
-                if message["op"] == "level":  # unsolicited: the level changed in the process
-                    for fd in fds:
-                        os.close(fd)
-                    if self.update_level(message) and self.on_level is not None:
-                        self.on_level(self)
+                    self._event(message)
                     continue
                 self._inbox.append(Message(message["op"], message, fds))
             self._wake()
+
+    def _event(self, message: Mapping[str, Any]) -> None:
+        """A message the process sends by itself, told to whoever listens."""
+        op = message["op"]
+        if op == "baseline-ready":  # it called hotpatch.ready_for_baseline()
+            if self.on_baseline_ready is not None:
+                self.on_baseline_ready(self)
+        elif op == "restart":  # it asks to be replaced
+            if self.on_restart_asked is not None:
+                self.on_restart_asked(self, str(message.get("reason") or "asked"))
+        elif self.update_level(message) and self.on_level is not None:  # its level changed
+            self.on_level(self)
 
     def _reap(self) -> None:
         self._loop.remove_reader(self._pidfd)

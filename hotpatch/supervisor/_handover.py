@@ -123,6 +123,7 @@ class Handover:
         on_exit: Callable[[Child], None],
         on_level: Callable[[Child], None],
         on_baseline_ready: Callable[[Child], None],
+        on_restart_asked: Callable[[Child, str], None],
         on_change: Callable[[], None],
     ) -> None:
         self.config = config
@@ -130,6 +131,7 @@ class Handover:
         self.on_exit = on_exit
         self.on_level = on_level
         self.on_baseline_ready = on_baseline_ready
+        self.on_restart_asked = on_restart_asked
         self.on_change = on_change
         self.chain = StateChain()
         self.starting: Child | None = None
@@ -238,6 +240,7 @@ class Handover:
         new.exited.add_done_callback(lambda _: self.on_exit(new))
         new.on_level = self.on_level
         new.on_baseline_ready = self.on_baseline_ready
+        new.on_restart_asked = self.on_restart_asked
         self.starting = new
         self.on_change()
         return new

@@ -83,6 +83,7 @@ class Supervisor:
             on_exit=self._on_exit,
             on_level=self._on_level,
             on_baseline_ready=self._on_baseline_ready,
+            on_restart_asked=self._on_restart_asked,
             on_change=self.write_status,
         )
         self.restarts = Restarts(
@@ -379,6 +380,16 @@ class Supervisor:
         """The process called ``hotpatch.ready_for_baseline()`` (the jobs are made after
         the hand-over, which is told of this method)."""
         self.jobs.baseline_ready(child)
+
+    def _on_restart_asked(self, child: Child, reason: str) -> None:
+        """The process asks to be replaced (it got SIGTERM from outside and leaves its
+        stopping to us): a restart like SIGHUP's, so its state is handed over."""
+        if child is self.running.current and child.alive and not child.retiring:
+            self.request_restart(reason)
+        else:
+            log.info(
+                "process %d asked to be replaced (%s) while not serving; ignored", child.pid, reason
+            )
 
     def _on_exit(self, child: Child) -> None:
         if child is self.running.current and not child.retiring:
