@@ -87,9 +87,19 @@ def ready(
     ``hotpatch_restore_state``). ``drain(timeout_s)`` is how the old process
     is told to stop accepting: it must return once the service accepts no new
     work and its in-flight work is done (or ``timeout_s`` has passed); the
-    state must not change after it returns. Without ``drain``, the process
-    gets SIGTERM and hands its state over when the interpreter exits
-    normally, so the service must handle SIGTERM by returning from its main.
+    state must not change after it returns (a change then raises
+    ``ServiceError``: it would be lost).
+
+    Without ``drain``, the process is stopped by SIGTERM. With a SIGTERM
+    handler of its own, the service returns from its main and the state goes
+    when the interpreter exits, once the connections it accepted are closed.
+    With none (Python's default would end the process before anything is
+    handed over), hotpatch handles SIGTERM: the sockets of
+    :func:`listen_socket` accept nothing more (connections wait for the next
+    process), the connections accepted are waited for (up to the drain
+    timeout), the state is handed over, then ``SystemExit`` ends the main
+    thread. Call ``ready()`` from the main thread for that. A SIGTERM sent to
+    the process from elsewhere asks the supervisor to replace it the same way.
     """
     get_runtime().ready(drain, resumed, plugins)
 
