@@ -10,7 +10,6 @@ directory removed. A real agent (``hotpatch.install``) and a real
 
 from __future__ import annotations
 
-import datetime
 import http.client
 import json
 import os
@@ -18,77 +17,17 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
-import textwrap
 import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from drops import wait_for
+from kubelet import Kubelet, outcome, patch, results
 
 import hotpatch
 
 SERVICES = Path(__file__).resolve().parent / "services"
-
-
-class Kubelet:
-    """The kubelet's atomic writer for one ConfigMap volume mounted at ``folder``."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.keys: set[str] = set()
-
-    def write(self, payload: dict[str, bytes]) -> str:
-        """Project ``payload`` as the ConfigMap's new version; the new directory's name."""
-        stamp = datetime.datetime.now(datetime.UTC).strftime("..%Y_%m_%d_%H_%M_%S.")
-        version = Path(tempfile.mkdtemp(prefix=stamp, dir=self.folder))
-        version.chmod(0o755)
-        for name, data in payload.items():
-            (version / name).write_bytes(data)
-            (version / name).chmod(0o644)
-        data_link = self.folder / "..data"
-        old = os.readlink(data_link) if data_link.is_symlink() else None
-        os.symlink(version.name, self.folder / "..data_tmp")
-        os.rename(self.folder / "..data_tmp", data_link)
-        for name in sorted(set(payload) - self.keys):
-            os.symlink(f"..data/{name}", self.folder / name)
-        for name in sorted(self.keys - set(payload)):
-            (self.folder / name).unlink()
-        self.keys = set(payload)
-        if old is not None:
-            shutil.rmtree(self.folder / old)
-        return version.name
-
-
-def patch(module: str, version: str, value: str) -> bytes:
-    return textwrap.dedent(
-        f"""\
-        from hotpatch import Patch
-        patch = Patch(version={version!r}, baseline="1.0")
-
-        @patch.replace("{module}")
-        def f():
-            return {value!r}
-        """
-    ).encode()
-
-
-def results(folder: Path, name: str) -> list[dict[str, Any]]:
-    """Every result filed for the ConfigMap file ``name``, oldest first."""
-    found = [
-        json.loads(path.read_text())
-        for where in ("applied", "rejected", "pending")
-        for path in (folder / where).glob("*.result.json")
-    ]
-    return sorted((r for r in found if r.get("file") == name), key=lambda r: r["time"])
-
-
-def outcome(folder: Path, name: str, count: int = 1) -> dict[str, Any]:
-    """The ``count``-th result filed for ``name``, once it is there."""
-    wait_for(lambda: len(results(folder, name)) >= count, f"result {count} of {name}")
-    return results(folder, name)[count - 1]
 
 
 @pytest.fixture

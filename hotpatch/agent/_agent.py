@@ -44,6 +44,7 @@ def install(
     entry_points: bool = True,
     workers: bool = False,
     migration_timeout: float = MIGRATION_TIMEOUT_S,
+    state_dir: PathLike | None = None,
 ) -> Agent:
     """Start a hotpatch agent in the background of this process and return it.
 
@@ -62,6 +63,12 @@ def install(
     ``migration_timeout``: seconds each migration of a patch has to return
     (default 30); past it the patch is refused and undone, and the agent goes
     on (the migration's thread cannot be stopped: see README, Limits).
+
+    ``state_dir``: where the agent writes (outcome folders and result files, the
+    outcome log, its lock and pidfile, staging, the default control socket and
+    workers' directory), so that ``watch`` is only read -- a read-only folder
+    such as a Kubernetes ConfigMap volume needs one. Drops then stay in
+    ``watch``: each is taken once, and again when it changes.
     """
     show_log_lines()  # a service's agent: its lines in the service's log (HOTPATCH_LOG)
     return Agent(
@@ -79,6 +86,7 @@ def install(
         entry_points=entry_points,
         workers=workers,
         migration_timeout=migration_timeout,
+        state_dir=state_dir,
     ).start()
 
 
@@ -118,6 +126,7 @@ class Agent:
         entry_points: bool = True,
         workers: bool = False,
         migration_timeout: float = MIGRATION_TIMEOUT_S,
+        state_dir: PathLike | None = None,
     ) -> None:
         if not 0 < migration_timeout < math.inf:
             msg = (
@@ -125,6 +134,13 @@ class Agent:
             )
             raise ValueError(msg)
         folder = Path(watch).absolute() if watch is not None else None
+        state = Path(state_dir).absolute() if state_dir is not None else None
+        if state is not None and folder is None:
+            msg = (
+                "state_dir=DIR keeps what the agent writes about its watched folder: give "
+                "watch=FOLDER too (without a folder, give journal= and control_socket= paths)"
+            )
+            raise ValueError(msg)
         journal_path = Path(journal).absolute() if journal is not None else None
         socket: Path | None
         if workers:
@@ -132,12 +148,12 @@ class Agent:
                 msg = (
                     "install(workers=True) needs watch=DIR and takes no control_socket: each "
                     "worker serves DIR/.workers/<pid>.sock (the journal defaults to "
-                    "DIR/.workers/journal.json)"
+                    "DIR/.workers/journal.json; DIR is state_dir when given)"
                 )
                 raise ValueError(msg)
-            journal_path, socket = worker_paths(folder, journal_path)
+            journal_path, socket = worker_paths(state or folder, journal_path)
         else:
-            socket = _socket_path(control_socket, folder)
+            socket = _socket_path(control_socket, state or folder)
         self._settings = Settings(
             baseline=str(baseline),
             watch=folder,
@@ -156,6 +172,7 @@ class Agent:
                 entry_points=entry_points,
             ),
             migration_timeout=migration_timeout,
+            state_dir=state,
         )
         self._workers = workers
         self._run: Running | None = None  # kept once stopped: its registry stays readable
@@ -227,6 +244,11 @@ class Agent:
     @property
     def socket(self) -> Path | None:
         return self._settings.socket
+
+    @property
+    def state_dir(self) -> Path | None:
+        """Where the agent writes, when not in ``watch`` (``install(state_dir=...)``)."""
+        return self._settings.state_dir
 
     def status(self) -> dict[str, Any]:
         """What ``hotpatch status`` shows."""

@@ -41,10 +41,29 @@ from hotpatch.agent._drops import read_patch_file
 from hotpatch.agent._outcome import OUTCOME_DIRS, RESULT_SUFFIX
 from hotpatch.agent._signing import SIGNATURE_SUFFIX
 
-__all__ = ["CONFIGMAP_STAGING", "DATA", "ConfigMapDrop", "Taken", "is_configmap_link", "resolve"]
+__all__ = [
+    "CONFIGMAP_STAGING",
+    "DATA",
+    "KEPT",
+    "ConfigMapDrop",
+    "Taken",
+    "identity",
+    "is_configmap_link",
+    "resolve",
+]
 
 DATA = "..data"  # the kubelet's symlink to the current version's directory
 CONFIGMAP_STAGING = ".configmap"  # private copies of the files behind the links
+KEPT = "identity:"  # a plain file kept in a read-only folder, noted by what was read
+
+
+def identity(path: Path) -> str | None:
+    """``INO:SIZE:MTIME_NS`` of ``path`` itself (``None`` when gone): which file a drop was."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
 
 
 def is_configmap_link(folder: Path, name: str) -> bool:
@@ -115,14 +134,20 @@ def _owned_link(path: Path, owner: int) -> None:
 
 
 class Taken:
-    """Which (name, sha256) of the ConfigMap were processed: rebuilt from the result files."""
+    """Which (name, sha256) of the ConfigMap were processed: rebuilt from the result files.
+
+    ``folder`` is where the outcomes are filed: the patch folder, or the agent's
+    state directory. With a state directory every drop stays in the folder it
+    was read from, so a plain file is noted too, by the identity of what was
+    read (``"kept": {"file", "identity"}``, inode, size and modification time).
+    """
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self._taken: set[tuple[str, str]] = set()
 
     def load(self) -> None:
-        """Read the ``configmap`` key of every result file in the outcome folders."""
+        """Read the ``configmap`` (or ``kept``) key of every result file in the outcome folders."""
         for where in sorted(set(OUTCOME_DIRS.values())):
             directory = self.folder / where
             with contextlib.suppress(FileNotFoundError):
@@ -133,8 +158,12 @@ class Taken:
     def _note(self, result: Path) -> None:
         try:
             record = json.loads(result.read_bytes())
-            mark = record["configmap"]
-            self._taken.add((str(mark["file"]), str(mark["sha256"])))
+            if "kept" in record:
+                mark = record["kept"]
+                self._taken.add((str(mark["file"]), KEPT + str(mark["identity"])))
+            else:
+                mark = record["configmap"]
+                self._taken.add((str(mark["file"]), str(mark["sha256"])))
         except (OSError, ValueError, KeyError, TypeError):
             return  # not a ConfigMap drop's result (or not readable): nothing to note
 

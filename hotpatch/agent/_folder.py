@@ -21,6 +21,11 @@ Protocol of the folder, as an operator sees it:
   ``NAME.result.json`` beside it, written completely (temporary file, fsync,
   rename) before the file moves. A name already taken there gets a suffix
   (``fix.1.py``, ``fix.2.py``, ...); the ``.sig`` moves along.
+* With a state directory (``state``: a folder that is only read, such as a
+  ConfigMap volume), the outcome folders are there and nothing is moved: the
+  bytes processed are filed as a copy, and a file is taken once while it
+  stays the same file (inode, size, modification time, and its ``.sig``'s);
+  rewritten, replaced, or given a signature, it is taken again.
 
 The folder only finds drops and files their outcomes; deciding the outcome is
 the ``process`` callable's job (the agent's pipeline). Reading a drop safely is
@@ -51,7 +56,7 @@ from watchdog.events import (
 from watchdog.observers.inotify import InotifyObserver
 
 from hotpatch._errors import VerificationFailed
-from hotpatch.agent._configmap import DATA, Taken, is_configmap_link, resolve
+from hotpatch.agent._configmap import DATA, KEPT, Taken, identity, is_configmap_link, resolve
 from hotpatch.agent._drops import (
     MAX_SIGNATURE_BYTES,
     Vanished,
@@ -121,8 +126,10 @@ class Folder:
     """Watches one folder and feeds its complete drops, in version order, to ``process``.
 
     ``process(path)`` returns the ``Outcome`` (or raises ``Vanished``); the
-    folder writes ``NAME.result.json`` and moves the drop. One worker thread
-    processes drops one at a time; a failure never stops it.
+    folder writes ``NAME.result.json`` and moves the drop -- or, with ``state``
+    (the agent's state directory), files the result and a copy there and
+    leaves the drop where it is. One worker thread processes drops one at a
+    time; a failure never stops it.
     """
 
     def __init__(
@@ -133,8 +140,11 @@ class Folder:
         signature_wait: float = 0.0,
         max_bytes: int,
         ready: Callable[[], bool] = lambda: True,
+        state: Path | None = None,
     ):
         self.path = Path(path)
+        self._keep = state is not None  # the folder is only read
+        self._outcomes = Path(state) if state is not None else self.path
         self._process = process
         self._ready = ready  # is the folder safe to take a drop from (and file it in) now?
         self._signature_wait = signature_wait
@@ -150,14 +160,14 @@ class Folder:
         self._stopping = False
         self._observer: InotifyObserver | None = None
         self._worker: threading.Thread | None = None
-        self._configmap = Taken(self.path)  # ConfigMap files taken, by name and sha256
+        self._taken = Taken(self._outcomes)  # files taken, by name and content or identity
 
     # -- life cycle -----------------------------------------------------------------
 
     def start(self) -> None:
         """Watch, queue what is already there (catch-up), then start the worker."""
         self._observer = self._watch()
-        self._configmap.load()
+        self._taken.load()
         self._catch_up()
         self._worker = threading.Thread(target=self._run, name="hotpatch-folder", daemon=True)
         self._worker.start()
@@ -220,6 +230,11 @@ class Folder:
         with self._cond:
             if name.endswith(SIGNATURE_SUFFIX):
                 self._signatures.add(name)
+                base = name.removesuffix(SIGNATURE_SUFFIX)
+                if self._keep and base and not is_ignored(base) and self._lexists(base):
+                    # A drop that stays: a new signature may make it go in now.
+                    self._queue.setdefault(base, next(self._arrivals))
+                    self._last_announced = time.monotonic()
             else:
                 self._queue.setdefault(name, next(self._arrivals))
                 self._given_up.discard(name)
@@ -314,6 +329,7 @@ class Folder:
             and not n.endswith(SIGNATURE_SUFFIX)
             and n not in OUTCOME_DIRS.values()
             and not is_configmap_link(self.path, n)  # announced by the kubelet's swap
+            and not (self._keep and self._kept_mark(n) in self._taken)  # taken, stays
         ]
 
     def _key(self, name: str) -> SortKey:
@@ -350,24 +366,39 @@ class Folder:
                 version = peek_version(resolve(self.path, name, max_bytes=self._max_bytes).data)
         return (0, Version(version), name) if version else (1, _UNKNOWN, name)
 
+    def _lexists(self, name: str) -> bool:
+        return os.path.lexists(self.path / name)
+
+    def _kept_mark(self, name: str) -> tuple[str, str]:
+        """What notes a drop that stays in the folder: it, and its signature, as they are now."""
+        sig = identity(self.path / (name + SIGNATURE_SUFFIX)) or "-"
+        return name, f"{KEPT}{identity(self.path / name)}/{sig}"
+
     def _handle(self, name: str) -> None:
         path = self.path / name
         if not os.path.lexists(path):
             return  # processed already (a second event), or deleted by its writer
+        configmap = is_configmap_link(self.path, name)
+        if self._keep and not configmap and self._kept_mark(name) in self._taken:
+            return  # taken already, and still the same file: its result tells the outcome
         if self._signature_wait > 0 and (name.endswith(".py") or is_bundle_name(name)):
             self._wait_for_signature(name + SIGNATURE_SUFFIX)
             if self._stopping:
                 return  # left in the folder for the next start
-        if is_configmap_link(self.path, name):
+        if configmap:
             self._handle_configmap(name)
             return
+        mark = self._kept_mark(name)  # before reading: a change meanwhile is taken again
         try:
             outcome = self._process(path)
         except Vanished:
             log.debug("patch folder %s: %s vanished before it was read", self.path, name)
             return
         self._keys.pop(name, None)
-        self._file(path, outcome)
+        if self._keep:
+            self._file_kept(path, outcome, mark)
+        else:
+            self._file(path, outcome)
 
     def _handle_configmap(self, name: str) -> None:
         """A file the kubelet delivered: processed once per content, from a private copy."""
@@ -378,22 +409,27 @@ class Folder:
         except VerificationFailed as exc:
             # Not the layout as the service's user made it: a symlink like any other.
             link = self.path / name
+            if self._keep and self._kept_mark(name) in self._taken:
+                return  # refused already, and still the same link
             try:
                 outcome = self._process(link)
             except Vanished:
                 return
             if outcome.outcome == "rejected":
                 outcome.reason = str(exc)
-            self._file(link, outcome)
+            if self._keep:
+                self._file_kept(link, outcome, self._kept_mark(name))
+            else:
+                self._file(link, outcome)
             return
-        if (name, drop.sha256) in self._configmap:
+        if (name, drop.sha256) in self._taken:
             return  # this content was taken already: its result file tells the outcome
         sig_name = name + SIGNATURE_SUFFIX
         signature = None
         if is_configmap_link(self.path, sig_name):
             with contextlib.suppress(OSError, Vanished, VerificationFailed):
                 signature = resolve(self.path, sig_name, max_bytes=MAX_SIGNATURE_BYTES).data
-        copy = self._configmap.stage(drop, signature)
+        copy = self._taken.stage(drop, signature)
         try:
             outcome = self._process(copy)
         except Vanished:
@@ -403,8 +439,8 @@ class Folder:
             "sha256": drop.sha256,
             "data": drop.version_dir,
         }
-        file_outcome(copy, outcome, into=self.path)
-        self._configmap.add(name, drop.sha256)
+        file_outcome(copy, outcome, into=self._outcomes)
+        self._taken.add(name, drop.sha256)
         with self._cond:
             self._signatures.discard(sig_name)
 
@@ -423,12 +459,17 @@ class Folder:
                     return
                 self._cond.wait(remaining)
 
-    def _file(self, path: Path, outcome: Outcome) -> None:
-        """File the drop with its result (``_outcome``); a newcomer in its place waits.
+    def _file_kept(self, path: Path, outcome: Outcome, mark: tuple[str, str]) -> None:
+        """File the result and the bytes read in the state directory; the drop stays."""
+        if not self._safe_to_file(path, outcome):
+            return
+        name, token = mark
+        outcome.details["kept"] = {"file": name, "identity": token.removeprefix(KEPT)}
+        file_outcome(path, outcome, into=self._outcomes, move=False)
+        self._taken.add(name, token)  # its .sig stays too: still announced
 
-        Filed once the folder is safe (its outcome folders there): an unsafe
-        folder holds the outcome back, never loses it, unless the agent stops.
-        """
+    def _safe_to_file(self, path: Path, outcome: Outcome) -> bool:
+        """Wait until the folder is safe to file in; ``False``: the agent stops first."""
         while not self._ready():
             with self._cond:
                 if self._stopping:
@@ -440,8 +481,18 @@ class Folder:
                         outcome.outcome,
                         "unchanged" if outcome.outcome == "applied" else "again",
                     )
-                    return
+                    return False
                 self._cond.wait(GUARD_INTERVAL_S)
+        return True
+
+    def _file(self, path: Path, outcome: Outcome) -> None:
+        """File the drop with its result (``_outcome``); a newcomer in its place waits.
+
+        Filed once the folder is safe (its outcome folders there): an unsafe
+        folder holds the outcome back, never loses it, unless the agent stops.
+        """
+        if not self._safe_to_file(path, outcome):
+            return
         if file_outcome(path, outcome):
             self.announce(path.name)
         with self._cond:

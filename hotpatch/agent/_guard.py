@@ -3,7 +3,9 @@
 A folder is safe to take drops from when it is a real directory (not a link)
 owned by the service's user and writable by no one else, and so are its
 outcome folders and staging (``applied/``, ``rejected/``, ``pending/``,
-``.staging``), which are made again (mode 0700) when missing.
+``.staging``), which are made again (mode 0700) when missing -- in the agent's
+state directory when it has one (``hotpatch.agent._state_dir``: the folder is
+then only read), else in the folder, which must then be writable.
 
 ``check_folder`` refuses an unsafe folder at start. ``FolderGuard`` keeps
 judging it while the agent runs: the folder deleted, replaced (deleted and
@@ -26,6 +28,7 @@ from pathlib import Path
 
 from hotpatch.agent._names import STAGING
 from hotpatch.agent._outcome import OUTCOME_DIRS
+from hotpatch.agent._state_dir import check_state_dir, refuse_read_only
 
 __all__ = ["GUARD_INTERVAL_S", "FolderGuard", "check_folder", "folder_problem", "folder_status"]
 
@@ -37,33 +40,44 @@ SUBFOLDERS = (*sorted(set(OUTCOME_DIRS.values())), STAGING)
 Problem = tuple[type[OSError], str]  # the error a start raises, and its message
 
 
-def check_folder(folder: Path) -> Path:
+def check_folder(folder: Path, *, state: Path | None = None) -> Path:
     """Create the folder (mode 0700) if needed; refuse one others could write or do not own.
 
     Raises ``PermissionError`` or ``NotADirectoryError`` naming the folder, the
-    problem and the fix. Returns the folder's absolute path.
+    problem and the fix; ``ValueError`` for a state directory inside the
+    folder. Without a ``state`` directory, a folder this process cannot write
+    to is refused, naming the option. Returns the folder's absolute path.
     """
     folder = Path(folder).absolute()
     if not folder.exists() and not folder.is_symlink():
         folder.mkdir(mode=0o700, parents=True)
-    found = folder_problem(folder, first=True)
+    found = _the_folder(folder)
+    if found is None:
+        if state is None:
+            refuse_read_only(folder)
+        else:
+            check_state_dir(state, folder)
+        found = folder_problem(folder, first=True, state=state)
     if found is not None:
         error, msg = found
         raise error(msg)
     return folder
 
 
-def folder_problem(folder: Path, *, first: bool = False) -> Problem | None:
+def folder_problem(
+    folder: Path, *, first: bool = False, state: Path | None = None
+) -> Problem | None:
     """What makes ``folder`` unsafe to take drops from, naming the fix; ``None``: safe.
 
     An outcome folder (or staging) that is missing is made, mode 0700, once
-    the folder itself is found safe (said in a warning, unless ``first``: at start).
+    the folder itself is found safe (said in a warning, unless ``first``: at
+    start); in ``state``, the agent's state directory, when it has one.
     """
     found = _the_folder(folder)
     for sub in SUBFOLDERS:
         if found is not None:
             return found
-        found = _subfolder(folder, sub, first=first)
+        found = _subfolder(state or folder, sub, first=first)
     return found
 
 
@@ -146,8 +160,10 @@ class FolderGuard:
         retake: Callable[[], str | None],
         upkeep: Callable[[], None],
         interval: float = GUARD_INTERVAL_S,
+        state: Path | None = None,
     ) -> None:
         self.folder = folder
+        self.state = state  # where the outcome folders are, if not in the folder
         self.interval = interval
         self._retake = retake
         self._upkeep = upkeep
@@ -199,7 +215,7 @@ class FolderGuard:
             return found
 
     def _judge(self) -> str | None:
-        found = folder_problem(self.folder)
+        found = folder_problem(self.folder, state=self.state)
         if found is not None:
             return found[1]
         try:

@@ -29,7 +29,10 @@ log = logging.getLogger("hotpatch")
 
 
 class FolderLock:
-    """The flock on ``DIR/.hotpatch.lock``, held while this process watches the folder."""
+    """The flock on ``DIR/.hotpatch.lock``, held while this process watches the folder.
+
+    ``folder`` is where the agent writes: its patch folder, or its state directory.
+    """
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
@@ -99,6 +102,10 @@ class FolderWatch:
     the new directory, the pidfile written there, the watch moved to it. The
     pidfile, and the control socket ``server`` if its file is gone (it lived in
     the folder), are made again while the folder is safe.
+
+    With ``state`` (the agent's state directory) the pidfile and the outcome
+    folders are there, and ``folder`` is only read; the lock is there too, so a
+    replaced folder needs no new lock.
     """
 
     def __init__(
@@ -110,8 +117,11 @@ class FolderWatch:
         pidfile: Callable[[], dict[str, Any]],
         lock: FolderLock | None = None,
         server: ControlServer | None = None,
+        state: Path | None = None,
     ) -> None:
         self.folder = folder
+        self.state = state
+        self._pidfile_path = (state if state is not None else folder) / PIDFILE_NAME
         self._process = process
         self._checks = checks
         self._pidfile = pidfile
@@ -134,13 +144,14 @@ class FolderWatch:
     def start(self) -> FolderWatch:
         """Write the pidfile, then watch: the files already there are taken first."""
         self._write_pidfile()
-        guard = FolderGuard(self.folder, retake=self._retake, upkeep=self._upkeep)
+        guard = FolderGuard(self.folder, retake=self._retake, upkeep=self._upkeep, state=self.state)
         watcher = Folder(
             self.folder,
             self._process,
             signature_wait=SIGNATURE_WAIT_S if self._checks.require_signature else 0.0,
             max_bytes=self._checks.max_bytes,
             ready=lambda: guard.check() is None,
+            state=self.state,
         )
         self._watcher, self._guard = watcher, guard
         try:
@@ -161,16 +172,16 @@ class FolderWatch:
             self._watcher = None
         if self._pidfile_written:
             with contextlib.suppress(OSError):
-                (self.folder / PIDFILE_NAME).unlink()
+                self._pidfile_path.unlink()
             self._pidfile_written = False
 
     def _write_pidfile(self) -> None:
-        write_result(self.folder / PIDFILE_NAME, self._pidfile())
+        write_result(self._pidfile_path, self._pidfile())
         self._pidfile_written = True
 
     def _retake(self) -> str | None:
         """The folder was replaced: take the new one over, or say why not."""
-        if self._lock is not None:
+        if self._lock is not None and self.state is None:
             self._lock.release()  # the old directory's, gone or elsewhere now
             if not self._lock.try_acquire():
                 return (
@@ -187,7 +198,7 @@ class FolderWatch:
 
     def _upkeep(self) -> None:
         """Make the pidfile and the control socket again if they went missing."""
-        if not os.path.lexists(self.folder / PIDFILE_NAME):
+        if not os.path.lexists(self._pidfile_path):
             self._write_pidfile()
         server = self._server
         if server is not None and not os.path.lexists(server.path):

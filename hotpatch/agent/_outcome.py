@@ -169,15 +169,29 @@ def _move(source: Path, target: Path) -> None:
     os.unlink(source)
 
 
-def file_outcome(path: Path, outcome: Outcome, *, into: Path | None = None) -> bool:
+def file_outcome(
+    path: Path, outcome: Outcome, *, into: Path | None = None, move: bool = True
+) -> bool:
     """Write the result file, then move the drop (and its signature) beside it.
 
     ``into``: the patch folder whose outcome folders receive it (default the
-    drop's own folder; a ConfigMap drop is a private copy elsewhere). ``True``
-    when ``path`` now holds another file than the one processed (replaced while
-    it was worked on): the caller announces that newcomer again.
+    drop's own folder; a ConfigMap drop is a private copy elsewhere; with a
+    state directory, that directory). ``move=False``: the drop stays where it
+    is (a folder that is only read); the bytes processed are filed as a copy.
+    ``True`` when ``path`` now holds another file than the one processed
+    (replaced while it was worked on): the caller announces that newcomer again.
     """
     directory = (into or path.parent) / OUTCOME_DIRS[outcome.outcome]
+    if not move:
+        try:
+            is_dir = stat.S_ISDIR(path.lstat().st_mode)
+        except FileNotFoundError:
+            is_dir = False
+        final = _free_name(directory, path.name, is_dir=is_dir)
+        write_result(directory / (final + RESULT_SUFFIX), outcome.record())
+        if outcome.data is not None:
+            _write_copy(directory / final, outcome.data)
+        return False
     try:
         st = path.lstat()
     except FileNotFoundError:
@@ -205,3 +219,9 @@ def file_outcome(path: Path, outcome: Outcome, *, into: Path | None = None) -> b
     if os.path.lexists(sig):
         _move(sig, directory / (final + SIGNATURE_SUFFIX))
     return newcomer
+
+
+def _write_copy(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)

@@ -109,3 +109,9 @@ class Settings:
     checks: Checks
     plugins: PluginChoice
     migration_timeout: float = MIGRATION_TIMEOUT_S  # for each migration of a patch to return
+    state_dir: Path | None = None  # where it writes instead of ``watch`` (only read then)
+
+    @property
+    def state(self) -> Path | None:
+        """Where the agent writes: its state directory, else the folder it watches."""
+        return self.state_dir if self.state_dir is not None else self.watch

@@ -41,9 +41,11 @@ class Solo:
         lock: FolderLock | None = None
         server: ControlServer | None = None
         with contextlib.ExitStack() as stack:
+            state = settings.state  # where it writes: the folder, or its state directory
             if settings.watch is not None:
-                check_folder(settings.watch)  # refuse an unsafe folder before anything runs
-                lock = stack.enter_context(FolderLock(settings.watch))
+                # refuse an unsafe folder (or a read-only one without a state directory)
+                check_folder(settings.watch, state=settings.state_dir)
+                lock = stack.enter_context(FolderLock(settings.state or settings.watch))
             self.registry = Registry(
                 settings.baseline,
                 journal=settings.journal,
@@ -52,13 +54,13 @@ class Solo:
             )
             if self.registry.journal_report:
                 log.info("%s", self.registry.journal_report)
-            staging = stack.enter_context(Staging(settings.watch))
+            staging = stack.enter_context(Staging(state))
             vital = VitalCheck(stack.enter_context(staging.directory()), settings.socket)
             self.pipeline = DropPipeline(
                 LocalApplier(self.registry, vital=vital),
                 settings.checks,
                 staging,
-                outcome_log=OutcomeLog(settings.watch) if settings.watch is not None else None,
+                outcome_log=OutcomeLog(state) if state is not None else None,
             )
             stack.enter_context(self.pipeline.verifying(warm=library_modules()))
             self._handle = dispatch(Commands(self.pipeline, self.status).table())
@@ -73,14 +75,16 @@ class Solo:
                     pidfile=self._pidfile,
                     lock=lock,
                     server=server,
+                    state=settings.state_dir,
                 )
                 self._watch = stack.enter_context(watch)
             self._stack = stack.pop_all()
         log.info(
-            "hotpatch agent started: baseline %s, level %s, folder %s, socket %s",
+            "hotpatch agent started: baseline %s, level %s, folder %s%s, socket %s",
             settings.baseline,
             ", ".join(self.registry.level) or "-",
             settings.watch or "-",
+            f" (state in {settings.state_dir})" if settings.state_dir else "",
             settings.socket or "-",
         )
 
@@ -107,6 +111,7 @@ class Solo:
             "socket": str(settings.socket) if settings.socket else None,
             "baseline": settings.baseline,
             "folder": str(settings.watch),
+            "state_dir": str(settings.state_dir) if settings.state_dir else None,
         }
 
 
@@ -132,6 +137,7 @@ def agent_status(
         "level": list(registry.level),
         "pid": os.getpid(),
         "watch": str(settings.watch) if settings.watch else None,
+        **({"state_dir": str(settings.state_dir)} if settings.state_dir else {}),
         "journal": str(settings.journal) if settings.journal else None,
         "socket": str(settings.socket) if settings.socket else None,
         "pending": pending,

@@ -12,6 +12,7 @@ from typing import Any, TextIO
 
 from hotpatch import _errors
 from hotpatch.agent._names import PIDFILE_NAME
+from hotpatch.agent._state_dir import ENV_STATE_DIR
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -21,6 +22,7 @@ __all__ = [
     "EXIT_USAGE",
     "Answer",
     "UsageError",
+    "agent_files",
     "ask",
     "exit_code",
     "fail",
@@ -43,29 +45,66 @@ class UsageError(Exception):
 # -- talking to the agent ---------------------------------------------------------------
 
 
+def agent_files(args: argparse.Namespace) -> Path:
+    """Where the agent keeps its pidfile, outcome log and outcomes (not its socket: see below).
+
+    --state-dir DIR; else --folder DIR -- or, when DIR holds no pidfile, the
+    state directory in $HOTPATCH_STATE_DIR if its pidfile says it watches DIR
+    (an agent that keeps a read-only folder's files elsewhere); else
+    $HOTPATCH_STATE_DIR; else the current directory.
+    """
+    if getattr(args, "state_dir", None):
+        return Path(args.state_dir)
+    env = os.environ.get(ENV_STATE_DIR)
+    if getattr(args, "folder", None):
+        folder = Path(args.folder)
+        if not (folder / PIDFILE_NAME).exists() and env and _watches(Path(env), folder):
+            return Path(env)
+        return folder
+    return Path(env) if env else Path.cwd()
+
+
+def _watches(state: Path, folder: Path) -> bool:
+    """Does the pidfile in ``state`` name ``folder`` as the folder its agent watches?"""
+    try:
+        info = json.loads((state / PIDFILE_NAME).read_bytes())
+        return os.path.realpath(str(info["folder"])) == os.path.realpath(folder)
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
 def socket_path(args: argparse.Namespace) -> Path:
-    """--socket, else --folder, else $HOTPATCH_SOCKET, else ./.hotpatch.json."""
+    """--socket; --state-dir or --folder (``agent_files``); $HOTPATCH_SOCKET; then the rest."""
     if getattr(args, "socket", None):
         return Path(args.socket)
-    if getattr(args, "folder", None):
-        return _from_pidfile(Path(args.folder))
+    if getattr(args, "state_dir", None) or getattr(args, "folder", None):
+        return _from_pidfile(agent_files(args), getattr(args, "folder", None))
     if os.environ.get(ENV_SOCKET):
         return Path(os.environ[ENV_SOCKET])
-    if Path(PIDFILE_NAME).is_file():
-        return _from_pidfile(Path.cwd())
+    if os.environ.get(ENV_STATE_DIR) or Path(PIDFILE_NAME).is_file():
+        return _from_pidfile(agent_files(args), None)
     msg = (
-        "no agent to talk to: pass --socket PATH or --folder DIR (the agent's watched "
-        f"folder), or set {ENV_SOCKET}"
+        "no agent to talk to: pass --socket PATH, --folder DIR (the agent's watched folder) "
+        f"or --state-dir DIR (its state directory, if it has one), or set {ENV_SOCKET} or "
+        f"{ENV_STATE_DIR}"
     )
     raise UsageError(msg)
 
 
-def _from_pidfile(folder: Path) -> Path:
+def _from_pidfile(folder: Path, watched: str | None) -> Path:
     pidfile = folder / PIDFILE_NAME
     try:
         info = json.loads(pidfile.read_bytes())
     except FileNotFoundError:
-        msg = f"{pidfile} does not exist: is an agent watching {folder}?"
+        if watched is not None and Path(watched) == folder:
+            msg = (
+                f"{pidfile} does not exist: is an agent watching {folder}? An agent that "
+                "keeps its files in a state directory (hotpatch run --state-dir DIR, "
+                "install(state_dir=DIR)) is found with --state-dir DIR, or with "
+                f"{ENV_STATE_DIR}=DIR"
+            )
+        else:
+            msg = f"{pidfile} does not exist: is an agent running with the state dir {folder}?"
         raise UsageError(msg) from None
     except (OSError, ValueError) as exc:
         msg = f"{pidfile} cannot be read: {exc}"

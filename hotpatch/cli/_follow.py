@@ -15,7 +15,8 @@ from typing import Any, TextIO
 
 from hotpatch.agent._names import PIDFILE_NAME
 from hotpatch.agent._outcome_log import FOLDER, LogTail
-from hotpatch.cli._ask import ENV_SOCKET, EXIT_OK, Answer, UsageError, ask
+from hotpatch.agent._state_dir import ENV_STATE_DIR, read_only
+from hotpatch.cli._ask import ENV_SOCKET, EXIT_OK, Answer, UsageError, agent_files, ask
 
 __all__ = [
     "OUTCOME_DIRS",
@@ -36,12 +37,12 @@ def rollout_status_file(args: argparse.Namespace) -> Path | None:
     """The status file of the supervisor this command talks to; ``None`` for an agent."""
     if getattr(args, "socket", None):
         folder = Path(args.socket).absolute().parent
-    elif getattr(args, "folder", None):
-        folder = Path(args.folder)
+    elif getattr(args, "state_dir", None) or getattr(args, "folder", None):
+        folder = agent_files(args)
     elif os.environ.get(ENV_SOCKET):
         folder = Path(os.environ[ENV_SOCKET]).absolute().parent
     else:
-        folder = Path.cwd()
+        folder = agent_files(args)
     try:
         info = json.loads((folder / PIDFILE_NAME).read_bytes())
     except (OSError, ValueError):
@@ -172,15 +173,28 @@ def watch_folder(args: argparse.Namespace) -> int:
     result files that appear in the outcome directories are shown too (an
     agent of an earlier release writes no log), each outcome once. For a
     supervisor's folder (not with ``--json``), its rollouts' progress lines.
+    An agent with a state directory keeps the log and the outcome folders
+    there (``agent_files``: --state-dir, or found through $HOTPATCH_STATE_DIR).
     """
     from watchdog.events import FileSystemEvent, FileSystemEventHandler  # noqa: PLC0415
     from watchdog.observers import Observer  # noqa: PLC0415
 
     from hotpatch.agent._observer import stop_observer  # noqa: PLC0415 - imports watchdog
 
-    folder = Path(args.folder)
+    folder = agent_files(args)
     if not folder.is_dir():
-        msg = f"{folder} is not a folder: give the patch folder an agent or supervisor watches"
+        what = (
+            "the state directory of an agent or supervisor (--state-dir)"
+            if getattr(args, "state_dir", None) or not getattr(args, "folder", None)
+            else "the patch folder an agent or supervisor watches"
+        )
+        msg = f"{folder} is not a folder: give {what}"
+        raise UsageError(msg)
+    if read_only(folder):
+        msg = (
+            f"{folder} is read-only, so its agent keeps its outcomes elsewhere: give its "
+            f"state directory, --state-dir DIR (or set {ENV_STATE_DIR}=DIR)"
+        )
         raise UsageError(msg)
     seen: queue.Queue[Path] = queue.Queue()
 

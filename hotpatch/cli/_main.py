@@ -25,6 +25,7 @@ from pathlib import Path
 from hotpatch import _errors
 from hotpatch._version import __version__
 from hotpatch.agent._names import PIDFILE_NAME
+from hotpatch.agent._state_dir import ENV_STATE_DIR
 from hotpatch.cli._ask import (
     DEFAULT_TIMEOUT,
     ENV_SOCKET,
@@ -33,6 +34,7 @@ from hotpatch.cli._ask import (
     EXIT_USAGE,
     Answer,
     UsageError,
+    agent_files,
     ask,
     fail,
     finish,
@@ -64,7 +66,7 @@ __all__ = ["RolloutFollower", "main", "render_rollout"]
 ENV_KEY = "HOTPATCH_SIGNING_KEY"
 # The options every command accepts before or after it; each command says which it uses,
 # and one it does not use is refused rather than ignored.
-AGENT_OPTIONS = ("socket", "folder", "timeout")
+AGENT_OPTIONS = ("socket", "folder", "state_dir", "timeout")
 
 # -- parser -------------------------------------------------------------------------------
 
@@ -90,6 +92,14 @@ def _parser() -> argparse.ArgumentParser:
         default=argparse.SUPPRESS,
         help=f"the agent's watched folder: its socket is read from DIR/{PIDFILE_NAME} "
         f"(default: the current directory, when it holds {PIDFILE_NAME})",
+    )
+    where.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        default=argparse.SUPPRESS,
+        help=f"the agent's state directory, when it keeps its files outside the folder "
+        f"(hotpatch run --state-dir DIR): its socket is read from DIR/{PIDFILE_NAME} "
+        f"(default: ${ENV_STATE_DIR})",
     )
     where.add_argument(
         "--timeout",
@@ -193,7 +203,8 @@ def _parser() -> argparse.ArgumentParser:
         nargs="?",
         default=argparse.SUPPRESS,
         metavar="DIR",
-        help="the patch folder, the same as --folder DIR (default: .)",
+        help="the patch folder, the same as --folder DIR (default: .; with --state-dir or "
+        f"${ENV_STATE_DIR}, the outcomes are read from that state directory)",
     )
     watch.add_argument(
         "--count",
@@ -201,7 +212,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help="end after N outcomes and rollbacks (default: follow until interrupted)",
     )
-    watch.set_defaults(run=_watch, uses=("folder",))
+    watch.set_defaults(run=_watch, uses=("folder", "state_dir"))
 
     keygen = commands.add_parser(
         "keygen",
@@ -280,7 +291,7 @@ def _refuse_unused(args: argparse.Namespace) -> None:
     unused = [f"--{name}" for name in AGENT_OPTIONS if hasattr(args, name) and name not in uses]
     if unused:
         what = (
-            "it follows a folder, given as DIR or --folder DIR"
+            "it follows a folder, given as DIR or --folder DIR (or --state-dir DIR)"
             if args.command == "watch"
             else "it does not talk to an agent"
         )
@@ -297,7 +308,7 @@ def _watch(args: argparse.Namespace) -> int:
     if len(given) > 1:
         msg = f"watch got two folders ({' and '.join(sorted(given))}): give one"
         raise UsageError(msg)
-    args.folder = given.pop() if given else "."
+    args.folder = given.pop() if given else None
     return watch_folder(args)
 
 
@@ -313,7 +324,7 @@ def _supervisor_status(args: argparse.Namespace) -> Answer | None:
     """The status file of the supervisor owning --folder (or ./), ``None`` for an agent."""
     if getattr(args, "socket", None):
         return None
-    folder = Path(args.folder) if getattr(args, "folder", None) else Path.cwd()
+    folder = agent_files(args)
     try:
         info = json.loads((folder / PIDFILE_NAME).read_bytes())
     except (OSError, ValueError):

@@ -74,6 +74,7 @@ def show_status(answer: Answer, out: TextIO) -> None:
         ("level", level if level else f"baseline only ({answer.get('baseline')})"),
         ("pid", answer.get("pid")),
         ("watch", answer.get("watch")),
+        ("state dir", answer.get("state_dir")),
         ("journal", answer.get("journal")),
         ("socket", answer.get("socket")),
         ("pending", answer.get("pending")),
@@ -82,7 +83,7 @@ def show_status(answer: Answer, out: TextIO) -> None:
         ("journal report", answer.get("journal_report")),  # pre-fork workers' group journal
         ("journal error", answer.get("journal_error")),
     ]
-    optional = ("socket", "folder", "journal report", "journal error")
+    optional = ("state dir", "socket", "folder", "journal report", "journal error")
     print(table([r for r in rows if r[0] not in optional or r[1]]), file=out)
     _show_workers(answer.get("workers") or [], out)
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from packaging.version import InvalidVersion, Version
 
 from hotpatch._logging import show_log_lines
+from hotpatch.agent._state_dir import ENV_STATE_DIR, refuse_read_only
 from hotpatch.service._channel import ENV_BASELINE, parse_address, parse_bind
 from hotpatch.supervisor._activation import passed_sockets
 from hotpatch.supervisor._child import ChildSpec
@@ -213,6 +214,16 @@ def build_parser() -> argparse.ArgumentParser:
         "it in the service process (hot, or through a memory-preserving restart)",
     )
     patches.add_argument(
+        "--state-dir",
+        type=Path,
+        metavar="DIR",
+        help="keep everything hotpatch writes about the folder here -- outcome folders and "
+        "result files, the outcome log, lock, pidfile, control socket, journal, releases -- "
+        "so the patch folder is only read (needed for a read-only one, such as a Kubernetes "
+        f"ConfigMap volume; default ${ENV_STATE_DIR} with --watch; hotpatch status, watch, "
+        "apply... find it by --state-dir DIR or the same variable)",
+    )
+    patches.add_argument(
         "--baseline",
         default=os.environ.get(ENV_BASELINE),
         metavar="V",
@@ -222,7 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--journal",
         type=Path,
         metavar="PATH",
-        help="where the service processes keep the patch level (default DIR/.journal.json)",
+        help="where the service processes keep the patch level (default DIR/.journal.json, "
+        "DIR being --state-dir when given)",
     )
     patches.add_argument(
         "--trusted-keys",
@@ -239,7 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--releases",
         type=Path,
         metavar="DIR",
-        help="where baseline bundles are unpacked, one folder per version (default DIR/.releases)",
+        help="where baseline bundles are unpacked, one folder per version (default "
+        "DIR/.releases, DIR being --state-dir when given)",
     )
     patches.add_argument(
         "--window",
@@ -252,7 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         metavar="PATH",
         help="the control socket `hotpatch apply|rollback|history|verify|status` talk to "
-        "(default DIR/.hotpatch.sock; either way named in DIR/.hotpatch.json)",
+        "(default DIR/.hotpatch.sock; either way named in DIR/.hotpatch.json; DIR being "
+        "--state-dir when given)",
     )
     patches.add_argument(
         "--verify-timeout",
@@ -314,6 +328,21 @@ def _config(args: argparse.Namespace, command: list[str]) -> SupervisorConfig:
             msg = f"--{option.replace('_', '-')} must be positive"
             raise ValueError(msg)
     watch = args.watch.absolute() if args.watch else None
+    state_dir = args.state_dir or (
+        Path(os.environ[ENV_STATE_DIR]) if os.environ.get(ENV_STATE_DIR) and watch else None
+    )
+    state_dir = state_dir.absolute() if state_dir is not None else None
+    if state_dir is not None and watch is None:
+        msg = (
+            f"--state-dir {args.state_dir} keeps what hotpatch writes about its patch folder: "
+            "give --watch DIR too"
+        )
+        raise ValueError(msg)
+    if watch is not None and state_dir is None:
+        try:
+            refuse_read_only(watch)
+        except PermissionError as exc:
+            raise ValueError(str(exc)) from None
     if watch is not None and not args.baseline:
         msg = f"--watch needs the service's baseline: --baseline V (or ${ENV_BASELINE})"
         raise ValueError(msg)
@@ -324,7 +353,7 @@ def _config(args: argparse.Namespace, command: list[str]) -> SupervisorConfig:
         )
         raise ValueError(msg)
     _check_paths(args, command)
-    journal = args.journal or (watch / ".journal.json" if watch else None)
+    journal = args.journal or ((state_dir or watch) / ".journal.json" if watch else None)
     return SupervisorConfig(
         spec=ChildSpec(tuple(command)),
         watch=watch,
@@ -336,6 +365,7 @@ def _config(args: argparse.Namespace, command: list[str]) -> SupervisorConfig:
         releases=args.releases.absolute() if args.releases else None,
         window=args.window,
         control_socket=args.control_socket.absolute() if args.control_socket else None,
+        state_dir=state_dir,
         binds=tuple(args.bind),
         state_limit=args.state_mb * 2**20,
         drain_timeout=args.drain_timeout,

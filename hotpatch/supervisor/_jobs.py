@@ -79,6 +79,7 @@ class Jobs:
         info = current.info if current is not None else {}
         return {
             "watch": str(self.config.watch) if self.config.watch else None,
+            **({"state_dir": str(self.config.state_dir)} if self.config.state_dir else {}),
             "journal": str(self.config.journal) if self.config.journal else None,
             "baseline": info.get("baseline", self.config.baseline),
             "level": info.get("level", []),

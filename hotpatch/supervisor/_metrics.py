@@ -95,9 +95,10 @@ class MetricsBridge:
         self._levels: dict[str, tuple[int, str, tuple[str, ...]]] = {}  # pid, baseline, level
         self._service: tuple[str, tuple[str, ...]] | None = None
         self._failed = False
-        watch = runner.config.watch
-        # From here on: earlier runs' outcomes are not this run's.
-        self._outcomes = LogTail(watch) if watch is not None else None
+        # The outcome log is in --state-dir, else in the folder. From here on: earlier
+        # runs' outcomes are not this run's.
+        state = runner.config.state_dir or runner.config.watch
+        self._outcomes = LogTail(state) if state is not None else None
 
     # -- the periodic look
 

@@ -81,8 +81,11 @@ class SupervisedPipeline:
             raise ValueError(msg)
         self.supervisor = supervisor
         self.watch = config.watch.absolute()
-        # --control-socket, or DIR/.hotpatch.sock; named in DIR/.hotpatch.json either way
-        self.socket = (config.control_socket or self.watch / SOCKET_NAME).absolute()
+        # Where the pipeline writes: --state-dir (the folder is only read), else the folder.
+        self.state_dir = config.state_dir.absolute() if config.state_dir else None
+        self.state = self.state_dir or self.watch
+        # --control-socket, or STATE/.hotpatch.sock; named in STATE/.hotpatch.json either way
+        self.socket = (config.control_socket or self.state / SOCKET_NAME).absolute()
         self.checks = Checks.of(
             require_signature=config.require_signature,
             trusted_keys=config.trusted_keys,
@@ -90,11 +93,11 @@ class SupervisedPipeline:
             verify=True,
             max_bytes=DEFAULT_MAX_BYTES,
         )
-        self.staging = Staging(self.watch)
-        releases = config.releases or self.watch / ".releases"
+        self.staging = Staging(self.state)
+        releases = config.releases or self.state / ".releases"
         self.applier = SupervisorApplier(supervisor, self.checks, self.staging, releases)
         self.pipeline = DropPipeline(
-            self.applier, self.checks, self.staging, outcome_log=OutcomeLog(self.watch)
+            self.applier, self.checks, self.staging, outcome_log=OutcomeLog(self.state)
         )
         self._handle = dispatch(Commands(self.pipeline, self.status).table())
         self._watch: FolderWatch | None = None
@@ -105,8 +108,9 @@ class SupervisedPipeline:
         if self._stack is not None:
             return self
         with contextlib.ExitStack() as stack:
-            check_folder(self.watch)  # refuse an unsafe folder before anything runs
-            lock = stack.enter_context(FolderLock(self.watch))
+            # refuse an unsafe folder (or a read-only one without --state-dir) before anything runs
+            check_folder(self.watch, state=self.state_dir)
+            lock = stack.enter_context(FolderLock(self.state))
             stack.enter_context(self.staging)
             stack.enter_context(self.pipeline.verifying())  # once the service says its sys.path
             server = stack.enter_context(ControlServer(self.socket, self._handle))
@@ -120,6 +124,7 @@ class SupervisedPipeline:
                 pidfile=self._pidfile,
                 lock=lock,
                 server=server,
+                state=self.state_dir,
             )
             self._watch = stack.enter_context(watch)
             self._stack = stack.pop_all()
@@ -163,6 +168,7 @@ class SupervisedPipeline:
             "socket": str(self.socket),
             "baseline": self.supervisor.baseline,
             "folder": str(self.watch),
+            "state_dir": str(self.state_dir) if self.state_dir else None,
             "supervisor": True,
             "status_file": str(status) if status else None,
         }

@@ -56,6 +56,7 @@ class SupervisorConfig:
     releases: Path | None = None  # where baseline bundles are unpacked
     window: tuple[datetime.time, datetime.time] | None = None  # maintenance window, UTC
     control_socket: Path | None = None  # the folder's control socket (None: DIR/.hotpatch.sock)
+    state_dir: Path | None = None  # where the folder's outcomes, lock... go (None: the folder)
     # After a restart that changes the code: serve ``settle`` seconds, then the new
     # process's health (hooks, and GET ``health_url``); unhealthy -> back to the old code.
     health_url: str | None = None

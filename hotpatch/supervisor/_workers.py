@@ -155,6 +155,7 @@ class Fleet:
         if self.config.watch is not None or self.config.baseline is not None:
             patches = {
                 "watch": str(self.config.watch) if self.config.watch else None,
+                **({"state_dir": str(self.config.state_dir)} if self.config.state_dir else {}),
                 "baseline": self.baseline,
                 "level": sorted(
                     {v for w in workers for v in w["level"]},

@@ -73,12 +73,14 @@ class Worker:
     """A running worker: registered, at the group's level, owning the folder or waiting to.
 
     ``settings`` holds the shared folder, the group's journal and this worker's
-    socket (``worker_paths``).
+    socket (``worker_paths``). What the group shares besides the drops -- the
+    lock, the pidfile, ``.workers/``, the outcomes -- is in ``settings.state``
+    (the folder itself, or the state directory that keeps it read-only).
     """
 
     def __init__(self, settings: Settings) -> None:
-        folder, journal, socket = settings.watch, settings.journal, settings.socket
-        if folder is None or journal is None or socket is None:
+        folder, journal, socket = settings.state, settings.journal, settings.socket
+        if settings.watch is None or folder is None or journal is None or socket is None:
             msg = "a worker needs the shared folder, the group's journal and its own socket"
             raise ValueError(msg)
         self.settings = settings
@@ -86,7 +88,7 @@ class Worker:
         self._watch: FolderWatch | None = None
         lock = threading.RLock()  # one patch operation at a time, drops and peers alike
         with contextlib.ExitStack() as stack:
-            check_folder(folder)
+            check_folder(settings.watch, state=settings.state_dir)
             self._plugins = settings.plugins.load(settings.checks)
             with start_lock(workers_dir(folder)):  # one worker at a time, to the end
                 peers = other_workers(folder)
@@ -130,7 +132,7 @@ class Worker:
             os.getpid(),
             settings.baseline,
             ", ".join(local.level()) or "-",
-            folder,
+            settings.watch,
             "owner" if self.ownership.owner else "waiting to own it",
         )
 
@@ -164,12 +166,19 @@ class Worker:
 
     def _take(self, stack: contextlib.ExitStack[bool | None]) -> None:
         """Now the owner: record the running level, open staging, start the verifier, watch."""
-        folder = self.ownership.folder
+        folder = self.settings.watch
+        assert folder is not None  # a worker has a folder (checked when made)
         self.journal.take_over(self.registry, who=f"worker:{os.getpid()} (took the folder)")
         stack.enter_context(self.pipeline.staging)
         stack.enter_context(self.pipeline.verifying(warm=library_modules()))
         process = functools.partial(self.pipeline.process, who=f"folder:{folder}")
-        watch = FolderWatch(folder, process, checks=self.settings.checks, pidfile=self._pidfile)
+        watch = FolderWatch(
+            folder,
+            process,
+            checks=self.settings.checks,
+            pidfile=self._pidfile,
+            state=self.settings.state_dir,
+        )
         self._watch = stack.enter_context(watch)
 
     def _pending(self) -> list[str]:
@@ -177,11 +186,12 @@ class Worker:
 
     def _pidfile(self) -> dict[str, Any]:
         """``.hotpatch.json``: the owner's socket (``hotpatch status --folder`` talks to it)."""
-        folder = self.ownership.folder
+        state_dir = self.settings.state_dir
         return {
             "pid": os.getpid(),
             "socket": str(self.settings.socket),
             "baseline": self.settings.baseline,
-            "folder": str(folder),
-            "workers": str(folder / WORKERS_DIR),
+            "folder": str(self.settings.watch),
+            "workers": str(self.ownership.folder / WORKERS_DIR),
+            "state_dir": str(state_dir) if state_dir else None,
         }
