@@ -26,6 +26,7 @@ def run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
         (["--control-socket", "nodir/s.sock", "--", "true"], "its folder"),
         (["--", "no-such-command-here"], "'no-such-command-here' is not found on PATH"),
         (["--", "./not-there.sh"], "'./not-there.sh' is not an executable file"),
+        (["--state-dir", "state", "--", "true"], "--state-dir state keeps what hotpatch writes"),
     ],
 )
 def test_a_bad_option_is_refused_at_start(tmp_path: Path, args: list[str], error: str) -> None:
