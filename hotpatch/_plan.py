@@ -152,11 +152,7 @@ def make_plan(patch: Patch, level: Level) -> Plan:
         else:
             planner.add_function(resolve(replacement.target, patch=v), replacement.new)
     planner.add_names([e for e in level.stack if e not in replaced])
-    planner.scan_nested()  # the heap scan: only for nested targets
-    for k, change in planner.pristine.items():  # cumulative: what it does not touch goes back
-        plan.changes.setdefault(k, change)
-    planner.nested_back(replaced)
-    plan.caches = caches_of(replaced, plan.caches)
+    planner.finish(replaced)
     for migration in patch.migrations:
         module = import_module(migration.module, patch=v, target=migration.module)
         plan.migrations.append((migration, module))
@@ -219,7 +215,7 @@ class _Planner:
 
     def add_function(self, target: Target, new_obj: Any) -> None:
         plan, spec, func = self.plan, target.spec, target.function
-        if id(func) in self.enclosing:
+        if self.enclosing and id(func) in self.enclosing:
             _both(plan.patch, spec)
         new = accessor_of(new_obj, target.accessor)
         original = self.original(func)
@@ -238,7 +234,8 @@ class _Planner:
             plan.changes[key(func, attr)] = (func, attr, built.state[attr])
         plan.modes[spec] = built.mode + (f" ({built.why})" if built.why else "")
         plan.functions.append(func)
-        plan.caches.extend(target.caches)
+        if target.caches:
+            plan.caches.extend(target.caches)
         plan.patched[spec] = 1
         # Strict quiescence looks for every version a thread could still be running.
         code_key = key(func, "__code__")
@@ -271,6 +268,20 @@ class _Planner:
         names = global_names(new.__code__) - set(old.co_freevars)
         plan.needs.append((target.module, names, new.__globals__, target.spec))
         self.pending.append((target, old, code))
+
+    def finish(self, replaced: Sequence[Applied]) -> None:
+        """After the targets: the heap scan (nested targets only), what a cumulative
+        patch puts back, and the caches to clear, each once."""
+        plan = self.plan
+        if self.pending:
+            self.scan_nested()
+        for k, change in self.pristine.items():  # cumulative: what it does not touch goes back
+            plan.changes.setdefault(k, change)
+        if replaced:
+            self.nested_back(replaced)
+            plan.caches = caches_of(replaced, plan.caches)
+        elif len(plan.caches) > 1:
+            plan.caches = caches_of((), plan.caches)
 
     def scan_nested(self) -> None:
         """Every function already made from a nested target's code: one heap scan per module."""

@@ -278,10 +278,14 @@ class Registry:
                 final.update(entry.before)
             # Nested targets: every function made from their code goes back too, those
             # made after the apply included (what the enclosing code makes once rolled back).
-            settles = going_back(
-                nested_of(popped), lambda f: final.get(key(f, "__code__"), (f, "", f.__code__))[2]
+            nested = nested_of(popped) if any(e.nested or e.replaced for e in popped) else []
+            settles = (
+                going_back(nested, lambda f: final.get(key(f, "__code__"), (f, "", f.__code__))[2])
+                if nested
+                else []
             )
-            final.update((key(o, a), (o, a, v)) for o, a, v in settle_changes(settles, ()))
+            if settles:
+                final.update((key(o, a), (o, a, v)) for o, a, v in settle_changes(settles, ()))
             undo = {k: (obj, attr, current(obj, attr)) for k, (obj, attr, _) in final.items()}
             elapsed = time.perf_counter() - start
             versions = tuple(e.patch.version for e in popped)
@@ -290,7 +294,7 @@ class Registry:
             )
             # The code first, then the journal: the patch being rolled back may have broken
             # what writing the journal needs (json), and the code it brought must go anyway.
-            caches = caches_of(popped)
+            caches = caches_of(popped) if any(e.caches or e.replaced for e in popped) else []
             switch_s = switch(final.values(), undo, caches) if final or caches else 0.0
             recording = self._recording
             if recording is not None and recording.on and popped:

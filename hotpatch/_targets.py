@@ -188,7 +188,10 @@ def resolve(spec: str, *, patch: str) -> Target:
         kind, obj = "method", obj.__func__
     else:
         kind = "method" if owner is not None else "function"
-    function, caches = unwrap(obj, spec, patch=patch)
+    if type(obj) is types.FunctionType and obj.__closure__ is None and not obj.__dict__:
+        function, caches = obj, ()  # the usual target: nothing wraps it, nothing to look up
+    else:
+        function, caches = unwrap(obj, spec, patch=patch)
     refuse_own(function.__module__, patch=patch, target=spec)  # hotpatch's, imported elsewhere
     return Target(spec, module, function, owner, kind, accessor, caches)
 
@@ -200,9 +203,14 @@ def unwrap(obj: Any, spec: str, *, patch: str) -> tuple[types.FunctionType, tupl
     ``NotPatchable`` if there is none, or if it is a decorator's wrapper hiding the
     function ``spec`` names (no ``__wrapped__``).
     """
+    if type(obj) is types.FunctionType and not obj.__dict__:  # the usual target: no lookups
+        if obj.__closure__ is not None:
+            _refuse_hidden(obj, spec, patch)
+        return obj, ()
     chain = _wrapped_chain(obj)
     function = _unwrap(chain[-1], spec, patch)
-    _refuse_hidden(function, spec, patch)
+    if function.__closure__ is not None:  # without cells, nothing can hide in it
+        _refuse_hidden(function, spec, patch)
     return function, tuple(w for w in chain if callable(getattr(w, "cache_clear", None)))
 
 
@@ -264,6 +272,8 @@ def _refuse_hidden(function: types.FunctionType, spec: str, patch: str) -> None:
     Replacing the wrapper's code would silently drop the decorators.
     """
     qualname = spec.partition(":")[2]
+    if function.__code__.co_qualname == qualname:
+        return
     for suffix in (".setter", ".deleter", ".getter"):
         qualname = qualname.removesuffix(suffix)
     if function.__code__.co_qualname == qualname:
