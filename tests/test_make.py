@@ -407,7 +407,8 @@ BASELINE_CASES = {
         [("    return weight + 1\n", "    return weight + 2\n")],
         None,
         "shop.pricing:handling",
-        "wrapped by bare.<locals>.wrapper",
+        "hidden by decorator wrappers that do not keep __wrapped__ (functools.wraps): "
+        "shop.pricing:handling leads to shop.pricing:bare.<locals>.wrapper",
     ),
     "changed import": (
         [("from decimal import Decimal\n", "from fractions import Fraction as Decimal\n")],
