@@ -484,3 +484,25 @@ def test_missing_outcome_folders_are_made_again_in_the_state_dir(
     os.rename(outbox / "notes.txt", folder / "notes.txt")
     assert "not a patch" in outcome(state, "notes.txt")["reason"]
     assert sorted(os.listdir(folder)) == ["notes.txt"]
+
+
+def test_a_state_dir_others_can_write_takes_no_drop_until_it_is_closed_again(
+    tmp_path: Path, target: types.ModuleType, agents: Callable[..., hotpatch.Agent]
+) -> None:
+    folder, state, outbox = tmp_path / "patches", tmp_path / "state", tmp_path / "outbox"
+    folder.mkdir(mode=0o700)
+    outbox.mkdir()
+    agent = agents(folder, state)
+    state.chmod(0o777)  # anyone could now plant result files, so a patch is never taken
+    wait_for(lambda: not agent.status()["folder"]["safe"], "the guard to see it")
+    assert "state directory" in agent.status()["folder"]["problem"]
+    assert "chmod go-w" in agent.status()["folder"]["problem"]
+    (outbox / "fix.py").write_bytes(patch(f"{target.__name__}:f", "1.0.1", "one"))
+    os.rename(outbox / "fix.py", folder / "fix.py")
+    wait_for(lambda: "fix.py" in agent.status()["pending"], "fix.py to wait")
+    assert results(state, "fix.py") == []
+    assert target.f() == "base"
+    state.chmod(0o700)
+    assert outcome(state, "fix.py")["outcome"] == "applied"
+    assert agent.status()["folder"]["safe"]
+    assert target.f() == "one"

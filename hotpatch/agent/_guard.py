@@ -71,9 +71,13 @@ def folder_problem(
 
     An outcome folder (or staging) that is missing is made, mode 0700, once
     the folder itself is found safe (said in a warning, unless ``first``: at
-    start); in ``state``, the agent's state directory, when it has one.
+    start); in ``state``, the agent's state directory, when it has one --
+    which is judged as the folder is (gone, a link, another user's, writable
+    by others: no drop is taken).
     """
     found = _the_folder(folder)
+    if found is None and state is not None:
+        found = _the_state_dir(state)
     for sub in SUBFOLDERS:
         if found is not None:
             return found
@@ -100,6 +104,22 @@ def _the_folder(folder: Path) -> Problem | None:
     if not stat.S_ISDIR(st.st_mode):
         return NotADirectoryError, f"patch folder {folder} is not a directory"
     return _owned_and_closed(folder, st, what="patch folder ")
+
+
+def _the_state_dir(state: Path) -> Problem | None:
+    try:
+        st = state.lstat()
+    except FileNotFoundError:
+        return FileNotFoundError, (
+            f"state directory {state} is gone (deleted, or renamed away), and with it the "
+            f"agent's lock and outcomes; make it again (`mkdir -m 0700 {state}` as uid "
+            f"{os.geteuid()}), or restart the service"
+        )
+    except OSError as exc:
+        return PermissionError, f"state directory {state} cannot be read: {exc.strerror or exc}"
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+        return PermissionError, f"state directory {state} is not a directory (a link or a file)"
+    return _owned_and_closed(state, st, what="state directory ")
 
 
 def _subfolder(folder: Path, sub: str, *, first: bool) -> Problem | None:
