@@ -30,7 +30,7 @@ from hotpatch.service._channel import (
 )
 from hotpatch.service._listeners import Gate, Listener
 from hotpatch.service._rounds import PreservedState
-from hotpatch.service._runtime import reset
+from hotpatch.service._runtime import get_runtime, reset
 
 SERVICE = Path(__file__).parent / "services" / "counter_service.py"
 
@@ -334,6 +334,37 @@ def test_a_closed_gate_holds_accepts_and_counts_connections_in_flight() -> None:
         with socket.create_connection(address):
             unrelated, _ = server.accept()  # the next process would take it
             unrelated.close()
+
+
+def test_sigterm_is_taken_only_when_the_service_left_it_to_python(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with ours:
+        monkeypatch.setenv(ENV_CONTROL, str(theirs.detach()))
+        runtime = get_runtime()  # as under the supervisor: a control channel
+        previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        try:
+            runtime._take_sigterm()
+            assert runtime._handles_sigterm()
+            reset()  # forgets the runtime, and puts Python's default back
+            assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+            def own(signum: int, frame: object) -> None:
+                pass
+
+            signal.signal(signal.SIGTERM, own)  # the service's own: left alone
+            get_runtime()._take_sigterm()
+            assert signal.getsignal(signal.SIGTERM) is own
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            elsewhere = threading.Thread(target=get_runtime()._take_sigterm)
+            elsewhere.start()
+            elsewhere.join()
+            assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+            assert "outside the main thread" in caplog.text
+        finally:
+            reset()
+            signal.signal(signal.SIGTERM, previous)
 
 
 # -- control messages -------------------------------------------------------------------------

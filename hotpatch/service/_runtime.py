@@ -503,6 +503,11 @@ def reset() -> None:
     with _runtime_lock:
         if _runtime is not None:
             atexit.unregister(_runtime._at_exit)
+            if (
+                _runtime._handles_sigterm()
+                and threading.current_thread() is threading.main_thread()
+            ):
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)  # as it found it
             for sock in _runtime.listeners.values():
                 with contextlib.suppress(OSError):
                     sock.close()
