@@ -145,6 +145,7 @@ class Taken:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self._taken: set[tuple[str, str]] = set()
+        self._names: set[str] = set()  # every name taken, whatever its content
 
     def load(self) -> None:
         """Read the ``configmap`` (or ``kept``) key of every result file in the outcome folders."""
@@ -160,10 +161,10 @@ class Taken:
             record = json.loads(result.read_bytes())
             if "kept" in record:
                 mark = record["kept"]
-                self._taken.add((str(mark["file"]), KEPT + str(mark["identity"])))
+                self.add(str(mark["file"]), KEPT + str(mark["identity"]))
             else:
                 mark = record["configmap"]
-                self._taken.add((str(mark["file"]), str(mark["sha256"])))
+                self.add(str(mark["file"]), str(mark["sha256"]))
         except (OSError, ValueError, KeyError, TypeError):
             return  # not a ConfigMap drop's result (or not readable): nothing to note
 
@@ -172,6 +173,11 @@ class Taken:
 
     def add(self, name: str, sha256: str) -> None:
         self._taken.add((name, sha256))
+        self._names.add(name)
+
+    def has_name(self, name: str) -> bool:
+        """Was something taken under ``name`` (as it is now, or before it changed)?"""
+        return name in self._names
 
     def stage(self, drop: ConfigMapDrop, signature: bytes | None) -> Path:
         """A private copy of the bytes read (and of the signature) to give the pipeline."""

@@ -329,7 +329,8 @@ class Folder:
             and not n.endswith(SIGNATURE_SUFFIX)
             and n not in OUTCOME_DIRS.values()
             and not is_configmap_link(self.path, n)  # announced by the kubelet's swap
-            and not (self._keep and self._kept_mark(n) in self._taken)  # taken, stays
+            # Taken, and stays: changed since, its event announces it (no stat per pick).
+            and not (self._keep and self._taken.has_name(n))
         ]
 
     def _key(self, name: str) -> SortKey:
