@@ -40,10 +40,12 @@ Then it stops injecting, lets the folder settle, stops the load and checks:
   while the folder holding the socket was being replaced;
 * no process is left behind once ``hotpatch run`` stops.
 
-Disk-full faults need a filesystem of bounded size (a tmpfs mount, root):
-they are not injected here.
+With ``--disk-full`` (root: the folder and the journal go on a tmpfs of their
+own) the filesystem is also filled for a moment at random, right after a good
+patch is dropped: that patch must still end ``applied``.
 
-Usage: ``python benchmarks/chaos.py [--seconds S] [--seed N] [--quick] [--json PATH]``.
+Usage: ``python benchmarks/chaos.py [--seconds S] [--seed N] [--disk-full] [--quick]
+[--json PATH]``.
 """
 
 from __future__ import annotations
@@ -76,6 +78,7 @@ BASELINE = "1.0"
 MIGRATION_TIMEOUT_S = 1.0
 VERIFY_TIMEOUT_S = 2.0
 SIGKILL_EVERY_S = 15.0  # at most one SIGKILL in this time (the supervisor's crash budget)
+DISK_MB = 128  # --disk-full: the folder's filesystem
 SETTLE_S = 120.0  # after the injecting: for the folder to file every drop
 WAIT_S = 60.0
 OUTCOMES = ("applied", "rejected", "pending")
@@ -219,21 +222,22 @@ CONTROL = ("control burst", "idle control clients")
 class Service:
     """``hotpatch run --watch`` of the chaos service, in a folder of its own."""
 
-    def __init__(self, root: Path) -> None:
-        self.root = root
+    def __init__(self, root: Path, disk: Path) -> None:
+        self.root = root  # the code, the status file and the log
+        self.disk = disk  # the folder, the journal, what is dropped or taken away
         self.tag = f"hotpatch-chaos-{uuid.uuid4().hex}"
         code = root / "code"
         code.mkdir()
         (code / "chaos_service.py").write_text(SERVICE)
         (code / "chaos_logic.py").write_text(LOGIC)
-        self.folder = root / "patches"
+        self.folder = disk / "patches"
         self.status_file = root / "status.json"
         self.log_file = root / "supervisor.log"
         command = [sys.executable, "-m", "hotpatch.supervisor", "run"]
         command += ["--bind", "http=127.0.0.1:0", "--status-file", str(self.status_file)]
         command += ["--watch", str(self.folder), "--baseline", BASELINE, "--allow-unsigned"]
         command += ["--verify-timeout", str(VERIFY_TIMEOUT_S), "--max-restarts", "50"]
-        command += ["--snapshot-interval", "1", "--journal", str(root / "journal.json")]
+        command += ["--snapshot-interval", "1", "--journal", str(disk / "journal.json")]
         command += ["--", sys.executable, str(code / "chaos_service.py"), "--tag", self.tag]
         env = dict(os.environ, HOTPATCH_MIGRATION_TIMEOUT=str(MIGRATION_TIMEOUT_S))
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
@@ -448,11 +452,13 @@ class Control:
 class Chaos:
     """Injects one random fault at a time and remembers what it dropped."""
 
-    def __init__(self, service: Service, rng: random.Random, control: Control) -> None:
+    def __init__(
+        self, service: Service, rng: random.Random, control: Control, *, disk_full: bool
+    ) -> None:
         self.service = service
         self.rng = rng
         self.control = control
-        self.outbox = service.root / "outbox"
+        self.outbox = service.disk / "outbox"
         self.outbox.mkdir()
         self.faults: collections.Counter[str] = collections.Counter()
         self.drops: list[tuple[str, str, str | None]] = []  # (name, kind, version)
@@ -462,6 +468,8 @@ class Chaos:
         self.last_kill = -SIGKILL_EVERY_S
         self.serial = 0
         self.kinds = [*PATCHES, *DROPS, *PROCESS, *FOLDER, *CONTROL]
+        if disk_full:
+            self.kinds.append("disk full")
         weights = {"good": 8, "SIGHUP restart": 2, "loops at import": 0.5, "huge": 0.3}
         self.weights = [weights.get(kind, 1.0) for kind in self.kinds]
 
@@ -473,7 +481,11 @@ class Chaos:
         kind = self.rng.choices(self.kinds, self.weights)[0]
         if kind == "SIGKILL service" and time.monotonic() - self.last_kill < SIGKILL_EVERY_S:
             kind = "SIGHUP restart"
-        getattr(self, "_" + kind.replace(" ", "_").replace("-", "_"), self._patch)(kind)
+        try:
+            getattr(self, "_" + kind.replace(" ", "_").replace("-", "_"), self._patch)(kind)
+        except OSError as exc:  # the disk is full: this fault could not be set up
+            self.faults[f"({kind}: {exc.strerror})"] += 1
+            return
         self.faults[kind] += 1
 
     def _drop(self, name: str, data: bytes | None, kind: str, version: str | None) -> None:
@@ -538,7 +550,7 @@ class Chaos:
     def _outcome_folder_deleted(self, kind: str) -> None:
         folder = self.service.folder
         outcome = self.rng.choice(OUTCOMES)
-        away = self.service.root / f"gone-{len(self.gone)}"
+        away = self.service.disk / f"gone-{len(self.gone)}"
         away.mkdir()
         with contextlib.suppress(FileNotFoundError):
             os.rename(folder / outcome, away / outcome)  # deleted, as far as the agent knows
@@ -547,12 +559,27 @@ class Chaos:
     def _folder_replaced(self, kind: str) -> None:
         """The folder renamed away (deleted, for the agent), then made again after a moment."""
         folder = self.service.folder
-        away = self.service.root / f"gone-{len(self.gone)}"
+        away = self.service.disk / f"gone-{len(self.gone)}"
         self.replaced.append(time.monotonic())
         os.rename(folder, away)
         self.gone.append(away)
         time.sleep(self.rng.uniform(0.0, 0.5))
         folder.mkdir(mode=0o700)
+
+    def _disk_full(self, kind: str) -> None:
+        """The folder's filesystem filled up for a moment (a tmpfs of its own)."""
+        self._patch("good")  # taken while the disk is full
+        filler = self.service.disk / "filler"
+        block = b"\0" * (1 << 20)
+        try:
+            with filler.open("wb") as out:
+                while True:
+                    out.write(block)
+                    out.flush()
+        except OSError:
+            pass
+        time.sleep(self.rng.uniform(0.2, 2.0))
+        filler.unlink()
 
     def _control_burst(self, kind: str) -> None:
         self.control.burst(self.rng.randint(20, 60))
@@ -667,17 +694,32 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=120.0, help="how long to inject faults")
     parser.add_argument("--seed", type=int, default=None, help="for the random choices")
     parser.add_argument("--quick", action="store_true", help="20 s instead of --seconds")
+    parser.add_argument(
+        "--disk-full",
+        action="store_true",
+        help="also fill the folder's filesystem now and then (a tmpfs: needs root)",
+    )
     parser.add_argument("--json", type=Path, default=RESULTS / f"{NAME}-{PY}.json", metavar="PATH")
     return parser.parse_args(argv)
 
 
-def run(seconds: float, seed: int) -> dict[str, Any]:
+def run(seconds: float, seed: int, *, disk_full: bool = False) -> dict[str, Any]:
     rng = random.Random(seed)
-    with tempfile.TemporaryDirectory(prefix="hotpatch-chaos-") as tmp:
+    with (
+        tempfile.TemporaryDirectory(prefix="hotpatch-chaos-") as tmp,
+        contextlib.ExitStack() as stack,
+    ):
         root = Path(tmp)
-        service = Service(root)
+        disk = root
+        if disk_full:  # the folder and the journal on a filesystem of their own, to fill
+            disk = root / "disk"
+            disk.mkdir()
+            mount = ["mount", "-t", "tmpfs", "-o", f"size={DISK_MB}m,mode=0700", "tmpfs", str(disk)]
+            subprocess.run(mount, check=True)
+            stack.callback(subprocess.run, ["umount", "-l", str(disk)], check=False)
+        service = Service(root, disk)
         control = Control(service.folder / ".hotpatch.sock")
-        chaos = Chaos(service, rng, control)
+        chaos = Chaos(service, rng, control, disk_full=disk_full)
         load = Load(service.address, chaos.kills)
         started = time.monotonic()
         try:
@@ -710,7 +752,7 @@ def run(seconds: float, seed: int) -> dict[str, Any]:
             code = service.stop()
         drops = check_drops(chaos)
         control_failed = control.unexcused(chaos.replaced)
-        journal = check_journal(root / "journal.json", drops["applied"], drops["unknown"])
+        journal = check_journal(disk / "journal.json", drops["applied"], drops["unknown"])
         requests = load.verdict(counters)
         deadline = time.monotonic() + 20
         while (left := leftovers(service.tag, root)) and time.monotonic() < deadline:
@@ -752,7 +794,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     seconds = 20.0 if args.quick else args.seconds
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**32)
-    results = run(seconds, seed)
+    results = run(seconds, seed, disk_full=args.disk_full)
     print(f"chaos: {results['seconds']} s of faults under load, seed {seed}")
     print_table("faults injected", ["fault", "count"], sorted(results["faults"].items()))
     drops = results["drops"]
