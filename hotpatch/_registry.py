@@ -189,21 +189,16 @@ class Registry:
         )
         stack = [entry] if patch.cumulative else [*self._stack, entry]
         undo: list[Callable[[], object]] = []
-        # The order keeps failures away from what cannot be undone: wait for strict
-        # quiescence, write the journal, and only then run the migrations (a migration
-        # without an unmigrate cannot be taken back), right before the switch.
+        # The order: wait for strict quiescence, run the migrations (each within
+        # migration_timeout), write the journal, switch. The journal never holds a patch
+        # whose migrations are still running: a process that dies meanwhile does not
+        # replay it. If the journal cannot be written, the migrations are undone by
+        # their unmigrate (one without leaves what it changed, as when a later
+        # migration raises).
         deadline = time.monotonic() + patch.quiescence_timeout
         try:
             self.plugins.notify("hotpatch_before_apply", patch=patch, registry=self)
             self._quiesce(plan, deadline)
-            elapsed = time.perf_counter() - start
-            record = HistoryEntry(
-                time.time(), action, patch.version, _versions(stack), elapsed, who
-            )
-            recording = self._recording
-            if recording is not None and recording.on and action != "replay":
-                undo.append(recording.undo_point())
-                recording.record([e.patch for e in stack], [*self._history, record])
             for migration, module in plan.migrations:
                 run_migration(migration, module, patch.version, self.migration_timeout)
                 undo.extend(
@@ -213,6 +208,14 @@ class Registry:
                 )
             if plan.migrations:  # a thread may have entered a target meanwhile
                 self._quiesce(plan, deadline)
+            elapsed = time.perf_counter() - start
+            record = HistoryEntry(
+                time.time(), action, patch.version, _versions(stack), elapsed, who
+            )
+            recording = self._recording
+            if recording is not None and recording.on and action != "replay":
+                undo.append(recording.undo_point())
+                recording.record([e.patch for e in stack], [*self._history, record])
             switch_s = switch(plan.changes.values(), live, plan.caches)
         except BaseException:
             for step in reversed(undo):

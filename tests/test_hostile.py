@@ -3,10 +3,12 @@ cuts off the way to roll it back, a migration has a deadline, verification leave
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import types
 from collections.abc import Callable
@@ -162,6 +164,28 @@ def test_a_migration_past_its_deadline_refuses_the_patch_and_changes_nothing(
     assert mod.TOUCHED == ["started", "finished"]
     assert registry.level == ()
     assert "abandoned" in caplog.text
+
+
+def test_the_journal_never_holds_a_patch_whose_migration_still_runs(
+    write_patch: Write, make_module: Callable[[str], types.ModuleType], tmp_path: Path
+) -> None:
+    # A process killed during a long migration must not replay that patch at its next
+    # start (where the migration would run, and perhaps hang, again before it serves).
+    mod = make_module(HANGING)
+    journal = tmp_path / "journal.json"
+    registry = hotpatch.Registry("1.0", journal=journal, migration_timeout=60)
+    patch = hotpatch.load_patch(write_patch(_hanging_patch(mod)))
+    applying = threading.Thread(target=registry.apply, args=(patch,))
+    applying.start()
+    try:
+        assert _eventually(lambda: mod.TOUCHED == ["started"])
+        recorded = json.loads(journal.read_text())["level"] if journal.exists() else []
+        assert recorded == []
+    finally:
+        mod.RELEASE.set()
+        applying.join()
+    assert [row["version"] for row in json.loads(journal.read_text())["level"]] == ["1.0.1"]
+    registry.rollback()
 
 
 def test_the_migration_timeout_must_be_positive() -> None:
