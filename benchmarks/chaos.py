@@ -28,7 +28,9 @@ Then it stops injecting, lets the folder settle, stops the load and checks:
   ``applied/``, ``rejected/``, ``pending/``), or is still waiting in the folder;
   a good patch ends ``applied``, every bad one ``rejected`` -- but a patch the
   serving process was taking when it was SIGKILLed ends ``pending`` (it says
-  so: drop it again), which is counted apart;
+  so: drop it again), and one whose folder was replaced while it was verified
+  is refused (its staged copy went away with the folder): both are counted
+  apart;
 * the journal is a prefix of the patches applied, in the order applied;
 * the preserved state counts every answered request exactly: each client's
   answers count 1, 2, 3, ... with no gap and no repeat, except where the
@@ -615,6 +617,7 @@ def check_drops(chaos: Chaos) -> dict[str, Any]:
     problems: list[str] = []
     applied: list[str] = []
     hit = 0  # patches the serving process took as it was SIGKILLed
+    replaced = 0  # patches refused as their folder was replaced while they were verified
     for name, kind, version in chaos.drops:
         places = filed(folders, name)
         if not places:
@@ -636,8 +639,13 @@ def check_drops(chaos: Chaos) -> dict[str, Any]:
         if result is None:
             problems.append(f"{name!r}: filed in {outcome}/ without a readable result")
         elif kind in PATCHES and outcome != EXPECTED[kind]:
-            if outcome == "pending" and "SIGKILL" in str(result.get("reason")):
+            reason = str(result.get("reason"))
+            if outcome == "pending" and "SIGKILL" in reason:
                 hit += 1  # the serving process died taking it: pending, to be dropped again
+            elif chaos.replaced and outcome == "rejected" and _staging_gone(reason):
+                # Its staged copy went away with the folder while it was verified: refused
+                # with that reason (known: the folder's life cycle, not the patch).
+                replaced += 1
             else:
                 problems.append(f"{name!r} ({kind}) ended {outcome}: {result.get('reason')}")
         if result is not None and result.get("outcome") == "applied" and version is not None:
@@ -649,8 +657,13 @@ def check_drops(chaos: Chaos) -> dict[str, Any]:
         "applied": applied,
         "unknown": unknown,
         "pending_by_sigkill": hit,
+        "refused_by_replacement": replaced,
         "problems": problems,
     }
+
+
+def _staging_gone(reason: str) -> bool:
+    return "/.staging/" in reason and "No such file or directory" in reason
 
 
 def check_journal(path: Path, applied: list[str], unknown: list[str]) -> dict[str, Any]:
@@ -811,6 +824,7 @@ def main(argv: list[str] | None = None) -> int:
             ["drops", drops["drops"]],
             ["patches applied", len(drops["applied"])],
             ["patches left pending by a SIGKILL", drops["pending_by_sigkill"]],
+            ["patches refused, folder replaced in their check", drops["refused_by_replacement"]],
             ["journal level", len(journal["level"] or [])],
             ["journal a prefix of the applied", "yes" if journal["prefix"] else "NO"],
             ["requests answered", req["answered"]],
