@@ -281,12 +281,9 @@ class Registry:
                 final.update(entry.before)
             # Nested targets: every function made from their code goes back too, those
             # made after the apply included (what the enclosing code makes once rolled back).
-            nested = nested_of(popped) if any(e.nested or e.replaced for e in popped) else []
-            settles = (
-                going_back(nested, lambda f: final.get(key(f, "__code__"), (f, "", f.__code__))[2])
-                if nested
-                else []
-            )
+            # Caches and nested targets are rare: one look says whether to go on.
+            rare = any(e.nested or e.caches or e.replaced for e in popped)
+            settles = going_back(nested_of(popped), _code_in(final)) if rare else []
             if settles:
                 final.update((key(o, a), (o, a, v)) for o, a, v in settle_changes(settles, ()))
             undo = {k: (obj, attr, current(obj, attr)) for k, (obj, attr, _) in final.items()}
@@ -297,7 +294,7 @@ class Registry:
             )
             # The code first, then the journal: the patch being rolled back may have broken
             # what writing the journal needs (json), and the code it brought must go anyway.
-            caches = caches_of(popped) if any(e.caches or e.replaced for e in popped) else []
+            caches = caches_of(popped) if rare else []
             switch_s = switch(final.values(), undo, caches) if final or caches else 0.0
             recording = self._recording
             if recording is not None and recording.on and popped:
@@ -539,6 +536,16 @@ def _report(plan: Plan, reasons: list[str]) -> CheckReport:
 def _state_before(func: types.FunctionType, before: Mapping[Key, Change]) -> dict[str, Any]:
     """``func``'s state as recorded just before a switch."""
     return {attr: before[key(func, attr)][2] for attr in FUNC_ATTRS}
+
+
+def _code_in(final: Mapping[Key, Change]) -> Callable[[types.FunctionType], types.CodeType]:
+    """A function's code as ``final`` will set it (or as it is, if untouched)."""
+
+    def code_of(func: types.FunctionType) -> types.CodeType:
+        change = final.get(key(func, "__code__"))
+        return change[2] if change is not None else func.__code__
+
+    return code_of
 
 
 def _versions(stack: list[Applied]) -> tuple[str, ...]:
