@@ -267,8 +267,30 @@ def test_heap_scan(tmp_path: Path) -> None:
     assert stdout.count("goal: ") == 2
 
 
+def test_state_dir(tmp_path: Path) -> None:
+    stdout, data = run("state_dir", tmp_path)
+    check_environment(data, "state_dir")
+    assert [(r["kept"], r["drops"]) for r in data["runs"]] == [(0, 3), (5, 3)]
+    for row in data["runs"]:
+        for value in ("folder_median_ms", "state_dir_median_ms", "ratio"):
+            assert row[value] > 0, (row, value)
+        assert row["ratio"] == row["state_dir_median_ms"] / row["folder_median_ms"]
+    header = next(line for line in stdout.splitlines() if line.startswith("files kept"))
+    assert header.split() == [
+        "files",
+        "kept",
+        "drops",
+        "folder",
+        "p99",
+        "state",
+        "dir",
+        "p99",
+        "ratio",
+    ]
+
+
 @pytest.mark.parametrize(
-    "name", ["call_overhead", "apply_latency", "health_gate", "burst", "heap_scan"]
+    "name", ["call_overhead", "apply_latency", "health_gate", "burst", "heap_scan", "state_dir"]
 )
 def test_help_names_the_options(name: str) -> None:
     proc = subprocess.run(
