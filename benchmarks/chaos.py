@@ -46,7 +46,10 @@ With ``--disk-full`` (root: the folder and the journal go on a tmpfs of their
 own) the filesystem is also filled for a moment at random, right after a good
 patch is dropped: that patch must still end ``applied``.
 
-Usage: ``python benchmarks/chaos.py [--seconds S] [--seed N] [--disk-full] [--quick]
+With ``--sigterm`` the service relies on SIGTERM to stop (``ready()`` without
+``drain=``), so the restarts test hotpatch's hand-over of such a service.
+
+Usage: ``python benchmarks/chaos.py [--seconds S] [--seed N] [--sigterm] [--disk-full] [--quick]
 [--json PATH]``.
 """
 
@@ -155,7 +158,10 @@ class Handler(BaseHTTPRequestHandler):
 
 
 server = Server(hotpatch.listen_socket("http"))
-hotpatch.ready(drain=server.drain)
+if "--sigterm" in sys.argv:  # stops on SIGTERM, the usual convention: hotpatch hands over
+    hotpatch.ready()
+else:
+    hotpatch.ready(drain=server.drain)
 server.serve_forever(poll_interval=0.005)
 with server.idle:
     server.idle.wait_for(lambda: server.inflight == 0, 30)
@@ -224,7 +230,7 @@ CONTROL = ("control burst", "idle control clients")
 class Service:
     """``hotpatch run --watch`` of the chaos service, in a folder of its own."""
 
-    def __init__(self, root: Path, disk: Path) -> None:
+    def __init__(self, root: Path, disk: Path, *, sigterm: bool = False) -> None:
         self.root = root  # the code, the status file and the log
         self.disk = disk  # the folder, the journal, what is dropped or taken away
         self.tag = f"hotpatch-chaos-{uuid.uuid4().hex}"
@@ -241,6 +247,7 @@ class Service:
         command += ["--verify-timeout", str(VERIFY_TIMEOUT_S), "--max-restarts", "50"]
         command += ["--snapshot-interval", "1", "--journal", str(disk / "journal.json")]
         command += ["--", sys.executable, str(code / "chaos_service.py"), "--tag", self.tag]
+        command += ["--sigterm"] if sigterm else []
         env = dict(os.environ, HOTPATCH_MIGRATION_TIMEOUT=str(MIGRATION_TIMEOUT_S))
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
         with self.log_file.open("wb") as log:
@@ -708,6 +715,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=None, help="for the random choices")
     parser.add_argument("--quick", action="store_true", help="20 s instead of --seconds")
     parser.add_argument(
+        "--sigterm",
+        action="store_true",
+        help="the service stops on SIGTERM (ready() without drain=) instead of draining",
+    )
+    parser.add_argument(
         "--disk-full",
         action="store_true",
         help="also fill the folder's filesystem now and then (a tmpfs: needs root)",
@@ -716,7 +728,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def run(seconds: float, seed: int, *, disk_full: bool = False) -> dict[str, Any]:
+def run(
+    seconds: float, seed: int, *, disk_full: bool = False, sigterm: bool = False
+) -> dict[str, Any]:
     rng = random.Random(seed)
     with (
         tempfile.TemporaryDirectory(prefix="hotpatch-chaos-") as tmp,
@@ -730,7 +744,7 @@ def run(seconds: float, seed: int, *, disk_full: bool = False) -> dict[str, Any]
             mount = ["mount", "-t", "tmpfs", "-o", f"size={DISK_MB}m,mode=0700", "tmpfs", str(disk)]
             subprocess.run(mount, check=True)
             stack.callback(subprocess.run, ["umount", "-l", str(disk)], check=False)
-        service = Service(root, disk)
+        service = Service(root, disk, sigterm=sigterm)
         control = Control(service.folder / ".hotpatch.sock")
         chaos = Chaos(service, rng, control, disk_full=disk_full)
         load = Load(service.address, chaos.kills)
@@ -785,6 +799,8 @@ def run(seconds: float, seed: int, *, disk_full: bool = False) -> dict[str, Any]
         ]
         log_tail = service.log_file.read_text(errors="replace")[-4000:] if violations else ""
         return {
+            "sigterm": sigterm,
+            "disk_full": disk_full,
             "log_tail": log_tail,
             "seconds": round(injected_s, 1),
             "seed": seed,
@@ -807,7 +823,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     seconds = 20.0 if args.quick else args.seconds
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**32)
-    results = run(seconds, seed, disk_full=args.disk_full)
+    results = run(seconds, seed, disk_full=args.disk_full, sigterm=args.sigterm)
     print(f"chaos: {results['seconds']} s of faults under load, seed {seed}")
     print_table("faults injected", ["fault", "count"], sorted(results["faults"].items()))
     drops = results["drops"]
