@@ -488,3 +488,56 @@ def test_a_dropped_nested_patch_is_verified_applied_and_counted(make_module, tmp
         assert agent.registry is not None
         agent.registry.rollback()
     assert held(1) == 3
+
+
+def test_nested_in_a_method_and_a_decorated_method(make_module, write_patch, registry):
+    """A helper made inside a method, and a decorator's wrapper around methods, through
+    bound methods taken before the patch."""
+    mod = make_module(
+        """
+        import functools
+
+        def audited(fn):
+            @functools.wraps(fn)
+            def wrapper(self, *args):
+                self.log.append(fn.__name__)
+                return fn(self, *args)
+            return wrapper
+
+        class Cart:
+            def __init__(self):
+                self.log = []
+
+            def pricer(self, rate):
+                def price(x):
+                    return x * rate
+                return price
+
+            @audited
+            def total(self, n):
+                return n
+        """
+    )
+    cart = mod.Cart()
+    price, total = cart.pricer(2), cart.total  # made and bound before the patch
+    registry.apply(
+        load(
+            write_patch,
+            f"""
+            @patch.replace("{mod.__name__}:Cart.pricer.<locals>.price")
+            def price(x):
+                return x * rate + 1
+
+            @patch.replace("{mod.__name__}:audited.<locals>.wrapper")
+            def wrapper(self, *args):
+                self.log.append(fn.__name__.upper())
+                return fn(self, *args)
+            """,
+        )
+    )
+    assert (price(3), cart.pricer(3)(3)) == (7, 10)
+    assert total(5) == 5
+    assert cart.log == ["TOTAL"]
+    registry.rollback()
+    assert (price(3), total(5)) == (6, 5)
+    assert cart.log == ["TOTAL", "total"]
