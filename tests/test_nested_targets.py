@@ -541,3 +541,30 @@ def test_nested_in_a_method_and_a_decorated_method(make_module, write_patch, reg
     registry.rollback()
     assert (price(3), total(5)) == (6, 5)
     assert cart.log == ["TOTAL", "total"]
+
+
+def test_a_new_process_replays_a_nested_patch_from_the_journal(make_module, write_patch, tmp_path):
+    """What a restart does: the journal's nested patch reaches the closures made at import."""
+    import subprocess
+
+    mod = make_module(ADDERS)
+    journal = tmp_path / "journal.json"
+    registry = hotpatch.Registry("1.0", journal=journal)
+    registry.apply(load(write_patch, adder_patch(mod.__name__)))
+    assert mod.add2(0) == 20
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.path[:0] = {sys.path!r}
+        import hotpatch, {mod.__name__} as mod
+        before = mod.add2
+        registry = hotpatch.Registry("1.0", journal={str(journal)!r})
+        print(registry.level, before(0), [f(1) for f in mod.ADDERS], mod.make_adder(5)(0))
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split("\n")[0] == "('1.0.1',) 20 [1, 11, 21] 50"
+    registry.rollback()
