@@ -15,8 +15,18 @@ from typing import Any
 
 from packaging.version import Version
 
+from hotpatch._classes import (
+    class_reasons,
+    decorators,
+    innermost,
+    layout_changes,
+    members,
+    rebuild,
+    references,
+    stray_holders,
+)
 from hotpatch._codegen import ABSENT, FUNC_ATTRS, build, capture, rebind
-from hotpatch._errors import JournalError, NameConflict, VerificationFailed
+from hotpatch._errors import JournalError, NameConflict, NotPatchable, VerificationFailed
 from hotpatch._heap import made_from
 from hotpatch._nested import (
     Nested,
@@ -42,11 +52,9 @@ from hotpatch._targets import (
     unwrap,
 )
 from hotpatch._validate import (
-    CLASS_BOILERPLATE,
     check_baseline,
     check_replacement,
     check_version,
-    class_reasons,
     global_names,
 )
 
@@ -111,6 +119,9 @@ class Level:
     originals: Mapping[int, tuple[types.FunctionType, dict[str, Any]]]
     code_of: Callable[[types.FunctionType], types.CodeType]  # sees through wrap()
     journaled: bool  # the level is recorded: a patch must carry its source
+    # The process has not served yet (a restart, a journal replay): what is not hot
+    # goes in anyway, and a class whose layout changes is built again.
+    restarting: bool = False
 
     @property
     def version(self) -> str:
@@ -332,13 +343,27 @@ class _Planner:
 
     def add_class(self, spec: str, new_cls: type) -> None:
         plan = self.plan
-        module, old = resolve_class(spec, patch=plan.patch.version)
+        v = plan.patch.version
+        module, old = resolve_class(spec, patch=v)
         plan.reasons.extend(class_reasons(old, new_cls))
-        for attr, value in vars(new_cls).items():
-            if attr in CLASS_BOILERPLATE:
-                continue
+        if layout_changes(old, new_cls):
+            subclasses: list[type] = old.__subclasses__()
+            if subclasses:
+                msg = (
+                    f"patch {v}: class {spec} changes its layout (bases, metaclass, __slots__ or "
+                    f"enum members), and its subclasses "
+                    f"({', '.join(c.__qualname__ for c in subclasses)}) are built on the old one; "
+                    "not even a restart can change it under them: ship the change as a baseline"
+                )
+                raise NotPatchable(msg, patch=v, target=spec)
+            if self.level.restarting:
+                self.rebuild_class(spec, module, old, new_cls)
+                return
+        for attr, value in members(old, new_cls):
             member = f"{spec}.{attr}"
             existing = self.base(old, attr)
+            if existing is value:
+                continue  # the same object (what a base or a decorator put in both)
             pairs = _function_pairs(existing, value)
             if pairs is not None:
                 for accessor, wrapped, new in pairs:
@@ -354,6 +379,31 @@ class _Planner:
             for func in member_functions(value):
                 names = global_names(func.__code__)
                 plan.needs.append((module, names, func.__globals__, member))
+
+    def rebuild_class(self, spec: str, module: types.ModuleType, old: type, new_cls: type) -> None:
+        """A layout change in a process not serving yet: a new class where the old one was."""
+        plan, v = self.plan, self.plan.patch.version
+        held = stray_holders(old)
+        if held:
+            msg = (
+                f"patch {v}: class {spec} changes its layout, but {', '.join(held)} holding it "
+                "(made at import, or from preserved state) would keep the old one; make them "
+                "after hotpatch.ready(), or ship the change as a baseline"
+            )
+            raise NotPatchable(msg, patch=v, target=spec)
+        try:
+            rebuilt = rebuild(old, new_cls, module.__dict__)
+        except (TypeError, ValueError) as exc:
+            msg = (
+                f"patch {v}: class {spec} cannot be built again with the patch's layout: "
+                f"{type(exc).__name__}: {exc}; ship the change as a baseline"
+            )
+            raise NotPatchable(msg, patch=v, target=spec) from exc
+        for obj, name, value in references(old, rebuilt):
+            plan.changes[key(obj, name)] = (obj, name, value)
+        plan.modes[spec] = "rebuilt (its layout changes; the process has not served yet)"
+        for func in member_functions(new_cls):
+            plan.needs.append((module, global_names(func.__code__), func.__globals__, spec))
 
     def add_names(self, ours: Sequence[Applied]) -> None:
         """The namespace rule: bring what the replacements need, refuse to shadow.
@@ -428,11 +478,18 @@ def member_functions(value: Any) -> list[types.FunctionType]:
 
 def _function_pairs(old: Any, new: Any) -> list[tuple[str, Any, Any]] | None:
     """(accessor, function to patch, replacement) when ``new`` can patch ``old`` in place."""
-    if isinstance(old, types.FunctionType) and isinstance(new, types.FunctionType):
-        return [("", old, new)]  # unwrapped by the caller
+    # The function under the decorators is patched, so the wrappers already made keep
+    # applying, once: a replacement written plain or under the same decorators. Other
+    # decorators (class_reasons names them): swapped whole.
+    if decorators(new) and decorators(old) != decorators(new):
+        return None
+    if isinstance(new, types.FunctionType) and (
+        isinstance(old, types.FunctionType) or hasattr(old, "__wrapped__")
+    ):
+        return [("", old, innermost(new))]  # old is unwrapped by the caller
     for wrapper in (classmethod, staticmethod):
         if isinstance(old, wrapper) and isinstance(new, wrapper):
-            return [("", old.__func__, new.__func__)]
+            return [("", old.__func__, innermost(new.__func__))]
     if isinstance(old, property) and isinstance(new, property):
         accessors = ("fget", "fset", "fdel")
         if [getattr(old, a) is None for a in accessors] != [

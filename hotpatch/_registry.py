@@ -128,7 +128,7 @@ class Registry:
         start = time.perf_counter()
         with self._lock:
             try:
-                plan = self._plan(patch)
+                plan = self._plan(patch, restarting=restarting)
                 self._veto(patch, _report(plan, plan.reasons))
                 if plan.reasons and not restarting:
                     msg = (
@@ -150,7 +150,7 @@ class Registry:
                 )
                 raise
 
-    def _plan(self, patch: Patch) -> Plan:
+    def _plan(self, patch: Patch, *, restarting: bool = False) -> Plan:
         level = Level(
             self.baseline,
             self._baseline_version,
@@ -158,6 +158,7 @@ class Registry:
             self._originals,
             self._wrappers.code_of,
             journaled=self._recording is not None,
+            restarting=restarting,
         )
         return make_plan(patch, level)
 
@@ -451,7 +452,8 @@ class Registry:
                 patch = load_patch_source(entry.text.encode(), path=entry.path)
                 # A replay runs as the process starts, before it serves: what would
                 # need a restart (why the patch went in through one) does not apply.
-                self._commit(self._plan(patch), time.perf_counter(), action="replay", who="journal")
+                plan = self._plan(patch, restarting=True)
+                self._commit(plan, time.perf_counter(), action="replay", who="journal")
             except PatchError as exc:
                 # roll back in memory only: the journal keeps the level it recorded,
                 # so the cause can be fixed and the level replayed

@@ -1,7 +1,7 @@
 """Checks on a patch before anything changes: baseline, version, signatures, what is not hot.
 
-Each check either passes, raises the ``PatchError`` that names the cause, or
-(``class_reasons``) says why a valid patch cannot go in hot. The planner
+Each check either passes or raises the ``PatchError`` that names the cause
+(why a valid class patch cannot go in hot is ``_classes``'s). The planner
 (``_plan``) calls them; the agent asks ``applied_as`` whether a dropped file is
 a patch the process runs already.
 """
@@ -26,13 +26,11 @@ from hotpatch._errors import (
 from hotpatch._patch import Patch
 
 __all__ = [
-    "CLASS_BOILERPLATE",
     "accepts_same_calls",
     "applied_as",
     "check_baseline",
     "check_replacement",
     "check_version",
-    "class_reasons",
     "function_kind",
     "global_names",
     "reference_function",
@@ -43,24 +41,6 @@ _P = inspect.Parameter
 _POSITIONAL = (_P.POSITIONAL_ONLY, _P.POSITIONAL_OR_KEYWORD)
 _LOOKUPS = frozenset({"LOAD_GLOBAL", "LOAD_NAME", "STORE_GLOBAL", "DELETE_GLOBAL"})
 _VAR_FLAGS = inspect.CO_VARARGS | inspect.CO_VARKEYWORDS
-
-# Members every class body makes; they say nothing about behaviour.
-CLASS_BOILERPLATE = frozenset(
-    {
-        "__module__",
-        "__qualname__",
-        "__dict__",
-        "__weakref__",
-        "__doc__",
-        "__firstlineno__",
-        "__static_attributes__",
-        "__slots__",
-        "__annotations__",
-        "__orig_bases__",
-        "__parameters__",
-    }
-)
-
 
 # -- the patch as a whole ----------------------------------------------------------
 
@@ -320,39 +300,3 @@ def _bound_twice(
 def _by_name(param: inspect.Parameter | None) -> bool:
     """Can a call pass ``param`` by name?"""
     return param is not None and param.kind in (_P.KEYWORD_ONLY, _P.POSITIONAL_OR_KEYWORD)
-
-
-def class_reasons(old: type, new: type) -> list[str]:
-    """Why replacing ``old``'s members with ``new``'s cannot be done hot."""
-    reasons: list[str] = []
-    name = f"{old.__module__}:{old.__qualname__}"
-    if tuple(new.__bases__) != tuple(old.__bases__):
-        reasons.append(
-            f"class {name}: bases change from {_names(old.__bases__)} to {_names(new.__bases__)}"
-        )
-    if type(new) is not type(old):
-        reasons.append(
-            f"class {name}: metaclass changes from {type(old).__name__} to {type(new).__name__}"
-        )
-    if vars(old).get("__slots__") != vars(new).get("__slots__"):
-        reasons.append(f"class {name}: __slots__ change (instance layout cannot change hot)")
-    for attr, value in vars(new).items():
-        if attr in CLASS_BOILERPLATE or attr not in vars(old):
-            continue
-        before = _member_kind(vars(old)[attr])
-        after = _member_kind(value)
-        if before != after:
-            reasons.append(f"class {name}: {attr} changes from a {before} to a {after}")
-    return reasons
-
-
-def _names(classes: tuple[type, ...]) -> str:
-    return "(" + ", ".join(c.__qualname__ for c in classes) + ")"
-
-
-def _member_kind(value: Any) -> str:
-    if isinstance(value, types.FunctionType):
-        return "function"
-    if isinstance(value, classmethod | staticmethod | property):
-        return type(value).__name__
-    return "value"

@@ -1,0 +1,379 @@
+"""Class targets (``replace_class``): which members of a patch class say something.
+
+A patch class is a whole class statement, so besides the methods the user
+changed it carries what Python and the class's decorators made for it: its own
+slot descriptors, an enum's members and bookkeeping, a dataclass's fields.
+Those describe the *patch* class; set on the running class they would break it
+(a slot descriptor of another class, an enum member reassigned). ``members``
+keeps what a patch may set; ``_validate.class_reasons`` says why the rest, when
+it differs from the running class, is not hot.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import gc
+import inspect
+import sys
+import types
+from collections.abc import Iterator
+from typing import Any, cast
+
+__all__ = [
+    "BOILERPLATE",
+    "class_reasons",
+    "dataclass_fields",
+    "decorators",
+    "enum_members",
+    "innermost",
+    "is_enum",
+    "layout_changes",
+    "members",
+    "rebuild",
+    "references",
+    "slots",
+    "stray_holders",
+]
+
+# Members every class body makes; they say nothing about behaviour.
+BOILERPLATE = frozenset(
+    {
+        "__module__",
+        "__qualname__",
+        "__dict__",
+        "__weakref__",
+        "__doc__",
+        "__firstlineno__",
+        "__static_attributes__",
+        "__slots__",
+        "__annotations__",
+        "__annotate__",
+        "__orig_bases__",
+        "__parameters__",
+    }
+)
+# What EnumType writes into an enum's namespace; the rest of its _sunder_ names are the user's.
+_ENUM_BOOKKEEPING = frozenset(
+    {
+        "_member_map_",
+        "_member_names_",
+        "_member_type_",
+        "_new_member_",
+        "_unhashable_values_",
+        "_unhashable_values_map_",
+        "_use_args_",
+        "_value2member_map_",
+        "_value_repr_",
+        "_all_bits_",
+        "_boundary_",
+        "_flag_mask_",
+        "_inverted_",
+        "_singles_mask_",
+        "_generate_next_value_",
+        "_sort_order_",
+    }
+)
+# What @dataclass writes for its fields; compared as fields (``dataclass_fields``).
+_DATACLASS = frozenset({"__dataclass_fields__", "__dataclass_params__", "__match_args__"})
+
+
+def members(old: type, new: type) -> Iterator[tuple[str, Any]]:
+    """The members of patch class ``new`` a patch of ``old`` may set (name, value)."""
+    own_slots = set(slots(new) or ())
+    enum_names = set(vars(new).get("_member_map_", {})) if is_enum(new) else set()
+    same_fields = dataclass_fields(old) == dataclass_fields(new)
+    for name, value in vars(new).items():
+        if name in BOILERPLATE:
+            continue
+        if name in own_slots and _slot_of(value, new):
+            continue  # the running class's own descriptor is the one its instances fit
+        if enum_names and (name in enum_names or name in _ENUM_BOOKKEEPING):
+            continue  # members are data; the rest is the enum's bookkeeping
+        if name in _DATACLASS and same_fields:
+            continue
+        yield name, value
+
+
+def class_reasons(old: type, new: type) -> list[str]:
+    """Why replacing ``old``'s members with ``new``'s cannot be done hot."""
+    reasons: list[str] = []
+    name = f"{old.__module__}:{old.__qualname__}"
+    if tuple(new.__bases__) != tuple(old.__bases__):
+        reasons.append(
+            f"class {name}: bases change from {_names(old.__bases__)} to {_names(new.__bases__)}"
+        )
+    if type(new) is not type(old):
+        reasons.append(
+            f"class {name}: metaclass changes from {type(old).__name__} to {type(new).__name__}"
+        )
+    if slots(old) != slots(new):
+        reasons.append(
+            f"class {name}: __slots__ change from {_slot_text(old)} to {_slot_text(new)} "
+            "(the layout of existing instances cannot change hot); declare the running "
+            "class's __slots__ in the patch class to patch its methods"
+        )
+    old_members, new_members = enum_members(old), enum_members(new)
+    if old_members is not None and new_members is not None and old_members != new_members:
+        reasons.append(
+            f"class {name}: enum members change from {_members_text(old_members)} to "
+            f"{_members_text(new_members)} (members are data: code holding one would keep the "
+            f"old); declare the same members in the patch class to patch its methods, or "
+            f"patch one method with @patch.replace('{name}.METHOD')"
+        )
+    old_fields, new_fields = dataclass_fields(old), dataclass_fields(new)
+    if old_fields != new_fields and old_fields is not None and new_fields is not None:
+        reasons.append(
+            f"class {name}: dataclass fields change from {_fields_text(old_fields)} to "
+            f"{_fields_text(new_fields)} (instances made before keep the old fields)"
+        )
+    for attr, value in members(old, new):
+        if attr not in vars(old):
+            continue
+        before, after = vars(old)[attr], value
+        if _member_kind(before) != _member_kind(after):
+            reasons.append(
+                f"class {name}: {attr} changes from a {_member_kind(before)} to a "
+                f"{_member_kind(after)}"
+            )
+        elif decorators(after) and decorators(before) != decorators(after):
+            reasons.append(
+                f"class {name}: the decorators of {attr} change from "
+                f"{list(decorators(before))} to {list(decorators(after))} (functions already "
+                "wrapped would keep the old ones)"
+            )
+    return reasons
+
+
+def layout_changes(old: type, new: type) -> bool:
+    """Does ``new`` make instances other than ``old`` makes (bases, metaclass, slots, members)?
+
+    Then no patch of ``old`` in place can do it: a restart builds the class again
+    (``rebuild``) and puts it where the running one was (``references``).
+    """
+    return (
+        tuple(new.__bases__) != tuple(old.__bases__)
+        or type(new) is not type(old)
+        or slots(old) != slots(new)
+        or enum_members(old) != enum_members(new)
+    )
+
+
+def rebuild(old: type, new: type, globals_: dict[str, Any]) -> type:
+    """The class ``new`` declares, as if its statement ran in ``old``'s module.
+
+    For a process that has not served yet (a restart): the patch class's layout
+    and members, ``old``'s members the patch does not mention, functions bound to
+    ``globals_`` with a ``__class__`` cell of the new class. A ``TypeError`` or
+    ``ValueError`` from the class machinery propagates (the caller names it).
+    """
+    meta = type(new)
+    cell = types.CellType()
+    # a dict (an enum's _EnumDict is one), whatever the stub says of __prepare__
+    namespace = cast("dict[str, Any]", meta.__prepare__(old.__name__, new.__bases__))
+    namespace["__module__"] = old.__module__
+    namespace["__qualname__"] = old.__qualname__
+    doc = vars(new).get("__doc__") or vars(old).get("__doc__")
+    if doc is not None:
+        namespace["__doc__"] = doc
+    declared = slots(new)
+    if declared is not None:
+        namespace["__slots__"] = declared
+    kept = {name: value for name, value in _own(old) if name not in vars(new)}
+    for name, value in [*kept.items(), *_own(new)]:
+        namespace[name] = _rebound(value, globals_, cell)
+    new_members = enum_members(new)
+    for name, value in (new_members or {}).items():
+        namespace[name] = value
+    cls: type = meta(old.__name__, new.__bases__, namespace)
+    cell.cell_contents = cls
+    if new_members is not None and enum_members(cls) != new_members:
+        msg = (
+            f"its members come out as {_members_text(enum_members(cls) or {})}, not "
+            f"{_members_text(new_members)} (a __new__ or __init__ of its own)"
+        )
+        raise ValueError(msg)
+    return cls
+
+
+def references(old: type, new: type) -> list[tuple[Any, str, Any]]:
+    """Where a module holds ``old`` (or, for an enum, one of its members): (module, name, new)."""
+    found: list[tuple[Any, str, Any]] = []
+    old_members = dict(vars(old)["_member_map_"]) if is_enum(old) else {}
+    by_id = {id(m): name for name, m in old_members.items()}
+    for module in list(sys.modules.values()):
+        namespace = getattr(module, "__dict__", None)
+        if not isinstance(namespace, dict):
+            continue
+        for name, value in list(namespace.items()):
+            if value is old:
+                found.append((module, name, new))
+            elif id(value) in by_id and value is old_members[by_id[id(value)]]:
+                found.append((module, name, getattr(new, by_id[id(value)])))
+    return found
+
+
+def stray_holders(old: type) -> list[str]:
+    """What else holds ``old``'s instances (an enum: its members) besides modules and itself.
+
+    A rebuilt class cannot reach them: each would keep the old layout or member.
+    """
+    if is_enum(old):
+        held = list(vars(old)["_member_map_"].values())
+        own = {id(x) for x in gc.get_referents(old, *held) if isinstance(x, dict | list)}
+        own |= {id(vars(old)[n]) for n in ("_member_map_", "_value2member_map_") if n in vars(old)}
+        holders = gc.get_referrers(*held)
+        modules = {id(vars(m)) for m in list(sys.modules.values()) if hasattr(m, "__dict__")}
+        return sorted(
+            {
+                type(h).__name__
+                for h in holders
+                if id(h) not in own
+                and id(h) not in modules
+                and h is not held
+                and not isinstance(h, types.FrameType)
+                and type(h) is not old
+            }
+        )
+    count = sum(1 for x in gc.get_referrers(old) if type(x) is old)
+    return [f"{count} instance{'s' if count != 1 else ''}"] if count else []
+
+
+def _own(cls: type) -> Iterator[tuple[str, Any]]:
+    """``cls``'s members a class statement wrote (not its layout, an enum's bookkeeping)."""
+    own_slots = set(slots(cls) or ())
+    enum_names = set(vars(cls)["_member_map_"]) if is_enum(cls) else set()
+    for name, value in vars(cls).items():
+        if name in BOILERPLATE or (name in own_slots and _slot_of(value, cls)):
+            continue
+        if enum_names and (name in enum_names or name in _ENUM_BOOKKEEPING or name == "__new__"):
+            continue  # its own __new__ is _new_member_: the check after rebuilding sees it
+        yield name, value
+
+
+def _rebound(value: Any, globals_: dict[str, Any], cell: types.CellType) -> Any:
+    """A member as if written in the module: functions get ``globals_`` and ``cell``."""
+    if isinstance(value, types.FunctionType):
+        cells = list(value.__closure__ or ())
+        if "__class__" in value.__code__.co_freevars:
+            cells[value.__code__.co_freevars.index("__class__")] = cell
+        func = types.FunctionType(
+            value.__code__, globals_, value.__name__, value.__defaults__, tuple(cells) or None
+        )
+        func.__kwdefaults__ = value.__kwdefaults__
+        func.__doc__ = value.__doc__
+        func.__annotations__ = value.__annotations__
+        func.__dict__.update(value.__dict__)
+        func.__qualname__ = value.__qualname__
+        return func
+    if isinstance(value, classmethod | staticmethod):
+        return type(value)(_rebound(value.__func__, globals_, cell))
+    if isinstance(value, property):
+        parts = [
+            _rebound(f, globals_, cell) if f else None for f in (value.fget, value.fset, value.fdel)
+        ]
+        return property(parts[0], parts[1], parts[2], value.__doc__)
+    return value
+
+
+def slots(cls: type) -> tuple[str, ...] | None:
+    """The names ``cls``'s own ``__slots__`` declares, or ``None`` without ``__slots__``."""
+    declared = vars(cls).get("__slots__")
+    if declared is None:
+        return None
+    if isinstance(declared, str):
+        return (declared,)
+    return tuple(declared)
+
+
+def is_enum(cls: type) -> bool:
+    return isinstance(cls, enum.EnumMeta)
+
+
+def enum_members(cls: type) -> dict[str, Any] | None:
+    """An enum's members (aliases too) by name, each as its value; ``None`` if not an enum."""
+    if not is_enum(cls):
+        return None
+    return {name: member._value_ for name, member in vars(cls)["_member_map_"].items()}
+
+
+def dataclass_fields(cls: type) -> tuple[tuple[Any, ...], ...] | None:
+    """A dataclass's own fields as comparable rows; ``None`` if ``cls`` declares none."""
+    fields = vars(cls).get("__dataclass_fields__")
+    if fields is None:
+        return None
+    params = vars(cls).get("__dataclass_params__")
+    rows: list[tuple[Any, ...]] = [("params", repr(params))]
+    for f in fields.values():
+        factory = f.default_factory
+        if factory is not dataclasses.MISSING:
+            factory = getattr(factory, "__qualname__", factory)
+        rows.append(
+            (
+                f.name,
+                _comparable(f.type),
+                _comparable(f.default),
+                factory,
+                f.init,
+                f.compare,
+                f.kw_only,
+                str(getattr(f, "_field_type", "")),  # field, ClassVar or InitVar
+            )
+        )
+    return tuple(rows)
+
+
+def decorators(value: Any) -> tuple[str, ...]:
+    """The ``__qualname__`` of each wrapper over a member's function, outermost first."""
+    chain: list[str] = []
+    func = value.__func__ if isinstance(value, classmethod | staticmethod) else value
+    while isinstance(func, types.FunctionType) and hasattr(func, "__wrapped__"):
+        chain.append(func.__qualname__)
+        func = func.__wrapped__
+    return tuple(chain)
+
+
+def innermost(value: Any) -> Any:
+    """``inspect.unwrap`` that stops at a wrapper loop instead of raising."""
+    try:
+        return inspect.unwrap(value)
+    except ValueError:
+        return value
+
+
+def _names(classes: tuple[type, ...]) -> str:
+    return "(" + ", ".join(c.__qualname__ for c in classes) + ")"
+
+
+def _slot_text(cls: type) -> str:
+    declared = slots(cls)
+    return "none" if declared is None else repr(declared)
+
+
+def _members_text(values: dict[str, Any]) -> str:
+    return "(" + ", ".join(f"{k}={v!r}" for k, v in values.items()) + ")"
+
+
+def _fields_text(rows: tuple[tuple[Any, ...], ...]) -> str:
+    return "(" + ", ".join(str(row[0]) for row in rows[1:]) + ")"
+
+
+def _member_kind(value: Any) -> str:
+    if isinstance(value, types.FunctionType):
+        return "function"
+    if isinstance(value, classmethod | staticmethod | property):
+        return type(value).__name__
+    return "value"
+
+
+def _slot_of(value: Any, cls: type) -> bool:
+    return isinstance(value, types.MemberDescriptorType) and value.__objclass__ is cls
+
+
+def _comparable(value: Any) -> Any:
+    """``value`` if it compares by value, else its repr (a type, a sentinel)."""
+    try:
+        hash(value)
+    except TypeError:
+        return repr(value)
+    return value

@@ -1,0 +1,314 @@
+"""``replace_class`` on the classes users write: slots, dataclasses, enums, and the rest (SPEC §11).
+
+Each test reproduces what a user would do: a real module on disk, a real patch
+file, references taken before the patch, then rollback and a second apply.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from test_supervisor import Supervised, request, supervise, wait_for
+from test_supervisor_patches import drop, journal_level, result_of, under_load, watching
+
+import hotpatch
+
+__all__ = ["supervise"]  # the fixture, from test_supervisor
+
+PatchWriter = Callable[..., Path]
+HEADER = "from hotpatch import Patch\npatch = Patch(version={version!r}, baseline='1.0')\n"
+
+
+def load(write_patch: PatchWriter, body: str, version: str = "1.0.1") -> hotpatch.Patch:
+    """A real patch file: the standard header, then ``body`` (dedented)."""
+    return hotpatch.load_patch(write_patch(HEADER.format(version=version) + textwrap.dedent(body)))
+
+
+# -- __slots__ ------------------------------------------------------------------------
+
+SLOTTED = """
+from dataclasses import dataclass
+
+class Point:
+    __slots__ = ("x", "y")
+
+    def __init__(self, x, y):
+        self.x = x
+        self.y = y
+
+    def total(self):
+        return self.x + self.y
+
+@dataclass(slots=True)
+class Line:
+    a: int
+    b: int = 2
+
+    def length(self):
+        return self.b - self.a
+"""
+
+
+def test_slots_methods_patch_hot_and_keep_the_slot_descriptors(make_module, write_patch, registry):
+    mod = make_module(SLOTTED)
+    point, line = mod.Point(1, 2), mod.Line(1, 5)
+    total, length = point.total, mod.Line.length  # a bound method, a plain function
+    descriptors = {
+        name: vars(cls)[name] for cls, name in ((mod.Point, "x"), (mod.Point, "y"), (mod.Line, "a"))
+    }
+    patch = load(
+        write_patch,
+        f"""
+        from dataclasses import dataclass
+
+        @patch.replace_class("{mod.__name__}:Point")
+        class Point:
+            __slots__ = ("x", "y")
+
+            def total(self):
+                return (self.x + self.y) * 10
+
+        @patch.replace_class("{mod.__name__}:Line")
+        @dataclass(slots=True)
+        class Line:
+            a: int
+            b: int = 2
+
+            def length(self):
+                return (self.b - self.a) * 10
+        """,
+    )
+    for attempt in range(2):  # apply, roll back, apply again
+        report = registry.check(patch)
+        assert report.hot, report.reasons
+        registry.apply(patch)
+        for (cls, name), descriptor in zip(
+            ((mod.Point, "x"), (mod.Point, "y"), (mod.Line, "a")), descriptors.values(), strict=True
+        ):
+            assert vars(cls)[name] is descriptor, (attempt, name)
+        assert point.total() == 30
+        assert total() == 30
+        assert mod.Point(2, 3).total() == 50
+        assert line.length() == 40
+        assert length(line) == 40
+        assert mod.Line(0).length() == 20
+        assert line == mod.Line(1, 5)
+        point.x = 7
+        assert point.total() == 90
+        point.x = 1
+        registry.rollback()
+        assert point.total() == 3
+        assert total() == 3
+        assert line.length() == 4
+        assert mod.Line(0) == mod.Line(0, 2)
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ("__slots__ = ('x', 'y')", "__slots__ = ('x', 'y', 'z')"),
+        ("__slots__ = ('x', 'y')", "__slots__ = ('x',)"),
+        ("__slots__ = ('x', 'y')", "__slots__ = ('y', 'x')"),
+        ("__slots__ = ('x', 'y')", ""),
+    ],
+    ids=["added", "removed", "reordered", "dropped"],
+)
+def test_a_changed_slot_list_is_restart_required_from_check_and_apply(
+    make_module, write_patch, registry, old, new
+):
+    mod = make_module(
+        f"""
+        class Point:
+            {old}
+
+            def __init__(self, x, y):
+                self.x = x
+                self.y = y
+
+            def total(self):
+                return self.x + self.y
+        """
+    )
+    point = mod.Point(1, 2)
+    before = dict(vars(mod.Point))
+    patch = load(
+        write_patch,
+        f"""
+        @patch.replace_class("{mod.__name__}:Point")
+        class Point:
+            {new}
+
+            def total(self):
+                return 0
+        """,
+    )
+    report = registry.check(patch)
+    assert not report.hot
+    assert any("__slots__" in r and f"{mod.__name__}:Point" in r for r in report.reasons)
+    with pytest.raises(hotpatch.RestartRequired) as info:
+        registry.apply(patch)
+    assert info.value.reasons == report.reasons
+    assert info.value.patch == "1.0.1"
+    assert dict(vars(mod.Point)) == before
+    assert point.total() == 3
+    assert registry.level == ()
+
+
+LAYOUT = """
+class Point:
+    __slots__ = ("x", "y")
+
+    def __init__(self, x, y):
+        self.x = x
+        self.y = y
+
+    def total(self):
+        return self.x + self.y
+
+def make(*args):
+    return Point(*args).total()
+"""
+
+WIDER = """
+@patch.replace_class("{name}:Point")
+class Point:
+    __slots__ = ("x", "y", "z")
+
+    def __init__(self, x, y, z=0):
+        self.x = x
+        self.y = y
+        self.z = z
+
+    def total(self):
+        return self.x + self.y + self.z
+
+    def __repr__(self):
+        return f"Point({{self.x}}, {{self.y}}, {{self.z}})"
+"""
+
+
+def test_a_changed_slot_list_goes_in_through_a_restart_and_the_class_works(
+    make_module, write_patch, tmp_path
+):
+    mod = make_module(LAYOUT)
+    original = mod.Point
+    path = write_patch(
+        HEADER.format(version="1.0.1") + textwrap.dedent(WIDER).format(name=mod.__name__)
+    )
+    journal = tmp_path / "journal.json"
+    first = hotpatch.Registry("1.0", journal=journal)
+    with pytest.raises(hotpatch.RestartRequired):
+        first.apply(hotpatch.load_patch(path))
+    # The new process of the restart: the same code, then the patch, before serving.
+    result = first.apply(hotpatch.load_patch(path), restarting=True)
+    assert "rebuilt" in result.modes[f"{mod.__name__}:Point"]
+    assert mod.Point is not original
+    assert mod.Point.__slots__ == ("x", "y", "z")
+    assert mod.Point(1, 2, 3).total() == 6
+    assert mod.make(1, 2) == 3  # the module's own functions build the new class
+    assert mod.make(1, 2, 4) == 7
+    assert repr(mod.Point(1, 2)) == "Point(1, 2, 0)"
+    # A hot patch on top reaches the new class.
+    on_top = write_patch(
+        HEADER.format(version="1.0.2")
+        + f"@patch.replace('{mod.__name__}:Point.total')\ndef total(self):\n"
+        + "    return (self.x + self.y + self.z) * 100\n"
+    )
+    first.apply(hotpatch.load_patch(on_top))
+    assert mod.make(1, 2, 3) == 600
+    first.rollback()
+    assert mod.make(1, 2, 3) == 6
+    # This process ends (undone in memory only); the next one replays the journal.
+    first.detach_journal()
+    first.rollback(to="1.0")
+    assert mod.Point is original
+    assert mod.make(1, 2) == 3
+    second = hotpatch.Registry("1.0", journal=journal)
+    try:
+        assert second.level == ("1.0.1",)
+        assert mod.Point is not original
+        assert mod.make(1, 2, 4) == 7
+    finally:
+        second.rollback(to="1.0")
+    assert mod.Point is original
+
+
+def test_a_layout_change_refuses_a_restart_that_finds_instances_of_the_old_class(
+    make_module, write_patch, registry
+):
+    mod = make_module(LAYOUT)
+    kept = mod.Point(1, 2)  # made before the patch: at import, or from preserved state
+    patch = load(write_patch, textwrap.dedent(WIDER).format(name=mod.__name__))
+    with pytest.raises(hotpatch.NotPatchable) as info:
+        registry.apply(patch, restarting=True)
+    assert info.value.target == f"{mod.__name__}:Point"
+    assert "1 instance" in str(info.value)
+    assert "hotpatch.ready()" in str(info.value)
+    assert "baseline" in str(info.value)
+    assert kept.total() == 3
+    assert registry.level == ()
+
+
+def test_a_layout_change_of_a_class_with_subclasses_is_refused_by_check_and_apply(
+    make_module, write_patch, registry
+):
+    mod = make_module(LAYOUT + "\nclass Point3(Point):\n    __slots__ = ('z',)\n")
+    patch = load(write_patch, textwrap.dedent(WIDER).format(name=mod.__name__))
+    for attempt in (registry.check, registry.apply):
+        with pytest.raises(hotpatch.NotPatchable) as info:
+            attempt(patch)
+        assert info.value.target == f"{mod.__name__}:Point"
+        assert "Point3" in str(info.value)
+        assert "baseline" in str(info.value)
+    with pytest.raises(hotpatch.NotPatchable):
+        registry.apply(patch, restarting=True)
+    assert registry.level == ()
+
+
+SLOTS_THROUGH_A_RESTART = """
+from hotpatch import Patch
+patch = Patch(version="1.0.1", baseline="1.0")
+
+@patch.replace_class("counter_logic:Label")
+class Label:
+    __slots__ = ("text", "suffix")
+
+    def __init__(self, text, suffix="!"):
+        self.text = text
+        self.suffix = suffix
+
+    def render(self):
+        return self.text + self.suffix
+
+@patch.replace("counter_logic:tag")
+def tag():
+    return Label("restarted", "+slots").render()
+"""
+
+
+@pytest.mark.slow
+def test_a_changed_slot_list_under_the_supervisor_serves_after_the_restart(
+    supervise: Callable[..., Supervised], tmp_path: Path
+) -> None:
+    folder, supervised = watching(supervise, tmp_path)
+    first = supervised.child_pid
+    with under_load(supervised) as load:
+        drop(folder, "slots-1.0.1.py", SLOTS_THROUGH_A_RESTART)
+        result = result_of(folder, "slots-1.0.1.py", supervised)
+        assert result["dir"] == "applied", result
+        assert result["via"] == "restart"
+        assert "__slots__ change" in result["reason"]
+        new_pid = result["restart"]["new_pid"]
+        assert new_pid != first
+        wait_for(lambda: load.served_by(new_pid), "a request to the new process")
+        assert request(supervised.address, "/get")["tag"] == "restarted+slots"
+        assert journal_level(folder / ".journal.json") == ["1.0.1"]
+        # A plain restart replays the journal: the class is built again there too.
+        outcome = supervised.restart()
+        assert outcome["ok"], outcome
+        wait_for(lambda: load.served_by(outcome["new_pid"]), "a request to the third process")
+        assert request(supervised.address, "/get")["tag"] == "restarted+slots"
+    load.check(request(supervised.address, "/get")["counters"])
