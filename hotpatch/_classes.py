@@ -11,12 +11,15 @@ it differs from the running class, is not hot.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import enum
+import functools
 import gc
 import inspect
 import sys
 import types
+import typing
 from collections.abc import Iterator
 from typing import Any, cast
 
@@ -26,12 +29,15 @@ __all__ = [
     "dataclass_fields",
     "decorators",
     "enum_members",
+    "inner_pairs",
     "innermost",
     "is_enum",
     "layout_changes",
     "members",
+    "owns",
     "rebuild",
     "references",
+    "set_name",
     "slots",
     "stray_holders",
 ]
@@ -74,6 +80,21 @@ _ENUM_BOOKKEEPING = frozenset(
         "_sort_order_",
     }
 )
+# What collections.namedtuple writes (typing.NamedTuple refuses most of them in a body).
+_NAMEDTUPLE = frozenset(
+    {
+        "__new__",
+        "__getnewargs__",
+        "__match_args__",
+        "__slots__",
+        "__orig_bases__",
+        "_asdict",
+        "_field_defaults",
+        "_fields",
+        "_make",
+        "_replace",
+    }
+)
 # What @dataclass writes for its fields; compared as fields (``dataclass_fields``).
 _DATACLASS = frozenset({"__dataclass_fields__", "__dataclass_params__", "__match_args__"})
 
@@ -83,7 +104,13 @@ def members(old: type, new: type) -> Iterator[tuple[str, Any]]:
     own_slots = set(slots(new) or ())
     enum_names = set(vars(new).get("_member_map_", {})) if is_enum(new) else set()
     same_fields = dataclass_fields(old) == dataclass_fields(new)
+    tuple_fields = namedtuple_fields(new)
+    made: set[str] = set()
+    if tuple_fields is not None and namedtuple_fields(old) is not None:
+        made = set(_NAMEDTUPLE) | set(tuple_fields[0])
     for name, value in vars(new).items():
+        if name in made or (made and _made_by_namedtuple(value)):
+            continue  # what namedtuple made; other fields are a layout change (class_reasons)
         if name in BOILERPLATE:
             continue
         if name in own_slots and _slot_of(value, new):
@@ -97,25 +124,31 @@ def members(old: type, new: type) -> Iterator[tuple[str, Any]]:
 
 def class_reasons(old: type, new: type) -> list[str]:
     """Why replacing ``old``'s members with ``new``'s cannot be done hot."""
-    reasons: list[str] = []
     name = f"{old.__module__}:{old.__qualname__}"
+    return [*_layout_reasons(old, new, name), *_data_reasons(old, new, name)] + [
+        reason for attr, value in members(old, new) for reason in _member_reasons(old, attr, value)
+    ]
+
+
+def _layout_reasons(old: type, new: type, name: str) -> Iterator[str]:
+    """What instances are made of: bases, metaclass, slots."""
     if tuple(new.__bases__) != tuple(old.__bases__):
-        reasons.append(
-            f"class {name}: bases change from {_names(old.__bases__)} to {_names(new.__bases__)}"
-        )
+        yield f"class {name}: bases change from {_names(old.__bases__)} to {_names(new.__bases__)}"
     if type(new) is not type(old):
-        reasons.append(
-            f"class {name}: metaclass changes from {type(old).__name__} to {type(new).__name__}"
-        )
+        yield f"class {name}: metaclass changes from {type(old).__name__} to {type(new).__name__}"
     if slots(old) != slots(new):
-        reasons.append(
+        yield (
             f"class {name}: __slots__ change from {_slot_text(old)} to {_slot_text(new)} "
             "(the layout of existing instances cannot change hot); declare the running "
             "class's __slots__ in the patch class to patch its methods"
         )
+
+
+def _data_reasons(old: type, new: type, name: str) -> Iterator[str]:
+    """What a class's machinery decided when it was made: members, fields, abstract methods."""
     old_members, new_members = enum_members(old), enum_members(new)
     if old_members is not None and new_members is not None and old_members != new_members:
-        reasons.append(
+        yield (
             f"class {name}: enum members change from {_members_text(old_members)} to "
             f"{_members_text(new_members)} (members are data: code holding one would keep the "
             f"old); declare the same members in the patch class to patch its methods, or "
@@ -123,26 +156,49 @@ def class_reasons(old: type, new: type) -> list[str]:
         )
     old_fields, new_fields = dataclass_fields(old), dataclass_fields(new)
     if old_fields != new_fields and old_fields is not None and new_fields is not None:
-        reasons.append(
+        yield (
             f"class {name}: dataclass fields change from {_fields_text(old_fields)} to "
             f"{_fields_text(new_fields)} (instances made before keep the old fields)"
         )
-    for attr, value in members(old, new):
-        if attr not in vars(old):
-            continue
-        before, after = vars(old)[attr], value
-        if _member_kind(before) != _member_kind(after):
-            reasons.append(
-                f"class {name}: {attr} changes from a {_member_kind(before)} to a "
-                f"{_member_kind(after)}"
-            )
-        elif decorators(after) and decorators(before) != decorators(after):
-            reasons.append(
-                f"class {name}: the decorators of {attr} change from "
-                f"{list(decorators(before))} to {list(decorators(after))} (functions already "
-                "wrapped would keep the old ones)"
-            )
-    return reasons
+    old_tuple, new_tuple = namedtuple_fields(old), namedtuple_fields(new)
+    if old_tuple != new_tuple and old_tuple is not None and new_tuple is not None:
+        yield (
+            f"class {name}: namedtuple fields change from {old_tuple[0]} to {new_tuple[0]} "
+            "(a tuple's fields are its layout)"
+        )
+    if abstract_methods(old) != abstract_methods(new):
+        yield (
+            f"class {name}: abstract methods change from {abstract_methods(old)} to "
+            f"{abstract_methods(new)} (decided when a class is made: classes and instances "
+            "made before would not follow)"
+        )
+    if protocol_members(old) != protocol_members(new):
+        yield (
+            f"class {name}: protocol members change from {protocol_members(old)} to "
+            f"{protocol_members(new)} (isinstance() checks are decided when it is made)"
+        )
+
+
+def _member_reasons(old: type, attr: str, value: Any) -> Iterator[str]:
+    """A member of ``old`` the patch class redefines as another kind of member."""
+    if attr not in vars(old):
+        return
+    name = f"{old.__module__}:{old.__qualname__}"
+    before = vars(old)[attr]
+    old_types, new_types = _dispatch_types(before), _dispatch_types(value)
+    if old_types != new_types:
+        yield (
+            f"class {name}: the types registered with {attr} change from {old_types} to {new_types}"
+        )
+    if _member_kind(before) != _member_kind(value):
+        yield (
+            f"class {name}: {attr} changes from a {_member_kind(before)} to a {_member_kind(value)}"
+        )
+    elif decorators(value) and decorators(before) != decorators(value):
+        yield (
+            f"class {name}: the decorators of {attr} change from {list(decorators(before))} to "
+            f"{list(decorators(value))} (functions already wrapped would keep the old ones)"
+        )
 
 
 def layout_changes(old: type, new: type) -> bool:
@@ -156,7 +212,73 @@ def layout_changes(old: type, new: type) -> bool:
         or type(new) is not type(old)
         or slots(old) != slots(new)
         or enum_members(old) != enum_members(new)
+        or namedtuple_fields(old) != namedtuple_fields(new)
+        or abstract_methods(old) != abstract_methods(new)
+        or protocol_members(old) != protocol_members(new)
     )
+
+
+def namedtuple_fields(cls: type) -> tuple[tuple[str, ...], tuple[tuple[str, Any], ...]] | None:
+    """A namedtuple class's own fields and their defaults; ``None`` for other classes."""
+    fields = vars(cls).get("_fields")
+    if not (issubclass(cls, tuple) and isinstance(fields, tuple)):
+        return None
+    defaults = vars(cls).get("_field_defaults", {})
+    return fields, tuple((k, _comparable(v)) for k, v in defaults.items())
+
+
+def abstract_methods(cls: type) -> list[str]:
+    return sorted(getattr(cls, "__abstractmethods__", ()))
+
+
+def protocol_members(cls: type) -> list[str] | None:
+    """The attributes a ``typing.Protocol`` checks; ``None`` for other classes."""
+    if not vars(cls).get("_is_protocol", False):
+        return None
+    attrs = getattr(cls, "__protocol_attrs__", None)  # 3.12+: decided when it is made
+    if attrs is None:
+        attrs = getattr(typing, "_get_protocol_attrs")(cls)  # noqa: B009 - private in 3.11
+    return sorted(attrs)
+
+
+def owns(cls: type, func: Any) -> bool:
+    """Was ``func`` made for ``cls`` (its body, or a decorator of it), not borrowed?
+
+    A class may hold a function made elsewhere: ``functools.total_ordering``'s
+    helpers, a mixin's function assigned in its body. Patching such a function in
+    place would patch every class sharing it.
+    """
+    qualname = getattr(func, "__qualname__", "")
+    return isinstance(qualname, str) and qualname.startswith(cls.__qualname__ + ".")
+
+
+def inner_pairs(old: Any, new: Any) -> list[tuple[types.FunctionType, types.FunctionType]] | None:
+    """(old, new) functions of members made of functions: partialmethod, singledispatchmethod.
+
+    ``None`` when they differ in more than their functions (arguments bound, types registered).
+    """
+    if isinstance(old, functools.partialmethod) and isinstance(new, functools.partialmethod):
+        if (old.args, old.keywords) != (new.args, new.keywords):
+            return None
+        funcs = (old.func, new.func)
+        if all(isinstance(f, types.FunctionType) for f in funcs):
+            return [(innermost(old.func), innermost(new.func))]
+        return None
+    old_types, new_types = _dispatch_types(old), _dispatch_types(new)
+    if old_types is None or old_types != new_types:
+        return None
+    old_registry, new_registry = old.dispatcher.registry, new.dispatcher.registry
+    pairs = [(old_registry[t], new_registry[t]) for t in old_registry]
+    if not all(isinstance(f, types.FunctionType) for pair in pairs for f in pair):
+        return None
+    return [(innermost(a), innermost(b)) for a, b in pairs]
+
+
+def set_name(value: Any, owner: type, name: str) -> None:
+    """``__set_name__`` a member set on ``owner`` (Python called it with the patch class)."""
+    hook = getattr(type(value), "__set_name__", None)
+    if hook is not None and not isinstance(value, types.FunctionType):
+        hook(value, owner, name)
 
 
 def rebuild(old: type, new: type, globals_: dict[str, Any]) -> type:
@@ -222,11 +344,17 @@ def stray_holders(old: type) -> list[str]:
         held = list(vars(old)["_member_map_"].values())
         own = {id(x) for x in gc.get_referents(old, *held) if isinstance(x, dict | list)}
         own |= {id(vars(old)[n]) for n in ("_member_map_", "_value2member_map_") if n in vars(old)}
-        holders = gc.get_referrers(*held)
+        # What holds the mark as well is this call's own doing (its argument tuple).
+        mark = object()
+        holders = [
+            h
+            for h in gc.get_referrers(mark, *held)
+            if not any(x is mark for x in gc.get_referents(h))
+        ]
         modules = {id(vars(m)) for m in list(sys.modules.values()) if hasattr(m, "__dict__")}
         return sorted(
             {
-                type(h).__name__
+                f"a {type(h).__name__} holding a member"
                 for h in holders
                 if id(h) not in own
                 and id(h) not in modules
@@ -324,11 +452,14 @@ def dataclass_fields(cls: type) -> tuple[tuple[Any, ...], ...] | None:
 
 
 def decorators(value: Any) -> tuple[str, ...]:
-    """The ``__qualname__`` of each wrapper over a member's function, outermost first."""
+    """Where each wrapper over a member's function was written, outermost first.
+
+    The code's qualname: ``functools.wraps`` copies the wrapped function's names.
+    """
     chain: list[str] = []
     func = value.__func__ if isinstance(value, classmethod | staticmethod) else value
     while isinstance(func, types.FunctionType) and hasattr(func, "__wrapped__"):
-        chain.append(func.__qualname__)
+        chain.append(func.__code__.co_qualname)
         func = func.__wrapped__
     return tuple(chain)
 
@@ -364,6 +495,18 @@ def _member_kind(value: Any) -> str:
     if isinstance(value, classmethod | staticmethod | property):
         return type(value).__name__
     return "value"
+
+
+def _dispatch_types(value: Any) -> list[str] | None:
+    """The types a singledispatchmethod dispatches on, by name; ``None`` for other members."""
+    if not isinstance(value, functools.singledispatchmethod):
+        return None
+    return sorted(f"{t.__module__}.{t.__qualname__}" for t in value.dispatcher.registry)
+
+
+def _made_by_namedtuple(value: Any) -> bool:
+    code = getattr(value, "__code__", None)
+    return code is not None and code.co_filename in (collections.__file__, "<string>")
 
 
 def _slot_of(value: Any, cls: type) -> bool:

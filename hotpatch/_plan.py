@@ -18,11 +18,14 @@ from packaging.version import Version
 from hotpatch._classes import (
     class_reasons,
     decorators,
+    inner_pairs,
     innermost,
     layout_changes,
     members,
+    owns,
     rebuild,
     references,
+    set_name,
     stray_holders,
 )
 from hotpatch._codegen import ABSENT, FUNC_ATTRS, build, capture, rebind
@@ -365,7 +368,9 @@ class _Planner:
             if existing is value:
                 continue  # the same object (what a base or a decorator put in both)
             pairs = _function_pairs(existing, value)
-            if pairs is not None:
+            # A function the class borrowed (total_ordering's helpers, a mixin's) is
+            # shared: the class gets its own instead of a patch of everyone's.
+            if pairs is not None and all(owns(old, f) and owns(new_cls, n) for _, f, n in pairs):
                 for accessor, wrapped, new in pairs:
                     kind: Kind = "property" if accessor else "method"
                     func, caches = unwrap(wrapped, member, patch=plan.patch.version)
@@ -374,9 +379,11 @@ class _Planner:
                 continue
             if existing is value or (existing is not ABSENT and _equal(existing, value)):
                 continue
-            rebound = _rebind_member(value, module.__dict__, old)
+            functions = [f for f in member_functions(value) if owns(new_cls, f)]
+            rebound = _rebind_member(value, module.__dict__, old) if functions else value
+            set_name(rebound, old, attr)
             plan.changes[key(old, attr)] = (old, attr, rebound)
-            for func in member_functions(value):
+            for func in functions:
                 names = global_names(func.__code__)
                 plan.needs.append((module, names, func.__globals__, member))
 
@@ -386,9 +393,10 @@ class _Planner:
         held = stray_holders(old)
         if held:
             msg = (
-                f"patch {v}: class {spec} changes its layout, but {', '.join(held)} holding it "
-                "(made at import, or from preserved state) would keep the old one; make them "
-                "after hotpatch.ready(), or ship the change as a baseline"
+                f"patch {v}: class {spec} changes its layout, but what was made before the "
+                f"patch would keep the old one ({', '.join(held)}: made at import, or from "
+                "preserved state); make them after hotpatch.ready(), or ship the change as a "
+                "baseline"
             )
             raise NotPatchable(msg, patch=v, target=spec)
         try:
@@ -499,7 +507,8 @@ def _function_pairs(old: Any, new: Any) -> list[tuple[str, Any, Any]] | None:
         return [
             (a, getattr(old, a), getattr(new, a)) for a in accessors if getattr(old, a) is not None
         ]
-    return None
+    inner = inner_pairs(old, new)  # partialmethod, singledispatchmethod
+    return None if inner is None else [("", a, b) for a, b in inner]
 
 
 def _rebind_member(value: Any, globals_: dict[str, Any], owner: type) -> Any:

@@ -312,3 +312,232 @@ def test_a_changed_slot_list_under_the_supervisor_serves_after_the_restart(
         wait_for(lambda: load.served_by(outcome["new_pid"]), "a request to the third process")
         assert request(supervised.address, "/get")["tag"] == "restarted+slots"
     load.check(request(supervised.address, "/get")["counters"])
+
+
+# -- enums ----------------------------------------------------------------------------
+
+ENUMS = """
+import enum
+
+class Color(enum.Enum):
+    RED = 1
+    GREEN = 2
+
+    def label(self):
+        return self.name.lower()
+
+class Level(enum.IntEnum):
+    LOW = 1
+    HIGH = 2
+
+    def label(self):
+        return self.name.lower()
+
+class Mode(enum.StrEnum):
+    READ = "r"
+    WRITE = "w"
+
+    def label(self):
+        return self.name.lower()
+
+class Perm(enum.Flag):
+    R = 1
+    W = 2
+
+    def label(self):
+        return str(self.name).lower()
+
+DEFAULT = Color.RED
+"""
+
+ENUM_PATCH = """
+@patch.replace_class("{name}:{cls}")
+class {cls}(enum.{base}):
+{members}
+
+    def label(self):
+        return str(self.name).upper() + "!"
+"""
+
+KINDS = {
+    "Color": ("Enum", {"RED": "1", "GREEN": "2"}),
+    "Level": ("IntEnum", {"LOW": "1", "HIGH": "2"}),
+    "Mode": ("StrEnum", {"READ": "'r'", "WRITE": "'w'"}),
+    "Perm": ("Flag", {"R": "1", "W": "2"}),
+}
+
+
+def enum_patch(write_patch: PatchWriter, name: str, cls: str, members: dict[str, str]) -> Path:
+    base = KINDS[cls][0]
+    body = "\n".join(f"    {k} = {v}" for k, v in members.items())
+    text = "import enum\n" + textwrap.dedent(ENUM_PATCH).format(
+        name=name, cls=cls, base=base, members=body
+    )
+    return write_patch(HEADER.format(version="1.0.1") + text)
+
+
+@pytest.mark.parametrize("cls", list(KINDS))
+def test_enum_methods_patch_hot_through_members_taken_before(
+    make_module, write_patch, registry, cls
+):
+    mod = make_module(ENUMS)
+    enum_cls = getattr(mod, cls)
+    first = next(iter(enum_cls))
+    bound = first.label
+    before = {name: (m, m.value) for name, m in enum_cls.__members__.items()}
+    patch = hotpatch.load_patch(enum_patch(write_patch, mod.__name__, cls, KINDS[cls][1]))
+    for _ in range(2):  # apply, roll back, apply again
+        report = registry.check(patch)
+        assert report.hot, report.reasons
+        assert report.names == ()  # nothing of the enum machinery lands in the module
+        registry.apply(patch)
+        assert getattr(mod, cls) is enum_cls
+        assert first.label() == bound() == f"{first.name}!"
+        assert enum_cls(first.value) is first
+        assert {n: (m, m.value) for n, m in enum_cls.__members__.items()} == before
+        registry.rollback()
+        assert bound() == first.name.lower()
+        assert {n: (m, m.value) for n, m in enum_cls.__members__.items()} == before
+    assert not hasattr(mod, "EJECT")
+    assert not hasattr(mod, "Flag")
+
+
+@pytest.mark.parametrize("cls", list(KINDS))
+@pytest.mark.parametrize("change", ["added", "removed", "changed", "none"])
+def test_enum_member_changes_are_restart_required_from_check_and_apply(
+    make_module, write_patch, registry, cls, change
+):
+    mod = make_module(ENUMS)
+    enum_cls = getattr(mod, cls)
+    members = dict(KINDS[cls][1])
+    first, second = list(members)
+    if change == "added":
+        members["EXTRA"] = "'x'" if cls == "Mode" else "4"
+    elif change == "removed":
+        del members[second]
+    elif change == "changed":
+        members[second] = "'z'" if cls == "Mode" else "8"
+    else:
+        members = {}
+    patch = hotpatch.load_patch(enum_patch(write_patch, mod.__name__, cls, members))
+    report = registry.check(patch)
+    assert not report.hot
+    (reason,) = report.reasons
+    assert f"{mod.__name__}:{cls}" in reason
+    assert "enum members change" in reason
+    with pytest.raises(hotpatch.RestartRequired) as info:
+        registry.apply(patch)
+    assert info.value.reasons == report.reasons
+    assert info.value.patch == "1.0.1"
+    assert registry.level == ()
+    assert getattr(mod, cls)[first].label() == first.lower()
+    assert list(enum_cls.__members__) == list(KINDS[cls][1])
+
+
+def test_enum_member_changes_go_in_through_a_restart(make_module, write_patch, tmp_path):
+    mod = make_module(ENUMS)
+    original = mod.Color
+    path = enum_patch(write_patch, mod.__name__, "Color", {"RED": "1", "GREEN": "2", "BLUE": "3"})
+    registry = hotpatch.Registry("1.0", journal=tmp_path / "journal.json")
+    result = registry.apply(hotpatch.load_patch(path), restarting=True)
+    try:
+        assert "rebuilt" in result.modes[f"{mod.__name__}:Color"]
+        assert mod.Color is not original
+        assert [m.name for m in mod.Color] == ["RED", "GREEN", "BLUE"]
+        assert mod.Color(3).label() == "BLUE!"
+        assert mod.DEFAULT is mod.Color.RED  # the module's constant follows its member
+        assert isinstance(mod.Color.RED, mod.Color)
+    finally:
+        registry.rollback()
+    assert mod.Color is original
+    assert mod.DEFAULT is original.RED
+
+
+def test_an_enum_member_held_elsewhere_refuses_the_restart(make_module, write_patch, registry):
+    mod = make_module(ENUMS + "\ndef paint(color=Color.GREEN):\n    return color\n")
+    path = enum_patch(write_patch, mod.__name__, "Color", {"RED": "1", "GREEN": "2", "BLUE": "3"})
+    with pytest.raises(hotpatch.NotPatchable) as info:
+        registry.apply(hotpatch.load_patch(path), restarting=True)
+    assert info.value.target == f"{mod.__name__}:Color"
+    assert "tuple" in str(info.value)  # the default arguments
+    assert registry.level == ()
+    assert mod.paint() is mod.Color.GREEN
+
+
+# -- members under decorators -------------------------------------------------------------
+
+DECORATED = """
+import functools
+
+calls = []
+
+def logged(func):
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        calls.append(func.__name__)
+        return func(*args, **kwargs)
+    return wrapper
+
+def other(func):
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        return func(*args, **kwargs)
+    return wrapper
+
+class Cart:
+    @logged
+    def total(self):
+        return 1
+"""
+
+
+def test_a_method_under_the_same_decorator_patches_the_function_it_wraps(
+    make_module, write_patch, registry
+):
+    mod = make_module(DECORATED)
+    cart = mod.Cart()
+    wrapper = vars(mod.Cart)["total"]
+    patch = load(
+        write_patch,
+        f"""
+        from {mod.__name__} import logged
+
+        @patch.replace_class("{mod.__name__}:Cart")
+        class Cart:
+            @logged
+            def total(self):
+                return 2
+        """,
+    )
+    report = registry.check(patch)
+    assert report.hot, report.reasons
+    registry.apply(patch)
+    assert vars(mod.Cart)["total"] is wrapper  # the wrapper stays, once
+    assert cart.total() == 2
+    assert mod.calls == ["total"]  # logged once: not wrapped twice
+    registry.rollback()
+    assert cart.total() == 1
+
+
+def test_a_method_under_another_decorator_is_not_hot(make_module, write_patch, registry):
+    mod = make_module(DECORATED)
+    cart = mod.Cart()
+    patch = load(
+        write_patch,
+        f"""
+        from {mod.__name__} import other
+
+        @patch.replace_class("{mod.__name__}:Cart")
+        class Cart:
+            @other
+            def total(self):
+                return 2
+        """,
+    )
+    (reason,) = registry.check(patch).reasons
+    assert f"{mod.__name__}:Cart" in reason
+    assert "the decorators of total change from ['logged.<locals>.wrapper']" in reason
+    assert "['other.<locals>.wrapper']" in reason
+    with pytest.raises(hotpatch.RestartRequired):
+        registry.apply(patch)
+    assert cart.total() == 1
