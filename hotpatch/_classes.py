@@ -57,6 +57,15 @@ BOILERPLATE = frozenset(
         "__annotate__",
         "__orig_bases__",
         "__parameters__",
+        # what ABCMeta and Protocol decide when a class is made (abstract_changes,
+        # protocol_additions compare them)
+        "__abstractmethods__",
+        "_abc_impl",
+        "_is_protocol",
+        "_is_runtime_protocol",
+        "__protocol_attrs__",
+        "__non_callable_proto_members__",
+        "__callable_proto_members_only__",
     }
 )
 # What EnumType writes into an enum's namespace; the rest of its _sunder_ names are the user's.
@@ -166,16 +175,15 @@ def _data_reasons(old: type, new: type, name: str) -> Iterator[str]:
             f"class {name}: namedtuple fields change from {old_tuple[0]} to {new_tuple[0]} "
             "(a tuple's fields are its layout)"
         )
-    if abstract_methods(old) != abstract_methods(new):
+    if abstract := abstract_changes(old, new):
         yield (
-            f"class {name}: abstract methods change from {abstract_methods(old)} to "
-            f"{abstract_methods(new)} (decided when a class is made: classes and instances "
-            "made before would not follow)"
+            f"class {name}: abstract methods change: {', '.join(abstract)} (decided when a "
+            "class is made: classes and instances made before would not follow)"
         )
-    if protocol_members(old) != protocol_members(new):
+    if added := protocol_additions(old, new):
         yield (
-            f"class {name}: protocol members change from {protocol_members(old)} to "
-            f"{protocol_members(new)} (isinstance() checks are decided when it is made)"
+            f"class {name}: protocol members added: {', '.join(added)} (isinstance() checks "
+            "are decided when a protocol is made)"
         )
 
 
@@ -213,8 +221,8 @@ def layout_changes(old: type, new: type) -> bool:
         or slots(old) != slots(new)
         or enum_members(old) != enum_members(new)
         or namedtuple_fields(old) != namedtuple_fields(new)
-        or abstract_methods(old) != abstract_methods(new)
-        or protocol_members(old) != protocol_members(new)
+        or bool(abstract_changes(old, new))
+        or bool(protocol_additions(old, new))
     )
 
 
@@ -227,8 +235,30 @@ def namedtuple_fields(cls: type) -> tuple[tuple[str, ...], tuple[tuple[str, Any]
     return fields, tuple((k, _comparable(v)) for k, v in defaults.items())
 
 
-def abstract_methods(cls: type) -> list[str]:
-    return sorted(getattr(cls, "__abstractmethods__", ()))
+def abstract_changes(old: type, new: type) -> list[str]:
+    """The members the patch class names whose abstractness differs from the running class's.
+
+    Members it does not name stay as they are, abstract or not.
+    """
+    changes: list[str] = []
+    for name, value in vars(new).items():
+        if name in BOILERPLATE:
+            continue
+        before = getattr(
+            vars(old).get(name, getattr(old, name, None)), "__isabstractmethod__", False
+        )
+        after = getattr(value, "__isabstractmethod__", False)
+        if bool(before) != bool(after):
+            changes.append(f"{name} {'becomes' if after else 'is no longer'} abstract")
+    return changes
+
+
+def protocol_additions(old: type, new: type) -> list[str]:
+    """Members the patch protocol checks that the running one does not."""
+    before, after = protocol_members(old), protocol_members(new)
+    if before is None or after is None:
+        return []
+    return sorted(set(after) - set(before))
 
 
 def protocol_members(cls: type) -> list[str] | None:

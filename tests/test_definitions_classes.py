@@ -541,3 +541,44 @@ def test_a_method_under_another_decorator_is_not_hot(make_module, write_patch, r
     with pytest.raises(hotpatch.RestartRequired):
         registry.apply(patch)
     assert cart.total() == 1
+
+
+def test_an_abc_keeps_its_abstract_methods_and_registrations(make_module, write_patch, registry):
+    mod = make_module(
+        """
+        import abc
+
+        class Shape(abc.ABC):
+            @abc.abstractmethod
+            def area(self): ...
+
+            def describe(self):
+                return "old"
+
+        class Circle:
+            pass
+
+        Shape.register(Circle)
+        """
+    )
+    patch = load(
+        write_patch,
+        f"""
+        import abc
+
+        @patch.replace_class("{mod.__name__}:Shape")
+        class Shape(abc.ABC):
+            def describe(self):
+                return "new"
+        """,
+    )
+    assert registry.check(patch).hot
+    registry.apply(patch)
+    assert isinstance(mod.Circle(), mod.Shape)  # the ABC's registry is the running class's
+    assert mod.Shape.__abstractmethods__ == frozenset({"area"})
+    with pytest.raises(TypeError, match="abstract"):
+        mod.Shape()
+    assert mod.Shape.describe(None) == "new"
+    registry.rollback()
+    assert isinstance(mod.Circle(), mod.Shape)
+    assert mod.Shape.describe(None) == "old"
