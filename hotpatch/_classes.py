@@ -5,7 +5,7 @@ changed it carries what Python and the class's decorators made for it: its own
 slot descriptors, an enum's members and bookkeeping, a dataclass's fields.
 Those describe the *patch* class; set on the running class they would break it
 (a slot descriptor of another class, an enum member reassigned). ``members``
-keeps what a patch may set; ``_validate.class_reasons`` says why the rest, when
+keeps what a patch may set; ``class_reasons`` says why the rest, when
 it differs from the running class, is not hot.
 """
 
@@ -283,23 +283,23 @@ def owns(cls: type, func: Any) -> bool:
 
 
 def inner_pairs(old: Any, new: Any) -> list[tuple[types.FunctionType, types.FunctionType]] | None:
-    """(old, new) functions of members made of functions: partialmethod, singledispatchmethod.
+    """(old, new) functions of members made of functions: partialmethod, singledispatchmethod,
+    cached_property.
 
     ``None`` when they differ in more than their functions (arguments bound, types registered).
     """
-    if isinstance(old, functools.partialmethod) and isinstance(new, functools.partialmethod):
-        if (old.args, old.keywords) != (new.args, new.keywords):
-            return None
-        funcs = (old.func, new.func)
-        if all(isinstance(f, types.FunctionType) for f in funcs):
-            return [(innermost(old.func), innermost(new.func))]
-        return None
-    old_types, new_types = _dispatch_types(old), _dispatch_types(new)
-    if old_types is None or old_types != new_types:
-        return None
-    old_registry, new_registry = old.dispatcher.registry, new.dispatcher.registry
-    pairs = [(old_registry[t], new_registry[t]) for t in old_registry]
-    if not all(isinstance(f, types.FunctionType) for pair in pairs for f in pair):
+    pairs: list[tuple[Any, Any]] | None = None
+    if isinstance(old, functools.cached_property) and isinstance(new, functools.cached_property):
+        pairs = [(old.func, new.func)]
+    elif isinstance(old, functools.partialmethod) and isinstance(new, functools.partialmethod):
+        if (old.args, old.keywords) == (new.args, new.keywords):
+            pairs = [(old.func, new.func)]
+    else:
+        old_types, new_types = _dispatch_types(old), _dispatch_types(new)
+        if old_types is not None and old_types == new_types:
+            old_registry, new_registry = old.dispatcher.registry, new.dispatcher.registry
+            pairs = [(old_registry[t], new_registry[t]) for t in old_registry]
+    if pairs is None or not all(isinstance(f, types.FunctionType) for p in pairs for f in p):
         return None
     return [(innermost(a), innermost(b)) for a, b in pairs]
 

@@ -41,6 +41,18 @@ class Row:
     extra: dict[str, str] = field(default_factory=dict)
 
 
+def _read(obj: Any, name: str) -> Any:
+    """``obj`` after reading ``obj.name`` once (a cached_property then holds its value)."""
+    getattr(obj, name)
+    return obj
+
+
+def _fresh(obj: Any, name: str) -> Any:
+    """``obj.name`` computed now: what a cached_property held is dropped first."""
+    vars(obj).pop(name, None)
+    return getattr(obj, name)
+
+
 def _run(coro: Any) -> Any:
     return asyncio.run(coro)
 
@@ -273,6 +285,167 @@ ROWS: dict[str, Row] = {
         refused=hotpatch.RestartRequired,
         says=("the types registered with show change from ['builtins.object'] to",),
         target="S",
+    ),
+    "lru_cache": Row(
+        module="""
+        import functools
+        @functools.lru_cache(maxsize=None)
+        def price(n):
+            return n * 2
+        """,
+        patch="""
+        @patch.replace("{mod}:price")
+        def price(n):
+            return n * 3
+        """,
+        take=lambda m: {"price": m.price, "seen": m.price(3)},  # an answer cached before
+        look=lambda m, r: (r["price"](3), r["price"](4)),
+        before=(6, 8),
+        after=(9, 12),
+    ),
+    "cache method": Row(
+        module="""
+        import functools
+        class Rates:
+            @functools.cache
+            def rate(self, n):
+                return n * 2
+        """,
+        patch="""
+        @patch.replace("{mod}:Rates.rate")
+        def rate(self, n):
+            return n * 3
+        """,
+        take=lambda m: {"obj": m.Rates(), "bound": m.Rates().rate},
+        look=lambda m, r: (r["obj"].rate(3), r["bound"](4)),
+        before=(6, 8),
+        after=(9, 12),
+    ),
+    "cached_property": Row(
+        module="""
+        import functools
+        class Cart:
+            @functools.cached_property
+            def total(self):
+                return 1
+        """,
+        patch="""
+        @patch.replace("{mod}:Cart.total")
+        def total(self):
+            return 2
+        """,
+        # a value cached before stays until the instance drops it (README, Limits)
+        take=lambda m: {"cached": _read(m.Cart(), "total"), "fresh": m.Cart()},
+        look=lambda m, r: (r["cached"].total, _fresh(r["fresh"], "total")),
+        before=(1, 1),
+        after=(1, 2),
+    ),
+    "cached_property in a class patch": Row(
+        module="""
+        import functools
+        RATE = 2
+        class Cart:
+            @functools.cached_property
+            def total(self):
+                return RATE
+        """,
+        patch="""
+        import functools
+        @patch.replace_class("{mod}:Cart")
+        class Cart:
+            @functools.cached_property
+            def total(self):
+                return RATE * 10  # the module's RATE: the getter is patched in place
+        """,
+        take=lambda m: {"cached": _read(m.Cart(), "total"), "fresh": m.Cart()},
+        look=lambda m, r: (r["cached"].total, _fresh(r["fresh"], "total")),
+        before=(2, 2),
+        after=(2, 20),
+    ),
+    "functools.wraps decorator": Row(
+        module="""
+        import functools
+        def logged(func):
+            @functools.wraps(func)
+            def wrapper(*args):
+                return ("logged", func(*args))
+            return wrapper
+        @logged
+        def crunch(x):
+            return x
+        """,
+        patch="""
+        @patch.replace("{mod}:crunch")
+        def crunch(x):
+            return x * 10
+        """,
+        take=lambda m: {"crunch": m.crunch},
+        look=lambda m, r: r["crunch"](2),
+        before=("logged", 2),
+        after=("logged", 20),
+    ),
+    "decorator without __wrapped__": Row(
+        module="""
+        def twice(func):
+            def run(*args):
+                return func(*args) * 2
+            return run
+        @twice
+        def munch(x):
+            return x
+        """,
+        patch="""
+        @patch.replace("{mod}:munch")
+        def munch(*args):
+            return 0
+        """,
+        take=lambda m: {"munch": m.munch},
+        look=lambda m, r: r["munch"](2),
+        before=4,
+        refused=hotpatch.NotPatchable,
+        says=("twice.<locals>.run",),
+        target="munch",
+    ),
+    "nested function": Row(
+        module="""
+        def make_adder(n):
+            def add(x):
+                return x + n
+            return add
+        add_two = make_adder(2)
+        """,
+        patch="""
+        @patch.replace("{mod}:make_adder.<locals>.add")
+        def add(x):
+            return (x + n) * 10
+        """,
+        take=lambda m: {"made": m.add_two},  # a closure made before the patch
+        look=lambda m, r: (r["made"](1), m.make_adder(3)(1)),
+        before=(3, 4),
+        after=(30, 40),
+    ),
+    "contextmanager, replacement decorated too": Row(
+        module="""
+        import contextlib
+        @contextlib.contextmanager
+        def opened():
+            yield "old"
+        """,
+        patch="""
+        import contextlib
+        @patch.replace("{mod}:opened")
+        @contextlib.contextmanager
+        def opened():
+            yield "new"
+        """,
+        # Today's verdict: refused (the decorated replacement is not a generator);
+        # written as the plain generator it goes in (the row above).
+        take=lambda m: {"cm": m.opened},
+        look=lambda m, r: r["cm"]().__enter__(),
+        before="old",
+        refused=hotpatch.SignatureIncompatible,
+        says=("generator function",),
+        target="opened",
     ),
     "contextmanager": Row(
         module="""
