@@ -25,6 +25,7 @@ from typing import Any, cast
 
 __all__ = [
     "BOILERPLATE",
+    "borrowed",
     "class_reasons",
     "dataclass_fields",
     "decorators",
@@ -34,7 +35,6 @@ __all__ = [
     "is_enum",
     "layout_changes",
     "members",
-    "owns",
     "rebuild",
     "references",
     "set_name",
@@ -271,15 +271,18 @@ def protocol_members(cls: type) -> list[str] | None:
     return sorted(attrs)
 
 
-def owns(cls: type, func: Any) -> bool:
-    """Was ``func`` made for ``cls`` (its body, or a decorator of it), not borrowed?
+def borrowed(cls: type, func: Any) -> bool:
+    """Is ``func`` a function made elsewhere that ``cls`` only holds?
 
-    A class may hold a function made elsewhere: ``functools.total_ordering``'s
-    helpers, a mixin's function assigned in its body. Patching such a function in
-    place would patch every class sharing it.
+    ``functools.total_ordering``'s helpers, a mixin's function assigned in the
+    class body: patching such a function in place would patch every class sharing
+    it. What the class's body or a decorator of it made is not borrowed (its
+    qualname is the class's, or a decorator's ``<locals>``).
     """
-    qualname = getattr(func, "__qualname__", "")
-    return isinstance(qualname, str) and qualname.startswith(cls.__qualname__ + ".")
+    qualname = getattr(func, "__qualname__", None)
+    if not isinstance(qualname, str):
+        return False
+    return not qualname.startswith(cls.__qualname__ + ".") and "<locals>" not in qualname
 
 
 def inner_pairs(old: Any, new: Any) -> list[tuple[types.FunctionType, types.FunctionType]] | None:
@@ -520,10 +523,10 @@ def _fields_text(rows: tuple[tuple[Any, ...], ...]) -> str:
 
 
 def _member_kind(value: Any) -> str:
-    if isinstance(value, types.FunctionType):
-        return "function"
     if isinstance(value, classmethod | staticmethod | property):
         return type(value).__name__
+    if isinstance(innermost(value), types.FunctionType):
+        return "function"  # a function, or one under wrappers (lru_cache)
     return "value"
 
 

@@ -16,13 +16,13 @@ from typing import Any
 from packaging.version import Version
 
 from hotpatch._classes import (
+    borrowed,
     class_reasons,
     decorators,
     inner_pairs,
     innermost,
     layout_changes,
     members,
-    owns,
     rebuild,
     references,
     set_name,
@@ -370,7 +370,9 @@ class _Planner:
             pairs = _function_pairs(existing, value)
             # A function the class borrowed (total_ordering's helpers, a mixin's) is
             # shared: the class gets its own instead of a patch of everyone's.
-            if pairs is not None and all(owns(old, f) and owns(new_cls, n) for _, f, n in pairs):
+            if pairs is not None and not any(
+                borrowed(old, f) or borrowed(new_cls, n) for _, f, n in pairs
+            ):
                 for accessor, wrapped, new in pairs:
                     kind: Kind = "property" if accessor else "method"
                     func, caches = unwrap(wrapped, member, patch=plan.patch.version)
@@ -379,7 +381,7 @@ class _Planner:
                 continue
             if existing is value or (existing is not ABSENT and _equal(existing, value)):
                 continue
-            functions = [f for f in member_functions(value) if owns(new_cls, f)]
+            functions = [f for f in member_functions(value) if not borrowed(new_cls, f)]
             rebound = _rebind_member(value, module.__dict__, old) if functions else value
             set_name(rebound, old, attr)
             plan.changes[key(old, attr)] = (old, attr, rebound)
@@ -492,7 +494,8 @@ def _function_pairs(old: Any, new: Any) -> list[tuple[str, Any, Any]] | None:
     if decorators(new) and decorators(old) != decorators(new):
         return None
     if isinstance(new, types.FunctionType) and (
-        isinstance(old, types.FunctionType) or hasattr(old, "__wrapped__")
+        isinstance(old, types.FunctionType)
+        or (hasattr(old, "__wrapped__") and not isinstance(old, classmethod | staticmethod))
     ):
         return [("", old, innermost(new))]  # old is unwrapped by the caller
     for wrapper in (classmethod, staticmethod):

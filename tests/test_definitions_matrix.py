@@ -362,6 +362,25 @@ ROWS: dict[str, Row] = {
         before=(2, 2),
         after=(2, 20),
     ),
+    "lru_cache method in a class patch": Row(
+        module="""
+        import functools
+        class Rates:
+            @functools.lru_cache(maxsize=None)
+            def rate(self, n):
+                return n * 2
+        """,
+        patch="""
+        @patch.replace_class("{mod}:Rates")
+        class Rates:
+            def rate(self, n):  # written plain: the function under the cache is patched
+                return n * 3
+        """,
+        take=lambda m: {"obj": m.Rates(), "bound": m.Rates().rate},
+        look=lambda m, r: (r["obj"].rate(3), r["bound"](4), r["obj"].rate.cache_info is not None),
+        before=(6, 8, True),
+        after=(9, 12, True),
+    ),
     "functools.wraps decorator": Row(
         module="""
         import functools
