@@ -506,3 +506,25 @@ def test_a_state_dir_others_can_write_takes_no_drop_until_it_is_closed_again(
     assert outcome(state, "fix.py")["outcome"] == "applied"
     assert agent.status()["folder"]["safe"]
     assert target.f() == "one"
+
+
+def test_a_state_dir_deleted_while_running_is_said_and_made_good_again(
+    tmp_path: Path, target: types.ModuleType
+) -> None:
+    folder, state, outbox = tmp_path / "patches", tmp_path / "state", tmp_path / "outbox"
+    folder.mkdir(mode=0o700)
+    outbox.mkdir()
+    with hotpatch.install("1.0", watch=folder, state_dir=state) as agent:
+        shutil.rmtree(state)
+        wait_for(lambda: not agent.status()["folder"]["safe"], "the guard to see it")
+        problem = agent.status()["folder"]["problem"]
+        assert f"state directory {state} is gone" in problem
+        assert f"mkdir -m 0700 {state}" in problem
+        state.mkdir(mode=0o700)  # the fix it names
+        wait_for(lambda: agent.status()["folder"]["safe"], "the state directory to be taken")
+        (outbox / "fix.py").write_bytes(patch(f"{target.__name__}:f", "1.0.1", "one"))
+        os.rename(outbox / "fix.py", folder / "fix.py")
+        assert outcome(state, "fix.py")["outcome"] == "applied"
+        wait_for((state / ".hotpatch.json").exists, "the pidfile made again")
+        wait_for((state / ".hotpatch.sock").exists, "the control socket made again")
+    assert sorted(os.listdir(folder)) == ["fix.py"]
