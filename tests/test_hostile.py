@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 from drops import DropFolder
+from test_fanout import Workers
+from test_fanout import patch_text as fanout_patch
 from test_supervisor import Supervised, running, supervise
 from test_supervisor import request as svc_request
 from test_supervisor_patches import drop, logic_patch, result_of, watching
@@ -447,3 +449,18 @@ def test_under_the_supervisor_a_hanging_migration_is_refused_at_the_services_dea
     drop(folder, "fix.py", logic_patch("1.0.2", "fixed"))
     assert result_of(folder, "fix.py", supervised)["dir"] == "applied"
     assert svc_request(supervised.address, "/get")["tag"] == "fixed"
+
+
+def test_pre_fork_workers_roll_back_a_patch_breaking_json_everywhere(tmp_path: Path) -> None:
+    workers = Workers(tmp_path)
+    try:
+        pids = [workers.start(), workers.start()]
+        workers.drop("json.py", _json_patch("raises"))
+        result = workers.filed("json.py", "rejected")
+        assert "rolled back" in result["reason"]
+        assert all(workers.level(pid) == [] for pid in pids)
+        workers.drop("fix.py", fanout_patch("1.1", 1))
+        assert workers.filed("fix.py", "applied")["outcome"] == "applied"
+        assert all(workers.level(pid) == ["1.1"] for pid in pids)
+    finally:
+        workers.stop_all()

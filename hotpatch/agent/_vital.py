@@ -41,10 +41,12 @@ class VitalCheck:
         socket: Path | None,
         *,
         timeout: float = VITAL_TIMEOUT_S,
+        ask: dict[str, Any] | None = None,
     ) -> None:
         self.scratch = scratch
         self.socket = socket
         self.timeout = timeout
+        self.ask = ask if ask is not None else {"cmd": "status"}  # a request answered at once
 
     def __call__(self, record: dict[str, Any]) -> str | None:
         """``None`` when the agent can file ``record`` and answer; else what is broken."""
@@ -98,13 +100,13 @@ class VitalCheck:
         if self.socket is None:
             return None
         try:
-            answer = request(self.socket, {"cmd": "status"}, timeout=self.timeout)
+            answer = request(self.socket, self.ask, timeout=self.timeout)
         except AgentBusy:
             return None  # answered: the backlog is full of other clients
         except (OSError, ValueError) as exc:
-            return f"the control socket did not answer status: {type(exc).__name__}: {exc}"
+            return f"the control socket did not answer: {type(exc).__name__}: {exc}"
         if answer.get("ok") is not True and answer.get("error_type") != "Busy":
-            return f"the control socket answered status with an error: {answer.get('error')}"
+            return f"the control socket answered with an error: {answer.get('error')}"
         return None
 
 

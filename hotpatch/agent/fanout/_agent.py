@@ -32,6 +32,8 @@ import contextlib
 import functools
 import logging
 import os
+import shutil
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -47,6 +49,7 @@ from hotpatch.agent._pipeline import DropPipeline
 from hotpatch.agent._settings import Settings
 from hotpatch.agent._staging import Staging
 from hotpatch.agent._verify import library_modules
+from hotpatch.agent._vital import VitalCheck
 from hotpatch.agent.fanout._applier import FanoutApplier
 from hotpatch.agent.fanout._commands import WorkerCommands
 from hotpatch.agent.fanout._journal import JOURNAL_NAME, GroupJournal
@@ -94,7 +97,13 @@ class Worker:
                 peers = other_workers(folder)
                 # Alone: the whole server (re)starts, the journal has the level. Else the
                 # live workers have it (they finished starting: they held this lock).
-                local = LocalApplier(self._registry(None) if peers else self._replayed())
+                # After each apply: can this worker still file and answer its socket?
+                scratch = Path(tempfile.mkdtemp(prefix="hotpatch-vital-"))
+                stack.callback(shutil.rmtree, scratch, ignore_errors=True)
+                vital = VitalCheck(scratch, socket, ask={"cmd": "worker"})
+                local = LocalApplier(
+                    self._registry(None) if peers else self._replayed(), vital=vital
+                )
                 self.replica = Replica(local, lock)
                 self.ownership = Ownership(folder, take=self._take, guard=lock)
                 fanout = Fanout(self.replica, folder, self.journal)
