@@ -256,9 +256,13 @@ class _Planner:
         plan.codes.extend(
             (old_code, func.__code__, self.level.code_of(func), built.state["__code__"])
         )
-        plan.codes.extend(
-            change[2] for e in self.level.stack for change in (e.before.get(code_key),) if change
-        )
+        if plan.patch.quiescence == "strict":  # only a strict patch waits on them
+            plan.codes.extend(
+                change[2]
+                for e in self.level.stack
+                for change in (e.before.get(code_key),)
+                if change
+            )
         plan.needs.append(
             (
                 target.module,

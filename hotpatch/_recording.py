@@ -7,7 +7,7 @@ import logging
 from collections.abc import Callable, Iterator, Sequence
 
 from hotpatch._errors import JournalError, PatchError
-from hotpatch._journal import Journal, JournalEntry, JournalState
+from hotpatch._journal import HISTORY_KEPT, Journal, JournalEntry, JournalState
 from hotpatch._patch import Patch, parse_version
 from hotpatch._results import HistoryEntry
 
@@ -43,21 +43,35 @@ class Recording:
         finally:
             self._muted -= 1
 
-    def undo_point(self) -> Callable[[], None]:
-        """What puts the journal back as it is now, if a later step fails."""
-        return self.journal.undo_point()
+    def record(
+        self,
+        pop: int,
+        push: Sequence[Patch],
+        row: HistoryEntry,
+        whole: Callable[[], tuple[Sequence[Patch], Sequence[HistoryEntry]]],
+    ) -> Callable[[], None]:
+        """Record one change of the level: ``pop`` patches off its top, ``push`` on, ``row``.
 
-    def record(self, patches: Sequence[Patch], history: Sequence[HistoryEntry]) -> None:
-        """Write ``patches`` (each with its content) as the level, and the history."""
-        level = []
-        for patch in patches:
-            source = patch.source
-            assert source is not None  # the planner refuses a patch without one
-            level.append(
-                JournalEntry(patch.version, source.sha256, source.path, source.text, patch.summary)
-            )
-        rows = [h.record() for h in history]
-        self.journal.write(JournalState(self.baseline, level, rows))
+        One record appended to the journal, whatever the level's length;
+        ``whole()`` (the level and history afterwards) is written in full only
+        when the journal file is not the one this process knows. Returns what
+        takes the change back out of the journal.
+        """
+        entries = [_entry(patch) for patch in push]
+        change = {
+            "time": row.time,
+            "action": row.action,
+            "version": row.version,
+            "elapsed_s": row.elapsed_s,
+            "who": row.who,
+        }
+
+        def state() -> JournalState:
+            patches, history = whole()
+            rows = [h.record() for h in list(history)[-HISTORY_KEPT:]]
+            return JournalState(self.baseline, [_entry(p) for p in patches], rows)
+
+        return self.journal.append(pop, entries, change, state)
 
     def to_replay(self) -> JournalState | None:
         """The recorded level, if there is one for this baseline.
@@ -76,6 +90,14 @@ class Recording:
             )
             log.warning("%s", self.report)
             return None
+        found = self.journal.format_found
+        if self.journal.upgrade(state):
+            log.info(
+                "journal %s converted from format %s to format %s",
+                self.journal.path,
+                found,
+                self.journal.format_found,
+            )
         return state
 
     def replayed(self, state: JournalState) -> None:
@@ -115,3 +137,9 @@ class Recording:
             ", ".join(v for v, _ in now) or "none",
         )
         return True
+
+
+def _entry(patch: Patch) -> JournalEntry:
+    source = patch.source
+    assert source is not None  # the planner refuses a patch without one
+    return JournalEntry(patch.version, source.sha256, source.path, source.text, patch.summary)

@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 import types
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -25,14 +26,14 @@ from hotpatch._errors import (
     VerificationFailed,
     VersionConflict,
 )
-from hotpatch._journal import Journal
+from hotpatch._journal import HISTORY_KEPT, Journal
 from hotpatch._loader import load_patch_source
 from hotpatch._nested import going_back, settle_changes
 from hotpatch._patch import Migration, Patch, parse_version
 from hotpatch._plan import Applied, Level, Plan, caches_of, make_plan, nested_of
 from hotpatch._plugins import PluginHost
 from hotpatch._recording import Recording
-from hotpatch._results import ApplyResult, CheckReport, HistoryEntry, RollbackResult
+from hotpatch._results import ApplyResult, CheckReport, HistoryEntry, LevelChain, RollbackResult
 from hotpatch._switch import Change, Key, busy_threads, current, key, switch, wait_quiescent
 from hotpatch._wrap import Wrapper, Wrappers
 
@@ -68,9 +69,12 @@ class Registry:
         self._baseline_version = parse_version(self.baseline, "baseline")
         self._lock = threading.RLock()
         self._stack: list[Applied] = []
+        # The stack's versions, as a tuple and as the chain history entries share.
+        self._level: tuple[str, ...] = ()
+        self._chain: LevelChain | None = None
         self._originals: dict[int, tuple[types.FunctionType, dict[str, Any]]] = {}
         self._wrappers = Wrappers(self._lock)
-        self._history: list[HistoryEntry] = []
+        self._history: deque[HistoryEntry] = deque(maxlen=HISTORY_KEPT)
         self.plugins = PluginHost(plugins)
         self.journal_report: str | None = None  # what replaying the journal did
         self._recording: Recording | None = None
@@ -83,7 +87,7 @@ class Registry:
     @property
     def level(self) -> tuple[str, ...]:
         """The applied hot patches' versions, oldest first."""
-        return tuple(e.patch.version for e in self._stack)
+        return self._level
 
     @property
     def version(self) -> str:
@@ -92,6 +96,7 @@ class Registry:
 
     @property
     def history(self) -> tuple[HistoryEntry, ...]:
+        """The last changes of the level (as many as the journal keeps), oldest first."""
         return tuple(self._history)
 
     @property
@@ -189,6 +194,7 @@ class Registry:
             list(plan.nested),
         )
         stack = [entry] if patch.cumulative else [*self._stack, entry]
+        chain = LevelChain(patch.version, None if patch.cumulative else self._chain)
         undo: list[Callable[[], object]] = []
         # The order: wait for strict quiescence, run the migrations (each within
         # migration_timeout), write the journal, switch. The journal never holds a patch
@@ -210,13 +216,15 @@ class Registry:
             if plan.migrations:  # a thread may have entered a target meanwhile
                 self._quiesce(plan, deadline)
             elapsed = time.perf_counter() - start
-            record = HistoryEntry(
-                time.time(), action, patch.version, _versions(stack), elapsed, who
-            )
+            record = HistoryEntry(time.time(), action, patch.version, chain, elapsed, who)
             recording = self._recording
             if recording is not None and recording.on and action != "replay":
-                undo.append(recording.undo_point())
-                recording.record([e.patch for e in stack], [*self._history, record])
+                pop = len(self._stack) if patch.cumulative else 0
+                undo.append(
+                    recording.record(
+                        pop, [patch], record, lambda: (_patches(stack), [*self._history, record])
+                    )
+                )
             switch_s = switch(plan.changes.values(), live, plan.caches)
         except BaseException:
             for step in reversed(undo):
@@ -237,10 +245,10 @@ class Registry:
         for func in plan.functions:
             self._originals.setdefault(id(func), (func, _state_before(func, before)))
         self._stack = stack
+        self._chain = chain
+        self._level = (patch.version,) if patch.cumulative else (*self._level, patch.version)
         elapsed = time.perf_counter() - start
-        self._history.append(
-            HistoryEntry(time.time(), action, patch.version, self.level, elapsed, who)
-        )
+        self._history.append(HistoryEntry(time.time(), action, patch.version, chain, elapsed, who))
         log.info(
             "%s patch %s: %d targets (%s) in %.2f ms",
             "replayed" if action == "replay" else "applied",
@@ -290,9 +298,13 @@ class Registry:
             undo = {k: (obj, attr, current(obj, attr)) for k, (obj, attr, _) in final.items()}
             elapsed = time.perf_counter() - start
             versions = tuple(e.patch.version for e in popped)
-            record = HistoryEntry(
-                time.time(), "rollback", ", ".join(versions), _versions(stack), elapsed, who
-            )
+            kept, pushed = _change(self._stack, stack)
+            chain = self._chain
+            for _ in range(len(self._stack) - kept):
+                assert chain is not None
+                chain = chain.below
+            chain = LevelChain.of(pushed, chain)
+            record = HistoryEntry(time.time(), "rollback", ", ".join(versions), chain, elapsed, who)
             # The code first, then the journal: the patch being rolled back may have broken
             # what writing the journal needs (json), and the code it brought must go anyway.
             caches = caches_of(popped) if rare else []
@@ -300,7 +312,12 @@ class Registry:
             recording = self._recording
             if recording is not None and recording.on and popped:
                 try:
-                    recording.record([e.patch for e in stack], [*self._history, record])
+                    recording.record(
+                        len(self._stack) - kept,
+                        [e.patch for e in stack[kept:]],
+                        record,
+                        lambda: (_patches(stack), [*self._history, record]),
+                    )
                 except BaseException:  # the journal could not follow: the code goes back too
                     switch(undo.values(), None, caches)
                     raise
@@ -308,6 +325,8 @@ class Registry:
                 switch(settle_changes(settles, final))
             self._wrappers.forget(final)
             self._stack = stack
+            self._chain = chain
+            self._level = self._level[:kept] + pushed
             for entry in popped:
                 for migration, module in entry.unmigrations:
                     try:
@@ -323,9 +342,7 @@ class Registry:
             elapsed = time.perf_counter() - start
             if popped:
                 self._history.append(
-                    HistoryEntry(
-                        time.time(), "rollback", ", ".join(versions), self.level, elapsed, who
-                    )
+                    HistoryEntry(time.time(), "rollback", ", ".join(versions), chain, elapsed, who)
                 )
                 log.info(
                     "rolled back %s in %.2f ms; level now %s",
@@ -446,7 +463,7 @@ class Registry:
         if state is None:
             self.journal_report = recording.report
             return
-        self._history = [HistoryEntry.from_record(row) for row in state.history]
+        self._history = deque(HistoryEntry.from_records(state.history), maxlen=HISTORY_KEPT)
         for entry in state.level:
             try:
                 patch = load_patch_source(entry.text.encode(), path=entry.path)
@@ -550,8 +567,20 @@ def _code_in(final: Mapping[Key, Change]) -> Callable[[types.FunctionType], type
     return code_of
 
 
-def _versions(stack: list[Applied]) -> tuple[str, ...]:
-    return tuple(e.patch.version for e in stack)
+def _patches(stack: list[Applied]) -> list[Patch]:
+    return [e.patch for e in stack]
+
+
+def _change(old: list[Applied], new: list[Applied]) -> tuple[int, tuple[str, ...]]:
+    """(how many entries of ``old`` begin ``new``, the versions of ``new`` after them).
+
+    ``new`` is ``old`` less its top entries, plus entries they had replaced (never
+    the same objects): found from the top, in the length of the change.
+    """
+    kept = min(len(old), len(new))
+    while kept and new[kept - 1] is not old[kept - 1]:
+        kept -= 1
+    return kept, tuple(e.patch.version for e in new[kept:])
 
 
 def _call(func: Callable[[Any], object], arg: Any) -> Callable[[], object]:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["ApplyResult", "CheckReport", "HistoryEntry", "RollbackResult"]
+__all__ = ["ApplyResult", "CheckReport", "HistoryEntry", "LevelChain", "RollbackResult"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,22 +56,138 @@ class RollbackResult:
     switch_s: float
 
 
-@dataclass(frozen=True, slots=True)
+class LevelChain:
+    """A level as a persistent stack of versions: each change adds one node.
+
+    History entries keep the node of their level, so that an entry costs the
+    same whatever the level's length; ``versions()`` spells it out on demand.
+    """
+
+    __slots__ = ("below", "version")
+
+    def __init__(self, version: str, below: LevelChain | None):
+        self.version = version
+        self.below = below
+
+    def versions(self) -> tuple[str, ...]:
+        out: list[str] = []
+        node: LevelChain | None = self
+        while node is not None:
+            out.append(node.version)
+            node = node.below
+        out.reverse()
+        return tuple(out)
+
+    @staticmethod
+    def of(versions: Iterable[str], below: LevelChain | None = None) -> LevelChain | None:
+        """``below`` with ``versions`` put on top, oldest first."""
+        for version in versions:
+            below = LevelChain(version, below)
+        return below
+
+
 class HistoryEntry:
-    """One change of the level: an apply, a journal replay or a rollback."""
+    """One change of the level: an apply, a journal replay or a rollback (read-only)."""
+
+    __slots__ = ("_level", "action", "elapsed_s", "time", "version", "who")
+    __match_args__ = ("time", "action", "version", "level", "elapsed_s", "who")
 
     time: float
     action: str  # "apply", "replay", "rollback"
     version: str
-    level: tuple[str, ...]
     elapsed_s: float
-    who: str = "api"
+    who: str
+    _level: tuple[str, ...] | LevelChain | None
+
+    def __init__(  # noqa: PLR0917 -- the fields in the order HistoryEntry always took them
+        self,
+        time: float,
+        action: str,
+        version: str,
+        level: tuple[str, ...] | LevelChain | None,
+        elapsed_s: float,
+        who: str = "api",
+    ):
+        for name, value in (
+            ("time", time),
+            ("action", action),
+            ("version", version),
+            ("_level", level),
+            ("elapsed_s", elapsed_s),
+            ("who", who),
+        ):
+            object.__setattr__(self, name, value)
+
+    @property
+    def level(self) -> tuple[str, ...]:
+        """The level after the change, oldest first."""
+        level = self._level
+        if level is None:
+            return ()
+        return level if isinstance(level, tuple) else level.versions()
+
+    def __setattr__(self, name: str, value: object) -> None:
+        msg = f"HistoryEntry is read-only: cannot set {name}"
+        raise AttributeError(msg)
+
+    def _key(self) -> tuple[object, ...]:
+        return (self.time, self.action, self.version, self.level, self.elapsed_s, self.who)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, HistoryEntry):
+            return NotImplemented
+        return self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return (
+            f"HistoryEntry(time={self.time!r}, action={self.action!r}, version={self.version!r}, "
+            f"level={self.level!r}, elapsed_s={self.elapsed_s!r}, who={self.who!r})"
+        )
 
     def record(self) -> dict[str, Any]:
         """The entry as JSON-ready data (the journal's history rows, the control protocol)."""
-        return dict(asdict(self), level=list(self.level))
+        return {
+            "time": self.time,
+            "action": self.action,
+            "version": self.version,
+            "level": list(self.level),
+            "elapsed_s": self.elapsed_s,
+            "who": self.who,
+        }
 
     @classmethod
     def from_record(cls, row: Mapping[str, Any]) -> HistoryEntry:
         """An entry back from ``record()``'s data (the journal has checked its fields)."""
         return cls(**dict(row, level=tuple(row["level"])))
+
+    @classmethod
+    def from_records(cls, rows: Iterable[Mapping[str, Any]]) -> list[HistoryEntry]:
+        """Entries back from rows, consecutive levels sharing what they have in common."""
+        entries: list[HistoryEntry] = []
+        prev: list[str] = []
+        chain: LevelChain | None = None
+        for row in rows:
+            level = list(row["level"])
+            same = len(prev)
+            if level[:same] != prev:
+                same = len(level) if prev[: len(level)] == level else _common(prev, level)
+                for _ in range(len(prev) - same):
+                    assert chain is not None
+                    chain = chain.below
+            chain = LevelChain.of(level[same:], chain)
+            prev = level
+            entries.append(cls(**dict(row, level=chain)))
+        return entries
+
+
+def _common(a: list[str], b: list[str]) -> int:
+    """The length of what ``a`` and ``b`` begin with in common."""
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n

@@ -58,13 +58,15 @@ def check_baseline(patch: Patch, baseline: Version, text: str) -> None:
 def check_version(patch: Patch, level: Sequence[Patch], current: str, baseline: Version) -> None:
     """``VersionConflict`` unless ``patch`` is newer than the ``level`` (or the baseline)."""
     v = patch.version
+    top = level[-1].parsed_version if level else baseline
+    if patch.parsed_version > top:
+        return  # the level is in version order: newer than its top, newer than all
     if any(p.parsed_version == patch.parsed_version for p in level):
         msg = (
             f"patch {v} is already applied (level {', '.join(p.version for p in level)}); "
             "to change it, publish it again under a newer version"
         )
         raise VersionConflict(msg, patch=v)
-    top = level[-1].parsed_version if level else baseline
     if patch.parsed_version <= top:
         msg = (
             f"patch {v} is not newer than the current level {current}; "

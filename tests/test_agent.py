@@ -19,6 +19,7 @@ import pytest
 from drops import WAIT_S, DropFolder
 
 import hotpatch
+from hotpatch._journal import Journal
 from hotpatch.agent._control import request
 
 
@@ -434,7 +435,9 @@ def test_rollback_and_history_over_the_socket(
         ("rollback", f"uid:{os.getuid()}"),
     ]
     # The journal followed.
-    assert json.loads(paths.journal.read_text())["level"] == []
+    recorded = Journal(paths.journal).read()
+    assert recorded is not None
+    assert recorded.level == []
 
 
 def test_unknown_requests_are_bad_requests(paths: DropFolder, agent: hotpatch.Agent) -> None:

@@ -430,10 +430,10 @@ def test_journal_write_failure_changes_nothing(
     patch = w.failing_patch()
     before = w.snapshot()
 
-    def refuse(self: hotpatch._journal.Journal, state: object) -> None:
+    def refuse(self: hotpatch._journal.Journal, *args: object) -> None:
         raise hotpatch.JournalError(f"journal {self.path} cannot be written: disk full")
 
-    monkeypatch.setattr(hotpatch._journal.Journal, "write", refuse)
+    monkeypatch.setattr(hotpatch._journal.Journal, "append", refuse)
     with pytest.raises(hotpatch.JournalError, match="disk full"):
         w.registry.apply(patch)
     monkeypatch.undo()
@@ -446,7 +446,7 @@ def test_journal_write_failure_changes_nothing(
 def test_journal_os_error_changes_nothing(
     world: Callable[..., World], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A real ``Journal.write`` whose fsync fails with EIO: a JournalError, no leftovers."""
+    """A real ``Journal.append`` whose sync fails with EIO: a JournalError, no leftovers."""
     w = world()
     patch = w.failing_patch()
     before = w.snapshot()
@@ -458,13 +458,14 @@ def test_journal_os_error_changes_nothing(
         real_fsync(fd)
 
     monkeypatch.setattr(hotpatch._journal.os, "fsync", fsync)
+    monkeypatch.setattr(hotpatch._journal.os, "fdatasync", fsync)
     with pytest.raises(hotpatch.JournalError, match="Input/output error") as caught:
         w.registry.apply(patch)
     monkeypatch.undo()
     assert isinstance(caught.value.__cause__, OSError)
     assert_untouched(w, before)
     assert sorted(p.name for p in w.journal.parent.iterdir() if "journal" in p.name) == [
-        "journal.json"  # the temporary file was removed
+        "journal.json"  # no temporary file; the record taken back out (the bytes are equal)
     ]
     assert_still_works(w, before)
 

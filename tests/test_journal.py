@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import itertools
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -16,6 +19,7 @@ from typing import Any
 import pytest
 
 import hotpatch
+import hotpatch._journal
 
 # A real service stand-in: imports the target module, builds a Registry on the
 # journal (which replays it), reports, then applies the patch files it is given.
@@ -25,8 +29,10 @@ CHILD = textwrap.dedent(
     import importlib, json, sys
     cfg = json.loads(sys.argv[1])
     sys.path.insert(0, cfg["modules"])
-    import hotpatch
+    import hotpatch, hotpatch._journal
     mod = importlib.import_module(cfg["module"])
+    if cfg.get("compact"):  # rewrite the journal before every append
+        hotpatch._journal.COMPACT_MIN = hotpatch._journal.COMPACT_GROWTH = 0
 
     def out(**kw):
         print(json.dumps(kw), flush=True)
@@ -79,8 +85,9 @@ class Service:
         self.module = module.__name__
         self.journal = journal
 
-    def argv(self, apply: list[str], baseline: str = "1.0") -> list[str]:
+    def argv(self, apply: list[str], baseline: str = "1.0", compact: bool = False) -> list[str]:
         cfg = {
+            "compact": compact,
             "modules": self.modules,
             "module": self.module,
             "baseline": baseline,
@@ -102,9 +109,9 @@ class Service:
             pytest.fail(f"service exited {proc.returncode}:\n{proc.stderr}")
         return events
 
-    def start(self, apply: list[str]) -> subprocess.Popen[str]:
+    def start(self, apply: list[str], compact: bool = False) -> subprocess.Popen[str]:
         return subprocess.Popen(
-            self.argv(apply),
+            self.argv(apply, compact=compact),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -122,6 +129,23 @@ def service(tmp_path, target):
     return Service(tmp_path, target, tmp_path / "state" / "journal.json")
 
 
+def _state(journal: Path) -> hotpatch._journal.JournalState:
+    state = hotpatch._journal.Journal(journal).read()
+    assert state is not None
+    return state
+
+
+def _format1(journal: Path) -> dict[str, Any]:
+    """The journal's state as a document of format 1 (what hotpatch wrote before format 2)."""
+    state = _state(journal)
+    return {
+        "format": 1,
+        "baseline": state.baseline,
+        "level": [dataclasses.asdict(e) for e in state.level],
+        "history": state.history,
+    }
+
+
 def _write_chain(write_patch, module: str, count: int) -> list[Path]:
     return [
         write_patch(_patch_source(module, f"1.0.{i}", f"x + {i}"), name=f"p{i}.py")
@@ -137,17 +161,24 @@ def test_journal_holds_content_and_sha256(service, target, write_patch):
     events = service.run(paths)
     assert events[-1] == {"event": "done", "level": ["1.0.1", "1.0.2"]}
 
-    data = json.loads(service.journal.read_text())
-    assert data["format"] == 1
-    assert data["baseline"] == "1.0"
-    assert [e["version"] for e in data["level"]] == ["1.0.1", "1.0.2"]
-    for entry, path in zip(data["level"], paths, strict=True):
+    head = service.journal.read_bytes().split(b"\n")[0]
+    assert head.startswith(b'{"format":2,"baseline":"1.0"}\t')
+    journal = hotpatch._journal.Journal(service.journal)
+    state = journal.read()
+    assert state is not None
+    assert journal.format_found == 2
+    assert state.baseline == "1.0"
+    assert [e.version for e in state.level] == ["1.0.1", "1.0.2"]
+    for entry, path in zip(state.level, paths, strict=True):
         raw = path.read_bytes()
-        assert entry["text"] == raw.decode()
-        assert entry["sha256"] == hashlib.sha256(raw).hexdigest()
-        assert entry["path"] == str(path)
-    assert [h["action"] for h in data["history"]] == ["apply", "apply"]
-    # tmp + fsync + rename: nothing but the journal is left in its folder
+        assert entry.text == raw.decode()
+        assert entry.sha256 == hashlib.sha256(raw).hexdigest()
+        assert entry.path == str(path)
+    assert [(h["action"], h["level"]) for h in state.history] == [
+        ("apply", ["1.0.1"]),
+        ("apply", ["1.0.1", "1.0.2"]),
+    ]
+    # nothing but the journal is left in its folder
     assert sorted(p.name for p in service.journal.parent.iterdir()) == ["journal.json"]
 
 
@@ -211,7 +242,7 @@ def test_replay_in_process_and_roll_back_to_the_exact_original(service, target, 
         registry.rollback(to="1.0")
     assert target.price.__code__ is original
     assert target.price(10) == 10
-    assert json.loads(service.journal.read_text())["level"] == []
+    assert _state(service.journal).level == []
     assert service.run()[0]["level"] == []
 
 
@@ -229,10 +260,11 @@ def test_failed_write_keeps_the_previous_journal_and_changes_nothing(
         before = journal.read_bytes()
         patched = target.price.__code__
 
-        def crash(src: Any, dst: Any) -> None:
+        def crash(*args: Any) -> None:
             raise OSError(28, "No space left on device")
 
-        monkeypatch.setattr(os, "replace", crash)
+        monkeypatch.setattr(os, "pwrite", crash)  # an append
+        monkeypatch.setattr(os, "replace", crash)  # a whole rewrite
         with pytest.raises(hotpatch.JournalError, match="cannot be written") as info:
             registry.apply(hotpatch.load_patch(second))
         assert str(journal) in str(info.value)
@@ -251,7 +283,7 @@ def test_failed_write_keeps_the_previous_journal_and_changes_nothing(
     finally:
         if registry.level:
             registry.rollback(to="1.0")
-    assert json.loads(journal.read_text())["level"] == []
+    assert _state(journal).level == []
 
 
 def test_failed_fsync_leaves_no_temporary_file(target, write_patch, tmp_path, monkeypatch):
@@ -303,8 +335,8 @@ def test_journal_of_another_baseline_is_reported_set_aside_and_not_replayed(
     )
     again.apply(hotpatch.load_patch(patch2))
     try:
-        data = json.loads(service.journal.read_text())
-        assert (data["baseline"], [e["version"] for e in data["level"]]) == ("2.0", ["2.0.1"])
+        state = _state(service.journal)
+        assert (state.baseline, [e.version for e in state.level]) == ("2.0", ["2.0.1"])
     finally:
         again.rollback()
 
@@ -318,8 +350,9 @@ def _assert_clear_error(exc: hotpatch.JournalError, journal: Path) -> None:
     assert "move" in message.lower()  # what to do
 
 
-def test_truncated_journal(service, target, write_patch):
+def test_truncated_journal_of_format_1(service, target, write_patch):
     service.run(_write_chain(write_patch, target.__name__, 2))
+    service.journal.write_text(json.dumps(_format1(service.journal), indent=1))
     raw = service.journal.read_bytes()
     service.journal.write_bytes(raw[: len(raw) // 2])
     with pytest.raises(hotpatch.JournalError, match="corrupt") as info:
@@ -353,7 +386,7 @@ def test_truncated_journal(service, target, write_patch):
 )
 def test_malformed_journal_is_a_clear_journal_error(service, target, write_patch, damage):
     service.run(_write_chain(write_patch, target.__name__, 1))
-    data = damage(json.loads(service.journal.read_text()))
+    data = damage(_format1(service.journal))
     service.journal.write_text(json.dumps(data))
     written = service.journal.read_bytes()
     with pytest.raises(hotpatch.JournalError) as info:
@@ -365,16 +398,16 @@ def test_malformed_journal_is_a_clear_journal_error(service, target, write_patch
 
 def test_newer_format_says_to_upgrade(service, target, write_patch):
     service.run(_write_chain(write_patch, target.__name__, 1))
-    data = json.loads(service.journal.read_text())
-    service.journal.write_text(json.dumps({**data, "format": 2}))
-    with pytest.raises(hotpatch.JournalError, match="format 2") as info:
+    data = _format1(service.journal)
+    service.journal.write_text(json.dumps({**data, "format": 3}))
+    with pytest.raises(hotpatch.JournalError, match="format 3") as info:
         hotpatch.Registry("1.0", journal=service.journal)
     assert "upgrade hotpatch" in str(info.value).lower()
 
 
 def test_sha256_that_does_not_match_the_content(service, target, write_patch):
     service.run(_write_chain(write_patch, target.__name__, 2))
-    data = json.loads(service.journal.read_text())
+    data = _format1(service.journal)
     data["level"][1]["text"] = data["level"][1]["text"].replace("x + 2", "x + 2000")
     service.journal.write_text(json.dumps(data))
     with pytest.raises(hotpatch.JournalError, match="sha256") as info:
@@ -447,20 +480,28 @@ def test_sigkill_between_two_applies(service, target, write_patch):
     assert sorted(p.name for p in service.journal.parent.iterdir()) == ["journal.json"]
 
 
-def test_sigkill_during_a_burst_of_applies_leaves_a_replayable_prefix(service, target, write_patch):
+@pytest.mark.parametrize(
+    ("compact", "delay"),
+    [(False, 0.05), (True, 0.03), (True, 0.11)],
+    ids=["appending", "compacting-early", "compacting-later"],
+)
+def test_sigkill_during_a_burst_of_applies_leaves_a_replayable_prefix(
+    service, target, write_patch, compact, delay
+):
     count = 200
     burst = [f"1.0.{i}" for i in range(1, count + 1)]
     paths = [str(p) for p in _write_chain(write_patch, target.__name__, count)]
-    proc = service.start(paths)
+    proc = service.start(paths, compact=compact)
     assert proc.stdout is not None
     try:
         _read_until(proc, "start")
-        time.sleep(0.05)  # let the burst run, then kill it wherever it is
+        time.sleep(delay)  # let the burst run, then kill it wherever it is
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
-        rest, _ = proc.communicate(timeout=30)
+        rest = proc.stdout.read()  # through the reader that has read ahead: no line lost
     finally:
         proc.kill()
+        proc.communicate(timeout=30)
     events = [json.loads(line) for line in rest.splitlines()]
     reported = [e["version"] for e in events if e["event"] == "applied"]
 
@@ -472,7 +513,7 @@ def test_sigkill_during_a_burst_of_applies_leaves_a_replayable_prefix(service, t
     assert level[: len(reported)] == reported
     assert len(level) - len(reported) in (0, 1)
     assert restarted["result"] == 10 + len(level)  # the top of the level runs
-    # a write killed half-way can only leave its temporary file, never a torn journal
+    # a compaction killed half-way can only leave its temporary file
     leftovers = {p.name for p in service.journal.parent.iterdir()} - {"journal.json"}
     assert all(n.startswith(".journal.json.") and n.endswith(".tmp") for n in leftovers)
 
@@ -529,10 +570,393 @@ def test_resync_ignores_a_journal_of_another_baseline(target, write_patch, tmp_p
     journal = tmp_path / "journal.json"
     registry = hotpatch.Registry("1.0", journal=journal)
     registry.apply(hotpatch.load_patch(_write_chain(write_patch, target.__name__, 1)[0]))
-    data = json.loads(journal.read_text())
+    data = _format1(journal)
     data["baseline"] = "2.0"
     journal.write_text(json.dumps(data))
     assert registry.resync() is False
     assert registry.level == ("1.0.1",)
     assert journal.exists()  # not set aside: it is the new baseline's
     registry.rollback(to="1.0")
+
+
+# -- format 2: appended records, each whole or ignored -------------------------------------
+
+
+def _records_of(journal: Path) -> list[int]:
+    """The offsets where each line of a format-2 journal ends (the header's first)."""
+    raw = journal.read_bytes()
+    return [i + 1 for i, byte in enumerate(raw) if byte == ord("\n")]
+
+
+def test_an_apply_appends_one_record_whatever_the_level(target, write_patch, tmp_path):
+    journal = tmp_path / "journal.json"
+    registry = hotpatch.Registry("1.0", journal=journal)
+    paths = _write_chain(write_patch, target.__name__, 30)
+    sizes = []
+    try:
+        for path in paths:
+            registry.apply(hotpatch.load_patch(path))
+            sizes.append(journal.stat().st_size)
+        registry.rollback()
+        rolled = journal.stat().st_size
+    finally:
+        registry.rollback(to="1.0")
+    growth = [b - a for a, b in itertools.pairwise(sizes)]
+    assert max(growth) - min(growth) < 20  # a record per apply, the same size at 2 and 30
+    assert 0 < rolled - sizes[-1] < 200  # a rollback's record names no patch content
+    assert len(_records_of(journal)) == 1 + 30 + 2  # header, 30 applies, 2 rollbacks
+
+
+def test_every_truncation_of_the_records_reads_as_a_prefix_of_whole_levels(
+    target, write_patch, tmp_path
+):
+    """A crash can cut the file anywhere after the last synced record: cut it everywhere."""
+    journal = tmp_path / "journal.json"
+    registry = hotpatch.Registry("1.0", journal=journal)
+    p1, p2, p3 = _write_chain(write_patch, target.__name__, 3)
+    cumulative = write_patch(
+        _patch_source(target.__name__, "1.0.4", "x * 4").replace(
+            'summary="patch 1.0.4"', 'summary="patch 1.0.4", cumulative=True'
+        ),
+        name="p4.py",
+    )
+    levels: list[list[str]] = []
+    try:
+        for step in (p1, p2, p3, "rollback", p3, cumulative, "rollback", "rollback"):
+            if step == "rollback":
+                registry.rollback()
+            else:
+                registry.apply(hotpatch.load_patch(step))
+            levels.append(list(registry.level))
+    finally:
+        if registry.level:
+            registry.rollback(to="1.0")
+    raw = journal.read_bytes()
+    ends = _records_of(journal)
+    assert len(ends) == 1 + 9  # the header, then one record per change
+    levels = [*levels, []]  # the registry's last rollback, to the baseline
+    expected = {ends[0]: []} | dict(zip(ends[1:], levels, strict=True))
+    cut = tmp_path / "cut.json"
+    for size in range(ends[0], len(raw) + 1):
+        cut.write_bytes(raw[:size])
+        state = hotpatch._journal.Journal(cut).read()
+        assert state is not None
+        whole = max(end for end in expected if end <= size)
+        assert [e.version for e in state.level] == expected[whole], size
+        assert len(state.history) == ends.index(whole)
+    # A torn cumulative: none of it (not an empty level, nor the patches it replaced half).
+    cut.write_bytes(raw[: ends[5] + 5])
+    assert [e.version for e in _state(cut).level] == ["1.0.1", "1.0.2", "1.0.3"]
+
+
+def test_a_torn_record_is_cut_off_by_the_next_append(service, target, write_patch):
+    p1, p2, p3 = _write_chain(write_patch, target.__name__, 3)
+    service.run([p1, p2])
+    raw = service.journal.read_bytes()
+    last = _records_of(service.journal)[-2]
+    service.journal.write_bytes(raw[: last + 30])  # 1.0.2's record, torn after 30 bytes
+    events = service.run([p3])
+    assert events[0]["level"] == ["1.0.1"]
+    assert events[-1] == {"event": "done", "level": ["1.0.1", "1.0.3"]}
+    assert service.run()[0]["level"] == ["1.0.1", "1.0.3"]
+    assert service.journal.read_bytes().startswith(raw[:last])
+    assert len(_records_of(service.journal)) == 3
+
+
+def test_zeros_in_place_of_the_last_record_are_ignored(service, target, write_patch):
+    """What a crash can leave when the size reached the disk before the data did."""
+    service.run(_write_chain(write_patch, target.__name__, 2))
+    raw = service.journal.read_bytes()
+    last = _records_of(service.journal)[-2]
+    service.journal.write_bytes(raw[:last] + b"\0" * (len(raw) - last))
+    assert service.run()[0]["level"] == ["1.0.1"]
+
+
+def test_a_damaged_record_followed_by_others_is_corruption(service, target, write_patch):
+    service.run(_write_chain(write_patch, target.__name__, 3))
+    raw = bytearray(service.journal.read_bytes())
+    ends = _records_of(service.journal)
+    raw[ends[1] + 40] ^= 0x01  # a bit flipped in 1.0.2's record; 1.0.3's follows
+    service.journal.write_bytes(bytes(raw))
+    with pytest.raises(hotpatch.JournalError, match="record 2") as info:
+        hotpatch.Registry("1.0", journal=service.journal)
+    _assert_clear_error(info.value, service.journal)
+    assert "corrupt" in str(info.value)
+    assert target.price(10) == 10
+    assert service.journal.read_bytes() == bytes(raw)  # left for inspection
+
+
+def test_compaction_keeps_the_level_and_history(target, write_patch, tmp_path, monkeypatch):
+    monkeypatch.setattr(hotpatch._journal, "COMPACT_MIN", 2000)
+    journal = tmp_path / "journal.json"
+    registry = hotpatch.Registry("1.0", journal=journal)
+    paths = _write_chain(write_patch, target.__name__, 12)
+    compactions = 0
+    try:
+        for path in paths:
+            lines = len(_records_of(journal)) if journal.exists() else 0
+            registry.apply(hotpatch.load_patch(path))
+            compactions += len(_records_of(journal)) < lines
+        registry.rollback(to="1.0.9")
+        expected = [(h.action, h.version, list(h.level)) for h in registry.history]
+    finally:
+        registry.rollback(to="1.0")
+    assert compactions >= 2  # rewritten as the header and one record, more than once
+    state = _state(journal)
+    assert state.level == []
+    assert [(h["action"], h["version"], h["level"]) for h in state.history[:-1]] == expected
+    assert (state.history[-1]["action"], state.history[-1]["level"]) == ("rollback", [])
+    assert sorted(p.name for p in tmp_path.iterdir() if "journal" in p.name) == ["journal.json"]
+
+
+def test_history_beyond_what_is_kept_is_dropped(target, write_patch, tmp_path, monkeypatch):
+    monkeypatch.setattr(hotpatch._journal, "HISTORY_KEPT", 5)
+    journal = tmp_path / "journal.json"
+    registry = hotpatch.Registry("1.0", journal=journal)
+    try:
+        for path in _write_chain(write_patch, target.__name__, 8):
+            registry.apply(hotpatch.load_patch(path))
+    finally:
+        registry.rollback(to="1.0")
+    history = _state(journal).history
+    assert [h["version"] for h in history[:4]] == ["1.0.5", "1.0.6", "1.0.7", "1.0.8"]
+    assert history[3]["level"] == [f"1.0.{i}" for i in range(1, 9)]
+    assert (history[4]["action"], history[4]["level"]) == ("rollback", [])
+
+
+# -- SIGKILL inside an append and inside a compaction ---------------------------------------
+
+# Forks one process per kill point. Each builds a journaled registry, applies the
+# patches of "before", then does "op" (an apply or a rollback) with one system call
+# of the journal replaced: when it comes, only "bytes" of a write are written (or
+# the call is made or not, for "replace"/"fsync"), and the process SIGKILLs itself.
+# Then another forked process replays what is on disk, reports the level, and
+# applies the next patch on top (the journal goes on after the crash).
+KILLER = textwrap.dedent(
+    """
+    import json, os, signal, sys
+    cfg = json.loads(sys.argv[1])
+    sys.path.insert(0, cfg["modules"])
+    import hotpatch, hotpatch._journal as J
+    __import__(cfg["module"])
+
+    def die():
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    def arm(point):
+        call, nth, size = point["call"], point.get("nth", 1), point.get("bytes")
+        seen = [0]
+        real = getattr(os, call)
+
+        def hooked(*args):
+            seen[0] += 1
+            if seen[0] < nth:
+                return real(*args)
+            if call == "pwrite":
+                fd, data, offset = args
+                data = bytes(data)
+                cut = int(len(data) * point["frac"]) if "frac" in point else size
+                real(fd, data[:cut], offset)  # a negative cut counts from the end
+                die()
+            if point.get("after"):
+                real(*args)
+            die()
+
+        setattr(os, call, hooked)
+
+    def child(point, path):
+        if point.get("compact"):
+            J.COMPACT_MIN, J.COMPACT_GROWTH = 0, 0
+        reg = hotpatch.Registry("1.0", journal=path)
+        for p in cfg["before"]:
+            reg.apply(hotpatch.load_patch(p))
+        arm(point)
+        if point["op"] == "rollback":
+            reg.rollback()
+        else:
+            reg.apply(hotpatch.load_patch(point["op"]))
+        os._exit(0)  # the kill never came
+
+    def resume(path, out):
+        reg = hotpatch.Registry("1.0", journal=path)
+        level = list(reg.level)
+        reg.apply(hotpatch.load_patch(cfg["next"]))
+        state = J.Journal(path).read()
+        os.write(out, json.dumps([level, [e.version for e in state.level]]).encode())
+        os._exit(0)
+
+    for i, point in enumerate(cfg["points"]):
+        path = os.path.join(cfg["folder"], f"journal-{i}.json")
+        pid = os.fork()
+        if pid == 0:
+            child(point, path)
+        _, status = os.waitpid(pid, 0)
+        killed = os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(r)
+            resume(path, w)
+        os.close(w)
+        answer = b""
+        while chunk := os.read(r, 65536):
+            answer += chunk
+        os.close(r)
+        os.waitpid(pid, 0)
+        level, resumed = json.loads(answer)
+        leftovers = sorted(n for n in os.listdir(cfg["folder"]) if n.startswith(f".journal-{i}."))
+        print(json.dumps({"point": point, "killed": killed, "level": level,
+                          "resumed": resumed, "leftovers": leftovers}), flush=True)
+    """
+)
+
+
+def _kill_points() -> list[tuple[dict[str, Any], str]]:
+    """(kill point, which level the journal must hold after it: "before" or "after")."""
+    points: list[tuple[dict[str, Any], str]] = []
+    for op in ("apply", "rollback"):
+        # A record cut after so many bytes (negative: short of its end by so many).
+        cuts = (0, 1, 2, 9, 30, -30, -10, -9, -8, -2, -1)
+        points.extend(({"op": op, "call": "pwrite", "bytes": cut}, "before") for cut in cuts)
+        fracs = (0.25, 0.5, 0.75)
+        points.extend(({"op": op, "call": "pwrite", "frac": f}, "before") for f in fracs)
+        points.append(({"op": op, "call": "pwrite", "frac": 1.0}, "after"))  # all, no sync
+        points.append(({"op": op, "call": "fdatasync"}, "after"))  # written, not synced
+        points.append(({"op": op, "call": "fdatasync", "after": True}, "after"))
+    # A compaction (forced before every append): the temporary file, the rename, the
+    # folder's sync, then the append that follows it.
+    for call, nth, after, expect in (
+        ("fsync", 1, False, "before"),  # the temporary file written, not synced
+        ("fsync", 1, True, "before"),  # synced, not renamed
+        ("replace", 1, False, "before"),
+        ("replace", 1, True, "before"),  # renamed: the same level, compacted
+        ("fsync", 2, False, "before"),  # the folder's sync
+        ("fsync", 2, True, "before"),
+        ("pwrite", 1, None, "before"),  # the record after the compaction, torn
+        ("fdatasync", 1, True, "after"),
+    ):
+        for op in ("apply", "rollback"):
+            point = {"op": op, "call": call, "nth": nth, "after": after, "compact": True}
+            if call == "pwrite":
+                point["bytes"] = 20
+            points.append((point, expect))
+    return points
+
+
+@pytest.mark.slow  # about fifty processes, each killed at one point of a journal write
+def test_sigkill_at_every_point_of_an_append_and_of_a_compaction(target, write_patch, tmp_path):
+    p1, p2, p3, p4 = _write_chain(write_patch, target.__name__, 4)
+    points = _kill_points()
+    folder = tmp_path / "kills"
+    folder.mkdir()
+    cfg = {
+        "modules": str(Path(target.__file__).parent),
+        "module": target.__name__,
+        "folder": str(folder),
+        "before": [str(p1), str(p2)],
+        "next": str(p4),
+        "points": [
+            {**point, "op": "rollback" if point["op"] == "rollback" else str(p3)}
+            for point, _ in points
+        ],
+    }
+    script = tmp_path / "killer.py"
+    script.write_text(KILLER)
+    proc = subprocess.run(
+        [sys.executable, "-B", str(script), json.dumps(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    results = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert len(results) == len(points)
+    levels = {
+        ("apply", "before"): ["1.0.1", "1.0.2"],
+        ("apply", "after"): ["1.0.1", "1.0.2", "1.0.3"],
+        ("rollback", "before"): ["1.0.1", "1.0.2"],
+        ("rollback", "after"): ["1.0.1"],
+    }
+    for (point, expect), result in zip(points, results, strict=True):
+        assert result["killed"], point  # the kill came where it was armed
+        assert result["level"] == levels[point["op"], expect], point
+        assert result["resumed"] == [*result["level"], "1.0.4"], point
+        # a compaction killed before its rename leaves at most its temporary file
+        assert all(n.endswith(".tmp") for n in result["leftovers"]), point
+
+
+# -- formats ------------------------------------------------------------------------------
+
+
+def test_a_journal_of_format_1_is_replayed_and_converted_in_place(
+    service, target, write_patch, caplog
+):
+    p1, p2, p3 = _write_chain(write_patch, target.__name__, 3)
+    service.run([p1, p2])
+    old = _format1(service.journal)
+    service.journal.write_text(json.dumps(old, indent=1))  # as hotpatch 1 wrote it
+
+    with caplog.at_level(logging.INFO, logger="hotpatch"):
+        registry = hotpatch.Registry("1.0", journal=service.journal)
+    try:
+        assert registry.level == ("1.0.1", "1.0.2")
+        assert target.price(10) == 12
+        assert [(h.action, h.level) for h in registry.history][:2] == [
+            ("apply", ("1.0.1",)),
+            ("apply", ("1.0.1", "1.0.2")),
+        ]
+        assert "converted from format 1 to format 2" in caplog.text
+        journal = hotpatch._journal.Journal(service.journal)
+        state = journal.read()
+        assert journal.format_found == 2
+        assert state == hotpatch._journal.JournalState(
+            "1.0",
+            [hotpatch._journal.JournalEntry(**e) for e in old["level"]],
+            old["history"],
+        )
+        registry.apply(hotpatch.load_patch(p3))  # and it goes on by appending
+    finally:
+        registry.rollback(to="1.0")
+    assert sorted(p.name for p in service.journal.parent.iterdir()) == ["journal.json"]
+    assert service.run()[0]["level"] == []
+
+
+def test_a_journal_of_format_1_converted_by_a_new_process(service, target, write_patch):
+    p1, p2 = _write_chain(write_patch, target.__name__, 2)
+    service.run([p1])
+    service.journal.write_text(json.dumps(_format1(service.journal), indent=1))
+    events = service.run([p2])
+    assert events[0]["level"] == ["1.0.1"]
+    assert events[-1] == {"event": "done", "level": ["1.0.1", "1.0.2"]}
+    assert service.journal.read_bytes().startswith(b'{"format":2,')
+    assert service.run()[0]["level"] == ["1.0.1", "1.0.2"]
+
+
+@pytest.mark.parametrize(
+    "newer",
+    [
+        pytest.param(lambda raw: raw.replace(b'{"format":2,', b'{"format":3,', 1), id="as-2"),
+        pytest.param(
+            lambda raw: b'{"format": 7, "baseline": "1.0"}\n<binary records>\n', id="other-lines"
+        ),
+        pytest.param(lambda raw: b'{"format": 12, "level": {}}', id="one-document"),
+    ],
+)
+def test_a_journal_of_a_newer_format_is_refused_never_misread(service, target, write_patch, newer):
+    service.run(_write_chain(write_patch, target.__name__, 1))
+    raw = newer(service.journal.read_bytes())
+    service.journal.write_bytes(raw)
+    number = json.loads(raw.split(b"\n")[0].split(b"\t")[0])["format"]
+    with pytest.raises(hotpatch.JournalError) as info:
+        hotpatch.Registry("1.0", journal=service.journal)
+    message = str(info.value)
+    assert str(service.journal) in message
+    assert f"written in format {number}" in message
+    assert "reads formats 1 to 2" in message
+    assert "Upgrade hotpatch" in message
+    assert "move it aside" in message
+    assert target.price(10) == 10
+    assert service.journal.read_bytes() == raw  # never rewritten
+    event = service.run()[0]
+    assert (event["event"], event["result"]) == ("error", 10)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
@@ -14,6 +13,8 @@ from test_supervisor import Supervised, request, supervise, wait_for
 from test_supervisor_cli import hotpatch
 from test_supervisor_patches import drop, logic_patch, result_of, under_load, watching
 from test_workers import all_serving
+
+from hotpatch._journal import Journal
 
 pytestmark = pytest.mark.e2e
 
@@ -65,8 +66,9 @@ DIES_AFTER_HANDOVER = """
 
 
 def journal(folder: Path, name: str = ".journal.json") -> tuple[str, list[str]]:
-    data = json.loads((folder / name).read_text())
-    return data["baseline"], [row["version"] for row in data["level"]]
+    state = Journal(folder / name).read()
+    assert state is not None
+    return state.baseline, [e.version for e in state.level]
 
 
 def with_hot_patch(supervised: Supervised, folder: Path) -> None:

@@ -18,6 +18,7 @@ from test_supervisor import WAIT, Load, Supervised, request, supervise, wait_for
 
 import hotpatch
 from hotpatch import RestartRequired, load_patch
+from hotpatch._journal import Journal
 
 __all__ = ["supervise"]  # the fixture, shared with test_supervisor
 
@@ -126,7 +127,8 @@ def result_of(folder: Path, name: str, supervised: Supervised) -> dict[str, Any]
 
 
 def journal_level(path: Path) -> list[str]:
-    return [row["version"] for row in json.loads(path.read_text())["level"]]
+    state = Journal(path).read()
+    return [] if state is None else [e.version for e in state.level]
 
 
 def watching(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -16,6 +15,7 @@ import pytest
 from test_supervisor import Load, Supervised, request, supervise, wait_for
 from test_supervisor_patches import drop, logic_patch, result_of, under_load, watching
 
+from hotpatch._journal import Journal
 from hotpatch.supervisor._rollout import domains
 
 pytestmark = pytest.mark.e2e
@@ -55,7 +55,8 @@ def journal_level(folder: Path, worker: int) -> list[str]:
     path = folder / f".journal.worker{worker}.json"
     if not path.exists():
         return []
-    return [row["version"] for row in json.loads(path.read_text())["level"]]
+    state = Journal(path).read()
+    return [] if state is None else [e.version for e in state.level]
 
 
 class Watcher:
