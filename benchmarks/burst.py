@@ -3,8 +3,9 @@
 A real agent (``hotpatch.install``) with its journal on, as a service runs,
 watches a real folder. N patch files (versions 1.0.1 ... 1.0.N, each
 replacing the same function, so they stack) are written beside the folder,
-then renamed into it one after the other in a shuffled order -- what
-``mv outbox/*.py patches/`` does, with the names in no useful order. The
+then renamed into it one after the other in a shuffled order by ``mv`` (in
+its own process, as a person or a deployment script would move them), with
+the names in no useful order. The
 clock runs from the first rename until the last result file is written; the
 agent must take them in version order, so every one is applied and the level
 ends at 1.0.N.
@@ -23,6 +24,7 @@ import json
 import logging
 import os
 import random
+import subprocess
 import sys
 import tempfile
 import time
@@ -96,8 +98,9 @@ def burst(root: Path, size: int, *, verify: bool) -> dict[str, Any]:
     applied = folder / "applied"
     try:
         start = time.perf_counter()
-        for name in names:
-            os.rename(outbox / name, folder / name)
+        # Moved by another process, as `mv` does (here `mv` itself, names in the
+        # shuffled order): a mover in this process would wait for the agent's threads.
+        subprocess.run(["mv", "-t", str(folder), *names], cwd=outbox, check=True)
         moved = time.perf_counter() - start
         wait_filed(folder, size)
         elapsed = time.perf_counter() - start
@@ -127,12 +130,17 @@ def burst(root: Path, size: int, *, verify: bool) -> dict[str, Any]:
 
 
 def wait_filed(folder: Path, size: int) -> None:
-    """Until ``size`` drops are applied; a rejected one ends the run."""
+    """Until ``size`` drops are applied; a rejected one ends the run.
+
+    Counted from a listing every 20 ms (a listing, not a glob of ``Path`` objects:
+    the waiting must not cost the agent, which shares the machine, more as the
+    burst grows).
+    """
     deadline = time.monotonic() + WAIT_S
     applied, rejected = folder / "applied", folder / "rejected"
     while True:
-        filed = len(list(applied.glob("*.result.json"))) if applied.exists() else 0
-        if rejected.exists() and any(rejected.iterdir()):
+        filed = _results_in(applied)
+        if _results_in(rejected):
             first = sorted(rejected.glob("*.result.json"))[0]
             msg = f"a drop of the burst was rejected: {json.loads(first.read_text())}"
             raise RuntimeError(msg)
@@ -141,7 +149,14 @@ def wait_filed(folder: Path, size: int) -> None:
         if time.monotonic() > deadline:
             msg = f"gave up after {WAIT_S:g} s with {filed} of {size} filed"
             raise RuntimeError(msg)
-        time.sleep(0.01)
+        time.sleep(0.02)
+
+
+def _results_in(folder: Path) -> int:
+    try:
+        return sum(name.endswith(".result.json") for name in os.listdir(folder))
+    except FileNotFoundError:
+        return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

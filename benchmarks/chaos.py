@@ -679,10 +679,14 @@ def check_journal(path: Path, applied: list[str], unknown: list[str]) -> dict[st
     A drop taken away with its folder while it was applied has no result to say
     so: its version may be in the journal or not.
     """
+    from hotpatch._errors import JournalError
+    from hotpatch._journal import Journal
+
     try:
-        level = [row["version"] for row in json.loads(path.read_text())["level"]]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        state = Journal(path).read()
+    except JournalError as exc:
         return {"level": None, "prefix": False, "error": repr(exc)}
+    level = [] if state is None else [e.version for e in state.level]
     known = [v for v in level if v not in unknown]
     return {"level": level, "prefix": known == applied[: len(known)], "applied": len(applied)}
 

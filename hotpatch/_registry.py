@@ -71,6 +71,7 @@ class Registry:
         self._stack: list[Applied] = []
         # The stack's versions, as a tuple and as the chain history entries share.
         self._level: tuple[str, ...] = ()
+        self._patches: tuple[Patch, ...] = ()
         self._chain: LevelChain | None = None
         self._originals: dict[int, tuple[types.FunctionType, dict[str, Any]]] = {}
         self._wrappers = Wrappers(self._lock)
@@ -102,7 +103,7 @@ class Registry:
     @property
     def patches(self) -> tuple[Patch, ...]:
         """The applied patches, oldest first."""
-        return tuple(e.patch for e in self._stack)
+        return self._patches
 
     def __repr__(self) -> str:
         return f"<Registry baseline={self.baseline} level={list(self.level)}>"
@@ -247,6 +248,7 @@ class Registry:
         self._stack = stack
         self._chain = chain
         self._level = (patch.version,) if patch.cumulative else (*self._level, patch.version)
+        self._patches = (patch,) if patch.cumulative else (*self._patches, patch)
         elapsed = time.perf_counter() - start
         self._history.append(HistoryEntry(time.time(), action, patch.version, chain, elapsed, who))
         log.info(
@@ -327,6 +329,7 @@ class Registry:
             self._stack = stack
             self._chain = chain
             self._level = self._level[:kept] + pushed
+            self._patches = self._patches[:kept] + tuple(e.patch for e in stack[kept:])
             for entry in popped:
                 for migration, module in entry.unmigrations:
                     try:

@@ -10,6 +10,7 @@ through a restart when the patch is not hot).
 from __future__ import annotations
 
 import datetime
+import functools
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
@@ -137,6 +138,10 @@ def show_answer(
     }
 
 
+# Each applied version is compared with every drop: parsed once, not once per drop.
+_version = functools.lru_cache(maxsize=4096)(Version)
+
+
 def not_applied(version: str, level: Iterable[str], baseline: str) -> VersionConflict:
     """The refusal of ``hotpatch show`` for a version that is not in the level."""
     applied = ", ".join(level)
@@ -149,9 +154,12 @@ def not_applied(version: str, level: Iterable[str], baseline: str) -> VersionCon
 
 def already_applied(applied: Iterable[AppliedPatch], version: str, outcome: Outcome) -> bool:
     """Is ``version`` applied already? Same content: ``unchanged``; other content: refused."""
-    wanted = Version(version)
+    wanted = _version(version)
+    applied = list(applied)
+    if applied and wanted > _version(applied[-1].version):
+        return False  # newer than the top of the level (which is in version order)
     for patch in applied:
-        if Version(patch.version) != wanted:
+        if _version(patch.version) != wanted:
             continue
         if patch.sha256 == outcome.sha256:
             outcome.outcome = "unchanged"

@@ -34,6 +34,7 @@ the ``process`` callable's job (the agent's pipeline). Reading a drop safely is
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import itertools
 import logging
@@ -155,6 +156,11 @@ class Folder:
         self._signatures: set[str] = set()  # .sig names announced complete
         self._given_up: set[str] = set()  # unannounced names no longer waited for
         self._keys: dict[str, tuple[tuple[int, int, int], SortKey]] = {}
+        # The queued drops by (key, arrival), lowest first; kept by the worker alone.
+        # A name announced again gets a new entry; the old one is dropped when met.
+        self._order: list[tuple[SortKey, int, str]] = []
+        self._unsorted: set[str] = set()  # announced since the worker last sorted
+        self._sorted_at = 0.0  # when the worker last sorted drops in
         self._current: str | None = None
         self._last_announced = 0.0
         self._stopping = False
@@ -238,6 +244,8 @@ class Folder:
             else:
                 self._queue.setdefault(name, next(self._arrivals))
                 self._given_up.discard(name)
+                self._keys.pop(name, None)  # changed, or new: its version is read again
+                self._unsorted.add(name)
                 self._last_announced = time.monotonic()
             self._cond.notify_all()
 
@@ -290,18 +298,34 @@ class Folder:
                 if self._stopping or not self._queue:
                     return None
                 queued = dict(self._queue)
+                fresh, self._unsorted = self._unsorted, set()
                 quiet = time.monotonic() - self._last_announced
+            # Each drop is read and sorted in once, when announced: a burst of N
+            # costs N reads and insertions, not N for each of its drops.
+            for name in fresh:
+                if name in queued:
+                    bisect.insort(self._order, (self._key(name), queued[name], name))
+            if fresh:
+                # Reading them took a while, during which the watcher may not have had
+                # its turn: the quiet that ends the burst counts from now on.
+                self._sorted_at = time.monotonic()
+                continue
             now = time.monotonic()
+            quiet = min(quiet, now - self._sorted_at)
             if quiet < SETTLE_S and now < deadline:
                 with self._cond:
                     self._cond.wait(SETTLE_S - quiet)
                 continue
-            keys = {name: self._key(name) for name in queued}
-            best = min(queued, key=lambda n: (keys[n], queued[n]))
+            lowest = self._lowest(queued)
+            if lowest is None:  # never expected: sort every queued drop again
+                with self._cond:
+                    self._unsorted.update(self._queue)
+                continue
+            key, best = lowest
             lower = [
                 name
                 for name in self._unannounced(queued)
-                if name not in self._given_up and self._key(name) < keys[best]
+                if name not in self._given_up and self._key(name) < key
             ]
             if lower and now < deadline:
                 with self._cond:
@@ -313,7 +337,24 @@ class Folder:
                     continue
                 del self._queue[best]
                 self._current = best
+            del self._order[0]  # best's entry: only this thread changes the order
             return best
+
+    def _lowest(self, queued: dict[str, int]) -> tuple[SortKey, str] | None:
+        """The first entry of the order that is still queued as it was sorted in."""
+        order = self._order
+        while order:
+            key, arrival, name = order[0]
+            if queued.get(name) != arrival or self._known_key(name) != key:
+                del order[0]  # taken, queued again, or announced again: stale
+                continue
+            now = self._key(name)  # the file itself: changed without a word?
+            if now != key:
+                del order[0]
+                bisect.insort(order, (now, arrival, name))
+                continue
+            return key, name
+        return None
 
     def _unannounced(self, queued: dict[str, int]) -> list[str]:
         """Names in the folder that could be drops but have not been announced yet."""
@@ -332,6 +373,11 @@ class Folder:
             # Taken, and stays: changed since, its event announces it (no stat per pick).
             and not (self._keep and self._taken.has_name(n))
         ]
+
+    def _known_key(self, name: str) -> SortKey:
+        """``_key(name)`` as last read, without looking at the file again."""
+        cached = self._keys.get(name)
+        return cached[1] if cached is not None else self._key(name)
 
     def _key(self, name: str) -> SortKey:
         """Sort key of a drop: its version when it can be read without importing, else last."""

@@ -50,12 +50,22 @@ class LocalApplier:
     def __init__(self, registry: Registry, *, vital: Vital | None = None) -> None:
         self.registry = registry
         self.vital = vital
+        self._seen: tuple[tuple[Patch, ...], list[AppliedPatch]] = ((), [])
 
     def level(self) -> tuple[str, ...]:
         return self.registry.level
 
     def applied(self) -> list[AppliedPatch]:
-        return [AppliedPatch(p.version, p.sha256, p.targets) for p in self.registry.patches]
+        """The applied patches (asked for every drop: described once each, not every time)."""
+        patches = self.registry.patches
+        seen, described = self._seen
+        if patches is not seen:
+            if len(patches) == len(seen) + 1 and patches[:-1] == seen:
+                described = [*described, _describe(patches[-1])]  # one more on top
+            else:
+                described = [_describe(p) for p in patches]
+            self._seen = (patches, described)
+        return list(described)
 
     def sys_path(self) -> list[str]:
         """The service's own ``sys.path``: the verification child imports what it imports."""
@@ -204,3 +214,7 @@ class LocalApplier:
                 patch.version,
                 still,
             )
+
+
+def _describe(patch: Patch) -> AppliedPatch:
+    return AppliedPatch(patch.version, patch.sha256, patch.targets)
