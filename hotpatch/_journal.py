@@ -8,7 +8,9 @@ change: ``pop`` entries taken off the top of the level, then the entries of
 ``history`` rows. A history row without ``delta`` is at the level the record
 leaves; one with ``delta`` ``[k, versions]`` is at the level of the row before
 it, less its top ``k`` versions, plus ``versions`` (a compacted file carries
-its rows that way, so that no row repeats the whole level).
+its rows that way, so that no row repeats the whole level); one with ``level``
+is at that level (the first of the rows a replay adds, recorded with the next
+change).
 
 An apply or a rollback appends one record and syncs it (``fdatasync``): what
 it costs does not depend on the level. A record is whole or ignored: a crash
@@ -171,10 +173,13 @@ class Journal:
         self,
         pop: int,
         push: list[JournalEntry],
-        row: dict[str, Any],
+        rows: list[dict[str, Any]],
         whole: Callable[[], JournalState],
     ) -> Callable[[], None]:
-        """Record one level change (``pop`` entries off, ``push`` on, a history row).
+        """Record one level change (``pop`` entries off, ``push`` on) and history rows.
+
+        The last row is at the level the change leaves; rows before it carry
+        their level (``level``, or ``delta`` from the row before).
 
         ``whole()`` is the state after the change, written in full when the file
         is not the one this object knows (none yet, an older format, or changed
@@ -182,7 +187,7 @@ class Journal:
         """
         if self._seen is not None and self._compaction_due():
             self.compact()
-        record = _line({"pop": pop, "push": [asdict(e) for e in push], "history": [row]})
+        record = _line({"pop": pop, "push": [asdict(e) for e in push], "history": rows})
         try:
             fd = os.open(self.path, os.O_WRONLY)
         except FileNotFoundError:
@@ -468,11 +473,16 @@ def _records(raw: bytes, pos: int, head: dict[str, Any]) -> tuple[JournalState, 
             versions.append(entry.version)
         for i, row in enumerate(_list(record["history"], f"{what}.history")):
             where = f"{what}.history[{i}]"
-            _fields(row, where, _HISTORY_REQUIRED, _HISTORY_ALLOWED - {"level"} | {"delta"})
+            _fields(row, where, _HISTORY_REQUIRED, _HISTORY_ALLOWED | {"delta"})
             delta = row.pop("delta", None)
-            at = list(versions) if delta is None else _delta(delta, prev, where)
-            row["level"] = at
-            _row(row, where, versions_checked=True)  # from the entries, or checked by _delta
+            given = "level" in row
+            if delta is not None and given:
+                msg = f"{where} has both level and delta"
+                raise ValueError(msg)
+            if not given:
+                row["level"] = list(versions) if delta is None else _delta(delta, prev, where)
+            _row(row, where, versions_checked=not given)  # else from entries or _delta
+            at = row["level"]
             prev = at
             history.append(row)
         pos = newline + 1

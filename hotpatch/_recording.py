@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 from hotpatch._errors import JournalError, PatchError
 from hotpatch._journal import HISTORY_KEPT, Journal, JournalEntry, JournalState
@@ -29,6 +30,9 @@ class Recording:
         self.baseline = baseline
         self._baseline_version = parse_version(baseline, "baseline")
         self._muted = 0
+        # History entries the journal has not recorded yet (a replay's, a muted
+        # rollback's): written with the next change, as rows that carry their level.
+        self._unrecorded: list[HistoryEntry] = []
         self.report: str | None = None  # what the replay did, for the log and status
 
     @property
@@ -58,20 +62,23 @@ class Recording:
         takes the change back out of the journal.
         """
         entries = [_entry(patch) for patch in push]
-        change = {
-            "time": row.time,
-            "action": row.action,
-            "version": row.version,
-            "elapsed_s": row.elapsed_s,
-            "who": row.who,
-        }
+        rows = _rows(self._unrecorded[-HISTORY_KEPT:])
+        rows.append(_row(row))
 
         def state() -> JournalState:
             patches, history = whole()
             rows = [h.record() for h in list(history)[-HISTORY_KEPT:]]
             return JournalState(self.baseline, [_entry(p) for p in patches], rows)
 
-        return self.journal.append(pop, entries, change, state)
+        undo = self.journal.append(pop, entries, rows, state)
+        self._unrecorded.clear()
+        return undo
+
+    def unrecorded(self, entry: HistoryEntry) -> None:
+        """``entry`` is in the history but not in the journal: record it with the next change."""
+        self._unrecorded.append(entry)
+        if len(self._unrecorded) > 2 * HISTORY_KEPT:
+            del self._unrecorded[:-HISTORY_KEPT]  # the journal keeps no more than that
 
     def to_replay(self) -> JournalState | None:
         """The recorded level, if there is one for this baseline.
@@ -143,3 +150,39 @@ def _entry(patch: Patch) -> JournalEntry:
     source = patch.source
     assert source is not None  # the planner refuses a patch without one
     return JournalEntry(patch.version, source.sha256, source.path, source.text, patch.summary)
+
+
+def _row(entry: HistoryEntry) -> dict[str, Any]:
+    return {
+        "time": entry.time,
+        "action": entry.action,
+        "version": entry.version,
+        "elapsed_s": entry.elapsed_s,
+        "who": entry.who,
+    }
+
+
+def _rows(entries: Sequence[HistoryEntry]) -> list[dict[str, Any]]:
+    """Rows that carry their level: the first whole, each next one as a change of it."""
+    rows: list[dict[str, Any]] = []
+    prev: tuple[str, ...] | None = None
+    for entry in entries:
+        level = entry.level
+        row = _row(entry)
+        if prev is None:
+            row["level"] = list(level)
+        else:
+            same = len(prev) if level[: len(prev)] == prev else _common(prev, level)
+            row["delta"] = [len(prev) - same, list(level[same:])]
+        rows.append(row)
+        prev = level
+    return rows
+
+
+def _common(a: Sequence[str], b: Sequence[str]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n

@@ -250,7 +250,10 @@ class Registry:
         self._level = (patch.version,) if patch.cumulative else (*self._level, patch.version)
         self._patches = (patch,) if patch.cumulative else (*self._patches, patch)
         elapsed = time.perf_counter() - start
-        self._history.append(HistoryEntry(time.time(), action, patch.version, chain, elapsed, who))
+        done = HistoryEntry(time.time(), action, patch.version, chain, elapsed, who)
+        self._history.append(done)
+        if recording is not None and not (recording.on and action != "replay"):
+            recording.unrecorded(done)  # a replay's row goes in with the next change
         log.info(
             "%s patch %s: %d targets (%s) in %.2f ms",
             "replayed" if action == "replay" else "applied",
@@ -344,9 +347,12 @@ class Registry:
                         )
             elapsed = time.perf_counter() - start
             if popped:
-                self._history.append(
-                    HistoryEntry(time.time(), "rollback", ", ".join(versions), chain, elapsed, who)
+                done = HistoryEntry(
+                    time.time(), "rollback", ", ".join(versions), chain, elapsed, who
                 )
+                self._history.append(done)
+                if recording is not None and not recording.on:
+                    recording.unrecorded(done)  # goes in with the next change
                 log.info(
                     "rolled back %s in %.2f ms; level now %s",
                     ", ".join(versions),

@@ -960,3 +960,19 @@ def test_a_journal_of_a_newer_format_is_refused_never_misread(service, target, w
     assert service.journal.read_bytes() == raw  # never rewritten
     event = service.run()[0]
     assert (event["event"], event["result"]) == ("error", 10)
+
+
+def test_a_replay_is_in_the_journals_history_from_the_next_change(service, target, write_patch):
+    p1, p2, p3 = _write_chain(write_patch, target.__name__, 3)
+    service.run([p1, p2])
+    service.run([])  # replays, changes nothing: its replay is not recorded
+    assert [h["action"] for h in _state(service.journal).history] == ["apply", "apply"]
+    service.run([p3])  # replays, then applies: both recorded, in one record
+    assert [(h["action"], h["version"], h["level"]) for h in _state(service.journal).history] == [
+        ("apply", "1.0.1", ["1.0.1"]),
+        ("apply", "1.0.2", ["1.0.1", "1.0.2"]),
+        ("replay", "1.0.1", ["1.0.1"]),
+        ("replay", "1.0.2", ["1.0.1", "1.0.2"]),
+        ("apply", "1.0.3", ["1.0.1", "1.0.2", "1.0.3"]),
+    ]
+    assert len(_records_of(service.journal)) == 1 + 3

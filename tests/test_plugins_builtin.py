@@ -108,7 +108,8 @@ def test_audit_log_records_journal_replay(registries, target, write_patch, tmp_p
     reg.rollback()
     reg.apply(hotpatch.load_patch(path))  # the journal now holds 1.0.1
     log_path = tmp_path / "audit.jsonl"
-    reg._stack.clear()  # forget it here, so a second registry can replay it (a restart)
+    reg.detach_journal()  # forget it here, the journal kept, so that a second registry
+    reg.rollback(to="1.0")  # can replay it (a restart)
     replayed = registries(journal=journal, plugins=[AuditLog(log_path)])
     assert replayed.level == ("1.0.1",)
     (line,) = _lines(log_path)
