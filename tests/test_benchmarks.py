@@ -289,8 +289,48 @@ def test_state_dir(tmp_path: Path) -> None:
     ]
 
 
+def test_level_scale(tmp_path: Path) -> None:
+    stdout, data = run("level_scale", tmp_path)
+    check_environment(data, "level_scale")
+    assert data["levels"] == [1, 30]
+    assert [r["level"] for r in data["rows"]] == [1, 30]
+    for row in data["rows"]:
+        assert row["samples"] == 4
+        for metric in ("apply_us", "switch_us", "rollback_us", "rollback_switch_us"):
+            assert 0 < row[metric]["median"] <= row[metric]["p99"], (row["level"], metric)
+        assert row["switch_us"]["median"] < row["apply_us"]["median"]
+        assert row["memory_per_patch_bytes"] > 0
+        assert row["journal_bytes"] > 0
+    # The top level's journal, replayed by a new process: its level, 20 kept patches above.
+    assert data["replay"]["level"] == data["replay"]["recorded"] == 30 + 20
+    assert 0 < data["replay"]["read_s"] < data["replay"]["replay_s"]
+    assert [g["what"] for g in data["goals"]] == [
+        "apply at level 30 / level 1 (medians)",
+        "rollback at level 30 / level 1 (medians)",
+        "switch of 10 targets, us (worst median of the levels)",
+        "memory per patch at level 30 / level 1",
+        "journal read, 50 patches, ms",
+    ]
+    for goal in data["goals"]:
+        assert isinstance(goal["met"], bool)
+        assert goal["value"] > 0
+    header = next(line for line in stdout.splitlines() if line.startswith("level"))
+    assert header.split()[:4] == ["level", "apply", "p99", "switch"]
+    assert "journal of 50 patches: read" in stdout
+    assert stdout.count("goal: ") == 5
+
+
 @pytest.mark.parametrize(
-    "name", ["call_overhead", "apply_latency", "health_gate", "burst", "heap_scan", "state_dir"]
+    "name",
+    [
+        "call_overhead",
+        "apply_latency",
+        "health_gate",
+        "burst",
+        "heap_scan",
+        "state_dir",
+        "level_scale",
+    ],
 )
 def test_help_names_the_options(name: str) -> None:
     proc = subprocess.run(
