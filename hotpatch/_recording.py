@@ -74,6 +74,22 @@ class Recording:
         self._unrecorded.clear()
         return undo
 
+    def rewrite(
+        self, patches: Sequence[Patch], history: Sequence[HistoryEntry]
+    ) -> Callable[[], None]:
+        """Write the journal whole as it stands (``patches``, ``history``), to know it can be
+        written before a step that cannot be taken back. Returns what puts it back."""
+        back = self.journal.undo_point()
+        rows = [h.record() for h in list(history)[-HISTORY_KEPT:]]
+        self.journal.write(JournalState(self.baseline, [_entry(p) for p in patches], rows))
+        saved, self._unrecorded = self._unrecorded, []  # written now, with the history
+
+        def undo() -> None:
+            back()
+            self._unrecorded[:0] = saved
+
+        return undo
+
     def unrecorded(self, entry: HistoryEntry) -> None:
         """``entry`` is in the history but not in the journal: record it with the next change."""
         self._unrecorded.append(entry)

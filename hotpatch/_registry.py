@@ -199,27 +199,22 @@ class Registry:
         undo: list[Callable[[], object]] = []
         # The order: wait for strict quiescence, run the migrations (each within
         # migration_timeout), write the journal, switch. The journal never holds a patch
-        # whose migrations are still running: a process that dies meanwhile does not
-        # replay it. If the journal cannot be written, the migrations are undone by
-        # their unmigrate (one without leaves what it changed, as when a later
-        # migration raises).
+        # whose migrations are still running (a process that dies meanwhile does not
+        # replay it); and since a migration without an unmigrate cannot be taken back,
+        # the journal is first written as it stands, to know it can be, before them.
         deadline = time.monotonic() + patch.quiescence_timeout
+        recording = self._recording if action != "replay" else None
         try:
             self.plugins.notify("hotpatch_before_apply", patch=patch, registry=self)
             self._quiesce(plan, deadline)
-            for migration, module in plan.migrations:
-                run_migration(migration, module, patch.version, self.migration_timeout)
-                undo.extend(
-                    _call(m.func, mod)
-                    for m, mod in plan.unmigrations
-                    if m.module == migration.module
-                )
+            if recording is not None and recording.on and plan.migrations:
+                undo.append(recording.rewrite(_patches(self._stack), self._history))
+            self._migrate(plan, undo)
             if plan.migrations:  # a thread may have entered a target meanwhile
                 self._quiesce(plan, deadline)
             elapsed = time.perf_counter() - start
             record = HistoryEntry(time.time(), action, patch.version, chain, elapsed, who)
-            recording = self._recording
-            if recording is not None and recording.on and action != "replay":
+            if recording is not None and recording.on:
                 pop = len(self._stack) if patch.cumulative else 0
                 undo.append(
                     recording.record(
@@ -267,6 +262,14 @@ class Registry:
         )
         self.plugins.notify("hotpatch_after_apply", patch=patch, registry=self, result=result)
         return result
+
+    def _migrate(self, plan: Plan, undo: list[Callable[[], object]]) -> None:
+        """Run the plan's migrations in turn; each one's unmigrate joins ``undo``."""
+        for migration, module in plan.migrations:
+            run_migration(migration, module, plan.patch.version, self.migration_timeout)
+            undo.extend(
+                _call(m.func, mod) for m, mod in plan.unmigrations if m.module == migration.module
+            )
 
     def _quiesce(self, plan: Plan, deadline: float) -> None:
         """``quiescence="strict"``: wait until no thread runs a target, up to ``deadline``."""

@@ -434,11 +434,13 @@ def test_journal_write_failure_changes_nothing(
         raise hotpatch.JournalError(f"journal {self.path} cannot be written: disk full")
 
     monkeypatch.setattr(hotpatch._journal.Journal, "append", refuse)
+    monkeypatch.setattr(hotpatch._journal.Journal, "write", refuse)  # a full disk: every write
     with pytest.raises(hotpatch.JournalError, match="disk full"):
         w.registry.apply(patch)
     monkeypatch.undo()
     assert_untouched(w, before)
-    # migrations run last, just before the switch: b's (which has no unmigrate) never ran
+    # the journal is written (as it stands) before the migrations: b's, which has no
+    # unmigrate, never ran
     assert "migrate b" not in w.a.EVENTS
     assert_still_works(w, before)
 

@@ -3,7 +3,6 @@ cuts off the way to roll it back, a migration has a deadline, verification leave
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import sys
@@ -25,6 +24,7 @@ from test_supervisor_patches import drop, logic_patch, result_of, watching
 
 import hotpatch
 from hotpatch import NotPatchable
+from hotpatch._journal import Journal
 from hotpatch.agent._control import request
 
 __all__ = ["supervise"]  # the fixture, shared with test_supervisor
@@ -181,12 +181,14 @@ def test_the_journal_never_holds_a_patch_whose_migration_still_runs(
     applying.start()
     try:
         assert _eventually(lambda: mod.TOUCHED == ["started"])
-        recorded = json.loads(journal.read_text())["level"] if journal.exists() else []
-        assert recorded == []
+        recorded = Journal(journal).read()
+        assert recorded is None or recorded.level == []
     finally:
         mod.RELEASE.set()
         applying.join()
-    assert [row["version"] for row in json.loads(journal.read_text())["level"]] == ["1.0.1"]
+    state = Journal(journal).read()
+    assert state is not None
+    assert [entry.version for entry in state.level] == ["1.0.1"]
     registry.rollback()
 
 
