@@ -78,17 +78,14 @@ class Recording:
         self, patches: Sequence[Patch], history: Sequence[HistoryEntry]
     ) -> Callable[[], None]:
         """Write the journal whole as it stands (``patches``, ``history``), to know it can be
-        written before a step that cannot be taken back. Returns what puts it back."""
+        written before a step that cannot be taken back. Returns what puts it back.
+
+        The history not recorded yet stays for the next change's record."""
         back = self.journal.undo_point()
-        rows = [h.record() for h in list(history)[-HISTORY_KEPT:]]
+        later = {id(h) for h in self._unrecorded}
+        rows = [h.record() for h in list(history)[-HISTORY_KEPT:] if id(h) not in later]
         self.journal.write(JournalState(self.baseline, [_entry(p) for p in patches], rows))
-        saved, self._unrecorded = self._unrecorded, []  # written now, with the history
-
-        def undo() -> None:
-            back()
-            self._unrecorded[:0] = saved
-
-        return undo
+        return back
 
     def unrecorded(self, entry: HistoryEntry) -> None:
         """``entry`` is in the history but not in the journal: record it with the next change."""

@@ -203,18 +203,18 @@ class Registry:
         # replay it); and since a migration without an unmigrate cannot be taken back,
         # the journal is first written as it stands, to know it can be, before them.
         deadline = time.monotonic() + patch.quiescence_timeout
-        recording = self._recording if action != "replay" else None
+        recording = self._recording
         try:
             self.plugins.notify("hotpatch_before_apply", patch=patch, registry=self)
             self._quiesce(plan, deadline)
-            if recording is not None and recording.on and plan.migrations:
+            if recording is not None and recording.on and action != "replay" and plan.migrations:
                 undo.append(recording.rewrite(_patches(self._stack), self._history))
             self._migrate(plan, undo)
             if plan.migrations:  # a thread may have entered a target meanwhile
                 self._quiesce(plan, deadline)
             elapsed = time.perf_counter() - start
             record = HistoryEntry(time.time(), action, patch.version, chain, elapsed, who)
-            if recording is not None and recording.on:
+            if recording is not None and recording.on and action != "replay":
                 pop = len(self._stack) if patch.cumulative else 0
                 undo.append(
                     recording.record(
