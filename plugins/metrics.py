@@ -168,6 +168,18 @@ class Metrics:
             ["kind", "cause", "outcome"],
             registry=reg,
         )
+        self.folder_unsafe = prom.Gauge(
+            "hotpatch_folder_unsafe",
+            "1 while the watched folder takes no drop because it is unsafe (deleted, "
+            "replaced, writable by others, owned by another user): hotpatch status says why",
+            registry=reg,
+        )
+        self.drop_waiting = prom.Gauge(
+            "hotpatch_drop_waiting",
+            "1 while a drop waits in the watched folder for a resource (disk space, file "
+            "descriptors, memory) to be tried again: hotpatch status says which and why",
+            registry=reg,
+        )
         for source in SOURCES:  # every series exists from the first scrape, at 0
             for counter in (self.applies, self.rollbacks, self.rejections):
                 counter.labels(source=source)
@@ -279,6 +291,8 @@ class Metrics:
             self.worker_level,
             self.worker_version_info,
             self.restarts,
+            self.folder_unsafe,
+            self.drop_waiting,
         )
 
     # -- hooks ------------------------------------------------------------------------

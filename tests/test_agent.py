@@ -291,6 +291,7 @@ def test_status_over_the_socket(paths: DropFolder, agent: hotpatch.Agent) -> Non
         "pending": [],
         "last": None,
         "folder": {"safe": True, "problem": None},
+        "waiting": None,
     }
 
 

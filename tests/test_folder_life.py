@@ -10,13 +10,15 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import subprocess
+import sys
 import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from drops import DropFolder, wait_for
+from drops import WAIT_S, DropFolder, wait_for
 
 import hotpatch
 from hotpatch.agent._control import request
@@ -264,3 +266,21 @@ def test_a_replacement_folder_that_is_unsafe_is_not_taken(
     drops.path.chmod(0o700)
     drops.filed("planted.py", "applied")
     assert target.f() == 1
+
+
+def test_hotpatch_status_shows_why_the_folder_takes_no_drop(
+    drops: DropFolder, start_agent: Callable[..., hotpatch.Agent]
+) -> None:
+    agent = start_agent(control_socket=None)
+    drops.path.chmod(0o777)
+    wait_for(lambda: problem(agent) is not None, "the folder to be found unsafe")
+    shown = subprocess.run(
+        [sys.executable, "-m", "hotpatch", "status", "--folder", str(drops.path)],
+        capture_output=True,
+        text=True,
+        timeout=WAIT_S,
+        check=True,
+    ).stdout
+    line = next(line for line in shown.splitlines() if line.startswith("folder"))
+    assert "UNSAFE, no drop is taken" in line
+    assert f"chmod go-w {drops.path}" in line

@@ -135,8 +135,11 @@ def test_a_fresh_endpoint_exposes_every_metric_at_zero(metrics: Metrics) -> None
         "hotpatch_worker_level": "gauge",
         "hotpatch_worker_version_info": "gauge",
         "hotpatch_restarts": "counter",
+        "hotpatch_folder_unsafe": "gauge",
+        "hotpatch_drop_waiting": "gauge",
     }
     assert scrape("hotpatch_patch_level") == 0
+    assert scrape("hotpatch_folder_unsafe") == scrape("hotpatch_drop_waiting") == 0
     for counter in ("hotpatch_applies_total", "hotpatch_rollbacks_total"):
         assert _by_source(scrape, counter) == dict.fromkeys(SOURCES, 0)
     assert _by_source(scrape, "hotpatch_rejections_total") == dict.fromkeys(SOURCES, 0)

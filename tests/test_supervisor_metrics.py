@@ -214,3 +214,23 @@ def test_one_worker_is_worker_0_and_a_patch_needing_a_restart_is_a_restart_pause
     )
     assert scrape("hotpatch_applies_total", source="folder") == 1
     assert workers(scrape) == {"0": 1}
+
+
+@pytest.mark.slow
+def test_a_folder_made_unsafe_shows_in_the_metrics_and_the_status(
+    supervise: Callable[..., Supervised], tmp_path: Path
+) -> None:
+    folder = tmp_path / "patches"
+    options = ("--watch", str(folder), "--metrics", "127.0.0.1:0", *BASE_OPTIONS)
+    supervised = supervise(options=options)
+    scrape = scrape_until(supervised, lambda s: s("hotpatch_folder_unsafe") == 0, "the folder")
+    assert scrape("hotpatch_drop_waiting") == 0
+    folder.chmod(0o777)
+    scrape_until(supervised, lambda s: s("hotpatch_folder_unsafe") == 1, "the folder unsafe")
+    shown = hotpatch("status", "--folder", str(folder))
+    assert shown.returncode == 0, shown.stderr
+    line = next(line for line in shown.stdout.splitlines() if line.startswith("folder"))
+    assert "UNSAFE, no drop is taken" in line
+    assert f"chmod go-w {folder}" in line
+    folder.chmod(0o700)
+    scrape_until(supervised, lambda s: s("hotpatch_folder_unsafe") == 0, "the folder safe again")

@@ -12,6 +12,7 @@ from hotpatch.agent._applier import Applier
 from hotpatch.agent._control import Handler
 from hotpatch.agent._drops import Vanished
 from hotpatch.agent._pipeline import DropPipeline
+from hotpatch.agent._resources import Shortage
 
 __all__ = ["Command", "Commands", "bad_request", "dispatch", "rollback_answer"]
 
@@ -47,6 +48,9 @@ class Commands:
             outcome = self.pipeline.process(path, who=who, source=f"{who} via hotpatch apply")
         except Vanished:
             return bad_request(f"no such file: {path}")
+        except Shortage as exc:
+            error = f"{exc}; nothing changed: send it again once the resource is free"
+            return {"ok": False, "error": error, "error_type": "Shortage"}
         record = outcome.record()
         record["ok"] = outcome.outcome in ("applied", "unchanged")
         if not record["ok"]:

@@ -44,6 +44,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from packaging.version import Version
 from watchdog.events import (
@@ -69,8 +70,9 @@ from hotpatch.agent._drops import (
 )
 from hotpatch.agent._guard import GUARD_INTERVAL_S
 from hotpatch.agent._names import shown
-from hotpatch.agent._observer import stop_observer
+from hotpatch.agent._observer import on_overflow, stop_observer
 from hotpatch.agent._outcome import OUTCOME_DIRS, Outcome, file_outcome
+from hotpatch.agent._resources import Retry, Shortage, shortage_of
 from hotpatch.agent._signing import SIGNATURE_SUFFIX
 
 __all__ = ["HOLD_BACK_S", "SETTLE_S", "SIGNATURE_WAIT_S", "Folder"]
@@ -84,6 +86,7 @@ HOLD_BACK_S = 1.0
 # -- watching ---------------------------------------------------------------------------
 
 SortKey = tuple[int, Version, str]
+T = TypeVar("T")
 _UNKNOWN = Version("0")
 
 
@@ -167,12 +170,15 @@ class Folder:
         self._observer: InotifyObserver | None = None
         self._worker: threading.Thread | None = None
         self._taken = Taken(self._outcomes)  # files taken, by name and content or identity
+        self._retry = Retry(self.path)  # the drop waiting for a resource (disk, descriptors)
+        self._unsubscribe: Callable[[], None] = lambda: None
 
     # -- life cycle -----------------------------------------------------------------
 
     def start(self) -> None:
         """Watch, queue what is already there (catch-up), then start the worker."""
         self._observer = self._watch()
+        self._unsubscribe = on_overflow(self.rescan)
         self._taken.load()
         self._catch_up()
         self._worker = threading.Thread(target=self._run, name="hotpatch-folder", daemon=True)
@@ -188,6 +194,18 @@ class Folder:
         if old is not None:
             stop_observer(old)
         self._catch_up()
+
+    def rescan(self) -> None:
+        """Events were lost (the inotify queue overflowed): take what the folder holds now."""
+        if self._stopping:
+            return
+        log.warning(
+            "patch folder %s: the kernel dropped file events (inotify queue overflow, "
+            "fs.inotify.max_queued_events); looking at the whole folder again",
+            self.path,
+        )
+        with contextlib.suppress(OSError):  # gone: its guard says so
+            self._catch_up()
 
     def _watch(self) -> InotifyObserver:
         observer = InotifyObserver(generate_full_events=True)
@@ -212,12 +230,19 @@ class Folder:
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
+        self._unsubscribe()
         if self._observer is not None:
             stop_observer(self._observer)
             self._observer = None
         if self._worker is not None:
             self._worker.join()
             self._worker = None
+
+    @property
+    def waiting(self) -> dict[str, object] | None:
+        """The drop waiting for a resource to be tried again, and why; ``None``: none."""
+        with self._cond:
+            return self._retry.report()
 
     @property
     def pending(self) -> list[str]:
@@ -264,8 +289,9 @@ class Folder:
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not self._queue and not self._stopping:
-                    self._cond.wait()
+                # A drop waiting for a resource holds up the others: versions go in order.
+                while not self._stopping and (not self._queue or self._retry.remaining() > 0):
+                    self._cond.wait(self._retry.remaining() or None)
                 if self._stopping:
                     return
             try:
@@ -424,6 +450,8 @@ class Folder:
     def _handle(self, name: str) -> None:
         path = self.path / name
         if not os.path.lexists(path):
+            with self._cond:
+                self._retry.forget(name)  # a drop that waited, removed: given up
             return  # processed already (a second event), or deleted by its writer
         configmap = is_configmap_link(self.path, name)
         if self._keep and not configmap and self._kept_mark(name) in self._taken:
@@ -433,19 +461,40 @@ class Folder:
             if self._stopping:
                 return  # left in the folder for the next start
         if configmap:
-            self._handle_configmap(name)
+            self._guarded(name, lambda: self._handle_configmap(name))
             return
         mark = self._kept_mark(name)  # before reading: a change meanwhile is taken again
-        try:
-            outcome = self._process(path)
-        except Vanished:
-            log.debug("patch folder %s: %s vanished before it was read", self.path, name)
+        outcome = self._guarded(name, lambda: self._process(path))
+        if outcome is None:
             return
+        with self._cond:
+            self._retry.succeeded()
         self._keys.pop(name, None)
         if self._keep:
             self._file_kept(path, outcome, mark)
         else:
             self._file(path, outcome)
+
+    def _guarded(self, name: str, work: Callable[[], T]) -> T | None:
+        """``work()``; ``None`` when the drop vanished or must wait for a resource."""
+        try:
+            return work()
+        except Vanished:
+            log.debug("patch folder %s: %s vanished before it was read", self.path, name)
+        except Shortage as exc:
+            self._wait_for_resource(name, str(exc))
+        except OSError as exc:
+            resource = shortage_of(exc)
+            if resource is None:
+                raise
+            self._wait_for_resource(name, f"{resource}: {exc}")
+        return None
+
+    def _wait_for_resource(self, name: str, reason: str) -> None:
+        """``name`` failed for want of a resource: it waits in the queue, first, for a retry."""
+        with self._cond:
+            self._queue.setdefault(name, -1)
+            self._retry.failed(name, reason)
 
     def _handle_configmap(self, name: str) -> None:
         """A file the kubelet delivered: processed once per content, from a private copy."""
@@ -508,16 +557,21 @@ class Folder:
 
     def _file_kept(self, path: Path, outcome: Outcome, mark: tuple[str, str]) -> None:
         """File the result and the bytes read in the state directory; the drop stays."""
-        if not self._safe_to_file(path, outcome):
-            return
         name, token = mark
         outcome.details["kept"] = {"file": name, "identity": token.removeprefix(KEPT)}
-        file_outcome(path, outcome, into=self._outcomes, move=False)
-        self._taken.add(name, token)  # its .sig stays too: still announced
+        filed = self._filed(
+            path, outcome, lambda: file_outcome(path, outcome, into=self._outcomes, move=False)
+        )
+        if filed is not None:
+            self._taken.add(name, token)  # its .sig stays too: still announced
 
-    def _safe_to_file(self, path: Path, outcome: Outcome) -> bool:
-        """Wait until the folder is safe to file in; ``False``: the agent stops first."""
-        while not self._ready():
+    def _filed(self, path: Path, outcome: Outcome, file: Callable[[], bool]) -> bool | None:
+        """``file()``'s answer, once the folder is safe to file in; ``None``: the agent stopped.
+
+        A failure (``OSError``: the disk full, an outcome folder gone) is tried
+        again after a back-off: the outcome stands, its filing waits.
+        """
+        while True:
             with self._cond:
                 if self._stopping:
                     log.warning(
@@ -528,19 +582,38 @@ class Folder:
                         outcome.outcome,
                         "unchanged" if outcome.outcome == "applied" else "again",
                     )
-                    return False
-                self._cond.wait(GUARD_INTERVAL_S)
-        return True
+                    return None
+            if not self._ready():
+                with self._cond:
+                    self._cond.wait(GUARD_INTERVAL_S)
+                continue
+            try:
+                newcomer = file()
+            except OSError as exc:
+                resource = shortage_of(exc) or "the outcome folder cannot be written"
+                with self._cond:
+                    delay = self._retry.failed(
+                        path.name,
+                        f"{resource}: its outcome ({outcome.outcome}) cannot be filed "
+                        f"({exc.strerror or exc})",
+                    )
+                    self._cond.wait(delay)
+                continue
+            with self._cond:
+                self._retry.succeeded()
+            return newcomer
 
     def _file(self, path: Path, outcome: Outcome) -> None:
         """File the drop with its result (``_outcome``); a newcomer in its place waits.
 
         Filed once the folder is safe (its outcome folders there): an unsafe
-        folder holds the outcome back, never loses it, unless the agent stops.
+        folder, or a full disk, holds the outcome back, never loses it, unless
+        the agent stops.
         """
-        if not self._safe_to_file(path, outcome):
+        newcomer = self._filed(path, outcome, lambda: file_outcome(path, outcome))
+        if newcomer is None:
             return
-        if file_outcome(path, outcome):
+        if newcomer:
             self.announce(path.name)
         with self._cond:
             self._signatures.discard(path.name + SIGNATURE_SUFFIX)

@@ -137,6 +137,11 @@ class FolderWatch:
         return self._watcher.pending if self._watcher is not None else []
 
     @property
+    def waiting(self) -> dict[str, object] | None:
+        """The drop waiting for a resource (disk, descriptors, memory), and why."""
+        return self._watcher.waiting if self._watcher is not None else None
+
+    @property
     def problem(self) -> str | None:
         """Why the folder takes no drop now (what is wrong and the fix); ``None``: it does."""
         return self._guard.problem if self._guard is not None else None

@@ -188,9 +188,15 @@ def file_outcome(
         except FileNotFoundError:
             is_dir = False
         final = _free_name(directory, path.name, is_dir=is_dir)
-        write_result(directory / (final + RESULT_SUFFIX), outcome.record())
+        result = directory / (final + RESULT_SUFFIX)
+        write_result(result, outcome.record())
         if outcome.data is not None:
-            _write_copy(directory / final, outcome.data)
+            try:
+                _write_copy(directory / final, outcome.data)
+            except BaseException:  # not filed: no result file without its copy (retried)
+                with contextlib.suppress(OSError):
+                    result.unlink()
+                raise
         return False
     try:
         st = path.lstat()
@@ -204,17 +210,21 @@ def file_outcome(
         same = (st.st_ino, st.st_dev) == outcome.ino
     is_dir = st is not None and stat.S_ISDIR(st.st_mode)
     final = _free_name(directory, path.name, is_dir=is_dir)
-    write_result(directory / (final + RESULT_SUFFIX), outcome.record())
+    result = directory / (final + RESULT_SUFFIX)
+    write_result(result, outcome.record())
     newcomer = False
-    if same:
-        _move(path, directory / final)
-    elif outcome.data is not None:
-        # The name now holds another file (replaced while we worked): file the
-        # bytes we processed, and leave the newcomer to its own event.
-        fd = os.open(directory / final, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as out:
-            out.write(outcome.data)
-        newcomer = st is not None
+    try:
+        if same:
+            _move(path, directory / final)
+        elif outcome.data is not None:
+            # The name now holds another file (replaced while we worked): file the
+            # bytes we processed, and leave the newcomer to its own event.
+            _write_copy(directory / final, outcome.data)
+            newcomer = st is not None
+    except BaseException:  # not filed: no result file without its drop (filing is retried)
+        with contextlib.suppress(OSError):
+            result.unlink()
+        raise
     sig = path.with_name(path.name + SIGNATURE_SUFFIX)
     if os.path.lexists(sig):
         _move(sig, directory / (final + SIGNATURE_SUFFIX))
@@ -222,6 +232,12 @@ def file_outcome(
 
 
 def _write_copy(path: Path, data: bytes) -> None:
+    """A new file ``path`` holding ``data``, or none at all."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "wb") as out:
-        out.write(data)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            path.unlink()
+        raise

@@ -43,6 +43,7 @@ from hotpatch.agent._drops import (
 from hotpatch.agent._names import shown
 from hotpatch.agent._outcome import OUTCOME_DIRS, Outcome, log_outcome, now_iso
 from hotpatch.agent._outcome_log import FOLDER, OutcomeLog
+from hotpatch.agent._resources import Shortage, shortage_of
 from hotpatch.agent._settings import Checks
 from hotpatch.agent._signing import verify_signature
 from hotpatch.agent._staging import Staging
@@ -105,10 +106,13 @@ class DropPipeline:
 
         ``source``: how it came, for the outcome log -- ``FOLDER`` (a drop, which
         the folder files), or e.g. ``"uid:0 via hotpatch apply"``. Raises only
-        ``Vanished`` (the file is gone before it could be read).
+        ``Vanished`` (the file is gone before it could be read) and ``Shortage``
+        (a resource ran out -- disk, descriptors, memory -- before anything was
+        applied: the patch is not at fault, try it again later).
         """
         start = time.perf_counter()
         outcome = Outcome(name=path.name, who=who)
+        before = self.applier.level()
         try:
             with self.lock:
                 data = self._read(path, outcome)
@@ -118,16 +122,17 @@ class DropPipeline:
                     self.applier.deliver(data, path, outcome)
         except Vanished:
             raise
-        except PatchError as exc:
+        except Exception as exc:
+            self._raise_shortage(exc, path, before)
             outcome.outcome, outcome.reason = "rejected", str(exc)
             outcome.error_type = type(exc).__name__
-        except Exception as exc:
-            log.exception("processing %s failed unexpectedly", path)
-            outcome.outcome, outcome.error_type = "rejected", "Error"
-            outcome.reason = (
-                f"internal error while processing {path.name}: {type(exc).__name__}: {exc}; "
-                "the service is unchanged (please report this)"
-            )
+            if not isinstance(exc, PatchError):
+                log.exception("processing %s failed unexpectedly", path)
+                outcome.error_type = "Error"
+                outcome.reason = (
+                    f"internal error while processing {path.name}: {type(exc).__name__}: "
+                    f"{exc}; the service is unchanged (please report this)"
+                )
         outcome.timings["total_s"] = time.perf_counter() - start
         outcome.time = now_iso()
         outcome.level = self.applier.level()
@@ -141,6 +146,17 @@ class DropPipeline:
                 {"event": "outcome", "source": source, "dir": filed, **self.last}
             )
         return outcome
+
+    def _raise_shortage(self, exc: Exception, path: Path, before: tuple[str, ...]) -> None:
+        """``Shortage`` when ``exc`` comes of a resource running out and nothing was applied."""
+        resource = shortage_of(exc)
+        if resource is None or self.applier.level() != before:
+            return
+        detail = (
+            f"{shown(path.name)} could not be processed ({type(exc).__name__}: {exc}); "
+            "nothing of it was applied"
+        )
+        raise Shortage(resource, detail) from exc
 
     def rolled_back(self, answer: dict[str, Any], *, who: str, source: str) -> None:
         """Add a rollback's answer to the outcome log, if it rolled anything back."""

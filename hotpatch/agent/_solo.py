@@ -102,6 +102,7 @@ class Solo:
             pending=self._watch.pending if self._watch is not None else [],
             last=self.pipeline.last,
             problem=self._watch.problem if self._watch is not None else None,
+            waiting=self._watch.waiting if self._watch is not None else None,
         )
 
     def _pidfile(self) -> dict[str, Any]:
@@ -122,11 +123,13 @@ def agent_status(
     pending: list[str],
     last: dict[str, Any] | None,
     problem: str | None = None,
+    waiting: dict[str, object] | None = None,
 ) -> dict[str, Any]:
     """What ``hotpatch status`` shows of an agent that applies in this process.
 
     The last outcome of a patch rolled back since (``hotpatch rollback``, the health
-    gate) says so: it is not what runs. ``problem``: why the folder takes no drop now.
+    gate) says so: it is not what runs. ``problem``: why the folder takes no drop now;
+    ``waiting``: the drop waiting for a resource.
     """
     if last is not None and last.get("outcome") in ("applied", "unchanged"):
         last = {**last, "rolled_back": last.get("version") not in registry.level}
@@ -143,4 +146,5 @@ def agent_status(
         "pending": pending,
         "last": last,
         "folder": folder_status(problem),
+        "waiting": waiting,
     }

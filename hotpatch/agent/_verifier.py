@@ -59,6 +59,7 @@ from hotpatch._errors import PatchError
 from hotpatch._loader import MODULE_PREFIX, load_patch
 from hotpatch._targets import import_module, is_nested, resolve, resolve_class, resolve_nested
 from hotpatch.agent._proctree import become_subreaper, die_with_parent, kill_children
+from hotpatch.agent._resources import shortage_of
 
 __all__ = ["BOOTSTRAP", "MAX_MESSAGE", "pack", "serve", "unpack_size"]
 
@@ -272,7 +273,11 @@ def _check(sock: socket.socket, request: dict[str, Any]) -> bool:
     for stream in (sys.stdout, sys.stderr):  # nothing of the verifier's in the child's output
         with contextlib.suppress(Exception):
             stream.flush()
-    pid = os.fork()
+    try:
+        pid = os.fork()
+    except OSError as exc:  # out of memory or processes: the patch was not tried
+        sock.sendall(pack({"op": "result", "fork_failed": str(exc), "shortage": shortage_of(exc)}))
+        return True
     if pid == 0:  # the check child
         try:
             _child(parent, report_w, output_w, str(request["path"]), int(request["max_bytes"]))
@@ -402,12 +407,14 @@ def _child(parent: int, report_w: int, output_w: int, path: str, max_bytes: int)
             "error_type": type(exc).__name__,
             "patch": exc.patch,
             "target": exc.target,
+            "shortage": shortage_of(exc),  # out of memory, descriptors...: not the patch
         }
     except Exception as exc:  # anything the loader did not expect
         report = {
             "ok": False,
             "error": f"verification of {path} failed: {type(exc).__name__}: {exc}",
             "error_type": "VerificationFailed",
+            "shortage": shortage_of(exc),
         }
     except BaseException as exc:  # KeyboardInterrupt and the like, raised by the patch
         report = {

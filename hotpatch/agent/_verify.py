@@ -39,6 +39,7 @@ from typing import Any
 
 from hotpatch._errors import VerificationFailed
 from hotpatch._loader import DEFAULT_MAX_BYTES
+from hotpatch.agent._resources import Shortage
 from hotpatch.agent._verifier import BOOTSTRAP, pack, unpack_size
 
 __all__ = ["Verifier", "VerifyReport", "library_modules", "verify_in_child"]
@@ -425,6 +426,11 @@ class _Process:
 
 
 def _interpret(answer: dict[str, Any], name: str, timeout: float) -> VerifyReport:
+    report = answer.get("report")
+    shortage = (report if isinstance(report, dict) else answer).get("shortage")
+    if isinstance(shortage, str):
+        why = answer.get("fork_failed") or (report or {}).get("error")
+        raise Shortage(shortage, f"verifying patch file {name}: {why}")
     if answer.get("timed_out"):
         msg = (
             f"patch file {name} did not finish importing within {timeout:g} s: killed. "

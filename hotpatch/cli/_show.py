@@ -79,11 +79,12 @@ def show_status(answer: Answer, out: TextIO) -> None:
         ("socket", answer.get("socket")),
         ("pending", answer.get("pending")),
         ("folder", _folder_problem(answer)),
+        ("waiting", _waiting(answer)),
         ("last", last_text),
         ("journal report", answer.get("journal_report")),  # pre-fork workers' group journal
         ("journal error", answer.get("journal_error")),
     ]
-    optional = ("state dir", "socket", "folder", "journal report", "journal error")
+    optional = ("state dir", "socket", "folder", "waiting", "journal report", "journal error")
     print(table([r for r in rows if r[0] not in optional or r[1]]), file=out)
     _show_workers(answer.get("workers") or [], out)
 
@@ -94,6 +95,17 @@ def _folder_problem(answer: Answer) -> str | None:
     if isinstance(folder, dict) and folder.get("problem"):
         return f"UNSAFE, no drop is taken: {folder['problem']}"
     return None
+
+
+def _waiting(answer: Answer) -> str | None:
+    """The drop waiting for a resource (disk, descriptors, memory): why, and when next tried."""
+    waiting = answer.get("waiting")
+    if not isinstance(waiting, dict):
+        return None
+    return (
+        f"{waiting.get('file')}: {waiting.get('reason')} "
+        f"(attempt {waiting.get('attempts')}, next in {waiting.get('retry_in_s')} s)"
+    )
 
 
 def show_outcome(answer: Answer, out: TextIO) -> None:
@@ -239,6 +251,7 @@ def show_supervisor(answer: Answer, out: TextIO) -> None:
         ("pauses", f"{len(pauses)}, max {max(pauses) * 1e3:.1f} ms" if pauses else None),
         ("metrics", answer.get("metrics")),
         ("folder", _folder_problem(answer)),
+        ("waiting", _waiting(answer)),
         ("error", answer.get("error")),
     ]
     rollout = answer.get("rollout") or {}

@@ -117,6 +117,7 @@ class MetricsBridge:
                 self._level(member)
             self._service_level()
             self._count_outcomes()
+            self._folder()
         except Exception:
             self._log_failure()
 
@@ -186,6 +187,15 @@ class MetricsBridge:
         self.metrics.version_info.labels(baseline=baseline).info(
             {"version": common[-1] if common else baseline}
         )
+
+    # -- the folder: unsafe, or a drop waiting for a resource
+
+    def _folder(self) -> None:
+        pipeline = self.runner.pipeline
+        state = pipeline.folder() if pipeline is not None else {}
+        folder = state.get("folder") or {}
+        self.metrics.folder_unsafe.set(0 if folder.get("safe", True) else 1)
+        self.metrics.drop_waiting.set(1 if state.get("waiting") else 0)
 
     # -- applies and rejections, from the folder's outcome log
 

@@ -152,12 +152,14 @@ class SupervisedPipeline:
         async def read() -> dict[str, Any]:
             return self.supervisor.status()
 
-        problem = self._watch.problem if self._watch is not None else None
+        return {"ok": True, "supervisor": True, **on_loop(self.supervisor, read), **self.folder()}
+
+    def folder(self) -> dict[str, Any]:
+        """Is the folder safe (and if not, why), and the drop waiting for a resource."""
+        watch = self._watch
         return {
-            "ok": True,
-            "supervisor": True,
-            **on_loop(self.supervisor, read),
-            "folder": folder_status(problem),
+            "folder": folder_status(watch.problem if watch is not None else None),
+            "waiting": watch.waiting if watch is not None else None,
         }
 
     def _pidfile(self) -> dict[str, Any]:

@@ -123,6 +123,9 @@ class FolderPipeline(Protocol):
     def pending(self) -> list[str]:
         """The drops waiting in the folder."""
 
+    def folder(self) -> dict[str, Any]:
+        """``folder`` (safe, and if not, why) and ``waiting`` (a drop short of a resource)."""
+
 
 class StateError(Exception):
     """The service could not write its state (not picklable, over ``--state-mb``, no reply)."""

@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from hotpatch.supervisor._bundle import Release
-from hotpatch.supervisor._records import SupervisorConfig
+from hotpatch.supervisor._records import FolderPipeline, SupervisorConfig
 from hotpatch.supervisor._supervisor import Supervisor
 
 __all__ = ["Runner"]
@@ -35,6 +35,10 @@ class Runner(Protocol):
     @property
     def baseline(self) -> str | None:
         """The baseline the service runs now (it changes with a baseline restart)."""
+
+    @property
+    def pipeline(self) -> FolderPipeline | None:
+        """The watched folder's pipeline, while it runs."""
 
     @property
     def members(self) -> Sequence[Supervisor]:

@@ -123,6 +123,7 @@ class Worker:
                     ownership=self.ownership,
                     pending=self._pending,
                     problem=lambda: self._watch.problem if self._watch is not None else None,
+                    waiting=lambda: self._watch.waiting if self._watch is not None else None,
                 )
                 with lock:  # deliveries wait until this worker has caught up
                     stack.enter_context(ControlServer(socket, self.commands.handle))

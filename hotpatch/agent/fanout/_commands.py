@@ -39,6 +39,7 @@ class WorkerCommands:
         ownership: Ownership,
         pending: Callable[[], list[str]],
         problem: Callable[[], str | None],
+        waiting: Callable[[], dict[str, object] | None],
     ) -> None:
         self.settings = settings
         self.pipeline = pipeline
@@ -47,6 +48,7 @@ class WorkerCommands:
         self.ownership = ownership
         self.pending = pending
         self.problem = problem  # why the folder takes no drop now, if this worker owns it
+        self.waiting = waiting  # the drop waiting for a resource, if this worker owns it
         self.commands = Commands(pipeline, self.status)
         self._public = dispatch(
             {**self.commands.table(), "apply": self.apply, "rollback": self.rollback}
@@ -97,6 +99,7 @@ class WorkerCommands:
             pending=self.pending(),
             last=self.pipeline.last,
             problem=self.problem(),
+            waiting=self.waiting(),
         )
         answer["journal_report"] = self.journal.report
         answer["journal_error"] = self.journal.problem
