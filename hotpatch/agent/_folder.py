@@ -300,7 +300,7 @@ class Folder:
                     continue
                 if not self._ready():  # unsafe now: the drop waits in the folder, first in line
                     with self._cond:
-                        self._queue.setdefault(name, -1)
+                        self._requeue(name)
                         self._cond.wait(GUARD_INTERVAL_S)
                     continue
                 self._handle(name)
@@ -490,10 +490,15 @@ class Folder:
             self._wait_for_resource(name, f"{resource}: {exc}")
         return None
 
+    def _requeue(self, name: str) -> None:
+        """``name`` back in the queue, before the drops of its version (under ``_cond``)."""
+        self._queue.setdefault(name, -1)
+        self._unsorted.add(name)  # sorted in again: its entry was taken off the order
+
     def _wait_for_resource(self, name: str, reason: str) -> None:
         """``name`` failed for want of a resource: it waits in the queue, first, for a retry."""
         with self._cond:
-            self._queue.setdefault(name, -1)
+            self._requeue(name)
             self._retry.failed(name, reason)
 
     def _handle_configmap(self, name: str) -> None:
