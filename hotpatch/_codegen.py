@@ -50,6 +50,9 @@ _KIND_FLAGS = (
 )
 _IMPL = "__hotpatch_impl__"
 _ANY_CALL = "*__hp_args, **__hp_kwargs"  # a trampoline that passes every call on
+# The name a trampoline's source is written with: the code's own name (``<lambda>``,
+# ``<module>``) need not be one a ``def`` can take; the code gets it back once built.
+_TRAMPOLINE = "__hp_trampoline"
 _PY313 = sys.version_info >= (3, 13)
 
 
@@ -409,7 +412,7 @@ def _forward_template(
         head, body = "def", f"    return (yield from {_IMPL}({args}))\n"
     else:
         head, body = "def", f"    return {_IMPL}({args})\n"
-    source = f"{head} {old.co_name}({params}):\n{body}"
+    source = f"{head} {_TRAMPOLINE}({params}):\n{body}"
     filename = f"<hotpatch trampoline {qualname} #{next(_counter)}>"
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
     module_code = compile(source, filename, "exec", dont_inherit=True)

@@ -73,6 +73,8 @@ class NestedTarget:
 
 
 _LOCALS = ".<locals>."
+# Code a function's body makes for an expression: run in place, never named by the user.
+_COMPREHENSIONS = frozenset({"<genexpr>", "<listcomp>", "<setcomp>", "<dictcomp>"})
 
 
 def is_nested(spec: str) -> bool:
@@ -87,6 +89,15 @@ def resolve_nested(spec: str, *, patch: str, in_code: bool = False) -> NestedTar
     """
     modname, _, qualname = spec.partition(":")
     head = qualname.partition(_LOCALS)[0]
+    if qualname.rpartition(".")[2] in _COMPREHENSIONS:
+        holder = qualname.rpartition(".")[0].removesuffix(".<locals>")
+        msg = (
+            f"patch {patch}: target {spec} is a comprehension or generator expression: part "
+            "of an expression its function evaluates (list, set and dict comprehensions are "
+            "inlined into it since Python 3.12), not a function a patch can replace on its "
+            f"own; patch {modname}:{holder} instead, the function holding it"
+        )
+        raise NotPatchable(msg, patch=patch, target=spec)
     try:
         outer = resolve(f"{modname}:{head}", patch=patch)
     except (TargetNotFound, NotPatchable) as exc:

@@ -428,3 +428,95 @@ def test_replace_class_clears_caches_and_refuses_hidden_wrappers(
         with pytest.raises(hotpatch.NotPatchable, match=r"plain\.<locals>\.wrapper"):
             attempt(hidden)
     assert mod.Drawer().count(3) == 3
+
+
+# -- code whose name is no identifier (lambda, <module>) -------------------------------------
+
+
+LAMBDAS = """
+import types
+
+price = lambda x: x * 2  # noqa: E731
+
+class Shape:
+    area = lambda self, k=1: 3 * k  # noqa: E731
+
+# a function made from a module's code object (what exec() runs): its code is named <module>
+made = types.FunctionType(compile("40 + 2", "<made>", "eval"), {})
+"""
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        ("price", "def price(x, extra=0):\n    return x * 3 + extra", 6),
+        ("Shape.area", "def area(self, k=1, *, bonus=0):\n    return 4 * k + bonus", 4),
+        ("made", "def made(*args):\n    return len(args)", 0),
+    ],
+    ids=["lambda", "lambda-method", "module-code"],
+)
+def test_lambda_and_module_code_targets_take_a_widened_signature(
+    make_module, write_patch, registry, case
+):
+    """The trampoline of a widened signature is generated code: ``<lambda>`` and
+    ``<module>`` are no names to write a ``def`` with, yet the target patches hot."""
+    target, replacement, new = case
+    mod = make_module(LAMBDAS)
+    shape = mod.Shape()
+    call = {"price": lambda: mod.price(2), "Shape.area": shape.area, "made": mod.made}[target]
+    function = {"price": mod.price, "Shape.area": mod.Shape.area, "made": mod.made}[target]
+    code = function.__code__
+    assert code.co_name in ("<lambda>", "<module>")
+    before = call()
+    patch = load(write_patch, patch_text(mod.__name__, target, replacement))
+    report = registry.check(patch)
+    assert report.hot, report.reasons
+    registry.apply(patch)
+    assert call() == new
+    if target == "price":
+        assert mod.price(2, extra=1) == 7  # the new parameter is reachable
+    if target == "Shape.area":
+        assert shape.area(2, bonus=1) == 9
+    registry.rollback()
+    assert call() == before
+    assert function.__code__ is code
+    registry.apply(load(write_patch, patch_text(mod.__name__, target, replacement), "1.0.2"))
+    assert call() == new
+
+
+def patch_text(module: str, target: str, replacement: str) -> str:
+    return f'@patch.replace("{module}:{target}")\n{replacement}\n'
+
+
+def test_lambda_target_with_a_changed_signature_and_under_a_wrap(
+    make_module, write_patch, registry
+):
+    """signature_change=True on a lambda, and a wrap() (the health gate's trampoline) of it."""
+    mod = make_module(LAMBDAS)
+    price = mod.price
+    changed = hotpatch.load_patch(
+        write_patch(
+            HEADER.replace(")", ", signature_change=True)", 1).format(version="1.0.1")
+            + f'@patch.replace("{mod.__name__}:price")\ndef price(x, y):\n    return x + y\n'
+        )
+    )
+    assert registry.check(changed).hot
+    registry.apply(changed)
+    assert price(2, 3) == 5
+    seen: list[str] = []
+
+    def wrapper(function, impl):
+        def counted(*args, **kwargs):
+            seen.append(function.__name__)
+            return impl(*args, **kwargs)
+
+        return counted
+
+    unwrap = registry.wrap("1.0.1", wrapper)
+    assert price(2, 4) == 6
+    assert seen == ["<lambda>"]
+    unwrap()
+    assert price(1, 1) == 2
+    assert seen == ["<lambda>"]
+    registry.rollback()
+    assert price(2) == 4

@@ -568,3 +568,28 @@ def test_a_new_process_replays_a_nested_patch_from_the_journal(make_module, writ
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split("\n")[0] == "('1.0.1',) 20 [1, 11, 21] 50"
     registry.rollback()
+
+
+@pytest.mark.parametrize("kind", ["<genexpr>", "<listcomp>", "<setcomp>", "<dictcomp>"])
+def test_a_comprehension_is_no_target_and_says_so(make_module, write_patch, registry, kind):
+    """A generator expression or comprehension is part of its function (inlined since
+    3.12, a ``.0`` argument before): the refusal names it and points to the function."""
+    mod = make_module(
+        """
+        def totals(rows):
+            gen = sum(r for r in rows)
+            return gen, [r for r in rows], {r for r in rows}, {r: r for r in rows}
+        """
+    )
+    patch = load(
+        write_patch,
+        f"""
+        @patch.replace("{mod.__name__}:totals.<locals>.{kind}")
+        def comprehension(rows):
+            return 0
+        """,
+    )
+    message = refused(registry, patch, hotpatch.NotPatchable, "comprehension or generator")
+    assert f"{mod.__name__}:totals.<locals>.{kind}" in message  # the target
+    assert f"patch {mod.__name__}:totals" in message  # the way in
+    assert mod.totals([1, 2]) == (3, [1, 2], {1, 2}, {1: 1, 2: 2})
