@@ -6,7 +6,8 @@ slot descriptors, an enum's members and bookkeeping, a dataclass's fields.
 Those describe the *patch* class; set on the running class they would break it
 (a slot descriptor of another class, an enum member reassigned). ``members``
 keeps what a patch may set; ``class_reasons`` says why the rest, when
-it differs from the running class, is not hot.
+it differs from the running class, is not hot. Building the class again with a
+new layout, at a restart, is ``_rebuild``'s.
 """
 
 from __future__ import annotations
@@ -15,16 +16,15 @@ import collections
 import dataclasses
 import enum
 import functools
-import gc
 import inspect
-import sys
 import types
 import typing
 from collections.abc import Iterator
-from typing import Any, cast
+from typing import Any
 
 __all__ = [
     "BOILERPLATE",
+    "ENUM_BOOKKEEPING",
     "borrowed",
     "class_reasons",
     "dataclass_fields",
@@ -35,11 +35,10 @@ __all__ = [
     "is_enum",
     "layout_changes",
     "members",
-    "rebuild",
-    "references",
+    "members_text",
+    "own_slot",
     "set_name",
     "slots",
-    "stray_holders",
 ]
 
 # Members every class body makes; they say nothing about behaviour.
@@ -69,7 +68,7 @@ BOILERPLATE = frozenset(
     }
 )
 # What EnumType writes into an enum's namespace; the rest of its _sunder_ names are the user's.
-_ENUM_BOOKKEEPING = frozenset(
+ENUM_BOOKKEEPING = frozenset(
     {
         "_member_map_",
         "_member_names_",
@@ -122,9 +121,9 @@ def members(old: type, new: type) -> Iterator[tuple[str, Any]]:
             continue  # what namedtuple made; other fields are a layout change (class_reasons)
         if name in BOILERPLATE:
             continue
-        if name in own_slots and _slot_of(value, new):
+        if name in own_slots and own_slot(value, new):
             continue  # the running class's own descriptor is the one its instances fit
-        if enum_names and (name in enum_names or name in _ENUM_BOOKKEEPING):
+        if enum_names and (name in enum_names or name in ENUM_BOOKKEEPING):
             continue  # members are data; the rest is the enum's bookkeeping
         if name in _DATACLASS and same_fields:
             continue
@@ -158,8 +157,8 @@ def _data_reasons(old: type, new: type, name: str) -> Iterator[str]:
     old_members, new_members = enum_members(old), enum_members(new)
     if old_members is not None and new_members is not None and old_members != new_members:
         yield (
-            f"class {name}: enum members change from {_members_text(old_members)} to "
-            f"{_members_text(new_members)} (members are data: code holding one would keep the "
+            f"class {name}: enum members change from {members_text(old_members)} to "
+            f"{members_text(new_members)} (members are data: code holding one would keep the "
             f"old); declare the same members in the patch class to patch its methods, or "
             f"patch one method with @patch.replace('{name}.METHOD')"
         )
@@ -314,129 +313,6 @@ def set_name(value: Any, owner: type, name: str) -> None:
         hook(value, owner, name)
 
 
-def rebuild(old: type, new: type, globals_: dict[str, Any]) -> type:
-    """The class ``new`` declares, as if its statement ran in ``old``'s module.
-
-    For a process that has not served yet (a restart): the patch class's layout
-    and members, ``old``'s members the patch does not mention, functions bound to
-    ``globals_`` with a ``__class__`` cell of the new class. A ``TypeError`` or
-    ``ValueError`` from the class machinery propagates (the caller names it).
-    """
-    meta = type(new)
-    cell = types.CellType()
-    # a dict (an enum's _EnumDict is one), whatever the stub says of __prepare__
-    namespace = cast("dict[str, Any]", meta.__prepare__(old.__name__, new.__bases__))
-    namespace["__module__"] = old.__module__
-    namespace["__qualname__"] = old.__qualname__
-    doc = vars(new).get("__doc__") or vars(old).get("__doc__")
-    if doc is not None:
-        namespace["__doc__"] = doc
-    declared = slots(new)
-    if declared is not None:
-        namespace["__slots__"] = declared
-    kept = {name: value for name, value in _own(old) if name not in vars(new)}
-    for name, value in [*kept.items(), *_own(new)]:
-        namespace[name] = _rebound(value, globals_, cell)
-    new_members = enum_members(new)
-    for name, value in (new_members or {}).items():
-        namespace[name] = value
-    cls: type = meta(old.__name__, new.__bases__, namespace)
-    cell.cell_contents = cls
-    if new_members is not None and enum_members(cls) != new_members:
-        msg = (
-            f"its members come out as {_members_text(enum_members(cls) or {})}, not "
-            f"{_members_text(new_members)} (a __new__ or __init__ of its own)"
-        )
-        raise ValueError(msg)
-    return cls
-
-
-def references(old: type, new: type) -> list[tuple[Any, str, Any]]:
-    """Where a module holds ``old`` (or, for an enum, one of its members): (module, name, new)."""
-    found: list[tuple[Any, str, Any]] = []
-    old_members = dict(vars(old)["_member_map_"]) if is_enum(old) else {}
-    by_id = {id(m): name for name, m in old_members.items()}
-    for module in list(sys.modules.values()):
-        namespace = getattr(module, "__dict__", None)
-        if not isinstance(namespace, dict):
-            continue
-        for name, value in list(namespace.items()):
-            if value is old:
-                found.append((module, name, new))
-            elif id(value) in by_id and value is old_members[by_id[id(value)]]:
-                found.append((module, name, getattr(new, by_id[id(value)])))
-    return found
-
-
-def stray_holders(old: type) -> list[str]:
-    """What else holds ``old``'s instances (an enum: its members) besides modules and itself.
-
-    A rebuilt class cannot reach them: each would keep the old layout or member.
-    """
-    if is_enum(old):
-        held = list(vars(old)["_member_map_"].values())
-        own = {id(x) for x in gc.get_referents(old, *held) if isinstance(x, dict | list)}
-        own |= {id(vars(old)[n]) for n in ("_member_map_", "_value2member_map_") if n in vars(old)}
-        # What holds the mark as well is this call's own doing (its argument tuple).
-        mark = object()
-        holders = [
-            h
-            for h in gc.get_referrers(mark, *held)
-            if not any(x is mark for x in gc.get_referents(h))
-        ]
-        modules = {id(vars(m)) for m in list(sys.modules.values()) if hasattr(m, "__dict__")}
-        return sorted(
-            {
-                f"a {type(h).__name__} holding a member"
-                for h in holders
-                if id(h) not in own
-                and id(h) not in modules
-                and h is not held
-                and not isinstance(h, types.FrameType)
-                and type(h) is not old
-            }
-        )
-    count = sum(1 for x in gc.get_referrers(old) if type(x) is old)
-    return [f"{count} instance{'s' if count != 1 else ''}"] if count else []
-
-
-def _own(cls: type) -> Iterator[tuple[str, Any]]:
-    """``cls``'s members a class statement wrote (not its layout, an enum's bookkeeping)."""
-    own_slots = set(slots(cls) or ())
-    enum_names = set(vars(cls)["_member_map_"]) if is_enum(cls) else set()
-    for name, value in vars(cls).items():
-        if name in BOILERPLATE or (name in own_slots and _slot_of(value, cls)):
-            continue
-        if enum_names and (name in enum_names or name in _ENUM_BOOKKEEPING or name == "__new__"):
-            continue  # its own __new__ is _new_member_: the check after rebuilding sees it
-        yield name, value
-
-
-def _rebound(value: Any, globals_: dict[str, Any], cell: types.CellType) -> Any:
-    """A member as if written in the module: functions get ``globals_`` and ``cell``."""
-    if isinstance(value, types.FunctionType):
-        cells = list(value.__closure__ or ())
-        if "__class__" in value.__code__.co_freevars:
-            cells[value.__code__.co_freevars.index("__class__")] = cell
-        func = types.FunctionType(
-            value.__code__, globals_, value.__name__, value.__defaults__, tuple(cells) or None
-        )
-        func.__kwdefaults__ = value.__kwdefaults__
-        func.__doc__ = value.__doc__
-        func.__annotations__ = value.__annotations__
-        func.__dict__.update(value.__dict__)
-        func.__qualname__ = value.__qualname__
-        return func
-    if isinstance(value, classmethod | staticmethod):
-        return type(value)(_rebound(value.__func__, globals_, cell))
-    if isinstance(value, property):
-        parts = [
-            _rebound(f, globals_, cell) if f else None for f in (value.fget, value.fset, value.fdel)
-        ]
-        return property(parts[0], parts[1], parts[2], value.__doc__)
-    return value
-
-
 def slots(cls: type) -> tuple[str, ...] | None:
     """The names ``cls``'s own ``__slots__`` declares, or ``None`` without ``__slots__``."""
     declared = vars(cls).get("__slots__")
@@ -514,7 +390,7 @@ def _slot_text(cls: type) -> str:
     return "none" if declared is None else repr(declared)
 
 
-def _members_text(values: dict[str, Any]) -> str:
+def members_text(values: dict[str, Any]) -> str:
     return "(" + ", ".join(f"{k}={v!r}" for k, v in values.items()) + ")"
 
 
@@ -542,7 +418,7 @@ def _made_by_namedtuple(value: Any) -> bool:
     return code is not None and code.co_filename in (collections.__file__, "<string>")
 
 
-def _slot_of(value: Any, cls: type) -> bool:
+def own_slot(value: Any, cls: type) -> bool:
     return isinstance(value, types.MemberDescriptorType) and value.__objclass__ is cls
 
 

@@ -23,10 +23,7 @@ from hotpatch._classes import (
     innermost,
     layout_changes,
     members,
-    rebuild,
-    references,
     set_name,
-    stray_holders,
 )
 from hotpatch._codegen import ABSENT, FUNC_ATTRS, build, capture, rebind
 from hotpatch._errors import JournalError, NameConflict, NotPatchable, VerificationFailed
@@ -41,6 +38,7 @@ from hotpatch._nested import (
     with_code,
 )
 from hotpatch._patch import Migration, Patch
+from hotpatch._rebuild import rebuild, references, stray_holders
 from hotpatch._switch import Change, Key, current, key
 from hotpatch._targets import (
     Kind,
