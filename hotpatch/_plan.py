@@ -50,6 +50,7 @@ from hotpatch._targets import (
     resolve,
     resolve_class,
     resolve_nested,
+    undecorated,
     unwrap,
 )
 from hotpatch._validate import (
@@ -229,7 +230,7 @@ class _Planner:
         plan, spec, func = self.plan, target.spec, target.function
         if self.enclosing and id(func) in self.enclosing:
             _both(plan.patch, spec)
-        new = accessor_of(new_obj, target.accessor)
+        new = undecorated(target, accessor_of(new_obj, target.accessor), patch=plan.patch.version)
         original = self.original(func)
         new, widened = check_replacement(plan.patch, spec, original, func.__name__, new)
         old_code: types.CodeType = original["__code__"]

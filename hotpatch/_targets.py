@@ -9,7 +9,7 @@ import types
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from hotpatch._errors import NotPatchable, TargetNotFound
+from hotpatch._errors import NotPatchable, TargetNotFound, VerificationFailed
 
 __all__ = [
     "OWN_PACKAGES",
@@ -23,7 +23,9 @@ __all__ = [
     "resolve",
     "resolve_class",
     "resolve_nested",
+    "undecorated",
     "unwrap",
+    "wrapper_names",
 ]
 
 # hotpatch's own code: never a target, so no patch can break the way to roll it back.
@@ -46,6 +48,8 @@ class Target:
     # what caches the function's answers on the way to it (lru_cache, cache): cleared
     # whenever its code changes
     caches: tuple[Any, ...] = ()
+    # the decorators it runs under, outermost first (``wrapper_names``)
+    wrappers: tuple[str, ...] = ()
 
 
 def refuse_own(module: object, *, patch: str, target: str) -> None:
@@ -199,12 +203,50 @@ def resolve(spec: str, *, patch: str) -> Target:
         kind, obj = "method", obj.__func__
     else:
         kind = "method" if owner is not None else "function"
+    wrappers: tuple[str, ...] = ()
     if type(obj) is types.FunctionType and obj.__closure__ is None and not obj.__dict__:
         function, caches = obj, ()  # the usual target: nothing wraps it, nothing to look up
     else:
         function, caches = unwrap(obj, spec, patch=patch)
+        wrappers = wrapper_names(obj)
     refuse_own(function.__module__, patch=patch, target=spec)  # hotpatch's, imported elsewhere
-    return Target(spec, module, function, owner, kind, accessor, caches)
+    return Target(spec, module, function, owner, kind, accessor, caches, wrappers)
+
+
+def wrapper_names(obj: Any) -> tuple[str, ...]:
+    """The decorators ``obj`` is made of, outermost first, down its ``__wrapped__`` chain.
+
+    A Python wrapper by its code's qualname (``functools.wraps`` copies the wrapped
+    function's names), another one by its type (``functools._lru_cache_wrapper``).
+    """
+    return tuple(
+        w.__code__.co_qualname
+        if isinstance(w, types.FunctionType)
+        else f"{type(w).__module__}.{type(w).__qualname__}"
+        for w in _wrapped_chain(obj)[:-1]
+    )
+
+
+def undecorated(target: Target, new: Any, *, patch: str) -> Any:
+    """The function a replacement stands for: ``new``, or, written under the target's
+    decorators (``@contextmanager``, ``@lru_cache``, ``@logged``), the function under them.
+
+    The target's decorators keep applying to the function a patch replaces; written
+    under them too, they would apply twice. Written under other decorators than the
+    target's, ``VerificationFailed``: they would nest inside or around the running ones.
+    """
+    written = wrapper_names(new) if hasattr(new, "__wrapped__") else ()
+    if not written or not target.wrappers:
+        return new  # plain, or a target under no decorator: the replacement as written
+    if written == target.wrappers:
+        return _wrapped_chain(new)[-1]
+    msg = (
+        f"patch {patch}: the replacement for {target.spec} is written under the decorators "
+        f"{', '.join(written)}, but {target.spec} runs under {', '.join(target.wrappers)}, "
+        "which keep applying to the function a patch replaces. Write the replacement plain "
+        "(or under exactly the target's decorators); a change of decorators needs a baseline"
+    )
+    raise VerificationFailed(msg, patch=patch, target=target.spec)
 
 
 def unwrap(obj: Any, spec: str, *, patch: str) -> tuple[types.FunctionType, tuple[Any, ...]]:

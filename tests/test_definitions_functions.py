@@ -520,3 +520,73 @@ def test_lambda_target_with_a_changed_signature_and_under_a_wrap(
     assert seen == ["<lambda>"]
     registry.rollback()
     assert price(2) == 4
+
+
+# -- a replacement written under the target's decorators ---------------------------------
+
+
+def test_replacement_under_the_same_decorators_patches_the_function_once_wrapped(
+    make_module, write_patch, registry
+):
+    """Written as the module writes it (``@logged @timed``, ``@lru_cache``), the
+    replacement stands for the function under the decorators: they keep applying, once."""
+    mod = make_module(WRAPS + "\n" + CACHED.format(decorator="lru_cache(maxsize=8)"))
+    outer = mod.crunch
+    assert mod.price(3) == 6
+    patch = load(
+        write_patch,
+        f"""
+        import functools
+        from {mod.__name__} import logged, timed
+
+        @patch.replace("{mod.__name__}:crunch")
+        @logged
+        @timed
+        def crunch(x):
+            return x + 100
+
+        @patch.replace("{mod.__name__}:price")
+        @functools.lru_cache(maxsize=8)
+        def price(x):
+            return x * 4
+        """,
+    )
+    assert registry.check(patch).hot
+    registry.apply(patch)
+    mod.CALLS.clear()
+    assert outer(1) == 101
+    assert mod.CALLS == ["logged", "timed"]  # not twice over
+    assert mod.price(3) == 12  # the cache of the old answers is cleared
+    registry.rollback()
+    mod.CALLS.clear()
+    assert outer(1) == 2
+    assert mod.CALLS == ["logged", "timed"]
+    assert mod.price(3) == 6
+
+
+def test_replacement_under_other_decorators_is_refused(make_module, write_patch, registry):
+    mod = make_module(WRAPS)
+    outer = mod.crunch
+    patch = load(
+        write_patch,
+        f"""
+        from {mod.__name__} import logged, timed
+
+        @patch.replace("{mod.__name__}:crunch")
+        @timed
+        def crunch(x):
+            return x + 100
+        """,
+    )
+    for attempt in (registry.check, registry.apply):
+        with pytest.raises(hotpatch.VerificationFailed) as info:
+            attempt(patch)
+        message = str(info.value)
+        assert info.value.target == f"{mod.__name__}:crunch"
+        assert "timed.<locals>.wrapper" in message  # what the replacement is written under
+        assert "logged.<locals>.wrapper, timed.<locals>.wrapper" in message  # what runs
+        assert "plain" in message  # the way in
+    mod.CALLS.clear()
+    assert outer(1) == 2
+    assert mod.CALLS == ["logged", "timed"]
+    assert registry.level == ()

@@ -457,13 +457,51 @@ ROWS: dict[str, Row] = {
         def opened():
             yield "new"
         """,
-        # Today's verdict: refused (the decorated replacement is not a generator);
-        # written as the plain generator it goes in (the row above).
+        # Written under the target's decorator: the generator function under it is
+        # patched (the running helper keeps applying, once), as if written plain.
         take=lambda m: {"cm": m.opened},
         look=lambda m, r: r["cm"]().__enter__(),
         before="old",
-        refused=hotpatch.SignatureIncompatible,
-        says=("generator function",),
+        after="new",
+    ),
+    "asynccontextmanager, replacement decorated too": Row(
+        module="""
+        import contextlib
+        @contextlib.asynccontextmanager
+        async def opened():
+            yield "old"
+        """,
+        patch="""
+        import contextlib
+        @patch.replace("{mod}:opened")
+        @contextlib.asynccontextmanager
+        async def opened():
+            yield "new"
+        """,
+        take=lambda m: {"cm": m.opened},
+        look=lambda m, r: _run(_enter(r["cm"]())),
+        before="old",
+        after="new",
+    ),
+    "contextmanager, replacement under another decorator": Row(
+        module="""
+        import contextlib
+        @contextlib.contextmanager
+        def opened():
+            yield "old"
+        """,
+        patch="""
+        import contextlib
+        @patch.replace("{mod}:opened")
+        @contextlib.asynccontextmanager
+        async def opened():
+            yield "new"
+        """,
+        take=lambda m: {"cm": m.opened},
+        look=lambda m, r: r["cm"]().__enter__(),
+        before="old",
+        refused=hotpatch.VerificationFailed,
+        says=("contextmanager.<locals>.helper", "asynccontextmanager.<locals>.helper", "plain"),
         target="opened",
     ),
     "contextmanager": Row(
