@@ -8,6 +8,15 @@ an all-or-none undo (a history row), and when it takes the folder over, so
 that what a previous owner applied but did not record yet is recorded. Only
 the holder of the folder's lock writes, so there is one writer at a time.
 
+Each change is one record appended to the file (``Journal.append``: the
+patches taken off the top of the level and those put on, and one history
+row), synced before the drop is filed: what it costs does not grow with the
+level. A torn last record is ignored, the file is compacted atomically when it
+has grown, and a file the owner does not know as its own (none yet, an older
+format, written by a previous owner since) is written whole, atomically. A
+journal of format 1 is converted in place when it is replayed or taken over; a
+newer format is refused, naming the upgrade.
+
 A journal that cannot be replayed (corrupt, or a patch that no longer
 applies) leaves the workers at the baseline, and the owner refuses patches
 until it is moved aside: a new level written over it would lose the recorded
@@ -24,7 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from hotpatch._errors import JournalError
-from hotpatch._journal import Journal, JournalEntry, JournalState
+from hotpatch._journal import FORMAT, Journal, JournalEntry, JournalState
+from hotpatch._patch import Patch
 from hotpatch._registry import Registry
 
 __all__ = ["JOURNAL_NAME", "GroupJournal"]
@@ -44,6 +54,9 @@ class GroupJournal:
         self.problem: str | None = None  # why patches are refused until the journal is fixed
         self._journal = Journal(path)
         self._problem_bytes: bytes | None = None  # the journal's bytes when the problem was seen
+        # The level the file holds as this worker last read or wrote it (version, sha256);
+        # ``None``: not known, read before the next record (appends go by difference).
+        self._recorded: list[tuple[str, str]] | None = None
 
     # -- a worker that starts alone ------------------------------------------------------
 
@@ -69,8 +82,10 @@ class GroupJournal:
             if self._still_refused():
                 return
             state = self._read()
-            recorded = [] if state is None else [(e.version, e.sha256) for e in state.level]
-            running = [(e.version, e.sha256) for e in _entries(registry)]
+            if state is not None:
+                self._upgrade(state)
+            recorded = self._recorded or []
+            running = _running(_patches(registry))
             if recorded == running:
                 return
             log.warning(
@@ -82,7 +97,7 @@ class GroupJournal:
                 ", ".join(v for v, _ in running) or "-",
             )
             version = ", ".join(v for v, _ in running)
-            self._write(state, registry, action="resync", version=version, who=who, elapsed_s=0.0)
+            self.record(registry, "resync", version, who)
         except JournalError as exc:
             self._refuse(str(exc))
 
@@ -95,10 +110,36 @@ class GroupJournal:
     def record(
         self, registry: Registry, action: str, version: str, who: str, elapsed_s: float = 0.0
     ) -> None:
-        """Write the registry's level with one more history row; ``JournalError`` if it fails."""
-        self._write(
-            self._read(), registry, action=action, version=version, who=who, elapsed_s=elapsed_s
+        """Record the registry's level with one more history row; ``JournalError`` if it fails.
+
+        One record appended: the patches off the top of the level last recorded
+        and those on top now (their content), and the row."""
+        patches = _patches(registry)
+        running = _running(patches)
+        if self._recorded is None:
+            self._read()
+        recorded = self._recorded or []
+        same = _common(recorded, running)
+        row: dict[str, Any] = {
+            "time": time.time(),
+            "action": action,
+            "version": version,
+            "elapsed_s": elapsed_s,
+            "who": who,
+        }
+
+        def whole() -> JournalState:
+            """The state to write in full: the file's history (if any) and the row."""
+            state = self._read()
+            history = [] if state is None else list(state.history)
+            history.append(row | {"level": [v for v, _ in running]})
+            return JournalState(self.baseline, [_entry(p) for p in patches], history)
+
+        self._recorded = None  # until the record is known written
+        self._journal.append(
+            len(recorded) - same, [_entry(p) for p in patches[same:]], [row], whole
         )
+        self._recorded = running
 
     def refuse(self, problem: str) -> None:
         """Refuse patches for ``problem`` (a live worker's), until the journal is replaced."""
@@ -113,6 +154,7 @@ class GroupJournal:
 
     def _read(self) -> JournalState | None:
         """The journal's state; one of another baseline is set aside (and reported)."""
+        self._recorded = None
         state = self._journal.read()
         if state is not None and state.baseline != self.baseline:
             moved = self._journal.set_aside(f"baseline-{state.baseline}")
@@ -121,32 +163,15 @@ class GroupJournal:
                 f"{self.baseline}: set aside as {moved.name}; a new one records this group"
             )
             log.warning("%s", self.report)
-            return None
+            state = None
+        self._recorded = [] if state is None else _keys(state.level)
         return state
 
-    def _write(
-        self,
-        state: JournalState | None,
-        registry: Registry,
-        *,
-        action: str,
-        version: str,
-        who: str,
-        elapsed_s: float,
-    ) -> None:
-        level = _entries(registry)
-        history: list[dict[str, Any]] = [] if state is None else list(state.history)
-        history.append(
-            {
-                "time": time.time(),
-                "action": action,
-                "version": version,
-                "level": [e.version for e in level],
-                "elapsed_s": elapsed_s,
-                "who": who,
-            }
-        )
-        self._journal.write(JournalState(self.baseline, level, history))
+    def _upgrade(self, state: JournalState) -> None:
+        """A journal of an older format rewritten in this one, atomically (said in the log)."""
+        found = self._journal.format_found
+        if found is not None and found != FORMAT and self._journal.upgrade(state):
+            log.info("journal %s converted from format %s to format %s", self.path, found, FORMAT)
 
     def _refuse(self, reason: str) -> None:
         self.problem = None
@@ -178,10 +203,33 @@ class GroupJournal:
         return False
 
 
-def _entries(registry: Registry) -> list[JournalEntry]:
-    """The registry's level as journal entries (text and sha256 of each patch)."""
-    return [
-        JournalEntry(p.version, p.source.sha256, p.source.path, p.source.text, p.summary)
-        for p in registry.patches
-        if p.source is not None
-    ]
+def _patches(registry: Registry) -> list[Patch]:
+    """The registry's level: the patches with a source (every one the journal can hold)."""
+    return [p for p in registry.patches if p.source is not None]
+
+
+def _keys(level: list[JournalEntry]) -> list[tuple[str, str]]:
+    """(version, sha256) of each patch of a recorded level."""
+    return [(e.version, e.sha256) for e in level]
+
+
+def _running(patches: list[Patch]) -> list[tuple[str, str]]:
+    """(version, sha256) of each patch of a running level."""
+    return [(p.version, p.source.sha256) for p in patches if p.source is not None]
+
+
+def _entry(patch: Patch) -> JournalEntry:
+    """A patch as a journal entry: version, sha256, path, text and summary."""
+    source = patch.source
+    assert source is not None  # _patches keeps only those
+    return JournalEntry(patch.version, source.sha256, source.path, source.text, patch.summary)
+
+
+def _common(a: list[tuple[str, str]], b: list[tuple[str, str]]) -> int:
+    """How many patches two levels share at the bottom."""
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
