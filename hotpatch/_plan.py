@@ -211,6 +211,8 @@ class _Planner:
         # id(enclosing function) -> its code with the nested targets replaced so far
         self.enclosing: dict[int, types.CodeType] = {}
         self.pending: list[tuple[NestedTarget, types.CodeType, types.CodeType]] = []
+        # id(function) -> the target that named it first, and its replacement
+        self.named: dict[int, tuple[str, Any]] = {}
 
     def base(self, obj: Any, attr: str) -> Any:
         """The value the patch builds on: from under a level it replaces, else the live one."""
@@ -231,6 +233,14 @@ class _Planner:
         if self.enclosing and id(func) in self.enclosing:
             _both(plan.patch, spec)
         new = undecorated(target, accessor_of(new_obj, target.accessor), patch=plan.patch.version)
+        first, written = self.named.setdefault(id(func), (spec, new))
+        if written is not new:
+            msg = (
+                f"patch {plan.patch.version}: {first} and {spec} name the same function "
+                f"({func.__module__}:{func.__code__.co_qualname}) with two replacements, so "
+                "one would silently win; keep one of the two targets"
+            )
+            raise VerificationFailed(msg, patch=plan.patch.version, target=spec)
         original = self.original(func)
         new, widened = check_replacement(plan.patch, spec, original, func.__name__, new)
         old_code: types.CodeType = original["__code__"]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import builtins
 import functools
 import importlib
+import re
 import sys
 import types
 from dataclasses import dataclass
@@ -183,7 +185,13 @@ def _lookup(spec: str, patch: str) -> tuple[types.ModuleType, Any, type | None, 
 
 def resolve(spec: str, *, patch: str) -> Target:
     """Resolve a function target; ``NotPatchable`` for anything but Python functions."""
-    module, obj, owner, accessor = _lookup(spec, patch)
+    dispatch = _DISPATCH.match(spec.partition(":")[2])
+    if dispatch is None:
+        module, obj, owner, accessor = _lookup(spec, patch)
+    else:
+        head = f"{spec.partition(':')[0]}:{dispatch['function']}"
+        module, obj, owner, accessor = _lookup(head, patch)
+        obj = _registered(obj, head, dispatch["type"], module, patch=patch, spec=spec)
     kind: Kind
     if isinstance(obj, classmethod):
         kind, obj = "classmethod", obj.__func__
@@ -211,6 +219,79 @@ def resolve(spec: str, *, patch: str) -> Target:
         wrappers = wrapper_names(obj)
     refuse_own(function.__module__, patch=patch, target=spec)  # hotpatch's, imported elsewhere
     return Target(spec, module, function, owner, kind, accessor, caches, wrappers)
+
+
+# ``f.registry[int]``: what a singledispatch function holds for a type (``@f.register def _``).
+_DISPATCH = re.compile(r"(?P<function>[^\[\]]+)\.registry\[(?P<type>[\w.]+)\]")
+
+
+def _registered(
+    obj: Any, head: str, name: str, module: types.ModuleType, *, patch: str, spec: str
+) -> Any:
+    """The implementation ``obj`` (``head``: a singledispatch function or
+    singledispatchmethod) holds for the type named ``name``; ``TargetNotFound``
+    naming what it holds."""
+    dispatcher = obj.dispatcher if isinstance(obj, functools.singledispatchmethod) else obj
+    registry = getattr(dispatcher, "registry", None)
+    if not (isinstance(registry, types.MappingProxyType) and callable(dispatcher)):
+        msg = (
+            f"patch {patch}: target {spec}: {head} is a {type(obj).__name__}, not a "
+            "singledispatch function or singledispatchmethod; a registry[TYPE] target names "
+            "one of their registered implementations"
+        )
+        raise NotPatchable(msg, patch=patch, target=spec)
+    found = [t for t in registry if name in _type_names(t)]
+    if len(found) == 1:
+        return registry[found[0]]
+    registered = ", ".join(_type_name(t) for t in registry)
+    if found:
+        msg = (
+            f"patch {patch}: target {spec}: {len(found)} registered types are named "
+            f"{name!r} ({', '.join(_type_name(t) for t in found)}); name one with its module"
+        )
+        raise TargetNotFound(msg, patch=patch, target=spec)
+    where = ""
+    cls = _find_type(name, module)
+    if cls is not None:
+        impl = dispatcher.dispatch(cls)
+        key = next((t for t in registry if registry[t] is impl), None)
+        if key is not None:
+            head = spec.rpartition("[")[0]
+            where = (
+                f"; a {name} is dispatched to the implementation registered for "
+                f"{_type_name(key)}: target {head}[{_type_name(key)}]"
+            )
+    msg = (
+        f"patch {patch}: target {spec}: no implementation is registered for {name!r} "
+        f"(registered: {registered}){where}"
+    )
+    raise TargetNotFound(msg, patch=patch, target=spec)
+
+
+def _type_name(cls: type) -> str:
+    """How a registry target names a type: ``int``, ``decimal.Decimal``, ``shop.cart.Cart``."""
+    if cls.__module__ == "builtins":
+        return cls.__qualname__
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _type_names(cls: type) -> tuple[str, ...]:
+    return (cls.__qualname__, f"{cls.__module__}.{cls.__qualname__}")
+
+
+def _find_type(name: str, module: types.ModuleType) -> type | None:
+    """The class ``name`` stands for, if it is a builtin, the target module's, or importable."""
+    modname, _, qualname = name.rpartition(".")
+    holders: list[Any] = [builtins, module]
+    if modname:
+        holders = [sys.modules.get(modname)]
+    for holder in holders:
+        obj = holder
+        for part in (qualname if modname else name).split("."):
+            obj = getattr(obj, part, None)
+        if isinstance(obj, type):
+            return obj
+    return None
 
 
 def wrapper_names(obj: Any) -> tuple[str, ...]:

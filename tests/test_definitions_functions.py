@@ -4,6 +4,7 @@ rollback and after a re-apply."""
 
 from __future__ import annotations
 
+import sys
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
@@ -590,3 +591,195 @@ def test_replacement_under_other_decorators_is_refused(make_module, write_patch,
     assert outer(1) == 2
     assert mod.CALLS == ["logged", "timed"]
     assert registry.level == ()
+
+
+# -- singledispatch implementations registered as `_` --------------------------------------
+
+
+DISPATCH = """
+import decimal
+import functools
+
+class Cart:
+    pass
+
+@functools.singledispatch
+def show(x):
+    return "any"
+
+@show.register
+def _(x: int):
+    return "int"
+
+@show.register
+def _(x: str):
+    return "str"
+
+@show.register(decimal.Decimal)
+def _(x):
+    return "decimal"
+
+@show.register
+def _(x: Cart):
+    return "cart"
+
+class Shelf:
+    @functools.singledispatchmethod
+    def label(self, x):
+        return "any"
+
+    @label.register
+    def _(self, x: int):
+        return "int"
+"""
+
+
+def shown(mod):
+    return (mod.show(None), mod.show(1), mod.show("s"), mod.show(mod.decimal.Decimal(1)))
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        ("int", ("any", "INT", "str", "decimal")),
+        ("builtins.int", ("any", "INT", "str", "decimal")),
+        ("decimal.Decimal", ("any", "int", "str", "INT")),
+        ("object", ("INT", "int", "str", "decimal")),
+    ],
+    ids=["int", "builtins.int", "module-qualified", "default"],
+)
+def test_singledispatch_implementation_registered_as_underscore_is_a_target(
+    make_module, write_patch, registry, case
+):
+    """``mod:show.registry[int]`` names what ``show.registry[int]`` holds: patched in
+    place, so the dispatch and every reference taken before run the new code."""
+    type_name, after = case
+    mod = make_module(DISPATCH)
+    show, impl = mod.show, mod.show.registry[int]
+    code = impl.__code__
+    patch = load(
+        write_patch,
+        f"""
+        @patch.replace("{mod.__name__}:show.registry[{type_name}]")
+        def _(x):
+            return "INT"
+        """,
+    )
+    assert registry.check(patch).hot
+    registry.apply(patch)
+    assert shown(mod) == after
+    assert mod.show is show
+    assert mod.show.registry[int] is impl
+    registry.rollback()
+    assert shown(mod) == ("any", "int", "str", "decimal")
+    assert impl.__code__ is code
+    registry.apply(patch)
+    assert shown(mod) == after
+
+
+def test_singledispatch_registry_targets_a_user_class_and_a_method(
+    make_module, write_patch, registry
+):
+    mod = make_module(DISPATCH)
+    shelf = mod.Shelf()
+    bound = shelf.label
+    patch = load(
+        write_patch,
+        f"""
+        @patch.replace("{mod.__name__}:show.registry[Cart]")
+        def _(x):
+            return "CART"
+
+        @patch.replace("{mod.__name__}:Shelf.label.registry[int]")
+        def _(self, x):
+            return "INT"
+        """,
+    )
+    registry.apply(patch)
+    assert (mod.show(mod.Cart()), bound(1), shelf.label("s"), mod.Shelf().label(2)) == (
+        "CART",
+        "INT",
+        "any",
+        "INT",
+    )
+    registry.rollback()
+    assert (mod.show(mod.Cart()), bound(1)) == ("cart", "int")
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        ("show.registry[bool]", hotpatch.TargetNotFound, "show.registry[int]"),
+        ("show.registry[float]", hotpatch.TargetNotFound, "show.registry[object]"),
+        ("show.registry[Nope]", hotpatch.TargetNotFound, "registered: object, int, str"),
+        ("Cart.registry[int]", hotpatch.NotPatchable, "not a singledispatch"),
+    ],
+    ids=["dispatched-elsewhere", "default", "unknown", "not-singledispatch"],
+)
+def test_singledispatch_registry_refusals_name_what_is_registered(
+    make_module, write_patch, registry, case
+):
+    target, error, hint = case
+    mod = make_module(DISPATCH)
+    patch = load(
+        write_patch,
+        f"""
+        @patch.replace("{mod.__name__}:{target}")
+        def _(x):
+            return 0
+        """,
+    )
+    for attempt in (registry.check, registry.apply):
+        with pytest.raises(error) as info:
+            attempt(patch)
+        assert info.value.target == f"{mod.__name__}:{target}"
+        assert hint in str(info.value)
+    assert shown(mod) == ("any", "int", "str", "decimal")
+    assert registry.level == ()
+
+
+def test_the_verifier_resolves_a_registry_target(make_module, write_patch):
+    """A dropped patch is checked in a child first: a registered type passes, another not."""
+    from hotpatch.agent._verify import verify_in_child
+
+    mod = make_module(DISPATCH)
+    text = '@patch.replace("{mod}:show.registry[{t}]")\ndef _(x):\n    return 0\n'
+    good = write_patch(HEADER.format(version="1.0.1") + text.format(mod=mod.__name__, t="Cart"))
+    report = verify_in_child(good, sys_path=list(sys.path), timeout=30)
+    assert report.targets == (f"{mod.__name__}:show.registry[Cart]",)
+    bad = write_patch(HEADER.format(version="1.0.1") + text.format(mod=mod.__name__, t="bytes"))
+    with pytest.raises(hotpatch.VerificationFailed, match="no implementation is registered"):
+        verify_in_child(bad, sys_path=list(sys.path), timeout=30)
+
+
+def test_two_targets_naming_one_function_are_refused(make_module, write_patch, registry):
+    """``show.registry[int]`` and ``show.registry[builtins.int]``, or an alias: one
+    function, two replacements; one would win silently."""
+    mod = make_module(DISPATCH + "\nalias = show.registry[str]\n")
+    patch = load(
+        write_patch,
+        f"""
+        @patch.replace("{mod.__name__}:show.registry[int]")
+        def _(x):
+            return 1
+
+        @patch.replace("{mod.__name__}:show.registry[builtins.int]")
+        def _(x):
+            return 2
+
+        @patch.replace("{mod.__name__}:show.registry[str]")
+        def _(x):
+            return 3
+
+        @patch.replace("{mod.__name__}:alias")
+        def alias(x):
+            return 4
+        """,
+    )
+    for attempt in (registry.check, registry.apply):
+        with pytest.raises(hotpatch.VerificationFailed, match="the same function") as info:
+            attempt(patch)
+        message = str(info.value)
+        assert f"{mod.__name__}:show.registry[int]" in message
+        assert f"{mod.__name__}:show.registry[builtins.int]" in message
+    assert shown(mod) == ("any", "int", "str", "decimal")

@@ -233,6 +233,48 @@ ROWS: dict[str, Row] = {
         before=("any", "int"),
         after=("any", "INT"),
     ),
+    "singledispatch registered as _": Row(
+        module="""
+        import functools
+        @functools.singledispatch
+        def show(x):
+            return "any"
+        @show.register
+        def _(x: int):
+            return "int"
+        """,
+        patch="""
+        @patch.replace("{mod}:show.registry[int]")
+        def _(x: int):
+            return "INT"
+        """,
+        take=lambda m: {"show": m.show, "impl": m.show.registry[int]},
+        look=lambda m, r: (r["show"]("a"), r["show"](1), r["impl"](1)),
+        before=("any", "int", "int"),
+        after=("any", "INT", "INT"),
+    ),
+    "singledispatch type not registered": Row(
+        module="""
+        import functools
+        @functools.singledispatch
+        def show(x):
+            return "any"
+        @show.register
+        def _(x: int):
+            return "int"
+        """,
+        patch="""
+        @patch.replace("{mod}:show.registry[bool]")
+        def _(x: bool):
+            return "BOOL"
+        """,
+        take=lambda m: {"show": m.show},
+        look=lambda m, r: (r["show"]("a"), r["show"](True)),
+        before=("any", "int"),
+        refused=hotpatch.TargetNotFound,
+        says=("no implementation is registered for 'bool'", "show.registry[int]"),
+        target="show.registry[bool]",
+    ),
     "singledispatchmethod": Row(
         module="""
         import functools
