@@ -392,11 +392,12 @@ BASELINE_CASES = {
         "shop.pricing:shipping",
         "decorators change",
     ),
-    "escaping closure": (
+    "escaping closure, its enclosing function changed too": (
         [
             (
                 "        return func(*args, **kwargs)\n\n    return wrapper\n\n\ndef bare",
-                "        return func(*args, **kwargs) or 0\n\n    return wrapper\n\n\ndef bare",
+                "        return func(*args, **kwargs) or 0\n\n    wrapper.traced = True\n"
+                "    return wrapper\n\n\ndef bare",
             )
         ],
         None,

@@ -16,6 +16,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from hotpatch._validate import signature_problems
+from hotpatch.make._closures import NestedTargets, escaping
 from hotpatch.make._sources import MakeError, Tree, classify
 from hotpatch.make._syntax import (
     Binding,
@@ -26,8 +27,7 @@ from hotpatch.make._syntax import (
     dotted,
     function_kind,
     is_pure,
-    nested_functions,
-    outlives,
+    private_names,
     segment,
     signature,
     string_lines,
@@ -75,6 +75,7 @@ class Replacement:
     defaults: set[str]  # names its defaults read, when the patch file defines it
     change: Change
     mangled: str = ""  # a class whose name mangles private names: source indented in it
+    note: str = ""  # a comment above it in the patch file
 
 
 @dataclass(slots=True)
@@ -340,6 +341,8 @@ class _ModuleDiff:
         )
         self.changes: list[Change] = []
         self.replaced: set[str] = set()  # module-level functions this patch replaces
+        names = self.old.names | self.new.names
+        self.closures = NestedTargets(self.old.lines, self.new.lines, self.new.keep, names)
 
     def name(self, qualname: str) -> str:
         return f"{self.module}:{qualname}"
@@ -527,24 +530,13 @@ class _ModuleDiff:
             why = f"its signature changes so that old callers cannot call it: {'; '.join(problems)}"
             self.baseline(target, what, why)
             return False
-        old_nested, new_nested = nested_functions(old), nested_functions(new)
-        for inner, node in new_nested.items():
-            earlier = old_nested.get(inner)
-            if earlier is not None and _dump(earlier) == _dump(node):
-                continue
-            name = inner.rpartition(".")[2]
-            if outlives(new, name) or (earlier is not None and outlives(old, name)):
-                why = (
-                    f"the nested function {inner} changes and may outlive a call of "
-                    f"{qualname} (it is returned, stored, passed on or decorated): function "
-                    "objects already made from it would keep the old code"
-                )
-                local = inner.partition(".<locals>.")[2]
-                self.baseline(f"{qualname}.<locals>.{local}", "nested function", why)
-                return False
+        inner = escaping(old, new, qualname)
+        if inner:
+            self._nested(old, new, qualname, target, inner)
+            return False
         source = segment(self.new.lines, new, self.new.keep)
         mangled = ""  # the class whose name mangles its private names (self.__x)
-        if what != "function" and _private_names(new):
+        if what != "function" and private_names(new):
             mangled = qualname.rpartition(".")[0].rpartition(".")[2]
             source = segment(self.new.lines, new, self.new.keep, indent=4)
         defaults = def_time_names(new) - {
@@ -555,6 +547,42 @@ class _ModuleDiff:
             Replacement(self.name(target), qualname, source, new.name, defaults, change, mangled)
         )
         return True
+
+    def _nested(self, old: _Def, new: _Def, qualname: str, target: str, escaping: str) -> None:
+        """A nested function that may outlive a call changed: when nothing but nested
+        functions' own code changed, each is a nested target (see _closures), else a baseline."""
+        found = self.closures.changes(old, new, qualname) if target == qualname else None
+        if found is None:
+            why = (
+                f"the nested function {escaping} changes and may outlive a call of {qualname} "
+                "(it is returned, stored, passed on or decorated): function objects already "
+                "made from it would keep the old code; "
+                + (
+                    f"{qualname} changes around it too"
+                    if target == qualname
+                    else f"no target names code nested in {target}"
+                )
+            )
+            self.baseline(escaping, "nested function", why)
+            return
+        for change in found:
+            if change.why:
+                self.baseline(change.qualname, "nested function", change.why)
+        for change in found if not any(c.why for c in found) else ():
+            why = f"changed inside {change.outer}; replaced in every function made from it"
+            made = self.add(change.qualname, "nested function", "replace", why)
+            self.plan.replacements.append(
+                Replacement(
+                    self.name(change.qualname),
+                    change.qualname,
+                    change.source,
+                    change.new.name,
+                    set(change.defaults),
+                    made,
+                    change.mangled,
+                    change.note,
+                )
+            )
 
     def _class(self, old: ast.ClassDef, new: ast.ClassDef, qualname: str) -> None:
         checks = (
@@ -834,22 +862,6 @@ def _definition_reads(node: ast.AST) -> set[str]:
             reads |= _definition_reads(item)
         return reads
     return _names_in(node)
-
-
-def _private_names(node: ast.AST) -> bool:
-    """Does ``node`` use a name Python mangles in a class body (``__x``, not ``__x__``)?"""
-
-    def private(name: str) -> bool:
-        return name.startswith("__") and not name.endswith("__")
-
-    for sub in ast.walk(node):
-        if (
-            (isinstance(sub, ast.Attribute) and private(sub.attr))
-            or (isinstance(sub, ast.Name) and private(sub.id))
-            or (isinstance(sub, ast.arg) and private(sub.arg))
-        ):
-            return True
-    return False
 
 
 def _names_in(node: ast.AST) -> set[str]:

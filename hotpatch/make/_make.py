@@ -208,6 +208,8 @@ def _verify(
         if replaced is not None and replaced.verdict == "replace":
             kind, _, why = mode.partition(" ")
             replaced.verdict = kind
+            if replaced.what == "nested function":  # its own words say where it goes
+                continue
             replaced.why = (
                 "changed; replaced in place (the new code runs in the function's own frame)"
                 if kind == "inline"

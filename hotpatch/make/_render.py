@@ -205,7 +205,7 @@ def _module(
         need(replacement.defaults, in_patch=True)
         name = replacement.def_name
         if name in taken or name in own:
-            name = replacement.qualname.replace(".", "_") + "_"
+            name = replacement.qualname.replace(".<locals>.", "_").replace(".", "_") + "_"
         taken.add(name)
         source = replacement.source
         if name != replacement.def_name:
@@ -213,6 +213,7 @@ def _module(
         out += [
             "",
             "",
+            *_note(replacement.note),
             f"@{patch_name}.replace({_q(replacement.target)})",
             *source.rstrip().splitlines(),
         ]
@@ -230,6 +231,7 @@ def _module(
             need(replacement.defaults, in_patch=True)
             out += [
                 "",
+                *_note(replacement.note, "    "),
                 f"    @{patch_name}.replace({_q(replacement.target)})",
                 *replacement.source.rstrip().splitlines(),
             ]
@@ -244,6 +246,12 @@ def _module(
     if module.assignments:
         out += _migrations(module, patch_name, need)
     return out
+
+
+def _note(text: str, indent: str = "") -> list[str]:
+    """``text`` as comment lines."""
+    width = _RULE - len(indent) - 2
+    return [f"{indent}# {line}" for line in textwrap.wrap(text, width)] if text else []
 
 
 def _in_class(source: str) -> str:

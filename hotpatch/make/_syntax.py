@@ -26,6 +26,7 @@ __all__ = [
     "is_pure",
     "nested_functions",
     "outlives",
+    "private_names",
     "segment",
     "signature",
     "string_lines",
@@ -218,19 +219,20 @@ def signature(args: ast.arguments) -> inspect.Signature:
     return inspect.Signature(params)
 
 
-def nested_functions(node: ast.FunctionDef | ast.AsyncFunctionDef) -> dict[str, ast.AST]:
-    """Nested functions of ``node`` by qualname (``outer.<locals>.inner``).
+def nested_functions(node: ast.FunctionDef | ast.AsyncFunctionDef) -> dict[str, list[ast.AST]]:
+    """Nested functions of ``node`` by qualname (``outer.<locals>.inner``): every one of that
+    name (a def in each branch), in the order they are found.
 
     Whether one may outlive a call of the function (returned, stored, passed
     on, decorated) is ``outlives``'s to say.
     """
-    found: dict[str, ast.AST] = {}
+    found: dict[str, list[ast.AST]] = {}
 
     def visit(scope: ast.AST, prefix: str) -> None:
         for sub in _own_scope(scope):
             if isinstance(sub, ast.FunctionDef | ast.AsyncFunctionDef):
                 qual = f"{prefix}.<locals>.{sub.name}"
-                found[qual] = sub
+                found.setdefault(qual, []).append(sub)
                 visit(sub, qual)
 
     visit(node, node.name)
@@ -252,6 +254,20 @@ def outlives(scope: ast.FunctionDef | ast.AsyncFunctionDef, name: str) -> bool:
     return any(
         isinstance(sub, ast.Name) and sub.id == name and id(sub) not in calls
         for sub in ast.walk(scope)
+    )
+
+
+def private_names(node: ast.AST) -> bool:
+    """Does ``node`` use a name Python mangles in a class body (``__x``, not ``__x__``)?"""
+
+    def private(name: str) -> bool:
+        return name.startswith("__") and not name.endswith("__")
+
+    return any(
+        (isinstance(sub, ast.Attribute) and private(sub.attr))
+        or (isinstance(sub, ast.Name) and private(sub.id))
+        or (isinstance(sub, ast.arg) and private(sub.arg))
+        for sub in ast.walk(node)
     )
 
 
