@@ -8,7 +8,8 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from hotpatch._errors import JournalError, PatchError
-from hotpatch._journal import HISTORY_KEPT, Journal, JournalEntry, JournalState
+from hotpatch._journal import Journal
+from hotpatch._journal_format import HISTORY_KEPT, JournalEntry, JournalState
 from hotpatch._patch import Patch, parse_version
 from hotpatch._results import HistoryEntry
 

@@ -3,8 +3,10 @@
 A patch becomes a ``Plan`` (``_plan``: the checks, and every value to set); the
 registry commits plans in one switch each, keeps what every applied patch
 replaced so that rollback is exact, and records the level through its
-``Recording`` (``_recording``) when it has a journal. ``wrap()`` lends a
-patch's functions to a plugin for a while (``_wrap``).
+``Recording`` (``_recording``) when it has a journal; ``_replay`` applies a
+journal's level again (at start, and to catch up at a hand-over) through the
+steps the registry lends it. A patch's migrations run through ``_migration``;
+``wrap()`` lends a patch's functions to a plugin for a while (``_wrap``).
 """
 
 from __future__ import annotations
@@ -19,20 +21,21 @@ from typing import Any
 
 from hotpatch._codegen import FUNC_ATTRS
 from hotpatch._errors import (
-    MigrationFailed,
     PatchError,
     QuiescenceTimeout,
     RestartRequired,
     VerificationFailed,
     VersionConflict,
 )
-from hotpatch._journal import HISTORY_KEPT, Journal
-from hotpatch._loader import load_patch_source
+from hotpatch._journal import Journal
+from hotpatch._journal_format import HISTORY_KEPT
+from hotpatch._migration import run_migrations, run_unmigrations
 from hotpatch._nested import going_back, settle_changes
-from hotpatch._patch import Migration, Patch, parse_version
+from hotpatch._patch import Patch, parse_version
 from hotpatch._plan import Applied, Level, Plan, caches_of, make_plan, nested_of
 from hotpatch._plugins import PluginHost
 from hotpatch._recording import Recording
+from hotpatch._replay import ReplaySteps, replay, resync
 from hotpatch._results import ApplyResult, CheckReport, HistoryEntry, LevelChain, RollbackResult
 from hotpatch._switch import Change, Key, busy_threads, current, key, switch, wait_quiescent
 from hotpatch._wrap import Wrapper, Wrappers
@@ -209,7 +212,7 @@ class Registry:
             self._quiesce(plan, deadline)
             if recording is not None and recording.on and action != "replay" and plan.migrations:
                 undo.append(recording.rewrite(_patches(self._stack), self._history))
-            self._migrate(plan, undo)
+            run_migrations(plan, self.migration_timeout, undo)
             if plan.migrations:  # a thread may have entered a target meanwhile
                 self._quiesce(plan, deadline)
             elapsed = time.perf_counter() - start
@@ -262,14 +265,6 @@ class Registry:
         )
         self.plugins.notify("hotpatch_after_apply", patch=patch, registry=self, result=result)
         return result
-
-    def _migrate(self, plan: Plan, undo: list[Callable[[], object]]) -> None:
-        """Run the plan's migrations in turn; each one's unmigrate joins ``undo``."""
-        for migration, module in plan.migrations:
-            run_migration(migration, module, plan.patch.version, self.migration_timeout)
-            undo.extend(
-                _call(m.func, mod) for m, mod in plan.unmigrations if m.module == migration.module
-            )
 
     def _quiesce(self, plan: Plan, deadline: float) -> None:
         """``quiescence="strict"``: wait until no thread runs a target, up to ``deadline``."""
@@ -337,17 +332,7 @@ class Registry:
             self._level = self._level[:kept] + pushed
             self._patches = self._patches[:kept] + tuple(e.patch for e in stack[kept:])
             for entry in popped:
-                for migration, module in entry.unmigrations:
-                    try:
-                        migration.func(module)
-                    except Exception:
-                        log.exception(
-                            "rollback of %s: unmigrate %s of %s raised; the code is rolled back, "
-                            "the migrated state may not be",
-                            entry.patch.version,
-                            migration.func.__name__,
-                            migration.module,
-                        )
+                run_unmigrations(entry.patch.version, entry.unmigrations)
             elapsed = time.perf_counter() - start
             if popped:
                 done = HistoryEntry(
@@ -440,7 +425,7 @@ class Registry:
         )
         raise VersionConflict(msg, patch=str(version))
 
-    # -- journal ----------------------------------------------------------------------
+    # -- journal ---------------------------------------------------------------------
 
     def detach_journal(self) -> None:
         """Stop recording to the journal, which stays as written: after the replay,
@@ -461,96 +446,31 @@ class Registry:
         if recording is None:
             return False
         with self._lock:
-            if not recording.moved_on(self.patches):
+            if not resync(recording, self.patches, self._replay_steps()):
                 return False
-            with recording.muted():  # undo in memory only: the journal stays as recorded
-                if self._stack:
-                    self.rollback(to=self.baseline, who="journal")
-                self._replay(recording)
+            self.journal_report = recording.report
             return True
 
     def _replay(self, recording: Recording) -> None:
         """Apply the level the journal records (the process has not served yet)."""
-        state = recording.to_replay()
-        if state is None:
-            self.journal_report = recording.report
-            return
-        self._history = deque(HistoryEntry.from_records(state.history), maxlen=HISTORY_KEPT)
-        for entry in state.level:
-            try:
-                patch = load_patch_source(entry.text.encode(), path=entry.path)
-                # A replay runs as the process starts, before it serves: what would
-                # need a restart (why the patch went in through one) does not apply.
-                plan = self._plan(patch, restarting=True)
-                self._commit(plan, time.perf_counter(), action="replay", who="journal")
-            except PatchError as exc:
-                # roll back in memory only: the journal keeps the level it recorded,
-                # so the cause can be fixed and the level replayed
-                with recording.muted():
-                    if self._stack:
-                        self.rollback(to=self.baseline, who="journal")
-                raise recording.failed(entry, exc) from exc
-        recording.replayed(state)
+        replay(recording, self._replay_steps())
         self.journal_report = recording.report
 
+    def _replay_steps(self) -> ReplaySteps:
+        return ReplaySteps(self._set_history, self._replay_patch, self._to_baseline)
 
-def run_migration(
-    migration: Migration, module: types.ModuleType, version: str, timeout: float
-) -> None:
-    """Run ``migration`` in a thread of its own; ``MigrationFailed`` if it raises or hangs.
+    def _set_history(self, entries: Iterable[HistoryEntry]) -> None:
+        self._history = deque(entries, maxlen=HISTORY_KEPT)
 
-    A thread cannot be killed: past ``timeout`` the migration is abandoned where it
-    is (the caller undoes the apply, so the switch never follows it), and when it
-    returns at last that is logged, since what it changed meanwhile stays.
-    """
-    name = f"{migration.func.__name__} of {migration.module}"
-    outcome: list[BaseException | None] = []
-    lock = threading.Lock()  # the verdict (returned in time, or abandoned) is taken once
-    abandoned: list[bool] = []
-    started = time.monotonic()
+    def _replay_patch(self, patch: Patch) -> None:
+        # A replay runs as the process starts, before it serves: what would
+        # need a restart (why the patch went in through one) does not apply.
+        plan = self._plan(patch, restarting=True)
+        self._commit(plan, time.perf_counter(), action="replay", who="journal")
 
-    def run() -> None:
-        try:
-            migration.func(module)
-        except BaseException as exc:  # SystemExit too: a patch never ends the process
-            result: BaseException | None = exc
-        else:
-            result = None
-        with lock:
-            outcome.append(result)
-            late = bool(abandoned)
-        if late:
-            log.error(
-                "patch %s: migration %s returned %.1f s after it was abandoned; its patch stays "
-                "refused, and what it changed in %s since stays as it is (no unmigrate ran)",
-                version,
-                name,
-                time.monotonic() - started,
-                migration.module,
-            )
-
-    thread = threading.Thread(target=run, name=f"hotpatch-migration-{version}", daemon=True)
-    thread.start()
-    thread.join(timeout)
-    with lock:
-        if not outcome:
-            abandoned.append(True)
-    if abandoned:
-        msg = (
-            f"patch {version}: migration {name} did not return within {timeout:g} s "
-            f"(migration_timeout); the apply was undone and the migration abandoned in "
-            f"thread {thread.name!r}: it cannot be stopped, so whatever it still changes in "
-            f"{migration.module} stays. Make the migration quick, or raise migration_timeout"
-        )
-        log.error("%s", msg)
-        raise MigrationFailed(msg, patch=version, target=migration.module)
-    exc = outcome[0]
-    if exc is not None:
-        msg = (
-            f"patch {version}: migration {name} raised {type(exc).__name__}: {exc}; the apply "
-            "was undone. Fix the migration and publish a newer version"
-        )
-        raise MigrationFailed(msg, patch=version, target=migration.module) from exc
+    def _to_baseline(self) -> None:
+        if self._stack:
+            self.rollback(to=self.baseline, who="journal")
 
 
 def _report(plan: Plan, reasons: list[str]) -> CheckReport:
@@ -593,7 +513,3 @@ def _change(old: list[Applied], new: list[Applied]) -> tuple[int, tuple[str, ...
     while kept and new[kept - 1] is not old[kept - 1]:
         kept -= 1
     return kept, tuple(e.patch.version for e in new[kept:])
-
-
-def _call(func: Callable[[Any], object], arg: Any) -> Callable[[], object]:
-    return lambda: func(arg)

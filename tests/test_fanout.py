@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 from drops import Watching, wait_for
 
-from hotpatch._journal import Journal, JournalEntry, JournalState
+from hotpatch._journal import Journal
+from hotpatch._journal_format import JournalEntry, JournalState
 from hotpatch.agent._control import request
 from hotpatch.agent._names import WORKERS_DIR
 

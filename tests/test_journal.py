@@ -20,6 +20,7 @@ import pytest
 
 import hotpatch
 import hotpatch._journal
+import hotpatch._journal_format
 
 # A real service stand-in: imports the target module, builds a Registry on the
 # journal (which replays it), reports, then applies the patch files it is given.
@@ -129,7 +130,7 @@ def service(tmp_path, target):
     return Service(tmp_path, target, tmp_path / "state" / "journal.json")
 
 
-def _state(journal: Path) -> hotpatch._journal.JournalState:
+def _state(journal: Path) -> hotpatch._journal_format.JournalState:
     state = hotpatch._journal.Journal(journal).read()
     assert state is not None
     return state
@@ -710,7 +711,7 @@ def test_compaction_keeps_the_level_and_history(target, write_patch, tmp_path, m
 
 
 def test_history_beyond_what_is_kept_is_dropped(target, write_patch, tmp_path, monkeypatch):
-    monkeypatch.setattr(hotpatch._journal, "HISTORY_KEPT", 5)
+    monkeypatch.setattr(hotpatch._journal_format, "HISTORY_KEPT", 5)
     journal = tmp_path / "journal.json"
     registry = hotpatch.Registry("1.0", journal=journal)
     try:
@@ -910,9 +911,9 @@ def test_a_journal_of_format_1_is_replayed_and_converted_in_place(
         journal = hotpatch._journal.Journal(service.journal)
         state = journal.read()
         assert journal.format_found == 2
-        assert state == hotpatch._journal.JournalState(
+        assert state == hotpatch._journal_format.JournalState(
             "1.0",
-            [hotpatch._journal.JournalEntry(**e) for e in old["level"]],
+            [hotpatch._journal_format.JournalEntry(**e) for e in old["level"]],
             old["history"],
         )
         registry.apply(hotpatch.load_patch(p3))  # and it goes on by appending

@@ -32,7 +32,8 @@ from typing import Any, TypeVar
 from packaging.version import Version
 
 from hotpatch._errors import JournalError, VerificationFailed
-from hotpatch._journal import Journal, JournalEntry
+from hotpatch._journal import Journal
+from hotpatch._journal_format import JournalEntry
 from hotpatch._loader import DEFAULT_MAX_BYTES
 from hotpatch.agent._applier import AppliedPatch, PatchText, not_applied, show_answer
 from hotpatch.agent._commands import Commands, dispatch

@@ -33,7 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from hotpatch._errors import JournalError
-from hotpatch._journal import FORMAT, Journal, JournalEntry, JournalState
+from hotpatch._journal import Journal
+from hotpatch._journal_format import FORMAT, JournalEntry, JournalState
 from hotpatch._patch import Patch
 from hotpatch._registry import Registry
 

@@ -1,0 +1,303 @@
+"""The journal's bytes: format-2 records (a line of JSON and its CRC each), format 1 read.
+
+Format 2 is a file of lines, each ``JSON<TAB>CRC32`` (the CRC, eight hex digits,
+of the JSON's bytes). The first line is the header ``{"format": 2, "baseline":
+...}``; every other line is a record of one level change: ``pop`` entries taken
+off the top of the level, then the entries of ``push`` put on (each a patch's
+version, sha256, path, text and summary), and ``history`` rows. A history row
+without ``delta`` is at the level the record leaves; one with ``delta`` ``[k,
+versions]`` is at the level of the row before it, less its top ``k`` versions,
+plus ``versions`` (a whole file carries its rows that way, so that no row
+repeats the whole level); one with ``level`` is at that level (the first of the
+rows a replay adds, recorded with the next change).
+
+A last line without its newline, or whose CRC does not match, is a torn record
+(a crash in the middle of an append): ``decode`` stops before it. A damaged
+line with records after it is corruption, refused. Format 1 (one JSON
+document) is checked field by field as before, to be converted. A newer format
+is ``UnsupportedFormat``, never guessed at. How the file is written, synced and
+compacted is ``_journal``'s.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import zlib
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from hotpatch._patch import parse_version
+
+__all__ = [
+    "FORMAT",
+    "HISTORY_KEPT",
+    "JournalEntry",
+    "JournalState",
+    "UnsupportedFormat",
+    "decode",
+    "encode",
+    "encode_change",
+]
+
+FORMAT = 2
+HISTORY_KEPT = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class JournalEntry:
+    """One applied patch, with the text needed to apply it again."""
+
+    version: str
+    sha256: str
+    path: str
+    text: str
+    summary: str = ""
+
+
+@dataclass(slots=True)
+class JournalState:
+    baseline: str
+    level: list[JournalEntry] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+class UnsupportedFormat(Exception):
+    """A journal format this version does not read (its number is the message)."""
+
+
+# -- format 2: lines of JSON and their CRC ----------------------------------------------------
+
+
+def _line(value: Any) -> bytes:
+    payload = json.dumps(value, separators=(",", ":")).encode()  # ASCII: no tab, no newline
+    return b"%s\t%08x\n" % (payload, zlib.crc32(payload))
+
+
+def _unline(raw: bytes) -> Any:
+    """The JSON of a line (its newline stripped) whose CRC matches; ``_BAD`` if it does not."""
+    tab = len(raw) - 9
+    if tab < 0 or raw[tab : tab + 1] != b"\t":
+        return _BAD
+    payload = raw[:tab]
+    if b"%08x" % zlib.crc32(payload) != raw[tab + 1 :]:
+        return _BAD
+    try:
+        return json.loads(payload)
+    except ValueError:
+        return _BAD
+
+
+_BAD = object()
+
+
+def encode_change(pop: int, push: list[JournalEntry], rows: list[dict[str, Any]]) -> bytes:
+    """The record of one level change: ``pop`` entries off, ``push`` on, history ``rows``."""
+    return _line({"pop": pop, "push": [asdict(e) for e in push], "history": rows})
+
+
+def encode(state: JournalState) -> bytes:
+    """A whole journal: the header and one record with the level and the kept history."""
+    rows: list[dict[str, Any]] = []
+    prev: list[str] = []
+    for row in state.history[-HISTORY_KEPT:]:
+        level = list(row["level"])
+        same = len(prev) if level[: len(prev)] == prev else _common(prev, level)
+        rows.append(
+            {k: v for k, v in row.items() if k != "level"}
+            | {"delta": [len(prev) - same, level[same:]]}
+        )
+        prev = level
+    head = _line({"format": FORMAT, "baseline": state.baseline})
+    body = _line({"pop": 0, "push": [asdict(e) for e in state.level], "history": rows})
+    return head + body
+
+
+def _common(a: list[str], b: list[str]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def decode(raw: bytes) -> tuple[JournalState, int, int]:
+    """(state, format, where the whole records end) of a journal's bytes."""
+    newline = raw.find(b"\n")
+    head = _unline(raw[:newline]) if newline >= 0 else _BAD
+    if isinstance(head, dict) and "format" in head:
+        number = _format_number(head["format"])
+        if number != FORMAT:
+            msg = f"format {number} does not exist (expected 1 or {FORMAT})"
+            raise ValueError(msg)
+        return _records(raw, newline + 1, head)
+    try:
+        document = json.loads(raw)
+    except ValueError as exc:
+        first = raw[:newline] if newline >= 0 else raw
+        for header in (first, first.rpartition(b"\t")[0]):  # with or without a CRC
+            with contextlib.suppress(ValueError):
+                top = json.loads(header)
+                if isinstance(top, dict) and isinstance(top.get("format"), int):
+                    _format_number(top["format"])  # a newer format's header: refused as such
+        msg = f"neither a format-{FORMAT} header nor a format-1 document: {exc}"
+        raise ValueError(msg) from exc
+    return _parse(document), 1, len(raw)
+
+
+def _format_number(number: Any) -> int:
+    if type(number) is not int:
+        msg = f"format {number!r} is not a format number"
+        raise TypeError(msg)
+    if number > FORMAT:
+        raise UnsupportedFormat(str(number))
+    return number
+
+
+def _records(raw: bytes, pos: int, head: dict[str, Any]) -> tuple[JournalState, int, int]:
+    _fields(head, "the header", {"format", "baseline"}, {"format", "baseline"})
+    baseline = _text(head["baseline"], "baseline")
+    parse_version(baseline, "baseline")
+    level: list[JournalEntry] = []
+    versions: list[str] = []
+    history: deque[dict[str, Any]] = deque(maxlen=HISTORY_KEPT)
+    prev: list[str] = []
+    n = 0
+    while pos < len(raw):
+        newline = raw.find(b"\n", pos)
+        if newline < 0:
+            break  # the last record, torn: ignored
+        record = _unline(raw[pos:newline])
+        if record is _BAD:
+            if newline + 1 < len(raw):
+                msg = f"record {n + 1} (byte {pos}) is damaged and records follow it"
+                raise ValueError(msg)
+            break  # the last record, torn: ignored
+        n += 1
+        what = f"record {n}"
+        _fields(record, what, {"pop", "push", "history"}, {"pop", "push", "history"})
+        pop = record["pop"]
+        if type(pop) is not int or not 0 <= pop <= len(level):
+            msg = f"{what}.pop is {pop!r} with {len(level)} patches in the level"
+            raise ValueError(msg)
+        if pop:
+            del level[-pop:], versions[-pop:]
+        for i, row in enumerate(_list(record["push"], f"{what}.push")):
+            entry = _entry(row, f"{what}.push[{i}]")
+            level.append(entry)
+            versions.append(entry.version)
+        for i, row in enumerate(_list(record["history"], f"{what}.history")):
+            where = f"{what}.history[{i}]"
+            _fields(row, where, _HISTORY_REQUIRED, _HISTORY_ALLOWED | {"delta"})
+            delta = row.pop("delta", None)
+            given = "level" in row
+            if delta is not None and given:
+                msg = f"{where} has both level and delta"
+                raise ValueError(msg)
+            if not given:
+                row["level"] = list(versions) if delta is None else _delta(delta, prev, where)
+            _row(row, where, versions_checked=not given)  # else from entries or _delta
+            at = row["level"]
+            prev = at
+            history.append(row)
+        pos = newline + 1
+    return JournalState(baseline, level, list(history)), FORMAT, pos
+
+
+def _delta(delta: Any, prev: list[str], what: str) -> list[str]:
+    if (
+        not isinstance(delta, list)
+        or len(delta) != len(("k", "versions"))
+        or type(delta[0]) is not int
+        or not 0 <= delta[0] <= len(prev)
+        or not isinstance(delta[1], list)
+        or not all(isinstance(v, str) for v in delta[1])
+    ):
+        msg = f"{what}.delta is {delta!r}"
+        raise ValueError(msg)
+    return prev[: len(prev) - delta[0]] + delta[1]
+
+
+# -- checks shared by both formats ------------------------------------------------------------
+
+_TOP = ("format", "baseline", "level", "history")
+_ENTRY_FIELDS = {"version": True, "sha256": True, "path": True, "text": True, "summary": False}
+_ENTRY_REQUIRED = {k for k, needed in _ENTRY_FIELDS.items() if needed}
+_HISTORY_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "time": (int, float),
+    "action": str,
+    "version": str,
+    "level": list,
+    "elapsed_s": (int, float),
+    "who": str,
+}
+_HISTORY_ALLOWED = set(_HISTORY_FIELDS)
+_HISTORY_REQUIRED = _HISTORY_ALLOWED - {"who", "level"}
+
+
+def _fields(row: Any, what: str, required: set[str], allowed: set[str]) -> dict[str, Any]:
+    if not isinstance(row, dict):
+        msg = f"{what} is a {type(row).__name__}, not an object"
+        raise TypeError(msg)
+    if missing := required - row.keys():
+        msg = f"{what} lacks {', '.join(sorted(missing))}"
+        raise ValueError(msg)
+    if unknown := row.keys() - allowed:
+        msg = f"{what} has unknown fields {', '.join(sorted(unknown))}"
+        raise ValueError(msg)
+    return row
+
+
+def _text(value: Any, what: str) -> str:
+    if not isinstance(value, str):
+        msg = f"{what} is a {type(value).__name__}, not a string"
+        raise TypeError(msg)
+    return value
+
+
+def _list(value: Any, what: str) -> list[Any]:
+    if not isinstance(value, list):
+        msg = f"{what} is a {type(value).__name__}, not a list"
+        raise TypeError(msg)
+    return value
+
+
+def _entry(row: Any, what: str) -> JournalEntry:
+    _fields(row, what, _ENTRY_REQUIRED, set(_ENTRY_FIELDS))
+    for name, value in row.items():
+        _text(value, f"{what}.{name}")
+    parse_version(row["version"], f"{what}.version")
+    return JournalEntry(**row)
+
+
+def _row(row: dict[str, Any], what: str, *, versions_checked: bool = False) -> None:
+    for name, value in row.items():
+        expected = _HISTORY_FIELDS[name]
+        if not isinstance(value, expected) or isinstance(value, bool):
+            msg = f"{what}.{name} is a {type(value).__name__}"
+            raise TypeError(msg)
+    if not versions_checked and not all(isinstance(v, str) for v in row["level"]):
+        msg = f"{what}.level holds something other than versions"
+        raise TypeError(msg)
+
+
+def _parse(data: Any) -> JournalState:
+    """Format 1, one JSON document: check it field by field (errors name the field)."""
+    if isinstance(data, dict) and "format" in data:
+        _format_number(data["format"])  # a newer format first: its fields may be others
+    top = _fields(data, "the document", {"format", "baseline", "level"}, {*_TOP})
+    number = _format_number(top["format"])
+    if number != 1:
+        msg = f"format {number} is not a one-document journal (format 1)"
+        raise ValueError(msg)
+    baseline = _text(top["baseline"], "baseline")
+    parse_version(baseline, "baseline")
+    level = [_entry(row, f"level[{i}]") for i, row in enumerate(_list(top["level"], "level"))]
+    history = _list(top.get("history", []), "history")
+    for i, row in enumerate(history):
+        what = f"history[{i}]"
+        _fields(row, what, _HISTORY_REQUIRED | {"level"}, _HISTORY_ALLOWED)
+        _row(row, what)
+    return JournalState(baseline, level, list(history[-HISTORY_KEPT:]))
