@@ -152,10 +152,8 @@ class DropPipeline:
         resource = shortage_of(exc)
         if resource is None or self.applier.level() != before:
             return
-        detail = (
-            f"{shown(path.name)} could not be processed ({type(exc).__name__}: {exc}); "
-            "nothing of it was applied"
-        )
+        why = exc.detail if isinstance(exc, Shortage) else f"{type(exc).__name__}: {exc}"
+        detail = f"{shown(path.name)} could not be processed ({why}); nothing of it was applied"
         raise Shortage(resource, detail) from exc
 
     def rolled_back(self, answer: dict[str, Any], *, who: str, source: str) -> None:

@@ -4,16 +4,18 @@ A drop that fails because the machine ran short -- the disk full while staging
 it, journalling it or filing its outcome, no descriptor left, no memory to
 verify it -- is not the patch's fault. It is not rejected: it stays in the
 folder, first in line, and is tried again after a back-off (``Backoff``), so
-no later version overtakes it.
+no later version overtakes it. What ran out is named by the core
+(``hotpatch._shortage``), which the serving process under ``hotpatch run``
+uses too.
 """
 
 from __future__ import annotations
 
-import errno
 import logging
 import time
 from pathlib import Path
 
+from hotpatch._shortage import Shortage, shortage_of
 from hotpatch.agent._names import shown
 
 __all__ = ["BACKOFF_MAX_S", "BACKOFF_MIN_S", "Backoff", "Retry", "Shortage", "shortage_of"]
@@ -22,42 +24,6 @@ log = logging.getLogger("hotpatch")
 
 BACKOFF_MIN_S = 0.5
 BACKOFF_MAX_S = 30.0
-
-# What ran out, by errno: the resource a person can do something about.
-_RESOURCES = {
-    errno.ENOSPC: "disk full (no space left on the device)",
-    errno.EDQUOT: "disk quota exceeded",
-    errno.EFBIG: "file size limit exceeded (RLIMIT_FSIZE, ulimit -f)",
-    errno.EMFILE: "out of file descriptors in this process (RLIMIT_NOFILE, ulimit -n)",
-    errno.ENFILE: "out of file descriptors on this machine (fs.file-max)",
-    errno.ENOMEM: "out of memory",
-    errno.ENOBUFS: "out of buffer space",
-}
-
-
-class Shortage(Exception):
-    """A drop could not be processed for want of ``resource``; nothing of it was applied."""
-
-    def __init__(self, resource: str, detail: str) -> None:
-        super().__init__(f"{resource}: {detail}")
-        self.resource = resource
-        self.detail = detail
-
-
-def shortage_of(exc: BaseException) -> str | None:
-    """The resource that ``exc`` (or an exception it was raised from) says ran out, if any."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, Shortage):
-            return current.resource
-        if isinstance(current, MemoryError):
-            return _RESOURCES[errno.ENOMEM]
-        if isinstance(current, OSError) and current.errno in _RESOURCES:
-            return _RESOURCES[current.errno]
-        current = current.__cause__ or current.__context__
-    return None
 
 
 class Backoff:

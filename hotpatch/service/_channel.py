@@ -20,6 +20,7 @@ __all__ = [
     "ENV_SOCKETS",
     "MAX_FDS",
     "MAX_MESSAGE",
+    "SHORTAGE",
     "format_address",
     "open_listener",
     "open_listeners",
@@ -37,6 +38,12 @@ ENV_BIND = "HOTPATCH_BIND"  # "http=127.0.0.1:8000,...": addresses when running 
 # baseline and journal, replayed before it says it is loaded.
 ENV_BASELINE = "HOTPATCH_BASELINE"
 ENV_JOURNAL = "HOTPATCH_JOURNAL"
+
+# The outcome of a patch a serving process could not take for want of a resource
+# (its journal's disk full, no memory): not the patch's fault, nothing of it was
+# applied. The answer names the ``resource``; the supervisor keeps the drop, first
+# in line, and tries it again (never a rejection).
+SHORTAGE = "shortage"
 
 DEFAULT_BACKLOG = 1024
 MAX_MESSAGE = 1 << 16

@@ -21,7 +21,8 @@ from hotpatch._patch import Patch
 from hotpatch._plugins import PluginHost
 from hotpatch._registry import MIGRATION_TIMEOUT_S, Registry
 from hotpatch._results import ApplyResult, RollbackResult
-from hotpatch.service._channel import recv_message, send_message
+from hotpatch._shortage import shortage_of
+from hotpatch.service._channel import SHORTAGE, recv_message, send_message
 
 __all__ = [
     "ENV_MIGRATION_TIMEOUT",
@@ -83,12 +84,17 @@ class PatchLevels:
             )
         except Exception as exc:
             log.exception("cannot replay the journal %s", self.journal)
-            return {**info, "error": f"{type(exc).__name__}: {exc}"}
+            error = {"error": f"{type(exc).__name__}: {exc}"}
+            if (resource := shortage_of(exc)) is not None:
+                error["shortage"] = resource
+            return {**info, **error}
         info["journal_report"] = self.registry.journal_report
         if start_patch is not None:
             message, data = start_patch
             result = self.apply_patch(message, data, restarting=True)
             info["start_patch"] = result
+            if result["outcome"] == SHORTAGE:
+                info["shortage"] = result["resource"]
             if result["outcome"] not in ("applied", "unchanged"):
                 info["error"] = (
                     f"the new process could not apply patch {result.get('version') or '?'}: "
@@ -143,7 +149,12 @@ class PatchLevels:
     def apply_patch(
         self, message: Mapping[str, Any], data: bytes, *, restarting: bool = False
     ) -> dict[str, Any]:
-        """Load and apply a patch the supervisor verified; the outcome, never an exception."""
+        """Load and apply a patch the supervisor verified; the outcome, never an exception.
+
+        A failure for want of a resource (the journal's disk full, no memory)
+        that left the level as it was is not a rejection: the outcome is
+        ``SHORTAGE``, with the ``resource`` named.
+        """
         who = str(message.get("who") or "supervisor")
         result: dict[str, Any] = {"outcome": "rejected", "reason": None, "timings": {}}
         start = time.perf_counter()
@@ -153,6 +164,7 @@ class PatchLevels:
                 "--baseline (or $HOTPATCH_BASELINE)"
             )
             return result
+        before = self.registry.level
         try:
             patch = load_patch_source(data, path=str(message.get("path") or "<supervisor>"))
             result["timings"]["load_s"] = time.perf_counter() - start
@@ -169,12 +181,35 @@ class PatchLevels:
             result["reasons"], result["error_type"] = list(exc.reasons), type(exc).__name__
         except PatchError as exc:
             result["reason"], result["error_type"] = str(exc), type(exc).__name__
+            self._short(result, exc, before)
         except BaseException as exc:  # a patch raising SystemExit must not end the service
-            log.exception("applying a patch failed unexpectedly")
-            result["reason"] = f"{type(exc).__name__} while loading or applying: {exc}"
-            result["error_type"] = "VerificationFailed"
+            if not self._short(result, exc, before):
+                log.exception("applying a patch failed unexpectedly")
+                result["reason"] = f"{type(exc).__name__} while loading or applying: {exc}"
+                result["error_type"] = "VerificationFailed"
         result["timings"]["total_s"] = time.perf_counter() - start
         return {**result, **self.level_info()}
+
+    def _short(self, result: dict[str, Any], exc: BaseException, before: tuple[str, ...]) -> bool:
+        """Make ``result`` a ``SHORTAGE`` if ``exc`` says a resource ran out and nothing changed."""
+        resource = shortage_of(exc)
+        if resource is None or self.registry is None or self.registry.level != before:
+            return False
+        version = result.get("version") or "?"
+        # The supervisor says it loudly, once: here it is told why.
+        log.info(
+            "patch %s not taken for want of a resource (%s: %s); nothing of it was applied, "
+            "the supervisor keeps it and tries again",
+            version,
+            type(exc).__name__,
+            exc,
+        )
+        result["outcome"], result["resource"] = SHORTAGE, resource
+        result["error_type"] = "Shortage"
+        result["reason"] = (
+            f"the serving process could not take patch {version} ({type(exc).__name__}: {exc})"
+        )
+        return True
 
     def _apply(self, patch: Patch, who: str, restarting: bool, result: dict[str, Any]) -> None:
         """Apply ``patch``, then make sure a reply still crosses the channel; else roll back.

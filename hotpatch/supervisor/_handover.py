@@ -30,6 +30,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
+from hotpatch._shortage import shortage_of
 from hotpatch.service._channel import ENV_BASELINE, ENV_JOURNAL
 from hotpatch.supervisor._bundle import Release
 from hotpatch.supervisor._child import Child, ChildExited, ChildSpec, describe_exit
@@ -59,15 +60,24 @@ class BringUpFailed(Exception):
         old_drained: bool,
         stopped_at: float | None,
         new_pid: int | None = None,
+        shortage: str | None = None,
     ) -> None:
         super().__init__(message)
         self.old_drained = old_drained
         self.stopped_at = stopped_at
         self.new_pid = new_pid
+        self.shortage = shortage  # the resource that ran out, if that was why
 
 
 class _StartRefused(Exception):
-    """The new process said it cannot run: its journal, or the patch it was started for."""
+    """The new process said it cannot run: its journal, or the patch it was started for.
+
+    ``shortage``: it could not for want of a resource (its journal's disk full).
+    """
+
+    def __init__(self, message: str, shortage: str | None = None) -> None:
+        super().__init__(message)
+        self.shortage = shortage
 
 
 def memfd(data: bytes, name: str = "hotpatch-patch") -> int:
@@ -196,7 +206,11 @@ class Handover:
         except (ChildExited, TimeoutError, StateError, _StartRefused) as exc:
             await self._discard(new)
             raise BringUpFailed(
-                self._why(new, exc), old_drained=drained, stopped_at=stopped_at, new_pid=new.pid
+                self._why(new, exc),
+                old_drained=drained,
+                stopped_at=stopped_at,
+                new_pid=new.pid,
+                shortage=exc.shortage if isinstance(exc, _StartRefused) else None,
             ) from exc
         except BaseException:
             new.signal(signal.SIGKILL)
@@ -235,7 +249,9 @@ class Handover:
             new = Child.spawn(self._child_spec(release), self.listeners, self._generation)
         except OSError as exc:
             msg = f"cannot start {self.config.spec.argv[0]!r}: {exc.strerror or exc}"
-            raise BringUpFailed(msg, old_drained=False, stopped_at=down_since) from exc
+            raise BringUpFailed(
+                msg, old_drained=False, stopped_at=down_since, shortage=shortage_of(exc)
+            ) from exc
         self.children.add(new)
         new.exited.add_done_callback(lambda _: self.on_exit(new))
         new.on_level = self.on_level
@@ -264,7 +280,10 @@ class Handover:
                     self.service_sys_path = list(sys_path)
                     self.sys_path_known.set()
                 if error := message.body.get("error"):
-                    raise _StartRefused(f"the new process {new.pid} cannot start: {error}")
+                    raise _StartRefused(
+                        f"the new process {new.pid} cannot start: {error}",
+                        message.body.get("shortage"),
+                    )
                 return
             if source is not None and source.alive:
                 pull = refresh if rounds == 0 and refresh else self.pull(source, full=False)

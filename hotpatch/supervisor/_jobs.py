@@ -13,6 +13,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import asdict
 from typing import Any
 
+from hotpatch.service._channel import SHORTAGE
 from hotpatch.supervisor._bundle import Release
 from hotpatch.supervisor._child import Child, ChildExited
 from hotpatch.supervisor._handover import memfd
@@ -225,6 +226,7 @@ class Jobs:
                 f"{outcome.error}",
                 failed=f"patch {version} needs a restart ({why}), and the restart failed: "
                 f"{outcome.error}",
+                what=f"patch {version}",
             )
         return result
 
@@ -386,6 +388,7 @@ class Jobs:
                     outcome,
                     unhealthy=f"baseline {version}: {outcome.error}",
                     failed=f"baseline {version}: the restart failed: {outcome.error}",
+                    what=f"baseline {version}",
                 )
             self.log.append(
                 {
@@ -404,10 +407,23 @@ class Jobs:
 
 
 def _refused(
-    result: dict[str, Any], outcome: RestartOutcome, *, unhealthy: str, failed: str
+    result: dict[str, Any], outcome: RestartOutcome, *, unhealthy: str, failed: str, what: str
 ) -> None:
-    """Reject the change whose restart went wrong: its new code was unhealthy, or it failed."""
-    if outcome.health is not None:
+    """Reject the change whose restart went wrong: its new code was unhealthy, or it failed.
+
+    Not when the new process failed for want of a resource (its journal's disk
+    full): ``what`` is not at fault, the answer is ``SHORTAGE``, kept and retried
+    (its reason names no process: the same each time it is tried).
+    """
+    if outcome.shortage is not None and outcome.health is None:
+        result.update(
+            outcome=SHORTAGE,
+            resource=outcome.shortage,
+            error_type="Shortage",
+            reason=f"{what} goes in through a restart, and the new process ran short of a "
+            "resource; the old process keeps serving",
+        )
+    elif outcome.health is not None:
         result.update(
             outcome="rejected",
             error_type="VerificationFailed",

@@ -45,9 +45,11 @@ from hotpatch.agent._names import SOCKET_NAME
 from hotpatch.agent._outcome import Outcome
 from hotpatch.agent._outcome_log import OutcomeLog
 from hotpatch.agent._pipeline import DropPipeline
+from hotpatch.agent._resources import Shortage
 from hotpatch.agent._settings import Checks
 from hotpatch.agent._signing import bundle_digest, verify_signature
 from hotpatch.agent._staging import Staging
+from hotpatch.service._channel import SHORTAGE
 from hotpatch.supervisor._bundle import MAX_BUNDLE_BYTES, Release, read_bundle, unpack_bundle
 from hotpatch.supervisor._child import Child, ChildExited
 from hotpatch.supervisor._handover import memfd
@@ -209,9 +211,17 @@ class SupervisorApplier:
         pass  # the service's plugins hear of what reached its registry
 
     def deliver(self, data: bytes, path: Path, outcome: Outcome) -> None:
+        """Apply through the serving processes; ``Shortage`` when they ran short of a resource.
+
+        A process that could not take the patch for want of a resource (its
+        journal's disk full) answers ``SHORTAGE`` and changed nothing: the
+        pipeline keeps the drop, first in line, and tries it again.
+        """
         answer = on_loop(
             self.runner, lambda: self.runner.submit_patch(path.name, str(path), data, outcome.who)
         )
+        if answer.get("outcome") == SHORTAGE:
+            raise Shortage(str(answer.get("resource")), str(answer.get("reason")))
         outcome.notified = True
         self._fill(outcome, answer)
 
@@ -223,6 +233,8 @@ class SupervisorApplier:
         answer = on_loop(
             self.runner, lambda: self.runner.submit_baseline(path.name, release, outcome.who)
         )
+        if answer.get("outcome") == SHORTAGE:
+            raise Shortage(str(answer.get("resource")), str(answer.get("reason")))
         self._fill(outcome, answer)
 
     def _unpack(self, path: Path, outcome: Outcome) -> Release | None:

@@ -83,6 +83,7 @@ class RestartOutcome:
     state: str | None = None
     health: list[str] | None = None  # why the new process was found unhealthy
     rolled_back: str | None = None  # what it was rolled back to: ``baseline 1.0 at level 1.0.1``
+    shortage: str | None = None  # the resource the new process ran short of, if that was why
     finished: str = field(default_factory=utc_now)
 
 

@@ -81,7 +81,9 @@ class Restarts:
                 pause,
             )
         else:
-            log.error("%s (%s) failed: %s", outcome.kind, outcome.reason, outcome.error)
+            # Short of a resource: the folder says so, once, and tries again later.
+            level = logging.WARNING if outcome.shortage else logging.ERROR
+            log.log(level, "%s (%s) failed: %s", outcome.kind, outcome.reason, outcome.error)
         self.on_change()
 
     def lost(self) -> str:
@@ -194,7 +196,13 @@ class Restarts:
             else:
                 error = f"{exc}; the old process {old.pid} keeps serving"
             return RestartOutcome(
-                "preserving", reason, ok=False, error=error, old_pid=old.pid, new_pid=exc.new_pid
+                "preserving",
+                reason,
+                ok=False,
+                error=error,
+                old_pid=old.pid,
+                new_pid=exc.new_pid,
+                shortage=exc.shortage,
             )
         outcome = self._now_serving("preserving", reason, new, handover, old_pid=old.pid)
         self.handover.retire_later(old)

@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from hotpatch.service._channel import format_address, open_listeners
+from hotpatch.service._channel import SHORTAGE, format_address, open_listeners
 from hotpatch.supervisor._bundle import Release
 from hotpatch.supervisor._child import ChildExited
 from hotpatch.supervisor._records import FolderPipeline, SupervisorConfig
@@ -327,12 +327,17 @@ class Fleet:
                 f"worker {i}: {rollout['batches'][-1]['results'].get(str(i), 'unhealthy')}"
                 for i in rollout["unhealthy"]
             )
-            result.update(
-                outcome="rejected",
-                error_type="VerificationFailed",
-                reason=f"the rollout halted after batch {len(rollout['batches'])} "
-                f"({bad}); the changed workers were rolled back",
+            reason = (
+                f"the rollout halted after batch {len(rollout['batches'])} "
+                f"({bad}); the changed workers were rolled back"
             )
+            short = [a for a in answers.values() if a.get("outcome") == SHORTAGE]
+            if short:  # a worker ran short of a resource: not the patch's fault, kept
+                resource = short[0].get("resource")
+                result.update(outcome=SHORTAGE, resource=resource, error_type="Shortage")
+            else:
+                result.update(outcome="rejected", error_type="VerificationFailed")
+            result["reason"] = reason
         return result
 
     async def submit_baseline(self, name: str, release: Release, who: str) -> dict[str, Any]:

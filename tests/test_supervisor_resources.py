@@ -1,0 +1,296 @@
+"""Running short under ``hotpatch run --watch``: the serving process's disk fills up.
+
+The serving process writes the journal; the supervisor stages, files the
+result and moves the drop. Each may find a real small tmpfs full (mounted
+here, as root). A patch taken then is not the patch's fault: it must wait in
+the folder, first in line, be tried again, go in once there is room, in
+version order, with nothing lost and no rejection recorded -- as under an
+embedded agent (``test_folder_resources``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_folder_resources import SmallDisk, small_disk
+from test_supervisor import Supervised, request, supervise, wait_for
+from test_supervisor_patches import BASE_OPTIONS, journal_level, logic_patch, under_load
+
+from hotpatch.agent._control import request as control
+
+__all__ = ["small_disk", "supervise"]  # the fixtures
+
+pytestmark = pytest.mark.slow  # the back-off of a real supervisor: seconds
+
+
+def big(text: str) -> str:
+    """``text`` and a comment of two pages: its journal record cannot fit in a page's slack."""
+    return text + "#" * 8192 + "\n"
+
+
+def stage(folder: Path, name: str, text: str) -> Path:
+    """``name`` written under a temporary name in ``folder`` (before the disk fills)."""
+    tmp = folder / f".{name}.part"
+    tmp.write_text(text)
+    return tmp
+
+
+def put(staged: Path) -> None:
+    """The drop: the staged file renamed to its name (takes no space)."""
+    staged.rename(staged.with_name(staged.name[1 : -len(".part")]))
+
+
+def outcome_of(state: Path, name: str, supervised: Supervised) -> tuple[str, dict[str, Any]]:
+    """Where ``name``'s result was filed under ``state``, and the result."""
+    found: list[tuple[str, dict[str, Any]]] = []
+
+    def filed() -> bool:
+        for where in ("applied", "rejected", "pending"):
+            path = state / where / f"{name}.result.json"
+            if path.exists():
+                found.append((where, json.loads(path.read_text())))
+                return True
+        return supervised.process.poll() is not None
+
+    wait_for(filed, f"the outcome of {name}")
+    assert found, supervised.log()[-5000:]
+    return found[0]
+
+
+def folder_status(socket: Path) -> dict[str, Any]:
+    answer: dict[str, Any] = control(socket, {"cmd": "status"})
+    return answer
+
+
+def waited(socket: Path, name: str, what: str, *, attempts: int) -> dict[str, Any]:
+    """``name`` waited for ``what`` through ``attempts`` tries (status); its ``waiting``.
+
+    Fails at once when ``name`` is filed as rejected meanwhile (beside the socket).
+    """
+    found: list[dict[str, Any]] = []
+    refused = socket.parent / "rejected" / f"{name}.result.json"
+
+    def tried() -> bool:
+        if refused.exists():
+            pytest.fail(f"{name} was rejected: {refused.read_text()}")
+        if not socket.exists():
+            return False  # the fleet serves its folder's socket once its workers started
+        waiting = folder_status(socket).get("waiting") or {}
+        if (
+            waiting.get("file") == name
+            and what in str(waiting.get("reason"))
+            and waiting.get("attempts", 0) >= attempts
+        ):
+            found.append(waiting)
+            return True
+        return False
+
+    wait_for(tried, f"{name} to be tried {attempts} times for want of {what}")
+    return found[0]
+
+
+def errors(supervised: Supervised, *words: str) -> int:
+    """How many ERROR lines of the log say all of ``words``."""
+    lines = supervised.log().splitlines()
+    return sum(1 for line in lines if " ERROR " in line and all(w in line for w in words))
+
+
+def rejections(state: Path) -> list[str]:
+    rejected = state / "rejected"
+    return sorted(os.listdir(rejected)) if rejected.exists() else []
+
+
+@pytest.mark.parametrize("full", ["journal", "state"])
+def test_a_full_disk_under_run_keeps_the_drop_and_retries_it_in_version_order(
+    supervise: Callable[..., Supervised], tmp_path: Path, small_disk: SmallDisk, full: str
+) -> None:
+    # "journal": the serving process cannot record the level (--journal on the
+    # small disk); "state": nothing hotpatch writes fits (--state-dir there:
+    # staging, journal, result files, outcome folders).
+    folder = tmp_path / "patches"
+    folder.mkdir(mode=0o700)
+    if full == "journal":
+        state, options = folder, ("--journal", str(small_disk.path / "journal.json"))
+        journal = small_disk.path / "journal.json"
+    else:
+        state, options = small_disk.path, ("--state-dir", str(small_disk.path))
+        journal = small_disk.path / ".journal.json"
+    supervised = supervise(options=("--watch", str(folder), *options, *BASE_OPTIONS))
+    socket = state / ".hotpatch.sock"
+    with under_load(supervised) as load:
+        first = stage(folder, "a-1.0.1.py", logic_patch("1.0.1", "one"))
+        put(first)  # with room: the journal is there before the disk fills
+        assert outcome_of(state, "a-1.0.1.py", supervised)[0] == "applied"
+        second = stage(folder, "b-1.0.2.py", big(logic_patch("1.0.2", "two")))
+        third = stage(folder, "c-1.0.3.py", big(logic_patch("1.0.3", "three")))
+
+        small_disk.fill()
+        put(second)
+        held = waited(socket, "b-1.0.2.py", "disk full", attempts=2)
+        assert "nothing of it was applied" in held["reason"], held
+        put(third)  # a later version, which must not go first
+        waited(socket, "b-1.0.2.py", "disk full", attempts=held["attempts"] + 1)
+        assert errors(supervised, "b-1.0.2.py waits", "disk full") == 1  # said once
+        assert request(supervised.address, "/get")["tag"] == "one"
+        assert supervised.status()["patches"]["level"] == ["1.0.1"]
+        assert (folder / "b-1.0.2.py").exists()
+        assert (folder / "c-1.0.3.py").exists()
+        assert rejections(state) == []
+
+        small_disk.free()
+        for name in ("b-1.0.2.py", "c-1.0.3.py"):
+            where, result = outcome_of(state, name, supervised)
+            assert (where, result["outcome"]) == ("applied", "applied"), result
+        assert request(supervised.address, "/get")["tag"] == "three"
+        assert supervised.status()["patches"]["level"] == ["1.0.1", "1.0.2", "1.0.3"]
+        assert journal_level(journal) == ["1.0.1", "1.0.2", "1.0.3"]
+        assert folder_status(socket)["waiting"] is None
+        assert rejections(state) == []
+    load.check(request(supervised.address, "/get")["counters"])
+
+
+def test_a_disk_full_before_the_outcome_is_filed_under_run_keeps_it_until_there_is_room(
+    supervise: Callable[..., Supervised], tmp_path: Path, small_disk: SmallDisk
+) -> None:
+    # The folder on the small disk, the journal elsewhere: the patch's migration
+    # (in the serving process) fills the disk, so the patch is applied and
+    # journalled, and only its result file and the move to applied/ find no room.
+    folder = small_disk.path / "patches"
+    folder.mkdir(mode=0o700)
+    journal = tmp_path / "journal.json"
+    options = ("--watch", str(folder), "--journal", str(journal), *BASE_OPTIONS)
+    supervised = supervise(options=options)
+    socket = folder / ".hotpatch.sock"
+    filler = small_disk.filler
+    filling = logic_patch(
+        "1.0.1",
+        "one",
+        extra=f"""
+        @patch.migrate("counter_logic")
+        def fill(module):
+            import os
+            fd = os.open({str(filler)!r}, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            try:
+                while True:
+                    os.write(fd, bytes(4096))
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+        """,
+    )
+    with under_load(supervised) as load:
+        first = stage(folder, "a-1.0.1.py", filling)
+        second = stage(folder, "b-1.0.2.py", logic_patch("1.0.2", "two"))
+        put(first)
+        held = waited(socket, "a-1.0.1.py", "disk full", attempts=2)
+        assert "its outcome (applied) cannot be filed" in held["reason"], held
+        assert request(supervised.address, "/get")["tag"] == "one"  # applied: only filing waits
+        assert journal_level(journal) == ["1.0.1"]
+        put(second)
+        waited(socket, "a-1.0.1.py", "disk full", attempts=held["attempts"] + 1)
+        assert supervised.status()["patches"]["level"] == ["1.0.1"]
+        assert (folder / "b-1.0.2.py").exists()
+
+        small_disk.free()
+        where, result = outcome_of(folder, "a-1.0.1.py", supervised)
+        assert (where, result["outcome"]) == ("applied", "applied"), result
+        where, result = outcome_of(folder, "b-1.0.2.py", supervised)
+        assert (where, result["outcome"]) == ("applied", "applied"), result
+        wait_for(lambda: not (folder / "b-1.0.2.py").exists(), "b-1.0.2.py to be filed")
+        assert sorted(os.listdir(folder / "applied")) == [
+            "a-1.0.1.py",
+            "a-1.0.1.py.result.json",
+            "b-1.0.2.py",
+            "b-1.0.2.py.result.json",
+        ]
+        assert request(supervised.address, "/get")["tag"] == "two"
+        assert journal_level(journal) == ["1.0.1", "1.0.2"]
+        assert rejections(folder) == []
+    load.check(request(supervised.address, "/get")["counters"])
+
+
+def test_a_patch_needing_a_restart_waits_while_the_journal_disk_is_full(
+    supervise: Callable[..., Supervised], tmp_path: Path, small_disk: SmallDisk
+) -> None:
+    folder = tmp_path / "patches"
+    folder.mkdir(mode=0o700)
+    journal = small_disk.path / "journal.json"
+    options = ("--watch", str(folder), "--journal", str(journal), *BASE_OPTIONS)
+    supervised = supervise(options=options)
+    socket = folder / ".hotpatch.sock"
+    first_pid = supervised.child_pid
+    with under_load(supervised) as load:
+        restart = logic_patch("1.0.1", "restarted", head=", restart=True")
+        first = stage(folder, "a-1.0.1.py", big(restart))
+        later = stage(folder, "b-1.0.2.py", big(logic_patch("1.0.2", "two")))
+        small_disk.fill()
+        put(first)
+        held = waited(socket, "a-1.0.1.py", "disk full", attempts=2)
+        put(later)
+        waited(socket, "a-1.0.1.py", "disk full", attempts=held["attempts"] + 1)
+        assert errors(supervised, "a-1.0.1.py waits", "disk full", "restart") == 1
+        answer = request(supervised.address, "/get")
+        assert answer["tag"] == "base"
+        assert answer["pid"] == first_pid  # the old process keeps serving meanwhile
+        assert (folder / "b-1.0.2.py").exists()
+        assert rejections(folder) == []
+
+        small_disk.free()
+        where, result = outcome_of(folder, "a-1.0.1.py", supervised)
+        assert (where, result["outcome"], result["via"]) == ("applied", "applied", "restart")
+        where, result = outcome_of(folder, "b-1.0.2.py", supervised)
+        assert (where, result["outcome"]) == ("applied", "applied"), result
+        wait_for(
+            lambda: request(supervised.address, "/get")["tag"] == "two", "the service to say two"
+        )
+        assert journal_level(journal) == ["1.0.1", "1.0.2"]
+        assert rejections(folder) == []
+        time.sleep(0.2)  # the load goes on across the restart
+    load.check(request(supervised.address, "/get")["counters"])
+
+
+def test_a_worker_short_of_disk_halts_the_rollout_and_the_drop_waits(
+    supervise: Callable[..., Supervised], tmp_path: Path, small_disk: SmallDisk
+) -> None:
+    # --workers 2: each worker keeps its own journal beside --journal, on the small disk.
+    folder = tmp_path / "patches"
+    folder.mkdir(mode=0o700)
+    journal = small_disk.path / "journal.json"
+    options = ("--workers", "2", "--settle", "0", "--watch", str(folder), "--journal")
+    supervised = supervise(options=(*options, str(journal), *BASE_OPTIONS), serving=False)
+    supervised.wait(
+        lambda s: len(s.get("workers", [])) == 2 and all(w["pid"] for w in s["workers"]),
+        "two serving workers",
+    )
+    socket = folder / ".hotpatch.sock"
+    first = stage(folder, "a-1.0.1.py", big(logic_patch("1.0.1", "one")))
+    later = stage(folder, "b-1.0.2.py", big(logic_patch("1.0.2", "two")))
+    small_disk.fill()
+    put(first)
+    held = waited(socket, "a-1.0.1.py", "disk full", attempts=2)
+    assert "halted after batch 1" in held["reason"], held
+    put(later)
+    waited(socket, "a-1.0.1.py", "disk full", attempts=held["attempts"] + 1)
+    assert all(w["level"] == [] for w in supervised.status()["workers"])
+    assert rejections(folder) == []
+
+    small_disk.free()
+    for name in ("a-1.0.1.py", "b-1.0.2.py"):
+        where, result = outcome_of(folder, name, supervised)
+        assert (where, result["outcome"]) == ("applied", "applied"), result
+    workers = supervised.wait(
+        lambda s: all(w["level"] == ["1.0.1", "1.0.2"] for w in s["workers"]),
+        "both workers at 1.0.2",
+    )["workers"]
+    assert len(workers) == 2
+    for index in range(2):
+        worker_journal = small_disk.path / f"journal.worker{index}.json"
+        assert journal_level(worker_journal) == ["1.0.1", "1.0.2"]
+    assert rejections(folder) == []
