@@ -691,6 +691,24 @@ def check_journal(path: Path, applied: list[str], unknown: list[str]) -> dict[st
     return {"level": level, "prefix": known == applied[: len(known)], "applied": len(applied)}
 
 
+def held_for_resources(log: str) -> dict[str, int]:
+    """Drops the folder held for want of a resource (the ERROR said once each), by resource
+    and where it ran short: the serving process (its journal), filing the outcome, or the
+    supervisor (staging, verification)."""
+    held: collections.Counter[str] = collections.Counter()
+    for line in log.splitlines():
+        if " ERROR patch folder " in line and " waits: " in line:
+            resource = line.split(" waits: ", 1)[1].split(":", 1)[0].split(" (", 1)[0]
+            if "the serving process" in line or "the new process ran short" in line:
+                where = "the serving process"
+            elif "cannot be filed" in line:
+                where = "filing the outcome"
+            else:
+                where = "the supervisor"
+            held[f"{resource}, in {where}"] += 1
+    return dict(held)
+
+
 def leftovers(tag: str, root: Path) -> list[int]:
     """Live processes whose command line names this run (the service, verifiers, daemons)."""
     marks = (tag.encode(), str(root).encode())
@@ -801,7 +819,8 @@ def run(
             *([f"processes left behind: {left}"] if left else []),
             *([f"hotpatch run ended with status {code}"] if code != 0 else []),
         ]
-        log_tail = service.log_file.read_text(errors="replace")[-4000:] if violations else ""
+        log = service.log_file.read_text(errors="replace")
+        log_tail = log[-4000:] if violations else ""
         return {
             "sigterm": sigterm,
             "disk_full": disk_full,
@@ -818,6 +837,7 @@ def run(
                 "failed": len(control_failed),
                 "failed_folder_replaced": len(control.failed) - len(control_failed),
             },
+            "held_for_resources": held_for_resources(log),
             "left_behind": left,
             "violations": violations,
         }
@@ -856,6 +876,10 @@ def main(argv: list[str] | None = None) -> int:
             ["control requests busy", ctl["busy"]],
             ["control requests failed", ctl["failed"]],
             ["control requests failed, folder being replaced", ctl["failed_folder_replaced"]],
+            *(
+                [f"drops held: {resource}", count]
+                for resource, count in sorted(results["held_for_resources"].items())
+            ),
             ["processes left behind", len(results["left_behind"])],
         ],
     )

@@ -137,6 +137,12 @@ def test_a_full_disk_under_run_keeps_the_drop_and_retries_it_in_version_order(
         put(third)  # a later version, which must not go first
         waited(socket, "b-1.0.2.py", "disk full", attempts=held["attempts"] + 1)
         assert errors(supervised, "b-1.0.2.py waits", "disk full") == 1  # said once
+        # hotpatch apply through the folder's socket: refused as a shortage, nothing changed.
+        fix = tmp_path / "fix.py"
+        fix.write_text(big(logic_patch("1.0.9", "nine")))
+        answer = control(socket, {"cmd": "apply", "path": str(fix)}, timeout=60)
+        assert (answer["ok"], answer["error_type"]) == (False, "Shortage"), answer
+        assert "disk full" in answer["error"]
         assert request(supervised.address, "/get")["tag"] == "one"
         assert supervised.status()["patches"]["level"] == ["1.0.1"]
         assert (folder / "b-1.0.2.py").exists()
