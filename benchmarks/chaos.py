@@ -44,7 +44,10 @@ Then it stops injecting, lets the folder settle, stops the load and checks:
 
 With ``--disk-full`` (root: the folder and the journal go on a tmpfs of their
 own) the filesystem is also filled for a moment at random, right after a good
-patch is dropped: that patch must still end ``applied``.
+patch is dropped: that patch must still end ``applied`` -- held while the disk
+is full, never rejected. The drops held for a resource are counted by resource
+and by where it ran short (the serving process's journal, filing the outcome,
+the supervisor).
 
 With ``--sigterm`` the service relies on SIGTERM to stop (``ready()`` without
 ``drain=``), so the restarts test hotpatch's hand-over of such a service.

@@ -242,6 +242,7 @@ def test_a_patch_needing_a_restart_waits_while_the_journal_disk_is_full(
         put(later)
         waited(socket, "a-1.0.1.py", "disk full", attempts=held["attempts"] + 1)
         assert errors(supervised, "a-1.0.1.py waits", "disk full", "restart") == 1
+        assert errors(supervised, ") failed: ") == 0  # each failed restart: a warning
         answer = request(supervised.address, "/get")
         assert answer["tag"] == "base"
         assert answer["pid"] == first_pid  # the old process keeps serving meanwhile

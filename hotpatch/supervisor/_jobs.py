@@ -200,7 +200,7 @@ class Jobs:
             )
         before = running.code_point(self.config.journal)
         outcome = await self.restarts.preserving(old, reason, start_patch=job, before=before)
-        self.restarts.record(outcome)
+        self.restarts.record(outcome, kept=True)
         result: dict[str, Any] = {
             "version": version,
             "targets": answer.get("targets", []),
@@ -366,7 +366,7 @@ class Jobs:
         finally:
             if outcome is None:
                 outcome = RestartOutcome("preserving", reason, ok=False, error="interrupted")
-            self.restarts.record(outcome)
+            self.restarts.record(outcome, kept=True)
             result: dict[str, Any] = {
                 "version": version,
                 "via": "restart",

@@ -61,8 +61,13 @@ class Restarts:
         self.down_reason = "no process is serving"
         self._recent: collections.deque[float] = collections.deque()
 
-    def record(self, outcome: RestartOutcome) -> None:
-        """Count and log a start or restart, and show it in the status."""
+    def record(self, outcome: RestartOutcome, *, kept: bool = False) -> None:
+        """Count and log a start or restart, and show it in the status.
+
+        ``kept``: the restart was for a change the folder keeps and tries again
+        (its new process ran short of a resource); the folder's one ERROR says
+        so, and each failed attempt is a warning here.
+        """
         self.last = outcome
         self.counts[outcome.kind if outcome.ok else "failed"] += 1
         if outcome.ok and outcome.paused_s is not None:
@@ -81,8 +86,7 @@ class Restarts:
                 pause,
             )
         else:
-            # Short of a resource: the folder says so, once, and tries again later.
-            level = logging.WARNING if outcome.shortage else logging.ERROR
+            level = logging.WARNING if kept and outcome.shortage else logging.ERROR
             log.log(level, "%s (%s) failed: %s", outcome.kind, outcome.reason, outcome.error)
         self.on_change()
 
