@@ -48,7 +48,7 @@ from typing import Any
 
 from _common import median, p99, parse_args, print_table, write_json
 
-from hotpatch.agent._folder import SETTLE_S
+from hotpatch.agent._queue import SETTLE_S
 
 NAME = "folder_latency"
 MODULE = "bench_folder_target"

@@ -19,7 +19,7 @@ import pytest
 from drops import Watching, wait_for
 
 import hotpatch
-from hotpatch.agent._control import ControlServer
+from hotpatch.agent._control_server import ControlServer
 
 pytestmark = pytest.mark.e2e
 

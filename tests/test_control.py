@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 
 from hotpatch import VersionConflict
-from hotpatch.agent._control import MAX_REQUEST_BYTES, AgentBusy, ControlServer, request
+from hotpatch.agent._control import MAX_REQUEST_BYTES, AgentBusy, request
+from hotpatch.agent._control_server import ControlServer
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ import pytest
 from drops import WAIT_S, DropFolder, wait_for
 
 import hotpatch
-from hotpatch.agent import _folder, _outcome
+from hotpatch.agent import _outcome, _queue
 from hotpatch.agent._drops import is_ignored, peek_targets, peek_version
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
@@ -320,7 +320,7 @@ def test_a_lower_version_not_yet_complete_is_waited_for(
     start_agent: Callable[..., hotpatch.Agent],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(_folder, "HOLD_BACK_S", WAIT_S)
+    monkeypatch.setattr(_queue, "HOLD_BACK_S", WAIT_S)
     agent = start_agent()
     # 1.0.1 is in the folder, whole, but still open: not announced yet.
     with (drops.path / "low.py").open("w") as low:
@@ -341,7 +341,7 @@ def test_the_wait_for_a_lower_version_is_bounded(
     start_agent: Callable[..., hotpatch.Agent],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(_folder, "HOLD_BACK_S", 0.1)
+    monkeypatch.setattr(_queue, "HOLD_BACK_S", 0.1)
     agent = start_agent()
     with (drops.path / "low.py").open("w") as low:
         low.write(patch_source(target, "1.0.1", 1))

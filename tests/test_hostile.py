@@ -44,7 +44,11 @@ OWN_TARGETS = [
     ("hotpatch.agent._outcome:write_result", "replace", "hotpatch.agent._outcome"),
     ("hotpatch:load_patch", "replace", "hotpatch"),
     ("hotpatch_plugins.audit:AuditLog.hotpatch_after_apply", "replace", "hotpatch_plugins.audit"),
-    ("hotpatch.agent._control:ControlServer", "replace_class", "hotpatch.agent._control"),
+    (
+        "hotpatch.agent._control_server:ControlServer",
+        "replace_class",
+        "hotpatch.agent._control_server",
+    ),
     ("hotpatch.agent._pipeline", "migrate", "hotpatch.agent._pipeline"),
 ]
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from hotpatch._errors import PatchError
 from hotpatch.agent._applier import Applier
-from hotpatch.agent._control import Handler
+from hotpatch.agent._control_server import Handler
 from hotpatch.agent._drops import Vanished
 from hotpatch.agent._pipeline import DropPipeline
 from hotpatch.agent._resources import Shortage

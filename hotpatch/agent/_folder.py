@@ -10,13 +10,8 @@ Protocol of the folder, as an operator sees it:
 * ``NAME.sig`` is the detached signature of ``NAME``. When signatures are
   required and ``NAME.sig`` is not there yet, the folder waits up to
   ``SIGNATURE_WAIT_S`` (2 s) for it; drop the ``.sig`` first to never wait.
-* Drops are processed one at a time, lowest version first. The version is
-  read without importing anything (the ``Patch(version="...")`` literal, or
-  ``patch.toml`` of a bundle); a file whose version cannot be read goes last.
-  Drops announced within ``SETTLE_S`` (5 ms) of each other are one burst:
-  processing starts once the folder has been quiet that long. A file with a
-  lower version that is visible in the folder but not complete yet (still
-  open, or its event in flight) is waited for, up to ``HOLD_BACK_S`` (1 s).
+* Drops are processed one at a time, lowest version first, a burst once it
+  has settled (``hotpatch.agent._queue`` says how the order is found).
 * Each drop moves to ``applied/``, ``rejected/`` or ``pending/`` with
   ``NAME.result.json`` beside it, written completely (temporary file, fsync,
   rename) before the file moves. A name already taken there gets a suffix
@@ -28,15 +23,14 @@ Protocol of the folder, as an operator sees it:
   rewritten, replaced, or given a signature, it is taken again.
 
 The folder only finds drops and files their outcomes; deciding the outcome is
-the ``process`` callable's job (the agent's pipeline). Reading a drop safely is
-``hotpatch.agent._drops``; filing its outcome, ``hotpatch.agent._outcome``.
+the ``process`` callable's job (the agent's pipeline). Their order is
+``hotpatch.agent._queue``'s; reading a drop safely is ``hotpatch.agent._drops``;
+filing its outcome, ``hotpatch.agent._outcome``.
 """
 
 from __future__ import annotations
 
-import bisect
 import contextlib
-import itertools
 import logging
 import os
 import stat
@@ -46,7 +40,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from packaging.version import Version
 from watchdog.events import (
     DirCreatedEvent,
     DirMovedEvent,
@@ -59,35 +52,24 @@ from watchdog.observers.inotify import InotifyObserver
 
 from hotpatch._errors import VerificationFailed
 from hotpatch.agent._configmap import DATA, KEPT, Taken, identity, is_configmap_link, resolve
-from hotpatch.agent._drops import (
-    MAX_SIGNATURE_BYTES,
-    Vanished,
-    bundle_version,
-    is_bundle_name,
-    is_ignored,
-    peek_version,
-    read_patch_file,
-)
+from hotpatch.agent._drops import MAX_SIGNATURE_BYTES, Vanished, is_bundle_name, is_ignored
 from hotpatch.agent._guard import GUARD_INTERVAL_S
 from hotpatch.agent._names import shown
 from hotpatch.agent._observer import on_overflow, stop_observer
 from hotpatch.agent._outcome import OUTCOME_DIRS, Outcome, file_outcome
+from hotpatch.agent._queue import DropQueue
 from hotpatch.agent._resources import Retry, Shortage, shortage_of
 from hotpatch.agent._signing import SIGNATURE_SUFFIX
 
-__all__ = ["HOLD_BACK_S", "SETTLE_S", "SIGNATURE_WAIT_S", "Folder"]
+__all__ = ["SIGNATURE_WAIT_S", "Folder"]
 
 log = logging.getLogger("hotpatch")
 
 SIGNATURE_WAIT_S = 2.0
-SETTLE_S = 0.005
-HOLD_BACK_S = 1.0
 
 # -- watching ---------------------------------------------------------------------------
 
-SortKey = tuple[int, Version, str]
 T = TypeVar("T")
-_UNKNOWN = Version("0")
 
 
 class _Handler(FileSystemEventHandler):
@@ -154,22 +136,14 @@ class Folder:
         self._signature_wait = signature_wait
         self._max_bytes = max_bytes
         self._cond = threading.Condition()
-        self._queue: dict[str, int] = {}  # name -> arrival number
-        self._arrivals = itertools.count()
+        self._taken = Taken(self._outcomes)  # files taken, by name and content or identity
+        self._drops = DropQueue(
+            self.path, self._cond, max_bytes=max_bytes, keep=self._keep, taken=self._taken
+        )
         self._signatures: set[str] = set()  # .sig names announced complete
-        self._given_up: set[str] = set()  # unannounced names no longer waited for
-        self._keys: dict[str, tuple[tuple[int, int, int], SortKey]] = {}
-        # The queued drops by (key, arrival), lowest first; kept by the worker alone.
-        # A name announced again gets a new entry; the old one is dropped when met.
-        self._order: list[tuple[SortKey, int, str]] = []
-        self._unsorted: set[str] = set()  # announced since the worker last sorted
-        self._sorted_at = 0.0  # when the worker last sorted drops in
-        self._current: str | None = None
-        self._last_announced = 0.0
         self._stopping = False
         self._observer: InotifyObserver | None = None
         self._worker: threading.Thread | None = None
-        self._taken = Taken(self._outcomes)  # files taken, by name and content or identity
         self._retry = Retry(self.path)  # the drop waiting for a resource (disk, descriptors)
         self._unsubscribe: Callable[[], None] = lambda: None
 
@@ -229,6 +203,7 @@ class Folder:
         """Stop watching; the drop being processed finishes, queued ones wait for the next start."""
         with self._cond:
             self._stopping = True
+            self._drops.close()
             self._cond.notify_all()
         self._unsubscribe()
         if self._observer is not None:
@@ -248,9 +223,7 @@ class Folder:
     def pending(self) -> list[str]:
         """Drops waiting to be processed (the current one first)."""
         with self._cond:
-            names = sorted(self._queue, key=self._queue.__getitem__)
-            names = [self._current, *names] if self._current else names
-        return [shown(name) for name in names]
+            return self._drops.names()
 
     # -- announcements (watchdog thread, and catch-up) ----------------------------------
 
@@ -264,14 +237,9 @@ class Folder:
                 base = name.removesuffix(SIGNATURE_SUFFIX)
                 if self._keep and base and not is_ignored(base) and self._lexists(base):
                     # A drop that stays: a new signature may make it go in now.
-                    self._queue.setdefault(base, next(self._arrivals))
-                    self._last_announced = time.monotonic()
+                    self._drops.add_again(base)
             else:
-                self._queue.setdefault(name, next(self._arrivals))
-                self._given_up.discard(name)
-                self._keys.pop(name, None)  # changed, or new: its version is read again
-                self._unsorted.add(name)
-                self._last_announced = time.monotonic()
+                self._drops.add(name)
             self._cond.notify_all()
 
     def configmap_swapped(self) -> None:
@@ -290,17 +258,17 @@ class Folder:
         while True:
             with self._cond:
                 # A drop waiting for a resource holds up the others: versions go in order.
-                while not self._stopping and (not self._queue or self._retry.remaining() > 0):
+                while not self._stopping and (not self._drops or self._retry.remaining() > 0):
                     self._cond.wait(self._retry.remaining() or None)
                 if self._stopping:
                     return
             try:
-                name = self._next()
+                name = self._drops.take()
                 if name is None:
                     continue
                 if not self._ready():  # unsafe now: the drop waits in the folder, first in line
                     with self._cond:
-                        self._requeue(name)
+                        self._drops.requeue(name)
                         self._cond.wait(GUARD_INTERVAL_S)
                     continue
                 self._handle(name)
@@ -308,136 +276,8 @@ class Folder:
                 log.exception("patch folder %s: unexpected error; carrying on", self.path)
             finally:
                 with self._cond:
-                    self._current = None
+                    self._drops.current = None
                     self._cond.notify_all()
-
-    def _next(self) -> str | None:
-        """Take the queued drop with the lowest version, once its burst has settled.
-
-        A burst (``mv *.py patches/`` renames one file at a time) is over when
-        nothing new was announced for ``SETTLE_S``; a lower version visible in
-        the folder but not announced yet is waited for, up to ``HOLD_BACK_S``.
-        """
-        deadline = time.monotonic() + HOLD_BACK_S
-        while True:
-            with self._cond:
-                if self._stopping or not self._queue:
-                    return None
-                queued = dict(self._queue)
-                fresh, self._unsorted = self._unsorted, set()
-                quiet = time.monotonic() - self._last_announced
-            # Each drop is read and sorted in once, when announced: a burst of N
-            # costs N reads and insertions, not N for each of its drops.
-            for name in fresh:
-                if name in queued:
-                    bisect.insort(self._order, (self._key(name), queued[name], name))
-            if fresh:
-                # Reading them took a while, during which the watcher may not have had
-                # its turn: the quiet that ends the burst counts from now on.
-                self._sorted_at = time.monotonic()
-                continue
-            now = time.monotonic()
-            quiet = min(quiet, now - self._sorted_at)
-            if quiet < SETTLE_S and now < deadline:
-                with self._cond:
-                    self._cond.wait(SETTLE_S - quiet)
-                continue
-            lowest = self._lowest(queued)
-            if lowest is None:  # never expected: sort every queued drop again
-                with self._cond:
-                    self._unsorted.update(self._queue)
-                continue
-            key, best = lowest
-            lower = [
-                name
-                for name in self._unannounced(queued)
-                if name not in self._given_up and self._key(name) < key
-            ]
-            if lower and now < deadline:
-                with self._cond:
-                    self._cond.wait(min(deadline - now, 0.05))
-                continue
-            self._given_up.update(lower)
-            with self._cond:
-                if best not in self._queue:
-                    continue
-                del self._queue[best]
-                self._current = best
-            del self._order[0]  # best's entry: only this thread changes the order
-            return best
-
-    def _lowest(self, queued: dict[str, int]) -> tuple[SortKey, str] | None:
-        """The first entry of the order that is still queued as it was sorted in."""
-        order = self._order
-        while order:
-            key, arrival, name = order[0]
-            if queued.get(name) != arrival or self._known_key(name) != key:
-                del order[0]  # taken, queued again, or announced again: stale
-                continue
-            now = self._key(name)  # the file itself: changed without a word?
-            if now != key:
-                del order[0]
-                bisect.insort(order, (now, arrival, name))
-                continue
-            return key, name
-        return None
-
-    def _unannounced(self, queued: dict[str, int]) -> list[str]:
-        """Names in the folder that could be drops but have not been announced yet."""
-        try:
-            names = os.listdir(self.path)
-        except OSError:
-            return []
-        return [
-            n
-            for n in names
-            if n not in queued
-            and not is_ignored(n)
-            and not n.endswith(SIGNATURE_SUFFIX)
-            and n not in OUTCOME_DIRS.values()
-            and not is_configmap_link(self.path, n)  # announced by the kubelet's swap
-            # Taken, and stays: changed since, its event announces it (no stat per pick).
-            and not (self._keep and self._taken.has_name(n))
-        ]
-
-    def _known_key(self, name: str) -> SortKey:
-        """``_key(name)`` as last read, without looking at the file again."""
-        cached = self._keys.get(name)
-        return cached[1] if cached is not None else self._key(name)
-
-    def _key(self, name: str) -> SortKey:
-        """Sort key of a drop: its version when it can be read without importing, else last."""
-        if is_configmap_link(self.path, name):
-            return self._configmap_key(name)
-        path = self.path / name
-        try:
-            st = path.lstat()
-        except OSError:
-            return (1, _UNKNOWN, name)
-        identity = (st.st_ino, st.st_size, st.st_mtime_ns)
-        cached = self._keys.get(name)
-        if cached is not None and cached[0] == identity:
-            return cached[1]
-        version: str | None = None
-        if stat.S_ISDIR(st.st_mode) or (stat.S_ISREG(st.st_mode) and is_bundle_name(name)):
-            version = bundle_version(path)
-        elif stat.S_ISREG(st.st_mode) and name.endswith(".py") and st.st_size <= self._max_bytes:
-            with contextlib.suppress(OSError, Vanished, VerificationFailed):
-                owners = (os.geteuid(), st.st_uid)  # ordering only: ownership is checked later
-                version = peek_version(
-                    read_patch_file(path, max_bytes=self._max_bytes, owners=owners).data
-                )
-        key: SortKey = (0, Version(version), name) if version else (1, _UNKNOWN, name)
-        self._keys[name] = (identity, key)
-        return key
-
-    def _configmap_key(self, name: str) -> SortKey:
-        """A ConfigMap file's sort key (read through its link each time: ``..data`` swaps)."""
-        version: str | None = None
-        if name.endswith(".py"):
-            with contextlib.suppress(OSError, Vanished, VerificationFailed):
-                version = peek_version(resolve(self.path, name, max_bytes=self._max_bytes).data)
-        return (0, Version(version), name) if version else (1, _UNKNOWN, name)
 
     def _lexists(self, name: str) -> bool:
         return os.path.lexists(self.path / name)
@@ -469,7 +309,7 @@ class Folder:
             return
         with self._cond:
             self._retry.succeeded()
-        self._keys.pop(name, None)
+        self._drops.forget(name)
         if self._keep:
             self._file_kept(path, outcome, mark)
         else:
@@ -490,15 +330,10 @@ class Folder:
             self._wait_for_resource(name, f"{resource}: {exc}")
         return None
 
-    def _requeue(self, name: str) -> None:
-        """``name`` back in the queue, before the drops of its version (under ``_cond``)."""
-        self._queue.setdefault(name, -1)
-        self._unsorted.add(name)  # sorted in again: its entry was taken off the order
-
     def _wait_for_resource(self, name: str, reason: str) -> None:
         """``name`` failed for want of a resource: it waits in the queue, first, for a retry."""
         with self._cond:
-            self._requeue(name)
+            self._drops.requeue(name)
             self._retry.failed(name, reason)
 
     def _handle_configmap(self, name: str) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from hotpatch.agent._control import ControlServer
+from hotpatch.agent._control_server import ControlServer
 from hotpatch.agent._folder import SIGNATURE_WAIT_S, Folder
 from hotpatch.agent._guard import FolderGuard
 from hotpatch.agent._names import LOCKFILE_NAME, PIDFILE_NAME

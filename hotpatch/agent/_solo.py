@@ -10,7 +10,7 @@ from typing import Any
 
 from hotpatch._registry import Registry
 from hotpatch.agent._commands import Commands, dispatch
-from hotpatch.agent._control import ControlServer
+from hotpatch.agent._control_server import ControlServer
 from hotpatch.agent._guard import check_folder, folder_status
 from hotpatch.agent._lifecycle import FolderLock, FolderWatch
 from hotpatch.agent._local import LocalApplier

@@ -1,6 +1,7 @@
 """Verification before the service imports a patch: a pre-started verifier that forks per patch.
 
-A ``Verifier`` starts the verification process (``hotpatch.agent._verifier``)
+A ``Verifier`` starts the verification process (``hotpatch.agent._verifier``,
+through ``hotpatch.agent._verifier_link``)
 ahead of need with the service's ``sys.path``, has it import the modules
 patches are likely to target, and sends it each patch: the verifier forks a
 fresh child that imports the patch and resolves its targets, so a check costs
@@ -20,13 +21,8 @@ decide who may patch.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import os
-import signal
-import socket
-import subprocess
 import sys
 import threading
 import time
@@ -40,17 +36,13 @@ from typing import Any
 from hotpatch._errors import VerificationFailed
 from hotpatch._loader import DEFAULT_MAX_BYTES
 from hotpatch.agent._resources import Shortage
-from hotpatch.agent._verifier import BOOTSTRAP, pack, unpack_size
+from hotpatch.agent._verifier_link import Gone, VerifierProcess, output_tail, signal_name
 
 __all__ = ["Verifier", "VerifyReport", "library_modules", "verify_in_child"]
 
 log = logging.getLogger("hotpatch")
 
-_ROOT = str(Path(__file__).resolve().parent.parent.parent)
-START_TIMEOUT_S = 60.0  # for the verifier to start and warm what it was asked to
 DEATHS_TOLERATED = 2  # verifiers dying during one check before the patch is blamed
-GRACE_S = 5.0  # past a check's timeout, before the verifier itself is given up on
-_STDERR_TAIL = 2000
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,10 +54,6 @@ class VerifyReport:
     targets: tuple[str, ...]
     elapsed_s: float
     imported: tuple[str, ...] = ()  # modules the check imported (not the patch's own)
-
-
-class _Gone(Exception):
-    """The verification process ended or stopped answering (the message says how)."""
 
 
 class Verifier:
@@ -81,7 +69,7 @@ class Verifier:
         self._lock = threading.Lock()
         self._warm: dict[str, None] = dict.fromkeys(warm)  # ordered set
         self._skip: set[str] = set()  # modules that made a verifier unusable: never warmed
-        self._process: _Process | None = None
+        self._process: VerifierProcess | None = None
         self._closed = False
         self.starts = 0  # how many verification processes were started (for tests, stats)
         _forget_after_fork.add(self)
@@ -186,14 +174,14 @@ class Verifier:
 
     # -- under the lock -----------------------------------------------------------------
 
-    def _ensure(self, sys_path: tuple[str, ...]) -> _Process:
+    def _ensure(self, sys_path: tuple[str, ...]) -> VerifierProcess:
         process = self._process
         if process is not None and process.alive() and process.sys_path == sys_path:
             return process
         if process is not None:
             process.stop()
         self._process = None
-        process = _Process(sys_path)
+        process = VerifierProcess(sys_path)
         self.starts += 1
         self._process = process
         process.warm([m for m in self._warm if m not in self._skip])
@@ -209,7 +197,7 @@ class Verifier:
             process = self._ensure(sys_path)
             try:
                 unsafe = process.settle()
-            except _Gone as exc:
+            except Gone as exc:
                 why = f"it {exc}"
                 self._replace(process, why, skip=process.unacknowledged())
                 continue
@@ -219,7 +207,7 @@ class Verifier:
                 continue
             try:
                 answer = process.check(file, timeout, max_bytes)
-            except _Gone as exc:
+            except Gone as exc:
                 # Perhaps the patch ended it (it runs with the same rights), perhaps not:
                 # once more with a fresh verifier, then the patch is refused.
                 died += 1
@@ -242,7 +230,7 @@ class Verifier:
         )
         raise VerificationFailed(msg)
 
-    def _replace(self, process: _Process, why: str, *, skip: Iterable[str] = ()) -> None:
+    def _replace(self, process: VerifierProcess, why: str, *, skip: Iterable[str] = ()) -> None:
         self._skip.update(skip)
         log.info("verification process %s restarted: %s", process.pid, why)
         process.stop()
@@ -268,160 +256,6 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-class _Process:
-    """One verification process and its socket: the messages of the protocol, with deadlines."""
-
-    def __init__(self, sys_path: tuple[str, ...]) -> None:
-        self.sys_path = sys_path
-        self._sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        config = {"root": _ROOT, "fd": theirs.fileno(), "sys_path": list(sys_path)}
-        try:
-            self._popen: subprocess.Popen[bytes] | None = subprocess.Popen(
-                [sys.executable, "-I", "-B", "-c", BOOTSTRAP, json.dumps(config)],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,  # read only if it fails to start
-                env=dict(os.environ, PYTHONDONTWRITEBYTECODE="1"),
-                pass_fds=(theirs.fileno(),),
-                start_new_session=True,  # no terminal's signals; its own process group
-            )
-        except OSError as exc:
-            self._sock.close()
-            self._popen = None
-            msg = f"the verification process could not start: {exc}"
-            raise VerificationFailed(msg) from exc
-        finally:
-            theirs.close()
-        self.pid = self._popen.pid
-        self._ready = False
-        self._pending: list[list[str]] = []  # warm batches not acknowledged yet
-        self.loaded: set[str] = set()  # what it said it imported
-        self._buffer = bytearray()
-
-    def alive(self) -> bool:
-        return self._popen is not None and self._popen.poll() is None
-
-    def warm(self, modules: list[str]) -> None:
-        if modules and self._popen is not None:
-            with contextlib.suppress(OSError):  # gone: noticed by the next check
-                self._sock.sendall(pack({"op": "warm", "modules": modules}))
-                self._pending.append(modules)
-
-    def unacknowledged(self) -> list[str]:
-        return [m for batch in self._pending for m in batch]
-
-    def settle(self) -> str | None:
-        """Wait until it is ready and has warmed what it was asked to; a module found unsafe."""
-        deadline = time.monotonic() + START_TIMEOUT_S
-        if not self._ready:
-            message = self._receive(deadline, "starting")
-            if message.get("op") != "ready":
-                raise _Gone(f"sent {message.get('op')!r} instead of starting")
-            self._ready = True
-            if self._popen is not None and self._popen.stderr is not None:
-                self._popen.stderr.close()
-        while self._pending:
-            message = self._receive(deadline, "warming modules")
-            self._pending.pop(0)
-            self.loaded.update(str(m) for m in message.get("done", ()))
-            if message.get("unsafe"):
-                return str(message["unsafe"])
-        return None
-
-    def check(self, file: Path, timeout: float, max_bytes: int) -> dict[str, Any]:
-        """Send one check; the ``stale`` or ``result`` answer. ``_Gone`` if it stops answering."""
-        request = {"op": "check", "path": str(file), "timeout": timeout, "max_bytes": max_bytes}
-        try:
-            self._sock.sendall(pack(request))
-        except OSError as exc:
-            raise _Gone(f"could not be reached ({exc})") from None
-        deadline = time.monotonic() + timeout + GRACE_S
-        child: int | None = None
-        try:
-            answer = self._receive(deadline, f"checking {file.name}")
-            if answer.get("op") != "started":
-                return answer
-            child = int(answer["pid"])
-            return self._receive(deadline, f"checking {file.name}")
-        except _Gone:
-            if child is not None:  # it dies with the verifier; its process group with it
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(child, signal.SIGKILL)
-            raise
-
-    def _receive(self, deadline: float, doing: str) -> dict[str, Any]:
-        try:
-            header = self._exactly(4, deadline)
-            body = self._exactly(unpack_size(header), deadline)
-            message = json.loads(body)
-        except TimeoutError:
-            raise _Gone(f"did not answer while {doing}") from None
-        except EOFError:
-            raise _Gone(self._ended(doing)) from None
-        except (OSError, ValueError) as exc:
-            raise _Gone(f"could not be read while {doing} ({exc})") from None
-        if not isinstance(message, dict):
-            raise _Gone(f"sent something other than a message while {doing}")
-        return message
-
-    def _exactly(self, size: int, deadline: float) -> bytes:
-        while len(self._buffer) < size:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError
-            self._sock.settimeout(remaining)
-            chunk = self._sock.recv(max(65536, size - len(self._buffer)))
-            if not chunk:
-                raise EOFError
-            self._buffer += chunk
-        data = bytes(self._buffer[:size])
-        del self._buffer[:size]
-        return data
-
-    def _ended(self, doing: str) -> str:
-        """How it ended (waits a moment for its status), with what it printed at start."""
-        popen = self._popen
-        if popen is None:
-            return f"ended while {doing}"
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            popen.wait(GRACE_S)
-        code = popen.returncode
-        how = (
-            f"was killed by {_signal_name(-code)}"
-            if code is not None and code < 0
-            else f"ended with status {code}"
-        )
-        tail = ""
-        if not self._ready and popen.stderr is not None and not popen.stderr.closed:
-            with contextlib.suppress(OSError, ValueError):
-                tail = _tail(popen.stderr.read())
-        return f"{how} while {doing}{tail}"
-
-    def stop(self) -> None:
-        """Close the socket (the verifier ends with its check), then make sure and reap it."""
-        self._sock.close()
-        popen, self._popen = self._popen, None
-        if popen is None:
-            return
-        try:
-            popen.wait(0.5)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(popen.pid, signal.SIGKILL)
-            popen.wait()
-        if popen.stderr is not None:
-            popen.stderr.close()
-
-    def abandon(self) -> None:
-        """Let go without a word (in a forked child of the service: the parent's verifier)."""
-        self._sock.close()
-        if self._popen is not None:
-            if self._popen.stderr is not None:
-                self._popen.stderr.close()
-            self._popen.returncode = 0  # not this process's child to wait for
-            self._popen = None
-
-
 # -- answers -> reports and refusals -----------------------------------------------------
 
 
@@ -438,7 +272,7 @@ def _interpret(answer: dict[str, Any], name: str, timeout: float) -> VerifyRepor
         )
         raise VerificationFailed(msg)
     report, status, signum = answer.get("report"), answer.get("status"), answer.get("signal")
-    tail = _tail(str(answer.get("output", "")).encode())
+    tail = output_tail(str(answer.get("output", "")).encode())
     elapsed = float(answer.get("elapsed_s", 0.0))
     if isinstance(report, dict) and status == 0:
         try:
@@ -458,7 +292,7 @@ def _interpret(answer: dict[str, Any], name: str, timeout: float) -> VerifyRepor
     if signum is not None:
         msg = (
             f"patch file {name} killed the verification child at import "
-            f"({_signal_name(int(signum))}){tail}"
+            f"({signal_name(int(signum))}){tail}"
         )
         raise VerificationFailed(msg)
     msg = (
@@ -467,22 +301,6 @@ def _interpret(answer: dict[str, Any], name: str, timeout: float) -> VerifyRepor
         f"process{tail}"
     )
     raise VerificationFailed(msg)
-
-
-def _signal_name(signum: int) -> str:
-    try:
-        return signal.Signals(signum).name
-    except ValueError:
-        return f"signal {signum}"
-
-
-def _tail(err: bytes) -> str:
-    text = err.decode("utf-8", "replace").strip()
-    if not text:
-        return ""
-    if len(text) > _STDERR_TAIL:
-        text = "..." + text[-_STDERR_TAIL:]
-    return f"; its last output: {text}"
 
 
 def module_of(target: str) -> str:

@@ -37,7 +37,7 @@ from hotpatch._journal_format import JournalEntry
 from hotpatch._loader import DEFAULT_MAX_BYTES
 from hotpatch.agent._applier import AppliedPatch, PatchText, not_applied, show_answer
 from hotpatch.agent._commands import Commands, dispatch
-from hotpatch.agent._control import ControlServer
+from hotpatch.agent._control_server import ControlServer
 from hotpatch.agent._drops import peek_targets, read_patch_file, read_signature
 from hotpatch.agent._guard import check_folder, folder_status
 from hotpatch.agent._lifecycle import FolderLock, FolderWatch

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from hotpatch._registry import Registry
-from hotpatch.agent._control import ControlServer
+from hotpatch.agent._control_server import ControlServer
 from hotpatch.agent._guard import check_folder
 from hotpatch.agent._lifecycle import FolderWatch
 from hotpatch.agent._local import LocalApplier

@@ -1,0 +1,464 @@
+"""The control socket's server: a Unix socket (mode 0600, peer uid checked) answering requests.
+
+The wire format and the client are ``hotpatch.agent._control``'s; here, one
+thread accepts and reads for every connection, and a complete request goes to
+a handler thread (``ControlServer``).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import errno
+import json
+import logging
+import os
+import secrets
+import selectors
+import socket
+import stat
+import struct
+import threading
+import time
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from hotpatch._errors import PatchError
+from hotpatch.agent._control import MAX_REQUEST_BYTES, with_address
+
+__all__ = ["ControlServer", "Handler"]
+
+log = logging.getLogger("hotpatch")
+
+Handler = Callable[[dict[str, Any], int], dict[str, Any]]
+
+IDLE_TIMEOUT_S = 5.0  # to send each complete request, from connecting or the last answer
+ANSWER_TIMEOUT_S = 30.0  # for a client to take its answer
+ACCEPT_PAUSE_S = 0.1  # out of descriptors: accepting waits this long before trying again
+BACKLOG = 512  # connections the kernel queues while the serving thread catches up
+_PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+
+
+class ControlServer:
+    """Serves ``handler(request, peer_uid) -> response`` on a Unix socket, in daemon threads.
+
+    One thread accepts connections and reads requests for all of them (a
+    selector): a connection costs a descriptor, not a thread, so idle clients
+    never keep another one out. A complete request line goes to a thread of
+    its own, at most ``max_clients`` at a time (beyond that: ``Busy``, retry).
+    A connection must send each complete request within ``idle_timeout`` of
+    connecting or of its last answer, or it is told so and closed; beyond
+    ``max_connections`` the connection closest to that deadline makes room.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        handler: Handler,
+        *,
+        allowed_uids: Collection[int] | None = None,
+        max_clients: int = 16,
+        max_connections: int = 256,
+        idle_timeout: float = IDLE_TIMEOUT_S,
+    ) -> None:
+        self.path = Path(path).absolute()
+        self.handler = handler
+        self.allowed_uids = frozenset({os.getuid(), 0} if allowed_uids is None else allowed_uids)
+        self.idle_timeout = idle_timeout
+        self.max_connections = max_connections
+        self._slots = threading.BoundedSemaphore(max_clients)
+        self._max_clients = max_clients
+        self._listener: socket.socket | None = None
+        self._wakeup: tuple[socket.socket, socket.socket] | None = None
+        self._thread: threading.Thread | None = None
+        self._identity: tuple[int, int] | None = None
+        self._idle: dict[socket.socket, _Connection] = {}  # waiting for a request (serve thread)
+        self._working: set[socket.socket] = set()  # a handler thread answers them
+        self._returned: collections.deque[_Connection] = collections.deque()
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+
+    def __enter__(self) -> ControlServer:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # -- life cycle -------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Bind (mode 0600 from the first moment it is reachable) and serve in a daemon thread.
+
+        Refuses (``FileExistsError``) when ``path`` is a live socket or not a
+        socket at all; a stale socket left by a dead process is removed.
+        """
+        if self._thread is not None:
+            msg = f"control socket {self.path} is already being served"
+            raise RuntimeError(msg)
+        _clear_stale(self.path)
+        # Bound under a temporary name, restricted, then linked into place: the
+        # final path never exists with a looser mode, and link() will not replace
+        # a socket another server created meanwhile.
+        tmp = self.path.with_name(f".{self.path.name}.{secrets.token_hex(4)}.tmp")
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            with_address(tmp, listener.bind)
+            try:
+                os.chmod(tmp, 0o600)
+                listener.listen(BACKLOG)
+                try:
+                    os.link(tmp, self.path)
+                except FileExistsError:
+                    _clear_stale(self.path)  # raises if a live server got there first
+                    os.link(tmp, self.path)
+            finally:
+                tmp.unlink(missing_ok=True)
+            st = self.path.lstat()
+        except BaseException:
+            listener.close()
+            raise
+        listener.setblocking(False)
+        self._identity = (st.st_dev, st.st_ino)
+        self._listener = listener
+        self._wakeup = socket.socketpair()
+        self._stopping.clear()
+        self._thread = threading.Thread(
+            target=self._serve, name=f"hotpatch-control {self.path.name}", daemon=True
+        )
+        self._thread.start()
+        log.info("control socket listening at %s", self.path)
+
+    def stop(self) -> None:
+        """Stop accepting, disconnect idle clients, close and unlink the socket. Idempotent.
+
+        A request being handled is still answered; its connection closes after.
+        """
+        thread, wakeup, listener = self._thread, self._wakeup, self._listener
+        if thread is None or wakeup is None or listener is None:
+            return
+        self._stopping.set()
+        self._wake()
+        thread.join()
+        with self._lock:
+            for returned in self._returned:  # answered while the serving thread ended
+                returned.sock.close()
+            self._returned.clear()
+            for conn in self._working:
+                with contextlib.suppress(OSError):
+                    conn.shutdown(socket.SHUT_RD)  # its handler still answers
+        listener.close()
+        for end in wakeup:
+            end.close()
+        with contextlib.suppress(OSError):
+            st = self.path.lstat()
+            if (st.st_dev, st.st_ino) == self._identity:  # never remove a successor's socket
+                self.path.unlink()
+        self._thread = self._wakeup = self._listener = None
+
+    @property
+    def serving(self) -> bool:
+        """Started, and ``path`` still names this server's socket (not removed or replaced)."""
+        if self._thread is None:
+            return False
+        try:
+            st = self.path.lstat()
+        except OSError:
+            return False
+        return (st.st_dev, st.st_ino) == self._identity
+
+    # -- the serving thread: accept, read, time out -------------------------------------
+
+    def _serve(self) -> None:
+        assert self._listener is not None
+        assert self._wakeup is not None
+        listener, wakeup = self._listener, self._wakeup[0]
+        wakeup.setblocking(False)
+        paused_until: float | None = None  # accept() ran out of descriptors: wait a little
+        with selectors.DefaultSelector() as selector:
+            selector.register(listener, selectors.EVENT_READ)
+            selector.register(wakeup, selectors.EVENT_READ)
+            try:
+                while not self._stopping.is_set():
+                    now = time.monotonic()
+                    if paused_until is not None and now >= paused_until:
+                        selector.register(listener, selectors.EVENT_READ)
+                        paused_until = None
+                    for key, _ in selector.select(self._timeout(now, paused_until)):
+                        if self._stopping.is_set():
+                            break
+                        if key.fileobj is listener:
+                            if not self._accept(listener, selector):
+                                selector.unregister(listener)
+                                paused_until = time.monotonic() + ACCEPT_PAUSE_S
+                        elif key.fileobj is wakeup:
+                            with contextlib.suppress(OSError):
+                                wakeup.recv(4096)
+                        else:
+                            self._read(key.data, selector)
+                    self._take_back(selector)
+                    self._expire(selector)
+            finally:
+                for conn in list(self._idle.values()):
+                    self._close(conn, selector)
+
+    def _timeout(self, now: float, paused_until: float | None) -> float | None:
+        deadlines = [c.deadline for c in self._idle.values()]
+        if paused_until is not None:
+            deadlines.append(paused_until)
+        return max(0.0, min(deadlines) - now) if deadlines else None
+
+    def _accept(self, listener: socket.socket, selector: selectors.BaseSelector) -> bool:
+        """Admit every waiting connection; ``False`` when out of descriptors (pause accepting)."""
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except BlockingIOError:
+                return True
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    log.error(  # noqa: TRY400 -- the reason is the message; no traceback
+                        "control socket %s: cannot accept a connection: %s; "
+                        "clients wait in the backlog meanwhile",
+                        self.path,
+                        exc.strerror or exc,
+                    )
+                    return False
+                return True
+            self._admit(conn, selector)
+
+    def _admit(self, conn: socket.socket, selector: selectors.BaseSelector) -> None:
+        try:
+            pid, uid, _ = _PEERCRED.unpack(
+                conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+            )
+        except OSError:
+            conn.close()
+            return
+        conn.setblocking(False)
+        if uid not in self.allowed_uids:
+            log.warning(
+                "control socket %s: refused a connection from uid %d (pid %d)", self.path, uid, pid
+            )
+            message = (
+                f"uid {uid} may not control this process; connect as uid "
+                f"{os.getuid()} (the service's user) or root"
+            )
+            _send_now(conn, _error(message, "PermissionDenied"))
+            conn.close()
+            return
+        if len(self._idle) >= self.max_connections:  # make room: the nearest deadline goes
+            oldest = min(self._idle.values(), key=lambda c: c.deadline)
+            _send_now(oldest.sock, _error("too many control connections; closed", "Busy"))
+            self._close(oldest, selector)
+        self._wait_for_request(_Connection(conn, uid), selector)
+
+    def _wait_for_request(self, conn: _Connection, selector: selectors.BaseSelector) -> None:
+        conn.deadline = time.monotonic() + self.idle_timeout
+        self._idle[conn.sock] = conn
+        selector.register(conn.sock, selectors.EVENT_READ, conn)
+        self._next_request(conn, selector)  # a pipelined request may be there already
+
+    def _read(self, conn: _Connection, selector: selectors.BaseSelector) -> None:
+        try:
+            chunk = conn.sock.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""
+        if not chunk:
+            self._close(conn, selector)
+            return
+        conn.buffer += chunk
+        self._next_request(conn, selector)
+
+    def _next_request(self, conn: _Connection, selector: selectors.BaseSelector) -> None:
+        """Hand a complete request line to a handler thread, or refuse an oversized one."""
+        buffer = conn.buffer
+        blank = len(buffer) - len(buffer.lstrip())  # blank lines are skipped
+        del buffer[:blank]
+        end = buffer.find(b"\n")
+        if end < 0:
+            if len(buffer) > MAX_REQUEST_BYTES:
+                msg = f"request longer than {MAX_REQUEST_BYTES} bytes"
+                _send_now(conn.sock, _error(msg, "BadRequest"))
+                self._close(conn, selector)
+            return
+        if end > MAX_REQUEST_BYTES:
+            msg = f"request longer than {MAX_REQUEST_BYTES} bytes"
+            _send_now(conn.sock, _error(msg, "BadRequest"))
+            self._close(conn, selector)
+            return
+        line = bytes(buffer[: end + 1])
+        del buffer[: end + 1]
+        if not self._slots.acquire(blocking=False):
+            message = (
+                f"the agent is busy: {self._max_clients} control requests are being handled; "
+                "retry shortly"
+            )
+            if not _send_now(conn.sock, _error(message, "Busy")):
+                self._close(conn, selector)
+            else:
+                conn.deadline = time.monotonic() + self.idle_timeout
+            return
+        selector.unregister(conn.sock)
+        del self._idle[conn.sock]
+        with self._lock:
+            self._working.add(conn.sock)
+        threading.Thread(
+            target=self._handle, args=(conn, line), name="hotpatch-control request", daemon=True
+        ).start()
+
+    def _expire(self, selector: selectors.BaseSelector) -> None:
+        now = time.monotonic()
+        for conn in [c for c in self._idle.values() if c.deadline <= now]:
+            if conn.buffer:
+                why = f"did not send a complete request within {self.idle_timeout:g} s"
+            else:
+                why = f"idle for {self.idle_timeout:g} s"
+            _send_now(conn.sock, _error(f"{why}: closed; connect again to ask", "Timeout"))
+            self._close(conn, selector)
+
+    def _take_back(self, selector: selectors.BaseSelector) -> None:
+        """Connections whose answer was sent wait for their next request again."""
+        while True:
+            with self._lock:
+                if not self._returned:
+                    return
+                conn = self._returned.popleft()
+            if self._stopping.is_set():
+                conn.sock.close()
+            else:
+                self._wait_for_request(conn, selector)
+
+    def _close(self, conn: _Connection, selector: selectors.BaseSelector) -> None:
+        if self._idle.pop(conn.sock, None) is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                selector.unregister(conn.sock)
+        conn.sock.close()
+
+    def _wake(self) -> None:
+        if self._wakeup is not None:
+            with contextlib.suppress(OSError):
+                self._wakeup[1].send(b"x")
+
+    # -- a handler thread ---------------------------------------------------------------
+
+    def _handle(self, conn: _Connection, line: bytes) -> None:
+        keep = False
+        try:
+            try:
+                answer = _encode(self._answer(line, conn.uid))
+            finally:
+                self._slots.release()  # answered: the next request may start
+            conn.sock.settimeout(ANSWER_TIMEOUT_S)  # a client that never reads its answer
+            conn.sock.sendall(answer)
+            keep = not self._stopping.is_set()
+        except OSError:
+            pass  # the client went away
+        finally:
+            with self._lock:
+                self._working.discard(conn.sock)
+                if keep:
+                    conn.sock.setblocking(False)
+                    self._returned.append(conn)
+            if keep:
+                self._wake()
+            else:
+                conn.sock.close()
+
+    def _answer(self, line: bytes, uid: int) -> dict[str, Any]:
+        try:
+            req = json.loads(line)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            return _error(f"request is not JSON: {exc}", "BadRequest")
+        if not isinstance(req, dict):
+            return _error(f"request must be a JSON object, not {type(req).__name__}", "BadRequest")
+        try:
+            response: object = self.handler(req, uid)
+        except PatchError as exc:
+            return _error(str(exc), type(exc).__name__)
+        except Exception as exc:
+            log.exception("control socket %s: the handler failed on %r", self.path, req)
+            return _error(f"internal error: {type(exc).__name__}: {exc}", "InternalError")
+        if not isinstance(response, dict):
+            msg = f"internal error: the handler answered a {type(response).__name__}"
+            return _error(msg, "InternalError")
+        return response
+
+
+@dataclass(slots=True, eq=False)
+class _Connection:
+    """A client's connection: its uid, what it sent of its next request, and by when."""
+
+    sock: socket.socket
+    uid: int
+    buffer: bytearray = field(default_factory=bytearray)
+    deadline: float = 0.0
+
+
+def _error(message: str, error_type: str) -> dict[str, Any]:
+    return {"ok": False, "error": message, "error_type": error_type}
+
+
+def _encode(response: dict[str, Any]) -> bytes:
+    try:
+        text = json.dumps(response, ensure_ascii=False, default=str)
+    except (TypeError, ValueError) as exc:
+        return _encode(_error(f"internal error: response is not JSON: {exc}", "InternalError"))
+    try:
+        return (text + "\n").encode()
+    except UnicodeEncodeError:  # a name that is not UTF-8 (surrogate escapes): \\u escapes
+        return (json.dumps(response, default=str) + "\n").encode()
+
+
+def _send_now(conn: socket.socket, response: dict[str, Any]) -> bool:
+    """Send a short answer without waiting (the serving thread never blocks on a client)."""
+    try:
+        conn.sendall(_encode(response))
+    except OSError:
+        return False
+    return True
+
+
+def _clear_stale(path: Path) -> None:
+    """Remove a socket nobody listens on; refuse a live one or anything else."""
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        msg = (
+            f"control socket path {path} exists and is not a socket; "
+            "remove it or choose another path"
+        )
+        raise FileExistsError(errno.EEXIST, msg)
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(2.0)
+    try:
+        with_address(path, probe.connect)
+    except (ConnectionRefusedError, FileNotFoundError):
+        log.info("removing stale control socket %s", path)
+        path.unlink(missing_ok=True)
+        return
+    except OSError as exc:
+        msg = (
+            f"control socket {path} exists and cannot be probed ({exc.strerror or exc}); "
+            "if no process uses it, remove it"
+        )
+        raise FileExistsError(errno.EEXIST, msg) from exc
+    finally:
+        probe.close()
+    msg = (
+        f"control socket {path} is in use by a running process (another hotpatch agent?); "
+        "stop it first, or choose another socket path"
+    )
+    raise FileExistsError(errno.EADDRINUSE, msg)

@@ -1,0 +1,253 @@
+"""The folder's queue: drops announced complete and not taken yet, lowest version first.
+
+A drop's version is read without importing anything (the
+``Patch(version="...")`` literal, or ``patch.toml`` of a bundle), once per
+announcement, and remembered while the file stays the same (inode, size,
+modification time); a file whose version cannot be read goes last. Drops
+announced within ``SETTLE_S`` (5 ms) of each other are one burst: a drop is
+taken once the folder has been quiet that long. A file with a lower version
+that is visible in the folder but not announced yet (still open, or its event
+in flight) is waited for, up to ``HOLD_BACK_S`` (1 s).
+
+The queue finds the order; ``hotpatch.agent._folder`` watches the folder,
+announces what is complete, and processes and files what it takes.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import itertools
+import os
+import stat
+import threading
+import time
+from pathlib import Path
+
+from packaging.version import Version
+
+from hotpatch._errors import VerificationFailed
+from hotpatch.agent._configmap import Taken, is_configmap_link, resolve
+from hotpatch.agent._drops import (
+    Vanished,
+    bundle_version,
+    is_bundle_name,
+    is_ignored,
+    peek_version,
+    read_patch_file,
+)
+from hotpatch.agent._names import shown
+from hotpatch.agent._outcome import OUTCOME_DIRS
+from hotpatch.agent._signing import SIGNATURE_SUFFIX
+
+__all__ = ["HOLD_BACK_S", "SETTLE_S", "DropQueue"]
+
+SETTLE_S = 0.005
+HOLD_BACK_S = 1.0
+
+SortKey = tuple[int, Version, str]
+_UNKNOWN = Version("0")
+
+
+class DropQueue:
+    """The drops of one folder waiting to be processed; ``take()`` gives them in version order.
+
+    It shares the folder's condition ``cond``: ``add``, ``add_again``,
+    ``requeue``, ``close`` and ``names`` are called holding it, ``take`` and
+    ``forget`` by the folder's worker alone, without it. ``keep``: the folder
+    is only read (drops stay in it), ``taken`` notes what was taken already.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        cond: threading.Condition,
+        *,
+        max_bytes: int,
+        keep: bool,
+        taken: Taken,
+    ) -> None:
+        self.path = path
+        self._cond = cond
+        self._max_bytes = max_bytes
+        self._keep = keep
+        self._taken = taken
+        self._queue: dict[str, int] = {}  # name -> arrival number
+        self._arrivals = itertools.count()
+        self._given_up: set[str] = set()  # unannounced names no longer waited for
+        self._keys: dict[str, tuple[tuple[int, int, int], SortKey]] = {}
+        # The queued drops by (key, arrival), lowest first; kept by the worker alone.
+        # A name announced again gets a new entry; the old one is dropped when met.
+        self._order: list[tuple[SortKey, int, str]] = []
+        self._unsorted: set[str] = set()  # announced since the worker last sorted
+        self._sorted_at = 0.0  # when the worker last sorted drops in
+        self._last_announced = 0.0
+        self._closed = False
+        self.current: str | None = None  # the drop taken and being processed
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    # -- under the condition ------------------------------------------------------------
+
+    def add(self, name: str) -> None:
+        """``name`` was announced complete: queued, its version read again."""
+        self._queue.setdefault(name, next(self._arrivals))
+        self._given_up.discard(name)
+        self._keys.pop(name, None)  # changed, or new: its version is read again
+        self._unsorted.add(name)
+        self._last_announced = time.monotonic()
+
+    def add_again(self, name: str) -> None:
+        """A drop that stays in the folder may go in now (a new signature): queued again."""
+        self._queue.setdefault(name, next(self._arrivals))
+        self._last_announced = time.monotonic()
+
+    def requeue(self, name: str) -> None:
+        """``name`` back in the queue, before the drops of its version."""
+        self._queue.setdefault(name, -1)
+        self._unsorted.add(name)  # sorted in again: its entry was taken off the order
+
+    def close(self) -> None:
+        """``take()`` gives nothing from now on (the folder stops)."""
+        self._closed = True
+
+    def names(self) -> list[str]:
+        """The drops waiting, as shown to people (the current one first, then by arrival)."""
+        names = sorted(self._queue, key=self._queue.__getitem__)
+        names = [self.current, *names] if self.current else names
+        return [shown(name) for name in names]
+
+    # -- the worker ---------------------------------------------------------------------
+
+    def forget(self, name: str) -> None:
+        """``name`` was processed: its version is read again if it comes back."""
+        self._keys.pop(name, None)
+
+    def take(self) -> str | None:
+        """Take the queued drop with the lowest version, once its burst has settled.
+
+        A burst (``mv *.py patches/`` renames one file at a time) is over when
+        nothing new was announced for ``SETTLE_S``; a lower version visible in
+        the folder but not announced yet is waited for, up to ``HOLD_BACK_S``.
+        """
+        deadline = time.monotonic() + HOLD_BACK_S
+        while True:
+            with self._cond:
+                if self._closed or not self._queue:
+                    return None
+                queued = dict(self._queue)
+                fresh, self._unsorted = self._unsorted, set()
+                quiet = time.monotonic() - self._last_announced
+            # Each drop is read and sorted in once, when announced: a burst of N
+            # costs N reads and insertions, not N for each of its drops.
+            for name in fresh:
+                if name in queued:
+                    bisect.insort(self._order, (self._key(name), queued[name], name))
+            if fresh:
+                # Reading them took a while, during which the watcher may not have had
+                # its turn: the quiet that ends the burst counts from now on.
+                self._sorted_at = time.monotonic()
+                continue
+            now = time.monotonic()
+            quiet = min(quiet, now - self._sorted_at)
+            if quiet < SETTLE_S and now < deadline:
+                with self._cond:
+                    self._cond.wait(SETTLE_S - quiet)
+                continue
+            lowest = self._lowest(queued)
+            if lowest is None:  # never expected: sort every queued drop again
+                with self._cond:
+                    self._unsorted.update(self._queue)
+                continue
+            key, best = lowest
+            lower = [
+                name
+                for name in self._unannounced(queued)
+                if name not in self._given_up and self._key(name) < key
+            ]
+            if lower and now < deadline:
+                with self._cond:
+                    self._cond.wait(min(deadline - now, 0.05))
+                continue
+            self._given_up.update(lower)
+            with self._cond:
+                if best not in self._queue:
+                    continue
+                del self._queue[best]
+                self.current = best
+            del self._order[0]  # best's entry: only this thread changes the order
+            return best
+
+    def _lowest(self, queued: dict[str, int]) -> tuple[SortKey, str] | None:
+        """The first entry of the order that is still queued as it was sorted in."""
+        order = self._order
+        while order:
+            key, arrival, name = order[0]
+            if queued.get(name) != arrival or self._known_key(name) != key:
+                del order[0]  # taken, queued again, or announced again: stale
+                continue
+            now = self._key(name)  # the file itself: changed without a word?
+            if now != key:
+                del order[0]
+                bisect.insort(order, (now, arrival, name))
+                continue
+            return key, name
+        return None
+
+    def _unannounced(self, queued: dict[str, int]) -> list[str]:
+        """Names in the folder that could be drops but have not been announced yet."""
+        try:
+            names = os.listdir(self.path)
+        except OSError:
+            return []
+        return [
+            n
+            for n in names
+            if n not in queued
+            and not is_ignored(n)
+            and not n.endswith(SIGNATURE_SUFFIX)
+            and n not in OUTCOME_DIRS.values()
+            and not is_configmap_link(self.path, n)  # announced by the kubelet's swap
+            # Taken, and stays: changed since, its event announces it (no stat per pick).
+            and not (self._keep and self._taken.has_name(n))
+        ]
+
+    def _known_key(self, name: str) -> SortKey:
+        """``_key(name)`` as last read, without looking at the file again."""
+        cached = self._keys.get(name)
+        return cached[1] if cached is not None else self._key(name)
+
+    def _key(self, name: str) -> SortKey:
+        """Sort key of a drop: its version when it can be read without importing, else last."""
+        if is_configmap_link(self.path, name):
+            return self._configmap_key(name)
+        path = self.path / name
+        try:
+            st = path.lstat()
+        except OSError:
+            return (1, _UNKNOWN, name)
+        identity = (st.st_ino, st.st_size, st.st_mtime_ns)
+        cached = self._keys.get(name)
+        if cached is not None and cached[0] == identity:
+            return cached[1]
+        version: str | None = None
+        if stat.S_ISDIR(st.st_mode) or (stat.S_ISREG(st.st_mode) and is_bundle_name(name)):
+            version = bundle_version(path)
+        elif stat.S_ISREG(st.st_mode) and name.endswith(".py") and st.st_size <= self._max_bytes:
+            with contextlib.suppress(OSError, Vanished, VerificationFailed):
+                owners = (os.geteuid(), st.st_uid)  # ordering only: ownership is checked later
+                version = peek_version(
+                    read_patch_file(path, max_bytes=self._max_bytes, owners=owners).data
+                )
+        key: SortKey = (0, Version(version), name) if version else (1, _UNKNOWN, name)
+        self._keys[name] = (identity, key)
+        return key
+
+    def _configmap_key(self, name: str) -> SortKey:
+        """A ConfigMap file's sort key (read through its link each time: ``..data`` swaps)."""
+        version: str | None = None
+        if name.endswith(".py"):
+            with contextlib.suppress(OSError, Vanished, VerificationFailed):
+                version = peek_version(resolve(self.path, name, max_bytes=self._max_bytes).data)
+        return (0, Version(version), name) if version else (1, _UNKNOWN, name)
