@@ -97,6 +97,18 @@ class Cart:
         return price
 
 
+def make_key(n):
+    return lambda x: x + n
+
+
+def two_keys(n):
+    return lambda x: x + n, lambda x: x - n
+
+
+def ordered(items):
+    return sorted(items, key=lambda v: -v)
+
+
 @scaled(10)
 def weight(x):
     return x
@@ -110,6 +122,7 @@ def label(x):
 ADD2 = make_adder(2)
 BUMP = counter()
 DEFAULTED = with_default(5)
+KEY = make_key(1)
 '''
 
 MODULE = "shop.tools"
@@ -266,6 +279,33 @@ def test_a_closure_that_assigns_its_cells_and_one_in_a_method_with_private_names
     assert seen["rolled_back"] == [12, 7, 5]
 
 
+def test_a_lambda_that_outlives_its_call_and_one_used_in_place(
+    repo: GitRepo, tmp_path: Path
+) -> None:
+    edit(
+        repo,
+        ("    return lambda x: x + n\n", "    return lambda x: x * n + 10\n"),
+        ("key=lambda v: -v)", "key=lambda v: v)"),
+    )
+    result = run(repo, tmp_path)
+    assert verdicts(result) == {
+        f"{MODULE}:make_key.<locals>.<lambda>": "inline",
+        f"{MODULE}:ordered": "inline",  # its lambda lives only during the call: as before
+    }
+    text = result.path.read_text() if result.path else ""
+    assert "def make_key_lambda(x):\n    return x * n + 10\n" in text
+    seen = patched(
+        repo,
+        tmp_path,
+        result,
+        before="key = module.KEY",
+        probe="[key(3), module.make_key(2)(3), module.ordered([1, 3, 2])]",
+    )
+    assert seen["before"] == [4, 5, [3, 2, 1]]
+    assert seen["after"] == [13, 16, [1, 2, 3]]
+    assert seen["rolled_back"] == seen["before"]
+
+
 # -- not hot: a baseline naming why, and the registry says no to the nested patch as well -------
 
 # (edits, the change named, a word of its reason, the replacement one would write by hand
@@ -305,6 +345,12 @@ BASELINE_CASES: dict[str, tuple[list[tuple[str, str]], str, str, str | None]] = 
         "branches.<locals>.pick",
         "more than one",
         "def pick(x):\n    return -x * 2\n",
+    ),
+    "two lambdas in one scope": (
+        [("lambda x: x - n\n", "lambda x: x - 2 * n\n")],
+        "two_keys.<locals>.<lambda>",
+        "more than one",
+        "def key(x):\n    return x - 2 * n\n",
     ),
     "the enclosing function changes too": (
         [

@@ -6,9 +6,11 @@ closure, the wrapper a decorator returned at import) and into the enclosing
 code, so that those made later run it too -- if each object made before can
 run the new code as it is: the same parameters and defaults, the same closure
 cells, one nested function of that name. Here two versions of a function are
-compared with their nested functions' bodies left out: when nothing else
-changed, each nested function whose own code changed is a target, unless one
-of those conditions does not hold, which is then the reason for a baseline.
+compared with their nested functions' (and lambdas') bodies left out: when
+nothing else changed, each nested function whose own code changed is a
+target, unless one of those conditions does not hold, which is then the
+reason for a baseline. A lambda is a target too, written as a ``def``, when
+it is the only one of its scope (the registry cannot tell two apart).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from hotpatch.make._syntax import (
 __all__ = ["NestedChange", "NestedTargets", "escaping"]
 
 _Def = ast.FunctionDef | ast.AsyncFunctionDef
+_Fn = ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,14 +44,21 @@ class NestedChange:
 
     qualname: str  # its code's qualname: "retry.<locals>.deco.<locals>.wrapper"
     outer: str  # the function it is nested in: "retry.<locals>.deco"
-    old: _Def
-    new: _Def
+    old: _Fn
+    new: _Fn
     cls: str  # the nearest class around it, which mangles its private names, or ""
     why: str = ""  # why it cannot be a target ("" when it can)
     source: str = ""  # the replacement's source (a nonlocal declared global), when it can
     mangled: str = ""  # the class its source is indented in, for its private names
     defaults: frozenset[str] = frozenset()  # the names its defaults read (in the patch file)
     note: str = ""  # a comment for the reader of the patch file
+
+    @property
+    def def_name(self) -> str:
+        """The replacement's name in the patch file (a lambda's: ``make_key_lambda``)."""
+        if isinstance(self.new, ast.Lambda):
+            return self.outer.rpartition(".")[2].strip("<>") + "_lambda"
+        return self.new.name
 
 
 class NestedTargets:
@@ -62,7 +72,7 @@ class NestedTargets:
         self._codes: dict[str, dict[str, list[types.CodeType]] | None] = {}
         self._module_names = names | BUILTINS
 
-    def changes(self, old: _Def, new: _Def, qualname: str) -> list[NestedChange] | None:
+    def changes(self, old: _Fn, new: _Fn, qualname: str) -> list[NestedChange] | None:
         """The changed nested functions of ``qualname`` (a function, or a method
         ``Class.name``), each with ``why`` it cannot be a target or with its source; None
         when ``qualname``'s own code changed too."""
@@ -78,8 +88,11 @@ class NestedTargets:
             return dataclasses.replace(change, why=why)
         mangled = change.cls if private_names(change.new) else ""
         indent = 4 if mangled else 0
-        plain = segment(self._lines, change.new, self._keep, indent=indent)
-        source = _with_global(plain, change.new, indent)
+        if isinstance(change.new, ast.Lambda):
+            plain = source = _as_def(change.new, change.def_name, indent)
+        else:
+            plain = segment(self._lines, change.new, self._keep, indent=indent)
+            source = _with_global(plain, change.new, indent)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", SyntaxWarning)
@@ -108,15 +121,17 @@ class NestedTargets:
     def _refusal(self, change: NestedChange) -> str:  # noqa: PLR0911 - one reason per return
         old, new, outer = change.old, change.new, change.outer
         made = "every function already made from it keeps its own"
-        if _dumps(old.decorator_list) != _dumps(new.decorator_list):
+        if isinstance(old, ast.Lambda) or isinstance(new, ast.Lambda):
+            if _dump(old.args) != _dump(new.args):
+                return f"its parameters or defaults change; {made}"
+        elif _dumps(old.decorator_list) != _dumps(new.decorator_list):
             return (
                 f"its decorators change; they ran when {outer} made each function already "
                 "made from it"
             )
-        if _dump(old.args) != _dump(new.args) or _dumps([old.returns]) != _dumps([new.returns]):
+        elif _dump(old.args) != _dump(new.args) or _dumps([old.returns]) != _dumps([new.returns]):
             return f"its signature changes (parameters, defaults or annotations); {made}"
-        kinds = function_kind(old), function_kind(new)
-        if kinds[0] != kinds[1]:
+        elif (kinds := (function_kind(old), function_kind(new)))[0] != kinds[1]:
             return f"it changes from a {kinds[0]} to a {kinds[1]}; {made} kind"
         codes = self._code("old", change.qualname), self._code("new", change.qualname)
         if isinstance(codes[0], str) or isinstance(codes[1], str):
@@ -142,7 +157,9 @@ class NestedTargets:
                 f"a default value reads {', '.join(local)}, local to {outer}: a patch file "
                 f"cannot compute it, and {made} defaults"
             )
-        inner = escaping(old, new, change.qualname)
+        inner = ""
+        if isinstance(old, _Def) and isinstance(new, _Def):
+            inner = escaping(old, new, change.qualname)
         if inner:
             return (
                 f"the nested function {inner} in it changes too and may outlive a call of it: "
@@ -168,8 +185,8 @@ class NestedTargets:
 
 
 def escaping(old: _Def, new: _Def, qualname: str) -> str:
-    """The first nested function of ``qualname`` that changes and may outlive a call of it
-    (returned, stored, passed on, decorated): its qualname, or ""."""
+    """The first nested function or lambda of ``qualname`` that changes and may outlive a
+    call of it (returned, stored, passed on, decorated): its qualname, or ""."""
     before, after = nested_functions(old), nested_functions(new)
     for inner, nodes in after.items():
         earlier = before.get(inner, [])
@@ -178,10 +195,69 @@ def escaping(old: _Def, new: _Def, qualname: str) -> str:
         name = inner.rpartition(".")[2]
         if outlives(new, name) or (earlier and outlives(old, name)):
             return f"{qualname}.<locals>.{inner.partition('.<locals>.')[2]}"
+    lambdas = _lambdas(old, qualname), _lambdas(new, qualname)
+    for inner, made in lambdas[1].items():
+        before_made = lambdas[0].get(inner, [])
+        if [_dump(n) for n, _ in before_made] == [_dump(n) for n, _ in made]:
+            continue
+        if any(kept for _, kept in made) or any(kept for _, kept in before_made):
+            return inner
     return ""
 
 
-def _body_changes(old: _Def, new: _Def, qualname: str, cls: str) -> list[NestedChange] | None:
+def _lambdas(node: _Def, qualname: str) -> dict[str, list[tuple[ast.Lambda, bool]]]:
+    """The lambdas in ``node`` by qualname, each with whether it may outlive the call that
+    made it: returned, stored (an attribute, an item, a name that outlives the call), or
+    part of such a value. One passed straight to a call (``sorted(key=lambda ...)``) is
+    taken to be used there."""
+    found: dict[str, list[tuple[ast.Lambda, bool]]] = {}
+
+    def visit(scope: ast.AST, prefix: str, func: _Def | None) -> None:
+        for sub in ast.iter_child_nodes(scope):
+            walk(sub, prefix, func, scope)
+
+    def walk(sub: ast.AST, prefix: str, func: _Def | None, parent: ast.AST) -> None:
+        if isinstance(sub, ast.Lambda):
+            kept = func is not None and _kept(parent, func, sub)
+            found.setdefault(f"{prefix}.<locals>.<lambda>", []).append((sub, kept))
+            visit(sub, f"{prefix}.<locals>.<lambda>", None)
+        elif isinstance(sub, ast.FunctionDef | ast.AsyncFunctionDef):
+            for part in (*sub.decorator_list, sub.args):
+                walk(part, prefix, func, sub)
+            for stmt in sub.body:
+                walk(stmt, f"{prefix}.<locals>.{sub.name}", sub, sub)
+        elif isinstance(sub, ast.ClassDef):
+            return  # its methods' lambdas: rare, and a class in a function is a baseline
+        else:
+            for child in ast.iter_child_nodes(sub):
+                walk(child, prefix, func, sub)
+
+    for stmt in node.body:
+        walk(stmt, qualname, node, node)
+    return found
+
+
+def _kept(parent: ast.AST, func: _Def, node: ast.Lambda) -> bool:
+    """Does the value holding ``node`` (its ``parent``) outlive a call of ``func``?"""
+    if isinstance(parent, ast.Return | ast.Yield | ast.YieldFrom):
+        return True
+    if isinstance(parent, ast.Assign | ast.AnnAssign | ast.AugAssign):
+        targets = parent.targets if isinstance(parent, ast.Assign) else [parent.target]
+        return any(not isinstance(t, ast.Name) or outlives(func, t.id) for t in targets)
+    if isinstance(parent, ast.Tuple | ast.List | ast.Set | ast.Dict | ast.IfExp | ast.BoolOp):
+        holder = _parent_of(func, parent)
+        return holder is not None and _kept(holder, func, node)
+    return False
+
+
+def _parent_of(func: _Def, node: ast.AST) -> ast.AST | None:
+    for sub in ast.walk(func):
+        if any(child is node for child in ast.iter_child_nodes(sub)):
+            return sub
+    return None
+
+
+def _body_changes(old: _Fn, new: _Fn, qualname: str, cls: str) -> list[NestedChange] | None:
     """Each nested function whose own code changed (the innermost such), or None when
     ``old`` and ``new`` differ in more than their nested functions."""
     if _own_dump(old) != _own_dump(new):
@@ -199,18 +275,20 @@ def _body_changes(old: _Def, new: _Def, qualname: str, cls: str) -> list[NestedC
     return found
 
 
-def _children(scope: ast.AST, prefix: str, cls: str) -> Iterator[tuple[str, str, _Def]]:
-    """(qualname, nearest class, node) of the functions defined in ``scope``'s own code, in
-    order: directly, or as methods of classes defined there."""
+def _children(scope: ast.AST, prefix: str, cls: str) -> Iterator[tuple[str, str, _Fn]]:
+    """(qualname, nearest class, node) of the functions and lambdas defined in ``scope``'s
+    own code, in order: directly, or as methods of classes defined there."""
     sep = "." if isinstance(scope, ast.ClassDef) else ".<locals>."
 
-    def walk(node: ast.AST) -> Iterator[tuple[str, str, _Def]]:
+    def walk(node: ast.AST) -> Iterator[tuple[str, str, _Fn]]:
         for sub in ast.iter_child_nodes(node):
             if isinstance(sub, ast.FunctionDef | ast.AsyncFunctionDef):
                 yield f"{prefix}{sep}{sub.name}", cls, sub
+            elif isinstance(sub, ast.Lambda):
+                yield f"{prefix}{sep}<lambda>", cls, sub
             elif isinstance(sub, ast.ClassDef):
                 yield from _children(sub, f"{prefix}{sep}{sub.name}", sub.name)
-            elif not isinstance(sub, ast.Lambda):
+            else:
                 yield from walk(sub)
 
     yield from walk(scope)
@@ -228,17 +306,26 @@ class _Stub(ast.NodeTransformer):
     def visit_AsyncFunctionDef(self, node: ast.AsyncFunctionDef) -> ast.AST:
         return self._stub(node)
 
-    def _stub(self, node: _Def) -> ast.AST:
+    def visit_Lambda(self, node: ast.Lambda) -> ast.AST:
+        return self._stub(node)
+
+    def _stub(self, node: _Fn) -> ast.AST:
         if node is self.root:
             self.generic_visit(node)
             return node
-        return ast.Name(id=f"<def {node.name}>", ctx=ast.Load())
+        return ast.Name(id=f"<def {getattr(node, 'name', '<lambda>')}>", ctx=ast.Load())
 
 
-def _own_dump(node: _Def) -> str:
+def _own_dump(node: _Fn) -> str:
     """``node`` dumped with its nested functions reduced to their names."""
     copied = copy.deepcopy(node)
     return ast.dump(_Stub(copied).visit(copied))
+
+
+def _as_def(node: ast.Lambda, name: str, indent: int) -> str:
+    """A lambda written as the ``def`` that replaces it."""
+    pad = " " * indent
+    return f"{pad}def {name}({ast.unparse(node.args)}):\n{pad}    return {ast.unparse(node.body)}\n"
 
 
 def _with_global(source: str, node: _Def, indent: int) -> str:

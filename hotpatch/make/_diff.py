@@ -576,7 +576,7 @@ class _ModuleDiff:
                     self.name(change.qualname),
                     change.qualname,
                     change.source,
-                    change.new.name,
+                    change.def_name,
                     set(change.defaults),
                     made,
                     change.mangled,

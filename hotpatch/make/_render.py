@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 import textwrap
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -205,7 +206,7 @@ def _module(
         need(replacement.defaults, in_patch=True)
         name = replacement.def_name
         if name in taken or name in own:
-            name = replacement.qualname.replace(".<locals>.", "_").replace(".", "_") + "_"
+            name = re.sub(r"\W+", "_", replacement.qualname.replace(".<locals>.", "_")) + "_"
         taken.add(name)
         source = replacement.source
         if name != replacement.def_name:
