@@ -255,7 +255,10 @@ def test_a_closure_that_assigns_its_cells_and_one_in_a_method_with_private_names
             "            return x * rate + self.__fee\n",
             "            return x * rate + self.__fee * 100\n",
         ),
-        ("        return x + n + k\n", "        return (x + n + k) * 2\n"),
+        (  # a comprehension's first iterable is read by the function's own code
+            "        return x + n + k\n",
+            "        return sum([v for v in (x, n, k)]) * 2\n",
+        ),
     )
     result = run(repo, tmp_path)
     assert verdicts(result) == {
@@ -351,6 +354,25 @@ BASELINE_CASES: dict[str, tuple[list[tuple[str, str]], str, str, str | None]] = 
         "two_keys.<locals>.<lambda>",
         "more than one",
         "def key(x):\n    return x - 2 * n\n",
+    ),
+    # The registry's check passes such a patch, and the nested code fails when it runs
+    # (NameError): the closure reaches only the replaced function's own code.
+    "code nested in it reads its closure": (
+        [
+            (
+                "        return wrapper\n\n    return deco",
+                "        wrapper.factor = factor\n        return wrapper\n\n    return deco",
+            )
+        ],
+        "scaled.<locals>.deco",
+        "reads factor",
+        None,
+    ),
+    "a generator expression in it reads its closure": (
+        [("        return x + n\n", "        return x + sum(n for _ in range(2))\n")],
+        "make_adder.<locals>.add",
+        "reads n",
+        None,
     ),
     "the enclosing function changes too": (
         [

@@ -165,6 +165,14 @@ class NestedTargets:
                 f"the nested function {inner} in it changes too and may outlive a call of it: "
                 "function objects already made from it would keep the old code"
             )
+        through = _nested_reads(new, set(codes[1].co_freevars))
+        if through:
+            return (
+                f"code nested in it (a function, lambda, class body, generator expression or "
+                f"comprehension) reads {', '.join(through)} from the closure it has from "
+                f"{outer}; the registry gives the closure to the replaced function's own code "
+                "only, so that nested code would not find it when it runs"
+            )
         return ""
 
     def _code(self, which: str, qualname: str) -> types.CodeType | str:
@@ -314,6 +322,51 @@ class _Stub(ast.NodeTransformer):
             self.generic_visit(node)
             return node
         return ast.Name(id=f"<def {getattr(node, 'name', '<lambda>')}>", ctx=ast.Load())
+
+
+def _nested_reads(node: _Fn, cells: set[str]) -> list[str]:
+    """The names of ``cells`` that code nested in ``node`` reads (its own code aside).
+
+    Comprehensions count as nested code whatever the Python (before 3.12 they are);
+    what a nested scope evaluates in ``node``'s own code does not: decorators,
+    defaults, bases, a comprehension's first iterable.
+    """
+    found: set[str] = set()
+
+    def visit(sub: ast.AST, inside: bool) -> None:
+        if isinstance(sub, ast.Name):
+            if inside and sub.id in cells:
+                found.add(sub.id)
+            return
+        outer: list[ast.AST] = []
+        inner: list[ast.AST] = []
+        if isinstance(sub, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
+            outer = [*sub.args.defaults, *(d for d in sub.args.kw_defaults if d is not None)]
+            if isinstance(sub, ast.Lambda):
+                inner = [sub.body]
+            else:
+                outer += sub.decorator_list
+                inner = list(sub.body)
+        elif isinstance(sub, ast.ClassDef):
+            outer = [*sub.decorator_list, *sub.bases, *(k.value for k in sub.keywords)]
+            inner = list(sub.body)
+        elif isinstance(sub, ast.GeneratorExp | ast.ListComp | ast.SetComp | ast.DictComp):
+            first = sub.generators[0]
+            outer = [first.iter]
+            inner = [first.target, *first.ifs, *sub.generators[1:]]
+            inner += [sub.key, sub.value] if isinstance(sub, ast.DictComp) else [sub.elt]
+        else:
+            for child in ast.iter_child_nodes(sub):
+                visit(child, inside)
+            return
+        for part in outer:
+            visit(part, inside)
+        for part in inner:
+            visit(part, True)
+
+    for part in [node.body] if isinstance(node, ast.Lambda) else node.body:
+        visit(part, False)
+    return sorted(found)
 
 
 def _own_dump(node: _Fn) -> str:
