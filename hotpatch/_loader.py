@@ -7,7 +7,7 @@ import os
 import re
 import sys
 import types
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from hotpatch._errors import VerificationFailed
@@ -19,6 +19,8 @@ DEFAULT_MAX_BYTES = 10 * 1024 * 1024
 # Patch modules live under this prefix in sys.modules (pickle and dataclasses look
 # a module up there); nothing real can be imported under it.
 MODULE_PREFIX = "hotpatch._patches."
+
+Compiler = Callable[[str, str, str], types.CodeType]  # (text, sha256, filename) -> code
 
 
 def load_patch(path: str | os.PathLike[str], *, max_bytes: int = DEFAULT_MAX_BYTES) -> Patch:
@@ -45,8 +47,12 @@ def load_patch(path: str | os.PathLike[str], *, max_bytes: int = DEFAULT_MAX_BYT
     return load_patch_source(data, path=str(file))
 
 
-def load_patch_source(data: bytes, *, path: str) -> Patch:
-    """Load a patch from its bytes; ``path`` names it in messages and tracebacks."""
+def load_patch_source(data: bytes, *, path: str, compiler: Compiler | None = None) -> Patch:
+    """Load a patch from its bytes; ``path`` names it in messages and tracebacks.
+
+    ``compiler(text, sha256, filename)`` compiles its text (a replay's, which
+    keeps what it compiled: ``_codecache``); by default, ``compile()``.
+    """
     name = Path(path).name
     if not data.strip():
         msg = f"patch file {name} is empty: write a Patch(...) declaration into it"
@@ -59,7 +65,10 @@ def load_patch_source(data: bytes, *, path: str) -> Patch:
     sha = PatchSource.digest(data)
     filename = f"<hotpatch {name} {sha[:12]}>"
     try:
-        code = compile(text, filename, "exec", dont_inherit=True)
+        if compiler is None:
+            code = compile(text, filename, "exec", dont_inherit=True)
+        else:
+            code = compiler(text, sha, filename)
     except SyntaxError as exc:
         msg = f"patch file {name} has a syntax error at line {exc.lineno}: {exc.msg}"
         raise VerificationFailed(msg) from None

@@ -166,7 +166,7 @@ class Patch:
         return self.source.sha256 if self.source else None
 
     def _add(self, replacement: Replacement) -> None:
-        if replacement.target in self.targets:
+        if any(r.target == replacement.target for r in self.replacements):
             msg = f"patch {self.version}: {replacement.target} is replaced twice in one patch"
             raise ValueError(msg)
         self.replacements.append(replacement)

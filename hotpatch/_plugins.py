@@ -37,6 +37,10 @@ class PluginHost:
             return type(impl.plugin).__name__
         return impl.plugin_name
 
+    def follows(self, *hooks: str) -> bool:
+        """Does a plugin implement one of ``hooks``?"""
+        return any(self._impls(hook) for hook in hooks)
+
     def notify(self, hook: str, **kwargs: Any) -> list[Any]:
         """Call ``hook`` on every plugin; a raising plugin is logged and skipped."""
         results: list[Any] = []

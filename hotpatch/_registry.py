@@ -16,13 +16,13 @@ import threading
 import time
 import types
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 from hotpatch._codegen import FUNC_ATTRS
 from hotpatch._errors import (
     PatchError,
-    QuiescenceTimeout,
     RestartRequired,
     VerificationFailed,
     VersionConflict,
@@ -35,9 +35,9 @@ from hotpatch._patch import Patch, parse_version
 from hotpatch._plan import Applied, Level, Plan, caches_of, make_plan, nested_of
 from hotpatch._plugins import PluginHost
 from hotpatch._recording import Recording
-from hotpatch._replay import ReplaySteps, replay, resync
+from hotpatch._replay import Deferred, ReplaySteps, replay, resync
 from hotpatch._results import ApplyResult, CheckReport, HistoryEntry, LevelChain, RollbackResult
-from hotpatch._switch import Change, Key, busy_threads, current, key, switch, wait_quiescent
+from hotpatch._switch import Change, Key, busy_threads, current, key, quiesce, switch
 from hotpatch._wrap import Wrapper, Wrappers
 
 __all__ = ["MIGRATION_TIMEOUT_S", "Registry"]
@@ -82,6 +82,8 @@ class Registry:
         self.plugins = PluginHost(plugins)
         self.journal_report: str | None = None  # what replaying the journal did
         self._recording: Recording | None = None
+        self._deferred: Deferred | None = None  # the replayed run not built yet
+        self._stale = False  # a replay put entries on the stack, not in level and patches
         if journal is not None:
             self._recording = Recording(Journal(journal), self.baseline)
             self._replay(self._recording)
@@ -160,10 +162,16 @@ class Registry:
                 raise
 
     def _plan(self, patch: Patch, *, restarting: bool = False) -> Plan:
+        if self._deferred is not None and (patch.cumulative or patch.quiescence == "strict"):
+            self._deferred.settle(self._stack)  # such a plan reads the whole level
+            self._deferred = None
+        return self._plan_on(patch, self._stack, restarting=restarting)
+
+    def _plan_on(self, patch: Patch, below: Sequence[Applied], *, restarting: bool) -> Plan:
         level = Level(
             self.baseline,
             self._baseline_version,
-            tuple(self._stack),
+            tuple(below),
             self._originals,
             self._wrappers.code_of,
             journaled=self._recording is not None,
@@ -209,12 +217,12 @@ class Registry:
         recording = self._recording
         try:
             self.plugins.notify("hotpatch_before_apply", patch=patch, registry=self)
-            self._quiesce(plan, deadline)
+            quiesce(patch, plan.codes, deadline)
             if recording is not None and recording.on and action != "replay" and plan.migrations:
                 undo.append(recording.rewrite(_patches(self._stack), self._history))
             run_migrations(plan, self.migration_timeout, undo)
             if plan.migrations:  # a thread may have entered a target meanwhile
-                self._quiesce(plan, deadline)
+                quiesce(patch, plan.codes, deadline)
             elapsed = time.perf_counter() - start
             record = HistoryEntry(time.time(), action, patch.version, chain, elapsed, who)
             if recording is not None and recording.on and action != "replay":
@@ -266,21 +274,6 @@ class Registry:
         self.plugins.notify("hotpatch_after_apply", patch=patch, registry=self, result=result)
         return result
 
-    def _quiesce(self, plan: Plan, deadline: float) -> None:
-        """``quiescence="strict"``: wait until no thread runs a target, up to ``deadline``."""
-        patch = plan.patch
-        if patch.quiescence != "strict":
-            return
-        busy = wait_quiescent(plan.codes, max(0.0, deadline - time.monotonic()))
-        if busy:
-            who = "; ".join(busy)
-            reason = f"strict quiescence not reached in {patch.quiescence_timeout}s: {who}"
-            msg = (
-                f"patch {patch.version}: {reason}. Nothing changed; retry when the service "
-                "is quieter, raise quiescence_timeout, or apply it with a restart"
-            )
-            raise QuiescenceTimeout(msg, reasons=[reason], patch=patch.version)
-
     # -- rollback ---------------------------------------------------------------------
 
     def rollback(self, to: str | None = None, *, who: str = "api") -> RollbackResult:
@@ -288,9 +281,7 @@ class Registry:
         start = time.perf_counter()
         with self._lock:
             stack, popped = self._unwind(to)
-            final: dict[Key, Change] = {}
-            for entry in popped:  # newest first: the oldest popped entry's values win
-                final.update(entry.before)
+            final = self._final(stack, popped)
             # Nested targets: every function made from their code goes back too, those
             # made after the apply included (what the enclosing code makes once rolled back).
             # Caches and nested targets are rare: one look says whether to go on.
@@ -328,6 +319,8 @@ class Registry:
                 switch(settle_changes(settles, final))
             self._wrappers.forget(final)
             self._stack = stack
+            if self._deferred is not None and not self._deferred.forget(popped):
+                self._deferred = None
             self._chain = chain
             self._level = self._level[:kept] + pushed
             self._patches = self._patches[:kept] + tuple(e.patch for e in stack[kept:])
@@ -351,6 +344,16 @@ class Registry:
         if popped:
             self.plugins.notify("hotpatch_after_rollback", registry=self, result=result)
         return result
+
+    def _final(self, stack: list[Applied], popped: list[Applied]) -> dict[Key, Change]:
+        """What a rollback to ``stack`` puts back: of ``popped`` (newest first), the oldest
+        entry's values win."""
+        if self._deferred is not None:  # a replayed run not all built
+            return self._deferred.final(stack, popped)
+        final: dict[Key, Change] = {}
+        for entry in popped:
+            final.update(entry.before)
+        return final
 
     def _unwind(self, to: str | None) -> tuple[list[Applied], list[Applied]]:
         """(stack afterwards, entries popped newest first); raises before changing anything."""
@@ -393,6 +396,8 @@ class Registry:
         """
         with self._lock:
             entry = self._applied(version)
+            if self._deferred is not None:
+                self._deferred.build_in(entry, self._stack)
             return tuple((f, entry.after[key(f, "__code__")][2]) for f in entry.functions)
 
     def wrap(self, version: str, wrapper: Wrapper) -> Callable[[], None]:
@@ -446,18 +451,30 @@ class Registry:
         if recording is None:
             return False
         with self._lock:
-            if not resync(recording, self.patches, self._replay_steps()):
-                return False
+            try:
+                if not resync(recording, self.patches, self._replay_steps()):
+                    return False
+            finally:
+                self._follow_stack()
             self.journal_report = recording.report
             return True
 
     def _replay(self, recording: Recording) -> None:
         """Apply the level the journal records (the process has not served yet)."""
-        replay(recording, self._replay_steps())
+        try:
+            replay(recording, self._replay_steps())
+        finally:
+            self._follow_stack()
+        if self._deferred is not None and not self._deferred.pending:
+            self._deferred = None  # every patch of the run was on top of a target
         self.journal_report = recording.report
 
     def _replay_steps(self) -> ReplaySteps:
-        return ReplaySteps(self._set_history, self._replay_patch, self._to_baseline)
+        if self.plugins.follows("hotpatch_before_apply", "hotpatch_after_apply"):
+            return ReplaySteps(self._set_history, self._replay_patch, self._to_baseline)
+        return ReplaySteps(
+            self._set_history, self._replay_patch, self._to_baseline, self._replay_top, self._defer
+        )
 
     def _set_history(self, entries: Iterable[HistoryEntry]) -> None:
         self._history = deque(entries, maxlen=HISTORY_KEPT)
@@ -469,8 +486,37 @@ class Registry:
         self._commit(plan, time.perf_counter(), action="replay", who="journal")
 
     def _to_baseline(self) -> None:
+        self._follow_stack()
         if self._stack:
             self.rollback(to=self.baseline, who="journal")
+
+    def _replay_top(self, patch: Patch) -> None:
+        """Replay a patch of the run at the top of the level that is on top of a target."""
+        self._follow_stack()
+        self._replay_patch(patch)
+        self._run().applied(self._stack[-1])
+
+    def _defer(self, patch: Patch) -> None:
+        """Replay a patch of that run every target of which is under a later one: unbuilt."""
+        self._stack.append(self._run().unbuilt(patch))
+        self._chain = LevelChain(patch.version, self._chain)
+        self._stale = True  # level and patches follow the stack at the next commit
+        done = HistoryEntry(time.time(), "replay", patch.version, self._chain, 0.0, "journal")
+        self._history.append(done)
+        if self._recording is not None:
+            self._recording.unrecorded(done)  # goes in with the next change
+        log.debug("replayed patch %s: under later patches, built when needed", patch.version)
+
+    def _follow_stack(self) -> None:
+        if self._stale:
+            self._level = tuple(e.patch.version for e in self._stack)
+            self._patches = tuple(e.patch for e in self._stack)
+            self._stale = False
+
+    def _run(self) -> Deferred:
+        if self._deferred is None:
+            self._deferred = Deferred(partial(self._plan_on, restarting=True))
+        return self._deferred
 
 
 def _report(plan: Plan, reasons: list[str]) -> CheckReport:

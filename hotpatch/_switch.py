@@ -23,8 +23,19 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from hotpatch._codegen import ABSENT
+from hotpatch._errors import QuiescenceTimeout
+from hotpatch._patch import Patch
 
-__all__ = ["Change", "Key", "busy_threads", "current", "key", "switch", "wait_quiescent"]
+__all__ = [
+    "Change",
+    "Key",
+    "busy_threads",
+    "current",
+    "key",
+    "quiesce",
+    "switch",
+    "wait_quiescent",
+]
 
 Key = tuple[int, str]
 Change = tuple[Any, str, Any]  # (object, attribute, value or ABSENT)
@@ -105,3 +116,19 @@ def wait_quiescent(codes: Iterable[types.CodeType], timeout: float) -> list[str]
             return busy
         time.sleep(delay)
         delay = min(delay * 2, 0.01)
+
+
+def quiesce(patch: Patch, codes: Iterable[types.CodeType], deadline: float) -> None:
+    """``quiescence="strict"``: wait until no thread runs ``codes``, up to ``deadline``
+    (``time.monotonic()``); ``QuiescenceTimeout`` naming who was busy, past it."""
+    if patch.quiescence != "strict":
+        return
+    busy = wait_quiescent(codes, max(0.0, deadline - time.monotonic()))
+    if busy:
+        who = "; ".join(busy)
+        reason = f"strict quiescence not reached in {patch.quiescence_timeout}s: {who}"
+        msg = (
+            f"patch {patch.version}: {reason}. Nothing changed; retry when the service "
+            "is quieter, raise quiescence_timeout, or apply it with a restart"
+        )
+        raise QuiescenceTimeout(msg, reasons=[reason], patch=patch.version)
