@@ -330,6 +330,7 @@ def test_level_scale(tmp_path: Path) -> None:
         "heap_scan",
         "state_dir",
         "level_scale",
+        "replay",
     ],
 )
 def test_help_names_the_options(name: str) -> None:
@@ -377,3 +378,25 @@ def test_make_commits_on_a_generated_repository(tmp_path: Path) -> None:
     ]
     assert "calc/currencies.json" in data["commits"][2]["reasons"][0]
     assert "generated: 3 commits, 2 hot, 1 baseline" in proc.stdout
+
+
+def test_replay(tmp_path: Path) -> None:
+    stdout, data = run("replay", tmp_path, timeout=300)
+    check_environment(data, "replay")
+    assert data["levels"] == [30]
+    assert data["before"] is None
+    rows = data["rows"]
+    assert [(r["shape"], r["level"]) for r in rows] == [("all 10", 30), ("one each", 30)]
+    for row in rows:
+        for figure in ("read_ms", "cold_replay_ms", "replay_ms", "replay_wall_ms", "over_read"):
+            assert row[figure] > 0, (row["shape"], figure)
+        assert row["over_one_patch"] == row["replay_ms"] / data["replay_one_patch_ms"]
+        assert "before_replay_ms" not in row
+    assert data["profile"]
+    assert all(entry["calls"] > 0 for entry in data["profile"])
+    goal = data["goal"]
+    assert goal["limit"] == 100.0
+    assert goal["value"] == max(r["replay_ms"] for r in rows)
+    assert isinstance(goal["met"], bool)
+    assert "journal replay in a new process" in stdout
+    assert "goal: replay of 30 patches" in stdout
