@@ -12,23 +12,29 @@ journal of its own is built up to L. Then, in rounds (each round visits every
 level once, so that the disk's and the machine's moods fall on all of them
 alike), the next patch is loaded, applied (timed: the whole ``apply()``, and
 ``ApplyResult.switch_s``, the step during which calls could observe a change)
-and rolled back (timed the same way). Reported: median and p99 of each. Then,
+and rolled back (timed the same way). Reported: median and p99 of each. Then
+the switch alone, many times (``--switches`` apply/rollback pairs at each
+level, in ``--batches`` rounds): its median, its p99, and the best and worst
+batch's p99 (the best batch is what the switch costs when nothing preempts
+it; the load average before and after is reported beside them). Then,
 with ``tracemalloc`` on, 20 more patches are applied at each level and kept:
 the memory each adds (Python allocations still held after a full collection,
 divided by 20). Last, the top level's journal is read back (``Journal.read``)
 and replayed by a new process (``Registry(journal=)``, the whole replay: each
-patch loaded and applied again).
+patch loaded and applied again), then by another one (which finds the code the
+first compiled kept beside the journal): wall clock and CPU time.
 
 Goals (issue 16): at the top level the apply and the rollback cost at most 2x
 what they cost at level 1 (medians); the switch of 10 targets at most 20 us
-(median, at every level); the memory per applied patch flat in the level (top
-level at most 1.5x level 1); reading the journal of 1,000 patches at most
-100 ms.
+(median of the many samples, at every level, reported with its p99); the
+memory per applied patch flat in the level (top level at most 1.5x level 1);
+reading the journal of 1,000 patches at most 100 ms.
 
 ``PYTHONPATH=OTHER/CHECKOUT`` runs the same measurement on another hotpatch
 (the figures before a change): only the public API is used.
 
-Usage: ``python benchmarks/level_scale.py [--quick] [--levels 1,10,100,1000] [--json PATH]``.
+Usage: ``python benchmarks/level_scale.py [--quick] [--levels 1,10,100,1000]
+[--switches 600] [--batches 6] [--json PATH]``.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ import gc
 import importlib
 import json
 import logging
+import os
 import subprocess
 import sys
 import tempfile
@@ -66,11 +73,11 @@ __import__(sys.argv[2])
 start = time.perf_counter()
 state = hotpatch._journal.Journal(sys.argv[3]).read()
 read = time.perf_counter() - start
-start = time.perf_counter()
+start, cpu = time.perf_counter(), time.process_time()
 registry = hotpatch.Registry("1.0", journal=sys.argv[3])
-replay = time.perf_counter() - start
-print(json.dumps({"read_s": read, "replay_s": replay, "level": len(registry.level),
-                  "recorded": len(state.level)}))
+replay, cpu = time.perf_counter() - start, time.process_time() - cpu
+print(json.dumps({"read_s": read, "replay_s": replay, "replay_cpu_s": cpu,
+                  "level": len(registry.level), "recorded": len(state.level)}))
 """
 
 
@@ -98,6 +105,15 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
         "--levels", default="1,100,1000", help="levels, comma-separated (default: 1,100,1000)"
     )
     parser.add_argument("--reps", type=int, default=60, help="repetitions at each level")
+    parser.add_argument(
+        "--switches",
+        type=int,
+        default=600,
+        help="apply/rollback pairs at each level for the switch's p99 (default: 600)",
+    )
+    parser.add_argument(
+        "--batches", type=int, default=6, help="batches the switch samples come in (default: 6)"
+    )
     parser.add_argument(
         "--json",
         type=Path,
@@ -172,20 +188,66 @@ class Stack:
 
 
 def replay(stack: Stack) -> dict[str, Any]:
-    """Read and replay the journal in a new process."""
+    """Read and replay the journal in a new process, then in another one.
+
+    The first compiles every patch; the second finds the code the first kept
+    beside the journal (as a service's next start does).
+    """
     script = stack.root / "replay.py"
     script.write_text(REPLAY)
-    proc = subprocess.run(
-        [sys.executable, str(script), str(stack.root), stack.module, str(stack.journal)],
-        capture_output=True,
-        text=True,
-        timeout=3600,
-        check=True,
-    )
-    return dict(json.loads(proc.stdout))
+    runs = [
+        json.loads(
+            subprocess.run(
+                [sys.executable, str(script), str(stack.root), stack.module, str(stack.journal)],
+                capture_output=True,
+                text=True,
+                timeout=3600,
+                check=True,
+            ).stdout
+        )
+        for _ in range(2)
+    ]
+    first, again = runs
+    return {**first, "again_s": again["replay_s"], "again_cpu_s": again["replay_cpu_s"]}
 
 
-def measure(levels: list[int], reps: int) -> dict[str, Any]:
+def switches(stacks: list[Stack], samples: int, batches: int) -> list[dict[str, Any]]:
+    """The switch alone, many times: ``samples`` apply/rollback pairs at each level.
+
+    They come in ``batches`` rounds (each level visited once a round), so that a
+    burst of load falls on every level alike. The p99 of all the samples says
+    what a service sees on this machine as it is; the best batch's p99 says
+    what the switch costs when nothing preempts it.
+    """
+    per = max(1, samples // batches)
+    got: dict[int, dict[str, list[list[float]]]] = {
+        id(s): {"switch": [], "rollback switch": []} for s in stacks
+    }
+    for _ in range(batches):
+        for stack in stacks:
+            batch: dict[str, list[float]] = {"switch": [], "rollback switch": []}
+            for _ in range(per):
+                timings = stack.once()
+                for metric, values in batch.items():
+                    values.append(timings[metric] * 1e6)
+            for metric, values in batch.items():
+                got[id(stack)][metric].append(values)
+    out: list[dict[str, Any]] = []
+    for stack in stacks:
+        row: dict[str, Any] = {"samples": per * batches, "batches": batches}
+        for metric, runs in got[id(stack)].items():
+            every = [v for run in runs for v in run]
+            row[metric.replace(" ", "_") + "_us"] = {
+                "median": median(every),
+                "p99": p99(every),
+                "best_batch_p99": min(p99(run) for run in runs),
+                "worst_batch_p99": max(p99(run) for run in runs),
+            }
+        out.append(row)
+    return out
+
+
+def measure(levels: list[int], reps: int, samples: int, batches: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="hotpatch-levels-") as tmp:
         root = Path(tmp)
         sys.path.insert(0, tmp)
@@ -204,7 +266,12 @@ def measure(levels: list[int], reps: int) -> dict[str, Any]:
                 for stack in stacks:
                     for metric, value in stack.once().items():
                         stack.samples.setdefault(metric, []).append(value * 1e6)
+            load = [os.getloadavg()[0]]
+            many = switches(stacks, samples, batches)
+            load.append(os.getloadavg()[0])
             rows = [_row(level, stack, reps) for level, stack in zip(levels, stacks, strict=True)]
+            for row, switched in zip(rows, many, strict=True):
+                row["switch_many"] = switched
             top = stacks[-1]
             replayed = replay(top)
             if replayed["level"] != len(top.registry.level):
@@ -216,7 +283,7 @@ def measure(levels: list[int], reps: int) -> dict[str, Any]:
             sys.path.remove(tmp)
             for stack in stacks:
                 sys.modules.pop(stack.module, None)
-    return {"rows": rows, "replay": replayed, **_goals(rows, replayed)}
+    return {"rows": rows, "replay": replayed, "load_average": load, **_goals(rows, replayed)}
 
 
 def _row(level: int, stack: Stack, reps: int) -> dict[str, Any]:
@@ -241,7 +308,7 @@ def _goals(rows: list[dict[str, Any]], replayed: dict[str, Any]) -> dict[str, An
                 "met": ratio <= FLAT,
             }
         )
-    switch = max(r["switch_us"]["median"] for r in rows)
+    switch = max(r["switch_many"]["switch_us"]["median"] for r in rows)
     goals.append(
         {
             "what": f"switch of {TARGETS} targets, us (worst median of the levels)",
@@ -304,10 +371,31 @@ def report(results: dict[str, Any]) -> None:
             for r in results["rows"]
         ],
     )
+    load = results["load_average"]
+    print_table(
+        f"the switch of {TARGETS} targets alone, as a service applies and rolls back "
+        f"(microseconds; load average {load[0]:.1f} -> {load[1]:.1f} on {os.cpu_count()} CPUs)",
+        ["level", "samples", "what", "median", "p99", "best batch p99", "worst batch p99"],
+        [
+            [
+                r["level"],
+                r["switch_many"]["samples"],
+                what,
+                r["switch_many"][key]["median"],
+                r["switch_many"][key]["p99"],
+                r["switch_many"][key]["best_batch_p99"],
+                r["switch_many"][key]["worst_batch_p99"],
+            ]
+            for r in results["rows"]
+            for what, key in (("apply", "switch_us"), ("rollback", "rollback_switch_us"))
+        ],
+    )
     replayed = results["replay"]
     print(
         f"\njournal of {replayed['level']} patches: read {replayed['read_s'] * 1e3:.1f} ms, "
-        f"replayed by a new process in {replayed['replay_s'] * 1e3:.0f} ms"
+        f"replayed by a new process in {replayed['replay_s'] * 1e3:.0f} ms "
+        f"({replayed['replay_cpu_s'] * 1e3:.0f} ms of CPU), by the next one in "
+        f"{replayed['again_s'] * 1e3:.0f} ms ({replayed['again_cpu_s'] * 1e3:.0f} ms of CPU)"
     )
     print()
     for goal in results["goals"]:
@@ -328,7 +416,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.reps,
         )
     )
-    results = measure(levels, reps)
+    samples, batches = (20, 2) if args.quick else (args.switches, args.batches)
+    results = measure(levels, reps, samples, batches)
     report(results)
     import hotpatch
 
@@ -337,7 +426,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.json,
         NAME,
         args.quick,
-        {"levels": levels, "repetitions": reps, "hotpatch": where, **results},
+        {
+            "levels": levels,
+            "repetitions": reps,
+            "switch_samples": samples,
+            "switch_batches": batches,
+            "hotpatch": where,
+            **results,
+        },
     )
     return 0
 

@@ -301,6 +301,14 @@ def test_level_scale(tmp_path: Path) -> None:
         assert row["switch_us"]["median"] < row["apply_us"]["median"]
         assert row["memory_per_patch_bytes"] > 0
         assert row["journal_bytes"] > 0
+        many = row["switch_many"]
+        assert (many["samples"], many["batches"]) == (20, 2)
+        for metric in ("switch_us", "rollback_switch_us"):
+            figures = many[metric]
+            assert 0 < figures["median"] <= figures["p99"], (row["level"], metric)
+            assert 0 < figures["best_batch_p99"] <= figures["worst_batch_p99"]
+    assert len(data["load_average"]) == 2
+    assert (data["switch_samples"], data["switch_batches"]) == (20, 2)
     # The top level's journal, replayed by a new process: its level, 20 kept patches above.
     assert data["replay"]["level"] == data["replay"]["recorded"] == 30 + 20
     assert 0 < data["replay"]["read_s"] < data["replay"]["replay_s"]
@@ -317,6 +325,7 @@ def test_level_scale(tmp_path: Path) -> None:
     header = next(line for line in stdout.splitlines() if line.startswith("level"))
     assert header.split()[:4] == ["level", "apply", "p99", "switch"]
     assert "journal of 50 patches: read" in stdout
+    assert "the switch of 10 targets alone" in stdout
     assert stdout.count("goal: ") == 5
 
 
