@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -300,4 +301,36 @@ def test_a_worker_short_of_disk_halts_the_rollout_and_the_drop_waits(
     for index in range(2):
         worker_journal = small_disk.path / f"journal.worker{index}.json"
         assert journal_level(worker_journal) == ["1.0.1", "1.0.2"]
+    assert rejections(folder) == []
+
+
+def test_a_serving_process_out_of_descriptors_keeps_the_drop_until_it_has_some(
+    supervise: Callable[..., Supervised], tmp_path: Path
+) -> None:
+    folder = tmp_path / "patches"
+    folder.mkdir(mode=0o700)
+    supervised = supervise(options=("--watch", str(folder), *BASE_OPTIONS))
+    socket = folder / ".hotpatch.sock"
+    pid = supervised.child_pid
+    first = stage(folder, "a-1.0.1.py", logic_patch("1.0.1", "one"))
+    second = stage(folder, "b-1.0.2.py", logic_patch("1.0.2", "two"))
+    # No descriptor number left below the limit: the serving process's next open() fails.
+    _, hard = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+    open_fds = {int(fd) for fd in os.listdir(f"/proc/{pid}/fd")}
+    lowest_free = min(set(range(len(open_fds) + 1)) - open_fds)
+    resource.prlimit(pid, resource.RLIMIT_NOFILE, (lowest_free, hard))
+    put(first)
+    held = waited(socket, "a-1.0.1.py", "out of file descriptors", attempts=2)
+    put(second)
+    waited(socket, "a-1.0.1.py", "out of file descriptors", attempts=held["attempts"] + 1)
+    assert (folder / "b-1.0.2.py").exists()
+    assert rejections(folder) == []
+
+    resource.prlimit(pid, resource.RLIMIT_NOFILE, (hard, hard))
+    for name in ("a-1.0.1.py", "b-1.0.2.py"):
+        where, result = outcome_of(folder, name, supervised)
+        assert (where, result["outcome"]) == ("applied", "applied"), result
+    assert request(supervised.address, "/get")["tag"] == "two"
+    assert supervised.child_pid == pid  # hot, in the same process, which never stopped
+    assert set(supervised.status()["restarts"]) <= {"start"}, supervised.status()["restarts"]
     assert rejections(folder) == []

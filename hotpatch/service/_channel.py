@@ -21,6 +21,7 @@ __all__ = [
     "MAX_FDS",
     "MAX_MESSAGE",
     "SHORTAGE",
+    "DescriptorsLost",
     "format_address",
     "open_listener",
     "open_listeners",
@@ -127,12 +128,34 @@ def send_message(sock: socket.socket, message: Mapping[str, Any], fds: Iterable[
     socket.send_fds(sock, [json.dumps(message).encode()], list(fds))
 
 
+class DescriptorsLost(ServiceError):
+    """A whole message arrived, but not the fds it carried: this process has no free one.
+
+    The kernel sets ``MSG_CTRUNC`` when it cannot install a passed descriptor in
+    the receiver (its ``RLIMIT_NOFILE`` reached). The channel is fine; only the
+    request that came with fds cannot be done now. ``message`` is that request.
+    """
+
+    def __init__(self, message: dict[str, Any]) -> None:
+        super().__init__(
+            f"the descriptors of a {message.get('op')!r} message could not be received: "
+            "this process is out of file descriptors (RLIMIT_NOFILE, ulimit -n)"
+        )
+        self.message = message
+
+
 def recv_message(sock: socket.socket) -> tuple[dict[str, Any], list[int]] | None:
-    """Receive one message and its fds; ``None`` when the peer has closed the channel."""
+    """Receive one message and its fds; ``None`` when the peer has closed the channel.
+
+    Raises ``DescriptorsLost`` for a whole message whose fds could not be taken
+    (no free descriptor here), ``ServiceError`` for a truncated or malformed one.
+    """
     data, fds, flags, _ = socket.recv_fds(sock, MAX_MESSAGE, MAX_FDS)
     if flags & (socket.MSG_CTRUNC | socket.MSG_TRUNC):
         for fd in fds:
             os.close(fd)
+        if not flags & socket.MSG_TRUNC and (message := _parsed(data)) is not None:
+            raise DescriptorsLost(message)
         msg = "a control message was truncated (too large or too many fds)"
         raise ServiceError(msg)
     if not data:
@@ -144,6 +167,17 @@ def recv_message(sock: socket.socket) -> tuple[dict[str, Any], list[int]] | None
         msg = f"malformed control message {data[:200]!r}"
         raise ServiceError(msg)
     return message, fds
+
+
+def _parsed(data: bytes) -> dict[str, Any] | None:
+    """A control message's JSON object with its ``op``; ``None`` if it is not one."""
+    try:
+        message = json.loads(data)
+    except ValueError:
+        return None
+    if not isinstance(message, dict) or not isinstance(message.get("op"), str):
+        return None
+    return message
 
 
 def read_memfd(fds: list[int]) -> bytes:

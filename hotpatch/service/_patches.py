@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import os
@@ -21,8 +22,8 @@ from hotpatch._patch import Patch
 from hotpatch._plugins import PluginHost
 from hotpatch._registry import MIGRATION_TIMEOUT_S, Registry
 from hotpatch._results import ApplyResult, RollbackResult
-from hotpatch._shortage import shortage_of
-from hotpatch.service._channel import SHORTAGE, recv_message, send_message
+from hotpatch._shortage import RESOURCES, shortage_of
+from hotpatch.service._channel import SHORTAGE, DescriptorsLost, recv_message, send_message
 
 __all__ = [
     "ENV_MIGRATION_TIMEOUT",
@@ -240,6 +241,32 @@ class PatchLevels:
             f"could no longer answer the supervisor ({broken}). A patch must not break what "
             "hotpatch needs (json, sockets); fix it and publish a newer version"
         )
+
+    def unreceived(self, lost: DescriptorsLost) -> dict[str, Any] | None:
+        """The answer to a request whose fds (a patch's memfd) this process could not take.
+
+        A patch is answered ``SHORTAGE``, out of file descriptors: the
+        supervisor keeps it and tries again. A check fails naming why.
+        """
+        message, op = lost.message, lost.message.get("op")
+        log.warning("%s", lost)
+        resource = RESOURCES[errno.EMFILE]
+        if op == "patch":
+            return {
+                "op": "patched",
+                "id": message.get("id"),
+                "outcome": SHORTAGE,
+                "resource": resource,
+                "reason": str(lost),
+                "error_type": "Shortage",
+                "timings": {},
+                **self.level_info(),
+            }
+        if op == "check":
+            error = f"{resource}: {lost}"
+            return {"op": "checked", "id": message.get("id"), "ok": False, "error": error}
+        log.error("cannot answer the supervisor's %r request: %s", op, lost)
+        return None
 
     def rollback(self, message: Mapping[str, Any]) -> dict[str, Any]:
         """Roll back to level ``to``, or the last patch if ``to`` is null; never raises."""

@@ -28,6 +28,7 @@ from hotpatch.service._channel import (
     ENV_CONTROL,
     ENV_JOURNAL,
     ENV_SOCKETS,
+    DescriptorsLost,
     open_listener,
     parse_address,
     parse_bind,
@@ -237,6 +238,11 @@ class Runtime:
         while True:
             try:
                 received = recv_message(self.channel)
+            except DescriptorsLost as exc:  # the channel is fine: only this request fails
+                with self.exchange:
+                    if (reply := self.patches.unreceived(exc)) is not None:
+                        self._send(reply)
+                continue
             except (OSError, ServiceError):
                 log.exception("the control channel failed; stopping the service")
                 received = None
