@@ -76,6 +76,7 @@ class Workers:
         self.script = root / "worker.py"
         self.script.write_text(WORKER)
         self.procs: list[subprocess.Popen[str]] = []
+        self.logs: list[Path] = []
 
     def start(self, *, poison: bool = False, journal: Path | None = None) -> int:
         env = {k: v for k, v in os.environ.items() if k not in ("POISON", "JOURNAL")}
@@ -83,19 +84,29 @@ class Workers:
             env["POISON"] = "1"
         if journal is not None:
             env["JOURNAL"] = str(journal)
-        proc = subprocess.Popen(
-            [sys.executable, str(self.script), str(self.folder), str(self.modules)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            env=env,
-            start_new_session=True,
-        )
+        log = self.root / f"worker-{len(self.procs)}.log"
+        with log.open("w") as stderr:
+            proc = subprocess.Popen(
+                [sys.executable, str(self.script), str(self.folder), str(self.modules)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                text=True,
+                env=env,
+                start_new_session=True,
+            )
         self.procs.append(proc)
+        self.logs.append(log)
         assert proc.stdout is not None
         line = proc.stdout.readline()
-        assert line.startswith("ready"), f"worker failed to start (exit {proc.poll()})"
+        assert line.startswith("ready"), (
+            f"worker failed to start (exit {proc.poll()}):\n{log.read_text()[-3000:]}"
+        )
         return proc.pid
+
+    def log_lines(self) -> list[str]:
+        """What every worker started so far logged (hotpatch's log lines on stderr)."""
+        return [line for log in self.logs for line in log.read_text().splitlines()]
 
     def socket(self, pid: int) -> Path:
         return self.folder / WORKERS_DIR / f"{pid}.sock"

@@ -106,6 +106,11 @@ class FolderWatch:
     With ``state`` (the agent's state directory) the pidfile and the outcome
     folders are there, and ``folder`` is only read; the lock is there too, so a
     replaced folder needs no new lock.
+
+    ``retake``, if given, takes the new folder over in place of ``lock`` (the
+    pre-fork workers': their lock, sockets and journal); it returns why it
+    cannot, or ``None``. The pidfile is removed at the end only if it is still
+    this process's (another agent may own a folder that replaced this one's).
     """
 
     def __init__(
@@ -118,6 +123,7 @@ class FolderWatch:
         lock: FolderLock | None = None,
         server: ControlServer | None = None,
         state: Path | None = None,
+        retake: Callable[[], str | None] | None = None,
     ) -> None:
         self.folder = folder
         self.state = state
@@ -127,6 +133,7 @@ class FolderWatch:
         self._pidfile = pidfile
         self._lock = lock
         self._server = server
+        self._take_over = retake
         self._watcher: Folder | None = None
         self._guard: FolderGuard | None = None
         self._pidfile_written = False
@@ -176,8 +183,9 @@ class FolderWatch:
             self._watcher.stop()
             self._watcher = None
         if self._pidfile_written:
-            with contextlib.suppress(OSError):
-                self._pidfile_path.unlink()
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                if json.loads(self._pidfile_path.read_bytes()).get("pid") == os.getpid():
+                    self._pidfile_path.unlink()
             self._pidfile_written = False
 
     def _write_pidfile(self) -> None:
@@ -186,7 +194,11 @@ class FolderWatch:
 
     def _retake(self) -> str | None:
         """The folder was replaced: take the new one over, or say why not."""
-        if self._lock is not None and self.state is None:
+        if self._take_over is not None and self.state is None:
+            refused = self._take_over()
+            if refused is not None:
+                return refused
+        elif self._lock is not None and self.state is None:
             self._lock.release()  # the old directory's, gone or elsewhere now
             if not self._lock.try_acquire():
                 return (

@@ -24,6 +24,14 @@ Workers start one at a time (the flock on ``.workers/start.lock``), so a peer a
 new worker sees has finished starting. A worker that starts with no live peer
 (the whole server restarted) replays the group's journal instead
 (``hotpatch.agent.fanout._journal``): the level survives a restart of every worker.
+
+The folder deleted and made again, or replaced by another directory renamed
+into its place: every worker makes its socket again in the new ``.workers/``;
+the owner takes the new folder's lock before any drop in it is taken (or hands
+over to a worker that took it first), writes the group's journal there if it
+was in the folder, and sends the next patch once every live worker is back
+(``hotpatch.agent.fanout._ownership``, ``_peers.Roster``). While the folder is
+unsafe, the owner's guard says so once at ERROR and no drop is taken.
 """
 
 from __future__ import annotations
@@ -40,7 +48,7 @@ from typing import Any
 
 from hotpatch._registry import Registry
 from hotpatch.agent._control_server import ControlServer
-from hotpatch.agent._guard import check_folder
+from hotpatch.agent._guard import check_folder, folder_problem
 from hotpatch.agent._lifecycle import FolderWatch
 from hotpatch.agent._local import LocalApplier
 from hotpatch.agent._names import WORKERS_DIR
@@ -55,7 +63,15 @@ from hotpatch.agent.fanout._commands import WorkerCommands
 from hotpatch.agent.fanout._journal import JOURNAL_NAME, GroupJournal
 from hotpatch.agent.fanout._owner import Fanout
 from hotpatch.agent.fanout._ownership import Ownership
-from hotpatch.agent.fanout._peers import other_workers, start_lock, workers_dir
+from hotpatch.agent.fanout._peers import (
+    Roster,
+    announce,
+    other_workers,
+    register,
+    start_lock,
+    usable,
+    workers_dir,
+)
 from hotpatch.agent.fanout._worker import Replica
 
 __all__ = ["Worker", "worker_paths"]
@@ -105,8 +121,13 @@ class Worker:
                     self._registry(None) if peers else self._replayed(), vital=vital
                 )
                 self.replica = Replica(local, lock)
-                self.ownership = Ownership(folder, take=self._take, guard=lock)
-                fanout = Fanout(self.replica, folder, self.journal)
+                self._lock = lock
+                self._registering = threading.Lock()
+                self.roster = Roster(folder)
+                self.ownership = Ownership(
+                    folder, take=self._take, guard=lock, keep=self._keep, ready=self._ready
+                )
+                fanout = Fanout(self.replica, folder, self.journal, self.roster)
                 applier = FanoutApplier(local, fanout, self.ownership, self.journal)
                 self.pipeline = DropPipeline(
                     applier,
@@ -124,9 +145,10 @@ class Worker:
                     pending=self._pending,
                     problem=lambda: self._watch.problem if self._watch is not None else None,
                     waiting=lambda: self._watch.waiting if self._watch is not None else None,
+                    joined=self.roster.look,
                 )
                 with lock:  # deliveries wait until this worker has caught up
-                    stack.enter_context(ControlServer(socket, self.commands.handle))
+                    self._server = stack.enter_context(ControlServer(socket, self.commands.handle))
                     if peers and not self.replica.catch_up(folder, self.journal):
                         log.warning(
                             "worker %d: no live worker gave its level; replaying the journal",
@@ -136,6 +158,7 @@ class Worker:
                 stack.enter_context(self.ownership)
                 self.ownership.try_to_own()
             self.ownership.start()
+            announce(folder)  # the others know of this worker from now on (Roster)
             self._stack = stack.pop_all()
         log.info(
             "hotpatch worker %d started: baseline %s, level %s, folder %s (%s)",
@@ -188,8 +211,41 @@ class Worker:
             checks=self.settings.checks,
             pidfile=self._pidfile,
             state=self.settings.state_dir,
+            retake=self._retake,
         )
         self._watch = stack.enter_context(watch)
+
+    def _retake(self) -> str | None:
+        """The folder was replaced: its lock, this worker's socket and the journal there."""
+        refused = self.ownership.retake()
+        if refused is None:
+            self._register()
+            with self._lock:  # what the old folder's journal recorded, in the new one
+                self.journal.take_over(self.registry, who=f"worker:{os.getpid()} (new folder)")
+        return refused
+
+    def _register(self) -> bool:
+        """This worker's socket made again if it went; by one thread at a time (the owner's
+        guard and the retries both look)."""
+        with self._registering:
+            return register(self.ownership.folder, self._server)
+
+    def _ready(self) -> bool:
+        """May this worker take the folder over now? As at the first start: the folder
+        safe, its outcome folders and staging made (no drop is taken from one that is not)."""
+        watch = self.settings.watch
+        assert watch is not None  # a worker has a folder (checked when made)
+        return usable(self.ownership.folder) and (
+            folder_problem(watch, first=True, state=self.settings.state_dir) is None
+        )
+
+    def _keep(self) -> None:
+        """Every retry, in every worker: register again if the socket went with the folder
+        (the owner writes the group's journal again too, if it was in ``.workers/``)."""
+        if self._register() and self.ownership.owner:
+            with self._lock:
+                self.journal.take_over(self.registry, who=f"worker:{os.getpid()} (.workers/)")
+        self.roster.look()
 
     def _pending(self) -> list[str]:
         return self._watch.pending if self._watch is not None else []

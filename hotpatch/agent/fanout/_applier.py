@@ -15,7 +15,7 @@ from hotpatch.agent._outcome import Outcome
 from hotpatch.agent.fanout._journal import GroupJournal
 from hotpatch.agent.fanout._owner import Fanout
 from hotpatch.agent.fanout._ownership import Ownership
-from hotpatch.agent.fanout._peers import call, other_workers
+from hotpatch.agent.fanout._peers import call
 
 __all__ = ["FanoutApplier"]
 
@@ -82,7 +82,7 @@ class FanoutApplier:
         results = [
             {"index": os.getpid(), "ok": True, "versions": answer["versions"], "level": level}
         ]
-        for pid, sock in sorted(other_workers(self.ownership.folder).items()):
+        for pid, sock in sorted(self.fanout.roster.peers().items()):
             result = call(pid, sock, {"cmd": "rollback", "to": top, "local": True})
             if result is None:
                 continue

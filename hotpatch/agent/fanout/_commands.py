@@ -1,7 +1,7 @@
 """A worker's control socket: the agent's commands, the owner's where only it can answer, its own.
 
-The workers' own commands (``deliver``, ``undo``, ``patches``, ``worker``) are
-taken from the workers' uid only.
+The workers' own commands (``deliver``, ``undo``, ``patches``, ``worker``,
+``joined``: a worker that started) are taken from the workers' uid only.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ class WorkerCommands:
         pending: Callable[[], list[str]],
         problem: Callable[[], str | None],
         waiting: Callable[[], dict[str, object] | None],
+        joined: Callable[[], object] = lambda: None,
     ) -> None:
         self.settings = settings
         self.pipeline = pipeline
@@ -49,6 +50,7 @@ class WorkerCommands:
         self.pending = pending
         self.problem = problem  # why the folder takes no drop now, if this worker owns it
         self.waiting = waiting  # the drop waiting for a resource, if this worker owns it
+        self.joined = joined  # another worker started: look at who is registered
         self.commands = Commands(pipeline, self.status)
         self._public = dispatch(
             {**self.commands.table(), "apply": self.apply, "rollback": self.rollback}
@@ -58,6 +60,7 @@ class WorkerCommands:
             "undo": lambda request, who: self.replica.undo(request.get("version"), who),
             "patches": lambda _request, _who: self.replica.texts(self.journal),
             "worker": lambda _request, _who: self.state(),
+            "joined": self._joined,
         }
 
     def handle(self, request: dict[str, Any], peer_uid: int) -> dict[str, Any]:
@@ -139,6 +142,10 @@ class WorkerCommands:
             if forwarded is not None:
                 return forwarded
         return self.commands.rollback(request, who)
+
+    def _joined(self, _request: dict[str, Any], _who: str) -> dict[str, Any]:
+        self.joined()
+        return {"ok": True}
 
     def _deliver(self, request: dict[str, Any], who: str) -> dict[str, Any]:
         record = self.replica.accept(request, who=str(request.get("who") or who))

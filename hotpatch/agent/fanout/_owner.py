@@ -17,7 +17,7 @@ from pathlib import Path
 from hotpatch._errors import JournalError
 from hotpatch.agent._outcome import Outcome
 from hotpatch.agent.fanout._journal import GroupJournal
-from hotpatch.agent.fanout._peers import call, other_workers, send
+from hotpatch.agent.fanout._peers import Roster, call, send
 from hotpatch.agent.fanout._worker import Replica
 
 __all__ = ["Fanout"]
@@ -28,10 +28,13 @@ log = logging.getLogger("hotpatch")
 class Fanout:
     """Delivers the owner's verified patches to the workers of ``folder``; keeps ``journal``."""
 
-    def __init__(self, replica: Replica, folder: Path, journal: GroupJournal) -> None:
+    def __init__(
+        self, replica: Replica, folder: Path, journal: GroupJournal, roster: Roster
+    ) -> None:
         self.replica = replica
         self.folder = folder
         self.journal = journal
+        self.roster = roster  # the other workers, once those whose socket went are back
 
     def deliver(self, data: bytes, path: Path, outcome: Outcome) -> None:
         """Apply the verified bytes here, then in every other live worker; all or none.
@@ -44,10 +47,11 @@ class Fanout:
             "text": data.decode("utf-8"),
             "sha256": hashlib.sha256(data).hexdigest(),
         }
+        peers = self.roster.peers()  # first: a worker registering again is not left out
         mine = self.replica.accept(item, who=outcome.who)
         results = [mine]
         if mine["outcome"] == "applied":
-            for pid, sock in sorted(other_workers(self.folder).items()):
+            for pid, sock in sorted(peers.items()):
                 results.append(send(pid, sock, {"cmd": "deliver", **item, "who": outcome.who}))
         outcome.notified = True
         outcome.workers = results
@@ -115,7 +119,7 @@ class Fanout:
         undone = 0
         local = self.replica.undo(version, "owner")
         undone += bool(local.get("undone"))
-        for pid, sock in sorted(other_workers(self.folder).items()):
+        for pid, sock in sorted(self.roster.peers().items()):
             if pid in failed:
                 continue
             answer = call(pid, sock, {"cmd": "undo", "version": version})
