@@ -329,6 +329,32 @@ def test_level_scale(tmp_path: Path) -> None:
     assert stdout.count("goal: ") == 5
 
 
+def test_workers_level(tmp_path: Path) -> None:
+    stdout, data = run("workers_level", tmp_path)
+    check_environment(data, "workers_level")
+    assert data["levels"] == [1, 30]
+    assert [r["level"] for r in data["journal"]] == [1, 30]
+    assert [r["level"] for r in data["workers"]] == [1, 30]
+    for row in data["journal"]:
+        assert row["samples"] == 4
+        for metric in ("record_apply_ms", "record_rollback_ms"):
+            assert 0 < row[metric]["median"] <= row[metric]["p99"], (row["level"], metric)
+        assert row["journal_bytes"] > 0
+    for row in data["workers"]:
+        assert row["samples"] == 3
+        for metric in ("apply_ms", "rollback_ms"):
+            assert 0 < row[metric]["median"] <= row[metric]["p99"], (row["level"], metric)
+    assert [g["what"] for g in data["goals"]] == [
+        "the group journal's record: record apply at level 30 / level 1",
+        "the group journal's record: record rollback at level 30 / level 1",
+        "through two workers: apply at level 30 / level 1",
+        "through two workers: rollback at level 30 / level 1",
+    ]
+    assert all(isinstance(g["met"], bool) and g["value"] > 0 for g in data["goals"])
+    assert "apply and rollback through two real workers" in stdout
+    assert stdout.count("goal: ") == 4
+
+
 @pytest.mark.parametrize(
     "name",
     [
@@ -340,6 +366,7 @@ def test_level_scale(tmp_path: Path) -> None:
         "state_dir",
         "level_scale",
         "replay",
+        "workers_level",
     ],
 )
 def test_help_names_the_options(name: str) -> None:
