@@ -16,6 +16,7 @@ specialised call sites assume the layout they saw (CPython gh-122712).
 
 from __future__ import annotations
 
+import dis
 import functools
 import inspect
 import itertools
@@ -53,6 +54,7 @@ _ANY_CALL = "*__hp_args, **__hp_kwargs"  # a trampoline that passes every call o
 # The name a trampoline's source is written with: the code's own name (``<lambda>``,
 # ``<module>``) need not be one a ``def`` can take; the code gets it back once built.
 _TRAMPOLINE = "__hp_trampoline"
+_CELLS = "__hp_cells"  # stands for the tuple of the function's cells (trampoline(cells=True))
 _PY313 = sys.version_info >= (3, 13)
 
 
@@ -185,13 +187,20 @@ def build(
 
 
 def trampoline(
-    old: types.CodeType, target: Callable[..., Any], *, any_call: bool = False
+    old: types.CodeType,
+    target: Callable[..., Any],
+    *,
+    any_call: bool = False,
+    cells: bool = False,
 ) -> types.CodeType:
     """Code with ``old``'s layout (``any_call``: any arguments) that calls ``target``.
 
-    Built once per shape; each target only swaps one constant. One extra frame.
+    ``cells``: ``target`` is called with the function's closure first, a tuple of its
+    cells (what a function made from ``old`` by its enclosing code holds), then the
+    arguments. Built once per shape; each target only swaps one constant. One extra
+    frame.
     """
-    template = _forward_template(old, old.co_qualname, any_call=any_call)
+    template = _forward_template(old, old.co_qualname, any_call=any_call, cells=cells)
     return template.replace(
         co_consts=tuple(target if c is _PLACEHOLDER else c for c in template.co_consts)
     )
@@ -399,10 +408,13 @@ _ASYNC_GEN_BODY = """\
 
 @functools.lru_cache(maxsize=1024)
 def _forward_template(
-    old: types.CodeType, qualname: str, *, any_call: bool = False
+    old: types.CodeType, qualname: str, *, any_call: bool = False, cells: bool = False
 ) -> types.CodeType:
-    """A trampoline with ``old``'s layout (or any arguments) that calls a placeholder constant."""
+    """A trampoline with ``old``'s layout (or any arguments) that calls a placeholder constant
+    (``cells``: with a tuple of the function's cells first)."""
     params, args = (_ANY_CALL, _ANY_CALL) if any_call else _params(old)
+    if cells:
+        args = f"{_CELLS}, {args}" if args else _CELLS
     kind = function_kind(old)
     if kind == "async generator":
         head, body = "async def", _ASYNC_GEN_BODY.format(impl=_IMPL, args=args)
@@ -422,15 +434,40 @@ def _forward_template(
         if ins.name == "LOAD_GLOBAL" and arg[1] == _IMPL:
             load = Instr("LOAD_CONST", _PLACEHOLDER, location=ins.location)
             return _with_null(load, push_null=arg[0])
+        if ins.name == "LOAD_GLOBAL" and arg[1] == _CELLS:
+            # Each free variable read, then turned into a read of the cell itself (below).
+            loads = [Instr("LOAD_DEREF", FreeVar(n), location=ins.location) for n in free]
+            return [*loads, Instr("BUILD_TUPLE", len(free), location=ins.location)]
         if any_call and ins.name in ("BUILD_MAP", "DICT_MERGE"):
             # impl(*a, **k) first copies k into a new dict. This k is the trampoline's
             # own fresh, exact dict, and the call only reads it: pass it as it is.
             return []
         return None
 
-    built = _rewrite(code, to_const, old.co_freevars)
+    free = old.co_freevars
+    built = _rewrite(code, to_const, free)
+    if cells and free:
+        built = _cells_loaded(built)
     flags = (built.co_flags & ~_KIND_FLAGS) | (old.co_flags & _KIND_FLAGS)
     return built.replace(co_flags=flags, co_name=old.co_name, co_qualname=qualname)
+
+
+# What pushes a cell itself: since 3.11 it takes the slot LOAD_DEREF takes (the
+# fast-locals index); 3.12 made it a pseudo-instruction the compiler writes as LOAD_FAST.
+_LOAD_CELL = dis.opmap["LOAD_CLOSURE" if sys.version_info < (3, 12) else "LOAD_FAST"]
+
+
+def _cells_loaded(code: types.CodeType) -> types.CodeType:
+    """``code`` with every ``LOAD_DEREF`` pushing the cell instead of its content.
+
+    ``bytecode`` cannot write the cell load on every version (a pseudo-instruction
+    since 3.12), so the built code's own bytes are changed: same slot, other opcode.
+    """
+    raw = bytearray(code.co_code)
+    for ins in dis.get_instructions(code):
+        if ins.opname == "LOAD_DEREF":
+            raw[ins.offset] = _LOAD_CELL
+    return code.replace(co_code=bytes(raw))
 
 
 def _forward_defaults(

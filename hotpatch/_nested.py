@@ -14,7 +14,7 @@ from __future__ import annotations
 import inspect
 import types
 from collections.abc import Callable, Container, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from hotpatch._codegen import ABSENT, build
@@ -30,7 +30,9 @@ __all__ = [
     "Settle",
     "check_made",
     "going_back",
+    "holding",
     "plan_code",
+    "running",
     "settle_changes",
     "with_code",
 ]
@@ -54,6 +56,9 @@ class Nested:
     old: types.CodeType  # what the enclosing code made before the patch
     new: types.CodeType  # what runs after it
     seen: tuple[types.CodeType, ...]  # the codes of the functions found before the switch
+    # Stand-ins for ``new`` a wrap() put in the enclosing code meanwhile (the health
+    # gate's counting trampolines): functions made from them go back with the rest.
+    wraps: list[types.CodeType] = field(default_factory=list, compare=False)
 
 
 def _named(code: types.CodeType, qualname: str) -> list[tuple[types.CodeType, ...]]:
@@ -67,6 +72,29 @@ def _named(code: types.CodeType, qualname: str) -> list[tuple[types.CodeType, ..
         elif qualname.startswith(const.co_qualname + "."):
             paths.extend((code, *path) for path in _named(const, qualname))
     return paths
+
+
+def holding(code: types.CodeType, nested: types.CodeType) -> bool:
+    """Does ``code`` make functions from ``nested`` (one of its constants, at any depth)?"""
+    return any(path[-1] is nested for path in _named(code, nested.co_qualname))
+
+
+def running(nested: Sequence[Nested]) -> list[tuple[types.FunctionType, types.CodeType]]:
+    """The functions running each nested target's new code (or a ``wrap()`` stand-in
+    of it) now, each with that code.
+
+    A walk of what refers to those codes (cheap: no scan of every object).
+    """
+    if not nested:
+        return []
+    by_code = {id(c): n for n in nested for c in (n.new, *n.wraps)}
+    codes = [c for n in nested for c in (n.new, *n.wraps)]
+    found: list[tuple[types.FunctionType, types.CodeType]] = []
+    for func in carrying(codes):
+        n = by_code[id(func.__code__)]
+        if func.__globals__ is n.namespace:
+            found.append((func, n.new))
+    return found
 
 
 def _nested_names(code: types.CodeType) -> list[str]:
@@ -241,7 +269,7 @@ def going_back(
         newest = group[0]
         paths = _named(code_of(newest.enclosing), newest.old.co_qualname)
         target = paths[0][-1] if len(paths) == 1 else back[id(newest.new)]
-        codes = {id(c): c for n in group for c in (n.old, n.new, *n.seen)}
+        codes = {id(c): c for n in group for c in (n.old, n.new, *n.seen, *n.wraps)}
         settles.append(Settle(newest.spec, newest.namespace, tuple(codes.values()), target))
     return settles
 

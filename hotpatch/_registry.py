@@ -30,7 +30,7 @@ from hotpatch._errors import (
 from hotpatch._journal import Journal
 from hotpatch._journal_format import HISTORY_KEPT
 from hotpatch._migration import run_migrations, run_unmigrations
-from hotpatch._nested import going_back, settle_changes
+from hotpatch._nested import going_back, running, settle_changes
 from hotpatch._patch import Patch, parse_version
 from hotpatch._plan import Applied, Level, Plan, caches_of, make_plan, nested_of
 from hotpatch._plugins import PluginHost
@@ -398,7 +398,8 @@ class Registry:
             entry = self._applied(version)
             if self._deferred is not None:
                 self._deferred.build_in(entry, self._stack)
-            return tuple((f, entry.after[key(f, "__code__")][2]) for f in entry.functions)
+            own = [(f, entry.after[key(f, "__code__")][2]) for f in entry.functions]
+            return (*own, *running(entry.nested))  # and what runs a nested target's code
 
     def wrap(self, version: str, wrapper: Wrapper) -> Callable[[], None]:
         """Send new calls of patch ``version``'s functions through ``wrapper`` until undone.
@@ -417,7 +418,8 @@ class Registry:
         ``VersionConflict`` if ``version`` is not applied.
         """
         with self._lock:
-            return self._wrappers.wrap(self.installed(version), wrapper)
+            functions = self.installed(version)
+            return self._wrappers.wrap(functions, wrapper, self._applied(version).nested)
 
     def _applied(self, version: str) -> Applied:
         wanted = parse_version(str(version), "version")

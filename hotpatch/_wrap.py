@@ -4,16 +4,24 @@ A wrap is a trampoline in ``__code__`` that sends new calls through a wrapper
 (the health gate counts errors during a probation). Applies and rollbacks must
 record the patch's own code, never the trampoline: ``Wrappers`` knows which
 function runs which trampoline, and for which code.
+
+A nested target's functions are wrapped the same way, and those its enclosing
+function makes while the wrap lasts too: the enclosing code's constant becomes a
+stand-in, a trampoline that hands the wrapper a function running the target's
+code with the new function's own cells. Unwrapping puts the constant back and
+moves the functions made from the stand-in onto the target's code.
 """
 
 from __future__ import annotations
 
 import threading
 import types
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from hotpatch._codegen import trampoline
+from hotpatch._heap import carrying
+from hotpatch._nested import Nested, holding, with_code
 from hotpatch._switch import Change, Key, switch
 
 __all__ = ["Wrapper", "Wrappers"]
@@ -22,26 +30,54 @@ Wrapper = Callable[[types.FunctionType, types.FunctionType], Callable[..., Any]]
 
 
 class Wrappers:
-    """The trampolines installed by ``wrap()``: id(function) -> (trampoline, code it stands for)."""
+    """The trampolines installed by ``wrap()``: id(function) -> (trampoline, code it stands
+    for), and the stand-ins of nested targets' code: id(stand-in) -> (stand-in, code)."""
 
     def __init__(self, lock: threading.RLock):
         self._lock = lock
         self._wrapped: dict[int, tuple[types.CodeType, types.CodeType]] = {}
+        # Kept for good: a function made from a stand-in by a call of the enclosing
+        # function that began before the unwrap still runs it, and is seen through.
+        self._stand_ins: dict[int, tuple[types.CodeType, types.CodeType]] = {}
 
     def wrap(
-        self, functions: Iterable[tuple[types.FunctionType, types.CodeType]], wrapper: Wrapper
+        self,
+        functions: Iterable[tuple[types.FunctionType, types.CodeType]],
+        wrapper: Wrapper,
+        nested: Sequence[Nested] = (),
     ) -> Callable[[], None]:
         """Wrap each function still running its given code, in one switch; returns the undo.
 
+        A function running a ``nested`` target's code gets that target's stand-in,
+        and so does the enclosing code, for the functions it makes from now on.
         The caller holds the lock.
         """
+        stand_ins: dict[int, types.CodeType] = {}  # id(a nested target's code) -> stand-in
+        mine: dict[int, tuple[types.CodeType, types.CodeType]] = {}  # id(stand-in) -> it, code
         done: list[tuple[types.FunctionType, types.CodeType, types.CodeType]] = []
+        enclosing: dict[int, tuple[types.FunctionType, types.CodeType]] = {}  # with stand-ins
+        for n in nested:
+            stand_in = trampoline(n.new, _made_later(n.new, n.namespace, wrapper), cells=True)
+            n.wraps.append(stand_in)  # a rollback moves what runs it too
+            self._stand_ins[id(stand_in)] = (stand_in, n.new)
+            stand_ins[id(n.new)] = stand_in
+            mine[id(stand_in)] = (stand_in, n.new)
+            outer = n.enclosing
+            if id(outer) not in self._wrapped and holding(outer.__code__, n.new):
+                code = enclosing.get(id(outer), (outer, outer.__code__))[1]
+                enclosing[id(outer)] = (outer, with_code(code, n.new.co_qualname, stand_in))
+        done.extend((outer, code, outer.__code__) for outer, code in enclosing.values())
+        moved: list[Change] = []  # functions put on a stand-in
         for func, code in functions:
             if func.__code__ is not code:
                 continue
+            standing = stand_ins.get(id(code))
+            if standing is not None:
+                moved.append((func, "__code__", standing))
+                continue
             target = wrapper(func, _running(func, code))
             done.append((func, trampoline(code, target), code))
-        switch((func, "__code__", wrapped) for func, wrapped, _ in done)
+        switch([*((func, "__code__", wrapped) for func, wrapped, _ in done), *moved])
         for func, wrapped, code in done:
             self._wrapped[id(func)] = (wrapped, code)
 
@@ -53,19 +89,27 @@ class Wrappers:
                         del self._wrapped[id(func)]
                         if func.__code__ is wrapped:
                             back.append((func, "__code__", code))
+                # What runs a stand-in (made before or while wrapped) runs its code again.
+                if mine:
+                    runs = carrying([stand_in for stand_in, _ in mine.values()])
+                    back.extend((f, "__code__", mine[id(f.__code__)][1]) for f in runs)
                 switch(back)
 
         return unwrap
 
     def code_of(self, func: types.FunctionType) -> types.CodeType:
-        """``func``'s code, or the code its ``wrap()`` trampoline stands for."""
+        """``func``'s code, or the code its ``wrap()`` trampoline or stand-in stands for."""
+        code = func.__code__
         wrapped = self._wrapped.get(id(func))
-        return wrapped[1] if wrapped is not None and wrapped[0] is func.__code__ else func.__code__
+        if wrapped is not None and wrapped[0] is code:
+            return wrapped[1]
+        stand_in = self._stand_ins.get(id(code))
+        return stand_in[1] if stand_in is not None and stand_in[0] is code else code
 
     def see_through(self, values: Mapping[Key, Change]) -> dict[Key, Change]:
         """``values`` recorded live, with each ``wrap()`` trampoline replaced by its code."""
         seen = dict(values)
-        if not self._wrapped:
+        if not self._wrapped and not self._stand_ins:
             return seen
         for k, (obj, attr, value) in values.items():
             if attr == "__code__" and isinstance(obj, types.FunctionType):
@@ -90,3 +134,20 @@ def _running(func: types.FunctionType, code: types.CodeType) -> types.FunctionTy
     impl.__module__ = func.__module__
     impl.__doc__ = func.__doc__
     return impl
+
+
+def _made_later(
+    code: types.CodeType, namespace: dict[str, Any], wrapper: Wrapper
+) -> Callable[..., Any]:
+    """What a stand-in calls: ``wrapper`` over a function running ``code`` in the cells of
+    the function called (made while the wrap lasts; it stands for that function too).
+
+    The stand-in passes every argument, defaults applied, so the function needs none.
+    """
+
+    def made_later(cells: tuple[types.CellType, ...], /, *args: Any, **kwargs: Any) -> Any:
+        impl = types.FunctionType(code, namespace, code.co_name, None, cells or None)
+        impl.__qualname__ = code.co_qualname
+        return wrapper(impl, impl)(*args, **kwargs)
+
+    return made_later

@@ -419,7 +419,10 @@ class HealthGate:
                 "failing": p.counts.failing,
                 "deadline": p.deadline_wall,
                 "remaining_s": max(0.0, p.deadline - now),
-                "functions": [f"{f.__module__}:{f.__qualname__}" for f in p.functions],
+                # a nested target's closures share one name: each name once
+                "functions": list(
+                    dict.fromkeys(f"{f.__module__}:{f.__qualname__}" for f in p.functions)
+                ),
                 "mechanism": p.mechanism,
                 "tool_id": _MONITOR.tool_id if p.mechanism == "sys.monitoring" else None,
             }

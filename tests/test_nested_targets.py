@@ -13,8 +13,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from test_health_gate import gated, mechanism
 
 import hotpatch
+
+__all__ = ["gated", "mechanism"]  # the health gate's fixtures, from test_health_gate
 
 PatchWriter = Callable[..., Path]
 HEADER = "from hotpatch import Patch\npatch = Patch(version={version!r}, baseline='1.0'{extra})\n"
@@ -593,3 +596,141 @@ def test_a_comprehension_is_no_target_and_says_so(make_module, write_patch, regi
     assert f"{mod.__name__}:totals.<locals>.{kind}" in message  # the target
     assert f"patch {mod.__name__}:totals" in message  # the way in
     assert mod.totals([1, 2]) == (3, [1, 2], {1, 2}, {1: 1, 2: 2})
+
+
+# -- the health gate over a nested target ------------------------------------------------
+
+
+def failing_adder(mod_name: str) -> str:
+    return adder_patch(mod_name, "x + n * 10 if x % 2 == 0 else x / 0")
+
+
+@pytest.mark.parametrize("made", ["before", "during"])
+def test_the_health_gate_rolls_back_a_failing_nested_patch(gated, make_module, write_patch, made):
+    """The gate counts the calls of every function running the nested target's code:
+    those made before the patch (found by the scan) and those made during probation."""
+    mod = make_module(ADDERS)
+    code = mod.add2.__code__
+    g = gated(window_s=10, max_errors=3, min_calls=1000)
+    g.registry.apply(load(write_patch, failing_adder(mod.__name__)))
+    status = g.gate.status()["1.0.1"]
+    assert status["functions"] == [f"{mod.__name__}:make_adder.<locals>.add"]
+    caller = mod.add2 if made == "before" else mod.make_adder(5)
+    assert caller(2) == 2 + caller.__closure__[0].cell_contents * 10
+    for x in (1, 3, 5):
+        with pytest.raises(ZeroDivisionError):
+            caller(x)
+    assert g.gate.wait(5)  # long before the window ends
+    assert g.registry.level == ()
+    assert g.registry.history[-1].who == "health-gate"
+    n = caller.__closure__[0].cell_contents
+    assert (caller(1), mod.add2(1), mod.make_adder(7)(1)) == (1 + n, 3, 8)
+    assert caller.__code__ is code
+    assert mod.add2.__code__ is code
+
+
+def test_functions_made_during_probation_go_back_with_a_rollback_by_hand(
+    gated, make_module, write_patch
+):
+    mod = make_module(ADDERS)
+    code, outer = mod.add2.__code__, mod.make_adder.__code__
+    g = gated(window_s=30, min_calls=1000)
+    g.registry.apply(load(write_patch, adder_patch(mod.__name__)))
+    during = mod.make_adder(5)
+    assert (during(1), mod.add2(1)) == (51, 21)
+    g.registry.apply(load(write_patch, adder_patch(mod.__name__, "x - n"), version="1.0.2"))
+    stacked = mod.make_adder(6)
+    assert (during(1), stacked(1), mod.add2(1)) == (-4, -5, -1)
+    g.registry.rollback()  # 1.0.2 goes: 1.0.1, still on probation
+    assert (during(1), stacked(1), mod.add2(1)) == (51, 61, 21)
+    g.registry.rollback()  # 1.0.1 goes, with whatever counted its calls
+    assert (during(1), stacked(1), mod.add2(1), mod.make_adder(7)(1)) == (6, 7, 3, 8)
+    assert all(f.__code__ is code for f in (during, stacked, mod.add2, *mod.ADDERS))
+    assert mod.make_adder.__code__ is outer
+    assert g.gate.wait(5)
+
+
+def test_after_probation_a_nested_target_runs_its_own_code(gated, make_module, write_patch):
+    """A patch that passes: every function, made before or during probation, then runs
+    the patch's code itself, and so do those made afterwards."""
+    mod = make_module(ADDERS)
+    g = gated(window_s=0.5, min_calls=1)
+    result = g.registry.apply(load(write_patch, adder_patch(mod.__name__)))
+    installed = dict(g.registry.installed("1.0.1"))
+    assert set(installed) == {mod.add2, *mod.ADDERS}
+    assert result.patched == {f"{mod.__name__}:make_adder.<locals>.add": 4}
+    new = installed[mod.add2]
+    during = mod.make_adder(5)
+    assert (during(1), mod.add2(1)) == (51, 21)
+    assert g.gate.wait(5)
+    assert g.registry.level == ("1.0.1",)
+    after = mod.make_adder(6)
+    assert all(f.__code__ is new for f in (during, after, mod.add2, *mod.ADDERS))
+    assert new in mod.make_adder.__code__.co_consts  # no counting trampoline left in it
+
+
+def test_wrap_of_nested_generators_coroutines_and_nonlocal_writes(
+    make_module, write_patch, registry
+):
+    """Through ``wrap()``'s stand-in, a function made before or while wrapped keeps its
+    own cells (a ``nonlocal`` write lands in them) and its kind (generator, coroutine)."""
+    import asyncio
+
+    mod = make_module(
+        """
+        def make(n):
+            total = 0
+            def bump(step=1):
+                nonlocal total
+                total += step * n
+                return total
+            def count():
+                yield from range(n)
+            async def fetch():
+                return n
+            return bump, count, fetch
+
+        bump, count, fetch = make(2)
+        """
+    )
+    registry.apply(
+        load(
+            write_patch,
+            f"""
+            @patch.replace("{mod.__name__}:make.<locals>.bump")
+            def bump(step=1):
+                global total  # the closure's variable, by name
+                total += step * n * 10
+                return total
+
+            @patch.replace("{mod.__name__}:make.<locals>.count")
+            def count():
+                yield from range(n, n + 2)
+
+            @patch.replace("{mod.__name__}:make.<locals>.fetch")
+            async def fetch():
+                return n * 10
+            """,
+        )
+    )
+    seen: list[str] = []
+
+    def wrapper(function, impl):
+        def through(*args, **kwargs):
+            seen.append(function.__qualname__.rpartition(".")[2])
+            return impl(*args, **kwargs)
+
+        return through
+
+    unwrap = registry.wrap("1.0.1", wrapper)
+    bump2, count3, fetch3 = mod.make(3)  # made while wrapped
+    assert (mod.bump(), mod.bump(step=2), bump2()) == (20, 60, 30)
+    assert (list(mod.count()), list(count3())) == ([2, 3], [3, 4])
+    assert (asyncio.run(mod.fetch()), asyncio.run(fetch3())) == (20, 30)
+    assert sorted(seen) == sorted(["bump"] * 3 + ["count"] * 2 + ["fetch"] * 2)
+    unwrap()
+    assert (mod.bump(), bump2(), list(count3())) == (80, 60, [3, 4])
+    assert len(seen) == 7  # nothing goes through the wrapper any more
+    assert mod.bump.__code__ is bump2.__code__ is dict(registry.installed("1.0.1"))[bump2]
+    registry.rollback()
+    assert (mod.bump(), bump2(), list(count3())) == (82, 63, [0, 1, 2])
