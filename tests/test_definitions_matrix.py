@@ -485,6 +485,37 @@ ROWS: dict[str, Row] = {
         before=(3, 4),
         after=(30, 40),
     ),
+    "lambda, signature widened": Row(
+        module="""
+        price = lambda x: x * 2  # noqa: E731
+        """,
+        patch="""
+        @patch.replace("{mod}:price")
+        def price(x, extra=0):
+            return x * 3 + extra
+        """,
+        take=lambda m: {"price": m.price},
+        look=lambda m, r: r["price"](2),
+        before=4,
+        after=6,
+    ),
+    "generator expression": Row(
+        module="""
+        def totals(rows):
+            return sum(r for r in rows)
+        """,
+        patch="""
+        @patch.replace("{mod}:totals.<locals>.<genexpr>")
+        def rows(it):
+            return 0
+        """,
+        take=lambda m: {"totals": m.totals},
+        look=lambda m, r: r["totals"]([1, 2]),
+        before=3,
+        refused=hotpatch.NotPatchable,
+        says=("comprehension or generator expression", "totals instead"),
+        target="totals.<locals>.<genexpr>",
+    ),
     "contextmanager, replacement decorated too": Row(
         module="""
         import contextlib

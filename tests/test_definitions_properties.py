@@ -8,7 +8,10 @@ changes the slot list, the dataclass fields or the enum members. For each:
 instance made before (and rollback restores it); not hot means ``apply()``
 raises ``RestartRequired`` with the same reasons and changes nothing. The
 verdict is also held to a model of SPEC §11: only a layout or member-kind
-change is not hot.
+change is not hot. Function targets (a def, a lambda, under a ``functools.wraps``
+decorator, ``lru_cache``, ``contextmanager``, a singledispatch ``registry[int]``)
+are gone through exhaustively: each x a replacement written plain, under the
+target's decorators or under others x the same or a widened signature.
 """
 
 from __future__ import annotations
@@ -215,3 +218,117 @@ def test_check_says_what_apply_does(
     } == before
     for i in range(len(shape.added)):
         assert not hasattr(cls, f"n{i}")
+
+
+# -- functions: every target kind x how the replacement is written -------------------------
+
+FUNCTIONS = """
+import contextlib
+import functools
+
+def logged(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        return fn(*args, **kwargs)
+    return wrapper
+
+def timed(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        return fn(*args, **kwargs)
+    return wrapper
+
+def f_def(x):
+    return "old"
+
+f_lambda = lambda x: "old"  # noqa: E731
+
+@logged
+def f_wraps(x):
+    return "old"
+
+@functools.lru_cache(maxsize=None)
+def f_cache(x):
+    return "old"
+
+@contextlib.contextmanager
+def f_cm(x):
+    yield "old"
+
+@functools.singledispatch
+def show(x):
+    return "any"
+
+@show.register
+def _(x: int):
+    return "old"
+"""
+# target kind -> (target, the decorators it runs under, as written in the module)
+TARGETS = {
+    "def": ("f_def", ""),
+    "lambda": ("f_lambda", ""),
+    "wraps": ("f_wraps", "@logged"),
+    "lru_cache": ("f_cache", "@functools.lru_cache(maxsize=None)"),
+    "contextmanager": ("f_cm", "@contextlib.contextmanager"),
+    "registry[int]": ("show.registry[int]", ""),
+}
+WRITTEN = ("plain", "same", "other")
+
+
+def _call(kind: str, function: Any) -> Any:
+    return function(2).__enter__() if kind == "contextmanager" else function(2)
+
+
+CASES = [
+    (kind, written, widened) for kind in TARGETS for written in WRITTEN for widened in (False, True)
+]
+
+
+@pytest.mark.parametrize(
+    "case", CASES, ids=[f"{k}-{w}-{'widened' if x else 'same'}" for k, w, x in CASES]
+)
+def test_check_says_what_apply_does_for_function_targets(
+    case: tuple[str, str, bool],
+    make_module: Callable[[str], types.ModuleType],
+    write_patch: Callable[..., Path],
+    registry: hotpatch.Registry,
+) -> None:
+    """``check()`` hot means ``apply()`` runs the new code through the reference taken
+    before and rollback restores it; a refusal is the same error from both, nothing
+    changed. The model: refused only when a decorated target's replacement is written
+    under other decorators than the target's."""
+    kind, written, widened = case
+    mod = make_module(FUNCTIONS)
+    target, decorators = TARGETS[kind]
+    ref = mod.show if kind == "registry[int]" else getattr(mod, target)  # taken before
+    before = _call(kind, ref)
+    decorator = {
+        "plain": "",
+        "same": decorators,
+        "other": "@timed" if decorators == "@logged" else "@logged",
+    }[written]
+    params = "x, extra=0" if widened else "x"
+    body = 'yield "new"' if kind == "contextmanager" else 'return "new"'
+    text = (
+        "import contextlib\nimport functools\n"
+        f"from {mod.__name__} import logged, timed\n"
+        "from hotpatch import Patch\npatch = Patch(version='1.0.1', baseline='1.0')\n"
+        f'@patch.replace("{mod.__name__}:{target}")\n{decorator}\n'
+        f"def replacement({params}):\n    {body}\n"
+    )
+    patch = hotpatch.load_patch(write_patch(text))
+    refused = written == "other" and bool(decorators)
+    if refused:
+        for attempt in (registry.check, registry.apply):
+            with pytest.raises(hotpatch.VerificationFailed) as info:
+                attempt(patch)
+            assert info.value.target == f"{mod.__name__}:{target}"
+        assert registry.level == ()
+        assert _call(kind, ref) == before
+        return
+    report = registry.check(patch)
+    assert report.hot, report.reasons
+    registry.apply(patch)
+    assert _call(kind, ref) == "new"
+    registry.rollback()
+    assert _call(kind, ref) == before
