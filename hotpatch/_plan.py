@@ -18,16 +18,14 @@ from packaging.version import Version
 from hotpatch._classes import (
     borrowed,
     class_reasons,
-    decorators,
-    inner_pairs,
-    innermost,
     layout_changes,
     members,
     set_name,
 )
-from hotpatch._codegen import ABSENT, FUNC_ATTRS, build, capture, rebind
+from hotpatch._codegen import ABSENT, FUNC_ATTRS, build, capture
 from hotpatch._errors import JournalError, NameConflict, NotPatchable, VerificationFailed
 from hotpatch._heap import made_from
+from hotpatch._members import equal, function_pairs, member_functions, rebind_member
 from hotpatch._nested import (
     Nested,
     Settle,
@@ -66,7 +64,6 @@ __all__ = [
     "Plan",
     "caches_of",
     "make_plan",
-    "member_functions",
     "nested_of",
 ]
 
@@ -380,7 +377,7 @@ class _Planner:
             existing = self.base(old, attr)
             if existing is value:
                 continue  # the same object (what a base or a decorator put in both)
-            pairs = _function_pairs(existing, value)
+            pairs = function_pairs(existing, value)
             # A function the class borrowed (total_ordering's helpers, a mixin's) is
             # shared: the class gets its own instead of a patch of everyone's.
             if pairs is not None and not any(
@@ -392,10 +389,10 @@ class _Planner:
                     target = Target(member, module, func, old, kind, accessor, caches)
                     self.add_function(target, new)
                 continue
-            if existing is value or (existing is not ABSENT and _equal(existing, value)):
+            if existing is value or (existing is not ABSENT and equal(existing, value)):
                 continue
             functions = [f for f in member_functions(value) if not borrowed(new_cls, f)]
-            rebound = _rebind_member(value, module.__dict__, old) if functions else value
+            rebound = rebind_member(value, module.__dict__, old) if functions else value
             set_name(rebound, old, attr)
             plan.changes[key(old, attr)] = (old, attr, rebound)
             for func in functions:
@@ -475,68 +472,3 @@ def _both(patch: Patch, spec: str) -> None:
 
 def _is_dunder(name: str) -> bool:
     return name.startswith("__") and name.endswith("__") and name.strip("_") != ""
-
-
-def _equal(a: Any, b: Any) -> bool:
-    try:
-        return bool(a == b)
-    except Exception:
-        return False
-
-
-def member_functions(value: Any) -> list[types.FunctionType]:
-    """The Python functions a class member (or a whole class) is made of."""
-    if isinstance(value, types.FunctionType):
-        return [value]
-    if isinstance(value, classmethod | staticmethod):
-        return member_functions(value.__func__)
-    if isinstance(value, property):
-        return [
-            f for f in (value.fget, value.fset, value.fdel) if isinstance(f, types.FunctionType)
-        ]
-    if isinstance(value, type):
-        return [f for member in vars(value).values() for f in member_functions(member)]
-    return []
-
-
-def _function_pairs(old: Any, new: Any) -> list[tuple[str, Any, Any]] | None:
-    """(accessor, function to patch, replacement) when ``new`` can patch ``old`` in place."""
-    # The function under the decorators is patched, so the wrappers already made keep
-    # applying, once: a replacement written plain or under the same decorators. Other
-    # decorators (class_reasons names them): swapped whole.
-    if decorators(new) and decorators(old) != decorators(new):
-        return None
-    if isinstance(new, types.FunctionType) and (
-        isinstance(old, types.FunctionType)
-        or (hasattr(old, "__wrapped__") and not isinstance(old, classmethod | staticmethod))
-    ):
-        return [("", old, innermost(new))]  # old is unwrapped by the caller
-    for wrapper in (classmethod, staticmethod):
-        if isinstance(old, wrapper) and isinstance(new, wrapper):
-            return [("", old.__func__, innermost(new.__func__))]
-    if isinstance(old, property) and isinstance(new, property):
-        accessors = ("fget", "fset", "fdel")
-        if [getattr(old, a) is None for a in accessors] != [
-            getattr(new, a) is None for a in accessors
-        ]:
-            return None  # accessors added or removed: the property is swapped whole
-        return [
-            (a, getattr(old, a), getattr(new, a)) for a in accessors if getattr(old, a) is not None
-        ]
-    inner = inner_pairs(old, new)  # partialmethod, singledispatchmethod
-    return None if inner is None else [("", a, b) for a, b in inner]
-
-
-def _rebind_member(value: Any, globals_: dict[str, Any], owner: type) -> Any:
-    """A new class member as if defined in the target module and class."""
-    if isinstance(value, types.FunctionType):
-        return rebind(value, globals_, owner)
-    if isinstance(value, classmethod | staticmethod):
-        return type(value)(_rebind_member(value.__func__, globals_, owner))
-    if isinstance(value, property):
-        parts = [
-            _rebind_member(f, globals_, owner) if f else None
-            for f in (value.fget, value.fset, value.fdel)
-        ]
-        return property(parts[0], parts[1], parts[2], value.__doc__)
-    return value

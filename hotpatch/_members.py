@@ -1,0 +1,84 @@
+"""A patch class's members against the running class's: what patches in place, what is set.
+
+A member made of functions the running class has too (a method, a property's
+accessors, a classmethod, what a ``partialmethod`` or ``singledispatchmethod``
+binds) is patched function by function (``function_pairs``), so what holds the
+running member keeps working; any other member is set whole, rebound to the
+target module and class first (``rebind_member``). Which members a patch class
+may set at all, and why a change is not hot, is ``_classes``'s.
+"""
+
+from __future__ import annotations
+
+import types
+from typing import Any
+
+from hotpatch._classes import decorators, inner_pairs, innermost
+from hotpatch._codegen import rebind
+
+__all__ = ["equal", "function_pairs", "member_functions", "rebind_member"]
+
+
+def equal(a: Any, b: Any) -> bool:
+    try:
+        return bool(a == b)
+    except Exception:
+        return False
+
+
+def member_functions(value: Any) -> list[types.FunctionType]:
+    """The Python functions a class member (or a whole class) is made of."""
+    if isinstance(value, types.FunctionType):
+        return [value]
+    if isinstance(value, classmethod | staticmethod):
+        return member_functions(value.__func__)
+    if isinstance(value, property):
+        return [
+            f for f in (value.fget, value.fset, value.fdel) if isinstance(f, types.FunctionType)
+        ]
+    if isinstance(value, type):
+        return [f for member in vars(value).values() for f in member_functions(member)]
+    return []
+
+
+def function_pairs(old: Any, new: Any) -> list[tuple[str, Any, Any]] | None:
+    """(accessor, function to patch, replacement) when ``new`` can patch ``old`` in place."""
+    # The function under the decorators is patched, so the wrappers already made keep
+    # applying, once: a replacement written plain or under the same decorators. Other
+    # decorators (class_reasons names them): swapped whole.
+    if decorators(new) and decorators(old) != decorators(new):
+        return None
+    if isinstance(new, types.FunctionType) and (
+        isinstance(old, types.FunctionType)
+        or (hasattr(old, "__wrapped__") and not isinstance(old, classmethod | staticmethod))
+    ):
+        return [("", old, innermost(new))]  # old is unwrapped by the caller
+    for wrapper in (classmethod, staticmethod):
+        if isinstance(old, wrapper) and isinstance(new, wrapper):
+            return [("", old.__func__, innermost(new.__func__))]
+    if isinstance(old, property) and isinstance(new, property):
+        accessors = ("fget", "fset", "fdel")
+        if [getattr(old, a) is None for a in accessors] != [
+            getattr(new, a) is None for a in accessors
+        ]:
+            return None  # accessors added or removed: the property is swapped whole
+        return [
+            (a, getattr(old, a), getattr(new, a)) for a in accessors if getattr(old, a) is not None
+        ]
+    inner = inner_pairs(old, new)  # partialmethod, singledispatchmethod
+    return None if inner is None else [("", a, b) for a, b in inner]
+
+
+def rebind_member(value: Any, globals_: dict[str, Any], owner: type) -> Any:
+    """A new class member as if defined in the target module and class."""
+    if isinstance(value, types.FunctionType):
+        return rebind(value, globals_, owner)
+    if isinstance(value, classmethod | staticmethod):
+        return type(value)(rebind_member(value.__func__, globals_, owner))
+    if isinstance(value, property):
+        parts = [
+            rebind_member(f, globals_, owner) if f else None
+            for f in (value.fget, value.fset, value.fdel)
+        ]
+        return property(parts[0], parts[1], parts[2], value.__doc__)
+    return value
