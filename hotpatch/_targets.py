@@ -185,7 +185,7 @@ def _lookup(spec: str, patch: str) -> tuple[types.ModuleType, Any, type | None, 
 
 def resolve(spec: str, *, patch: str) -> Target:
     """Resolve a function target; ``NotPatchable`` for anything but Python functions."""
-    dispatch = _DISPATCH.match(spec.partition(":")[2])
+    dispatch = _DISPATCH.fullmatch(spec.partition(":")[2])
     if dispatch is None:
         module, obj, owner, accessor = _lookup(spec, patch)
     else:

@@ -713,8 +713,9 @@ def test_singledispatch_registry_targets_a_user_class_and_a_method(
         ("show.registry[float]", hotpatch.TargetNotFound, "show.registry[object]"),
         ("show.registry[Nope]", hotpatch.TargetNotFound, "registered: object, int, str"),
         ("Cart.registry[int]", hotpatch.NotPatchable, "not a singledispatch"),
+        ("show.registry[int]x", hotpatch.TargetNotFound, "has no attribute 'registry[int]x'"),
     ],
-    ids=["dispatched-elsewhere", "default", "unknown", "not-singledispatch"],
+    ids=["dispatched-elsewhere", "default", "unknown", "not-singledispatch", "trailing"],
 )
 def test_singledispatch_registry_refusals_name_what_is_registered(
     make_module, write_patch, registry, case
