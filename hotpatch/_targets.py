@@ -185,7 +185,8 @@ def _lookup(spec: str, patch: str) -> tuple[types.ModuleType, Any, type | None, 
 
 def resolve(spec: str, *, patch: str) -> Target:
     """Resolve a function target; ``NotPatchable`` for anything but Python functions."""
-    dispatch = _DISPATCH.fullmatch(spec.partition(":")[2])
+    qualname = spec.partition(":")[2]
+    dispatch = _DISPATCH.fullmatch(qualname) if qualname.endswith("]") else None
     if dispatch is None:
         module, obj, owner, accessor = _lookup(spec, patch)
     else:
@@ -316,9 +317,11 @@ def undecorated(target: Target, new: Any, *, patch: str) -> Any:
     under them too, they would apply twice. Written under other decorators than the
     target's, ``VerificationFailed``: they would nest inside or around the running ones.
     """
+    if not target.wrappers:
+        return new  # a target under no decorator: the replacement as written
     written = wrapper_names(new) if hasattr(new, "__wrapped__") else ()
-    if not written or not target.wrappers:
-        return new  # plain, or a target under no decorator: the replacement as written
+    if not written:
+        return new  # written plain
     if written == target.wrappers:
         return _wrapped_chain(new)[-1]
     msg = (
