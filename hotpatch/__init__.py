@@ -4,10 +4,11 @@ The core is flat, in the order a patch goes through it: ``_patch`` (a ``Patch``,
 plain data) -> ``_loader`` (patch file -> ``Patch``) -> ``_targets`` and
 ``_validate`` (``module:qualname`` -> function; the checks) -> ``_plan`` (the
 values a switch will set, built with ``_codegen``'s trampolines) -> ``_switch``
-(the atomic switch) -> ``_registry`` (commit, rollback, level, history;
-migrations through ``_migration``; its journal through ``_recording``, replayed
-by ``_replay`` with the code ``_codecache`` keeps, the file in ``_journal`` and
-its records in ``_journal_format``; ``wrap()`` through ``_wrap``),
+(the atomic switch) -> ``_registry`` (commit, rollback, level, history; a
+rollback's course from ``_unwind``; migrations through ``_migration``; its
+journal through ``_recording``, replayed by ``_replay`` with the code
+``_codecache`` keeps, the file in ``_journal`` and its records in
+``_journal_format``; ``wrap()`` through ``_wrap``),
 with ``_results``, ``_hookspecs``/``_plugins`` and ``_errors`` beside it. The
 wings sit on the core and never the reverse: ``agent/`` (``install()``, the
 watched folder, verification, the control socket), ``service/`` (what a

@@ -38,6 +38,7 @@ from hotpatch._recording import Recording
 from hotpatch._replay import Deferred, ReplaySteps, replay, resync
 from hotpatch._results import ApplyResult, CheckReport, HistoryEntry, LevelChain, RollbackResult
 from hotpatch._switch import Change, Key, busy_threads, current, key, quiesce, switch
+from hotpatch._unwind import code_in, kept_of, unwind
 from hotpatch._wrap import Wrapper, Wrappers
 
 __all__ = ["MIGRATION_TIMEOUT_S", "Registry"]
@@ -280,19 +281,19 @@ class Registry:
         """Undo the last apply, or go back to level ``to`` (in the level, or the baseline)."""
         start = time.perf_counter()
         with self._lock:
-            stack, popped = self._unwind(to)
+            stack, popped = unwind(self._stack, to, self.baseline, self._baseline_version)
             final = self._final(stack, popped)
             # Nested targets: every function made from their code goes back too, those
             # made after the apply included (what the enclosing code makes once rolled back).
             # Caches and nested targets are rare: one look says whether to go on.
             rare = any(e.nested or e.caches or e.replaced for e in popped)
-            settles = going_back(nested_of(popped), _code_in(final)) if rare else []
+            settles = going_back(nested_of(popped), code_in(final)) if rare else []
             if settles:
                 final.update((key(o, a), (o, a, v)) for o, a, v in settle_changes(settles, ()))
             undo = {k: (obj, attr, current(obj, attr)) for k, (obj, attr, _) in final.items()}
             elapsed = time.perf_counter() - start
             versions = tuple(e.patch.version for e in popped)
-            kept, pushed = _change(self._stack, stack)
+            kept, pushed = kept_of(self._stack, stack)
             chain = self._chain
             for _ in range(len(self._stack) - kept):
                 assert chain is not None
@@ -354,30 +355,6 @@ class Registry:
         for entry in popped:
             final.update(entry.before)
         return final
-
-    def _unwind(self, to: str | None) -> tuple[list[Applied], list[Applied]]:
-        """(stack afterwards, entries popped newest first); raises before changing anything."""
-        stack = list(self._stack)
-        if not stack:
-            msg = f"nothing to roll back: the process runs baseline {self.baseline} with no patches"
-            raise VersionConflict(msg)
-        goal = parse_version(str(to), "rollback target") if to is not None else None
-        popped: list[Applied] = []
-        while stack:
-            if goal is not None and stack[-1].patch.parsed_version == goal:
-                break
-            entry = stack.pop()
-            popped.append(entry)
-            stack.extend(entry.replaced)
-            if goal is None:
-                break
-        if goal is not None and goal != self._baseline_version and not stack:
-            msg = (
-                f"cannot roll back to {to}: it is neither in the level ({', '.join(self.level)}) "
-                f"nor the baseline {self.baseline}"
-            )
-            raise VersionConflict(msg, patch=str(to))
-        return stack, popped
 
     # -- wrapping (e.g. counting calls during a probation) ---------------------------
 
@@ -537,27 +514,5 @@ def _state_before(func: types.FunctionType, before: Mapping[Key, Change]) -> dic
     return {attr: before[key(func, attr)][2] for attr in FUNC_ATTRS}
 
 
-def _code_in(final: Mapping[Key, Change]) -> Callable[[types.FunctionType], types.CodeType]:
-    """A function's code as ``final`` will set it (or as it is, if untouched)."""
-
-    def code_of(func: types.FunctionType) -> types.CodeType:
-        change = final.get(key(func, "__code__"))
-        return change[2] if change is not None else func.__code__
-
-    return code_of
-
-
 def _patches(stack: list[Applied]) -> list[Patch]:
     return [e.patch for e in stack]
-
-
-def _change(old: list[Applied], new: list[Applied]) -> tuple[int, tuple[str, ...]]:
-    """(how many entries of ``old`` begin ``new``, the versions of ``new`` after them).
-
-    ``new`` is ``old`` less its top entries, plus entries they had replaced (never
-    the same objects): found from the top, in the length of the change.
-    """
-    kept = min(len(old), len(new))
-    while kept and new[kept - 1] is not old[kept - 1]:
-        kept -= 1
-    return kept, tuple(e.patch.version for e in new[kept:])
