@@ -14,7 +14,9 @@ faults of every class of issue 13 are injected at random:
 * **drops** that are not patches: a symlink, a FIFO, a file over the size
   limit, a name that is not a patch, a name that is not UTF-8;
 * **the process**: SIGHUP (a memory-preserving restart), SIGKILL of the
-  serving process;
+  serving process, the serving process at its file descriptor limit
+  (``RLIMIT_NOFILE``) for 0.2-2 s right after a good patch is dropped (that
+  patch must still end ``applied``);
 * **the folder**: made writable by others for a moment, then put back; an
   outcome folder deleted; the whole folder replaced by a new one (each renamed
   away, so that what the fault took away can still be accounted for; the
@@ -64,6 +66,7 @@ import contextlib
 import json
 import os
 import random
+import resource
 import signal
 import socket
 import subprocess
@@ -222,7 +225,7 @@ PATCHES: dict[str, Any] = {
 EXPECTED = dict.fromkeys(PATCHES, "rejected") | {"good": "applied"}
 
 DROPS = ("symlink", "fifo", "huge", "not a patch", "not UTF-8")
-PROCESS = ("SIGHUP restart", "SIGKILL service")
+PROCESS = ("SIGHUP restart", "SIGKILL service", "out of descriptors")
 FOLDER = ("folder writable by others", "outcome folder deleted", "folder replaced")
 CONTROL = ("control burst", "idle control clients")
 
@@ -553,6 +556,25 @@ class Chaos:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
 
+    def _out_of_descriptors(self, kind: str) -> None:
+        """The serving process at its descriptor limit for a moment, a good patch dropped then."""
+        pid = self.service.child
+        if pid is None:
+            return
+        try:
+            soft, hard = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+            used = {int(fd) for fd in os.listdir(f"/proc/{pid}/fd")}
+            lowest = min(set(range(len(used) + 1)) - used)  # no new descriptor below it
+            resource.prlimit(pid, resource.RLIMIT_NOFILE, (lowest, hard))
+        except (ProcessLookupError, FileNotFoundError):
+            return  # it died meanwhile (a SIGKILL's recovery)
+        try:
+            self._patch("good")  # taken while the process cannot receive its memfd
+            time.sleep(self.rng.uniform(0.2, 2.0))
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                resource.prlimit(pid, resource.RLIMIT_NOFILE, (soft, hard))
+
     def _folder_writable_by_others(self, kind: str) -> None:
         folder = self.service.folder
         os.chmod(folder, 0o777)
@@ -712,6 +734,13 @@ def held_for_resources(log: str) -> dict[str, int]:
     return dict(held)
 
 
+def _keep(log: str, path: Path | None) -> None:
+    """Copy hotpatch run's whole log to ``path`` (its folder made), if there is one."""
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(log)
+
+
 def leftovers(tag: str, root: Path) -> list[int]:
     """Live processes whose command line names this run (the service, verifiers, daemons)."""
     marks = (tag.encode(), str(root).encode())
@@ -754,8 +783,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def run(
-    seconds: float, seed: int, *, disk_full: bool = False, sigterm: bool = False
+    seconds: float,
+    seed: int,
+    *,
+    disk_full: bool = False,
+    sigterm: bool = False,
+    keep_log: Path | None = None,
 ) -> dict[str, Any]:
+    """The run; with ``keep_log``, hotpatch run's whole log is copied there on a violation."""
     rng = random.Random(seed)
     with (
         tempfile.TemporaryDirectory(prefix="hotpatch-chaos-") as tmp,
@@ -824,6 +859,7 @@ def run(
         ]
         log = service.log_file.read_text(errors="replace")
         log_tail = log[-4000:] if violations else ""
+        _keep(log, keep_log if violations else None)
         return {
             "sigterm": sigterm,
             "disk_full": disk_full,
@@ -850,7 +886,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     seconds = 20.0 if args.quick else args.seconds
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**32)
-    results = run(seconds, seed, disk_full=args.disk_full, sigterm=args.sigterm)
+    keep_log = args.json.with_suffix(".log")
+    results = run(seconds, seed, disk_full=args.disk_full, sigterm=args.sigterm, keep_log=keep_log)
     print(f"chaos: {results['seconds']} s of faults under load, seed {seed}")
     print_table("faults injected", ["fault", "count"], sorted(results["faults"].items()))
     drops = results["drops"]
@@ -891,6 +928,7 @@ def main(argv: list[str] | None = None) -> int:
         for line in results["violations"]:
             print(f"  {line}")
         print(f"\nthe end of hotpatch run's log:\n{results['log_tail']}")
+        print(f"\nits whole log: {keep_log}")
     else:
         print("\nviolations: none")
     write_json(args.json, NAME, args.quick, results)

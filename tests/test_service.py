@@ -6,6 +6,7 @@ import http.client
 import json
 import os
 import random
+import resource
 import signal
 import socket
 import subprocess
@@ -468,3 +469,32 @@ def test_the_service_runs_without_the_supervisor(tmp_path: Path) -> None:
         assert process.stderr is not None
         process.stdout.close()
         process.stderr.close()
+
+
+def test_the_final_round_is_written_at_the_descriptor_limit() -> None:
+    # The process can make no new descriptor (RLIMIT_NOFILE reached): the final
+    # round goes in the memfd kept in reserve; any other round fails as before.
+    old = PreservedState()
+    counts = old.preserved("counts", dict)
+    counts["a"] = 1
+    os.close(old.take_round(full=True)[0])  # a round: the reserve is made
+    counts["a"] = 2
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    spare: list[int] = []
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (_lowest_free_fd(), hard))
+        with pytest.raises(OSError, match="Too many open files"):
+            old.take_round(full=False)
+        fd, size, _ = old.take_round(full=False, final=True)
+        spare.append(fd)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    new = PreservedState()
+    new.apply_round(spare[0], size)
+    assert dict(new.preserved("counts", dict)) == {"a": 2}
+
+
+def _lowest_free_fd() -> int:
+    probe = os.open(os.devnull, os.O_RDONLY)  # the lowest number free
+    os.close(probe)
+    return probe

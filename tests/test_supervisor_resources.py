@@ -334,3 +334,29 @@ def test_a_serving_process_out_of_descriptors_keeps_the_drop_until_it_has_some(
     assert supervised.child_pid == pid  # hot, in the same process, which never stopped
     assert set(supervised.status()["restarts"]) <= {"start"}, supervised.status()["restarts"]
     assert rejections(folder) == []
+
+
+def test_a_restart_at_the_descriptor_limit_loses_no_update(
+    supervise: Callable[..., Supervised],
+) -> None:
+    # The old process can make no new descriptor: a state round before the drain
+    # cannot be written, and the restart stops with the old process serving; its
+    # final round, if it comes to that, goes in the memfd kept in reserve. Either
+    # way no update is lost.
+    supervised = supervise()
+    with under_load(supervised) as load:
+        pid = supervised.child_pid
+        wait_for(lambda: supervised.status()["snapshot"]["count"] >= 1, "a state round")
+        _, hard = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+        open_fds = {int(fd) for fd in os.listdir(f"/proc/{pid}/fd")}
+        lowest_free = min(set(range(len(open_fds) + 1)) - open_fds)
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (lowest_free, hard))
+        outcome = supervised.restart()
+        if outcome["ok"]:
+            assert outcome["state"] == "complete", outcome
+            wait_for(lambda: load.served_by(outcome["new_pid"]), "a request to the new process")
+        else:
+            assert "keeps serving" in outcome["error"], outcome
+            resource.prlimit(pid, resource.RLIMIT_NOFILE, (hard, hard))
+            assert supervised.child_pid == pid
+    load.check(request(supervised.address, "/get")["counters"])

@@ -257,7 +257,7 @@ class PatchLevels:
                 "id": message.get("id"),
                 "outcome": SHORTAGE,
                 "resource": resource,
-                "reason": str(lost),
+                "reason": f"the serving process could not receive the patch: {lost}",
                 "error_type": "Shortage",
                 "timings": {},
                 **self.level_info(),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import gc
 import mmap
@@ -11,6 +12,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
+from errno import EMFILE, ENFILE
 from typing import Any, BinaryIO, Self
 
 from hotpatch._errors import ServiceError
@@ -227,6 +229,29 @@ class PreservedState:
         self.pending: dict[str, dict[Any, Any]] = {}  # received, not declared yet
         self.extra: dict[str, Any] = {}  # what the ``hotpatch_save_state`` hooks handed over
         self.sealed: str | None = None  # set by ``seal``: the final round was taken
+        # A memfd kept for the final round: a process at its descriptor limit
+        # (RLIMIT_NOFILE) can still hand its state over (``keep_reserve``).
+        self._reserve: int | None = None
+
+    def keep_reserve(self) -> None:
+        """Make the memfd the final round is written into if no new one can be made."""
+        if self._reserve is None:
+            with contextlib.suppress(OSError):  # at the limit already: the next round tries
+                self._reserve = os.memfd_create(
+                    "hotpatch-state", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING
+                )
+
+    def _memfd(self, *, final: bool) -> int:
+        """A new memfd for a round; for the final one, the reserve if none can be made."""
+        if not final:
+            self.keep_reserve()
+        try:
+            return os.memfd_create("hotpatch-state", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        except OSError as exc:
+            if not final or self._reserve is None or exc.errno not in (EMFILE, ENFILE):
+                raise
+            fd, self._reserve = self._reserve, None
+            return fd
 
     def seal(self, why: str) -> None:
         """The final round is taken: from now on a change to the mappings raises ``ServiceError``.
@@ -276,10 +301,13 @@ class PreservedState:
         return state
 
     def take_round(
-        self, *, full: bool, extra: Mapping[str, Any] | None = None
+        self, *, full: bool, extra: Mapping[str, Any] | None = None, final: bool = False
     ) -> tuple[int, int, int]:
-        """Write a round into a new sealed memfd: ``(fd, size, records)``."""
-        fd = os.memfd_create("hotpatch-state", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        """Write a round into a new sealed memfd: ``(fd, size, records)``.
+
+        ``final``: the hand-over's last round, which may use the reserved memfd.
+        """
+        fd = self._memfd(final=final)
         with self.lock:
             names = list(self.names.items())
             unsent, self.unsent = self.unsent, set()

@@ -212,6 +212,7 @@ class Runtime:
                 self.plugins.notify("hotpatch_restore_state", state=dict(self.state.extra))
             self._send({"op": "ready", "at": time.monotonic(), "pid": os.getpid()})
             self.phase = "ready"
+            self.state.keep_reserve()  # for the final round, even at the descriptor limit
         atexit.register(self._at_exit)
         threading.Thread(target=self._serve, name="hotpatch-control", daemon=True).start()
         stopped_at = handover.get("stopped_at")
@@ -375,7 +376,7 @@ class Runtime:
         # being lost with the process.
         self.state.seal("handed over to the next process")
         try:
-            fd, size, records = self.state.take_round(full=False, extra=extra)
+            fd, size, records = self.state.take_round(full=False, extra=extra, final=True)
         except Exception as exc:
             log.exception("cannot write the final state round")
             self._send({**reply, "error": str(exc), "drained_at": time.monotonic()})
