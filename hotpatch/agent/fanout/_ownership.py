@@ -68,6 +68,7 @@ class Ownership:
         self._handing_over = False  # the new folder's lock is another worker's: stop owning
         self._last_owner: int | None = None  # the pid in the pidfile, last seen
         self._unowned_since: float | None = None  # the folder usable, with no pidfile
+        self._owner_folder: tuple[int, int] | None = None  # the directory it owned then
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -170,13 +171,18 @@ class Ownership:
     def _defer(self) -> bool:
         """Leave a replaced folder to its owner: no pidfile in it yet, and the worker that
         owned the folder before still alive -- for ``OWNER_GRACE_S`` after the new folder
-        could be taken (its owner's guard takes it over well within that)."""
-        pid, now = owner_pid(self.folder), time.monotonic()
+        could be taken (its owner's guard takes it over well within that). The same
+        folder without its pidfile (its owner stopped its agent) is taken at once."""
+        pid, now, where = owner_pid(self.folder), time.monotonic(), _identity(self.folder)
         if pid is not None:
             if pid != os.getpid():
-                self._last_owner = pid
+                self._last_owner, self._owner_folder = pid, where
             self._unowned_since = None
             return False
+        if where is None or where != self._owner_folder:
+            self._owner_folder = None  # gone or replaced since its owner was seen
+        elif self._owner_folder is not None:
+            return False  # the same folder, its owner stopped: take it now
         if self._last_owner is None or not alive(self._last_owner):
             return False
         if not usable(self.folder):  # gone or unsafe: nobody takes it; the grace starts later
@@ -192,3 +198,12 @@ class Ownership:
         self._lock.release()
         self._owning = self._handing_over = False
         log.info("worker %d no longer owns the patch folder %s", os.getpid(), self.folder)
+
+
+def _identity(folder: Path) -> tuple[int, int] | None:
+    """The directory at ``folder`` now (device, inode); ``None`` if there is none."""
+    try:
+        st = folder.lstat()
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
