@@ -284,3 +284,80 @@ def test_hotpatch_status_shows_why_the_folder_takes_no_drop(
     line = next(line for line in shown.splitlines() if line.startswith("folder"))
     assert "UNSAFE, no drop is taken" in line
     assert f"chmod go-w {drops.path}" in line
+
+
+# -- replaced while a drop is checked ---------------------------------------------------------
+
+
+def _warm_blocks_until(go: Path) -> str:
+    """A module whose import waits for ``go`` in the pre-started verifier (only there).
+
+    The verifier is the one child of this process that imports it: the service
+    and the verification children (the verifier's) do not wait.
+    """
+    return f"""\
+        import os, time
+        if os.getppid() == {os.getpid()}:
+            _deadline = time.monotonic() + {WAIT_S}
+            while not os.path.exists({str(go)!r}) and time.monotonic() < _deadline:
+                time.sleep(0.01)
+
+        def f():
+            return 0
+        """
+
+
+@pytest.mark.parametrize("how", ["renamed", "deleted"])
+def test_a_drop_checked_while_its_folder_is_replaced_is_retried_not_rejected(
+    drops: DropFolder,
+    make_module: Callable[[str], types.ModuleType],
+    start_agent: Callable[..., hotpatch.Agent],
+    caplog: pytest.LogCaptureFixture,
+    how: str,
+) -> None:
+    """The folder replaced between staging a good drop and its check reading the copy.
+
+    The verifier warms the module the first patch targets, which holds it up
+    (until ``go``) while the second drop sits staged in ``.staging``; then the
+    folder goes away with that copy. The check cannot read it: that is not the
+    patch's fault, so the drop is not rejected -- it is tried again once the new
+    folder is taken over, before the later version waiting there.
+    """
+    caplog.set_level(logging.INFO, logger="hotpatch")
+    go = drops.root / "go"
+    target = make_module(_warm_blocks_until(go))
+    agent = start_agent(verify=True)
+    drops.drop("first.py", patch_text(target, "1.0.1", 1))
+    drops.filed("first.py", "applied")  # its target is being warmed now, and waits for go
+    second = patch_text(target, "1.0.2", 2)
+    drops.drop("second.py", second)
+    wait_for(lambda: list(drops.path.glob(".staging/*/second.py")), "second.py to be staged")
+
+    old = drops.root / "old-patches"
+    if how == "renamed":  # replaced by a folder holding the same drops (and a later one)
+        replacement = drops.root / "new-patches"
+        replacement.mkdir(mode=0o700)
+        (replacement / "second.py").write_text(second)
+        (replacement / "third.py").write_text(patch_text(target, "1.0.3", 3))
+        os.rename(drops.path, old)
+        os.rename(replacement, drops.path)
+    else:  # deleted with what it held, made again, the drops put back
+        shutil.rmtree(drops.path)
+        drops.path.mkdir(mode=0o700)
+        drops.drop("third.py", patch_text(target, "1.0.3", 3))
+        drops.drop("second.py", second)
+    go.touch()
+
+    assert drops.filed("second.py", "applied")["version"] == "1.0.2"
+    assert drops.filed("third.py", "applied")["version"] == "1.0.3"
+    assert agent.registry is not None
+    assert agent.registry.level == ("1.0.1", "1.0.2", "1.0.3")  # in version order
+    assert target.f() == 3
+    for folder in (drops.path, old):
+        rejected = folder / "rejected"
+        assert not rejected.exists() or not os.listdir(rejected), os.listdir(rejected)
+    said = [r.getMessage() for r in caplog.records if "second.py" in r.getMessage()]
+    assert not [line for line in said if "rejected" in line], said
+    cut_short = [line for line in said if "cut short" in line]
+    assert len(cut_short) == 1, said
+    assert "tried again" in cut_short[0]

@@ -10,7 +10,7 @@ from typing import Any
 from hotpatch._errors import PatchError
 from hotpatch.agent._applier import Applier
 from hotpatch.agent._control_server import Handler
-from hotpatch.agent._drops import Vanished
+from hotpatch.agent._drops import Interrupted, Vanished
 from hotpatch.agent._pipeline import DropPipeline
 from hotpatch.agent._resources import Shortage
 
@@ -51,6 +51,8 @@ class Commands:
         except Shortage as exc:
             error = f"{exc}; nothing changed: send it again once the resource is free"
             return {"ok": False, "error": error, "error_type": "Shortage"}
+        except Interrupted as exc:
+            return interrupted(path, exc)
         record = outcome.record()
         record["ok"] = outcome.outcome in ("applied", "unchanged")
         if not record["ok"]:
@@ -67,6 +69,8 @@ class Commands:
             return self.pipeline.check(path, who=who)
         except Vanished:
             return bad_request(f"no such file: {path}")
+        except Interrupted as exc:
+            return interrupted(path, exc)
 
     def show(self, request: dict[str, Any], _who: str) -> dict[str, Any]:
         """The applied patch ``version``: its source, sha256, targets, and when it was applied."""
@@ -135,3 +139,9 @@ def request_path(request: dict[str, Any]) -> Path | dict[str, Any]:
 def bad_request(message: str) -> dict[str, Any]:
     """The answer to a request that cannot be understood as sent."""
     return {"ok": False, "error": message, "error_type": "BadRequest"}
+
+
+def interrupted(path: Path, exc: Interrupted) -> dict[str, Any]:
+    """The answer when the checks of ``path`` were cut short by a folder going away."""
+    error = f"{path}: {exc}; nothing changed: send it again once the folder is back"
+    return {"ok": False, "error": error, "error_type": "Interrupted"}

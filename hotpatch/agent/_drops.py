@@ -21,6 +21,7 @@ from hotpatch.agent._signing import SIGNATURE_SUFFIX
 __all__ = [
     "MAX_SIGNATURE_BYTES",
     "TEMPORARY_SUFFIXES",
+    "Interrupted",
     "PatchBytes",
     "Vanished",
     "bundle_version",
@@ -39,6 +40,14 @@ _MAX_TOML_BYTES = 64 * 1024
 
 class Vanished(Exception):
     """The drop disappeared before it was read (deleted or replaced by its writer)."""
+
+
+class Interrupted(Exception):
+    """A drop's checks were cut short by its folder going away (deleted, replaced) meanwhile.
+
+    Not the patch's fault, and nothing of it was applied: the folder keeps it
+    and tries it again once the folder is safe.
+    """
 
 
 # -- names ------------------------------------------------------------------------------

@@ -52,7 +52,13 @@ from watchdog.observers.inotify import InotifyObserver
 
 from hotpatch._errors import VerificationFailed
 from hotpatch.agent._configmap import DATA, KEPT, Taken, identity, is_configmap_link, resolve
-from hotpatch.agent._drops import MAX_SIGNATURE_BYTES, Vanished, is_bundle_name, is_ignored
+from hotpatch.agent._drops import (
+    MAX_SIGNATURE_BYTES,
+    Interrupted,
+    Vanished,
+    is_bundle_name,
+    is_ignored,
+)
 from hotpatch.agent._guard import GUARD_INTERVAL_S
 from hotpatch.agent._names import shown
 from hotpatch.agent._observer import on_overflow, stop_observer
@@ -111,7 +117,8 @@ class _Handler(FileSystemEventHandler):
 class Folder:
     """Watches one folder and feeds its complete drops, in version order, to ``process``.
 
-    ``process(path)`` returns the ``Outcome`` (or raises ``Vanished``); the
+    ``process(path)`` returns the ``Outcome`` (or raises ``Vanished``; or
+    ``Shortage``, ``Interrupted``: the drop waits in the queue, first); the
     folder writes ``NAME.result.json`` and moves the drop -- or, with ``state``
     (the agent's state directory), files the result and a copy there and
     leaves the drop where it is. One worker thread processes drops one at a
@@ -316,11 +323,15 @@ class Folder:
             self._file(path, outcome)
 
     def _guarded(self, name: str, work: Callable[[], T]) -> T | None:
-        """``work()``; ``None`` when the drop vanished or must wait for a resource."""
+        """``work()``; ``None`` when the drop vanished or must wait (a resource, the folder)."""
         try:
             return work()
         except Vanished:
             log.debug("patch folder %s: %s vanished before it was read", self.path, name)
+        except Interrupted as exc:  # the folder went away: not a rejection
+            with self._cond:
+                self._drops.requeue(name)
+                self._retry.cut_short(name, str(exc))
         except Shortage as exc:
             self._wait_for_resource(name, str(exc))
         except OSError as exc:

@@ -33,6 +33,7 @@ from typing import Any
 from hotpatch._errors import PatchError, VerificationFailed
 from hotpatch.agent._applier import Applier, already_applied, settled_check
 from hotpatch.agent._drops import (
+    Interrupted,
     Vanished,
     is_bundle_name,
     peek_targets,
@@ -106,9 +107,12 @@ class DropPipeline:
 
         ``source``: how it came, for the outcome log -- ``FOLDER`` (a drop, which
         the folder files), or e.g. ``"uid:0 via hotpatch apply"``. Raises only
-        ``Vanished`` (the file is gone before it could be read) and ``Shortage``
+        ``Vanished`` (the file is gone before it could be read), ``Shortage``
         (a resource ran out -- disk, descriptors, memory -- before anything was
-        applied: the patch is not at fault, try it again later).
+        applied: the patch is not at fault, try it again later) and
+        ``Interrupted`` (its staging copy went away with its folder while it was
+        checked -- deleted, replaced -- and nothing was applied: try it again
+        once the folder is back).
         """
         start = time.perf_counter()
         outcome = Outcome(name=path.name, who=who)
@@ -120,7 +124,7 @@ class DropPipeline:
                     self.applier.deliver_bundle(path, outcome)
                 elif self._verified(data, path, outcome):
                     self.applier.deliver(data, path, outcome)
-        except Vanished:
+        except (Vanished, Interrupted):
             raise
         except Exception as exc:
             self._raise_shortage(exc, path, before)

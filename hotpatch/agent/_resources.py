@@ -6,7 +6,8 @@ verify it -- is not the patch's fault. It is not rejected: it stays in the
 folder, first in line, and is tried again after a back-off (``Backoff``), so
 no later version overtakes it. What ran out is named by the core
 (``hotpatch._shortage``), which the serving process under ``hotpatch run``
-uses too.
+uses too. A drop whose checks were cut short by its folder going away
+(``Interrupted``) waits the same way, until the folder is safe again.
 """
 
 from __future__ import annotations
@@ -93,6 +94,24 @@ class Retry:
             delay,
             self._backoff.attempts,
             self._backoff.limit,
+        )
+        return delay
+
+    def cut_short(self, name: str, reason: str) -> float:
+        """``name``'s checks were cut short by its folder going away: the delay before a retry."""
+        delay = self._backoff.next()
+        again = self._name == name and self._reason == reason
+        self._name, self._reason = name, reason
+        self._until = time.monotonic() + delay
+        log.log(
+            logging.INFO if again else logging.WARNING,
+            "patch folder %s: the check of %s was cut short: %s. Not a rejection: it is tried "
+            "again once the folder is safe, first in line (no later version goes before it), "
+            "if it is still there (attempt %d)",
+            self.folder,
+            shown(name),
+            reason,
+            self._backoff.attempts,
         )
         return delay
 
