@@ -218,6 +218,7 @@ def test_burst(tmp_path: Path) -> None:
         assert row["active"], row
         assert 0 < row["rename_s"] < row["elapsed_s"]
         assert row["per_drop_ms"] == row["elapsed_s"] / row["size"] * 1e3
+        assert row["cpu_s"] > 0
     assert data["in_order"] is True
     assert [g["what"] for g in data["goals"]] == [
         "20 drops / 4 drops, verification off",
@@ -226,6 +227,7 @@ def test_burst(tmp_path: Path) -> None:
     for goal in data["goals"]:
         assert goal["limit"] == 5.0
         assert isinstance(goal["met"], bool)
+        assert goal["cpu_ratio"] > 0
     assert "every burst applied in version order: yes" in stdout
 
 

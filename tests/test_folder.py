@@ -335,6 +335,34 @@ def test_a_lower_version_not_yet_complete_is_waited_for(
     assert agent.registry.level == ("1.0.1", "1.0.2")
 
 
+def test_a_lower_version_begun_after_the_folder_was_listed_is_waited_for(
+    drops: DropFolder,
+    target: types.ModuleType,
+    start_agent: Callable[..., hotpatch.Agent],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The folder is looked at again for each drop taken: a lower version begun since the
+    last look (still being written) holds back a higher one."""
+    monkeypatch.setattr(_queue, "HOLD_BACK_S", WAIT_S)
+    agent = start_agent()
+    drops.path.chmod(0o777)  # unsafe: high.py is taken and put back, again and again
+    drops.drop("high.py", patch_source(target, "1.0.2", 2))
+    wait_for(lambda: not agent.status()["folder"]["safe"], "the folder to be found unsafe")
+    wait_for(lambda: "high.py" in agent.status()["pending"], "high.py to be announced")
+    with (drops.path / "low.py").open("w") as low:  # begun after high.py was looked at
+        low.write(patch_source(target, "1.0.1", 1))
+        low.flush()
+        time.sleep(0.5)  # its creation seen by the watch
+        drops.path.chmod(0o700)
+        wait_for(lambda: agent.status()["folder"]["safe"], "the folder to be safe again")
+        time.sleep(1.0)  # time enough to take high.py, were low.py not waited for
+        assert agent.registry is not None
+        assert agent.registry.level == ()
+    drops.filed("low.py", "applied")
+    drops.filed("high.py", "applied")
+    assert agent.registry.level == ("1.0.1", "1.0.2")
+
+
 def test_the_wait_for_a_lower_version_is_bounded(
     drops: DropFolder,
     target: types.ModuleType,
@@ -355,6 +383,24 @@ def test_the_wait_for_a_lower_version_is_bounded(
 
 
 # -- outcomes and result files --------------------------------------------------------------
+
+
+def test_a_result_carries_the_top_of_the_level_and_counts_it_all(
+    drops: DropFolder, target: types.ModuleType, start_agent: Callable[..., hotpatch.Agent]
+) -> None:
+    """What filing a drop costs stays the same as the level grows: the top 10 versions."""
+    start_agent()
+    versions = [f"1.0.{n}" for n in range(1, 13)]
+    staged = [
+        drops.write(f"p{n:02d}.py", patch_source(target, v, n)) for n, v in enumerate(versions)
+    ]
+    subprocess.run(["mv", *map(str, staged), str(drops.path)], check=True)
+    results = [drops.filed(path.name, "applied") for path in staged]
+    assert results[0]["level"] == ["1.0.1"]
+    assert results[0]["level_size"] == 1
+    assert results[9]["level"] == versions[:10]
+    assert results[-1]["level"] == versions[-10:]  # oldest first, cut to the top 10
+    assert results[-1]["level_size"] == 12
 
 
 def test_a_name_taken_in_the_outcome_folder_gets_a_suffix(

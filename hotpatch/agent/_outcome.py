@@ -18,6 +18,7 @@ from hotpatch.agent._names import shown
 from hotpatch.agent._signing import SIGNATURE_SUFFIX
 
 __all__ = [
+    "LEVEL_SHOWN",
     "OUTCOME_DIRS",
     "RESULT_SUFFIX",
     "Outcome",
@@ -39,6 +40,9 @@ OUTCOME_DIRS: dict[str, str] = {
     "pending": "pending",
 }
 RESULT_SUFFIX = ".result.json"
+# The top of the level a record carries (its ``level_size`` counts the whole level): what
+# a drop costs to file stays the same at level 1 and at level 10,000.
+LEVEL_SHOWN = 10
 
 # -- outcomes ---------------------------------------------------------------------------
 
@@ -81,7 +85,8 @@ class Outcome:
             "reason": self.reason,
             "sha256": self.sha256,
             "targets": list(self.targets),
-            "level": list(self.level),
+            "level": list(self.level[-LEVEL_SHOWN:]),
+            "level_size": len(self.level),
             "timings": {k: round(v, 6) for k, v in self.timings.items()},
             "time": self.time,
             "who": self.who,
