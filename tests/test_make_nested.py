@@ -105,8 +105,14 @@ def two_keys(n):
     return lambda x: x + n, lambda x: x - n
 
 
+def make_scaler(n):
+    scale = lambda x: x * n
+    return scale
+
+
 def ordered(items):
-    return sorted(items, key=lambda v: -v)
+    key = lambda v: -v
+    return sorted(items, key=key)
 
 
 @scaled(10)
@@ -123,6 +129,7 @@ ADD2 = make_adder(2)
 BUMP = counter()
 DEFAULTED = with_default(5)
 KEY = make_key(1)
+SCALER = make_scaler(3)
 '''
 
 MODULE = "shop.tools"
@@ -288,12 +295,14 @@ def test_a_lambda_that_outlives_its_call_and_one_used_in_place(
     edit(
         repo,
         ("    return lambda x: x + n\n", "    return lambda x: x * n + 10\n"),
-        ("key=lambda v: -v)", "key=lambda v: v)"),
+        ("scale = lambda x: x * n\n", "scale = lambda x: x * n * 2\n"),
+        ("key = lambda v: -v\n", "key = lambda v: v\n"),
     )
     result = run(repo, tmp_path)
     assert verdicts(result) == {
         f"{MODULE}:make_key.<locals>.<lambda>": "inline",
-        f"{MODULE}:ordered": "inline",  # its lambda lives only during the call: as before
+        f"{MODULE}:make_scaler.<locals>.<lambda>": "inline",  # returned through a name
+        f"{MODULE}:ordered": "inline",  # its lambda is only passed to a call: as before
     }
     text = result.path.read_text() if result.path else ""
     assert "def make_key_lambda(x):\n    return x * n + 10\n" in text
@@ -301,11 +310,11 @@ def test_a_lambda_that_outlives_its_call_and_one_used_in_place(
         repo,
         tmp_path,
         result,
-        before="key = module.KEY",
-        probe="[key(3), module.make_key(2)(3), module.ordered([1, 3, 2])]",
+        before="key = module.KEY; scaler = module.SCALER",
+        probe="[key(3), module.make_key(2)(3), module.ordered([1, 3, 2]), scaler(1)]",
     )
-    assert seen["before"] == [4, 5, [3, 2, 1]]
-    assert seen["after"] == [13, 16, [1, 2, 3]]
+    assert seen["before"] == [4, 5, [3, 2, 1], 3]
+    assert seen["after"] == [13, 16, [1, 2, 3], 6]
     assert seen["rolled_back"] == seen["before"]
 
 

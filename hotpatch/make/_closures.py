@@ -214,55 +214,61 @@ def escaping(old: _Def, new: _Def, qualname: str) -> str:
 
 
 def _lambdas(node: _Def, qualname: str) -> dict[str, list[tuple[ast.Lambda, bool]]]:
-    """The lambdas in ``node`` by qualname, each with whether it may outlive the call that
-    made it: returned, stored (an attribute, an item, a name that outlives the call), or
-    part of such a value. One passed straight to a call (``sorted(key=lambda ...)``) is
-    taken to be used there."""
+    """The lambdas in ``node`` by qualname, each with whether it may outlive the call of
+    ``node`` that made it: returned by ``node`` itself, stored (in an attribute or an item),
+    bound to a name that is, or part of such a value. One passed to a call (``sorted(key=
+    lambda ...)``, or through a name) is taken to be used there; one returned by a nested
+    function is that function's to outlive (a changed nested function is judged by name)."""
     found: dict[str, list[tuple[ast.Lambda, bool]]] = {}
+    parents = {id(c): p for p in ast.walk(node) for c in ast.iter_child_nodes(p)}
 
-    def visit(scope: ast.AST, prefix: str, func: _Def | None) -> None:
-        for sub in ast.iter_child_nodes(scope):
-            walk(sub, prefix, func, scope)
-
-    def walk(sub: ast.AST, prefix: str, func: _Def | None, parent: ast.AST) -> None:
+    def walk(sub: ast.AST, prefix: str, top: bool) -> None:
         if isinstance(sub, ast.Lambda):
-            kept = func is not None and _kept(parent, func, sub)
-            found.setdefault(f"{prefix}.<locals>.<lambda>", []).append((sub, kept))
-            visit(sub, f"{prefix}.<locals>.<lambda>", None)
+            qual = f"{prefix}.<locals>.<lambda>"
+            found.setdefault(qual, []).append((sub, _kept(sub, node, parents, top, set())))
+            for child in ast.iter_child_nodes(sub):
+                walk(child, qual, False)
         elif isinstance(sub, ast.FunctionDef | ast.AsyncFunctionDef):
             for part in (*sub.decorator_list, sub.args):
-                walk(part, prefix, func, sub)
+                walk(part, prefix, top)
             for stmt in sub.body:
-                walk(stmt, f"{prefix}.<locals>.{sub.name}", sub, sub)
-        elif isinstance(sub, ast.ClassDef):
-            return  # its methods' lambdas: rare, and a class in a function is a baseline
-        else:
+                walk(stmt, f"{prefix}.<locals>.{sub.name}", False)
+        elif not isinstance(sub, ast.ClassDef):  # a class in a function: a baseline anyway
             for child in ast.iter_child_nodes(sub):
-                walk(child, prefix, func, sub)
+                walk(child, prefix, top)
 
     for stmt in node.body:
-        walk(stmt, qualname, node, node)
+        walk(stmt, qualname, True)
     return found
 
 
-def _kept(parent: ast.AST, func: _Def, node: ast.Lambda) -> bool:
-    """Does the value holding ``node`` (its ``parent``) outlive a call of ``func``?"""
+def _kept(
+    value: ast.AST, func: _Def, parents: dict[int, ast.AST], top: bool, seen: set[str]
+) -> bool:
+    """Does ``value`` (an expression in ``func``) outlive the call that computes it?"""
+    parent = parents.get(id(value))
     if isinstance(parent, ast.Return | ast.Yield | ast.YieldFrom):
-        return True
-    if isinstance(parent, ast.Assign | ast.AnnAssign | ast.AugAssign):
+        return top
+    if isinstance(
+        parent, ast.Tuple | ast.List | ast.Set | ast.Dict | ast.IfExp | ast.BoolOp | ast.Starred
+    ):
+        return _kept(parent, func, parents, top, seen)
+    if isinstance(parent, ast.Assign | ast.AnnAssign | ast.NamedExpr) and parent.value is value:
         targets = parent.targets if isinstance(parent, ast.Assign) else [parent.target]
-        return any(not isinstance(t, ast.Name) or outlives(func, t.id) for t in targets)
-    if isinstance(parent, ast.Tuple | ast.List | ast.Set | ast.Dict | ast.IfExp | ast.BoolOp):
-        holder = _parent_of(func, parent)
-        return holder is not None and _kept(holder, func, node)
+        for target in targets:
+            if not isinstance(target, ast.Name):
+                return True  # an attribute, an item: stored
+            if target.id in seen:
+                continue
+            seen.add(target.id)
+            uses = [
+                n
+                for n in ast.walk(func)
+                if isinstance(n, ast.Name) and n.id == target.id and isinstance(n.ctx, ast.Load)
+            ]
+            if any(_kept(use, func, parents, top, seen) for use in uses):
+                return True
     return False
-
-
-def _parent_of(func: _Def, node: ast.AST) -> ast.AST | None:
-    for sub in ast.walk(func):
-        if any(child is node for child in ast.iter_child_nodes(sub)):
-            return sub
-    return None
 
 
 def _body_changes(old: _Fn, new: _Fn, qualname: str, cls: str) -> list[NestedChange] | None:
