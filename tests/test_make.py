@@ -643,3 +643,40 @@ def test_a_new_public_function_reaches_its_module_and_the_package_that_re_export
         [11, True],
         [False, False],
     )
+
+
+def test_a_module_that_binds_another_modules_function_over_its_own_copy(
+    tmp_path: Path,
+) -> None:
+    """``b`` keeps a copy of ``a.fee`` and imports the real one over it: one function at
+    run time, replaced once when both copies change alike, a baseline when they differ."""
+    repo = GitRepo(tmp_path / "repo")
+    fee = "def fee(x):\n    return x + 1\n"
+    copy = fee + "\n\ntry:\n    from shop.a import fee\nexcept ImportError:\n    pass\n"
+    files = {"src/shop/__init__.py": "", "src/shop/a.py": fee, "src/shop/b.py": copy}
+    repo.commit("the baseline", files)
+    repo.git("tag", "v1")
+    fixed = {
+        "src/shop/a.py": fee.replace("+ 1", "+ 2"),
+        "src/shop/b.py": copy.replace("+ 1", "+ 2"),
+    }
+    repo.commit("the fix", fixed)
+    result = run(repo, tmp_path)
+    assert result.outcome == "hot", result.record()
+    assert verdicts(result) == {"shop.a:fee": "inline", "shop.b:fee": "left"}
+    assert result.path is not None
+    seen = run_patched(
+        roots=[repo_at(repo, "v1", tmp_path)],
+        module="shop.b",
+        patch=result.path,
+        baseline="1.0",
+        before="from shop.b import fee as early",
+        probe="early(1)",
+    )
+    assert (seen["before"], seen["after"], seen["rolled_back"]) == (2, 3, 2)
+
+    repo.commit("the copy fixed otherwise", {"src/shop/b.py": copy.replace("+ 1", "+ 3")})
+    result = run(repo, tmp_path)
+    assert result.outcome == "baseline", result.record()
+    reasons = {c.name: c.why for c in result.reasons}
+    assert "whose new code differs" in reasons["shop.b:fee"]

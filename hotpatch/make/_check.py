@@ -49,6 +49,7 @@ class Verdict:
     error: str = ""  # the patch did not load or was refused: the message
     error_target: str = ""
     wrappers: dict[str, str] = field(default_factory=dict)  # target -> the wrapper patched
+    same: dict[str, str] = field(default_factory=dict)  # target -> an earlier one, one function
 
 
 def check_patch(
@@ -102,10 +103,11 @@ def check_patch(
     if not data["ok"]:
         return Verdict(False, (), error=data["error"], error_target=data.get("target") or "")
     return Verdict(
-        hot=bool(data["hot"]) and not data["wrappers"],
+        hot=bool(data["hot"]) and not data["wrappers"] and not data["same"],
         reasons=tuple(data["reasons"]),
         modes=dict(data["modes"]),
         wrappers=dict(data["wrappers"]),
+        same=dict(data["same"]),
     )
 
 
@@ -133,13 +135,21 @@ def _child_main(config: dict[str, Any]) -> None:  # pragma: no cover - runs in t
 def _dry_run(path: Path, baseline: str, expected: dict[str, str]) -> dict[str, Any]:
     patch = load_patch(path)
     wrappers: dict[str, str] = {}
+    same: dict[str, str] = {}  # a module that binds another's function under its own name
+    first: dict[int, str] = {}
     for target, qualname in expected.items():
         if is_nested(target):
             continue  # code, not a name: the registry's check finds it in the enclosing code
         function = resolve(target, patch=patch.version).function
         if function.__qualname__ != qualname:
             wrappers[target] = function.__qualname__
-    if wrappers:  # the registry would judge the wrapper: say what it is instead
-        return {"ok": True, "hot": False, "reasons": [], "modes": {}, "wrappers": wrappers}
+        if first.setdefault(id(function), target) != target:
+            same[target] = first[id(function)]
+    if wrappers or same:  # the registry would judge the wrapper, or refuse: say what it is
+        return {"ok": True, "hot": False, "reasons": [], "modes": {}, **_found(wrappers, same)}
     report = Registry(baseline).check(patch)
-    return {"ok": True, **report.record(), "wrappers": wrappers}
+    return {"ok": True, **report.record(), **_found(wrappers, same)}
+
+
+def _found(wrappers: dict[str, str], same: dict[str, str]) -> dict[str, dict[str, str]]:
+    return {"wrappers": wrappers, "same": same}

@@ -185,6 +185,10 @@ def _verify(
             timeout=request.timeout,
         )
     by_name = {c.name: c for c in plan.changes}
+    if verdict.same:
+        return _once(plan, verdict, by_name) or _verify(
+            plan, header, old=old, roots=roots, request=request, say=say
+        )
     if verdict.error:
         name = verdict.error_target or "the patch"
         why = f"the generated patch does not go in against the old code: {verdict.error}"
@@ -216,6 +220,33 @@ def _verify(
                 else f"changed; replaced, calls forwarded to the new code {why}".rstrip()
             )
     return verdict
+
+
+def _once(plan: Plan, verdict: Verdict, by_name: dict[str, Change]) -> Verdict | None:
+    """Targets that are one function at run time (a module binds another's function over
+    its own copy): replaced once when their new code is the same (None: check again),
+    else the verdict stands and the change is a baseline."""
+    replacements = {r.target: (m, r) for m in plan.modules for r in m.replacements}
+    differ = False
+    for target, first in verdict.same.items():
+        (module, mine), (_, theirs) = replacements[target], replacements[first]
+        change = by_name[target]
+        if (mine.source, mine.mangled) == (theirs.source, theirs.mangled):
+            module.replacements.remove(mine)
+            change.verdict = "left"
+            change.why = (
+                f"at run time it is {first} (the module binds that name to it, over its own "
+                "copy), which this patch replaces with the same new code"
+            )
+        else:
+            differ = True
+            change.verdict = "baseline"
+            change.why = (
+                f"at run time it is {first} (the module binds that name to it, over its own "
+                "copy), whose new code differs: one function cannot be replaced by both"
+            )
+    plan.modules[:] = [m for m in plan.modules if not m.empty]
+    return verdict if differ else None
 
 
 def _bundle_path(output: Path) -> Path:
