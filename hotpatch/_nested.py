@@ -190,6 +190,22 @@ def plan_code(
             f"closure shape is not hot: {keep}"
         )
         raise NotPatchable(msg, patch=v, target=spec)
+    inner = {
+        n
+        for const in replacement.__code__.co_consts
+        if isinstance(const, types.CodeType)
+        for n in global_names(const)
+    }
+    if held := sorted(inner & set(old.co_freevars)):
+        msg = (
+            f"patch {v}: the replacement for nested function {spec} has code nested in it (a "
+            f"def, lambda, generator expression or comprehension) that reads "
+            f"{', '.join(held)} of the closure; only the replacement's own code can read the "
+            "closure, so that code would raise NameError when it runs. Read those variables "
+            "into locals of the replacement first and let the nested code use the locals, or "
+            f"{keep}"
+        )
+        raise NotPatchable(msg, patch=v, target=spec)
     built = build(
         reference_function(original, name),
         original,

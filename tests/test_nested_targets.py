@@ -390,6 +390,58 @@ def test_changed_parameters_are_refused(make_module, write_patch, registry):
     assert mod.add2(1) == 3
 
 
+INNER_READS = {
+    "def": """
+        def inner():
+            return x + n
+        return inner()
+    """,
+    "lambda": "return (lambda: x + n)()",
+    "genexpr": "return sum(x + n for _ in range(1))",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(INNER_READS))
+def test_code_inside_the_replacement_reading_the_closure_is_refused(
+    make_module, write_patch, registry, kind
+):
+    # The closure's variables reach the replaced function's own code only: code
+    # nested in it would look them up as globals and raise NameError when it runs.
+    mod = make_module(ADDERS)
+    body = textwrap.indent(textwrap.dedent(INNER_READS[kind]).strip(), " " * 12)
+    patch = load(
+        write_patch,
+        f"""
+        @patch.replace("{mod.__name__}:make_adder.<locals>.add")
+        def add(x):
+{body}
+        """,
+    )
+    message = refused(registry, patch, hotpatch.NotPatchable, "n")
+    assert "nested" in message
+    assert f"patch {mod.__name__}:make_adder" in message
+    assert mod.add2(1) == 3
+
+
+def test_code_inside_the_replacement_reading_only_its_own_names_is_hot(
+    make_module, write_patch, registry
+):
+    mod = make_module(ADDERS)
+    patch = load(
+        write_patch,
+        f"""
+        @patch.replace("{mod.__name__}:make_adder.<locals>.add")
+        def add(x):
+            scaled = n * 10
+            return (lambda: x + scaled)()
+        """,
+    )
+    registry.apply(patch)
+    assert mod.add2(1) == 21
+    registry.rollback()
+    assert mod.add2(1) == 3
+
+
 def test_a_replacement_with_its_own_closure_is_refused(make_module, write_patch, registry):
     mod = make_module(ADDERS)
     patch = load(
