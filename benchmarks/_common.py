@@ -1,4 +1,5 @@
-"""Shared helpers for the benchmarks: command line, statistics, the table and the JSON file."""
+"""Shared helpers for the benchmarks: command line, statistics, the table, the JSON file, and
+the stacked patches several benchmarks apply."""
 
 from __future__ import annotations
 
@@ -100,3 +101,20 @@ def write_json(path: Path, name: str, quick: bool, results: dict[str, Any]) -> N
     document = {"benchmark": name, "quick": quick, "environment": environment(), **results}
     path.write_text(json.dumps(document, indent=2) + "\n")
     print(f"\nresults written to {path}")
+
+
+def stacked_module(targets: int) -> str:
+    """A module of ``targets`` functions ``f0``.. that stacked patches replace."""
+    return "".join(f"def f{i}(x, y=1):\n    return x + y + {i}\n\n" for i in range(targets))
+
+
+def stacked_patch(module: str, n: int, targets: int) -> str:
+    """Patch ``1.0.n``: a new body for every function of ``stacked_module``."""
+    head = (
+        "from hotpatch import Patch\n\n"
+        f"patch = Patch(version='1.0.{n}', baseline='1.0', summary='level {n}')\n\n"
+    )
+    return head + "".join(
+        f"@patch.replace('{module}:f{i}')\ndef f{i}(x, y=1):\n    return x * y + {n + i}\n\n"
+        for i in range(targets)
+    )

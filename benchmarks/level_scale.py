@@ -54,7 +54,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from _common import PY, RESULTS, median, p99, print_table, write_json
+from _common import PY, RESULTS, median, p99, print_table, stacked_module, stacked_patch, write_json
 
 NAME = "level_scale"
 TARGETS = 10
@@ -79,21 +79,6 @@ replay, cpu = time.perf_counter() - start, time.process_time() - cpu
 print(json.dumps({"read_s": read, "replay_s": replay, "replay_cpu_s": cpu,
                   "level": len(registry.level), "recorded": len(state.level)}))
 """
-
-
-def _module_source() -> str:
-    return "".join(f"def f{i}(x, y=1):\n    return x + y + {i}\n\n" for i in range(TARGETS))
-
-
-def _patch_source(module: str, n: int) -> str:
-    head = (
-        "from hotpatch import Patch\n\n"
-        f"patch = Patch(version='1.0.{n}', baseline='1.0', summary='level {n}')\n\n"
-    )
-    return head + "".join(
-        f"@patch.replace('{module}:f{i}')\ndef f{i}(x, y=1):\n    return x * y + {n + i}\n\n"
-        for i in range(TARGETS)
-    )
 
 
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -132,7 +117,7 @@ class Stack:
 
         self.root = root
         self.module = f"{MODULE}_{name}"
-        (root / f"{self.module}.py").write_text(_module_source())
+        (root / f"{self.module}.py").write_text(stacked_module(TARGETS))
         importlib.invalidate_caches()
         importlib.import_module(self.module)
         self.patches = root / f"patches-{name}"
@@ -145,7 +130,7 @@ class Stack:
     def write(self, n: int) -> Path:
         path = self.patches / f"p{n}.py"
         if not path.exists():
-            path.write_text(_patch_source(self.module, n))
+            path.write_text(stacked_patch(self.module, n, TARGETS))
         return path
 
     def push(self) -> None:

@@ -46,7 +46,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from _common import PY, RESULTS, median, p99, print_table, write_json
+from _common import PY, RESULTS, median, p99, print_table, stacked_module, stacked_patch, write_json
 
 NAME = "workers_level"
 TARGETS = 10
@@ -63,21 +63,6 @@ print("ready", os.getpid(), flush=True)
 sys.stdin.read()
 agent.stop()
 """
-
-
-def _module_source() -> str:
-    return "".join(f"def f{i}(x, y=1):\n    return x + y + {i}\n\n" for i in range(TARGETS))
-
-
-def _patch_source(module: str, n: int) -> str:
-    head = (
-        "from hotpatch import Patch\n\n"
-        f"patch = Patch(version='1.0.{n}', baseline='1.0', summary='level {n}')\n\n"
-    )
-    return head + "".join(
-        f"@patch.replace('{module}:f{i}')\ndef f{i}(x, y=1):\n    return x * y + {n + i}\n\n"
-        for i in range(TARGETS)
-    )
 
 
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -111,7 +96,7 @@ class Patches:
     def path(self, n: int) -> Path:
         path = self.folder / f"p{n}.py"
         if not path.exists():
-            path.write_text(_patch_source(self.module, n))
+            path.write_text(stacked_patch(self.module, n, TARGETS))
         return path
 
 
@@ -135,7 +120,7 @@ class Owner:
         from hotpatch.agent.fanout._journal import GroupJournal
 
         self.module = f"{MODULE}_{level}"
-        (root / f"{self.module}.py").write_text(_module_source())
+        (root / f"{self.module}.py").write_text(stacked_module(TARGETS))
         importlib.invalidate_caches()
         importlib.import_module(self.module)
         self.patches = Patches(root, self.module)
@@ -171,7 +156,7 @@ class Group:
 
     def __init__(self, root: Path, level: int, modules: Path) -> None:
         self.module = f"{MODULE}_w{level}"
-        (modules / f"{self.module}.py").write_text(_module_source())
+        (modules / f"{self.module}.py").write_text(stacked_module(TARGETS))
         self.patches = Patches(root, self.module)
         self.folder = root / f"group-{level}"
         (self.folder / ".workers").mkdir(parents=True, mode=0o700)
