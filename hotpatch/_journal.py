@@ -249,7 +249,24 @@ class Journal:
         prior = self._on_disk
         if prior is None:
             return self._remove
-        return lambda: self._write_bytes(prior, remember=False)
+        return lambda: self._put_back(prior)
+
+    def _put_back(self, prior: bytes) -> None:
+        """The journal as ``prior`` again: cut back to it when only appended to since
+        (no space needed: a full disk cannot keep a rolled-back patch in the journal),
+        written whole otherwise."""
+        try:
+            with self.path.open("r+b") as f:
+                if f.read(len(prior)) == prior:
+                    f.truncate(len(prior))
+                    f.flush()
+                    os.fsync(f.fileno())
+                    self._forget()
+                    self._on_disk = prior
+                    return
+        except OSError:
+            pass  # gone, unreadable or not cut: written whole below, or its error said
+        self._write_bytes(prior, remember=False)
 
     def _remove(self) -> None:
         self.path.unlink(missing_ok=True)

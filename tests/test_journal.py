@@ -17,10 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_folder_resources import SmallDisk, small_disk
 
 import hotpatch
 import hotpatch._journal
 import hotpatch._journal_format
+
+__all__ = ["small_disk"]  # the fixture
 
 # A real service stand-in: imports the target module, builds a Registry on the
 # journal (which replays it), reports, then applies the patch files it is given.
@@ -984,3 +987,42 @@ def test_a_replay_is_in_the_journals_history_from_the_next_change(service, targe
         ("apply", "1.0.3", ["1.0.1", "1.0.2", "1.0.3"]),
     ]
     assert len(_records_of(service.journal)) == 1 + 3
+
+
+# -- an undo point held across a restart (the supervisor's) -------------------------------
+
+
+def test_an_undo_point_is_put_back_on_a_full_disk(make_module, write_patch, small_disk: SmallDisk):
+    # A restart that fails its health check puts the journal back as it was before the
+    # new process appended to it: that must not need space the disk no longer has,
+    # or the process started after the rollback would replay the patch it rolled back.
+    module = make_module(TARGET)
+    path = small_disk.path / "journal.json"
+    registry = hotpatch.Registry("1.0", journal=path)
+    paths = _write_chain(write_patch, module.__name__, 3)
+    try:
+        registry.apply(hotpatch.load_patch(paths[0]))
+        before = path.read_bytes()
+        put_back = hotpatch._journal.Journal(path).undo_point()
+        for p in paths[1:]:
+            registry.apply(hotpatch.load_patch(p))
+        assert [e.version for e in _state(path).level] == ["1.0.1", "1.0.2", "1.0.3"]
+        small_disk.fill()
+        put_back()
+        assert path.read_bytes() == before
+        assert [e.version for e in _state(path).level] == ["1.0.1"]
+    finally:
+        small_disk.free()
+        registry.rollback(to="1.0")
+
+
+def test_an_undo_point_of_a_journal_rewritten_since_writes_it_whole(tmp_path):
+    path = tmp_path / "journal.json"
+    journal = hotpatch._journal.Journal(path)
+    journal.write(hotpatch._journal_format.JournalState("1.0"))
+    before = path.read_bytes()
+    put_back = hotpatch._journal.Journal(path).undo_point()
+    hotpatch._journal.Journal(path).write(hotpatch._journal_format.JournalState("2.0"))
+    put_back()
+    assert path.read_bytes() == before
+    assert _state(path).baseline == "1.0"
