@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,6 +24,7 @@ from drops import WAIT_S, DropFolder, wait_for
 import hotpatch
 from hotpatch.agent._control import request
 from hotpatch.agent._names import LOCKFILE_NAME, PIDFILE_NAME, SOCKET_NAME
+from hotpatch.agent._vital import VitalCheck
 
 OTHER_UID = 54321  # a user that owns nothing here
 
@@ -298,6 +300,7 @@ def _warm_blocks_until(go: Path) -> str:
     return f"""\
         import os, time
         if os.getppid() == {os.getpid()}:
+            open({str(go.with_name("warming"))!r}, "w").close()  # the test waits for this
             _deadline = time.monotonic() + {WAIT_S}
             while not os.path.exists({str(go)!r}) and time.monotonic() < _deadline:
                 time.sleep(0.01)
@@ -326,9 +329,14 @@ def test_a_drop_checked_while_its_folder_is_replaced_is_retried_not_rejected(
     caplog.set_level(logging.INFO, logger="hotpatch")
     go = drops.root / "go"
     target = make_module(_warm_blocks_until(go))
+    # The verifier warms only files older than itself (nothing a patch wrote
+    # while checked runs there): a module written just now may not be, yet.
+    assert target.__file__ is not None
+    os.utime(target.__file__, ns=(time.time_ns() - 10**10,) * 2)
     agent = start_agent(verify=True)
     drops.drop("first.py", patch_text(target, "1.0.1", 1))
-    drops.filed("first.py", "applied")  # its target is being warmed now, and waits for go
+    drops.filed("first.py", "applied")  # its target is warmed next, and waits for go
+    wait_for((drops.root / "warming").exists, "the verifier to warm the target")
     second = patch_text(target, "1.0.2", 2)
     drops.drop("second.py", second)
     wait_for(lambda: list(drops.path.glob(".staging/*/second.py")), "second.py to be staged")
@@ -342,7 +350,11 @@ def test_a_drop_checked_while_its_folder_is_replaced_is_retried_not_rejected(
         os.rename(drops.path, old)
         os.rename(replacement, drops.path)
     else:  # deleted with what it held, made again, the drops put back
-        shutil.rmtree(drops.path)
+        # Out of the way in one step, then emptied: the agent remakes what goes
+        # missing in a folder still there, so a bare rmtree could race it.
+        gone = drops.root / "deleted-patches"
+        os.rename(drops.path, gone)
+        shutil.rmtree(gone)
         drops.path.mkdir(mode=0o700)
         drops.drop("third.py", patch_text(target, "1.0.3", 3))
         drops.drop("second.py", second)
@@ -361,3 +373,28 @@ def test_a_drop_checked_while_its_folder_is_replaced_is_retried_not_rejected(
     cut_short = [line for line in said if "cut short" in line]
     assert len(cut_short) == 1, said
     assert "tried again" in cut_short[0]
+
+
+def test_the_vital_check_does_not_blame_a_patch_for_a_folder_gone(tmp_path: Path) -> None:
+    # The scratch directory is the watched folder's staging: the folder deleted or
+    # replaced under the check is the guard's to report, not a broken patch.
+    record = {"version": "1.0.1", "outcome": "applied", "level": ["1.0.1"]}
+    gone = VitalCheck(tmp_path / "patches" / ".staging", None)
+    assert gone(record) is None
+    assert not (tmp_path / "patches").exists()
+    here = VitalCheck(tmp_path / ".staging", None)
+    assert here(record) is None
+    assert (tmp_path / ".staging").is_dir()
+    assert os.listdir(tmp_path / ".staging") == []  # the check's file removed
+
+
+def test_the_vital_check_names_a_result_file_that_cannot_be_written(tmp_path: Path) -> None:
+    scratch = tmp_path / ".staging"
+    scratch.mkdir()
+    (scratch / "x").mkdir()
+    check = VitalCheck(scratch / "x" / "y", None)
+    (scratch / "x").rmdir()
+    (scratch / "x").write_text("a file where a directory should be")
+    broken = check({"version": "1.0.1"})
+    assert broken is not None
+    assert "writing a result file failed" in broken

@@ -26,6 +26,8 @@ from hotpatch.agent._outcome import write_result
 __all__ = ["VITAL_TIMEOUT_S", "VitalCheck"]
 
 VITAL_TIMEOUT_S = 10.0  # for the whole check; a working agent takes milliseconds
+_SCRATCH_TRIES = 3  # writes of the result file while its directory keeps going away
+_SCRATCH_GONE = "the scratch directory went away during the write"
 
 
 class VitalCheck:
@@ -73,7 +75,21 @@ class VitalCheck:
         return self._file(record) or self._answer()
 
     def _file(self, record: dict[str, Any]) -> str | None:
-        """Write ``record`` as a result file and read it back; what went wrong, if anything."""
+        """Write ``record`` as a result file and read it back; what went wrong, if anything.
+
+        The scratch directory gone under the write (the watched folder deleted or
+        replaced meanwhile: the folder's guard reports that) is not the patch's
+        doing: the file is tried again in the directory made again, and a folder
+        that keeps going away is left to the guard.
+        """
+        broken: str | None = None
+        for _ in range(_SCRATCH_TRIES):
+            broken = self._file_once(record)
+            if broken is not _SCRATCH_GONE:
+                return broken
+        return None
+
+    def _file_once(self, record: dict[str, Any]) -> str | None:
         expected = _plain(record)  # what a reader must find, worked out without json
         path = self.scratch / f".vital-check.{os.getpid()}.{threading.get_ident()}.json"
         try:
@@ -87,6 +103,8 @@ class VitalCheck:
         except OSError as exc:
             if _resource(exc):
                 return None  # the disk, not the patch: filing reports it itself
+            if isinstance(exc, FileNotFoundError) and not self.scratch.is_dir():
+                return _SCRATCH_GONE
             return f"writing a result file failed: {type(exc).__name__}: {exc}"
         finally:
             with contextlib.suppress(OSError):
