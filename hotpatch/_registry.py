@@ -36,7 +36,14 @@ from hotpatch._plan import Applied, Level, Plan, caches_of, make_plan, nested_of
 from hotpatch._plugins import PluginHost
 from hotpatch._recording import Recording
 from hotpatch._replay import Deferred, ReplaySteps, replay, resync
-from hotpatch._results import ApplyResult, CheckReport, HistoryEntry, LevelChain, RollbackResult
+from hotpatch._results import (
+    ApplyResult,
+    CheckReport,
+    HistoryEntry,
+    LevelChain,
+    RollbackResult,
+    level_text,
+)
 from hotpatch._switch import Change, Key, busy_threads, current, key, quiesce, switch
 from hotpatch._unwind import code_in, kept_of, unwind
 from hotpatch._wrap import Wrapper, Wrappers
@@ -339,7 +346,7 @@ class Registry:
                     "rolled back %s in %.2f ms; level now %s",
                     ", ".join(versions),
                     elapsed * 1e3,
-                    ", ".join(self.level) or f"baseline {self.baseline}",
+                    level_text(self._level, self.baseline),
                 )
             result = RollbackResult(versions, self.level, elapsed, switch_s)
         if popped:

@@ -2,11 +2,40 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["ApplyResult", "CheckReport", "HistoryEntry", "LevelChain", "RollbackResult"]
+__all__ = [
+    "LEVEL_SHOWN",
+    "ApplyResult",
+    "CheckReport",
+    "HistoryEntry",
+    "LevelChain",
+    "RollbackResult",
+    "level_summary",
+    "level_text",
+]
+
+# What an answer, a record or a log line says of a level: its top versions and how many
+# it holds, so that it costs the same at level 1 and at level 10,000 (``status`` and
+# ``Registry.level`` give the whole level).
+LEVEL_SHOWN = 10
+
+
+def level_summary(level: Sequence[str]) -> dict[str, Any]:
+    """``level`` (the top ``LEVEL_SHOWN`` versions, oldest first) and ``level_size``."""
+    return {"level": list(level[-LEVEL_SHOWN:]), "level_size": len(level)}
+
+
+def level_text(level: Sequence[str], baseline: str) -> str:
+    """A level for a log line: all of it up to ``LEVEL_SHOWN`` versions, else its top and
+    its size (``..., 1.0.991, ..., 1.0.1000 (1000 patches)``)."""
+    if not level:
+        return f"baseline {baseline}"
+    if len(level) <= LEVEL_SHOWN:
+        return ", ".join(level)
+    return f"..., {', '.join(level[-LEVEL_SHOWN:])} ({len(level)} patches)"
 
 
 @dataclass(frozen=True, slots=True)

@@ -418,10 +418,15 @@ def test_rollback_and_history_over_the_socket(
         "rollback target 'latest' is not a PEP 440 version (write it like '2.3.1')",
     )
     answer = request(sock, {"cmd": "rollback", "to": None})
-    assert answer == {"ok": True, "versions": ["1.0.3"], "level": ["1.0.1", "1.0.2"]}
+    assert answer == {
+        "ok": True,
+        "versions": ["1.0.3"],
+        "level": ["1.0.1", "1.0.2"],
+        "level_size": 2,
+    }
     assert target.f() == 2
     answer = request(sock, {"cmd": "rollback", "to": "1.0"})
-    assert answer == {"ok": True, "versions": ["1.0.2", "1.0.1"], "level": []}
+    assert answer == {"ok": True, "versions": ["1.0.2", "1.0.1"], "level": [], "level_size": 0}
     assert target.f() == 0
     answer = request(sock, {"cmd": "rollback"})
     assert (answer["ok"], answer["error_type"]) == (False, "VersionConflict")

@@ -312,7 +312,7 @@ def test_rollback_and_history(agent, target, patch_file) -> None:
     assert target.price(1) == 3
 
     data = as_json(run_cli("rollback", "--to", "1.0", "--json", *sock(agent)))
-    assert data == {"ok": True, "versions": ["1.0.2", "1.0.1"], "level": []}
+    assert data == {"ok": True, "versions": ["1.0.2", "1.0.1"], "level": [], "level_size": 0}
     assert target.price(1) == 1
 
     nothing = run_cli("rollback", *sock(agent))
@@ -335,6 +335,31 @@ def test_rollback_and_history(agent, target, patch_file) -> None:
     assert [(h["action"], h["version"]) for h in history][-1] == ("rollback", "1.0.2, 1.0.1")
     limited = as_json(run_cli("history", "--json", "-n", "1", *sock(agent)))["history"]
     assert limited == history[-1:]
+
+
+def test_a_rollback_at_a_deep_level_shows_its_top_and_counts_it(agent, watched, patch_file) -> None:
+    """The answer carries the top 10 versions and ``level_size``; status the whole level."""
+    assert agent.registry is not None
+    for n in range(1, 13):
+        agent.registry.apply(hotpatch.load_patch(patch_file(f"1.0.{n}", n)))
+    status = as_json(run_cli("status", "--json", *sock(agent)))
+    assert status["level"] == [f"1.0.{n}" for n in range(1, 13)]
+    with Watching(watched, 1, plain=True) as watching:
+        shown = run_cli("rollback", *sock(agent))
+        assert shown.returncode == 0, shown.stderr
+        [line] = watching.output().splitlines()
+    top = ", ".join(f"1.0.{n}" for n in range(2, 12))
+    assert f"  1.0.12  rolled back  level now ..., {top} (11 patches)  from " in line, line
+    assert dict(line.split(None, 2)[::2] for line in shown.stdout.splitlines()) == {
+        "rolled": "1.0.12",
+        "level": f"..., {top} (11 patches)",
+    }
+    data = as_json(run_cli("rollback", "--json", *sock(agent)))
+    assert (data["versions"], data["level"], data["level_size"]) == (
+        ["1.0.11"],
+        [f"1.0.{n}" for n in range(1, 11)],
+        10,
+    )
 
 
 def test_history_of_a_fresh_agent(agent) -> None:

@@ -271,6 +271,65 @@ def test_status_lists_the_workers_and_rollback_reaches_them_all(workers: Workers
     assert all(workers.level(pid) == [] for pid in pids)
 
 
+def test_at_a_deep_level_answers_carry_its_top_and_size_and_status_all_of_it(
+    workers: Workers,
+) -> None:
+    """What an apply or a rollback passes between the workers, answers, logs and files does
+    not grow with the level: the top 10 versions and ``level_size``. ``status`` and each
+    worker's ``worker`` answer still give the whole level."""
+    versions = [f"1.{n}" for n in range(1, 13)]
+    entries = []
+    for n, version in enumerate(versions, 1):
+        text = patch_text(version, n)
+        sha = hashlib.sha256(text.encode()).hexdigest()
+        entries.append(JournalEntry(version, sha, f"p{n}.py", text))
+    workers.journal.parent.mkdir(mode=0o700)
+    Journal(workers.journal).write(JournalState("1.0", entries))
+    pids = [workers.start(), workers.start()]  # the first replays, the second copies it
+    owner = workers.owner()
+    other = next(pid for pid in pids if pid != owner)
+    assert all(workers.level(pid) == versions for pid in pids)
+    status = workers.status(other)
+    assert status["level"] == versions
+    assert [w["level"] for w in status["workers"]] == [versions, versions]
+
+    newer = workers.outbox / "p13.py"
+    newer.write_text(patch_text("1.13", 13))
+    applied = request(workers.socket(other), {"cmd": "apply", "path": str(newer)})
+    assert applied["ok"], applied
+    deeper = [*versions, "1.13"]
+    assert (applied["level"], applied["level_size"]) == (deeper[-10:], 13)
+    assert sorted(w["pid"] for w in applied["workers"]) == sorted(pids)
+    assert all((w["level"], w["level_size"]) == (deeper[-10:], 13) for w in applied["workers"])
+
+    with Watching(workers.folder, 1) as watching:
+        rolled = request(workers.socket(other), {"cmd": "rollback"})
+        assert rolled["ok"], rolled
+        records = watching.records()
+    assert (rolled["versions"], rolled["level"], rolled["level_size"]) == (
+        ["1.13"],
+        versions[-10:],
+        12,
+    )
+    assert sorted(w["index"] for w in rolled["workers"]) == sorted(pids)
+    assert all(
+        (w["ok"], w["versions"], w["level"], w["level_size"])
+        == (True, ["1.13"], versions[-10:], 12)
+        for w in rolled["workers"]
+    )
+    assert [(r["event"], r["versions"], r["level"], r["level_size"]) for r in records] == [
+        ("rollback", ["1.13"], versions[-10:], 12)
+    ]
+    # Every worker at the group's level, all of it, and the journal too.
+    assert all(workers.level(pid) == versions for pid in pids)
+    assert levels(workers.recorded()) == versions
+    # No log line of the apply or the rollback lists the whole level.
+    lines = [line for line in workers.log_lines() if "1.13" in line]
+    assert lines
+    assert not [line for line in lines if "1.1, 1.2" in line], lines
+    assert [line for line in lines if "rolled back 1.13" in line and "(12 patches)" in line]
+
+
 def test_watch_shows_each_outcome_of_the_group_once_however_it_was_asked(
     workers: Workers,
 ) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 import hotpatch
@@ -72,3 +74,33 @@ def test_check_changes_nothing(make_module, write_patch, registry):
 def test_rollback_with_nothing_applied_is_a_version_conflict(registry):
     with pytest.raises(hotpatch.VersionConflict, match="nothing to roll back"):
         registry.rollback()
+
+
+def test_a_rollback_logs_the_top_of_a_deep_level_and_its_size(
+    make_module, write_patch, registry, caplog
+):
+    """The log line of a rollback costs the same at level 11 and at 10,000: the top 10."""
+    mod = make_module("def f():\n    return 0\n")
+    for n in range(1, 13):
+        path = write_patch(
+            f"""
+            from hotpatch import Patch
+            patch = Patch(version="1.0.{n}", baseline="1.0")
+
+            @patch.replace("{mod.__name__}:f")
+            def f():
+                return {n}
+            """
+        )
+        registry.apply(hotpatch.load_patch(path))
+    with caplog.at_level(logging.INFO, logger="hotpatch"):
+        registry.rollback()
+        registry.rollback()
+        registry.rollback(to="1.0")
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("rolled back")]
+    top = ", ".join(f"1.0.{n}" for n in range(2, 12))
+    assert lines[0].endswith(f"; level now ..., {top} (11 patches)"), lines
+    whole = ", ".join(f"1.0.{n}" for n in range(1, 11))
+    assert lines[1].endswith(f"; level now {whole}"), lines  # 10: all of it, as before
+    assert lines[2].endswith("; level now baseline 1.0"), lines
+    assert mod.f() == 0

@@ -15,6 +15,7 @@ from hotpatch._errors import RestartRequired, VerificationFailed
 from hotpatch._loader import load_patch_source
 from hotpatch._patch import Patch
 from hotpatch._registry import Registry
+from hotpatch._results import level_summary
 from hotpatch._targets import is_nested
 from hotpatch.agent._applier import (
     AppliedPatch,
@@ -105,7 +106,7 @@ class LocalApplier:
 
     def rollback(self, to: str | None, who: str) -> dict[str, Any]:
         result = self.registry.rollback(to=to, who=who)
-        return {"ok": True, "versions": list(result.versions), "level": list(result.level)}
+        return {"ok": True, "versions": list(result.versions), **level_summary(result.level)}
 
     def history(self) -> dict[str, Any]:
         return {"ok": True, "history": [h.record() for h in self.registry.history]}

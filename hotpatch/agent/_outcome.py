@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from hotpatch._results import LEVEL_SHOWN, level_summary
 from hotpatch.agent._names import shown
 from hotpatch.agent._signing import SIGNATURE_SUFFIX
 
@@ -40,9 +41,6 @@ OUTCOME_DIRS: dict[str, str] = {
     "pending": "pending",
 }
 RESULT_SUFFIX = ".result.json"
-# The top of the level a record carries (its ``level_size`` counts the whole level): what
-# a drop costs to file stays the same at level 1 and at level 10,000.
-LEVEL_SHOWN = 10
 
 # -- outcomes ---------------------------------------------------------------------------
 
@@ -85,8 +83,8 @@ class Outcome:
             "reason": self.reason,
             "sha256": self.sha256,
             "targets": list(self.targets),
-            "level": list(self.level[-LEVEL_SHOWN:]),
-            "level_size": len(self.level),
+            # The top of the level and its size: filing costs the same at any level.
+            **level_summary(self.level),
             "timings": {k: round(v, 6) for k, v in self.timings.items()},
             "time": self.time,
             "who": self.who,

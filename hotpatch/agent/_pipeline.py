@@ -164,13 +164,15 @@ class DropPipeline:
         """Add a rollback's answer to the outcome log, if it rolled anything back."""
         if self.outcome_log is None or not answer.get("ok") or not answer.get("versions"):
             return
+        level = list(answer.get("level") or ())  # its top, as the answer's
         self.outcome_log.append(
             {
                 "event": "rollback",
                 "source": source,
                 "dir": None,
                 "versions": list(answer["versions"]),
-                "level": list(answer.get("level") or ()),
+                "level": level,
+                "level_size": answer.get("level_size", len(level)),
                 "time": now_iso(),
                 "who": who,
             }

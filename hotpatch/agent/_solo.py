@@ -9,6 +9,7 @@ import os
 from typing import Any
 
 from hotpatch._registry import Registry
+from hotpatch._results import level_text
 from hotpatch.agent._commands import Commands, dispatch
 from hotpatch.agent._control_server import ControlServer
 from hotpatch.agent._guard import check_folder, folder_status
@@ -82,7 +83,7 @@ class Solo:
         log.info(
             "hotpatch agent started: baseline %s, level %s, folder %s%s, socket %s",
             settings.baseline,
-            ", ".join(self.registry.level) or "-",
+            level_text(self.registry.level, settings.baseline) if self.registry.level else "-",
             settings.watch or "-",
             f" (state in {settings.state_dir})" if settings.state_dir else "",
             settings.socket or "-",

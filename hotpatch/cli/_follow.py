@@ -294,11 +294,15 @@ def _show_watched(args: argparse.Namespace, record: Answer) -> None:
     source = f"from {record['source']}" if record.get("source") else ""
     if record.get("event") == "rollback":
         level = [str(v) for v in record.get("level") or []]
+        size = record.get("level_size")
+        shown = ", ".join(level)
+        if isinstance(size, int) and size > len(level):  # the record carries the top only
+            shown = f"..., {shown} ({size} patches)"
         parts = [
             str(record.get("time") or ""),
             ", ".join(str(v) for v in record.get("versions") or []),
             "rolled back",
-            f"level now {', '.join(level)}" if level else "level now the baseline",
+            f"level now {shown}" if level else "level now the baseline",
             source,
         ]
         print("  ".join(p for p in parts if p), flush=True)

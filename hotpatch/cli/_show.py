@@ -44,6 +44,16 @@ def _cell(value: object) -> str:
     return str(value)
 
 
+def _level(answer: Answer) -> object:
+    """An answer's level: the versions it carries, with ``...`` and how many the level holds
+    when it carries only the top (``level_size``)."""
+    level = answer.get("level") or []
+    size = answer.get("level_size")
+    if isinstance(size, int) and isinstance(level, list) and size > len(level):
+        return f"..., {_cell(level)} ({size} patches)"
+    return level
+
+
 def _ms(seconds: object) -> str:
     return f"{float(seconds) * 1e3:.1f} ms" if isinstance(seconds, int | float) else "-"
 
@@ -116,7 +126,7 @@ def show_outcome(answer: Answer, out: TextIO) -> None:
         ("outcome", answer.get("outcome")),
         ("reason", answer.get("reason")),
         ("targets", answer.get("targets")),
-        ("level", answer.get("level")),
+        ("level", _level(answer)),
         ("sha256", answer.get("sha256")),
         ("signed by", answer.get("key_id")),
         ("rollout", _rollout_summary(answer.get("rollout"))),
@@ -141,13 +151,13 @@ def show_rollback(answer: Answer, out: TextIO) -> None:
             (
                 w.get("index"),
                 w.get("versions") if w.get("ok") else "failed",
-                (w.get("level") or "baseline only") if w.get("ok") else w.get("error"),
+                (_level(w) or "baseline only") if w.get("ok") else w.get("error"),
             )
             for w in workers
         ]
         print(table(rows, header=("WORKER", "ROLLED BACK", "LEVEL NOW")), file=out)
         return
-    level = answer.get("level") or []
+    level = _level(answer)
     print(
         table(
             [

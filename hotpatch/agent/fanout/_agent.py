@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from hotpatch._registry import Registry
+from hotpatch._results import level_text
 from hotpatch.agent._control_server import ControlServer
 from hotpatch.agent._guard import check_folder, folder_problem
 from hotpatch.agent._lifecycle import FolderWatch
@@ -164,7 +165,7 @@ class Worker:
             "hotpatch worker %d started: baseline %s, level %s, folder %s (%s)",
             os.getpid(),
             settings.baseline,
-            ", ".join(local.level()) or "-",
+            level_text(local.level(), settings.baseline) if local.level() else "-",
             settings.watch,
             "owner" if self.ownership.owner else "waiting to own it",
         )

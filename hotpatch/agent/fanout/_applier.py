@@ -76,17 +76,15 @@ class FanoutApplier:
         """Roll back here, then bring every other worker to the same level; the owner
         records it in the journal."""
         answer = self.local.rollback(to, who)
-        level = answer["level"]
+        level = answer["level"]  # its top and ``level_size``: not the whole level
         top = level[-1] if level else self.local.registry.baseline
         # The keys `hotpatch rollback` shows for the workers of `hotpatch run --workers N` too.
-        results = [
-            {"index": os.getpid(), "ok": True, "versions": answer["versions"], "level": level}
-        ]
+        fields = ("ok", "versions", "level", "level_size", "error")
+        results = [{"index": os.getpid(), **{k: answer.get(k) for k in fields}}]
         for pid, sock in sorted(self.fanout.roster.peers().items()):
             result = call(pid, sock, {"cmd": "rollback", "to": top, "local": True})
             if result is None:
                 continue
-            fields = ("ok", "versions", "level", "error")
             results.append({"index": pid, **{k: result.get(k) for k in fields}})
         answer["workers"] = results
         if answer["versions"] and self.ownership.owner:

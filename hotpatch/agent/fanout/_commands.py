@@ -11,6 +11,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from hotpatch._results import level_summary
 from hotpatch.agent._commands import Command, Commands, dispatch, rollback_answer
 from hotpatch.agent._control import request as ask
 from hotpatch.agent._pipeline import DropPipeline
@@ -135,7 +136,7 @@ class WorkerCommands:
         if request.get("local"):
             level_now = local.level()
             if request.get("to") == (level_now[-1:] or (self.settings.baseline,))[0]:
-                return {"ok": True, "versions": [], "level": list(level_now)}  # there already
+                return {"ok": True, "versions": [], **level_summary(level_now)}  # there already
             return rollback_answer(self.pipeline, local, request, who)
         if not self.ownership.owner:
             forwarded = ask_owner(self.ownership.folder, request)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from hotpatch._errors import PatchError, VerificationFailed
+from hotpatch._results import level_summary, level_text
 from hotpatch.agent._applier import already_applied
 from hotpatch.agent._control import request
 from hotpatch.agent._drops import peek_version
@@ -78,7 +79,7 @@ class Replica:
             "pid": os.getpid(),
             "outcome": outcome.outcome,
             "version": outcome.version,
-            "level": list(outcome.level),
+            **level_summary(outcome.level),  # its top: the answer costs the same at any level
             "reason": outcome.reason,
             "error_type": outcome.error_type,
             "targets": list(outcome.targets),
@@ -91,12 +92,13 @@ class Replica:
         with self.lock:
             level = registry.level
             if version not in level:
-                return {"ok": True, "pid": os.getpid(), "undone": False, "level": list(level)}
+                return {"ok": True, "pid": os.getpid(), "undone": False, **level_summary(level)}
             if level[-1] != version:
-                msg = f"patch {version} is not the last one applied here (level {list(level)})"
+                shown = level_text(level, registry.baseline)
+                msg = f"patch {version} is not the last one applied here (level {shown})"
                 return {"ok": False, "pid": os.getpid(), "error": msg, "error_type": "Conflict"}
             registry.rollback(who=f"{who} (undo: another worker refused {version})")
-            return {"ok": True, "pid": os.getpid(), "undone": True, "level": list(registry.level)}
+            return {"ok": True, "pid": os.getpid(), "undone": True, **level_summary(registry.level)}
 
     def texts(self, journal: GroupJournal) -> dict[str, Any]:
         """The level with each patch's text: what a new worker applies to catch up."""
@@ -155,7 +157,7 @@ class Replica:
                     "worker %d caught up with worker %d: level %s",
                     os.getpid(),
                     pid,
-                    ", ".join(self.local.level()),
+                    level_text(self.local.level(), baseline),
                 )
             return True
         return False
