@@ -242,7 +242,7 @@ class Deferred:
         The oldest popped entry's values win, as for any rollback; the run's
         entries count by ``under()`` instead of their ``before``.
         """
-        mine = {id(e) for e in self.entries}
+        mine = {id(e) for e in self.entries} if self._takes(popped) else set()
         final: dict[Key, Change] = {}
         run: dict[Key, Change] | None = None
         for entry in popped:
@@ -255,10 +255,17 @@ class Deferred:
 
     def forget(self, popped: Iterable[Applied]) -> bool:
         """``popped`` are off the level (a rollback went through); ``False`` if none is left."""
+        if not self._takes(popped):  # all above the run: nothing to walk
+            return bool(self.entries)
         gone = {id(e) for e in popped}
         self.entries = [e for e in self.entries if id(e) not in gone]
         self._unbuilt -= gone
         return bool(self.entries)
+
+    def _takes(self, popped: Iterable[Applied]) -> bool:
+        """Does a rollback popping ``popped`` take entries of the run? The entries are in
+        stack order, so if it takes any, it takes the top one: a look at ``popped`` alone."""
+        return bool(self.entries) and any(e is self.entries[-1] for e in popped)
 
     def build_in(self, entry: Applied, stack: Sequence[Applied]) -> None:
         """Build ``entry`` (one of ``stack``) on the level under it, if not done yet."""

@@ -20,7 +20,14 @@ from typing import Any
 
 import pytest
 from test_fanout import Workers, levels, patch_text, workers
-from test_journal import TARGET, _format1, _kill_points, _records_of, _write_chain
+from test_journal import (
+    TARGET,
+    _format1,
+    _kill_points,
+    _patch_source,
+    _records_of,
+    _write_chain,
+)
 
 import hotpatch
 from hotpatch._journal import Journal
@@ -330,3 +337,61 @@ def test_a_group_journal_of_a_newer_format_is_refused_never_misread(
     assert f"written in format {number}" in result["reason"]
     assert all(workers.level(pid) == [] for pid in pids)
     assert workers.journal.read_bytes() == newer  # never rewritten
+
+
+def test_each_record_leaves_the_registry_s_level_in_the_file(
+    target: Any, write_patch: Any, tmp_path: Path
+) -> None:
+    """A record finds what changed from the top of the registry's patches since the last
+    one, not by walking the level: after applies and rollbacks of several at once, a
+    patch applied again, one applied from code (no source: never journaled), changes
+    made between two records and a new owner, the file holds the registry's level."""
+    path = tmp_path / ".workers" / "journal.json"
+    group = GroupJournal(path, "1.0")
+    registry = hotpatch.Registry("1.0")
+    paths = _write_chain(write_patch, target.__name__, 6)
+    loaded = [hotpatch.load_patch(p) for p in paths]
+    in_code = hotpatch.Patch(version="1.0.4", baseline="1.0")
+
+    @in_code.replace(f"{target.__name__}:other")
+    def other(x: int) -> int:
+        return x
+
+    def record(action: str) -> None:
+        group.record(registry, action, registry.version, "test")
+        state = Journal(path).read()
+        assert state is not None
+        assert [(e.version, e.sha256) for e in state.level] == [
+            (p.version, p.source.sha256) for p in registry.patches if p.source is not None
+        ], action
+
+    try:
+        for patch in loaded[:3]:
+            registry.apply(patch)
+            record("apply")
+        registry.apply(in_code)
+        record("apply")
+        registry.apply(loaded[4])
+        record("apply")  # 1.0.1-3, 1.0.4 (from code), 1.0.5
+        registry.rollback(to="1.0.2")
+        record("rollback")  # three off at once, one of them not in the file
+        registry.apply(loaded[2])  # the very same patch again
+        registry.apply(hotpatch.load_patch(paths[3]))  # 1.0.4, from its file this time
+        record("apply")  # two changes since the last record
+        registry.rollback(to="1.0")
+        other_first = _patch_source(target.__name__, "1.0.1", "x + 100")
+        registry.apply(hotpatch.load_patch(write_patch(other_first, name="p1b.py")))
+        registry.apply(loaded[1])  # the very object 1.0.2 was, now on another 1.0.1
+        record("apply")  # the level changed below its top since the last record
+        registry.rollback()
+        record("rollback")
+        group = GroupJournal(path, "1.0")  # another worker takes the folder over
+        group.take_over(registry, "test")
+        registry.apply(loaded[5])
+        record("apply")
+        state = Journal(path).read()
+        assert state is not None
+        assert [e.version for e in state.level] == ["1.0.1", "1.0.6"]
+        assert state.level[0].text == textwrap.dedent(other_first)
+    finally:
+        registry.rollback(to="1.0")

@@ -58,6 +58,9 @@ class GroupJournal:
         # The level the file holds as this worker last read or wrote it (version, sha256);
         # ``None``: not known, read before the next record (appends go by difference).
         self._recorded: list[tuple[str, str]] | None = None
+        # The registry's patches when ``_recorded`` was last written from them: the next
+        # change is found from what differs at their top, without walking the level.
+        self._written: tuple[Patch, ...] | None = None
 
     # -- a worker that starts alone ------------------------------------------------------
 
@@ -88,6 +91,7 @@ class GroupJournal:
             recorded = self._recorded or []
             running = _running(_patches(registry))
             if recorded == running:
+                self._written = registry.patches
                 return
             log.warning(
                 "worker %d took the folder over: the journal %s says level %s, the workers "
@@ -114,13 +118,23 @@ class GroupJournal:
         """Record the registry's level with one more history row; ``JournalError`` if it fails.
 
         One record appended: the patches off the top of the level last recorded
-        and those on top now (their content), and the row."""
-        patches = _patches(registry)
-        running = _running(patches)
-        if self._recorded is None:
-            self._read()
-        recorded = self._recorded or []
-        same = _common(recorded, running)
+        and those on top now (their content), and the row. What changed is found
+        at the top of the registry's patches since the last record, so what this
+        costs does not grow with the level either."""
+        now = registry.patches
+        change = self._change(now)
+        if change is not None:
+            pop, push = change
+            assert self._recorded is not None  # _change found it known
+            level = self._recorded
+        else:  # the file's level known by its versions only: compared whole
+            patches = _patches(registry)
+            running = _running(patches)
+            if self._recorded is None:
+                self._read()
+            level = self._recorded or []
+            same = _common(level, running)
+            pop, push = len(level) - same, patches[same:]
         row: dict[str, Any] = {
             "time": time.time(),
             "action": action,
@@ -133,14 +147,29 @@ class GroupJournal:
             """The state to write in full: the file's history (if any) and the row."""
             state = self._read()
             history = [] if state is None else list(state.history)
-            history.append(row | {"level": [v for v, _ in running]})
+            patches = _patches(registry)
+            history.append(row | {"level": [p.version for p in patches]})
             return JournalState(self.baseline, [_entry(p) for p in patches], history)
 
-        self._recorded = None  # until the record is known written
-        self._journal.append(
-            len(recorded) - same, [_entry(p) for p in patches[same:]], [row], whole
-        )
-        self._recorded = running
+        self._recorded, self._written = None, None  # until the record is known written
+        self._journal.append(pop, [_entry(p) for p in push], [row], whole)
+        del level[len(level) - pop :]  # now the registry's level: the top changed alone
+        level.extend(_running(push))
+        self._recorded, self._written = level, now
+
+    def _change(self, now: tuple[Patch, ...]) -> tuple[int, list[Patch]] | None:
+        """How many recorded patches come off and which go on, from the registry's patches
+        when the file was last written (``None`` if not known, or not the file's now).
+
+        The patches both share at the bottom are the same objects (a level changes at its
+        top), compared as a whole in one step; only those above are looked at."""
+        before = self._written
+        if before is None or self._recorded is None:
+            return None
+        same = min(len(before), len(now))
+        while same and before[:same] != now[:same]:  # a level changed below its top
+            same //= 2
+        return len(_patches_of(before[same:])), _patches_of(now[same:])
 
     def refuse(self, problem: str) -> None:
         """Refuse patches for ``problem`` (a live worker's), until the journal is replaced."""
@@ -155,7 +184,7 @@ class GroupJournal:
 
     def _read(self) -> JournalState | None:
         """The journal's state; one of another baseline is set aside (and reported)."""
-        self._recorded = None
+        self._recorded, self._written = None, None
         state = self._journal.read()
         if state is not None and state.baseline != self.baseline:
             moved = self._journal.set_aside(f"baseline-{state.baseline}")
@@ -206,7 +235,12 @@ class GroupJournal:
 
 def _patches(registry: Registry) -> list[Patch]:
     """The registry's level: the patches with a source (every one the journal can hold)."""
-    return [p for p in registry.patches if p.source is not None]
+    return _patches_of(registry.patches)
+
+
+def _patches_of(patches: tuple[Patch, ...]) -> list[Patch]:
+    """Of ``patches``, those with a source."""
+    return [p for p in patches if p.source is not None]
 
 
 def _keys(level: list[JournalEntry]) -> list[tuple[str, str]]:
