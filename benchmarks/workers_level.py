@@ -206,9 +206,14 @@ class Group:
         return {"apply": middle - start, "rollback": end - middle}
 
     def check_level(self) -> int:
+        """The level every worker runs (``RuntimeError`` if two of them differ)."""
         from hotpatch.agent._control import request
 
         status = request(self.owner, {"cmd": "status"}, timeout=60)
+        levels = {len(w["level"]) for w in status["workers"]}
+        if len(status["workers"]) != len(self.procs) or levels != {len(status["level"])}:
+            msg = f"level {self.level}: the workers run other levels: {status['workers']}"
+            raise RuntimeError(msg)
         return len(status["level"])
 
     def stop(self) -> None:
@@ -258,6 +263,10 @@ def measure(levels: list[int], reps: int, worker_reps: int) -> dict[str, Any]:
                     msg = f"the workers came up at another level than {group.level}"
                     raise RuntimeError(msg)
             _rounds(groups, worker_reps)
+            for group in groups:  # each apply was rolled back, in every worker
+                if group.check_level() != group.level:
+                    msg = f"the workers left level {group.level} after the rounds"
+                    raise RuntimeError(msg)
             workers = [
                 _row(g.samples, level, worker_reps) for level, g in zip(levels, groups, strict=True)
             ]
