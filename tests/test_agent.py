@@ -623,3 +623,41 @@ def test_one_log_line_per_outcome_with_version_targets_and_time(
     assert f"rejected patch 1.0.0, targets {spec}, in " in rejections[0].getMessage()
     assert "not newer" in rejections[0].getMessage()
     assert any(r.getMessage().startswith("rolled back 1.0.1 in ") for r in caplog.records)
+
+
+def test_the_applied_patches_an_agent_lists_follow_every_change_of_the_level(
+    make_module: Callable[[str], types.ModuleType], write_patch: Callable[..., Path]
+) -> None:
+    """Described once each and kept from the bottom of the level that did not change: after
+    applies, rollbacks, a patch applied again and a change below the top, what the
+    pipeline compares each drop with is the registry's level."""
+    from hotpatch.agent._local import LocalApplier
+
+    mod = make_module("def f():\n    return 0\n")
+    registry = hotpatch.Registry("1.0")
+    local = LocalApplier(registry)
+
+    def load(version: str, value: int) -> hotpatch.Patch:
+        return hotpatch.load_patch(write_patch(patch_text(mod.__name__, version, value)))
+
+    def check() -> None:
+        assert [(a.version, a.sha256, a.targets) for a in local.applied()] == [
+            (p.version, p.sha256, p.targets) for p in registry.patches
+        ]
+
+    first, second, third = load("1.0.1", 1), load("1.0.2", 2), load("1.0.3", 3)
+    try:
+        for patch in (first, second, third):
+            registry.apply(patch)
+            check()
+        registry.rollback()
+        check()
+        registry.apply(third)  # the very same patch again
+        registry.rollback(to="1.0")
+        registry.apply(load("1.0.1", 10))  # another 1.0.1 under the same 1.0.2
+        registry.apply(second)
+        check()
+        assert local.applied()[0].sha256 != first.sha256
+    finally:
+        if registry.level:
+            registry.rollback(to="1.0")

@@ -57,14 +57,15 @@ class LocalApplier:
         return self.registry.level
 
     def applied(self) -> list[AppliedPatch]:
-        """The applied patches (asked for every drop: described once each, not every time)."""
+        """The applied patches (asked for every drop: described once each, not every time;
+        after an apply or a rollback, only what changed at the top of the level)."""
         patches = self.registry.patches
         seen, described = self._seen
         if patches is not seen:
-            if len(patches) == len(seen) + 1 and patches[:-1] == seen:
-                described = [*described, _describe(patches[-1])]  # one more on top
-            else:
-                described = [_describe(p) for p in patches]
+            same = min(len(patches), len(seen))
+            while same and patches[:same] != seen[:same]:  # changed below the top
+                same //= 2
+            described = described[:same] + [_describe(p) for p in patches[same:]]
             self._seen = (patches, described)
         return list(described)
 
