@@ -31,9 +31,11 @@ __all__ = [
     "check_made",
     "going_back",
     "holding",
+    "move_steps",
     "plan_code",
     "running",
     "settle_changes",
+    "steps_of",
     "with_code",
 ]
 
@@ -59,6 +61,10 @@ class Nested:
     # Stand-ins for ``new`` a wrap() put in the enclosing code meanwhile (the health
     # gate's counting trampolines): functions made from them go back with the rest.
     wraps: list[types.CodeType] = field(default_factory=list, compare=False)
+    # A target nested two deep or more: (code before, code after) of the functions in
+    # between (``retry3 = retry(3)``, a ``deco`` kept from before the patch), moved onto
+    # code that makes the new one; a rollback moves them, and those made since, back.
+    steps: list[tuple[types.CodeType, types.CodeType]] = field(default_factory=list, compare=False)
 
 
 def _named(code: types.CodeType, qualname: str) -> list[tuple[types.CodeType, ...]]:
@@ -95,6 +101,83 @@ def running(nested: Sequence[Nested]) -> list[tuple[types.FunctionType, types.Co
         if func.__globals__ is n.namespace:
             found.append((func, n.new))
     return found
+
+
+def steps_of(
+    base: types.CodeType, final: types.CodeType, qualname: str
+) -> list[tuple[types.CodeType, types.CodeType]]:
+    """(code before, code after) of each function between the enclosing one and its nested
+    function ``qualname``, outermost first: ``final`` is ``base`` with nested code replaced."""
+    (before,), (after,) = _named(base, qualname), _named(final, qualname)
+    return list(zip(before[1:-1], after[1:-1], strict=True))
+
+
+def _rebuilt_step(
+    patch: Patch,
+    spec: str,
+    code: types.CodeType,
+    leaves: Iterable[tuple[str, types.CodeType, types.CodeType]],
+) -> types.CodeType | None:
+    """``code``, of a function in between made by another version of the enclosing code
+    (``spec`` names it), rebuilt to make each ``(qualname, old, new)`` leaf's new code;
+    ``None`` if it makes none of them.
+
+    Only constants change, so its closure still fits. ``NotPatchable`` if it makes a
+    leaf with other parameters or another closure than ``old``: the new code would not
+    run in what it makes.
+    """
+    rebuilt = code
+    for qualname, old, new in leaves:
+        if not qualname.startswith(code.co_qualname + "."):
+            continue
+        paths = _named(rebuilt, qualname)
+        if not paths:
+            continue
+        made = paths[0][-1]
+        if len(paths) > 1 or _shape(made) != _shape(old):
+            msg = (
+                f"patch {patch.version}: {spec}: a function of it made by another version of "
+                f"the enclosing code makes {qualname!r} with other parameters or another "
+                f"closure ({', '.join(made.co_freevars) or 'none'}, not "
+                f"{', '.join(old.co_freevars) or 'none'}), so the new code cannot run in what "
+                "it makes; apply it through a restart"
+            )
+            raise NotPatchable(msg, patch=patch.version, target=spec)
+        rebuilt = with_code(rebuilt, qualname, new)
+    return None if rebuilt is code else rebuilt
+
+
+def move_steps(
+    patch: Patch,
+    modname: str,
+    pairs: Sequence[tuple[types.CodeType, types.CodeType]],
+    leaves: Sequence[tuple[str, types.CodeType, types.CodeType]],
+    made: Mapping[str, Sequence[types.FunctionType]],
+    *,
+    code_of: Callable[[types.FunctionType], types.CodeType],
+) -> tuple[list[Change], list[tuple[types.CodeType, types.CodeType]]]:
+    """A target nested two deep or more: the functions in between made before the patch
+    (``retry3 = retry(3)``, holding the old wrapper code) onto code that makes the new one.
+
+    ``pairs`` are the (before, after) codes of the enclosing function's own code, ``leaves``
+    the ``(qualname, old, new)`` of its nested targets, ``made`` the functions found at
+    each level in between, ``code_of`` the code one runs under the patch's level. A
+    function made by another version of the enclosing code gets its own code rebuilt
+    (only the constants change, so its closure still fits). Returns the changes and
+    every (before, after) pair they use.
+    """
+    moves = {id(before): (before, after) for before, after in pairs}
+    changes: list[Change] = []
+    for qualname, functions in made.items():
+        for func in functions:
+            code = code_of(func)
+            if id(code) not in moves:
+                rebuilt = _rebuilt_step(patch, f"{modname}:{qualname}", code, leaves)
+                if rebuilt is None:
+                    continue  # that version makes none of the targets
+                moves[id(code)] = (code, rebuilt)
+            changes.append((func, "__code__", moves[id(code)][1]))
+    return changes, list(moves.values())
 
 
 def _nested_names(code: types.CodeType) -> list[str]:
@@ -275,7 +358,8 @@ def going_back(
     nested: Sequence[Nested], code_of: Callable[[types.FunctionType], types.CodeType]
 ) -> list[Settle]:
     """Nested patches going away (newest first): each target back to what its enclosing
-    function's code (``code_of``, as it will be) makes."""
+    function's code (``code_of``, as it will be) makes, and each function in between back
+    to the code it ran before them."""
     groups: dict[tuple[int, str], list[Nested]] = {}
     for n in nested:
         groups.setdefault((id(n.namespace), n.spec), []).append(n)
@@ -287,12 +371,33 @@ def going_back(
         target = paths[0][-1] if len(paths) == 1 else back[id(newest.new)]
         codes = {id(c): c for n in group for c in (n.old, n.new, *n.seen, *n.wraps)}
         settles.append(Settle(newest.spec, newest.namespace, tuple(codes.values()), target))
+    return settles + _steps_back(nested)
+
+
+def _steps_back(nested: Sequence[Nested]) -> list[Settle]:
+    """The functions in between (of targets nested two deep or more) back to their code."""
+    if not any(n.steps for n in nested):
+        return []
+    back = _resolve({id(after): before for n in nested for before, after in n.steps})
+    found: dict[int, tuple[types.CodeType, dict[int, types.CodeType], Nested]] = {}
+    for n in nested:
+        for _, after in n.steps:
+            before = back[id(after)]
+            found.setdefault(id(before), (before, {}, n))[1][id(after)] = after
+    settles: list[Settle] = []
+    for before, codes, n in found.values():
+        spec = f"{n.spec.partition(':')[0]}:{before.co_qualname}"
+        settles.append(Settle(spec, n.namespace, tuple(codes.values()), before))
     return settles
 
 
 def restorer(nested: Iterable[Nested]) -> Mapping[int, types.CodeType]:
     """id(code a patch installed) -> the code to go back to, through stacked patches."""
-    back = {id(n.new): n.old for n in nested}
+    return _resolve({id(n.new): n.old for n in nested})
+
+
+def _resolve(back: Mapping[int, types.CodeType]) -> dict[int, types.CodeType]:
+    """id(code installed) -> the code to go back to, following ``back`` to its end."""
     resolved: dict[int, types.CodeType] = {}
     for code_id, first in back.items():
         code, seen = first, {code_id}

@@ -31,8 +31,10 @@ from hotpatch._nested import (
     Settle,
     check_made,
     going_back,
+    move_steps,
     plan_code,
     settle_changes,
+    steps_of,
     with_code,
 )
 from hotpatch._patch import Migration, Patch
@@ -205,8 +207,10 @@ class _Planner:
         self.plan = plan
         self.level = level
         self.pristine = pristine
-        # id(enclosing function) -> its code with the nested targets replaced so far
+        # id(enclosing function) -> its code with the nested targets replaced so far,
+        # and the code it had under the patch's level
         self.enclosing: dict[int, types.CodeType] = {}
+        self.bases: dict[int, types.CodeType] = {}
         self.pending: list[tuple[NestedTarget, types.CodeType, types.CodeType]] = []
         # id(function) -> the target that named it first, and its replacement
         self.named: dict[int, tuple[str, Any]] = {}
@@ -283,7 +287,12 @@ class _Planner:
         plan, outer = self.plan, target.enclosing
         if any(f is outer for f in plan.functions):
             _both(plan.patch, target.spec)
-        base = self.enclosing.get(id(outer)) or self.code_base(outer)
+        for other, _, _ in self.pending:  # one nested in the other
+            if other.enclosing is outer and _one_in_other(other.qualname, target.qualname):
+                _both(plan.patch, target.spec)
+        base = self.enclosing.get(id(outer)) or self.bases.setdefault(
+            id(outer), self.code_base(outer)
+        )
         old, code, new = plan_code(plan.patch, target, base, accessor_of(new_obj, ""))
         self.enclosing[id(outer)] = with_code(base, target.qualname, code)
         plan.changes[key(outer, "__code__")] = (outer, "__code__", self.enclosing[id(outer)])
@@ -308,18 +317,27 @@ class _Planner:
             plan.caches = caches_of((), plan.caches)
 
     def scan_nested(self) -> None:
-        """Every function already made from a nested target's code: one heap scan per module."""
+        """Every function already made from a nested target's code, and (a target nested
+        two deep or more) from the code of each function in between: one heap scan per
+        module."""
         if not self.pending:
             return
         plan = self.plan
-        modules: dict[int, tuple[dict[str, Any], list[str]]] = {}
+        modules: dict[int, tuple[dict[str, Any], set[str]]] = {}
+        steps: dict[int, list[tuple[types.CodeType, types.CodeType]]] = {}  # by enclosing
         for target, _, _ in self.pending:
             namespace = target.module.__dict__
-            modules.setdefault(id(namespace), (namespace, []))[1].append(target.qualname)
+            outer = id(target.enclosing)
+            found_in = steps.setdefault(outer, [])
+            found_in.extend(steps_of(self.bases[outer], self.enclosing[outer], target.qualname))
+            names = modules.setdefault(id(namespace), (namespace, set()))[1]
+            names.update((target.qualname, *(b.co_qualname for b, _ in found_in)))
         found: dict[tuple[int, str], list[types.FunctionType]] = {}
         for namespace, qualnames in modules.values():
             for qualname, made in made_from(namespace, qualnames).items():
                 found[id(namespace), qualname] = made
+        for outer, pairs in steps.items():
+            steps[outer] = self.move_steps(outer, pairs, found)
         for target, old, code in self.pending:
             namespace = target.module.__dict__
             made = found[id(namespace), target.qualname]
@@ -328,8 +346,39 @@ class _Planner:
                 plan.changes[key(func, "__code__")] = (func, "__code__", code)
             plan.codes.extend(seen)
             plan.patched[target.spec] = len(made)
-            plan.nested.append(Nested(target.spec, namespace, target.enclosing, old, code, seen))
+            mine = steps[id(target.enclosing)]
+            nested = Nested(
+                target.spec, namespace, target.enclosing, old, code, seen, [], list(mine)
+            )
+            plan.nested.append(nested)
             plan.settles.append(Settle(target.spec, namespace, (old, *seen), code))
+
+    def move_steps(
+        self,
+        outer: int,
+        pairs: list[tuple[types.CodeType, types.CodeType]],
+        found: Mapping[tuple[int, str], list[types.FunctionType]],
+    ) -> list[tuple[types.CodeType, types.CodeType]]:
+        """The functions in between (``retry3 = retry(3)``) onto code that makes the new
+        one (``move_steps``); the (before, after) codes."""
+        plan = self.plan
+        group = [(t, old, code) for t, old, code in self.pending if id(t.enclosing) == outer]
+        module = group[0][0].module
+        leaves = [(t.qualname, old, code) for t, old, code in group]
+        made = {q: found[id(module.__dict__), q] for q in {b.co_qualname for b, _ in pairs}}
+        moved, moves = move_steps(
+            plan.patch, module.__name__, pairs, leaves, made, code_of=self.code_base
+        )
+        for func, attr, value in moved:
+            plan.changes[key(func, attr)] = (func, attr, value)
+        for before, after in moves:
+            spec = f"{module.__name__}:{before.co_qualname}"
+            plan.settles.append(Settle(spec, module.__dict__, (before,), after))
+            plan.codes.extend((before, after))
+            plan.patched.setdefault(spec, 0)
+        for func, _, _ in moved:
+            plan.patched[f"{module.__name__}:{func.__code__.co_qualname}"] += 1
+        return moves
 
     def nested_back(self, replaced: Sequence[Applied]) -> None:
         """Cumulative: the nested targets it replaces and does not patch again go back."""
@@ -468,6 +517,11 @@ def _both(patch: Patch, spec: str) -> None:
         "whose replacement brings its own nested functions; keep one of the two targets"
     )
     raise VerificationFailed(msg, patch=patch.version, target=spec)
+
+
+def _one_in_other(a: str, b: str) -> bool:
+    """Is one of two nested qualnames nested in the other?"""
+    return a.startswith(b + ".<locals>.") or b.startswith(a + ".<locals>.")
 
 
 def _is_dunder(name: str) -> bool:

@@ -8,8 +8,10 @@ function runs which trampoline, and for which code.
 A nested target's functions are wrapped the same way, and those its enclosing
 function makes while the wrap lasts too: the enclosing code's constant becomes a
 stand-in, a trampoline that hands the wrapper a function running the target's
-code with the new function's own cells. Unwrapping puts the constant back and
-moves the functions made from the stand-in onto the target's code.
+code with the new function's own cells. A target nested two deep or more has
+functions in between (a ``deco`` kept from before the patch): they move onto code
+that makes the stand-in. Unwrapping puts the constant back and moves the
+functions made from the stand-in, and those in between, onto the patch's code.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any
 
 from hotpatch._codegen import trampoline
 from hotpatch._heap import carrying
-from hotpatch._nested import Nested, holding, with_code
+from hotpatch._nested import Nested, holding, steps_of, with_code
 from hotpatch._switch import Change, Key, switch
 
 __all__ = ["Wrapper", "Wrappers"]
@@ -68,6 +70,25 @@ class Wrappers:
                 enclosing[id(outer)] = (outer, with_code(code, n.new.co_qualname, stand_in))
         done.extend((outer, code, outer.__code__) for outer, code in enclosing.values())
         moved: list[Change] = []  # functions put on a stand-in
+        # Two deep or more: the functions in between (a ``deco`` kept from before the
+        # patch) move onto code that makes the stand-in, and back on unwrap.
+        between: dict[int, tuple[types.CodeType, types.CodeType]] = {}  # id(code) -> stand-in
+        for n in nested:
+            outer = n.enclosing
+            if id(outer) in enclosing and holding(outer.__code__, n.new):
+                wrapped = enclosing[id(outer)][1]
+                for step, making in steps_of(outer.__code__, wrapped, n.new.co_qualname):
+                    n.steps.append((step, making))  # a rollback moves what runs it too
+                    self._stand_ins[id(making)] = (making, step)
+                    mine[id(making)] = (making, step)
+                    between[id(step)] = (step, making)
+        if between:
+            namespaces = {id(n.namespace) for n in nested}
+            moved.extend(
+                (func, "__code__", between[id(func.__code__)][1])
+                for func in carrying([step for step, _ in between.values()])
+                if id(func.__globals__) in namespaces
+            )
         for func, code in functions:
             if func.__code__ is not code:
                 continue

@@ -485,6 +485,26 @@ ROWS: dict[str, Row] = {
         before=(3, 4),
         after=(30, 40),
     ),
+    "decorator's wrapper, two deep, decorator kept": Row(
+        module="""
+        def retry(times):
+            def deco(fn):
+                def wrapper(x):
+                    return fn(x) + times
+                return wrapper
+            return deco
+        retry3 = retry(3)  # kept: it wraps functions after the patch too
+        """,
+        patch="""
+        @patch.replace("{mod}:retry.<locals>.deco.<locals>.wrapper")
+        def wrapper(x):
+            return fn(x) * times
+        """,
+        take=lambda m: {"deco": m.retry3, "made": m.retry3(abs)},
+        look=lambda m, r: (r["made"](-2), r["deco"](abs)(-2), m.retry(4)(abs)(-2)),
+        before=(5, 5, 6),
+        after=(6, 6, 8),
+    ),
     "lambda, signature widened": Row(
         module="""
         price = lambda x: x * 2  # noqa: E731

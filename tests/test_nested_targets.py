@@ -148,6 +148,222 @@ def test_a_decorators_wrapper_code_is_fixed_for_every_function_it_wrapped(
     assert fresh() is None
 
 
+KEPT = """
+import functools
+
+def retry(times):
+    def deco(fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            return ("old", times, fn(*args, **kwargs))
+        return wrapper
+    return deco
+
+retry3 = retry(3)  # a decorator made at import, applied to functions later
+
+@retry3
+def made_before(x):
+    return x
+"""
+
+KEPT_FIX = """
+@patch.replace("{mod}:retry.<locals>.deco.<locals>.wrapper")
+def wrapper(*args, **kwargs):
+    return ("{tag}", times, fn(*args, **kwargs))
+"""
+
+
+def double(x: int) -> int:
+    return x * 2
+
+
+def test_a_decorator_made_before_the_patch_wraps_with_the_new_code(
+    make_module, write_patch, registry
+):
+    """``retry3 = retry(3)`` holds the old ``deco`` code, whose constant is the old
+    wrapper code: moved onto ``deco`` code that makes the new one, and back."""
+    mod = make_module(KEPT)
+    retry3, deco_code = mod.retry3, mod.retry3.__code__
+    wrapper_code = mod.made_before.__code__
+    spec = f"{mod.__name__}:retry.<locals>.deco.<locals>.wrapper"
+    patch = load(write_patch, KEPT_FIX.format(mod=mod.__name__, tag="new"))
+    assert registry.check(patch).hot
+    assert retry3.__code__ is deco_code  # check changes nothing
+    result = registry.apply(patch)
+    assert result.patched == {spec: 1, f"{mod.__name__}:retry.<locals>.deco": 1}
+    assert mod.made_before(1) == ("new", 3, 1)
+    after = retry3(double)  # made after the patch by the decorator kept from before
+    assert after(2) == ("new", 3, 4)
+    assert mod.retry(4)(double)(1) == ("new", 4, 2)
+    assert retry3.__closure__[0].cell_contents == 3  # its own closure kept
+
+    registry.rollback()
+    assert retry3.__code__ is deco_code
+    assert (mod.made_before.__code__, after.__code__) == (wrapper_code, wrapper_code)
+    assert retry3(double)(2) == ("old", 3, 4)
+    assert after(2) == ("old", 3, 4)
+    assert mod.retry(4)(double)(1) == ("old", 4, 2)
+
+    again = load(write_patch, KEPT_FIX.format(mod=mod.__name__, tag="again"), version="1.0.2")
+    assert registry.apply(again).patched[f"{mod.__name__}:retry.<locals>.deco"] == 1
+    assert (retry3(double)(2), after(2), mod.made_before(1)) == (
+        ("again", 3, 4),
+        ("again", 3, 4),
+        ("again", 3, 1),
+    )
+    registry.rollback()
+    assert retry3.__code__ is deco_code
+
+
+def test_decorators_made_under_stacked_nested_patches_roll_back_level_by_level(
+    make_module, write_patch, registry
+):
+    mod = make_module(KEPT)
+    retry3, deco_code = mod.retry3, mod.retry3.__code__
+    registry.apply(load(write_patch, KEPT_FIX.format(mod=mod.__name__, tag="one")))
+    retry5 = mod.retry(5)  # made under 1.0.1
+    second = KEPT_FIX.format(mod=mod.__name__, tag="two")
+    result = registry.apply(load(write_patch, second, version="1.0.2"))
+    assert result.patched[f"{mod.__name__}:retry.<locals>.deco"] == 2
+    assert (retry3(double)(1), retry5(double)(1)) == (("two", 3, 2), ("two", 5, 2))
+    retry7 = mod.retry(7)  # made under 1.0.2
+    registry.rollback()  # back to 1.0.1
+    assert (retry3(double)(1), retry5(double)(1), retry7(double)(1)) == (
+        ("one", 3, 2),
+        ("one", 5, 2),
+        ("one", 7, 2),
+    )
+    registry.rollback()
+    assert all(d.__code__ is deco_code for d in (retry3, retry5, retry7))
+    assert retry7(double)(1) == ("old", 7, 2)
+
+    registry.apply(load(write_patch, KEPT_FIX.format(mod=mod.__name__, tag="3"), version="1.0.3"))
+    registry.apply(load(write_patch, KEPT_FIX.format(mod=mod.__name__, tag="4"), version="1.0.4"))
+    registry.rollback(to="1.0")  # both at once
+    assert all(d.__code__ is deco_code for d in (retry3, retry5, retry7))
+    assert retry5(double)(1) == ("old", 5, 2)
+
+
+def test_a_cumulative_patch_puts_the_decorators_it_drops_back(make_module, write_patch, registry):
+    mod = make_module(KEPT)
+    retry3, deco_code = mod.retry3, mod.retry3.__code__
+    registry.apply(load(write_patch, KEPT_FIX.format(mod=mod.__name__, tag="one")))
+    retry5 = mod.retry(5)
+    other = f'@patch.replace("{mod.__name__}:made_before")\ndef made_before(x):\n    return -x\n'
+    path = write_patch(HEADER.format(version="1.0.2", extra=", cumulative=True") + other)
+    registry.apply(hotpatch.load_patch(path))  # replaces 1.0.1: its nested target goes
+    assert (retry3.__code__, retry5.__code__) == (deco_code, deco_code)
+    assert (retry3(double)(1), retry5(double)(1)) == (("old", 3, 2), ("old", 5, 2))
+    registry.rollback()  # 1.0.1 comes back
+    assert (retry3(double)(1), retry5(double)(1)) == (("one", 3, 2), ("one", 5, 2))
+    registry.rollback(to="1.0")
+    assert (retry3.__code__, retry5.__code__) == (deco_code, deco_code)
+
+
+THREE_DEEP = """
+def policy(name):
+    def retry(times):
+        def deco(fn):
+            def wrapper(x):
+                return ("old", name, times, fn(x))
+            return wrapper
+        return deco
+    return retry
+
+strict = policy("strict")  # each level kept from before the patch
+strict3 = strict(3)
+kept = strict3(abs)
+"""
+
+
+def test_three_deep_every_level_kept_from_before_makes_the_new_code(
+    make_module, write_patch, registry
+):
+    mod = make_module(THREE_DEEP)
+    strict, strict3, kept = mod.strict, mod.strict3, mod.kept
+    codes = (strict.__code__, strict3.__code__, kept.__code__)
+    name = mod.__name__
+    spec = f"{name}:policy.<locals>.retry.<locals>.deco.<locals>.wrapper"
+    body = f"""
+        @patch.replace("{spec}")
+        def wrapper(x):
+            return ("new", name, times, fn(x))
+        """
+    result = registry.apply(load(write_patch, body))
+    assert result.patched == {
+        spec: 1,
+        f"{name}:policy.<locals>.retry.<locals>.deco": 1,
+        f"{name}:policy.<locals>.retry": 1,
+    }
+    assert kept(-1) == ("new", "strict", 3, 1)
+    assert strict3(abs)(-2) == ("new", "strict", 3, 2)
+    assert strict(4)(abs)(-2) == ("new", "strict", 4, 2)
+    assert mod.policy("loose")(5)(abs)(-2) == ("new", "loose", 5, 2)
+    later = strict(6)  # a middle level made after the patch, by one made before
+
+    registry.rollback()
+    assert (strict.__code__, strict3.__code__, kept.__code__) == codes
+    assert later.__code__ is codes[1]
+    assert (kept(-1), strict3(abs)(-1), later(abs)(-1)) == (
+        ("old", "strict", 3, 1),
+        ("old", "strict", 3, 1),
+        ("old", "strict", 6, 1),
+    )
+    assert registry.apply(load(write_patch, body, version="1.0.2")).patched[spec] == 1
+    assert (kept(-1), later(abs)(-1)) == (("new", "strict", 3, 1), ("new", "strict", 6, 1))
+
+
+def test_a_decorator_from_another_version_whose_wrapper_cannot_take_the_new_code_is_refused(
+    make_module, write_patch, registry
+):
+    """A ``deco`` made by a patched ``retry`` whose wrapper holds another closure: the new
+    wrapper code cannot run in what it makes, so the target is refused, not half done."""
+    mod = make_module(KEPT)
+    name, deco_code = mod.__name__, mod.retry3.__code__
+    registry.apply(
+        load(
+            write_patch,
+            f"""
+            @patch.replace("{name}:retry")
+            def retry(times):
+                def deco(fn):
+                    def wrapper(*args, **kwargs):
+                        return ("other", fn(*args, **kwargs))
+                    return wrapper
+                return deco
+            """,
+        )
+    )
+    odd = mod.retry(2)  # its wrapper code holds fn only, not times
+    registry.rollback()
+    patch = load(write_patch, KEPT_FIX.format(mod=name, tag="new"), version="1.0.2")
+    message = refused(registry, patch, hotpatch.NotPatchable, "retry.<locals>.deco")
+    assert "restart" in message
+    assert odd(double)(1) == ("other", 2)
+    assert mod.retry3.__code__ is deco_code
+    assert mod.made_before(1) == ("old", 3, 1)
+
+
+def test_a_nested_target_and_a_function_enclosing_it_in_one_patch(
+    make_module, write_patch, registry
+):
+    mod = make_module(KEPT)
+    patch = load(
+        write_patch,
+        f"""
+        @patch.replace("{mod.__name__}:retry.<locals>.deco")
+        def deco(fn):
+            return fn
+
+        @patch.replace("{mod.__name__}:retry.<locals>.deco.<locals>.wrapper")
+        def wrapper(*args, **kwargs):
+            return None
+        """,
+    )
+    refused(registry, patch, hotpatch.VerificationFailed, "keep one of the two")
+    assert mod.made_before(1) == ("old", 3, 1)
+
+
 def test_a_function_under_the_fixed_wrapper_is_still_its_own_target(
     make_module, write_patch, registry
 ):
@@ -719,6 +935,56 @@ def test_after_probation_a_nested_target_runs_its_own_code(gated, make_module, w
     after = mod.make_adder(6)
     assert all(f.__code__ is new for f in (during, after, mod.add2, *mod.ADDERS))
     assert new in mod.make_adder.__code__.co_consts  # no counting trampoline left in it
+
+
+FAILING_WRAPPER = """
+@patch.replace("{mod}:retry.<locals>.deco.<locals>.wrapper")
+def wrapper(*args, **kwargs):
+    return ("new", times, fn(*args, **kwargs) // (args[0] % 2 == 0))
+"""
+
+
+@pytest.mark.parametrize("made", ["kept", "during"])
+def test_the_health_gate_counts_wrappers_made_by_a_decorator_kept_from_before(
+    gated, make_module, write_patch, made
+):
+    """Two deep: the wrappers a decorator kept from before the patch makes during
+    probation are counted, and the gate's rollback puts every level back."""
+    mod = make_module(KEPT)
+    retry3, deco_code, wrapper_code = mod.retry3, mod.retry3.__code__, mod.made_before.__code__
+    g = gated(window_s=10, max_errors=3, min_calls=1000)
+    g.registry.apply(load(write_patch, FAILING_WRAPPER.format(mod=mod.__name__)))
+    deco = retry3 if made == "kept" else mod.retry(4)  # a decorator made before or during
+    caller = deco(double)
+    assert caller(2) == ("new", deco.__closure__[0].cell_contents, 4)
+    for x in (1, 3, 5):
+        with pytest.raises(ZeroDivisionError):
+            caller(x)
+    assert g.gate.wait(5)  # counted: long before the window ends
+    assert g.registry.level == ()
+    assert (deco.__code__, retry3.__code__) == (deco_code, deco_code)
+    assert (caller.__code__, mod.made_before.__code__) == (wrapper_code, wrapper_code)
+    assert deco(double)(1)[0] == "old"
+    assert caller(1)[0] == "old"
+
+
+def test_after_probation_decorators_kept_or_made_during_it_make_the_patchs_own_code(
+    gated, make_module, write_patch
+):
+    mod = make_module(KEPT)
+    g = gated(window_s=0.5, min_calls=1)
+    g.registry.apply(load(write_patch, KEPT_FIX.format(mod=mod.__name__, tag="new")))
+    new = dict(g.registry.installed("1.0.1"))[mod.made_before]
+    during = mod.retry(4)
+    made = (mod.retry3(double), during(double))
+    assert [f(1) for f in made] == [("new", 3, 2), ("new", 4, 2)]
+    assert g.gate.wait(5)
+    assert g.registry.level == ("1.0.1",)
+    later = (mod.retry3(double), during(double), mod.retry(5)(double))
+    assert all(f.__code__ is new for f in (*made, *later, mod.made_before))
+    deco = mod.retry3.__code__
+    assert during.__code__ is deco  # no counting trampoline left in what it makes
+    assert new in deco.co_consts
 
 
 def test_wrap_of_nested_generators_coroutines_and_nonlocal_writes(
