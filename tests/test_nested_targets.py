@@ -539,6 +539,46 @@ def test_functions_made_by_another_thread_during_the_apply(make_module, write_pa
         thread.join()
 
 
+def test_decorators_made_by_another_thread_during_the_apply(make_module, write_patch, registry):
+    """Two deep: the decorators another thread keeps making (``retry(1)``) wrap with the
+    new code once ``apply()`` returned, and with the old once ``rollback()`` did; only
+    one whose making was running at the switch may not."""
+    mod = make_module(KEPT)
+    made: list[tuple[int, Callable[[Callable[[int], int]], Callable[[int], object]]]] = []
+    epoch = [0]
+    stop = threading.Event()
+
+    def keep_making() -> None:
+        while not stop.is_set():
+            started = epoch[0]
+            made.append((started, mod.retry(1)))
+            if len(made) > 20_000:
+                time.sleep(0.001)
+
+    thread = threading.Thread(target=keep_making)
+    thread.start()
+    try:
+        for i in range(3):
+            time.sleep(0.01)
+            fix = KEPT_FIX.format(mod=mod.__name__, tag="new")
+            registry.apply(load(write_patch, fix, version=f"1.0.{i + 1}"))
+            epoch[0] += 1
+            time.sleep(0.01)
+            old = [e for e, deco in made if deco(double)(1)[0] != "new"]
+            assert len(old) <= 1, old[:3]
+            assert all(e < epoch[0] for e in old)
+            registry.rollback()
+            epoch[0] += 1
+            time.sleep(0.01)
+            new = [e for e, deco in made if deco(double)(1)[0] != "old"]
+            assert len(new) <= 1, new[:3]
+            assert all(e < epoch[0] for e in new)
+            made.clear()
+    finally:
+        stop.set()
+        thread.join()
+
+
 def test_gc_frozen_functions_are_found(make_module, write_patch, registry):
     """A pre-fork server freezes what its workers inherit; the scan sees it."""
     mod = make_module(ADDERS)
@@ -759,6 +799,26 @@ def test_a_dropped_nested_patch_is_verified_applied_and_counted(make_module, tmp
         assert agent.registry is not None
         agent.registry.rollback()
     assert held(1) == 3
+
+
+def test_a_dropped_two_deep_patch_counts_the_decorators_it_moved(make_module, tmp_path):
+    """The result file has the functions in between moved, under their own qualname."""
+    from drops import DropFolder
+
+    mod = make_module(KEPT)
+    folder = DropFolder(tmp_path)
+    body = textwrap.dedent(KEPT_FIX.format(mod=mod.__name__, tag="new"))
+    with hotpatch.install("1.0", watch=folder.path, journal=folder.journal) as agent:
+        folder.drop("fix.py", HEADER.format(version="1.0.1", extra="") + body)
+        result = folder.filed("fix.py")
+        assert result["patched"] == {
+            f"{mod.__name__}:retry.<locals>.deco.<locals>.wrapper": 1,
+            f"{mod.__name__}:retry.<locals>.deco": 1,
+        }
+        assert mod.retry3(double)(1) == ("new", 3, 2)
+        assert agent.registry is not None
+        agent.registry.rollback()
+    assert mod.retry3(double)(1) == ("old", 3, 2)
 
 
 def test_nested_in_a_method_and_a_decorated_method(make_module, write_patch, registry):
