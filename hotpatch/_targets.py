@@ -8,6 +8,7 @@ import importlib
 import re
 import sys
 import types
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -109,6 +110,7 @@ def resolve_nested(spec: str, *, patch: str, in_code: bool = False) -> NestedTar
     except (TargetNotFound, NotPatchable) as exc:
         msg = f"patch {patch}: target {spec}: the function it is nested in: {exc}"
         raise type(exc)(msg, patch=patch, target=spec) from None
+    _refuse_dispatch(spec, qualname, outer.function.__code__, patch=patch)
     if in_code and not _holds(outer.function.__code__, qualname):
         msg = (
             f"patch {patch}: target {spec}: {modname}:{head} has no nested function "
@@ -116,6 +118,45 @@ def resolve_nested(spec: str, *, patch: str, in_code: bool = False) -> NestedTar
         )
         raise TargetNotFound(msg, patch=patch, target=spec)
     return NestedTarget(spec, outer.module, outer.function, qualname)
+
+
+def _refuse_dispatch(spec: str, qualname: str, code: types.CodeType, *, patch: str) -> None:
+    """``mod:f.<locals>.show.registry[int]``: a dispatcher made inside a function is made
+    anew by each call, so ``registry[int]`` names one function in each; ``NotPatchable``
+    naming the way in (the implementation's own code, by the name of its def)."""
+    tail = qualname.rpartition(_LOCALS)[2]
+    dispatch = _DISPATCH.fullmatch(tail) if tail.endswith("]") else None
+    if dispatch is None:
+        return
+    modname, head = spec.partition(":")[0], qualname.partition(_LOCALS)[0]
+    scope = qualname.removesuffix(tail)  # "f.<locals>.": where its implementations are
+    holder = scope + dispatch["function"]
+    names = list(_qualnames(code))
+    if holder not in names:
+        return  # no such nested function: the plan says what there is
+    defs = [
+        f"{modname}:{n}"
+        for n in names
+        if n.startswith(scope) and "." not in n.removeprefix(scope) and n != holder
+    ]
+    msg = (
+        f"patch {patch}: target {spec}: {holder} is made inside {modname}:{head}, a new "
+        f"one by each call, so its registry[{dispatch['type']}] is one function in each "
+        "dispatcher made, not one target. Target the implementation's own code as a nested "
+        f"function by the name of its def ({', '.join(defs) or 'none found'}): every "
+        "function made from it, in every dispatcher, runs the new code (a name that several "
+        f"defs share cannot be told apart); or patch {modname}:{head} itself (dispatchers "
+        "made from then on), or ship the change as a baseline"
+    )
+    raise NotPatchable(msg, patch=patch, target=spec)
+
+
+def _qualnames(code: types.CodeType) -> Iterator[str]:
+    """The qualnames of the code nested in ``code``, at any depth."""
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            yield const.co_qualname
+            yield from _qualnames(const)
 
 
 def _holds(code: types.CodeType, qualname: str) -> bool:

@@ -739,6 +739,73 @@ def test_singledispatch_registry_refusals_name_what_is_registered(
     assert registry.level == ()
 
 
+MADE_INSIDE = """
+import functools
+
+def make_show(prefix):
+    @functools.singledispatch
+    def show(x):
+        return prefix + "any"
+
+    @show.register
+    def show_int(x: int):
+        return prefix + "int"
+
+    @show.register
+    def _(x: str):
+        return prefix + "str"
+
+    return show
+
+shown = make_show("> ")  # a dispatcher made before the patch
+"""
+
+
+def test_a_registry_target_of_a_dispatcher_made_inside_a_function_is_refused_with_the_way_in(
+    make_module, write_patch, registry
+):
+    """Each call of ``make_show`` makes a dispatcher of its own: ``registry[int]`` is one
+    function in each, so the refusal names the nested functions that are the way in."""
+    from hotpatch.agent._verify import verify_in_child
+
+    mod = make_module(MADE_INSIDE)
+    target = f"{mod.__name__}:make_show.<locals>.show.registry[int]"
+    patch = load(write_patch, f'@patch.replace("{target}")\ndef _(x):\n    return 0\n')
+    for attempt in (registry.check, registry.apply):
+        with pytest.raises(hotpatch.NotPatchable) as info:
+            attempt(patch)
+        assert info.value.target == target
+        message = str(info.value)
+        assert f"{mod.__name__}:make_show.<locals>.show_int" in message  # the way in
+        assert "make_show.<locals>._" in message
+        assert f"patch {mod.__name__}:make_show itself" in message
+    assert registry.level == ()
+    assert (mod.shown(1), mod.shown("s")) == ("> int", "> str")
+    assert patch.source is not None
+    with pytest.raises(hotpatch.VerificationFailed, match="made inside"):
+        verify_in_child(patch.source.path, sys_path=list(sys.path), timeout=30)
+
+    typo = f"{mod.__name__}:make_show.<locals>.shw.registry[int]"
+    with pytest.raises(hotpatch.TargetNotFound, match=r"make_show\.<locals>\.show_int"):
+        registry.check(load(write_patch, f'@patch.replace("{typo}")\ndef _(x):\n    return 0\n'))
+
+    # The way in: the implementation by the name of its def, in every dispatcher.
+    way_in = load(
+        write_patch,
+        f"""
+        @patch.replace("{mod.__name__}:make_show.<locals>.show_int")
+        def show_int(x):
+            return prefix + "INT"
+        """,
+        version="1.0.2",
+    )
+    result = registry.apply(way_in)
+    assert result.patched[f"{mod.__name__}:make_show.<locals>.show_int"] == 1
+    assert (mod.shown(1), mod.shown("s"), mod.make_show("")(2)) == ("> INT", "> str", "INT")
+    registry.rollback()
+    assert (mod.shown(1), mod.make_show("")(2)) == ("> int", "int")
+
+
 def test_the_verifier_resolves_a_registry_target(make_module, write_patch):
     """A dropped patch is checked in a child first: a registered type passes, another not."""
     from hotpatch.agent._verify import verify_in_child

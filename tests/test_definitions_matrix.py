@@ -505,6 +505,31 @@ ROWS: dict[str, Row] = {
         before=(5, 5, 6),
         after=(6, 6, 8),
     ),
+    "singledispatch made inside a function": Row(
+        module="""
+        import functools
+        def make_show():
+            @functools.singledispatch
+            def show(x):
+                return "any"
+            @show.register
+            def show_int(x: int):
+                return "int"
+            return show
+        shown = make_show()
+        """,
+        patch="""
+        @patch.replace("{mod}:make_show.<locals>.show.registry[int]")
+        def _(x):
+            return "INT"
+        """,
+        take=lambda m: {"shown": m.shown},
+        look=lambda m, r: (r["shown"](1), m.make_show()(1)),
+        before=("int", "int"),
+        refused=hotpatch.NotPatchable,
+        says=("make_show.<locals>.show_int", "make_show itself"),
+        target="make_show.<locals>.show.registry[int]",
+    ),
     "lambda, signature widened": Row(
         module="""
         price = lambda x: x * 2  # noqa: E731
