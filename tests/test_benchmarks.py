@@ -339,7 +339,7 @@ def test_workers_level(tmp_path: Path) -> None:
     assert [r["level"] for r in data["workers"]] == [1, 30]
     for row in data["journal"]:
         assert row["samples"] == 4
-        for metric in ("record_apply_ms", "record_rollback_ms"):
+        for metric in ("record_apply_ms", "record_rollback_ms", "cpu_apply_ms", "cpu_rollback_ms"):
             assert 0 < row[metric]["median"] <= row[metric]["p99"], (row["level"], metric)
         assert row["journal_bytes"] > 0
     for row in data["workers"]:
@@ -349,12 +349,14 @@ def test_workers_level(tmp_path: Path) -> None:
     assert [g["what"] for g in data["goals"]] == [
         "the group journal's record: record apply at level 30 / level 1",
         "the group journal's record: record rollback at level 30 / level 1",
+        "the group journal's record, CPU time: apply at level 30 / level 1",
+        "the group journal's record, CPU time: rollback at level 30 / level 1",
         "through two workers: apply at level 30 / level 1",
         "through two workers: rollback at level 30 / level 1",
     ]
     assert all(isinstance(g["met"], bool) and g["value"] > 0 for g in data["goals"])
     assert "apply and rollback through two real workers" in stdout
-    assert stdout.count("goal: ") == 4
+    assert stdout.count("goal: ") == 6
 
 
 @pytest.mark.parametrize(
