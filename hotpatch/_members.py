@@ -10,13 +10,14 @@ may set at all, and why a change is not hot, is ``_classes``'s.
 
 from __future__ import annotations
 
+import reprlib
 import types
 from typing import Any
 
-from hotpatch._classes import decorators, inner_pairs, innermost
+from hotpatch._classes import ENUM_BOOKKEEPING, decorators, inner_pairs, innermost, is_enum
 from hotpatch._codegen import rebind
 
-__all__ = ["equal", "function_pairs", "member_functions", "rebind_member"]
+__all__ = ["data_conflict", "equal", "function_pairs", "member_functions", "rebind_member"]
 
 
 def equal(a: Any, b: Any) -> bool:
@@ -24,6 +25,44 @@ def equal(a: Any, b: Any) -> bool:
         return bool(a == b)
     except Exception:
         return False
+
+
+def data_conflict(old: type, attr: str, existing: Any, value: Any, module: str) -> str | None:
+    """Why setting class data ``attr`` of ``old`` to ``value`` is refused, or ``None``.
+
+    Class data the running class holds may be state the service built up (a
+    counter, a registry filled at import or since): a patch class restating the
+    class body (``count = 0``) would reset it, and a diff of the source is what
+    knows a constant really changed. So data differing from the running value is
+    never overwritten; Python's own ``__dunder__`` entries and a dataclass's field
+    defaults (compared as fields) are not the user's data.
+    """
+    if attr not in vars(old) or (attr.startswith("__") and attr.endswith("__")):
+        return None
+    if attr in (vars(old).get("__dataclass_fields__") or {}):
+        return None
+    if is_enum(old) and attr in ENUM_BOOKKEEPING:
+        return None  # the enum's, compared as members (a change is not hot)
+    if not (_is_data(existing) and _is_data(value)):
+        return None
+    return (
+        f"the running class holds {_short(existing)} and the patch class says {_short(value)}; "
+        "a class patch never overwrites class data, which may be state the service built up "
+        "(a counter, a registry): leave it out of the patch class to keep the running value, "
+        f'or change it in @patch.migrate("{module}") and put it back in @patch.unmigrate'
+    )
+
+
+def _is_data(value: Any) -> bool:
+    """A plain value: not a class, not a function or other descriptor."""
+    return not isinstance(value, type) and not hasattr(type(value), "__get__")
+
+
+def _short(value: Any) -> str:
+    try:
+        return reprlib.repr(value)
+    except Exception:
+        return f"a {type(value).__name__}"
 
 
 def member_functions(value: Any) -> list[types.FunctionType]:

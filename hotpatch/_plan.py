@@ -25,7 +25,13 @@ from hotpatch._classes import (
 from hotpatch._codegen import ABSENT, FUNC_ATTRS, build, capture
 from hotpatch._errors import JournalError, NameConflict, NotPatchable, VerificationFailed
 from hotpatch._heap import made_from
-from hotpatch._members import equal, function_pairs, member_functions, rebind_member
+from hotpatch._members import (
+    data_conflict,
+    equal,
+    function_pairs,
+    member_functions,
+    rebind_member,
+)
 from hotpatch._nested import (
     Nested,
     Settle,
@@ -440,6 +446,12 @@ class _Planner:
                 continue
             if existing is value or (existing is not ABSENT and equal(existing, value)):
                 continue
+            conflict = existing is not ABSENT and data_conflict(
+                old, attr, existing, value, module.__name__
+            )
+            if conflict:
+                msg = f"patch {plan.patch.version}: {member}: {conflict}"
+                raise NameConflict(msg, patch=plan.patch.version, target=member)
             functions = [f for f in member_functions(value) if not borrowed(new_cls, f)]
             rebound = rebind_member(value, module.__dict__, old) if functions else value
             set_name(rebound, old, attr)

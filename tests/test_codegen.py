@@ -314,10 +314,11 @@ def test_replace_class_patches_in_place(make_module, write_patch, registry):
         f"""
         @patch.replace_class("{mod.__name__}:Cart")
         class Cart:
-            TAX = 20
+            TAX = 10  # restated as the running class holds it: kept
+            BONUS = 5  # data the running class lacks: added
 
             def total(self):
-                return sum(self.items) * (100 + self.TAX) // 100
+                return sum(self.items) * (100 + self.TAX + 2 * self.BONUS) // 100
 
             @property
             def size(self):
@@ -333,7 +334,7 @@ def test_replace_class_patches_in_place(make_module, write_patch, registry):
     assert isinstance(cart, mod.Cart)
     assert cls.__dict__["total"] is total  # patched in place: the same function object
     assert cls.__dict__["__init__"] is init  # not in the patch: untouched
-    assert cls.TAX == 20
+    assert (cls.TAX, cls.BONUS) == (10, 5)
     assert cart.total() == 7
     assert cart.size == 3000
     assert cart.count(2) == 1
@@ -345,6 +346,7 @@ def test_replace_class_patches_in_place(make_module, write_patch, registry):
     assert total.__code__ is codes[0]
     assert not hasattr(cls, "count")
     assert cls.TAX == 10
+    assert not hasattr(cls, "BONUS")
     assert cart.total() == 6
     assert cart.size == 3
 
@@ -371,7 +373,7 @@ def test_replace_class_layout_changes_are_not_hot(
     patch = load(
         write_patch,
         declaration.format(decorator=decorator)
-        + "    TAX = 99\n\n    def total(self):\n        return 0\n\n    def extra(self):\n"
+        + "    NOTE = 'added'\n\n    def total(self):\n        return 0\n\n    def extra(self):\n"
         + "        return 1\n",
     )
     report = registry.check(patch)

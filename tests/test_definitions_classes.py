@@ -582,3 +582,106 @@ def test_an_abc_keeps_its_abstract_methods_and_registrations(make_module, write_
     registry.rollback()
     assert isinstance(mod.Circle(), mod.Shape)
     assert mod.Shape.describe(None) == "old"
+
+
+# -- class data -------------------------------------------------------------------------
+
+STATEFUL = """
+class Counter:
+    count = 0
+    seen = {}
+    LIMIT = 5
+
+    def hit(self, key):
+        Counter.count += 1
+        Counter.seen[key] = Counter.count
+        return Counter.count
+"""
+
+
+@pytest.mark.parametrize(
+    "case",
+    [("count", "0", "3"), ("seen", "{}", "{'a': 1, 'b': 2, 'c': 3}"), ("LIMIT", "7", "5")],
+    ids=["counter", "registry", "constant"],
+)
+def test_class_data_the_running_class_holds_is_never_overwritten(
+    make_module, write_patch, registry, case
+):
+    """A patch class saying ``count = 0`` would reset what the service counted: refused."""
+    attr, patch_value, running = case
+    mod = make_module(STATEFUL)
+    for key in "abc":
+        mod.Counter().hit(key)
+    values = {"count": "3", "seen": "{'a': 1, 'b': 2, 'c': 3}", "LIMIT": "5", attr: patch_value}
+    body = "".join(f"    {name} = {value}\n" for name, value in values.items())
+    patch = load(
+        write_patch,
+        f'@patch.replace_class("{mod.__name__}:Counter")\nclass Counter:\n{body}'
+        "    def hit(self, key):\n        return -1\n",
+    )
+    seen = mod.Counter.seen
+    for attempt in (registry.check, registry.apply):
+        with pytest.raises(hotpatch.NameConflict) as info:
+            attempt(patch)
+        message = str(info.value)
+        assert info.value.target == f"{mod.__name__}:Counter.{attr}"
+        assert f"holds {running} and the patch class says {patch_value};" in message
+        assert "leave it out of the patch class" in message
+        assert "@patch.migrate" in message
+    assert registry.level == ()
+    assert (mod.Counter.count, mod.Counter.seen, mod.Counter.LIMIT) == (3, seen, 5)
+    assert mod.Counter.seen is seen
+    assert mod.Counter().hit("d") == 4  # the old code, unpatched
+
+
+def test_class_data_equal_to_the_running_value_keeps_the_running_object(
+    make_module, write_patch, registry
+):
+    mod = make_module(STATEFUL)
+    seen = mod.Counter.seen  # empty: the patch class's {} equals it
+    patch = load(
+        write_patch,
+        f"""
+        @patch.replace_class("{mod.__name__}:Counter")
+        class Counter:
+            count = 0
+            seen = {{}}
+            LIMIT = 5
+            ADDED = "new"
+
+            def hit(self, key):
+                Counter.count += 10
+                Counter.seen[key] = Counter.count
+                return Counter.count
+        """,
+    )
+    assert registry.check(patch).hot
+    registry.apply(patch)
+    assert mod.Counter().hit("a") == 10
+    assert mod.Counter.seen is seen  # the running dict, not the patch's
+    assert seen == {"a": 10}
+    assert mod.Counter.ADDED == "new"  # data the running class lacked is added
+    registry.rollback()
+    assert not hasattr(mod.Counter, "ADDED")
+    assert mod.Counter().hit("b") == 11
+    assert mod.Counter.seen is seen
+
+
+def test_a_class_constant_changes_through_a_migration(make_module, write_patch, registry):
+    mod = make_module(STATEFUL)
+    patch = load(
+        write_patch,
+        f"""
+        @patch.migrate("{mod.__name__}")
+        def raise_limit(module):
+            module.Counter.LIMIT = 7
+
+        @patch.unmigrate("{mod.__name__}")
+        def lower_limit(module):
+            module.Counter.LIMIT = 5
+        """,
+    )
+    registry.apply(patch)
+    assert mod.Counter.LIMIT == 7
+    registry.rollback()
+    assert mod.Counter.LIMIT == 5

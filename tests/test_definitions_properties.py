@@ -8,7 +8,8 @@ changes the slot list, the dataclass fields or the enum members. For each:
 instance made before (and rollback restores it); not hot means ``apply()``
 raises ``RestartRequired`` with the same reasons and changes nothing. The
 verdict is also held to a model of SPEC §11: only a layout or member-kind
-change is not hot. Function targets (a def, a lambda, under a ``functools.wraps``
+change is not hot, and class data given another value than the running class
+holds is refused by both (``NameConflict``: it may be state). Function targets (a def, a lambda, under a ``functools.wraps``
 decorator, ``lru_cache``, ``contextmanager``, a singledispatch ``registry[int]``)
 are gone through exhaustively: each x a replacement written plain, under the
 target's decorators or under others x the same or a widened signature.
@@ -47,11 +48,20 @@ class Shape:
 
     @property
     def hot(self) -> bool:
-        """SPEC §11's verdict: hot unless the layout or a member's kind changes."""
+        """SPEC §11's verdict: hot unless the layout or a member's kind changes (if not refused)."""
         rekinded = any(
             op == "rekind" and self.new_kinds[i] != self.members[i] for i, op in enumerate(self.ops)
         )
         return not (rekinded or self.layout_change)
+
+    @property
+    def conflict(self) -> bool:
+        """Class data given another value: refused (``NameConflict``), hot or not."""
+        return any(
+            kind == "value"
+            and (op == "change" or (op == "rekind" and self.new_kinds[i] == "value"))
+            for i, (kind, op) in enumerate(zip(self.members, self.ops, strict=True))
+        )
 
 
 shapes = st.builds(
@@ -189,6 +199,13 @@ def test_check_says_what_apply_does(
     data_before = data(instance, cls)
     before = reads(instance, cls, shape)
     registry = hotpatch.Registry("1.0")
+    if shape.conflict:
+        for attempt in (registry.check, registry.apply):
+            with pytest.raises(hotpatch.NameConflict, match="never overwrites class data"):
+                attempt(patch)
+        assert registry.level == ()
+        assert reads(instance, cls, shape) == before
+        return
     report = registry.check(patch)
     assert report.hot is shape.hot, (report.reasons, module_source, patch_class)
     if not report.hot:
