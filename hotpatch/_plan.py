@@ -446,8 +446,12 @@ class _Planner:
                 continue
             if existing is value or (existing is not ABSENT and equal(existing, value)):
                 continue
-            conflict = existing is not ABSENT and data_conflict(
-                old, attr, existing, value, module.__name__
+            # A process not serving yet (a replay, a restart) applies what the journal
+            # holds as it went in: the rule is for a patch going in while state is live.
+            conflict = (
+                existing is not ABSENT
+                and not self.level.restarting
+                and data_conflict(old, attr, existing, value, module.__name__)
             )
             if conflict:
                 msg = f"patch {plan.patch.version}: {member}: {conflict}"

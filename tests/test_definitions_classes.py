@@ -685,3 +685,33 @@ def test_a_class_constant_changes_through_a_migration(make_module, write_patch, 
     assert mod.Counter.LIMIT == 7
     registry.rollback()
     assert mod.Counter.LIMIT == 5
+
+
+def test_a_process_not_serving_yet_applies_class_data_as_journalled(
+    make_module, write_patch, tmp_path
+):
+    """A journal holding a class-data change (applied by a release before the rule, or in
+    a restart's new process) replays as it went in: the rule is for live state."""
+    mod = make_module(STATEFUL)
+    journal = tmp_path / "journal.json"
+    patch = load(
+        write_patch,
+        f"""
+        @patch.replace_class("{mod.__name__}:Counter")
+        class Counter:
+            LIMIT = 7
+        """,
+    )
+    first = hotpatch.Registry("1.0", journal=journal)
+    first.apply(patch, restarting=True)
+    assert mod.Counter.LIMIT == 7
+    first.detach_journal()  # undone in memory only: the journal keeps the level
+    first.rollback()
+    assert mod.Counter.LIMIT == 5
+    again = hotpatch.Registry("1.0", journal=journal)
+    try:
+        assert again.level == ("1.0.1",)
+        assert mod.Counter.LIMIT == 7
+    finally:
+        again.rollback()
+    assert mod.Counter.LIMIT == 5

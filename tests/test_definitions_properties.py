@@ -9,10 +9,11 @@ instance made before (and rollback restores it); not hot means ``apply()``
 raises ``RestartRequired`` with the same reasons and changes nothing. The
 verdict is also held to a model of SPEC §11: only a layout or member-kind
 change is not hot, and class data given another value than the running class
-holds is refused by both (``NameConflict``: it may be state). Function targets (a def, a lambda, under a ``functools.wraps``
-decorator, ``lru_cache``, ``contextmanager``, a singledispatch ``registry[int]``)
-are gone through exhaustively: each x a replacement written plain, under the
-target's decorators or under others x the same or a widened signature.
+holds is refused by both (``NameConflict``: it may be state). Function
+targets (a def, a lambda, under a ``functools.wraps`` decorator, ``lru_cache``,
+``contextmanager``, a singledispatch ``registry[int]``) are gone through
+exhaustively: each x a replacement written plain, under the target's
+decorators or under others x the same or a widened signature.
 """
 
 from __future__ import annotations
