@@ -252,7 +252,11 @@ def _after(before: dict[str, Any], record: dict[str, Any], patch: dict[str, Any]
         if patch["kind"] == "bundle":
             after.update(baseline=record.get("version") or patch["version"], level=[])
         else:
-            after.update(level=list(record.get("level") or before["level"]))
+            level = list(record.get("level") or before["level"])
+            size = record.get("level_size")
+            if isinstance(size, int) and size > len(level):  # the file carries the top only
+                level = [*before["level"][: size - len(level)], *level]  # the rest as it was
+            after.update(level=level)
     after["version"] = after["level"][-1] if after["level"] else after["baseline"]
     return after
 
