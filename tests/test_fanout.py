@@ -289,6 +289,8 @@ def test_at_a_deep_level_answers_carry_its_top_and_size_and_status_all_of_it(
     owner = workers.owner()
     other = next(pid for pid in pids if pid != owner)
     assert all(workers.level(pid) == versions for pid in pids)
+    brief = request(workers.socket(other), {"cmd": "worker", "brief": True})
+    assert (brief["level"], brief["level_size"]) == (versions[-10:], 12)
     status = workers.status(other)
     assert status["level"] == versions
     assert [w["level"] for w in status["workers"]] == [versions, versions]

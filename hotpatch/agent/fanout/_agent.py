@@ -117,7 +117,7 @@ class Worker:
                 # After each apply: can this worker still file and answer its socket?
                 scratch = Path(tempfile.mkdtemp(prefix="hotpatch-vital-"))
                 stack.callback(shutil.rmtree, scratch, ignore_errors=True)
-                vital = VitalCheck(scratch, socket, ask={"cmd": "worker"})
+                vital = VitalCheck(scratch, socket, ask={"cmd": "worker", "brief": True})
                 local = LocalApplier(
                     self._registry(None) if peers else self._replayed(), vital=vital
                 )

@@ -60,7 +60,7 @@ class WorkerCommands:
             "deliver": self._deliver,
             "undo": lambda request, who: self.replica.undo(request.get("version"), who),
             "patches": lambda _request, _who: self.replica.texts(self.journal),
-            "worker": lambda _request, _who: self.state(),
+            "worker": lambda request, _who: self.state(brief=bool(request.get("brief"))),
             "joined": self._joined,
         }
 
@@ -83,14 +83,17 @@ class WorkerCommands:
 
     # -- what every worker answers ----------------------------------------------------------
 
-    def state(self) -> dict[str, Any]:
-        """This worker's part of ``status``: pid, level, ownership."""
+    def state(self, *, brief: bool = False) -> dict[str, Any]:
+        """This worker's part of ``status``: pid, level, ownership. ``brief``: the top of
+        the level and ``level_size`` (the check after each apply asks so: it costs the same
+        at any level)."""
         owner = self.ownership.owner
+        level = self.replica.local.level()
         return {
             "ok": True,
             "pid": os.getpid(),
             "baseline": self.settings.baseline,
-            "level": list(self.replica.local.level()),
+            **(level_summary(level) if brief else {"level": list(level)}),
             "owner": owner,
             "state": "owner" if owner else "serving",
         }
