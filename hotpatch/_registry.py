@@ -44,6 +44,7 @@ from hotpatch._results import (
     RollbackResult,
     level_text,
 )
+from hotpatch._shortage import shortage_of
 from hotpatch._switch import Change, Key, busy_threads, current, key, quiesce, switch
 from hotpatch._unwind import code_in, kept_of, unwind
 from hotpatch._wrap import Wrapper, Wrappers
@@ -146,6 +147,7 @@ class Registry:
         """
         start = time.perf_counter()
         with self._lock:
+            level = self._level
             try:
                 plan = self._plan(patch, restarting=restarting)
                 self._veto(patch, _report(plan, plan.reasons))
@@ -158,6 +160,17 @@ class Registry:
                     raise RestartRequired(msg, reasons=plan.reasons, patch=patch.version)
                 return self._commit(plan, start, action="apply", who=who)
             except PatchError as exc:
+                if (resource := shortage_of(exc)) is not None and self._level == level:
+                    # The machine's fault, not the patch's: no rejection to log or to tell
+                    # the plugins of; the caller (an agent, a supervisor) keeps it and retries.
+                    log.warning(
+                        "patch %s not applied for want of a resource, %s (%s); nothing of it "
+                        "changed, and it can be applied again once the resource is back",
+                        patch.version,
+                        resource,
+                        exc,
+                    )
+                    raise
                 log.warning("rejected patch %s: %s", patch.version, exc)
                 source = patch.source.path if patch.source else "<api>"
                 self.plugins.notify(

@@ -127,6 +127,17 @@ def retried(agent: hotpatch.Agent, name: str, what: str, *, attempts: int = 3) -
     return waiting(agent)
 
 
+class Rejections:
+    """A plugin that records the versions it hears rejected."""
+
+    def __init__(self) -> None:
+        self.versions: list[str | None] = []
+
+    @hotpatch.hookimpl
+    def hotpatch_rejected(self, version: str | None) -> None:
+        self.versions.append(version)
+
+
 def loud(caplog: pytest.LogCaptureFixture, *words: str) -> bool:
     return any(
         r.levelno >= logging.ERROR and all(w in r.getMessage() for w in words)
@@ -151,8 +162,14 @@ def test_a_full_disk_keeps_the_drop_and_retries_it_in_version_order(
     # recording the level does (the apply is undone by the registry).
     drops = DropFolder(small_disk.path if full == "folder" else tmp_path)
     journal = (small_disk.path if full == "journal" else tmp_path) / "journal.json"
+    heard = Rejections()
     agent = hotpatch.install(
-        "1.0", watch=drops.path, journal=journal, control_socket=False, verify=full == "folder"
+        "1.0",
+        watch=drops.path,
+        journal=journal,
+        control_socket=False,
+        verify=full == "folder",
+        plugins=[heard],
     )
     agents.append(agent)
     first = drops.write("a.py", patch_text(target.__name__, "1.0.1", 1))
@@ -169,6 +186,9 @@ def test_a_full_disk_keeps_the_drop_and_retries_it_in_version_order(
     assert agent.registry.level == ()
     assert (drops.path / "a.py").exists()
     assert (drops.path / "b.py").exists()
+    # Not a rejection, neither in the log nor to the plugins: it is kept and tried again.
+    assert not [r.getMessage() for r in caplog.records if "rejected" in r.getMessage()]
+    assert heard.versions == []
 
     small_disk.free()
     assert drops.filed("a.py")["outcome"] == "applied"

@@ -102,6 +102,13 @@ def errors(supervised: Supervised, *words: str) -> int:
     return sum(1 for line in lines if " ERROR " in line and all(w in line for w in words))
 
 
+def served(supervised: Supervised, *words: str) -> list[str]:
+    """The lines of the serving process's log (its pid) that say all of ``words``."""
+    pid = f"[{supervised.child_pid}] "
+    lines = supervised.log().splitlines()
+    return [line for line in lines if pid in line and all(w in line for w in words)]
+
+
 def rejections(state: Path) -> list[str]:
     rejected = state / "rejected"
     return sorted(os.listdir(rejected)) if rejected.exists() else []
@@ -149,6 +156,12 @@ def test_a_full_disk_under_run_keeps_the_drop_and_retries_it_in_version_order(
         assert (folder / "b-1.0.2.py").exists()
         assert (folder / "c-1.0.3.py").exists()
         assert rejections(state) == []
+        if full == "journal":  # the serving process says what happens: kept, tried again, why
+            said = served(supervised, "1.0.2")
+            assert not [line for line in said if "rejected" in line], said
+            kept = [line for line in said if "keeps it" in line and "tries again" in line]
+            assert kept, supervised.log()[-3000:]
+            assert all("disk full" in line for line in kept), kept
 
         small_disk.free()
         for name in ("b-1.0.2.py", "c-1.0.3.py"):

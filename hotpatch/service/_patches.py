@@ -199,9 +199,10 @@ class PatchLevels:
         version = result.get("version") or "?"
         # The supervisor says it loudly, once: here it is told why.
         log.info(
-            "patch %s not taken for want of a resource (%s: %s); nothing of it was applied, "
-            "the supervisor keeps it and tries again",
+            "patch %s not taken for want of a resource, %s (%s: %s); nothing of it was applied: "
+            "not a rejection, the supervisor keeps it and tries again",
             version,
+            resource,
             type(exc).__name__,
             exc,
         )
