@@ -28,11 +28,11 @@ Then it stops injecting, lets the folder settle, stops the load and checks:
 
 * every drop ended in exactly one outcome (one file and its result in one of
   ``applied/``, ``rejected/``, ``pending/``), or is still waiting in the folder;
-  a good patch ends ``applied``, every bad one ``rejected`` -- but a patch the
-  serving process was taking when it was SIGKILLed ends ``pending`` (it says
-  so: drop it again), and one whose folder was replaced while it was verified
-  is refused (its staged copy went away with the folder): both are counted
-  apart;
+  a good patch ends ``applied``, every bad one ``rejected`` -- also one sent to
+  or taken by a serving process as it was SIGKILLed (it goes to the process
+  replacing it: counted apart as applied after a SIGKILL) -- but one whose
+  folder was replaced while it was verified is refused (its staged copy went
+  away with the folder): counted apart;
 * the journal is a prefix of the patches applied, in the order applied;
 * the preserved state counts every answered request exactly: each client's
   answers count 1, 2, 3, ... with no gap and no repeat, except where the
@@ -648,7 +648,7 @@ def check_drops(chaos: Chaos) -> dict[str, Any]:
     by_kind: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
     problems: list[str] = []
     applied: list[str] = []
-    hit = 0  # patches the serving process took as it was SIGKILLed
+    hit = 0  # good patches applied by the next process: the one taking it was SIGKILLed
     replaced = 0  # patches refused as their folder was replaced while they were verified
     for name, kind, version in chaos.drops:
         places = filed(folders, name)
@@ -672,9 +672,7 @@ def check_drops(chaos: Chaos) -> dict[str, Any]:
             problems.append(f"{name!r}: filed in {outcome}/ without a readable result")
         elif kind in PATCHES and outcome != EXPECTED[kind]:
             reason = str(result.get("reason"))
-            if outcome == "pending" and "SIGKILL" in reason:
-                hit += 1  # the serving process died taking it: pending, to be dropped again
-            elif chaos.replaced and outcome == "rejected" and _staging_gone(reason):
+            if chaos.replaced and outcome == "rejected" and _staging_gone(reason):
                 # Its staged copy went away with the folder while it was verified: refused
                 # with that reason (known: the folder's life cycle, not the patch).
                 replaced += 1
@@ -682,13 +680,15 @@ def check_drops(chaos: Chaos) -> dict[str, Any]:
                 problems.append(f"{name!r} ({kind}) ended {outcome}: {result.get('reason')}")
         if result is not None and result.get("outcome") == "applied" and version is not None:
             applied.append(version)
+            if "SIGKILL" in str(result.get("reason")):
+                hit += 1  # sent again to the process replacing the one killed taking it
     return {
         "drops": len(chaos.drops),
         "by_outcome": dict(by_outcome),
         "by_kind": {k: dict(v) for k, v in sorted(by_kind.items())},
         "applied": applied,
         "unknown": unknown,
-        "pending_by_sigkill": hit,
+        "applied_after_sigkill": hit,
         "refused_by_replacement": replaced,
         "problems": problems,
     }
@@ -903,7 +903,7 @@ def main(argv: list[str] | None = None) -> int:
         [
             ["drops", drops["drops"]],
             ["patches applied", len(drops["applied"])],
-            ["patches left pending by a SIGKILL", drops["pending_by_sigkill"]],
+            ["patches applied after a SIGKILL hit them", drops["applied_after_sigkill"]],
             ["patches refused, folder replaced in their check", drops["refused_by_replacement"]],
             ["journal level", len(journal["level"] or [])],
             ["journal a prefix of the applied", "yes" if journal["prefix"] else "NO"],

@@ -15,7 +15,7 @@ from typing import Any
 
 from hotpatch.service._channel import SHORTAGE
 from hotpatch.supervisor._bundle import Release
-from hotpatch.supervisor._child import Child, ChildExited
+from hotpatch.supervisor._child import Child, ChildExited, describe_exit
 from hotpatch.supervisor._handover import memfd
 from hotpatch.supervisor._records import (
     BaselineJob,
@@ -34,6 +34,8 @@ __all__ = ["Jobs"]
 log = logging.getLogger("hotpatch.supervisor")
 
 PATCH_LOG_KEPT = 20
+EXIT_WAIT_S = 5.0  # for a process whose channel closed to be seen exiting
+ENDED_TAKING_MAX = 2  # processes ending while they take a patch: then it is refused
 
 
 class Jobs:
@@ -141,11 +143,18 @@ class Jobs:
             if result.get("outcome") == "restart":
                 result = await self._restart_for(current, job, result)
         except ChildExited as exc:
-            result = not_now(f"the service process ended while taking it ({exc})")
+            refused = await self._ended(current, job, exc)
+            if refused is None:  # kept, first in line: sent to the process replacing it
+                self.queue.appendleft(job)
+                self.on_change()
+                return
+            result = refused
         except BaseException:
             if not job.done.done():
                 job.done.set_result(not_now("the supervisor stopped meanwhile"))
             raise
+        if job.ended:
+            _after_ended(job, current, result)
         result.setdefault("version", None)
         entry: dict[str, Any] = {
             "file": job.name,
@@ -164,18 +173,64 @@ class Jobs:
     async def _send_patch(self, child: Child, job: PatchJob) -> dict[str, Any]:
         async with child.lock:
             request = Child.request_id()
+            if job.level is None:
+                job.level = [str(v) for v in child.info.get("level") or []]
             fd = memfd(job.data)
             try:
                 body = {"op": "patch", "id": request, "name": job.name, "path": job.path}
                 child.send({**body, "who": job.who}, [fd])
             finally:
                 os.close(fd)
+            job.sent_to = child.pid
             message = await child.expect(
                 "patched", timeout=self.config.patch_timeout, request=request
             )
         answer = dict(message.body)
         child.update_level(answer)
         return answer
+
+    async def _ended(self, child: Child, job: PatchJob, exc: ChildExited) -> dict[str, Any] | None:
+        """``child`` ended while it was sent ``job`` or taking it: the answer, or ``None``
+        when the patch is to go to the process that replaces it.
+
+        It is not the patch's fault if the process never got it (its channel was
+        closed: EPIPE), nor, once, if it ended while taking it (a SIGKILL from
+        outside): the new process replays the journal, so sent again the patch
+        either goes in or is found there. A patch that processes ended taking
+        twice is refused: it may be what ends them.
+        """
+        if child.alive:  # a closed channel: its exit follows
+            await child.wait_exit(EXIT_WAIT_S)
+        if child.alive:
+            return not_now(
+                f"the channel to service process {child.pid} broke ({exc}) and the process "
+                f"did not end within {EXIT_WAIT_S:g}s"
+            )
+        how = f"process {child.pid} {describe_exit(child.returncode)}"
+        taken = job.sent_to == child.pid
+        if taken:
+            job.ended.append(f"{how} while taking it")
+        if len(job.ended) >= ENDED_TAKING_MAX:
+            return {
+                "outcome": "rejected",
+                "error_type": "VerificationFailed",
+                "via": None,
+                "reason": f"the serving process ended each time it took this patch "
+                f"({'; '.join(job.ended)}): the patch may be what ends it (a migration "
+                "that exits or kills its process?). Nothing of it is applied (the journal "
+                "of the process serving now does not hold it); fix it and publish a newer "
+                "version, or drop it again if the processes were stopped from outside",
+            }
+        log.warning(
+            "%s %s patch %s (%s): not the patch's fault; it is kept, first in line, and "
+            "sent again to the process that replaces it (whose journal says whether it "
+            "went in)",
+            how,
+            "while taking" if taken else "before it was sent",
+            job.name,
+            exc,
+        )
+        return None
 
     async def _restart_for(
         self, old: Child, job: PatchJob, answer: dict[str, Any]
@@ -404,6 +459,25 @@ class Jobs:
             if not job.done.done():
                 job.done.set_result(result)
             self.on_change()
+
+
+def _after_ended(job: PatchJob, child: Child, result: dict[str, Any]) -> None:
+    """The answer of ``child`` to a patch that an earlier process ended taking.
+
+    ``unchanged`` means the earlier one applied and journalled it before it
+    ended, and ``child`` replayed it: applied, unless it was there before.
+    """
+    ended = "; ".join(job.ended)
+    version = result.get("version")
+    if result.get("outcome") == "unchanged" and version not in (job.level or []):
+        result["outcome"] = "applied"
+        result["reason"] = (
+            f"patch {version} was applied and journalled, then {ended}; process "
+            f"{child.pid} replaced it and has the patch from the journal"
+        )
+    elif result.get("outcome") == "applied":
+        prior = f"{result['reason']}; " if result.get("reason") else ""
+        result["reason"] = f"{prior}applied by process {child.pid} after {ended}"
 
 
 def _refused(

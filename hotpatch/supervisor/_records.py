@@ -141,6 +141,12 @@ class PatchJob:
     data: bytes
     who: str
     done: asyncio.Future[dict[str, Any]]
+    # A serving process that ended while it was sent or taking the patch: the patch
+    # goes to the one replacing it. ``sent_to``: the last process that was sent it;
+    # ``ended``: how each that had it ended; ``level``: the level before the first.
+    sent_to: int | None = None
+    ended: list[str] = field(default_factory=list)
+    level: list[str] | None = None
 
 
 @dataclass(slots=True)

@@ -437,6 +437,7 @@ class Supervisor:
             self._work.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._work
+            self._drop_jobs()  # a patch the work kept for the next process
         if running.current is not None:
             await self.handover.stop_child(running.current)
             running.current = None
