@@ -373,3 +373,32 @@ def test_a_restart_at_the_descriptor_limit_loses_no_update(
             resource.prlimit(pid, resource.RLIMIT_NOFILE, (hard, hard))
             assert supervised.child_pid == pid
     load.check(request(supervised.address, "/get")["counters"])
+
+
+def test_a_good_patch_taken_at_the_descriptor_limit_is_not_refused_by_the_vital_check(
+    supervise: Callable[..., Supervised], tmp_path: Path
+) -> None:
+    # One descriptor left below the limit: enough to receive the patch's memfd and
+    # write the journal (one at a time), not for a new socket pair. The check that
+    # the channel still works after the apply must not need one: the chaos run saw a
+    # good patch applied, rolled back and refused as if it broke the channel
+    # ("Too many open files").
+    folder = tmp_path / "patches"
+    folder.mkdir(mode=0o700)
+    options = ("--watch", str(folder), "--snapshot-interval", "0", *BASE_OPTIONS)
+    supervised = supervise(options=options)
+    pid = supervised.child_pid
+    staged = stage(folder, "a-1.0.1.py", logic_patch("1.0.1", "one"))
+    _, hard = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+    open_fds = {int(fd) for fd in os.listdir(f"/proc/{pid}/fd")}
+    free = sorted(set(range(len(open_fds) + 2)) - open_fds)
+    resource.prlimit(pid, resource.RLIMIT_NOFILE, (free[1], hard))  # only free[0] below it
+    try:
+        put(staged)
+        where, result = outcome_of(folder, "a-1.0.1.py", supervised)
+    finally:
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (hard, hard))
+    assert (where, result["outcome"]) == ("applied", "applied"), result
+    assert request(supervised.address, "/get")["tag"] == "one"
+    assert supervised.child_pid == pid
+    assert journal_level(folder / ".journal.json") == ["1.0.1"]

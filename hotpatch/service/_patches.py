@@ -31,8 +31,8 @@ __all__ = [
     "VITAL_WHO",
     "LevelReporter",
     "PatchLevels",
+    "WireCheck",
     "migration_timeout",
-    "wire_check",
 ]
 
 log = logging.getLogger("hotpatch.service")
@@ -69,6 +69,7 @@ class PatchLevels:
         # supervisor keeps the newest, whichever way it came (reply or report).
         self.level_lock = threading.Lock()
         self.level_seq = 0
+        self.wire = WireCheck()  # after each apply: a reply still crosses a channel
 
     def load(self, start_patch: tuple[Mapping[str, Any], bytes] | None) -> dict[str, Any]:
         """Replay the journal, apply ``start_patch`` (the patch this restart is for), and say
@@ -90,6 +91,10 @@ class PatchLevels:
                 error["shortage"] = resource
             return {**info, **error}
         info["journal_report"] = self.registry.journal_report
+        try:
+            self.wire.reserve()  # now, while descriptors are free: the check needs none later
+        except OSError as exc:
+            log.warning("cannot reserve the socket pair of the vital check yet: %s", exc)
         if start_patch is not None:
             message, data = start_patch
             result = self.apply_patch(message, data, restarting=True)
@@ -221,13 +226,16 @@ class PatchLevels:
         """
         registry = self.registry
         assert registry is not None
+        # The check's socket pair, made before the patch is in (and can break making
+        # one): if no descriptor is left, the patch is not taken now (a shortage).
+        self.wire.reserve()
         with registry.lock:  # no other change of the level between the apply and its check
             before = registry.level
             t = time.perf_counter()
             applied = registry.apply(patch, who=who, restarting=restarting)
             result["timings"]["apply_s"] = time.perf_counter() - t
             result["outcome"], result["targets"] = "applied", list(applied.targets)
-            broken = wire_check({"op": "patched", **result, **self.level_info()})
+            broken = self.wire.check({"op": "patched", **result, **self.level_info()})
             if broken is None:
                 return
             log.error(
@@ -330,33 +338,58 @@ def migration_timeout(environ: Mapping[str, str]) -> float:
     return value
 
 
-def wire_check(message: Mapping[str, Any], timeout: float = VITAL_TIMEOUT_S) -> str | None:
-    """Send ``message`` through a channel of the supervisor's kind and read it back.
+class WireCheck:
+    """After an apply: does a message still cross a channel of the supervisor's kind?
 
-    ``None`` when it arrives as sent; else what went wrong. Bounded by
-    ``timeout`` (in a thread of its own: a patch may make it hang).
+    The socket pair is made before the patch is applied (``reserve``) and reused
+    while it works: the check itself needs no new descriptor, so a process at its
+    descriptor limit is not taken for one whose patch broke the channel.
     """
-    found: list[str | None] = []
-    done = threading.Event()
 
-    def run() -> None:
-        try:
-            found.append(_round_trip(message))
-        except BaseException as exc:  # whatever the patch made it raise
-            found.append(f"{type(exc).__name__}: {exc}")
-        done.set()
+    def __init__(self) -> None:
+        self._pair: tuple[socket.socket, socket.socket] | None = None
 
-    threading.Thread(target=run, name="hotpatch-vital-check", daemon=True).start()
-    if not done.wait(timeout):
-        return f"a message to the supervisor did not cross a channel within {timeout:g} s"
-    return found[0]
+    def reserve(self) -> None:
+        """Make the pair if there is none; ``OSError`` if it cannot be made now."""
+        if self._pair is None:
+            self._pair = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+
+    def check(self, message: Mapping[str, Any], timeout: float = VITAL_TIMEOUT_S) -> str | None:
+        """``None`` when ``message`` arrives as sent through the pair; else what went wrong.
+
+        Bounded by ``timeout`` (in a thread of its own: a patch may make it hang).
+        A pair that failed is not used again.
+        """
+        pair = self._pair
+        if pair is None:
+            return "no socket pair was reserved for the check"
+        found: list[str | None] = []
+        done = threading.Event()
+
+        def run() -> None:
+            try:
+                found.append(_round_trip(pair, message))
+            except BaseException as exc:  # whatever the patch made it raise
+                found.append(f"{type(exc).__name__}: {exc}")
+            done.set()
+
+        threading.Thread(target=run, name="hotpatch-vital-check", daemon=True).start()
+        if not done.wait(timeout):
+            self._pair = None  # the thread may still use it: left to it
+            return f"a message to the supervisor did not cross a channel within {timeout:g} s"
+        if found[0] is not None:
+            self._pair = None
+            for sock in pair:
+                sock.close()
+        return found[0]
 
 
-def _round_trip(message: Mapping[str, Any]) -> str | None:
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    with ours, theirs:
-        send_message(ours, message)
-        received = recv_message(theirs)
+def _round_trip(
+    pair: tuple[socket.socket, socket.socket], message: Mapping[str, Any]
+) -> str | None:
+    ours, theirs = pair
+    send_message(ours, message)
+    received = recv_message(theirs)
     if received is None or received[0] != _plain(message):
         return "a message to the supervisor does not arrive as it was sent"
     return None

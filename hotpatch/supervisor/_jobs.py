@@ -222,13 +222,12 @@ class Jobs:
                 "version, or drop it again if the processes were stopped from outside",
             }
         log.warning(
-            "%s %s patch %s (%s): not the patch's fault; it is kept, first in line, and "
-            "sent again to the process that replaces it (whose journal says whether it "
-            "went in)",
+            "%s %s: not the patch's fault; it is kept, first in line, and sent again to "
+            "the process that replaces it (whose journal says whether it went in)",
             how,
-            "while taking" if taken else "before it was sent",
-            job.name,
-            exc,
+            f"while taking patch {job.name}"
+            if taken
+            else f"before it could be sent patch {job.name} ({exc})",
         )
         return None
 
