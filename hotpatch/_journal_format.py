@@ -185,12 +185,14 @@ def _records(raw: bytes, pos: int, head: dict[str, Any]) -> tuple[JournalState, 
         if pop:
             del level[-pop:], versions[-pop:]
         for i, row in enumerate(_list(record["push"], f"{what}.push")):
-            entry = _entry(row, f"{what}.push[{i}]")
+            entry = _usual_entry(row) or _entry(row, f"{what}.push[{i}]")
             level.append(entry)
             versions.append(entry.version)
         for i, row in enumerate(_list(record["history"], f"{what}.history")):
             where = f"{what}.history[{i}]"
-            _fields(row, where, _HISTORY_REQUIRED, _HISTORY_ALLOWED | {"delta"})
+            usual = _usual_row(row)
+            if not usual:
+                _fields(row, where, _HISTORY_REQUIRED, _HISTORY_ROW)
             delta = row.pop("delta", None)
             given = "level" in row
             if delta is not None and given:
@@ -198,7 +200,8 @@ def _records(raw: bytes, pos: int, head: dict[str, Any]) -> tuple[JournalState, 
                 raise ValueError(msg)
             if not given:
                 row["level"] = list(versions) if delta is None else _delta(delta, prev, where)
-            _row(row, where, versions_checked=not given)  # else from entries or _delta
+            if not usual:
+                _row(row, where, versions_checked=not given)  # else from entries or _delta
             at = row["level"]
             prev = at
             history.append(row)
@@ -235,6 +238,9 @@ _HISTORY_FIELDS: dict[str, type | tuple[type, ...]] = {
 }
 _HISTORY_ALLOWED = set(_HISTORY_FIELDS)
 _HISTORY_REQUIRED = _HISTORY_ALLOWED - {"who", "level"}
+_HISTORY_ROW = _HISTORY_ALLOWED | {"delta"}  # the fields of a format-2 history row
+_HISTORY_USUAL = _HISTORY_ROW - {"level"}  # ... as this module writes them
+_ENTRY_ALLOWED = set(_ENTRY_FIELDS)
 
 
 def _fields(row: Any, what: str, required: set[str], allowed: set[str]) -> dict[str, Any]:
@@ -265,11 +271,45 @@ def _list(value: Any, what: str) -> list[Any]:
 
 
 def _entry(row: Any, what: str) -> JournalEntry:
-    _fields(row, what, _ENTRY_REQUIRED, set(_ENTRY_FIELDS))
+    _fields(row, what, _ENTRY_REQUIRED, _ENTRY_ALLOWED)
     for name, value in row.items():
         _text(value, f"{what}.{name}")
     parse_version(row["version"], f"{what}.version")
     return JournalEntry(**row)
+
+
+# The usual rows and entries, as this module writes them, are recognised at once
+# (a replay reads a thousand of each); anything else is checked field by field
+# below, and refused naming the field.
+
+
+def _usual_entry(row: Any) -> JournalEntry | None:
+    """The entry of ``row`` if it is one as written (every field a string, the version
+    PEP 440); ``None`` for anything else."""
+    if type(row) is not dict or not _ENTRY_REQUIRED <= row.keys() <= _ENTRY_ALLOWED:
+        return None
+    for value in row.values():
+        if type(value) is not str:
+            return None
+    try:
+        parse_version(row["version"], "version")
+    except ValueError:
+        return None
+    return JournalEntry(**row)
+
+
+def _usual_row(row: Any) -> bool:
+    """Is ``row`` a history row as written, its level not given (each field of its type)?"""
+    if type(row) is not dict or not _HISTORY_REQUIRED <= row.keys() <= _HISTORY_USUAL:
+        return False
+    at, elapsed = type(row["time"]), type(row["elapsed_s"])
+    return (
+        (at is float or at is int)
+        and (elapsed is float or elapsed is int)
+        and type(row["action"]) is str
+        and type(row["version"]) is str
+        and type(row.get("who", "")) is str
+    )
 
 
 def _row(row: dict[str, Any], what: str, *, versions_checked: bool = False) -> None:
