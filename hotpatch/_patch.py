@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -61,10 +62,16 @@ def _check_target(target: str) -> str:
     return target
 
 
+# A replay parses each version of the level several times over (the journal's
+# record, the patch file's declaration, the plan): each text is parsed once. The key
+# is the text itself, so another text is parsed anew; a Version is not changed once made.
+_parsed = functools.lru_cache(maxsize=4096)(Version)
+
+
 def parse_version(text: str, what: str) -> Version:
     """PEP 440 version, or a ``ValueError`` saying which field is wrong."""
     try:
-        return Version(text)
+        return _parsed(text) if type(text) is str else Version(text)
     except InvalidVersion:
         msg = f"{what} {text!r} is not a PEP 440 version (write it like '2.3.1')"
         raise ValueError(msg) from None
@@ -166,9 +173,11 @@ class Patch:
         return self.source.sha256 if self.source else None
 
     def _add(self, replacement: Replacement) -> None:
-        if any(r.target == replacement.target for r in self.replacements):
-            msg = f"patch {self.version}: {replacement.target} is replaced twice in one patch"
-            raise ValueError(msg)
+        target = replacement.target
+        for r in self.replacements:  # a loop, not any(): a replay adds thousands
+            if r.target == target:
+                msg = f"patch {self.version}: {target} is replaced twice in one patch"
+                raise ValueError(msg)
         self.replacements.append(replacement)
 
     def __repr__(self) -> str:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 import hotpatch
+from hotpatch._patch import parse_version
 
 MODULE = """
 def f(x, y=1, *, z=2):
@@ -143,6 +144,26 @@ def test_a_patch_for_another_baseline_is_refused(load, registry, mod):
 def test_an_equivalent_baseline_spelling_matches(load, registry, mod):
     registry.apply(load("1.0.1", {"f": "x"}, baseline="1.0.0"))
     assert calls(mod)["f"] == "x"
+
+
+def test_each_version_text_is_parsed_once_and_another_text_anew():
+    first = parse_version("2.3.1", "version")
+    assert parse_version("2.3.1", "patch version") is first  # parsed once
+    padded = parse_version("2.3.01", "version")  # another text: parsed, equal in order
+    assert padded is not first
+    assert padded == first
+    assert parse_version("2.3.2", "version") > first
+    for _ in range(2):  # a text that is no version is refused each time, never remembered
+        with pytest.raises(ValueError, match=r"version '2\.3\.x' is not a PEP 440 version"):
+            parse_version("2.3.x", "version")
+
+
+@pytest.mark.parametrize("value", [231, ["2.3.1"], None])
+def test_a_version_that_is_not_text_is_refused_naming_it(value):
+    # Not remembered either (a list could not be): each is refused as it comes.
+    for _ in range(2):
+        with pytest.raises(ValueError, match="is not a PEP 440 version"):
+            parse_version(value, "version")
 
 
 # -- stacking --------------------------------------------------------------------------------
