@@ -13,12 +13,16 @@ from pathlib import Path
 from hotpatch._errors import VerificationFailed
 from hotpatch._patch import Patch, PatchSource
 
-__all__ = ["DEFAULT_MAX_BYTES", "load_patch", "load_patch_source"]
+__all__ = ["DEFAULT_MAX_BYTES", "load_patch", "load_patch_source", "load_patch_text"]
 
 DEFAULT_MAX_BYTES = 10 * 1024 * 1024
 # Patch modules live under this prefix in sys.modules (pickle and dataclasses look
 # a module up there); nothing real can be imported under it.
 MODULE_PREFIX = "hotpatch._patches."
+
+# What bytes.strip() strips (str.strip() would strip Unicode spaces as well).
+_ASCII_SPACE = " \t\n\r\x0b\x0c"
+_NOT_WORD = re.compile(r"\W")
 
 Compiler = Callable[[str, str, str], types.CodeType]  # (text, sha256, filename) -> code
 
@@ -53,16 +57,36 @@ def load_patch_source(data: bytes, *, path: str, compiler: Compiler | None = Non
     ``compiler(text, sha256, filename)`` compiles its text (a replay's, which
     keeps what it compiled: ``_codecache``); by default, ``compile()``.
     """
-    name = Path(path).name
+    name = _name(path)
     if not data.strip():
-        msg = f"patch file {name} is empty: write a Patch(...) declaration into it"
-        raise VerificationFailed(msg)
+        raise _empty(name)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         msg = f"patch file {name} is not UTF-8 text ({exc.reason} at byte {exc.start})"
         raise VerificationFailed(msg) from None
-    sha = PatchSource.digest(data)
+    return _load(text, PatchSource.digest(data), path, name, compiler)
+
+
+def load_patch_text(
+    text: str, *, sha256: str, path: str, compiler: Compiler | None = None
+) -> Patch:
+    """Load a patch from its text, whose UTF-8 bytes the caller has checked hash to ``sha256``.
+
+    A replay's: the journal checks every entry's content against its sha256 as it
+    reads it, so it is not encoded and hashed again here.
+    """
+    name = _name(path)
+    if not text.strip(_ASCII_SPACE):
+        raise _empty(name)
+    return _load(text, sha256, path, name, compiler)
+
+
+def _empty(name: str) -> VerificationFailed:
+    return VerificationFailed(f"patch file {name} is empty: write a Patch(...) declaration into it")
+
+
+def _load(text: str, sha: str, path: str, name: str, compiler: Compiler | None) -> Patch:
     filename = f"<hotpatch {name} {sha[:12]}>"
     try:
         if compiler is None:
@@ -116,7 +140,15 @@ def _unique(items: Iterable[Patch]) -> list[Patch]:
 
 
 def _safe(name: str) -> str:
-    return re.sub(r"\W", "_", name.removesuffix(".py")) or "patch"
+    return _NOT_WORD.sub("_", name.removesuffix(".py")) or "patch"
+
+
+def _name(path: str) -> str:
+    """``Path(path).name``, without making a ``Path`` of each patch a replay loads."""
+    name = os.path.basename(path)
+    if not name or name in {".", ".."}:  # a path ending in / or . (Path normalises those)
+        return Path(path).name
+    return name
 
 
 def _forget(module_name: str, previous: types.ModuleType | None) -> None:

@@ -22,16 +22,19 @@ installed are what an apply of every patch in turn gives.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import sys
 import types
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from hotpatch._codecache import CodeCache
 from hotpatch._errors import JournalError, PatchError
 from hotpatch._journal_format import JournalEntry
-from hotpatch._loader import load_patch_source
-from hotpatch._patch import Patch, Replacement
+from hotpatch._loader import load_patch_text
+from hotpatch._patch import Patch
 from hotpatch._plan import Applied, Plan
 from hotpatch._recording import Recording
 from hotpatch._results import HistoryEntry
@@ -57,6 +60,11 @@ class ReplaySteps:
 
 def replay(recording: Recording, steps: ReplaySteps) -> None:
     """Apply the level the journal records, oldest first; ``JournalError`` if one fails."""
+    with _collector_held():
+        _replay(recording, steps)
+
+
+def _replay(recording: Recording, steps: ReplaySteps) -> None:
     state = recording.to_replay()
     if state is None:
         return
@@ -68,7 +76,10 @@ def replay(recording: Recording, steps: ReplaySteps) -> None:
     try:
         for entry in state.level:
             current = entry
-            patch = load_patch_source(entry.text.encode(), path=entry.path, compiler=codes.compile)
+            # The journal checked the text against its sha256 as it read it.
+            patch = load_patch_text(
+                entry.text, sha256=entry.sha256, path=entry.path, compiler=codes.compile
+            )
             if steps.defer is not None and stands_alone(patch):
                 run.append((entry, patch))
                 continue
@@ -91,6 +102,27 @@ def replay(recording: Recording, steps: ReplaySteps) -> None:
         raise recording.failed(current, exc) from exc
     codes.save()
     recording.replayed(state)
+
+
+@contextlib.contextmanager
+def _collector_held() -> Iterator[None]:
+    """The cyclic garbage collector off while a level is loaded, as it was after.
+
+    A replay makes tens of objects for each patch and keeps nearly all of them
+    (modules, functions, entries): the collections their number sets off would
+    walk them again and again for nothing (a tenth to a fifth of a replay's
+    time). Off, the objects are walked once, by the first collection after it.
+    The collector is the process's: a thread that turns it off or on meanwhile
+    is not followed (it is on again after the replay if it was before).
+    """
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 def resync(recording: Recording, running: Sequence[Patch], steps: ReplaySteps) -> bool:
@@ -117,33 +149,38 @@ def stands_alone(patch: Patch) -> bool:
     if patch.migrations or patch.unmigrations or not patch.replacements:
         return False
     own = {id(patch)} | {id(r.new) for r in patch.replacements}
-    return all(_only_code(r, own) for r in patch.replacements)
+    modules = sys.modules
+    for replacement in patch.replacements:
+        new, target = replacement.new, replacement.target
+        if replacement.is_class or type(new) is not types.FunctionType or is_nested(target):
+            return False
+        module = modules.get(target.partition(":")[0])
+        if module is None or not _only_code(new, vars(module), own):
+            return False
+    return True
 
 
-def _only_code(replacement: Replacement, own: set[int]) -> bool:
-    """A plain function target whose replacement looks up no name of the patch file that
-    the target module does not hold as is (the plan could bring it in, depending on
-    what the module holds at that level)."""
-    new = replacement.new
-    if replacement.is_class or is_nested(replacement.target):
-        return False
-    module = sys.modules.get(replacement.target.partition(":")[0])
-    if not isinstance(new, types.FunctionType) or module is None:
-        return False
-    namespace, theirs = new.__globals__, vars(module)
-    return not any(
-        id(namespace[name]) not in own
-        and (name not in theirs or theirs[name] is not namespace[name])
-        for name in _names(new.__code__) & namespace.keys()
-    )
+def _only_code(new: types.FunctionType, theirs: dict[str, Any], own: set[int]) -> bool:
+    """Does ``new`` look up no name of the patch file that the target module (``theirs``)
+    does not hold as is? (The plan could bring it in, depending on what the module
+    holds at that level.)"""
+    namespace = new.__globals__
+    for name in _names(new.__code__):
+        value = namespace.get(name, _ABSENT)
+        if value is not _ABSENT and id(value) not in own and theirs.get(name, _ABSENT) is not value:
+            return False
+    return True
 
 
-def _names(code: types.CodeType) -> set[str]:
+_ABSENT = object()
+
+
+def _names(code: types.CodeType) -> set[str] | tuple[str, ...]:
     """Every name ``code`` and the code nested in it could look up (a superset of globals)."""
-    names = set(code.co_names)
+    names: set[str] | tuple[str, ...] = code.co_names
     for const in code.co_consts:
-        if isinstance(const, types.CodeType):
-            names |= _names(const)
+        if type(const) is types.CodeType:  # CodeType has no subclasses
+            names = {*names, *_names(const)}
     return names
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import hotpatch
-from hotpatch._loader import MODULE_PREFIX, load_patch_source
+from hotpatch._loader import MODULE_PREFIX, load_patch_source, load_patch_text
 
 HEADER = "from hotpatch import Patch\npatch = Patch(version='1.0.1', baseline='1.0')\n"
 
@@ -247,3 +247,50 @@ def test_module_type_of_the_patch_module(write_patch):
     )
     assert isinstance(module, types.ModuleType)
     assert module.__file__ == patch.source.path
+
+
+# -- a replay's load: the text the journal has checked against its sha256 ----------------------
+
+
+@pytest.mark.parametrize(
+    "path", ["p.py", "/srv/patches/fix.py", "fix.py/", "a/fix.py/.", "a/b/..", ".", "", "a//p.py"]
+)
+def test_a_patch_is_named_by_its_path_as_pathlib_names_it(path):
+    data = (HEADER + "X = 1\n").encode()
+    patch = load_patch_source(data, path=path)
+    sha = hashlib.sha256(data).hexdigest()
+    assert patch.source is not None
+    assert patch.source.filename == f"<hotpatch {Path(path).name} {sha[:12]}>"
+    assert patch.source.path == path
+
+
+def test_loading_the_text_is_loading_its_bytes():
+    text = HEADER + "@patch.replace('m:f')\ndef f():\n    return 'é'\n"
+    data = text.encode()
+    sha = hashlib.sha256(data).hexdigest()
+    from_text = load_patch_text(text, sha256=sha, path="/p/fix.py")
+    from_bytes = load_patch_source(data, path="/p/fix.py")
+    assert from_text.source == from_bytes.source
+    assert from_text.version == from_bytes.version == "1.0.1"
+    assert from_text.replacements[0].new() == "é"
+
+
+@pytest.mark.parametrize("content", ["", " \n\t\r\x0b\x0c"])
+def test_an_empty_text_is_refused_as_empty_bytes_are(content):
+    for load in (
+        lambda: load_patch_source(content.encode(), path="fix.py"),
+        lambda: load_patch_text(content, sha256="0" * 64, path="fix.py"),
+    ):
+        with pytest.raises(hotpatch.VerificationFailed, match=r"fix\.py is empty"):
+            load()
+
+
+def test_a_text_of_unicode_spaces_is_not_empty_but_does_not_compile():
+    # bytes.strip() strips ASCII whitespace only: the text is refused for what it holds.
+    content = "\u00a0\u2003\n"
+    for load in (
+        lambda: load_patch_source(content.encode(), path="fix.py"),
+        lambda: load_patch_text(content, sha256="0" * 64, path="fix.py"),
+    ):
+        with pytest.raises(hotpatch.VerificationFailed, match=r"fix\.py has a syntax error"):
+            load()

@@ -14,6 +14,8 @@ of the journal with fresh registries.
 
 from __future__ import annotations
 
+import dataclasses
+import gc
 import hashlib
 import importlib.util
 import inspect
@@ -29,6 +31,7 @@ import pytest
 
 import hotpatch
 import hotpatch._journal
+import hotpatch._journal_format
 from hotpatch._codecache import CodeCache
 
 MODULE = """
@@ -323,6 +326,42 @@ def test_a_name_a_lower_patch_brought_is_there_for_the_patches_above_it(record):
     assert not hasattr(recorded.mod, "_helper")
 
 
+@pytest.mark.parametrize("inner", ["lambda", "def", "genexpr"])
+def test_a_name_a_lower_patch_brings_for_code_of_its_own_is_there_above_it(record, inner):
+    # 1.0.2's f2 looks _helper up only in code of its own (a lambda, an inner def, a
+    # generator expression); 1.0.3 replaces f2 again, so only that lookup says 1.0.2
+    # brings a name and must be applied in turn; 1.0.4's f1 calls the module's _helper.
+    body = {
+        "lambda": "    return (lambda v: _helper(v))(x)\n",
+        "def": "    def inner(v):\n        return _helper(v)\n    return inner(x)\n",
+        "genexpr": "    return sum(_helper(v) for v in (x,))\n",
+    }[inner]
+
+    def texts(mod: str) -> list[str]:
+        head = "from hotpatch import Patch\n\npatch = Patch(version='1.0.{}', baseline='1.0')\n\n"
+        return [
+            patch_text(mod, 1, ["f0"]),
+            head.format(2)
+            + "def _helper(x):\n    return x * 7\n\n"
+            + f"@patch.replace('{mod}:f2')\ndef f2(x):\n{body}\n",
+            patch_text(mod, 3, ["f2"]),
+            head.format(4) + f"@patch.replace('{mod}:f1')\ndef f1(x, y=1):\n"
+            "    return _helper(x) + 1\n\n",
+        ]
+
+    recorded = record(texts)
+    registry = recorded.replay()
+    try:
+        assert recorded.mod.f1(3) == 22
+        assert state(recorded.mod) == recorded.states["1.0.4"]
+        registry.rollback(to="1.0.2")
+        assert recorded.mod.f2(3) == 21
+        assert state(recorded.mod) == recorded.states["1.0.2"]
+    finally:
+        back_at_baseline(recorded, registry)
+    assert not hasattr(recorded.mod, "_helper")
+
+
 def test_migrations_run_again_in_order_with_the_level_below_them_live(record):
     migrate = (
         "@patch.migrate('{mod}')\n"
@@ -509,3 +548,87 @@ def test_a_cache_that_does_not_match_is_compiled_again_and_replaced(record, dama
         assert len(kept._codes) == len(recorded.versions)
     finally:
         back_at_baseline(recorded, again)
+
+
+# -- the garbage collector, held off while a level is loaded -------------------------------
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_a_replay_holds_the_collector_off_and_leaves_it_as_it_found_it(record, enabled):
+    # 1.0.3 has a migration (applied in turn, as the replay loads the level): it sees
+    # whether the collector runs meanwhile.
+    def texts(mod: str) -> list[str]:
+        out = stacked(mod)
+        more = (
+            f"import gc\n\n@patch.migrate('{mod}')\n"
+            "def up(module):\n    module.SEEN.append(gc.isenabled())\n\n"
+        )
+        out[2] = patch_text(mod, 3, ["f2"], more=more)
+        return out
+
+    recorded = record(texts)
+    del recorded.mod.SEEN[:]
+    was = gc.isenabled()
+    try:
+        if not enabled:
+            gc.disable()
+        registry = recorded.replay()
+        assert gc.isenabled() is enabled
+        assert recorded.mod.SEEN == [False]
+        assert state(recorded.mod) == recorded.states[recorded.versions[-1]]
+        back_at_baseline(recorded, registry)
+    finally:
+        if was:
+            gc.enable()
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_a_replay_that_fails_leaves_the_collector_as_it_found_it(record, enabled):
+    recorded = record(stacked)
+    f3 = recorded.mod.f3
+    del recorded.mod.f3  # a target gone from the "restarted" process
+    was = gc.isenabled()
+    try:
+        if not enabled:
+            gc.disable()
+        with pytest.raises(hotpatch.JournalError, match="cannot be replayed"):
+            recorded.replay()
+        assert gc.isenabled() is enabled
+    finally:
+        recorded.mod.f3 = f3
+        if was:
+            gc.enable()
+    assert state(recorded.mod) == recorded.states["1.0"]
+
+
+# -- what a replay reads is what the journal holds now -------------------------------------
+
+
+def test_a_record_changed_since_the_last_read_is_read_anew(record):
+    # Versions are parsed once per text: a record whose version changed is the new
+    # version, and one changed to no version at all is refused, never the old one.
+    recorded = record(stacked)
+    journal = hotpatch._journal.Journal(recorded.journal)
+    state_read = journal.read()
+    assert state_read is not None
+    assert [e.version for e in state_read.level] == recorded.versions
+    top = state_read.level[-1]
+    text = top.text.replace("version='1.0.10'", "version='1.0.10.post1'")
+    moved = dataclasses.replace(
+        top,
+        version="1.0.10.post1",
+        text=text,
+        sha256=hashlib.sha256(text.encode()).hexdigest(),
+    )
+    journal.write(hotpatch._journal_format.JournalState("1.0", [*state_read.level[:-1], moved]))
+    registry = hotpatch.Registry("1.0", journal=recorded.journal)
+    try:
+        assert registry.level[-1] == "1.0.10.post1"
+        assert state(recorded.mod) == recorded.states["1.0.10"]
+        registry.detach_journal()
+    finally:
+        back_at_baseline(recorded, registry)
+    bad = dataclasses.replace(moved, version="1.0.10-x")
+    journal.write(hotpatch._journal_format.JournalState("1.0", [*state_read.level[:-1], bad]))
+    with pytest.raises(hotpatch.JournalError, match=r"corrupt.*1\.0\.10-x"):
+        hotpatch.Registry("1.0", journal=recorded.journal)
