@@ -174,6 +174,8 @@ class Folder:
         old, self._observer = self._observer, observer
         if old is not None:
             stop_observer(old)
+        with self._cond:
+            self._drops.rewatch()
         self._catch_up()
 
     def rescan(self) -> None:
@@ -219,6 +221,7 @@ class Folder:
         if self._worker is not None:
             self._worker.join()
             self._worker = None
+        self._drops.stopped()
 
     @property
     def waiting(self) -> dict[str, object] | None:

@@ -7,7 +7,10 @@ modification time); a file whose version cannot be read goes last. Drops
 announced within ``SETTLE_S`` (5 ms) of each other are one burst: a drop is
 taken once the folder has been quiet that long. A file with a lower version
 that is visible in the folder but not announced yet (still open, or its event
-in flight) is waited for, up to ``HOLD_BACK_S`` (1 s).
+in flight) is waited for, up to ``HOLD_BACK_S`` (1 s). While a burst waits,
+those are found without listing the folder for each drop
+(``hotpatch.agent._arrivals``: what came in and went, from the kernel), so a
+drop costs the same however many wait behind it.
 
 The queue finds the order; ``hotpatch.agent._folder`` watches the folder,
 announces what is complete, and processes and files what it takes.
@@ -27,6 +30,7 @@ from pathlib import Path
 from packaging.version import Version
 
 from hotpatch._errors import VerificationFailed
+from hotpatch.agent._arrivals import Arrivals
 from hotpatch.agent._configmap import Taken, is_configmap_link, resolve
 from hotpatch.agent._drops import (
     Vanished,
@@ -44,6 +48,7 @@ __all__ = ["HOLD_BACK_S", "SETTLE_S", "DropQueue"]
 
 SETTLE_S = 0.005
 HOLD_BACK_S = 1.0
+_BURST = 2  # drops queued from which the folder's changes are watched, not listed
 
 SortKey = tuple[int, Version, str]
 _UNKNOWN = Version("0")
@@ -53,8 +58,9 @@ class DropQueue:
     """The drops of one folder waiting to be processed; ``take()`` gives them in version order.
 
     It shares the folder's condition ``cond``: ``add``, ``add_again``,
-    ``requeue``, ``close`` and ``names`` are called holding it, ``take`` and
-    ``forget`` by the folder's worker alone, without it. ``keep``: the folder
+    ``requeue``, ``close``, ``rewatch`` and ``names`` are called holding it,
+    ``take`` and ``forget`` by the folder's worker alone, without it, and
+    ``stopped`` once the worker is gone. ``keep``: the folder
     is only read (drops stay in it), ``taken`` notes what was taken already.
     """
 
@@ -83,6 +89,11 @@ class DropQueue:
         self._sorted_at = 0.0  # when the worker last sorted drops in
         self._last_announced = 0.0
         self._closed = False
+        # The names the kernel said came in that were not queued when last looked at
+        # (the worker's alone): any of them may be a lower version not announced yet.
+        self._changes: Arrivals | None = None
+        self._unheard: set[str] = set()
+        self._rewatch = False  # the folder was replaced: watch its changes anew
         self.current: str | None = None  # the drop taken and being processed
 
     def __len__(self) -> int:
@@ -112,6 +123,10 @@ class DropQueue:
         """``take()`` gives nothing from now on (the folder stops)."""
         self._closed = True
 
+    def rewatch(self) -> None:
+        """The folder at the path was replaced: its arrivals are watched anew at the next look."""
+        self._rewatch = True
+
     def names(self) -> list[str]:
         """The drops waiting, as shown to people (the current one first, then by arrival)."""
         names = sorted(self._queue, key=self._queue.__getitem__)
@@ -123,6 +138,15 @@ class DropQueue:
     def forget(self, name: str) -> None:
         """``name`` was processed: its version is read again if it comes back."""
         self._keys.pop(name, None)
+
+    def stopped(self) -> None:
+        """The worker is gone (the folder stopped): the watch of the folder's changes is closed."""
+        self._close_changes()
+
+    def _close_changes(self) -> None:
+        if self._changes is not None:
+            self._changes.close()
+            self._changes = None
 
     def take(self) -> str | None:
         """Take the queued drop with the lowest version, once its burst has settled.
@@ -198,20 +222,51 @@ class DropQueue:
     def _unannounced(self, queued: dict[str, int]) -> list[str]:
         """Names in the folder that could be drops but have not been announced yet."""
         try:
-            names = os.listdir(self.path)
+            names = self._arrived(queued)
         except OSError:
             return []
-        return [
-            n
-            for n in names
-            if n not in queued
-            and not is_ignored(n)
-            and not n.endswith(SIGNATURE_SUFFIX)
-            and n not in OUTCOME_DIRS.values()
-            and not is_configmap_link(self.path, n)  # announced by the kubelet's swap
-            # Taken, and stays: changed since, its event announces it (no stat per pick).
-            and not (self._keep and self._taken.has_name(n))
-        ]
+        found = []
+        for n in list(names):
+            if (
+                n in queued
+                or is_ignored(n)
+                or n.endswith(SIGNATURE_SUFFIX)
+                or n in OUTCOME_DIRS.values()
+                or is_configmap_link(self.path, n)  # announced by the kubelet's swap
+                # Taken, and stays: changed since, its event announces it (no stat per pick).
+                or (self._keep and self._taken.has_name(n))
+            ):
+                self._unheard.discard(n)
+            else:
+                found.append(n)
+        return found
+
+    def _arrived(self, queued: dict[str, int]) -> set[str]:
+        """The names that came in and were not queued when looked at, up to now.
+
+        While a burst waits (two drops queued or more), kept from the
+        kernel's account of the folder's changes (``Arrivals``): a look costs
+        what changed since the last one, not what the folder holds. Otherwise
+        -- one drop, or no inotify instance to be had, or the folder replaced
+        and not watched again yet -- the folder is listed. The watch is held
+        only while a burst waits: inotify instances are few
+        (``fs.inotify.max_user_instances``, shared by a user's processes).
+        """
+        with self._cond:
+            rewatch, self._rewatch = self._rewatch, False
+        if rewatch or len(queued) < _BURST:
+            self._close_changes()
+        if self._changes is None and len(queued) >= _BURST:
+            self._changes = Arrivals.open(self.path)
+        look = self._changes.look() if self._changes is not None else None
+        if look is None:
+            return set(os.listdir(self.path))
+        if look.whole:
+            self._unheard = look.came
+        else:
+            self._unheard -= look.went
+            self._unheard |= look.came
+        return self._unheard
 
     def _known_key(self, name: str) -> SortKey:
         """``_key(name)`` as last read, without looking at the file again."""

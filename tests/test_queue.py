@@ -1,0 +1,159 @@
+"""The folder's queue on its own: real files, announcements made by hand, ``take`` in a thread."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from drops import WAIT_S
+
+from hotpatch.agent import _queue
+from hotpatch.agent._configmap import Taken
+from hotpatch.agent._queue import DropQueue
+
+HELD_S = 0.3  # how long a take that must wait is watched not returning
+
+
+def source(version: str) -> str:
+    return f'from hotpatch import Patch\n\npatch = Patch(version="{version}", baseline="1.0")\n'
+
+
+class Taking:
+    """``queue.take()`` running in a thread of its own."""
+
+    def __init__(self, queue: DropQueue) -> None:
+        self.taken: list[str | None] = []
+        self._thread = threading.Thread(target=lambda: self.taken.append(queue.take()))
+        self._thread.start()
+
+    def result(self, timeout: float = WAIT_S) -> str | None:
+        self._thread.join(timeout)
+        assert not self._thread.is_alive(), "take() did not return"
+        return self.taken[0]
+
+    def waiting_after(self, seconds: float) -> bool:
+        self._thread.join(seconds)
+        return self._thread.is_alive()
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    path = tmp_path / "patches"
+    path.mkdir(mode=0o700)
+    return path
+
+
+@pytest.fixture
+def queue(folder: Path, monkeypatch: pytest.MonkeyPatch) -> DropQueue:
+    monkeypatch.setattr(_queue, "HOLD_BACK_S", WAIT_S)
+    return DropQueue(
+        folder, threading.Condition(), max_bytes=1 << 20, keep=False, taken=Taken(folder)
+    )
+
+
+@pytest.fixture
+def announce(queue: DropQueue) -> Callable[..., None]:
+    def announce(*names: str) -> None:
+        with queue._cond:
+            for name in names:
+                queue.add(name)
+            queue._cond.notify_all()
+
+    return announce
+
+
+def put(folder: Path, name: str, version: str) -> None:
+    """``name`` in the folder, whole, as a rename makes it (not announced: its event in flight)."""
+    staged = folder.parent / name
+    staged.write_text(source(version))
+    staged.rename(folder / name)
+
+
+def processed(queue: DropQueue, folder: Path, name: str) -> None:
+    """What the folder does once a drop is handled: moved out, forgotten."""
+    (folder / name).rename(folder.parent / f"{name}.done")
+    queue.forget(name)
+    queue.current = None
+
+
+def test_in_a_burst_a_lower_version_that_came_after_the_last_look_is_waited_for(
+    queue: DropQueue, folder: Path, announce: Callable[..., None]
+) -> None:
+    for n in (2, 3, 4):
+        put(folder, f"fix-{n}.py", f"1.0.{n}")
+    announce("fix-2.py", "fix-3.py", "fix-4.py")
+    assert queue.take() == "fix-2.py"  # nothing lower anywhere
+    processed(queue, folder, "fix-2.py")
+    put(folder, "fix-1.py", "1.0.1")  # in the folder; its announcement late
+    taking = Taking(queue)
+    assert taking.waiting_after(HELD_S), "fix-3.py was taken before the lower fix-1.py"
+    announce("fix-1.py")
+    assert taking.result() == "fix-1.py"
+    processed(queue, folder, "fix-1.py")
+    assert queue.take() == "fix-3.py"
+    processed(queue, folder, "fix-3.py")
+    assert queue.take() == "fix-4.py"
+
+
+def test_in_a_burst_a_lower_version_still_being_written_is_waited_for(
+    queue: DropQueue, folder: Path, announce: Callable[..., None]
+) -> None:
+    for n in (2, 3, 4):
+        put(folder, f"fix-{n}.py", f"1.0.{n}")
+    announce("fix-2.py", "fix-3.py", "fix-4.py")
+    assert queue.take() == "fix-2.py"
+    processed(queue, folder, "fix-2.py")
+    with (folder / "fix-1.py").open("w") as writer:
+        writer.write(source("1.0.1"))
+        writer.flush()
+        taking = Taking(queue)
+        assert taking.waiting_after(HELD_S), "fix-3.py was taken while fix-1.py was written"
+    announce("fix-1.py")  # closed after writing
+    assert taking.result() == "fix-1.py"
+
+
+def test_a_lower_version_removed_before_it_was_announced_holds_nothing_back(
+    queue: DropQueue, folder: Path, announce: Callable[..., None]
+) -> None:
+    for n in (2, 3, 4):
+        put(folder, f"fix-{n}.py", f"1.0.{n}")
+    announce("fix-2.py", "fix-3.py", "fix-4.py")
+    assert queue.take() == "fix-2.py"
+    processed(queue, folder, "fix-2.py")
+    put(folder, "fix-1.py", "1.0.1")
+    taking = Taking(queue)
+    assert taking.waiting_after(HELD_S)
+    (folder / "fix-1.py").unlink()  # its writer took it back
+    assert taking.result() == "fix-3.py"
+
+
+def test_a_folder_replaced_in_a_burst_is_listed_until_watched_again(
+    queue: DropQueue, folder: Path, announce: Callable[..., None]
+) -> None:
+    for n in (2, 3, 4):
+        put(folder, f"fix-{n}.py", f"1.0.{n}")
+    announce("fix-2.py", "fix-3.py", "fix-4.py")
+    assert queue.take() == "fix-2.py"  # the folder's changes watched from here
+    processed(queue, folder, "fix-2.py")
+    # The folder moved away and made again, its drops moved into the new one.
+    old = folder.rename(folder.with_name("old"))
+    folder.mkdir(mode=0o700)
+    for name in ("fix-3.py", "fix-4.py"):
+        (old / name).rename(folder / name)
+    put(folder, "fix-1.py", "1.0.1")
+    taking = Taking(queue)
+    assert taking.waiting_after(HELD_S), "the new folder's fix-1.py was not seen"
+    with queue._cond:
+        queue.rewatch()  # what the folder does once its guard has watched the new one
+    assert taking.waiting_after(HELD_S)
+    announce("fix-1.py")
+    assert taking.result() == "fix-1.py"
+    processed(queue, folder, "fix-1.py")
+    put(folder, "fix-0.py", "1.0.0")  # seen by the new watch
+    taking = Taking(queue)
+    assert taking.waiting_after(HELD_S), "fix-3.py was taken before the lower fix-0.py"
+    announce("fix-0.py")
+    assert taking.result() == "fix-0.py"
+    queue.stopped()
