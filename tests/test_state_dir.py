@@ -199,7 +199,9 @@ def test_plain_drops_stay_in_a_folder_that_is_only_read(
     before = snapshot(folder)
     assert outcome(state, "fix.py", 2)["outcome"] == "applied"
     assert target.f() == "two"
-    assert (state / "applied" / "fix.1.py").read_bytes() == (folder / "fix.py").read_bytes()
+    copy = state / "applied" / "fix.1.py"
+    wait_for(copy.exists, "the copy filed beside its result")  # written just after it
+    assert copy.read_bytes() == (folder / "fix.py").read_bytes()
 
     # A restart takes neither file again; a new one is taken.
     first.stop()
