@@ -137,15 +137,13 @@ class HistoryEntry:
         elapsed_s: float,
         who: str = "api",
     ):
-        for name, value in (
-            ("time", time),
-            ("action", action),
-            ("version", version),
-            ("_level", level),
-            ("elapsed_s", elapsed_s),
-            ("who", who),
-        ):
-            object.__setattr__(self, name, value)
+        put = object.__setattr__  # read-only: __setattr__ refuses
+        put(self, "time", time)
+        put(self, "action", action)
+        put(self, "version", version)
+        put(self, "_level", level)
+        put(self, "elapsed_s", elapsed_s)
+        put(self, "who", who)
 
     @property
     def level(self) -> tuple[str, ...]:
@@ -199,7 +197,9 @@ class HistoryEntry:
         prev: list[str] = []
         chain: LevelChain | None = None
         for row in rows:
-            level = list(row["level"])
+            level = row["level"]  # only read (a copy if it is not a list)
+            if type(level) is not list:
+                level = list(level)
             same = len(prev)
             if level[:same] != prev:
                 same = len(level) if prev[: len(level)] == level else _common(prev, level)
@@ -208,7 +208,16 @@ class HistoryEntry:
                     chain = chain.below
             chain = LevelChain.of(level[same:], chain)
             prev = level
-            entries.append(cls(**dict(row, level=chain)))
+            entries.append(
+                cls(
+                    row["time"],
+                    row["action"],
+                    row["version"],
+                    chain,
+                    row["elapsed_s"],
+                    row.get("who", "api"),
+                )
+            )
         return entries
 
 

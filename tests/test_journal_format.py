@@ -22,6 +22,7 @@ from hotpatch._journal_format import (
     encode,
     encode_change,
 )
+from hotpatch._results import HistoryEntry
 
 
 def _entry(n: int) -> JournalEntry:
@@ -127,3 +128,20 @@ def test_a_history_row_that_gives_its_level_is_read_with_it():
     # Rows a replay adds are recorded with the next change, each with its level.
     state, _, _ = decode(_damaged(2, _set(("history", 0, "level"), ["1.0.1", "1.0.3"])))
     assert state.history[-1]["level"] == ["1.0.1", "1.0.3"]
+
+
+def test_history_entries_from_the_rows_read_are_those_of_each_row_alone():
+    # Consecutive levels share their common part; each entry is still its own row's.
+    state, _, _ = decode(_journal())
+    rows = [
+        *state.history,
+        {**_row(4), "level": ("1.0.1", "1.0.4")},  # a tuple, a level off to the side
+        {**_row(5), "level": ["1.0.1"], "who": "y"},  # shorter: a rollback
+        {**_row(6), "level": []},
+        {**_row(7), "level": ["1.0.1", "1.0.2", "1.0.3", "1.0.7"]},
+    ]
+    entries = HistoryEntry.from_records(rows)
+    assert entries == [HistoryEntry.from_record(row) for row in rows]
+    assert [e.who for e in entries] == ["api", "x", "api", "api", "y", "api", "api"]
+    assert entries[3].level == ("1.0.1", "1.0.4")
+    assert state.history[0]["level"] == ["1.0.1"]  # the rows are not changed
