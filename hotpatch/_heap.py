@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import sys
 import types
 from collections.abc import Collection, Iterator
 
@@ -21,21 +22,44 @@ __all__ = ["carrying", "made_from"]
 _FUNCTION = types.FunctionType
 
 
+# A reference count no mortal object reaches: that of an immortal one (3.12+).
+_IMMORTAL = 1 << 30
+
+
 @contextlib.contextmanager
 def _visible() -> Iterator[None]:
     """Objects ``gc.freeze()`` moved out of the collector's generations, back in view.
 
     Neither ``gc.get_objects`` nor ``gc.get_referrers`` sees frozen objects; a
     pre-fork server freezes what its workers inherit. They are frozen again
-    afterwards (with what was made since the freeze: ``gc.freeze`` takes all).
+    afterwards (with what was made since the freeze: ``gc.freeze`` takes all),
+    unless all that was frozen is immortal: Python 3.12 starts with some of its
+    own objects frozen, and freezing again would freeze the whole heap, garbage
+    cycles included, for good. Those stay unfrozen (nothing can free them anyway).
     """
-    frozen = gc.get_freeze_count()
-    if frozen:
+    if not gc.get_freeze_count():
+        yield
+        return
+    # Unfrozen objects go to the oldest generation: what is new there was frozen. No
+    # collection meanwhile moves other objects there (another thread's gc.collect()
+    # would, which only errs toward freezing again).
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        old = {id(obj) for obj in gc.get_objects(generation=2)}
         gc.unfreeze()
+        mortal = any(
+            id(obj) not in old and sys.getrefcount(obj) < _IMMORTAL
+            for obj in gc.get_objects(generation=2)
+        )
+        del old
+    finally:
+        if collecting:
+            gc.enable()
     try:
         yield
     finally:
-        if frozen:
+        if mortal:
             gc.freeze()
 
 
