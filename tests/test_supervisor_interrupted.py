@@ -216,3 +216,75 @@ def test_a_patch_whose_process_ends_each_time_it_takes_it_is_refused(
     drop(folder, "b-1.0.2.py", logic_patch("1.0.2", "two"))
     result = result_of(folder, "b-1.0.2.py", supervised)
     assert (result["dir"], result["outcome"]) == ("applied", "applied"), result
+
+
+def test_a_process_that_does_not_answer_a_patch_in_time_does_not_stop_the_supervisor(
+    tmp_path: Path,
+) -> None:
+    # The serving process is stopped (SIGSTOP) when a patch is sent: no answer
+    # within the patch timeout. The drop is answered pending, saying why, and the
+    # supervisor goes on supervising (it used to fail: "internal error in the
+    # supervisor: TimeoutError()", and stop the service).
+    tag = f"hotpatch-test-{uuid.uuid4().hex}"
+    journal = tmp_path / "journal.json"
+    config = SupervisorConfig(
+        spec=ChildSpec((sys.executable, str(SERVICE), "--tag", tag)),
+        binds=(("http", ("127.0.0.1", 0)),),
+        baseline="1.0",
+        journal=journal,
+        snapshot_interval=0.0,
+        patch_timeout=1.0,
+    )
+    supervisor = Supervisor(config)
+    seen: dict[str, Any] = {}
+
+    async def scenario() -> None:
+        run = asyncio.create_task(supervisor.run())
+        try:
+            async with asyncio.timeout(60):
+                while supervisor.serving is None:
+                    await asyncio.sleep(0.02)
+            child = supervisor.serving
+            assert child is not None
+            seen["pid"] = child.pid
+            os.kill(child.pid, signal.SIGSTOP)
+            try:
+                seen["answer"] = await supervisor.submit_patch(
+                    "a-1.0.1.py",
+                    str(tmp_path / "a-1.0.1.py"),
+                    logic_patch("1.0.1", "one").encode(),
+                    "test",
+                )
+                await asyncio.sleep(0.2)  # the work's end is seen
+                seen["stopping"] = supervisor.stopping
+            finally:
+                os.kill(child.pid, signal.SIGCONT)
+            async with asyncio.timeout(30):  # it takes the patch once it runs again
+                while child.info.get("level") != ["1.0.1"]:
+                    await asyncio.sleep(0.02)
+            seen["serving"] = supervisor.serving is child
+            seen["answer2"] = await supervisor.submit_patch(
+                "b-1.0.2.py",
+                str(tmp_path / "b-1.0.2.py"),
+                logic_patch("1.0.2", "two").encode(),
+                "test",
+            )
+        finally:
+            supervisor.request_stop("the test is done")
+            await run
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        for pid in processes_with(tag):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+                os.kill(pid, signal.SIGKILL)
+    answer = seen["answer"]
+    assert answer["outcome"] == "pending", answer
+    assert f"process {seen['pid']} did not answer" in answer["reason"], answer
+    assert seen["stopping"] is False
+    assert supervisor.error is None
+    assert seen["serving"] is True
+    assert seen["answer2"]["outcome"] == "applied", seen["answer2"]
+    assert journal_level(journal) == ["1.0.1", "1.0.2"]

@@ -149,6 +149,12 @@ class Jobs:
                 self.on_change()
                 return
             result = refused
+        except TimeoutError:  # stopped or stuck: it may still take it, and report its level
+            result = not_now(
+                f"service process {current.pid} did not answer within "
+                f"{self.config.patch_timeout:g}s; it may still apply the patch (its level "
+                "in the status will say)"
+            )
         except BaseException:
             if not job.done.done():
                 job.done.set_result(not_now("the supervisor stopped meanwhile"))
