@@ -219,6 +219,7 @@ def test_burst(tmp_path: Path) -> None:
         assert 0 < row["rename_s"] < row["elapsed_s"]
         assert row["per_drop_ms"] == row["elapsed_s"] / row["size"] * 1e3
         assert row["cpu_s"] > 0
+        assert abs(row["cpu_user_s"] + row["cpu_system_s"] - row["cpu_s"]) < 1e-6
     assert data["in_order"] is True
     assert [g["what"] for g in data["goals"]] == [
         "20 drops / 4 drops, verification off",
@@ -228,6 +229,8 @@ def test_burst(tmp_path: Path) -> None:
         assert goal["limit"] == 5.0
         assert isinstance(goal["met"], bool)
         assert goal["cpu_ratio"] > 0
+        for split in ("user_ratio", "system_ratio"):
+            assert goal[split] is None or goal[split] > 0
     assert "every burst applied in version order: yes" in stdout
 
 
