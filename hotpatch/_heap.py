@@ -37,22 +37,19 @@ def _visible() -> Iterator[None]:
     own objects frozen, and freezing again would freeze the whole heap, garbage
     cycles included, for good. Those stay unfrozen (nothing can free them anyway).
     """
-    if not gc.get_freeze_count():
+    frozen = gc.get_freeze_count()
+    if not frozen:
         yield
         return
-    # Unfrozen objects go to the oldest generation: what is new there was frozen. No
-    # collection meanwhile moves other objects there (another thread's gc.collect()
-    # would, which only errs toward freezing again).
+    # Unfrozen objects are appended to the oldest generation: its last ``frozen``
+    # objects are those. No collection meanwhile may move others there.
     collecting = gc.isenabled()
     gc.disable()
     try:
-        old = {id(obj) for obj in gc.get_objects(generation=2)}
         gc.unfreeze()
-        mortal = any(
-            id(obj) not in old and sys.getrefcount(obj) < _IMMORTAL
-            for obj in gc.get_objects(generation=2)
-        )
-        del old
+        thawed = gc.get_objects(generation=2)[-frozen:]
+        mortal = any(sys.getrefcount(obj) < _IMMORTAL for obj in thawed)
+        del thawed
     finally:
         if collecting:
             gc.enable()
