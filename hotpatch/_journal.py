@@ -11,13 +11,21 @@ the journal (then the folder is synced): a crash leaves the old file or the
 new one. A journal of format 1 (one JSON document, rewritten on each change)
 is read as before, and ``upgrade()`` rewrites it in this format the same
 atomic way. A newer format is refused with ``JournalError``, never guessed at.
+
+An undo point held across a restart (``hold()``, the supervisor's) keeps the
+file itself, as a hard link beside it: whatever the new process does to the
+journal -- appends, a compaction, setting it aside for a new baseline --
+putting it back is a cut and a rename, which need no new space on the disk.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
+import itertools
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -34,7 +42,7 @@ from hotpatch._journal_format import (
     encode_change,
 )
 
-__all__ = ["Journal"]
+__all__ = ["Journal", "UndoPoint"]
 
 # Records are compacted once they have grown past the larger of this and what
 # the file held after its last rewrite (so each byte is rewritten O(1) times on average).
@@ -251,6 +259,86 @@ class Journal:
             return self._remove
         return lambda: self._put_back(prior)
 
+    def hold(self) -> UndoPoint:
+        """The journal as it is now, kept for a rollback across a restart: ``UndoPoint``.
+
+        The file is kept under a second name (a hard link, ``.NAME.undo-PID-N``
+        beside it): putting it back needs no new space. A ``JournalError`` (from
+        the ``OSError``) when the link cannot be made for want of a resource (no
+        inode or directory block left): a rollback could not be done either, so
+        the change must wait. On a file system without hard links the bytes
+        alone are kept (``UndoPoint.linked`` is ``False``) and written back whole.
+        """
+        folder = self.path.parent
+        _remove_stale_links(folder, self.path.name)
+        link: Path | None = None
+        unlinked: str | None = None
+        for n in itertools.count(1):
+            candidate = folder / f".{self.path.name}.undo-{os.getpid()}-{n}"
+            try:
+                os.link(self.path, candidate, follow_symlinks=False)
+            except FileExistsError:
+                continue
+            except FileNotFoundError:
+                break  # no journal: the point removes the one written since
+            except OSError as exc:
+                if exc.errno in _SHORT:
+                    msg = (
+                        f"journal {self.path}: no undo point can be kept for a rollback "
+                        f"({exc.strerror or exc}); free space (or inodes) on its file system"
+                    )
+                    raise JournalError(msg) from exc
+                unlinked = exc.strerror or str(exc)  # no hard links here: the bytes alone
+            else:
+                link = candidate
+            break
+        try:
+            prior: bytes | None = (link or self.path).read_bytes()
+        except FileNotFoundError:
+            prior = None
+        except OSError as exc:
+            if link is not None:
+                link.unlink(missing_ok=True)
+            msg = f"journal {self.path} cannot be read: {exc.strerror or exc}"
+            raise JournalError(msg) from exc
+        return UndoPoint(self, prior, link, unlinked)
+
+    def _restore_link(self, link: Path, prior: bytes) -> bool:
+        """The file ``link`` keeps, cut back to ``prior``, renamed over the journal; ``False``
+        when it no longer begins with ``prior`` (changed in place: nothing done)."""
+        fd = os.open(link, os.O_RDWR)
+        try:
+            st = os.fstat(fd)
+            if st.st_size < len(prior) or os.pread(fd, len(prior), 0) != prior:
+                return False
+            if st.st_size > len(prior):
+                os.ftruncate(fd, len(prior))
+            _sync(fd)
+        finally:
+            os.close(fd)
+        kept = (st.st_dev, st.st_ino)
+        folder = self.path.parent
+        try:
+            now = os.stat(self.path, follow_symlinks=False)
+        except FileNotFoundError:
+            now = None
+        if now is not None and (now.st_dev, now.st_ino) == kept:
+            os.unlink(link)  # only appended to since: cut in place
+        else:
+            os.replace(link, self.path)
+        # A name the rolled-back process gave the same file (set aside for its new
+        # baseline) goes with it: the folder is as it was before the restart.
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if entry.name.startswith(f"{self.path.name}.") and not entry.is_symlink():
+                    st = entry.stat(follow_symlinks=False)
+                    if (st.st_dev, st.st_ino) == kept:
+                        os.unlink(entry.path)
+        _sync_folder(folder)
+        self._forget()
+        self._on_disk = prior
+        return True
+
     def _put_back(self, prior: bytes) -> None:
         """The journal as ``prior`` again: cut back to it when only appended to since
         (no space needed: a full disk cannot keep a rolled-back patch in the journal),
@@ -297,11 +385,7 @@ class Journal:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)
                 raise
-            dir_fd = os.open(folder, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            _sync_folder(folder)
         except OSError as exc:
             self._forget()  # the rename may or may not have happened
             self._on_disk = _UNKNOWN
@@ -330,6 +414,89 @@ class Journal:
         self._forget()
         self._on_disk = None
         return target
+
+
+class UndoPoint:
+    """The journal as it was when held (``Journal.hold``): ``restore()`` puts it back,
+    ``discard()`` lets it go once no rollback can need it (the kept file is removed).
+
+    Put back through the kept file (cut back, renamed over the journal): no new
+    space needed, so a full disk cannot leave a rolled-back patch in the journal
+    for the next process to replay. Without a kept file (none could be made, or
+    it was used already) the bytes are put back as ``undo_point`` does.
+    """
+
+    def __init__(
+        self, journal: Journal, prior: bytes | None, link: Path | None, unlinked: str | None
+    ) -> None:
+        self._journal = journal
+        self._prior = prior
+        self._link = link
+        self.unlinked = unlinked  # why no file could be kept (bytes alone), if so
+
+    def restore(self) -> None:
+        """The journal as it was when held (removed if there was none); ``JournalError``."""
+        journal, prior, link = self._journal, self._prior, self._link
+        if prior is None:
+            journal._remove()
+            return
+        if link is not None:
+            try:
+                done = journal._restore_link(link, prior)
+            except OSError:
+                done = False  # not cut or not renamed: the bytes below (their error says why)
+            if done:
+                self._link = None
+                return
+        journal._put_back(prior)
+
+    def discard(self) -> None:
+        """No rollback will need this point: the kept file goes (its space, if it was the
+        only name left)."""
+        link, self._link = self._link, None
+        if link is not None:
+            with contextlib.suppress(OSError):
+                link.unlink()
+
+
+# What a link that cannot be made says about the file system: full (inodes,
+# directory blocks, quota), not "no hard links here".
+_SHORT = frozenset({errno.ENOSPC, errno.EDQUOT})
+_LINK_NAME = re.compile(r"\.(?P<name>.+)\.undo-(?P<pid>[0-9]+)-[0-9]+")
+
+
+def _remove_stale_links(folder: Path, name: str) -> None:
+    """Kept files of undo points whose process is gone (killed before it let them go)."""
+    try:
+        entries = os.listdir(folder)
+    except OSError:
+        return
+    for entry in entries:
+        match = _LINK_NAME.fullmatch(entry)
+        if match is None or match["name"] != name or _alive(int(match["pid"])):
+            continue
+        with contextlib.suppress(OSError):
+            os.unlink(folder / entry)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _sync_folder(folder: Path) -> None:
+    dir_fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 def _pwrite_all(fd: int, data: bytes, offset: int) -> None:

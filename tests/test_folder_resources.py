@@ -14,6 +14,7 @@ import errno
 import logging
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -32,6 +33,7 @@ from hotpatch.agent import _resources
 from hotpatch.agent._control import request
 
 FS_BYTES = 256 * 1024
+FS_INODES = 4096  # few enough to use up in a test (``SmallDisk.use_up_inodes``)
 
 
 def patch_text(module: str, version: str, value: int, *, padding: int = 0) -> str:
@@ -65,8 +67,18 @@ class SmallDisk:
         assert full.value.errno == errno.ENOSPC
         (self.path / ".probe").unlink(missing_ok=True)
 
+    def use_up_inodes(self) -> None:
+        """Every inode taken (blocks left): no file can be made, nor a name linked."""
+        folder = self.path / ".inodes"
+        folder.mkdir(exist_ok=True)
+        with pytest.raises(OSError, match="No space left") as full:  # noqa: PT012 -- until full
+            for n in range(FS_INODES + 1):
+                os.close(os.open(folder / str(n), os.O_WRONLY | os.O_CREAT, 0o600))
+        assert full.value.errno == errno.ENOSPC
+
     def free(self) -> None:
-        self.filler.unlink()
+        self.filler.unlink(missing_ok=True)
+        shutil.rmtree(self.path / ".inodes", ignore_errors=True)
 
 
 @pytest.fixture
@@ -74,7 +86,15 @@ def small_disk(tmp_path: Path) -> Iterator[SmallDisk]:
     mount = tmp_path / "small"
     mount.mkdir()
     done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={FS_BYTES},mode=0700", "tmpfs", str(mount)],
+        [
+            "mount",
+            "-t",
+            "tmpfs",
+            "-o",
+            f"size={FS_BYTES},nr_inodes={FS_INODES},mode=0700",
+            "tmpfs",
+            str(mount),
+        ],
         capture_output=True,
         text=True,
         check=False,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import itertools
 import json
@@ -22,6 +23,7 @@ from test_folder_resources import SmallDisk, small_disk
 import hotpatch
 import hotpatch._journal
 import hotpatch._journal_format
+from hotpatch._shortage import RESOURCES, shortage_of
 
 __all__ = ["small_disk"]  # the fixture
 
@@ -1026,3 +1028,133 @@ def test_an_undo_point_of_a_journal_rewritten_since_writes_it_whole(tmp_path):
     put_back()
     assert path.read_bytes() == before
     assert _state(path).baseline == "1.0"
+
+
+def test_an_undo_point_held_across_a_compaction_is_put_back_on_a_full_disk(
+    make_module, write_patch, small_disk: SmallDisk, monkeypatch
+):
+    # The new process of a restart compacted the journal (a new file renamed over
+    # it) before it failed its health check: putting the journal back must not
+    # need the space a whole new file takes either.
+    module = make_module(TARGET)
+    path = small_disk.path / "journal.json"
+    registry = hotpatch.Registry("1.0", journal=path)
+    paths = _write_chain(write_patch, module.__name__, 3)
+    try:
+        registry.apply(hotpatch.load_patch(paths[0]))
+        before, inode = path.read_bytes(), path.stat().st_ino
+        point = hotpatch._journal.Journal(path).hold()
+        monkeypatch.setattr(hotpatch._journal, "COMPACT_MIN", 0)
+        monkeypatch.setattr(hotpatch._journal, "COMPACT_GROWTH", 0.0)
+        for p in paths[1:]:
+            registry.apply(hotpatch.load_patch(p))
+        assert path.stat().st_ino != inode  # compacted: rewritten whole, renamed over it
+        assert [e.version for e in _state(path).level] == ["1.0.1", "1.0.2", "1.0.3"]
+        small_disk.fill()
+        point.restore()
+        assert path.read_bytes() == before
+        assert [e.version for e in _state(path).level] == ["1.0.1"]
+        assert sorted(os.listdir(small_disk.path)) == [".filler", "journal.json"]
+    finally:
+        small_disk.free()
+        registry.rollback(to="1.0")
+
+
+def test_an_undo_point_held_across_a_baseline_restart_is_put_back_on_a_full_disk(
+    make_module, write_patch, small_disk: SmallDisk
+):
+    # The new process of a baseline restart set the journal aside and recorded the
+    # new baseline's level before it failed its health check: going back to the
+    # old code puts the old baseline's journal back, with no new space either.
+    module = make_module(TARGET)
+    path = small_disk.path / "journal.json"
+    registry = hotpatch.Registry("1.0", journal=path)
+    try:
+        registry.apply(hotpatch.load_patch(_write_chain(write_patch, module.__name__, 1)[0]))
+        before = path.read_bytes()
+        point = hotpatch._journal.Journal(path).hold()
+        newer = hotpatch.Registry("2.0", journal=path)  # the new baseline's process
+        assert "not replayed (kept as journal.json.baseline-1.0)" in str(newer.journal_report)
+        hotpatch._journal.Journal(path).write(hotpatch._journal_format.JournalState("2.0"))
+        small_disk.fill()
+        point.restore()
+        assert path.read_bytes() == before
+        assert _state(path).baseline == "1.0"
+        assert [e.version for e in _state(path).level] == ["1.0.1"]
+        # As before the restart: the copy set aside went back to being the journal.
+        assert sorted(os.listdir(small_disk.path)) == [".filler", "journal.json"]
+    finally:
+        small_disk.free()
+        registry.rollback(to="1.0")
+
+
+def test_an_undo_point_no_longer_needed_leaves_nothing_behind(tmp_path):
+    path = tmp_path / "journal.json"
+    hotpatch._journal.Journal(path).write(hotpatch._journal_format.JournalState("1.0"))
+    point = hotpatch._journal.Journal(path).hold()
+    assert len(os.listdir(tmp_path)) == 2  # the journal, and the same file kept for the point
+    point.discard()
+    assert os.listdir(tmp_path) == ["journal.json"]
+    assert path.stat().st_nlink == 1
+
+
+def test_the_file_kept_by_an_undo_point_of_a_killed_process_is_removed(tmp_path):
+    path = tmp_path / "journal.json"
+    hotpatch._journal.Journal(path).write(hotpatch._journal_format.JournalState("1.0"))
+    held = textwrap.dedent(
+        f"""
+        import os, hotpatch._journal
+        hotpatch._journal.Journal({str(path)!r}).hold()
+        os._exit(0)  # never lets it go
+        """
+    )
+    subprocess.run([sys.executable, "-c", held], check=True, timeout=60)
+    assert len(os.listdir(tmp_path)) == 2
+    point = hotpatch._journal.Journal(path).hold()  # the next one clears the dead one's
+    point.discard()
+    assert os.listdir(tmp_path) == ["journal.json"]
+
+
+def test_an_undo_point_of_no_journal_removes_the_one_written_since(tmp_path):
+    path = tmp_path / "journal.json"
+    point = hotpatch._journal.Journal(path).hold()
+    hotpatch._journal.Journal(path).write(hotpatch._journal_format.JournalState("1.0"))
+    point.restore()
+    point.discard()
+    assert os.listdir(tmp_path) == []
+
+
+def test_an_undo_point_only_appended_to_since_is_cut_back_in_place(
+    make_module, write_patch, tmp_path
+):
+    module = make_module(TARGET)
+    path = tmp_path / "journal.json"
+    registry = hotpatch.Registry("1.0", journal=path)
+    paths = _write_chain(write_patch, module.__name__, 2)
+    try:
+        registry.apply(hotpatch.load_patch(paths[0]))
+        before, inode = path.read_bytes(), path.stat().st_ino
+        point = hotpatch._journal.Journal(path).hold()
+        registry.apply(hotpatch.load_patch(paths[1]))
+        point.restore()
+        point.discard()
+        assert (path.read_bytes(), path.stat().st_ino) == (before, inode)
+        assert not [n for n in os.listdir(tmp_path) if ".undo-" in n]
+        assert path.stat().st_nlink == 1
+    finally:
+        registry.rollback(to="1.0")
+
+
+def test_an_undo_point_that_cannot_be_kept_is_a_shortage(small_disk: SmallDisk):
+    # No inode left: the file cannot be kept under a second name, so a rollback
+    # could not put it back either. Said as a shortage (the change waits), nothing made.
+    path = small_disk.path / "journal.json"
+    hotpatch._journal.Journal(path).write(hotpatch._journal_format.JournalState("1.0"))
+    small_disk.use_up_inodes()
+    try:
+        with pytest.raises(hotpatch.JournalError, match="no undo point can be kept") as caught:
+            hotpatch._journal.Journal(path).hold()
+        assert shortage_of(caught.value) == RESOURCES[errno.ENOSPC]
+        assert sorted(os.listdir(small_disk.path)) == [".inodes", "journal.json"]
+    finally:
+        small_disk.free()

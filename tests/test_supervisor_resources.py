@@ -19,10 +19,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_folder_resources import SmallDisk, small_disk
+from test_folder_resources import FS_BYTES, SmallDisk, small_disk
 from test_supervisor import Supervised, request, supervise, wait_for
-from test_supervisor_patches import BASE_OPTIONS, journal_level, logic_patch, under_load
+from test_supervisor_health import HOT, SICK_HOOK, drop_release, with_hot_patch
+from test_supervisor_patches import (
+    BASE_OPTIONS,
+    drop,
+    journal_level,
+    logic_patch,
+    result_of,
+    under_load,
+)
 
+from hotpatch._journal import Journal
 from hotpatch.agent._control import request as control
 
 __all__ = ["small_disk", "supervise"]  # the fixtures
@@ -402,3 +411,115 @@ def test_a_good_patch_taken_at_the_descriptor_limit_is_not_refused_by_the_vital_
     assert request(supervised.address, "/get")["tag"] == "one"
     assert supervised.child_pid == pid
     assert journal_level(folder / ".journal.json") == ["1.0.1"]
+
+
+# -- a rollback while the journal's disk is full ------------------------------------------
+
+# The health check of the new code fills the journal's disk, then fails: the
+# rollback that follows must put the journal back without a byte of new space.
+FILL_THEN_SICK = """
+def healthy():
+    import os
+    fd = os.open({filler!r}, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        while True:
+            os.write(fd, bytes(4096))
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    return False
+"""
+
+# In the new process, the journal is compacted (rewritten whole, renamed over
+# the old file) at the patch's record: the file the rollback puts back is no
+# longer the journal's.
+COMPACTS = """
+import hotpatch._journal
+hotpatch._journal.Journal._compaction_due = lambda self: True
+"""
+
+
+def assert_rolled_back_on_a_full_disk(
+    supervised: Supervised, journal: Path, small_disk: SmallDisk
+) -> None:
+    """The old code and level serve, from the journal as it was, and a restart keeps it."""
+    status = supervised.wait(
+        lambda s: s["state"] == "running" and s["child"] and s["child"]["ready"],
+        "a process serving the old code",
+    )
+    assert (status["patches"]["baseline"], status["patches"]["level"]) == ("1.0", ["1.0.1"])
+    assert request(supervised.address, "/get")["tag"] == HOT
+    assert small_disk.filler.stat().st_size > FS_BYTES // 2  # the new code filled the disk
+    state = Journal(journal).read()
+    assert state is not None
+    assert (state.baseline, [e.version for e in state.level]) == ("1.0", ["1.0.1"])
+    # Nothing of the restart is left beside it: no kept copy, nothing set aside.
+    names = os.listdir(small_disk.path)
+    assert journal.name in names
+    assert [n for n in names if journal.name in n and n != journal.name] == []
+    # The next process replays the journal: the rolled-back change does not come back.
+    outcome = supervised.restart()
+    assert outcome["ok"], outcome
+    assert request(supervised.address, "/get")["tag"] == HOT
+    assert supervised.status()["patches"]["level"] == ["1.0.1"]
+
+
+@pytest.mark.parametrize("journal_after", ["appended", "compacted"])
+def test_a_patch_rolled_back_on_a_full_disk_leaves_the_journal_as_it_was(
+    supervise: Callable[..., Supervised], tmp_path: Path, small_disk: SmallDisk, journal_after: str
+) -> None:
+    folder = tmp_path / "patches"
+    journal = small_disk.path / "journal.json"
+    options = ("--watch", str(folder), "--journal", str(journal), "--settle", "0.1")
+    supervised = supervise("--plugin", options=(*options, *BASE_OPTIONS))
+    sick = logic_patch(
+        "1.0.3",
+        "sick",
+        head=", restart=True",
+        extra=(COMPACTS if journal_after == "compacted" else "")
+        + '\n@patch.replace("counter_logic:healthy")'
+        + FILL_THEN_SICK.format(filler=str(small_disk.filler)),
+    )
+    with under_load(supervised) as load:
+        with_hot_patch(supervised, folder)
+        # A journal of several records (applied, applied, rolled back), which a
+        # compaction rewrites as one: the old file is then no longer a prefix of it.
+        drop(folder, "two-1.0.2.py", logic_patch("1.0.2", "two"))
+        assert result_of(folder, "two-1.0.2.py", supervised)["outcome"] == "applied"
+        answer = control(folder / ".hotpatch.sock", {"cmd": "rollback", "to": None})
+        assert answer["ok"], answer
+        assert journal_level(journal) == ["1.0.1"]
+        drop(folder, "big-1.0.3.py", sick)
+        result = result_of(folder, "big-1.0.3.py", supervised)
+        assert (result["dir"], result["via"]) == ("rejected", "restart"), result
+        assert result["health"] == [SICK_HOOK]
+        assert result["rolled_back"] == "baseline 1.0 at level 1.0.1", result
+        assert errors(supervised, "cannot restore the journal") == 0
+        assert_rolled_back_on_a_full_disk(supervised, journal, small_disk)
+        small_disk.free()
+    load.check(request(supervised.address, "/get")["counters"])
+
+
+def test_a_baseline_rolled_back_on_a_full_disk_gets_its_journal_back(
+    supervise: Callable[..., Supervised], tmp_path: Path, small_disk: SmallDisk
+) -> None:
+    # The new baseline's process set the old baseline's journal aside; its health
+    # check filled the disk. The old code comes back with its journal and hot patch.
+    folder = tmp_path / "patches"
+    journal = small_disk.path / "journal.json"
+    options = ("--watch", str(folder), "--journal", str(journal), "--settle", "0.1")
+    supervised = supervise("--plugin", options=(*options, *BASE_OPTIONS))
+    logic = 'def tag():\n    return "sick-2.0"\n\n' + FILL_THEN_SICK.format(
+        filler=str(small_disk.filler)
+    )
+    with under_load(supervised) as load:
+        with_hot_patch(supervised, folder)
+        result = drop_release(supervised, folder, logic)
+        assert result["dir"] == "rejected", result
+        assert result["health"] == [SICK_HOOK]
+        assert result["rolled_back"] == "baseline 1.0 at level 1.0.1", result
+        assert errors(supervised, "cannot restore the journal") == 0
+        assert_rolled_back_on_a_full_disk(supervised, journal, small_disk)
+        small_disk.free()
+    load.check(request(supervised.address, "/get")["counters"])

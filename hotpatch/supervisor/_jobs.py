@@ -13,6 +13,8 @@ from collections.abc import Callable, Coroutine
 from dataclasses import asdict
 from typing import Any
 
+from hotpatch._errors import JournalError
+from hotpatch._shortage import shortage_of
 from hotpatch.service._channel import SHORTAGE
 from hotpatch.supervisor._bundle import Release
 from hotpatch.supervisor._child import Child, ChildExited, describe_exit
@@ -28,6 +30,7 @@ from hotpatch.supervisor._records import (
 )
 from hotpatch.supervisor._restarts import Restarts
 from hotpatch.supervisor._status import utc_now
+from hotpatch.supervisor._takeover import CodePoint
 
 __all__ = ["Jobs"]
 
@@ -258,8 +261,17 @@ class Jobs:
                     "when": time.time(),
                 }
             )
-        before = running.code_point(self.config.journal)
-        outcome = await self.restarts.preserving(old, reason, start_patch=job, before=before)
+        try:
+            before = running.code_point(self.config.journal)
+        except JournalError as exc:
+            outcome = _not_started(reason, old, exc)
+        else:
+            try:
+                outcome = await self.restarts.preserving(
+                    old, reason, start_patch=job, before=before
+                )
+            finally:
+                before.discard()  # rolled back already if it had to be
         self.restarts.record(outcome, kept=True)
         result: dict[str, Any] = {
             "version": version,
@@ -420,9 +432,12 @@ class Jobs:
         self.on_change()
         reason = f"baseline {version} ({release.bundle.kind}, {job.due})"
         outcome: RestartOutcome | None = None
-        before = running.code_point(self.config.journal)
+        before: CodePoint | None = None
         try:
+            before = running.code_point(self.config.journal)
             outcome = await self.restarts.preserving(old, reason, release=release, before=before)
+        except JournalError as exc:  # the journal cannot be kept for a rollback
+            outcome = _not_started(reason, old, exc)
         finally:
             if outcome is None:
                 outcome = RestartOutcome("preserving", reason, ok=False, error="interrupted")
@@ -433,6 +448,8 @@ class Jobs:
                 "restart": asdict(outcome),
             }
             if outcome.ok:
+                if running.previous is not None:
+                    running.previous.discard()  # only the last baseline's is gone back to
                 running.release, running.baseline, running.previous = release, version, before
                 level = running.current.info.get("level", []) if running.current else []
                 pause = (outcome.paused_s or 0.0) * 1e3
@@ -443,6 +460,8 @@ class Jobs:
                     f"({job.due}; paused {pause:.1f} ms)",
                 )
             else:
+                if before is not None:
+                    before.discard()
                 _refused(
                     result,
                     outcome,
@@ -485,6 +504,18 @@ def _after_ended(job: PatchJob, child: Child, result: dict[str, Any]) -> None:
         result["reason"] = f"{prior}applied by process {child.pid} after {ended}"
 
 
+def _not_started(reason: str, old: Child, exc: JournalError) -> RestartOutcome:
+    """A code change not started: its journal could not be kept for a rollback (a shortage)."""
+    return RestartOutcome(
+        "preserving",
+        reason,
+        ok=False,
+        error=f"{exc}; nothing was changed",
+        old_pid=old.pid,
+        shortage=shortage_of(exc),
+    )
+
+
 def _refused(
     result: dict[str, Any], outcome: RestartOutcome, *, unhealthy: str, failed: str, what: str
 ) -> None:
@@ -495,12 +526,15 @@ def _refused(
     (its reason names no process: the same each time it is tried).
     """
     if outcome.shortage is not None and outcome.health is None:
+        if outcome.new_pid is None:
+            why = f"which could not start ({outcome.error})"
+        else:
+            why = "and the new process ran short of a resource"
         result.update(
             outcome=SHORTAGE,
             resource=outcome.shortage,
             error_type="Shortage",
-            reason=f"{what} goes in through a restart, and the new process ran short of a "
-            "resource; the old process keeps serving",
+            reason=f"{what} goes in through a restart, {why}; the old process keeps serving",
         )
     elif outcome.health is not None:
         result.update(

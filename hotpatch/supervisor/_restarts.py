@@ -318,6 +318,7 @@ class Restarts:
         try:
             outcome = await self._roll_back(old, to, reason)
         finally:
+            to.discard()
             result = outcome or RestartOutcome("rollback", reason, ok=False, error="interrupted")
             if not done.done():
                 done.set_result(result)

@@ -457,6 +457,9 @@ class Supervisor:
             self.pipeline = None
         self.close_sockets()
         self.handover.chain.clear()
+        if running.previous is not None:  # no rollback after this: its kept journal goes
+            running.previous.discard()
+            running.previous = None
         if running.state != "failed":
             running.state = "stopped"
         self.write_status()

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hotpatch._errors import JournalError
-from hotpatch._journal import Journal
+from hotpatch._journal import Journal, UndoPoint
+from hotpatch._shortage import shortage_of
 from hotpatch.supervisor._bundle import Release
 from hotpatch.supervisor._child import Child, ChildExited
 
@@ -22,39 +23,62 @@ HEALTH_TIMEOUT = 30.0  # for a process to answer ``health`` (its HTTP probe has 
 
 @dataclass(frozen=True, slots=True)
 class CodePoint:
-    """The code a supervisor runs (release, baseline) and its journal's bytes, kept for undo.
+    """The code a supervisor runs (release, baseline) and its journal, kept for undo.
 
     The new process of a baseline restart sets the old baseline's journal
     aside, and a patch applied through a restart is written to the journal:
-    going back to the previous code means putting the journal back too.
+    going back to the previous code means putting the journal back too. The
+    journal's file is kept (``Journal.hold``): putting it back needs no space,
+    so a full disk cannot leave a rolled-back patch in it. ``discard()`` once
+    no rollback can come back to it.
     """
 
     release: Release | None
     baseline: str | None
     journal: Path | None
-    put_back: Callable[[], None] | None
+    put_back: UndoPoint | None
 
     @classmethod
     def keep(cls, release: Release | None, baseline: str | None, journal: Path | None) -> CodePoint:
-        """The code and journal as they are now (the journal's bytes read once, here)."""
+        """The code and journal as they are now.
+
+        Raises ``JournalError`` when the journal cannot be kept for want of a
+        resource (its file system full): a code change must not start then,
+        since it could not be rolled back (``shortage_of`` names the resource).
+        """
         put_back = None
         if journal is not None:
             try:
-                put_back = Journal(journal).undo_point()
+                put_back = Journal(journal).hold()
             except JournalError as exc:
+                if shortage_of(exc) is not None:
+                    raise
                 log.warning("%s; a rollback will not restore it", exc)
+            else:
+                if put_back.unlinked is not None:
+                    log.warning(
+                        "journal %s cannot be kept under a second name (%s): a rollback "
+                        "writes it whole, which needs as much free space as it takes",
+                        journal,
+                        put_back.unlinked,
+                    )
         return cls(release, baseline, journal, put_back)
 
     def restore_journal(self) -> str | None:
-        """Write the kept journal back atomically (or remove one that did not exist); an error."""
+        """Put the kept journal back (or remove one that did not exist); an error."""
         if self.put_back is None:
             return None
         try:
-            self.put_back()
+            self.put_back.restore()
         except JournalError as exc:
             log.error("cannot restore the journal: %s", exc)  # noqa: TRY400 -- says it all
             return str(exc)
         return None
+
+    def discard(self) -> None:
+        """No rollback will come back to this point: the kept journal file goes."""
+        if self.put_back is not None:
+            self.put_back.discard()
 
 
 def describe_level(info: Mapping[str, Any]) -> str:
