@@ -72,6 +72,20 @@ def test_a_directory_bundle_is_read_and_unpacked_into_its_release(tmp_path: Path
         unpack_bundle(bundle, info, tmp_path / "releases")
 
 
+def test_the_same_bundle_unpacked_again_takes_the_release_it_left(tmp_path: Path) -> None:
+    # An attempt that ran short of a resource after it unpacked the bundle is tried
+    # again: the same bundle (same digest) takes its release; another one is refused.
+    bundle = make_bundle(tmp_path, "2.0", "two")
+    info = read_bundle(bundle)
+    releases = tmp_path / "releases"
+    first = unpack_bundle(bundle, info, releases, origin="digest-of-two")
+    again = unpack_bundle(bundle, info, releases, origin="digest-of-two")
+    assert again.code_root == first.code_root
+    with pytest.raises(VerificationFailed, match="already exists"):
+        unpack_bundle(bundle, info, releases, origin="digest-of-another")
+    assert sorted(os.listdir(releases)) == ["2.0"]
+
+
 def test_a_zip_bundle_is_unpacked_and_members_escaping_it_are_refused(tmp_path: Path) -> None:
     good = tmp_path / "good.zip"
     with zipfile.ZipFile(good, "w") as archive:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_baselines import drop_bundle, make_bundle
 from test_folder_resources import FS_BYTES, SmallDisk, small_disk
 from test_supervisor import Supervised, request, supervise, wait_for
 from test_supervisor_health import HOT, SICK_HOOK, drop_release, with_hot_patch
@@ -522,4 +523,98 @@ def test_a_baseline_rolled_back_on_a_full_disk_gets_its_journal_back(
         assert errors(supervised, "cannot restore the journal") == 0
         assert_rolled_back_on_a_full_disk(supervised, journal, small_disk)
         small_disk.free()
+    load.check(request(supervised.address, "/get")["counters"])
+
+
+# -- a baseline bundle short of a resource -------------------------------------------------
+
+
+@pytest.mark.parametrize("full", ["releases", "state"])
+def test_a_baseline_bundle_short_of_disk_waits_and_is_not_overtaken(
+    supervise: Callable[..., Supervised], tmp_path: Path, small_disk: SmallDisk, full: str
+) -> None:
+    # "releases": the bundle cannot be unpacked (--releases on the small disk);
+    # "state": it cannot even be staged to be checked (--state-dir there).
+    folder = tmp_path / "patches"
+    folder.mkdir(mode=0o700)
+    if full == "releases":
+        state, options = folder, ("--releases", str(small_disk.path / "releases"))
+    else:
+        state, options = small_disk.path, ("--state-dir", str(small_disk.path))
+    supervised = supervise(options=("--watch", str(folder), *options, *BASE_OPTIONS))
+    socket = state / ".hotpatch.sock"
+    two = make_bundle(tmp_path, "2.0", "two")
+    three = make_bundle(tmp_path / "later", "3.0", "three")
+    with under_load(supervised) as load:
+        small_disk.fill()
+        drop_bundle(folder, two)
+        held = waited(socket, "release-2.0", "disk full", attempts=2)
+        assert "nothing of it was applied" in held["reason"], held
+        drop_bundle(folder, three)  # a later baseline, which must not go first
+        waited(socket, "release-2.0", "disk full", attempts=held["attempts"] + 1)
+        assert errors(supervised, "release-2.0 waits", "disk full") == 1  # said once
+        assert request(supervised.address, "/get")["tag"] == "base"
+        assert supervised.status()["patches"]["baseline"] == "1.0"
+        assert (folder / "release-2.0").is_dir()
+        assert (folder / "release-3.0").is_dir()
+        assert rejections(state) == []
+
+        small_disk.free()
+        where, result = outcome_of(state, "release-2.0", supervised)
+        assert (where, result["outcome"]) == ("applied", "applied"), result
+        where, result = outcome_of(state, "release-3.0", supervised)
+        assert (where, result["outcome"]) == ("applied", "applied"), result
+        assert request(supervised.address, "/get")["tag"] == "three"
+        assert supervised.status()["patches"]["baseline"] == "3.0"
+        recent = supervised.status()["patches"]["recent"]
+        applied = [r["version"] for r in recent if r["outcome"] == "applied"]
+        assert applied == ["2.0", "3.0"], recent
+        assert rejections(state) == []
+    load.check(request(supervised.address, "/get")["counters"])
+
+
+@pytest.mark.parametrize("change", ["baseline", "patch"])
+def test_a_code_change_whose_journal_cannot_be_kept_for_a_rollback_waits(
+    supervise: Callable[..., Supervised], tmp_path: Path, small_disk: SmallDisk, change: str
+) -> None:
+    # No inode left on the journal's file system: the journal cannot be kept for
+    # a rollback of the restart, so the restart does not start -- a shortage, not a
+    # rejection -- and the change goes in once there is room, before a later one.
+    folder = tmp_path / "patches"
+    journal = small_disk.path / "journal.json"
+    options = ("--watch", str(folder), "--journal", str(journal))
+    supervised = supervise(options=(*options, *BASE_OPTIONS))
+    socket = folder / ".hotpatch.sock"
+    first_pid = supervised.child_pid
+    with under_load(supervised) as load:
+        drop(folder, "fix-1.0.1.py", logic_patch("1.0.1", HOT))  # the journal is there
+        assert result_of(folder, "fix-1.0.1.py", supervised)["outcome"] == "applied"
+        if change == "baseline":
+            name, later = "release-2.0", "release-3.0"
+            first = make_bundle(tmp_path, "2.0", "two")
+            second = make_bundle(tmp_path / "later", "3.0", "three")
+        else:
+            name, later = "a-1.0.2.py", "b-1.0.3.py"
+            first = stage(folder, name, logic_patch("1.0.2", "two", head=", restart=True"))
+            second = stage(folder, later, logic_patch("1.0.3", "three"))
+        small_disk.use_up_inodes()
+        (drop_bundle(folder, first) if change == "baseline" else put(first))
+        held = waited(socket, name, "disk full", attempts=2)
+        assert "no undo point can be kept for a rollback" in held["reason"], held
+        assert "nothing was changed" in held["reason"], held
+        (drop_bundle(folder, second) if change == "baseline" else put(second))
+        waited(socket, name, "disk full", attempts=held["attempts"] + 1)
+        answer = request(supervised.address, "/get")
+        assert (answer["tag"], answer["pid"]) == (HOT, first_pid)  # never stopped serving
+        assert supervised.status()["restarts"].get("preserving", 0) == 0
+        assert (folder / later).exists()
+        assert rejections(folder) == []
+
+        small_disk.free()
+        for each in (name, later):
+            where, result = outcome_of(folder, each, supervised)
+            assert (where, result["outcome"]) == ("applied", "applied"), result
+        assert request(supervised.address, "/get")["tag"] == "three"
+        assert rejections(folder) == []
+        assert [n for n in os.listdir(small_disk.path) if ".undo-" in n] == []
     load.check(request(supervised.address, "/get")["counters"])

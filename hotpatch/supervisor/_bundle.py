@@ -13,6 +13,7 @@ new process runs with ``RELEASES/<version>/<root>`` first on ``sys.path``.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import shutil
@@ -20,19 +21,22 @@ import stat
 import tempfile
 import tomllib
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from packaging.version import InvalidVersion, Version
 
 from hotpatch._errors import VerificationFailed
+from hotpatch._shortage import Shortage, shortage_of
 
-__all__ = ["Bundle", "Release", "read_bundle", "unpack_bundle"]
+__all__ = ["Bundle", "Release", "copy_tree", "read_bundle", "short_of", "unpack_bundle"]
 
 KINDS = ("planned-baseline", "unplanned-baseline")
 MAX_TOML_BYTES = 64 * 1024
 MAX_BUNDLE_BYTES = 512 * 2**20
 MAX_MEMBERS = 20000
+ORIGIN = ".hotpatch-bundle"  # in a release folder: the digest of the bundle it came from
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,11 +189,52 @@ def _read_zip(path: Path) -> Bundle:
         raise _refuse(name, f"is not a valid zip ({exc})") from exc
 
 
-def unpack_bundle(path: Path, bundle: Bundle, releases: Path) -> Release:
-    """Copy the checked bundle into ``releases/<version>/`` (a new folder; never overwritten)."""
+@contextlib.contextmanager
+def short_of(doing: str) -> Iterator[None]:
+    """An ``OSError`` of a resource running out while ``doing`` (staging or unpacking a
+    bundle): ``Shortage``, said the same way each time (not with the temporary names
+    the error carries), so that the drop waits and is tried again, not rejected."""
+    try:
+        yield
+    except OSError as exc:
+        resource = shortage_of(exc)
+        if resource is None:
+            raise
+        raise Shortage(resource, f"{doing}: {exc.strerror or resource}") from exc
+
+
+def copy_tree(source: Path, target: Path) -> None:
+    """Copy the directory ``source`` to ``target`` (links as links), stopping at the first
+    error, raised as it came (``shutil.copytree`` gathers them into one without their
+    errno: a full disk must read as one, to be waited out, not as a bad bundle)."""
+    target.mkdir(exist_ok=True)
+    with os.scandir(source) as entries:
+        for entry in entries:
+            to = target / entry.name
+            if entry.is_symlink():
+                os.symlink(os.readlink(entry.path), to)
+            elif entry.is_dir(follow_symlinks=False):
+                copy_tree(Path(entry.path), to)
+            else:
+                shutil.copy2(entry.path, to, follow_symlinks=False)
+    shutil.copystat(source, target, follow_symlinks=False)
+
+
+def unpack_bundle(
+    path: Path, bundle: Bundle, releases: Path, *, origin: str | None = None
+) -> Release:
+    """Copy the checked bundle into ``releases/<version>/`` (a new folder; never overwritten).
+
+    ``origin``: the bundle's digest, kept in the release: the same bundle again
+    (an attempt that ran short of a resource after it was unpacked, tried
+    again) takes the release it left, where another bundle of that version is
+    refused.
+    """
     releases.mkdir(mode=0o700, parents=True, exist_ok=True)
     target = releases / bundle.version
     if target.exists():
+        if origin is not None and _origin_of(target) == origin:
+            return _release(path, bundle, target)
         msg = (
             f"release {bundle.version} already exists in {releases}; publish the new code "
             "under a newer version"
@@ -198,7 +243,7 @@ def unpack_bundle(path: Path, bundle: Bundle, releases: Path) -> Release:
     tmp = Path(tempfile.mkdtemp(dir=releases, prefix=f".{bundle.version}."))
     try:
         if path.is_dir():
-            shutil.copytree(path, tmp, dirs_exist_ok=True, symlinks=True)
+            copy_tree(path, tmp)
         else:
             with zipfile.ZipFile(path) as archive:
                 for info in archive.infolist():
@@ -209,12 +254,25 @@ def unpack_bundle(path: Path, bundle: Bundle, releases: Path) -> Release:
                     member.parent.mkdir(parents=True, exist_ok=True)
                     with archive.open(info) as source, member.open("xb") as out:
                         shutil.copyfileobj(source, out)
+        if origin is not None:
+            (tmp / ORIGIN).write_text(origin)
         os.rename(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    return _release(path, bundle, target)
+
+
+def _release(path: Path, bundle: Bundle, target: Path) -> Release:
     release = Release(bundle, target)
     if not release.code_root.is_dir():
         msg = f"[code] root {bundle.root!r} is not a directory in it"
         raise _refuse(path.name, msg)
     return release
+
+
+def _origin_of(release: Path) -> str | None:
+    try:
+        return (release / ORIGIN).read_text()
+    except (OSError, UnicodeDecodeError):
+        return None

@@ -22,7 +22,6 @@ import functools
 import hashlib
 import logging
 import os
-import shutil
 import stat
 import sys
 from collections.abc import Awaitable, Callable
@@ -50,7 +49,14 @@ from hotpatch.agent._settings import Checks
 from hotpatch.agent._signing import bundle_digest, verify_signature
 from hotpatch.agent._staging import Staging
 from hotpatch.service._channel import SHORTAGE
-from hotpatch.supervisor._bundle import MAX_BUNDLE_BYTES, Release, read_bundle, unpack_bundle
+from hotpatch.supervisor._bundle import (
+    MAX_BUNDLE_BYTES,
+    Release,
+    copy_tree,
+    read_bundle,
+    short_of,
+    unpack_bundle,
+)
 from hotpatch.supervisor._child import Child, ChildExited
 from hotpatch.supervisor._handover import memfd
 from hotpatch.supervisor._runner import Runner
@@ -245,21 +251,25 @@ class SupervisorApplier:
                 # Read once: the signature, the checks and the unpacking see these bytes.
                 read = read_patch_file(path, max_bytes=MAX_BUNDLE_BYTES, owners={os.geteuid()})
                 outcome.ino = (read.ino, read.dev)
-                outcome.sha256 = hashlib.sha256(read.data).hexdigest()
+                outcome.sha256 = origin = hashlib.sha256(read.data).hexdigest()
                 if self.checks.require_signature:
                     signature = read_signature(path, owners={os.geteuid()})
                     outcome.key_id = verify_signature(
                         read.data, signature, self.checks.trusted_keys, name=path.name
                     )
-                source.write_bytes(read.data)
+                with short_of("staging it to be checked"):
+                    source.write_bytes(read.data)
             else:
                 read_bundle(path)  # no links, nothing escaping: safe to copy
                 # Copied once: the signature, the checks and the unpacking see the copy.
-                shutil.copytree(path, source, symlinks=True)
+                with short_of("staging it to be checked"):
+                    copy_tree(path, source)
+                manifest = bundle_digest(source)
+                origin = hashlib.sha256(manifest).hexdigest()
                 if self.checks.require_signature:
                     signature = read_signature(path, owners={os.geteuid()})
                     outcome.key_id = verify_signature(
-                        bundle_digest(source),
+                        manifest,
                         signature,
                         self.checks.trusted_keys,
                         name=path.name,
@@ -278,7 +288,8 @@ class SupervisorApplier:
                     f"{current}; publish the new code under a newer version"
                 )
                 raise VerificationFailed(msg, patch=bundle.version)
-            return unpack_bundle(source, bundle, self.releases)
+            with short_of(f"unpacking it into {self.releases}"):
+                return unpack_bundle(source, bundle, self.releases, origin=origin)
 
     def _fill(self, outcome: Outcome, answer: dict[str, Any]) -> None:
         outcome.outcome = answer.get("outcome", "rejected")
