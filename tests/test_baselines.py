@@ -181,6 +181,8 @@ def test_an_unplanned_baseline_restarts_onto_the_new_code_at_once(
         assert any(
             "1.0" in p.name for p in folder.glob(".journal.json*") if p.name != ".journal.json"
         )
+        # Found healthy: the journal's file kept for a rollback is let go.
+        assert [n for n in os.listdir(folder) if ".undo-" in n] == []
 
         # Hot patches of the new baseline go in (verified with the new code on sys.path).
         drop(folder, "fix-2.0.1.py", logic_patch("2.0.1", "hot-on-2.0").replace('"1.0"', '"2.0"'))

@@ -451,6 +451,10 @@ class Jobs:
                 if running.previous is not None:
                     running.previous.discard()  # only the last baseline's is gone back to
                 running.release, running.baseline, running.previous = release, version, before
+                if before is not None and self.config.check_takeover:
+                    # Found healthy, and no fleet reverts it: the kept file goes (and the
+                    # space it holds); a revert would write the kept bytes back.
+                    before.discard()
                 level = running.current.info.get("level", []) if running.current else []
                 pause = (outcome.paused_s or 0.0) * 1e3
                 result.update(
