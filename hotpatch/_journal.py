@@ -41,6 +41,7 @@ from hotpatch._journal_format import (
     encode,
     encode_change,
 )
+from hotpatch._process import alive
 
 __all__ = ["Journal", "UndoPoint"]
 
@@ -473,22 +474,10 @@ def _remove_stale_links(folder: Path, name: str) -> None:
         return
     for entry in entries:
         match = _LINK_NAME.fullmatch(entry)
-        if match is None or match["name"] != name or _alive(int(match["pid"])):
+        if match is None or match["name"] != name or alive(int(match["pid"])):
             continue
         with contextlib.suppress(OSError):
             os.unlink(folder / entry)
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _sync_folder(folder: Path) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from hotpatch import _errors
+from hotpatch._process import alive
 from hotpatch.agent._names import PIDFILE_NAME
 from hotpatch.agent._state_dir import ENV_STATE_DIR
 
@@ -116,20 +117,10 @@ def _from_pidfile(folder: Path, watched: str | None) -> Path:
     if not isinstance(socket, str) or not socket:
         msg = f"the agent watching {folder} serves no control socket (see {pidfile})"
         raise UsageError(msg)
-    if isinstance(pid, int) and not _alive(pid):
+    if isinstance(pid, int) and not alive(pid):
         msg = f"the agent that wrote {pidfile} (pid {pid}) is not running"
         raise UsageError(msg)
     return folder / socket  # an absolute socket path stays as it is
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def ask(args: argparse.Namespace, payload: dict[str, Any]) -> Answer:

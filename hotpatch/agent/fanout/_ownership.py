@@ -21,8 +21,9 @@ from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
+from hotpatch._process import alive
 from hotpatch.agent._lifecycle import FolderLock
-from hotpatch.agent.fanout._peers import alive, owner_pid, usable
+from hotpatch.agent.fanout._peers import owner_pid, usable
 
 __all__ = ["OWNER_RETRY_S", "Ownership"]
 

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from hotpatch._process import alive
 from hotpatch.agent._control import request
 from hotpatch.agent._control_server import ControlServer
 from hotpatch.agent._names import PIDFILE_NAME, WORKERS_DIR
@@ -24,7 +25,6 @@ __all__ = [
     "PEER_TIMEOUT_S",
     "REJOIN_S",
     "Roster",
-    "alive",
     "announce",
     "ask_owner",
     "call",
@@ -80,17 +80,6 @@ def live_workers(folder: Path) -> dict[int, Path]:
             continue
         found[pid] = path
     return found
-
-
-def alive(pid: int) -> bool:
-    """Is process ``pid`` running?"""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's process reuses the pid: not ours, but alive
-    return True
 
 
 def remove_stale(path: Path) -> None:
