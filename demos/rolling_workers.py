@@ -64,11 +64,12 @@ sock = hotpatch.listen_socket("http")
 server = ThreadingHTTPServer(sock.getsockname()[:2], Handler, bind_and_activate=False)
 server.socket.close()
 server.socket = sock
-server.daemon_threads = True
+server.daemon_threads = False  # so that server_close() waits for the requests in flight
 
 
 def drain(timeout):
-    server.shutdown()
+    server.shutdown()  # serve_forever() returns: nothing new is accepted
+    server.server_close()  # the requests in flight answered before the handover
 
 
 hotpatch.ready(drain=drain, plugins=[Health()])

@@ -59,13 +59,14 @@ def main() -> int:
     server = ThreadingHTTPServer(sock.getsockname()[:2], Handler, bind_and_activate=False)
     server.socket.close()
     server.socket = sock
+    server.daemon_threads = False  # so that server_close() waits for the requests in flight
 
     def drain(timeout: float) -> None:
-        server.shutdown()
+        server.shutdown()  # serve_forever() returns: nothing new is accepted
+        server.server_close()  # the requests in flight answered (and counted) before handover
 
     hotpatch.ready(drain=drain, plugins=[Health()])
     server.serve_forever(poll_interval=0.01)
-    server.server_close()  # joins the requests still in flight: none is cut off
     return 0
 
 
