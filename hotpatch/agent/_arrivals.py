@@ -21,45 +21,33 @@ had (``fs.inotify.max_user_instances`` reached), ``Arrivals.open`` gives
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import functools
 import os
 import struct
 from pathlib import Path
 from typing import NamedTuple
 
+from watchdog.observers.inotify_c import InotifyConstants, inotify_add_watch, inotify_init
+
 __all__ = ["Arrivals", "Look"]
 
-_IN_MOVED_FROM = 0x00000040
-_IN_MOVED_TO = 0x00000080
-_IN_CREATE = 0x00000100
-_IN_DELETE = 0x00000200
-_IN_DELETE_SELF = 0x00000400
-_IN_MOVE_SELF = 0x00000800
-_IN_Q_OVERFLOW = 0x00004000
-_IN_IGNORED = 0x00008000
-_IN_ONLYDIR = 0x01000000
-_IN_NONBLOCK = os.O_NONBLOCK
-_IN_CLOEXEC = os.O_CLOEXEC
-
-_HERE = _IN_CREATE | _IN_MOVED_TO
-_GONE = _IN_DELETE | _IN_MOVED_FROM
-_GONE_SELF = _IN_IGNORED | _IN_DELETE_SELF | _IN_MOVE_SELF  # the watch no longer sees the path
-_MASK = _HERE | _GONE | _IN_DELETE_SELF | _IN_MOVE_SELF | _IN_ONLYDIR
+_HERE = (
+    InotifyConstants.IN_CREATE | InotifyConstants.IN_MOVED_TO
+)  # a name came in: created, renamed or linked in
+_GONE = (
+    InotifyConstants.IN_DELETE | InotifyConstants.IN_MOVED_FROM
+)  # a name went: deleted or renamed away
+_GONE_SELF = (
+    InotifyConstants.IN_IGNORED | InotifyConstants.IN_DELETE_SELF | InotifyConstants.IN_MOVE_SELF
+)  # the path is no longer watched
+_MASK = (
+    _HERE
+    | _GONE
+    | InotifyConstants.IN_DELETE_SELF
+    | InotifyConstants.IN_MOVE_SELF
+    | InotifyConstants.IN_ONLYDIR
+)
 _EVENT = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len; then the name
 _READ_BYTES = 64 * 1024
-
-
-@functools.cache
-def _lib() -> ctypes.CDLL:
-    """The C library, with the two inotify calls typed."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    libc.inotify_init1.argtypes = [ctypes.c_int]
-    libc.inotify_init1.restype = ctypes.c_int
-    libc.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
-    libc.inotify_add_watch.restype = ctypes.c_int
-    return libc
 
 
 class Look(NamedTuple):
@@ -87,14 +75,12 @@ class Arrivals:
     @classmethod
     def open(cls, path: Path) -> Arrivals | None:
         """Watch ``path`` for names coming and going; ``None``: no inotify instance to be had."""
-        try:
-            lib = _lib()
-        except (OSError, AttributeError):
-            return None
-        fd = lib.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
+        fd = inotify_init()
         if fd < 0:
             return None
-        if lib.inotify_add_watch(fd, os.fsencode(path), _MASK) < 0:
+        os.set_blocking(fd, False)  # read by whoever looks, never waited on
+        os.set_inheritable(fd, False)  # not left open in a program a patch's check runs
+        if inotify_add_watch(fd, os.fsencode(path), _MASK) < 0:
             os.close(fd)
             return None
         return cls(path, fd)
@@ -152,7 +138,7 @@ class Arrivals:
                 self._blind = True
                 self.close()
                 return
-            if mask & _IN_Q_OVERFLOW:
+            if mask & InotifyConstants.IN_Q_OVERFLOW:
                 self._lost = True
                 continue
             name = os.fsdecode(chunk[start:offset].rstrip(b"\0"))
