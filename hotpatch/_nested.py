@@ -22,7 +22,7 @@ from hotpatch._errors import NotPatchable, SignatureIncompatible, TargetNotFound
 from hotpatch._heap import carrying
 from hotpatch._patch import Patch
 from hotpatch._switch import Change, Key, key
-from hotpatch._targets import NestedTarget
+from hotpatch._targets import NestedTarget, nested_qualnames
 from hotpatch._validate import check_replacement, global_names, reference_function
 
 __all__ = [
@@ -180,15 +180,6 @@ def move_steps(
     return changes, list(moves.values())
 
 
-def _nested_names(code: types.CodeType) -> list[str]:
-    names: list[str] = []
-    for const in code.co_consts:
-        if isinstance(const, types.CodeType):
-            names.append(const.co_qualname)
-            names.extend(_nested_names(const))
-    return names
-
-
 def with_code(code: types.CodeType, qualname: str, new: types.CodeType) -> types.CodeType:
     """``code`` with its nested code named ``qualname`` replaced by ``new`` (at any depth)."""
     consts = list(code.co_consts)
@@ -227,7 +218,7 @@ def plan_code(
     outer = f"{target.module.__name__}:{target.enclosing.__code__.co_qualname}"
     paths = _named(base, qualname)
     if not paths:
-        known = ", ".join(_nested_names(base)) or "none"
+        known = ", ".join(nested_qualnames(base)) or "none"
         msg = (
             f"patch {v}: target {spec}: the code {outer} runs now has no nested function "
             f"{qualname!r} (it has: {known}); check the qualname against the running code"

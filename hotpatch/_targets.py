@@ -22,6 +22,7 @@ __all__ = [
     "accessor_of",
     "import_module",
     "is_nested",
+    "nested_qualnames",
     "refuse_own",
     "resolve",
     "resolve_class",
@@ -111,7 +112,7 @@ def resolve_nested(spec: str, *, patch: str, in_code: bool = False) -> NestedTar
         msg = f"patch {patch}: target {spec}: the function it is nested in: {exc}"
         raise type(exc)(msg, patch=patch, target=spec) from None
     _refuse_dispatch(spec, qualname, outer.function.__code__, patch=patch)
-    if in_code and not _holds(outer.function.__code__, qualname):
+    if in_code and qualname not in nested_qualnames(outer.function.__code__):
         msg = (
             f"patch {patch}: target {spec}: {modname}:{head} has no nested function "
             f"{qualname!r}; check the qualname against the running code"
@@ -131,7 +132,7 @@ def _refuse_dispatch(spec: str, qualname: str, code: types.CodeType, *, patch: s
     modname, head = spec.partition(":")[0], qualname.partition(_LOCALS)[0]
     scope = qualname.removesuffix(tail)  # "f.<locals>.": where its implementations are
     holder = scope + dispatch["function"]
-    names = list(_qualnames(code))
+    names = list(nested_qualnames(code))
     if holder not in names:
         return  # no such nested function: the plan says what there is
     defs = [
@@ -151,24 +152,12 @@ def _refuse_dispatch(spec: str, qualname: str, code: types.CodeType, *, patch: s
     raise NotPatchable(msg, patch=patch, target=spec)
 
 
-def _qualnames(code: types.CodeType) -> Iterator[str]:
+def nested_qualnames(code: types.CodeType) -> Iterator[str]:
     """The qualnames of the code nested in ``code``, at any depth."""
     for const in code.co_consts:
         if isinstance(const, types.CodeType):
             yield const.co_qualname
-            yield from _qualnames(const)
-
-
-def _holds(code: types.CodeType, qualname: str) -> bool:
-    """Whether ``code``'s constants hold, at any depth, code named ``qualname``."""
-    return any(
-        isinstance(c, types.CodeType)
-        and (
-            c.co_qualname == qualname
-            or (qualname.startswith(c.co_qualname + ".") and _holds(c, qualname))
-        )
-        for c in code.co_consts
-    )
+            yield from nested_qualnames(const)
 
 
 def import_module(name: str, *, patch: str, target: str) -> types.ModuleType:
