@@ -13,6 +13,7 @@ __all__ = [
     "HistoryEntry",
     "LevelChain",
     "RollbackResult",
+    "level_line",
     "level_summary",
     "level_text",
 ]
@@ -33,9 +34,14 @@ def level_text(level: Sequence[str], baseline: str) -> str:
     its size (``..., 1.0.991, ..., 1.0.1000 (1000 patches)``)."""
     if not level:
         return f"baseline {baseline}"
-    if len(level) <= LEVEL_SHOWN:
-        return ", ".join(level)
-    return f"..., {', '.join(level[-LEVEL_SHOWN:])} ({len(level)} patches)"
+    return level_line(level[-LEVEL_SHOWN:], len(level))
+
+
+def level_line(top: Sequence[str], size: int) -> str:
+    """The versions ``top`` (a level's top, or all of it) as a line, marked as the top of
+    a level holding ``size`` patches when that is more."""
+    text = ", ".join(top)
+    return f"..., {text} ({size} patches)" if size > len(top) else text
 
 
 @dataclass(frozen=True, slots=True)

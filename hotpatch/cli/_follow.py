@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
+from hotpatch._results import level_line
 from hotpatch.agent._names import PIDFILE_NAME
 from hotpatch.agent._outcome_log import FOLDER, LogTail
 from hotpatch.agent._state_dir import ENV_STATE_DIR, read_only
@@ -294,10 +295,8 @@ def _show_watched(args: argparse.Namespace, record: Answer) -> None:
     source = f"from {record['source']}" if record.get("source") else ""
     if record.get("event") == "rollback":
         level = [str(v) for v in record.get("level") or []]
-        size = record.get("level_size")
-        shown = ", ".join(level)
-        if isinstance(size, int) and size > len(level):  # the record carries the top only
-            shown = f"..., {shown} ({size} patches)"
+        size = record.get("level_size")  # the record carries the top of the level
+        shown = level_line(level, size if isinstance(size, int) else len(level))
         parts = [
             str(record.get("time") or ""),
             ", ".join(str(v) for v in record.get("versions") or []),

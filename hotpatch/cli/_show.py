@@ -6,6 +6,7 @@ import time
 from collections.abc import Sequence
 from typing import TextIO
 
+from hotpatch._results import level_line
 from hotpatch.cli._ask import Answer
 
 __all__ = [
@@ -50,7 +51,7 @@ def _level(answer: Answer) -> object:
     level = answer.get("level") or []
     size = answer.get("level_size")
     if isinstance(size, int) and isinstance(level, list) and size > len(level):
-        return f"..., {_cell(level)} ({size} patches)"
+        return level_line([str(v) for v in level], size)
     return level
 
 
