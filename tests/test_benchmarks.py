@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -214,6 +215,9 @@ def test_burst(tmp_path: Path) -> None:
         (20, True),
     ]
     for row in data["runs"]:
+        assert row["round"] == 1
+        assert row["checkout"] == "now"
+        assert Path(row["hotpatch"]) == BENCHMARKS.parent  # each burst a process of its own
         assert row["in_version_order"], row
         assert row["active"], row
         assert 0 < row["rename_s"] < row["elapsed_s"]
@@ -225,13 +229,56 @@ def test_burst(tmp_path: Path) -> None:
         "20 drops / 4 drops, verification off",
         "20 drops / 4 drops, verification on",
     ]
+    assert data["rounds"] == 1
+    assert data["before"] is None
     for goal in data["goals"]:
         assert goal["limit"] == 5.0
+        assert goal["each_round"]["wall"] == [goal["ratio"]]
+        assert goal["rounds_met"] == int(goal["met"])
         assert isinstance(goal["met"], bool)
         assert goal["cpu_ratio"] > 0
         for split in ("user_ratio", "system_ratio"):
             assert goal[split] is None or goal[split] > 0
     assert "every burst applied in version order: yes" in stdout
+
+
+def test_burst_before_runs_another_checkout_in_the_same_rounds(tmp_path: Path) -> None:
+    before = tmp_path / "before"
+    shutil.copytree(BENCHMARKS.parent / "hotpatch", before / "hotpatch")
+    out = tmp_path / "burst.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(BENCHMARKS / "burst.py"),
+            "--quick",
+            "--verify",
+            "off",
+            "--before",
+            str(before),
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(out.read_text())
+    assert data["before"] == str(before)
+    assert [(r["checkout"], r["size"]) for r in data["runs"]] == [
+        ("now", 4),
+        ("before", 4),
+        ("now", 20),
+        ("before", 20),
+    ]
+    roots = {r["checkout"]: Path(r["hotpatch"]) for r in data["runs"]}
+    assert roots == {"now": BENCHMARKS.parent, "before": before.resolve()}
+    assert [(g["checkout"], g["verify"]) for g in data["goals"]] == [
+        ("now", False),
+        ("before", False),
+    ]
+    assert "verification off (before) <= 5.00x" in proc.stdout
 
 
 def test_heap_scan(tmp_path: Path) -> None:
