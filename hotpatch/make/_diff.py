@@ -22,8 +22,10 @@ from hotpatch.make._syntax import (
     Binding,
     accessor,
     bindings,
+    block_names,
     call_names,
     def_time_names,
+    default_reads,
     dotted,
     function_kind,
     is_pure,
@@ -76,6 +78,7 @@ class Replacement:
     change: Change
     mangled: str = ""  # a class whose name mangles private names: source indented in it
     note: str = ""  # a comment above it in the patch file
+    reads: set[str] = field(default_factory=set)  # what its defaults read (default_reads)
 
 
 @dataclass(slots=True)
@@ -86,6 +89,7 @@ class Helper:
     source: str
     names: set[str]  # every global name it reads, when defined and when called
     change: Change
+    line: int = 0  # where the new code has it: the patch file defines helpers in that order
 
 
 @dataclass(slots=True)
@@ -97,6 +101,8 @@ class Members:
     sources: list[str]
     names: set[str]  # names its header reads (bases, keywords)
     changes: list[Change]
+    line: int = 0  # where the new code has the class
+    reads: list[set[str]] = field(default_factory=list)  # each new method's default_reads
 
 
 @dataclass(slots=True)
@@ -181,7 +187,41 @@ def compare(old: Tree, new: Tree, roots: tuple[str, ...]) -> Plan:
             if not plan.empty:
                 modules.append(plan)
     _stale_imports(old, roots, modules, changes)
+    _stale_defaults_across(modules)
     return Plan(modules, changes, ignored)
+
+
+def _stale_defaults_across(modules: list[ModulePlan]) -> None:
+    """A default reading what this change adds to or sets in another module
+    (``key=keys.method_key``) would read it before the migration there: the patch file is
+    imported, and its defaults computed, before any migration runs."""
+    changed = {m.name: {a.name for a in m.assignments if not a.owner} for m in modules}
+    for module in modules:
+        readers = [(r.change, r.reads) for r in module.replacements]
+        readers += [p for m in module.members for p in zip(m.changes, m.reads, strict=True)]
+        for change, reads in readers:
+            stale = sorted(r for r in reads if _changed_elsewhere(r, module, changed))
+            if stale and change.verdict != "baseline":
+                _stale_default(change, stale, " in another module")
+
+
+def _changed_elsewhere(read: str, module: ModulePlan, changed: dict[str, set[str]]) -> bool:
+    head, _, rest = read.partition(".")
+    binding = module.imports.get(head)
+    if binding is None:
+        return False
+    if binding.attr:  # from M import A (as head): M.A, a module or a name of M
+        full = f"{binding.module}.{binding.attr}"
+    elif binding.asname:  # import M as head
+        full = binding.module
+    else:  # import a.b binds a
+        full = head
+    full = f"{full}.{rest}" if rest else full
+    return any(
+        full.startswith(f"{name}.") and full[len(name) + 1 :].partition(".")[0] in names
+        for name, names in changed.items()
+        if name != module.name
+    )
 
 
 def _stale_imports(
@@ -224,6 +264,7 @@ class _Version:
     statements: list[ast.stmt] = field(default_factory=list)
     script: list[ast.stmt] = field(default_factory=list)  # under `if __name__ == "__main__":`
     imports: dict[str, Binding] = field(default_factory=dict)
+    blocks: set[str] = field(default_factory=set)  # bound under try/if/with... at import
 
     @property
     def names(self) -> set[str]:
@@ -250,6 +291,7 @@ def _parse(module: str, path: str, data: bytes, which: str) -> _Version:
         raise MakeError(msg) from None
     version = _Version(tree, text.splitlines(True), string_lines(text, tree))
     version.imports = bindings(tree, module, path.endswith("__init__.py"))
+    version.blocks = block_names(tree)
     body = list(tree.body)
     if body and _is_docstring(body[0]):
         body = body[1:]
@@ -336,8 +378,8 @@ class _ModuleDiff:
             path,
             self.new.imports,
             self.old.imports,
-            self.old.names,
-            self.new.names,
+            self.old.names | self.old.blocks,
+            self.new.names | self.new.blocks,
         )
         self.changes: list[Change] = []
         self.replaced: set[str] = set()  # module-level functions this patch replaces
@@ -360,7 +402,11 @@ class _ModuleDiff:
         self._statements()
         self._constants()
         self._definitions()
+        # In the new code's order: a new class's bases or a default may read an earlier one.
+        self.plan.helpers.sort(key=lambda h: h.line)
+        self.plan.members.sort(key=lambda m: m.line)
         self._names()
+        self._defaults()
         out.extend(self.changes)
         return self.plan
 
@@ -493,7 +539,7 @@ class _ModuleDiff:
         what = _what(node)
         why = f"a new {what}, defined in the patch file and set on the module by the migration"
         change = self.add(node.name, what, "added", why)
-        self.plan.helpers.append(Helper(node.name, source, names, change))
+        self.plan.helpers.append(Helper(node.name, source, names, change, node.lineno))
         value = ast.Name(id=node.name, ctx=ast.Load())
         self.plan.assignments.append(
             Assignment("", node.name, value, None, change, node.name, helper=True)
@@ -544,7 +590,16 @@ class _ModuleDiff:
         }
         change = self.add(target, what, "replace", "changed; replaced")
         self.plan.replacements.append(
-            Replacement(self.name(target), qualname, source, new.name, defaults, change, mangled)
+            Replacement(
+                self.name(target),
+                qualname,
+                source,
+                new.name,
+                defaults,
+                change,
+                mangled,
+                reads=default_reads(new),
+            )
         )
         return True
 
@@ -655,7 +710,10 @@ class _ModuleDiff:
                 )
                 for name, _ in added
             ]
-            self.plan.members.append(Members(self.name(qualname), header, sources, names, changes))
+            reads = [default_reads(node) if isinstance(node, _Def) else set() for _, node in added]
+            self.plan.members.append(
+                Members(self.name(qualname), header, sources, names, changes, new.lineno, reads)
+            )
 
     def _member(
         self,
@@ -740,9 +798,6 @@ class _ModuleDiff:
     def _names(self) -> None:
         """Refuse what the patch file's own namespace cannot serve faithfully."""
         migrated = {a.name for a in self.plan.assignments if not a.owner and not a.helper}
-        new_values = {
-            a.name for a in self.plan.assignments if not a.owner and a.old is None and not a.helper
-        }
         helpers = {h.name for h in self.plan.helpers}
         for helper in self.plan.helpers:
             stale = sorted(helper.names & (migrated | self.replaced) - helpers)
@@ -751,14 +806,6 @@ class _ModuleDiff:
                 helper.change.why = (
                     f"the new {helper.change.what} reads {', '.join(stale)}, which this change "
                     "also changes; defined in the patch file, it would see the old one"
-                )
-        for replacement in self.plan.replacements:
-            stale = sorted(replacement.defaults & (migrated | new_values | self.replaced))
-            if stale:
-                replacement.change.verdict = "baseline"
-                replacement.change.why = (
-                    f"a default value reads {', '.join(stale)}, which this change also changes; "
-                    "defaults are computed when the function is defined"
                 )
         for name, nodes in self.new.defs.items():
             if name in helpers:
@@ -788,6 +835,31 @@ class _ModuleDiff:
             )
             self.baseline(name, "import", why)
 
+    def _defaults(self) -> None:
+        """Defaults read what this change changes: computed when the patch file is imported,
+        before the migrations run and the running classes get their new members."""
+        migrated = {a.name for a in self.plan.assignments if not a.owner and not a.helper}
+        new_values = {
+            a.name for a in self.plan.assignments if not a.owner and a.old is None and not a.helper
+        }
+        # Class members this change adds or sets: a default reading one (`Pool.empty`) is
+        # computed when the patch file is imported, before the running class has it.
+        members = {c.name.partition(":")[2] for m in self.plan.members for c in m.changes} | {
+            f"{a.owner}.{a.name}" for a in self.plan.assignments if a.owner
+        }
+        for replacement in self.plan.replacements:
+            stale = sorted(
+                replacement.defaults & (migrated | new_values | self.replaced)
+                | replacement.reads & members
+            )
+            if stale:
+                _stale_default(replacement.change, stale)
+        for added in self.plan.members:
+            for change, reads in zip(added.changes, added.reads, strict=True):
+                stale = sorted(reads & (migrated | new_values | self.replaced | members))
+                if stale:
+                    _stale_default(change, stale)
+
     def _used(self, name: str) -> bool:
         tree = self.new.tree
         return any(
@@ -795,6 +867,15 @@ class _ModuleDiff:
             or (isinstance(n, ast.Attribute) and dotted(n).partition(".")[0] == name)
             for n in ast.walk(tree)
         )
+
+
+def _stale_default(change: Change, stale: list[str], where: str = "") -> None:
+    change.verdict = "baseline"
+    change.why = (
+        f"a default value reads {', '.join(stale)}, which this change also changes{where}; "
+        "defaults are computed when the function is defined (the patch file's, before the "
+        "patch goes in)"
+    )
 
 
 class _ClassBody:

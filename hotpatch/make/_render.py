@@ -64,10 +64,29 @@ def render(plan: Plan, header: Header, modes: dict[str, str] | None = None) -> s
             where = (reexports[where].module, reexports[where].attr)
         if where in defined and where[1] == key[1]:
             defined.add(key)
-    sections = [
-        _module(m, patch_name, imports, own.setdefault(m.name, set()), used=used, defined=defined)
-        for m in plan.modules
-    ]
+
+    def sections(reserved: dict[str, str]) -> list[list[str]]:
+        imports.clear()
+        own.clear()
+        return [
+            _module(
+                m,
+                patch_name,
+                imports,
+                own.setdefault(m.name, set()),
+                used=used,
+                defined=defined,
+                reserved=reserved,
+            )
+            for m in plan.modules
+        ]
+
+    sections({})  # what the file imports: a definition of the file must not hide one of them
+    reserved = {name: binding.statement for name, binding in imports.items()}
+    reserved |= {
+        name: f"from {module} import {name}" for module, names in own.items() for name in names
+    }
+    done = sections(reserved)
     lines = [_docstring(plan, header, modes or {}), "", "from __future__ import annotations", ""]
     if imports:
         lines += [*_import_lines(imports.values()), ""]
@@ -88,7 +107,7 @@ def render(plan: Plan, header: Header, modes: dict[str, str] | None = None) -> s
         ),
         ")",
     ]
-    for section in sections:
+    for section in done:
         lines += ["", "", *section]
     return "\n".join(lines).rstrip() + "\n"
 
@@ -163,8 +182,11 @@ def _module(
     *,
     used: set[str],
     defined: set[tuple[str, str]],
+    reserved: dict[str, str],
 ) -> list[str]:
-    """The section of the patch file for one module."""
+    """The section of the patch file for one module; ``reserved``: the names the file
+    imports (a replacement's def takes another name, a patch class is followed by the
+    import again, so that what reads the name later gets the running object)."""
     title = f"# -- {module.name} ({module.path}) "
     out = [title + "-" * max(4, _RULE - len(title))]
     if module.replacements or module.members:
@@ -205,7 +227,7 @@ def _module(
         need(call_names(replacement.source), in_patch=False)
         need(replacement.defaults, in_patch=True)
         name = replacement.def_name
-        if name in taken or name in own:
+        if name in taken or name in own or name in reserved:
             name = re.sub(r"\W+", "_", replacement.qualname.replace(".<locals>.", "_")) + "_"
         taken.add(name)
         source = replacement.source
@@ -244,6 +266,9 @@ def _module(
             body += ["", *source.rstrip().splitlines()]
         out += ["", "", f"@{patch_name}.replace_class({_q(members.target)})", members.header]
         out += body[1:]
+        name = members.header.removeprefix("class ").partition("(")[0].partition(":")[0]
+        if name in reserved:  # the class statement bound the patch class to the name
+            out += ["", "", f"{reserved[name]}  # the running {name} again, for what follows"]
     if module.assignments:
         out += _migrations(module, patch_name, need)
     return out

@@ -20,8 +20,10 @@ __all__ = [
     "Binding",
     "accessor",
     "bindings",
+    "block_names",
     "call_names",
     "def_time_names",
+    "default_reads",
     "function_kind",
     "is_pure",
     "nested_functions",
@@ -149,6 +151,42 @@ def bindings(tree: ast.Module, module: str, is_package: bool) -> dict[str, Bindi
                     f" as {alias.asname}" if alias.asname else ""
                 )
                 found[name] = Binding(name, text, base, alias.name, alias.asname or "")
+    return found
+
+
+def block_names(tree: ast.Module) -> set[str]:
+    """The names the module's compound statements bind at import (``try: from x import y``,
+    ``if ...: NAME = ...``), which a plain scan of its top-level statements misses; not those
+    under ``if TYPE_CHECKING:``, which never runs."""
+    found: set[str] = set()
+    todo: list[ast.AST] = [
+        n
+        for n in tree.body
+        if isinstance(n, ast.If | ast.Try | ast.TryStar | ast.With | ast.For | ast.While)
+    ]
+    while todo:
+        node = todo.pop()
+        if isinstance(node, ast.If) and dotted(node.test) in (
+            "TYPE_CHECKING",
+            "typing.TYPE_CHECKING",
+        ):
+            todo += node.orelse
+            continue
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            found.add(node.name)
+            continue
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            found |= {a.asname or a.name.partition(".")[0] for a in node.names if a.name != "*"}
+            continue
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.stmt | ast.excepthandler | ast.match_case):
+                todo.append(child)
+            elif isinstance(child, ast.expr):
+                found |= {
+                    n.id
+                    for n in ast.walk(child)
+                    if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)
+                }
     return found
 
 
@@ -280,6 +318,18 @@ def def_time_names(node: ast.AST) -> set[str]:
     elif isinstance(node, ast.ClassDef):
         parts += node.decorator_list + node.bases + [k.value for k in node.keywords]
     return {n.id for part in parts for n in ast.walk(part) if isinstance(n, ast.Name)}
+
+
+def default_reads(node: ast.FunctionDef | ast.AsyncFunctionDef) -> set[str]:
+    """What the defaults read when the function is made: ``MISSING``, ``keys.method_key``,
+    ``Pool.empty`` (each chain of attributes on a name, and its every start)."""
+    defaults = [*node.args.defaults, *(d for d in node.args.kw_defaults if d is not None)]
+    return {
+        chain
+        for default in defaults
+        for sub in ast.walk(default)
+        if isinstance(sub, ast.Name | ast.Attribute) and (chain := dotted(sub))
+    }
 
 
 def call_names(source: str) -> set[str]:

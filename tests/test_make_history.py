@@ -1,0 +1,226 @@
+"""``hotpatch make`` on shapes of change that real projects' fix commits have (found by
+``benchmarks/make_commits.py``), each reproduced on a small module of our own: the patch is
+hot and does what the new code does, or it is a baseline whose reason says what it is."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from gitrepo import GitRepo, run_patched
+
+from hotpatch.make import MakeResult, Request, make
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> GitRepo:
+    return GitRepo(tmp_path / "repo")
+
+
+def run(repo: GitRepo, tmp_path: Path) -> MakeResult:
+    return make(
+        Request(
+            baseline="1.0",
+            version="1.0.1",
+            repo=repo.path,
+            from_rev="v1",
+            to_rev="HEAD",
+            roots=("src",),
+            output=tmp_path / "out" / "1.0.1.py",
+        )
+    )
+
+
+def start(repo: GitRepo, files: dict[str, str]) -> None:
+    repo.commit("the baseline", {"src/kit/__init__.py": "", **files})
+    repo.git("tag", "v1")
+
+
+def old_tree(repo: GitRepo, tmp_path: Path) -> Path:
+    dest = tmp_path / "old"
+    repo.git("worktree", "add", "-q", "--detach", str(dest), "v1")
+    return dest / "src"
+
+
+def verdicts(result: MakeResult) -> dict[str, str]:
+    return {c.name: c.verdict for c in result.changes}
+
+
+# -- names the patch file reads --------------------------------------------------------------
+
+SENTINEL = """\
+try:
+    from kit._marks import make_mark
+    MISSING = make_mark("MISSING")
+except ImportError:
+    MISSING = object()
+
+
+def lookup(table, key, default=MISSING):
+    if key in table:
+        return table[key]
+    if default is MISSING:
+        raise KeyError(key)
+    return default
+"""
+
+
+def test_a_default_reading_a_name_bound_under_try_is_imported_from_the_module(
+    repo: GitRepo, tmp_path: Path
+) -> None:
+    """A module binds its sentinel in a try/except at import; a fix to a function whose
+    default is that sentinel must read the running module's sentinel (before: the patch
+    file did not import it and failed with NameError, so the fix was a baseline)."""
+    start(repo, {"src/kit/table.py": SENTINEL})
+    fixed = SENTINEL.replace("    if key in table:", "    if key in table and key is not None:")
+    repo.commit("Fix None keys", {"src/kit/table.py": fixed})
+    result = run(repo, tmp_path)
+    assert result.outcome == "hot", result.record()
+    assert result.path is not None
+    assert "from kit.table import MISSING" in result.path.read_text()
+    seen = run_patched(
+        roots=[old_tree(repo, tmp_path)],
+        module="kit.table",
+        patch=result.path,
+        baseline="1.0",
+        before="lookup = module.lookup",
+        probe="[lookup({None: 1}, None, 0), lookup({}, 'a', 5), "
+        "lookup.__defaults__[0] is module.MISSING]",
+    )
+    assert seen["before"] == [1, 5, True]
+    assert seen["after"] == [0, 5, True]
+    assert seen["rolled_back"] == seen["before"]
+
+
+def test_new_classes_are_defined_in_the_order_the_new_code_has_them(
+    repo: GitRepo, tmp_path: Path
+) -> None:
+    """Two new classes, the second named first alphabetically and built on the first: the
+    patch file defines them in source order (before: by name, NameError at import)."""
+    base = "def describe(x):\n    return str(x)\n"
+    start(repo, {"src/kit/shapes.py": base})
+    new = (
+        "class _Shape:\n    def name(self):\n        return 'shape'\n\n\n"
+        "class _Circle(_Shape):\n    def name(self):\n        return 'circle'\n\n\n"
+        "def describe(x):\n    return _Circle().name() + ':' + str(x)\n"
+    )
+    repo.commit("Describe with a shape", {"src/kit/shapes.py": new})
+    result = run(repo, tmp_path)
+    assert result.outcome == "hot", result.record()
+    assert result.path is not None
+    text = result.path.read_text()
+    assert text.index("class _Shape:") < text.index("class _Circle(_Shape):")
+    seen = run_patched(
+        roots=[old_tree(repo, tmp_path)],
+        module="kit.shapes",
+        patch=result.path,
+        baseline="1.0",
+        before="describe = module.describe",
+        probe="describe(1)",
+    )
+    assert (seen["before"], seen["after"], seen["rolled_back"]) == ("1", "circle:1", "1")
+
+
+# -- classes ----------------------------------------------------------------------------------
+
+POOLS = """\
+class Pool:
+    def __init__(self):
+        self.__items = [1, 2]
+
+    def size(self):
+        return len(self.__items)
+
+
+class WidePool(Pool):
+    def size(self):
+        return Pool.size(self) * 10
+"""
+
+
+def test_a_class_with_new_methods_is_still_the_running_base_of_its_subclasses_patch(
+    repo: GitRepo, tmp_path: Path
+) -> None:
+    """Both a base class and its subclass gain a method: the subclass's patch class is built
+    on the running base, not on the base's patch class (before: the patch class's name
+    rebound the base's in the patch file, so the subclass's bases differed: a restart)."""
+    start(repo, {"src/kit/pools.py": POOLS})
+    new = POOLS.replace(
+        "        return len(self.__items)\n",
+        "        return len(self.__items)\n\n    def empty(self):\n        self.__items.clear()\n",
+    ).replace(
+        "        return Pool.size(self) * 10\n",
+        "        return Pool.size(self) * 10\n\n    def refill(self):\n"
+        "        self.empty()\n        return Pool.size(self)\n",
+    )
+    repo.commit("Empty and refill pools", {"src/kit/pools.py": new})
+    result = run(repo, tmp_path)
+    assert result.outcome == "hot", result.record()
+    assert verdicts(result) == {
+        "kit.pools:Pool.empty": "added",
+        "kit.pools:WidePool.refill": "added",
+    }
+    assert result.path is not None
+    seen = run_patched(
+        roots=[old_tree(repo, tmp_path)],
+        module="kit.pools",
+        patch=result.path,
+        baseline="1.0",
+        before="big = module.WidePool()",
+        probe="[big.size(), hasattr(big, 'refill') and big.refill(), module.WidePool.__bases__ "
+        "== (module.Pool,)]",
+    )
+    assert seen["before"] == [20, False, True]
+    assert seen["after"] == [20, 0, True]
+    assert seen["rolled_back"] == [0, False, True]  # what refill() emptied stays emptied
+
+
+def test_a_new_method_whose_default_reads_a_method_this_patch_adds_is_a_baseline(
+    repo: GitRepo, tmp_path: Path
+) -> None:
+    """``def reset(self, clear=Pool.empty)`` where ``Pool.empty`` is new too: the default is
+    computed when the patch file is imported, before the running class has it; the new code
+    means the new method, which no patch file can name then: a baseline saying why."""
+    start(repo, {"src/kit/pools.py": POOLS})
+    new = POOLS.replace(
+        "        return len(self.__items)\n",
+        "        return len(self.__items)\n\n    def empty(self):\n        self.__items.clear()\n",
+    ).replace(
+        "        return Pool.size(self) * 10\n",
+        "        return Pool.size(self) * 10\n\n    def reset(self, clear=Pool.empty):\n"
+        "        clear(self)\n",
+    )
+    repo.commit("Reset pools", {"src/kit/pools.py": new})
+    result = run(repo, tmp_path)
+    assert result.outcome == "baseline", result.record()
+    reasons = {c.name: c.why for c in result.reasons}
+    assert "a default value reads Pool" in reasons["kit.pools:WidePool.reset"], reasons
+
+
+def test_a_default_reading_another_modules_new_function_is_a_baseline(
+    repo: GitRepo, tmp_path: Path
+) -> None:
+    """``def cached(key=keys.method_key)`` where ``keys.method_key`` is new in this change:
+    the default is computed when the patch file is imported, before the migration adds the
+    function (before: the patch failed to import with AttributeError)."""
+    start(
+        repo,
+        {
+            "src/kit/keys.py": "def plain_key(*args):\n    return args\n",
+            "src/kit/memo.py": "from kit import keys\n\n\n"
+            "def cached(key=keys.plain_key):\n    return key\n",
+        },
+    )
+    repo.commit(
+        "Key methods without self",
+        {
+            "src/kit/keys.py": "def plain_key(*args):\n    return args\n\n\n"
+            "def method_key(_, *args):\n    return args\n",
+            "src/kit/memo.py": "from kit import keys\n\n\n"
+            "def cached(key=keys.method_key):\n    return key\n",
+        },
+    )
+    result = run(repo, tmp_path)
+    assert result.outcome == "baseline", result.record()
+    reasons = {c.name: c.why for c in result.reasons}
+    assert "a default value reads keys.method_key" in reasons["kit.memo:cached"], reasons
