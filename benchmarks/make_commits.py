@@ -42,9 +42,11 @@ from typing import Any
 from _common import PY, RESULTS, print_table, write_json
 
 from hotpatch.make import MakeError, Request, make
+from hotpatch.make._diff import Change
 from hotpatch.make._sources import classify
 
 NAME = "make_commits"
+_REFUSED = "the generated patch does not go in against the old code"
 BASELINE, VERSION = "1.0", "1.0.1"
 _GIT_ENV = {
     "GIT_AUTHOR_NAME": "Bench",
@@ -63,6 +65,7 @@ class Outcome:
     range: str
     subject: str
     verdict: str  # hot / baseline / nothing / error
+    why_baseline: str = ""  # diff / restart (the registry's check) / refused (it refused the patch)
     make_s: float = 0.0
     changes: list[str] = field(default_factory=list)  # "name: verdict"
     reasons: list[str] = field(default_factory=list)  # why not hot, or the error
@@ -71,6 +74,7 @@ class Outcome:
     fixed: list[str] = field(default_factory=list)  # ... and passing with the patch
     regressions: list[str] = field(default_factory=list)  # passed before, fail with the patch
     tests_run: int = 0
+    refused_in_session: str = ""  # a hot patch the test session's check() or apply() refused
     note: str = ""
 
 
@@ -151,6 +155,8 @@ def run_range(
         outcome.verdict = result.outcome
         outcome.changes = [f"{c.name}: {c.verdict}" for c in result.changes]
         outcome.reasons = [f"{c.name}: {c.why}" for c in result.reasons]
+        if result.outcome == "baseline":
+            outcome.why_baseline = _why_baseline(result.reasons)
         if result.outcome != "hot" or result.path is None:
             return outcome
         fix_tests = _lay_new_tests(repo, old, new, tree, roots)
@@ -171,9 +177,17 @@ def run_range(
             patches=(result.path,),
             timeout=timeout,
         )
-        if after is None or before is None:
+        if isinstance(after, str) and isinstance(before, dict):
+            # hotpatch make's check called it hot; the session's check() or apply() did not
             outcome.verdict = "error"
-            outcome.reasons = ["the test command wrote no report (see its output above)"]
+            outcome.refused_in_session = after
+            outcome.reasons = [f"the test session refused the patch: {after}"]
+            return outcome
+        if not isinstance(after, dict) or not isinstance(before, dict):
+            outcome.verdict = "error"
+            outcome.reasons = [
+                f"the test command wrote no report: {after if isinstance(after, str) else before}"
+            ]
             return outcome
         # A test file the old code cannot even import is one failed entry named for the
         # file: each of its tests counts as failing before.
@@ -195,6 +209,16 @@ def run_range(
     finally:
         git(repo, "worktree", "remove", "--force", str(tree), check=False)
         shutil.rmtree(tree, ignore_errors=True)
+
+
+def _why_baseline(reasons: Sequence[Change]) -> str:
+    """What made a baseline: the patch refused against the old code (``refused``), the
+    registry's check asking for a restart (``restart``), or the diff itself (``diff``)."""
+    if any(c.why.startswith(_REFUSED) for c in reasons):
+        return "refused"
+    if any(c.verdict == "restart" for c in reasons):
+        return "restart"
+    return "diff"
 
 
 def _lay_new_tests(repo: Path, old: str, new: str, tree: Path, roots: tuple[str, ...]) -> set[str]:
@@ -228,14 +252,15 @@ def _pytest(
     report: Path,
     patches: Sequence[Path],
     timeout: float,
-) -> dict[str, str] | None:
-    """Run the test command in ``tree``; test id -> passed/failed/skipped, from its JUnit XML."""
+) -> dict[str, str] | str:
+    """Run the test command in ``tree``; test id -> passed/failed/skipped, from its JUnit XML,
+    or (no report) the last lines it wrote: a refused patch's ``--hotpatch-apply`` error."""
     report.unlink(missing_ok=True)
     extra = [f"--junitxml={report}", "-p", "no:cacheprovider", "-q"]
     # One argument each: pytest never counts the patch's folder when it picks the rootdir.
     extra += [f"--hotpatch-apply={patch}" for patch in patches]
     try:
-        subprocess.run(
+        done = subprocess.run(
             [*command, *extra],
             cwd=tree,
             env=env,
@@ -245,9 +270,11 @@ def _pytest(
             check=False,
         )
     except subprocess.TimeoutExpired:
-        return None
+        return f"the test command did not finish within {timeout * 20:g} s"
     if not report.exists():
-        return None
+        said = [line for line in (done.stderr + done.stdout).splitlines() if line.strip()]
+        hotpatch = [line for line in said if "--hotpatch-apply" in line]
+        return " | ".join(hotpatch[-1:] or said[-3:]) or f"exit status {done.returncode}"
     states: dict[str, str] = {}
     for case in ET.parse(report).getroot().iter("testcase"):
         name = f"{case.get('classname', '')}::{case.get('name', '')}"
@@ -347,6 +374,11 @@ def _totals(outcomes: list[Outcome]) -> dict[str, int]:
             v: sum(o.verdict == v for o in outcomes)
             for v in ("hot", "baseline", "nothing", "error")
         },
+        **{
+            f"baseline_{why}": sum(o.why_baseline == why for o in outcomes)
+            for why in ("diff", "restart", "refused")
+        },
+        "refused_in_session": sum(bool(o.refused_in_session) for o in outcomes),
         "tests_failing_before": sum(len(o.failing_before) for o in outcomes),
         "tests_fixed": sum(len(o.fixed) for o in outcomes),
         "regressions": sum(len(o.regressions) for o in outcomes),
@@ -428,7 +460,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         (
             o.range,
             o.subject[:44],
-            o.verdict,
+            o.verdict + (f" ({o.why_baseline})" if o.why_baseline else ""),
             f"{len(o.fixed)}/{len(o.failing_before)}",
             len(o.regressions),
             round(o.make_s, 2),
@@ -443,7 +475,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     totals = _totals(outcomes)
     print(
         f"\n{name}: {totals['commits']} commits, {totals['hot']} hot, {totals['baseline']} "
-        f"baseline, {totals['nothing']} nothing to patch, {totals['error']} errors; "
+        f"baseline ({totals['baseline_diff']} from the diff, {totals['baseline_restart']} a "
+        f"restart the registry asked for, {totals['baseline_refused']} the registry refused), "
+        f"{totals['nothing']} nothing to patch, {totals['error']} errors "
+        f"({totals['refused_in_session']} hot patches the test session refused); "
         f"{totals['tests_fixed']} of {totals['tests_failing_before']} failing tests fixed, "
         f"{totals['regressions']} regressions"
     )

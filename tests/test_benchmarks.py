@@ -456,6 +456,10 @@ def test_make_commits_on_a_generated_repository(tmp_path: Path) -> None:
         "baseline": 1,
         "nothing": 0,
         "error": 0,
+        "baseline_diff": 1,
+        "baseline_restart": 0,
+        "baseline_refused": 0,
+        "refused_in_session": 0,
         "tests_failing_before": 2,
         "tests_fixed": 2,
         "regressions": 0,
@@ -467,7 +471,8 @@ def test_make_commits_on_a_generated_repository(tmp_path: Path) -> None:
         [],
     ]
     assert "calc/currencies.json" in data["commits"][2]["reasons"][0]
-    assert "generated: 3 commits, 2 hot, 1 baseline" in proc.stdout
+    assert [c["why_baseline"] for c in data["commits"]] == ["", "", "diff"]
+    assert "generated: 3 commits, 2 hot, 1 baseline (1 from the diff" in proc.stdout
 
 
 def test_replay(tmp_path: Path) -> None:
