@@ -29,12 +29,17 @@ __all__ = [
     "Nested",
     "Settle",
     "check_made",
+    "forward",
     "going_back",
     "holding",
+    "leaves_back",
     "move_steps",
+    "origins",
     "plan_code",
+    "resettle",
     "running",
     "settle_changes",
+    "steps_back",
     "steps_of",
     "with_code",
 ]
@@ -65,6 +70,9 @@ class Nested:
     # between (``retry3 = retry(3)``, a ``deco`` kept from before the patch), moved onto
     # code that makes the new one; a rollback moves them, and those made since, back.
     steps: list[tuple[types.CodeType, types.CodeType]] = field(default_factory=list, compare=False)
+    # The patch's own pairs of ``steps`` (no ``wrap()`` stand-in): from the code a function
+    # in between was made from (no patch's) to the code the patch gives it.
+    moved: tuple[tuple[types.CodeType, types.CodeType], ...] = field(default=(), compare=False)
 
 
 def _named(code: types.CodeType, qualname: str) -> list[tuple[types.CodeType, ...]]:
@@ -327,6 +335,16 @@ class Settle:
     target: types.CodeType
 
 
+def resettle(changes: dict[Key, Change], settles: Sequence[Settle]) -> None:
+    """Each of ``changes`` that sets a function's code to one of a settle's codes sets
+    that settle's target instead (a value recorded at another level than the one
+    being made)."""
+    targets = {id(c): s.target for s in settles for c in s.codes}
+    for k, (obj, attr, value) in list(changes.items()):
+        if attr == "__code__" and (target := targets.get(id(value))) is not None:
+            changes[k] = (obj, attr, target)
+
+
 def settle_changes(settles: Sequence[Settle], done: Container[Key]) -> list[Change]:
     """The changes that make each settle true, for the functions ``done`` does not set.
 
@@ -346,11 +364,24 @@ def settle_changes(settles: Sequence[Settle], done: Container[Key]) -> list[Chan
 
 
 def going_back(
+    nested: Sequence[Nested],
+    code_of: Callable[[types.FunctionType], types.CodeType],
+    kept: Sequence[Nested] = (),
+) -> list[Settle]:
+    """Nested patches going away (newest first), ``kept`` those of the level that stays:
+    each target back to what its enclosing function's code (``code_of``, as it will be)
+    makes, and each function in between to what that level gives the code it was made
+    from."""
+    return leaves_back(nested, code_of) + steps_back(
+        nested, origins([*nested, *kept]), forward(kept)
+    )
+
+
+def leaves_back(
     nested: Sequence[Nested], code_of: Callable[[types.FunctionType], types.CodeType]
 ) -> list[Settle]:
-    """Nested patches going away (newest first): each target back to what its enclosing
-    function's code (``code_of``, as it will be) makes, and each function in between back
-    to the code it ran before them."""
+    """Nested targets going away (newest first): each back to what its enclosing
+    function's code (``code_of``, as it will be) makes."""
     groups: dict[tuple[int, str], list[Nested]] = {}
     for n in nested:
         groups.setdefault((id(n.namespace), n.spec), []).append(n)
@@ -362,23 +393,43 @@ def going_back(
         target = paths[0][-1] if len(paths) == 1 else back[id(newest.new)]
         codes = {id(c): c for n in group for c in (n.old, n.new, *n.seen, *n.wraps)}
         settles.append(Settle(newest.spec, newest.namespace, tuple(codes.values()), target))
-    return settles + _steps_back(nested)
+    return settles
 
 
-def _steps_back(nested: Sequence[Nested]) -> list[Settle]:
-    """The functions in between (of targets nested two deep or more) back to their code."""
-    if not any(n.steps for n in nested):
-        return []
-    back = _resolve({id(after): before for n in nested for before, after in n.steps})
+def origins(nested: Iterable[Nested]) -> dict[int, types.CodeType]:
+    """id(code a patch or a ``wrap()`` gave a function in between) -> the code that
+    function was made from, under no patch (of ``nested``)."""
+    return _resolve({id(after): before for n in nested for before, after in n.steps})
+
+
+def forward(nested: Iterable[Nested]) -> dict[int, types.CodeType]:
+    """id(code a function in between was made from) -> the code the level of ``nested``
+    (oldest first, no cumulative's replaced ones among them) gives it."""
+    ahead: dict[int, types.CodeType] = {}
+    for n in nested:
+        ahead.update((id(before), after) for before, after in n.moved)
+    return _resolve(ahead)
+
+
+def steps_back(
+    nested: Sequence[Nested],
+    origin: Mapping[int, types.CodeType],
+    ahead: Mapping[int, types.CodeType],
+) -> list[Settle]:
+    """The functions in between (of targets nested two deep or more) running a code one
+    of ``nested`` gave them: to what ``ahead`` gives the code they were made from
+    (``origin``), or to that code."""
     found: dict[int, tuple[types.CodeType, dict[int, types.CodeType], Nested]] = {}
     for n in nested:
         for _, after in n.steps:
-            before = back[id(after)]
-            found.setdefault(id(before), (before, {}, n))[1][id(after)] = after
+            made = origin.get(id(after), after)
+            target = ahead.get(id(made), made)
+            if target is not after:
+                found.setdefault(id(target), (target, {}, n))[1][id(after)] = after
     settles: list[Settle] = []
-    for before, codes, n in found.values():
-        spec = f"{n.spec.partition(':')[0]}:{before.co_qualname}"
-        settles.append(Settle(spec, n.namespace, tuple(codes.values()), before))
+    for target, codes, n in found.values():
+        spec = f"{n.spec.partition(':')[0]}:{target.co_qualname}"
+        settles.append(Settle(spec, n.namespace, tuple(codes.values()), target))
     return settles
 
 

@@ -36,10 +36,14 @@ from hotpatch._nested import (
     Nested,
     Settle,
     check_made,
-    going_back,
+    forward,
+    leaves_back,
     move_steps,
+    origins,
     plan_code,
+    resettle,
     settle_changes,
+    steps_back,
     steps_of,
     with_code,
 )
@@ -161,7 +165,7 @@ def make_plan(patch: Patch, level: Level) -> Plan:
         raise VerificationFailed(msg, patch=v)
 
     replaced = list(level.stack) if patch.cumulative else []
-    planner = _Planner(plan, level, _pristine(replaced))
+    planner = _Planner(plan, level, _pristine(replaced), nested_of(replaced))
     for replacement in patch.replacements:
         if replacement.is_class:
             planner.add_class(replacement.target, replacement.new)
@@ -209,10 +213,20 @@ def _pristine(entries: Sequence[Applied]) -> dict[Key, Change]:
 class _Planner:
     """Fills one plan, target by target; ``base`` is what a target holds under the patch."""
 
-    def __init__(self, plan: Plan, level: Level, pristine: dict[Key, Change]):
+    def __init__(
+        self,
+        plan: Plan,
+        level: Level,
+        pristine: dict[Key, Change],
+        replaced: Sequence[Nested] = (),
+    ):
         self.plan = plan
         self.level = level
         self.pristine = pristine
+        # A cumulative patch: the nested targets of the level it replaces, and the code
+        # each function in between that level moved was made from (what it builds on).
+        self.replaced = replaced
+        self.origins = origins(replaced)
         # id(enclosing function) -> its code with the nested targets replaced so far,
         # and the code it had under the patch's level
         self.enclosing: dict[int, types.CodeType] = {}
@@ -231,9 +245,15 @@ class _Planner:
         return known[1] if known is not None else capture(function)
 
     def code_base(self, func: types.FunctionType) -> types.CodeType:
-        """The code ``func`` runs under the patch's level (under a wrap(), the wrapped code)."""
+        """The code ``func`` runs under the patch's level (under a wrap(), the wrapped code);
+        for a cumulative patch, under none of the level it replaces (a function in between
+        made while it was applied: the code it was made from)."""
         change = self.pristine.get(key(func, "__code__"))
-        return change[2] if change is not None else self.level.code_of(func)
+        if change is not None:
+            before: types.CodeType = change[2]
+            return before
+        code = self.level.code_of(func)
+        return self.origins.get(id(code), code)
 
     def add_function(self, target: Target, new_obj: Any) -> None:
         plan, spec, func = self.plan, target.spec, target.function
@@ -317,7 +337,7 @@ class _Planner:
         for k, change in self.pristine.items():  # cumulative: what it does not touch goes back
             plan.changes.setdefault(k, change)
         if replaced:
-            self.nested_back(replaced)
+            self.nested_back()
             plan.caches = caches_of(replaced, plan.caches)
         elif len(plan.caches) > 1:
             plan.caches = caches_of((), plan.caches)
@@ -354,10 +374,20 @@ class _Planner:
             plan.patched[target.spec] = len(made)
             mine = steps[id(target.enclosing)]
             nested = Nested(
-                target.spec, namespace, target.enclosing, old, code, seen, [], list(mine)
+                target.spec,
+                namespace,
+                target.enclosing,
+                old,
+                code,
+                seen,
+                [],
+                list(mine),
+                tuple(mine),
             )
             plan.nested.append(nested)
-            plan.settles.append(Settle(target.spec, namespace, (old, *seen), code))
+            # what the level it replaces made of the target, should one be made meanwhile
+            before = [c for n in self.replaced if n.spec == target.spec for c in (n.new, *n.wraps)]
+            plan.settles.append(Settle(target.spec, namespace, (old, *seen, *before), code))
 
     def move_steps(
         self,
@@ -386,23 +416,23 @@ class _Planner:
             plan.patched[f"{module.__name__}:{func.__code__.co_qualname}"] += 1
         return moves
 
-    def nested_back(self, replaced: Sequence[Applied]) -> None:
-        """Cumulative: the nested targets it replaces and does not patch again go back."""
+    def nested_back(self) -> None:
+        """Cumulative: the nested targets it replaces and does not patch again go back, and
+        every function in between that level moved gets what this patch gives the code it
+        was made from (so it makes none of the targets dropped)."""
         plan = self.plan
         mine = {n.spec for n in plan.nested}
-        gone = [n for n in nested_of(replaced) if n.spec not in mine]
-        if not gone:
+        gone = [n for n in self.replaced if n.spec not in mine]
+        if not self.replaced:
             return
 
         def code_of(func: types.FunctionType) -> types.CodeType:
             change = plan.changes.get(key(func, "__code__"))
             return change[2] if change is not None else self.level.code_of(func)
 
-        settles = going_back(gone, code_of)
-        for k, (func, attr, value) in list(plan.changes.items()):
-            for settle in settles:
-                if attr == "__code__" and any(value is c for c in settle.codes):
-                    plan.changes[k] = (func, attr, settle.target)
+        settles = leaves_back(gone, code_of)
+        settles += steps_back(self.replaced, self.origins, forward(plan.nested))
+        resettle(plan.changes, settles)
         plan.changes.update(
             (key(func, attr), (func, attr, value))
             for func, attr, value in settle_changes(settles, plan.changes)

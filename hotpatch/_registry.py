@@ -30,7 +30,7 @@ from hotpatch._errors import (
 from hotpatch._journal import Journal
 from hotpatch._journal_format import HISTORY_KEPT
 from hotpatch._migration import run_migrations, run_unmigrations
-from hotpatch._nested import going_back, running, settle_changes
+from hotpatch._nested import going_back, resettle, running, settle_changes
 from hotpatch._patch import Patch, parse_version
 from hotpatch._plan import Applied, Level, Plan, caches_of, make_plan, nested_of
 from hotpatch._plugins import PluginHost
@@ -307,8 +307,10 @@ class Registry:
             # made after the apply included (what the enclosing code makes once rolled back).
             # Caches and nested targets are rare: one look says whether to go on.
             rare = any(e.nested or e.caches or e.replaced for e in popped)
-            settles = going_back(nested_of(popped), code_in(final)) if rare else []
-            if settles:
+            staying = [n for e in stack for n in e.nested]  # what the level kept makes
+            settles = going_back(nested_of(popped), code_in(final), staying) if rare else []
+            if settles:  # values recorded at one of the levels popped: to the level kept
+                resettle(final, settles)
                 final.update((key(o, a), (o, a, v)) for o, a, v in settle_changes(settles, ()))
             undo = {k: (obj, attr, current(obj, attr)) for k, (obj, attr, _) in final.items()}
             elapsed = time.perf_counter() - start
