@@ -26,6 +26,7 @@ from hotpatch._targets import NestedTarget, nested_qualnames
 from hotpatch._validate import check_replacement, global_names, reference_function
 
 __all__ = [
+    "Leaf",
     "Nested",
     "Settle",
     "check_made",
@@ -33,7 +34,9 @@ __all__ = [
     "going_back",
     "holding",
     "leaves_back",
+    "lineages",
     "move_steps",
+    "named",
     "origins",
     "plan_code",
     "resettle",
@@ -62,7 +65,9 @@ class Nested:
     enclosing: types.FunctionType
     old: types.CodeType  # what the enclosing code made before the patch
     new: types.CodeType  # what runs after it
-    seen: tuple[types.CodeType, ...]  # the codes of the functions found before the switch
+    # the codes of the functions found before the switch (those the enclosing function's
+    # own version made; what another version made runs a copy of ``new``: ``lineages``)
+    seen: tuple[types.CodeType, ...]
     # Stand-ins for ``new`` a wrap() put in the enclosing code meanwhile (the health
     # gate's counting trampolines): functions made from them go back with the rest.
     wraps: list[types.CodeType] = field(default_factory=list, compare=False)
@@ -75,7 +80,7 @@ class Nested:
     moved: tuple[tuple[types.CodeType, types.CodeType], ...] = field(default=(), compare=False)
 
 
-def _named(code: types.CodeType, qualname: str) -> list[tuple[types.CodeType, ...]]:
+def named(code: types.CodeType, qualname: str) -> list[tuple[types.CodeType, ...]]:
     """Paths (``code`` first) to every code object named ``qualname`` among its constants."""
     paths: list[tuple[types.CodeType, ...]] = []
     for const in code.co_consts:
@@ -84,30 +89,36 @@ def _named(code: types.CodeType, qualname: str) -> list[tuple[types.CodeType, ..
         if const.co_qualname == qualname:
             paths.append((code, const))
         elif qualname.startswith(const.co_qualname + "."):
-            paths.extend((code, *path) for path in _named(const, qualname))
+            paths.extend((code, *path) for path in named(const, qualname))
     return paths
 
 
 def holding(code: types.CodeType, nested: types.CodeType) -> bool:
     """Does ``code`` make functions from ``nested`` (one of its constants, at any depth)?"""
-    return any(path[-1] is nested for path in _named(code, nested.co_qualname))
+    return any(path[-1] is nested for path in named(code, nested.co_qualname))
 
 
 def running(nested: Sequence[Nested]) -> list[tuple[types.FunctionType, types.CodeType]]:
-    """The functions running each nested target's new code (or a ``wrap()`` stand-in
-    of it) now, each with that code.
+    """The functions running each nested target's new code (or its copy for what another
+    version of the enclosing code made, or a ``wrap()`` stand-in of either) now, each
+    with that code.
 
     A walk of what refers to those codes (cheap: no scan of every object).
     """
     if not nested:
         return []
-    by_code = {id(c): n for n in nested for c in (n.new, *n.wraps)}
-    codes = [c for n in nested for c in (n.new, *n.wraps)]
+    by_code: dict[int, tuple[types.CodeType, Nested, types.CodeType]] = {}  # carried, runs
+    for n in nested:
+        by_code.update((id(c), (c, n, n.new)) for c in (n.new, *n.wraps))
+        copies = {id(c): c for c in lineages(n)}
+        by_code.update((i, (c, n, c)) for i, c in copies.items())
+        # a wrap()'s stand-in of a copy
+        by_code.update((id(a), (a, n, b)) for b, a in n.steps if id(b) in copies)
     found: list[tuple[types.FunctionType, types.CodeType]] = []
-    for func in carrying(codes):
-        n = by_code[id(func.__code__)]
+    for func in carrying([carried for carried, _, _ in by_code.values()]):
+        _, n, code = by_code[id(func.__code__)]
         if func.__globals__ is n.namespace:
-            found.append((func, n.new))
+            found.append((func, code))
     return found
 
 
@@ -116,29 +127,31 @@ def steps_of(
 ) -> list[tuple[types.CodeType, types.CodeType]]:
     """(code before, code after) of each function between the enclosing one and its nested
     function ``qualname``, outermost first: ``final`` is ``base`` with nested code replaced."""
-    (before,), (after,) = _named(base, qualname), _named(final, qualname)
+    (before,), (after,) = named(base, qualname), named(final, qualname)
     return list(zip(before[1:-1], after[1:-1], strict=True))
 
 
+Leaf = tuple[str, types.CodeType, Callable[[types.CodeType], types.CodeType]]
+"""A nested target seen from a function in between: (its qualname, the code the
+enclosing function made before the patch, the code to make instead of a given one)."""
+
+
 def _rebuilt_step(
-    patch: Patch,
-    spec: str,
-    code: types.CodeType,
-    leaves: Iterable[tuple[str, types.CodeType, types.CodeType]],
+    patch: Patch, spec: str, code: types.CodeType, leaves: Iterable[Leaf]
 ) -> types.CodeType | None:
     """``code``, of a function in between made by another version of the enclosing code
-    (``spec`` names it), rebuilt to make each ``(qualname, old, new)`` leaf's new code;
-    ``None`` if it makes none of them.
+    (``spec`` names it), rebuilt to make each leaf's new code (``new_for`` the code it
+    makes now); ``None`` if it makes none of them.
 
     Only constants change, so its closure still fits. ``NotPatchable`` if it makes a
     leaf with other parameters or another closure than ``old``: the new code would not
     run in what it makes.
     """
     rebuilt = code
-    for qualname, old, new in leaves:
+    for qualname, old, new_for in leaves:
         if not qualname.startswith(code.co_qualname + "."):
             continue
-        paths = _named(rebuilt, qualname)
+        paths = named(rebuilt, qualname)
         if not paths:
             continue
         made = paths[0][-1]
@@ -151,7 +164,7 @@ def _rebuilt_step(
                 "it makes; apply it through a restart"
             )
             raise NotPatchable(msg, patch=patch.version, target=spec)
-        rebuilt = with_code(rebuilt, qualname, new)
+        rebuilt = with_code(rebuilt, qualname, new_for(made))
     return None if rebuilt is code else rebuilt
 
 
@@ -159,7 +172,7 @@ def move_steps(
     patch: Patch,
     modname: str,
     pairs: Sequence[tuple[types.CodeType, types.CodeType]],
-    leaves: Sequence[tuple[str, types.CodeType, types.CodeType]],
+    leaves: Sequence[Leaf],
     made: Mapping[str, Sequence[types.FunctionType]],
     *,
     code_of: Callable[[types.FunctionType], types.CodeType],
@@ -167,14 +180,15 @@ def move_steps(
     """A target nested two deep or more: the functions in between made before the patch
     (``retry3 = retry(3)``, holding the old wrapper code) onto code that makes the new one.
 
-    ``pairs`` are the (before, after) codes of the enclosing function's own code, ``leaves``
-    the ``(qualname, old, new)`` of its nested targets, ``made`` the functions found at
-    each level in between, ``code_of`` the code one runs under the patch's level. A
-    function made by another version of the enclosing code gets its own code rebuilt
-    (only the constants change, so its closure still fits). Returns the changes and
-    every (before, after) pair they use.
+    ``pairs`` are the (before, after) codes of the enclosing function's own code,
+    ``leaves`` its nested targets, ``made`` the functions found at each level in
+    between, ``code_of`` the code one runs under the patch's level. A function made by
+    another version of the enclosing code gets its own code rebuilt (only the constants
+    change, so its closure still fits). Returns the changes and every (before, after)
+    pair they use, the codes in between nested in a rebuilt one too.
     """
     moves = {id(before): (before, after) for before, after in pairs}
+    inner: dict[int, tuple[types.CodeType, types.CodeType]] = {}  # id(after) -> pair
     changes: list[Change] = []
     for qualname, functions in made.items():
         for func in functions:
@@ -184,8 +198,11 @@ def move_steps(
                 if rebuilt is None:
                     continue  # that version makes none of the targets
                 moves[id(code)] = (code, rebuilt)
+                for leaf, _, _ in leaves:  # what it makes in between, made anew
+                    if len(named(code, leaf)) == 1:
+                        inner.update((id(a), (b, a)) for b, a in steps_of(code, rebuilt, leaf))
             changes.append((func, "__code__", moves[id(code)][1]))
-    return changes, list(moves.values())
+    return changes, [*moves.values(), *inner.values()]
 
 
 def with_code(code: types.CodeType, qualname: str, new: types.CodeType) -> types.CodeType:
@@ -224,7 +241,7 @@ def plan_code(
     """
     v, spec, qualname = patch.version, target.spec, target.qualname
     outer = f"{target.module.__name__}:{target.enclosing.__code__.co_qualname}"
-    paths = _named(base, qualname)
+    paths = named(base, qualname)
     if not paths:
         known = ", ".join(nested_qualnames(base)) or "none"
         msg = (
@@ -389,7 +406,7 @@ def leaves_back(
     settles: list[Settle] = []
     for group in groups.values():
         newest = group[0]
-        paths = _named(code_of(newest.enclosing), newest.old.co_qualname)
+        paths = named(code_of(newest.enclosing), newest.old.co_qualname)
         target = paths[0][-1] if len(paths) == 1 else back[id(newest.new)]
         codes = {id(c): c for n in group for c in (n.old, n.new, *n.seen, *n.wraps)}
         settles.append(Settle(newest.spec, newest.namespace, tuple(codes.values()), target))
@@ -397,9 +414,21 @@ def leaves_back(
 
 
 def origins(nested: Iterable[Nested]) -> dict[int, types.CodeType]:
-    """id(code a patch or a ``wrap()`` gave a function in between) -> the code that
-    function was made from, under no patch (of ``nested``)."""
-    return _resolve({id(after): before for n in nested for before, after in n.steps})
+    """id(code a patch or a ``wrap()`` gave a function, nested target or in between) ->
+    the code that function was made from, under no patch (of ``nested``)."""
+    back: dict[int, types.CodeType] = {}
+    for n in nested:
+        back.update((id(after), before) for before, after in n.steps)
+        back.update((id(w), n.new) for w in n.wraps)
+        back[id(n.new)] = n.old
+    return _resolve(back)
+
+
+def lineages(n: Nested) -> list[types.CodeType]:
+    """The copies of ``n``'s new code it gave the functions made by another version of
+    the enclosing code (one per version: a rollback tells them apart)."""
+    leaf = n.new.co_qualname
+    return [after for _, after in n.moved if after.co_qualname == leaf]
 
 
 def forward(nested: Iterable[Nested]) -> dict[int, types.CodeType]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import types
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from packaging.version import Version
@@ -33,6 +34,7 @@ from hotpatch._members import (
     rebind_member,
 )
 from hotpatch._nested import (
+    Leaf,
     Nested,
     Settle,
     check_made,
@@ -227,6 +229,10 @@ class _Planner:
         # each function in between that level moved was made from (what it builds on).
         self.replaced = replaced
         self.origins = origins(replaced)
+        # What a nested target's function was made from, through every level; and for
+        # each target, the copies of its new code: id(origin) -> (origin, copy)
+        self.leaf_origins = origins(nested_of(level.stack))
+        self.lineages: dict[str, dict[int, tuple[types.CodeType, types.CodeType]]] = {}
         # id(enclosing function) -> its code with the nested targets replaced so far,
         # and the code it had under the patch's level
         self.enclosing: dict[int, types.CodeType] = {}
@@ -247,12 +253,9 @@ class _Planner:
     def code_base(self, func: types.FunctionType) -> types.CodeType:
         """The code ``func`` runs under the patch's level (under a wrap(), the wrapped code);
         for a cumulative patch, under none of the level it replaces (a function in between
-        made while it was applied: the code it was made from)."""
+        made or moved while it was applied: the code it was made from)."""
         change = self.pristine.get(key(func, "__code__"))
-        if change is not None:
-            before: types.CodeType = change[2]
-            return before
-        code = self.level.code_of(func)
+        code: types.CodeType = change[2] if change is not None else self.level.code_of(func)
         return self.origins.get(id(code), code)
 
     def add_function(self, target: Target, new_obj: Any) -> None:
@@ -368,26 +371,40 @@ class _Planner:
             namespace = target.module.__dict__
             made = found[id(namespace), target.qualname]
             seen = check_made(plan.patch, target.spec, old, made)
+            runs = {id(c): self.leaf_code(target, old, code, c) for c in seen}
             for func in made:
-                plan.changes[key(func, "__code__")] = (func, "__code__", code)
+                plan.changes[key(func, "__code__")] = (func, "__code__", runs[id(func.__code__)])
             plan.codes.extend(seen)
             plan.patched[target.spec] = len(made)
-            mine = steps[id(target.enclosing)]
+            # made by another version of the enclosing code: (its code, the copy it runs)
+            lineage = list(self.lineages.get(target.spec, {}).values())
+            plan.codes.extend(copy for _, copy in lineage)
+            mine = [*steps[id(target.enclosing)], *lineage]
+            main = tuple(c for c in seen if runs[id(c)] is code)
             nested = Nested(
-                target.spec,
-                namespace,
-                target.enclosing,
-                old,
-                code,
-                seen,
-                [],
-                list(mine),
-                tuple(mine),
+                target.spec, namespace, target.enclosing, old, code, main, [], mine, tuple(mine)
             )
             plan.nested.append(nested)
             # what the level it replaces made of the target, should one be made meanwhile
             before = [c for n in self.replaced if n.spec == target.spec for c in (n.new, *n.wraps)]
-            plan.settles.append(Settle(target.spec, namespace, (old, *seen, *before), code))
+            plan.settles.append(Settle(target.spec, namespace, (old, *main, *before), code))
+            for c in seen:
+                if runs[id(c)] is not code:
+                    plan.settles.append(Settle(target.spec, namespace, (c,), runs[id(c)]))
+
+    def leaf_code(
+        self, target: NestedTarget, old: types.CodeType, new: types.CodeType, made: types.CodeType
+    ) -> types.CodeType:
+        """The code for a function made from ``made`` to run: ``new``, or, made by another
+        version of the enclosing code, a copy of ``new`` of its own (one per version), so
+        that a rollback tells what each version made apart."""
+        origin = self.leaf_origins.get(id(made), made)
+        if origin is self.leaf_origins.get(id(old), old):
+            return new
+        lineage = self.lineages.setdefault(target.spec, {})
+        if id(origin) not in lineage:
+            lineage[id(origin)] = (origin, new.replace())
+        return lineage[id(origin)][1]
 
     def move_steps(
         self,
@@ -400,7 +417,9 @@ class _Planner:
         plan = self.plan
         group = [(t, old, code) for t, old, code in self.pending if id(t.enclosing) == outer]
         module = group[0][0].module
-        leaves = [(t.qualname, old, code) for t, old, code in group]
+        leaves: list[Leaf] = [
+            (t.qualname, old, partial(self.leaf_code, t, old, code)) for t, old, code in group
+        ]
         made = {q: found[id(module.__dict__), q] for q in {b.co_qualname for b, _ in pairs}}
         moved, moves = move_steps(
             plan.patch, module.__name__, pairs, leaves, made, code_of=self.code_base

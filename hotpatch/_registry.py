@@ -30,7 +30,7 @@ from hotpatch._errors import (
 from hotpatch._journal import Journal
 from hotpatch._journal_format import HISTORY_KEPT
 from hotpatch._migration import run_migrations, run_unmigrations
-from hotpatch._nested import going_back, resettle, running, settle_changes
+from hotpatch._nested import going_back, lineages, resettle, running, settle_changes
 from hotpatch._patch import Patch, parse_version
 from hotpatch._plan import Applied, Level, Plan, caches_of, make_plan, nested_of
 from hotpatch._plugins import PluginHost
@@ -399,6 +399,14 @@ class Registry:
                 self._deferred.build_in(entry, self._stack)
             own = [(f, entry.after[key(f, "__code__")][2]) for f in entry.functions]
             return (*own, *running(entry.nested))  # and what runs a nested target's code
+
+    def nested_codes(self, version: str) -> tuple[types.CodeType, ...]:
+        """The code patch ``version``'s nested targets run (a copy of it for each other
+        version of the enclosing code), whether or not any function made from it exists
+        yet: the enclosing function can make one at any time. ``VersionConflict`` if not
+        applied."""
+        with self._lock:
+            return tuple(c for n in self._applied(version).nested for c in (n.new, *lineages(n)))
 
     def wrap(self, version: str, wrapper: Wrapper) -> Callable[[], None]:
         """Send new calls of patch ``version``'s functions through ``wrapper`` until undone.

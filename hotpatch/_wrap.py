@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import threading
 import types
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from typing import Any
 
 from hotpatch._codegen import trampoline
 from hotpatch._heap import carrying
-from hotpatch._nested import Nested, holding, steps_of, with_code
+from hotpatch._nested import Nested, holding, lineages, named, steps_of, with_code
 from hotpatch._switch import Change, Key, switch
 
 __all__ = ["Wrapper", "Wrappers"]
@@ -61,9 +61,11 @@ class Wrappers:
         for n in nested:
             stand_in = trampoline(n.new, _made_later(n.new, n.namespace, wrapper), cells=True)
             n.wraps.append(stand_in)  # a rollback moves what runs it too
-            self._stand_ins[id(stand_in)] = (stand_in, n.new)
-            stand_ins[id(n.new)] = stand_in
-            mine[id(stand_in)] = (stand_in, n.new)
+            stand_ins[id(n.new)] = self._keep(stand_in, n.new, mine)
+            for copy in lineages(n):  # what other versions of the enclosing code make
+                standing = trampoline(copy, _made_later(copy, n.namespace, wrapper), cells=True)
+                n.steps.append((copy, standing))
+                stand_ins[id(copy)] = self._keep(standing, copy, mine)
             outer = n.enclosing
             if id(outer) not in self._wrapped and holding(outer.__code__, n.new):
                 code = enclosing.get(id(outer), (outer, outer.__code__))[1]
@@ -79,9 +81,12 @@ class Wrappers:
                 wrapped = enclosing[id(outer)][1]
                 for step, making in steps_of(outer.__code__, wrapped, n.new.co_qualname):
                     n.steps.append((step, making))  # a rollback moves what runs it too
-                    self._stand_ins[id(making)] = (making, step)
-                    mine[id(making)] = (making, step)
-                    between[id(step)] = (step, making)
+                    between.setdefault(id(step), (step, self._keep(making, step, mine)))
+        # Those made by another version of the enclosing code (their code rebuilt by the
+        # patch to make the target's new code) too.
+        for n, step, making in _rebuilt_stand_ins(nested, stand_ins, between):
+            n.steps.append((step, making))
+            between.setdefault(id(step), (step, self._keep(making, step, mine)))
         if between:
             namespaces = {id(n.namespace) for n in nested}
             moved.extend(
@@ -92,9 +97,8 @@ class Wrappers:
         for func, code in functions:
             if func.__code__ is not code:
                 continue
-            standing = stand_ins.get(id(code))
-            if standing is not None:
-                moved.append((func, "__code__", standing))
+            if id(code) in stand_ins:
+                moved.append((func, "__code__", stand_ins[id(code)]))
                 continue
             target = wrapper(func, _running(func, code))
             done.append((func, trampoline(code, target), code))
@@ -117,6 +121,16 @@ class Wrappers:
                 switch(back)
 
         return unwrap
+
+    def _keep(
+        self,
+        stand_in: types.CodeType,
+        code: types.CodeType,
+        mine: dict[int, tuple[types.CodeType, types.CodeType]],
+    ) -> types.CodeType:
+        """Know ``stand_in`` for ``code`` for good, and in ``mine`` (one wrap's); returns it."""
+        self._stand_ins[id(stand_in)] = mine[id(stand_in)] = (stand_in, code)
+        return stand_in
 
     def code_of(self, func: types.FunctionType) -> types.CodeType:
         """``func``'s code, or the code its ``wrap()`` trampoline or stand-in stands for."""
@@ -143,6 +157,35 @@ class Wrappers:
             for obj_id, attr in changed:
                 if attr == "__code__":
                     self._wrapped.pop(obj_id, None)
+
+
+def _rebuilt_stand_ins(
+    nested: Sequence[Nested],
+    stand_ins: Mapping[int, types.CodeType],
+    main: Container[int],
+) -> list[tuple[Nested, types.CodeType, types.CodeType]]:
+    """(target, code, stand-in) for each code in between that a patch rebuilt from another
+    version of the enclosing code (not in ``main``, the ids of the enclosing code's own
+    ones), and each code in between nested in it: the same code making the stand-ins
+    of the targets' code."""
+    rebuilt: dict[int, tuple[types.CodeType, list[str], Nested]] = {}
+    for n in nested:
+        leaf = n.new.co_qualname
+        for _, after in n.moved:
+            if id(after) in main or after.co_qualname == leaf:
+                continue
+            paths = named(after, leaf)
+            if len(paths) == 1 and id(paths[0][-1]) in stand_ins:
+                rebuilt.setdefault(id(after), (after, [], n))[1].append(leaf)
+    found: list[tuple[Nested, types.CodeType, types.CodeType]] = []
+    for code, leaves, n in rebuilt.values():
+        making = code
+        for leaf in leaves:
+            making = with_code(making, leaf, stand_ins[id(named(making, leaf)[0][-1])])
+        found.append((n, code, making))
+        for leaf in leaves:
+            found.extend((n, *pair) for pair in steps_of(code, making, leaf))
+    return found
 
 
 def _running(func: types.FunctionType, code: types.CodeType) -> types.FunctionType:

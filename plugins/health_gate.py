@@ -467,10 +467,12 @@ class HealthGate:
             level = registry.level
             below = level[-2] if len(level) > 1 else registry.baseline
         functions = registry.installed(version)
-        if not functions:
+        # and what functions its nested targets' enclosing code makes later will run
+        codes = {id(code): code for code in registry.nested_codes(version)}
+        codes.update((id(code), code) for _, code in functions)
+        if not codes:
             log.info("health gate: patch %s patches no function; nothing to watch", version)
             return
-        codes = {id(code): code for _, code in functions}
         now, wall = time.monotonic(), time.time()
         p = _Probation(
             registry,

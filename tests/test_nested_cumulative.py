@@ -16,8 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_health_gate import gated, mechanism
 
 import hotpatch
+
+__all__ = ["gated", "mechanism"]  # the health gate's fixtures, from test_health_gate
 
 PatchWriter = Callable[..., Path]
 
@@ -308,3 +311,54 @@ def test_three_deep_a_cumulative_patch_dropping_one_of_two_targets(
     assert answers() == {("old", "3o")}
     registry.rollback()
     assert_original(mod, original)
+
+
+def test_a_cumulative_patch_over_stacked_levels_drops_what_each_of_them_made(
+    make_module, write_patch, registry
+):
+    """1.0.1 fixes both targets, 1.0.2 stacks on it fixing ``wrapper`` again (moving the
+    decorators made under 1.0.1 once more), cumulative 1.0.3 fixes only ``wrapper``: no
+    decorator keeps making 1.0.1's ``other``."""
+    s = scene(make_module, SHAPES["function"])
+    name, outer = s.mod.__name__, s.shape.outer
+    original = tree(s.shape.enclosing(s.mod).__code__)
+    registry.apply(load(write_patch, "1.0.1", fix(name, outer, ("wrapper", "1"), ("other", "1o"))))
+    s.more(5)
+    registry.apply(load(write_patch, "1.0.2", fix(name, outer, ("wrapper", "2"))))
+    s.more(7)
+    assert s.answers() == {("2", "1o")}
+    registry.apply(load(write_patch, "1.0.3", fix(name, outer, ("wrapper", "3")), cumulative=True))
+    s.more(9)
+    assert s.answers() == {("3", "old-other")}
+    registry.rollback()
+    s.more(11)
+    assert s.answers() == {("2", "1o")}
+    registry.rollback(to="1.0")
+    assert s.answers() == {("old", "old-other")}
+    assert_original(s.mod, original)
+
+
+def test_a_cumulative_patch_during_the_previous_levels_probation(gated, make_module, write_patch):
+    """1.0.1 is on probation (its functions and what its decorators make counted) when
+    cumulative 1.0.2 drops one of its targets: the counting goes with it, and every
+    function runs what 1.0.2 makes, then 1.0.1's own code again after a rollback."""
+    g = gated(window_s=30, min_calls=1000)
+    s = scene(make_module, SHAPES["function"])
+    name, outer = s.mod.__name__, s.shape.outer
+    original = tree(s.shape.enclosing(s.mod).__code__)
+    both = fix(name, outer, ("wrapper", "one"), ("other", "one-o"))
+    g.registry.apply(load(write_patch, "1.0.1", both))
+    s.more(5)  # made while 1.0.1 is counted
+    assert s.answers() == {("one", "one-o")}
+    g.registry.apply(
+        load(write_patch, "1.0.2", fix(name, outer, ("wrapper", "two")), cumulative=True)
+    )
+    s.more(7)
+    assert s.answers() == {("two", "old-other")}
+    assert_original(s.mod, {q: c for q, c in original.items() if q.endswith(".other")})
+    g.registry.rollback()
+    s.more(9)
+    assert s.answers() == {("one", "one-o")}
+    g.registry.rollback(to="1.0")
+    assert s.answers() == {("old", "old-other")}
+    assert_original(s.mod, original)

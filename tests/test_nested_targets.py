@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from test_health_gate import gated, mechanism
+from test_health_gate import gated, mechanism, wait_for
 
 import hotpatch
 
@@ -314,6 +314,39 @@ def test_three_deep_every_level_kept_from_before_makes_the_new_code(
     assert (kept(-1), later(abs)(-1)) == (("new", "strict", 3, 1), ("new", "strict", 6, 1))
 
 
+def test_three_deep_levels_made_by_another_version_roll_back_to_their_own_code(
+    make_module, write_patch, registry
+):
+    """``policy`` itself patched by a level rolled back since: the ``retry`` and ``deco``
+    functions its other version made are rebuilt to make the new wrapper code, so are
+    the ``deco`` functions such a ``retry`` makes under the patch; rollback puts each
+    back to its own version's code."""
+    mod = make_module(THREE_DEEP)
+    name = mod.__name__
+    other = THREE_DEEP.partition("strict =")[0].replace('"old"', '"other"')
+    registry.apply(load(write_patch, f"@patch.replace('{name}:policy')" + other))
+    odd = mod.policy("odd")
+    odd3 = odd(3)
+    made = [odd3(abs), mod.kept]
+    codes = {f: f.__code__ for f in (odd, odd3, *made, mod.strict, mod.strict3)}
+    registry.rollback()
+    spec = f"{name}:policy.<locals>.retry.<locals>.deco.<locals>.wrapper"
+    body = f"""
+        @patch.replace("{spec}")
+        def wrapper(x):
+            return ("new", name, times, fn(x))
+        """
+    result = registry.apply(load(write_patch, body, version="1.0.2"))
+    assert result.patched[f"{name}:policy.<locals>.retry"] == 2  # strict and odd
+    odd4 = odd(4)  # made under the patch by the other version's retry
+    made += [odd4(abs), odd3(abs), mod.strict(5)(abs), odd(6)(abs)]
+    assert {f(-1)[0] for f in made} == {"new"}
+    registry.rollback()
+    assert [f(-1)[0] for f in made] == ["other", "old", "other", "other", "old", "other"]
+    assert all(f.__code__ is code for f, code in codes.items())
+    assert odd4.__code__ is odd3.__code__
+
+
 def test_a_decorator_from_another_version_whose_wrapper_cannot_take_the_new_code_is_refused(
     make_module, write_patch, registry
 ):
@@ -343,6 +376,53 @@ def test_a_decorator_from_another_version_whose_wrapper_cannot_take_the_new_code
     assert odd(double)(1) == ("other", 2)
     assert mod.retry3.__code__ is deco_code
     assert mod.made_before(1) == ("old", 3, 1)
+
+
+OTHER_RETRY = """
+@patch.replace("{mod}:retry")
+def retry(times):
+    def deco(fn):
+        def wrapper(*args, **kwargs):
+            return ("other", times, fn(*args, **kwargs))
+        return wrapper
+    return deco
+"""
+
+
+@pytest.mark.parametrize("earlier", ["rolled back", "applied"])
+def test_what_a_decorator_from_another_version_made_rolls_back_to_its_own_code(
+    make_module, write_patch, registry, earlier
+):
+    """``retry`` itself patched by an earlier level (rolled back since, or still applied):
+    the decorators made by one version of it and those made by the other both make the
+    new wrapper code under the nested patch, and each goes back to its own version's
+    code, exactly, with the wrappers it made -- before, during and between the levels."""
+    mod = make_module(KEPT)
+    name = mod.__name__
+    registry.apply(load(write_patch, OTHER_RETRY.format(mod=name)))
+    odd = mod.retry(4)  # a decorator made by the other version of retry
+    made = {mod.made_before: "old", odd(double): "other"}
+    codes = {f: f.__code__ for f in (*made, odd, mod.retry3)}
+    if earlier == "rolled back":
+        registry.rollback()
+    level = registry.level
+    main = "other" if earlier == "applied" else "old"  # what retry makes at that level
+    for version, tag in (("1.0.2", "new"), ("1.0.3", "newer")):
+        registry.apply(load(write_patch, KEPT_FIX.format(mod=name, tag=tag), version=version))
+        made |= {mod.retry3(double): "old", odd(double): "other", mod.retry(5)(double): main}
+        assert {f(1)[0] for f in made} == {tag}
+    registry.rollback()
+    assert {f(1)[0] for f in made} == {"new"}
+    registry.rollback()
+    assert registry.level == level
+    assert [f(1)[0] for f in made] == list(made.values())
+    assert all(f.__code__ is code for f, code in codes.items())
+    assert (mod.retry3(double)(1)[0], odd(double)(1)[0]) == ("old", "other")
+    fixed = registry.apply(load(write_patch, KEPT_FIX.format(mod=name, tag="x"), version="1.0.4"))
+    assert fixed.patched[f"{name}:retry.<locals>.deco"] == 2
+    assert {f(1)[0] for f in made} == {"x"}
+    registry.rollback(to=level[-1] if level else "1.0")
+    assert [f(1)[0] for f in made] == list(made.values())
 
 
 def test_a_nested_target_and_a_function_enclosing_it_in_one_patch(
@@ -979,6 +1059,23 @@ def test_the_health_gate_rolls_back_a_failing_nested_patch(gated, make_module, w
     assert mod.add2.__code__ is code
 
 
+def test_the_health_gate_watches_a_nested_target_nothing_was_made_from_yet(
+    gated, make_module, write_patch
+):
+    """No closure made before the patch: the ones made during probation are counted."""
+    mod = make_module(ADDERS.partition("add2 =")[0])
+    g = gated(window_s=10, max_errors=3, min_calls=1000)
+    g.registry.apply(load(write_patch, failing_adder(mod.__name__)))
+    assert "1.0.1" in g.gate.status()
+    caller = mod.make_adder(5)
+    for x in (1, 3, 5):
+        with pytest.raises(ZeroDivisionError):
+            caller(x)
+    assert g.gate.wait(5)  # long before the window ends
+    assert g.registry.level == ()
+    assert (caller(1), mod.make_adder(7)(1)) == (6, 8)
+
+
 def test_functions_made_during_probation_go_back_with_a_rollback_by_hand(
     gated, make_module, write_patch
 ):
@@ -1048,6 +1145,43 @@ def test_the_health_gate_counts_wrappers_made_by_a_decorator_kept_from_before(
     assert (caller.__code__, mod.made_before.__code__) == (wrapper_code, wrapper_code)
     assert deco(double)(1)[0] == "old"
     assert caller(1)[0] == "old"
+
+
+@pytest.mark.parametrize("earlier", ["rolled back", "applied"])
+def test_the_health_gate_counts_wrappers_made_by_a_decorator_from_another_version(
+    gated, make_module, write_patch, earlier
+):
+    """A decorator made by another version of the enclosing code (``retry`` itself
+    patched by an earlier level, rolled back since or still under the nested patch):
+    its code is rebuilt to make the new wrapper code, and the wrappers it makes during
+    probation are counted too; the gate's rollback puts each decorator back."""
+    mod = make_module(KEPT)
+    name, retry3, deco_code = mod.__name__, mod.retry3, mod.retry3.__code__
+    g = gated(window_s=10, max_errors=3, min_calls=1000)
+    g.registry.apply(load(write_patch, OTHER_RETRY.format(mod=name)))
+    odd = mod.retry(4)  # a decorator made by the other version of retry
+    odd_code = odd.__code__
+    if earlier == "rolled back":
+        g.registry.rollback()
+    version = "1.0.2"
+    g.registry.apply(load(write_patch, FAILING_WRAPPER.format(mod=name), version=version))
+    assert g.gate.status()[version]["functions"]
+    below = g.registry.level
+    # the decorator of the other version: retry4 (rolled back) or retry3 (made before it)
+    other = odd if earlier == "rolled back" else retry3
+    caller = other(double)  # made during probation
+    assert caller(2)[0] == "new"
+    for x in (1, 3, 5):
+        with pytest.raises(ZeroDivisionError):
+            caller(x)
+    # counted: rolled back long before the window ends
+    wait_for(lambda: g.registry.history[-1].who == "health-gate")
+    assert g.registry.level == below[:-1]
+    assert (odd.__code__, retry3.__code__) == (odd_code, deco_code)
+    # what each decorator makes at the level below: its own version's wrapper
+    assert (caller(1)[0], odd(double)(1)[0], retry3(double)(1)[0]) == (
+        ("other", "other", "old") if earlier == "rolled back" else ("old", "other", "old")
+    )
 
 
 def test_after_probation_decorators_kept_or_made_during_it_make_the_patchs_own_code(
