@@ -405,6 +405,29 @@ def test_verify_over_the_socket_is_a_dry_run(
     assert target.f() == 0
 
 
+def test_a_brief_status_carries_the_top_of_the_level_as_the_check_after_an_apply_asks(
+    paths: DropFolder, agent: hotpatch.Agent, target: types.ModuleType
+) -> None:
+    """After each apply the agent files a result and asks its own socket for a brief
+    status (the top 10 versions and ``level_size``: the same answer at any level); a
+    plain status still lists the whole level."""
+    assert agent.registry is not None
+    for n in range(1, 12):
+        path = paths.write(f"p{n}.py", patch_text(target.__name__, f"1.0.{n}", n))
+        agent.registry.apply(hotpatch.load_patch(path))
+    paths.drop("p12.py", patch_text(target.__name__, "1.0.12", 12))
+    result = paths.filed("p12.py")
+    assert result["outcome"] == "applied", result  # the check after the apply answered
+    versions = [f"1.0.{n}" for n in range(1, 13)]
+    assert (result["level"], result["level_size"]) == (versions[-10:], 12)
+    sock = paths.path / ".hotpatch.sock"
+    brief = request(sock, {"cmd": "status", "brief": True})
+    assert (brief["ok"], brief["level"], brief["level_size"]) == (True, versions[-10:], 12)
+    assert brief["version"] == "1.0.12"
+    assert request(sock, {"cmd": "status"})["level"] == versions
+    assert target.f() == 12
+
+
 def test_rollback_and_history_over_the_socket(
     paths: DropFolder, agent: hotpatch.Agent, target: types.ModuleType
 ) -> None:

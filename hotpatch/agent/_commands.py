@@ -24,14 +24,23 @@ Command = Callable[[dict[str, Any], str], dict[str, Any]]  # (request, who) -> a
 class Commands:
     """The answers of an agent's control socket: the pipeline's, its applier's, and ``status``."""
 
-    def __init__(self, pipeline: DropPipeline, status: Callable[[], dict[str, Any]]) -> None:
+    def __init__(
+        self,
+        pipeline: DropPipeline,
+        status: Callable[[], dict[str, Any]],
+        *,
+        brief: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
         self.pipeline = pipeline
         self.status = status
+        self.brief = brief  # ``{"cmd": "status", "brief": true}``: the top of the level only
 
     def table(self) -> dict[str, Command]:
         """Each command by name, for ``dispatch``."""
         return {
-            "status": lambda _request, _who: self.status(),
+            "status": lambda request, _who: (
+                self.brief() if self.brief is not None and request.get("brief") else self.status()
+            ),
             "apply": self.apply,
             "verify": self.verify,
             "rollback": self.rollback,

@@ -9,7 +9,7 @@ import os
 from typing import Any
 
 from hotpatch._registry import Registry
-from hotpatch._results import level_text
+from hotpatch._results import level_summary, level_text
 from hotpatch.agent._commands import Commands, dispatch
 from hotpatch.agent._control_server import ControlServer
 from hotpatch.agent._guard import check_folder, folder_status
@@ -56,7 +56,13 @@ class Solo:
             if self.registry.journal_report:
                 log.info("%s", self.registry.journal_report)
             staging = stack.enter_context(Staging(state))
-            vital = VitalCheck(stack.enter_context(staging.directory()), settings.socket)
+            # After each apply: can the agent still file and answer its socket? It asks
+            # for a brief status (the top of the level), the same at any level.
+            vital = VitalCheck(
+                stack.enter_context(staging.directory()),
+                settings.socket,
+                ask={"cmd": "status", "brief": True},
+            )
             self.pipeline = DropPipeline(
                 LocalApplier(self.registry, vital=vital),
                 settings.checks,
@@ -64,7 +70,8 @@ class Solo:
                 outcome_log=OutcomeLog(state) if state is not None else None,
             )
             stack.enter_context(self.pipeline.verifying(warm=library_modules()))
-            self._handle = dispatch(Commands(self.pipeline, self.status).table())
+            commands = Commands(self.pipeline, self.status, brief=lambda: self.status(brief=True))
+            self._handle = dispatch(commands.table())
             if settings.socket is not None:
                 server = stack.enter_context(ControlServer(settings.socket, self._handle))
             if settings.watch is not None:
@@ -96,7 +103,7 @@ class Solo:
     def handle(self, request: dict[str, Any], peer_uid: int) -> dict[str, Any]:
         return self._handle(request, peer_uid)
 
-    def status(self) -> dict[str, Any]:
+    def status(self, *, brief: bool = False) -> dict[str, Any]:
         return agent_status(
             self.settings,
             self.registry,
@@ -104,6 +111,7 @@ class Solo:
             last=self.pipeline.last,
             problem=self._watch.problem if self._watch is not None else None,
             waiting=self._watch.waiting if self._watch is not None else None,
+            brief=brief,
         )
 
     def _pidfile(self) -> dict[str, Any]:
@@ -125,12 +133,15 @@ def agent_status(
     last: dict[str, Any] | None,
     problem: str | None = None,
     waiting: dict[str, object] | None = None,
+    brief: bool = False,
 ) -> dict[str, Any]:
     """What ``hotpatch status`` shows of an agent that applies in this process.
 
     The last outcome of a patch rolled back since (``hotpatch rollback``, the health
     gate) says so: it is not what runs. ``problem``: why the folder takes no drop now;
-    ``waiting``: the drop waiting for a resource.
+    ``waiting``: the drop waiting for a resource. ``brief`` (``{"cmd": "status",
+    "brief": true}``, what the agent's own check after each apply asks): the top of the
+    level and ``level_size``, an answer that costs the same at any level.
     """
     if last is not None and last.get("outcome") in ("applied", "unchanged"):
         last = {**last, "rolled_back": last.get("version") not in registry.level}
@@ -138,7 +149,7 @@ def agent_status(
         "ok": True,
         "baseline": registry.baseline,
         "version": registry.version,
-        "level": list(registry.level),
+        **(level_summary(registry.level) if brief else {"level": list(registry.level)}),
         "pid": os.getpid(),
         "watch": str(settings.watch) if settings.watch else None,
         **({"state_dir": str(settings.state_dir)} if settings.state_dir else {}),
