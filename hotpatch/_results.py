@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import hashlib
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 __all__ = [
     "LEVEL_SHOWN",
@@ -12,6 +13,7 @@ __all__ = [
     "CheckReport",
     "HistoryEntry",
     "LevelChain",
+    "LevelDigests",
     "RollbackResult",
     "level_line",
     "level_summary",
@@ -27,6 +29,45 @@ LEVEL_SHOWN = 10
 def level_summary(level: Sequence[str]) -> dict[str, Any]:
     """``level`` (the top ``LEVEL_SHOWN`` versions, oldest first) and ``level_size``."""
     return {"level": list(level[-LEVEL_SHOWN:]), "level_size": len(level)}
+
+
+K = TypeVar("K")
+
+
+class LevelDigests(Generic[K]):
+    """The digest of a level's bottom: what lets a summary of the top (``level_summary``)
+    stand for the whole level at the other end of a channel.
+
+    ``digest(keys, n)`` is a chained sha256 of the first ``n`` entries (``entry(key)``:
+    version and sha256), the same for the same entries on either side. The digests are
+    kept between calls: a level that changed at its top costs what changed (the part
+    kept is found by one comparison of the keys, by identity first), not the level.
+    """
+
+    def __init__(self, entry: Callable[[K], tuple[str, str | None]]) -> None:
+        self._entry = entry
+        self._keys: tuple[K, ...] = ()
+        self._digests = [""]  # [i]: the digest of the first i entries
+
+    def digest(self, keys: Sequence[K], n: int) -> str:
+        """The digest of ``keys[:n]``'s entries (``""`` for none)."""
+        known = self._keys
+        m = min(len(known), n)
+        head = tuple(keys[:m])
+        if known[:m] != head:  # a change below the top: kept up to where they differ
+            m = next(i for i, (a, b) in enumerate(zip(known, head, strict=False)) if a != b)
+            known = known[:m]
+            del self._digests[m + 1 :]
+        if n > len(known):
+            added = tuple(keys[len(known) : n])
+            digests = self._digests
+            for key in added:
+                version, sha = self._entry(key)
+                step = f"{digests[-1]}\n{version}\n{sha or ''}".encode()
+                digests.append(hashlib.sha256(step).hexdigest())
+            known += added
+        self._keys = known
+        return self._digests[n]
 
 
 def level_text(level: Sequence[str], baseline: str) -> str:

@@ -233,7 +233,7 @@ def show_verify(answer: Answer, out: TextIO) -> None:
     workers = answer.get("workers") or []
     if workers:  # under `hotpatch run --workers N`: checked in each worker
         worker_rows = [
-            (w.get("index"), "yes" if w.get("hot") else "no", w.get("level")) for w in workers
+            (w.get("index"), "yes" if w.get("hot") else "no", _level(w)) for w in workers
         ]
         print(file=out)
         print(table(worker_rows, header=("WORKER", "HOT", "LEVEL")), file=out)

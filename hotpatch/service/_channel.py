@@ -30,6 +30,7 @@ __all__ = [
     "read_memfd",
     "recv_message",
     "send_message",
+    "write_memfd",
 ]
 
 ENV_SOCKETS = "HOTPATCH_SOCKETS"  # "http=3,admin=4": listening sockets the supervisor passed
@@ -178,6 +179,17 @@ def _parsed(data: bytes) -> dict[str, Any] | None:
     if not isinstance(message, dict) or not isinstance(message.get("op"), str):
         return None
     return message
+
+
+def write_memfd(data: bytes, name: str) -> int:
+    """A memfd holding ``data`` (close-on-exec), to pass over a channel; the caller closes it."""
+    fd = os.memfd_create(name, os.MFD_CLOEXEC)
+    try:
+        os.pwrite(fd, data, 0)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def read_memfd(fds: list[int]) -> bytes:

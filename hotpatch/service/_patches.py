@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import math
 import os
@@ -21,7 +22,13 @@ from hotpatch._loader import load_patch_source
 from hotpatch._patch import Patch
 from hotpatch._plugins import PluginHost
 from hotpatch._registry import MIGRATION_TIMEOUT_S, Registry
-from hotpatch._results import ApplyResult, RollbackResult
+from hotpatch._results import (
+    LEVEL_SHOWN,
+    ApplyResult,
+    LevelDigests,
+    RollbackResult,
+    level_summary,
+)
 from hotpatch._shortage import RESOURCES, shortage_of
 from hotpatch.service._channel import SHORTAGE, DescriptorsLost, recv_message, send_message
 
@@ -69,6 +76,7 @@ class PatchLevels:
         # supervisor keeps the newest, whichever way it came (reply or report).
         self.level_lock = threading.Lock()
         self.level_seq = 0
+        self.digests = LevelDigests(_entry)  # of the level under the top its reports show
         self.wire = WireCheck()  # after each apply: a reply still crosses a channel
 
     def load(self, start_patch: tuple[Mapping[str, Any], bytes] | None) -> dict[str, Any]:
@@ -108,6 +116,22 @@ class PatchLevels:
                 )
         return {**info, **self.level_info()}
 
+    def whole_level(self) -> bytes | None:
+        """The whole level as JSON (``level``, ``patches``, ``level_seq``), for a memfd: what
+        the supervisor takes once when a process loads, and when it asks (``whole-level``).
+        Numbered as a report is: newer than any answer sent before it."""
+        registry = self.registry
+        if registry is None:
+            return None
+        with self.level_lock:
+            self.level_seq += 1
+            whole = {
+                "level": list(registry.level),
+                "patches": [_entry(p) for p in registry.patches],
+                "level_seq": self.level_seq,
+            }
+        return json.dumps(whole).encode()
+
     def _plugin_objects(self) -> list[object]:
         return [p for _, p in self.plugins.manager.list_name_plugin() if p is not None]
 
@@ -122,7 +146,7 @@ class PatchLevels:
             log.exception("cannot follow the journal %s at the hand-over", self.journal)
 
     def level_info(self) -> dict[str, Any]:
-        """The registry's baseline, level and patches, numbered for the supervisor."""
+        """The registry's baseline and the top of its level, numbered for the supervisor."""
         registry = self.registry
         if registry is None:
             return {}
@@ -130,13 +154,20 @@ class PatchLevels:
             return self._level_info_locked(registry)
 
     def _level_info_locked(self, registry: Registry) -> dict[str, Any]:
+        """What every answer and report says of the level: the top ``LEVEL_SHOWN`` versions
+        and ``level_size`` (as the pre-fork workers' answers), the top's ``patches`` with
+        their sha256, and ``below``, the digest of the patches under the top: the supervisor
+        keeps the whole level and puts the top on the bottom it knows only if the digests
+        agree (else it asks for the whole level). It costs the same at any level (the whole
+        level is some 90 bytes a patch: at a few hundred patches it no longer fits a message)."""
         self.level_seq += 1
+        patches = registry.patches
+        shown = patches[-LEVEL_SHOWN:]
         return {
             "baseline": registry.baseline,
-            "level": list(registry.level),
-            "patches": [
-                [p.version, p.source.sha256 if p.source else None] for p in registry.patches
-            ],
+            **level_summary(registry.level),
+            "patches": [_entry(p) for p in shown],
+            "below": self.digests.digest(patches, len(patches) - len(shown)),
             "level_seq": self.level_seq,
         }
 
@@ -176,7 +207,7 @@ class PatchLevels:
             result["timings"]["load_s"] = time.perf_counter() - start
             result["version"], result["targets"] = patch.version, list(patch.targets)
             sha = patch.source.sha256 if patch.source else None
-            same = [p for p in self.registry.patches if p.parsed_version == Version(patch.version)]
+            same = _applied(self.registry.patches, Version(patch.version))
             if same and same[0].source is not None and same[0].source.sha256 == sha:
                 result["outcome"] = "unchanged"
                 result["reason"] = f"patch {patch.version} is already applied with this content"
@@ -318,6 +349,19 @@ class PatchLevels:
         return {"ok": True, **report.record(), **self.level_info()}
 
 
+def _applied(patches: tuple[Patch, ...], version: Version) -> list[Patch]:
+    """The applied patch of ``version``, if any (the level is in version order: a version
+    newer than its top, the usual, is found absent at once)."""
+    if not patches or version > patches[-1].parsed_version:
+        return []
+    return [p for p in patches if p.parsed_version == version]
+
+
+def _entry(patch: Patch) -> tuple[str, str | None]:
+    """A patch as the level's reports name it: version and sha256."""
+    return patch.version, patch.source.sha256 if patch.source else None
+
+
 def migration_timeout(environ: Mapping[str, str]) -> float:
     """``$HOTPATCH_MIGRATION_TIMEOUT`` in seconds, or the default (a bad value is logged)."""
     raw = environ.get(ENV_MIGRATION_TIMEOUT)
@@ -353,6 +397,12 @@ class WireCheck:
         """Make the pair if there is none; ``OSError`` if it cannot be made now."""
         if self._pair is None:
             self._pair = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+
+    def close(self) -> None:
+        """Close the pair, if any (a process's pair lives as long as it does)."""
+        pair, self._pair = self._pair, None
+        for sock in pair or ():
+            sock.close()
 
     def check(self, message: Mapping[str, Any], timeout: float = VITAL_TIMEOUT_S) -> str | None:
         """``None`` when ``message`` arrives as sent through the pair; else what went wrong.

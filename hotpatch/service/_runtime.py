@@ -35,6 +35,7 @@ from hotpatch.service._channel import (
     read_memfd,
     recv_message,
     send_message,
+    write_memfd,
 )
 from hotpatch.service._listeners import Gate, Listener
 from hotpatch.service._patches import PatchLevels
@@ -141,6 +142,22 @@ class Runtime:
         assert self.channel is not None
         send_message(self.channel, message, fds)
 
+    def _send_level(self, message: Mapping[str, Any]) -> None:
+        """``message`` with the whole level in a memfd (of any size), if there is a registry."""
+        whole = self.patches.whole_level()
+        try:
+            fd = None if whole is None else write_memfd(whole, "hotpatch-level")
+        except OSError as exc:  # no descriptor left: the supervisor asks again later
+            log.warning("cannot pass the whole patch level to the supervisor: %s", exc)
+            fd = None
+        if fd is None:
+            self._send(message)
+            return
+        try:
+            self._send(message, [fd])
+        finally:
+            os.close(fd)
+
     def _recv(self, *ops: str) -> tuple[dict[str, Any], list[int]]:
         assert self.channel is not None
         received = recv_message(self.channel)
@@ -201,7 +218,7 @@ class Runtime:
             self._load()
             start_patch, self.start_patch = self.start_patch, None
             loaded = self.patches.load(start_patch)
-            self._send({"op": "loaded", **loaded})
+            self._send_level({"op": "loaded", **loaded})
             if loaded.get("error"):
                 raise ServiceError(loaded["error"])
             handover = self._receive_rounds(until="handover")
@@ -283,6 +300,8 @@ class Runtime:
         elif op == "rollback":
             reply = self.patches.rollback(message)
             self._send({"op": "rolled-back", "id": message.get("id"), **reply})
+        elif op == "whole-level":  # the supervisor lost track of the level's bottom
+            self._send_level({"op": "whole-level", "id": message.get("id")})
         elif op == "history":
             self._send({"op": "history", "id": message.get("id"), **self.patches.history(message)})
         elif op == "announce":

@@ -7,6 +7,7 @@ import collections
 import contextlib
 import ctypes
 import itertools
+import json
 import logging
 import os
 import signal
@@ -18,9 +19,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hotpatch._errors import ServiceError
-from hotpatch.service._channel import ENV_CONTROL, ENV_SOCKETS, recv_message, send_message
+from hotpatch._results import LevelDigests
+from hotpatch.service._channel import (
+    ENV_CONTROL,
+    ENV_SOCKETS,
+    read_memfd,
+    recv_message,
+    send_message,
+)
 
-__all__ = ["Child", "ChildExited", "ChildSpec", "Message", "describe_exit"]
+__all__ = ["Child", "ChildExited", "ChildSpec", "LevelMirror", "Message", "describe_exit"]
 
 log = logging.getLogger("hotpatch.supervisor")
 
@@ -28,6 +36,7 @@ _PR_SET_PDEATHSIG = 1
 _EXIT_AFTER_EOF = 1.0  # how long a closed channel waits for the exit status
 LEVEL_KEYS = ("baseline", "level", "patches")  # what a level report updates in ``info``
 _UNSOLICITED = frozenset({"baseline-ready", "restart", "level"})  # sent by the process itself
+WHOLE_LEVEL_TIMEOUT = 60.0  # for a serving process to pass its whole level
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +94,87 @@ def _die_with_parent(parent: int) -> Callable[[], None]:
     return preexec
 
 
+class LevelMirror:
+    """The whole level of a serving process, kept from what it says of the top.
+
+    Its answers and reports carry the top of the level (``level``, ``patches``
+    with their sha256), ``level_size`` and ``below``, the digest of the patches
+    under the top (``LevelDigests``): the top goes on the bottom known here if
+    the digests agree. If they do not (or the bottom is not known), the report
+    is kept aside, ``missing`` says so, and the whole level is asked for
+    (``take_whole``); what was kept aside is then put on it, if newer.
+    """
+
+    def __init__(self) -> None:
+        self.level: list[str] = []
+        self.patches: list[list[Any]] = []  # [version, sha256], parallel to ``level``
+        self.digests: LevelDigests[list[Any]] = LevelDigests(lambda p: (str(p[0]), p[1]))
+        self.unmerged: Mapping[str, Any] | None = None  # the newest report not put on yet
+        self._applied: list[tuple[str, str | None]] | None = None
+
+    @property
+    def applied(self) -> list[tuple[str, str | None]]:
+        """``(version, sha256)`` of the level, oldest first: one list until the level changes
+        (the folder's pipeline compares every drop with it; not to be changed in place)."""
+        if self._applied is None:
+            self._applied = [(str(v), sha) for v, sha in self.patches]
+        return self._applied
+
+    @property
+    def missing(self) -> bool:
+        """The last report could not be put on the bottom known here: the level is stale."""
+        return self.unmerged is not None
+
+    def take(self, report: Mapping[str, Any]) -> bool:
+        """Put ``report``'s top on the bottom known here; ``False`` if its digest differs."""
+        level = [str(v) for v in report.get("level") or []]
+        patches = [list(p) for p in report.get("patches") or []]
+        size = report.get("level_size")
+        if not isinstance(size, int):  # the whole level
+            self.level, self.patches, self.unmerged = level, patches, None
+            self._applied = None
+            return True
+        bottom = size - len(patches)
+        if len(level) != len(patches) or bottom < 0:
+            self.unmerged = report
+            return False
+        known = bottom <= len(self.patches)
+        if not known or self.digests.digest(self.patches, bottom) != report.get("below"):
+            self.unmerged = report
+            return False
+        if patches != self.patches[bottom:]:
+            self.level = [*self.level[:bottom], *level]
+            self.patches = [*self.patches[:bottom], *patches]
+            self._applied = None
+        self.unmerged = None
+        return True
+
+    def take_whole(self, whole: Mapping[str, Any]) -> None:
+        """The whole level the process passed (``whole-level``), then the report kept aside
+        if it is newer."""
+        self.level = [str(v) for v in whole.get("level") or []]
+        self.patches = [list(p) for p in whole.get("patches") or []]
+        self._applied = None
+        report, self.unmerged = self.unmerged, None
+        if report is not None and int(report.get("level_seq") or 0) > int(
+            whole.get("level_seq") or 0
+        ):
+            self.take(report)
+
+
+def read_whole_level(fds: list[int]) -> dict[str, Any] | None:
+    """The whole level a process passed in a memfd (``None`` without one); closes the fds."""
+    if not fds:
+        return None
+    data = read_memfd(fds)
+    try:
+        whole = json.loads(data)
+    except ValueError:
+        log.warning("a whole patch level passed in a memfd is not JSON")
+        return None
+    return whole if isinstance(whole, dict) else None
+
+
 class Child:
     """A running service process, seen from the supervisor's event loop."""
 
@@ -102,6 +192,8 @@ class Child:
         self.exited_at: float | None = None
         self.retiring = False  # told to drain or stop: its exit is expected
         self.info: dict[str, Any] = {}  # what it said when loaded: sys.path, baseline, level
+        self.mirror = LevelMirror()  # its whole level (``info``'s), kept from its reports
+        self._fetching: asyncio.Task[None] | None = None  # asking for the whole level
         self.on_level: Callable[[Child], None] | None = None  # told of an unsolicited level
         # told when it calls hotpatch.ready_for_baseline(): it counts for the planned
         # baseline pending at that moment, and is not remembered for a later one
@@ -188,17 +280,77 @@ class Child:
                 self._wakeup = self._loop.create_future()
                 await self._wakeup
 
+    def loaded(self, message: Message) -> None:
+        """What the process said once loaded, its whole level from the memfd it passed."""
+        self.info = dict(message.body)
+        whole = read_whole_level(message.fds)
+        if whole is not None:
+            self.mirror.take_whole(whole)
+        elif "level" in self.info and not self.mirror.take(self.info):  # none passed
+            self._ask_whole_level()  # (no descriptor left there for the memfd)
+        self.info.pop("below", None)
+        if "level" in self.info or whole is not None:
+            self.info.update(level=self.mirror.level, patches=self.mirror.patches)
+        if whole is not None:
+            self.info["level_seq"] = max(
+                int(whole.get("level_seq") or 0), int(self.info.get("level_seq") or 0)
+            )
+
     def update_level(self, report: Mapping[str, Any]) -> bool:
-        """Take the level a reply or report carries, unless a newer one was seen; changed?"""
+        """Take the level a reply or report carries, unless a newer one was seen; changed?
+
+        The report carries the top of the level: ``mirror`` keeps the whole of it (and
+        asks the process for all of it when the bottom known here is not the process's).
+        """
         seq = report.get("level_seq")
         known = self.info.get("level_seq")
         if seq is not None and known is not None and int(seq) <= int(known):
             return False
         before = {k: self.info.get(k) for k in LEVEL_KEYS}
-        for key in (*LEVEL_KEYS, "level_seq"):
-            if key in report:
-                self.info[key] = report[key]
+        if "baseline" in report:
+            self.info["baseline"] = report["baseline"]
+        if "level" in report:
+            if not self.mirror.take(report):
+                self._ask_whole_level()
+            self.info.update(level=self.mirror.level, patches=self.mirror.patches)
+        if seq is not None:
+            self.info["level_seq"] = seq
         return before != {k: self.info.get(k) for k in LEVEL_KEYS}
+
+    def _ask_whole_level(self) -> None:
+        """Ask the process for its whole level (once it serves), unless being asked."""
+        if self._fetching is None or self._fetching.done():
+            log.warning(
+                "process %d: the patch level it reports does not follow the one known here; "
+                "asking it for the whole level",
+                self.pid,
+            )
+            self._fetching = self._loop.create_task(self._fetch_whole_level())
+
+    async def _fetch_whole_level(self) -> None:
+        while self.alive and self.ready_at is None:  # it answers requests once it serves
+            await asyncio.sleep(0.05)
+        try:
+            async with self.lock:
+                request = Child.request_id()
+                self.send({"op": "whole-level", "id": request})
+                message = await self.expect(
+                    "whole-level", timeout=WHOLE_LEVEL_TIMEOUT, request=request
+                )
+        except (ChildExited, TimeoutError) as exc:
+            log.warning("process %d did not pass its whole patch level: %s", self.pid, exc)
+            return
+        whole = read_whole_level(message.fds)
+        if whole is None:
+            log.warning("process %d answered without its whole patch level", self.pid)
+            return
+        before = {k: self.info.get(k) for k in LEVEL_KEYS}
+        self.mirror.take_whole(whole)
+        self.info.update(level=self.mirror.level, patches=self.mirror.patches)
+        seq = max(int(whole.get("level_seq") or 0), int(self.info.get("level_seq") or 0))
+        self.info["level_seq"] = seq
+        if before != {k: self.info.get(k) for k in LEVEL_KEYS} and self.on_level is not None:
+            self.on_level(self)
 
     @staticmethod
     def request_id() -> int:

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hotpatch._shortage import shortage_of
-from hotpatch.service._channel import ENV_BASELINE, ENV_JOURNAL
+from hotpatch.service._channel import ENV_BASELINE, ENV_JOURNAL, write_memfd
 from hotpatch.supervisor._bundle import Release
 from hotpatch.supervisor._child import Child, ChildExited, ChildSpec, describe_exit
 from hotpatch.supervisor._records import PatchJob, StateError, SupervisorConfig
@@ -82,13 +82,7 @@ class _StartRefused(Exception):
 
 def memfd(data: bytes, name: str = "hotpatch-patch") -> int:
     """A memfd holding ``data`` (close-on-exec), to pass to a process over its channel."""
-    fd = os.memfd_create(name, os.MFD_CLOEXEC)
-    try:
-        os.pwrite(fd, data, 0)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
+    return write_memfd(data, name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,7 +269,7 @@ class Handover:
         while True:
             message = await new.expect("pull", "loaded", timeout=deadline - loop.time())
             if message.op == "loaded":
-                new.info = dict(message.body)
+                new.loaded(message)
                 if (sys_path := message.body.get("sys_path")) is not None:
                     self.service_sys_path = list(sys_path)
                     self.sys_path_known.set()

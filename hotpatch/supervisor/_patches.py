@@ -34,6 +34,7 @@ from hotpatch._errors import JournalError, VerificationFailed
 from hotpatch._journal import Journal
 from hotpatch._journal_format import JournalEntry
 from hotpatch._loader import DEFAULT_MAX_BYTES
+from hotpatch._results import level_text
 from hotpatch.agent._applier import AppliedPatch, PatchText, not_applied, show_answer
 from hotpatch.agent._commands import Commands, dispatch
 from hotpatch.agent._control_server import ControlServer
@@ -140,7 +141,9 @@ class SupervisedPipeline:
         log.info(
             "hotpatch agent started: baseline %s, level %s, folder %s, socket %s",
             self.supervisor.config.baseline or "0",
-            ", ".join(self.applier.level()) or "-",
+            level_text(level, self.supervisor.config.baseline or "0")
+            if (level := self.applier.level())
+            else "-",
             self.watch,
             self.socket,
         )
@@ -196,12 +199,24 @@ class SupervisorApplier:
         self.checks = checks
         self.staging = staging
         self.releases = releases
+        self._of: object = None  # the runner's list of applied patches described last
+        self._described_now: tuple[tuple[str, ...], list[AppliedPatch]] = ((), [])
 
     def level(self) -> tuple[str, ...]:
-        return tuple(v for v, _ in self.runner.applied_patches)
+        return self._described()[0]
 
     def applied(self) -> list[AppliedPatch]:
-        return [AppliedPatch(v, sha, None) for v, sha in self.runner.applied_patches]
+        return self._described()[1]
+
+    def _described(self) -> tuple[tuple[str, ...], list[AppliedPatch]]:
+        """The level and its patches, described again only when the runner's list changed
+        (it is one list until the level changes): each drop compares with them."""
+        patches = self.runner.applied_patches
+        if patches is not self._of:
+            level = tuple(v for v, _ in patches)
+            self._described_now = (level, [AppliedPatch(v, sha, None) for v, sha in patches])
+            self._of = patches
+        return self._described_now
 
     def sys_path(self) -> list[str]:
         """The serving process's ``sys.path`` (it may not have said it yet)."""
@@ -326,7 +341,9 @@ class SupervisorApplier:
             "modes": first.get("modes", {}),
         }
         if self._fleet:
-            result["workers"] = [_worker(a, "hot", "reasons", "level") for a in answers]
+            result["workers"] = [
+                _worker(a, "hot", "reasons", "level", "level_size") for a in answers
+            ]
         return result
 
     def check_bundle(self, path: Path, outcome: Outcome) -> dict[str, Any]:
@@ -349,7 +366,8 @@ class SupervisorApplier:
         result: dict[str, Any] = {
             "ok": all(a.get("ok") for a in answers),
             "versions": first.get("versions", []),
-            "level": first.get("level", []),
+            "level": first.get("level", []),  # its top, and how many it holds
+            "level_size": first.get("level_size", len(first.get("level") or [])),
         }
         failed = [a for a in answers if not a.get("ok")]
         if failed:
@@ -357,7 +375,9 @@ class SupervisorApplier:
             types = {a.get("error_type") for a in failed}
             result["error_type"] = types.pop() if len(types) == 1 else "Error"
         if self._fleet:
-            result["workers"] = [_worker(a, "versions", "level", "error") for a in answers]
+            result["workers"] = [
+                _worker(a, "versions", "level", "level_size", "error") for a in answers
+            ]
         return result
 
     def show(self, version: str) -> dict[str, Any]:

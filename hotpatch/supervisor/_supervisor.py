@@ -24,6 +24,7 @@ from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import asdict
 from typing import Any
 
+from hotpatch._results import level_text
 from hotpatch.service._channel import format_address, open_listeners
 from hotpatch.supervisor._bundle import Release
 from hotpatch.supervisor._child import Child, ChildExited, describe_exit
@@ -177,11 +178,12 @@ class Supervisor:
 
     @property
     def applied_patches(self) -> list[tuple[str, str | None]]:
-        """``(version, sha256)`` of the current process's level, as it last said."""
+        """``(version, sha256)`` of the current process's level, as it last said (one list
+        until the level changes: not to be changed in place)."""
         current = self.running.current
         if current is None:
             return []
-        return [(str(v), sha) for v, sha in current.info.get("patches", [])]
+        return current.mirror.applied
 
     @property
     def service_sys_path(self) -> list[str] | None:
@@ -372,8 +374,9 @@ class Supervisor:
 
     def _on_level(self, child: Child) -> None:
         """The process changed its level by itself (a plugin's rollback, its own code)."""
-        level = ", ".join(child.info.get("level") or []) or "none"
-        log.info("process %d reports its patch level: %s", child.pid, level)
+        level = child.info.get("level") or []
+        shown = level_text(level, str(child.info.get("baseline"))) if level else "none"
+        log.info("process %d reports its patch level: %s", child.pid, shown)
         self.write_status()
 
     def _on_baseline_ready(self, child: Child) -> None:

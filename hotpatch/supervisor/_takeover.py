@@ -10,6 +10,7 @@ from typing import Any
 
 from hotpatch._errors import JournalError
 from hotpatch._journal import Journal, UndoPoint
+from hotpatch._results import level_text
 from hotpatch._shortage import shortage_of
 from hotpatch.supervisor._bundle import Release
 from hotpatch.supervisor._child import Child, ChildExited
@@ -83,7 +84,8 @@ class CodePoint:
 
 def describe_level(info: Mapping[str, Any]) -> str:
     """``baseline 1.0 at level 1.0.1, 1.0.2`` from what a process said about itself."""
-    level = ", ".join(str(v) for v in info.get("level") or []) or "none"
+    versions = [str(v) for v in info.get("level") or []]
+    level = level_text(versions, str(info.get("baseline"))) if versions else "none"
     return f"baseline {info.get('baseline') or '?'} at level {level}"
 
 

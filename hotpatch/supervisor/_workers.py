@@ -23,7 +23,7 @@ import os
 import signal
 import socket
 import threading
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,15 @@ __all__ = ["Fleet", "worker_journal"]
 log = logging.getLogger("hotpatch.supervisor")
 
 OK = ("applied", "unchanged")
+
+
+def _union(levels: Iterable[list[str]]) -> list[str]:
+    """Every version some worker runs, each where the first worker that runs it has it."""
+    where: dict[str, int] = {}
+    for level in levels:
+        for i, version in enumerate(level):
+            where.setdefault(version, i)
+    return sorted(where, key=where.__getitem__)
 
 
 def worker_journal(journal: Path | None, index: int) -> Path | None:
@@ -106,11 +115,14 @@ class Fleet:
         A version some workers lack is left out, so it is delivered again (the
         workers that have it answer ``unchanged``).
         """
-        levels = [dict(m.applied_patches) for m in self.members]
-        if not levels:
+        each = [m.applied_patches for m in self.members]
+        if not each:
             return []
+        if all(other == each[0] for other in each[1:]):  # the usual: one level everywhere
+            return each[0]
+        levels = [dict(patches) for patches in each]
         result: list[tuple[str, str | None]] = []
-        for version in {v for level in levels for v in level}:
+        for version in _union(list(level) for level in levels):  # in the level's order
             shas = {level[version] for level in levels if version in level}
             if len(shas) > 1 or (len(shas) == 1 and all(version in lv for lv in levels)):
                 result.append((version, sorted(shas, key=str)[-1]))
@@ -157,12 +169,7 @@ class Fleet:
                 "watch": str(self.config.watch) if self.config.watch else None,
                 **({"state_dir": str(self.config.state_dir)} if self.config.state_dir else {}),
                 "baseline": self.baseline,
-                "level": sorted(
-                    {v for w in workers for v in w["level"]},
-                    key=lambda v: next(
-                        (w["level"].index(v) for w in workers if v in w["level"]), 0
-                    ),
-                ),
+                "level": _union(w["level"] for w in workers),
                 "pending": self.pipeline.pending() if self.pipeline is not None else [],
             }
         return {

@@ -1,0 +1,203 @@
+"""What a supervised process says of its level, and the whole level the supervisor keeps.
+
+Every answer and report of a serving process (``hotpatch run``) carries the top
+10 versions of its level, ``level_size``, the top's patches with their sha256
+and ``below``, the digest of the patches under the top: the supervisor puts the
+top on the bottom it knows (``LevelMirror``) only if the digests agree, and
+takes the whole level in a memfd when the process loads or when asked. Real
+registries, real patch files, a real socket pair for the vital check; and
+``hotpatch run --workers 2`` at a level whose whole list exceeds a control message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import types
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_supervisor import Supervised, supervise
+from test_supervisor_patches import drop, logic_patch, result_of, watching
+from test_workers import all_serving
+
+from hotpatch._journal import Journal
+from hotpatch._journal_format import JournalEntry, JournalState
+from hotpatch._plugins import PluginHost
+from hotpatch._results import LEVEL_SHOWN
+from hotpatch.service._channel import MAX_MESSAGE
+from hotpatch.service._patches import PatchLevels
+from hotpatch.supervisor._child import LevelMirror
+
+__all__ = ["supervise"]  # the fixture, shared with test_supervisor
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _source(module: str, n: int, body: str = "") -> bytes:
+    return (
+        "from hotpatch import Patch\n\n"
+        f"patch = Patch(version='1.0.{n}', baseline='1.0')\n\n"
+        f"@patch.replace('{module}:f')\n"
+        "def f():\n"
+        f"    return {n}{body}\n"
+    ).encode()
+
+
+def _levels(module: str, tmp_path: Path, name: str) -> PatchLevels:
+    levels = PatchLevels(None, "1.0", str(tmp_path / f"{name}.journal.json"), PluginHost())
+    assert "error" not in levels.load(None)
+    return levels
+
+
+def _apply(levels: PatchLevels, module: str, n: int, body: str = "") -> dict[str, Any]:
+    answer = levels.apply_patch({"who": "test"}, _source(module, n, body))
+    assert answer["outcome"] == "applied", answer
+    return answer
+
+
+def _shas(levels: PatchLevels) -> list[list[Any]]:
+    assert levels.registry is not None
+    return [[p.version, p.source.sha256 if p.source else None] for p in levels.registry.patches]
+
+
+def test_answers_carry_the_top_of_the_level_and_the_supervisor_keeps_all_of_it(
+    tmp_path: Path, make_module: Callable[[str], types.ModuleType]
+) -> None:
+    mod = make_module("def f():\n    return 0\n")
+    levels = _levels(mod.__name__, tmp_path, "a")
+    mirror = LevelMirror()
+    mirror.take_whole(json.loads(levels.whole_level() or b"{}"))  # as when it loaded
+    try:
+        for n in range(1, 15):
+            answer = _apply(levels, mod.__name__, n)
+            versions = [f"1.0.{i}" for i in range(1, n + 1)]
+            assert answer["level"] == versions[-LEVEL_SHOWN:]
+            assert answer["level_size"] == n
+            assert [p[0] for p in answer["patches"]] == versions[-LEVEL_SHOWN:]
+            assert [list(p) for p in answer["patches"]] == _shas(levels)[-LEVEL_SHOWN:]
+            assert mirror.take(json.loads(json.dumps(answer)))  # as it crosses the channel
+            assert mirror.level == versions
+            assert mirror.patches == _shas(levels)
+        # A rollback under the top: the answer's top is the whole level, put on nothing.
+        answer = levels.rollback({"to": "1.0.2", "who": "test"})
+        assert answer["ok"], answer
+        assert (answer["level"], answer["level_size"]) == (["1.0.1", "1.0.2"], 2)
+        assert mirror.take(json.loads(json.dumps(answer)))
+        assert mirror.level == ["1.0.1", "1.0.2"]
+        for n in range(3, 15):  # up again, with other content: the digests follow it
+            assert mirror.take(json.loads(json.dumps(_apply(levels, mod.__name__, n, " + 1"))))
+        assert mirror.patches == _shas(levels)
+        assert not mirror.missing
+    finally:
+        assert levels.registry is not None
+        levels.registry.rollback(to="1.0")
+        levels.wire.close()
+
+
+def test_a_report_whose_bottom_is_not_the_one_known_is_not_put_on_it(
+    tmp_path: Path, make_module: Callable[[str], types.ModuleType]
+) -> None:
+    """The supervisor knew one level; the process runs the same versions with another
+    content under the top (what a report missed would leave): no guess, the whole level."""
+    mod = make_module("def f():\n    return 0\n")
+    first, second = _levels(mod.__name__, tmp_path, "a"), None
+    mirror = LevelMirror()
+    try:
+        for n in range(1, 13):
+            assert mirror.take(json.loads(json.dumps(_apply(first, mod.__name__, n))))
+        assert first.registry is not None
+        first.registry.rollback(to="1.0")
+        second = _levels(mod.__name__, tmp_path, "b")
+        for n in range(1, 13):
+            answer = json.loads(json.dumps(_apply(second, mod.__name__, n, " + 2")))
+        assert answer["level"] == mirror.level[-LEVEL_SHOWN:]  # the same versions on top
+        assert not mirror.take(answer)
+        assert mirror.missing
+        assert mirror.patches != _shas(second)  # not taken: what it knew stays, said stale
+        whole = json.loads(second.whole_level() or b"{}")
+        newer = json.loads(json.dumps(_apply(second, mod.__name__, 13)))  # after the whole
+        assert not mirror.take(newer)
+        mirror.take_whole(whole)  # the process's whole level, then the newer report on it
+        assert not mirror.missing
+        assert mirror.patches == _shas(second)
+        assert mirror.level == [f"1.0.{i}" for i in range(1, 14)]
+    finally:
+        for levels in (first, second):
+            if levels is not None and levels.registry is not None and levels.registry.level:
+                levels.registry.rollback(to="1.0")
+            if levels is not None:
+                levels.wire.close()
+
+
+LEVEL = 800  # the whole level with each sha256 is over a control message (64 KiB)
+
+
+def _journals(folder: Path, level: int) -> list[str]:
+    """Each worker's journal at ``level`` (its patches of ``counter_logic:tag``)."""
+    entries = []
+    for n in range(1, level + 1):
+        text = logic_patch(f"1.0.{n}", f"tag{n}")
+        sha = hashlib.sha256(text.encode()).hexdigest()
+        entries.append(JournalEntry(f"1.0.{n}", sha, f"p{n}.py", text, f"level {n}"))
+    folder.mkdir(mode=0o700, exist_ok=True)
+    for worker in range(2):
+        Journal(folder / f".journal.worker{worker}.json").write(JournalState("1.0", entries))
+    return [e.version for e in entries]
+
+
+def _cli(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "hotpatch", *args, "--folder", str(folder)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=REPO,
+    )
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_workers_at_a_level_over_a_control_message_start_and_answer_with_its_top(
+    supervise: Callable[..., Supervised], tmp_path: Path
+) -> None:
+    versions = _journals(tmp_path / "patches", LEVEL)
+    assert len(json.dumps({"level": versions, "patches": [[v, "0" * 64] for v in versions]})) > (
+        MAX_MESSAGE
+    )
+    options = ("--workers", "2", "--settle", "0")
+    folder, supervised = watching(supervise, tmp_path, options=options, serving=False)
+    status = all_serving(supervised, 2)
+    # Status and the status file keep the whole level of each worker.
+    assert [w["level"] for w in status["workers"]] == [versions, versions]
+    drop(folder, "fix.py", logic_patch(f"1.0.{LEVEL + 1}", "fixed"))
+    result = result_of(folder, "fix.py", supervised)
+    assert result["outcome"] == "applied", result
+    top = [*versions, f"1.0.{LEVEL + 1}"][-LEVEL_SHOWN:]
+    assert (result["level"], result["level_size"]) == (top, LEVEL + 1)
+    shown = _cli(folder, "status", "--json")
+    assert shown.returncode == 0, shown.stderr
+    answer = json.loads(shown.stdout)
+    assert [w["level"] for w in answer["workers"]] == [[*versions, f"1.0.{LEVEL + 1}"]] * 2
+    # A rollback through the workers: each answer carries the top and the size.
+    rolled = _cli(folder, "rollback", "--json")
+    assert rolled.returncode == 0, rolled.stderr
+    answer = json.loads(rolled.stdout)
+    assert (answer["level"], answer["level_size"]) == (versions[-LEVEL_SHOWN:], LEVEL)
+    for worker in answer["workers"]:
+        assert (worker["level"], worker["level_size"]) == (versions[-LEVEL_SHOWN:], LEVEL)
+    rolled = _cli(folder, "rollback", "--to", versions[-2])
+    assert rolled.returncode == 0, rolled.stderr
+    assert f"({LEVEL - 1} patches)" in rolled.stdout
+    status = supervised.wait(
+        lambda s: all(len(w["level"]) == LEVEL - 1 for w in s["workers"]), "the rollback"
+    )
+    assert [w["level"] for w in status["workers"]] == [versions[:-1]] * 2
+    assert all(w["pid"] for w in status["workers"])
+    assert os.path.exists(folder / "applied" / "fix.py")
