@@ -382,20 +382,22 @@ def test_level_scale(tmp_path: Path) -> None:
 
 
 def test_workers_level(tmp_path: Path) -> None:
-    stdout, data = run("workers_level", tmp_path)
+    stdout, data = run("workers_level", tmp_path, timeout=300)
     check_environment(data, "workers_level")
     assert data["levels"] == [1, 30]
+    assert data["parts"] == ["journal", "workers", "run", "agent"]
     assert [r["level"] for r in data["journal"]] == [1, 30]
-    assert [r["level"] for r in data["workers"]] == [1, 30]
     for row in data["journal"]:
         assert row["samples"] == 4
         for metric in ("record_apply_ms", "record_rollback_ms", "cpu_apply_ms", "cpu_rollback_ms"):
             assert 0 < row[metric]["median"] <= row[metric]["p99"], (row["level"], metric)
         assert row["journal_bytes"] > 0
-    for row in data["workers"]:
-        assert row["samples"] == 3
-        for metric in ("apply_ms", "rollback_ms"):
-            assert 0 < row[metric]["median"] <= row[metric]["p99"], (row["level"], metric)
+    for part in ("workers", "run", "agent"):
+        assert [r["level"] for r in data[part]] == [1, 30]
+        for row in data[part]:
+            assert row["samples"] == 3
+            for metric in ("apply_ms", "rollback_ms"):
+                assert 0 < row[metric]["median"] <= row[metric]["p99"], (part, row["level"])
     assert [g["what"] for g in data["goals"]] == [
         "the group journal's record: record apply at level 30 / level 1",
         "the group journal's record: record rollback at level 30 / level 1",
@@ -403,10 +405,48 @@ def test_workers_level(tmp_path: Path) -> None:
         "the group journal's record, CPU time: rollback at level 30 / level 1",
         "through two workers: apply at level 30 / level 1",
         "through two workers: rollback at level 30 / level 1",
+        "through hotpatch run --workers 2: apply at level 30 / level 1",
+        "through hotpatch run --workers 2: rollback at level 30 / level 1",
+        "through one agent (vital check on): apply at level 30 / level 1",
+        "through one agent (vital check on): rollback at level 30 / level 1",
     ]
     assert all(isinstance(g["met"], bool) and g["value"] > 0 for g in data["goals"])
     assert "apply and rollback through two real workers" in stdout
-    assert stdout.count("goal: ") == 6
+    assert "apply and rollback through hotpatch run --workers 2" in stdout
+    assert "apply and rollback through one agent, vital check on" in stdout
+    assert stdout.count("goal: ") == 10
+
+
+def test_workers_level_measures_only_the_parts_asked(tmp_path: Path) -> None:
+    out = tmp_path / "results" / "workers_level.json"
+    proc = subprocess.run(
+        [
+            *(sys.executable, str(BENCHMARKS / "workers_level.py"), "--quick"),
+            *("--parts", "agent", "--json", str(out)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(out.read_text())
+    assert data["parts"] == ["agent"]
+    assert "journal" not in data
+    assert "run" not in data
+    assert [g["what"] for g in data["goals"]] == [
+        "through one agent (vital check on): apply at level 30 / level 1",
+        "through one agent (vital check on): rollback at level 30 / level 1",
+    ]
+    wrong = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "workers_level.py"), "--quick", "--parts", "nope"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert wrong.returncode == 2
+    assert "--parts: no such part nope (one of journal, workers, run, agent)" in wrong.stderr
 
 
 @pytest.mark.parametrize(
