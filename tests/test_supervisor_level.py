@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_supervisor import Supervised, supervise
+from test_supervisor import Supervised, supervise, wait_for
 from test_supervisor_patches import drop, logic_patch, result_of, watching
 from test_workers import all_serving
 
@@ -201,3 +201,101 @@ def test_workers_at_a_level_over_a_control_message_start_and_answer_with_its_top
     assert [w["level"] for w in status["workers"]] == [versions[:-1]] * 2
     assert all(w["pid"] for w in status["workers"])
     assert os.path.exists(folder / "applied" / "fix.py")
+
+
+MISREPORTING = """\
+import sys, threading
+sys.path.insert(0, {modules!r})
+import {module}
+import hotpatch
+from hotpatch.service._runtime import get_runtime
+
+hotpatch.ready()
+# A report whose top does not go on the bottom the supervisor knows (20 patches claimed,
+# the digest of another bottom): the supervisor must not put it together with its own.
+runtime = get_runtime()
+levels = runtime.patches
+with runtime.exchange:
+    with levels.level_lock:
+        levels.level_seq += 1
+        seq = levels.level_seq
+    top = [f"1.0.{{n}}" for n in range(3, 13)]
+    runtime._send({{
+        "op": "level", "baseline": "1.0", "level": top, "level_size": 20,
+        "patches": [[v, "0" * 64] for v in top], "below": "another bottom", "level_seq": seq,
+    }})
+print("reported", flush=True)
+threading.Event().wait()
+"""
+
+
+@pytest.mark.e2e
+def test_a_report_that_does_not_follow_the_level_known_makes_the_supervisor_ask_for_all_of_it(
+    tmp_path: Path,
+) -> None:
+    modules = tmp_path / "modules"
+    modules.mkdir()
+    (modules / "misreported.py").write_text("def f():\n    return 0\n")
+    folder = tmp_path / "patches"
+    folder.mkdir(mode=0o700)
+    entries = []
+    for n in range(1, 13):
+        text = _source("misreported", n).decode()
+        sha = hashlib.sha256(text.encode()).hexdigest()
+        entries.append(JournalEntry(f"1.0.{n}", sha, f"p{n}.py", text, f"level {n}"))
+    Journal(folder / ".journal.json").write(JournalState("1.0", entries))
+    versions = [e.version for e in entries]
+    service = tmp_path / "service.py"
+    service.write_text(MISREPORTING.format(modules=str(modules), module="misreported"))
+    status_file = tmp_path / "status.json"
+    log_file = tmp_path / "supervisor.log"
+    command = [
+        *(sys.executable, "-m", "hotpatch.supervisor", "run", "--watch", str(folder)),
+        *("--baseline", "1.0", "--allow-unsigned", "--status-file", str(status_file)),
+        *("--", sys.executable, str(service)),
+    ]
+    with log_file.open("wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+    try:
+
+        def asked() -> dict[str, Any] | None:
+            text = log_file.read_text(errors="replace")
+            if "passed its whole patch level (12 patches)" not in text:
+                return None
+            if "asking it for the whole level" not in text or not status_file.exists():
+                return None
+            try:
+                status: dict[str, Any] = json.loads(status_file.read_text())
+            except ValueError:
+                return None
+            return status if (status.get("patches") or {}).get("level") == versions else None
+
+        status = wait_for(asked, "the supervisor to ask for the whole level")
+        assert status["patches"]["level"] == versions  # the process's level, not 20 patches
+        assert "reported" in log_file.read_text(errors="replace")
+        drop(folder, "fix.py", _source("misreported", 13).decode())
+        result = wait_for(
+            lambda: (
+                (folder / "applied" / "fix.py.result.json").exists()
+                and json.loads((folder / "applied" / "fix.py.result.json").read_text())
+            ),
+            "fix.py filed",
+        )
+        assert result["outcome"] == "applied", result
+        assert (result["level"], result["level_size"]) == ([*versions, "1.0.13"][-10:], 13)
+        now = wait_for(
+            lambda: (
+                (s := json.loads(status_file.read_text()))["patches"]["level"]
+                == [*versions, "1.0.13"]
+                and s
+            ),
+            "the level after the drop",
+        )
+        assert now["patches"]["level"] == [*versions, "1.0.13"]
+    finally:
+        process.terminate()
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

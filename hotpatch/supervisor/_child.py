@@ -346,6 +346,9 @@ class Child:
             return
         before = {k: self.info.get(k) for k in LEVEL_KEYS}
         self.mirror.take_whole(whole)
+        log.info(
+            "process %d passed its whole patch level (%d patches)", self.pid, len(self.mirror.level)
+        )
         self.info.update(level=self.mirror.level, patches=self.mirror.patches)
         seq = max(int(whole.get("level_seq") or 0), int(self.info.get("level_seq") or 0))
         self.info["level_seq"] = seq
