@@ -23,11 +23,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MAX_REQUEST_BYTES", "AgentBusy", "request", "with_address"]
+__all__ = ["MAX_REQUEST_BYTES", "AgentBusy", "exchange", "request", "with_address"]
 
 MAX_REQUEST_BYTES = 1 << 20
 MAX_RESPONSE_BYTES = 64 << 20
 BUSY_WAIT_S = 5.0  # how long the client keeps trying a backlog that is full
+POLL_S = 0.05  # how often a request asks ``unanswerable`` while its answer is awaited
 _SUN_PATH_MAX = 107  # sockaddr_un.sun_path is 108 bytes with the terminating NUL
 
 
@@ -55,33 +56,79 @@ class AgentBusy(ConnectionError):
 
 
 def request(
-    path: str | os.PathLike[str], payload: dict[str, Any], *, timeout: float = 30.0
+    path: str | os.PathLike[str],
+    payload: dict[str, Any],
+    *,
+    timeout: float = 30.0,
+    unanswerable: Callable[[], OSError | None] | None = None,
 ) -> dict[str, Any]:
     """Send one request to the control socket at ``path`` and return its answer.
 
     Raises ``OSError`` (``FileNotFoundError``, ``ConnectionRefusedError``,
     ``TimeoutError``, ``ConnectionError`` for a missing or unreadable answer,
     ``AgentBusy`` when its backlog stays full for ``BUSY_WAIT_S``).
+    ``unanswerable``: asked while the answer is awaited (every ``POLL_S``); an
+    error it returns (the server cannot accept: no descriptor left) ends the wait.
     """
     target = Path(path)
     with _connect(target, timeout) as sock:
-        # Refused before it read anything (uid, busy): its answer may still be waiting.
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-            sock.sendall((json.dumps(payload) + "\n").encode())
-        with sock.makefile("rb") as answers:
-            line = answers.readline(MAX_RESPONSE_BYTES)
+        return exchange(sock, payload, timeout=timeout, peer=target, unanswerable=unanswerable)
+
+
+def exchange(
+    sock: socket.socket,
+    payload: dict[str, Any],
+    *,
+    timeout: float,
+    peer: object,
+    unanswerable: Callable[[], OSError | None] | None = None,
+) -> dict[str, Any]:
+    """Send ``payload`` on a connected ``sock`` and read its answer (see ``request``)."""
+    sock.settimeout(timeout)
+    # Refused before it read anything (uid, busy): its answer may still be waiting.
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+        sock.sendall((json.dumps(payload) + "\n").encode())
+    line = _answer_line(sock, timeout, unanswerable)
     if not line.endswith(b"\n"):
-        msg = f"the process at {target} closed the connection without a complete answer"
+        msg = f"the process at {peer} closed the connection without a complete answer"
         raise ConnectionError(msg)
     try:
         response = json.loads(line)
     except (UnicodeDecodeError, json.JSONDecodeError):
-        msg = f"the process at {target} answered something that is not JSON: {line[:200]!r}"
+        msg = f"the process at {peer} answered something that is not JSON: {line[:200]!r}"
         raise ConnectionError(msg) from None
     if not isinstance(response, dict):
-        msg = f"the process at {target} answered a JSON {type(response).__name__}, not an object"
+        msg = f"the process at {peer} answered a JSON {type(response).__name__}, not an object"
         raise ConnectionError(msg)
     return response
+
+
+def _answer_line(
+    sock: socket.socket, timeout: float, unanswerable: Callable[[], OSError | None] | None
+) -> bytes:
+    if unanswerable is None:
+        with sock.makefile("rb") as answers:
+            return answers.readline(MAX_RESPONSE_BYTES)
+    line = bytearray()
+    waited = 0.0
+    sock.settimeout(POLL_S)
+    while b"\n" not in line and len(line) < MAX_RESPONSE_BYTES:
+        problem = unanswerable()
+        if problem is not None:
+            raise problem
+        try:
+            chunk = sock.recv(min(65536, MAX_RESPONSE_BYTES - len(line)))
+        except TimeoutError:
+            waited += POLL_S
+            if waited >= timeout:
+                raise
+            continue
+        if not chunk:
+            break
+        waited = 0.0
+        line += chunk
+    end = line.find(b"\n")
+    return bytes(line[: end + 1] if end >= 0 else line)
 
 
 def _connect(target: Path, timeout: float) -> socket.socket:

@@ -12,6 +12,7 @@ import contextlib
 import errno
 import json
 import logging
+import math
 import os
 import secrets
 import selectors
@@ -80,6 +81,7 @@ class ControlServer:
         self._returned: collections.deque[_Connection] = collections.deque()
         self._lock = threading.Lock()
         self._stopping = threading.Event()
+        self._short: str | None = None  # accept() is out of descriptors: why
 
     def __enter__(self) -> ControlServer:
         self.start()
@@ -175,6 +177,27 @@ class ControlServer:
             return False
         return (st.st_dev, st.st_ino) == self._identity
 
+    @property
+    def accept_short(self) -> str | None:
+        """Why ``accept()`` last failed for want of descriptors, if it has not accepted since."""
+        return self._short
+
+    def adopt(self, sock: socket.socket) -> None:
+        """Serve ``sock``, one end of a socket pair of this process's, as a connection.
+
+        It is read, handled and answered as any other, and never idles out: the
+        process's own way to its handler (the vital check after an apply) that
+        needs no new descriptor when no connection can be accepted. Closed when
+        the server stops, like every connection.
+        """
+        if self._thread is None:
+            sock.close()
+            return
+        sock.setblocking(False)
+        with self._lock:
+            self._returned.append(_Connection(sock, os.getuid(), kept=True))
+        self._wake()
+
     # -- the serving thread: accept, read, time out -------------------------------------
 
     def _serve(self) -> None:
@@ -211,7 +234,7 @@ class ControlServer:
                     self._close(conn, selector)
 
     def _timeout(self, now: float, paused_until: float | None) -> float | None:
-        deadlines = [c.deadline for c in self._idle.values()]
+        deadlines = [c.deadline for c in self._idle.values() if not c.kept]
         if paused_until is not None:
             deadlines.append(paused_until)
         return max(0.0, min(deadlines) - now) if deadlines else None
@@ -225,6 +248,7 @@ class ControlServer:
                 return True
             except OSError as exc:
                 if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    self._short = f"{exc.strerror or exc} (errno {exc.errno})"
                     log.error(  # noqa: TRY400 -- the reason is the message; no traceback
                         "control socket %s: cannot accept a connection: %s; "
                         "clients wait in the backlog meanwhile",
@@ -233,6 +257,7 @@ class ControlServer:
                     )
                     return False
                 return True
+            self._short = None
             self._admit(conn, selector)
 
     def _admit(self, conn: socket.socket, selector: selectors.BaseSelector) -> None:
@@ -255,14 +280,15 @@ class ControlServer:
             _send_now(conn, _error(message, "PermissionDenied"))
             conn.close()
             return
-        if len(self._idle) >= self.max_connections:  # make room: the nearest deadline goes
-            oldest = min(self._idle.values(), key=lambda c: c.deadline)
+        others = [c for c in self._idle.values() if not c.kept]
+        if len(others) >= self.max_connections:  # make room: the nearest deadline goes
+            oldest = min(others, key=lambda c: c.deadline)
             _send_now(oldest.sock, _error("too many control connections; closed", "Busy"))
             self._close(oldest, selector)
         self._wait_for_request(_Connection(conn, uid), selector)
 
     def _wait_for_request(self, conn: _Connection, selector: selectors.BaseSelector) -> None:
-        conn.deadline = time.monotonic() + self.idle_timeout
+        conn.deadline = math.inf if conn.kept else time.monotonic() + self.idle_timeout
         self._idle[conn.sock] = conn
         selector.register(conn.sock, selectors.EVENT_READ, conn)
         self._next_request(conn, selector)  # a pipelined request may be there already
@@ -306,7 +332,7 @@ class ControlServer:
             )
             if not _send_now(conn.sock, _error(message, "Busy")):
                 self._close(conn, selector)
-            else:
+            elif not conn.kept:
                 conn.deadline = time.monotonic() + self.idle_timeout
             return
         selector.unregister(conn.sock)
@@ -397,12 +423,16 @@ class ControlServer:
 
 @dataclass(slots=True, eq=False)
 class _Connection:
-    """A client's connection: its uid, what it sent of its next request, and by when."""
+    """A client's connection: its uid, what it sent of its next request, and by when.
+
+    ``kept``: one the process made itself (``ControlServer.adopt``): no deadline.
+    """
 
     sock: socket.socket
     uid: int
     buffer: bytearray = field(default_factory=bytearray)
     deadline: float = 0.0
+    kept: bool = False
 
 
 def _error(message: str, error_type: str) -> dict[str, Any]:

@@ -5,9 +5,8 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from packaging.version import Version
 
@@ -35,9 +34,16 @@ log = logging.getLogger("hotpatch")
 BUNDLE_REASON = "baseline bundles need the supervisor (hotpatch run)"
 VITAL_WHO = "hotpatch (vital check)"  # who rolls back a patch that broke the agent
 
-# Given the record about to be filed: ``None`` when the agent can still file it and
-# answer its control socket, else what is broken (``hotpatch.agent._vital``).
-Vital = Callable[[dict[str, Any]], str | None]
+
+class Vital(Protocol):
+    """The agent's vital path (``hotpatch.agent._vital.VitalCheck``)."""
+
+    def reserve(self) -> None:
+        """Before an apply: what the check needs made now; ``OSError`` when it cannot be."""
+
+    def __call__(self, record: dict[str, Any], /) -> str | None:
+        """Given the record about to be filed: ``None`` when the agent can still file it
+        and answer its control socket, else what is broken."""
 
 
 class LocalApplier:
@@ -153,6 +159,11 @@ class LocalApplier:
     def apply(self, patch: Patch, outcome: Outcome) -> None:
         """Apply a loaded patch; ``RestartRequired`` leaves it ``pending``."""
         registry = self.registry
+        if self.vital is not None:
+            # What the check needs, made before the patch is in (and can break making it,
+            # or the service's load takes the last descriptors): none left now is a
+            # shortage, the patch not taken (the drop waits and is tried again).
+            self.vital.reserve()
         with registry.lock:  # no other change of the level between the apply and its check
             before = registry.level
             t = time.perf_counter()

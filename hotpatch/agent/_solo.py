@@ -74,6 +74,8 @@ class Solo:
             self._handle = dispatch(commands.table())
             if settings.socket is not None:
                 server = stack.enter_context(ControlServer(settings.socket, self._handle))
+                vital.served_by(server)
+                stack.callback(vital.close)
             if settings.watch is not None:
                 process = functools.partial(self.pipeline.process, who=f"folder:{settings.watch}")
                 watch = FolderWatch(

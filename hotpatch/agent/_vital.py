@@ -8,6 +8,14 @@ write a file completely, read it back) and to answer its control socket (a
 answer) is tried once the patch is in, within ``VITAL_TIMEOUT_S``, in a
 thread of its own so that a patch that makes either hang cannot hang the
 agent. ``VitalCheck`` says what broke; the applier then rolls the patch back.
+
+A process at its descriptor limit cannot connect to its socket, nor accept a
+connection: that is a shortage, not something the patch broke. For it the
+check keeps a connection to the control server made before the apply (a
+``SparePair``, one end served by the server as a connection that never idles
+out), and asks through it when the socket itself cannot be reached for want
+of descriptors; when no such pair can be made before the apply, the patch is
+not taken now (``reserve`` raises; the drop waits and is tried again).
 """
 
 from __future__ import annotations
@@ -15,15 +23,20 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import logging
 import os
 import threading
 from pathlib import Path
 from typing import Any
 
-from hotpatch.agent._control import AgentBusy, request
+from hotpatch._shortage import SparePair, shortage_of
+from hotpatch.agent._control import AgentBusy, exchange, request
+from hotpatch.agent._control_server import ControlServer
 from hotpatch.agent._outcome import write_result
 
 __all__ = ["VITAL_TIMEOUT_S", "VitalCheck"]
+
+log = logging.getLogger("hotpatch")
 
 VITAL_TIMEOUT_S = 10.0  # for the whole check; a working agent takes milliseconds
 _SCRATCH_TRIES = 3  # writes of the result file while its directory keeps going away
@@ -34,7 +47,8 @@ class VitalCheck:
     """Tries the agent's vital path: a result file in ``scratch``, ``status`` on ``socket``.
 
     ``scratch``: a private directory of the agent's (a result file is written
-    there and removed); ``socket``: its control socket, if it serves one.
+    there and removed); ``socket``: its control socket, if it serves one;
+    ``server``: the server of that socket, once it serves (the spare connection).
     """
 
     def __init__(
@@ -49,6 +63,33 @@ class VitalCheck:
         self.socket = socket
         self.timeout = timeout
         self.ask = ask if ask is not None else {"cmd": "status"}  # a request answered at once
+        self.server: ControlServer | None = None
+        self._spare = SparePair()
+
+    def served_by(self, server: ControlServer) -> None:
+        """``server`` serves ``socket`` now: its spare connection is made at once, while
+        descriptors are free (else before the next apply)."""
+        self.server = server
+        try:
+            self.reserve()
+        except OSError as exc:
+            log.warning("cannot make the vital check's spare connection yet: %s", exc)
+
+    def close(self) -> None:
+        """The spare connection goes (the agent stops)."""
+        self._drop_spare()
+
+    def reserve(self) -> None:
+        """Before an apply: the spare connection, made now if there is none (or the
+        server closed it: stopped and started again); ``OSError`` if it cannot be made."""
+        server = self.server
+        if server is None or self.socket is None:
+            return
+        pair = self._spare.pair
+        if pair is not None and pair[1].fileno() == -1:  # the server closed its end
+            self._drop_spare()
+        if self._spare.pair is None:
+            server.adopt(self._spare.reserve()[1])
 
     def __call__(self, record: dict[str, Any]) -> str | None:
         """``None`` when the agent can file ``record`` and answer; else what is broken."""
@@ -65,6 +106,7 @@ class VitalCheck:
         thread = threading.Thread(target=run, name="hotpatch-vital-check", daemon=True)
         thread.start()
         if not done.wait(self.timeout):
+            self._spare.spoil(close=False)  # the thread may still use it: left to it
             return (
                 "filing an outcome and answering the control socket did not finish within "
                 f"{self.timeout:g} s"
@@ -118,14 +160,59 @@ class VitalCheck:
         if self.socket is None:
             return None
         try:
-            answer = request(self.socket, self.ask, timeout=self.timeout)
+            answer = request(
+                self.socket, self.ask, timeout=self.timeout, unanswerable=self._cannot_accept
+            )
         except AgentBusy:
             return None  # answered: the backlog is full of other clients
-        except (OSError, ValueError) as exc:
+        except OSError as exc:
+            if shortage_of(exc) is None:
+                return f"the control socket did not answer: {type(exc).__name__}: {exc}"
+            return self._answer_spare(exc)  # no descriptor to connect or to accept with
+        except ValueError as exc:
             return f"the control socket did not answer: {type(exc).__name__}: {exc}"
-        if answer.get("ok") is not True and answer.get("error_type") != "Busy":
-            return f"the control socket answered with an error: {answer.get('error')}"
-        return None
+        return _judge(answer)
+
+    def _cannot_accept(self) -> OSError | None:
+        """While the answer is awaited: the server cannot accept, for want of descriptors."""
+        why = self.server.accept_short if self.server is not None else None
+        return None if why is None else OSError(errno.EMFILE, f"cannot accept: {why}")
+
+    def _answer_spare(self, short: OSError) -> str | None:
+        """Ask through the spare connection (the socket's own handler, no new descriptor)."""
+        pair = self._spare.pair
+        if pair is None or pair[1].fileno() == -1:
+            log.warning(
+                "the vital check could not reach the control socket (%s) and has no spare "
+                "connection: whether it still answers is not known",
+                short,
+            )
+            return None
+        try:
+            answer = exchange(pair[0], self.ask, timeout=self.timeout, peer="this process")
+        except (OSError, ValueError) as exc:
+            self._drop_spare()
+            return (
+                f"the control socket did not answer (through the connection kept for a process "
+                f"out of descriptors): {type(exc).__name__}: {exc}"
+            )
+        broken = _judge(answer)
+        if broken is not None:
+            self._drop_spare()
+        return broken
+
+    def _drop_spare(self) -> None:
+        """Not used again: our end closed; the server closes its own once it reads the end."""
+        pair = self._spare.pair
+        self._spare.spoil(close=False)
+        if pair is not None:
+            pair[0].close()
+
+
+def _judge(answer: dict[str, Any]) -> str | None:
+    if answer.get("ok") is not True and answer.get("error_type") != "Busy":
+        return f"the control socket answered with an error: {answer.get('error')}"
+    return None
 
 
 def _plain(value: Any) -> Any:

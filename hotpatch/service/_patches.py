@@ -29,7 +29,7 @@ from hotpatch._results import (
     RollbackResult,
     level_summary,
 )
-from hotpatch._shortage import RESOURCES, shortage_of
+from hotpatch._shortage import RESOURCES, SparePair, shortage_of
 from hotpatch.service._channel import SHORTAGE, DescriptorsLost, recv_message, send_message
 
 __all__ = [
@@ -385,24 +385,22 @@ def migration_timeout(environ: Mapping[str, str]) -> float:
 class WireCheck:
     """After an apply: does a message still cross a channel of the supervisor's kind?
 
-    The socket pair is made before the patch is applied (``reserve``) and reused
-    while it works: the check itself needs no new descriptor, so a process at its
-    descriptor limit is not taken for one whose patch broke the channel.
+    The socket pair is made before the patch is applied (``reserve``, a
+    ``SparePair``) and reused while it works: the check itself needs no new
+    descriptor, so a process at its descriptor limit is not taken for one whose
+    patch broke the channel.
     """
 
     def __init__(self) -> None:
-        self._pair: tuple[socket.socket, socket.socket] | None = None
+        self._spare = SparePair(socket.SOCK_SEQPACKET)
 
     def reserve(self) -> None:
         """Make the pair if there is none; ``OSError`` if it cannot be made now."""
-        if self._pair is None:
-            self._pair = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self._spare.reserve()
 
     def close(self) -> None:
         """Close the pair, if any (a process's pair lives as long as it does)."""
-        pair, self._pair = self._pair, None
-        for sock in pair or ():
-            sock.close()
+        self._spare.spoil()
 
     def check(self, message: Mapping[str, Any], timeout: float = VITAL_TIMEOUT_S) -> str | None:
         """``None`` when ``message`` arrives as sent through the pair; else what went wrong.
@@ -410,7 +408,7 @@ class WireCheck:
         Bounded by ``timeout`` (in a thread of its own: a patch may make it hang).
         A pair that failed is not used again.
         """
-        pair = self._pair
+        pair = self._spare.pair
         if pair is None:
             return "no socket pair was reserved for the check"
         found: list[str | None] = []
@@ -425,12 +423,10 @@ class WireCheck:
 
         threading.Thread(target=run, name="hotpatch-vital-check", daemon=True).start()
         if not done.wait(timeout):
-            self._pair = None  # the thread may still use it: left to it
+            self._spare.spoil(close=False)  # the thread may still use it: left to it
             return f"a message to the supervisor did not cross a channel within {timeout:g} s"
         if found[0] is not None:
-            self._pair = None
-            for sock in pair:
-                sock.close()
+            self._spare.spoil()
         return found[0]
 
 

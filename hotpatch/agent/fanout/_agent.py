@@ -150,6 +150,8 @@ class Worker:
                 )
                 with lock:  # deliveries wait until this worker has caught up
                     self._server = stack.enter_context(ControlServer(socket, self.commands.handle))
+                    vital.served_by(self._server)
+                    stack.callback(vital.close)
                     if peers and not self.replica.catch_up(folder, self.journal):
                         log.warning(
                             "worker %d: no live worker gave its level; replaying the journal",

@@ -13,8 +13,10 @@ import hashlib
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 from hotpatch._errors import JournalError
+from hotpatch._shortage import Shortage
 from hotpatch.agent._outcome import Outcome
 from hotpatch.agent.fanout._journal import GroupJournal
 from hotpatch.agent.fanout._peers import Roster, call, send
@@ -69,6 +71,9 @@ class Fanout:
                 self._record_apply(outcome)
             return
         failed = [r for r in answered if r["outcome"] not in ("applied", "unchanged")]
+        short = [r for r in failed if isinstance(r.get("shortage"), str)]
+        if short:
+            self._short(str(outcome.version), failed, short)
         if kinds == {"pending"}:
             outcome.outcome, outcome.reason = "pending", mine.get("reason")
             outcome.error_type = mine.get("error_type")
@@ -84,6 +89,16 @@ class Fanout:
             f"rolled back in the {undone} that had applied it ({reasons}); fix the patch and "
             "drop a newer version"
         )
+
+    def _short(
+        self, version: str, failed: list[dict[str, Any]], short: list[dict[str, Any]]
+    ) -> None:
+        """A worker ran short (descriptors, memory): not the patch's fault. Undone where it
+        went in, the drop waits (``Shortage``) and is tried again in every worker."""
+        undone = self._undo(version, failed={r["pid"] for r in failed})
+        reasons = "; ".join(f"worker {r['pid']}: {r.get('reason')}" for r in short)
+        detail = f"patch {version} was undone in the {undone} workers that had applied it"
+        raise Shortage(short[0]["shortage"], f"{reasons}; {detail}")
 
     def _record_apply(self, outcome: Outcome) -> None:
         """Journal an applied drop; if that fails, undo it everywhere: it would not survive."""

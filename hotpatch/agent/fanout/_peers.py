@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from hotpatch._process import alive
+from hotpatch._shortage import shortage_of
 from hotpatch.agent._control import request
 from hotpatch.agent._control_server import ControlServer
 from hotpatch.agent._names import PIDFILE_NAME, WORKERS_DIR
@@ -140,7 +141,11 @@ def call(pid: int, sock: Path, payload: dict[str, Any]) -> dict[str, Any] | None
         if not alive(pid):
             remove_stale(sock)
             return None
-        return {"ok": False, "error": f"no answer from worker {pid}: {exc}"}
+        answer = {"ok": False, "error": f"no answer from worker {pid}: {exc}"}
+        short = shortage_of(exc)
+        if short is not None:  # this worker could not ask: not the patch's fault
+            answer.update(error_type="Shortage", shortage=short)
+        return answer
 
 
 def send(pid: int, sock: Path, payload: dict[str, Any]) -> dict[str, Any]:
@@ -154,6 +159,7 @@ def send(pid: int, sock: Path, payload: dict[str, Any]) -> dict[str, Any]:
             "outcome": "rejected",
             "reason": answer.get("error"),
             "error_type": answer.get("error_type") or "VerificationFailed",
+            **({"shortage": answer["shortage"]} if "shortage" in answer else {}),
         }
     answer.pop("ok", None)
     return answer

@@ -17,6 +17,7 @@ from typing import Any
 
 from hotpatch._errors import PatchError, VerificationFailed
 from hotpatch._results import level_summary, level_text
+from hotpatch._shortage import shortage_of
 from hotpatch.agent._applier import already_applied
 from hotpatch.agent._control import request
 from hotpatch.agent._drops import peek_version
@@ -43,6 +44,8 @@ class Replica:
         text = item.get("text")
         name = str(item.get("name") or "patch.py")
         outcome = Outcome(name=name, who=who)
+        before = self.local.level()
+        short: str | None = None
         try:
             if not isinstance(text, str):
                 msg = f"delivery of {name} carries no patch text"
@@ -68,9 +71,16 @@ class Replica:
             outcome.outcome, outcome.reason = "rejected", str(exc)
             outcome.error_type = type(exc).__name__
         except Exception as exc:
-            log.exception("worker %d: applying %s failed unexpectedly", os.getpid(), name)
-            outcome.outcome, outcome.error_type = "rejected", "Error"
-            outcome.reason = f"internal error in worker {os.getpid()}: {type(exc).__name__}: {exc}"
+            short = shortage_of(exc) if self.local.level() == before else None
+            if short is not None:  # nothing of it applied: not the patch's fault
+                outcome.outcome, outcome.error_type = "rejected", "Shortage"
+                outcome.reason = f"worker {os.getpid()} ran short: {short} ({exc})"
+            else:
+                log.exception("worker %d: applying %s failed unexpectedly", os.getpid(), name)
+                outcome.outcome, outcome.error_type = "rejected", "Error"
+                outcome.reason = (
+                    f"internal error in worker {os.getpid()}: {type(exc).__name__}: {exc}"
+                )
         outcome.timings["total_s"] = time.perf_counter() - start
         outcome.level = self.local.level()
         if outcome.outcome != "applied":
@@ -84,6 +94,7 @@ class Replica:
             "error_type": outcome.error_type,
             "targets": list(outcome.targets),
             "timings": {k: round(v, 6) for k, v in outcome.timings.items()},
+            **({"shortage": short} if short is not None else {}),
         }
 
     def undo(self, version: object, who: str) -> dict[str, Any]:
