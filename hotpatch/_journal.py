@@ -293,8 +293,12 @@ class Journal:
             else:
                 link = candidate
             break
+        kept: tuple[int, int] | None = None
         try:
             prior: bytes | None = (link or self.path).read_bytes()
+            if link is not None:
+                st = link.stat(follow_symlinks=False)
+                kept = (st.st_dev, st.st_ino)
         except FileNotFoundError:
             prior = None
         except OSError as exc:
@@ -302,7 +306,7 @@ class Journal:
                 link.unlink(missing_ok=True)
             msg = f"journal {self.path} cannot be read: {exc.strerror or exc}"
             raise JournalError(msg) from exc
-        return UndoPoint(self, prior, link, unlinked)
+        return UndoPoint(self, prior, link, unlinked, kept)
 
     def _restore_link(self, link: Path, prior: bytes) -> bool:
         """The file ``link`` keeps, cut back to ``prior``, renamed over the journal; ``False``
@@ -423,16 +427,28 @@ class UndoPoint:
 
     Put back through the kept file (cut back, renamed over the journal): no new
     space needed, so a full disk cannot leave a rolled-back patch in the journal
-    for the next process to replay. Without a kept file (none could be made, or
-    it was used already) the bytes are put back as ``undo_point`` does.
+    for the next process to replay. A kept file removed by hand is looked for
+    under the other names of the same file (the journal set aside by a new
+    baseline's process). Without a kept file (none could be made, or it is
+    gone) the bytes are put back as ``undo_point`` does -- cut back in place
+    when only appended to since, else written whole, the last resort, which
+    needs room: on a full disk that is a ``JournalError`` from the ``OSError``
+    (``shortage_of`` names the resource), the journal left as it was, whole,
+    and ``restore`` may be tried again once there is room.
     """
 
     def __init__(
-        self, journal: Journal, prior: bytes | None, link: Path | None, unlinked: str | None
+        self,
+        journal: Journal,
+        prior: bytes | None,
+        link: Path | None,
+        unlinked: str | None,
+        kept: tuple[int, int] | None = None,
     ) -> None:
         self._journal = journal
         self._prior = prior
         self._link = link
+        self._kept = kept  # (st_dev, st_ino) of the kept file
         self.unlinked = unlinked  # why no file could be kept (bytes alone), if so
 
     def restore(self) -> None:
@@ -441,7 +457,11 @@ class UndoPoint:
         if prior is None:
             journal._remove()
             return
+        without = f"its file system keeps no second name ({self.unlinked})"
         if link is not None:
+            if not os.path.lexists(link):  # removed by hand: the same file by another name?
+                without = f"the file kept for it ({link.name}) was removed"
+                link = _same_file(link.parent, self._kept, journal.path) or link
             try:
                 done = journal._restore_link(link, prior)
             except OSError:
@@ -449,7 +469,15 @@ class UndoPoint:
             if done:
                 self._link = None
                 return
-        journal._put_back(prior)
+        try:
+            journal._put_back(prior)
+        except JournalError as exc:
+            msg = (
+                f"journal {journal.path} cannot be put back as it was: {without}, so it is "
+                f"written whole, which failed ({exc}); it is left as it is, whole. Free space "
+                "on its file system"
+            )
+            raise JournalError(msg) from exc
 
     def discard(self) -> None:
         """No rollback will need this point: the kept file goes (its space, if it was the
@@ -464,6 +492,23 @@ class UndoPoint:
 # directory blocks, quota), not "no hard links here".
 _SHORT = frozenset({errno.ENOSPC, errno.EDQUOT})
 _LINK_NAME = re.compile(r"\.(?P<name>.+)\.undo-(?P<pid>[0-9]+)-[0-9]+")
+
+
+def _same_file(folder: Path, kept: tuple[int, int] | None, journal: Path) -> Path | None:
+    """Another name in ``folder`` than ``journal``'s of the file ``kept`` identifies, if any."""
+    if kept is None:
+        return None
+    try:
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if entry.name == journal.name:
+                    continue  # the journal itself, only appended to: cut in place
+                st = entry.stat(follow_symlinks=False)
+                if (st.st_dev, st.st_ino) == kept and entry.is_file(follow_symlinks=False):
+                    return Path(entry.path)
+    except OSError:
+        return None
+    return None
 
 
 def _remove_stale_links(folder: Path, name: str) -> None:

@@ -1158,3 +1158,49 @@ def test_an_undo_point_that_cannot_be_kept_is_a_shortage(small_disk: SmallDisk):
         assert sorted(os.listdir(small_disk.path)) == [".inodes", "journal.json"]
     finally:
         small_disk.free()
+
+
+@pytest.mark.parametrize("changed", ["compacted", "baseline"])
+def test_an_undo_point_whose_kept_file_was_removed_waits_for_room_on_a_full_disk(
+    make_module, write_patch, small_disk: SmallDisk, monkeypatch, changed
+):
+    # The file kept for the point was removed by hand while the new process changed
+    # the journal. "baseline": the journal it set aside is the same file under another
+    # name, put back with no new space. "compacted": the file is gone for good, the
+    # bytes must be written whole (the last resort): on a full disk a shortage naming
+    # the disk, the journal left whole as it is, put back once there is room.
+    module = make_module(TARGET)
+    path = small_disk.path / "journal.json"
+    registry = hotpatch.Registry("1.0", journal=path)
+    paths = _write_chain(write_patch, module.__name__, 3)
+    try:
+        registry.apply(hotpatch.load_patch(paths[0]))
+        before = path.read_bytes()
+        point = hotpatch._journal.Journal(path).hold()
+        [kept] = [n for n in os.listdir(small_disk.path) if ".undo-" in n]
+        os.unlink(small_disk.path / kept)
+        if changed == "compacted":
+            monkeypatch.setattr(hotpatch._journal, "COMPACT_MIN", 0)
+            monkeypatch.setattr(hotpatch._journal, "COMPACT_GROWTH", 0.0)
+            for p in paths[1:]:
+                registry.apply(hotpatch.load_patch(p))
+        else:
+            hotpatch.Registry("2.0", journal=path)  # the new baseline's process sets it aside
+            hotpatch._journal.Journal(path).write(hotpatch._journal_format.JournalState("2.0"))
+        after = path.read_bytes()
+        small_disk.fill()
+        if changed == "compacted":
+            with pytest.raises(hotpatch.JournalError, match="cannot be put back") as caught:
+                point.restore()
+            assert shortage_of(caught.value) == RESOURCES[errno.ENOSPC]
+            assert f"the file kept for it ({kept}) was removed" in str(caught.value)
+            assert path.read_bytes() == after  # whole, as it was
+            assert sorted(os.listdir(small_disk.path)) == [".filler", "journal.json"]
+            small_disk.free()
+        point.restore()
+        assert path.read_bytes() == before
+        assert [e.version for e in _state(path).level] == ["1.0.1"]
+        assert sorted(n for n in os.listdir(small_disk.path) if n != ".filler") == ["journal.json"]
+    finally:
+        small_disk.free()
+        registry.rollback(to="1.0")

@@ -526,6 +526,77 @@ def test_a_baseline_rolled_back_on_a_full_disk_gets_its_journal_back(
     load.check(request(supervised.address, "/get")["counters"])
 
 
+# The health check also removes the file the supervisor keeps to put the journal
+# back (by hand, say): after the compaction it must be written whole, on a full disk.
+REMOVE_KEPT_FILL_THEN_SICK = """
+def healthy():
+    import os
+    for name in os.listdir({folder!r}):
+        if ".undo-" in name:
+            os.unlink(os.path.join({folder!r}, name))
+    fd = os.open({filler!r}, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        while True:
+            os.write(fd, bytes(4096))
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    return False
+"""
+
+
+def test_a_rollback_that_must_write_the_journal_whole_waits_for_room(
+    supervise: Callable[..., Supervised], tmp_path: Path, small_disk: SmallDisk
+) -> None:
+    folder = tmp_path / "patches"
+    journal = small_disk.path / "journal.json"
+    options = ("--watch", str(folder), "--journal", str(journal), "--settle", "0.1")
+    supervised = supervise("--plugin", options=(*options, *BASE_OPTIONS))
+    sick = logic_patch(
+        "1.0.3",
+        "sick",
+        head=", restart=True",
+        extra=COMPACTS
+        + '\n@patch.replace("counter_logic:healthy")'
+        + REMOVE_KEPT_FILL_THEN_SICK.format(
+            folder=str(small_disk.path), filler=str(small_disk.filler)
+        ),
+    )
+    with under_load(supervised) as load:
+        with_hot_patch(supervised, folder)
+        drop(folder, "two-1.0.2.py", logic_patch("1.0.2", "two"))
+        assert result_of(folder, "two-1.0.2.py", supervised)["outcome"] == "applied"
+        answer = control(folder / ".hotpatch.sock", {"cmd": "rollback", "to": None})
+        assert answer["ok"], answer
+        before = journal.read_bytes()
+        drop(folder, "big-1.0.3.py", sick)
+        wait_for(
+            lambda: errors(supervised, "journal waits to be put back", "disk full") == 1,
+            "the supervisor to say the journal waits for room",
+        )
+        # Meanwhile: no process started from the new journal; it is whole, the level
+        # of the code that serves until the rollback can go on.
+        state = Journal(journal).read()
+        assert state is not None
+        assert [e.version for e in state.level] == ["1.0.1", "1.0.3"]
+        assert request(supervised.address, "/get")["tag"] == "sick"
+        assert not (folder / "rejected" / "big-1.0.3.py.result.json").exists()
+
+        small_disk.free()
+        result = result_of(folder, "big-1.0.3.py", supervised)
+        assert (result["dir"], result["via"]) == ("rejected", "restart"), result
+        assert result["rolled_back"] == "baseline 1.0 at level 1.0.1", result
+        assert errors(supervised, "cannot restore the journal") == 0
+        assert journal.read_bytes() == before
+        assert request(supervised.address, "/get")["tag"] == HOT
+        outcome = supervised.restart()  # the next process replays the journal put back
+        assert outcome["ok"], outcome
+        assert request(supervised.address, "/get")["tag"] == HOT
+        assert supervised.status()["patches"]["level"] == ["1.0.1"]
+    load.check(request(supervised.address, "/get")["counters"])
+
+
 # -- a baseline bundle short of a resource -------------------------------------------------
 
 

@@ -188,7 +188,7 @@ class Restarts:
             )
         except BringUpFailed as exc:
             if before is not None:  # before a recovery starts from it, or the old one goes on
-                before.restore_journal()
+                await before.restore_journal()
             if exc.old_drained or not old.alive:
                 # Nobody serves any more: the work that follows brings up a
                 # replacement from the chain (which holds the final round, if
@@ -253,9 +253,9 @@ class Restarts:
         """
         running = self.running
         running.release, running.baseline = to.release, to.baseline
-        to.restore_journal()
         running.state = "rolling-back"
         self.on_change()
+        await to.restore_journal()  # waits while it cannot be put back for want of room
         try:
             new, handover = await self.handover.bring_up(
                 bad, down_since=None, carry_state=True, release=running.release

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ __all__ = ["HEALTH_TIMEOUT", "CodePoint", "describe_level", "health_of"]
 log = logging.getLogger("hotpatch.supervisor")
 
 HEALTH_TIMEOUT = 30.0  # for a process to answer ``health`` (its HTTP probe has 5 s of it)
+RESTORE_RETRY_MIN_S = 0.5  # a journal that cannot be put back for want of room: first retry
+RESTORE_RETRY_MAX_S = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,16 +68,43 @@ class CodePoint:
                     )
         return cls(release, baseline, journal, put_back)
 
-    def restore_journal(self) -> str | None:
-        """Put the kept journal back (or remove one that did not exist); an error."""
+    async def restore_journal(self) -> str | None:
+        """Put the kept journal back (or remove one that did not exist); an error.
+
+        For want of a resource (the kept file gone or never made, so the journal
+        is written whole, on a full disk) it waits and tries again until it is
+        back: no process may start from, nor go on writing, a journal that is
+        not the one the code gone back to had (it would replay the change
+        undone). One ERROR names the resource; then less often, up to every
+        ``RESTORE_RETRY_MAX_S``.
+        """
         if self.put_back is None:
             return None
-        try:
-            self.put_back.restore()
-        except JournalError as exc:
-            log.error("cannot restore the journal: %s", exc)  # noqa: TRY400 -- says it all
-            return str(exc)
-        return None
+        attempt = 0
+        while True:
+            try:
+                self.put_back.restore()
+            except JournalError as exc:
+                resource = shortage_of(exc)
+                if resource is None:
+                    log.error("cannot restore the journal: %s", exc)  # noqa: TRY400 -- says it all
+                    return str(exc)
+                attempt += 1
+                delay = min(RESTORE_RETRY_MIN_S * 2 ** (attempt - 1), RESTORE_RETRY_MAX_S)
+                log.log(
+                    logging.ERROR if attempt == 1 else logging.INFO,
+                    "the journal waits to be put back (%s): %s. Nothing goes on until it is; "
+                    "tried again in %.1f s (attempt %d)",
+                    resource,
+                    exc,
+                    delay,
+                    attempt,
+                )
+                await asyncio.sleep(delay)
+                continue
+            if attempt:
+                log.warning("the journal is put back, after %d attempts", attempt + 1)
+            return None
 
     def discard(self) -> None:
         """No rollback will come back to this point: the kept journal file goes."""
