@@ -116,7 +116,7 @@ class Service:
         modules = folder.root / "modules"
         modules.mkdir(exist_ok=True)
         (modules / "app_mod.py").write_text(APP)
-        self.log = folder.root / f"{mode}.log"
+        self.log = folder.root / f"{mode}-{len(list(folder.root.glob('*.log')))}.log"
         with self.log.open("w") as stderr:
             self.process = subprocess.Popen(
                 [
@@ -243,6 +243,34 @@ def test_a_good_patch_at_the_descriptor_limit_is_applied_or_waits_never_refused(
     service.tell("f")
     assert service.expect("f") == "f 1"
     assert service.finish() == "level 1.0.1"
+
+
+def test_workers_whose_owner_cannot_reach_another_for_want_of_descriptors_wait(
+    tmp_path: Path, services: Any
+) -> None:
+    # Two workers; the owner (the first) takes the patch, then its load takes every
+    # descriptor: it cannot reach the other worker. Not the patch's fault: undone where
+    # it went in, the drop waits, and goes in everywhere once descriptors are back.
+    folder = DropFolder(tmp_path)
+    owner, other = services(folder, "workers"), services(folder, "workers")
+    staged = folder.write("a.py", good_patch("1.0.1", 1))
+    owner.tell(f"fill {PIPELINE_FDS} 0")
+    owner.expect("full")
+    folder.put(staged)
+    wait_for(
+        lambda: "a.py waits: out of file descriptors" in owner.logged(),
+        "the owner to say the drop waits for descriptors",
+    )
+    assert not os.path.lexists(folder.path / "rejected" / "a.py")
+    owner.tell("free")
+    owner.expect("freed")
+    where, result = outcome(folder, "a.py")
+    assert (where, result["outcome"]) == ("applied", "applied"), (result, owner.logged())
+    for each in (owner, other):
+        each.tell("f")
+        assert each.expect("f") == "f 1"
+    assert "broke what the agent needs" not in owner.logged() + other.logged()
+    assert owner.finish() == other.finish() == "level 1.0.1"
 
 
 @pytest.mark.parametrize("mode", ["solo", "workers"])
