@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pluggy
 import pytest
 from gitrepo import GitRepo, run_patched
 
@@ -224,3 +225,86 @@ def test_a_default_reading_another_modules_new_function_is_a_baseline(
     assert result.outcome == "baseline", result.record()
     reasons = {c.name: c.why for c in result.reasons}
     assert "a default value reads keys.method_key" in reasons["kit.memo:cached"], reasons
+
+
+def test_a_new_import_of_what_the_same_change_adds_to_another_module_is_a_baseline(
+    repo: GitRepo, tmp_path: Path
+) -> None:
+    """``from kit.flags import FAST`` is new in one module and ``FAST`` new in the other: the
+    patch file would import it before the migration adds it (before: the patch failed to
+    import with ImportError, a baseline saying only that)."""
+    start(
+        repo,
+        {
+            "src/kit/flags.py": "SLOW = False\n",
+            "src/kit/run.py": "def speed():\n    return 'normal'\n",
+        },
+    )
+    repo.commit(
+        "Run fast",
+        {
+            "src/kit/flags.py": "SLOW = False\nFAST = True\n",
+            "src/kit/run.py": "from kit.flags import FAST\n\n\n"
+            "def speed():\n    return 'fast' if FAST else 'normal'\n",
+        },
+    )
+    result = run(repo, tmp_path)
+    assert result.outcome == "baseline", result.record()
+    reasons = {c.name: c.why for c in result.reasons}
+    assert "kit.run:FAST" in reasons, reasons
+    assert "kit.flags" in reasons["kit.run:FAST"]
+    assert "before the migration" in reasons["kit.run:FAST"]
+
+
+def test_a_project_hotpatch_itself_imports_cannot_be_checked_against_its_old_code(
+    repo: GitRepo, tmp_path: Path
+) -> None:
+    """A project named like a package hotpatch imports (pluggy): the checking process has
+    the installed one already, so its check would judge the patch against that code, not
+    the old tree's. A baseline naming both places, never a verdict on the wrong code."""
+    repo.commit("the baseline", {"src/pluggy/__init__.py": "def answer():\n    return 1\n"})
+    repo.git("tag", "v1")
+    repo.commit("Fix the answer", {"src/pluggy/__init__.py": "def answer():\n    return 2\n"})
+    result = run(repo, tmp_path)
+    assert result.outcome == "baseline", result.record()
+    (why,) = [c.why for c in result.reasons]
+    assert "pluggy is already imported in the process that checks the patch" in why, why
+    assert str(Path(pluggy.__file__)) in why
+
+
+PLUGINS = """\
+REGISTRY = {}
+
+
+class Plugin:
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        REGISTRY[cls.__name__] = cls
+
+
+class Echo(Plugin):
+    def run(self, text):
+        return text
+"""
+
+
+def test_a_new_method_of_a_class_whose_base_runs_a_hook_for_each_subclass_is_a_baseline(
+    repo: GitRepo, tmp_path: Path
+) -> None:
+    """``Echo(Plugin)`` gains a method; ``Plugin.__init_subclass__`` registers every class
+    made from it. The patch class is such a class: made in the service when the patch is
+    loaded, it would replace the running Echo in the registry (before: hot, and the
+    registry held the patch class afterwards, silently)."""
+    start(repo, {"src/kit/plugins.py": PLUGINS})
+    new = PLUGINS.replace(
+        "        return text\n",
+        "        return self.shout(text)\n\n    def shout(self, text):\n"
+        "        return text.upper()\n",
+    )
+    repo.commit("Echo loudly", {"src/kit/plugins.py": new})
+    result = run(repo, tmp_path)
+    assert result.outcome == "baseline", result.record()
+    reasons = {c.name: c.why for c in result.reasons}
+    why = reasons["kit.plugins:Echo"]
+    assert "kit.plugins:Plugin.__init_subclass__" in why, why
+    assert "the patch class" in why

@@ -188,7 +188,31 @@ def compare(old: Tree, new: Tree, roots: tuple[str, ...]) -> Plan:
                 modules.append(plan)
     _stale_imports(old, roots, modules, changes)
     _stale_defaults_across(modules)
+    _new_imports_across(modules, changes)
     return Plan(modules, changes, ignored)
+
+
+def _new_imports_across(modules: list[ModulePlan], changes: list[Change]) -> None:
+    """A new ``from M import X`` of a value this change adds to or sets in M: the patch file
+    imports it for the new code before the migration in M has set it."""
+    values = {
+        (m.name, a.name) for m in modules for a in m.assignments if not a.owner and not a.helper
+    }
+    helpers = {(m.name, h.name) for m in modules for h in m.helpers}
+    for module in modules:
+        reexported = {a.name for a in module.assignments if not a.owner}
+        for name, binding in sorted(module.imports.items()):
+            if name in module.old_imports or name in reexported or not binding.attr:
+                continue
+            where = (binding.module, binding.attr)
+            # A new definition under its own name is the patch file's own: imported from there.
+            if where in values or (where in helpers and name != binding.attr):
+                why = (
+                    f"`{binding.statement}` is new, and {binding.module} gets {binding.attr} "
+                    "in this change too: the patch file would import it before the migration "
+                    f"in {binding.module} sets it"
+                )
+                changes.append(Change(f"{module.name}:{name}", "import", "baseline", why))
 
 
 def _stale_defaults_across(modules: list[ModulePlan]) -> None:

@@ -183,6 +183,8 @@ def _verify(
             sys_path=sys_path,
             expected=expected,
             timeout=request.timeout,
+            code_roots=sys_path[: len(roots)],
+            modules=[m.name for m in plan.modules],
         )
     by_name = {c.name: c for c in plan.changes}
     if verdict.same:
@@ -205,6 +207,15 @@ def _verify(
             f"it is wrapped by {wrapper}, a decorator without __wrapped__: the wrapper, not the "
             "function, would be patched"
         )
+    for target, hooks in verdict.hooks.items():
+        why = (
+            f"the patch class of {target} (which adds its new methods) is a class made from its "
+            f"bases, so loading the patch runs {', '.join(hooks)} in the service, as for a "
+            "new class: what it does for each class made (register it, count it, set class "
+            "data) would be done for the patch class there; a change to such a class needs a "
+            "baseline"
+        )
+        plan.changes.append(Change(target, "class", "baseline", why))
     for reason in verdict.reasons:
         plan.changes.append(Change("the patch", "patch", "restart", reason))
     for target, mode in verdict.modes.items():
