@@ -230,6 +230,7 @@ threading.Event().wait()
 
 
 @pytest.mark.e2e
+@pytest.mark.slow
 def test_a_report_that_does_not_follow_the_level_known_makes_the_supervisor_ask_for_all_of_it(
     tmp_path: Path,
 ) -> None:
