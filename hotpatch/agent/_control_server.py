@@ -82,6 +82,7 @@ class ControlServer:
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._short: str | None = None  # accept() is out of descriptors: why
+        self._short_at = 0.0  # when it last failed so (time.monotonic())
 
     def __enter__(self) -> ControlServer:
         self.start()
@@ -177,10 +178,11 @@ class ControlServer:
             return False
         return (st.st_dev, st.st_ino) == self._identity
 
-    @property
-    def accept_short(self) -> str | None:
-        """Why ``accept()`` last failed for want of descriptors, if it has not accepted since."""
-        return self._short
+    def accept_short(self, since: float) -> str | None:
+        """Why ``accept()`` failed for want of descriptors at ``since`` (``time.monotonic()``)
+        or later, if it has not accepted a connection since."""
+        why = self._short
+        return why if why is not None and self._short_at >= since else None
 
     def adopt(self, sock: socket.socket) -> None:
         """Serve ``sock``, one end of a socket pair of this process's, as a connection.
@@ -248,16 +250,20 @@ class ControlServer:
                 return True
             except OSError as exc:
                 if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    if self._short is None:  # once, not at each try every ACCEPT_PAUSE_S
+                        log.error(  # noqa: TRY400 -- the reason is the message; no traceback
+                            "control socket %s: cannot accept a connection: %s; "
+                            "clients wait in the backlog meanwhile",
+                            self.path,
+                            exc.strerror or exc,
+                        )
                     self._short = f"{exc.strerror or exc} (errno {exc.errno})"
-                    log.error(  # noqa: TRY400 -- the reason is the message; no traceback
-                        "control socket %s: cannot accept a connection: %s; "
-                        "clients wait in the backlog meanwhile",
-                        self.path,
-                        exc.strerror or exc,
-                    )
+                    self._short_at = time.monotonic()
                     return False
                 return True
-            self._short = None
+            if self._short is not None:
+                log.warning("control socket %s: accepting connections again", self.path)
+                self._short = None
             self._admit(conn, selector)
 
     def _admit(self, conn: socket.socket, selector: selectors.BaseSelector) -> None:

@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -159,9 +160,13 @@ class VitalCheck:
         """Ask the control socket for ``status``; what went wrong, if anything."""
         if self.socket is None:
             return None
+        since = time.monotonic()
         try:
             answer = request(
-                self.socket, self.ask, timeout=self.timeout, unanswerable=self._cannot_accept
+                self.socket,
+                self.ask,
+                timeout=self.timeout,
+                unanswerable=lambda: self._cannot_accept(since),
             )
         except AgentBusy:
             return None  # answered: the backlog is full of other clients
@@ -173,9 +178,10 @@ class VitalCheck:
             return f"the control socket did not answer: {type(exc).__name__}: {exc}"
         return _judge(answer)
 
-    def _cannot_accept(self) -> OSError | None:
-        """While the answer is awaited: the server cannot accept, for want of descriptors."""
-        why = self.server.accept_short if self.server is not None else None
+    def _cannot_accept(self, since: float) -> OSError | None:
+        """While the answer is awaited: the server could not accept since ``since``, for
+        want of descriptors."""
+        why = self.server.accept_short(since) if self.server is not None else None
         return None if why is None else OSError(errno.EMFILE, f"cannot accept: {why}")
 
     def _answer_spare(self, short: OSError) -> str | None:
