@@ -7,6 +7,7 @@ and carry on by itself once it is safe again.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -385,7 +386,37 @@ def test_the_vital_check_does_not_blame_a_patch_for_a_folder_gone(tmp_path: Path
     here = VitalCheck(tmp_path / ".staging", None)
     assert here(record) is None
     assert (tmp_path / ".staging").is_dir()
-    assert os.listdir(tmp_path / ".staging") == []  # the check's file removed
+    # The check's file is kept for the next check, under its temporary name.
+    assert [name.endswith(".tmp") for name in os.listdir(tmp_path / ".staging")] == [True]
+
+
+def test_the_vital_check_writes_over_one_file_check_after_check(tmp_path: Path) -> None:
+    # A burst of drops is a vital check per drop: none makes or frees a file (on ext4
+    # without a journal, a file made and removed per drop made each drop dearer).
+    scratch = tmp_path / ".staging"
+    check = VitalCheck(scratch, None)
+    inodes = set()
+    for n in range(1, 6):
+        assert check({"version": f"1.0.{n}", "outcome": "applied", "level": ["1.0.1"]}) is None
+        [name] = os.listdir(scratch)
+        assert name.startswith("..vital-check.")
+        assert name.endswith(".tmp")
+        inodes.add(os.stat(scratch / name).st_ino)
+    assert len(inodes) == 1
+    assert json.loads((scratch / name).read_text())["version"] == "1.0.5"  # written in full
+
+
+def test_a_vital_check_still_running_keeps_its_file_to_itself(tmp_path: Path) -> None:
+    # A check that hangs (timed out, still writing) never shares its file with the next.
+    scratch = tmp_path / ".staging"
+    check = VitalCheck(scratch, None)
+    assert check({"version": "1.0.1"}) is None
+    [kept] = os.listdir(scratch)
+    held = check._take()  # as a check that never finishes holds it
+    assert check({"version": "1.0.2"}) is None
+    assert len(os.listdir(scratch)) == 2
+    assert not held.exists()
+    assert json.loads((scratch / kept).read_text())["version"] == "1.0.1"  # not written over
 
 
 def test_the_vital_check_names_a_result_file_that_cannot_be_written(tmp_path: Path) -> None:

@@ -27,6 +27,7 @@ __all__ = [
     "file_outcome",
     "log_outcome",
     "now_iso",
+    "temporary_name",
     "write_result",
 ]
 
@@ -111,10 +112,15 @@ def log_outcome(outcome: Outcome) -> None:
     )
 
 
+def temporary_name(path: Path) -> Path:
+    """Where ``write_result(path, ...)`` writes before its rename (a file there is reused)."""
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
 def write_result(path: Path, record: dict[str, Any]) -> None:
     """Write ``record`` as JSON at ``path`` completely: temporary file, fsync, rename."""
     payload = (json.dumps(record, indent=2) + "\n").encode()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = temporary_name(path)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
     try:
         try:

@@ -16,12 +16,19 @@ check keeps a connection to the control server made before the apply (a
 out), and asks through it when the socket itself cannot be reached for want
 of descriptors; when no such pair can be made before the apply, the patch is
 not taken now (``reserve`` raises; the drop waits and is tried again).
+
+The check's result file is renamed back to its temporary name once read,
+not removed, and the next check writes over it: a burst of drops neither
+makes nor frees a file for each check (on ext4 without a journal, making a
+file looks past every inode freed in the last seconds, so a file made and
+removed per drop made each drop of a burst cost more than the one before).
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import json
 import logging
 import os
@@ -33,7 +40,7 @@ from typing import Any
 from hotpatch._shortage import SparePair, shortage_of
 from hotpatch.agent._control import AgentBusy, exchange, request
 from hotpatch.agent._control_server import ControlServer
-from hotpatch.agent._outcome import write_result
+from hotpatch.agent._outcome import temporary_name, write_result
 
 __all__ = ["VITAL_TIMEOUT_S", "VitalCheck"]
 
@@ -48,7 +55,8 @@ class VitalCheck:
     """Tries the agent's vital path: a result file in ``scratch``, ``status`` on ``socket``.
 
     ``scratch``: a private directory of the agent's (a result file is written
-    there and removed); ``socket``: its control socket, if it serves one;
+    there, read back, and kept under its temporary name for the next check to
+    write over); ``socket``: its control socket, if it serves one;
     ``server``: the server of that socket, once it serves (the spare connection).
     """
 
@@ -66,6 +74,11 @@ class VitalCheck:
         self.ask = ask if ask is not None else {"cmd": "status"}  # a request answered at once
         self.server: ControlServer | None = None
         self._spare = SparePair()
+        # The result files of the checks that finished, kept for the next ones: a check
+        # that hangs keeps its own, and checks at the same time each write their own.
+        self._lock = threading.Lock()
+        self._files: list[tuple[int, Path]] = []  # (pid, path): a forked child starts afresh
+        self._numbers = itertools.count()
 
     def served_by(self, server: ControlServer) -> None:
         """``server`` serves ``socket`` now: its spare connection is made at once, while
@@ -132,9 +145,31 @@ class VitalCheck:
                 return broken
         return None
 
+    def _take(self) -> Path:
+        """A result file's name of this process no other check is using."""
+        pid = os.getpid()
+        with self._lock:
+            while self._files:
+                owner, path = self._files.pop()
+                if owner == pid:
+                    return path
+            return self.scratch / f".vital-check.{pid}.{next(self._numbers)}.json"
+
+    def _give_back(self, path: Path) -> None:
+        """Keep ``path``'s file under its temporary name for the next check; else remove it."""
+        try:
+            os.rename(path, temporary_name(path))
+        except OSError:
+            for leftover in (path, temporary_name(path)):
+                with contextlib.suppress(OSError):
+                    leftover.unlink()
+            return
+        with self._lock:
+            self._files.append((os.getpid(), path))
+
     def _file_once(self, record: dict[str, Any]) -> str | None:
         expected = _plain(record)  # what a reader must find, worked out without json
-        path = self.scratch / f".vital-check.{os.getpid()}.{threading.get_ident()}.json"
+        path = self._take()
         try:
             # Made again if it went (the folder's staging deleted, or the folder replaced).
             self.scratch.mkdir(mode=0o700, exist_ok=True)
@@ -150,8 +185,7 @@ class VitalCheck:
                 return _SCRATCH_GONE
             return f"writing a result file failed: {type(exc).__name__}: {exc}"
         finally:
-            with contextlib.suppress(OSError):
-                path.unlink()
+            self._give_back(path)
         if found != expected:
             return "a result file it wrote does not read back as written"
         return None
