@@ -308,3 +308,33 @@ def test_a_new_method_of_a_class_whose_base_runs_a_hook_for_each_subclass_is_a_b
     why = reasons["kit.plugins:Echo"]
     assert "kit.plugins:Plugin.__init_subclass__" in why, why
     assert "the patch class" in why
+
+
+def test_a_new_method_of_a_class_with_slots_declares_them_in_the_patch_class(
+    repo: GitRepo, tmp_path: Path
+) -> None:
+    """A class with ``__slots__`` gains a method: the patch class declares the same slots,
+    which the registry needs to patch it in place (before: the patch class had none, the
+    registry asked for a restart, and the fix was a baseline)."""
+    point = (
+        "class Point:\n    __slots__ = ('x', 'y')\n\n    def __init__(self, x, y):\n"
+        "        self.x = x\n        self.y = y\n"
+    )
+    start(repo, {"src/kit/geo.py": point})
+    new = point + "\n    def norm(self):\n        return abs(self.x) + abs(self.y)\n"
+    repo.commit("Measure points", {"src/kit/geo.py": new})
+    result = run(repo, tmp_path)
+    assert result.outcome == "hot", result.record()
+    assert verdicts(result) == {"kit.geo:Point.norm": "added"}
+    assert result.path is not None
+    seen = run_patched(
+        roots=[old_tree(repo, tmp_path)],
+        module="kit.geo",
+        patch=result.path,
+        baseline="1.0",
+        before="p = module.Point(3, -4)",
+        probe="[hasattr(p, 'norm') and p.norm(), module.Point.__slots__, p.x]",
+    )
+    assert seen["before"] == [False, ["x", "y"], 3]
+    assert seen["after"] == [7, ["x", "y"], 3]
+    assert seen["rolled_back"] == seen["before"]

@@ -725,6 +725,13 @@ class _ModuleDiff:
                 segment(self.new.lines, node, self.new.keep, decorators=True, indent=4)
                 for _, node in added
             ]
+            # What the patch class's body reads when the patch file is imported: the methods'
+            # decorators and defaults, the slots.
+            names |= {n for _, node in added for n in def_time_names(node)}
+            if new_body.slots is not None:  # the same slots (checked above), declared again:
+                # a patch class without them would be another layout to the registry
+                sources.insert(0, segment(self.new.lines, new_body.slots, self.new.keep, indent=4))
+                names |= _names_in(new_body.slots)
             changes = [
                 self.add(
                     f"{qualname}.{name}",
