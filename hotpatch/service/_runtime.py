@@ -185,9 +185,16 @@ class Runtime:
             self.state.apply_round(fds[0], int(message["size"]))
 
     def _load(self) -> None:
-        """Pull the snapshot and its rounds while the old process still serves."""
+        """Pull the snapshot and its rounds while the old process still serves.
+
+        Done at the first ``preserved()`` (or ``ready()``), and once more at
+        ``ready()``: what the old process changed while this one went on starting
+        (seconds, for a large state to load or a service that warms up) is copied
+        then, not in the pause. The first round of a restart was pulled as it began,
+        so it says nothing of that time.
+        """
         with self.lock:
-            if self.phase != "start":
+            if self.phase not in ("start", "loaded"):
                 return
             while True:
                 self._send({"op": "pull"})
@@ -215,7 +222,9 @@ class Runtime:
             if self.channel is None:
                 self.phase = "ready"
                 return
-            self._load()
+            if self.phase == "start":
+                self._load()  # no preserved() before: the snapshot first
+            self._load()  # and what the old process changed while this one went on starting
             start_patch, self.start_patch = self.start_patch, None
             loaded = self.patches.load(start_patch)
             self._send_level({"op": "loaded", **loaded})

@@ -87,10 +87,12 @@ def memfd(data: bytes, name: str = "hotpatch-patch") -> int:
 
 @dataclass(frozen=True, slots=True)
 class HandedOver:
-    """How a bring-up went: the pause (``None`` if nobody was serving) and the state's fate."""
+    """How a bring-up went: the pause (``None`` if nobody was serving), the state's fate, and
+    the size of the final round (what crossed in the pause; ``None`` if there was none)."""
 
     paused_s: float | None
     state: str
+    final_bytes: int | None = None
 
 
 class _Feed:
@@ -177,14 +179,14 @@ class Handover:
         # Freshen the chain while the new process starts and imports.
         refresh = asyncio.create_task(self.pull(source)) if source is not None else None
         feed = _Feed(new, self.chain) if carry_state else None
-        drained, stopped_at = False, down_since
+        drained, stopped_at, final = False, down_since, None
         try:
             await self._precopy(new, source, refresh, feed)
             # The pause starts here.
             if source is not None:
                 drained = True
-                stopped_at, complete = await self.drain(source)
-                state = "complete" if complete else "from-snapshot"
+                stopped_at, final = await self.drain(source)
+                state = "complete" if final is not None else "from-snapshot"
             else:
                 state = "from-snapshot" if feed and not self.chain.empty else "fresh"
             if feed is not None:
@@ -218,7 +220,7 @@ class Handover:
                 refresh.add_done_callback(self._pulls.discard)
         new.ready_at = float(message.body["at"])
         paused = None if stopped_at is None else max(new.ready_at - stopped_at, 0.0)
-        return new, HandedOver(paused, state)
+        return new, HandedOver(paused, state, final.size if final is not None else None)
 
     def _child_spec(self, release: Release | None) -> ChildSpec:
         """The command, with the baseline and journal, and a release's code first on sys.path."""
@@ -342,8 +344,9 @@ class Handover:
             self.snapshot_error = None
             return chunk
 
-    async def drain(self, old: Child) -> tuple[float, bool]:
-        """Stop ``old`` taking work and take its final round: ``(stopped_at, complete)``."""
+    async def drain(self, old: Child) -> tuple[float, Chunk | None]:
+        """Stop ``old`` taking work and take its final round: ``(stopped_at, final round)``,
+        ``None`` for the round if the state since the last one is lost."""
         async with old.lock:
             sent_at = time.monotonic()
             timeout = self.config.drain_timeout
@@ -353,7 +356,7 @@ class Handover:
                 message = await old.expect("handover", timeout=timeout + HANDOVER_GRACE)
             except ChildExited as exc:
                 log.warning("%s before handing over; changes since the last round are lost", exc)
-                return old.exited_at or sent_at, False
+                return old.exited_at or sent_at, None
             except TimeoutError:
                 log.warning(
                     "process %d did not hand over within %gs (--drain-timeout); killing it; "
@@ -362,7 +365,7 @@ class Handover:
                     timeout,
                 )
                 await old.kill()
-                return sent_at, False
+                return sent_at, None
             stopped_at = float(message.body.get("stopped_at", sent_at))
             if message.body.get("error") or not message.fds:
                 message.close_fds()
@@ -372,7 +375,7 @@ class Handover:
                     old.pid,
                     message.body.get("error"),
                 )
-                return stopped_at, False
+                return stopped_at, None
             chunk = Chunk(
                 message.fds[0], int(message.body["size"]), int(message.body["records"]), False
             )
@@ -380,8 +383,8 @@ class Handover:
                 self.chain.add(chunk)
             except ValueError as exc:
                 log.warning("process %d: %s", old.pid, exc)
-                return stopped_at, False
-            return stopped_at, True
+                return stopped_at, None
+            return stopped_at, chunk
 
     # -- ending processes
 

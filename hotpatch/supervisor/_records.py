@@ -84,6 +84,7 @@ class RestartOutcome:
     health: list[str] | None = None  # why the new process was found unhealthy
     rolled_back: str | None = None  # what it was rolled back to: ``baseline 1.0 at level 1.0.1``
     shortage: str | None = None  # the resource the new process ran short of, if that was why
+    final_round_bytes: int | None = None  # the state that crossed in the pause (its last round)
     finished: str = field(default_factory=utc_now)
 
 

@@ -304,6 +304,7 @@ class Restarts:
             new_pid=new.pid,
             paused_s=handover.paused_s,
             state=handover.state,
+            final_round_bytes=handover.final_bytes,
             rolled_back=rolled_back,
         )
 
