@@ -155,7 +155,10 @@ class Supervised:
         self.log_file = folder / f"{name}.log"
         service = [sys.executable, str(SERVICE), "--tag", uuid.uuid4().hex]
         service += ["--state-mb", str(state_mb), "--state-shape", shape]
-        options = ["--ready-timeout", "300", "--drain-timeout", "10"]
+        # A cold restart writes the whole state to a file while it stops: at 1 GB that
+        # takes longer than a preserving drain may (which only finishes requests).
+        drain_s = "300" if mode == "cold" else "10"
+        options = ["--ready-timeout", "300", "--drain-timeout", drain_s]
         # The hand-over limit, with room for the pickles' overhead.
         options += ["--state-mb", str(max(1024, 2 * state_mb))]
         if mode == "cold":
