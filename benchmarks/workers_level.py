@@ -334,19 +334,11 @@ class Run:
         raise RuntimeError(msg)
 
     def once(self) -> dict[str, float]:
-        from hotpatch.agent._control import request
-
-        path = self.patches.path(self.next)
-        start = time.perf_counter()
-        applied = request(self.socket, {"cmd": "apply", "path": str(path)}, timeout=600)
-        middle = time.perf_counter()
-        rolled = request(self.socket, {"cmd": "rollback"}, timeout=600)
-        end = time.perf_counter()
-        if applied.get("outcome") != "applied" or not rolled.get("ok"):
-            msg = f"hotpatch run at level {self.level}: apply {applied} / rollback {rolled}"
-            raise RuntimeError(msg)
+        timings = apply_and_roll_back(
+            self.socket, self.patches.path(self.next), f"hotpatch run at level {self.level}"
+        )
         self.next += 1
-        return {"apply": middle - start, "rollback": end - middle}
+        return timings
 
     def check_level(self) -> int:
         """The level both workers run (``RuntimeError`` if they differ)."""
@@ -367,6 +359,22 @@ class Run:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
+
+
+def apply_and_roll_back(socket: str | Path, path: Path, what: str) -> dict[str, float]:
+    """Apply the patch at ``path`` through the control socket, then roll it back: the time
+    of each (``RuntimeError`` naming ``what`` if either fails)."""
+    from hotpatch.agent._control import request
+
+    start = time.perf_counter()
+    applied = request(socket, {"cmd": "apply", "path": str(path)}, timeout=600)
+    middle = time.perf_counter()
+    rolled = request(socket, {"cmd": "rollback"}, timeout=600)
+    end = time.perf_counter()
+    if applied.get("outcome") != "applied" or not rolled.get("ok"):
+        msg = f"{what}: apply {applied} / rollback {rolled}"
+        raise RuntimeError(msg)
+    return {"apply": middle - start, "rollback": end - middle}
 
 
 class Solo:
@@ -405,19 +413,11 @@ class Solo:
         self.samples: dict[str, list[float]] = {"apply": [], "rollback": []}
 
     def once(self) -> dict[str, float]:
-        from hotpatch.agent._control import request
-
-        path = self.patches.path(self.next)
-        start = time.perf_counter()
-        applied = request(self.socket, {"cmd": "apply", "path": str(path)}, timeout=600)
-        middle = time.perf_counter()
-        rolled = request(self.socket, {"cmd": "rollback"}, timeout=600)
-        end = time.perf_counter()
-        if applied.get("outcome") != "applied" or not rolled.get("ok"):
-            msg = f"the agent at level {self.level}: apply {applied} / rollback {rolled}"
-            raise RuntimeError(msg)
+        timings = apply_and_roll_back(
+            self.socket, self.patches.path(self.next), f"the agent at level {self.level}"
+        )
         self.next += 1
-        return {"apply": middle - start, "rollback": end - middle}
+        return timings
 
     def check_level(self) -> int:
         from hotpatch.agent._control import request
