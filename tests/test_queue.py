@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -95,6 +96,37 @@ def test_in_a_burst_a_lower_version_that_came_after_the_last_look_is_waited_for(
     assert queue.take() == "fix-3.py"
     processed(queue, folder, "fix-3.py")
     assert queue.take() == "fix-4.py"
+
+
+def test_a_long_burst_is_taken_in_version_order_once_each_while_more_arrive(
+    queue: DropQueue, folder: Path, announce: Callable[..., None]
+) -> None:
+    # The worker looks at the queue without copying it: what other threads add
+    # meanwhile is seen at its next look, and nothing is taken twice or skipped.
+    first, second = list(range(1, 41)), list(range(41, 81))
+    random.Random(16).shuffle(first)
+    random.Random(61).shuffle(second)
+    for n in first:
+        put(folder, f"fix-{n:02d}.py", f"1.0.{n}")
+    announce(*(f"fix-{n:02d}.py" for n in first))
+    taken = []
+    for _ in range(10):
+        name = queue.take()
+        assert name is not None
+        taken.append(name)
+        processed(queue, folder, name)
+    for n in second:  # announced one by one while the worker takes
+        put(folder, f"fix-{n:02d}.py", f"1.0.{n}")
+    taking = Taking(queue)
+    for n in second:
+        announce(f"fix-{n:02d}.py")
+    name = taking.result()
+    while name is not None:
+        taken.append(name)
+        processed(queue, folder, name)
+        name = queue.take()
+    assert taken == [f"fix-{n:02d}.py" for n in range(1, 81)]
+    assert len(queue) == 0
 
 
 def test_in_a_burst_a_lower_version_still_being_written_is_waited_for(

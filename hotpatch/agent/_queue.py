@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import bisect
 import contextlib
-import itertools
 import os
 import stat
 import threading
@@ -79,7 +78,7 @@ class DropQueue:
         self._keep = keep
         self._taken = taken
         self._queue: dict[str, int] = {}  # name -> arrival number
-        self._arrivals = itertools.count()
+        self._next_arrival = 0  # the number of the next arrival: they only grow
         self._given_up: set[str] = set()  # unannounced names no longer waited for
         self._keys: dict[str, tuple[tuple[int, int, int], SortKey]] = {}
         # The queued drops by (key, arrival), lowest first; kept by the worker alone.
@@ -103,7 +102,7 @@ class DropQueue:
 
     def add(self, name: str) -> None:
         """``name`` was announced complete: queued, its version read again."""
-        self._queue.setdefault(name, next(self._arrivals))
+        self._queue.setdefault(name, self._number())
         self._given_up.discard(name)
         self._keys.pop(name, None)  # changed, or new: its version is read again
         self._unsorted.add(name)
@@ -111,8 +110,12 @@ class DropQueue:
 
     def add_again(self, name: str) -> None:
         """A drop that stays in the folder may go in now (a new signature): queued again."""
-        self._queue.setdefault(name, next(self._arrivals))
+        self._queue.setdefault(name, self._number())
         self._last_announced = time.monotonic()
+
+    def _number(self) -> int:
+        self._next_arrival += 1
+        return self._next_arrival - 1
 
     def requeue(self, name: str) -> None:
         """``name`` back in the queue, before the drops of its version."""
@@ -160,14 +163,15 @@ class DropQueue:
             with self._cond:
                 if self._closed or not self._queue:
                     return None
-                queued = dict(self._queue)
+                queued = _Queued(self._queue, self._cond, self._next_arrival)
                 fresh, self._unsorted = self._unsorted, set()
                 quiet = time.monotonic() - self._last_announced
             # Each drop is read and sorted in once, when announced: a burst of N
             # costs N reads and insertions, not N for each of its drops.
             for name in fresh:
-                if name in queued:
-                    bisect.insort(self._order, (self._key(name), queued[name], name))
+                arrival = queued.get(name)
+                if arrival is not None:
+                    bisect.insort(self._order, (self._key(name), arrival, name))
             if fresh:
                 # Reading them took a while, during which the watcher may not have had
                 # its turn: the quiet that ends the burst counts from now on.
@@ -203,7 +207,7 @@ class DropQueue:
             del self._order[0]  # best's entry: only this thread changes the order
             return best
 
-    def _lowest(self, queued: dict[str, int]) -> tuple[SortKey, str] | None:
+    def _lowest(self, queued: _Queued) -> tuple[SortKey, str] | None:
         """The first entry of the order that is still queued as it was sorted in."""
         order = self._order
         while order:
@@ -219,7 +223,7 @@ class DropQueue:
             return key, name
         return None
 
-    def _unannounced(self, queued: dict[str, int]) -> list[str]:
+    def _unannounced(self, queued: _Queued) -> list[str]:
         """Names in the folder that could be drops but have not been announced yet."""
         try:
             names = self._arrived(queued)
@@ -241,7 +245,7 @@ class DropQueue:
                 found.append(n)
         return found
 
-    def _arrived(self, queued: dict[str, int]) -> set[str]:
+    def _arrived(self, queued: _Queued) -> set[str]:
         """The names that came in and were not queued when looked at, up to now.
 
         While a burst waits (two drops queued or more), kept from the
@@ -306,3 +310,31 @@ class DropQueue:
             with contextlib.suppress(OSError, Vanished, VerificationFailed):
                 version = peek_version(resolve(self.path, name, max_bytes=self._max_bytes).data)
         return (0, Version(version), name) if version else (1, _UNKNOWN, name)
+
+
+class _Queued:
+    """The queue as the worker last looked at it, without a copy of it (a burst of N
+    drops would copy up to N names for each of them).
+
+    Other threads only add to the queue meanwhile, each arrival numbered from
+    ``mark`` on (a name queued already keeps its number); only the worker
+    takes names out. So a name with a number below ``mark`` is one that was
+    queued when it looked, and one with none, or a later one, was not.
+    """
+
+    __slots__ = ("_cond", "_mark", "_queue", "_size")
+
+    def __init__(self, queue: dict[str, int], cond: threading.Condition, mark: int) -> None:
+        self._queue, self._cond, self._mark = queue, cond, mark
+        self._size = len(queue)  # taken holding the condition, as the mark
+
+    def get(self, name: str) -> int | None:
+        with self._cond:
+            arrival = self._queue.get(name)
+        return arrival if arrival is not None and arrival < self._mark else None
+
+    def __contains__(self, name: str) -> bool:
+        return self.get(name) is not None
+
+    def __len__(self) -> int:
+        return self._size
