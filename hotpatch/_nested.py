@@ -380,34 +380,32 @@ def settle_changes(settles: Sequence[Settle], done: Container[Key]) -> list[Chan
     return changes
 
 
-def going_back(
-    nested: Sequence[Nested],
-    code_of: Callable[[types.FunctionType], types.CodeType],
-    kept: Sequence[Nested] = (),
-) -> list[Settle]:
-    """Nested patches going away (newest first), ``kept`` those of the level that stays:
-    each target back to what its enclosing function's code (``code_of``, as it will be)
-    makes, and each function in between to what that level gives the code it was made
-    from."""
-    return leaves_back(nested, code_of) + steps_back(
-        nested, origins([*nested, *kept]), forward(kept)
-    )
+def going_back(nested: Sequence[Nested], kept: Sequence[Nested] = ()) -> list[Settle]:
+    """Nested patches going away (newest first), ``kept`` those of the level that stays
+    (oldest first, not what a cumulative one replaced): every function made from their
+    code, a target's or one in between, to what that level gives the code it was made
+    from (or that code, if the level patches it not)."""
+    origin, ahead = origins([*nested, *kept]), forward(kept)
+    return leaves_back(nested, origin, ahead) + steps_back(nested, origin, ahead)
 
 
 def leaves_back(
-    nested: Sequence[Nested], code_of: Callable[[types.FunctionType], types.CodeType]
+    nested: Sequence[Nested],
+    origin: Mapping[int, types.CodeType],
+    ahead: Mapping[int, types.CodeType],
 ) -> list[Settle]:
-    """Nested targets going away (newest first): each back to what its enclosing
-    function's code (``code_of``, as it will be) makes."""
+    """Nested targets going away (newest first): every function made from their code by
+    the enclosing function's own version to what ``ahead`` gives the code it was made
+    from (``origin``), or to that code. Never to what the enclosing function makes at
+    that level: a patch of it as a whole makes code of its own, for new calls only."""
     groups: dict[tuple[int, str], list[Nested]] = {}
     for n in nested:
         groups.setdefault((id(n.namespace), n.spec), []).append(n)
-    back = restorer(nested)
     settles: list[Settle] = []
     for group in groups.values():
         newest = group[0]
-        paths = named(code_of(newest.enclosing), newest.old.co_qualname)
-        target = paths[0][-1] if len(paths) == 1 else back[id(newest.new)]
+        first = origin.get(id(newest.new), newest.old)
+        target = ahead.get(id(first), first)
         codes = {id(c): c for n in group for c in (n.old, n.new, *n.seen, *n.wraps)}
         settles.append(Settle(newest.spec, newest.namespace, tuple(codes.values()), target))
     return settles
@@ -436,6 +434,7 @@ def forward(nested: Iterable[Nested]) -> dict[int, types.CodeType]:
     (oldest first, no cumulative's replaced ones among them) gives it."""
     ahead: dict[int, types.CodeType] = {}
     for n in nested:
+        ahead[id(n.old)] = n.new
         ahead.update((id(before), after) for before, after in n.moved)
     return _resolve(ahead)
 
@@ -460,11 +459,6 @@ def steps_back(
         spec = f"{n.spec.partition(':')[0]}:{target.co_qualname}"
         settles.append(Settle(spec, n.namespace, tuple(codes.values()), target))
     return settles
-
-
-def restorer(nested: Iterable[Nested]) -> Mapping[int, types.CodeType]:
-    """id(code a patch installed) -> the code to go back to, through stacked patches."""
-    return _resolve({id(n.new): n.old for n in nested})
 
 
 def _resolve(back: Mapping[int, types.CodeType]) -> dict[int, types.CodeType]:

@@ -444,13 +444,9 @@ class _Planner:
         gone = [n for n in self.replaced if n.spec not in mine]
         if not self.replaced:
             return
-
-        def code_of(func: types.FunctionType) -> types.CodeType:
-            change = plan.changes.get(key(func, "__code__"))
-            return change[2] if change is not None else self.level.code_of(func)
-
-        settles = leaves_back(gone, code_of)
-        settles += steps_back(self.replaced, self.origins, forward(plan.nested))
+        ahead = forward(plan.nested)
+        settles = leaves_back(gone, self.origins, ahead)
+        settles += steps_back(self.replaced, self.origins, ahead)
         resettle(plan.changes, settles)
         plan.changes.update(
             (key(func, attr), (func, attr, value))

@@ -46,7 +46,7 @@ from hotpatch._results import (
 )
 from hotpatch._shortage import shortage_of
 from hotpatch._switch import Change, Key, busy_threads, current, key, quiesce, switch
-from hotpatch._unwind import code_in, kept_of, unwind
+from hotpatch._unwind import kept_of, unwind
 from hotpatch._wrap import Wrapper, Wrappers
 
 __all__ = ["MIGRATION_TIMEOUT_S", "Registry"]
@@ -308,7 +308,7 @@ class Registry:
             # Caches and nested targets are rare: one look says whether to go on.
             rare = any(e.nested or e.caches or e.replaced for e in popped)
             staying = [n for e in stack for n in e.nested]  # what the level kept makes
-            settles = going_back(nested_of(popped), code_in(final), staying) if rare else []
+            settles = going_back(nested_of(popped), staying) if rare else []
             if settles:  # values recorded at one of the levels popped: to the level kept
                 resettle(final, settles)
                 final.update((key(o, a), (o, a, v)) for o, a, v in settle_changes(settles, ()))

@@ -6,17 +6,15 @@ here changes anything live.
 
 from __future__ import annotations
 
-import types
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 
 from packaging.version import Version
 
 from hotpatch._errors import VersionConflict
 from hotpatch._patch import parse_version
 from hotpatch._plan import Applied
-from hotpatch._switch import Change, Key, key
 
-__all__ = ["code_in", "kept_of", "unwind"]
+__all__ = ["kept_of", "unwind"]
 
 
 def unwind(
@@ -58,13 +56,3 @@ def kept_of(old: Sequence[Applied], new: Sequence[Applied]) -> tuple[int, tuple[
     while kept and new[kept - 1] is not old[kept - 1]:
         kept -= 1
     return kept, tuple(e.patch.version for e in new[kept:])
-
-
-def code_in(final: Mapping[Key, Change]) -> Callable[[types.FunctionType], types.CodeType]:
-    """A function's code as ``final`` will set it (or as it is, if untouched)."""
-
-    def code_of(func: types.FunctionType) -> types.CodeType:
-        change = final.get(key(func, "__code__"))
-        return change[2] if change is not None else func.__code__
-
-    return code_of

@@ -362,3 +362,50 @@ def test_a_cumulative_patch_during_the_previous_levels_probation(gated, make_mod
     g.registry.rollback(to="1.0")
     assert s.answers() == {("old", "old-other")}
     assert_original(s.mod, original)
+
+
+def test_a_cumulative_patch_replacing_the_enclosing_function_drops_the_nested_one(
+    make_module, write_patch, registry
+):
+    """1.0.1 fixes ``make_adder.<locals>.add``; cumulative 1.0.2 replaces ``make_adder``
+    itself (new calls only), with an ``add`` reading another closure: the closures made
+    before go back to the original code, not to 1.0.2's ``add`` (whose closure they do
+    not have), and 1.0.2's ``make_adder`` makes its own."""
+    mod = make_module(
+        """
+        def make_adder(n):
+            def add(x):
+                return x + n
+            return add
+
+        add2 = make_adder(2)
+        """
+    )
+    name, first = mod.__name__, mod.add2
+    code = first.__code__
+    fixed = f"""
+        @patch.replace("{name}:make_adder.<locals>.add")
+        def add(x):
+            return x + n * 10
+        """
+    registry.apply(load(write_patch, "1.0.1", fixed))
+    made = mod.make_adder(5)
+    assert (first(0), made(0)) == (20, 50)
+    whole = f"""
+        @patch.replace("{name}:make_adder")
+        def make_adder(n):
+            scale = 1000
+            def add(x):
+                return x + n + scale
+            return add
+        """
+    v2 = load(write_patch, "1.0.2", whole, cumulative=True)
+    assert registry.check(v2).hot
+    registry.apply(v2)
+    assert (first(0), made(0), mod.make_adder(6)(0)) == (2, 5, 1006)
+    assert (first.__code__, made.__code__) == (code, code)
+    registry.rollback()
+    assert (first(0), made(0), mod.make_adder(6)(0)) == (20, 50, 60)
+    registry.rollback(to="1.0")
+    assert (first(0), made(0), mod.make_adder(6)(0)) == (2, 5, 6)
+    assert (first.__code__, made.__code__) == (code, code)
