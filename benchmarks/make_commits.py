@@ -95,16 +95,22 @@ def git(repo: Path, *args: str, check: bool = True) -> str:
     return done.stdout.strip()
 
 
-def pick(repo: Path, count: int, grep: str, roots: tuple[str, ...]) -> list[str]:
-    """The last ``count`` non-merge commits matching ``grep`` that change code and tests."""
+def pick(
+    repo: Path, count: int, grep: str, roots: tuple[str, ...], *, tests_too: bool = True
+) -> list[str]:
+    """The last ``count`` non-merge commits matching ``grep`` that change code (and tests)."""
     ranges: list[str] = []
-    log = git(repo, "log", "--no-merges", "-i", f"--grep={grep}", "--format=%H", "-n", "2000")
+    log = git(repo, "log", "--no-merges", "-i", f"--grep={grep}", "--format=%H", "-n", "3000")
     for commit in log.split():
         files = git(repo, "diff-tree", "--no-commit-id", "--name-only", "-r", commit).split("\n")
         kinds = [classify(f, roots) for f in files if f]
         code = any(k.kind == "module" for k in kinds)
         tests = any(k.kind == "ignored" and k.why.startswith("test code") for k in kinds)
-        if code and tests and git(repo, "rev-list", "--parents", "-n", "1", commit).count(" ") == 1:
+        if (
+            code
+            and (tests or not tests_too)
+            and git(repo, "rev-list", "--parents", "-n", "1", commit).count(" ") == 1
+        ):
             ranges.append(f"{commit}^..{commit}")
         if len(ranges) == count:
             break
@@ -122,6 +128,7 @@ def run_range(
     test_command: list[str],
     work: Path,
     timeout: float,
+    run_tests: bool = True,
 ) -> Outcome:
     old_rev, _, new_rev = spec.partition("..")
     old = git(repo, "rev-parse", "--verify", f"{old_rev}^{{commit}}")
@@ -157,7 +164,7 @@ def run_range(
         outcome.reasons = [f"{c.name}: {c.why}" for c in result.reasons]
         if result.outcome == "baseline":
             outcome.why_baseline = _why_baseline(result.reasons)
-        if result.outcome != "hot" or result.path is None:
+        if result.outcome != "hot" or result.path is None or not run_tests:
             return outcome
         fix_tests = _lay_new_tests(repo, old, new, tree, roots)
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(str(tree / r) for r in roots)}
@@ -411,6 +418,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--range", action="append", default=[], metavar="OLD..NEW")
     parser.add_argument("--pick", type=int, default=0, metavar="N", help="the last N fixes")
     parser.add_argument("--grep", default="fix", help="what --pick looks for in messages")
+    parser.add_argument(
+        "--every",
+        type=int,
+        default=0,
+        metavar="N",
+        help="the last N commits changing code, tests or not: hotpatch make only, no tests",
+    )
     parser.add_argument("--root", action="append", metavar="DIR", help="import roots")
     parser.add_argument(
         "--test-command",
@@ -435,15 +449,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         roots = tuple(args.root or (("src",) if git(repo, "ls-tree", "HEAD", "src") else (".",)))
         if args.pick:
             ranges += pick(repo, args.pick, args.grep, roots)
+        if args.every:
+            ranges += pick(repo, args.every, "", roots, tests_too=False)
         if not ranges:
-            parser.error("no commit ranges: give --range OLD..NEW or --pick N")
+            parser.error("no commit ranges: give --range OLD..NEW, --pick N or --every N")
         command = shlex.split(args.test_command)
         path = args.json or RESULTS / f"{NAME}-{name}-{PY}.json"
         outcomes: list[Outcome] = []
         for index, spec in enumerate(ranges, 1):
             print(f"[{index}/{len(ranges)}] {spec}", file=sys.stderr, flush=True)
             outcome = run_range(
-                repo, spec, roots=roots, test_command=command, work=work, timeout=args.timeout
+                repo,
+                spec,
+                roots=roots,
+                test_command=command,
+                work=work,
+                timeout=args.timeout,
+                run_tests=not args.every,
             )
             outcomes.append(outcome)
             _save(path, name, outcomes, quick=args.quick or args.repo is None, complete=False)

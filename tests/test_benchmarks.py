@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from gitrepo import GitRepo
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
@@ -513,6 +514,35 @@ def test_make_commits_on_a_generated_repository(tmp_path: Path) -> None:
     assert "calc/currencies.json" in data["commits"][2]["reasons"][0]
     assert [c["why_baseline"] for c in data["commits"]] == ["", "", "diff"]
     assert "generated: 3 commits, 2 hot, 1 baseline (1 from the diff" in proc.stdout
+
+
+def test_make_commits_every_commit_changing_code_makes_patches_without_tests(
+    tmp_path: Path,
+) -> None:
+    """``--every N``: the last N commits changing code, whether they change tests or not,
+    through ``hotpatch make`` only (what a sweep of a whole history needs)."""
+    repo = GitRepo(tmp_path / "repo")
+    repo.commit("start", {"calc/__init__.py": "", "calc/m.py": "def f():\n    return 1\n"})
+    repo.commit("no tests", {"calc/m.py": "def f():\n    return 2\n"})
+    repo.commit("docs only", {"README.md": "# calc\n"})
+    repo.commit("a module", {"calc/extra.py": "X = 1\n"})
+    out = tmp_path / "every.json"
+    script = str(BENCHMARKS / "make_commits.py")
+    proc = subprocess.run(
+        [sys.executable, script, "--repo", str(repo.path), "--every", "5", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(out.read_text())
+    assert [(c["subject"], c["verdict"]) for c in data["commits"]] == [
+        ("a module", "baseline"),
+        ("no tests", "hot"),
+    ]
+    assert data["commits"][1]["tests_run"] == 0  # make only
+    assert data["totals"]["baseline_diff"] == 1
 
 
 def test_replay(tmp_path: Path) -> None:
