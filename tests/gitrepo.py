@@ -1,4 +1,5 @@
-"""Small real git repositories for the ``hotpatch make`` tests: write files, commit, tag."""
+"""Small real git repositories for the ``hotpatch make`` tests: write files, commit, tag;
+make a patch between the tag ``v1`` and ``HEAD``; run it on the old code."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import sys
 import textwrap
 from pathlib import Path
 from typing import Any
+
+from hotpatch.make import MakeResult, Request, make
 
 _ENV = {
     "GIT_AUTHOR_NAME": "Test",
@@ -107,3 +110,25 @@ def run_patched(
     assert done.returncode == 0, done.stderr
     result: dict[str, Any] = json.loads(done.stdout.splitlines()[-1])
     return result
+
+
+def make_since_v1(repo: GitRepo, out: Path, **options: Any) -> MakeResult:
+    """``hotpatch make`` of 1.0.1 on baseline 1.0, from the tag ``v1`` to ``HEAD`` of
+    ``repo`` (import root ``src``), written into ``out``; ``options`` are more of ``Request``."""
+    fields: dict[str, Any] = {"roots": ("src",), **options}
+    return make(
+        Request(
+            baseline="1.0",
+            version="1.0.1",
+            repo=repo.path,
+            from_rev="v1",
+            to_rev="HEAD",
+            output=out / "1.0.1.py",
+            **fields,
+        )
+    )
+
+
+def verdicts(result: MakeResult) -> dict[str, str]:
+    """Each change's name and verdict."""
+    return {c.name: c.verdict for c in result.changes}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from gitrepo import GitRepo, run_patched
+from gitrepo import GitRepo, make_since_v1, run_patched, verdicts
 
 from hotpatch.make import MakeError, MakeResult, Request, make
 
@@ -143,21 +143,7 @@ def edit(repo: GitRepo, *pairs: tuple[str, str], files: dict[str, str | None] | 
 
 
 def run(repo: GitRepo, tmp_path: Path, **options: object) -> MakeResult:
-    request = Request(
-        baseline="1.0",
-        version="1.0.1",
-        repo=repo.path,
-        from_rev="v1",
-        to_rev="HEAD",
-        roots=("src",),
-        output=tmp_path / "out" / "1.0.1.py",
-        **options,  # type: ignore[arg-type]
-    )
-    return make(request)
-
-
-def verdicts(result: MakeResult) -> dict[str, str]:
-    return {c.name: c.verdict for c in result.changes}
+    return make_since_v1(repo, tmp_path / "out", **options)
 
 
 # -- hot ------------------------------------------------------------------------------------

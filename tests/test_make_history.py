@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pluggy
 import pytest
-from gitrepo import GitRepo, run_patched
+from gitrepo import GitRepo, make_since_v1, run_patched, verdicts
 
-from hotpatch.make import MakeResult, Request, make
+from hotpatch.make import MakeResult
 
 
 @pytest.fixture
@@ -19,17 +19,7 @@ def repo(tmp_path: Path) -> GitRepo:
 
 
 def run(repo: GitRepo, tmp_path: Path) -> MakeResult:
-    return make(
-        Request(
-            baseline="1.0",
-            version="1.0.1",
-            repo=repo.path,
-            from_rev="v1",
-            to_rev="HEAD",
-            roots=("src",),
-            output=tmp_path / "out" / "1.0.1.py",
-        )
-    )
+    return make_since_v1(repo, tmp_path / "out")
 
 
 def start(repo: GitRepo, files: dict[str, str]) -> None:
@@ -41,10 +31,6 @@ def old_tree(repo: GitRepo, tmp_path: Path) -> Path:
     dest = tmp_path / "old"
     repo.git("worktree", "add", "-q", "--detach", str(dest), "v1")
     return dest / "src"
-
-
-def verdicts(result: MakeResult) -> dict[str, str]:
-    return {c.name: c.verdict for c in result.changes}
 
 
 # -- names the patch file reads --------------------------------------------------------------

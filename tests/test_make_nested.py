@@ -10,9 +10,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from gitrepo import GitRepo, run_patched
+from gitrepo import GitRepo, make_since_v1, run_patched, verdicts
 
-from hotpatch.make import MakeResult, Request, make
+from hotpatch.make import MakeResult
 from hotpatch.make._check import check_patch
 
 TOOLS = '''\
@@ -152,21 +152,7 @@ def edit(repo: GitRepo, *pairs: tuple[str, str]) -> None:
 
 
 def run(repo: GitRepo, tmp_path: Path) -> MakeResult:
-    return make(
-        Request(
-            baseline="1.0",
-            version="1.0.1",
-            repo=repo.path,
-            from_rev="v1",
-            to_rev="HEAD",
-            roots=("src",),
-            output=tmp_path / "out" / "1.0.1.py",
-        )
-    )
-
-
-def verdicts(result: MakeResult) -> dict[str, str]:
-    return {c.name: c.verdict for c in result.changes}
+    return make_since_v1(repo, tmp_path / "out")
 
 
 def old_root(repo: GitRepo, tmp_path: Path) -> Path:
