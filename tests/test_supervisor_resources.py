@@ -416,11 +416,8 @@ def test_a_good_patch_taken_at_the_descriptor_limit_is_not_refused_by_the_vital_
 
 # -- a rollback while the journal's disk is full ------------------------------------------
 
-# The health check of the new code fills the journal's disk, then fails: the
-# rollback that follows must put the journal back without a byte of new space.
-FILL_THEN_SICK = """
-def healthy():
-    import os
+# The rest of a health check: write to ``filler`` until the disk is full, then fail.
+FILL_THE_DISK = """\
     fd = os.open({filler!r}, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
         while True:
@@ -431,6 +428,16 @@ def healthy():
         os.close(fd)
     return False
 """
+
+# The health check of the new code fills the journal's disk, then fails: the
+# rollback that follows must put the journal back without a byte of new space.
+FILL_THEN_SICK = (
+    """
+def healthy():
+    import os
+"""
+    + FILL_THE_DISK
+)
 
 # In the new process, the journal is compacted (rewritten whole, renamed over
 # the old file) at the patch's record: the file the rollback puts back is no
@@ -528,22 +535,16 @@ def test_a_baseline_rolled_back_on_a_full_disk_gets_its_journal_back(
 
 # The health check also removes the file the supervisor keeps to put the journal
 # back (by hand, say): after the compaction it must be written whole, on a full disk.
-REMOVE_KEPT_FILL_THEN_SICK = """
+REMOVE_KEPT_FILL_THEN_SICK = (
+    """
 def healthy():
     import os
     for name in os.listdir({folder!r}):
         if ".undo-" in name:
             os.unlink(os.path.join({folder!r}, name))
-    fd = os.open({filler!r}, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    try:
-        while True:
-            os.write(fd, bytes(4096))
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-    return False
 """
+    + FILL_THE_DISK
+)
 
 
 def test_a_rollback_that_must_write_the_journal_whole_waits_for_room(
