@@ -48,9 +48,10 @@ __all__ = [
 
 _Def = ast.FunctionDef | ast.AsyncFunctionDef
 _SHOWN = 60  # characters of a statement quoted in a reason
-_LAYOUT_BASES = frozenset(
-    {"Enum", "IntEnum", "StrEnum", "Flag", "IntFlag", "NamedTuple", "TypedDict", "Structure"}
-)
+# Classes whose members or fields are data the class machinery decides when it is made.
+_RECORD_BASES = frozenset({"Enum", "IntEnum", "StrEnum", "Flag", "IntFlag", "NamedTuple"})
+_LAYOUT_BASES = _RECORD_BASES | {"TypedDict", "Structure"}
+_ENUM_AUTO = frozenset({"auto", "enum.auto"})
 
 
 @dataclass(slots=True)
@@ -732,6 +733,15 @@ class _ModuleDiff:
                 # a patch class without them would be another layout to the registry
                 sources.insert(0, segment(self.new.lines, new_body.slots, self.new.keep, indent=4))
                 names |= _names_in(new_body.slots)
+            if any(dotted(b).rpartition(".")[2] in _RECORD_BASES for b in new.bases):
+                # The same members or fields (unchanged: checked above), declared again: a
+                # patch class without them would be another enum or tuple to the registry.
+                data = self._record_data(new, new_body, qualname, [n for n, _ in added])
+                if data is None:
+                    return
+                sources[:0] = [segment(self.new.lines, n, self.new.keep, indent=4) for n in data]
+                bound = {_assigned_name(n) or _annotated_name(n) for n in data}
+                names |= {n for node in data for n in _names_in(node)} - bound
             changes = [
                 self.add(
                     f"{qualname}.{name}",
@@ -745,6 +755,41 @@ class _ModuleDiff:
             self.plan.members.append(
                 Members(self.name(qualname), header, sources, names, changes, new.lineno, reads)
             )
+
+    def _record_data(
+        self, node: ast.ClassDef, body: _ClassBody, qualname: str, added: list[str]
+    ) -> list[ast.stmt] | None:
+        """The statements declaring an enum's members or a named tuple's fields, in order;
+        ``None`` (each new method a baseline saying why) where declaring them again in the
+        patch class would not give the same ones without calling code."""
+        data: list[ast.stmt] = []
+        why = ""
+        statements = [n for n in body.statements if not isinstance(n, ast.Pass)]
+        for item in statements + list(body.assigns.values()):
+            if not isinstance(item, ast.Assign | ast.AnnAssign):
+                why = f"its class body statement `{ast.unparse(item)[:_SHOWN]}` is not one"
+                break
+        else:
+            for item in sorted(statements + list(body.assigns.values()), key=_position):
+                data.append(item)
+                parts = [p for p in (getattr(item, "value", None), _annotation(item)) if p]
+                if not all(_record_value(p) for p in parts):
+                    name = _assigned_name(item) or _annotated_name(item)
+                    why = (
+                        f"{node.name}.{name} is made by `{ast.unparse(parts[0])[:_SHOWN]}`, "
+                        "which calls code when the class is made"
+                    )
+                    break
+            else:
+                return data
+        for name in added:
+            self.baseline(
+                f"{qualname}.{name}",
+                "method",
+                f"a new method of {node.name} is added by a patch class declaring its members "
+                f"or fields again, and {why}",
+            )
+        return None
 
     def _member(
         self,
@@ -933,6 +978,28 @@ class _ClassBody:
                 self.statements.append(item)
         for name in [n for n in self.assigns if n in self.members]:
             self.statements.append(self.assigns.pop(name))
+
+
+def _annotated_name(node: ast.stmt) -> str | None:
+    if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+        return node.target.id
+    return None
+
+
+def _annotation(node: ast.stmt) -> ast.expr | None:
+    return node.annotation if isinstance(node, ast.AnnAssign) else None
+
+
+def _position(node: ast.stmt) -> tuple[int, int]:
+    return node.lineno, node.col_offset
+
+
+def _record_value(node: ast.expr) -> bool:
+    """A member's value or a field's annotation or default that declaring it again gives
+    again: built without calls with effects (``enum.auto()`` counts as none)."""
+    if isinstance(node, ast.Call) and dotted(node.func) in _ENUM_AUTO and not node.args:
+        return True
+    return is_pure(node)
 
 
 def _dump_slots(body: _ClassBody) -> str:
