@@ -19,6 +19,7 @@ class Mode(enum.Enum):
     """How a tool runs."""
 
     FAST = 1
+    """Skips the checks."""
     SAFE = 2
     QUICK = 1  # an alias of FAST
 
@@ -184,3 +185,17 @@ def test_an_enum_member_made_by_a_call_is_not_declared_again_a_baseline_says_why
     assert "kit.modes:Mode.label" in reasons, reasons
     assert "Mode.SAFE" in reasons["kit.modes:Mode.label"], reasons
     assert "calls code" in reasons["kit.modes:Mode.label"], reasons
+
+
+def test_an_enum_of_sentinel_objects_is_a_baseline_saying_no_second_one_equals(
+    repo: GitRepo, tmp_path: Path
+) -> None:
+    """``UNSET = object()`` (click's ``Sentinel``): a patch class declaring it again would
+    make another object, another member value to the registry."""
+    text = MODES.replace("    SAFE = 2\n", "    SAFE = object()\n")
+    fix(repo, "modes", text, SLOW, SLOW + LABEL)
+    result = run(repo, tmp_path)
+    assert result.outcome == "baseline", result.record()
+    why = {c.name: c.why for c in result.reasons}["kit.modes:Mode.label"]
+    assert "Mode.SAFE is made by `object()`" in why, why
+    assert "no second declaration equals" in why, why

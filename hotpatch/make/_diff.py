@@ -739,7 +739,8 @@ class _ModuleDiff:
                 data = self._record_data(new, new_body, qualname, [n for n, _ in added])
                 if data is None:
                     return
-                sources[:0] = [segment(self.new.lines, n, self.new.keep, indent=4) for n in data]
+                declared = [segment(self.new.lines, n, self.new.keep, indent=4) for n in data]
+                sources.insert(0, "\n".join(text.rstrip("\n") for text in declared) + "\n")
                 bound = {_assigned_name(n) or _annotated_name(n) for n in data}
                 names |= {n for node in data for n in _names_in(node)} - bound
             changes = [
@@ -764,7 +765,7 @@ class _ModuleDiff:
         patch class would not give the same ones without calling code."""
         data: list[ast.stmt] = []
         why = ""
-        statements = [n for n in body.statements if not isinstance(n, ast.Pass)]
+        statements = [n for n in body.statements if not _no_op(n)]
         for item in statements + list(body.assigns.values()):
             if not isinstance(item, ast.Assign | ast.AnnAssign):
                 why = f"its class body statement `{ast.unparse(item)[:_SHOWN]}` is not one"
@@ -773,12 +774,12 @@ class _ModuleDiff:
             for item in sorted(statements + list(body.assigns.values()), key=_position):
                 data.append(item)
                 parts = [p for p in (getattr(item, "value", None), _annotation(item)) if p]
-                if not all(_record_value(p) for p in parts):
+                problems = [(p, _record_problem(p)) for p in parts]
+                bad = [(p, problem) for p, problem in problems if problem]
+                if bad:
                     name = _assigned_name(item) or _annotated_name(item)
-                    why = (
-                        f"{node.name}.{name} is made by `{ast.unparse(parts[0])[:_SHOWN]}`, "
-                        "which calls code when the class is made"
-                    )
+                    shown = ast.unparse(bad[0][0])[:_SHOWN]
+                    why = f"{node.name}.{name} is made by `{shown}`, {bad[0][1]}"
                     break
             else:
                 return data
@@ -994,12 +995,27 @@ def _position(node: ast.stmt) -> tuple[int, int]:
     return node.lineno, node.col_offset
 
 
-def _record_value(node: ast.expr) -> bool:
-    """A member's value or a field's annotation or default that declaring it again gives
-    again: built without calls with effects (``enum.auto()`` counts as none)."""
+def _record_problem(node: ast.expr) -> str:
+    """Why declaring a member's value or a field's annotation or default again would not
+    give it again ("" if it would): a call with effects (``enum.auto()`` has none), or a
+    value no second one equals (``object()``, a sentinel)."""
     if isinstance(node, ast.Call) and dotted(node.func) in _ENUM_AUTO and not node.args:
-        return True
-    return is_pure(node)
+        return ""
+    if any(
+        isinstance(n, ast.Call) and dotted(n.func) in ("object", "builtins.object")
+        for n in ast.walk(node)
+    ):
+        return "a new object each time, which no second declaration equals"
+    return "" if is_pure(node) else "which calls code when the class is made"
+
+
+def _no_op(node: ast.stmt) -> bool:
+    """``pass``, or a string under a member (its docstring, for documentation tools)."""
+    return isinstance(node, ast.Pass) or (
+        isinstance(node, ast.Expr)
+        and isinstance(node.value, ast.Constant)
+        and isinstance(node.value.value, str)
+    )
 
 
 def _dump_slots(body: _ClassBody) -> str:
