@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import linecache
 import os
 import re
@@ -10,7 +11,8 @@ import types
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from hotpatch._errors import VerificationFailed
+from hotpatch._classes_hooks import Guard
+from hotpatch._errors import NotPatchable, VerificationFailed
 from hotpatch._patch import Patch, PatchSource
 
 __all__ = ["DEFAULT_MAX_BYTES", "load_patch", "load_patch_source", "load_patch_text"]
@@ -105,15 +107,7 @@ def _load(text: str, sha: str, path: str, name: str, compiler: Compiler | None) 
     previous = sys.modules.get(module_name)
     sys.modules[module_name] = module
     try:
-        exec(code, module.__dict__)
-    except SystemExit as exc:
-        _forget(module_name, previous)
-        msg = f"patch file {name} calls sys.exit({exc.code!r}) while importing; remove it"
-        raise VerificationFailed(msg) from None
-    except Exception as exc:
-        _forget(module_name, previous)
-        msg = f"patch file {name} failed to import: {type(exc).__name__}: {exc}"
-        raise VerificationFailed(msg) from exc
+        _execute(code, module, Guard.of(text, name), name)
     except BaseException:
         _forget(module_name, previous)
         raise
@@ -130,6 +124,37 @@ def _load(text: str, sha: str, path: str, name: str, compiler: Compiler | None) 
     patch = patches[0]
     patch.source = PatchSource(path=path, text=text, sha256=sha, filename=filename)
     return patch
+
+
+def _execute(
+    code: types.CodeType, module: types.ModuleType, guard: Guard | None, name: str
+) -> None:
+    """Run the patch module's code; what it raises, as the error saying so.
+
+    A ``replace_class`` class statement is checked before it runs (``guard``):
+    making the patch class would run its bases' per-class hooks here, in the service.
+    """
+    if guard is not None:
+        module.__dict__["__builtins__"] = guard.builtins()
+    try:
+        exec(code, module.__dict__)
+        if guard is not None and guard.refused is not None:
+            raise guard.refused  # the patch file caught it: still refused
+    except NotPatchable as exc:
+        if guard is None or exc is not guard.refused:
+            msg = f"patch file {name} failed to import: {type(exc).__name__}: {exc}"
+            raise VerificationFailed(msg) from exc
+        raise
+    except SystemExit as exc:
+        msg = f"patch file {name} calls sys.exit({exc.code!r}) while importing; remove it"
+        raise VerificationFailed(msg) from None
+    except Exception as exc:
+        msg = f"patch file {name} failed to import: {type(exc).__name__}: {exc}"
+        raise VerificationFailed(msg) from exc
+    finally:
+        if guard is not None:
+            guard.armed = False
+            module.__dict__["__builtins__"] = vars(builtins)  # what exec() puts there
 
 
 def _unique(items: Iterable[Patch]) -> list[Patch]:

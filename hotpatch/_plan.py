@@ -23,6 +23,7 @@ from hotpatch._classes import (
     members,
     set_name,
 )
+from hotpatch._classes_hooks import hooks_of, refusal
 from hotpatch._codegen import ABSENT, FUNC_ATTRS, build, capture
 from hotpatch._errors import JournalError, NameConflict, NotPatchable, VerificationFailed
 from hotpatch._heap import made_from
@@ -458,6 +459,8 @@ class _Planner:
         plan = self.plan
         v = plan.patch.version
         module, old = resolve_class(spec, patch=v)
+        if ran := hooks_of(new_cls):  # a patch class made in code: the loader would refuse it
+            raise refusal(spec, ran, patch=v, ran=True)
         plan.reasons.extend(class_reasons(old, new_cls))
         if layout_changes(old, new_cls):
             subclasses: list[type] = old.__subclasses__()

@@ -5,7 +5,10 @@ references taken before the patch (instances, bound methods, the class or
 function object) give before and after. A hot row must apply, run the new code
 through every old reference, roll back exactly, and apply again. A refused row
 must be refused by ``check()`` and ``apply()`` alike, with the error class and a
-message naming the target and the reason, and change nothing.
+message naming the target and the reason, and change nothing. A row refused at
+load is refused by ``load_patch`` before the patch file's class statement runs
+(what it would run in the service never runs); built in code instead, its class
+statement has run, and ``check()`` and ``apply()`` refuse it alike.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ class Row:
     refused: type[hotpatch.PatchError] | None = None  # for a refused row
     says: tuple[str, ...] = ()  # the refusal's message names these
     target: str = ""  # the qualname the refusal names (``mod:`` + this)
+    at_load: bool = False  # refused by load_patch, before the patch's class statement runs
     extra: dict[str, str] = field(default_factory=dict)
 
 
@@ -834,6 +838,58 @@ ROWS: dict[str, Row] = {
         before="later",
         after="LATER",
     ),
+    "__init_subclass__ of a base": Row(
+        module="""
+        REGISTRY = {}
+        class Plugin:
+            def __init_subclass__(cls, **kw):
+                super().__init_subclass__(**kw)
+                REGISTRY[cls.__name__] = cls
+        class Echo(Plugin):
+            def run(self):
+                return "old"
+        """,
+        patch="""
+        Plugin = __import__("{mod}").Plugin
+        @patch.replace_class("{mod}:Echo")
+        class Echo(Plugin):
+            def run(self):
+                return "new"
+        """,
+        take=lambda m: {"obj": m.Echo(), "cls": m.Echo},
+        look=lambda m, r: (r["obj"].run(), m.REGISTRY["Echo"] is r["cls"], len(m.REGISTRY)),
+        before=("old", True, 1),
+        refused=hotpatch.NotPatchable,
+        says=("Plugin.__init_subclass__", "registry", "@patch.replace(", "baseline"),
+        target="Echo",
+        at_load=True,
+    ),
+    "metaclass __new__ / __init__": Row(
+        module="""
+        MADE = []
+        class Counted(type):
+            def __init__(cls, *args, **kw):
+                super().__init__(*args, **kw)
+                MADE.append(cls.__name__)
+        class K(metaclass=Counted):
+            def run(self):
+                return "old"
+        """,
+        patch="""
+        Counted = __import__("{mod}").Counted
+        @patch.replace_class("{mod}:K")
+        class K(metaclass=Counted):
+            def run(self):
+                return "new"
+        """,
+        take=lambda m: {"obj": m.K()},
+        look=lambda m, r: (r["obj"].run(), list(m.MADE)),
+        before=("old", ["K"]),
+        refused=hotpatch.NotPatchable,
+        says=("Counted.__init__", "@patch.replace(", "baseline"),
+        target="K",
+        at_load=True,
+    ),
     "metaclass methods": Row(
         module="""
         class Meta(type):
@@ -1018,6 +1074,20 @@ def test_matrix(
     refs = row.take(mod)
     assert row.look(mod, refs) == row.before
     text = HEADER + textwrap.dedent(row.patch).format(mod=mod.__name__)
+    if row.at_load:
+        assert row.refused is not None
+        with pytest.raises(row.refused) as loaded:
+            hotpatch.load_patch(write_patch(text))
+        message = str(loaded.value)
+        assert f"{mod.__name__}:{row.target}" in message
+        assert all(s in message for s in row.says), message
+        assert row.look(mod, refs) == row.before  # what it would run never ran
+        namespace: dict[str, Any] = {}
+        exec(compile(text, "<built in code>", "exec"), namespace)  # this runs it
+        after_made = row.look(mod, refs)
+        _refused(row, mod, refs, registry=registry, patch=namespace["patch"], phase=phase)
+        assert row.look(mod, refs) == after_made
+        return
     patch = hotpatch.load_patch(write_patch(text))
     if row.refused is not None:
         _refused(row, mod, refs, registry=registry, patch=patch, phase=phase)
@@ -1071,4 +1141,5 @@ def _refused(
             assert applied.value.reasons == reasons
             assert "restart" in str(applied.value)
         assert registry.level == ()
-        assert row.look(mod, refs) == row.before
+        if not row.at_load:  # built in code, its class statement did what it does
+            assert row.look(mod, refs) == row.before

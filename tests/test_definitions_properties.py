@@ -3,13 +3,18 @@
 Generated: a class (plain, ``__slots__``, dataclass, dataclass with slots, or
 an enum) with methods, static and class methods, properties and class
 attributes; a patch class that changes, removes, adds or re-kinds members,
-changes the slot list, the dataclass fields or the enum members. For each:
+changes the slot list, the dataclass fields or the enum members; the class may
+be made from a base whose ``__init_subclass__`` records every class made, or by
+a metaclass whose ``__init__`` does, or from ``abc.ABC``. For each:
 ``check()`` hot means ``apply()`` applies and the new code runs through an
 instance made before (and rollback restores it); not hot means ``apply()``
 raises ``RestartRequired`` with the same reasons and changes nothing. The
 verdict is also held to a model of SPEC §11: only a layout or member-kind
 change is not hot, and class data given another value than the running class
-holds is refused by both (``NameConflict``: it may be state). Function
+holds is refused by both (``NameConflict``: it may be state). A class whose
+patch class would run a hook of the project is refused before the hook runs
+(``load_patch`` raises ``NotPatchable``), and built in code (the hook ran) it is
+refused by ``check()`` and ``apply()`` alike. Function
 targets (a def, a lambda, under a ``functools.wraps`` decorator, ``lru_cache``,
 ``contextmanager``, a singledispatch ``registry[int]``) are gone through
 exhaustively: each x a replacement written plain, under the target's
@@ -36,6 +41,7 @@ import hotpatch
 SHAPES = ("plain", "slots", "dataclass", "dataclass-slots", "enum")
 KINDS = ("method", "static", "class", "property", "value")
 OPS = ("keep", "change", "drop", "rekind")
+HOOKS = ("none", "init_subclass", "metaclass", "abc")
 
 
 @dataclass(frozen=True)
@@ -46,6 +52,12 @@ class Shape:
     new_kinds: tuple[str, ...]  # the kind a "rekind" gives member i
     added: tuple[str, ...]  # kinds of members the patch adds (n0, n1, ...)
     layout_change: bool  # slots, dataclass fields or enum members change
+    hook: str = "none"  # what making the class runs (HOOKS)
+
+    @property
+    def hooked(self) -> bool:
+        """Making the patch class would run a hook of the project: refused before it runs."""
+        return self.hook in ("init_subclass", "metaclass")
 
     @property
     def hot(self) -> bool:
@@ -79,7 +91,8 @@ def _shape(shape: str, members: list[str], data: st.DataObject) -> Shape:
     new_kinds = data.draw(st.lists(st.sampled_from(KINDS), min_size=n, max_size=n))
     added = data.draw(st.lists(st.sampled_from(KINDS[:4]), max_size=2))
     layout = data.draw(st.booleans()) if shape != "plain" else False
-    return Shape(shape, tuple(members), tuple(ops), tuple(new_kinds), tuple(added), layout)
+    hook = data.draw(st.sampled_from(HOOKS if shape != "enum" else HOOKS[:3]))
+    return Shape(shape, tuple(members), tuple(ops), tuple(new_kinds), tuple(added), layout, hook)
 
 
 def _member(name: str, kind: str, tag: str) -> str:
@@ -99,8 +112,14 @@ def _member(name: str, kind: str, tag: str) -> str:
 def _class(shape: Shape, body: list[str], *, patched: bool) -> str:
     layout = shape.layout_change and patched
     head = {"dataclass": "@dataclass\n", "dataclass-slots": "@dataclass(slots=True)\n"}
-    bases = "(enum.Enum)" if shape.shape == "enum" else ""
-    lines = [f"class C{bases}:"]
+    bases = ["enum.Enum"] if shape.shape == "enum" else []
+    if shape.hook == "init_subclass":
+        bases = ["Base"] if shape.shape == "enum" else ["Base", *bases]
+    elif shape.hook == "metaclass":
+        bases.append("metaclass=Meta")
+    elif shape.hook == "abc":
+        bases.append("abc.ABC")
+    lines = [f"class C({', '.join(bases)}):"]
     if shape.shape == "slots":
         lines.append("    __slots__ = ('a', 'b')" if layout else "    __slots__ = ('a',)")
     elif shape.shape.startswith("dataclass"):
@@ -133,11 +152,27 @@ def sources(shape: Shape) -> tuple[str, str]:
     if shape.shape == "slots":
         init = "def __init__(self):\n    self.a = 1\n"
         old.insert(0, init)
-    module = "import enum\nfrom dataclasses import dataclass\n\n" + _class(
-        shape, old, patched=False
-    )
+    module = "import abc\nimport enum\nfrom dataclasses import dataclass\n\n" + _hooks(shape)
+    module += _class(shape, old, patched=False)
     patch_class = _class(shape, new or ["pass\n"], patched=True)
     return module, patch_class
+
+
+def _hooks(shape: Shape) -> str:
+    """What the module makes its class from: a base or a metaclass recording every class made."""
+    if shape.hook == "init_subclass":
+        base = "enum.Enum" if shape.shape == "enum" else ""
+        return (
+            f"MADE = []\nclass Base({base}):\n    def __init_subclass__(cls, **kw):\n"
+            "        super().__init_subclass__(**kw)\n        MADE.append(cls.__name__)\n\n"
+        )
+    if shape.hook == "metaclass":
+        meta = "enum.EnumMeta" if shape.shape == "enum" else "type"
+        return (
+            f"MADE = []\nclass Meta({meta}):\n    def __init__(cls, *args, **kw):\n"
+            "        super().__init__(*args, **kw)\n        MADE.append(cls.__name__)\n\n"
+        )
+    return ""
 
 
 def effective(shape: Shape) -> Shape:
@@ -146,7 +181,7 @@ def effective(shape: Shape) -> Shape:
         return shape
     fix = tuple("method" if k == "value" else k for k in shape.members)
     kinds = tuple("method" if k == "value" else k for k in shape.new_kinds)
-    return Shape(shape.shape, fix, shape.ops, kinds, shape.added, shape.layout_change)
+    return Shape(shape.shape, fix, shape.ops, kinds, shape.added, shape.layout_change, shape.hook)
 
 
 def read(instance: Any, cls: type, name: str, kind: str) -> Any:
@@ -169,7 +204,7 @@ def data(instance: Any, cls: type) -> Any:
     return (instance.a, repr(instance) if dataclasses.is_dataclass(cls) else None)
 
 
-HEADER = "from hotpatch import Patch\nimport enum\nfrom dataclasses import dataclass\n"
+HEADER = "from hotpatch import Patch\nimport abc\nimport enum\nfrom dataclasses import dataclass\n"
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -189,17 +224,32 @@ def test_check_says_what_apply_does(
     mod = make_module(module_source)
     cls = mod.C
     instance = cls.X if shape.shape == "enum" else cls()
-    patch = hotpatch.load_patch(
-        write_patch(
-            HEADER
-            + "patch = Patch(version='1.0.1', baseline='1.0')\n"
-            + f"@patch.replace_class('{mod.__name__}:C')\n"
-            + patch_class
-        )
+    text = (
+        HEADER
+        + (f"from {mod.__name__} import *\n" if shape.hooked else "")
+        + "patch = Patch(version='1.0.1', baseline='1.0')\n"
+        + f"@patch.replace_class('{mod.__name__}:C')\n"
+        + patch_class
     )
     data_before = data(instance, cls)
     before = reads(instance, cls, shape)
     registry = hotpatch.Registry("1.0")
+    if shape.hooked:
+        made = list(mod.MADE)
+        with pytest.raises(hotpatch.NotPatchable, match="would run when the patch file is"):
+            hotpatch.load_patch(write_patch(text))
+        assert made == mod.MADE  # refused before the hook ran
+        namespace: dict[str, Any] = {}
+        exec(compile(text, "<in code>", "exec"), namespace)  # built in code: the hook runs
+        twice = shape.shape == "dataclass-slots"  # made again with its slots
+        assert [*made, *["C"] * (2 if twice else 1)] == mod.MADE, mod.MADE
+        for attempt in (registry.check, registry.apply):
+            with pytest.raises(hotpatch.NotPatchable, match="ran when the patch class was made"):
+                attempt(namespace["patch"])
+        assert registry.level == ()
+        assert reads(instance, cls, shape) == before
+        return
+    patch = hotpatch.load_patch(write_patch(text))
     if shape.conflict:
         for attempt in (registry.check, registry.apply):
             with pytest.raises(hotpatch.NameConflict, match="never overwrites class data"):

@@ -13,7 +13,6 @@ imports).
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import signal
@@ -24,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hotpatch._classes_hooks import hooks_of
 from hotpatch._errors import PatchError, VerificationFailed
 from hotpatch._loader import load_patch
 from hotpatch._registry import Registry
@@ -188,14 +188,7 @@ def _dry_run(path: Path, baseline: str, expected: dict[str, str]) -> dict[str, A
 
 
 def _hooks(cls: type) -> list[str]:
-    """The project's code that ran when ``cls`` was made: an ``__init_subclass__`` of a
-    base, a metaclass's ``__new__`` or ``__init__`` (not the standard library's: ABCMeta,
-    EnumType, Protocol keep their own books, which the registry compares)."""
-    found: list[str] = []
-    owners = [(base, "__init_subclass__") for base in cls.__mro__[1:]]
-    owners += [(m, name) for m in inspect.getmro(type(cls)) for name in ("__new__", "__init__")]
-    for owner, name in owners:
-        top = owner.__module__.partition(".")[0]
-        if name in vars(owner) and top not in sys.stdlib_module_names and top != "builtins":
-            found.append(f"{owner.__module__}:{owner.__qualname__}.{name}")
-    return found
+    """The project's code that ran when ``cls`` was made (``hooks_of``). The loader refuses
+    a patch file whose patch class would run any before it runs; a class it cannot see
+    made (``type(...)``) is named here."""
+    return hooks_of(cls)

@@ -1,0 +1,216 @@
+"""Per-class hooks: the project's code that making a class runs, refused before it runs.
+
+A ``replace_class`` patch class is a class statement like any other, so making it
+runs what its bases and metaclass run for every class made from them: a base's
+``__init_subclass__``, a metaclass's ``__prepare__``, ``__new__`` and ``__init__``.
+In the service, when the patch file loads, a plugin registry would gain the patch
+class (a class nothing uses) in place of the running one, a counter would count it.
+``Guard`` runs the patch file's ``replace_class`` class statements through a check
+of their bases and metaclass before the class is made, and refuses (``NotPatchable``)
+one whose making would run such a hook; ``hooks_of`` names the hooks a class already
+made ran (a patch built in code, which the registry then refuses).
+
+The standard library's hooks are not counted: ``ABCMeta``, ``EnumType``,
+``Protocol``, ``Generic`` and ``NamedTuple`` keep their own books (abstract
+methods, members, protocol members, fields), which ``_classes`` compares.
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import sys
+import types
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from hotpatch._errors import NotPatchable
+from hotpatch._patch import Patch
+
+__all__ = ["Guard", "class_hooks", "hooks_of", "refusal"]
+
+# Per-class hooks of a metaclass; __call__ runs when an instance is made, not a class.
+_META_HOOKS = ("__prepare__", "__new__", "__init__")
+# Not the standard library, but its backports of typing's classes, which only keep books.
+_HARMLESS = frozenset({"builtins", "typing_extensions"})
+
+
+def class_hooks(bases: tuple[Any, ...], metaclass: Any = None) -> list[str]:
+    """The project's hooks making a class from ``bases`` (and ``metaclass``) would run.
+
+    Each as ``module:Owner.name``, the metaclass's first, then each base's
+    ``__init_subclass__`` in method resolution order.
+    """
+    resolved = types.resolve_bases(bases)
+    found: list[str] = []
+    if metaclass is not None and not isinstance(metaclass, type):
+        if not _harmless(metaclass):  # a function called in place of a metaclass
+            found.append(_name(metaclass, ""))
+    else:
+        meta = _winner(metaclass, resolved)
+        found += [_name(m, h) for m in meta.__mro__ for h in _META_HOOKS if _runs(m, h)]
+    seen: set[int] = set()
+    for base in resolved:
+        for owner in getattr(base, "__mro__", ()):
+            if id(owner) not in seen and _runs(owner, "__init_subclass__"):
+                found.append(_name(owner, "__init_subclass__"))
+            seen.add(id(owner))
+    return found
+
+
+def hooks_of(cls: type) -> list[str]:
+    """The project's hooks that ran when ``cls`` was made (its bases', its metaclass's)."""
+    return class_hooks(cls.__bases__, type(cls))
+
+
+def refusal(
+    target: str, hooks: list[str], *, patch: str | None, where: str = "", ran: bool = False
+) -> NotPatchable:
+    """The ``NotPatchable`` for a class patch whose patch class runs ``hooks`` when made.
+
+    ``target`` is ``module:qualname``, or how a target computed at import was written
+    (then the error's ``.target`` is ``None``).
+    """
+    _, sep, _ = target.partition(":")
+    literal = bool(sep) and " " not in target
+    method = f"{target}.METHOD" if literal else "module:Class.METHOD"
+    when = (
+        "ran when the patch class was made (it was built in code, not loaded from a file)"
+        if ran
+        else "would run when the patch file is imported, before anything is checked"
+    )
+    msg = (
+        f"patch {patch or '?'}{where}: class {target}: its patch class is a class made from "
+        f"its bases, so making it runs {', '.join(hooks)} for it, as for every class made "
+        f"from them: what that does (register the class, count it, check it) would be done "
+        f"for the patch class, which nothing uses, and a registry would then hold it instead "
+        f"of the running class. The hook {when}, so the patch is refused. Patch the class's "
+        f"methods one by one with @patch.replace('{method}'), or ship the change as a "
+        "baseline (`hotpatch make` makes such a change one)"
+    )
+    return NotPatchable(msg, patch=patch, target=target if literal else None)
+
+
+class Guard:
+    """The check a patch file's ``replace_class`` class statements go through before they run.
+
+    ``Guard.of(text, name)`` finds them in the source (``None``: there are
+    none, nothing to guard); ``builtins()`` is the ``__builtins__`` to import the
+    patch module with, whose ``__build_class__`` checks each before making it and
+    raises the refusal (kept in ``refused``, in case the patch file catches it).
+    """
+
+    def __init__(self, name: str, marked: dict[tuple[str, int], str]):
+        self.name = name  # the patch file's, for messages
+        self.marked = marked  # (class name, first line) -> the target, as written
+        self.refused: NotPatchable | None = None
+        self.armed = True
+
+    @classmethod
+    def of(cls, text: str, name: str) -> Guard | None:
+        if "replace_class" not in text:  # most patch files: no second parse
+            return None
+        try:
+            tree = ast.parse(text)
+        except SyntaxError:
+            return None  # compile() says so, naming the line
+        marked = dict(_marked(tree, text))
+        return cls(name, marked) if marked else None
+
+    def builtins(self) -> dict[str, Any]:
+        namespace = dict(vars(builtins))
+        namespace["__build_class__"] = self._build_class
+        return namespace
+
+    def _build_class(self, func: Callable[..., Any], name: str, *bases: Any, **kw: Any) -> Any:
+        # Only the patch module's own code makes classes through this __builtins__.
+        code = getattr(func, "__code__", None)
+        target = None
+        if self.armed and code is not None:
+            target = self.marked.get((name, code.co_firstlineno))
+        if target is not None:
+            hooks = class_hooks(bases, kw.get("metaclass"))
+            if hooks:
+                where = f" (patch file {self.name})"
+                self.refused = refusal(target, hooks, patch=_version(func), where=where)
+                raise self.refused
+        return builtins.__build_class__(func, name, *bases, **kw)
+
+
+def _marked(tree: ast.Module, text: str) -> Iterator[tuple[tuple[str, int], str]]:
+    """(class name, the first line of its statement) -> target, for each class statement
+    a ``replace_class(...)`` decorates or is called with (``replace_class(t)(Cls)``)."""
+    called: dict[str, str] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and _is_replace_class(node.func):
+            for arg in node.args:
+                if isinstance(arg, ast.Name):
+                    called[arg.id] = _target(node.func, text)
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.ClassDef):
+            continue
+        first = min([node.lineno, *(d.lineno for d in node.decorator_list)])
+        for decorator in node.decorator_list:
+            if _is_replace_class(decorator):
+                assert isinstance(decorator, ast.Call)
+                yield (node.name, first), _shown(node.name, _target(decorator, text))
+                break
+        else:
+            if node.name in called:
+                yield (node.name, first), _shown(node.name, called[node.name])
+
+
+def _shown(name: str, target: str) -> str:
+    return target if not target.startswith("(") else f"{name} {target}"
+
+
+def _is_replace_class(node: ast.expr) -> bool:
+    """``X.replace_class(...)`` or ``replace_class(...)``."""
+    if not isinstance(node, ast.Call):
+        return False
+    func = node.func
+    return (isinstance(func, ast.Attribute) and func.attr == "replace_class") or (
+        isinstance(func, ast.Name) and func.id == "replace_class"
+    )
+
+
+def _target(call: ast.expr, text: str) -> str:
+    """The target as written: the string, or the expression computing it."""
+    assert isinstance(call, ast.Call)
+    if call.args and isinstance(call.args[0], ast.Constant) and isinstance(call.args[0].value, str):
+        return call.args[0].value
+    written = ast.get_source_segment(text, call) or "replace_class(...)"
+    return f"(the target of {written} at line {call.lineno})"
+
+
+def _version(func: Callable[..., Any]) -> str | None:
+    """The version of the one ``Patch`` the patch module declared so far, if it did."""
+    found = {id(v): v for v in getattr(func, "__globals__", {}).values() if isinstance(v, Patch)}
+    return next(iter(found.values())).version if len(found) == 1 else None
+
+
+def _winner(metaclass: type | None, bases: tuple[Any, ...]) -> type:
+    """The metaclass Python picks: the most derived of the given one and the bases' types."""
+    winner: type = type if metaclass is None else metaclass
+    for base in bases:
+        meta = type(base)
+        if issubclass(winner, meta):
+            continue
+        if issubclass(meta, winner):
+            winner = meta
+    return winner
+
+
+def _runs(owner: Any, hook: str) -> bool:
+    """Does ``owner`` define ``hook`` itself, outside the standard library?"""
+    return hook in vars(owner) and not _harmless(owner)
+
+
+def _harmless(owner: Any) -> bool:
+    top = str(getattr(owner, "__module__", None) or "").partition(".")[0]
+    return top in sys.stdlib_module_names or top in _HARMLESS
+
+
+def _name(owner: Any, hook: str) -> str:
+    qualname = getattr(owner, "__qualname__", repr(owner))
+    return f"{getattr(owner, '__module__', '?')}:{qualname}" + (f".{hook}" if hook else "")
