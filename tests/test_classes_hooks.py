@@ -22,6 +22,7 @@ from typing import Any
 import click
 import packaging
 import pytest
+from drops import DropFolder
 
 import hotpatch
 from hotpatch import NotPatchable, VerificationFailed
@@ -85,6 +86,7 @@ def test_a_subclass_registry_is_not_touched_by_a_refused_patch(
 ) -> None:
     mod = make_module(PLUGINS)
     running = mod.Echo
+    modules = set(sys.modules)
     with pytest.raises(NotPatchable) as info:
         _load(write_patch, ECHO_PATCH, mod=mod.__name__)
     assert {"Echo": running} == mod.REGISTRY  # the hook never ran for the patch class
@@ -96,7 +98,7 @@ def test_a_subclass_registry_is_not_touched_by_a_refused_patch(
     assert f"{mod.__name__}:Plugin.__init_subclass__" in message
     assert f"@patch.replace('{mod.__name__}:Echo.METHOD')" in message
     assert "baseline" in message
-    assert not [m for m in sys.modules if m.startswith("hotpatch._patches.patch_")]
+    assert set(sys.modules) <= modules  # the patch module is forgotten
     assert registry.level == ()
     assert mod.Echo().run("a") == "a"
 
@@ -440,3 +442,23 @@ def test_the_patch_module_keeps_the_real_builtins_after_the_check(make_module, w
     )
     module = sys.modules[patch.replacements[0].new.__module__]
     assert module.__dict__["__builtins__"] is vars(builtins)  # as exec() leaves it
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("verify", [False, True], ids=["embedded", "verifier"])
+def test_a_dropped_patch_is_rejected_and_the_service_registry_keeps_its_class(
+    verify: bool, make_module, tmp_path: Path
+) -> None:
+    """The folder agent, with and without its verifier child: the hook never runs in the
+    service, the drop is rejected with the refusal's words, and nothing is applied."""
+    mod = make_module(PLUGINS)
+    folder = DropFolder(tmp_path)
+    with hotpatch.install("1.0", watch=folder.path, verify=verify) as agent:
+        folder.drop("echo.py", HEADER + textwrap.dedent(ECHO_PATCH).format(mod=mod.__name__))
+        result = folder.filed("echo.py", "rejected")
+        assert agent.status()["level"] == []
+    assert f"{mod.__name__}:Plugin.__init_subclass__" in result["reason"], result
+    assert f"@patch.replace('{mod.__name__}:Echo.METHOD')" in result["reason"], result
+    assert result["targets"] == [f"{mod.__name__}:Echo"]
+    assert {"Echo": mod.Echo} == mod.REGISTRY
+    assert mod.Echo().run("a") == "a"
