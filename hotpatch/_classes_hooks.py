@@ -41,15 +41,16 @@ def class_hooks(bases: tuple[Any, ...], metaclass: Any = None) -> list[str]:
     Each as ``module:Owner.name``, the metaclass's first, then each base's
     ``__init_subclass__`` in method resolution order.
     """
-    resolved = types.resolve_bases(bases)
+    resolved = types.resolve_bases(bases) if bases else (object,)
     found: list[str] = []
     if metaclass is not None and not isinstance(metaclass, type):
         if not _harmless(metaclass):  # a function called in place of a metaclass
             found.append(_name(metaclass, ""))
     else:
         meta = _winner(metaclass, resolved)
-        found += [_name(m, h) for m in meta.__mro__ for h in _META_HOOKS if _runs(m, h)]
-    seen: set[int] = set()
+        if meta is not type:  # most classes: nothing to look at
+            found += [_name(m, h) for m in meta.__mro__ for h in _META_HOOKS if _runs(m, h)]
+    seen: set[int] = {id(object)}
     for base in resolved:
         for owner in getattr(base, "__mro__", ()):
             if id(owner) not in seen and _runs(owner, "__init_subclass__"):
@@ -94,43 +95,46 @@ def refusal(
 class Guard:
     """The check a patch file's ``replace_class`` class statements go through before they run.
 
-    ``Guard.of(text, name)`` finds them in the source (``None``: there are
-    none, nothing to guard); ``builtins()`` is the ``__builtins__`` to import the
-    patch module with, whose ``__build_class__`` checks each before making it and
-    raises the refusal (kept in ``refused``, in case the patch file catches it).
+    ``Guard.of(text, name)`` is ``None`` for a file that never names
+    ``replace_class`` (nothing to guard). ``builtins()`` is the ``__builtins__`` to
+    import the patch module with: its ``__build_class__`` works out what making each
+    class would run and, if that is a hook of the project, whether the statement is a
+    ``replace_class`` one (the source is parsed only then); such a statement is
+    refused before the class is made (the refusal is kept in ``refused``, in case
+    the patch file catches it).
     """
 
-    def __init__(self, name: str, marked: dict[tuple[str, int], str]):
+    def __init__(self, text: str, name: str):
+        self.text = text
         self.name = name  # the patch file's, for messages
-        self.marked = marked  # (class name, first line) -> the target, as written
         self.refused: NotPatchable | None = None
         self.armed = True
+        self._marked: dict[tuple[str, int], str] | None = None
 
     @classmethod
     def of(cls, text: str, name: str) -> Guard | None:
-        if "replace_class" not in text:  # most patch files: no second parse
-            return None
-        try:
-            tree = ast.parse(text)
-        except SyntaxError:
-            return None  # compile() says so, naming the line
-        marked = dict(_marked(tree, text))
-        return cls(name, marked) if marked else None
+        return cls(text, name) if "replace_class" in text else None
 
     def builtins(self) -> dict[str, Any]:
         namespace = dict(vars(builtins))
         namespace["__build_class__"] = self._build_class
         return namespace
 
+    def marked(self) -> dict[tuple[str, int], str]:
+        """(class name, first line of its statement) -> its target, as written."""
+        if self._marked is None:
+            try:
+                self._marked = dict(_marked(ast.parse(self.text), self.text))
+            except SyntaxError:  # pragma: no cover - compile() accepted it
+                self._marked = {}
+        return self._marked
+
     def _build_class(self, func: Callable[..., Any], name: str, *bases: Any, **kw: Any) -> Any:
         # Only the patch module's own code makes classes through this __builtins__.
         code = getattr(func, "__code__", None)
-        target = None
-        if self.armed and code is not None:
-            target = self.marked.get((name, code.co_firstlineno))
-        if target is not None:
-            hooks = class_hooks(bases, kw.get("metaclass"))
-            if hooks:
+        if self.armed and code is not None and (hooks := class_hooks(bases, kw.get("metaclass"))):
+            target = self.marked().get((name, code.co_firstlineno))
+            if target is not None:
                 where = f" (patch file {self.name})"
                 self.refused = refusal(target, hooks, patch=_version(func), where=where)
                 raise self.refused
