@@ -320,6 +320,26 @@ def test_heap_scan(tmp_path: Path) -> None:
     assert stdout.count("goal: ") == 2
 
 
+def test_class_guard(tmp_path: Path) -> None:
+    stdout, data = run("class_guard", tmp_path)
+    check_environment(data, "class_guard")
+    runs = {r["what"]: r for r in data["runs"]}
+    assert set(runs) == {"class patch", "function patch", "refused (a hook)"}
+    for what, row in runs.items():
+        assert (row["rounds"], row["files"]) == (3, 20), what
+        assert row["without_us"] > 0, what
+        assert row["with_us"] > 0, what
+        assert row["ratio"] == pytest.approx(row["with_us"] / row["without_us"]), what
+    # Without the check, loading the hooked file ran the hook each time; with it, never.
+    assert data["hook_ran_without_check"] == 3 * 20
+    (goal,) = data["goals"]
+    assert goal["what"] == "class patch file load CPU (10 classes), with the check / without"
+    assert isinstance(goal["met"], bool)
+    header = next(line for line in stdout.splitlines() if line.startswith("what"))
+    assert header.split() == ["what", "classes", "without", "with", "check", "ratio"]
+    assert "the hook ran for a patch class 60 times" in stdout
+
+
 def test_state_dir(tmp_path: Path) -> None:
     stdout, data = run("state_dir", tmp_path)
     check_environment(data, "state_dir")
@@ -458,6 +478,7 @@ def test_workers_level_measures_only_the_parts_asked(tmp_path: Path) -> None:
         "health_gate",
         "burst",
         "heap_scan",
+        "class_guard",
         "state_dir",
         "level_scale",
         "replay",
