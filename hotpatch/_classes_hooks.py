@@ -82,12 +82,12 @@ def refusal(
     )
     msg = (
         f"patch {patch or '?'}{where}: class {target}: its patch class is a class made from "
-        f"its bases, so making it runs {', '.join(hooks)} for it, as for every class made "
-        f"from them: what that does (register the class, count it, check it) would be done "
-        f"for the patch class, which nothing uses, and a registry would then hold it instead "
-        f"of the running class. The hook {when}, so the patch is refused. Patch the class's "
-        f"methods one by one with @patch.replace('{method}'), or ship the change as a "
-        "baseline (`hotpatch make` makes such a change one)"
+        f"its bases and metaclass, so making it runs {', '.join(hooks)} for it, as for every "
+        "class made from them: what that does (register the class, count it, check it) "
+        "would be done for the patch class, which nothing uses, and a registry would then "
+        f"hold it instead of the running class. The hook {when}, so the patch is refused. "
+        f"Patch the class's methods one by one with @patch.replace('{method}'), or ship the "
+        "change as a baseline (`hotpatch make` makes such a change one)"
     )
     return NotPatchable(msg, patch=patch, target=target if literal else None)
 
@@ -116,6 +116,13 @@ class Guard:
         return cls(text, name) if "replace_class" in text else None
 
     def builtins(self) -> dict[str, Any]:
+        """A copy of the builtins with the checking ``__build_class__`` (unarmed after the load).
+
+        Functions the patch file defines keep it as their builtins, as every function
+        keeps its module's; a name added to the builtins module after the load (what
+        ``gettext.install`` adds) is not seen by them. A replacement runs in the target
+        module's namespace, with its builtins.
+        """
         namespace = dict(vars(builtins))
         namespace["__build_class__"] = self._build_class
         return namespace
