@@ -438,6 +438,41 @@ def test_workers_level(tmp_path: Path) -> None:
     assert stdout.count("goal: ") == 10
 
 
+@pytest.mark.slow  # two levels of hotpatch run --workers 2, before and after alike
+def test_status_file(tmp_path: Path) -> None:
+    out = tmp_path / "results" / "status_file.json"
+    proc = subprocess.run(
+        [
+            *(sys.executable, str(BENCHMARKS / "status_file.py"), "--quick"),
+            *("--before", str(BENCHMARKS.parent), "--json", str(out)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(out.read_text())
+    check_environment(data, "status_file")
+    rows = data["rows"]
+    assert [(r["checkout"], r["level"]) for r in rows] == [
+        ("now", 1),
+        ("before", 1),
+        ("now", 30),
+        ("before", 30),
+    ]
+    for row in rows:
+        assert row["rounds"] == 3
+        assert row["writes"] >= 3  # each round's changes rewrite the file
+        assert 0 < row["write_ms"]["median"] <= row["write_ms"]["p99"]
+        assert row["file_bytes"] > 0
+    assert [g["what"] for g in data["goals"]] == [
+        "write_ms median, level 30 / level 1",
+        "write_cpu_ms median, level 30 / level 1",
+    ] * 2
+    assert proc.stdout.count("goal (") == 4
+
+
 def test_workers_level_measures_only_the_parts_asked(tmp_path: Path) -> None:
     out = tmp_path / "results" / "workers_level.json"
     proc = subprocess.run(
@@ -483,6 +518,7 @@ def test_workers_level_measures_only_the_parts_asked(tmp_path: Path) -> None:
         "level_scale",
         "replay",
         "workers_level",
+        "status_file",
     ],
 )
 def test_help_names_the_options(name: str) -> None:

@@ -33,6 +33,8 @@ from hotpatch._results import LEVEL_SHOWN
 from hotpatch.service._channel import MAX_MESSAGE
 from hotpatch.service._patches import PatchLevels
 from hotpatch.supervisor._child import LevelMirror
+from hotpatch.supervisor._status import write_status
+from hotpatch.supervisor._workers import fleet_level
 
 __all__ = ["supervise"]  # the fixture, shared with test_supervisor
 
@@ -135,6 +137,107 @@ def test_a_report_whose_bottom_is_not_the_one_known_is_not_put_on_it(
                 levels.wire.close()
 
 
+def _chained(patches: list[list[Any]]) -> str:
+    """The digest of a whole level, as documented: sha256 chained over version and sha256."""
+    digest = ""
+    for version, sha in patches:
+        digest = hashlib.sha256(f"{digest}\n{version}\n{sha or ''}".encode()).hexdigest()
+    return digest
+
+
+def test_the_status_shows_a_level_by_its_top_its_size_and_its_digest(
+    tmp_path: Path, make_module: Callable[[str], types.ModuleType]
+) -> None:
+    """The status file shows the top 10 versions, ``level_size`` and ``level_digest`` (the
+    same for the same patches, another for other content under the same versions);
+    ``hotpatch status`` shows the whole level with the same size and digest."""
+    mod = make_module("def f():\n    return 0\n")
+    first, second = _levels(mod.__name__, tmp_path, "a"), None
+    mirror, other = LevelMirror(), LevelMirror()
+    try:
+        assert mirror.shown(whole=False) == {"level": [], "level_size": 0, "level_digest": ""}
+        for n in range(1, 16):
+            assert mirror.take(json.loads(json.dumps(_apply(first, mod.__name__, n))))
+            versions = [f"1.0.{i}" for i in range(1, n + 1)]
+            brief, whole = mirror.shown(whole=False), mirror.shown(whole=True)
+            assert brief == {
+                "level": versions[-LEVEL_SHOWN:],
+                "level_size": n,
+                "level_digest": _chained(_shas(first)),
+            }
+            assert whole == {**brief, "level": versions}
+        shown = mirror.shown(whole=False)
+        # A rollback under the top, and up again: the digest follows the level.
+        answer = first.rollback({"to": "1.0.3", "who": "test"})
+        assert mirror.take(json.loads(json.dumps(answer)))
+        assert mirror.shown(whole=False)["level_digest"] == _chained(_shas(first)[:3])
+        for n in range(4, 16):
+            assert mirror.take(json.loads(json.dumps(_apply(first, mod.__name__, n))))
+        assert mirror.shown(whole=False) == shown
+        # The same versions with other content: the same top and size, another digest.
+        assert first.registry is not None
+        first.registry.rollback(to="1.0")
+        second = _levels(mod.__name__, tmp_path, "b")
+        for n in range(1, 16):
+            assert other.take(json.loads(json.dumps(_apply(second, mod.__name__, n, " + 1"))))
+        brief = other.shown(whole=False)
+        assert (brief["level"], brief["level_size"]) == (shown["level"], shown["level_size"])
+        assert brief["level_digest"] == _chained(_shas(second)) != shown["level_digest"]
+    finally:
+        for levels in (first, second):
+            if levels is not None and levels.registry is not None and levels.registry.level:
+                levels.registry.rollback(to="1.0")
+            if levels is not None:
+                levels.wire.close()
+
+
+def _mirror(versions: list[str], tag: str = "") -> LevelMirror:
+    """A process's whole level as it passes it when it loads (``whole-level``)."""
+    mirror = LevelMirror()
+    patches = [[v, hashlib.sha256(f"{v}{tag}".encode()).hexdigest()] for v in versions]
+    mirror.take_whole({"level": versions, "patches": patches})
+    return mirror
+
+
+def test_the_fleet_shows_the_level_of_its_workers_by_its_top_its_size_and_its_digest() -> None:
+    versions = [f"1.0.{n}" for n in range(1, 31)]
+    one = _mirror(versions)
+    for whole in (False, True):
+        # At one level: that level, with its digest.
+        assert fleet_level([one, _mirror(versions)], whole=whole) == one.shown(whole=whole)
+        # Mid-rollout, one worker a patch ahead (or one back): the longer level.
+        ahead = _mirror([*versions, "1.0.31"])
+        assert fleet_level([one, ahead], whole=whole) == ahead.shown(whole=whole)
+        assert fleet_level([ahead, one], whole=whole) == ahead.shown(whole=whole)
+        # Levels that part under the top (other content, or other versions): every
+        # version some worker runs, and no digest (no one level to stand for).
+        parted = _mirror([*versions[:20], "1.0.21a", "1.0.22a"])
+        # each where the first worker that runs it has it
+        union = [*versions[:21], "1.0.21a", "1.0.22", "1.0.22a", *versions[22:]]
+        shown = fleet_level([one, parted], whole=whole)
+        assert shown == {
+            "level": union if whole else union[-LEVEL_SHOWN:],
+            "level_size": 32,
+            "level_digest": None,
+        }
+        other = _mirror(versions, tag="other content")
+        shown = fleet_level([one, other], whole=whole)
+        assert (shown["level_size"], shown["level_digest"]) == (30, None)
+    assert fleet_level([], whole=False) == {"level": [], "level_size": 0, "level_digest": ""}
+
+
+def test_the_status_file_is_one_line_of_json_replaced_whole(tmp_path: Path) -> None:
+    path = tmp_path / "status.json"
+    for n in range(3):
+        status = {"state": "running", "patches": {"level": [f"1.0.{n}"]}, "n": n}
+        write_status(path, status)
+        text = path.read_text()
+        assert text.count("\n") == 1
+        assert text.endswith("\n")
+        assert json.loads(text) == status
+    assert os.listdir(tmp_path) == ["status.json"]  # no temporary file left beside it
+
+
 LEVEL = 800  # the whole level with each sha256 is over a control message (64 KiB)
 
 
@@ -174,8 +277,10 @@ def test_workers_at_a_level_over_a_control_message_start_and_answer_with_its_top
     options = ("--workers", "2", "--settle", "0")
     folder, supervised = watching(supervise, tmp_path, options=options, serving=False)
     status = all_serving(supervised, 2)
-    # Status and the status file keep the whole level of each worker.
-    assert [w["level"] for w in status["workers"]] == [versions, versions]
+    # The status file shows each worker's level by its top and size (status: all of it).
+    assert [(w["level"], w["level_size"]) for w in status["workers"]] == [
+        (versions[-LEVEL_SHOWN:], LEVEL)
+    ] * 2
     drop(folder, "fix.py", logic_patch(f"1.0.{LEVEL + 1}", "fixed"))
     result = result_of(folder, "fix.py", supervised)
     assert result["outcome"] == "applied", result
@@ -196,11 +301,66 @@ def test_workers_at_a_level_over_a_control_message_start_and_answer_with_its_top
     assert rolled.returncode == 0, rolled.stderr
     assert f"({LEVEL - 1} patches)" in rolled.stdout
     status = supervised.wait(
-        lambda s: all(len(w["level"]) == LEVEL - 1 for w in s["workers"]), "the rollback"
+        lambda s: all(w["level_size"] == LEVEL - 1 for w in s["workers"]), "the rollback"
     )
-    assert [w["level"] for w in status["workers"]] == [versions[:-1]] * 2
+    assert [w["level"] for w in status["workers"]] == [versions[:-1][-LEVEL_SHOWN:]] * 2
     assert all(w["pid"] for w in status["workers"])
     assert os.path.exists(folder / "applied" / "fix.py")
+
+
+def _brief(status: dict[str, Any]) -> dict[str, Any]:
+    """``hotpatch status --json`` as the status file shows it: each level cut to its top."""
+    brief = {k: v for k, v in status.items() if k not in ("ok", "supervisor", "folder", "waiting")}
+    brief.pop("updated", None)
+    brief["workers"] = [{**w, "level": w["level"][-LEVEL_SHOWN:]} for w in brief["workers"]]
+    patches = dict(brief["patches"])
+    patches["level"] = patches["level"][-LEVEL_SHOWN:]
+    patches["pending"] = patches["pending"][:LEVEL_SHOWN]
+    brief["patches"] = patches
+    return brief
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_the_status_file_after_a_burst_says_what_status_says(
+    supervise: Callable[..., Supervised], tmp_path: Path
+) -> None:
+    """A burst of drops into two workers at level 30: the status file is rewritten on each
+    change with each level's top, size and digest; once the burst is filed it says what
+    ``hotpatch status`` says, whose levels are whole."""
+    versions = _journals(tmp_path / "patches", 30)
+    options = ("--workers", "2", "--settle", "0")
+    folder, supervised = watching(supervise, tmp_path, options=options, serving=False)
+    all_serving(supervised, 2)
+    beside = tmp_path / "burst"
+    beside.mkdir()
+    added = [f"1.0.{n}" for n in range(31, 43)]
+    for version in added:
+        (beside / f"fix-{version}.py").write_text(logic_patch(version, f"tag {version}"))
+    for version in reversed(added):  # in one go, the newest first
+        os.rename(beside / f"fix-{version}.py", folder / f"fix-{version}.py")
+    for version in added:
+        result = result_of(folder, f"fix-{version}.py", supervised)
+        assert result["outcome"] == "applied", result
+    level = [*versions, *added]
+
+    def agreed() -> tuple[dict[str, Any], dict[str, Any]] | None:
+        shown = _cli(folder, "status", "--json")
+        assert shown.returncode == 0, shown.stderr
+        answer: dict[str, Any] = json.loads(shown.stdout)
+        in_file = supervised.status()
+        in_file.pop("updated", None)
+        return (answer, in_file) if _brief(answer) == in_file else None
+
+    answer, in_file = wait_for(agreed, "the status file to say what status says")
+    assert [w["level"] for w in answer["workers"]] == [level, level]  # whole there
+    state = Journal(folder / ".journal.worker1.json").read()
+    assert state is not None
+    digest = _chained([[e.version, e.sha256] for e in state.level])
+    for shown in (*in_file["workers"], in_file["patches"]):
+        assert (shown["level"], shown["level_size"]) == (level[-LEVEL_SHOWN:], len(level))
+        assert shown["level_digest"] == digest
+    assert in_file["rollout"]["state"] == answer["rollout"]["state"]
 
 
 MISREPORTING = """\
@@ -269,10 +429,15 @@ def test_a_report_that_does_not_follow_the_level_known_makes_the_supervisor_ask_
                 status: dict[str, Any] = json.loads(status_file.read_text())
             except ValueError:
                 return None
-            return status if (status.get("patches") or {}).get("level") == versions else None
+            patches = status.get("patches") or {}
+            return status if patches.get("level_size") == len(versions) else None
 
         status = wait_for(asked, "the supervisor to ask for the whole level")
-        assert status["patches"]["level"] == versions  # the process's level, not 20 patches
+        # the process's level, not 20 patches
+        assert status["patches"]["level"] == versions[-LEVEL_SHOWN:]
+        assert status["patches"]["level_digest"] == _chained(
+            [[e.version, e.sha256] for e in entries]
+        )
         assert "reported" in log_file.read_text(errors="replace")
         drop(folder, "fix.py", _source("misreported", 13).decode())
         result = wait_for(
@@ -285,14 +450,10 @@ def test_a_report_that_does_not_follow_the_level_known_makes_the_supervisor_ask_
         assert result["outcome"] == "applied", result
         assert (result["level"], result["level_size"]) == ([*versions, "1.0.13"][-10:], 13)
         now = wait_for(
-            lambda: (
-                (s := json.loads(status_file.read_text()))["patches"]["level"]
-                == [*versions, "1.0.13"]
-                and s
-            ),
+            lambda: (s := json.loads(status_file.read_text()))["patches"]["level_size"] == 13 and s,
             "the level after the drop",
         )
-        assert now["patches"]["level"] == [*versions, "1.0.13"]
+        assert now["patches"]["level"] == [*versions, "1.0.13"][-LEVEL_SHOWN:]
     finally:
         process.terminate()
         try:

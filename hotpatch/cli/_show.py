@@ -248,7 +248,7 @@ def show_supervisor(answer: Answer, out: TextIO) -> None:
         ("supervisor", f"pid {answer.get('pid')}, {answer.get('state')}"),
         ("service", f"pid {child.get('pid')}" if isinstance(child, dict) and child else None),
         ("baseline", patches.get("baseline")),
-        ("level", patches.get("level") or f"baseline only ({patches.get('baseline')})"),
+        ("level", _level(patches) or f"baseline only ({patches.get('baseline')})"),
         ("pending baseline", patches.get("baseline_pending")),
         ("restarts", answer.get("restarts")),
         (
@@ -279,7 +279,7 @@ def _show_workers(workers: Sequence[Answer], out: TextIO) -> None:
     if not workers:
         return
     rows = [
-        (w.get("index"), w.get("pid"), w.get("state"), w.get("baseline"), w.get("level"))
+        (w.get("index"), w.get("pid"), w.get("state"), w.get("baseline"), _level(w))
         for w in workers
     ]
     print(file=out)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hotpatch._errors import ServiceError
-from hotpatch._results import LevelDigests
+from hotpatch._results import LEVEL_SHOWN, LevelDigests
 from hotpatch.service._channel import (
     ENV_CONTROL,
     ENV_SOCKETS,
@@ -119,6 +119,22 @@ class LevelMirror:
         if self._applied is None:
             self._applied = [(str(v), sha) for v, sha in self.patches]
         return self._applied
+
+    def digest_at(self, n: int) -> str:
+        """The digest of the level's first ``n`` patches (``""`` for none): a sha256 chained
+        over each one's version and sha256, oldest first (``LevelDigests``)."""
+        return self.digests.digest(self.patches, n)
+
+    def shown(self, *, whole: bool) -> dict[str, Any]:
+        """The level as the status shows it: ``level`` (all of it, or its top ``LEVEL_SHOWN``
+        versions: what the status file holds), ``level_size`` and ``level_digest`` (of all
+        of it). What it costs does not grow with the level, but for ``whole``."""
+        level = self.level
+        return {
+            "level": list(level) if whole else level[-LEVEL_SHOWN:],
+            "level_size": len(level),
+            "level_digest": self.digest_at(len(self.patches)),
+        }
 
     @property
     def missing(self) -> bool:

@@ -17,7 +17,7 @@ from hotpatch._errors import JournalError
 from hotpatch._shortage import shortage_of
 from hotpatch.service._channel import SHORTAGE
 from hotpatch.supervisor._bundle import Release
-from hotpatch.supervisor._child import Child, ChildExited, describe_exit
+from hotpatch.supervisor._child import Child, ChildExited, LevelMirror, describe_exit
 from hotpatch.supervisor._handover import memfd
 from hotpatch.supervisor._records import (
     BaselineJob,
@@ -29,7 +29,7 @@ from hotpatch.supervisor._records import (
     not_now,
 )
 from hotpatch.supervisor._restarts import Restarts
-from hotpatch.supervisor._status import utc_now
+from hotpatch.supervisor._status import pending_shown, utc_now
 from hotpatch.supervisor._takeover import CodePoint
 
 __all__ = ["Jobs"]
@@ -76,23 +76,25 @@ class Jobs:
         self._planned_task: asyncio.Task[None] | None = None
         self.due: BaselineJob | None = None
 
-    def status(self, pending: list[str]) -> dict[str, Any] | None:
-        """The ``patches`` part of the supervisor's status (``pending``: drops in the folder)."""
+    def status(self, pending: list[str], *, whole: bool = True) -> dict[str, Any] | None:
+        """The ``patches`` part of the supervisor's status (``pending``: drops in the folder);
+        the level and the drops pending shown by their top unless ``whole`` (``shown``)."""
         if self.config.watch is None and self.config.baseline is None:
             return None
         running = self.running
         current = running.current if running.current is not None and running.current.alive else None
         info = current.info if current is not None else {}
+        mirror = current.mirror if current is not None else LevelMirror()
         return {
             "watch": str(self.config.watch) if self.config.watch else None,
             **({"state_dir": str(self.config.state_dir)} if self.config.state_dir else {}),
             "journal": str(self.config.journal) if self.config.journal else None,
             "baseline": info.get("baseline", self.config.baseline),
-            "level": info.get("level", []),
+            **mirror.shown(whole=whole),
             "code_root": str(running.release.code_root) if running.release else None,
             "baseline_pending": self.planned.describe() if self.planned else None,
             "queued": [job.name for job in self.queue],
-            "pending": pending,
+            **pending_shown(pending, whole=whole),
             "last": self.log[-1] if self.log else None,
             "recent": list(self.log),
         }

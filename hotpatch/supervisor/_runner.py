@@ -59,8 +59,9 @@ class Runner(Protocol):
     # Where ``--metrics`` serves, shown in the status (set by the metrics bridge).
     metrics_url: str | None
 
-    def status(self) -> dict[str, Any]:
-        """What ``hotpatch status`` shows (and the status file holds)."""
+    def status(self, *, whole: bool = True) -> dict[str, Any]:
+        """What ``hotpatch status`` shows; the status file holds it with each level and the
+        drops pending shown by their top (not ``whole``)."""
 
     async def submit_patch(self, name: str, path: str, data: bytes, who: str) -> dict[str, Any]:
         """Apply verified patch bytes to the service; the outcome the folder files."""

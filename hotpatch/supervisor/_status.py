@@ -1,4 +1,12 @@
-"""The supervisor's status file: JSON, replaced atomically, for ``hotpatch status`` to read."""
+"""The supervisor's status file: JSON, replaced atomically, for ``hotpatch status`` to read.
+
+It is rewritten on every change (a level reported, a restart, a rollout's
+step), so what it holds does not grow with the patch level or a burst: each
+level is shown by its top ``LEVEL_SHOWN`` versions, ``level_size`` and
+``level_digest``, the drops pending by the first of them and
+``pending_count`` (``hotpatch status`` asks the supervisor for all of it),
+written as one line of compact JSON.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +19,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-__all__ = ["read_status", "utc_now", "write_status"]
+from hotpatch._results import LEVEL_SHOWN
+
+__all__ = ["pending_shown", "read_status", "utc_now", "write_status"]
 
 log = logging.getLogger("hotpatch.supervisor")
 
@@ -20,6 +30,12 @@ def utc_now() -> str:
     """The current time as ISO 8601 UTC (``2026-11-25T10:00:00.123Z``)."""
     now = datetime.datetime.now(datetime.UTC)
     return now.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def pending_shown(pending: list[str], *, whole: bool) -> dict[str, Any]:
+    """The drops waiting in the folder as the status shows them: ``pending`` (all of them,
+    or the first ``LEVEL_SHOWN``: what the status file holds) and ``pending_count``."""
+    return {"pending": pending if whole else pending[:LEVEL_SHOWN], "pending_count": len(pending)}
 
 
 def write_status(path: Path, status: dict[str, Any]) -> None:
@@ -36,9 +52,9 @@ def write_status(path: Path, status: dict[str, Any]) -> None:
         log.warning("cannot write the status file %s: %s", path, exc)
         return
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            json.dump(status, out, indent=2, sort_keys=True)
-            out.write("\n")
+        data = json.dumps(status, sort_keys=True, separators=(",", ":")).encode() + b"\n"
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
         os.replace(tmp, path)
     except BaseException as exc:
         with contextlib.suppress(OSError):

@@ -129,8 +129,9 @@ class Supervisor:
     def addresses(self) -> dict[str, str]:
         return {name: format_address(s.getsockname()) for name, s in self.listeners.items()}
 
-    def status(self) -> dict[str, Any]:
-        """What ``hotpatch status`` shows (and the status file holds)."""
+    def status(self, *, whole: bool = True) -> dict[str, Any]:
+        """What ``hotpatch status`` shows; the status file holds it with the level and the
+        drops pending shown by their top (not ``whole``)."""
 
         def child(c: Child | None) -> dict[str, Any] | None:
             if c is None:
@@ -150,7 +151,9 @@ class Supervisor:
             "restarts": dict(restarts.counts),
             "last_restart": asdict(restarts.last) if restarts.last else None,
             "pauses_s": list(restarts.pauses),
-            "patches": self.jobs.status(self.pipeline.pending() if self.pipeline else []),
+            "patches": self.jobs.status(
+                self.pipeline.pending() if self.pipeline else [], whole=whole
+            ),
             "snapshot": {
                 "count": handover.snapshots,
                 "last": handover.snapshot_at,
@@ -212,7 +215,7 @@ class Supervisor:
         if self.on_status is not None:
             self.on_status()
         if self.config.status_file is not None:
-            write_status(self.config.status_file, self.status())
+            write_status(self.config.status_file, self.status(whole=False))
 
     # -- running
 

@@ -23,16 +23,17 @@ import os
 import signal
 import socket
 import threading
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from hotpatch._results import LEVEL_SHOWN
 from hotpatch.service._channel import SHORTAGE, format_address, open_listeners
 from hotpatch.supervisor._bundle import Release
-from hotpatch.supervisor._child import ChildExited
+from hotpatch.supervisor._child import ChildExited, LevelMirror
 from hotpatch.supervisor._records import FolderPipeline, SupervisorConfig
 from hotpatch.supervisor._rollout import Rollouts, domains
-from hotpatch.supervisor._status import utc_now, write_status
+from hotpatch.supervisor._status import pending_shown, utc_now, write_status
 from hotpatch.supervisor._supervisor import Supervisor
 from hotpatch.supervisor._takeover import HEALTH_TIMEOUT, describe_level
 
@@ -50,6 +51,28 @@ def _union(levels: Iterable[list[str]]) -> list[str]:
         for i, version in enumerate(level):
             where.setdefault(version, i)
     return sorted(where, key=where.__getitem__)
+
+
+def fleet_level(mirrors: Sequence[LevelMirror], *, whole: bool) -> dict[str, Any]:
+    """The workers' level as the status shows it (``LevelMirror.shown``): every version some
+    worker runs (``_union``), its size and digest.
+
+    When every other level is the bottom of the longest one (all at one level, or a
+    rollout part way through), that is the longest level, and it costs what the top
+    costs. Levels that part under their top (``_union`` of all of them) have no
+    digest (``None``): no one level stands for them.
+    """
+    if not mirrors:
+        return LevelMirror().shown(whole=whole)
+    longest = max(mirrors, key=lambda m: len(m.patches))
+    if all(m.digest_at(len(m.patches)) == longest.digest_at(len(m.patches)) for m in mirrors):
+        return longest.shown(whole=whole)
+    union = _union(m.level for m in mirrors)
+    return {
+        "level": union if whole else union[-LEVEL_SHOWN:],
+        "level_size": len(union),
+        "level_digest": None,
+    }
 
 
 def worker_journal(journal: Path | None, index: int) -> Path | None:
@@ -143,34 +166,40 @@ class Fleet:
             sock.close()
         self.listeners.clear()
 
-    def status(self) -> dict[str, Any]:
-        """The fleet's status: every worker's process, baseline and level, and the rollouts."""
+    def status(self, *, whole: bool = True) -> dict[str, Any]:
+        """The fleet's status: every worker's process, baseline and level, and the rollouts;
+        the status file holds it with each level and the drops pending shown by their top
+        (not ``whole``)."""
         workers = []
+        mirrors = []
         for member in self.members:
-            own = member.status()
+            own = member.status(whole=False)
             child = member.serving
             info = child.info if child is not None else {}
+            mirror = child.mirror if child is not None else LevelMirror()
+            mirrors.append(mirror)
             workers.append(
                 {
                     "index": member.index,
                     "state": own["state"],
                     "pid": child.pid if child is not None else None,
                     "baseline": info.get("baseline", member.baseline),
-                    "level": list(info.get("level", [])),
+                    **mirror.shown(whole=whole),
                     "restarts": own["restarts"],
                     "last_restart": own["last_restart"],
                     "journal": str(member.config.journal) if member.config.journal else None,
                 }
             )
-        first = self.members[0].status() if self.members else {}
+        first = self.members[0].status(whole=False) if self.members else {}
         patches = None
         if self.config.watch is not None or self.config.baseline is not None:
+            pending = self.pipeline.pending() if self.pipeline is not None else []
             patches = {
                 "watch": str(self.config.watch) if self.config.watch else None,
                 **({"state_dir": str(self.config.state_dir)} if self.config.state_dir else {}),
                 "baseline": self.baseline,
-                "level": _union(w["level"] for w in workers),
-                "pending": self.pipeline.pending() if self.pipeline is not None else [],
+                **fleet_level(mirrors, whole=whole),
+                **pending_shown(pending, whole=whole),
             }
         return {
             "pid": os.getpid(),
@@ -196,7 +225,7 @@ class Fleet:
 
     def write_status(self) -> None:
         if self.config.status_file is not None and self.members:
-            write_status(self.config.status_file, self.status())
+            write_status(self.config.status_file, self.status(whole=False))
 
     # -- running
 
