@@ -111,6 +111,7 @@ class LevelMirror:
         self.digests: LevelDigests[list[Any]] = LevelDigests(lambda p: (str(p[0]), p[1]))
         self.unmerged: Mapping[str, Any] | None = None  # the newest report not put on yet
         self._applied: list[tuple[str, str | None]] | None = None
+        self._whole: tuple[list[list[Any]], str] | None = None  # (patches, their digest)
 
     @property
     def applied(self) -> list[tuple[str, str | None]]:
@@ -122,8 +123,14 @@ class LevelMirror:
 
     def digest_at(self, n: int) -> str:
         """The digest of the level's first ``n`` patches (``""`` for none): a sha256 chained
-        over each one's version and sha256, oldest first (``LevelDigests``)."""
-        return self.digests.digest(self.patches, n)
+        over each one's version and sha256, oldest first (``LevelDigests``). The whole
+        level's is kept until the level changes (``patches`` is then another list)."""
+        patches = self.patches
+        if n != len(patches):
+            return self.digests.digest(patches, n)
+        if self._whole is None or self._whole[0] is not patches:
+            self._whole = (patches, self.digests.digest(patches, n))
+        return self._whole[1]
 
     def shown(self, *, whole: bool) -> dict[str, Any]:
         """The level as the status shows it: ``level`` (all of it, or its top ``LEVEL_SHOWN``
