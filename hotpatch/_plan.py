@@ -11,8 +11,8 @@ from __future__ import annotations
 import types
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import partial
-from typing import Any
+from functools import cached_property, partial
+from typing import Any, overload
 
 from packaging.version import Version
 
@@ -156,7 +156,7 @@ def make_plan(patch: Patch, level: Level) -> Plan:
         )
         return plan
     check_baseline(patch, level.baseline_version, level.baseline)
-    check_version(patch, [e.patch for e in level.stack], level.version, level.baseline_version)
+    check_version(patch, _PatchesOf(level.stack), level.version, level.baseline_version)
     if level.journaled and patch.source is None:
         msg = (
             f"patch {v} was not loaded from a file, so the journal cannot record its "
@@ -176,7 +176,7 @@ def make_plan(patch: Patch, level: Level) -> Plan:
             planner.add_nested(resolve_nested(replacement.target, patch=v), replacement.new)
         else:
             planner.add_function(resolve(replacement.target, patch=v), replacement.new)
-    planner.add_names([e for e in level.stack if e not in replaced])
+    planner.add_names(() if patch.cumulative else level.stack)  # those it stacks on
     planner.finish(replaced)
     for migration in patch.migrations:
         module = import_module(migration.module, patch=v, target=migration.module)
@@ -200,7 +200,31 @@ def caches_of(entries: Sequence[Applied], also: Sequence[Any] = ()) -> list[Any]
 
 def nested_of(entries: Sequence[Applied]) -> list[Nested]:
     """The nested targets of ``entries`` and of what they replaced, in their order."""
-    return [n for e in entries for n in (*e.nested, *nested_of(e.replaced))]
+    return [
+        n for e in entries if e.nested or e.replaced for n in (*e.nested, *nested_of(e.replaced))
+    ]
+
+
+class _PatchesOf(Sequence[Patch]):
+    """The patches of a stack, read where asked: planning reads the top one (a patch
+    newer than the top is newer than the whole level), not a list of them all."""
+
+    __slots__ = ("_stack",)
+
+    def __init__(self, stack: Sequence[Applied]) -> None:
+        self._stack = stack
+
+    def __len__(self) -> int:
+        return len(self._stack)
+
+    @overload
+    def __getitem__(self, index: int) -> Patch: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[Patch]: ...
+    def __getitem__(self, index: int | slice) -> Patch | Sequence[Patch]:
+        if isinstance(index, slice):
+            return [e.patch for e in self._stack[index]]
+        return self._stack[index].patch
 
 
 def _pristine(entries: Sequence[Applied]) -> dict[Key, Change]:
@@ -230,9 +254,7 @@ class _Planner:
         # each function in between that level moved was made from (what it builds on).
         self.replaced = replaced
         self.origins = origins(replaced)
-        # What a nested target's function was made from, through every level; and for
-        # each target, the copies of its new code: id(origin) -> (origin, copy)
-        self.leaf_origins = origins(nested_of(level.stack))
+        # For each nested target, the copies of its new code: id(origin) -> (origin, copy)
         self.lineages: dict[str, dict[int, tuple[types.CodeType, types.CodeType]]] = {}
         # id(enclosing function) -> its code with the nested targets replaced so far,
         # and the code it had under the patch's level
@@ -241,6 +263,12 @@ class _Planner:
         self.pending: list[tuple[NestedTarget, types.CodeType, types.CodeType]] = []
         # id(function) -> the target that named it first, and its replacement
         self.named: dict[int, tuple[str, Any]] = {}
+
+    @cached_property
+    def leaf_origins(self) -> dict[int, types.CodeType]:
+        """What a nested target's function was made from, through every level: worked
+        out for a patch with nested targets only (the others need not walk the level)."""
+        return origins(nested_of(self.level.stack))
 
     def base(self, obj: Any, attr: str) -> Any:
         """The value the patch builds on: from under a level it replaces, else the live one."""

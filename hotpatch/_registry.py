@@ -42,6 +42,7 @@ from hotpatch._results import (
     HistoryEntry,
     LevelChain,
     RollbackResult,
+    TupleStack,
     level_text,
 )
 from hotpatch._shortage import shortage_of
@@ -80,10 +81,12 @@ class Registry:
         self.baseline = str(baseline)
         self._baseline_version = parse_version(self.baseline, "baseline")
         self._lock = threading.RLock()
+        # Changed in place, under the lock: an apply costs the same at any level.
         self._stack: list[Applied] = []
-        # The stack's versions, as a tuple and as the chain history entries share.
-        self._level: tuple[str, ...] = ()
-        self._patches: tuple[Patch, ...] = ()
+        # The stack's versions and patches, for readers on any thread (each read a
+        # consistent snapshot), and the versions as the chain history entries share.
+        self._versions: TupleStack[str] = TupleStack()
+        self._patch_stack: TupleStack[Patch] = TupleStack()
         self._chain: LevelChain | None = None
         self._originals: dict[int, tuple[types.FunctionType, dict[str, Any]]] = {}
         self._wrappers = Wrappers(self._lock)
@@ -92,7 +95,6 @@ class Registry:
         self.journal_report: str | None = None  # what replaying the journal did
         self._recording: Recording | None = None
         self._deferred: Deferred | None = None  # the replayed run not built yet
-        self._stale = False  # a replay put entries on the stack, not in level and patches
         if journal is not None:
             self._recording = Recording(Journal(journal), self.baseline)
             self._replay(self._recording)
@@ -102,12 +104,12 @@ class Registry:
     @property
     def level(self) -> tuple[str, ...]:
         """The applied hot patches' versions, oldest first."""
-        return self._level
+        return self._versions.snapshot()
 
     @property
     def version(self) -> str:
         """The top of the level, or the baseline."""
-        return self._stack[-1].patch.version if self._stack else self.baseline
+        return self._versions.last(self.baseline)
 
     @property
     def history(self) -> tuple[HistoryEntry, ...]:
@@ -117,7 +119,7 @@ class Registry:
     @property
     def patches(self) -> tuple[Patch, ...]:
         """The applied patches, oldest first."""
-        return self._patches
+        return self._patch_stack.snapshot()
 
     def __repr__(self) -> str:
         return f"<Registry baseline={self.baseline} level={list(self.level)}>"
@@ -147,7 +149,7 @@ class Registry:
         """
         start = time.perf_counter()
         with self._lock:
-            level = self._level
+            size, top = len(self._versions), self.version
             try:
                 plan = self._plan(patch, restarting=restarting)
                 self._veto(patch, _report(plan, plan.reasons))
@@ -160,7 +162,8 @@ class Registry:
                     raise RestartRequired(msg, reasons=plan.reasons, patch=patch.version)
                 return self._commit(plan, start, action="apply", who=who)
             except PatchError as exc:
-                if (resource := shortage_of(exc)) is not None and self._level == level:
+                unchanged = len(self._versions) == size and self.version == top
+                if (resource := shortage_of(exc)) is not None and unchanged:
                     # The machine's fault, not the patch's: no rejection to log or to tell
                     # the plugins of; the caller (an agent, a supervisor) keeps it and retries.
                     log.warning(
@@ -192,7 +195,7 @@ class Registry:
         level = Level(
             self.baseline,
             self._baseline_version,
-            tuple(below),
+            below,  # not copied: planning runs under the lock, and changes nothing
             self._originals,
             self._wrappers.code_of,
             journaled=self._recording is not None,
@@ -226,7 +229,6 @@ class Registry:
             list(plan.caches),
             list(plan.nested),
         )
-        stack = [entry] if patch.cumulative else [*self._stack, entry]
         chain = LevelChain(patch.version, None if patch.cumulative else self._chain)
         undo: list[Callable[[], object]] = []
         # The order: wait for strict quiescence, run the migrations (each within
@@ -248,9 +250,13 @@ class Registry:
             record = HistoryEntry(time.time(), action, patch.version, chain, elapsed, who)
             if recording is not None and recording.on and action != "replay":
                 pop = len(self._stack) if patch.cumulative else 0
-                undo.append(
+                below = [] if patch.cumulative else self._stack  # read only if the journal
+                undo.append(  # is rewritten whole: the level as it will be, and the history
                     recording.record(
-                        pop, [patch], record, lambda: (_patches(stack), [*self._history, record])
+                        pop,
+                        [patch],
+                        record,
+                        lambda: ([*_patches(below), patch], [*self._history, record]),
                     )
                 )
             switch_s = switch(plan.changes.values(), live, plan.caches)
@@ -272,10 +278,7 @@ class Registry:
         self._wrappers.forget(plan.changes)
         for func in plan.functions:
             self._originals.setdefault(id(func), (func, _state_before(func, before)))
-        self._stack = stack
-        self._chain = chain
-        self._level = (patch.version,) if patch.cumulative else (*self._level, patch.version)
-        self._patches = (patch,) if patch.cumulative else (*self._patches, patch)
+        self._push(entry, chain)
         elapsed = time.perf_counter() - start
         done = HistoryEntry(time.time(), action, patch.version, chain, elapsed, who)
         self._history.append(done)
@@ -294,6 +297,18 @@ class Registry:
         )
         self.plugins.notify("hotpatch_after_apply", patch=patch, registry=self, result=result)
         return result
+
+    def _push(self, entry: Applied, chain: LevelChain) -> None:
+        """``entry`` on top of the level (in place of it: cumulative), in O(1)."""
+        patch = entry.patch
+        if patch.cumulative:
+            self._stack = [entry]
+        else:
+            self._stack.append(entry)
+        self._chain = chain
+        pop = len(self._versions) if patch.cumulative else 0
+        self._versions.change(pop, (patch.version,))
+        self._patch_stack.change(pop, (patch,))
 
     # -- rollback ---------------------------------------------------------------------
 
@@ -345,8 +360,8 @@ class Registry:
             if self._deferred is not None and not self._deferred.forget(popped):
                 self._deferred = None
             self._chain = chain
-            self._level = self._level[:kept] + pushed
-            self._patches = self._patches[:kept] + tuple(e.patch for e in stack[kept:])
+            self._versions.change(len(self._versions) - kept, pushed)
+            self._patch_stack.change(len(self._patch_stack) - kept, [e.patch for e in stack[kept:]])
             for entry in popped:
                 run_unmigrations(entry.patch.version, entry.unmigrations)
             elapsed = time.perf_counter() - start
@@ -361,7 +376,7 @@ class Registry:
                     "rolled back %s in %.2f ms; level now %s",
                     ", ".join(versions),
                     elapsed * 1e3,
-                    level_text(self._level, self.baseline),
+                    level_text(self.level, self.baseline),
                 )
             result = RollbackResult(versions, self.level, elapsed, switch_s)
         if popped:
@@ -460,20 +475,14 @@ class Registry:
         if recording is None:
             return False
         with self._lock:
-            try:
-                if not resync(recording, self.patches, self._replay_steps()):
-                    return False
-            finally:
-                self._follow_stack()
+            if not resync(recording, self.patches, self._replay_steps()):
+                return False
             self.journal_report = recording.report
             return True
 
     def _replay(self, recording: Recording) -> None:
         """Apply the level the journal records (the process has not served yet)."""
-        try:
-            replay(recording, self._replay_steps())
-        finally:
-            self._follow_stack()
+        replay(recording, self._replay_steps())
         if self._deferred is not None and not self._deferred.pending:
             self._deferred = None  # every patch of the run was on top of a target
         self.journal_report = recording.report
@@ -495,13 +504,11 @@ class Registry:
         self._commit(plan, time.perf_counter(), action="replay", who="journal")
 
     def _to_baseline(self) -> None:
-        self._follow_stack()
         if self._stack:
             self.rollback(to=self.baseline, who="journal")
 
     def _replay_top(self, patch: Patch) -> None:
         """Replay a patch of the run at the top of the level that is on top of a target."""
-        self._follow_stack()
         self._replay_patch(patch)
         self._run().applied(self._stack[-1])
 
@@ -509,18 +516,13 @@ class Registry:
         """Replay a patch of that run every target of which is under a later one: unbuilt."""
         self._stack.append(self._run().unbuilt(patch))
         self._chain = LevelChain(patch.version, self._chain)
-        self._stale = True  # level and patches follow the stack at the next commit
+        self._versions.push(patch.version)
+        self._patch_stack.push(patch)
         done = HistoryEntry(time.time(), "replay", patch.version, self._chain, 0.0, "journal")
         self._history.append(done)
         if self._recording is not None:
             self._recording.unrecorded(done)  # goes in with the next change
         log.debug("replayed patch %s: under later patches, built when needed", patch.version)
-
-    def _follow_stack(self) -> None:
-        if self._stale:
-            self._level = tuple(e.patch.version for e in self._stack)
-            self._patches = tuple(e.patch for e in self._stack)
-            self._stale = False
 
     def _run(self) -> Deferred:
         if self._deferred is None:

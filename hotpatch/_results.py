@@ -7,6 +7,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+T = TypeVar("T")
+
 __all__ = [
     "LEVEL_SHOWN",
     "ApplyResult",
@@ -15,6 +17,7 @@ __all__ = [
     "LevelChain",
     "LevelDigests",
     "RollbackResult",
+    "TupleStack",
     "level_line",
     "level_summary",
     "level_text",
@@ -160,6 +163,88 @@ class LevelChain:
         for version in versions:
             below = LevelChain(version, below)
         return below
+
+
+class _Node(Generic[T]):
+    """One state of a ``TupleStack``: its top item, the state below, and its size."""
+
+    __slots__ = ("below", "item", "size")
+
+    def __init__(self, item: T, below: _Node[T] | None):
+        self.item = item
+        self.below = below
+        self.size: int = below.size + 1 if below is not None else 1
+
+
+class TupleStack(Generic[T]):
+    """A stack pushed and popped in O(1), read as tuples that are consistent snapshots.
+
+    Its state is one immutable node (item, state below, size), replaced whole by
+    each change: a reader on another thread, without a lock, sees the stack
+    before a change or after it, never half of one. The tuple of a state is
+    made when it is read, from the tuple last read: a push since then costs one
+    copy of it, a change of any shape a walk of what changed (not a walk of the
+    stack), and a state read again costs nothing. Only the last tuple read is
+    kept: the states themselves share their nodes.
+    """
+
+    __slots__ = ("_read", "_top")
+
+    def __init__(self, items: Iterable[T] = ()):
+        self._top: _Node[T] | None = None
+        self._read: tuple[_Node[T] | None, tuple[T, ...]] = (None, ())
+        self.push(*items)
+
+    def __len__(self) -> int:
+        top = self._top
+        return top.size if top is not None else 0
+
+    def push(self, *items: T) -> None:
+        self.change(0, items)
+
+    def pop(self, count: int = 1) -> None:
+        self.change(count, ())
+
+    def change(self, pop: int, push: Iterable[T]) -> None:
+        """Take ``pop`` items off the top (all if it holds fewer), then put ``push`` on,
+        oldest first: one change, which a reader sees whole or not at all."""
+        top = self._top
+        for _ in range(pop):
+            if top is None:
+                break
+            top = top.below
+        for item in push:
+            top = _Node(item, top)
+        self._top = top
+
+    def last(self, default: T) -> T:
+        """The top item, or ``default`` when the stack is empty."""
+        top = self._top
+        return top.item if top is not None else default
+
+    def snapshot(self) -> tuple[T, ...]:
+        """The items, oldest first, as the stack holds them now."""
+        now = top = self._top  # one state, whatever a writer does meanwhile
+        read, items = self._read
+        if read is now:
+            return items
+        # Down from both states to the one they share (the same node, at the same size).
+        above: list[T] = []
+        while top is not None and (read is None or top.size > read.size):
+            above.append(top.item)
+            top = top.below
+        while read is not None and (top is None or read.size > top.size):
+            read = read.below
+        while top is not read:
+            assert top is not None
+            assert read is not None
+            above.append(top.item)
+            top, read = top.below, read.below
+        shared = read.size if read is not None else 0
+        above.reverse()
+        items = (items if shared == len(items) else items[:shared]) + tuple(above)
+        self._read = (now, items)
+        return items
 
 
 class HistoryEntry:
