@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime
 import functools
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
@@ -152,10 +152,9 @@ def not_applied(version: str, level: Iterable[str], baseline: str) -> VersionCon
     return VersionConflict(msg, patch=version)
 
 
-def already_applied(applied: Iterable[AppliedPatch], version: str, outcome: Outcome) -> bool:
+def already_applied(applied: Sequence[AppliedPatch], version: str, outcome: Outcome) -> bool:
     """Is ``version`` applied already? Same content: ``unchanged``; other content: refused."""
     wanted = _version(version)
-    applied = list(applied)
     if applied and wanted > _version(applied[-1].version):
         return False  # newer than the top of the level (which is in version order)
     for patch in applied:

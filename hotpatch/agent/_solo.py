@@ -63,6 +63,7 @@ class Solo:
                 settings.socket,
                 ask={"cmd": "status", "brief": True},
             )
+            stack.callback(vital.close)  # its thread ends with the agent
             self.pipeline = DropPipeline(
                 LocalApplier(self.registry, vital=vital),
                 settings.checks,
@@ -75,7 +76,6 @@ class Solo:
             if settings.socket is not None:
                 server = stack.enter_context(ControlServer(settings.socket, self._handle))
                 vital.served_by(server)
-                stack.callback(vital.close)
             if settings.watch is not None:
                 process = functools.partial(self.pipeline.process, who=f"folder:{settings.watch}")
                 watch = FolderWatch(

@@ -8,6 +8,9 @@ write a file completely, read it back) and to answer its control socket (a
 answer) is tried once the patch is in, within ``VITAL_TIMEOUT_S``, in a
 thread of its own so that a patch that makes either hang cannot hang the
 agent. ``VitalCheck`` says what broke; the applier then rolls the patch back.
+The thread waits for the next check once one is done (a burst does not start
+a thread per drop); one whose check did not finish in time is left to it, and
+the next check gets a new one.
 
 A process at its descriptor limit cannot connect to its socket, nor accept a
 connection: that is a shortage, not something the patch broke. For it the
@@ -32,8 +35,10 @@ import itertools
 import json
 import logging
 import os
+import queue
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +84,7 @@ class VitalCheck:
         self._lock = threading.Lock()
         self._files: list[tuple[int, Path]] = []  # (pid, path): a forked child starts afresh
         self._numbers = itertools.count()
+        self._idle: list[_Runner] = []  # threads whose last check finished in time
 
     def served_by(self, server: ControlServer) -> None:
         """``server`` serves ``socket`` now: its spare connection is made at once, while
@@ -90,8 +96,14 @@ class VitalCheck:
             log.warning("cannot make the vital check's spare connection yet: %s", exc)
 
     def close(self) -> None:
-        """The spare connection goes (the agent stops)."""
+        """The spare connection and the threads waiting for a check go (the agent stops)."""
         self._drop_spare()
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for runner in idle:
+            runner.stop()
+        for runner in idle:
+            runner.join()
 
     def reserve(self) -> None:
         """Before an apply: the spare connection, made now if there is none (or the
@@ -117,15 +129,28 @@ class VitalCheck:
                 found.append(f"{type(exc).__name__}: {exc}")
             done.set()
 
-        thread = threading.Thread(target=run, name="hotpatch-vital-check", daemon=True)
-        thread.start()
+        runner = self._runner()
+        runner.run(run)
         if not done.wait(self.timeout):
             self._spare.spoil(close=False)  # the thread may still use it: left to it
+            runner.stop()  # once (if ever) the check returns: never used again
             return (
                 "filing an outcome and answering the control socket did not finish within "
                 f"{self.timeout:g} s"
             )
+        with self._lock:
+            self._idle.append(runner)
         return found[0]
+
+    def _runner(self) -> _Runner:
+        """A thread of this process waiting for a check (not one running another), or a
+        new one."""
+        with self._lock:
+            while self._idle:
+                runner = self._idle.pop()
+                if runner.alive():
+                    return runner
+        return _Runner()
 
     def _try(self, record: dict[str, Any]) -> str | None:
         return self._file(record) or self._answer()
@@ -247,6 +272,42 @@ class VitalCheck:
         self._spare.spoil(close=False)
         if pair is not None:
             pair[0].close()
+
+
+class _Runner:
+    """A thread that runs what it is given, one call after the other, until stopped.
+
+    It waits on a ``queue.SimpleQueue`` (written in C: a patch cannot replace
+    what it waits with). A thread of the process before a fork is not alive in
+    the child.
+    """
+
+    def __init__(self) -> None:
+        self._calls: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._pid = os.getpid()
+        self._thread = threading.Thread(
+            target=self._serve, name="hotpatch-vital-check", daemon=True
+        )
+        self._thread.start()
+
+    def run(self, call: Callable[[], None]) -> None:
+        self._calls.put(call)
+
+    def stop(self) -> None:
+        """The thread ends once the call it runs, if any, returns."""
+        self._calls.put(None)
+
+    def join(self) -> None:
+        """Once stopped, while idle: until the thread has ended (a moment)."""
+        if self.alive() and self._thread is not threading.current_thread():
+            self._thread.join(VITAL_TIMEOUT_S)
+
+    def alive(self) -> bool:
+        return self._pid == os.getpid() and self._thread.is_alive()
+
+    def _serve(self) -> None:
+        while (call := self._calls.get()) is not None:
+            call()
 
 
 def _judge(answer: dict[str, Any]) -> str | None:
