@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import types
 from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from functools import cached_property, partial
 from typing import Any, overload
@@ -111,15 +112,17 @@ class Plan:
 class Applied:
     """One applied patch: what it set, what was there before, what it replaced."""
 
+    # Kept for as long as the patch is applied: what is mostly empty is an empty tuple
+    # or frozenset shared by all, so that an entry adds few objects for the collector.
     patch: Patch
     before: dict[Key, Change]
     after: dict[Key, Change]
-    injected: set[Key]
-    unmigrations: list[tuple[Migration, types.ModuleType]]
-    replaced: list[Applied]
-    functions: list[types.FunctionType] = field(default_factory=list)  # whose code it built
-    caches: list[Any] = field(default_factory=list)  # what caches its targets' answers
-    nested: list[Nested] = field(default_factory=list)  # its nested function targets
+    injected: AbstractSet[Key]
+    unmigrations: Sequence[tuple[Migration, types.ModuleType]]
+    replaced: Sequence[Applied]
+    functions: Sequence[types.FunctionType] = ()  # whose code it built
+    caches: Sequence[Any] = ()  # what caches its targets' answers
+    nested: Sequence[Nested] = ()  # its nested function targets
 
 
 @dataclass(frozen=True, slots=True)

@@ -55,6 +55,7 @@ __all__ = ["MIGRATION_TIMEOUT_S", "Registry"]
 log = logging.getLogger("hotpatch")
 
 MIGRATION_TIMEOUT_S = 30.0  # for each migration to return, before its patch is refused
+_NO_KEYS: frozenset[Key] = frozenset()  # what most applied patches injected
 
 
 class Registry:
@@ -222,12 +223,12 @@ class Registry:
             patch,
             before,
             dict(plan.changes),
-            set(plan.injected),
-            plan.unmigrations,
-            list(self._stack) if patch.cumulative else [],
-            list(plan.functions),
-            list(plan.caches),
-            list(plan.nested),
+            frozenset(plan.injected) if plan.injected else _NO_KEYS,
+            tuple(plan.unmigrations),
+            tuple(self._stack) if patch.cumulative else (),
+            tuple(plan.functions),
+            tuple(plan.caches),
+            tuple(plan.nested),
         )
         chain = LevelChain(patch.version, None if patch.cumulative else self._chain)
         undo: list[Callable[[], object]] = []
