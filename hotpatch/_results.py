@@ -18,6 +18,7 @@ __all__ = [
     "LevelDigests",
     "RollbackResult",
     "TupleStack",
+    "as_json_reads",
     "level_line",
     "level_summary",
     "level_text",
@@ -27,6 +28,17 @@ __all__ = [
 # it holds, so that it costs the same at level 1 and at level 10,000 (``status`` and
 # ``Registry.level`` give the whole level).
 LEVEL_SHOWN = 10
+
+
+def as_json_reads(value: Any) -> Any:
+    """``value`` as JSON gives it back (mappings become dicts with string keys, tuples
+    lists), worked out without ``json``: what a reader of a record or message written from
+    ``value`` must find, even where a patch broke ``json`` (the vital checks)."""
+    if isinstance(value, Mapping):
+        return {str(k): as_json_reads(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [as_json_reads(v) for v in value]
+    return value
 
 
 def level_summary(level: Sequence[str]) -> dict[str, Any]:

@@ -42,6 +42,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from hotpatch._results import as_json_reads
 from hotpatch._shortage import SparePair, shortage_of
 from hotpatch.agent._control import AgentBusy, exchange, request
 from hotpatch.agent._control_server import ControlServer
@@ -193,7 +194,7 @@ class VitalCheck:
             self._files.append((os.getpid(), path))
 
     def _file_once(self, record: dict[str, Any]) -> str | None:
-        expected = _plain(record)  # what a reader must find, worked out without json
+        expected = as_json_reads(record)  # what a reader must find, worked out without json
         path = self._take()
         try:
             # Made again if it went (the folder's staging deleted, or the folder replaced).
@@ -314,15 +315,6 @@ def _judge(answer: dict[str, Any]) -> str | None:
     if answer.get("ok") is not True and answer.get("error_type") != "Busy":
         return f"the control socket answered with an error: {answer.get('error')}"
     return None
-
-
-def _plain(value: Any) -> Any:
-    """``value`` as JSON gives it back (tuples become lists), without using ``json``."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
 
 
 def _resource(exc: OSError) -> bool:

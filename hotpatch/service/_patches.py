@@ -27,6 +27,7 @@ from hotpatch._results import (
     ApplyResult,
     LevelDigests,
     RollbackResult,
+    as_json_reads,
     level_summary,
 )
 from hotpatch._shortage import RESOURCES, SparePair, shortage_of
@@ -436,18 +437,9 @@ def _round_trip(
     ours, theirs = pair
     send_message(ours, message)
     received = recv_message(theirs)
-    if received is None or received[0] != _plain(message):
+    if received is None or received[0] != as_json_reads(message):
         return "a message to the supervisor does not arrive as it was sent"
     return None
-
-
-def _plain(value: Any) -> Any:
-    """``value`` as JSON gives it back (tuples become lists), without using ``json``."""
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
 
 
 class LevelReporter:
