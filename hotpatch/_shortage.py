@@ -9,15 +9,23 @@ under ``hotpatch run``, which tells its supervisor -- says it alike.
 
 A check that must not need a new descriptor (after an apply: does the way
 back still work?) uses a ``SparePair`` made beforehand: a process at its
-``RLIMIT_NOFILE`` is then not taken for one whose patch broke that way.
+``RLIMIT_NOFILE`` is then not taken for one whose patch broke that way. What
+needs a descriptor of its own at the limit -- a control server accepting one
+more connection (a pre-fork worker taking the owner's delivery), the check's
+result file, the journal record of a rollback -- gets one from ``SpareFds``:
+descriptors held beforehand and given up just for that.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import os
 import socket
+import threading
+from collections.abc import Iterator
 
-__all__ = ["RESOURCES", "Shortage", "SparePair", "shortage_of"]
+__all__ = ["RESOURCES", "Shortage", "SpareFds", "SparePair", "is_fd_shortage", "shortage_of"]
 
 # What ran out, by errno: the resource a person can do something about.
 RESOURCES = {
@@ -54,6 +62,60 @@ def shortage_of(exc: BaseException) -> str | None:
             return RESOURCES[current.errno]
         current = current.__cause__ or current.__context__
     return None
+
+
+def is_fd_shortage(exc: BaseException) -> bool:
+    """Did ``exc`` come of no descriptor being left (this process's limit or the machine's)?"""
+    return isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE)
+
+
+class SpareFds:
+    """``count`` descriptors (``/dev/null``) held to be given up when none is left otherwise.
+
+    ``reserve()`` while descriptors are free; at the limit, ``released()``
+    closes them for the block that needs them (the lowest numbers free are
+    the ones given up, so the block gets them unless another thread takes
+    one first) and takes them again after, as far as it can: ``held`` says
+    whether they are all there. Thread-safe.
+    """
+
+    def __init__(self, count: int = 1) -> None:
+        self.count = count
+        self._fds: list[int] = []
+        self._lock = threading.Lock()
+
+    @property
+    def held(self) -> bool:
+        return len(self._fds) >= self.count
+
+    def reserve(self) -> None:
+        """Hold ``count`` descriptors; ``OSError`` (``EMFILE``...) when they cannot all be had."""
+        with self._lock:
+            while len(self._fds) < self.count:
+                self._fds.append(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
+
+    def try_reserve(self) -> bool:
+        """``reserve()``, without the error: are they all held now?"""
+        with contextlib.suppress(OSError):
+            self.reserve()
+        return self.held
+
+    def release(self) -> int:
+        """Give up the descriptors held; how many there were."""
+        with self._lock:
+            fds, self._fds = self._fds, []
+        for fd in fds:
+            os.close(fd)
+        return len(fds)
+
+    @contextlib.contextmanager
+    def released(self) -> Iterator[int]:
+        """The block runs with the held descriptors given up (how many); taken again after."""
+        freed = self.release()
+        try:
+            yield freed
+        finally:
+            self.try_reserve()
 
 
 class SparePair:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import time
@@ -15,6 +16,7 @@ from hotpatch._loader import load_patch_source
 from hotpatch._patch import Patch
 from hotpatch._registry import Registry
 from hotpatch._results import level_summary
+from hotpatch._shortage import Shortage, shortage_of
 from hotpatch._targets import is_nested
 from hotpatch.agent._applier import (
     AppliedPatch,
@@ -33,6 +35,7 @@ log = logging.getLogger("hotpatch")
 
 BUNDLE_REASON = "baseline bundles need the supervisor (hotpatch run)"
 VITAL_WHO = "hotpatch (vital check)"  # who rolls back a patch that broke the agent
+ROLLBACK_TRIES_S = 10.0  # a rollback after the check, out of descriptors, is tried so long
 
 
 class Vital(Protocol):
@@ -43,7 +46,11 @@ class Vital(Protocol):
 
     def __call__(self, record: dict[str, Any], /) -> str | None:
         """Given the record about to be filed: ``None`` when the agent can still file it
-        and answer its control socket, else what is broken."""
+        and answer its control socket, else what is broken; ``Shortage`` when that could
+        not be found out (no descriptor left even with those kept for it)."""
+
+    def released(self) -> contextlib.AbstractContextManager[int]:
+        """The descriptors kept for the check, given up while the block runs."""
 
 
 class LocalApplier:
@@ -52,6 +59,9 @@ class LocalApplier:
     ``vital``: tried after every apply; a patch with which the agent can no
     longer file an outcome or answer its control socket is rolled back at once
     and filed ``rejected`` (SPEC 11: no patch cuts off the way to roll it back).
+    One whose check could not be made for want of descriptors is rolled back
+    too, and the drop waits (``Shortage``) to be tried again. At the limit the
+    rollback's journal record is written with the descriptors the check keeps.
     """
 
     def __init__(self, registry: Registry, *, vital: Vital | None = None) -> None:
@@ -184,34 +194,52 @@ class LocalApplier:
                 self._check_vital(patch, outcome, before)
 
     def _check_vital(self, patch: Patch, outcome: Outcome, before: tuple[str, ...]) -> None:
-        """Roll ``patch`` back if the agent can no longer file ``outcome`` or answer."""
+        """Roll ``patch`` back if the agent can no longer file ``outcome`` or answer, or
+        if that could not be found out (``Shortage``, raised once it is rolled back)."""
         assert self.vital is not None
         registry = self.registry
         t = time.perf_counter()
         outcome.level = registry.level
-        broken = self.vital(outcome.record())
+        unknown: Shortage | None = None
+        try:
+            broken = self.vital(outcome.record())
+        except Shortage as exc:
+            unknown, broken = exc, f"not known: {exc}"
         outcome.timings["vital_s"] = time.perf_counter() - t
         if broken is None:
             return
-        log.error(
-            "patch %s broke what the agent needs to file outcomes and answer its control "
-            "socket (%s): rolling it back",
-            patch.version,
-            broken,
-        )
-        try:
-            registry.rollback(to=before[-1] if before else registry.baseline, who=VITAL_WHO)
-        except Exception as exc:
+        if unknown is None:
+            log.error(
+                "patch %s broke what the agent needs to file outcomes and answer its control "
+                "socket (%s): rolling it back",
+                patch.version,
+                broken,
+            )
+        else:
+            log.error(
+                "patch %s: whether the agent can still file outcomes and answer is %s; "
+                "rolling it back (it is tried again once descriptors are free)",
+                patch.version,
+                broken,
+            )
+        failed = self._roll_back(before)
+        if failed is not None:
             log.critical(
                 "patch %s could not be rolled back (%s: %s): the agent cannot file outcomes or "
                 "answer; restart the service",
                 patch.version,
-                type(exc).__name__,
-                exc,
+                type(failed).__name__,
+                failed,
             )
             outcome.reason = f"applied, but the agent is broken with it ({broken}) and rolling "
-            outcome.reason += f"it back failed ({type(exc).__name__}: {exc}); restart the service"
+            outcome.reason += f"it back failed ({type(failed).__name__}: {failed}); restart the "
+            outcome.reason += "service"
             return
+        if unknown is not None:
+            outcome.outcome, outcome.error_type = "rejected", "Shortage"
+            outcome.notified = False
+            msg = f"patch {patch.version} was applied and rolled back at once: {unknown.detail}"
+            raise Shortage(unknown.resource, msg) from unknown
         outcome.outcome, outcome.error_type = "rejected", "VerificationFailed"
         outcome.notified = False  # the plugins saw an apply and a rollback: now a refusal
         outcome.reason = (
@@ -219,7 +247,10 @@ class LocalApplier:
             f"not file an outcome or answer its control socket ({broken}). A patch must not break "
             "what hotpatch needs (json, files, sockets); fix it and publish a newer version"
         )
-        still = self.vital(outcome.record())
+        try:
+            still = self.vital(outcome.record())
+        except Shortage:
+            still = None  # not known: said when the next patch is checked
         if still is not None:
             log.critical(
                 "the agent still cannot file outcomes or answer with patch %s rolled back (%s); "
@@ -227,6 +258,33 @@ class LocalApplier:
                 patch.version,
                 still,
             )
+
+    def _roll_back(self, before: tuple[str, ...]) -> Exception | None:
+        """Back to ``before``; the error if that failed. Out of descriptors (its journal
+        record), tried again with those the check keeps, for up to ``ROLLBACK_TRIES_S``."""
+        assert self.vital is not None
+        registry = self.registry
+        to = before[-1] if before else registry.baseline
+        deadline = time.monotonic() + ROLLBACK_TRIES_S
+        pause = 0.01
+        while True:
+            try:
+                registry.rollback(to=to, who=VITAL_WHO)
+            except Exception as exc:
+                if shortage_of(exc) is None or time.monotonic() > deadline:
+                    return exc
+            else:
+                return None
+            with self.vital.released():  # a journal record needs a descriptor or two
+                try:
+                    registry.rollback(to=to, who=VITAL_WHO)
+                except Exception as exc:
+                    if shortage_of(exc) is None:
+                        return exc
+                else:
+                    return None
+            time.sleep(pause)  # another thread took them: until one is free again
+            pause = min(pause * 2, 0.5)
 
 
 def _describe(patch: Patch) -> AppliedPatch:

@@ -18,7 +18,12 @@ check keeps a connection to the control server made before the apply (a
 ``SparePair``, one end served by the server as a connection that never idles
 out), and asks through it when the socket itself cannot be reached for want
 of descriptors; when no such pair can be made before the apply, the patch is
-not taken now (``reserve`` raises; the drop waits and is tried again).
+not taken now (``reserve`` raises; the drop waits and is tried again). The
+same way it keeps two descriptors (``SpareFds``): given up to write and read
+back the result file when no other is free, and to the applier to journal the
+rollback of a patch that broke the vital path. A check that cannot be made
+even so raises ``Shortage``: the applier rolls the patch back and the drop
+waits (a patch is never kept unchecked).
 
 The check's result file is renamed back to its temporary name once read,
 not removed, and the next check writes over it: a burst of drops neither
@@ -43,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from hotpatch._results import as_json_reads
-from hotpatch._shortage import SparePair, shortage_of
+from hotpatch._shortage import RESOURCES, Shortage, SpareFds, SparePair, is_fd_shortage, shortage_of
 from hotpatch.agent._control import AgentBusy, exchange, request
 from hotpatch.agent._control_server import ControlServer
 from hotpatch.agent._outcome import temporary_name, write_result
@@ -80,6 +85,7 @@ class VitalCheck:
         self.ask = ask if ask is not None else {"cmd": "status"}  # a request answered at once
         self.server: ControlServer | None = None
         self._spare = SparePair()
+        self._fds = SpareFds(2)  # the result file, and the journal of a rollback
         # The result files of the checks that finished, kept for the next ones: a check
         # that hangs keeps its own, and checks at the same time each write their own.
         self._lock = threading.Lock()
@@ -97,8 +103,10 @@ class VitalCheck:
             log.warning("cannot make the vital check's spare connection yet: %s", exc)
 
     def close(self) -> None:
-        """The spare connection and the threads waiting for a check go (the agent stops)."""
+        """The spare connection and descriptors, and the threads waiting for a check, go (the
+        agent stops)."""
         self._drop_spare()
+        self._fds.release()
         with self._lock:
             idle, self._idle = self._idle, []
         for runner in idle:
@@ -106,9 +114,15 @@ class VitalCheck:
         for runner in idle:
             runner.join()
 
+    def released(self) -> contextlib.AbstractContextManager[int]:
+        """The descriptors kept for the check, given up while the block runs (the journal
+        of a rollback at the limit): how many; taken again after."""
+        return self._fds.released()
+
     def reserve(self) -> None:
         """Before an apply: the spare connection, made now if there is none (or the
         server closed it: stopped and started again); ``OSError`` if it cannot be made."""
+        self._fds.reserve()
         server = self.server
         if server is None or self.socket is None:
             return
@@ -121,11 +135,15 @@ class VitalCheck:
     def __call__(self, record: dict[str, Any]) -> str | None:
         """``None`` when the agent can file ``record`` and answer; else what is broken."""
         found: list[str | None] = []
+        short: list[Shortage] = []
         done = threading.Event()
 
         def run() -> None:
             try:
                 found.append(self._try(record))
+            except Shortage as exc:  # the check could not be made: not the patch's fault
+                short.append(exc)
+                found.append(None)
             except BaseException as exc:
                 found.append(f"{type(exc).__name__}: {exc}")
             done.set()
@@ -141,6 +159,8 @@ class VitalCheck:
             )
         with self._lock:
             self._idle.append(runner)
+        if short:
+            raise short[0]
         return found[0]
 
     def _runner(self) -> _Runner:
@@ -166,10 +186,26 @@ class VitalCheck:
         """
         broken: str | None = None
         for _ in range(_SCRATCH_TRIES):
-            broken = self._file_once(record)
+            try:
+                broken = self._file_once(record)
+            except OSError:  # no descriptor left: with the ones kept for it
+                broken = self._file_spared(record)
             if broken is not _SCRATCH_GONE:
                 return broken
         return None
+
+    def _file_spared(self, record: dict[str, Any]) -> str | None:
+        """``_file_once`` with the descriptors kept for it; ``Shortage`` if it still cannot."""
+        failed: OSError | None = None
+        with self._fds.released() as freed:
+            if freed:
+                try:
+                    return self._file_once(record)
+                except OSError as exc:
+                    failed = exc
+        why = failed if failed is not None else "no descriptor was kept for it"
+        msg = f"the check after the apply could not write its result file ({why})"
+        raise Shortage(RESOURCES_FDS, msg) from failed
 
     def _take(self) -> Path:
         """A result file's name of this process no other check is using."""
@@ -205,6 +241,8 @@ class VitalCheck:
             except ValueError as exc:
                 return f"a result file it wrote is not JSON ({exc})"
         except OSError as exc:
+            if is_fd_shortage(exc):
+                raise  # tried again with the descriptors kept for it
             if _resource(exc):
                 return None  # the disk, not the patch: filing reports it itself
             if isinstance(exc, FileNotFoundError) and not self.scratch.is_dir():
@@ -248,12 +286,11 @@ class VitalCheck:
         """Ask through the spare connection (the socket's own handler, no new descriptor)."""
         pair = self._spare.pair
         if pair is None or pair[1].fileno() == -1:
-            log.warning(
-                "the vital check could not reach the control socket (%s) and has no spare "
-                "connection: whether it still answers is not known",
-                short,
+            msg = (
+                f"the check after the apply could not reach the control socket ({short}) and "
+                "had no connection kept for that: whether it still answers is not known"
             )
-            return None
+            raise Shortage(shortage_of(short) or RESOURCES_FDS, msg)
         try:
             answer = exchange(pair[0], self.ask, timeout=self.timeout, peer="this process")
         except (OSError, ValueError) as exc:
@@ -309,6 +346,9 @@ class _Runner:
     def _serve(self) -> None:
         while (call := self._calls.get()) is not None:
             call()
+
+
+RESOURCES_FDS = RESOURCES[errno.EMFILE]
 
 
 def _judge(answer: dict[str, Any]) -> str | None:
