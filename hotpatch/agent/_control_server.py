@@ -3,6 +3,14 @@
 The wire format and the client are ``hotpatch.agent._control``'s; here, one
 thread accepts and reads for every connection, and a complete request goes to
 a handler thread (``ControlServer``).
+
+Out of descriptors, the server still takes one connection at a time: it keeps
+a descriptor for that (``SpareFds``), gives it up to accept, serves that one
+request and closes the connection, then takes the descriptor again (a pre-fork
+worker at its limit still takes the owner's delivery). A connection that
+waited in the backlog while the server could not accept, and whose client
+left meanwhile, is not served: its client gave up on it (an owner that could
+not deliver a patch there sends it again later, or not at all).
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ import logging
 import math
 import os
 import secrets
+import select
 import selectors
 import socket
 import stat
@@ -28,6 +37,7 @@ from types import TracebackType
 from typing import Any
 
 from hotpatch._errors import PatchError
+from hotpatch._shortage import SpareFds
 from hotpatch.agent._control import MAX_REQUEST_BYTES, with_address
 
 __all__ = ["ControlServer", "Handler"]
@@ -83,6 +93,8 @@ class ControlServer:
         self._stopping = threading.Event()
         self._short: str | None = None  # accept() is out of descriptors: why
         self._short_at = 0.0  # when it last failed so (time.monotonic())
+        self._spare = SpareFds()  # given up to accept one connection when none is left
+        self._said: set[str] = set()  # what was logged of running short, once each
 
     def __enter__(self) -> ControlServer:
         self.start()
@@ -130,6 +142,7 @@ class ControlServer:
             listener.close()
             raise
         listener.setblocking(False)
+        self._spare.try_reserve()
         self._identity = (st.st_dev, st.st_ino)
         self._listener = listener
         self._wakeup = socket.socketpair()
@@ -161,6 +174,7 @@ class ControlServer:
         listener.close()
         for end in wakeup:
             end.close()
+        self._spare.release()
         with contextlib.suppress(OSError):
             st = self.path.lstat()
             if (st.st_dev, st.st_ino) == self._identity:  # never remove a successor's socket
@@ -217,6 +231,8 @@ class ControlServer:
                     if paused_until is not None and now >= paused_until:
                         selector.register(listener, selectors.EVENT_READ)
                         paused_until = None
+                    if not self._spare.held:  # given up for a connection that is closed now
+                        self._spare.try_reserve()
                     for key, _ in selector.select(self._timeout(now, paused_until)):
                         if self._stopping.is_set():
                             break
@@ -242,31 +258,69 @@ class ControlServer:
         return max(0.0, min(deadlines) - now) if deadlines else None
 
     def _accept(self, listener: socket.socket, selector: selectors.BaseSelector) -> bool:
-        """Admit every waiting connection; ``False`` when out of descriptors (pause accepting)."""
+        """Admit every waiting connection; ``False`` when out of descriptors (pause accepting).
+
+        Out of descriptors, the spare one is given up for one connection (served once)."""
+        late = self._short is not None  # these waited while the server could not accept
         while True:
             try:
                 conn, _ = listener.accept()
             except BlockingIOError:
                 return True
             except OSError as exc:
-                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    if self._short is None:  # once, not at each try every ACCEPT_PAUSE_S
-                        log.error(  # noqa: TRY400 -- the reason is the message; no traceback
-                            "control socket %s: cannot accept a connection: %s; "
-                            "clients wait in the backlog meanwhile",
-                            self.path,
-                            exc.strerror or exc,
-                        )
-                    self._short = f"{exc.strerror or exc} (errno {exc.errno})"
-                    self._short_at = time.monotonic()
+                if exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    return True
+                spared = self._accept_spared(listener)
+                if spared is None:
+                    self._out_of_descriptors(exc)
                     return False
-                return True
+                self._admit(spared, selector, spared=True, late=True)
+                return True  # the next one waits for the spare descriptor to be back
             if self._short is not None:
                 log.warning("control socket %s: accepting connections again", self.path)
                 self._short = None
-            self._admit(conn, selector)
+                self._said.clear()
+            self._admit(conn, selector, late=late)
 
-    def _admit(self, conn: socket.socket, selector: selectors.BaseSelector) -> None:
+    def _accept_spared(self, listener: socket.socket) -> socket.socket | None:
+        """One connection accepted with the spare descriptor given up for it, if it can be."""
+        if not self._spare.release():
+            return None
+        try:
+            conn, _ = listener.accept()
+        except OSError:
+            return None
+        if "spare" not in self._said:  # once, as the error when none can be accepted
+            self._said.add("spare")
+            log.warning(
+                "control socket %s: out of descriptors; taking one connection at a time "
+                "with the descriptor kept for that",
+                self.path,
+            )
+        self._short = "out of descriptors (one connection at a time is taken with a spare)"
+        self._short_at = time.monotonic()
+        return conn
+
+    def _out_of_descriptors(self, exc: OSError) -> None:
+        if "none" not in self._said:  # once, not at each try every ACCEPT_PAUSE_S
+            self._said.add("none")
+            log.error(
+                "control socket %s: cannot accept a connection: %s; "
+                "clients wait in the backlog meanwhile",
+                self.path,
+                exc.strerror or exc,
+            )
+        self._short = f"{exc.strerror or exc} (errno {exc.errno})"
+        self._short_at = time.monotonic()
+
+    def _admit(
+        self,
+        conn: socket.socket,
+        selector: selectors.BaseSelector,
+        *,
+        spared: bool = False,
+        late: bool = False,
+    ) -> None:
         try:
             pid, uid, _ = _PEERCRED.unpack(
                 conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
@@ -291,7 +345,7 @@ class ControlServer:
             oldest = min(others, key=lambda c: c.deadline)
             _send_now(oldest.sock, _error("too many control connections; closed", "Busy"))
             self._close(oldest, selector)
-        self._wait_for_request(_Connection(conn, uid), selector)
+        self._wait_for_request(_Connection(conn, uid, spared=spared, late=late), selector)
 
     def _wait_for_request(self, conn: _Connection, selector: selectors.BaseSelector) -> None:
         conn.deadline = math.inf if conn.kept else time.monotonic() + self.idle_timeout
@@ -331,6 +385,14 @@ class ControlServer:
             return
         line = bytes(buffer[: end + 1])
         del buffer[: end + 1]
+        if conn.late and _hung_up(conn.sock):
+            log.warning(
+                "control socket %s: a client left before its request was taken (it waited "
+                "while no descriptor was free); not served",
+                self.path,
+            )
+            self._close(conn, selector)
+            return
         if not self._slots.acquire(blocking=False):
             message = (
                 f"the agent is busy: {self._max_clients} control requests are being handled; "
@@ -393,7 +455,7 @@ class ControlServer:
                 self._slots.release()  # answered: the next request may start
             conn.sock.settimeout(ANSWER_TIMEOUT_S)  # a client that never reads its answer
             conn.sock.sendall(answer)
-            keep = not self._stopping.is_set()
+            keep = not self._stopping.is_set() and not conn.spared
         except OSError:
             pass  # the client went away
         finally:
@@ -406,6 +468,8 @@ class ControlServer:
                 self._wake()
             else:
                 conn.sock.close()
+                if conn.spared:
+                    self._wake()  # the serving thread takes the spare descriptor again
 
     def _answer(self, line: bytes, uid: int) -> dict[str, Any]:
         try:
@@ -432,6 +496,8 @@ class _Connection:
     """A client's connection: its uid, what it sent of its next request, and by when.
 
     ``kept``: one the process made itself (``ControlServer.adopt``): no deadline.
+    ``spared``: accepted with the spare descriptor: closed after one answer.
+    ``late``: accepted after it waited while the server could not accept.
     """
 
     sock: socket.socket
@@ -439,6 +505,8 @@ class _Connection:
     buffer: bytearray = field(default_factory=bytearray)
     deadline: float = 0.0
     kept: bool = False
+    spared: bool = False
+    late: bool = False
 
 
 def _error(message: str, error_type: str) -> dict[str, Any]:
@@ -454,6 +522,13 @@ def _encode(response: dict[str, Any]) -> bytes:
         return (text + "\n").encode()
     except UnicodeEncodeError:  # a name that is not UTF-8 (surrogate escapes): \\u escapes
         return (json.dumps(response, default=str) + "\n").encode()
+
+
+def _hung_up(conn: socket.socket) -> bool:
+    """Has the client closed its end (what it sent may still be there to read)?"""
+    poller = select.poll()
+    poller.register(conn.fileno(), select.POLLIN)
+    return any(events & select.POLLHUP for _, events in poller.poll(0))
 
 
 def _send_now(conn: socket.socket, response: dict[str, Any]) -> bool:

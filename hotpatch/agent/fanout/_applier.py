@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from hotpatch.agent._outcome import Outcome
 from hotpatch.agent.fanout._journal import GroupJournal
 from hotpatch.agent.fanout._owner import Fanout
 from hotpatch.agent.fanout._ownership import Ownership
-from hotpatch.agent.fanout._peers import call
+from hotpatch.agent.fanout._peers import RETRY_S, call_until
 
 __all__ = ["FanoutApplier"]
 
@@ -81,11 +82,29 @@ class FanoutApplier:
         # The keys `hotpatch rollback` shows for the workers of `hotpatch run --workers N` too.
         fields = ("ok", "versions", "level", "level_size", "error")
         results = [{"index": os.getpid(), **{k: answer.get(k) for k in fields}}]
-        for pid, sock in sorted(self.fanout.roster.peers().items()):
-            result = call(pid, sock, {"cmd": "rollback", "to": top, "local": True})
+        try:
+            peers = self.fanout.listed()
+        except OSError as exc:  # never a half-done rollback said to be done
+            peers = {}
+            answer["ok"] = False
+            answer["error"] = (
+                f"rolled back in worker {os.getpid()} (this one), but the other workers could "
+                f"not be listed ({exc}): they were not rolled back; run the rollback again"
+            )
+        deadline = time.monotonic() + RETRY_S  # for them all, not for each
+        for pid, sock in sorted(peers.items()):
+            within = max(0.0, deadline - time.monotonic())
+            request = {"cmd": "rollback", "to": top, "local": True}
+            result = call_until(pid, sock, request, within=within)
             if result is None:
                 continue
             results.append({"index": pid, **{k: result.get(k) for k in fields}})
+            if not result.get("ok"):
+                answer["ok"] = False
+                answer["error"] = (
+                    f"worker {pid} was not rolled back ({result.get('error')}); it may still run "
+                    f"what this one rolled back: run the rollback again"
+                )
         answer["workers"] = results
         if answer["versions"] and self.ownership.owner:
             error = self.fanout.record("rollback", ", ".join(answer["versions"]), who)

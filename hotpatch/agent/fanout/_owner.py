@@ -5,6 +5,13 @@ to every other live worker (``deliver``). When every worker applied the patch
 the drop is ``applied`` and the group's journal records the level; when one
 refused, the workers that applied it roll it back (``undo``) and the drop is
 ``rejected``, with each worker's result in ``NAME.result.json``.
+
+The undo goes to the workers the patch was delivered to (not a new listing of
+``.workers/``, which can fail), each asked again while it cannot be reached
+(either side short of descriptors, no answer) for up to ``RETRY_S``. A worker
+still not reached then is named in the outcome with the version it runs, and
+the drop is ``rejected`` (never held as a shortage claiming nothing of it is
+applied): ``hotpatch rollback`` brings every worker to the owner's level.
 """
 
 from __future__ import annotations
@@ -12,14 +19,15 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 from hotpatch._errors import JournalError
-from hotpatch._shortage import Shortage
+from hotpatch._shortage import Shortage, shortage_of
 from hotpatch.agent._outcome import Outcome
 from hotpatch.agent.fanout._journal import GroupJournal
-from hotpatch.agent.fanout._peers import Roster, call, send
+from hotpatch.agent.fanout._peers import RETRY_S, Roster, call_until, send
 from hotpatch.agent.fanout._worker import Replica
 
 __all__ = ["Fanout"]
@@ -68,40 +76,37 @@ class Fanout:
             outcome.outcome = "unchanged" if kinds == {"unchanged"} else "applied"
             outcome.reason = mine.get("reason") if outcome.outcome == "unchanged" else None
             if outcome.outcome == "applied":
-                self._record_apply(outcome)
+                self._record_apply(outcome, peers)
             return
         failed = [r for r in answered if r["outcome"] not in ("applied", "unchanged")]
-        short = [r for r in failed if isinstance(r.get("shortage"), str)]
-        if short:
-            self._short(str(outcome.version), failed, short)
+        version = str(outcome.version)
         if kinds == {"pending"}:
             outcome.outcome, outcome.reason = "pending", mine.get("reason")
             outcome.error_type = mine.get("error_type")
             return
-        undone = self._undo(str(outcome.version), failed={r["pid"] for r in failed})
+        undone, left = self._undo(version, results, peers, failed={r["pid"] for r in failed})
+        short = [r for r in failed if isinstance(r.get("shortage"), str)]
+        if short and not left:
+            # A worker ran short (descriptors, memory): not the patch's fault. Undone where
+            # it went in, the drop waits (``Shortage``) and is tried again in every worker.
+            reasons = "; ".join(f"worker {r['pid']}: {r.get('reason')}" for r in short)
+            detail = f"patch {version} was undone in the {undone} workers that had applied it"
+            raise Shortage(short[0]["shortage"], f"{reasons}; {detail}")
         if undone:
-            self.record("undo", str(outcome.version), f"{outcome.who} (another worker refused)")
+            self.record("undo", version, f"{outcome.who} (another worker refused)")
         outcome.outcome = "rejected"
         outcome.error_type = failed[0].get("error_type") or "VerificationFailed"
         reasons = "; ".join(f"worker {r['pid']}: {r.get('reason')}" for r in failed)
+        fix = "drop it again" if short else "fix the patch and drop a newer version"
+        still = _left(left, version, self.folder)
         outcome.reason = (
-            f"patch {outcome.version} failed in {len(failed)} of {len(answered)} workers and was "
-            f"rolled back in the {undone} that had applied it ({reasons}); fix the patch and "
-            "drop a newer version"
+            f"patch {version} failed in {len(failed)} of {len(answered)} workers and was "
+            f"rolled back in the {undone} that had applied it ({reasons}){still}; {fix}"
         )
 
-    def _short(
-        self, version: str, failed: list[dict[str, Any]], short: list[dict[str, Any]]
-    ) -> None:
-        """A worker ran short (descriptors, memory): not the patch's fault. Undone where it
-        went in, the drop waits (``Shortage``) and is tried again in every worker."""
-        undone = self._undo(version, failed={r["pid"] for r in failed})
-        reasons = "; ".join(f"worker {r['pid']}: {r.get('reason')}" for r in short)
-        detail = f"patch {version} was undone in the {undone} workers that had applied it"
-        raise Shortage(short[0]["shortage"], f"{reasons}; {detail}")
-
-    def _record_apply(self, outcome: Outcome) -> None:
-        """Journal an applied drop; if that fails, undo it everywhere: it would not survive."""
+    def _record_apply(self, outcome: Outcome, peers: dict[int, Path]) -> None:
+        """Journal an applied drop; if that fails, undo it everywhere: it would not survive
+        (for want of a resource, the drop then waits: ``Shortage``)."""
         version = str(outcome.version)
         try:
             self.journal.record(
@@ -112,11 +117,17 @@ class Fanout:
                 outcome.timings.get("workers_s", 0.0),
             )
         except JournalError as exc:
-            undone = self._undo(version, failed=set())
+            undone, left = self._undo(version, outcome.workers or [], peers, failed=set())
+            short = shortage_of(exc)
+            if short is not None and not left:  # the journal's disk or descriptors: it waits
+                detail = f"{exc}; patch {version} was undone in the {undone} workers"
+                raise Shortage(short, detail) from exc
             outcome.outcome, outcome.error_type = "rejected", type(exc).__name__
+            still = _left(left, version, self.folder)
             outcome.reason = (
                 f"{exc}; patch {version} was rolled back in the {undone} workers that had "
-                "applied it, since a restart would lose it. Fix the journal and drop it again"
+                f"applied it, since a restart would lose it{still}. Fix the journal and drop "
+                "it again"
             )
 
     def record(self, action: str, version: str, who: str) -> str | None:
@@ -129,14 +140,70 @@ class Fanout:
             return str(exc)
         return None
 
-    def _undo(self, version: str, *, failed: set[int]) -> int:
-        """Roll ``version`` back in every worker but those that refused it; how many did."""
-        undone = 0
+    def listed(self) -> dict[int, Path]:
+        """The other live workers (``Roster.peers``), the listing of ``.workers/`` tried again
+        while it fails for want of a resource (descriptors), for up to ``RETRY_S``."""
+        deadline = time.monotonic() + RETRY_S
+        pause = 0.05
+        while True:
+            try:
+                return self.roster.peers()
+            except OSError as exc:
+                if shortage_of(exc) is None or time.monotonic() + pause > deadline:
+                    raise
+            time.sleep(pause)
+            pause = min(pause * 2, 1.0)
+
+    def _undo(
+        self,
+        version: str,
+        results: list[dict[str, Any]],
+        peers: dict[int, Path],
+        *,
+        failed: set[int],
+    ) -> tuple[int, dict[int, str]]:
+        """Roll ``version`` back here and in every worker of ``peers`` (those it was delivered
+        to) but those that refused it: how many did, and ``pid -> why`` for each still
+        running it. Each result of ``results`` gets ``undone`` (and ``undo_error``)."""
+        by_pid = {r.get("pid"): r for r in results}
         local = self.replica.undo(version, "owner")
-        undone += bool(local.get("undone"))
-        for pid, sock in sorted(self.roster.peers().items()):
+        undone = int(bool(local.get("undone")))
+        left: dict[int, str] = {}
+        if os.getpid() in by_pid:
+            by_pid[os.getpid()]["undone"] = bool(local.get("undone"))
+        if not local.get("ok"):
+            left[os.getpid()] = str(local.get("error"))
+        deadline = time.monotonic() + RETRY_S  # for them all, not for each
+        for pid, sock in sorted(peers.items()):
             if pid in failed:
                 continue
-            answer = call(pid, sock, {"cmd": "undo", "version": version})
+            within = max(0.0, deadline - time.monotonic())
+            answer = call_until(pid, sock, {"cmd": "undo", "version": version}, within=within)
+            result = by_pid.get(pid)
+            if answer is not None and not answer.get("ok"):
+                left[pid] = str(answer.get("error"))
+                if result is not None:
+                    result.update(undone=False, undo_error=left[pid])
+                continue
             undone += bool(answer and answer.get("undone"))
-        return undone
+            if result is not None:
+                result["undone"] = bool(answer and answer.get("undone"))
+        if left:
+            log.error(
+                "worker %d: patch %s could not be rolled back in every worker: %s",
+                os.getpid(),
+                version,
+                _left(left, version, self.folder).lstrip("; "),
+            )
+        return undone, left
+
+
+def _left(left: dict[int, str], version: str, folder: Path) -> str:
+    """``; worker P still runs V (why), ...: ...`` for the workers an undo did not reach."""
+    if not left:
+        return ""
+    each = ", ".join(f"worker {pid} ({why})" for pid, why in sorted(left.items()))
+    return (
+        f"; NOT rolled back in {each}: they still run {version} while the others do not; "
+        f"run `hotpatch rollback --folder {folder}` once they answer, or restart them"
+    )

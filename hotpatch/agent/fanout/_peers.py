@@ -1,14 +1,26 @@
-"""The workers sharing a patch folder: who is alive, who owns it, start order, asking one."""
+"""The workers sharing a patch folder: who is alive, who owns it, start order, asking one.
+
+A worker at its descriptor limit takes a request with the descriptor its
+control server keeps for that (``hotpatch.agent._control_server``). When it
+truly cannot -- its request still unread in the socket after ``TAKE_GRACE_S``
+while ``/proc`` shows every descriptor it may have open -- ``call`` stops
+waiting and answers a shortage naming the worker, its descriptors and the fix
+(the owner's drop waits and is tried again); the request left in its backlog
+is not served once it can accept again (its client left).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import logging
 import os
 import socket
 import stat
+import struct
+import termios
 import threading
 import time
 from collections.abc import Iterator
@@ -17,7 +29,7 @@ from typing import Any
 
 from hotpatch._process import alive
 from hotpatch._shortage import shortage_of
-from hotpatch.agent._control import request
+from hotpatch.agent._control import exchange, request, with_address
 from hotpatch.agent._control_server import ControlServer
 from hotpatch.agent._names import PIDFILE_NAME, WORKERS_DIR
 
@@ -29,6 +41,8 @@ __all__ = [
     "announce",
     "ask_owner",
     "call",
+    "call_until",
+    "fds_short",
     "live_workers",
     "other_workers",
     "owner_pid",
@@ -47,6 +61,10 @@ START_WAIT_S = 120.0  # past it a worker starts anyway (a peer hangs in its star
 DELIVER_TIMEOUT_S = 60.0
 PEER_TIMEOUT_S = 10.0
 REJOIN_S = 10.0  # how long a live worker whose socket went is waited for to register again
+TAKE_GRACE_S = 2.0  # a request a worker at its descriptor limit has not taken so long: given up
+LOOK_EVERY_S = 0.5  # how often /proc is looked at after that
+RETRY_S = 30.0  # ``call_until``: how long a worker that cannot answer now is tried again
+_RETRIED = (None, "Shortage", "Busy")  # error types of answers worth asking again
 
 
 def workers_dir(folder: Path) -> Path:
@@ -131,9 +149,13 @@ def other_workers(folder: Path) -> dict[int, Path]:
 
 
 def call(pid: int, sock: Path, payload: dict[str, Any]) -> dict[str, Any] | None:
-    """One worker's answer to ``payload``; ``None`` when it exited meanwhile."""
+    """One worker's answer to ``payload``; ``None`` when it exited meanwhile.
+
+    Not answered: ``{"ok": False, "error": ...}``, with ``error_type`` ``Shortage``
+    and ``shortage`` (the resource) when this worker could not ask, or the other
+    one is at its descriptor limit."""
     try:
-        return request(sock, payload, timeout=DELIVER_TIMEOUT_S)
+        return _ask(pid, sock, payload)
     except (FileNotFoundError, ConnectionRefusedError):
         remove_stale(sock)
         return None
@@ -142,10 +164,102 @@ def call(pid: int, sock: Path, payload: dict[str, Any]) -> dict[str, Any] | None
             remove_stale(sock)
             return None
         answer = {"ok": False, "error": f"no answer from worker {pid}: {exc}"}
+        theirs = exc.theirs if isinstance(exc, NotTaken) else None
+        if theirs is None and shortage_of(exc) is None:
+            theirs = fds_short(pid)  # no answer in time, or its backlog full: at its limit?
+        if theirs is not None:
+            answer.update(error_type="Shortage", shortage=_their_shortage(pid, theirs))
+            return answer
         short = shortage_of(exc)
         if short is not None:  # this worker could not ask: not the patch's fault
             answer.update(error_type="Shortage", shortage=short)
         return answer
+
+
+def call_until(
+    pid: int, sock: Path, payload: dict[str, Any], *, within: float = RETRY_S
+) -> dict[str, Any] | None:
+    """``call``, asked again (pausing longer each time) while the answer is that the worker
+    could not be asked now (a shortage on either side, no answer, busy), up to ``within``."""
+    deadline = time.monotonic() + within
+    pause = 0.05
+    while True:
+        answer = call(pid, sock, payload)
+        if answer is None or answer.get("ok") or answer.get("error_type") not in _RETRIED:
+            return answer
+        if time.monotonic() + pause > deadline:
+            return answer
+        time.sleep(pause)
+        pause = min(pause * 2, 1.0)
+
+
+class NotTaken(OSError):
+    """A worker at its descriptor limit has not taken the request (it is still unread)."""
+
+    def __init__(self, pid: int, waited: float, theirs: str) -> None:
+        super().__init__(
+            errno.EMFILE, f"worker {pid} did not take the request in {waited:.1f} s ({theirs})"
+        )
+        self.theirs = theirs
+
+
+def _ask(pid: int, sock: Path, payload: dict[str, Any]) -> dict[str, Any]:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.settimeout(DELIVER_TIMEOUT_S)
+        with_address(sock, conn.connect)
+        since = time.monotonic()
+        look_at = since + TAKE_GRACE_S
+
+        def untaken() -> OSError | None:
+            nonlocal look_at
+            now = time.monotonic()
+            if now < look_at:
+                return None
+            look_at = now + LOOK_EVERY_S
+            if _unread(conn) <= 0:
+                return None  # taken: its answer is being worked out
+            theirs = fds_short(pid)
+            return None if theirs is None else NotTaken(pid, now - since, theirs)
+
+        return exchange(
+            conn, payload, timeout=DELIVER_TIMEOUT_S, peer=f"worker {pid}", unanswerable=untaken
+        )
+
+
+def _unread(conn: socket.socket) -> int:
+    """Bytes sent on ``conn`` that its peer has not read yet (``SIOCOUTQ``)."""
+    try:
+        raw = fcntl.ioctl(conn.fileno(), termios.TIOCOUTQ, b"\0" * 4)
+    except OSError:
+        return 0
+    value: int = struct.unpack("i", raw)[0]
+    return value
+
+
+def fds_short(pid: int) -> str | None:
+    """``"N descriptors open, its limit N"`` when process ``pid`` has every descriptor its
+    ``RLIMIT_NOFILE`` allows open (``/proc``); else, or when that cannot be read, ``None``."""
+    try:
+        used = len(os.listdir(f"/proc/{pid}/fd"))
+        with open(f"/proc/{pid}/limits", encoding="ascii") as limits:
+            line = next((x for x in limits if x.startswith("Max open files")), "")
+    except (OSError, ValueError):
+        return None
+    soft = "".join(line.split()[3:4])  # Max open files SOFT HARD files
+    if not soft.isdigit():
+        return None  # unlimited, or not found
+    limit = int(soft)
+    if used < limit:
+        return None
+    return f"{used} descriptors open, its limit {limit}"
+
+
+def _their_shortage(pid: int, theirs: str) -> str:
+    return (
+        f"out of file descriptors in worker {pid} ({theirs}): raise its RLIMIT_NOFILE "
+        "(ulimit -n; systemd LimitNOFILE=; the server's own setting) or find what holds "
+        "its descriptors"
+    )
 
 
 def send(pid: int, sock: Path, payload: dict[str, Any]) -> dict[str, Any]:

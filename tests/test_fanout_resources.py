@@ -1,0 +1,146 @@
+"""Pre-fork workers at their descriptor limit: deliveries, the undo of a refused patch.
+
+Real worker processes (``limited.Service``) lower their own ``RLIMIT_NOFILE``
+and fill every descriptor with real open files; the owner delivers through
+the workers' real sockets. A good patch is never refused for a worker's
+shortage: the worker takes the delivery with the descriptor its control
+server keeps for that, or, when it truly cannot, the drop waits naming the
+worker, the resource and the fix. An undo across the workers completes
+when the owner runs short in the middle of it.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from drops import DropFolder, wait_for
+from limited import Service, good_patch, outcome, running
+
+
+@pytest.fixture
+def services() -> Iterator[Any]:
+    with running() as start:
+        yield start
+
+
+def waits_line(service: Service, name: str) -> str:
+    """The owner's log line saying ``name`` waits for a resource."""
+    found: list[str] = []
+
+    def said() -> bool:
+        found[:] = [line for line in service.logged().splitlines() if f"{name} waits" in line]
+        return bool(found)
+
+    wait_for(said, f"the owner to say {name} waits")
+    return found[0]
+
+
+def test_a_worker_at_its_descriptor_limit_takes_the_owner_s_delivery(
+    tmp_path: Path, services: Any
+) -> None:
+    # The other worker has no descriptor free at all: its control server accepts the
+    # owner's delivery with the descriptor it keeps for that, and applies the patch.
+    folder = DropFolder(tmp_path)
+    owner, other = services(folder, "workers"), services(folder, "workers")
+    other.tell("fill 0 0")
+    other.expect("full")
+    folder.drop("a.py", good_patch("1.0.1", 1))
+    where, result = outcome(folder, "a.py")
+    assert (where, result["outcome"]) == ("applied", "applied"), (result, other.logged())
+    assert {w["pid"]: w["outcome"] for w in result["workers"]} == {
+        owner.process.pid: "applied",
+        other.process.pid: "applied",
+    }
+    for each in (owner, other):
+        each.tell("f")
+        assert each.expect("f") == "f 1"
+    other.tell("free")
+    other.expect("freed")
+    assert owner.finish() == other.finish() == "level 1.0.1"
+
+
+def test_a_worker_that_truly_cannot_accept_makes_the_drop_wait_naming_it(
+    tmp_path: Path, services: Any
+) -> None:
+    # The other worker's limit is lowered from outside below what it holds (prlimit):
+    # no descriptor can be had, its kept one included. The owner's drop waits, saying
+    # which worker, what ran out and what to do; it goes in once the worker has some.
+    folder = DropFolder(tmp_path)
+    owner, other = services(folder, "workers"), services(folder, "workers")
+    other.tell("fill 0 0")
+    other.expect("full")
+    _, hard = resource.prlimit(other.process.pid, resource.RLIMIT_NOFILE)
+    resource.prlimit(other.process.pid, resource.RLIMIT_NOFILE, (3, hard))
+    folder.drop("a.py", good_patch("1.0.1", 1))
+    line = waits_line(owner, "a.py")
+    assert f"worker {other.process.pid}" in line, line
+    assert "file descriptors" in line, line
+    assert "LimitNOFILE" in line, line
+    assert not os.path.lexists(folder.path / "rejected" / "a.py")
+    other.tell("free")
+    other.expect("freed")
+    where, result = outcome(folder, "a.py")
+    assert (where, result["outcome"]) == ("applied", "applied"), (result, owner.logged())
+    for each in (owner, other):
+        each.tell("f")
+        assert each.expect("f") == "f 1"
+    assert owner.finish() == other.finish() == "level 1.0.1"
+
+
+def test_a_delivery_given_up_is_never_applied_later(tmp_path: Path, services: Any) -> None:
+    # The owner gave up on a worker that could not take the delivery; the drop is then
+    # removed. When the worker gets descriptors back, the delivery left waiting in its
+    # socket's backlog must not go in: every worker stays at the baseline.
+    folder = DropFolder(tmp_path)
+    owner, other = services(folder, "workers"), services(folder, "workers")
+    other.tell("fill 0 0")
+    other.expect("full")
+    _, hard = resource.prlimit(other.process.pid, resource.RLIMIT_NOFILE)
+    resource.prlimit(other.process.pid, resource.RLIMIT_NOFILE, (3, hard))
+    folder.drop("a.py", good_patch("1.0.1", 1))
+    waits_line(owner, "a.py")
+    (folder.path / "a.py").unlink()
+    other.tell("free")
+    other.expect("freed")
+    wait_for(
+        lambda: "left before its request was taken" in other.logged(),
+        "the worker to drop the delivery whose sender left",
+    )
+    for each in (owner, other):
+        each.tell("f")
+        assert each.expect("f") == "f 0"
+    assert owner.finish() == other.finish() == "level"
+
+
+def test_the_undo_of_a_refused_patch_completes_when_the_owner_runs_short_during_it(
+    tmp_path: Path, services: Any
+) -> None:
+    # Two workers apply the patch, the third refuses it. As the owner undoes it, its
+    # load takes every descriptor for two seconds: it cannot list the workers nor
+    # reach them. The undo is tried again until it is done: the drop is refused (not
+    # held as a shortage with the other worker still running it), every worker at the
+    # baseline, and the result says where each worker is.
+    folder = DropFolder(tmp_path)
+    owner = services(folder, "workers")
+    other = services(folder, "workers")
+    refusing = services(folder, "workers", "refuse")
+    owner.tell("squeeze-undo 2")
+    owner.expect("armed")
+    folder.drop("a.py", good_patch("1.0.1", 1))
+    where, result = outcome(folder, "a.py")
+    assert (where, result["outcome"]) == ("rejected", "rejected"), (result, owner.logged())
+    assert "waits" not in owner.logged(), owner.logged()
+    assert f"worker {refusing.process.pid}" in result["reason"]
+    assert "rolled back in the 2" in result["reason"], result["reason"]
+    by_pid = {w["pid"]: w for w in result["workers"]}
+    assert by_pid[other.process.pid]["undone"] is True, by_pid
+    assert by_pid[owner.process.pid]["undone"] is True, by_pid
+    for each in (owner, other, refusing):
+        each.tell("f")
+        assert each.expect("f") == "f 0"
+    assert owner.finish() == other.finish() == refusing.finish() == "level"
