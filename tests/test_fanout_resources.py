@@ -6,7 +6,7 @@ the workers' real sockets. A good patch is never refused for a worker's
 shortage: the worker takes the delivery with the descriptor its control
 server keeps for that, or, when it truly cannot, the drop waits naming the
 worker, the resource and the fix. An undo across the workers completes
-when the owner runs short in the middle of it.
+when the owner runs short in the middle of it, and so does a group rollback.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from typing import Any
 import pytest
 from drops import DropFolder, wait_for
 from limited import Service, good_patch, outcome, running
+
+from hotpatch.agent._control import request
 
 
 @pytest.fixture
@@ -144,3 +146,30 @@ def test_the_undo_of_a_refused_patch_completes_when_the_owner_runs_short_during_
         each.tell("f")
         assert each.expect("f") == "f 0"
     assert owner.finish() == other.finish() == refusing.finish() == "level"
+
+
+def test_a_group_rollback_completes_when_the_owner_runs_short_during_it(
+    tmp_path: Path, services: Any
+) -> None:
+    # `hotpatch rollback` through the owner: it rolls back here, then its load takes
+    # every descriptor for two seconds, so it can neither list the other workers nor
+    # reach them. Both are tried again: the rollback answers for every worker and
+    # leaves none of them on the patch.
+    folder = DropFolder(tmp_path)
+    owner, other = services(folder, "workers"), services(folder, "workers")
+    folder.drop("a.py", good_patch("1.0.1", 1))
+    where, _ = outcome(folder, "a.py")
+    assert where == "applied"
+    owner.tell("squeeze-undo 2")
+    owner.expect("armed")
+    sock = folder.path / ".workers" / f"{owner.process.pid}.sock"
+    answer = request(sock, {"cmd": "rollback"}, timeout=120)
+    assert answer["ok"] is True, (answer, owner.logged())
+    assert answer["versions"] == ["1.0.1"]
+    assert sorted(w["index"] for w in answer["workers"]) == sorted(
+        [owner.process.pid, other.process.pid]
+    )
+    for each in (owner, other):
+        each.tell("f")
+        assert each.expect("f") == "f 0"
+    assert owner.finish() == other.finish() == "level"
