@@ -19,15 +19,16 @@ RESULTS = Path(__file__).resolve().parent / "results"
 PY = f"py{sys.version_info.major}{sys.version_info.minor}"
 
 
-def parse_args(name: str, doc: str | None, argv: Sequence[str] | None) -> argparse.Namespace:
-    """``--quick`` (tiny counts, for the smoke test) and ``--json PATH``."""
+def arguments(
+    name: str, doc: str | None, quick: str = "tiny iteration counts: checks it runs, not speed"
+) -> argparse.ArgumentParser:
+    """The parser every benchmark starts from: ``--quick`` (``quick`` says what it makes
+    small, for the smoke test) and ``--json PATH``; a benchmark adds its own options."""
     parser = argparse.ArgumentParser(
         prog=f"benchmarks/{name}.py",
         description=(doc or "").split("\n\n")[0],
     )
-    parser.add_argument(
-        "--quick", action="store_true", help="tiny iteration counts: checks it runs, not speed"
-    )
+    parser.add_argument("--quick", action="store_true", help=quick)
     parser.add_argument(
         "--json",
         type=Path,
@@ -35,7 +36,12 @@ def parse_args(name: str, doc: str | None, argv: Sequence[str] | None) -> argpar
         metavar="PATH",
         help=f"where the results go (default: benchmarks/results/{name}-{PY}.json)",
     )
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(name: str, doc: str | None, argv: Sequence[str] | None) -> argparse.Namespace:
+    """``--quick`` and ``--json PATH`` only."""
+    return arguments(name, doc).parse_args(argv)
 
 
 def median(samples: Sequence[float]) -> float:

@@ -46,7 +46,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from _common import PY, RESULTS, print_table, write_json
+from _common import arguments, print_table, write_json
 
 NAME = "burst"
 MODULE = "bench_burst_target"
@@ -66,10 +66,7 @@ def f():
 
 
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog=f"benchmarks/{NAME}.py", description=(__doc__ or "").split("\n\n")[0]
-    )
-    parser.add_argument("--quick", action="store_true", help="tiny bursts: checks it runs")
+    parser = arguments(NAME, __doc__, quick="tiny bursts: checks it runs")
     parser.add_argument(
         "--sizes", default="200,1000", help="burst sizes, comma-separated (default: 200,1000)"
     )
@@ -84,13 +81,6 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--before", type=Path, metavar="PATH", help="another hotpatch checkout, run alike"
-    )
-    parser.add_argument(
-        "--json",
-        type=Path,
-        default=RESULTS / f"{NAME}-{PY}.json",
-        metavar="PATH",
-        help=f"where the results go (default: benchmarks/results/{NAME}-{PY}.json)",
     )
     # One burst in this process, with the hotpatch of ROOT: how the rounds run each burst.
     parser.add_argument(

@@ -54,7 +54,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from _common import PY, RESULTS, median, p99, print_table, stacked_module, stacked_patch, write_json
+from _common import (
+    arguments,
+    median,
+    p99,
+    print_table,
+    stacked_module,
+    stacked_patch,
+    write_json,
+)
 
 NAME = "level_scale"
 TARGETS = 10
@@ -82,10 +90,7 @@ print(json.dumps({"read_s": read, "replay_s": replay, "replay_cpu_s": cpu,
 
 
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog=f"benchmarks/{NAME}.py", description=(__doc__ or "").split("\n\n")[0]
-    )
-    parser.add_argument("--quick", action="store_true", help="tiny levels: checks it runs")
+    parser = arguments(NAME, __doc__, quick="tiny levels: checks it runs")
     parser.add_argument(
         "--levels", default="1,100,1000", help="levels, comma-separated (default: 1,100,1000)"
     )
@@ -98,13 +103,6 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--batches", type=int, default=6, help="batches the switch samples come in (default: 6)"
-    )
-    parser.add_argument(
-        "--json",
-        type=Path,
-        default=RESULTS / f"{NAME}-{PY}.json",
-        metavar="PATH",
-        help=f"where the results go (default: benchmarks/results/{NAME}-{PY}.json)",
     )
     return parser.parse_args(argv)
 

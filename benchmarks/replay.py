@@ -43,7 +43,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from _common import PY, RESULTS, median, print_table, write_json
+from _common import arguments, median, print_table, write_json
 
 NAME = "replay"
 TARGETS = 10
@@ -174,21 +174,11 @@ class Level:
 
 
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog=f"benchmarks/{NAME}.py", description=(__doc__ or "").split("\n\n")[0]
-    )
-    parser.add_argument("--quick", action="store_true", help="a small level: checks it runs")
+    parser = arguments(NAME, __doc__, quick="a small level: checks it runs")
     parser.add_argument("--levels", default="1000", help="levels replayed (default: 1000)")
     parser.add_argument("--reps", type=int, default=7, help="new processes for each figure")
     parser.add_argument(
         "--before", type=Path, metavar="PATH", help="another hotpatch checkout, replayed alike"
-    )
-    parser.add_argument(
-        "--json",
-        type=Path,
-        default=RESULTS / f"{NAME}-{PY}.json",
-        metavar="PATH",
-        help=f"where the results go (default: benchmarks/results/{NAME}-{PY}.json)",
     )
     return parser.parse_args(argv)
 

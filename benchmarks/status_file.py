@@ -40,7 +40,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from _common import PY, RESULTS, median, p99, print_table, stacked_module, write_json
+from _common import arguments, median, p99, print_table, stacked_module, write_json
 from workers_level import SERVICE, TARGETS, Patches, apply_and_roll_back, write_journal
 
 NAME = "status_file"
@@ -73,22 +73,12 @@ sys.exit(code)
 
 
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog=f"benchmarks/{NAME}.py", description=(__doc__ or "").split("\n\n")[0]
-    )
-    parser.add_argument("--quick", action="store_true", help="tiny levels: checks it runs")
+    parser = arguments(NAME, __doc__, quick="tiny levels: checks it runs")
     parser.add_argument(
         "--levels", default="1,100,1000", help="levels, comma-separated (default: 1,100,1000)"
     )
     parser.add_argument("--reps", type=int, default=20, help="apply+rollback rounds per level")
     parser.add_argument("--before", type=Path, metavar="PATH", help="another hotpatch checkout")
-    parser.add_argument(
-        "--json",
-        type=Path,
-        default=RESULTS / f"{NAME}-{PY}.json",
-        metavar="PATH",
-        help=f"where the results go (default: benchmarks/results/{NAME}-{PY}.json)",
-    )
     return parser.parse_args(argv)
 
 

@@ -59,7 +59,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from _common import PY, RESULTS, median, p99, print_table, stacked_module, stacked_patch, write_json
+from _common import (
+    arguments,
+    median,
+    p99,
+    print_table,
+    stacked_module,
+    stacked_patch,
+    write_json,
+)
 
 NAME = "workers_level"
 TARGETS = 10
@@ -101,10 +109,7 @@ PARTS = ("journal", "workers", "run", "agent")
 
 
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog=f"benchmarks/{NAME}.py", description=(__doc__ or "").split("\n\n")[0]
-    )
-    parser.add_argument("--quick", action="store_true", help="tiny levels: checks it runs")
+    parser = arguments(NAME, __doc__, quick="tiny levels: checks it runs")
     parser.add_argument(
         "--levels", default="1,100,1000", help="levels, comma-separated (default: 1,100,1000)"
     )
@@ -114,13 +119,6 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
         "--parts",
         default=",".join(PARTS),
         help=f"what to measure, comma-separated (default: {','.join(PARTS)})",
-    )
-    parser.add_argument(
-        "--json",
-        type=Path,
-        default=RESULTS / f"{NAME}-{PY}.json",
-        metavar="PATH",
-        help=f"where the results go (default: benchmarks/results/{NAME}-{PY}.json)",
     )
     args = parser.parse_args(argv)
     args.parts = [p.strip() for p in args.parts.split(",") if p.strip()]
