@@ -189,3 +189,24 @@ def test_a_folder_replaced_in_a_burst_is_listed_until_watched_again(
     announce("fix-0.py")
     assert taking.result() == "fix-0.py"
     queue.stopped()
+
+
+def test_a_lower_version_that_came_after_the_take_is_found_before_the_apply(
+    queue: DropQueue, folder: Path, announce: Callable[..., None]
+) -> None:
+    put(folder, "high.py", "1.0.9")
+    announce("high.py")
+    assert Taking(queue).result() == "high.py"
+    assert queue.lower_than("1.0.9") is None
+    put(folder, "same.py", "1.0.9")  # not lower: no reason to give way
+    put(folder, "newer.py", "1.0.10")
+    assert queue.lower_than("1.0.9") is None
+    put(folder, "low.py", "1.0.3")  # in the folder, its event still on its way
+    assert queue.lower_than("1.0.9") == "low.py"
+    announce("same.py", "newer.py", "low.py")
+    assert queue.lower_than("1.0.9") == "low.py"
+    with queue._cond:
+        queue.requeue("high.py")
+    assert Taking(queue).result() == "low.py"  # the lower one first, then the rest in order
+    processed(queue, folder, "low.py")
+    assert Taking(queue).result() in {"high.py", "same.py"}

@@ -11,7 +11,9 @@ Protocol of the folder, as an operator sees it:
   required and ``NAME.sig`` is not there yet, the folder waits up to
   ``SIGNATURE_WAIT_S`` (2 s) for it; drop the ``.sig`` first to never wait.
 * Drops are processed one at a time, lowest version first, a burst once it
-  has settled (``hotpatch.agent._queue`` says how the order is found).
+  has settled (``hotpatch.agent._queue`` says how the order is found); a lower
+  version that comes while a drop is checked goes in first, and one that comes
+  just after a higher one went in is refused saying so (``hotpatch.agent._turn``).
 * Each drop moves to ``applied/``, ``rejected/`` or ``pending/`` with
   ``NAME.result.json`` beside it, written completely (temporary file, fsync,
   rename) before the file moves. A name already taken there gets a suffix
@@ -38,7 +40,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from watchdog.events import (
     DirCreatedEvent,
@@ -66,6 +68,7 @@ from hotpatch.agent._outcome import OUTCOME_DIRS, Outcome, file_outcome
 from hotpatch.agent._queue import DropQueue
 from hotpatch.agent._resources import Retry, Shortage, shortage_of
 from hotpatch.agent._signing import SIGNATURE_SUFFIX
+from hotpatch.agent._turn import Applied, FolderTurn, Overtaken, Turn
 
 __all__ = ["SIGNATURE_WAIT_S", "Folder"]
 
@@ -76,6 +79,12 @@ SIGNATURE_WAIT_S = 2.0
 # -- watching ---------------------------------------------------------------------------
 
 T = TypeVar("T")
+
+
+class Process(Protocol):
+    """What decides a drop's outcome (the agent's ``DropPipeline.process``, its ``who`` given)."""
+
+    def __call__(self, path: Path, *, turn: Turn | None = None) -> Outcome: ...
 
 
 class _Handler(FileSystemEventHandler):
@@ -117,8 +126,9 @@ class _Handler(FileSystemEventHandler):
 class Folder:
     """Watches one folder and feeds its complete drops, in version order, to ``process``.
 
-    ``process(path)`` returns the ``Outcome`` (or raises ``Vanished``; or
-    ``Shortage``, ``Interrupted``: the drop waits in the queue, first); the
+    ``process(path, turn=...)`` returns the ``Outcome`` (or raises ``Vanished``; or
+    ``Shortage``, ``Interrupted``: the drop waits in the queue, first; or
+    ``Overtaken``: it waits behind a lower version that came meanwhile); the
     folder writes ``NAME.result.json`` and moves the drop -- or, with ``state``
     (the agent's state directory), files the result and a copy there and
     leaves the drop where it is. One worker thread processes drops one at a
@@ -128,7 +138,7 @@ class Folder:
     def __init__(
         self,
         path: Path,
-        process: Callable[[Path], Outcome],
+        process: Process,
         *,
         signature_wait: float = 0.0,
         max_bytes: int,
@@ -153,6 +163,7 @@ class Folder:
         self._worker: threading.Thread | None = None
         self._retry = Retry(self.path)  # the drop waiting for a resource (disk, descriptors)
         self._unsubscribe: Callable[[], None] = lambda: None
+        self._applied: Applied | None = None  # the last drop applied (the worker's)
 
     # -- life cycle -----------------------------------------------------------------
 
@@ -314,9 +325,13 @@ class Folder:
             self._guarded(name, lambda: self._handle_configmap(name))
             return
         mark = self._kept_mark(name)  # before reading: a change meanwhile is taken again
-        outcome = self._guarded(name, lambda: self._process(path))
+        outcome = self._guarded(
+            name, lambda: self._process(path, turn=FolderTurn(self._drops, name, self._applied))
+        )
         if outcome is None:
             return
+        if outcome.outcome == "applied" and outcome.version is not None:
+            self._applied = Applied(name, outcome.version, time.monotonic())
         with self._cond:
             self._retry.succeeded()
         self._drops.forget(name)
@@ -331,6 +346,10 @@ class Folder:
             return work()
         except Vanished:
             log.debug("patch folder %s: %s vanished before it was read", self.path, name)
+        except Overtaken as exc:  # a lower version came meanwhile: it goes first
+            log.info("patch folder %s: %s", self.path, exc)
+            with self._cond:
+                self._drops.requeue(name)
         except Interrupted as exc:  # the folder went away: not a rejection
             with self._cond:
                 self._drops.requeue(name)

@@ -17,10 +17,10 @@ from types import TracebackType
 from typing import Any
 
 from hotpatch.agent._control_server import ControlServer
-from hotpatch.agent._folder import SIGNATURE_WAIT_S, Folder
+from hotpatch.agent._folder import SIGNATURE_WAIT_S, Folder, Process
 from hotpatch.agent._guard import FolderGuard
 from hotpatch.agent._names import LOCKFILE_NAME, PIDFILE_NAME
-from hotpatch.agent._outcome import Outcome, write_result
+from hotpatch.agent._outcome import write_result
 from hotpatch.agent._settings import Checks
 
 __all__ = ["FolderLock", "FolderWatch"]
@@ -116,7 +116,7 @@ class FolderWatch:
     def __init__(
         self,
         folder: Path,
-        process: Callable[[Path], Outcome],
+        process: Process,
         *,
         checks: Checks,
         pidfile: Callable[[], dict[str, Any]],

@@ -8,7 +8,11 @@
    of the pre-started verifier (``Verifier``; without one, ``verify_in_child``)
    with the applier's ``sys.path``: it must import, resolve its targets, and
    neither exit nor hang;
-5. hand the verified bytes to the ``Applier`` (``hotpatch.agent._applier``).
+5. give way to a lower version that came into the folder meanwhile
+   (``Overtaken``: nothing is applied, the folder takes that one first);
+6. hand the verified bytes to the ``Applier`` (``hotpatch.agent._applier``); a
+   drop of a lower version than the level's top that came just after that
+   top went in from its folder has the refusal say so (``Turn.late``).
 
 Every outcome is made here, whichever way the patch came (a drop, ``hotpatch
 apply``), so here it is added to the folder's outcome log (``_outcome_log``).
@@ -48,6 +52,7 @@ from hotpatch.agent._resources import Shortage, shortage_of
 from hotpatch.agent._settings import Checks
 from hotpatch.agent._signing import verify_signature
 from hotpatch.agent._staging import Staging
+from hotpatch.agent._turn import Overtaken, Turn
 from hotpatch.agent._verify import Verifier, module_of, verify_in_child
 
 __all__ = ["DropPipeline"]
@@ -102,7 +107,9 @@ class DropPipeline:
             finally:
                 self.verifier = None
 
-    def process(self, path: Path, *, who: str, source: str = FOLDER) -> Outcome:
+    def process(
+        self, path: Path, *, who: str, source: str = FOLDER, turn: Turn | None = None
+    ) -> Outcome:
         """Check and apply the patch at ``path``; the outcome, never an exception.
 
         ``source``: how it came, for the outcome log -- ``FOLDER`` (a drop, which
@@ -112,7 +119,9 @@ class DropPipeline:
         applied: the patch is not at fault, try it again later) and
         ``Interrupted`` (its staging copy went away with its folder while it was
         checked -- deleted, replaced -- and nothing was applied: try it again
-        once the folder is back).
+        once the folder is back). ``turn``: the drop's place in its folder's
+        version order (``hotpatch.agent._turn``); with it, ``Overtaken`` too (a
+        lower version came meanwhile; nothing was applied).
         """
         start = time.perf_counter()
         outcome = Outcome(name=path.name, who=who)
@@ -123,8 +132,9 @@ class DropPipeline:
                 if data is None:
                     self.applier.deliver_bundle(path, outcome)
                 elif self._verified(data, path, outcome):
+                    self._give_way(outcome, turn)
                     self.applier.deliver(data, path, outcome)
-        except (Vanished, Interrupted):
+        except (Vanished, Interrupted, Overtaken):
             raise
         except Exception as exc:
             self._raise_shortage(exc, path, before)
@@ -137,6 +147,7 @@ class DropPipeline:
                     f"internal error while processing {path.name}: {type(exc).__name__}: "
                     f"{exc}; the service is unchanged (please report this)"
                 )
+        self._say_if_late(outcome, turn)
         outcome.timings["total_s"] = time.perf_counter() - start
         outcome.time = now_iso()
         outcome.level = self.applier.level()
@@ -228,6 +239,31 @@ class DropPipeline:
         outcome.targets = peek_targets(read.data)  # until the patch itself says
         outcome.timings["read_s"] = time.perf_counter() - t
         return read.data
+
+    @staticmethod
+    def _give_way(outcome: Outcome, turn: Turn | None) -> None:
+        """``Overtaken`` when a lower version than ``outcome``'s came into the folder meanwhile."""
+        if turn is None or outcome.version is None:
+            return
+        lower = turn.lower_waiting(outcome.version)
+        if lower is not None:
+            raise Overtaken(
+                f"{shown(outcome.name)} ({outcome.version}) gives way to {shown(lower)}, a "
+                "lower version that came while it was checked"
+            )
+
+    def _say_if_late(self, outcome: Outcome, turn: Turn | None) -> None:
+        """A level's "not newer" refusal of a drop that came just after the top went in: why."""
+        if (
+            turn is None
+            or outcome.version is None
+            or outcome.outcome != "rejected"
+            or outcome.error_type != "VersionConflict"
+        ):
+            return
+        late = turn.late(outcome.version, self.applier.level())
+        if late is not None:
+            outcome.reason = late
 
     def _verified(self, data: bytes, path: Path, outcome: Outcome) -> bool:
         """Signature, same version, verification child: ``False`` when the outcome is settled."""

@@ -10,7 +10,9 @@ that is visible in the folder but not announced yet (still open, or its event
 in flight) is waited for, up to ``HOLD_BACK_S`` (1 s). While a burst waits,
 those are found without listing the folder for each drop
 (``hotpatch.agent._arrivals``: what came in and went, from the kernel), so a
-drop costs the same however many wait behind it.
+drop costs the same however many wait behind it. Once a drop is checked, just
+before it is applied, ``lower_than`` looks again: a lower version that came
+meanwhile goes first (``hotpatch.agent._turn``).
 
 The queue finds the order; ``hotpatch.agent._folder`` watches the folder,
 announces what is complete, and processes and files what it takes.
@@ -87,6 +89,7 @@ class DropQueue:
         self._unsorted: set[str] = set()  # announced since the worker last sorted
         self._sorted_at = 0.0  # when the worker last sorted drops in
         self._last_announced = 0.0
+        self._came: dict[str, float] = {}  # name -> when last announced (time.monotonic)
         self._closed = False
         # The names the kernel said came in that were not queued when last looked at
         # (the worker's alone): any of them may be a lower version not announced yet.
@@ -94,6 +97,7 @@ class DropQueue:
         self._unheard: set[str] = set()
         self._rewatch = False  # the folder was replaced: watch its changes anew
         self.current: str | None = None  # the drop taken and being processed
+        self.came = 0.0  # when the current drop was announced (time.monotonic)
 
     def __len__(self) -> int:
         return len(self._queue)
@@ -106,12 +110,12 @@ class DropQueue:
         self._given_up.discard(name)
         self._keys.pop(name, None)  # changed, or new: its version is read again
         self._unsorted.add(name)
-        self._last_announced = time.monotonic()
+        self._last_announced = self._came[name] = time.monotonic()
 
     def add_again(self, name: str) -> None:
         """A drop that stays in the folder may go in now (a new signature): queued again."""
         self._queue.setdefault(name, self._number())
-        self._last_announced = time.monotonic()
+        self._last_announced = self._came[name] = time.monotonic()
 
     def _number(self) -> int:
         self._next_arrival += 1
@@ -121,6 +125,8 @@ class DropQueue:
         """``name`` back in the queue, before the drops of its version."""
         self._queue.setdefault(name, -1)
         self._unsorted.add(name)  # sorted in again: its entry was taken off the order
+        if name == self.current:
+            self._came.setdefault(name, self.came)
 
     def close(self) -> None:
         """``take()`` gives nothing from now on (the folder stops)."""
@@ -166,16 +172,7 @@ class DropQueue:
                 queued = _Queued(self._queue, self._cond, self._next_arrival)
                 fresh, self._unsorted = self._unsorted, set()
                 quiet = time.monotonic() - self._last_announced
-            # Each drop is read and sorted in once, when announced: a burst of N
-            # costs N reads and insertions, not N for each of its drops.
-            for name in fresh:
-                arrival = queued.get(name)
-                if arrival is not None:
-                    bisect.insort(self._order, (self._key(name), arrival, name))
-            if fresh:
-                # Reading them took a while, during which the watcher may not have had
-                # its turn: the quiet that ends the burst counts from now on.
-                self._sorted_at = time.monotonic()
+            if self._sort_in(fresh, queued):
                 continue
             now = time.monotonic()
             quiet = min(quiet, now - self._sorted_at)
@@ -204,8 +201,44 @@ class DropQueue:
                     continue
                 del self._queue[best]
                 self.current = best
+                self.came = self._came.pop(best, now)
             del self._order[0]  # best's entry: only this thread changes the order
             return best
+
+    def lower_than(self, version: str) -> str | None:
+        """A drop of a lower version than ``version`` (the current drop's) that came since it
+        was taken: queued, or in the folder and not announced yet; ``None``: none.
+
+        Asked just before the current drop is applied: what a move brought in
+        after its first file was taken still goes in first. A name no longer
+        waited for (``HOLD_BACK_S`` passed) is not asked about again.
+        """
+        with self._cond:
+            queued = _Queued(self._queue, self._cond, self._next_arrival)
+            fresh, self._unsorted = self._unsorted, set()
+        self._sort_in(fresh, queued)
+        ceiling: SortKey = (0, Version(version), "")  # above every lower version's key only
+        lowest = self._lowest(queued)
+        if lowest is not None and lowest[0] < ceiling:
+            return lowest[1]
+        for name in self._unannounced(queued):
+            if name != self.current and name not in self._given_up and self._key(name) < ceiling:
+                return name
+        return None
+
+    def _sort_in(self, fresh: set[str], queued: _Queued) -> bool:
+        """Sort the drops announced since the last look into the order; were there any?"""
+        # Each drop is read and sorted in once, when announced: a burst of N
+        # costs N reads and insertions, not N for each of its drops.
+        for name in fresh:
+            arrival = queued.get(name)
+            if arrival is not None:
+                bisect.insort(self._order, (self._key(name), arrival, name))
+        if fresh:
+            # Reading them took a while, during which the watcher may not have had
+            # its turn: the quiet that ends the burst counts from now on.
+            self._sorted_at = time.monotonic()
+        return bool(fresh)
 
     def _lowest(self, queued: _Queued) -> tuple[SortKey, str] | None:
         """The first entry of the order that is still queued as it was sorted in."""
