@@ -167,8 +167,9 @@ def _split() -> tuple[float, float]:
 
 
 def _ratio(large: float, small: float) -> float | None:
-    """``large / small``; ``None`` when ``small`` is below the clock's tick (10 ms)."""
-    return large / small if small > 0 else None
+    """``large / small``; ``None`` when either is below the clock's tick (10 ms: ``os.times``
+    counts whole ticks, so a 0 says only "less than a tick")."""
+    return large / small if small > 0 and large > 0 else None
 
 
 def _shown(ratio: float | None) -> str:
