@@ -243,6 +243,16 @@ def test_burst(tmp_path: Path) -> None:
     assert "every burst applied in version order: yes" in stdout
 
 
+def test_burst_split_counts_the_moves_of_each_checkout(tmp_path: Path) -> None:
+    stdout, data = run("burst_split", tmp_path, timeout=300)
+    assert "moves of 7 drops split" in stdout
+    runs = {(r["checkout"], r["verify"]): r for r in data["runs"]}
+    assert set(runs) == {("now", False), ("now", True)}
+    for counts in runs.values():
+        assert counts["moves"] == 2
+        assert 0 <= counts["split"] <= counts["rejected"] <= 2 * 6
+
+
 def test_burst_before_runs_another_checkout_in_the_same_rounds(tmp_path: Path) -> None:
     before = tmp_path / "before"
     shutil.copytree(BENCHMARKS.parent / "hotpatch", before / "hotpatch")
@@ -519,6 +529,7 @@ def test_workers_level_measures_only_the_parts_asked(tmp_path: Path) -> None:
         "replay",
         "workers_level",
         "status_file",
+        "burst_split",
     ],
 )
 def test_help_names_the_options(name: str) -> None:
