@@ -72,6 +72,16 @@ def print_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[obje
         print(line(row))
 
 
+def value_goal_line(goal: dict[str, Any], *, label: str = "", digits: int = 2) -> str:
+    """``goal LABEL: WHAT <= LIMIT: VALUE, met`` (or MISSED) from a goal holding its measured
+    ``value`` (``None``: it did not start)."""
+    value = "did not start" if goal["value"] is None else f"{goal['value']:.{digits}f}"
+    return (
+        f"goal{label}: {goal['what']} <= {goal['limit']:g}: {value}, "
+        f"{'met' if goal['met'] else 'MISSED'}"
+    )
+
+
 def print_goal(goal: dict[str, Any], prefix: str = "\n") -> None:
     """``goal: WHAT <= LIMITx: RATIOx, met`` (or MISSED) from a results' ``goal``."""
     print(

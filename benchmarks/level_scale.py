@@ -61,6 +61,7 @@ from _common import (
     print_table,
     stacked_module,
     stacked_patch,
+    value_goal_line,
     write_json,
 )
 
@@ -382,10 +383,7 @@ def report(results: dict[str, Any]) -> None:
     )
     print()
     for goal in results["goals"]:
-        print(
-            f"goal: {goal['what']} <= {goal['limit']:g}: {goal['value']:.2f}, "
-            f"{'met' if goal['met'] else 'MISSED'}"
-        )
+        print(value_goal_line(goal))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -43,7 +43,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from _common import arguments, median, print_table, write_json
+from _common import arguments, median, print_table, value_goal_line, write_json
 
 NAME = "replay"
 TARGETS = 10
@@ -281,11 +281,7 @@ def report(results: dict[str, Any], before: Path | None) -> None:
             for p in results["profile"][:15]
         ],
     )
-    goal = results["goal"]
-    print(
-        f"\ngoal: {goal['what']} <= {goal['limit']:g}: {goal['value']:.1f}, "
-        f"{'met' if goal['met'] else 'MISSED'}"
-    )
+    print("\n" + value_goal_line(results["goal"], digits=1))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

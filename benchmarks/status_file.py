@@ -40,7 +40,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from _common import arguments, median, p99, print_table, stacked_module, write_json
+from _common import arguments, median, p99, print_table, stacked_module, value_goal_line, write_json
 from workers_level import SERVICE, TARGETS, Patches, apply_and_roll_back, write_journal
 
 NAME = "status_file"
@@ -252,10 +252,7 @@ def report(rows: list[dict[str, Any]], goals: list[dict[str, Any]]) -> None:
     )
     print()
     for goal in goals:
-        print(
-            f"goal ({goal['checkout']}): {goal['what']} <= {goal['limit']:g}: "
-            f"{goal['value']:.2f}, {'met' if goal['met'] else 'MISSED'}"
-        )
+        print(value_goal_line(goal, label=f" ({goal['checkout']})"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -66,6 +66,7 @@ from _common import (
     print_table,
     stacked_module,
     stacked_patch,
+    value_goal_line,
     write_json,
 )
 
@@ -617,11 +618,7 @@ def report(results: dict[str, Any]) -> None:
                 print(f"level {r['level']} did not start: {r['error']}")
     print()
     for goal in results["goals"]:
-        value = "did not start" if goal["value"] is None else f"{goal['value']:.2f}"
-        print(
-            f"goal: {goal['what']} <= {goal['limit']:g}: {value}, "
-            f"{'met' if goal['met'] else 'MISSED'}"
-        )
+        print(value_goal_line(goal))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
