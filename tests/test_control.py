@@ -236,6 +236,49 @@ def test_concurrent_clients_are_served_at_the_same_time(sock_dir: Path) -> None:
     assert {n: a["n"] for n, a in answers.items()} == {n: n for n in range(clients)}
 
 
+class _HandlerAfterStop:
+    """The server's lock, except that a request thread takes it only after stop() has.
+
+    It orders the one race that matters deterministically: a handler that sent
+    its answer before the server stopped, and files its connection after
+    stop() closed the connections it knew of.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.stop_passed = threading.Event()
+
+    def __enter__(self) -> None:
+        if threading.current_thread().name == "hotpatch-control request":
+            self.stop_passed.wait(10)
+        self._lock.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+        if threading.current_thread() is threading.main_thread():
+            self.stop_passed.set()
+
+
+def _open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_a_connection_answered_while_stopping_is_closed(sock_dir: Path) -> None:
+    server = ControlServer(sock_dir / "c.sock", Recorder())
+    lock = _HandlerAfterStop()
+    server._lock = lock  # type: ignore[assignment]
+    before = _open_descriptors()
+    server.start()
+    assert request(server.path, {"cmd": "status"})["ok"] is True  # its handler is still going
+    server.stop()
+    for thread in threading.enumerate():
+        if thread.name == "hotpatch-control request":
+            thread.join(15)
+    assert lock.stop_passed.is_set()
+    # Not kept for a next request that no serving thread would ever read.
+    assert _open_descriptors() == before
+
+
 def test_a_connected_client_holds_no_handler_between_requests(sock_dir: Path) -> None:
     server = ControlServer(sock_dir / "c.sock", Recorder(), max_clients=1)
     with server, _raw(server.path) as first:

@@ -206,13 +206,15 @@ class ControlServer:
         needs no new descriptor when no connection can be accepted. Closed when
         the server stops, like every connection.
         """
-        if self._thread is None:
-            sock.close()
-            return
         sock.setblocking(False)
-        with self._lock:
-            self._returned.append(_Connection(sock, os.getuid(), kept=True))
-        self._wake()
+        with self._lock:  # as a handler's connection: closed here or by stop(), never lost
+            serving = self._thread is not None and not self._stopping.is_set()
+            if serving:
+                self._returned.append(_Connection(sock, os.getuid(), kept=True))
+        if serving:
+            self._wake()
+        else:
+            sock.close()
 
     # -- the serving thread: accept, read, time out -------------------------------------
 
@@ -455,12 +457,15 @@ class ControlServer:
                 self._slots.release()  # answered: the next request may start
             conn.sock.settimeout(ANSWER_TIMEOUT_S)  # a client that never reads its answer
             conn.sock.sendall(answer)
-            keep = not self._stopping.is_set() and not conn.spared
+            keep = not conn.spared
         except OSError:
             pass  # the client went away
         finally:
             with self._lock:
                 self._working.discard(conn.sock)
+                # Under the lock: stop() sets _stopping before it closes what was
+                # returned, so a connection is either closed there or here.
+                keep = keep and not self._stopping.is_set()
                 if keep:
                     conn.sock.setblocking(False)
                     self._returned.append(conn)
