@@ -640,6 +640,22 @@ def filed(folders: list[Path], name: str) -> list[tuple[str, dict[str, Any] | No
     return places
 
 
+def unsettled(chaos: Chaos) -> list[str]:
+    """Drops not filed yet: waiting in the folder, or taken from it and still being worked on.
+
+    A drop gone from the folder is not done: hotpatch run may hold it through a
+    restart (sent again to the process replacing one killed as it took it), and
+    stopping hotpatch run then files it pending. One taken away with its folder
+    is done: nothing will file it.
+    """
+    folders = [chaos.service.folder, *chaos.gone]
+    return [
+        name
+        for name, _, _ in chaos.drops
+        if not filed(folders, name) and not any(os.path.lexists(f / name) for f in chaos.gone)
+    ]
+
+
 def check_drops(chaos: Chaos) -> dict[str, Any]:
     folder = chaos.service.folder
     folders = [folder, *chaos.gone]
@@ -816,9 +832,8 @@ def run(
             injected_s = time.monotonic() - started
             settle = time.monotonic() + SETTLE_S
             while time.monotonic() < settle:
-                waiting = [n for n, _, _ in chaos.drops if os.path.lexists(service.folder / n)]
                 status = service.status()
-                if not waiting and status.get("state") == "running":
+                if not unsettled(chaos) and status.get("state") == "running":
                     break
                 time.sleep(0.2)
             service.wait(
