@@ -551,7 +551,7 @@ def test_make_commits_on_a_generated_repository(tmp_path: Path) -> None:
         [sys.executable, str(BENCHMARKS / "make_commits.py"), "--quick", "--json", str(out)],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=900,  # a bound for a hang: 160 s at load 25 on 2 cores
         check=False,
     )
     assert proc.returncode == 0, proc.stderr
