@@ -77,8 +77,9 @@ def request(address: tuple[str, int], path: str, timeout: float = 30.0) -> dict[
 class Load:
     """Client threads sending ``/inc`` continuously, each on a new connection."""
 
-    def __init__(self, address: tuple[str, int], clients: int = 4) -> None:
+    def __init__(self, address: tuple[str, int], clients: int = 4, timeout: float = 30.0) -> None:
         self.address = address
+        self.timeout = timeout  # for each step of a request: connecting, each read
         self.ok = Counter[int]()
         self.pids = Counter[int]()
         self.refused = 0
@@ -106,7 +107,7 @@ class Load:
     def _run(self, client: int) -> None:
         while not self.stopping.is_set():
             try:
-                body = request(self.address, f"/inc?c={client}")
+                body = request(self.address, f"/inc?c={client}", self.timeout)
             except ConnectionRefusedError:
                 with self.lock:
                     self.refused += 1

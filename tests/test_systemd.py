@@ -157,7 +157,12 @@ def test_requests_are_served_across_restarts_of_the_supervisor_itself(
         env={"STOP": str(stop), "PIDS": str(pids)},
     )
     activated.append(holder)
-    with Load(("127.0.0.1", port)) as load:  # its first connection starts the holder's command
+    # A request sent as the supervisor stops waits in the backlog until a new supervisor and
+    # a new service process have started from nothing: as long as this test allows for that
+    # (WAIT, in serving()), not the 30 s of a request that a running process answers (at
+    # load 25 on 2 cores one took longer: TimeoutError).
+    # Its first connection starts the holder's command.
+    with Load(("127.0.0.1", port), timeout=WAIT) as load:
         status = serving(status_file)
         # The passed socket is the --bind http; admin, not passed, was bound as usual.
         assert status["sockets"]["http"] == f"127.0.0.1:{port}"
