@@ -6,8 +6,13 @@ is told on its stdin to lower its own ``RLIMIT_NOFILE`` with
 (``fill FREE LEAVE``: FREE left while a drop is taken, LEAVE once a patch is
 in), to take every descriptor for a while once a rollback is done
 (``squeeze-undo SECONDS``), to give them all back (``free``) and to call the
-patched function (``f``). Flags after the mode: ``refuse`` (a plugin of this
-process refuses every patch).
+patched function (``f``). ``fork-hold SECONDS``: once a patch is in here, fork
+a child every 0.1 s for SECONDS, as a service using ``multiprocessing``'s fork
+does; each keeps every descriptor it inherited (the owner's connections to the
+workers among them) until ``release`` or until its parent exits. Flags after
+the mode: ``refuse`` (a plugin of this process refuses every patch).
+``stall``: the next patch applied here hangs (as a slow import would) until
+``unstall``.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from drops import DropFolder, wait_for
 
 SERVICE = textwrap.dedent(
     """\
-    import errno, os, resource, sys, threading
+    import errno, os, resource, sys, threading, time
     sys.path.insert(0, sys.argv[3])
     import app_mod
     import hotpatch
@@ -52,6 +57,22 @@ SERVICE = textwrap.dedent(
 
 
     undo_squeeze = []  # seconds every descriptor is taken for once a rollback is done
+    fork_hold = []  # seconds to fork children that hold every descriptor, once a patch is in
+    holders = []  # their pids
+    release = os.path.join(sys.argv[3], "release-holders")
+    stall = []  # the next apply here waits until this event is set
+
+
+    def hold_forks(seconds):
+        parent, end = os.getpid(), time.monotonic() + seconds
+        while time.monotonic() < end:
+            pid = os.fork()
+            if pid == 0:  # every descriptor of the parent's is inherited, and kept
+                while os.getppid() == parent and not os.path.exists(release):
+                    time.sleep(0.05)
+                os._exit(0)
+            holders.append(pid)
+            time.sleep(0.1)
 
 
     def give_back():
@@ -65,6 +86,10 @@ SERVICE = textwrap.dedent(
         def hotpatch_after_apply(self, patch, registry, result):
             if squeeze:
                 take(squeeze.pop())
+            if fork_hold:
+                threading.Thread(target=hold_forks, args=(fork_hold.pop(),), daemon=True).start()
+            if stall:
+                stall.pop().wait()
 
         @hotpatch.hookimpl
         def hotpatch_after_rollback(self, registry, result):
@@ -99,6 +124,21 @@ SERVICE = textwrap.dedent(
             used = len(os.listdir("/proc/self/fd"))
             resource.setrlimit(resource.RLIMIT_NOFILE, (used + 64, hard))
             print("armed", flush=True)
+        elif command == "fork-hold":
+            fork_hold[:] = [float(args[0])]
+            print("armed", flush=True)
+        elif command == "stall":
+            unstall = threading.Event()
+            stall[:] = [unstall]
+            print("armed", flush=True)
+        elif command == "unstall":
+            unstall.set()
+            print("unstalled", flush=True)
+        elif command == "release":
+            open(release, "w").close()
+            while holders:
+                os.waitpid(holders.pop(), 0)
+            print("released", flush=True)
         elif command == "free":
             with lock:
                 squeeze.clear()

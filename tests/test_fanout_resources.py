@@ -22,6 +22,7 @@ from drops import DropFolder, wait_for
 from limited import Service, good_patch, outcome, running
 
 from hotpatch.agent._control import request
+from hotpatch.agent.fanout._peers import DELIVER_TIMEOUT_S
 
 
 @pytest.fixture
@@ -116,6 +117,79 @@ def test_a_delivery_given_up_is_never_applied_later(tmp_path: Path, services: An
     for each in (owner, other):
         each.tell("f")
         assert each.expect("f") == "f 0"
+    assert owner.finish() == other.finish() == "level"
+
+
+def test_a_delivery_given_up_is_never_applied_while_its_connection_is_still_open(
+    tmp_path: Path, services: Any
+) -> None:
+    # The owner gives up on a worker that cannot take the delivery, and closes its end;
+    # but a child its service forked meanwhile (as ``multiprocessing`` does) still holds
+    # the connection, so to the worker its sender looks still there -- as when the worker
+    # reads the request in the instant between the owner's decision and its close. The
+    # drop is then removed: never tried again. Once the worker has descriptors again it
+    # reads that request; it must not apply it: every worker stays at the owner's level,
+    # and the worker says loudly what it did not apply and why.
+    folder = DropFolder(tmp_path)
+    owner, other = services(folder, "workers"), services(folder, "workers")
+    owner.tell("fork-hold 4")
+    owner.expect("armed")
+    other.tell("fill 0 0")
+    other.expect("full")
+    _, hard = resource.prlimit(other.process.pid, resource.RLIMIT_NOFILE)
+    resource.prlimit(other.process.pid, resource.RLIMIT_NOFILE, (3, hard))
+    folder.drop("a.py", good_patch("1.0.1", 1))
+    waits_line(owner, "a.py")
+    (folder.path / "a.py").unlink()
+    other.tell("free")
+    other.expect("freed")
+    wait_for(
+        lambda: "1.0.1" in other.logged(),
+        "the worker to take the delivery left in its socket's backlog",
+    )
+    for each in (owner, other):
+        each.tell("f")
+        assert each.expect("f") == "f 0", other.logged()
+    said = [line for line in other.logged().splitlines() if "NOT applied" in line]
+    assert said, other.logged()
+    assert f"worker {other.process.pid}: patch 1.0.1" in said[0], said
+    assert f"worker {owner.process.pid}, stopped waiting" in said[0], said
+    owner.tell("release")
+    owner.expect("released")
+    assert owner.finish() == other.finish() == "level"
+
+
+@pytest.mark.slow
+def test_a_delivery_taken_but_not_answered_in_time_is_undone_in_that_worker(
+    tmp_path: Path, services: Any
+) -> None:
+    # The other worker takes the delivery, but applying it hangs past the owner's wait
+    # for an answer (DELIVER_TIMEOUT_S): the owner gives up on it not knowing whether it
+    # went in. It then does: the owner must have it undone there (that version, those
+    # bytes), not leave that worker alone on the patch while the drop is refused.
+    folder = DropFolder(tmp_path)
+    owner, other = services(folder, "workers"), services(folder, "workers")
+    other.tell("stall")
+    other.expect("armed")
+    folder.drop("a.py", good_patch("1.0.1", 1))
+    wait_for(
+        lambda: "gave no answer" in owner.logged() or not (folder.path / "a.py").exists(),
+        "the owner to give up waiting for the worker's answer",
+        timeout=DELIVER_TIMEOUT_S * 2,
+    )
+    other.tell("unstall")
+    other.expect("unstalled")
+    where, result = outcome(folder, "a.py")
+    for each in (owner, other):
+        each.tell("f")
+        assert each.expect("f") == "f 0", (result, other.logged())
+    assert where == "rejected", (where, result)
+    by_pid = {w["pid"]: w for w in result["workers"]}
+    assert by_pid[other.process.pid]["taken"] is True, by_pid
+    assert by_pid[other.process.pid]["undone"] is True, (by_pid, owner.logged())
+    said = [line for line in owner.logged().splitlines() if "without answering" in line]
+    assert f"worker {other.process.pid}, which took patch 1.0.1" in said[0], said
+    assert "undone there" in said[0], said
     assert owner.finish() == other.finish() == "level"
 
 

@@ -6,6 +6,7 @@ The workers' own commands (``deliver``, ``undo``, ``patches``, ``worker``,
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Callable
@@ -14,12 +15,13 @@ from typing import Any
 from hotpatch._results import level_summary
 from hotpatch.agent._commands import Command, Commands, dispatch, rollback_answer
 from hotpatch.agent._control import request as ask
+from hotpatch.agent._names import WORKERS_DIR
 from hotpatch.agent._pipeline import DropPipeline
 from hotpatch.agent._settings import Settings
 from hotpatch.agent._solo import agent_status
 from hotpatch.agent.fanout._journal import GroupJournal
 from hotpatch.agent.fanout._ownership import Ownership
-from hotpatch.agent.fanout._peers import PEER_TIMEOUT_S, ask_owner, other_workers
+from hotpatch.agent.fanout._peers import PEER_TIMEOUT_S, ask_owner, other_workers, take_claim
 from hotpatch.agent.fanout._worker import Replica
 
 __all__ = ["WorkerCommands"]
@@ -58,7 +60,7 @@ class WorkerCommands:
         )
         self._private: dict[str, Command] = {
             "deliver": self._deliver,
-            "undo": lambda request, who: self.replica.undo(request.get("version"), who),
+            "undo": self._undo,
             "patches": lambda _request, _who: self.replica.texts(self.journal),
             "worker": lambda request, _who: self.state(brief=bool(request.get("brief"))),
             "joined": self._joined,
@@ -152,6 +154,23 @@ class WorkerCommands:
         return {"ok": True}
 
     def _deliver(self, request: dict[str, Any], who: str) -> dict[str, Any]:
-        record = self.replica.accept(request, who=str(request.get("who") or who))
+        record = self.replica.accept(
+            request, who=str(request.get("who") or who), claim=self._claim(request)
+        )
         record["ok"] = record["outcome"] in ("applied", "unchanged")
         return record
+
+    def _undo(self, request: dict[str, Any], who: str) -> dict[str, Any]:
+        return self.replica.undo(
+            request.get("version"),
+            who,
+            sha256=request.get("sha256"),
+            claim=self._claim(request),
+        )
+
+    def _claim(self, request: dict[str, Any]) -> Callable[[], str | None] | None:
+        """Taking the request's claim (``take_claim``), if its sender made one."""
+        if "claim" not in request:
+            return None
+        workers = self.ownership.folder / WORKERS_DIR
+        return functools.partial(take_claim, workers, request["claim"])

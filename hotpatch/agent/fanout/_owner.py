@@ -84,7 +84,11 @@ class Fanout:
             outcome.outcome, outcome.reason = "pending", mine.get("reason")
             outcome.error_type = mine.get("error_type")
             return
-        undone, left = self._undo(version, results, peers, failed={r["pid"] for r in failed})
+        _given_up(version, failed)
+        # Undone in every worker but those that did not apply it; one that took the delivery
+        # without answering may have: asked too (that version, those bytes, if its top).
+        unapplied = {r["pid"] for r in failed if not r.get("taken")}
+        undone, left = self._undo(version, results, peers, failed=unapplied, sha256=item["sha256"])
         short = [r for r in failed if isinstance(r.get("shortage"), str)]
         if short and not left:
             # A worker ran short (descriptors, memory): not the patch's fault. Undone where
@@ -117,7 +121,9 @@ class Fanout:
                 outcome.timings.get("workers_s", 0.0),
             )
         except JournalError as exc:
-            undone, left = self._undo(version, outcome.workers or [], peers, failed=set())
+            undone, left = self._undo(
+                version, outcome.workers or [], peers, failed=set(), sha256=outcome.sha256
+            )
             short = shortage_of(exc)
             if short is not None and not left:  # the journal's disk or descriptors: it waits
                 detail = f"{exc}; patch {version} was undone in the {undone} workers"
@@ -161,10 +167,12 @@ class Fanout:
         peers: dict[int, Path],
         *,
         failed: set[int],
+        sha256: str | None = None,
     ) -> tuple[int, dict[int, str]]:
         """Roll ``version`` back here and in every worker of ``peers`` (those it was delivered
         to) but those that refused it: how many did, and ``pid -> why`` for each still
-        running it. Each result of ``results`` gets ``undone`` (and ``undo_error``)."""
+        running it (or that may be). Each result of ``results`` gets ``undone`` (and
+        ``undo_error``). ``sha256``: a worker undoes only the patch of those bytes."""
         by_pid = {r.get("pid"): r for r in results}
         local = self.replica.undo(version, "owner")
         undone = int(bool(local.get("undone")))
@@ -178,7 +186,10 @@ class Fanout:
             if pid in failed:
                 continue
             within = max(0.0, deadline - time.monotonic())
-            answer = call_until(pid, sock, {"cmd": "undo", "version": version}, within=within)
+            request = {"cmd": "undo", "version": version}
+            if sha256 is not None:
+                request["sha256"] = sha256
+            answer = call_until(pid, sock, request, within=within, claim=True)
             result = by_pid.get(pid)
             if answer is not None and not answer.get("ok"):
                 left[pid] = str(answer.get("error"))
@@ -188,6 +199,16 @@ class Fanout:
             undone += bool(answer and answer.get("undone"))
             if result is not None:
                 result["undone"] = bool(answer and answer.get("undone"))
+                if result.get("taken"):
+                    log.warning(
+                        "worker %d: worker %d, which took patch %s without answering, %s",
+                        os.getpid(),
+                        pid,
+                        version,
+                        "had applied it: undone there"
+                        if result["undone"]
+                        else "does not run it (not applied there, or gone)",
+                    )
         if left:
             log.error(
                 "worker %d: patch %s could not be rolled back in every worker: %s",
@@ -198,12 +219,35 @@ class Fanout:
         return undone, left
 
 
+def _given_up(version: str, failed: list[dict[str, Any]]) -> None:
+    """Say loudly which workers the delivery of ``version`` was given up on, and so what."""
+    for result in failed:
+        if result.get("withdrawn"):
+            log.warning(
+                "worker %d: gave up delivering patch %s to worker %d (%s); the delivery is "
+                "withdrawn: that worker will not apply it",
+                os.getpid(),
+                version,
+                result["pid"],
+                result.get("reason"),
+            )
+        elif result.get("taken"):
+            log.error(
+                "worker %d: worker %d took patch %s but gave no answer (%s); it may have "
+                "applied it: it is undone there if so",
+                os.getpid(),
+                result["pid"],
+                version,
+                result.get("reason"),
+            )
+
+
 def _left(left: dict[int, str], version: str, folder: Path) -> str:
     """``; worker P still runs V (why), ...: ...`` for the workers an undo did not reach."""
     if not left:
         return ""
     each = ", ".join(f"worker {pid} ({why})" for pid, why in sorted(left.items()))
     return (
-        f"; NOT rolled back in {each}: they still run {version} while the others do not; "
-        f"run `hotpatch rollback --folder {folder}` once they answer, or restart them"
+        f"; NOT rolled back in {each}: they still run {version} (or may) while the others "
+        f"do not; run `hotpatch rollback --folder {folder}` once they answer, or restart them"
     )

@@ -5,8 +5,18 @@ control server keeps for that (``hotpatch.agent._control_server``). When it
 truly cannot -- its request still unread in the socket after ``TAKE_GRACE_S``
 while ``/proc`` shows every descriptor it may have open -- ``call`` stops
 waiting and answers a shortage naming the worker, its descriptors and the fix
-(the owner's drop waits and is tried again); the request left in its backlog
-is not served once it can accept again (its client left).
+(the owner's drop waits and is tried again).
+
+A request that changes a worker (``deliver``, ``undo``) is *claimed*: the
+caller makes an empty directory, ``.workers/<pid>.<caller>.<nonce>.claim``,
+and names it in the request; the worker removes it (``take_claim``, under its
+patch lock) before it acts, and refuses the request if it is gone. A caller
+that stops waiting -- the worker did not take the request, no answer in time,
+the connection broke -- removes it first (``Claim.withdraw``). ``rmdir`` succeeds
+for one of the two only, and needs no descriptor: either the worker never acts
+on a request given up (even one it reads later: left in its backlog, or its
+connection held open by a child the caller forked), or the caller knows the
+worker took it (``taken`` in the answer: it may have acted) and undoes it.
 """
 
 from __future__ import annotations
@@ -17,6 +27,8 @@ import fcntl
 import json
 import logging
 import os
+import re
+import secrets
 import socket
 import stat
 import struct
@@ -37,6 +49,7 @@ __all__ = [
     "DELIVER_TIMEOUT_S",
     "PEER_TIMEOUT_S",
     "REJOIN_S",
+    "Claim",
     "Roster",
     "announce",
     "ask_owner",
@@ -50,6 +63,7 @@ __all__ = [
     "remove_stale",
     "send",
     "start_lock",
+    "take_claim",
     "usable",
     "workers_dir",
 ]
@@ -65,6 +79,8 @@ TAKE_GRACE_S = 2.0  # a request a worker at its descriptor limit has not taken s
 LOOK_EVERY_S = 0.5  # how often /proc is looked at after that
 RETRY_S = 30.0  # ``call_until``: how long a worker that cannot answer now is tried again
 _RETRIED = (None, "Shortage", "Busy")  # error types of answers worth asking again
+CLAIM_SUFFIX = ".claim"
+_CLAIM = re.compile(r"(\d+)\.(\d+)\.[0-9a-f]{16}\.claim")  # worker, caller, nonce
 
 
 def workers_dir(folder: Path) -> Path:
@@ -91,6 +107,9 @@ def live_workers(folder: Path) -> dict[int, Path]:
     except FileNotFoundError:
         return found
     for path in entries:
+        if path.suffix == CLAIM_SUFFIX:
+            _remove_orphan_claim(path)
+            continue
         if path.suffix != ".sock" or not path.stem.isdigit():
             continue
         pid = int(path.stem)
@@ -148,43 +167,81 @@ def other_workers(folder: Path) -> dict[int, Path]:
     return peers
 
 
-def call(pid: int, sock: Path, payload: dict[str, Any]) -> dict[str, Any] | None:
+def call(
+    pid: int, sock: Path, payload: dict[str, Any], *, claim: bool = False
+) -> dict[str, Any] | None:
     """One worker's answer to ``payload``; ``None`` when it exited meanwhile.
 
     Not answered: ``{"ok": False, "error": ...}``, with ``error_type`` ``Shortage``
     and ``shortage`` (the resource) when this worker could not ask, or the other
-    one is at its descriptor limit."""
+    one is at its descriptor limit.
+
+    ``claim``: the request is claimed (see the module's docstring). Not answered,
+    the answer has ``withdrawn`` (the worker will never act on it) or ``taken``
+    (it took the request: it may have acted on it, or still may)."""
+    token: Claim | None = None
+    if claim:
+        try:
+            token = Claim.make(pid, sock)
+        except FileNotFoundError:  # its socket's folder went: as a socket gone
+            return None
+        except OSError as exc:
+            answer = {"ok": False, "error": f"worker {pid} not asked: {exc}", "withdrawn": True}
+            short = shortage_of(exc)
+            if short is not None:
+                answer.update(error_type="Shortage", shortage=short)
+            return answer
+        payload = {**payload, "claim": token.path.name}
     try:
-        return _ask(pid, sock, payload)
-    except (FileNotFoundError, ConnectionRefusedError):
+        answer = _ask(pid, sock, payload, token)
+    except OSError as exc:
+        return _unanswered(pid, sock, exc, token)
+    if token is not None:
+        token.withdraw()  # not taken if it refused first (uid, a damaged delivery)
+    return answer
+
+
+def _unanswered(pid: int, sock: Path, exc: OSError, token: Claim | None) -> dict[str, Any] | None:
+    """``call``'s answer when ``pid`` gave none: gone (``None``), short, taken, withdrawn."""
+    taken = token is not None and not token.withdraw()
+    if isinstance(exc, (FileNotFoundError, ConnectionRefusedError)) or not alive(pid):
         remove_stale(sock)
         return None
-    except OSError as exc:
-        if not alive(pid):
-            remove_stale(sock)
-            return None
-        answer = {"ok": False, "error": f"no answer from worker {pid}: {exc}"}
-        theirs = exc.theirs if isinstance(exc, NotTaken) else None
-        if theirs is None and shortage_of(exc) is None:
-            theirs = fds_short(pid)  # no answer in time, or its backlog full: at its limit?
-        if theirs is not None:
-            answer.update(error_type="Shortage", shortage=_their_shortage(pid, theirs))
-            return answer
-        short = shortage_of(exc)
-        if short is not None:  # this worker could not ask: not the patch's fault
-            answer.update(error_type="Shortage", shortage=short)
+    answer: dict[str, Any] = {"ok": False, "error": f"no answer from worker {pid}: {exc}"}
+    if taken:
+        answer["taken"] = True
+        answer["error"] += "; it had taken the request: it may have acted on it"
+    elif token is not None:
+        answer["withdrawn"] = True
+    theirs = exc.theirs if isinstance(exc, NotTaken) else None
+    if theirs is None and shortage_of(exc) is None:
+        theirs = fds_short(pid)  # no answer in time, or its backlog full: at its limit?
+    if theirs is not None:
+        answer.update(error_type="Shortage", shortage=_their_shortage(pid, theirs))
         return answer
+    short = shortage_of(exc)
+    if short is not None:  # this worker could not ask: not the patch's fault
+        answer.update(error_type="Shortage", shortage=short)
+    return answer
 
 
 def call_until(
-    pid: int, sock: Path, payload: dict[str, Any], *, within: float = RETRY_S
+    pid: int,
+    sock: Path,
+    payload: dict[str, Any],
+    *,
+    within: float = RETRY_S,
+    claim: bool = False,
 ) -> dict[str, Any] | None:
     """``call``, asked again (pausing longer each time) while the answer is that the worker
-    could not be asked now (a shortage on either side, no answer, busy), up to ``within``."""
+    could not be asked now (a shortage on either side, no answer, busy), up to ``within``.
+
+    With ``claim``, each try is claimed anew: ``payload`` must be one that can be done
+    twice (an undo, a rollback to a level) -- a try given up may have been taken."""
     deadline = time.monotonic() + within
     pause = 0.05
     while True:
-        answer = call(pid, sock, payload)
+        answer = call(pid, sock, payload, claim=claim)
         if answer is None or answer.get("ok") or answer.get("error_type") not in _RETRIED:
             return answer
         if time.monotonic() + pause > deadline:
@@ -203,7 +260,7 @@ class NotTaken(OSError):
         self.theirs = theirs
 
 
-def _ask(pid: int, sock: Path, payload: dict[str, Any]) -> dict[str, Any]:
+def _ask(pid: int, sock: Path, payload: dict[str, Any], token: Claim | None) -> dict[str, Any]:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
         conn.settimeout(DELIVER_TIMEOUT_S)
         with_address(sock, conn.connect)
@@ -213,17 +270,78 @@ def _ask(pid: int, sock: Path, payload: dict[str, Any]) -> dict[str, Any]:
         def untaken() -> OSError | None:
             nonlocal look_at
             now = time.monotonic()
-            if now < look_at:
-                return None
+            if now < look_at or (token is not None and token.taken):
+                return None  # the worker took the claim: its answer is awaited
             look_at = now + LOOK_EVERY_S
             if _unread(conn) <= 0:
                 return None  # taken: its answer is being worked out
             theirs = fds_short(pid)
-            return None if theirs is None else NotTaken(pid, now - since, theirs)
+            if theirs is None:
+                return None
+            if token is not None and not token.withdraw():
+                return None  # it read the request just now, and took it
+            return NotTaken(pid, now - since, theirs)
 
         return exchange(
             conn, payload, timeout=DELIVER_TIMEOUT_S, peer=f"worker {pid}", unanswerable=untaken
         )
+
+
+class Claim:
+    """The claim of one request to worker ``pid``: an empty directory beside its socket."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.state = "open"  # or "withdrawn", "taken"
+
+    @classmethod
+    def make(cls, pid: int, sock: Path) -> Claim:
+        path = sock.parent / f"{pid}.{os.getpid()}.{secrets.token_hex(8)}{CLAIM_SUFFIX}"
+        os.mkdir(path, 0o700)
+        return cls(path)
+
+    @property
+    def taken(self) -> bool:
+        return self.state == "taken"
+
+    def withdraw(self) -> bool:
+        """Remove the claim: ``True`` when the worker can no longer take the request, ``False``
+        when it took it already (or that cannot be known: taken, to be safe)."""
+        if self.state == "open":
+            try:
+                os.rmdir(self.path)
+            except OSError:
+                self.state = "taken"
+            else:
+                self.state = "withdrawn"
+        return self.state == "withdrawn"
+
+
+def take_claim(workers: Path, name: object) -> str | None:
+    """Take the claim ``name`` in ``workers`` (``.workers/``) for this worker: ``None`` when
+    taken (its sender waits for the answer), else why the request must not be acted on."""
+    found = _CLAIM.fullmatch(name) if isinstance(name, str) else None
+    if found is None or int(found.group(1)) != os.getpid():
+        return f"its claim {name!r} is not one made for worker {os.getpid()}"
+    token = workers / found.group(0)
+    try:
+        os.rmdir(token)
+    except FileNotFoundError:
+        return (
+            f"its sender, worker {found.group(2)}, stopped waiting for it before it was taken "
+            "(it gave up on this worker: the drop waits to be sent again, or was removed)"
+        )
+    except OSError as exc:
+        return f"its claim {token} could not be taken: {exc}"
+    return None
+
+
+def _remove_orphan_claim(path: Path) -> None:
+    """Remove the claim of a request whose sender is gone: no one waits for its answer."""
+    found = _CLAIM.fullmatch(path.name)
+    if found is not None and not alive(int(found.group(2))):
+        with contextlib.suppress(OSError):
+            path.rmdir()
 
 
 def _unread(conn: socket.socket) -> int:
@@ -263,8 +381,11 @@ def _their_shortage(pid: int, theirs: str) -> str:
 
 
 def send(pid: int, sock: Path, payload: dict[str, Any]) -> dict[str, Any]:
-    """One worker's result for a delivery; outcome ``gone`` when it exited meanwhile."""
-    answer = call(pid, sock, payload)
+    """One worker's result for a delivery (claimed); outcome ``gone`` when it exited meanwhile.
+
+    Not answered, the result has ``taken`` when the worker took it (it may have applied
+    it: undo it there) or ``withdrawn`` (it never will)."""
+    answer = call(pid, sock, payload, claim=True)
     if answer is None:
         return {"pid": pid, "outcome": "gone", "reason": "the worker exited"}
     if "outcome" not in answer:  # refused before it was applied (uid, size, no answer)
@@ -273,7 +394,7 @@ def send(pid: int, sock: Path, payload: dict[str, Any]) -> dict[str, Any]:
             "outcome": "rejected",
             "reason": answer.get("error"),
             "error_type": answer.get("error_type") or "VerificationFailed",
-            **({"shortage": answer["shortage"]} if "shortage" in answer else {}),
+            **{k: answer[k] for k in ("shortage", "taken", "withdrawn") if k in answer},
         }
     answer.pop("ok", None)
     return answer

@@ -12,6 +12,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,10 @@ __all__ = ["Replica"]
 log = logging.getLogger("hotpatch")
 
 
+class GivenUp(VerificationFailed):
+    """A delivery its sender stopped waiting for before this worker took it: not applied."""
+
+
 class Replica:
     """This worker's level, kept equal to the group's: ``local`` changed under ``lock``."""
 
@@ -38,8 +43,18 @@ class Replica:
         self.local = local
         self.lock = lock
 
-    def accept(self, item: dict[str, Any], *, who: str) -> dict[str, Any]:
-        """Load and apply verified patch text in this worker; its result, never an exception."""
+    def accept(
+        self,
+        item: dict[str, Any],
+        *,
+        who: str,
+        claim: Callable[[], str | None] | None = None,
+    ) -> dict[str, Any]:
+        """Load and apply verified patch text in this worker; its result, never an exception.
+
+        ``claim`` (a delivery from the owner): taken under the lock before anything is
+        done; when it cannot be (``take_claim``: why), the owner gave up on this delivery
+        and it is not applied (``GivenUp``)."""
         start = time.perf_counter()
         text = item.get("text")
         name = str(item.get("name") or "patch.py")
@@ -60,6 +75,22 @@ class Replica:
                 raise VerificationFailed(msg)
             outcome.version = peek_version(data)
             with self.lock:
+                given_up = claim() if claim is not None else None
+                if given_up is not None:
+                    level = level_text(self.local.level(), self.local.registry.baseline)
+                    log.warning(
+                        "worker %d: patch %s (%s, sha256 %s) NOT applied: %s; "
+                        "this worker stays at level %s",
+                        os.getpid(),
+                        outcome.version,
+                        name,
+                        outcome.sha256[:16],
+                        given_up,
+                        level,
+                    )
+                    short = f"the delivery's claim was gone ({given_up})"
+                    msg = f"delivery of patch {outcome.version} not applied: {given_up}"
+                    raise GivenUp(msg)
                 if outcome.version is None or not already_applied(
                     self.local.applied(), outcome.version, outcome
                 ):
@@ -97,18 +128,46 @@ class Replica:
             **({"shortage": short} if short is not None else {}),
         }
 
-    def undo(self, version: object, who: str) -> dict[str, Any]:
-        """Roll ``version`` back here if it is the last patch here (another worker refused it)."""
+    def undo(
+        self,
+        version: object,
+        who: str,
+        *,
+        sha256: object = None,
+        claim: Callable[[], str | None] | None = None,
+    ) -> dict[str, Any]:
+        """Roll ``version`` back here if it is the last patch here (another worker refused it,
+        or the owner did not hear whether this one applied it); with ``sha256``, only
+        the patch of those bytes. ``claim``: as for ``accept`` (``GivenUp``: not undone)."""
         registry = self.local.registry
         with self.lock:
+            given_up = claim() if claim is not None else None
             level = registry.level
+            if given_up is not None:
+                shown = level_text(level, registry.baseline)
+                log.warning(
+                    "worker %d: the undo of patch %s NOT done: %s; this worker stays at level %s",
+                    os.getpid(),
+                    version,
+                    given_up,
+                    shown,
+                )
+                msg = f"the undo of patch {version} not done: {given_up}"
+                return {"ok": False, "pid": os.getpid(), "error": msg, "error_type": "GivenUp"}
             if version not in level:
                 return {"ok": True, "pid": os.getpid(), "undone": False, **level_summary(level)}
-            if level[-1] != version:
+            top = registry.patches[-1].source if registry.patches else None
+            if level[-1] != version or (
+                sha256 is not None and (top is None or top.sha256 != sha256)
+            ):
                 shown = level_text(level, registry.baseline)
-                msg = f"patch {version} is not the last one applied here (level {shown})"
+                what = f"patch {version}" + (f" (sha256 {str(sha256)[:16]})" if sha256 else "")
+                msg = f"{what} is not the last one applied here (level {shown})"
                 return {"ok": False, "pid": os.getpid(), "error": msg, "error_type": "Conflict"}
             registry.rollback(who=f"{who} (undo: another worker refused {version})")
+            log.warning(
+                "worker %d: patch %s undone at the owner's request (%s)", os.getpid(), version, who
+            )
             return {"ok": True, "pid": os.getpid(), "undone": True, **level_summary(registry.level)}
 
     def texts(self, journal: GroupJournal) -> dict[str, Any]:
