@@ -137,6 +137,60 @@ def test_a_report_whose_bottom_is_not_the_one_known_is_not_put_on_it(
                 levels.wire.close()
 
 
+def test_the_mirrors_level_is_the_versions_of_its_patches_one_list_until_they_change(
+    tmp_path: Path, make_module: Callable[[str], types.ModuleType]
+) -> None:
+    """``level`` and ``applied`` are made from ``patches`` (the one state kept), on every
+    way the level comes: the whole level, a top put on it, a rollback, a stale report then
+    the whole level. Each is one list while the level stays (the status and the folder's
+    pipeline read them at every drop), another once it changed."""
+    mod = make_module("def f():\n    return 0\n")
+    levels = _levels(mod.__name__, tmp_path, "a")
+    mirror = LevelMirror()
+
+    def follows(patches: list[list[Any]]) -> None:
+        assert mirror.patches == patches
+        assert mirror.level == [str(p[0]) for p in patches]
+        assert mirror.applied == [(str(p[0]), p[1]) for p in patches]
+        assert mirror.level is mirror.level
+        assert mirror.applied is mirror.applied
+
+    try:
+        follows([])
+        mirror.take_whole(json.loads(levels.whole_level() or b"{}"))
+        follows([])
+        for n in range(1, 13):
+            before = mirror.level, mirror.applied
+            answer = json.loads(json.dumps(_apply(levels, mod.__name__, n)))
+            assert mirror.take(answer)
+            follows(_shas(levels))
+            assert mirror.level is not before[0]
+            assert mirror.applied is not before[1]
+            kept = mirror.level, mirror.applied
+            assert mirror.take(answer)  # the same report again: nothing changed
+            assert mirror.level is kept[0]
+            assert mirror.applied is kept[1]
+        answer = levels.rollback({"to": "1.0.3", "who": "test"})
+        assert answer["ok"], answer
+        assert mirror.take(json.loads(json.dumps(answer)))
+        follows(_shas(levels))
+        assert mirror.level == ["1.0.1", "1.0.2", "1.0.3"]
+        assert mirror.take({"level": ["1.0.1"], "patches": [["1.0.1", None]]})  # no size: whole
+        follows([["1.0.1", None]])
+        for n in range(4, 14):
+            stale = json.loads(json.dumps(_apply(levels, mod.__name__, n)))
+        assert not mirror.take(stale)  # its bottom is not the one known here
+        assert mirror.missing
+        follows([["1.0.1", None]])  # what it knew stays
+        mirror.take_whole(json.loads(levels.whole_level() or b"{}"))
+        follows(_shas(levels))
+        assert mirror.level == [f"1.0.{i}" for i in range(1, 14)]
+    finally:
+        assert levels.registry is not None
+        levels.registry.rollback(to="1.0")
+        levels.wire.close()
+
+
 def _chained(patches: list[list[Any]]) -> str:
     """The digest of a whole level, as documented: sha256 chained over version and sha256."""
     digest = ""

@@ -106,20 +106,33 @@ class LevelMirror:
     """
 
     def __init__(self) -> None:
-        self.level: list[str] = []
-        self.patches: list[list[Any]] = []  # [version, sha256], parallel to ``level``
+        # [version, sha256], oldest first: the one state kept. Replaced, never changed in
+        # place: what is derived from it (``level``, ``applied``, the digest) is kept
+        # with the list it was made from, and made again when ``patches`` is another list.
+        self.patches: list[list[Any]] = []
         self.digests: LevelDigests[list[Any]] = LevelDigests(lambda p: (str(p[0]), p[1]))
         self.unmerged: Mapping[str, Any] | None = None  # the newest report not put on yet
-        self._applied: list[tuple[str, str | None]] | None = None
+        self._level: tuple[list[list[Any]], list[str]] = (self.patches, [])
+        self._applied: tuple[list[list[Any]], list[tuple[str, str | None]]] = (self.patches, [])
         self._whole: tuple[list[list[Any]], str] | None = None  # (patches, their digest)
+
+    @property
+    def level(self) -> list[str]:
+        """The versions of ``patches``, oldest first: one list until the level changes
+        (``info["level"]`` is it; not to be changed in place)."""
+        patches = self.patches
+        if self._level[0] is not patches:
+            self._level = (patches, [str(p[0]) for p in patches])
+        return self._level[1]
 
     @property
     def applied(self) -> list[tuple[str, str | None]]:
         """``(version, sha256)`` of the level, oldest first: one list until the level changes
         (the folder's pipeline compares every drop with it; not to be changed in place)."""
-        if self._applied is None:
-            self._applied = [(str(v), sha) for v, sha in self.patches]
-        return self._applied
+        patches = self.patches
+        if self._applied[0] is not patches:
+            self._applied = (patches, [(str(v), sha) for v, sha in patches])
+        return self._applied[1]
 
     def digest_at(self, n: int) -> str:
         """The digest of the level's first ``n`` patches (``""`` for none): a sha256 chained
@@ -150,15 +163,13 @@ class LevelMirror:
 
     def take(self, report: Mapping[str, Any]) -> bool:
         """Put ``report``'s top on the bottom known here; ``False`` if its digest differs."""
-        level = [str(v) for v in report.get("level") or []]
         patches = [list(p) for p in report.get("patches") or []]
         size = report.get("level_size")
         if not isinstance(size, int):  # the whole level
-            self.level, self.patches, self.unmerged = level, patches, None
-            self._applied = None
+            self.patches, self.unmerged = patches, None
             return True
         bottom = size - len(patches)
-        if len(level) != len(patches) or bottom < 0:
+        if len(report.get("level") or []) != len(patches) or bottom < 0:
             self.unmerged = report
             return False
         known = bottom <= len(self.patches)
@@ -166,18 +177,14 @@ class LevelMirror:
             self.unmerged = report
             return False
         if patches != self.patches[bottom:]:
-            self.level = [*self.level[:bottom], *level]
             self.patches = [*self.patches[:bottom], *patches]
-            self._applied = None
         self.unmerged = None
         return True
 
     def take_whole(self, whole: Mapping[str, Any]) -> None:
         """The whole level the process passed (``whole-level``), then the report kept aside
         if it is newer."""
-        self.level = [str(v) for v in whole.get("level") or []]
         self.patches = [list(p) for p in whole.get("patches") or []]
-        self._applied = None
         report, self.unmerged = self.unmerged, None
         if report is not None and int(report.get("level_seq") or 0) > int(
             whole.get("level_seq") or 0
