@@ -41,9 +41,10 @@ import json
 import logging
 import os
 import queue
+import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +93,9 @@ class VitalCheck:
         self._files: list[tuple[int, Path]] = []  # (pid, path): a forked child starts afresh
         self._numbers = itertools.count()
         self._idle: list[_Runner] = []  # threads whose last check finished in time
+        # Closed (under ``_lock``): a check still running then (a control request the
+        # agent's stop did not wait for) makes nothing that would be kept after it.
+        self._closed = False
 
     def served_by(self, server: ControlServer) -> None:
         """``server`` serves ``socket`` now: its spare connection is made at once, while
@@ -104,61 +108,89 @@ class VitalCheck:
 
     def close(self) -> None:
         """The spare connection and descriptors, and the threads waiting for a check, go (the
-        agent stops)."""
-        self._drop_spare()
-        self._fds.release()
+        agent stops). A check still running finishes without making them again."""
         with self._lock:
+            self._closed = True
+            self._drop_spare()
+            self._fds.release()
             idle, self._idle = self._idle, []
         for runner in idle:
             runner.stop()
         for runner in idle:
             runner.join()
 
-    def released(self) -> contextlib.AbstractContextManager[int]:
+    @contextlib.contextmanager
+    def released(self) -> Iterator[int]:
         """The descriptors kept for the check, given up while the block runs (the journal
-        of a rollback at the limit): how many; taken again after."""
-        return self._fds.released()
+        of a rollback at the limit): how many; taken again after, unless closed meanwhile."""
+        freed = self._fds.release()
+        try:
+            yield freed
+        finally:
+            with self._lock:
+                if not self._closed:
+                    self._fds.try_reserve()
 
     def reserve(self) -> None:
         """Before an apply: the spare connection, made now if there is none (or the
-        server closed it: stopped and started again); ``OSError`` if it cannot be made."""
-        self._fds.reserve()
-        server = self.server
-        if server is None or self.socket is None:
-            return
-        pair = self._spare.pair
-        if pair is not None and pair[1].fileno() == -1:  # the server closed its end
-            self._drop_spare()
-        if self._spare.pair is None:
-            server.adopt(self._spare.reserve()[1])
+        server closed it: stopped and started again); ``OSError`` if it cannot be made.
+        Nothing once closed."""
+        with self._lock:  # as close(): what is made here is closed there, never after
+            if self._closed:
+                return
+            self._fds.reserve()
+            server = self.server
+            if server is None or self.socket is None:
+                return
+            pair = self._spare.pair
+            if pair is not None and pair[1].fileno() == -1:  # the server closed its end
+                self._drop_spare()
+            if self._spare.pair is None:
+                server.adopt(self._spare.reserve()[1])
 
     def __call__(self, record: dict[str, Any]) -> str | None:
         """``None`` when the agent can file ``record`` and answer; else what is broken."""
         found: list[str | None] = []
         short: list[Shortage] = []
+        left: list[socket.socket] = []  # our end of the spare connection, given up on
+        lock = threading.Lock()  # the caller gives up waiting under it
         done = threading.Event()
 
         def run() -> None:
             try:
-                found.append(self._try(record))
+                result = self._try(record)
             except Shortage as exc:  # the check could not be made: not the patch's fault
                 short.append(exc)
-                found.append(None)
+                result = None
             except BaseException as exc:
-                found.append(f"{type(exc).__name__}: {exc}")
-            done.set()
+                result = f"{type(exc).__name__}: {exc}"
+            with lock:  # either the caller takes the result, or it left the connection here
+                found.append(result)
+                done.set()
+                ends = list(left)
+            for end in ends:  # the server closes its own once it reads the end
+                end.close()
 
         runner = self._runner()
         runner.run(run)
-        if not done.wait(self.timeout):
-            self._spare.spoil(close=False)  # the thread may still use it: left to it
+        done.wait(self.timeout)
+        with lock:
+            late = not done.is_set()
+            if late:
+                pair = self._spare.pair
+                self._spare.spoil(close=False)  # the thread may still use it: left to it
+                left.extend(pair[:1] if pair is not None else ())
+        if late:
             runner.stop()  # once (if ever) the check returns: never used again
             return (
                 "filing an outcome and answering the control socket did not finish within "
                 f"{self.timeout:g} s"
             )
         with self._lock:
-            self._idle.append(runner)
+            if self._closed:  # the agent stopped during the check: no thread waits after it
+                runner.stop()
+            else:
+                self._idle.append(runner)
         if short:
             raise short[0]
         return found[0]

@@ -407,24 +407,38 @@ class WireCheck:
         """``None`` when ``message`` arrives as sent through the pair; else what went wrong.
 
         Bounded by ``timeout`` (in a thread of its own: a patch may make it hang).
-        A pair that failed is not used again.
+        A pair that failed is not used again; one whose check did not finish in time
+        is left to its thread, which closes it once the check returns (if ever).
         """
         pair = self._spare.pair
         if pair is None:
             return "no socket pair was reserved for the check"
         found: list[str | None] = []
+        abandoned: list[bool] = []  # the caller gave up waiting: the pair is the thread's
+        lock = threading.Lock()
         done = threading.Event()
 
         def run() -> None:
             try:
-                found.append(_round_trip(pair, message))
+                result = _round_trip(pair, message)
             except BaseException as exc:  # whatever the patch made it raise
-                found.append(f"{type(exc).__name__}: {exc}")
-            done.set()
+                result = f"{type(exc).__name__}: {exc}"
+            with lock:  # the caller gives up under it: it takes the result, or left the pair
+                found.append(result)
+                done.set()
+                late = bool(abandoned)
+            if late:
+                for end in pair:
+                    end.close()
 
         threading.Thread(target=run, name="hotpatch-vital-check", daemon=True).start()
-        if not done.wait(timeout):
-            self._spare.spoil(close=False)  # the thread may still use it: left to it
+        done.wait(timeout)
+        with lock:
+            late = not done.is_set()
+            if late:
+                self._spare.spoil(close=False)  # the thread may still use it: left to it
+                abandoned.append(True)
+        if late:
             return f"a message to the supervisor did not cross a channel within {timeout:g} s"
         if found[0] is not None:
             self._spare.spoil()
