@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import socket
@@ -10,6 +11,7 @@ import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import pytest
@@ -277,6 +279,54 @@ def test_a_connection_answered_while_stopping_is_closed(sock_dir: Path) -> None:
     assert lock.stop_passed.is_set()
     # Not kept for a next request that no serving thread would ever read.
     assert _open_descriptors() == before
+
+
+def _paused_at(function: Any, text: str, until: threading.Event, reached: threading.Event) -> Any:
+    """A trace function for the threads started next: each pauses in ``function`` before its
+    line holding ``text`` runs, until ``until`` is set (``reached`` says one got there)."""
+    lines, first = inspect.getsourcelines(function)
+    line = first + next(i for i, source in enumerate(lines) if text in source)
+    code = function.__code__
+
+    def local(frame: FrameType, event: str, arg: object) -> Any:
+        if event == "line" and frame.f_lineno == line:
+            reached.set()
+            until.wait(10)
+        return local
+
+    def trace(frame: FrameType, event: str, arg: object) -> Any:
+        return local if frame.f_code is code else None
+
+    return trace
+
+
+def test_a_handler_waking_the_server_as_it_stops_ends_without_an_error(sock_dir: Path) -> None:
+    """A handler that kept its connection (before the stop) wakes the serving thread just as
+    stop() lets go of the wake-up pair: it finds the pair closed, and ends without an
+    exception (one in a request thread fails CI as a warning)."""
+    server = ControlServer(sock_dir / "c.sock", Recorder())
+    stopped, waking = threading.Event(), threading.Event()
+    failures: list[BaseException | None] = []
+    hook = threading.excepthook
+    threading.excepthook = lambda args: failures.append(args.exc_value)
+    try:
+        server.start()
+        threading.settrace(_paused_at(ControlServer._wake, ".send(", stopped, waking))
+        try:
+            assert request(server.path, {"cmd": "status"})["ok"] is True
+        finally:
+            threading.settrace(None)  # type: ignore[arg-type]
+        assert waking.wait(10)  # its handler is about to send the wake-up
+        server.stop()
+        stopped.set()
+        for thread in threading.enumerate():
+            if thread.name == "hotpatch-control request":
+                thread.join(15)
+    finally:
+        stopped.set()
+        threading.excepthook = hook
+        server.stop()
+    assert failures == []
 
 
 def test_a_connected_client_holds_no_handler_between_requests(sock_dir: Path) -> None:

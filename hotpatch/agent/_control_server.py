@@ -442,9 +442,10 @@ class ControlServer:
         conn.sock.close()
 
     def _wake(self) -> None:
-        if self._wakeup is not None:
-            with contextlib.suppress(OSError):
-                self._wakeup[1].send(b"x")
+        wakeup = self._wakeup  # once: stop() sets it to None as a handler may wake it
+        if wakeup is not None:
+            with contextlib.suppress(OSError):  # closed by stop() meanwhile
+                wakeup[1].send(b"x")
 
     # -- a handler thread ---------------------------------------------------------------
 
