@@ -392,6 +392,24 @@ def test_messages_carry_fds_and_end_with_none() -> None:
         assert recv_message(theirs) is None
 
 
+@pytest.mark.parametrize("data", [b"{not json", b"[1, 2]", b'{"no": "op"}'])
+def test_a_malformed_message_is_refused_and_the_fds_it_carried_are_closed(data: bytes) -> None:
+    """Nothing else knows of the descriptors a refused message carried: refusing it closes
+    them (the pipe's read end passed is the only one left: writing then finds none)."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    read_end, write_end = os.pipe()
+    with ours, theirs:
+        try:
+            socket.send_fds(ours, [data], [read_end])
+            os.close(read_end)
+            with pytest.raises(ServiceError, match="malformed control message"):
+                recv_message(theirs)
+            with pytest.raises(BrokenPipeError):
+                os.write(write_end, b"x")
+        finally:
+            os.close(write_end)
+
+
 # -- addresses and sockets, running alone ------------------------------------------------------
 
 

@@ -161,8 +161,8 @@ def recv_message(sock: socket.socket) -> tuple[dict[str, Any], list[int]] | None
         raise ServiceError(msg)
     if not data:
         return None
-    message = json.loads(data)
-    if not isinstance(message, dict) or not isinstance(message.get("op"), str):
+    message = _parsed(data)
+    if message is None:  # its fds are closed: nothing else will know of them
         for fd in fds:
             os.close(fd)
         msg = f"malformed control message {data[:200]!r}"
