@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import random
+import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from drops import WAIT_S
 
-from hotpatch.agent import _queue
+from hotpatch.agent import _lateness, _queue
 from hotpatch.agent._configmap import Taken
+from hotpatch.agent._lateness import TimerLateness
 from hotpatch.agent._queue import DropQueue
 
 HELD_S = 0.3  # how long a take that must wait is watched not returning
@@ -210,3 +213,75 @@ def test_a_lower_version_that_came_after_the_take_is_found_before_the_apply(
     assert Taking(queue).result() == "low.py"  # the lower one first, then the rest in order
     processed(queue, folder, "low.py")
     assert Taking(queue).result() in {"high.py", "same.py"}
+
+
+# -- the settle on a loaded machine -------------------------------------------------------
+
+
+def test_a_late_timer_lengthens_the_settle_and_it_returns_to_its_base_once_on_time(
+    folder: Path, announce: Callable[..., None]
+) -> None:
+    timers = TimerLateness()
+    queue = DropQueue(
+        folder,
+        threading.Condition(),
+        max_bytes=1 << 20,
+        keep=False,
+        taken=Taken(folder),
+        timers=timers,
+    )
+    assert queue.settle == _queue.SETTLE_S  # nothing late yet: the base
+    timers.note(_lateness.IDLE_S / 2)  # a timer's usual slack: not load
+    assert queue.settle == _queue.SETTLE_S
+    timers.note(0.02)  # a wait that returned 20 ms late
+    assert queue.settle == pytest.approx(_queue.SETTLE_S + 0.04)
+    timers.note(1.0)  # however late: at most MAX_EXTRA_S more
+    assert queue.settle == pytest.approx(_queue.SETTLE_S + _lateness.MAX_EXTRA_S)
+    for _ in range(_lateness.SAMPLES - 1):
+        timers.note(0.0)
+        assert queue.settle > _queue.SETTLE_S  # the late one is still among the last waits
+    timers.note(0.0)  # the last SAMPLES waits on time: the load went
+    assert queue.settle == _queue.SETTLE_S
+
+
+def test_a_thread_holding_the_gil_makes_the_measured_lateness_lengthen_the_settle(
+    folder: Path,
+) -> None:
+    # A real measurement: a thread that never releases the GIL keeps a timed wait from
+    # returning until CPython's switch interval has passed (here 100 ms), as a loaded
+    # machine keeps a woken thread from running.
+    timers = TimerLateness()
+    queue = DropQueue(
+        folder,
+        threading.Condition(),
+        max_bytes=1 << 20,
+        keep=False,
+        taken=Taken(folder),
+        timers=timers,
+    )
+    stop = threading.Event()
+    spinning = threading.Event()
+
+    def spin() -> None:
+        spinning.set()
+        while not stop.is_set():
+            pass
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(0.1)
+    busy = threading.Thread(target=spin)
+    try:
+        busy.start()
+        spinning.wait()
+        started, timeout = time.monotonic(), 0.001
+        assert not threading.Event().wait(timeout)
+        timers.waited(started, timeout)
+    finally:
+        stop.set()
+        busy.join()
+        sys.setswitchinterval(interval)
+    assert timers.lateness > _lateness.IDLE_S
+    assert queue.settle == pytest.approx(
+        _queue.SETTLE_S + min(2 * timers.lateness, _lateness.MAX_EXTRA_S)
+    )
+    assert queue.settle > _queue.SETTLE_S

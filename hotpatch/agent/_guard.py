@@ -23,9 +23,11 @@ import logging
 import os
 import stat
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
+from hotpatch.agent._lateness import TIMERS
 from hotpatch.agent._names import STAGING
 from hotpatch.agent._outcome import OUTCOME_DIRS
 from hotpatch.agent._state_dir import check_state_dir, refuse_read_only
@@ -216,7 +218,11 @@ class FolderGuard:
         self._thread = None
 
     def _run(self) -> None:
-        while not self._stopping.wait(self.interval):
+        while True:
+            started = time.monotonic()
+            if self._stopping.wait(self.interval):
+                return
+            TIMERS.waited(started, self.interval)  # how late it woke: the settle's measure
             try:
                 self.check()
             except Exception:

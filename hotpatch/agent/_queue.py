@@ -5,7 +5,10 @@ A drop's version is read without importing anything (the
 announcement, and remembered while the file stays the same (inode, size,
 modification time); a file whose version cannot be read goes last. Drops
 announced within ``SETTLE_S`` (5 ms) of each other are one burst: a drop is
-taken once the folder has been quiet that long. A file with a lower version
+taken once the folder has been quiet that long. On a loaded machine the
+settle is longer, by twice how late the agent's own timers fire lately
+(``hotpatch.agent._lateness``, at most 50 ms more): ``mv`` is descheduled
+between two renames about as long as they are late. A file with a lower version
 that is visible in the folder but not announced yet (still open, or its event
 in flight) is waited for, up to ``HOLD_BACK_S`` (1 s). While a burst waits,
 those are found without listing the folder for each drop
@@ -41,6 +44,7 @@ from hotpatch.agent._drops import (
     peek_version,
     read_patch_file,
 )
+from hotpatch.agent._lateness import TIMERS, TimerLateness
 from hotpatch.agent._names import shown
 from hotpatch.agent._outcome import OUTCOME_DIRS
 from hotpatch.agent._signing import SIGNATURE_SUFFIX
@@ -63,6 +67,7 @@ class DropQueue:
     ``take`` and ``forget`` by the folder's worker alone, without it, and
     ``stopped`` once the worker is gone. ``keep``: the folder
     is only read (drops stay in it), ``taken`` notes what was taken already.
+    ``timers``: how late timers fire (the process's), which lengthens the settle.
     """
 
     def __init__(
@@ -73,8 +78,10 @@ class DropQueue:
         max_bytes: int,
         keep: bool,
         taken: Taken,
+        timers: TimerLateness = TIMERS,
     ) -> None:
         self.path = path
+        self._timers = timers
         self._cond = cond
         self._max_bytes = max_bytes
         self._keep = keep
@@ -144,6 +151,12 @@ class DropQueue:
 
     # -- the worker ---------------------------------------------------------------------
 
+    @property
+    def settle(self) -> float:
+        """How long the folder must be quiet for a burst to be over: ``SETTLE_S`` on an idle
+        machine, longer by twice the timers' lateness (capped) on a loaded one."""
+        return self._timers.settle(SETTLE_S)
+
     def forget(self, name: str) -> None:
         """``name`` was processed: its version is read again if it comes back."""
         self._keys.pop(name, None)
@@ -161,8 +174,9 @@ class DropQueue:
         """Take the queued drop with the lowest version, once its burst has settled.
 
         A burst (``mv *.py patches/`` renames one file at a time) is over when
-        nothing new was announced for ``SETTLE_S``; a lower version visible in
-        the folder but not announced yet is waited for, up to ``HOLD_BACK_S``.
+        nothing new was announced for the settle (``settle``); a lower version
+        visible in the folder but not announced yet is waited for, up to
+        ``HOLD_BACK_S``.
         """
         deadline = time.monotonic() + HOLD_BACK_S
         while True:
@@ -176,9 +190,12 @@ class DropQueue:
                 continue
             now = time.monotonic()
             quiet = min(quiet, now - self._sorted_at)
-            if quiet < SETTLE_S and now < deadline:
+            settle = self.settle
+            if quiet < settle and now < deadline:
                 with self._cond:
-                    self._cond.wait(SETTLE_S - quiet)
+                    started, timeout = time.monotonic(), settle - quiet
+                    if not self._cond.wait(timeout):  # timed out: how late, the load tells
+                        self._timers.waited(started, timeout)
                 continue
             lowest = self._lowest(queued)
             if lowest is None:  # never expected: sort every queued drop again

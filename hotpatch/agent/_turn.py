@@ -28,7 +28,7 @@ from typing import NamedTuple, Protocol
 from packaging.version import Version
 
 from hotpatch.agent._names import shown
-from hotpatch.agent._queue import SETTLE_S, DropQueue
+from hotpatch.agent._queue import DropQueue
 
 __all__ = ["LATE_S", "Applied", "FolderTurn", "Overtaken", "Turn", "late_reason"]
 
@@ -86,7 +86,7 @@ class FolderTurn:
         gap = self._queue.came - top.at
         if gap > LATE_S:
             return None  # long after: the level's own refusal says it
-        return late_reason(self._name, version, level, top, gap_s=gap, settle_s=SETTLE_S)
+        return late_reason(self._name, version, level, top, gap_s=gap, settle_s=self._queue.settle)
 
 
 def late_reason(
@@ -104,7 +104,7 @@ def late_reason(
     return (
         f"patch {version} is not newer than the current level {level[-1]}: {shown(name)} "
         f"{when}, so the two were not one burst (a burst is kept in version order when its "
-        f"files come within {settle_s * 1000:g} ms of each other, or before its first one "
+        f"files come within {settle_s * 1000:.0f} ms of each other, or before its first one "
         "is applied; a move paused for longer, as on a loaded machine, is split); nothing "
         f"of {version} was applied. To have it in: give it a version above {level[-1]}, or "
         f"roll back below it ({back}) and drop {version} and the versions above it again"
