@@ -424,6 +424,7 @@ def test_a_brief_status_carries_the_top_of_the_level_as_the_check_after_an_apply
     brief = request(sock, {"cmd": "status", "brief": True})
     assert (brief["ok"], brief["level"], brief["level_size"]) == (True, versions[-10:], 12)
     assert brief["version"] == "1.0.12"
+    assert (brief["pending"], brief["pending_count"]) == ([], 0)
     assert request(sock, {"cmd": "status"})["level"] == versions
     assert target.f() == 12
 

@@ -285,3 +285,25 @@ def test_a_thread_holding_the_gil_makes_the_measured_lateness_lengthen_the_settl
         _queue.SETTLE_S + min(2 * timers.lateness, _lateness.MAX_EXTRA_S)
     )
     assert queue.settle > _queue.SETTLE_S
+
+
+def test_the_first_names_waiting_are_those_of_the_whole_list(
+    queue: DropQueue, folder: Path, announce: Callable[..., None]
+) -> None:
+    names = [f"fix-{n}.py" for n in (5, 2, 9, 1, 7)]
+    for name in names:
+        put(folder, name, "1.0." + name.split("-")[1].removesuffix(".py"))
+    announce(*names)
+    assert queue.names() == names  # by arrival
+    assert queue.take() == "fix-1.py"
+    assert queue.names() == ["fix-1.py", "fix-5.py", "fix-2.py", "fix-9.py", "fix-7.py"]
+    with queue._cond:
+        queue.requeue("fix-1.py")  # put back (it waits for a resource): first in line
+    queue.current = None
+    assert queue.take() == "fix-1.py"
+    with queue._cond:
+        queue.requeue("fix-1.py")
+    whole = queue.names()
+    assert whole[:2] == ["fix-1.py", "fix-1.py"]  # the current one, and queued again
+    for limit in range(len(whole) + 2):
+        assert queue.names(limit) == whole[:limit]

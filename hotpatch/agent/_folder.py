@@ -246,6 +246,13 @@ class Folder:
         with self._cond:
             return self._drops.names()
 
+    def pending_head(self, limit: int) -> tuple[list[str], int]:
+        """The first ``limit`` of ``pending`` and how many there are, at a cost that does
+        not grow with the number waiting (what a status after each drop shows)."""
+        with self._cond:
+            current = 1 if self._drops.current else 0
+            return self._drops.names(limit), len(self._drops) + current
+
     # -- announcements (watchdog thread, and catch-up) ----------------------------------
 
     def announce(self, name: str) -> None:

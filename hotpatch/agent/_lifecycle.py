@@ -143,6 +143,10 @@ class FolderWatch:
         """Drops waiting to be processed (the current one first)."""
         return self._watcher.pending if self._watcher is not None else []
 
+    def pending_head(self, limit: int) -> tuple[list[str], int]:
+        """The first ``limit`` of ``pending``, and how many there are (``Folder.pending_head``)."""
+        return self._watcher.pending_head(limit) if self._watcher is not None else ([], 0)
+
     @property
     def waiting(self) -> dict[str, object] | None:
         """The drop waiting for a resource (disk, descriptors, memory), and why."""

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import itertools
 import os
 import stat
 import threading
@@ -87,6 +88,8 @@ class DropQueue:
         self._keep = keep
         self._taken = taken
         self._queue: dict[str, int] = {}  # name -> arrival number
+        # The names queued again (arrival -1: before all others), in the order they were.
+        self._requeued: dict[str, None] = {}
         self._next_arrival = 0  # the number of the next arrival: they only grow
         self._given_up: set[str] = set()  # unannounced names no longer waited for
         self._keys: dict[str, tuple[tuple[int, int, int], SortKey]] = {}
@@ -130,7 +133,8 @@ class DropQueue:
 
     def requeue(self, name: str) -> None:
         """``name`` back in the queue, before the drops of its version."""
-        self._queue.setdefault(name, -1)
+        if self._queue.setdefault(name, -1) == -1:
+            self._requeued[name] = None
         self._unsorted.add(name)  # sorted in again: its entry was taken off the order
         if name == self.current:
             self._came.setdefault(name, self.came)
@@ -143,11 +147,17 @@ class DropQueue:
         """The folder at the path was replaced: its arrivals are watched anew at the next look."""
         self._rewatch = True
 
-    def names(self) -> list[str]:
-        """The drops waiting, as shown to people (the current one first, then by arrival)."""
-        names = sorted(self._queue, key=self._queue.__getitem__)
-        names = [self.current, *names] if self.current else names
-        return [shown(name) for name in names]
+    def names(self, limit: int | None = None) -> list[str]:
+        """The drops waiting, as shown to people (the current one first, then by arrival);
+        ``limit``: the first that many only, at a cost that does not grow with the queue
+        (a status asked for after each drop of a burst would cost N names each)."""
+        # The queue's own order is the arrivals' (a name queued again keeps its place,
+        # one queued anew comes last), but for the names queued again: first.
+        first = [self.current] if self.current else []
+        ordered = itertools.chain(
+            first, self._requeued, (n for n in self._queue if n not in self._requeued)
+        )
+        return [shown(name) for name in itertools.islice(ordered, limit)]
 
     # -- the worker ---------------------------------------------------------------------
 
@@ -217,6 +227,7 @@ class DropQueue:
                 if best not in self._queue:
                     continue
                 del self._queue[best]
+                self._requeued.pop(best, None)
                 self.current = best
                 self.came = self._came.pop(best, now)
             del self._order[0]  # best's entry: only this thread changes the order

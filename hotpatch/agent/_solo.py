@@ -9,7 +9,7 @@ import os
 from typing import Any
 
 from hotpatch._registry import Registry
-from hotpatch._results import level_summary, level_text
+from hotpatch._results import LEVEL_SHOWN, level_summary, level_text
 from hotpatch.agent._commands import Commands, dispatch
 from hotpatch.agent._control_server import ControlServer
 from hotpatch.agent._guard import check_folder, folder_status
@@ -106,10 +106,18 @@ class Solo:
         return self._handle(request, peer_uid)
 
     def status(self, *, brief: bool = False) -> dict[str, Any]:
+        pending: list[str] = []
+        count = 0
+        if self._watch is not None:
+            # Brief (asked after each drop): the first names, at a cost flat in the queue.
+            pending, count = (
+                self._watch.pending_head(LEVEL_SHOWN) if brief else (self._watch.pending, 0)
+            )
         return agent_status(
             self.settings,
             self.registry,
-            pending=self._watch.pending if self._watch is not None else [],
+            pending=pending,
+            pending_count=count if brief else None,
             last=self.pipeline.last,
             problem=self._watch.problem if self._watch is not None else None,
             waiting=self._watch.waiting if self._watch is not None else None,
@@ -132,6 +140,7 @@ def agent_status(
     registry: Registry,
     *,
     pending: list[str],
+    pending_count: int | None = None,
     last: dict[str, Any] | None,
     problem: str | None = None,
     waiting: dict[str, object] | None = None,
@@ -143,7 +152,8 @@ def agent_status(
     gate) says so: it is not what runs. ``problem``: why the folder takes no drop now;
     ``waiting``: the drop waiting for a resource. ``brief`` (``{"cmd": "status",
     "brief": true}``, what the agent's own check after each apply asks): the top of the
-    level and ``level_size``, an answer that costs the same at any level.
+    level and ``level_size``, and (given) the first drops waiting in ``pending`` with
+    ``pending_count``: an answer that costs the same at any level and any queue.
     """
     if last is not None and last.get("outcome") in ("applied", "unchanged"):
         last = {**last, "rolled_back": last.get("version") not in registry.level}
@@ -158,6 +168,7 @@ def agent_status(
         "journal": str(settings.journal) if settings.journal else None,
         "socket": str(settings.socket) if settings.socket else None,
         "pending": pending,
+        **({"pending_count": pending_count} if pending_count is not None else {}),
         "last": last,
         "folder": folder_status(problem),
         "waiting": waiting,
