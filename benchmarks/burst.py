@@ -1,8 +1,10 @@
 """Bursts: N patches moved into the watched folder at once, until the last one is filed.
 
-A real agent (``hotpatch.install``) with its journal on, as a service runs,
-watches a real folder. N patch files (versions 1.0.1 ... 1.0.N, each
-replacing the same function, so they stack) are written beside the folder,
+A real agent (``hotpatch.install``) with its journal and its control socket
+on, as a service runs (after each apply it asks its own socket for a brief
+status: the top of the level, the first drops waiting), watches a real
+folder. N patch files (versions 1.0.1 ... 1.0.N, each replacing the same
+function, so they stack) are written beside the folder,
 then renamed into it one after the other in a shuffled order by ``mv`` (in
 its own process, as a person or a deployment script would move them), with
 the names in no useful order. The
@@ -32,6 +34,7 @@ Usage: ``python benchmarks/burst.py [--quick] [--sizes 200,1000] [--rounds 3]
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import json
 import logging
@@ -113,10 +116,10 @@ def burst(root: Path, size: int, *, verify: bool) -> dict[str, Any]:
         "1.0",
         watch=folder,
         journal=root / f"journal-{tag}.json",
-        control_socket=False,
         verify=verify,
     )
     applied = folder / "applied"
+    collections = _Collections()
     cpu, split = _cpu(), _split()
     try:
         start = time.perf_counter()
@@ -130,6 +133,7 @@ def burst(root: Path, size: int, *, verify: bool) -> dict[str, Any]:
         agent.stop()  # the verifier is reaped: its CPU time, and its checks', count
         cpu = _cpu() - cpu
         user, system = (b - a for a, b in zip(split, _split(), strict=True))
+        collections.stop()
     # Looked at once the clocks stopped: reading the N result files is not the burst's.
     level = agent.registry.level if agent.registry is not None else ()
     in_order = list(level) == [f"1.0.{n}" for n in range(1, size + 1)]
@@ -148,10 +152,30 @@ def burst(root: Path, size: int, *, verify: bool) -> dict[str, Any]:
         "cpu_user_s": user,
         "cpu_system_s": system,
         "agent_per_drop_ms": sum(totals) / size * 1e3,
+        "gc_s": collections.seconds,
+        "gc_full": collections.full,
         "in_version_order": in_order,
         "active": active,
         "hotpatch": str(Path(hotpatch.__file__).resolve().parent.parent),
     }
+
+
+class _Collections:
+    """The garbage collections of this process while it runs: their time, the full ones."""
+
+    def __init__(self) -> None:
+        self.seconds, self.full, self._started = 0.0, 0, 0.0
+        gc.callbacks.append(self._note)
+
+    def _note(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.seconds += time.perf_counter() - self._started
+            self.full += info["generation"] == 2
+
+    def stop(self) -> None:
+        gc.callbacks.remove(self._note)
 
 
 def _cpu() -> float:
@@ -317,6 +341,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "CPU s",
             "user",
             "system",
+            "gc ms",
             "in order",
         ],
         [
@@ -331,6 +356,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 r["cpu_s"],
                 r["cpu_user_s"],
                 r["cpu_system_s"],
+                r["gc_s"] * 1e3,
                 "yes" if r["in_version_order"] and r["active"] else "NO",
             ]
             for r in sorted(
