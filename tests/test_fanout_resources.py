@@ -95,6 +95,35 @@ def test_a_worker_that_truly_cannot_accept_makes_the_drop_wait_naming_it(
     assert owner.finish() == other.finish() == "level 1.0.1"
 
 
+def test_a_delivery_larger_than_the_socket_buffer_is_given_up_like_a_small_one(
+    tmp_path: Path, services: Any
+) -> None:
+    # The patch is larger than a socket's buffer: sending it to a worker that truly
+    # cannot accept never completes. The owner finds that worker out as it does for a
+    # small delivery (its request not taken, at its descriptor limit), not only after
+    # waiting the whole DELIVER_TIMEOUT_S for the send; the drop waits naming it and
+    # goes in once the worker has descriptors again.
+    folder = DropFolder(tmp_path)
+    owner, other = services(folder, "workers"), services(folder, "workers")
+    other.tell("fill 0 0")
+    other.expect("full")
+    _, hard = resource.prlimit(other.process.pid, resource.RLIMIT_NOFILE)
+    resource.prlimit(other.process.pid, resource.RLIMIT_NOFILE, (3, hard))
+    padding = f"PADDING = {'x' * 600_000!r}\n"  # more than a Unix socket's buffer
+    folder.drop("a.py", good_patch("1.0.1", 1) + padding)
+    line = waits_line(owner, "a.py")
+    assert f"worker {other.process.pid} did not take the request" in line, line
+    assert "LimitNOFILE" in line, line
+    other.tell("free")
+    other.expect("freed")
+    where, result = outcome(folder, "a.py")
+    assert (where, result["outcome"]) == ("applied", "applied"), (result, owner.logged())
+    for each in (owner, other):
+        each.tell("f")
+        assert each.expect("f") == "f 1"
+    assert owner.finish() == other.finish() == "level 1.0.1"
+
+
 def test_a_delivery_given_up_is_never_applied_later(tmp_path: Path, services: Any) -> None:
     # The owner gave up on a worker that could not take the delivery; the drop is then
     # removed. When the worker gets descriptors back, the delivery left waiting in its

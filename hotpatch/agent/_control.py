@@ -67,8 +67,10 @@ def request(
     Raises ``OSError`` (``FileNotFoundError``, ``ConnectionRefusedError``,
     ``TimeoutError``, ``ConnectionError`` for a missing or unreadable answer,
     ``AgentBusy`` when its backlog stays full for ``BUSY_WAIT_S``).
-    ``unanswerable``: asked while the answer is awaited (every ``POLL_S``); an
-    error it returns (the server cannot accept: no descriptor left) ends the wait.
+    ``unanswerable``: asked while the request cannot be sent (its peer reads
+    none of it: a request larger than the socket's buffer) and while the answer
+    is awaited, every ``POLL_S``; an error it returns (the server cannot accept:
+    no descriptor left) ends the wait.
     """
     target = Path(path)
     with _connect(target, timeout) as sock:
@@ -85,9 +87,13 @@ def exchange(
 ) -> dict[str, Any]:
     """Send ``payload`` on a connected ``sock`` and read its answer (see ``request``)."""
     sock.settimeout(timeout)
+    data = (json.dumps(payload) + "\n").encode()
     # Refused before it read anything (uid, busy): its answer may still be waiting.
     with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-        sock.sendall((json.dumps(payload) + "\n").encode())
+        if unanswerable is None:
+            sock.sendall(data)
+        else:
+            _send_watching(sock, data, timeout, unanswerable)
     line = _answer_line(sock, timeout, unanswerable)
     if not line.endswith(b"\n"):
         msg = f"the process at {peer} closed the connection without a complete answer"
@@ -101,6 +107,29 @@ def exchange(
         msg = f"the process at {peer} answered a JSON {type(response).__name__}, not an object"
         raise ConnectionError(msg)
     return response
+
+
+def _send_watching(
+    sock: socket.socket, data: bytes, timeout: float, unanswerable: Callable[[], OSError | None]
+) -> None:
+    """``sendall``, asking ``unanswerable`` each time nothing could be sent for ``POLL_S``:
+    a peer that reads none of a large request is found out as soon as a small one's."""
+    view = memoryview(data)
+    waited = 0.0
+    sock.settimeout(POLL_S)
+    while view:
+        try:
+            sent = sock.send(view)
+        except TimeoutError:
+            problem = unanswerable()
+            if problem is not None:
+                raise problem from None
+            waited += POLL_S
+            if waited >= timeout:
+                raise
+            continue
+        view = view[sent:]
+        waited = 0.0
 
 
 def _answer_line(
