@@ -76,8 +76,11 @@ class Jobs:
         self._planned_task: asyncio.Task[None] | None = None
         self.due: BaselineJob | None = None
 
-    def status(self, pending: list[str], *, whole: bool = True) -> dict[str, Any] | None:
-        """The ``patches`` part of the supervisor's status (``pending``: drops in the folder);
+    def status(
+        self, pending: tuple[list[str], int], *, whole: bool = True
+    ) -> dict[str, Any] | None:
+        """The ``patches`` part of the supervisor's status (``pending``: drops in the folder
+        as ``PatchPipeline.pending`` answers, shown whole or not as ``whole`` says);
         the level and the drops pending shown by their top unless ``whole`` (``shown``)."""
         if self.config.watch is None and self.config.baseline is None:
             return None
@@ -94,7 +97,7 @@ class Jobs:
             "code_root": str(running.release.code_root) if running.release else None,
             "baseline_pending": self.planned.describe() if self.planned else None,
             "queued": [job.name for job in self.queue],
-            **pending_shown(pending, whole=whole),
+            **pending_shown(pending),
             "last": self.log[-1] if self.log else None,
             "recent": list(self.log),
         }

@@ -34,7 +34,7 @@ from hotpatch._errors import JournalError, VerificationFailed
 from hotpatch._journal import Journal
 from hotpatch._journal_format import JournalEntry
 from hotpatch._loader import DEFAULT_MAX_BYTES
-from hotpatch._results import level_text
+from hotpatch._results import LEVEL_SHOWN, level_text
 from hotpatch.agent._applier import AppliedPatch, PatchText, not_applied, show_answer
 from hotpatch.agent._commands import Commands, dispatch
 from hotpatch.agent._control_server import ControlServer
@@ -154,9 +154,15 @@ class SupervisedPipeline:
         if self._stack is not None:
             self._stack.close()
 
-    def pending(self) -> list[str]:
-        """Drops in the folder waiting to be processed."""
-        return self._watch.pending if self._watch is not None else []
+    def pending(self, *, whole: bool = True) -> tuple[list[str], int]:
+        """Drops in the folder waiting to be processed (all of them, or the first
+        ``LEVEL_SHOWN`` at a cost flat in the queue unless ``whole``) and how many wait."""
+        if self._watch is None:
+            return [], 0
+        if not whole:
+            return self._watch.pending_head(LEVEL_SHOWN)
+        names = self._watch.pending
+        return names, len(names)
 
     def status(self) -> dict[str, Any]:
         """The supervisor's status (the fleet's, workers included), as its status file holds."""

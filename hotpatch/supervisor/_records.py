@@ -122,8 +122,9 @@ class FolderPipeline(Protocol):
     def stop(self) -> None:
         """Stop watching and serving; the drop being processed finishes first."""
 
-    def pending(self) -> list[str]:
-        """The drops waiting in the folder."""
+    def pending(self, *, whole: bool = True) -> tuple[list[str], int]:
+        """The drops waiting in the folder (all, or the first ``LEVEL_SHOWN`` unless
+        ``whole``) and how many wait."""
 
     def folder(self) -> dict[str, Any]:
         """``folder`` (safe, and if not, why) and ``waiting`` (a drop short of a resource)."""

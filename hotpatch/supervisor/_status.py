@@ -19,8 +19,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from hotpatch._results import LEVEL_SHOWN
-
 __all__ = ["pending_shown", "read_status", "utc_now", "write_status"]
 
 log = logging.getLogger("hotpatch.supervisor")
@@ -32,10 +30,12 @@ def utc_now() -> str:
     return now.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def pending_shown(pending: list[str], *, whole: bool) -> dict[str, Any]:
+def pending_shown(pending: tuple[list[str], int]) -> dict[str, Any]:
     """The drops waiting in the folder as the status shows them: ``pending`` (all of them,
-    or the first ``LEVEL_SHOWN``: what the status file holds) and ``pending_count``."""
-    return {"pending": pending if whole else pending[:LEVEL_SHOWN], "pending_count": len(pending)}
+    or the first ``LEVEL_SHOWN``: what the status file holds) and ``pending_count``, from
+    what the folder answered (``PatchPipeline.pending``)."""
+    names, count = pending
+    return {"pending": names, "pending_count": count}
 
 
 def write_status(path: Path, status: dict[str, Any]) -> None:

@@ -152,7 +152,7 @@ class Supervisor:
             "last_restart": asdict(restarts.last) if restarts.last else None,
             "pauses_s": list(restarts.pauses),
             "patches": self.jobs.status(
-                self.pipeline.pending() if self.pipeline else [], whole=whole
+                self.pipeline.pending(whole=whole) if self.pipeline else ([], 0), whole=whole
             ),
             "snapshot": {
                 "count": handover.snapshots,

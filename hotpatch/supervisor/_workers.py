@@ -193,13 +193,13 @@ class Fleet:
         first = self.members[0].status(whole=False) if self.members else {}
         patches = None
         if self.config.watch is not None or self.config.baseline is not None:
-            pending = self.pipeline.pending() if self.pipeline is not None else []
+            pending = self.pipeline.pending(whole=whole) if self.pipeline is not None else ([], 0)
             patches = {
                 "watch": str(self.config.watch) if self.config.watch else None,
                 **({"state_dir": str(self.config.state_dir)} if self.config.state_dir else {}),
                 "baseline": self.baseline,
                 **fleet_level(mirrors, whole=whole),
-                **pending_shown(pending, whole=whole),
+                **pending_shown(pending),
             }
         return {
             "pid": os.getpid(),
