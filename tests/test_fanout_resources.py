@@ -43,6 +43,15 @@ def waits_line(service: Service, name: str) -> str:
     return found[0]
 
 
+def cannot_accept(worker: Service) -> None:
+    """``worker`` holds every descriptor and its limit is lowered below what it holds:
+    it truly cannot accept a connection, even with its spare one, until told ``free``."""
+    worker.tell("fill 0 0")
+    worker.expect("full")
+    _, hard = resource.prlimit(worker.process.pid, resource.RLIMIT_NOFILE)
+    resource.prlimit(worker.process.pid, resource.RLIMIT_NOFILE, (3, hard))
+
+
 def test_a_worker_at_its_descriptor_limit_takes_the_owner_s_delivery(
     tmp_path: Path, services: Any
 ) -> None:
@@ -75,10 +84,7 @@ def test_a_worker_that_truly_cannot_accept_makes_the_drop_wait_naming_it(
     # which worker, what ran out and what to do; it goes in once the worker has some.
     folder = DropFolder(tmp_path)
     owner, other = services(folder, "workers"), services(folder, "workers")
-    other.tell("fill 0 0")
-    other.expect("full")
-    _, hard = resource.prlimit(other.process.pid, resource.RLIMIT_NOFILE)
-    resource.prlimit(other.process.pid, resource.RLIMIT_NOFILE, (3, hard))
+    cannot_accept(other)
     folder.drop("a.py", good_patch("1.0.1", 1))
     line = waits_line(owner, "a.py")
     assert f"worker {other.process.pid}" in line, line
@@ -105,10 +111,7 @@ def test_a_delivery_larger_than_the_socket_buffer_is_given_up_like_a_small_one(
     # goes in once the worker has descriptors again.
     folder = DropFolder(tmp_path)
     owner, other = services(folder, "workers"), services(folder, "workers")
-    other.tell("fill 0 0")
-    other.expect("full")
-    _, hard = resource.prlimit(other.process.pid, resource.RLIMIT_NOFILE)
-    resource.prlimit(other.process.pid, resource.RLIMIT_NOFILE, (3, hard))
+    cannot_accept(other)
     padding = f"PADDING = {'x' * 600_000!r}\n"  # more than a Unix socket's buffer
     folder.drop("a.py", good_patch("1.0.1", 1) + padding)
     line = waits_line(owner, "a.py")
@@ -130,10 +133,7 @@ def test_a_delivery_given_up_is_never_applied_later(tmp_path: Path, services: An
     # socket's backlog must not go in: every worker stays at the baseline.
     folder = DropFolder(tmp_path)
     owner, other = services(folder, "workers"), services(folder, "workers")
-    other.tell("fill 0 0")
-    other.expect("full")
-    _, hard = resource.prlimit(other.process.pid, resource.RLIMIT_NOFILE)
-    resource.prlimit(other.process.pid, resource.RLIMIT_NOFILE, (3, hard))
+    cannot_accept(other)
     folder.drop("a.py", good_patch("1.0.1", 1))
     waits_line(owner, "a.py")
     (folder.path / "a.py").unlink()
@@ -163,10 +163,7 @@ def test_a_delivery_given_up_is_never_applied_while_its_connection_is_still_open
     owner, other = services(folder, "workers"), services(folder, "workers")
     owner.tell("fork-hold 4")
     owner.expect("armed")
-    other.tell("fill 0 0")
-    other.expect("full")
-    _, hard = resource.prlimit(other.process.pid, resource.RLIMIT_NOFILE)
-    resource.prlimit(other.process.pid, resource.RLIMIT_NOFILE, (3, hard))
+    cannot_accept(other)
     folder.drop("a.py", good_patch("1.0.1", 1))
     waits_line(owner, "a.py")
     (folder.path / "a.py").unlink()

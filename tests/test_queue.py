@@ -218,11 +218,9 @@ def test_a_lower_version_that_came_after_the_take_is_found_before_the_apply(
 # -- the settle on a loaded machine -------------------------------------------------------
 
 
-def test_a_late_timer_lengthens_the_settle_and_it_returns_to_its_base_once_on_time(
-    folder: Path, announce: Callable[..., None]
-) -> None:
-    timers = TimerLateness()
-    queue = DropQueue(
+def _settling(folder: Path, timers: TimerLateness) -> DropQueue:
+    """A queue whose settle follows ``timers`` (not the process's own)."""
+    return DropQueue(
         folder,
         threading.Condition(),
         max_bytes=1 << 20,
@@ -230,6 +228,13 @@ def test_a_late_timer_lengthens_the_settle_and_it_returns_to_its_base_once_on_ti
         taken=Taken(folder),
         timers=timers,
     )
+
+
+def test_a_late_timer_lengthens_the_settle_and_it_returns_to_its_base_once_on_time(
+    folder: Path, announce: Callable[..., None]
+) -> None:
+    timers = TimerLateness()
+    queue = _settling(folder, timers)
     assert queue.settle == _queue.SETTLE_S  # nothing late yet: the base
     timers.note(_lateness.IDLE_S / 2)  # a timer's usual slack: not load
     assert queue.settle == _queue.SETTLE_S
@@ -251,14 +256,7 @@ def test_a_thread_holding_the_gil_makes_the_measured_lateness_lengthen_the_settl
     # returning until CPython's switch interval has passed (here 100 ms), as a loaded
     # machine keeps a woken thread from running.
     timers = TimerLateness()
-    queue = DropQueue(
-        folder,
-        threading.Condition(),
-        max_bytes=1 << 20,
-        keep=False,
-        taken=Taken(folder),
-        timers=timers,
-    )
+    queue = _settling(folder, timers)
     stop = threading.Event()
     spinning = threading.Event()
 
