@@ -127,6 +127,26 @@ def test_a_delivery_larger_than_the_socket_buffer_is_given_up_like_a_small_one(
     assert owner.finish() == other.finish() == "level 1.0.1"
 
 
+def test_a_patch_larger_than_a_control_request_reaches_every_worker(
+    tmp_path: Path, services: Any
+) -> None:
+    # A patch file may be up to max_bytes (10 MiB); delivered to a worker it is one
+    # control request carrying its text. A 2 MB patch is a good patch: every worker
+    # applies it (before: the other worker refused the request as longer than 1 MiB,
+    # and the drop was rejected with "fix the patch").
+    folder = DropFolder(tmp_path)
+    owner, other = services(folder, "workers"), services(folder, "workers")
+    padding = f"PADDING = {'x' * 2_000_000!r}\n"
+    folder.drop("a.py", good_patch("1.0.1", 1) + padding)
+    where, result = outcome(folder, "a.py")
+    assert (where, result["outcome"]) == ("applied", "applied"), result
+    assert [w["outcome"] for w in result["workers"]] == ["applied", "applied"], result
+    for each in (owner, other):
+        each.tell("f")
+        assert each.expect("f") == "f 1"
+    assert owner.finish() == other.finish() == "level 1.0.1"
+
+
 def test_a_delivery_given_up_is_never_applied_later(tmp_path: Path, services: Any) -> None:
     # The owner gave up on a worker that could not take the delivery; the drop is then
     # removed. When the worker gets descriptors back, the delivery left waiting in its

@@ -63,6 +63,7 @@ class ControlServer:
     A connection must send each complete request within ``idle_timeout`` of
     connecting or of its last answer, or it is told so and closed; beyond
     ``max_connections`` the connection closest to that deadline makes room.
+    A request line longer than ``max_request_bytes`` is refused (``BadRequest``).
     """
 
     def __init__(
@@ -74,8 +75,10 @@ class ControlServer:
         max_clients: int = 16,
         max_connections: int = 256,
         idle_timeout: float = IDLE_TIMEOUT_S,
+        max_request_bytes: int = MAX_REQUEST_BYTES,
     ) -> None:
         self.path = Path(path).absolute()
+        self.max_request_bytes = max_request_bytes
         self.handler = handler
         self.allowed_uids = frozenset({os.getuid(), 0} if allowed_uids is None else allowed_uids)
         self.idle_timeout = idle_timeout
@@ -375,13 +378,13 @@ class ControlServer:
         del buffer[:blank]
         end = buffer.find(b"\n")
         if end < 0:
-            if len(buffer) > MAX_REQUEST_BYTES:
-                msg = f"request longer than {MAX_REQUEST_BYTES} bytes"
+            if len(buffer) > self.max_request_bytes:
+                msg = f"request longer than {self.max_request_bytes} bytes"
                 _send_now(conn.sock, _error(msg, "BadRequest"))
                 self._close(conn, selector)
             return
-        if end > MAX_REQUEST_BYTES:
-            msg = f"request longer than {MAX_REQUEST_BYTES} bytes"
+        if end > self.max_request_bytes:
+            msg = f"request longer than {self.max_request_bytes} bytes"
             _send_now(conn.sock, _error(msg, "BadRequest"))
             self._close(conn, selector)
             return

@@ -69,6 +69,7 @@ from hotpatch.agent.fanout._peers import (
     announce,
     other_workers,
     register,
+    request_bytes,
     start_lock,
     usable,
     workers_dir,
@@ -149,7 +150,13 @@ class Worker:
                     joined=self.roster.look,
                 )
                 with lock:  # deliveries wait until this worker has caught up
-                    self._server = stack.enter_context(ControlServer(socket, self.commands.handle))
+                    self._server = stack.enter_context(
+                        ControlServer(
+                            socket,
+                            self.commands.handle,
+                            max_request_bytes=request_bytes(settings.checks.max_bytes),
+                        )
+                    )
                     vital.served_by(self._server)
                     stack.callback(vital.close)
                     if peers and not self.replica.catch_up(folder, self.journal):

@@ -41,7 +41,7 @@ from typing import Any
 
 from hotpatch._process import alive
 from hotpatch._shortage import shortage_of
-from hotpatch.agent._control import exchange, request, with_address
+from hotpatch.agent._control import MAX_REQUEST_BYTES, exchange, request, with_address
 from hotpatch.agent._control_server import ControlServer
 from hotpatch.agent._names import PIDFILE_NAME, WORKERS_DIR
 
@@ -61,6 +61,7 @@ __all__ = [
     "owner_pid",
     "register",
     "remove_stale",
+    "request_bytes",
     "send",
     "start_lock",
     "take_claim",
@@ -81,6 +82,13 @@ RETRY_S = 30.0  # ``call_until``: how long a worker that cannot answer now is tr
 _RETRIED = (None, "Shortage", "Busy")  # error types of answers worth asking again
 CLAIM_SUFFIX = ".claim"
 _CLAIM = re.compile(r"(\d+)\.(\d+)\.[0-9a-f]{16}\.claim")  # worker, caller, nonce
+
+
+def request_bytes(max_bytes: int) -> int:
+    """The longest request a worker's control socket takes: a delivery carries a patch file
+    of up to ``max_bytes`` as JSON text (each byte at most six: ``\\u00XX``) beside the
+    room of any other request. Only this user and root may connect to it."""
+    return MAX_REQUEST_BYTES + 6 * max_bytes
 
 
 def workers_dir(folder: Path) -> Path:
