@@ -156,8 +156,12 @@ def test_a_folder_replaced_by_rename_is_taken_over_and_each_drop_taken_once(
 def test_an_unsafe_replacement_is_not_taken_until_it_is_made_safe(workers: Workers) -> None:
     pids = [workers.start() for _ in range(2)]
     delete(workers.folder)
-    workers.folder.mkdir()
-    workers.folder.chmod(0o777)
+    # Made unsafe before it is put in place: a folder made and then re-permissioned
+    # would be a safe folder for an instant, one a worker may rightly take.
+    unsafe = workers.folder.with_name(workers.folder.name + ".new")
+    unsafe.mkdir()
+    unsafe.chmod(0o777)
+    os.rename(unsafe, workers.folder)
     (workers.folder / "planted.py").write_text(patch_text("1.1", 1))
     wait_for(lambda: errors(workers, "writable by other users"), "the ERROR saying so")
     time.sleep(1.5)

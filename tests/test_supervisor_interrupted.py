@@ -85,9 +85,12 @@ def test_a_patch_sent_just_after_its_process_died_goes_to_the_next_one(
             assert first is not None
             seen["first"] = first.pid
             os.kill(first.pid, signal.SIGKILL)
-            # Until its last thread is gone, with its end of the channel (the loop waits too).
-            wait_for(lambda: hung_up(first.channel), "the serving process to die")
-            assert not running(first.pid)
+            # Until its last thread is gone, with its end of the channel (the loop waits too),
+            # and it is a zombie: the kernel closes a dying process's descriptors before that.
+            wait_for(
+                lambda: hung_up(first.channel) and not running(first.pid),
+                "the serving process to die",
+            )
             assert first.alive  # as far as the supervisor knows
             seen["answer"] = await supervisor.submit_patch(
                 "a-1.0.1.py", str(tmp_path / "a-1.0.1.py"), data, "test"
