@@ -52,6 +52,19 @@ def cannot_accept(worker: Service) -> None:
     resource.prlimit(worker.process.pid, resource.RLIMIT_NOFILE, (3, hard))
 
 
+def applied_everywhere(folder: DropFolder, name: str, *services: Service) -> dict[str, Any]:
+    """Wait for ``name`` to be filed as applied; each service then answers ``f 1``.
+
+    Returns the drop's result (its ``workers`` for a test to check further)."""
+    where, result = outcome(folder, name)
+    logs = [each.logged() for each in services]
+    assert (where, result["outcome"]) == ("applied", "applied"), (result, logs)
+    for each in services:
+        each.tell("f")
+        assert each.expect("f") == "f 1"
+    return result
+
+
 def test_a_worker_at_its_descriptor_limit_takes_the_owner_s_delivery(
     tmp_path: Path, services: Any
 ) -> None:
@@ -62,15 +75,11 @@ def test_a_worker_at_its_descriptor_limit_takes_the_owner_s_delivery(
     other.tell("fill 0 0")
     other.expect("full")
     folder.drop("a.py", good_patch("1.0.1", 1))
-    where, result = outcome(folder, "a.py")
-    assert (where, result["outcome"]) == ("applied", "applied"), (result, other.logged())
+    result = applied_everywhere(folder, "a.py", owner, other)
     assert {w["pid"]: w["outcome"] for w in result["workers"]} == {
         owner.process.pid: "applied",
         other.process.pid: "applied",
     }
-    for each in (owner, other):
-        each.tell("f")
-        assert each.expect("f") == "f 1"
     other.tell("free")
     other.expect("freed")
     assert owner.finish() == other.finish() == "level 1.0.1"
@@ -93,11 +102,7 @@ def test_a_worker_that_truly_cannot_accept_makes_the_drop_wait_naming_it(
     assert not os.path.lexists(folder.path / "rejected" / "a.py")
     other.tell("free")
     other.expect("freed")
-    where, result = outcome(folder, "a.py")
-    assert (where, result["outcome"]) == ("applied", "applied"), (result, owner.logged())
-    for each in (owner, other):
-        each.tell("f")
-        assert each.expect("f") == "f 1"
+    applied_everywhere(folder, "a.py", owner, other)
     assert owner.finish() == other.finish() == "level 1.0.1"
 
 
@@ -119,11 +124,7 @@ def test_a_delivery_larger_than_the_socket_buffer_is_given_up_like_a_small_one(
     assert "LimitNOFILE" in line, line
     other.tell("free")
     other.expect("freed")
-    where, result = outcome(folder, "a.py")
-    assert (where, result["outcome"]) == ("applied", "applied"), (result, owner.logged())
-    for each in (owner, other):
-        each.tell("f")
-        assert each.expect("f") == "f 1"
+    applied_everywhere(folder, "a.py", owner, other)
     assert owner.finish() == other.finish() == "level 1.0.1"
 
 
@@ -138,12 +139,8 @@ def test_a_patch_larger_than_a_control_request_reaches_every_worker(
     owner, other = services(folder, "workers"), services(folder, "workers")
     padding = f"PADDING = {'x' * 2_000_000!r}\n"
     folder.drop("a.py", good_patch("1.0.1", 1) + padding)
-    where, result = outcome(folder, "a.py")
-    assert (where, result["outcome"]) == ("applied", "applied"), result
+    result = applied_everywhere(folder, "a.py", owner, other)
     assert [w["outcome"] for w in result["workers"]] == ["applied", "applied"], result
-    for each in (owner, other):
-        each.tell("f")
-        assert each.expect("f") == "f 1"
     assert owner.finish() == other.finish() == "level 1.0.1"
 
 
