@@ -449,24 +449,29 @@ class Folder:
         """``file()``'s answer, once the folder is safe to file in; ``None``: the agent stopped.
 
         A failure (``OSError``: the disk full, an outcome folder gone) is tried
-        again after a back-off: the outcome stands, its filing waits.
+        again after a back-off: the outcome stands, its filing waits. Once the
+        agent stops, it is tried once more (the drop processed as the stop began
+        is finished: SPEC 7), then left in the folder.
         """
+        tried = False
         while True:
             with self._cond:
-                if self._stopping:
-                    log.warning(
-                        "patch folder %s: stopped before %s %s could be filed; it stays in "
-                        "the folder (the next start finds it %s)",
-                        self.path,
-                        shown(path.name),
-                        outcome.outcome,
-                        "unchanged" if outcome.outcome == "applied" else "again",
-                    )
-                    return None
+                stopping = self._stopping
+            if stopping and (tried or not self._ready()):
+                log.warning(
+                    "patch folder %s: stopped before %s %s could be filed; it stays in "
+                    "the folder (the next start finds it %s)",
+                    self.path,
+                    shown(path.name),
+                    outcome.outcome,
+                    "unchanged" if outcome.outcome == "applied" else "again",
+                )
+                return None
             if not self._ready():
                 with self._cond:
                     self._cond.wait(GUARD_INTERVAL_S)
                 continue
+            tried = stopping
             try:
                 newcomer = file()
             except OSError as exc:
@@ -477,10 +482,19 @@ class Folder:
                         f"{resource}: its outcome ({outcome.outcome}) cannot be filed "
                         f"({exc.strerror or exc})",
                     )
-                    self._cond.wait(delay)
+                    if not self._stopping:
+                        self._cond.wait(delay)
                 continue
             with self._cond:
                 self._retry.succeeded()
+            if stopping:
+                log.info(
+                    "patch folder %s: the agent stopped during the processing of %s; it was "
+                    "finished first and is filed %s",
+                    self.path,
+                    shown(path.name),
+                    outcome.outcome,
+                )
             return newcomer
 
     def _file(self, path: Path, outcome: Outcome) -> None:

@@ -29,13 +29,19 @@ from hotpatch.agent._applier import (
 from hotpatch.agent._drops import bundle_version
 from hotpatch.agent._outcome import Outcome
 
-__all__ = ["BUNDLE_REASON", "VITAL_WHO", "LocalApplier", "Vital"]
+__all__ = ["BUNDLE_REASON", "VITAL_WHO", "LocalApplier", "StoppedDuringCheck", "Vital"]
 
 log = logging.getLogger("hotpatch")
 
 BUNDLE_REASON = "baseline bundles need the supervisor (hotpatch run)"
 VITAL_WHO = "hotpatch (vital check)"  # who rolls back a patch that broke the agent
 ROLLBACK_TRIES_S = 10.0  # a rollback after the check, out of descriptors, is tried so long
+
+
+class StoppedDuringCheck(Exception):
+    """The check after an apply was cut short by the agent's own stop (its control socket
+    closed under it): whether the agent still answers with the patch is not known, and
+    not the patch's doing. What was checked before (filing) passed."""
 
 
 class Vital(Protocol):
@@ -47,7 +53,8 @@ class Vital(Protocol):
     def __call__(self, record: dict[str, Any], /) -> str | None:
         """Given the record about to be filed: ``None`` when the agent can still file it
         and answer its control socket, else what is broken; ``Shortage`` when that could
-        not be found out (no descriptor left even with those kept for it)."""
+        not be found out (no descriptor left even with those kept for it);
+        ``StoppedDuringCheck`` when the agent's stop closed the socket under it."""
 
     def released(self) -> contextlib.AbstractContextManager[int]:
         """The descriptors kept for the check, given up while the block runs."""
@@ -62,6 +69,9 @@ class LocalApplier:
     One whose check could not be made for want of descriptors is rolled back
     too, and the drop waits (``Shortage``) to be tried again. At the limit the
     rollback's journal record is written with the descriptors the check keeps.
+    One whose check was cut short by the agent's own stop (its socket closed
+    under it) stays applied and journalled: the stop is not the patch's doing,
+    and the outcome says the socket was not asked.
     """
 
     def __init__(self, registry: Registry, *, vital: Vital | None = None) -> None:
@@ -205,6 +215,10 @@ class LocalApplier:
             broken = self.vital(outcome.record())
         except Shortage as exc:
             unknown, broken = exc, f"not known: {exc}"
+        except StoppedDuringCheck as exc:
+            outcome.timings["vital_s"] = time.perf_counter() - t
+            _stopped_during_check(patch, outcome, exc)
+            return
         outcome.timings["vital_s"] = time.perf_counter() - t
         if broken is None:
             return
@@ -251,6 +265,8 @@ class LocalApplier:
             still = self.vital(outcome.record())
         except Shortage:
             still = None  # not known: said when the next patch is checked
+        except StoppedDuringCheck:
+            still = None  # the agent stops: its socket is not asked again
         if still is not None:
             log.critical(
                 "the agent still cannot file outcomes or answer with patch %s rolled back (%s); "
@@ -285,6 +301,19 @@ class LocalApplier:
                     return None
             time.sleep(pause)  # another thread took them: until one is free again
             pause = min(pause * 2, 0.5)
+
+
+def _stopped_during_check(patch: Patch, outcome: Outcome, exc: StoppedDuringCheck) -> None:
+    """The agent's stop cut the check after ``patch``'s apply short: it stays applied."""
+    log.warning(
+        "patch %s: the agent stopped during its apply (%s); the patch stays applied and "
+        "journalled, and the next agent's control socket is the one to ask",
+        patch.version,
+        exc,
+    )
+    outcome.reason = (
+        f"applied while the agent stopped: {exc}; the patch stays applied and journalled"
+    )
 
 
 def _describe(patch: Patch) -> AppliedPatch:

@@ -64,6 +64,7 @@ class Solo:
                 ask={"cmd": "status", "brief": True},
             )
             stack.callback(vital.close)  # its thread ends with the agent
+            self._vital = vital
             self.pipeline = DropPipeline(
                 LocalApplier(self.registry, vital=vital),
                 settings.checks,
@@ -99,7 +100,12 @@ class Solo:
         )
 
     def close(self) -> None:
-        """Stop watching and serving, release the folder; the patches applied stay applied."""
+        """Stop watching and serving, release the folder; the patches applied stay applied.
+
+        A drop being processed is finished first; an apply asked through the socket
+        goes on after it closed, and its check after the apply knows why it did.
+        """
+        self._vital.stopping()
         self._stack.close()
 
     def handle(self, request: dict[str, Any], peer_uid: int) -> dict[str, Any]:

@@ -25,6 +25,12 @@ rollback of a patch that broke the vital path. A check that cannot be made
 even so raises ``Shortage``: the applier rolls the patch back and the drop
 waits (a patch is never kept unchecked).
 
+The agent's own stop closes its control socket (and then its scratch
+directory): a check that, once the agent began to stop (``stopping``), cannot
+ask the socket any more, or finds its scratch directory gone, was cut short by
+the stop, not failed by the patch; it raises ``StoppedDuringCheck`` and the
+applier keeps the patch.
+
 The check's result file is renamed back to its temporary name once read,
 not removed, and the next check writes over it: a burst of drops neither
 makes nor frees a file for each check (on ext4 without a journal, making a
@@ -52,6 +58,7 @@ from hotpatch._results import as_json_reads
 from hotpatch._shortage import RESOURCES, Shortage, SpareFds, SparePair, is_fd_shortage, shortage_of
 from hotpatch.agent._control import AgentBusy, exchange, request
 from hotpatch.agent._control_server import ControlServer
+from hotpatch.agent._local import StoppedDuringCheck
 from hotpatch.agent._outcome import temporary_name, write_result
 
 __all__ = ["VITAL_TIMEOUT_S", "VitalCheck"]
@@ -96,6 +103,8 @@ class VitalCheck:
         # Closed (under ``_lock``): a check still running then (a control request the
         # agent's stop did not wait for) makes nothing that would be kept after it.
         self._closed = False
+        # The agent began to stop: its socket and scratch directory go from now on.
+        self._stopping = False
 
     def served_by(self, server: ControlServer) -> None:
         """``server`` serves ``socket`` now: its spare connection is made at once, while
@@ -106,11 +115,18 @@ class VitalCheck:
         except OSError as exc:
             log.warning("cannot make the vital check's spare connection yet: %s", exc)
 
+    def stopping(self) -> None:
+        """The agent began to stop: its control socket closes, then its scratch directory
+        goes. A check that cannot reach them from now on is cut short by the stop
+        (``StoppedDuringCheck``), not failed by the patch."""
+        with self._lock:
+            self._stopping = True
+
     def close(self) -> None:
         """The spare connection and descriptors, and the threads waiting for a check, go (the
         agent stops). A check still running finishes without making them again."""
         with self._lock:
-            self._closed = True
+            self._closed = self._stopping = True
             self._drop_spare()
             self._fds.release()
             idle, self._idle = self._idle, []
@@ -149,18 +165,30 @@ class VitalCheck:
                 server.adopt(self._spare.reserve()[1])
 
     def __call__(self, record: dict[str, Any]) -> str | None:
-        """``None`` when the agent can file ``record`` and answer; else what is broken."""
+        """``None`` when the agent can file ``record`` and answer; else what is broken.
+
+        ``StoppedDuringCheck`` when the agent began to stop and the socket did not
+        answer (or the scratch directory went): the stop's doing, not the patch's.
+        """
         found: list[str | None] = []
         short: list[Shortage] = []
+        cut: list[StoppedDuringCheck] = []
+        answering = threading.Event()  # filing passed: the check asks the socket
         left: list[socket.socket] = []  # our end of the spare connection, given up on
         lock = threading.Lock()  # the caller gives up waiting under it
         done = threading.Event()
 
         def run() -> None:
             try:
-                result = self._try(record)
+                result = self._file(record)
+                if result is None:
+                    answering.set()
+                    result = self._answer()
             except Shortage as exc:  # the check could not be made: not the patch's fault
                 short.append(exc)
+                result = None
+            except StoppedDuringCheck as exc:  # the agent's stop took the scratch directory
+                cut.append(exc)
                 result = None
             except BaseException as exc:
                 result = f"{type(exc).__name__}: {exc}"
@@ -182,6 +210,9 @@ class VitalCheck:
                 left.extend(pair[:1] if pair is not None else ())
         if late:
             runner.stop()  # once (if ever) the check returns: never used again
+            if answering.is_set() and self._stopped():
+                msg = f"its control socket, closing, did not answer within {self.timeout:g} s"
+                raise StoppedDuringCheck(msg)
             return (
                 "filing an outcome and answering the control socket did not finish within "
                 f"{self.timeout:g} s"
@@ -191,9 +222,32 @@ class VitalCheck:
                 runner.stop()
             else:
                 self._idle.append(runner)
+        return self._verdict(found[0], short, cut, asked=answering.is_set())
+
+    def _verdict(
+        self,
+        found: str | None,
+        short: list[Shortage],
+        cut: list[StoppedDuringCheck],
+        *,
+        asked: bool,
+    ) -> str | None:
+        """A finished check's result: what broke, or raised (``Shortage``, or
+        ``StoppedDuringCheck`` when the socket it ``asked`` failed once the agent stops)."""
+        if cut:
+            raise cut[0]
+        if asked and (short or found is not None) and self._stopped():
+            why = short[0].detail if short else found
+            msg = f"filing was checked; its control socket was closed by the stop ({why})"
+            raise StoppedDuringCheck(msg)
         if short:
             raise short[0]
-        return found[0]
+        return found
+
+    def _stopped(self) -> bool:
+        """Has the agent begun to stop?"""
+        with self._lock:
+            return self._stopping
 
     def _runner(self) -> _Runner:
         """A thread of this process waiting for a check (not one running another), or a
@@ -205,16 +259,14 @@ class VitalCheck:
                     return runner
         return _Runner()
 
-    def _try(self, record: dict[str, Any]) -> str | None:
-        return self._file(record) or self._answer()
-
     def _file(self, record: dict[str, Any]) -> str | None:
         """Write ``record`` as a result file and read it back; what went wrong, if anything.
 
         The scratch directory gone under the write (the watched folder deleted or
         replaced meanwhile: the folder's guard reports that) is not the patch's
         doing: the file is tried again in the directory made again, and a folder
-        that keeps going away is left to the guard.
+        that keeps going away is left to the guard. Gone once the agent began to
+        stop: its stop removed it (``StoppedDuringCheck``).
         """
         broken: str | None = None
         for _ in range(_SCRATCH_TRIES):
@@ -224,6 +276,9 @@ class VitalCheck:
                 broken = self._file_spared(record)
             if broken is not _SCRATCH_GONE:
                 return broken
+            if self._stopped():
+                msg = "its scratch directory was removed by the stop before a result was written"
+                raise StoppedDuringCheck(msg)
         return None
 
     def _file_spared(self, record: dict[str, Any]) -> str | None:
@@ -250,7 +305,8 @@ class VitalCheck:
             return self.scratch / f".vital-check.{pid}.{next(self._numbers)}.json"
 
     def _give_back(self, path: Path) -> None:
-        """Keep ``path``'s file under its temporary name for the next check; else remove it."""
+        """Keep ``path``'s file under its temporary name for the next check; else (or once
+        closed: no next check) remove it."""
         try:
             os.rename(path, temporary_name(path))
         except OSError:
@@ -259,14 +315,20 @@ class VitalCheck:
                     leftover.unlink()
             return
         with self._lock:
-            self._files.append((os.getpid(), path))
+            if not self._closed:
+                self._files.append((os.getpid(), path))
+                return
+        with contextlib.suppress(OSError):
+            temporary_name(path).unlink()
 
     def _file_once(self, record: dict[str, Any]) -> str | None:
         expected = as_json_reads(record)  # what a reader must find, worked out without json
         path = self._take()
         try:
-            # Made again if it went (the folder's staging deleted, or the folder replaced).
-            self.scratch.mkdir(mode=0o700, exist_ok=True)
+            # Made again if it went (the folder's staging deleted, or the folder replaced),
+            # not when the agent's stop removed it.
+            if not self._stopped():
+                self.scratch.mkdir(mode=0o700, exist_ok=True)
             write_result(path, record)
             try:
                 found = json.loads(path.read_bytes())

@@ -119,6 +119,7 @@ class Worker:
                 scratch = Path(tempfile.mkdtemp(prefix="hotpatch-vital-"))
                 stack.callback(shutil.rmtree, scratch, ignore_errors=True)
                 vital = VitalCheck(scratch, socket, ask={"cmd": "worker", "brief": True})
+                self._vital = vital
                 local = LocalApplier(
                     self._registry(None) if peers else self._replayed(), vital=vital
                 )
@@ -185,6 +186,7 @@ class Worker:
 
     def close(self) -> None:
         """Stop owning and serving; the patches applied stay applied."""
+        self._vital.stopping()  # a check its socket's closing cuts short is not the patch's
         self._stack.close()
 
     def handle(self, request: dict[str, Any], peer_uid: int) -> dict[str, Any]:
