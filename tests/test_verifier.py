@@ -7,18 +7,23 @@ its parent -- the service and the pre-started verifier stay as they were.
 
 from __future__ import annotations
 
+import dis
+import json
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import CodeType, FrameType
 
 import pytest
 
 from hotpatch import VerificationFailed
+from hotpatch.agent._verifier_link import VerifierProcess
 from hotpatch.agent._verify import Verifier, VerifyReport, library_modules
 
 pytestmark = pytest.mark.e2e
@@ -438,3 +443,169 @@ def test_close_ends_the_verifier(target, write_patch) -> None:
     assert verifier.pid is None
     with pytest.raises(VerificationFailed, match="closed"):
         check(verifier, write_patch(good(target)))
+
+
+# In a process of its own that drops to uid 65534 (root is exempt from RLIMIT_NPROC): the
+# verifier's check, with fork() failing for real (RLIMIT_NPROC 0: EAGAIN), then its second
+# pipe (3 descriptors free: EMFILE). Prints the answers as the service reads them, and the
+# descriptors open before and after.
+NO_CHILD = """
+import json, os, resource, socket, sys
+sys.path[:0] = {paths!r}
+from hotpatch._shortage import Shortage
+from hotpatch.agent._verifier import _check, unpack_size
+from hotpatch.agent._verify import _interpret
+
+def fds():
+    return sorted(int(fd) for fd in os.listdir("/proc/self/fd"))
+
+def is_open(fd):
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
+
+def check():
+    try:
+        _check(ours, {{"timeout": 5.0, "path": "patch.py", "max_bytes": 1 << 20}})
+    except OSError as exc:
+        return f"the verifier failed: {{exc!r}}"
+    size = unpack_size(theirs.recv(4, socket.MSG_WAITALL))
+    answer = json.loads(theirs.recv(size, socket.MSG_WAITALL))
+    try:
+        _interpret(answer, "patch.py", 5.0)
+    except Shortage as exc:
+        return f"Shortage: {{exc}}"
+    except Exception as exc:
+        return f"{{type(exc).__name__}}: {{exc}}"
+    return "passed"
+
+ours, theirs = socket.socketpair()
+os.setgid(65534)
+os.setuid(65534)
+nproc = resource.getrlimit(resource.RLIMIT_NPROC)
+nofile = resource.getrlimit(resource.RLIMIT_NOFILE)
+before = fds()
+resource.setrlimit(resource.RLIMIT_NPROC, (0, nproc[1]))
+no_fork = [check() for _ in range(3)]
+resource.setrlimit(resource.RLIMIT_NPROC, nproc)
+after_fork = fds()
+free = [fd for fd in range(nofile[0]) if not is_open(fd)][:3]
+resource.setrlimit(resource.RLIMIT_NOFILE, (free[-1] + 1, nofile[1]))
+no_pipe = [check() for _ in range(3)]
+resource.setrlimit(resource.RLIMIT_NOFILE, nofile)
+print(json.dumps({{"no_fork": no_fork, "no_pipe": no_pipe, "before": before,
+                  "after_fork": after_fork, "after_pipe": fds()}}))
+"""
+
+
+def test_a_check_that_cannot_fork_or_make_its_pipes_leaves_no_descriptor_and_is_a_shortage() -> (
+    None
+):
+    proc = subprocess.run(
+        [sys.executable, "-c", NO_CHILD.format(paths=sys.path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    seen = json.loads(proc.stdout)
+    # Each failed check used to leave its pipes open: 4 descriptors for a fork, 2 for a pipe.
+    assert (seen["after_fork"], seen["after_pipe"]) == (seen["before"], seen["before"]), seen
+    # Not the patch's fault: the drop waits and is tried again (never a rejection).
+    for outcome in seen["no_fork"]:
+        assert outcome.startswith("Shortage: out of processes (RLIMIT_NPROC"), outcome
+        assert "no child could be started to import it" in outcome
+    for outcome in seen["no_pipe"]:
+        assert outcome.startswith("Shortage: out of file descriptors"), outcome
+
+
+def _pausing_after_first(
+    code: CodeType, attribute: str, paused: threading.Event, go_on: threading.Event
+) -> Callable[[Callable[[], object]], object]:
+    """``run(call)``: ``call()`` in this thread, paused (``paused`` set, until ``go_on``) at
+    the instruction after the first read of ``attribute`` in ``code``.
+
+    Instruction events: ``sys.monitoring`` from 3.12 (there, opcode tracing set from a trace
+    function is not always honoured), opcode tracing on 3.11."""
+    reads = {i.offset for i in dis.get_instructions(code) if i.argval == attribute}
+    state = {"read": False}
+
+    def step(offset: int) -> None:
+        if state["read"] and not paused.is_set():
+            paused.set()
+            go_on.wait(30)
+        elif offset in reads:
+            state["read"] = True
+
+    if sys.version_info >= (3, 12):
+        monitoring = sys.monitoring
+        me = threading.get_ident()
+
+        def run(call: Callable[[], object]) -> object:
+            tool = next(t for t in range(6) if monitoring.get_tool(t) is None)
+            monitoring.use_tool_id(tool, "test_verifier")
+            event = monitoring.events.INSTRUCTION
+
+            def on_instruction(_code: CodeType, offset: int) -> None:
+                if threading.get_ident() == me:
+                    step(offset)
+
+            monitoring.register_callback(tool, event, on_instruction)
+            monitoring.set_local_events(tool, code, event)
+            try:
+                return call()
+            finally:
+                monitoring.set_local_events(tool, code, 0)
+                monitoring.register_callback(tool, event, None)
+                monitoring.free_tool_id(tool)
+
+        return run
+
+    def opcodes(frame: FrameType, event: str, _arg: object) -> object:
+        if event == "opcode":
+            step(frame.f_lasti)
+        return opcodes
+
+    def calls(frame: FrameType, event: str, _arg: object) -> object:
+        if event == "call" and frame.f_code is code:
+            frame.f_trace_opcodes = True
+            frame.f_trace_lines = False
+            return opcodes
+        return None
+
+    def run_traced(call: Callable[[], object]) -> object:
+        sys.settrace(calls)
+        try:
+            return call()
+        finally:
+            sys.settrace(None)  # on 3.13 a thread ending traced leaves functions instrumented
+
+    return run_traced
+
+
+def test_pid_asked_while_the_verifier_stops_is_none_not_an_error(target, write_patch) -> None:
+    verifier = Verifier()
+    check(verifier, write_patch(good(target)))
+    paused, go_on = threading.Event(), threading.Event()
+    answers: list[object] = []
+
+    def ask() -> None:
+        # alive() paused just after it first read the process's Popen.
+        run = _pausing_after_first(VerifierProcess.alive.__code__, "_popen", paused, go_on)
+        try:
+            answers.append(run(lambda: verifier.pid))
+        except Exception as exc:
+            answers.append(exc)
+
+    asking = threading.Thread(target=ask)
+    asking.start()
+    try:
+        assert paused.wait(30)
+        verifier.close()  # as another thread's stop: the process lets go of its Popen
+    finally:
+        go_on.set()
+        asking.join()
+    assert answers == [None]

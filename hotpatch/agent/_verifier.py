@@ -39,6 +39,7 @@ the check imported, which the service may ask it to warm next).
 from __future__ import annotations
 
 import contextlib
+import errno
 import importlib
 import importlib.abc
 import importlib.machinery
@@ -78,6 +79,9 @@ _STDERR_TAIL = 2000
 _POLL_S = 0.05  # only without pidfd_open
 # File times come from a coarser clock: a file changed this close to the start counts as after.
 _MTIME_MARGIN_NS = 1_000_000_000
+# fork() failing with EAGAIN: the user's processes (threads count) are at RLIMIT_NPROC, or the
+# machine's at kernel.pid_max / kernel.threads-max -- the machine's shortage, not the patch's.
+_NO_PROCESS = "out of processes (RLIMIT_NPROC, ulimit -u; or kernel.pid_max, kernel.threads-max)"
 
 
 def pack(message: dict[str, Any]) -> bytes:
@@ -267,17 +271,23 @@ def _check(sock: socket.socket, request: dict[str, Any]) -> bool:
     """Fork a child to check the patch, wait for it, kill what it left; ``False``: service gone."""
     timeout = float(request["timeout"])
     start = time.perf_counter()
-    report_r, report_w = os.pipe()
-    output_r, output_w = os.pipe()
     parent = os.getpid()
     for stream in (sys.stdout, sys.stderr):  # nothing of the verifier's in the child's output
         with contextlib.suppress(Exception):
             stream.flush()
+    made: list[int] = []  # the pipes' ends, closed here if the child cannot be had
     try:
+        made += os.pipe()
+        made += os.pipe()
         pid = os.fork()
-    except OSError as exc:  # out of memory or processes: the patch was not tried
-        sock.sendall(pack({"op": "result", "fork_failed": str(exc), "shortage": shortage_of(exc)}))
+    except OSError as exc:  # out of descriptors, memory or processes: the patch was not tried
+        for fd in made:
+            os.close(fd)
+        shortage = shortage_of(exc) or (_NO_PROCESS if exc.errno == errno.EAGAIN else None)
+        why = f"no child could be started to import it: {exc}"
+        sock.sendall(pack({"op": "result", "fork_failed": why, "shortage": shortage}))
         return True
+    report_r, report_w, output_r, output_w = made
     if pid == 0:  # the check child
         try:
             _child(parent, report_w, output_w, str(request["path"]), int(request["max_bytes"]))

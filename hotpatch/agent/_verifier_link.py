@@ -75,7 +75,8 @@ class VerifierProcess:
         self._buffer = bytearray()
 
     def alive(self) -> bool:
-        return self._popen is not None and self._popen.poll() is None
+        popen = self._popen  # once: stop() sets it to None, perhaps in another thread meanwhile
+        return popen is not None and popen.poll() is None
 
     def warm(self, modules: list[str]) -> None:
         if modules and self._popen is not None:
@@ -94,8 +95,9 @@ class VerifierProcess:
             if message.get("op") != "ready":
                 raise Gone(f"sent {message.get('op')!r} instead of starting")
             self._ready = True
-            if self._popen is not None and self._popen.stderr is not None:
-                self._popen.stderr.close()
+            popen = self._popen
+            if popen is not None and popen.stderr is not None:
+                popen.stderr.close()
         while self._pending:
             message = self._receive(deadline, "warming modules")
             self._pending.pop(0)
