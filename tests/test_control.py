@@ -7,6 +7,7 @@ import json
 import os
 import socket
 import stat
+import subprocess
 import sys
 import tempfile
 import threading
@@ -550,3 +551,80 @@ def test_stop_closes_idle_connections_and_answers_the_one_at_work(sock_dir: Path
     stopper.join()
     idle.close()
     assert answer == {"ok": True}
+
+
+# In a process of its own dropped to uid 65534 (root is exempt from RLIMIT_NPROC): a
+# server whose handler thread cannot be started (RLIMIT_NPROC 0: threads count too).
+NO_THREAD = """
+import json, os, resource, shutil, socket, sys, tempfile
+sys.path[:0] = {paths!r}
+from hotpatch.agent._control_server import ControlServer
+
+def fds():
+    return sorted(int(fd) for fd in os.listdir("/proc/self/fd"))
+
+def ask(path, to_the_end, client=None):
+    if client is None:
+        client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        client.settimeout(10)
+        client.connect(path)
+    client.sendall(b'{{"cmd": "status"}}\\n')
+    data = b""
+    try:  # the answer; to_the_end: and the connection closed by the server
+        while to_the_end or not data.endswith(b"\\n"):
+            if not (chunk := client.recv(65536)):
+                break
+            data += chunk
+    except TimeoutError:
+        return data.decode() + "(timed out)"
+    finally:
+        if to_the_end:
+            client.close()
+    return data.decode()
+
+os.setgid(65534)
+os.setuid(65534)
+folder = tempfile.mkdtemp(prefix="hp-")
+path = os.path.join(folder, "c.sock")
+server = ControlServer(
+    path, lambda req, uid: {{"ok": True}}, allowed_uids={{65534}}, max_clients=1, idle_timeout=60
+)
+server.start()
+soft, hard = resource.getrlimit(resource.RLIMIT_NPROC)
+kept = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+kept.settimeout(10)
+kept.connect(path)
+first = ask(path, False, kept)  # the server at work: its descriptors all made
+before = fds()
+resource.setrlimit(resource.RLIMIT_NPROC, (0, hard))
+refused = [ask(path, True) for _ in range(3)]
+after = fds()
+resource.setrlimit(resource.RLIMIT_NPROC, (soft, hard))
+served = ask(path, False, kept)
+kept.close()
+server.stop()
+shutil.rmtree(folder)
+seen = {{"refused": refused, "first": first, "served": served, "before": before, "after": after}}
+print(json.dumps(seen))
+"""
+
+
+def test_a_request_no_thread_can_be_started_for_is_answered_and_its_slot_freed() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", NO_THREAD.format(paths=sys.path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    seen = json.loads(proc.stdout)
+    for answer in seen["refused"]:  # each answered, then its connection closed
+        assert answer.endswith("\n"), f"no answer, or the connection was left open: {answer!r}"
+        refusal = json.loads(answer)
+        assert refusal["error_type"] == "Busy"
+        assert "no thread could be started" in refusal["error"], refusal
+        assert "RLIMIT_NPROC" in refusal["error"]
+    assert seen["after"] == seen["before"]  # no connection left open in the server
+    assert json.loads(seen["first"]) == {"ok": True}
+    assert json.loads(seen["served"]) == {"ok": True}  # its slot (the only one) was given back

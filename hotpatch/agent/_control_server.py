@@ -412,9 +412,31 @@ class ControlServer:
         del self._idle[conn.sock]
         with self._lock:
             self._working.add(conn.sock)
-        threading.Thread(
-            target=self._handle, args=(conn, line), name="hotpatch-control request", daemon=True
-        ).start()
+        try:
+            threading.Thread(
+                target=self._handle, args=(conn, line), name="hotpatch-control request", daemon=True
+            ).start()
+        except RuntimeError as exc:  # "can't start new thread": RLIMIT_NPROC, memory
+            self._unstarted(conn, exc)
+
+    def _unstarted(self, conn: _Connection, exc: RuntimeError) -> None:
+        """A request no thread could be started for: its slot back, told so, closed."""
+        self._slots.release()
+        with self._lock:
+            self._working.discard(conn.sock)
+        log.error(
+            "control socket %s: no thread could be started to handle a request (%s); "
+            "it was refused (Busy)",
+            self.path,
+            exc,
+        )
+        message = (
+            f"the agent cannot serve this request now: no thread could be started to handle it "
+            f"({exc}; the user's processes and threads at RLIMIT_NPROC, ulimit -u, or out of "
+            "memory); retry shortly"
+        )
+        _send_now(conn.sock, _error(message, "Busy"))
+        conn.sock.close()
 
     def _expire(self, selector: selectors.BaseSelector) -> None:
         now = time.monotonic()
