@@ -237,8 +237,13 @@ class Child:
         self._wakeup: asyncio.Future[None] | None = None
         self._eof = False
         self._pidfd = os.pidfd_open(self.pid)
-        self._loop.add_reader(self.channel.fileno(), self._read)
-        self._loop.add_reader(self._pidfd, self._reap)
+        try:
+            self._loop.add_reader(self.channel.fileno(), self._read)
+            self._loop.add_reader(self._pidfd, self._reap)
+        except BaseException:
+            self._loop.remove_reader(self.channel.fileno())
+            os.close(self._pidfd)
+            raise
 
     @classmethod
     def spawn(
@@ -264,7 +269,14 @@ class Child:
         finally:
             theirs.close()
         ours.setblocking(False)
-        return cls(process, ours, generation)
+        try:
+            return cls(process, ours, generation)
+        except BaseException:  # it cannot be watched (pidfd_open: no descriptor left): undone
+            ours.close()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)  # its group: process_group=0
+            process.wait()
+            raise
 
     def __repr__(self) -> str:
         return f"<Child pid={self.pid} generation={self.generation}>"

@@ -33,7 +33,7 @@ from typing import Any
 from hotpatch._shortage import shortage_of
 from hotpatch.service._channel import ENV_BASELINE, ENV_JOURNAL, write_memfd
 from hotpatch.supervisor._bundle import Release
-from hotpatch.supervisor._child import Child, ChildExited, ChildSpec, describe_exit
+from hotpatch.supervisor._child import Child, ChildExited, ChildSpec, Message, describe_exit
 from hotpatch.supervisor._records import PatchJob, StateError, SupervisorConfig
 from hotpatch.supervisor._state import Chunk, StateChain
 from hotpatch.supervisor._status import utc_now
@@ -111,6 +111,35 @@ class _Feed:
             body = {"op": "state", "size": chunk.size, "records": chunk.records, "full": chunk.full}
             self.child.send(body, [chunk.fd])
         self.sent = len(self.chain)
+
+
+def _round_of(child: Child, message: Message, *, full: bool) -> Chunk:
+    """The state round a ``state`` or ``handover`` message passed: its first fd.
+
+    Any other fd it carried (a buggy or hostile process) is closed; a round
+    whose size or record count cannot be read is closed too (``StateError``).
+    """
+    fd, extra = message.fds[0], message.fds[1:]
+    for other in extra:
+        os.close(other)
+    if extra:
+        log.warning(
+            "process %d passed %d descriptors with its state round, where one is expected; "
+            "the %d others are closed",
+            child.pid,
+            len(message.fds),
+            len(extra),
+        )
+    try:
+        size, records = int(message.body["size"]), int(message.body["records"])
+    except (KeyError, TypeError, ValueError) as exc:
+        os.close(fd)
+        msg = (
+            f"process {child.pid} passed a state round without a readable size and record "
+            f"count ({type(exc).__name__}: {exc})"
+        )
+        raise StateError(msg) from None
+    return Chunk(fd, size, records, full)
 
 
 class Handover:
@@ -335,9 +364,7 @@ class Handover:
                 error = message.body.get("error", "no memfd attached")
                 msg = f"process {child.pid} cannot hand over its state: {error}"
                 raise StateError(msg)
-            chunk = Chunk(
-                message.fds[0], int(message.body["size"]), int(message.body["records"]), full
-            )
+            chunk = _round_of(child, message, full=full)
             self.chain.add(chunk)
             self.snapshots += 1
             self.snapshot_at = utc_now()
@@ -366,7 +393,10 @@ class Handover:
                 )
                 await old.kill()
                 return sent_at, None
-            stopped_at = float(message.body.get("stopped_at", sent_at))
+            try:
+                stopped_at = float(message.body.get("stopped_at", sent_at))
+            except (TypeError, ValueError):  # not a time: when it was told to drain, then
+                stopped_at = sent_at
             if message.body.get("error") or not message.fds:
                 message.close_fds()
                 log.warning(
@@ -376,13 +406,11 @@ class Handover:
                     message.body.get("error"),
                 )
                 return stopped_at, None
-            chunk = Chunk(
-                message.fds[0], int(message.body["size"]), int(message.body["records"]), False
-            )
             try:
+                chunk = _round_of(old, message, full=False)
                 self.chain.add(chunk)
-            except ValueError as exc:
-                log.warning("process %d: %s", old.pid, exc)
+            except (StateError, ValueError) as exc:
+                log.warning("process %d: %s; changes since the last round are lost", old.pid, exc)
                 return stopped_at, None
             return stopped_at, chunk
 
