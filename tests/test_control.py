@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import inspect
 import json
 import os
@@ -599,17 +600,26 @@ before = fds()
 resource.setrlimit(resource.RLIMIT_NPROC, (0, hard))
 refused = [ask(path, True) for _ in range(3)]
 after = fds()
+other = ControlServer(os.path.join(folder, "d.sock"), lambda req, uid: {{"ok": True}})
+try:
+    other.start()
+except OSError as exc:
+    unstarted = str(exc)
+else:
+    unstarted = "started"
+unstarted_left = [fds(), os.listdir(folder)]
 resource.setrlimit(resource.RLIMIT_NPROC, (soft, hard))
 served = ask(path, False, kept)
 kept.close()
 server.stop()
 shutil.rmtree(folder)
-seen = {{"refused": refused, "first": first, "served": served, "before": before, "after": after}}
+seen = {{"refused": refused, "first": first, "served": served, "before": before, "after": after,
+        "unstarted": unstarted, "unstarted_left": unstarted_left}}
 print(json.dumps(seen))
 """
 
 
-def test_a_request_no_thread_can_be_started_for_is_answered_and_its_slot_freed() -> None:
+def test_a_request_or_server_no_thread_can_be_started_for_is_refused_and_leaves_nothing() -> None:
     proc = subprocess.run(
         [sys.executable, "-c", NO_THREAD.format(paths=sys.path)],
         capture_output=True,
@@ -628,3 +638,8 @@ def test_a_request_no_thread_can_be_started_for_is_answered_and_its_slot_freed()
     assert seen["after"] == seen["before"]  # no connection left open in the server
     assert json.loads(seen["first"]) == {"ok": True}
     assert json.loads(seen["served"]) == {"ok": True}  # its slot (the only one) was given back
+    # A server whose serving thread cannot be started leaves no socket, path or descriptor.
+    assert seen["unstarted_left"] == [seen["before"], ["c.sock"]]
+    assert seen["unstarted"].startswith(f"[Errno {errno.EAGAIN}] ")  # an OSError, as others
+    assert "no thread could be started to serve it" in seen["unstarted"]
+    assert "RLIMIT_NPROC" in seen["unstarted"]

@@ -117,7 +117,9 @@ class ControlServer:
         """Bind (mode 0600 from the first moment it is reachable) and serve in a daemon thread.
 
         Refuses (``FileExistsError``) when ``path`` is a live socket or not a
-        socket at all; a stale socket left by a dead process is removed.
+        socket at all; a stale socket left by a dead process is removed. Raises
+        ``OSError`` (``EAGAIN``) when no thread can be started to serve it;
+        whatever way it fails, nothing of it is left (socket, path, descriptors).
         """
         if self._thread is not None:
             msg = f"control socket {self.path} is already being served"
@@ -148,13 +150,41 @@ class ControlServer:
         self._spare.try_reserve()
         self._identity = (st.st_dev, st.st_ino)
         self._listener = listener
-        self._wakeup = socket.socketpair()
         self._stopping.clear()
-        self._thread = threading.Thread(
+        thread = threading.Thread(
             target=self._serve, name=f"hotpatch-control {self.path.name}", daemon=True
         )
-        self._thread.start()
+        try:
+            self._wakeup = socket.socketpair()
+            thread.start()
+        except RuntimeError as exc:  # "can't start new thread": nothing of it is left
+            self._unbind()
+            msg = (
+                f"control socket {self.path}: no thread could be started to serve it "
+                f"({exc}; the user's processes and threads at RLIMIT_NPROC, ulimit -u, or "
+                "out of memory)"
+            )
+            # pthread_create's EAGAIN, which Python does not pass on: an OSError, as every
+            # other way start() can fail (a caller making the socket again handles those).
+            raise OSError(errno.EAGAIN, msg) from exc
+        except BaseException:  # no descriptor for the wakeup pair: nothing of it is left
+            self._unbind()
+            raise
+        self._thread = thread
         log.info("control socket listening at %s", self.path)
+
+    def _unbind(self) -> None:
+        """Undo a start that could not be completed: the socket, its path, the descriptors."""
+        if self._listener is not None:
+            self._listener.close()
+        for end in self._wakeup or ():
+            end.close()
+        self._spare.release()
+        with contextlib.suppress(OSError):
+            st = self.path.lstat()
+            if (st.st_dev, st.st_ino) == self._identity:
+                self.path.unlink()
+        self._listener = self._wakeup = None
 
     def stop(self) -> None:
         """Stop accepting, disconnect idle clients, close and unlink the socket. Idempotent.
