@@ -652,9 +652,9 @@ def test_one_log_line_per_outcome_with_version_targets_and_time(
 def test_the_applied_patches_an_agent_lists_follow_every_change_of_the_level(
     make_module: Callable[[str], types.ModuleType], write_patch: Callable[..., Path]
 ) -> None:
-    """Described once each and kept from the bottom of the level that did not change: after
-    applies, rollbacks, a patch applied again and a change below the top, what the
-    pipeline compares each drop with is the registry's level."""
+    """After applies, rollbacks, a patch applied again and a change below the top, what the
+    pipeline compares each drop with is the registry's level; and what it was given stays
+    the level as it was then (a view of one state, not of the registry)."""
     from hotpatch.agent._local import LocalApplier
 
     mod = make_module("def f():\n    return 0\n")
@@ -682,6 +682,12 @@ def test_the_applied_patches_an_agent_lists_follow_every_change_of_the_level(
         registry.apply(second)
         check()
         assert local.applied()[0].sha256 != first.sha256
+        given = local.applied()
+        registry.rollback()
+        assert [a.version for a in given] == ["1.0.1", "1.0.2"]
+        assert [a.version for a in reversed(given)] == ["1.0.2", "1.0.1"]
+        assert (given[-1].version, given[0:1][0].version, len(given)) == ("1.0.2", "1.0.1", 2)
+        assert [a.version for a in local.applied()] == ["1.0.1"]
     finally:
         if registry.level:
             registry.rollback(to="1.0")

@@ -52,8 +52,9 @@ class Applier(Protocol):
         """The versions applied, oldest first."""
         ...
 
-    def applied(self) -> list[AppliedPatch]:
-        """The patches applied, for the pipeline's same-version check."""
+    def applied(self) -> Sequence[AppliedPatch]:
+        """The patches applied, for the pipeline's same-version check (read for each drop:
+        the top at least, all of them only for a version that is not newer)."""
         ...
 
     def sys_path(self) -> list[str]:

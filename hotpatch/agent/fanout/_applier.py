@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,7 @@ class FanoutApplier:
     def level(self) -> tuple[str, ...]:
         return self.local.level()
 
-    def applied(self) -> list[AppliedPatch]:
+    def applied(self) -> Sequence[AppliedPatch]:
         return self.local.applied()
 
     def sys_path(self) -> list[str]:
