@@ -132,6 +132,31 @@ def test_a_long_burst_is_taken_in_version_order_once_each_while_more_arrive(
     assert len(queue) == 0
 
 
+def test_a_drop_rewritten_while_it_waits_goes_where_its_new_version_puts_it(
+    queue: DropQueue, folder: Path, announce: Callable[..., None]
+) -> None:
+    # The order is a heap of (version, arrival): a drop whose file changed without a
+    # word is sorted in again at its new version when met; one announced again, at
+    # the new version, its old entry dropped.
+    for name, version in (
+        ("a.py", "1.0.5"),
+        ("b.py", "1.0.6"),
+        ("c.py", "1.0.7"),
+        ("d.py", "1.0.8"),
+    ):
+        put(folder, name, version)
+    announce("a.py", "b.py", "c.py", "d.py")
+    put(folder, "a.py", "1.0.9")  # replaced, its event not heard
+    put(folder, "d.py", "1.0.1")
+    announce("d.py")  # replaced and heard
+    taken = []
+    while (name := queue.take()) is not None:
+        taken.append(name)
+        processed(queue, folder, name)
+    assert taken == ["d.py", "b.py", "c.py", "a.py"]
+    assert len(queue) == 0
+
+
 def test_in_a_burst_a_lower_version_still_being_written_is_waited_for(
     queue: DropQueue, folder: Path, announce: Callable[..., None]
 ) -> None:
