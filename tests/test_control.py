@@ -596,10 +596,14 @@ kept = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
 kept.settimeout(10)
 kept.connect(path)
 first = ask(path, False, kept)  # the server at work: its descriptors all made
+own, adopted = socket.socketpair()  # as the agent's own way to its handler
+own.settimeout(10)
+server.adopt(adopted)
 before = fds()
 resource.setrlimit(resource.RLIMIT_NPROC, (0, hard))
 refused = [ask(path, True) for _ in range(3)]
 after = fds()
+own_refused = ask(path, False, own)  # answered, and kept
 other = ControlServer(os.path.join(folder, "d.sock"), lambda req, uid: {{"ok": True}})
 try:
     other.start()
@@ -610,11 +614,14 @@ else:
 unstarted_left = [fds(), os.listdir(folder)]
 resource.setrlimit(resource.RLIMIT_NPROC, (soft, hard))
 served = ask(path, False, kept)
+own_served = ask(path, False, own)
 kept.close()
+own.close()
 server.stop()
 shutil.rmtree(folder)
 seen = {{"refused": refused, "first": first, "served": served, "before": before, "after": after,
-        "unstarted": unstarted, "unstarted_left": unstarted_left}}
+        "unstarted": unstarted, "unstarted_left": unstarted_left,
+        "own_refused": own_refused, "own_served": own_served}}
 print(json.dumps(seen))
 """
 
@@ -638,6 +645,9 @@ def test_a_request_or_server_no_thread_can_be_started_for_is_refused_and_leaves_
     assert seen["after"] == seen["before"]  # no connection left open in the server
     assert json.loads(seen["first"]) == {"ok": True}
     assert json.loads(seen["served"]) == {"ok": True}  # its slot (the only one) was given back
+    # The connection the process keeps for itself is answered so, and kept.
+    assert json.loads(seen["own_refused"])["error_type"] == "Busy"
+    assert json.loads(seen["own_served"]) == {"ok": True}
     # A server whose serving thread cannot be started leaves no socket, path or descriptor.
     assert seen["unstarted_left"] == [seen["before"], ["c.sock"]]
     assert seen["unstarted"].startswith(f"[Errno {errno.EAGAIN}] ")  # an OSError, as others

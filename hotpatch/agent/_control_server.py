@@ -447,10 +447,13 @@ class ControlServer:
                 target=self._handle, args=(conn, line), name="hotpatch-control request", daemon=True
             ).start()
         except RuntimeError as exc:  # "can't start new thread": RLIMIT_NPROC, memory
-            self._unstarted(conn, exc)
+            self._unstarted(conn, exc, selector)
 
-    def _unstarted(self, conn: _Connection, exc: RuntimeError) -> None:
-        """A request no thread could be started for: its slot back, told so, closed."""
+    def _unstarted(
+        self, conn: _Connection, exc: RuntimeError, selector: selectors.BaseSelector
+    ) -> None:
+        """A request no thread could be started for: its slot back, told so, closed (one
+        the process keeps for itself waits for its next request, as when all are busy)."""
         self._slots.release()
         with self._lock:
             self._working.discard(conn.sock)
@@ -465,8 +468,10 @@ class ControlServer:
             f"({exc}; the user's processes and threads at RLIMIT_NPROC, ulimit -u, or out of "
             "memory); retry shortly"
         )
-        _send_now(conn.sock, _error(message, "Busy"))
-        conn.sock.close()
+        if _send_now(conn.sock, _error(message, "Busy")) and conn.kept:
+            self._wait_for_request(conn, selector)
+        else:
+            conn.sock.close()
 
     def _expire(self, selector: selectors.BaseSelector) -> None:
         now = time.monotonic()
