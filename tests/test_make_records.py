@@ -199,3 +199,53 @@ def test_an_enum_of_sentinel_objects_is_a_baseline_saying_no_second_one_equals(
     why = {c.name: c.why for c in result.reasons}["kit.modes:Mode.label"]
     assert "Mode.SAFE is made by `object()`" in why, why
     assert "no second declaration equals" in why, why
+
+
+SPANS = """\
+class Span:
+    def __init__(self, start, stop):
+        self.start, self.stop = start, stop
+
+    def __eq__(self, other):
+        return (self.start, self.stop) == (other.start, other.stop)
+
+    def __hash__(self):
+        return hash((self.start, self.stop))
+
+    def __len__(self):
+        return self.stop - self.start
+"""
+
+
+def test_a_changed_hash_is_a_baseline_the_sets_and_dict_keys_made_before_keep_the_old_one(
+    repo: GitRepo, tmp_path: Path
+) -> None:
+    """A set or a dict files each key under the hash it had when it went in: replaced hot,
+    ``__hash__`` would give the keys already filed another hash, and ``span in seen`` would
+    answer False for a span that is there (more-itertools' numeric_range, 069b300)."""
+    fix(
+        repo,
+        "spans",
+        SPANS,
+        "        return hash((self.start, self.stop))\n",
+        "        return hash((self.start, len(self)))\n",
+    )
+    result = run(repo, tmp_path)
+    assert result.outcome == "baseline", result.record()
+    why = {c.name: c.why for c in result.reasons}["kit.spans:Span.__hash__"]
+    assert "sets and dict keys" in why, why
+    assert "restart" in why, why
+
+
+def test_a_hash_added_to_a_class_is_a_baseline_its_instances_were_filed_by_identity(
+    repo: GitRepo, tmp_path: Path
+) -> None:
+    """Without ``__eq__`` and ``__hash__`` a class hashes by identity: added hot, the new
+    ``__hash__`` would lose every instance already in a set or a dict."""
+    plain = SPANS.partition("    def __eq__")[0]
+    fix(repo, "spans", plain, plain, SPANS)
+    result = run(repo, tmp_path)
+    assert result.outcome == "baseline", result.record()
+    why = {c.name: c.why for c in result.reasons}["kit.spans:Span.__hash__"]
+    assert "__hash__ is added" in why, why
+    assert "sets and dict keys" in why, why

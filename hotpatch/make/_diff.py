@@ -52,6 +52,13 @@ _SHOWN = 60  # characters of a statement quoted in a reason
 _RECORD_BASES = frozenset({"Enum", "IntEnum", "StrEnum", "Flag", "IntFlag", "NamedTuple"})
 _LAYOUT_BASES = _RECORD_BASES | {"TypedDict", "Structure"}
 _ENUM_AUTO = frozenset({"auto", "enum.auto"})
+# A method replaced or added hot: the instances already in sets and dict keys stay filed
+# under the hash they had, and lookups would miss them.
+_HASH = (
+    "__hash__ {}: the sets and dict keys the process holds filed each of its instances "
+    "under the old hash, which a lookup with the new one would miss (`x in seen` False for "
+    "an x that is there); a restart files them again"
+)
 
 
 @dataclass(slots=True)
@@ -596,6 +603,9 @@ class _ModuleDiff:
             why = f"it changes from a {kinds[0]} to a {kinds[1]}; its callers would break"
             self.baseline(target, what, why)
             return False
+        if what == "method" and new.name == "__hash__":
+            self.baseline(target, what, _HASH.format("changes"))
+            return False
         problems = signature_problems(signature(old.args), signature(new.args))
         if problems:
             why = f"its signature changes so that old callers cannot call it: {'; '.join(problems)}"
@@ -752,6 +762,9 @@ class _ModuleDiff:
                 )
                 for name, _ in added
             ]
+            for change in changes:
+                if change.name.endswith(".__hash__"):
+                    change.verdict, change.why = "baseline", _HASH.format("is added")
             reads = [default_reads(node) if isinstance(node, _Def) else set() for _, node in added]
             self.plan.members.append(
                 Members(self.name(qualname), header, sources, names, changes, new.lineno, reads)
