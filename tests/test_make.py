@@ -678,3 +678,33 @@ def test_a_module_that_binds_another_modules_function_over_its_own_copy(
     assert result.outcome == "baseline", result.record()
     reasons = {c.name: c.why for c in result.reasons}
     assert "whose new code differs" in reasons["shop.b:fee"]
+
+
+ZONES = """\
+def __make_lookup():
+    cache = {}
+
+    def lookup(name):
+        return cache.setdefault(name, name.upper())
+
+    return lookup
+
+
+lookup = __make_lookup()
+del __make_lookup
+"""
+
+
+def test_a_factory_the_module_deletes_at_import_is_a_baseline_saying_so(
+    repo: GitRepo, tmp_path: Path
+) -> None:
+    """python-dateutil's ``gettz = __get_gettz(); del __get_gettz``: the running module has
+    no factory to patch, and ``lookup`` was made by the old one."""
+    repo.commit("zones", {"src/shop/zones.py": ZONES})
+    repo.git("tag", "-f", "v1")
+    repo.commit("the fix", {"src/shop/zones.py": ZONES.replace("name.upper()", "name.lower()")})
+    result = run(repo, tmp_path)
+    assert result.outcome == "baseline", result.record()
+    why = {c.name: c.why for c in result.reasons}["shop.zones:__make_lookup"]
+    assert "the module deletes it when imported (line 11: `del __make_lookup`)" in why, why
+    assert "what it made before that keeps the old code" in why, why

@@ -309,6 +309,16 @@ class _Version:
         return self.lines[node.lineno - 1][node.col_offset : node.end_col_offset]
 
 
+def _deleted(version: _Version, name: str) -> ast.Delete | None:
+    """The module body's ``del NAME`` (a factory called once at import, then deleted)."""
+    for node in version.tree.body:
+        if isinstance(node, ast.Delete) and any(
+            isinstance(t, ast.Name) and t.id == name for t in node.targets
+        ):
+            return node
+    return None
+
+
 def _parse(module: str, path: str, data: bytes, which: str) -> _Version:
     try:
         text = data.decode("utf-8")
@@ -554,6 +564,15 @@ class _ModuleDiff:
                 continue
             old, new = olds[-1], news[-1]
             if _dump(old) == _dump(new):
+                continue
+            gone = _deleted(self.old, name)
+            if gone is not None:
+                why = (
+                    f"the module deletes it when imported (line {gone.lineno}: "
+                    f"`{_first_line(self.old, gone)}`): the running module has no {name} to "
+                    "patch, and what it made before that keeps the old code"
+                )
+                self.baseline(name, _what(new), why)
                 continue
             if isinstance(old, ast.ClassDef) and isinstance(new, ast.ClassDef):
                 self._class(old, new, name)
