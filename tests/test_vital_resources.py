@@ -109,5 +109,5 @@ def test_a_patch_breaking_the_vital_path_at_the_descriptor_limit_is_still_rolled
     where, result = outcome(folder, "bad.py")
     assert where == "rejected", (result, service.logged())
     assert "rolled back" in result["reason"]
-    assert "could not be rolled back" not in service.logged()
+    assert "rolling it back failed" not in service.logged()
     assert service.finish() == "level"

@@ -223,24 +223,16 @@ class LocalApplier:
                 broken,
             )
         else:
-            log.error(
+            log.warning(  # not the patch's doing: the drop waits, to be tried again
                 "patch %s: whether the agent can still file outcomes and answer is %s; "
-                "rolling it back (it is tried again once descriptors are free)",
+                "rolling it back (it is tried again once that is over: %s)",
                 patch.version,
                 broken,
+                unknown.resource,
             )
         failed = self._roll_back(before)
         if failed is not None:
-            log.critical(
-                "patch %s could not be rolled back (%s: %s): the agent cannot file outcomes or "
-                "answer; restart the service",
-                patch.version,
-                type(failed).__name__,
-                failed,
-            )
-            outcome.reason = f"applied, but the agent is broken with it ({broken}) and rolling "
-            outcome.reason += f"it back failed ({type(failed).__name__}: {failed}); restart the "
-            outcome.reason += "service"
+            _not_rolled_back(patch, outcome, broken, failed, unknown)
             return
         if unknown is not None:
             outcome.outcome, outcome.error_type = "rejected", "Shortage"
@@ -294,6 +286,44 @@ class LocalApplier:
                     return None
             time.sleep(pause)  # another thread took them: until one is free again
             pause = min(pause * 2, 0.5)
+
+
+def _not_rolled_back(
+    patch: Patch, outcome: Outcome, broken: str, failed: Exception, unknown: Shortage | None
+) -> None:
+    """``patch`` stays applied and journalled: its rollback failed. Said as it is: broken
+    (CRITICAL), or only not checked for want of a resource (ERROR); what ran short named."""
+    why = f"{type(failed).__name__}: {failed}"
+    short = shortage_of(failed)
+    # The journal records the patch: a restart would replay it. The way out is a rollback.
+    fix = "roll it back (hotpatch rollback)"
+    if short is not None:
+        fix = f"once that is over ({short}), {fix}"
+    if unknown is not None:
+        log.error(
+            "patch %s stays applied, unchecked: %s; rolling it back failed (%s); %s",
+            patch.version,
+            broken,
+            why,
+            fix,
+        )
+        outcome.reason = f"applied, unchecked ({broken}); rolling it back failed ({why}); {fix}"
+        return
+    log.critical(
+        "patch %s broke what the agent needs to file outcomes and answer (%s), and rolling it "
+        "back failed (%s): it stays applied and journalled (a restart would apply it again); "
+        "%s if the control socket still answers, else restart the service with the journal "
+        "moved aside",
+        patch.version,
+        broken,
+        why,
+        fix,
+    )
+    outcome.reason = (
+        f"applied, but the agent is broken with it ({broken}) and rolling it back failed "
+        f"({why}); {fix} if the control socket still answers, else restart the service with "
+        "the journal moved aside"
+    )
 
 
 def _stopped_during_check(patch: Patch, outcome: Outcome, exc: StoppedDuringCheck) -> None:

@@ -25,6 +25,13 @@ rollback of a patch that broke the vital path. A check that cannot be made
 even so raises ``Shortage``: the applier rolls the patch back and the drop
 waits (a patch is never kept unchecked).
 
+A disk that takes more than ``VITAL_TIMEOUT_S`` to take the result file
+(frozen, or too slow) is not the patch's doing either: the check tells the
+time spent in the disk's own calls (``os`` functions, written in C: no patch
+replaces them) from the rest; late in them, it raises ``Shortage``
+(``SLOW_DISK``): the applier rolls the patch back and the drop waits, to be
+tried again, instead of refusing it as breaking the agent.
+
 The agent's own stop closes its control socket (and then its scratch
 directory): a check that, once the agent began to stop (``stopping``), cannot
 ask the socket any more, or finds its scratch directory gone, was cut short by
@@ -59,15 +66,17 @@ from hotpatch._shortage import RESOURCES, Shortage, SpareFds, SparePair, is_fd_s
 from hotpatch.agent._control import AgentBusy, exchange, request
 from hotpatch.agent._control_server import ControlServer
 from hotpatch.agent._local import StoppedDuringCheck
-from hotpatch.agent._outcome import temporary_name, write_result
+from hotpatch.agent._outcome import result_bytes, temporary_name, write_durably
 
-__all__ = ["VITAL_TIMEOUT_S", "VitalCheck"]
+__all__ = ["SLOW_DISK", "VITAL_TIMEOUT_S", "VitalCheck"]
 
 log = logging.getLogger("hotpatch")
 
 VITAL_TIMEOUT_S = 10.0  # for the whole check; a working agent takes milliseconds
 _SCRATCH_TRIES = 3  # writes of the result file while its directory keeps going away
 _SCRATCH_GONE = "the scratch directory went away during the write"
+# What ran short when the check's time went by in the disk's calls (``Shortage.resource``).
+SLOW_DISK = "a disk that does not take writes in time (frozen, or too slow)"
 
 
 class VitalCheck:
@@ -174,13 +183,14 @@ class VitalCheck:
         short: list[Shortage] = []
         cut: list[StoppedDuringCheck] = []
         answering = threading.Event()  # filing passed: the check asks the socket
+        disk = threading.Event()  # set while the check waits in the disk's calls
         left: list[socket.socket] = []  # our end of the spare connection, given up on
         lock = threading.Lock()  # the caller gives up waiting under it
         done = threading.Event()
 
         def run() -> None:
             try:
-                result = self._file(record)
+                result = self._file(record, disk)
                 if result is None:
                     answering.set()
                     result = self._answer()
@@ -210,19 +220,32 @@ class VitalCheck:
                 left.extend(pair[:1] if pair is not None else ())
         if late:
             runner.stop()  # once (if ever) the check returns: never used again
-            if answering.is_set() and self._stopped():
-                msg = f"its control socket, closing, did not answer within {self.timeout:g} s"
-                raise StoppedDuringCheck(msg)
-            return (
-                "filing an outcome and answering the control socket did not finish within "
-                f"{self.timeout:g} s"
-            )
+            return self._late(asked=answering.is_set(), on_disk=disk.is_set())
         with self._lock:
             if self._closed:  # the agent stopped during the check: no thread waits after it
                 runner.stop()
             else:
                 self._idle.append(runner)
         return self._verdict(found[0], short, cut, asked=answering.is_set())
+
+    def _late(self, *, asked: bool, on_disk: bool) -> str:
+        """A check that did not finish in time: what broke; raised when it was the agent's
+        stop (the socket it ``asked``) or the disk (waited ``on_disk``), not the patch."""
+        if asked and self._stopped():
+            msg = f"its control socket, closing, did not answer within {self.timeout:g} s"
+            raise StoppedDuringCheck(msg)
+        if on_disk:
+            msg = (
+                f"the check after the apply waited {self.timeout:g} s for the disk of "
+                f"{self.scratch} to take its result file (written, synced): whether the agent "
+                "can still file outcomes with the patch is not known; see that the disk "
+                "takes writes (not frozen, not saturated)"
+            )
+            raise Shortage(SLOW_DISK, msg)
+        return (
+            "filing an outcome and answering the control socket did not finish within "
+            f"{self.timeout:g} s"
+        )
 
     def _verdict(
         self,
@@ -259,7 +282,7 @@ class VitalCheck:
                     return runner
         return _Runner()
 
-    def _file(self, record: dict[str, Any]) -> str | None:
+    def _file(self, record: dict[str, Any], disk: threading.Event) -> str | None:
         """Write ``record`` as a result file and read it back; what went wrong, if anything.
 
         The scratch directory gone under the write (the watched folder deleted or
@@ -271,9 +294,9 @@ class VitalCheck:
         broken: str | None = None
         for _ in range(_SCRATCH_TRIES):
             try:
-                broken = self._file_once(record)
+                broken = self._file_once(record, disk)
             except OSError:  # no descriptor left: with the ones kept for it
-                broken = self._file_spared(record)
+                broken = self._file_spared(record, disk)
             if broken is not _SCRATCH_GONE:
                 return broken
             if self._stopped():
@@ -281,13 +304,13 @@ class VitalCheck:
                 raise StoppedDuringCheck(msg)
         return None
 
-    def _file_spared(self, record: dict[str, Any]) -> str | None:
+    def _file_spared(self, record: dict[str, Any], disk: threading.Event) -> str | None:
         """``_file_once`` with the descriptors kept for it; ``Shortage`` if it still cannot."""
         failed: OSError | None = None
         with self._fds.released() as freed:
             if freed:
                 try:
-                    return self._file_once(record)
+                    return self._file_once(record, disk)
                 except OSError as exc:
                     failed = exc
         why = failed if failed is not None else "no descriptor was kept for it"
@@ -321,15 +344,29 @@ class VitalCheck:
         with contextlib.suppress(OSError):
             temporary_name(path).unlink()
 
-    def _file_once(self, record: dict[str, Any]) -> str | None:
+    def _file_once(self, record: dict[str, Any], disk: threading.Event) -> str | None:
+        """Write and read back; ``disk`` is set while only the disk's calls run (``os``: making
+        the directory, writing and syncing the file; not reading it back, which a frozen disk
+        does not hold, and which the agent does with ``pathlib``)."""
         expected = as_json_reads(record)  # what a reader must find, worked out without json
         path = self._take()
         try:
             # Made again if it went (the folder's staging deleted, or the folder replaced),
             # not when the agent's stop removed it.
-            if not self._stopped():
-                self.scratch.mkdir(mode=0o700, exist_ok=True)
-            write_result(path, record)
+            make = not self._stopped()
+            scratch, target = os.fspath(self.scratch), os.fspath(path)
+            tmp = os.fspath(temporary_name(path))
+            payload = result_bytes(record)  # json: the patch's to break
+            disk.set()
+            try:
+                if make:
+                    try:  # noqa: SIM105 -- only os here: contextlib is a patch's to replace
+                        os.mkdir(scratch, 0o700)
+                    except FileExistsError:
+                        pass
+                write_durably(target, tmp, payload)
+            finally:
+                disk.clear()
             try:
                 found = json.loads(path.read_bytes())
             except ValueError as exc:
