@@ -25,11 +25,14 @@ from typing import Any
 __all__ = [
     "BOILERPLATE",
     "ENUM_BOOKKEEPING",
+    "HASH_REASON",
     "borrowed",
+    "changed_hash",
     "class_reasons",
     "dataclass_fields",
     "decorators",
     "enum_members",
+    "hash_reason",
     "inner_pairs",
     "innermost",
     "is_enum",
@@ -42,6 +45,14 @@ __all__ = [
 ]
 
 # Members every class body makes; they say nothing about behaviour.
+# A class's hash replaced or added hot: the instances already in sets and dict keys stay
+# filed under the hash they had, and lookups would miss them.
+HASH_REASON = (
+    "__hash__ {}: the sets and dict keys the process holds filed each of its instances "
+    "under the old hash, which a lookup with the new one would miss (`x in seen` False for "
+    "an x that is there); a restart files them again"
+)
+
 BOILERPLATE = frozenset(
     {
         "__module__",
@@ -133,9 +144,45 @@ def members(old: type, new: type) -> Iterator[tuple[str, Any]]:
 def class_reasons(old: type, new: type) -> list[str]:
     """Why replacing ``old``'s members with ``new``'s cannot be done hot."""
     name = f"{old.__module__}:{old.__qualname__}"
-    return [*_layout_reasons(old, new, name), *_data_reasons(old, new, name)] + [
+    return [
+        *_layout_reasons(old, new, name),
+        *_data_reasons(old, new, name),
+        *_hash_reasons(old, new, name),
+    ] + [
         reason for attr, value in members(old, new) for reason in _member_reasons(old, attr, value)
     ]
+
+
+def hash_reason(owner: str, verb: str) -> str:
+    """Why a new ``__hash__`` for the instances of class ``owner`` cannot go in hot."""
+    return f"class {owner}: {HASH_REASON.format(verb)}"
+
+
+def _hash_reasons(old: type, new: type, name: str) -> Iterator[str]:
+    """A patch class that adds a ``__hash__`` to a class hashed another way, or takes its
+    hash away (a class body defining ``__eq__`` alone gets ``__hash__ = None``): the
+    instances filed in sets and dict keys would be looked for under another hash, or
+    could not be. A function replacing the running class's own ``__hash__`` is a
+    replaced function, checked as each is (``changed_hash``)."""
+    if "__hash__" not in vars(new) or vars(old).get("__hash__", ...) is None:
+        return  # not said, or no instance of the running class can be filed
+    if vars(new)["__hash__"] is None:
+        yield hash_reason(name, "becomes None")
+    elif "__hash__" not in vars(old):
+        yield hash_reason(name, "is added")
+
+
+def changed_hash(before: types.CodeType, after: Any) -> bool:
+    """Whether ``after`` (the replacement of a ``__hash__`` whose code is ``before``)
+    computes something else: its code differs, wherever each was written."""
+    code = getattr(after, "__code__", None)
+    return not isinstance(code, types.CodeType) or _code_key(before) != _code_key(code)
+
+
+def _code_key(code: types.CodeType) -> tuple[Any, ...]:
+    """What a code object computes: its bytecode and what it names, not where it was written."""
+    consts = tuple(_code_key(c) if isinstance(c, types.CodeType) else c for c in code.co_consts)
+    return (code.co_code, consts, code.co_names, code.co_varnames, code.co_freevars)
 
 
 def _layout_reasons(old: type, new: type, name: str) -> Iterator[str]:

@@ -19,7 +19,9 @@ from packaging.version import Version
 
 from hotpatch._classes import (
     borrowed,
+    changed_hash,
     class_reasons,
+    hash_reason,
     layout_changes,
     members,
     set_name,
@@ -305,6 +307,9 @@ class _Planner:
             raise VerificationFailed(msg, patch=plan.patch.version, target=spec)
         original = self.original(func)
         new, widened = check_replacement(plan.patch, spec, original, func.__name__, new)
+        owner = target.owner
+        if func.__name__ == "__hash__" and owner and changed_hash(original["__code__"], new):
+            plan.reasons.append(hash_reason(f"{owner.__module__}:{owner.__qualname__}", "changes"))
         old_code: types.CodeType = original["__code__"]
         # A changed signature (signature_change=True): calls follow the replacement's.
         built = build(

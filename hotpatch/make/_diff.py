@@ -15,6 +15,7 @@ import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 
+from hotpatch._classes import HASH_REASON
 from hotpatch._validate import signature_problems
 from hotpatch.make._closures import NestedTargets, escaping
 from hotpatch.make._sources import MakeError, Tree, classify
@@ -52,13 +53,6 @@ _SHOWN = 60  # characters of a statement quoted in a reason
 _RECORD_BASES = frozenset({"Enum", "IntEnum", "StrEnum", "Flag", "IntFlag", "NamedTuple"})
 _LAYOUT_BASES = _RECORD_BASES | {"TypedDict", "Structure"}
 _ENUM_AUTO = frozenset({"auto", "enum.auto"})
-# A method replaced or added hot: the instances already in sets and dict keys stay filed
-# under the hash they had, and lookups would miss them.
-_HASH = (
-    "__hash__ {}: the sets and dict keys the process holds filed each of its instances "
-    "under the old hash, which a lookup with the new one would miss (`x in seen` False for "
-    "an x that is there); a restart files them again"
-)
 
 
 @dataclass(slots=True)
@@ -623,7 +617,7 @@ class _ModuleDiff:
             self.baseline(target, what, why)
             return False
         if what == "method" and new.name == "__hash__":
-            self.baseline(target, what, _HASH.format("changes"))
+            self.baseline(target, what, HASH_REASON.format("changes"))
             return False
         problems = signature_problems(signature(old.args), signature(new.args))
         if problems:
@@ -783,7 +777,7 @@ class _ModuleDiff:
             ]
             for change in changes:
                 if change.name.endswith(".__hash__"):
-                    change.verdict, change.why = "baseline", _HASH.format("is added")
+                    change.verdict, change.why = "baseline", HASH_REASON.format("is added")
             reads = [default_reads(node) if isinstance(node, _Def) else set() for _, node in added]
             self.plan.members.append(
                 Members(self.name(qualname), header, sources, names, changes, new.lineno, reads)
