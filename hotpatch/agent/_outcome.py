@@ -135,20 +135,25 @@ def write_durably(path: str, tmp: str, payload: bytes) -> None:
     Only the ``os`` module's calls, written in C: what a patch cannot replace
     (the vital check takes time spent here for the disk's, not the patch's).
     """
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
     try:
-        try:
-            view = memoryview(payload)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _write_synced(tmp, payload, 0o644)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def _write_synced(path: str | Path, payload: bytes, mode: int) -> None:
+    """``payload`` written whole at ``path`` (made or emptied) and fsynced."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    try:
+        view = memoryview(payload)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _free_name(directory: Path, name: str, *, is_dir: bool) -> str:
@@ -257,12 +262,16 @@ def file_outcome(
 
 
 def _write_copy(path: Path, data: bytes) -> None:
-    """A new file ``path`` holding ``data``, or none at all."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    """A new file ``path`` holding ``data`` whole, or none at all.
+
+    Written and fsynced under a temporary name, then linked to ``path`` (which
+    fails if the name is taken, as ``O_EXCL`` would): a reader that finds the name,
+    even after a crash, finds the whole copy, never an empty or cut file.
+    """
+    tmp = temporary_name(path)
     try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-    except BaseException:
+        _write_synced(tmp, data, 0o600)
+        os.link(tmp, path)
+    finally:
         with contextlib.suppress(OSError):
-            path.unlink()
-        raise
+            os.unlink(tmp)
