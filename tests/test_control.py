@@ -8,7 +8,6 @@ import json
 import os
 import socket
 import stat
-import subprocess
 import sys
 import tempfile
 import threading
@@ -18,6 +17,7 @@ from types import FrameType
 from typing import Any
 
 import pytest
+from pychild import run_python_json
 
 from hotpatch import VersionConflict
 from hotpatch.agent._control import MAX_REQUEST_BYTES, AgentBusy, request
@@ -627,15 +627,7 @@ print(json.dumps(seen))
 
 
 def test_a_request_or_server_no_thread_can_be_started_for_is_refused_and_leaves_nothing() -> None:
-    proc = subprocess.run(
-        [sys.executable, "-c", NO_THREAD.format(paths=sys.path)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
-    seen = json.loads(proc.stdout)
+    seen = run_python_json(NO_THREAD.format(paths=sys.path))
     for answer in seen["refused"]:  # each answered, then its connection closed
         assert answer.endswith("\n"), f"no answer, or the connection was left open: {answer!r}"
         refusal = json.loads(answer)

@@ -81,20 +81,13 @@ class SmallDisk:
         shutil.rmtree(self.path / ".inodes", ignore_errors=True)
 
 
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[SmallDisk]:
-    mount = tmp_path / "small"
+@contextlib.contextmanager
+def tmpfs(mount: Path, options: str) -> Iterator[SmallDisk]:
+    """A tmpfs mounted at ``mount`` (made here) with ``options``, unmounted after; the
+    test is skipped where one cannot be mounted (not root)."""
     mount.mkdir()
     done = subprocess.run(
-        [
-            "mount",
-            "-t",
-            "tmpfs",
-            "-o",
-            f"size={FS_BYTES},nr_inodes={FS_INODES},mode=0700",
-            "tmpfs",
-            str(mount),
-        ],
+        ["mount", "-t", "tmpfs", "-o", f"{options},mode=0700", "tmpfs", str(mount)],
         capture_output=True,
         text=True,
         check=False,
@@ -105,6 +98,12 @@ def small_disk(tmp_path: Path) -> Iterator[SmallDisk]:
         yield SmallDisk(mount)
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[SmallDisk]:
+    with tmpfs(tmp_path / "small", f"size={FS_BYTES},nr_inodes={FS_INODES}") as disk:
+        yield disk
 
 
 @pytest.fixture(autouse=True)

@@ -8,7 +8,6 @@ its parent -- the service and the pre-started verifier stay as they were.
 from __future__ import annotations
 
 import dis
-import json
 import os
 import signal
 import subprocess
@@ -21,6 +20,7 @@ from pathlib import Path
 from types import CodeType, FrameType
 
 import pytest
+from pychild import run_python, run_python_json
 
 from hotpatch import VerificationFailed
 from hotpatch.agent._verifier_link import VerifierProcess
@@ -426,11 +426,7 @@ print("ok", os.waitstatus_to_exitcode(status), flush=True)
 
 def test_a_forked_service_process_gets_a_verifier_of_its_own(target, write_patch) -> None:
     code = FORKING.format(paths=sys.path, path=str(write_patch(good(target))))
-    proc = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split() == ["ok", "0"]
+    assert run_python(code).split() == ["ok", "0"]
 
 
 def test_close_ends_the_verifier(target, write_patch) -> None:
@@ -503,15 +499,7 @@ print(json.dumps({{"no_fork": no_fork, "no_pipe": no_pipe, "before": before,
 def test_a_check_that_cannot_fork_or_make_its_pipes_leaves_no_descriptor_and_is_a_shortage() -> (
     None
 ):
-    proc = subprocess.run(
-        [sys.executable, "-c", NO_CHILD.format(paths=sys.path)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
-    seen = json.loads(proc.stdout)
+    seen = run_python_json(NO_CHILD.format(paths=sys.path))
     # Each failed check used to leave its pipes open: 4 descriptors for a fork, 2 for a pipe.
     assert (seen["after_fork"], seen["after_pipe"]) == (seen["before"], seen["before"]), seen
     # Not the patch's fault: the drop waits and is tried again (never a rejection).

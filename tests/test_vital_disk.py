@@ -24,11 +24,14 @@ from pathlib import Path
 
 import pytest
 from drops import DropFolder, wait_for
-from test_folder_resources import SmallDisk
+from test_folder_resources import (
+    SmallDisk,
+    quick_retries,  # noqa: F401 -- autouse here too
+    tmpfs,
+)
 
 import hotpatch
 from hotpatch._journal import COMPACT_MIN
-from hotpatch.agent import _resources
 from hotpatch.agent._local import ROLLBACK_TRIES_S
 from hotpatch.agent._outcome import RESULT_SUFFIX
 from hotpatch.agent._vital import SLOW_DISK, VITAL_TIMEOUT_S
@@ -108,28 +111,8 @@ def freezable_disk(tmp_path: Path) -> Iterator[FreezableDisk]:
 @pytest.fixture
 def journal_disk(tmp_path: Path) -> Iterator[SmallDisk]:
     """A tmpfs big enough for a journal past its compaction size, and no bigger."""
-    mount = tmp_path / "journal-disk"
-    mount.mkdir()
-    size = 2 * COMPACT_MIN + (256 << 10)
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(mount)],
-        check=False,
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}")
-    try:
-        yield SmallDisk(mount)
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=True)
-
-
-@pytest.fixture(autouse=True)
-def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Retries as they run, only sooner: a test waits seconds, not half a minute.
-    monkeypatch.setattr(_resources, "BACKOFF_MIN_S", 0.05)
-    monkeypatch.setattr(_resources, "BACKOFF_MAX_S", 0.5)
+    with tmpfs(tmp_path / "journal-disk", f"size={2 * COMPACT_MIN + (256 << 10)}") as disk:
+        yield disk
 
 
 @pytest.fixture
