@@ -4,56 +4,61 @@ A folder that is only read (a state directory) keeps the drop where it is and fi
 the bytes processed as a copy, as does a drop replaced while it was worked on. A
 reader -- an operator, a deployment script, an agent started after a crash -- that
 finds the copy's name must find the whole patch, never an empty or cut file. The
-test watches every file the filing opens (an audit hook, the interpreter's own
-record of each ``open``) and looks at the copy's name at that moment.
+filing runs in a new Python whose audit hook (the interpreter's own record of each
+``open``) looks at the copy's name at that moment: in a process of its own, as an
+audit hook cannot be removed, and one left in the test process would run Python
+code in the middle of every later switch of function code (``__code__`` is audited).
 """
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
+from pychild import run_python_json
 
+FILING = """
+import json, sys
+sys.path[:] = {paths!r}
+from pathlib import Path
 from hotpatch.agent._outcome import Outcome, file_outcome
 
-DATA = b"from hotpatch import Patch\n" + b"# padding\n" * 10_000
+data = b"from hotpatch import Patch\\n" + b"# padding\\n" * 10_000
+folder = Path({folder!r})
+(folder / "applied").mkdir(parents=True)
+drop = folder / "fix.py"
+drop.write_bytes(b"# another file now holds the name\\n")
+outcome = Outcome(name="fix.py", who="test", version="1.0.1", outcome="applied", data=data)
+outcome.ino = (0, 0)  # not the file at the name now: the bytes processed are copied
+copy = folder / "applied" / "fix.py"
+seen = []
+watching = []
 
-_seen: list[tuple[str, int | None]] = []
-_watching: list[Path] = []
-
-
-def _hook(event: str, args: tuple[Any, ...]) -> None:
-    if event != "open" or not _watching:
+def hook(event, args):
+    if event != "open" or not watching:
         return
-    copy = _watching[0]
     try:
-        size: int | None = copy.stat().st_size
+        size = copy.stat().st_size
     except FileNotFoundError:
         size = None
-    _seen.append((str(args[0]), size))
+    seen.append((str(args[0]), size))
 
-
-sys.addaudithook(_hook)  # cannot be removed: it looks only while _watching is set
+sys.addaudithook(hook)
+watching.append(True)
+try:
+    file_outcome(drop, outcome, move={move!r})
+finally:
+    watching.clear()
+print(json.dumps({{"seen": seen, "whole": copy.read_bytes() == data, "size": len(data)}}))
+"""
 
 
 @pytest.mark.parametrize("move", [False, True], ids=["kept", "replaced-while-worked-on"])
 def test_the_copy_filed_is_never_seen_cut(tmp_path: Path, move: bool) -> None:
-    folder = tmp_path / "patches"
-    (folder / "applied").mkdir(parents=True)
-    drop = folder / "fix.py"
-    drop.write_bytes(b"# another file now holds the name\n")
-    outcome = Outcome(name="fix.py", who="test", version="1.0.1", outcome="applied", data=DATA)
-    outcome.ino = (0, 0)  # not the file at the name now: the bytes processed are copied
-    copy = folder / "applied" / "fix.py"
-    _seen.clear()
-    _watching.append(copy)
-    try:
-        file_outcome(drop, outcome, move=move)
-    finally:
-        _watching.clear()
-    assert copy.read_bytes() == DATA
-    assert _seen, "the filing opened no file"
-    cut = [(opened, size) for opened, size in _seen if size is not None and size != len(DATA)]
+    code = FILING.format(paths=sys.path, folder=str(tmp_path / "patches"), move=move)
+    result = run_python_json(code)
+    assert result["whole"]
+    assert result["seen"], "the filing opened no file"
+    cut = [(opened, size) for opened, size in result["seen"] if size not in (None, result["size"])]
     assert not cut, f"the copy's name showed a cut file while filing: {cut}"
