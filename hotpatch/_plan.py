@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from functools import cached_property, partial
-from typing import Any, overload
+from typing import Any
 
 from packaging.version import Version
 
@@ -30,6 +30,7 @@ from hotpatch._classes_hooks import hooks_of, refusal
 from hotpatch._codegen import ABSENT, FUNC_ATTRS, build, capture
 from hotpatch._errors import JournalError, NameConflict, NotPatchable, VerificationFailed
 from hotpatch._heap import made_from
+from hotpatch._mapped import Mapped
 from hotpatch._members import (
     data_conflict,
     equal,
@@ -161,7 +162,7 @@ def make_plan(patch: Patch, level: Level) -> Plan:
         )
         return plan
     check_baseline(patch, level.baseline_version, level.baseline)
-    check_version(patch, _PatchesOf(level.stack), level.version, level.baseline_version)
+    check_version(patch, Mapped(level.stack, _patch_of), level.version, level.baseline_version)
     if level.journaled and patch.source is None:
         msg = (
             f"patch {v} was not loaded from a file, so the journal cannot record its "
@@ -210,26 +211,10 @@ def nested_of(entries: Sequence[Applied]) -> list[Nested]:
     ]
 
 
-class _PatchesOf(Sequence[Patch]):
-    """The patches of a stack, read where asked: planning reads the top one (a patch
-    newer than the top is newer than the whole level), not a list of them all."""
-
-    __slots__ = ("_stack",)
-
-    def __init__(self, stack: Sequence[Applied]) -> None:
-        self._stack = stack
-
-    def __len__(self) -> int:
-        return len(self._stack)
-
-    @overload
-    def __getitem__(self, index: int) -> Patch: ...
-    @overload
-    def __getitem__(self, index: slice) -> Sequence[Patch]: ...
-    def __getitem__(self, index: int | slice) -> Patch | Sequence[Patch]:
-        if isinstance(index, slice):
-            return [e.patch for e in self._stack[index]]
-        return self._stack[index].patch
+def _patch_of(entry: Applied) -> Patch:
+    """Planning reads the patches of a stack where asked: the top one, for a patch newer
+    than the top is newer than the whole level."""
+    return entry.patch
 
 
 def _pristine(entries: Sequence[Applied]) -> dict[Key, Change]:

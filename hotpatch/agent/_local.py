@@ -6,14 +6,15 @@ import contextlib
 import logging
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol, overload
+from typing import Any, Protocol
 
 from packaging.version import Version
 
 from hotpatch._errors import RestartRequired, VerificationFailed
 from hotpatch._loader import load_patch_source
+from hotpatch._mapped import Mapped
 from hotpatch._patch import Patch
 from hotpatch._registry import Registry
 from hotpatch._results import level_summary
@@ -86,7 +87,7 @@ class LocalApplier:
         """The applied patches, as the level stands now (asked for every drop, twice: made
         in O(1), each patch described when it is read -- a drop newer than the top of the
         level reads the top alone, whatever the level's length)."""
-        return _Described(self.registry.patches)
+        return Mapped(self.registry.patches, _describe)
 
     def sys_path(self) -> list[str]:
         """The service's own ``sys.path``: the verification child imports what it imports."""
@@ -341,38 +342,3 @@ def _stopped_during_check(patch: Patch, outcome: Outcome, exc: StoppedDuringChec
 
 def _describe(patch: Patch) -> AppliedPatch:
     return AppliedPatch(patch.version, patch.sha256, patch.targets)
-
-
-class _Described(Sequence[AppliedPatch]):
-    """``patches`` (one state of the level: the registry's tuple, never changed) as
-    ``AppliedPatch``es, each described when it is read.
-
-    Copying and describing the whole level for each drop cost a burst of N drops
-    O(N) per drop (about 20 us at level 1,000, twice a drop); this view costs
-    O(1) to make and to read the top of.
-    """
-
-    __slots__ = ("_patches",)
-
-    def __init__(self, patches: tuple[Patch, ...]) -> None:
-        self._patches = patches
-
-    def __len__(self) -> int:
-        return len(self._patches)
-
-    @overload
-    def __getitem__(self, index: int) -> AppliedPatch: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> list[AppliedPatch]: ...
-
-    def __getitem__(self, index: int | slice) -> AppliedPatch | list[AppliedPatch]:
-        if isinstance(index, slice):
-            return [_describe(p) for p in self._patches[index]]
-        return _describe(self._patches[index])
-
-    def __iter__(self) -> Iterator[AppliedPatch]:
-        return map(_describe, self._patches)
-
-    def __reversed__(self) -> Iterator[AppliedPatch]:
-        return map(_describe, reversed(self._patches))
