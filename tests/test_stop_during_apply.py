@@ -115,6 +115,22 @@ def restart(stopped: hotpatch.Agent, folder: DropFolder) -> hotpatch.Agent:
     return hotpatch.install("1.0", watch=folder.path, journal=folder.journal)
 
 
+def assert_at_1_0_1(agent: hotpatch.Agent, held: types.ModuleType) -> None:
+    """``agent``'s level is the held patch alone, and its function answers as patched."""
+    assert agent.registry is not None
+    assert agent.registry.level == ("1.0.1",)
+    assert held.f() == 1
+
+
+def stop_all(*agents: hotpatch.Agent | None) -> None:
+    """Stop each agent started, its code put back to the baseline."""
+    for running in agents:
+        if running is not None:
+            running.stop()
+            if running.registry is not None and running.registry.level:
+                running.registry.rollback(to="1.0")
+
+
 def test_a_drop_applied_while_the_agent_stops_is_filed_applied_and_journalled(
     tmp_path: Path, held: types.ModuleType, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -137,9 +153,7 @@ def test_a_drop_applied_while_the_agent_stops_is_filed_applied_and_journalled(
         assert not stopper.is_alive()
 
         # Finished before the stop returned: applied, journalled, filed.
-        assert held.f() == 1
-        assert agent.registry is not None
-        assert agent.registry.level == ("1.0.1",)
+        assert_at_1_0_1(agent, held)
         assert not os.path.lexists(folder.path / "fix.py")
         assert results_of(folder, "fix.py") == ["applied"]
         assert folder.result("fix.py", "applied")["outcome"] == "applied"
@@ -151,20 +165,14 @@ def test_a_drop_applied_while_the_agent_stops_is_filed_applied_and_journalled(
 
         # Started again on the same folder and journal: the same level, no second outcome.
         again = restart(agent, folder)
-        assert again.registry is not None
-        assert again.registry.level == ("1.0.1",)
-        assert held.f() == 1
+        assert_at_1_0_1(again, held)
         assert held.MIGRATED == ["1.0.1", "1.0.1"]  # the replay runs the migration again
         assert results_of(folder, "fix.py") == ["applied"]
         assert [e["outcome"] for e in outcome_events(folder, "fix.py")] == ["applied"]
         assert loud(caplog) == []
     finally:
         held.RELEASE.set()
-        for running in (agent, again):
-            if running is not None:
-                running.stop()
-                if running.registry is not None and running.registry.level:
-                    running.registry.rollback(to="1.0")
+        stop_all(agent, again)
 
 
 def test_an_apply_asked_through_the_socket_as_the_agent_stops_is_not_blamed_on_the_patch(
@@ -198,23 +206,15 @@ def test_an_apply_asked_through_the_socket_as_the_agent_stops_is_not_blamed_on_t
         assert answer["ok"] is True, answer
         assert answer["outcome"] == "applied"
         assert "stopped" in str(answer["reason"])
-        assert held.f() == 1
-        assert agent.registry is not None
-        assert agent.registry.level == ("1.0.1",)
+        assert_at_1_0_1(agent, held)
         assert [h.action for h in agent.registry.history] == ["apply"]  # no rollback
         assert '"version":"1.0.1"' in folder.journal.read_text().replace(" ", "")
         assert loud(caplog) == []
         assert said_stopped(caplog)
 
         again = restart(agent, folder)
-        assert again.registry is not None
-        assert again.registry.level == ("1.0.1",)
-        assert held.f() == 1
+        assert_at_1_0_1(again, held)
         assert loud(caplog) == []
     finally:
         held.RELEASE.set()
-        for running in (agent, again):
-            if running is not None:
-                running.stop()
-                if running.registry is not None and running.registry.level:
-                    running.registry.rollback(to="1.0")
+        stop_all(agent, again)
