@@ -11,6 +11,7 @@ change that cannot go in hot (``baseline``), with the reason.
 from __future__ import annotations
 
 import ast
+import re
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
@@ -21,7 +22,9 @@ from hotpatch.make._closures import NestedTargets, escaping
 from hotpatch.make._sources import MakeError, Tree, classify
 from hotpatch.make._syntax import (
     Binding,
+    Star,
     accessor,
+    all_names,
     bindings,
     block_names,
     call_names,
@@ -33,6 +36,7 @@ from hotpatch.make._syntax import (
     private_names,
     segment,
     signature,
+    stars,
     string_lines,
 )
 
@@ -189,6 +193,7 @@ def compare(old: Tree, new: Tree, roots: tuple[str, ...]) -> Plan:
             if not plan.empty:
                 modules.append(plan)
     _stale_imports(old, roots, modules, changes)
+    _star_imports(old, new, roots, modules, changes)
     _stale_defaults_across(modules)
     _new_imports_across(modules, changes)
     return Plan(modules, changes, ignored)
@@ -273,6 +278,241 @@ def _stale_imports(
                     "imported; the copy would keep the old value after a migration"
                 )
                 changes.append(Change(f"{place.module}:{binding.name}", "import", "baseline", why))
+
+
+@dataclass(slots=True)
+class _Offer:
+    """What a module newly offers to a module taking every name of it (``from M import *``),
+    after a restart, as this change leaves it."""
+
+    origin: str  # the module that has the names (M, or the module M takes them from)
+    new: dict[str, str]  # name -> "helper" (a new definition), "value", or "existing"
+    stale: set[str]  # offered before and after, and a migration sets a new value
+    computed: str = ""  # "NAME's __all__ is computed (line N: `...`)": which names, unknown
+    unknown: set[str] = field(default_factory=set)  # the names it may offer, then
+
+
+def _star_imports(
+    old: Tree, new: Tree, roots: tuple[str, ...], modules: list[ModulePlan], changes: list[Change]
+) -> None:
+    """A module that takes every name of another (``from .more import *``) gets, after a
+    restart, what that one newly offers (``__all__``, or else its public names), and copies
+    of its values. A new definition, or a name newly offered, is set on it by the migration
+    too; a value the patch file could only read after a migration, a copy that would keep
+    an old value, or an ``__all__`` computed when the module is imported, is a baseline
+    naming the star import."""
+    offers = [(m.name, offer) for m in modules if (offer := _offer(m, old, new)) is not None]
+    if not offers:
+        return
+    takers = _Takers(old, new, modules)
+    for path, data in sorted(new.files.items()):
+        place = classify(path, roots)
+        if place.kind != "module":
+            continue
+        takers.paths[place.module] = path
+        if path not in old.files or not re.search(rb"import\s+\*", data):
+            continue  # a new module is a baseline already
+        try:
+            tree = ast.parse(data)
+        except (SyntaxError, ValueError):
+            continue
+        lines = data.decode("utf-8", "replace").splitlines()
+        for star in stars(tree, place.module, path.endswith("__init__.py"), lines):
+            takers.of.setdefault(star.module, []).append((place.module, star))
+    decided: set[str] = set()
+    seen: set[tuple[str, str]] = set()
+    while offers:
+        source, offer = offers.pop(0)
+        for taker, star in takers.of.get(source, []):
+            if (taker, source) in seen:
+                continue
+            seen.add((taker, source))
+            made, onward = takers.take(taker, star, source, offer)
+            for change in made:
+                if change.name not in decided:
+                    decided.add(change.name)
+                    changes.append(change)
+            if onward is not None:
+                offers.append((taker, onward))
+
+
+def _offer(module: ModulePlan, old: Tree, new: Tree) -> _Offer | None:
+    """What ``module`` newly offers to a star import of it (None: nothing)."""
+    trees = []
+    for version in (old, new):
+        try:
+            trees.append(ast.parse(version.files[module.path]))
+        except (SyntaxError, ValueError):
+            return None
+    (before, why_before), (after, why_after) = all_names(trees[0]), all_names(trees[1])
+    values = {a.name: a for a in module.assignments if not a.owner}
+    helpers = {h.name for h in module.helpers}
+    offer = _Offer(module.name, {}, set())
+    changed = {n for n, a in values.items() if a.old is not None and not a.helper}
+    computed = why_after or why_before
+    if computed is not None:
+        text = (new if why_after else old).files[module.path].decode("utf-8", "replace")
+        line = text.splitlines()[computed.lineno - 1].strip()
+        offer.computed = (
+            f"{module.name}'s __all__ is computed (line {computed.lineno}: `{line[:_SHOWN]}`)"
+        )
+        offer.unknown = (module.new_names - module.old_names) | changed
+        return offer if offer.unknown else None
+
+    def offers(listed: frozenset[str] | None, names: set[str], name: str) -> bool:
+        return name in listed if listed is not None else name in names and name[:1] != "_"
+
+    for name in sorted(module.new_names | (after or set())):
+        now = offers(after, module.new_names, name)
+        if now and not offers(before, module.old_names, name):
+            if name in helpers:
+                offer.new[name] = "helper"
+            elif name in values:
+                offer.new[name] = "value"
+            elif name in module.old_names:
+                offer.new[name] = "existing"
+        elif now and name in changed:
+            offer.stale.add(name)
+    return offer if offer.new or offer.stale else None
+
+
+class _Takers:
+    """The modules that take every name of another, and what each gets from an offer."""
+
+    def __init__(self, old: Tree, new: Tree, modules: list[ModulePlan]) -> None:
+        self.old, self.new, self.modules = old, new, modules
+        self.by_name = {m.name: m for m in modules}
+        self.paths: dict[str, str] = {}  # module -> its file, in the new version
+        self.of: dict[str, list[tuple[str, Star]]] = {}  # module -> (who takes all, where)
+
+    def take(
+        self, taker: str, star: Star, source: str, offer: _Offer
+    ) -> tuple[list[Change], _Offer | None]:
+        """``taker`` takes every name of ``source`` (``star``), which offers ``offer``: the
+        changes that makes (migrations set on its plan, baselines), and what ``taker``
+        itself now offers to a star import of it (None: nothing)."""
+        path = self.paths[taker]
+        before = _parse(taker, path, self.old.files[path], "old")
+        after = _parse(taker, path, self.new.files[path], "new")
+        where = f"{taker} takes every name of {source} ({star.said()})"
+        made: list[Change] = []
+        for name in sorted(offer.unknown):
+            why = (
+                f"{where}, and {offer.computed}: which of its new names a restart would copy "
+                f"into {taker} cannot be read from the code"
+            )
+            made.append(Change(f"{taker}:{name}", "import", "baseline", why))
+        for name in sorted(offer.stale):
+            why = (
+                f"{taker} copies {name} from {source} when it is imported ({star.said()}); "
+                "the copy would keep the old value after a migration"
+            )
+            made.append(Change(f"{taker}:{name}", "import", "baseline", why))
+        lines = [line.rstrip("\n") for line in after.lines]
+        others = [
+            s
+            for s in stars(after.tree, taker, path.endswith("__init__.py"), lines)
+            if s.module != source
+        ]
+        taken: dict[str, str] = {}
+        for name, kind in sorted(offer.new.items()):
+            offered = f"{where}, which now offers {name}"
+            if offer.origin != source:
+                offered += f" (from {offer.origin})"
+            plan = self.by_name.get(taker)
+            if plan is not None and any(a.name == name and not a.owner for a in plan.assignments):
+                continue  # the module's own change sets it (a new `from M import name`)
+            why = self._refused(name, kind, offered, offer, versions=(before, after), others=others)
+            if why:
+                made.append(Change(f"{taker}:{name}", "import", "baseline", why))
+                continue
+            why = (
+                f"a new name of {taker}: {offered}; set by the migration, as a restart would "
+                "(deleted on rollback)"
+            )
+            change = Change(f"{taker}:{name}", "import", "migration", why)
+            made.append(change)
+            plan = plan or self._plan(taker, path, before, after)
+            statement = f"from {offer.origin} import {name}"
+            plan.imports[name] = Binding(name, statement, offer.origin, name, "")
+            value = ast.Name(id=name, ctx=ast.Load())
+            plan.assignments.append(Assignment("", name, value, None, change, name))
+            taken[name] = kind
+        return made, _onward(taker, after, offer, taken)
+
+    def _refused(
+        self,
+        name: str,
+        kind: str,
+        offered: str,
+        offer: _Offer,
+        *,
+        versions: tuple[_Version, _Version],
+        others: list[Star],
+    ) -> str:
+        """Why ``name`` cannot be set on the module taking it ("" if it can)."""
+        if any(name in v.names | v.blocks for v in versions):
+            return (
+                f"{offered}, and binds {name} itself too: which of the two a restart gives "
+                "depends on their order"
+            )
+        also = [s for s in others if self._offers(s.module, name)]
+        if also:
+            return (
+                f"{offered}, and {also[0].module} ({also[0].said()}) offers it too: a restart "
+                "gives the one imported last"
+            )
+        if kind == "value":
+            return (
+                f"{offered}, a new value: the patch file would read it before the migration "
+                f"in {offer.origin} sets it"
+            )
+        return ""
+
+    def _plan(self, taker: str, path: str, before: _Version, after: _Version) -> ModulePlan:
+        plan = ModulePlan(
+            taker,
+            path,
+            after.imports,
+            before.imports,
+            before.names | before.blocks,
+            after.names | after.blocks,
+        )
+        self.by_name[taker] = plan
+        self.modules.append(plan)
+        return plan
+
+    def _offers(self, module: str, name: str) -> bool:
+        """Does ``module`` (another star import's source, in this tree) offer ``name``?"""
+        path = self.paths.get(module)
+        if path is None:
+            return False
+        try:
+            version = _parse(module, path, self.new.files[path], "new")
+        except MakeError:
+            return False
+        listed, _ = all_names(version.tree)
+        if listed is not None:
+            return name in listed
+        return name in (version.names | version.blocks) and name[:1] != "_"
+
+
+def _onward(taker: str, after: _Version, offer: _Offer, taken: dict[str, str]) -> _Offer | None:
+    """What ``taker`` offers in turn, of what it took (None: nothing)."""
+    listed, computed = all_names(after.tree)
+    onward = _Offer(offer.origin, {}, set())
+    if computed is not None and (taken or offer.stale):
+        line = after.lines[computed.lineno - 1].strip()[:_SHOWN]
+        onward.computed = f"{taker}'s __all__ is computed (line {computed.lineno}: `{line}`)"
+        onward.unknown = set(taken) | offer.stale
+        return onward
+    for name in [*taken, *offer.stale]:
+        if (name in listed) if listed is not None else name[:1] != "_":
+            if name in taken:
+                onward.new[name] = taken[name]
+            else:
+                onward.stale.add(name)
+    return onward if onward.new or onward.stale else None
 
 
 # -- one module ---------------------------------------------------------------------------

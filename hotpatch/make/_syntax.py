@@ -18,7 +18,9 @@ from hotpatch._validate import global_names
 
 __all__ = [
     "Binding",
+    "Star",
     "accessor",
+    "all_names",
     "bindings",
     "block_names",
     "call_names",
@@ -152,6 +154,98 @@ def bindings(tree: ast.Module, module: str, is_package: bool) -> dict[str, Bindi
                 )
                 found[name] = Binding(name, text, base, alias.name, alias.asname or "")
     return found
+
+
+@dataclass(frozen=True, slots=True)
+class Star:
+    """A ``from M import *`` of a module: M made absolute, and the line that says it."""
+
+    module: str
+    line: int
+    text: str  # the statement's first line, as written
+
+    def said(self) -> str:
+        return f"line {self.line}: `{self.text}`"
+
+
+def stars(tree: ast.Module, module: str, is_package: bool, lines: list[str]) -> list[Star]:
+    """The module's star imports, in order (those under ``if TYPE_CHECKING:`` never run)."""
+    package = module if is_package else module.rpartition(".")[0]
+    found: list[Star] = []
+    todo: list[ast.stmt] = list(reversed(tree.body))
+    while todo:
+        node = todo.pop()
+        if isinstance(node, ast.ImportFrom) and any(a.name == "*" for a in node.names):
+            text = lines[node.lineno - 1].strip() if node.lineno <= len(lines) else ""
+            base = _absolute(package, node.module or "", node.level)
+            found.append(Star(base, node.lineno, text))
+        elif isinstance(node, ast.If) and dotted(node.test) in _TYPING_ONLY:
+            todo += reversed(node.orelse)
+        elif isinstance(node, ast.If | ast.Try | ast.TryStar | ast.With):
+            parts = [node.body, getattr(node, "orelse", []), getattr(node, "finalbody", [])]
+            parts += [h.body for h in getattr(node, "handlers", [])]
+            todo += reversed([n for part in parts for n in part])
+    found.sort(key=lambda s: s.line)
+    return found
+
+
+_TYPING_ONLY = frozenset({"TYPE_CHECKING", "typing.TYPE_CHECKING"})
+_ALL_GROWS = frozenset({"append", "extend"})
+_ALL_READS = frozenset({"sort", "index", "count", "copy"})
+
+
+def all_names(tree: ast.Module) -> tuple[frozenset[str] | None, ast.stmt | None]:
+    """What the module's ``__all__`` lists: ``(names, None)`` when its statements say it
+    with string literals only, ``(None, None)`` when it has none (a star import then takes
+    every public name), ``(None, statement)`` when that statement computes it."""
+    names: set[str] | None = None
+    for node in tree.body:
+        if not _changes_all(node):
+            continue  # reads it, at most
+        value: ast.expr | None = None
+        grows = False
+        if isinstance(node, ast.Assign | ast.AnnAssign) and [
+            dotted(t) for t in (node.targets if isinstance(node, ast.Assign) else [node.target])
+        ] == ["__all__"]:
+            value = node.value
+        elif isinstance(node, ast.AugAssign) and dotted(node.target) == "__all__":
+            value, grows = node.value, isinstance(node.op, ast.Add)
+        elif (
+            isinstance(node, ast.Expr)
+            and isinstance(node.value, ast.Call)
+            and dotted(node.value.func) in {f"__all__.{m}" for m in _ALL_GROWS}
+        ):
+            call = node.value
+            value = call.args[0] if len(call.args) == 1 and not call.keywords else None
+            if dotted(call.func).endswith(".append") and value is not None:
+                value = ast.List(elts=[value], ctx=ast.Load())
+            grows = True
+        listed = _strings(value)
+        if listed is None or (grows and names is None):
+            return None, node
+        names = (names or set()) | listed if grows else set(listed)
+    return (frozenset(names) if names is not None else None), None
+
+
+def _changes_all(node: ast.stmt) -> bool:
+    for sub in ast.walk(node):
+        if isinstance(sub, ast.Name) and sub.id == "__all__" and not isinstance(sub.ctx, ast.Load):
+            return True
+        called = dotted(sub.func) if isinstance(sub, ast.Call) else ""
+        if called.startswith("__all__.") and called.partition(".")[2] not in _ALL_READS:
+            return True
+    return False
+
+
+def _strings(node: ast.expr | None) -> set[str] | None:
+    if isinstance(node, ast.List | ast.Tuple):
+        found = [e.value for e in node.elts if isinstance(e, ast.Constant)]
+        listed = [v for v in found if isinstance(v, str)]
+        return set(listed) if len(listed) == len(node.elts) else None
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
+        left, right = _strings(node.left), _strings(node.right)
+        return left | right if left is not None and right is not None else None
+    return None
 
 
 def block_names(tree: ast.Module) -> set[str]:
