@@ -5,11 +5,14 @@ this benchmark checks out OLD in a temporary worktree (the repository's own
 work tree is not touched), makes the patch with ``hotpatch make``, lays the
 test files the fix added or changed over the old tree, and runs the
 project's tests there twice: on the old code, and on the old code with the
-patch applied (``pytest --hotpatch-apply``). Per commit it reports the
-verdict (hot / baseline / nothing / error), the tests that failed before and
-pass after, the regressions (tests that passed before and fail with the
-patch) and the time ``hotpatch make`` took; a table, and JSON in
-benchmarks/results/.
+patch applied (``pytest --hotpatch-apply``); then once more on NEW itself, as a
+restart would run it. Per commit it reports the verdict (hot / baseline /
+nothing / error), the tests of the fix's test files that failed before and pass
+after, the tests (of any file: data-driven ones too) that fail on the old code
+and pass on NEW with those the patch leaves failing (``patch_misses``: a patch
+that is not what a restart gives), the regressions (tests that passed before
+and fail with the patch) and the time ``hotpatch make`` took; a table, and JSON
+in benchmarks/results/.
 
     python benchmarks/make_commits.py --repo ~/src/toolz --pick 20
     python benchmarks/make_commits.py --repo ~/src/cachetools --root src \\
@@ -73,6 +76,11 @@ class Outcome:
     failing_before: list[str] = field(default_factory=list)  # of those, failing on the old code
     fixed: list[str] = field(default_factory=list)  # ... and passing with the patch
     regressions: list[str] = field(default_factory=list)  # passed before, fail with the patch
+    # Tests (in any file: data-driven ones too) failing on the old code and passing on the
+    # new code, the fix commit's own: what a restart fixes; and those of them the patch
+    # does not fix (failing, or not run, with it applied).
+    restart_fixed: list[str] = field(default_factory=list)
+    patch_misses: list[str] = field(default_factory=list)
     tests_run: int = 0
     refused_in_session: str = ""  # a hot patch the test session's check() or apply() refused
     note: str = ""
@@ -212,7 +220,39 @@ def run_range(
             t for t, state in after.items() if state == "failed" and before.get(t) == "passed"
         )
         outcome.tests_run = len(after)
+        restart = _restarted(repo, new, test_command, work=work, roots=roots, timeout=timeout)
+        if isinstance(restart, str):
+            outcome.note = f"the tests on the new code wrote no report: {restart}"
+            return outcome
+        outcome.restart_fixed = sorted(
+            t
+            for t, state in restart.items()
+            if state == "passed" and before.get(t, "failed") == "failed"
+        )
+        outcome.patch_misses = [t for t in outcome.restart_fixed if after.get(t) != "passed"]
         return outcome
+    finally:
+        git(repo, "worktree", "remove", "--force", str(tree), check=False)
+        shutil.rmtree(tree, ignore_errors=True)
+
+
+def _restarted(
+    repo: Path,
+    new: str,
+    command: list[str],
+    *,
+    work: Path,
+    roots: tuple[str, ...],
+    timeout: float,
+) -> dict[str, str] | str:
+    """The tests on the new code itself, as a restart would run it."""
+    tree = work / f"new-{new[:10]}"
+    git(repo, "worktree", "add", "-q", "--detach", str(tree), new)
+    try:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(str(tree / r) for r in roots)}
+        return _pytest(
+            command, tree=tree, env=env, report=work / "restart.xml", patches=(), timeout=timeout
+        )
     finally:
         git(repo, "worktree", "remove", "--force", str(tree), check=False)
         shutil.rmtree(tree, ignore_errors=True)
@@ -389,6 +429,8 @@ def _totals(outcomes: list[Outcome]) -> dict[str, int]:
         "tests_failing_before": sum(len(o.failing_before) for o in outcomes),
         "tests_fixed": sum(len(o.fixed) for o in outcomes),
         "regressions": sum(len(o.regressions) for o in outcomes),
+        "tests_restart_fixed": sum(len(o.restart_fixed) for o in outcomes),
+        "patch_misses": sum(len(o.patch_misses) for o in outcomes),
     }
 
 
@@ -471,7 +513,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             _save(path, name, outcomes, quick=args.quick or args.repo is None, complete=False)
             print(
                 f"    {outcome.verdict}: fixed {len(outcome.fixed)}/{len(outcome.failing_before)}"
-                f", regressions {len(outcome.regressions)}, make {outcome.make_s:.2f} s"
+                f", restart-fixed {len(outcome.restart_fixed)} (patch misses "
+                f"{len(outcome.patch_misses)}), regressions {len(outcome.regressions)}"
+                f", make {outcome.make_s:.2f} s"
                 + (f"; {outcome.reasons[0][:150]}" if outcome.reasons else ""),
                 file=sys.stderr,
                 flush=True,
@@ -484,6 +528,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             o.subject[:44],
             o.verdict + (f" ({o.why_baseline})" if o.why_baseline else ""),
             f"{len(o.fixed)}/{len(o.failing_before)}",
+            f"{len(o.restart_fixed) - len(o.patch_misses)}/{len(o.restart_fixed)}",
             len(o.regressions),
             round(o.make_s, 2),
         )
@@ -491,7 +536,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ]
     print_table(
         f"hotpatch make on {name}: {len(outcomes)} commits",
-        ("range", "subject", "verdict", "fixed", "regressions", "make s"),
+        ("range", "subject", "verdict", "fixed", "restart-fixed", "regressions", "make s"),
         rows,
     )
     totals = _totals(outcomes)
@@ -502,7 +547,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{totals['nothing']} nothing to patch, {totals['error']} errors "
         f"({totals['refused_in_session']} hot patches the test session refused); "
         f"{totals['tests_fixed']} of {totals['tests_failing_before']} failing tests fixed, "
-        f"{totals['regressions']} regressions"
+        f"{totals['regressions']} regressions; of the {totals['tests_restart_fixed']} tests "
+        f"failing on the old code that pass on the new code, {totals['patch_misses']} fail "
+        "with the patch"
     )
     _save(path, name, outcomes, quick=args.quick or args.repo is None, complete=True)
     return 1 if totals["error"] and args.repo is None else 0

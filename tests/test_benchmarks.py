@@ -573,6 +573,8 @@ def test_make_commits_on_a_generated_repository(tmp_path: Path) -> None:
         "tests_failing_before": 2,
         "tests_fixed": 2,
         "regressions": 0,
+        "tests_restart_fixed": 2,
+        "patch_misses": 0,
     }
     fixed = [c["fixed"] for c in data["commits"]]
     assert fixed == [
@@ -580,6 +582,7 @@ def test_make_commits_on_a_generated_repository(tmp_path: Path) -> None:
         ["tests.test_money::test_refunds_not_counted"],
         [],
     ]
+    assert [c["restart_fixed"] for c in data["commits"]] == fixed  # on the fix commit itself
     assert "calc/currencies.json" in data["commits"][2]["reasons"][0]
     assert [c["why_baseline"] for c in data["commits"]] == ["", "", "diff"]
     assert "generated: 3 commits, 2 hot, 1 baseline (1 from the diff" in proc.stdout
