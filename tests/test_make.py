@@ -299,10 +299,15 @@ def test_nothing_to_patch_when_only_comments_tests_docs_and_packaging_change(
             "docs/index.md": "# docs\n",
             "README.md": "# shop, documented\n",
             "pyproject.toml": "[project]\nname = 'shop'\nversion = '2'\n",
+            # Under the import root but in no package: no import reaches a directory whose
+            # name is not a Python name (bidict's dev-deps/pypy3.10/test.txt).
+            "src/dev-deps/pypy3.10/test.txt": "pytest==9\n",
+            "src/dev-deps/pins.py": "PINS = 1\n",
+            "pytest.ini": "[pytest]\n",
         },
     )
     result = run(repo, tmp_path)
-    assert result.outcome == "nothing"
+    assert result.outcome == "nothing", result.record()
     assert result.path is None
     ignored = {c.name: c.why for c in result.ignored}
     assert set(ignored) == {
@@ -313,8 +318,14 @@ def test_nothing_to_patch_when_only_comments_tests_docs_and_packaging_change(
         "docs/index.md",
         "README.md",
         "pyproject.toml",
+        "src/dev-deps/pypy3.10/test.txt",
+        "src/dev-deps/pins.py",
+        "pytest.ini",
     }
     assert ignored["src/shop/pricing.pyi"].startswith("a type stub")
+    assert ignored["src/dev-deps/pins.py"].startswith(
+        "in no package: `dev-deps` is not a Python name"
+    ), ignored
     assert not (tmp_path / "out").exists()
 
 

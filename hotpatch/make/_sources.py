@@ -6,7 +6,7 @@ blobs at a revision, never a checkout, so the user's work tree is left as it
 is. ``classify`` says what a path is to the service: a module (with its
 dotted name under an import root), a data file under an import root (it
 needs a baseline), or something ignored (tests, stubs, docs, packaging, a
-path outside every import root) and why.
+path outside every import root or in a directory no import reaches) and why.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ _PACKAGING = frozenset(
         "pyproject.toml",
         "MANIFEST.in",
         "tox.ini",
+        "pytest.ini",
         "noxfile.py",
         "Makefile",
         "py.typed",
@@ -181,6 +182,12 @@ def classify(path: str, roots: tuple[str, ...]) -> Place:  # noqa: PLR0911 - one
     if root is None:
         return Place("ignored", why=f"outside the import roots ({', '.join(roots)})")
     inner = pure.relative_to(root) if root != "." else pure
+    if len(inner.parts) > 1 and not inner.parts[0].isidentifier():
+        why = (
+            f"in no package: `{inner.parts[0]}` is not a Python name, so no import reaches "
+            f"{inner.parts[0]}/ under the import root {root} (nor reads package data there)"
+        )
+        return Place("ignored", why=why)
     if pure.suffix == ".py" and all(p.isidentifier() for p in inner.with_suffix("").parts):
         names = list(inner.with_suffix("").parts)
         if names[-1] == "__init__":
