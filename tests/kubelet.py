@@ -76,3 +76,14 @@ def outcome(folder: Path, name: str, count: int = 1) -> dict[str, Any]:
     """The ``count``-th result filed for ``name``, once it is there."""
     wait_for(lambda: len(results(folder, name)) >= count, f"result {count} of {name}")
     return results(folder, name)[count - 1]
+
+
+def filed_bytes(folder: Path, name: str, where: str = "applied") -> bytes:
+    """The file filed as ``where/name``, once it is there.
+
+    The result is written first and the file filed after it: a reader that has
+    seen the result waits for the file too.
+    """
+    path = folder / where / name
+    wait_for(lambda: os.path.lexists(path), f"{where}/{name} filed beside its result")
+    return path.read_bytes()

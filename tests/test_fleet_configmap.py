@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 from drops import wait_for
-from kubelet import Kubelet, outcome, patch, results
+from kubelet import Kubelet, filed_bytes, outcome, patch, results
 
 import hotpatch
 
@@ -64,7 +64,7 @@ def test_each_file_is_taken_once_and_a_changed_one_again(
     assert record["configmap"]["data"] == first
     assert target.f() == "one"
     assert os.readlink(folder / "fix.py") == "..data/fix.py"  # the kubelet's link stays
-    assert (folder / "applied" / "fix.py").read_bytes() == fix  # the bytes that went in
+    assert filed_bytes(folder, "fix.py") == fix  # the bytes that went in
 
     # A new version of the ConfigMap: fix.py unchanged, more.py new. fix.py is not
     # taken again (its sha256 was); more.py is.

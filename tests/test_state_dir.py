@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 from drops import wait_for
-from kubelet import Kubelet, outcome, patch, results
+from kubelet import Kubelet, filed_bytes, outcome, patch, results
 
 import hotpatch
 
@@ -132,7 +132,7 @@ def test_a_configmap_on_a_read_only_mount_is_taken_once_per_content(
     record = outcome(state, "fix.py")
     assert record["outcome"] == "applied", record
     assert target.f() == "one"
-    assert (state / "applied" / "fix.py").read_bytes() == fix
+    assert filed_bytes(state, "fix.py") == fix
     assert snapshot(volume.source) == before
     assert agent.state_dir == state
     assert agent.socket == state / ".hotpatch.sock"
