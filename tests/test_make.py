@@ -719,3 +719,68 @@ def test_a_factory_the_module_deletes_at_import_is_a_baseline_saying_so(
     why = {c.name: c.why for c in result.reasons}["shop.zones:__make_lookup"]
     assert "the module deletes it when imported (line 11: `del __make_lookup`)" in why, why
     assert "what it made before that keeps the old code" in why, why
+
+
+GARMENTS = """\
+def _kind(cls):
+    return cls.__name__.lower()
+
+
+class Garment:
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls._init_class()
+
+    @classmethod
+    def _init_class(cls):
+        cls.kind = _kind(cls)
+        cls.size = 1
+
+
+class Shirt(Garment):
+    pass
+
+
+def _table():
+    return {"s": 1}
+
+
+TABLE = _table()
+
+
+def price(x):
+    return x + _table()["s"]
+"""
+
+
+def test_code_that_ran_at_import_is_a_baseline_what_it_made_keeps_the_old_result(
+    repo: GitRepo, tmp_path: Path
+) -> None:
+    """bidict 77ade42 changes ``BidictBase._init_class``, which its ``__init_subclass__`` runs
+    for each class made: made hot, the classes made at import kept what the old code set
+    (a subclass backed by ``UserDict`` kept ``_fwdm_is_dict`` True and a plain ``KeysView``,
+    where a restart gives False and ``BidictKeysView``). The same for a value a module-level
+    statement computes with a changed function (``TABLE = _table()``)."""
+    repo.commit("garments", {"src/shop/garments.py": GARMENTS})
+    repo.git("tag", "-f", "v1")
+    fixed = (
+        GARMENTS.replace("lower()", "upper()")
+        .replace("cls.size = 1", "cls.size = 2")
+        .replace('{"s": 1}', '{"s": 2}')
+        .replace("return x + ", "return x - ")
+    )
+    repo.commit("the fix", {"src/shop/garments.py": fixed})
+    result = run(repo, tmp_path)
+    assert result.outcome == "baseline", result.record()
+    assert verdicts(result) == {
+        "shop.garments:_kind": "baseline",
+        "shop.garments:Garment._init_class": "baseline",
+        "shop.garments:_table": "baseline",
+        "shop.garments:price": "replace",
+    }
+    why = {c.name: c.why for c in result.reasons}
+    hook = "Garment.__init_subclass__ (line 6), which runs for each subclass of Garment made"
+    assert hook in why["shop.garments:_kind"], why
+    assert hook in why["shop.garments:Garment._init_class"], why
+    assert "(line 24: `TABLE = _table()`)" in why["shop.garments:_table"], why
+    assert "a restart would run the new code there" in why["shop.garments:_table"], why

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from hotpatch._classes import HASH_REASON
 from hotpatch._validate import signature_problems
 from hotpatch.make._closures import NestedTargets, escaping
+from hotpatch.make._runs import import_runs
 from hotpatch.make._sources import MakeError, Tree, classify
 from hotpatch.make._syntax import (
     Binding,
@@ -678,6 +679,7 @@ class _ModuleDiff:
         self._statements()
         self._constants()
         self._definitions()
+        self._ran_at_import()
         # In the new code's order: a new class's bases or a default may read an earlier one.
         self.plan.helpers.sort(key=lambda h: h.line)
         self.plan.members.sort(key=lambda m: m.line)
@@ -685,6 +687,20 @@ class _ModuleDiff:
         self._defaults()
         out.extend(self.changes)
         return self.plan
+
+    def _ran_at_import(self) -> None:
+        """A replaced function that ran when the module was imported: what it made or set
+        then keeps the old code's result (see _runs)."""
+        runs = import_runs(self.old.tree, [line.rstrip("\n") for line in self.old.lines])
+        for replacement in self.plan.replacements:
+            where = runs.get(replacement.qualname)
+            change = replacement.change
+            if where and change.verdict == "replace":
+                change.verdict = "baseline"
+                change.why = (
+                    f"it runs {where}: what it made or set then keeps the old code's result, "
+                    "and a restart would run the new code there"
+                )
 
     # -- module-level statements ----------------------------------------------------------
 
