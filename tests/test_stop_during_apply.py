@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 from drops import DropFolder, wait_for
-from watchdog.observers.api import BaseObserver
+from watchdog.observers.inotify_c import InotifyFD
 
 import hotpatch
 from hotpatch.agent._control import request
@@ -71,8 +71,8 @@ def held(make_module: Callable[[str], types.ModuleType]) -> Iterator[types.Modul
 
 
 def observers() -> set[threading.Thread]:
-    """The folder watches' threads running now (watchdog observers)."""
-    return {t for t in threading.enumerate() if isinstance(t, BaseObserver) and t.is_alive()}
+    """The folder watches' threads running now (watchdog's inotify readers)."""
+    return {t for t in threading.enumerate() if isinstance(t, InotifyFD) and t.is_alive()}
 
 
 def loud(caplog: pytest.LogCaptureFixture) -> list[str]:

@@ -1,4 +1,4 @@
-"""Watching the patch folder: complete-file detection (watchdog), version order, one drop at a time.
+"""Watching the patch folder: complete-file detection (inotify), version order, one drop at a time.
 
 Protocol of the folder, as an operator sees it:
 
@@ -42,16 +42,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol, TypeVar
 
-from watchdog.events import (
-    DirCreatedEvent,
-    DirMovedEvent,
-    FileClosedEvent,
-    FileCreatedEvent,
-    FileMovedEvent,
-    FileSystemEventHandler,
-)
-from watchdog.observers.inotify import InotifyObserver
-
 from hotpatch._errors import VerificationFailed
 from hotpatch.agent._configmap import DATA, KEPT, Taken, identity, is_configmap_link, resolve
 from hotpatch.agent._drops import (
@@ -63,12 +53,12 @@ from hotpatch.agent._drops import (
 )
 from hotpatch.agent._guard import GUARD_INTERVAL_S
 from hotpatch.agent._names import shown
-from hotpatch.agent._observer import on_overflow, stop_observer
 from hotpatch.agent._outcome import OUTCOME_DIRS, Outcome, file_outcome
 from hotpatch.agent._queue import DropQueue
 from hotpatch.agent._resources import Retry, Shortage, shortage_of
 from hotpatch.agent._signing import SIGNATURE_SUFFIX
 from hotpatch.agent._turn import Applied, FolderTurn, Overtaken, Turn
+from hotpatch.agent._watch import Watch
 
 __all__ = ["SIGNATURE_WAIT_S", "Folder"]
 
@@ -85,42 +75,6 @@ class Process(Protocol):
     """What decides a drop's outcome (the agent's ``DropPipeline.process``, its ``who`` given)."""
 
     def __call__(self, path: Path, *, turn: Turn | None = None) -> Outcome: ...
-
-
-class _Handler(FileSystemEventHandler):
-    """Turns watchdog events into announcements of complete files."""
-
-    def __init__(self, folder: Folder):
-        self.folder = folder
-
-    def on_closed(self, event: FileClosedEvent) -> None:
-        # IN_CLOSE_WRITE: a writer closed the file, so what it wrote is complete.
-        self.folder.announce(os.path.basename(os.fsdecode(event.src_path)))
-
-    def on_moved(self, event: DirMovedEvent | FileMovedEvent) -> None:
-        # A rename: from another folder (no source) or from a name in this one.
-        if event.dest_path:
-            dest = os.fsdecode(event.dest_path)
-            if os.path.dirname(dest) == str(self.folder.path):
-                if os.path.basename(dest) == DATA:
-                    self.folder.configmap_swapped()  # the kubelet's new version
-                else:
-                    self.folder.announce(os.path.basename(dest))
-
-    def on_created(self, event: DirCreatedEvent | FileCreatedEvent) -> None:
-        # A link is complete once made. A symlink: the kubelet's link of a new key
-        # (``NAME -> ..data/NAME``) is taken, any other refused. A hard link (``ln``,
-        # a regular file with more than one name): taken. A regular file created
-        # here is announced when it is closed after writing, not before.
-        path = os.fsdecode(event.src_path)
-        if os.path.dirname(path) != str(self.folder.path):
-            return
-        try:
-            st = os.lstat(path)
-        except OSError:
-            return  # gone already
-        if stat.S_ISLNK(st.st_mode) or (stat.S_ISREG(st.st_mode) and st.st_nlink > 1):
-            self.folder.announce(os.path.basename(path))
 
 
 class Folder:
@@ -159,18 +113,16 @@ class Folder:
         )
         self._signatures: set[str] = set()  # .sig names announced complete
         self._stopping = False
-        self._observer: InotifyObserver | None = None
+        self._watch: Watch | None = None
         self._worker: threading.Thread | None = None
         self._retry = Retry(self.path)  # the drop waiting for a resource (disk, descriptors)
-        self._unsubscribe: Callable[[], None] = lambda: None
         self._applied: Applied | None = None  # the last drop applied (the worker's)
 
     # -- life cycle -----------------------------------------------------------------
 
     def start(self) -> None:
         """Watch, queue what is already there (catch-up), then start the worker."""
-        self._observer = self._watch()
-        self._unsubscribe = on_overflow(self.rescan)
+        self._watch = self._watched()
         self._taken.load()
         self._catch_up()
         self._worker = threading.Thread(target=self._run, name="hotpatch-folder", daemon=True)
@@ -181,10 +133,10 @@ class Folder:
 
         Raises ``OSError`` when the new one cannot be watched (the old watch is kept).
         """
-        observer = self._watch()
-        old, self._observer = self._observer, observer
+        watch = self._watched()
+        old, self._watch = self._watch, watch
         if old is not None:
-            stop_observer(old)
+            old.stop()
         with self._cond:
             self._drops.rewatch()
         self._catch_up()
@@ -201,17 +153,14 @@ class Folder:
         with contextlib.suppress(OSError):  # gone: its guard says so
             self._catch_up()
 
-    def _watch(self) -> InotifyObserver:
-        observer = InotifyObserver(generate_full_events=True)
-        observer.schedule(
-            _Handler(self),
-            str(self.path),
-            recursive=False,
-            event_filter=[FileClosedEvent, FileCreatedEvent, FileMovedEvent, DirMovedEvent],
+    def _watched(self) -> Watch:
+        return Watch(
+            self.path,
+            closed=self.announce,  # a writer closed it: what it wrote is complete
+            moved_in=self._moved_in,
+            created=self._created,
+            lost=self.rescan,
         )
-        observer.daemon = True
-        observer.start()
-        return observer
 
     def _catch_up(self) -> None:
         # Watching first, listing second: a file that arrives in between is seen
@@ -225,10 +174,9 @@ class Folder:
             self._stopping = True
             self._drops.close()
             self._cond.notify_all()
-        self._unsubscribe()
-        if self._observer is not None:
-            stop_observer(self._observer)
-            self._observer = None
+        if self._watch is not None:
+            self._watch.stop()
+            self._watch = None
         if self._worker is not None:
             self._worker.join()
             self._worker = None
@@ -253,7 +201,26 @@ class Folder:
             current = 1 if self._drops.current else 0
             return self._drops.names(limit), len(self._drops) + current
 
-    # -- announcements (watchdog thread, and catch-up) ----------------------------------
+    # -- announcements (the watch's thread, and catch-up) -------------------------------
+
+    def _moved_in(self, name: str) -> None:
+        """A rename into the folder (from elsewhere, or from another name here): complete."""
+        if name == DATA:
+            self.configmap_swapped()  # the kubelet's new version
+        else:
+            self.announce(name)
+
+    def _created(self, name: str) -> None:
+        """A link is complete once made. A symlink: the kubelet's link of a new key
+        (``NAME -> ..data/NAME``) is taken, any other refused. A hard link (``ln``, a
+        regular file with more than one name): taken. A regular file created here is
+        announced when it is closed after writing, not before."""
+        try:
+            st = os.lstat(self.path / name)
+        except OSError:
+            return  # gone already
+        if stat.S_ISLNK(st.st_mode) or (stat.S_ISREG(st.st_mode) and st.st_nlink > 1):
+            self.announce(name)
 
     def announce(self, name: str) -> None:
         """``name`` in the folder is complete: queue it (or note its signature)."""

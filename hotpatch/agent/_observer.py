@@ -3,28 +3,23 @@
 An inotify emitter that reads an event while its observer is being stopped
 drops the event -- what the observer is asked to do -- but first logs
 ``InotifyEmitter.queue_events() called when the thread is inactive`` at ERROR
-on ``watchdog.observers.inotify``. In a service that configured no logging,
+on ``watchdog.observers.inotify``. In a program that configured no logging,
 Python's last-resort handler prints that line on stderr whenever a file
-changes in the folder as the agent stops. ``stop_observer`` stops an observer
-with that one message held back for its own emitter threads, for as long as
-the stop lasts; everything else watchdog logs (a full inotify queue, from any
-thread) still goes through.
-
-When the kernel's inotify queue overflows, events are lost: watchdog says so
-in a warning (``OVERFLOW``) and carries on. ``on_overflow`` hears that warning
-(a filter that lets it through) and calls back whoever must look again.
+changes in the folder as it stops watching (``hotpatch watch``; the agent's
+folder uses watchdog's inotify reader alone, ``hotpatch.agent._watch``).
+``stop_observer`` stops an observer with that one message held back for its
+own emitter threads, for as long as the stop lasts; everything else watchdog
+logs (a full inotify queue, from any thread) still goes through.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
-from collections.abc import Callable
 
 from watchdog.observers.api import BaseObserver
 
-__all__ = ["OVERFLOW", "SHUTDOWN_RACE", "on_overflow", "stop_observer"]
+__all__ = ["SHUTDOWN_RACE", "stop_observer"]
 
 SHUTDOWN_RACE = "InotifyEmitter.queue_events() called when the thread is inactive"
 _LOGGER = "watchdog.observers.inotify"
@@ -67,50 +62,3 @@ def stop_observer(observer: BaseObserver) -> None:
         observer.join()
     finally:
         _STOPPING.remove(idents)
-
-
-OVERFLOW = "Inotify queue overflowed"
-# Where watchdog says it (inotify_c since 5; inotify_buffer before).
-_OVERFLOW_LOGGERS = ("watchdog.observers.inotify_c", "watchdog.observers.inotify_buffer")
-
-
-class _Overflows(logging.Filter):
-    """Calls back its listeners when watchdog reports lost events; filters nothing out."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._lock = threading.Lock()
-        self._listeners: list[Callable[[], None]] = []
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if str(record.msg).startswith(OVERFLOW):
-            with self._lock:
-                listeners = list(self._listeners)
-            for listener in listeners:
-                with contextlib.suppress(Exception):
-                    listener()
-        return True
-
-    def add(self, listener: Callable[[], None]) -> Callable[[], None]:
-        with self._lock:
-            self._listeners.append(listener)
-
-        def remove() -> None:
-            with self._lock, contextlib.suppress(ValueError):
-                self._listeners.remove(listener)
-
-        return remove
-
-
-_OVERFLOWS = _Overflows()
-for _name in _OVERFLOW_LOGGERS:
-    logging.getLogger(_name).addFilter(_OVERFLOWS)
-
-
-def on_overflow(listener: Callable[[], None]) -> Callable[[], None]:
-    """Call ``listener`` whenever the inotify queue overflowed; returns what unsubscribes it.
-
-    Heard through watchdog's warning, so only while that logger is enabled for
-    WARNING (the default).
-    """
-    return _OVERFLOWS.add(listener)
