@@ -37,6 +37,7 @@ from hotpatch._journal_format import (
     JournalEntry,
     JournalState,
     UnsupportedFormat,
+    Written,
     decode,
     encode,
     encode_change,
@@ -84,6 +85,9 @@ class Journal:
         # The bytes on disk as this process last read or wrote them (None: no file),
         # kept only for ``undo_point`` of a whole file; appends do not keep them.
         self._on_disk: bytes | _Unknown | None = _UNKNOWN
+        # The state of the file this object knows (``_seen``), followed record by record:
+        # what a compaction writes, without reading the file back. None: not known.
+        self._written: Written | None = None
 
     # -- reading ------------------------------------------------------------------------
 
@@ -129,10 +133,12 @@ class Journal:
         if number == FORMAT and len(raw) == st.st_size:
             self._seen, self._end = _stamp(st), end
             self._base = min(self._base, end) if self._base else end
+            self._written = Written(state)
         return state
 
     def _forget(self) -> None:
         self._seen, self._end, self.format_found = None, 0, None
+        self._written = None
 
     # -- writing ------------------------------------------------------------------------
 
@@ -141,6 +147,7 @@ class Journal:
         payload = encode(state)
         self._write_bytes(payload, remember=True)
         self.format_found = FORMAT
+        self._written = Written(state)
 
     def upgrade(self, state: JournalState) -> bool:
         """Rewrite a journal read in an older format in this one (atomically); ``True`` if done."""
@@ -188,8 +195,11 @@ class Journal:
                 with contextlib.suppress(OSError):  # take the record back out if we can
                     os.ftruncate(fd, start)
                 self._seen = None  # the record may or may not be there: read again first
+                self._written = None
                 raise self._cannot_write(exc) from exc
             self._end = start + len(record)
+            if self._written is not None:
+                self._written.change(pop, push, rows)
             self._on_disk = _UNKNOWN
             return lambda: self._cut(start)
         finally:
@@ -201,10 +211,25 @@ class Journal:
         return grown > max(COMPACT_MIN, COMPACT_GROWTH * self._base)
 
     def compact(self) -> None:
-        """Rewrite the journal as its state alone (atomically), dropping what is superseded."""
+        """Rewrite the journal as its state alone (atomically), dropping what is superseded.
+
+        The state is the one this object followed as it wrote the file, when the
+        file is still the one it wrote; else the file is read back first.
+        """
+        written = self._written
+        if written is not None and self._seen is not None and self._stamp_now() == self._seen:
+            self._write_bytes(written.encode(), remember=True)
+            self._written = written
+            return
         state = self.read()
         if state is not None:
             self.write(state)
+
+    def _stamp_now(self) -> _Stamp | None:
+        try:
+            return _stamp(os.stat(self.path))
+        except OSError:
+            return None
 
     def _cut(self, end: int) -> None:
         """Undo the last append: the file back to ``end`` bytes, if it is still ours."""
@@ -222,8 +247,10 @@ class Journal:
             os.ftruncate(fd, end)
             _sync(fd)
             self._seen, self._end = _stamp(os.fstat(fd)), end
+            self._written = None  # the change taken out: read back at the next compaction
         except OSError as exc:
             self._seen = None
+            self._written = None
             raise self._cannot_write(exc) from exc
         finally:
             os.close(fd)

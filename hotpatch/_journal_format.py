@@ -36,6 +36,7 @@ __all__ = [
     "JournalEntry",
     "JournalState",
     "UnsupportedFormat",
+    "Written",
     "decode",
     "encode",
     "encode_change",
@@ -103,15 +104,92 @@ def encode(state: JournalState) -> bytes:
     prev: list[str] = []
     for row in state.history[-HISTORY_KEPT:]:
         level = list(row["level"])
-        same = len(prev) if level[: len(prev)] == prev else _common(prev, level)
+        same = _same(prev, level)
         rows.append(
             {k: v for k, v in row.items() if k != "level"}
             | {"delta": [len(prev) - same, level[same:]]}
         )
         prev = level
-    head = _line({"format": FORMAT, "baseline": state.baseline})
-    body = _line({"pop": 0, "push": [asdict(e) for e in state.level], "history": rows})
-    return head + body
+    return _whole(state.baseline, [asdict(e) for e in state.level], rows)
+
+
+def _whole(baseline: str, level: list[dict[str, str]], rows: list[dict[str, Any]]) -> bytes:
+    head = _line({"format": FORMAT, "baseline": baseline})
+    return head + _line({"pop": 0, "push": level, "history": rows})
+
+
+def _same(prev: list[str], level: list[str]) -> int:
+    """How many versions ``level`` keeps of ``prev``, from the bottom."""
+    return len(prev) if level[: len(prev)] == prev else _common(prev, level)
+
+
+_Row = tuple[tuple[tuple[str, Any], ...], int, tuple[str, ...]]  # fields, and delta: k, added
+_ENTRY_KEYS = ("version", "sha256", "path", "text", "summary")
+
+
+class Written:
+    """A journal's state as its records leave it, followed record by record in memory:
+    what a compaction writes (``encode``, the bytes ``encode`` of that state gives),
+    without reading the file back.
+
+    A history row is kept as its change from the row before, as the file writes
+    it, so a row costs what changed, not the level's length; rows and entries are
+    tuples of strings and numbers, which the garbage collector stops tracking.
+    """
+
+    __slots__ = ("_first", "_last", "_level", "_rows", "_versions", "baseline")
+
+    def __init__(self, state: JournalState) -> None:
+        self.baseline = state.baseline
+        self._level = [_entry_tuple(e) for e in state.level]
+        self._versions = [e.version for e in state.level]
+        self._rows: deque[_Row] = deque()
+        self._first: list[str] = []  # the level of the first row kept
+        self._last: list[str] = []  # the level of the last row
+        for row in state.history[-HISTORY_KEPT:]:
+            self._row(row, list(row["level"]))
+
+    def change(self, pop: int, push: list[JournalEntry], rows: list[dict[str, Any]]) -> None:
+        """The record of ``encode_change(pop, push, rows)``, written: the state it leaves."""
+        if pop:
+            del self._level[-pop:], self._versions[-pop:]
+        for entry in push:
+            self._level.append(_entry_tuple(entry))
+            self._versions.append(entry.version)
+        for row in rows:  # at their level as ``decode`` reads them
+            if "level" in row:
+                level = list(row["level"])
+            elif "delta" in row:
+                k, versions = row["delta"]
+                level = self._last[: len(self._last) - k] + list(versions)
+            else:
+                level = list(self._versions)
+            self._row(row, level)
+
+    def _row(self, row: dict[str, Any], level: list[str]) -> None:
+        same = _same(self._last, level)
+        fields = tuple((k, v) for k, v in row.items() if k not in ("level", "delta"))
+        if not self._rows:
+            self._first = level
+        self._rows.append((fields, len(self._last) - same, tuple(level[same:])))
+        self._last = level
+        if len(self._rows) > HISTORY_KEPT:
+            self._rows.popleft()
+            _, k, added = self._rows[0]
+            self._first = self._first[: len(self._first) - k] + list(added)
+
+    def encode(self) -> bytes:
+        """``encode`` of the state: the header and one record with the level and history."""
+        rows: list[dict[str, Any]] = []
+        for fields, k, added in self._rows:
+            delta = [k, list(added)] if rows else [0, list(self._first)]
+            rows.append(dict(fields) | {"delta": delta})
+        level = [dict(zip(_ENTRY_KEYS, e, strict=True)) for e in self._level]
+        return _whole(self.baseline, level, rows)
+
+
+def _entry_tuple(entry: JournalEntry) -> tuple[str, str, str, str, str]:
+    return (entry.version, entry.sha256, entry.path, entry.text, entry.summary)
 
 
 def _common(a: list[str], b: list[str]) -> int:

@@ -9,6 +9,7 @@ import itertools
 import json
 import logging
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -18,11 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pychild import run_python_json
 from test_folder_resources import SmallDisk, small_disk
 
 import hotpatch
 import hotpatch._journal
 import hotpatch._journal_format
+from hotpatch._journal_format import JournalEntry, JournalState, encode, encode_change
 from hotpatch._shortage import RESOURCES, shortage_of
 
 __all__ = ["small_disk"]  # the fixture
@@ -735,6 +738,127 @@ def test_history_beyond_what_is_kept_is_dropped(target, write_patch, tmp_path, m
     assert [h["version"] for h in history[:4]] == ["1.0.5", "1.0.6", "1.0.7", "1.0.8"]
     assert history[3]["level"] == [f"1.0.{i}" for i in range(1, 9)]
     assert (history[4]["action"], history[4]["level"]) == ("rollback", [])
+
+
+# A process appending to its journal, compacted before every append, with an audit hook
+# noting each open of the journal's file for reading.
+READS_BACK = """
+import hashlib, json, os, sys
+sys.path[:0] = {paths!r}
+import hotpatch._journal as J
+from hotpatch._journal_format import JournalEntry, JournalState
+
+J.COMPACT_MIN, J.COMPACT_GROWTH = 0, 0
+path = {path!r}
+journal = J.Journal(path)
+journal.write(JournalState("1.0"))
+reads = []
+
+def hook(event, args):
+    if event == "open" and not isinstance(args[0], int) and os.fspath(args[0]) == path:
+        mode, flags = args[1], args[2]
+        if (mode or "").startswith("r") or mode is None and flags & os.O_ACCMODE != os.O_WRONLY:
+            reads.append(mode or flags)
+
+def whole():
+    raise AssertionError("the journal is this object's: no whole state needed")
+
+sys.addaudithook(hook)
+for n in range(1, 6):
+    text = f"# patch {{n}}\\n"
+    entry = JournalEntry(f"1.0.{{n}}", hashlib.sha256(text.encode()).hexdigest(), "p.py", text)
+    row = {{"time": float(n), "action": "apply", "version": entry.version, "elapsed_s": 0.001}}
+    journal.append(0, [entry], [row], whole)
+count = len(reads)
+state = J.Journal(path).read()
+print(json.dumps({{"reads": count, "level": [e.version for e in state.level],
+                  "history": [h["level"] for h in state.history],
+                  "lines": len(open(path, "rb").read().splitlines())}}))
+"""
+
+
+def test_a_compaction_reads_nothing_back(tmp_path):
+    """The state a compaction writes is the one the journal object followed as it
+    appended, not the file read back and decoded again (its sha256s checked again)."""
+    path = tmp_path / "journal.json"
+    result = run_python_json(READS_BACK.format(paths=sys.path, path=str(path)))
+    assert result["reads"] == 0
+    assert result["level"] == [f"1.0.{n}" for n in range(1, 6)]
+    assert result["history"] == [[f"1.0.{n}" for n in range(1, k + 1)] for k in range(1, 6)]
+    assert result["lines"] == 3  # compacted before the last record: header, state, record
+
+
+def _random_change(rng: random.Random, versions: list[str], last: list[str], serial: list[int]):
+    """A change of the level as the registry and the fan-out record them: patches off the
+    top, others on, and rows: some carrying their level or their change from the row
+    before (a replay's rows), the last at the level the change leaves."""
+    pop = rng.randint(0, len(versions))
+    push = []
+    for _ in range(rng.randint(0, 2)):
+        serial[0] += 1
+        text = f"# patch {serial[0]}\n" * rng.randint(1, 3)
+        push.append(
+            JournalEntry(
+                f"1.0.{serial[0]}",
+                hashlib.sha256(text.encode()).hexdigest(),
+                f"p{serial[0]}.py",
+                text,
+                rng.choice(["", f"fix {serial[0]}"]),
+            )
+        )
+    rows: list[dict[str, Any]] = []
+    prev = list(last)
+    for _ in range(rng.randint(0, 2)):
+        row: dict[str, Any] = {"time": rng.random(), "action": "replay", "version": "1.0.1"}
+        row |= {"elapsed_s": rng.random(), "who": rng.choice(["api", "folder"])}
+        if rng.random() < 0.5 or not rows:
+            level = [*prev[: rng.randint(0, len(prev))], f"1.0.{rng.randint(1, 9)}"]
+            row["level"] = level
+        else:
+            k = rng.randint(0, len(prev))
+            added = [f"1.0.{rng.randint(1, 9)}" for _ in range(rng.randint(0, 2))]
+            row["delta"] = [k, added]
+            level = prev[: len(prev) - k] + added
+        rows.append(row)
+        prev = level
+    rows.append({"time": rng.random(), "action": "apply", "version": "x", "elapsed_s": 0.0})
+    return pop, push, rows
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_compaction_writes_what_reading_the_journal_back_would(tmp_path, monkeypatch, seed):
+    """Levels up and down, rows carrying their level or their change, history trimmed:
+    each compaction writes the bytes the file read back would give."""
+    monkeypatch.setattr(hotpatch._journal, "COMPACT_MIN", 0)
+    monkeypatch.setattr(hotpatch._journal, "COMPACT_GROWTH", 0.0)
+    monkeypatch.setattr(hotpatch._journal_format, "HISTORY_KEPT", 7)
+    rng = random.Random(seed)
+    path = tmp_path / "journal.json"
+    journal = hotpatch._journal.Journal(path)
+    journal.write(JournalState("1.0"))
+    versions: list[str] = []
+    serial = [0]
+    compactions = 0
+    for n in range(60):
+        if n == 30:  # another object, the file read at its start (a new process)
+            journal = hotpatch._journal.Journal(path)
+            journal.read()
+        before, state = path.read_bytes(), _state(path)
+        last = state.history[-1]["level"] if state.history else []
+        pop, push, rows = _random_change(rng, versions, last, serial)
+        undo = journal.append(pop, push, rows, lambda: pytest.fail("the file is its own"))
+        record = encode_change(pop, push, rows)
+        after = path.read_bytes()
+        if after != before + record:  # compacted first (unless nothing was appended since)
+            assert after == encode(state) + record
+            compactions += 1
+        versions = versions[: len(versions) - pop] + [e.version for e in push]
+        if n % 9 == 8:  # taken back (a failed apply): the next compaction reads it back
+            undo()
+            versions = [e.version for e in state.level]
+    assert compactions > 40
+    assert [e.version for e in _state(path).level] == versions
+    assert len(_state(path).history) == 7
 
 
 # -- SIGKILL inside an append and inside a compaction ---------------------------------------
