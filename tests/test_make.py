@@ -784,3 +784,45 @@ def test_code_that_ran_at_import_is_a_baseline_what_it_made_keeps_the_old_result
     assert hook in why["shop.garments:Garment._init_class"], why
     assert "(line 24: `TABLE = _table()`)" in why["shop.garments:_table"], why
     assert "a restart would run the new code there" in why["shop.garments:_table"], why
+
+
+def test_what_another_module_computed_at_import_from_a_change_is_a_baseline(
+    tmp_path: Path,
+) -> None:
+    """``prices`` computes ``DOUBLE`` from ``rates.RATE`` and ``TABLE`` by calling
+    ``rates.build()`` when it is imported: a migration of RATE and a replaced build()
+    leave both as the old code made them (a restart makes them anew). A mere reference
+    to build() (a handler table) is the one function object, replaced in place: hot."""
+    repo = GitRepo(tmp_path / "repo")
+    rates = "RATE = 2\n\n\ndef build():\n    return {'x': 1}\n"
+    prices = """\
+        import shop.rates
+        from shop import rates as r
+        from shop.rates import build
+
+        DOUBLE = shop.rates.RATE * 2
+        TABLE = r.build()
+        HANDLERS = {"b": build}
+        """
+    files = {"src/shop/__init__.py": "", "src/shop/rates.py": rates, "src/shop/prices.py": prices}
+    repo.commit("the baseline", files)
+    repo.git("tag", "v1")
+    repo.commit("the fix", {"src/shop/rates.py": rates.replace("2", "3").replace("1}", "2}")})
+    result = run(repo, tmp_path)
+    assert result.outcome == "baseline", result.record()
+    why = {c.name: c.why for c in result.reasons}
+    assert set(why) == {"shop.rates:RATE", "shop.rates:build"}, why
+    assert why["shop.rates:RATE"].startswith(
+        "shop.prices reads it when the module is imported (line 5: "
+        "`DOUBLE = shop.rates.RATE * 2`): what it computed from it keeps the old value"
+    ), why
+    assert why["shop.rates:build"].startswith(
+        "shop.prices runs it when the module is imported (line 6: `TABLE = r.build()`)"
+    ), why
+
+    table = "from shop.rates import build\n\nHANDLERS = {'b': build}\n"
+    repo.commit("a table only", {"src/shop/prices.py": table})
+    repo.git("tag", "-f", "v1")
+    repo.commit("build anew", {"src/shop/rates.py": rates.replace("1}", "5}")})
+    result = run(repo, tmp_path)
+    assert result.outcome == "hot", result.record()

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from hotpatch._classes import HASH_REASON
 from hotpatch._validate import signature_problems
 from hotpatch.make._closures import NestedTargets, escaping
-from hotpatch.make._runs import import_runs
+from hotpatch.make._runs import import_reads, import_runs
 from hotpatch.make._sources import MakeError, Tree, classify
 from hotpatch.make._syntax import (
     Binding,
@@ -195,6 +195,7 @@ def compare(old: Tree, new: Tree, roots: tuple[str, ...]) -> Plan:
                 modules.append(plan)
     _stale_imports(old, roots, modules, changes)
     _star_imports(old, new, roots, modules, changes)
+    _read_at_import_elsewhere(old, roots, modules)
     _stale_defaults_across(modules)
     _new_imports_across(modules, changes)
     return Plan(modules, changes, ignored)
@@ -279,6 +280,69 @@ def _stale_imports(
                     "imported; the copy would keep the old value after a migration"
                 )
                 changes.append(Change(f"{place.module}:{binding.name}", "import", "baseline", why))
+
+
+def _read_at_import_elsewhere(old: Tree, roots: tuple[str, ...], modules: list[ModulePlan]) -> None:
+    """A replaced function another module runs when it is imported (``TABLE = rates.build()``,
+    ``from .rates import build`` then ``build()``), or a value it reads then
+    (``DOUBLE = rates.RATE * 2``): what that module made or computed then keeps the old
+    result, where a restart computes it anew."""
+    changed = _changed_names(modules)
+    short = {name.rpartition(".")[2].encode() for name in changed}
+    for path, data in sorted(old.files.items()):
+        place = classify(path, roots)
+        if place.kind != "module" or not any(s in data for s in short):
+            continue
+        try:
+            tree = ast.parse(data)
+        except (SyntaxError, ValueError):
+            continue
+        binds = bindings(tree, place.module, path.endswith("__init__.py"))
+        lines = data.decode("utf-8", "replace").splitlines()
+        for read, (where, call) in import_reads(tree, lines).items():
+            full = _resolved(read, binds)
+            if full is None:
+                continue
+            made = [f"{full}.{m}" for m in ("__new__", "__init__", "__post_init__")]
+            for change, how, owner in filter(None, map(changed.get, [full, *made])):
+                if owner == place.module or change.verdict not in ("replace", "migration"):
+                    continue  # the module's own: judged with the module
+                if how == "runs" and not call:
+                    continue  # a mere reference to a function: the one object, replaced in place
+                change.verdict = "baseline"
+                change.why = f"{place.module} {how} it {where}: " + (
+                    "what it made then keeps the old code's result, and a restart would run "
+                    "the new code there"
+                    if how == "runs"
+                    else "what it computed from it keeps the old value after a migration"
+                )
+
+
+def _changed_names(modules: list[ModulePlan]) -> dict[str, tuple[Change, str, str]]:
+    """Dotted name -> (change, "runs" for a replaced function or "reads" for a value set
+    again, its module)."""
+    changed: dict[str, tuple[Change, str, str]] = {}
+    for module in modules:
+        for r in module.replacements:
+            if "<locals>" not in r.qualname and r.change.verdict == "replace":
+                changed[f"{module.name}.{r.qualname}"] = (r.change, "runs", module.name)
+        for a in module.assignments:
+            if not a.owner and not a.helper and a.old is not None:
+                changed[f"{module.name}.{a.name}"] = (a.change, "reads", module.name)
+    return changed
+
+
+def _resolved(read: str, binds: dict[str, Binding]) -> str | None:
+    """The dotted name ``read`` (``r.build``) means, through the module's imports."""
+    head, _, rest = read.partition(".")
+    binding = binds.get(head)
+    if binding is None:
+        return None
+    if binding.attr:  # from M import A (as head)
+        full = f"{binding.module}.{binding.attr}"
+    else:  # import a.b (binds a), import a.b as head
+        full = binding.module if binding.asname else head
+    return f"{full}.{rest}" if rest else full
 
 
 @dataclass(slots=True)

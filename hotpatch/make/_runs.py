@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 
 from hotpatch.make._syntax import dotted
 
-__all__ = ["import_runs"]
+__all__ = ["import_reads", "import_runs"]
 
 _Def = ast.FunctionDef | ast.AsyncFunctionDef
 _SHOWN = 60
@@ -32,6 +32,31 @@ _TYPING_ONLY = frozenset({"TYPE_CHECKING", "typing.TYPE_CHECKING"})
 def import_runs(tree: ast.Module, lines: list[str]) -> dict[str, str]:
     """Each module-level function and method (``f``, ``Cls.m``) of ``tree`` that runs
     when the module is imported, and where that starts (words for a reason)."""
+    return _walk(tree, lines)[0]
+
+
+def import_reads(tree: ast.Module, lines: list[str]) -> dict[str, tuple[str, bool]]:
+    """Each name and dotted name (``rates.RATE``, ``r.build``) the code of ``tree`` that
+    runs when the module is imported reads, where that starts, and whether it calls it
+    (or decorates with it)."""
+    reads: dict[str, tuple[str, bool]] = {}
+    for code, where in _walk(tree, lines)[1]:
+        called: set[int] = set()
+        for node, decorator in _running(code):
+            if isinstance(node, ast.Call):
+                called.add(id(node.func))
+            elif decorator:
+                called.add(id(node))
+            if isinstance(node, ast.Name | ast.Attribute) and isinstance(node.ctx, ast.Load):
+                name = dotted(node)
+                if name and not reads.get(name, ("", False))[1]:
+                    reads[name] = (reads.get(name, (where, False))[0], id(node) in called)
+    return reads
+
+
+def _walk(tree: ast.Module, lines: list[str]) -> tuple[dict[str, str], list[tuple[ast.AST, str]]]:
+    """What runs at import: the module's own functions and methods (with where that
+    starts), and every piece of code that runs (with the same)."""
     funcs: dict[str, _Def] = {}
     classes: dict[str, ast.ClassDef] = {}
     for node in tree.body:
@@ -44,8 +69,10 @@ def import_runs(tree: ast.Module, lines: list[str]) -> dict[str, str]:
                     funcs[f"{node.name}.{item.name}"] = item
     found: dict[str, str] = {}
     todo: list[tuple[str, str]] = []
+    pieces: list[tuple[ast.AST, str]] = []
 
     def called(code: ast.AST, owner: str, where: str) -> None:
+        pieces.append((code, where))
         for name in _called(code, owner, funcs, classes):
             if name not in found:
                 found[name] = where
@@ -66,7 +93,7 @@ def import_runs(tree: ast.Module, lines: list[str]) -> dict[str, str]:
         owner = name.partition(".")[0] if "." in name else ""
         for statement in funcs[name].body:
             called(statement, owner, where)
-    return found
+    return found, pieces
 
 
 def _class(
