@@ -180,12 +180,10 @@ def _free_name(directory: Path, name: str, *, is_dir: bool) -> str:
 def _move(source: Path, target: Path) -> None:
     """Move ``source`` to ``target`` without overwriting anything.
 
-    Regular files move by hard link then unlink, not by rename: inotify reports
-    a rename out of the watched folder as ``IN_MOVED_FROM``, which watchdog
-    holds back 0.5 s to pair it with an ``IN_MOVED_TO`` -- and every event
-    behind it waits too, so the next drop would be seen half a second late.
-    A link and an unlink are reported at once. Directories, symlinks, and
-    filesystems without hard links fall back to a rename.
+    Regular files move by hard link then unlink, not by rename: a link refuses
+    a name that is taken (``EEXIST``) where a rename would replace what is
+    there. Directories, symlinks, and filesystems without hard links fall back
+    to a rename, once the target is checked to be free.
     """
     try:
         os.link(source, target, follow_symlinks=False)
