@@ -30,7 +30,7 @@ from typing import Any, Literal
 from bytecode import Bytecode, Instr
 from bytecode.instr import FreeVar
 
-from hotpatch._validate import function_kind
+from hotpatch._validate import function_kind, kind_of_flags
 
 __all__ = [
     "ABSENT",
@@ -38,6 +38,7 @@ __all__ = [
     "Built",
     "build",
     "capture",
+    "chooser",
     "rebind",
     "trampoline",
 ]
@@ -406,6 +407,27 @@ _ASYNC_GEN_BODY = """\
 """
 
 
+def _source(kind: str, impl: str, params: str, args: str) -> str:
+    """A ``def`` with ``params`` whose body calls ``impl`` with ``args`` and returns what
+    it returns, as a function of ``kind`` (``function_kind``) does."""
+    if kind == "async generator":
+        head, body = "async def", _ASYNC_GEN_BODY.format(impl=impl, args=args)
+    elif kind == "coroutine function":
+        head, body = "async def", f"    return await {impl}({args})\n"
+    elif kind == "generator function":
+        head, body = "def", f"    return (yield from {impl}({args}))\n"
+    else:
+        head, body = "def", f"    return {impl}({args})\n"
+    return f"{head} {_TRAMPOLINE}({params}):\n{body}"
+
+
+def _compiled(source: str, filename: str) -> types.CodeType:
+    """The code of the one ``def`` in ``source``, its source kept for tracebacks."""
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    module_code = compile(source, filename, "exec", dont_inherit=True)
+    return next(c for c in module_code.co_consts if isinstance(c, types.CodeType))
+
+
 @functools.lru_cache(maxsize=1024)
 def _forward_template(
     old: types.CodeType, qualname: str, *, any_call: bool = False, cells: bool = False
@@ -415,20 +437,8 @@ def _forward_template(
     params, args = (_ANY_CALL, _ANY_CALL) if any_call else _params(old)
     if cells:
         args = f"{_CELLS}, {args}" if args else _CELLS
-    kind = function_kind(old)
-    if kind == "async generator":
-        head, body = "async def", _ASYNC_GEN_BODY.format(impl=_IMPL, args=args)
-    elif kind == "coroutine function":
-        head, body = "async def", f"    return await {_IMPL}({args})\n"
-    elif kind == "generator function":
-        head, body = "def", f"    return (yield from {_IMPL}({args}))\n"
-    else:
-        head, body = "def", f"    return {_IMPL}({args})\n"
-    source = f"{head} {_TRAMPOLINE}({params}):\n{body}"
-    filename = f"<hotpatch trampoline {qualname} #{next(_counter)}>"
-    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
-    module_code = compile(source, filename, "exec", dont_inherit=True)
-    code = next(c for c in module_code.co_consts if isinstance(c, types.CodeType))
+    source = _source(function_kind(old), _IMPL, params, args)
+    code = _compiled(source, f"<hotpatch trampoline {qualname} #{next(_counter)}>")
 
     def to_const(ins: Instr, arg: Any) -> list[Any] | None:
         if ins.name == "LOAD_GLOBAL" and arg[1] == _IMPL:
@@ -450,6 +460,54 @@ def _forward_template(
         built = _cells_loaded(built)
     flags = (built.co_flags & ~_KIND_FLAGS) | (old.co_flags & _KIND_FLAGS)
     return built.replace(co_flags=flags, co_name=old.co_name, co_qualname=qualname)
+
+
+_PICK = "__hp_pick"  # stand for the two functions a chooser picks from, and the flag
+_FLIP = "__hp_flip"
+_PICK_PLACEHOLDER = _Placeholder()
+_FLIP_PLACEHOLDER = _Placeholder()
+
+
+def chooser(
+    code: types.CodeType, flip: list[int], pick: tuple[types.FunctionType, types.FunctionType]
+) -> types.CodeType:
+    """Code with ``code``'s free variables and kind that takes any call and hands it, as it
+    is, to ``pick[flip[0]]`` (what the switch installs for a moment: ``flip[0]`` is 0,
+    then 1). One extra frame.
+
+    A plain function picks when called. A generator, coroutine or async generator
+    function stays one (CPython 3.13 deprecates assigning code of another kind): the
+    object a call returns picks when it first runs.
+    """
+    kind = code.co_flags & _KIND_FLAGS
+    template, at_pick, at_flip = _chooser_template(kind, code.co_freevars)
+    consts = list(template.co_consts)
+    consts[at_pick], consts[at_flip] = pick, flip
+    return template.replace(
+        co_consts=tuple(consts), co_name=code.co_name, co_qualname=code.co_qualname
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _chooser_template(kind: int, freevars: tuple[str, ...]) -> tuple[types.CodeType, int, int]:
+    """A chooser with these kind flags and ``freevars``, built once per shape for every
+    function, and where its two placeholders are among its constants."""
+    source = _source(kind_of_flags(kind), f"{_PICK}[{_FLIP}[0]]", _ANY_CALL, _ANY_CALL)
+    code = _compiled(source, f"<hotpatch switch ({kind_of_flags(kind)})>")
+    placeholders = {_PICK: _PICK_PLACEHOLDER, _FLIP: _FLIP_PLACEHOLDER}
+
+    def to_const(ins: Instr, arg: Any) -> list[Any] | None:
+        if ins.name == "LOAD_GLOBAL" and arg[1] in placeholders:
+            load = Instr("LOAD_CONST", placeholders[arg[1]], location=ins.location)
+            return _with_null(load, push_null=arg[0])
+        if ins.name in ("BUILD_MAP", "DICT_MERGE"):
+            return []  # the chooser's own fresh dict of keywords, passed as it is
+        return None
+
+    built = _rewrite(code, to_const, freevars)
+    built = built.replace(co_flags=(built.co_flags & ~_KIND_FLAGS) | kind)
+    consts = [id(c) for c in built.co_consts]
+    return built, consts.index(id(_PICK_PLACEHOLDER)), consts.index(id(_FLIP_PLACEHOLDER))
 
 
 # What pushes a cell itself: since 3.11 it takes the slot LOAD_DEREF takes (the

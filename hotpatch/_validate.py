@@ -33,6 +33,7 @@ __all__ = [
     "check_version",
     "function_kind",
     "global_names",
+    "kind_of_flags",
     "reference_function",
     "signature_problems",
 ]
@@ -100,7 +101,11 @@ def applied_as(patches: Iterable[Patch], version: str, sha256: str | None) -> Pa
 
 def function_kind(code: types.CodeType) -> str:
     """What calling code of this shape returns: a value, a generator, a coroutine, ..."""
-    flags = code.co_flags
+    return kind_of_flags(code.co_flags)
+
+
+def kind_of_flags(flags: int) -> str:
+    """``function_kind`` of code with these ``co_flags``."""
     if flags & inspect.CO_ASYNC_GENERATOR:
         return "async generator"
     if flags & inspect.CO_COROUTINE:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import builtins
 import inspect
 import textwrap
+import types
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,6 +14,8 @@ from typing import Any
 import pytest
 
 import hotpatch
+from hotpatch._codegen import _KIND_FLAGS as KIND_FLAGS
+from hotpatch._codegen import chooser
 
 PatchWriter = Callable[..., Path]
 HEADER = "from hotpatch import Patch\npatch = Patch(version={version!r}, baseline='1.0')\n"
@@ -386,3 +390,73 @@ def test_replace_class_layout_changes_are_not_hot(
     assert total.__code__ is code
     assert cart.total() == 1
     assert registry.level == ()
+
+
+# -- the switch's chooser ---------------------------------------------------------------
+
+CHOOSING = """
+def make():
+    seen = []
+
+    def plain(a, b=1, *, c=2):
+        seen.append(a)
+        return (VERSION, a, b, c)
+
+    def gen(a):
+        got = yield (VERSION, a)
+        seen.append(a)
+        return got
+
+    async def coro(a):
+        seen.append(a)
+        return (VERSION, a)
+
+    async def agen(a):
+        seen.append(a)
+        yield (VERSION, a)
+
+    return seen, plain, gen, coro, agen
+"""
+
+
+async def _first(agen: Any) -> Any:
+    return await agen.__anext__()
+
+
+def test_chooser_hands_each_kind_of_call_to_the_function_the_flag_picks(make_module):
+    """The chooser keeps the function's kind and cells; each call goes, as it is, to
+    the old or the new function as the flag says (a plain call when made, the object a
+    generator, coroutine or async generator function returns when it first runs)."""
+    seen, *funcs = make_module(CHOOSING).make()
+    flag = [0]
+    for func in funcs:
+        code = func.__code__
+        versions = []
+        for version, defaults, kwdefaults in (("old", (1,), {"c": 2}), ("new", (10,), {"c": 20})):
+            namespace = {"VERSION": version, "__builtins__": builtins}
+            shadow = types.FunctionType(code, namespace, code.co_name, None, func.__closure__)
+            if code.co_argcount > 1:
+                shadow.__defaults__, shadow.__kwdefaults__ = defaults, kwdefaults
+            versions.append(shadow)
+        func.__code__ = chooser(code, flag, (versions[0], versions[1]))
+        assert func.__code__.co_flags & KIND_FLAGS == code.co_flags & KIND_FLAGS
+        assert func.__code__.co_freevars == code.co_freevars
+        assert func.__code__.co_qualname == code.co_qualname
+    plain, gen, coro, agen = funcs
+    made_before = gen(7)
+    assert plain(1) == ("old", 1, 1, 2)
+    assert next(gen(2)) == ("old", 2)
+    assert asyncio.run(coro(3)) == ("old", 3)
+    assert asyncio.run(_first(agen(4))) == ("old", 4)
+    flag[0] = 1
+    assert plain(1) == ("new", 1, 10, 20)
+    assert plain(1, 5, c=6) == ("new", 1, 5, 6)
+    made = gen(2)
+    assert next(made) == ("new", 2)
+    with pytest.raises(StopIteration) as done:
+        made.send("sent")
+    assert done.value.value == "sent"
+    assert asyncio.run(coro(3)) == ("new", 3)
+    assert asyncio.run(_first(agen(4))) == ("new", 4)
+    assert next(made_before) == ("new", 7)  # it picks when it first runs
+    assert seen == [1, 3, 4, 1, 1, 2, 3, 4]  # the function's own cell, both versions
