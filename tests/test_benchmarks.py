@@ -637,3 +637,18 @@ def test_replay(tmp_path: Path) -> None:
     assert isinstance(goal["met"], bool)
     assert "journal replay in a new process" in stdout
     assert "goal: replay of 30 patches" in stdout
+
+
+def test_switch_steps(tmp_path: Path) -> None:
+    stdout, data = run("switch_steps", tmp_path)
+    check_environment(data, "switch_steps")
+    assert data["sizes"] == [1, 10]
+    assert [r["targets"] for r in data["runs"]] == [1, 10]
+    for row in data["runs"]:
+        assert row["samples"] == 4
+        for part in ("prep", "step_1", "flip", "step_3", "whole", "one_run"):
+            figures = row[f"{part}_us"]
+            assert 0 < figures["median"] <= figures["p99"], (row["targets"], part)
+        assert row["ratio"] > 0
+    assert [g["what"] for g in data["goals"]] == ["whole switch, 10 targets, us (median)"]
+    assert "the switch in steps" in stdout
