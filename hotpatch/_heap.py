@@ -65,13 +65,17 @@ def made_from(
 ) -> dict[str, list[types.FunctionType]]:
     """Every live function running in ``namespace`` whose code is named one of ``qualnames``.
 
-    One walk of the heap, whatever the number of names.
+    One walk of the heap, whatever the number of names: what refers to ``namespace``
+    (every function running in it does). Never a list of every object: while Python
+    code went through one, each object in it had a reference more, and another
+    thread's ``tuple(generator)``, resized when done only if it holds the one
+    reference, failed with ``SystemError``.
     """
     found: dict[str, list[types.FunctionType]] = {name: [] for name in qualnames}
     with _visible():
-        functions = [obj for obj in gc.get_objects() if type(obj) is _FUNCTION]
-    for func in functions:
-        if func.__globals__ is namespace:
+        referrers = gc.get_referrers(namespace)
+    for func in referrers:
+        if type(func) is _FUNCTION and func.__globals__ is namespace:
             bucket = found.get(func.__code__.co_qualname)
             if bucket is not None:
                 bucket.append(func)
