@@ -34,6 +34,7 @@ from hotpatch.make._syntax import (
     dotted,
     function_kind,
     is_pure,
+    main_guard,
     private_names,
     segment,
     signature,
@@ -645,7 +646,7 @@ def _parse(module: str, path: str, data: bytes, which: str) -> _Version:
             version.assigns[target] = node
         elif isinstance(node, ast.If) and _type_checking(node.test):
             continue  # typing only: never runs
-        elif isinstance(node, ast.If) and _main_guard(node.test):
+        elif isinstance(node, ast.If) and main_guard(node.test):
             version.script.append(node)
         elif isinstance(node, ast.AnnAssign) and node.value is None:
             continue  # an annotation only
@@ -685,16 +686,6 @@ def _value(node: ast.stmt) -> ast.expr:
 
 def _type_checking(test: ast.expr) -> bool:
     return dotted(test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING")
-
-
-def _main_guard(test: ast.expr) -> bool:
-    return (
-        isinstance(test, ast.Compare)
-        and dotted(test.left) == "__name__"
-        and len(test.comparators) == 1
-        and isinstance(test.comparators[0], ast.Constant)
-        and test.comparators[0].value == "__main__"
-    )
 
 
 def _dump(node: ast.AST) -> str:

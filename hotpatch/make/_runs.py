@@ -15,7 +15,7 @@ from __future__ import annotations
 import ast
 from collections.abc import Callable, Iterator
 
-from hotpatch.make._syntax import dotted
+from hotpatch.make._syntax import dotted, main_guard
 
 __all__ = ["import_reads", "import_runs"]
 
@@ -82,7 +82,7 @@ def _walk(tree: ast.Module, lines: list[str]) -> tuple[dict[str, str], list[tupl
         where = f"when the module is imported (line {node.lineno}: `{_line(lines, node)}`)"
         if isinstance(node, ast.If) and dotted(node.test) in _TYPING_ONLY:
             continue
-        if isinstance(node, ast.If) and _main_guard(node.test):
+        if isinstance(node, ast.If) and main_guard(node.test):
             continue
         if isinstance(node, ast.ClassDef):
             _class(node, lines, called)
@@ -177,13 +177,3 @@ def _running(code: ast.AST) -> Iterator[tuple[ast.AST, bool]]:
 def _line(lines: list[str], node: ast.stmt) -> str:
     text = lines[node.lineno - 1].strip() if node.lineno <= len(lines) else ""
     return text if len(text) <= _SHOWN else text[: _SHOWN - 3] + "..."
-
-
-def _main_guard(test: ast.expr) -> bool:
-    return (
-        isinstance(test, ast.Compare)
-        and dotted(test.left) == "__name__"
-        and len(test.comparators) == 1
-        and isinstance(test.comparators[0], ast.Constant)
-        and test.comparators[0].value == "__main__"
-    )

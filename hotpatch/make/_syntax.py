@@ -28,6 +28,7 @@ __all__ = [
     "default_reads",
     "function_kind",
     "is_pure",
+    "main_guard",
     "nested_functions",
     "outlives",
     "private_names",
@@ -119,6 +120,17 @@ def dotted(node: ast.expr) -> str:
         base = dotted(node.value)
         return f"{base}.{node.attr}" if base else ""
     return ""
+
+
+def main_guard(test: ast.expr) -> bool:
+    """Is ``test`` the ``__name__ == "__main__"`` of a block that runs only as a script?"""
+    return (
+        isinstance(test, ast.Compare)
+        and dotted(test.left) == "__name__"
+        and len(test.comparators) == 1
+        and isinstance(test.comparators[0], ast.Constant)
+        and test.comparators[0].value == "__main__"
+    )
 
 
 def is_pure(node: ast.expr) -> bool:
