@@ -21,6 +21,49 @@ from pychild import run_python_json
 import hotpatch
 from hotpatch import _switch
 
+MODULE = """
+class Base:
+    def who(self):
+        return "base"
+
+
+class Child(Base):
+    def v(self, x):
+        return ("m", 0, super().who())
+
+
+def f(x):
+    return ("f", 0, x)
+
+
+def g(x, *, y=1):
+    return ("g", 0, x + y)
+
+
+def h(x, y=1):
+    return ("h", 0, x + y)
+
+
+def gen(x):
+    yield ("gen", 0, x)
+
+
+async def co(x):
+    return ("co", 0, x)
+"""
+
+# The scenario's module has a closure too (a nested target, found by the heap scan).
+NESTED = """
+
+def make(k):
+    def inner(x):
+        return ("n", 0, x + k)
+    return inner
+
+
+made = make(0)
+"""
+
 SCENARIO = """
 import json, sys, tempfile, textwrap, threading, time
 from pathlib import Path
@@ -28,45 +71,7 @@ sys.path[:0] = {paths!r}
 import hotpatch
 
 folder = Path(tempfile.mkdtemp())
-(folder / "pairmod.py").write_text(textwrap.dedent('''
-    class Base:
-        def who(self):
-            return "base"
-
-
-    class Child(Base):
-        def v(self, x):
-            return ("m", 0, super().who())
-
-
-    def f(x):
-        return ("f", 0, x)
-
-
-    def g(x, *, y=1):
-        return ("g", 0, x + y)
-
-
-    def h(x, y=1):
-        return ("h", 0, x + y)
-
-
-    def gen(x):
-        yield ("gen", 0, x)
-
-
-    async def co(x):
-        return ("co", 0, x)
-
-
-    def make(k):
-        def inner(x):
-            return ("n", 0, x + k)
-        return inner
-
-
-    made = make(0)
-'''))
+(folder / "pairmod.py").write_text({module!r})
 sys.path.insert(0, str(folder))
 import pairmod
 
@@ -218,7 +223,7 @@ def test_targets_switch_together_under_a_python_audit_hook() -> None:
     levels went through: never a target ahead of one called after it, never new code
     with old defaults. Before the two-step switch, 99-100 of the 100 switches showed
     such a mix (3.11-3.13)."""
-    result = run_python_json(SCENARIO.format(paths=sys.path, cycles=25))
+    result = run_python_json(SCENARIO.format(paths=sys.path, cycles=25, module=MODULE + NESTED))
     assert result["errors"] == []
     assert result["observed"] > 100
     assert result["bad"] == 0, (result["bad_switches"], result["switches"], result["first"])
@@ -226,37 +231,6 @@ def test_targets_switch_together_under_a_python_audit_hook() -> None:
     assert result["after"] == [["f", 0, 0], ["g", 0, 1], ["h", 0, 1]]
     assert all(result["same_code"])  # back on the very code objects: nothing left between
 
-
-MODULE = """
-class Base:
-    def who(self):
-        return "base"
-
-
-class Child(Base):
-    def v(self, x):
-        return ("m", 0, super().who())
-
-
-def f(x):
-    return ("f", 0, x)
-
-
-def g(x, *, y=1):
-    return ("g", 0, x + y)
-
-
-def h(x, y=1):
-    return ("h", 0, x + y)
-
-
-def gen(x):
-    yield ("gen", 0, x)
-
-
-async def co(x):
-    return ("co", 0, x)
-"""
 
 PATCH = """
 from hotpatch import Patch
