@@ -2,17 +2,19 @@
 
 Only a nested target (``mod:outer.<locals>.inner``) needs them, and they run
 before a switch, never inside it: ordinary targets never walk the heap.
-``made_from`` walks every object the garbage collector tracks (every function
-is tracked) and matches by code name and module namespace, so it finds what
-any version of the enclosing function made; ``carrying`` asks the collector
-which objects refer to given code objects, a cheaper walk in C, for the
-functions made while a switch was being prepared.
+``made_from`` asks the garbage collector which objects refer to the module's
+namespace (every function running in it does) and matches by code name, so it
+finds what any version of the enclosing function made; ``carrying`` asks it
+which objects refer to given code objects, for the functions made while a
+switch was being prepared. Both walks run in C and hand back only what
+matched: no list of every object is held while Python code runs.
 """
 
 from __future__ import annotations
 
 import contextlib
 import gc
+import operator
 import sys
 import types
 from collections.abc import Collection, Iterator
@@ -47,7 +49,10 @@ def _visible() -> Iterator[None]:
     gc.disable()
     try:
         gc.unfreeze()
-        thawed = gc.get_objects(generation=2)[-frozen:]
+        # Taken in C alone: a list of the whole generation held while Python code runs
+        # gives each object a reference more, and another thread's half-built tuple
+        # (resized when done only if it holds the one reference) a SystemError.
+        thawed = next(map(operator.itemgetter(slice(-frozen, None)), map(gc.get_objects, (2,))))
         mortal = any(sys.getrefcount(obj) < _IMMORTAL for obj in thawed)
         del thawed
     finally:

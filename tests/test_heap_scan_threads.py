@@ -81,3 +81,75 @@ def test_a_nested_targets_scan_leaves_tuples_being_built_alone() -> None:
     assert result["built"] > 0
     assert result["failed"] == 0, result["errors"]
     assert result["after"] == 1
+
+
+FROZEN = """
+import gc, json, sys, threading
+sys.path[:0] = {paths!r}
+from hotpatch import _heap
+
+gc.freeze()  # as a pre-fork server does: the scan thaws what is frozen, then freezes again
+errors = []
+
+
+def half_built(ready, go):
+    # tuple() sizes its tuple at 10 for a generator and shrinks it once the generator
+    # is done: only while it holds the one reference. The full collection moves the
+    # half-built tuple into the oldest generation, the one the scan thaws into.
+    def items():
+        yield 1
+        gc.collect()
+        ready.set()
+        go.wait()
+
+    try:
+        tuple(items())
+    except BaseException as exc:
+        errors.append(repr(exc))
+
+
+positions = 0
+k = 0
+while True:
+    ready, go = threading.Event(), threading.Event()
+    builder = threading.Thread(target=half_built, args=(ready, go))
+    builder.start()
+    ready.wait()
+    seen = [0]
+
+    def trace(frame, event, arg):
+        if frame.f_code is not _heap._visible.__wrapped__.__code__:
+            return None
+        frame.f_trace_opcodes = True
+        if event == "opcode":
+            if seen[0] == k:  # the tuple finishes at this point of the scan's code
+                go.set()
+                builder.join()
+            seen[0] += 1
+        return trace
+
+    scan = _heap._visible()
+    scan.gen.gi_frame.f_trace_opcodes = True  # 3.12: set inside the trace, it comes too late
+    sys.settrace(trace)
+    with scan:
+        pass
+    sys.settrace(None)
+    go.set()
+    builder.join()
+    positions = seen[0]
+    k += 1
+    if k >= positions:
+        break
+print(json.dumps({{"positions": positions, "errors": errors, "frozen": gc.get_freeze_count()}}))
+"""
+
+
+def test_thawing_frozen_objects_holds_no_list_of_the_heap_while_python_runs() -> None:
+    """The scan thaws what ``gc.freeze()`` froze and finds it at the end of the oldest
+    generation: a list of that whole generation, held while Python code ran, gave each
+    object in it a reference more. Another thread's half-built tuple finishes at each
+    point of that code in turn (an opcode trace), and is never refused its resize."""
+    result = run_python_json(FROZEN.format(paths=sys.path))
+    assert result["positions"] > 10  # the scan's code, opcode by opcode
+    assert result["frozen"] > 0  # frozen again afterwards
+    assert result["errors"] == []
