@@ -10,7 +10,8 @@ patched function (``f``). ``fork-hold SECONDS``: once a patch is in here, fork
 a child every 0.1 s for SECONDS, as a service using ``multiprocessing``'s fork
 does; each keeps every descriptor it inherited (the owner's connections to the
 workers among them) until ``release`` or until its parent exits. Flags after
-the mode: ``refuse`` (a plugin of this process refuses every patch).
+the mode: ``refuse`` (a plugin of this process refuses every patch),
+``deliver-timeout=SECONDS`` (a worker's ``install(deliver_timeout=)``).
 ``stall``: the next patch applied here hangs (as a slow import would) until
 ``unstall``.
 """
@@ -105,8 +106,13 @@ SERVICE = textwrap.dedent(
 
 
     if sys.argv[1] == "workers":
+        options = {}
+        for flag in sys.argv[5:]:
+            if flag.startswith("deliver-timeout="):
+                options["deliver_timeout"] = float(flag.partition("=")[2])
         agent = hotpatch.install(
-            "1.0", watch=sys.argv[2], workers=True, entry_points=False, plugins=[Load()]
+            "1.0", watch=sys.argv[2], workers=True, entry_points=False, plugins=[Load()],
+            **options,
         )
     else:
         agent = hotpatch.install("1.0", watch=sys.argv[2], journal=sys.argv[4], plugins=[Load()])

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from drops import Watching, wait_for
 
+import hotpatch
 from hotpatch._journal import Journal
 from hotpatch._journal_format import JournalEntry, JournalState
 from hotpatch.agent._control import request
@@ -219,6 +220,28 @@ def test_a_worker_that_refuses_rolls_the_patch_back_everywhere(workers: Workers)
     assert f"worker {pids[2]}" in result["reason"]
     assert "rolled back in the 2" in result["reason"]
     assert all(workers.level(pid) == ["1.1"] for pid in pids)
+
+
+@pytest.mark.parametrize("value", [0, -1.5, float("nan"), float("inf"), "5", True])
+def test_a_deliver_timeout_that_is_not_a_positive_number_is_refused(
+    tmp_path: Path, value: object
+) -> None:
+    # Refused when install() is called, naming the option and what it takes; nothing of the
+    # agent is started or written in the folder.
+    folder = tmp_path / "patches"
+    folder.mkdir(mode=0o700)
+    with pytest.raises(ValueError, match="deliver_timeout must be a positive number of seconds"):
+        hotpatch.install("1.0", watch=folder, workers=True, deliver_timeout=value)  # type: ignore[arg-type]
+    assert list(folder.iterdir()) == []
+
+
+def test_a_deliver_timeout_without_workers_is_refused_naming_workers(tmp_path: Path) -> None:
+    # An agent alone on its folder delivers to no one: the option would do nothing.
+    folder = tmp_path / "patches"
+    folder.mkdir(mode=0o700)
+    with pytest.raises(ValueError, match=r"deliver_timeout=5 .* needs workers=True"):
+        hotpatch.install("1.0", watch=folder, deliver_timeout=5)
+    assert list(folder.iterdir()) == []
 
 
 def test_a_worker_started_later_comes_up_at_the_current_level(workers: Workers) -> None:

@@ -18,7 +18,7 @@ from hotpatch._loader import DEFAULT_MAX_BYTES
 from hotpatch._logging import show_log_lines
 from hotpatch._registry import MIGRATION_TIMEOUT_S, Registry
 from hotpatch.agent._names import SOCKET_NAME
-from hotpatch.agent._settings import Checks, PathLike, PluginChoice, Settings
+from hotpatch.agent._settings import Checks, PathLike, PluginChoice, Settings, deliver_timeout_of
 from hotpatch.agent._signing import TrustedKeys
 from hotpatch.agent._solo import Solo
 from hotpatch.agent.fanout._agent import Worker, worker_paths
@@ -45,6 +45,7 @@ def install(
     workers: bool = False,
     migration_timeout: float = MIGRATION_TIMEOUT_S,
     state_dir: PathLike | None = None,
+    deliver_timeout: float | None = None,
 ) -> Agent:
     """Start a hotpatch agent in the background of this process and return it.
 
@@ -59,6 +60,11 @@ def install(
     applied in every worker, with one result file (see ``hotpatch.agent.fanout``); the
     folder's owner records the level in ``journal`` (default
     ``<watch>/.workers/journal.json``), which a worker that starts alone replays.
+
+    ``deliver_timeout`` (with ``workers=True``; default 60): seconds a worker waits
+    for another worker's answer to a delivery, an undo or a rollback, or for the
+    owner's to a request passed on to it; a worker that took a delivery and gave
+    no answer by then has the patch undone, and the drop is rejected.
 
     ``migration_timeout``: seconds each migration of a patch has to return
     (default 30); past it the patch is refused and undone, and the agent goes
@@ -87,6 +93,7 @@ def install(
         workers=workers,
         migration_timeout=migration_timeout,
         state_dir=state_dir,
+        deliver_timeout=deliver_timeout,
     ).start()
 
 
@@ -127,12 +134,14 @@ class Agent:
         workers: bool = False,
         migration_timeout: float = MIGRATION_TIMEOUT_S,
         state_dir: PathLike | None = None,
+        deliver_timeout: float | None = None,
     ) -> None:
         if not 0 < migration_timeout < math.inf:
             msg = (
                 f"migration_timeout must be a positive number of seconds, not {migration_timeout!r}"
             )
             raise ValueError(msg)
+        wait = deliver_timeout_of(deliver_timeout, workers=workers)
         folder = Path(watch).absolute() if watch is not None else None
         state = Path(state_dir).absolute() if state_dir is not None else None
         if state is not None and folder is None:
@@ -173,6 +182,7 @@ class Agent:
             ),
             migration_timeout=migration_timeout,
             state_dir=state,
+            deliver_timeout=wait,
         )
         self._workers = workers
         self._run: Running | None = None  # kept once stopped: its registry stays readable

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,11 +14,21 @@ from hotpatch._plugins import PluginHost
 from hotpatch._registry import MIGRATION_TIMEOUT_S
 from hotpatch.agent._signing import TrustedKeys
 
-__all__ = ["Checks", "PathLike", "PluginChoice", "Settings"]
+__all__ = [
+    "DELIVER_TIMEOUT_S",
+    "Checks",
+    "PathLike",
+    "PluginChoice",
+    "Settings",
+    "deliver_timeout_of",
+]
 
 log = logging.getLogger("hotpatch")
 
 PathLike = str | os.PathLike[str]
+
+# ``install(workers=True, deliver_timeout=)``: how long a worker waits for another's answer.
+DELIVER_TIMEOUT_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,8 +121,31 @@ class Settings:
     plugins: PluginChoice
     migration_timeout: float = MIGRATION_TIMEOUT_S  # for each migration of a patch to return
     state_dir: Path | None = None  # where it writes instead of ``watch`` (only read then)
+    deliver_timeout: float = DELIVER_TIMEOUT_S  # a worker's wait for another worker's answer
 
     @property
     def state(self) -> Path | None:
         """Where the agent writes: its state directory, else the folder it watches."""
         return self.state_dir if self.state_dir is not None else self.watch
+
+
+def deliver_timeout_of(value: float | None, *, workers: bool) -> float:
+    """``install(deliver_timeout=)`` checked: seconds, ``DELIVER_TIMEOUT_S`` when ``None``;
+    ``ValueError`` names what is wrong and what to give instead."""
+    if value is None:
+        return DELIVER_TIMEOUT_S
+    if not workers:
+        msg = (
+            f"deliver_timeout={value!r} is how long a worker of a pre-fork server waits for "
+            "another worker's answer: it needs workers=True (an agent alone on its folder "
+            "delivers to no one); pass workers=True, or drop deliver_timeout"
+        )
+        raise ValueError(msg)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
+        msg = (
+            f"deliver_timeout must be a positive number of seconds, not {value!r} "
+            f"(the default is {DELIVER_TIMEOUT_S:g}: give more if a worker's apply, migrations "
+            "included, can take longer)"
+        )
+        raise ValueError(msg)
+    return float(value)

@@ -130,7 +130,13 @@ class Worker:
                 self.ownership = Ownership(
                     folder, take=self._take, guard=lock, keep=self._keep, ready=self._ready
                 )
-                fanout = Fanout(self.replica, folder, self.journal, self.roster)
+                fanout = Fanout(
+                    self.replica,
+                    folder,
+                    self.journal,
+                    self.roster,
+                    deliver_timeout=settings.deliver_timeout,
+                )
                 applier = FanoutApplier(local, fanout, self.ownership, self.journal)
                 self.pipeline = DropPipeline(
                     applier,

@@ -96,7 +96,9 @@ class FanoutApplier:
         for pid, sock in sorted(peers.items()):
             within = max(0.0, deadline - time.monotonic())
             request = {"cmd": "rollback", "to": top, "local": True}
-            result = call_until(pid, sock, request, within=within)
+            result = call_until(
+                pid, sock, request, within=within, timeout=self.fanout.deliver_timeout
+            )
             if result is None:
                 continue
             results.append({"index": pid, **{k: result.get(k) for k in fields}})

@@ -129,7 +129,9 @@ class WorkerCommands:
     def apply(self, request: dict[str, Any], who: str) -> dict[str, Any]:
         """``hotpatch apply`` sent to a worker that does not own the folder: to the owner."""
         if not self.ownership.owner:
-            forwarded = ask_owner(self.ownership.folder, request)
+            forwarded = ask_owner(
+                self.ownership.folder, request, timeout=self.settings.deliver_timeout
+            )
             if forwarded is not None:
                 return forwarded
         return self.commands.apply(request, who)
@@ -144,7 +146,9 @@ class WorkerCommands:
                 return {"ok": True, "versions": [], **level_summary(level_now)}  # there already
             return rollback_answer(self.pipeline, local, request, who)
         if not self.ownership.owner:
-            forwarded = ask_owner(self.ownership.folder, request)
+            forwarded = ask_owner(
+                self.ownership.folder, request, timeout=self.settings.deliver_timeout
+            )
             if forwarded is not None:
                 return forwarded
         return self.commands.rollback(request, who)

@@ -36,15 +36,24 @@ log = logging.getLogger("hotpatch")
 
 
 class Fanout:
-    """Delivers the owner's verified patches to the workers of ``folder``; keeps ``journal``."""
+    """Delivers the owner's verified patches to the workers of ``folder``; keeps ``journal``.
+
+    ``deliver_timeout``: how long a worker's answer to each request is awaited."""
 
     def __init__(
-        self, replica: Replica, folder: Path, journal: GroupJournal, roster: Roster
+        self,
+        replica: Replica,
+        folder: Path,
+        journal: GroupJournal,
+        roster: Roster,
+        *,
+        deliver_timeout: float,
     ) -> None:
         self.replica = replica
         self.folder = folder
         self.journal = journal
         self.roster = roster  # the other workers, once those whose socket went are back
+        self.deliver_timeout = deliver_timeout
 
     def deliver(self, data: bytes, path: Path, outcome: Outcome) -> None:
         """Apply the verified bytes here, then in every other live worker; all or none.
@@ -62,7 +71,8 @@ class Fanout:
         results = [mine]
         if mine["outcome"] == "applied":
             for pid, sock in sorted(peers.items()):
-                results.append(send(pid, sock, {"cmd": "deliver", **item, "who": outcome.who}))
+                request = {"cmd": "deliver", **item, "who": outcome.who}
+                results.append(send(pid, sock, request, timeout=self.deliver_timeout))
         outcome.notified = True
         outcome.workers = results
         outcome.version = mine.get("version") or outcome.version
@@ -189,7 +199,9 @@ class Fanout:
             request = {"cmd": "undo", "version": version}
             if sha256 is not None:
                 request["sha256"] = sha256
-            answer = call_until(pid, sock, request, within=within, claim=True)
+            answer = call_until(
+                pid, sock, request, within=within, claim=True, timeout=self.deliver_timeout
+            )
             result = by_pid.get(pid)
             if answer is not None and not answer.get("ok"):
                 left[pid] = str(answer.get("error"))

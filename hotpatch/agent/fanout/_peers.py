@@ -46,7 +46,6 @@ from hotpatch.agent._control_server import ControlServer
 from hotpatch.agent._names import PIDFILE_NAME, WORKERS_DIR
 
 __all__ = [
-    "DELIVER_TIMEOUT_S",
     "PEER_TIMEOUT_S",
     "REJOIN_S",
     "Claim",
@@ -73,7 +72,6 @@ log = logging.getLogger("hotpatch")
 
 START_LOCK = "start.lock"
 START_WAIT_S = 120.0  # past it a worker starts anyway (a peer hangs in its start-up)
-DELIVER_TIMEOUT_S = 60.0
 PEER_TIMEOUT_S = 10.0
 REJOIN_S = 10.0  # how long a live worker whose socket went is waited for to register again
 TAKE_GRACE_S = 2.0  # a request a worker at its descriptor limit has not taken so long: given up
@@ -176,9 +174,15 @@ def other_workers(folder: Path) -> dict[int, Path]:
 
 
 def call(
-    pid: int, sock: Path, payload: dict[str, Any], *, claim: bool = False
+    pid: int,
+    sock: Path,
+    payload: dict[str, Any],
+    *,
+    claim: bool = False,
+    timeout: float,
 ) -> dict[str, Any] | None:
-    """One worker's answer to ``payload``; ``None`` when it exited meanwhile.
+    """One worker's answer to ``payload``, awaited up to ``timeout`` (``deliver_timeout``);
+    ``None`` when it exited meanwhile.
 
     Not answered: ``{"ok": False, "error": ...}``, with ``error_type`` ``Shortage``
     and ``shortage`` (the resource) when this worker could not ask, or the other
@@ -201,7 +205,7 @@ def call(
             return answer
         payload = {**payload, "claim": token.path.name}
     try:
-        answer = _ask(pid, sock, payload, token)
+        answer = _ask(pid, sock, payload, token, timeout)
     except OSError as exc:
         return _unanswered(pid, sock, exc, token)
     if token is not None:
@@ -240,6 +244,7 @@ def call_until(
     *,
     within: float = RETRY_S,
     claim: bool = False,
+    timeout: float,
 ) -> dict[str, Any] | None:
     """``call``, asked again (pausing longer each time) while the answer is that the worker
     could not be asked now (a shortage on either side, no answer, busy), up to ``within``.
@@ -249,7 +254,7 @@ def call_until(
     deadline = time.monotonic() + within
     pause = 0.05
     while True:
-        answer = call(pid, sock, payload, claim=claim)
+        answer = call(pid, sock, payload, claim=claim, timeout=timeout)
         if answer is None or answer.get("ok") or answer.get("error_type") not in _RETRIED:
             return answer
         if time.monotonic() + pause > deadline:
@@ -268,9 +273,11 @@ class NotTaken(OSError):
         self.theirs = theirs
 
 
-def _ask(pid: int, sock: Path, payload: dict[str, Any], token: Claim | None) -> dict[str, Any]:
+def _ask(
+    pid: int, sock: Path, payload: dict[str, Any], token: Claim | None, timeout: float
+) -> dict[str, Any]:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
-        conn.settimeout(DELIVER_TIMEOUT_S)
+        conn.settimeout(timeout)
         with_address(sock, conn.connect)
         since = time.monotonic()
         look_at = since + TAKE_GRACE_S
@@ -290,9 +297,16 @@ def _ask(pid: int, sock: Path, payload: dict[str, Any], token: Claim | None) -> 
                 return None  # it read the request just now, and took it
             return NotTaken(pid, now - since, theirs)
 
-        return exchange(
-            conn, payload, timeout=DELIVER_TIMEOUT_S, peer=f"worker {pid}", unanswerable=untaken
-        )
+        try:
+            return exchange(
+                conn, payload, timeout=timeout, peer=f"worker {pid}", unanswerable=untaken
+            )
+        except TimeoutError:
+            msg = (
+                f"none within deliver_timeout ({timeout:g} s; install(..., workers=True, "
+                "deliver_timeout=SECONDS) gives more when an apply can take longer)"
+            )
+            raise TimeoutError(msg) from None
 
 
 class Claim:
@@ -388,12 +402,13 @@ def _their_shortage(pid: int, theirs: str) -> str:
     )
 
 
-def send(pid: int, sock: Path, payload: dict[str, Any]) -> dict[str, Any]:
-    """One worker's result for a delivery (claimed); outcome ``gone`` when it exited meanwhile.
+def send(pid: int, sock: Path, payload: dict[str, Any], *, timeout: float) -> dict[str, Any]:
+    """One worker's result for a delivery (claimed), awaited up to ``timeout``; outcome
+    ``gone`` when it exited meanwhile.
 
     Not answered, the result has ``taken`` when the worker took it (it may have applied
     it: undo it there) or ``withdrawn`` (it never will)."""
-    answer = call(pid, sock, payload, claim=True)
+    answer = call(pid, sock, payload, claim=True, timeout=timeout)
     if answer is None:
         return {"pid": pid, "outcome": "gone", "reason": "the worker exited"}
     if "outcome" not in answer:  # refused before it was applied (uid, size, no answer)
@@ -408,12 +423,13 @@ def send(pid: int, sock: Path, payload: dict[str, Any]) -> dict[str, Any]:
     return answer
 
 
-def ask_owner(folder: Path, payload: dict[str, Any]) -> dict[str, Any] | None:
-    """The answer of the worker that owns ``folder``; ``None`` when there is no other owner."""
+def ask_owner(folder: Path, payload: dict[str, Any], *, timeout: float) -> dict[str, Any] | None:
+    """The answer of the worker that owns ``folder`` (awaited up to ``timeout``); ``None``
+    when there is no other owner."""
     owner = owner_pid(folder)
     if owner is None or owner == os.getpid():
         return None
-    return call(owner, folder / WORKERS_DIR / f"{owner}.sock", payload)
+    return call(owner, folder / WORKERS_DIR / f"{owner}.sock", payload, timeout=timeout)
 
 
 class Roster:
