@@ -217,7 +217,43 @@ def test_sighup_restarts_the_workers_one_domain_at_a_time(
     after = [w["pid"] for w in status["workers"]]
     assert all(a != b for a, b in zip(after, before, strict=True))
     assert [b["workers"] for b in status["rollout"]["batches"]] == [[0], [1], [2], [3], [4]]
-    assert all(w["last_restart"]["state"] == "complete" for w in status["workers"])
+    restarts = [w["last_restart"] for w in status["workers"]]
+    assert all(r["state"] == "complete" for r in restarts), restarts
+
+
+@slow
+def test_workers_idle_after_load_hand_over_and_stop_when_told(
+    fleet: tuple[Supervised, Path],
+) -> None:
+    # The last connections of a load woke every worker and each went to one: the
+    # others must be back to waiting, so that each hands its state over at a
+    # restart and stops at a stop when told, not when killed at the drain timeout.
+    supervised, _ = fleet
+
+    def serve_every_worker() -> None:
+        with Load(supervised.address, clients=4) as load:
+            wait_for(lambda: len(load.pids) == WORKERS, "requests served by every worker")
+        assert load.failed == []
+        assert load.refused == 0
+
+    serve_every_worker()
+    supervised.process.send_signal(signal.SIGHUP)
+    status = supervised.wait(
+        lambda s: (
+            (s.get("rollout") or {}).get("what", "").startswith("restart")
+            and s["rollout"]["state"] == "done"
+        ),
+        "the rolling restart",
+    )
+    restarts = [w["last_restart"] for w in status["workers"]]
+    assert all(r["state"] == "complete" for r in restarts), restarts
+    serve_every_worker()
+    assert supervised.stop() == 0
+    log = supervised.log()
+    assert "did not hand over" not in log, log
+    assert "did not stop in time" not in log, log
+    assert "terminating" not in log, log
+    assert "killing" not in log, log
 
 
 @slow

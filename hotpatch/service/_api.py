@@ -49,6 +49,12 @@ def listen_socket(name: str, *, default: str | tuple[str, int] | None = None) ->
     Under ``hotpatch run --bind NAME=HOST:PORT`` this is the supervisor's
     socket, open for the service's whole life: do not ``shutdown()`` it (that
     would stop it for every process), just stop accepting when told to drain.
+    Its ``accept()`` is blocking or not as you set it; the socket underneath is
+    non-blocking (with ``--workers N`` every worker shares it), so accept through
+    this object, not through a descriptor taken from it. While the process stops
+    it accepts nothing: a blocking accept then raises ``ConnectionAbortedError``
+    (at once if you stop yourself with a drain callback or SIGTERM handler; when
+    hotpatch stops the process for you, once your state is handed over).
     Running alone, the service binds its own socket on ``$HOTPATCH_BIND``
     (``name=HOST:PORT,...``) or else ``default``. The same object is returned
     on every call.

@@ -1,15 +1,27 @@
 """The supervisor's listening sockets as a service sees them: accepts that can be stopped, and
 the connections they gave out, so that a process stopping knows when its work in flight is done.
 
-Under ``hotpatch run`` a process that relies on SIGTERM (``ready()`` without
-``drain=``) is stopped by hotpatch itself: its ``Gate`` closes (no thread of
-this process takes another connection from the shared sockets; they wait in
-the backlog for the next process), then the connections accepted before are
-waited for, and only then is the last round of state handed over.
+Under ``hotpatch run`` a process is told to stop in one of three ways. When it
+relies on SIGTERM (``ready()`` without ``drain=``) hotpatch stops it: its
+``Gate`` closes and holds every accept (no thread of this process takes another
+connection from the shared sockets; they wait in the backlog for the next
+process), then the connections accepted before are waited for, and only then
+is the last round of state handed over. When it has a drain callback or a
+SIGTERM handler of its own, the gate closes without holding: a blocking accept
+with no connection raises ``ConnectionAbortedError`` at once, so the service's
+accept loop (``socketserver``'s ``serve_forever``) sees the stop it was asked
+for.
+
+With ``--workers N`` every worker polls the same socket and a connection wakes
+them all; one takes it. An accept here never blocks on the socket itself: it
+waits until the socket is readable, then takes a connection without blocking,
+and goes back to waiting if another process took it first.
 """
 
 from __future__ import annotations
 
+import errno
+import os
 import select
 import socket
 import threading
@@ -29,13 +41,18 @@ class Gate:
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self.closed = False  # no new connections: the process is stopping
+        self.holding = True  # a blocking accept at the closed gate waits for the end
         self.ended = False  # it has stopped: accepts still waiting give up
         self._accepting = 0  # threads between the gate and the accept's return
         self._open: weakref.WeakSet[socket.socket] = weakref.WeakSet()
 
-    def close(self) -> None:
+    def close(self, *, hold: bool = True) -> None:
+        """Take no new connection. ``hold``: accepts wait until :meth:`end` (hotpatch
+        stops the process); otherwise they give up at once (the service stops itself)."""
         with self._cond:
             self.closed = True
+            self.holding = hold
+            self._cond.notify_all()
 
     def end(self) -> None:
         with self._cond:
@@ -53,6 +70,9 @@ class Gate:
             while self.closed:
                 if self.ended:
                     msg = "this process handed its work over and is ending; accept elsewhere"
+                    raise ConnectionAbortedError(msg)
+                if not self.holding and timeout != 0.0:
+                    msg = "this process is stopping (told to drain): it accepts nothing"
                     raise ConnectionAbortedError(msg)
                 if timeout == 0.0:
                     raise BlockingIOError(11, "this process is stopping: it accepts nothing")
@@ -87,28 +107,90 @@ class Listener(socket.socket):
     """A listening socket passed by the supervisor, whose accepts go through the process's gate.
 
     Everything else is the plain socket; connections it returns are plain
-    sockets too.
+    sockets too. Its accept is blocking, timed or non-blocking as the socket's
+    timeout says; underneath, the socket (shared by every process holding it) is
+    non-blocking, and a blocking or timed accept waits for it to be readable.
     """
 
     gate: Gate | None = None  # set by the runtime; a ``dup()`` has none and accepts freely
+    _taker: socket.socket | None = None  # the same socket, non-blocking: one try per call
+    _taker_lock = threading.Lock()
 
     def accept(self) -> tuple[socket.socket, Any]:
         gate = self.gate
-        if gate is None:
-            return super().accept()
         timeout = self.gettimeout()
-        if timeout is None:
-            # Blocking: wait for a connection before passing the gate, so a
-            # thread waiting on a quiet socket never counts as work in flight.
-            poller = select.poll()
-            poller.register(self, select.POLLIN)
-            while not poller.poll(_POLL_MS):
-                if gate.closed:
-                    break
-        gate.enter(timeout)
-        connection = None
+        if timeout == 0.0:  # an event loop's: one try, at once
+            if gate is None:
+                return super().accept()
+            gate.enter(0.0)
+            connection = None
+            try:
+                connection, address = super().accept()
+            finally:
+                gate.leave(connection)
+            return connection, address
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            # Wait for a connection before passing the gate, so a thread waiting
+            # on a quiet socket never counts as work in flight.
+            self._wait_readable(gate, deadline)
+            if gate is not None:
+                left = None if deadline is None else max(deadline - time.monotonic(), 0.001)
+                gate.enter(left)  # a timed accept at a held gate: TimeoutError, in time
+            connection = None
+            try:
+                taken = self._take()
+                if taken is not None:
+                    connection, address = taken
+            finally:
+                if gate is not None:
+                    gate.leave(connection)
+            if connection is not None:
+                return connection, address
+            # Another process took it: wait for the next one.
+
+    def _wait_readable(self, gate: Gate | None, deadline: float | None) -> None:
+        """Until a connection waits or the gate closes; ``TimeoutError`` at ``deadline``."""
+        poller = select.poll()
+        poller.register(self, select.POLLIN)
+        while True:
+            wait_ms = _POLL_MS
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError("timed out")
+                wait_ms = max(1, min(_POLL_MS, int(left * 1000)))
+            events = poller.poll(wait_ms)
+            if self.fileno() == -1 or any(e & select.POLLNVAL for _, e in events):
+                raise OSError(errno.EBADF, "the listening socket was closed while accepting")
+            if events or (gate is not None and gate.closed):
+                return
+
+    def _take(self) -> tuple[socket.socket, Any] | None:
+        """One non-blocking accept: a connection, or ``None`` if there was none to take."""
+        taker = self._taker
+        if taker is None:
+            with self._taker_lock:
+                taker = self._taker
+                if taker is None:
+                    taker = socket.socket(fileno=os.dup(self.fileno()))
+                    taker.settimeout(0.0)
+                    self._taker = taker
+        if os.get_blocking(taker.fileno()):  # a process made the shared socket blocking
+            os.set_blocking(taker.fileno(), False)
         try:
-            connection, address = super().accept()
-        finally:
-            gate.leave(connection)
-        return connection, address
+            return taker.accept()
+        except (BlockingIOError, InterruptedError):
+            return None
+
+    def close(self) -> None:
+        taker, self._taker = self._taker, None
+        if taker is not None:
+            taker.close()
+        super().close()
+
+    def detach(self) -> int:
+        taker, self._taker = self._taker, None
+        if taker is not None:
+            taker.close()
+        return super().detach()

@@ -381,6 +381,7 @@ class Runtime:
     def _drain(self, timeout: float) -> None:
         stopped_at = time.monotonic()
         if self.drain is not None:
+            self.gate.close(hold=False)  # its accept loop is being stopped: no waiting there
             try:
                 self.drain(timeout)
             except Exception:
@@ -393,6 +394,7 @@ class Runtime:
             # interpreter exits, once the connections in flight are done.
             self.handover_at_exit = stopped_at
             self.drain_timeout = timeout
+            self.gate.close(hold=False)
             os.kill(os.getpid(), signal.SIGTERM)
 
     def _handover(self, stopped_at: float) -> None:
@@ -423,6 +425,7 @@ class Runtime:
 
     def _stop(self, timeout: float) -> None:
         if self.drain is not None:
+            self.gate.close(hold=False)
             try:
                 self.drain(timeout)
             except Exception:
@@ -430,6 +433,7 @@ class Runtime:
         elif self._handles_sigterm():
             self._wind_down(timeout, handover_from=None)
         else:
+            self.gate.close(hold=False)
             os.kill(os.getpid(), signal.SIGTERM)
 
     def _at_exit(self) -> None:
