@@ -9,7 +9,7 @@ plan; ``apply()`` is a plan committed by the registry.
 from __future__ import annotations
 
 import types
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from functools import cached_property, partial
@@ -78,6 +78,7 @@ from hotpatch._validate import (
 )
 
 __all__ = [
+    "NO_KEYS",
     "Applied",
     "Level",
     "Plan",
@@ -111,21 +112,114 @@ class Plan:
     )
 
 
-@dataclass(slots=True)
-class Applied:
-    """One applied patch: what it set, what was there before, what it replaced."""
+NO_KEYS: frozenset[Key] = frozenset()  # what most applied patches injected: shared
+_UNSET: Any = object()  # in a record: no value on that side (an entry not yet built)
 
-    # Kept for as long as the patch is applied: what is mostly empty is an empty tuple
-    # or frozenset shared by all, so that an entry adds few objects for the collector.
-    patch: Patch
-    before: dict[Key, Change]
-    after: dict[Key, Change]
-    injected: AbstractSet[Key]
-    unmigrations: Sequence[tuple[Migration, types.ModuleType]]
-    replaced: Sequence[Applied]
-    functions: Sequence[types.FunctionType] = ()  # whose code it built
-    caches: Sequence[Any] = ()  # what caches its targets' answers
-    nested: Sequence[Nested] = ()  # its nested function targets
+
+class Applied:
+    """One applied patch: what it set, what was there before, what it replaced.
+
+    Kept for as long as the patch is applied, so kept small for the collector:
+    what is mostly empty is an empty tuple or frozenset shared by all, and what
+    its targets held before and after is one flat tuple (each object, attribute,
+    value before, value after, in turn), not a record per attribute, whatever
+    the patch patched. ``before`` and ``after`` give it as mappings of the
+    changes (a new ``dict`` on each read: hold it to look up many keys);
+    ``value_after`` looks up one key without one.
+    """
+
+    __slots__ = (
+        "_records",
+        "caches",
+        "functions",
+        "injected",
+        "nested",
+        "patch",
+        "replaced",
+        "unmigrations",
+    )
+
+    def __init__(  # noqa: PLR0917 -- the fields in the order Applied always took them
+        self,
+        patch: Patch,
+        before: Mapping[Key, Change],
+        after: Mapping[Key, Change],
+        injected: AbstractSet[Key],
+        unmigrations: Sequence[tuple[Migration, types.ModuleType]],
+        replaced: Sequence[Applied],
+        functions: Sequence[types.FunctionType] = (),  # whose code it built
+        caches: Sequence[Any] = (),  # what caches its targets' answers
+        nested: Sequence[Nested] = (),  # its nested function targets
+    ):
+        self.patch = patch
+        self._records = _records(before, after)
+        self.injected = injected
+        self.unmigrations = unmigrations
+        self.replaced = replaced
+        self.functions = functions
+        self.caches = caches
+        self.nested = nested
+
+    @property
+    def before(self) -> Mapping[Key, Change]:
+        """What each target held before the patch went in."""
+        return _side(self._records, 2)
+
+    @before.setter
+    def before(self, values: Mapping[Key, Change]) -> None:
+        self._records = _records(values, self.after)
+
+    @property
+    def after(self) -> Mapping[Key, Change]:
+        """What the patch set."""
+        return _side(self._records, 3)
+
+    @after.setter
+    def after(self, values: Mapping[Key, Change]) -> None:
+        self._records = _records(self.before, values)
+
+    def value_after(self, k: Key) -> Change | None:
+        """``after[k]``, or ``None``, without a mapping of the whole entry."""
+        return _find(self._records, k, 3)
+
+    def changed(self, more: Iterable[tuple[Any, str, Any, Any]]) -> None:
+        """Record ``more`` changes, each (object, attribute, before, after), in place of
+        any it already holds for the same object and attribute."""
+        before, after = dict(self.before), dict(self.after)
+        for obj, attr, old, new in more:
+            k = key(obj, attr)
+            before[k], after[k] = (obj, attr, old), (obj, attr, new)
+        self._records = _records(before, after)
+
+
+def _records(before: Mapping[Key, Change], after: Mapping[Key, Change]) -> tuple[Any, ...]:
+    """One flat tuple: (object, attribute, before, after) for each key of either side,
+    ``_UNSET`` where a side has none."""
+    flat: list[Any] = []
+    for k, (obj, attr, old) in before.items():
+        new = after.get(k)
+        flat += (obj, attr, old, _UNSET if new is None else new[2])
+    for k, (obj, attr, new) in after.items():
+        if k not in before:
+            flat += (obj, attr, _UNSET, new)
+    return tuple(flat)
+
+
+def _side(records: tuple[Any, ...], at: int) -> dict[Key, Change]:
+    return {
+        (id(records[i]), records[i + 1]): (records[i], records[i + 1], records[i + at])
+        for i in range(0, len(records), 4)
+        if records[i + at] is not _UNSET
+    }
+
+
+def _find(records: tuple[Any, ...], k: Key, at: int) -> Change | None:
+    obj_id, attr = k
+    for i in range(0, len(records), 4):
+        if id(records[i]) == obj_id and records[i + 1] == attr:
+            value = records[i + at]
+            return None if value is _UNSET else (records[i], attr, value)
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,6 +354,17 @@ class _Planner:
         out for a patch with nested targets only (the others need not walk the level)."""
         return origins(nested_of(self.level.stack))
 
+    @cached_property
+    def codes_before(self) -> dict[int, list[types.CodeType]]:
+        """id(function) -> the code it ran before each patch of the level that set it:
+        for a strict patch only (the others need not walk the level)."""
+        codes: dict[int, list[types.CodeType]] = {}
+        for entry in self.level.stack:
+            for obj, attr, value in entry.before.values():
+                if attr == "__code__" and isinstance(obj, types.FunctionType):
+                    codes.setdefault(id(obj), []).append(value)
+        return codes
+
     def base(self, obj: Any, attr: str) -> Any:
         """The value the patch builds on: from under a level it replaces, else the live one."""
         change = self.pristine.get(key(obj, attr))
@@ -313,17 +418,11 @@ class _Planner:
             plan.caches.extend(target.caches)
         plan.patched[spec] = 1
         # Strict quiescence looks for every version a thread could still be running.
-        code_key = key(func, "__code__")
         plan.codes.extend(
             (old_code, func.__code__, self.level.code_of(func), built.state["__code__"])
         )
         if plan.patch.quiescence == "strict":  # only a strict patch waits on them
-            plan.codes.extend(
-                change[2]
-                for e in self.level.stack
-                for change in (e.before.get(code_key),)
-                if change
-            )
+            plan.codes.extend(self.codes_before.get(id(func), ()))
         plan.needs.append(
             (
                 target.module,
@@ -581,7 +680,12 @@ class _Planner:
                 existing = self.base(module, name)
                 if existing is value:
                     continue
-                injected_here = any(k in e.injected and e.after[k][2] is existing for e in ours)
+                injected_here = any(
+                    k in e.injected
+                    and (change := e.value_after(k)) is not None
+                    and change[2] is existing
+                    for e in ours
+                )
                 if existing is not ABSENT and not injected_here and k not in plan.injected:
                     msg = (
                         f"patch {patch.version}: {spec} needs {name!r} from the patch file, but "

@@ -32,7 +32,7 @@ from hotpatch._journal_format import HISTORY_KEPT
 from hotpatch._migration import run_migrations, run_unmigrations
 from hotpatch._nested import going_back, lineages, resettle, running, settle_changes
 from hotpatch._patch import Patch, parse_version
-from hotpatch._plan import Applied, Level, Plan, caches_of, make_plan, nested_of
+from hotpatch._plan import NO_KEYS, Applied, Level, Plan, caches_of, make_plan, nested_of
 from hotpatch._plugins import PluginHost
 from hotpatch._recording import Recording
 from hotpatch._replay import Deferred, ReplaySteps, replay, resync
@@ -55,7 +55,6 @@ __all__ = ["MIGRATION_TIMEOUT_S", "Registry"]
 log = logging.getLogger("hotpatch")
 
 MIGRATION_TIMEOUT_S = 30.0  # for each migration to return, before its patch is refused
-_NO_KEYS: frozenset[Key] = frozenset()  # what most applied patches injected
 
 
 class Registry:
@@ -223,7 +222,7 @@ class Registry:
             patch,
             before,
             dict(plan.changes),
-            frozenset(plan.injected) if plan.injected else _NO_KEYS,
+            frozenset(plan.injected) if plan.injected else NO_KEYS,
             tuple(plan.unmigrations),
             tuple(self._stack) if patch.cumulative else (),
             tuple(plan.functions),
@@ -271,8 +270,7 @@ class Registry:
         patched = dict(plan.patched)
         if plan.settles:  # functions made from an old nested code while the switch was prepared
             late = settle_changes(plan.settles, plan.changes)
-            entry.before.update((key(o, a), (o, a, current(o, a))) for o, a, _ in late)
-            entry.after.update((key(o, a), (o, a, v)) for o, a, v in late)
+            entry.changed((o, a, current(o, a), v) for o, a, v in late)
             switch(late)
             for spec in (s.spec for s in plan.settles for o, _, v in late if v is s.target):
                 patched[spec] = patched.get(spec, 0) + 1
@@ -413,7 +411,8 @@ class Registry:
             entry = self._applied(version)
             if self._deferred is not None:
                 self._deferred.build_in(entry, self._stack)
-            own = [(f, entry.after[key(f, "__code__")][2]) for f in entry.functions]
+            after = entry.after  # a mapping made on each read: made once
+            own = [(f, after[key(f, "__code__")][2]) for f in entry.functions]
             return (*own, *running(entry.nested))  # and what runs a nested target's code
 
     def nested_codes(self, version: str) -> tuple[types.CodeType, ...]:

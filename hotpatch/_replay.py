@@ -35,7 +35,7 @@ from hotpatch._errors import JournalError, PatchError
 from hotpatch._journal_format import JournalEntry
 from hotpatch._loader import load_patch_text
 from hotpatch._patch import Patch
-from hotpatch._plan import Applied, Plan
+from hotpatch._plan import NO_KEYS, Applied, Plan
 from hotpatch._recording import Recording
 from hotpatch._results import HistoryEntry
 from hotpatch._switch import Change, Key
@@ -223,7 +223,7 @@ class Deferred:
 
     def unbuilt(self, patch: Patch) -> Applied:
         """An entry for ``patch`` on top of the run, to be built when needed."""
-        entry = Applied(patch, {}, {}, set(), [], [])
+        entry = Applied(patch, {}, {}, NO_KEYS, (), ())
         self.entries.append(entry)
         self._unbuilt.add(id(entry))
         return entry
@@ -240,8 +240,8 @@ class Deferred:
         if plan.injected or plan.nested or plan.settles or plan.migrations or strays:
             raise self._cannot(entry, "its plan now changes more than its functions' code")
         entry.after = dict(plan.changes)
-        entry.functions = list(plan.functions)
-        entry.caches = list(plan.caches)
+        entry.functions = tuple(plan.functions)
+        entry.caches = tuple(plan.caches)
         self._unbuilt.discard(id(entry))
 
     def _cannot(self, entry: Applied, why: str) -> JournalError:
@@ -267,8 +267,9 @@ class Deferred:
             if len(values) == len(wanted) or id(entry) not in mine:
                 break  # all found, or under the run
             self.build(entry, stack[:i])
-            for k in entry.after.keys() & wanted:
-                values.setdefault(k, entry.after[k])
+            after = entry.after  # a mapping made on each read: made once
+            for k in after.keys() & wanted:
+                values.setdefault(k, after[k])
         for k in wanted - values.keys():
             values[k] = self.base[k]
         return values
@@ -316,6 +317,7 @@ class Deferred:
                 self.build(entry, stack[:i])
         values = dict(self.base)
         for entry in self.entries:
-            entry.before = {k: values[k] for k in entry.after}
-            values.update(entry.after)
+            after = entry.after
+            entry.before = {k: values[k] for k in after}
+            values.update(after)
         self.entries, self._unbuilt = [], set()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -177,15 +177,17 @@ class LevelChain:
         return below
 
 
-class _Node(Generic[T]):
-    """One state of a ``TupleStack``: its top item, the state below, and its size."""
+# One state of a ``TupleStack``: (its top item, the state below, its size). A plain
+# tuple: one whose item is a string (a version) the garbage collector stops tracking,
+# with the states below it, so that a level of versions costs it nothing.
+_Node = tuple[T, "_Node[T] | None", int]
+_ITEM: Final = 0
+_BELOW: Final = 1
+_SIZE: Final = 2
 
-    __slots__ = ("below", "item", "size")
 
-    def __init__(self, item: T, below: _Node[T] | None):
-        self.item = item
-        self.below = below
-        self.size: int = below.size + 1 if below is not None else 1
+def _node(item: T, below: _Node[T] | None) -> _Node[T]:
+    return (item, below, below[_SIZE] + 1 if below is not None else 1)
 
 
 class TupleStack(Generic[T]):
@@ -209,7 +211,7 @@ class TupleStack(Generic[T]):
 
     def __len__(self) -> int:
         top = self._top
-        return top.size if top is not None else 0
+        return top[_SIZE] if top is not None else 0
 
     def push(self, *items: T) -> None:
         self.change(0, items)
@@ -224,15 +226,15 @@ class TupleStack(Generic[T]):
         for _ in range(pop):
             if top is None:
                 break
-            top = top.below
+            top = top[_BELOW]
         for item in push:
-            top = _Node(item, top)
+            top = _node(item, top)
         self._top = top
 
     def last(self, default: T) -> T:
         """The top item, or ``default`` when the stack is empty."""
         top = self._top
-        return top.item if top is not None else default
+        return top[_ITEM] if top is not None else default
 
     def snapshot(self) -> tuple[T, ...]:
         """The items, oldest first, as the stack holds them now."""
@@ -242,17 +244,17 @@ class TupleStack(Generic[T]):
             return items
         # Down from both states to the one they share (the same node, at the same size).
         above: list[T] = []
-        while top is not None and (read is None or top.size > read.size):
-            above.append(top.item)
-            top = top.below
-        while read is not None and (top is None or read.size > top.size):
-            read = read.below
+        while top is not None and (read is None or top[_SIZE] > read[_SIZE]):
+            above.append(top[_ITEM])
+            top = top[_BELOW]
+        while read is not None and (top is None or read[_SIZE] > top[_SIZE]):
+            read = read[_BELOW]
         while top is not read:
             assert top is not None
             assert read is not None
-            above.append(top.item)
-            top, read = top.below, read.below
-        shared = read.size if read is not None else 0
+            above.append(top[_ITEM])
+            top, read = top[_BELOW], read[_BELOW]
+        shared = read[_SIZE] if read is not None else 0
         above.reverse()
         items = (items if shared == len(items) else items[:shared]) + tuple(above)
         self._read = (now, items)

@@ -176,7 +176,10 @@ def global_names(code: types.CodeType) -> frozenset[str]:
     for const in code.co_consts:
         if isinstance(const, types.CodeType):
             names |= global_names(const)
-    return frozenset(names)
+    return frozenset(names) if names else _NO_NAMES  # kept in the cache: one for all
+
+
+_NO_NAMES: frozenset[str] = frozenset()
 
 
 def accepts_same_calls(original: dict[str, Any], new: types.FunctionType) -> bool:
