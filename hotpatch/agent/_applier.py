@@ -10,7 +10,6 @@ through a restart when the patch is not hot).
 from __future__ import annotations
 
 import datetime
-import functools
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
@@ -18,6 +17,7 @@ from typing import Any, NamedTuple, Protocol
 from packaging.version import Version
 
 from hotpatch._errors import VerificationFailed, VersionConflict
+from hotpatch._patch import parse_version
 from hotpatch.agent._outcome import Outcome
 
 __all__ = [
@@ -139,8 +139,10 @@ def show_answer(
     }
 
 
-# Each applied version is compared with every drop: parsed once, not once per drop.
-_version = functools.lru_cache(maxsize=4096)(Version)
+def _version(text: str) -> Version:
+    """Each applied version is compared with every drop: parsed once, not once per drop,
+    in the cache the patches' own versions are parsed in (one ``Version`` for both)."""
+    return parse_version(text, "version")
 
 
 def not_applied(version: str, level: Iterable[str], baseline: str) -> VersionConflict:
