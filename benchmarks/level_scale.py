@@ -19,10 +19,12 @@ batch's p99 (the best batch is what the switch costs when nothing preempts
 it; the load average before and after is reported beside them). Then,
 with ``tracemalloc`` on, 20 more patches are applied at each level and kept:
 the memory each adds (Python allocations still held after a full collection,
-divided by 20). Last, the top level's journal is read back (``Journal.read``)
-and replayed by a new process (``Registry(journal=)``, the whole replay: each
-patch loaded and applied again), then by another one (which finds the code the
-first compiled kept beside the journal): wall clock and CPU time.
+divided by 20), and the objects the garbage collector tracks that each adds
+(what brings CPython's next full collection nearer). Last, the top level's
+journal is read back (``Journal.read``) and replayed by a new process
+(``Registry(journal=)``, the whole replay: each patch loaded and applied
+again), then by another one (which finds the code the first compiled kept
+beside the journal): wall clock and CPU time.
 
 Goals (issue 16): at the top level the apply and the rollback cost at most 2x
 what they cost at level 1 (medians); the switch of 10 targets at most 20 us
@@ -156,9 +158,11 @@ class Stack:
             "rollback switch": rolled.switch_s,
         }
 
-    def memory_per_patch(self) -> float:
-        """Bytes each of KEPT more applied patches keeps (tracemalloc, after a collection)."""
-        gc.collect()
+    def kept_per_patch(self) -> tuple[float, float]:
+        """Bytes and tracked objects each of KEPT more applied patches keeps: Python
+        allocations (tracemalloc) and the objects the garbage collector tracks, both
+        after full collections."""
+        start = _tracked()
         tracemalloc.start()
         try:
             before = tracemalloc.get_traced_memory()[0]
@@ -168,7 +172,15 @@ class Stack:
             after = tracemalloc.get_traced_memory()[0]
         finally:
             tracemalloc.stop()
-        return (after - before) / KEPT
+        return (after - before) / KEPT, (_tracked() - start) / KEPT
+
+
+def _tracked() -> int:
+    """The objects the garbage collector tracks, once it has looked at them all: a tuple
+    of untracked values is untracked at a collection, one holding it at the next."""
+    for _ in range(3):
+        gc.collect()
+    return len(gc.get_objects())
 
 
 def replay(stack: Stack) -> dict[str, Any]:
@@ -275,7 +287,7 @@ def _row(level: int, stack: Stack, reps: int) -> dict[str, Any]:
     for metric, values in stack.samples.items():
         row[metric.replace(" ", "_") + "_us"] = {"median": median(values), "p99": p99(values)}
     row["journal_bytes"] = stack.journal.stat().st_size
-    row["memory_per_patch_bytes"] = stack.memory_per_patch()
+    row["memory_per_patch_bytes"], row["objects_per_patch"] = stack.kept_per_patch()
     return row
 
 
@@ -336,6 +348,7 @@ def report(results: dict[str, Any]) -> None:
             "rb switch",
             "p99",
             "bytes/patch",
+            "objects/patch",
             "journal KiB",
         ],
         [
@@ -350,6 +363,7 @@ def report(results: dict[str, Any]) -> None:
                 r["rollback_switch_us"]["median"],
                 r["rollback_switch_us"]["p99"],
                 round(r["memory_per_patch_bytes"]),
+                r["objects_per_patch"],
                 r["journal_bytes"] / 1024,
             ]
             for r in results["rows"]

@@ -384,6 +384,7 @@ def test_level_scale(tmp_path: Path) -> None:
             assert 0 < row[metric]["median"] <= row[metric]["p99"], (row["level"], metric)
         assert row["switch_us"]["median"] < row["apply_us"]["median"]
         assert row["memory_per_patch_bytes"] > 0
+        assert row["objects_per_patch"] > 0
         assert row["journal_bytes"] > 0
         many = row["switch_many"]
         assert (many["samples"], many["batches"]) == (20, 2)
