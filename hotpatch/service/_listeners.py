@@ -44,6 +44,7 @@ class Gate:
         self.holding = True  # a blocking accept at the closed gate waits for the end
         self.ended = False  # it has stopped: accepts still waiting give up
         self._accepting = 0  # threads between the gate and the accept's return
+        self.refused_at_once = 0  # non-blocking accepts refused at the closed gate
         self._open: weakref.WeakSet[socket.socket] = weakref.WeakSet()
 
     def close(self, *, hold: bool = True) -> None:
@@ -75,6 +76,7 @@ class Gate:
                     msg = "this process is stopping (told to drain): it accepts nothing"
                     raise ConnectionAbortedError(msg)
                 if timeout == 0.0:
+                    self.refused_at_once += 1
                     raise BlockingIOError(11, "this process is stopping: it accepts nothing")
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:

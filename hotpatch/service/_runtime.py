@@ -44,6 +44,7 @@ from hotpatch.service._rounds import PreservedDict, PreservedState
 __all__ = ["Runtime", "get_runtime", "reset"]
 
 log = logging.getLogger("hotpatch.service")
+_LOOP_REFUSALS = 1000  # non-blocking accepts refused in a drain: an event loop spinning
 
 _EXIT_WAIT = 60.0  # longest the interpreter's exit waits for a hand-over in progress
 _DRAIN_TIMEOUT = 5.0  # until the supervisor says its --drain-timeout
@@ -505,6 +506,13 @@ class Runtime:
         self.stopping = "stopping"
         self.gate.close()
         self._wait_in_flight(timeout)
+        if self.gate.refused_at_once >= _LOOP_REFUSALS:
+            log.warning(
+                "an event loop asked this stopping process to accept %d times while its work "
+                "in flight finished (each connection waiting for the next process wakes it, "
+                "and it spins): give ready() a drain callback that closes the server",
+                self.gate.refused_at_once,
+            )
         if handover_from is not None:
             self._handover(handover_from)
         self.stopping = "ended"

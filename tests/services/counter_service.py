@@ -15,6 +15,7 @@ handled, so a client can measure the pause across processes.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import pickle
@@ -73,6 +74,75 @@ class Server(ThreadingHTTPServer):
 
     def drain(self, timeout: float) -> None:
         self.shutdown()  # serve_forever returns: nothing accepts here any more
+        self.wait_idle(timeout)
+
+
+class AsyncServer:
+    """The same service on asyncio streams (``--server asyncio``): a loop accepting on the
+    passed socket, each request answered in the loop's thread pool."""
+
+    def __init__(self, sock: Any, respond: Callable[[str, Any], dict[str, Any] | None]) -> None:
+        self.sock = sock
+        self.respond = respond
+        self.inflight = 0
+        self.idle = threading.Condition()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.stop_asked: asyncio.Event | None = None
+        self.stopped = threading.Event()
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with self.idle:
+            self.inflight += 1
+        try:
+            request_line = await reader.readline()
+            while (await reader.readline()) not in (b"\r\n", b"\n", b""):
+                pass
+            path = request_line.split()[1].decode()
+            loop = asyncio.get_running_loop()
+            body = await loop.run_in_executor(None, self.respond, path, self)
+            if body is None:
+                writer.write(b"HTTP/1.0 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+            else:
+                data = json.dumps(body).encode()
+                head = "HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n"
+                writer.write(f"{head}Content-Length: {len(data)}\r\n\r\n".encode() + data)
+            await writer.drain()
+        finally:
+            writer.close()
+            with self.idle:
+                self.inflight -= 1
+                self.idle.notify_all()
+
+    async def main(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.stop_asked = asyncio.Event()
+        server = await asyncio.start_server(self.handle, sock=self.sock)
+        await self.stop_asked.wait()
+        server.close()  # no more accepts here (closes this process's copy of the socket)
+        # Each connection accepted is a task from the accept on (before handle() runs):
+        # wait for them all, which asyncio.run would cancel.
+        deadline = time.monotonic() + 30.0
+        while len(asyncio.all_tasks()) > 1 and time.monotonic() < deadline:
+            await asyncio.sleep(0.002)
+
+    def serve_forever(self, poll_interval: float = 0.5) -> None:
+        try:
+            asyncio.run(self.main())
+        finally:
+            self.stopped.set()
+
+    def shutdown(self) -> None:
+        while self.loop is None or self.stop_asked is None:
+            time.sleep(0.001)
+        self.loop.call_soon_threadsafe(self.stop_asked.set)
+        self.stopped.wait()
+
+    def wait_idle(self, timeout: float) -> None:
+        with self.idle:
+            self.idle.wait_for(lambda: self.inflight == 0, timeout)
+
+    def drain(self, timeout: float) -> None:
+        self.shutdown()
         self.wait_idle(timeout)
 
 
@@ -149,48 +219,57 @@ def handler_class(
     keys = sorted(payload) if payload else []
     touch: Callable[[str], None] = getattr(payload, "touch", lambda key: None)
 
+    def respond(path: str, server: Any) -> dict[str, Any] | None:
+        """The answer to ``GET path`` (``None``: not found), for either kind of server."""
+        url = urlsplit(path)
+        query = parse_qs(url.query)
+        body: dict[str, Any] = {"pid": os.getpid(), "tag": counter_logic.tag()}
+        body["started_from"] = started_from
+        if url.path == "/inc":
+            time.sleep(inc_delay_s)
+            client = f"c{query.get('c', ['anon'])[0]}"
+            with lock:
+                counters["hits"] += 1
+                counters[client] = counters.get(client, 0) + 1
+                body["hits"] = counters["hits"]
+                if payload is not None and keys:
+                    key = random.choice(keys)
+                    value = payload[key]
+                    if isinstance(value, list):
+                        value[random.randrange(len(value))] = f"{body['hits']:010d}-{'y' * 40}"
+                        touch(key)
+                    elif len(value) <= SMALL_BYTES:  # a small value: replaced (tracked)
+                        payload[key] = b"%08d" % body["hits"] + value[8:]
+                    # a large value is only read: changed, it would cross whole
+        elif url.path == "/get":
+            with lock:
+                body["counters"] = dict(counters)
+                body["resumed"] = list(resumed)
+                body["payload_keys"] = len(payload) if payload is not None else None
+                body["payload_expected"] = expected_keys
+                body["plugin"] = {
+                    "pids": plugin.pids,
+                    "resumed": plugin.resumed,
+                    "scheduled": plugin.scheduled,
+                }
+                body["inflight"] = getattr(server, "inflight", None)
+        elif url.path == "/baseline-ready":
+            hotpatch.ready_for_baseline()
+        elif url.path == "/slow":
+            time.sleep(int(query.get("ms", ["100"])[0]) / 1000)
+        else:
+            return None
+        body["t"] = time.monotonic()
+        return body
+
     class Handler(BaseHTTPRequestHandler):
+        answer = staticmethod(respond)
+
         def do_GET(self) -> None:
-            url = urlsplit(self.path)
-            query = parse_qs(url.query)
-            body: dict[str, Any] = {"pid": os.getpid(), "tag": counter_logic.tag()}
-            body["started_from"] = started_from
-            if url.path == "/inc":
-                time.sleep(inc_delay_s)
-                client = f"c{query.get('c', ['anon'])[0]}"
-                with lock:
-                    counters["hits"] += 1
-                    counters[client] = counters.get(client, 0) + 1
-                    body["hits"] = counters["hits"]
-                    if payload is not None and keys:
-                        key = random.choice(keys)
-                        value = payload[key]
-                        if isinstance(value, list):
-                            value[random.randrange(len(value))] = f"{body['hits']:010d}-{'y' * 40}"
-                            touch(key)
-                        elif len(value) <= SMALL_BYTES:  # a small value: replaced (tracked)
-                            payload[key] = b"%08d" % body["hits"] + value[8:]
-                        # a large value is only read: changed, it would cross whole
-            elif url.path == "/get":
-                with lock:
-                    body["counters"] = dict(counters)
-                    body["resumed"] = list(resumed)
-                    body["payload_keys"] = len(payload) if payload is not None else None
-                    body["payload_expected"] = expected_keys
-                    body["plugin"] = {
-                        "pids": plugin.pids,
-                        "resumed": plugin.resumed,
-                        "scheduled": plugin.scheduled,
-                    }
-                    body["inflight"] = getattr(self.server, "inflight", None)
-            elif url.path == "/baseline-ready":
-                hotpatch.ready_for_baseline()
-            elif url.path == "/slow":
-                time.sleep(int(query.get("ms", ["100"])[0]) / 1000)
-            else:
+            body = respond(self.path, self.server)
+            if body is None:
                 self.send_error(404)
                 return
-            body["t"] = time.monotonic()
             data = json.dumps(body).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
@@ -243,6 +322,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--state-shape", choices=SHAPES, default="lists")
     parser.add_argument("--cold-file", type=Path, help="keep state in this file, not in memory")
     parser.add_argument("--poll", type=float, default=0.005)
+    parser.add_argument(
+        "--server",
+        choices=("threads", "asyncio"),
+        default="threads",
+        help="socketserver's threads, or an asyncio loop on the same socket",
+    )
     parser.add_argument("--plugin", action="store_true", help="use the hotpatch hooks too")
     parser.add_argument(
         "--rollback-on-drain-if-exists",
@@ -270,7 +355,7 @@ def starting(args: argparse.Namespace) -> str | None:
 
 def declare_ready(
     how: str,
-    server: Server,
+    server: Server | AsyncServer,
     save: Callable[[float], None],
     resumed: list[float],
     plugins: list[object],
@@ -336,7 +421,11 @@ def main() -> int:
         started_from=started_from,
         inc_delay_s=args.inc_delay_ms / 1000,
     )
-    server = Server(sock, handler)
+    server: Server | AsyncServer
+    if args.server == "asyncio":
+        server = AsyncServer(sock, handler.answer)  # type: ignore[attr-defined]
+    else:
+        server = Server(sock, handler)
 
     def save(timeout: float) -> None:
         server.drain(timeout)
