@@ -78,6 +78,8 @@ BASELINE = "1.0"
 KINDS = ("patch", "baseline")  # restarts caused by a drop into the watched folder
 CLIENTS = 3
 SETTLE_S = 0.3  # after each restart: the new process serves, the service keeps writing
+# --quick (runs, not speed): no steady state is measured, the old process has served already
+QUICK_SETTLE_S = 0.05
 WAIT_S = 300.0
 GOAL_P99_S = 0.1
 GOAL_FLAT = 2.0  # the largest state's median pause against the reference size's
@@ -226,7 +228,13 @@ class Supervised:
 
 
 def run(
-    mode: str, state_mb: int, restarts: int, folder: Path, shape: str = "lists"
+    mode: str,
+    state_mb: int,
+    restarts: int,
+    folder: Path,
+    shape: str = "lists",
+    *,
+    settle: float = SETTLE_S,
 ) -> dict[str, Any]:
     supervised = Supervised(folder, mode, state_mb, shape)
     load: Load | None = None
@@ -244,7 +252,7 @@ def run(
         for number in range(1, restarts + 1):
             old = supervised.status()["child"]["pid"]
             _wait_for(lambda o=old: load.served_by(o), "a request to the old process")  # type: ignore[misc]
-            time.sleep(SETTLE_S)
+            time.sleep(settle)
             count = sum(supervised.status()["restarts"].values())
             started = time.monotonic()
             supervised.trigger(mode, number, staging)
@@ -359,6 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     kind_mb = 10 if 10 in sizes else max(sizes)
     big = 2 if args.quick else args.big
     big_counts = {"preserving": args.big_restarts, "cold": args.big_cold_restarts}
+    settle = QUICK_SETTLE_S if args.quick else SETTLE_S
     if args.quick:
         big_counts = {"preserving": 2, "cold": 1}
     runs, bigs, kinds = [], [], []
@@ -367,14 +376,14 @@ def main(argv: list[str] | None = None) -> int:
             for mode in ("preserving", "cold"):
                 print(f"{mode} restarts with {state_mb} MB of state ...", flush=True)
                 count = restarts if mode == "preserving" or args.quick else args.cold_restarts
-                runs.append(run(mode, state_mb, count, Path(folder)))
+                runs.append(run(mode, state_mb, count, Path(folder), settle=settle))
         for shape in SHAPES if big > 0 else ():
             for mode in ("preserving", "cold"):
                 print(f"{mode} restarts with {big} MB of state, {shape} values ...", flush=True)
-                bigs.append(run(mode, big, big_counts[mode], Path(folder), shape))
+                bigs.append(run(mode, big, big_counts[mode], Path(folder), shape, settle=settle))
         for mode in KINDS if kind_restarts > 0 else ():
             print(f"{mode} restarts with {kind_mb} MB of state ...", flush=True)
-            kinds.append(run(mode, kind_mb, kind_restarts, Path(folder)))
+            kinds.append(run(mode, kind_mb, kind_restarts, Path(folder), settle=settle))
     rows = [
         [
             result["mode"],
@@ -461,6 +470,7 @@ def main(argv: list[str] | None = None) -> int:
         args.quick,
         {
             "restarts": restarts,
+            "settle_s": settle,
             "sizes_mb": sizes,
             "clients": CLIENTS,
             "goal_p99_s": GOAL_P99_S,

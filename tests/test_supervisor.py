@@ -521,34 +521,3 @@ def test_cli_gives_up_on_a_command_that_cannot_start(
     assert status["state"] == "failed"
     assert "cannot start" in status["last_restart"]["error"]
     assert "giving up" in caplog.text
-
-
-# -- the benchmark ----------------------------------------------------------------------------
-
-
-@pytest.mark.slow
-def test_restart_pause_benchmark_quick_mode(tmp_path: Path) -> None:
-    output = tmp_path / "result.json"
-    subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "benchmarks" / "restart_pause.py"),
-            "--quick",
-            "--json",
-            str(output),
-        ],
-        check=True,
-        cwd=REPO,
-        timeout=900,  # a bound for a hang: it took 291 s of the 300 it had at load 25 on 2 cores
-        capture_output=True,
-    )
-    result = json.loads(output.read_text())
-    runs = result["runs"]
-    assert {(run["mode"], run["state_mb"]) for run in runs} == {
-        (mode, mb) for mode in ("preserving", "cold") for mb in result["sizes_mb"]
-    }
-    for run in runs:
-        assert run["refused"] == 0
-        assert run["failed"] == 0
-        assert len(run["pauses_s"]) == result["restarts"]
-        assert run["state_carried"]
