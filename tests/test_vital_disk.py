@@ -32,6 +32,7 @@ from test_folder_resources import (
 
 import hotpatch
 from hotpatch._journal import COMPACT_MIN
+from hotpatch.agent import _local, _vital
 from hotpatch.agent._local import ROLLBACK_TRIES_S
 from hotpatch.agent._outcome import RESULT_SUFFIX
 from hotpatch.agent._vital import SLOW_DISK, VITAL_TIMEOUT_S
@@ -81,6 +82,15 @@ class FreezableDisk:
         if self.frozen:
             subprocess.run(["fsfreeze", "--unfreeze", str(self.path)], check=True)
             self.frozen = False
+
+
+@pytest.fixture(autouse=True)
+def quick_waits(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A frozen disk holds the check's write for good, and a full one refuses the rollback's
+    # journal record every time: the agent gives up on either the same way after 3 s and 1 s
+    # as after its 10 s and 10 s, which these tests would only wait out.
+    monkeypatch.setattr(_vital, "VITAL_TIMEOUT_S", 3.0)
+    monkeypatch.setattr(_local, "ROLLBACK_TRIES_S", 1.0)
 
 
 @pytest.fixture

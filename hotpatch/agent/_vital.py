@@ -93,12 +93,13 @@ class VitalCheck:
         scratch: Path,
         socket: Path | None,
         *,
-        timeout: float = VITAL_TIMEOUT_S,
+        timeout: float | None = None,
         ask: dict[str, Any] | None = None,
     ) -> None:
         self.scratch = scratch
         self.socket = socket
-        self.timeout = timeout
+        # ``VITAL_TIMEOUT_S`` as it is when the agent starts (a test may set it shorter).
+        self.timeout = VITAL_TIMEOUT_S if timeout is None else timeout
         self.ask = ask if ask is not None else {"cmd": "status"}  # a request answered at once
         self.server: ControlServer | None = None
         self._spare = SparePair()
