@@ -15,6 +15,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -143,6 +144,60 @@ def test_a_blocking_accept_keeps_waiting_after_another_process_took_the_connecti
             thread.join(0.3)
             assert thread.is_alive()  # still waiting: there was nothing to take
             assert listener.gate.in_flight() == 0  # a wait, not work in flight
+            second = socket.create_connection(address)
+            thread.join(10.0)
+            assert not thread.is_alive()
+            assert got[0].getpeername() == second.getsockname()
+            for each in (got[0], first, taken, second):
+                each.close()
+
+
+@pytest.mark.parametrize("closed", [False, True])
+def test_a_timed_accept_with_nothing_to_take_times_out_and_is_never_work_in_flight(
+    closed: bool,
+) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        address = server.getsockname()
+        listener = Listener(fileno=os.dup(server.fileno()))
+        gate = listener.gate = Gate()
+        with listener, socket.create_connection(address) as first:
+            taken, _ = server.accept()  # readable for a moment, then taken by another
+            if closed:
+                gate.close()  # held: a timed accept still ends at its timeout
+            listener.settimeout(0.2)
+            seen: list[int] = []
+
+            def look() -> None:  # while the accept waits
+                time.sleep(0.1)
+                seen.append(gate.in_flight())
+
+            thread = threading.Thread(target=look)
+            with pytest.raises(TimeoutError):
+                thread.start()
+                listener.accept()
+            thread.join()
+            assert seen == [0]
+            assert gate.in_flight() == 0
+            taken.close()
+            first.close()
+
+
+def test_a_duplicate_of_a_passed_socket_accepts_freely_and_waits_like_it() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        address = server.getsockname()
+        listener = Listener(fileno=os.dup(server.fileno()))
+        listener.gate = Gate()
+        listener.gate.close()  # the original takes nothing; its duplicate has no gate
+        with listener, listener.dup() as twin:
+            assert isinstance(twin, Listener)
+            assert twin.gate is None
+            got: list[socket.socket] = []
+            thread = threading.Thread(target=lambda: got.append(twin.accept()[0]))
+            first = socket.create_connection(address)
+            taken, _ = server.accept()
+            thread.start()
+            thread.join(0.3)
+            assert thread.is_alive()  # nothing to take: it waits
             second = socket.create_connection(address)
             thread.join(10.0)
             assert not thread.is_alive()
