@@ -172,8 +172,8 @@ def test_a_timed_accept_with_nothing_to_take_times_out_and_is_never_work_in_flig
                 seen.append(gate.in_flight())
 
             thread = threading.Thread(target=look)
+            thread.start()
             with pytest.raises(TimeoutError):
-                thread.start()
                 listener.accept()
             thread.join()
             assert seen == [0]
