@@ -112,6 +112,28 @@ def run_patched(
     return result
 
 
+def checkout(repo: GitRepo, rev: str, tmp_path: Path) -> Path:
+    """The import root (``src``) of ``repo`` at ``rev``, checked out in a folder of its own."""
+    dest = tmp_path / f"export-{rev}"
+    if not dest.exists():
+        repo.git("worktree", "add", "-q", "--detach", str(dest), rev)
+    return dest / "src"
+
+
+def imported_fresh(root: Path, module: str, probe: str) -> Any:
+    """``probe`` (an expression of ``module``) in a new Python importing ``module`` from
+    ``root``: what a restart on that code gives."""
+    code = (
+        f"import sys, json; sys.path.insert(0, {str(root)!r}); import importlib; "
+        f"module = importlib.import_module({module!r}); "
+        f"print(json.dumps({probe}, default=str))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    return json.loads(done.stdout)
+
+
 def make_since_v1(repo: GitRepo, out: Path, **options: Any) -> MakeResult:
     """``hotpatch make`` of 1.0.1 on baseline 1.0, from the tag ``v1`` to ``HEAD`` of
     ``repo`` (import root ``src``), written into ``out``; ``options`` are more of ``Request``."""

@@ -7,12 +7,9 @@ offers with the patch applied against the package imported fresh from the new co
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
-from gitrepo import GitRepo, make_since_v1, run_patched, verdicts
+from gitrepo import GitRepo, checkout, imported_fresh, make_since_v1, run_patched, verdicts
 
 MORE = """\
 __all__ = ["chunked"]
@@ -41,23 +38,12 @@ def package(tmp_path: Path, files: dict[str, str]) -> GitRepo:
 
 
 def export(repo: GitRepo, rev: str, tmp_path: Path) -> Path:
-    dest = tmp_path / f"export-{rev}"
-    if not dest.exists():
-        repo.git("worktree", "add", "-q", "--detach", str(dest), rev)
-    return dest / "src"
+    return checkout(repo, rev, tmp_path)
 
 
 def restarted(root: Path, module: str) -> list[str]:
     """The public names of ``module`` imported fresh from ``root``: what a restart gives."""
-    code = (
-        f"import sys, json; sys.path.insert(0, {str(root)!r}); import importlib; "
-        f"m = importlib.import_module({module!r}); "
-        "print(json.dumps(sorted(n for n in vars(m) if not n.startswith('_'))))"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
-    )
-    names: list[str] = json.loads(done.stdout)
+    names: list[str] = imported_fresh(root, module, PUBLIC)
     return names
 
 

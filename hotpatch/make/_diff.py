@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from hotpatch._classes import HASH_REASON
 from hotpatch._validate import signature_problems
 from hotpatch.make._closures import NestedTargets, escaping
-from hotpatch.make._runs import import_reads, import_runs
+from hotpatch.make._runs import ImportRuns, Source, import_runs
 from hotpatch.make._sources import MakeError, Tree, classify
 from hotpatch.make._syntax import (
     Binding,
@@ -196,7 +196,7 @@ def compare(old: Tree, new: Tree, roots: tuple[str, ...]) -> Plan:
                 modules.append(plan)
     _stale_imports(old, roots, modules, changes)
     _star_imports(old, new, roots, modules, changes)
-    _read_at_import_elsewhere(old, roots, modules)
+    _ran_at_import(old, roots, modules)
     _stale_defaults_across(modules)
     _new_imports_across(modules, changes)
     return Plan(modules, changes, ignored)
@@ -283,40 +283,61 @@ def _stale_imports(
                 changes.append(Change(f"{place.module}:{binding.name}", "import", "baseline", why))
 
 
-def _read_at_import_elsewhere(old: Tree, roots: tuple[str, ...], modules: list[ModulePlan]) -> None:
-    """A replaced function another module runs when it is imported (``TABLE = rates.build()``,
-    ``from .rates import build`` then ``build()``), or a value it reads then
-    (``DOUBLE = rates.RATE * 2``): what that module made or computed then keeps the old
-    result, where a restart computes it anew."""
+def _ran_at_import(old: Tree, roots: tuple[str, ...], modules: list[ModulePlan]) -> None:
+    """A replaced function that ran when a module was imported (``TABLE = rates.build()``,
+    ``builder = Builder()`` then ``builder.build_table()``, a hook run for each class made),
+    or a value another module read then (``DOUBLE = rates.RATE * 2``): what was made or
+    computed then keeps the old result, where a restart computes it anew. What make cannot
+    follow counts as running it (see _runs)."""
     changed = _changed_names(modules)
-    short = {name.rpartition(".")[2].encode() for name in changed}
+    if not changed:
+        return
+    sources: list[Source] = []
     for path, data in sorted(old.files.items()):
         place = classify(path, roots)
-        if place.kind != "module" or not any(s in data for s in short):
+        if place.kind != "module":
             continue
         try:
             tree = ast.parse(data)
         except (SyntaxError, ValueError):
             continue
-        binds = bindings(tree, place.module, path.endswith("__init__.py"))
         lines = data.decode("utf-8", "replace").splitlines()
-        for read, (where, call) in import_reads(tree, lines).items():
-            full = _resolved(read, binds)
-            if full is None:
-                continue
-            made = [f"{full}.{m}" for m in ("__new__", "__init__", "__post_init__")]
-            for change, how, owner in filter(None, map(changed.get, [full, *made])):
-                if owner == place.module or change.verdict not in ("replace", "migration"):
-                    continue  # the module's own: judged with the module
-                if how == "runs" and not call:
-                    continue  # a mere reference to a function: the one object, replaced in place
+        sources.append(Source(place.module, tree, lines, path.endswith("__init__.py")))
+    found = import_runs(sources)
+    for full, (change, how, owner) in changed.items():
+        if change.verdict not in ("replace", "migration"):
+            continue
+        if how == "reads":
+            read = found.reads.get(full)
+            if read is not None and read[0] != owner:
                 change.verdict = "baseline"
-                change.why = f"{place.module} {how} it {where}: " + (
-                    "what it made then keeps the old code's result, and a restart would run "
-                    "the new code there"
-                    if how == "runs"
-                    else "what it computed from it keeps the old value after a migration"
+                change.why = (
+                    f"{read[0]} reads it {read[1]}: what it computed from it keeps the old "
+                    "value after a migration"
                 )
+            continue
+        why = _ran(found, full, owner)
+        if why:
+            change.verdict, change.why = "baseline", why
+
+
+def _ran(found: ImportRuns, full: str, owner: str) -> str:
+    """Why the function ``full`` of the module ``owner`` ran, or may have run, at import
+    ("": it did not)."""
+    kept = "what it made or set then keeps the old code's result, and a restart would run the "
+    run = found.runs.get(full)
+    if run is not None:
+        said = "it runs" if run[0] == owner else f"{run[0]} runs it"
+        return f"{said} {run[1]}: {kept}new code there"
+    if full in found.escapes and found.blind is not None:
+        start, where = found.blind
+        said = "it may run" if start == owner else f"{start} may run it"
+        return (
+            f"{said} {where}: a call of something make cannot name, and the code "
+            f"run at import hands this function on ({found.escapes[full][1]}); {kept}new code "
+            "there if it ran"
+        )
+    return ""
 
 
 def _changed_names(modules: list[ModulePlan]) -> dict[str, tuple[Change, str, str]]:
@@ -331,19 +352,6 @@ def _changed_names(modules: list[ModulePlan]) -> dict[str, tuple[Change, str, st
             if not a.owner and not a.helper and a.old is not None:
                 changed[f"{module.name}.{a.name}"] = (a.change, "reads", module.name)
     return changed
-
-
-def _resolved(read: str, binds: dict[str, Binding]) -> str | None:
-    """The dotted name ``read`` (``r.build``) means, through the module's imports."""
-    head, _, rest = read.partition(".")
-    binding = binds.get(head)
-    if binding is None:
-        return None
-    if binding.attr:  # from M import A (as head)
-        full = f"{binding.module}.{binding.attr}"
-    else:  # import a.b (binds a), import a.b as head
-        full = binding.module if binding.asname else head
-    return f"{full}.{rest}" if rest else full
 
 
 @dataclass(slots=True)
@@ -734,7 +742,6 @@ class _ModuleDiff:
         self._statements()
         self._constants()
         self._definitions()
-        self._ran_at_import()
         # In the new code's order: a new class's bases or a default may read an earlier one.
         self.plan.helpers.sort(key=lambda h: h.line)
         self.plan.members.sort(key=lambda m: m.line)
@@ -742,20 +749,6 @@ class _ModuleDiff:
         self._defaults()
         out.extend(self.changes)
         return self.plan
-
-    def _ran_at_import(self) -> None:
-        """A replaced function that ran when the module was imported: what it made or set
-        then keeps the old code's result (see _runs)."""
-        runs = import_runs(self.old.tree, [line.rstrip("\n") for line in self.old.lines])
-        for replacement in self.plan.replacements:
-            where = runs.get(replacement.qualname)
-            change = replacement.change
-            if where and change.verdict == "replace":
-                change.verdict = "baseline"
-                change.why = (
-                    f"it runs {where}: what it made or set then keeps the old code's result, "
-                    "and a restart would run the new code there"
-                )
 
     # -- module-level statements ----------------------------------------------------------
 

@@ -1,155 +1,648 @@
-"""What of a module's own code runs when the module is imported.
+"""What of a project's own code runs when its modules are imported.
 
-A function the module body calls (``TABLE = _table()``), a class it makes an
-instance of (``DEFAULT = Config()``), a decorator it applies, and what each of
-them calls in turn, ran in the running process long ago: replacing it hot
-leaves what it made or set then as the old code made it, where a restart
-would run the new code. So does a hook that runs for each class made
-(``__init_subclass__``, ``__set_name__``, a metaclass's ``__new__`` and
-``__init__``), and what it calls. Everything here reads the ``ast``; nothing is
-imported or run.
+A function a module body calls (``TABLE = _table()``), a class it makes an instance of
+(``DEFAULT = Config()``), a decorator it applies, and what each of them calls in turn,
+ran in the running process long ago: replacing it hot leaves what it made or set then
+as the old code made it, where a restart would run the new code. So does a hook that
+runs for each class made (``__init_subclass__``, ``__set_name__``, a metaclass's
+``__new__`` and ``__init__``), and what it calls.
+
+Calls are followed through names as well as written ones: a name given to a function or
+an object (``make = rates.build``, ``builder = Builder()``, a class body's ``pick =
+price``), another module's names (its imports, its own such names), a method of an
+instance of a class of the project, and the functions the project's code hands to code
+it does not own (``sorted(items, key=_key)``). What cannot be followed is counted, not
+guessed: a method called on an object of no known class may be any function of that name
+(``by_name``), and a call of something make cannot name at all (a parameter, an item of
+a table, what a call returned) may be any function the code running at import handed
+on or stored (``escapes``, run if there is a ``blind`` call). Everything here reads the
+``ast``; nothing is imported or run.
 """
 
 from __future__ import annotations
 
 import ast
-from collections.abc import Callable, Iterator
+import builtins
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 
-from hotpatch.make._syntax import dotted, main_guard
+from hotpatch.make._syntax import Binding, bindings, dotted, main_guard, stars
 
-__all__ = ["import_reads", "import_runs"]
+__all__ = ["ImportRuns", "Source", "import_runs"]
 
 _Def = ast.FunctionDef | ast.AsyncFunctionDef
 _SHOWN = 60
+_DEPTH = 8  # names followed through names: past this, unknown
 _CLASS_HOOKS = frozenset({"__init_subclass__", "__set_name__"})
 _META_HOOKS = frozenset({"__new__", "__init__", "__prepare__"})
 _METACLASSES = frozenset({"type", "ABCMeta", "abc.ABCMeta", "EnumMeta", "enum.EnumMeta"})
 _MADE = ("__new__", "__init__", "__post_init__")  # what making an instance runs
 _RECEIVERS = frozenset({"cls", "self", "mcs", "metacls", "mcls"})
 _TYPING_ONLY = frozenset({"TYPE_CHECKING", "typing.TYPE_CHECKING"})
+_BUILTINS = frozenset(dir(builtins))
+# Code we do not own that keeps a function it is given, or reads it, without calling it.
+_KEEPS = frozenset(
+    {
+        *("property", "staticmethod", "classmethod", "partial", "partialmethod", "wraps"),
+        *("update_wrapper", "register", "lru_cache", "cache", "cached_property"),
+        *("singledispatch", "singledispatchmethod", "total_ordering", "setattr", "getattr"),
+        *("hasattr", "isinstance", "issubclass", "len", "id", "dict", "list", "tuple", "set"),
+        *("frozenset", "cast", "contextmanager", "asynccontextmanager", "abstractmethod"),
+        *("ref", "WeakMethod", "append", "extend", "add", "update", "insert", "setdefault"),
+        *("signal", "overload", "final", "type", "super", "repr", "str", "format", "vars"),
+        *("callable", "getattr_static", "signature", "getdoc", "getmodule", "dataclass"),
+        *("field", "deprecated", "override", "runtime_checkable", "NewType", "TypeVar"),
+    }
+)
+# ... and of those, what hands back a wrapper of the function (which calls it when called).
+_WRAPS = frozenset(
+    {
+        *("property", "staticmethod", "classmethod", "partial", "partialmethod", "wraps"),
+        *("update_wrapper", "lru_cache", "cache", "cached_property", "singledispatch"),
+        *("singledispatchmethod", "contextmanager", "asynccontextmanager", "ref"),
+        *("WeakMethod", "total_ordering"),
+    }
+)
+_LITERALS = (
+    ast.Constant,
+    ast.JoinedStr,
+    ast.List,
+    ast.Tuple,
+    ast.Dict,
+    ast.Set,
+    ast.ListComp,
+    ast.SetComp,
+    ast.DictComp,
+    ast.GeneratorExp,
+)
 
 
-def import_runs(tree: ast.Module, lines: list[str]) -> dict[str, str]:
-    """Each module-level function and method (``f``, ``Cls.m``) of ``tree`` that runs
-    when the module is imported, and where that starts (words for a reason)."""
-    return _walk(tree, lines)[0]
+@dataclass(frozen=True, slots=True)
+class Source:
+    """One module of the project as the old version has it."""
+
+    name: str
+    tree: ast.Module
+    lines: list[str]
+    package: bool
 
 
-def import_reads(tree: ast.Module, lines: list[str]) -> dict[str, tuple[str, bool]]:
-    """Each name and dotted name (``rates.RATE``, ``r.build``) the code of ``tree`` that
-    runs when the module is imported reads, where that starts, and whether it calls it
-    (or decorates with it)."""
-    reads: dict[str, tuple[str, bool]] = {}
-    for code, where in _walk(tree, lines)[1]:
-        called: set[int] = set()
+@dataclass(slots=True)
+class ImportRuns:
+    """What runs when the project's modules are imported. Each place is (the module whose
+    import starts it, where: words for a reason)."""
+
+    runs: dict[str, tuple[str, str]] = field(default_factory=dict)  # "pkg.mod.Cls.m"
+    reads: dict[str, tuple[str, str]] = field(default_factory=dict)  # "pkg.mod.RATE"
+    escapes: dict[str, tuple[str, str]] = field(default_factory=dict)  # "pkg.mod.f"
+    blind: tuple[str, str] | None = None  # the first call of something not followed
+
+
+# What an expression may be: ("fn" | "cls" | "inst" | "mod" | "ref", full dotted name),
+# ("attr", name) for a member of an object of no known class, ("ext", "") for what is not
+# the project's, ("unknown", "").
+_Value = tuple[str, str]
+_EXT: _Value = ("ext", "")
+_UNKNOWN: _Value = ("unknown", "")
+
+
+@dataclass(slots=True)
+class _Scope:
+    """The names one body binds: simple ones (``n = value``) with their values, the rest
+    (parameters, loop targets, unpacking) opaque."""
+
+    names: dict[str, list[ast.expr]] = field(default_factory=dict)
+    opaque: set[str] = field(default_factory=set)
+    kept: set[int] = field(default_factory=set)  # ids of the values of simple names
+    imports: list[ast.stmt] = field(default_factory=list)  # its own import statements
+    defs: dict[str, _Def | ast.ClassDef] = field(default_factory=dict)  # defined inside
+    binds: dict[str, Binding] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, body: list[ast.stmt], args: ast.arguments | None = None) -> _Scope:
+        scope = cls()
+        if args is not None:
+            every = [*args.posonlyargs, *args.args, *args.kwonlyargs, args.vararg, args.kwarg]
+            scope.opaque |= {a.arg for a in every if a is not None}
+        todo: list[ast.AST] = list(body)
+        while todo:
+            node = todo.pop()
+            if isinstance(node, _Def | ast.ClassDef):
+                scope.defs.setdefault(node.name, node)
+                continue  # its body runs when it is called (a class's: when it is made)
+            if isinstance(node, ast.Lambda):
+                continue
+            if isinstance(node, ast.Assign | ast.AnnAssign) and node.value is not None:
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                if len(targets) == 1 and isinstance(targets[0], ast.Name):
+                    scope.names.setdefault(targets[0].id, []).append(node.value)
+                    scope.kept.add(id(node.value))
+                    todo.append(node.value)
+                    continue
+            if isinstance(node, ast.Import | ast.ImportFrom):
+                scope.imports.append(node)
+            for sub in ast.iter_child_nodes(node):
+                scope.opaque |= _bound_names(sub)
+                todo.append(sub)
+        for name in scope.opaque:
+            scope.names.pop(name, None)
+            scope.defs.pop(name, None)
+        for name in scope.names:
+            scope.defs.pop(name, None)
+        return scope
+
+    def bind(self, source: Source) -> _Scope:
+        """Its own imports, resolved (a function's ``import re``)."""
+        if self.imports:
+            tree = ast.Module(body=self.imports, type_ignores=[])
+            self.binds = bindings(tree, source.name, source.package)
+            for name in self.binds:
+                self.names.pop(name, None)
+                self.opaque.discard(name)
+        return self
+
+
+class _Module:
+    """One module: its functions, classes, names and imports."""
+
+    def __init__(self, source: Source) -> None:
+        self.source = source
+        self.name = source.name
+        self.funcs: dict[str, _Def] = {}
+        self.classes: dict[str, ast.ClassDef] = {}
+        self.class_scopes: dict[str, _Scope] = {}
+        flat = _flat(source.tree.body)
+        for node in flat:
+            if isinstance(node, _Def):
+                self.funcs[node.name] = node
+            elif isinstance(node, ast.ClassDef):
+                self.classes[node.name] = node
+                self.class_scopes[node.name] = _Scope.of(node.body)
+                for item in node.body:
+                    if isinstance(item, _Def):
+                        self.funcs[f"{node.name}.{item.name}"] = item
+        self.binds: dict[str, Binding] = bindings(
+            ast.Module(body=flat, type_ignores=[]), source.name, source.package
+        )
+        self.stars = [
+            s.module for s in stars(source.tree, source.name, source.package, source.lines)
+        ]
+        self.scope = _Scope.of(source.tree.body)
+        for name in (*self.binds, *(n for n in self.funcs if "." not in n), *self.classes):
+            self.scope.names.pop(name, None)
+            self.scope.opaque.discard(name)
+
+
+def _flat(body: list[ast.stmt]) -> list[ast.stmt]:
+    """The module-level statements, those in ``if``/``try``/``with`` blocks too."""
+    out: list[ast.stmt] = []
+    for node in body:
+        if isinstance(node, ast.If | ast.Try | ast.With | ast.For | ast.While):
+            parts = [node.body, node.orelse] if not isinstance(node, ast.With) else [node.body]
+            if isinstance(node, ast.Try):
+                parts += [h.body for h in node.handlers] + [node.finalbody]
+            for part in parts:
+                out += _flat(part)
+        else:
+            out.append(node)
+    return out
+
+
+@dataclass(slots=True)
+class _Place:
+    """Code that runs at import: the module it is in, the class whose method it is (if
+    any), its own scope (a function's or a class body's), and where that started."""
+
+    module: _Module
+    owner: str
+    scope: _Scope | None
+    start: str  # the module whose import starts it
+    where: str
+
+
+def import_runs(sources: list[Source]) -> ImportRuns:
+    """What runs when the modules of ``sources`` are imported (see ``ImportRuns``)."""
+    return _Walk(sources).result
+
+
+class _Walk:
+    def __init__(self, sources: list[Source]) -> None:
+        self.modules = {s.name: _Module(s) for s in sources}
+        self.result = ImportRuns()
+        self.todo: list[tuple[_Module, str, str, str]] = []  # module, qualname, start, where
+        self.nested: dict[str, tuple[_Def | ast.ClassDef, _Module]] = {}  # id -> a def inside
+        self.walked: set[tuple[int, str]] = set()
+        self.stored = _stored(sources)
+        self.methods: dict[str, list[tuple[_Module, str]]] = {}  # "m" -> each Cls.m
+        for module in self.modules.values():
+            for qualname in module.funcs:
+                if "." in qualname:
+                    self.methods.setdefault(qualname.rpartition(".")[2], []).append(
+                        (module, qualname)
+                    )
+        for module in self.modules.values():
+            self._module(module)
+        while self.todo:
+            module, qualname, start, where = self.todo.pop()
+            func = module.funcs[qualname]
+            owner = qualname.partition(".")[0] if "." in qualname else ""
+            scope = _Scope.of(func.body, func.args).bind(module.source)
+            place = _Place(module, owner, scope, start, where)
+            for statement in func.body:
+                self._code(statement, place)
+
+    # -- where code starts running ------------------------------------------------------
+
+    def _module(self, module: _Module) -> None:
+        lines = module.source.lines
+        for node in module.source.tree.body:
+            where = f"when the module is imported (line {node.lineno}: `{_line(lines, node)}`)"
+            if isinstance(node, ast.If) and dotted(node.test) in _TYPING_ONLY:
+                continue
+            if isinstance(node, ast.If) and main_guard(node.test):
+                continue
+            if isinstance(node, ast.ClassDef):
+                self._class(module, node)
+                continue
+            self._code(node, _Place(module, "", None, module.name, where))
+
+    def _class(self, module: _Module, node: ast.ClassDef) -> None:
+        """What making the class runs, and the hooks it runs for each class made."""
+        name = module.name
+        made = f"when the module is imported, making {node.name} (line {node.lineno})"
+        outside = _Place(module, "", None, name, made)
+        for part in (*node.decorator_list, *node.bases, *(k.value for k in node.keywords)):
+            self._code(part, outside)
+        self._decorated(node, node.name, outside)
+        meta = any(dotted(b) in _METACLASSES for b in node.bases)
+        body = module.class_scopes[node.name]
+        for item in node.body:
+            if isinstance(item, _Def):
+                hooks = _CLASS_HOOKS | (_META_HOOKS if meta else frozenset())
+                if item.name in hooks:
+                    made_by = (
+                        f"each class made with the metaclass {node.name}"
+                        if meta and item.name in _META_HOOKS
+                        else f"each subclass of {node.name} made"
+                        if item.name == "__init_subclass__"
+                        else f"each class made holding a {node.name}"
+                    )
+                    where = (
+                        f"from {node.name}.{item.name} (line {item.lineno}), which runs for "
+                        f"{made_by}, those made at import too"
+                    )
+                    self._run(module, f"{node.name}.{item.name}", name, where)
+                self._code(item, _Place(module, node.name, body, name, made))
+            else:
+                where = (
+                    f"when the module is imported (line {item.lineno}: "
+                    f"`{_line(module.source.lines, item)}`)"
+                )
+                self._code(item, _Place(module, node.name, body, name, where))
+
+    def _run(self, module: _Module, qualname: str, start: str, where: str) -> None:
+        full = f"{module.name}.{qualname}"
+        if full not in self.result.runs and qualname in module.funcs:
+            self.result.runs[full] = (start, where)
+            self.todo.append((module, qualname, start, where))
+
+    # -- one piece of running code -----------------------------------------------------
+
+    def _code(self, code: ast.AST, place: _Place) -> None:
+        inner: set[int] = set()  # a call's function, an attribute's object: not values
         for node, decorator in _running(code):
             if isinstance(node, ast.Call):
-                called.add(id(node.func))
-            elif decorator:
-                called.add(id(node))
-            if isinstance(node, ast.Name | ast.Attribute) and isinstance(node.ctx, ast.Load):
-                name = dotted(node)
-                if name and not reads.get(name, ("", False))[1]:
-                    reads[name] = (reads.get(name, (where, False))[0], id(node) in called)
-    return reads
+                inner.add(id(node.func))
+                self._call(node, node.func, node.args + [k.value for k in node.keywords], place)
+            elif decorator and isinstance(node, ast.expr):
+                inner.add(id(node))
+                self._call(node, node, [], place)
+            if isinstance(node, _Def | ast.ClassDef):
+                self._decorated(node, node.name, place)
+            if isinstance(node, ast.Attribute):
+                inner.add(id(node.value))
+            if (
+                isinstance(node, ast.Name | ast.Attribute)
+                and isinstance(node.ctx, ast.Load)
+                and id(node) not in inner
+            ):
+                kept = place.scope or place.module.scope
+                self._value(node, place, alias=id(node) in kept.kept)
 
+    def _decorated(self, node: _Def | ast.ClassDef, name: str, place: _Place) -> None:
+        """A function handed to a decorator of the project, or one make cannot follow,
+        may be called by it."""
+        for decorator in node.decorator_list:
+            func = decorator.func if isinstance(decorator, ast.Call) else decorator
+            if any(kind != "ext" for kind, _ in self._resolve(func, place)):
+                qualname = f"{place.owner}.{name}" if place.owner else name
+                if qualname in place.module.funcs:
+                    self._escape(f"{place.module.name}.{qualname}", node, place)
+                break
 
-def _walk(tree: ast.Module, lines: list[str]) -> tuple[dict[str, str], list[tuple[ast.AST, str]]]:
-    """What runs at import: the module's own functions and methods (with where that
-    starts), and every piece of code that runs (with the same)."""
-    funcs: dict[str, _Def] = {}
-    classes: dict[str, ast.ClassDef] = {}
-    for node in tree.body:
-        if isinstance(node, _Def):
-            funcs[node.name] = node
-        elif isinstance(node, ast.ClassDef):
-            classes[node.name] = node
-            for item in node.body:
-                if isinstance(item, _Def):
-                    funcs[f"{node.name}.{item.name}"] = item
-    found: dict[str, str] = {}
-    todo: list[tuple[str, str]] = []
-    pieces: list[tuple[ast.AST, str]] = []
+    def _call(self, node: ast.AST, func: ast.expr, args: list[ast.expr], place: _Place) -> None:
+        for kind, full in self._resolve(func, place):
+            if kind == "fn":
+                self._run_full(full, place)
+            elif kind in ("nested", "nestedcls", "nestedinst"):
+                self._run_nested(kind, full, place)
+            elif kind in ("cls", "inst"):
+                for method in _MADE if kind == "cls" else ("__call__",):
+                    self._run_full(f"{full}.{method}", place)
+            elif kind == "ext":
+                if _name(func) not in _KEEPS:
+                    self._handed(args, place)
+            else:
+                self._unfollowed(kind, full, node, place)
 
-    def called(code: ast.AST, owner: str, where: str) -> None:
-        pieces.append((code, where))
-        for name in _called(code, owner, funcs, classes):
-            if name not in found:
-                found[name] = where
-                todo.append((name, where))
+    def _handed(self, args: list[ast.expr], place: _Place) -> None:
+        """Code we do not own, handed a function of ours (``sorted(items, key=_key)``):
+        it may call it."""
+        for arg in args:
+            for kind, full in self._resolve(arg, place):
+                if kind == "fn":
+                    self._run_full(full, place)
+                elif kind == "cls":
+                    for method in _MADE:
+                        self._run_full(f"{full}.{method}", place)
 
-    for node in tree.body:
-        where = f"when the module is imported (line {node.lineno}: `{_line(lines, node)}`)"
-        if isinstance(node, ast.If) and dotted(node.test) in _TYPING_ONLY:
-            continue
-        if isinstance(node, ast.If) and main_guard(node.test):
-            continue
+    def _unfollowed(self, kind: str, full: str, node: ast.AST, place: _Place) -> None:
+        """A call make cannot follow: a method of an object of no known class (any method
+        of that name), or something it cannot name (any function handed on)."""
+        if kind == "attr":
+            where = (
+                f"{self._at(node, place)}, a method named {full} of an object make does not "
+                "follow (any method of that name counts)"
+            )
+            for module, qualname in self.methods.get(full, []):
+                self._run(module, qualname, place.start, where)
+        blind = kind != "attr" or full in self.stored
+        if blind and self.result.blind is None:
+            self.result.blind = (place.start, self._at(node, place))
+
+    def _run_nested(self, kind: str, key: str, place: _Place) -> None:
+        """Run a function defined inside another (or what making, or calling, an instance
+        of a class defined there runs)."""
+        node, module = self.nested[key]
         if isinstance(node, ast.ClassDef):
-            _class(node, lines, called)
-            continue
-        called(node, "", where)
-    while todo:
-        name, where = todo.pop()
-        owner = name.partition(".")[0] if "." in name else ""
-        for statement in funcs[name].body:
-            called(statement, owner, where)
-    return found, pieces
+            names = _MADE if kind == "nestedcls" else ("__call__",)
+            for item in node.body:
+                if isinstance(item, _Def) and item.name in names:
+                    self._run_nested("nested", self._nested(item, module)[1], place)
+            return
+        if (id(node), place.start) in self.walked or isinstance(node, ast.ClassDef):
+            return
+        self.walked.add((id(node), place.start))
+        scope = _Scope.of(node.body, node.args).bind(module.source)
+        inner = _Place(module, "", scope, place.start, place.where)
+        for statement in node.body:
+            self._code(statement, inner)
 
+    def _value(self, node: ast.expr, place: _Place, *, alias: bool) -> None:
+        """A name or dotted name read, not called: a value of another module read through
+        its imports (``rates.RATE``), or a function kept (and perhaps called later by what
+        keeps it)."""
+        head, _, rest = dotted(node).partition(".")
+        scope = place.scope
+        local = scope is not None and (head in scope.names or head in scope.opaque)
+        binding = None if local else (scope.binds if scope else {}).get(head)
+        binding = binding or (None if local else place.module.binds.get(head))
+        if binding is not None:
+            full = _full(binding, head)
+            full = f"{full}.{rest}" if rest else full
+            self.result.reads.setdefault(full, (place.start, place.where))
+        for kind, full in self._resolve(node, place):
+            if kind in ("fn", "cls") and not alias:
+                self._escape(full, node, place)
 
-def _class(
-    node: ast.ClassDef, lines: list[str], called: Callable[[ast.AST, str, str], None]
-) -> None:
-    """What making the class runs, and the hooks it runs for each class made."""
-    made = f"when the module is imported, making {node.name} (line {node.lineno})"
-    for part in (*node.decorator_list, *node.bases, *(k.value for k in node.keywords)):
-        called(part, "", made)
-    meta = any(dotted(b) in _METACLASSES for b in node.bases)
-    for item in node.body:
-        if isinstance(item, _Def):
-            hooks = _CLASS_HOOKS | (_META_HOOKS if meta else frozenset())
-            if item.name in hooks:
-                made_by = (
-                    f"each class made with the metaclass {node.name}"
-                    if meta and item.name in _META_HOOKS
-                    else f"each subclass of {node.name} made"
-                    if item.name == "__init_subclass__"
-                    else f"each class made holding a {node.name}"
-                )
-                where = (
-                    f"from {node.name}.{item.name} (line {item.lineno}), which runs for "
-                    f"{made_by}, those made at import too"
-                )
-                for statement in item.body:
-                    called(statement, node.name, where)
-            called(item, node.name, made)  # its decorators and defaults
+    def _escape(self, full: str, node: ast.AST, place: _Place) -> None:
+        if full not in self.result.escapes:
+            self.result.escapes[full] = (place.start, self._at(node, place))
+
+    def _run_full(self, full: str, place: _Place) -> None:
+        found = self._lookup(full, 0)
+        if found is not None and found[1]:
+            module, qualname = found
+            self._run(module, qualname, place.start, place.where)
+
+    def _at(self, node: ast.AST, place: _Place) -> str:
+        """``where``, and the call in it when that is another line or a part of it."""
+        text = ast.unparse(node) if isinstance(node, ast.expr) else ""
+        line = getattr(node, "lineno", 0)
+        if isinstance(node, _Def | ast.ClassDef):
+            text = f"{'class' if isinstance(node, ast.ClassDef) else 'def'} {node.name}"
+        text = text if len(text) <= _SHOWN else text[: _SHOWN - 3] + "..."
+        return f"{place.where}, through `{text}` (line {line} of {place.module.name})"
+
+    # -- what an expression may be -------------------------------------------------------
+
+    def _resolve(self, node: ast.expr, place: _Place, depth: int = 0) -> list[_Value]:
+        out: list[_Value] = []
+        if depth > _DEPTH:
+            out.append(_UNKNOWN)
+        elif isinstance(node, _LITERALS):
+            out.append(_EXT)
+        elif isinstance(node, ast.Name):
+            local = self._local(node.id, place, depth)
+            out += local if local is not None else self._global(place.module, node.id, depth)
+        elif isinstance(node, ast.Attribute):
+            for kind, full in self._resolve(node.value, place, depth + 1):
+                out += self._member(kind, full, node.attr, depth)
+        elif isinstance(node, ast.IfExp | ast.BoolOp):
+            parts = [node.body, node.orelse] if isinstance(node, ast.IfExp) else node.values
+            for part in parts:
+                out += self._resolve(part, place, depth + 1)
+        elif isinstance(node, ast.Call):
+            wraps = _name(node.func) in _WRAPS
+            for kind, full in self._resolve(node.func, place, depth + 1):
+                if kind in ("cls", "nestedcls"):
+                    out.append(("inst" if kind == "cls" else "nestedinst", full))
+                else:
+                    out.append(_EXT if kind == "ext" and not wraps else _UNKNOWN)
         else:
-            where = f"when the module is imported (line {item.lineno}: `{_line(lines, item)}`)"
-            called(item, node.name, where)
+            out.append(_UNKNOWN)
+        return out
+
+    def _local(self, name: str, place: _Place, depth: int) -> list[_Value] | None:
+        """A name of the function or class body ``place`` is in (None: not one)."""
+        scope, module = place.scope, place.module
+        if scope is None:
+            return None
+        found: list[_Value] | None = None
+        if name in scope.opaque:
+            receiver = name in _RECEIVERS and place.owner
+            found = [("cls", f"{module.name}.{place.owner}")] if receiver else [_UNKNOWN]
+        elif name in scope.names:
+            found = self._all(scope.names[name], place, depth)
+        elif name in scope.binds:
+            found = self._bound(scope.binds[name], name, depth)
+        elif scope is module.class_scopes.get(place.owner) and (
+            f"{place.owner}.{name}" in module.funcs
+        ):
+            found = [("fn", f"{module.name}.{place.owner}.{name}")]
+        elif name in scope.defs:
+            found = [self._nested(scope.defs[name], module)]
+        return found
+
+    def _all(self, values: list[ast.expr], place: _Place, depth: int) -> list[_Value]:
+        out: list[_Value] = []
+        for value in values:
+            out += self._resolve(value, place, depth + 1)
+        return out
+
+    def _global(self, module: _Module, name: str, depth: int) -> list[_Value]:
+        """A name of the module's own, at its top level."""
+        if depth > _DEPTH:  # names naming each other round (re-exports in a cycle)
+            return [_UNKNOWN]
+        if name in module.funcs:
+            return [("fn", f"{module.name}.{name}")]
+        if name in module.classes:
+            return [("cls", f"{module.name}.{name}")]
+        if name in module.scope.names:
+            top = _Place(module, "", None, module.name, "")
+            return self._all(module.scope.names[name], top, depth)
+        binding = module.binds.get(name)
+        if binding is not None:
+            return self._bound(binding, name, depth)
+        return self._starred(module, name, depth)
+
+    def _starred(self, module: _Module, name: str, depth: int) -> list[_Value]:
+        """A name the module's code reads and does not bind: a star import's (of the
+        project: its value; else not ours), a builtin, or unknown."""
+        if name in module.scope.opaque:
+            return [_UNKNOWN]
+        outside = False
+        for star in module.stars:
+            found = self._lookup(star, depth)
+            outside = outside or found is None
+            if found is None or found[1]:
+                continue
+            source = found[0]
+            if any(name in names for names in (source.funcs, source.classes, source.binds)):
+                return self._global(source, name, depth + 1)
+            if name in source.scope.names:
+                return self._global(source, name, depth + 1)
+        return [_EXT] if name in _BUILTINS or outside else [_UNKNOWN]
+
+    def _bound(self, binding: Binding, name: str, depth: int) -> list[_Value]:
+        return self._dotted(_full(binding, name), depth)
+
+    def _member(self, kind: str, full: str, attr: str, depth: int) -> list[_Value]:
+        """``attr`` of what ``(kind, full)`` is."""
+        if kind == "mod":
+            return self._dotted(f"{full}.{attr}", depth)
+        if kind in ("fn", "ext", "nested"):
+            return [_EXT]
+        if kind in ("cls", "inst"):
+            found = self._lookup(full, depth)
+            if found is not None and found[1] in found[0].classes:
+                return self._method(found[0], found[1], attr, depth)
+        elif kind in ("nestedcls", "nestedinst"):
+            node, module = self.nested[full]
+            for item in node.body:
+                if isinstance(item, _Def) and item.name == attr:
+                    return [self._nested(item, module)]
+        return [("attr", attr)]
+
+    def _nested(self, node: _Def | ast.ClassDef, module: _Module) -> _Value:
+        """A function or class defined inside a function."""
+        self.nested[str(id(node))] = (node, module)
+        return ("nestedcls" if isinstance(node, ast.ClassDef) else "nested", str(id(node)))
+
+    def _method(self, module: _Module, cls: str, attr: str, depth: int) -> list[_Value]:
+        """``attr`` of the class ``cls`` of ``module``: its own, a name its body gives, or
+        its bases' (of the project); else any member of that name."""
+        if depth > _DEPTH:
+            return [("attr", attr)]
+        if f"{cls}.{attr}" in module.funcs:
+            return [("fn", f"{module.name}.{cls}.{attr}")]
+        body = module.class_scopes[cls]
+        if attr in body.names:
+            place = _Place(module, cls, body, module.name, "")
+            return self._all(body.names[attr], place, depth + 1)
+        top = _Place(module, "", None, module.name, "")
+        for base in module.classes[cls].bases:
+            for kind, full in self._resolve(base, top, depth + 1):
+                if kind == "cls":
+                    found = self._lookup(full, depth + 1)
+                    if found is not None and found[1] in found[0].classes:
+                        got = self._method(found[0], found[1], attr, depth + 1)
+                        if got != [("attr", attr)]:
+                            return got
+        return [("attr", attr)]
+
+    def _dotted(self, full: str, depth: int) -> list[_Value]:
+        """A dotted name: of the project (a module, or a name in one), or not."""
+        if depth > _DEPTH:
+            return [_UNKNOWN]
+        found = self._lookup(full, depth)
+        if found is None:
+            return [_EXT]
+        module, qualname = found
+        kind = "mod" if not qualname else "fn" if qualname in module.funcs else "cls"
+        if kind != "cls" or qualname in module.classes:
+            return [(kind, full)]
+        head, _, rest = qualname.partition(".")
+        if head in module.binds or head in module.scope.names or module.stars:
+            values = self._global(module, head, depth + 1)
+            for attr in rest.split(".") if rest else []:
+                values = [v for k, f in values for v in self._member(k, f, attr, depth + 1)]
+            return values
+        return [("ref", full)]
+
+    def _lookup(self, full: str, depth: int) -> tuple[_Module, str] | None:
+        """The module of the project ``full`` is in, and the rest of it (None: not ours)."""
+        parts = full.split(".")
+        for cut in range(len(parts), 0, -1):
+            module = self.modules.get(".".join(parts[:cut]))
+            if module is not None:
+                return module, ".".join(parts[cut:])
+        return None
 
 
-def _called(
-    code: ast.AST, owner: str, funcs: dict[str, _Def], classes: dict[str, ast.ClassDef]
-) -> Iterator[str]:
-    """The module's functions and methods ``code`` calls as it runs (not the bodies of the
-    functions it defines, which run when those are called)."""
-    for node, decorator in _running(code):
-        target: ast.AST
-        if isinstance(node, ast.Call):
-            target = node.func
-        elif decorator:
-            target = node  # a decorator is called with what it decorates
-        else:
-            continue
-        if isinstance(target, ast.Name):
-            if target.id in funcs:
-                yield target.id
-            elif target.id in classes:
-                yield from (f"{target.id}.{m}" for m in _MADE if f"{target.id}.{m}" in funcs)
-        elif isinstance(target, ast.Attribute) and isinstance(target.value, ast.Name):
-            base = target.value.id
-            cls = owner if base in _RECEIVERS and owner else base
-            if cls in classes and f"{cls}.{target.attr}" in funcs:
-                yield f"{cls}.{target.attr}"
+def _bound_names(node: ast.AST) -> set[str]:
+    """The name ``node`` binds other than by a simple assignment (a loop's target, an
+    unpacking, a parameter, an ``except ... as``)."""
+    if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store | ast.Del):
+        return {node.id}
+    if isinstance(node, ast.arg):
+        return {node.arg}
+    if isinstance(node, ast.ExceptHandler) and node.name:
+        return {node.name}
+    return set()
+
+
+def _name(node: ast.expr) -> str:
+    """The last name of ``f`` or ``a.b.f``."""
+    return (
+        node.id
+        if isinstance(node, ast.Name)
+        else node.attr
+        if isinstance(node, ast.Attribute)
+        else ""
+    )
+
+
+def _stored(sources: list[Source]) -> frozenset[str]:
+    """The names of the attributes the project's code sets to something not a literal
+    (``self.callback = callback``): called as ``obj.callback()``, what it holds may be any
+    function handed on."""
+    found: set[str] = set()
+    for source in sources:
+        for node in ast.walk(source.tree):
+            if isinstance(node, ast.Assign | ast.AnnAssign | ast.AugAssign):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                if node.value is None or isinstance(node.value, _LITERALS):
+                    continue
+                found |= {t.attr for t in targets if isinstance(t, ast.Attribute)}
+    return frozenset(found)
+
+
+def _full(binding: Binding, name: str) -> str:
+    """What the name an import binds means, as a dotted name."""
+    if binding.attr:  # from M import A (as name)
+        return f"{binding.module}.{binding.attr}"
+    return binding.module if binding.asname else name  # import a.b (binds a), import a.b as n
 
 
 def _running(code: ast.AST) -> Iterator[tuple[ast.AST, bool]]:
