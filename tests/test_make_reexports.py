@@ -214,3 +214,42 @@ def test_a_changed_function_is_the_same_object_through_every_re_export(tmp_path:
     )
     assert seen["before"] == seen["rolled_back"] == [[[1, 2], [3]]] * 3
     assert seen["after"] == [[[3, 2], [1]]] * 3
+
+
+OTHER = '__all__ = ["flatten"]\n\n\ndef flatten(items):\n    return [x for i in items for x in i]\n'
+
+
+def test_a_package_all_computed_from_its_submodules_is_a_baseline_naming_the_line(
+    tmp_path: Path,
+) -> None:
+    """The package's ``__all__`` adds up its submodules' (written out, and in a loop): a
+    function newly listed in ``its.more.__all__`` reaches ``its`` by the migration, but
+    ``its.__all__`` keeps what was computed at import, so ``from its import *`` would miss
+    it where a restart lists it. Which names a restart computes is not read from the code:
+    a baseline naming the line."""
+    summed = "from .more import *\nfrom .other import *\n\n__all__ = more.__all__ + other.__all__\n"
+    looped = (
+        "from . import more, other\nfrom .more import *\nfrom .other import *\n\n"
+        "__all__ = []\nfor _m in (more, other):\n    __all__ += _m.__all__\n"
+    )
+    for package_text, line in ((summed, 4), (looped, 6)):
+        repo = package(
+            tmp_path / str(line),
+            {
+                "src/its/__init__.py": package_text,
+                "src/its/more.py": MORE,
+                "src/its/other.py": OTHER,
+            },
+        )
+        offered = MORE.replace('["chunked"]', '["chunked", "subfactorial"]') + SUBFACTORIAL
+        repo.commit("Offer subfactorial", {"src/its/more.py": offered})
+        restart = imported_fresh(
+            checkout(repo, "HEAD", tmp_path / str(line)), "its", "module.__all__"
+        )
+        assert restart == ["chunked", "subfactorial", "flatten"]
+        result = make_since_v1(repo, tmp_path / str(line) / "out")
+        assert result.outcome == "baseline", result.record()
+        why = {c.name: c.why for c in result.reasons}
+        assert set(why) == {"its:__all__"}, why
+        assert f"its's __all__ is computed (line {line}: `" in why["its:__all__"], why
+        assert "it imports its.more, which now offers subfactorial" in why["its:__all__"], why

@@ -378,6 +378,7 @@ def _star_imports(
     offers = [(m.name, offer) for m in modules if (offer := _offer(m, old, new)) is not None]
     if not offers:
         return
+    _computed_alls(new, roots, offers, changes)
     takers = _Takers(old, new, modules)
     for path, data in sorted(new.files.items()):
         place = classify(path, roots)
@@ -408,6 +409,50 @@ def _star_imports(
                     changes.append(change)
             if onward is not None:
                 offers.append((taker, onward))
+
+
+def _computed_alls(
+    new: Tree, roots: tuple[str, ...], offers: list[tuple[str, _Offer]], changes: list[Change]
+) -> None:
+    """A module whose ``__all__`` is computed when it is imported (``__all__ =
+    more.__all__ + other.__all__``, or in a loop), and which imports a module that now
+    offers new names: a restart computes it anew, the running module keeps the old one (and
+    ``from pkg import *`` misses the new names). Which names a restart lists is not read
+    from the code: a baseline naming the line."""
+    offered = {
+        source: sorted({*offer.new, *offer.unknown})
+        for source, offer in offers
+        if offer.new or offer.unknown
+    }
+    if not offered:
+        return
+    for path, data in sorted(new.files.items()):
+        place = classify(path, roots)
+        if place.kind != "module" or b"__all__" not in data:
+            continue
+        try:
+            tree = ast.parse(data)
+        except (SyntaxError, ValueError):
+            continue
+        _, computed = all_names(tree)
+        if computed is None:
+            continue
+        package = path.endswith("__init__.py")
+        lines = data.decode("utf-8", "replace").splitlines()
+        imported = {b.module for b in bindings(tree, place.module, package).values()}
+        imported |= {f"{b.module}.{b.attr}" for b in bindings(tree, place.module, package).values()}
+        imported |= {star.module for star in stars(tree, place.module, package, lines)}
+        for source in sorted(imported & set(offered) - {place.module}):
+            names = ", ".join(offered[source])
+            line = lines[computed.lineno - 1].strip()[:_SHOWN]
+            why = (
+                f"{place.module}'s __all__ is computed (line {computed.lineno}: `{line}`) when "
+                f"it is imported, and it imports {source}, which now offers {names}: a restart "
+                f"would compute it anew, the running {place.module} keeps its old __all__ (a "
+                f"`from {place.module} import *` would miss them)"
+            )
+            changes.append(Change(f"{place.module}:__all__", "import", "baseline", why))
+            break
 
 
 def _offer(module: ModulePlan, old: Tree, new: Tree) -> _Offer | None:
