@@ -40,6 +40,7 @@ import json
 import logging
 import os
 import random
+import resource
 import statistics
 import subprocess
 import sys
@@ -120,7 +121,7 @@ def burst(root: Path, size: int, *, verify: bool) -> dict[str, Any]:
     )
     applied = folder / "applied"
     collections = _Collections()
-    cpu, split = _cpu(), _split()
+    split = _cpu_split()
     try:
         start = time.perf_counter()
         # Moved by another process, as `mv` does (here `mv` itself, names in the
@@ -131,8 +132,8 @@ def burst(root: Path, size: int, *, verify: bool) -> dict[str, Any]:
         elapsed = time.perf_counter() - start
     finally:
         agent.stop()  # the verifier is reaped: its CPU time, and its checks', count
-        cpu = _cpu() - cpu
-        user, system = (b - a for a, b in zip(split, _split(), strict=True))
+        user, system = (b - a for a, b in zip(split, _cpu_split(), strict=True))
+        cpu = user + system
         collections.stop()
     # Looked at once the clocks stopped: reading the N result files is not the burst's.
     level = agent.registry.level if agent.registry is not None else ()
@@ -178,21 +179,19 @@ class _Collections:
         gc.callbacks.remove(self._note)
 
 
-def _cpu() -> float:
-    """CPU seconds of this process and of its children reaped so far (user and system)."""
-    t = os.times()
-    return t.user + t.system + t.children_user + t.children_system
-
-
-def _split() -> tuple[float, float]:
-    """``_cpu()`` as user and system (kernel) seconds."""
-    t = os.times()
-    return t.user + t.children_user, t.system + t.children_system
+def _cpu_split() -> tuple[float, float]:
+    """CPU seconds of this process and of its children reaped so far, user and system
+    (kernel), to the microsecond (``getrusage``; ``os.times`` counts whole 10 ms ticks,
+    under which a small burst read as no CPU at all)."""
+    own, children = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return own.ru_utime + children.ru_utime, own.ru_stime + children.ru_stime
 
 
 def _ratio(large: float, small: float) -> float | None:
-    """``large / small``; ``None`` when either is below the clock's tick (10 ms: ``os.times``
-    counts whole ticks, so a 0 says only "less than a tick")."""
+    """``large / small``; ``None`` when either is 0."""
     return large / small if small > 0 and large > 0 else None
 
 
