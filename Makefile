@@ -89,13 +89,14 @@ $(DEMO_STAMP): pyproject.toml
 
 help:
 	@echo 'make demo       venv (3.12) with the package and matplotlib, run demos/shop_under_load.py'
-	@echo 'make test       venv (3.11-3.13), check, pytest on every Python and the fleet (TEST_JOBS=2 at a time)'
+	@echo 'make test       venv (3.11-3.13), check, pytest on every Python in TEST_PARTS=2 parts and the fleet (TEST_JOBS=2 at a time)'
 	@echo 'make venv       create .venv/py311 .venv/py312 .venv/py313'
 	@echo 'make check      lint + types'
 	@echo 'make lint       ruff check and ruff format --check'
 	@echo 'make types      mypy --strict'
 	@echo 'make imports    import-linter: the layering contracts in pyproject.toml'
 	@echo 'make test-3NN   pytest on one Python, fleet tests aside (PYTEST_ARGS=... passes through)'
+	@echo 'make test-3NN-partK  part K of TEST_PARTS of that suite (pytest --part K/N)'
 	@echo 'make test-fleet the fleet tests: Ansible rollouts across namespace hosts (root)'
 	@echo 'make bench      run every benchmarks/*.py'
 	@echo 'make clean      remove venvs, caches and build output'
@@ -130,11 +131,25 @@ test-fleet: $(call stamp,312)
 	$(call header,fleet tests on Python 3.12 (Ansible, network-namespace hosts))
 	$(TOOLS_BIN)/python -m pytest -m fleet tests/test_fleet.py tests/test_fleet_modules.py $(PYTEST_ARGS)
 
-# The suites run TEST_JOBS at a time: each keeps about one core busy starting and
+# One Python's suite in TEST_PARTS parts (pytest --part K/N, tests/conftest.py: the
+# test files dealt out in turn), each a job of its own: test-311-part1, ...
+TEST_PARTS ?= 2
+PART_NUMBERS = $(shell seq 1 $(TEST_PARTS))
+
+define part_rule
+test-$(1)-part$(2): $(call stamp,$(1))
+	$$(call header,tests on Python $(patsubst 3%,3.%,$(1)): part $(2) of $(TEST_PARTS))
+	$(VENV_ROOT)/py$(1)/bin/python -m pytest -m 'not fleet' --part $(2)/$(TEST_PARTS) $$(PYTEST_ARGS)
+endef
+$(foreach v,$(VERSIONS),$(foreach k,$(PART_NUMBERS),$(eval $(call part_rule,$(v),$(k)))))
+
+# The parts run TEST_JOBS at a time: each keeps about one core busy starting and
 # talking to real processes, so two fill a 2-core machine and halve the wall time.
-# A suite's output is shown whole when it ends (make -O), so they never interleave.
+# In parts, neither core idles at the end: three whole suites on two cores left one
+# core alone with the last suite for half of the run. The fleet tests, the shortest,
+# go last. A part's output is shown whole when it ends (make -O), never interleaved.
 TEST_JOBS ?= 2
-SUITES := $(addprefix test-,$(VERSIONS)) test-fleet
+SUITES := $(foreach v,$(VERSIONS),$(foreach k,$(PART_NUMBERS),test-$(v)-part$(k))) test-fleet
 
 test: venv check
 	$(call header,suites: $(SUITES) ($(TEST_JOBS) at a time; each shown when it ends))

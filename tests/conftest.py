@@ -15,8 +15,41 @@ import pytest
 import hotpatch
 
 _counter = itertools.count()
+TESTS = Path(__file__).resolve().parent
 
 pytest_plugins = ["pytester"]
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--part",
+        metavar="K/N",
+        default=None,
+        help=(
+            "collect only part K of N of the suite: the test files of tests/, in name order, "
+            "dealt out to the N parts in turn (`make test` runs each Python's suite in parts)"
+        ),
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    value = config.getoption("--part")
+    k, _, n = str(value).partition("/")
+    if value is not None and not (k.isdigit() and n.isdigit() and 1 <= int(k) <= int(n)):
+        msg = f"--part takes K/N with 1 <= K <= N (say --part 1/2), not {value!r}"
+        raise pytest.UsageError(msg)
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """With ``--part K/N``: ignore the test files of ``tests/`` that are not in part K."""
+    value = config.getoption("--part")
+    if value is None or collection_path.parent != TESTS:
+        return None
+    k, _, n = str(value).partition("/")
+    files = sorted(path.name for path in TESTS.glob("test_*.py"))
+    if collection_path.name not in files:
+        return None
+    return files.index(collection_path.name) % int(n) != int(k) - 1 or None
 
 
 @pytest.fixture
