@@ -64,7 +64,10 @@ header = @printf '\n==> %s\n' "$(1)"
 
 # $(call install,NNN,EXTRAS): .venv/pyNNN (created if missing, or if its
 # interpreter has gone away, say after a pyenv upgrade), then an editable install
-# of the package with EXTRAS.
+# of the package with EXTRAS. The requirements (pyproject.toml's) go in first: that
+# writes nothing in the tree, so the venvs are made side by side (make test: make -j3
+# venv). The editable install itself goes one venv at a time (flock): setuptools
+# writes pyhotpatch.egg-info in the tree as it builds.
 define install
 	$(call header,venv $(VENV_ROOT)/py$(1) ($(PY$(1))) with [$(2)])
 	@"$(PY$(1))" -c 'import sys; print("    Python " + sys.version.split()[0])'
@@ -73,7 +76,9 @@ define install
 	@# in the tree) holding both would register the command and the pytest plugin twice.
 	"$(VENV_ROOT)/py$(1)/bin/python" -m pip uninstall --quiet --yes hotpatch 2>/dev/null || true
 	rm -rf hotpatch.egg-info
-	"$(VENV_ROOT)/py$(1)/bin/python" -m pip install --quiet --editable '.[$(2)]'
+	"$(VENV_ROOT)/py$(1)/bin/python" -c 'import sys, tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; print("\n".join(p["dependencies"] + [r for e in sys.argv[1].split(",") for r in p["optional-dependencies"][e]]))' '$(2)' > "$(VENV_ROOT)/py$(1)/requirements.txt"
+	"$(VENV_ROOT)/py$(1)/bin/python" -m pip install --quiet -r "$(VENV_ROOT)/py$(1)/requirements.txt"
+	flock "$(VENV_ROOT)/.editable.lock" "$(VENV_ROOT)/py$(1)/bin/python" -m pip install --quiet --editable '.[$(2)]'
 	@touch "$@"
 endef
 
@@ -151,7 +156,10 @@ $(foreach v,$(VERSIONS),$(foreach k,$(PART_NUMBERS),$(eval $(call part_rule,$(v)
 TEST_JOBS ?= 2
 SUITES := $(foreach v,$(VERSIONS),$(foreach k,$(PART_NUMBERS),test-$(v)-part$(k))) test-fleet
 
-test: venv check
+# The venvs are made side by side (see install), then checked, then tested.
+test:
+	@$(MAKE) --no-print-directory -j$(words $(VERSIONS)) -O venv
+	@$(MAKE) --no-print-directory check
 	$(call header,suites: $(SUITES) ($(TEST_JOBS) at a time; each shown when it ends))
 	@$(MAKE) --no-print-directory -j$(TEST_JOBS) -O $(SUITES)
 
