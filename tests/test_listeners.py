@@ -16,7 +16,6 @@ import sys
 import textwrap
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
@@ -126,30 +125,33 @@ def test_workers_losing_a_connection_to_another_go_back_to_waiting_and_stop_when
         assert len(report["ended"]) == 1, reports
 
 
-def test_a_blocking_accept_keeps_waiting_after_another_process_took_the_connection(
-    tmp_path: Path,
-) -> None:
-    # The one process here sees the socket readable, then finds the connection
-    # gone (another took it): it waits on for the next, as a blocking accept does.
+def waits_past_a_connection_another_took(listener: Listener, server: socket.socket) -> None:
+    """``listener.accept()`` finds the socket readable, then the connection gone (``server``,
+    another process, took it): it waits on, and takes the next connection."""
+    address = server.getsockname()
+    got: list[socket.socket] = []
+    thread = threading.Thread(target=lambda: got.append(listener.accept()[0]))
+    first = socket.create_connection(address)
+    taken, _ = server.accept()  # "another process" took it first
+    thread.start()
+    thread.join(0.3)
+    assert thread.is_alive()  # still waiting: there was nothing to take
+    if listener.gate is not None:
+        assert listener.gate.in_flight() == 0  # a wait, not work in flight
+    second = socket.create_connection(address)
+    thread.join(10.0)
+    assert not thread.is_alive()
+    assert got[0].getpeername() == second.getsockname()
+    for each in (got[0], first, taken, second):
+        each.close()
+
+
+def test_a_blocking_accept_keeps_waiting_after_another_process_took_the_connection() -> None:
     with socket.create_server(("127.0.0.1", 0)) as server:
-        address = server.getsockname()
         listener = Listener(fileno=os.dup(server.fileno()))
         listener.gate = Gate()
         with listener:
-            got: list[socket.socket] = []
-            thread = threading.Thread(target=lambda: got.append(listener.accept()[0]))
-            first = socket.create_connection(address)
-            taken, _ = server.accept()  # "another process" took it first
-            thread.start()
-            thread.join(0.3)
-            assert thread.is_alive()  # still waiting: there was nothing to take
-            assert listener.gate.in_flight() == 0  # a wait, not work in flight
-            second = socket.create_connection(address)
-            thread.join(10.0)
-            assert not thread.is_alive()
-            assert got[0].getpeername() == second.getsockname()
-            for each in (got[0], first, taken, second):
-                each.close()
+            waits_past_a_connection_another_took(listener, server)
 
 
 @pytest.mark.parametrize("closed", [False, True])
@@ -184,23 +186,10 @@ def test_a_timed_accept_with_nothing_to_take_times_out_and_is_never_work_in_flig
 
 def test_a_duplicate_of_a_passed_socket_accepts_freely_and_waits_like_it() -> None:
     with socket.create_server(("127.0.0.1", 0)) as server:
-        address = server.getsockname()
         listener = Listener(fileno=os.dup(server.fileno()))
         listener.gate = Gate()
         listener.gate.close()  # the original takes nothing; its duplicate has no gate
         with listener, listener.dup() as twin:
             assert isinstance(twin, Listener)
             assert twin.gate is None
-            got: list[socket.socket] = []
-            thread = threading.Thread(target=lambda: got.append(twin.accept()[0]))
-            first = socket.create_connection(address)
-            taken, _ = server.accept()
-            thread.start()
-            thread.join(0.3)
-            assert thread.is_alive()  # nothing to take: it waits
-            second = socket.create_connection(address)
-            thread.join(10.0)
-            assert not thread.is_alive()
-            assert got[0].getpeername() == second.getsockname()
-            for each in (got[0], first, taken, second):
-                each.close()
+            waits_past_a_connection_another_took(twin, server)

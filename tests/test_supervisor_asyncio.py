@@ -8,12 +8,12 @@ with workers, whichever way the service stops.
 
 from __future__ import annotations
 
-import signal
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from test_supervisor import Load, Supervised, request, supervise, wait_for
+from test_workers import rolling_restart
 
 pytestmark = pytest.mark.e2e
 
@@ -49,27 +49,15 @@ def test_asyncio_workers_restart_under_load_and_stop_when_told(
     supervise: Callable[..., Supervised],
 ) -> None:
     supervised = supervise(*ASYNCIO, options=("--workers", "3"), serving=False)
-    status = supervised.wait(
+    supervised.wait(
         lambda s: len(s.get("workers", [])) == 3 and all(w["pid"] for w in s["workers"]),
         "3 serving workers",
     )
-    before = [w["pid"] for w in status["workers"]]
     with Load(supervised.address, clients=4) as load:
         wait_for(lambda: len(load.pids) == 3, "requests served by every worker")
-        supervised.process.send_signal(signal.SIGHUP)
-        status = supervised.wait(
-            lambda s: (
-                (s.get("rollout") or {}).get("what", "").startswith("restart")
-                and s["rollout"]["state"] == "done"
-            ),
-            "the rolling restart",
-        )
+        rolling_restart(supervised)
     assert load.refused == 0
     assert load.failed == []
-    after = [w["pid"] for w in status["workers"]]
-    assert all(a != b for a, b in zip(after, before, strict=True))
-    restarts = [w["last_restart"] for w in status["workers"]]
-    assert all(r["state"] == "complete" for r in restarts), restarts
     assert supervised.stop() == 0
     log = supervised.log()
     assert "did not" not in log, log

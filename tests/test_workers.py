@@ -45,6 +45,25 @@ def all_serving(supervised: Supervised, count: int) -> dict[str, Any]:
     )
 
 
+def rolling_restart(supervised: Supervised) -> dict[str, Any]:
+    """SIGHUP, and the status once the rolling restart is done: each worker replaced by a
+    new process that took its state over completely."""
+    before = [w["pid"] for w in supervised.status()["workers"]]
+    supervised.process.send_signal(signal.SIGHUP)
+    status = supervised.wait(
+        lambda s: (
+            (s.get("rollout") or {}).get("what", "").startswith("restart")
+            and s["rollout"]["state"] == "done"
+        ),
+        "the rolling restart",
+    )
+    after = [w["pid"] for w in status["workers"]]
+    assert all(a != b for a, b in zip(after, before, strict=True))
+    restarts = [w["last_restart"] for w in status["workers"]]
+    assert all(r["state"] == "complete" for r in restarts), restarts
+    return status
+
+
 def unhealthy_patch(version: str) -> str:
     return logic_patch(version, "sick") + (
         "\n@patch.replace('counter_logic:healthy')\ndef healthy():\n    return False\n"
@@ -202,23 +221,11 @@ def test_sighup_restarts_the_workers_one_domain_at_a_time(
     fleet: tuple[Supervised, Path],
 ) -> None:
     supervised, _ = fleet
-    before = [w["pid"] for w in supervised.status()["workers"]]
     with under_load(supervised, workers=True) as load:
-        supervised.process.send_signal(signal.SIGHUP)
-        status = supervised.wait(
-            lambda s: (
-                (s.get("rollout") or {}).get("what", "").startswith("restart")
-                and s["rollout"]["state"] == "done"
-            ),
-            "the rolling restart",
-        )
+        status = rolling_restart(supervised)
     assert load.refused == 0
     assert load.failed == []
-    after = [w["pid"] for w in status["workers"]]
-    assert all(a != b for a, b in zip(after, before, strict=True))
     assert [b["workers"] for b in status["rollout"]["batches"]] == [[0], [1], [2], [3], [4]]
-    restarts = [w["last_restart"] for w in status["workers"]]
-    assert all(r["state"] == "complete" for r in restarts), restarts
 
 
 @slow
@@ -237,16 +244,7 @@ def test_workers_idle_after_load_hand_over_and_stop_when_told(
         assert load.refused == 0
 
     serve_every_worker()
-    supervised.process.send_signal(signal.SIGHUP)
-    status = supervised.wait(
-        lambda s: (
-            (s.get("rollout") or {}).get("what", "").startswith("restart")
-            and s["rollout"]["state"] == "done"
-        ),
-        "the rolling restart",
-    )
-    restarts = [w["last_restart"] for w in status["workers"]]
-    assert all(r["state"] == "complete" for r in restarts), restarts
+    rolling_restart(supervised)
     serve_every_worker()
     assert supervised.stop() == 0
     log = supervised.log()
