@@ -27,7 +27,8 @@ import socket
 import threading
 import time
 import weakref
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 __all__ = ["Gate", "Listener"]
 
@@ -61,7 +62,8 @@ class Gate:
             self._cond.notify_all()
 
     def enter(self, timeout: float | None) -> None:
-        """Let an accept through (the gate open), or hold it until the process ends.
+        """Let an accept through (the gate open); at the closed gate, hold it until the
+        process ends (``ConnectionAbortedError``) or, not holding, refuse it at once.
 
         ``timeout``: the socket's (``0.0`` non-blocking: ``BlockingIOError`` at
         once, so an event loop goes on with its other work).
@@ -122,33 +124,17 @@ class Listener(socket.socket):
         gate = self.gate
         timeout = self.gettimeout()
         if timeout == 0.0:  # an event loop's: one try, at once
-            if gate is None:
-                return super().accept()
-            gate.enter(0.0)
-            connection = None
-            try:
-                connection, address = super().accept()
-            finally:
-                gate.leave(connection)
-            return connection, address
+            return _through(gate, 0.0, super().accept)
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             # Wait for a connection before passing the gate, so a thread waiting
             # on a quiet socket never counts as work in flight.
             self._wait_readable(gate, deadline)
-            if gate is not None:
-                left = None if deadline is None else max(deadline - time.monotonic(), 0.001)
-                gate.enter(left)  # a timed accept at a held gate: TimeoutError, in time
-            connection = None
-            try:
-                taken = self._take()
-                if taken is not None:
-                    connection, address = taken
-            finally:
-                if gate is not None:
-                    gate.leave(connection)
-            if connection is not None:
-                return connection, address
+            # A timed accept at a held gate: TimeoutError, in time.
+            left = None if deadline is None else max(deadline - time.monotonic(), 0.001)
+            taken = _through(gate, left, self._take)
+            if taken is not None:
+                return taken
             # Another process took it: wait for the next one.
 
     def _wait_readable(self, gate: Gate | None, deadline: float | None) -> None:
@@ -186,13 +172,31 @@ class Listener(socket.socket):
             return None
 
     def close(self) -> None:
-        taker, self._taker = self._taker, None
-        if taker is not None:
-            taker.close()
+        self._drop_taker()
         super().close()
 
     def detach(self) -> int:
+        self._drop_taker()
+        return super().detach()
+
+    def _drop_taker(self) -> None:
         taker, self._taker = self._taker, None
         if taker is not None:
             taker.close()
-        return super().detach()
+
+
+_Taken = TypeVar("_Taken", tuple[socket.socket, Any], tuple[socket.socket, Any] | None)
+
+
+def _through(gate: Gate | None, timeout: float | None, take: Callable[[], _Taken]) -> _Taken:
+    """``take()`` through ``gate`` (entered with ``timeout``), the connection it gives
+    counted there while open; without a gate, ``take()`` alone."""
+    if gate is None:
+        return take()
+    gate.enter(timeout)
+    taken = None
+    try:
+        taken = take()
+    finally:
+        gate.leave(None if taken is None else taken[0])
+    return taken
