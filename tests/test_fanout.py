@@ -28,8 +28,14 @@ import app_mod
 if os.environ.get("POISON"):
     app_mod.CACHE["bad"] = object()  # state the 1.2 migration cannot convert
 import hotpatch
+wait = os.environ.get("VITAL_TIMEOUT")  # the check after an apply's, if given
 agent = hotpatch.install(
-    "1.0", watch=sys.argv[1], workers=True, entry_points=False, journal=os.environ.get("JOURNAL")
+    "1.0",
+    watch=sys.argv[1],
+    workers=True,
+    entry_points=False,
+    journal=os.environ.get("JOURNAL"),
+    vital_timeout=float(wait) if wait else None,
 )
 print("ready", os.getpid(), flush=True)
 sys.stdin.read()  # until the test closes stdin
@@ -79,12 +85,22 @@ class Workers:
         self.procs: list[subprocess.Popen[str]] = []
         self.logs: list[Path] = []
 
-    def start(self, *, poison: bool = False, journal: Path | None = None) -> int:
-        env = {k: v for k, v in os.environ.items() if k not in ("POISON", "JOURNAL")}
+    def start(
+        self,
+        *,
+        poison: bool = False,
+        journal: Path | None = None,
+        vital_timeout: float | None = None,
+    ) -> int:
+        env = {
+            k: v for k, v in os.environ.items() if k not in ("POISON", "JOURNAL", "VITAL_TIMEOUT")
+        }
         if poison:
             env["POISON"] = "1"
         if journal is not None:
             env["JOURNAL"] = str(journal)
+        if vital_timeout is not None:
+            env["VITAL_TIMEOUT"] = str(vital_timeout)
         log = self.root / f"worker-{len(self.procs)}.log"
         with log.open("w") as stderr:
             proc = subprocess.Popen(

@@ -25,7 +25,7 @@ from drops import WAIT_S, DropFolder, wait_for
 import hotpatch
 from hotpatch.agent._control import request
 from hotpatch.agent._names import LOCKFILE_NAME, PIDFILE_NAME, SOCKET_NAME
-from hotpatch.agent._vital import VitalCheck
+from hotpatch.agent._vital import VITAL_TIMEOUT_S, VitalCheck
 
 OTHER_UID = 54321  # a user that owns nothing here
 
@@ -380,10 +380,10 @@ def test_the_vital_check_does_not_blame_a_patch_for_a_folder_gone(tmp_path: Path
     # The scratch directory is the watched folder's staging: the folder deleted or
     # replaced under the check is the guard's to report, not a broken patch.
     record = {"version": "1.0.1", "outcome": "applied", "level": ["1.0.1"]}
-    gone = VitalCheck(tmp_path / "patches" / ".staging", None)
+    gone = VitalCheck(tmp_path / "patches" / ".staging", None, timeout=VITAL_TIMEOUT_S)
     assert gone(record) is None
     assert not (tmp_path / "patches").exists()
-    here = VitalCheck(tmp_path / ".staging", None)
+    here = VitalCheck(tmp_path / ".staging", None, timeout=VITAL_TIMEOUT_S)
     assert here(record) is None
     assert (tmp_path / ".staging").is_dir()
     # The check's file is kept for the next check, under its temporary name.
@@ -394,7 +394,7 @@ def test_the_vital_check_writes_over_one_file_check_after_check(tmp_path: Path) 
     # A burst of drops is a vital check per drop: none makes or frees a file (on ext4
     # without a journal, a file made and removed per drop made each drop dearer).
     scratch = tmp_path / ".staging"
-    check = VitalCheck(scratch, None)
+    check = VitalCheck(scratch, None, timeout=VITAL_TIMEOUT_S)
     inodes = set()
     for n in range(1, 6):
         assert check({"version": f"1.0.{n}", "outcome": "applied", "level": ["1.0.1"]}) is None
@@ -409,7 +409,7 @@ def test_the_vital_check_writes_over_one_file_check_after_check(tmp_path: Path) 
 def test_a_vital_check_still_running_keeps_its_file_to_itself(tmp_path: Path) -> None:
     # A check that hangs (timed out, still writing) never shares its file with the next.
     scratch = tmp_path / ".staging"
-    check = VitalCheck(scratch, None)
+    check = VitalCheck(scratch, None, timeout=VITAL_TIMEOUT_S)
     assert check({"version": "1.0.1"}) is None
     [kept] = os.listdir(scratch)
     held = check._take()  # as a check that never finishes holds it
@@ -423,7 +423,7 @@ def test_the_vital_check_names_a_result_file_that_cannot_be_written(tmp_path: Pa
     scratch = tmp_path / ".staging"
     scratch.mkdir()
     (scratch / "x").mkdir()
-    check = VitalCheck(scratch / "x" / "y", None)
+    check = VitalCheck(scratch / "x" / "y", None, timeout=VITAL_TIMEOUT_S)
     (scratch / "x").rmdir()
     (scratch / "x").write_text("a file where a directory should be")
     broken = check({"version": "1.0.1"})

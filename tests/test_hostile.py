@@ -259,10 +259,8 @@ def test_an_agent_whose_migration_hangs_refuses_it_and_stays_responsive(
 SERVICE = """
 import sys, time
 import hotpatch
-if sys.argv[3:]:  # the check after an apply gives up sooner than its 10 s
-    from hotpatch.agent import _vital
-    _vital.VITAL_TIMEOUT_S = float(sys.argv[3])
-agent = hotpatch.install("1.0", watch=sys.argv[1], journal=sys.argv[2])
+wait = float(sys.argv[3]) if sys.argv[3:] else None  # the check after an apply's, if given
+agent = hotpatch.install("1.0", watch=sys.argv[1], journal=sys.argv[2], vital_timeout=wait)
 print("ready", flush=True)
 while True:
     time.sleep(1)
@@ -280,6 +278,26 @@ def _json_patch(how: str, version: str = "1.0.1") -> str:
         f"@patch.replace('json:dumps')\ndef dumps(obj, *args, **kwargs):\n    {BREAKS[how]}\n",
         version,
     )
+
+
+SLOW_CHECK_S = 2.0
+# A json.dumps that works, but takes SLOW_CHECK_S once on the thread of the check after
+# the apply (the agent's and the serving process's alike): that check takes longer than a
+# short wait, and well within a long one. It runs with json's globals: it imports its own.
+SLOW_CHECK = _patch(
+    f"""
+    @patch.replace('json:dumps')
+    def dumps(obj, *args, **kwargs):
+        import json, sys, threading, time
+        if threading.current_thread().name == "hotpatch-vital-check" and not hasattr(
+            sys, "slowed_a_check"
+        ):
+            sys.slowed_a_check = True
+            time.sleep({SLOW_CHECK_S!r})
+        encoder = kwargs.pop("cls", None) or json.JSONEncoder
+        return encoder(*args, **kwargs).encode(obj)
+    """
+)
 
 
 class Service:
@@ -339,6 +357,74 @@ def test_a_patch_breaking_json_is_rolled_back_and_filed_rejected(tmp_path: Path,
         assert service.status()["level"] == ["1.0.2"]
     finally:
         service.stop()
+
+
+@pytest.mark.parametrize(("wait", "outcome"), [(SLOW_CHECK_S / 2, "rejected"), (30.0, "applied")])
+def test_a_check_after_the_apply_longer_than_vital_timeout_rolls_the_patch_back(
+    tmp_path: Path, wait: float, outcome: str
+) -> None:
+    # The same patch, whose check takes SLOW_CHECK_S: rolled back naming the wait and the
+    # setting when install(vital_timeout=) is shorter, kept when it is long enough.
+    folder = DropFolder(tmp_path)
+    service = Service(folder, vital_timeout=wait)
+    try:
+        folder.drop("slow.py", SLOW_CHECK)
+        result = folder.filed("slow.py", outcome)
+        assert result["outcome"] == outcome, result
+        if outcome == "rejected":
+            assert "rolled back" in result["reason"]
+            assert f"did not finish within vital_timeout ({wait:g} s;" in result["reason"]
+            assert "install(..., vital_timeout=SECONDS)" in result["reason"]
+            assert service.status()["level"] == []
+        else:
+            assert service.status()["level"] == ["1.0.1"]
+    finally:
+        service.stop()
+
+
+@pytest.mark.parametrize("value", [0, -1.5, float("nan"), float("inf"), "5", True])
+def test_a_vital_timeout_that_is_not_a_positive_number_is_refused(
+    tmp_path: Path, value: object
+) -> None:
+    # Refused when install() is called, naming the option and what it takes; nothing of the
+    # agent is started or written in the folder.
+    folder = tmp_path / "patches"
+    folder.mkdir(mode=0o700)
+    with pytest.raises(ValueError, match="vital_timeout must be a positive number of seconds"):
+        hotpatch.install("1.0", watch=folder, vital_timeout=value)  # type: ignore[arg-type]
+    assert list(folder.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("given", "wait"),
+    [("option", SLOW_CHECK_S / 2), ("environment", SLOW_CHECK_S / 2), ("option", 30.0)],
+)
+def test_under_the_supervisor_a_check_longer_than_vital_timeout_rolls_the_patch_back(
+    supervise: Callable[..., Supervised],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    given: str,
+    wait: float,
+) -> None:
+    # hotpatch run --vital-timeout S (or $HOTPATCH_VITAL_TIMEOUT), passed on to the serving
+    # process: its check after the apply gets that long.
+    outcome = "rejected" if wait < SLOW_CHECK_S else "applied"
+    options: tuple[str, ...] = ()
+    if given == "option":
+        options = ("--vital-timeout", str(wait))
+    else:
+        monkeypatch.setenv("HOTPATCH_VITAL_TIMEOUT", str(wait))
+    folder, supervised = watching(supervise, tmp_path, options=options)
+    drop(folder, "slow.py", SLOW_CHECK)
+    result = result_of(folder, "slow.py", supervised)
+    assert result["dir"] == outcome, result
+    if outcome == "rejected":
+        assert "rolled back" in result["reason"]
+        assert f"within the vital timeout ({wait:g} s;" in result["reason"]
+        assert "hotpatch run --vital-timeout SECONDS" in result["reason"]
+        assert supervised.status()["patches"]["level"] == []
+    else:
+        assert supervised.status()["patches"]["level"] == ["1.0.1"]
 
 
 def test_under_the_supervisor_a_patch_breaking_json_is_rolled_back_in_the_service(
@@ -472,5 +558,22 @@ def test_pre_fork_workers_roll_back_a_patch_breaking_json_everywhere(tmp_path: P
         workers.drop("fix.py", fanout_patch("1.1", 1))
         assert workers.filed("fix.py", "applied")["outcome"] == "applied"
         assert all(workers.level(pid) == ["1.1"] for pid in pids)
+    finally:
+        workers.stop_all()
+
+
+def test_pre_fork_workers_roll_back_a_patch_whose_check_outlasts_their_vital_timeout(
+    tmp_path: Path,
+) -> None:
+    # install(workers=True, vital_timeout=): each worker's check after the apply gets that long.
+    workers = Workers(tmp_path)
+    wait = SLOW_CHECK_S / 2
+    try:
+        pids = [workers.start(vital_timeout=wait), workers.start(vital_timeout=wait)]
+        workers.drop("slow.py", SLOW_CHECK)
+        result = workers.filed("slow.py", "rejected")
+        assert "rolled back" in result["reason"]
+        assert f"did not finish within vital_timeout ({wait:g} s;" in str(result), result
+        assert all(workers.level(pid) == [] for pid in pids)
     finally:
         workers.stop_all()

@@ -74,7 +74,7 @@ def unclosed() -> Iterator[Callable[[], list[str]]]:
 
 def test_checks_one_after_the_other_run_on_one_thread(tmp_path: Path) -> None:
     before = set(vital_threads())
-    check = VitalCheck(tmp_path / "scratch", None)
+    check = VitalCheck(tmp_path / "scratch", None, timeout=VITAL_TIMEOUT_S)
     try:
         for n in range(20):
             assert check({"outcome": "applied", "version": f"1.0.{n}"}) is None
@@ -105,7 +105,7 @@ def test_a_check_that_hangs_is_left_to_its_thread_and_the_next_gets_a_new_one(
         broken = check(Hangs(outcome="applied"))
         check.timeout = 60
         assert broken is not None
-        assert "did not finish within 0.3 s" in broken
+        assert "did not finish within vital_timeout (0.3 s;" in broken
         assert check({"outcome": "applied"}) is None  # on a new thread
         assert check({"outcome": "applied"}) is None  # and on that one again
         now = set(vital_threads()) - before
@@ -155,7 +155,7 @@ def test_a_check_that_hangs_closes_the_spare_connection_it_was_left_once_it_retu
     with unclosed() as leaked:
         server = ControlServer(tmp_path / "c.sock", lambda req, uid: {"ok": True})
         server.start()
-        check = VitalCheck(tmp_path / "scratch", server.path)
+        check = VitalCheck(tmp_path / "scratch", server.path, timeout=VITAL_TIMEOUT_S)
         try:
             check.served_by(server)  # the spare connection, adopted by the server
             assert check({"outcome": "applied"}) is None
@@ -164,7 +164,7 @@ def test_a_check_that_hangs_closes_the_spare_connection_it_was_left_once_it_retu
             broken = check(Hangs(release, outcome="applied"))
             check.timeout = VITAL_TIMEOUT_S
             assert broken is not None
-            assert "did not finish within 0.3 s" in broken
+            assert "did not finish within vital_timeout (0.3 s;" in broken
             assert leaked() == []  # not dropped while the thread may still use it
             release.set()  # the check returns: its thread closes what it was left
             for thread in hung:
@@ -190,10 +190,10 @@ def test_a_supervised_process_check_that_hangs_closes_its_socket_pair_once_it_re
         try:
             wire.reserve()
             descriptors = open_descriptors()
-            assert wire.check({"op": "level"}) is None
+            assert wire.check({"op": "level"}, timeout=VITAL_TIMEOUT_S) is None
             broken = wire.check(Hangs(release, op="level"), timeout=0.3)
             assert broken is not None
-            assert "did not cross a channel within 0.3 s" in broken
+            assert "did not cross a channel within the vital timeout (0.3 s;" in broken
             hung = set(vital_threads()) - before
             assert len(hung) == 1
             assert leaked() == []
@@ -203,7 +203,7 @@ def test_a_supervised_process_check_that_hangs_closes_its_socket_pair_once_it_re
             assert not hung & set(vital_threads())
             assert open_descriptors() == descriptors - 2  # the pair, closed by its thread
             wire.reserve()  # a new one for the next check
-            assert wire.check({"op": "level"}) is None
+            assert wire.check({"op": "level"}, timeout=VITAL_TIMEOUT_S) is None
         finally:
             release.set()
             wire.close()

@@ -1,7 +1,7 @@
 """The check after an apply on a disk that does not take writes: the disk, not the patch.
 
 After each apply the agent writes a result file and reads it back (can it
-still file outcomes?) within ``VITAL_TIMEOUT_S``. A disk that holds that write
+still file outcomes?) within its ``vital_timeout``. A disk that holds that write
 longer -- frozen (``fsfreeze``), or saturated -- must not get a good patch
 refused as one that broke the agent, nor a CRITICAL "restart the service": the
 patch is rolled back (it is never kept unchecked), the drop waits with the disk
@@ -32,10 +32,10 @@ from test_folder_resources import (
 
 import hotpatch
 from hotpatch._journal import COMPACT_MIN
-from hotpatch.agent import _local, _vital
+from hotpatch.agent import _local
 from hotpatch.agent._local import ROLLBACK_TRIES_S
 from hotpatch.agent._outcome import RESULT_SUFFIX
-from hotpatch.agent._vital import SLOW_DISK, VITAL_TIMEOUT_S
+from hotpatch.agent._vital import SLOW_DISK
 
 HELD = """\
 import threading
@@ -84,12 +84,15 @@ class FreezableDisk:
             self.frozen = False
 
 
+# A frozen disk holds the check's write for good, and a full one refuses the rollback's
+# journal record every time: the agent gives up on either the same way after 3 s and 1 s
+# as after its 10 s and 10 s, which these tests would only wait out. The agents here are
+# installed with vital_timeout=QUICK_CHECK.
+QUICK_CHECK = 3.0
+
+
 @pytest.fixture(autouse=True)
-def quick_waits(monkeypatch: pytest.MonkeyPatch) -> None:
-    # A frozen disk holds the check's write for good, and a full one refuses the rollback's
-    # journal record every time: the agent gives up on either the same way after 3 s and 1 s
-    # as after its 10 s and 10 s, which these tests would only wait out.
-    monkeypatch.setattr(_vital, "VITAL_TIMEOUT_S", 3.0)
+def quick_rollback_tries(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_local, "ROLLBACK_TRIES_S", 1.0)
 
 
@@ -141,7 +144,7 @@ def test_a_good_patch_on_a_frozen_disk_waits_and_goes_in_never_refused(
     caplog.set_level(logging.INFO, logger="hotpatch")
     folder = DropFolder(freezable_disk.path)
     journal = tmp_path / "journal.json"  # elsewhere: the rollback is not held by the disk
-    agent = hotpatch.install("1.0", watch=folder.path, journal=journal)
+    agent = hotpatch.install("1.0", watch=folder.path, journal=journal, vital_timeout=QUICK_CHECK)
 
     def blamed() -> list[str]:
         return [
@@ -158,7 +161,7 @@ def test_a_good_patch_on_a_frozen_disk_waits_and_goes_in_never_refused(
         wait_for(
             lambda: agent.status()["waiting"] is not None or blamed(),
             "the drop to wait for the disk",
-            timeout=VITAL_TIMEOUT_S + 60,
+            timeout=QUICK_CHECK + 60,
         )
         assert blamed() == []
         waiting = agent.status()["waiting"]
@@ -208,7 +211,11 @@ def test_an_unchecked_patch_whose_rollback_cannot_be_journalled_is_not_called_br
     folder = DropFolder(freezable_disk.path)
     journal = journal_disk.path / "journal.json"
     agent = hotpatch.install(
-        "1.0", watch=folder.path, journal=journal, plugins=[FillsDisk(journal_disk)]
+        "1.0",
+        watch=folder.path,
+        journal=journal,
+        plugins=[FillsDisk(journal_disk)],
+        vital_timeout=QUICK_CHECK,
     )
     # Past the journal's compaction size: the rollback rewrites it whole, in a new file.
     padding = "#" * 99 + "\n"
@@ -221,7 +228,7 @@ def test_an_unchecked_patch_whose_rollback_cannot_be_journalled_is_not_called_br
         wait_for(
             lambda: any(r.levelno >= logging.ERROR for r in caplog.records),
             "the rollback to fail",
-            timeout=VITAL_TIMEOUT_S + ROLLBACK_TRIES_S + 60,
+            timeout=QUICK_CHECK + ROLLBACK_TRIES_S + 60,
         )
         critical = [r.getMessage() for r in caplog.records if r.levelno >= logging.CRITICAL]
         assert critical == []

@@ -18,7 +18,14 @@ from hotpatch._loader import DEFAULT_MAX_BYTES
 from hotpatch._logging import show_log_lines
 from hotpatch._registry import MIGRATION_TIMEOUT_S, Registry
 from hotpatch.agent._names import SOCKET_NAME
-from hotpatch.agent._settings import Checks, PathLike, PluginChoice, Settings, deliver_timeout_of
+from hotpatch.agent._settings import (
+    Checks,
+    PathLike,
+    PluginChoice,
+    Settings,
+    deliver_timeout_of,
+    vital_timeout_of,
+)
 from hotpatch.agent._signing import TrustedKeys
 from hotpatch.agent._solo import Solo
 from hotpatch.agent.fanout._agent import Worker, worker_paths
@@ -46,6 +53,7 @@ def install(
     migration_timeout: float = MIGRATION_TIMEOUT_S,
     state_dir: PathLike | None = None,
     deliver_timeout: float | None = None,
+    vital_timeout: float | None = None,
 ) -> Agent:
     """Start a hotpatch agent in the background of this process and return it.
 
@@ -65,6 +73,12 @@ def install(
     for another worker's answer to a delivery, an undo or a rollback, or for the
     owner's to a request passed on to it; a worker that took a delivery and gave
     no answer by then has the patch undone, and the drop is rejected.
+
+    ``vital_timeout`` (default 10): seconds the check after every apply may take --
+    can the agent still file an outcome and answer its control socket with the
+    patch in? -- before the patch is rolled back and its drop rejected, naming
+    the wait. A slow machine may need longer; a service that wants a patch that
+    hangs the agent rolled back sooner gives less.
 
     ``migration_timeout``: seconds each migration of a patch has to return
     (default 30); past it the patch is refused and undone, and the agent goes
@@ -94,6 +108,7 @@ def install(
         migration_timeout=migration_timeout,
         state_dir=state_dir,
         deliver_timeout=deliver_timeout,
+        vital_timeout=vital_timeout,
     ).start()
 
 
@@ -135,6 +150,7 @@ class Agent:
         migration_timeout: float = MIGRATION_TIMEOUT_S,
         state_dir: PathLike | None = None,
         deliver_timeout: float | None = None,
+        vital_timeout: float | None = None,
     ) -> None:
         if not 0 < migration_timeout < math.inf:
             msg = (
@@ -142,6 +158,7 @@ class Agent:
             )
             raise ValueError(msg)
         wait = deliver_timeout_of(deliver_timeout, workers=workers)
+        check_wait = vital_timeout_of(vital_timeout)
         folder = Path(watch).absolute() if watch is not None else None
         state = Path(state_dir).absolute() if state_dir is not None else None
         if state is not None and folder is None:
@@ -183,6 +200,7 @@ class Agent:
             migration_timeout=migration_timeout,
             state_dir=state,
             deliver_timeout=wait,
+            vital_timeout=check_wait,
         )
         self._workers = workers
         self._run: Running | None = None  # kept once stopped: its registry stays readable

@@ -13,6 +13,7 @@ from hotpatch._loader import DEFAULT_MAX_BYTES
 from hotpatch._plugins import PluginHost
 from hotpatch._registry import MIGRATION_TIMEOUT_S
 from hotpatch.agent._signing import TrustedKeys
+from hotpatch.agent._vital import VITAL_TIMEOUT_S
 
 __all__ = [
     "DELIVER_TIMEOUT_S",
@@ -21,6 +22,7 @@ __all__ = [
     "PluginChoice",
     "Settings",
     "deliver_timeout_of",
+    "vital_timeout_of",
 ]
 
 log = logging.getLogger("hotpatch")
@@ -122,6 +124,7 @@ class Settings:
     migration_timeout: float = MIGRATION_TIMEOUT_S  # for each migration of a patch to return
     state_dir: Path | None = None  # where it writes instead of ``watch`` (only read then)
     deliver_timeout: float = DELIVER_TIMEOUT_S  # a worker's wait for another worker's answer
+    vital_timeout: float = VITAL_TIMEOUT_S  # for the check after an apply, before a rollback
 
     @property
     def state(self) -> Path | None:
@@ -146,6 +149,23 @@ def deliver_timeout_of(value: float | None, *, workers: bool) -> float:
             f"deliver_timeout must be a positive number of seconds, not {value!r} "
             f"(the default is {DELIVER_TIMEOUT_S:g}: give more if a worker's apply, migrations "
             "included, can take longer)"
+        )
+        raise ValueError(msg)
+    return float(value)
+
+
+def vital_timeout_of(value: float | None) -> float:
+    """``install(vital_timeout=)`` checked: seconds, ``VITAL_TIMEOUT_S`` when ``None``;
+    ``ValueError`` names what is wrong and what to give instead."""
+    if value is None:
+        return VITAL_TIMEOUT_S
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
+        msg = (
+            f"vital_timeout must be a positive number of seconds, not {value!r}: how long "
+            "the check after an apply (can the agent still file an outcome and answer its "
+            f"control socket?) may take before the patch is rolled back (the default is "
+            f"{VITAL_TIMEOUT_S:g}: give more when a slow machine needs longer, less for a "
+            "quicker rollback)"
         )
         raise ValueError(msg)
     return float(value)

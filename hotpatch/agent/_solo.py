@@ -61,6 +61,7 @@ class Solo:
             vital = VitalCheck(
                 stack.enter_context(staging.directory()),
                 settings.socket,
+                timeout=settings.vital_timeout,
                 ask={"cmd": "status", "brief": True},
             )
             stack.callback(vital.close)  # its thread ends with the agent

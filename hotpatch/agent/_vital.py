@@ -5,8 +5,9 @@ standard library's included (``json.dumps``, ``socket.socket.accept``,
 ``pathlib``). What the agent needs to file an outcome (serialise a record,
 write a file completely, read it back) and to answer its control socket (a
 ``status`` request through the real socket: its reading, its handler, its
-answer) is tried once the patch is in, within ``VITAL_TIMEOUT_S``, in a
-thread of its own so that a patch that makes either hang cannot hang the
+answer) is tried once the patch is in, within the agent's ``vital_timeout``
+(``install(vital_timeout=)``, default ``VITAL_TIMEOUT_S``), in a thread of its
+own so that a patch that makes either hang cannot hang the
 agent. ``VitalCheck`` says what broke; the applier then rolls the patch back.
 The thread waits for the next check once one is done (a burst does not start
 a thread per drop); one whose check did not finish in time is left to it, and
@@ -25,7 +26,7 @@ rollback of a patch that broke the vital path. A check that cannot be made
 even so raises ``Shortage``: the applier rolls the patch back and the drop
 waits (a patch is never kept unchecked).
 
-A disk that takes more than ``VITAL_TIMEOUT_S`` to take the result file
+A disk that takes more than ``vital_timeout`` to take the result file
 (frozen, or too slow) is not the patch's doing either: the check tells the
 time spent in the disk's own calls (``os`` functions, written in C: no patch
 replaces them) from the rest; late in them, it raises ``Shortage``
@@ -72,7 +73,9 @@ __all__ = ["SLOW_DISK", "VITAL_TIMEOUT_S", "VitalCheck"]
 
 log = logging.getLogger("hotpatch")
 
-VITAL_TIMEOUT_S = 10.0  # for the whole check; a working agent takes milliseconds
+# The default of ``install(vital_timeout=)``: for the whole check; a working agent takes
+# milliseconds.
+VITAL_TIMEOUT_S = 10.0
 _SCRATCH_TRIES = 3  # writes of the result file while its directory keeps going away
 _SCRATCH_GONE = "the scratch directory went away during the write"
 # What ran short when the check's time went by in the disk's calls (``Shortage.resource``).
@@ -85,7 +88,8 @@ class VitalCheck:
     ``scratch``: a private directory of the agent's (a result file is written
     there, read back, and kept under its temporary name for the next check to
     write over); ``socket``: its control socket, if it serves one;
-    ``server``: the server of that socket, once it serves (the spare connection).
+    ``server``: the server of that socket, once it serves (the spare connection);
+    ``timeout``: seconds the whole check may take (the agent's ``vital_timeout``).
     """
 
     def __init__(
@@ -93,13 +97,12 @@ class VitalCheck:
         scratch: Path,
         socket: Path | None,
         *,
-        timeout: float | None = None,
+        timeout: float,
         ask: dict[str, Any] | None = None,
     ) -> None:
         self.scratch = scratch
         self.socket = socket
-        # ``VITAL_TIMEOUT_S`` as it is when the agent starts (a test may set it shorter).
-        self.timeout = VITAL_TIMEOUT_S if timeout is None else timeout
+        self.timeout = timeout
         self.ask = ask if ask is not None else {"cmd": "status"}  # a request answered at once
         self.server: ControlServer | None = None
         self._spare = SparePair()
@@ -233,11 +236,11 @@ class VitalCheck:
         """A check that did not finish in time: what broke; raised when it was the agent's
         stop (the socket it ``asked``) or the disk (waited ``on_disk``), not the patch."""
         if asked and self._stopped():
-            msg = f"its control socket, closing, did not answer within {self.timeout:g} s"
+            msg = f"its control socket, closing, did not answer within {self._wait()}"
             raise StoppedDuringCheck(msg)
         if on_disk:
             msg = (
-                f"the check after the apply waited {self.timeout:g} s for the disk of "
+                f"the check after the apply waited {self._wait()} for the disk of "
                 f"{self.scratch} to take its result file (written, synced): whether the agent "
                 "can still file outcomes with the patch is not known; see that the disk "
                 "takes writes (not frozen, not saturated)"
@@ -245,7 +248,14 @@ class VitalCheck:
             raise Shortage(SLOW_DISK, msg)
         return (
             "filing an outcome and answering the control socket did not finish within "
-            f"{self.timeout:g} s"
+            + self._wait()
+        )
+
+    def _wait(self) -> str:
+        """The check's wait as its messages name it: the setting, and how to change it."""
+        return (
+            f"vital_timeout ({self.timeout:g} s; install(..., vital_timeout=SECONDS) gives "
+            "more when a slow machine needs longer)"
         )
 
     def _verdict(

@@ -18,9 +18,11 @@ __all__ = [
     "ENV_CONTROL",
     "ENV_JOURNAL",
     "ENV_SOCKETS",
+    "ENV_VITAL_TIMEOUT",
     "MAX_FDS",
     "MAX_MESSAGE",
     "SHORTAGE",
+    "VITAL_TIMEOUT_S",
     "DescriptorsLost",
     "format_address",
     "open_listener",
@@ -40,6 +42,11 @@ ENV_BIND = "HOTPATCH_BIND"  # "http=127.0.0.1:8000,...": addresses when running 
 # baseline and journal, replayed before it says it is loaded.
 ENV_BASELINE = "HOTPATCH_BASELINE"
 ENV_JOURNAL = "HOTPATCH_JOURNAL"
+# Seconds the check after each apply (does a message still cross a channel of the
+# supervisor's kind?) may take before the patch is rolled back: ``hotpatch run
+# --vital-timeout``, passed on to each serving process; a working process takes ~1 ms.
+ENV_VITAL_TIMEOUT = "HOTPATCH_VITAL_TIMEOUT"
+VITAL_TIMEOUT_S = 10.0
 
 # The outcome of a patch a serving process could not take for want of a resource
 # (its journal's disk full, no memory): not the patch's fault, nothing of it was

@@ -31,23 +31,29 @@ from hotpatch._results import (
     level_summary,
 )
 from hotpatch._shortage import RESOURCES, SparePair, shortage_of
-from hotpatch.service._channel import SHORTAGE, DescriptorsLost, recv_message, send_message
+from hotpatch.service._channel import (
+    ENV_VITAL_TIMEOUT,
+    SHORTAGE,
+    VITAL_TIMEOUT_S,
+    DescriptorsLost,
+    recv_message,
+    send_message,
+)
 
 __all__ = [
     "ENV_MIGRATION_TIMEOUT",
-    "VITAL_TIMEOUT_S",
     "VITAL_WHO",
     "LevelReporter",
     "PatchLevels",
     "WireCheck",
     "migration_timeout",
+    "vital_timeout",
 ]
 
 log = logging.getLogger("hotpatch.service")
 
 # The serving process's migration deadline, from its environment (hotpatch run passes it on).
 ENV_MIGRATION_TIMEOUT = "HOTPATCH_MIGRATION_TIMEOUT"
-VITAL_TIMEOUT_S = 10.0  # for a reply to cross a channel and back; a working process: ~1 ms
 VITAL_WHO = "hotpatch (vital check)"  # who rolls back a patch that broke the channel
 
 
@@ -79,6 +85,7 @@ class PatchLevels:
         self.level_seq = 0
         self.digests = LevelDigests(_entry)  # of the level under the top its reports show
         self.wire = WireCheck()  # after each apply: a reply still crosses a channel
+        self.vital_timeout = VITAL_TIMEOUT_S  # its wait: $HOTPATCH_VITAL_TIMEOUT, once loaded
 
     def load(self, start_patch: tuple[Mapping[str, Any], bytes] | None) -> dict[str, Any]:
         """Replay the journal, apply ``start_patch`` (the patch this restart is for), and say
@@ -86,6 +93,7 @@ class PatchLevels:
         info: dict[str, Any] = {"sys_path": list(sys.path)}
         if self.baseline is None:
             return info
+        self.vital_timeout = vital_timeout(os.environ)
         try:
             self.registry = Registry(
                 self.baseline,
@@ -267,7 +275,8 @@ class PatchLevels:
             applied = registry.apply(patch, who=who, restarting=restarting)
             result["timings"]["apply_s"] = time.perf_counter() - t
             result["outcome"], result["targets"] = "applied", list(applied.targets)
-            broken = self.wire.check({"op": "patched", **result, **self.level_info()})
+            message = {"op": "patched", **result, **self.level_info()}
+            broken = self.wire.check(message, timeout=self.vital_timeout)
             if broken is None:
                 return
             log.error(
@@ -365,21 +374,33 @@ def _entry(patch: Patch) -> tuple[str, str | None]:
 
 def migration_timeout(environ: Mapping[str, str]) -> float:
     """``$HOTPATCH_MIGRATION_TIMEOUT`` in seconds, or the default (a bad value is logged)."""
-    raw = environ.get(ENV_MIGRATION_TIMEOUT)
+    return _seconds(environ, ENV_MIGRATION_TIMEOUT, MIGRATION_TIMEOUT_S, "migrations get")
+
+
+def vital_timeout(environ: Mapping[str, str]) -> float:
+    """``$HOTPATCH_VITAL_TIMEOUT`` in seconds (``hotpatch run --vital-timeout``, checked
+    there), or the default (a bad value is logged)."""
+    return _seconds(environ, ENV_VITAL_TIMEOUT, VITAL_TIMEOUT_S, "the check after each apply gets")
+
+
+def _seconds(environ: Mapping[str, str], name: str, default: float, who_gets: str) -> float:
+    """The positive number of seconds in ``$name``, or ``default`` (a bad value is logged)."""
+    raw = environ.get(name)
     if not raw:
-        return MIGRATION_TIMEOUT_S
+        return default
     try:
         value = float(raw)
     except ValueError:
         value = 0.0
     if not 0 < value < math.inf:
         log.warning(
-            "$%s=%r is not a positive number of seconds; migrations get the default %g s",
-            ENV_MIGRATION_TIMEOUT,
+            "$%s=%r is not a positive number of seconds; %s the default %g s",
+            name,
             raw,
-            MIGRATION_TIMEOUT_S,
+            who_gets,
+            default,
         )
-        return MIGRATION_TIMEOUT_S
+        return default
     return value
 
 
@@ -403,10 +424,11 @@ class WireCheck:
         """Close the pair, if any (a process's pair lives as long as it does)."""
         self._spare.spoil()
 
-    def check(self, message: Mapping[str, Any], timeout: float = VITAL_TIMEOUT_S) -> str | None:
+    def check(self, message: Mapping[str, Any], timeout: float) -> str | None:
         """``None`` when ``message`` arrives as sent through the pair; else what went wrong.
 
-        Bounded by ``timeout`` (in a thread of its own: a patch may make it hang).
+        Bounded by ``timeout`` (``hotpatch run --vital-timeout``; in a thread of its own:
+        a patch may make it hang).
         A pair that failed is not used again; one whose check did not finish in time
         is left to its thread, which closes it once the check returns (if ever).
         """
@@ -439,7 +461,11 @@ class WireCheck:
                 self._spare.spoil(close=False)  # the thread may still use it: left to it
                 abandoned.append(True)
         if late:
-            return f"a message to the supervisor did not cross a channel within {timeout:g} s"
+            return (
+                f"a message to the supervisor did not cross a channel within the vital "
+                f"timeout ({timeout:g} s; hotpatch run --vital-timeout SECONDS gives more when "
+                "a slow machine needs longer)"
+            )
         if found[0] is not None:
             self._spare.spoil()
         return found[0]

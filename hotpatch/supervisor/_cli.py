@@ -12,6 +12,7 @@ import asyncio
 import datetime
 import ipaddress
 import logging
+import math
 import os
 import shutil
 import sys
@@ -22,11 +23,17 @@ from packaging.version import InvalidVersion, Version
 
 from hotpatch._logging import show_log_lines
 from hotpatch.agent._state_dir import ENV_STATE_DIR, refuse_read_only
-from hotpatch.service._channel import ENV_BASELINE, parse_address, parse_bind
+from hotpatch.service._channel import (
+    ENV_BASELINE,
+    ENV_VITAL_TIMEOUT,
+    VITAL_TIMEOUT_S,
+    parse_address,
+    parse_bind,
+)
 from hotpatch.supervisor._activation import passed_sockets
 from hotpatch.supervisor._child import ChildSpec
 from hotpatch.supervisor._patches import SupervisedPipeline
-from hotpatch.supervisor._records import SupervisorConfig
+from hotpatch.supervisor._records import PATCH_TIMEOUT_S, SupervisorConfig
 from hotpatch.supervisor._runner import Runner
 from hotpatch.supervisor._supervisor import Supervisor
 from hotpatch.supervisor._workers import Fleet
@@ -275,6 +282,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="time the verification child gets to import a patch (default 10)",
     )
+    patches.add_argument(
+        "--vital-timeout",
+        type=float,
+        metavar="S",
+        help="time the check after each apply gets (does a message still cross the channel "
+        "to the supervisor?) before the patch is rolled back and rejected: more for a slow "
+        f"machine, less for a quicker rollback (default ${ENV_VITAL_TIMEOUT}, else "
+        f"{VITAL_TIMEOUT_S:g})",
+    )
     return parser
 
 
@@ -306,6 +322,38 @@ def _check_paths(args: argparse.Namespace, command: list[str]) -> None:
         where = "is not an executable file" if os.sep in program else "is not found on PATH"
         msg = f"the service's command {program!r} {where}: give the command after --"
         raise ValueError(msg)
+
+
+def _vital_timeout(args: argparse.Namespace, watch: Path | None) -> float:
+    """--vital-timeout, else $HOTPATCH_VITAL_TIMEOUT (with --watch), else the default;
+    ``ValueError`` names where a bad value came from and what to give."""
+    raw = os.environ.get(ENV_VITAL_TIMEOUT)
+    value: float
+    if args.vital_timeout is not None:
+        value, given = float(args.vital_timeout), f"--vital-timeout {args.vital_timeout:g}"
+        if watch is None:
+            msg = (
+                f"{given} is the wait of the check after each apply of a patch: give "
+                "--watch DIR too"
+            )
+            raise ValueError(msg)
+    elif raw and watch is not None:
+        given = f"${ENV_VITAL_TIMEOUT}={raw!r}"
+        try:
+            value = float(raw)
+        except ValueError:
+            value = math.nan
+    else:
+        return VITAL_TIMEOUT_S
+    if not 0 < value < math.inf:
+        msg = (
+            f"{given} is not a positive number of seconds: it is how long the check after "
+            "each apply (does a message still cross the channel to the supervisor?) may take "
+            f"before the patch is rolled back (the default is {VITAL_TIMEOUT_S:g}: give more "
+            "when a slow machine needs longer, less for a quicker rollback)"
+        )
+        raise ValueError(msg)
+    return value
 
 
 def _config(args: argparse.Namespace, command: list[str]) -> SupervisorConfig:
@@ -353,6 +401,7 @@ def _config(args: argparse.Namespace, command: list[str]) -> SupervisorConfig:
         )
         raise ValueError(msg)
     _check_paths(args, command)
+    vital_timeout = _vital_timeout(args, watch)
     journal = args.journal or ((state_dir or watch) / ".journal.json" if watch else None)
     return SupervisorConfig(
         spec=ChildSpec(tuple(command)),
@@ -362,6 +411,10 @@ def _config(args: argparse.Namespace, command: list[str]) -> SupervisorConfig:
         require_signature=not args.allow_unsigned,
         trusted_keys=args.trusted_keys.absolute() if args.trusted_keys else None,
         verify_timeout=args.verify_timeout,
+        vital_timeout=vital_timeout,
+        # A serving process's answer to a patch comes after its check: a longer one adds to
+        # the wait for it (no answer in time leaves the drop in doubt, not rolled back).
+        patch_timeout=PATCH_TIMEOUT_S + max(vital_timeout - VITAL_TIMEOUT_S, 0.0),
         releases=args.releases.absolute() if args.releases else None,
         window=args.window,
         control_socket=args.control_socket.absolute() if args.control_socket else None,

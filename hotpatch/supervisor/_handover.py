@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hotpatch._shortage import shortage_of
-from hotpatch.service._channel import ENV_BASELINE, ENV_JOURNAL, write_memfd
+from hotpatch.service._channel import ENV_BASELINE, ENV_JOURNAL, ENV_VITAL_TIMEOUT, write_memfd
 from hotpatch.supervisor._bundle import Release
 from hotpatch.supervisor._child import Child, ChildExited, ChildSpec, Message, describe_exit
 from hotpatch.supervisor._records import PatchJob, StateError, SupervisorConfig
@@ -252,12 +252,14 @@ class Handover:
         return new, HandedOver(paused, state, final.size if final is not None else None)
 
     def _child_spec(self, release: Release | None) -> ChildSpec:
-        """The command, with the baseline and journal, and a release's code first on sys.path."""
+        """The command, with the baseline, journal and check after an apply's wait, and a
+        release's code first on sys.path."""
         spec = self.config.spec
         env = dict(spec.env)
         baseline = release.version if release is not None else self.config.baseline
         if baseline is not None:
             env[ENV_BASELINE] = baseline
+            env[ENV_VITAL_TIMEOUT] = repr(self.config.vital_timeout)
             if self.config.journal is not None:
                 env[ENV_JOURNAL] = str(self.config.journal)
         if release is not None:

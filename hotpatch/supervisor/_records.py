@@ -8,12 +8,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from hotpatch.service._channel import VITAL_TIMEOUT_S
 from hotpatch.supervisor._bundle import Release
 from hotpatch.supervisor._child import Child, ChildSpec
 from hotpatch.supervisor._status import utc_now
 from hotpatch.supervisor._takeover import CodePoint
 
 __all__ = [
+    "PATCH_TIMEOUT_S",
     "BaselineJob",
     "FolderPipeline",
     "PatchJob",
@@ -27,6 +29,10 @@ __all__ = [
 ]
 
 RestartMode = Literal["preserving", "plain"]
+
+# For a serving process to take a patch, its check after the apply (``vital_timeout``,
+# 10 s unless --vital-timeout says otherwise) included; a longer check adds to it.
+PATCH_TIMEOUT_S = 120.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +58,8 @@ class SupervisorConfig:
     require_signature: bool = True
     trusted_keys: Path | None = None
     verify_timeout: float = 10.0
-    patch_timeout: float = 120.0  # for a serving process to take a patch
+    patch_timeout: float = PATCH_TIMEOUT_S  # for a serving process to take a patch
+    vital_timeout: float = VITAL_TIMEOUT_S  # for its check after the apply (--vital-timeout)
     releases: Path | None = None  # where baseline bundles are unpacked
     window: tuple[datetime.time, datetime.time] | None = None  # maintenance window, UTC
     control_socket: Path | None = None  # the folder's control socket (None: DIR/.hotpatch.sock)

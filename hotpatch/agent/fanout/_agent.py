@@ -118,7 +118,12 @@ class Worker:
                 # After each apply: can this worker still file and answer its socket?
                 scratch = Path(tempfile.mkdtemp(prefix="hotpatch-vital-"))
                 stack.callback(shutil.rmtree, scratch, ignore_errors=True)
-                vital = VitalCheck(scratch, socket, ask={"cmd": "worker", "brief": True})
+                vital = VitalCheck(
+                    scratch,
+                    socket,
+                    timeout=settings.vital_timeout,
+                    ask={"cmd": "worker", "brief": True},
+                )
                 self._vital = vital
                 local = LocalApplier(
                     self._registry(None) if peers else self._replayed(), vital=vital
