@@ -10,7 +10,7 @@ from typing import Any, Literal, TypeVar
 
 from packaging.version import InvalidVersion, Version
 
-__all__ = ["Migration", "Patch", "PatchKind", "PatchSource", "Replacement"]
+__all__ = ["Migration", "Patch", "PatchKind", "PatchSource", "Replacement", "version_key"]
 
 PatchKind = Literal["hot", "planned-baseline", "unplanned-baseline"]
 Quiescence = Literal["none", "strict"]
@@ -66,6 +66,46 @@ def _check_target(target: str) -> str:
 # record, the patch file's declaration, the plan): each text is parsed once. The key
 # is the text itself, so another text is parsed anew; a Version is not changed once made.
 _parsed = functools.lru_cache(maxsize=4096)(Version)
+
+
+# A version's place in PEP 440 order as ints and strings only: epoch, release without
+# its trailing zeros, (pre rank, pre number, post rank, post number, dev rank, dev
+# number), local segments ((n, "") for a number, (-1, text) for text: text first).
+VersionKey = tuple[int, tuple[int, ...], tuple[int, int, int, int, int, int], tuple[Any, ...]]
+_PRE_RANK = {"a": 0, "b": 1, "rc": 2}  # a dev release alone: -1; no pre-release: 3
+
+
+def version_key(version: Version) -> VersionKey:
+    """``version``'s place in PEP 440 order, as a tuple of ints and strings.
+
+    Two keys compare as their versions do. Compared in C (a ``Version``'s comparisons
+    run Python code), and made of atoms only: once a collection has seen it, the
+    garbage collector no longer tracks it (it tracks every ``Version``), so keys kept
+    for thousands of waiting drops cost it nothing.
+    """
+    release = version.release
+    end = len(release)
+    while end and release[end - 1] == 0:  # 1.0.0 is 1.0 is 1
+        end -= 1
+    pre, post, dev = version.pre, version.post, version.dev
+    if pre is not None:
+        pre_rank, pre_n = _PRE_RANK[pre[0]], pre[1]
+    else:
+        pre_rank, pre_n = (-1 if post is None and dev is not None else 3), 0
+    local = version.local
+    return (
+        version.epoch,
+        release[:end],
+        (
+            pre_rank,
+            pre_n,
+            0 if post is None else 1,
+            post or 0,
+            1 if dev is None else 0,
+            dev or 0,
+        ),
+        tuple((int(s), "") if s.isdigit() else (-1, s) for s in local.split(".")) if local else (),
+    )
 
 
 def parse_version(text: str, what: str) -> Version:

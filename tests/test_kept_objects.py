@@ -73,3 +73,48 @@ def test_an_applied_patch_keeps_few_tracked_objects(targets: int, most: int) -> 
     result = run_python_json(COUNT.format(paths=sys.path, n=40, targets=targets))
     assert result["level"] == 80
     assert result["per_patch"] <= most, result
+
+
+WAITING = """
+import collections, gc, json, sys, tempfile, threading
+from pathlib import Path
+sys.path[:0] = {paths!r}
+from hotpatch.agent._configmap import Taken
+from hotpatch.agent._queue import DropQueue
+N = {n}
+folder = Path(tempfile.mkdtemp())
+names = [f"fix-{{i:05d}}.py" for i in range(1, 2 * N + 1)]
+for i, name in enumerate(names, 1):
+    (folder / name).write_text(
+        f"from hotpatch import Patch\\npatch = Patch(version='1.0.{{i}}', baseline='1.0')\\n"
+    )
+cond = threading.Condition()
+queue = DropQueue(folder, cond, max_bytes=1 << 20, keep=False, taken=Taken(folder))
+def announce(part):
+    with cond:
+        for name in part:
+            queue.add(name)
+def tracked():
+    for _ in range(5):  # a tuple holding tuples is untracked once they are: 4 deep
+        gc.collect()
+    return gc.get_objects()
+announce(names[:N])  # what the first burst sets up once is not counted
+assert queue.take() == names[0]
+start = {{id(o) for o in tracked()}}
+announce(names[N:])
+assert queue.lower_than("2.0") == names[1]  # every drop announced is read and sorted in
+new = [o for o in tracked() if id(o) not in start]
+kinds = collections.Counter(type(o).__qualname__ for o in new)
+per_drop = len(new) / N
+print(json.dumps({{"per_drop": per_drop, "kinds": kinds.most_common(8), "waiting": len(queue)}}))
+"""
+
+
+def test_a_drop_waiting_in_a_burst_keeps_nothing_the_collector_tracks() -> None:
+    """The queue sorts a burst by the drops' versions, kept for each drop waiting: as
+    ints and strings, which the collector stops tracking, not a ``Version`` (tracked,
+    with the tuples holding it: 2 objects a drop before), so that the N drops of a
+    burst waiting count nothing toward a full collection."""
+    result = run_python_json(WAITING.format(paths=sys.path, n=200))
+    assert result["waiting"] == 399
+    assert result["per_drop"] < 0.5, result

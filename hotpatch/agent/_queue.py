@@ -35,6 +35,7 @@ from pathlib import Path
 from packaging.version import Version
 
 from hotpatch._errors import VerificationFailed
+from hotpatch._patch import VersionKey, version_key
 from hotpatch.agent._arrivals import Arrivals
 from hotpatch.agent._configmap import Taken, is_configmap_link, resolve
 from hotpatch.agent._drops import (
@@ -56,8 +57,11 @@ SETTLE_S = 0.005
 HOLD_BACK_S = 1.0
 _BURST = 2  # drops queued from which the folder's changes are watched, not listed
 
-SortKey = tuple[int, Version, str]
-_UNKNOWN = Version("0")
+# (0, the version's key, name), or (1, the lowest key, name) when no version can be read.
+# Ints and strings only (``version_key``): compared in C, and not tracked by the garbage
+# collector once it has seen them, so a burst of N waiting costs it nothing per drop.
+SortKey = tuple[int, VersionKey, str]
+_UNKNOWN = version_key(Version("0"))
 
 
 class DropQueue:
@@ -246,7 +250,8 @@ class DropQueue:
             queued = _Queued(self._queue, self._cond, self._next_arrival)
             fresh, self._unsorted = self._unsorted, set()
         self._sort_in(fresh, queued)
-        ceiling: SortKey = (0, Version(version), "")  # above every lower version's key only
+        # above every lower version's key only
+        ceiling: SortKey = (0, version_key(Version(version)), "")
         lowest = self._lowest(queued)
         if lowest is not None and lowest[0] < ceiling:
             return lowest[1]
@@ -360,7 +365,7 @@ class DropQueue:
                 version = peek_version(
                     read_patch_file(path, max_bytes=self._max_bytes, owners=owners).data
                 )
-        key: SortKey = (0, Version(version), name) if version else (1, _UNKNOWN, name)
+        key: SortKey = (0, version_key(Version(version)), name) if version else (1, _UNKNOWN, name)
         self._keys[name] = (identity, key)
         return key
 
@@ -370,7 +375,7 @@ class DropQueue:
         if name.endswith(".py"):
             with contextlib.suppress(OSError, Vanished, VerificationFailed):
                 version = peek_version(resolve(self.path, name, max_bytes=self._max_bytes).data)
-        return (0, Version(version), name) if version else (1, _UNKNOWN, name)
+        return (0, version_key(Version(version)), name) if version else (1, _UNKNOWN, name)
 
 
 class _Queued:
