@@ -43,6 +43,8 @@ from hotpatch._results import (
     LevelChain,
     RollbackResult,
     TupleStack,
+    chain_below,
+    chain_of,
     level_text,
 )
 from hotpatch._shortage import shortage_of
@@ -84,10 +86,9 @@ class Registry:
         # Changed in place, under the lock: an apply costs the same at any level.
         self._stack: list[Applied] = []
         # The stack's versions and patches, for readers on any thread (each read a
-        # consistent snapshot), and the versions as the chain history entries share.
+        # consistent snapshot); the versions' states are the chains history entries share.
         self._versions: TupleStack[str] = TupleStack()
         self._patch_stack: TupleStack[Patch] = TupleStack()
-        self._chain: LevelChain | None = None
         self._originals: dict[int, tuple[types.FunctionType, dict[str, Any]]] = {}
         self._wrappers = Wrappers(self._lock)
         self._history: deque[HistoryEntry] = deque(maxlen=HISTORY_KEPT)
@@ -229,7 +230,7 @@ class Registry:
             tuple(plan.caches),
             tuple(plan.nested),
         )
-        chain = LevelChain(patch.version, None if patch.cumulative else self._chain)
+        chain = chain_of((patch.version,), None if patch.cumulative else self._versions.top)
         undo: list[Callable[[], object]] = []
         # The order: wait for strict quiescence, run the migrations (each within
         # migration_timeout), write the journal, switch. The journal never holds a patch
@@ -247,7 +248,7 @@ class Registry:
             if plan.migrations:  # a thread may have entered a target meanwhile
                 quiesce(patch, plan.codes, deadline)
             elapsed = time.perf_counter() - start
-            record = HistoryEntry(time.time(), action, patch.version, chain, elapsed, who)
+            record = HistoryEntry.at(time.time(), action, patch.version, chain, elapsed, who)
             if recording is not None and recording.on and action != "replay":
                 pop = len(self._stack) if patch.cumulative else 0
                 below = [] if patch.cumulative else self._stack  # read only if the journal
@@ -279,7 +280,7 @@ class Registry:
             self._originals.setdefault(id(func), (func, _state_before(func, before)))
         self._push(entry, chain)
         elapsed = time.perf_counter() - start
-        done = HistoryEntry(time.time(), action, patch.version, chain, elapsed, who)
+        done = HistoryEntry.at(time.time(), action, patch.version, chain, elapsed, who)
         self._history.append(done)
         if recording is not None and not (recording.on and action != "replay"):
             recording.unrecorded(done)  # a replay's row goes in with the next change
@@ -297,17 +298,16 @@ class Registry:
         self.plugins.notify("hotpatch_after_apply", patch=patch, registry=self, result=result)
         return result
 
-    def _push(self, entry: Applied, chain: LevelChain) -> None:
-        """``entry`` on top of the level (in place of it: cumulative), in O(1)."""
+    def _push(self, entry: Applied, chain: LevelChain | None) -> None:
+        """``entry`` on top of the level (in place of it: cumulative), in O(1); ``chain``:
+        the versions then, made from the versions' state now."""
         patch = entry.patch
         if patch.cumulative:
             self._stack = [entry]
         else:
             self._stack.append(entry)
-        self._chain = chain
-        pop = len(self._versions) if patch.cumulative else 0
-        self._versions.change(pop, (patch.version,))
-        self._patch_stack.change(pop, (patch,))
+        self._versions.set(chain)
+        self._patch_stack.change(len(self._patch_stack) if patch.cumulative else 0, (patch,))
 
     # -- rollback ---------------------------------------------------------------------
 
@@ -330,12 +330,10 @@ class Registry:
             elapsed = time.perf_counter() - start
             versions = tuple(e.patch.version for e in popped)
             kept, pushed = kept_of(self._stack, stack)
-            chain = self._chain
-            for _ in range(len(self._stack) - kept):
-                assert chain is not None
-                chain = chain.below
-            chain = LevelChain.of(pushed, chain)
-            record = HistoryEntry(time.time(), "rollback", ", ".join(versions), chain, elapsed, who)
+            chain = chain_of(pushed, chain_below(self._versions.top, len(self._stack) - kept))
+            record = HistoryEntry.at(
+                time.time(), "rollback", ", ".join(versions), chain, elapsed, who
+            )
             # The code first, then the journal: the patch being rolled back may have broken
             # what writing the journal needs (json), and the code it brought must go anyway.
             caches = caches_of(popped) if rare else []
@@ -358,14 +356,13 @@ class Registry:
             self._stack = stack
             if self._deferred is not None and not self._deferred.forget(popped):
                 self._deferred = None
-            self._chain = chain
-            self._versions.change(len(self._versions) - kept, pushed)
+            self._versions.set(chain)
             self._patch_stack.change(len(self._patch_stack) - kept, [e.patch for e in stack[kept:]])
             for entry in popped:
                 run_unmigrations(entry.patch.version, entry.unmigrations)
             elapsed = time.perf_counter() - start
             if popped:
-                done = HistoryEntry(
+                done = HistoryEntry.at(
                     time.time(), "rollback", ", ".join(versions), chain, elapsed, who
                 )
                 self._history.append(done)
@@ -515,10 +512,11 @@ class Registry:
     def _defer(self, patch: Patch) -> None:
         """Replay a patch of that run every target of which is under a later one: unbuilt."""
         self._stack.append(self._run().unbuilt(patch))
-        self._chain = LevelChain(patch.version, self._chain)
         self._versions.push(patch.version)
         self._patch_stack.push(patch)
-        done = HistoryEntry(time.time(), "replay", patch.version, self._chain, 0.0, "journal")
+        done = HistoryEntry.at(
+            time.time(), "replay", patch.version, self._versions.top, 0.0, "journal"
+        )
         self._history.append(done)
         if self._recording is not None:
             self._recording.unrecorded(done)  # goes in with the next change

@@ -19,6 +19,9 @@ __all__ = [
     "RollbackResult",
     "TupleStack",
     "as_json_reads",
+    "chain_below",
+    "chain_of",
+    "chain_versions",
     "level_line",
     "level_summary",
     "level_text",
@@ -147,36 +150,6 @@ class RollbackResult:
     switch_s: float
 
 
-class LevelChain:
-    """A level as a persistent stack of versions: each change adds one node.
-
-    History entries keep the node of their level, so that an entry costs the
-    same whatever the level's length; ``versions()`` spells it out on demand.
-    """
-
-    __slots__ = ("below", "version")
-
-    def __init__(self, version: str, below: LevelChain | None):
-        self.version = version
-        self.below = below
-
-    def versions(self) -> tuple[str, ...]:
-        out: list[str] = []
-        node: LevelChain | None = self
-        while node is not None:
-            out.append(node.version)
-            node = node.below
-        out.reverse()
-        return tuple(out)
-
-    @staticmethod
-    def of(versions: Iterable[str], below: LevelChain | None = None) -> LevelChain | None:
-        """``below`` with ``versions`` put on top, oldest first."""
-        for version in versions:
-            below = LevelChain(version, below)
-        return below
-
-
 # One state of a ``TupleStack``: (its top item, the state below, its size). A plain
 # tuple: one whose item is a string (a version) the garbage collector stops tracking,
 # with the states below it, so that a level of versions costs it nothing.
@@ -188,6 +161,39 @@ _SIZE: Final = 2
 
 def _node(item: T, below: _Node[T] | None) -> _Node[T]:
     return (item, below, below[_SIZE] + 1 if below is not None else 1)
+
+
+# A level as the versions' ``TupleStack`` holds it: its top state. History entries keep
+# the state of their level, shared with the stack and with each other: an entry costs the
+# same whatever the level's length, and, a tuple of strings and of such tuples, nothing
+# the garbage collector tracks once it has seen it.
+LevelChain = _Node[str]
+
+
+def chain_of(versions: Iterable[str], below: LevelChain | None = None) -> LevelChain | None:
+    """``below`` with ``versions`` put on top, oldest first."""
+    for version in versions:
+        below = _node(version, below)
+    return below
+
+
+def chain_below(chain: LevelChain | None, count: int) -> LevelChain | None:
+    """``chain`` less its top ``count`` versions (``None``: none left)."""
+    for _ in range(count):
+        if chain is None:
+            break
+        chain = chain[_BELOW]
+    return chain
+
+
+def chain_versions(chain: LevelChain | None) -> tuple[str, ...]:
+    """The versions of ``chain``, oldest first."""
+    out: list[str] = []
+    while chain is not None:
+        out.append(chain[_ITEM])
+        chain = chain[_BELOW]
+    out.reverse()
+    return tuple(out)
 
 
 class TupleStack(Generic[T]):
@@ -231,6 +237,15 @@ class TupleStack(Generic[T]):
             top = _node(item, top)
         self._top = top
 
+    @property
+    def top(self) -> _Node[T] | None:
+        """The state now (``chain_of`` and ``chain_below`` make others from it)."""
+        return self._top
+
+    def set(self, top: _Node[T] | None) -> None:
+        """The stack in state ``top`` (one made from this stack's states), in one change."""
+        self._top = top
+
     def last(self, default: T) -> T:
         """The top item, or ``default`` when the stack is empty."""
         top = self._top
@@ -264,7 +279,7 @@ class TupleStack(Generic[T]):
 class HistoryEntry:
     """One change of the level: an apply, a journal replay or a rollback (read-only)."""
 
-    __slots__ = ("_level", "action", "elapsed_s", "time", "version", "who")
+    __slots__ = ("_chain", "_level", "action", "elapsed_s", "time", "version", "who")
     __match_args__ = ("time", "action", "version", "level", "elapsed_s", "who")
 
     time: float
@@ -272,14 +287,15 @@ class HistoryEntry:
     version: str
     elapsed_s: float
     who: str
-    _level: tuple[str, ...] | LevelChain | None
+    _level: tuple[str, ...] | None
+    _chain: LevelChain | None  # the level as the registry's stack shares it, if not _level
 
     def __init__(  # noqa: PLR0917 -- the fields in the order HistoryEntry always took them
         self,
         time: float,
         action: str,
         version: str,
-        level: tuple[str, ...] | LevelChain | None,
+        level: tuple[str, ...] | None,
         elapsed_s: float,
         who: str = "api",
     ):
@@ -288,16 +304,31 @@ class HistoryEntry:
         put(self, "action", action)
         put(self, "version", version)
         put(self, "_level", level)
+        put(self, "_chain", None)
         put(self, "elapsed_s", elapsed_s)
         put(self, "who", who)
+
+    @classmethod
+    def at(  # noqa: PLR0917 -- the fields in the order of __init__
+        cls,
+        time: float,
+        action: str,
+        version: str,
+        chain: LevelChain | None,
+        elapsed_s: float,
+        who: str,
+    ) -> HistoryEntry:
+        """An entry whose level is ``chain`` (spelt out when read)."""
+        entry = cls(time, action, version, None, elapsed_s, who)
+        object.__setattr__(entry, "_chain", chain)
+        return entry
 
     @property
     def level(self) -> tuple[str, ...]:
         """The level after the change, oldest first."""
-        level = self._level
-        if level is None:
-            return ()
-        return level if isinstance(level, tuple) else level.versions()
+        if self._chain is not None:
+            return chain_versions(self._chain)
+        return self._level or ()
 
     def __setattr__(self, name: str, value: object) -> None:
         msg = f"HistoryEntry is read-only: cannot set {name}"
@@ -349,13 +380,11 @@ class HistoryEntry:
             same = len(prev)
             if level[:same] != prev:
                 same = len(level) if prev[: len(level)] == level else _common(prev, level)
-                for _ in range(len(prev) - same):
-                    assert chain is not None
-                    chain = chain.below
-            chain = LevelChain.of(level[same:], chain)
+                chain = chain_below(chain, len(prev) - same)
+            chain = chain_of(level[same:], chain)
             prev = level
             entries.append(
-                cls(
+                cls.at(
                     row["time"],
                     row["action"],
                     row["version"],
