@@ -7,9 +7,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from packaging.version import Version
 
 import hotpatch
-from hotpatch._patch import parse_version
+from hotpatch._patch import parse_version, version_key
 
 MODULE = """
 def f(x, y=1, *, z=2):
@@ -356,3 +357,23 @@ def test_history_records_applies_and_rollbacks(load, registry):
         ("apply", "1.0.2", ("1.0.2",), "api"),
         ("rollback", "1.0.2", ("1.0.1",), "bob"),
     ]
+
+
+VERSIONS = [
+    "0", "0.0", "1", "1.0", "1.0.0", "1.0.0.0.1", "1.0.1", "1.0.2", "1.0.10", "1.1", "10",
+    "1.0a1", "1.0a2", "1.0b1", "1.0rc1", "1.0c1", "1.0pre2", "1.0a1.dev1", "1.0.dev0",
+    "1.0.dev1", "1.1.dev0", "1.1a0", "1.0.post0", "1.0.post1", "1.0.post1.dev1", "1.0.post2",
+    "1.0-1", "1.0rc1.post1", "1.0rc1.post1.dev3", "1.0+7", "1.0+local", "1.0+local.7",
+    "1.0+local.10", "1.0+abc.1", "1.0+abc.a", "1.0+1", "1.0+1.2", "1!0.1", "2!1.0",
+]  # fmt: skip
+
+
+def test_a_version_key_orders_versions_as_pep_440_does() -> None:
+    """The folder's queue sorts drops by ``version_key``: every pair compares as the
+    versions themselves do (release, pre, post, dev, local and epoch alike)."""
+    versions = [Version(v) for v in VERSIONS]
+    for a in versions:
+        for b in versions:
+            assert (version_key(a) < version_key(b)) == (a < b), (a, b)
+            assert (version_key(a) == version_key(b)) == (a == b), (a, b)
+    assert sorted(versions, key=version_key) == sorted(versions)
