@@ -123,7 +123,12 @@ def _same(prev: list[str], level: list[str]) -> int:
     return len(prev) if level[: len(prev)] == prev else _common(prev, level)
 
 
-_Row = tuple[tuple[tuple[str, Any], ...], int, tuple[str, ...]]  # fields, and delta: k, added
+# A history row as kept: its field names (one tuple shared by every row with the same
+# names: a few sets of the fields ``decode`` allows), its values, and its delta (k,
+# added). Four tuples a row, not one a field: each counts toward the collector's next
+# collection when made, even those it stops tracking.
+_Row = tuple[tuple[str, ...], tuple[Any, ...], int, tuple[str, ...]]
+_NAMES: dict[tuple[str, ...], tuple[str, ...]] = {}
 _ENTRY_KEYS = ("version", "sha256", "path", "text", "summary")
 
 
@@ -168,22 +173,24 @@ class Written:
 
     def _row(self, row: dict[str, Any], level: list[str]) -> None:
         same = _same(self._last, level)
-        fields = tuple((k, v) for k, v in row.items() if k not in ("level", "delta"))
+        names = tuple(k for k in row if k not in ("level", "delta"))
+        names = _NAMES.setdefault(names, names)
+        values = tuple(row[k] for k in names)
         if not self._rows:
             self._first = level
-        self._rows.append((fields, len(self._last) - same, tuple(level[same:])))
+        self._rows.append((names, values, len(self._last) - same, tuple(level[same:])))
         self._last = level
         if len(self._rows) > HISTORY_KEPT:
             self._rows.popleft()
-            _, k, added = self._rows[0]
+            _, _, k, added = self._rows[0]
             self._first = self._first[: len(self._first) - k] + list(added)
 
     def encode(self) -> bytes:
         """``encode`` of the state: the header and one record with the level and history."""
         rows: list[dict[str, Any]] = []
-        for fields, k, added in self._rows:
+        for names, values, k, added in self._rows:
             delta = [k, list(added)] if rows else [0, list(self._first)]
-            rows.append(dict(fields) | {"delta": delta})
+            rows.append(dict(zip(names, values, strict=True)) | {"delta": delta})
         level = [dict(zip(_ENTRY_KEYS, e, strict=True)) for e in self._level]
         return _whole(self.baseline, level, rows)
 
