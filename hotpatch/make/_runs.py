@@ -26,7 +26,8 @@ import builtins
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from hotpatch.make._syntax import Binding, bindings, dotted, main_guard, stars
+from hotpatch.make._implicit import BUILTIN_CALLS, implicit
+from hotpatch.make._syntax import Binding, accessor, bindings, dotted, main_guard, stars
 
 __all__ = ["ImportRuns", "Source", "import_runs"]
 
@@ -36,6 +37,10 @@ _DEPTH = 8  # names followed through names: past this, unknown
 _CLASS_HOOKS = frozenset({"__init_subclass__", "__set_name__"})
 _META_HOOKS = frozenset({"__new__", "__init__", "__prepare__"})
 _METACLASSES = frozenset({"type", "ABCMeta", "abc.ABCMeta", "EnumMeta", "enum.EnumMeta"})
+_ENUMS = frozenset(
+    f"{m}{e}" for m in ("", "enum.") for e in ("Enum", "IntEnum", "StrEnum", "Flag", "IntFlag")
+)
+_ENUM_HOOKS = frozenset({"__new__", "__init__", "_generate_next_value_"})
 _MADE = ("__new__", "__init__", "__post_init__")  # what making an instance runs
 _RECEIVERS = frozenset({"cls", "self", "mcs", "metacls", "mcls"})
 _TYPING_ONLY = frozenset({"TYPE_CHECKING", "typing.TYPE_CHECKING"})
@@ -274,15 +279,19 @@ class _Walk:
         for part in (*node.decorator_list, *node.bases, *(k.value for k in node.keywords)):
             self._code(part, outside)
         self._decorated(node, node.name, outside)
-        meta = any(dotted(b) in _METACLASSES for b in node.bases)
+        meta = self._is_meta(module, node, 0)
+        enum = self._is_enum(module, node, 0)
         body = module.class_scopes[node.name]
         for item in node.body:
             if isinstance(item, _Def):
                 hooks = _CLASS_HOOKS | (_META_HOOKS if meta else frozenset())
+                hooks |= _ENUM_HOOKS if enum else frozenset()
                 if item.name in hooks:
                     made_by = (
                         f"each class made with the metaclass {node.name}"
                         if meta and item.name in _META_HOOKS
+                        else f"each member of the enum {node.name}"
+                        if enum and item.name in _ENUM_HOOKS
                         else f"each subclass of {node.name} made"
                         if item.name == "__init_subclass__"
                         else f"each class made holding a {node.name}"
@@ -300,6 +309,36 @@ class _Walk:
                 )
                 self._code(item, _Place(module, node.name, body, name, where))
 
+    def _is_meta(self, module: _Module, node: ast.ClassDef, depth: int) -> bool:
+        """Is the class a metaclass: ``type``'s subclass, or a metaclass's of the project?"""
+        return self._derives(module, node, _METACLASSES, depth)
+
+    def _is_enum(self, module: _Module, node: ast.ClassDef, depth: int) -> bool:
+        """Is the class an enum (its members made, by its ``__new__`` and ``__init__``,
+        when the class is)?"""
+        return self._derives(module, node, _ENUMS, depth)
+
+    def _derives(
+        self, module: _Module, node: ast.ClassDef, roots: frozenset[str], depth: int
+    ) -> bool:
+        """Does the class derive from one of ``roots`` (directly or through the project's
+        classes)?"""
+        if depth > _DEPTH:
+            return False
+        top = _Place(module, "", None, module.name, "")
+        for base in node.bases:
+            if dotted(base) in roots:
+                return True
+            for kind, full in self._resolve(base, top, depth + 1):
+                found = self._lookup(full, depth + 1) if kind == "cls" else None
+                if (
+                    found is not None
+                    and found[1] in found[0].classes
+                    and self._derives(found[0], found[0].classes[found[1]], roots, depth + 1)
+                ):
+                    return True
+        return False
+
     def _run(self, module: _Module, qualname: str, start: str, where: str) -> None:
         full = f"{module.name}.{qualname}"
         if full not in self.result.runs and qualname in module.funcs:
@@ -310,10 +349,17 @@ class _Walk:
 
     def _code(self, code: ast.AST, place: _Place) -> None:
         inner: set[int] = set()  # a call's function, an attribute's object: not values
+        called: set[int] = set()  # a call's function
         for node, decorator in _running(code):
+            for operand, names, said in implicit(node):
+                self._special(operand, names, said, node, place)
             if isinstance(node, ast.Call):
                 inner.add(id(node.func))
+                called.add(id(node.func))
                 self._call(node, node.func, node.args + [k.value for k in node.keywords], place)
+                self._builtin(node, place)
+            if isinstance(node, ast.Attribute) and id(node) not in called:
+                self._attribute(node, place)
             elif decorator and isinstance(node, ast.expr):
                 inner.add(id(node))
                 self._call(node, node, [], place)
@@ -347,8 +393,7 @@ class _Walk:
             elif kind in ("nested", "nestedcls", "nestedinst"):
                 self._run_nested(kind, full, place)
             elif kind in ("cls", "inst"):
-                for method in _MADE if kind == "cls" else ("__call__",):
-                    self._run_full(f"{full}.{method}", place)
+                self._made(kind, full, node, place)
             elif kind == "ext":
                 if _name(func) not in _KEEPS:
                     self._handed(args, place)
@@ -363,8 +408,17 @@ class _Walk:
                 if kind == "fn":
                     self._run_full(full, place)
                 elif kind == "cls":
-                    for method in _MADE:
-                        self._run_full(f"{full}.{method}", place)
+                    self._made(kind, full, arg, place)
+
+    def _made(self, kind: str, full: str, node: ast.AST, place: _Place) -> None:
+        """What making an instance of the class ``full`` runs (its ``__new__``,
+        ``__init__``, ``__post_init__``, its metaclass's ``__call__``: its own or its
+        bases'), or calling an instance (``__call__``)."""
+        said = f"making a {full.rpartition('.')[2]}" if kind == "cls" else "calling an instance"
+        for method in _MADE if kind == "cls" else ("__call__",):
+            self._ran_special(self._class_special(full, method, 0), said, node, place)
+        if kind == "cls":
+            self._ran_special(self._special_of("cls", full, "__call__", 0), said, node, place)
 
     def _unfollowed(self, kind: str, full: str, node: ast.AST, place: _Place) -> None:
         """A call make cannot follow: a method of an object of no known class (any method
@@ -397,6 +451,223 @@ class _Walk:
         inner = _Place(module, "", scope, place.start, place.where)
         for statement in node.body:
             self._code(statement, inner)
+
+    # -- what Python calls where no call is written ---------------------------------------
+
+    def _special(
+        self, operand: ast.expr, names: tuple[str, ...], said: str, node: ast.AST, place: _Place
+    ) -> None:
+        """``names``, special methods of ``operand``, called implicitly by ``node``: those
+        of its class if make knows it, else any method of each name (a builtin's: none)."""
+        anchor = node if isinstance(node, ast.expr) and node is not operand else operand
+        anchor = operand if isinstance(anchor, ast.FormattedValue) else anchor
+        for kind, full in self._resolve(operand, place):
+            for name in names:
+                self._ran_special(self._special_of(kind, full, name, 0), said, anchor, place)
+
+    def _ran_special(self, values: list[_Value], said: str, node: ast.AST, place: _Place) -> None:
+        for kind, full in values:
+            if kind == "fn":
+                found = self._lookup(full, 0)
+                if found is not None and found[1] in found[0].funcs:
+                    where = f"{self._at(node, place)}, where {said} calls {found[1]} implicitly"
+                    self._run(found[0], found[1], place.start, where)
+            elif kind == "nested":
+                self._run_nested(kind, full, place)
+            elif kind == "attr":
+                where = (
+                    f"{self._at(node, place)}, where {said} calls {full} of an object make "
+                    "does not follow (any method of that name counts)"
+                )
+                for module, qualname in self.methods.get(full, []):
+                    self._run(module, qualname, place.start, where)
+
+    def _special_of(self, kind: str, full: str, name: str, depth: int) -> list[_Value]:
+        """The special method ``name`` Python calls on what ``(kind, full)`` is."""
+        if kind == "inst":
+            return self._class_special(full, name, depth)
+        if kind == "cls":  # its own __class_getitem__, else its metaclass's methods
+            if name == "__class_getitem__":
+                return self._class_special(full, name, depth)
+            return [
+                v
+                for m in self._metaclass(full, depth)
+                for v in self._special_of(*m, name, depth + 1)
+            ]
+        if kind in ("nestedinst", "nestedcls"):
+            node, module = self.nested[full]
+            return [
+                self._nested(item, module)
+                for item in node.body
+                if isinstance(item, _Def) and item.name == name
+            ]
+        if kind in ("attr", "unknown", "ref"):
+            return [("attr", name)]
+        return []  # a function, a module, what is not the project's
+
+    def _class_special(self, full: str, name: str, depth: int) -> list[_Value]:
+        """The method ``name`` of the class ``full`` or of its bases ([]: none of the
+        project's; any of that name if a base is not known)."""
+        found = self._lookup(full, depth)
+        if depth > _DEPTH or found is None or found[1] not in found[0].classes:
+            return [("attr", name)] if depth > _DEPTH or found is not None else []
+        module, cls = found
+        if f"{cls}.{name}" in module.funcs:
+            return [("fn", f"{full}.{name}")]
+        body = module.class_scopes[cls]
+        if name in body.names:
+            place = _Place(module, cls, body, module.name, "")
+            return self._all(body.names[name], place, depth + 1)
+        top = _Place(module, "", None, module.name, "")
+        for base in module.classes[cls].bases:
+            for kind, base_full in self._resolve(base, top, depth + 1):
+                if kind == "cls":
+                    got = self._class_special(base_full, name, depth + 1)
+                    if got:
+                        return got
+                elif kind != "ext":
+                    return [("attr", name)]
+        return []
+
+    def _metaclass(self, full: str, depth: int) -> list[_Value]:
+        """What the class ``full``'s metaclass may be: ("cls", a class of the project),
+        ("attr", "") for one make cannot name; [] for ``type`` or one not the project's."""
+        found = self._lookup(full, depth)
+        if depth > _DEPTH or found is None or found[1] not in found[0].classes:
+            return [_UNKNOWN] if depth > _DEPTH else []
+        module, cls = found
+        node = module.classes[cls]
+        top = _Place(module, "", None, module.name, "")
+        given = [k.value for k in node.keywords if k.arg == "metaclass"]
+        out: list[_Value] = []
+        for value in given or node.bases:
+            for kind, meta in self._resolve(value, top, depth + 1):
+                if kind == "cls" and given:
+                    out.append((kind, meta))
+                elif kind == "cls":
+                    out += self._metaclass(meta, depth + 1)
+                elif kind != "ext":
+                    out.append(_UNKNOWN)
+        return out
+
+    def _builtin(self, node: ast.Call, place: _Place) -> None:
+        """A builtin called on an object (``str(money)``, ``sorted(items)``) calls its
+        special methods."""
+        name = node.func.id if isinstance(node.func, ast.Name) else ""
+        if name not in BUILTIN_CALLS:
+            return
+        if all(kind == "ext" for kind, _ in self._resolve(node.func, place)):
+            for arg in node.args:
+                self._special(arg, BUILTIN_CALLS[name], f"`{name}()`", node, place)
+
+    def _attribute(self, node: ast.Attribute, place: _Place) -> None:
+        """An attribute read, set or deleted: a property's accessor, a descriptor's
+        ``__get__``/``__set__``/``__delete__``, the class's ``__getattr__`` and the like."""
+        how = (
+            "get"
+            if isinstance(node.ctx, ast.Load)
+            else "set"
+            if isinstance(node.ctx, ast.Store)
+            else "delete"
+        )
+        hooks = {
+            "get": ("__getattribute__", "__getattr__"),
+            "set": ("__setattr__",),
+            "delete": ("__delattr__",),
+        }[how]
+        said = f"the attribute {'read' if how == 'get' else how} `{ast.unparse(node)}`"
+        said = said if len(said) <= _SHOWN else said[: _SHOWN - 4] + "...`"
+        values: list[_Value] = []
+        for kind, full in self._resolve(node.value, place):
+            if kind == "inst":
+                values += self._member_access(full, node.attr, how, 0)
+                values += [v for hook in hooks for v in self._class_special(full, hook, 0)]
+            elif kind == "cls":
+                values += [
+                    v
+                    for v in self._member_access(full, node.attr, how, 0)
+                    if v[1].rpartition(".")[2] in ("__get__", "__set__", "__delete__")
+                    or v[0] == "attr"
+                ]
+            elif kind == "mod" and how == "get":
+                values += self._module_getattr(full, node.attr)
+            elif kind in ("attr", "unknown", "ref"):
+                values += [("attr", hook) for hook in hooks]
+                values += self._any_access(node.attr, how)
+        self._ran_special(values, said, node, place)
+
+    def _member_access(self, full: str, attr: str, how: str, depth: int) -> list[_Value]:
+        """What reading (``how``: "get", "set", "delete") ``attr`` of an instance of the
+        class ``full`` runs: a property's accessor, a descriptor's method."""
+        found = self._lookup(full, depth)
+        if depth > _DEPTH or found is None or found[1] not in found[0].classes:
+            return [("attr", f"__{how}__")] if depth > _DEPTH else []
+        module, cls = found
+        top = _Place(module, "", None, module.name, "")
+        own = self._own_access(module, cls, attr, how, depth)
+        if own is not None:
+            return own
+        for base in module.classes[cls].bases:
+            for kind, base_full in self._resolve(base, top, depth + 1):
+                if kind == "cls":
+                    got = self._member_access(base_full, attr, how, depth + 1)
+                    if got:
+                        return got
+        return []
+
+    def _own_access(
+        self, module: _Module, cls: str, attr: str, how: str, depth: int
+    ) -> list[_Value] | None:
+        """``_member_access`` for what the class's own body defines (None: nothing)."""
+        top = _Place(module, "", None, module.name, "")
+        for item in module.classes[cls].body:
+            if isinstance(item, _Def) and item.name == attr:
+                if accessor(item)[0] in ("property", "cached_property"):
+                    return [("fn", f"{module.name}.{cls}.{attr}")]
+                return self._described(item.decorator_list, how, top, depth)
+        body = module.class_scopes[cls]
+        if attr in body.names:
+            return self._described(body.names[attr], how, top, depth)
+        if attr in body.opaque:
+            return [("attr", f"__{how}__")]
+        return None
+
+    def _described(
+        self, values: list[ast.expr], how: str, place: _Place, depth: int
+    ) -> list[_Value]:
+        """What accessing a class member made by ``values`` (its value, or a function's
+        decorators) runs: a descriptor's method, the functions ``property(...)`` holds."""
+        out: list[_Value] = []
+        for value in values:
+            if isinstance(value, ast.Call) and _name(value.func) in ("property", "cached_property"):
+                for arg in value.args:
+                    out += [v for v in self._resolve(arg, place, depth + 1) if v[0] == "fn"]
+                continue
+            for kind, full in self._resolve(value, place, depth + 1):
+                # a class used as a decorator: the member is an instance of it
+                plain = kind == "cls" and isinstance(value, ast.Name | ast.Attribute)
+                out += self._special_of("inst" if plain else kind, full, f"__{how}__", depth + 1)
+        return out
+
+    def _any_access(self, attr: str, how: str) -> list[_Value]:
+        """What accessing ``attr`` of an object of no known class may run: any property of
+        that name, any descriptor a class of the project holds under that name."""
+        out: list[_Value] = []
+        for module in self.modules.values():
+            for cls in module.classes:
+                if f"{cls}.{attr}" in module.funcs or attr in module.class_scopes[cls].names:
+                    out += self._member_access(f"{module.name}.{cls}", attr, how, 0)
+        return out
+
+    def _module_getattr(self, full: str, attr: str) -> list[_Value]:
+        """A module's ``__getattr__`` runs for a name it does not have."""
+        module = self.modules.get(full)
+        if module is None or "__getattr__" not in module.funcs:
+            return []
+        has = (module.funcs, module.classes, module.binds, module.scope.names, module.scope.opaque)
+        if any(attr in names for names in has) or f"{full}.{attr}" in self.modules:
+            return []
+        return [("fn", f"{full}.__getattr__")]
 
     def _value(self, node: ast.expr, place: _Place, *, alias: bool) -> None:
         """A name or dotted name read, not called: a value of another module read through
@@ -452,16 +723,46 @@ class _Walk:
             parts = [node.body, node.orelse] if isinstance(node, ast.IfExp) else node.values
             for part in parts:
                 out += self._resolve(part, place, depth + 1)
+        elif isinstance(node, ast.BinOp | ast.UnaryOp | ast.Compare):
+            out.append(self._operated(node, place, depth))
         elif isinstance(node, ast.Call):
-            wraps = _name(node.func) in _WRAPS
-            for kind, full in self._resolve(node.func, place, depth + 1):
-                if kind in ("cls", "nestedcls"):
-                    out.append(("inst" if kind == "cls" else "nestedinst", full))
-                else:
-                    out.append(_EXT if kind == "ext" and not wraps else _UNKNOWN)
+            out += self._returned(node, place, depth)
         else:
             out.append(_UNKNOWN)
         return out
+
+    def _returned(self, node: ast.Call, place: _Place, depth: int) -> list[_Value]:
+        """What a call gives: an instance of a class it makes, what code not the project's
+        gives (a wrapper of a function of ours is not followed), else unknown."""
+        wraps = _name(node.func) in _WRAPS
+        out: list[_Value] = []
+        for kind, full in self._resolve(node.func, place, depth + 1):
+            if kind in ("cls", "nestedcls"):
+                out.append(("inst" if kind == "cls" else "nestedinst", full))
+            else:
+                out.append(_EXT if kind == "ext" and not wraps else _UNKNOWN)
+        return out
+
+    def _operated(
+        self, node: ast.BinOp | ast.UnaryOp | ast.Compare, place: _Place, depth: int
+    ) -> _Value:
+        """What an operator gives: a builtin's value for builtin operands (``RATE * 2``), a
+        bool for ``not``, ``is`` and ``in``; else what a special method returned."""
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
+            return _EXT
+        if isinstance(node, ast.Compare) and all(
+            isinstance(op, ast.Is | ast.IsNot | ast.In | ast.NotIn) for op in node.ops
+        ):
+            return _EXT
+        parts = (
+            [node.left, node.right]
+            if isinstance(node, ast.BinOp)
+            else [node.operand]
+            if isinstance(node, ast.UnaryOp)
+            else [node.left, *node.comparators]
+        )
+        values = [v for part in parts for v in self._resolve(part, place, depth + 1)]
+        return _EXT if all(v == _EXT for v in values) else _UNKNOWN
 
     def _local(self, name: str, place: _Place, depth: int) -> list[_Value] | None:
         """A name of the function or class body ``place`` is in (None: not one)."""
@@ -471,7 +772,8 @@ class _Walk:
         found: list[_Value] | None = None
         if name in scope.opaque:
             receiver = name in _RECEIVERS and place.owner
-            found = [("cls", f"{module.name}.{place.owner}")] if receiver else [_UNKNOWN]
+            kind = "inst" if name == "self" else "cls"
+            found = [(kind, f"{module.name}.{place.owner}")] if receiver else [_UNKNOWN]
         elif name in scope.names:
             found = self._all(scope.names[name], place, depth)
         elif name in scope.binds:

@@ -1,0 +1,471 @@
+"""``hotpatch make`` and a changed method Python called at import with no call written: an
+operator on an instance (``TOTAL = Money(1) + Money(2)`` runs ``Money.__add__``), a
+comparison, a subscript, a set or dict holding an instance, a property read, a descriptor,
+an f-string, a loop, a ``with``, a metaclass, ``__class_getitem__``, an enum's members.
+What it made then keeps the old code's result after a hot patch, where a restart runs the
+new code: a baseline naming the line and the method.
+
+Each case is a real old/new project: the fix changes the method's result (``"v1"`` to
+``"v2"``), and the module state the import computed with it differs between the old
+code and a restart on the new one (checked by importing both).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from gitrepo import GitRepo, checkout, imported_fresh, make_since_v1, run_patched, verdicts
+
+# name: (the module, the method the fix changes, the line (or hook) named, a probe of its state)
+CASES: dict[str, tuple[str, str, str, str]] = {
+    "add": (
+        """\
+        class Money:
+            def __init__(self, n):
+                self.n = n
+
+            def __add__(self, other):
+                return ("v1", self.n + other.n)
+
+
+        TOTAL = Money(1) + Money(2)
+        """,
+        "Money.__add__",
+        "TOTAL = Money(1) + Money(2)",
+        "module.TOTAL",
+    ),
+    "reflected_add": (
+        """\
+        class Money:
+            def __radd__(self, other):
+                return ("v1", other)
+
+
+        TOTAL = 1 + Money()
+        """,
+        "Money.__radd__",
+        "TOTAL = 1 + Money()",
+        "module.TOTAL",
+    ),
+    "comparison": (
+        """\
+        class Version:
+            def __lt__(self, other):
+                return "v1"
+
+
+        OLDER = Version() < Version()
+        """,
+        "Version.__lt__",
+        "OLDER = Version() < Version()",
+        "module.OLDER",
+    ),
+    "in": (
+        """\
+        class Bag:
+            def __contains__(self, item):
+                return "v1" != "v2"
+
+
+        HAS = 1 in Bag()
+        """,
+        "Bag.__contains__",
+        "HAS = 1 in Bag()",
+        "module.HAS",
+    ),
+    "unary": (
+        """\
+        class Money:
+            def __neg__(self):
+                return "v1"
+
+
+        DEBT = -Money()
+        """,
+        "Money.__neg__",
+        "DEBT = -Money()",
+        "module.DEBT",
+    ),
+    "augmented_assignment": (
+        """\
+        class Counter:
+            def __init__(self):
+                self.seen = []
+
+            def __iadd__(self, n):
+                self.seen.append(("v1", n))
+                return self
+
+
+        COUNT = Counter()
+        COUNT += 3
+        """,
+        "Counter.__iadd__",
+        "COUNT += 3",
+        "module.COUNT.seen",
+    ),
+    "getitem": (
+        """\
+        class Table:
+            def __getitem__(self, key):
+                return ("v1", key)
+
+
+        FIRST = Table()[0]
+        """,
+        "Table.__getitem__",
+        "FIRST = Table()[0]",
+        "module.FIRST",
+    ),
+    "setitem": (
+        """\
+        class Table:
+            def __init__(self):
+                self.rows = {}
+
+            def __setitem__(self, key, value):
+                self.rows[key] = ("v1", value)
+
+
+        TABLE = Table()
+        TABLE["a"] = 1
+        """,
+        "Table.__setitem__",
+        'TABLE["a"] = 1',
+        "module.TABLE.rows",
+    ),
+    "set_member": (
+        """\
+        class Key:
+            def __hash__(self):
+                return 1
+
+            def __eq__(self, other):
+                return "v1" != "v2"
+
+
+        SEEN = {Key(), Key()}
+        """,
+        "Key.__eq__",
+        "SEEN = {Key(), Key()}",
+        "len(module.SEEN)",
+    ),
+    "dict_key": (
+        """\
+        class Key:
+            def __hash__(self):
+                return 1
+
+            def __eq__(self, other):
+                return "v1" != "v2"
+
+
+        BY_KEY = {Key(): "a", Key(): "b"}
+        """,
+        "Key.__eq__",
+        'BY_KEY = {Key(): "a", Key(): "b"}',
+        "len(module.BY_KEY)",
+    ),
+    "property": (
+        """\
+        class Config:
+            @property
+            def port(self):
+                return ("v1", 80)
+
+
+        CONFIG = Config()
+        PORT = CONFIG.port
+        """,
+        "Config.port",
+        "PORT = CONFIG.port",
+        "module.PORT",
+    ),
+    "descriptor": (
+        """\
+        class Field:
+            def __get__(self, obj, owner=None):
+                return "v1"
+
+
+        class Model:
+            name = Field()
+
+
+        NAME = Model().name
+        """,
+        "Field.__get__",
+        "NAME = Model().name",
+        "module.NAME",
+    ),
+    "metaclass_of_a_metaclass": (
+        """\
+        class Base(type):
+            pass
+
+
+        class Registering(Base):
+            def __init__(cls, name, bases, ns):
+                super().__init__(name, bases, ns)
+                cls.tag = "v1"
+
+
+        class Plugin(metaclass=Registering):
+            pass
+        """,
+        "Registering.__init__",
+        "Registering.__init__ (line 6), which runs for each class made with the metaclass "
+        "Registering",
+        "module.Plugin.tag",
+    ),
+    "class_getitem": (
+        """\
+        class Box:
+            def __class_getitem__(cls, item):
+                return ("v1", item.__name__)
+
+
+        INT_BOX = Box[int]
+        """,
+        "Box.__class_getitem__",
+        "INT_BOX = Box[int]",
+        "module.INT_BOX",
+    ),
+    "f_string": (
+        """\
+        class Money:
+            def __format__(self, spec):
+                return "v1"
+
+
+        LABEL = f"price: {Money()}"
+        """,
+        "Money.__format__",
+        'LABEL = f"price: {Money()}"',
+        "module.LABEL",
+    ),
+    "str": (
+        """\
+        class Money:
+            def __str__(self):
+                return "v1"
+
+
+        LABEL = str(Money())
+        """,
+        "Money.__str__",
+        "LABEL = str(Money())",
+        "module.LABEL",
+    ),
+    "loop": (
+        """\
+        class Rows:
+            def __iter__(self):
+                return iter(["v1"])
+
+
+        SEEN = []
+        for row in Rows():
+            SEEN.append(row)
+        """,
+        "Rows.__iter__",
+        "for row in Rows():",
+        "module.SEEN",
+    ),
+    "unpacking": (
+        """\
+        class Pair:
+            def __iter__(self):
+                return iter(["v1", 2])
+
+
+        LEFT, RIGHT = Pair()
+        """,
+        "Pair.__iter__",
+        "LEFT, RIGHT = Pair()",
+        "module.LEFT",
+    ),
+    "with": (
+        """\
+        class Opened:
+            def __enter__(self):
+                return "v1"
+
+            def __exit__(self, *exc):
+                return False
+
+
+        with Opened() as SEEN:
+            pass
+        """,
+        "Opened.__enter__",
+        "with Opened() as SEEN:",
+        "module.SEEN",
+    ),
+    "enum_member": (
+        """\
+        import enum
+
+
+        class Planet(enum.Enum):
+            EARTH = 1
+
+            def __init__(self, n):
+                self.label = "v1"
+        """,
+        "Planet.__init__",
+        "Planet.__init__ (line 7), which runs for each member of the enum Planet",
+        "module.Planet.EARTH.label",
+    ),
+    "decorator_instance": (
+        """\
+        class Registry:
+            def __init__(self):
+                self.seen = []
+
+            def __call__(self, func):
+                self.seen.append("v1")
+                return func
+
+
+        REGISTRY = Registry()
+
+
+        @REGISTRY
+        def handler():
+            pass
+        """,
+        "Registry.__call__",
+        "(line 14: `def handler():`), through `REGISTRY`",
+        "module.REGISTRY.seen",
+    ),
+    "post_init": (
+        """\
+        import dataclasses
+
+
+        @dataclasses.dataclass
+        class Config:
+            port: int = 80
+
+            def __post_init__(self):
+                self.label = "v1"
+
+
+        DEFAULT = Config()
+        """,
+        "Config.__post_init__",
+        "DEFAULT = Config()",
+        "module.DEFAULT.label",
+    ),
+    "inherited_init": (
+        """\
+        class Base:
+            def __init__(self):
+                self.label = "v1"
+
+
+        class Config(Base):
+            pass
+
+
+        DEFAULT = Config()
+        """,
+        "Base.__init__",
+        "DEFAULT = Config()",
+        "module.DEFAULT.label",
+    ),
+    "operand_of_no_known_class": (
+        """\
+        class Money:
+            def __add__(self, other):
+                return "v1"
+
+
+        def make():
+            return Money()
+
+
+        TOTAL = make() + make()
+        """,
+        "Money.__add__",
+        "TOTAL = make() + make()",
+        "module.TOTAL",
+    ),
+}
+
+
+def shop(tmp_path: Path, module: str) -> GitRepo:
+    repo = GitRepo(tmp_path / "repo")
+    files = {"src/shop/__init__.py": "", "src/shop/m.py": module}
+    repo.commit("the baseline", files)
+    repo.git("tag", "v1")
+    repo.commit("the fix", {"src/shop/m.py": module.replace('"v1"', '"v2"')})
+    return repo
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_a_method_python_calls_at_import_without_a_call_is_a_baseline_naming_the_line(
+    tmp_path: Path, case: str
+) -> None:
+    module, method, line, probe = CASES[case]
+    repo = shop(tmp_path, module)
+    old = imported_fresh(checkout(repo, "v1", tmp_path), "shop.m", probe)
+    new = imported_fresh(checkout(repo, "HEAD", tmp_path), "shop.m", probe)
+    assert old != new, "the fix must change what the import computed"
+    result = make_since_v1(repo, tmp_path / "out")
+    assert result.outcome == "baseline", result.record()
+    why = {c.name: c.why for c in result.reasons}
+    assert set(why) == {f"shop.m:{method}"}, why
+    said = why[f"shop.m:{method}"]
+    assert (line if line.endswith(("`", "Registering", "Planet")) else f"`{line}`") in said, said
+    assert "a restart would run the new code there" in said, said
+    assert method.rpartition(".")[2] in said, said
+
+
+def test_an_operator_on_builtin_values_at_import_leaves_a_changed_operator_hot(
+    tmp_path: Path,
+) -> None:
+    """``RATE = 2 * 3``, ``NAME = "a" + "b"``, ``{1: "a"}``, an
+    f-string of a number: none runs a method of the project, so a changed ``__add__`` used
+    only after import goes hot, and the patched process matches a restart."""
+    module = """\
+        class Money:
+            def __init__(self, n):
+                self.n = n
+
+            def __add__(self, other):
+                return Money(self.n + other.n + len("v1"))
+
+
+        RATE = 2 * 3
+        NAME = "a" + "b"
+        DOUBLE = RATE * 2
+        NEG = -RATE
+        BIG = DOUBLE > 10 and not NEG
+        KEYS = {1: "a", NAME: "b"}
+        LABEL = f"{RATE}%"
+        FIRST = [1, 2][0]
+
+
+        def total():
+            return (Money(1) + Money(2)).n
+        """
+    repo = shop(tmp_path, module)
+    repo.commit("the fix", {"src/shop/m.py": module.replace('len("v1")', 'len("v22")')})
+    result = make_since_v1(repo, tmp_path / "out")
+    assert result.outcome == "hot", result.record()
+    assert verdicts(result) == {"shop.m:Money.__add__": "inline"}
+    assert result.path is not None
+    seen = run_patched(
+        roots=[checkout(repo, "v1", tmp_path)],
+        module="shop.m",
+        patch=result.path,
+        baseline="1.0",
+        before="",
+        probe="module.total()",
+    )
+    fresh = imported_fresh(checkout(repo, "HEAD", tmp_path), "shop.m", "module.total()")
+    assert seen["after"] == fresh == 6
+    assert seen["before"] == seen["rolled_back"] == 5
