@@ -232,6 +232,24 @@ CASES: dict[str, tuple[str, str, str, str]] = {
         "INT_BOX = Box[int]",
         "module.INT_BOX",
     ),
+    "annotation": (
+        """\
+        class Box:
+            def __class_getitem__(cls, item):
+                SEEN.append("v1")
+                return cls
+
+
+        SEEN = []
+
+
+        def handler(box: Box[int]) -> None:
+            pass
+        """,
+        "Box.__class_getitem__",
+        "def handler(box: Box[int]) -> None:",
+        "module.SEEN",
+    ),
     "f_string": (
         """\
         class Money:
@@ -271,6 +289,19 @@ CASES: dict[str, tuple[str, str, str, str]] = {
         """,
         "Rows.__iter__",
         "for row in Rows():",
+        "module.SEEN",
+    ),
+    "loop_variable": (
+        """\
+        class Money:
+            def __add__(self, other):
+                return "v1"
+
+
+        SEEN = [m + m for m in [Money(), Money()]]
+        """,
+        "Money.__add__",
+        "SEEN = [m + m for m in [Money(), Money()]]",
         "module.SEEN",
     ),
     "unpacking": (
@@ -427,13 +458,23 @@ def test_a_method_python_calls_at_import_without_a_call_is_a_baseline_naming_the
 def test_an_operator_on_builtin_values_at_import_leaves_a_changed_operator_hot(
     tmp_path: Path,
 ) -> None:
-    """``RATE = 2 * 3``, ``NAME = "a" + "b"``, ``{1: "a"}``, an
-    f-string of a number: none runs a method of the project, so a changed ``__add__`` used
-    only after import goes hot, and the patched process matches a restart."""
+    """``RATE = 2 * 3``, ``NAME = "a" + "b"``, ``{1: "a"}``, an f-string of a number,
+    arithmetic on a loop's ints, an instance of a generic class with no ``__init__`` of
+    its own: none runs a method of the project, so a changed ``__add__`` and ``__init__``
+    used only after import go hot, and the patched process matches a restart."""
     module = """\
+        from typing import Generic, TypeVar
+
+        T = TypeVar("T")
+
+
+        class Holder(Generic[T]):
+            pass
+
+
         class Money:
             def __init__(self, n):
-                self.n = n
+                self.n = n + len("v1")
 
             def __add__(self, other):
                 return Money(self.n + other.n + len("v1"))
@@ -447,6 +488,18 @@ def test_an_operator_on_builtin_values_at_import_leaves_a_changed_operator_hot(
         KEYS = {1: "a", NAME: "b"}
         LABEL = f"{RATE}%"
         FIRST = [1, 2][0]
+        SQUARES = [n * n for n in range(3)]
+        HOLDER = Holder()
+
+
+        def _table():
+            out = []
+            for i in range(4):
+                out.append(i * 2 + 1)
+            return out
+
+
+        TABLE = _table()
 
 
         def total():
@@ -456,7 +509,7 @@ def test_an_operator_on_builtin_values_at_import_leaves_a_changed_operator_hot(
     repo.commit("the fix", {"src/shop/m.py": module.replace('len("v1")', 'len("v22")')})
     result = make_since_v1(repo, tmp_path / "out")
     assert result.outcome == "hot", result.record()
-    assert verdicts(result) == {"shop.m:Money.__add__": "inline"}
+    assert verdicts(result) == {"shop.m:Money.__add__": "inline", "shop.m:Money.__init__": "inline"}
     assert result.path is not None
     seen = run_patched(
         roots=[checkout(repo, "v1", tmp_path)],
@@ -467,5 +520,5 @@ def test_an_operator_on_builtin_values_at_import_leaves_a_changed_operator_hot(
         probe="module.total()",
     )
     fresh = imported_fresh(checkout(repo, "HEAD", tmp_path), "shop.m", "module.total()")
-    assert seen["after"] == fresh == 6
-    assert seen["before"] == seen["rolled_back"] == 5
+    assert seen["after"] == fresh == 15
+    assert seen["before"] == seen["rolled_back"] == 11

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ast
 import builtins
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -130,8 +131,11 @@ class _Scope:
             every = [*args.posonlyargs, *args.args, *args.kwonlyargs, args.vararg, args.kwarg]
             scope.opaque |= {a.arg for a in every if a is not None}
         todo: list[ast.AST] = list(body)
+        bound: Counter[str] = Counter()  # how often each opaque name is bound
+        seen: list[ast.AST] = []
         while todo:
             node = todo.pop()
+            seen.append(node)
             if isinstance(node, _Def | ast.ClassDef):
                 scope.defs.setdefault(node.name, node)
                 continue  # its body runs when it is called (a class's: when it is made)
@@ -147,14 +151,32 @@ class _Scope:
             if isinstance(node, ast.Import | ast.ImportFrom):
                 scope.imports.append(node)
             for sub in ast.iter_child_nodes(node):
-                scope.opaque |= _bound_names(sub)
+                names = _bound_names(sub)
+                bound.update(names)
+                scope.opaque |= names
                 todo.append(sub)
+        scope.builtin_loops(seen, bound)
         for name in scope.opaque:
             scope.names.pop(name, None)
             scope.defs.pop(name, None)
         for name in scope.names:
             scope.defs.pop(name, None)
         return scope
+
+    def builtin_loops(self, nodes: list[ast.AST], bound: Counter[str]) -> None:
+        """A name only ever bound by loops over ranges or literals (``for i in range(8)``)
+        holds only builtin values, as if assigned a constant."""
+        plain: Counter[str] = Counter(
+            node.target.id
+            for node in nodes
+            if isinstance(node, ast.For | ast.comprehension)
+            and isinstance(node.target, ast.Name)
+            and _builtin_items(node.iter)
+        )
+        for name, times in plain.items():
+            if bound[name] == times and name not in self.names and name in self.opaque:
+                self.opaque.discard(name)
+                self.names[name] = [ast.Constant(0)]
 
     def bind(self, source: Source) -> _Scope:
         """Its own imports, resolved (a function's ``import re``)."""
@@ -193,6 +215,12 @@ class _Module:
             s.module for s in stars(source.tree, source.name, source.package, source.lines)
         ]
         self.scope = _Scope.of(source.tree.body)
+        self.lazy = any(  # from __future__ import annotations: not evaluated
+            isinstance(n, ast.ImportFrom)
+            and n.module == "__future__"
+            and any(a.name == "annotations" for a in n.names)
+            for n in source.tree.body
+        )
         for name in (*self.binds, *(n for n in self.funcs if "." not in n), *self.classes):
             self.scope.names.pop(name, None)
             self.scope.opaque.discard(name)
@@ -238,6 +266,7 @@ class _Walk:
         self.nested: dict[str, tuple[_Def | ast.ClassDef, _Module]] = {}  # id -> a def inside
         self.walked: set[tuple[int, str]] = set()
         self.stored = _stored(sources)
+        self.members: dict[str, list[str]] = {}  # "name" -> each class with such a member
         self.methods: dict[str, list[tuple[_Module, str]]] = {}  # "m" -> each Cls.m
         for module in self.modules.values():
             for qualname in module.funcs:
@@ -325,18 +354,16 @@ class _Walk:
         classes)?"""
         if depth > _DEPTH:
             return False
-        top = _Place(module, "", None, module.name, "")
-        for base in node.bases:
-            if dotted(base) in roots:
+        if any(dotted(base) in roots for base in node.bases):
+            return True
+        for kind, full in self._bases(module, node, depth):
+            found = self._lookup(full, depth + 1) if kind == "cls" else None
+            if (
+                found is not None
+                and found[1] in found[0].classes
+                and self._derives(found[0], found[0].classes[found[1]], roots, depth + 1)
+            ):
                 return True
-            for kind, full in self._resolve(base, top, depth + 1):
-                found = self._lookup(full, depth + 1) if kind == "cls" else None
-                if (
-                    found is not None
-                    and found[1] in found[0].classes
-                    and self._derives(found[0], found[0].classes[found[1]], roots, depth + 1)
-                ):
-                    return True
         return False
 
     def _run(self, module: _Module, qualname: str, start: str, where: str) -> None:
@@ -350,7 +377,7 @@ class _Walk:
     def _code(self, code: ast.AST, place: _Place) -> None:
         inner: set[int] = set()  # a call's function, an attribute's object: not values
         called: set[int] = set()  # a call's function
-        for node, decorator in _running(code):
+        for node, decorator in _running(code, annotations=not place.module.lazy):
             for operand, names, said in implicit(node):
                 self._special(operand, names, said, node, place)
             if isinstance(node, ast.Call):
@@ -518,16 +545,23 @@ class _Walk:
         if name in body.names:
             place = _Place(module, cls, body, module.name, "")
             return self._all(body.names[name], place, depth + 1)
-        top = _Place(module, "", None, module.name, "")
-        for base in module.classes[cls].bases:
-            for kind, base_full in self._resolve(base, top, depth + 1):
-                if kind == "cls":
-                    got = self._class_special(base_full, name, depth + 1)
-                    if got:
-                        return got
-                elif kind != "ext":
-                    return [("attr", name)]
+        for kind, base_full in self._bases(module, module.classes[cls], depth):
+            if kind == "cls":
+                got = self._class_special(base_full, name, depth + 1)
+                if got:
+                    return got
+            elif kind != "ext":
+                return [("attr", name)]
         return []
+
+    def _bases(self, module: _Module, node: ast.ClassDef, depth: int) -> list[_Value]:
+        """What the bases of a class of ``module`` are (of ``Base[T]``: ``Base``'s)."""
+        top = _Place(module, "", None, module.name, "")
+        out: list[_Value] = []
+        for base in node.bases:
+            named = base.value if isinstance(base, ast.Subscript) else base
+            out += self._resolve(named, top, depth + 1)
+        return out
 
     def _metaclass(self, full: str, depth: int) -> list[_Value]:
         """What the class ``full``'s metaclass may be: ("cls", a class of the project),
@@ -539,15 +573,15 @@ class _Walk:
         node = module.classes[cls]
         top = _Place(module, "", None, module.name, "")
         given = [k.value for k in node.keywords if k.arg == "metaclass"]
+        values = [v for g in given for v in self._resolve(g, top, depth + 1)]
         out: list[_Value] = []
-        for value in given or node.bases:
-            for kind, meta in self._resolve(value, top, depth + 1):
-                if kind == "cls" and given:
-                    out.append((kind, meta))
-                elif kind == "cls":
-                    out += self._metaclass(meta, depth + 1)
-                elif kind != "ext":
-                    out.append(_UNKNOWN)
+        for kind, meta in values or self._bases(module, node, depth):
+            if kind == "cls" and given:
+                out.append((kind, meta))
+            elif kind == "cls":
+                out += self._metaclass(meta, depth + 1)
+            elif kind != "ext":
+                out.append(_UNKNOWN)
         return out
 
     def _builtin(self, node: ast.Call, place: _Place) -> None:
@@ -603,16 +637,16 @@ class _Walk:
         if depth > _DEPTH or found is None or found[1] not in found[0].classes:
             return [("attr", f"__{how}__")] if depth > _DEPTH else []
         module, cls = found
-        top = _Place(module, "", None, module.name, "")
         own = self._own_access(module, cls, attr, how, depth)
         if own is not None:
             return own
-        for base in module.classes[cls].bases:
-            for kind, base_full in self._resolve(base, top, depth + 1):
-                if kind == "cls":
-                    got = self._member_access(base_full, attr, how, depth + 1)
-                    if got:
-                        return got
+        for kind, base_full in self._bases(module, module.classes[cls], depth):
+            if kind == "cls":
+                got = self._member_access(base_full, attr, how, depth + 1)
+                if got:
+                    return got
+            elif kind != "ext":
+                return [("attr", f"__{how}__")]
         return []
 
     def _own_access(
@@ -624,18 +658,18 @@ class _Walk:
             if isinstance(item, _Def) and item.name == attr:
                 if accessor(item)[0] in ("property", "cached_property"):
                     return [("fn", f"{module.name}.{cls}.{attr}")]
-                return self._described(item.decorator_list, how, top, depth)
+                return self._described(item.decorator_list, how, top, depth, decorators=True)
         body = module.class_scopes[cls]
         if attr in body.names:
-            return self._described(body.names[attr], how, top, depth)
+            return self._described(body.names[attr], how, top, depth, decorators=False)
         if attr in body.opaque:
             return [("attr", f"__{how}__")]
         return None
 
     def _described(
-        self, values: list[ast.expr], how: str, place: _Place, depth: int
+        self, values: list[ast.expr], how: str, place: _Place, depth: int, *, decorators: bool
     ) -> list[_Value]:
-        """What accessing a class member made by ``values`` (its value, or a function's
+        """What accessing a class member made by ``values`` (its values, or a function's
         decorators) runs: a descriptor's method, the functions ``property(...)`` holds."""
         out: list[_Value] = []
         for value in values:
@@ -643,21 +677,26 @@ class _Walk:
                 for arg in value.args:
                     out += [v for v in self._resolve(arg, place, depth + 1) if v[0] == "fn"]
                 continue
+            named = decorators and isinstance(value, ast.Name | ast.Attribute)
             for kind, full in self._resolve(value, place, depth + 1):
-                # a class used as a decorator: the member is an instance of it
-                plain = kind == "cls" and isinstance(value, ast.Name | ast.Attribute)
-                out += self._special_of("inst" if plain else kind, full, f"__{how}__", depth + 1)
+                # a decorator's member is what it gave: an instance of a class, what a
+                # function returned
+                made = {"cls": "inst", "fn": "unknown"}.get(kind, kind) if named else kind
+                out += self._special_of(made, full, f"__{how}__", depth + 1)
         return out
 
     def _any_access(self, attr: str, how: str) -> list[_Value]:
         """What accessing ``attr`` of an object of no known class may run: any property of
         that name, any descriptor a class of the project holds under that name."""
-        out: list[_Value] = []
-        for module in self.modules.values():
-            for cls in module.classes:
-                if f"{cls}.{attr}" in module.funcs or attr in module.class_scopes[cls].names:
-                    out += self._member_access(f"{module.name}.{cls}", attr, how, 0)
-        return out
+        if not self.members:
+            for module in self.modules.values():
+                for cls, scope in module.class_scopes.items():
+                    own = [q.partition(".")[2] for q in module.funcs if q.startswith(f"{cls}.")]
+                    for name in {*own, *scope.names}:
+                        self.members.setdefault(name, []).append(f"{module.name}.{cls}")
+        return [
+            v for cls in self.members.get(attr, []) for v in self._member_access(cls, attr, how, 0)
+        ]
 
     def _module_getattr(self, full: str, attr: str) -> list[_Value]:
         """A module's ``__getattr__`` runs for a name it does not have."""
@@ -862,15 +901,13 @@ class _Walk:
         if attr in body.names:
             place = _Place(module, cls, body, module.name, "")
             return self._all(body.names[attr], place, depth + 1)
-        top = _Place(module, "", None, module.name, "")
-        for base in module.classes[cls].bases:
-            for kind, full in self._resolve(base, top, depth + 1):
-                if kind == "cls":
-                    found = self._lookup(full, depth + 1)
-                    if found is not None and found[1] in found[0].classes:
-                        got = self._method(found[0], found[1], attr, depth + 1)
-                        if got != [("attr", attr)]:
-                            return got
+        for kind, full in self._bases(module, module.classes[cls], depth):
+            if kind == "cls":
+                found = self._lookup(full, depth + 1)
+                if found is not None and found[1] in found[0].classes:
+                    got = self._method(found[0], found[1], attr, depth + 1)
+                    if got != [("attr", attr)]:
+                        return got
         return [("attr", attr)]
 
     def _dotted(self, full: str, depth: int) -> list[_Value]:
@@ -900,6 +937,16 @@ class _Walk:
             if module is not None:
                 return module, ".".join(parts[cut:])
         return None
+
+
+def _builtin_items(node: ast.expr) -> bool:
+    """Does iterating ``node`` give builtin values only: ``range(...)``, a string, a list,
+    tuple or set of constants?"""
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+        return node.func.id == "range"
+    if isinstance(node, ast.List | ast.Tuple | ast.Set):
+        return all(isinstance(e, ast.Constant) for e in node.elts)
+    return isinstance(node, ast.Constant) and isinstance(node.value, str | bytes)
 
 
 def _bound_names(node: ast.AST) -> set[str]:
@@ -947,10 +994,10 @@ def _full(binding: Binding, name: str) -> str:
     return binding.module if binding.asname else name  # import a.b (binds a), import a.b as n
 
 
-def _running(code: ast.AST) -> Iterator[tuple[ast.AST, bool]]:
+def _running(code: ast.AST, *, annotations: bool) -> Iterator[tuple[ast.AST, bool]]:
     """The nodes of ``code`` that run with it, each with whether it is a decorator: a
     nested function's or lambda's body does not run with it, its decorators and defaults
-    do."""
+    do (and its annotations, unless they are not evaluated)."""
     todo: list[tuple[ast.AST, bool]] = [(code, False)]
     while todo:
         node, decorator = todo.pop()
@@ -962,11 +1009,20 @@ def _running(code: ast.AST) -> Iterator[tuple[ast.AST, bool]]:
                 parts = [*node.bases, *(k.value for k in node.keywords), *node.body]
             else:
                 parts = [*node.args.defaults, *(d for d in node.args.kw_defaults if d)]
+                if annotations:
+                    parts += _annotations(node)
         elif isinstance(node, ast.Lambda):
             parts = [*node.args.defaults, *(d for d in node.args.kw_defaults if d)]
         else:
             parts = list(ast.iter_child_nodes(node))
         todo += [(p, False) for p in parts]
+
+
+def _annotations(node: _Def) -> list[ast.expr]:
+    args = node.args
+    every = [*args.posonlyargs, *args.args, *args.kwonlyargs, args.vararg, args.kwarg]
+    found = [a.annotation for a in every if a is not None and a.annotation is not None]
+    return [*found, node.returns] if node.returns is not None else found
 
 
 def _line(lines: list[str], node: ast.stmt) -> str:
