@@ -20,7 +20,7 @@ from hotpatch._classes import HASH_REASON
 from hotpatch._validate import signature_problems
 from hotpatch.make._closures import NestedTargets, escaping
 from hotpatch.make._runs import ImportRuns, Source, import_runs
-from hotpatch.make._sources import MakeError, Tree, classify
+from hotpatch.make._sources import MakeError, Place, Tree, classify, scripts
 from hotpatch.make._syntax import (
     Binding,
     Star,
@@ -169,11 +169,12 @@ def compare(old: Tree, new: Tree, roots: tuple[str, ...]) -> Plan:
     changes: list[Change] = []
     ignored: list[Change] = []
     modules: list[ModulePlan] = []
+    loose = _scripts(old, new, roots)
     for path in sorted(old.files.keys() | new.files.keys()):
         before, after = old.files.get(path), new.files.get(path)
         if before == after:
             continue
-        place = classify(path, roots)
+        place = Place("ignored", why=loose[path]) if path in loose else classify(path, roots)
         state = "added" if before is None else "removed" if after is None else "changed"
         if place.kind == "ignored":
             ignored.append(Change(path, "file", "ignored", f"{place.why} ({state})"))
@@ -194,12 +195,27 @@ def compare(old: Tree, new: Tree, roots: tuple[str, ...]) -> Plan:
             plan = _ModuleDiff(place.module, path, before, after).run(changes)
             if not plan.empty:
                 modules.append(plan)
+    old, new = _without(old, loose), _without(new, loose)  # their imports are no one's
     _stale_imports(old, roots, modules, changes)
     _star_imports(old, new, roots, modules, changes)
     _ran_at_import(old, roots, modules)
     _stale_defaults_across(modules)
     _new_imports_across(modules, changes)
     return Plan(modules, changes, ignored)
+
+
+def _scripts(old: Tree, new: Tree, roots: tuple[str, ...]) -> dict[str, str]:
+    """The scripts beside the service (see ``scripts``): of each version that has them."""
+    before, after = scripts(old, roots), scripts(new, roots)
+    found = {p: why for p, why in before.items() if p not in new.files or p in after}
+    found.update((p, why) for p, why in after.items() if p not in old.files)
+    return found
+
+
+def _without(tree: Tree, paths: dict[str, str]) -> Tree:
+    if not paths:
+        return tree
+    return Tree(tree.label, {p: d for p, d in tree.files.items() if p not in paths})
 
 
 def _new_imports_across(modules: list[ModulePlan], changes: list[Change]) -> None:

@@ -7,10 +7,14 @@ is. ``classify`` says what a path is to the service: a module (with its
 dotted name under an import root), a data file under an import root (it
 needs a baseline), or something ignored (tests, stubs, docs, packaging, a
 path outside every import root or in a directory no import reaches) and why.
+``scripts`` finds, in one version, the Python files beside the service's packages
+that the service never imports (``examples/``, ``benchmarks/``, ``misc/`` with no
+``__init__.py``).
 """
 
 from __future__ import annotations
 
+import ast
 import os
 import subprocess
 from dataclasses import dataclass
@@ -26,6 +30,7 @@ __all__ = [
     "commit_subject",
     "read_git",
     "read_tree",
+    "scripts",
 ]
 
 FileKind = Literal["module", "data", "ignored"]
@@ -211,3 +216,70 @@ def _root_of(path: PurePosixPath, roots: tuple[str, ...]) -> str | None:
         if inside and (best is None or best == "." or len(root) > len(best)):
             best = root
     return best
+
+
+def scripts(tree: Tree, roots: tuple[str, ...]) -> dict[str, str]:
+    """The Python files of ``tree`` in a folder under an import root that is not a package
+    (no ``__init__.py``: ``examples/``, ``benchmarks/``) and that no module of the service
+    imports, by path, with why: scripts beside the service, which it never imports. A
+    namespace package's module (PEP 420) that the service imports, by name or by a string
+    naming it, stays a module."""
+    loose: dict[str, str] = {}  # path -> its dotted name
+    modules: dict[str, str] = {}  # path -> dotted name, of the modules of the service
+    for path in tree.files:
+        place = classify(path, roots)
+        if place.kind != "module" or not path.endswith(".py"):
+            continue
+        folder = PurePosixPath(path).parent
+        in_package = folder == PurePosixPath(place.root) or f"{folder}/__init__.py" in tree.files
+        (modules if in_package else loose)[path] = place.module
+    if not loose:
+        return {}
+    imported: set[str] = set()
+    todo = list(modules)
+    while todo:
+        path = todo.pop()
+        imported |= _imported(tree.files[path], modules[path], path.endswith("__init__.py"))
+        reached = [p for p, name in loose.items() if _reaches(imported, name)]
+        for path in reached:
+            modules[path] = loose.pop(path)
+        todo += reached
+    found: dict[str, str] = {}
+    for path, name in loose.items():
+        folder = PurePosixPath(path).parent
+        found[path] = (
+            f"a script beside the service: {folder}/ is not a package (no __init__.py) and "
+            f"no module of the service imports {name}"
+        )
+    return found
+
+
+def _imported(data: bytes, name: str, package: bool) -> set[str]:
+    """The dotted names the module ``name`` imports (``from a import b``: ``a`` and
+    ``a.b``), and its strings that could name a module (``import_module("a.b")``)."""
+    try:
+        tree = ast.parse(data)
+    except (SyntaxError, ValueError):
+        return set()
+    names: set[str] = set()
+    here = name.split(".") if package else name.split(".")[:-1]
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            parts = here[: len(here) - node.level + 1] if node.level else []
+            base = ".".join([*parts, node.module] if node.module else parts)
+            names.add(base)
+            names |= {f"{base}.{a.name}" if base else a.name for a in node.names}
+        elif (
+            isinstance(node, ast.Constant)
+            and isinstance(node.value, str)
+            and node.value.replace(".", "").replace("_", "").isalnum()
+        ):
+            names.add(node.value)
+    return names
+
+
+def _reaches(imported: set[str], name: str) -> bool:
+    """Does importing one of ``imported`` import the module ``name`` (it, or one under it)?"""
+    return name in imported or any(i.startswith(f"{name}.") for i in imported)
