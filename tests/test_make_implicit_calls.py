@@ -407,6 +407,23 @@ CASES: dict[str, tuple[str, str, str, str]] = {
         "DEFAULT = Config()",
         "module.DEFAULT.label",
     ),
+    "argument": (
+        """\
+        class Money:
+            def __add__(self, other):
+                return "v1"
+
+
+        def double(x, y=None):
+            return x + x
+
+
+        TOTAL = double(Money())
+        """,
+        "Money.__add__",
+        "TOTAL = double(Money())",
+        "module.TOTAL",
+    ),
     "operand_of_no_known_class": (
         """\
         class Money:
@@ -459,9 +476,13 @@ def test_an_operator_on_builtin_values_at_import_leaves_a_changed_operator_hot(
     tmp_path: Path,
 ) -> None:
     """``RATE = 2 * 3``, ``NAME = "a" + "b"``, ``{1: "a"}``, an f-string of a number,
-    arithmetic on a loop's ints, an instance of a generic class with no ``__init__`` of
-    its own: none runs a method of the project, so a changed ``__add__`` and ``__init__``
-    used only after import go hot, and the patched process matches a restart."""
+    arithmetic on a loop's ints, a comparison of the strings a class's ``__slots__`` holds,
+    a counter counted up (``count += 1``) and formatted, an instance of a generic class
+    with no ``__init__`` of its own, an item set in an attribute only ever set to a dict
+    (``self._map[key] = value``), a parameter given a string (``describe("a")``)
+    formatted: none runs a method of the project, so a changed ``__init__``, ``__add__``,
+    ``__ne__``, ``__format__`` and ``__setitem__`` used only after import go hot, and the
+    patched process matches a restart."""
     module = """\
         from typing import Generic, TypeVar
 
@@ -478,6 +499,19 @@ def test_an_operator_on_builtin_values_at_import_leaves_a_changed_operator_hot(
 
             def __add__(self, other):
                 return Money(self.n + other.n + len("v1"))
+
+            def __ne__(self, other):
+                return len("v1") != 2
+
+            def __format__(self, spec):
+                return str(len("v1"))
+
+            def __setitem__(self, key, value):
+                self.n = len("v1")
+
+
+        class Slots:
+            __slots__ = ("a", "b")
 
 
         RATE = 2 * 3
@@ -500,6 +534,35 @@ def test_an_operator_on_builtin_values_at_import_leaves_a_changed_operator_hot(
 
 
         TABLE = _table()
+        NAMES = [name != "a" for name in Slots.__slots__]
+
+
+        def _label():
+            count = 1
+            while count < 3:
+                count += 1
+            return f"{count}"
+
+
+        LABEL2 = _label()
+
+
+        class Store:
+            def __init__(self):
+                self._map = {}
+
+            def put(self, key, value):
+                self._map[key] = value
+                return self
+
+
+        def describe(text, suffix="!"):
+            text = str(text)
+            return f"{text}{suffix}"
+
+
+        STORE = Store().put("k", 1)
+        DESCRIBED = describe("a")
 
 
         def total():
@@ -509,7 +572,10 @@ def test_an_operator_on_builtin_values_at_import_leaves_a_changed_operator_hot(
     repo.commit("the fix", {"src/shop/m.py": module.replace('len("v1")', 'len("v22")')})
     result = make_since_v1(repo, tmp_path / "out")
     assert result.outcome == "hot", result.record()
-    assert verdicts(result) == {"shop.m:Money.__add__": "inline", "shop.m:Money.__init__": "inline"}
+    assert verdicts(result) == {
+        f"shop.m:Money.{name}": "inline"
+        for name in ("__init__", "__add__", "__ne__", "__format__", "__setitem__")
+    }
     assert result.path is not None
     seen = run_patched(
         roots=[checkout(repo, "v1", tmp_path)],

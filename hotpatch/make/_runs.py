@@ -34,7 +34,7 @@ __all__ = ["ImportRuns", "Source", "import_runs"]
 
 _Def = ast.FunctionDef | ast.AsyncFunctionDef
 _SHOWN = 60
-_DEPTH = 8  # names followed through names: past this, unknown
+_DEPTH = 20  # names followed through names: past this, unknown
 _CLASS_HOOKS = frozenset({"__init_subclass__", "__set_name__"})
 _META_HOOKS = frozenset({"__new__", "__init__", "__prepare__"})
 _METACLASSES = frozenset({"type", "ABCMeta", "abc.ABCMeta", "EnumMeta", "enum.EnumMeta"})
@@ -108,6 +108,9 @@ class ImportRuns:
 # ("attr", name) for a member of an object of no known class, ("ext", "") for what is not
 # the project's, ("unknown", "").
 _Value = tuple[str, str]
+_Args = dict[str, tuple[_Value, ...]]  # what each parameter of a function holds
+_Key = tuple[tuple[str, tuple[_Value, ...]], ...]
+_VARIANTS = 4  # walks of one function for what its parameters hold: past this, anything
 _EXT: _Value = ("ext", "")
 _UNKNOWN: _Value = ("unknown", "")
 
@@ -123,6 +126,10 @@ class _Scope:
     imports: list[ast.stmt] = field(default_factory=list)  # its own import statements
     defs: dict[str, _Def | ast.ClassDef] = field(default_factory=dict)  # defined inside
     binds: dict[str, Binding] = field(default_factory=dict)
+    loops: dict[str, list[ast.expr]] = field(default_factory=dict)  # bound by loops only
+    augmented: set[str] = field(default_factory=set)  # simple names also augmented
+    plain_params: dict[str, list[ast.expr]] = field(default_factory=dict)  # and their values
+    params: dict[str, tuple[_Value, ...]] = field(default_factory=dict)  # what they hold
 
     @classmethod
     def of(cls, body: list[ast.stmt], args: ast.arguments | None = None) -> _Scope:
@@ -133,9 +140,14 @@ class _Scope:
         todo: list[ast.AST] = list(body)
         bound: Counter[str] = Counter()  # how often each opaque name is bound
         seen: list[ast.AST] = []
+        augmented: dict[str, list[ast.expr]] = {}  # n += value
         while todo:
             node = todo.pop()
             seen.append(node)
+            if isinstance(node, ast.AugAssign) and isinstance(node.target, ast.Name):
+                augmented.setdefault(node.target.id, []).append(node.value)
+                todo.append(node.value)
+                continue
             if isinstance(node, _Def | ast.ClassDef):
                 scope.defs.setdefault(node.name, node)
                 continue  # its body runs when it is called (a class's: when it is made)
@@ -156,6 +168,14 @@ class _Scope:
                 scope.opaque |= names
                 todo.append(sub)
         scope.builtin_loops(seen, bound)
+        scope.augment(augmented)
+        if args is not None:  # parameters bound only by the call and simple assignments
+            every = [*args.posonlyargs, *args.args, *args.kwonlyargs, args.vararg, args.kwarg]
+            scope.plain_params = {
+                a.arg: scope.names.get(a.arg, [])
+                for a in every
+                if a is not None and not bound[a.arg] and a.arg not in augmented
+            }
         for name in scope.opaque:
             scope.names.pop(name, None)
             scope.defs.pop(name, None)
@@ -164,19 +184,24 @@ class _Scope:
         return scope
 
     def builtin_loops(self, nodes: list[ast.AST], bound: Counter[str]) -> None:
-        """A name only ever bound by loops over ranges or literals (``for i in range(8)``)
-        holds only builtin values, as if assigned a constant."""
-        plain: Counter[str] = Counter(
-            node.target.id
-            for node in nodes
-            if isinstance(node, ast.For | ast.comprehension)
-            and isinstance(node.target, ast.Name)
-            and _builtin_items(node.iter)
-        )
-        for name, times in plain.items():
-            if bound[name] == times and name not in self.names and name in self.opaque:
-                self.opaque.discard(name)
-                self.names[name] = [ast.Constant(0)]
+        """The names only ever bound by loops (``for name in NAMES``), with what each
+        loops over: a name that holds only what a range or a tuple of constants gives is
+        a builtin value (see ``_Walk._looped``)."""
+        loops: dict[str, list[ast.expr]] = {}
+        for node in nodes:
+            if isinstance(node, ast.For | ast.comprehension) and isinstance(node.target, ast.Name):
+                loops.setdefault(node.target.id, []).append(node.iter)
+        self.loops = {n: iters for n, iters in loops.items() if bound[n] == len(iters)}
+
+    def augment(self, augmented: dict[str, list[ast.expr]]) -> None:
+        """A name set simply and then augmented (``count = 1``, ``count += 1``) holds a
+        builtin value if each of its values is one; else what an operator returned."""
+        for name, values in augmented.items():
+            if name in self.names and name not in self.opaque:
+                self.names[name] += values
+                self.augmented.add(name)
+            else:
+                self.opaque.add(name)
 
     def bind(self, source: Source) -> _Scope:
         """Its own imports, resolved (a function's ``import re``)."""
@@ -262,7 +287,9 @@ class _Walk:
     def __init__(self, sources: list[Source]) -> None:
         self.modules = {s.name: _Module(s) for s in sources}
         self.result = ImportRuns()
-        self.todo: list[tuple[_Module, str, str, str]] = []  # module, qualname, start, where
+        # module, qualname, start, where, what its parameters hold (None: not known)
+        self.todo: list[tuple[_Module, str, str, str, _Args | None]] = []
+        self.variants: dict[str, set[_Key | None]] = {}  # the walks of each function
         self.nested: dict[str, tuple[_Def | ast.ClassDef, _Module]] = {}  # id -> a def inside
         self.walked: set[tuple[int, str]] = set()
         self.stored = _stored(sources)
@@ -274,13 +301,15 @@ class _Walk:
                     self.methods.setdefault(qualname.rpartition(".")[2], []).append(
                         (module, qualname)
                     )
+        self.literal = _literal(sources, self.stored, self.methods)
         for module in self.modules.values():
             self._module(module)
         while self.todo:
-            module, qualname, start, where = self.todo.pop()
+            module, qualname, start, where, args = self.todo.pop()
             func = module.funcs[qualname]
             owner = qualname.partition(".")[0] if "." in qualname else ""
             scope = _Scope.of(func.body, func.args).bind(module.source)
+            scope.params = {n: v for n, v in (args or {}).items() if n in scope.plain_params}
             place = _Place(module, owner, scope, start, where)
             for statement in func.body:
                 self._code(statement, place)
@@ -366,11 +395,22 @@ class _Walk:
                 return True
         return False
 
-    def _run(self, module: _Module, qualname: str, start: str, where: str) -> None:
+    def _run(
+        self, module: _Module, qualname: str, start: str, where: str, args: _Args | None = None
+    ) -> None:
+        """Walk the function ``qualname`` of ``module`` (once for each thing its parameters
+        may hold, ``args``, up to a few; once for anything)."""
         full = f"{module.name}.{qualname}"
-        if full not in self.result.runs and qualname in module.funcs:
-            self.result.runs[full] = (start, where)
-            self.todo.append((module, qualname, start, where))
+        if qualname not in module.funcs:
+            return
+        self.result.runs.setdefault(full, (start, where))
+        walked = self.variants.setdefault(full, set())
+        if None in walked:
+            return  # walked with its parameters holding anything: that covers every call
+        key = None if args is None or len(walked) >= _VARIANTS else _key(args)
+        if key not in walked:
+            walked.add(key)
+            self.todo.append((module, qualname, start, where, args if key is not None else None))
 
     # -- one piece of running code -----------------------------------------------------
 
@@ -416,7 +456,7 @@ class _Walk:
     def _call(self, node: ast.AST, func: ast.expr, args: list[ast.expr], place: _Place) -> None:
         for kind, full in self._resolve(func, place):
             if kind == "fn":
-                self._run_full(full, place)
+                self._run_full(full, place, node if isinstance(node, ast.Call) else None)
             elif kind in ("nested", "nestedcls", "nestedinst"):
                 self._run_nested(kind, full, place)
             elif kind in ("cls", "inst"):
@@ -729,11 +769,56 @@ class _Walk:
         if full not in self.result.escapes:
             self.result.escapes[full] = (place.start, self._at(node, place))
 
-    def _run_full(self, full: str, place: _Place) -> None:
+    def _run_full(self, full: str, place: _Place, call: ast.Call | None = None) -> None:
         found = self._lookup(full, 0)
         if found is not None and found[1]:
             module, qualname = found
-            self._run(module, qualname, place.start, place.where)
+            args = None
+            if call is not None and "." not in qualname and qualname in module.funcs:
+                args = self._arguments(module, module.funcs[qualname], call, place)
+            self._run(module, qualname, place.start, place.where, args)
+
+    def _arguments(
+        self, module: _Module, func: _Def, call: ast.Call, place: _Place
+    ) -> _Args | None:
+        """What each parameter of the function ``func`` of ``module`` holds when ``call``
+        calls it (its argument, else its default; ``*args`` a tuple, ``**kw`` a dict), or
+        None when that is not read from the call (``f(*items)``)."""
+        if any(isinstance(a, ast.Starred) for a in call.args) or any(
+            k.arg is None for k in call.keywords
+        ):
+            return None
+        spec = func.args
+        positional = [*spec.posonlyargs, *spec.args]
+        if len(call.args) > len(positional) and spec.vararg is None:
+            return None
+        given: dict[str, ast.expr] = {p.arg: v for p, v in zip(positional, call.args, strict=False)}
+        given.update((k.arg, k.value) for k in call.keywords if k.arg is not None)
+        top = _Place(module, "", None, module.name, "")
+        defaults: dict[str, ast.expr] = dict(
+            zip(
+                [p.arg for p in positional][len(positional) - len(spec.defaults) :],
+                spec.defaults,
+                strict=True,
+            )
+        )
+        defaults.update(
+            (p.arg, d)
+            for p, d in zip(spec.kwonlyargs, spec.kw_defaults, strict=True)
+            if d is not None
+        )
+        out: _Args = {}
+        for param in [*positional, *spec.kwonlyargs]:
+            if param.arg in given:
+                out[param.arg] = tuple(self._resolve(given[param.arg], place))
+            elif param.arg in defaults:
+                out[param.arg] = tuple(self._resolve(defaults[param.arg], top))
+            else:
+                return None
+        for rest in (spec.vararg, spec.kwarg):
+            if rest is not None:
+                out[rest.arg] = (_EXT,)
+        return out
 
     def _at(self, node: ast.AST, place: _Place) -> str:
         """``where``, and the call in it when that is another line or a part of it."""
@@ -803,18 +888,88 @@ class _Walk:
         values = [v for part in parts for v in self._resolve(part, place, depth + 1)]
         return _EXT if all(v == _EXT for v in values) else _UNKNOWN
 
+    @staticmethod
+    def _augmented(name: str, scope: _Scope, values: list[_Value]) -> list[_Value]:
+        """An augmented name's values: builtin if each is, else what an operator gave."""
+        if name in scope.augmented and any(v != _EXT for v in values):
+            return [_UNKNOWN]
+        return values
+
+    def _looped(self, iters: list[ast.expr], place: _Place, depth: int) -> list[_Value]:
+        """What a loop's name holds: a builtin value if each loop is over a range, a string,
+        or a literal list, tuple or set of builtin values (``for name in Cls.__slots__``),
+        else unknown."""
+        if all(self._builtin_items(i, place, depth + 1) for i in iters):
+            return [_EXT]
+        return [_UNKNOWN]
+
+    def _builtin_items(self, node: ast.expr, place: _Place, depth: int) -> bool:
+        if depth > _DEPTH:
+            return False
+        if isinstance(node, ast.Call):
+            return (
+                isinstance(node.func, ast.Name)
+                and node.func.id == "range"
+                and all(v == _EXT for v in self._resolve(node.func, place, depth + 1))
+            )
+        if isinstance(node, ast.Constant):
+            return isinstance(node.value, str | bytes)
+        if isinstance(node, ast.List | ast.Tuple | ast.Set):
+            return all(
+                v == _EXT for e in node.elts for v in self._resolve(e, place, depth + 1)
+            ) and not any(isinstance(e, ast.Starred) for e in node.elts)
+        values = self._expressions(node, place, depth)
+        return values is not None and all(self._builtin_items(v, p, depth + 1) for v, p in values)
+
+    def _expressions(
+        self, node: ast.expr, place: _Place, depth: int
+    ) -> list[tuple[ast.expr, _Place]] | None:
+        """The expressions a name (of the body ``place`` is in, or of the module) or a
+        class's attribute (``Cls.NAMES``) is bound to, each with where it is (None: not
+        known)."""
+        scope, module = place.scope, place.module
+        if isinstance(node, ast.Name):
+            if scope is not None and node.id in scope.names:
+                return [(v, place) for v in scope.names[node.id]]
+            if scope is None or (node.id not in scope.opaque and node.id not in scope.binds):
+                top = _Place(module, "", None, module.name, "")
+                return [(v, top) for v in module.scope.names.get(node.id, [])] or None
+            return None
+        if isinstance(node, ast.Attribute):
+            return self._class_expressions(node, place, depth)
+        return None
+
+    def _class_expressions(
+        self, node: ast.Attribute, place: _Place, depth: int
+    ) -> list[tuple[ast.expr, _Place]] | None:
+        """``_expressions`` of a class's attribute (``Cls.NAMES``)."""
+        out: list[tuple[ast.expr, _Place]] = []
+        for kind, full in self._resolve(node.value, place, depth + 1):
+            found = self._lookup(full, depth + 1) if kind == "cls" else None
+            body = found[0].class_scopes.get(found[1]) if found is not None else None
+            if found is None or body is None or node.attr not in body.names:
+                return None
+            where = _Place(found[0], found[1], body, found[0].name, "")
+            out += [(v, where) for v in body.names[node.attr]]
+        return out
+
     def _local(self, name: str, place: _Place, depth: int) -> list[_Value] | None:
         """A name of the function or class body ``place`` is in (None: not one)."""
         scope, module = place.scope, place.module
         if scope is None:
             return None
         found: list[_Value] | None = None
-        if name in scope.opaque:
+        if name in scope.params:
+            values = scope.plain_params[name]
+            found = [*scope.params[name], *self._all(values, place, depth)]
+        elif name in scope.loops:
+            found = self._looped(scope.loops[name], place, depth)
+        elif name in scope.opaque:
             receiver = name in _RECEIVERS and place.owner
             kind = "inst" if name == "self" else "cls"
             found = [(kind, f"{module.name}.{place.owner}")] if receiver else [_UNKNOWN]
         elif name in scope.names:
-            found = self._all(scope.names[name], place, depth)
+            found = self._augmented(name, scope, self._all(scope.names[name], place, depth))
         elif name in scope.binds:
             found = self._bound(scope.binds[name], name, depth)
         elif scope is module.class_scopes.get(place.owner) and (
@@ -841,7 +996,9 @@ class _Walk:
             return [("cls", f"{module.name}.{name}")]
         if name in module.scope.names:
             top = _Place(module, "", None, module.name, "")
-            return self._all(module.scope.names[name], top, depth)
+            return self._augmented(
+                name, module.scope, self._all(module.scope.names[name], top, depth)
+            )
         binding = module.binds.get(name)
         if binding is not None:
             return self._bound(binding, name, depth)
@@ -850,6 +1007,9 @@ class _Walk:
     def _starred(self, module: _Module, name: str, depth: int) -> list[_Value]:
         """A name the module's code reads and does not bind: a star import's (of the
         project: its value; else not ours), a builtin, or unknown."""
+        if name in module.scope.loops:
+            top = _Place(module, "", None, module.name, "")
+            return self._looped(module.scope.loops[name], top, depth)
         if name in module.scope.opaque:
             return [_UNKNOWN]
         outside = False
@@ -869,7 +1029,14 @@ class _Walk:
         return self._dotted(_full(binding, name), depth)
 
     def _member(self, kind: str, full: str, attr: str, depth: int) -> list[_Value]:
-        """``attr`` of what ``(kind, full)`` is."""
+        """``attr`` of what ``(kind, full)`` is: an attribute the project only ever sets
+        to literals (``self._map = {}``) and that no class defines holds a builtin value."""
+        found = self._member_of(kind, full, attr, depth)
+        if found == [("attr", attr)] and attr in self.literal:
+            return [_EXT]
+        return found
+
+    def _member_of(self, kind: str, full: str, attr: str, depth: int) -> list[_Value]:
         if kind == "mod":
             return self._dotted(f"{full}.{attr}", depth)
         if kind in ("fn", "ext", "nested"):
@@ -939,16 +1106,6 @@ class _Walk:
         return None
 
 
-def _builtin_items(node: ast.expr) -> bool:
-    """Does iterating ``node`` give builtin values only: ``range(...)``, a string, a list,
-    tuple or set of constants?"""
-    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
-        return node.func.id == "range"
-    if isinstance(node, ast.List | ast.Tuple | ast.Set):
-        return all(isinstance(e, ast.Constant) for e in node.elts)
-    return isinstance(node, ast.Constant) and isinstance(node.value, str | bytes)
-
-
 def _bound_names(node: ast.AST) -> set[str]:
     """The name ``node`` binds other than by a simple assignment (a loop's target, an
     unpacking, a parameter, an ``except ... as``)."""
@@ -985,6 +1142,44 @@ def _stored(sources: list[Source]) -> frozenset[str]:
                     continue
                 found |= {t.attr for t in targets if isinstance(t, ast.Attribute)}
     return frozenset(found)
+
+
+def _literal(
+    sources: list[Source], stored: frozenset[str], methods: dict[str, list[tuple[_Module, str]]]
+) -> frozenset[str]:
+    """The names of the attributes the project's code only ever sets to literals
+    (``self._map = {}``), which no class of it defines (a method, a class attribute, a
+    field of a dataclass) nor sets another way (``setattr``, a loop's or ``with``'s
+    target, an unpacking)."""
+    simple: dict[int, str] = {}  # the attributes assignments set, by node
+    other: set[str] = set(stored) | set(methods)
+    stores: list[ast.Attribute] = []
+    for source in sources:
+        for node in ast.walk(source.tree):
+            if isinstance(node, ast.Assign | ast.AnnAssign | ast.AugAssign):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                simple.update((id(t), t.attr) for t in targets if isinstance(t, ast.Attribute))
+            elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store | ast.Del):
+                stores.append(node)
+            elif isinstance(node, ast.Call) and _name(node.func) in ("setattr", "delattr"):
+                named = node.args[1] if len(node.args) > 1 else None
+                if not isinstance(named, ast.Constant) or not isinstance(named.value, str):
+                    return frozenset()  # an attribute make cannot name: any
+                other.add(named.value)
+            elif isinstance(node, ast.ClassDef):
+                other |= {
+                    t.id
+                    for item in node.body
+                    if isinstance(item, ast.Assign | ast.AnnAssign)
+                    for t in (item.targets if isinstance(item, ast.Assign) else [item.target])
+                    if isinstance(t, ast.Name)
+                }
+    other |= {n.attr for n in stores if id(n) not in simple}
+    return frozenset(set(simple.values()) - other)
+
+
+def _key(args: _Args) -> _Key:
+    return tuple(sorted((name, tuple(sorted(set(values)))) for name, values in args.items()))
 
 
 def _full(binding: Binding, name: str) -> str:
