@@ -13,6 +13,7 @@ Everything here reads the ``ast``; nothing is imported or run.
 from __future__ import annotations
 
 import ast
+from collections.abc import Callable
 
 __all__ = ["BUILTIN_CALLS", "Implicit", "implicit"]
 
@@ -104,8 +105,10 @@ BUILTIN_CALLS: dict[str, tuple[str, ...]] = {
 def implicit(node: ast.AST) -> list[Implicit]:
     """The operands of ``node`` that Python calls special methods of, and which: the
     node's own doing only (its parts are nodes of their own)."""
-    out = _operators(node) + _containers(node) + _statements(node)
-    return [(operand, names, said) for operand, names, said in out if _may_run(operand)]
+    rule = _RULES.get(type(node))
+    if rule is None:  # most nodes: a name, a constant, a call, an attribute
+        return []
+    return [(operand, names, said) for operand, names, said in rule(node) if _may_run(operand)]
 
 
 def _operators(node: ast.AST) -> list[Implicit]:
@@ -193,6 +196,21 @@ def _statements(node: ast.AST) -> list[Implicit]:
     elif isinstance(node, ast.If | ast.While | ast.IfExp | ast.Assert):
         out.append((node.test, _TRUTH, "a truth test"))
     return out
+
+
+_RULES: dict[type[ast.AST], Callable[[ast.AST], list[Implicit]]] = {
+    **dict.fromkeys((ast.BinOp, ast.AugAssign, ast.Compare, ast.UnaryOp, ast.BoolOp), _operators),
+    **dict.fromkeys(
+        (ast.Subscript, ast.Dict, ast.Set, ast.DictComp, ast.SetComp, ast.FormattedValue),
+        _containers,
+    ),
+    **dict.fromkeys((ast.Starred, ast.keyword), _containers),
+    **dict.fromkeys(
+        (ast.For, ast.comprehension, ast.Assign, ast.AnnAssign, ast.With, ast.If, ast.While),
+        _statements,
+    ),
+    **dict.fromkeys((ast.IfExp, ast.Assert), _statements),
+}
 
 
 def _may_run(operand: ast.expr) -> bool:
