@@ -29,6 +29,7 @@ __all__ = [
     "accepts_same_calls",
     "applied_as",
     "check_baseline",
+    "check_private_names",
     "check_replacement",
     "check_version",
     "function_kind",
@@ -143,6 +144,7 @@ def check_replacement(
             "not a Python function; decorate a def with @patch.replace"
         )
         raise VerificationFailed(msg, patch=v, target=spec)
+    check_private_names(patch, spec, original["__code__"], new.__code__)
     old_kind, new_kind = function_kind(original["__code__"]), function_kind(new.__code__)
     if old_kind != new_kind:
         msg = (
@@ -164,6 +166,84 @@ def check_replacement(
         )
         raise SignatureIncompatible(msg, patch=v, target=spec)
     return new, bool(problems)
+
+
+def check_private_names(patch: Patch, spec: str, old: types.CodeType, new: types.CodeType) -> None:
+    """``VerificationFailed`` if ``new`` spells a private name otherwise than ``old`` would.
+
+    Python mangles ``__x`` (in ``self.__x``, a global, an import) by the class the
+    def is written in: ``_Acct__x`` in ``class Acct``, ``__x`` outside a class. A
+    replacement written outside the target's class (or in a class of another
+    name) would read and write other attributes than the code it replaces, and
+    every call could fail or go wrong without a word.
+    """
+    theirs, ours = _mangling_class(old.co_qualname), _mangling_class(new.co_qualname)
+    if _prefix(theirs) == _prefix(ours):
+        return
+    wrong = sorted(
+        (name, _mangle(written, theirs))
+        for name in _names_of(new)
+        if (written := _unmangle(name, ours)) is not None and _mangle(written, theirs) != name
+    )
+    if not wrong:
+        return
+    where = f"in class {ours}" if ours else "outside a class"
+    there = f"in class {theirs}" if theirs else "outside any class"
+    spelled = ", ".join(f"{name} (the original's {expected})" for name, expected in wrong)
+    way = (
+        f"in a class named {theirs} or _{theirs.lstrip('_')} (a class holding the "
+        "@patch.replace defs, as hotpatch make writes them, or the @patch.replace_class "
+        "class itself)"
+        if theirs
+        else "outside any class (at the patch file's top level)"
+    )
+    msg = (
+        f"patch {patch.version}: the replacement for {spec} is written {where}, so Python "
+        f"spells its private names {spelled}: the original was written {there}, and the "
+        f"replacement would read and write other names than it. Write the def {way}, so "
+        "its private names are mangled as the original's"
+    )
+    raise VerificationFailed(msg, patch=patch.version, target=spec)
+
+
+def _mangling_class(qualname: str) -> str | None:
+    """The class whose name mangles the private names of code of this ``__qualname__``."""
+    parts = qualname.split(".")
+    i = len(parts) - 2
+    while i >= 0:
+        if parts[i] == "<locals>":
+            i -= 2  # the function whose locals these are: look past it
+            continue
+        return parts[i]
+    return None
+
+
+def _prefix(cls: str | None) -> str:
+    return "_" + cls.lstrip("_") if cls and cls.strip("_") else ""
+
+
+def _mangle(name: str, cls: str | None) -> str:
+    """``name`` as the compiler spells it in a def written in class ``cls``."""
+    if not name.startswith("__") or name.endswith("__") or "." in name:
+        return name
+    return _prefix(cls) + name
+
+
+def _unmangle(name: str, cls: str | None) -> str | None:
+    """The private name ``name`` was written as in class ``cls``; ``None`` if not private."""
+    prefix = _prefix(cls)
+    if prefix and name.startswith(prefix + "__") and _mangle(name[len(prefix) :], cls) == name:
+        return name[len(prefix) :]
+    return name if _mangle(name, None) == name and _mangle(name, "x") != name else None
+
+
+def _names_of(code: types.CodeType) -> set[str]:
+    """The names ``code`` and the code nested in it look up: attributes, globals, imports."""
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _names_of(const)
+    return names
 
 
 # -- the rules ------------------------------------------------------------------------
