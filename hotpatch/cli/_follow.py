@@ -235,16 +235,25 @@ def _follow(
     """Show the log's records and the result files as they come, each outcome once."""
     shown = _Shown(args.count)
     filed: set[Path] = set()
+
+    def show(record: Answer) -> None:
+        if rollouts is not None:
+            # A rollout's last steps are in the status file before its outcome is
+            # filed: read it again, or steps written since the last poll would come
+            # after the outcome, or never (with --count).
+            rollouts.poll()
+        _show_watched(args, record)
+
     while not shown.enough:
         try:
             path: Path | None = results.get(timeout=FOLLOW_POLL_S)
         except queue.Empty:
             path = None
         if rollouts is not None:
-            rollouts.poll()  # a rollout's last steps come before its outcome
+            rollouts.poll()
         for record in tail.read():  # written before the result file: seen first
             if not shown.enough and shown.first(record):
-                _show_watched(args, record)
+                show(record)
         if path is None or path in filed:
             continue
         try:
@@ -255,7 +264,7 @@ def _follow(
         if isinstance(record, dict) and not shown.enough:
             record = {"event": "outcome", "source": FOLDER, "dir": path.parent.name, **record}
             if shown.first(record):
-                _show_watched(args, record)
+                show(record)
 
 
 class _Shown:
