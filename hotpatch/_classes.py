@@ -19,7 +19,7 @@ import functools
 import inspect
 import types
 import typing
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 __all__ = [
@@ -40,6 +40,7 @@ __all__ = [
     "members",
     "members_text",
     "own_slot",
+    "running_bases",
     "set_name",
     "slots",
 ]
@@ -141,11 +142,17 @@ def members(old: type, new: type) -> Iterator[tuple[str, Any]]:
         yield name, value
 
 
-def class_reasons(old: type, new: type) -> list[str]:
-    """Why replacing ``old``'s members with ``new``'s cannot be done hot."""
+def class_reasons(old: type, new: type, stands_for: Mapping[int, type] | None = None) -> list[str]:
+    """Why replacing ``old``'s members with ``new``'s cannot be done hot.
+
+    ``stands_for`` maps the patch's other patch classes (by ``id``: a metaclass may
+    define ``__eq__``) to the running classes they patch: a patch class written on
+    one of them (``class Child(Base)`` under the patch file's ``Base``) is written
+    on the running class it stands for.
+    """
     name = f"{old.__module__}:{old.__qualname__}"
     return [
-        *_layout_reasons(old, new, name),
+        *_layout_reasons(old, new, name, stands_for or {}),
         *_data_reasons(old, new, name),
         *_hash_reasons(old, new, name),
     ] + [
@@ -185,11 +192,13 @@ def _code_key(code: types.CodeType) -> tuple[Any, ...]:
     return (code.co_code, consts, code.co_names, code.co_varnames, code.co_freevars)
 
 
-def _layout_reasons(old: type, new: type, name: str) -> Iterator[str]:
+def _layout_reasons(
+    old: type, new: type, name: str, stands_for: Mapping[int, type]
+) -> Iterator[str]:
     """What instances are made of: bases, metaclass, slots."""
-    if tuple(new.__bases__) != tuple(old.__bases__):
+    if running_bases(new, stands_for) != old.__bases__:
         yield f"class {name}: bases change from {_names(old.__bases__)} to {_names(new.__bases__)}"
-    if type(new) is not type(old):
+    if stands_for.get(id(type(new)), type(new)) is not type(old):
         yield f"class {name}: metaclass changes from {type(old).__name__} to {type(new).__name__}"
     if slots(old) != slots(new):
         yield (
@@ -255,15 +264,21 @@ def _member_reasons(old: type, attr: str, value: Any) -> Iterator[str]:
         )
 
 
-def layout_changes(old: type, new: type) -> bool:
+def running_bases(new: type, stands_for: Mapping[int, type]) -> tuple[type, ...]:
+    """Patch class ``new``'s bases, each patch class among them as the running class it patches."""
+    return tuple(stands_for.get(id(base), base) for base in new.__bases__)
+
+
+def layout_changes(old: type, new: type, stands_for: Mapping[int, type] | None = None) -> bool:
     """Does ``new`` make instances other than ``old`` makes (bases, metaclass, slots, members)?
 
     Then no patch of ``old`` in place can do it: a restart builds the class again
     (``rebuild``) and puts it where the running one was (``references``).
     """
+    stands_for = stands_for or {}
     return (
-        tuple(new.__bases__) != tuple(old.__bases__)
-        or type(new) is not type(old)
+        running_bases(new, stands_for) != old.__bases__
+        or stands_for.get(id(type(new)), type(new)) is not type(old)
         or slots(old) != slots(new)
         or enum_members(old) != enum_members(new)
         or namedtuple_fields(old) != namedtuple_fields(new)

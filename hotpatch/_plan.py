@@ -8,6 +8,7 @@ plan; ``apply()`` is a plan committed by the registry.
 
 from __future__ import annotations
 
+import contextlib
 import types
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
@@ -28,7 +29,13 @@ from hotpatch._classes import (
 )
 from hotpatch._classes_hooks import hooks_of, refusal
 from hotpatch._codegen import ABSENT, FUNC_ATTRS, build, capture
-from hotpatch._errors import JournalError, NameConflict, NotPatchable, VerificationFailed
+from hotpatch._errors import (
+    JournalError,
+    NameConflict,
+    NotPatchable,
+    PatchError,
+    VerificationFailed,
+)
 from hotpatch._heap import made_from
 from hotpatch._mapped import Mapped
 from hotpatch._members import (
@@ -269,9 +276,10 @@ def make_plan(patch: Patch, level: Level) -> Plan:
 
     replaced = list(level.stack) if patch.cumulative else []
     planner = _Planner(plan, level, _pristine(replaced), nested_of(replaced))
+    stands_for = _stands_for(patch)
     for replacement in patch.replacements:
         if replacement.is_class:
-            planner.add_class(replacement.target, replacement.new)
+            planner.add_class(replacement.target, replacement.new, stands_for)
         elif is_nested(replacement.target):
             planner.add_nested(resolve_nested(replacement.target, patch=v), replacement.new)
         else:
@@ -287,6 +295,19 @@ def make_plan(patch: Patch, level: Level) -> Plan:
     if patch.restart:
         plan.reasons.append(f"patch {v} asks for a restart (restart=True)")
     return plan
+
+
+def _stands_for(patch: Patch) -> dict[int, type]:
+    """The ids of the patch's patch classes -> the running classes they patch (those that
+    resolve: a target that does not is refused when its turn comes)."""
+    found: dict[int, type] = {}
+    for replacement in patch.replacements:
+        if replacement.is_class:
+            with contextlib.suppress(PatchError):
+                found[id(replacement.new)] = resolve_class(replacement.target, patch=patch.version)[
+                    1
+                ]
+    return found
 
 
 def caches_of(entries: Sequence[Applied], also: Sequence[Any] = ()) -> list[Any]:
@@ -575,14 +596,14 @@ class _Planner:
         )
         plan.settles.extend(settles)
 
-    def add_class(self, spec: str, new_cls: type) -> None:
+    def add_class(self, spec: str, new_cls: type, stands_for: Mapping[int, type]) -> None:
         plan = self.plan
         v = plan.patch.version
         module, old = resolve_class(spec, patch=v)
         if ran := hooks_of(new_cls):  # a patch class made in code: the loader would refuse it
             raise refusal(spec, ran, patch=v, ran=True)
-        plan.reasons.extend(class_reasons(old, new_cls))
-        if layout_changes(old, new_cls):
+        plan.reasons.extend(class_reasons(old, new_cls, stands_for))
+        if layout_changes(old, new_cls, stands_for):
             subclasses: list[type] = old.__subclasses__()
             if subclasses:
                 msg = (
@@ -593,7 +614,7 @@ class _Planner:
                 )
                 raise NotPatchable(msg, patch=v, target=spec)
             if self.level.restarting:
-                self.rebuild_class(spec, module, old, new_cls)
+                self.rebuild_class(spec, module, old, new_cls, stands_for)
                 return
         for attr, value in members(old, new_cls):
             member = f"{spec}.{attr}"
@@ -632,7 +653,14 @@ class _Planner:
                 names = global_names(func.__code__)
                 plan.needs.append((module, names, func.__globals__, member))
 
-    def rebuild_class(self, spec: str, module: types.ModuleType, old: type, new_cls: type) -> None:
+    def rebuild_class(
+        self,
+        spec: str,
+        module: types.ModuleType,
+        old: type,
+        new_cls: type,
+        stands_for: Mapping[int, type],
+    ) -> None:
         """A layout change in a process not serving yet: a new class where the old one was."""
         plan, v = self.plan, self.plan.patch.version
         held = stray_holders(old)
@@ -645,7 +673,7 @@ class _Planner:
             )
             raise NotPatchable(msg, patch=v, target=spec)
         try:
-            rebuilt = rebuild(old, new_cls, module.__dict__)
+            rebuilt = rebuild(old, new_cls, module.__dict__, stands_for)
         except (TypeError, ValueError) as exc:
             msg = (
                 f"patch {v}: class {spec} cannot be built again with the patch's layout: "

@@ -14,7 +14,7 @@ from __future__ import annotations
 import gc
 import sys
 import types
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any, cast
 
 from hotpatch._classes import (
@@ -24,24 +24,31 @@ from hotpatch._classes import (
     is_enum,
     members_text,
     own_slot,
+    running_bases,
     slots,
 )
 
 __all__ = ["rebuild", "references", "stray_holders"]
 
 
-def rebuild(old: type, new: type, globals_: dict[str, Any]) -> type:
+def rebuild(
+    old: type, new: type, globals_: dict[str, Any], stands_for: Mapping[int, type] | None = None
+) -> type:
     """The class ``new`` declares, as if its statement ran in ``old``'s module.
 
     For a process that has not served yet (a restart): the patch class's layout
     and members, ``old``'s members the patch does not mention, functions bound to
-    ``globals_`` with a ``__class__`` cell of the new class. A ``TypeError`` or
-    ``ValueError`` from the class machinery propagates (the caller names it).
+    ``globals_`` with a ``__class__`` cell of the new class; its bases the running
+    classes the patch's classes among them stand for (``stands_for``, by ``id``).
+    A ``TypeError`` or ``ValueError`` from the class machinery propagates (the
+    caller names it).
     """
-    meta = type(new)
+    stands_for = stands_for or {}
+    meta = stands_for.get(id(type(new)), type(new))
+    bases = running_bases(new, stands_for)
     cell = types.CellType()
     # a dict (an enum's _EnumDict is one), whatever the stub says of __prepare__
-    namespace = cast("dict[str, Any]", meta.__prepare__(old.__name__, new.__bases__))
+    namespace = cast("dict[str, Any]", meta.__prepare__(old.__name__, bases))
     namespace["__module__"] = old.__module__
     namespace["__qualname__"] = old.__qualname__
     doc = vars(new).get("__doc__") or vars(old).get("__doc__")
@@ -56,7 +63,7 @@ def rebuild(old: type, new: type, globals_: dict[str, Any]) -> type:
     new_members = enum_members(new)
     for name, value in (new_members or {}).items():
         namespace[name] = value
-    cls: type = meta(old.__name__, new.__bases__, namespace)
+    cls: type = meta(old.__name__, bases, namespace)
     cell.cell_contents = cls
     if new_members is not None and enum_members(cls) != new_members:
         msg = (

@@ -1,0 +1,122 @@
+"""A class and its subclass patched by one patch (`replace_class` on both).
+
+The subclass's patch class is written on the base's patch class (`class
+Child(Base)` under the patch file's own `Base`), which stands for the running
+base. Before, its bases compared unequal to the running class's, so the patch
+was refused as a layout change ("bases change from (Base) to (Base)"), or, for
+a base with subclasses of its own, as not patchable even by a restart: found by
+patching whole classes of the standard library by their own source (gettext,
+argparse, ipaddress, plistlib, configparser, csv, contextlib, ...).
+"""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+import hotpatch
+
+PatchWriter = Callable[..., Path]
+HEADER = "from hotpatch import Patch\npatch = Patch(version='1.0.1', baseline='1.0')\n"
+
+HIERARCHY = """
+class Base:
+    def f(self):
+        return "base"
+
+class Child(Base):
+    def g(self):
+        return "child " + super().f()
+
+class Grandchild(Child):
+    def h(self):
+        return "grandchild " + super().g()
+"""
+
+
+def load(write_patch: PatchWriter, body: str) -> hotpatch.Patch:
+    return hotpatch.load_patch(write_patch(HEADER + textwrap.dedent(body)))
+
+
+def test_a_class_and_its_subclasses_patched_together_go_in_hot(make_module, write_patch, registry):
+    mod = make_module(HIERARCHY)
+    made_before = mod.Grandchild()
+    patch = load(
+        write_patch,
+        f"""
+        @patch.replace_class("{mod.__name__}:Base")
+        class Base:
+            def f(self):
+                return "base 2"
+
+        @patch.replace_class("{mod.__name__}:Child")
+        class Child(Base):
+            def g(self):
+                return "child 2 " + super().f()
+
+        @patch.replace_class("{mod.__name__}:Grandchild")
+        class Grandchild(Child):
+            def h(self):
+                return "grandchild 2 " + super().g()
+        """,
+    )
+    report = registry.check(patch)
+    assert report.hot, report.reasons
+    registry.apply(patch)
+    assert made_before.h() == "grandchild 2 child 2 base 2"
+    assert type(made_before).__mro__ == (mod.Grandchild, mod.Child, mod.Base, object)
+    registry.rollback()
+    assert made_before.h() == "grandchild child base"
+
+
+def test_a_subclass_patched_onto_another_base_is_still_a_layout_change(
+    make_module, write_patch, registry
+):
+    mod = make_module(HIERARCHY + "\nclass Other:\n    pass\n")
+    patch = load(
+        write_patch,
+        f"""
+        @patch.replace_class("{mod.__name__}:Other")
+        class Other:
+            pass
+
+        @patch.replace_class("{mod.__name__}:Child")
+        class Child(Other):
+            def g(self):
+                return "child 2"
+        """,
+    )
+    with pytest.raises(hotpatch.NotPatchable, match=r"changes its layout.*Grandchild"):
+        registry.check(patch)
+    assert mod.Child().g() == "child base"
+
+
+def test_at_a_restart_a_subclass_rebuilt_with_a_new_layout_keeps_the_running_base(
+    make_module, write_patch, registry
+):
+    mod = make_module(HIERARCHY.replace("class Grandchild(Child):", "class Grandchild:"))
+    patch = load(
+        write_patch,
+        f"""
+        @patch.replace_class("{mod.__name__}:Base")
+        class Base:
+            def f(self):
+                return "base 2"
+
+        @patch.replace_class("{mod.__name__}:Child")
+        class Child(Base):
+            __slots__ = ("extra",)  # a new layout: only a restart builds it
+
+            def g(self):
+                return "child 2 " + super().f()
+        """,
+    )
+    running_base = mod.Base
+    assert not registry.check(patch).hot
+    registry.apply(patch, restarting=True)  # this process has not served yet
+    assert mod.Base is running_base
+    assert mod.Child.__bases__ == (running_base,)  # not the patch file's Base
+    assert mod.Child().g() == "child 2 base 2"
