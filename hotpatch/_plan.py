@@ -277,6 +277,7 @@ def make_plan(patch: Patch, level: Level) -> Plan:
     replaced = list(level.stack) if patch.cumulative else []
     planner = _Planner(plan, level, _pristine(replaced), nested_of(replaced))
     stands_for = _stands_for(patch)
+    _defaults_on_running_classes(patch, stands_for)
     for replacement in patch.replacements:
         if replacement.is_class:
             planner.add_class(replacement.target, replacement.new, stands_for)
@@ -308,6 +309,27 @@ def _stands_for(patch: Patch) -> dict[int, type]:
                     1
                 ]
     return found
+
+
+def _defaults_on_running_classes(patch: Patch, stands_for: Mapping[int, type]) -> None:
+    """Defaults that are one of the patch's patch classes become the running class it patches.
+
+    A default is evaluated where its def is written: in the patch file, where the
+    name of a ``replace_class`` class is the patch class, which nothing uses. Kept,
+    objects made with the default after the patch (``Parser(formatter_class=
+    Formatter)``) would be of that class, not the running one, and later patches
+    of it would not reach them.
+    """
+    if not stands_for:
+        return
+    for replacement in patch.replacements:
+        for func in member_functions(replacement.new):
+            if func.__defaults__:
+                func.__defaults__ = tuple(stands_for.get(id(d), d) for d in func.__defaults__)
+            if func.__kwdefaults__:
+                func.__kwdefaults__ = {
+                    k: stands_for.get(id(d), d) for k, d in func.__kwdefaults__.items()
+                }
 
 
 def caches_of(entries: Sequence[Applied], also: Sequence[Any] = ()) -> list[Any]:
@@ -617,6 +639,7 @@ class _Planner:
                 self.rebuild_class(spec, module, old, new_cls, stands_for)
                 return
         for attr, value in members(old, new_cls):
+            value = stands_for.get(id(value), value)  # noqa: PLW2901 - a patch class: the running one
             member = f"{spec}.{attr}"
             existing = self.base(old, attr)
             if existing is value:

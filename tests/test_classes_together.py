@@ -120,3 +120,63 @@ def test_at_a_restart_a_subclass_rebuilt_with_a_new_layout_keeps_the_running_bas
     assert mod.Base is running_base
     assert mod.Child.__bases__ == (running_base,)  # not the patch file's Base
     assert mod.Child().g() == "child 2 base 2"
+
+
+FORMATTERS = """
+class Formatter:
+    def fmt(self, x):
+        return f"<{x}>"
+
+class Parser:
+    default = Formatter
+
+    def __init__(self, formatter_class=Formatter, *, fallback=Formatter):
+        self.formatter_class = formatter_class
+        self.fallback = fallback
+
+    def show(self, x):
+        return self.formatter_class().fmt(x)
+
+def make(cls=Formatter):
+    return cls()
+"""
+
+
+def test_a_default_naming_a_patch_class_names_the_running_class(make_module, write_patch, registry):
+    """A default is evaluated where the def is written: in the patch file, ``Formatter``
+    is the patch class, which nothing uses. Before, parsers made after the patch held
+    it (``isinstance(p.formatter_class(), Formatter)`` False, later patches of Formatter
+    not reaching it): found with argparse's ``ArgumentParser(formatter_class=HelpFormatter)``."""
+    mod = make_module(FORMATTERS)
+    patch = load(
+        write_patch,
+        f"""
+        @patch.replace_class("{mod.__name__}:Formatter")
+        class Formatter:
+            def fmt(self, x):
+                return f"[{{x}}]"
+
+        @patch.replace_class("{mod.__name__}:Parser")
+        class Parser:
+            default = Formatter  # restated: the running class keeps its own
+
+            def __init__(self, formatter_class=Formatter, *, fallback=Formatter):
+                self.formatter_class = formatter_class
+                self.fallback = fallback
+
+        @patch.replace("{mod.__name__}:make")
+        def make(cls=Formatter):
+            return cls()
+        """,
+    )
+    assert registry.check(patch).hot
+    registry.apply(patch)
+    parser = mod.Parser()
+    assert parser.formatter_class is mod.Formatter
+    assert parser.fallback is mod.Formatter
+    assert mod.Parser.default is mod.Formatter
+    assert type(mod.make()) is mod.Formatter
+    assert parser.show(1) == "[1]"
+    registry.rollback()
+    assert mod.Parser().show(1) == "<1>"
+    assert mod.Parser().formatter_class is mod.Formatter
