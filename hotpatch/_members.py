@@ -87,11 +87,15 @@ def function_pairs(old: Any, new: Any) -> list[tuple[str, Any, Any]] | None:
     # decorators (class_reasons names them): swapped whole.
     if decorators(new) and decorators(old) != decorators(new):
         return None
-    if isinstance(new, types.FunctionType) and (
-        isinstance(old, types.FunctionType)
-        or (hasattr(old, "__wrapped__") and not isinstance(old, classmethod | staticmethod))
-    ):
-        return [("", old, innermost(new))]  # old is unwrapped by the caller
+    old_function = isinstance(old, types.FunctionType) or (
+        hasattr(old, "__wrapped__") and not _bound_kind(old)
+    )
+    python = isinstance(new, types.FunctionType)
+    if old_function and (python or (hasattr(new, "__wrapped__") and not _bound_kind(new))):
+        # old is unwrapped by the caller; new written under a wrapper that is not Python
+        # code (lru_cache) as written: the caller takes the function under it if the
+        # running member runs under the same decorators
+        return [("", old, innermost(new) if python else new)]
     for wrapper in (classmethod, staticmethod):
         if isinstance(old, wrapper) and isinstance(new, wrapper):
             return [("", old.__func__, innermost(new.__func__))]
@@ -106,6 +110,10 @@ def function_pairs(old: Any, new: Any) -> list[tuple[str, Any, Any]] | None:
         ]
     inner = inner_pairs(old, new)  # partialmethod, singledispatchmethod
     return None if inner is None else [("", a, b) for a, b in inner]
+
+
+def _bound_kind(value: Any) -> bool:
+    return isinstance(value, classmethod | staticmethod)
 
 
 def rebind_member(value: Any, globals_: dict[str, Any], owner: type) -> Any:

@@ -76,6 +76,7 @@ from hotpatch._targets import (
     resolve_nested,
     undecorated,
     unwrap,
+    wrapper_names,
 )
 from hotpatch._validate import (
     check_baseline,
@@ -653,7 +654,8 @@ class _Planner:
                 for accessor, wrapped, new in pairs:
                     kind: Kind = "property" if accessor else "method"
                     func, caches = unwrap(wrapped, member, patch=plan.patch.version)
-                    target = Target(member, module, func, old, kind, accessor, caches)
+                    wrappers = wrapper_names(wrapped)  # a replacement written under them
+                    target = Target(member, module, func, old, kind, accessor, caches, wrappers)
                     self.add_function(target, new)
                 continue
             if existing is value or (existing is not ABSENT and equal(existing, value)):

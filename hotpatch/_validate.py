@@ -143,6 +143,14 @@ def check_replacement(
             f"patch {v}: the replacement for {spec} is a {type(new).__name__}, "
             "not a Python function; decorate a def with @patch.replace"
         )
+        if hasattr(new, "__wrapped__"):  # a def under a decorator that is not Python code
+            msg = (
+                f"patch {v}: the replacement for {spec} is written under a decorator that "
+                f"is not Python code ({type(new).__name__}), which {spec} does not run "
+                "under: it cannot be put on the running function. Write the replacement "
+                "plain (or under exactly the target's decorators); adding a decorator "
+                "needs a baseline"
+            )
         raise VerificationFailed(msg, patch=v, target=spec)
     check_private_names(patch, spec, original["__code__"], new.__code__)
     old_kind, new_kind = function_kind(original["__code__"]), function_kind(new.__code__)
