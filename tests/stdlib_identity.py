@@ -1,6 +1,6 @@
 """Run in a child: every function of a standard library module patched with its own source.
 
-    python tests/stdlib_identity.py MODULE TESTS [--break NAME]
+    python tests/stdlib_identity.py MODULE TESTS [--break NAME] [--classes]
 
 Code nobody here wrote, with tests nobody here wrote: each function and method
 defined in MODULE (module functions, methods, static and class methods,
@@ -10,6 +10,9 @@ fix it. CPython's own tests of the module (TESTS, from the ``test`` package)
 run three times: before, with the patch applied, and after rolling it back.
 A patch that changes nothing must change no test's outcome, and the rollback
 must put back every original code object.
+
+With ``--classes`` the targets are the module's classes instead, each replaced
+whole (``replace_class``) by its own class statement, decorators and all.
 
 Each target is checked alone first (``Registry.check``), so a refusal names
 its target; the targets that pass go in as one patch. ``--break NAME`` makes
@@ -78,6 +81,32 @@ def _members(cls: type, own: Any) -> list[Target]:
     return found
 
 
+def classes_of(module: types.ModuleType, sources: Sources) -> list[ast.ClassDef]:
+    """The class statements at the top of ``module`` that made a class it still holds."""
+    return [
+        node
+        for node in ast.parse("".join(sources.lines)).body
+        if isinstance(node, ast.ClassDef)
+        and isinstance(cls := getattr(module, node.name, None), type)
+        and cls.__module__ == module.__name__
+        and cls.__qualname__ == node.name
+    ]
+
+
+def functions_of(cls: type) -> dict[str, types.CodeType]:
+    """The code of each function a class's own members are made of, by member."""
+    found: dict[str, types.CodeType] = {}
+    for attr, obj in vars(cls).items():
+        parts = [obj.__func__] if isinstance(obj, (staticmethod, classmethod)) else [obj]
+        if isinstance(obj, property):
+            parts = [obj.fget, obj.fset, obj.fdel]
+        for n, part in enumerate(parts):
+            func = inspect.unwrap(part) if callable(part) else part
+            if isinstance(func, types.FunctionType):
+                found[f"{attr}/{n}"] = func.__code__
+    return found
+
+
 class Sources:
     """Each def of a module's source, found by the line its code starts on."""
 
@@ -116,14 +145,7 @@ class PatchFiles:
 
     def load(self, targets: list[Target], version: str) -> hotpatch.Patch:
         name = self.module.__name__
-        # Default values and annotations are evaluated in the patch file: give it the
-        # module's names, as a fix copied into a patch file imports what it needs.
-        parts = [
-            "from hotpatch import Patch\n"
-            f"import {name} as _module\n"
-            "globals().update({k: v for k, v in vars(_module).items() if k[:2] != '__'})\n"
-            f"patch = Patch(version={version!r}, baseline='1.0')\n\n"
-        ]
+        parts = [self._header(version)]
         for qualname, cls, func in targets:
             write = self.sources.broken if qualname == self.broken else self.sources.plain
             text = f"@patch.replace({name + ':' + qualname!r})\n" + write(func)
@@ -132,6 +154,28 @@ class PatchFiles:
                 # "__X" is not a name the module itself uses.
                 text = f"class __{cls}:\n" + textwrap.indent(text, "    ")
             parts.append(text + "\n")
+        return self._write(parts)
+
+    def load_classes(self, nodes: list[ast.ClassDef], version: str) -> hotpatch.Patch:
+        name = self.module.__name__
+        parts = [self._header(version)]
+        for node in nodes:
+            first = min([d.lineno for d in node.decorator_list] + [node.lineno])
+            text = "".join(self.sources.lines[first - 1 : node.end_lineno])
+            parts.append(f"@patch.replace_class({name + ':' + node.name!r})\n{text}\n")
+        return self._write(parts)
+
+    def _header(self, version: str) -> str:
+        # Default values and annotations are evaluated in the patch file: give it the
+        # module's names, as a fix copied into a patch file imports what it needs.
+        return (
+            "from hotpatch import Patch\n"
+            f"import {self.module.__name__} as _module\n"
+            "globals().update({k: v for k, v in vars(_module).items() if k[:2] != '__'})\n"
+            f"patch = Patch(version={version!r}, baseline='1.0')\n\n"
+        )
+
+    def _write(self, parts: list[str]) -> hotpatch.Patch:
         self.count += 1
         path = self.folder / f"patch_{self.count}.py"
         path.write_text("".join(parts), encoding="utf-8")
@@ -145,41 +189,68 @@ def failing(tests: str) -> tuple[int, list[str]]:
     return result.testsRun, sorted(test.id() for test, _ in result.failures + result.errors)
 
 
+def _same(before: Any, now: Any) -> bool:
+    """The same code objects: one, or a class's by member."""
+    if isinstance(before, dict):
+        return before.keys() == now.keys() and all(now[k] is v for k, v in before.items())
+    return before is now
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("module")
     parser.add_argument("tests")
     parser.add_argument("--break", dest="broken")
+    parser.add_argument("--classes", action="store_true")
     args = parser.parse_args()
     module = importlib.import_module(args.module)
-    targets = targets_of(module)
-    files = PatchFiles(module, Sources(module), args.broken)
-    originals = {qualname: func.__code__ for qualname, _, func in targets}
+    sources = Sources(module)
+    files = PatchFiles(module, sources, args.broken)
+    items: list[tuple[str, Any]]
+    if args.classes:
+        items = [(node.name, node) for node in classes_of(module, sources)]
 
+        def load(chosen: list[Any], version: str) -> hotpatch.Patch:
+            return files.load_classes(chosen, version)
+
+        def codes() -> dict[str, Any]:
+            return {name: functions_of(getattr(module, name)) for name, _ in items}
+    else:
+        items = [(target[0], target) for target in targets_of(module)]
+
+        def load(chosen: list[Any], version: str) -> hotpatch.Patch:
+            return files.load(chosen, version)
+
+        def codes() -> dict[str, Any]:
+            return {name: target[2].__code__ for name, target in items}
+
+    originals = codes()
     registry = hotpatch.Registry("1.0")
-    hot: list[Target] = []
+    hot: list[tuple[str, Any]] = []
     refused: dict[str, str] = {}
-    for target in targets:
+    for name, item in items:
         try:
-            report = registry.check(files.load([target], "1.0.1"))
+            report = registry.check(load([item], "1.0.1"))
         except hotpatch.PatchError as exc:
-            refused[target[0]] = f"{type(exc).__name__}: {exc}"
+            refused[name] = f"{type(exc).__name__}: {exc}"
             continue
         if report.hot:
-            hot.append(target)
+            hot.append((name, item))
         else:
-            refused[target[0]] = "; ".join(report.reasons)
+            refused[name] = "; ".join(report.reasons)
 
     run_before, failed_before = failing(args.tests)
-    registry.apply(files.load(hot, "1.0.1"))
-    switched = sum(func.__code__ is not originals[qualname] for qualname, _, func in hot)
+    registry.apply(load([item for _, item in hot], "1.0.1"))
+    patched = codes()
+    switched = sum(not _same(originals[name], patched[name]) for name, _ in hot)
     run_patched, failed_patched = failing(args.tests)
     registry.rollback(to="1.0")
     run_after, failed_after = failing(args.tests)
+    after = codes()
     print(
         json.dumps(
             {
-                "targets": len(targets),
+                "targets": len(items),
                 "hot": len(hot),
                 "refused": refused,
                 "switched": switched,
@@ -187,7 +258,7 @@ def main() -> None:
                 "failed_before": failed_before,
                 "failed_patched": failed_patched,
                 "failed_after": failed_after,
-                "not_restored": sorted(q for q, _, f in targets if f.__code__ is not originals[q]),
+                "not_restored": sorted(n for n, _ in items if not _same(originals[n], after[n])),
             }
         )
     )

@@ -1,6 +1,7 @@
 """Code and tests nobody here wrote: standard library modules with every function patched
-by its own source pass CPython's own tests of them, and rollback puts every code object
-back (the child script is tests/stdlib_identity.py)."""
+by its own source, or every class replaced whole by its own statement, pass CPython's own
+tests of them, and rollback puts every code object back (the child script is
+tests/stdlib_identity.py)."""
 
 from __future__ import annotations
 
@@ -84,3 +85,56 @@ def test_a_wrong_replacement_fails_the_modules_tests_and_rollback_mends_them(
     assert any("Shorten" in test for test in new), new
     assert result["failed_after"] == result["failed_before"]
     assert result["not_restored"] == []
+
+
+# Class hierarchies patched together (argparse's formatters and actions, plistlib's
+# writers, csv's dialects, contextlib's redirects), defaults naming a class of the patch
+# (argparse), enums and dataclasses: every class goes in hot.
+CLASS_MODULES = [
+    ("argparse", "test.test_argparse"),
+    ("plistlib", "test.test_plistlib"),
+    ("csv", "test.test_csv"),
+    ("contextlib", "test.test_contextlib"),
+    ("urllib.parse", "test.test_urlparse"),
+    ("gettext", "test.test_gettext"),
+    ("numbers", "test.test_numbers"),
+    ("dataclasses", "test.test_dataclasses"),
+    ("string", "test.test_string"),
+    ("uuid", "test.test_uuid"),
+]
+
+
+def assert_tests_unchanged_and_restored(result: dict[str, Any]) -> None:
+    runs = result["tests_run"]
+    assert runs[0] == runs[1] == runs[2] > 0
+    assert result["failed_patched"] == result["failed_before"]
+    assert result["failed_after"] == result["failed_before"]
+    assert result["not_restored"] == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("module", "tests"), CLASS_MODULES, ids=[m for m, _ in CLASS_MODULES])
+def test_every_class_replaced_whole_by_its_own_statement_passes_the_modules_own_tests(
+    module: str, tests: str, tmp_path: Path
+) -> None:
+    result = run(tmp_path, module, tests, "--classes")
+    assert result["refused"] == {}
+    assert result["hot"] == result["targets"] > 0
+    assert result["switched"] > 0  # classes with no function of their own switch nothing
+    assert_tests_unchanged_and_restored(result)
+
+
+@pytest.mark.slow
+def test_class_data_the_running_classes_filled_is_kept_and_the_patch_refused_naming_it(
+    tmp_path: Path,
+) -> None:
+    """ipaddress fills ``_BaseV4._netmask_cache`` as it goes; a class statement restating
+    ``_netmask_cache = {}`` must not empty it: those two classes are refused, the rest go in."""
+    result = run(tmp_path, "ipaddress", "test.test_ipaddress", "--classes")
+    assert sorted(result["refused"]) == ["_BaseV4", "_BaseV6"]
+    assert all(
+        why.startswith("NameConflict") and "_netmask_cache" in why
+        for why in result["refused"].values()
+    )
+    assert result["hot"] == result["targets"] - 2
+    assert_tests_unchanged_and_restored(result)
