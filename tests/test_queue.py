@@ -296,9 +296,14 @@ def test_a_thread_holding_the_gil_makes_the_measured_lateness_lengthen_the_settl
     try:
         busy.start()
         spinning.wait()
-        started, timeout = time.monotonic(), 0.001
-        assert not threading.Event().wait(timeout)
-        timers.waited(started, timeout)
+        # On a loaded machine the OS may not run the spinning thread while this one
+        # waits, and the GIL is free when the wait ends: measure again (a few times).
+        for _ in range(5):
+            started, timeout = time.monotonic(), 0.001
+            assert not threading.Event().wait(timeout)
+            timers.waited(started, timeout)
+            if timers.lateness > _lateness.IDLE_S:
+                break
     finally:
         stop.set()
         busy.join()
