@@ -60,6 +60,14 @@ def run(folder: Path, module: str, tests: str, *extra: str) -> dict[str, Any]:
     return result
 
 
+def assert_tests_unchanged_and_restored(result: dict[str, Any]) -> None:
+    runs = result["tests_run"]
+    assert runs[0] == runs[1] == runs[2] > 0
+    assert result["failed_patched"] == result["failed_before"]
+    assert result["failed_after"] == result["failed_before"]
+    assert result["not_restored"] == []
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(("module", "tests"), MODULES, ids=[m for m, _ in MODULES])
 def test_every_function_patched_by_its_own_source_passes_the_modules_own_tests(
@@ -69,11 +77,7 @@ def test_every_function_patched_by_its_own_source_passes_the_modules_own_tests(
     assert result["refused"] == {}
     assert result["hot"] == result["targets"] > 0
     assert result["switched"] == result["hot"]  # the tests ran the patched code
-    runs = result["tests_run"]
-    assert runs[0] == runs[1] == runs[2] > 0
-    assert result["failed_patched"] == result["failed_before"]
-    assert result["failed_after"] == result["failed_before"]
-    assert result["not_restored"] == []
+    assert_tests_unchanged_and_restored(result)
 
 
 @pytest.mark.slow
@@ -102,14 +106,6 @@ CLASS_MODULES = [
     ("string", "test.test_string"),
     ("uuid", "test.test_uuid"),
 ]
-
-
-def assert_tests_unchanged_and_restored(result: dict[str, Any]) -> None:
-    runs = result["tests_run"]
-    assert runs[0] == runs[1] == runs[2] > 0
-    assert result["failed_patched"] == result["failed_before"]
-    assert result["failed_after"] == result["failed_before"]
-    assert result["not_restored"] == []
 
 
 @pytest.mark.slow
