@@ -4,6 +4,7 @@ hot and does what the new code does, or it is a baseline whose reason says what 
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pluggy
@@ -324,3 +325,101 @@ def test_a_new_method_of_a_class_with_slots_declares_them_in_the_patch_class(
     assert seen["before"] == [False, ["x", "y"], 3]
     assert seen["after"] == [7, ["x", "y"], 3]
     assert seen["rolled_back"] == seen["before"]
+
+
+# -- code nested deeper than Python's recursion limit ------------------------------------------
+
+# idna's generated tables of 2015 add up ~1,000 lists in one expression, which Python compiles
+# and imports; reading it (ast.dump, ast.unparse) recursed past the limit of 1,000 frames.
+DEEP = " + ".join(f"[{i}]" for i in range(1400))
+TABLES = f"""\
+SCRIPTS = {{"latin": frozenset({DEEP})}}
+
+
+def known(code):
+    return code in SCRIPTS["latin"]
+
+
+class Bag:
+    ITEMS = frozenset({DEEP})
+
+    def size(self):
+        return len(self.ITEMS)
+
+
+class Codes:
+    def __iter__(self):
+        return iter([1, 2])
+"""
+
+
+def test_a_module_with_an_expression_nested_deeper_than_the_recursion_limit_is_read(
+    repo: GitRepo, tmp_path: Path
+) -> None:
+    """An expression 1,400 deep that Python imports: a fix to a function beside it is hot
+    and does what the new code does (before: RecursionError out of ``hotpatch make``)."""
+    limit = sys.getrecursionlimit()
+    start(repo, {"src/kit/tables.py": TABLES})
+    fixed = TABLES.replace("return code in SCRIPTS", "return code >= 0 and code in SCRIPTS")
+    repo.commit("Fix negative codes", {"src/kit/tables.py": fixed})
+    result = run(repo, tmp_path)
+    assert sys.getrecursionlimit() == limit
+    assert result.outcome == "hot", result.record()
+    assert set(verdicts(result)) == {"kit.tables:known"}
+    assert result.path is not None
+    seen = run_patched(
+        roots=[old_tree(repo, tmp_path)],
+        module="kit.tables",
+        patch=result.path,
+        baseline="1.0",
+        before="known = module.known",
+        probe="[known(5), known(-1), known(5000), module.Bag().size()]",
+    )
+    assert seen["before"] == [True, False, False, 1400]
+    assert seen["after"] == seen["before"]
+    assert seen["rolled_back"] == seen["before"]
+
+
+def test_a_changed_class_attribute_nested_deeper_than_the_recursion_limit_is_migrated(
+    repo: GitRepo, tmp_path: Path
+) -> None:
+    """The class body's 1,400-deep value changes: the patch's migration sets it (before:
+    RecursionError out of ``hotpatch make``)."""
+    start(repo, {"src/kit/tables.py": TABLES})
+    fixed = TABLES.replace("    ITEMS = frozenset([0]", "    ITEMS = frozenset([-1]")
+    repo.commit("Count -1", {"src/kit/tables.py": fixed})
+    result = run(repo, tmp_path)
+    assert result.outcome == "hot", result.record()
+    assert verdicts(result) == {"kit.tables:Bag.ITEMS": "migration"}
+    assert result.path is not None
+    seen = run_patched(
+        roots=[old_tree(repo, tmp_path)],
+        module="kit.tables",
+        patch=result.path,
+        baseline="1.0",
+        before="bag = module.Bag()",
+        probe="[-1 in bag.ITEMS, 0 in bag.ITEMS, bag.size()]",
+    )
+    assert seen["before"] == [False, True, 1400]
+    assert seen["after"] == [True, False, 1400]
+    assert seen["rolled_back"] == seen["before"]
+
+
+def test_a_method_an_expression_nested_deeper_than_the_recursion_limit_may_run_is_named(
+    repo: GitRepo, tmp_path: Path
+) -> None:
+    """``frozenset(...)`` iterates what the 1,400 lists add up to, an object make does not
+    follow, so a changed ``__iter__`` of the project may have run at import: a baseline
+    quoting the start of the expression (before: make quoted each of its 1,400 operands
+    whole, unparsing ~1,000,000 nodes, and then recursed past the limit)."""
+    start(repo, {"src/kit/tables.py": TABLES})
+    fixed = TABLES.replace("iter([1, 2])", "iter([1, 2, 3])")
+    repo.commit("Count 3", {"src/kit/tables.py": fixed})
+    result = run(repo, tmp_path)
+    assert result.outcome == "baseline", result.record()
+    why = {c.name: c.why for c in result.reasons}
+    assert set(why) == {"kit.tables:Codes.__iter__"}, why
+    said = why["kit.tables:Codes.__iter__"]
+    assert "through `frozenset([0] + [1] + [2] + [3]" in said, said
+    assert "(line 1 of kit.tables)" in said, said
+    assert len(said) < 1000, said

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -21,6 +22,12 @@ from hotpatch.make._sources import MakeError, Tree, commit_subject, read_git, re
 __all__ = ["MakeResult", "Request", "make"]
 
 Outcome = Literal["hot", "baseline", "nothing"]
+
+# Python compiles and imports expressions nested some thousands deep (idna's generated tables
+# of 2015 add up ~1,000 lists in one), which ast.dump, ast.unparse and copy.deepcopy walk one
+# or more frames a level. Python 3.11's parser counts its C frames against the same limit, and
+# past ~15,000 a deeper source crashes it where 1,000 gives RecursionError: 10,000 there.
+_RECURSION = 10_000 if sys.version_info < (3, 12) else 50_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +78,22 @@ class MakeResult:
 
 def make(request: Request, progress: Callable[[str], None] | None = None) -> MakeResult:
     """Compare the two versions; write a hot patch or a baseline bundle (see ``MakeResult``)."""
+    with _room_to_recurse():
+        return _make(request, progress)
+
+
+@contextlib.contextmanager
+def _room_to_recurse() -> Iterator[None]:
+    """The recursion limit raised to ``_RECURSION`` while make reads code, then put back."""
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(limit, _RECURSION))
+    try:
+        yield
+    finally:
+        sys.setrecursionlimit(limit)
+
+
+def _make(request: Request, progress: Callable[[str], None] | None) -> MakeResult:
     say = progress or (lambda _: None)
     for value, what in ((request.version, "--version"), (request.baseline, "--baseline")):
         try:

@@ -541,12 +541,12 @@ class _Walk:
                     self._run(found[0], found[1], place.start, where)
             elif kind == "nested":
                 self._run_nested(kind, full, place)
-            elif kind == "attr":
+            elif kind == "attr" and self.methods.get(full):
                 where = (
                     f"{self._at(node, place)}, where {said} calls {full} of an object make "
                     "does not follow (any method of that name counts)"
                 )
-                for module, qualname in self.methods.get(full, []):
+                for module, qualname in self.methods[full]:
                     self._run(module, qualname, place.start, where)
 
     def _special_of(self, kind: str, full: str, name: str, depth: int) -> list[_Value]:
@@ -822,7 +822,7 @@ class _Walk:
 
     def _at(self, node: ast.AST, place: _Place) -> str:
         """``where``, and the call in it when that is another line or a part of it."""
-        text = ast.unparse(node) if isinstance(node, ast.expr) else ""
+        text = _shown(node, place.module.source.lines) if isinstance(node, ast.expr) else ""
         line = getattr(node, "lineno", 0)
         if isinstance(node, _Def | ast.ClassDef):
             text = f"{'class' if isinstance(node, ast.ClassDef) else 'def'} {node.name}"
@@ -1218,6 +1218,25 @@ def _annotations(node: _Def) -> list[ast.expr]:
     every = [*args.posonlyargs, *args.args, *args.kwonlyargs, args.vararg, args.kwarg]
     found = [a.annotation for a in every if a is not None and a.annotation is not None]
     return [*found, node.returns] if node.returns is not None else found
+
+
+def _shown(node: ast.expr, lines: list[str]) -> str:
+    """``node`` as a reason quotes it: unparsed when its source is short, else the start of
+    its source with the spaces run together. Never the whole of a long expression: the walk
+    quotes each operand of ``a + b + ...`` (idna's tables add up ~1,000 lists), and
+    unparsing each would take time growing with the square of its length."""
+    first, last = node.lineno, min(node.end_lineno or node.lineno, len(lines))
+    if first > len(lines):
+        return ""
+    size = sum(len(lines[n - 1]) for n in range(first, last + 1))
+    if size <= 4 * _SHOWN:
+        return ast.unparse(node)
+    text = lines[first - 1].encode()[node.col_offset :].decode(errors="replace")
+    for number in range(first + 1, last + 1):
+        if len(text) > 2 * _SHOWN:
+            break
+        text += " " + lines[number - 1]
+    return " ".join(text.split())
 
 
 def _line(lines: list[str], node: ast.stmt) -> str:
