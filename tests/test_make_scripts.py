@@ -84,3 +84,47 @@ def test_a_namespace_module_the_service_imports_stays_a_module_of_the_service(
     assert set(why) == {"shared.scale:double"}, why
     assert "shop.rates runs it" in why["shared.scale:double"], why
     assert "(line 3: `TABLE = double(2)`)" in why["shared.scale:double"], why
+
+
+def test_a_python_file_beside_the_package_whose_name_no_import_can_spell_is_a_script(
+    tmp_path: Path,
+) -> None:
+    """idna's ``tools/build-idnadata.py`` (``--root .``): a ``.py`` file in a folder with no
+    ``__init__.py`` whose name is not a Python name, so no import reaches it. Before, make
+    called it "a non-Python file under the import root" the code may read, and a fix
+    that touched it too was a baseline; it is a script, ignored, and the fix goes hot."""
+    repo = GitRepo(tmp_path / "repo")
+    tool = "from shop import rates\n\nprint(rates.build())\n"
+    files = {"shop/__init__.py": "", "shop/rates.py": RATES, "tools/build-rates.py": tool}
+    repo.commit("the baseline", files)
+    repo.git("tag", "v1")
+    fixed = {"shop/rates.py": RATES.replace('{"b": 1}', '{"b": 2}')}
+    repo.commit("the fix", {**fixed, "tools/build-rates.py": tool.replace("print", "repr")})
+    result = make_since_v1(repo, tmp_path / "out", roots=(".",))
+    assert result.outcome == "hot", result.record()
+    assert verdicts(result) == {"shop.rates:build": "inline"}
+    ignored = {c.name: c.why for c in result.ignored}
+    assert ignored == {
+        "tools/build-rates.py": "a script beside the service: tools/ is not a package (no "
+        "__init__.py) and build-rates is not a Python name, so no import reaches it (changed)"
+    }
+
+
+def test_a_python_file_in_a_package_whose_name_is_not_a_python_name_is_said_so(
+    tmp_path: Path,
+) -> None:
+    """``shop/build-data.py`` sits in the package, whose code may read it as a file: a
+    baseline as before, but not called "a non-Python file"."""
+    repo = GitRepo(tmp_path / "repo")
+    files = {"shop/__init__.py": "", "shop/rates.py": RATES, "shop/build-data.py": "X = 1\n"}
+    repo.commit("the baseline", files)
+    repo.git("tag", "v1")
+    repo.commit("the fix", {"shop/build-data.py": "X = 2\n"})
+    result = make_since_v1(repo, tmp_path / "out", roots=(".",))
+    assert result.outcome == "baseline", result.record()
+    why = {c.name: c.why for c in result.reasons}
+    assert why == {
+        "shop/build-data.py": "a Python file that is no module (build-data is not a Python "
+        "name) under the import root . is changed; the code may read it, and a running "
+        "process cannot be given a new file: it needs a baseline"
+    }

@@ -15,6 +15,7 @@ import re
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import PurePosixPath
 
 from hotpatch._classes import HASH_REASON
 from hotpatch._validate import signature_problems
@@ -179,8 +180,14 @@ def compare(old: Tree, new: Tree, roots: tuple[str, ...]) -> Plan:
         if place.kind == "ignored":
             ignored.append(Change(path, "file", "ignored", f"{place.why} ({state})"))
         elif place.kind == "data":
+            stem = PurePosixPath(path).stem
+            what = (
+                f"a Python file that is no module ({stem} is not a Python name)"
+                if path.endswith(".py")
+                else "a non-Python file"
+            )
             why = (
-                f"a non-Python file under the import root {place.root} is {state}; the code "
+                f"{what} under the import root {place.root} is {state}; the code "
                 "may read it, and a running process cannot be given a new file: it needs a "
                 "baseline"
             )

@@ -221,20 +221,30 @@ def _root_of(path: PurePosixPath, roots: tuple[str, ...]) -> str | None:
 def scripts(tree: Tree, roots: tuple[str, ...]) -> dict[str, str]:
     """The Python files of ``tree`` in a folder under an import root that is not a package
     (no ``__init__.py``: ``examples/``, ``benchmarks/``) and that no module of the service
-    imports, by path, with why: scripts beside the service, which it never imports. A
+    imports, and those whose name no import can spell (``build-data.py``), by path, with
+    why: scripts beside the service, which it never imports. A
     namespace package's module (PEP 420) that the service imports, by name or by a string
     naming it, stays a module."""
     loose: dict[str, str] = {}  # path -> its dotted name
     modules: dict[str, str] = {}  # path -> dotted name, of the modules of the service
+    found: dict[str, str] = {}
     for path in tree.files:
         place = classify(path, roots)
-        if place.kind != "module" or not path.endswith(".py"):
+        if place.kind not in ("module", "data") or not path.endswith(".py"):
             continue
         folder = PurePosixPath(path).parent
         in_package = folder == PurePosixPath(place.root) or f"{folder}/__init__.py" in tree.files
+        if place.kind == "data":  # a name no import can spell (``build-data.py``)
+            if not in_package:
+                found[path] = (
+                    f"a script beside the service: {folder}/ is not a package (no "
+                    f"__init__.py) and {PurePosixPath(path).stem} is not a Python name, so "
+                    "no import reaches it"
+                )
+            continue
         (modules if in_package else loose)[path] = place.module
     if not loose:
-        return {}
+        return found
     imported: set[str] = set()
     todo = list(modules)
     while todo:
@@ -244,7 +254,6 @@ def scripts(tree: Tree, roots: tuple[str, ...]) -> dict[str, str]:
         for path in reached:
             modules[path] = loose.pop(path)
         todo += reached
-    found: dict[str, str] = {}
     for path, name in loose.items():
         folder = PurePosixPath(path).parent
         found[path] = (
