@@ -242,7 +242,7 @@ def _unmangle(name: str, cls: str | None) -> str | None:
     prefix = _prefix(cls)
     if prefix and name.startswith(prefix + "__") and _mangle(name[len(prefix) :], cls) == name:
         return name[len(prefix) :]
-    return name if _mangle(name, None) == name and _mangle(name, "x") != name else None
+    return name if _mangle(name, "x") != name else None  # private: a class would mangle it
 
 
 def _names_of(code: types.CodeType) -> set[str]:
