@@ -423,3 +423,28 @@ def test_a_method_an_expression_nested_deeper_than_the_recursion_limit_may_run_i
     assert "through `frozenset([0] + [1] + [2] + [3]" in said, said
     assert "(line 1 of kit.tables)" in said, said
     assert len(said) < 1000, said
+
+
+# -- old code that does not import as checked out ----------------------------------------------
+
+
+def test_a_module_the_build_writes_missing_from_the_old_code_is_named_with_the_fix(
+    repo: GitRepo, tmp_path: Path
+) -> None:
+    """humanize's package imports ``humanize._version``, which its build writes (hatch-vcs)
+    and git does not hold: the patch cannot be checked against the old code as checked
+    out. The baseline says which module is missing from it and what to do instead."""
+    init = "from kit._version import __version__\n"
+    start(repo, {"src/kit/__init__.py": init, "src/kit/size.py": "def size(n):\n    return n\n"})
+    repo.commit("Fix size", {"src/kit/size.py": "def size(n):\n    return abs(n)\n"})
+    result = run(repo, tmp_path)
+    assert result.outcome == "baseline", result.record()
+    why = {c.name: c.why for c in result.reasons}
+    assert set(why) == {"kit.size:size"}, why
+    said = why["kit.size:size"]
+    assert "No module named 'kit._version'" in said, said
+    assert (
+        "kit._version, which the old code imports, is not in it (src/kit/_version.py): a "
+        "file the build writes, such as a version file, is not in git; check the patch "
+        "against the code as installed (hotpatch make OLD_TREE NEW_TREE)"
+    ) in said, said

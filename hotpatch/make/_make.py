@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import sys
 import tempfile
 import time
@@ -17,7 +18,14 @@ from hotpatch.make._bundle import bundle_files, patch_toml, write_bundle
 from hotpatch.make._check import Verdict, check_patch
 from hotpatch.make._diff import Change, Plan, compare
 from hotpatch.make._render import Header, generator, render
-from hotpatch.make._sources import MakeError, Tree, commit_subject, read_git, read_tree
+from hotpatch.make._sources import (
+    MakeError,
+    Tree,
+    classify,
+    commit_subject,
+    read_git,
+    read_tree,
+)
 
 __all__ = ["MakeResult", "Request", "make"]
 
@@ -177,6 +185,28 @@ def _read(request: Request, say: Callable[[str], None]) -> tuple[Tree, Tree, str
     raise MakeError(msg)
 
 
+def _missing_from(error: str, old: Tree, roots: tuple[str, ...]) -> str:
+    """When ``error`` is an import of the project's own package failing on a module the old
+    code does not hold (``humanize._version``, which the build writes): what to do."""
+    found = re.search(r"No module named '([\w.]+)'", error)
+    if found is None:
+        return ""
+    missing = found.group(1)
+    places = [p for p in (classify(f, roots) for f in old.files) if p.kind == "module"]
+    top = missing.partition(".")[0]
+    ours = [p.root for p in places if p.module == top or p.module.startswith(top + ".")]
+    if not ours or "." not in missing or any(p.module == missing for p in places):
+        return ""
+    root = ours[0] if ours[0] != "." else ""
+    path = "/".join(filter(None, [root, *missing.split(".")])) + ".py"
+    return (
+        f". The old code as read is not the code that runs: {missing}, which the old code "
+        f"imports, is not in it ({path}): a file the build writes, such as a version file, "
+        "is not in git; check the patch against the code as installed (hotpatch make "
+        "OLD_TREE NEW_TREE)"
+    )
+
+
 def _verify(
     plan: Plan,
     header: Header,
@@ -217,6 +247,7 @@ def _verify(
     if verdict.error:
         name = verdict.error_target or "the patch"
         why = f"the generated patch does not go in against the old code: {verdict.error}"
+        why += _missing_from(verdict.error, old, roots)
         failed = by_name.get(name)
         if failed is not None:
             failed.verdict, failed.why = "baseline", why
