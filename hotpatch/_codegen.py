@@ -159,7 +159,7 @@ def build(
     why = _why_not_inline(replacement.__code__, old, owner)
     if not why:
         new = replacement.__code__
-        code = _inline(new, old, new.co_filename, old.co_qualname)
+        code = _inline(new, old, old.co_qualname)
         state = {
             "__code__": code,
             "__defaults__": replacement.__defaults__,
@@ -271,19 +271,16 @@ def _borrow_cells(
 # -- inline ---------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=4096)
-def _inline(
-    new: types.CodeType,
-    old: types.CodeType,
-    filename: str,  # code equality ignores these two: they are part of the key
-    qualname: str,
-) -> types.CodeType:
+def _inline(new: types.CodeType, old: types.CodeType, qualname: str) -> types.CodeType:
     """``new`` adapted to run inside a function whose closure is ``old``'s.
 
     The original's free variables are appended to the replacement's (so its
     cells line up), and global lookups of those names become cell lookups: a
     replacement of a closure reads and writes the closure's variables by name,
     and a zero-argument ``super()`` finds the original's ``__class__`` cell.
+
+    Made anew for each apply, not cached: a patch's code is its own (a cache kept
+    every patch's code, and the code made from it, after the patch was gone).
     """
     freevars = old.co_freevars
     # co_names is a cheap superset of the global names: disassemble only if it hits.

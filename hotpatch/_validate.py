@@ -9,7 +9,6 @@ a patch the process runs already.
 from __future__ import annotations
 
 import dis
-import functools
 import inspect
 import types
 from collections.abc import Iterable, Sequence
@@ -257,17 +256,22 @@ def _names_of(code: types.CodeType) -> set[str]:
 # -- the rules ------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=4096)
 def global_names(code: types.CodeType) -> frozenset[str]:
-    """Global names ``code`` and the code nested in it look up."""
+    """Global names ``code`` and the code nested in it look up.
+
+    Not cached: an apply asks once for each replacement's code, which no later
+    apply shares (a cache held every patch's code and a key tuple for each, kept
+    by the service after the patch was gone, and never hit in a burst).
+    """
     names = {i.argval for i in dis.get_instructions(code) if i.opname in _LOOKUPS}
     for const in code.co_consts:
         if isinstance(const, types.CodeType):
             names |= global_names(const)
-    return frozenset(names) if names else _NO_NAMES  # kept in the cache: one for all
+    return frozenset(names) if names else _NO_NAMES
 
 
 _NO_NAMES: frozenset[str] = frozenset()
+_ABSENT = object()
 
 
 def accepts_same_calls(original: dict[str, Any], new: types.FunctionType) -> bool:
@@ -277,7 +281,10 @@ def accepts_same_calls(original: dict[str, Any], new: types.FunctionType) -> boo
     usual patch, without building two ``inspect.Signature`` objects. False means
     "look closer", not "incompatible".
     """
-    if "__wrapped__" in new.__dict__ or "__signature__" in new.__dict__:
+    # Looked up, not read from ``new.__dict__``, which reading makes (a dict kept for good).
+    if getattr(new, "__wrapped__", _ABSENT) is not _ABSENT or (
+        getattr(new, "__signature__", _ABSENT) is not _ABSENT
+    ):
         return False  # inspect.signature would not read the code
     old: types.CodeType = original["__code__"]
     code = new.__code__
