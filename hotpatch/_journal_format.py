@@ -123,11 +123,22 @@ def _same(prev: list[str], level: list[str]) -> int:
     return len(prev) if level[: len(prev)] == prev else _common(prev, level)
 
 
-# A history row as kept: its field names (one tuple shared by every row with the same
-# names: a few sets of the fields ``decode`` allows), its values, and its delta (k,
-# added). Four tuples a row, not one a field: each counts toward the collector's next
+# A history row as kept, one tuple: its field names (one tuple shared by every row with
+# the same names: a few sets of the fields ``decode`` allows), its delta (k, and the
+# versions added: the version itself when one was, as an apply adds one), then its
+# values. One tuple a row, not one a field: each counts toward the collector's next
 # collection when made, even those it stops tracking.
-_Row = tuple[tuple[str, ...], tuple[Any, ...], int, tuple[str, ...]]
+_Row = tuple[Any, ...]
+
+
+def _added(level: list[str], same: int) -> str | tuple[str, ...]:
+    return level[same] if len(level) - same == 1 else tuple(level[same:])
+
+
+def _listed(added: str | tuple[str, ...]) -> list[str]:
+    return [added] if isinstance(added, str) else list(added)
+
+
 _NAMES: dict[tuple[str, ...], tuple[str, ...]] = {}
 _ENTRY_KEYS = ("version", "sha256", "path", "text", "summary")
 
@@ -175,21 +186,21 @@ class Written:
         same = _same(self._last, level)
         names = tuple(k for k in row if k not in ("level", "delta"))
         names = _NAMES.setdefault(names, names)
-        values = tuple(row[k] for k in names)
         if not self._rows:
             self._first = level
-        self._rows.append((names, values, len(self._last) - same, tuple(level[same:])))
+        k = len(self._last) - same
+        self._rows.append((names, k, _added(level, same), *[row[n] for n in names]))
         self._last = level
         if len(self._rows) > HISTORY_KEPT:
             self._rows.popleft()
-            _, _, k, added = self._rows[0]
-            self._first = self._first[: len(self._first) - k] + list(added)
+            _, k, added = self._rows[0][:3]
+            self._first = self._first[: len(self._first) - k] + _listed(added)
 
     def encode(self) -> bytes:
         """``encode`` of the state: the header and one record with the level and history."""
         rows: list[dict[str, Any]] = []
-        for names, values, k, added in self._rows:
-            delta = [k, list(added)] if rows else [0, list(self._first)]
+        for names, k, added, *values in self._rows:
+            delta = [k, _listed(added)] if rows else [0, list(self._first)]
             rows.append(dict(zip(names, values, strict=True)) | {"delta": delta})
         level = [dict(zip(_ENTRY_KEYS, e, strict=True)) for e in self._level]
         return _whole(self.baseline, level, rows)

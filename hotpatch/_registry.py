@@ -219,6 +219,9 @@ class Registry:
         patch = plan.patch
         live = {k: (obj, attr, current(obj, attr)) for k, (obj, attr, _) in plan.changes.items()}
         before = self._wrappers.see_through(live)  # a wrapped function's own code
+        functions = tuple(plan.functions)
+        if self._stack and self._stack[-1].functions == functions:
+            functions = self._stack[-1].functions  # the patch below's targets: one tuple
         entry = Applied(
             patch,
             before,
@@ -226,7 +229,7 @@ class Registry:
             frozenset(plan.injected) if plan.injected else NO_KEYS,
             tuple(plan.unmigrations),
             tuple(self._stack) if patch.cumulative else (),
-            tuple(plan.functions),
+            functions,
             tuple(plan.caches),
             tuple(plan.nested),
         )
