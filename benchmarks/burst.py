@@ -18,7 +18,9 @@ the CPU time the burst cost (the agent's process, the verifier and its
 checks, from the agent's start to its stop), split into user and system
 (kernel) time: on a shared machine a 200-drop burst lasts a second or two, so
 a busy moment elsewhere weighs on the wall-clock ratio; the CPU ratio says
-what the agent itself does.
+what the agent itself does. And the garbage collections of the agent's process
+during each burst, by generation, with their time: a full collection (the
+oldest generation) is the one step whose cost is the whole heap's.
 
 Each burst runs in a new process of its own (a service that takes a burst
 has not just taken another one in the same heap), ``--rounds`` times; a
@@ -155,6 +157,7 @@ def burst(root: Path, size: int, *, verify: bool) -> dict[str, Any]:
         "agent_per_drop_ms": sum(totals) / size * 1e3,
         "gc_s": collections.seconds,
         "gc_full": collections.full,
+        "gc_collections": collections.by_generation,
         "in_version_order": in_order,
         "active": active,
         "hotpatch": str(Path(hotpatch.__file__).resolve().parent.parent),
@@ -162,18 +165,24 @@ def burst(root: Path, size: int, *, verify: bool) -> dict[str, Any]:
 
 
 class _Collections:
-    """The garbage collections of this process while it runs: their time, the full ones."""
+    """The garbage collections of this process while it runs: their time, how many of
+    each generation (``full``: of the oldest)."""
 
     def __init__(self) -> None:
-        self.seconds, self.full, self._started = 0.0, 0, 0.0
+        self.seconds, self._started = 0.0, 0.0
+        self.by_generation = [0, 0, 0]
         gc.callbacks.append(self._note)
+
+    @property
+    def full(self) -> int:
+        return self.by_generation[2]
 
     def _note(self, phase: str, info: dict[str, int]) -> None:
         if phase == "start":
             self._started = time.perf_counter()
         else:
             self.seconds += time.perf_counter() - self._started
-            self.full += info["generation"] == 2
+            self.by_generation[min(info["generation"], 2)] += 1
 
     def stop(self) -> None:
         gc.callbacks.remove(self._note)
@@ -341,6 +350,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "user",
             "system",
             "gc ms",
+            "gc 0/1/2",
             "in order",
         ],
         [
@@ -356,6 +366,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 r["cpu_user_s"],
                 r["cpu_system_s"],
                 r["gc_s"] * 1e3,
+                "/".join(map(str, r["gc_collections"])),
                 "yes" if r["in_version_order"] and r["active"] else "NO",
             ]
             for r in sorted(
@@ -384,6 +395,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "system_ratio": got["system"],
                 "each_round": got["each"],
                 "rounds_met": sum(r <= limit for r in got["each"]["wall"] if r is not None),
+                # full (oldest generation) collections in each round's largest burst
+                "full_collections": [
+                    r["gc_full"]
+                    for r in runs
+                    if r["checkout"] == checkout and r["verify"] is verify and r["size"] == large
+                ],
                 "met": got["wall"] <= limit,
             }
             goals.append(goal)
@@ -394,6 +411,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{'met' if goal['met'] else 'MISSED'}; CPU time {_shown(got['cpu'])}: "
                 f"user {_shown(got['user'])}, system {_shown(got['system'])}"
                 + (f"\n  each round: wall {walls}; CPU {cpus}" if rounds > 1 else "")
+                + f"\n  full collections in each {large}-drop burst: "
+                + ", ".join(map(str, goal["full_collections"]))
             )
     ordered = all(r["in_version_order"] and r["active"] for r in runs)
     print(f"every burst applied in version order: {'yes' if ordered else 'NO'}")

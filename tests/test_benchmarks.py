@@ -231,6 +231,8 @@ def test_burst(tmp_path: Path) -> None:
         assert row["per_drop_ms"] == row["elapsed_s"] / row["size"] * 1e3
         assert row["cpu_s"] > 0
         assert abs(row["cpu_user_s"] + row["cpu_system_s"] - row["cpu_s"]) < 1e-6
+        assert len(row["gc_collections"]) == 3  # young, middle, full
+        assert row["gc_collections"][2] == row["gc_full"]
     assert data["in_order"] is True
     assert [g["what"] for g in data["goals"]] == [
         "20 drops / 4 drops, verification off",
@@ -244,6 +246,7 @@ def test_burst(tmp_path: Path) -> None:
         assert goal["rounds_met"] == int(goal["met"])
         assert isinstance(goal["met"], bool)
         assert goal["cpu_ratio"] > 0
+        assert len(goal["full_collections"]) == 1  # one round: its 20-drop burst's
         for split in ("user_ratio", "system_ratio"):
             assert goal[split] is None or goal[split] > 0
     assert "every burst applied in version order: yes" in stdout
