@@ -200,10 +200,17 @@ def _refusal(patch: Patch, reason: str) -> str:
 
 
 def _describe(exc: PatchError) -> str:
-    """``hotpatch.TargetNotFound: ...``, with a hint when a module did not import."""
+    """``hotpatch.TargetNotFound: ...``, with a hint when a module did not import: on a
+    warning the session's filters made an error, or not found."""
     text = f"hotpatch.{type(exc).__name__}: {exc}"
     module = (exc.target or "").partition(":")[0]
-    if module and module not in sys.modules:
+    if isinstance(exc.__cause__, Warning):
+        kind = type(exc.__cause__).__name__
+        text += (
+            " (a warning the session's warning filters (filterwarnings, -W) make an error: "
+            f"collecting the tests would fail on it too; let it pass, e.g. -W 'ignore::{kind}')"
+        )
+    elif module and module not in sys.modules:
         text += (
             f" (the patch is applied before the tests are collected, so {module!r} must be "
             "importable then: install the project, or add its folder to `pythonpath` in the "

@@ -573,6 +573,29 @@ def test_apply_says_the_target_must_be_importable_when_the_session_starts(pytest
     )
 
 
+def test_apply_says_a_warning_the_session_makes_an_error_stopped_the_import(pytester):
+    """dateutil's old ``tz.py`` calls ``utcfromtimestamp`` at import, which 3.12 deprecates,
+    under ``filterwarnings = error``: the target's import fails on the warning, which is no
+    matter of installing the project (what the refusal said) but of the session's warning
+    filters, and collecting the tests would fail on it too."""
+    name = _project(pytester)
+    pricing = pytester.path / name / "pricing.py"
+    pricing.write_text(
+        "import warnings\nwarnings.warn('old ways', DeprecationWarning)\n" + pricing.read_text()
+    )
+    pytester.makeini("[pytest]\npythonpath = .\nfilterwarnings =\n    error\n")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--hotpatch-apply", "fix.py")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        [
+            f"*importing '{name}.pricing' raised DeprecationWarning: old ways (a warning the "
+            "session's warning filters (filterwarnings, -W) make an error: collecting the tests "
+            "would fail on it too; let it pass, e.g. -W 'ignore::DeprecationWarning')*"
+        ]
+    )
+    assert "must be importable then" not in result.stderr.str()
+
+
 def test_the_file_of_apply_never_changes_the_rootdir(pytester, tmp_path_factory):
     """pytest picks its rootdir before it loads plugins, so the FILE of a separate
     ``--hotpatch-apply FILE`` looks like a test path to it: from another folder it
