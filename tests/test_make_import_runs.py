@@ -193,3 +193,74 @@ def test_names_that_name_each_other_round_end_as_unknown() -> None:
         "p.a",
         "when the module is imported (line 2: `Y = x()`), through `x()` (line 2 of p.a)",
     )
+
+
+def test_names_bound_by_unpacking_a_tuple_of_values_hold_those_values(tmp_path: Path) -> None:
+    """dateutil's rrule: ``M29, M31 = list(range(1, 30)), list(range(1, 32))`` and then
+    ``MASK = tuple(M31 + M29)``. Before, the names of an unpacking held anything, so
+    ``M31 + M29`` counted as every ``__add__`` of the project (and what they call and hand
+    on), which made 4 of dateutil's fixes baselines. Each name holds its own value: the
+    lists' ``+`` runs no code of the project, and a fix to its ``__add__`` is hot, the same
+    as a restart."""
+    money = """\
+class Money:
+    def __init__(self, cents):
+        self.cents = cents
+
+    def __add__(self, other):
+        return Money(self.cents + other.cents)
+
+
+M29, M31 = list(range(1, 30)), list(range(1, 32))
+[LOW, HIGH] = [M29[0], M31[-1]]
+MASK = tuple(M31 + M29)
+
+
+def total():
+    return (Money(1) + Money(2)).cents, len(MASK), LOW, HIGH
+"""
+    repo = shop(tmp_path, {"src/shop/money.py": money})
+    repo.commit(
+        "the fix", {"src/shop/money.py": money.replace("self.cents + ", "1 + self.cents + ")}
+    )
+    result = make_since_v1(repo, tmp_path / "out")
+    assert result.outcome == "hot", result.record()
+    assert verdicts(result) == {"shop.money:Money.__add__": "inline"}
+    assert result.path is not None
+    seen = run_patched(
+        roots=[checkout(repo, "v1", tmp_path)],
+        module="shop.money",
+        patch=result.path,
+        baseline="1.0",
+        before="",
+        probe="module.total()",
+    )
+    fresh = imported_fresh(checkout(repo, "HEAD", tmp_path), "shop.money", "module.total()")
+    assert seen["after"] == list(fresh) == [4, 60, 1, 31]
+    assert seen["before"] == seen["rolled_back"] == [3, 60, 1, 31]
+
+
+def test_a_project_object_unpacked_into_a_name_is_still_followed(tmp_path: Path) -> None:
+    """``A, B = Money(1), Money(2)`` then ``C = A + B`` at import runs ``Money.__add__``:
+    its fix stays a baseline naming the line."""
+    money = """\
+class Money:
+    def __init__(self, cents):
+        self.cents = cents
+
+    def __add__(self, other):
+        return Money(self.cents + other.cents)
+
+
+A, B = Money(1), Money(2)
+C = A + B
+"""
+    repo = shop(tmp_path, {"src/shop/money.py": money})
+    repo.commit(
+        "the fix", {"src/shop/money.py": money.replace("self.cents + ", "1 + self.cents + ")}
+    )
+    result = make_since_v1(repo, tmp_path / "out")
+    assert result.outcome == "baseline", result.record()
+    why = {c.name: c.why for c in result.reasons}
+    assert set(why) == {"shop.money:Money.__add__"}, why
+    assert "(line 10: `C = A + B`)" in why["shop.money:Money.__add__"], why

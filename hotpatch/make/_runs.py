@@ -24,7 +24,7 @@ from __future__ import annotations
 import ast
 import builtins
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from hotpatch.make._implicit import BUILTIN_CALLS, implicit
@@ -117,8 +117,8 @@ _UNKNOWN: _Value = ("unknown", "")
 
 @dataclass(slots=True)
 class _Scope:
-    """The names one body binds: simple ones (``n = value``) with their values, the rest
-    (parameters, loop targets, unpacking) opaque."""
+    """The names one body binds: simple ones (``n = value``, ``a, b = x, y``) with their
+    values, the rest (parameters, loop targets, other unpacking) opaque."""
 
     names: dict[str, list[ast.expr]] = field(default_factory=dict)
     opaque: set[str] = field(default_factory=set)
@@ -155,9 +155,9 @@ class _Scope:
                 continue
             if isinstance(node, ast.Assign | ast.AnnAssign) and node.value is not None:
                 targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-                if len(targets) == 1 and isinstance(targets[0], ast.Name):
-                    scope.names.setdefault(targets[0].id, []).append(node.value)
-                    scope.kept.add(id(node.value))
+                pairs = _assigned(targets, node.value)
+                if pairs:  # ``A = a``, ``A, B = a, b``: each name its own value
+                    scope.assign(pairs)
                     todo.append(node.value)
                     continue
             if isinstance(node, ast.Import | ast.ImportFrom):
@@ -182,6 +182,11 @@ class _Scope:
         for name in scope.names:
             scope.defs.pop(name, None)
         return scope
+
+    def assign(self, pairs: list[tuple[str, ast.expr]]) -> None:
+        for name, value in pairs:
+            self.names.setdefault(name, []).append(value)
+            self.kept.add(id(value))
 
     def builtin_loops(self, nodes: list[ast.AST], bound: Counter[str]) -> None:
         """The names only ever bound by loops (``for name in NAMES``), with what each
@@ -1104,6 +1109,20 @@ class _Walk:
             if module is not None:
                 return module, ".".join(parts[cut:])
         return None
+
+
+def _assigned(targets: Sequence[ast.expr], value: ast.expr) -> list[tuple[str, ast.expr]]:
+    """``A = a`` or ``A, B = a, b`` (or in brackets): each name with its value; else none."""
+    if len(targets) == 1 and isinstance(targets[0], ast.Name):
+        return [(targets[0].id, value)]
+    if len(targets) != 1 or not isinstance(targets[0], ast.Tuple | ast.List):
+        return []
+    names, values = targets[0].elts, value.elts if isinstance(value, ast.Tuple | ast.List) else []
+    if len(names) != len(values) or any(isinstance(v, ast.Starred) for v in values):
+        return []
+    if not all(isinstance(n, ast.Name) for n in names):
+        return []
+    return [(n.id, v) for n, v in zip(names, values, strict=True) if isinstance(n, ast.Name)]
 
 
 def _bound_names(node: ast.AST) -> set[str]:
