@@ -408,20 +408,23 @@ def test_a_changed_class_attribute_nested_deeper_than_the_recursion_limit_is_mig
 def test_a_method_an_expression_nested_deeper_than_the_recursion_limit_may_run_is_named(
     repo: GitRepo, tmp_path: Path
 ) -> None:
-    """``frozenset(...)`` iterates what the 1,400 lists add up to, an object make does not
-    follow, so a changed ``__iter__`` of the project may have run at import: a baseline
-    quoting the start of the expression (before: make quoted each of its 1,400 operands
+    """``frozenset(...)`` iterates what ``EXTRA[0]`` and 1,400 lists add up to, an object
+    make does not follow, so a changed ``__iter__`` of the project may have run at import:
+    a baseline quoting the start of the expression (before: make quoted each of its 1,400 operands
     whole, unparsing ~1,000,000 nodes, and then recursed past the limit)."""
-    start(repo, {"src/kit/tables.py": TABLES})
-    fixed = TABLES.replace("iter([1, 2])", "iter([1, 2, 3])")
+    tables = TABLES.replace(
+        'SCRIPTS = {"latin": frozenset([0]', 'EXTRA = [[0]]\nSCRIPTS = {"latin": frozenset(EXTRA[0]'
+    )
+    start(repo, {"src/kit/tables.py": tables})
+    fixed = tables.replace("iter([1, 2])", "iter([1, 2, 3])")
     repo.commit("Count 3", {"src/kit/tables.py": fixed})
     result = run(repo, tmp_path)
     assert result.outcome == "baseline", result.record()
     why = {c.name: c.why for c in result.reasons}
     assert set(why) == {"kit.tables:Codes.__iter__"}, why
     said = why["kit.tables:Codes.__iter__"]
-    assert "through `frozenset([0] + [1] + [2] + [3]" in said, said
-    assert "(line 1 of kit.tables)" in said, said
+    assert "through `frozenset(EXTRA[0] + [1] + [2] + [3]" in said, said
+    assert "(line 2 of kit.tables)" in said, said
     assert len(said) < 1000, said
 
 

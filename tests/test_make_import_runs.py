@@ -196,12 +196,15 @@ def test_names_that_name_each_other_round_end_as_unknown() -> None:
 
 
 def test_names_bound_by_unpacking_a_tuple_of_values_hold_those_values(tmp_path: Path) -> None:
-    """dateutil's rrule: ``M29, M31 = list(range(1, 30)), list(range(1, 32))`` and then
-    ``MASK = tuple(M31 + M29)``. Before, the names of an unpacking held anything, so
-    ``M31 + M29`` counted as every ``__add__`` of the project (and what they call and hand
-    on), which made 4 of dateutil's fixes baselines. Each name holds its own value: the
-    lists' ``+`` runs no code of the project, and a fix to its ``__add__`` is hot, the same
-    as a restart."""
+    """dateutil's rrule: ``M29, M31 = list(range(1, 30)), list(range(1, 32))``, then
+    ``MASK = tuple(M31 + M29 + M31[:7])`` and ``del M29, M31``. Before, the names of an
+    unpacking (and deleted ones) held anything, and a slice of a list was no list, so
+    ``M31 + M29`` counted as every ``__add__`` of the project, ``... + M31[:7]`` every
+    ``__radd__`` and ``tuple(...)`` every ``__iter__`` (and what they call and hand on),
+    which made 4 of dateutil's fixes baselines; and a chain of 30 ``+`` went deeper than
+    make follows names. Each name holds its own value, a slice of a builtin value is one,
+    a chain is one step: the lists' ``+`` runs no code of the project, and a fix to its
+    ``__add__`` is hot, the same as a restart."""
     money = """\
 class Money:
     def __init__(self, cents):
@@ -210,14 +213,26 @@ class Money:
     def __add__(self, other):
         return Money(self.cents + other.cents)
 
+    def __radd__(self, other):
+        return self + other
+
+    def __iter__(self):
+        return iter([self.cents])
+
 
 M29, M31 = list(range(1, 30)), list(range(1, 32))
 [LOW, HIGH] = [M29[0], M31[-1]]
-MASK = tuple(M31 + M29)
+MASK = tuple(M31 + M29 + M31[:7])
+LONG = tuple(
+    M29 + M29 + M29 + M29 + M29 + M29 + M29 + M29 + M29 + M29
+    + M29 + M29 + M29 + M29 + M29 + M29 + M29 + M29 + M29 + M29
+    + M29 + M29 + M29 + M29 + M29 + M29 + M29 + M29 + M29 + M29
+)
+del M29, M31
 
 
 def total():
-    return (Money(1) + Money(2)).cents, len(MASK), LOW, HIGH
+    return (Money(1) + Money(2)).cents, len(MASK), len(LONG), LOW, HIGH
 """
     repo = shop(tmp_path, {"src/shop/money.py": money})
     repo.commit(
@@ -236,8 +251,8 @@ def total():
         probe="module.total()",
     )
     fresh = imported_fresh(checkout(repo, "HEAD", tmp_path), "shop.money", "module.total()")
-    assert seen["after"] == list(fresh) == [4, 60, 1, 31]
-    assert seen["before"] == seen["rolled_back"] == [3, 60, 1, 31]
+    assert seen["after"] == list(fresh) == [4, 67, 870, 1, 31]
+    assert seen["before"] == seen["rolled_back"] == [3, 67, 870, 1, 31]
 
 
 def test_a_project_object_unpacked_into_a_name_is_still_followed(tmp_path: Path) -> None:

@@ -854,6 +854,12 @@ class _Walk:
                 out += self._resolve(part, place, depth + 1)
         elif isinstance(node, ast.BinOp | ast.UnaryOp | ast.Compare):
             out.append(self._operated(node, place, depth))
+        elif isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Slice):
+            # a slice of a builtin value (``M31[:7]``) is one too; an item may be anything
+            bounds = (node.slice.lower, node.slice.upper, node.slice.step)
+            parts = [node.value, *(b for b in bounds if b is not None)]
+            values = [v for p in parts for v in self._resolve(p, place, depth + 1)]
+            out.append(_EXT if all(v == _EXT for v in values) else _UNKNOWN)
         elif isinstance(node, ast.Call):
             out += self._returned(node, place, depth)
         else:
@@ -876,22 +882,27 @@ class _Walk:
         self, node: ast.BinOp | ast.UnaryOp | ast.Compare, place: _Place, depth: int
     ) -> _Value:
         """What an operator gives: a builtin's value for builtin operands (``RATE * 2``), a
-        bool for ``not``, ``is`` and ``in``; else what a special method returned."""
-        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
-            return _EXT
-        if isinstance(node, ast.Compare) and all(
-            isinstance(op, ast.Is | ast.IsNot | ast.In | ast.NotIn) for op in node.ops
-        ):
-            return _EXT
-        parts = (
-            [node.left, node.right]
-            if isinstance(node, ast.BinOp)
-            else [node.operand]
-            if isinstance(node, ast.UnaryOp)
-            else [node.left, *node.comparators]
-        )
-        values = [v for part in parts for v in self._resolve(part, place, depth + 1)]
-        return _EXT if all(v == _EXT for v in values) else _UNKNOWN
+        bool for ``not``, ``is`` and ``in``; else what a special method returned. A chain
+        (``M31 + M29 + ... + M31[:7]``, 13 terms in dateutil's rrule) is one step deeper for
+        each operand, not for each operator: it is syntax, not names followed."""
+        todo: list[ast.expr] = [node]
+        while todo:
+            part = todo.pop()
+            if isinstance(part, ast.UnaryOp) and isinstance(part.op, ast.Not):
+                continue
+            if isinstance(part, ast.Compare) and all(
+                isinstance(op, ast.Is | ast.IsNot | ast.In | ast.NotIn) for op in part.ops
+            ):
+                continue
+            if isinstance(part, ast.BinOp):
+                todo += [part.left, part.right]
+            elif isinstance(part, ast.UnaryOp):
+                todo.append(part.operand)
+            elif isinstance(part, ast.Compare):
+                todo += [part.left, *part.comparators]
+            elif any(v != _EXT for v in self._resolve(part, place, depth + 1)):
+                return _UNKNOWN
+        return _EXT
 
     @staticmethod
     def _augmented(name: str, scope: _Scope, values: list[_Value]) -> list[_Value]:
@@ -1127,8 +1138,9 @@ def _assigned(targets: Sequence[ast.expr], value: ast.expr) -> list[tuple[str, a
 
 def _bound_names(node: ast.AST) -> set[str]:
     """The name ``node`` binds other than by a simple assignment (a loop's target, an
-    unpacking, a parameter, an ``except ... as``)."""
-    if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store | ast.Del):
+    unpacking, a parameter, an ``except ... as``). ``del name`` binds nothing: what it
+    held before is what it held."""
+    if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
         return {node.id}
     if isinstance(node, ast.arg):
         return {node.arg}
