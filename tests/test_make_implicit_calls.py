@@ -12,6 +12,7 @@ code and a restart on the new one (checked by importing both).
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -441,6 +442,187 @@ CASES: dict[str, tuple[str, str, str, str]] = {
         "TOTAL = make() + make()",
         "module.TOTAL",
     ),
+    "subclass_operator": (
+        """\
+        class Money:
+            def __add__(self, other):
+                return "base"
+
+
+        class Euro(Money):
+            def __add__(self, other):
+                return "v1"
+
+
+        TOTAL = Euro() + Euro()
+        """,
+        "Euro.__add__",
+        "TOTAL = Euro() + Euro()",
+        "module.TOTAL",
+    ),
+    "subclass_operator_on_self": (
+        """\
+        class Money:
+            def __add__(self, other):
+                return "base"
+
+            def double(self):
+                return self + self
+
+
+        class Euro(Money):
+            def __add__(self, other):
+                return "v1"
+
+
+        TOTAL = Euro().double()
+        """,
+        "Euro.__add__",
+        "self + self",
+        "module.TOTAL",
+    ),
+    "subclass_comparison_on_cls": (
+        """\
+        class Money:
+            def __eq__(self, other):
+                return "base"
+
+            __hash__ = object.__hash__
+
+            @classmethod
+            def same(cls):
+                return cls() == 1
+
+
+        class Euro(Money):
+            def __eq__(self, other):
+                return "v1"
+
+            __hash__ = object.__hash__
+
+
+        SAME = Euro.same()
+        """,
+        "Euro.__eq__",
+        "cls() == 1",
+        "module.SAME",
+    ),
+    "metaclass_call": (
+        """\
+        class Meta(type):
+            def __call__(cls, *args):
+                return "v1"
+
+
+        class Thing(metaclass=Meta):
+            pass
+
+
+        THING = Thing()
+        """,
+        "Meta.__call__",
+        "THING = Thing()",
+        "module.THING",
+    ),
+    "metaclass_subscript": (
+        """\
+        class Meta(type):
+            def __getitem__(cls, key):
+                return ("v1", key)
+
+
+        class Thing(metaclass=Meta):
+            pass
+
+
+        FIRST = Thing[0]
+        """,
+        "Meta.__getitem__",
+        "FIRST = Thing[0]",
+        "module.FIRST",
+    ),
+    "metaclass_instancecheck": (
+        """\
+        class Meta(type):
+            def __instancecheck__(cls, obj):
+                return "v1" == "v2"
+
+
+        class Thing(metaclass=Meta):
+            pass
+
+
+        IS = isinstance(1, Thing)
+        """,
+        "Meta.__instancecheck__",
+        "IS = isinstance(1, Thing)",
+        "module.IS",
+    ),
+    "mro_entries": (
+        """\
+        class Maker:
+            def __mro_entries__(self, bases):
+                class Made:
+                    tag = "v1"
+
+                return (Made,)
+
+
+        class Thing(Maker()):
+            pass
+
+
+        TAG = Thing.tag
+        """,
+        "Maker.__mro_entries__",
+        "Maker()",
+        "module.TAG",
+    ),
+    "init_subclass": (
+        """\
+        class Base:
+            seen = []
+
+            def __init_subclass__(cls, **kwargs):
+                Base.seen.append("v1")
+
+
+        class Sub(Base):
+            pass
+        """,
+        "Base.__init_subclass__",
+        "each subclass of Base made",
+        "module.Base.seen",
+    ),
+    "set_name": (
+        """\
+        class Field:
+            def __set_name__(self, owner, name):
+                self.name = ("v1", name)
+
+
+        class Model:
+            field = Field()
+        """,
+        "Field.__set_name__",
+        "each class made holding a Field",
+        "module.Model.field.name",
+    ),
+    "prepare": (
+        """\
+        class Meta(type):
+            @classmethod
+            def __prepare__(mcs, name, bases):
+                return {"tag": "v1"}
+
+
+        class Thing(metaclass=Meta):
+            pass
+        """,
+        "Meta.__prepare__",
+        "each class made with the metaclass Meta",
+        "module.Thing.tag",
+    ),
 }
 
 
@@ -467,9 +649,147 @@ def test_a_method_python_calls_at_import_without_a_call_is_a_baseline_naming_the
     why = {c.name: c.why for c in result.reasons}
     assert set(why) == {f"shop.m:{method}"}, why
     said = why[f"shop.m:{method}"]
-    assert (line if line.endswith(("`", "Registering", "Planet")) else f"`{line}`") in said, said
+    hooks = ("`", "Registering", "Planet", "made", "a Field", "Meta")
+    assert (line if line.endswith(hooks) else f"`{line}`") in said, said
     assert "a restart would run the new code there" in said, said
     assert method.rpartition(".")[2] in said, said
+
+
+# name: (the project's modules, the change named, words the reason says, a probe of shop.m)
+REACHED: dict[str, tuple[dict[str, str], str, tuple[str, ...], str]] = {
+    "module_getattr_from_import": (
+        {
+            "src/shop/lazy.py": """\
+                def __getattr__(name):
+                    return ("v1", name)
+                """,
+            "src/shop/m.py": "from shop.lazy import thing\n",
+        },
+        "shop.lazy:__getattr__",
+        ("`from shop.lazy import thing`", "reading thing, which shop.lazy does not define"),
+        "module.thing",
+    ),
+    "package_getattr_from_import": (
+        {
+            "src/shop/__init__.py": """\
+                def __getattr__(name):
+                    return ("v1", name)
+                """,
+            "src/shop/m.py": "from shop import thing\n",
+        },
+        "shop:__getattr__",
+        ("`from shop import thing`", "reading thing, which shop does not define"),
+        "module.thing",
+    ),
+    "module_getattr_attribute": (
+        {
+            "src/shop/lazy.py": """\
+                def __getattr__(name):
+                    return ("v1", name)
+                """,
+            "src/shop/m.py": "from shop import lazy\n\nTHING = lazy.thing\n",
+        },
+        "shop.lazy:__getattr__",
+        ("`lazy.thing`",),
+        "module.THING",
+    ),
+    "what_a_getter_beside_its_setter_calls": (
+        {
+            "src/shop/m.py": """\
+                class Box:
+                    @property
+                    def size(self):
+                        return self.calc()
+
+                    @size.setter
+                    def size(self, n):
+                        pass
+
+                    def calc(self):
+                        return "v1"
+
+
+                SIZE = Box().size
+                """,
+        },
+        "shop.m:Box.calc",
+        ("`SIZE = Box().size`", "calls Box.size implicitly"),
+        "module.SIZE",
+    ),
+    "what_a_getter_beside_its_deleter_calls": (
+        {
+            "src/shop/m.py": """\
+                def _compute():
+                    return "v1"
+
+
+                class Box:
+                    @property
+                    def size(self):
+                        return _compute()
+
+                    @size.deleter
+                    def size(self):
+                        pass
+
+
+                SIZE = Box().size
+                """,
+        },
+        "shop.m:_compute",
+        ("`SIZE = Box().size`", "calls Box.size implicitly"),
+        "module.SIZE",
+    ),
+    "a_subclass_override_called_on_self": (
+        {
+            "src/shop/m.py": """\
+                class Base:
+                    def label(self):
+                        return "base"
+
+                    def describe(self):
+                        return self.label()
+
+
+                class Sub(Base):
+                    def label(self):
+                        return "v1"
+
+
+                TEXT = Sub().describe()
+                """,
+        },
+        "shop.m:Sub.label",
+        ("`TEXT = Sub().describe()`",),
+        "module.TEXT",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(REACHED))
+def test_a_function_run_at_import_through_a_hook_or_an_override_is_a_baseline(
+    tmp_path: Path, case: str
+) -> None:
+    """A module's ``__getattr__`` run by ``from M import name`` or ``M.name`` for a name M
+    lacks, what a property's getter calls when a setter or deleter of the same name
+    follows it, a subclass's override of a method its base calls on ``self``: the import
+    ran them, a restart runs the new code, so a baseline naming where."""
+    files, changed, words, probe = REACHED[case]
+    files = {"src/shop/__init__.py": "", **{p: textwrap.dedent(t) for p, t in files.items()}}
+    repo = GitRepo(tmp_path / "repo")
+    repo.commit("the baseline", files)
+    repo.git("tag", "v1")
+    repo.commit("the fix", {p: t.replace('"v1"', '"v2"') for p, t in files.items()})
+    old = imported_fresh(checkout(repo, "v1", tmp_path), "shop.m", probe)
+    new = imported_fresh(checkout(repo, "HEAD", tmp_path), "shop.m", probe)
+    assert old != new, "the fix must change what the import computed"
+    result = make_since_v1(repo, tmp_path / "out")
+    assert result.outcome == "baseline", result.record()
+    why = {c.name: c.why for c in result.reasons}
+    assert set(why) == {changed}, why
+    for said in words:
+        assert said in why[changed], why[changed]
+    assert "a restart would run the new code there" in why[changed], why[changed]
 
 
 def test_an_operator_on_builtin_values_at_import_leaves_a_changed_operator_hot(

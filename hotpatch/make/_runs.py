@@ -226,18 +226,21 @@ class _Module:
         self.source = source
         self.name = source.name
         self.funcs: dict[str, _Def] = {}
+        # every def of a name defined more than once (a property's getter and setter,
+        # ``if``/``else`` branches): a run of the name may run any of them
+        self.alike: dict[str, list[_Def]] = {}
         self.classes: dict[str, ast.ClassDef] = {}
         self.class_scopes: dict[str, _Scope] = {}
         flat = _flat(source.tree.body)
         for node in flat:
             if isinstance(node, _Def):
-                self.funcs[node.name] = node
+                self._def(node.name, node)
             elif isinstance(node, ast.ClassDef):
                 self.classes[node.name] = node
                 self.class_scopes[node.name] = _Scope.of(node.body)
-                for item in node.body:
+                for item in _flat(node.body):
                     if isinstance(item, _Def):
-                        self.funcs[f"{node.name}.{item.name}"] = item
+                        self._def(f"{node.name}.{item.name}", item)
         self.binds: dict[str, Binding] = bindings(
             ast.Module(body=flat, type_ignores=[]), source.name, source.package
         )
@@ -254,6 +257,11 @@ class _Module:
         for name in (*self.binds, *(n for n in self.funcs if "." not in n), *self.classes):
             self.scope.names.pop(name, None)
             self.scope.opaque.discard(name)
+
+    def _def(self, qualname: str, node: _Def) -> None:
+        if qualname in self.funcs:
+            self.alike.setdefault(qualname, [self.funcs[qualname]]).append(node)
+        self.funcs[qualname] = node
 
 
 def _flat(body: list[ast.stmt]) -> list[ast.stmt]:
@@ -299,6 +307,7 @@ class _Walk:
         self.walked: set[tuple[int, str]] = set()
         self.stored = _stored(sources)
         self.members: dict[str, list[str]] = {}  # "name" -> each class with such a member
+        self.subclasses: dict[str, list[str]] | None = None  # "pkg.m.Cls" -> its subclasses
         self.methods: dict[str, list[tuple[_Module, str]]] = {}  # "m" -> each Cls.m
         for module in self.modules.values():
             for qualname in module.funcs:
@@ -311,13 +320,13 @@ class _Walk:
             self._module(module)
         while self.todo:
             module, qualname, start, where, args = self.todo.pop()
-            func = module.funcs[qualname]
             owner = qualname.partition(".")[0] if "." in qualname else ""
-            scope = _Scope.of(func.body, func.args).bind(module.source)
-            scope.params = {n: v for n, v in (args or {}).items() if n in scope.plain_params}
-            place = _Place(module, owner, scope, start, where)
-            for statement in func.body:
-                self._code(statement, place)
+            for func in module.alike.get(qualname, [module.funcs[qualname]]):
+                scope = _Scope.of(func.body, func.args).bind(module.source)
+                scope.params = {n: v for n, v in (args or {}).items() if n in scope.plain_params}
+                place = _Place(module, owner, scope, start, where)
+                for statement in func.body:
+                    self._code(statement, place)
 
     # -- where code starts running ------------------------------------------------------
 
@@ -341,6 +350,8 @@ class _Walk:
         outside = _Place(module, "", None, name, made)
         for part in (*node.decorator_list, *node.bases, *(k.value for k in node.keywords)):
             self._code(part, outside)
+        for base in node.bases:  # a base not a class gives the bases it stands for
+            self._special(base, ("__mro_entries__",), "a class statement", base, outside)
         self._decorated(node, node.name, outside)
         meta = self._is_meta(module, node, 0)
         enum = self._is_enum(module, node, 0)
@@ -437,6 +448,8 @@ class _Walk:
                 self._call(node, node, [], place)
             if isinstance(node, _Def | ast.ClassDef):
                 self._decorated(node, node.name, place)
+            if isinstance(node, ast.ImportFrom):
+                self._imported(node, place)
             if isinstance(node, ast.Attribute):
                 inner.add(id(node.value))
             if (
@@ -561,10 +574,12 @@ class _Walk:
         if kind == "cls":  # its own __class_getitem__, else its metaclass's methods
             if name == "__class_getitem__":
                 return self._class_special(full, name, depth)
-            return [
+            return [  # a class is an instance of its metaclass
                 v
-                for m in self._metaclass(full, depth)
-                for v in self._special_of(*m, name, depth + 1)
+                for kind_, meta in self._metaclass(full, depth)
+                for v in self._special_of(
+                    "inst" if kind_ == "cls" else kind_, meta, name, depth + 1
+                )
             ]
         if kind in ("nestedinst", "nestedcls"):
             node, module = self.nested[full]
@@ -743,6 +758,20 @@ class _Walk:
             v for cls in self.members.get(attr, []) for v in self._member_access(cls, attr, how, 0)
         ]
 
+    def _imported(self, node: ast.ImportFrom, place: _Place) -> None:
+        """``from M import name`` reads ``name`` of M: M's ``__getattr__`` runs if M does
+        not have it (for a package, before a submodule of that name is imported)."""
+        source = place.module.source
+        tree = ast.Module(body=[node], type_ignores=[])
+        for binding in bindings(tree, source.name, source.package).values():
+            module = self.modules.get(binding.module)
+            if module is None or "__getattr__" not in module.funcs:
+                continue
+            has = (module.funcs, module.classes, module.binds, module.scope.names)
+            if not any(binding.attr in names for names in has):
+                said = f"reading {binding.attr}, which {module.name} does not define,"
+                self._ran_special([("fn", f"{module.name}.__getattr__")], said, node, place)
+
     def _module_getattr(self, full: str, attr: str) -> list[_Value]:
         """A module's ``__getattr__`` runs for a name it does not have."""
         module = self.modules.get(full)
@@ -827,7 +856,13 @@ class _Walk:
 
     def _at(self, node: ast.AST, place: _Place) -> str:
         """``where``, and the call in it when that is another line or a part of it."""
-        text = _shown(node, place.module.source.lines) if isinstance(node, ast.expr) else ""
+        text = (
+            _shown(node, place.module.source.lines)
+            if isinstance(node, ast.expr)
+            else ast.unparse(node)
+            if isinstance(node, ast.ImportFrom)
+            else ""
+        )
         line = getattr(node, "lineno", 0)
         if isinstance(node, _Def | ast.ClassDef):
             text = f"{'class' if isinstance(node, ast.ClassDef) else 'def'} {node.name}"
@@ -983,7 +1018,10 @@ class _Walk:
         elif name in scope.opaque:
             receiver = name in _RECEIVERS and place.owner
             kind = "inst" if name == "self" else "cls"
-            found = [(kind, f"{module.name}.{place.owner}")] if receiver else [_UNKNOWN]
+            # an instance (or class) of the method's class or of any subclass of it: a
+            # subclass's override runs for ``self + x``, ``self.label()``
+            family = self._family(f"{module.name}.{place.owner}") if receiver else []
+            found = [(kind, full) for full in family] if receiver else [_UNKNOWN]
         elif name in scope.names:
             found = self._augmented(name, scope, self._all(scope.names[name], place, depth))
         elif name in scope.binds:
@@ -995,6 +1033,25 @@ class _Walk:
         elif name in scope.defs:
             found = [self._nested(scope.defs[name], module)]
         return found
+
+    def _family(self, full: str) -> list[str]:
+        """The class ``full`` and every class of the project deriving from it."""
+        if self.subclasses is None:
+            self.subclasses = {}
+            for module in self.modules.values():
+                for cls, node in module.classes.items():
+                    for kind, base in self._bases(module, node, 0):
+                        found = self._lookup(base, 0) if kind == "cls" else None
+                        if found is not None and found[1] in found[0].classes:
+                            key = f"{found[0].name}.{found[1]}"
+                            self.subclasses.setdefault(key, []).append(f"{module.name}.{cls}")
+        out, todo = [full], [full]
+        while todo:
+            for sub in self.subclasses.get(todo.pop(), []):
+                if sub not in out:
+                    out.append(sub)
+                    todo.append(sub)
+        return out
 
     def _all(self, values: list[ast.expr], place: _Place, depth: int) -> list[_Value]:
         out: list[_Value] = []
