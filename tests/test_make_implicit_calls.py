@@ -623,6 +623,183 @@ CASES: dict[str, tuple[str, str, str, str]] = {
         "each class made with the metaclass Meta",
         "module.Thing.tag",
     ),
+    "handed_to_outside_code": (
+        """\
+        import copy
+
+
+        class Box:
+            def __copy__(self):
+                return "v1"
+
+
+        COPY = copy.copy(Box())
+        """,
+        "Box.__copy__",
+        "COPY = copy.copy(Box())",
+        "module.COPY",
+    ),
+    "handed_to_a_method_of_a_builtin_value": (
+        """\
+        class Parts:
+            def __iter__(self):
+                return iter(["v1", "x"])
+
+
+        JOINED = ",".join(Parts())
+        """,
+        "Parts.__iter__",
+        'JOINED = ",".join(Parts())',
+        "module.JOINED",
+    ),
+    "held_by_a_list_handed_on": (
+        """\
+        class Version:
+            def __init__(self, n):
+                self.n = n
+
+            def __lt__(self, other):
+                return (self.n < other.n) == ("v1" == "v" + "1")
+
+
+        ORDER = [v.n for v in sorted([Version(1), Version(2)])]
+        """,
+        "Version.__lt__",
+        "sorted([Version(1), Version(2)])",
+        "module.ORDER",
+    ),
+    "held_by_a_name_handed_on": (
+        """\
+        class Version:
+            def __init__(self, n):
+                self.n = n
+
+            def __lt__(self, other):
+                return (self.n < other.n) == ("v1" == "v" + "1")
+
+
+        VERSIONS = [Version(1), Version(2)]
+        ORDER = [v.n for v in sorted(VERSIONS)]
+        """,
+        "Version.__lt__",
+        "sorted(VERSIONS)",
+        "module.ORDER",
+    ),
+    "percent_format_of_a_tuple": (
+        """\
+        class Money:
+            def __str__(self):
+                return "v1"
+
+
+        LABEL = "%s!" % (Money(),)
+        """,
+        "Money.__str__",
+        'LABEL = "%s!" % (Money(),)',
+        "module.LABEL",
+    ),
+    "slice_bound": (
+        """\
+        class Pos:
+            def __index__(self):
+                return int("v1"[1])
+
+
+        REST = [1, 2, 3, 4][Pos():]
+        """,
+        "Pos.__index__",
+        "REST = [1, 2, 3, 4][Pos():]",
+        "module.REST",
+    ),
+    "getattr_by_constant": (
+        """\
+        class Lazy:
+            def __getattr__(self, name):
+                return ("v1", name)
+
+
+        THING = getattr(Lazy(), "thing")
+        """,
+        "Lazy.__getattr__",
+        'THING = getattr(Lazy(), "thing")',
+        "module.THING",
+    ),
+    "isinstance_of_a_tuple": (
+        """\
+        class Meta(type):
+            def __instancecheck__(cls, obj):
+                return "v1" == "v2"
+
+
+        class Thing(metaclass=Meta):
+            pass
+
+
+        IS = isinstance(1, (str, Thing))
+        """,
+        "Meta.__instancecheck__",
+        "IS = isinstance(1, (str, Thing))",
+        "module.IS",
+    ),
+    "subclasshook": (
+        """\
+        import abc
+
+
+        class Sized(abc.ABC):
+            @classmethod
+            def __subclasshook__(cls, other):
+                return "v1" == "v2"
+
+
+        IS = issubclass(int, Sized)
+        """,
+        "Sized.__subclasshook__",
+        "IS = issubclass(int, Sized)",
+        "module.IS",
+    ),
+    "context_decorator": (
+        """\
+        import contextlib
+
+
+        class Tag(contextlib.ContextDecorator):
+            seen = []
+
+            def __enter__(self):
+                Tag.seen.append("v1")
+
+            def __exit__(self, *exc):
+                return False
+
+
+        @Tag()
+        def work():
+            return 1
+
+
+        DONE = work()
+        """,
+        "Tag.__enter__",
+        "Tag()",
+        "module.Tag.seen",
+    ),
+    "dropped_instance": (
+        """\
+        SEEN = []
+
+
+        class Probe:
+            def __del__(self):
+                SEEN.append("v1")
+
+
+        Probe()
+        """,
+        "Probe.__del__",
+        "Probe()",
+        "module.SEEN",
+    ),
 }
 
 

@@ -119,6 +119,7 @@ def _operators(node: ast.AST) -> list[Implicit]:
         right: tuple[str, ...] = (f"__r{name}__",)
         if isinstance(node.op, ast.Mod):  # "%s" % obj formats obj
             right += _FORMAT
+            out += _formatted(node.right)
         out.append((node.right, right, "an operator"))
     elif isinstance(node, ast.AugAssign):
         name = _BINARY[type(node.op)]
@@ -145,6 +146,15 @@ def _operators(node: ast.AST) -> list[Implicit]:
     elif isinstance(node, ast.BoolOp):
         out += [(v, _TRUTH, "a truth test") for v in node.values]
     return out
+
+
+def _formatted(values: ast.expr) -> list[Implicit]:
+    """``"%s %s" % (a, b)`` formats a and b; ``"%(a)s" % {"a": a}`` formats a."""
+    if isinstance(values, ast.Tuple):
+        return [(e, _FORMAT, "an operator") for e in values.elts]
+    if isinstance(values, ast.Dict):
+        return [(v, _FORMAT, "an operator") for v in values.values]
+    return []
 
 
 def _containers(node: ast.AST) -> list[Implicit]:
@@ -174,6 +184,9 @@ def _containers(node: ast.AST) -> list[Implicit]:
         conversion = chr(node.conversion) if node.conversion > 0 else ""
         names = {"r": ("__repr__",), "s": _STR, "a": ("__repr__",)}.get(conversion, _FORMAT)
         out.append((node.value, names, "an f-string"))
+    elif isinstance(node, ast.Slice):  # items[Pos():] runs Pos.__index__
+        bounds = (node.lower, node.upper, node.step)
+        out += [(b, ("__index__",), "a slice") for b in bounds if b is not None]
     elif isinstance(node, ast.Starred) and isinstance(node.ctx, ast.Load):
         out.append((node.value, _ITER, "an unpacking"))
     elif isinstance(node, ast.keyword) and node.arg is None:
@@ -204,7 +217,7 @@ _RULES: dict[type[ast.AST], Callable[[ast.AST], list[Implicit]]] = {
         (ast.Subscript, ast.Dict, ast.Set, ast.DictComp, ast.SetComp, ast.FormattedValue),
         _containers,
     ),
-    **dict.fromkeys((ast.Starred, ast.keyword), _containers),
+    **dict.fromkeys((ast.Starred, ast.keyword, ast.Slice), _containers),
     **dict.fromkeys(
         (ast.For, ast.comprehension, ast.Assign, ast.AnnAssign, ast.With, ast.If, ast.While),
         _statements,

@@ -42,7 +42,24 @@ _ENUMS = frozenset(
     f"{m}{e}" for m in ("", "enum.") for e in ("Enum", "IntEnum", "StrEnum", "Flag", "IntFlag")
 )
 _ENUM_HOOKS = frozenset({"__new__", "__init__", "_generate_next_value_"})
-_MADE = ("__new__", "__init__", "__post_init__")  # what making an instance runs
+# what making an instance runs (and, were it dropped at import, ``__del__``)
+_MADE = ("__new__", "__init__", "__post_init__", "__del__")
+# Code we do not own that, handed an object, calls none of its methods.
+_INERT = frozenset(
+    {
+        *("append", "insert", "id", "type", "isinstance", "issubclass", "callable", "cast"),
+        *("super", "vars", "ref", "getattr_static", "len"),
+    }
+)
+# Bases not the project's whose __new__, __init__ and __call__ call no method of the instance.
+_PLAIN_BASES = frozenset(
+    {
+        *(n for n in dir(builtins) if isinstance(getattr(builtins, n), type)),
+        *("Generic", "Protocol", "NamedTuple", "TypedDict", "ABC", "ABCMeta"),
+        *("Enum", "IntEnum", "StrEnum", "Flag", "IntFlag", "EnumMeta", "EnumType"),
+    }
+)
+_ACCESSORS = {"getattr": ast.Load, "hasattr": ast.Load, "setattr": ast.Store, "delattr": ast.Del}
 _RECEIVERS = frozenset({"cls", "self", "mcs", "metacls", "mcls"})
 _TYPING_ONLY = frozenset({"TYPE_CHECKING", "typing.TYPE_CHECKING"})
 _BUILTINS = frozenset(dir(builtins))
@@ -482,6 +499,8 @@ class _Walk:
             elif kind == "ext":
                 if _name(func) not in _KEEPS:
                     self._handed(args, place)
+                if isinstance(node, ast.Call):
+                    self._given(node, place)
             else:
                 self._unfollowed(kind, full, node, place)
 
@@ -495,15 +514,104 @@ class _Walk:
                 elif kind == "cls":
                     self._made(kind, full, arg, place)
 
+    def _given(self, node: ast.Call, place: _Place) -> None:
+        """Code we do not own handed an object of the project (``copy.copy(box)``,
+        ``",".join(parts)``, ``range(Pos())``, ``pickle.dumps(box)``) may call any method
+        of it; ``getattr(obj, "name")`` and its kin access that attribute."""
+        name = _name(node.func)
+        if name in _INERT:
+            return
+        named = node.args[1] if len(node.args) > 1 else None
+        if (
+            isinstance(node.func, ast.Name)
+            and name in _ACCESSORS
+            and isinstance(named, ast.Constant)
+            and isinstance(named.value, str)
+        ):
+            attr = ast.Attribute(value=node.args[0], attr=named.value, ctx=_ACCESSORS[name]())
+            self._attribute(ast.copy_location(attr, node), place)
+            return
+        # a builtin's own special methods on its arguments are _builtin's
+        builtin = isinstance(node.func, ast.Name) and name in BUILTIN_CALLS
+        for arg in node.args:
+            self._objects(arg, node, place, direct=not builtin)
+        for keyword in node.keywords:
+            self._objects(keyword.value, node, place, direct=True)
+
+    def _objects(self, arg: ast.expr, node: ast.Call, place: _Place, *, direct: bool) -> None:
+        """The objects of the project ``arg`` is (or a literal ``[a, b]`` holds): any of
+        their methods runs."""
+        if isinstance(arg, ast.Starred):
+            arg = arg.value
+        if isinstance(arg, ast.List | ast.Tuple | ast.Set | ast.Dict):
+            parts = arg.elts if not isinstance(arg, ast.Dict) else [*arg.keys, *arg.values]
+            for part in parts:
+                if part is not None:
+                    self._objects(part, node, place, direct=True)
+            return
+        if isinstance(arg, ast.Name | ast.Attribute):  # ITEMS = [Box()]; sorted(ITEMS)
+            for value, where in self._expressions(arg, place, 0) or []:
+                if isinstance(value, ast.List | ast.Tuple | ast.Set | ast.Dict):
+                    self._objects(value, node, where, direct=True)
+        if not direct or isinstance(arg, (*_LITERALS, ast.Lambda)):
+            return
+        said = f"code not the project's, `{_name(node.func)}()`, handed an object of it,"
+        for kind, full in self._resolve(arg, place):
+            if kind == "inst":
+                self._ran_special(self._methods_of(full, 0), said, node, place)
+            elif kind == "nestedinst":
+                nested, module = self.nested[full]
+                methods = [self._nested(i, module) for i in nested.body if isinstance(i, _Def)]
+                self._ran_special(methods, said, node, place)
+
+    def _methods_of(self, full: str, depth: int) -> list[_Value]:
+        """Every method of the class ``full``: its own and its bases' (of the project)."""
+        found = self._lookup(full, depth)
+        if depth > _DEPTH or found is None or found[1] not in found[0].classes:
+            return []
+        module, cls = found
+        out: list[_Value] = [
+            ("fn", f"{module.name}.{q}") for q in module.funcs if q.startswith(f"{cls}.")
+        ]
+        for kind, base in self._bases(module, module.classes[cls], depth):
+            if kind == "cls":
+                out += self._methods_of(base, depth + 1)
+        return out
+
     def _made(self, kind: str, full: str, node: ast.AST, place: _Place) -> None:
         """What making an instance of the class ``full`` runs (its ``__new__``,
         ``__init__``, ``__post_init__``, its metaclass's ``__call__``: its own or its
         bases'), or calling an instance (``__call__``)."""
         said = f"making a {full.rpartition('.')[2]}" if kind == "cls" else "calling an instance"
+        own = False
         for method in _MADE if kind == "cls" else ("__call__",):
-            self._ran_special(self._class_special(full, method, 0), said, node, place)
+            found = self._class_special(full, method, 0)
+            own = own or (method != "__del__" and bool(found))
+            self._ran_special(found, said, node, place)
         if kind == "cls":
             self._ran_special(self._special_of("cls", full, "__call__", 0), said, node, place)
+        if not own and self._outside_base(full, 0):
+            # a base's __init__ or __call__ not the project's (contextlib.ContextDecorator,
+            # logging.Handler) is handed the instance: any method of it may run
+            said = f"{said} (of a class whose base is not the project's)"
+            self._ran_special(self._methods_of(full, 0), said, node, place)
+
+    def _outside_base(self, full: str, depth: int) -> bool:
+        """Does the class ``full`` derive from a class not the project's, other than a
+        builtin or a typing construct whose making and calling run none of its methods?"""
+        found = self._lookup(full, depth)
+        if depth > _DEPTH or found is None or found[1] not in found[0].classes:
+            return False
+        module, cls = found
+        top = _Place(module, "", None, module.name, "")
+        for base in module.classes[cls].bases:
+            named = base.value if isinstance(base, ast.Subscript) else base
+            for kind, base_full in self._resolve(named, top, depth + 1):
+                if kind == "cls" and self._outside_base(base_full, depth + 1):
+                    return True
+                if kind == "ext" and dotted(named).rpartition(".")[2] not in _PLAIN_BASES:
+                    return True
+        return False
 
     def _unfollowed(self, kind: str, full: str, node: ast.AST, place: _Place) -> None:
         """A call make cannot follow: a method of an object of no known class (any method
@@ -653,6 +761,25 @@ class _Walk:
         if all(kind == "ext" for kind, _ in self._resolve(node.func, place)):
             for arg in node.args:
                 self._special(arg, BUILTIN_CALLS[name], f"`{name}()`", node, place)
+            if name in ("isinstance", "issubclass") and len(node.args) > 1:
+                self._checked(node.args[1], name, node, place)
+
+    def _checked(self, classes: ast.expr, name: str, node: ast.Call, place: _Place) -> None:
+        """``isinstance(x, (A, B))`` runs each class's metaclass's check; ABCMeta's asks
+        the ``__subclasshook__`` of the class and of each of its subclasses."""
+        said = f"`{name}()`"
+        parts = classes.elts if isinstance(classes, ast.Tuple) else [classes]
+        for part in parts:
+            if isinstance(classes, ast.Tuple):
+                check = "__instancecheck__" if name == "isinstance" else "__subclasscheck__"
+                self._special(part, (check,), said, node, place)
+            for kind, full in self._resolve(part, place):
+                if kind == "cls":
+                    for cls in self._family(full):
+                        hook = self._class_special(cls, "__subclasshook__", 0)
+                        self._ran_special(hook, said, node, place)
+                elif kind in ("attr", "unknown", "ref"):
+                    self._ran_special([("attr", "__subclasshook__")], said, node, place)
 
     def _attribute(self, node: ast.Attribute, place: _Place) -> None:
         """An attribute read, set or deleted: a property's accessor, a descriptor's
