@@ -800,6 +800,185 @@ CASES: dict[str, tuple[str, str, str, str]] = {
         "Probe()",
         "module.SEEN",
     ),
+    "super_init": (
+        """\
+        class Base:
+            def __init__(self):
+                self.label = "v1"
+
+
+        class Config(Base):
+            def __init__(self):
+                super().__init__()
+
+
+        DEFAULT = Config()
+        """,
+        "Base.__init__",
+        "DEFAULT = Config()",
+        "module.DEFAULT.label",
+    ),
+    "super_method": (
+        """\
+        class Base:
+            def label(self):
+                return "v1"
+
+
+        class Sub(Base):
+            def label(self):
+                return super().label() + "!"
+
+
+        LABEL = Sub().label()
+        """,
+        "Base.label",
+        "LABEL = Sub().label()",
+        "module.LABEL",
+    ),
+    "enum_member_formatted": (
+        """\
+        import enum
+
+
+        class Color(enum.Enum):
+            RED = 1
+
+            def __str__(self):
+                return "v1"
+
+
+        NAME = f"{Color.RED!s}"
+        """,
+        "Color.__str__",
+        "Color.RED",
+        "module.NAME",
+    ),
+    "enum_member_method": (
+        """\
+        import enum
+
+
+        class Color(enum.Enum):
+            RED = 1
+
+            def label(self):
+                return "v1"
+
+
+        LABEL = Color.RED.label()
+        """,
+        "Color.label",
+        "LABEL = Color.RED.label()",
+        "module.LABEL",
+    ),
+    "argument_of_a_cached_function": (
+        """\
+        import functools
+
+
+        class Key:
+            def __hash__(self):
+                return 1
+
+            def __eq__(self, other):
+                return "v1" == "v2"
+
+
+        @functools.lru_cache
+        def cost(key):
+            return 1
+
+
+        KEY = Key()
+        cost(KEY)
+        cost(Key())
+        HITS = cost.cache_info().hits
+        """,
+        "Key.__eq__",
+        "cost(KEY)",
+        "module.HITS",
+    ),
+    "default_factory": (
+        """\
+        import dataclasses
+
+
+        def _items():
+            return ["v1"]
+
+
+        @dataclasses.dataclass
+        class Cart:
+            items: list = dataclasses.field(default_factory=_items)
+
+
+        DEFAULT = Cart()
+        """,
+        "_items",
+        "items: list = dataclasses.field(default_factory=_items)",
+        "module.DEFAULT.items",
+    ),
+    "total_ordering": (
+        """\
+        import functools
+
+
+        @functools.total_ordering
+        class Version:
+            def __init__(self, n):
+                self.n = n
+
+            def __eq__(self, other):
+                return self.n == other.n
+
+            def __lt__(self, other):
+                return (self.n < other.n) == ("v1" == "v" + "1")
+
+
+        NEWER = Version(1) >= Version(2)
+        """,
+        "Version.__lt__",
+        "NEWER = Version(1) >= Version(2)",
+        "module.NEWER",
+    ),
+    "match_value": (
+        """\
+        class Code:
+            def __eq__(self, other):
+                return "v1" == "v2"
+
+
+        match Code():
+            case 1:
+                KIND = "one"
+            case _:
+                KIND = "other"
+        """,
+        "Code.__eq__",
+        "Code()",
+        "module.KIND",
+    ),
+    "match_class": (
+        """\
+        class Point:
+            __match_args__ = ("x",)
+
+            @property
+            def x(self):
+                return int("v1"[1])
+
+
+        match Point():
+            case Point(x=1):
+                KIND = "one"
+            case _:
+                KIND = "other"
+        """,
+        "Point.x",
+        "Point().x",
+        "module.KIND",
+    ),
 }
 
 
@@ -916,6 +1095,58 @@ REACHED: dict[str, tuple[dict[str, str], str, tuple[str, ...], str]] = {
         "shop.m:_compute",
         ("`SIZE = Box().size`", "calls Box.size implicitly"),
         "module.SIZE",
+    ),
+    "singledispatch_implementation": (
+        {
+            "src/shop/m.py": """\
+                import functools
+
+
+                @functools.singledispatch
+                def show(x):
+                    return "base"
+
+
+                @show.register
+                def _(x: int):
+                    return "v1"
+
+
+                SHOWN = show(1)
+                """,
+        },
+        "shop.m:_",
+        ("`SHOWN = show(1)`", "through show, which dispatches to _"),
+        "module.SHOWN",
+    ),
+    "a_cached_method_hashes_its_instance": (
+        {
+            "src/shop/m.py": """\
+                import functools
+
+
+                class Key:
+                    def __hash__(self):
+                        return 1
+
+                    def __eq__(self, other):
+                        return "v1" == "v2"
+
+                    @functools.lru_cache
+                    def cost(self):
+                        return 1
+
+
+                A = Key()
+                B = Key()
+                A.cost()
+                B.cost()
+                HITS = Key.cost.cache_info().hits
+                """,
+        },
+        "shop.m:Key.__eq__",
+        ("`A.cost()`", "a decorator of cost not the project's, handed its arguments"),
+        "module.HITS",
     ),
     "a_subclass_override_called_on_self": (
         {

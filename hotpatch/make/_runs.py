@@ -59,6 +59,20 @@ _PLAIN_BASES = frozenset(
         *("Enum", "IntEnum", "StrEnum", "Flag", "IntFlag", "EnumMeta", "EnumType"),
     }
 )
+# Decorators not the project's that hand the arguments on untouched.
+_PLAIN_DECORATORS = frozenset(
+    {
+        *("staticmethod", "classmethod", "abstractmethod", "overload", "final", "override"),
+        *("property", "cached_property", "contextmanager", "asynccontextmanager", "wraps"),
+    }
+)
+# Class decorators not the project's whose added methods call none of the class's own
+# but those counted anyway (a dataclass's __init__ calls __post_init__).
+_PLAIN_CLASS_DECORATORS = frozenset({"dataclass", "final", "runtime_checkable", "unique"})
+_MATCHED = (
+    *("__eq__", "__ne__", "__len__", "__getitem__", "__iter__", "__contains__", "keys"),
+    *("get", "__getattr__", "__getattribute__"),
+)
 _ACCESSORS = {"getattr": ast.Load, "hasattr": ast.Load, "setattr": ast.Store, "delattr": ast.Del}
 _RECEIVERS = frozenset({"cls", "self", "mcs", "metacls", "mcls"})
 _TYPING_ONLY = frozenset({"TYPE_CHECKING", "typing.TYPE_CHECKING"})
@@ -74,7 +88,7 @@ _KEEPS = frozenset(
         *("ref", "WeakMethod", "append", "extend", "add", "update", "insert", "setdefault"),
         *("signal", "overload", "final", "type", "super", "repr", "str", "format", "vars"),
         *("callable", "getattr_static", "signature", "getdoc", "getmodule", "dataclass"),
-        *("field", "deprecated", "override", "runtime_checkable", "NewType", "TypeVar"),
+        *("deprecated", "override", "runtime_checkable", "NewType", "TypeVar"),
     }
 )
 # ... and of those, what hands back a wrapper of the function (which calls it when called).
@@ -325,6 +339,7 @@ class _Walk:
         self.stored = _stored(sources)
         self.members: dict[str, list[str]] = {}  # "name" -> each class with such a member
         self.subclasses: dict[str, list[str]] | None = None  # "pkg.m.Cls" -> its subclasses
+        self.attached: dict[str, list[str]] = {}  # "pkg.m.show" -> what @show.register gave
         self.methods: dict[str, list[tuple[_Module, str]]] = {}  # "m" -> each Cls.m
         for module in self.modules.values():
             for qualname in module.funcs:
@@ -344,6 +359,11 @@ class _Walk:
                 place = _Place(module, owner, scope, start, where)
                 for statement in func.body:
                     self._code(statement, place)
+            for impl in self.attached.get(f"{module.name}.{qualname}", []):
+                found = self._lookup(impl, 0)
+                if found is not None:
+                    said = f"{where}, through {qualname}, which dispatches to {found[1]}"
+                    self._run(found[0], found[1], start, said)
 
     # -- where code starts running ------------------------------------------------------
 
@@ -403,6 +423,19 @@ class _Walk:
     def _is_meta(self, module: _Module, node: ast.ClassDef, depth: int) -> bool:
         """Is the class a metaclass: ``type``'s subclass, or a metaclass's of the project?"""
         return self._derives(module, node, _METACLASSES, depth)
+
+    def _member_of_enum(self, module: _Module, cls: str, attr: str, depth: int) -> bool:
+        """Is ``attr`` of the class ``cls`` a member of an enum (``RED = 1``, ``auto()``):
+        a public name its body sets to values not the project's?"""
+        if attr.startswith("_") or not self._is_enum(module, module.classes[cls], depth):
+            return False
+        body = module.class_scopes[cls]
+        place = _Place(module, cls, body, module.name, "")
+        return all(
+            not isinstance(v, ast.Lambda) and kind == "ext"
+            for v in body.names[attr]
+            for kind, _ in self._resolve(v, place, depth + 1)
+        )
 
     def _is_enum(self, module: _Module, node: ast.ClassDef, depth: int) -> bool:
         """Is the class an enum (its members made, by its ``__new__`` and ``__init__``,
@@ -467,6 +500,8 @@ class _Walk:
                 self._decorated(node, node.name, place)
             if isinstance(node, ast.ImportFrom):
                 self._imported(node, place)
+            if isinstance(node, ast.Match):
+                self._matched(node, place)
             if isinstance(node, ast.Attribute):
                 inner.add(id(node.value))
             if (
@@ -482,6 +517,13 @@ class _Walk:
         may be called by it."""
         for decorator in node.decorator_list:
             func = decorator.func if isinstance(decorator, ast.Call) else decorator
+            qualname = f"{place.owner}.{name}" if place.owner else name
+            if isinstance(func, ast.Attribute) and qualname in place.module.funcs:
+                # @show.register: what calls show may call it (singledispatch)
+                for kind, full in self._resolve(func.value, place):
+                    if kind == "fn":
+                        impl = f"{place.module.name}.{qualname}"
+                        self.attached.setdefault(full, []).append(impl)
             if any(kind != "ext" for kind, _ in self._resolve(func, place)):
                 qualname = f"{place.owner}.{name}" if place.owner else name
                 if qualname in place.module.funcs:
@@ -492,6 +534,12 @@ class _Walk:
         for kind, full in self._resolve(func, place):
             if kind == "fn":
                 self._run_full(full, place, node if isinstance(node, ast.Call) else None)
+                if isinstance(node, ast.Call) and self._wrapped_outside(full, place):
+                    said = f"a decorator of {full.rpartition('.')[2]} not the project's"
+                    self._given(node, place, f"{said}, handed its arguments,")
+                    if isinstance(node.func, ast.Attribute):  # obj.cost(): obj too
+                        said = f"{said}, handed its arguments,"
+                        self._objects(node.func.value, node, place, said, direct=True)
             elif kind in ("nested", "nestedcls", "nestedinst"):
                 self._run_nested(kind, full, place)
             elif kind in ("cls", "inst"):
@@ -514,7 +562,24 @@ class _Walk:
                 elif kind == "cls":
                     self._made(kind, full, arg, place)
 
-    def _given(self, node: ast.Call, place: _Place) -> None:
+    def _wrapped_outside(self, full: str, place: _Place) -> bool:
+        """Is the function ``full`` under a decorator not the project's that gets its
+        arguments first (``lru_cache`` hashes them, ``singledispatch`` reads their
+        class)?"""
+        found = self._lookup(full, 0)
+        if found is None or found[1] not in found[0].funcs:
+            return False
+        module, qualname = found
+        top = _Place(module, "", None, module.name, "")
+        for decorator in module.funcs[qualname].decorator_list:
+            func = decorator.func if isinstance(decorator, ast.Call) else decorator
+            if _name(func) in _PLAIN_DECORATORS:
+                continue
+            if all(kind == "ext" for kind, _ in self._resolve(func, top)):
+                return True
+        return False
+
+    def _given(self, node: ast.Call, place: _Place, said: str = "") -> None:
         """Code we do not own handed an object of the project (``copy.copy(box)``,
         ``",".join(parts)``, ``range(Pos())``, ``pickle.dumps(box)``) may call any method
         of it; ``getattr(obj, "name")`` and its kin access that attribute."""
@@ -533,12 +598,15 @@ class _Walk:
             return
         # a builtin's own special methods on its arguments are _builtin's
         builtin = isinstance(node.func, ast.Name) and name in BUILTIN_CALLS
+        said = said or f"code not the project's, `{name}()`, handed an object of it,"
         for arg in node.args:
-            self._objects(arg, node, place, direct=not builtin)
+            self._objects(arg, node, place, said, direct=not builtin)
         for keyword in node.keywords:
-            self._objects(keyword.value, node, place, direct=True)
+            self._objects(keyword.value, node, place, said, direct=True)
 
-    def _objects(self, arg: ast.expr, node: ast.Call, place: _Place, *, direct: bool) -> None:
+    def _objects(
+        self, arg: ast.expr, node: ast.Call, place: _Place, said: str, *, direct: bool
+    ) -> None:
         """The objects of the project ``arg`` is (or a literal ``[a, b]`` holds): any of
         their methods runs."""
         if isinstance(arg, ast.Starred):
@@ -547,15 +615,14 @@ class _Walk:
             parts = arg.elts if not isinstance(arg, ast.Dict) else [*arg.keys, *arg.values]
             for part in parts:
                 if part is not None:
-                    self._objects(part, node, place, direct=True)
+                    self._objects(part, node, place, said, direct=True)
             return
         if isinstance(arg, ast.Name | ast.Attribute):  # ITEMS = [Box()]; sorted(ITEMS)
             for value, where in self._expressions(arg, place, 0) or []:
                 if isinstance(value, ast.List | ast.Tuple | ast.Set | ast.Dict):
-                    self._objects(value, node, where, direct=True)
+                    self._objects(value, node, where, said, direct=True)
         if not direct or isinstance(arg, (*_LITERALS, ast.Lambda)):
             return
-        said = f"code not the project's, `{_name(node.func)}()`, handed an object of it,"
         for kind, full in self._resolve(arg, place):
             if kind == "inst":
                 self._ran_special(self._methods_of(full, 0), said, node, place)
@@ -713,6 +780,14 @@ class _Walk:
         if name in body.names:
             place = _Place(module, cls, body, module.name, "")
             return self._all(body.names[name], place, depth + 1)
+        if self._decorated_outside(module, module.classes[cls], depth):
+            # functools.total_ordering's __ge__ calls __lt__ and __eq__: what a class
+            # decorator not the project's added may call any method of the class
+            return self._methods_of(full, depth)
+        return self._base_special(module, cls, name, depth)
+
+    def _base_special(self, module: _Module, cls: str, name: str, depth: int) -> list[_Value]:
+        """``_class_special`` of the bases of the class ``cls`` of ``module``."""
         for kind, base_full in self._bases(module, module.classes[cls], depth):
             if kind == "cls":
                 got = self._class_special(base_full, name, depth + 1)
@@ -721,6 +796,18 @@ class _Walk:
             elif kind != "ext":
                 return [("attr", name)]
         return []
+
+    def _decorated_outside(self, module: _Module, node: ast.ClassDef, depth: int) -> bool:
+        """Has the class a decorator not the project's that may add methods calling its
+        own (``total_ordering``, ``attrs.define``), other than ``dataclass``?"""
+        top = _Place(module, "", None, module.name, "")
+        for decorator in node.decorator_list:
+            func = decorator.func if isinstance(decorator, ast.Call) else decorator
+            if _name(func) in _PLAIN_CLASS_DECORATORS:
+                continue
+            if any(kind == "ext" for kind, _ in self._resolve(func, top, depth + 1)):
+                return True
+        return False
 
     def _bases(self, module: _Module, node: ast.ClassDef, depth: int) -> list[_Value]:
         """What the bases of a class of ``module`` are (of ``Base[T]``: ``Base``'s)."""
@@ -764,7 +851,7 @@ class _Walk:
             if name in ("isinstance", "issubclass") and len(node.args) > 1:
                 self._checked(node.args[1], name, node, place)
 
-    def _checked(self, classes: ast.expr, name: str, node: ast.Call, place: _Place) -> None:
+    def _checked(self, classes: ast.expr, name: str, node: ast.AST, place: _Place) -> None:
         """``isinstance(x, (A, B))`` runs each class's metaclass's check; ABCMeta's asks
         the ``__subclasshook__`` of the class and of each of its subclasses."""
         said = f"`{name}()`"
@@ -884,6 +971,28 @@ class _Walk:
         return [
             v for cls in self.members.get(attr, []) for v in self._member_access(cls, attr, how, 0)
         ]
+
+    def _matched(self, node: ast.Match, place: _Place) -> None:
+        """A ``match`` compares its subject with value patterns, checks its class and
+        reads its attributes for class patterns, and reads it as a sequence or a
+        mapping."""
+        said = "a `match`"
+        subject = node.subject
+        self._special(subject, _MATCHED, said, subject, place)
+        for case in node.cases:
+            for pattern in ast.walk(case.pattern):
+                if isinstance(pattern, ast.MatchValue):
+                    self._special(pattern.value, ("__eq__",), said, pattern.value, place)
+                elif isinstance(pattern, ast.MatchClass):
+                    self._checked(pattern.cls, "isinstance", pattern.cls, place)
+                    for attr in pattern.kwd_attrs:
+                        read = ast.Attribute(value=subject, attr=attr, ctx=ast.Load())
+                        self._attribute(ast.copy_location(read, pattern), place)
+                    if pattern.patterns:  # by __match_args__: any attribute of it
+                        for kind, full in self._resolve(pattern.cls, place):
+                            for cls in self._family(full) if kind == "cls" else []:
+                                values = self._methods_of(cls, 0)
+                                self._ran_special(values, said, pattern.cls, place)
 
     def _imported(self, node: ast.ImportFrom, place: _Place) -> None:
         """``from M import name`` reads ``name`` of M: M's ``__getattr__`` runs if M does
@@ -1007,6 +1116,8 @@ class _Walk:
         elif isinstance(node, ast.Name):
             local = self._local(node.id, place, depth)
             out += local if local is not None else self._global(place.module, node.id, depth)
+        elif isinstance(node, ast.Attribute) and self._is_super(node.value, place):
+            out += self._super(f"{place.module.name}.{place.owner}", node.attr, depth)
         elif isinstance(node, ast.Attribute):
             for kind, full in self._resolve(node.value, place, depth + 1):
                 out += self._member(kind, full, node.attr, depth)
@@ -1027,6 +1138,57 @@ class _Walk:
         else:
             out.append(_UNKNOWN)
         return out
+
+    def _is_super(self, node: ast.expr, place: _Place) -> bool:
+        """Is ``node`` ``super()`` (or ``super(Cls, self)``) in a method of a class?"""
+        return (
+            bool(place.owner)
+            and isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id == "super"
+            and all(kind == "ext" for kind, _ in self._resolve(node.func, place))
+        )
+
+    def _super(self, owner: str, attr: str, depth: int) -> list[_Value]:
+        """``super().attr`` in a method of the class ``owner``: the next class in the MRO
+        of ``self``'s class that has it, which for an instance of a subclass with several
+        bases may be any ancestor of that subclass: each of those of the project that
+        defines ``attr`` (none: code not the project's, ``object.__init__``)."""
+        family = self._family(owner)
+        ancestors: list[str] = []
+        todo = list(family)
+        unknown = False
+        while todo:
+            found = self._lookup(todo.pop(), depth)
+            if found is None or found[1] not in found[0].classes:
+                continue
+            module, cls = found
+            for kind, base in self._bases(module, module.classes[cls], depth):
+                got = self._lookup(base, depth) if kind == "cls" else None
+                if got is not None and got[1] in got[0].classes:
+                    full = f"{got[0].name}.{got[1]}"
+                    if full not in ancestors:
+                        ancestors.append(full)
+                        todo.append(full)
+                elif kind != "ext":
+                    unknown = True
+        out: list[_Value] = []
+        for full in ancestors:
+            if full in family:
+                continue
+            got = self._lookup(full, depth)
+            if got is None:
+                continue
+            module, cls = got
+            if f"{cls}.{attr}" in module.funcs:
+                out.append(("fn", f"{full}.{attr}"))
+            elif attr in module.class_scopes[cls].names:
+                body = module.class_scopes[cls]
+                place = _Place(module, cls, body, module.name, "")
+                out += self._all(body.names[attr], place, depth + 1)
+        if unknown:
+            out.append(("attr", attr))
+        return out or [_EXT]
 
     def _returned(self, node: ast.Call, place: _Place, depth: int) -> list[_Value]:
         """What a call gives: an instance of a class it makes, what code not the project's
@@ -1265,6 +1427,8 @@ class _Walk:
         if f"{cls}.{attr}" in module.funcs:
             return [("fn", f"{module.name}.{cls}.{attr}")]
         body = module.class_scopes[cls]
+        if attr in body.names and self._member_of_enum(module, cls, attr, depth):
+            return [("inst", f"{module.name}.{cls}")]  # Color.RED is a Color
         if attr in body.names:
             place = _Place(module, cls, body, module.name, "")
             return self._all(body.names[attr], place, depth + 1)
