@@ -29,6 +29,7 @@ from hotpatch._classes import (
 )
 from hotpatch._classes_hooks import hooks_of, refusal
 from hotpatch._codegen import ABSENT, FUNC_ATTRS, build, capture
+from hotpatch._defaults import check_restated_defaults, running_in_defaults
 from hotpatch._errors import (
     JournalError,
     NameConflict,
@@ -278,7 +279,7 @@ def make_plan(patch: Patch, level: Level) -> Plan:
     replaced = list(level.stack) if patch.cumulative else []
     planner = _Planner(plan, level, _pristine(replaced), nested_of(replaced))
     stands_for = _stands_for(patch)
-    _defaults_on_running_classes(patch, stands_for)
+    running_in_defaults(patch, stands_for)
     for replacement in patch.replacements:
         if replacement.is_class:
             planner.add_class(replacement.target, replacement.new, stands_for)
@@ -310,27 +311,6 @@ def _stands_for(patch: Patch) -> dict[int, type]:
                     1
                 ]
     return found
-
-
-def _defaults_on_running_classes(patch: Patch, stands_for: Mapping[int, type]) -> None:
-    """Defaults that are one of the patch's patch classes become the running class it patches.
-
-    A default is evaluated where its def is written: in the patch file, where the
-    name of a ``replace_class`` class is the patch class, which nothing uses. Kept,
-    objects made with the default after the patch (``Parser(formatter_class=
-    Formatter)``) would be of that class, not the running one, and later patches
-    of it would not reach them.
-    """
-    if not stands_for:
-        return
-    for replacement in patch.replacements:
-        for func in member_functions(replacement.new):
-            if func.__defaults__:
-                func.__defaults__ = tuple(stands_for.get(id(d), d) for d in func.__defaults__)
-            if func.__kwdefaults__:
-                func.__kwdefaults__ = {
-                    k: stands_for.get(id(d), d) for k, d in func.__kwdefaults__.items()
-                }
 
 
 def caches_of(entries: Sequence[Applied], also: Sequence[Any] = ()) -> list[Any]:
@@ -441,6 +421,7 @@ class _Planner:
             raise VerificationFailed(msg, patch=plan.patch.version, target=spec)
         original = self.original(func)
         new, widened = check_replacement(plan.patch, spec, original, func.__name__, new)
+        check_restated_defaults(plan.patch, target, original, new)
         owner = target.owner
         if func.__name__ == "__hash__" and owner and changed_hash(original["__code__"], new):
             plan.reasons.append(hash_reason(f"{owner.__module__}:{owner.__qualname__}", "changes"))
