@@ -14,7 +14,7 @@ import reprlib
 import types
 from typing import Any
 
-from hotpatch._classes import ENUM_BOOKKEEPING, decorators, inner_pairs, innermost, is_enum
+from hotpatch._classes import ENUM_BOOKKEEPING, decorators, inner_pairs, is_enum
 from hotpatch._codegen import rebind
 
 __all__ = ["data_conflict", "equal", "function_pairs", "member_functions", "rebind_member"]
@@ -92,13 +92,12 @@ def function_pairs(old: Any, new: Any) -> list[tuple[str, Any, Any]] | None:
     )
     python = isinstance(new, types.FunctionType)
     if old_function and (python or (hasattr(new, "__wrapped__") and not _bound_kind(new))):
-        # old is unwrapped by the caller; new written under a wrapper that is not Python
-        # code (lru_cache) as written: the caller takes the function under it if the
-        # running member runs under the same decorators
-        return [("", old, innermost(new) if python else new)]
+        # both as written: the caller unwraps old, and takes the function under new's
+        # decorators if they are the running member's, made with the same arguments
+        return [("", old, new)]
     for wrapper in (classmethod, staticmethod):
         if isinstance(old, wrapper) and isinstance(new, wrapper):
-            return [("", old.__func__, innermost(new.__func__))]
+            return [("", old.__func__, new.__func__)]
     if isinstance(old, property) and isinstance(new, property):
         accessors = ("fget", "fset", "fdel")
         if [getattr(old, a) is None for a in accessors] != [

@@ -636,7 +636,9 @@ class _Planner:
                     kind: Kind = "property" if accessor else "method"
                     func, caches = unwrap(wrapped, member, patch=plan.patch.version)
                     wrappers = wrapper_names(wrapped)  # a replacement written under them
-                    target = Target(member, module, func, old, kind, accessor, caches, wrappers)
+                    target = Target(
+                        member, module, func, old, kind, accessor, caches, wrappers, wrapped
+                    )
                     self.add_function(target, new)
                 continue
             if existing is value or (existing is not ABSENT and equal(existing, value)):

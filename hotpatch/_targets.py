@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from hotpatch._decorators import argument_changes
 from hotpatch._errors import NotPatchable, TargetNotFound, VerificationFailed
 
 __all__ = [
@@ -54,6 +55,8 @@ class Target:
     caches: tuple[Any, ...] = ()
     # the decorators it runs under, outermost first (``wrapper_names``)
     wrappers: tuple[str, ...] = ()
+    # what it is reached through under them: the outermost decorator's object
+    outermost: Any = None
 
 
 def refuse_own(module: object, *, patch: str, target: str) -> None:
@@ -249,7 +252,7 @@ def resolve(spec: str, *, patch: str) -> Target:
         function, caches = unwrap(obj, spec, patch=patch)
         wrappers = wrapper_names(obj)
     refuse_own(function.__module__, patch=patch, target=spec)  # hotpatch's, imported elsewhere
-    return Target(spec, module, function, owner, kind, accessor, caches, wrappers)
+    return Target(spec, module, function, owner, kind, accessor, caches, wrappers, obj)
 
 
 # ``f.registry[int]``: what a singledispatch function holds for a type (``@f.register def _``).
@@ -353,7 +356,18 @@ def undecorated(target: Target, new: Any, *, patch: str) -> Any:
     if not written:
         return new  # written plain
     if written == target.wrappers:
-        return _wrapped_chain(new)[-1]
+        chain = _wrapped_chain(new)
+        changes = argument_changes(_wrapped_chain(target.outermost)[:-1], chain[:-1])
+        if changes:
+            msg = (
+                f"patch {patch}: the replacement for {target.spec} is written under its "
+                f"decorators made otherwise: {'; '.join(changes)}. The running wrappers keep "
+                "what they were made with, so the patch would not change it. Write the "
+                "replacement plain to keep them as they are; changing what a decorator was "
+                "made with needs a baseline (or a patch of the code that reads it)"
+            )
+            raise VerificationFailed(msg, patch=patch, target=target.spec)
+        return chain[-1]
     msg = (
         f"patch {patch}: the replacement for {target.spec} is written under the decorators "
         f"{', '.join(written)}, but {target.spec} runs under {', '.join(target.wrappers)}, "

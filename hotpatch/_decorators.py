@@ -1,0 +1,114 @@
+"""What a replacement written under its target's decorators was made with otherwise.
+
+Written under the decorators its target runs under, a replacement stands for the
+function under them: the running wrappers keep applying, with what they were
+made with. What the patch's own wrappers were made with differently would not
+take effect: a decorator factory's arguments (``@retry(5)`` over the running
+``@retry(3)``), a cache's parameters (``lru_cache(maxsize=128)``).
+``argument_changes`` names them, so the patch can be refused instead.
+
+A factory's arguments are the wrapper's free variables that come from outside
+the function making it (``times`` in ``retry.<locals>.deco.<locals>.wrapper``);
+those of that function itself (the wrapped ``fn``, a count it keeps per function)
+are the decorator's own state, made anew for each function, and never compared.
+"""
+
+from __future__ import annotations
+
+import reprlib
+import types
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from hotpatch._members import equal
+
+__all__ = ["argument_changes"]
+
+_LOCALS = ".<locals>."
+
+
+def argument_changes(running: Sequence[Any], written: Sequence[Any]) -> list[str]:
+    """How each wrapper of ``written`` was made otherwise than the one of ``running`` in
+    its place (both outermost first, the same decorators), as ``name: what, values``."""
+    changes: list[str] = []
+    for old, new in zip(running, written, strict=False):
+        for what, theirs, ours in _differences(old, new):
+            name = (
+                old.__code__.co_qualname
+                if isinstance(old, types.FunctionType)
+                else f"{type(old).__module__}.{type(old).__qualname__}"
+            )
+            changes.append(
+                f"{name} was made with {what} {reprlib.repr(theirs)}, the patch's with "
+                f"{reprlib.repr(ours)}"
+            )
+    return changes
+
+
+def _differences(old: Any, new: Any) -> Iterator[tuple[str, Any, Any]]:
+    if isinstance(old, types.FunctionType) and isinstance(new, types.FunctionType):
+        yield from _factory_values(old, new)
+    theirs, ours = _cache_parameters(old), _cache_parameters(new)
+    if theirs is not None and ours is not None:
+        for name, value in theirs.items():
+            if name in ours and not equal(value, ours[name]):
+                yield repr(name), value, ours[name]
+
+
+def _factory_values(
+    old: types.FunctionType, new: types.FunctionType
+) -> Iterator[tuple[str, Any, Any]]:
+    """The free variables ``old`` takes from outside the function that made it, where
+    ``new``'s differ (not the same object, not equal)."""
+    maker = _maker_code(old)
+    if maker is None or old.__closure__ is None or new.__closure__ is None:
+        return
+    ours = dict(zip(new.__code__.co_freevars, new.__closure__, strict=True))
+    for name, cell in zip(old.__code__.co_freevars, old.__closure__, strict=True):
+        if name not in maker.co_freevars or name not in ours:
+            continue
+        try:
+            theirs, value = cell.cell_contents, ours[name].cell_contents
+        except ValueError:  # a cell not filled yet
+            continue
+        if theirs is not value and not equal(theirs, value):
+            yield repr(name), theirs, value
+
+
+def _maker_code(func: types.FunctionType) -> types.CodeType | None:
+    """The code of the function that made ``func`` (``retry.<locals>.deco`` for
+    ``retry.<locals>.deco.<locals>.wrapper``), found from the module's top; ``None``
+    where it cannot be found or is at the module's top itself."""
+    maker, sep, _ = func.__code__.co_qualname.rpartition(_LOCALS)
+    if not sep:
+        return None
+    top: Any = func.__globals__
+    for part in maker.split(_LOCALS, 1)[0].split("."):
+        top = (top if isinstance(top, dict) else getattr(top, "__dict__", {})).get(part)
+        if top is None:
+            return None
+    code = getattr(getattr(top, "__func__", top), "__code__", None)
+    return _find(code, maker) if isinstance(code, types.CodeType) else None
+
+
+def _find(code: types.CodeType, qualname: str) -> types.CodeType | None:
+    if code.co_qualname == qualname:
+        return code
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType) and qualname.startswith(const.co_qualname):
+            found = _find(const, qualname)
+            if found is not None:
+                return found
+    return None
+
+
+def _cache_parameters(obj: Any) -> dict[str, Any] | None:
+    """What a cache (``functools.lru_cache``) was made with, if ``obj`` is one."""
+    parameters = getattr(obj, "cache_parameters", None)
+    if not callable(parameters):
+        return None
+    try:
+        found = parameters()
+    except Exception:
+        return None
+    return found if isinstance(found, dict) else None

@@ -1,0 +1,211 @@
+"""A replacement written under its target's decorators with other arguments.
+
+Written under the decorators its target runs under, a replacement stands for the
+function under them: the running wrappers keep applying, with what they were
+made with. A fix that changes a decorator's argument (``@retry(3)`` to
+``@retry(5)``, ``@lru_cache(maxsize=32)`` to ``maxsize=128``) would not change
+it: before, such a patch went in hot and the running wrapper kept retrying 3
+times, silently. Now it is refused, naming the argument and both values, and
+the ways in. A decorator's own state (a call counter it keeps per function) is
+not an argument: the same decorator goes in hot whatever that state holds.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+import hotpatch
+
+PatchWriter = Callable[..., Path]
+HEADER = "from hotpatch import Patch\npatch = Patch(version='1.0.1', baseline='1.0')\n"
+
+SERVICE = """
+import functools
+
+def retry(times, on=(ValueError,)):
+    def deco(fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            for _ in range(times):
+                try:
+                    return fn(*args, **kwargs)
+                except on:
+                    pass
+            return f"gave up after {times}"
+        return wrapper
+    return deco
+
+def counted(fn):
+    count = 0
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        nonlocal count
+        count += 1
+        return fn(*args, **kwargs), count
+    return wrapper
+
+ATTEMPTS = []
+
+@retry(3)
+def flaky():
+    ATTEMPTS.append(1)
+    raise ValueError
+
+@counted
+def greet(name):
+    return "hello " + name
+
+@functools.lru_cache(maxsize=32)
+def square(x):
+    return x * x
+
+class Client:
+    @retry(2)
+    def fetch(self):
+        ATTEMPTS.append(2)
+        raise ValueError
+"""
+
+
+def load(write_patch: PatchWriter, body: str) -> hotpatch.Patch:
+    return hotpatch.load_patch(write_patch(HEADER + textwrap.dedent(body)))
+
+
+def refused(registry: hotpatch.Registry, patch: hotpatch.Patch) -> str:
+    """The message ``check()`` and ``apply()`` both refuse ``patch`` with; nothing applied."""
+    with pytest.raises(hotpatch.VerificationFailed) as checked:
+        registry.check(patch)
+    with pytest.raises(hotpatch.VerificationFailed) as applied:
+        registry.apply(patch)
+    assert str(applied.value) == str(checked.value)
+    assert not registry.level
+    return str(checked.value)
+
+
+def test_a_decorator_argument_changed_in_the_patch_is_refused(make_module, write_patch, registry):
+    mod = make_module(SERVICE)
+    patch = load(
+        write_patch,
+        f"""
+        from {mod.__name__} import retry, ATTEMPTS
+
+        @patch.replace("{mod.__name__}:flaky")
+        @retry(5)
+        def flaky():
+            ATTEMPTS.append(1)
+            raise ValueError
+        """,
+    )
+    msg = refused(registry, patch)
+    assert f"{mod.__name__}:flaky" in msg
+    assert "retry.<locals>.deco.<locals>.wrapper" in msg
+    assert "times" in msg
+    assert "3" in msg
+    assert "5" in msg
+    assert "plain" in msg
+    assert "baseline" in msg
+    assert mod.flaky() == "gave up after 3"  # untouched
+
+
+def test_a_keyword_argument_of_another_value_is_refused_too(make_module, write_patch, registry):
+    mod = make_module(SERVICE)
+    patch = load(
+        write_patch,
+        f"""
+        from {mod.__name__} import retry, ATTEMPTS
+
+        @patch.replace("{mod.__name__}:flaky")
+        @retry(3, on=(ValueError, KeyError))
+        def flaky():
+            ATTEMPTS.append(1)
+            raise ValueError
+        """,
+    )
+    assert "'on'" in refused(registry, patch)
+
+
+def test_the_same_arguments_go_in_hot_and_the_wrapper_applies_once(
+    make_module, write_patch, registry
+):
+    mod = make_module(SERVICE)
+    before = mod.flaky
+    patch = load(
+        write_patch,
+        f"""
+        from {mod.__name__} import retry, ATTEMPTS
+
+        @patch.replace("{mod.__name__}:flaky")
+        @retry(3, on=(ValueError,))
+        def flaky():
+            ATTEMPTS.append("new")
+            raise ValueError
+        """,
+    )
+    registry.apply(patch)
+    assert before() == "gave up after 3"
+    assert mod.ATTEMPTS == ["new"] * 3
+
+
+def test_a_decorators_own_state_is_not_an_argument(make_module, write_patch, registry):
+    mod = make_module(SERVICE)
+    assert mod.greet("a") == ("hello a", 1)
+    assert mod.greet("b") == ("hello b", 2)  # the running wrapper's count is 2
+    patch = load(
+        write_patch,
+        f"""
+        from {mod.__name__} import counted
+
+        @patch.replace("{mod.__name__}:greet")
+        @counted
+        def greet(name):
+            return "hi " + name
+        """,
+    )
+    registry.apply(patch)
+    assert mod.greet("c") == ("hi c", 3)  # the running wrapper, once, with its count
+
+
+def test_a_cache_size_changed_in_the_patch_is_refused(make_module, write_patch, registry):
+    mod = make_module(SERVICE)
+    patch = load(
+        write_patch,
+        f"""
+        import functools
+
+        @patch.replace("{mod.__name__}:square")
+        @functools.lru_cache(maxsize=128)
+        def square(x):
+            return x * x + 0
+        """,
+    )
+    msg = refused(registry, patch)
+    assert "maxsize" in msg
+    assert "32" in msg
+    assert "128" in msg
+
+
+def test_a_method_under_a_changed_decorator_argument_is_refused_in_a_class_patch(
+    make_module, write_patch, registry
+):
+    mod = make_module(SERVICE)
+    patch = load(
+        write_patch,
+        f"""
+        from {mod.__name__} import retry, ATTEMPTS
+
+        @patch.replace_class("{mod.__name__}:Client")
+        class Client:
+            @retry(4)
+            def fetch(self):
+                ATTEMPTS.append(2)
+                raise ValueError
+        """,
+    )
+    msg = refused(registry, patch)
+    assert f"{mod.__name__}:Client.fetch" in msg
+    assert "times" in msg
+    assert mod.Client().fetch() == "gave up after 2"
