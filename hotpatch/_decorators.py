@@ -4,8 +4,10 @@ Written under the decorators its target runs under, a replacement stands for the
 function under them: the running wrappers keep applying, with what they were
 made with. What the patch's own wrappers were made with differently would not
 take effect: a decorator factory's arguments (``@retry(5)`` over the running
-``@retry(3)``), a cache's parameters (``lru_cache(maxsize=128)``).
-``argument_changes`` names them, so the patch can be refused instead.
+``@retry(3)``), a cache's parameters (``lru_cache(maxsize=128)``), attributes a
+decorator set (``fn.required_role = "admin"``). ``made_otherwise`` names them,
+so the patch can be refused instead. The function under them is compared by
+its attributes too, written under decorators or plain.
 
 A factory's arguments are the wrapper's free variables that come from outside
 the function making it (``times`` in ``retry.<locals>.deco.<locals>.wrapper``);
@@ -15,6 +17,7 @@ are the decorator's own state, made anew for each function, and never compared.
 
 from __future__ import annotations
 
+import functools
 import reprlib
 import types
 from collections.abc import Iterator, Sequence
@@ -22,14 +25,26 @@ from typing import Any
 
 from hotpatch._members import equal
 
-__all__ = ["argument_changes"]
+__all__ = ["made_otherwise"]
 
 _LOCALS = ".<locals>."
+# What a function's version is made of (swapped with its code), a wrapper's link, and
+# what functools.update_wrapper copies onto a wrapper object from the function it wraps
+_A_VERSIONS = frozenset({"__wrapped__", "__signature__", *functools.WRAPPER_ASSIGNMENTS})
 
 
-def argument_changes(running: Sequence[Any], written: Sequence[Any]) -> list[str]:
-    """How each wrapper of ``written`` was made otherwise than the one of ``running`` in
-    its place (both outermost first, the same decorators), as ``name: what, values``."""
+class _Lacks:
+    def __repr__(self) -> str:
+        return "none"
+
+
+_LACKS = _Lacks()
+
+
+def made_otherwise(running: Sequence[Any], written: Sequence[Any]) -> list[str]:
+    """How each of ``written`` was made otherwise than the one of ``running`` in its
+    place: both a chain of the same decorators down to the function under them,
+    outermost first (or that function alone)."""
     changes: list[str] = []
     for old, new in zip(running, written, strict=False):
         for what, theirs, ours in _differences(old, new):
@@ -39,8 +54,8 @@ def argument_changes(running: Sequence[Any], written: Sequence[Any]) -> list[str
                 else f"{type(old).__module__}.{type(old).__qualname__}"
             )
             changes.append(
-                f"{name} was made with {what} {reprlib.repr(theirs)}, the patch's with "
-                f"{reprlib.repr(ours)}"
+                f"{name}: {what} is {reprlib.repr(theirs)} running, {reprlib.repr(ours)} "
+                "in the patch"
             )
     return changes
 
@@ -48,11 +63,33 @@ def argument_changes(running: Sequence[Any], written: Sequence[Any]) -> list[str
 def _differences(old: Any, new: Any) -> Iterator[tuple[str, Any, Any]]:
     if isinstance(old, types.FunctionType) and isinstance(new, types.FunctionType):
         yield from _factory_values(old, new)
+    yield from _attributes(old, new)
     theirs, ours = _cache_parameters(old), _cache_parameters(new)
     if theirs is not None and ours is not None:
         for name, value in theirs.items():
             if name in ours and not equal(value, ours[name]):
-                yield repr(name), value, ours[name]
+                yield f"argument {name!r}", value, ours[name]
+
+
+def _attributes(old: Any, new: Any) -> Iterator[tuple[str, Any, Any]]:
+    """Attributes set on ``new`` (by a decorator, or after its def) that ``old`` holds
+    otherwise or lacks: a patch swaps code, never what a function carries."""
+    ours = getattr(new, "__dict__", None)
+    if not ours or not isinstance(ours, dict):
+        return
+    theirs = getattr(old, "__dict__", None)
+    theirs = theirs if isinstance(theirs, dict) else {}
+    for name, value in ours.items():
+        if name in _A_VERSIONS:
+            continue
+        before = theirs.get(name, _LACKS)
+        if before is not value and not equal(before, value) and not _same_code(before, value):
+            yield f"attribute {name!r}", before, value
+
+
+def _same_code(a: Any, b: Any) -> bool:
+    """Two functions of one code: what a wrapper makes for itself (``cache_parameters``)."""
+    return isinstance(a, types.FunctionType) and getattr(b, "__code__", None) is a.__code__
 
 
 def _factory_values(
@@ -72,7 +109,7 @@ def _factory_values(
         except ValueError:  # a cell not filled yet
             continue
         if theirs is not value and not equal(theirs, value):
-            yield repr(name), theirs, value
+            yield f"argument {name!r}", theirs, value
 
 
 def _maker_code(func: types.FunctionType) -> types.CodeType | None:

@@ -8,11 +8,11 @@ import importlib
 import re
 import sys
 import types
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from hotpatch._decorators import argument_changes
+from hotpatch._decorators import made_otherwise
 from hotpatch._errors import NotPatchable, TargetNotFound, VerificationFailed
 
 __all__ = [
@@ -346,27 +346,21 @@ def undecorated(target: Target, new: Any, *, patch: str) -> Any:
     """The function a replacement stands for: ``new``, or, written under the target's
     decorators (``@contextmanager``, ``@lru_cache``, ``@logged``), the function under them.
 
-    The target's decorators keep applying to the function a patch replaces; written
-    under them too, they would apply twice. Written under other decorators than the
-    target's, ``VerificationFailed``: they would nest inside or around the running ones.
+    The target's decorators keep applying to the function a patch replaces, with what
+    they were made with; written under them too, they would apply twice. Written
+    under other decorators than the target's, or under the same made otherwise
+    (``@retry(5)`` over ``@retry(3)``, an attribute a decorator set to another value),
+    ``VerificationFailed``: the patch would not do what it says.
     """
-    if not target.wrappers:
-        return new  # a target under no decorator: the replacement as written
-    written = wrapper_names(new) if hasattr(new, "__wrapped__") else ()
-    if not written:
-        return new  # written plain
+    decorated = hasattr(new, "__wrapped__")
+    written = wrapper_names(new) if target.wrappers and decorated else ()
+    if not written:  # written plain, or a target under no decorator: the replacement as is
+        if not decorated:  # (one under decorators its target lacks is refused as such)
+            _refuse_made_otherwise(target, [target.function], [new], patch)
+        return new
     if written == target.wrappers:
         chain = _wrapped_chain(new)
-        changes = argument_changes(_wrapped_chain(target.outermost)[:-1], chain[:-1])
-        if changes:
-            msg = (
-                f"patch {patch}: the replacement for {target.spec} is written under its "
-                f"decorators made otherwise: {'; '.join(changes)}. The running wrappers keep "
-                "what they were made with, so the patch would not change it. Write the "
-                "replacement plain to keep them as they are; changing what a decorator was "
-                "made with needs a baseline (or a patch of the code that reads it)"
-            )
-            raise VerificationFailed(msg, patch=patch, target=target.spec)
+        _refuse_made_otherwise(target, _wrapped_chain(target.outermost), chain, patch)
         return chain[-1]
     msg = (
         f"patch {patch}: the replacement for {target.spec} is written under the decorators "
@@ -375,6 +369,21 @@ def undecorated(target: Target, new: Any, *, patch: str) -> Any:
         "(or under exactly the target's decorators); a change of decorators needs a baseline"
     )
     raise VerificationFailed(msg, patch=patch, target=target.spec)
+
+
+def _refuse_made_otherwise(
+    target: Target, running: Sequence[Any], written: Sequence[Any], patch: str
+) -> None:
+    changes = made_otherwise(running, written)
+    if changes:
+        msg = (
+            f"patch {patch}: the replacement for {target.spec} was made otherwise than the "
+            f"running function: {'; '.join(changes)}. A patch swaps code: the running function "
+            "and its decorators' wrappers keep what they were made with (a decorator's "
+            "arguments, attributes set on them). Write the replacement plain to keep them as "
+            "they are; changing them needs a baseline (or a patch of the code that reads them)"
+        )
+        raise VerificationFailed(msg, patch=patch, target=target.spec)
 
 
 def unwrap(obj: Any, spec: str, *, patch: str) -> tuple[types.FunctionType, tuple[Any, ...]]:

@@ -63,6 +63,27 @@ def greet(name):
 def square(x):
     return x * x
 
+def requires(role):
+    def deco(fn):
+        fn.required_role = role
+        return fn
+    return deco
+
+@requires("user")
+def delete_account(user):
+    return "deleted"
+
+@requires("user")
+@counted
+def rename_account(user):
+    return "renamed"
+
+def handle(user, action=None):
+    action = action or delete_account
+    if user["role"] != action.required_role:
+        return "forbidden"
+    return action(user)
+
 class Client:
     @retry(2)
     def fetch(self):
@@ -209,3 +230,68 @@ def test_a_method_under_a_changed_decorator_argument_is_refused_in_a_class_patch
     assert f"{mod.__name__}:Client.fetch" in msg
     assert "times" in msg
     assert mod.Client().fetch() == "gave up after 2"
+
+
+def test_an_attribute_a_decorator_sets_to_another_value_is_refused(
+    make_module, write_patch, registry
+):
+    # A fix tightening who may call it: a restart would check "admin"; a hot patch
+    # changes the code only, and the running function would keep "user".
+    mod = make_module(SERVICE)
+    patch = load(
+        write_patch,
+        f"""
+        from {mod.__name__} import requires
+
+        @patch.replace("{mod.__name__}:delete_account")
+        @requires("admin")
+        def delete_account(user):
+            return "deleted!"
+        """,
+    )
+    msg = refused(registry, patch)
+    assert "'required_role'" in msg
+    assert "'user'" in msg
+    assert "'admin'" in msg
+    assert mod.handle({"role": "user"}) == "deleted"  # untouched
+
+
+def test_an_attribute_set_on_a_wrapper_to_another_value_is_refused(
+    make_module, write_patch, registry
+):
+    mod = make_module(SERVICE)
+    patch = load(
+        write_patch,
+        f"""
+        from {mod.__name__} import requires, counted
+
+        @patch.replace("{mod.__name__}:rename_account")
+        @requires("admin")
+        @counted
+        def rename_account(user):
+            return "renamed!"
+        """,
+    )
+    assert "'required_role'" in refused(registry, patch)
+
+
+def test_the_same_attribute_or_none_written_goes_in_hot(make_module, write_patch, registry):
+    mod = make_module(SERVICE)
+    patch = load(
+        write_patch,
+        f"""
+        from {mod.__name__} import requires
+
+        @patch.replace("{mod.__name__}:delete_account")
+        @requires("user")
+        def delete_account(user):
+            return "deleted!"
+
+        @patch.replace("{mod.__name__}:flaky")
+        def flaky():
+            return "plain: the running wrapper keeps retry(3)"
+        """,
+    )
+    registry.apply(patch)
+    assert mod.handle({"role": "user"}) == "deleted!"
+    assert mod.delete_account.required_role == "user"
