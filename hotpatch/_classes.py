@@ -41,6 +41,7 @@ __all__ = [
     "members_text",
     "own_slot",
     "running_bases",
+    "same_code",
     "set_name",
     "slots",
 ]
@@ -183,7 +184,12 @@ def changed_hash(before: types.CodeType, after: Any) -> bool:
     """Whether ``after`` (the replacement of a ``__hash__`` whose code is ``before``)
     computes something else: its code differs, wherever each was written."""
     code = getattr(after, "__code__", None)
-    return not isinstance(code, types.CodeType) or _code_key(before) != _code_key(code)
+    return not isinstance(code, types.CodeType) or not same_code(before, code)
+
+
+def same_code(a: types.CodeType, b: types.CodeType) -> bool:
+    """Whether two code objects compute the same, wherever each was written."""
+    return a is b or _code_key(a) == _code_key(b)
 
 
 def _code_key(code: types.CodeType) -> tuple[Any, ...]:

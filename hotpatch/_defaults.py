@@ -18,6 +18,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from hotpatch._errors import NameConflict, PatchError
+from hotpatch._holders import holder_of, written_name
 from hotpatch._members import equal, member_functions
 from hotpatch._patch import Patch
 from hotpatch._targets import Target, is_nested, resolve
@@ -92,14 +93,14 @@ def check_restated_defaults(
     if not theirs:
         return
     ours = _by_parameter(new.__code__, new.__defaults__, new.__kwdefaults__)
-    holder = _holder(new)
+    holder = holder_of(new)
     for param, old in theirs.items():
         value = ours.get(param, old)
         if value is old or equal(value, old):
             continue
         for path, name in _running_names(old, module, target.owner):
             if holder is not None and vars(holder).get(name, _NOWHERE) is value:
-                written = _written(name, holder)
+                written = written_name(name, holder)
             elif new.__globals__.get(name, _NOWHERE) is value:
                 written = name
             else:
@@ -138,20 +139,3 @@ def _running_names(
     for name, bound in vars(module).items():
         if bound is value:
             yield module.__name__, name
-
-
-def _holder(func: types.FunctionType) -> type | None:
-    """The class of the patch file that a def is written in, if it is one at its top."""
-    path = func.__qualname__.split(".")[:-1]
-    if not path or "<locals>" in path:
-        return None
-    found: Any = func.__globals__.get(path[0])
-    for part in path[1:]:
-        found = vars(found).get(part) if isinstance(found, type) else None
-    return found if isinstance(found, type) else None
-
-
-def _written(name: str, holder: type) -> str:
-    """A class attribute's name as written in ``holder``'s body (``__x`` for ``_C__x``)."""
-    prefix = "_" + holder.__name__.lstrip("_")
-    return name[len(prefix) :] if name.startswith(prefix + "__") else name

@@ -38,6 +38,7 @@ from hotpatch._errors import (
     VerificationFailed,
 )
 from hotpatch._heap import made_from
+from hotpatch._holders import check_holders
 from hotpatch._mapped import Mapped
 from hotpatch._members import (
     data_conflict,
@@ -287,6 +288,7 @@ def make_plan(patch: Patch, level: Level) -> Plan:
             planner.add_nested(resolve_nested(replacement.target, patch=v), replacement.new)
         else:
             planner.add_function(resolve(replacement.target, patch=v), replacement.new)
+    check_holders(patch)  # after the targets: a default's own refusal says more
     planner.add_names(() if patch.cumulative else level.stack)  # those it stacks on
     planner.finish(replaced)
     for migration in patch.migrations:

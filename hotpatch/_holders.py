@@ -1,0 +1,118 @@
+"""A class holding ``@patch.replace`` defs: of it, only those defs are applied.
+
+A replacement of a method is written in a class of the target's name (``class
+Bucket:`` or ``class _Bucket:``, as ``hotpatch make`` writes them), so its
+private names are mangled as the original's. Such a holder is no class patch:
+its class data and its other functions are not applied. A holder saying
+otherwise than the running class (``LIMIT = 7`` where it holds 5, a changed
+helper not registered, a name the running class lacks) would be a patch that
+does less than it says: ``check_holders`` refuses it. What the running class
+holds, restated (an unchanged helper copied for context, the running
+sentinel), goes in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import reprlib
+import types
+from typing import Any
+
+from hotpatch._classes import same_code
+from hotpatch._errors import PatchError, VerificationFailed
+from hotpatch._members import equal, member_functions
+from hotpatch._patch import Patch
+from hotpatch._targets import is_nested, resolve
+
+__all__ = ["check_holders", "holder_of", "written_name"]
+
+_LACKS = object()
+
+
+def holder_of(func: Any) -> type | None:
+    """The class of the patch file that a def is written in, if it is one at its top."""
+    path = str(getattr(func, "__qualname__", "")).split(".")[:-1]
+    globals_ = getattr(func, "__globals__", None)
+    if not path or "<locals>" in path or not isinstance(globals_, dict):
+        return None
+    found: Any = globals_.get(path[0])
+    for part in path[1:]:
+        found = vars(found).get(part) if isinstance(found, type) else None
+    return found if isinstance(found, type) else None
+
+
+def check_holders(patch: Patch) -> None:
+    """``VerificationFailed`` if a class holding replacements of a class's methods,
+    named as that class, says otherwise than the running class."""
+    registered = {id(r.new) for r in patch.replacements if not r.is_class}
+    seen: set[int] = set()
+    for replacement in patch.replacements:
+        if replacement.is_class or is_nested(replacement.target):
+            continue
+        holder = holder_of(replacement.new)
+        if holder is None or id(holder) in seen:
+            continue
+        seen.add(id(holder))
+        owner = None
+        with contextlib.suppress(PatchError):  # refused when its turn comes
+            owner = resolve(replacement.target, patch=patch.version).owner
+        if owner is None or holder.__name__.lstrip("_") != owner.__name__.lstrip("_"):
+            continue  # a class of another name is no copy of the target's
+        said = _said_otherwise(holder, owner, registered)
+        if said:
+            module = owner.__module__
+            msg = (
+                f"patch {patch.version}: class {holder.__qualname__} of the patch file, holding "
+                f"the replacement for {replacement.target}, also says {'; '.join(said)}. Of a "
+                "class holding @patch.replace defs only those defs are applied: the running "
+                f"class would keep its own. Register a changed method with @patch.replace too, "
+                f'set class data in @patch.migrate("{module}") (and @patch.unmigrate), or '
+                "patch the class with @patch.replace_class; or leave them out of the holder"
+            )
+            raise VerificationFailed(msg, patch=patch.version, target=replacement.target)
+
+
+def _said_otherwise(holder: type, owner: type, registered: set[int]) -> list[str]:
+    said: list[str] = []
+    for name, value in vars(holder).items():
+        if name.startswith("__") and name.endswith("__"):
+            continue  # what every class body makes
+        written = written_name(name, holder)
+        functions = member_functions(value)
+        if id(value) in registered or any(id(f) in registered for f in functions):
+            continue
+        running = _LACKS
+        for cls in owner.__mro__:
+            if name in vars(cls):
+                running = vars(cls)[name]
+                break
+        if running is _LACKS:
+            said.append(f"{written} (the running class has none)")
+        elif functions or member_functions(running):
+            if not _same_functions(running, value):
+                said.append(f"{written} (another function than the running class's)")
+        elif running is not value and not equal(running, value):
+            said.append(
+                f"{written} = {reprlib.repr(value)} "
+                f"(the running class holds {reprlib.repr(running)})"
+            )
+    return said
+
+
+def _same_functions(running: Any, value: Any) -> bool:
+    """The same kind of member made of functions computing the same."""
+    theirs, ours = member_functions(running), member_functions(value)
+    return (
+        type(running) is type(value)
+        and len(theirs) == len(ours)
+        and all(
+            isinstance(a, types.FunctionType) and same_code(a.__code__, b.__code__)
+            for a, b in zip(theirs, ours, strict=True)
+        )
+    )
+
+
+def written_name(name: str, holder: type) -> str:
+    """A class attribute's name as written in ``holder``'s body (``__x`` for ``_C__x``)."""
+    prefix = "_" + holder.__name__.lstrip("_")
+    return name[len(prefix) :] if name.startswith(prefix + "__") else name

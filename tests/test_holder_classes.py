@@ -1,0 +1,142 @@
+"""A class holding ``@patch.replace`` defs holds nothing else the patch applies.
+
+Written in a class of the target's name (as ``hotpatch make`` writes methods, so
+their private names are mangled alike), a replacement is applied alone: the
+holder's class data and its other functions are not. A user copying the class
+to fix it changed ``LIMIT = 5`` to ``7`` and a helper ``_norm`` beside the one
+method registered: before, the patch went in hot and the running class kept
+``LIMIT`` 5 and its old ``_norm``, silently. Now a holder saying anything the
+running class does not (another value, another function, a name it lacks) is
+refused, naming each and the ways in; a holder restating what the running class
+holds (an unchanged helper copied for context, the running sentinel) goes in.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+import hotpatch
+
+PatchWriter = Callable[..., Path]
+HEADER = "from hotpatch import Patch\npatch = Patch(version='1.0.1', baseline='1.0')\n"
+
+BUCKET = """
+class Bucket:
+    LIMIT = 5
+    __marker = object()
+
+    def __init__(self):
+        self.items = []
+
+    def add(self, x):
+        if len(self.items) >= self.LIMIT:
+            return False
+        self.items.append(self._norm(x))
+        return True
+
+    def _norm(self, x):
+        return x
+
+    @property
+    def size(self):
+        return len(self.items)
+"""
+
+ADD = """
+    @patch.replace("{mod}:Bucket.add")
+    def add(self, x):
+        if len(self.items) >= self.LIMIT:
+            return None
+        self.items.append(self._norm(x))
+        return True
+"""
+
+
+def load(write_patch: PatchWriter, body: str) -> hotpatch.Patch:
+    return hotpatch.load_patch(write_patch(HEADER + textwrap.dedent(body)))
+
+
+def refused(registry: hotpatch.Registry, patch: hotpatch.Patch) -> str:
+    """The message ``check()`` and ``apply()`` both refuse ``patch`` with; nothing applied."""
+    with pytest.raises(hotpatch.VerificationFailed) as checked:
+        registry.check(patch)
+    with pytest.raises(hotpatch.VerificationFailed) as applied:
+        registry.apply(patch)
+    assert str(applied.value) == str(checked.value)
+    assert not registry.level
+    return str(checked.value)
+
+
+def holder(mod: object, extra: str, name: str = "Bucket") -> str:
+    body = textwrap.indent(textwrap.dedent(extra), "    ")
+    add = textwrap.dedent(ADD.format(mod=mod)).replace("\n", "\n    ")
+    return f"class {name}:\n{body}\n    {add}\n"
+
+
+def test_class_data_of_another_value_in_the_holder_is_refused(make_module, write_patch, registry):
+    mod = make_module(BUCKET)
+    msg = refused(registry, load(write_patch, holder(mod.__name__, "LIMIT = 7\n")))
+    assert f"{mod.__name__}:Bucket.add" in msg
+    assert "LIMIT" in msg
+    assert "7" in msg
+    assert "5" in msg
+    assert "@patch.migrate" in msg
+    assert "replace_class" in msg
+    bucket = mod.Bucket()
+    assert [bucket.add(i) for i in range(6)][-1] is False  # untouched
+
+
+def test_a_changed_helper_not_registered_is_refused(make_module, write_patch, registry):
+    mod = make_module(BUCKET)
+    extra = "def _norm(self, x):\n    return x * 10\n"
+    msg = refused(registry, load(write_patch, holder(mod.__name__, extra, "_Bucket")))
+    assert "_norm" in msg
+    assert "@patch.replace" in msg
+
+
+def test_a_name_the_running_class_lacks_is_refused(make_module, write_patch, registry):
+    mod = make_module(BUCKET)
+    msg = refused(registry, load(write_patch, holder(mod.__name__, "MAX_BATCH = 3\n")))
+    assert "MAX_BATCH" in msg
+
+
+def test_what_the_running_class_holds_restated_goes_in(make_module, write_patch, registry):
+    mod = make_module(BUCKET)
+    extra = f"""
+    import {mod.__name__} as _running
+    LIMIT = 5
+    __marker = _running.Bucket._Bucket__marker
+    del _running
+
+    def _norm(self, x):
+        return x
+
+    @property
+    def size(self):
+        return len(self.items)
+    """
+    registry.apply(load(write_patch, holder(mod.__name__, extra)))
+    bucket = mod.Bucket()
+    assert [bucket.add(i) for i in range(6)] == [True] * 5 + [None]
+
+
+def test_a_holder_of_another_name_is_not_the_targets_class(make_module, write_patch, registry):
+    # A class of another name is no copy of the target's: only its defs are read.
+    mod = make_module(BUCKET)
+    patch = load(
+        write_patch,
+        f"""
+        class Fixes:
+            LIMIT = 7
+
+            @patch.replace("{mod.__name__}:Bucket.add")
+            def add(self, x):
+                return "fixed"
+        """,
+    )
+    registry.apply(patch)
+    assert mod.Bucket().add(1) == "fixed"
