@@ -41,11 +41,13 @@ def holder_of(func: Any) -> type | None:
     return found if isinstance(found, type) else None
 
 
-def check_holders(patch: Patch) -> None:
+def check_holders(patch: Patch) -> dict[int, type]:
     """``VerificationFailed`` if a class holding replacements of a class's methods,
-    named as that class, says otherwise than the running class."""
+    named as that class, says otherwise than the running class; else the ids of such
+    holders -> the running class each stands for."""
     registered = {id(r.new) for r in patch.replacements if not r.is_class}
     seen: set[int] = set()
+    standing: dict[int, type] = {}
     for replacement in patch.replacements:
         if replacement.is_class or is_nested(replacement.target):
             continue
@@ -70,6 +72,8 @@ def check_holders(patch: Patch) -> None:
                 "patch the class with @patch.replace_class; or leave them out of the holder"
             )
             raise VerificationFailed(msg, patch=patch.version, target=replacement.target)
+        standing[id(holder)] = owner
+    return standing
 
 
 def _said_otherwise(holder: type, owner: type, registered: set[int]) -> list[str]:

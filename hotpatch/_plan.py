@@ -288,8 +288,8 @@ def make_plan(patch: Patch, level: Level) -> Plan:
             planner.add_nested(resolve_nested(replacement.target, patch=v), replacement.new)
         else:
             planner.add_function(resolve(replacement.target, patch=v), replacement.new)
-    check_holders(patch)  # after the targets: a default's own refusal says more
-    planner.add_names(() if patch.cumulative else level.stack)  # those it stacks on
+    holders = check_holders(patch)  # after the targets: a default's own refusal says more
+    planner.add_names(() if patch.cumulative else level.stack, holders)  # those it stacks on
     planner.finish(replaced)
     for migration in patch.migrations:
         module = import_module(migration.module, patch=v, target=migration.module)
@@ -696,10 +696,12 @@ class _Planner:
         for func in member_functions(new_cls):
             plan.needs.append((module, global_names(func.__code__), func.__globals__, spec))
 
-    def add_names(self, ours: Sequence[Applied]) -> None:
+    def add_names(self, ours: Sequence[Applied], holders: Mapping[int, type]) -> None:
         """The namespace rule: bring what the replacements need, refuse to shadow.
 
-        ``ours`` are the applied patches the plan stacks on (not those it replaces).
+        ``ours`` are the applied patches the plan stacks on (not those it replaces);
+        ``holders``, the patch file's classes holding replacements by the name of the
+        running class each stands for (that name needs nothing brought in).
         """
         plan = self.plan
         patch = plan.patch
@@ -714,6 +716,8 @@ class _Planner:
                 value = namespace[name]
                 if id(value) in exempt or module.__dict__.get(name) is namespace:
                     continue
+                if id(value) in holders and module.__dict__.get(name) is holders[id(value)]:
+                    continue  # the holder by the running class's name: the running class
                 k = key(module, name)
                 existing = self.base(module, name)
                 if existing is value:

@@ -140,3 +140,25 @@ def test_a_holder_of_another_name_is_not_the_targets_class(make_module, write_pa
     )
     registry.apply(patch)
     assert mod.Bucket().add(1) == "fixed"
+
+
+def test_a_holder_named_as_the_class_stands_for_it_in_the_methods_it_holds(
+    make_module, write_patch, registry
+):
+    # In the methods, Bucket is a global name: the module's, the running class. The
+    # patch file binds it to the holder too, which is no other Bucket to bring in.
+    mod = make_module(BUCKET + "\n    def same(self, other):\n        return False\n")
+    running = mod.Bucket
+    patch = load(
+        write_patch,
+        f"""
+        class Bucket:
+            @patch.replace("{mod.__name__}:Bucket.same")
+            def same(self, other):
+                return isinstance(other, Bucket) and Bucket.LIMIT == 5
+        """,
+    )
+    assert registry.check(patch).names == ()  # nothing brought into the module
+    registry.apply(patch)
+    assert mod.Bucket().same(mod.Bucket())
+    assert mod.Bucket is running
