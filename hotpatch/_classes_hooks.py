@@ -5,10 +5,12 @@ runs what its bases and metaclass run for every class made from them: a base's
 ``__init_subclass__``, a metaclass's ``__prepare__``, ``__new__`` and ``__init__``.
 In the service, when the patch file loads, a plugin registry would gain the patch
 class (a class nothing uses) in place of the running one, a counter would count it.
-``Guard`` runs the patch file's ``replace_class`` class statements through a check
-of their bases and metaclass before the class is made, and refuses (``NotPatchable``)
-one whose making would run such a hook; ``hooks_of`` names the hooks a class already
-made ran (a patch built in code, which the registry then refuses).
+A class holding ``@patch.replace`` defs is made from its bases likewise. ``Guard``
+runs the patch file's ``replace_class`` class statements, and those holding
+replacements, through a check of their bases and metaclass before the class is
+made, and refuses (``NotPatchable``) one whose making would run such a hook;
+``hooks_of`` names the hooks a class already made ran (a patch built in code, which
+the registry then refuses).
 
 The standard library's hooks are not counted: ``ABCMeta``, ``EnumType``,
 ``Protocol``, ``Generic`` and ``NamedTuple`` keep their own books (abstract
@@ -65,13 +67,30 @@ def hooks_of(cls: type) -> list[str]:
 
 
 def refusal(
-    target: str, hooks: list[str], *, patch: str | None, where: str = "", ran: bool = False
+    target: str,
+    hooks: list[str],
+    *,
+    patch: str | None,
+    where: str = "",
+    ran: bool = False,
+    holder: str | None = None,
 ) -> NotPatchable:
     """The ``NotPatchable`` for a class patch whose patch class runs ``hooks`` when made.
 
     ``target`` is ``module:qualname``, or how a target computed at import was written
-    (then the error's ``.target`` is ``None``).
+    (then the error's ``.target`` is ``None``). With ``holder`` (a class's name), the
+    class is one holding ``@patch.replace`` defs, of which ``target`` is the first.
     """
+    if holder is not None:
+        msg = (
+            f"patch {patch or '?'}{where}: class {holder} holds @patch.replace defs (the "
+            f"first for {target}), and making it runs {', '.join(hooks)} for it, as for "
+            "every class made from its bases and metaclass: what that does (register the "
+            "class, count it, check it) would be done, in the service, for a class nothing "
+            "uses. A class holding @patch.replace defs needs no bases: write it "
+            f"`class {holder}:`, whose defs are applied to the running class all the same"
+        )
+        return NotPatchable(msg, patch=patch, target=target if ":" in target else None)
     _, sep, _ = target.partition(":")
     literal = bool(sep) and " " not in target
     method = f"{target}.METHOD" if literal else "module:Class.METHOD"
@@ -109,11 +128,12 @@ class Guard:
         self.name = name  # the patch file's, for messages
         self.refused: NotPatchable | None = None
         self.armed = True
-        self._marked: dict[tuple[str, int], str] | None = None
+        self._marked: dict[tuple[str, int], tuple[str, bool]] | None = None
 
     @classmethod
     def of(cls, text: str, name: str) -> Guard | None:
-        return cls(text, name) if "replace_class" in text else None
+        holders = "class " in text and "replace(" in text  # a class holding replacements
+        return cls(text, name) if "replace_class" in text or holders else None
 
     def builtins(self) -> dict[str, Any]:
         """A copy of the builtins with the checking ``__build_class__`` (unarmed after the load).
@@ -127,8 +147,9 @@ class Guard:
         namespace["__build_class__"] = self._build_class
         return namespace
 
-    def marked(self) -> dict[tuple[str, int], str]:
-        """(class name, first line of its statement) -> its target, as written."""
+    def marked(self) -> dict[tuple[str, int], tuple[str, bool]]:
+        """(class name, first line of its statement) -> its target, as written, and
+        whether it is a class holding ``@patch.replace`` defs (the target: the first's)."""
         if self._marked is None:
             try:
                 self._marked = dict(_marked(ast.parse(self.text), self.text))
@@ -140,17 +161,25 @@ class Guard:
         # Only the patch module's own code makes classes through this __builtins__.
         code = getattr(func, "__code__", None)
         if self.armed and code is not None and (hooks := class_hooks(bases, kw.get("metaclass"))):
-            target = self.marked().get((name, code.co_firstlineno))
-            if target is not None:
+            marked = self.marked().get((name, code.co_firstlineno))
+            if marked is not None:
+                target, holder = marked
                 where = f" (patch file {self.name})"
-                self.refused = refusal(target, hooks, patch=_version(func), where=where)
+                self.refused = refusal(
+                    target,
+                    hooks,
+                    patch=_version(func),
+                    where=where,
+                    holder=name if holder else None,
+                )
                 raise self.refused
         return builtins.__build_class__(func, name, *bases, **kw)
 
 
-def _marked(tree: ast.Module, text: str) -> Iterator[tuple[tuple[str, int], str]]:
-    """(class name, the first line of its statement) -> target, for each class statement
-    a ``replace_class(...)`` decorates or is called with (``replace_class(t)(Cls)``)."""
+def _marked(tree: ast.Module, text: str) -> Iterator[tuple[tuple[str, int], tuple[str, bool]]]:
+    """(class name, the first line of its statement) -> (target, holder), for each class
+    statement a ``replace_class(...)`` decorates or is called with (``replace_class(t)(Cls)``),
+    and each holding a def a ``replace(...)`` decorates (``holder``; its first target)."""
     called: dict[str, str] = {}
     for node in ast.walk(tree):
         if isinstance(node, ast.Call) and _is_replace_class(node.func):
@@ -164,11 +193,23 @@ def _marked(tree: ast.Module, text: str) -> Iterator[tuple[tuple[str, int], str]
         for decorator in node.decorator_list:
             if _is_replace_class(decorator):
                 assert isinstance(decorator, ast.Call)
-                yield (node.name, first), _shown(node.name, _target(decorator, text))
+                yield (node.name, first), (_shown(node.name, _target(decorator, text)), False)
                 break
         else:
             if node.name in called:
-                yield (node.name, first), _shown(node.name, called[node.name])
+                yield (node.name, first), (_shown(node.name, called[node.name]), False)
+            elif held := _held(node, text):
+                yield (node.name, first), (held, True)
+
+
+def _held(node: ast.ClassDef, text: str) -> str | None:
+    """The target of the first def in the class's body a ``replace(...)`` decorates."""
+    for item in node.body:
+        if isinstance(item, ast.FunctionDef | ast.AsyncFunctionDef):
+            for decorator in item.decorator_list:
+                if _is_call_of(decorator, "replace"):
+                    return _target(decorator, text)
+    return None
 
 
 def _shown(name: str, target: str) -> str:
@@ -177,11 +218,16 @@ def _shown(name: str, target: str) -> str:
 
 def _is_replace_class(node: ast.expr) -> bool:
     """``X.replace_class(...)`` or ``replace_class(...)``."""
+    return _is_call_of(node, "replace_class")
+
+
+def _is_call_of(node: ast.expr, name: str) -> bool:
+    """``X.name(...)`` or ``name(...)``."""
     if not isinstance(node, ast.Call):
         return False
     func = node.func
-    return (isinstance(func, ast.Attribute) and func.attr == "replace_class") or (
-        isinstance(func, ast.Name) and func.id == "replace_class"
+    return (isinstance(func, ast.Attribute) and func.attr == name) or (
+        isinstance(func, ast.Name) and func.id == name
     )
 
 

@@ -18,7 +18,7 @@ import reprlib
 import types
 from typing import Any
 
-from hotpatch._classes import same_code
+from hotpatch._classes import BOILERPLATE, ENUM_BOOKKEEPING, is_enum, same_code
 from hotpatch._errors import PatchError, VerificationFailed
 from hotpatch._members import equal, member_functions
 from hotpatch._patch import Patch
@@ -27,6 +27,7 @@ from hotpatch._targets import is_nested, resolve
 __all__ = ["check_holders", "holder_of", "written_name"]
 
 _LACKS = object()
+_BOOKS = BOILERPLATE | ENUM_BOOKKEEPING
 
 
 def holder_of(func: Any) -> type | None:
@@ -78,10 +79,17 @@ def check_holders(patch: Patch) -> dict[int, type]:
 
 def _said_otherwise(holder: type, owner: type, registered: set[int]) -> list[str]:
     said: list[str] = []
+    members = getattr(holder, "_member_map_", {}) if is_enum(holder) else {}
     for name, value in vars(holder).items():
-        if name.startswith("__") and name.endswith("__"):
-            continue  # what every class body makes
+        if (name.startswith("__") and name.endswith("__")) or name in _BOOKS:
+            continue  # what every class body (an ABC's, an enum's) makes
         written = written_name(name, holder)
+        if name in members:  # an enum's member: by its value
+            value = getattr(value, "value", value)  # noqa: PLW2901 - compared by value
+            running = getattr(owner, "_member_map_", {}).get(name, _LACKS)
+            if running is _LACKS or not equal(getattr(running, "value", running), value):
+                said.append(f"{written} (another member than the running class's)")
+            continue
         functions = member_functions(value)
         if id(value) in registered or any(id(f) in registered for f in functions):
             continue

@@ -131,8 +131,9 @@ def _execute(
 ) -> None:
     """Run the patch module's code; what it raises, as the error saying so.
 
-    A ``replace_class`` class statement is checked before it runs (``guard``):
-    making the patch class would run its bases' per-class hooks here, in the service.
+    A ``replace_class`` class statement, or one holding replacements, is checked before
+    it runs (``guard``): making the class would run its bases' per-class hooks here, in
+    the service.
     """
     if guard is not None:
         module.__dict__["__builtins__"] = guard.builtins()

@@ -162,3 +162,73 @@ def test_a_holder_named_as_the_class_stands_for_it_in_the_methods_it_holds(
     registry.apply(patch)
     assert mod.Bucket().same(mod.Bucket())
     assert mod.Bucket is running
+
+
+PLUGINS = """
+import abc
+
+REGISTRY = []
+
+class Plugin:
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        REGISTRY.append(cls.__name__)
+
+class Csv(Plugin):
+    def run(self):
+        return "csv"
+
+class Shape(abc.ABC):
+    def area(self):
+        return 0
+"""
+
+
+def test_a_holder_whose_bases_run_a_hook_is_refused_before_the_hook_runs(make_module, write_patch):
+    # Making the holder class would run Plugin.__init_subclass__ for it, in the
+    # service, as the patch file loads: the registry would gain a second Csv.
+    mod = make_module(PLUGINS)
+    path = write_patch(
+        HEADER
+        + textwrap.dedent(
+            f"""
+            from {mod.__name__} import Plugin
+
+            class Csv(Plugin):
+                @patch.replace("{mod.__name__}:Csv.run")
+                def run(self):
+                    return "csv2"
+            """
+        )
+    )
+    with pytest.raises(hotpatch.NotPatchable) as info:
+        hotpatch.load_patch(path)
+    msg = str(info.value)
+    assert f"{mod.__name__}:Plugin.__init_subclass__" in msg
+    assert "class Csv:" in msg  # the way in: a holder needs no bases
+    assert mod.REGISTRY == ["Csv"]  # the hook did not run
+
+
+def test_a_holder_without_bases_or_with_the_standard_librarys_goes_in(
+    make_module, write_patch, registry
+):
+    mod = make_module(PLUGINS)
+    patch = load(
+        write_patch,
+        f"""
+        import abc
+
+        class Csv:
+            @patch.replace("{mod.__name__}:Csv.run")
+            def run(self):
+                return "csv2"
+
+        class Shape(abc.ABC):
+            @patch.replace("{mod.__name__}:Shape.area")
+            def area(self):
+                return 1
+        """,
+    )
+    registry.apply(patch)
+    assert mod.Csv().run() == "csv2"
+    assert mod.REGISTRY == ["Csv"]
