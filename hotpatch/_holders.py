@@ -98,6 +98,8 @@ def _said_otherwise(holder: type, owner: type, registered: set[int]) -> list[str
             if name in vars(cls):
                 running = vars(cls)[name]
                 break
+        if isinstance(value, types.MemberDescriptorType) and type(running) is type(value):
+            continue  # a slot restated: the running class's own makes its instances
         if running is _LACKS:
             said.append(f"{written} (the running class has none)")
         elif functions or member_functions(running):

@@ -232,3 +232,31 @@ def test_a_holder_without_bases_or_with_the_standard_librarys_goes_in(
     registry.apply(patch)
     assert mod.Csv().run() == "csv2"
     assert mod.REGISTRY == ["Csv"]
+
+
+def test_a_holder_restating_the_classs_slots_goes_in(make_module, write_patch, registry):
+    mod = make_module(
+        """
+class Point:
+    __slots__ = ("x", "y")
+
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def norm(self):
+        return abs(self.x) + abs(self.y)
+"""
+    )
+    patch = load(
+        write_patch,
+        f"""
+        class Point:
+            __slots__ = ("x", "y")
+
+            @patch.replace("{mod.__name__}:Point.norm")
+            def norm(self):
+                return (self.x**2 + self.y**2) ** 0.5
+        """,
+    )
+    registry.apply(patch)
+    assert mod.Point(3, 4).norm() == 5.0
