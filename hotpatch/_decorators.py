@@ -28,6 +28,7 @@ from hotpatch._members import equal
 __all__ = ["made_otherwise"]
 
 _LOCALS = ".<locals>."
+_DEEPEST = 32  # decorators over a factory looked through
 # What a function's version is made of (swapped with its code), a wrapper's link, and
 # what functools.update_wrapper copies onto a wrapper object from the function it wraps
 _A_VERSIONS = frozenset({"__wrapped__", "__signature__", *functools.WRAPPER_ASSIGNMENTS})
@@ -124,7 +125,12 @@ def _maker_code(func: types.FunctionType) -> types.CodeType | None:
         top = (top if isinstance(top, dict) else getattr(top, "__dict__", {})).get(part)
         if top is None:
             return None
-    code = getattr(getattr(top, "__func__", top), "__code__", None)
+    top = getattr(top, "__func__", top)  # a static or class method
+    for _ in range(_DEEPEST):  # a factory under decorators of its own (functools.cache)
+        if isinstance(top, types.FunctionType) or not hasattr(top, "__wrapped__"):
+            break
+        top = top.__wrapped__
+    code = getattr(top, "__code__", None)
     return _find(code, maker) if isinstance(code, types.CodeType) else None
 
 

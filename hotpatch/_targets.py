@@ -360,7 +360,8 @@ def undecorated(target: Target, new: Any, *, patch: str) -> Any:
         return new
     if written == target.wrappers:
         chain = _wrapped_chain(new)
-        _refuse_made_otherwise(target, _wrapped_chain(target.outermost), chain, patch)
+        running = target.outermost if target.outermost is not None else target.function
+        _refuse_made_otherwise(target, _wrapped_chain(running), chain, patch)
         return chain[-1]
     msg = (
         f"patch {patch}: the replacement for {target.spec} is written under the decorators "

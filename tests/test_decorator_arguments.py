@@ -295,3 +295,20 @@ def test_the_same_attribute_or_none_written_goes_in_hot(make_module, write_patch
     registry.apply(patch)
     assert mod.handle({"role": "user"}) == "deleted!"
     assert mod.delete_account.required_role == "user"
+
+
+def test_the_arguments_of_a_cached_factory_are_compared_too(make_module, write_patch, registry):
+    mod = make_module(SERVICE.replace("def retry(times", "@functools.cache\ndef retry(times"))
+    patch = load(
+        write_patch,
+        f"""
+        from {mod.__name__} import retry, ATTEMPTS
+
+        @patch.replace("{mod.__name__}:flaky")
+        @retry(4)
+        def flaky():
+            ATTEMPTS.append(1)
+            raise ValueError
+        """,
+    )
+    assert "'times'" in refused(registry, patch)
