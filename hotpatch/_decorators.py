@@ -18,6 +18,7 @@ are the decorator's own state, made anew for each function, and never compared.
 from __future__ import annotations
 
 import functools
+import gc
 import reprlib
 import types
 from collections.abc import Iterator, Sequence
@@ -75,17 +76,37 @@ def _differences(old: Any, new: Any) -> Iterator[tuple[str, Any, Any]]:
 def _attributes(old: Any, new: Any) -> Iterator[tuple[str, Any, Any]]:
     """Attributes set on ``new`` (by a decorator, or after its def) that ``old`` holds
     otherwise or lacks: a patch swaps code, never what a function carries."""
-    ours = getattr(new, "__dict__", None)
-    if not ours or not isinstance(ours, dict):
+    ours = _own_attributes(new)
+    if not ours:
         return
-    theirs = getattr(old, "__dict__", None)
-    theirs = theirs if isinstance(theirs, dict) else {}
+    theirs = _own_attributes(old) or {}
     for name, value in ours.items():
         if name in _A_VERSIONS:
             continue
         before = theirs.get(name, _LACKS)
         if before is not value and not equal(before, value) and not _same_code(before, value):
             yield f"attribute {name!r}", before, value
+
+
+def _own_attributes(obj: Any) -> dict[str, Any] | None:
+    """``obj.__dict__``, if it has one, without making one.
+
+    A function's ``__dict__`` is made on its first read and kept: read on every
+    apply, each replacement (and each running function) would keep an empty dict
+    for good. A function has one if the collector sees a dict it holds besides its
+    globals, builtins, keyword defaults and annotations (whose keys are parameter
+    names, or ``return``): an attribute named as a parameter is not seen.
+    """
+    if not isinstance(obj, types.FunctionType):
+        found = getattr(obj, "__dict__", None)
+        return found if isinstance(found, dict) else None
+    known = (obj.__globals__, getattr(obj, "__builtins__", None), obj.__kwdefaults__)
+    parameters = {*obj.__code__.co_varnames, "return"}
+    for held in gc.get_referents(obj):
+        own = type(held) is dict and held and all(held is not k for k in known)
+        if own and not held.keys() <= parameters:
+            return obj.__dict__  # there already
+    return None
 
 
 def _same_code(a: Any, b: Any) -> bool:
