@@ -1316,3 +1316,50 @@ def test_an_operator_on_builtin_values_at_import_leaves_a_changed_operator_hot(
     fresh = imported_fresh(checkout(repo, "HEAD", tmp_path), "shop.m", "module.total()")
     assert seen["after"] == fresh == 15
     assert seen["before"] == seen["rolled_back"] == 11
+
+
+def test_what_a_special_method_is_called_with_at_import_is_followed(tmp_path: Path) -> None:
+    """``Base[os.PathLike[str]]`` calls ``Base.__class_getitem__(os.PathLike[str])``: its
+    parameter holds a typing alias, so unpacking it (``(*params, "x")``) runs no
+    ``__iter__`` of the project, and a changed ``Bag.__iter__`` used only after import goes
+    hot; the patched process matches a restart."""
+    module = """\
+        import os
+
+
+        class Base:
+            def __class_getitem__(cls, params):
+                if not isinstance(params, tuple):
+                    params = (params,)
+                return (*params, "x")
+
+
+        class Bag:
+            def __iter__(self):
+                return iter([len("v1")])
+
+
+        ALIAS = Base[os.PathLike[str]]
+        NAMES = Base[dict[str, int]]
+
+
+        def total():
+            return sum(Bag())
+        """
+    repo = shop(tmp_path, module)
+    repo.commit("the fix", {"src/shop/m.py": module.replace('len("v1")', 'len("v22")')})
+    result = make_since_v1(repo, tmp_path / "out")
+    assert result.outcome == "hot", result.record()
+    assert verdicts(result) == {"shop.m:Bag.__iter__": "inline"}
+    assert result.path is not None
+    seen = run_patched(
+        roots=[checkout(repo, "v1", tmp_path)],
+        module="shop.m",
+        patch=result.path,
+        baseline="1.0",
+        before="",
+        probe="module.total()",
+    )
+    fresh = imported_fresh(checkout(repo, "HEAD", tmp_path), "shop.m", "module.total()")
+    assert seen["after"] == fresh == 3
+    assert seen["before"] == seen["rolled_back"] == 2

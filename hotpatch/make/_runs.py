@@ -73,6 +73,9 @@ _MATCHED = (
     *("__eq__", "__ne__", "__len__", "__getitem__", "__iter__", "__contains__", "keys"),
     *("get", "__getattr__", "__getattribute__"),
 )
+# Where a subscript of a name gives a typing alias (or, for os.environ, a string).
+_ALIASING_MODULES = frozenset({"typing", "typing_extensions", "collections", "os", "builtins"})
+_BUILTIN_TYPES = frozenset({"list", "dict", "tuple", "set", "frozenset", "type"})
 _ACCESSORS = {"getattr": ast.Load, "hasattr": ast.Load, "setattr": ast.Store, "delattr": ast.Del}
 _RECEIVERS = frozenset({"cls", "self", "mcs", "metacls", "mcls"})
 _TYPING_ONLY = frozenset({"TYPE_CHECKING", "typing.TYPE_CHECKING"})
@@ -721,17 +724,40 @@ class _Walk:
         of its class if make knows it, else any method of each name (a builtin's: none)."""
         anchor = node if isinstance(node, ast.expr) and node is not operand else operand
         anchor = operand if isinstance(anchor, ast.FormattedValue) else anchor
+        # what the method is called with: Table()[key] is __getitem__(table, key),
+        # a + b is __add__(a, b) (or __radd__(b, a))
+        given: list[ast.expr] | None = None
+        if isinstance(node, ast.Subscript) and operand is node.value:
+            given = [operand, node.slice]
+        elif isinstance(node, ast.BinOp) and operand in (node.left, node.right):
+            given = [operand, node.right if operand is node.left else node.left]
         for kind, full in self._resolve(operand, place):
             for name in names:
-                self._ran_special(self._special_of(kind, full, name, 0), said, anchor, place)
+                values = self._special_of(kind, full, name, 0)
+                self._ran_special(values, said, anchor, place, given)
 
-    def _ran_special(self, values: list[_Value], said: str, node: ast.AST, place: _Place) -> None:
+    def _ran_special(
+        self,
+        values: list[_Value],
+        said: str,
+        node: ast.AST,
+        place: _Place,
+        given: list[ast.expr] | None = None,
+    ) -> None:
         for kind, full in values:
             if kind == "fn":
                 found = self._lookup(full, 0)
                 if found is not None and found[1] in found[0].funcs:
                     where = f"{self._at(node, place)}, where {said} calls {found[1]} implicitly"
-                    self._run(found[0], found[1], place.start, where)
+                    args = None
+                    func = found[0].funcs[found[1]]
+                    if given is not None:
+                        call = ast.Call(func=ast.Name("_", ast.Load()), args=given, keywords=[])
+                        args = self._arguments(found[0], func, call, place)
+                    receiver = [*func.args.posonlyargs, *func.args.args][:1]
+                    if args is not None and receiver:  # self holds what _local says
+                        args.pop(receiver[0].arg, None)
+                    self._run(found[0], found[1], place.start, where, args)
             elif kind == "nested":
                 self._run_nested(kind, full, place)
             elif kind == "attr" and self.methods.get(full):
@@ -1127,12 +1153,8 @@ class _Walk:
                 out += self._resolve(part, place, depth + 1)
         elif isinstance(node, ast.BinOp | ast.UnaryOp | ast.Compare):
             out.append(self._operated(node, place, depth))
-        elif isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Slice):
-            # a slice of a builtin value (``M31[:7]``) is one too; an item may be anything
-            bounds = (node.slice.lower, node.slice.upper, node.slice.step)
-            parts = [node.value, *(b for b in bounds if b is not None)]
-            values = [v for p in parts for v in self._resolve(p, place, depth + 1)]
-            out.append(_EXT if all(v == _EXT for v in values) else _UNKNOWN)
+        elif isinstance(node, ast.Subscript):
+            out.append(self._subscripted(node, place, depth))
         elif isinstance(node, ast.Call):
             out += self._returned(node, place, depth)
         else:
@@ -1189,6 +1211,34 @@ class _Walk:
         if unknown:
             out.append(("attr", attr))
         return out or [_EXT]
+
+    def _subscripted(self, node: ast.Subscript, place: _Place, depth: int) -> _Value:
+        """What a subscript gives: a slice of a builtin value (``M31[:7]``) is one too, as
+        is a typing alias (``os.PathLike[str]``, ``dict[str, int]``); an item may be
+        anything."""
+        if isinstance(node.slice, ast.Slice):
+            bounds = (node.slice.lower, node.slice.upper, node.slice.step)
+            parts = [node.value, *(b for b in bounds if b is not None)]
+            values = [v for p in parts for v in self._resolve(p, place, depth + 1)]
+            return _EXT if all(v == _EXT for v in values) else _UNKNOWN
+        return _EXT if self._typing_alias(node.value, place) else _UNKNOWN
+
+    def _typing_alias(self, node: ast.expr, place: _Place) -> bool:
+        """Is ``node`` a class or a name of ``typing``, ``collections``, ``os`` or the
+        builtins, whose subscript is a typing alias or a builtin value (never an object of
+        the project)?"""
+        head, _, rest = dotted(node).partition(".")
+        if not head or any(kind != "ext" for kind, _ in self._resolve(node, place)):
+            return False
+        scope = place.scope
+        if scope is not None and (head in scope.names or head in scope.opaque):
+            return False
+        binding = (scope.binds if scope is not None else {}).get(head)
+        binding = binding or place.module.binds.get(head)
+        if binding is None:  # a builtin: dict[str, int]
+            return not rest and head in _BUILTIN_TYPES and head not in place.module.scope.names
+        full = _full(binding, head)
+        return full.partition(".")[0] in _ALIASING_MODULES
 
     def _returned(self, node: ast.Call, place: _Place, depth: int) -> list[_Value]:
         """What a call gives: an instance of a class it makes, what code not the project's
