@@ -65,6 +65,8 @@ def made_otherwise(running: Sequence[Any], written: Sequence[Any]) -> list[str]:
 def _differences(old: Any, new: Any) -> Iterator[tuple[str, Any, Any]]:
     if isinstance(old, types.FunctionType) and isinstance(new, types.FunctionType):
         yield from _factory_values(old, new)
+        yield from _attributes(old, new)
+        return  # a function is no cache
     yield from _attributes(old, new)
     theirs, ours = _cache_parameters(old), _cache_parameters(new)
     if theirs is not None and ours is not None:
@@ -101,10 +103,13 @@ def _own_attributes(obj: Any) -> dict[str, Any] | None:
         found = getattr(obj, "__dict__", None)
         return found if isinstance(found, dict) else None
     known = (obj.__globals__, getattr(obj, "__builtins__", None), obj.__kwdefaults__)
-    parameters = {*obj.__code__.co_varnames, "return"}
     for held in gc.get_referents(obj):
-        own = type(held) is dict and held and all(held is not k for k in known)
-        if own and not held.keys() <= parameters:
+        if (
+            type(held) is dict
+            and held
+            and all(held is not k for k in known)
+            and not held.keys() <= {*obj.__code__.co_varnames, "return"}
+        ):
             return obj.__dict__  # there already
     return None
 

@@ -86,6 +86,10 @@ def check_restated_defaults(
     the module holds, which a restart would change too. Taking the running value in
     the patch file, or a literal default, goes in.
     """
+    if _same_objects(original["__defaults__"], new.__defaults__) and _same_objects(
+        original["__kwdefaults__"], new.__kwdefaults__
+    ):
+        return  # the usual patch: the defaults as they were (literals, the module's names)
     spec, module = target.spec, target.module
     theirs = _by_parameter(
         original["__code__"], original["__defaults__"], original["__kwdefaults__"]
@@ -115,6 +119,17 @@ def check_restated_defaults(
                 f'@patch.migrate("{module.__name__}")'
             )
             raise NameConflict(msg, patch=patch.version, target=spec)
+
+
+def _same_objects(theirs: Any, ours: Any) -> bool:
+    """The same defaults, object for object (a tuple, a dict, or ``None``)."""
+    if theirs is None or ours is None:
+        return theirs is ours
+    if len(theirs) != len(ours):
+        return False
+    if isinstance(theirs, dict):
+        return all(ours.get(k, _NOWHERE) is v for k, v in theirs.items())
+    return all(a is b for a, b in zip(theirs, ours, strict=True))
 
 
 def _by_parameter(

@@ -83,6 +83,8 @@ def _said_otherwise(holder: type, owner: type, registered: set[int]) -> list[str
     for name, value in vars(holder).items():
         if (name.startswith("__") and name.endswith("__")) or name in _BOOKS:
             continue  # what every class body (an ABC's, an enum's) makes
+        if id(value) in registered:
+            continue  # a replacement, as written
         written = written_name(name, holder)
         if name in members:  # an enum's member: by its value
             value = getattr(value, "value", value)  # noqa: PLW2901 - compared by value
