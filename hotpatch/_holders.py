@@ -85,34 +85,35 @@ def _said_otherwise(holder: type, owner: type, registered: set[int]) -> list[str
             continue  # what every class body (an ABC's, an enum's) makes
         if id(value) in registered:
             continue  # a replacement, as written
-        written = written_name(name, holder)
-        if name in members:  # an enum's member: by its value
-            value = getattr(value, "value", value)  # noqa: PLW2901 - compared by value
-            running = getattr(owner, "_member_map_", {}).get(name, _LACKS)
-            if running is _LACKS or not equal(getattr(running, "value", running), value):
-                said.append(f"{written} (another member than the running class's)")
-            continue
-        functions = member_functions(value)
-        if id(value) in registered or any(id(f) in registered for f in functions):
-            continue
-        running = _LACKS
-        for cls in owner.__mro__:
-            if name in vars(cls):
-                running = vars(cls)[name]
-                break
-        if isinstance(value, types.MemberDescriptorType) and type(running) is type(value):
-            continue  # a slot restated: the running class's own makes its instances
-        if running is _LACKS:
-            said.append(f"{written} (the running class has none)")
-        elif functions or member_functions(running):
-            if not _same_functions(running, value):
-                said.append(f"{written} (another function than the running class's)")
-        elif running is not value and not equal(running, value):
-            said.append(
-                f"{written} = {reprlib.repr(value)} "
-                f"(the running class holds {reprlib.repr(running)})"
-            )
+        what = _member_said(name, value, owner, member=name in members, registered=registered)
+        if what:
+            said.append(f"{written_name(name, holder)} {what}")
     return said
+
+
+def _member_said(  # noqa: PLR0911 - one reason per return
+    name: str, value: Any, owner: type, *, member: bool, registered: set[int]
+) -> str | None:
+    """What the holder's ``name`` says otherwise than the running class, or ``None``."""
+    if member:  # an enum's member: by its value
+        running = getattr(owner, "_member_map_", {}).get(name, _LACKS)
+        if running is not _LACKS and equal(running.value, value.value):
+            return None
+        return "(another member than the running class's)"
+    functions = member_functions(value)
+    if any(id(f) in registered for f in functions):
+        return None  # a property or static method around a replacement
+    running = next((vars(c)[name] for c in owner.__mro__ if name in vars(c)), _LACKS)
+    if isinstance(value, types.MemberDescriptorType) and type(running) is type(value):
+        return None  # a slot restated: the running class's own makes its instances
+    if running is _LACKS:
+        return "(the running class has none)"
+    if functions or member_functions(running):
+        same = _same_functions(running, value)
+        return None if same else "(another function than the running class's)"
+    if running is value or equal(running, value):
+        return None
+    return f"= {reprlib.repr(value)} (the running class holds {reprlib.repr(running)})"
 
 
 def _same_functions(running: Any, value: Any) -> bool:
