@@ -82,6 +82,7 @@ from hotpatch._targets import (
 )
 from hotpatch._validate import (
     check_baseline,
+    check_names_defined,
     check_replacement,
     check_version,
     global_names,
@@ -450,14 +451,10 @@ class _Planner:
         )
         if plan.patch.quiescence == "strict":  # only a strict patch waits on them
             plan.codes.extend(self.codes_before.get(id(func), ()))
-        plan.needs.append(
-            (
-                target.module,
-                global_names(new.__code__) - set(old_code.co_freevars),
-                new.__globals__,
-                spec,
-            )
-        )
+        names = global_names(new.__code__) - set(old_code.co_freevars)
+        spaces = (new.__globals__, target.module.__dict__, getattr(func, "__builtins__", {}))
+        check_names_defined(plan.patch, spec, names, spaces, old=old_code, new=new.__code__)
+        plan.needs.append((target.module, names, new.__globals__, spec))
 
     def add_nested(self, target: NestedTarget, new_obj: Any) -> None:
         """A nested function: the enclosing code's constant now; the made ones in scan_nested."""
@@ -476,6 +473,8 @@ class _Planner:
         plan.modes[target.spec] = "inline"
         plan.codes.extend((old, code))
         names = global_names(new.__code__) - set(old.co_freevars)
+        spaces = (new.__globals__, target.module.__dict__, getattr(outer, "__builtins__", {}))
+        check_names_defined(plan.patch, target.spec, names, spaces, old=old, new=new.__code__)
         plan.needs.append((target.module, names, new.__globals__, target.spec))
         self.pending.append((target, old, code))
 

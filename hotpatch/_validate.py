@@ -11,7 +11,7 @@ from __future__ import annotations
 import dis
 import inspect
 import types
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from packaging.version import Version
@@ -28,6 +28,7 @@ __all__ = [
     "accepts_same_calls",
     "applied_as",
     "check_baseline",
+    "check_names_defined",
     "check_private_names",
     "check_replacement",
     "check_version",
@@ -271,6 +272,46 @@ def global_names(code: types.CodeType) -> frozenset[str]:
 
 
 _NO_NAMES: frozenset[str] = frozenset()
+
+
+def check_names_defined(
+    patch: Patch,
+    spec: str,
+    names: Iterable[str],
+    namespaces: Sequence[Mapping[str, Any]],
+    *,
+    old: types.CodeType,
+    new: types.CodeType,
+) -> None:
+    """``VerificationFailed`` if ``new`` reads a global name that none of ``namespaces``
+    (the patch file's, the module's, the builtins) defines, that the original ``old``
+    does not mention and that ``new`` does not assign: each call would raise NameError.
+    """
+    missing = [n for n in names if not any(n in space for space in namespaces)]
+    if not missing:
+        return  # the usual patch: nothing more to read
+    known = _names_of(old) | _stored(new)
+    missing = sorted(n for n in missing if n not in known)
+    if missing:
+        msg = (
+            f"patch {patch.version}: the replacement for {spec} reads {', '.join(missing)}, "
+            "which neither its module, nor the patch file, nor the builtins define, and the "
+            "original does not read: each call would raise NameError. Import or define them "
+            "in the patch file, or correct the names"
+        )
+        raise VerificationFailed(msg, patch=patch.version, target=spec)
+
+
+def _stored(code: types.CodeType) -> set[str]:
+    """The global names ``code`` and the code nested in it assign or delete."""
+    names = {i.argval for i in dis.get_instructions(code) if i.opname in _STORES}
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _stored(const)
+    return names
+
+
+_STORES = frozenset({"STORE_GLOBAL", "DELETE_GLOBAL", "STORE_NAME", "DELETE_NAME"})
 _ABSENT = object()
 
 
