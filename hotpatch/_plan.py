@@ -452,8 +452,9 @@ class _Planner:
         if plan.patch.quiescence == "strict":  # only a strict patch waits on them
             plan.codes.extend(self.codes_before.get(id(func), ()))
         names = global_names(new.__code__) - set(old_code.co_freevars)
-        spaces = (new.__globals__, target.module.__dict__, getattr(func, "__builtins__", {}))
-        check_names_defined(plan.patch, spec, names, spaces, old=old_code, new=new.__code__)
+        if not _migrates(plan.patch, target.module):  # a migration may define names
+            spaces = (new.__globals__, target.module.__dict__, getattr(func, "__builtins__", {}))
+            check_names_defined(plan.patch, spec, names, spaces, old=old_code, new=new.__code__)
         plan.needs.append((target.module, names, new.__globals__, spec))
 
     def add_nested(self, target: NestedTarget, new_obj: Any) -> None:
@@ -473,8 +474,9 @@ class _Planner:
         plan.modes[target.spec] = "inline"
         plan.codes.extend((old, code))
         names = global_names(new.__code__) - set(old.co_freevars)
-        spaces = (new.__globals__, target.module.__dict__, getattr(outer, "__builtins__", {}))
-        check_names_defined(plan.patch, target.spec, names, spaces, old=old, new=new.__code__)
+        if not _migrates(plan.patch, target.module):  # a migration may define names
+            spaces = (new.__globals__, target.module.__dict__, getattr(outer, "__builtins__", {}))
+            check_names_defined(plan.patch, target.spec, names, spaces, old=old, new=new.__code__)
         plan.needs.append((target.module, names, new.__globals__, target.spec))
         self.pending.append((target, old, code))
 
@@ -739,6 +741,11 @@ class _Planner:
                     plan.names.append(f"{module.__name__}.{name}")
                 plan.changes[k] = (module, name, value)
                 plan.injected.add(k)
+
+
+def _migrates(patch: Patch, module: types.ModuleType) -> bool:
+    """Whether ``patch`` runs a migration of ``module`` (which may define its names)."""
+    return any(m.module == module.__name__ for m in patch.migrations)
 
 
 def _both(patch: Patch, spec: str) -> None:

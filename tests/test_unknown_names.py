@@ -133,3 +133,28 @@ def make_adder(n):
     )
     with pytest.raises(hotpatch.VerificationFailed, match="bonus"):
         registry.check(patch)
+
+
+def test_a_name_a_migration_of_the_module_defines_goes_in(make_module, write_patch, registry):
+    # The migration runs in the switch, after the check: what it defines is not there yet.
+    mod = make_module(SERVICE)
+    patch = load(
+        write_patch,
+        f"""
+        @patch.migrate("{mod.__name__}")
+        def add_limits(module):
+            module.LIMITS = {{"total": 10}}
+
+        @patch.unmigrate("{mod.__name__}")
+        def drop_limits(module):
+            del module.LIMITS
+
+        @patch.replace("{mod.__name__}:total")
+        def total(items):
+            return min(sum(items), LIMITS["total"])
+        """,
+    )
+    registry.apply(patch)
+    assert mod.total([7, 8]) == 10
+    registry.rollback()
+    assert not hasattr(mod, "LIMITS")
