@@ -685,6 +685,42 @@ CASES: dict[str, tuple[str, str, str, str]] = {
         "sorted(VERSIONS)",
         "module.ORDER",
     ),
+    "held_by_a_slice_handed_on": (
+        """\
+        class Version:
+            def __init__(self, n):
+                self.n = n
+
+            def __lt__(self, other):
+                return (self.n < other.n) == ("v1" == "v" + "1")
+
+
+        VERSIONS = [Version(1), Version(2), Version(3)]
+        ORDER = [v.n for v in sorted(VERSIONS[:2])]
+        """,
+        "Version.__lt__",
+        "sorted(VERSIONS[:2])",
+        "module.ORDER",
+    ),
+    "held_by_a_list_filled_after_it_is_made": (
+        """\
+        class Version:
+            def __init__(self, n):
+                self.n = n
+
+            def __lt__(self, other):
+                return (self.n < other.n) == ("v1" == "v" + "1")
+
+
+        VERSIONS = []
+        VERSIONS.append(Version(1))
+        VERSIONS.append(Version(2))
+        ORDER = [v.n for v in sorted(VERSIONS)]
+        """,
+        "Version.__lt__",
+        "sorted(VERSIONS)",
+        "module.ORDER",
+    ),
     "percent_format_of_a_tuple": (
         """\
         class Money:

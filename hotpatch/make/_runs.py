@@ -203,6 +203,7 @@ class _Scope:
                 todo.append(sub)
         scope.builtin_loops(seen, bound)
         scope.augment(augmented)
+        scope.fill(seen)
         if args is not None:  # parameters bound only by the call and simple assignments
             every = [*args.posonlyargs, *args.args, *args.kwonlyargs, args.vararg, args.kwarg]
             scope.plain_params = {
@@ -242,6 +243,18 @@ class _Scope:
             else:
                 self.opaque.add(name)
 
+    def fill(self, nodes: list[ast.AST]) -> None:
+        """A name bound to a container and filled after (``ITEMS = []``,
+        ``ITEMS.append(Box())``) holds what was put in too: a literal of it is one more
+        of its values, so what it holds is found where it is handed on."""
+        filled: dict[str, list[ast.expr]] = {}
+        for node in nodes:
+            if (added := _filled(node)) is not None:
+                filled.setdefault(added[0], []).append(added[1])
+        for name, values in filled.items():
+            if name in self.names and name not in self.opaque:
+                self.names[name].append(ast.copy_location(ast.List(elts=values), values[0]))
+
     def bind(self, source: Source) -> _Scope:
         """Its own imports, resolved (a function's ``import re``)."""
         if self.imports:
@@ -251,6 +264,29 @@ class _Scope:
                 self.names.pop(name, None)
                 self.opaque.discard(name)
         return self
+
+
+# Methods that put their last argument into the container they are called on
+_FILLS = frozenset({"append", "add", "insert", "appendleft", "setdefault"})
+# and those that put in what their argument holds
+_FILLS_FROM = frozenset({"extend", "update", "extendleft"})
+
+
+def _filled(node: ast.AST) -> tuple[str, ast.expr] | None:
+    """``(name, value)`` for a statement putting ``value`` into the container ``name``
+    (``ITEMS.append(x)``, ``ITEMS.extend(xs)``: each of ``xs``, ``ITEMS[k] = x``)."""
+    if isinstance(node, ast.Expr) and isinstance(call := node.value, ast.Call):
+        func = call.func
+        if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) and call.args:
+            if func.attr in _FILLS:
+                return func.value.id, call.args[-1]
+            if func.attr in _FILLS_FROM:
+                return func.value.id, ast.Starred(value=call.args[0], ctx=ast.Load())
+    if isinstance(node, ast.Assign):
+        for target in node.targets:
+            if isinstance(target, ast.Subscript) and isinstance(target.value, ast.Name):
+                return target.value.id, node.value
+    return None
 
 
 class _Module:
@@ -614,6 +650,8 @@ class _Walk:
         their methods runs."""
         if isinstance(arg, ast.Starred):
             arg = arg.value
+        while isinstance(arg, ast.Subscript) and isinstance(arg.slice, ast.Slice):
+            arg = arg.value  # a slice (``ITEMS[:2]``) holds what the sliced value held
         if isinstance(arg, ast.List | ast.Tuple | ast.Set | ast.Dict):
             parts = arg.elts if not isinstance(arg, ast.Dict) else [*arg.keys, *arg.values]
             for part in parts:
