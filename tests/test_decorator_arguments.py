@@ -12,16 +12,7 @@ not an argument: the same decorator goes in hot whatever that state holds.
 
 from __future__ import annotations
 
-import textwrap
-from collections.abc import Callable
-from pathlib import Path
-
-import pytest
-
-import hotpatch
-
-PatchWriter = Callable[..., Path]
-HEADER = "from hotpatch import Patch\npatch = Patch(version='1.0.1', baseline='1.0')\n"
+from refusals import load, refused
 
 SERVICE = """
 import functools
@@ -90,21 +81,6 @@ class Client:
         ATTEMPTS.append(2)
         raise ValueError
 """
-
-
-def load(write_patch: PatchWriter, body: str) -> hotpatch.Patch:
-    return hotpatch.load_patch(write_patch(HEADER + textwrap.dedent(body)))
-
-
-def refused(registry: hotpatch.Registry, patch: hotpatch.Patch) -> str:
-    """The message ``check()`` and ``apply()`` both refuse ``patch`` with; nothing applied."""
-    with pytest.raises(hotpatch.VerificationFailed) as checked:
-        registry.check(patch)
-    with pytest.raises(hotpatch.VerificationFailed) as applied:
-        registry.apply(patch)
-    assert str(applied.value) == str(checked.value)
-    assert not registry.level
-    return str(checked.value)
 
 
 def test_a_decorator_argument_changed_in_the_patch_is_refused(make_module, write_patch, registry):

@@ -14,15 +14,11 @@ holds (an unchanged helper copied for context, the running sentinel) goes in.
 from __future__ import annotations
 
 import textwrap
-from collections.abc import Callable
-from pathlib import Path
 
 import pytest
+from refusals import HEADER, load, refused
 
 import hotpatch
-
-PatchWriter = Callable[..., Path]
-HEADER = "from hotpatch import Patch\npatch = Patch(version='1.0.1', baseline='1.0')\n"
 
 BUCKET = """
 class Bucket:
@@ -54,21 +50,6 @@ ADD = """
         self.items.append(self._norm(x))
         return True
 """
-
-
-def load(write_patch: PatchWriter, body: str) -> hotpatch.Patch:
-    return hotpatch.load_patch(write_patch(HEADER + textwrap.dedent(body)))
-
-
-def refused(registry: hotpatch.Registry, patch: hotpatch.Patch) -> str:
-    """The message ``check()`` and ``apply()`` both refuse ``patch`` with; nothing applied."""
-    with pytest.raises(hotpatch.VerificationFailed) as checked:
-        registry.check(patch)
-    with pytest.raises(hotpatch.VerificationFailed) as applied:
-        registry.apply(patch)
-    assert str(applied.value) == str(checked.value)
-    assert not registry.level
-    return str(checked.value)
 
 
 def holder(mod: object, extra: str, name: str = "Bucket") -> str:

@@ -9,16 +9,7 @@ method failed (or read another attribute): a silent wrong result.
 
 from __future__ import annotations
 
-import textwrap
-from collections.abc import Callable
-from pathlib import Path
-
-import pytest
-
-import hotpatch
-
-PatchWriter = Callable[..., Path]
-HEADER = "from hotpatch import Patch\npatch = Patch(version='1.0.1', baseline='1.0')\n"
+from refusals import load, refused
 
 ACCT = """
 class Acct:
@@ -37,21 +28,6 @@ class Acct:
 def plain():
     return "plain"
 """
-
-
-def load(write_patch: PatchWriter, body: str) -> hotpatch.Patch:
-    return hotpatch.load_patch(write_patch(HEADER + textwrap.dedent(body)))
-
-
-def refused(registry: hotpatch.Registry, patch: hotpatch.Patch) -> str:
-    """The message ``check()`` and ``apply()`` both refuse ``patch`` with; nothing applied."""
-    with pytest.raises(hotpatch.VerificationFailed) as checked:
-        registry.check(patch)
-    with pytest.raises(hotpatch.VerificationFailed) as applied:
-        registry.apply(patch)
-    assert str(applied.value) == str(checked.value)
-    assert not registry.level
-    return str(checked.value)
 
 
 def test_a_method_written_at_top_level_reading_a_private_name_is_refused(

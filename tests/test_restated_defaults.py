@@ -14,15 +14,11 @@ parameter, the name and the way to take the running value.
 from __future__ import annotations
 
 import textwrap
-from collections.abc import Callable
-from pathlib import Path
 
 import pytest
+from refusals import HEADER, load, refused
 
 import hotpatch
-
-PatchWriter = Callable[..., Path]
-HEADER = "from hotpatch import Patch\npatch = Patch(version='1.0.1', baseline='1.0')\n"
 
 CACHE = """
 _MISSING = object()
@@ -59,21 +55,6 @@ def wait(timeout=TIMEOUT):
 """
 
 
-def load(write_patch: PatchWriter, body: str) -> hotpatch.Patch:
-    return hotpatch.load_patch(write_patch(HEADER + textwrap.dedent(body)))
-
-
-def refused(registry: hotpatch.Registry, patch: hotpatch.Patch) -> str:
-    """The message ``check()`` and ``apply()`` both refuse ``patch`` with; nothing applied."""
-    with pytest.raises(hotpatch.NameConflict) as checked:
-        registry.check(patch)
-    with pytest.raises(hotpatch.NameConflict) as applied:
-        registry.apply(patch)
-    assert str(applied.value) == str(checked.value)
-    assert not registry.level
-    return str(checked.value)
-
-
 def test_a_class_sentinel_restated_in_the_holder_class_is_refused(
     make_module, write_patch, registry
 ):
@@ -93,7 +74,7 @@ def test_a_class_sentinel_restated_in_the_holder_class_is_refused(
                 return default
         """,
     )
-    msg = refused(registry, patch)
+    msg = refused(registry, patch, hotpatch.NameConflict)
     assert f"{mod.__name__}:Cache.pop" in msg
     assert "'default'" in msg
     assert "_Cache__marker" in msg
@@ -153,7 +134,7 @@ def test_a_module_sentinel_restated_for_a_keyword_default_is_refused(
                 return default
         """,
     )
-    msg = refused(registry, patch)
+    msg = refused(registry, patch, hotpatch.NameConflict)
     assert "'default'" in msg
     assert "_MISSING" in msg
     assert f"_MISSING = {mod.__name__}._MISSING" in msg
@@ -176,7 +157,7 @@ def test_a_module_sentinel_restated_for_a_function_not_reading_it_is_refused(
             return found
         """,
     )
-    msg = refused(registry, patch)
+    msg = refused(registry, patch, hotpatch.NameConflict)
     assert f"{mod.__name__}:lookup" in msg
     assert "'default'" in msg
     assert mod.lookup({}, "k") is mod._MISSING  # untouched
@@ -196,7 +177,7 @@ def test_a_restated_constant_with_another_value_is_refused_and_an_equal_one_is_n
             return timeout + 0
         """,
     )
-    msg = refused(registry, other)
+    msg = refused(registry, other, hotpatch.NameConflict)
     assert "TIMEOUT" in msg
     same = load(
         write_patch,

@@ -11,16 +11,10 @@ init function) or that the replacement itself assigns is not refused.
 
 from __future__ import annotations
 
-import textwrap
-from collections.abc import Callable
-from pathlib import Path
-
 import pytest
+from refusals import load
 
 import hotpatch
-
-PatchWriter = Callable[..., Path]
-HEADER = "from hotpatch import Patch\npatch = Patch(version='1.0.1', baseline='1.0')\n"
 
 SERVICE = """
 def total(items):
@@ -37,10 +31,6 @@ class Cart:
     def count(self, items):
         return len(items)
 """
-
-
-def load(write_patch: PatchWriter, body: str) -> hotpatch.Patch:
-    return hotpatch.load_patch(write_patch(HEADER + textwrap.dedent(body)))
 
 
 def test_a_name_nothing_defines_is_refused(make_module, write_patch, registry):
