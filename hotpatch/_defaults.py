@@ -17,6 +17,7 @@ import types
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from hotpatch._codegen import ABSENT
 from hotpatch._errors import NameConflict, PatchError
 from hotpatch._holders import holder_of, written_name
 from hotpatch._members import equal, member_functions
@@ -24,8 +25,6 @@ from hotpatch._patch import Patch
 from hotpatch._targets import Target, is_nested, resolve
 
 __all__ = ["check_restated_defaults", "running_in_defaults"]
-
-_NOWHERE = object()  # what the patch file binds to a name it does not bind
 
 
 def running_in_defaults(patch: Patch, stands_for: Mapping[int, type]) -> None:
@@ -103,9 +102,9 @@ def check_restated_defaults(
         if value is old or equal(value, old):
             continue
         for path, name in _running_names(old, module, target.owner):
-            if holder is not None and vars(holder).get(name, _NOWHERE) is value:
+            if holder is not None and vars(holder).get(name, ABSENT) is value:
                 written = written_name(name, holder)
-            elif new.__globals__.get(name, _NOWHERE) is value:
+            elif new.__globals__.get(name, ABSENT) is value:
                 written = name
             else:
                 continue
@@ -128,7 +127,7 @@ def _same_objects(theirs: Any, ours: Any) -> bool:
     if len(theirs) != len(ours):
         return False
     if isinstance(theirs, dict):
-        return all(ours.get(k, _NOWHERE) is v for k, v in theirs.items())
+        return all(ours.get(k, ABSENT) is v for k, v in theirs.items())
     return all(a is b for a, b in zip(theirs, ours, strict=True))
 
 

@@ -19,6 +19,7 @@ import types
 from typing import Any
 
 from hotpatch._classes import BOILERPLATE, ENUM_BOOKKEEPING, is_enum, same_code
+from hotpatch._codegen import ABSENT
 from hotpatch._errors import PatchError, VerificationFailed
 from hotpatch._members import equal, member_functions
 from hotpatch._patch import Patch
@@ -26,7 +27,6 @@ from hotpatch._targets import is_nested, resolve
 
 __all__ = ["check_holders", "holder_of", "written_name"]
 
-_LACKS = object()
 _BOOKS = BOILERPLATE | ENUM_BOOKKEEPING
 
 
@@ -96,17 +96,17 @@ def _member_said(  # noqa: PLR0911 - one reason per return
 ) -> str | None:
     """What the holder's ``name`` says otherwise than the running class, or ``None``."""
     if member:  # an enum's member: by its value
-        running = getattr(owner, "_member_map_", {}).get(name, _LACKS)
-        if running is not _LACKS and equal(running.value, value.value):
+        running = getattr(owner, "_member_map_", {}).get(name, ABSENT)
+        if running is not ABSENT and equal(running.value, value.value):
             return None
         return "(another member than the running class's)"
     functions = member_functions(value)
     if any(id(f) in registered for f in functions):
         return None  # a property or static method around a replacement
-    running = next((vars(c)[name] for c in owner.__mro__ if name in vars(c)), _LACKS)
+    running = next((vars(c)[name] for c in owner.__mro__ if name in vars(c)), ABSENT)
     if isinstance(value, types.MemberDescriptorType) and type(running) is type(value):
         return None  # a slot restated: the running class's own makes its instances
-    if running is _LACKS:
+    if running is ABSENT:
         return "(the running class has none)"
     if functions or member_functions(running):
         same = _same_functions(running, value)
