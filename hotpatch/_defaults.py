@@ -19,10 +19,11 @@ from typing import Any
 
 from hotpatch._codegen import ABSENT
 from hotpatch._errors import NameConflict, PatchError
-from hotpatch._holders import holder_of, written_name
+from hotpatch._holders import holder_of
 from hotpatch._members import equal, member_functions
 from hotpatch._patch import Patch
 from hotpatch._targets import Target, is_nested, resolve
+from hotpatch._validate import written_in
 
 __all__ = ["check_restated_defaults", "running_in_defaults"]
 
@@ -103,7 +104,7 @@ def check_restated_defaults(
             continue
         for path, name in _running_names(old, module, target.owner):
             if holder is not None and vars(holder).get(name, ABSENT) is value:
-                written = written_name(name, holder)
+                written = written_in(name, holder.__name__)
             elif new.__globals__.get(name, ABSENT) is value:
                 written = name
             else:

@@ -24,8 +24,9 @@ from hotpatch._errors import PatchError, VerificationFailed
 from hotpatch._members import equal, member_functions
 from hotpatch._patch import Patch
 from hotpatch._targets import is_nested, resolve
+from hotpatch._validate import written_in
 
-__all__ = ["check_holders", "holder_of", "written_name"]
+__all__ = ["check_holders", "holder_of"]
 
 _BOOKS = BOILERPLATE | ENUM_BOOKKEEPING
 
@@ -87,7 +88,7 @@ def _said_otherwise(holder: type, owner: type, registered: set[int]) -> list[str
             continue  # a replacement, as written
         what = _member_said(name, value, owner, member=name in members, registered=registered)
         if what:
-            said.append(f"{written_name(name, holder)} {what}")
+            said.append(f"{written_in(name, holder.__name__)} {what}")
     return said
 
 
@@ -127,9 +128,3 @@ def _same_functions(running: Any, value: Any) -> bool:
             for a, b in zip(theirs, ours, strict=True)
         )
     )
-
-
-def written_name(name: str, holder: type) -> str:
-    """A class attribute's name as written in ``holder``'s body (``__x`` for ``_C__x``)."""
-    prefix = "_" + holder.__name__.lstrip("_")
-    return name[len(prefix) :] if name.startswith(prefix + "__") else name

@@ -37,6 +37,7 @@ __all__ = [
     "kind_of_flags",
     "reference_function",
     "signature_problems",
+    "written_in",
 ]
 
 _P = inspect.Parameter
@@ -235,6 +236,12 @@ def _mangle(name: str, cls: str | None) -> str:
     if not name.startswith("__") or name.endswith("__") or "." in name:
         return name
     return _prefix(cls) + name
+
+
+def written_in(name: str, cls: str | None) -> str:
+    """``name`` (as the compiler stores it) as written in a class named ``cls``:
+    ``__x`` for ``_C__x`` in ``class C``; any other name as it is."""
+    return _unmangle(name, cls) or name
 
 
 def _unmangle(name: str, cls: str | None) -> str | None:

@@ -71,6 +71,14 @@ def test_class_data_of_another_value_in_the_holder_is_refused(make_module, write
     assert [bucket.add(i) for i in range(6)][-1] is False  # untouched
 
 
+def test_a_private_name_is_named_as_written_in_the_holder(make_module, write_patch, registry):
+    mod = make_module(BUCKET)
+    for name in ("Bucket", "_Bucket"):  # both mangle __marker as _Bucket__marker
+        msg = refused(registry, load(write_patch, holder(mod.__name__, "__marker = 0\n", name)))
+        assert "__marker = 0 (the running class holds <object" in msg
+        assert "_Bucket__marker" not in msg
+
+
 def test_a_changed_helper_not_registered_is_refused(make_module, write_patch, registry):
     mod = make_module(BUCKET)
     extra = "def _norm(self, x):\n    return x * 10\n"
