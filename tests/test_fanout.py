@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -91,6 +92,7 @@ class Workers:
         poison: bool = False,
         journal: Path | None = None,
         vital_timeout: float | None = None,
+        wait: bool = True,
     ) -> int:
         env = {
             k: v for k, v in os.environ.items() if k not in ("POISON", "JOURNAL", "VITAL_TIMEOUT")
@@ -114,8 +116,18 @@ class Workers:
             )
         self.procs.append(proc)
         self.logs.append(log)
+        return self.ready(proc) if wait else proc.pid
+
+    def launch(self) -> subprocess.Popen[str]:
+        """A worker started and not waited for (``ready`` waits)."""
+        self.start(wait=False)
+        return self.procs[-1]
+
+    def ready(self, proc: subprocess.Popen[str]) -> int:
+        """``proc``'s pid once its ``install()`` has returned."""
         assert proc.stdout is not None
         line = proc.stdout.readline()
+        log = self.logs[self.procs.index(proc)]
         assert line.startswith("ready"), (
             f"worker failed to start (exit {proc.poll()}):\n{log.read_text()[-3000:]}"
         )
@@ -286,6 +298,31 @@ def test_when_the_owner_dies_another_worker_takes_the_folder(workers: Workers) -
     assert sorted(w["pid"] for w in result["workers"]) == sorted(survivors)
     # The dead worker's socket was removed, not waited on.
     assert not workers.socket(owner).exists()
+
+
+def test_a_worker_says_starting_until_it_has_caught_up(workers: Workers) -> None:
+    """A new worker answers its socket before it has the group's level (it asks a live
+    worker for it first): until then its status says "starting", not "serving"."""
+    first = workers.start()
+    workers.drop("fix.py", patch_text("1.1", 1))
+    workers.filed("fix.py", "applied")
+    os.kill(first, signal.SIGSTOP)  # it will not answer the new worker's catch-up for now
+    try:
+        proc = workers.launch()
+        answers: list[dict[str, Any]] = []
+
+        def asked() -> bool:
+            with contextlib.suppress(FileNotFoundError, ConnectionRefusedError):
+                answers.append(request(workers.socket(proc.pid), {"cmd": "worker"}))
+            return bool(answers)
+
+        wait_for(asked, "the new worker's socket to answer")
+        assert (answers[0]["state"], answers[0]["level"]) == ("starting", []), answers
+    finally:
+        os.kill(first, signal.SIGCONT)
+    workers.ready(proc)
+    state = request(workers.socket(proc.pid), {"cmd": "worker"})
+    assert (state["state"], state["level"]) == ("serving", ["1.1"]), state
 
 
 def test_status_lists_the_workers_and_rollback_reaches_them_all(workers: Workers) -> None:

@@ -181,6 +181,7 @@ class Worker:
                 self.ownership.try_to_own()
             self.ownership.start()
             announce(folder)  # the others know of this worker from now on (Roster)
+            self.commands.started = True
             self._stack = stack.pop_all()
         log.info(
             "hotpatch worker %d started: baseline %s, level %s, folder %s (%s)",

@@ -54,6 +54,7 @@ class WorkerCommands:
         self.problem = problem  # why the folder takes no drop now, if this worker owns it
         self.waiting = waiting  # the drop waiting for a resource, if this worker owns it
         self.joined = joined  # another worker started: look at who is registered
+        self.started = False  # until its install() returns: its level may not be the group's
         self.commands = Commands(pipeline, self.status)
         self._public = dispatch(
             {**self.commands.table(), "apply": self.apply, "rollback": self.rollback}
@@ -97,7 +98,7 @@ class WorkerCommands:
             "baseline": self.settings.baseline,
             **(level_summary(level) if brief else {"level": list(level)}),
             "owner": owner,
-            "state": "owner" if owner else "serving",
+            "state": "owner" if owner else "serving" if self.started else "starting",
         }
 
     def status(self) -> dict[str, Any]:
