@@ -17,6 +17,14 @@ in benchmarks/results/.
     python benchmarks/make_commits.py --repo ~/src/toolz --pick 20
     python benchmarks/make_commits.py --repo ~/src/cachetools --root src \\
         --range v5.3.0..abc1234 --test-command "python -m pytest -q tests"
+    python benchmarks/make_commits.py --repo ~/src/humanize --pick 20 \\
+        --prepare "echo '__version__ = \\"0\\"' > src/humanize/_version.py"
+
+With ``--prepare COMMAND`` (a shell command) both versions are checked out and
+the command runs in each, as a build would lay them out (a version file the
+build writes, which git does not hold); ``hotpatch make`` then compares the two
+trees (``hotpatch make OLD_TREE NEW_TREE``) instead of reading git, and the
+tests run on the prepared trees.
 
 Without ``--repo`` it runs on a small repository it generates (three fixes:
 two hot, one that needs a baseline), which is what ``make bench`` and the
@@ -29,6 +37,7 @@ import argparse
 import contextlib
 import io
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -38,7 +47,7 @@ import textwrap
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +59,7 @@ from hotpatch.make._sources import classify
 
 NAME = "make_commits"
 _REFUSED = "the generated patch does not go in against the old code"
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 BASELINE, VERSION = "1.0", "1.0.1"
 _GIT_ENV = {
     "GIT_AUTHOR_NAME": "Bench",
@@ -137,6 +147,7 @@ def run_range(
     work: Path,
     timeout: float,
     run_tests: bool = True,
+    prepare: str = "",
 ) -> Outcome:
     old_rev, _, new_rev = spec.partition("..")
     old = git(repo, "rev-parse", "--verify", f"{old_rev}^{{commit}}")
@@ -145,21 +156,25 @@ def run_range(
     label = f"{old[:8]}..{new[:8]}"
     tree = work / f"old-{old[:10]}-{new[:10]}"
     git(repo, "worktree", "add", "-q", "--detach", str(tree), old)
+    # --prepare: both versions checked out and laid out as the build would; make reads them
+    new_tree = work / f"new-{new[:10]}" if prepare else None
     try:
         outcome = Outcome(label, subject, "error")
         start = time.perf_counter()
         try:
             result = make(
-                Request(
-                    baseline=BASELINE,
-                    version=VERSION,
-                    repo=repo,
-                    from_rev=old,
-                    to_rev=new,
+                _request(repo, old, new, subject, work=work, roots=roots, timeout=timeout)
+                if new_tree is None
+                else _prepared(
+                    repo,
+                    old,
+                    new,
+                    subject,
+                    work=work,
                     roots=roots,
-                    output=work / f"patch-{new[:10]}.py",
-                    summary=subject,
                     timeout=timeout,
+                    trees=(tree, new_tree),
+                    prepare=prepare,
                 )
             )
         except (MakeError, OSError, ValueError) as exc:
@@ -220,7 +235,9 @@ def run_range(
             t for t, state in after.items() if state == "failed" and before.get(t) == "passed"
         )
         outcome.tests_run = len(after)
-        restart = _restarted(repo, new, test_command, work=work, roots=roots, timeout=timeout)
+        restart = _restarted(
+            repo, new, test_command, work=work, roots=roots, timeout=timeout, tree=new_tree
+        )
         if isinstance(restart, str):
             outcome.note = f"the tests on the new code wrote no report: {restart}"
             return outcome
@@ -232,8 +249,71 @@ def run_range(
         outcome.patch_misses = [t for t in outcome.restart_fixed if after.get(t) != "passed"]
         return outcome
     finally:
-        git(repo, "worktree", "remove", "--force", str(tree), check=False)
-        shutil.rmtree(tree, ignore_errors=True)
+        _drop(repo, tree, new_tree)
+
+
+def _drop(repo: Path, *trees: Path | None) -> None:
+    """Remove the worktrees checked out (those of ``trees`` that are there)."""
+    for tree in trees:
+        if tree is not None and tree.exists():
+            git(repo, "worktree", "remove", "--force", str(tree), check=False)
+            shutil.rmtree(tree, ignore_errors=True)
+
+
+def _request(
+    repo: Path,
+    old: str,
+    new: str,
+    subject: str,
+    *,
+    work: Path,
+    roots: tuple[str, ...],
+    timeout: float,
+) -> Request:
+    """What ``hotpatch make`` is asked for one range: from git."""
+    return Request(
+        baseline=BASELINE,
+        version=VERSION,
+        repo=repo,
+        from_rev=old,
+        to_rev=new,
+        roots=roots,
+        output=work / f"patch-{new[:10]}.py",
+        summary=subject,
+        timeout=timeout,
+    )
+
+
+def _prepared(
+    repo: Path,
+    old: str,
+    new: str,
+    subject: str,
+    *,
+    work: Path,
+    roots: tuple[str, ...],
+    timeout: float,
+    trees: tuple[Path, Path],
+    prepare: str,
+) -> Request:
+    """``_request`` from the two versions checked out, ``prepare`` run in each (the old one
+    is checked out already): ``hotpatch make OLD_TREE NEW_TREE``."""
+    git(repo, "worktree", "add", "-q", "--detach", str(trees[1]), new)
+    for tree in trees:
+        _prepare(prepare, tree)
+    request = _request(repo, old, new, subject, work=work, roots=roots, timeout=timeout)
+    return replace(request, from_rev=None, to_rev=None, old_tree=trees[0], new_tree=trees[1])
+
+
+def _prepare(command: str, tree: Path) -> None:
+    """Run ``--prepare``'s shell command in a checked-out version (what its build writes)."""
+    done = subprocess.run(
+        command, shell=True, cwd=tree, capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        said = (done.stderr or done.stdout).strip()
+        msg = f"--prepare exited {done.returncode} in {tree.name}: {said}"
+        raise OSError(msg)
 
 
 def _restarted(
@@ -244,18 +324,23 @@ def _restarted(
     work: Path,
     roots: tuple[str, ...],
     timeout: float,
+    tree: Path | None = None,
 ) -> dict[str, str] | str:
-    """The tests on the new code itself, as a restart would run it."""
-    tree = work / f"new-{new[:10]}"
-    git(repo, "worktree", "add", "-q", "--detach", str(tree), new)
+    """The tests on the new code itself, as a restart would run it (in ``tree``, the new
+    version already checked out and prepared, if given)."""
+    made = tree is None
+    if tree is None:
+        tree = work / f"new-{new[:10]}"
+        git(repo, "worktree", "add", "-q", "--detach", str(tree), new)
     try:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(str(tree / r) for r in roots)}
         return _pytest(
             command, tree=tree, env=env, report=work / "restart.xml", patches=(), timeout=timeout
         )
     finally:
-        git(repo, "worktree", "remove", "--force", str(tree), check=False)
-        shutil.rmtree(tree, ignore_errors=True)
+        if made:
+            git(repo, "worktree", "remove", "--force", str(tree), check=False)
+            shutil.rmtree(tree, ignore_errors=True)
 
 
 def _why_baseline(reasons: Sequence[Change]) -> str:
@@ -324,13 +409,15 @@ def _pytest(
         return " | ".join(hotpatch[-1:] or said[-3:]) or f"exit status {done.returncode}"
     states: dict[str, str] = {}
     for case in ET.parse(report).getroot().iter("testcase"):
-        name = f"{case.get('classname', '')}::{case.get('name', '')}"
+        # a parameter's default repr (`<FakeDate object at 0x7f0b...>`) differs from run to
+        # run: without its address the same test has the same id in each run
+        name = _ADDRESS.sub(" at 0x", f"{case.get('classname', '')}::{case.get('name', '')}")
         if case.find("failure") is not None or case.find("error") is not None:
             states[name] = "failed"
         elif case.find("skipped") is not None:
-            states[name] = "skipped"
+            states[name] = states.get(name, "skipped")
         else:
-            states[name] = "passed"
+            states[name] = states.get(name, "passed")
     return states
 
 
@@ -473,6 +560,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=f"{sys.executable} -m pytest",
         help="the project's test command (pytest; --junitxml and --hotpatch-apply are added)",
     )
+    parser.add_argument(
+        "--prepare",
+        default="",
+        metavar="COMMAND",
+        help="a shell command run in each checked-out version before make (what the build "
+        "writes); make then compares the two trees, not git",
+    )
     parser.add_argument("--name", help="the project's name in the report")
     parser.add_argument("--timeout", type=float, default=60.0, help="per verification child")
     parser.add_argument("--quick", action="store_true", help="the generated repository only")
@@ -508,6 +602,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 work=work,
                 timeout=args.timeout,
                 run_tests=not args.every,
+                prepare=args.prepare,
             )
             outcomes.append(outcome)
             _save(path, name, outcomes, quick=args.quick or args.repo is None, complete=False)

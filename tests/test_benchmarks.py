@@ -626,6 +626,104 @@ def test_make_commits_every_commit_changing_code_makes_patches_without_tests(
     assert data["totals"]["baseline_diff"] == 1
 
 
+def test_make_commits_a_test_id_holding_an_address_is_the_same_test_in_each_run(
+    tmp_path: Path,
+) -> None:
+    """A test parametrized with ``str(obj)`` (``<Fake object at 0x7f0b...>``, as humanize's
+    are) gets another id in each run; without the address it is one test, passing in each,
+    so it is no patch miss (humanize's 4 per commit were these)."""
+    repo = GitRepo(tmp_path / "repo")
+    tests = (
+        "import pytest\n\nfrom calc.m import f\n\n\nclass Fake:\n    pass\n\n\n"
+        "@pytest.mark.parametrize('shown', [str(Fake())])\n"
+        "def test_shown(shown):\n    assert 'object at' in shown\n\n\n"
+        "def test_f():\n    assert f() == 2\n"
+    )
+    repo.commit(
+        "start",
+        {
+            "calc/__init__.py": "",
+            "calc/m.py": "def f():\n    return 1\n",
+            "tests/test_m.py": tests.replace("== 2", "== 1"),
+        },
+    )
+    repo.commit("Fix f", {"calc/m.py": "def f():\n    return 2\n", "tests/test_m.py": tests})
+    out = tmp_path / "out.json"
+    proc = subprocess.run(
+        [
+            *(sys.executable, str(BENCHMARKS / "make_commits.py"), "--repo", str(repo.path)),
+            *("--pick", "1", "--root", ".", "--json", str(out)),
+            *("--test-command", f"{sys.executable} -m pytest tests"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    commit = json.loads(out.read_text())["commits"][0]
+    assert commit["verdict"] == "hot", commit["reasons"]
+    assert commit["restart_fixed"] == ["tests.test_m::test_f"]
+    assert commit["patch_misses"] == []
+    assert commit["tests_run"] == 2
+
+
+def test_make_commits_prepare_lays_out_what_the_build_writes(tmp_path: Path) -> None:
+    """``--prepare COMMAND``: a package importing a version file its build writes (not in
+    git) is made from the two checked-out trees with the command run in each, so the fix
+    goes hot and its test is fixed; from git alone the old code does not import."""
+    repo = GitRepo(tmp_path / "repo")
+    init = "from calc._version import VERSION\n"
+    tests = "from calc.m import f\n\n\ndef test_f():\n    assert f() == 2\n"
+    repo.commit(
+        "start",
+        {
+            ".gitignore": "calc/_version.py\n",
+            "calc/__init__.py": init,
+            "calc/m.py": "def f():\n    return 1\n",
+            "tests/test_m.py": tests.replace("== 2", "== 1"),
+        },
+    )
+    repo.commit("Fix f", {"calc/m.py": "def f():\n    return 2\n", "tests/test_m.py": tests})
+    script = str(BENCHMARKS / "make_commits.py")
+    outcomes = {}
+    for how, extra in (
+        ("git", []),
+        ("prepared", ["--prepare", "echo VERSION=1 > calc/_version.py"]),
+    ):
+        out = tmp_path / f"{how}.json"
+        proc = subprocess.run(
+            [
+                sys.executable,
+                script,
+                "--repo",
+                str(repo.path),
+                "--pick",
+                "1",
+                "--root",
+                ".",
+                "--test-command",
+                f"{sys.executable} -m pytest tests",
+                "--json",
+                str(out),
+                *extra,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+        assert proc.returncode == 0, proc.stderr
+        outcomes[how] = json.loads(out.read_text())["commits"][0]
+    assert outcomes["git"]["verdict"] == "baseline"
+    assert "calc._version" in outcomes["git"]["reasons"][0]
+    prepared = outcomes["prepared"]
+    assert prepared["verdict"] == "hot", prepared["reasons"]
+    assert prepared["fixed"] == ["tests.test_m::test_f"]
+    assert prepared["restart_fixed"] == ["tests.test_m::test_f"]
+    assert prepared["patch_misses"] == prepared["regressions"] == []
+
+
 def test_replay(tmp_path: Path) -> None:
     stdout, data = run("replay", tmp_path, timeout=300)
     check_environment(data, "replay")
