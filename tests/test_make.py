@@ -624,6 +624,121 @@ def test_private_names_are_mangled_as_in_their_class_and_strings_keep_their_text
     assert (seen["before"], seen["after"], seen["rolled_back"]) == (1, 3, 4)
 
 
+def test_a_method_whose_defaults_read_its_class_body_gets_the_running_classs_values(
+    repo: GitRepo, tmp_path: Path
+) -> None:
+    """``def pop(self, key, default=__not_given)`` and ``def take(self, n=LIMIT)``: Python
+    computes a default in the class body, where those names are the class's (a private one
+    mangled). The patch binds them to the running class's in the class holding the
+    replacements: hot, and the sentinel is the one the running class compares against
+    (sortedcontainers 2b03703: the patch failed to import with a NameError, a baseline)."""
+    module = """\
+        class _Missing:
+            pass
+
+
+        class Store:
+            LIMIT = 2
+            __missing = _Missing()
+
+            def __init__(self):
+                self.items = {"a": 1}
+
+            def pop(self, key, default=__missing):
+                if key in self.items:
+                    return self.items.pop(key)
+                if default is self.__missing:
+                    return "v1 missing"
+                return default
+
+            def take(self, n=LIMIT):
+                return ("v1", n)
+        """
+    repo.commit("A store", {"src/shop/store.py": module})
+    repo.git("tag", "-f", "v1")
+    repo.commit("Say v2", {"src/shop/store.py": module.replace('"v1', '"v2')})
+    result = run(repo, tmp_path)
+    assert result.outcome == "hot", result.record()
+    assert {c.name: c.verdict for c in result.changes} == {
+        "shop.store:Store.pop": "inline",
+        "shop.store:Store.take": "inline",
+    }
+    seen = run_patched(
+        roots=[repo_at(repo, "v1", tmp_path)],
+        module="shop.store",
+        patch=result.path,  # type: ignore[arg-type]
+        baseline="1.0",
+        before="store = module.Store()",
+        probe="[store.pop('x'), store.pop('x', 0), list(store.take()), store.take(3)[0]]",
+    )
+    assert seen["before"] == ["v1 missing", 0, ["v1", 2], "v1"]
+    assert seen["after"] == ["v2 missing", 0, ["v2", 2], "v2"]
+    assert seen["rolled_back"] == seen["before"]
+
+
+def test_import_of_a_submodule_becoming_import_of_its_package_binds_the_same_module(
+    repo: GitRepo, tmp_path: Path
+) -> None:
+    """``import os.path`` becoming ``import os`` binds ``os`` to the same package, and the
+    running process keeps ``os.path`` loaded: the fix beside it goes hot (humanize 9627694
+    was a baseline for it). The other way, ``import email`` becoming ``import email.utils``,
+    the new code may use a submodule the running process never loaded: a baseline."""
+    module = """\
+        import os.path
+
+
+        def where(name):
+            return ("v1", os.path.basename(name))
+        """
+    repo.commit("Where", {"src/shop/where.py": module})
+    repo.git("tag", "-f", "v1")
+    new = module.replace("import os.path", "import os").replace('"v1"', '"v2"')
+    repo.commit("Import os", {"src/shop/where.py": new})
+    result = run(repo, tmp_path)
+    assert result.outcome == "hot", result.record()
+    seen = run_patched(
+        roots=[repo_at(repo, "v1", tmp_path)],
+        module="shop.where",
+        patch=result.path,  # type: ignore[arg-type]
+        baseline="1.0",
+        before="where = module.where",
+        probe="where('/a/b.txt')",
+    )
+    assert seen["before"] == seen["rolled_back"] == ["v1", "b.txt"]
+    assert seen["after"] == ["v2", "b.txt"]
+    repo.git("tag", "-f", "v1")
+    mail = 'import email\n\n\ndef parse(text):\n    return ("v1", text)\n'
+    repo.commit("Mail", {"src/shop/mail.py": mail})
+    repo.git("tag", "-f", "v1")
+    new = mail.replace("import email", "import email.utils").replace('"v1"', '"v2"')
+    repo.commit("Use email.utils", {"src/shop/mail.py": new})
+    result = run(repo, tmp_path / "other")
+    assert result.outcome == "baseline", result.record()
+    assert {c.name for c in result.reasons} == {"shop.mail:email"}
+
+
+def test_a_default_reading_a_class_value_the_change_sets_is_a_baseline(
+    repo: GitRepo, tmp_path: Path
+) -> None:
+    """``def take(self, n=LIMIT)`` with ``LIMIT`` changed too: the patch would compute the
+    default from the running class's old value, where a restart gives the new one."""
+    module = """\
+        class Store:
+            LIMIT = 2
+
+            def take(self, n=LIMIT):
+                return ("v1", n)
+        """
+    repo.commit("A store", {"src/shop/store.py": module})
+    repo.git("tag", "-f", "v1")
+    new = module.replace('"v1', '"v2').replace("LIMIT = 2", "LIMIT = 3")
+    repo.commit("Take three", {"src/shop/store.py": new})
+    result = run(repo, tmp_path)
+    assert result.outcome == "baseline", result.record()
+    why = {c.name: c.why for c in result.reasons}
+    assert "a default value reads Store.LIMIT" in why["shop.store:Store.take"], why
+
+
 def test_a_new_public_function_reaches_its_module_and_the_package_that_re_exports_it(
     repo: GitRepo, tmp_path: Path
 ) -> None:

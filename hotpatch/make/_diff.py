@@ -88,6 +88,10 @@ class Replacement:
     mangled: str = ""  # a class whose name mangles private names: source indented in it
     note: str = ""  # a comment above it in the patch file
     reads: set[str] = field(default_factory=set)  # what its defaults read (default_reads)
+    # names its defaults read from its class's body (``n=LIMIT``), and that class's qualname:
+    # the holder class it is written in binds each to the running class's
+    class_names: set[str] = field(default_factory=set)
+    owner: str = ""
 
 
 @dataclass(slots=True)
@@ -823,7 +827,13 @@ class _ModuleDiff:
     def _imports(self) -> None:
         for name, binding in sorted(self.new.imports.items()):
             before = self.old.imports.get(name)
-            if before is not None and before.statement != binding.statement:
+            if before is not None and _same_package(before, binding):
+                why = (
+                    f"`{before.statement}` becomes `{binding.statement}`: both bind {name} to "
+                    "the same package, and what the old import loaded stays loaded"
+                )
+                self.add(name, "import", "left", why)
+            elif before is not None and before.statement != binding.statement:
                 why = (
                     f"the import changes from `{before.statement}` to `{binding.statement}`; "
                     "the module keeps the object it imported"
@@ -968,8 +978,18 @@ class _ModuleDiff:
             )
             change.verdict, change.why = "baseline", why
 
-    def _function(self, old: _Def, new: _Def, qualname: str, target: str, what: str) -> bool:
-        """Compare two versions of a function; True when it becomes a replacement."""
+    def _function(
+        self,
+        old: _Def,
+        new: _Def,
+        qualname: str,
+        target: str,
+        what: str,
+        *,
+        body: _ClassBody | None = None,
+    ) -> bool:
+        """Compare two versions of a function (a method: with its class's new ``body``);
+        True when it becomes a replacement."""
         decorators = (
             [_dump(d) for d in old.decorator_list],
             [_dump(d) for d in new.decorator_list],
@@ -1001,13 +1021,19 @@ class _ModuleDiff:
             self._nested(old, new, qualname, target, inner)
             return False
         source = segment(self.new.lines, new, self.new.keep)
+        owner = qualname.rpartition(".")[0] if what != "function" else ""
+        # defaults reading the class body's names (n=LIMIT) are computed in a holder class
+        # binding each to the running class's, as are private names (self.__x) mangled there
+        in_class = _class_names(new, body) if body is not None else set()
         mangled = ""  # the class whose name mangles its private names (self.__x)
-        if what != "function" and private_names(new):
-            mangled = qualname.rpartition(".")[0].rpartition(".")[2]
+        if owner and (private_names(new) or in_class):
+            mangled = owner.rpartition(".")[2]
             source = segment(self.new.lines, new, self.new.keep, indent=4)
-        defaults = def_time_names(new) - {
-            n.id for d in new.decorator_list for n in ast.walk(d) if isinstance(n, ast.Name)
-        }
+        defaults = (
+            def_time_names(new)
+            - in_class
+            - {n.id for d in new.decorator_list for n in ast.walk(d) if isinstance(n, ast.Name)}
+        )
         change = self.add(target, what, "replace", "changed; replaced")
         self.plan.replacements.append(
             Replacement(
@@ -1018,7 +1044,9 @@ class _ModuleDiff:
                 defaults,
                 change,
                 mangled,
-                reads=default_reads(new),
+                reads=default_reads(new) | {f"{owner}.{n}" for n in in_class},
+                class_names=in_class,
+                owner=owner,
             )
         )
         return True
@@ -1095,7 +1123,12 @@ class _ModuleDiff:
         added: list[tuple[str, ast.stmt]] = []
         for name in sorted(old_body.members.keys() | new_body.members.keys()):
             self._member(
-                qualname, name, old_body.members.get(name), new_body.members.get(name), added
+                qualname,
+                name,
+                old_body.members.get(name),
+                new_body.members.get(name),
+                added,
+                body=new_body,
             )
         for name in sorted(old_body.assigns.keys() | new_body.assigns.keys()):
             self._class_value(
@@ -1197,6 +1230,8 @@ class _ModuleDiff:
         old: list[ast.stmt] | None,
         new: list[ast.stmt] | None,
         added: list[tuple[str, ast.stmt]],
+        *,
+        body: _ClassBody,
     ) -> None:
         qual = f"{cls}.{name}"
         if new is None:
@@ -1233,7 +1268,7 @@ class _ModuleDiff:
             assert isinstance(after, _Def)
             target = qual if acc in ("", "getter") else f"{qual}.{acc}"
             what = {"property": f"property {acc}", "function": "method"}.get(kind, kind)
-            self._function(before, after, qual, target, what)
+            self._function(before, after, qual, target, what, body=body)
 
     def _class_value(
         self, cls: str, name: str, old: ast.stmt | None, new: ast.stmt | None, layout: bool
@@ -1342,6 +1377,29 @@ class _ModuleDiff:
             or (isinstance(n, ast.Attribute) and dotted(n).partition(".")[0] == name)
             for n in ast.walk(tree)
         )
+
+
+def _same_package(old: Binding, new: Binding) -> bool:
+    """``import os.path`` becoming ``import os``: each binds the package ``os``, and the
+    running process has loaded ``os.path`` already (the other way, ``import a`` becoming
+    ``import a.b``, the new code may use ``a.b``, which the running process may lack)."""
+    plain = not (old.attr or old.asname or new.attr or new.asname)
+    return plain and new.module == new.name and old.module.startswith(f"{new.module}.")
+
+
+def _class_names(node: _Def, body: _ClassBody) -> set[str]:
+    """The names a method's defaults read that its class body binds before it
+    (``def pop(self, key, default=__not_given)``): Python computes a default in the class
+    body, where those names are the class's."""
+    defaults = [*node.args.defaults, *(d for d in node.args.kw_defaults if d is not None)]
+    read = {n.id for d in defaults for n in ast.walk(d) if isinstance(n, ast.Name)}
+    bound = {name for name, item in body.assigns.items() if item.lineno < node.lineno}
+    bound |= {
+        name
+        for name, items in body.members.items()
+        if any(item.lineno < node.lineno for item in items)
+    }
+    return read & bound
 
 
 def _stale_default(change: Change, stale: list[str], where: str = "") -> None:

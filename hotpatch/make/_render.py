@@ -13,7 +13,7 @@ import ast
 import json
 import re
 import textwrap
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from hotpatch._version import __version__
@@ -241,23 +241,7 @@ def _module(
             *source.rstrip().splitlines(),
         ]
     for cls, replacements in holders.items():
-        holder = cls.lstrip("_") if cls.startswith("_") else "_" + cls
-        out += [
-            "",
-            "",
-            f"class {holder}:",
-            f'    """Holds replacements of {cls} methods: their private names (self.__x) are',
-            f'    mangled as in {cls} itself, which a class of this name does too."""',
-        ]
-        for replacement in replacements:
-            need(call_names(_in_class(replacement.source)), in_patch=False)
-            need(replacement.defaults, in_patch=True)
-            out += [
-                "",
-                *_note(replacement.note, "    "),
-                f"    @{patch_name}.replace({_q(replacement.target)})",
-                *replacement.source.rstrip().splitlines(),
-            ]
+        out += _holder(cls, replacements, patch_name, need)
     for members in module.members:
         need(members.names, in_patch=True)
         body: list[str] = []
@@ -271,6 +255,40 @@ def _module(
             out += ["", "", f"{reserved[name]}  # the running {name} again, for what follows"]
     if module.assignments:
         out += _migrations(module, patch_name, need)
+    return out
+
+
+def _holder(
+    cls: str,
+    replacements: list[Replacement],
+    patch_name: str,
+    need: Callable[..., None],
+) -> list[str]:
+    """The class of the patch file holding replacements of ``cls``'s methods, named as it."""
+    holder = cls.lstrip("_") if cls.startswith("_") else "_" + cls
+    out = [
+        "",
+        "",
+        f"class {holder}:",
+        f'    """Holds replacements of {cls} methods: their private names (self.__x) are',
+        f'    mangled as in {cls} itself, which a class of this name does too."""',
+    ]
+    # What their defaults read from the class body (n=LIMIT): the running class's, bound
+    # here as there (a private name mangled alike).
+    bound = sorted({(r.owner, n) for r in replacements for n in r.class_names})
+    if bound:
+        need({owner.partition(".")[0] for owner, _ in bound}, in_patch=True)
+        out += ["", f"    # what the defaults below read from the running {cls}'s body"]
+        out += [f"    {name} = {owner}.{name}" for owner, name in bound]
+    for replacement in replacements:
+        need(call_names(_in_class(replacement.source)), in_patch=False)
+        need(replacement.defaults, in_patch=True)
+        out += [
+            "",
+            *_note(replacement.note, "    "),
+            f"    @{patch_name}.replace({_q(replacement.target)})",
+            *replacement.source.rstrip().splitlines(),
+        ]
     return out
 
 
