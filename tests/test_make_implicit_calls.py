@@ -578,6 +578,29 @@ CASES: dict[str, tuple[str, str, str, str]] = {
         "Maker()",
         "module.TAG",
     ),
+    "mro_entries_in_a_function": (
+        """\
+        class Maker:
+            def __mro_entries__(self, bases):
+                class Made:
+                    tag = "v1"
+
+                return (Made,)
+
+
+        def build():
+            class Thing(Maker()):
+                pass
+
+            return Thing.tag
+
+
+        TAG = build()
+        """,
+        "Maker.__mro_entries__",
+        "Maker()",
+        "module.TAG",
+    ),
     "init_subclass": (
         """\
         class Base:
@@ -1397,5 +1420,51 @@ def test_what_a_special_method_is_called_with_at_import_is_followed(tmp_path: Pa
         probe="module.total()",
     )
     fresh = imported_fresh(checkout(repo, "HEAD", tmp_path), "shop.m", "module.total()")
+    assert seen["after"] == fresh == 3
+    assert seen["before"] == seen["rolled_back"] == 2
+
+
+def test_a_class_an_abstract_base_class_registers_keeps_its_methods_to_itself(
+    tmp_path: Path,
+) -> None:
+    """``@abc.Mapping.register`` records the class as a virtual subclass and hands it back
+    as it was, adding no method that could call the class's own: making a ``Table`` at
+    import runs its ``__init__`` only, so a changed ``__len__`` used after import goes hot
+    (jinja's ``LRUCache``, made at import, counted every method as run); the patched
+    process matches a restart."""
+    module = """\
+        from collections import abc
+
+
+        @abc.Mapping.register
+        class Table:
+            def __init__(self):
+                self.rows = {}
+
+            def __len__(self):
+                return len("v1")
+
+
+        TABLE = Table()
+
+
+        def size():
+            return len(TABLE)
+        """
+    repo = shop(tmp_path, module)
+    repo.commit("the fix", {"src/shop/m.py": module.replace('len("v1")', 'len("v22")')})
+    result = make_since_v1(repo, tmp_path / "out")
+    assert result.outcome == "hot", result.record()
+    assert verdicts(result) == {"shop.m:Table.__len__": "inline"}
+    assert result.path is not None
+    seen = run_patched(
+        roots=[checkout(repo, "v1", tmp_path)],
+        module="shop.m",
+        patch=result.path,
+        baseline="1.0",
+        before="",
+        probe="module.size()",
+    )
+    fresh = imported_fresh(checkout(repo, "HEAD", tmp_path), "shop.m", "module.size()")
     assert seen["after"] == fresh == 3
     assert seen["before"] == seen["rolled_back"] == 2

@@ -73,6 +73,8 @@ _MATCHED = (
     *("__eq__", "__ne__", "__len__", "__getitem__", "__iter__", "__contains__", "keys"),
     *("get", "__getattr__", "__getattribute__"),
 )
+# Modules whose abstract base classes' register is a class decorator adding nothing
+_ABC_MODULES = frozenset({"abc", "numbers", "typing", "typing_extensions"})
 # Where a subscript of a name gives a typing alias (or, for os.environ, a string).
 _ALIASING_MODULES = frozenset({"typing", "typing_extensions", "collections", "os", "builtins"})
 _BUILTIN_TYPES = frozenset({"list", "dict", "tuple", "set", "frozenset", "type"})
@@ -537,6 +539,9 @@ class _Walk:
                 self._call(node, node, [], place)
             if isinstance(node, _Def | ast.ClassDef):
                 self._decorated(node, node.name, place)
+            if isinstance(node, ast.ClassDef):  # a class statement this code runs
+                for base in node.bases:  # a base not a class gives the bases it stands for
+                    self._special(base, ("__mro_entries__",), "a class statement", base, place)
             if isinstance(node, ast.ImportFrom):
                 self._imported(node, place)
             if isinstance(node, ast.Match):
@@ -867,7 +872,7 @@ class _Walk:
         top = _Place(module, "", None, module.name, "")
         for decorator in node.decorator_list:
             func = decorator.func if isinstance(decorator, ast.Call) else decorator
-            if _name(func) in _PLAIN_CLASS_DECORATORS:
+            if _name(func) in _PLAIN_CLASS_DECORATORS or _abc_register(func, module):
                 continue
             if any(kind == "ext" for kind, _ in self._resolve(func, top, depth + 1)):
                 return True
@@ -1647,6 +1652,20 @@ def _literal(
 
 def _key(args: _Args) -> _Key:
     return tuple(sorted((name, tuple(sorted(set(values)))) for name, values in args.items()))
+
+
+def _abc_register(func: ast.expr, module: _Module) -> bool:
+    """Is the decorator an abstract base class's ``register`` (``@abc.MutableMapping.register``,
+    ``@numbers.Integral.register``)? It records the class as a virtual subclass and hands it
+    back as it was: no method added, none called."""
+    if not isinstance(func, ast.Attribute) or func.attr != "register":
+        return False
+    head, _, rest = dotted(func.value).partition(".")
+    binding = module.binds.get(head)
+    if not head or binding is None:
+        return False
+    full = ".".join(filter(None, [_full(binding, head), rest]))
+    return full.partition(".")[0] in _ABC_MODULES or full.startswith("collections.abc.")
 
 
 def _full(binding: Binding, name: str) -> str:
