@@ -1468,3 +1468,110 @@ def test_a_class_an_abstract_base_class_registers_keeps_its_methods_to_itself(
     fresh = imported_fresh(checkout(repo, "HEAD", tmp_path), "shop.m", "module.size()")
     assert seen["after"] == fresh == 3
     assert seen["before"] == seen["rolled_back"] == 2
+
+
+def test_the_name_of_an_objects_class_at_import_is_a_string(tmp_path: Path) -> None:
+    """``"%s()" % self.__class__.__name__`` in a ``__repr__`` run at import formats a string
+    (a class's name), so no ``__str__`` of the project runs there, and a changed
+    ``Error.__str__`` used after import goes hot (dateutil ea7f441b: ``UTC = tzutc()``,
+    whose ``__repr__`` formats its class's name, counted every ``__str__`` as run); the
+    patched process matches a restart."""
+    module = """\
+        class Error(Exception):
+            def __str__(self):
+                return "v1"
+
+
+        class Zone:
+            def __init__(self):
+                self.shown = repr(self) + " " + "%s" % type(self).__qualname__
+
+            def __repr__(self):
+                return "%s()" % self.__class__.__name__
+
+
+        UTC = Zone()
+
+
+        def shown():
+            return [UTC.shown, str(Error())]
+        """
+    repo = shop(tmp_path, module)
+    repo.commit("the fix", {"src/shop/m.py": module.replace('"v1"', '"v2"')})
+    result = make_since_v1(repo, tmp_path / "out")
+    assert result.outcome == "hot", result.record()
+    assert verdicts(result) == {"shop.m:Error.__str__": "inline"}
+    assert result.path is not None
+    seen = run_patched(
+        roots=[checkout(repo, "v1", tmp_path)],
+        module="shop.m",
+        patch=result.path,
+        baseline="1.0",
+        before="",
+        probe="module.shown()",
+    )
+    fresh = imported_fresh(checkout(repo, "HEAD", tmp_path), "shop.m", "module.shown()")
+    assert seen["after"] == fresh == ["Zone() Zone", "v2"]
+    assert seen["before"] == seen["rolled_back"] == ["Zone() Zone", "v1"]
+
+
+_SIX = """\
+def add_metaclass(metaclass):
+    def wrapper(cls):
+        body = dict(vars(cls))
+        body.pop("__dict__", None)
+        body.pop("__weakref__", None)
+        return metaclass(cls.__name__, cls.__bases__, body)
+
+    return wrapper
+"""
+
+
+def test_a_metaclass_given_by_a_class_decorator_runs_when_its_class_is_called(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``@six.add_metaclass(_Single)`` makes the class again with the metaclass, so
+    ``UTC = Zone()`` at import runs ``_Single.__call__`` (dateutil's ``tzutc``): a changed
+    one was hot, and ``UTC`` kept what the old code gave it. A baseline naming the line.
+    (A stand-in for six, outside the project, gives ``add_metaclass``.)"""
+    vendor = tmp_path / "vendor"
+    vendor.mkdir()
+    (vendor / "six.py").write_text(_SIX)
+    monkeypatch.setenv("PYTHONPATH", str(vendor))  # for the imports below
+    monkeypatch.syspath_prepend(str(vendor))  # for make's check of the patch
+    module = """\
+        import six
+
+
+        class _Single(type):
+            def __call__(cls):
+                made = super().__call__()
+                made.tag = "v1"
+                return made
+
+
+        @six.add_metaclass(_Single)
+        class Zone:
+            def label(self):
+                return len("v1")
+
+
+        UTC = Zone()
+        """
+    repo = shop(tmp_path, textwrap.dedent(module))
+    old = imported_fresh(checkout(repo, "v1", tmp_path), "shop.m", "module.UTC.tag")
+    new = imported_fresh(checkout(repo, "HEAD", tmp_path), "shop.m", "module.UTC.tag")
+    assert (old, new) == ("v1", "v2")
+    result = make_since_v1(repo, tmp_path / "out")
+    assert result.outcome == "baseline", result.record()
+    why = {c.name: c.why for c in result.reasons}
+    assert set(why) == {"shop.m:_Single.__call__"}, why
+    assert "`UTC = Zone()`" in why["shop.m:_Single.__call__"]
+    # add_metaclass adds no method calling the class's own: Zone.label, not run at
+    # import, goes hot
+    repo.git("tag", "-f", "v1")
+    fixed = textwrap.dedent(module).replace('"v1"', '"v2"')
+    repo.commit("label", {"src/shop/m.py": fixed.replace('len("v2")', 'len("v22")')})
+    result = make_since_v1(repo, tmp_path / "out2")
+    assert result.outcome == "hot", result.record()
+    assert verdicts(result) == {"shop.m:Zone.label": "inline"}

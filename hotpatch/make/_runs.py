@@ -68,11 +68,15 @@ _PLAIN_DECORATORS = frozenset(
 )
 # Class decorators not the project's whose added methods call none of the class's own
 # but those counted anyway (a dataclass's __init__ calls __post_init__).
-_PLAIN_CLASS_DECORATORS = frozenset({"dataclass", "final", "runtime_checkable", "unique"})
+_PLAIN_CLASS_DECORATORS = frozenset(
+    {"dataclass", "final", "runtime_checkable", "unique", "add_metaclass"}
+)
 _MATCHED = (
     *("__eq__", "__ne__", "__len__", "__getitem__", "__iter__", "__contains__", "keys"),
     *("get", "__getattr__", "__getattribute__"),
 )
+# What every class's name is read as: a string (type.__name__ and its kin)
+_TYPE_NAMES = frozenset({"__name__", "__qualname__", "__module__"})
 # Modules whose abstract base classes' register is a class decorator adding nothing
 _ABC_MODULES = frozenset({"abc", "numbers", "typing", "typing_extensions"})
 # Where a subscript of a name gives a typing alias (or, for os.environ, a string).
@@ -897,6 +901,11 @@ class _Walk:
         node = module.classes[cls]
         top = _Place(module, "", None, module.name, "")
         given = [k.value for k in node.keywords if k.arg == "metaclass"]
+        given += [  # @six.add_metaclass(Meta): the class is made again with Meta
+            d.args[0]
+            for d in node.decorator_list
+            if isinstance(d, ast.Call) and _name(d.func) == "add_metaclass" and d.args
+        ]
         values = [v for g in given for v in self._resolve(g, top, depth + 1)]
         out: list[_Value] = []
         for kind, meta in values or self._bases(module, node, depth):
@@ -1180,8 +1189,8 @@ class _Walk:
         out: list[_Value] = []
         if depth > _DEPTH:
             out.append(_UNKNOWN)
-        elif isinstance(node, _LITERALS):
-            out.append(_EXT)
+        elif isinstance(node, _LITERALS) or self._type_name(node, place, depth):
+            out.append(_EXT)  # a literal, or a string: type(x).__name__
         elif isinstance(node, ast.Name):
             local = self._local(node.id, place, depth)
             out += local if local is not None else self._global(place.module, node.id, depth)
@@ -1203,6 +1212,23 @@ class _Walk:
         else:
             out.append(_UNKNOWN)
         return out
+
+    def _type_name(self, node: ast.expr, place: _Place, depth: int) -> bool:
+        """Is ``node`` the name of an object's class (``self.__class__.__name__``,
+        ``type(x).__qualname__``, ``__module__``): a string, whatever the object is?"""
+        if not isinstance(node, ast.Attribute) or node.attr not in _TYPE_NAMES:
+            return False
+        owner = node.value
+        if isinstance(owner, ast.Attribute):
+            return owner.attr == "__class__"
+        return (
+            isinstance(owner, ast.Call)
+            and isinstance(owner.func, ast.Name)
+            and owner.func.id == "type"
+            and len(owner.args) == 1
+            and not owner.keywords
+            and all(v == _EXT for v in self._resolve(owner.func, place, depth + 1))
+        )
 
     def _is_super(self, node: ast.expr, place: _Place) -> bool:
         """Is ``node`` ``super()`` (or ``super(Cls, self)``) in a method of a class?"""
