@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -87,6 +88,15 @@ class Recording:
         rows = [h.record() for h in list(history)[-HISTORY_KEPT:] if id(h) not in later]
         self.journal.write(JournalState(self.baseline, [_entry(p) for p in patches], rows))
         return back
+
+    def keep(self, patches: Sequence[Patch], history: Sequence[HistoryEntry]) -> bool:
+        """Write the journal again as it stands if its file has gone (deleted by hand, or
+        with its folder) while the level holds patches; ``True`` if written. A file there
+        is left as it is, whoever wrote it (a new process of a restart may have)."""
+        if not patches or os.path.lexists(self.journal.path):
+            return False
+        self.rewrite(patches, history)
+        return True
 
     def unrecorded(self, entry: HistoryEntry) -> None:
         """``entry`` is in the history but not in the journal: record it with the next change."""

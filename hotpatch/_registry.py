@@ -462,6 +462,20 @@ class Registry:
         with self._lock:
             self._recording = None
 
+    def keep_journal(self) -> bool:
+        """Write the journal again at the running level if its file has gone; ``True`` if
+        written (``JournalError`` if it cannot be).
+
+        A restart comes back at the level the journal records: a journal deleted
+        while the process runs (with the patch folder it lives in, made again) would
+        bring it back at the baseline. Asked before a restart that keeps the code.
+        """
+        recording = self._recording
+        if recording is None:
+            return False
+        with self._lock:
+            return recording.keep(_patches(self._stack), self._history)
+
     def resync(self) -> bool:
         """Bring the level to what the journal records now; ``True`` if anything changed.
 

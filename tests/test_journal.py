@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -1328,3 +1329,55 @@ def test_an_undo_point_whose_kept_file_was_removed_waits_for_room_on_a_full_disk
     finally:
         small_disk.free()
         registry.rollback(to="1.0")
+
+
+# -- a journal gone while the process runs ---------------------------------------------------
+
+
+def test_a_journal_deleted_with_its_folder_is_written_again_at_the_running_level(
+    target, write_patch, tmp_path
+):
+    """The journal is the level a restart comes back at: deleted with its folder (``rm -rf``
+    of the patch folder, made again) while the process runs, ``keep_journal()`` writes it
+    again at the running level. Before, a restart before the next apply came back at the
+    baseline, every fix gone, silently."""
+    folder = tmp_path / "watched"
+    folder.mkdir()
+    journal = folder / ".journal.json"
+    registry = hotpatch.Registry("1.0", journal=journal)
+    paths = _write_chain(write_patch, target.__name__, 2)
+    for path in paths:
+        registry.apply(hotpatch.load_patch(path))
+    assert registry.keep_journal() is False  # there: left as it is
+    before = journal.read_bytes()
+    assert registry.keep_journal() is False
+    assert journal.read_bytes() == before
+
+    shutil.rmtree(folder)
+    folder.mkdir(mode=0o700)
+    assert registry.keep_journal() is True
+    state = _state(journal)
+    assert [e.version for e in state.level] == ["1.0.1", "1.0.2"]
+    assert [e.text for e in state.level] == [p.read_text() for p in paths]
+    assert [h["level"] for h in state.history][-1] == ["1.0.1", "1.0.2"]
+    assert target.price(10) == 12  # the code was not touched
+    assert registry.keep_journal() is False  # written: left as it is
+
+
+def test_a_journal_that_cannot_be_written_again_is_said(target, write_patch, small_disk):
+    journal = small_disk.path / ".journal.json"
+    registry = hotpatch.Registry("1.0", journal=journal)
+    registry.apply(hotpatch.load_patch(_write_chain(write_patch, target.__name__, 1)[0]))
+    journal.unlink()
+    small_disk.fill()
+    with pytest.raises(hotpatch.JournalError, match=r"journal .*\.journal\.json"):
+        registry.keep_journal()  # never a silent False
+    assert not journal.exists()
+
+
+def test_no_journal_is_written_for_a_level_at_the_baseline(target, tmp_path):
+    journal = tmp_path / "journal.json"
+    registry = hotpatch.Registry("1.0", journal=journal)
+    assert registry.keep_journal() is False
+    assert not journal.exists()
+    assert hotpatch.Registry("1.0").keep_journal() is False  # no journal at all

@@ -16,7 +16,7 @@ from typing import Any
 
 from packaging.version import Version
 
-from hotpatch._errors import PatchError, RestartRequired
+from hotpatch._errors import JournalError, PatchError, RestartRequired
 from hotpatch._hookspecs import hookimpl
 from hotpatch._loader import load_patch_source
 from hotpatch._patch import Patch
@@ -29,6 +29,7 @@ from hotpatch._results import (
     RollbackResult,
     as_json_reads,
     level_summary,
+    level_text,
 )
 from hotpatch._shortage import RESOURCES, SparePair, shortage_of
 from hotpatch.service._channel import (
@@ -342,6 +343,25 @@ class PatchLevels:
         entries = list(self.registry.history)[-max(int(message.get("entries", 200)), 0) :]
         history = [h.record() for h in entries]
         return {"ok": True, "history": history, **self.level_info()}
+
+    def keep_journal(self) -> dict[str, Any]:
+        """Before a restart that keeps the code: the journal written again at the running
+        level if its file has gone (``written``), so the new process comes back at it."""
+        if self.registry is None:
+            return {"ok": True, "written": False}
+        try:
+            written = self.registry.keep_journal()
+        except JournalError as exc:
+            log.error("%s; a restart now would come back at the baseline", exc)  # noqa: TRY400 -- the reason is the message
+            return {"ok": False, "error": str(exc), "error_type": type(exc).__name__}
+        if written:
+            log.warning(
+                "journal %s had gone (deleted by hand, or with the patch folder); written "
+                "again at the running level (%s)",
+                self.journal,
+                level_text(self.registry.level, self.registry.baseline),
+            )
+        return {"ok": True, "written": written}
 
     def check_patch(self, message: Mapping[str, Any], data: bytes) -> dict[str, Any]:
         """``Registry.check`` of patch bytes the supervisor verified: hot or not, and why."""

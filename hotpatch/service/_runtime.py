@@ -312,6 +312,8 @@ class Runtime:
             self._send({"op": "rolled-back", "id": message.get("id"), **reply})
         elif op == "whole-level":  # the supervisor lost track of the level's bottom
             self._send_level({"op": "whole-level", "id": message.get("id")})
+        elif op == "journal":  # a restart that keeps the code comes next
+            self._send({"op": "journal", "id": message.get("id"), **self.patches.keep_journal()})
         elif op == "history":
             self._send({"op": "history", "id": message.get("id"), **self.patches.history(message)})
         elif op == "announce":

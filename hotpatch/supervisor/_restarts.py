@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 
 from hotpatch.supervisor._bundle import Release
-from hotpatch.supervisor._child import Child, describe_exit
+from hotpatch.supervisor._child import Child, ChildExited, describe_exit
 from hotpatch.supervisor._handover import BringUpFailed, HandedOver, Handover
 from hotpatch.supervisor._records import (
     PatchJob,
@@ -22,6 +22,8 @@ from hotpatch.supervisor._records import (
 from hotpatch.supervisor._takeover import HEALTH_TIMEOUT, CodePoint, describe_level, health_of
 
 __all__ = ["Restarts"]
+
+JOURNAL_TIMEOUT_S = 10.0  # the old process's answer before a restart: is its journal there?
 
 log = logging.getLogger("hotpatch.supervisor")
 
@@ -163,6 +165,22 @@ class Restarts:
                     waiter.set_result(result)
         self.record(result)
 
+    async def _journal_kept(self, old: Child) -> str | None:
+        """Before a restart that keeps the code, ``old`` writes its journal again if the file
+        has gone (deleted with the patch folder): the new process replays the journal. Why
+        it could not, if so; a process that does not answer restarts as before."""
+        if self.config.journal is None:
+            return None
+        try:
+            async with old.lock:
+                request = Child.request_id()
+                old.send({"op": "journal", "id": request})
+                message = await old.expect("journal", timeout=JOURNAL_TIMEOUT_S, request=request)
+        except (ChildExited, TimeoutError) as exc:
+            log.warning("process %d did not say whether its journal is there: %s", old.pid, exc)
+            return None
+        return None if message.body.get("ok") else str(message.body.get("error"))
+
     async def preserving(
         self,
         old: Child,
@@ -178,6 +196,14 @@ class Restarts:
         written the journal: if it fails, ``before``'s journal is put back, and
         once it has taken over the new process must pass its health check.
         """
+        if start_patch is None and release is None and before is None:
+            lost = await self._journal_kept(old)
+            if lost is not None:
+                error = (
+                    f"{lost}: the new process would come back at the baseline, without the "
+                    f"patches process {old.pid} runs, so it keeps serving"
+                )
+                return RestartOutcome("preserving", reason, ok=False, error=error, old_pid=old.pid)
         try:
             new, handover = await self.handover.bring_up(
                 old,
