@@ -1,5 +1,6 @@
 """The shop under load, its patch folder and journal on a small disk: the disk fills, the
-folder is deleted, the service restarts keeping its memory, the supervisor restarts.
+folder is deleted, the service restarts keeping its memory, the supervisor restarts, the
+journal is deleted and the service killed.
 
 A real supervisor (``hotpatch run``) runs the demo shop; four threads send it
 requests throughout (a new connection each: quotes, and orders the shop counts
@@ -9,7 +10,9 @@ in version order, a drop that cannot be filed waits (the status names the full
 disk) and goes in once there is room, the folder deleted under a burst is made
 again and takes drops again, the ledger counts every order exactly once across
 a memory-preserving restart, and a supervisor started again comes back at the
-level it had (the journal, deleted with the folder, was written again).
+level it had (the journal, deleted with the folder, was written again). A
+service killed while its journal is gone comes back at the baseline, and the
+supervisor names the patches it lost.
 """
 
 from __future__ import annotations
@@ -133,6 +136,17 @@ class Shop:
         for n in numbers:
             (self.outbox / f"take{n}.py").rename(self.folder / f"take{n}.py")
 
+    def restarted(self, kind: str, count: int, what: str) -> None:
+        """Wait until the supervisor has made ``count`` restarts of ``kind`` and serves."""
+        wait_for(
+            lambda: (
+                self.status().get("restarts", {}).get(kind) == count
+                and self.status().get("state") == "running"
+            ),
+            what,
+            WAIT_S,
+        )
+
     def applied(self) -> set[str]:
         return {p.name for p in (self.folder / "applied").glob("*.result.json")}
 
@@ -218,7 +232,9 @@ def test_a_full_disk_a_deleted_folder_and_restarts_under_load_lose_nothing(shop:
         # The folder deleted under a burst: what was in it goes with it, but nothing
         # half: the level stays in version order, and the folder takes drops again.
         shop.drop(range(21, 31))
-        shutil.rmtree(shop.folder)
+        gone = shop.folder.with_name("gone")
+        shop.folder.rename(gone)  # at once: the agent may be writing in it
+        shutil.rmtree(gone)
         wait_for(
             lambda: f"mkdir -m 0700 {shop.folder}" in shop.log.read_text(),
             "the ERROR naming the folder and the fix",
@@ -232,14 +248,7 @@ def test_a_full_disk_a_deleted_folder_and_restarts_under_load_lose_nothing(shop:
         # The journal went with the folder: a restart now must still come back at the level.
         assert shop.proc is not None
         os.kill(shop.proc.pid, signal.SIGHUP)
-        wait_for(
-            lambda: (
-                shop.status().get("restarts", {}).get("preserving") == 1
-                and shop.status().get("state") == "running"
-            ),
-            "the memory-preserving restart",
-            WAIT_S,
-        )
+        shop.restarted("preserving", 1, "the memory-preserving restart")
         assert shop.level() == kept
         shop.drop(range(31, 36))
         wait_for(lambda: shop.level()[-1] == "1.0.35", "drops after the folder came back", WAIT_S)
@@ -250,14 +259,7 @@ def test_a_full_disk_a_deleted_folder_and_restarts_under_load_lose_nothing(shop:
 
         # A memory-preserving restart under load: the ledger crosses over.
         os.kill(shop.proc.pid, signal.SIGHUP)
-        wait_for(
-            lambda: (
-                shop.status().get("restarts", {}).get("preserving") == 2
-                and shop.status().get("state") == "running"
-            ),
-            "the memory-preserving restart",
-            WAIT_S,
-        )
+        shop.restarted("preserving", 2, "the memory-preserving restart under load")
         answered = load.answered
         wait_for(lambda: load.answered > answered + 20, "answers after the restart", WAIT_S)
     assert load.problems == []
@@ -269,3 +271,23 @@ def test_a_full_disk_a_deleted_folder_and_restarts_under_load_lose_nothing(shop:
     shop.stop()
     shop.start()
     assert shop.level() == level
+
+
+@pytest.mark.e2e
+def test_a_service_killed_while_its_journal_is_gone_is_said_to_have_lost_its_patches(
+    shop: Shop,
+) -> None:
+    """Nothing can bring the level back (the journal is what a new process replays), but
+    the supervisor names what the service lost and the way: drop the patches again."""
+    shop.start()
+    shop.drop(range(1, 4))
+    wait_for(lambda: len(shop.applied()) == 3, "3 drops applied", WAIT_S)
+    (shop.folder / ".journal.json").unlink()
+    died = shop.status()["child"]["pid"]
+    os.kill(died, signal.SIGKILL)
+    shop.restarted("recovery", 1, "the service brought back")
+    assert shop.level() == []
+    said = [line for line in shop.log.read_text().splitlines() if "came back at" in line]
+    assert len(said) == 1, said
+    assert f"without 1.0.1, 1.0.2, 1.0.3, which process {died} ran" in said[0]
+    assert "drop them again" in said[0]

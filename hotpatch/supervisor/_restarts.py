@@ -62,6 +62,7 @@ class Restarts:
         self.down_since: float | None = None
         self.down_reason = "no process is serving"
         self._recent: collections.deque[float] = collections.deque()
+        self._lost_level: tuple[object, list[str], int] | None = None  # baseline, level, pid
 
     def record(self, outcome: RestartOutcome, *, kept: bool = False) -> None:
         """Count and log a start or restart, and show it in the status.
@@ -98,6 +99,7 @@ class Restarts:
         if current is None:
             return self.down_reason
         self.down_since = current.exited_at
+        self._lost_level = (current.info.get("baseline"), current.mirror.level, current.pid)
         self.handover.forget(current)
         self.running.current = None
         return f"process {current.pid} {describe_exit(current.returncode)}"
@@ -140,8 +142,29 @@ class Restarts:
                 continue
             outcome = self._now_serving(kind, reason, new, handover)
             self.down_since = None
+            self._say_lost_patches(new)
             self.record(outcome)
             return
+
+    def _say_lost_patches(self, new: Child) -> None:
+        """ERROR if ``new`` came back without patches of its baseline that the process it
+        replaces ran: its journal did not record them (deleted while it ran)."""
+        lost, self._lost_level = self._lost_level, None
+        if lost is None or self.config.journal is None:
+            return
+        baseline, level, pid = lost
+        running = set(new.mirror.level)
+        missing = [v for v in level if v not in running]
+        if missing and new.info.get("baseline") == baseline:
+            log.error(
+                "process %d came back at %s without %s, which process %d ran: the journal %s "
+                "did not hold them (deleted while it ran?); drop them again",
+                new.pid,
+                describe_level(new.info),
+                ", ".join(missing),
+                pid,
+                self.config.journal,
+            )
 
     async def restart(
         self, reason: str, mode: RestartMode, waiters: list[asyncio.Future[RestartOutcome]]
