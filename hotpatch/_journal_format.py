@@ -131,8 +131,8 @@ def _same(prev: list[str], level: list[str]) -> int:
 _Row = tuple[Any, ...]
 
 
-def _added(level: list[str], same: int) -> str | tuple[str, ...]:
-    return level[same] if len(level) - same == 1 else tuple(level[same:])
+def _added(versions: list[str]) -> str | tuple[str, ...]:
+    return versions[0] if len(versions) == 1 else tuple(versions)
 
 
 def _listed(added: str | tuple[str, ...]) -> list[str]:
@@ -151,19 +151,22 @@ class Written:
     A history row is kept as its change from the row before, as the file writes
     it, so a row costs what changed, not the level's length; rows and entries are
     tuples of strings and numbers, which the garbage collector stops tracking.
+    The level of the last row is changed in place, by what each record took off
+    and put on: following an apply costs the same at any level.
     """
 
-    __slots__ = ("_first", "_last", "_level", "_rows", "_versions", "baseline")
+    __slots__ = ("_first", "_last", "_level", "_rows", "_synced", "_versions", "baseline")
 
     def __init__(self, state: JournalState) -> None:
         self.baseline = state.baseline
         self._level = [_entry_tuple(e) for e in state.level]
         self._versions = [e.version for e in state.level]
         self._rows: deque[_Row] = deque()
-        self._first: list[str] = []  # the level of the first row kept
-        self._last: list[str] = []  # the level of the last row
+        self._first: list[str] = []  # the level of the first row kept (its own list)
+        self._last: list[str] = []  # the level of the last row (its own list)
         for row in state.history[-HISTORY_KEPT:]:
-            self._row(row, list(row["level"]))
+            self._at(row, list(row["level"]))
+        self._synced = self._last == self._versions  # the last row is at the level
 
     def change(self, pop: int, push: list[JournalEntry], rows: list[dict[str, Any]]) -> None:
         """The record of ``encode_change(pop, push, rows)``, written: the state it leaves."""
@@ -172,29 +175,59 @@ class Written:
         for entry in push:
             self._level.append(_entry_tuple(entry))
             self._versions.append(entry.version)
+        # How the last row's level differs from the level now: by this change (the
+        # last row was at the level before it), by nothing, or not known (None).
+        lag = (pop, [e.version for e in push]) if self._synced else None
         for row in rows:  # at their level as ``decode`` reads them
             if "level" in row:
-                level = list(row["level"])
+                self._at(row, list(row["level"]))
+                lag = None
             elif "delta" in row:
                 k, versions = row["delta"]
-                level = self._last[: len(self._last) - k] + list(versions)
-            else:
-                level = list(self._versions)
-            self._row(row, level)
+                self._step(row, k, list(versions))
+                lag = None
+            elif lag is not None:
+                self._step(row, *lag)
+                lag = (0, [])
+            else:  # the level now, compared whole with the last row's (once)
+                self._at(row, list(self._versions))
+                lag = (0, [])
+        self._synced = lag is not None and not lag[0] and not lag[1]
 
-    def _row(self, row: dict[str, Any], level: list[str]) -> None:
+    def _step(self, row: dict[str, Any], k: int, added: list[str]) -> None:
+        """``row``, at the level of the row before less its top ``k`` versions, plus
+        ``added``: what is kept of it found by looking at those alone."""
+        last = self._last
+        kept = len(last) - k
+        same = 0  # the versions added that are the ones taken off, in place
+        while same < len(added) and kept + same < len(last) and last[kept + same] == added[same]:
+            same += 1
+        gone = len(last) - kept - same
+        del last[kept + same :]
+        last += added[same:]
+        self._add(row, gone, added[same:])
+
+    def _at(self, row: dict[str, Any], level: list[str]) -> None:
+        """``row``, at ``level`` (a list of its own), compared whole with the row before."""
         same = _same(self._last, level)
+        gone = len(self._last) - same
+        self._last = level
+        self._add(row, gone, level[same:])
+
+    def _add(self, row: dict[str, Any], gone: int, added: list[str]) -> None:
+        """Keep ``row`` as its change from the row before: ``gone`` versions off, ``added`` on
+        (``_last`` is already at its level)."""
         names = tuple(k for k in row if k not in ("level", "delta"))
         names = _NAMES.setdefault(names, names)
         if not self._rows:
-            self._first = level
-        k = len(self._last) - same
-        self._rows.append((names, k, _added(level, same), *[row[n] for n in names]))
-        self._last = level
+            self._first = list(self._last)
+        self._rows.append((names, gone, _added(added), *[row[n] for n in names]))
         if len(self._rows) > HISTORY_KEPT:
             self._rows.popleft()
-            _, k, added = self._rows[0][:3]
-            self._first = self._first[: len(self._first) - k] + _listed(added)
+            _, k, now = self._rows[0][:3]
+            first = self._first
+            del first[len(first) - k :]
+            first += _listed(now)
 
     def encode(self) -> bytes:
         """``encode`` of the state: the header and one record with the level and history."""
