@@ -163,7 +163,7 @@ def agent_status(
     ``pending_count``: an answer that costs the same at any level and any queue.
     """
     if last is not None and last.get("outcome") in ("applied", "unchanged"):
-        last = {**last, "rolled_back": last.get("version") not in registry.level}
+        last = {**last, "rolled_back": not _in_level(registry, last.get("version"))}
     return {
         "ok": True,
         "baseline": registry.baseline,
@@ -180,3 +180,10 @@ def agent_status(
         "folder": folder_status(problem),
         "waiting": waiting,
     }
+
+
+def _in_level(registry: Registry, version: object) -> bool:
+    """Is ``version`` applied? The top of the level is asked first (after a drop, the last
+    patch is the top, at any level); the level is looked through only when it is not."""
+    top = registry.version
+    return (version == top and top != registry.baseline) or version in registry.level
