@@ -150,6 +150,19 @@ class Server:
         self.log.close()
 
 
+def caught_up(sock: Path, what: str) -> dict[str, Any]:
+    """A worker's state once it has started: it answers its socket from before it has caught
+    up with the workers started before it, saying "starting" until then."""
+    states: list[dict[str, Any]] = []
+
+    def asked() -> bool:
+        states.append(request(sock, {"cmd": "worker"}))
+        return bool(states[-1]["state"] != "starting")
+
+    wait_for(asked, what, WAIT_S)
+    return states[-1]
+
+
 @pytest.fixture(params=["gunicorn", "uvicorn"])
 def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Server]:
     started = Server(request.param, tmp_path)
@@ -196,7 +209,8 @@ def test_one_drop_patches_every_worker_and_a_replaced_worker_comes_up_patched(
         WAIT_S,
     )
     (newcomer,) = server.workers() - pids
-    state = request(server.folder / WORKERS_DIR / f"{newcomer}.sock", {"cmd": "worker"})
+    sock = server.folder / WORKERS_DIR / f"{newcomer}.sock"
+    state = caught_up(sock, f"worker {newcomer} started (log: {server.log.name})")
     assert state["level"] == ["1.0.1"]
     seen = server.answers(lambda seen: newcomer in seen)
     assert seen[newcomer] == 400
@@ -222,14 +236,9 @@ def test_the_level_survives_a_restart_of_the_whole_server(tmp_path: Path) -> Non
         pids = again.ready()
         assert not pids & before  # new processes, and nothing dropped since
         for pid in pids:
-            # A worker answers its socket from before it has caught up with the others
-            # (at the baseline for that moment); it serves requests once it has.
             sock = again.folder / WORKERS_DIR / f"{pid}.sock"
-            wait_for(
-                lambda sock=sock: request(sock, {"cmd": "worker"})["level"] == ["1.0.1"],
-                f"worker {pid} at level 1.0.1 (log: {again.log.name})",
-                WAIT_S,
-            )
+            state = caught_up(sock, f"worker {pid} started (log: {again.log.name})")
+            assert state["level"] == ["1.0.1"]
         seen = again.answers(lambda seen: pids <= set(seen))
         assert set(seen.values()) == {400}
         assert sorted(p.name for p in (again.folder / "applied").iterdir()) == [
