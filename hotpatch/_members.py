@@ -76,8 +76,21 @@ def member_functions(value: Any) -> list[types.FunctionType]:
             f for f in (value.fget, value.fset, value.fdel) if isinstance(f, types.FunctionType)
         ]
     if isinstance(value, type):
-        return [f for member in vars(value).values() for f in member_functions(member)]
+        # and the classes its body made (a class it only names, such as a class naming
+        # it back, is not made of it)
+        return [
+            f
+            for member in vars(value).values()
+            if not isinstance(member, type) or _nested_in(member, value)
+            for f in member_functions(member)
+        ]
     return []
+
+
+def _nested_in(member: type, cls: type) -> bool:
+    return member.__qualname__.startswith(f"{cls.__qualname__}.") and member.__module__ == (
+        cls.__module__
+    )
 
 
 def function_pairs(old: Any, new: Any) -> list[tuple[str, Any, Any]] | None:
