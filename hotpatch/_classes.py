@@ -39,6 +39,7 @@ __all__ = [
     "layout_changes",
     "members",
     "members_text",
+    "nested_classes",
     "own_slot",
     "running_bases",
     "same_code",
@@ -268,6 +269,27 @@ def _member_reasons(old: type, attr: str, value: Any) -> Iterator[str]:
             f"class {name}: the decorators of {attr} change from {list(decorators(before))} to "
             f"{list(decorators(value))} (functions already wrapped would keep the old ones)"
         )
+
+
+def nested_classes(old: type, new: type) -> Iterator[tuple[str, type, type]]:
+    """(name, running class, patch class) for each class ``new``'s body makes that
+    restates one ``old``'s body made (``class Client: class Error``).
+
+    Such a member is patched into the running nested class as its outer class is
+    (a class target of its own): set whole, it would be another class, and the
+    instances, the names taken of it (``ClientError = Client.Error``) and its class
+    data would be left with the old one.
+    """
+    for name, value in vars(new).items():
+        running = vars(old).get(name)
+        if (
+            isinstance(value, type)
+            and isinstance(running, type)
+            and value.__qualname__ == f"{new.__qualname__}.{name}"
+            and running.__qualname__ == f"{old.__qualname__}.{name}"
+            and running.__module__ == old.__module__
+        ):
+            yield name, running, value
 
 
 def running_bases(new: type, stands_for: Mapping[int, type]) -> tuple[type, ...]:

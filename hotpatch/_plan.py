@@ -25,6 +25,7 @@ from hotpatch._classes import (
     hash_reason,
     layout_changes,
     members,
+    nested_classes,
     set_name,
 )
 from hotpatch._classes_hooks import hooks_of, refusal
@@ -310,10 +311,17 @@ def _stands_for(patch: Patch) -> dict[int, type]:
     for replacement in patch.replacements:
         if replacement.is_class:
             with contextlib.suppress(PatchError):
-                found[id(replacement.new)] = resolve_class(replacement.target, patch=patch.version)[
-                    1
-                ]
+                running = resolve_class(replacement.target, patch=patch.version)[1]
+                _stands_for_class(found, replacement.new, running)
     return found
+
+
+def _stands_for_class(found: dict[int, type], new: type, old: type) -> None:
+    """Patch class ``new`` stands for ``old``, and each class nested in it for the running
+    class it restates (patched as class targets of their own)."""
+    found[id(new)] = old
+    for _, running, nested in nested_classes(old, new):
+        _stands_for_class(found, nested, running)
 
 
 def caches_of(entries: Sequence[Applied], also: Sequence[Any] = ()) -> list[Any]:
@@ -623,7 +631,11 @@ class _Planner:
             if self.level.restarting:
                 self.rebuild_class(spec, module, old, new_cls, stands_for)
                 return
+        nested = {name for name, _, _ in nested_classes(old, new_cls)}
         for attr, value in members(old, new_cls):
+            if attr in nested:  # a class of the running class's own: patched in place
+                self.add_nested_class(spec, attr, value, stands_for)
+                continue
             value = stands_for.get(id(value), value)  # noqa: PLW2901 - a patch class: the running one
             member = f"{spec}.{attr}"
             existing = self.base(old, attr)
@@ -663,6 +675,21 @@ class _Planner:
             for func in functions:
                 names = global_names(func.__code__)
                 plan.needs.append((module, names, func.__globals__, member))
+
+    def add_nested_class(
+        self, spec: str, attr: str, new_cls: type, stands_for: Mapping[int, type]
+    ) -> None:
+        """Class ``attr`` of the class ``spec``, restated in its patch class: a class target."""
+        v, inner = self.plan.patch.version, f"{spec}.{attr}"
+        if any(r.is_class and r.target == inner for r in self.plan.patch.replacements):
+            msg = (
+                f"patch {v}: class {inner} is a target of its own, and the patch class of "
+                f"{spec} restates it too: two patch classes for one class, so one would "
+                f"silently win; keep one (leave {attr} out of the patch class of {spec}, or "
+                f"drop the replace_class of {inner})"
+            )
+            raise VerificationFailed(msg, patch=v, target=inner)
+        self.add_class(inner, new_cls, stands_for)
 
     def rebuild_class(
         self,
