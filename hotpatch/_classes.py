@@ -121,11 +121,13 @@ _NAMEDTUPLE = frozenset(
 _DATACLASS = frozenset({"__dataclass_fields__", "__dataclass_params__", "__match_args__"})
 
 
-def members(old: type, new: type) -> Iterator[tuple[str, Any]]:
+def members(
+    old: type, new: type, stands_for: Mapping[int, type] | None = None
+) -> Iterator[tuple[str, Any]]:
     """The members of patch class ``new`` a patch of ``old`` may set (name, value)."""
     own_slots = set(slots(new) or ())
     enum_names = set(vars(new).get("_member_map_", {})) if is_enum(new) else set()
-    same_fields = dataclass_fields(old) == dataclass_fields(new)
+    same_fields = dataclass_fields(old) == dataclass_fields(new, stands_for)
     tuple_fields = namedtuple_fields(new)
     made: set[str] = set()
     if tuple_fields is not None and namedtuple_fields(old) is not None:
@@ -155,10 +157,12 @@ def class_reasons(old: type, new: type, stands_for: Mapping[int, type] | None = 
     name = f"{old.__module__}:{old.__qualname__}"
     return [
         *_layout_reasons(old, new, name, stands_for or {}),
-        *_data_reasons(old, new, name),
+        *_data_reasons(old, new, name, stands_for),
         *_hash_reasons(old, new, name),
     ] + [
-        reason for attr, value in members(old, new) for reason in _member_reasons(old, attr, value)
+        reason
+        for attr, value in members(old, new, stands_for)
+        for reason in _member_reasons(old, attr, value)
     ]
 
 
@@ -215,7 +219,9 @@ def _layout_reasons(
         )
 
 
-def _data_reasons(old: type, new: type, name: str) -> Iterator[str]:
+def _data_reasons(
+    old: type, new: type, name: str, stands_for: Mapping[int, type] | None
+) -> Iterator[str]:
     """What a class's machinery decided when it was made: members, fields, abstract methods."""
     old_members, new_members = enum_members(old), enum_members(new)
     if old_members is not None and new_members is not None and old_members != new_members:
@@ -225,11 +231,11 @@ def _data_reasons(old: type, new: type, name: str) -> Iterator[str]:
             f"old); declare the same members in the patch class to patch its methods, or "
             f"patch one method with @patch.replace('{name}.METHOD')"
         )
-    old_fields, new_fields = dataclass_fields(old), dataclass_fields(new)
+    old_fields, new_fields = dataclass_fields(old), dataclass_fields(new, stands_for)
     if old_fields != new_fields and old_fields is not None and new_fields is not None:
         yield (
-            f"class {name}: dataclass fields change from {_fields_text(old_fields)} to "
-            f"{_fields_text(new_fields)} (instances made before keep the old fields)"
+            f"class {name}: dataclass fields change: {_fields_change(old_fields, new_fields)} "
+            "(instances made before keep the old fields)"
         )
     old_tuple, new_tuple = namedtuple_fields(old), namedtuple_fields(new)
     if old_tuple != new_tuple and old_tuple is not None and new_tuple is not None:
@@ -424,8 +430,14 @@ def enum_members(cls: type) -> dict[str, Any] | None:
     return {name: member._value_ for name, member in vars(cls)["_member_map_"].items()}
 
 
-def dataclass_fields(cls: type) -> tuple[tuple[Any, ...], ...] | None:
-    """A dataclass's own fields as comparable rows; ``None`` if ``cls`` declares none."""
+def dataclass_fields(
+    cls: type, stands_for: Mapping[int, type] | None = None
+) -> tuple[tuple[Any, ...], ...] | None:
+    """A dataclass's own fields as comparable rows; ``None`` if ``cls`` declares none.
+
+    A field typed with (or defaulting to) one of the patch's patch classes, also inside
+    ``Optional[...]`` or ``list[...]``, is typed with the running class it stands for.
+    """
     fields = vars(cls).get("__dataclass_fields__")
     if fields is None:
         return None
@@ -438,8 +450,8 @@ def dataclass_fields(cls: type) -> tuple[tuple[Any, ...], ...] | None:
         rows.append(
             (
                 f.name,
-                _comparable(f.type),
-                _comparable(f.default),
+                _standing(f.type, stands_for or {}),
+                _standing(f.default, stands_for or {}),
                 factory,
                 f.init,
                 f.compare,
@@ -484,8 +496,51 @@ def members_text(values: dict[str, Any]) -> str:
     return "(" + ", ".join(f"{k}={v!r}" for k, v in values.items()) + ")"
 
 
-def _fields_text(rows: tuple[tuple[Any, ...], ...]) -> str:
-    return "(" + ", ".join(str(row[0]) for row in rows[1:]) + ")"
+_FIELD_PARTS = ("type", "default", "default_factory", "init", "compare", "kw_only", "kind")
+
+
+def _fields_change(old: tuple[tuple[Any, ...], ...], new: tuple[tuple[Any, ...], ...]) -> str:
+    """What differs between two dataclasses' field rows, field by field."""
+    changes: list[str] = []
+    if old[0] != new[0]:
+        changes.append(f"parameters {old[0][1]} -> {new[0][1]}")
+    before, after = {r[0]: r for r in old[1:]}, {r[0]: r for r in new[1:]}
+    if list(before) != list(after):
+        changes.append(f"fields ({', '.join(before)}) -> ({', '.join(after)})")
+    for field_name in (n for n in before if n in after):
+        changes.extend(
+            f"{field_name}: {part} {_shown(a)} -> {_shown(b)}"
+            for part, a, b in zip(
+                _FIELD_PARTS, before[field_name][1:], after[field_name][1:], strict=True
+            )
+            if a != b
+        )
+    return "; ".join(changes)
+
+
+def _shown(value: Any) -> str:
+    """A field's part as a person reads it: a class by its qualname."""
+    if isinstance(value, type):
+        return value.__qualname__
+    if isinstance(value, tuple) and value[:1] == (_GENERIC,):
+        origin, args = value[1], value[2]
+        return f"{_shown(origin)}[{', '.join(_shown(a) for a in args)}]"
+    return value if isinstance(value, str) else repr(value)
+
+
+_GENERIC = object()
+
+
+def _standing(value: Any, stands_for: Mapping[int, type]) -> Any:
+    """``_comparable(value)``, with each patch class in it the running class it stands for
+    (a ``typing`` construct compared part by part)."""
+    if id(value) in stands_for:
+        return stands_for[id(value)]
+    origin = typing.get_origin(value)
+    if origin is not None:
+        args = tuple(_standing(a, stands_for) for a in typing.get_args(value))
+        return (_GENERIC, _standing(origin, stands_for), args)
+    return _comparable(value)
 
 
 def _member_kind(value: Any) -> str:

@@ -12,12 +12,20 @@ from __future__ import annotations
 
 import reprlib
 import types
+from collections.abc import Mapping
 from typing import Any
 
 from hotpatch._classes import ENUM_BOOKKEEPING, decorators, inner_pairs, is_enum
 from hotpatch._codegen import rebind
 
-__all__ = ["data_conflict", "equal", "function_pairs", "member_functions", "rebind_member"]
+__all__ = [
+    "data_conflict",
+    "equal",
+    "function_pairs",
+    "member_functions",
+    "rebind_member",
+    "standing_for",
+]
 
 
 def equal(a: Any, b: Any) -> bool:
@@ -25,6 +33,20 @@ def equal(a: Any, b: Any) -> bool:
         return bool(a == b)
     except Exception:
         return False
+
+
+def standing_for(value: Any, stands_for: Mapping[int, type]) -> Any:
+    """``value`` as the running class would hold it: each of the patch's patch classes in
+    it (also in a dict, list, tuple or set: ``splitters = {"row": RowSplitter}``) the
+    running class it stands for. For comparing only: the running object is what stays."""
+    if id(value) in stands_for:
+        return stands_for[id(value)]
+    kind = type(value)
+    if kind in (list, tuple, set, frozenset):
+        return kind(standing_for(item, stands_for) for item in value)
+    if kind is dict:
+        return {standing_for(k, stands_for): standing_for(v, stands_for) for k, v in value.items()}
+    return value
 
 
 def data_conflict(old: type, attr: str, existing: Any, value: Any, module: str) -> str | None:

@@ -47,6 +47,7 @@ from hotpatch._members import (
     function_pairs,
     member_functions,
     rebind_member,
+    standing_for,
 )
 from hotpatch._nested import (
     Leaf,
@@ -632,7 +633,7 @@ class _Planner:
                 self.rebuild_class(spec, module, old, new_cls, stands_for)
                 return
         nested = {name for name, _, _ in nested_classes(old, new_cls)}
-        for attr, value in members(old, new_cls):
+        for attr, value in members(old, new_cls, stands_for):
             if attr in nested:  # a class of the running class's own: patched in place
                 self.add_nested_class(spec, attr, value, stands_for)
                 continue
@@ -656,14 +657,15 @@ class _Planner:
                     )
                     self.add_function(target, new)
                 continue
-            if existing is value or (existing is not ABSENT and equal(existing, value)):
+            restated = standing_for(value, stands_for)  # the patch's classes: the running ones
+            if existing is value or (existing is not ABSENT and equal(existing, restated)):
                 continue
             # A process not serving yet (a replay, a restart) applies what the journal
             # holds as it went in: the rule is for a patch going in while state is live.
             conflict = (
                 existing is not ABSENT
                 and not self.level.restarting
-                and data_conflict(old, attr, existing, value, module.__name__)
+                and data_conflict(old, attr, existing, restated, module.__name__)
             )
             if conflict:
                 msg = f"patch {plan.patch.version}: {member}: {conflict}"

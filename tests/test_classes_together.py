@@ -180,3 +180,125 @@ def test_a_default_naming_a_patch_class_names_the_running_class(make_module, wri
     registry.rollback()
     assert mod.Parser().show(1) == "<1>"
     assert mod.Parser().formatter_class is mod.Formatter
+
+
+SPLITTERS = """
+from dataclasses import dataclass, field
+from typing import NamedTuple, Optional
+
+
+class RowSplitter:
+    name = "row"
+
+
+class ColumnSplitter:
+    name = "column"
+
+
+class Layout:
+    splitters = {"row": RowSplitter, "column": ColumnSplitter}
+    order = (RowSplitter, ColumnSplitter)
+
+    def split(self, how):
+        return self.splitters[how].name
+
+
+class Size(NamedTuple):
+    width: int
+    height: int
+
+
+@dataclass
+class Node:
+    label: str
+
+
+@dataclass
+class Options:
+    size: Size
+    node: Optional[Node] = None
+    kinds: list[type[Node]] = field(default_factory=list)
+
+    def area(self):
+        return self.size.width * self.size.height
+"""
+
+
+def _splitters_patch(mod: str, area: str = "self.size.width * self.size.height") -> str:
+    return f"""
+    from dataclasses import dataclass, field
+    from typing import NamedTuple, Optional
+
+    @patch.replace_class("{mod}:RowSplitter")
+    class RowSplitter:
+        name = "row"
+
+    @patch.replace_class("{mod}:ColumnSplitter")
+    class ColumnSplitter:
+        name = "column"
+
+    @patch.replace_class("{mod}:Layout")
+    class Layout:
+        splitters = {{"row": RowSplitter, "column": ColumnSplitter}}
+        order = (RowSplitter, ColumnSplitter)
+
+        def split(self, how):
+            return self.splitters[how].name.upper()
+
+    @patch.replace_class("{mod}:Size")
+    class Size(NamedTuple):
+        width: int
+        height: int
+
+    @patch.replace_class("{mod}:Node")
+    @dataclass
+    class Node:
+        label: str
+
+    @patch.replace_class("{mod}:Options")
+    @dataclass
+    class Options:
+        size: Size
+        node: Optional[Node] = None
+        kinds: list[type[Node]] = field(default_factory=list)
+
+        def area(self):
+            return {area}
+    """
+
+
+def test_class_data_and_field_types_naming_patch_classes_name_the_running_ones(
+    make_module, write_patch, registry
+):
+    """Class data holding the patch's other classes (``splitters = {"row": RowSplitter}``,
+    as rich's ``Layout`` and ``Markdown`` hold theirs) is the running class's data
+    restated, and a dataclass field typed with one (``size: Size``,
+    ``Optional[Node]``, as rich's ``ConsoleOptions``) is the same field. Before, each
+    class went in alone, but together the first was refused as class data the patch
+    would overwrite (``NameConflict``) and the second as a layout change whose message
+    named the same fields twice ("fields change from (size, node, kinds) to (size,
+    node, kinds)")."""
+    mod = make_module(SPLITTERS)
+    splitters = mod.Layout.splitters
+    options = mod.Options(mod.Size(2, 3))
+    patch = load(
+        write_patch, _splitters_patch(mod.__name__, "self.size.width * self.size.height + 1")
+    )
+    report = registry.check(patch)
+    assert report.hot, report.reasons
+    registry.apply(patch)
+    assert mod.Layout.splitters is splitters
+    assert mod.Layout().split("row") == "ROW"
+    assert options.area() == 7
+    registry.rollback()
+    assert mod.Layout().split("row") == "row"
+
+
+def test_a_field_whose_type_changes_is_named_with_both_types(make_module, write_patch, registry):
+    mod = make_module(SPLITTERS)
+    body = _splitters_patch(mod.__name__).replace("        size: Size\n", "        size: tuple\n")
+    report = registry.check(load(write_patch, body))
+    assert not report.hot
+    (reason,) = report.reasons
+    assert f"class {mod.__name__}:Options: dataclass fields change:" in reason
+    assert "size: type Size -> tuple" in reason, reason
