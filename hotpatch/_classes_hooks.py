@@ -264,10 +264,24 @@ def _runs(owner: Any, hook: str) -> bool:
 
 
 def _harmless(owner: Any) -> bool:
-    top = str(getattr(owner, "__module__", None) or "").partition(".")[0]
+    top = _module(owner).partition(".")[0]
     return top in sys.stdlib_module_names or top in _HARMLESS
 
 
 def _name(owner: Any, hook: str) -> str:
     qualname = getattr(owner, "__qualname__", repr(owner))
-    return f"{getattr(owner, '__module__', '?')}:{qualname}" + (f".{hook}" if hook else "")
+    return f"{_module(owner)}:{qualname}" + (f".{hook}" if hook else "")
+
+
+def _module(owner: Any) -> str:
+    """The module ``owner`` was defined in. A metaclass may define ``__module__`` as a
+    property for its classes (wrapt's proxies'), which is then its own ``__module__``:
+    the module its functions were defined in says it instead."""
+    module = getattr(owner, "__module__", None)
+    if isinstance(module, str):
+        return module
+    for value in vars(owner).values() if isinstance(owner, type) else ():
+        func = getattr(value, "__func__", value)
+        if isinstance(func, types.FunctionType) and isinstance(func.__module__, str):
+            return func.__module__
+    return "?"

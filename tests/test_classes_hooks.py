@@ -462,3 +462,50 @@ def test_a_dropped_patch_is_rejected_and_the_service_registry_keeps_its_class(
     assert result["targets"] == [f"{mod.__name__}:Echo"]
     assert {"Echo": mod.Echo} == mod.REGISTRY
     assert mod.Echo().run("a") == "a"
+
+
+PROXIES = """
+MADE = []
+
+
+class ProxyMeta(type):
+    '''A metaclass that shows its classes' module through a property of its own, as
+    wrapt's proxies' does: its own ``__module__`` is that property, not a string.'''
+
+    @property
+    def __module__(cls):
+        return cls.__dict__.get("__proxy_module__", "?")
+
+    def __new__(meta, name, bases, namespace, **kwargs):
+        namespace["__proxy_module__"] = namespace.get("__module__")
+        MADE.append(name)
+        return super().__new__(meta, name, bases, namespace, **kwargs)
+
+
+class Proxy(metaclass=ProxyMeta):
+    def run(self):
+        return "old"
+"""
+
+
+def test_a_hook_of_a_metaclass_hiding_its_module_is_named_by_its_module(
+    make_module, write_patch, registry
+) -> None:
+    mod = make_module(PROXIES)
+    with pytest.raises(NotPatchable) as info:
+        _load(
+            write_patch,
+            """
+            from {mod} import ProxyMeta
+
+            @patch.replace_class("{mod}:Proxy")
+            class Proxy(metaclass=ProxyMeta):
+                def run(self):
+                    return "new"
+            """,
+            mod=mod.__name__,
+        )
+    message = str(info.value)
+    assert f"runs {mod.__name__}:ProxyMeta.__new__ for it" in message, message
+    assert "property object" not in message
+    assert mod.MADE == ["Proxy"]
