@@ -10,6 +10,9 @@ may set at all, and why a change is not hot, is ``_classes``'s.
 
 from __future__ import annotations
 
+import collections.abc
+import contextlib
+import functools
 import reprlib
 import types
 from collections.abc import Mapping
@@ -65,6 +68,8 @@ def data_conflict(old: type, attr: str, existing: Any, value: Any, module: str) 
         return None
     if is_enum(old) and attr in ENUM_BOOKKEEPING:
         return None  # the enum's, compared as members (a change is not hot)
+    if _own_descriptor(existing):
+        return _descriptor_conflict(existing, value, module)
     if not (_is_data(existing) and _is_data(value)):
         return None
     return (
@@ -73,6 +78,88 @@ def data_conflict(old: type, attr: str, existing: Any, value: Any, module: str) 
         "(a counter, a registry): leave it out of the patch class to keep the running value, "
         f'or change it in @patch.migrate("{module}") and put it back in @patch.unmigrate'
     )
+
+
+# Descriptors of Python's own that keep no state: a patch may set them whole.
+_STATELESS = (
+    types.FunctionType,
+    classmethod,
+    staticmethod,
+    property,
+    functools.partialmethod,
+    functools.singledispatchmethod,
+    functools.cached_property,
+)
+
+
+def _descriptor_conflict(existing: Any, value: Any, module: str) -> str | None:
+    """Why a descriptor the running class holds may not be replaced by ``value``: the
+    state it keeps would be lost. ``None`` when it keeps none (it is set whole)."""
+    filled = _filled(existing)
+    if not filled:
+        return None
+    return (
+        f"the running class holds the descriptor {_short(existing)}, which keeps state "
+        f"({', '.join(filled)}), and the patch class restates it otherwise "
+        f"({_short(value)}), which would replace it and lose that state: leave it out "
+        "of the patch class to keep the running one, or replace it in "
+        f'@patch.migrate("{module}") and put it back in @patch.unmigrate'
+    )
+
+
+def _filled(descriptor: Any) -> list[str]:
+    """The containers a descriptor holds that are filled (a value for each instance, a
+    cache): state the service built up, as ``name (N entries)``."""
+    containers = (
+        collections.abc.MutableMapping,
+        collections.abc.MutableSequence,
+        collections.abc.MutableSet,
+    )
+    return [
+        f"{name} ({len(held)} entries)"
+        for name, held in _descriptor_state(descriptor).items()
+        if isinstance(held, containers) and len(held)
+    ]
+
+
+def _same_value(before: Any, after: Any) -> bool:
+    """What a descriptor holds, the same: equal, or mappings holding the same (a
+    ``WeakKeyDictionary`` compares by identity)."""
+    if before is after or equal(before, after):
+        return True
+    mapping = collections.abc.Mapping
+    return (
+        isinstance(before, mapping)
+        and isinstance(after, mapping)
+        and (dict(before.items()) == dict(after.items()))
+    )
+
+
+def _own_descriptor(value: Any) -> bool:
+    """A descriptor object of the project's making (``hits = Tracked()``), which may hold
+    state for the instances."""
+    return (
+        not isinstance(value, type)
+        and hasattr(type(value), "__get__")
+        and not isinstance(value, _STATELESS)
+        and not hasattr(value, "__wrapped__")  # a decorated method, patched as one
+    )
+
+
+def _descriptor_state(value: Any) -> dict[str, Any]:
+    """What a descriptor object holds: its ``__dict__`` and slots; ``None`` if not readable."""
+    state: dict[str, Any] = {}
+    own = getattr(value, "__dict__", None)
+    if isinstance(own, dict):
+        state.update(own)
+    for klass in type(value).__mro__:
+        declared = vars(klass).get("__slots__", ())
+        for name in (declared,) if isinstance(declared, str) else declared:
+            slot = vars(klass).get(name)
+            if isinstance(slot, types.MemberDescriptorType):
+                with contextlib.suppress(AttributeError):  # a slot not set
+                    state[name] = slot.__get__(value, type(value))
+    return state
 
 
 def _is_data(value: Any) -> bool:
@@ -115,8 +202,13 @@ def _nested_in(member: type, cls: type) -> bool:
     )
 
 
-def function_pairs(old: Any, new: Any) -> list[tuple[str, Any, Any]] | None:
-    """(accessor, function to patch, replacement) when ``new`` can patch ``old`` in place."""
+def function_pairs(
+    old: Any, new: Any, stands_for: Mapping[int, type] | None = None
+) -> list[tuple[str, Any, Any]] | None:
+    """(accessor, function to patch, replacement) when ``new`` can patch ``old`` in place.
+
+    ``stands_for``: the patch's patch classes -> the running classes (what a descriptor
+    was told by ``__set_name__``, its owner, is the patch class)."""
     # The function under the decorators is patched, so the wrappers already made keep
     # applying, once: a replacement written plain or under the same decorators. Other
     # decorators (class_reasons names them): swapped whole.
@@ -142,8 +234,39 @@ def function_pairs(old: Any, new: Any) -> list[tuple[str, Any, Any]] | None:
         return [
             (a, getattr(old, a), getattr(new, a)) for a in accessors if getattr(old, a) is not None
         ]
-    inner = inner_pairs(old, new)  # partialmethod, singledispatchmethod
-    return None if inner is None else [("", a, b) for a, b in inner]
+    return _other_pairs(old, new, stands_for or {})
+
+
+def _other_pairs(
+    old: Any, new: Any, stands_for: Mapping[int, type]
+) -> list[tuple[str, Any, Any]] | None:
+    """Members made of functions otherwise: partialmethod, singledispatchmethod,
+    cached_property, a descriptor object of the project's."""
+    inner = inner_pairs(old, new)
+    if inner is not None:
+        return [("", a, b) for a, b in inner]
+    if _own_descriptor(old) and type(old) is type(new):
+        return _descriptor_pairs(old, new, stands_for)
+    return None
+
+
+def _descriptor_pairs(
+    old: Any, new: Any, stands_for: Mapping[int, type]
+) -> list[tuple[str, Any, Any]] | None:
+    """A descriptor object restated alike (``bold = Bit(0)``, ``total = lazy(total)``): the
+    functions it holds, to patch in place (none: the running one stays as it is);
+    ``None`` when it holds anything else otherwise."""
+    theirs, ours = _descriptor_state(old), _descriptor_state(new)
+    if theirs.keys() != ours.keys():
+        return None
+    pairs: list[tuple[str, Any, Any]] = []
+    for name, before in theirs.items():
+        after = ours[name]
+        if type(before) is types.FunctionType and type(after) is types.FunctionType:
+            pairs.append(("", before, after))
+        elif not _same_value(before, standing_for(after, stands_for)):
+            return None
+    return pairs
 
 
 def _bound_kind(value: Any) -> bool:

@@ -642,7 +642,7 @@ class _Planner:
             existing = self.base(old, attr)
             if existing is value:
                 continue  # the same object (what a base or a decorator put in both)
-            pairs = function_pairs(existing, value)
+            pairs = function_pairs(existing, value, stands_for)
             # A function the class borrowed (total_ordering's helpers, a mixin's) is
             # shared: the class gets its own instead of a patch of everyone's.
             if pairs is not None and not any(

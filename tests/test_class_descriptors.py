@@ -1,0 +1,123 @@
+"""``replace_class`` of a class holding descriptors of the project's own making
+(``hits = Tracked()``, ``bold = Bit(0)``, ``total = lazy(total)``).
+
+A descriptor object may keep state for the instances of the class (a value per
+instance, a cache). A patch class restating one alike keeps the running one (the
+functions it holds patched in place); restating one that keeps state otherwise
+is refused, as class data restated otherwise is, naming the way in. Before, it
+was set whole, and every value it held for the instances was gone, with
+``check()`` saying hot.
+"""
+
+from __future__ import annotations
+
+from refusals import PatchWriter, load, refused
+
+import hotpatch
+
+ACCOUNT = """
+import weakref
+
+
+class Tracked:
+    '''Keeps a value for each instance.'''
+
+    def __init__(self, default=0):
+        self.default = default
+        self.values = weakref.WeakKeyDictionary()
+
+    def __get__(self, obj, owner=None):
+        return self if obj is None else self.values.get(obj, self.default)
+
+    def __set__(self, obj, value):
+        self.values[obj] = value
+
+
+class Bit:
+    __slots__ = ("bit", "owner", "name")
+
+    def __init__(self, n):
+        self.bit = 1 << n
+
+    def __set_name__(self, owner, name):
+        self.owner, self.name = owner, name
+
+    def __get__(self, obj, owner=None):
+        return self if obj is None else bool(obj.flags & self.bit)
+
+
+class lazy:
+    '''Computes once per instance with the function it holds.'''
+
+    def __init__(self, func):
+        self.func = func
+
+    def __get__(self, obj, owner=None):
+        if obj is None:
+            return self
+        value = obj.__dict__[self.func.__name__] = self.func(obj)
+        return value
+
+
+class Account:
+    hits = Tracked()
+    bold = Bit(0)
+
+    def __init__(self, flags=0):
+        self.flags = flags
+
+    @lazy
+    def total(self):
+        return 10
+"""
+
+
+def _patch(mod: str, hits: str = "        hits = Tracked()\n", total: str = "10") -> str:
+    return f"""
+    from {mod} import Bit, Tracked, lazy
+
+    @patch.replace_class("{mod}:Account")
+    class Account:
+{hits}        bold = Bit(0)
+
+        def __init__(self, flags=0):
+            self.flags = flags
+
+        @lazy
+        def total(self):
+            return {total}
+    """
+
+
+def test_a_descriptor_holding_state_restated_is_refused_and_keeps_its_state(
+    make_module, write_patch: PatchWriter, registry: hotpatch.Registry
+) -> None:
+    mod = make_module(ACCOUNT)
+    account = mod.Account()
+    account.hits = 5
+    message = refused(registry, load(write_patch, _patch(mod.__name__)), hotpatch.NameConflict)
+    assert f"{mod.__name__}:Account.hits" in message
+    assert "descriptor" in message
+    assert "leave it out of the patch class" in message
+    assert account.hits == 5
+
+
+def test_left_out_it_stays_and_descriptors_restated_alike_keep_the_running_objects(
+    make_module, write_patch: PatchWriter, registry: hotpatch.Registry
+) -> None:
+    mod = make_module(ACCOUNT)
+    account = mod.Account(flags=1)
+    account.hits = 5
+    running = dict(vars(mod.Account))
+    patch = load(write_patch, _patch(mod.__name__, hits="", total="20"))
+    assert registry.check(patch).hot
+    registry.apply(patch)
+    assert account.hits == 5
+    assert account.bold is True
+    assert vars(mod.Account)["bold"].owner is mod.Account
+    for name in ("hits", "bold", "total"):
+        assert vars(mod.Account)[name] is running[name], name
+    assert mod.Account().total == 20  # the function the running descriptor holds, patched
+    registry.rollback()
+    assert mod.Account().total == 10
+    assert dict(vars(mod.Account)) == running
