@@ -193,13 +193,27 @@ def _marked(tree: ast.Module, text: str) -> Iterator[tuple[tuple[str, int], tupl
         for decorator in node.decorator_list:
             if _is_replace_class(decorator):
                 assert isinstance(decorator, ast.Call)
-                yield (node.name, first), (_shown(node.name, _target(decorator, text)), False)
+                target = _shown(node.name, _target(decorator, text))
+                yield (node.name, first), (target, False)
+                yield from _nested(node, target)
                 break
         else:
             if node.name in called:
                 yield (node.name, first), (_shown(node.name, called[node.name]), False)
+                yield from _nested(node, _shown(node.name, called[node.name]))
             elif held := _held(node, text):
                 yield (node.name, first), (held, True)
+
+
+def _nested(node: ast.ClassDef, target: str) -> Iterator[tuple[tuple[str, int], tuple[str, bool]]]:
+    """The class statements in a patch class's body: each patches the running class's
+    nested class of its name, a class target of its own (``mod:Outer.Handler``)."""
+    for item in node.body:
+        if isinstance(item, ast.ClassDef):
+            first = min([item.lineno, *(d.lineno for d in item.decorator_list)])
+            inner = f"{target}.{item.name}" if ":" in target and " " not in target else target
+            yield (item.name, first), (inner, False)
+            yield from _nested(item, inner)
 
 
 def _held(node: ast.ClassDef, text: str) -> str | None:

@@ -509,3 +509,46 @@ def test_a_hook_of_a_metaclass_hiding_its_module_is_named_by_its_module(
     assert f"runs {mod.__name__}:ProxyMeta.__new__ for it" in message, message
     assert "property object" not in message
     assert mod.MADE == ["Proxy"]
+
+
+OUTER = """
+REGISTRY = {}
+
+class Plugin:
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        REGISTRY[cls.__name__] = cls
+
+class Outer:
+    class Handler(Plugin):
+        def run(self):
+            return "old"
+"""
+
+
+def test_a_nested_class_whose_base_runs_a_hook_is_refused_before_it_runs(
+    make_module, write_patch, registry
+) -> None:
+    """A class nested in a ``replace_class`` class statement is patched as a class target
+    of its own, and is made when the patch file loads: made from a base with a hook of
+    the project, it would register itself in the service's registry at that moment."""
+    mod = make_module(OUTER)
+    running = mod.Outer.Handler
+    with pytest.raises(NotPatchable) as info:
+        _load(
+            write_patch,
+            """
+            from {mod} import Plugin
+
+            @patch.replace_class("{mod}:Outer")
+            class Outer:
+                class Handler(Plugin):
+                    def run(self):
+                        return "new"
+            """,
+            mod=mod.__name__,
+        )
+    assert {"Handler": running} == mod.REGISTRY  # the hook never ran for the patch class
+    message = str(info.value)
+    assert f"class {mod.__name__}:Outer.Handler" in message, message
+    assert f"{mod.__name__}:Plugin.__init_subclass__" in message
