@@ -43,6 +43,16 @@ class _Lacks:
 _LACKS = _Lacks()
 
 
+class _Named:
+    """A function shown by its qualname (its repr's address says nothing)."""
+
+    def __init__(self, func: types.FunctionType) -> None:
+        self.qualname = func.__code__.co_qualname
+
+    def __repr__(self) -> str:
+        return self.qualname
+
+
 def made_otherwise(running: Sequence[Any], written: Sequence[Any]) -> list[str]:
     """How each of ``written`` was made otherwise than the one of ``running`` in its
     place: both a chain of the same decorators down to the function under them,
@@ -55,7 +65,7 @@ def made_otherwise(running: Sequence[Any], written: Sequence[Any]) -> list[str]:
         for what, theirs, ours in _differences(old, new):
             name = (
                 old.__code__.co_qualname
-                if isinstance(old, types.FunctionType)
+                if type(old) is types.FunctionType
                 else f"{type(old).__module__}.{type(old).__qualname__}"
             )
             changes.append(
@@ -66,7 +76,7 @@ def made_otherwise(running: Sequence[Any], written: Sequence[Any]) -> list[str]:
 
 
 def _differences(old: Any, new: Any) -> Iterator[tuple[str, Any, Any]]:
-    if isinstance(old, types.FunctionType) and isinstance(new, types.FunctionType):
+    if type(old) is types.FunctionType and type(new) is types.FunctionType:
         yield from _factory_values(old, new)
         yield from _attributes(old, new)
         return  # a function is no cache
@@ -76,6 +86,65 @@ def _differences(old: Any, new: Any) -> Iterator[tuple[str, Any, Any]]:
         for name, value in theirs.items():
             if name in ours and not equal(value, ours[name]):
                 yield f"argument {name!r}", value, ours[name]
+        return
+    yield from _held_differences(old, new)
+
+
+def _held_differences(old: Any, new: Any) -> Iterator[tuple[str, Any, Any]]:
+    """What a wrapper object (not a function) holds to call around the function it wraps,
+    where ``new``'s differs: another function, or one made with other arguments.
+
+    Such a function (``wrapt``'s ``_self_wrapper``: ``@retry(3)`` made of a generic
+    ``wrapper(wrapped, instance, args, kwargs)`` closing over ``times``) was made for
+    no function in particular, so all it closes over is what the decorator was made
+    with. Its ``__dict__``, when it shows one, is compared as attributes already.
+    """
+    shown = _own_attributes(new) or {}
+    theirs = _held_functions(old)
+    for name, ours in _held_functions(new).items():
+        before = theirs.get(name)
+        if before is None or before is ours:
+            continue
+        if before.__code__ is not ours.__code__:
+            if shown.get(name) is not ours:  # else named as an attribute
+                yield f"the function it calls ({name})", _Named(before), _Named(ours)
+            continue
+        cells = dict(zip(ours.__code__.co_freevars, ours.__closure__ or (), strict=True))
+        for var, cell in zip(before.__code__.co_freevars, before.__closure__ or (), strict=True):
+            try:
+                value, theirs_value = cells[var].cell_contents, cell.cell_contents
+            except (KeyError, ValueError):  # a cell not filled yet
+                continue
+            if theirs_value is not value and not equal(theirs_value, value):
+                yield f"argument {var!r} of {before.__code__.co_qualname}", theirs_value, value
+
+
+def _held_functions(obj: Any) -> dict[str, types.FunctionType]:
+    """The Python functions a wrapper object holds besides what it wraps, by attribute:
+    in its own dict (read through the type's own ``__dict__`` descriptor: a proxy's
+    ``__dict__`` attribute may show the wrapped function's), in slots, or in a C
+    type's fields."""
+    found: dict[str, types.FunctionType] = {}
+    for klass in type(obj).__mro__:
+        for name, attr in vars(klass).items():
+            if not isinstance(attr, types.MemberDescriptorType | types.GetSetDescriptorType):
+                continue
+            if name != "__dict__" and (name in found or name.startswith("__")):
+                continue
+            try:
+                value = attr.__get__(obj, type(obj))
+            except Exception:  # a slot not set, a field that refuses to be read
+                continue
+            if name == "__dict__" and type(value) is dict:
+                found.update(
+                    (k, v)
+                    for k, v in value.items()
+                    if isinstance(k, str) and type(v) is types.FunctionType and k not in found
+                )
+            elif type(value) is types.FunctionType:
+                found[name] = value
+    found.pop("__wrapped__", None)
+    return found
 
 
 def _attributes(old: Any, new: Any) -> Iterator[tuple[str, Any, Any]]:
@@ -102,7 +171,7 @@ def _own_attributes(obj: Any) -> dict[str, Any] | None:
     globals, builtins, keyword defaults and annotations (whose keys are parameter
     names, or ``return``): an attribute named as a parameter is not seen.
     """
-    if not isinstance(obj, types.FunctionType):
+    if type(obj) is not types.FunctionType:
         found = getattr(obj, "__dict__", None)
         return found if isinstance(found, dict) else None
     known = (obj.__globals__, getattr(obj, "__builtins__", None), obj.__kwdefaults__)
@@ -119,7 +188,7 @@ def _own_attributes(obj: Any) -> dict[str, Any] | None:
 
 def _same_code(a: Any, b: Any) -> bool:
     """Two functions of one code: what a wrapper makes for itself (``cache_parameters``)."""
-    return isinstance(a, types.FunctionType) and getattr(b, "__code__", None) is a.__code__
+    return type(a) is types.FunctionType and getattr(b, "__code__", None) is a.__code__
 
 
 def _factory_values(

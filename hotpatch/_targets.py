@@ -336,7 +336,7 @@ def wrapper_names(obj: Any) -> tuple[str, ...]:
     """
     return tuple(
         w.__code__.co_qualname
-        if isinstance(w, types.FunctionType)
+        if type(w) is types.FunctionType
         else f"{type(w).__module__}.{type(w).__qualname__}"
         for w in _wrapped_chain(obj)[:-1]
     )
