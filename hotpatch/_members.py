@@ -72,12 +72,26 @@ def data_conflict(old: type, attr: str, existing: Any, value: Any, module: str) 
         return _descriptor_conflict(existing, value, module)
     if not (_is_data(existing) and _is_data(value)):
         return None
+    shown = _short(value)
+    if shown == _short(existing):  # a sentinel made anew: say why two alike values differ
+        written = _as_written(old, attr)
+        shown = (
+            f"another {type(value).__name__} object with the same repr, {shown}, which does "
+            "not compare equal to it (made anew by the class statement, as a sentinel is: "
+            f"take the running one, `{written} = {module}.{old.__qualname__}.{attr}`)"
+        )
     return (
-        f"the running class holds {_short(existing)} and the patch class says {_short(value)}; "
+        f"the running class holds {_short(existing)} and the patch class says {shown}; "
         "a class patch never overwrites class data, which may be state the service built up "
         "(a counter, a registry): leave it out of the patch class to keep the running value, "
         f'or change it in @patch.migrate("{module}") and put it back in @patch.unmigrate'
     )
+
+
+def _as_written(cls: type, attr: str) -> str:
+    """``attr`` as a class body writes it: a private name unmangled."""
+    prefix = f"_{cls.__name__.lstrip('_')}__"
+    return "__" + attr[len(prefix) :] if attr.startswith(prefix) else attr
 
 
 # Descriptors of Python's own that keep no state: a patch may set them whole.

@@ -634,6 +634,44 @@ def test_class_data_the_running_class_holds_is_never_overwritten(
     assert mod.Counter().hit("d") == 4  # the old code, unpatched
 
 
+def test_a_sentinel_restated_is_refused_saying_it_is_another_object_of_the_same_repr(
+    make_module, write_patch, registry
+):
+    """A sentinel made anew by the patch class (``__not_given = Marker()``, as
+    sortedcontainers' ``SortedDict``) shows as the running one does: the refusal says
+    why two values that read the same differ, and how to take the running one."""
+    source = """
+    class Marker:
+        def __repr__(self):
+            return "<not-given>"
+
+    class Table:
+        _missing = Marker()
+
+        def pop(self, key, default=_missing):
+            return default
+    """
+    mod = make_module(source)
+    patch = load(
+        write_patch,
+        f"""
+        from {mod.__name__} import Marker
+
+        @patch.replace_class("{mod.__name__}:Table")
+        class Table:
+            _missing = Marker()
+
+            def pop(self, key, default=None):
+                return default
+        """,
+    )
+    with pytest.raises(hotpatch.NameConflict) as info:
+        registry.check(patch)
+    message = str(info.value)
+    assert "another Marker object with the same repr, <not-given>" in message, message
+    assert f"_missing = {mod.__name__}.Table._missing" in message
+
+
 def test_class_data_equal_to_the_running_value_keeps_the_running_object(
     make_module, write_patch, registry
 ):
