@@ -259,7 +259,8 @@ def _other_pairs(
     inner = inner_pairs(old, new)
     if inner is not None:
         return [("", a, b) for a, b in inner]
-    if _own_descriptor(old) and type(old) is type(new):
+    if _own_descriptor(old) and stands_for.get(id(type(new)), type(new)) is type(old):
+        # (an instance of a class the same patch replaces: of the running class, then)
         return _descriptor_pairs(old, new, stands_for)
     return None
 

@@ -121,3 +121,53 @@ def test_left_out_it_stays_and_descriptors_restated_alike_keep_the_running_objec
     registry.rollback()
     assert mod.Account().total == 10
     assert dict(vars(mod.Account)) == running
+
+
+NODES = """
+class WeakAttr:
+    def __init__(self, slot):
+        self.slot = slot
+
+    def __get__(self, obj, owner=None):
+        return self if obj is None else getattr(obj, self.slot)
+
+
+class Node:
+    prv = WeakAttr("_prv")
+
+    def __init__(self, prv=None):
+        self._prv = prv
+"""
+
+
+def test_a_descriptor_of_a_class_the_same_patch_replaces_stays_the_running_one(
+    make_module, write_patch: PatchWriter, registry: hotpatch.Registry
+) -> None:
+    """The patch's ``prv = WeakAttr(...)`` is an instance of the patch's own ``WeakAttr``
+    (as bidict's ``Node`` holds its ``WeakAttr``s): set whole, the running class held an
+    object ``isinstance(..., WeakAttr)`` rejects."""
+    mod = make_module(NODES)
+    running = vars(mod.Node)["prv"]
+    patch = load(
+        write_patch,
+        f"""
+        @patch.replace_class("{mod.__name__}:WeakAttr")
+        class WeakAttr:
+            def __init__(self, slot):
+                self.slot = slot
+
+            def __get__(self, obj, owner=None):
+                return self if obj is None else getattr(obj, self.slot)
+
+        @patch.replace_class("{mod.__name__}:Node")
+        class Node:
+            prv = WeakAttr("_prv")
+
+            def __init__(self, prv=None):
+                self._prv = prv
+        """,
+    )
+    assert registry.check(patch).hot
+    registry.apply(patch)
+    assert vars(mod.Node)["prv"] is running
+    assert isinstance(mod.Node.prv, mod.WeakAttr)
