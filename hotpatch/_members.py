@@ -20,6 +20,7 @@ from typing import Any
 
 from hotpatch._classes import ENUM_BOOKKEEPING, decorators, inner_pairs, is_enum
 from hotpatch._codegen import rebind
+from hotpatch._validate import written_in
 
 __all__ = [
     "data_conflict",
@@ -74,7 +75,7 @@ def data_conflict(old: type, attr: str, existing: Any, value: Any, module: str) 
         return None
     shown = _short(value)
     if shown == _short(existing):  # a sentinel made anew: say why two alike values differ
-        written = _as_written(old, attr)
+        written = written_in(attr, old.__name__)
         shown = (
             f"another {type(value).__name__} object with the same repr, {shown}, which does "
             "not compare equal to it (made anew by the class statement, as a sentinel is: "
@@ -86,12 +87,6 @@ def data_conflict(old: type, attr: str, existing: Any, value: Any, module: str) 
         "(a counter, a registry): leave it out of the patch class to keep the running value, "
         f'or change it in @patch.migrate("{module}") and put it back in @patch.unmigrate'
     )
-
-
-def _as_written(cls: type, attr: str) -> str:
-    """``attr`` as a class body writes it: a private name unmangled."""
-    prefix = f"_{cls.__name__.lstrip('_')}__"
-    return "__" + attr[len(prefix) :] if attr.startswith(prefix) else attr
 
 
 # Descriptors of Python's own that keep no state: a patch may set them whole.
