@@ -304,6 +304,8 @@ def test_nothing_to_patch_when_only_comments_tests_docs_and_packaging_change(
             "src/dev-deps/pypy3.10/test.txt": "pytest==9\n",
             "src/dev-deps/pins.py": "PINS = 1\n",
             "pytest.ini": "[pytest]\n",
+            # reno's release notes, under a flat layout's import root (tenacity's)
+            "src/releasenotes/notes/fix-limit-0a1b2c3d.yaml": "fixes:\n  - limit\n",
         },
     )
     result = run(repo, tmp_path)
@@ -321,7 +323,9 @@ def test_nothing_to_patch_when_only_comments_tests_docs_and_packaging_change(
         "src/dev-deps/pypy3.10/test.txt",
         "src/dev-deps/pins.py",
         "pytest.ini",
+        "src/releasenotes/notes/fix-limit-0a1b2c3d.yaml",
     }
+    assert ignored["src/releasenotes/notes/fix-limit-0a1b2c3d.yaml"].startswith("documentation")
     assert ignored["src/shop/pricing.pyi"].startswith("a type stub")
     assert ignored["src/dev-deps/pins.py"].startswith(
         "in no package: `dev-deps` is not a Python name"

@@ -36,7 +36,7 @@ __all__ = [
 FileKind = Literal["module", "data", "ignored"]
 
 _TEST_DIRS = frozenset({"tests", "test"})
-_DOC_DIRS = frozenset({"docs", "doc"})
+_DOC_DIRS = frozenset({"docs", "doc", "releasenotes"})  # releasenotes/: reno's notes
 _SKIP_DIRS = frozenset({".git", "__pycache__", ".venv", "venv", ".tox", ".nox", "node_modules"})
 _PACKAGING = frozenset(
     {
