@@ -313,9 +313,11 @@ def _stale_imports(
 def _ran_at_import(old: Tree, roots: tuple[str, ...], modules: list[ModulePlan]) -> None:
     """A replaced function that ran when a module was imported (``TABLE = rates.build()``,
     ``builder = Builder()`` then ``builder.build_table()``, a hook run for each class made),
-    or a value another module read then (``DOUBLE = rates.RATE * 2``): what was made or
-    computed then keeps the old result, where a restart computes it anew. What make cannot
-    follow counts as running it (see _runs)."""
+    or a value another module read then (``DOUBLE = rates.RATE * 2``), or the module itself
+    other than in a value the migration computes again (``log.setLevel(LEVEL)``, a function
+    run at import reading it): what was made, computed or handed on then keeps the old
+    result, where a restart computes it anew. What make cannot follow counts as running it
+    (see _runs)."""
     changed = _changed_names(modules)
     if not changed:
         return
@@ -341,6 +343,14 @@ def _ran_at_import(old: Tree, roots: tuple[str, ...], modules: list[ModulePlan])
                 change.why = (
                     f"{read[0]} reads it {read[1]}: what it computed from it keeps the old "
                     "value after a migration"
+                )
+            elif (own := found.own.get(full)) is not None:
+                said = "the module reads it" if own[0] == owner else f"{own[0]} reads it"
+                change.verdict = "baseline"
+                change.why = (
+                    f"{said} {own[1]}: what that code computed, made or handed on with it (a "
+                    "value, an object, an argument a library keeps) keeps the old value after "
+                    "a migration, where a restart reads the new one"
                 )
             continue
         why = _ran(found, full, owner)

@@ -15,7 +15,9 @@ it does not own (``sorted(items, key=_key)``). What cannot be followed is counte
 guessed: a method called on an object of no known class may be any function of that name
 (``by_name``), and a call of something make cannot name at all (a parameter, an item of
 a table, what a call returned) may be any function the code running at import handed
-on or stored (``escapes``, run if there is a ``blind`` call). Everything here reads the
+on or stored (``escapes``, run if there is a ``blind`` call). The values of
+a module that code run at import reads (``log.setLevel(LEVEL)``) are named too (``own``):
+what it made or handed on with them keeps what it read. Everything here reads the
 ``ast``; nothing is imported or run.
 """
 
@@ -140,6 +142,9 @@ class ImportRuns:
 
     runs: dict[str, tuple[str, str]] = field(default_factory=dict)  # "pkg.mod.Cls.m"
     reads: dict[str, tuple[str, str]] = field(default_factory=dict)  # "pkg.mod.RATE"
+    # a module-level value of the module read by code run at import, other than where the
+    # diff judges it (a module-level value computed from it, a definition made with it)
+    own: dict[str, tuple[str, str]] = field(default_factory=dict)  # "pkg.mod.RATE"
     escapes: dict[str, tuple[str, str]] = field(default_factory=dict)  # "pkg.mod.f"
     blind: tuple[str, str] | None = None  # the first call of something not followed
 
@@ -365,6 +370,10 @@ class _Place:
     scope: _Scope | None
     start: str  # the module whose import starts it
     where: str
+    # its reads of the module's own values are the diff's to judge: a module-level value
+    # computed from them (set again by the migration, or a baseline), a definition made
+    # with them (a default, a decorator, a class body: a baseline)
+    judged: bool = False
 
 
 def import_runs(sources: list[Source]) -> ImportRuns:
@@ -414,7 +423,16 @@ class _Walk:
 
     def _module(self, module: _Module) -> None:
         lines = module.source.lines
+        defined = {n for n in module.funcs if "." not in n} | set(module.classes)
+        assigned: set[str] = set()
         for node in module.source.tree.body:
+            # the first plain assignment of a name and a definition: what they read of the
+            # module's values is the diff's to judge (see _Place.judged)
+            target = _plain_target(node)
+            judged = isinstance(node, _Def) or (
+                target is not None and target not in assigned and target not in defined
+            )
+            assigned.add(target or "")
             where = f"when the module is imported (line {node.lineno}: `{_line(lines, node)}`)"
             if isinstance(node, ast.If) and dotted(node.test) in _TYPING_ONLY:
                 continue
@@ -423,13 +441,13 @@ class _Walk:
             if isinstance(node, ast.ClassDef):
                 self._class(module, node)
                 continue
-            self._code(node, _Place(module, "", None, module.name, where))
+            self._code(node, _Place(module, "", None, module.name, where, judged=judged))
 
     def _class(self, module: _Module, node: ast.ClassDef) -> None:
         """What making the class runs, and the hooks it runs for each class made."""
         name = module.name
         made = f"when the module is imported, making {node.name} (line {node.lineno})"
-        outside = _Place(module, "", None, name, made)
+        outside = _Place(module, "", None, name, made, judged=True)
         for part in (*node.decorator_list, *node.bases, *(k.value for k in node.keywords)):
             self._code(part, outside)
         for base in node.bases:  # a base not a class gives the bases it stands for
@@ -457,13 +475,13 @@ class _Walk:
                         f"{made_by}, those made at import too"
                     )
                     self._run(module, f"{node.name}.{item.name}", name, where)
-                self._code(item, _Place(module, node.name, body, name, made))
+                self._code(item, _Place(module, node.name, body, name, made, judged=True))
             else:
                 where = (
                     f"when the module is imported (line {item.lineno}: "
                     f"`{_line(module.source.lines, item)}`)"
                 )
-                self._code(item, _Place(module, node.name, body, name, where))
+                self._code(item, _Place(module, node.name, body, name, where, judged=True))
 
     def _is_meta(self, module: _Module, node: ast.ClassDef, depth: int) -> bool:
         """Is the class a metaclass: ``type``'s subclass, or a metaclass's of the project?"""
@@ -550,6 +568,7 @@ class _Walk:
                 self._imported(node, place)
             if isinstance(node, ast.Match):
                 self._matched(node, place)
+            self._own(node, place)
             if isinstance(node, ast.Attribute):
                 inner.add(id(node.value))
             if (
@@ -1113,6 +1132,23 @@ class _Walk:
             if kind in ("fn", "cls") and not alias:
                 self._escape(full, node, place)
 
+    def _own(self, node: ast.AST, place: _Place) -> None:
+        """A value of the module read (``LEVEL``, and ``COUNT`` of ``COUNT += 1``): what the
+        code made or handed on with it keeps the value it read."""
+        if place.judged:
+            return
+        if isinstance(node, ast.AugAssign):
+            node = node.target
+        elif not isinstance(node, ast.Name) or not isinstance(node.ctx, ast.Load):
+            return
+        if not isinstance(node, ast.Name):
+            return
+        scope = place.scope
+        local = (scope.names, scope.opaque, scope.binds) if scope is not None else ()
+        if any(node.id in names for names in local):
+            return
+        self.result.own.setdefault(f"{place.module.name}.{node.id}", (place.start, place.where))
+
     def _escape(self, full: str, node: ast.AST, place: _Place) -> None:
         if full not in self.result.escapes:
             self.result.escapes[full] = (place.start, self._at(node, place))
@@ -1614,6 +1650,16 @@ def _bound_names(node: ast.AST) -> set[str]:
     if isinstance(node, ast.ExceptHandler) and node.name:
         return {node.name}
     return set()
+
+
+def _plain_target(node: ast.stmt) -> str | None:
+    """The name ``NAME = value`` (or ``NAME: T = value``) sets; else None."""
+    if isinstance(node, ast.Assign) and len(node.targets) == 1:
+        target = node.targets[0]
+        return target.id if isinstance(target, ast.Name) else None
+    if isinstance(node, ast.AnnAssign) and node.value is not None:
+        return node.target.id if isinstance(node.target, ast.Name) else None
+    return None
 
 
 def _name(node: ast.expr) -> str:
