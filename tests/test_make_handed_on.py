@@ -270,6 +270,12 @@ CASES: dict[str, tuple[str, list[tuple[str, str]], str, str | tuple[str, tuple[s
         "module.copyreg.dispatch_table[module.Point](None)",
         ("shop.m:REDUCERS", ("line 18: `copyreg.dispatch_table.update(REDUCERS)`",)),
     ),
+    "singledispatch_annotation": (
+        DISPATCH,
+        [("x: int", "x: float")],
+        "[module.show(1), module.show(1.5)]",
+        ("shop.m:_", ("annotations", "@show.register")),
+    ),
     "thread_target": (
         THREAD,
         V2,

@@ -60,6 +60,14 @@ _SHOWN = 60  # characters of a statement quoted in a reason
 _RECORD_BASES = frozenset({"Enum", "IntEnum", "StrEnum", "Flag", "IntFlag", "NamedTuple"})
 _LAYOUT_BASES = _RECORD_BASES | {"TypedDict", "Structure"}
 _ENUM_AUTO = frozenset({"auto", "enum.auto"})
+# Decorators that read nothing of a function's annotations when it is defined
+_BLIND_TO_ANNOTATIONS = frozenset(
+    {
+        *("staticmethod", "classmethod", "property", "setter", "getter", "deleter"),
+        *("abstractmethod", "cached_property", "overload", "override", "final"),
+        *("contextmanager", "asynccontextmanager"),
+    }
+)
 
 
 @dataclass(slots=True)
@@ -1000,17 +1008,8 @@ class _ModuleDiff:
     ) -> bool:
         """Compare two versions of a function (a method: with its class's new ``body``);
         True when it becomes a replacement."""
-        decorators = (
-            [_dump(d) for d in old.decorator_list],
-            [_dump(d) for d in new.decorator_list],
-        )
-        if decorators[0] != decorators[1]:
-            before = ", ".join("@" + ast.unparse(d) for d in old.decorator_list) or "none"
-            after = ", ".join("@" + ast.unparse(d) for d in new.decorator_list) or "none"
-            why = (
-                f"its decorators change ({before} -> {after}); a decorator runs when the "
-                "function is defined, which a running process did long ago"
-            )
+        why = _decorated_change(old, new)
+        if why:
             self.baseline(target, what, why)
             return False
         kinds = function_kind(old), function_kind(new)
@@ -1539,3 +1538,37 @@ def _overload(node: ast.stmt) -> bool:
     return isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and any(
         dotted(d) in ("overload", "typing.overload") for d in node.decorator_list
     )
+
+
+def _annotations_of(node: _Def) -> list[str]:
+    """A function's annotations, each dumped (an empty string where there is none)."""
+    args = node.args
+    every = [*args.posonlyargs, *args.args, args.vararg, *args.kwonlyargs, args.kwarg]
+    found = [a.annotation for a in every if a is not None] + [node.returns]
+    return [_dump(a) if a is not None else "" for a in found]
+
+
+def _decorated_change(old: _Def, new: _Def) -> str:
+    """Why a change of a function's decorators, or of what they may have read when they ran
+    (its annotations), needs a baseline ("": it does not)."""
+    if [_dump(d) for d in old.decorator_list] != [_dump(d) for d in new.decorator_list]:
+        before = ", ".join("@" + ast.unparse(d) for d in old.decorator_list) or "none"
+        after = ", ".join("@" + ast.unparse(d) for d in new.decorator_list) or "none"
+        return (
+            f"its decorators change ({before} -> {after}); a decorator runs when the "
+            "function is defined, which a running process did long ago"
+        )
+    readers = [
+        d
+        for d in new.decorator_list
+        if dotted(d.func if isinstance(d, ast.Call) else d).rpartition(".")[2]
+        not in _BLIND_TO_ANNOTATIONS
+    ]
+    if readers and _annotations_of(old) != _annotations_of(new):
+        shown = ", ".join("@" + ast.unparse(d) for d in readers)
+        return (
+            f"its annotations change, and {shown} ran when it was defined, which may have "
+            "read them then (singledispatch's register takes the type it dispatches on "
+            "from them): a running process did that long ago, with the old ones"
+        )
+    return ""
