@@ -282,6 +282,24 @@ CASES: dict[str, tuple[str, list[tuple[str, str]], str, str | tuple[str, tuple[s
         LATEST,
         ("shop.m:_watch", ("threading.Thread(target=_watch, daemon=True).start()",)),
     ),
+    "thread_target_a_call_returned": (
+        THREAD_TARGET_RETURNED,
+        V2,
+        LATEST,
+        ("shop.m:_watch", ("threading.Thread(target=_target(), daemon=True)",)),
+    ),
+    "filter_a_call_returned": (
+        FILTER_RETURNED,
+        V2,
+        "module.TAGS",
+        ("shop.m:Tagger.filter", ("logger.addFilter(_tagger())",)),
+    ),
+    "filter_in_a_table": (
+        FILTER_IN_A_TABLE,
+        V2,
+        "module.TAGS",
+        ("shop.m:Tagger.filter", ('logger.addFilter(FILTERS["tag"])',)),
+    ),
 }
 
 _PATCHED = r"""

@@ -382,6 +382,19 @@ def _ran(found: ImportRuns, full: str, owner: str) -> str:
             f"run at import hands this function on ({found.escapes[full][1]}); {kept}new code "
             "there if it ran"
         )
+    if found.handed is not None and (full in found.escapes or full in found.exposed):
+        start, where = found.handed
+        said = "it may run" if start == owner else f"{start} may run it"
+        if full in found.escapes:
+            handed_on = found.escapes[full][1]
+            what = f"this function, which the code run at import hands on ({handed_on})"
+        else:
+            cls, made = found.exposed[full]
+            what = f"a {cls.rpartition('.')[2]}, made {made}, and call any method of it"
+        return (
+            f"{said} {where}: code not the project's is handed something make cannot name, "
+            f"which may be {what}; {kept}new code there if it ran"
+        )
     return ""
 
 

@@ -15,7 +15,10 @@ it does not own (``sorted(items, key=_key)``). What cannot be followed is counte
 guessed: a method called on an object of no known class may be any function of that name
 (``by_name``), and a call of something make cannot name at all (a parameter, an item of
 a table, what a call returned) may be any function the code running at import handed
-on or stored (``escapes``, run if there is a ``blind`` call). The values of
+on or stored (``escapes``, run if there is a ``blind`` call). So may code not the project's
+handed something make cannot name (``Thread(target=pick())``, ``log.addFilter(FILTERS[k])``):
+it may call it, or any method of it, so every function handed on and every method of a
+class the import made an instance of counts then (``handed``, ``exposed``). The values of
 a module that code run at import reads (``log.setLevel(LEVEL)``) are named too (``own``):
 what it made or handed on with them keeps what it read. Everything here reads the
 ``ast``; nothing is imported or run.
@@ -147,6 +150,11 @@ class ImportRuns:
     own: dict[str, tuple[str, str]] = field(default_factory=dict)  # "pkg.mod.RATE"
     escapes: dict[str, tuple[str, str]] = field(default_factory=dict)  # "pkg.mod.f"
     blind: tuple[str, str] | None = None  # the first call of something not followed
+    # the first call of code not the project's handed something make cannot name (it may call
+    # it, or any method of it), and the methods of the classes code run at import makes an
+    # instance of: "pkg.mod.Cls.m" -> (the class, where one is made)
+    handed: tuple[str, str] | None = None
+    exposed: dict[str, tuple[str, str]] = field(default_factory=dict)
 
 
 # What an expression may be: ("fn" | "cls" | "inst" | "mod" | "ref", full dotted name),
@@ -158,6 +166,12 @@ _Key = tuple[tuple[str, tuple[_Value, ...]], ...]
 _VARIANTS = 4  # walks of one function for what its parameters hold: past this, anything
 _EXT: _Value = ("ext", "")
 _UNKNOWN: _Value = ("unknown", "")
+_UNNAMED = frozenset({"unknown", "attr", "ref"})  # what make cannot name
+# Builtins that call a function they are handed (the others: only special methods, which
+# _builtin follows)
+_CALLERS = frozenset({"map", "filter", "sorted", "min", "max", "iter"})
+# Names Python gives each module: strings and lists, never an object of the project
+_MODULE_NAMES = frozenset({"__file__", "__path__", "__cached__", "__builtins__"})
 
 
 @dataclass(slots=True)
@@ -395,6 +409,7 @@ class _Walk:
         self.subclasses: dict[str, list[str]] | None = None  # "pkg.m.Cls" -> its subclasses
         self.attached: dict[str, list[str]] = {}  # "pkg.m.show" -> what @show.register gave
         self.methods: dict[str, list[tuple[_Module, str]]] = {}  # "m" -> each Cls.m
+        self.made: dict[str, str] = {}  # "pkg.m.Cls" -> where code run at import makes one
         for module in self.modules.values():
             for qualname in module.funcs:
                 if "." in qualname:
@@ -418,6 +433,17 @@ class _Walk:
                 if found is not None:
                     said = f"{where}, through {qualname}, which dispatches to {found[1]}"
                     self._run(found[0], found[1], start, said)
+        self._expose()
+
+    def _expose(self) -> None:
+        """When code not the project's was handed something make cannot name, any object
+        made at import may be what it got, and any method of it may run."""
+        if self.result.handed is None:
+            return
+        for cls, made in self.made.items():
+            for kind, method in self._methods_of(cls, 0):
+                if kind == "fn":
+                    self.result.exposed.setdefault(method, (cls, made))
 
     # -- where code starts running ------------------------------------------------------
 
@@ -613,21 +639,29 @@ class _Walk:
                 self._made(kind, full, node, place)
             elif kind == "ext":
                 if _name(func) not in _KEEPS:
-                    self._handed(args, place)
+                    self._handed(args, place, node, func)
                 if isinstance(node, ast.Call):
                     self._given(node, place)
             else:
                 self._unfollowed(kind, full, node, place)
 
-    def _handed(self, args: list[ast.expr], place: _Place) -> None:
+    def _handed(self, args: list[ast.expr], place: _Place, node: ast.AST, func: ast.expr) -> None:
         """Code we do not own, handed a function of ours (``sorted(items, key=_key)``):
-        it may call it."""
+        it may call it. Handed something make cannot name (what a call returned, an item
+        of a table), it may call that, or any method of it: see ``ImportRuns.handed``."""
+        plain = (
+            _name(func) in _INERT
+            or (isinstance(func, ast.Name) and func.id in BUILTIN_CALLS.keys() - _CALLERS)
+            or (isinstance(func, ast.Attribute) and isinstance(func.value, ast.Constant))
+        )  # a string's method (",".join(parts)) calls only special methods of its arguments
         for arg in args:
             for kind, full in self._resolve(arg, place):
                 if kind == "fn":
                     self._run_full(full, place)
                 elif kind == "cls":
                     self._made(kind, full, arg, place)
+                elif kind in _UNNAMED and not plain and self.result.handed is None:
+                    self.result.handed = (place.start, self._at(node, place))
 
     def _wrapped_outside(self, full: str, place: _Place) -> bool:
         """Is the function ``full`` under a decorator not the project's that gets its
@@ -719,6 +753,8 @@ class _Walk:
         ``__init__``, ``__post_init__``, its metaclass's ``__call__``: its own or its
         bases'), or calling an instance (``__call__``)."""
         said = f"making a {full.rpartition('.')[2]}" if kind == "cls" else "calling an instance"
+        if kind == "cls" and full not in self.made:
+            self.made[full] = self._at(node, place)
         own = False
         for method in _MADE if kind == "cls" else ("__call__",):
             found = self._class_special(full, method, 0)
@@ -1540,7 +1576,7 @@ class _Walk:
                 return self._global(source, name, depth + 1)
             if name in source.scope.names:
                 return self._global(source, name, depth + 1)
-        return [_EXT] if name in _BUILTINS or outside else [_UNKNOWN]
+        return [_EXT] if name in _BUILTINS or name in _MODULE_NAMES or outside else [_UNKNOWN]
 
     def _bound(self, binding: Binding, name: str, depth: int) -> list[_Value]:
         return self._dotted(_full(binding, name), depth)
