@@ -1267,10 +1267,13 @@ def test_an_operator_on_builtin_values_at_import_leaves_a_changed_operator_hot(
     a counter counted up (``count += 1``) and formatted, an instance of a generic class
     with no ``__init__`` of its own, an item set in an attribute only ever set to a dict
     (``self._map[key] = value``), a parameter given a string (``describe("a")``)
-    formatted: none runs a method of the project, so a changed ``__init__``, ``__add__``,
-    ``__ne__``, ``__format__`` and ``__setitem__`` used only after import go hot, and the
-    patched process matches a restart."""
+    formatted, annotations that are unions of classes and typing aliases (``None | str |
+    re.Pattern[str]``, ``Left | Right | int``): none runs a method of the project, so a
+    changed ``__init__``, ``__add__``, ``__ne__``, ``__format__``, ``__setitem__``,
+    ``__or__`` and ``__ror__`` used only after import go hot, and the patched process
+    matches a restart."""
     module = """\
+        import re
         from typing import Generic, TypeVar
 
         T = TypeVar("T")
@@ -1295,6 +1298,24 @@ def test_an_operator_on_builtin_values_at_import_leaves_a_changed_operator_hot(
 
             def __setitem__(self, key, value):
                 self.n = len("v1")
+
+            def __or__(self, other):
+                return len("v1")
+
+            def __ror__(self, other):
+                return len("v1")
+
+
+        class Left:
+            pass
+
+
+        class Right:
+            pass
+
+
+        def check(pattern: None | str | re.Pattern[str] = None, side: Left | Right | int = 0):
+            return pattern, side
 
 
         class Slots:
@@ -1361,7 +1382,10 @@ def test_an_operator_on_builtin_values_at_import_leaves_a_changed_operator_hot(
     assert result.outcome == "hot", result.record()
     assert verdicts(result) == {
         f"shop.m:Money.{name}": "inline"
-        for name in ("__init__", "__add__", "__ne__", "__format__", "__setitem__")
+        for name in (
+            *("__init__", "__add__", "__ne__", "__format__", "__setitem__", "__or__"),
+            "__ror__",
+        )
     }
     assert result.path is not None
     seen = run_patched(

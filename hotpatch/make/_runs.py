@@ -85,7 +85,9 @@ _TYPE_NAMES = frozenset({"__name__", "__qualname__", "__module__"})
 # Modules whose abstract base classes' register is a class decorator adding nothing
 _ABC_MODULES = frozenset({"abc", "numbers", "typing", "typing_extensions"})
 # Where a subscript of a name gives a typing alias (or, for os.environ, a string).
-_ALIASING_MODULES = frozenset({"typing", "typing_extensions", "collections", "os", "builtins"})
+_ALIASING_MODULES = frozenset(
+    {"typing", "typing_extensions", "collections", "os", "builtins", "re"}  # re.Pattern[str]
+)
 _BUILTIN_TYPES = frozenset({"list", "dict", "tuple", "set", "frozenset", "type"})
 _ACCESSORS = {"getattr": ast.Load, "hasattr": ast.Load, "setattr": ast.Store, "delattr": ast.Del}
 _RECEIVERS = frozenset({"cls", "self", "mcs", "metacls", "mcls"})
@@ -1397,12 +1399,14 @@ class _Walk:
         self, node: ast.BinOp | ast.UnaryOp | ast.Compare, place: _Place, depth: int
     ) -> _Value:
         """What an operator gives: a builtin's value for builtin operands (``RATE * 2``), a
-        bool for ``not``, ``is`` and ``in``; else what a special method returned. A chain
-        (``M31 + M29 + ... + M31[:7]``, 13 terms in dateutil's rrule) is one step deeper for
-        each operand, not for each operator: it is syntax, not names followed."""
-        todo: list[ast.expr] = [node]
+        bool for ``not``, ``is`` and ``in``, a union of types for ``|`` of classes whose
+        metaclass is not the project's (``Left | Right | None``, an annotation); else what
+        a special method returned. A chain (``M31 + M29 + ... + M31[:7]``, 13 terms in
+        dateutil's rrule) is one step deeper for each operand, not for each operator: it is
+        syntax, not names followed."""
+        todo: list[tuple[ast.expr, bool]] = [(node, False)]  # an operand, and whether of |
         while todo:
-            part = todo.pop()
+            part, union = todo.pop()
             if isinstance(part, ast.UnaryOp) and isinstance(part.op, ast.Not):
                 continue
             if isinstance(part, ast.Compare) and all(
@@ -1410,12 +1414,16 @@ class _Walk:
             ):
                 continue
             if isinstance(part, ast.BinOp):
-                todo += [part.left, part.right]
+                union = isinstance(part.op, ast.BitOr)
+                todo += [(part.left, union), (part.right, union)]
             elif isinstance(part, ast.UnaryOp):
-                todo.append(part.operand)
+                todo.append((part.operand, False))
             elif isinstance(part, ast.Compare):
-                todo += [part.left, *part.comparators]
-            elif any(v != _EXT for v in self._resolve(part, place, depth + 1)):
+                todo += [(p, False) for p in (part.left, *part.comparators)]
+            elif any(
+                v != _EXT and not (union and v[0] == "cls" and not self._metaclass(v[1], depth))
+                for v in self._resolve(part, place, depth + 1)
+            ):
                 return _UNKNOWN
         return _EXT
 
