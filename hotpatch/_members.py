@@ -13,12 +13,14 @@ from __future__ import annotations
 import collections.abc
 import contextlib
 import functools
+import inspect
+import os
 import reprlib
 import types
 from collections.abc import Mapping
 from typing import Any
 
-from hotpatch._classes import ENUM_BOOKKEEPING, decorators, inner_pairs, is_enum
+from hotpatch._classes import ENUM_BOOKKEEPING, borrowed, decorators, inner_pairs, is_enum
 from hotpatch._codegen import rebind
 from hotpatch._validate import written_in
 
@@ -28,6 +30,7 @@ __all__ = [
     "function_pairs",
     "member_functions",
     "rebind_member",
+    "set_apart",
     "standing_for",
 ]
 
@@ -99,6 +102,54 @@ _STATELESS = (
     functools.singledispatchmethod,
     functools.cached_property,
 )
+
+
+def set_apart(
+    old: type,
+    new: type,
+    attr: str,
+    pairs: list[tuple[str, Any, Any]],
+    module: types.ModuleType,
+) -> str | None:
+    """Why member ``attr`` of ``old`` may not be replaced by what the patch class's body
+    defines, or ``None``: the running member is a function of the module's own, not made
+    by the class body (``Foo.bar = _fast_bar`` after the class statement, or ``bar =
+    _fast_bar`` in it). The patch class restating the class body would put the class
+    body's version back, which the module's code sets aside again at a restart; only a
+    diff of the source knows whether that is meant."""
+    for _, running, replacement in pairs:
+        if not borrowed(old, running) or borrowed(new, replacement):
+            continue
+        func = _innermost(running)
+        code = getattr(func, "__code__", None)
+        if not isinstance(code, types.CodeType) or not _same_file(code.co_filename, module):
+            continue
+        name = f"{module.__name__}:{func.__qualname__}"
+        return (
+            f"the running class holds {name} (line {code.co_firstlineno}), a function "
+            f"the module set on the class apart from its body ({old.__qualname__}."
+            f"{attr} = {func.__name__} after the class statement, or {attr} = "
+            f"{func.__name__} in it), and the patch class defines {attr} in its body: "
+            f"applied, the class body's version would replace the one the module chose, "
+            f"which a restart of the same module would not do. To change what runs, "
+            f'patch it: @patch.replace("{name}"); to keep it, leave {attr} out of the '
+            "patch class; if the module no longer sets it, ship the change as a baseline"
+        )
+    return None
+
+
+def _innermost(func: Any) -> Any:
+    try:
+        return inspect.unwrap(func)
+    except ValueError:  # a cycle of __wrapped__
+        return func
+
+
+def _same_file(filename: str, module: types.ModuleType) -> bool:
+    path = getattr(module, "__file__", None)
+    if not isinstance(path, str):
+        return False
+    return filename == path or os.path.realpath(filename) == os.path.realpath(path)
 
 
 def _descriptor_conflict(existing: Any, value: Any, module: str) -> str | None:

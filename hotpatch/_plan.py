@@ -47,6 +47,7 @@ from hotpatch._members import (
     function_pairs,
     member_functions,
     rebind_member,
+    set_apart,
     standing_for,
 )
 from hotpatch._nested import (
@@ -636,47 +637,71 @@ class _Planner:
         for attr, value in members(old, new_cls, stands_for):
             if attr in nested:  # a class of the running class's own: patched in place
                 self.add_nested_class(spec, attr, value, stands_for)
-                continue
-            value = stands_for.get(id(value), value)  # noqa: PLW2901 - a patch class: the running one
-            member = f"{spec}.{attr}"
-            existing = self.base(old, attr)
-            if existing is value:
-                continue  # the same object (what a base or a decorator put in both)
-            pairs = function_pairs(existing, value, stands_for)
-            # A function the class borrowed (total_ordering's helpers, a mixin's) is
-            # shared: the class gets its own instead of a patch of everyone's.
-            if pairs is not None and not any(
-                borrowed(old, f) or borrowed(new_cls, n) for _, f, n in pairs
-            ):
-                for accessor, wrapped, new in pairs:
-                    kind: Kind = "property" if accessor else "method"
-                    func, caches = unwrap(wrapped, member, patch=plan.patch.version)
-                    wrappers = wrapper_names(wrapped)  # a replacement written under them
-                    target = Target(
-                        member, module, func, old, kind, accessor, caches, wrappers, wrapped
-                    )
-                    self.add_function(target, new)
-                continue
-            restated = standing_for(value, stands_for)  # the patch's classes: the running ones
-            if existing is value or (existing is not ABSENT and equal(existing, restated)):
-                continue
-            # A process not serving yet (a replay, a restart) applies what the journal
-            # holds as it went in: the rule is for a patch going in while state is live.
-            conflict = (
-                existing is not ABSENT
-                and not self.level.restarting
-                and data_conflict(old, attr, existing, restated, module.__name__)
-            )
-            if conflict:
-                msg = f"patch {plan.patch.version}: {member}: {conflict}"
-                raise NameConflict(msg, patch=plan.patch.version, target=member)
-            functions = [f for f in member_functions(value) if not borrowed(new_cls, f)]
-            rebound = rebind_member(value, module.__dict__, old) if functions else value
-            set_name(rebound, old, attr)
-            plan.changes[key(old, attr)] = (old, attr, rebound)
-            for func in functions:
-                names = global_names(func.__code__)
-                plan.needs.append((module, names, func.__globals__, member))
+            else:  # (a patch class: the running one it stands for)
+                running = stands_for.get(id(value), value)
+                self.add_member(spec, module, (old, new_cls), attr, running, stands_for=stands_for)
+
+    def add_member(
+        self,
+        spec: str,
+        module: types.ModuleType,
+        classes: tuple[type, type],
+        attr: str,
+        value: Any,
+        *,
+        stands_for: Mapping[int, type],
+    ) -> None:
+        """Member ``attr`` of ``spec``'s patch class: patched in place, or set.
+        ``classes``: the running class and the patch class."""
+        plan = self.plan
+        old, new_cls = classes
+        member = f"{spec}.{attr}"
+        existing = self.base(old, attr)
+        if existing is value:
+            return  # the same object (what a base or a decorator put in both)
+        pairs = function_pairs(existing, value, stands_for)
+        # A function the class borrowed (total_ordering's helpers, a mixin's) is
+        # shared: the class gets its own instead of a patch of everyone's.
+        if pairs is not None and not any(
+            borrowed(old, f) or borrowed(new_cls, n) for _, f, n in pairs
+        ):
+            for accessor, wrapped, new in pairs:
+                kind: Kind = "property" if accessor else "method"
+                func, caches = unwrap(wrapped, member, patch=plan.patch.version)
+                wrappers = wrapper_names(wrapped)  # a replacement written under them
+                target = Target(
+                    member, module, func, old, kind, accessor, caches, wrappers, wrapped
+                )
+                self.add_function(target, new)
+            return
+        apart = (
+            pairs is not None
+            and not self.level.restarting
+            and set_apart(old, new_cls, attr, pairs, module)
+        )
+        if apart:
+            msg = f"patch {plan.patch.version}: {member}: {apart}"
+            raise NameConflict(msg, patch=plan.patch.version, target=member)
+        restated = standing_for(value, stands_for)  # the patch's classes: the running ones
+        if existing is value or (existing is not ABSENT and equal(existing, restated)):
+            return
+        # A process not serving yet (a replay, a restart) applies what the journal
+        # holds as it went in: the rule is for a patch going in while state is live.
+        conflict = (
+            existing is not ABSENT
+            and not self.level.restarting
+            and data_conflict(old, attr, existing, restated, module.__name__)
+        )
+        if conflict:
+            msg = f"patch {plan.patch.version}: {member}: {conflict}"
+            raise NameConflict(msg, patch=plan.patch.version, target=member)
+        functions = [f for f in member_functions(value) if not borrowed(new_cls, f)]
+        rebound = rebind_member(value, module.__dict__, old) if functions else value
+        set_name(rebound, old, attr)
+        plan.changes[key(old, attr)] = (old, attr, rebound)
+        for func in functions:
+            names = global_names(func.__code__)
+            plan.needs.append((module, names, func.__globals__, member))
 
     def add_nested_class(
         self, spec: str, attr: str, new_cls: type, stands_for: Mapping[int, type]
