@@ -23,11 +23,17 @@ during each burst, by generation, with their time: a full collection (the
 oldest generation) is the one step whose cost is the whole heap's.
 
 Each burst runs in a new process of its own (a service that takes a burst
-has not just taken another one in the same heap), ``--rounds`` times; a
-round runs every burst once, and the ratios are those of each round, with
-their median. ``--before PATH`` runs the same bursts, in the same rounds,
-with another hotpatch checkout (the figures before a change; e.g. ``git
-archive main | tar -x -C PATH``).
+has not just taken another one in the same heap), ``--rounds`` times. A
+round moves as many drops in the small bursts as in the large one: the
+200-drop burst runs five times, two before the 1,000-drop burst and three
+after, so both sides of a round's ratio span about the same stretch of the
+machine's time (on a shared virtual machine the speed of the same work
+changes by a third from one second to the next, and a single 200-drop burst
+lasting under a second fell in one such stretch or another). Each round's
+ratio is the large burst's time over the mean of its small bursts'; the
+ratios are those of each round, with their median. ``--before PATH`` runs
+the same bursts, in the same rounds, with another hotpatch checkout (the
+figures before a change; e.g. ``git archive main | tar -x -C PATH``).
 
 Usage: ``python benchmarks/burst.py [--quick] [--sizes 200,1000] [--rounds 3]
 [--verify off|on|both] [--before PATH] [--json PATH]``.
@@ -77,7 +83,10 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
         "--sizes", default="200,1000", help="burst sizes, comma-separated (default: 200,1000)"
     )
     parser.add_argument(
-        "--rounds", type=int, default=3, help="each burst this many times (default: 3)"
+        "--rounds",
+        type=int,
+        default=3,
+        help="rounds, each the largest burst once and the smaller ones around it (default: 3)",
     )
     parser.add_argument(
         "--verify",
@@ -287,6 +296,16 @@ def run_one(root: Path, tmp: Path, size: int, *, verify: bool) -> dict[str, Any]
     return result
 
 
+def in_round(sizes: list[int]) -> list[int]:
+    """The bursts of a round, in order: each smaller size as many times as it takes to
+    move as many drops as the largest (five 200s for a 1,000), half of them before the
+    largest and the rest after it."""
+    large = sizes[-1]
+    before = [s for s in sizes[:-1] for _ in range(max(large // s, 1) // 2)]
+    after = [s for s in sizes[:-1] for _ in range(max(large // s, 1) - max(large // s, 1) // 2)]
+    return [*before, large, *after]
+
+
 def _median(values: list[float | None]) -> float | None:
     known = [v for v in values if v is not None]
     return statistics.median(known) if known else None
@@ -295,20 +314,21 @@ def _median(values: list[float | None]) -> float | None:
 def ratios(
     runs: list[dict[str, Any]], checkout: str, verify: bool, small: int, large: int
 ) -> dict[str, Any]:
-    """``large`` drops / ``small`` drops: each round's ratios (wall, CPU, user, system), medians."""
+    """``large`` drops / ``small`` drops: each round's ratios (wall, CPU, user, system) of
+    the large burst to the mean of the round's small ones, and their medians."""
     rounds = sorted({r["round"] for r in runs})
-    each: dict[str, list[float | None]] = {k: [] for k in ("wall", "cpu", "user", "system")}
+    fields = {"wall": "elapsed_s", "cpu": "cpu_s", "user": "cpu_user_s", "system": "cpu_system_s"}
+    each: dict[str, list[float | None]] = {k: [] for k in fields}
     for n in rounds:
-        by_size = {
-            r["size"]: r
+        mine = [
+            r
             for r in runs
             if r["round"] == n and r["checkout"] == checkout and r["verify"] is verify
-        }
-        big, little = by_size[large], by_size[small]
-        each["wall"].append(big["elapsed_s"] / little["elapsed_s"])
-        each["cpu"].append(_ratio(big["cpu_s"], little["cpu_s"]))
-        each["user"].append(_ratio(big["cpu_user_s"], little["cpu_user_s"]))
-        each["system"].append(_ratio(big["cpu_system_s"], little["cpu_system_s"]))
+        ]
+        big = next(r for r in mine if r["size"] == large)
+        little = [r for r in mine if r["size"] == small]
+        for name, field in fields.items():
+            each[name].append(_ratio(big[field], statistics.fmean(r[field] for r in little)))
     return {"each": each, **{k: _median(v) for k, v in each.items()}}
 
 
@@ -324,7 +344,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="hotpatch-burst-") as tmp:
         for n in range(1, rounds + 1):
             for verify in modes:
-                for size in sizes:
+                for size in in_round(sizes):
                     for checkout, root in checkouts.items():
                         run = run_one(root, Path(tmp), size, verify=verify)
                         run |= {"round": n, "checkout": checkout}

@@ -215,11 +215,10 @@ def test_restart_pause_with_every_kind_and_its_plot(tmp_path: Path) -> None:
 def test_burst(tmp_path: Path) -> None:
     stdout, data = run("burst", tmp_path)
     check_environment(data, "burst")
+    # five bursts of 4 for one of 20 (as many drops), two before it and three after
     assert [(r["size"], r["verify"]) for r in data["runs"]] == [
-        (4, False),
-        (20, False),
-        (4, True),
-        (20, True),
+        *[(s, False) for s in (4, 4, 20, 4, 4, 4)],
+        *[(s, True) for s in (4, 4, 20, 4, 4, 4)],
     ]
     for row in data["runs"]:
         assert row["round"] == 1
@@ -243,6 +242,15 @@ def test_burst(tmp_path: Path) -> None:
     for goal in data["goals"]:
         assert goal["limit"] == 5.0
         assert goal["each_round"]["wall"] == [goal["ratio"]]
+        small = [
+            r["elapsed_s"] for r in data["runs"] if r["size"] == 4 and r["verify"] is goal["verify"]
+        ]
+        large = next(
+            r["elapsed_s"]
+            for r in data["runs"]
+            if r["size"] == 20 and r["verify"] is goal["verify"]
+        )
+        assert goal["ratio"] == pytest.approx(large / (sum(small) / 5))
         assert goal["rounds_met"] == int(goal["met"])
         assert isinstance(goal["met"], bool)
         assert goal["cpu_ratio"] > 0
@@ -287,10 +295,7 @@ def test_burst_before_runs_another_checkout_in_the_same_rounds(tmp_path: Path) -
     data = json.loads(out.read_text())
     assert data["before"] == str(before)
     assert [(r["checkout"], r["size"]) for r in data["runs"]] == [
-        ("now", 4),
-        ("before", 4),
-        ("now", 20),
-        ("before", 20),
+        (checkout, size) for size in (4, 4, 20, 4, 4, 4) for checkout in ("now", "before")
     ]
     roots = {r["checkout"]: Path(r["hotpatch"]) for r in data["runs"]}
     assert roots == {"now": BENCHMARKS.parent, "before": before.resolve()}
