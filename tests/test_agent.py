@@ -292,7 +292,7 @@ def test_status_over_the_socket(paths: DropFolder, agent: hotpatch.Agent) -> Non
         "socket": str(paths.path / ".hotpatch.sock"),
         "pending": [],
         "last": None,
-        "folder": {"safe": True, "problem": None},
+        "folder": {"safe": True, "problem": None, "since": None},
         "waiting": None,
     }
 

@@ -75,7 +75,7 @@ def start_agent(drops: DropFolder) -> Iterator[Callable[..., hotpatch.Agent]]:
 
 def problem(agent: hotpatch.Agent) -> str | None:
     folder = agent.status()["folder"]
-    assert folder["safe"] is (folder["problem"] is None)
+    assert folder["safe"] is (folder["problem"] is None) is (folder["since"] is None)
     text: str | None = folder["problem"]
     return text
 

@@ -197,6 +197,9 @@ def test_a_full_disk_keeps_the_drop_and_retries_it_in_version_order(
     drops.put(first)
     held = retried(agent, "a.py", "disk full")
     assert "nothing of it was applied" in held["reason"]
+    assert held["fix"] == "free the resource (it is tried again), or remove a.py to give up"
+    again = retried(agent, "a.py", "disk full", attempts=held["attempts"] + 1)
+    assert again["since"] == held["since"] is not None  # one wait, since it began
     assert loud(caplog, str(drops.path), "a.py waits", "disk full", "tried again")
     drops.put(second)  # a later version, which must not go first
     wait_for(lambda: agent.status()["pending"] == ["a.py", "b.py"], "both drops to wait")

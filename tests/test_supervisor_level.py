@@ -363,8 +363,9 @@ def test_workers_at_a_level_over_a_control_message_start_and_answer_with_its_top
 
 
 def _brief(status: dict[str, Any]) -> dict[str, Any]:
-    """``hotpatch status --json`` as the status file shows it: each level cut to its top."""
-    brief = {k: v for k, v in status.items() if k not in ("ok", "supervisor", "folder", "waiting")}
+    """``hotpatch status --json`` as the status file shows it: each level cut to its top (the
+    folder's problem and the drop waiting too: the file holds them)."""
+    brief = {k: v for k, v in status.items() if k not in ("ok", "supervisor")}
     brief.pop("updated", None)
     brief["workers"] = [{**w, "level": w["level"][-LEVEL_SHOWN:]} for w in brief["workers"]]
     patches = dict(brief["patches"])

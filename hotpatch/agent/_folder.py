@@ -86,7 +86,8 @@ class Folder:
     folder writes ``NAME.result.json`` and moves the drop -- or, with ``state``
     (the agent's state directory), files the result and a copy there and
     leaves the drop where it is. One worker thread processes drops one at a
-    time; a failure never stops it.
+    time; a failure never stops it. ``on_change`` is called when a drop begins or ends
+    waiting for a resource, and on each of its attempts (``Retry``).
     """
 
     def __init__(
@@ -98,6 +99,7 @@ class Folder:
         max_bytes: int,
         ready: Callable[[], bool] = lambda: True,
         state: Path | None = None,
+        on_change: Callable[[], None] | None = None,
     ):
         self.path = Path(path)
         self._keep = state is not None  # the folder is only read
@@ -115,7 +117,8 @@ class Folder:
         self._stopping = False
         self._watch: Watch | None = None
         self._worker: threading.Thread | None = None
-        self._retry = Retry(self.path)  # the drop waiting for a resource (disk, descriptors)
+        # the drop waiting for a resource (disk, descriptors)
+        self._retry = Retry(self.path, on_change)
         self._applied: Applied | None = None  # the last drop applied (the worker's)
 
     # -- life cycle -----------------------------------------------------------------
@@ -448,6 +451,7 @@ class Folder:
                         path.name,
                         f"{resource}: its outcome ({outcome.outcome}) cannot be filed "
                         f"({exc.strerror or exc})",
+                        fix="free the resource: the outcome is filed by itself then",
                     )
                     if not self._stopping:
                         self._cond.wait(delay)

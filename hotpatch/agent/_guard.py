@@ -11,10 +11,10 @@ then only read), else in the folder, which must then be writable.
 judging it while the agent runs: the folder deleted, replaced (deleted and
 made again, or another renamed into its place), given to another user or made
 writable by others is said once at ERROR (the folder, what is wrong, the fix),
-shown by ``problem`` (``hotpatch status``), and no drop is taken meanwhile; once
-it is safe again the guard says so, and a replaced folder is taken over
-(``retake``: its lock, the pidfile, a new watch on the new directory) before
-any drop in it is.
+shown with since when by ``unsafe`` (``hotpatch status``, told to ``on_change``),
+and no drop is taken meanwhile; once it is safe again the guard says so, and a
+replaced folder is taken over (``retake``: its lock, the pidfile, a new watch on
+the new directory) before any drop in it is.
 """
 
 from __future__ import annotations
@@ -25,14 +25,22 @@ import stat
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from hotpatch.agent._lateness import TIMERS
 from hotpatch.agent._names import STAGING
-from hotpatch.agent._outcome import OUTCOME_DIRS
+from hotpatch.agent._outcome import OUTCOME_DIRS, now_iso
 from hotpatch.agent._state_dir import check_state_dir, refuse_read_only
 
-__all__ = ["GUARD_INTERVAL_S", "FolderGuard", "check_folder", "folder_problem", "folder_status"]
+__all__ = [
+    "GUARD_INTERVAL_S",
+    "FolderGuard",
+    "Unsafe",
+    "check_folder",
+    "folder_problem",
+    "folder_status",
+]
 
 log = logging.getLogger("hotpatch")
 
@@ -161,9 +169,21 @@ def _owned_and_closed(path: Path, st: os.stat_result, *, what: str) -> Problem |
     return None
 
 
-def folder_status(problem: str | None) -> dict[str, object]:
-    """The ``folder`` of ``hotpatch status``: does it take drops, and if not, why."""
-    return {"safe": problem is None, "problem": problem}
+@dataclass(frozen=True, slots=True)
+class Unsafe:
+    """Why a folder takes no drop now (what is wrong, and the fix), and since when."""
+
+    problem: str
+    since: str  # when it stopped taking drops (ISO 8601, UTC)
+
+
+def folder_status(unsafe: Unsafe | None) -> dict[str, object]:
+    """The ``folder`` of ``hotpatch status``: does it take drops; if not, why and since when."""
+    return {
+        "safe": unsafe is None,
+        "problem": unsafe.problem if unsafe is not None else None,
+        "since": unsafe.since if unsafe is not None else None,
+    }
 
 
 class FolderGuard:
@@ -173,6 +193,9 @@ class FolderGuard:
     than the one watched (and is safe): it takes the new one over and returns
     ``None``, or says why it cannot. ``upkeep()`` runs on every look at a safe
     folder (the pidfile, the control socket made again if they went missing).
+    ``on_change()``, if given, is called (on the guard's thread, or the one
+    that asked ``check()``) once the folder is found unsafe, when what is wrong
+    changes, and once it is safe again.
     """
 
     def __init__(
@@ -183,14 +206,16 @@ class FolderGuard:
         upkeep: Callable[[], None],
         interval: float = GUARD_INTERVAL_S,
         state: Path | None = None,
+        on_change: Callable[[], None] | None = None,
     ) -> None:
         self.folder = folder
         self.state = state  # where the outcome folders are, if not in the folder
         self.interval = interval
         self._retake = retake
         self._upkeep = upkeep
+        self._on_change = on_change
         self._lock = threading.Lock()
-        self._problem: str | None = None
+        self._unsafe: Unsafe | None = None  # one record: read whole by other threads
         self._identity: tuple[int, int] | None = None
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -198,7 +223,13 @@ class FolderGuard:
     @property
     def problem(self) -> str | None:
         """Why no drop is taken now (the folder, what is wrong, the fix); ``None``: safe."""
-        return self._problem
+        unsafe = self._unsafe
+        return unsafe.problem if unsafe is not None else None
+
+    @property
+    def unsafe(self) -> Unsafe | None:
+        """``problem``, and since when no drop is taken; ``None``: safe."""
+        return self._unsafe
 
     def start(self) -> FolderGuard:
         """Remember the directory watched now, then look at it every ``interval``."""
@@ -232,13 +263,20 @@ class FolderGuard:
         """Judge the folder now (taking over a replaced one); why it is unsafe, or ``None``."""
         with self._lock:
             found = self._judge()
-            if found != self._problem:
+            before = self._unsafe
+            changed = found != (before.problem if before is not None else None)
+            if changed:
                 if found is not None:
                     log.error("%s; no drop is taken until then", found)
+                    # Since it stopped taking drops, whatever is wrong with it now.
+                    since = before.since if before is not None else now_iso()
+                    self._unsafe = Unsafe(found, since)
                 else:
                     log.warning("patch folder %s is safe again: drops are taken again", self.folder)
-            self._problem = found
-            return found
+                    self._unsafe = None
+        if changed and self._on_change is not None:
+            self._on_change()
+        return found
 
     def _judge(self) -> str | None:
         found = folder_problem(self.folder, state=self.state)

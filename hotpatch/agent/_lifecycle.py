@@ -18,7 +18,7 @@ from typing import Any
 
 from hotpatch.agent._control_server import ControlServer
 from hotpatch.agent._folder import SIGNATURE_WAIT_S, Folder, Process
-from hotpatch.agent._guard import FolderGuard
+from hotpatch.agent._guard import FolderGuard, Unsafe
 from hotpatch.agent._names import LOCKFILE_NAME, PIDFILE_NAME
 from hotpatch.agent._outcome import write_result
 from hotpatch.agent._settings import Checks
@@ -111,6 +111,10 @@ class FolderWatch:
     pre-fork workers': their lock, sockets and journal); it returns why it
     cannot, or ``None``. The pidfile is removed at the end only if it is still
     this process's (another agent may own a folder that replaced this one's).
+
+    ``on_change``, if given, is told when ``unsafe`` or ``waiting`` change, from
+    the folder's threads (which it must not hold up): what shows them can say so
+    at once.
     """
 
     def __init__(
@@ -124,8 +128,10 @@ class FolderWatch:
         server: ControlServer | None = None,
         state: Path | None = None,
         retake: Callable[[], str | None] | None = None,
+        on_change: Callable[[], None] | None = None,
     ) -> None:
         self.folder = folder
+        self._on_change = on_change
         self.state = state
         self._pidfile_path = (state if state is not None else folder) / PIDFILE_NAME
         self._process = process
@@ -153,14 +159,21 @@ class FolderWatch:
         return self._watcher.waiting if self._watcher is not None else None
 
     @property
-    def problem(self) -> str | None:
-        """Why the folder takes no drop now (what is wrong and the fix); ``None``: it does."""
-        return self._guard.problem if self._guard is not None else None
+    def unsafe(self) -> Unsafe | None:
+        """Why the folder takes no drop now (what is wrong and the fix), since when;
+        ``None``: it does."""
+        return self._guard.unsafe if self._guard is not None else None
 
     def start(self) -> FolderWatch:
         """Write the pidfile, then watch: the files already there are taken first."""
         self._write_pidfile()
-        guard = FolderGuard(self.folder, retake=self._retake, upkeep=self._upkeep, state=self.state)
+        guard = FolderGuard(
+            self.folder,
+            retake=self._retake,
+            upkeep=self._upkeep,
+            state=self.state,
+            on_change=self._on_change,
+        )
         watcher = Folder(
             self.folder,
             self._process,
@@ -168,6 +181,7 @@ class FolderWatch:
             max_bytes=self._checks.max_bytes,
             ready=lambda: guard.check() is None,
             state=self.state,
+            on_change=self._on_change,
         )
         self._watcher, self._guard = watcher, guard
         try:

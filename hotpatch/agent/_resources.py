@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from hotpatch._shortage import Shortage, shortage_of
 from hotpatch.agent._names import shown
+from hotpatch.agent._outcome import now_iso
 
 __all__ = ["BACKOFF_MAX_S", "BACKOFF_MIN_S", "Backoff", "Retry", "Shortage", "shortage_of"]
 
@@ -45,17 +47,22 @@ class Backoff:
 
 
 class Retry:
-    """The drop of a folder that waits for a resource: why, how often tried, when next.
+    """The drop of a folder that waits for a resource: why, since when, attempts, next try.
 
     ``failed`` counts an attempt and logs it (at ERROR the first time, or when
-    the reason changes); ``succeeded`` ends the wait and says so.
+    the reason changes); ``succeeded`` ends the wait and says so. ``on_change``,
+    if given, is called when a drop begins or ends waiting and on each attempt,
+    under the folder's lock (it must not block): a status file says it at once.
     """
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, on_change: Callable[[], None] | None = None) -> None:
         self.folder = folder
+        self._on_change = on_change
         self._backoff = Backoff()
         self._name: str | None = None
         self._reason: str | None = None
+        self._fix: str | None = None
+        self._since: str | None = None  # when the drop began to wait (ISO 8601, UTC)
         self._until = 0.0
 
     @property
@@ -67,22 +74,27 @@ class Retry:
         return max(0.0, self._until - time.monotonic()) if self.waiting else 0.0
 
     def report(self) -> dict[str, object] | None:
-        """The ``waiting`` of ``hotpatch status``: the drop, why, attempts, next try."""
+        """The ``waiting`` of ``hotpatch status``: the drop, why, since when, what to do,
+        attempts, next try."""
         if self._name is None:
             return None
         return {
             "file": shown(self._name),
             "reason": self._reason,
+            "since": self._since,
+            "fix": self._fix,
             "attempts": self._backoff.attempts,
             "retry_in_s": round(self.remaining(), 3),
         }
 
-    def failed(self, name: str, reason: str) -> float:
-        """``name`` failed for want of a resource (``reason``): the delay before it is retried."""
-        delay = self._backoff.next()
-        again = self._name == name and self._reason == reason
-        self._name, self._reason = name, reason
-        self._until = time.monotonic() + delay
+    def failed(self, name: str, reason: str, fix: str | None = None) -> float:
+        """``name`` failed for want of a resource (``reason``): the delay before it is retried.
+
+        ``fix``: what to do (by default: free the resource, or remove the drop).
+        """
+        if fix is None:
+            fix = f"free the resource (it is tried again), or remove {shown(name)} to give up"
+        delay, again = self._wait(name, reason, fix)
         log.log(
             logging.INFO if again else logging.ERROR,
             "patch folder %s: %s waits: %s. It stays in the folder, first in line (no later "
@@ -95,14 +107,13 @@ class Retry:
             self._backoff.attempts,
             self._backoff.limit,
         )
+        self._changed()
         return delay
 
     def cut_short(self, name: str, reason: str) -> float:
         """``name``'s checks were cut short by its folder going away: the delay before a retry."""
-        delay = self._backoff.next()
-        again = self._name == name and self._reason == reason
-        self._name, self._reason = name, reason
-        self._until = time.monotonic() + delay
+        fix = "make the folder safe again (see `folder`): it is tried again then, if still there"
+        delay, again = self._wait(name, reason, fix)
         log.log(
             logging.INFO if again else logging.WARNING,
             "patch folder %s: the check of %s was cut short: %s. Not a rejection: it is tried "
@@ -113,14 +124,25 @@ class Retry:
             reason,
             self._backoff.attempts,
         )
+        self._changed()
         return delay
+
+    def _wait(self, name: str, reason: str, fix: str) -> tuple[float, bool]:
+        """One more attempt of ``name`` failed: the delay before the next, and whether it
+        failed so before (the same drop, for the same reason)."""
+        delay = self._backoff.next()
+        again = self._name == name and self._reason == reason
+        if self._name != name:
+            self._since = now_iso()
+        self._name, self._reason, self._fix = name, reason, fix
+        self._until = time.monotonic() + delay
+        return delay, again
 
     def forget(self, name: str) -> None:
         """``name`` is gone from the folder: no longer waited for."""
         if self._name == name:
             log.warning("patch folder %s: %s was removed while it waited", self.folder, name)
-            self._name = self._reason = None
-            self._backoff.reset()
+            self._clear()
 
     def succeeded(self) -> None:
         if self._name is not None:
@@ -131,5 +153,13 @@ class Retry:
                 self._backoff.attempts,
                 self._reason,
             )
-        self._name = self._reason = None
+            self._clear()
+
+    def _clear(self) -> None:
+        self._name = self._reason = self._fix = self._since = None
         self._backoff.reset()
+        self._changed()
+
+    def _changed(self) -> None:
+        if self._on_change is not None:
+            self._on_change()

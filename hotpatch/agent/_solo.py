@@ -12,7 +12,7 @@ from hotpatch._registry import Registry
 from hotpatch._results import LEVEL_SHOWN, level_summary, level_text
 from hotpatch.agent._commands import Commands, dispatch
 from hotpatch.agent._control_server import ControlServer
-from hotpatch.agent._guard import check_folder, folder_status
+from hotpatch.agent._guard import Unsafe, check_folder, folder_status
 from hotpatch.agent._lifecycle import FolderLock, FolderWatch
 from hotpatch.agent._local import LocalApplier
 from hotpatch.agent._outcome_log import OutcomeLog
@@ -126,7 +126,7 @@ class Solo:
             pending=pending,
             pending_count=count if brief else None,
             last=self.pipeline.last,
-            problem=self._watch.problem if self._watch is not None else None,
+            unsafe=self._watch.unsafe if self._watch is not None else None,
             waiting=self._watch.waiting if self._watch is not None else None,
             brief=brief,
         )
@@ -149,14 +149,14 @@ def agent_status(
     pending: list[str],
     pending_count: int | None = None,
     last: dict[str, Any] | None,
-    problem: str | None = None,
+    unsafe: Unsafe | None = None,
     waiting: dict[str, object] | None = None,
     brief: bool = False,
 ) -> dict[str, Any]:
     """What ``hotpatch status`` shows of an agent that applies in this process.
 
     The last outcome of a patch rolled back since (``hotpatch rollback``, the health
-    gate) says so: it is not what runs. ``problem``: why the folder takes no drop now;
+    gate) says so: it is not what runs. ``unsafe``: why the folder takes no drop now;
     ``waiting``: the drop waiting for a resource. ``brief`` (``{"cmd": "status",
     "brief": true}``, what the agent's own check after each apply asks): the top of the
     level and ``level_size``, and (given) the first drops waiting in ``pending`` with
@@ -177,7 +177,7 @@ def agent_status(
         "pending": pending,
         **({"pending_count": pending_count} if pending_count is not None else {}),
         "last": last,
-        "folder": folder_status(problem),
+        "folder": folder_status(unsafe),
         "waiting": waiting,
     }
 

@@ -135,6 +135,7 @@ class SupervisedPipeline:
                 lock=lock,
                 server=server,
                 state=self.state_dir,
+                on_change=self._changed,
             )
             self._watch = stack.enter_context(watch)
             self._stack = stack.pop_all()
@@ -170,15 +171,26 @@ class SupervisedPipeline:
         async def read() -> dict[str, Any]:
             return self.supervisor.status()
 
-        return {"ok": True, "supervisor": True, **on_loop(self.supervisor, read), **self.folder()}
+        return {"ok": True, "supervisor": True, **on_loop(self.supervisor, read)}
 
     def folder(self) -> dict[str, Any]:
-        """Is the folder safe (and if not, why), and the drop waiting for a resource."""
+        """Is the folder safe (and if not, why and since when), and the drop waiting for a
+        resource: what the status (and its file) shows of the folder."""
         watch = self._watch
         return {
-            "folder": folder_status(watch.problem if watch is not None else None),
+            "folder": folder_status(watch.unsafe if watch is not None else None),
             "waiting": watch.waiting if watch is not None else None,
         }
+
+    def _changed(self) -> None:
+        """The folder became unsafe or safe again, or a drop began, went on or ended waiting
+        for a resource (the folder's threads tell it, holding its lock): the status file
+        says so at once, rewritten on the supervisor's loop."""
+        loop = self.supervisor.loop
+        if loop is None:
+            return
+        with contextlib.suppress(RuntimeError):  # the loop closed: the supervisor is gone
+            loop.call_soon_threadsafe(self.supervisor.write_status)
 
     def _pidfile(self) -> dict[str, Any]:
         """``.hotpatch.json``: who owns the folder, and where its status is (for the CLI)."""

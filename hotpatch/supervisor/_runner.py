@@ -63,6 +63,9 @@ class Runner(Protocol):
         """What ``hotpatch status`` shows; the status file holds it with each level and the
         drops pending shown by their top (not ``whole``)."""
 
+    def write_status(self) -> None:
+        """Rewrite the status file, if any, with what is true now (on the runner's loop)."""
+
     async def submit_patch(self, name: str, path: str, data: bytes, who: str) -> dict[str, Any]:
         """Apply verified patch bytes to the service; the outcome the folder files."""
 

@@ -1,11 +1,15 @@
 """The supervisor's status file: JSON, replaced atomically, for ``hotpatch status`` to read.
 
 It is rewritten on every change (a level reported, a restart, a rollout's
-step), so what it holds does not grow with the patch level or a burst: each
-level is shown by its top ``LEVEL_SHOWN`` versions, ``level_size`` and
-``level_digest``, the drops pending by the first of them and
-``pending_count`` (``hotpatch status`` asks the supervisor for all of it),
-written as one line of compact JSON.
+step, the watched folder found unsafe or safe again, a drop beginning,
+retrying or ending its wait for a resource), so what it holds does not grow
+with the patch level or a burst: each level is shown by its top
+``LEVEL_SHOWN`` versions, ``level_size`` and ``level_digest``, the drops
+pending by the first of them and ``pending_count`` (``hotpatch status`` asks
+the supervisor for all of it), written as one line of compact JSON. It shows
+what is wrong with the folder and the drop waiting as the control socket does
+(``folder_shown``): monitoring reads them there while the socket is gone with
+the folder.
 """
 
 from __future__ import annotations
@@ -17,9 +21,16 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-__all__ = ["pending_shown", "read_status", "utc_now", "write_status"]
+__all__ = [
+    "ShowsFolder",
+    "folder_shown",
+    "pending_shown",
+    "read_status",
+    "utc_now",
+    "write_status",
+]
 
 log = logging.getLogger("hotpatch.supervisor")
 
@@ -36,6 +47,22 @@ def pending_shown(pending: tuple[list[str], int]) -> dict[str, Any]:
     what the folder answered (``PatchPipeline.pending``)."""
     names, count = pending
     return {"pending": names, "pending_count": count}
+
+
+class ShowsFolder(Protocol):
+    """The watched folder's pipeline, as the status asks it (``_records.FolderPipeline``)."""
+
+    def folder(self) -> dict[str, Any]:
+        """``folder`` (safe; if not, why and since when) and ``waiting`` (a drop short of a
+        resource: why, since when, what to do)."""
+
+
+def folder_shown(pipeline: ShowsFolder | None) -> dict[str, Any]:
+    """The watched folder as the status (and its file) shows it: ``folder`` and ``waiting``
+    from ``pipeline``, both ``None`` while no folder is watched (none given, or not yet)."""
+    if pipeline is None:
+        return {"folder": None, "waiting": None}
+    return pipeline.folder()
 
 
 def write_status(path: Path, status: dict[str, Any]) -> None:

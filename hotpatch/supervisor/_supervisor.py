@@ -40,7 +40,7 @@ from hotpatch.supervisor._records import (
     not_now,
 )
 from hotpatch.supervisor._restarts import Restarts
-from hotpatch.supervisor._status import utc_now, write_status
+from hotpatch.supervisor._status import folder_shown, utc_now, write_status
 from hotpatch.supervisor._takeover import CodePoint
 
 __all__ = ["Supervisor"]
@@ -154,6 +154,7 @@ class Supervisor:
             "patches": self.jobs.status(
                 self.pipeline.pending(whole=whole) if self.pipeline else ([], 0), whole=whole
             ),
+            **folder_shown(self.pipeline),
             "snapshot": {
                 "count": handover.snapshots,
                 "last": handover.snapshot_at,

@@ -33,7 +33,7 @@ from hotpatch.supervisor._bundle import Release
 from hotpatch.supervisor._child import ChildExited, LevelMirror
 from hotpatch.supervisor._records import FolderPipeline, SupervisorConfig
 from hotpatch.supervisor._rollout import Rollouts, domains
-from hotpatch.supervisor._status import pending_shown, utc_now, write_status
+from hotpatch.supervisor._status import folder_shown, pending_shown, utc_now, write_status
 from hotpatch.supervisor._supervisor import Supervisor
 from hotpatch.supervisor._takeover import HEALTH_TIMEOUT, describe_level
 
@@ -218,6 +218,7 @@ class Fleet:
             "pauses_s": [p for m in self.members for p in m.restarts.pauses],
             "error": next((m.error for m in self.members if m.error), None),
             "patches": patches,
+            **folder_shown(self.pipeline),
             "rollout": self.rollouts.current,
             "rollouts": self.rollouts.history,
             "updated": utc_now(),

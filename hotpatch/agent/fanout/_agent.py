@@ -157,7 +157,7 @@ class Worker:
                     journal=self.journal,
                     ownership=self.ownership,
                     pending=self._pending,
-                    problem=lambda: self._watch.problem if self._watch is not None else None,
+                    unsafe=lambda: self._watch.unsafe if self._watch is not None else None,
                     waiting=lambda: self._watch.waiting if self._watch is not None else None,
                     joined=self.roster.look,
                 )

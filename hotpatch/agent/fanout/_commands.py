@@ -15,6 +15,7 @@ from typing import Any
 from hotpatch._results import level_summary
 from hotpatch.agent._commands import Command, Commands, dispatch, rollback_answer
 from hotpatch.agent._control import request as ask
+from hotpatch.agent._guard import Unsafe
 from hotpatch.agent._names import WORKERS_DIR
 from hotpatch.agent._pipeline import DropPipeline
 from hotpatch.agent._settings import Settings
@@ -41,7 +42,7 @@ class WorkerCommands:
         journal: GroupJournal,
         ownership: Ownership,
         pending: Callable[[], list[str]],
-        problem: Callable[[], str | None],
+        unsafe: Callable[[], Unsafe | None],
         waiting: Callable[[], dict[str, object] | None],
         joined: Callable[[], object] = lambda: None,
     ) -> None:
@@ -51,7 +52,7 @@ class WorkerCommands:
         self.journal = journal
         self.ownership = ownership
         self.pending = pending
-        self.problem = problem  # why the folder takes no drop now, if this worker owns it
+        self.unsafe = unsafe  # why the folder takes no drop now, if this worker owns it
         self.waiting = waiting  # the drop waiting for a resource, if this worker owns it
         self.joined = joined  # another worker started: look at who is registered
         self.started = False  # until its install() returns: its level may not be the group's
@@ -108,7 +109,7 @@ class WorkerCommands:
             self.replica.local.registry,
             pending=self.pending(),
             last=self.pipeline.last,
-            problem=self.problem(),
+            unsafe=self.unsafe(),
             waiting=self.waiting(),
         )
         answer["journal_report"] = self.journal.report
