@@ -945,3 +945,30 @@ def test_what_another_module_computed_at_import_from_a_change_is_a_baseline(
     repo.commit("build anew", {"src/shop/rates.py": rates.replace("1}", "5}")})
     result = run(repo, tmp_path)
     assert result.outcome == "hot", result.record()
+
+
+def test_a_block_under_typing_imported_as_another_name_never_runs(tmp_path: Path) -> None:
+    """``import typing as t`` then ``if t.TYPE_CHECKING:`` (jinja's, click's, tenacity's
+    way of writing it): the block never runs, so an import added to it is no module body
+    statement run at import, and the fix beside it goes hot."""
+    module = """\
+        import typing as t
+
+        if t.TYPE_CHECKING:
+            from decimal import Decimal
+
+
+        def price(x: "Decimal") -> int:
+            return x + 1
+        """
+    fixed = module.replace(
+        "from decimal import Decimal\n",
+        "from decimal import Decimal\n            from fractions import Fraction\n",
+    ).replace("x + 1", "x + 2")
+    repo = GitRepo(tmp_path / "repo")
+    repo.commit("the baseline", {"src/shop/__init__.py": "", "src/shop/m.py": module})
+    repo.git("tag", "v1")
+    repo.commit("the fix", {"src/shop/m.py": fixed})
+    result = make_since_v1(repo, tmp_path / "out")
+    assert result.outcome == "hot", result.record()
+    assert set(verdicts(result)) == {"shop.m:price"}, result.record()

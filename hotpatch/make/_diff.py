@@ -41,6 +41,8 @@ from hotpatch.make._syntax import (
     signature,
     stars,
     string_lines,
+    typing_names,
+    typing_only,
 )
 
 __all__ = [
@@ -746,6 +748,7 @@ def _parse(module: str, path: str, data: bytes, which: str) -> _Version:
     version.imports = bindings(tree, module, path.endswith("__init__.py"))
     version.blocks = block_names(tree)
     body = list(tree.body)
+    typing = typing_names(tree)
     if body and _is_docstring(body[0]):
         body = body[1:]
     for node in body:
@@ -755,7 +758,7 @@ def _parse(module: str, path: str, data: bytes, which: str) -> _Version:
             continue  # in version.imports
         elif (target := _assigned_name(node)) is not None and target not in version.assigns:
             version.assigns[target] = node
-        elif isinstance(node, ast.If) and _type_checking(node.test):
+        elif isinstance(node, ast.If) and typing_only(node.test, typing):
             continue  # typing only: never runs
         elif isinstance(node, ast.If) and main_guard(node.test):
             version.script.append(node)
@@ -793,10 +796,6 @@ def _value(node: ast.stmt) -> ast.expr:
     assert isinstance(node, ast.Assign | ast.AnnAssign)
     assert node.value is not None
     return node.value
-
-
-def _type_checking(test: ast.expr) -> bool:
-    return dotted(test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING")
 
 
 def _dump(node: ast.AST) -> str:

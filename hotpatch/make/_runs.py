@@ -33,7 +33,16 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from hotpatch.make._implicit import BUILTIN_CALLS, implicit
-from hotpatch.make._syntax import Binding, accessor, bindings, dotted, main_guard, stars
+from hotpatch.make._syntax import (
+    Binding,
+    accessor,
+    bindings,
+    dotted,
+    main_guard,
+    stars,
+    typing_names,
+    typing_only,
+)
 
 __all__ = ["ImportRuns", "Source", "import_runs"]
 
@@ -91,7 +100,6 @@ _ALIASING_MODULES = frozenset(
 _BUILTIN_TYPES = frozenset({"list", "dict", "tuple", "set", "frozenset", "type"})
 _ACCESSORS = {"getattr": ast.Load, "hasattr": ast.Load, "setattr": ast.Store, "delattr": ast.Del}
 _RECEIVERS = frozenset({"cls", "self", "mcs", "metacls", "mcls"})
-_TYPING_ONLY = frozenset({"TYPE_CHECKING", "typing.TYPE_CHECKING"})
 _BUILTINS = frozenset(dir(builtins))
 # Code we do not own that keeps a function it is given, or reads it, without calling it.
 _KEEPS = frozenset(
@@ -341,6 +349,7 @@ class _Module:
         self.binds: dict[str, Binding] = bindings(
             ast.Module(body=flat, type_ignores=[]), source.name, source.package
         )
+        self.typing = typing_names(source.tree)  # what names typing (``t``)
         self.stars = [
             s.module for s in stars(source.tree, source.name, source.package, source.lines)
         ]
@@ -462,7 +471,7 @@ class _Walk:
             )
             assigned.add(target or "")
             where = f"when the module is imported (line {node.lineno}: `{_line(lines, node)}`)"
-            if isinstance(node, ast.If) and dotted(node.test) in _TYPING_ONLY:
+            if isinstance(node, ast.If) and typing_only(node.test, module.typing):
                 continue
             if isinstance(node, ast.If) and main_guard(node.test):
                 continue

@@ -35,6 +35,8 @@ __all__ = [
     "segment",
     "signature",
     "string_lines",
+    "typing_names",
+    "typing_only",
 ]
 
 BUILTINS = frozenset(dir(builtins)) | {"__name__", "__file__", "__doc__", "__spec__", "__package__"}
@@ -183,6 +185,7 @@ class Star:
 def stars(tree: ast.Module, module: str, is_package: bool, lines: list[str]) -> list[Star]:
     """The module's star imports, in order (those under ``if TYPE_CHECKING:`` never run)."""
     package = module if is_package else module.rpartition(".")[0]
+    typing = typing_names(tree)
     found: list[Star] = []
     todo: list[ast.stmt] = list(reversed(tree.body))
     while todo:
@@ -191,7 +194,7 @@ def stars(tree: ast.Module, module: str, is_package: bool, lines: list[str]) -> 
             text = lines[node.lineno - 1].strip() if node.lineno <= len(lines) else ""
             base = _absolute(package, node.module or "", node.level)
             found.append(Star(base, node.lineno, text))
-        elif isinstance(node, ast.If) and dotted(node.test) in _TYPING_ONLY:
+        elif isinstance(node, ast.If) and typing_only(node.test, typing):
             todo += reversed(node.orelse)
         elif isinstance(node, ast.If | ast.Try | ast.TryStar | ast.With):
             parts = [node.body, getattr(node, "orelse", []), getattr(node, "finalbody", [])]
@@ -201,7 +204,25 @@ def stars(tree: ast.Module, module: str, is_package: bool, lines: list[str]) -> 
     return found
 
 
-_TYPING_ONLY = frozenset({"TYPE_CHECKING", "typing.TYPE_CHECKING"})
+_TYPING = frozenset({"typing", "typing_extensions"})
+
+
+def typing_names(tree: ast.Module) -> frozenset[str]:
+    """The names the module's own imports give ``typing`` (``import typing as t``)."""
+    names = {"typing"}
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            names |= {a.asname or a.name for a in node.names if a.name in _TYPING}
+    return frozenset(names)
+
+
+def typing_only(test: ast.expr, typing: frozenset[str]) -> bool:
+    """Is ``test`` ``TYPE_CHECKING`` (or ``typing.TYPE_CHECKING``, ``t.TYPE_CHECKING``
+    under ``import typing as t``): the test of a block that never runs?"""
+    head, _, name = dotted(test).rpartition(".")
+    return name == "TYPE_CHECKING" and (not head or head in typing)
+
+
 _ALL_GROWS = frozenset({"append", "extend"})
 _ALL_READS = frozenset({"sort", "index", "count", "copy"})
 
@@ -265,6 +286,7 @@ def block_names(tree: ast.Module) -> set[str]:
     ``if ...: NAME = ...``), which a plain scan of its top-level statements misses; not those
     under ``if TYPE_CHECKING:``, which never runs."""
     found: set[str] = set()
+    typing = typing_names(tree)
     todo: list[ast.AST] = [
         n
         for n in tree.body
@@ -272,10 +294,7 @@ def block_names(tree: ast.Module) -> set[str]:
     ]
     while todo:
         node = todo.pop()
-        if isinstance(node, ast.If) and dotted(node.test) in (
-            "TYPE_CHECKING",
-            "typing.TYPE_CHECKING",
-        ):
+        if isinstance(node, ast.If) and typing_only(node.test, typing):
             todo += node.orelse
             continue
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
