@@ -10,12 +10,14 @@ import math
 import os
 import platform
 import statistics
+import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
+CHECKOUT = Path(__file__).resolve().parent.parent  # the hotpatch these benchmarks belong to
 PY = f"py{sys.version_info.major}{sys.version_info.minor}"
 
 
@@ -134,3 +136,53 @@ def stacked_patch(module: str, n: int, targets: int) -> str:
         f"@patch.replace('{module}:f{i}')\ndef f{i}(x, y=1):\n    return x * y + {n + i}\n\n"
         for i in range(targets)
     )
+
+
+# -- another checkout, run alike: the figures before a change, in the same run -----------------
+
+
+def add_before(parser: argparse.ArgumentParser) -> None:
+    """``--before PATH``: another hotpatch checkout, each of its runs beside this one's."""
+    parser.add_argument(
+        "--before",
+        type=Path,
+        metavar="PATH",
+        help="another hotpatch checkout, run alike in the same rounds (the figures before a "
+        "change; e.g. `git worktree add PATH COMMIT`)",
+    )
+
+
+def checkouts(before: Path | None) -> dict[str, Path]:
+    """The checkouts a run measures: ``now`` (this one) and, given, ``before``."""
+    return {"now": CHECKOUT} | ({"before": before.resolve()} if before is not None else {})
+
+
+def run_in_checkout(script: str, root: Path, *args: str) -> dict[str, Any]:
+    """``script --one ROOT ARGS...`` in a new process: one run with the hotpatch of ``root``.
+
+    The child imports hotpatch through ``import_checkout(ROOT)`` and prints its
+    figures as a JSON object on its last line, ``hotpatch`` naming the checkout
+    it ran: a run of another hotpatch than ``root``'s is an error, not a figure.
+    """
+    proc = subprocess.run(
+        [sys.executable, str(Path(script).resolve()), "--one", str(root), *args],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        msg = f"{Path(script).name} {' '.join(args)} (hotpatch of {root}) failed:\n{proc.stderr}"
+        raise RuntimeError(msg)
+    result: dict[str, Any] = json.loads(proc.stdout.splitlines()[-1])
+    if Path(result["hotpatch"]) != root:
+        msg = f"the run used the hotpatch of {result['hotpatch']}, not of {root}"
+        raise RuntimeError(msg)
+    return result
+
+
+def import_checkout(root: str) -> str:
+    """In a ``--one`` child: hotpatch imported from ``root``; the checkout it came from."""
+    sys.path.insert(0, root)
+    import hotpatch
+
+    return str(Path(hotpatch.__file__).resolve().parent.parent)

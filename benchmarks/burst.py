@@ -58,13 +58,20 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from _common import arguments, print_table, write_json
+from _common import (
+    add_before,
+    arguments,
+    checkouts,
+    import_checkout,
+    print_table,
+    run_in_checkout,
+    write_json,
+)
 
 NAME = "burst"
 MODULE = "bench_burst_target"
 GOAL_RATIO = 5.0  # the largest burst against the smallest, scaled to 1,000 / 200
 WAIT_S = 3600.0
-HERE = Path(__file__).resolve().parent.parent
 
 PATCH = """\
 from hotpatch import Patch
@@ -94,9 +101,7 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
         default="both",
         help="bursts without verification, with it, or both (default: both)",
     )
-    parser.add_argument(
-        "--before", type=Path, metavar="PATH", help="another hotpatch checkout, run alike"
-    )
+    add_before(parser)
     # One burst in this process, with the hotpatch of ROOT: how the rounds run each burst.
     parser.add_argument(
         "--one", nargs=4, metavar=("ROOT", "TMP", "SIZE", "VERIFY"), help=argparse.SUPPRESS
@@ -255,7 +260,7 @@ def _results_in(folder: Path) -> int:
 
 def one(root: str, tmp: str, size: str, verify: str) -> int:
     """The ``--one`` child: one burst with the hotpatch of ``root``; its figures on stdout."""
-    sys.path.insert(0, root)
+    import_checkout(root)
     # Thousands of "applied patch" lines would drown the figures: warnings only.
     logging.getLogger("hotpatch").setLevel(logging.WARNING)
     run = burst(Path(tmp), int(size), verify=verify == "on")
@@ -264,7 +269,7 @@ def one(root: str, tmp: str, size: str, verify: str) -> int:
 
 
 def run_one(root: Path, tmp: Path, size: int, *, verify: bool) -> dict[str, Any]:
-    """One burst in a new process with the hotpatch of ``root``.
+    """One burst in a new process with the hotpatch of ``root`` (``run_in_checkout``).
 
     Its files stay until the end of the run: thousands of files removed just
     before a burst would cost it (ext4 without a journal, as on the machine
@@ -272,28 +277,7 @@ def run_one(root: Path, tmp: Path, size: int, *, verify: bool) -> dict[str, Any]
     each time it makes a file).
     """
     work = tempfile.mkdtemp(prefix="burst-", dir=tmp)
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(Path(__file__).resolve()),
-            "--one",
-            str(root),
-            work,
-            str(size),
-            "on" if verify else "off",
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if proc.returncode != 0:
-        msg = f"a burst of {size} (hotpatch of {root}) failed:\n{proc.stderr}"
-        raise RuntimeError(msg)
-    result: dict[str, Any] = json.loads(proc.stdout.splitlines()[-1])
-    if Path(result["hotpatch"]) != root:
-        msg = f"the burst ran the hotpatch of {result['hotpatch']}, not of {root}"
-        raise RuntimeError(msg)
-    return result
+    return run_in_checkout(__file__, root, work, str(size), "on" if verify else "off")
 
 
 def in_round(sizes: list[int]) -> list[int]:
@@ -339,13 +323,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     sizes = [4, 20] if args.quick else sorted(int(s) for s in args.sizes.split(","))
     rounds = 1 if args.quick else args.rounds
     modes = {"off": [False], "on": [True], "both": [False, True]}[args.verify]
-    checkouts = {"now": HERE} | ({"before": args.before.resolve()} if args.before else {})
+    roots = checkouts(args.before)
     runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="hotpatch-burst-") as tmp:
         for n in range(1, rounds + 1):
             for verify in modes:
                 for size in in_round(sizes):
-                    for checkout, root in checkouts.items():
+                    for checkout, root in roots.items():
                         run = run_one(root, Path(tmp), size, verify=verify)
                         run |= {"round": n, "checkout": checkout}
                         print(
@@ -399,7 +383,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     goals = []
     print()
     for verify in modes:
-        for checkout in checkouts:
+        for checkout in roots:
             got = ratios(runs, checkout, verify, small, large)
             goal = {
                 "what": (

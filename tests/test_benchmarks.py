@@ -126,8 +126,59 @@ def test_apply_latency(tmp_path: Path) -> None:
         "gc",
         "n",
     ]
-    assert sum(line.lstrip().startswith(("1 ", "10 ")) for line in stdout.splitlines()) == 8
+    sizes, holders_table = stdout.split("\napply + rollback of 20 targets")
+    assert sum(line.lstrip().startswith(("1 ", "10 ")) for line in sizes.splitlines()) == 8
     assert stdout.count("goal: ") == 3
+    # The holders workload, in a process of its own with this checkout's hotpatch.
+    holders = data["holders"]
+    assert (holders["pairs"], holders["rounds"], holders["before"]) == (10, 1, None)
+    assert holders["ratio"] is None  # nothing to compare with
+    assert len(holders["load_average"]) == 2  # as the runs start and end
+    [run_] = holders["runs"]
+    assert (run_["round"], run_["checkout"], run_["targets"], run_["pairs"]) == (1, "now", 20, 10)
+    assert Path(run_["hotpatch"]) == BENCHMARKS.parent
+    for metric in ("pair_cpu_us", "apply_cpu_us", "rollback_cpu_us", "pair_us"):
+        assert 0 < run_[metric]["median"] <= run_[metric]["p99"], metric
+        assert run_[metric]["mean"] > 0, metric
+    # A pair's CPU is its apply's and its rollback's, sample by sample.
+    parts = run_["apply_cpu_us"]["mean"] + run_["rollback_cpu_us"]["mean"]
+    assert run_["pair_cpu_us"]["mean"] == pytest.approx(parts)
+    header = next(line for line in holders_table.splitlines() if line.startswith("round "))
+    assert header.split() == [
+        *("round", "hotpatch", "targets", "cpu", "mean", "median", "p99"),
+        *("apply", "cpu", "rollback", "cpu", "wall"),
+    ]
+    assert "now / before" not in stdout
+
+
+def test_apply_latency_before_runs_another_checkout_in_the_same_rounds(tmp_path: Path) -> None:
+    before = tmp_path / "before"
+    shutil.copytree(BENCHMARKS.parent / "hotpatch", before / "hotpatch")
+    out = tmp_path / "apply_latency.json"
+    proc = subprocess.run(
+        [
+            *(sys.executable, str(BENCHMARKS / "apply_latency.py"), "--quick"),
+            *("--workload", "holders", "--before", str(before), "--json", str(out)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(out.read_text())
+    assert "sizes" not in data  # --workload holders: that one only
+    holders = data["holders"]
+    assert holders["before"] == str(before)
+    assert [(r["round"], r["checkout"]) for r in holders["runs"]] == [(1, "now"), (1, "before")]
+    roots = {r["checkout"]: Path(r["hotpatch"]) for r in holders["runs"]}
+    assert roots == {"now": BENCHMARKS.parent, "before": before.resolve()}
+    cpu = {r["checkout"]: r["pair_cpu_us"] for r in holders["runs"]}
+    for statistic in ("mean", "median"):
+        ratio = holders["ratio"][statistic]
+        assert ratio["each_round"] == [cpu["now"][statistic] / cpu["before"][statistic]]
+        assert ratio["median"] == ratio["each_round"][0]
+        assert f"holders: CPU a pair ({statistic}), now / before: " in proc.stdout
 
 
 def test_health_gate(tmp_path: Path) -> None:
