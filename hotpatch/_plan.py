@@ -74,6 +74,7 @@ from hotpatch._targets import (
     NestedTarget,
     Target,
     accessor_of,
+    home_module,
     import_module,
     is_nested,
     resolve,
@@ -82,6 +83,7 @@ from hotpatch._targets import (
     undecorated,
     unwrap,
     wrapper_names,
+    written_elsewhere,
 )
 from hotpatch._validate import (
     check_baseline,
@@ -424,6 +426,15 @@ class _Planner:
         if self.enclosing and id(func) in self.enclosing:
             _both(plan.patch, spec)
         new = undecorated(target, accessor_of(new_obj, target.accessor), patch=plan.patch.version)
+        home = home_module(func)
+        if (
+            home is not None
+            and home is not target.module
+            and getattr(new, "__globals__", None) is not vars(home)
+        ):
+            raise written_elsewhere(
+                spec, home, patch=plan.patch.version, suggestion=_written_as(spec, func)
+            )
         first, written = self.named.setdefault(id(func), (spec, new))
         if written is not new:
             msg = (
@@ -617,6 +628,7 @@ class _Planner:
         plan = self.plan
         v = plan.patch.version
         module, old = resolve_class(spec, patch=v)
+        _check_class_home(spec, module, old, patch=v)
         if ran := hooks_of(new_cls):  # a patch class made in code: the loader would refuse it
             raise refusal(spec, ran, patch=v, ran=True)
         plan.reasons.extend(class_reasons(old, new_cls, stands_for))
@@ -817,3 +829,33 @@ def _one_in_other(a: str, b: str) -> bool:
 
 def _is_dunder(name: str) -> bool:
     return name.startswith("__") and name.endswith("__") and name.strip("_") != ""
+
+
+def _check_class_home(spec: str, module: types.ModuleType, cls: type, *, patch: str) -> None:
+    """``NotPatchable`` if class ``cls`` (target ``spec``) was written in another module
+    than ``module``, which only holds it."""
+    home = _class_home(cls)
+    if home is not None and home is not module:
+        raise written_elsewhere(
+            spec, home, patch=patch, suggestion=cls.__qualname__, how="replace_class"
+        )
+
+
+def _class_home(cls: type) -> types.ModuleType | None:
+    """The module the functions of ``cls``'s class statement run in (where it was written),
+    told by their code's qualname: a factory may rename what it adds (namedtuple's
+    helpers, written in ``collections``, are renamed ``NT._make``), not their code."""
+    for func in member_functions(cls):
+        written = func.__code__.co_qualname.startswith(f"{cls.__qualname__}.")
+        home = home_module(func) if written else None
+        if home is not None:
+            return home
+    return None
+
+
+def _written_as(spec: str, func: types.FunctionType) -> str:
+    """The qualname of a function target as written in its own module (an accessor kept)."""
+    last = spec.rpartition(".")[2]
+    return func.__code__.co_qualname + (
+        f".{last}" if last in {"getter", "setter", "deleter"} else ""
+    )

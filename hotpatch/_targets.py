@@ -21,6 +21,7 @@ __all__ = [
     "NestedTarget",
     "Target",
     "accessor_of",
+    "home_module",
     "import_module",
     "is_nested",
     "nested_qualnames",
@@ -31,6 +32,7 @@ __all__ = [
     "undecorated",
     "unwrap",
     "wrapper_names",
+    "written_elsewhere",
 ]
 
 # hotpatch's own code: never a target, so no patch can break the way to roll it back.
@@ -403,6 +405,32 @@ def unwrap(obj: Any, spec: str, *, patch: str) -> tuple[types.FunctionType, tupl
     if function.__closure__ is not None:  # without cells, nothing can hide in it
         _refuse_hidden(function, spec, patch)
     return function, tuple(w for w in chain if callable(getattr(w, "cache_clear", None)))
+
+
+def home_module(func: types.FunctionType) -> types.ModuleType | None:
+    """The module whose namespace ``func``'s code looks its global names up in; ``None``
+    when that namespace is no imported module's (code made by ``exec``, as attrs makes)."""
+    namespace = func.__globals__
+    name = namespace.get("__name__")
+    module = sys.modules.get(name) if isinstance(name, str) else None
+    return module if module is not None and vars(module) is namespace else None
+
+
+def written_elsewhere(
+    spec: str, home: types.ModuleType, *, patch: str, suggestion: str, how: str = "replace"
+) -> NotPatchable:
+    """The refusal of target ``spec`` whose code was written in (and runs in) module
+    ``home``, not in the module the target names, which only holds it (imported)."""
+    named = spec.partition(":")[0]
+    msg = (
+        f"patch {patch}: target {spec} was written in module {home.__name__}, whose names its "
+        f"code looks up, and {named} only holds it (imported from there): a replacement "
+        f"would run in {home.__name__} while what it needs was checked against, and "
+        f"brought into, {named}. Name the target where it was written: "
+        f"@patch.{how}('{home.__name__}:{suggestion}'), which every reference to it sees "
+        "all the same"
+    )
+    return NotPatchable(msg, patch=patch, target=spec)
 
 
 def resolve_class(spec: str, *, patch: str) -> tuple[types.ModuleType, type]:

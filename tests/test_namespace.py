@@ -337,3 +337,91 @@ def test_a_class_statement_in_a_replacement_reads_the_modules_own_name(
     assert vars(mod)["__name__"] == mod.__name__
     registry.rollback()
     assert mod.line(3) == 3
+
+
+def test_a_function_named_through_a_module_that_imports_it_is_refused(
+    make_module, write_patch, registry
+):
+    # ``from impl import price`` in a facade: the function's code looks its global names
+    # up in impl, where it was written. Named as ``facade:price``, the patch brought TAX
+    # into the facade and put the new code into the function, which ran in impl: check()
+    # said hot, and every call raised NameError.
+    impl = make_module(
+        """
+        RATE = 2
+
+        def price(x):
+            return x * RATE
+        """
+    )
+    facade = make_module(f"from {impl.__name__} import price\n")
+    body = """
+        TAX = 3
+
+        @patch.replace("{module}:price")
+        def price(x):
+            return x * RATE * TAX
+        """
+    patch = load(write_patch, body.format(module=facade.__name__))
+    with pytest.raises(hotpatch.NotPatchable) as checked:
+        registry.check(patch)
+    with pytest.raises(hotpatch.NotPatchable) as applied:
+        registry.apply(patch)
+    message = str(applied.value)
+    assert message == str(checked.value)
+    assert applied.value.target == f"{facade.__name__}:price"
+    assert f"written in module {impl.__name__}" in message
+    assert f"@patch.replace('{impl.__name__}:price')" in message
+    assert facade.price(1) == 2
+    assert not hasattr(facade, "TAX")
+    assert registry.level == ()
+    # named where it was written, it goes in, and every reference sees it
+    registry.apply(load(write_patch, body.format(module=impl.__name__)))
+    assert facade.price(1) == impl.price(1) == 6
+    registry.rollback()
+    assert facade.price(1) == 2
+    assert not hasattr(impl, "TAX")
+
+
+def test_a_class_named_through_a_module_that_imports_it_is_refused(
+    make_module, write_patch, registry
+):
+    # A package re-exporting its classes (bidict sets their __module__ to the package's
+    # name too): their methods run in the module the class statement was written in.
+    impl = make_module(
+        """
+        RATE = 2
+
+        class Cart:
+            def total(self):
+                return RATE
+        """
+    )
+    facade = make_module(f"from {impl.__name__} import Cart\nCart.__module__ = __name__\n")
+    body = """
+        TAX = 3
+
+        @patch.replace_class("{module}:Cart")
+        class Cart:
+            def total(self):
+                return RATE * TAX
+
+            def taxed(self):
+                return TAX
+        """
+    patch = load(write_patch, body.format(module=facade.__name__))
+    with pytest.raises(hotpatch.NotPatchable) as checked:
+        registry.check(patch)
+    with pytest.raises(hotpatch.NotPatchable) as applied:
+        registry.apply(patch)
+    message = str(applied.value)
+    assert message == str(checked.value)
+    assert f"written in module {impl.__name__}" in message
+    assert f"@patch.replace_class('{impl.__name__}:Cart')" in message
+    assert facade.Cart().total() == 2
+    assert not hasattr(facade.Cart, "taxed")
+    registry.apply(load(write_patch, body.format(module=impl.__name__)))
+    assert (facade.Cart().total(), facade.Cart().taxed()) == (6, 3)
+    registry.rollback()
+    assert facade.Cart().total() == 2
+    assert not hasattr(impl, "TAX")
