@@ -101,6 +101,7 @@ _STATELESS = (
     functools.partialmethod,
     functools.singledispatchmethod,
     functools.cached_property,
+    functools.partial,  # a function with its arguments (3.13 gave it a __get__)
 )
 
 
@@ -223,8 +224,9 @@ def _descriptor_state(value: Any) -> dict[str, Any]:
 
 
 def _is_data(value: Any) -> bool:
-    """A plain value: not a class, not a function or other descriptor."""
-    return not isinstance(value, type) and not hasattr(type(value), "__get__")
+    """A plain value: not a class, not a function or other descriptor, not a function
+    with its arguments (``functools.partial``, set whole as a function is)."""
+    return not isinstance(value, type | functools.partial) and not hasattr(type(value), "__get__")
 
 
 def _short(value: Any) -> str:

@@ -171,3 +171,42 @@ def test_a_descriptor_of_a_class_the_same_patch_replaces_stays_the_running_one(
     registry.apply(patch)
     assert vars(mod.Node)["prv"] is running
     assert isinstance(mod.Node.prv, mod.WeakAttr)
+
+
+HANDLERS = """
+import functools
+
+
+def process(item, mode):
+    return (item, mode)
+
+
+class Handlers:
+    quick = functools.partial(process, mode=2)
+"""
+
+
+def test_a_partial_the_patch_class_changes_goes_in(
+    make_module, write_patch: PatchWriter, registry: hotpatch.Registry
+) -> None:
+    """A ``functools.partial`` member is a callable made of a function and its arguments,
+    set whole like a function member. Python 3.13 gave ``partial`` a ``__get__``, so it
+    read as a descriptor of the project's restated alike (its arguments are not in a
+    ``__dict__``): the running one stayed, with mode 2, and ``check()`` said hot."""
+    mod = make_module(HANDLERS)
+    patch = load(
+        write_patch,
+        f"""
+        import functools
+        from {mod.__name__} import process
+
+        @patch.replace_class("{mod.__name__}:Handlers")
+        class Handlers:
+            quick = functools.partial(process, mode=3)
+        """,
+    )
+    assert registry.check(patch).hot
+    registry.apply(patch)
+    assert mod.Handlers.quick("x") == ("x", 3)
+    registry.rollback()
+    assert mod.Handlers.quick("x") == ("x", 2)
