@@ -318,10 +318,13 @@ def _descriptor_pairs(
 ) -> list[tuple[str, Any, Any]] | None:
     """A descriptor object restated alike (``bold = Bit(0)``, ``total = lazy(total)``): the
     functions it holds, to patch in place (none: the running one stays as it is);
-    ``None`` when it holds anything else otherwise."""
+    ``None`` when it holds anything else otherwise, or holds nothing in sight (a C
+    type's fields) and is not equal to the running one."""
     theirs, ours = _descriptor_state(old), _descriptor_state(new)
     if theirs.keys() != ours.keys():
         return None
+    if not theirs and not equal(old, new):
+        return None  # what it holds is out of sight (`str.strip`, a C type's fields)
     pairs: list[tuple[str, Any, Any]] = []
     for name, before in theirs.items():
         after = ours[name]

@@ -210,3 +210,27 @@ def test_a_partial_the_patch_class_changes_goes_in(
     assert mod.Handlers.quick("x") == ("x", 3)
     registry.rollback()
     assert mod.Handlers.quick("x") == ("x", 2)
+
+
+def test_a_builtin_method_the_patch_class_changes_goes_in(
+    make_module, write_patch: PatchWriter, registry: hotpatch.Registry
+) -> None:
+    """``clean = str.strip`` is a descriptor that keeps what it is in no ``__dict__``:
+    restated as ``str.lstrip`` it looked restated alike (two descriptors of one type,
+    holding nothing to compare), so the running one stayed and ``clean()`` kept
+    stripping both ends, with ``check()`` saying hot."""
+    mod = make_module("class Name(str):\n    clean = str.strip\n")
+    patch = load(
+        write_patch,
+        f"""
+        @patch.replace_class("{mod.__name__}:Name")
+        class Name(str):
+            clean = str.lstrip
+        """,
+    )
+    assert registry.check(patch).hot
+    registry.apply(patch)
+    assert mod.Name("  x  ").clean() == "x  "
+    registry.rollback()
+    assert mod.Name("  x  ").clean() == "x"
+    assert vars(mod.Name)["clean"] is str.strip
