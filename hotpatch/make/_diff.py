@@ -27,6 +27,7 @@ from hotpatch.make._syntax import (
     Star,
     accessor,
     all_names,
+    assigned_name,
     bindings,
     block_names,
     call_names,
@@ -756,7 +757,7 @@ def _parse(module: str, path: str, data: bytes, which: str) -> _Version:
             version.defs.setdefault(node.name, []).append(node)
         elif isinstance(node, ast.Import | ast.ImportFrom) and not _star(node):
             continue  # in version.imports
-        elif (target := _assigned_name(node)) is not None and target not in version.assigns:
+        elif (target := assigned_name(node)) is not None and target not in version.assigns:
             version.assigns[target] = node
         elif isinstance(node, ast.If) and typing_only(node.test, typing):
             continue  # typing only: never runs
@@ -781,15 +782,6 @@ def _is_docstring(node: ast.stmt) -> bool:
 
 def _star(node: ast.Import | ast.ImportFrom) -> bool:
     return any(alias.name == "*" for alias in node.names)
-
-
-def _assigned_name(node: ast.stmt) -> str | None:
-    if isinstance(node, ast.Assign) and len(node.targets) == 1:
-        target = node.targets[0]
-        return target.id if isinstance(target, ast.Name) else None
-    if isinstance(node, ast.AnnAssign) and node.value is not None:
-        return node.target.id if isinstance(node.target, ast.Name) else None
-    return None
 
 
 def _value(node: ast.stmt) -> ast.expr:
@@ -1190,7 +1182,7 @@ class _ModuleDiff:
                     return
                 declared = [segment(self.new.lines, n, self.new.keep, indent=4) for n in data]
                 sources.insert(0, "\n".join(text.rstrip("\n") for text in declared) + "\n")
-                bound = {_assigned_name(n) or _annotated_name(n) for n in data}
+                bound = {assigned_name(n) or _annotated_name(n) for n in data}
                 names |= {n for node in data for n in _names_in(node)} - bound
             changes = [
                 self.add(
@@ -1229,7 +1221,7 @@ class _ModuleDiff:
                 problems = [(p, _record_problem(p)) for p in parts]
                 bad = [(p, problem) for p, problem in problems if problem]
                 if bad:
-                    name = _assigned_name(item) or _annotated_name(item)
+                    name = assigned_name(item) or _annotated_name(item)
                     shown = ast.unparse(bad[0][0])[:_SHOWN]
                     why = f"{node.name}.{name} is made by `{shown}`, {bad[0][1]}"
                     break
@@ -1444,7 +1436,7 @@ class _ClassBody:
         for item in body:
             if isinstance(item, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
                 self.members.setdefault(item.name, []).append(item)
-            elif (name := _assigned_name(item)) == "__slots__":
+            elif (name := assigned_name(item)) == "__slots__":
                 self.slots = item
             elif name is not None and name not in self.assigns:
                 self.assigns[name] = item

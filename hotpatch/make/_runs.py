@@ -36,6 +36,7 @@ from hotpatch.make._implicit import BUILTIN_CALLS, implicit
 from hotpatch.make._syntax import (
     Binding,
     accessor,
+    assigned_name,
     bindings,
     dotted,
     main_guard,
@@ -465,7 +466,7 @@ class _Walk:
         for node in module.source.tree.body:
             # the first plain assignment of a name and a definition: what they read of the
             # module's values is the diff's to judge (see _Place.judged)
-            target = _plain_target(node)
+            target = assigned_name(node)
             judged = isinstance(node, _Def) or (
                 target is not None and target not in assigned and target not in defined
             )
@@ -1703,16 +1704,6 @@ def _bound_names(node: ast.AST) -> set[str]:
     if isinstance(node, ast.ExceptHandler) and node.name:
         return {node.name}
     return set()
-
-
-def _plain_target(node: ast.stmt) -> str | None:
-    """The name ``NAME = value`` (or ``NAME: T = value``) sets; else None."""
-    if isinstance(node, ast.Assign) and len(node.targets) == 1:
-        target = node.targets[0]
-        return target.id if isinstance(target, ast.Name) else None
-    if isinstance(node, ast.AnnAssign) and node.value is not None:
-        return node.target.id if isinstance(node.target, ast.Name) else None
-    return None
 
 
 def _name(node: ast.expr) -> str:

@@ -21,6 +21,7 @@ __all__ = [
     "Star",
     "accessor",
     "all_names",
+    "assigned_name",
     "bindings",
     "block_names",
     "call_names",
@@ -112,6 +113,16 @@ class Binding:
     module: str  # "os.path", "decimal"
     attr: str  # "" for ``import x``
     asname: str
+
+
+def assigned_name(node: ast.stmt) -> str | None:
+    """The name ``NAME = value`` (or ``NAME: T = value``) sets; else ``None``."""
+    if isinstance(node, ast.Assign) and len(node.targets) == 1:
+        target = node.targets[0]
+        return target.id if isinstance(target, ast.Name) else None
+    if isinstance(node, ast.AnnAssign) and node.value is not None:
+        return node.target.id if isinstance(node.target, ast.Name) else None
+    return None
 
 
 def dotted(node: ast.expr) -> str:
